@@ -1,0 +1,109 @@
+# curvd - plain Makefile. `make test` installs missing packages, builds and
+# runs every check; `make run` starts the daemon; `make bench` benchmarks.
+
+CC      ?= cc
+BUILD   ?= build
+PKGS    := openblas lapacke
+# pkg-config is installed by scripts/install-deps; evaluate lazily so a
+# first `make test` on a bare machine can install it before use.
+DEP_CFLAGS = $(shell pkg-config --cflags $(PKGS))
+DEP_LIBS   = $(shell pkg-config --libs $(PKGS)) -lm
+TEST_LIBS  = $(shell pkg-config --libs cmocka)
+
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+           -Wvla -Wformat=2
+STD     := -std=c11 -D_POSIX_C_SOURCE=200809L
+OPT     ?= -O2 -g
+CFLAGS_ALL = $(STD) $(WARN) $(OPT) -fPIC -fvisibility=hidden -Ilib/include -Ilib/src \
+             $(DEP_CFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS_ALL = $(EXTRA_LDFLAGS)
+
+LIB_SRCS   := $(sort $(wildcard lib/src/*.c))
+LIB_OBJS   := $(LIB_SRCS:lib/src/%.c=$(BUILD)/lib/%.o)
+TEST_SRCS  := $(sort $(wildcard tests/lib/test_*.c))
+TEST_BINS  := $(TEST_SRCS:tests/lib/%.c=$(BUILD)/tests/%)
+TEST_UTIL  := tests/lib/testutil.c
+BENCH_SRCS := $(sort $(wildcard tests/bench/*.c))
+BENCH_BINS := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
+FMT_FILES  := $(sort $(wildcard lib/include/*.h lib/include/curv/*.h lib/src/*.[ch] \
+                tests/lib/*.[ch] tests/bench/*.[ch] server/*.[ch]))
+
+SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+.PHONY: all lib deps test test-unit asan check-symbols check-format readme-example \
+        bench run clean format
+
+all: lib
+
+deps:
+	@scripts/install-deps
+
+lib: $(BUILD)/libcurv.a $(BUILD)/libcurv.so
+
+$(BUILD)/lib/%.o: lib/src/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+
+$(BUILD)/libcurv.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libcurv.so: $(LIB_OBJS)
+	$(CC) -shared -Wl,-soname,libcurv.so.0 -o $@ $^ $(LDFLAGS_ALL) $(DEP_LIBS)
+
+$(BUILD)/tests/%: tests/lib/%.c $(TEST_UTIL) tests/lib/testutil.h $(BUILD)/libcurv.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -Itests/lib $< $(TEST_UTIL) -o $@ $(BUILD)/libcurv.a \
+	    $(LDFLAGS_ALL) $(TEST_LIBS) $(DEP_LIBS)
+
+$(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libcurv.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -O3 -march=native $< -o $@ $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(DEP_LIBS)
+
+test-unit: $(TEST_BINS)
+	@tests/run-tests.sh $(TEST_BINS)
+
+# The whole suite again under AddressSanitizer (with LeakSanitizer) and
+# UndefinedBehaviorSanitizer, in its own build tree.
+asan:
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan OPT="-O1 -g" \
+	    EXTRA_CFLAGS="$(SANITIZE)" EXTRA_LDFLAGS="$(SANITIZE)" test-unit
+
+# The shared library must export curv_* and nothing else.
+check-symbols: $(BUILD)/libcurv.so
+	@bad=$$(nm -D --defined-only $< | awk '{print $$3}' | grep -v '^curv_[a-z]' || true); \
+	if [ -n "$$bad" ]; then echo "check-symbols: unexpected exports:"; echo "$$bad"; exit 1; fi; \
+	echo "check-symbols: $$(nm -D --defined-only $< | wc -l) exports, all curv_*"
+
+check-format:
+	@clang-format --dry-run --Werror $(FMT_FILES) && echo "check-format: $(words $(FMT_FILES)) files clean"
+
+format:
+	clang-format -i $(FMT_FILES)
+
+# The C example in README.md is compiled and run exactly as printed.
+readme-example: $(BUILD)/libcurv.a
+	@mkdir -p $(BUILD)/readme
+	@awk '/^```c$$/{on=1;next} /^```$$/{on=0} on' README.md > $(BUILD)/readme/example.c
+	$(CC) $(STD) $(WARN) -Ilib/include $(BUILD)/readme/example.c -o $(BUILD)/readme/example \
+	    $(BUILD)/libcurv.a $(DEP_LIBS)
+	@$(BUILD)/readme/example
+
+test: deps
+	@$(MAKE) --no-print-directory check-format
+	@$(MAKE) --no-print-directory lib
+	@$(MAKE) --no-print-directory check-symbols
+	@$(MAKE) --no-print-directory readme-example
+	@$(MAKE) --no-print-directory asan
+	@$(MAKE) --no-print-directory test-unit
+
+bench: deps $(BENCH_BINS)
+	@for b in $(BENCH_BINS); do $$b || exit 1; done
+
+run: deps lib
+	@echo "curvd: the daemon arrives with the server issue; libcurv is built in $(BUILD)/."
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(wildcard $(BUILD)/lib/*.d $(BUILD)/asan/lib/*.d)

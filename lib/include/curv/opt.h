@@ -1,0 +1,198 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef CURV_OPT_H
+#define CURV_OPT_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "layout.h"
+#include "status.h"
+
+/*
+ * The one optimizer interface. Lifecycle (GSL style):
+ *   curv_opt_new(kind, layout, config) -> curv_opt_step() ... -> curv_opt_free()
+ * A step takes the mini-batch gradient (flat, in the layout's order) and
+ * writes the update Δ to add to the parameters: θ ← θ + Δ.
+ *
+ * A step may instead return CURV_NEED_INPUT with a request (for example
+ * "multiply these vectors by your curvature matrix"); the caller computes
+ * the answer and calls curv_opt_resume(), which again finishes with an
+ * update or another request. While a request is pending the optimizer
+ * accepts only curv_opt_resume(), curv_opt_save() and curv_opt_free().
+ *
+ * Every error leaves the optimizer's state byte-for-byte unchanged.
+ * Thread-safety: one optimizer must not be used by two threads at once;
+ * distinct optimizers are independent.
+ */
+typedef struct curv_opt curv_opt;
+
+/* Kinds: values are stored in saved state; never renumber. */
+#define CURV_OPT_KIND_MAP(X)                                                                       \
+    X(SGD, 0, "sgd")                                                                               \
+    X(ADAGRAD_DIAG, 1, "adagrad_diag")                                                             \
+    X(ADAGRAD_FULL, 2, "adagrad_full")                                                             \
+    X(ADAGRAD_BMA, 3, "adagrad_bma")                                                               \
+    X(MBAG, 4, "mbag")                                                                             \
+    X(MBAG_EMA, 5, "mbag_ema")                                                                     \
+    X(MBAG_N, 6, "mbag_n")
+
+typedef enum {
+#define CURV__KIND_ENUM(name, code, text) CURV_OPT_##name = code,
+    CURV_OPT_KIND_MAP(CURV__KIND_ENUM)
+#undef CURV__KIND_ENUM
+        CURV_OPT_KIND_COUNT
+} curv_opt_kind;
+
+/* Element type of the vectors passed in and out. */
+typedef enum { CURV_F64 = 0, CURV_F32 = 1 } curv_dtype;
+
+/*
+ * curv_step_input - what the trainer sends for one step.
+ * @grad:   the mini-batch *mean* gradient, curv_layout_dim() elements.
+ * @params: the current parameters θ (same length), or NULL. Needed only
+ *          by options that read θ (SGD weight decay).
+ * @dtype:  element type of @grad, @params and of the update written.
+ */
+typedef struct curv_step_input {
+    const void *grad;
+    const void *params;
+    curv_dtype dtype;
+} curv_step_input;
+
+typedef enum {
+    CURV_REQ_NONE = 0,
+    CURV_REQ_CURVATURE_PRODUCT = 1, /* answer: C v for each vector v */
+    CURV_REQ_LOSS = 2               /* answer: loss at θ + v for each vector v */
+} curv_request_kind;
+
+/*
+ * curv_request - what a step asks of the trainer (CURV_NEED_INPUT).
+ * @vectors: @n_vectors rows of @dim doubles, borrowed from the optimizer and
+ *           valid until its next call.
+ * @seq:     echo in curv_response.seq; guards against stale answers.
+ */
+typedef struct curv_request {
+    curv_request_kind kind;
+    uint64_t seq;
+    size_t n_vectors;
+    size_t dim;
+    const double *vectors;
+} curv_request;
+
+/* curv_response - the trainer's answer: @n_values doubles (borrowed). */
+typedef struct curv_response {
+    uint64_t seq;
+    size_t n_values;
+    const double *values;
+} curv_response;
+
+/* curv_opt_kind_name - "sgd", "adagrad_bma", ...; NULL for an unknown kind. */
+CURV_API const char *curv_opt_kind_name(curv_opt_kind kind);
+
+/* curv_opt_kind_parse - kind from its name. Return CURV_OK or CURV_E_INVALID. */
+CURV_API curv_status curv_opt_kind_parse(const char *name, curv_opt_kind *out);
+
+typedef enum {
+    CURV_PARAM_REAL = 0,
+    CURV_PARAM_INT = 1,
+    CURV_PARAM_BOOL = 2,
+    CURV_PARAM_ENUM = 3,
+    CURV_PARAM_LIST = 4 /* comma-separated non-negative integers, e.g. "100,150" */
+} curv_param_type;
+
+/*
+ * curv_param_info - one documented hyperparameter (introspection).
+ * All pointers are static strings. @choices is a '|'-separated list for
+ * CURV_PARAM_ENUM, else NULL; @def_str is the default of ENUM and LIST.
+ */
+typedef struct curv_param_info {
+    const char *name;
+    curv_param_type type;
+    double def, min, max;
+    const char *def_str;
+    const char *choices;
+    const char *doc;
+} curv_param_info;
+
+/* curv_opt_param_count - number of hyperparameters of @kind (0 if unknown). */
+CURV_API size_t curv_opt_param_count(curv_opt_kind kind);
+
+/* curv_opt_param_info - describe parameter @i of @kind; CURV_E_INVALID when
+ * out of range. */
+CURV_API curv_status curv_opt_param_info(curv_opt_kind kind, size_t i, curv_param_info *out);
+
+/*
+ * curv_opt_new - create an optimizer.
+ * @layout: copied; the caller keeps ownership of its own.
+ * @config: may be NULL (all defaults); read, not kept.
+ * Return: CURV_OK and *out; CURV_E_INVALID (empty layout, NULL args),
+ * CURV_E_CONFIG (unknown key, wrong type, out of range: the text names the
+ * key and its allowed range), CURV_E_RANGE (state too large, e.g. d*d
+ * overflow for adagrad_full), CURV_E_NOMEM. *out is written only on success.
+ * Ownership: caller frees *out with curv_opt_free().
+ */
+CURV_API curv_status curv_opt_new(curv_opt_kind kind, const curv_layout *layout,
+                                  const curv_config *config, curv_opt **out, curv_error *err);
+
+/* curv_opt_free - NULL is a no-op. */
+CURV_API void curv_opt_free(curv_opt *o);
+
+/*
+ * curv_opt_step - one optimizer step.
+ * @update: caller buffer of curv_layout_dim() elements of @in->dtype;
+ *          written only when CURV_OK is returned.
+ * @req:    filled when CURV_NEED_INPUT is returned; may be NULL for
+ *          optimizers that never ask (all current kinds).
+ * Return: CURV_OK (update written, step counter advanced), CURV_NEED_INPUT,
+ * CURV_E_INVALID (NULL pointers, params missing where required),
+ * CURV_E_NONFINITE (NaN/Inf in grad or params: the text names the block and
+ * the element), CURV_E_STATE (a request is pending), CURV_E_NUMERIC,
+ * CURV_E_NOMEM. On any error nothing changes.
+ */
+CURV_API curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void *update,
+                                   curv_request *req, curv_error *err);
+
+/*
+ * curv_opt_resume - answer the pending request. Same outcomes as
+ * curv_opt_step(); CURV_E_STATE when nothing is pending or @resp->seq is
+ * stale, CURV_E_SHAPE when @resp->n_values is wrong.
+ */
+CURV_API curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype dtype,
+                                     void *update, curv_request *req, curv_error *err);
+
+/* curv_opt_kind_of - the optimizer's kind. */
+CURV_API curv_opt_kind curv_opt_kind_of(const curv_opt *o);
+
+/* curv_opt_layout - the optimizer's layout (borrowed). */
+CURV_API const curv_layout *curv_opt_layout(const curv_opt *o);
+
+/* curv_opt_steps - number of completed steps. */
+CURV_API uint64_t curv_opt_steps(const curv_opt *o);
+
+/* curv_opt_get_param - the resolved value of hyperparameter @name (numbers
+ * only; enums give their index). CURV_E_INVALID for an unknown name. */
+CURV_API curv_status curv_opt_get_param(const curv_opt *o, const char *name, double *out);
+
+/*
+ * curv_opt_save - serialize kind, layout, resolved hyperparameters and the
+ * whole state into one portable blob (see lib/src/state.c for the format).
+ * Return CURV_OK with the blob and its length, or CURV_E_NOMEM.
+ * Ownership: caller frees *blob with curv_free().
+ */
+CURV_API curv_status curv_opt_save(const curv_opt *o, unsigned char **blob, size_t *len,
+                                   curv_error *err);
+
+/*
+ * curv_opt_load - recreate an optimizer from a blob of curv_opt_save().
+ * A corrupted, truncated or foreign blob is CURV_E_CORRUPT (or CURV_E_VERSION
+ * for a newer format), never a crash. Stepping the loaded optimizer gives
+ * results bit-identical to the one that was saved.
+ * Ownership: caller frees *out with curv_opt_free().
+ */
+CURV_API curv_status curv_opt_load(const unsigned char *blob, size_t len, curv_opt **out,
+                                   curv_error *err);
+
+/* curv_free - release memory the library handed out (blobs). */
+CURV_API void curv_free(void *p);
+
+#endif

@@ -1,0 +1,239 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * AdaGrad with block mean approximation (BMA paper §6.2, Algorithm 1,
+ * eqs. 22-27): H ≈ Z F Z with Z = diag(sqrt(r + ε)) and F = I + B̄, where
+ * B = S^-1/2 X S^-1/2, X_ij = U_ij / (v_i v_j) off the diagonal and 0 on it
+ * (eq. 26). F^-1/2 = I + D̄ by Theorem 2 (eq. 27), and the update is
+ *   Δ = −η Z^-1/2 (I + D̄) Z^-1/2 g.
+ * Algorithm 1 line 18 adds Σ_j D_ij u_j with u the block sums of the raw
+ * gradient, though the vector being multiplied is Z^-1/2 g; by default we
+ * use its block sums u'_j = Σ_{m∈j} g_m / sqrt(z_m), which makes the update
+ * the exact product above. literal_line18 = 1 restores the printed form.
+ * D is recomputed every inv_interval steps (the amortisation of §7); r and
+ * U are updated every step.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "opt_int.h"
+
+enum { PART_BLOCK = 0, PART_ROW = 1 };
+
+struct bma_hyper {
+    struct curv__sched sched;
+    double eps;
+    double eig_floor;
+    int partition;
+    int literal_line18;
+    int64_t inv_interval;
+    int64_t max_blocks;
+};
+
+static const struct curv__param PARAMS[] = {
+    CURV__SCHED_PARAMS(struct bma_hyper, sched, 0.01),
+    CURV__REAL(struct bma_hyper, eps, "eps", 1e-8, 1e-300, 1,
+               "ε in z = sqrt(r + ε) (Algorithm 1 line 9; the paper gives no value); must be > 0 "
+               "so that every block sum v_i is positive"),
+    CURV__REAL(struct bma_hyper, eig_floor, "eig_floor", 1e-8, 0, 0.5,
+               "eigenvalues of I + X below eig_floor·λ_max are clamped to it (text after eq. 27)"),
+    CURV__ENUM(struct bma_hyper, partition, "partition", "block", "block|row",
+               "block: one BMA block per layout block; row: one per output unit (row) of each "
+               "dense/conv2d block, bias included, and one per vector block"),
+    CURV__BOOL(struct bma_hyper, literal_line18, "literal_line18", 0,
+               "1: Algorithm 1 line 18 as printed (raw-gradient block sums u_j); 0: the scaled "
+               "sums that make the update Z^-1/2 F^-1/2 Z^-1/2 g exactly"),
+    CURV__INT(struct bma_hyper, inv_interval, "inv_interval", 1, 1, 1e9,
+              "recompute D every this many steps (1 = every step, as in the paper's timings)"),
+    CURV__INT(struct bma_hyper, max_blocks, "max_blocks", 4096, 1, 65536,
+              "largest number of BMA blocks L accepted (each refresh is an O(L³) "
+              "eigendecomposition)"),
+};
+
+struct bma_state {
+    size_t L;
+    size_t *start; /* L + 1 block boundaries in the flat vector */
+    double *r;     /* d: sum of squared gradients */
+    double *U;     /* L x L: Σ u uᵀ */
+    double *D;     /* L x L: the last computed D of eq. 27 */
+    curv_bma *core; /* scratch for Theorem 2, partition s */
+    double *scratch; /* u, u', v, c (L each), U and D candidates (L² each) */
+};
+
+/* Block boundaries for the chosen partition; returns L or 0 when out of memory. */
+static size_t build_partition(const curv_layout *l, int mode, size_t **out)
+{
+    size_t n = curv_layout_nblocks(l), L = 0;
+    curv_block_info b;
+    for (size_t i = 0; i < n; i++) {
+        curv_layout_block(l, i, &b);
+        L += (mode == PART_ROW && b.kind != CURV_BLOCK_VECTOR) ? b.rows : 1;
+    }
+    size_t *start = curv__calloc_n(L + 1, sizeof(size_t));
+    if (!start)
+        return 0;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        curv_layout_block(l, i, &b);
+        size_t parts = (mode == PART_ROW && b.kind != CURV_BLOCK_VECTOR) ? b.rows : 1;
+        for (size_t p = 0; p < parts; p++)
+            start[k++] = b.offset + p * (b.size / parts);
+    }
+    start[L] = curv_layout_dim(l);
+    *out = start;
+    return L;
+}
+
+static void bma_fini(curv_opt *o)
+{
+    struct bma_state *s = o->impl;
+    free(s->start);
+    free(s->r);
+    free(s->U);
+    free(s->D);
+    curv_bma_free(s->core);
+    free(s->scratch);
+    free(s);
+}
+
+static curv_status bma_init(curv_opt *o, curv_error *err)
+{
+    const struct bma_hyper *h = o->hyper;
+    struct bma_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return curv__fail(err, CURV_E_NOMEM, "adagrad_bma: out of memory");
+    o->impl = s;
+    if (!(s->L = build_partition(o->layout, h->partition, &s->start)))
+        return curv__fail(err, CURV_E_NOMEM, "adagrad_bma: out of memory");
+    if (s->L > (size_t)h->max_blocks)
+        return curv__fail(err, CURV_E_RANGE,
+                          "adagrad_bma: the partition has L = %zu blocks, above max_blocks = %lld",
+                          s->L, (long long)h->max_blocks);
+    size_t L = s->L, *sizes = curv__calloc_n(L, sizeof(size_t));
+    if (!sizes)
+        return curv__fail(err, CURV_E_NOMEM, "adagrad_bma: out of memory");
+    for (size_t i = 0; i < L; i++)
+        sizes[i] = s->start[i + 1] - s->start[i];
+    curv_status st = curv_bma_new(sizes, L, &s->core, err);
+    free(sizes);
+    if (st != CURV_OK)
+        return st;
+    s->r = curv__calloc_n(o->dim, sizeof(double));
+    s->U = curv__calloc_n(L * L, sizeof(double));
+    s->D = curv__calloc_n(L * L, sizeof(double));
+    s->scratch = curv__calloc_n(4 * L + 2 * L * L, sizeof(double));
+    if (!s->r || !s->U || !s->D || !s->scratch)
+        return curv__fail(err, CURV_E_NOMEM, "adagrad_bma: out of memory for d = %zu, L = %zu",
+                          o->dim, L);
+    return CURV_OK;
+}
+
+/* z as Algorithm 1 line 9 gives it after this step's r update, without
+ * touching r (the step must be all-or-nothing). */
+static inline double z_of(double r, double g, double eps)
+{
+    return sqrt(r + g * g + eps);
+}
+
+/* Theorem 2 on F = I + B̄, B = S^-1/2 X S^-1/2: D into @D (eq. 27). */
+static curv_status refresh_d(struct bma_state *s, const struct bma_hyper *h, const double *Unew,
+                             const double *v, double *D, curv_error *err)
+{
+    const size_t L = s->L;
+    double *lam = curv_bma_lambda(s->core), *B = curv_bma_matrix(s->core);
+    const size_t *sz = curv_bma_sizes(s->core);
+    for (size_t i = 0; i < L; i++) {
+        lam[i] = 1.0;
+        for (size_t j = 0; j < L; j++)
+            B[i * L + j] = i == j ? 0.0
+                                  : Unew[i * L + j] / (v[i] * v[j]) / sqrt((double)sz[i] * sz[j]);
+    }
+    curv_status st = curv_bma_inv_sqrt(s->core, h->eig_floor, s->core, err);
+    if (st == CURV_OK)
+        memcpy(D, curv_bma_matrix(s->core), L * L * sizeof(double));
+    return st;
+}
+
+static curv_status bma_step(curv_opt *o, const double *g, const double *theta, double *delta,
+                            curv_request *req, curv_error *err)
+{
+    (void)theta, (void)req;
+    const struct bma_hyper *h = o->hyper;
+    struct bma_state *s = o->impl;
+    const size_t L = s->L;
+    double *u = s->scratch, *us = u + L, *v = us + L, *c = v + L, *Unew = c + L;
+    double *Dnew = Unew + L * L;
+    /* Lines 8-12: block sums of g, of g/sqrt(z) and of z. */
+    for (size_t i = 0; i < L; i++) {
+        double su = 0, ss = 0, sv = 0;
+        for (size_t m = s->start[i]; m < s->start[i + 1]; m++) {
+            double z = z_of(s->r[m], g[m], h->eps);
+            su += g[m];
+            ss += g[m] / sqrt(z);
+            sv += z;
+        }
+        u[i] = su, us[i] = ss, v[i] = sv;
+    }
+    /* Line 14: U + u uᵀ, committed only when the step succeeds. */
+    for (size_t i = 0; i < L; i++)
+        for (size_t j = 0; j < L; j++)
+            Unew[i * L + j] = s->U[i * L + j] + u[i] * u[j];
+    /* D is refreshed every inv_interval steps (the first step included). */
+    const int refresh = (o->t % (uint64_t)h->inv_interval) == 0;
+    const double *D = s->D;
+    if (refresh) {
+        curv_status st = refresh_d(s, h, Unew, v, Dnew, err);
+        if (st != CURV_OK)
+            return st;
+        D = Dnew;
+    }
+    /* Line 18: c_i = Σ_j D_ij u_j (scaled sums by default). */
+    const double *uu = h->literal_line18 ? u : us;
+    for (size_t i = 0; i < L; i++) {
+        double acc = 0;
+        for (size_t j = 0; j < L; j++)
+            acc += D[i * L + j] * uu[j];
+        c[i] = acc;
+    }
+    /* Lines 16-21 and the commit: Δ = −η Z^-1/2 (Z^-1/2 g + c̄), r += g². */
+    const double lr = curv__sched_lr(&h->sched, o->t + 1);
+    for (size_t i = 0; i < L; i++)
+        for (size_t m = s->start[i]; m < s->start[i + 1]; m++) {
+            double rz = sqrt(z_of(s->r[m], g[m], h->eps));
+            delta[m] = -lr * (g[m] / rz + c[i]) / rz;
+            s->r[m] += g[m] * g[m];
+        }
+    memcpy(s->U, Unew, L * L * sizeof(double));
+    if (refresh)
+        memcpy(s->D, Dnew, L * L * sizeof(double));
+    return CURV_OK;
+}
+
+static void bma_save(const curv_opt *o, struct curv__writer *w)
+{
+    const struct bma_state *s = o->impl;
+    curv__w_f64s(w, s->r, o->dim);
+    curv__w_f64s(w, s->U, s->L * s->L);
+    curv__w_f64s(w, s->D, s->L * s->L);
+}
+
+static curv_status bma_load(curv_opt *o, struct curv__reader *r, curv_error *err)
+{
+    (void)err;
+    struct bma_state *s = o->impl;
+    curv__r_f64s(r, s->r, o->dim);
+    curv__r_f64s(r, s->U, s->L * s->L);
+    curv__r_f64s(r, s->D, s->L * s->L);
+    return CURV_OK;
+}
+
+const struct curv__opt_vt curv__adagrad_bma_vt = {
+    .params = PARAMS,
+    .n_params = sizeof PARAMS / sizeof PARAMS[0],
+    .hyper_size = sizeof(struct bma_hyper),
+    .init = bma_init,
+    .fini = bma_fini,
+    .step = bma_step,
+    .save = bma_save,
+    .load = bma_load,
+};

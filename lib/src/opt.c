@@ -1,0 +1,251 @@
+/* SPDX-License-Identifier: MIT */
+/* The common optimizer front end: kinds, input checks, float32
+ * conversion, and the outer save/load frame around each kind's state. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "opt_int.h"
+
+static const struct curv__opt_vt *const VTABLES[CURV_OPT_KIND_COUNT] = {
+    [CURV_OPT_SGD] = &curv__sgd_vt,
+    [CURV_OPT_ADAGRAD_DIAG] = &curv__adagrad_diag_vt,
+    [CURV_OPT_ADAGRAD_FULL] = &curv__adagrad_full_vt,
+    [CURV_OPT_ADAGRAD_BMA] = &curv__adagrad_bma_vt,
+    [CURV_OPT_MBAG] = &curv__mbag_vt,
+    [CURV_OPT_MBAG_EMA] = &curv__mbag_ema_vt,
+    [CURV_OPT_MBAG_N] = &curv__mbag_n_vt,
+};
+
+static const struct curv__opt_vt *vt_of(curv_opt_kind kind)
+{
+    return (unsigned)kind < CURV_OPT_KIND_COUNT ? VTABLES[kind] : NULL;
+}
+
+const char *curv_opt_kind_name(curv_opt_kind kind)
+{
+    switch (kind) {
+#define CURV__KIND_NAME(name, code, text)                                                          \
+    case CURV_OPT_##name:                                                                          \
+        return text;
+        CURV_OPT_KIND_MAP(CURV__KIND_NAME)
+#undef CURV__KIND_NAME
+    default:
+        return NULL;
+    }
+}
+
+curv_status curv_opt_kind_parse(const char *name, curv_opt_kind *out)
+{
+    for (int k = 0; name && k < CURV_OPT_KIND_COUNT; k++)
+        if (strcmp(curv_opt_kind_name((curv_opt_kind)k), name) == 0) {
+            *out = (curv_opt_kind)k;
+            return CURV_OK;
+        }
+    return CURV_E_INVALID;
+}
+
+size_t curv_opt_param_count(curv_opt_kind kind)
+{
+    const struct curv__opt_vt *vt = vt_of(kind);
+    return vt ? vt->n_params : 0;
+}
+
+curv_status curv_opt_param_info(curv_opt_kind kind, size_t i, curv_param_info *out)
+{
+    const struct curv__opt_vt *vt = vt_of(kind);
+    if (!vt || !out || i >= vt->n_params)
+        return CURV_E_INVALID;
+    const struct curv__param *p = &vt->params[i];
+    *out = (curv_param_info){.name = p->name,
+                             .type = p->type,
+                             .def = p->def,
+                             .min = p->min,
+                             .max = p->max,
+                             .def_str = p->def_str,
+                             .choices = p->choices,
+                             .doc = p->doc};
+    return CURV_OK;
+}
+
+void curv_opt_free(curv_opt *o)
+{
+    if (!o)
+        return;
+    if (o->impl && o->vt->fini)
+        o->vt->fini(o);
+    curv_layout_free(o->layout);
+    free(o->hyper);
+    free(o->gbuf);
+    free(o->pbuf);
+    free(o->ubuf);
+    free(o);
+}
+
+curv_status curv_opt_new(curv_opt_kind kind, const curv_layout *layout, const curv_config *config,
+                         curv_opt **out, curv_error *err)
+{
+    const struct curv__opt_vt *vt = vt_of(kind);
+    if (!vt)
+        return curv__fail(err, CURV_E_INVALID, "opt: unknown optimizer kind %d", (int)kind);
+    if (!layout || !out)
+        return curv__fail(err, CURV_E_INVALID, "opt: NULL layout or output pointer");
+    if (curv_layout_dim(layout) == 0)
+        return curv__fail(err, CURV_E_INVALID, "%s: the layout has no parameter blocks",
+                          curv_opt_kind_name(kind));
+    curv_opt *o = calloc(1, sizeof *o);
+    if (!o)
+        return curv__fail(err, CURV_E_NOMEM, "opt: out of memory");
+    o->kind = kind;
+    o->vt = vt;
+    o->layout = curv_layout_dup(layout);
+    o->dim = curv_layout_dim(layout);
+    o->hyper = calloc(1, vt->hyper_size);
+    curv_status st = CURV_E_NOMEM;
+    if (!o->layout || !o->hyper) {
+        curv__fail(err, st, "opt: out of memory");
+        goto fail;
+    }
+    st = curv__params_apply(vt->params, vt->n_params, curv_opt_kind_name(kind), config, o->hyper,
+                            err);
+    if (st == CURV_OK)
+        st = vt->init(o, err);
+    if (st != CURV_OK)
+        goto fail;
+    *out = o;
+    return CURV_OK;
+fail:
+    curv_opt_free(o);
+    return st;
+}
+
+/* Make sure *buf holds dim doubles. */
+static int ensure(double **buf, size_t dim)
+{
+    if (!*buf)
+        *buf = curv__calloc_n(dim, sizeof(double));
+    return *buf != NULL;
+}
+
+/* Bring @src (dtype) to doubles, checking every element is finite. */
+static curv_status load_vec(curv_opt *o, const void *src, curv_dtype dtype, double **buf,
+                            const double **vec, const char *what, curv_error *err)
+{
+    const double *v = src;
+    if (dtype == CURV_F32) {
+        if (!ensure(buf, o->dim))
+            return curv__fail(err, CURV_E_NOMEM, "opt: out of memory converting %s", what);
+        const float *f = src;
+        for (size_t i = 0; i < o->dim; i++)
+            (*buf)[i] = f[i];
+        v = *buf;
+    }
+    size_t bad = curv__first_nonfinite(v, o->dim);
+    if (bad < o->dim) {
+        char where[160];
+        curv__locate(o->layout, bad, where, sizeof where);
+        return curv__fail(err, CURV_E_NONFINITE, "%s: %s is %g at element %zu, %s",
+                          curv_opt_kind_name(o->kind), what, v[bad], bad, where);
+    }
+    *vec = v;
+    return CURV_OK;
+}
+
+/* Run a step or a resume and deliver the update in the caller's dtype. */
+static curv_status finish(curv_opt *o, curv_status st, curv_dtype dtype, void *update,
+                          double *delta)
+{
+    if (st == CURV_OK) {
+        if (dtype == CURV_F32) {
+            float *f = update;
+            for (size_t i = 0; i < o->dim; i++)
+                f[i] = (float)delta[i];
+        }
+        o->t++;
+        o->pending = 0;
+    } else if (st == CURV_NEED_INPUT) {
+        o->pending = 1;
+    }
+    return st;
+}
+
+static double *delta_buffer(curv_opt *o, curv_dtype dtype, void *update)
+{
+    if (dtype == CURV_F64)
+        return update;
+    return ensure(&o->ubuf, o->dim) ? o->ubuf : NULL;
+}
+
+curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void *update, curv_request *req,
+                          curv_error *err)
+{
+    if (!o || !in || !in->grad || !update)
+        return curv__fail(err, CURV_E_INVALID, "opt: NULL optimizer, input, grad or update");
+    const char *name = curv_opt_kind_name(o->kind);
+    if (in->dtype != CURV_F64 && in->dtype != CURV_F32)
+        return curv__fail(err, CURV_E_INVALID, "%s: unknown dtype %d", name, (int)in->dtype);
+    if (o->pending)
+        return curv__fail(err, CURV_E_STATE,
+                          "%s: a request is pending; answer it with resume before a new step",
+                          name);
+    const double *g, *theta = NULL;
+    curv_status st = load_vec(o, in->grad, in->dtype, &o->gbuf, &g, "grad", err);
+    if (st == CURV_OK && in->params)
+        st = load_vec(o, in->params, in->dtype, &o->pbuf, &theta, "params", err);
+    if (st != CURV_OK)
+        return st;
+    double *delta = delta_buffer(o, in->dtype, update);
+    if (!delta)
+        return curv__fail(err, CURV_E_NOMEM, "%s: out of memory", name);
+    curv_request scratch;
+    st = o->vt->step(o, g, theta, delta, req ? req : &scratch, err);
+    return finish(o, st, in->dtype, update, delta);
+}
+
+curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype dtype,
+                            void *update, curv_request *req, curv_error *err)
+{
+    if (!o || !resp || !update)
+        return curv__fail(err, CURV_E_INVALID, "opt: NULL optimizer, response or update");
+    const char *name = curv_opt_kind_name(o->kind);
+    if (dtype != CURV_F64 && dtype != CURV_F32)
+        return curv__fail(err, CURV_E_INVALID, "%s: unknown dtype %d", name, (int)dtype);
+    if (!o->pending || !o->vt->resume)
+        return curv__fail(err, CURV_E_STATE, "%s: no request is pending", name);
+    if (resp->n_values && !resp->values)
+        return curv__fail(err, CURV_E_INVALID, "%s: response has NULL values", name);
+    size_t bad = curv__first_nonfinite(resp->values, resp->n_values);
+    if (bad < resp->n_values)
+        return curv__fail(err, CURV_E_NONFINITE, "%s: response value %zu is %g", name, bad,
+                          resp->values[bad]);
+    double *delta = delta_buffer(o, dtype, update);
+    if (!delta)
+        return curv__fail(err, CURV_E_NOMEM, "%s: out of memory", name);
+    curv_request scratch;
+    curv_status st = o->vt->resume(o, resp, delta, req ? req : &scratch, err);
+    return finish(o, st, dtype, update, delta);
+}
+
+curv_opt_kind curv_opt_kind_of(const curv_opt *o)
+{
+    return o->kind;
+}
+
+const curv_layout *curv_opt_layout(const curv_opt *o)
+{
+    return o->layout;
+}
+
+uint64_t curv_opt_steps(const curv_opt *o)
+{
+    return o->t;
+}
+
+curv_status curv_opt_get_param(const curv_opt *o, const char *name, double *out)
+{
+    for (size_t i = 0; o && name && out && i < o->vt->n_params; i++)
+        if (strcmp(o->vt->params[i].name, name) == 0) {
+            *out = curv__param_value(&o->vt->params[i], o->hyper);
+            return CURV_OK;
+        }
+    return CURV_E_INVALID;
+}

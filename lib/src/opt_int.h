@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: MIT */
+/* The optimizer vtable and the table-driven hyperparameter machinery. */
+#ifndef CURV_OPT_INT_H
+#define CURV_OPT_INT_H
+
+#include <stddef.h>
+
+#include "internal.h"
+#include "state.h"
+
+/* Most entries a CURV_PARAM_LIST value may hold. */
+#define CURV__LIST_MAX 16
+
+struct curv__list {
+    size_t n;
+    uint64_t v[CURV__LIST_MAX];
+};
+
+/*
+ * One hyperparameter. @offset locates its storage in the optimizer's
+ * hyper struct: REAL -> double, INT -> int64_t, BOOL -> int, ENUM -> int
+ * (index into @choices), LIST -> struct curv__list.
+ */
+struct curv__param {
+    const char *name;
+    curv_param_type type;
+    double def, min, max; /* numeric default and inclusive range */
+    const char *def_str;  /* ENUM / LIST default */
+    const char *choices;  /* ENUM: "a|b|c" */
+    size_t offset;
+    const char *doc;
+};
+
+#define CURV__REAL(st, f, nm, d, lo, hi, doc)                                                      \
+    {nm, CURV_PARAM_REAL, d, lo, hi, NULL, NULL, offsetof(st, f), doc}
+#define CURV__INT(st, f, nm, d, lo, hi, doc)                                                       \
+    {nm, CURV_PARAM_INT, d, lo, hi, NULL, NULL, offsetof(st, f), doc}
+#define CURV__BOOL(st, f, nm, d, doc) {nm, CURV_PARAM_BOOL, d, 0, 1, NULL, NULL, offsetof(st, f), doc}
+#define CURV__ENUM(st, f, nm, dstr, ch, doc)                                                       \
+    {nm, CURV_PARAM_ENUM, 0, 0, 0, dstr, ch, offsetof(st, f), doc}
+#define CURV__LIST(st, f, nm, dstr, doc)                                                           \
+    {nm, CURV_PARAM_LIST, 0, 0, 0, dstr, NULL, offsetof(st, f), doc}
+
+/* Learning-rate schedule shared by every optimizer (sched.c). */
+enum { CURV__SCHED_CONSTANT = 0, CURV__SCHED_STEP, CURV__SCHED_MULTISTEP, CURV__SCHED_EXP };
+
+struct curv__sched {
+    double lr;
+    int kind;
+    double gamma;
+    int64_t step_size;
+    struct curv__list milestones;
+};
+
+/* The schedule's table entries, for a hyper struct @st with a
+ * `struct curv__sched` member @f; @lr_def is the optimizer's default. */
+#define CURV__SCHED_PARAMS(st, f, lr_def)                                                          \
+    CURV__REAL(st, f.lr, "lr", lr_def, 0, 1e6, "learning rate η (the base of the schedule)"),      \
+        CURV__ENUM(st, f.kind, "lr_schedule", "constant", "constant|step|multistep|exponential",  \
+                   "constant: η; step: η·γ^floor((t-1)/lr_step_size); multistep: η·γ^(number of "  \
+                   "milestones < t); exponential: η·γ^(t-1)"),                                     \
+        CURV__REAL(st, f.gamma, "lr_gamma", 0.1, 0, 1, "decay factor γ of the schedule"),          \
+        CURV__INT(st, f.step_size, "lr_step_size", 1000, 1, 1e15, "steps between decays (step)"), \
+        CURV__LIST(st, f.milestones, "lr_milestones", "",                                         \
+                   "steps after which η is multiplied by γ (multistep), e.g. \"100,150\"")
+
+/* curv__sched_lr - the learning rate for step t (1-based). */
+double curv__sched_lr(const struct curv__sched *s, uint64_t t);
+
+struct curv__opt_vt;
+
+struct curv_opt {
+    curv_opt_kind kind;
+    const struct curv__opt_vt *vt;
+    curv_layout *layout;
+    size_t dim;
+    void *hyper; /* filled from the param table */
+    void *impl;  /* the optimizer's own state */
+    uint64_t t;  /* completed steps */
+    int pending; /* a request awaits curv_opt_resume() */
+    double *gbuf, *pbuf, *ubuf; /* float32 conversion buffers, allocated on demand */
+};
+
+/*
+ * The per-kind vtable. Conventions:
+ *  - init: allocate and initialise o->impl from o->layout and o->hyper
+ *    (range checks that need the layout go here, e.g. d limits);
+ *  - step: @g (finite, checked), @theta (finite or NULL); write @delta
+ *    (dim doubles). Must leave the state unchanged when it fails. The step
+ *    number being taken is o->t + 1;
+ *  - resume: NULL when the kind never asks for input;
+ *  - save/load: the impl state only (kind, layout, hyper and t are handled
+ *    by opt.c). load runs on a freshly init'ed optimizer.
+ */
+struct curv__opt_vt {
+    const struct curv__param *params;
+    size_t n_params;
+    size_t hyper_size;
+    curv_status (*init)(curv_opt *o, curv_error *err);
+    void (*fini)(curv_opt *o);
+    curv_status (*step)(curv_opt *o, const double *g, const double *theta, double *delta,
+                        curv_request *req, curv_error *err);
+    curv_status (*resume)(curv_opt *o, const curv_response *resp, double *delta,
+                          curv_request *req, curv_error *err);
+    void (*save)(const curv_opt *o, struct curv__writer *w);
+    curv_status (*load)(curv_opt *o, struct curv__reader *r, curv_error *err);
+};
+
+/* The vtables, one per kind (defined in each optimizer's .c). */
+extern const struct curv__opt_vt curv__sgd_vt;
+extern const struct curv__opt_vt curv__adagrad_diag_vt;
+extern const struct curv__opt_vt curv__adagrad_full_vt;
+extern const struct curv__opt_vt curv__adagrad_bma_vt;
+extern const struct curv__opt_vt curv__mbag_vt;
+extern const struct curv__opt_vt curv__mbag_ema_vt;
+extern const struct curv__opt_vt curv__mbag_n_vt;
+
+/* curv__locate - describe flat index @i as "block 'fc1' (row 2, col 5)". */
+void curv__locate(const curv_layout *l, size_t i, char *buf, size_t cap);
+
+/* A config entry (config.c); @str is NULL for numbers. */
+struct curv__cfg_entry {
+    const char *key;
+    const char *str;
+    double num;
+};
+/* curv__config_entry - entry @i of @c (borrowed); 0 when out of range. */
+int curv__config_entry(const curv_config *c, size_t i, struct curv__cfg_entry *out);
+
+/* Parameter tables (param.c). */
+curv_status curv__params_apply(const struct curv__param *tab, size_t n, const char *kind_name,
+                               const curv_config *c, void *hyper, curv_error *err);
+/* Serialize resolved values as (name, type, value) records. */
+void curv__params_save(const struct curv__param *tab, size_t n, const void *hyper,
+                       struct curv__writer *w);
+/* Read what curv__params_save wrote into a new config (NULL on bad input). */
+curv_status curv__params_read(struct curv__reader *r, curv_config **out, curv_error *err);
+/* A parameter's numeric value (ENUM gives its index, LIST its length). */
+double curv__param_value(const struct curv__param *p, const void *hyper);
+
+#endif
