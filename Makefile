@@ -28,6 +28,9 @@ BENCH_BINS := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
 FMT_FILES  := $(sort $(wildcard lib/include/*.h lib/include/curv/*.h lib/src/*.[ch] \
                 tests/lib/*.[ch] tests/bench/*.[ch] server/*.[ch]))
 
+# V=1 prints full compiler lines.
+Q := $(if $(V),,@)
+
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 .PHONY: all lib deps test test-unit asan check-symbols check-format readme-example \
@@ -42,23 +45,25 @@ lib: $(BUILD)/libcurv.a $(BUILD)/libcurv.so
 
 $(BUILD)/lib/%.o: lib/src/%.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
+	@$(if $(Q),echo "  CC      $<",:)
+	$(Q)$(CC) $(CFLAGS_ALL) -MMD -MP -c $< -o $@
 
 $(BUILD)/libcurv.a: $(LIB_OBJS)
 	@rm -f $@
-	ar rcs $@ $^
+	$(Q)ar rcs $@ $^
 
 $(BUILD)/libcurv.so: $(LIB_OBJS)
-	$(CC) -shared -Wl,-soname,libcurv.so.0 -o $@ $^ $(LDFLAGS_ALL) $(DEP_LIBS)
+	$(Q)$(CC) -shared -Wl,-soname,libcurv.so.0 -o $@ $^ $(LDFLAGS_ALL) $(DEP_LIBS)
 
 $(BUILD)/tests/%: tests/lib/%.c $(TEST_UTIL) tests/lib/testutil.h $(BUILD)/libcurv.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS_ALL) -Itests/lib $< $(TEST_UTIL) -o $@ $(BUILD)/libcurv.a \
+	@$(if $(Q),echo "  CC      $@",:)
+	$(Q)$(CC) $(CFLAGS_ALL) -Itests/lib $< $(TEST_UTIL) -o $@ $(BUILD)/libcurv.a \
 	    $(LDFLAGS_ALL) $(TEST_LIBS) $(DEP_LIBS)
 
 $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libcurv.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS_ALL) -O3 -march=native $< -o $@ $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(DEP_LIBS)
+	$(Q)$(CC) $(CFLAGS_ALL) -O3 -march=native $< -o $@ $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(DEP_LIBS)
 
 test-unit: $(TEST_BINS)
 	@tests/run-tests.sh $(TEST_BINS)
@@ -85,7 +90,7 @@ format:
 readme-example: $(BUILD)/libcurv.a
 	@mkdir -p $(BUILD)/readme
 	@awk '/^```c$$/{on=1;next} /^```$$/{on=0} on' README.md > $(BUILD)/readme/example.c
-	$(CC) $(STD) $(WARN) -Ilib/include $(BUILD)/readme/example.c -o $(BUILD)/readme/example \
+	$(Q)$(CC) $(STD) $(WARN) -Ilib/include $(BUILD)/readme/example.c -o $(BUILD)/readme/example \
 	    $(BUILD)/libcurv.a $(DEP_LIBS)
 	@$(BUILD)/readme/example
 

@@ -1,6 +1,8 @@
 #!/bin/sh
 # Run each cmocka test binary, echo its output, and close with one line
 # "N passed, N failed" summed over all of them. Exit 1 if any failed.
+# One BLAS thread: deterministic sums, so bit-identity checks are meaningful.
+export OPENBLAS_NUM_THREADS=1
 passed=0
 failed=0
 bad_bins=""
