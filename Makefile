@@ -59,11 +59,14 @@ $(BUILD)/tests/%: tests/lib/%.c $(TEST_UTIL) tests/lib/testutil.h $(BUILD)/libcu
 	@mkdir -p $(@D)
 	@$(if $(Q),echo "  CC      $@",:)
 	$(Q)$(CC) $(CFLAGS_ALL) -Itests/lib $< $(TEST_UTIL) -o $@ $(BUILD)/libcurv.a \
-	    $(LDFLAGS_ALL) $(TEST_LIBS) $(DEP_LIBS)
+	    $(LDFLAGS_ALL) $(TEST_LDFLAGS) $(TEST_LIBS) $(DEP_LIBS)
 
 $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libcurv.a
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS_ALL) -O3 -march=native $< -o $@ $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(DEP_LIBS)
+
+# The failing-allocator suite wraps the allocator for the library code it links.
+$(BUILD)/tests/test_alloc: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
 
 test-unit: $(TEST_BINS)
 	@tests/run-tests.sh $(TEST_BINS)

@@ -32,7 +32,7 @@ struct full_hyper {
 #define ADAGRAD_COMMON_PARAMS(st)                                                                  \
     CURV__SCHED_PARAMS(st, sched, 0.01),                                                           \
         CURV__REAL(st, eps, "eps", 1e-8, 0, 1,                                                     \
-                   "ε added to the accumulated squares before the root (the BMA paper leaves "     \
+                   "ε added to the accumulated squares before the root (the BMA paper leaves "    \
                    "it unset; 1e-8 is conventional)")
 
 static const struct curv__param DIAG_PARAMS[] = {ADAGRAD_COMMON_PARAMS(struct diag_hyper)};
@@ -51,8 +51,7 @@ static const struct curv__param FULL_PARAMS[] = {
 static curv_status diag_init(curv_opt *o, curv_error *err)
 {
     if (!(o->impl = curv__calloc_n(o->dim, sizeof(double))))
-        return curv__fail(err, CURV_E_NOMEM, "adagrad_diag: out of memory for %zu entries",
-                          o->dim);
+        return curv__fail(err, CURV_E_NOMEM, "adagrad_diag: out of memory for %zu entries", o->dim);
     return CURV_OK;
 }
 

@@ -52,11 +52,11 @@ static const struct curv__param PARAMS[] = {
 
 struct bma_state {
     size_t L;
-    size_t *start; /* L + 1 block boundaries in the flat vector */
-    double *r;     /* d: sum of squared gradients */
-    double *U;     /* L x L: Σ u uᵀ */
-    double *D;     /* L x L: the last computed D of eq. 27 */
-    curv_bma *core; /* scratch for Theorem 2, partition s */
+    size_t *start;   /* L + 1 block boundaries in the flat vector */
+    double *r;       /* d: sum of squared gradients */
+    double *U;       /* L x L: Σ u uᵀ */
+    double *D;       /* L x L: the last computed D of eq. 27 */
+    curv_bma *core;  /* scratch for Theorem 2, partition s */
     double *scratch; /* u, u', v, c (L each), U and D candidates (L² each) */
 };
 
@@ -145,8 +145,8 @@ static curv_status refresh_d(struct bma_state *s, const struct bma_hyper *h, con
     for (size_t i = 0; i < L; i++) {
         lam[i] = 1.0;
         for (size_t j = 0; j < L; j++)
-            B[i * L + j] = i == j ? 0.0
-                                  : Unew[i * L + j] / (v[i] * v[j]) / sqrt((double)sz[i] * sz[j]);
+            B[i * L + j] =
+                i == j ? 0.0 : Unew[i * L + j] / (v[i] * v[j]) / sqrt((double)sz[i] * sz[j]);
     }
     curv_status st = curv_bma_inv_sqrt(s->core, h->eig_floor, s->core, err);
     if (st == CURV_OK)

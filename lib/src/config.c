@@ -95,8 +95,7 @@ curv_status curv_config_set_num(curv_config *c, const char *key, double value, c
     return set(c, key, NULL, value, err);
 }
 
-curv_status curv_config_set_str(curv_config *c, const char *key, const char *value,
-                                curv_error *err)
+curv_status curv_config_set_str(curv_config *c, const char *key, const char *value, curv_error *err)
 {
     if (!value)
         return curv__fail(err, CURV_E_INVALID, "config: NULL string for '%s'",

@@ -100,7 +100,8 @@ static curv_status add_block(curv_layout *l, struct block *b, const char *name, 
 curv_status curv_layout_add_dense(curv_layout *l, const char *name, size_t n_out, size_t n_in,
                                   int has_bias, curv_error *err)
 {
-    struct block b = {.kind = CURV_BLOCK_DENSE, .n_out = n_out, .n_in = n_in, .has_bias = !!has_bias};
+    struct block b = {
+        .kind = CURV_BLOCK_DENSE, .n_out = n_out, .n_in = n_in, .has_bias = !!has_bias};
     return add_block(l, &b, name, err);
 }
 

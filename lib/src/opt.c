@@ -201,8 +201,8 @@ curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void *update, 
     return finish(o, st, in->dtype, update, delta);
 }
 
-curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype dtype,
-                            void *update, curv_request *req, curv_error *err)
+curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype dtype, void *update,
+                            curv_request *req, curv_error *err)
 {
     if (!o || !resp || !update)
         return curv__fail(err, CURV_E_INVALID, "opt: NULL optimizer, response or update");

@@ -32,14 +32,25 @@ struct curv__param {
 };
 
 #define CURV__REAL(st, f, nm, d, lo, hi, doc)                                                      \
-    {nm, CURV_PARAM_REAL, d, lo, hi, NULL, NULL, offsetof(st, f), doc}
+    {                                                                                              \
+        nm, CURV_PARAM_REAL, d, lo, hi, NULL, NULL, offsetof(st, f), doc                           \
+    }
 #define CURV__INT(st, f, nm, d, lo, hi, doc)                                                       \
-    {nm, CURV_PARAM_INT, d, lo, hi, NULL, NULL, offsetof(st, f), doc}
-#define CURV__BOOL(st, f, nm, d, doc) {nm, CURV_PARAM_BOOL, d, 0, 1, NULL, NULL, offsetof(st, f), doc}
+    {                                                                                              \
+        nm, CURV_PARAM_INT, d, lo, hi, NULL, NULL, offsetof(st, f), doc                            \
+    }
+#define CURV__BOOL(st, f, nm, d, doc)                                                              \
+    {                                                                                              \
+        nm, CURV_PARAM_BOOL, d, 0, 1, NULL, NULL, offsetof(st, f), doc                             \
+    }
 #define CURV__ENUM(st, f, nm, dstr, ch, doc)                                                       \
-    {nm, CURV_PARAM_ENUM, 0, 0, 0, dstr, ch, offsetof(st, f), doc}
+    {                                                                                              \
+        nm, CURV_PARAM_ENUM, 0, 0, 0, dstr, ch, offsetof(st, f), doc                               \
+    }
 #define CURV__LIST(st, f, nm, dstr, doc)                                                           \
-    {nm, CURV_PARAM_LIST, 0, 0, 0, dstr, NULL, offsetof(st, f), doc}
+    {                                                                                              \
+        nm, CURV_PARAM_LIST, 0, 0, 0, dstr, NULL, offsetof(st, f), doc                             \
+    }
 
 /* Learning-rate schedule shared by every optimizer (sched.c). */
 enum { CURV__SCHED_CONSTANT = 0, CURV__SCHED_STEP, CURV__SCHED_MULTISTEP, CURV__SCHED_EXP };
@@ -54,14 +65,14 @@ struct curv__sched {
 
 /* The schedule's table entries, for a hyper struct @st with a
  * `struct curv__sched` member @f; @lr_def is the optimizer's default. */
-#define CURV__SCHED_PARAMS(st, f, lr_def)                                                          \
-    CURV__REAL(st, f.lr, "lr", lr_def, 0, 1e6, "learning rate η (the base of the schedule)"),      \
-        CURV__ENUM(st, f.kind, "lr_schedule", "constant", "constant|step|multistep|exponential",  \
-                   "constant: η; step: η·γ^floor((t-1)/lr_step_size); multistep: η·γ^(number of "  \
-                   "milestones < t); exponential: η·γ^(t-1)"),                                     \
-        CURV__REAL(st, f.gamma, "lr_gamma", 0.1, 0, 1, "decay factor γ of the schedule"),          \
-        CURV__INT(st, f.step_size, "lr_step_size", 1000, 1, 1e15, "steps between decays (step)"), \
-        CURV__LIST(st, f.milestones, "lr_milestones", "",                                         \
+#define CURV__SCHED_PARAMS(st, f, lr_def)                                                                \
+    CURV__REAL(st, f.lr, "lr", lr_def, 0, 1e6, "learning rate η (the base of the schedule)"),            \
+        CURV__ENUM(st, f.kind, "lr_schedule", "constant", "constant|step|multistep|exponential",         \
+                   "constant: η; step: η·γ^floor((t-1)/lr_step_size); multistep: η·γ^(number of " \
+                   "milestones < t); exponential: η·γ^(t-1)"),                                           \
+        CURV__REAL(st, f.gamma, "lr_gamma", 0.1, 0, 1, "decay factor γ of the schedule"),                \
+        CURV__INT(st, f.step_size, "lr_step_size", 1000, 1, 1e15, "steps between decays (step)"),        \
+        CURV__LIST(st, f.milestones, "lr_milestones", "",                                                \
                    "steps after which η is multiplied by γ (multistep), e.g. \"100,150\"")
 
 /* curv__sched_lr - the learning rate for step t (1-based). */
@@ -74,10 +85,10 @@ struct curv_opt {
     const struct curv__opt_vt *vt;
     curv_layout *layout;
     size_t dim;
-    void *hyper; /* filled from the param table */
-    void *impl;  /* the optimizer's own state */
-    uint64_t t;  /* completed steps */
-    int pending; /* a request awaits curv_opt_resume() */
+    void *hyper;                /* filled from the param table */
+    void *impl;                 /* the optimizer's own state */
+    uint64_t t;                 /* completed steps */
+    int pending;                /* a request awaits curv_opt_resume() */
     double *gbuf, *pbuf, *ubuf; /* float32 conversion buffers, allocated on demand */
 };
 
@@ -100,8 +111,8 @@ struct curv__opt_vt {
     void (*fini)(curv_opt *o);
     curv_status (*step)(curv_opt *o, const double *g, const double *theta, double *delta,
                         curv_request *req, curv_error *err);
-    curv_status (*resume)(curv_opt *o, const curv_response *resp, double *delta,
-                          curv_request *req, curv_error *err);
+    curv_status (*resume)(curv_opt *o, const curv_response *resp, double *delta, curv_request *req,
+                          curv_error *err);
     void (*save)(const curv_opt *o, struct curv__writer *w);
     curv_status (*load)(curv_opt *o, struct curv__reader *r, curv_error *err);
 };

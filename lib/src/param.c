@@ -122,8 +122,8 @@ static curv_status set_value(const struct curv__param *p, const char *kind,
             return curv__fail(err, CURV_E_CONFIG, "%s: '%s' = %g is outside [%g, %g]", kind,
                               p->name, e->num, p->min, p->max);
         if (p->type == CURV_PARAM_INT && e->num != floor(e->num))
-            return curv__fail(err, CURV_E_CONFIG, "%s: '%s' = %g must be an integer", kind,
-                              p->name, e->num);
+            return curv__fail(err, CURV_E_CONFIG, "%s: '%s' = %g must be an integer", kind, p->name,
+                              e->num);
         if (p->type == CURV_PARAM_REAL)
             *(double *)f = e->num;
         else
@@ -171,8 +171,8 @@ curv_status curv__params_apply(const struct curv__param *tab, size_t n, const ch
             size_t used = 0;
             known[0] = '\0';
             for (size_t j = 0; j < n && used < sizeof known; j++)
-                used += (size_t)snprintf(known + used, sizeof known - used, "%s%s",
-                                         j ? ", " : "", tab[j].name);
+                used += (size_t)snprintf(known + used, sizeof known - used, "%s%s", j ? ", " : "",
+                                         tab[j].name);
             return curv__fail(err, CURV_E_CONFIG, "%s: unknown hyperparameter '%s' (known: %s)",
                               kind, e.key, known);
         }

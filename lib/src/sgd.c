@@ -27,7 +27,8 @@ static const struct curv__param PARAMS[] = {
     CURV__SCHED_PARAMS(struct sgd_hyper, sched, 0.01),
     CURV__REAL(struct sgd_hyper, momentum, "momentum", 0, 0, 0.9999,
                "momentum μ (the cap μ_max under the sutskever schedule); 0 disables"),
-    CURV__BOOL(struct sgd_hyper, nesterov, "nesterov", 0, "Nesterov momentum instead of heavy ball"),
+    CURV__BOOL(struct sgd_hyper, nesterov, "nesterov", 0,
+               "Nesterov momentum instead of heavy ball"),
     CURV__ENUM(struct sgd_hyper, mu_schedule, "momentum_schedule", "constant", "constant|sutskever",
                "sutskever: μ_t = min(1 − 2^(−1−log2(floor(t/250)+1)), momentum) (Sutskever et "
                "al. 2013, cited in the thesis §6.13)"),
@@ -55,8 +56,7 @@ static curv_status sgd_init(curv_opt *o, curv_error *err)
         return curv__fail(err, CURV_E_NOMEM, "sgd: out of memory");
     o->impl = s;
     if (h->momentum > 0 && !(s->v = curv__calloc_n(o->dim, sizeof(double))))
-        return curv__fail(err, CURV_E_NOMEM, "sgd: out of memory for %zu momentum entries",
-                          o->dim);
+        return curv__fail(err, CURV_E_NOMEM, "sgd: out of memory for %zu momentum entries", o->dim);
     return CURV_OK;
 }
 

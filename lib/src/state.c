@@ -218,8 +218,9 @@ curv_status curv__state_open(const unsigned char *blob, size_t len, struct curv_
                              curv_error *err)
 {
     if (!blob || len < HEADER_LEN + TRAILER_LEN)
-        return curv__fail(err, CURV_E_CORRUPT, "state: blob of %zu bytes is shorter than the %u-byte frame",
-                          len, HEADER_LEN + TRAILER_LEN);
+        return curv__fail(err, CURV_E_CORRUPT,
+                          "state: blob of %zu bytes is shorter than the %u-byte frame", len,
+                          HEADER_LEN + TRAILER_LEN);
     if (memcmp(blob, MAGIC, 8) != 0)
         return curv__fail(err, CURV_E_CORRUPT, "state: bad magic (not a curv state blob)");
     uint64_t payload = get_le(blob + 16, 8);

@@ -18,12 +18,12 @@ typedef struct {
     uint64_t s;
 } tu_rng;
 void tu_rng_seed(tu_rng *r, uint64_t seed);
-double tu_uniform(tu_rng *r);  /* [0, 1) */
-double tu_normal(tu_rng *r);   /* N(0, 1) */
+double tu_uniform(tu_rng *r); /* [0, 1) */
+double tu_normal(tu_rng *r);  /* N(0, 1) */
 void tu_fill_normal(tu_rng *r, double *x, size_t n, double scale);
 
 /* n x n row-major helpers (lda = n). */
-double *tu_alloc(size_t n);           /* zeroed, asserts on failure */
+double *tu_alloc(size_t n); /* zeroed, asserts on failure */
 void tu_matmul(size_t m, size_t k, size_t n, const double *A, const double *B, double *C);
 void tu_rand_spd(tu_rng *r, size_t n, double min_eig, double *A); /* random SPD */
 /* Reference symmetric power via Jacobi eigenvalue iterations (independent
@@ -40,10 +40,11 @@ void tu_assert_unchanged(const curv_opt *o, const unsigned char *snap, size_t le
 /* Assert a status, printing the error text on mismatch. */
 #define tu_assert_status(expr, want, errp)                                                         \
     do {                                                                                           \
+        const curv_error *tu_e_ = (errp);                                                          \
         curv_status tu_st_ = (expr);                                                               \
         if (tu_st_ != (want))                                                                      \
-            print_error("got %s, want %s: %s\n", curv_status_name(tu_st_),                         \
-                        curv_status_name(want), (errp) ? (errp)->text : "");                       \
+            print_error("got %s, want %s: %s\n", curv_status_name(tu_st_), curv_status_name(want), \
+                        tu_e_ ? tu_e_->text : "");                                                 \
         assert_int_equal(tu_st_, (want));                                                          \
     } while (0)
 

@@ -72,8 +72,7 @@ CURV_API curv_status curv_bma_sqrt(const curv_bma *a, double eig_floor, curv_bma
  * curv_bma_inv / curv_bma_inv_sqrt returned. @x and @y have d elements and
  * may alias. Return CURV_OK, CURV_E_INVALID (NULL), CURV_E_NOMEM.
  */
-CURV_API curv_status curv_bma_apply(const curv_bma *b, const double *x, double *y,
-                                    curv_error *err);
+CURV_API curv_status curv_bma_apply(const curv_bma *b, const double *x, double *y, curv_error *err);
 
 /* curv_bma_expand - write the dense d x d matrix Λ̄ + B̄ (for checks and
  * small problems). @ld >= d. Return CURV_OK or CURV_E_INVALID. */

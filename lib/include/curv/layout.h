@@ -27,8 +27,8 @@ typedef enum { CURV_BLOCK_DENSE = 0, CURV_BLOCK_CONV2D = 1, CURV_BLOCK_VECTOR = 
 typedef struct curv_block_info {
     const char *name; /* borrowed; valid while the layout lives */
     curv_block_kind kind;
-    size_t n_out;    /* dense: outputs; conv2d: c_out; vector: n */
-    size_t n_in;     /* dense: inputs; conv2d: c_in*kh*kw; vector: 1 */
+    size_t n_out;        /* dense: outputs; conv2d: c_out; vector: n */
+    size_t n_in;         /* dense: inputs; conv2d: c_in*kh*kw; vector: 1 */
     size_t c_in, kh, kw; /* conv2d only, else 0 */
     int has_bias;
     size_t rows, cols; /* shape of the flat matrix: rows = n_out, cols = n_in + has_bias */

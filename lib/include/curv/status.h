@@ -23,9 +23,9 @@
     X(E_NONFINITE, 4, "non-finite value (NaN or Inf) in input")                                    \
     X(E_NOMEM, 5, "out of memory")                                                                 \
     X(E_RANGE, 6, "size out of range")                                                             \
-    X(E_STATE, 7, "operation not valid in the current state")                                     \
+    X(E_STATE, 7, "operation not valid in the current state")                                      \
     X(E_CORRUPT, 8, "corrupt or truncated state blob")                                             \
-    X(E_VERSION, 9, "unsupported state format version")                                           \
+    X(E_VERSION, 9, "unsupported state format version")                                            \
     X(E_NUMERIC, 10, "numerical failure")                                                          \
     X(E_CONFIG, 11, "invalid configuration")
 

@@ -1,0 +1,212 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Failing-allocator run: the library's malloc/calloc/realloc/strdup are
+ * wrapped at link time (-Wl,--wrap=...) so that the k-th allocation from
+ * an arming point fails. Each public operation is run with k = 0, 1, 2, ...
+ * until it completes without meeting an injected failure; every failing
+ * run must return CURV_E_NOMEM, leave its object unchanged, and leak
+ * nothing (LeakSanitizer checks the last point under `make asan`).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t sz);
+void *__real_realloc(void *p, size_t n);
+char *__real_strdup(const char *s);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t sz);
+void *__wrap_realloc(void *p, size_t n);
+char *__wrap_strdup(const char *s);
+
+static long countdown = -1; /* allocations left before the failure; -1: off */
+static int injected;        /* the armed failure happened */
+
+static int should_fail(void)
+{
+    if (countdown < 0)
+        return 0;
+    if (countdown-- == 0) {
+        injected = 1;
+        countdown = -1;
+        return 1;
+    }
+    return 0;
+}
+
+void *__wrap_malloc(size_t n)
+{
+    return should_fail() ? NULL : __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t sz)
+{
+    return should_fail() ? NULL : __real_calloc(n, sz);
+}
+
+void *__wrap_realloc(void *p, size_t n)
+{
+    return should_fail() ? NULL : __real_realloc(p, n);
+}
+
+char *__wrap_strdup(const char *s)
+{
+    return should_fail() ? NULL : __real_strdup(s);
+}
+
+static void arm(long k)
+{
+    countdown = k;
+    injected = 0;
+}
+
+static void disarm(void)
+{
+    countdown = -1;
+}
+
+static curv_layout *mixed_layout(void)
+{
+    curv_layout *l = curv_layout_new();
+    assert_non_null(l);
+    assert_int_equal(curv_layout_add_dense(l, "fc1", 3, 4, 1, NULL), CURV_OK);
+    assert_int_equal(curv_layout_add_conv2d(l, "conv", 2, 2, 2, 2, 1, NULL), CURV_OK);
+    assert_int_equal(curv_layout_add_vector(l, "gain", 5, NULL), CURV_OK);
+    return l;
+}
+
+static void test_layout_and_config(void **unused)
+{
+    (void)unused;
+    for (long k = 0;; k++) {
+        curv_error err;
+        arm(k);
+        curv_layout *l = curv_layout_new();
+        curv_status st = l ? CURV_OK : CURV_E_NOMEM;
+        for (int i = 0; st == CURV_OK && i < 12; i++) {
+            char name[16];
+            snprintf(name, sizeof name, "b%d", i);
+            st = curv_layout_add_vector(l, name, 3, &err);
+        }
+        curv_config *c = st == CURV_OK ? curv_config_new() : NULL;
+        if (st == CURV_OK)
+            st = c ? curv_config_set_str(c, "lr_schedule", "step", &err) : CURV_E_NOMEM;
+        disarm();
+        if (!injected) {
+            assert_int_equal(st, CURV_OK);
+            assert_int_equal(curv_layout_dim(l), 36);
+        } else {
+            assert_int_equal(st, CURV_E_NOMEM);
+        }
+        curv_config_free(c);
+        curv_layout_free(l);
+        if (!injected)
+            break;
+    }
+}
+
+/* Create, step (float32 and float64), save and load each kind under
+ * failing allocations. */
+static void run_kind(curv_opt_kind kind)
+{
+    curv_layout *l = mixed_layout();
+    size_t d = curv_layout_dim(l);
+    double *g = tu_alloc(d), *u = tu_alloc(d);
+    float *gf = calloc(d, sizeof *gf), *uf = calloc(d, sizeof *uf);
+    assert_non_null(gf);
+    assert_non_null(uf);
+    tu_rng rng;
+    tu_rng_seed(&rng, 7);
+    tu_fill_normal(&rng, g, d, 1.0);
+    for (size_t i = 0; i < d; i++)
+        gf[i] = (float)g[i];
+    curv_config *c = curv_config_new();
+    assert_non_null(c);
+    if (kind == CURV_OPT_MBAG || kind == CURV_OPT_MBAG_EMA)
+        assert_int_equal(curv_config_set_num(c, "t_sqr", 1, NULL), CURV_OK);
+
+    curv_opt *o = NULL;
+    for (long k = 0;; k++) {
+        arm(k);
+        curv_status st = curv_opt_new(kind, l, c, &o, NULL);
+        disarm();
+        if (!injected) {
+            assert_int_equal(st, CURV_OK);
+            break;
+        }
+        assert_int_equal(st, CURV_E_NOMEM);
+        assert_null(o);
+    }
+    for (int dt = 0; dt < 2; dt++) {
+        for (long k = 0;; k++) {
+            size_t len;
+            unsigned char *snap = tu_snapshot(o, &len);
+            curv_step_input in = {.grad = dt ? (const void *)gf : g,
+                                  .dtype = dt ? CURV_F32 : CURV_F64};
+            arm(k);
+            curv_status st = curv_opt_step(o, &in, dt ? (void *)uf : u, NULL, NULL);
+            disarm();
+            if (!injected) {
+                assert_int_equal(st, CURV_OK);
+                curv_free(snap);
+                break;
+            }
+            assert_int_equal(st, CURV_E_NOMEM);
+            tu_assert_unchanged(o, snap, len);
+            curv_free(snap);
+        }
+    }
+    unsigned char *blob = NULL;
+    size_t len = 0;
+    for (long k = 0;; k++) {
+        arm(k);
+        curv_status st = curv_opt_save(o, &blob, &len, NULL);
+        disarm();
+        if (!injected) {
+            assert_int_equal(st, CURV_OK);
+            break;
+        }
+        assert_int_equal(st, CURV_E_NOMEM);
+    }
+    for (long k = 0;; k++) {
+        curv_opt *o2 = NULL;
+        arm(k);
+        curv_status st = curv_opt_load(blob, len, &o2, NULL);
+        disarm();
+        if (!injected) {
+            assert_int_equal(st, CURV_OK);
+            tu_assert_unchanged(o2, blob, len);
+            curv_opt_free(o2);
+            break;
+        }
+        assert_int_equal(st, CURV_E_NOMEM);
+        assert_null(o2);
+    }
+    curv_free(blob);
+    curv_opt_free(o);
+    curv_config_free(c);
+    curv_layout_free(l);
+    free(g);
+    free(u);
+    free(gf);
+    free(uf);
+}
+
+static void test_every_kind(void **unused)
+{
+    (void)unused;
+    for (int k = 0; k < CURV_OPT_KIND_COUNT; k++)
+        run_kind((curv_opt_kind)k);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_layout_and_config),
+        cmocka_unit_test(test_every_kind),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
