@@ -230,10 +230,10 @@ curv_status curv__params_read(struct curv__reader *r, curv_config **out, curv_er
         return curv__fail(err, CURV_E_NOMEM, "state: out of memory reading hyperparameters");
     uint32_t n = curv__r_u32(r);
     char key[64], str[STR_MAX];
-    for (uint32_t i = 0; i < n && !r->bad; i++) {
+    curv_status st = CURV_OK;
+    for (uint32_t i = 0; i < n && !r->bad && st == CURV_OK; i++) {
         curv__r_str(r, key, sizeof key);
         uint32_t is_str = curv__r_u32(r);
-        curv_status st = CURV_OK;
         if (is_str == 1) {
             curv__r_str(r, str, sizeof str);
             if (!r->bad)
@@ -245,10 +245,12 @@ curv_status curv__params_read(struct curv__reader *r, curv_config **out, curv_er
             else if (!r->bad)
                 st = curv_config_set_num(c, key, v, NULL);
         }
-        if (st != CURV_OK)
-            r->bad = 1;
     }
-    if (r->bad) {
+    if (st == CURV_E_NOMEM) {
+        curv_config_free(c);
+        return curv__fail(err, st, "state: out of memory reading hyperparameters");
+    }
+    if (r->bad || st != CURV_OK) {
         curv_config_free(c);
         return curv__fail(err, CURV_E_CORRUPT, "state: malformed hyperparameter records");
     }
