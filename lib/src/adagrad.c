@@ -31,9 +31,10 @@ struct full_hyper {
 
 #define ADAGRAD_COMMON_PARAMS(st)                                                                  \
     CURV__SCHED_PARAMS(st, sched, 0.01),                                                           \
-        CURV__REAL(st, eps, "eps", 1e-8, 0, 1,                                                     \
-                   "ε added to the accumulated squares before the root (the BMA paper leaves "    \
-                   "it unset; 1e-8 is conventional)")
+        CURV__REAL(st, eps, "eps", 1e-8, 1e-300, 1,                                                \
+                   "ε > 0 added to the accumulated squares before the root (the BMA paper "       \
+                   "leaves it unset; 1e-8 is conventional); 0 would give 0/0 for a coordinate "    \
+                   "whose gradient has always been 0")
 
 static const struct curv__param DIAG_PARAMS[] = {ADAGRAD_COMMON_PARAMS(struct diag_hyper)};
 

@@ -35,8 +35,11 @@ static const struct curv__param PARAMS[] = {
     CURV__REAL(struct bma_hyper, eps, "eps", 1e-8, 1e-300, 1,
                "ε in z = sqrt(r + ε) (Algorithm 1 line 9; the paper gives no value); must be > 0 "
                "so that every block sum v_i is positive"),
-    CURV__REAL(struct bma_hyper, eig_floor, "eig_floor", 1e-8, 0, 0.5,
-               "eigenvalues of I + X below eig_floor·λ_max are clamped to it (text after eq. 27)"),
+    CURV__REAL(struct bma_hyper, eig_floor, "eig_floor", 1e-2, 0, 0.5,
+               "eigenvalues of I + X below eig_floor·λ_max are clamped to it (text after eq. 27; "
+               "the paper gives no value). I + X is singular on step 1 whenever each block's "
+               "gradient has one sign, so a tiny floor multiplies the first updates by up to "
+               "floor^-1/2: 1e-2 bounds that at 10 (see docs/NOTES.md)"),
     CURV__ENUM(struct bma_hyper, partition, "partition", "block", "block|row",
                "block: one BMA block per layout block; row: one per output unit (row) of each "
                "dense/conv2d block, bias included, and one per vector block"),

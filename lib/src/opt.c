@@ -227,17 +227,17 @@ curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype d
 
 curv_opt_kind curv_opt_kind_of(const curv_opt *o)
 {
-    return o->kind;
+    return o ? o->kind : CURV_OPT_KIND_COUNT;
 }
 
 const curv_layout *curv_opt_layout(const curv_opt *o)
 {
-    return o->layout;
+    return o ? o->layout : NULL;
 }
 
 uint64_t curv_opt_steps(const curv_opt *o)
 {
-    return o->t;
+    return o ? o->t : 0;
 }
 
 curv_status curv_opt_get_param(const curv_opt *o, const char *name, double *out)

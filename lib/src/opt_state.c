@@ -11,6 +11,7 @@
  * so a blob is validated by exactly the rules that guard fresh input.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "opt_int.h"
 
@@ -114,9 +115,13 @@ curv_status curv_opt_load(const unsigned char *blob, size_t len, curv_opt **out,
         goto out;
     st = curv_opt_new((curv_opt_kind)kind, layout, config, &o, err);
     if (st != CURV_OK) {
-        if (st != CURV_E_NOMEM)
-            st = curv__fail(err, CURV_E_CORRUPT, "state: stored settings rejected: %s",
-                            err ? err->text : "");
+        if (st != CURV_E_NOMEM && err) {
+            char why[CURV_ERROR_TEXT];
+            memcpy(why, err->text, sizeof why); /* err->text is also the destination */
+            st = curv__fail(err, CURV_E_CORRUPT, "state: stored settings rejected: %s", why);
+        } else if (st != CURV_E_NOMEM) {
+            st = CURV_E_CORRUPT;
+        }
         goto out;
     }
     o->t = curv__r_u64(&r);

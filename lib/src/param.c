@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Table-driven hyperparameters: defaults, validation, (de)serialization. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,7 +8,8 @@
 
 #include "opt_int.h"
 
-#define STR_MAX 256
+/* Room for the longest value: CURV__LIST_MAX 20-digit numbers and commas. */
+#define STR_MAX (CURV__LIST_MAX * 21 + 1)
 
 static void *field(const struct curv__param *p, void *hyper)
 {
@@ -60,8 +62,9 @@ static int parse_list(const char *s, struct curv__list *out)
         char *end;
         if (*s < '0' || *s > '9' || l.n == CURV__LIST_MAX)
             return 0;
+        errno = 0;
         unsigned long long v = strtoull(s, &end, 10);
-        if (end == s || v == 0 || (l.n && v <= l.v[l.n - 1]))
+        if (end == s || errno == ERANGE || v == 0 || (l.n && v <= l.v[l.n - 1]))
             return 0;
         l.v[l.n++] = v;
         s = end;

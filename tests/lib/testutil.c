@@ -112,11 +112,17 @@ static void jacobi_eig(size_t n, double *A, double *V, double *w)
         w[i] = A[i * n + i];
 }
 
-void tu_sym_pow(size_t n, const double *A, double p, double floor, double *out)
+/* out = R max(w, floor)^p R^T; returns the smallest eigenvalue before the floor. */
+static double sym_pow_floor(size_t n, const double *A, double p, double floor, double floor_rel,
+                            double *out)
 {
     double *W = tu_alloc(n * n), *V = tu_alloc(n * n), *w = tu_alloc(n);
     memcpy(W, A, n * n * sizeof(double));
     jacobi_eig(n, W, V, w);
+    double wmax = w[0], wmin = w[0];
+    for (size_t i = 1; i < n; i++)
+        wmax = fmax(wmax, w[i]), wmin = fmin(wmin, w[i]);
+    floor = fmax(floor, floor_rel * wmax);
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < n; j++) {
             double s = 0;
@@ -127,6 +133,17 @@ void tu_sym_pow(size_t n, const double *A, double p, double floor, double *out)
     free(W);
     free(V);
     free(w);
+    return wmin;
+}
+
+void tu_sym_pow(size_t n, const double *A, double p, double floor, double *out)
+{
+    sym_pow_floor(n, A, p, floor, 0.0, out);
+}
+
+double tu_sym_pow_rel(size_t n, const double *A, double p, double floor_rel, double *out)
+{
+    return sym_pow_floor(n, A, p, -INFINITY, floor_rel, out);
 }
 
 double tu_rel_err(const double *a, const double *b, size_t n)

@@ -29,6 +29,9 @@ void tu_rand_spd(tu_rng *r, size_t n, double min_eig, double *A); /* random SPD 
 /* Reference symmetric power via Jacobi eigenvalue iterations (independent
  * of LAPACK): out = R max(w, floor)^p R^T. */
 void tu_sym_pow(size_t n, const double *A, double p, double floor, double *out);
+/* The same with eigenvalues floored at floor_rel * max(w); returns the
+ * smallest eigenvalue before flooring, so callers can see the floor act. */
+double tu_sym_pow_rel(size_t n, const double *A, double p, double floor_rel, double *out);
 /* max |a-b| / max(max|b|, tiny) over n entries. */
 double tu_rel_err(const double *a, const double *b, size_t n);
 

@@ -160,23 +160,25 @@ CURV_API curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void 
 CURV_API curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype dtype,
                                      void *update, curv_request *req, curv_error *err);
 
-/* curv_opt_kind_of - the optimizer's kind. */
+/* curv_opt_kind_of - the optimizer's kind (CURV_OPT_KIND_COUNT for NULL). */
 CURV_API curv_opt_kind curv_opt_kind_of(const curv_opt *o);
 
-/* curv_opt_layout - the optimizer's layout (borrowed). */
+/* curv_opt_layout - the optimizer's layout (borrowed; NULL for NULL). */
 CURV_API const curv_layout *curv_opt_layout(const curv_opt *o);
 
-/* curv_opt_steps - number of completed steps. */
+/* curv_opt_steps - number of completed steps (0 for NULL). */
 CURV_API uint64_t curv_opt_steps(const curv_opt *o);
 
-/* curv_opt_get_param - the resolved value of hyperparameter @name (numbers
- * only; enums give their index). CURV_E_INVALID for an unknown name. */
+/* curv_opt_get_param - the resolved value of hyperparameter @name: numbers
+ * as set, booleans 0/1, enums their index in @choices, lists their number
+ * of entries. CURV_E_INVALID for NULL arguments or an unknown name. */
 CURV_API curv_status curv_opt_get_param(const curv_opt *o, const char *name, double *out);
 
 /*
  * curv_opt_save - serialize kind, layout, resolved hyperparameters and the
  * whole state into one portable blob (see lib/src/state.c for the format).
- * Return CURV_OK with the blob and its length, or CURV_E_NOMEM.
+ * Return CURV_OK with the blob and its length, CURV_E_INVALID (NULL
+ * arguments) or CURV_E_NOMEM.
  * Ownership: caller frees *blob with curv_free().
  */
 CURV_API curv_status curv_opt_save(const curv_opt *o, unsigned char **blob, size_t *len,
