@@ -61,17 +61,22 @@ static void free_impl(curv_opt *o)
     free(o->impl);
 }
 
+/* r ← r + g², Δ = −η g / sqrt(r + ε) (BMA paper eq. 23). */
+CURV__VECTOR_CLONES static void diag_kernel(size_t n, const double *restrict g, double lr,
+                                            double eps, double *restrict r, double *restrict delta)
+{
+    for (size_t i = 0; i < n; i++) {
+        r[i] += g[i] * g[i];
+        delta[i] = -lr * g[i] / sqrt(r[i] + eps);
+    }
+}
+
 static curv_status diag_step(curv_opt *o, const double *g, const double *theta, double *delta,
                              curv_request *req, curv_error *err)
 {
     (void)theta, (void)req, (void)err;
     const struct diag_hyper *h = o->hyper;
-    double *r = o->impl;
-    const double lr = curv__sched_lr(&h->sched, o->t + 1), eps = h->eps;
-    for (size_t i = 0; i < o->dim; i++) {
-        r[i] += g[i] * g[i];
-        delta[i] = -lr * g[i] / sqrt(r[i] + eps);
-    }
+    diag_kernel(o->dim, g, curv__sched_lr(&h->sched, o->t + 1), h->eps, o->impl, delta);
     return CURV_OK;
 }
 

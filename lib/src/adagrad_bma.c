@@ -57,6 +57,7 @@ struct bma_state {
     size_t L;
     size_t *start;   /* L + 1 block boundaries in the flat vector */
     double *r;       /* d: sum of squared gradients */
+    double *w;       /* d, per step: 1/sqrt(z), z = sqrt(r + g² + ε) */
     double *U;       /* L x L: Σ u uᵀ */
     double *D;       /* L x L: the last computed D of eq. 27 */
     curv_bma *core;  /* scratch for Theorem 2, partition s */
@@ -92,6 +93,7 @@ static void bma_fini(curv_opt *o)
     struct bma_state *s = o->impl;
     free(s->start);
     free(s->r);
+    free(s->w);
     free(s->U);
     free(s->D);
     curv_bma_free(s->core);
@@ -122,20 +124,60 @@ static curv_status bma_init(curv_opt *o, curv_error *err)
     if (st != CURV_OK)
         return st;
     s->r = curv__calloc_n(o->dim, sizeof(double));
+    s->w = curv__calloc_n(o->dim, sizeof(double));
     s->U = curv__calloc_n(L * L, sizeof(double));
     s->D = curv__calloc_n(L * L, sizeof(double));
     s->scratch = curv__calloc_n(4 * L + 2 * L * L, sizeof(double));
-    if (!s->r || !s->U || !s->D || !s->scratch)
+    if (!s->r || !s->w || !s->U || !s->D || !s->scratch)
         return curv__fail(err, CURV_E_NOMEM, "adagrad_bma: out of memory for d = %zu, L = %zu",
                           o->dim, L);
     return CURV_OK;
 }
 
-/* z as Algorithm 1 line 9 gives it after this step's r update, without
- * touching r (the step must be all-or-nothing). */
-static inline double z_of(double r, double g, double eps)
+/*
+ * Lines 8-12 for one block, without touching r (the step is all-or-nothing):
+ * z = sqrt(r + g² + ε), w = 1/sqrt(z) = Z^-1/2 (kept for the update), and
+ * the block sums u = Σ g, u' = Σ w g and v = Σ z. The sums run in LANES
+ * fixed partial sums, an order written in the code (so every build and
+ * every clone gives the same bits) that the compiler can vectorize.
+ */
+#define LANES 8
+CURV__VECTOR_CLONES static void block_pass(size_t n, const double *restrict r,
+                                           const double *restrict g, double eps, double *restrict w,
+                                           double sums[3])
 {
-    return sqrt(r + g * g + eps);
+    double su[LANES] = {0}, ss[LANES] = {0}, sv[LANES] = {0};
+    size_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (size_t j = 0; j < LANES; j++) {
+            double z = sqrt(r[i + j] + g[i + j] * g[i + j] + eps);
+            w[i + j] = 1.0 / sqrt(z);
+            su[j] += g[i + j];
+            ss[j] += g[i + j] * w[i + j];
+            sv[j] += z;
+        }
+    for (; i < n; i++) {
+        double z = sqrt(r[i] + g[i] * g[i] + eps);
+        w[i] = 1.0 / sqrt(z);
+        su[0] += g[i];
+        ss[0] += g[i] * w[i];
+        sv[0] += z;
+    }
+    sums[0] = sums[1] = sums[2] = 0;
+    for (size_t j = 0; j < LANES; j++)
+        sums[0] += su[j], sums[1] += ss[j], sums[2] += sv[j];
+}
+
+/* Lines 16-21 for one block, and the commit of line 8:
+ * Δ = −η Z^-1/2 (Z^-1/2 g + c), r ← r + g². */
+CURV__VECTOR_CLONES static void update_pass(size_t n, const double *restrict g,
+                                            const double *restrict w, double c, double lr,
+                                            double *restrict delta, double *restrict r)
+{
+    for (size_t m = 0; m < n; m++) {
+        delta[m] = -lr * w[m] * (g[m] * w[m] + c);
+        r[m] += g[m] * g[m];
+    }
 }
 
 /* Theorem 2 on F = I + B̄, B = S^-1/2 X S^-1/2: D into @D (eq. 27). */
@@ -166,16 +208,11 @@ static curv_status bma_step(curv_opt *o, const double *g, const double *theta, d
     const size_t L = s->L;
     double *u = s->scratch, *us = u + L, *v = us + L, *c = v + L, *Unew = c + L;
     double *Dnew = Unew + L * L;
-    /* Lines 8-12: block sums of g, of g/sqrt(z) and of z. */
     for (size_t i = 0; i < L; i++) {
-        double su = 0, ss = 0, sv = 0;
-        for (size_t m = s->start[i]; m < s->start[i + 1]; m++) {
-            double z = z_of(s->r[m], g[m], h->eps);
-            su += g[m];
-            ss += g[m] / sqrt(z);
-            sv += z;
-        }
-        u[i] = su, us[i] = ss, v[i] = sv;
+        size_t a = s->start[i];
+        double sums[3];
+        block_pass(s->start[i + 1] - a, s->r + a, g + a, h->eps, s->w + a, sums);
+        u[i] = sums[0], us[i] = sums[1], v[i] = sums[2];
     }
     /* Line 14: U + u uᵀ, committed only when the step succeeds. */
     for (size_t i = 0; i < L; i++)
@@ -198,14 +235,11 @@ static curv_status bma_step(curv_opt *o, const double *g, const double *theta, d
             acc += D[i * L + j] * uu[j];
         c[i] = acc;
     }
-    /* Lines 16-21 and the commit: Δ = −η Z^-1/2 (Z^-1/2 g + c̄), r += g². */
     const double lr = curv__sched_lr(&h->sched, o->t + 1);
-    for (size_t i = 0; i < L; i++)
-        for (size_t m = s->start[i]; m < s->start[i + 1]; m++) {
-            double rz = sqrt(z_of(s->r[m], g[m], h->eps));
-            delta[m] = -lr * (g[m] / rz + c[i]) / rz;
-            s->r[m] += g[m] * g[m];
-        }
+    for (size_t i = 0; i < L; i++) {
+        size_t a = s->start[i], n = s->start[i + 1] - a;
+        update_pass(n, g + a, s->w + a, c[i], lr, delta + a, s->r + a);
+    }
     memcpy(s->U, Unew, L * L * sizeof(double));
     if (refresh)
         memcpy(s->D, Dnew, L * L * sizeof(double));

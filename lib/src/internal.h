@@ -14,6 +14,19 @@
 #define CURV__PRINTF(a, b)
 #endif
 
+/*
+ * CURV__VECTOR_CLONES - compile an elementwise kernel for AVX-512, AVX2 and
+ * the baseline, chosen once at load time (GCC target_clones, an ifunc), so
+ * the portable library still uses the machine's widest vectors. Results are
+ * bit-identical across clones: sqrt and division are correctly rounded at
+ * any width, and -std=c11 keeps FP contraction (FMA) off.
+ */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define CURV__VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CURV__VECTOR_CLONES
+#endif
+
 /* curv__fail - record @status and a formatted sentence in @err (may be
  * NULL) and return @status, so error paths read `return curv__fail(...)`. */
 curv_status curv__fail(curv_error *err, curv_status status, const char *fmt, ...)
