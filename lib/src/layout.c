@@ -174,3 +174,20 @@ void curv__locate(const curv_layout *l, size_t i, char *buf, size_t cap)
     }
     snprintf(buf, cap, "index %zu (outside the layout)", i);
 }
+
+void curv__describe(const curv_layout *l, char *buf, size_t cap)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t k = 0; k < l->n; k++) {
+        const struct block *b = &l->blocks[k];
+        int n = snprintf(buf + used, cap - used, "%s'%s' %zux%zu", k ? ", " : "", b->name, b->n_out,
+                         b->n_in + (size_t)b->has_bias);
+        if (n < 0 || (size_t)n >= cap - used) {
+            if (cap >= 4)
+                memcpy(buf + cap - 4, "...", 4);
+            return;
+        }
+        used += (size_t)n;
+    }
+}

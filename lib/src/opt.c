@@ -187,6 +187,13 @@ curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void *update, 
         return curv__fail(err, CURV_E_STATE,
                           "%s: a request is pending; answer it with resume before a new step",
                           name);
+    if (in->len != o->dim) {
+        char shapes[200];
+        curv__describe(o->layout, shapes, sizeof shapes);
+        return curv__fail(err, CURV_E_SHAPE,
+                          "%s: grad has %zu elements, the layout needs %zu (blocks: %s)", name,
+                          in->len, o->dim, shapes);
+    }
     const double *g, *theta = NULL;
     curv_status st = load_vec(o, in->grad, in->dtype, &o->gbuf, &g, "grad", err);
     if (st == CURV_OK && in->params)

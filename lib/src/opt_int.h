@@ -126,6 +126,9 @@ extern const struct curv__opt_vt curv__mbag_vt;
 extern const struct curv__opt_vt curv__mbag_ema_vt;
 extern const struct curv__opt_vt curv__mbag_n_vt;
 
+/* curv__describe - "'fc1' 3x5, 'gain' 5x1" (truncated with "..." to fit). */
+void curv__describe(const curv_layout *l, char *buf, size_t cap);
+
 /* curv__locate - describe flat index @i as "block 'fc1' (row 2, col 5)". */
 void curv__locate(const curv_layout *l, size_t i, char *buf, size_t cap);
 

@@ -172,7 +172,8 @@ struct opt_ctx {
 static int opt_step(void *ctx, uint64_t s)
 {
     const struct opt_ctx *c = ctx;
-    curv_step_input in = {.grad = grad_at(c->b, s), .params = NULL, .dtype = CURV_F64};
+    curv_step_input in = {
+        .grad = grad_at(c->b, s), .len = curv_layout_dim(curv_opt_layout(c->o)), .dtype = CURV_F64};
     curv_request req;
     curv_error e;
     e.text[0] = '\0';

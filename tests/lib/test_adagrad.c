@@ -50,7 +50,7 @@ static curv_opt *make(curv_opt_kind kind, const curv_layout *l, double lr, doubl
 static void step_ok(curv_opt *o, const double *g, double *upd)
 {
     curv_error err;
-    curv_step_input in = {.grad = g, .params = NULL, .dtype = CURV_F64};
+    curv_step_input in = {.grad = g, .len = curv_layout_dim(curv_opt_layout(o)), .dtype = CURV_F64};
     tu_assert_status(curv_opt_step(o, &in, upd, NULL, &err), CURV_OK, &err);
 }
 

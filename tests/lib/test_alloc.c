@@ -144,8 +144,8 @@ static void run_kind(curv_opt_kind kind)
         for (long k = 0;; k++) {
             size_t len;
             unsigned char *snap = tu_snapshot(o, &len);
-            curv_step_input in = {.grad = dt ? (const void *)gf : g,
-                                  .dtype = dt ? CURV_F32 : CURV_F64};
+            curv_step_input in = {
+                .grad = dt ? (const void *)gf : g, .len = d, .dtype = dt ? CURV_F32 : CURV_F64};
             arm(k);
             curv_status st = curv_opt_step(o, &in, dt ? (void *)uf : u, NULL, NULL);
             disarm();

@@ -87,7 +87,7 @@ static double run(curv_opt_kind kind, double lr, double eig_floor, const double 
         tu_matmul(D, D, 1, Q, th, g);
         for (size_t m = 0; m < D; m++)
             g[m] += NOISE * tu_normal(&rng);
-        curv_step_input in = {.grad = g, .params = NULL, .dtype = CURV_F64};
+        curv_step_input in = {.grad = g, .len = D, .dtype = CURV_F64};
         if (curv_opt_step(o, &in, u, NULL, &err) != CURV_OK)
             break;
         for (size_t m = 0; m < D; m++)

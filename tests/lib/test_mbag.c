@@ -38,7 +38,7 @@ static curv_opt *mk_opt(curv_opt_kind kind, const curv_layout *l, const struct k
 
 static curv_status do_step(curv_opt *o, const double *g, double *u, curv_error *err)
 {
-    curv_step_input in = {.grad = g, .params = NULL, .dtype = CURV_F64};
+    curv_step_input in = {.grad = g, .len = curv_layout_dim(curv_opt_layout(o)), .dtype = CURV_F64};
     return curv_opt_step(o, &in, u, NULL, err);
 }
 
@@ -896,7 +896,8 @@ static void test_f32(void **state)
             g[k] = gf[k];
         }
         step_ok(a, g, u);
-        curv_step_input in = {.grad = gf, .params = NULL, .dtype = CURV_F32};
+        curv_step_input in = {
+            .grad = gf, .len = curv_layout_dim(curv_opt_layout(b)), .dtype = CURV_F32};
         curv_error err;
         tu_assert_status(curv_opt_step(b, &in, uf, NULL, &err), CURV_OK, &err);
         for (size_t k = 0; k < 43; k++)

@@ -58,7 +58,8 @@ static curv_opt *new_opt(curv_opt_kind kind, const curv_layout *l, const curv_co
 static void step_ok(curv_opt *o, const double *g, const double *theta, double *upd)
 {
     curv_error err;
-    curv_step_input in = {.grad = g, .params = theta, .dtype = CURV_F64};
+    curv_step_input in = {
+        .grad = g, .params = theta, .len = curv_layout_dim(curv_opt_layout(o)), .dtype = CURV_F64};
     tu_assert_status(curv_opt_step(o, &in, upd, NULL, &err), CURV_OK, &err);
 }
 
@@ -397,15 +398,25 @@ static void test_step_bad_args(void **state)
     size_t len;
     unsigned char *snap = tu_snapshot(o, &len);
     curv_error err;
-    curv_step_input in = {.grad = g, .params = NULL, .dtype = CURV_F64};
-    curv_step_input nog = {.grad = NULL, .params = g, .dtype = CURV_F64};
-    curv_step_input badt = {.grad = g, .params = NULL, .dtype = (curv_dtype)7};
+    curv_step_input in = {.grad = g, .len = D_MIXED, .dtype = CURV_F64};
+    curv_step_input nog = {.grad = NULL, .params = g, .len = D_MIXED, .dtype = CURV_F64};
+    curv_step_input badt = {.grad = g, .len = D_MIXED, .dtype = (curv_dtype)7};
     tu_assert_status(curv_opt_step(NULL, &in, u, NULL, &err), CURV_E_INVALID, &err);
     tu_assert_status(curv_opt_step(o, NULL, u, NULL, &err), CURV_E_INVALID, &err);
     tu_assert_status(curv_opt_step(o, &nog, u, NULL, &err), CURV_E_INVALID, &err);
     tu_assert_status(curv_opt_step(o, &in, NULL, NULL, &err), CURV_E_INVALID, &err);
     tu_assert_status(curv_opt_step(o, &badt, u, NULL, &err), CURV_E_INVALID, &err);
     assert_int_equal(err.status, CURV_E_INVALID);
+    /* A wrong length is a shape error that names every block's shape. */
+    const size_t lens[] = {0, D_MIXED - 1, D_MIXED + 1};
+    for (size_t k = 0; k < 3; k++) {
+        curv_step_input bad = {.grad = g, .len = lens[k], .dtype = CURV_F64};
+        u[0] = 42;
+        tu_assert_status(curv_opt_step(o, &bad, u, NULL, &err), CURV_E_SHAPE, &err);
+        assert_non_null(strstr(err.text, "'fc'"));
+        assert_non_null(strstr(err.text, "'gain'"));
+        assert_true(u[0] == 42);
+    }
     tu_assert_unchanged(o, snap, len);
     assert_int_equal(curv_opt_steps(o), 1);
     curv_free(snap);
@@ -449,6 +460,7 @@ static void test_nonfinite_every_kind(void **state)
                     gf[i] = (float)g[i], thf[i] = (float)th[i];
                 curv_step_input in = {.grad = f32 ? (const void *)gf : g,
                                       .params = f32 ? (const void *)thf : th,
+                                      .len = D_MIXED,
                                       .dtype = f32 ? CURV_F32 : CURV_F64};
                 curv_error err;
                 curv_error_clear(&err);
@@ -523,7 +535,7 @@ static void test_float32_matches_float64(void **state)
                 g[i] = gf[i], th[i] = thf[i];
             }
             step_ok(a, g, th, u);
-            curv_step_input in = {.grad = gf, .params = thf, .dtype = CURV_F32};
+            curv_step_input in = {.grad = gf, .params = thf, .len = D_MIXED, .dtype = CURV_F32};
             curv_error err;
             tu_assert_status(curv_opt_step(b, &in, uf, NULL, &err), CURV_OK, &err);
             for (size_t i = 0; i < D_MIXED; i++) {

@@ -79,7 +79,8 @@ static void gradient(unsigned t, const double *theta, double *g)
 static void step_ok(curv_opt *o, const double *g, const double *theta, double *upd)
 {
     curv_error err;
-    curv_step_input in = {.grad = g, .params = theta, .dtype = CURV_F64};
+    curv_step_input in = {
+        .grad = g, .params = theta, .len = curv_layout_dim(curv_opt_layout(o)), .dtype = CURV_F64};
     tu_assert_status(curv_opt_step(o, &in, upd, NULL, &err), CURV_OK, &err);
 }
 

@@ -41,7 +41,8 @@ static curv_opt *sgd(double lr, double mu, int nesterov, double wd, const char *
 static void step_ok(curv_opt *o, const double *g, const double *theta, double *upd)
 {
     curv_error err;
-    curv_step_input in = {.grad = g, .params = theta, .dtype = CURV_F64};
+    curv_step_input in = {
+        .grad = g, .params = theta, .len = curv_layout_dim(curv_opt_layout(o)), .dtype = CURV_F64};
     tu_assert_status(curv_opt_step(o, &in, upd, NULL, &err), CURV_OK, &err);
 }
 
@@ -193,7 +194,7 @@ static void test_weight_decay_needs_params(void **state)
     for (size_t i = 0; i < D; i++)
         u[i] = 42;
     curv_error err;
-    curv_step_input in = {.grad = g, .params = NULL, .dtype = CURV_F64};
+    curv_step_input in = {.grad = g, .len = D, .dtype = CURV_F64};
     tu_assert_status(curv_opt_step(o, &in, u, NULL, &err), CURV_E_INVALID, &err);
     assert_non_null(strstr(err.text, "weight_decay"));
     for (size_t i = 0; i < D; i++)
@@ -204,7 +205,7 @@ static void test_weight_decay_needs_params(void **state)
     float gf[D], uf[D];
     for (size_t i = 0; i < D; i++)
         gf[i] = (float)g[i];
-    in = (curv_step_input){.grad = gf, .params = NULL, .dtype = CURV_F32};
+    in = (curv_step_input){.grad = gf, .len = D, .dtype = CURV_F32};
     tu_assert_status(curv_opt_step(o, &in, uf, NULL, &err), CURV_E_INVALID, &err);
     tu_assert_unchanged(o, snap, len);
     curv_free(snap);

@@ -48,14 +48,17 @@ typedef enum { CURV_F64 = 0, CURV_F32 = 1 } curv_dtype;
 
 /*
  * curv_step_input - what the trainer sends for one step.
- * @grad:   the mini-batch *mean* gradient, curv_layout_dim() elements.
+ * @grad:   the mini-batch *mean* gradient in the layout's flat order.
  * @params: the current parameters θ (same length), or NULL. Needed only
  *          by options that read θ (SGD weight decay).
+ * @len:    number of elements in @grad (and @params): must equal
+ *          curv_layout_dim(); a mismatch is CURV_E_SHAPE naming the blocks.
  * @dtype:  element type of @grad, @params and of the update written.
  */
 typedef struct curv_step_input {
     const void *grad;
     const void *params;
+    size_t len;
     curv_dtype dtype;
 } curv_step_input;
 
@@ -145,6 +148,7 @@ CURV_API void curv_opt_free(curv_opt *o);
  *          optimizers that never ask (all current kinds).
  * Return: CURV_OK (update written, step counter advanced), CURV_NEED_INPUT,
  * CURV_E_INVALID (NULL pointers, params missing where required),
+ * CURV_E_SHAPE (@in->len is not the layout's dimension),
  * CURV_E_NONFINITE (NaN/Inf in grad or params: the text names the block and
  * the element), CURV_E_STATE (a request is pending), CURV_E_NUMERIC,
  * CURV_E_NOMEM. On any error nothing changes.
