@@ -9,6 +9,10 @@ PKGS    := openblas lapacke
 DEP_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 DEP_LIBS   = $(shell pkg-config --libs $(PKGS)) -lm
 TEST_LIBS  = $(shell pkg-config --libs cmocka)
+SRV_PKGS  := libmicrohttpd jansson sqlite3
+SRV_CFLAGS = $(shell pkg-config --cflags $(SRV_PKGS))
+SRV_LIBS   = $(shell pkg-config --libs $(SRV_PKGS)) -lpthread
+CURL_LIBS  = $(shell pkg-config --libs libcurl)
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
            -Wvla -Wformat=2
@@ -27,10 +31,17 @@ LIB_OBJS   := $(LIB_SRCS:lib/src/%.c=$(BUILD)/lib/%.o)
 TEST_SRCS  := $(sort $(wildcard tests/lib/test_*.c))
 TEST_BINS  := $(TEST_SRCS:tests/lib/%.c=$(BUILD)/tests/%)
 TEST_UTIL  := tests/lib/testutil.c
+# The daemon's parts live in an internal archive so tests can link them;
+# main.c only becomes the curvd binary. Migrations are compiled in.
+SRV_SRCS   := $(filter-out server/main.c,$(sort $(wildcard server/*.c)))
+SRV_OBJS   := $(SRV_SRCS:server/%.c=$(BUILD)/server/%.o) $(BUILD)/server/migrations_sql.o
+MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+STEST_SRCS := $(sort $(wildcard tests/server/test_*.c))
+STEST_BINS := $(STEST_SRCS:tests/server/%.c=$(BUILD)/tests/server/%)
 BENCH_SRCS := $(sort $(wildcard tests/bench/*.c))
 BENCH_BINS := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
 FMT_FILES  := $(sort $(wildcard lib/include/*.h lib/include/curv/*.h lib/src/*.[ch] \
-                tests/lib/*.[ch] tests/bench/*.[ch] server/*.[ch]))
+                tests/lib/*.[ch] tests/server/*.[ch] tests/bench/*.[ch] server/*.[ch]))
 
 # V=1 prints full compiler lines.
 Q := $(if $(V),,@)
@@ -65,6 +76,30 @@ $(BUILD)/tests/%: tests/lib/%.c $(TEST_UTIL) tests/lib/testutil.h $(BUILD)/libcu
 	$(Q)$(CC) $(CFLAGS_ALL) -Itests/lib $< $(TEST_UTIL) -o $@ $(BUILD)/libcurv.a \
 	    $(LDFLAGS_ALL) $(TEST_LDFLAGS) $(TEST_LIBS) $(DEP_LIBS)
 
+$(BUILD)/server/%.o: server/%.c
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  CC      $<",:)
+	$(Q)$(CC) $(CFLAGS_ALL) $(SRV_CFLAGS) -Iserver -MMD -MP -c $< -o $@
+
+$(BUILD)/server/migrations_sql.c: $(MIGRATIONS) scripts/embed-migrations
+	@mkdir -p $(@D)
+	$(Q)scripts/embed-migrations $(MIGRATIONS) > $@
+
+$(BUILD)/server/migrations_sql.o: $(BUILD)/server/migrations_sql.c
+	$(Q)$(CC) $(CFLAGS_ALL) -Iserver -c $< -o $@
+
+$(BUILD)/libcurvd.a: $(SRV_OBJS)
+	@rm -f $@
+	$(Q)ar rcs $@ $^
+
+$(BUILD)/tests/server/%: tests/server/%.c $(TEST_UTIL) tests/lib/testutil.h $(BUILD)/libcurvd.a \
+		$(BUILD)/libcurv.a
+	@mkdir -p $(@D)
+	@$(if $(Q),echo "  CC      $@",:)
+	$(Q)$(CC) $(CFLAGS_ALL) $(SRV_CFLAGS) -Iserver -Itests/lib $< $(TEST_UTIL) -o $@ \
+	    $(BUILD)/libcurvd.a $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(TEST_LIBS) $(SRV_LIBS) \
+	    $(CURL_LIBS) $(DEP_LIBS)
+
 $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libcurv.a
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS_ALL) -O3 -march=native $< -o $@ $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(DEP_LIBS)
@@ -72,8 +107,8 @@ $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libcurv.a
 # The failing-allocator suite wraps the allocator for the library code it links.
 $(BUILD)/tests/test_alloc: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
 
-test-unit: $(TEST_BINS)
-	@tests/run-tests.sh $(TEST_BINS)
+test-unit: $(TEST_BINS) $(STEST_BINS)
+	@tests/run-tests.sh $(TEST_BINS) $(STEST_BINS)
 
 # The whole suite again under AddressSanitizer (with LeakSanitizer) and
 # UndefinedBehaviorSanitizer, in its own build tree.
@@ -118,4 +153,5 @@ run: deps lib
 clean:
 	rm -rf $(BUILD)
 
--include $(wildcard $(BUILD)/lib/*.d $(BUILD)/asan/lib/*.d)
+-include $(wildcard $(BUILD)/lib/*.d $(BUILD)/asan/lib/*.d $(BUILD)/server/*.d \
+           $(BUILD)/asan/server/*.d)

@@ -1,0 +1,14 @@
+/* SPDX-License-Identifier: MIT */
+/* The SQL migrations, compiled in from migrations/NNNN_*.sql in order. */
+#ifndef CURVD_MIGRATIONS_H
+#define CURVD_MIGRATIONS_H
+
+struct curvd_migration {
+    const char *name; /* file name, e.g. "0001_init.sql" */
+    const char *sql;
+};
+
+extern const struct curvd_migration curvd_migrations[];
+extern const unsigned curvd_migration_count;
+
+#endif
