@@ -1,0 +1,320 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libmicrohttpd glue. The access handler runs three times per request
+ * (SERVICE-NOTES): once after the headers (allocate the context; refuse an
+ * oversized Content-Length at once), once per body chunk (append, capped),
+ * and once with no data (route, run the handler, queue the reply). A body
+ * that outgrows the cap without a Content-Length is drained and answered
+ * with 413 at the end, since MHD cannot reply mid-upload. The context is
+ * freed in the completion callback, which also writes the access log.
+ */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct curvd_http {
+    struct MHD_Daemon *mhd;
+    atomic_uint_fast64_t next_id;
+};
+
+struct rctx {
+    char id[20];
+    char *body;
+    size_t len, cap;
+    int too_big;
+    uint64_t t0_ns;
+    int status;
+    size_t bytes_out;
+    const char *route;
+};
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+const char *curvd_req_header(const struct curvd_req *rq, const char *name)
+{
+    return MHD_lookup_connection_value(rq->conn, MHD_HEADER_KIND, name);
+}
+
+const char *curvd_req_query(const struct curvd_req *rq, const char *name)
+{
+    return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+void curvd_reply_bytes(struct curvd_reply *rp, int status, const char *ctype, void *body,
+                       size_t len)
+{
+    free(rp->body);
+    rp->status = status;
+    rp->content_type = ctype;
+    rp->body = body;
+    rp->len = len;
+}
+
+void curvd_reply_json(struct curvd_reply *rp, int status, void *json)
+{
+    char *text = json ? json_dumps(json, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(json);
+    if (!text) {
+        curvd_reply_bytes(rp, 500, "application/problem+json", NULL, 0);
+        return;
+    }
+    curvd_reply_bytes(rp, status, "application/json", text, strlen(text));
+}
+
+static const char *status_title(int status)
+{
+    switch (status) {
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 409:
+        return "Conflict";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return status >= 500 ? "Internal Server Error" : "Error";
+    }
+}
+
+void curvd_reply_problem(struct curvd_reply *rp, const struct curvd_req *rq, int status,
+                         const char *reason, const struct curvd_field_error *errors, size_t nerrors,
+                         const char *fmt, ...)
+{
+    char detail[512], type[128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    size_t i = 0;
+    for (; reason[i] && i < 60; i++)
+        type[i] = (reason[i] == '_') ? '-' : (char)(reason[i] | 0x20);
+    type[i] = '\0';
+    json_t *p = json_object();
+    json_t *errs = json_array();
+    for (size_t k = 0; k < nerrors; k++) {
+        json_t *e = json_pack("{s:s}", "path", errors[k].path ? errors[k].path : "");
+        if (errors[k].expected)
+            json_object_set_new(e, "expected", json_string(errors[k].expected));
+        if (errors[k].got)
+            json_object_set_new(e, "got", json_string(errors[k].got));
+        json_array_append_new(errs, e);
+    }
+    json_object_set_new(p, "type", json_sprintf("https://curvd.dev/problems/%s", type));
+    json_object_set_new(p, "title", json_string(status_title(status)));
+    json_object_set_new(p, "status", json_integer(status));
+    json_object_set_new(p, "detail", json_string(detail));
+    json_object_set_new(p, "instance", json_string(rq && rq->path ? rq->path : "/"));
+    json_object_set_new(p, "reason", json_string(reason));
+    json_object_set_new(p, "errors", errs);
+    if (rq && rq->id)
+        json_object_set_new(p, "request_id", json_string(rq->id));
+    curvd_reply_json(rp, status, p);
+    rp->content_type = "application/problem+json";
+}
+
+static enum MHD_Result send_reply(struct MHD_Connection *c, struct rctx *x, struct curvd_reply *rp)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(rp->len, rp->body, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(rp->body);
+        return MHD_NO;
+    }
+    rp->body = NULL; /* MHD owns it now */
+    if (rp->content_type)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, rp->content_type);
+    MHD_add_response_header(r, "X-Request-Id", x->id);
+    if (rp->location[0])
+        MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, rp->location);
+    if (rp->etag[0])
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, rp->etag);
+    x->status = rp->status;
+    x->bytes_out = rp->len;
+    enum MHD_Result ok = MHD_queue_response(c, (unsigned)rp->status, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+/* Route and run the handler for a fully received request. */
+static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection *c, struct rctx *x,
+                                const char *url, const char *method)
+{
+    struct curvd_req rq = {.method = method, .path = url, .id = x->id, .conn = c};
+    struct curvd_reply rp = {.status = 500};
+    rq.content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    rq.body = (const unsigned char *)x->body;
+    rq.body_len = x->len;
+    rq.tenant = "default";
+    int path_known = 0;
+    const struct curvd_route *rt =
+        curvd_route_match(method, url, rq.param, &rq.nparams, &path_known);
+    if (x->too_big) {
+        curvd_reply_problem(&rp, &rq, 413, "TOO_LARGE", NULL, 0,
+                            "the request body exceeds the limit of %zu bytes", srv->cfg.max_body);
+    } else if (!rt) {
+        curvd_reply_problem(&rp, &rq, path_known ? 405 : 404,
+                            path_known ? "METHOD_NOT_ALLOWED" : "NOT_FOUND", NULL, 0,
+                            "no route for %s %s", method, url);
+    } else {
+        x->route = rt->name;
+        rt->handler(srv, &rq, &rp);
+    }
+    return send_reply(c, x, &rp);
+}
+
+/* Append a body chunk, keeping at most max_body bytes. */
+static void append(struct rctx *x, const char *data, size_t n, size_t max)
+{
+    if (x->too_big || n > max - x->len) {
+        x->too_big = 1;
+        return;
+    }
+    if (x->len + n > x->cap) {
+        size_t cap = x->cap ? x->cap : 4096;
+        while (cap < x->len + n)
+            cap = cap > max / 2 ? max : cap * 2;
+        char *nb = malloc(cap);
+        if (!nb) {
+            x->too_big = 1;
+            return;
+        }
+        if (x->len)
+            memcpy(nb, x->body, x->len);
+        free(x->body);
+        x->body = nb;
+        x->cap = cap;
+    }
+    memcpy(x->body + x->len, data, n);
+    x->len += n;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *data,
+                                  size_t *data_size, void **req_cls)
+{
+    (void)version;
+    struct curvd_server *srv = cls;
+    struct rctx *x = *req_cls;
+    if (!x) {
+        if (!(x = calloc(1, sizeof *x)))
+            return MHD_NO;
+        *req_cls = x;
+        x->t0_ns = now_ns();
+        uint64_t n = atomic_fetch_add(&srv->http->next_id, 1);
+        snprintf(x->id, sizeof x->id, "%016llx",
+                 (unsigned long long)(n * 0x9e3779b97f4a7c15ULL ^ x->t0_ns));
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        if (cl && strtoull(cl, NULL, 10) > srv->cfg.max_body) {
+            x->too_big = 1;
+            return dispatch(srv, c, x, url, method);
+        }
+        return MHD_YES;
+    }
+    if (*data_size) {
+        append(x, data, *data_size, srv->cfg.max_body);
+        *data_size = 0;
+        return MHD_YES;
+    }
+    if (x->status) /* answered already (413 at the headers) */
+        return MHD_YES;
+    return dispatch(srv, c, x, url, method);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)c;
+    struct curvd_server *srv = cls;
+    struct rctx *x = *req_cls;
+    if (!x)
+        return;
+    double ms = (double)(now_ns() - x->t0_ns) / 1e6;
+    const char *route = x->route ? x->route : "-";
+    if (srv->cfg.log_json)
+        fprintf(stderr,
+                "{\"level\":\"info\",\"msg\":\"request\",\"request_id\":\"%s\",\"route\":\"%s\","
+                "\"status\":%d,\"duration_s\":%.6f,\"bytes_in\":%zu,\"bytes_out\":%zu,"
+                "\"completed\":%s}\n",
+                x->id, route, x->status, ms / 1e3, x->len, x->bytes_out,
+                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "true" : "false");
+    else
+        fprintf(stderr, "curvd: %s %s %d %.3fms in=%zu out=%zu%s\n", x->id, route, x->status, ms,
+                x->len, x->bytes_out,
+                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (aborted)");
+    free(x->body);
+    free(x);
+    *req_cls = NULL;
+}
+
+int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)srv->cfg.port)};
+    if (inet_pton(AF_INET, srv->cfg.listen, &sa.sin_addr) != 1) {
+        snprintf(err, errlen, "listen address '%s' is not an IPv4 address", srv->cfg.listen);
+        return -1;
+    }
+    struct curvd_http *h = calloc(1, sizeof *h);
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    atomic_init(&h->next_id, (uint64_t)now_ns());
+    srv->http = h;
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    h->mhd = MHD_start_daemon(
+        flags, (uint16_t)srv->cfg.port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv->cfg.threads,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)256 * 1024, MHD_OPTION_CONNECTION_LIMIT, 1024u, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
+        MHD_OPTION_END);
+    if (!h->mhd) {
+        snprintf(err, errlen, "cannot listen on %s:%u (in use, or no permission)", srv->cfg.listen,
+                 srv->cfg.port);
+        free(h);
+        srv->http = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+unsigned curvd_http_port(const struct curvd_server *srv)
+{
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(srv->http->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    return di ? di->port : 0;
+}
+
+void curvd_http_stop(struct curvd_server *srv)
+{
+    if (!srv->http)
+        return;
+    MHD_stop_daemon(srv->http->mhd);
+    free(srv->http);
+    srv->http = NULL;
+}

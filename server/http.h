@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libmicrohttpd glue: request contexts with capped body accumulation,
+ * routing through the table in routes.c, replies (JSON, problem+json,
+ * binary) and the access log. Handlers never see libmicrohttpd types.
+ */
+#ifndef CURVD_HTTP_H
+#define CURVD_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server.h"
+
+#define CURVD_MAX_PARAMS 4
+
+/* One request as a handler sees it. Everything is borrowed from the
+ * request context and valid until the reply has been sent. */
+struct curvd_req {
+    const char *method;
+    const char *path;
+    const char *id;                      /* request id, also in the X-Request-Id reply header */
+    const char *content_type;            /* NULL if absent */
+    const char *tenant;                  /* resolved by auth */
+    const char *param[CURVD_MAX_PARAMS]; /* path captures, in pattern order */
+    size_t nparams;
+    const unsigned char *body;
+    size_t body_len;
+    void *conn; /* opaque: for curvd_req_header / curvd_req_query */
+};
+
+/* What a handler produces. @body is owned (malloc) and freed by http.c. */
+struct curvd_reply {
+    int status;
+    const char *content_type;
+    char *body;
+    size_t len;
+    char location[160]; /* Location header when non-empty */
+    char etag[32];      /* ETag header when non-empty */
+};
+
+typedef void (*curvd_handler)(struct curvd_server *srv, const struct curvd_req *rq,
+                              struct curvd_reply *rp);
+
+struct curvd_route {
+    const char *method;
+    const char *pattern; /* "/v1/sessions/{id}/steps"; {x} captures one segment */
+    curvd_handler handler;
+    const char *name; /* for logs and metrics */
+};
+
+extern const struct curvd_route curvd_routes[];
+extern const size_t curvd_route_count;
+
+/* Match @path against the table; on a hit fill the captures. Returns the
+ * route, or NULL with *path_known set when only the method was wrong. */
+const struct curvd_route *curvd_route_match(const char *method, const char *path,
+                                            const char **params, size_t *nparams, int *path_known);
+
+/* Start listening (threads from srv->cfg); 0 on success, else -1 with @err. */
+int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen);
+/* The bound port (useful with cfg.port = 0). */
+unsigned curvd_http_port(const struct curvd_server *srv);
+/* Stop accepting, finish in-flight requests, release everything. */
+void curvd_http_stop(struct curvd_server *srv);
+
+/* A request header or query argument (borrowed), or NULL. */
+const char *curvd_req_header(const struct curvd_req *rq, const char *name);
+const char *curvd_req_query(const struct curvd_req *rq, const char *name);
+
+/* Reply helpers. Each replaces what @rp held. The JSON one steals @json
+ * (a jansson json_t *, passed as void * to keep jansson out of this header). */
+void curvd_reply_json(struct curvd_reply *rp, int status, void *json);
+void curvd_reply_bytes(struct curvd_reply *rp, int status, const char *ctype, void *body,
+                       size_t len);
+
+/* One offending field of a problem. */
+struct curvd_field_error {
+    const char *path, *expected, *got;
+};
+
+/* RFC 9457 problem: type https://curvd.dev/problems/<reason in lower case>. */
+void curvd_reply_problem(struct curvd_reply *rp, const struct curvd_req *rq, int status,
+                         const char *reason, const struct curvd_field_error *errors, size_t nerrors,
+                         const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
+#endif

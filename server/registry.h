@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Sessions held in memory: id -> optimizer. Every acknowledged step is
+ * already committed to the store, so evicting an idle session only frees
+ * memory; the next request reloads it. One step at a time per session: a
+ * session is "busy" from curvd_registry_begin() to curvd_registry_end(),
+ * and a second caller is told so (the handler answers 409).
+ */
+#ifndef CURVD_REGISTRY_H
+#define CURVD_REGISTRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "curv.h"
+
+#define CURVD_ID_LEN 32
+
+struct curvd_registry;
+
+struct curvd_session {
+    char id[CURVD_ID_LEN + 1];
+    char tenant[64];
+    curv_opt *opt; /* owned */
+    size_t bytes;  /* size of its state blob: the memory charge */
+    /* private to registry.c */
+    int busy;
+    uint64_t last_used;
+    struct curvd_session *hnext, *prev, *next;
+};
+
+/* Fills *out with an optimizer for (id, tenant) read from durable storage:
+ * 0 found, 1 not found (or another tenant's), -1 error. */
+typedef int (*curvd_loader)(void *ctx, const char *id, const char *tenant, curv_opt **out,
+                            size_t *bytes);
+
+struct curvd_registry *curvd_registry_new(size_t max_sessions, size_t mem_budget, curvd_loader load,
+                                          void *load_ctx);
+void curvd_registry_free(struct curvd_registry *r);
+
+enum curvd_reg_status { CURVD_REG_OK = 0, CURVD_REG_NOT_FOUND, CURVD_REG_BUSY, CURVD_REG_ERROR };
+
+/* Take session @id of @tenant for exclusive use, loading it if needed. */
+enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char *id,
+                                           const char *tenant, struct curvd_session **out);
+/* Give it back; @bytes is its new memory charge. Evicts idle sessions
+ * while over the budget or the session count. */
+void curvd_registry_end(struct curvd_registry *r, struct curvd_session *s, size_t bytes);
+
+/* Add a new session, taking @opt on success (on failure it stays with the
+ * caller). CURVD_REG_BUSY if the id exists. */
+enum curvd_reg_status curvd_registry_add(struct curvd_registry *r, const char *id,
+                                         const char *tenant, curv_opt *opt, size_t bytes);
+
+/* Drop @id from memory (after a delete). Waits for no one: a busy session
+ * is marked and freed by its curvd_registry_end(). */
+void curvd_registry_drop(struct curvd_registry *r, const char *id);
+
+/* Counters for /metrics. */
+void curvd_registry_stats(struct curvd_registry *r, size_t *sessions, size_t *bytes);
+
+#endif

@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+/* The daemon's shared types: its configuration and the server object. */
+#ifndef CURVD_SERVER_H
+#define CURVD_SERVER_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CURVD_VERSION "0.1.0"
+
+struct curvd_config {
+    const char *listen;     /* IPv4 address to bind, e.g. "127.0.0.1" */
+    unsigned port;          /* 0: an ephemeral port (tests) */
+    const char *db_path;    /* SQLite file */
+    unsigned threads;       /* HTTP worker threads */
+    size_t max_body;        /* bytes; larger bodies get 413 */
+    size_t max_sessions;    /* sessions held in memory at once */
+    size_t mem_budget;      /* bytes of optimizer state held in memory */
+    const char *token_file; /* NULL: no auth, everything is tenant "default" */
+    int log_json;           /* access log as JSON lines instead of text */
+    int durability_full;    /* SQLite synchronous=FULL (else NORMAL) */
+};
+
+struct curvd_store;
+struct curvd_registry;
+struct curvd_http;
+
+struct curvd_server {
+    struct curvd_config cfg;
+    struct curvd_http *http;
+    struct curvd_store *store; /* NULL until opened; /readyz says 503 */
+    struct curvd_registry *reg;
+    atomic_int draining; /* set on SIGTERM: /readyz 503, new work refused */
+};
+
+#endif
