@@ -92,11 +92,14 @@ $(BUILD)/libcurvd.a: $(SRV_OBJS)
 	@rm -f $@
 	$(Q)ar rcs $@ $^
 
-$(BUILD)/tests/server/%: tests/server/%.c $(TEST_UTIL) tests/lib/testutil.h $(BUILD)/libcurvd.a \
-		$(BUILD)/libcurv.a
+STEST_UTIL := tests/server/srvutil.c
+
+$(BUILD)/tests/server/%: tests/server/%.c $(TEST_UTIL) $(STEST_UTIL) tests/lib/testutil.h \
+		tests/server/srvutil.h $(BUILD)/libcurvd.a $(BUILD)/libcurv.a
 	@mkdir -p $(@D)
 	@$(if $(Q),echo "  CC      $@",:)
-	$(Q)$(CC) $(CFLAGS_ALL) $(SRV_CFLAGS) -Iserver -Itests/lib $< $(TEST_UTIL) -o $@ \
+	$(Q)$(CC) $(CFLAGS_ALL) $(SRV_CFLAGS) -Iserver -Itests/lib -Itests/server $< $(TEST_UTIL) \
+	    $(STEST_UTIL) -o $@ \
 	    $(BUILD)/libcurvd.a $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(TEST_LIBS) $(SRV_LIBS) \
 	    $(CURL_LIBS) $(DEP_LIBS)
 

@@ -26,6 +26,8 @@ struct curvd_http {
 
 struct rctx {
     char id[20];
+    char method[8];
+    char path[120];
     char *body;
     size_t len, cap;
     int too_big;
@@ -227,6 +229,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return MHD_NO;
         *req_cls = x;
         x->t0_ns = now_ns();
+        snprintf(x->method, sizeof x->method, "%s", method);
+        snprintf(x->path, sizeof x->path, "%s", url);
         uint64_t n = atomic_fetch_add(&srv->http->next_id, 1);
         snprintf(x->id, sizeof x->id, "%016llx",
                  (unsigned long long)(n * 0x9e3779b97f4a7c15ULL ^ x->t0_ns));
@@ -247,6 +251,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return dispatch(srv, c, x, url, method);
 }
 
+/* One line per request: text, or a JSON object built by jansson so that a
+ * hostile path cannot break the line. Never any tensor data. */
+static void access_log(const struct curvd_server *srv, const struct rctx *x, int ok)
+{
+    double secs = (double)(now_ns() - x->t0_ns) / 1e9;
+    const char *route = x->route ? x->route : "-";
+    if (!srv->cfg.log_json) {
+        fprintf(stderr, "curvd: %s %s %s %d %.3fms in=%zu out=%zu%s\n", x->id, x->method, x->path,
+                x->status, secs * 1e3, x->len, x->bytes_out, ok ? "" : " (aborted)");
+        return;
+    }
+    json_t *j =
+        json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:I, s:b}", "level", "info", "msg",
+                  "request", "request_id", x->id, "method", x->method, "path", x->path, "route",
+                  route, "status", x->status, "duration_s", secs, "bytes_in", (json_int_t)x->len,
+                  "bytes_out", (json_int_t)x->bytes_out, "completed", ok);
+    char *line = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (line)
+        fprintf(stderr, "%s\n", line);
+    free(line);
+    json_decref(j);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -255,19 +282,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     struct rctx *x = *req_cls;
     if (!x)
         return;
-    double ms = (double)(now_ns() - x->t0_ns) / 1e6;
-    const char *route = x->route ? x->route : "-";
-    if (srv->cfg.log_json)
-        fprintf(stderr,
-                "{\"level\":\"info\",\"msg\":\"request\",\"request_id\":\"%s\",\"route\":\"%s\","
-                "\"status\":%d,\"duration_s\":%.6f,\"bytes_in\":%zu,\"bytes_out\":%zu,"
-                "\"completed\":%s}\n",
-                x->id, route, x->status, ms / 1e3, x->len, x->bytes_out,
-                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "true" : "false");
-    else
-        fprintf(stderr, "curvd: %s %s %d %.3fms in=%zu out=%zu%s\n", x->id, route, x->status, ms,
-                x->len, x->bytes_out,
-                toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (aborted)");
+    if (!srv->cfg.quiet)
+        access_log(srv, x, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     free(x->body);
     free(x);
     *req_cls = NULL;

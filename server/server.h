@@ -19,6 +19,7 @@ struct curvd_config {
     size_t mem_budget;      /* bytes of optimizer state held in memory */
     const char *token_file; /* NULL: no auth, everything is tenant "default" */
     int log_json;           /* access log as JSON lines instead of text */
+    int quiet;              /* no access log (tests) */
     int durability_full;    /* SQLite synchronous=FULL (else NORMAL) */
 };
 

@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: MIT */
+/* Server test helpers: an in-process daemon on an ephemeral loopback port
+ * and a small libcurl client. */
+#ifndef CURVD_SRVUTIL_H
+#define CURVD_SRVUTIL_H
+
+#include <stddef.h>
+
+#include "server.h"
+
+struct su_resp {
+    long status;
+    char *body; /* NUL-terminated, owned */
+    size_t len;
+    char content_type[128];
+    char location[256];
+    char etag[64];
+};
+
+/* Start the HTTP layer of @srv on 127.0.0.1:0 (cfg defaults filled in
+ * where zero) and return its base URL "http://127.0.0.1:PORT". */
+void su_start(struct curvd_server *srv, char *base, size_t cap);
+void su_stop(struct curvd_server *srv);
+
+/* One request. @body may be NULL; @ctype NULL means application/json.
+ * @chunked sends the body with Transfer-Encoding: chunked (no length). */
+void su_request(const char *method, const char *url, const void *body, size_t len,
+                const char *ctype, int chunked, struct su_resp *out);
+void su_resp_free(struct su_resp *r);
+
+#endif

@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: MIT */
+/* The HTTP layer over a real socket: routing, problem+json, body limits,
+ * the version catalogue. */
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "curv.h"
+#include "http.h"
+#include "srvutil.h"
+#include "testutil.h"
+
+struct fixture {
+    struct curvd_server srv;
+    char base[64];
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    f->srv.cfg.max_body = 4096;
+    su_start(&f->srv, f->base, sizeof f->base);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    su_stop(&f->srv);
+    free(f);
+    return 0;
+}
+
+static json_t *get_json(const char *base, const char *method, const char *path, long want,
+                        const char *want_ctype)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s%s", base, path);
+    struct su_resp r;
+    su_request(method, url, NULL, 0, NULL, 0, &r);
+    if (r.status != want)
+        fail_msg("%s %s: status %ld, want %ld: %s", method, path, r.status, want, r.body);
+    assert_string_equal(r.content_type, want_ctype);
+    json_error_t je;
+    json_t *j = json_loads(r.body, 0, &je);
+    if (!j)
+        fail_msg("%s %s: body is not JSON: %s", method, path, je.text);
+    su_resp_free(&r);
+    return j;
+}
+
+static void test_health(void **state)
+{
+    struct fixture *f = *state;
+    json_t *j = get_json(f->base, "GET", "/healthz", 200, "application/json");
+    assert_string_equal(json_string_value(json_object_get(j, "status")), "ok");
+    json_decref(j);
+    j = get_json(f->base, "GET", "/livez", 200, "application/json");
+    json_decref(j);
+    /* No store in this fixture: not ready. */
+    j = get_json(f->base, "GET", "/readyz", 503, "application/problem+json");
+    assert_string_equal(json_string_value(json_object_get(j, "reason")), "NO_DATABASE");
+    json_decref(j);
+}
+
+/* Problem documents carry every RFC 9457 member the API promises. */
+static void check_problem(json_t *j, int status, const char *reason, const char *instance)
+{
+    assert_int_equal(json_integer_value(json_object_get(j, "status")), status);
+    assert_string_equal(json_string_value(json_object_get(j, "reason")), reason);
+    assert_string_equal(json_string_value(json_object_get(j, "instance")), instance);
+    assert_non_null(json_string_value(json_object_get(j, "title")));
+    assert_non_null(json_string_value(json_object_get(j, "detail")));
+    const char *type = json_string_value(json_object_get(j, "type"));
+    assert_non_null(type);
+    assert_non_null(strstr(type, "https://curvd.dev/problems/"));
+    assert_true(json_is_array(json_object_get(j, "errors")));
+}
+
+static void test_not_found_and_method(void **state)
+{
+    struct fixture *f = *state;
+    json_t *j = get_json(f->base, "GET", "/nope", 404, "application/problem+json");
+    check_problem(j, 404, "NOT_FOUND", "/nope");
+    json_decref(j);
+    j = get_json(f->base, "DELETE", "/healthz", 405, "application/problem+json");
+    check_problem(j, 405, "METHOD_NOT_ALLOWED", "/healthz");
+    json_decref(j);
+}
+
+static void test_body_limit(void **state)
+{
+    struct fixture *f = *state;
+    char url[128];
+    snprintf(url, sizeof url, "%s/v1/version", f->base);
+    char *big = malloc(10000);
+    memset(big, ' ', 10000);
+    for (int chunked = 0; chunked <= 1; chunked++) {
+        struct su_resp r;
+        su_request("POST", url, big, 10000, NULL, chunked, &r);
+        assert_int_equal(r.status, 413);
+        json_t *j = json_loads(r.body, 0, NULL);
+        assert_non_null(j);
+        check_problem(j, 413, "TOO_LARGE", "/v1/version");
+        json_decref(j);
+        su_resp_free(&r);
+    }
+    free(big);
+}
+
+/* The catalogue lists every optimizer with every parameter of libcurv. */
+static void test_version(void **state)
+{
+    struct fixture *f = *state;
+    json_t *j = get_json(f->base, "GET", "/v1/version", 200, "application/json");
+    assert_string_equal(json_string_value(json_object_get(j, "libcurv")), curv_version());
+    json_t *opts = json_object_get(j, "optimizers");
+    assert_int_equal(json_array_size(opts), CURV_OPT_KIND_COUNT);
+    for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
+        json_t *o = json_array_get(opts, (size_t)k);
+        assert_string_equal(json_string_value(json_object_get(o, "name")),
+                            curv_opt_kind_name((curv_opt_kind)k));
+        json_t *ps = json_object_get(o, "params");
+        assert_int_equal(json_array_size(ps), curv_opt_param_count((curv_opt_kind)k));
+        for (size_t i = 0; i < json_array_size(ps); i++) {
+            json_t *p = json_array_get(ps, i);
+            assert_non_null(json_object_get(p, "default"));
+            assert_non_null(json_string_value(json_object_get(p, "doc")));
+        }
+    }
+    json_decref(j);
+}
+
+static void test_route_match(void **state)
+{
+    (void)state;
+    const char *params[CURVD_MAX_PARAMS];
+    size_t n = 0;
+    int known = 0;
+    assert_non_null(curvd_route_match("GET", "/healthz", params, &n, &known));
+    assert_null(curvd_route_match("GET", "/healthz/", params, &n, &known));
+    assert_null(curvd_route_match("GET", "/health", params, &n, &known));
+    assert_int_equal(known, 0);
+    assert_null(curvd_route_match("POST", "/healthz", params, &n, &known));
+    assert_int_equal(known, 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_health, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_not_found_and_method, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_body_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_version, setup, teardown),
+        cmocka_unit_test(test_route_match),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
