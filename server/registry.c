@@ -13,8 +13,8 @@
 
 struct curvd_registry {
     pthread_mutex_t mu;
-    struct curvd_session *bucket[NBUCKETS];
-    struct curvd_session lru; /* sentinel: lru.next is the most recent */
+    struct curvd_entry *bucket[NBUCKETS];
+    struct curvd_entry lru; /* sentinel: lru.next is the most recent */
     size_t count, bytes, max_sessions, budget;
     uint64_t clock;
     curvd_loader load;
@@ -44,7 +44,7 @@ struct curvd_registry *curvd_registry_new(size_t max_sessions, size_t mem_budget
     return r;
 }
 
-static void free_session(struct curvd_session *s)
+static void free_session(struct curvd_entry *s)
 {
     curv_opt_free(s->opt);
     free(s);
@@ -54,7 +54,7 @@ void curvd_registry_free(struct curvd_registry *r)
 {
     if (!r)
         return;
-    for (struct curvd_session *s = r->lru.next, *n; s != &r->lru; s = n) {
+    for (struct curvd_entry *s = r->lru.next, *n; s != &r->lru; s = n) {
         n = s->next;
         free_session(s);
     }
@@ -62,21 +62,21 @@ void curvd_registry_free(struct curvd_registry *r)
     free(r);
 }
 
-static struct curvd_session *find(struct curvd_registry *r, const char *id)
+static struct curvd_entry *find(struct curvd_registry *r, const char *id)
 {
-    for (struct curvd_session *s = r->bucket[hash(id)]; s; s = s->hnext)
+    for (struct curvd_entry *s = r->bucket[hash(id)]; s; s = s->hnext)
         if (strcmp(s->id, id) == 0)
             return s;
     return NULL;
 }
 
-static void lru_unlink(struct curvd_session *s)
+static void lru_unlink(struct curvd_entry *s)
 {
     s->prev->next = s->next;
     s->next->prev = s->prev;
 }
 
-static void lru_front(struct curvd_registry *r, struct curvd_session *s)
+static void lru_front(struct curvd_registry *r, struct curvd_entry *s)
 {
     s->next = r->lru.next;
     s->prev = &r->lru;
@@ -85,9 +85,9 @@ static void lru_front(struct curvd_registry *r, struct curvd_session *s)
     s->last_used = ++r->clock;
 }
 
-static void unlink_all(struct curvd_registry *r, struct curvd_session *s)
+static void unlink_all(struct curvd_registry *r, struct curvd_entry *s)
 {
-    struct curvd_session **pp = &r->bucket[hash(s->id)];
+    struct curvd_entry **pp = &r->bucket[hash(s->id)];
     while (*pp != s)
         pp = &(*pp)->hnext;
     *pp = s->hnext;
@@ -99,9 +99,9 @@ static void unlink_all(struct curvd_registry *r, struct curvd_session *s)
 /* Evict least recently used idle sessions while over either limit. */
 static void evict(struct curvd_registry *r)
 {
-    struct curvd_session *s = r->lru.prev;
+    struct curvd_entry *s = r->lru.prev;
     while (s != &r->lru && (r->count > r->max_sessions || r->bytes > r->budget)) {
-        struct curvd_session *prev = s->prev;
+        struct curvd_entry *prev = s->prev;
         if (!s->busy) {
             unlink_all(r, s);
             free_session(s);
@@ -110,7 +110,7 @@ static void evict(struct curvd_registry *r)
     }
 }
 
-static void insert(struct curvd_registry *r, struct curvd_session *s)
+static void insert(struct curvd_registry *r, struct curvd_entry *s)
 {
     size_t b = hash(s->id);
     s->hnext = r->bucket[b];
@@ -120,10 +120,10 @@ static void insert(struct curvd_registry *r, struct curvd_session *s)
     r->bytes += s->bytes;
 }
 
-static struct curvd_session *new_session(const char *id, const char *tenant, curv_opt *opt,
-                                         size_t bytes)
+static struct curvd_entry *new_session(const char *id, const char *tenant, curv_opt *opt,
+                                       size_t bytes)
 {
-    struct curvd_session *s = calloc(1, sizeof *s);
+    struct curvd_entry *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     snprintf(s->id, sizeof s->id, "%s", id);
@@ -134,10 +134,10 @@ static struct curvd_session *new_session(const char *id, const char *tenant, cur
 }
 
 enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char *id,
-                                           const char *tenant, struct curvd_session **out)
+                                           const char *tenant, struct curvd_entry **out)
 {
     pthread_mutex_lock(&r->mu);
-    struct curvd_session *s = find(r, id);
+    struct curvd_entry *s = find(r, id);
     if (s) {
         enum curvd_reg_status st = CURVD_REG_OK;
         if (strcmp(s->tenant, tenant) != 0)
@@ -161,7 +161,7 @@ enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char 
     int lr = r->load ? r->load(r->load_ctx, id, tenant, &opt, &bytes) : 1;
     if (lr != 0)
         return lr > 0 ? CURVD_REG_NOT_FOUND : CURVD_REG_ERROR;
-    struct curvd_session *fresh = new_session(id, tenant, opt, bytes);
+    struct curvd_entry *fresh = new_session(id, tenant, opt, bytes);
     if (!fresh) {
         curv_opt_free(opt);
         return CURVD_REG_ERROR;
@@ -180,7 +180,7 @@ enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char 
     return CURVD_REG_OK;
 }
 
-void curvd_registry_end(struct curvd_registry *r, struct curvd_session *s, size_t bytes)
+void curvd_registry_end(struct curvd_registry *r, struct curvd_entry *s, size_t bytes)
 {
     pthread_mutex_lock(&r->mu);
     s->busy = 0;
@@ -198,7 +198,7 @@ void curvd_registry_end(struct curvd_registry *r, struct curvd_session *s, size_
 enum curvd_reg_status curvd_registry_add(struct curvd_registry *r, const char *id,
                                          const char *tenant, curv_opt *opt, size_t bytes)
 {
-    struct curvd_session *s = new_session(id, tenant, opt, bytes);
+    struct curvd_entry *s = new_session(id, tenant, opt, bytes);
     if (!s)
         return CURVD_REG_ERROR;
     pthread_mutex_lock(&r->mu);
@@ -217,7 +217,7 @@ enum curvd_reg_status curvd_registry_add(struct curvd_registry *r, const char *i
 void curvd_registry_drop(struct curvd_registry *r, const char *id)
 {
     pthread_mutex_lock(&r->mu);
-    struct curvd_session *s = find(r, id);
+    struct curvd_entry *s = find(r, id);
     if (s) {
         unlink_all(r, s);
         if (s->busy)

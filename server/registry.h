@@ -18,7 +18,7 @@
 
 struct curvd_registry;
 
-struct curvd_session {
+struct curvd_entry {
     char id[CURVD_ID_LEN + 1];
     char tenant[64];
     curv_opt *opt; /* owned */
@@ -26,7 +26,7 @@ struct curvd_session {
     /* private to registry.c */
     int busy;
     uint64_t last_used;
-    struct curvd_session *hnext, *prev, *next;
+    struct curvd_entry *hnext, *prev, *next;
 };
 
 /* Fills *out with an optimizer for (id, tenant) read from durable storage:
@@ -42,10 +42,10 @@ enum curvd_reg_status { CURVD_REG_OK = 0, CURVD_REG_NOT_FOUND, CURVD_REG_BUSY, C
 
 /* Take session @id of @tenant for exclusive use, loading it if needed. */
 enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char *id,
-                                           const char *tenant, struct curvd_session **out);
+                                           const char *tenant, struct curvd_entry **out);
 /* Give it back; @bytes is its new memory charge. Evicts idle sessions
  * while over the budget or the session count. */
-void curvd_registry_end(struct curvd_registry *r, struct curvd_session *s, size_t bytes);
+void curvd_registry_end(struct curvd_registry *r, struct curvd_entry *s, size_t bytes);
 
 /* Add a new session, taking @opt on success (on failure it stays with the
  * caller). CURVD_REG_BUSY if the id exists. */
