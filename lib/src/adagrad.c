@@ -160,4 +160,5 @@ const struct curv__opt_vt curv__adagrad_full_vt = {
     .step = full_step,
     .save = flat_save,
     .load = flat_load,
+    .fixed = (const char *const[]){"max_dim", NULL},
 };

@@ -273,4 +273,5 @@ const struct curv__opt_vt curv__adagrad_bma_vt = {
     .step = bma_step,
     .save = bma_save,
     .load = bma_load,
+    .fixed = (const char *const[]){"partition", "max_blocks", NULL},
 };

@@ -101,6 +101,9 @@ static const struct curv__param MBAG_EMA_PARAMS[] = {
 
 static const struct curv__param MBAG_N_PARAMS[] = {MBAG_COMMON_PARAMS, MBAG_SYM_PARAM};
 
+/* The grouping (and so every state array) depends on these. */
+#define MBAG_FIXED ((const char *const[]){"tau", "conv_tau", NULL})
+
 /* ---- state ---- */
 
 enum mbag_variant { MBAG_SM = 0, MBAG_EMA = 1, MBAG_N = 2 };
@@ -646,6 +649,7 @@ static curv_status mbag_load(curv_opt *o, struct curv__reader *r, curv_error *er
         .resume = NULL,                                                                            \
         .save = mbag_save,                                                                         \
         .load = mbag_load,                                                                         \
+        .fixed = MBAG_FIXED,                                                                       \
     }
 
 MBAG_VT(curv__mbag_vt, MBAG_PARAMS, mbag_init_sm);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The common optimizer front end: kinds, input checks, float32
  * conversion, and the outer save/load frame around each kind's state. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -245,6 +246,50 @@ const curv_layout *curv_opt_layout(const curv_opt *o)
 uint64_t curv_opt_steps(const curv_opt *o)
 {
     return o ? o->t : 0;
+}
+
+static const struct curv__param *find_param(const curv_opt *o, const char *name)
+{
+    for (size_t i = 0; o && name && i < o->vt->n_params; i++)
+        if (strcmp(o->vt->params[i].name, name) == 0)
+            return &o->vt->params[i];
+    return NULL;
+}
+
+curv_status curv_opt_get_param_str(const curv_opt *o, const char *name, char *buf, size_t cap)
+{
+    const struct curv__param *p = find_param(o, name);
+    if (!p || !buf || cap == 0)
+        return CURV_E_INVALID;
+    char tmp[512];
+    curv__param_format(p, o->hyper, tmp, sizeof tmp);
+    int n = snprintf(buf, cap, "%s", tmp);
+    return (size_t)n < cap ? CURV_OK : CURV_E_RANGE;
+}
+
+curv_status curv_opt_reconfigure(curv_opt *o, const curv_config *changes, curv_error *err)
+{
+    if (!o || !changes)
+        return curv__fail(err, CURV_E_INVALID, "opt: NULL optimizer or config");
+    const char *name = curv_opt_kind_name(o->kind);
+    if (o->pending)
+        return curv__fail(err, CURV_E_STATE, "%s: a request is pending; answer it first", name);
+    void *nh = malloc(o->vt->hyper_size);
+    if (!nh)
+        return curv__fail(err, CURV_E_NOMEM, "%s: out of memory", name);
+    memcpy(nh, o->hyper, o->vt->hyper_size);
+    curv_status st = curv__params_set(o->vt->params, o->vt->n_params, name, changes, nh, err);
+    for (const char *const *f = o->vt->fixed; st == CURV_OK && f && *f; f++) {
+        const struct curv__param *p = find_param(o, *f);
+        if (curv__param_value(p, nh) != curv__param_value(p, o->hyper))
+            st = curv__fail(err, CURV_E_CONFIG,
+                            "%s: '%s' shapes the optimizer's state and is fixed at creation", name,
+                            *f);
+    }
+    if (st == CURV_OK)
+        memcpy(o->hyper, nh, o->vt->hyper_size);
+    free(nh);
+    return st;
 }
 
 curv_status curv_opt_get_param(const curv_opt *o, const char *name, double *out)

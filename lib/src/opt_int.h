@@ -115,6 +115,9 @@ struct curv__opt_vt {
                           curv_error *err);
     void (*save)(const curv_opt *o, struct curv__writer *w);
     curv_status (*load)(curv_opt *o, struct curv__reader *r, curv_error *err);
+    /* Parameters that shape the state and so cannot change after
+     * creation (curv_opt_reconfigure); NULL-terminated, may be NULL. */
+    const char *const *fixed;
 };
 
 /* The vtables, one per kind (defined in each optimizer's .c). */
@@ -144,6 +147,12 @@ int curv__config_entry(const curv_config *c, size_t i, struct curv__cfg_entry *o
 /* Parameter tables (param.c). */
 curv_status curv__params_apply(const struct curv__param *tab, size_t n, const char *kind_name,
                                const curv_config *c, void *hyper, curv_error *err);
+/* Apply @c over the values already in @hyper (no defaults). */
+curv_status curv__params_set(const struct curv__param *tab, size_t n, const char *kind_name,
+                             const curv_config *c, void *hyper, curv_error *err);
+/* Format a resolved value: numbers "%.17g", booleans "true"/"false", enums
+ * their name, lists "3,10". */
+void curv__param_format(const struct curv__param *p, const void *hyper, char *buf, size_t cap);
 /* Serialize resolved values as (name, type, value) records. */
 void curv__params_save(const struct curv__param *tab, size_t n, const void *hyper,
                        struct curv__writer *w);

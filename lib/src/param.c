@@ -164,6 +164,12 @@ curv_status curv__params_apply(const struct curv__param *tab, size_t n, const ch
         if (set_default(&tab[i], hyper) != CURV_OK)
             return curv__fail(err, CURV_E_CONFIG, "%s: bad built-in default for '%s'", kind,
                               tab[i].name);
+    return curv__params_set(tab, n, kind, c, hyper, err);
+}
+
+curv_status curv__params_set(const struct curv__param *tab, size_t n, const char *kind,
+                             const curv_config *c, void *hyper, curv_error *err)
+{
     struct curv__cfg_entry e;
     for (size_t k = 0; curv__config_entry(c, k, &e); k++) {
         size_t i = 0;
@@ -203,6 +209,23 @@ double curv__param_value(const struct curv__param *p, const void *hyper)
     return 0;
 }
 
+void curv__param_format(const struct curv__param *p, const void *hyper, char *buf, size_t cap)
+{
+    switch (p->type) {
+    case CURV_PARAM_ENUM:
+        choice_name(p->choices, *(const int *)cfield(p, hyper), buf, cap);
+        return;
+    case CURV_PARAM_LIST:
+        format_list(cfield(p, hyper), buf, cap);
+        return;
+    case CURV_PARAM_BOOL:
+        snprintf(buf, cap, "%s", *(const int *)cfield(p, hyper) ? "true" : "false");
+        return;
+    default:
+        snprintf(buf, cap, "%.17g", curv__param_value(p, hyper));
+    }
+}
+
 /* Record per parameter: name, u32 is_string, then a string or an f64. */
 void curv__params_save(const struct curv__param *tab, size_t n, const void *hyper,
                        struct curv__writer *w)
@@ -213,10 +236,7 @@ void curv__params_save(const struct curv__param *tab, size_t n, const void *hype
         const struct curv__param *p = &tab[i];
         curv__w_str(w, p->name);
         if (p->type == CURV_PARAM_ENUM || p->type == CURV_PARAM_LIST) {
-            if (p->type == CURV_PARAM_ENUM)
-                choice_name(p->choices, *(const int *)cfield(p, hyper), buf, sizeof buf);
-            else
-                format_list(cfield(p, hyper), buf, sizeof buf);
+            curv__param_format(p, hyper, buf, sizeof buf);
             curv__w_u32(w, 1);
             curv__w_str(w, buf);
         } else {

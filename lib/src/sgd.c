@@ -60,6 +60,17 @@ static curv_status sgd_init(curv_opt *o, curv_error *err)
     return CURV_OK;
 }
 
+/* Momentum can be switched on later (curv_opt_reconfigure): the buffer then
+ * starts at zero, as it does at creation. */
+static curv_status ensure_velocity(curv_opt *o, struct sgd_state *s, curv_error *err)
+{
+    if (s->v || ((const struct sgd_hyper *)o->hyper)->momentum <= 0)
+        return CURV_OK;
+    if (!(s->v = curv__calloc_n(o->dim, sizeof(double))))
+        return curv__fail(err, CURV_E_NOMEM, "sgd: out of memory for %zu momentum entries", o->dim);
+    return CURV_OK;
+}
+
 static void sgd_fini(curv_opt *o)
 {
     struct sgd_state *s = o->impl;
@@ -77,12 +88,15 @@ static curv_status sgd_step(curv_opt *o, const double *g, const double *theta, d
     if (wd > 0 && !theta)
         return curv__fail(err, CURV_E_INVALID, "sgd: weight_decay = %g needs the params vector",
                           wd);
+    curv_status st = ensure_velocity(o, s, err);
+    if (st != CURV_OK)
+        return st;
     const uint64_t t = o->t + 1;
     const double lr = curv__sched_lr(&h->sched, t), mu = momentum_at(h, t);
     for (size_t i = 0; i < o->dim; i++) {
         double gi = wd > 0 ? g[i] + wd * theta[i] : g[i];
         double d = gi;
-        if (s->v) {
+        if (s->v && h->momentum > 0) {
             s->v[i] = mu * s->v[i] + gi;
             d = h->nesterov ? gi + mu * s->v[i] : s->v[i];
         }
@@ -94,17 +108,28 @@ static curv_status sgd_step(curv_opt *o, const double *g, const double *theta, d
 static void sgd_save(const curv_opt *o, struct curv__writer *w)
 {
     const struct sgd_state *s = o->impl;
+    curv__w_u32(w, s->v != NULL);
     if (s->v)
         curv__w_f64s(w, s->v, o->dim);
 }
 
 static curv_status sgd_load(curv_opt *o, struct curv__reader *r, curv_error *err)
 {
-    (void)err;
     struct sgd_state *s = o->impl;
+    uint32_t has_v = curv__r_u32(r);
+    if (has_v > 1)
+        r->bad = 1;
+    if (r->bad)
+        return CURV_OK; /* the caller reports the malformed blob */
+    if (has_v && !s->v && !(s->v = curv__calloc_n(o->dim, sizeof(double))))
+        return curv__fail(err, CURV_E_NOMEM, "sgd: out of memory for %zu momentum entries", o->dim);
+    if (!has_v) { /* momentum was switched on after the last save */
+        free(s->v);
+        s->v = NULL;
+    }
     if (s->v)
         curv__r_f64s(r, s->v, o->dim);
-    return CURV_OK; /* the caller checks r->bad */
+    return CURV_OK;
 }
 
 const struct curv__opt_vt curv__sgd_vt = {

@@ -178,6 +178,24 @@ CURV_API uint64_t curv_opt_steps(const curv_opt *o);
  * of entries. CURV_E_INVALID for NULL arguments or an unknown name. */
 CURV_API curv_status curv_opt_get_param(const curv_opt *o, const char *name, double *out);
 
+/* curv_opt_get_param_str - the resolved value of @name as text: numbers
+ * "%.17g", booleans "true"/"false", enums their name, lists "3,10".
+ * CURV_E_INVALID for NULL arguments or an unknown name; CURV_E_RANGE when
+ * @cap is too small (then @buf holds a truncated value). */
+CURV_API curv_status curv_opt_get_param_str(const curv_opt *o, const char *name, char *buf,
+                                            size_t cap);
+
+/*
+ * curv_opt_reconfigure - change hyperparameters of a live optimizer,
+ * keeping its state (for example the learning rate between steps). Keys
+ * not in @changes keep their values. Parameters that shape the state
+ * (MBAG's tau, AdaGrad-BMA's partition, ...) cannot change.
+ * Return: CURV_OK; CURV_E_CONFIG (unknown key, bad value, or a fixed
+ * parameter: the text names it); CURV_E_STATE (a request is pending);
+ * CURV_E_INVALID (NULL); CURV_E_NOMEM. On failure nothing changes.
+ */
+CURV_API curv_status curv_opt_reconfigure(curv_opt *o, const curv_config *changes, curv_error *err);
+
 /*
  * curv_opt_save - serialize kind, layout, resolved hyperparameters and the
  * whole state into one portable blob (see lib/src/state.c for the format).
