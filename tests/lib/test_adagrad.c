@@ -29,37 +29,19 @@ static curv_layout *vectors(const size_t *s, size_t L)
 static curv_opt *make(curv_opt_kind kind, const curv_layout *l, double lr, double eps,
                       const char *k1, double v1, const char *k2, const char *s2)
 {
-    curv_config *c = curv_config_new();
-    assert_int_equal(curv_config_set_num(c, "lr", lr, NULL), CURV_OK);
-    assert_int_equal(curv_config_set_num(c, "eps", eps, NULL), CURV_OK);
+    const tu_kv kv[] = {{"lr", lr}, {"eps", eps}};
+    curv_config *c = tu_config(kv, 2);
     /* The exact-math checks run without the eigenvalue clamp; the clamp has
      * its own test (test_bma_eig_floor). */
     if (kind == CURV_OPT_ADAGRAD_BMA && !(k1 && strcmp(k1, "eig_floor") == 0))
-        assert_int_equal(curv_config_set_num(c, "eig_floor", 0.0, NULL), CURV_OK);
+        tu_config_set(c, "eig_floor", 0.0, NULL);
     if (k1)
-        assert_int_equal(curv_config_set_num(c, k1, v1, NULL), CURV_OK);
+        tu_config_set(c, k1, v1, NULL);
     if (k2)
-        assert_int_equal(curv_config_set_str(c, k2, s2, NULL), CURV_OK);
-    curv_opt *o = NULL;
-    curv_error err;
-    tu_assert_status(curv_opt_new(kind, l, c, &o, &err), CURV_OK, &err);
+        tu_config_set(c, k2, 0, s2);
+    curv_opt *o = tu_new_opt(kind, l, c);
     curv_config_free(c);
     return o;
-}
-
-static void step_ok(curv_opt *o, const double *g, double *upd)
-{
-    curv_error err;
-    curv_step_input in = {.grad = g, .len = curv_layout_dim(curv_opt_layout(o)), .dtype = CURV_F64};
-    tu_assert_status(curv_opt_step(o, &in, upd, NULL, &err), CURV_OK, &err);
-}
-
-static void expect_close(const double *got, const double *want, size_t n, double tol,
-                         const char *what, int t)
-{
-    double e = tu_rel_err(got, want, n);
-    if (e > tol)
-        fail_msg("%s, step %d: relative error %g > %g", what, t, e, tol);
 }
 
 /* Gradients with strong, block-structured correlation: a shared factor
@@ -89,8 +71,8 @@ static void test_diag_formula(void **state)
             r[i] += g[i] * g[i];
             want[i] = -lr * g[i] / sqrt(r[i] + eps);
         }
-        step_ok(o, g, u);
-        expect_close(u, want, 7, 1e-15, "adagrad_diag", t);
+        tu_step_ok(o, g, NULL, u);
+        tu_expect_close(u, want, 7, 1e-15, "adagrad_diag", t);
     }
     curv_opt_free(o);
     curv_layout_free(l);
@@ -121,8 +103,8 @@ static void test_full_dense_reference(void **state)
         tu_matmul(d, d, 1, Pi, g, want);
         for (size_t i = 0; i < d; i++)
             want[i] *= -lr;
-        step_ok(o, g, u);
-        expect_close(u, want, d, 1e-9, "adagrad_full", t);
+        tu_step_ok(o, g, NULL, u);
+        tu_expect_close(u, want, d, 1e-9, "adagrad_full", t);
     }
     free(H);
     free(P);
@@ -163,9 +145,9 @@ static void test_full_d1_is_diag(void **state)
     curv_opt *dg = make(CURV_OPT_ADAGRAD_DIAG, l, 0.2, 1e-6, NULL, 0, NULL, NULL);
     for (int t = 1; t <= 6; t++) {
         double g = sin(3.0 * t), uf, ud;
-        step_ok(f, &g, &uf);
-        step_ok(dg, &g, &ud);
-        expect_close(&uf, &ud, 1, 1e-13, "full d=1 vs diag", t);
+        tu_step_ok(f, &g, NULL, &uf);
+        tu_step_ok(dg, &g, NULL, &ud);
+        tu_expect_close(&uf, &ud, 1, 1e-13, "full d=1 vs diag", t);
     }
     curv_opt_free(f);
     curv_opt_free(dg);
@@ -317,9 +299,8 @@ static double check_bma_floor(const curv_layout *l, const size_t *s, size_t L, i
     assert_int_equal(curv_config_set_num(c, "inv_interval", interval, NULL), CURV_OK);
     assert_int_equal(curv_config_set_str(c, "partition", partition, NULL), CURV_OK);
     assert_int_equal(curv_config_set_num(c, "eig_floor", floor, NULL), CURV_OK);
-    curv_opt *o = NULL, *dg = make(CURV_OPT_ADAGRAD_DIAG, l, lr, eps, NULL, 0, NULL, NULL);
-    curv_error err;
-    tu_assert_status(curv_opt_new(CURV_OPT_ADAGRAD_BMA, l, c, &o, &err), CURV_OK, &err);
+    curv_opt *dg = make(CURV_OPT_ADAGRAD_DIAG, l, lr, eps, NULL, 0, NULL, NULL);
+    curv_opt *o = tu_new_opt(CURV_OPT_ADAGRAD_BMA, l, c);
     struct bref *ref = malloc(sizeof *ref);
     assert_non_null(ref);
     bref_init(ref, s, L, lr, eps, literal, interval, floor);
@@ -331,16 +312,16 @@ static double check_bma_floor(const curv_layout *l, const size_t *s, size_t L, i
     char what[96];
     for (int t = 1; t <= steps; t++) {
         corr_grad(&rng, ref->start, L, g);
-        step_ok(o, g, u);
-        step_ok(dg, g, ud);
+        tu_step_ok(o, g, NULL, u);
+        tu_step_ok(dg, g, NULL, ud);
         bref_step(ref, g, wl, wd);
         snprintf(what, sizeof what, "bma %s L=%zu d=%zu literal=%d interval=%d", partition, L, d,
                  literal, interval);
         /* Step 1 has U = u uᵀ, and I + X is close to singular when every
          * block's gradient has one sign (condition numbers near 1e6), so the
          * tolerance allows for that; a wrong formula is off by O(1e-2). */
-        expect_close(wl, wd, d, 1e-8, "reference (a) vs (b)", t);
-        expect_close(u, wl, d, 1e-8, what, t);
+        tu_expect_close(wl, wd, d, 1e-8, "reference (a) vs (b)", t);
+        tu_expect_close(u, wl, d, 1e-8, what, t);
         dev = fmax(dev, tu_rel_err(u, ud, d));
     }
     if (min_eig)
@@ -432,8 +413,8 @@ static void test_bma_inv_interval(void **state)
     double g[9], ua[9], ub[9];
     for (int t = 1; t <= 2; t++) {
         corr_grad(&rng, start, 3, g);
-        step_ok(a, g, ua);
-        step_ok(b, g, ub);
+        tu_step_ok(a, g, NULL, ua);
+        tu_step_ok(b, g, NULL, ub);
     }
     assert_true(tu_rel_err(ua, ub, 9) > 1e-3);
     curv_opt_free(a);
@@ -456,9 +437,9 @@ static void test_bma_single_block_is_diag(void **state)
         double g[15], ub[15], ud[15];
         for (int t = 1; t <= 12; t++) {
             tu_fill_normal(&rng, g, 15, 1.0 + t);
-            step_ok(b, g, ub);
-            step_ok(dg, g, ud);
-            expect_close(ub, ud, 15, 1e-14, "bma L=1 vs diag", t);
+            tu_step_ok(b, g, NULL, ub);
+            tu_step_ok(dg, g, NULL, ud);
+            tu_expect_close(ub, ud, 15, 1e-14, "bma L=1 vs diag", t);
         }
         curv_opt_free(b);
         curv_opt_free(dg);
@@ -513,9 +494,9 @@ static void bma_unit_blocks_run(int equal_scale, double *dev_diag, double *dev_f
         tu_matmul(N, N, 1, Mi, x, y);
         for (size_t m = 0; m < N; m++)
             want[m] = -lr * y[m] / sqrt(z[m]);
-        step_ok(b, g, ub);
-        step_ok(dg, g, ud);
-        step_ok(fu, g, uf);
+        tu_step_ok(b, g, NULL, ub);
+        tu_step_ok(dg, g, NULL, ud);
+        tu_step_ok(fu, g, NULL, uf);
         *err = fmax(*err, tu_rel_err(ub, want, N));
         if (t > N) { /* once H has full rank */
             *dev_diag = fmax(*dev_diag, tu_rel_err(ub, ud, N));

@@ -68,15 +68,8 @@ static void disarm(void)
     countdown = -1;
 }
 
-static curv_layout *mixed_layout(void)
-{
-    curv_layout *l = curv_layout_new();
-    assert_non_null(l);
-    assert_int_equal(curv_layout_add_dense(l, "fc1", 3, 4, 1, NULL), CURV_OK);
-    assert_int_equal(curv_layout_add_conv2d(l, "conv", 2, 2, 2, 2, 1, NULL), CURV_OK);
-    assert_int_equal(curv_layout_add_vector(l, "gain", 5, NULL), CURV_OK);
-    return l;
-}
+/* fc1: dense 3 x (4 + bias); conv: 2 x (2*2*2 + bias); gain: vector 5. */
+static const tu_mixed_spec MIXED = {{"fc1", 3, 4}, {"conv", 2, 2, 2, 2}, {"gain", 5}, 0};
 
 static void test_layout_and_config(void **unused)
 {
@@ -112,7 +105,7 @@ static void test_layout_and_config(void **unused)
  * failing allocations. */
 static void run_kind(curv_opt_kind kind)
 {
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     size_t d = curv_layout_dim(l);
     double *g = tu_alloc(d), *u = tu_alloc(d);
     float *gf = calloc(d, sizeof *gf), *uf = calloc(d, sizeof *uf);

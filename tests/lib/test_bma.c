@@ -249,13 +249,7 @@ static void core_with_spectrum(tu_rng *r, size_t L, const double *k, double *K)
     for (size_t i = 0; i < L; i++)
         for (size_t j = 0; j < L; j++)
             H[i * L + j] = (i == j) - 2 * v[i] * v[j] / vv;
-    for (size_t i = 0; i < L; i++)
-        for (size_t j = 0; j < L; j++) {
-            double s = 0;
-            for (size_t m = 0; m < L; m++)
-                s += H[i * L + m] * k[m] * H[j * L + m];
-            K[i * L + j] = s;
-        }
+    tu_from_eig(L, H, k, K);
     free(v);
     free(H);
 }

@@ -75,9 +75,8 @@ static double run(curv_opt_kind kind, double lr, double eig_floor, const double 
     assert_int_equal(curv_config_set_num(c, "lr", lr, NULL), CURV_OK);
     if (eig_floor >= 0)
         assert_int_equal(curv_config_set_num(c, "eig_floor", eig_floor, NULL), CURV_OK);
-    curv_opt *o = NULL;
+    curv_opt *o = tu_new_opt(kind, l, c);
     curv_error err;
-    tu_assert_status(curv_opt_new(kind, l, c, &o, &err), CURV_OK, &err);
     tu_rng rng;
     tu_rng_seed(&rng, seed); /* the same noise for every method and η */
     double th[D], g[D], u[D], f = INFINITY;

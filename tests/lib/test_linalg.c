@@ -46,18 +46,6 @@ static void rand_orth(tu_rng *r, size_t n, double *Q)
     }
 }
 
-/* out = Q diag(f) Q^T. */
-static void from_eig(size_t n, const double *Q, const double *f, double *out)
-{
-    for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < n; j++) {
-            double s = 0;
-            for (size_t k = 0; k < n; k++)
-                s += Q[i * n + k] * f[k] * Q[j * n + k];
-            out[i * n + j] = s;
-        }
-}
-
 static double *identity(size_t n)
 {
     double *I = tu_alloc(n * n);
@@ -89,12 +77,12 @@ static void test_sym_eig_reconstructs(void **state)
         for (size_t j = 0; j < LD; j++)
             if (j >= N)
                 assert_true(P[i * LD + j] == -777.0);
-    from_eig(N, R, w, Rw);
+    tu_from_eig(N, R, w, Rw);
     assert_true(tu_rel_err(Rw, A, N * N) < 1e-12);
     double ones[N];
     for (size_t i = 0; i < N; i++)
         ones[i] = 1.0;
-    from_eig(N, R, ones, RR); /* R R^T = I */
+    tu_from_eig(N, R, ones, RR); /* R R^T = I */
     double *I = identity(N);
     assert_true(tu_rel_err(RR, I, N * N) < 1e-12);
     free(I);
@@ -135,17 +123,17 @@ static void test_sym_pow_floor(void **state)
     tu_rng_seed(&r, 13);
     double Q[N * N], A[N * N], f[N], want[N * N], got[N * N];
     rand_orth(&r, N, Q);
-    from_eig(N, Q, w, A);
+    tu_from_eig(N, Q, w, A);
     curv_error errbuf, *err = &errbuf;
     for (size_t i = 0; i < N; i++)
         f[i] = pow(fmax(w[i], 0.01 * 4.0), -0.5);
-    from_eig(N, Q, f, want);
+    tu_from_eig(N, Q, f, want);
     tu_assert_status(curv__sym_pow(N, A, N, -0.5, 0.0, 0.01, got, N, err), CURV_OK, err);
     assert_true(tu_rel_err(got, want, N * N) < 1e-10);
     /* floor_abs wins when larger. */
     for (size_t i = 0; i < N; i++)
         f[i] = pow(fmax(w[i], 0.5), 0.5);
-    from_eig(N, Q, f, want);
+    tu_from_eig(N, Q, f, want);
     tu_assert_status(curv__sym_pow(N, A, N, 0.5, 0.5, 0.01, got, N, err), CURV_OK, err);
     assert_true(tu_rel_err(got, want, N * N) < 1e-10);
     /* A positive integer power of a negative eigenvalue is defined: A^2

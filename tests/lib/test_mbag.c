@@ -14,51 +14,13 @@
 
 /* ---- small helpers ---- */
 
-struct kv {
-    const char *key;
-    double num;
-};
-
-static curv_opt *mk_opt(curv_opt_kind kind, const curv_layout *l, const struct kv *kv, size_t n)
-{
-    curv_config *c = curv_config_new();
-    curv_error err;
-    assert_non_null(c);
-    for (size_t i = 0; i < n; i++)
-        tu_assert_status(curv_config_set_num(c, kv[i].key, kv[i].num, &err), CURV_OK, &err);
-    curv_opt *o = NULL;
-    tu_assert_status(curv_opt_new(kind, l, c, &o, &err), CURV_OK, &err);
-    curv_config_free(c);
-    return o;
-}
-
+/* An optimizer of @kind on @l with the numeric settings {key, value}, ... */
 #define MK(kind, l, ...)                                                                           \
-    mk_opt(kind, l, (const struct kv[]){__VA_ARGS__},                                              \
-           sizeof((const struct kv[]){__VA_ARGS__}) / sizeof(struct kv))
-
-static curv_status do_step(curv_opt *o, const double *g, double *u, curv_error *err)
-{
-    curv_step_input in = {.grad = g, .len = curv_layout_dim(curv_opt_layout(o)), .dtype = CURV_F64};
-    return curv_opt_step(o, &in, u, NULL, err);
-}
-
-static void step_ok(curv_opt *o, const double *g, double *u)
-{
-    curv_error err;
-    tu_assert_status(do_step(o, g, u, &err), CURV_OK, &err);
-}
+    tu_opt_with(kind, l, (const tu_kv[]){__VA_ARGS__},                                             \
+                sizeof((const tu_kv[]){__VA_ARGS__}) / sizeof(tu_kv))
 
 /* dense "fc" 3x5 + bias, conv "cv" 2x2x(2x2) + bias, vector "gain" 7: d = 43. */
-static curv_layout *mixed_layout(void)
-{
-    curv_layout *l = curv_layout_new();
-    assert_non_null(l);
-    assert_int_equal(curv_layout_add_dense(l, "fc", 3, 5, 1, NULL), CURV_OK);
-    assert_int_equal(curv_layout_add_conv2d(l, "cv", 2, 2, 2, 2, 1, NULL), CURV_OK);
-    assert_int_equal(curv_layout_add_vector(l, "gain", 7, NULL), CURV_OK);
-    assert_int_equal(curv_layout_dim(l), 43);
-    return l;
-}
+static const tu_mixed_spec MIXED = {{"fc", 3, 5}, {"cv", 2, 2, 2, 2}, {"gain", 7}, 43};
 
 /* ---- the grouping rules, written independently (ALGORITHMS 2.2) ---- */
 
@@ -218,16 +180,19 @@ static void ref_step(struct ref *R, const double *g, double *out)
     }
 }
 
-/* Run @steps random steps of @o and @R side by side; return the largest
- * relative error of an update. */
-static double run_vs_ref(curv_opt *o, struct ref *R, size_t d, int steps, uint64_t seed)
+/* Start @R (its kind and settings filled in) on @l with τ = 4, run @steps
+ * random steps of @o and @R side by side, and return the largest relative
+ * error of an update. */
+static double run_vs_ref(curv_opt *o, const curv_layout *l, struct ref *R, int steps, uint64_t seed)
 {
+    const size_t d = curv_layout_dim(l);
+    ref_init(R, R->kind, l, 4, 0);
     tu_rng rng;
     tu_rng_seed(&rng, seed);
     double g[256], u[256], want[256], worst = 0;
     for (int s = 0; s < steps; s++) {
         tu_fill_normal(&rng, g, d, 1.0);
-        step_ok(o, g, u);
+        tu_step_ok(o, g, NULL, u);
         ref_step(R, g, want);
         worst = fmax(worst, tu_rel_err(u, want, d));
     }
@@ -241,11 +206,10 @@ static double run_vs_ref(curv_opt *o, struct ref *R, size_t d, int steps, uint64
 static void test_n_inverse_matches_dense(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     curv_opt *o = MK(CURV_OPT_MBAG_N, l, {"lr", 0.1}, {"lambda", 0.01}, {"beta", 0}, {"tau", 4});
     static struct ref R = {.kind = R_N, .lr = 0.1, .lambda = 0.01, .beta = 0};
-    ref_init(&R, R_N, l, 4, 0);
-    assert_true(run_vs_ref(o, &R, 43, 200, 1) < 1e-9);
+    assert_true(run_vs_ref(o, l, &R, 200, 1) < 1e-9);
     curv_opt_free(o);
     curv_layout_free(l);
 }
@@ -255,12 +219,11 @@ static void test_n_inverse_matches_dense(void **state)
 static void test_sqrt_converged(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     curv_opt *o = MK(CURV_OPT_MBAG, l, {"lr", 0.05}, {"lambda", 0.1}, {"beta", 0}, {"tau", 4},
                      {"t_sqr", 1}, {"t_ns", 30});
     static struct ref R = {.kind = R_SM, .lr = 0.05, .lambda = 0.1, .t_sqr = 1, .t_ns = 0};
-    ref_init(&R, R_SM, l, 4, 0);
-    assert_true(run_vs_ref(o, &R, 43, 120, 2) < 1e-10);
+    assert_true(run_vs_ref(o, l, &R, 120, 2) < 1e-10);
     curv_opt_free(o);
     curv_layout_free(l);
 }
@@ -273,7 +236,7 @@ static void test_sqrt_converged(void **state)
 static void test_ns_iteration_count(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     double prev = INFINITY;
     const unsigned counts[] = {1, 2, 4, 8, 12, 16};
     for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
@@ -289,7 +252,7 @@ static void test_ns_iteration_count(void **state)
         double g[43], u[43], want[43], exact[43], err_ns = 0, err_exact = 0;
         for (int s = 0; s < 12; s++) {
             tu_fill_normal(&rng, g, 43, 1.0);
-            step_ok(o, g, u);
+            tu_step_ok(o, g, NULL, u);
             ref_step(&R, g, want);
             ref_step(&E, g, exact);
             err_ns = fmax(err_ns, tu_rel_err(u, want, 43));
@@ -311,7 +274,7 @@ static void test_ns_iteration_count(void **state)
 static void test_ema_matches_dense(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     curv_opt *o = MK(CURV_OPT_MBAG_EMA, l, {"lr", 0.02}, {"lambda", 0.5}, {"beta", 0}, {"tau", 4},
                      {"t_sqr", 1}, {"t_ns", 30}, {"alpha", 0.9}, {"delta", 1e-3});
     static struct ref R = {.kind = R_EMA,
@@ -321,8 +284,7 @@ static void test_ema_matches_dense(void **state)
                            .delta = 1e-3,
                            .t_sqr = 1,
                            .t_ns = 0};
-    ref_init(&R, R_EMA, l, 4, 0);
-    assert_true(run_vs_ref(o, &R, 43, 80, 4) < 1e-9);
+    assert_true(run_vs_ref(o, l, &R, 80, 4) < 1e-9);
     curv_opt_free(o);
     curv_layout_free(l);
 }
@@ -332,19 +294,17 @@ static void test_ema_matches_dense(void **state)
 static void test_momentum(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     static struct ref R;
     curv_opt *o = MK(CURV_OPT_MBAG_N, l, {"lr", 0.1}, {"beta", 0.7}, {"tau", 4});
     R = (struct ref){.kind = R_N, .lr = 0.1, .lambda = 0.01, .beta = 0.7};
-    ref_init(&R, R_N, l, 4, 0);
-    assert_true(run_vs_ref(o, &R, 43, 60, 5) < 1e-9);
+    assert_true(run_vs_ref(o, l, &R, 60, 5) < 1e-9);
     curv_opt_free(o);
 
     o = MK(CURV_OPT_MBAG, l, {"lr", 0.01}, {"beta", 0.5}, {"tau", 4}, {"t_sqr", 3}, {"t_ns", 30},
            {"lambda", 0.2});
     R = (struct ref){.kind = R_SM, .lr = 0.01, .lambda = 0.2, .beta = 0.5, .t_sqr = 3};
-    ref_init(&R, R_SM, l, 4, 0);
-    assert_true(run_vs_ref(o, &R, 43, 40, 6) < 1e-9);
+    assert_true(run_vs_ref(o, l, &R, 40, 6) < 1e-9);
     curv_opt_free(o);
 
     o = MK(CURV_OPT_MBAG_EMA, l, {"lr", 0.01}, {"beta", 0.9}, {"tau", 4}, {"t_sqr", 2},
@@ -356,8 +316,7 @@ static void test_momentum(void **state)
                      .alpha = 0.95,
                      .delta = 1e-2,
                      .t_sqr = 2};
-    ref_init(&R, R_EMA, l, 4, 0);
-    assert_true(run_vs_ref(o, &R, 43, 40, 7) < 1e-9);
+    assert_true(run_vs_ref(o, l, &R, 40, 7) < 1e-9);
     curv_opt_free(o);
     curv_layout_free(l);
 }
@@ -366,7 +325,7 @@ static void test_momentum(void **state)
  * T_sqr the fresh root, later steps that root rather than the current one. */
 static void hold_case(curv_opt_kind kind, int rkind)
 {
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     const double lam = 0.04, lr = 0.3;
     curv_opt *o = kind == CURV_OPT_MBAG
                       ? MK(kind, l, {"lr", lr}, {"lambda", lam}, {"beta", 0}, {"tau", 4},
@@ -385,7 +344,7 @@ static void hold_case(curv_opt_kind kind, int rkind)
     double g[43], u[43], want[43], fresh[43];
     for (int s = 1; s <= 9; s++) {
         tu_fill_normal(&rng, g, 43, 1.0);
-        step_ok(o, g, u);
+        tu_step_ok(o, g, NULL, u);
         ref_step(&R, g, want);
         ref_step(&E, g, fresh);
         if (s < 5)
@@ -412,26 +371,26 @@ static void test_tsqr_holds_p(void **state)
 
 /* After mixing steps every H block is dense, so a gradient on one element k
  * moves exactly the members of k's group (MBAG-N, β = 0: Δ = -η H_new e_k). */
-static void assert_groups_by_probing(const curv_layout *l, const struct groups *G,
-                                     const struct kv *cfg, size_t ncfg)
+static void assert_groups_by_probing(const curv_layout *l, const struct groups *G, const tu_kv *cfg,
+                                     size_t ncfg)
 {
     size_t d = curv_layout_dim(l);
-    struct kv all[8] = {{"beta", 0}};
+    tu_kv all[8] = {{"beta", 0}};
     assert_true(ncfg < 8);
     memcpy(all + 1, cfg, ncfg * sizeof *cfg);
-    curv_opt *o = mk_opt(CURV_OPT_MBAG_N, l, all, ncfg + 1);
+    curv_opt *o = tu_opt_with(CURV_OPT_MBAG_N, l, all, ncfg + 1);
     tu_rng rng;
     tu_rng_seed(&rng, 9);
     double g[256], u[256];
     for (int s = 0; s < 10; s++) {
         tu_fill_normal(&rng, g, d, 1.0);
-        step_ok(o, g, u);
+        tu_step_ok(o, g, NULL, u);
     }
     for (size_t i = 0; i < G->ng; i++)
         for (size_t p = G->start[i]; p < G->start[i + 1]; p++) {
             memset(g, 0, d * sizeof(double));
             g[G->idx[p]] = 1.0;
-            step_ok(o, g, u);
+            tu_step_ok(o, g, NULL, u);
             for (size_t j = 0; j < d; j++) {
                 int member = 0;
                 for (size_t q = G->start[i]; q < G->start[i + 1]; q++)
@@ -466,7 +425,7 @@ static void test_groups_dense(void **state)
     expect_group(&G, 2, (const size_t[]){9, 10, 12, 13}, 4);
     expect_group(&G, 3, (const size_t[]){14, 15, 16}, 3);
     expect_group(&G, 4, (const size_t[]){5, 11, 17}, 3);
-    assert_groups_by_probing(l, &G, (const struct kv[]){{"tau", 4}}, 1);
+    assert_groups_by_probing(l, &G, (const tu_kv[]){{"tau", 4}}, 1);
     curv_layout_free(l);
 }
 
@@ -489,7 +448,7 @@ static void test_groups_conv(void **state)
             expect_group(&G, r * 3 + ci, f, 9);
         }
     expect_group(&G, 6, (const size_t[]){27, 55}, 2);
-    assert_groups_by_probing(l, &G, (const struct kv[]){{"tau", 4}}, 1);
+    assert_groups_by_probing(l, &G, (const tu_kv[]){{"tau", 4}}, 1);
 
     /* A fixed conv_tau = 4 chunks the 54 weights 13 x 4 + 2, crossing rows:
      * chunk 6 is weights 24..27 = flat 24, 25, 26 and 28 (row 1 starts at 28). */
@@ -498,7 +457,7 @@ static void test_groups_conv(void **state)
     expect_group(&G, 6, (const size_t[]){24, 25, 26, 28}, 4);
     expect_group(&G, 13, (const size_t[]){53, 54}, 2);
     expect_group(&G, 14, (const size_t[]){27, 55}, 2);
-    assert_groups_by_probing(l, &G, (const struct kv[]){{"tau", 5}, {"conv_tau", 4}}, 2);
+    assert_groups_by_probing(l, &G, (const tu_kv[]){{"tau", 5}, {"conv_tau", 4}}, 2);
     curv_layout_free(l);
 }
 
@@ -519,14 +478,14 @@ static void test_groups_no_bias_and_mixed(void **state)
     expect_group(&G, 4, (const size_t[]){14, 15}, 2);
     expect_group(&G, 5, (const size_t[]){16, 17, 18, 19, 20, 21}, 6);
     assert_int_equal(G.ng, 7);
-    assert_groups_by_probing(l, &G, (const struct kv[]){{"tau", 4}}, 1);
+    assert_groups_by_probing(l, &G, (const tu_kv[]){{"tau", 4}}, 1);
     groups_of(l, 100, 0, &G);
-    assert_groups_by_probing(l, &G, (const struct kv[]){{"tau", 100}}, 1);
+    assert_groups_by_probing(l, &G, (const tu_kv[]){{"tau", 100}}, 1);
     curv_layout_free(l);
 
-    l = mixed_layout();
+    l = tu_mixed_layout(&MIXED);
     groups_of(l, 3, 5, &G);
-    assert_groups_by_probing(l, &G, (const struct kv[]){{"tau", 3}, {"conv_tau", 5}}, 2);
+    assert_groups_by_probing(l, &G, (const tu_kv[]){{"tau", 3}, {"conv_tau", 5}}, 2);
     curv_layout_free(l);
 }
 
@@ -534,17 +493,17 @@ static void test_groups_no_bias_and_mixed(void **state)
 
 static void save_load_case(curv_opt_kind kind)
 {
-    curv_layout *l = mixed_layout();
-    const struct kv cfg[] = {{"tau", 4}, {"beta", 0.9}, {"t_sqr", 4}, {"lr", 0.05}};
+    curv_layout *l = tu_mixed_layout(&MIXED);
+    const tu_kv cfg[] = {{"tau", 4}, {"beta", 0.9}, {"t_sqr", 4}, {"lr", 0.05}};
     const size_t ncfg = kind == CURV_OPT_MBAG_N ? 2 : 4;
-    curv_opt *a = mk_opt(kind, l, cfg, ncfg), *b = mk_opt(kind, l, cfg, ncfg), *c = NULL;
+    curv_opt *a = tu_opt_with(kind, l, cfg, ncfg), *b = tu_opt_with(kind, l, cfg, ncfg), *c = NULL;
     tu_rng rng;
     tu_rng_seed(&rng, 10);
     double g[43], ua[43], ub[43];
     for (int s = 1; s <= 20; s++) {
         tu_fill_normal(&rng, g, 43, 1.0);
-        step_ok(a, g, ua);
-        step_ok(s <= 6 ? b : c, g, ub);
+        tu_step_ok(a, g, NULL, ua);
+        tu_step_ok(s <= 6 ? b : c, g, NULL, ub);
         assert_memory_equal(ua, ub, sizeof ua);
         if (s == 6) { /* b is saved, dropped, and continues as c */
             size_t len;
@@ -570,25 +529,6 @@ static void test_save_load_bit_identical(void **state)
     save_load_case(CURV_OPT_MBAG_N);
 }
 
-/* Bitwise CRC-32 (IEEE, reflected), so edited blobs can be re-sealed. */
-static uint32_t crc32_ref(const unsigned char *p, size_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-    }
-    return ~c;
-}
-
-static void reseal(unsigned char *blob, size_t len)
-{
-    uint32_t c = crc32_ref(blob, len - 4);
-    for (int i = 0; i < 4; i++)
-        blob[len - 4 + i] = (unsigned char)(c >> (8 * i));
-}
-
 /* Offset of the MBAG state section (its "MBAG" tag) in a blob. */
 static size_t mbag_section(const unsigned char *blob, size_t len)
 {
@@ -604,11 +544,9 @@ static size_t mbag_section(const unsigned char *blob, size_t len)
 static void expect_corrupt(const unsigned char *blob, size_t len, size_t at, const void *bytes,
                            size_t n)
 {
-    unsigned char *copy = malloc(len);
-    assert_non_null(copy);
-    memcpy(copy, blob, len);
+    unsigned char *copy = tu_memdup(blob, len);
     memcpy(copy + at, bytes, n);
-    reseal(copy, len);
+    tu_reseal(copy, len);
     curv_opt *o = NULL;
     curv_error err;
     tu_assert_status(curv_opt_load(copy, len, &o, &err), CURV_E_CORRUPT, &err);
@@ -618,14 +556,14 @@ static void expect_corrupt(const unsigned char *blob, size_t len, size_t at, con
 
 static void corrupt_case(curv_opt_kind kind)
 {
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     curv_opt *o = MK(kind, l, {"tau", 4}, {"lambda", 0.25});
     double g[43], u[43];
     tu_rng rng;
     tu_rng_seed(&rng, 11);
     for (int s = 0; s < 3; s++) {
         tu_fill_normal(&rng, g, 43, 1.0);
-        step_ok(o, g, u);
+        tu_step_ok(o, g, NULL, u);
     }
     size_t len;
     unsigned char *blob = tu_snapshot(o, &len);
@@ -676,15 +614,15 @@ static void test_load_rejects_corrupt_state(void **state)
  * next good step equals that of a twin that never saw the bad one. */
 static void overflow_case(curv_opt_kind kind, double huge)
 {
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     curv_opt *o = MK(kind, l, {"tau", 4}), *twin = MK(kind, l, {"tau", 4});
     tu_rng rng;
     tu_rng_seed(&rng, 12);
     double g[43], u[43], u2[43];
     for (int s = 0; s < 3; s++) {
         tu_fill_normal(&rng, g, 43, 1.0);
-        step_ok(o, g, u);
-        step_ok(twin, g, u2);
+        tu_step_ok(o, g, NULL, u);
+        tu_step_ok(twin, g, NULL, u2);
     }
     size_t len;
     unsigned char *snap = tu_snapshot(o, &len);
@@ -693,15 +631,15 @@ static void overflow_case(curv_opt_kind kind, double huge)
     for (size_t k = 0; k < 43; k++)
         u[k] = 12345.0;
     curv_error err;
-    tu_assert_status(do_step(o, g, u, &err), CURV_E_NUMERIC, &err);
+    tu_assert_status(tu_step(o, g, NULL, u, &err), CURV_E_NUMERIC, &err);
     assert_non_null(strstr(err.text, "'gain'"));
     for (size_t k = 0; k < 43; k++)
         assert_true(u[k] == 12345.0);
     tu_assert_unchanged(o, snap, len);
     assert_int_equal(curv_opt_steps(o), 3);
     g[40] = 0.5;
-    step_ok(o, g, u);
-    step_ok(twin, g, u2);
+    tu_step_ok(o, g, NULL, u);
+    tu_step_ok(twin, g, NULL, u2);
     assert_memory_equal(u, u2, sizeof u);
     curv_free(snap);
     curv_opt_free(o);
@@ -721,14 +659,14 @@ static void test_step_overflow_leaves_state(void **state)
 static void test_nonfinite_grad_leaves_state(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     curv_opt *o = MK(CURV_OPT_MBAG, l, {"tau", 4});
     double g[43] = {0}, u[43];
     size_t len;
     unsigned char *snap = tu_snapshot(o, &len);
     g[7] = NAN;
     curv_error err;
-    tu_assert_status(do_step(o, g, u, &err), CURV_E_NONFINITE, &err);
+    tu_assert_status(tu_step(o, g, NULL, u, &err), CURV_E_NONFINITE, &err);
     tu_assert_unchanged(o, snap, len);
     curv_free(snap);
     curv_opt_free(o);
@@ -752,11 +690,11 @@ static void test_ema_decayed_group(void **state)
     for (int s = 0; s < 1100; s++) {
         tu_fill_normal(&rng, g, 3, 1.0);
         g[3] = g[4] = g[5] = 0;
-        step_ok(o, g, u);
+        tu_step_ok(o, g, NULL, u);
         assert_true(u[3] == 0 && u[4] == 0 && u[5] == 0);
     }
     tu_fill_normal(&rng, g, 6, 1.0);
-    step_ok(o, g, u);
+    tu_step_ok(o, g, NULL, u);
     for (size_t k = 0; k < 6; k++)
         assert_true(isfinite(u[k]));
     curv_opt_free(o);
@@ -786,14 +724,11 @@ static void test_init_range(void **state)
 
 static void expect_config_error(curv_opt_kind kind, const char *key, double num, const char *str)
 {
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     curv_config *c = curv_config_new();
-    curv_error err;
-    if (str)
-        assert_int_equal(curv_config_set_str(c, key, str, &err), CURV_OK);
-    else
-        assert_int_equal(curv_config_set_num(c, key, num, &err), CURV_OK);
+    tu_config_set(c, key, num, str);
     curv_opt *o = NULL;
+    curv_error err;
     tu_assert_status(curv_opt_new(kind, l, c, &o, &err), CURV_E_CONFIG, &err);
     assert_null(o);
     assert_non_null(strstr(err.text, key));
@@ -839,7 +774,7 @@ static void test_config_errors(void **state)
 static void test_defaults(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     struct {
         curv_opt_kind kind;
         const char *name;
@@ -858,9 +793,7 @@ static void test_defaults(void **state)
         {CURV_OPT_MBAG_N, "symmetrize_every", 100},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        curv_opt *o = NULL;
-        curv_error err;
-        tu_assert_status(curv_opt_new(cases[i].kind, l, NULL, &o, &err), CURV_OK, &err);
+        curv_opt *o = tu_new_opt(cases[i].kind, l, NULL);
         double v;
         assert_int_equal(curv_opt_get_param(o, cases[i].name, &v), CURV_OK);
         assert_true(v == cases[i].want);
@@ -883,7 +816,7 @@ static void test_defaults(void **state)
 static void test_f32(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_mixed_layout(&MIXED);
     curv_opt *a = MK(CURV_OPT_MBAG, l, {"tau", 4}, {"t_sqr", 2});
     curv_opt *b = MK(CURV_OPT_MBAG, l, {"tau", 4}, {"t_sqr", 2});
     tu_rng rng;
@@ -895,7 +828,7 @@ static void test_f32(void **state)
             gf[k] = (float)tu_normal(&rng);
             g[k] = gf[k];
         }
-        step_ok(a, g, u);
+        tu_step_ok(a, g, NULL, u);
         curv_step_input in = {
             .grad = gf, .len = curv_layout_dim(curv_opt_layout(b)), .dtype = CURV_F32};
         curv_error err;

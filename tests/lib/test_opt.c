@@ -10,57 +10,17 @@
 
 #include "testutil.h"
 
-#define D_MIXED 37
-/* fc: dense 3 x (4 + bias) = 15 at 0; conv: 2 x (2*2*2 + bias) = 18 at 15;
- * gain: vector 4 at 33. */
-static curv_layout *mixed_layout(void)
-{
-    curv_layout *l = curv_layout_new();
-    assert_non_null(l);
-    assert_int_equal(curv_layout_add_dense(l, "fc", 3, 4, 1, NULL), CURV_OK);
-    assert_int_equal(curv_layout_add_conv2d(l, "conv", 2, 2, 2, 2, 1, NULL), CURV_OK);
-    assert_int_equal(curv_layout_add_vector(l, "gain", 4, NULL), CURV_OK);
-    assert_int_equal(curv_layout_dim(l), D_MIXED);
-    return l;
-}
-
-static int has_param(curv_opt_kind kind, const char *name)
-{
-    curv_param_info p;
-    for (size_t i = 0; curv_opt_param_info(kind, i, &p) == CURV_OK; i++)
-        if (strcmp(p.name, name) == 0)
-            return 1;
-    return 0;
-}
-
 /* Non-default settings that give every kind some state to carry. */
 static curv_config *busy_config(curv_opt_kind kind)
 {
     curv_config *c = curv_config_new();
     assert_non_null(c);
     assert_int_equal(curv_config_set_num(c, "lr", 0.05, NULL), CURV_OK);
-    if (has_param(kind, "momentum"))
+    if (tu_has_param(kind, "momentum"))
         assert_int_equal(curv_config_set_num(c, "momentum", 0.9, NULL), CURV_OK);
-    if (has_param(kind, "eps"))
+    if (tu_has_param(kind, "eps"))
         assert_int_equal(curv_config_set_num(c, "eps", 1e-6, NULL), CURV_OK);
     return c;
-}
-
-static curv_opt *new_opt(curv_opt_kind kind, const curv_layout *l, const curv_config *c)
-{
-    curv_opt *o = NULL;
-    curv_error err;
-    tu_assert_status(curv_opt_new(kind, l, c, &o, &err), CURV_OK, &err);
-    assert_non_null(o);
-    return o;
-}
-
-static void step_ok(curv_opt *o, const double *g, const double *theta, double *upd)
-{
-    curv_error err;
-    curv_step_input in = {
-        .grad = g, .params = theta, .len = curv_layout_dim(curv_opt_layout(o)), .dtype = CURV_F64};
-    tu_assert_status(curv_opt_step(o, &in, upd, NULL, &err), CURV_OK, &err);
 }
 
 static void test_kind_names(void **state)
@@ -107,12 +67,12 @@ static int choice_pos(const char *choices, const char *s)
 static void test_param_introspection(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
         size_t n = curv_opt_param_count((curv_opt_kind)k);
         assert_true(n > 0);
-        assert_true(has_param((curv_opt_kind)k, "lr"));
-        curv_opt *o = new_opt((curv_opt_kind)k, l, NULL); /* all defaults */
+        assert_true(tu_has_param((curv_opt_kind)k, "lr"));
+        curv_opt *o = tu_new_opt((curv_opt_kind)k, l, NULL); /* all defaults */
         for (size_t i = 0; i < n; i++) {
             curv_param_info p;
             assert_int_equal(curv_opt_param_info((curv_opt_kind)k, i, &p), CURV_OK);
@@ -203,8 +163,8 @@ static void test_config_object(void **state)
     c = curv_config_new();
     assert_int_equal(curv_config_set_num(c, "lr", 0.1, &err), CURV_OK);
     assert_int_equal(curv_config_set_num(c, "lr", 0.25, &err), CURV_OK);
-    curv_layout *l = mixed_layout();
-    curv_opt *o = new_opt(CURV_OPT_SGD, l, c);
+    curv_layout *l = tu_opt_mixed_layout();
+    curv_opt *o = tu_new_opt(CURV_OPT_SGD, l, c);
     double v;
     assert_int_equal(curv_opt_get_param(o, "lr", &v), CURV_OK);
     assert_true(v == 0.25);
@@ -217,12 +177,9 @@ static void test_config_object(void **state)
 /* Create @kind with one setting; expect E_CONFIG naming @key. */
 static void expect_config_error(curv_opt_kind kind, const char *key, const char *str, double num)
 {
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     curv_config *c = curv_config_new();
-    if (str)
-        assert_int_equal(curv_config_set_str(c, key, str, NULL), CURV_OK);
-    else
-        assert_int_equal(curv_config_set_num(c, key, num, NULL), CURV_OK);
+    tu_config_set(c, key, num, str);
     curv_opt *sentinel = (curv_opt *)&l, *o = sentinel;
     curv_error err;
     curv_error_clear(&err);
@@ -244,13 +201,10 @@ static void expect_config_error(curv_opt_kind kind, const char *key, const char 
 
 static void expect_config_ok(curv_opt_kind kind, const char *key, const char *str, double num)
 {
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     curv_config *c = curv_config_new();
-    if (str)
-        assert_int_equal(curv_config_set_str(c, key, str, NULL), CURV_OK);
-    else
-        assert_int_equal(curv_config_set_num(c, key, num, NULL), CURV_OK);
-    curv_opt *o = new_opt(kind, l, c);
+    tu_config_set(c, key, num, str);
+    curv_opt *o = tu_new_opt(kind, l, c);
     curv_opt_free(o);
     curv_config_free(c);
     curv_layout_free(l);
@@ -309,7 +263,7 @@ static void test_list_overflow_rejected(void **state)
 static void test_new_bad_args(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout(), *empty = curv_layout_new();
+    curv_layout *l = tu_opt_mixed_layout(), *empty = curv_layout_new();
     curv_opt *sentinel = (curv_opt *)&l, *o = sentinel;
     curv_error err;
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
@@ -332,20 +286,20 @@ static void test_new_bad_args(void **state)
 static void test_accessors_and_layout_copy(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
-    curv_opt *o = new_opt(CURV_OPT_ADAGRAD_DIAG, l, NULL);
+    curv_layout *l = tu_opt_mixed_layout();
+    curv_opt *o = tu_new_opt(CURV_OPT_ADAGRAD_DIAG, l, NULL);
     curv_layout_free(l); /* the optimizer holds its own copy */
     const curv_layout *ol = curv_opt_layout(o);
-    assert_int_equal(curv_layout_dim(ol), D_MIXED);
+    assert_int_equal(curv_layout_dim(ol), TU_D_MIXED);
     assert_int_equal(curv_layout_nblocks(ol), 3);
     assert_int_equal(curv_layout_find(ol, "gain"), 2);
     assert_int_equal(curv_opt_kind_of(o), CURV_OPT_ADAGRAD_DIAG);
     assert_int_equal(curv_opt_steps(o), 0);
-    double g[D_MIXED], u[D_MIXED];
-    for (size_t i = 0; i < D_MIXED; i++)
+    double g[TU_D_MIXED], u[TU_D_MIXED];
+    for (size_t i = 0; i < TU_D_MIXED; i++)
         g[i] = 0.1 * (double)i - 1;
-    step_ok(o, g, NULL, u);
-    step_ok(o, g, NULL, u);
+    tu_step_ok(o, g, NULL, u);
+    tu_step_ok(o, g, NULL, u);
     assert_int_equal(curv_opt_steps(o), 2);
     double v = 7;
     assert_int_equal(curv_opt_get_param(o, "nope", &v), CURV_E_INVALID);
@@ -359,7 +313,7 @@ static void test_accessors_and_layout_copy(void **state)
 static void test_get_param_values(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     curv_config *c = curv_config_new();
     assert_int_equal(curv_config_set_num(c, "lr", 0.05, NULL), CURV_OK);
     assert_int_equal(curv_config_set_num(c, "momentum", 0.5, NULL), CURV_OK);
@@ -367,7 +321,7 @@ static void test_get_param_values(void **state)
     assert_int_equal(curv_config_set_num(c, "lr_step_size", 17, NULL), CURV_OK);
     assert_int_equal(curv_config_set_str(c, "lr_schedule", "multistep", NULL), CURV_OK);
     assert_int_equal(curv_config_set_str(c, "lr_milestones", "3,7,9", NULL), CURV_OK);
-    curv_opt *o = new_opt(CURV_OPT_SGD, l, c);
+    curv_opt *o = tu_new_opt(CURV_OPT_SGD, l, c);
     const struct {
         const char *name;
         double want;
@@ -388,19 +342,19 @@ static void test_get_param_values(void **state)
 static void test_step_bad_args(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     curv_config *c = busy_config(CURV_OPT_SGD);
-    curv_opt *o = new_opt(CURV_OPT_SGD, l, c);
-    double g[D_MIXED], u[D_MIXED];
-    for (size_t i = 0; i < D_MIXED; i++)
+    curv_opt *o = tu_new_opt(CURV_OPT_SGD, l, c);
+    double g[TU_D_MIXED], u[TU_D_MIXED];
+    for (size_t i = 0; i < TU_D_MIXED; i++)
         g[i] = sin((double)i);
-    step_ok(o, g, NULL, u);
+    tu_step_ok(o, g, NULL, u);
     size_t len;
     unsigned char *snap = tu_snapshot(o, &len);
     curv_error err;
-    curv_step_input in = {.grad = g, .len = D_MIXED, .dtype = CURV_F64};
-    curv_step_input nog = {.grad = NULL, .params = g, .len = D_MIXED, .dtype = CURV_F64};
-    curv_step_input badt = {.grad = g, .len = D_MIXED, .dtype = (curv_dtype)7};
+    curv_step_input in = {.grad = g, .len = TU_D_MIXED, .dtype = CURV_F64};
+    curv_step_input nog = {.grad = NULL, .params = g, .len = TU_D_MIXED, .dtype = CURV_F64};
+    curv_step_input badt = {.grad = g, .len = TU_D_MIXED, .dtype = (curv_dtype)7};
     tu_assert_status(curv_opt_step(NULL, &in, u, NULL, &err), CURV_E_INVALID, &err);
     tu_assert_status(curv_opt_step(o, NULL, u, NULL, &err), CURV_E_INVALID, &err);
     tu_assert_status(curv_opt_step(o, &nog, u, NULL, &err), CURV_E_INVALID, &err);
@@ -408,7 +362,7 @@ static void test_step_bad_args(void **state)
     tu_assert_status(curv_opt_step(o, &badt, u, NULL, &err), CURV_E_INVALID, &err);
     assert_int_equal(err.status, CURV_E_INVALID);
     /* A wrong length is a shape error that names every block's shape. */
-    const size_t lens[] = {0, D_MIXED - 1, D_MIXED + 1};
+    const size_t lens[] = {0, TU_D_MIXED - 1, TU_D_MIXED + 1};
     for (size_t k = 0; k < 3; k++) {
         curv_step_input bad = {.grad = g, .len = lens[k], .dtype = CURV_F64};
         u[0] = 42;
@@ -426,11 +380,13 @@ static void test_step_bad_args(void **state)
 }
 
 /* NaN/Inf in grad or params, f64 and f32, for every kind: the text names
- * the block, the state and the update buffer stay as they were. */
+ * the block, the state and the update buffer stay as they were. The
+ * offsets are those of tu_opt_mixed_layout() (fc at 0, conv at 15, gain at
+ * 33). */
 static void test_nonfinite_every_kind(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     const struct {
         size_t at;
         const char *block;
@@ -440,27 +396,27 @@ static void test_nonfinite_every_kind(void **state)
                  {36, "gain", 1, NAN}, {14, "fc", 0, -INFINITY},  {32, "conv", 1, NAN}};
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
         curv_config *c = busy_config((curv_opt_kind)k);
-        curv_opt *o = new_opt((curv_opt_kind)k, l, c);
-        double g[D_MIXED], th[D_MIXED], u[D_MIXED];
-        float gf[D_MIXED], thf[D_MIXED], uf[D_MIXED];
-        for (size_t i = 0; i < D_MIXED; i++)
+        curv_opt *o = tu_new_opt((curv_opt_kind)k, l, c);
+        double g[TU_D_MIXED], th[TU_D_MIXED], u[TU_D_MIXED];
+        float gf[TU_D_MIXED], thf[TU_D_MIXED], uf[TU_D_MIXED];
+        for (size_t i = 0; i < TU_D_MIXED; i++)
             g[i] = cos(0.3 * (double)i), th[i] = 0.01 * (double)i;
-        step_ok(o, g, th, u);
-        step_ok(o, g, th, u);
+        tu_step_ok(o, g, th, u);
+        tu_step_ok(o, g, th, u);
         size_t len;
         unsigned char *snap = tu_snapshot(o, &len);
         for (size_t j = 0; j < sizeof cases / sizeof cases[0]; j++)
             for (int f32 = 0; f32 < 2; f32++) {
-                for (size_t i = 0; i < D_MIXED; i++) {
+                for (size_t i = 0; i < TU_D_MIXED; i++) {
                     g[i] = cos(0.3 * (double)i), th[i] = 0.01 * (double)i;
                     u[i] = 99, uf[i] = 99;
                 }
                 (cases[j].in_params ? th : g)[cases[j].at] = cases[j].value;
-                for (size_t i = 0; i < D_MIXED; i++)
+                for (size_t i = 0; i < TU_D_MIXED; i++)
                     gf[i] = (float)g[i], thf[i] = (float)th[i];
                 curv_step_input in = {.grad = f32 ? (const void *)gf : g,
                                       .params = f32 ? (const void *)thf : th,
-                                      .len = D_MIXED,
+                                      .len = TU_D_MIXED,
                                       .dtype = f32 ? CURV_F32 : CURV_F64};
                 curv_error err;
                 curv_error_clear(&err);
@@ -473,7 +429,7 @@ static void test_nonfinite_every_kind(void **state)
                     if (!strstr(err.text, blocks[b]) != !!strcmp(blocks[b], cases[j].block))
                         fail_msg("%s: want block %s named: %s",
                                  curv_opt_kind_name((curv_opt_kind)k), cases[j].block, err.text);
-                for (size_t i = 0; i < D_MIXED; i++)
+                for (size_t i = 0; i < TU_D_MIXED; i++)
                     assert_true(u[i] == 99 && uf[i] == 99);
                 tu_assert_unchanged(o, snap, len);
                 assert_int_equal(curv_opt_steps(o), 2);
@@ -488,13 +444,13 @@ static void test_nonfinite_every_kind(void **state)
 static void test_resume_without_request(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
-        curv_opt *o = new_opt((curv_opt_kind)k, l, NULL);
-        double g[D_MIXED], u[D_MIXED], vals[2] = {1, 2};
-        for (size_t i = 0; i < D_MIXED; i++)
+        curv_opt *o = tu_new_opt((curv_opt_kind)k, l, NULL);
+        double g[TU_D_MIXED], u[TU_D_MIXED], vals[2] = {1, 2};
+        for (size_t i = 0; i < TU_D_MIXED; i++)
             g[i] = 0.5 - 0.03 * (double)i;
-        step_ok(o, g, NULL, u);
+        tu_step_ok(o, g, NULL, u);
         size_t len;
         unsigned char *snap = tu_snapshot(o, &len);
         curv_response resp = {.seq = 0, .n_values = 2, .values = vals};
@@ -519,26 +475,26 @@ static void test_resume_without_request(void **state)
 static void test_float32_matches_float64(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     tu_rng rng;
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
         tu_rng_seed(&rng, 100 + (uint64_t)k);
         curv_config *c = busy_config((curv_opt_kind)k);
-        curv_opt *a = new_opt((curv_opt_kind)k, l, c), *b = new_opt((curv_opt_kind)k, l, c);
-        float thf[D_MIXED], gf[D_MIXED], uf[D_MIXED];
-        double th[D_MIXED], g[D_MIXED], u[D_MIXED];
-        for (size_t i = 0; i < D_MIXED; i++)
+        curv_opt *a = tu_new_opt((curv_opt_kind)k, l, c), *b = tu_new_opt((curv_opt_kind)k, l, c);
+        float thf[TU_D_MIXED], gf[TU_D_MIXED], uf[TU_D_MIXED];
+        double th[TU_D_MIXED], g[TU_D_MIXED], u[TU_D_MIXED];
+        for (size_t i = 0; i < TU_D_MIXED; i++)
             thf[i] = (float)tu_normal(&rng);
         for (int t = 0; t < 5; t++) {
-            for (size_t i = 0; i < D_MIXED; i++) {
+            for (size_t i = 0; i < TU_D_MIXED; i++) {
                 gf[i] = (float)(tu_normal(&rng) * (1 + (double)(i % 5)));
                 g[i] = gf[i], th[i] = thf[i];
             }
-            step_ok(a, g, th, u);
-            curv_step_input in = {.grad = gf, .params = thf, .len = D_MIXED, .dtype = CURV_F32};
+            tu_step_ok(a, g, th, u);
+            curv_step_input in = {.grad = gf, .params = thf, .len = TU_D_MIXED, .dtype = CURV_F32};
             curv_error err;
             tu_assert_status(curv_opt_step(b, &in, uf, NULL, &err), CURV_OK, &err);
-            for (size_t i = 0; i < D_MIXED; i++) {
+            for (size_t i = 0; i < TU_D_MIXED; i++) {
                 if (uf[i] != (float)u[i])
                     fail_msg("%s step %d [%zu]: f32 %.9g, f64 %.17g",
                              curv_opt_kind_name((curv_opt_kind)k), t, i, (double)uf[i], u[i]);
@@ -558,7 +514,7 @@ static void test_float32_matches_float64(void **state)
 static void check_schedule(const char *sched, double gamma, double step_size, const char *miles,
                            int which)
 {
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     curv_config *c = curv_config_new();
     const double lr = 0.3;
     assert_int_equal(curv_config_set_num(c, "lr", lr, NULL), CURV_OK);
@@ -566,8 +522,8 @@ static void check_schedule(const char *sched, double gamma, double step_size, co
     assert_int_equal(curv_config_set_num(c, "lr_gamma", gamma, NULL), CURV_OK);
     assert_int_equal(curv_config_set_num(c, "lr_step_size", step_size, NULL), CURV_OK);
     assert_int_equal(curv_config_set_str(c, "lr_milestones", miles, NULL), CURV_OK);
-    curv_opt *o = new_opt(CURV_OPT_SGD, l, c);
-    double g[D_MIXED], u[D_MIXED], want[D_MIXED];
+    curv_opt *o = tu_new_opt(CURV_OPT_SGD, l, c);
+    double g[TU_D_MIXED], u[TU_D_MIXED], want[TU_D_MIXED];
     const unsigned ms[] = {2, 5, 6};
     for (unsigned t = 1; t <= 12; t++) {
         unsigned k = 0; /* decays applied before step t */
@@ -581,13 +537,13 @@ static void check_schedule(const char *sched, double gamma, double step_size, co
         double lr_t = lr;
         for (unsigned i = 0; i < k; i++)
             lr_t *= gamma;
-        for (size_t i = 0; i < D_MIXED; i++) {
+        for (size_t i = 0; i < TU_D_MIXED; i++) {
             g[i] = sin(1.0 + (double)(t * 7 + i));
             want[i] = -lr_t * g[i];
         }
-        step_ok(o, g, NULL, u);
-        if (tu_rel_err(u, want, D_MIXED) > 1e-14)
-            fail_msg("%s: step %u: rel err %g (lr_t %g)", sched, t, tu_rel_err(u, want, D_MIXED),
+        tu_step_ok(o, g, NULL, u);
+        if (tu_rel_err(u, want, TU_D_MIXED) > 1e-14)
+            fail_msg("%s: step %u: rel err %g (lr_t %g)", sched, t, tu_rel_err(u, want, TU_D_MIXED),
                      lr_t);
     }
     curv_opt_free(o);

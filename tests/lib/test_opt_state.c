@@ -9,30 +9,8 @@
 
 #include "testutil.h"
 
-#define D_MIXED 37
 #define K_BEFORE 3
 #define M_AFTER 4
-
-/* fc: dense 3 x (4 + bias); conv: 2 x (2*2*2 + bias); gain: vector 4. */
-static curv_layout *mixed_layout(void)
-{
-    curv_layout *l = curv_layout_new();
-    assert_non_null(l);
-    assert_int_equal(curv_layout_add_dense(l, "fc", 3, 4, 1, NULL), CURV_OK);
-    assert_int_equal(curv_layout_add_conv2d(l, "conv", 2, 2, 2, 2, 1, NULL), CURV_OK);
-    assert_int_equal(curv_layout_add_vector(l, "gain", 4, NULL), CURV_OK);
-    assert_int_equal(curv_layout_dim(l), D_MIXED);
-    return l;
-}
-
-static int has_param(curv_opt_kind kind, const char *name)
-{
-    curv_param_info p;
-    for (size_t i = 0; curv_opt_param_info(kind, i, &p) == CURV_OK; i++)
-        if (strcmp(p.name, name) == 0)
-            return 1;
-    return 0;
-}
 
 /* A config with several non-default values; keys a kind lacks are skipped
  * (every kind has the schedule keys). */
@@ -49,52 +27,31 @@ static curv_config *busy_config(curv_opt_kind kind)
         const char *str;
     } extra[] = {{"momentum", 0.9, NULL}, {"nesterov", 1, NULL},     {"weight_decay", 1e-3, NULL},
                  {"eps", 1e-6, NULL},     {"inv_interval", 2, NULL}, {"partition", 0, "row"}};
-    for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++) {
-        if (!has_param(kind, extra[i].key))
-            continue;
-        if (extra[i].str)
-            assert_int_equal(curv_config_set_str(c, extra[i].key, extra[i].str, NULL), CURV_OK);
-        else
-            assert_int_equal(curv_config_set_num(c, extra[i].key, extra[i].num, NULL), CURV_OK);
-    }
+    for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
+        if (tu_has_param(kind, extra[i].key))
+            tu_config_set(c, extra[i].key, extra[i].num, extra[i].str);
     return c;
-}
-
-static curv_opt *new_opt(curv_opt_kind kind, const curv_layout *l, const curv_config *c)
-{
-    curv_opt *o = NULL;
-    curv_error err;
-    tu_assert_status(curv_opt_new(kind, l, c, &o, &err), CURV_OK, &err);
-    return o;
 }
 
 /* Gradient number @t of a fixed sequence (a function of θ, so the runs
  * are trajectories rather than independent draws). */
 static void gradient(unsigned t, const double *theta, double *g)
 {
-    for (size_t i = 0; i < D_MIXED; i++)
-        g[i] = theta[i] + sin(0.7 * (double)(t * D_MIXED + i)) * (1 + (double)(i % 3));
-}
-
-static void step_ok(curv_opt *o, const double *g, const double *theta, double *upd)
-{
-    curv_error err;
-    curv_step_input in = {
-        .grad = g, .params = theta, .len = curv_layout_dim(curv_opt_layout(o)), .dtype = CURV_F64};
-    tu_assert_status(curv_opt_step(o, &in, upd, NULL, &err), CURV_OK, &err);
+    for (size_t i = 0; i < TU_D_MIXED; i++)
+        g[i] = theta[i] + sin(0.7 * (double)(t * TU_D_MIXED + i)) * (1 + (double)(i % 3));
 }
 
 /* An optimizer of @kind after K_BEFORE steps. */
 static curv_opt *trained(curv_opt_kind kind, const curv_layout *l, double *theta)
 {
     curv_config *c = busy_config(kind);
-    curv_opt *o = new_opt(kind, l, c);
+    curv_opt *o = tu_new_opt(kind, l, c);
     curv_config_free(c);
-    double g[D_MIXED], u[D_MIXED];
+    double g[TU_D_MIXED], u[TU_D_MIXED];
     for (unsigned t = 0; t < K_BEFORE; t++) {
         gradient(t, theta, g);
-        step_ok(o, g, theta, u);
-        for (size_t i = 0; i < D_MIXED; i++)
+        tu_step_ok(o, g, theta, u);
+        for (size_t i = 0; i < TU_D_MIXED; i++)
             theta[i] += u[i];
     }
     return o;
@@ -103,10 +60,10 @@ static curv_opt *trained(curv_opt_kind kind, const curv_layout *l, double *theta
 static void test_round_trip_every_kind(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
         const curv_opt_kind kind = (curv_opt_kind)k;
-        double tha[D_MIXED] = {0}, thb[D_MIXED] = {0};
+        double tha[TU_D_MIXED] = {0}, thb[TU_D_MIXED] = {0};
         curv_opt *a = trained(kind, l, tha), *b = trained(kind, l, thb);
         assert_memory_equal(tha, thb, sizeof tha);
         unsigned char *blob = NULL;
@@ -118,7 +75,7 @@ static void test_round_trip_every_kind(void **state)
         tu_assert_status(curv_opt_load(blob, len, &c, &err), CURV_OK, &err);
         assert_int_equal(curv_opt_kind_of(c), kind);
         assert_int_equal(curv_opt_steps(c), K_BEFORE);
-        assert_int_equal(curv_layout_dim(curv_opt_layout(c)), D_MIXED);
+        assert_int_equal(curv_layout_dim(curv_opt_layout(c)), TU_D_MIXED);
         assert_int_equal(curv_layout_find(curv_opt_layout(c), "conv"), 1);
         /* Resolved hyperparameters survive. */
         curv_param_info p;
@@ -136,14 +93,14 @@ static void test_round_trip_every_kind(void **state)
         assert_memory_equal(again, blob, len);
         curv_free(again);
         /* Continuing is bit-identical to never having saved. */
-        double g[D_MIXED], ua[D_MIXED], uc[D_MIXED];
+        double g[TU_D_MIXED], ua[TU_D_MIXED], uc[TU_D_MIXED];
         for (unsigned t = K_BEFORE; t < K_BEFORE + M_AFTER; t++) {
             gradient(t, tha, g);
-            step_ok(a, g, tha, ua);
-            step_ok(c, g, tha, uc);
+            tu_step_ok(a, g, tha, ua);
+            tu_step_ok(c, g, tha, uc);
             if (memcmp(ua, uc, sizeof ua) != 0)
                 fail_msg("%s: update %u differs after save/load", curv_opt_kind_name(kind), t);
-            for (size_t i = 0; i < D_MIXED; i++)
+            for (size_t i = 0; i < TU_D_MIXED; i++)
                 tha[i] += ua[i];
         }
         assert_int_equal(curv_opt_steps(c), K_BEFORE + M_AFTER);
@@ -157,9 +114,9 @@ static void test_round_trip_every_kind(void **state)
 static void test_fresh_optimizer_round_trip(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
-        curv_opt *a = new_opt((curv_opt_kind)k, l, NULL), *c = NULL;
+        curv_opt *a = tu_new_opt((curv_opt_kind)k, l, NULL), *c = NULL;
         size_t len;
         unsigned char *blob = tu_snapshot(a, &len);
         curv_error err;
@@ -173,94 +130,67 @@ static void test_fresh_optimizer_round_trip(void **state)
     curv_layout_free(l);
 }
 
-/* CRC-32 (IEEE, reflected; test_state.c checks the library's against the
- * standard check value), table-driven here because it runs per flip. */
-static uint32_t ref_crc32(const unsigned char *p, size_t n)
-{
-    static uint32_t table[256];
-    if (!table[1])
-        for (uint32_t i = 0; i < 256; i++) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; k++)
-                c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-            table[i] = c;
-        }
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++)
-        c = table[(c ^ p[i]) & 0xFFu] ^ (c >> 8);
-    return ~c;
-}
-
-static void put_le(unsigned char *p, uint64_t v, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static uint64_t get_le(const unsigned char *p, unsigned n)
-{
-    uint64_t v = 0;
-    for (unsigned i = 0; i < n; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
-static void fix_crc(unsigned char *b, size_t len)
-{
-    put_le(b + len - 4, ref_crc32(b, len - 4), 4);
-}
-
 /* Load a heap copy of exactly @n bytes (so ASan sees any over-read). */
 static curv_status load_copy(const unsigned char *b, size_t n, curv_opt **out)
 {
-    unsigned char *c = malloc(n ? n : 1);
-    assert_non_null(c);
-    memcpy(c, b, n);
+    unsigned char *c = tu_memdup(b, n);
     curv_error err;
     curv_error_clear(&err);
     curv_status st = curv_opt_load(c, n, out, &err);
-    if (st != CURV_OK) {
-        assert_int_equal(err.status, st);
-        assert_true(strlen(err.text) > 0);
-    }
+    tu_assert_error_set(&err, st);
     free(c);
     return st;
 }
 
-static void test_every_flip_and_truncation_rejected(void **state)
+/* Run @check for every kind on the blob of an optimizer trained K_BEFORE
+ * steps, with a scratch buffer @b of the blob's size. */
+static void each_trained_blob(void (*check)(curv_opt_kind kind, const unsigned char *blob,
+                                            size_t len, unsigned char *b))
 {
-    (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
-        double th[D_MIXED] = {0};
+        double th[TU_D_MIXED] = {0};
         curv_opt *o = trained((curv_opt_kind)k, l, th);
         size_t len;
         unsigned char *blob = tu_snapshot(o, &len), *b = malloc(len);
         assert_non_null(b);
-        curv_opt *sentinel = (curv_opt *)&l;
-        for (size_t i = 0; i < len; i++) {
-            memcpy(b, blob, len);
-            b[i] ^= 0xFF;
-            curv_opt *out = sentinel;
-            curv_status st = load_copy(b, len, &out);
-            if (st != CURV_E_CORRUPT && st != CURV_E_VERSION)
-                fail_msg("%s: flipping byte %zu of %zu gave %s",
-                         curv_opt_kind_name((curv_opt_kind)k), i, len, curv_status_name(st));
-            assert_ptr_equal(out, sentinel);
-        }
-        for (size_t n = 0; n < len; n++) {
-            curv_opt *out = sentinel;
-            curv_status st = load_copy(blob, n, &out);
-            if (st != CURV_E_CORRUPT)
-                fail_msg("%s: truncation to %zu of %zu bytes gave %s",
-                         curv_opt_kind_name((curv_opt_kind)k), n, len, curv_status_name(st));
-            assert_ptr_equal(out, sentinel);
-        }
+        check((curv_opt_kind)k, blob, len, b);
         curv_free(blob);
         free(b);
         curv_opt_free(o);
     }
     curv_layout_free(l);
+}
+
+static void flips_and_truncations(curv_opt_kind kind, const unsigned char *blob, size_t len,
+                                  unsigned char *b)
+{
+    static char mark;
+    curv_opt *sentinel = (curv_opt *)&mark;
+    for (size_t i = 0; i < len; i++) {
+        memcpy(b, blob, len);
+        b[i] ^= 0xFF;
+        curv_opt *out = sentinel;
+        curv_status st = load_copy(b, len, &out);
+        if (st != CURV_E_CORRUPT && st != CURV_E_VERSION)
+            fail_msg("%s: flipping byte %zu of %zu gave %s", curv_opt_kind_name(kind), i, len,
+                     curv_status_name(st));
+        assert_ptr_equal(out, sentinel);
+    }
+    for (size_t n = 0; n < len; n++) {
+        curv_opt *out = sentinel;
+        curv_status st = load_copy(blob, n, &out);
+        if (st != CURV_E_CORRUPT)
+            fail_msg("%s: truncation to %zu of %zu bytes gave %s", curv_opt_kind_name(kind), n, len,
+                     curv_status_name(st));
+        assert_ptr_equal(out, sentinel);
+    }
+}
+
+static void test_every_flip_and_truncation_rejected(void **state)
+{
+    (void)state;
+    each_trained_blob(flips_and_truncations);
 }
 
 /* Offset of the hyperparameter records in a blob: header (24), u32 kind,
@@ -268,10 +198,10 @@ static void test_every_flip_and_truncation_rejected(void **state)
 static size_t hyper_offset(const unsigned char *b)
 {
     size_t off = 24 + 4;
-    size_t n = (size_t)get_le(b + off, 4);
+    size_t n = (size_t)tu_get_le(b + off, 4);
     off += 4;
     for (size_t i = 0; i < n; i++)
-        off += 4 + (size_t)get_le(b + off, 4) + 4 + 5 * 8 + 4;
+        off += 4 + (size_t)tu_get_le(b + off, 4) + 4 + 5 * 8 + 4;
     return off;
 }
 
@@ -279,73 +209,58 @@ static size_t hyper_offset(const unsigned char *b)
  * itself. The result may be a valid optimizer (a changed number) or
  * E_CORRUPT, never a crash, an over-read or a leak. Layout records are
  * left out: a flipped dimension can legitimately ask for gigabytes. */
+static void flips_with_valid_crc(curv_opt_kind kind, const unsigned char *blob, size_t len,
+                                 unsigned char *b)
+{
+    size_t from = hyper_offset(blob), ok = 0;
+    assert_true(from < len - 4);
+    static const unsigned char masks[] = {0x01, 0xFF};
+    for (size_t i = from; i < len - 4; i++)
+        for (size_t m = 0; m < sizeof masks; m++) {
+            memcpy(b, blob, len);
+            b[i] ^= masks[m];
+            tu_reseal(b, len);
+            curv_opt *out = NULL;
+            curv_status st = load_copy(b, len, &out);
+            if (st != CURV_OK && st != CURV_E_CORRUPT)
+                fail_msg("%s: byte %zu: %s", curv_opt_kind_name(kind), i, curv_status_name(st));
+            ok += st == CURV_OK;
+            curv_opt_free(out);
+        }
+    assert_true(ok > 0); /* the state's numbers are free to change */
+}
+
 static void test_flips_with_valid_crc_never_crash(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
-    for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
-        double th[D_MIXED] = {0};
-        curv_opt *o = trained((curv_opt_kind)k, l, th);
-        size_t len;
-        unsigned char *blob = tu_snapshot(o, &len), *b = malloc(len);
-        assert_non_null(b);
-        size_t from = hyper_offset(blob), ok = 0;
-        assert_true(from < len - 4);
-        static const unsigned char masks[] = {0x01, 0xFF};
-        for (size_t i = from; i < len - 4; i++)
-            for (size_t m = 0; m < sizeof masks; m++) {
-                memcpy(b, blob, len);
-                b[i] ^= masks[m];
-                fix_crc(b, len);
-                curv_opt *out = NULL;
-                curv_status st = load_copy(b, len, &out);
-                if (st != CURV_OK && st != CURV_E_CORRUPT)
-                    fail_msg("%s: byte %zu: %s", curv_opt_kind_name((curv_opt_kind)k), i,
-                             curv_status_name(st));
-                ok += st == CURV_OK;
-                curv_opt_free(out);
-            }
-        assert_true(ok > 0); /* the state's numbers are free to change */
-        curv_free(blob);
-        free(b);
-        curv_opt_free(o);
-    }
-    curv_layout_free(l);
+    each_trained_blob(flips_with_valid_crc);
 }
 
 static void test_forged_blobs(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
-    double th[D_MIXED] = {0};
+    curv_layout *l = tu_opt_mixed_layout();
+    double th[TU_D_MIXED] = {0};
     curv_opt *o = trained(CURV_OPT_ADAGRAD_DIAG, l, th), *out = NULL;
     size_t len;
     unsigned char *blob = tu_snapshot(o, &len), *b = malloc(len + 8);
     assert_non_null(b);
     /* A newer format version with a valid CRC: E_VERSION. */
-    memcpy(b, blob, len);
-    put_le(b + 8, get_le(b + 8, 4) + 1, 4);
-    fix_crc(b, len);
+    tu_forge(b, blob, len, 8, tu_get_le(blob + 8, 4) + 1, 4);
     assert_int_equal(load_copy(b, len, &out), CURV_E_VERSION);
     /* Trailing bytes inside a well-framed payload. */
     memcpy(b, blob, len - 4);
     memset(b + len - 4, 0, 8);
-    put_le(b + 16, get_le(b + 16, 8) + 8, 8);
-    fix_crc(b, len + 8);
+    tu_put_le(b + 16, tu_get_le(b + 16, 8) + 8, 8);
+    tu_reseal(b, len + 8);
     assert_int_equal(load_copy(b, len + 8, &out), CURV_E_CORRUPT);
     /* An unknown kind, and a kind that disagrees with the state's size. */
-    memcpy(b, blob, len);
-    put_le(b + 24, CURV_OPT_KIND_COUNT, 4);
-    fix_crc(b, len);
+    tu_forge(b, blob, len, 24, CURV_OPT_KIND_COUNT, 4);
     assert_int_equal(load_copy(b, len, &out), CURV_E_CORRUPT);
-    memcpy(b, blob, len);
-    put_le(b + 24, CURV_OPT_ADAGRAD_FULL, 4);
-    fix_crc(b, len);
+    tu_forge(b, blob, len, 24, CURV_OPT_ADAGRAD_FULL, 4);
     assert_int_equal(load_copy(b, len, &out), CURV_E_CORRUPT);
     /* A block count far beyond what the payload can hold. */
-    memcpy(b, blob, len);
-    put_le(b + 28, 0xFFFFFFFFu, 4);
-    fix_crc(b, len);
+    tu_forge(b, blob, len, 28, 0xFFFFFFFFu, 4);
     assert_int_equal(load_copy(b, len, &out), CURV_E_CORRUPT);
     assert_null(out);
     curv_error err;
@@ -364,7 +279,7 @@ static void test_forged_blobs(void **state)
 static void test_long_list_round_trip(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
+    curv_layout *l = tu_opt_mixed_layout();
     curv_config *c = curv_config_new();
     char list[400] = "", item[32];
     for (int i = 0; i < 16; i++) {
@@ -373,7 +288,7 @@ static void test_long_list_round_trip(void **state)
     }
     assert_int_equal(curv_config_set_str(c, "lr_milestones", list, NULL), CURV_OK);
     assert_int_equal(curv_config_set_str(c, "lr_schedule", "multistep", NULL), CURV_OK);
-    curv_opt *o = new_opt(CURV_OPT_SGD, l, c), *back = NULL;
+    curv_opt *o = tu_new_opt(CURV_OPT_SGD, l, c), *back = NULL;
     size_t len, len2 = 0;
     unsigned char *blob = tu_snapshot(o, &len), *again = NULL;
     curv_error err;
@@ -404,8 +319,8 @@ static void test_long_list_round_trip(void **state)
 static void test_rejected_settings_text(void **state)
 {
     (void)state;
-    curv_layout *l = mixed_layout();
-    curv_opt *o = new_opt(CURV_OPT_SGD, l, NULL), *out = NULL;
+    curv_layout *l = tu_opt_mixed_layout();
+    curv_opt *o = tu_new_opt(CURV_OPT_SGD, l, NULL), *out = NULL;
     size_t len;
     unsigned char *blob = tu_snapshot(o, &len);
     /* The "lr" record: u32 length 2, "lr", u32 0 (a number), f64 value. */
@@ -418,8 +333,8 @@ static void test_rejected_settings_text(void **state)
     const double bad = -1.0;
     uint64_t bits;
     memcpy(&bits, &bad, sizeof bits);
-    put_le(blob + at, bits, 8);
-    fix_crc(blob, len);
+    tu_put_le(blob + at, bits, 8);
+    tu_reseal(blob, len);
     curv_error err;
     curv_error_clear(&err);
     curv_status st = curv_opt_load(blob, len, &out, &err);

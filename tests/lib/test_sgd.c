@@ -11,46 +11,20 @@
 
 #define D 11
 
-static curv_layout *layout(void)
-{
-    curv_layout *l = curv_layout_new();
-    assert_int_equal(curv_layout_add_dense(l, "w", 2, 3, 1, NULL), CURV_OK); /* 8 */
-    assert_int_equal(curv_layout_add_vector(l, "b", 3, NULL), CURV_OK);
-    assert_int_equal(curv_layout_dim(l), D);
-    return l;
-}
+/* w: dense 2 x (3 + bias) = 8 at 0; b: vector 3 at 8. */
+static const tu_mixed_spec LAYOUT = {.dense = {"w", 2, 3}, .vector = {"b", 3}, .dim = D};
 
 static curv_opt *sgd(double lr, double mu, int nesterov, double wd, const char *mu_sched)
 {
-    curv_layout *l = layout();
-    curv_config *c = curv_config_new();
-    assert_int_equal(curv_config_set_num(c, "lr", lr, NULL), CURV_OK);
-    assert_int_equal(curv_config_set_num(c, "momentum", mu, NULL), CURV_OK);
-    assert_int_equal(curv_config_set_num(c, "nesterov", nesterov, NULL), CURV_OK);
-    assert_int_equal(curv_config_set_num(c, "weight_decay", wd, NULL), CURV_OK);
+    curv_layout *l = tu_mixed_layout(&LAYOUT);
+    const tu_kv kv[] = {{"lr", lr}, {"momentum", mu}, {"nesterov", nesterov}, {"weight_decay", wd}};
+    curv_config *c = tu_config(kv, sizeof kv / sizeof kv[0]);
     if (mu_sched)
-        assert_int_equal(curv_config_set_str(c, "momentum_schedule", mu_sched, NULL), CURV_OK);
-    curv_opt *o = NULL;
-    curv_error err;
-    tu_assert_status(curv_opt_new(CURV_OPT_SGD, l, c, &o, &err), CURV_OK, &err);
+        tu_config_set(c, "momentum_schedule", 0, mu_sched);
+    curv_opt *o = tu_new_opt(CURV_OPT_SGD, l, c);
     curv_config_free(c);
     curv_layout_free(l);
     return o;
-}
-
-static void step_ok(curv_opt *o, const double *g, const double *theta, double *upd)
-{
-    curv_error err;
-    curv_step_input in = {
-        .grad = g, .params = theta, .len = curv_layout_dim(curv_opt_layout(o)), .dtype = CURV_F64};
-    tu_assert_status(curv_opt_step(o, &in, upd, NULL, &err), CURV_OK, &err);
-}
-
-static void expect_close(const double *got, const double *want, double tol, const char *what, int t)
-{
-    double e = tu_rel_err(got, want, D);
-    if (e > tol)
-        fail_msg("%s, step %d: relative error %g > %g", what, t, e, tol);
 }
 
 static void test_plain(void **state)
@@ -64,8 +38,8 @@ static void test_plain(void **state)
         tu_fill_normal(&rng, g, D, 2.0);
         for (size_t i = 0; i < D; i++)
             want[i] = -0.3 * g[i];
-        step_ok(o, g, NULL, u);
-        expect_close(u, want, 1e-15, "plain", t);
+        tu_step_ok(o, g, NULL, u);
+        tu_expect_close(u, want, D, 1e-15, "plain", t);
     }
     curv_opt_free(o);
 }
@@ -85,8 +59,8 @@ static void test_heavy_ball(void **state)
             delta[i] = mu * delta[i] - g[i];
             want[i] = lr * delta[i];
         }
-        step_ok(o, g, NULL, u);
-        expect_close(u, want, 1e-13, "heavy ball", t);
+        tu_step_ok(o, g, NULL, u);
+        tu_expect_close(u, want, D, 1e-13, "heavy ball", t);
     }
     curv_opt_free(o);
 }
@@ -119,7 +93,7 @@ static void test_nesterov_lookahead_form(void **state)
         }
         /* Library: the gradient at the trainer's φ. */
         tu_matmul(D, D, 1, A, phi, g);
-        step_ok(o, g, NULL, u);
+        tu_step_ok(o, g, NULL, u);
         for (size_t i = 0; i < D; i++) {
             phi[i] += u[i];
             look[i] = th[i] + mu * v[i];
@@ -148,8 +122,8 @@ static void test_nesterov_formula(void **state)
             v[i] = mu * v[i] + g[i];
             want[i] = -lr * (g[i] + mu * v[i]);
         }
-        step_ok(o, g, NULL, u);
-        expect_close(u, want, 1e-13, "nesterov", t);
+        tu_step_ok(o, g, NULL, u);
+        tu_expect_close(u, want, D, 1e-13, "nesterov", t);
     }
     curv_opt_free(o);
 }
@@ -172,8 +146,9 @@ static void test_weight_decay(void **state)
                 delta[i] = mu * delta[i] - (g[i] + wd * th[i]);
                 want[i] = lr * delta[i];
             }
-            step_ok(o, g, th, u);
-            expect_close(u, want, 1e-13, with_mu ? "weight decay + momentum" : "weight decay", t);
+            tu_step_ok(o, g, th, u);
+            tu_expect_close(u, want, D, 1e-13, with_mu ? "weight decay + momentum" : "weight decay",
+                            t);
             for (size_t i = 0; i < D; i++)
                 th[i] += u[i];
         }
@@ -188,7 +163,7 @@ static void test_weight_decay_needs_params(void **state)
     double g[D], th[D], u[D];
     for (size_t i = 0; i < D; i++)
         g[i] = 0.1 * (double)i, th[i] = 1;
-    step_ok(o, g, th, u);
+    tu_step_ok(o, g, th, u);
     size_t len;
     unsigned char *snap = tu_snapshot(o, &len);
     for (size_t i = 0; i < D; i++)
@@ -212,7 +187,7 @@ static void test_weight_decay_needs_params(void **state)
     /* Without weight decay params are optional. */
     curv_opt_free(o);
     o = sgd(0.1, 0.9, 0, 0, NULL);
-    step_ok(o, g, NULL, u);
+    tu_step_ok(o, g, NULL, u);
     curv_opt_free(o);
 }
 
@@ -242,8 +217,8 @@ static void test_sutskever_schedule(void **state)
                 v[i] = mu * v[i] + g[i];
                 want[i] = -lr * (nesterov ? g[i] + mu * v[i] : v[i]);
             }
-            step_ok(o, g, NULL, u);
-            expect_close(u, want, 1e-11, nesterov ? "sutskever nesterov" : "sutskever", t);
+            tu_step_ok(o, g, NULL, u);
+            tu_expect_close(u, want, D, 1e-11, nesterov ? "sutskever nesterov" : "sutskever", t);
         }
         assert_true(seen_caps > 0); /* the cap was reached (from t = 750) */
         curv_opt_free(o);
@@ -264,8 +239,8 @@ static void test_zero_momentum_is_plain(void **state)
             g[i] = cos((double)(t * D + i));
             want[i] = -0.05 * g[i];
         }
-        step_ok(o, g, NULL, u);
-        expect_close(u, want, 1e-15, "momentum 0", t);
+        tu_step_ok(o, g, NULL, u);
+        tu_expect_close(u, want, D, 1e-15, "momentum 0", t);
     }
     curv_opt_free(o);
 }

@@ -8,39 +8,6 @@
 #include "state.h"
 #include "testutil.h"
 
-/* Bitwise CRC-32 (IEEE, reflected), written here independently of the
- * library's table-driven one. */
-static uint32_t ref_crc32(const unsigned char *p, size_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-    }
-    return ~c;
-}
-
-static uint64_t rd_le(const unsigned char *p, unsigned n)
-{
-    uint64_t v = 0;
-    for (unsigned i = 0; i < n; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
-
-static void wr_le(unsigned char *p, uint64_t v, unsigned n)
-{
-    for (unsigned i = 0; i < n; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-
-/* Recompute the CRC trailer of a blob after editing it. */
-static void fix_crc(unsigned char *blob, size_t len)
-{
-    wr_le(blob + len - 4, ref_crc32(blob, len - 4), 4);
-}
-
 static struct curv__reader reader_on(const unsigned char *p, size_t len)
 {
     struct curv__reader r = {.p = p, .len = len, .pos = 0, .bad = 0};
@@ -52,18 +19,18 @@ static void test_crc32_check_value(void **state)
     (void)state;
     const unsigned char *s = (const unsigned char *)"123456789";
     assert_int_equal(curv__crc32(0, s, 9), 0xCBF43926u);
-    assert_int_equal(ref_crc32(s, 9), 0xCBF43926u);
+    assert_int_equal(tu_crc32(s, 9), 0xCBF43926u);
     assert_int_equal(curv__crc32(0, s, 0), 0);
     /* Chaining, as zlib's crc32(crc, buf, len) does. */
     assert_int_equal(curv__crc32(curv__crc32(0, s, 4), s + 4, 5), 0xCBF43926u);
-    /* Agreement with the bitwise reference on random data of many lengths. */
+    /* Agreement with the reference in testutil on random data of many lengths. */
     tu_rng rng;
     tu_rng_seed(&rng, 7);
     unsigned char buf[300];
     for (size_t i = 0; i < sizeof buf; i++)
         buf[i] = (unsigned char)(tu_uniform(&rng) * 256);
     for (size_t n = 0; n <= sizeof buf; n += 13)
-        assert_int_equal(curv__crc32(0, buf, n), ref_crc32(buf, n));
+        assert_int_equal(curv__crc32(0, buf, n), tu_crc32(buf, n));
 }
 
 static void test_round_trip_every_type(void **state)
@@ -96,12 +63,10 @@ static void test_round_trip_every_type(void **state)
     const unsigned char le32[4] = {4, 3, 2, 1}, le64[8] = {8, 7, 6, 5, 4, 3, 2, 1};
     assert_memory_equal(w.buf, le32, 4);
     assert_memory_equal(w.buf + 8, le64, 8);
-    assert_int_equal(rd_le(w.buf + 40, 8), 0x3FF0000000000000ull); /* 1.0 */
+    assert_int_equal(tu_get_le(w.buf + 40, 8), 0x3FF0000000000000ull); /* 1.0 */
 
     /* Read from an exact-size heap copy so ASan sees any over-read. */
-    unsigned char *copy = malloc(w.len);
-    assert_non_null(copy);
-    memcpy(copy, w.buf, w.len);
+    unsigned char *copy = tu_memdup(w.buf, w.len);
     struct curv__reader r = reader_on(copy, w.len);
     assert_int_equal(curv__r_left(&r), w.len);
     assert_int_equal(curv__r_u32(&r), 0x01020304u);
@@ -159,7 +124,7 @@ static void test_reader_overrun(void **state)
             break;
         default:
             /* a length prefix of 6 with only 5 bytes behind it */
-            wr_le(p + 16 - (need - 1), 6, 4);
+            tu_put_le(p + 16 - (need - 1), 6, 4);
             curv__r_str(&r, s, sizeof s);
             assert_string_equal(s, "");
             break;
@@ -176,14 +141,14 @@ static void test_reader_overrun(void **state)
     assert_int_equal(curv__r_u32(&r), 0);
     assert_true(curv__r_u64(&r) == 0);
     /* A string whose length does not fit the caller's buffer (NUL incl.). */
-    wr_le(p, 8, 4);
+    tu_put_le(p, 8, 4);
     r = reader_on(p, 16);
     char s[8] = "keep";
     curv__r_str(&r, s, sizeof s);
     assert_true(r.bad);
     assert_string_equal(s, "");
     /* A string length of 2^32-1 never reads past the buffer. */
-    wr_le(p, 0xFFFFFFFFu, 4);
+    tu_put_le(p, 0xFFFFFFFFu, 4);
     r = reader_on(p, 16);
     char big[64];
     curv__r_str(&r, big, sizeof big);
@@ -217,10 +182,10 @@ static void test_seal_and_open(void **state)
     const size_t payload = 4 + 4 + 7 + 8;
     assert_int_equal(len, 24 + payload + 4);
     assert_memory_equal(blob, "CURVSTAT", 8);
-    assert_int_equal(rd_le(blob + 8, 4), 1);  /* version */
-    assert_int_equal(rd_le(blob + 12, 4), 0); /* flags */
-    assert_int_equal(rd_le(blob + 16, 8), payload);
-    assert_int_equal(rd_le(blob + len - 4, 4), ref_crc32(blob, len - 4));
+    assert_int_equal(tu_get_le(blob + 8, 4), 1);  /* version */
+    assert_int_equal(tu_get_le(blob + 12, 4), 0); /* flags */
+    assert_int_equal(tu_get_le(blob + 16, 8), payload);
+    assert_int_equal(tu_get_le(blob + len - 4, 4), tu_crc32(blob, len - 4));
     struct curv__reader r;
     curv_error err;
     assert_int_equal(curv__state_open(blob, len, &r, &err), CURV_OK);
@@ -254,17 +219,12 @@ static void test_seal_and_open(void **state)
 /* Open a heap copy of @b (exactly @n bytes) and return the status. */
 static curv_status open_copy(const unsigned char *b, size_t n)
 {
-    unsigned char *c = malloc(n ? n : 1);
-    assert_non_null(c);
-    memcpy(c, b, n);
+    unsigned char *c = tu_memdup(b, n);
     struct curv__reader r = {0};
     curv_error err;
     curv_error_clear(&err);
     curv_status st = curv__state_open(c, n, &r, &err);
-    if (st != CURV_OK) {
-        assert_int_equal(err.status, st);
-        assert_true(strlen(err.text) > 0);
-    }
+    tu_assert_error_set(&err, st);
     free(c);
     return st;
 }
@@ -284,18 +244,15 @@ static void test_open_rejects(void **state)
     assert_non_null(b);
     memcpy(b, blob, len);
     b[3] = 'X';
-    fix_crc(b, len);
+    tu_reseal(b, len);
     assert_int_equal(open_copy(b, len), CURV_E_CORRUPT);
     /* Wrong length: one byte appended, or the header's length edited. */
     memcpy(b, blob, len);
     b[len] = 0;
     assert_int_equal(open_copy(b, len + 1), CURV_E_CORRUPT);
-    wr_le(b + 16, rd_le(b + 16, 8) + 1, 8);
-    fix_crc(b, len);
+    tu_forge(b, blob, len, 16, tu_get_le(blob + 16, 8) + 1, 8);
     assert_int_equal(open_copy(b, len), CURV_E_CORRUPT);
-    memcpy(b, blob, len);
-    wr_le(b + 16, UINT64_MAX, 8);
-    fix_crc(b, len);
+    tu_forge(b, blob, len, 16, UINT64_MAX, 8);
     assert_int_equal(open_copy(b, len), CURV_E_CORRUPT);
     /* Bad CRC: each byte flipped in turn, the CRC left as it was. */
     for (size_t i = 0; i < len; i++) {
@@ -305,21 +262,16 @@ static void test_open_rejects(void **state)
         assert_int_equal(st, CURV_E_CORRUPT);
     }
     /* Non-zero flags with a valid CRC. */
-    memcpy(b, blob, len);
-    wr_le(b + 12, 1, 4);
-    fix_crc(b, len);
+    tu_forge(b, blob, len, 12, 1, 4);
     assert_int_equal(open_copy(b, len), CURV_E_CORRUPT);
     /* A future version with a valid CRC is E_VERSION, not corruption. */
-    memcpy(b, blob, len);
-    wr_le(b + 8, 2, 4);
-    fix_crc(b, len);
+    tu_forge(b, blob, len, 8, 2, 4);
     assert_int_equal(open_copy(b, len), CURV_E_VERSION);
-    wr_le(b + 8, 0xFFFFFFFFu, 4);
-    fix_crc(b, len);
+    tu_forge(b, blob, len, 8, 0xFFFFFFFFu, 4);
     assert_int_equal(open_copy(b, len), CURV_E_VERSION);
     /* ... while a damaged version under the old CRC reads as corruption. */
     memcpy(b, blob, len);
-    wr_le(b + 8, 2, 4);
+    tu_put_le(b + 8, 2, 4);
     assert_int_equal(open_copy(b, len), CURV_E_CORRUPT);
     /* The untouched blob still opens. */
     memcpy(b, blob, len);

@@ -112,6 +112,17 @@ static void jacobi_eig(size_t n, double *A, double *V, double *w)
         w[i] = A[i * n + i];
 }
 
+void tu_from_eig(size_t n, const double *Q, const double *f, double *out)
+{
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < n; j++) {
+            double s = 0;
+            for (size_t k = 0; k < n; k++)
+                s += Q[i * n + k] * f[k] * Q[j * n + k];
+            out[i * n + j] = s;
+        }
+}
+
 /* out = R max(w, floor)^p R^T; returns the smallest eigenvalue before the floor. */
 static double sym_pow_floor(size_t n, const double *A, double p, double floor, double floor_rel,
                             double *out)
@@ -123,13 +134,9 @@ static double sym_pow_floor(size_t n, const double *A, double p, double floor, d
     for (size_t i = 1; i < n; i++)
         wmax = fmax(wmax, w[i]), wmin = fmin(wmin, w[i]);
     floor = fmax(floor, floor_rel * wmax);
-    for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < n; j++) {
-            double s = 0;
-            for (size_t k = 0; k < n; k++)
-                s += V[i * n + k] * pow(w[k] > floor ? w[k] : floor, p) * V[j * n + k];
-            out[i * n + j] = s;
-        }
+    for (size_t k = 0; k < n; k++)
+        w[k] = pow(w[k] > floor ? w[k] : floor, p);
+    tu_from_eig(n, V, w, out);
     free(W);
     free(V);
     free(w);
@@ -156,6 +163,93 @@ double tu_rel_err(const double *a, const double *b, size_t n)
     return num / den;
 }
 
+void tu_expect_close(const double *got, const double *want, size_t n, double tol, const char *what,
+                     int t)
+{
+    double e = tu_rel_err(got, want, n);
+    if (e > tol)
+        fail_msg("%s, step %d: relative error %g > %g", what, t, e, tol);
+}
+
+curv_layout *tu_mixed_layout(const tu_mixed_spec *s)
+{
+    curv_layout *l = curv_layout_new();
+    assert_non_null(l);
+    assert_int_equal(
+        curv_layout_add_dense(l, s->dense.name, s->dense.n_out, s->dense.n_in, 1, NULL), CURV_OK);
+    if (s->conv.name)
+        assert_int_equal(curv_layout_add_conv2d(l, s->conv.name, s->conv.c_out, s->conv.c_in,
+                                                s->conv.kh, s->conv.kw, 1, NULL),
+                         CURV_OK);
+    assert_int_equal(curv_layout_add_vector(l, s->vector.name, s->vector.n, NULL), CURV_OK);
+    if (s->dim)
+        assert_int_equal(curv_layout_dim(l), s->dim);
+    return l;
+}
+
+curv_layout *tu_opt_mixed_layout(void)
+{
+    static const tu_mixed_spec spec = {{"fc", 3, 4}, {"conv", 2, 2, 2, 2}, {"gain", 4}, TU_D_MIXED};
+    return tu_mixed_layout(&spec);
+}
+
+void tu_config_set(curv_config *c, const char *key, double num, const char *str)
+{
+    curv_error err;
+    if (str)
+        tu_assert_status(curv_config_set_str(c, key, str, &err), CURV_OK, &err);
+    else
+        tu_assert_status(curv_config_set_num(c, key, num, &err), CURV_OK, &err);
+}
+
+curv_config *tu_config(const tu_kv *kv, size_t n)
+{
+    curv_config *c = curv_config_new();
+    assert_non_null(c);
+    for (size_t i = 0; i < n; i++)
+        tu_config_set(c, kv[i].key, kv[i].num, NULL);
+    return c;
+}
+
+curv_opt *tu_new_opt(curv_opt_kind kind, const curv_layout *l, const curv_config *c)
+{
+    curv_opt *o = NULL;
+    curv_error err;
+    tu_assert_status(curv_opt_new(kind, l, c, &o, &err), CURV_OK, &err);
+    assert_non_null(o);
+    return o;
+}
+
+curv_opt *tu_opt_with(curv_opt_kind kind, const curv_layout *l, const tu_kv *kv, size_t n)
+{
+    curv_config *c = tu_config(kv, n);
+    curv_opt *o = tu_new_opt(kind, l, c);
+    curv_config_free(c);
+    return o;
+}
+
+int tu_has_param(curv_opt_kind kind, const char *name)
+{
+    curv_param_info p;
+    for (size_t i = 0; curv_opt_param_info(kind, i, &p) == CURV_OK; i++)
+        if (strcmp(p.name, name) == 0)
+            return 1;
+    return 0;
+}
+
+curv_status tu_step(curv_opt *o, const double *g, const double *theta, double *upd, curv_error *err)
+{
+    curv_step_input in = {
+        .grad = g, .params = theta, .len = curv_layout_dim(curv_opt_layout(o)), .dtype = CURV_F64};
+    return curv_opt_step(o, &in, upd, NULL, err);
+}
+
+void tu_step_ok(curv_opt *o, const double *g, const double *theta, double *upd)
+{
+    curv_error err;
+    tu_assert_status(tu_step(o, g, theta, upd, &err), CURV_OK, &err);
+}
+
 unsigned char *tu_snapshot(const curv_opt *o, size_t *len)
 {
     unsigned char *blob = NULL;
@@ -171,4 +265,64 @@ void tu_assert_unchanged(const curv_opt *o, const unsigned char *snap, size_t le
     assert_int_equal(n2, len);
     assert_memory_equal(now, snap, len);
     curv_free(now);
+}
+
+void tu_put_le(unsigned char *p, uint64_t v, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+
+uint64_t tu_get_le(const unsigned char *p, unsigned n)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+uint32_t tu_crc32(const unsigned char *p, size_t n)
+{
+    static uint32_t table[256];
+    if (!table[1])
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++)
+                c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+            table[i] = c;
+        }
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++)
+        c = table[(c ^ p[i]) & 0xFFu] ^ (c >> 8);
+    return ~c;
+}
+
+void tu_reseal(unsigned char *blob, size_t len)
+{
+    tu_put_le(blob + len - 4, tu_crc32(blob, len - 4), 4);
+}
+
+unsigned char *tu_forge(unsigned char *dst, const unsigned char *src, size_t len, size_t off,
+                        uint64_t v, unsigned n)
+{
+    memcpy(dst, src, len);
+    tu_put_le(dst + off, v, n);
+    tu_reseal(dst, len);
+    return dst;
+}
+
+unsigned char *tu_memdup(const void *p, size_t n)
+{
+    unsigned char *c = malloc(n ? n : 1);
+    assert_non_null(c);
+    memcpy(c, p, n);
+    return c;
+}
+
+void tu_assert_error_set(const curv_error *err, curv_status st)
+{
+    if (st == CURV_OK)
+        return;
+    assert_int_equal(err->status, st);
+    assert_true(strlen(err->text) > 0);
 }

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Shared helpers for the cmocka suites: a seeded RNG, dense reference math
- * written independently of the library, and state snapshots. */
+ * written independently of the library, layouts, configs and optimizer
+ * steps, state snapshots, and the blob format's LE fields and CRC. */
 #ifndef CURV_TESTUTIL_H
 #define CURV_TESTUTIL_H
 
@@ -35,10 +36,95 @@ double tu_sym_pow_rel(size_t n, const double *A, double p, double floor_rel, dou
 /* max |a-b| / max(max|b|, tiny) over n entries. */
 double tu_rel_err(const double *a, const double *b, size_t n);
 
+/* Q diag(f) Q^T for n x n @Q (columns the eigenvectors) into @out. */
+void tu_from_eig(size_t n, const double *Q, const double *f, double *out);
+/* Fail with "@what, step @t: relative error ..." when tu_rel_err(@got, @want,
+ * @n) exceeds @tol. */
+void tu_expect_close(const double *got, const double *want, size_t n, double tol, const char *what,
+                     int t);
+
+/* ---- Layouts and optimizers ---- */
+
+/* A "mixed" layout, blocks in this order, each with its bias: dense of
+ * n_out x (n_in + bias); conv2d of c_out x (c_in * kh * kw + bias), left
+ * out when its name is NULL; vector of n. */
+typedef struct {
+    struct {
+        const char *name;
+        size_t n_out, n_in;
+    } dense;
+    struct {
+        const char *name;
+        size_t c_out, c_in, kh, kw;
+    } conv;
+    struct {
+        const char *name;
+        size_t n;
+    } vector;
+    size_t dim; /* asserted to be the flat dimension, unless 0 */
+} tu_mixed_spec;
+
+/* Build @s's layout, asserting every step (caller frees). */
+curv_layout *tu_mixed_layout(const tu_mixed_spec *s);
+
+/* The mixed layout of the front-end suites (test_opt.c, test_opt_state.c):
+ * fc: dense 3 x (4 + bias) = 15 at 0; conv: 2 x (2*2*2 + bias) = 18 at 15;
+ * gain: vector 4 at 33. */
+#define TU_D_MIXED 37
+curv_layout *tu_opt_mixed_layout(void);
+
+/* A numeric setting, for tables of settings. */
+typedef struct {
+    const char *key;
+    double num;
+} tu_kv;
+
+/* Set @key on @c to the string @str, or to the number @num when @str is
+ * NULL, asserting CURV_OK. */
+void tu_config_set(curv_config *c, const char *key, double num, const char *str);
+/* A new config holding the @n settings @kv, set in order (caller frees). */
+curv_config *tu_config(const tu_kv *kv, size_t n);
+/* A new optimizer, asserting CURV_OK; @c may be NULL for the defaults. */
+curv_opt *tu_new_opt(curv_opt_kind kind, const curv_layout *l, const curv_config *c);
+/* tu_new_opt with a config of the @n settings @kv (freed again). */
+curv_opt *tu_opt_with(curv_opt_kind kind, const curv_layout *l, const tu_kv *kv, size_t n);
+/* 1 when @kind has a hyperparameter called @name, else 0. */
+int tu_has_param(curv_opt_kind kind, const char *name);
+
+/* One float64 step of @o: gradient @g, parameters @theta (may be NULL),
+ * update into @upd; the length is the layout's dimension. */
+curv_status tu_step(curv_opt *o, const double *g, const double *theta, double *upd,
+                    curv_error *err);
+/* tu_step, asserting CURV_OK. */
+void tu_step_ok(curv_opt *o, const double *g, const double *theta, double *upd);
+
+/* ---- Saved state ---- */
+
 /* Save @o and return the blob (caller frees with curv_free). */
 unsigned char *tu_snapshot(const curv_opt *o, size_t *len);
 /* Assert that @o's saved state equals the snapshot byte for byte. */
 void tu_assert_unchanged(const curv_opt *o, const unsigned char *snap, size_t len);
+
+/* The blob format's pieces, written here independently of lib/src/state.c
+ * (which the state tests test): little-endian fields of @n bytes, and the
+ * CRC-32 trailer (IEEE, reflected, polynomial 0xEDB88320; table-driven,
+ * the table built bit by bit here; test_state.c pins it to the standard
+ * check value). */
+void tu_put_le(unsigned char *p, uint64_t v, unsigned n);
+uint64_t tu_get_le(const unsigned char *p, unsigned n);
+uint32_t tu_crc32(const unsigned char *p, size_t n);
+/* Recompute the CRC trailer (the last 4 bytes) of an edited @len-byte blob. */
+void tu_reseal(unsigned char *blob, size_t len);
+/* Copy the @len-byte blob @src into @dst, set its @n-byte field at @off to
+ * @v and reseal; returns @dst. */
+unsigned char *tu_forge(unsigned char *dst, const unsigned char *src, size_t len, size_t off,
+                        uint64_t v, unsigned n);
+/* A heap copy of exactly @n bytes of @p, so that ASan sees any over-read
+ * (caller frees with free()). */
+unsigned char *tu_memdup(const void *p, size_t n);
+/* After a call returned @st into @err: unless @st is CURV_OK, @err holds
+ * @st and a non-empty text. */
+void tu_assert_error_set(const curv_error *err, curv_status st);
 
 /* Assert a status, printing the error text on mismatch. */
 #define tu_assert_status(expr, want, errp)                                                         \
