@@ -88,6 +88,11 @@ $(BUILD)/server/migrations_sql.c: $(MIGRATIONS) scripts/embed-migrations
 $(BUILD)/server/migrations_sql.o: $(BUILD)/server/migrations_sql.c
 	$(Q)$(CC) $(CFLAGS_ALL) -Iserver -c $< -o $@
 
+$(BUILD)/curvd: server/main.c $(BUILD)/libcurvd.a $(BUILD)/libcurv.a
+	@$(if $(Q),echo "  LD      $@",:)
+	$(Q)$(CC) $(CFLAGS_ALL) $(SRV_CFLAGS) -Iserver $< -o $@ $(BUILD)/libcurvd.a \
+	    $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(SRV_LIBS) $(DEP_LIBS)
+
 $(BUILD)/libcurvd.a: $(SRV_OBJS)
 	@rm -f $@
 	$(Q)ar rcs $@ $^
@@ -141,7 +146,7 @@ readme-example: $(BUILD)/libcurv.a
 
 test: deps
 	@$(MAKE) --no-print-directory check-format
-	@$(MAKE) --no-print-directory lib
+	@$(MAKE) --no-print-directory lib $(BUILD)/curvd
 	@$(MAKE) --no-print-directory check-symbols
 	@$(MAKE) --no-print-directory readme-example
 	@$(MAKE) --no-print-directory asan
@@ -150,8 +155,10 @@ test: deps
 bench: deps $(BENCH_BINS)
 	@for b in $(BENCH_BINS); do $$b || exit 1; done
 
-run: deps lib
-	@echo "curvd: the daemon arrives with the server issue; libcurv is built in $(BUILD)/."
+# Start the daemon on 127.0.0.1:8080 with ./var/curvd.db; Ctrl-C stops it.
+run: deps
+	@$(MAKE) --no-print-directory $(BUILD)/curvd
+	$(BUILD)/curvd $(ARGS)
 
 clean:
 	rm -rf $(BUILD)

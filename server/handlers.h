@@ -8,9 +8,31 @@
 #define CURVD_HANDLER(name)                                                                        \
     void name(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp)
 
+#include <jansson.h>
+
+#include "registry.h"
+
+/* h_common.c */
+int curvd_is_ctype(const struct curvd_req *rq, const char *want);
+/* The body as a JSON object, or NULL with a 415/400 problem in @rp. */
+json_t *curvd_body_json(const struct curvd_req *rq, struct curvd_reply *rp);
+void curvd_new_id(char out[CURVD_ID_LEN + 1]);
+int curvd_valid_id(const char *id);
+void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq, int st,
+                             const char *err);
+
 /* h_ops.c */
 CURVD_HANDLER(curvd_h_health);
 CURVD_HANDLER(curvd_h_ready);
 CURVD_HANDLER(curvd_h_version);
+
+/* h_sessions.c */
+CURVD_HANDLER(curvd_h_session_create);
+CURVD_HANDLER(curvd_h_session_list);
+CURVD_HANDLER(curvd_h_session_get);
+CURVD_HANDLER(curvd_h_session_patch);
+CURVD_HANDLER(curvd_h_session_delete);
+CURVD_HANDLER(curvd_h_session_export);
+CURVD_HANDLER(curvd_h_session_import);
 
 #endif

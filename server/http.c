@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct curvd_http {
     struct MHD_Daemon *mhd;
@@ -330,7 +331,21 @@ void curvd_http_stop(struct curvd_server *srv)
 {
     if (!srv->http)
         return;
-    MHD_stop_daemon(srv->http->mhd);
+    /* Graceful drain (SERVICE-NOTES): stop accepting, let in-flight
+     * requests finish (up to 8 s, inside docker's 10 s), then stop. */
+    struct MHD_Daemon *d = srv->http->mhd;
+    MHD_socket ls = MHD_quiesce_daemon(d);
+    for (int i = 0; i < 160; i++) {
+        const union MHD_DaemonInfo *di =
+            MHD_get_daemon_info(d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+        if (!di || di->num_connections == 0)
+            break;
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    MHD_stop_daemon(d);
+    if (ls != MHD_INVALID_SOCKET)
+        close(ls);
     free(srv->http);
     srv->http = NULL;
 }

@@ -11,6 +11,13 @@ const struct curvd_route curvd_routes[] = {
     {"GET", "/livez", curvd_h_health, "livez"},
     {"GET", "/readyz", curvd_h_ready, "readyz"},
     {"GET", "/v1/version", curvd_h_version, "version"},
+    {"POST", "/v1/sessions", curvd_h_session_create, "sessions.create"},
+    {"GET", "/v1/sessions", curvd_h_session_list, "sessions.list"},
+    {"POST", "/v1/sessions:import", curvd_h_session_import, "sessions.import"},
+    {"GET", "/v1/sessions/{id}", curvd_h_session_get, "sessions.get"},
+    {"PATCH", "/v1/sessions/{id}", curvd_h_session_patch, "sessions.patch"},
+    {"DELETE", "/v1/sessions/{id}", curvd_h_session_delete, "sessions.delete"},
+    {"GET", "/v1/sessions/{id}/state", curvd_h_session_export, "sessions.export"},
 };
 const size_t curvd_route_count = sizeof curvd_routes / sizeof curvd_routes[0];
 

@@ -1,0 +1,202 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * curvd: flags (each with a CURVD_* environment twin; flags win), the
+ * database, the registry, the HTTP server, and a graceful stop on
+ * SIGINT/SIGTERM: readiness turns 503, in-flight requests finish, the
+ * database is closed, exit 0.
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "curv.h"
+#include "daemon.h"
+#include "http.h"
+
+enum ftype { F_STR, F_UINT, F_SIZE, F_BOOL_LOG, F_DURABILITY };
+
+struct flag {
+    const char *name, *env;
+    enum ftype type;
+    size_t offset;
+    const char *help;
+};
+
+#define OFF(f) offsetof(struct curvd_config, f)
+static const struct flag FLAGS[] = {
+    {"listen", "CURVD_LISTEN", F_STR, OFF(listen), "IPv4 address to listen on"},
+    {"port", "CURVD_PORT", F_UINT, OFF(port), "TCP port (0: any free port)"},
+    {"db", "CURVD_DB", F_STR, OFF(db_path), "SQLite database file (its folder is created)"},
+    {"threads", "CURVD_THREADS", F_UINT, OFF(threads), "HTTP worker threads"},
+    {"max-body", "CURVD_MAX_BODY", F_SIZE, OFF(max_body), "largest request body in bytes (413)"},
+    {"max-sessions", "CURVD_MAX_SESSIONS", F_SIZE, OFF(max_sessions),
+     "sessions held in memory at once; idle ones beyond are evicted (they stay on disk)"},
+    {"memory-budget", "CURVD_MEMORY_BUDGET", F_SIZE, OFF(mem_budget),
+     "bytes of optimizer state held in memory before idle sessions are evicted"},
+    {"token-file", "CURVD_TOKEN_FILE", F_STR, OFF(token_file),
+     "file of 'token tenant' lines; when set every /v1 route needs a bearer token"},
+    {"log-format", "CURVD_LOG_FORMAT", F_BOOL_LOG, OFF(log_json), "access log: text or json"},
+    {"durability", "CURVD_DURABILITY", F_DURABILITY, OFF(durability_full),
+     "full: a step survives power loss; normal: it survives a crash of the daemon"},
+};
+#define NFLAGS (sizeof FLAGS / sizeof FLAGS[0])
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: curvd [--flag=value ...]\n\n"
+                 "Second-order optimization as a network service (HTTP/JSON, SQLite).\n\n");
+    for (size_t i = 0; i < NFLAGS; i++)
+        fprintf(out, "  --%-15s %-22s %s\n", FLAGS[i].name, FLAGS[i].env, FLAGS[i].help);
+    fprintf(out, "  --%-15s %-22s %s\n  --%-15s %-22s %s\n", "help", "", "this text", "version", "",
+            "print the version");
+}
+
+/* Parse @v into the field of @f; 0 on success. */
+static int set_flag(struct curvd_config *c, const struct flag *f, const char *v)
+{
+    void *p = (char *)c + f->offset;
+    char *end = NULL;
+    errno = 0;
+    switch (f->type) {
+    case F_STR:
+        *(const char **)p = v;
+        return 0;
+    case F_UINT: {
+        unsigned long x = strtoul(v, &end, 10);
+        if (errno || end == v || *end || x > 65535)
+            return -1;
+        *(unsigned *)p = (unsigned)x;
+        return 0;
+    }
+    case F_SIZE: {
+        unsigned long long x = strtoull(v, &end, 10);
+        if (errno || end == v || *end || x == 0)
+            return -1;
+        *(size_t *)p = (size_t)x;
+        return 0;
+    }
+    case F_BOOL_LOG:
+        *(int *)p = strcmp(v, "json") == 0;
+        return strcmp(v, "json") == 0 || strcmp(v, "text") == 0 ? 0 : -1;
+    case F_DURABILITY:
+        *(int *)p = strcmp(v, "full") == 0;
+        return strcmp(v, "full") == 0 || strcmp(v, "normal") == 0 ? 0 : -1;
+    }
+    return -1;
+}
+
+static int parse(struct curvd_config *c, int argc, char **argv)
+{
+    for (size_t i = 0; i < NFLAGS; i++) {
+        const char *v = getenv(FLAGS[i].env);
+        if (v && set_flag(c, &FLAGS[i], v) != 0) {
+            fprintf(stderr, "curvd: %s=%s is not valid (%s)\n", FLAGS[i].env, v, FLAGS[i].help);
+            return -1;
+        }
+    }
+    for (int a = 1; a < argc; a++) {
+        const char *arg = argv[a];
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            usage(stdout);
+            exit(0);
+        }
+        if (strcmp(arg, "--version") == 0) {
+            printf("curvd %s (libcurv %s)\n", CURVD_VERSION, curv_version());
+            exit(0);
+        }
+        const struct flag *f = NULL;
+        const char *eq = arg[0] == '-' && arg[1] == '-' ? strchr(arg, '=') : NULL;
+        size_t nlen =
+            arg[0] == '-' && arg[1] == '-' ? (eq ? (size_t)(eq - arg - 2) : strlen(arg + 2)) : 0;
+        for (size_t i = 0; nlen && i < NFLAGS; i++)
+            if (strlen(FLAGS[i].name) == nlen && strncmp(arg + 2, FLAGS[i].name, nlen) == 0)
+                f = &FLAGS[i];
+        const char *v = eq ? eq + 1 : (a + 1 < argc ? argv[++a] : NULL);
+        if (!f || !v || set_flag(c, f, v) != 0) {
+            fprintf(stderr, "curvd: bad argument '%s'%s\n\n", arg, f ? " (see its help)" : "");
+            usage(stderr);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* mkdir -p of the folder holding @path. */
+static int make_parent(const char *path)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        return 0;
+    *slash = '\0';
+    for (char *p = dir + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    return mkdir(dir, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct curvd_server srv = {
+        .cfg = {.listen = "127.0.0.1",
+                .port = 8080,
+                .db_path = "./var/curvd.db",
+                .threads = 4,
+                .max_body = (size_t)512 << 20,
+                .max_sessions = 10000,
+                .mem_budget = (size_t)4 << 30,
+                .durability_full = 1},
+    };
+    if (parse(&srv.cfg, argc, argv) != 0)
+        return 2;
+    /* Several HTTP workers run steps at once: BLAS stays single-threaded so
+     * the two never oversubscribe the cores (SERVICE-NOTES). */
+    openblas_set_num_threads(1);
+    /* Handle the stop signals in this thread only: block them before any
+     * other thread exists so every thread inherits the mask. */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[512];
+    if (make_parent(srv.cfg.db_path) != 0) {
+        fprintf(stderr, "curvd: cannot create the folder of %s: %s\n", srv.cfg.db_path,
+                strerror(errno));
+        return 1;
+    }
+    if (curvd_daemon_open(&srv, err, sizeof err) != 0 ||
+        curvd_http_start(&srv, err, sizeof err) != 0) {
+        fprintf(stderr, "curvd: %s\n", err);
+        curvd_daemon_close(&srv);
+        return 1;
+    }
+    fprintf(stderr,
+            "curvd %s listening on http://%s:%u  db=%s durability=%s threads=%u max-body=%zu "
+            "max-sessions=%zu memory-budget=%zu auth=%s log=%s\n",
+            CURVD_VERSION, srv.cfg.listen, curvd_http_port(&srv), srv.cfg.db_path,
+            srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads, srv.cfg.max_body,
+            srv.cfg.max_sessions, srv.cfg.mem_budget, srv.cfg.token_file ? "tokens" : "off",
+            srv.cfg.log_json ? "json" : "text");
+    int sig = 0;
+    sigwait(&stop, &sig);
+    fprintf(stderr, "curvd: %s received, draining\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    atomic_store(&srv.draining, 1);
+    curvd_http_stop(&srv);
+    curvd_daemon_close(&srv);
+    fprintf(stderr, "curvd: stopped\n");
+    return 0;
+}

@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: MIT */
+/* Sessions and layouts as JSON, both ways. */
+#ifndef CURVD_SESSION_JSON_H
+#define CURVD_SESSION_JSON_H
+
+#include <jansson.h>
+
+#include "curv.h"
+#include "http.h"
+
+/* Build a layout from the request's "layout" array. On error fills @fe
+ * (path/expected/got, static or @buf-backed) and @detail, returns NULL. */
+curv_layout *curvd_layout_from_json(const json_t *arr, struct curvd_field_error *fe, char *buf,
+                                    size_t cap, char *detail, size_t dcap);
+
+/* Build a config from a "config" object (numbers, booleans, strings). */
+curv_config *curvd_config_from_json(const json_t *obj, struct curvd_field_error *fe, char *buf,
+                                    size_t cap, char *detail, size_t dcap);
+
+/* The part of a session that only changes with its hyperparameters:
+ * {"optimizer", "config": {resolved}, "layout": [...], "dim"} (new ref). */
+json_t *curvd_session_meta(const curv_opt *o);
+
+/* A full session object from its meta text and the row's fields. */
+json_t *curvd_session_json(const char *id, const char *meta, long long step, long long created_ms,
+                           long long updated_ms);
+
+#endif
