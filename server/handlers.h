@@ -35,4 +35,7 @@ CURVD_HANDLER(curvd_h_session_delete);
 CURVD_HANDLER(curvd_h_session_export);
 CURVD_HANDLER(curvd_h_session_import);
 
+/* h_steps.c */
+CURVD_HANDLER(curvd_h_step);
+
 #endif

@@ -158,6 +158,11 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct rctx *x, stru
         MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, rp->location);
     if (rp->etag[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, rp->etag);
+    if (rp->json_header_len) {
+        char n[24];
+        snprintf(n, sizeof n, "%zu", rp->json_header_len);
+        MHD_add_response_header(r, "Inference-Header-Content-Length", n);
+    }
     x->status = rp->status;
     x->bytes_out = rp->len;
     enum MHD_Result ok = MHD_queue_response(c, (unsigned)rp->status, r);

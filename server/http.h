@@ -35,8 +35,9 @@ struct curvd_reply {
     const char *content_type;
     char *body;
     size_t len;
-    char location[160]; /* Location header when non-empty */
-    char etag[32];      /* ETag header when non-empty */
+    char location[160];     /* Location header when non-empty */
+    char etag[32];          /* ETag header when non-empty */
+    size_t json_header_len; /* binary extension: Inference-Header-Content-Length */
 };
 
 typedef void (*curvd_handler)(struct curvd_server *srv, const struct curvd_req *rq,

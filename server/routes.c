@@ -18,6 +18,7 @@ const struct curvd_route curvd_routes[] = {
     {"PATCH", "/v1/sessions/{id}", curvd_h_session_patch, "sessions.patch"},
     {"DELETE", "/v1/sessions/{id}", curvd_h_session_delete, "sessions.delete"},
     {"GET", "/v1/sessions/{id}/state", curvd_h_session_export, "sessions.export"},
+    {"POST", "/v1/sessions/{id}/steps", curvd_h_step, "steps.post"},
 };
 const size_t curvd_route_count = sizeof curvd_routes / sizeof curvd_routes[0];
 
