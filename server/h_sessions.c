@@ -9,6 +9,8 @@
 #include "session_json.h"
 #include "store.h"
 
+#include <sqlite3.h>
+
 /* Persist a new optimizer under a fresh id, keep it in memory and answer
  * 201 with the session. Takes @o. */
 static void register_new(struct curvd_server *srv, const struct curvd_req *rq,
@@ -200,7 +202,7 @@ CURVD_HANDLER(curvd_h_session_export)
         curvd_reply_store_error(rp, rq, st, err);
     } else {
         snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", (long long)s.step);
-        curvd_reply_bytes(rp, 200, "application/octet-stream", s.state, s.state_len);
+        curvd_reply_owned(rp, 200, "application/octet-stream", s.state, s.state_len, sqlite3_free);
         s.state = NULL; /* the reply owns it now */
     }
     curvd_session_clear(&s);

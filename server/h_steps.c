@@ -16,6 +16,8 @@
 #include "handlers.h"
 #include "store.h"
 
+#include <sqlite3.h>
+
 /* A decoded step request. */
 struct step_in {
     struct curvd_doc *doc;
@@ -135,8 +137,8 @@ static void reply_stored(struct curvd_reply *rp, struct curvd_step_response *r)
 {
     const char *jh = strstr(r->content_type, "json-header=");
     rp->json_header_len = jh ? (size_t)strtoull(jh + 12, NULL, 10) : 0;
-    curvd_reply_bytes(rp, 200, jh ? "application/octet-stream" : "application/json",
-                      (char *)r->body, r->body_len);
+    curvd_reply_owned(rp, 200, jh ? "application/octet-stream" : "application/json", r->body,
+                      r->body_len, sqlite3_free);
     r->body = NULL;
 }
 

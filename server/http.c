@@ -55,14 +55,28 @@ const char *curvd_req_query(const struct curvd_req *rq, const char *name)
     return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
-void curvd_reply_bytes(struct curvd_reply *rp, int status, const char *ctype, void *body,
-                       size_t len)
+static void release_body(struct curvd_reply *rp)
 {
-    free(rp->body);
+    if (rp->body)
+        (rp->body_free ? rp->body_free : free)(rp->body);
+    rp->body = NULL;
+}
+
+void curvd_reply_owned(struct curvd_reply *rp, int status, const char *ctype, void *body,
+                       size_t len, void (*release)(void *))
+{
+    release_body(rp);
     rp->status = status;
     rp->content_type = ctype;
     rp->body = body;
     rp->len = len;
+    rp->body_free = release;
+}
+
+void curvd_reply_bytes(struct curvd_reply *rp, int status, const char *ctype, void *body,
+                       size_t len)
+{
+    curvd_reply_owned(rp, status, ctype, body, len, NULL);
 }
 
 void curvd_reply_json(struct curvd_reply *rp, int status, void *json)
@@ -144,10 +158,10 @@ void curvd_reply_problem(struct curvd_reply *rp, const struct curvd_req *rq, int
 
 static enum MHD_Result send_reply(struct MHD_Connection *c, struct rctx *x, struct curvd_reply *rp)
 {
-    struct MHD_Response *r =
-        MHD_create_response_from_buffer(rp->len, rp->body, MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback(
+        rp->len, rp->body, rp->body_free ? rp->body_free : free);
     if (!r) {
-        free(rp->body);
+        release_body(rp);
         return MHD_NO;
     }
     rp->body = NULL; /* MHD owns it now */

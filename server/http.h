@@ -29,12 +29,15 @@ struct curvd_req {
     void *conn; /* opaque: for curvd_req_header / curvd_req_query */
 };
 
-/* What a handler produces. @body is owned (malloc) and freed by http.c. */
+/* What a handler produces. @body is owned and released by http.c with
+ * @body_free (free() when NULL), e.g. sqlite3_free for a buffer the store
+ * handed over, so large blobs are sent without a copy. */
 struct curvd_reply {
     int status;
     const char *content_type;
     char *body;
     size_t len;
+    void (*body_free)(void *);
     char location[160];     /* Location header when non-empty */
     char etag[32];          /* ETag header when non-empty */
     size_t json_header_len; /* binary extension: Inference-Header-Content-Length */
@@ -74,6 +77,9 @@ const char *curvd_req_query(const struct curvd_req *rq, const char *name);
 void curvd_reply_json(struct curvd_reply *rp, int status, void *json);
 void curvd_reply_bytes(struct curvd_reply *rp, int status, const char *ctype, void *body,
                        size_t len);
+/* The same for a body released by @release instead of free(). */
+void curvd_reply_owned(struct curvd_reply *rp, int status, const char *ctype, void *body,
+                       size_t len, void (*release)(void *));
 
 /* One offending field of a problem. */
 struct curvd_field_error {

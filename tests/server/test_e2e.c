@@ -1,0 +1,483 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * End to end over HTTP: a real daemon on a loopback port with a temporary
+ * database; the test plays the trainer. Every update is compared with the
+ * same optimizer run in-process through libcurv, so the service adds
+ * nothing and loses nothing.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "curv.h"
+#include "daemon.h"
+#include "http.h"
+#include "srvutil.h"
+#include "testutil.h"
+
+enum { D = 11 }; /* fc: 2 x (4 + bias) = 10, gain: 1 */
+
+struct fx {
+    struct curvd_server srv;
+    char dir[64], db[128], base[64];
+};
+
+static void start(struct fx *f)
+{
+    memset(&f->srv, 0, sizeof f->srv);
+    f->srv.cfg.db_path = f->db;
+    f->srv.cfg.max_sessions = 100;
+    f->srv.cfg.mem_budget = (size_t)1 << 30;
+    f->srv.cfg.max_body = (size_t)16 << 20;
+    char err[256];
+    if (curvd_daemon_open(&f->srv, err, sizeof err) != 0)
+        fail_msg("daemon_open: %s", err);
+    su_start(&f->srv, f->base, sizeof f->base);
+}
+
+static void stop(struct fx *f)
+{
+    su_stop(&f->srv);
+    curvd_daemon_close(&f->srv);
+}
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/curvd-e2e-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->db, sizeof f->db, "%s/curvd.db", f->dir);
+    start(f);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    stop(f);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+    assert_int_equal(system(cmd), 0);
+    free(f);
+    return 0;
+}
+
+/* Send @body (a JSON value, stolen) and return the parsed reply. */
+static json_t *call(struct fx *f, const char *method, const char *path, json_t *body, long want,
+                    struct su_resp *raw)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s%s", f->base, path);
+    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(body);
+    struct su_resp r;
+    su_request(method, url, text, text ? strlen(text) : 0, NULL, 0, &r);
+    free(text);
+    if (r.status != want)
+        fail_msg("%s %s: status %ld, want %ld: %s", method, path, r.status, want, r.body);
+    json_t *j = r.len ? json_loads(r.body, 0, NULL) : NULL;
+    if (raw)
+        *raw = r;
+    else
+        su_resp_free(&r);
+    return j;
+}
+
+static json_t *layout_json(void)
+{
+    return json_pack("[{s:s, s:s, s:[i,i], s:b}, {s:s, s:s, s:[i]}]", "name", "fc", "kind", "dense",
+                     "shape", 2, 4, "bias", 1, "name", "gain", "kind", "vector", "shape", 1);
+}
+
+static curv_layout *layout_lib(void)
+{
+    curv_layout *l = curv_layout_new();
+    assert_int_equal(curv_layout_add_dense(l, "fc", 2, 4, 1, NULL), CURV_OK);
+    assert_int_equal(curv_layout_add_vector(l, "gain", 1, NULL), CURV_OK);
+    return l;
+}
+
+/* Create a session of @kind with @config (stolen, may be NULL); returns its id. */
+static void create(struct fx *f, const char *kind, json_t *config, char id[33])
+{
+    json_t *req = json_pack("{s:s, s:o}", "optimizer", kind, "layout", layout_json());
+    if (config)
+        json_object_set_new(req, "config", config);
+    struct su_resp raw;
+    json_t *s = call(f, "POST", "/v1/sessions", req, 201, &raw);
+    snprintf(id, 33, "%s", json_string_value(json_object_get(s, "id")));
+    assert_int_equal(strlen(id), 32);
+    assert_non_null(strstr(raw.location, id));
+    assert_int_equal(json_integer_value(json_object_get(s, "step")), 0);
+    assert_int_equal(json_integer_value(json_object_get(s, "dim")), D);
+    su_resp_free(&raw);
+    json_decref(s);
+}
+
+/* The gradient of step @t as a flat vector (deterministic). */
+static void grad_at(int t, double *g)
+{
+    for (int i = 0; i < D; i++)
+        g[i] = sin(0.37 * (t * D + i)) * (1 + i % 3);
+}
+
+static json_t *tensor(const char *name, json_t *shape, const double *v, size_t n)
+{
+    json_t *data = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(data, json_real(v[i]));
+    return json_pack("{s:s, s:o, s:s, s:o}", "name", name, "shape", shape, "datatype", "FP64",
+                     "data", data);
+}
+
+static json_t *step_body(int t, const double *g)
+{
+    return json_pack("{s:i, s:[o,o]}", "step", t, "gradients",
+                     tensor("gain", json_pack("[i]", 1), g + 10, 1),
+                     tensor("fc", json_pack("[i,i]", 2, 5), g, 10));
+}
+
+/* The update in a step reply, flattened in layout order. */
+static void update_of(json_t *reply, double *u)
+{
+    json_t *upd = json_object_get(reply, "update");
+    assert_int_equal(json_array_size(upd), 2);
+    size_t k = 0;
+    for (size_t b = 0; b < 2; b++) {
+        json_t *data = json_object_get(json_array_get(upd, b), "data");
+        for (size_t i = 0; i < json_array_size(data); i++)
+            u[k++] = json_number_value(json_array_get(data, i));
+    }
+    assert_int_equal(k, D);
+}
+
+/* Run @steps steps over HTTP and in-process; updates must be identical. */
+static void check_steps(struct fx *f, const char *id, curv_opt *ref, int from, int to)
+{
+    for (int t = from; t <= to; t++) {
+        double g[D], u[D], want[D];
+        grad_at(t, g);
+        char path[128];
+        snprintf(path, sizeof path, "/v1/sessions/%s/steps", id);
+        json_t *r = call(f, "POST", path, step_body(t, g), 200, NULL);
+        assert_int_equal(json_integer_value(json_object_get(r, "step")), t);
+        update_of(r, u);
+        json_decref(r);
+        curv_step_input in = {.grad = g, .len = D, .dtype = CURV_F64};
+        curv_error err;
+        tu_assert_status(curv_opt_step(ref, &in, want, NULL, &err), CURV_OK, &err);
+        for (int i = 0; i < D; i++)
+            if (u[i] != want[i])
+                fail_msg("step %d, element %d: http %.17g, library %.17g", t, i, u[i], want[i]);
+    }
+}
+
+/* Every optimizer kind, created over HTTP, steps exactly like libcurv. */
+static void test_every_kind_matches_library(void **state)
+{
+    struct fx *f = *state;
+    curv_layout *l = layout_lib();
+    for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
+        const char *kind = curv_opt_kind_name((curv_opt_kind)k);
+        char id[33];
+        create(f, kind, NULL, id);
+        curv_opt *ref = tu_new_opt((curv_opt_kind)k, l, NULL);
+        check_steps(f, id, ref, 1, 3);
+        curv_opt_free(ref);
+    }
+    curv_layout_free(l);
+}
+
+static unsigned char *export_state(struct fx *f, const char *id, size_t *len)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s/v1/sessions/%s/state", f->base, id);
+    struct su_resp r;
+    su_request("GET", url, NULL, 0, NULL, 0, &r);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.content_type, "application/octet-stream");
+    *len = r.len;
+    return (unsigned char *)r.body;
+}
+
+/* Re-posting the latest step replays its reply byte for byte; other
+ * numbers are 409 with the expected one; nothing is applied twice. */
+static void test_exactly_once(void **state)
+{
+    struct fx *f = *state;
+    char id[33], path[128];
+    create(f, "adagrad_diag", NULL, id);
+    snprintf(path, sizeof path, "/v1/sessions/%s/steps", id);
+    double g[D];
+    grad_at(1, g);
+    struct su_resp a, b;
+    json_decref(call(f, "POST", path, step_body(1, g), 200, &a));
+    size_t len1;
+    unsigned char *s1 = export_state(f, id, &len1);
+    json_decref(call(f, "POST", path, step_body(1, g), 200, &b));
+    assert_int_equal(a.len, b.len);
+    assert_memory_equal(a.body, b.body, a.len);
+    size_t len2;
+    unsigned char *s2 = export_state(f, id, &len2);
+    assert_int_equal(len1, len2);
+    assert_memory_equal(s1, s2, len1); /* the replay changed nothing */
+    json_t *p = call(f, "POST", path, step_body(3, g), 409, NULL);
+    assert_string_equal(json_string_value(json_object_get(p, "reason")), "STEP_OUT_OF_ORDER");
+    json_t *e0 = json_array_get(json_object_get(p, "errors"), 0);
+    assert_string_equal(json_string_value(json_object_get(e0, "expected")), "2");
+    json_decref(p);
+    su_resp_free(&a);
+    su_resp_free(&b);
+    free(s1);
+    free(s2);
+}
+
+/* Bad steps are refused with a precise problem and leave the exported
+ * state byte-identical. */
+static void test_bad_steps_change_nothing(void **state)
+{
+    struct fx *f = *state;
+    char id[33], path[128];
+    create(f, "mbag", NULL, id);
+    snprintf(path, sizeof path, "/v1/sessions/%s/steps", id);
+    double g[D];
+    grad_at(1, g);
+    json_decref(call(f, "POST", path, step_body(1, g), 200, NULL));
+    size_t len0;
+    unsigned char *s0 = export_state(f, id, &len0);
+    grad_at(2, g);
+    struct {
+        json_t *body;
+        long status;
+        const char *reason;
+    } cases[] = {
+        {json_pack("{s:i, s:[o]}", "step", 2, "gradients",
+                   tensor("fc", json_pack("[i,i]", 2, 5), g, 10)),
+         400, "MISSING_BLOCK"},
+        {json_pack("{s:i, s:[o,o]}", "step", 2, "gradients",
+                   tensor("fc", json_pack("[i,i]", 5, 2), g, 10),
+                   tensor("gain", json_pack("[i]", 1), g, 1)),
+         400, "SHAPE_MISMATCH"},
+        {json_pack("{s:i, s:[o,o,o]}", "step", 2, "gradients",
+                   tensor("fc", json_pack("[i,i]", 2, 5), g, 10),
+                   tensor("gain", json_pack("[i]", 1), g, 1),
+                   tensor("other", json_pack("[i]", 1), g, 1)),
+         400, "UNKNOWN_BLOCK"},
+        {json_pack("{s:s, s:[]}", "step", "two", "gradients"), 400, "BAD_TENSOR"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        json_t *p = call(f, "POST", path, cases[k].body, cases[k].status, NULL);
+        assert_string_equal(json_string_value(json_object_get(p, "reason")), cases[k].reason);
+        json_decref(p);
+    }
+    /* A NaN written as Python's json module writes it. */
+    char url[256], text[512];
+    snprintf(url, sizeof url, "%s%s", f->base, path);
+    snprintf(text, sizeof text,
+             "{\"step\":2,\"gradients\":[{\"name\":\"gain\",\"shape\":[1],\"datatype\":\"FP64\","
+             "\"data\":[NaN]},{\"name\":\"fc\",\"shape\":[2,5],\"datatype\":\"FP64\",\"data\":"
+             "[1,2,3,4,5,6,7,8,9,10]}]}");
+    struct su_resp r;
+    su_request("POST", url, text, strlen(text), NULL, 0, &r);
+    assert_int_equal(r.status, 422);
+    su_resp_free(&r);
+    su_request("POST", url, "{\"step\":", 8, NULL, 0, &r);
+    assert_int_equal(r.status, 400);
+    su_resp_free(&r);
+    su_request("POST", url, text, strlen(text), "text/plain", 0, &r);
+    assert_int_equal(r.status, 400);
+    su_resp_free(&r);
+    size_t len1;
+    unsigned char *s1 = export_state(f, id, &len1);
+    assert_int_equal(len0, len1);
+    assert_memory_equal(s0, s1, len0);
+    free(s0);
+    free(s1);
+}
+
+/* Stop the daemon, open it again on the same database: the session goes
+ * on exactly where the last acknowledged step left it. */
+static void test_restart_keeps_sessions(void **state)
+{
+    struct fx *f = *state;
+    char id[33];
+    create(f, "adagrad_bma", NULL, id);
+    curv_layout *l = layout_lib();
+    curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_BMA, l, NULL);
+    check_steps(f, id, ref, 1, 2);
+    stop(f);
+    start(f);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/sessions/%s", id);
+    json_t *s = call(f, "GET", path, NULL, 200, NULL);
+    assert_int_equal(json_integer_value(json_object_get(s, "step")), 2);
+    json_decref(s);
+    check_steps(f, id, ref, 3, 4);
+    curv_opt_free(ref);
+    curv_layout_free(l);
+}
+
+/* PATCH changes the learning rate between steps; fixed parameters and
+ * unknown keys are refused. */
+static void test_patch(void **state)
+{
+    struct fx *f = *state;
+    char id[33], path[128];
+    create(f, "adagrad_diag", json_pack("{s:f}", "lr", 0.1), id);
+    curv_layout *l = layout_lib();
+    curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_DIAG, l, NULL);
+    curv_config *c = curv_config_new();
+    curv_config_set_num(c, "lr", 0.1, NULL);
+    curv_opt_reconfigure(ref, c, NULL);
+    check_steps(f, id, ref, 1, 1);
+    snprintf(path, sizeof path, "/v1/sessions/%s", id);
+    json_t *s = call(f, "PATCH", path, json_pack("{s:{s:f}}", "config", "lr", 0.05), 200, NULL);
+    assert_true(json_real_value(json_object_get(json_object_get(s, "config"), "lr")) == 0.05);
+    json_decref(s);
+    curv_config_set_num(c, "lr", 0.05, NULL);
+    curv_opt_reconfigure(ref, c, NULL);
+    check_steps(f, id, ref, 2, 2);
+    json_t *p = call(f, "PATCH", path, json_pack("{s:{s:i}}", "config", "nope", 1), 400, NULL);
+    assert_string_equal(json_string_value(json_object_get(p, "reason")), "INVALID_CONFIG");
+    json_decref(p);
+    curv_config_free(c);
+    curv_opt_free(ref);
+    curv_layout_free(l);
+}
+
+/* Export a session, import it as a new one: both continue identically. */
+static void test_export_import(void **state)
+{
+    struct fx *f = *state;
+    char id[33];
+    create(f, "sgd", json_pack("{s:f, s:f}", "lr", 0.1, "momentum", 0.9), id);
+    curv_layout *l = layout_lib();
+    curv_opt *ref = tu_new_opt(CURV_OPT_SGD, l, NULL);
+    curv_config *c = curv_config_new();
+    curv_config_set_num(c, "lr", 0.1, NULL);
+    curv_config_set_num(c, "momentum", 0.9, NULL);
+    curv_opt_reconfigure(ref, c, NULL);
+    check_steps(f, id, ref, 1, 2);
+    size_t len;
+    unsigned char *blob = export_state(f, id, &len);
+    char url[256];
+    snprintf(url, sizeof url, "%s/v1/sessions:import", f->base);
+    struct su_resp r;
+    su_request("POST", url, blob, len, "application/octet-stream", 0, &r);
+    assert_int_equal(r.status, 201);
+    json_t *s = json_loads(r.body, 0, NULL);
+    char id2[33];
+    snprintf(id2, sizeof id2, "%s", json_string_value(json_object_get(s, "id")));
+    assert_string_not_equal(id, id2);
+    assert_int_equal(json_integer_value(json_object_get(s, "step")), 2);
+    json_decref(s);
+    su_resp_free(&r);
+    curv_opt *ref2 = NULL;
+    assert_int_equal(curv_opt_load(blob, len, &ref2, NULL), CURV_OK);
+    check_steps(f, id, ref, 3, 4);
+    check_steps(f, id2, ref2, 3, 4);
+    blob[len / 2] ^= 0xff; /* a damaged blob is refused */
+    su_request("POST", url, blob, len, "application/octet-stream", 0, &r);
+    assert_int_equal(r.status, 400);
+    su_resp_free(&r);
+    free(blob);
+    curv_config_free(c);
+    curv_opt_free(ref);
+    curv_opt_free(ref2);
+    curv_layout_free(l);
+}
+
+/* Pagination lists every session exactly once; delete removes one. */
+static void test_list_and_delete(void **state)
+{
+    struct fx *f = *state;
+    char ids[7][33];
+    for (int i = 0; i < 7; i++)
+        create(f, "sgd", NULL, ids[i]);
+    int seen[7] = {0};
+    char path[256] = "/v1/sessions?page_size=3";
+    for (int page = 0; page < 5; page++) {
+        json_t *r = call(f, "GET", path, NULL, 200, NULL);
+        json_t *arr = json_object_get(r, "sessions");
+        for (size_t k = 0; k < json_array_size(arr); k++) {
+            const char *sid = json_string_value(json_object_get(json_array_get(arr, k), "id"));
+            for (int i = 0; i < 7; i++)
+                seen[i] += strcmp(sid, ids[i]) == 0;
+        }
+        const char *next = json_string_value(json_object_get(r, "next_page_token"));
+        if (next)
+            snprintf(path, sizeof path, "/v1/sessions?page_size=3&page_token=%s", next);
+        json_decref(r);
+        if (!next)
+            break;
+    }
+    for (int i = 0; i < 7; i++)
+        assert_int_equal(seen[i], 1);
+    snprintf(path, sizeof path, "/v1/sessions/%s", ids[3]);
+    call(f, "DELETE", path, NULL, 204, NULL);
+    json_decref(call(f, "GET", path, NULL, 404, NULL));
+    json_decref(call(f, "DELETE", path, NULL, 404, NULL));
+    json_decref(call(f, "GET", "/v1/sessions/not-an-id", NULL, 404, NULL));
+    json_decref(call(f, "GET", "/v1/sessions?page_size=0", NULL, 400, NULL));
+}
+
+/* Creation errors name the field. */
+static void test_create_errors(void **state)
+{
+    struct fx *f = *state;
+    const struct {
+        const char *body;
+        const char *reason, *path;
+    } cases[] = {
+        {"{\"optimizer\":\"nope\",\"layout\":[]}", "UNKNOWN_OPTIMIZER", "/optimizer"},
+        {"{\"optimizer\":\"sgd\",\"layout\":[]}", "INVALID_LAYOUT", "/layout"},
+        {"{\"optimizer\":\"sgd\",\"layout\":[{\"name\":\"a\",\"kind\":\"dense\",\"shape\":[2]}]}",
+         "INVALID_LAYOUT", "/layout/0/shape"},
+        {"{\"optimizer\":\"sgd\",\"layout\":[{\"name\":\"a\",\"kind\":\"vector\",\"shape\":[2],"
+         "\"bias\":true}]}",
+         "INVALID_LAYOUT", "/layout/0/bias"},
+        {"{\"optimizer\":\"sgd\",\"layout\":[{\"name\":\"a\",\"kind\":\"vector\",\"shape\":[2]}],"
+         "\"config\":{\"lr\":[1]}}",
+         "INVALID_CONFIG", "/config/lr"},
+    };
+    char url[256];
+    snprintf(url, sizeof url, "%s/v1/sessions", f->base);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        struct su_resp r;
+        su_request("POST", url, cases[k].body, strlen(cases[k].body), NULL, 0, &r);
+        assert_int_equal(r.status, 400);
+        json_t *p = json_loads(r.body, 0, NULL);
+        assert_string_equal(json_string_value(json_object_get(p, "reason")), cases[k].reason);
+        json_t *e0 = json_array_get(json_object_get(p, "errors"), 0);
+        assert_string_equal(json_string_value(json_object_get(e0, "path")), cases[k].path);
+        json_decref(p);
+        su_resp_free(&r);
+    }
+    /* An unknown hyperparameter: libcurv's text names it. */
+    const char *bad = "{\"optimizer\":\"sgd\",\"layout\":[{\"name\":\"a\",\"kind\":\"vector\","
+                      "\"shape\":[2]}],\"config\":{\"lr_typo\":1}}";
+    struct su_resp r;
+    su_request("POST", url, bad, strlen(bad), NULL, 0, &r);
+    assert_int_equal(r.status, 400);
+    assert_non_null(strstr(r.body, "lr_typo"));
+    su_resp_free(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_every_kind_matches_library, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_exactly_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_steps_change_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restart_keeps_sessions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_patch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_export_import, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_and_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
