@@ -49,6 +49,7 @@ Q := $(if $(V),,@)
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 .PHONY: all lib deps test test-unit asan check-symbols check-format readme-example \
+        readme-walkthrough \
         bench run clean format
 
 all: lib
@@ -144,11 +145,16 @@ readme-example: $(BUILD)/libcurv.a
 	    $(BUILD)/libcurv.a $(DEP_LIBS)
 	@$(BUILD)/readme/example
 
+# The README's curl walkthrough, run against a live daemon.
+readme-walkthrough: $(BUILD)/curvd
+	@tests/server/readme-walkthrough.sh $(BUILD)/curvd
+
 test: deps
 	@$(MAKE) --no-print-directory check-format
 	@$(MAKE) --no-print-directory lib $(BUILD)/curvd
 	@$(MAKE) --no-print-directory check-symbols
 	@$(MAKE) --no-print-directory readme-example
+	@$(MAKE) --no-print-directory readme-walkthrough
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory test-unit
 
