@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 
+#include "auth.h"
 #include "curv.h"
 #include "registry.h"
 #include "store.h"
@@ -37,6 +38,8 @@ int curvd_daemon_open(struct curvd_server *srv, char *err, size_t errlen)
 {
     enum curvd_durability d =
         srv->cfg.durability_full ? CURVD_DURABILITY_FULL : CURVD_DURABILITY_NORMAL;
+    if (srv->cfg.token_file && !(srv->auth = curvd_auth_load(srv->cfg.token_file, err, errlen)))
+        return -1;
     if (curvd_store_open(srv->cfg.db_path, d, &srv->store, err, errlen) != CURVD_STORE_OK)
         return -1;
     srv->reg = curvd_registry_new(srv->cfg.max_sessions, srv->cfg.mem_budget, load_session, srv);
@@ -53,4 +56,6 @@ void curvd_daemon_close(struct curvd_server *srv)
     srv->reg = NULL;
     curvd_store_close(srv->store);
     srv->store = NULL;
+    curvd_auth_free(srv->auth);
+    srv->auth = NULL;
 }

@@ -10,6 +10,8 @@
  */
 #include "http.h"
 
+#include "auth.h"
+
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <microhttpd.h>
@@ -172,6 +174,8 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct rctx *x, stru
         MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, rp->location);
     if (rp->etag[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, rp->etag);
+    if (rp->status == 401)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"curvd\"");
     if (rp->json_header_len) {
         char n[24];
         snprintf(n, sizeof n, "%zu", rp->json_header_len);
@@ -200,6 +204,13 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
     if (x->too_big) {
         curvd_reply_problem(&rp, &rq, 413, "TOO_LARGE", NULL, 0,
                             "the request body exceeds the limit of %zu bytes", srv->cfg.max_body);
+    } else if (rt && srv->auth && strncmp(url, "/v1/", 4) == 0 &&
+               !(rq.tenant =
+                     curvd_auth_tenant(srv->auth, MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                                              "Authorization")))) {
+        rq.tenant = "default";
+        curvd_reply_problem(&rp, &rq, 401, "UNAUTHORIZED", NULL, 0,
+                            "this route needs 'Authorization: Bearer <token>' with a known token");
     } else if (!rt) {
         curvd_reply_problem(&rp, &rq, path_known ? 405 : 404,
                             path_known ? "METHOD_NOT_ALLOWED" : "NOT_FOUND", NULL, 0,

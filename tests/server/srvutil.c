@@ -30,6 +30,13 @@ void su_stop(struct curvd_server *srv)
     curvd_http_stop(srv);
 }
 
+static const char *bearer; /* token sent with every request, or NULL */
+
+void su_set_token(const char *token)
+{
+    bearer = token;
+}
+
 struct sink {
     char *p;
     size_t len;
@@ -98,6 +105,11 @@ void su_request(const char *method, const char *url, const void *body, size_t le
     snprintf(ct, sizeof ct, "Content-Type: %s", ctype ? ctype : "application/json");
     hdrs = curl_slist_append(hdrs, ct);
     hdrs = curl_slist_append(hdrs, "Expect:");
+    char auth[320];
+    if (bearer) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", bearer);
+        hdrs = curl_slist_append(hdrs, auth);
+    }
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);

@@ -28,4 +28,7 @@ void su_request(const char *method, const char *url, const void *body, size_t le
                 const char *ctype, int chunked, struct su_resp *out);
 void su_resp_free(struct su_resp *r);
 
+/* Send "Authorization: Bearer @token" with later requests (NULL: none). */
+void su_set_token(const char *token);
+
 #endif
