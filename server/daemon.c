@@ -5,6 +5,7 @@
 
 #include "auth.h"
 #include "curv.h"
+#include "metrics.h"
 #include "registry.h"
 #include "store.h"
 
@@ -42,6 +43,10 @@ int curvd_daemon_open(struct curvd_server *srv, char *err, size_t errlen)
         return -1;
     if (curvd_store_open(srv->cfg.db_path, d, &srv->store, err, errlen) != CURVD_STORE_OK)
         return -1;
+    if (!(srv->metrics = curvd_metrics_new())) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     srv->reg = curvd_registry_new(srv->cfg.max_sessions, srv->cfg.mem_budget, load_session, srv);
     if (!srv->reg) {
         snprintf(err, errlen, "out of memory");
@@ -58,4 +63,6 @@ void curvd_daemon_close(struct curvd_server *srv)
     srv->store = NULL;
     curvd_auth_free(srv->auth);
     srv->auth = NULL;
+    curvd_metrics_free(srv->metrics);
+    srv->metrics = NULL;
 }

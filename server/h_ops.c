@@ -5,11 +5,31 @@
 
 #include "curv.h"
 #include "handlers.h"
+#include "metrics.h"
+#include "store.h"
 
 CURVD_HANDLER(curvd_h_health)
 {
     (void)srv, (void)rq;
     curvd_reply_json(rp, 200, json_pack("{s:s}", "status", "ok"));
+}
+
+CURVD_HANDLER(curvd_h_metrics)
+{
+    size_t n = 0, bytes = 0, len = 0;
+    long long disk = -1;
+    int64_t count = 0;
+    char err[128];
+    if (srv->reg)
+        curvd_registry_stats(srv->reg, &n, &bytes);
+    if (srv->store && curvd_store_count(srv->store, NULL, &count, err, sizeof err) == 0)
+        disk = (long long)count;
+    char *text = srv->metrics ? curvd_metrics_render(srv->metrics, n, bytes, disk, &len) : NULL;
+    if (!text) {
+        curvd_reply_problem(rp, rq, 503, "UNAVAILABLE", NULL, 0, "metrics are not available");
+        return;
+    }
+    curvd_reply_bytes(rp, 200, "text/plain; version=0.0.4", text, len);
 }
 
 CURVD_HANDLER(curvd_h_ready)

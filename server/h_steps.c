@@ -14,6 +14,7 @@
 
 #include "codec.h"
 #include "handlers.h"
+#include "metrics.h"
 #include "store.h"
 
 #include <sqlite3.h>
@@ -194,6 +195,7 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
         return;
     }
     e->bytes = len;
+    curvd_metrics_step(srv->metrics, curv_opt_kind_of(e->opt));
     rp->json_header_len = in->encoding == CURVD_ENC_BINARY ? out->json_len : 0;
     curvd_reply_bytes(
         rp, 200, in->encoding == CURVD_ENC_BINARY ? "application/octet-stream" : "application/json",

@@ -25,6 +25,7 @@ void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq,
 CURVD_HANDLER(curvd_h_health);
 CURVD_HANDLER(curvd_h_ready);
 CURVD_HANDLER(curvd_h_version);
+CURVD_HANDLER(curvd_h_metrics);
 
 /* h_sessions.c */
 CURVD_HANDLER(curvd_h_session_create);

@@ -11,6 +11,7 @@
 #include "http.h"
 
 #include "auth.h"
+#include "metrics.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -38,6 +39,7 @@ struct rctx {
     int status;
     size_t bytes_out;
     const char *route;
+    size_t route_index; /* into curvd_routes; curvd_route_count when unmatched */
 };
 
 static uint64_t now_ns(void)
@@ -217,6 +219,7 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
                             "no route for %s %s", method, url);
     } else {
         x->route = rt->name;
+        x->route_index = (size_t)(rt - curvd_routes);
         rt->handler(srv, &rq, &rp);
     }
     return send_reply(c, x, &rp);
@@ -260,6 +263,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return MHD_NO;
         *req_cls = x;
         x->t0_ns = now_ns();
+        x->route_index = curvd_route_count;
         snprintf(x->method, sizeof x->method, "%s", method);
         snprintf(x->path, sizeof x->path, "%s", url);
         uint64_t n = atomic_fetch_add(&srv->http->next_id, 1);
@@ -313,6 +317,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     struct rctx *x = *req_cls;
     if (!x)
         return;
+    curvd_metrics_request(srv->metrics, x->route_index, x->status,
+                          (double)(now_ns() - x->t0_ns) / 1e9, x->len, x->bytes_out);
     if (!srv->cfg.quiet)
         access_log(srv, x, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     free(x->body);

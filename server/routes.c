@@ -10,6 +10,7 @@ const struct curvd_route curvd_routes[] = {
     {"GET", "/healthz", curvd_h_health, "healthz"},
     {"GET", "/livez", curvd_h_health, "livez"},
     {"GET", "/readyz", curvd_h_ready, "readyz"},
+    {"GET", "/metrics", curvd_h_metrics, "metrics"},
     {"GET", "/v1/version", curvd_h_version, "version"},
     {"POST", "/v1/sessions", curvd_h_session_create, "sessions.create"},
     {"GET", "/v1/sessions", curvd_h_session_list, "sessions.list"},

@@ -27,14 +27,16 @@ struct curvd_store;
 struct curvd_registry;
 struct curvd_http;
 struct curvd_auth;
+struct curvd_metrics;
 
 struct curvd_server {
     struct curvd_config cfg;
     struct curvd_http *http;
     struct curvd_store *store; /* NULL until opened; /readyz says 503 */
     struct curvd_registry *reg;
-    struct curvd_auth *auth; /* NULL: no token file, every caller is tenant "default" */
-    atomic_int draining;     /* set on SIGTERM: /readyz 503, new work refused */
+    struct curvd_metrics *metrics; /* NULL: not counted */
+    struct curvd_auth *auth;       /* NULL: no token file, every caller is tenant "default" */
+    atomic_int draining;           /* set on SIGTERM: /readyz 503, new work refused */
 };
 
 #endif

@@ -467,6 +467,36 @@ static void test_create_errors(void **state)
     su_resp_free(&r);
 }
 
+/* /metrics counts steps by optimizer, requests by route and status, and
+ * the sessions held. */
+static void test_metrics(void **state)
+{
+    struct fx *f = *state;
+    char id[33];
+    create(f, "adagrad_diag", NULL, id);
+    curv_layout *l = layout_lib();
+    curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_DIAG, l, NULL);
+    check_steps(f, id, ref, 1, 3);
+    char url[256];
+    snprintf(url, sizeof url, "%s/metrics", f->base);
+    struct su_resp r;
+    su_request("GET", url, NULL, 0, NULL, 0, &r);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.content_type, "text/plain"));
+    assert_non_null(strstr(r.body, "curvd_steps_total{optimizer=\"adagrad_diag\"} 3\n"));
+    assert_non_null(
+        strstr(r.body, "curvd_http_requests_total{route=\"steps.post\",code=\"200\"} 3\n"));
+    assert_non_null(
+        strstr(r.body, "curvd_http_requests_total{route=\"sessions.create\",code=\"201\"} 1\n"));
+    assert_non_null(strstr(r.body, "curvd_sessions{where=\"disk\"} 1\n"));
+    assert_non_null(
+        strstr(r.body, "curvd_http_request_duration_seconds_count{route=\"steps.post\"} 3\n"));
+    assert_null(strstr(r.body, id)); /* never a session id in a label */
+    su_resp_free(&r);
+    curv_opt_free(ref);
+    curv_layout_free(l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -478,6 +508,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_export_import, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_and_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_metrics, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
