@@ -292,3 +292,27 @@ CURVD_HANDLER(curvd_h_step)
     run_step(srv, rq, rp, e);
     curvd_registry_end(srv->reg, e, e->bytes);
 }
+
+/* POST .../steps/{n}/callbacks/{cb}: no optimizer of this version asks the
+ * trainer for anything, so there is never a callback to answer; the route
+ * exists so that clients meet the contract's errors, not a 404. */
+CURVD_HANDLER(curvd_h_callback)
+{
+    struct curvd_entry *e = NULL;
+    enum curvd_reg_status rs = curvd_valid_id(rq->param[0])
+                                   ? curvd_registry_begin(srv->reg, rq->param[0], rq->tenant, &e)
+                                   : CURVD_REG_NOT_FOUND;
+    if (rs == CURVD_REG_OK) {
+        curvd_reply_problem(rp, rq, 409, "NO_CALLBACK_PENDING", NULL, 0,
+                            "step %s of this session has no pending callback '%s'", rq->param[1],
+                            rq->param[2]);
+        curvd_registry_end(srv->reg, e, e->bytes);
+    } else if (rs == CURVD_REG_BUSY) {
+        curvd_reply_problem(rp, rq, 409, "SESSION_BUSY", NULL, 0,
+                            "another request of this session is in progress");
+    } else {
+        curvd_reply_problem(rp, rq, rs == CURVD_REG_ERROR ? 503 : 404,
+                            rs == CURVD_REG_ERROR ? "UNAVAILABLE" : "NOT_FOUND", NULL, 0,
+                            "no such session");
+    }
+}

@@ -38,5 +38,6 @@ CURVD_HANDLER(curvd_h_session_import);
 
 /* h_steps.c */
 CURVD_HANDLER(curvd_h_step);
+CURVD_HANDLER(curvd_h_callback);
 
 #endif

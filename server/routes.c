@@ -20,6 +20,7 @@ const struct curvd_route curvd_routes[] = {
     {"DELETE", "/v1/sessions/{id}", curvd_h_session_delete, "sessions.delete"},
     {"GET", "/v1/sessions/{id}/state", curvd_h_session_export, "sessions.export"},
     {"POST", "/v1/sessions/{id}/steps", curvd_h_step, "steps.post"},
+    {"POST", "/v1/sessions/{id}/steps/{n}/callbacks/{cb}", curvd_h_callback, "callbacks.post"},
 };
 const size_t curvd_route_count = sizeof curvd_routes / sizeof curvd_routes[0];
 
