@@ -52,8 +52,6 @@ enum curvd_store_status {
 
 /* curvd_store_status_name - "NOT_FOUND" etc.; "UNKNOWN" for other values. */
 const char *curvd_store_status_name(int status);
-/* curvd_store_strerror - a short description; never NULL. */
-const char *curvd_store_strerror(int status);
 
 /* FULL: a committed step survives power loss; NORMAL: a process crash. */
 enum curvd_durability { CURVD_DURABILITY_FULL, CURVD_DURABILITY_NORMAL };

@@ -1,0 +1,1325 @@
+/* SPDX-License-Identifier: MIT */
+/* The session store: opening and migrations, refusal of foreign and newer
+ * files, create/get/list/delete, conditional step commits and replays,
+ * large and empty blobs, lock contention, threads, allocation failures and
+ * SIGKILL in the middle of commits. */
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "migrations.h"
+#include "store.h"
+#include "testutil.h"
+
+static char dir[64];
+static char err[512];
+
+#define assert_store(expr, want)                                                                   \
+    do {                                                                                           \
+        err[0] = '\0';                                                                             \
+        int st_ = (expr);                                                                          \
+        if (st_ != (want))                                                                         \
+            print_error("got %s, want %s: %s\n", curvd_store_status_name(st_),                     \
+                        curvd_store_status_name(want), err);                                       \
+        assert_int_equal(st_, (want));                                                             \
+    } while (0)
+
+/* --- helpers ------------------------------------------------------------------------------- */
+
+static int group_setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof dir, "/tmp/curvd-store-XXXXXX");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    struct dirent *e;
+    char path[512];
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    return rmdir(dir);
+}
+
+/* A database path in the test directory, with no file left from before. */
+static const char *db_path(const char *name)
+{
+    static char path[4][256];
+    static int next;
+    char *p = path[next++ % 4];
+    snprintf(p, 256, "%s/%s.db", dir, name);
+    const char *suffix[] = {"", "-wal", "-shm"};
+    for (int i = 0; i < 3; i++) {
+        char f[300];
+        snprintf(f, sizeof f, "%s%s", p, suffix[i]);
+        unlink(f);
+    }
+    return p;
+}
+
+static struct curvd_store *open_ok(const char *path, enum curvd_durability d)
+{
+    struct curvd_store *st = NULL;
+    assert_store(curvd_store_open(path, d, &st, err, sizeof err), CURVD_STORE_OK);
+    assert_non_null(st);
+    return st;
+}
+
+/* A second, plain connection, for looking at and tampering with files. */
+static void raw_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        print_error("%s: %s\n", sql, msg);
+    sqlite3_free(msg);
+    assert_int_equal(rc, SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+static void raw_text(const char *path, const char *sql, char *out, size_t len)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    snprintf(out, len, "%s", (const char *)sqlite3_column_text(q, 0));
+    assert_int_equal(sqlite3_finalize(q), SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+static long long raw_int(const char *path, const char *sql)
+{
+    char buf[64];
+    raw_text(path, sql, buf, sizeof buf);
+    return atoll(buf);
+}
+
+static unsigned char *random_blob(uint64_t seed, size_t n)
+{
+    unsigned char *p = malloc(n ? n : 1);
+    assert_non_null(p);
+    tu_rng r;
+    tu_rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++)
+        p[i] = (unsigned char)(tu_uniform(&r) * 256);
+    return p;
+}
+
+static void create_ok(struct curvd_store *st, const char *tenant, const char *id, const void *state,
+                      size_t len)
+{
+    struct curvd_session_new s = {id, tenant, "sgd", NULL, 0, state, len};
+    assert_store(curvd_store_create(st, &s, NULL, err, sizeof err), CURVD_STORE_OK);
+}
+
+static void assert_bytes(const unsigned char *got, size_t got_len, const void *want,
+                         size_t want_len)
+{
+    assert_int_equal(got_len, want_len);
+    if (want_len)
+        assert_memory_equal(got, want, want_len);
+    else
+        assert_null(got);
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* --- opening ------------------------------------------------------------------------------ */
+
+static void test_status_names(void **state)
+{
+    (void)state;
+    const char *want[] = {"OK", "NOT_FOUND", "CONFLICT", "INVALID", "BUSY", "ERROR"};
+    for (int i = 0; i < 6; i++)
+        assert_string_equal(curvd_store_status_name(i), want[i]);
+    assert_int_equal(CURVD_STORE_ERROR, 5);
+    assert_string_equal(curvd_store_status_name(6), "UNKNOWN");
+    assert_string_equal(curvd_store_status_name(-1), "UNKNOWN");
+}
+
+static void test_open_fresh_applies_migrations(void **state)
+{
+    (void)state;
+    const char *path = db_path("fresh");
+    assert_true(curvd_migration_count >= 1);
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
+    struct curvd_store_info info;
+    assert_store(curvd_store_info(st, &info, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(info.schema_version, (int)curvd_migration_count);
+    assert_int_equal(info.application_id, CURVD_STORE_APPLICATION_ID);
+    assert_int_equal(info.page_size, CURVD_STORE_PAGE_SIZE);
+    assert_int_equal(info.synchronous, 2);
+    assert_string_equal(info.journal_mode, "wal");
+    curvd_store_close(st);
+    /* The file says so to anyone, not just to this connection. */
+    assert_int_equal(raw_int(path, "PRAGMA user_version"), (long long)curvd_migration_count);
+    assert_int_equal(raw_int(path, "PRAGMA application_id"), CURVD_STORE_APPLICATION_ID);
+    assert_int_equal(raw_int(path, "PRAGMA page_size"), CURVD_STORE_PAGE_SIZE);
+    char mode[16];
+    raw_text(path, "PRAGMA journal_mode", mode, sizeof mode);
+    assert_string_equal(mode, "wal");
+    assert_int_equal(raw_int(path, "SELECT count(*) FROM sqlite_schema WHERE name IN "
+                                   "('sessions', 'step_responses', 'sessions_by_tenant')"),
+                     3);
+    /* NORMAL durability is NORMAL synchronous. */
+    st = open_ok(path, CURVD_DURABILITY_NORMAL);
+    assert_store(curvd_store_info(st, &info, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(info.synchronous, 1);
+    curvd_store_close(st);
+}
+
+static void test_reopen_is_noop(void **state)
+{
+    (void)state;
+    const char *path = db_path("reopen");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_NORMAL);
+    create_ok(st, "t", "a", "xyz", 3);
+    curvd_store_close(st);
+    long long objects = raw_int(path, "SELECT count(*) FROM sqlite_schema");
+    char schema[4096];
+    raw_text(path, "SELECT group_concat(sql, ';') FROM sqlite_schema", schema, sizeof schema);
+    for (int i = 0; i < 3; i++) {
+        st = open_ok(path, CURVD_DURABILITY_FULL);
+        struct curvd_session s;
+        assert_store(curvd_store_get(st, "t", "a", 1, &s, err, sizeof err), CURVD_STORE_OK);
+        assert_bytes(s.state, s.state_len, "xyz", 3);
+        curvd_session_clear(&s);
+        curvd_store_close(st);
+    }
+    char again[4096];
+    raw_text(path, "SELECT group_concat(sql, ';') FROM sqlite_schema", again, sizeof again);
+    assert_string_equal(schema, again);
+    assert_int_equal(raw_int(path, "SELECT count(*) FROM sqlite_schema"), objects);
+    assert_int_equal(raw_int(path, "PRAGMA user_version"), (long long)curvd_migration_count);
+}
+
+static void test_open_refuses_foreign_file(void **state)
+{
+    (void)state;
+    const char *path = db_path("foreign");
+    raw_exec(path, "PRAGMA application_id = 305419896; CREATE TABLE t (x)");
+    struct curvd_store *st = (struct curvd_store *)&st;
+    assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
+                 CURVD_STORE_ERROR);
+    assert_non_null(strstr(err, "not a curvd database"));
+    assert_non_null(strstr(err, "0x12345678"));
+    assert_ptr_equal(st, (struct curvd_store *)&st); /* untouched on failure */
+    /* Refused before anything was changed: still in rollback-journal mode. */
+    char mode[16];
+    raw_text(path, "PRAGMA journal_mode", mode, sizeof mode);
+    assert_string_equal(mode, "delete");
+    assert_int_equal(raw_int(path, "PRAGMA application_id"), 305419896);
+
+    /* An unmarked file that already holds tables is someone else's too. */
+    path = db_path("unmarked");
+    raw_exec(path, "CREATE TABLE sessions (x)");
+    assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
+                 CURVD_STORE_ERROR);
+    assert_non_null(strstr(err, "not a curvd database"));
+    assert_int_equal(raw_int(path, "PRAGMA application_id"), 0);
+}
+
+static void test_open_refuses_newer_version(void **state)
+{
+    (void)state;
+    const char *path = db_path("newer");
+    curvd_store_close(open_ok(path, CURVD_DURABILITY_FULL));
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA user_version = %u", curvd_migration_count + 1);
+    raw_exec(path, sql);
+    struct curvd_store *st = NULL;
+    assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
+                 CURVD_STORE_ERROR);
+    assert_non_null(strstr(err, "newer"));
+    assert_null(st);
+    assert_int_equal(raw_int(path, "PRAGMA user_version"), curvd_migration_count + 1);
+}
+
+static void test_open_refuses_bad_files(void **state)
+{
+    (void)state;
+    struct curvd_store *st = NULL;
+    /* Not a database at all. */
+    const char *path = db_path("garbage");
+    unsigned char *junk = random_blob(7, 8192);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(junk, 1, 8192, f), 8192);
+    fclose(f);
+    free(junk);
+    assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
+                 CURVD_STORE_ERROR);
+    assert_non_null(strstr(err, "not a database"));
+    /* A directory that does not exist. */
+    char missing[300];
+    snprintf(missing, sizeof missing, "%s/no/such/dir.db", dir);
+    assert_store(curvd_store_open(missing, CURVD_DURABILITY_FULL, &st, err, sizeof err),
+                 CURVD_STORE_ERROR);
+    assert_non_null(strstr(err, "cannot open"));
+    /* No WAL without a file. */
+    assert_store(curvd_store_open(":memory:", CURVD_DURABILITY_FULL, &st, err, sizeof err),
+                 CURVD_STORE_ERROR);
+    assert_non_null(strstr(err, "write-ahead"));
+    assert_null(st);
+}
+
+static void test_open_failed_migration_rolls_back(void **state)
+{
+    (void)state;
+    /* Ours, at version 0, but a table in the way of migration 1. */
+    const char *path = db_path("intheway");
+    char sql[128];
+    snprintf(sql, sizeof sql, "PRAGMA application_id = %d; CREATE TABLE sessions (x)",
+             CURVD_STORE_APPLICATION_ID);
+    raw_exec(path, sql);
+    struct curvd_store *st = NULL;
+    assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
+                 CURVD_STORE_ERROR);
+    assert_non_null(strstr(err, curvd_migrations[0].name));
+    assert_non_null(strstr(err, "already exists"));
+    assert_int_equal(raw_int(path, "PRAGMA user_version"), 0);
+    assert_int_equal(raw_int(path, "SELECT count(*) FROM sqlite_schema"), 1);
+
+    /* Claims the current version but lacks the tables. */
+    path = db_path("hollow");
+    snprintf(sql, sizeof sql, "PRAGMA application_id = %d; PRAGMA user_version = %u",
+             CURVD_STORE_APPLICATION_ID, curvd_migration_count);
+    raw_exec(path, sql);
+    assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
+                 CURVD_STORE_ERROR);
+    assert_non_null(strstr(err, "schema does not match"));
+    assert_non_null(strstr(err, "no such table"));
+}
+
+static void test_invalid_arguments(void **state)
+{
+    (void)state;
+    struct curvd_store *st = NULL;
+    assert_store(curvd_store_open(NULL, CURVD_DURABILITY_FULL, &st, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    assert_store(curvd_store_open("x.db", CURVD_DURABILITY_FULL, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    assert_store(curvd_store_open("x.db", (enum curvd_durability)7, &st, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    assert_int_equal(access("x.db", F_OK), -1);
+    curvd_store_close(NULL);
+    curvd_session_clear(NULL);
+    curvd_session_list_clear(NULL);
+    curvd_step_response_clear(NULL);
+    /* NULL err is allowed everywhere. */
+    assert_int_equal(curvd_store_open(NULL, CURVD_DURABILITY_FULL, &st, NULL, 0),
+                     CURVD_STORE_INVALID);
+
+    st = open_ok(db_path("args"), CURVD_DURABILITY_NORMAL);
+    struct curvd_session s;
+    struct curvd_session_list l;
+    struct curvd_step_response r;
+    struct curvd_store_info info;
+    struct curvd_step_commit c = {1, NULL, 0, "application/json", NULL, 0};
+    int64_t n;
+    struct curvd_session_new bad[] = {
+        {NULL, "t", "sgd", NULL, 0, NULL, 0}, {"a", NULL, "sgd", NULL, 0, NULL, 0},
+        {"a", "t", NULL, NULL, 0, NULL, 0},   {"a", "t", "sgd", NULL, -1, NULL, 0},
+        {"a", "t", "sgd", NULL, 0, NULL, 5},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_store(curvd_store_create(st, &bad[i], NULL, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_create(NULL, &bad[0], NULL, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_create(st, NULL, NULL, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_get(st, NULL, "a", 0, &s, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_get(st, "t", NULL, 0, &s, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_get(st, "t", "a", 0, NULL, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_list(st, NULL, 10, NULL, &l, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_list(st, "t", 10, NULL, NULL, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_delete(st, "t", NULL, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_delete(NULL, "t", "a", err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_commit_step(st, "t", "a", NULL, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    c.step = 0;
+    assert_store(curvd_store_commit_step(st, "t", "a", &c, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    c.step = 1;
+    c.content_type = NULL;
+    assert_store(curvd_store_commit_step(st, "t", "a", &c, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    c.content_type = "application/json";
+    c.state_len = 3;
+    assert_store(curvd_store_commit_step(st, "t", "a", &c, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    c.state_len = 0;
+    c.response_len = 3;
+    assert_store(curvd_store_commit_step(st, "t", "a", &c, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    assert_store(curvd_store_update_state(st, "t", "a", -1, NULL, 0, NULL, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    assert_store(curvd_store_update_state(st, "t", "a", 0, NULL, 9, NULL, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    assert_store(curvd_store_update_state(st, NULL, "a", 0, NULL, 0, NULL, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    assert_store(curvd_store_get_response(st, "t", "a", NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    assert_store(curvd_store_get_response(st, NULL, "a", &r, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_count(st, NULL, NULL, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_count(NULL, NULL, &n, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_info(st, NULL, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_info(NULL, &info, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_set_busy_timeout(st, -1, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_set_busy_timeout(NULL, 10, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_count(st, NULL, &n, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(n, 0);
+    curvd_store_close(st);
+}
+
+/* --- sessions ----------------------------------------------------------------------------- */
+
+static void test_create_get_delete(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_ok(db_path("crud"), CURVD_DURABILITY_NORMAL);
+    unsigned char *blob = random_blob(1, 1000);
+    struct curvd_session_new in = {"s1", "acme", "adagrad_bma", "{\"lr\":0.1}", 7, blob, 1000};
+    int64_t t0 = wall_ms(), created = 0;
+    assert_store(curvd_store_create(st, &in, &created, err, sizeof err), CURVD_STORE_OK);
+    assert_true(created >= t0 && created <= wall_ms());
+
+    struct curvd_session s;
+    assert_store(curvd_store_get(st, "acme", "s1", 1, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_string_equal(s.id, "s1");
+    assert_string_equal(s.tenant, "acme");
+    assert_string_equal(s.optimizer, "adagrad_bma");
+    assert_string_equal(s.meta, "{\"lr\":0.1}");
+    assert_int_equal(s.step, 7);
+    assert_int_equal(s.created_at, created);
+    assert_int_equal(s.updated_at, created);
+    assert_bytes(s.state, s.state_len, blob, 1000);
+    curvd_session_clear(&s);
+    assert_null(s.id);
+    /* Without the state. */
+    assert_store(curvd_store_get(st, "acme", "s1", 0, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_null(s.state);
+    assert_int_equal(s.state_len, 0);
+    assert_int_equal(s.step, 7);
+    curvd_session_clear(&s);
+
+    /* A duplicate id conflicts, whatever the tenant; the first one stays. */
+    struct curvd_session_new dup = {"s1", "other", "sgd", NULL, 0, "x", 1};
+    assert_store(curvd_store_create(st, &dup, NULL, err, sizeof err), CURVD_STORE_CONFLICT);
+    assert_non_null(strstr(err, "s1"));
+    dup.tenant = "acme";
+    assert_store(curvd_store_create(st, &dup, NULL, err, sizeof err), CURVD_STORE_CONFLICT);
+
+    /* Another tenant sees nothing and deletes nothing. */
+    assert_store(curvd_store_get(st, "other", "s1", 1, &s, err, sizeof err), CURVD_STORE_NOT_FOUND);
+    assert_store(curvd_store_get(st, "acme", "nope", 1, &s, err, sizeof err),
+                 CURVD_STORE_NOT_FOUND);
+    assert_store(curvd_store_delete(st, "other", "s1", err, sizeof err), CURVD_STORE_NOT_FOUND);
+    int64_t n = 0;
+    assert_store(curvd_store_count(st, NULL, &n, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(n, 1);
+    assert_store(curvd_store_count(st, "other", &n, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(n, 0);
+
+    assert_store(curvd_store_delete(st, "acme", "s1", err, sizeof err), CURVD_STORE_OK);
+    assert_store(curvd_store_get(st, "acme", "s1", 1, &s, err, sizeof err), CURVD_STORE_NOT_FOUND);
+    assert_store(curvd_store_delete(st, "acme", "s1", err, sizeof err), CURVD_STORE_NOT_FOUND);
+    assert_store(curvd_store_count(st, "acme", &n, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(n, 0);
+    /* The id is free again. */
+    assert_store(curvd_store_create(st, &dup, NULL, err, sizeof err), CURVD_STORE_OK);
+    free(blob);
+    curvd_store_close(st);
+}
+
+/* Spin until the millisecond clock moves, so that creation times differ. */
+static void next_ms(void)
+{
+    int64_t t = wall_ms();
+    while (wall_ms() == t)
+        ;
+}
+
+struct key {
+    int64_t created_at;
+    char id[16];
+};
+
+static int key_cmp(const void *a, const void *b)
+{
+    const struct key *x = a, *y = b;
+    if (x->created_at != y->created_at)
+        return x->created_at < y->created_at ? -1 : 1;
+    return strcmp(x->id, y->id);
+}
+
+/* Page through @tenant with @page_size, checking the page bounds, and
+ * collect the ids in order. Return the number of sessions seen. */
+static size_t list_all(struct curvd_store *st, const char *tenant, size_t page_size,
+                       struct key *got, size_t cap)
+{
+    size_t n = 0;
+    char *token = NULL;
+    do {
+        struct curvd_session_list l;
+        assert_store(curvd_store_list(st, tenant, page_size, token, &l, err, sizeof err),
+                     CURVD_STORE_OK);
+        sqlite3_free(token);
+        token = NULL;
+        assert_true(l.count <= page_size);
+        /* A page that announces another is full; no empty last page. */
+        if (l.next_page_token)
+            assert_int_equal(l.count, page_size);
+        for (size_t i = 0; i < l.count; i++) {
+            assert_true(n < cap);
+            assert_string_equal(l.items[i].tenant, tenant);
+            assert_null(l.items[i].state);
+            got[n].created_at = l.items[i].created_at;
+            snprintf(got[n].id, sizeof got[n].id, "%s", l.items[i].id);
+            n++;
+        }
+        if (l.next_page_token) {
+            token = l.next_page_token;
+            l.next_page_token = NULL;
+            /* The token is URL-safe as it stands. */
+            assert_int_equal(strspn(token, "0123456789abcdef"), strlen(token));
+        }
+        curvd_session_list_clear(&l);
+    } while (token);
+    return n;
+}
+
+static void test_list_pagination(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_ok(db_path("list"), CURVD_DURABILITY_NORMAL);
+    enum { N = 23 };
+    struct key want[N];
+    /* Ids run against creation order, and creation times tie in groups,
+     * so that both parts of the key matter. */
+    for (int i = 0; i < N; i++) {
+        if (i % 5 == 0)
+            next_ms();
+        snprintf(want[i].id, sizeof want[i].id, "s%02d", N - i);
+        struct curvd_session_new in = {want[i].id, "acme", "sgd", NULL, 0, NULL, 0};
+        assert_store(curvd_store_create(st, &in, &want[i].created_at, err, sizeof err),
+                     CURVD_STORE_OK);
+        char other[16];
+        snprintf(other, sizeof other, "o%02d", i);
+        if (i % 4 == 0)
+            create_ok(st, "other", other, NULL, 0);
+    }
+    qsort(want, N, sizeof want[0], key_cmp);
+    const size_t sizes[] = {1, 2, 5, 7, 22, 23, 24, CURVD_STORE_MAX_PAGE};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        struct key got[N + 1];
+        assert_int_equal(list_all(st, "acme", sizes[k], got, N + 1), N);
+        for (int i = 0; i < N; i++) {
+            assert_string_equal(got[i].id, want[i].id);
+            assert_int_equal(got[i].created_at, want[i].created_at);
+        }
+    }
+    struct key got[N];
+    assert_int_equal(list_all(st, "other", 2, got, N), 6);
+    assert_int_equal(list_all(st, "nobody", 10, got, N), 0);
+    curvd_store_close(st);
+}
+
+static void test_list_is_keyset(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_ok(db_path("keyset"), CURVD_DURABILITY_NORMAL);
+    const char *ids[] = {"a", "b", "c", "d", "e", "f", "g"};
+    for (int i = 0; i < 7; i++)
+        create_ok(st, "t", ids[i], NULL, 0);
+    struct curvd_session_list l;
+    assert_store(curvd_store_list(st, "t", 3, NULL, &l, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(l.count, 3);
+    assert_string_equal(l.items[2].id, "c");
+    /* The row the token points at, and one ahead, disappear; a new one
+     * arrives. The next page still starts right after "c". */
+    assert_store(curvd_store_delete(st, "t", "c", err, sizeof err), CURVD_STORE_OK);
+    assert_store(curvd_store_delete(st, "t", "e", err, sizeof err), CURVD_STORE_OK);
+    next_ms();
+    create_ok(st, "t", "0new", NULL, 0);
+    struct curvd_session_list l2;
+    assert_store(curvd_store_list(st, "t", 3, l.next_page_token, &l2, err, sizeof err),
+                 CURVD_STORE_OK);
+    assert_int_equal(l2.count, 3);
+    assert_string_equal(l2.items[0].id, "d");
+    assert_string_equal(l2.items[1].id, "f");
+    assert_string_equal(l2.items[2].id, "g");
+    assert_non_null(l2.next_page_token);
+    struct curvd_session_list l3;
+    assert_store(curvd_store_list(st, "t", 3, l2.next_page_token, &l3, err, sizeof err),
+                 CURVD_STORE_OK);
+    assert_int_equal(l3.count, 1);
+    assert_string_equal(l3.items[0].id, "0new");
+    assert_null(l3.next_page_token);
+    /* A token from one tenant shows another tenant only its own rows. */
+    struct curvd_session_list l4;
+    assert_store(curvd_store_list(st, "u", 3, l.next_page_token, &l4, err, sizeof err),
+                 CURVD_STORE_OK);
+    assert_int_equal(l4.count, 0);
+    curvd_session_list_clear(&l);
+    curvd_session_list_clear(&l2);
+    curvd_session_list_clear(&l3);
+    curvd_session_list_clear(&l4);
+    curvd_store_close(st);
+}
+
+static void test_list_refuses_bad_tokens(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_ok(db_path("tokens"), CURVD_DURABILITY_NORMAL);
+    create_ok(st, "t", "a", NULL, 0);
+    struct curvd_session_list l;
+    const char *bad[] = {
+        "zz",                   /* not hex, short */
+        "0123",                 /* short */
+        "0000000000000000",     /* no id */
+        "000000000000000061a",  /* odd length */
+        "00000000000000006g",   /* not hex */
+        "000000000000000061AB", /* upper case is not ours */
+        "00000000000000006100", /* a NUL byte in the id */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_store(curvd_store_list(st, "t", 10, bad[i], &l, err, sizeof err),
+                     CURVD_STORE_INVALID);
+        assert_non_null(strstr(err, "page_token"));
+    }
+    assert_store(curvd_store_list(st, "t", 0, NULL, &l, err, sizeof err), CURVD_STORE_INVALID);
+    assert_store(curvd_store_list(st, "t", CURVD_STORE_MAX_PAGE + 1, NULL, &l, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    /* A well-formed token made by hand, for the key (0, "a"): the session
+     * "a" was created after 1970, so it sorts after that key. "" is the
+     * first page. */
+    assert_store(curvd_store_list(st, "t", 10, "000000000000000061", &l, err, sizeof err),
+                 CURVD_STORE_OK);
+    assert_int_equal(l.count, 1);
+    curvd_session_list_clear(&l);
+    assert_store(curvd_store_list(st, "t", 10, "", &l, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(l.count, 1);
+    assert_null(l.next_page_token);
+    curvd_session_list_clear(&l);
+    curvd_store_close(st);
+}
+
+/* --- steps ------------------------------------------------------------------------------- */
+
+static void commit_ok(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
+                      const void *state, size_t len, const void *resp, size_t resp_len)
+{
+    struct curvd_step_commit c = {step, state, len, "application/json", resp, resp_len};
+    assert_store(curvd_store_commit_step(st, tenant, id, &c, NULL, err, sizeof err),
+                 CURVD_STORE_OK);
+}
+
+static void assert_state(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
+                         const void *state, size_t len)
+{
+    struct curvd_session s;
+    assert_store(curvd_store_get(st, tenant, id, 1, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.step, step);
+    assert_bytes(s.state, s.state_len, state, len);
+    curvd_session_clear(&s);
+}
+
+static void test_commit_step(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_ok(db_path("commit"), CURVD_DURABILITY_FULL);
+    unsigned char *b0 = random_blob(10, 5000), *b1 = random_blob(11, 6000);
+    create_ok(st, "t", "s", b0, 5000);
+    struct curvd_session before;
+    assert_store(curvd_store_get(st, "t", "s", 0, &before, err, sizeof err), CURVD_STORE_OK);
+    next_ms();
+    commit_ok(st, "t", "s", 1, b1, 6000, "{\"step\":1}", 10);
+    struct curvd_session s;
+    assert_store(curvd_store_get(st, "t", "s", 1, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.step, 1);
+    assert_bytes(s.state, s.state_len, b1, 6000);
+    assert_int_equal(s.created_at, before.created_at);
+    assert_true(s.updated_at > before.updated_at);
+    curvd_session_clear(&s);
+    curvd_session_clear(&before);
+
+    /* Ahead, behind, and the same step again: CONFLICT, nothing written. */
+    const int64_t wrong[] = {3, 1, 100};
+    for (int i = 0; i < 3; i++) {
+        struct curvd_step_commit c = {wrong[i], b0, 5000, "text/plain", "no", 2};
+        int64_t cur = -1;
+        assert_store(curvd_store_commit_step(st, "t", "s", &c, &cur, err, sizeof err),
+                     CURVD_STORE_CONFLICT);
+        assert_int_equal(cur, 1);
+        assert_non_null(strstr(err, "at step 1"));
+        assert_state(st, "t", "s", 1, b1, 6000);
+        struct curvd_step_response r;
+        assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err), CURVD_STORE_OK);
+        assert_int_equal(r.step, 1);
+        assert_string_equal(r.content_type, "application/json");
+        assert_bytes(r.body, r.body_len, "{\"step\":1}", 10);
+        curvd_step_response_clear(&r);
+    }
+    /* A conflict without a place for the step is still a conflict. */
+    struct curvd_step_commit c = {5, b0, 5000, "text/plain", "no", 2};
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
+                 CURVD_STORE_CONFLICT);
+    /* Unknown session, or another tenant's. */
+    int64_t cur = -1;
+    c.step = 2;
+    assert_store(curvd_store_commit_step(st, "t", "nope", &c, &cur, err, sizeof err),
+                 CURVD_STORE_NOT_FOUND);
+    assert_store(curvd_store_commit_step(st, "u", "s", &c, &cur, err, sizeof err),
+                 CURVD_STORE_NOT_FOUND);
+    assert_int_equal(cur, -1);
+    assert_state(st, "t", "s", 1, b1, 6000);
+    /* The next step goes through, and its reply replaces the last one. */
+    commit_ok(st, "t", "s", 2, b0, 5000, "{\"step\":2}", 10);
+    assert_state(st, "t", "s", 2, b0, 5000);
+    free(b0);
+    free(b1);
+    curvd_store_close(st);
+}
+
+static void test_response_replay(void **state)
+{
+    (void)state;
+    const char *path = db_path("replay");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
+    create_ok(st, "t", "s", "a", 1);
+    struct curvd_step_response r;
+    /* Nothing stored before the first step, nor for strangers. */
+    assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err),
+                 CURVD_STORE_NOT_FOUND);
+    unsigned char *body = random_blob(3, 70000);
+    struct curvd_step_commit c = {1, "b", 1, "application/octet-stream", body, 70000};
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
+    assert_store(curvd_store_get_response(st, "u", "s", &r, err, sizeof err),
+                 CURVD_STORE_NOT_FOUND);
+    curvd_store_close(st);
+    /* Still there after a reopen, byte for byte. */
+    st = open_ok(path, CURVD_DURABILITY_FULL);
+    for (int i = 0; i < 2; i++) {
+        assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err), CURVD_STORE_OK);
+        assert_int_equal(r.step, 1);
+        assert_string_equal(r.content_type, "application/octet-stream");
+        assert_bytes(r.body, r.body_len, body, 70000);
+        curvd_step_response_clear(&r);
+    }
+    /* A state update leaves the reply alone. */
+    assert_store(curvd_store_update_state(st, "t", "s", 1, "c", 1, NULL, NULL, err, sizeof err),
+                 CURVD_STORE_OK);
+    assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err), CURVD_STORE_OK);
+    assert_bytes(r.body, r.body_len, body, 70000);
+    curvd_step_response_clear(&r);
+    /* Deleting the session deletes its reply: a new session of that id
+     * has none. */
+    assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_OK);
+    create_ok(st, "t", "s", "a", 1);
+    assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err),
+                 CURVD_STORE_NOT_FOUND);
+    curvd_store_close(st);
+    assert_int_equal(raw_int(path, "SELECT count(*) FROM step_responses"), 0);
+    free(body);
+}
+
+static void test_update_state(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_ok(db_path("update"), CURVD_DURABILITY_NORMAL);
+    struct curvd_session_new in = {"s", "t", "mbag", "{\"a\":1}", 4, "old", 3};
+    assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_OK);
+    assert_store(
+        curvd_store_update_state(st, "t", "s", 4, "new!", 4, "{\"a\":2}", NULL, err, sizeof err),
+        CURVD_STORE_OK);
+    struct curvd_session s;
+    assert_store(curvd_store_get(st, "t", "s", 1, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.step, 4);
+    assert_bytes(s.state, s.state_len, "new!", 4);
+    assert_string_equal(s.meta, "{\"a\":2}");
+    curvd_session_clear(&s);
+    /* A stale writer loses, and learns the step. */
+    int64_t cur = -1;
+    assert_store(curvd_store_update_state(st, "t", "s", 3, "lost", 4, NULL, &cur, err, sizeof err),
+                 CURVD_STORE_CONFLICT);
+    assert_int_equal(cur, 4);
+    assert_store(curvd_store_update_state(st, "u", "s", 4, "lost", 4, NULL, &cur, err, sizeof err),
+                 CURVD_STORE_NOT_FOUND);
+    assert_state(st, "t", "s", 4, "new!", 4);
+    /* NULL meta clears it; an empty state is a state. */
+    assert_store(curvd_store_update_state(st, "t", "s", 4, NULL, 0, NULL, NULL, err, sizeof err),
+                 CURVD_STORE_OK);
+    assert_store(curvd_store_get(st, "t", "s", 1, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_null(s.meta);
+    assert_null(s.state);
+    assert_int_equal(s.state_len, 0);
+    curvd_session_clear(&s);
+    curvd_store_close(st);
+}
+
+static void test_blob_sizes(void **state)
+{
+    (void)state;
+    const char *path = db_path("blobs");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_NORMAL);
+    const size_t sizes[] = {0, 1, 16383, 16384, 16385, 5u << 20, (6u << 20) + 3};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        size_t n = sizes[i];
+        unsigned char *a = random_blob(100 + i, n), *b = random_blob(200 + i, n);
+        char id[16];
+        snprintf(id, sizeof id, "b%zu", i);
+        create_ok(st, "t", id, n ? a : NULL, n);
+        assert_state(st, "t", id, 0, a, n);
+        commit_ok(st, "t", id, 1, b, n, a, n);
+        assert_state(st, "t", id, 1, b, n);
+        struct curvd_step_response r;
+        assert_store(curvd_store_get_response(st, "t", id, &r, err, sizeof err), CURVD_STORE_OK);
+        assert_bytes(r.body, r.body_len, a, n);
+        curvd_step_response_clear(&r);
+        free(a);
+        free(b);
+    }
+    curvd_store_close(st);
+    /* Empty blobs are stored as blobs, not NULL. */
+    assert_int_equal(raw_int(path, "SELECT count(*) FROM sessions WHERE typeof(state) != 'blob'"),
+                     0);
+    assert_int_equal(raw_int(path, "SELECT length(state) FROM sessions WHERE id = 'b0'"), 0);
+}
+
+static void test_blob_too_big(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_ok(db_path("toobig"), CURVD_DURABILITY_NORMAL);
+    create_ok(st, "t", "s", "a", 1);
+    /* Lengths past SQLite's limit are refused before a byte is read, so a
+     * small buffer stands in for a huge one. */
+    const size_t huge[] = {1500000000u, (size_t)3000000000u};
+    static const char tiny[1];
+    for (int i = 0; i < 2; i++) {
+        struct curvd_step_commit c = {1, tiny, huge[i], "x", NULL, 0};
+        assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
+                     CURVD_STORE_INVALID);
+        assert_non_null(strstr(err, "too big"));
+        struct curvd_session_new in = {"big", "t", "sgd", NULL, 0, tiny, huge[i]};
+        assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_INVALID);
+        assert_store(
+            curvd_store_update_state(st, "t", "s", 0, tiny, huge[i], NULL, NULL, err, sizeof err),
+            CURVD_STORE_INVALID);
+    }
+    assert_state(st, "t", "s", 0, "a", 1);
+    int64_t n = 0;
+    assert_store(curvd_store_count(st, NULL, &n, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(n, 1);
+    curvd_store_close(st);
+}
+
+/* --- concurrency -------------------------------------------------------------------------- */
+
+static void test_busy(void **state)
+{
+    (void)state;
+    const char *path = db_path("busy");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_NORMAL);
+    create_ok(st, "t", "s", "a", 1);
+    assert_store(curvd_store_set_busy_timeout(st, 30, err, sizeof err), CURVD_STORE_OK);
+    sqlite3 *other = NULL;
+    assert_int_equal(sqlite3_open(path, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    /* Writes wait, then give up; reads go on beside the writer (WAL). */
+    struct curvd_session_new in = {"s2", "t", "sgd", NULL, 0, NULL, 0};
+    assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_BUSY);
+    assert_non_null(strstr(err, "locked"));
+    struct curvd_step_commit c = {1, "b", 1, "x", "r", 1};
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
+                 CURVD_STORE_BUSY);
+    assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_BUSY);
+    assert_state(st, "t", "s", 0, "a", 1);
+    assert_store(curvd_store_set_busy_timeout(st, 0, err, sizeof err), CURVD_STORE_OK);
+    assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_BUSY);
+    assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(other), SQLITE_OK);
+    assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_OK);
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
+    struct curvd_store *st2 = open_ok(path, CURVD_DURABILITY_NORMAL);
+    assert_state(st2, "t", "s", 1, "b", 1);
+    curvd_store_close(st2);
+    curvd_store_close(st);
+}
+
+enum { THREADS = 4, PER_THREAD = 40 };
+
+struct worker {
+    struct curvd_store *st;
+    int index;
+    int shared_commits;
+    int failures;
+    char err[256];
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    char id[16];
+    snprintf(id, sizeof id, "w%d", w->index);
+    struct curvd_session_new in = {id, "t", "sgd", NULL, 0, NULL, 0};
+    if (curvd_store_create(w->st, &in, NULL, w->err, sizeof w->err) != CURVD_STORE_OK)
+        w->failures++;
+    for (int k = 1; k <= PER_THREAD; k++) {
+        int64_t blob[2] = {w->index, k};
+        struct curvd_step_commit c = {k, blob, sizeof blob, "x", blob, sizeof blob};
+        if (curvd_store_commit_step(w->st, "t", id, &c, NULL, w->err, sizeof w->err))
+            w->failures++;
+        /* Everyone also races for the shared session: read, then commit
+         * the next step; a lost race is a CONFLICT that names the step. */
+        int64_t cur = -1;
+        struct curvd_session s;
+        if (curvd_store_get(w->st, "t", "shared", 0, &s, w->err, sizeof w->err)) {
+            w->failures++;
+            continue;
+        }
+        c.step = s.step + 1;
+        curvd_session_clear(&s);
+        int rc = curvd_store_commit_step(w->st, "t", "shared", &c, &cur, w->err, sizeof w->err);
+        if (rc == CURVD_STORE_OK)
+            w->shared_commits++;
+        else if (rc != CURVD_STORE_CONFLICT || cur < c.step)
+            w->failures++;
+    }
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    (void)state;
+    const char *path = db_path("threads");
+    /* Two stores (two connections) shared by two threads each. */
+    struct curvd_store *a = open_ok(path, CURVD_DURABILITY_NORMAL);
+    struct curvd_store *b = open_ok(path, CURVD_DURABILITY_NORMAL);
+    create_ok(a, "t", "shared", NULL, 0);
+    struct worker w[THREADS];
+    pthread_t th[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        memset(&w[i], 0, sizeof w[i]);
+        w[i].st = i % 2 ? b : a;
+        w[i].index = i;
+        assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
+    }
+    int total = 0;
+    for (int i = 0; i < THREADS; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        if (w[i].failures)
+            print_error("worker %d: %d failures, last: %s\n", i, w[i].failures, w[i].err);
+        assert_int_equal(w[i].failures, 0);
+        total += w[i].shared_commits;
+        char id[16];
+        snprintf(id, sizeof id, "w%d", i);
+        int64_t blob[2] = {i, PER_THREAD};
+        assert_state(a, "t", id, PER_THREAD, blob, sizeof blob);
+    }
+    struct curvd_session s;
+    assert_store(curvd_store_get(b, "t", "shared", 0, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.step, total);
+    assert_true(total >= PER_THREAD);
+    curvd_session_clear(&s);
+    curvd_store_close(a);
+    curvd_store_close(b);
+}
+
+/* --- allocation failures ------------------------------------------------------------------ */
+
+static sqlite3_mem_methods real_mem;
+static long alloc_calls, fail_at = -1;
+static int fail_on;
+
+static int should_fail(void)
+{
+    alloc_calls++;
+    return fail_at >= 0 && (alloc_calls == fail_at || (fail_on && alloc_calls > fail_at));
+}
+
+static void *fault_malloc(int n)
+{
+    return should_fail() ? NULL : real_mem.xMalloc(n);
+}
+
+static void *fault_realloc(void *p, int n)
+{
+    return should_fail() ? NULL : real_mem.xRealloc(p, n);
+}
+
+static void install_faults(int on)
+{
+    assert_int_equal(sqlite3_shutdown(), SQLITE_OK);
+    if (on) {
+        assert_int_equal(sqlite3_config(SQLITE_CONFIG_GETMALLOC, &real_mem), SQLITE_OK);
+        sqlite3_mem_methods m = real_mem;
+        m.xMalloc = fault_malloc;
+        m.xRealloc = fault_realloc;
+        assert_int_equal(sqlite3_config(SQLITE_CONFIG_MALLOC, &m), SQLITE_OK);
+    } else {
+        assert_int_equal(sqlite3_config(SQLITE_CONFIG_MALLOC, &real_mem), SQLITE_OK);
+    }
+    assert_int_equal(sqlite3_initialize(), SQLITE_OK);
+}
+
+/* Every operation once, stopping at the first failure, which must be a
+ * clean ERROR with a message. With @ops_fail >= 0, faults start after the
+ * open, at that allocation; else they are armed already. Return 1 if all
+ * went through, and the allocations of the open in *@open_calls. */
+static int oom_scenario(const char *path, const unsigned char *blob, size_t n, long ops_fail,
+                        long *open_calls)
+{
+    char e[256] = "";
+    struct curvd_store *st = NULL;
+    struct curvd_session s;
+    struct curvd_session_list l;
+    struct curvd_step_response r;
+    /* A meta text longer than a page: reading it back allocates. */
+    static char meta[30000];
+    memset(meta, 'm', sizeof meta - 1);
+    struct curvd_session_new in[2] = {{"a", "t", "sgd", meta, 0, blob, n},
+                                      {"b", "t", "sgd", NULL, 0, NULL, 0}};
+    /* So is a content type of that size (absurd, but it must not crash). */
+    static char ctype[20000];
+    memset(ctype, 'c', sizeof ctype - 1);
+    struct curvd_step_commit c = {1, blob + 1, n - 1, ctype, blob, n / 2};
+    int64_t count = 0;
+    int rc = curvd_store_open(path, CURVD_DURABILITY_FULL, &st, e, sizeof e);
+    *open_calls = alloc_calls;
+    if (ops_fail >= 0) {
+        alloc_calls = 0;
+        fail_at = ops_fail;
+    }
+    for (int step = 0; rc == CURVD_STORE_OK && step < 11; step++) {
+        switch (step) {
+        case 0:
+        case 1:
+            rc = curvd_store_create(st, &in[step], NULL, e, sizeof e);
+            break;
+        case 2:
+            rc = curvd_store_commit_step(st, "t", "a", &c, NULL, e, sizeof e);
+            break;
+        case 3:
+            rc = curvd_store_get(st, "t", "a", 1, &s, e, sizeof e);
+            if (rc == CURVD_STORE_OK) {
+                assert_bytes(s.state, s.state_len, blob + 1, n - 1);
+                curvd_session_clear(&s);
+            }
+            break;
+        case 4:
+            rc = curvd_store_get_response(st, "t", "a", &r, e, sizeof e);
+            if (rc == CURVD_STORE_OK) {
+                assert_bytes(r.body, r.body_len, blob, n / 2);
+                curvd_step_response_clear(&r);
+            }
+            break;
+        case 5:
+            rc = curvd_store_list(st, "t", 1, NULL, &l, e, sizeof e);
+            if (rc == CURVD_STORE_OK) {
+                char *tok = l.next_page_token;
+                l.next_page_token = NULL;
+                curvd_session_list_clear(&l);
+                rc = curvd_store_list(st, "t", 1, tok, &l, e, sizeof e);
+                sqlite3_free(tok);
+                if (rc == CURVD_STORE_OK)
+                    curvd_session_list_clear(&l);
+            }
+            break;
+        case 6:
+            rc = curvd_store_update_state(st, "t", "a", 1, blob, n, NULL, NULL, e, sizeof e);
+            break;
+        case 7:
+            rc = curvd_store_count(st, "t", &count, e, sizeof e);
+            break;
+        case 8:
+            rc = curvd_store_delete(st, "t", "b", e, sizeof e);
+            break;
+        case 9:
+            rc = curvd_store_info(st, &(struct curvd_store_info){0}, e, sizeof e);
+            break;
+        default: /* the expected refusals, which read too */
+            rc = curvd_store_commit_step(st, "t", "a", &c, NULL, e, sizeof e);
+            rc = rc == CURVD_STORE_CONFLICT ? curvd_store_get(st, "t", "zz", 0, &s, e, sizeof e)
+                                            : rc;
+            rc = rc == CURVD_STORE_NOT_FOUND ? CURVD_STORE_OK : rc;
+        }
+    }
+    curvd_store_close(st);
+    if (rc != CURVD_STORE_OK) {
+        if (rc != CURVD_STORE_ERROR)
+            print_error("status %s: %s\n", curvd_store_status_name(rc), e);
+        assert_int_equal(rc, CURVD_STORE_ERROR);
+        assert_true(strlen(e) > 0);
+    }
+    return rc == CURVD_STORE_OK;
+}
+
+/* After a failed run, without faults: the file is sound and whatever
+ * session "a" holds is a whole state, before or after the step. */
+static void oom_check(const char *path, const unsigned char *blob, size_t n)
+{
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
+    struct curvd_session s;
+    int rc = curvd_store_get(st, "t", "a", 1, &s, err, sizeof err);
+    if (rc == CURVD_STORE_OK) {
+        if (s.step == 0)
+            assert_bytes(s.state, s.state_len, blob, n);
+        else if (s.state_len == n - 1)
+            assert_bytes(s.state, s.state_len, blob + 1, n - 1);
+        else
+            assert_bytes(s.state, s.state_len, blob, n); /* after update_state */
+        curvd_session_clear(&s);
+    } else {
+        assert_int_equal(rc, CURVD_STORE_NOT_FOUND);
+    }
+    curvd_store_close(st);
+    char ok[16];
+    raw_text(path, "PRAGMA integrity_check", ok, sizeof ok);
+    assert_string_equal(ok, "ok");
+}
+
+/* One sweep: fail allocation k, for k from 1 to @total by @stride, once
+ * (a transient failure) and from there on (persistent). With @ops_only,
+ * the open itself runs without faults. */
+static long oom_sweep(const unsigned char *blob, size_t n, long total, long stride, int ops_only)
+{
+    long runs = 0, open_calls;
+    for (fail_on = 0; fail_on < 2; fail_on++) {
+        for (long k = 1; k <= total + 1; k += stride, runs++) {
+            const char *path = db_path("oom");
+            alloc_calls = 0;
+            fail_at = ops_only ? -1 : k;
+            int done = oom_scenario(path, blob, n, ops_only ? k : -1, &open_calls);
+            fail_at = -1;
+            if (!done)
+                oom_check(path, blob, n);
+        }
+    }
+    fail_on = 0;
+    return runs;
+}
+
+static void test_allocation_failures(void **state)
+{
+    (void)state;
+    /* Blobs bigger than a page, so that overflow pages are involved. */
+    size_t n = 40000;
+    unsigned char *blob = random_blob(42, n);
+    install_faults(1);
+    long open_calls = 0;
+    alloc_calls = 0;
+    fail_at = -1;
+    assert_true(oom_scenario(db_path("oom"), blob, n, -1, &open_calls));
+    long ops_calls = alloc_calls - open_calls;
+    /* The open is mostly SQLite parsing the schema: a sample of it. Every
+     * allocation of the operations. */
+    long runs = oom_sweep(blob, n, open_calls, open_calls / 100 + 1, 0);
+    runs += oom_sweep(blob, n, ops_calls, 1, 1);
+    install_faults(0);
+    print_message("allocation failures: %ld allocations in open, %ld after, %ld runs\n", open_calls,
+                  ops_calls, runs);
+    free(blob);
+}
+
+/* --- crashes ------------------------------------------------------------------------------ */
+
+/* The state of step k: its length and every byte follow from k, so a
+ * reader can tell a whole state from a torn or stale one. */
+static size_t crash_len(int64_t k)
+{
+    return 8 + (size_t)(k * 7919 % 97) * 2048 + (size_t)(k % 13);
+}
+
+static unsigned char crash_byte(int64_t k, size_t i)
+{
+    return (unsigned char)(k * 131 + (int64_t)i * 7 + (int64_t)(i >> 9));
+}
+
+static unsigned char *crash_state(int64_t k, size_t *len)
+{
+    *len = crash_len(k);
+    unsigned char *p = malloc(*len);
+    if (!p)
+        return NULL;
+    memcpy(p, &k, 8);
+    for (size_t i = 8; i < *len; i++)
+        p[i] = crash_byte(k, i);
+    return p;
+}
+
+static void crash_child(const char *path, int fd, enum curvd_durability d)
+{
+    char e[256];
+    struct curvd_store *st = NULL;
+    struct curvd_session s;
+    if (curvd_store_open(path, d, &st, e, sizeof e) ||
+        curvd_store_get(st, "t", "c", 0, &s, e, sizeof e))
+        _exit(2);
+    /* Say where it starts: the parent times its kill from here. */
+    if (write(fd, &s.step, sizeof s.step) != (ssize_t)sizeof s.step)
+        _exit(4);
+    for (int64_t k = s.step + 1; k < s.step + 100000; k++) {
+        size_t len;
+        unsigned char *p = crash_state(k, &len);
+        char resp[32];
+        int rlen = snprintf(resp, sizeof resp, "{\"step\":%lld}", (long long)k);
+        struct curvd_step_commit c = {k, p, len, "application/json", resp, (size_t)rlen};
+        if (!p || curvd_store_commit_step(st, "t", "c", &c, NULL, e, sizeof e))
+            _exit(3);
+        free(p);
+        /* Acknowledge only what has committed. */
+        if (write(fd, &k, sizeof k) != (ssize_t)sizeof k)
+            _exit(4);
+    }
+    _exit(5);
+}
+
+/* The store after a crash: sound, and at step @floor or @floor + 1 at
+ * most, whole. Return the step found. */
+static int64_t crash_verify(const char *path, int64_t acked, int64_t floor)
+{
+    char ok[16];
+    raw_text(path, "PRAGMA integrity_check", ok, sizeof ok);
+    assert_string_equal(ok, "ok");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
+    struct curvd_session s;
+    assert_store(curvd_store_get(st, "t", "c", 1, &s, err, sizeof err), CURVD_STORE_OK);
+    int64_t k = s.step;
+    if (k < acked || k < floor || k > (acked > floor ? acked : floor) + 1)
+        fail_msg("step %lld after the crash; acknowledged %lld, seen before %lld", (long long)k,
+                 (long long)acked, (long long)floor);
+    if (k > 0) {
+        size_t len;
+        unsigned char *want = crash_state(k, &len);
+        assert_bytes(s.state, s.state_len, want, len);
+        free(want);
+        struct curvd_step_response r;
+        assert_store(curvd_store_get_response(st, "t", "c", &r, err, sizeof err), CURVD_STORE_OK);
+        char resp[32];
+        int rlen = snprintf(resp, sizeof resp, "{\"step\":%lld}", (long long)k);
+        assert_int_equal(r.step, k);
+        assert_bytes(r.body, r.body_len, resp, (size_t)rlen);
+        curvd_step_response_clear(&r);
+    }
+    curvd_session_clear(&s);
+    curvd_store_close(st);
+    return k;
+}
+
+static void test_crash_durability(void **state)
+{
+    (void)state;
+    const char *path = db_path("crash");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
+    create_ok(st, "t", "c", NULL, 0);
+    curvd_store_close(st);
+    tu_rng rng;
+    tu_rng_seed(&rng, 2024);
+    double t0 = mono_s();
+    int64_t floor = 0, total_acked = 0;
+    int iter = 0;
+    for (; iter < 20 || (iter < 400 && mono_s() - t0 < 4.0); iter++) {
+        int fds[2];
+        assert_int_equal(pipe(fds), 0);
+        enum curvd_durability d = iter % 2 ? CURVD_DURABILITY_NORMAL : CURVD_DURABILITY_FULL;
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            close(fds[0]);
+            crash_child(path, fds[1], d);
+        }
+        close(fds[1]);
+        /* Most kills land among the commits, some during the open. A
+         * fork can be slow (sanitizers map much memory), so the delay runs
+         * from the child's word that it is ready. */
+        int64_t k, acked = 0;
+        ssize_t got;
+        if (iter % 8 != 0) {
+            if (read(fds[0], &k, sizeof k) == (ssize_t)sizeof k)
+                assert_int_equal(k, floor); /* it found the state we saw */
+            struct timespec nap = {0, (long)(tu_uniform(&rng) * 15e6)};
+            nanosleep(&nap, NULL);
+        }
+        assert_int_equal(kill(pid, SIGKILL), 0);
+        int ws = 0;
+        assert_int_equal(waitpid(pid, &ws, 0), pid);
+        if (!WIFSIGNALED(ws))
+            fail_msg("child exited with %d before the kill", WEXITSTATUS(ws));
+        for (int first = iter % 8 == 0; (got = read(fds[0], &k, sizeof k)) == (ssize_t)sizeof k;
+             first = 0) {
+            if (first) {
+                assert_int_equal(k, floor);
+                continue;
+            }
+            acked = k;
+            total_acked++;
+        }
+        assert_int_equal(got, 0);
+        close(fds[0]);
+        floor = crash_verify(path, acked, floor);
+    }
+    print_message("crashes: %d kills, %lld acknowledged steps, final step %lld\n", iter,
+                  (long long)total_acked, (long long)floor);
+    assert_true(floor > 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_status_names),
+        cmocka_unit_test(test_open_fresh_applies_migrations),
+        cmocka_unit_test(test_reopen_is_noop),
+        cmocka_unit_test(test_open_refuses_foreign_file),
+        cmocka_unit_test(test_open_refuses_newer_version),
+        cmocka_unit_test(test_open_refuses_bad_files),
+        cmocka_unit_test(test_open_failed_migration_rolls_back),
+        cmocka_unit_test(test_invalid_arguments),
+        cmocka_unit_test(test_create_get_delete),
+        cmocka_unit_test(test_list_pagination),
+        cmocka_unit_test(test_list_is_keyset),
+        cmocka_unit_test(test_list_refuses_bad_tokens),
+        cmocka_unit_test(test_commit_step),
+        cmocka_unit_test(test_response_replay),
+        cmocka_unit_test(test_update_state),
+        cmocka_unit_test(test_blob_sizes),
+        cmocka_unit_test(test_blob_too_big),
+        cmocka_unit_test(test_busy),
+        cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_allocation_failures),
+        cmocka_unit_test(test_crash_durability),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
