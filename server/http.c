@@ -176,6 +176,8 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct rctx *x, stru
         MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, rp->location);
     if (rp->etag[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, rp->etag);
+    if (rp->status == 503)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (rp->status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"curvd\"");
     if (rp->json_header_len) {
