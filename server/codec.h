@@ -1,0 +1,317 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * codec - tensors on the wire <-> flat vectors of doubles.
+ *
+ * Decoding: curvd_json_parse() reads a request body in one pass. Every JSON
+ * array that is the value of a "data" key and holds only numbers (nested to
+ * any depth up to CURVD_MAX_NDIM, flattened row-major) is cut out into a side
+ * buffer of doubles by a dedicated number scanner, and so is the base64 text
+ * of {"data": {"b64": "..."}}; jansson parses only the remaining skeleton,
+ * where each cut value has been replaced by a placeholder object.
+ * curvd_tensor_decode() then turns one Open Inference Protocol tensor
+ * object into a struct curvd_tensor, whatever the data encoding: cut
+ * numbers, a plain JSON array, {"b64": "..."} or the binary extension.
+ * curvd_tensors_to_flat() maps tensors onto a layout's blocks.
+ *
+ * Encoding: curvd_flat_to_json() builds the per-block tensor objects of a
+ * response in the request's encoding; curvd_out_render() dumps the response
+ * tree and splices in the pre-rendered numbers, base64 text and binary tail.
+ *
+ * Errors: every fallible call returns 0 or -1 and fills an optional
+ * struct curvd_problem; the first error wins, later ones are ignored.
+ *
+ * Locale: numbers are validated against the strict JSON grammar first, then
+ * converted exactly in double (or x87 extended) arithmetic, and only in the
+ * remaining cases by strtod() on digits and an exponent with no decimal
+ * point, which every locale reads alike. FP32 numbers are printed by our
+ * own formatter; FP64 numbers by snprintf("%.17g"), whose decimal point
+ * follows LC_NUMERIC: the daemon never calls setlocale(), so it stays "C".
+ *
+ * Thread-safety: no global state; distinct objects may be used by distinct
+ * threads at once.
+ */
+#ifndef CURVD_CODEC_H
+#define CURVD_CODEC_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "curv.h"
+
+#if defined(__GNUC__)
+#define CURVD_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define CURVD_PRINTF(f, a)
+#endif
+
+/* Most dimensions a tensor may have (also the deepest nesting of "data"). */
+#define CURVD_MAX_NDIM 8
+
+/*
+ * Problem reasons: machine word, HTTP status, RFC 9457 title. One table;
+ * never renumber (the daemon's problem types are derived from the words).
+ */
+#define CURVD_REASON_MAP(X)                                                                        \
+    X(MALFORMED_JSON, 400, "Malformed JSON")                                                       \
+    X(BAD_TENSOR, 400, "Invalid tensor object")                                                    \
+    X(BAD_DATATYPE, 400, "Unsupported or mixed datatype")                                          \
+    X(SHAPE_MISMATCH, 400, "Shape mismatch")                                                       \
+    X(UNKNOWN_BLOCK, 400, "Unknown block")                                                         \
+    X(MISSING_BLOCK, 400, "Missing block")                                                         \
+    X(DUPLICATE_BLOCK, 400, "Duplicate block")                                                     \
+    X(BAD_BASE64, 400, "Invalid base64 data")                                                      \
+    X(BAD_BINARY, 400, "Invalid binary data")                                                      \
+    X(TOO_LARGE, 413, "Tensor too large")                                                          \
+    X(NON_FINITE, 422, "Non-finite number")                                                        \
+    X(NO_MEMORY, 503, "Out of memory")                                                             \
+    X(INTERNAL, 500, "Internal error")
+
+enum curvd_reason {
+#define CURVD__REASON_ENUM(name, status, title) CURVD_R_##name,
+    CURVD_REASON_MAP(CURVD__REASON_ENUM)
+#undef CURVD__REASON_ENUM
+        CURVD_R_COUNT
+};
+
+/*
+ * struct curvd_problem - the first error of a request, for problem+json.
+ * @http_status: 400, 413, 422, 500 or 503 (see CURVD_REASON_MAP).
+ * @reason:      static machine word ("SHAPE_MISMATCH"); NULL while no error.
+ * @detail:      a sentence for a human.
+ * @path:        JSON pointer of the offending value ("/gradients/2/data/17"),
+ *               or "" when the error is about the body as a whole.
+ * @expected, @got: short descriptions ("[10,785]", "[10,784]"), or "".
+ * Ownership: caller-allocated; every function accepts NULL ("no detail").
+ */
+struct curvd_problem {
+    int http_status;
+    const char *reason;
+    char detail[256];
+    char path[128];
+    char expected[96];
+    char got[96];
+};
+
+/* curvd_problem_init - clear @p (no error yet). NULL is a no-op. */
+void curvd_problem_init(struct curvd_problem *p);
+
+/*
+ * curvd_problem_set - record an error unless one is already recorded.
+ * @path, @expected, @got may be NULL (stored as ""); long text is cut.
+ * Return: always -1, so callers can `return curvd_problem_set(...)`.
+ */
+int curvd_problem_set(struct curvd_problem *p, enum curvd_reason r, const char *path,
+                      const char *expected, const char *got, const char *fmt, ...)
+    CURVD_PRINTF(6, 7);
+
+/* curvd_reason_name / _status / _title - table lookups; never NULL. */
+const char *curvd_reason_name(enum curvd_reason r);
+int curvd_reason_status(enum curvd_reason r);
+const char *curvd_reason_title(enum curvd_reason r);
+
+/* ---- Parsing ------------------------------------------------------------ */
+
+/* A parsed body: the jansson skeleton plus the cut-out values. Opaque. */
+struct curvd_doc;
+
+/*
+ * curvd_json_parse - parse @len bytes at @body (need not be NUL-terminated).
+ *
+ * jansson loads the skeleton with JSON_REJECT_DUPLICATES and without
+ * JSON_DECODE_INT_AS_REAL: integers stay integers, so shapes, step numbers
+ * and binary_data_size can be checked for being integers, and a duplicate
+ * key ("data" twice) is an error rather than a silent choice.
+ *
+ * Numbers in cut arrays: strict JSON grammar (01, 1., .5, +1, 1e and a lone
+ * '-' are MALFORMED_JSON with the byte offset). The literals NaN, Infinity
+ * and -Infinity (as Python's json module writes them) and values that
+ * overflow a double (1e999) are stored as non-finite and reported as
+ * NON_FINITE (422) by curvd_tensor_decode(), with the tensor's path. Numbers
+ * elsewhere in the body are jansson's: overflow there is MALFORMED_JSON.
+ * A key written with escapes ("d\u0061ta") is not cut; its array stays in
+ * the tree, which curvd_tensor_decode() also accepts. Base64 text is cut
+ * only when it is plain printable ASCII without backslashes (anything else
+ * is left to jansson, then refused by the base64 decoder). The key
+ * "$curvd_cut" is reserved: a body that uses it is MALFORMED_JSON.
+ *
+ * Return: 0 and *@out set; -1 with @p: MALFORMED_JSON or NO_MEMORY.
+ * MALFORMED_JSON's detail names a byte offset in the body: where the bad
+ * token starts for the scanner's errors, just past it for jansson's (whose
+ * skeleton offsets are mapped back through the cuts). *@out is written only
+ * on success.
+ * Ownership: *@out is owned by the caller; free with curvd_doc_free().
+ */
+int curvd_json_parse(const char *body, size_t len, struct curvd_doc **out, struct curvd_problem *p);
+
+/* curvd_doc_root - the skeleton tree (borrowed; lives as long as @doc). */
+json_t *curvd_doc_root(const struct curvd_doc *doc);
+
+/* curvd_doc_free - NULL is a no-op. */
+void curvd_doc_free(struct curvd_doc *doc);
+
+/*
+ * curvd_doc_numbers - if @v is a placeholder of @doc, point *@vals at its
+ * values (borrowed, *@count of them, flattened row-major) and return 1;
+ * otherwise return 0. @doc may be NULL (then never a placeholder).
+ */
+int curvd_doc_numbers(const struct curvd_doc *doc, const json_t *v, const double **vals,
+                      size_t *count);
+
+/* ---- Tensors ------------------------------------------------------------ */
+
+enum curvd_encoding { CURVD_ENC_JSON = 0, CURVD_ENC_B64 = 1, CURVD_ENC_BINARY = 2 };
+
+/*
+ * struct curvd_tensor - one decoded tensor.
+ * @dtype:    CURV_F32 or CURV_F64: the wire type, kept for the response.
+ *            FP32 values are rounded to float on decode, whatever the
+ *            encoding, so every encoding yields the same doubles.
+ * @encoding: how the data came (the response uses the same).
+ * @data:     @count doubles, owned; NULL when @count is 0.
+ */
+struct curvd_tensor {
+    char name[64];
+    int dtype;
+    int encoding;
+    size_t ndim, shape[CURVD_MAX_NDIM], count;
+    double *data;
+};
+
+/* curvd_tensor_clear - free @t's data and zero it; NULL is a no-op. */
+void curvd_tensor_clear(struct curvd_tensor *t);
+
+/* curvd_tensors_free - clear @n tensors and free the array; NULL is a no-op. */
+void curvd_tensors_free(struct curvd_tensor *t, size_t n);
+
+/*
+ * struct curvd_binary - the binary tail of a body using the binary
+ * extension, consumed in order by curvd_tensor_decode().
+ */
+struct curvd_binary {
+    const unsigned char *base; /* first byte after the JSON header (borrowed) */
+    size_t len;                /* bytes in the tail */
+    size_t pos;                /* bytes consumed so far */
+};
+
+/*
+ * curvd_binary_init - split a body of @body_len bytes whose JSON header is
+ * @json_len bytes long (Inference-Header-Content-Length).
+ * Return: 0; -1 with BAD_BINARY when @json_len > @body_len.
+ */
+int curvd_binary_init(struct curvd_binary *b, const void *body, size_t body_len, size_t json_len,
+                      struct curvd_problem *p);
+
+/* curvd_binary_finish - 0 if every byte of the tail was claimed by a tensor,
+ * else -1 with BAD_BINARY naming the trailing byte count. */
+int curvd_binary_finish(const struct curvd_binary *b, struct curvd_problem *p);
+
+/*
+ * curvd_tensor_decode - decode the tensor object @obj found at JSON pointer
+ * @path (used in errors, e.g. "/gradients/2").
+ * @doc:       the document @obj belongs to, or NULL for a plain jansson tree.
+ * @bin:       the binary tail, or NULL when the body has no binary extension.
+ *             Tensors must be decoded in document order, since each takes
+ *             the next parameters.binary_data_size bytes.
+ * @max_count: most elements accepted (the product of the shape).
+ *
+ * The object: "name" 1..63 bytes, "datatype" exactly "FP32" or "FP64",
+ * "shape" an array of at most CURVD_MAX_NDIM non-negative integers, and
+ * exactly one of "data" (an array of numbers, flat or nested to match the
+ * shape exactly, or {"b64": "..."} of little-endian bytes) and
+ * "parameters": {"binary_data_size": N}. Other keys are ignored.
+ * Return: 0 and *@out filled; -1 with @p: BAD_TENSOR, BAD_DATATYPE,
+ * SHAPE_MISMATCH, TOO_LARGE, BAD_BASE64, BAD_BINARY, NON_FINITE, NO_MEMORY.
+ * *@out is written only on success.
+ * Ownership: *@out owns its data; release with curvd_tensor_clear().
+ */
+int curvd_tensor_decode(const json_t *obj, const char *path, const struct curvd_doc *doc,
+                        struct curvd_binary *bin, size_t max_count, struct curvd_tensor *out,
+                        struct curvd_problem *p);
+
+/*
+ * curvd_tensors_decode - curvd_tensor_decode() on each element of the JSON
+ * array @arr at @path, in order. Return 0 with *@out (owned, free with
+ * curvd_tensors_free) and *@n set; -1 with @p (BAD_TENSOR if @arr is not an
+ * array, or the first element's error). Outputs are written only on success.
+ */
+int curvd_tensors_decode(const json_t *arr, const char *path, const struct curvd_doc *doc,
+                         struct curvd_binary *bin, size_t max_count, struct curvd_tensor **out,
+                         size_t *n, struct curvd_problem *p);
+
+/*
+ * curvd_tensors_to_flat - place @n tensors (decoded from the array at @path)
+ * into @flat, a caller buffer of curv_layout_dim(@l) doubles.
+ * Every block exactly once, by name, in any order; the shape must be the
+ * block's flat-matrix shape exactly: [rows, cols] for dense and conv2d
+ * (cols counts the bias column), [n] for vector blocks ([n, 1] is refused:
+ * one spelling per block keeps requests and responses symmetric). All
+ * tensors must share one datatype.
+ * Return: 0; -1 with @p: UNKNOWN_BLOCK, DUPLICATE_BLOCK, BAD_DATATYPE,
+ * SHAPE_MISMATCH (path .../i/shape, expected and got shapes), MISSING_BLOCK
+ * (path @path, the block's shape expected), NO_MEMORY.
+ * @flat is written only on success.
+ */
+int curvd_tensors_to_flat(const curv_layout *l, const struct curvd_tensor *t, size_t n,
+                          const char *path, double *flat, struct curvd_problem *p);
+
+/* ---- Encoding ----------------------------------------------------------- */
+
+/* Same layout as struct MHD_IoVec and struct iovec's fields. */
+struct curvd_iov {
+    const void *iov_base;
+    size_t iov_len;
+};
+
+/*
+ * struct curvd_out - a response body being built, then rendered in pieces.
+ * After curvd_out_render(): the body is @iov[0..@niov) in order, of
+ * @total_len bytes; the first @json_len bytes are the JSON (the
+ * Inference-Header-Content-Length when @total_len > @json_len).
+ * Everything else is private.
+ * Ownership: caller-allocated; curvd_out_init() then curvd_out_clear().
+ */
+struct curvd_out {
+    struct curvd_iov *iov;
+    size_t niov, json_len, total_len;
+    /* private */
+    struct curvd_raw {
+        char *text;
+        size_t len;
+    } * raw;
+    size_t nraw, cap_raw;
+    unsigned char *bin;
+    size_t bin_len, bin_cap;
+    char *json;
+};
+
+void curvd_out_init(struct curvd_out *o);
+/* curvd_out_clear - release everything @o owns and re-initialise it. */
+void curvd_out_clear(struct curvd_out *o);
+
+/*
+ * curvd_flat_to_json - the update (or any flat vector) as one tensor
+ * object per block of @l, in layout order, shape as in
+ * curvd_tensors_to_flat(), datatype @dtype, data in encoding @enc: JSON
+ * numbers (FP32 with 9 significant digits, FP64 with 17; both round-trip),
+ * {"b64": ...}, or parameters.binary_data_size with the bytes queued in @o.
+ * The numbers and base64 text are rendered into @o and appear in the tree
+ * as placeholders that only curvd_out_render() resolves.
+ * Return: a new reference to a JSON array, or NULL with @p: INTERNAL (a
+ * non-finite value, or one beyond float range for FP32), NO_MEMORY.
+ */
+json_t *curvd_flat_to_json(const curv_layout *l, const double *flat, int dtype,
+                           enum curvd_encoding enc, struct curvd_out *o, struct curvd_problem *p);
+
+/*
+ * curvd_out_render - dump @root (compact) and lay out the body in @o->iov.
+ * @root may hold arrays from any number of curvd_flat_to_json() calls on
+ * the same @o, each exactly once. Return 0; -1 with @p: INTERNAL (a
+ * placeholder missing or used twice), NO_MEMORY.
+ */
+int curvd_out_render(struct curvd_out *o, const json_t *root, struct curvd_problem *p);
+
+/* curvd_out_join - the rendered body as one malloc'd buffer of
+ * @o->total_len bytes (caller frees), or NULL when out of memory. */
+unsigned char *curvd_out_join(const struct curvd_out *o);
+
+#endif
