@@ -79,27 +79,34 @@ static int parse_head(const struct curvd_req *rq, struct step_in *in, struct cur
     return 0;
 }
 
-/* Decode the tensors into flat vectors of the layout's dimension. */
-static int decode_tensors(const struct curvd_req *rq, const curv_layout *l, struct step_in *in,
-                          struct curvd_binary *bin, int binary, double *g, double *theta,
-                          struct curvd_problem *p)
+/* Decode the tensors into flat vectors of the layout's dimension. With the
+ * binary extension the bytes follow in document order, so the arrays are
+ * decoded in the order their keys appear (jansson keeps insertion order). */
+static int decode_tensors(const curv_layout *l, struct step_in *in, struct curvd_binary *bin,
+                          int binary, double *g, double *theta, struct curvd_problem *p)
 {
-    json_t *root = curvd_doc_root(in->doc);
     size_t dim = curv_layout_dim(l);
-    json_t *params = json_object_get(root, "params");
-    if (curvd_tensors_decode(json_object_get(root, "gradients"), "/gradients", in->doc,
-                             binary ? bin : NULL, dim, &in->grads, &in->ngrads, p) != 0 ||
-        curvd_tensors_to_flat(l, in->grads, in->ngrads, "/gradients", g, p) != 0)
-        return -1;
-    if (params && (curvd_tensors_decode(params, "/params", in->doc, binary ? bin : NULL, dim,
-                                        &in->params, &in->nparams, p) != 0 ||
-                   curvd_tensors_to_flat(l, in->params, in->nparams, "/params", theta, p) != 0))
-        return -1;
+    const char *key;
+    json_t *v;
+    json_object_foreach(curvd_doc_root(in->doc), key, v)
+    {
+        int is_g = strcmp(key, "gradients") == 0;
+        if (!is_g && strcmp(key, "params") != 0)
+            continue;
+        const char *path = is_g ? "/gradients" : "/params";
+        struct curvd_tensor **t = is_g ? &in->grads : &in->params;
+        size_t *n = is_g ? &in->ngrads : &in->nparams;
+        if (curvd_tensors_decode(v, path, in->doc, binary ? bin : NULL, dim, t, n, p) != 0 ||
+            curvd_tensors_to_flat(l, *t, *n, path, is_g ? g : theta, p) != 0)
+            return -1;
+    }
+    if (!in->grads)
+        return curvd_problem_set(p, CURVD_R_BAD_TENSOR, "/gradients", "an array of tensors", NULL,
+                                 "the step has no \"gradients\"");
     if (binary && curvd_binary_finish(bin, p) != 0)
         return -1;
     in->dtype = in->ngrads ? in->grads[0].dtype : CURV_F64;
     in->encoding = binary ? CURVD_ENC_BINARY : in->ngrads ? in->grads[0].encoding : CURVD_ENC_JSON;
-    (void)rq;
     return 0;
 }
 
@@ -245,7 +252,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
         struct curvd_field_error fe = {"/step", want, got};
         curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", &fe, 1,
                             "the session has completed %lld steps: post step %lld", cur, cur + 1);
-    } else if (decode_tensors(rq, l, &in, &bin, binary, g, theta, &p) != 0) {
+    } else if (decode_tensors(l, &in, &bin, binary, g, theta, &p) != 0) {
         reply_codec_problem(rp, rq, &p);
     } else {
         curv_step_input si = {

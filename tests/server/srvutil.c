@@ -74,6 +74,10 @@ static size_t on_header(char *line, size_t sz, size_t n, void *ud)
     copy_header(line, sz * n, "Content-Type", r->content_type, sizeof r->content_type);
     copy_header(line, sz * n, "Location", r->location, sizeof r->location);
     copy_header(line, sz * n, "ETag", r->etag, sizeof r->etag);
+    char jh[32] = "";
+    copy_header(line, sz * n, "Inference-Header-Content-Length", jh, sizeof jh);
+    if (jh[0])
+        r->json_header_len = (size_t)strtoull(jh, NULL, 10);
     return sz * n;
 }
 
@@ -95,6 +99,12 @@ static size_t on_read(char *buf, size_t sz, size_t n, void *ud)
 void su_request(const char *method, const char *url, const void *body, size_t len,
                 const char *ctype, int chunked, struct su_resp *out)
 {
+    su_request_h(method, url, body, len, ctype, chunked, NULL, out);
+}
+
+void su_request_h(const char *method, const char *url, const void *body, size_t len,
+                  const char *ctype, int chunked, const char *const *headers, struct su_resp *out)
+{
     memset(out, 0, sizeof *out);
     CURL *c = curl_easy_init();
     assert_non_null(c);
@@ -105,6 +115,8 @@ void su_request(const char *method, const char *url, const void *body, size_t le
     snprintf(ct, sizeof ct, "Content-Type: %s", ctype ? ctype : "application/json");
     hdrs = curl_slist_append(hdrs, ct);
     hdrs = curl_slist_append(hdrs, "Expect:");
+    for (size_t i = 0; headers && headers[i]; i++)
+        hdrs = curl_slist_append(hdrs, headers[i]);
     char auth[320];
     if (bearer) {
         snprintf(auth, sizeof auth, "Authorization: Bearer %s", bearer);

@@ -15,6 +15,7 @@ struct su_resp {
     char content_type[128];
     char location[256];
     char etag[64];
+    size_t json_header_len; /* Inference-Header-Content-Length, 0 if absent */
 };
 
 /* Start the HTTP layer of @srv on 127.0.0.1:0 (cfg defaults filled in
@@ -26,6 +27,9 @@ void su_stop(struct curvd_server *srv);
  * @chunked sends the body with Transfer-Encoding: chunked (no length). */
 void su_request(const char *method, const char *url, const void *body, size_t len,
                 const char *ctype, int chunked, struct su_resp *out);
+/* The same with extra request header lines (NULL-terminated list). */
+void su_request_h(const char *method, const char *url, const void *body, size_t len,
+                  const char *ctype, int chunked, const char *const *headers, struct su_resp *out);
 void su_resp_free(struct su_resp *r);
 
 /* Send "Authorization: Bearer @token" with later requests (NULL: none). */

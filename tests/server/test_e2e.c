@@ -476,6 +476,84 @@ static void test_create_errors(void **state)
     su_resp_free(&r);
 }
 
+/* Little-endian bytes of n doubles. */
+static void put_f64s(unsigned char *out, const double *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t u;
+        memcpy(&u, &v[i], 8);
+        for (int b = 0; b < 8; b++)
+            out[8 * i + (size_t)b] = (unsigned char)(u >> (8 * b));
+    }
+}
+
+/* A step body in the binary extension: JSON header, then the bytes of each
+ * tensor in document order (params first here, to pin that down). */
+static void post_binary(struct fx *f, const char *id, int t, const double *g, const double *th,
+                        double *u)
+{
+    char head[1024], url[256], hl[64];
+    int n =
+        snprintf(head, sizeof head,
+                 "{\"step\":%d,\"params\":[{\"name\":\"fc\",\"shape\":[2,5],\"datatype\":"
+                 "\"FP64\",\"parameters\":{\"binary_data_size\":80}},{\"name\":\"gain\","
+                 "\"shape\":[1],\"datatype\":\"FP64\",\"parameters\":{\"binary_data_size\":8}}],"
+                 "\"gradients\":[{\"name\":\"fc\",\"shape\":[2,5],\"datatype\":\"FP64\","
+                 "\"parameters\":{\"binary_data_size\":80}},{\"name\":\"gain\",\"shape\":[1],"
+                 "\"datatype\":\"FP64\",\"parameters\":{\"binary_data_size\":8}}]}",
+                 t);
+    unsigned char body[1024 + 4 * 8 * D];
+    memcpy(body, head, (size_t)n);
+    put_f64s(body + n, th, 10);
+    put_f64s(body + n + 80, th + 10, 1);
+    put_f64s(body + n + 88, g, 10);
+    put_f64s(body + n + 168, g + 10, 1);
+    snprintf(url, sizeof url, "%s/v1/sessions/%s/steps", f->base, id);
+    snprintf(hl, sizeof hl, "Inference-Header-Content-Length: %d", n);
+    const char *hdrs[] = {hl, NULL};
+    struct su_resp r;
+    su_request_h("POST", url, body, (size_t)n + 176, "application/octet-stream", 0, hdrs, &r);
+    if (r.status != 200)
+        fail_msg("binary step %d: %ld %s", t, r.status, r.body);
+    assert_true(r.json_header_len > 0 && r.json_header_len + 8 * D == r.len);
+    for (size_t i = 0; i < D; i++) { /* reply bytes: fc (10) then gain (1), layout order */
+        uint64_t bits = 0;
+        for (int b = 0; b < 8; b++)
+            bits |= (uint64_t)(unsigned char)r.body[r.json_header_len + 8 * i + (size_t)b]
+                    << (8 * b);
+        memcpy(&u[i], &bits, 8);
+    }
+    su_resp_free(&r);
+}
+
+/* JSON numbers and the binary extension give bit-identical updates, and
+ * params given before gradients are read as params (SGD weight decay). */
+static void test_encodings_agree(void **state)
+{
+    struct fx *f = *state;
+    char a[33], b[33], path[128];
+    create(f, "sgd", json_pack("{s:f, s:f}", "weight_decay", 0.01, "momentum", 0.9), a);
+    create(f, "sgd", json_pack("{s:f, s:f}", "weight_decay", 0.01, "momentum", 0.9), b);
+    for (int t = 1; t <= 3; t++) {
+        double g[D], th[D], uj[D], ub[D];
+        grad_at(t, g);
+        for (int i = 0; i < D; i++)
+            th[i] = 0.1 * i - 0.3;
+        json_t *body = step_body(t, g);
+        json_object_set_new(body, "params",
+                            json_pack("[o,o]", tensor("fc", json_pack("[i,i]", 2, 5), th, 10),
+                                      tensor("gain", json_pack("[i]", 1), th + 10, 1)));
+        snprintf(path, sizeof path, "/v1/sessions/%s/steps", a);
+        json_t *r = call(f, "POST", path, body, 200, NULL);
+        update_of(r, uj);
+        json_decref(r);
+        post_binary(f, b, t, g, th, ub);
+        for (int i = 0; i < D; i++)
+            if (uj[i] != ub[i])
+                fail_msg("step %d element %d: json %.17g binary %.17g", t, i, uj[i], ub[i]);
+    }
+}
+
 /* /metrics counts steps by optimizer, requests by route and status, and
  * the sessions held. */
 static void test_metrics(void **state)
@@ -518,6 +596,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_list_and_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metrics, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_encodings_agree, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
