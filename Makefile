@@ -158,8 +158,9 @@ test: deps
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory test-unit
 
-bench: deps $(BENCH_BINS)
-	@for b in $(BENCH_BINS); do $$b || exit 1; done
+bench: deps
+	@$(MAKE) --no-print-directory $(BENCH_BINS) $(BUILD)/curvd
+	@for b in $(BENCH_BINS); do CURVD_BIN=$(BUILD)/curvd $$b || exit 1; done
 
 # Start the daemon on 127.0.0.1:8080 with ./var/curvd.db; Ctrl-C stops it.
 run: deps
