@@ -7,6 +7,13 @@
  * that outgrows the cap without a Content-Length is drained and answered
  * with 413 at the end, since MHD cannot reply mid-upload. The context is
  * freed in the completion callback, which also writes the access log.
+ *
+ * Heavy routes (steps, create, import, patch, export) do not run on the
+ * connection threads: the connection is suspended, the request goes to a
+ * worker pool, and the worker resumes the connection when the reply is
+ * ready; MHD then calls the access handler again, which queues it. A long
+ * eigendecomposition therefore never stalls the small requests of other
+ * sessions that share its connection thread.
  */
 #include "http.h"
 
@@ -16,6 +23,7 @@
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,10 +31,22 @@
 #include <time.h>
 #include <unistd.h>
 
+struct rctx;
+
 struct curvd_http {
     struct MHD_Daemon *mhd;
     atomic_uint_fast64_t next_id;
+    struct curvd_server *srv;
+    pthread_t *workers;
+    unsigned nworkers;
+    pthread_mutex_t mu; /* guards the queue and stop */
+    pthread_cond_t cv;
+    struct rctx *head, *tail;
+    int stop;
+    atomic_int inflight; /* requests queued or running on workers */
 };
+
+enum phase { RECEIVING = 0, QUEUED, DONE };
 
 struct rctx {
     char id[20];
@@ -40,6 +60,14 @@ struct rctx {
     size_t bytes_out;
     const char *route;
     size_t route_index; /* into curvd_routes; curvd_route_count when unmatched */
+    /* Set at dispatch; a worker fills rp for heavy routes. */
+    enum phase phase;
+    struct MHD_Connection *conn;
+    const struct curvd_route *rt;
+    struct curvd_req rq;
+    struct curvd_reply rp;
+    struct curvd_captures caps;
+    struct rctx *next;
 };
 
 static uint64_t now_ns(void)
@@ -160,7 +188,8 @@ void curvd_reply_problem(struct curvd_reply *rp, const struct curvd_req *rq, int
     rp->content_type = "application/problem+json";
 }
 
-static enum MHD_Result send_reply(struct MHD_Connection *c, struct rctx *x, struct curvd_reply *rp)
+static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Connection *c,
+                                  struct rctx *x, struct curvd_reply *rp)
 {
     struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback(
         rp->len, rp->body, rp->body_free ? rp->body_free : free);
@@ -187,44 +216,98 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, struct rctx *x, stru
     }
     x->status = rp->status;
     x->bytes_out = rp->len;
+    /* Counted when queued, not at completion: a client that has its reply
+     * must find it in /metrics. */
+    curvd_metrics_request(srv->metrics, x->route_index, x->status,
+                          (double)(now_ns() - x->t0_ns) / 1e9, x->len, x->bytes_out);
     enum MHD_Result ok = MHD_queue_response(c, (unsigned)rp->status, r);
     MHD_destroy_response(r);
     return ok;
 }
 
-/* Route and run the handler for a fully received request. */
+/* Hand a suspended request to the worker pool. */
+static void enqueue(struct curvd_http *h, struct rctx *x)
+{
+    atomic_fetch_add(&h->inflight, 1);
+    pthread_mutex_lock(&h->mu);
+    x->next = NULL;
+    if (h->tail)
+        h->tail->next = x;
+    else
+        h->head = x;
+    h->tail = x;
+    pthread_cond_signal(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void *worker_main(void *arg)
+{
+    struct curvd_http *h = arg;
+    for (;;) {
+        pthread_mutex_lock(&h->mu);
+        while (!h->head && !h->stop)
+            pthread_cond_wait(&h->cv, &h->mu);
+        struct rctx *x = h->head;
+        if (x) {
+            h->head = x->next;
+            if (!h->head)
+                h->tail = NULL;
+        }
+        pthread_mutex_unlock(&h->mu);
+        if (!x)
+            return NULL; /* stopping and drained */
+        x->rt->handler(h->srv, &x->rq, &x->rp);
+        x->phase = DONE;
+        MHD_resume_connection(x->conn); /* MHD calls on_request again */
+        atomic_fetch_sub(&h->inflight, 1);
+    }
+}
+
+/* Route a fully received request; run it here or on a worker. */
 static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection *c, struct rctx *x,
                                 const char *url, const char *method)
 {
-    struct curvd_req rq = {.method = method, .path = url, .id = x->id, .conn = c};
-    struct curvd_reply rp = {.status = 500};
-    rq.content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
-    rq.body = (const unsigned char *)x->body;
-    rq.body_len = x->len;
-    rq.tenant = "default";
+    struct curvd_req *rq = &x->rq;
+    struct curvd_reply *rp = &x->rp;
+    *rq = (struct curvd_req){.method = method, .path = url, .id = x->id, .conn = c};
+    *rp = (struct curvd_reply){.status = 500};
+    rq->content_type = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    rq->body = (const unsigned char *)x->body;
+    rq->body_len = x->len;
+    rq->tenant = "default";
     int path_known = 0;
     const struct curvd_route *rt =
-        curvd_route_match(method, url, rq.param, &rq.nparams, &path_known);
+        curvd_route_match(method, url, &x->caps, rq->param, &rq->nparams, &path_known);
     if (x->too_big) {
-        curvd_reply_problem(&rp, &rq, 413, "TOO_LARGE", NULL, 0,
+        curvd_reply_problem(rp, rq, 413, "TOO_LARGE", NULL, 0,
                             "the request body exceeds the limit of %zu bytes", srv->cfg.max_body);
     } else if (rt && srv->auth && strncmp(url, "/v1/", 4) == 0 &&
-               !(rq.tenant =
+               !(rq->tenant =
                      curvd_auth_tenant(srv->auth, MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                                               "Authorization")))) {
-        rq.tenant = "default";
-        curvd_reply_problem(&rp, &rq, 401, "UNAUTHORIZED", NULL, 0,
+        rq->tenant = "default";
+        curvd_reply_problem(rp, rq, 401, "UNAUTHORIZED", NULL, 0,
                             "this route needs 'Authorization: Bearer <token>' with a known token");
     } else if (!rt) {
-        curvd_reply_problem(&rp, &rq, path_known ? 405 : 404,
+        curvd_reply_problem(rp, rq, path_known ? 405 : 404,
                             path_known ? "METHOD_NOT_ALLOWED" : "NOT_FOUND", NULL, 0,
                             "no route for %s %s", method, url);
     } else {
         x->route = rt->name;
         x->route_index = (size_t)(rt - curvd_routes);
-        rt->handler(srv, &rq, &rp);
+        x->rt = rt;
+        if (rt->heavy && srv->http->nworkers) {
+            /* Suspend before queueing, so the worker's resume always
+             * follows the suspend. */
+            x->phase = QUEUED;
+            x->conn = c;
+            MHD_suspend_connection(c);
+            enqueue(srv->http, x);
+            return MHD_YES;
+        }
+        rt->handler(srv, rq, rp);
     }
-    return send_reply(c, x, &rp);
+    return send_reply(srv, c, x, rp);
 }
 
 /* Append a body chunk, keeping at most max_body bytes. */
@@ -283,7 +366,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *data_size = 0;
         return MHD_YES;
     }
-    if (x->status) /* answered already (413 at the headers) */
+    if (x->phase == DONE) /* a worker finished: queue its reply */
+        return send_reply(srv, c, x, &x->rp);
+    if (x->status || x->phase == QUEUED) /* answered at the headers, or still running */
         return MHD_YES;
     return dispatch(srv, c, x, url, method);
 }
@@ -319,13 +404,44 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     struct rctx *x = *req_cls;
     if (!x)
         return;
-    curvd_metrics_request(srv->metrics, x->route_index, x->status,
-                          (double)(now_ns() - x->t0_ns) / 1e9, x->len, x->bytes_out);
     if (!srv->cfg.quiet)
         access_log(srv, x, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    if (x->rp.body) /* a reply that was never handed to MHD */
+        (x->rp.body_free ? x->rp.body_free : free)(x->rp.body);
     free(x->body);
     free(x);
     *req_cls = NULL;
+}
+
+static void stop_workers(struct curvd_http *h)
+{
+    pthread_mutex_lock(&h->mu);
+    h->stop = 1;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    for (unsigned i = 0; i < h->nworkers; i++)
+        pthread_join(h->workers[i], NULL);
+    free(h->workers);
+    pthread_cond_destroy(&h->cv);
+    pthread_mutex_destroy(&h->mu);
+}
+
+static int start_workers(struct curvd_http *h, unsigned n, char *err, size_t errlen)
+{
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->cv, NULL);
+    h->workers = calloc(n ? n : 1, sizeof *h->workers);
+    if (!h->workers) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (h->nworkers = 0; h->nworkers < n; h->nworkers++)
+        if (pthread_create(&h->workers[h->nworkers], NULL, worker_main, h) != 0) {
+            snprintf(err, errlen, "cannot start worker thread %u", h->nworkers);
+            stop_workers(h);
+            return -1;
+        }
+    return 0;
 }
 
 int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
@@ -341,8 +457,15 @@ int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
         return -1;
     }
     atomic_init(&h->next_id, (uint64_t)now_ns());
+    atomic_init(&h->inflight, 0);
+    h->srv = srv;
+    if (start_workers(h, srv->cfg.workers, err, errlen) != 0) {
+        free(h);
+        return -1;
+    }
     srv->http = h;
-    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    unsigned flags =
+        MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
     h->mhd = MHD_start_daemon(
         flags, (uint16_t)srv->cfg.port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR,
         (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv->cfg.threads,
@@ -352,6 +475,7 @@ int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
     if (!h->mhd) {
         snprintf(err, errlen, "cannot listen on %s:%u (in use, or no permission)", srv->cfg.listen,
                  srv->cfg.port);
+        stop_workers(h);
         free(h);
         srv->http = NULL;
         return -1;
@@ -365,25 +489,34 @@ unsigned curvd_http_port(const struct curvd_server *srv)
     return di ? di->port : 0;
 }
 
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
 void curvd_http_stop(struct curvd_server *srv)
 {
     if (!srv->http)
         return;
-    /* Graceful drain (SERVICE-NOTES): stop accepting, let in-flight
-     * requests finish (up to 8 s, inside docker's 10 s), then stop. */
-    struct MHD_Daemon *d = srv->http->mhd;
-    MHD_socket ls = MHD_quiesce_daemon(d);
+    /* Graceful drain (SERVICE-NOTES): stop accepting; let queued and running
+     * steps finish (their connections are suspended, and MHD must not stop
+     * with a connection suspended); let replies go out; then stop. */
+    struct curvd_http *h = srv->http;
+    MHD_socket ls = MHD_quiesce_daemon(h->mhd);
+    for (int i = 0; i < 1200 && atomic_load(&h->inflight) > 0; i++)
+        sleep_ms(50);
     for (int i = 0; i < 160; i++) {
         const union MHD_DaemonInfo *di =
-            MHD_get_daemon_info(d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+            MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
         if (!di || di->num_connections == 0)
             break;
-        struct timespec ts = {0, 50 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        sleep_ms(50);
     }
-    MHD_stop_daemon(d);
+    MHD_stop_daemon(h->mhd);
     if (ls != MHD_INVALID_SOCKET)
         close(ls);
-    free(srv->http);
+    stop_workers(h);
+    free(h);
     srv->http = NULL;
 }

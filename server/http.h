@@ -13,6 +13,12 @@
 #include "server.h"
 
 #define CURVD_MAX_PARAMS 4
+#define CURVD_CAP_LEN 96
+
+/* Storage for the path segments a route captures. */
+struct curvd_captures {
+    char seg[CURVD_MAX_PARAMS][CURVD_CAP_LEN];
+};
 
 /* One request as a handler sees it. Everything is borrowed from the
  * request context and valid until the reply has been sent. */
@@ -51,15 +57,18 @@ struct curvd_route {
     const char *pattern; /* "/v1/sessions/{id}/steps"; {x} captures one segment */
     curvd_handler handler;
     const char *name; /* for logs and metrics */
+    int heavy;        /* runs on the worker pool, off the connection threads */
 };
 
 extern const struct curvd_route curvd_routes[];
 extern const size_t curvd_route_count;
 
-/* Match @path against the table; on a hit fill the captures. Returns the
- * route, or NULL with *path_known set when only the method was wrong. */
+/* Match @path against the table; on a hit fill @params with pointers into
+ * @caps. Returns the route, or NULL with *path_known set when only the
+ * method was wrong. */
 const struct curvd_route *curvd_route_match(const char *method, const char *path,
-                                            const char **params, size_t *nparams, int *path_known);
+                                            struct curvd_captures *caps, const char **params,
+                                            size_t *nparams, int *path_known);
 
 /* Start listening (threads from srv->cfg); 0 on success, else -1 with @err. */
 int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen);

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "curv.h"
 #include "daemon.h"
@@ -33,7 +34,11 @@ static const struct flag FLAGS[] = {
     {"listen", "CURVD_LISTEN", F_STR, OFF(listen), "IPv4 address to listen on"},
     {"port", "CURVD_PORT", F_UINT, OFF(port), "TCP port (0: any free port)"},
     {"db", "CURVD_DB", F_STR, OFF(db_path), "SQLite database file (its folder is created)"},
-    {"threads", "CURVD_THREADS", F_UINT, OFF(threads), "HTTP worker threads"},
+    {"threads", "CURVD_THREADS", F_UINT, OFF(threads),
+     "connection threads (reading requests, small replies)"},
+    {"workers", "CURVD_WORKERS", F_UINT, OFF(workers),
+     "threads running steps and other heavy requests (default: one per CPU; 0: run them on "
+     "the connection threads)"},
     {"max-body", "CURVD_MAX_BODY", F_SIZE, OFF(max_body), "largest request body in bytes (413)"},
     {"max-sessions", "CURVD_MAX_SESSIONS", F_SIZE, OFF(max_sessions),
      "sessions held in memory at once; idle ones beyond are evicted (they stay on disk)"},
@@ -152,7 +157,8 @@ int main(int argc, char **argv)
         .cfg = {.listen = "127.0.0.1",
                 .port = 8080,
                 .db_path = "./var/curvd.db",
-                .threads = 4,
+                .threads = 2,
+                .workers = 0xffffffffu, /* "not set": one per CPU, below */
                 .max_body = (size_t)512 << 20,
                 .max_sessions = 10000,
                 .mem_budget = (size_t)4 << 30,
@@ -160,6 +166,10 @@ int main(int argc, char **argv)
     };
     if (parse(&srv.cfg, argc, argv) != 0)
         return 2;
+    if (srv.cfg.workers == 0xffffffffu) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        srv.cfg.workers = cpus > 0 ? (unsigned)cpus : 2;
+    }
     /* Several HTTP workers run steps at once: BLAS stays single-threaded so
      * the two never oversubscribe the cores (SERVICE-NOTES). */
     openblas_set_num_threads(1);
@@ -185,12 +195,13 @@ int main(int argc, char **argv)
         return 1;
     }
     fprintf(stderr,
-            "curvd %s listening on http://%s:%u  db=%s durability=%s threads=%u max-body=%zu "
+            "curvd %s listening on http://%s:%u  db=%s durability=%s threads=%u workers=%u "
+            "max-body=%zu "
             "max-sessions=%zu memory-budget=%zu auth=%s log=%s\n",
             CURVD_VERSION, srv.cfg.listen, curvd_http_port(&srv), srv.cfg.db_path,
-            srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads, srv.cfg.max_body,
-            srv.cfg.max_sessions, srv.cfg.mem_budget, srv.cfg.token_file ? "tokens" : "off",
-            srv.cfg.log_json ? "json" : "text");
+            srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads, srv.cfg.workers,
+            srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget,
+            srv.cfg.token_file ? "tokens" : "off", srv.cfg.log_json ? "json" : "text");
     int sig = 0;
     sigwait(&stop, &sig);
     fprintf(stderr, "curvd: %s received, draining\n", sig == SIGINT ? "SIGINT" : "SIGTERM");

@@ -13,7 +13,8 @@ struct curvd_config {
     const char *listen;     /* IPv4 address to bind, e.g. "127.0.0.1" */
     unsigned port;          /* 0: an ephemeral port (tests) */
     const char *db_path;    /* SQLite file */
-    unsigned threads;       /* HTTP worker threads */
+    unsigned threads;       /* connection threads (libmicrohttpd's pool) */
+    unsigned workers;       /* threads for heavy requests (steps); 0: run them inline */
     size_t max_body;        /* bytes; larger bodies get 413 */
     size_t max_sessions;    /* sessions held in memory at once */
     size_t mem_budget;      /* bytes of optimizer state held in memory */

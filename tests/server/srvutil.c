@@ -16,6 +16,8 @@ void su_start(struct curvd_server *srv, char *base, size_t cap)
         srv->cfg.listen = "127.0.0.1";
     if (!srv->cfg.threads)
         srv->cfg.threads = 2;
+    if (!srv->cfg.workers) /* heavy routes go through the worker pool */
+        srv->cfg.workers = 2;
     srv->cfg.quiet = getenv("CURVD_TEST_LOG") == NULL;
     if (!srv->cfg.max_body)
         srv->cfg.max_body = 1 << 20;

@@ -7,6 +7,8 @@
  */
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -554,6 +556,79 @@ static void test_encodings_agree(void **state)
     }
 }
 
+struct slow_step {
+    const char *url;
+    char *body;
+    atomic_int done;
+    long status;
+};
+
+static void *post_slow(void *arg)
+{
+    struct slow_step *s = arg;
+    struct su_resp r;
+    su_request("POST", s->url, s->body, strlen(s->body), NULL, 0, &r);
+    s->status = r.status;
+    su_resp_free(&r);
+    atomic_store(&s->done, 1);
+    return NULL;
+}
+
+/* A slow step (an O(d^3) eigendecomposition) runs on a worker: with a
+ * single connection thread, /healthz is still answered while it runs. */
+static void test_heavy_step_does_not_block(void **state)
+{
+    struct fx *f = *state;
+    stop(f);
+    f->srv.cfg.threads = 1;
+    char err[256];
+    f->srv.cfg.db_path = f->db;
+    f->srv.cfg.max_sessions = 100;
+    f->srv.cfg.mem_budget = (size_t)1 << 30;
+    f->srv.cfg.max_body = (size_t)16 << 20;
+    if (curvd_daemon_open(&f->srv, err, sizeof err) != 0)
+        fail_msg("%s", err);
+    su_start(&f->srv, f->base, sizeof f->base);
+    enum { N = 2000 };
+    char url[256];
+    snprintf(url, sizeof url, "%s/v1/sessions", f->base);
+    const char *create = "{\"optimizer\":\"adagrad_full\",\"layout\":[{\"name\":\"w\","
+                         "\"kind\":\"vector\",\"shape\":[2000]}]}";
+    struct su_resp r;
+    su_request("POST", url, create, strlen(create), NULL, 0, &r);
+    assert_int_equal(r.status, 201);
+    json_t *s = json_loads(r.body, 0, NULL);
+    char steps[256];
+    snprintf(steps, sizeof steps, "%s/v1/sessions/%s/steps", f->base,
+             json_string_value(json_object_get(s, "id")));
+    json_decref(s);
+    su_resp_free(&r);
+    double g[N];
+    for (int i = 0; i < N; i++)
+        g[i] = sin(0.1 * i);
+    json_t *body =
+        json_pack("{s:i, s:[o]}", "step", 1, "gradients", tensor("w", json_pack("[i]", N), g, N));
+    struct slow_step slow = {.url = steps,
+                             .body = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(17))};
+    json_decref(body);
+    atomic_init(&slow.done, 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, post_slow, &slow), 0);
+    snprintf(url, sizeof url, "%s/healthz", f->base);
+    int answered_during = 0;
+    while (!atomic_load(&slow.done)) {
+        su_request("GET", url, NULL, 0, NULL, 0, &r);
+        assert_int_equal(r.status, 200);
+        su_resp_free(&r);
+        answered_during += !atomic_load(&slow.done);
+    }
+    pthread_join(th, NULL);
+    free(slow.body);
+    assert_int_equal(slow.status, 200);
+    print_message("/healthz answered %d times during one slow step\n", answered_during);
+    assert_true(answered_during >= 1);
+}
+
 /* /metrics counts steps by optimizer, requests by route and status, and
  * the sessions held. */
 static void test_metrics(void **state)
@@ -597,6 +672,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metrics, setup, teardown),
         cmocka_unit_test_setup_teardown(test_encodings_agree, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_heavy_step_does_not_block, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

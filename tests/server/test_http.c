@@ -136,14 +136,27 @@ static void test_route_match(void **state)
 {
     (void)state;
     const char *params[CURVD_MAX_PARAMS];
+    struct curvd_captures caps;
     size_t n = 0;
     int known = 0;
-    assert_non_null(curvd_route_match("GET", "/healthz", params, &n, &known));
-    assert_null(curvd_route_match("GET", "/healthz/", params, &n, &known));
-    assert_null(curvd_route_match("GET", "/health", params, &n, &known));
+    assert_non_null(curvd_route_match("GET", "/healthz", &caps, params, &n, &known));
+    assert_null(curvd_route_match("GET", "/healthz/", &caps, params, &n, &known));
+    assert_null(curvd_route_match("GET", "/health", &caps, params, &n, &known));
     assert_int_equal(known, 0);
-    assert_null(curvd_route_match("POST", "/healthz", params, &n, &known));
+    assert_null(curvd_route_match("POST", "/healthz", &caps, params, &n, &known));
     assert_int_equal(known, 1);
+    const struct curvd_route *rt = curvd_route_match(
+        "POST", "/v1/sessions/abc/steps/7/callbacks/c9", &caps, params, &n, &known);
+    assert_non_null(rt);
+    assert_int_equal(n, 3);
+    assert_string_equal(params[0], "abc");
+    assert_string_equal(params[1], "7");
+    assert_string_equal(params[2], "c9");
+    assert_true(rt->heavy);
+    /* A segment longer than the capture buffer does not match. */
+    char longp[256];
+    snprintf(longp, sizeof longp, "/v1/sessions/%0120d", 1);
+    assert_null(curvd_route_match("GET", longp, &caps, params, &n, &known));
 }
 
 int main(void)
