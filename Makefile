@@ -49,7 +49,7 @@ Q := $(if $(V),,@)
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 .PHONY: all lib deps test test-unit asan check-symbols check-format readme-example \
-        readme-walkthrough \
+        readme-walkthrough check-openapi \
         bench run clean format
 
 all: lib
@@ -145,12 +145,24 @@ readme-example: $(BUILD)/libcurv.a
 	    $(BUILD)/libcurv.a $(DEP_LIBS)
 	@$(BUILD)/readme/example
 
+# api/openapi.yaml through Redocly's linter, pinned by api/lint/package-lock.json
+# (installed from the npm registry only when the lock file changes).
+LINT_DIR := api/lint
+$(LINT_DIR)/node_modules/.installed: $(LINT_DIR)/package-lock.json
+	@cd $(LINT_DIR) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $@
+
+check-openapi: $(LINT_DIR)/node_modules/.installed
+	@cd $(LINT_DIR) && npx --no-install redocly lint ../openapi.yaml --config redocly.yaml \
+	    --format=summary
+
 # The README's curl walkthrough, run against a live daemon.
 readme-walkthrough: $(BUILD)/curvd
 	@tests/server/readme-walkthrough.sh $(BUILD)/curvd
 
 test: deps
 	@$(MAKE) --no-print-directory check-format
+	@$(MAKE) --no-print-directory check-openapi
 	@$(MAKE) --no-print-directory lib $(BUILD)/curvd
 	@$(MAKE) --no-print-directory check-symbols
 	@$(MAKE) --no-print-directory readme-example
