@@ -49,7 +49,7 @@ Q := $(if $(V),,@)
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 .PHONY: all lib deps test test-unit asan check-symbols check-format readme-example \
-        readme-walkthrough check-openapi \
+        readme-walkthrough check-openapi spec-check \
         bench run clean format
 
 all: lib
@@ -156,6 +156,11 @@ check-openapi: $(LINT_DIR)/node_modules/.installed
 	@cd $(LINT_DIR) && npx --no-install redocly lint ../openapi.yaml --config redocly.yaml \
 	    --format=summary
 
+# Every response of a live daemon validates against api/openapi.yaml
+# (Debian's python3-yaml and python3-jsonschema, hence /usr/bin/python3).
+spec-check: $(BUILD)/curvd
+	@/usr/bin/python3 tests/server/spec_check.py $(BUILD)/curvd | tail -n 3
+
 # The README's curl walkthrough, run against a live daemon.
 readme-walkthrough: $(BUILD)/curvd
 	@tests/server/readme-walkthrough.sh $(BUILD)/curvd
@@ -167,6 +172,7 @@ test: deps
 	@$(MAKE) --no-print-directory check-symbols
 	@$(MAKE) --no-print-directory readme-example
 	@$(MAKE) --no-print-directory readme-walkthrough
+	@$(MAKE) --no-print-directory spec-check
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory test-unit
 

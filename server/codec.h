@@ -64,7 +64,8 @@
     X(TOO_LARGE, 413, "Tensor too large")                                                          \
     X(NON_FINITE, 422, "Non-finite number")                                                        \
     X(NO_MEMORY, 503, "Out of memory")                                                             \
-    X(INTERNAL, 500, "Internal error")
+    X(INTERNAL, 500, "Internal error")                                                             \
+    X(UNSUPPORTED_MEDIA_TYPE, 415, "Unsupported media type")
 
 enum curvd_reason {
 #define CURVD__REASON_ENUM(name, status, title) CURVD_R_##name,

@@ -62,7 +62,7 @@ static int parse_head(const struct curvd_req *rq, struct step_in *in, struct cur
         if (curvd_binary_init(bin, rq->body, rq->body_len, json_len, p) != 0)
             return -1;
     } else if (!curvd_is_ctype(rq, "application/json")) {
-        return curvd_problem_set(p, CURVD_R_MALFORMED_JSON, "", "application/json",
+        return curvd_problem_set(p, CURVD_R_UNSUPPORTED_MEDIA_TYPE, "", "application/json",
                                  rq->content_type ? rq->content_type : "none",
                                  "expected Content-Type: application/json, or the binary "
                                  "extension with Inference-Header-Content-Length");
@@ -212,15 +212,25 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
 
 /* The latest step posted again: its stored reply, byte for byte. */
 static void replay(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                   const struct curvd_entry *e)
+                   const struct curvd_entry *e, long long cur)
 {
     struct curvd_step_response r = {0};
     char err[256];
     int st = curvd_store_get_response(srv->store, rq->tenant, e->id, &r, err, sizeof err);
-    if (st == CURVD_STORE_OK)
+    if (st == CURVD_STORE_OK) {
         reply_stored(rp, &r);
-    else
+    } else if (st == CURVD_STORE_NOT_FOUND) { /* imported at this step: no reply to replay */
+        char want[32], got[32];
+        snprintf(want, sizeof want, "%lld", cur + 1);
+        snprintf(got, sizeof got, "%lld", cur);
+        struct curvd_field_error fe = {"/step", want, got};
+        curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", &fe, 1,
+                            "step %lld has no stored reply (the session was imported at it): "
+                            "post step %lld",
+                            cur, cur + 1);
+    } else {
         curvd_reply_store_error(rp, rq, st, err);
+    }
     curvd_step_response_clear(&r);
 }
 
@@ -244,7 +254,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     } else if (parse_head(rq, &in, &bin, &binary, &p) != 0) {
         reply_codec_problem(rp, rq, &p);
     } else if (in.step == cur && cur > 0) {
-        replay(srv, rq, rp, e);
+        replay(srv, rq, rp, e, cur);
     } else if (in.step != cur + 1) {
         char want[32], got[32];
         snprintf(want, sizeof want, "%lld", cur + 1);

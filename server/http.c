@@ -207,6 +207,11 @@ static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Con
         MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, rp->etag);
     if (rp->status == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (rp->status == 405) {
+        char allow[64];
+        curvd_route_allowed(x->rq.path ? x->rq.path : "", allow, sizeof allow);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    }
     if (rp->status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"curvd\"");
     if (rp->json_header_len) {

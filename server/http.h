@@ -70,6 +70,9 @@ const struct curvd_route *curvd_route_match(const char *method, const char *path
                                             struct curvd_captures *caps, const char **params,
                                             size_t *nparams, int *path_known);
 
+/* The methods served for @path, e.g. "GET, PATCH, DELETE" (for Allow). */
+void curvd_route_allowed(const char *path, char *buf, size_t cap);
+
 /* Start listening (threads from srv->cfg); 0 on success, else -1 with @err. */
 int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen);
 /* The bound port (useful with cfg.port = 0). */

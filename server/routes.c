@@ -53,6 +53,18 @@ static int match(const char *pat, const char *path, const char **params, size_t 
     return 1;
 }
 
+void curvd_route_allowed(const char *path, char *buf, size_t cap)
+{
+    struct curvd_captures caps;
+    const char *params[CURVD_MAX_PARAMS];
+    size_t used = 0, n;
+    buf[0] = '\0';
+    for (size_t i = 0; i < curvd_route_count && used < cap; i++)
+        if (match(curvd_routes[i].pattern, path, params, &n, &caps))
+            used += (size_t)snprintf(buf + used, cap - used, "%s%s", used ? ", " : "",
+                                     curvd_routes[i].method);
+}
+
 const struct curvd_route *curvd_route_match(const char *method, const char *path,
                                             struct curvd_captures *caps, const char **params,
                                             size_t *nparams, int *path_known)

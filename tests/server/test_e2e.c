@@ -300,7 +300,7 @@ static void test_bad_steps_change_nothing(void **state)
     assert_int_equal(r.status, 400);
     su_resp_free(&r);
     su_request("POST", url, text, strlen(text), "text/plain", 0, &r);
-    assert_int_equal(r.status, 400);
+    assert_int_equal(r.status, 415);
     su_resp_free(&r);
     size_t len1;
     unsigned char *s1 = export_state(f, id, &len1);
