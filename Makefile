@@ -100,6 +100,9 @@ $(BUILD)/libcurvd.a: $(SRV_OBJS)
 
 STEST_UTIL := tests/server/srvutil.c
 
+# The crash test runs the daemon binary: keep it current.
+$(BUILD)/tests/server/test_crash: $(BUILD)/curvd
+
 $(BUILD)/tests/server/%: tests/server/%.c $(TEST_UTIL) $(STEST_UTIL) tests/lib/testutil.h \
 		tests/server/srvutil.h $(BUILD)/libcurvd.a $(BUILD)/libcurv.a
 	@mkdir -p $(@D)

@@ -213,7 +213,7 @@ CURVD_HANDLER(curvd_h_session_export)
  * ahead of the database. Returns the store status. */
 static int reconfigure_durably(struct curvd_server *srv, const struct curvd_req *rq,
                                struct curvd_entry *e, const unsigned char *before,
-                               size_t before_len, char *err, size_t errlen)
+                               size_t before_len, size_t *new_bytes, char *err, size_t errlen)
 {
     unsigned char *blob = NULL;
     size_t len = 0;
@@ -230,14 +230,18 @@ static int reconfigure_durably(struct curvd_server *srv, const struct curvd_req 
         json_decref(meta);
         curv_free(blob);
     }
-    if (st != CURVD_STORE_OK) {
+    if (st == CURVD_STORE_CONFLICT) {
+        /* This copy is stale (the session stepped through another copy):
+         * forget it; the next request loads the committed state. */
+        curvd_registry_drop(srv->reg, e->id);
+    } else if (st != CURVD_STORE_OK) {
         curv_opt *old = NULL;
         if (curv_opt_load(before, before_len, &old, NULL) == CURV_OK) {
             curv_opt_free(e->opt);
             e->opt = old;
         }
     } else {
-        e->bytes = len;
+        *new_bytes = len;
     }
     return st;
 }
@@ -270,6 +274,7 @@ CURVD_HANDLER(curvd_h_session_patch)
         else
             curvd_reply_problem(rp, rq, 404, "NOT_FOUND", NULL, 0, "no such session");
     } else {
+        size_t bytes = e->bytes; /* the new charge if the state changed size */
         char etag[32];
         const char *im = curvd_req_header(rq, "If-Match");
         snprintf(etag, sizeof etag, "\"%llu\"", (unsigned long long)curv_opt_steps(e->opt));
@@ -287,18 +292,21 @@ CURVD_HANDLER(curvd_h_session_patch)
                                 cs == CURV_E_STATE ? "CALLBACK_PENDING" : "INVALID_CONFIG", NULL, 0,
                                 "%s", cerr.text);
         } else {
-            int st = reconfigure_durably(srv, rq, e, before, before_len, err, sizeof err);
+            int st = reconfigure_durably(srv, rq, e, before, before_len, &bytes, err, sizeof err);
             struct curvd_session s = {0};
             if (st == CURVD_STORE_OK)
                 st = curvd_store_get(srv->store, rq->tenant, e->id, 0, &s, err, sizeof err);
             if (st == CURVD_STORE_OK)
                 reply_row(rp, &s, 200);
+            else if (st == CURVD_STORE_CONFLICT)
+                curvd_reply_problem(rp, rq, 409, "SESSION_CHANGED", NULL, 0,
+                                    "the session stepped meanwhile; read it again and retry");
             else
                 curvd_reply_store_error(rp, rq, st, err);
             curvd_session_clear(&s);
         }
         curv_free(before);
-        curvd_registry_end(srv->reg, e, e->bytes);
+        curvd_registry_end(srv->reg, e, bytes);
     }
     curv_config_free(c);
     json_decref(body);

@@ -167,49 +167,6 @@ static void reply_step_error(struct curvd_reply *rp, const struct curvd_req *rq,
     curvd_reply_problem(rp, rq, status, reason, NULL, 0, "%s", cerr->text);
 }
 
-/* Commit the stepped state with its reply, then hand the reply over. */
-static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
-                             struct curvd_reply *rp, struct curvd_entry *e,
-                             const struct step_in *in, struct curvd_out *out)
-{
-    unsigned char *body = curvd_out_join(out), *blob = NULL;
-    size_t len = 0;
-    char ctype[96], err[256];
-    reply_type(in->encoding == CURVD_ENC_BINARY, out->json_len, ctype, sizeof ctype);
-    int st = CURVD_STORE_ERROR;
-    int64_t current = 0;
-    if (body && curv_opt_save(e->opt, &blob, &len, NULL) == CURV_OK) {
-        struct curvd_step_commit c = {.step = in->step,
-                                      .state = blob,
-                                      .state_len = len,
-                                      .content_type = ctype,
-                                      .response = body,
-                                      .response_len = out->total_len};
-        st = curvd_store_commit_step(srv->store, rq->tenant, e->id, &c, &current, err, sizeof err);
-    } else {
-        snprintf(err, sizeof err, "out of memory encoding the reply");
-    }
-    curv_free(blob);
-    if (st != CURVD_STORE_OK) {
-        free(body);
-        curvd_registry_drop(srv->reg, e->id); /* memory is ahead of the database */
-        if (st == CURVD_STORE_CONFLICT)
-            curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", NULL, 0,
-                                "the session advanced elsewhere (now at step %lld)",
-                                (long long)current);
-        else
-            curvd_reply_store_error(rp, rq, st, err);
-        return;
-    }
-    e->bytes = len;
-    curvd_metrics_step(srv->metrics, curv_opt_kind_of(e->opt));
-    rp->json_header_len = in->encoding == CURVD_ENC_BINARY ? out->json_len : 0;
-    curvd_reply_bytes(
-        rp, 200, in->encoding == CURVD_ENC_BINARY ? "application/octet-stream" : "application/json",
-        (char *)body, out->total_len);
-    snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", in->step);
-}
-
 /* The latest step posted again: its stored reply, byte for byte. */
 static void replay(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
                    const struct curvd_entry *e, long long cur)
@@ -234,8 +191,56 @@ static void replay(struct curvd_server *srv, const struct curvd_req *rq, struct 
     curvd_step_response_clear(&r);
 }
 
+/* Commit the stepped state with its reply, then hand the reply over. */
+static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
+                             struct curvd_reply *rp, struct curvd_entry *e,
+                             const struct step_in *in, struct curvd_out *out, size_t *new_bytes)
+{
+    unsigned char *body = curvd_out_join(out), *blob = NULL;
+    size_t len = 0;
+    char ctype[96], err[256];
+    reply_type(in->encoding == CURVD_ENC_BINARY, out->json_len, ctype, sizeof ctype);
+    int st = CURVD_STORE_ERROR;
+    int64_t current = 0;
+    if (body && curv_opt_save(e->opt, &blob, &len, NULL) == CURV_OK) {
+        struct curvd_step_commit c = {.step = in->step,
+                                      .state = blob,
+                                      .state_len = len,
+                                      .content_type = ctype,
+                                      .response = body,
+                                      .response_len = out->total_len};
+        st = curvd_store_commit_step(srv->store, rq->tenant, e->id, &c, &current, err, sizeof err);
+    } else {
+        snprintf(err, sizeof err, "out of memory encoding the reply");
+    }
+    curv_free(blob);
+    if (st != CURVD_STORE_OK) {
+        free(body);
+        curvd_registry_drop(srv->reg, e->id); /* memory is ahead of the database */
+        if (st == CURVD_STORE_CONFLICT && current == in->step)
+            /* This copy was stale (reloaded while another request committed
+             * this very step, then evicted): the step is applied, so the
+             * stored reply is the answer. */
+            replay(srv, rq, rp, e, (long long)current);
+        else if (st == CURVD_STORE_CONFLICT)
+            curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", NULL, 0,
+                                "the session advanced elsewhere (now at step %lld)",
+                                (long long)current);
+        else
+            curvd_reply_store_error(rp, rq, st, err);
+        return;
+    }
+    *new_bytes = len;
+    curvd_metrics_step(srv->metrics, curv_opt_kind_of(e->opt));
+    rp->json_header_len = in->encoding == CURVD_ENC_BINARY ? out->json_len : 0;
+    curvd_reply_bytes(
+        rp, 200, in->encoding == CURVD_ENC_BINARY ? "application/octet-stream" : "application/json",
+        (char *)body, out->total_len);
+    snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", in->step);
+}
+
 static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                     struct curvd_entry *e)
+                     struct curvd_entry *e, size_t *new_bytes)
 {
     struct step_in in = {0};
     struct curvd_binary bin = {0};
@@ -281,7 +286,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
             curvd_registry_drop(srv->reg, e->id);
             reply_codec_problem(rp, rq, &p);
         } else {
-            commit_and_reply(srv, rq, rp, e, &in, &out);
+            commit_and_reply(srv, rq, rp, e, &in, &out, new_bytes);
         }
     }
     curvd_out_clear(&out);
@@ -306,8 +311,9 @@ CURVD_HANDLER(curvd_h_step)
         curvd_reply_problem(rp, rq, 404, "NOT_FOUND", NULL, 0, "no such session");
     if (rs != CURVD_REG_OK)
         return;
-    run_step(srv, rq, rp, e);
-    curvd_registry_end(srv->reg, e, e->bytes);
+    size_t bytes = e->bytes; /* the new charge if the state changed size */
+    run_step(srv, rq, rp, e, &bytes);
+    curvd_registry_end(srv->reg, e, bytes);
 }
 
 /* POST .../steps/{n}/callbacks/{cb}: no optimizer of this version asks the
