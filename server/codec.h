@@ -65,7 +65,8 @@
     X(NON_FINITE, 422, "Non-finite number")                                                        \
     X(NO_MEMORY, 503, "Out of memory")                                                             \
     X(INTERNAL, 500, "Internal error")                                                             \
-    X(UNSUPPORTED_MEDIA_TYPE, 415, "Unsupported media type")
+    X(UNSUPPORTED_MEDIA_TYPE, 415, "Unsupported media type")                                       \
+    X(UNKNOWN_MEMBER, 400, "Unknown member")
 
 enum curvd_reason {
 #define CURVD__REASON_ENUM(name, status, title) CURVD_R_##name,

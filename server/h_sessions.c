@@ -72,7 +72,19 @@ CURVD_HANDLER(curvd_h_session_create)
     curv_opt_kind kind;
     curv_layout *l = NULL;
     curv_config *c = NULL;
-    if (!opt_name || curv_opt_kind_parse(opt_name, &kind) != CURV_OK) {
+    const char *key, *extra = NULL;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        if (strcmp(key, "optimizer") && strcmp(key, "layout") && strcmp(key, "config"))
+            extra = key;
+    }
+    if (extra) {
+        snprintf(path, sizeof path, "/%.100s", extra);
+        fe = (struct curvd_field_error){path, "one of optimizer, layout, config", extra};
+        curvd_reply_problem(rp, rq, 400, "UNKNOWN_MEMBER", &fe, 1,
+                            "unknown member \"%.100s\" in the session", extra);
+    } else if (!opt_name || curv_opt_kind_parse(opt_name, &kind) != CURV_OK) {
         fe = (struct curvd_field_error){"/optimizer", "one of GET /v1/version's optimizers",
                                         opt_name};
         curvd_reply_problem(rp, rq, 400, "UNKNOWN_OPTIMIZER", &fe, 1, "unknown optimizer '%s'",
@@ -83,6 +95,14 @@ CURVD_HANDLER(curvd_h_session_create)
     } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
                                             detail, sizeof detail))) {
         curvd_reply_problem(rp, rq, 400, "INVALID_CONFIG", &fe, 1, "%s", detail);
+    } else if (curv_layout_dim(l) > srv->cfg.mem_budget / sizeof(double)) {
+        /* Every optimizer keeps or moves at least one double per parameter:
+         * refuse before allocating anything that large. */
+        curvd_reply_problem(rp, rq, 422, "STATE_TOO_LARGE", NULL, 0,
+                            "%zu parameters need at least %zu bytes, above the memory budget "
+                            "of %zu",
+                            curv_layout_dim(l), curv_layout_dim(l) * sizeof(double),
+                            srv->cfg.mem_budget);
     } else {
         curv_opt *o = NULL;
         curv_error cerr;

@@ -70,6 +70,23 @@ static int parse_head(const struct curvd_req *rq, struct step_in *in, struct cur
     if (curvd_json_parse((const char *)rq->body, json_len, &in->doc, p) != 0)
         return -1;
     json_t *root = curvd_doc_root(in->doc);
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v)
+    {
+        if (strcmp(key, "step") && strcmp(key, "gradients") && strcmp(key, "params") &&
+            strcmp(key, "loss")) {
+            char path[80];
+            snprintf(path, sizeof path, "/%.70s", key);
+            return curvd_problem_set(p, CURVD_R_UNKNOWN_MEMBER, path,
+                                     "one of step, gradients, params, loss", key,
+                                     "unknown member \"%.70s\" in the step", key);
+        }
+    }
+    json_t *loss = json_object_get(root, "loss");
+    if (loss && !json_is_number(loss))
+        return curvd_problem_set(p, CURVD_R_BAD_TENSOR, "/loss", "a number", NULL,
+                                 "\"loss\" must be a number");
     json_t *step = json_object_get(root, "step");
     double n = json_number_value(step);
     if (!json_is_object(root) || !json_is_number(step) || n < 1 || n != floor(n) || n > 9e15)
@@ -105,6 +122,11 @@ static int decode_tensors(const curv_layout *l, struct step_in *in, struct curvd
                                  "the step has no \"gradients\"");
     if (binary && curvd_binary_finish(bin, p) != 0)
         return -1;
+    if (in->nparams && in->ngrads && in->params[0].dtype != in->grads[0].dtype)
+        return curvd_problem_set(p, CURVD_R_BAD_DATATYPE, "/params/0/datatype",
+                                 in->grads[0].dtype == CURV_F32 ? "FP32" : "FP64",
+                                 in->params[0].dtype == CURV_F32 ? "FP32" : "FP64",
+                                 "params and gradients must share one datatype");
     in->dtype = in->ngrads ? in->grads[0].dtype : CURV_F64;
     in->encoding = binary ? CURVD_ENC_BINARY : in->ngrads ? in->grads[0].encoding : CURVD_ENC_JSON;
     return 0;
