@@ -1,0 +1,825 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench_http - curvd over loopback HTTP/1.1, next to in-process libcurv in
+ * the same run. Starts the daemon ($CURVD_BIN, default build/curvd) as a
+ * child on a temporary database with --port 0, drives it with a small load
+ * generator (raw POSIX sockets, keep-alive, one session per connection) and
+ * prints steps/s and latency for small sessions, time per step and MB/s for
+ * a large one, under --durability normal and full (one daemon each).
+ * Method and reading: tests/bench/README.md.
+ * Usage: bench_http [--quick]   (--quick: 1 s per small row, large d = 1e6)
+ */
+#include <cblas.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "curv.h"
+
+#if defined(__GNUC__)
+#define PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define PRINTF(f, a)
+#endif
+
+#define SMALL_D 1000          /* parameters of a small session (one vector block) */
+#define SMALL_S 5.0           /* seconds per small row (--quick: 1) */
+#define SMALL_WARM 2          /* warm-up steps per small session */
+#define LARGE_BLOCKS 10       /* the large session: LARGE_BLOCKS vector blocks ... */
+#define LARGE_BN 1000000      /* ... of this many parameters (--quick: a tenth) */
+#define LARGE_STEPS 3         /* timed steps per large row */
+#define MAX_BODY "1073741824" /* --max-body: 1 GiB */
+#define WAIT_S 15.0           /* the daemon prints its port, or stops, within this */
+#define IO_TIMEOUT_S 120      /* socket send/receive timeout */
+#define MAXIOV 48
+#define NDUR 2
+#define NCLI 2
+
+enum enc { ENC_JSON, ENC_BIN32, ENC_BIN64, NENC };
+static const char *const ENC_NAME[NENC] = {"JSON FP32", "binary FP32", "binary FP64"};
+static const char *const DURS[NDUR] = {"normal", "full"};
+static const int CLIENTS[NCLI] = {16, 64};
+/* Large rows: JSON only under normal (the codec does not depend on durability). */
+static const struct {
+    int dur;
+    enum enc enc;
+} LROWS[] = {{0, ENC_JSON}, {0, ENC_BIN32}, {0, ENC_BIN64}, {1, ENC_BIN32}, {1, ENC_BIN64}};
+#define NLROW (sizeof LROWS / sizeof LROWS[0])
+static const struct timespec TICK = {0, 10000000}; /* 10 ms */
+static const float NAN32 = NAN;
+static const double NAN64 = NAN;
+
+extern char **environ;
+
+/* Gradient data: one block of @bn values, reused for each of @nblocks blocks. */
+struct payload {
+    size_t nblocks, bn;
+    float *f32;
+    double *f64;
+    char *text;   /* "x0,x1,...": the block as JSON numbers, "%.9g" */
+    size_t tlen;  /* its length */
+    size_t tlast; /* offset of its last comma */
+};
+
+/* A request body as a list of pieces: formatted text and borrowed data. */
+struct body {
+    struct iovec iov[MAXIOV];
+    int n;
+    size_t len, tlen;
+    char text[4096];
+};
+
+/* A keep-alive connection and its last reply. */
+struct conn {
+    int fd, status;
+    char *buf, *reply; /* reply: the body inside buf, NUL-terminated */
+    size_t cap, rlen, sent;
+};
+
+/* CPU seconds at one moment: the daemon, this process, the whole machine. */
+struct cpu {
+    double t, daemon, self, busy;
+};
+
+struct row {
+    size_t steps;
+    double rate, p50, p99, pmax, lo; /* steps/s; latency quantiles, max and min */
+    double req_mb, rep_mb, reject;   /* large: body sizes, the rejected step */
+    double dcpu, ccpu, other;        /* CPU per step; other load, % of the machine */
+};
+
+static char g_tmp[256], g_log[320];
+static volatile pid_t g_pid;
+static long g_ncpu;
+static pthread_mutex_t g_fail_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static _Noreturn void fail(const char *fmt, ...) PRINTF(1, 2);
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        fail("out of memory (%zu bytes)", n);
+    return p;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* ---- the daemon and CPU accounting --------------------------------------- */
+
+/* SIGTERM, then wait; the exit status, or -1 when it had to be killed. */
+static int daemon_stop(void)
+{
+    pid_t pid = g_pid;
+    int st = 0;
+    if (pid <= 0)
+        return 0;
+    g_pid = 0;
+    kill(pid, SIGTERM);
+    for (double t0 = now_s(); waitpid(pid, &st, WNOHANG) == 0; nanosleep(&TICK, NULL))
+        if (now_s() - t0 > WAIT_S) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* Unlink <tmp>/@name, or everything in <tmp> and <tmp> itself when NULL. */
+static void remove_tmp(const char *name)
+{
+    char p[600];
+    DIR *d = name || !g_tmp[0] ? NULL : opendir(g_tmp);
+    struct dirent *e;
+    if (name) {
+        snprintf(p, sizeof p, "%s/%s", g_tmp, name);
+        unlink(p);
+    }
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+            remove_tmp(e->d_name);
+    if (d) {
+        closedir(d);
+        rmdir(g_tmp);
+        g_tmp[0] = '\0';
+    }
+}
+
+/* Print, show the daemon's last words, stop it, remove the temp dir, exit 1. */
+static void fail(const char *fmt, ...)
+{
+    pthread_mutex_lock(&g_fail_mu); /* one thread reports; others wait here */
+    va_list ap;
+    char buf[1600] = "";
+    FILE *f = g_log[0] ? fopen(g_log, "r") : NULL;
+    if (f && fseek(f, -(long)sizeof buf + 1, SEEK_END) != 0)
+        rewind(f);
+    buf[f ? fread(buf, 1, sizeof buf - 1, f) : 0] = '\0';
+    fflush(stdout);
+    va_start(ap, fmt);
+    fprintf(stderr, "bench_http: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n--- end of the daemon's log ---\n%s--- end ---\n", buf);
+    va_end(ap);
+    if (f)
+        fclose(f);
+    daemon_stop();
+    remove_tmp(NULL);
+    exit(1);
+}
+
+static void on_signal(int sig)
+{
+    if (g_pid > 0)
+        kill(g_pid, SIGTERM);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+/* Poll the log for "listening on http://127.0.0.1:PORT"; the port. */
+static int wait_listening(char *line, size_t cap)
+{
+    static const char key[] = "listening on http://127.0.0.1:";
+    char buf[2048], *k = NULL;
+    int st;
+    for (double t0 = now_s(); !k; nanosleep(&TICK, NULL)) {
+        FILE *f = fopen(g_log, "r");
+        size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+        if (f)
+            fclose(f);
+        buf[n] = '\0';
+        if ((k = strstr(buf, key)) == NULL && waitpid(g_pid, &st, WNOHANG) == g_pid) {
+            g_pid = 0;
+            fail("the daemon exited before listening (wait status %d)", st);
+        }
+        if (!k && now_s() - t0 > WAIT_S)
+            fail("the daemon printed no port within %.0f s", WAIT_S);
+    }
+    buf[strcspn(buf, "\n")] = '\0';
+    snprintf(line, cap, "%.*s", (int)(cap - 1), buf);
+    return atoi(k + sizeof key - 1);
+}
+
+/* Start @bin on <tmp>/<dur>.db, its stderr (banner and access log) to a file. */
+static int daemon_start(const char *bin, const char *dur, char *line, size_t cap)
+{
+    char db[320];
+    snprintf(db, sizeof db, "%s/%s.db", g_tmp, dur);
+    snprintf(g_log, sizeof g_log, "%s/%s.log", g_tmp, dur);
+    char *argv[] = {(char *)bin, "--port",     "0",      "--db",         db,     "--durability",
+                    (char *)dur, "--max-body", MAX_BODY, "--log-format", "text", NULL};
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, g_log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    pid_t pid;
+    int rc = posix_spawn(&pid, bin, &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0)
+        fail("cannot start %s: %s (make build/curvd, or set CURVD_BIN)", bin, strerror(rc));
+    g_pid = pid;
+    return wait_listening(line, cap);
+}
+
+/* Seconds of CPU from /proc (Linux): the machine's busy time (@pid 0), or
+ * the user + system time of process @pid; -1 where unavailable. */
+static double proc_cpu_s(long pid)
+{
+    char path[64], buf[1024];
+    unsigned long v[6] = {0};
+    snprintf(path, sizeof path, pid ? "/proc/%ld/stat" : "/proc/stat", pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* after the command name */
+    int got = 0;
+    if (pid && p)
+        got = 4 + sscanf(p, ") %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &v[0], &v[1]);
+    else if (!pid) /* user nice system (idle iowait) irq softirq steal */
+        got = sscanf(buf, "cpu %lu %lu %lu %*u %*u %lu %lu %lu", &v[0], &v[1], &v[2], &v[3], &v[4],
+                     &v[5]);
+    if (got != 6)
+        return -1;
+    return (double)(v[0] + v[1] + v[2] + v[3] + v[4] + v[5]) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static void cpu_snap(struct cpu *c)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    c->t = now_s();
+    c->daemon = g_pid > 0 ? proc_cpu_s((long)g_pid) : -1;
+    c->busy = proc_cpu_s(0);
+    c->self = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+              1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+/* CPU per step of the daemon and of this process, and the rest of the
+ * machine's busy time as a share of its capacity, from @a to @b. */
+static void cpu_diff(const struct cpu *a, const struct cpu *b, size_t steps, struct row *r)
+{
+    r->dcpu = a->daemon < 0 ? NAN : (b->daemon - a->daemon) / (double)steps;
+    r->ccpu = (b->self - a->self) / (double)steps;
+    r->other = a->busy < 0 || a->daemon < 0
+                   ? NAN
+                   : 100 * ((b->busy - a->busy) - (b->daemon - a->daemon) - (b->self - a->self)) /
+                         ((b->t - a->t) * (double)g_ncpu);
+}
+
+/* ---- HTTP/1.1 over a socket ---------------------------------------------- */
+
+static void conn_open(struct conn *c, int port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    struct timeval tv = {.tv_sec = IO_TIMEOUT_S};
+    int one = 1;
+    memset(c, 0, sizeof *c);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (c->fd < 0 || connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+        fail("connect to 127.0.0.1:%d: %s", port, strerror(errno));
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+static void conn_close(struct conn *c)
+{
+    close(c->fd);
+    free(c->buf);
+    memset(c, 0, sizeof *c);
+}
+
+static void conn_reserve(struct conn *c, size_t need)
+{
+    if (need <= c->cap)
+        return;
+    size_t cap = c->cap * 2 > need ? c->cap * 2 : need;
+    char *nb = realloc(c->buf, cap);
+    if (!nb)
+        fail("out of memory for a reply of %zu bytes", need);
+    c->buf = nb;
+    c->cap = cap;
+}
+
+static void send_all(int fd, struct iovec *iov, int n)
+{
+    while (n > 0) {
+        ssize_t k = writev(fd, iov, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            fail("send: %s", strerror(errno));
+        size_t left = (size_t)k;
+        for (; n > 0 && left >= iov->iov_len; iov++, n--)
+            left -= iov->iov_len;
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + left;
+            iov->iov_len -= left;
+        }
+    }
+}
+
+static size_t recv_some(struct conn *c, size_t len)
+{
+    ssize_t k;
+    do
+        k = recv(c->fd, c->buf + len, c->cap - len - 1, 0);
+    while (k < 0 && errno == EINTR);
+    if (k <= 0)
+        fail("receive: %s", k ? strerror(errno) : "the daemon closed the connection");
+    return len + (size_t)k;
+}
+
+/* Read one reply: status line, headers, a Content-Length body. */
+static void read_reply(struct conn *c)
+{
+    size_t len = 0, hend = 0, cl = 0;
+    int have_cl = 0;
+    while (!hend) {
+        size_t from = len > 3 ? len - 3 : 0;
+        conn_reserve(c, len + 65536);
+        len = recv_some(c, len);
+        c->buf[len] = '\0';
+        char *e = strstr(c->buf + from, "\r\n\r\n");
+        hend = e ? (size_t)(e + 4 - c->buf) : 0;
+    }
+    for (char *h = strstr(c->buf, "\r\n"); h && h < c->buf + hend; h = strstr(h + 2, "\r\n"))
+        if (strncasecmp(h + 2, "Content-Length:", 15) == 0)
+            have_cl = sscanf(h + 17, "%zu", &cl) == 1;
+    if (sscanf(c->buf, "HTTP/1.%*d %d", &c->status) != 1 || !have_cl)
+        fail("a reply without a status line or Content-Length: %.200s", c->buf);
+    conn_reserve(c, hend + cl + 1);
+    while (len < hend + cl)
+        len = recv_some(c, len);
+    if (len > hend + cl)
+        fail("%zu unexpected bytes after a reply", len - hend - cl);
+    c->buf[len] = '\0';
+    c->reply = c->buf + hend;
+    c->rlen = cl;
+}
+
+/* Send @b (binary extension when @json_len > 0), read the reply, check its status. */
+static void http_call(struct conn *c, const char *path, struct body *b, size_t json_len, int want)
+{
+    char head[512], extra[80] = "";
+    struct iovec iov[MAXIOV + 1];
+    if (json_len)
+        snprintf(extra, sizeof extra, "Inference-Header-Content-Length: %zu\r\n", json_len);
+    iov[0].iov_base = head;
+    iov[0].iov_len = (size_t)snprintf(
+        head, sizeof head,
+        "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n",
+        path, json_len ? "application/octet-stream" : "application/json", b->len, extra);
+    memcpy(iov + 1, b->iov, (size_t)b->n * sizeof *iov);
+    send_all(c->fd, iov, b->n + 1);
+    c->sent = b->len;
+    read_reply(c);
+    if (c->status != want)
+        fail("POST %s: HTTP %d (expected %d): %.2000s", path, c->status, want, c->reply);
+}
+
+/* ---- request bodies ----------------------------------------------------- */
+
+static void body_add(struct body *b, const void *p, size_t n)
+{
+    if (b->n == MAXIOV)
+        fail("too many body pieces");
+    b->iov[b->n].iov_base = (void *)p;
+    b->iov[b->n++].iov_len = n;
+    b->len += n;
+}
+
+static PRINTF(2, 3) void body_text(struct body *b, const char *fmt, ...)
+{
+    char *at = b->text + b->tlen;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(at, sizeof b->text - b->tlen, fmt, ap);
+    va_end(ap);
+    if (k < 0 || (size_t)k >= sizeof b->text - b->tlen)
+        fail("request text too long");
+    b->tlen += (size_t)k;
+    body_add(b, at, (size_t)k);
+}
+
+/* A step body; with @bad its last value is out of range (FP32 JSON: 1e39;
+ * binary: NaN), so the daemon decodes everything, then answers 422.
+ * Returns the JSON header length for the binary extension, else 0. */
+static size_t build_step(struct body *b, const struct payload *pl, enum enc e, long long step,
+                         int bad)
+{
+    size_t es = e == ENC_BIN64 ? 8 : 4, nb = pl->nblocks, json_len;
+    b->n = 0, b->len = b->tlen = 0;
+    body_text(b, "{\"step\":%lld,\"gradients\":[", step);
+    for (size_t k = 0; k < nb; k++) {
+        int last = bad && k == nb - 1;
+        body_text(b, "%s{\"name\":\"b%zu\",\"shape\":[%zu],\"datatype\":\"%s\",", k ? "," : "", k,
+                  pl->bn, e == ENC_BIN64 ? "FP64" : "FP32");
+        if (e == ENC_JSON) {
+            body_text(b, "\"data\":[");
+            body_add(b, pl->text, last ? pl->tlast : pl->tlen);
+            body_text(b, "%s]}", last ? ",1e39" : "");
+        } else {
+            body_text(b, "\"parameters\":{\"binary_data_size\":%zu}}", pl->bn * es);
+        }
+    }
+    body_text(b, "]}");
+    if (e == ENC_JSON)
+        return 0;
+    json_len = b->len;
+    for (size_t k = 0; k < nb; k++) {
+        int last = bad && k == nb - 1;
+        body_add(b, e == ENC_BIN64 ? (const void *)pl->f64 : (const void *)pl->f32,
+                 pl->bn * es - (last ? es : 0));
+        if (last)
+            body_add(b, e == ENC_BIN64 ? (const void *)&NAN64 : (const void *)&NAN32, es);
+    }
+    return json_len;
+}
+
+/* POST /v1/sessions (adagrad_diag, blocks b0.. of @pl); the steps path. */
+static void create_session(struct conn *c, const struct payload *pl, char *path, size_t cap)
+{
+    struct body b = {.n = 0};
+    body_text(&b, "{\"optimizer\":\"adagrad_diag\",\"config\":{},\"layout\":[");
+    for (size_t k = 0; k < pl->nblocks; k++)
+        body_text(&b, "%s{\"name\":\"b%zu\",\"kind\":\"vector\",\"shape\":[%zu]}", k ? "," : "", k,
+                  pl->bn);
+    body_text(&b, "]}");
+    http_call(c, "/v1/sessions", &b, 0, 201);
+    const char *id = strstr(c->reply, "\"id\":\"");
+    size_t n = id ? strspn(id + 6, "0123456789abcdef") : 0;
+    if (n != 32)
+        fail("no session id in: %.500s", c->reply);
+    snprintf(path, cap, "/v1/sessions/%.32s/steps", id + 6);
+}
+
+/* Post one step (or the rejected probe); seconds from building to the last byte. */
+static double post_step(struct conn *c, const char *path, const struct payload *pl, enum enc e,
+                        long long step, int bad)
+{
+    struct body b;
+    char want[48];
+    double t0 = now_s();
+    size_t json_len = build_step(&b, pl, e, step, bad);
+    http_call(c, path, &b, json_len, bad ? 422 : 200);
+    double t = now_s() - t0;
+    int n = snprintf(want, sizeof want, "{\"step\":%lld,", step);
+    if (!bad && strncmp(c->reply, want, (size_t)n) != 0)
+        fail("step %lld: unexpected reply: %.500s", step, c->reply);
+    return t;
+}
+
+/* Random values in [-1, 1), FP32-exact; the JSON text of one block. */
+static void payload_init(struct payload *pl, size_t nblocks, size_t bn)
+{
+    uint64_t x = 0x9e3779b97f4a7c15u ^ bn;
+    pl->nblocks = nblocks, pl->bn = bn;
+    pl->f32 = xmalloc(bn * sizeof *pl->f32);
+    pl->f64 = xmalloc(bn * sizeof *pl->f64);
+    pl->text = xmalloc(bn * 16 + 1);
+    pl->tlen = 0;
+    for (size_t i = 0; i < bn; i++) {
+        x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
+        pl->f32[i] = (float)((double)((x * 0x2545f4914f6cdd1du) >> 40) * 0x1p-23 - 1.0);
+        pl->f64[i] = pl->f32[i];
+        pl->tlast = pl->tlen;
+        pl->tlen += (size_t)snprintf(pl->text + pl->tlen, 17, "%s%.9g", i ? "," : "", pl->f64[i]);
+    }
+}
+
+/* ---- small sessions: many clients ---------------------------------------- */
+
+struct small_run {
+    int port;
+    const struct payload *pl;
+    pthread_barrier_t ready, go;
+    double deadline;
+};
+
+struct client {
+    pthread_t th;
+    struct small_run *run;
+    struct conn c;
+    char path[80];
+    long long step;
+    double *lat, t_last;
+    size_t nlat, cap;
+};
+
+static void *client_main(void *arg)
+{
+    struct client *cl = arg;
+    struct small_run *r = cl->run;
+    conn_open(&cl->c, r->port);
+    create_session(&cl->c, r->pl, cl->path, sizeof cl->path);
+    for (int i = 0; i < SMALL_WARM; i++)
+        post_step(&cl->c, cl->path, r->pl, ENC_JSON, ++cl->step, 0);
+    pthread_barrier_wait(&r->ready);
+    pthread_barrier_wait(&r->go); /* the deadline is set in between */
+    do {
+        double t = post_step(&cl->c, cl->path, r->pl, ENC_JSON, ++cl->step, 0);
+        if (cl->nlat == cl->cap) {
+            cl->cap = cl->cap ? 2 * cl->cap : 4096;
+            double *nl = realloc(cl->lat, cl->cap * sizeof *nl);
+            if (!nl)
+                fail("out of memory for latencies");
+            cl->lat = nl;
+        }
+        cl->lat[cl->nlat++] = t;
+    } while ((cl->t_last = now_s()) < r->deadline);
+    return NULL;
+}
+
+static void run_small(int port, const struct payload *pl, int n, double secs, struct row *row)
+{
+    struct small_run r = {.port = port, .pl = pl};
+    struct client *cl = calloc((size_t)n, sizeof *cl);
+    struct cpu c0, c1;
+    if (!cl || pthread_barrier_init(&r.ready, NULL, (unsigned)n + 1) != 0 ||
+        pthread_barrier_init(&r.go, NULL, (unsigned)n + 1) != 0)
+        fail("cannot set up %d clients", n);
+    for (int i = 0; i < n; i++) {
+        cl[i].run = &r;
+        if (pthread_create(&cl[i].th, NULL, client_main, &cl[i]) != 0)
+            fail("cannot start client thread %d", i);
+    }
+    pthread_barrier_wait(&r.ready);
+    cpu_snap(&c0);
+    r.deadline = c0.t + secs;
+    pthread_barrier_wait(&r.go);
+    for (int i = 0; i < n; i++)
+        pthread_join(cl[i].th, NULL);
+    cpu_snap(&c1);
+    size_t total = 0, k = 0;
+    double t_end = c0.t, *all;
+    for (int i = 0; i < n; i++)
+        total += cl[i].nlat, t_end = fmax(t_end, cl[i].t_last);
+    all = xmalloc(total * sizeof *all);
+    for (int i = 0; i < n; i++) {
+        memcpy(all + k, cl[i].lat, cl[i].nlat * sizeof *all);
+        k += cl[i].nlat;
+        free(cl[i].lat);
+        conn_close(&cl[i].c);
+    }
+    qsort(all, total, sizeof *all, cmp_double);
+    row->steps = total;
+    row->rate = (double)total / (t_end - c0.t);
+    row->p50 = all[total / 2];
+    row->p99 = all[(size_t)(0.99 * (double)(total - 1))];
+    row->pmax = all[total - 1];
+    cpu_diff(&c0, &c1, total, row);
+    pthread_barrier_destroy(&r.ready);
+    pthread_barrier_destroy(&r.go);
+    free(all);
+    free(cl);
+}
+
+/* ---- the large session: one client --------------------------------------- */
+
+/* The rows of LROWS under durability @di, on one session: a warm-up step,
+ * then per row a rejected step and LARGE_STEPS timed ones. */
+static void run_large(int port, const struct payload *pl, int di, struct row *rows)
+{
+    struct conn c;
+    char path[80];
+    long long step = 0;
+    conn_open(&c, port);
+    create_session(&c, pl, path, sizeof path);
+    post_step(&c, path, pl, ENC_BIN32, ++step, 0);
+    for (size_t i = 0; i < NLROW; i++) {
+        struct row *r = &rows[i];
+        double t[LARGE_STEPS];
+        struct cpu c0, c1;
+        if (LROWS[i].dur != di)
+            continue;
+        r->reject = post_step(&c, path, pl, LROWS[i].enc, step + 1, 1);
+        cpu_snap(&c0);
+        for (int k = 0; k < LARGE_STEPS; k++)
+            t[k] = post_step(&c, path, pl, LROWS[i].enc, ++step, 0);
+        cpu_snap(&c1);
+        cpu_diff(&c0, &c1, LARGE_STEPS, r);
+        qsort(t, LARGE_STEPS, sizeof *t, cmp_double);
+        r->steps = LARGE_STEPS;
+        r->p50 = t[LARGE_STEPS / 2], r->lo = t[0], r->pmax = t[LARGE_STEPS - 1];
+        r->req_mb = (double)c.sent / 1e6;
+        r->rep_mb = (double)c.rlen / 1e6;
+    }
+    conn_close(&c);
+}
+
+/* ---- in-process libcurv --------------------------------------------------- */
+
+/* Median over @reps (<= 5) repetitions of >= @min_s (at least one op) of a
+ * step (@save = 0) or a curv_opt_save (@save = 1); seconds per op. */
+static double time_inproc(curv_opt *o, const double *g, double *upd, int save, int reps,
+                          double min_s)
+{
+    double rep[5];
+    curv_step_input in = {.grad = g, .len = curv_layout_dim(curv_opt_layout(o)), .dtype = CURV_F64};
+    for (int r = 0; r < reps; r++) {
+        double t0 = now_s(), el;
+        long n = 0;
+        do {
+            curv_request req;
+            curv_error e = {.text = ""};
+            unsigned char *blob = NULL;
+            size_t len;
+            curv_status st =
+                save ? curv_opt_save(o, &blob, &len, &e) : curv_opt_step(o, &in, upd, &req, &e);
+            curv_free(blob);
+            if (st != CURV_OK)
+                fail("in-process %s: %s: %s", save ? "save" : "step", curv_status_name(st), e.text);
+            n++;
+        } while ((el = now_s() - t0) < min_s);
+        rep[r] = el / (double)n;
+    }
+    qsort(rep, (size_t)reps, sizeof *rep, cmp_double);
+    return rep[reps / 2];
+}
+
+/* Time @pl's session in this process: out[0] a step, out[1] a save. */
+static void inproc_pair(const struct payload *pl, int reps, double min_s, double out[2])
+{
+    size_t d = pl->nblocks * pl->bn;
+    double *g = xmalloc(d * sizeof *g), *upd = xmalloc(d * sizeof *upd);
+    for (size_t k = 0; k < pl->nblocks; k++)
+        memcpy(g + k * pl->bn, pl->f64, pl->bn * sizeof *g);
+    curv_layout *l = curv_layout_new();
+    curv_opt *o = NULL;
+    curv_error e = {.text = ""};
+    curv_status st = l ? CURV_OK : CURV_E_NOMEM;
+    for (size_t k = 0; k < pl->nblocks && st == CURV_OK; k++) {
+        char name[24];
+        snprintf(name, sizeof name, "b%zu", k);
+        st = curv_layout_add_vector(l, name, pl->bn, &e);
+    }
+    if (st == CURV_OK)
+        st = curv_opt_new(CURV_OPT_ADAGRAD_DIAG, l, NULL, &o, &e);
+    curv_layout_free(l);
+    if (st != CURV_OK)
+        fail("in-process optimizer: %s: %s", curv_status_name(st), e.text);
+    time_inproc(o, g, upd, 0, 1, min_s); /* warm-up */
+    out[0] = time_inproc(o, g, upd, 0, 5, min_s);
+    out[1] = time_inproc(o, g, upd, 1, reps, min_s);
+    curv_opt_free(o);
+    free(g);
+    free(upd);
+}
+
+/* ---- report --------------------------------------------------------------- */
+
+static void print_tables(const struct row s[NDUR][NCLI], const struct row *l,
+                         const struct payload *pl, double secs)
+{
+    printf("\nsmall sessions: adagrad_diag, d = %d (one vector block), FP32 JSON numbers, one\n"
+           "session per keep-alive connection, %.1f s per row after %d warm-up steps each;\n"
+           "CPU columns: us per step; 'other': CPU busy outside daemon and bench, %% of machine\n",
+           SMALL_D, secs, SMALL_WARM);
+    printf("%-10s %7s %7s %8s %8s %8s %8s %9s %9s %6s\n", "durability", "clients", "steps",
+           "steps/s", "p50 ms", "p99 ms", "max ms", "daemon", "client", "other");
+    for (int di = 0; di < NDUR; di++)
+        for (int ci = 0; ci < NCLI; ci++) {
+            const struct row *r = &s[di][ci];
+            printf("%-10s %7d %7zu %8.0f %8.3f %8.3f %8.2f %9.1f %9.1f %5.0f%%\n", DURS[di],
+                   CLIENTS[ci], r->steps, r->rate, r->p50 * 1e3, r->p99 * 1e3, r->pmax * 1e3,
+                   r->dcpu * 1e6, r->ccpu * 1e6, r->other < 0 ? 0 : r->other);
+        }
+    printf("\nlarge session: adagrad_diag, d = %zu (%zu vector blocks of %zu), one client, %d\n"
+           "timed steps per row (ms: median, min, max); 'rejected': one step answered 422 after\n"
+           "the whole body was received and decoded; daemon CPU in ms per step\n",
+           pl->nblocks * pl->bn, pl->nblocks, pl->bn, LARGE_STEPS);
+    printf("%-10s %-11s %7s %7s %8s %8s %8s %8s %8s %8s %6s\n", "durability", "encoding", "req MB",
+           "rep MB", "ms/step", "min", "max", "MB/s", "rejected", "daemon", "other");
+    for (size_t i = 0; i < NLROW; i++) {
+        const struct row *r = &l[i];
+        printf("%-10s %-11s %7.1f %7.1f %8.0f %8.0f %8.0f %8.1f %8.0f %8.0f %5.0f%%\n",
+               DURS[LROWS[i].dur], ENC_NAME[LROWS[i].enc], r->req_mb, r->rep_mb, r->p50 * 1e3,
+               r->lo * 1e3, r->pmax * 1e3, r->req_mb / r->p50, r->reject * 1e3, r->dcpu * 1e3,
+               r->other < 0 ? 0 : r->other);
+    }
+}
+
+static void print_ratios(const struct row s[NDUR][NCLI], const struct row *l, const double in[4],
+                         size_t d_large)
+{
+    printf("\nratios (in-process, before the daemon started: d = %d step %.2f us, save %.1f us;\n"
+           "d = %zu step %.1f ms, save %.1f ms)\n",
+           SMALL_D, in[0] * 1e6, in[1] * 1e6, d_large, in[2] * 1e3, in[3] * 1e3);
+    printf("small, goal >= 10000 steps/s on this machine; library share = (step + save) / "
+           "daemon CPU\n");
+    for (int di = 0; di < NDUR; di++)
+        for (int ci = 0; ci < NCLI; ci++)
+            printf("  %-6s %2d clients: %6.0f steps/s = %.2f x goal %-8s library share %4.1f%%\n",
+                   DURS[di], CLIENTS[ci], s[di][ci].rate, s[di][ci].rate / 1e4,
+                   s[di][ci].rate >= 1e4 ? "(met)" : "(MISSED)",
+                   100 * (in[0] + in[1]) / s[di][ci].dcpu);
+    for (int ci = 0; ci < NCLI; ci++)
+        printf("  durable commit, %2d clients: full - normal = %+.0f us per step (1/throughput), "
+               "%+.2f ms p50\n",
+               CLIENTS[ci], (1 / s[1][ci].rate - 1 / s[0][ci].rate) * 1e6,
+               (s[1][ci].p50 - s[0][ci].p50) * 1e3);
+    printf("large, (HTTP step - in-process step) / in-process step, goal < 20%% for binary; a\n"
+           "step's split (ms) = rejected (receive + decode) + in-process step + in-process save\n"
+           "+ rest (reply encoding and transfer, SQLite write of state and reply, commit)\n");
+    for (size_t i = 0; i < NLROW; i++) {
+        const struct row *r = &l[i];
+        double over = (r->p50 - in[2]) / in[2];
+        printf("  %-6s %-11s %+7.0f%% %-8s %7.0f = %6.0f + %5.0f + %6.0f + %6.0f\n",
+               DURS[LROWS[i].dur], ENC_NAME[LROWS[i].enc], 100 * over,
+               LROWS[i].enc == ENC_JSON ? ""
+               : over < 0.2             ? "(met)"
+                                        : "(MISSED)",
+               r->p50 * 1e3, r->reject * 1e3, in[2] * 1e3, in[3] * 1e3,
+               (r->p50 - r->reject - in[2] - in[3]) * 1e3);
+    }
+    for (size_t i = 0; i < NLROW; i++)
+        for (size_t j = 0; j < NLROW; j++)
+            if (LROWS[i].dur == 1 && LROWS[j].dur == 0 && LROWS[i].enc == LROWS[j].enc)
+                printf("  durable commit, %s: full - normal = %+.0f ms per step\n",
+                       ENC_NAME[LROWS[i].enc], (l[i].p50 - l[j].p50) * 1e3);
+}
+
+int main(int argc, char **argv)
+{
+    int quick = argc == 2 && strcmp(argv[1], "--quick") == 0;
+    if (argc > 2 || (argc == 2 && !quick)) {
+        fprintf(stderr, "usage: %s [--quick]\n", argv[0]);
+        return 2;
+    }
+    if (!getenv("OPENBLAS_NUM_THREADS"))
+        openblas_set_num_threads(1);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    const char *bin = getenv("CURVD_BIN") ? getenv("CURVD_BIN") : "build/curvd";
+    const char *tmpdir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    double secs = quick ? 1.0 : SMALL_S, in[4];
+    struct payload small, large;
+    static struct row srow[NDUR][NCLI], lrows[NLROW];
+    g_ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    printf("bench_http: %s over loopback HTTP/1.1 vs in-process libcurv %s. The daemon and\n"
+           "this load generator share the same %ld online CPUs: the figures are what both get.\n",
+           bin, curv_version(), g_ncpu);
+    fflush(stdout);
+    payload_init(&small, 1, SMALL_D);
+    payload_init(&large, LARGE_BLOCKS, quick ? LARGE_BN / 10 : LARGE_BN);
+    inproc_pair(&small, 5, 0.05, in);
+    inproc_pair(&large, 3, 0, in + 2);
+    snprintf(g_tmp, sizeof g_tmp, "%s/bench_http.XXXXXX", tmpdir);
+    if (!mkdtemp(g_tmp))
+        fail("mkdtemp %s: %s", g_tmp, strerror(errno));
+    for (int di = 0; di < NDUR; di++) {
+        char line[512], db[64];
+        int port = daemon_start(bin, DURS[di], line, sizeof line);
+        printf("daemon: %s\n", line);
+        fflush(stdout);
+        for (int ci = 0; ci < NCLI; ci++)
+            run_small(port, &small, CLIENTS[ci], secs, &srow[di][ci]);
+        run_large(port, &large, di, lrows);
+        int st = daemon_stop();
+        if (st != 0)
+            fail("the daemon did not stop cleanly on SIGTERM (status %d)", st);
+        for (int k = 0; k < 3; k++) { /* free the disk for the next daemon */
+            snprintf(db, sizeof db, "%s.db%s", DURS[di], k == 0 ? "" : k == 1 ? "-wal" : "-shm");
+            remove_tmp(db);
+        }
+    }
+    remove_tmp(NULL);
+    print_tables(srow, lrows, &large, secs);
+    print_ratios(srow, lrows, in, large.nblocks * large.bn);
+    return 0; /* the payloads go with the process */
+}
