@@ -85,6 +85,7 @@ curv_status curv_opt_save(const curv_opt *o, unsigned char **blob, size_t *len, 
     if (!o || !blob || !len)
         return curv__fail(err, CURV_E_INVALID, "opt: NULL optimizer or output pointer");
     struct curv__writer w = {0};
+    curv__w_frame(&w);
     curv__w_u32(&w, (uint32_t)o->kind);
     save_layout(o->layout, &w);
     curv__params_save(o->vt->params, o->vt->n_params, o->hyper, &w);

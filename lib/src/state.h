@@ -14,7 +14,8 @@
 struct curv__writer {
     unsigned char *buf;
     size_t len, cap;
-    int oom; /* an allocation failed; the blob is unusable */
+    int oom;    /* an allocation failed; the blob is unusable */
+    int framed; /* curv__w_frame() reserved the header at the start */
 };
 
 struct curv__reader {
@@ -39,8 +40,13 @@ void curv__r_str(struct curv__reader *r, char *buf, size_t cap);
 /* Bytes left; use before trusting a count read from the blob. */
 size_t curv__r_left(const struct curv__reader *r);
 
+/* Reserve the frame's header at the start of an empty writer, so that
+ * curv__state_seal() can hand the buffer over without copying the payload. */
+void curv__w_frame(struct curv__writer *w);
+
 /* Frame the writer's payload: header + payload + CRC-32 trailer. On
- * success returns CURV_OK and hands over an owned blob. */
+ * success returns CURV_OK and hands over an owned blob (for a framed
+ * writer, its own buffer: the writer is left empty). */
 curv_status curv__state_seal(struct curv__writer *w, unsigned char **blob, size_t *len,
                              curv_error *err);
 
