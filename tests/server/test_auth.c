@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include "auth.h"
-#include "daemon.h"
 #include "http.h"
 #include "srvutil.h"
 #include "testutil.h"
@@ -24,9 +23,7 @@ struct fx {
 static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/curvd-auth-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->db, sizeof f->db, "%s/curvd.db", f->dir);
+    su_tmpdir(f->dir, sizeof f->dir, NULL, "auth", f->db, sizeof f->db);
     snprintf(f->tokens, sizeof f->tokens, "%s/tokens", f->dir);
     FILE *t = fopen(f->tokens, "w");
     fprintf(t, "# token tenant\n%s alice\n\n%s bob\n", TOKEN_A, TOKEN_B);
@@ -35,10 +32,7 @@ static int setup(void **state)
     f->srv.cfg.token_file = f->tokens;
     f->srv.cfg.max_sessions = 10;
     f->srv.cfg.mem_budget = 1 << 24;
-    char err[256];
-    if (curvd_daemon_open(&f->srv, err, sizeof err) != 0)
-        fail_msg("%s", err);
-    su_start(&f->srv, f->base, sizeof f->base);
+    su_daemon_start(&f->srv, f->base, sizeof f->base);
     *state = f;
     return 0;
 }
@@ -47,11 +41,8 @@ static int teardown(void **state)
 {
     struct fx *f = *state;
     su_set_token(NULL);
-    su_stop(&f->srv);
-    curvd_daemon_close(&f->srv);
-    char cmd[160];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    assert_int_equal(system(cmd), 0);
+    su_daemon_stop(&f->srv);
+    assert_int_equal(su_rmtree(f->dir), 0);
     free(f);
     return 0;
 }

@@ -32,7 +32,6 @@
 #include <unistd.h>
 
 #include "curv.h"
-#include "daemon.h"
 #include "http.h"
 #include "srvutil.h"
 #include "testutil.h"
@@ -295,27 +294,7 @@ static int raw_exchange(unsigned port, const unsigned char *req, size_t len, int
 static json_t *http_json(struct fx *f, const char *method, const char *path, const char *body,
                          long want)
 {
-    char url[256];
-    snprintf(url, sizeof url, "%s%s", f->base, path);
-    struct su_resp r;
-    su_request(method, url, body, body ? strlen(body) : 0, NULL, 0, &r);
-    if (r.status != want)
-        fail_msg("%s %s: status %ld, want %ld: %s", method, path, r.status, want, r.body);
-    json_t *j = r.len ? json_loads(r.body, 0, NULL) : NULL;
-    su_resp_free(&r);
-    return j;
-}
-
-static unsigned char *export_state(struct fx *f, const char *id, size_t *len)
-{
-    char url[256];
-    snprintf(url, sizeof url, "%s/v1/sessions/%s/state", f->base, id);
-    struct su_resp r;
-    su_request("GET", url, NULL, 0, NULL, 0, &r);
-    if (r.status != 200)
-        fail_msg("export %s: status %ld: %s", id, r.status, r.body);
-    *len = r.len;
-    return (unsigned char *)r.body;
+    return su_call(f->base, method, path, body, want, NULL);
 }
 
 /* A step body in JSON numbers, FP64, blocks in reverse layout order. */
@@ -379,25 +358,20 @@ static void fixture_make(struct fx *f)
     assert_int_equal(json_integer_value(json_object_get(r, "step")), 1);
     json_decref(r);
     free(f->state);
-    f->state = export_state(f, f->id, &f->state_len);
+    f->state = su_export_state(f->base, f->id, &f->state_len, NULL);
 }
 
 static int group_setup(void **state)
 {
     struct fx *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/curvd-cases-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->db, sizeof f->db, "%s/curvd.db", f->dir);
+    su_tmpdir(f->dir, sizeof f->dir, NULL, "cases", f->db, sizeof f->db);
     f->srv.cfg.db_path = f->db;
     f->srv.cfg.max_sessions = 100;
     f->srv.cfg.mem_budget = (size_t)4 << 20; /* create-state-over-budget */
     f->srv.cfg.max_body = MAX_BODY;
     f->srv.cfg.workers = 2; /* heavy routes on the worker pool, as in production */
-    char err[256];
-    if (curvd_daemon_open(&f->srv, err, sizeof err) != 0)
-        fail_msg("daemon_open: %s", err);
-    su_start(&f->srv, f->base, sizeof f->base);
+    su_daemon_start(&f->srv, f->base, sizeof f->base);
     f->port = curvd_http_port(&f->srv);
     fixture_make(f);
     *state = f;
@@ -407,11 +381,8 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     struct fx *f = *state;
-    su_stop(&f->srv);
-    curvd_daemon_close(&f->srv);
-    char cmd[160];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    assert_int_equal(system(cmd), 0);
+    su_daemon_stop(&f->srv);
+    assert_int_equal(su_rmtree(f->dir), 0);
     free(f->state);
     free(f);
     return 0;
@@ -747,18 +718,14 @@ static void check_response(const struct expect *e, const struct raw_resp *r, cha
 static void check_fixture(struct fx *f, char *why, size_t cap)
 {
     why[0] = '\0';
-    char path[128];
-    snprintf(path, sizeof path, "/v1/sessions/%s", f->id);
-    json_t *s = http_json(f, "GET", path, NULL, 200);
-    long long step = json_integer_value(json_object_get(s, "step"));
-    json_decref(s);
+    long step = su_session_step(f->base, f->id);
     size_t len;
-    unsigned char *now = export_state(f, f->id, &len);
+    unsigned char *now = su_export_state(f->base, f->id, &len, NULL);
     json_t *list = http_json(f, "GET", "/v1/sessions?page_size=1000", NULL, 200);
     size_t n = json_array_size(json_object_get(list, "sessions"));
     json_decref(list);
     if (step != 1)
-        snprintf(why, cap, "the fixture session is at step %lld, not 1", step);
+        snprintf(why, cap, "the fixture session is at step %ld, not 1", step);
     else if (len != f->state_len || memcmp(now, f->state, len) != 0)
         snprintf(why, cap, "the fixture session's exported state changed");
     else if (n != 1)

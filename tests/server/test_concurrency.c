@@ -9,22 +9,19 @@
  */
 #include <curl/curl.h>
 #include <jansson.h>
-#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "curv.h"
-#include "daemon.h"
 #include "http.h"
 #include "srvutil.h"
 #include "testutil.h"
 
-enum { D = 11 }; /* fc: 2 x (4 + bias) = 10, gain: 1 */
+enum { D = SU_D }; /* srvutil's layout: fc, 2 x (4 + bias) = 10; gain, 1 */
 
 struct fx {
     struct curvd_server srv;
@@ -40,31 +37,22 @@ static void start(struct fx *f, size_t max_sessions, size_t mem_budget, unsigned
     f->srv.cfg.max_sessions = max_sessions;
     f->srv.cfg.mem_budget = mem_budget;
     f->srv.cfg.threads = threads;
-    char err[256];
-    if (curvd_daemon_open(&f->srv, err, sizeof err) != 0)
-        fail_msg("daemon_open: %s", err);
-    su_start(&f->srv, f->base, sizeof f->base);
+    su_daemon_start(&f->srv, f->base, sizeof f->base);
     f->running = 1;
 }
 
 static void stop(struct fx *f)
 {
-    if (f->running) {
-        su_stop(&f->srv);
-        curvd_daemon_close(&f->srv);
-    }
+    if (f->running)
+        su_daemon_stop(&f->srv);
     f->running = 0;
 }
 
 static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/curvd-conc-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->db, sizeof f->db, "%s/curvd.db", f->dir);
-    f->layout = curv_layout_new();
-    assert_int_equal(curv_layout_add_dense(f->layout, "fc", 2, 4, 1, NULL), CURV_OK);
-    assert_int_equal(curv_layout_add_vector(f->layout, "gain", 1, NULL), CURV_OK);
+    su_tmpdir(f->dir, sizeof f->dir, NULL, "conc", f->db, sizeof f->db);
+    f->layout = su_layout_new();
     *state = f;
     return 0;
 }
@@ -74,154 +62,40 @@ static int teardown(void **state)
     struct fx *f = *state;
     stop(f);
     curv_layout_free(f->layout);
-    char cmd[160];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    int rc = system(cmd);
+    int rc = su_rmtree(f->dir);
     free(f);
     return rc == 0 ? 0 : -1;
 }
 
-/* ---- A client safe to use from any thread (no cmocka inside) ---- */
+/* ---- Sessions, gradients, updates (worker threads use su_try_request) ---- */
 
-struct resp {
-    long status;
-    char *body;
-    size_t len;
-};
-
-static size_t on_body(char *data, size_t sz, size_t n, void *ud)
+/* POST /v1/sessions for @kind, which must answer @want; the reply, and
+ * the id on 201. */
+static json_t *create(struct fx *f, curv_opt_kind kind, long want, char id[33])
 {
-    struct resp *r = ud;
-    char *np = realloc(r->body, r->len + sz * n + 1);
-    if (!np)
-        return 0;
-    memcpy(np + r->len, data, sz * n);
-    r->body = np;
-    r->len += sz * n;
-    r->body[r->len] = '\0';
-    return sz * n;
-}
-
-/* 0, or -1 when the transfer failed (r->status is then 0). */
-static int post(const char *url, const char *body, struct resp *r)
-{
-    memset(r, 0, sizeof *r);
-    CURL *c = curl_easy_init();
-    if (!c)
-        return -1;
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    h = curl_slist_append(h, "Expect:");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    CURLcode rc = curl_easy_perform(c);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    if (!r->body)
-        r->body = calloc(1, 1);
-    return rc == CURLE_OK && r->body ? 0 : -1;
-}
-
-/* ---- Sessions, gradients, updates ---- */
-
-static const char *LAYOUT = "[{\"name\":\"fc\",\"kind\":\"dense\",\"shape\":[2,4],\"bias\":true},"
-                            "{\"name\":\"gain\",\"kind\":\"vector\",\"shape\":[1]}]";
-
-/* POST /v1/sessions for @kind; the status, and the id on 201. */
-static long create(struct fx *f, curv_opt_kind kind, char id[33], char *reason, size_t cap)
-{
-    char url[128], body[512];
-    snprintf(url, sizeof url, "%s/v1/sessions", f->base);
-    snprintf(body, sizeof body, "{\"optimizer\":\"%s\",\"layout\":%s}", curv_opt_kind_name(kind),
-             LAYOUT);
-    struct su_resp r;
-    su_request("POST", url, body, strlen(body), NULL, 0, &r);
-    json_t *j = json_loads(r.body, 0, NULL);
-    if (r.status == 201)
-        snprintf(id, 33, "%s", json_string_value(json_object_get(j, "id")));
-    if (reason)
-        snprintf(reason, cap, "%s", json_string_value(json_object_get(j, "reason")));
-    json_decref(j);
-    long st = r.status;
-    su_resp_free(&r);
-    return st;
+    return su_create(f->base, curv_opt_kind_name(kind), NULL, want, id, NULL);
 }
 
 static void grad_at(int s, int t, int variant, double *g)
 {
-    for (int i = 0; i < D; i++)
-        g[i] = sin(0.37 * (t * D + i) + 0.71 * s + 2.9 * variant) * (1 + i % 3);
+    su_grad(t, 0.71 * s + 2.9 * variant, g);
 }
 
 static char *step_body(int t, const double *g)
 {
-    char *p = malloc(2048);
-    int n = snprintf(p, 2048,
-                     "{\"step\":%d,\"gradients\":[{\"name\":\"gain\",\"shape\":[1],\"datatype\":"
-                     "\"FP64\",\"data\":[%.17g]},{\"name\":\"fc\",\"shape\":[2,5],\"datatype\":"
-                     "\"FP64\",\"data\":[",
-                     t, g[10]);
-    for (int i = 0; i < 10; i++)
-        n += snprintf(p + n, 2048 - (size_t)n, "%s%.17g", i ? "," : "", g[i]);
-    snprintf(p + n, 2048 - (size_t)n, "]}]}");
-    return p;
-}
-
-/* The update of a 200 step reply in layout order; 0, or -1 if malformed. */
-static int parse_update(const char *body, int t, double *u)
-{
-    json_t *j = json_loads(body, 0, NULL), *tn;
-    int got = 0, ok = json_integer_value(json_object_get(j, "step")) == t;
-    size_t k;
-    json_array_foreach(json_object_get(j, "update"), k, tn)
-    {
-        const char *name = json_string_value(json_object_get(tn, "name"));
-        json_t *data = json_object_get(tn, "data");
-        size_t off = name && strcmp(name, "gain") == 0 ? 10 : 0, n = off ? 1 : 10;
-        ok = ok && json_array_size(data) == n;
-        for (size_t i = 0; ok && i < n; i++)
-            u[off + i] = json_number_value(json_array_get(data, i));
-        got += (int)n;
-    }
-    json_decref(j);
-    return ok && got == D ? 0 : -1;
-}
-
-static long session_step(struct fx *f, const char *id)
-{
-    char url[256];
-    snprintf(url, sizeof url, "%s/v1/sessions/%s", f->base, id);
-    struct su_resp r;
-    su_request("GET", url, NULL, 0, NULL, 0, &r);
-    if (r.status != 200)
-        fail_msg("GET %s: %ld: %s", url, r.status, r.body);
-    json_t *j = json_loads(r.body, 0, NULL);
-    long step = (long)json_integer_value(json_object_get(j, "step"));
-    json_decref(j);
-    su_resp_free(&r);
-    return step;
+    return su_step_text(t, g, 1);
 }
 
 /* The exported state must equal the reference's saved state. */
 static void expect_state(struct fx *f, const char *id, const curv_opt *ref)
 {
-    char url[256];
-    snprintf(url, sizeof url, "%s/v1/sessions/%s/state", f->base, id);
-    struct su_resp r;
-    su_request("GET", url, NULL, 0, NULL, 0, &r);
-    assert_int_equal(r.status, 200);
-    size_t len;
+    size_t got, len;
+    unsigned char *blob = su_export_state(f->base, id, &got, NULL);
     unsigned char *snap = tu_snapshot(ref, &len);
-    assert_int_equal(r.len, len);
-    assert_memory_equal(r.body, snap, len);
+    assert_int_equal(got, len);
+    assert_memory_equal(blob, snap, len);
     curv_free(snap);
-    su_resp_free(&r);
+    free(blob);
 }
 
 /* The value of the metric line starting with @series. */
@@ -258,7 +132,7 @@ struct racer {
     pthread_barrier_t *go, *done;
     int rounds, index;
     char *body; /* set by the main thread before each round */
-    struct resp r;
+    struct su_resp r;
     int failed;
 };
 
@@ -271,7 +145,7 @@ static void *racer_main(void *arg)
             struct timespec ts = {0, (long)(round / 2 % 4) * 150000L};
             nanosleep(&ts, NULL);
         }
-        x->failed |= post(x->url, x->body, &x->r) != 0;
+        x->failed |= su_try_request("POST", x->url, x->body, &x->r) != CURLE_OK;
         pthread_barrier_wait(x->done);
     }
     return NULL;
@@ -290,12 +164,12 @@ static void *noise_main(void *arg)
 {
     struct noise *n = arg;
     while (!atomic_load(&n->stop)) {
-        struct resp r;
-        int rc = post(n->url, "{\"values\":{}}", &r);
-        n->bad += rc != 0 || (r.status != 409 && r.status != 200);
+        struct su_resp r;
+        CURLcode rc = su_try_request("POST", n->url, "{\"values\":{}}", &r);
+        n->bad += rc != CURLE_OK || (r.status != 409 && r.status != 200);
         n->posts++;
-        free(r.body);
-        if (rc != 0)
+        su_resp_free(&r);
+        if (rc != CURLE_OK)
             break; /* the daemon is gone: a check failed */
     }
     return NULL;
@@ -323,8 +197,8 @@ static void race(struct fx *f, int rounds, int evicting)
     struct racer *x = c->x;
     struct noise *nz = &c->nz;
     pthread_t *th = c->th;
-    assert_int_equal(create(f, CURV_OPT_MBAG, id, NULL, 0), 201);
-    assert_int_equal(create(f, CURV_OPT_SGD, other, NULL, 0), 201);
+    json_decref(create(f, CURV_OPT_MBAG, 201, id));
+    json_decref(create(f, CURV_OPT_SGD, 201, other));
     snprintf(url, sizeof c->url, "%s/v1/sessions/%s/steps", f->base, id);
     snprintf(nurl, sizeof c->nurl, "%s/v1/sessions/%s/steps/1/callbacks/c", f->base, other);
     curv_opt *ref = tu_new_opt(CURV_OPT_MBAG, f->layout, NULL);
@@ -376,7 +250,7 @@ static void race(struct fx *f, int rounds, int evicting)
             replays++;
         }
         double u[D], u0[D], u1[D];
-        assert_int_equal(parse_update(x[ok[0] ? 0 : 1].r.body, t, u), 0);
+        assert_int_equal(su_update_of(x[ok[0] ? 0 : 1].r.body, t, u), 0);
         /* Exactly one of the two gradients was applied, once: find which. */
         size_t len;
         unsigned char *snap = tu_snapshot(ref, &len);
@@ -396,9 +270,9 @@ static void race(struct fx *f, int rounds, int evicting)
         }
         curv_opt_free(alt);
         wins[is1]++;
-        assert_int_equal(session_step(f, id), t);
+        assert_int_equal(su_session_step(f->base, id), t);
         for (int k = 0; k < 2; k++) {
-            free(x[k].r.body);
+            su_resp_free(&x[k].r);
             free(x[k].body);
         }
     }
@@ -460,14 +334,14 @@ static void *worker_main(void *arg)
             double g[D];
             grad_at(s->index, t, 0, g);
             char *body = step_body(t, g);
-            struct resp r;
-            if (post(url, body, &r) != 0 || r.status != 200)
+            struct su_resp r;
+            if (su_try_request("POST", url, body, &r) != CURLE_OK || r.status != 200)
                 snprintf(w->error, sizeof w->error, "session %s step %d: %ld %s", s->id, t,
                          r.status, r.body ? r.body : "");
-            else if (parse_update(r.body, t, s->upd[t]) != 0)
+            else if (su_update_of(r.body, t, s->upd[t]) != 0)
                 snprintf(w->error, sizeof w->error, "session %s step %d: bad reply %s", s->id, t,
                          r.body);
-            free(r.body);
+            su_resp_free(&r);
             free(body);
         }
     return NULL;
@@ -477,13 +351,12 @@ static void *worker_main(void *arg)
  * must be the same, bit for bit. */
 static void check_step(struct sess *x, int t)
 {
-    double g[D], want[D];
+    double g[D];
+    char what[96];
     grad_at(x->index, t, 0, g);
-    tu_step_ok(x->ref, g, NULL, want);
-    for (int i = 0; i < D; i++)
-        if (memcmp(&x->upd[t][i], &want[i], sizeof want[i]) != 0)
-            fail_msg("session %d (%s), step %d, element %d: daemon %.17g, libcurv %.17g", x->index,
-                     curv_opt_kind_name(x->kind), t, i, x->upd[t][i], want[i]);
+    snprintf(what, sizeof what, "session %d (%s), step %d", x->index, curv_opt_kind_name(x->kind),
+             t);
+    su_check_update(x->ref, g, x->upd[t], what);
 }
 
 /* Run @nw workers, worker i owning sessions i, i + nw, ...; then check
@@ -515,7 +388,7 @@ static void make_sessions(struct fx *f, struct sess *s, int n)
     for (int i = 0; i < n; i++) {
         s[i].index = i + 1;
         s[i].kind = (curv_opt_kind)(i % CURV_OPT_KIND_COUNT);
-        assert_int_equal(create(f, s[i].kind, s[i].id, NULL, 0), 201);
+        json_decref(create(f, s[i].kind, 201, s[i].id));
         s[i].ref = tu_new_opt(s[i].kind, f->layout, NULL);
     }
 }
@@ -530,7 +403,7 @@ static void test_many_sessions(void **state)
     run_workers(f, s, NS, NW, 1, STEPS);
     double per_kind[CURV_OPT_KIND_COUNT] = {0};
     for (int i = 0; i < NS; i++) {
-        assert_int_equal(session_step(f, s[i].id), STEPS);
+        assert_int_equal(su_session_step(f->base, s[i].id), STEPS);
         expect_state(f, s[i].id, s[i].ref);
         per_kind[s[i].kind] += STEPS;
         curv_opt_free(s[i].ref);
@@ -564,7 +437,7 @@ static void test_eviction(void **state)
     run_workers(f, s, NS, 3, ROUNDS + 1, MORE); /* loads race evictions */
     assert_true(metric(f, "curvd_sessions{where=\"memory\"}") <= 2);
     for (int i = 0; i < NS; i++) {
-        assert_int_equal(session_step(f, s[i].id), MORE);
+        assert_int_equal(su_session_step(f->base, s[i].id), MORE);
         expect_state(f, s[i].id, s[i].ref);
         curv_opt_free(s[i].ref);
     }
@@ -581,9 +454,10 @@ static void test_state_too_large(void **state)
     unsigned char *blob = tu_snapshot(o, &len); /* one session's state, sized by libcurv */
     curv_opt_free(o);
     start(f, 100, len - 1, 2);
-    char id[33], reason[64];
-    assert_int_equal(create(f, CURV_OPT_ADAGRAD_DIAG, id, reason, sizeof reason), 422);
-    assert_string_equal(reason, "STATE_TOO_LARGE");
+    char id[33];
+    json_t *p = create(f, CURV_OPT_ADAGRAD_DIAG, 422, id);
+    assert_string_equal(json_string_value(json_object_get(p, "reason")), "STATE_TOO_LARGE");
+    json_decref(p);
     char url[128];
     snprintf(url, sizeof url, "%s/v1/sessions:import", f->base);
     struct su_resp r;
@@ -594,7 +468,7 @@ static void test_state_too_large(void **state)
     assert_true(metric(f, "curvd_sessions{where=\"disk\"}") == 0); /* nothing kept */
     stop(f);
     start(f, 100, len, 2); /* exactly one state's worth fits */
-    assert_int_equal(create(f, CURV_OPT_ADAGRAD_DIAG, id, NULL, 0), 201);
+    json_decref(create(f, CURV_OPT_ADAGRAD_DIAG, 201, id));
     curv_free(blob);
 }
 

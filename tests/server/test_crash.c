@@ -35,9 +35,10 @@
 #include "curv.h"
 #include "daemon.h"
 #include "http.h"
+#include "srvutil.h"
 #include "testutil.h"
 
-enum { D = 11, NSESS = 2, MIN_KILLS = 30, WANT_KILLS = 100 };
+enum { D = SU_D, NSESS = 2, MIN_KILLS = 30, WANT_KILLS = 100 };
 #define TIME_S 10.0 /* then stop at WANT_KILLS or this; past it only to reach MIN_KILLS */
 #define HARD_CAP_S 20.0
 
@@ -53,7 +54,7 @@ struct sess {
 };
 
 struct fx {
-    char dir[256], db[300];
+    char dir[256], db[300], base[64];
     pid_t pid;       /* the running daemon, 0: none */
     int err_fd;      /* read end of its stderr */
     pthread_t drain; /* reads its stderr once the port is known */
@@ -144,6 +145,7 @@ static void wait_ready(struct fx *f)
         else if (len + 1 >= sizeof text)
             fail_msg("no port in curvd's start-up output");
     }
+    snprintf(f->base, sizeof f->base, "http://127.0.0.1:%u", f->port);
     assert_int_equal(pthread_create(&f->drain, NULL, drain_main, &f->err_fd), 0);
     f->draining = 1;
 }
@@ -166,134 +168,27 @@ static void reap(struct fx *f)
     f->err_fd = -1;
 }
 
-/* ---- HTTP ---- */
-
-struct resp {
-    long status;
-    char *body;
-    size_t len;
-};
-
-static size_t on_body(char *data, size_t sz, size_t n, void *ud)
-{
-    struct resp *r = ud;
-    char *np = realloc(r->body, r->len + sz * n + 1);
-    if (!np)
-        return 0;
-    memcpy(np + r->len, data, sz * n);
-    r->body = np;
-    r->len += sz * n;
-    r->body[r->len] = '\0';
-    return sz * n;
-}
-
-/* One request; the transfer's result (a killed daemon gives an error). */
-static CURLcode http(struct fx *f, const char *method, const char *path, const char *body,
-                     struct resp *r)
-{
-    memset(r, 0, sizeof *r);
-    char url[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", f->port, path);
-    CURL *c = curl_easy_init();
-    assert_non_null(c);
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    h = curl_slist_append(h, "Expect:");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    if (body) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
-    }
-    CURLcode rc = curl_easy_perform(c);
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    if (!r->body)
-        r->body = calloc(1, 1);
-    return rc;
-}
-
-/* A request that must succeed with @want; returns the parsed body. */
-static json_t *call(struct fx *f, const char *method, const char *path, const char *body, long want,
-                    struct resp *raw)
-{
-    struct resp r;
-    CURLcode rc = http(f, method, path, body, &r);
-    if (rc != CURLE_OK || r.status != want)
-        fail_msg("%s %s: %s, status %ld (want %ld): %s", method, path, curl_easy_strerror(rc),
-                 r.status, want, r.body);
-    json_t *j = json_loads(r.body, 0, NULL);
-    if (raw)
-        *raw = r;
-    else
-        free(r.body);
-    return j;
-}
-
-/* ---- The trainer ---- */
-
-static void grad_at(int s, long t, double *g)
-{
-    for (int i = 0; i < D; i++)
-        g[i] = sin(0.37 * (double)(t * D + i) + 1.3 * s) * (1 + i % 3);
-}
-
-static json_t *tensor(const char *name, json_t *shape, const double *v, size_t n)
-{
-    json_t *data = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(data, json_real(v[i]));
-    return json_pack("{s:s, s:o, s:s, s:o}", "name", name, "shape", shape, "datatype", "FP64",
-                     "data", data);
-}
+/* ---- The trainer (requests through srvutil, with a 10 s timeout) ---- */
 
 static char *step_body(int s, long t)
 {
     double g[D];
-    grad_at(s, t, g);
-    json_t *b = json_pack("{s:I, s:[o,o]}", "step", (json_int_t)t, "gradients",
-                          tensor("fc", json_pack("[i,i]", 2, 5), g, 10),
-                          tensor("gain", json_pack("[i]", 1), g + 10, 1));
-    char *text = json_dumps(b, JSON_COMPACT | JSON_REAL_PRECISION(17));
-    json_decref(b);
-    return text;
+    su_grad(t, 1.3 * s, g);
+    return su_step_text(t, g, 0);
 }
 
 /* A 200 reply to step @t of session @s seen for the first time: step the
  * reference and compare the update bit for bit; keep the body. */
-static void accept_reply(struct fx *f, int si, long t, struct resp *r)
+static void accept_reply(struct fx *f, int si, long t, struct su_resp *r)
 {
     struct sess *s = &f->s[si];
-    json_t *j = json_loads(r->body, 0, NULL);
-    assert_non_null(j);
-    assert_int_equal(json_integer_value(json_object_get(j, "step")), t);
-    double u[D], want[D], g[D];
-    int seen = 0;
-    json_t *upd = json_object_get(j, "update"), *tn;
-    size_t k;
-    json_array_foreach(upd, k, tn)
-    {
-        const char *name = json_string_value(json_object_get(tn, "name"));
-        size_t off = name && strcmp(name, "gain") == 0 ? 10 : 0, n = off ? 1 : 10;
-        json_t *data = json_object_get(tn, "data");
-        assert_int_equal(json_array_size(data), n);
-        for (size_t i = 0; i < n; i++)
-            u[off + i] = json_number_value(json_array_get(data, i));
-        seen += (int)n;
-    }
-    json_decref(j);
-    assert_int_equal(seen, D);
-    grad_at(si, t, g);
-    tu_step_ok(s->ref, g, NULL, want);
-    for (int i = 0; i < D; i++)
-        if (memcmp(&u[i], &want[i], sizeof u[i]) != 0)
-            fail_msg("session %d step %ld element %d: daemon %.17g, libcurv %.17g", si, t, i, u[i],
-                     want[i]);
+    double u[D], g[D];
+    if (su_update_of(r->body, t, u) != 0)
+        fail_msg("session %d step %ld: bad reply %s", si, t, r->body);
+    su_grad(t, 1.3 * si, g);
+    char what[64];
+    snprintf(what, sizeof what, "session %d step %ld", si, t);
+    su_check_update(s->ref, g, u, what);
     assert_int_equal(t, s->acked + 1);
     s->acked = t;
     free(s->last);
@@ -312,10 +207,10 @@ static void step_ok(struct fx *f, int si)
 {
     char path[128], *body = step_body(si, f->s[si].acked + 1);
     steps_path(&f->s[si], path, sizeof path);
-    struct resp r;
-    json_decref(call(f, "POST", path, body, 200, &r));
+    struct su_resp r;
+    json_decref(su_call(f->base, "POST", path, body, 200, &r));
     accept_reply(f, si, f->s[si].acked + 1, &r);
-    free(r.body);
+    su_resp_free(&r);
     free(body);
 }
 
@@ -339,10 +234,11 @@ static int kill_mid_step(struct fx *f, int si, double delay)
     struct killer k = {f->pid, delay};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, killer_main, &k), 0);
-    char path[128], *body = step_body(si, f->s[si].acked + 1);
+    char path[128], url[256], *body = step_body(si, f->s[si].acked + 1);
     steps_path(&f->s[si], path, sizeof path);
-    struct resp r;
-    CURLcode rc = http(f, "POST", path, body, &r);
+    snprintf(url, sizeof url, "%s%s", f->base, path);
+    struct su_resp r;
+    CURLcode rc = su_try_request("POST", url, body, &r);
     pthread_join(th, NULL);
     free(body);
     int acked = rc == CURLE_OK && r.status == 200;
@@ -350,7 +246,7 @@ static int kill_mid_step(struct fx *f, int si, double delay)
         accept_reply(f, si, f->s[si].acked + 1, &r);
     else if (rc == CURLE_OK)
         fail_msg("step refused: %ld %s", r.status, r.body);
-    free(r.body);
+    su_resp_free(&r);
     return acked;
 }
 
@@ -362,11 +258,7 @@ static int recover(struct fx *f, const int *inflight)
     int applied = 0;
     for (int si = 0; si < NSESS; si++) {
         struct sess *s = &f->s[si];
-        char path[128];
-        snprintf(path, sizeof path, "/v1/sessions/%s", s->id);
-        json_t *j = call(f, "GET", path, NULL, 200, NULL);
-        long step = (long)json_integer_value(json_object_get(j, "step"));
-        json_decref(j);
+        long step = su_session_step(f->base, s->id);
         if (step < s->acked)
             fail_msg("session %d lost acknowledged steps: at %ld, %ld acknowledged", si, step,
                      s->acked);
@@ -375,10 +267,10 @@ static int recover(struct fx *f, const int *inflight)
                      s->acked);
         if (step == 0)
             continue;
-        char *body = step_body(si, step);
-        struct resp r;
+        char path[128], *body = step_body(si, step);
+        struct su_resp r;
         steps_path(s, path, sizeof path);
-        json_decref(call(f, "POST", path, body, 200, &r));
+        json_decref(su_call(f->base, "POST", path, body, 200, &r));
         free(body);
         if (step == s->acked) {
             if (r.len != s->last_len || memcmp(r.body, s->last, r.len) != 0)
@@ -388,7 +280,7 @@ static int recover(struct fx *f, const int *inflight)
             accept_reply(f, si, step, &r); /* applied, never acknowledged: now it is */
             applied++;
         }
-        free(r.body);
+        su_resp_free(&r);
     }
     return applied;
 }
@@ -434,16 +326,8 @@ static void test_sigkill(void **state)
     wait_ready(f);
     const char *kinds[NSESS] = {"adagrad_diag", "mbag"};
     for (int si = 0; si < NSESS; si++) {
-        char body[256];
-        snprintf(body, sizeof body,
-                 "{\"optimizer\":\"%s\",\"layout\":[{\"name\":\"fc\",\"kind\":\"dense\",\"shape\":"
-                 "[2,4],\"bias\":true},{\"name\":\"gain\",\"kind\":\"vector\",\"shape\":[1]}]}",
-                 kinds[si]);
-        json_t *j = call(f, "POST", "/v1/sessions", body, 201, NULL);
-        snprintf(f->s[si].id, sizeof f->s[si].id, "%s",
-                 json_string_value(json_object_get(j, "id")));
+        json_decref(su_create(f->base, kinds[si], NULL, 201, f->s[si].id, NULL));
         assert_int_equal(strlen(f->s[si].id), 32);
-        json_decref(j);
         curv_opt_kind kind;
         assert_int_equal(curv_opt_kind_parse(kinds[si], &kind), CURV_OK);
         f->s[si].ref = tu_new_opt(kind, f->layout, NULL);
@@ -505,14 +389,9 @@ static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof *f);
     assert_non_null(f);
-    const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
-    snprintf(f->dir, sizeof f->dir, "%s/curvd-crash-XXXXXX", tmp);
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->db, sizeof f->db, "%s/curvd.db", f->dir);
+    su_tmpdir(f->dir, sizeof f->dir, getenv("TMPDIR"), "crash", f->db, sizeof f->db);
     f->err_fd = -1;
-    f->layout = curv_layout_new();
-    assert_int_equal(curv_layout_add_dense(f->layout, "fc", 2, 4, 1, NULL), CURV_OK);
-    assert_int_equal(curv_layout_add_vector(f->layout, "gain", 1, NULL), CURV_OK);
+    f->layout = su_layout_new();
     *state = f;
     return 0;
 }
@@ -526,9 +405,7 @@ static int teardown(void **state)
         free(f->s[si].last);
     }
     curv_layout_free(f->layout);
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    int rc = system(cmd);
+    int rc = su_rmtree(f->dir);
     free(f);
     return rc == 0 ? 0 : -1;
 }
@@ -604,6 +481,7 @@ int main(int argc, char **argv)
     printf("crash: daemon %s\n", self_exec ? "this binary --as-daemon" : daemon_path);
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_ALL);
+    su_set_timeout(10);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_sigkill, setup, teardown),
     };

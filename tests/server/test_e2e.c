@@ -12,47 +12,38 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "curv.h"
-#include "daemon.h"
 #include "http.h"
 #include "srvutil.h"
 #include "testutil.h"
 
-enum { D = 11 }; /* fc: 2 x (4 + bias) = 10, gain: 1 */
+enum { D = SU_D }; /* srvutil's layout: fc, 2 x (4 + bias) = 10; gain, 1 */
 
 struct fx {
     struct curvd_server srv;
     char dir[64], db[128], base[64];
+    curv_layout *layout; /* the sessions' layout, in-process */
 };
 
-static void start(struct fx *f)
+/* Open the daemon on the fixture's database; @threads 0: su_start's default. */
+static void start(struct fx *f, unsigned threads)
 {
     memset(&f->srv, 0, sizeof f->srv);
     f->srv.cfg.db_path = f->db;
     f->srv.cfg.max_sessions = 100;
     f->srv.cfg.mem_budget = (size_t)1 << 30;
     f->srv.cfg.max_body = (size_t)16 << 20;
-    char err[256];
-    if (curvd_daemon_open(&f->srv, err, sizeof err) != 0)
-        fail_msg("daemon_open: %s", err);
-    su_start(&f->srv, f->base, sizeof f->base);
-}
-
-static void stop(struct fx *f)
-{
-    su_stop(&f->srv);
-    curvd_daemon_close(&f->srv);
+    f->srv.cfg.threads = threads;
+    su_daemon_start(&f->srv, f->base, sizeof f->base);
 }
 
 static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/curvd-e2e-XXXXXX");
-    assert_non_null(mkdtemp(f->dir));
-    snprintf(f->db, sizeof f->db, "%s/curvd.db", f->dir);
-    start(f);
+    su_tmpdir(f->dir, sizeof f->dir, NULL, "e2e", f->db, sizeof f->db);
+    f->layout = su_layout_new();
+    start(f, 0);
     *state = f;
     return 0;
 }
@@ -60,10 +51,9 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *f = *state;
-    stop(f);
-    char cmd[160];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    assert_int_equal(system(cmd), 0);
+    su_daemon_stop(&f->srv);
+    curv_layout_free(f->layout);
+    assert_int_equal(su_rmtree(f->dir), 0);
     free(f);
     return 0;
 }
@@ -72,46 +62,18 @@ static int teardown(void **state)
 static json_t *call(struct fx *f, const char *method, const char *path, json_t *body, long want,
                     struct su_resp *raw)
 {
-    char url[256];
-    snprintf(url, sizeof url, "%s%s", f->base, path);
     char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(body);
-    struct su_resp r;
-    su_request(method, url, text, text ? strlen(text) : 0, NULL, 0, &r);
+    json_t *j = su_call(f->base, method, path, text, want, raw);
     free(text);
-    if (r.status != want)
-        fail_msg("%s %s: status %ld, want %ld: %s", method, path, r.status, want, r.body);
-    json_t *j = r.len ? json_loads(r.body, 0, NULL) : NULL;
-    if (raw)
-        *raw = r;
-    else
-        su_resp_free(&r);
     return j;
-}
-
-static json_t *layout_json(void)
-{
-    return json_pack("[{s:s, s:s, s:[i,i], s:b}, {s:s, s:s, s:[i]}]", "name", "fc", "kind", "dense",
-                     "shape", 2, 4, "bias", 1, "name", "gain", "kind", "vector", "shape", 1);
-}
-
-static curv_layout *layout_lib(void)
-{
-    curv_layout *l = curv_layout_new();
-    assert_int_equal(curv_layout_add_dense(l, "fc", 2, 4, 1, NULL), CURV_OK);
-    assert_int_equal(curv_layout_add_vector(l, "gain", 1, NULL), CURV_OK);
-    return l;
 }
 
 /* Create a session of @kind with @config (stolen, may be NULL); returns its id. */
 static void create(struct fx *f, const char *kind, json_t *config, char id[33])
 {
-    json_t *req = json_pack("{s:s, s:o}", "optimizer", kind, "layout", layout_json());
-    if (config)
-        json_object_set_new(req, "config", config);
     struct su_resp raw;
-    json_t *s = call(f, "POST", "/v1/sessions", req, 201, &raw);
-    snprintf(id, 33, "%s", json_string_value(json_object_get(s, "id")));
+    json_t *s = su_create(f->base, kind, config, 201, id, &raw);
     assert_int_equal(strlen(id), 32);
     assert_non_null(strstr(raw.location, id));
     assert_int_equal(json_integer_value(json_object_get(s, "step")), 0);
@@ -123,24 +85,12 @@ static void create(struct fx *f, const char *kind, json_t *config, char id[33])
 /* The gradient of step @t as a flat vector (deterministic). */
 static void grad_at(int t, double *g)
 {
-    for (int i = 0; i < D; i++)
-        g[i] = sin(0.37 * (t * D + i)) * (1 + i % 3);
-}
-
-static json_t *tensor(const char *name, json_t *shape, const double *v, size_t n)
-{
-    json_t *data = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(data, json_real(v[i]));
-    return json_pack("{s:s, s:o, s:s, s:o}", "name", name, "shape", shape, "datatype", "FP64",
-                     "data", data);
+    su_grad(t, 0, g);
 }
 
 static json_t *step_body(int t, const double *g)
 {
-    return json_pack("{s:i, s:[o,o]}", "step", t, "gradients",
-                     tensor("gain", json_pack("[i]", 1), g + 10, 1),
-                     tensor("fc", json_pack("[i,i]", 2, 5), g, 10));
+    return su_step_json(t, g, 1);
 }
 
 /* The update in a step reply, flattened in layout order. */
@@ -182,28 +132,32 @@ static void check_steps(struct fx *f, const char *id, curv_opt *ref, int from, i
 static void test_every_kind_matches_library(void **state)
 {
     struct fx *f = *state;
-    curv_layout *l = layout_lib();
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
         const char *kind = curv_opt_kind_name((curv_opt_kind)k);
         char id[33];
         create(f, kind, NULL, id);
-        curv_opt *ref = tu_new_opt((curv_opt_kind)k, l, NULL);
+        curv_opt *ref = tu_new_opt((curv_opt_kind)k, f->layout, NULL);
         check_steps(f, id, ref, 1, 3);
         curv_opt_free(ref);
     }
-    curv_layout_free(l);
 }
 
 static unsigned char *export_state(struct fx *f, const char *id, size_t *len)
 {
-    char url[256];
-    snprintf(url, sizeof url, "%s/v1/sessions/%s/state", f->base, id);
-    struct su_resp r;
-    su_request("GET", url, NULL, 0, NULL, 0, &r);
-    assert_int_equal(r.status, 200);
-    assert_string_equal(r.content_type, "application/octet-stream");
-    *len = r.len;
-    return (unsigned char *)r.body;
+    return su_export_state(f->base, id, len, "application/octet-stream");
+}
+
+/* Create a session of @kind (its id into @id, its steps path into @path)
+ * and post its step 1, which must answer 200 (the response into @raw
+ * unless NULL). */
+static void first_step(struct fx *f, const char *kind, char id[33], char path[128],
+                       struct su_resp *raw)
+{
+    create(f, kind, NULL, id);
+    snprintf(path, 128, "/v1/sessions/%s/steps", id);
+    double g[D];
+    grad_at(1, g);
+    json_decref(call(f, "POST", path, step_body(1, g), 200, raw));
 }
 
 /* Re-posting the latest step replays its reply byte for byte; other
@@ -212,14 +166,12 @@ static void test_exactly_once(void **state)
 {
     struct fx *f = *state;
     char id[33], path[128];
-    create(f, "adagrad_diag", NULL, id);
-    snprintf(path, sizeof path, "/v1/sessions/%s/steps", id);
-    double g[D];
-    grad_at(1, g);
     struct su_resp a, b;
-    json_decref(call(f, "POST", path, step_body(1, g), 200, &a));
+    first_step(f, "adagrad_diag", id, path, &a);
     size_t len1;
     unsigned char *s1 = export_state(f, id, &len1);
+    double g[D];
+    grad_at(1, g);
     json_decref(call(f, "POST", path, step_body(1, g), 200, &b));
     assert_int_equal(a.len, b.len);
     assert_memory_equal(a.body, b.body, a.len);
@@ -253,13 +205,10 @@ static void test_bad_steps_change_nothing(void **state)
 {
     struct fx *f = *state;
     char id[33], path[128];
-    create(f, "mbag", NULL, id);
-    snprintf(path, sizeof path, "/v1/sessions/%s/steps", id);
-    double g[D];
-    grad_at(1, g);
-    json_decref(call(f, "POST", path, step_body(1, g), 200, NULL));
+    first_step(f, "mbag", id, path, NULL);
     size_t len0;
     unsigned char *s0 = export_state(f, id, &len0);
+    double g[D];
     grad_at(2, g);
     struct {
         json_t *body;
@@ -267,16 +216,16 @@ static void test_bad_steps_change_nothing(void **state)
         const char *reason;
     } cases[] = {
         {json_pack("{s:i, s:[o]}", "step", 2, "gradients",
-                   tensor("fc", json_pack("[i,i]", 2, 5), g, 10)),
+                   su_tensor("fc", json_pack("[i,i]", 2, 5), g, 10)),
          400, "MISSING_BLOCK"},
         {json_pack("{s:i, s:[o,o]}", "step", 2, "gradients",
-                   tensor("fc", json_pack("[i,i]", 5, 2), g, 10),
-                   tensor("gain", json_pack("[i]", 1), g, 1)),
+                   su_tensor("fc", json_pack("[i,i]", 5, 2), g, 10),
+                   su_tensor("gain", json_pack("[i]", 1), g, 1)),
          400, "SHAPE_MISMATCH"},
         {json_pack("{s:i, s:[o,o,o]}", "step", 2, "gradients",
-                   tensor("fc", json_pack("[i,i]", 2, 5), g, 10),
-                   tensor("gain", json_pack("[i]", 1), g, 1),
-                   tensor("other", json_pack("[i]", 1), g, 1)),
+                   su_tensor("fc", json_pack("[i,i]", 2, 5), g, 10),
+                   su_tensor("gain", json_pack("[i]", 1), g, 1),
+                   su_tensor("other", json_pack("[i]", 1), g, 1)),
          400, "UNKNOWN_BLOCK"},
         {json_pack("{s:s, s:[]}", "step", "two", "gradients"), 400, "BAD_TENSOR"},
     };
@@ -317,19 +266,13 @@ static void test_restart_keeps_sessions(void **state)
     struct fx *f = *state;
     char id[33];
     create(f, "adagrad_bma", NULL, id);
-    curv_layout *l = layout_lib();
-    curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_BMA, l, NULL);
+    curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_BMA, f->layout, NULL);
     check_steps(f, id, ref, 1, 2);
-    stop(f);
-    start(f);
-    char path[128];
-    snprintf(path, sizeof path, "/v1/sessions/%s", id);
-    json_t *s = call(f, "GET", path, NULL, 200, NULL);
-    assert_int_equal(json_integer_value(json_object_get(s, "step")), 2);
-    json_decref(s);
+    su_daemon_stop(&f->srv);
+    start(f, 0);
+    assert_int_equal(su_session_step(f->base, id), 2);
     check_steps(f, id, ref, 3, 4);
     curv_opt_free(ref);
-    curv_layout_free(l);
 }
 
 /* PATCH changes the learning rate between steps; fixed parameters and
@@ -339,8 +282,7 @@ static void test_patch(void **state)
     struct fx *f = *state;
     char id[33], path[128];
     create(f, "adagrad_diag", json_pack("{s:f}", "lr", 0.1), id);
-    curv_layout *l = layout_lib();
-    curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_DIAG, l, NULL);
+    curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_DIAG, f->layout, NULL);
     curv_config *c = curv_config_new();
     curv_config_set_num(c, "lr", 0.1, NULL);
     curv_opt_reconfigure(ref, c, NULL);
@@ -357,7 +299,6 @@ static void test_patch(void **state)
     json_decref(p);
     curv_config_free(c);
     curv_opt_free(ref);
-    curv_layout_free(l);
 }
 
 /* Export a session, import it as a new one: both continue identically. */
@@ -366,8 +307,7 @@ static void test_export_import(void **state)
     struct fx *f = *state;
     char id[33];
     create(f, "sgd", json_pack("{s:f, s:f}", "lr", 0.1, "momentum", 0.9), id);
-    curv_layout *l = layout_lib();
-    curv_opt *ref = tu_new_opt(CURV_OPT_SGD, l, NULL);
+    curv_opt *ref = tu_new_opt(CURV_OPT_SGD, f->layout, NULL);
     curv_config *c = curv_config_new();
     curv_config_set_num(c, "lr", 0.1, NULL);
     curv_config_set_num(c, "momentum", 0.9, NULL);
@@ -399,7 +339,6 @@ static void test_export_import(void **state)
     curv_config_free(c);
     curv_opt_free(ref);
     curv_opt_free(ref2);
-    curv_layout_free(l);
 }
 
 /* Pagination lists every session exactly once; delete removes one. */
@@ -543,8 +482,8 @@ static void test_encodings_agree(void **state)
             th[i] = 0.1 * i - 0.3;
         json_t *body = step_body(t, g);
         json_object_set_new(body, "params",
-                            json_pack("[o,o]", tensor("fc", json_pack("[i,i]", 2, 5), th, 10),
-                                      tensor("gain", json_pack("[i]", 1), th + 10, 1)));
+                            json_pack("[o,o]", su_tensor("fc", json_pack("[i,i]", 2, 5), th, 10),
+                                      su_tensor("gain", json_pack("[i]", 1), th + 10, 1)));
         snprintf(path, sizeof path, "/v1/sessions/%s/steps", a);
         json_t *r = call(f, "POST", path, body, 200, NULL);
         update_of(r, uj);
@@ -579,16 +518,8 @@ static void *post_slow(void *arg)
 static void test_heavy_step_does_not_block(void **state)
 {
     struct fx *f = *state;
-    stop(f);
-    f->srv.cfg.threads = 1;
-    char err[256];
-    f->srv.cfg.db_path = f->db;
-    f->srv.cfg.max_sessions = 100;
-    f->srv.cfg.mem_budget = (size_t)1 << 30;
-    f->srv.cfg.max_body = (size_t)16 << 20;
-    if (curvd_daemon_open(&f->srv, err, sizeof err) != 0)
-        fail_msg("%s", err);
-    su_start(&f->srv, f->base, sizeof f->base);
+    su_daemon_stop(&f->srv);
+    start(f, 1);
     enum { N = 2000 };
     char url[256];
     snprintf(url, sizeof url, "%s/v1/sessions", f->base);
@@ -606,8 +537,8 @@ static void test_heavy_step_does_not_block(void **state)
     double g[N];
     for (int i = 0; i < N; i++)
         g[i] = sin(0.1 * i);
-    json_t *body =
-        json_pack("{s:i, s:[o]}", "step", 1, "gradients", tensor("w", json_pack("[i]", N), g, N));
+    json_t *body = json_pack("{s:i, s:[o]}", "step", 1, "gradients",
+                             su_tensor("w", json_pack("[i]", N), g, N));
     struct slow_step slow = {.url = steps,
                              .body = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(17))};
     json_decref(body);
@@ -636,8 +567,7 @@ static void test_metrics(void **state)
     struct fx *f = *state;
     char id[33];
     create(f, "adagrad_diag", NULL, id);
-    curv_layout *l = layout_lib();
-    curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_DIAG, l, NULL);
+    curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_DIAG, f->layout, NULL);
     check_steps(f, id, ref, 1, 3);
     char url[256];
     snprintf(url, sizeof url, "%s/metrics", f->base);
@@ -656,7 +586,6 @@ static void test_metrics(void **state)
     assert_null(strstr(r.body, id)); /* never a session id in a label */
     su_resp_free(&r);
     curv_opt_free(ref);
-    curv_layout_free(l);
 }
 
 int main(void)
