@@ -9,13 +9,12 @@
 #include <unistd.h>
 
 #include "handlers.h"
+#include "step_decode.h"
 #include "store.h"
 
 int curvd_is_ctype(const struct curvd_req *rq, const char *want)
 {
-    const char *ct = rq->content_type;
-    size_t n = strlen(want);
-    return ct && strncasecmp(ct, want, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+    return curvd_ctype_is(rq->content_type, want);
 }
 
 json_t *curvd_body_json(const struct curvd_req *rq, struct curvd_reply *rp)

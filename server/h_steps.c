@@ -15,25 +15,10 @@
 #include "codec.h"
 #include "handlers.h"
 #include "metrics.h"
+#include "step_decode.h"
 #include "store.h"
 
 #include <sqlite3.h>
-
-/* A decoded step request. */
-struct step_in {
-    struct curvd_doc *doc;
-    long long step;
-    struct curvd_tensor *grads, *params;
-    size_t ngrads, nparams;
-    int encoding, dtype;
-};
-
-static void step_in_clear(struct step_in *s)
-{
-    curvd_tensors_free(s->grads, s->ngrads);
-    curvd_tensors_free(s->params, s->nparams);
-    curvd_doc_free(s->doc);
-}
 
 static void reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *rq,
                                 const struct curvd_problem *p)
@@ -44,96 +29,8 @@ static void reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *
                         p->detail);
 }
 
-/* Parse the body (plain JSON, or the binary extension) up to the step number. */
-static int parse_head(const struct curvd_req *rq, struct step_in *in, struct curvd_binary *bin,
-                      int *binary, struct curvd_problem *p)
-{
-    size_t json_len = rq->body_len;
-    *binary = 0;
-    const char *hl = curvd_req_header(rq, "Inference-Header-Content-Length");
-    if (hl) {
-        char *end;
-        unsigned long long v = strtoull(hl, &end, 10);
-        if (*end || end == hl || v > rq->body_len)
-            return curvd_problem_set(p, CURVD_R_BAD_BINARY, "Inference-Header-Content-Length",
-                                     "at most the body length", hl, "bad JSON header length");
-        json_len = (size_t)v;
-        *binary = 1;
-        if (curvd_binary_init(bin, rq->body, rq->body_len, json_len, p) != 0)
-            return -1;
-    } else if (!curvd_is_ctype(rq, "application/json")) {
-        return curvd_problem_set(p, CURVD_R_UNSUPPORTED_MEDIA_TYPE, "", "application/json",
-                                 rq->content_type ? rq->content_type : "none",
-                                 "expected Content-Type: application/json, or the binary "
-                                 "extension with Inference-Header-Content-Length");
-    }
-    if (curvd_json_parse((const char *)rq->body, json_len, &in->doc, p) != 0)
-        return -1;
-    json_t *root = curvd_doc_root(in->doc);
-    const char *key;
-    json_t *v;
-    json_object_foreach(root, key, v)
-    {
-        if (strcmp(key, "step") && strcmp(key, "gradients") && strcmp(key, "params") &&
-            strcmp(key, "loss")) {
-            char path[80];
-            snprintf(path, sizeof path, "/%.70s", key);
-            return curvd_problem_set(p, CURVD_R_UNKNOWN_MEMBER, path,
-                                     "one of step, gradients, params, loss", key,
-                                     "unknown member \"%.70s\" in the step", key);
-        }
-    }
-    json_t *loss = json_object_get(root, "loss");
-    if (loss && !json_is_number(loss))
-        return curvd_problem_set(p, CURVD_R_BAD_TENSOR, "/loss", "a number", NULL,
-                                 "\"loss\" must be a number");
-    json_t *step = json_object_get(root, "step");
-    double n = json_number_value(step);
-    if (!json_is_object(root) || !json_is_number(step) || n < 1 || n != floor(n) || n > 9e15)
-        return curvd_problem_set(p, CURVD_R_BAD_TENSOR, "/step", "an integer >= 1", NULL,
-                                 "the body must be an object with \"step\": n >= 1");
-    in->step = (long long)n;
-    return 0;
-}
-
-/* Decode the tensors into flat vectors of the layout's dimension. With the
- * binary extension the bytes follow in document order, so the arrays are
- * decoded in the order their keys appear (jansson keeps insertion order). */
-static int decode_tensors(const curv_layout *l, struct step_in *in, struct curvd_binary *bin,
-                          int binary, double *g, double *theta, struct curvd_problem *p)
-{
-    size_t dim = curv_layout_dim(l);
-    const char *key;
-    json_t *v;
-    json_object_foreach(curvd_doc_root(in->doc), key, v)
-    {
-        int is_g = strcmp(key, "gradients") == 0;
-        if (!is_g && strcmp(key, "params") != 0)
-            continue;
-        const char *path = is_g ? "/gradients" : "/params";
-        struct curvd_tensor **t = is_g ? &in->grads : &in->params;
-        size_t *n = is_g ? &in->ngrads : &in->nparams;
-        if (curvd_tensors_decode(v, path, in->doc, binary ? bin : NULL, dim, t, n, p) != 0 ||
-            curvd_tensors_to_flat(l, *t, *n, path, is_g ? g : theta, p) != 0)
-            return -1;
-    }
-    if (!in->grads)
-        return curvd_problem_set(p, CURVD_R_BAD_TENSOR, "/gradients", "an array of tensors", NULL,
-                                 "the step has no \"gradients\"");
-    if (binary && curvd_binary_finish(bin, p) != 0)
-        return -1;
-    if (in->nparams && in->ngrads && in->params[0].dtype != in->grads[0].dtype)
-        return curvd_problem_set(p, CURVD_R_BAD_DATATYPE, "/params/0/datatype",
-                                 in->grads[0].dtype == CURV_F32 ? "FP32" : "FP64",
-                                 in->params[0].dtype == CURV_F32 ? "FP32" : "FP64",
-                                 "params and gradients must share one datatype");
-    in->dtype = in->ngrads ? in->grads[0].dtype : CURV_F64;
-    in->encoding = binary ? CURVD_ENC_BINARY : in->ngrads ? in->grads[0].encoding : CURVD_ENC_JSON;
-    return 0;
-}
-
 /* The reply body: {"step", "update": [...], "report": {...}}. */
-static int encode_reply(const curv_opt *o, const struct step_in *in, const double *g,
+static int encode_reply(const curv_opt *o, const struct curvd_step_in *in, const double *g,
                         const double *delta, struct curvd_out *out, struct curvd_problem *p)
 {
     const curv_layout *l = curv_opt_layout(o);
@@ -216,7 +113,8 @@ static void replay(struct curvd_server *srv, const struct curvd_req *rq, struct 
 /* Commit the stepped state with its reply, then hand the reply over. */
 static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
                              struct curvd_reply *rp, struct curvd_entry *e,
-                             const struct step_in *in, struct curvd_out *out, size_t *new_bytes)
+                             const struct curvd_step_in *in, struct curvd_out *out,
+                             size_t *new_bytes)
 {
     unsigned char *body = curvd_out_join(out), *blob = NULL;
     size_t len = 0;
@@ -264,7 +162,7 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
 static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
                      struct curvd_entry *e, size_t *new_bytes)
 {
-    struct step_in in = {0};
+    struct curvd_step_in in = {0};
     struct curvd_binary bin = {0};
     struct curvd_problem p;
     struct curvd_out out;
@@ -278,7 +176,9 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     int binary = 0;
     if (!g || !theta || !delta) {
         curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
-    } else if (parse_head(rq, &in, &bin, &binary, &p) != 0) {
+    } else if (curvd_step_parse_head(rq->body, rq->body_len,
+                                     curvd_req_header(rq, "Inference-Header-Content-Length"),
+                                     rq->content_type, &in, &bin, &binary, &p) != 0) {
         reply_codec_problem(rp, rq, &p);
     } else if (in.step == cur && cur > 0) {
         replay(srv, rq, rp, e, cur);
@@ -289,7 +189,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
         struct curvd_field_error fe = {"/step", want, got};
         curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", &fe, 1,
                             "the session has completed %lld steps: post step %lld", cur, cur + 1);
-    } else if (decode_tensors(l, &in, &bin, binary, g, theta, &p) != 0) {
+    } else if (curvd_step_decode_tensors(l, &in, &bin, binary, g, theta, &p) != 0) {
         reply_codec_problem(rp, rq, &p);
     } else {
         curv_step_input si = {
@@ -312,7 +212,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
         }
     }
     curvd_out_clear(&out);
-    step_in_clear(&in);
+    curvd_step_in_clear(&in);
     free(g);
     free(theta);
     free(delta);
