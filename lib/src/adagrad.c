@@ -91,10 +91,20 @@ static void flat_save(const curv_opt *o, struct curv__writer *w)
     curv__w_f64s(w, o->impl, flat_len(o));
 }
 
+/* A loaded state must be one that steps could have produced: finite, with
+ * non-negative sums of squares (diag's r, full's diagonal of H), or the
+ * next step would take the root of a negative number. */
 static curv_status flat_load(curv_opt *o, struct curv__reader *r, curv_error *err)
 {
     (void)err;
-    curv__r_f64s(r, o->impl, flat_len(o));
+    double *s = o->impl;
+    size_t n = flat_len(o);
+    curv__r_f64s(r, s, n);
+    if (curv__first_nonfinite(s, n) < n)
+        r->bad = 1;
+    for (size_t i = 0; i < o->dim; i++)
+        if (s[o->kind == CURV_OPT_ADAGRAD_FULL ? i * o->dim + i : i] < 0)
+            r->bad = 1;
     return CURV_OK;
 }
 

@@ -261,6 +261,14 @@ static curv_status bma_load(curv_opt *o, struct curv__reader *r, curv_error *err
     curv__r_f64s(r, s->r, o->dim);
     curv__r_f64s(r, s->U, s->L * s->L);
     curv__r_f64s(r, s->D, s->L * s->L);
+    /* As a run of steps would leave them: r >= 0, U's diagonal >= 0, all finite. */
+    int ok = curv__valid_sums(s->r, o->dim) &&
+             curv__first_nonfinite(s->U, s->L * s->L) == s->L * s->L &&
+             curv__first_nonfinite(s->D, s->L * s->L) == s->L * s->L;
+    for (size_t i = 0; ok && i < s->L; i++)
+        ok = s->U[i * s->L + i] >= 0;
+    if (!ok)
+        r->bad = 1;
     return CURV_OK;
 }
 

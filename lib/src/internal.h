@@ -48,4 +48,8 @@ void *curv__calloc_n(size_t n, size_t sz);
 /* curv__first_nonfinite - index of the first NaN/Inf in x[0..n), or n. */
 size_t curv__first_nonfinite(const double *x, size_t n);
 
+/* curv__valid_sums - 1 when x[0..n) are all finite and >= 0 (sums of
+ * squares loaded from a blob); 0 otherwise. */
+int curv__valid_sums(const double *x, size_t n);
+
 #endif

@@ -47,14 +47,20 @@ static curv_status add_block_record(curv_layout *l, struct curv__reader *r)
     if (r->bad || bias > 1 || n_out > SIZE_MAX || n_in > SIZE_MAX || c_in > SIZE_MAX ||
         kh > SIZE_MAX || kw > SIZE_MAX)
         return CURV_E_CORRUPT;
+    /* Only the canonical record of each kind, as save_layout writes it, so
+     * that load -> save gives back the same bytes. */
     switch (kind) {
     case CURV_BLOCK_DENSE:
+        if (c_in || kh || kw)
+            return CURV_E_CORRUPT;
         return curv_layout_add_dense(l, name, n_out, n_in, (int)bias, NULL);
     case CURV_BLOCK_CONV2D:
-        if (c_in * kh * kw != n_in)
+        if (kh == 0 || kw == 0 || c_in > UINT64_MAX / kh / kw || c_in * kh * kw != n_in)
             return CURV_E_CORRUPT;
         return curv_layout_add_conv2d(l, name, n_out, c_in, kh, kw, (int)bias, NULL);
     case CURV_BLOCK_VECTOR:
+        if (n_in != 1 || c_in || kh || kw || bias)
+            return CURV_E_CORRUPT;
         return curv_layout_add_vector(l, name, n_out, NULL);
     default:
         return CURV_E_CORRUPT;
@@ -114,6 +120,18 @@ curv_status curv_opt_load(const unsigned char *blob, size_t len, curv_opt **out,
     if ((st = load_layout(&r, &layout, err)) != CURV_OK ||
         (st = curv__params_read(&r, &config, err)) != CURV_OK)
         goto out;
+    /* Every kind but SGD saves at least a double per parameter (full AdaGrad
+     * a d x d matrix): a blob too short for its layout is refused before
+     * the state is allocated, so a small forged blob cannot claim gigabytes. */
+    size_t dim = curv_layout_dim(layout), need = 0;
+    if (kind != CURV_OPT_SGD && !curv__mul_ok(dim, kind == CURV_OPT_ADAGRAD_FULL ? dim : 1, &need))
+        need = SIZE_MAX;
+    if (need > curv__r_left(&r) / 8) {
+        st = curv__fail(err, CURV_E_CORRUPT,
+                        "state: %zu payload bytes cannot hold the state of %zu parameters",
+                        curv__r_left(&r), dim);
+        goto out;
+    }
     st = curv_opt_new((curv_opt_kind)kind, layout, config, &o, err);
     if (st != CURV_OK) {
         if (st != CURV_E_NOMEM && err) {

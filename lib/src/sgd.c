@@ -127,8 +127,11 @@ static curv_status sgd_load(curv_opt *o, struct curv__reader *r, curv_error *err
         free(s->v);
         s->v = NULL;
     }
-    if (s->v)
+    if (s->v) {
         curv__r_f64s(r, s->v, o->dim);
+        if (curv__first_nonfinite(s->v, o->dim) < o->dim)
+            r->bad = 1;
+    }
     return CURV_OK;
 }
 

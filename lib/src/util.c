@@ -45,6 +45,16 @@ size_t curv__first_nonfinite(const double *x, size_t n)
     return first_nonfinite(x, n);
 }
 
+int curv__valid_sums(const double *x, size_t n)
+{
+    if (curv__first_nonfinite(x, n) < n)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (x[i] < 0)
+            return 0;
+    return 1;
+}
+
 void curv_free(void *p)
 {
     free(p);
