@@ -41,7 +41,8 @@ STEST_BINS := $(STEST_SRCS:tests/server/%.c=$(BUILD)/tests/server/%)
 BENCH_SRCS := $(sort $(wildcard tests/bench/*.c))
 BENCH_BINS := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
 FMT_FILES  := $(sort $(wildcard lib/include/*.h lib/include/curv/*.h lib/src/*.[ch] \
-                tests/lib/*.[ch] tests/server/*.[ch] tests/bench/*.[ch] server/*.[ch]))
+                tests/lib/*.[ch] tests/server/*.[ch] tests/bench/*.[ch] tests/fuzz/*.[ch] \
+                server/*.[ch]))
 
 # V=1 prints full compiler lines.
 Q := $(if $(V),,@)
@@ -49,7 +50,7 @@ Q := $(if $(V),,@)
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 .PHONY: all lib deps test test-unit asan check-symbols check-format readme-example \
-        readme-walkthrough check-openapi spec-check \
+        readme-walkthrough check-openapi spec-check fuzz fuzz-smoke \
         bench run clean format
 
 all: lib
@@ -164,6 +165,22 @@ check-openapi: $(LINT_DIR)/node_modules/.installed
 spec-check: $(BUILD)/curvd
 	@/usr/bin/python3 tests/server/spec_check.py $(BUILD)/curvd | tail -n 3
 
+# libFuzzer + ASan/UBSan under clang, built in $(BUILD)/fuzz by tests/fuzz/run.sh:
+# step bodies (the daemon's decoding path) and state blobs (curv_opt_load).
+# `make fuzz` runs each for FUZZ_SECONDS; make test runs a short smoke.
+FUZZ_TARGETS := fuzz_step_body fuzz_state_blob
+FUZZ_SECONDS ?= 300
+
+fuzz: deps
+	@for t in $(FUZZ_TARGETS); do BUILD=$(BUILD) tests/fuzz/run.sh $$t $(FUZZ_SECONDS) || exit 1; done
+
+fuzz-smoke:
+	@for t in $(FUZZ_TARGETS); do \
+	    BUILD=$(BUILD) tests/fuzz/run.sh $$t 10 > $(BUILD)/fuzz-$$t.log 2>&1 \
+	        || { tail -n 40 $(BUILD)/fuzz-$$t.log; exit 1; }; \
+	    tail -n 1 $(BUILD)/fuzz-$$t.log; \
+	done
+
 # The README's curl walkthrough, run against a live daemon.
 readme-walkthrough: $(BUILD)/curvd
 	@tests/server/readme-walkthrough.sh $(BUILD)/curvd
@@ -177,6 +194,7 @@ test: deps
 	@$(MAKE) --no-print-directory readme-walkthrough
 	@$(MAKE) --no-print-directory spec-check
 	@$(MAKE) --no-print-directory asan
+	@$(MAKE) --no-print-directory fuzz-smoke
 	@$(MAKE) --no-print-directory test-unit
 
 bench: deps

@@ -81,6 +81,14 @@ static curv_status diag_step(curv_opt *o, const double *g, const double *theta, 
 }
 
 /* State of diag (r, d doubles) and full (H, d² doubles): one flat array. */
+static size_t flat_saved(const curv_opt *o)
+{
+    size_t n;
+    if (o->kind != CURV_OPT_ADAGRAD_FULL)
+        return o->dim;
+    return curv__mul_ok(o->dim, o->dim, &n) ? n : SIZE_MAX;
+}
+
 static size_t flat_len(const curv_opt *o)
 {
     return o->kind == CURV_OPT_ADAGRAD_FULL ? o->dim * o->dim : o->dim;
@@ -117,6 +125,7 @@ const struct curv__opt_vt curv__adagrad_diag_vt = {
     .step = diag_step,
     .save = flat_save,
     .load = flat_load,
+    .saved_doubles = flat_saved,
 };
 
 /* ---- full -------------------------------------------------------------- */
@@ -170,5 +179,6 @@ const struct curv__opt_vt curv__adagrad_full_vt = {
     .step = full_step,
     .save = flat_save,
     .load = flat_load,
+    .saved_doubles = flat_saved,
     .fixed = (const char *const[]){"max_dim", NULL},
 };

@@ -64,8 +64,8 @@ struct bma_state {
     double *scratch; /* u, u', v, c (L each), U and D candidates (L² each) */
 };
 
-/* Block boundaries for the chosen partition; returns L or 0 when out of memory. */
-static size_t build_partition(const curv_layout *l, int mode, size_t **out)
+/* Number of BMA blocks of the chosen partition. */
+static size_t count_partition(const curv_layout *l, int mode)
 {
     size_t n = curv_layout_nblocks(l), L = 0;
     curv_block_info b;
@@ -73,6 +73,23 @@ static size_t build_partition(const curv_layout *l, int mode, size_t **out)
         curv_layout_block(l, i, &b);
         L += (mode == PART_ROW && b.kind != CURV_BLOCK_VECTOR) ? b.rows : 1;
     }
+    return L;
+}
+
+/* A saved state holds r (d), U and D (L² each). */
+static size_t bma_saved(const curv_opt *o)
+{
+    size_t L = count_partition(o->layout, ((const struct bma_hyper *)o->hyper)->partition), L2;
+    if (!curv__mul_ok(L, L, &L2) || L2 > (SIZE_MAX - o->dim) / 2)
+        return SIZE_MAX;
+    return o->dim + 2 * L2;
+}
+
+/* Block boundaries for the chosen partition; returns L or 0 when out of memory. */
+static size_t build_partition(const curv_layout *l, int mode, size_t **out)
+{
+    size_t n = curv_layout_nblocks(l), L = count_partition(l, mode);
+    curv_block_info b;
     size_t *start = curv__calloc_n(L + 1, sizeof(size_t));
     if (!start)
         return 0;
@@ -281,5 +298,6 @@ const struct curv__opt_vt curv__adagrad_bma_vt = {
     .step = bma_step,
     .save = bma_save,
     .load = bma_load,
+    .saved_doubles = bma_saved,
     .fixed = (const char *const[]){"partition", "max_blocks", NULL},
 };

@@ -638,6 +638,13 @@ static curv_status mbag_load(curv_opt *o, struct curv__reader *r, curv_error *er
 
 /* ---- vtables ---- */
 
+/* A saved state holds at least v (d doubles) and one matrix entry per
+ * parameter; a blob shorter than that cannot be genuine. */
+static size_t mbag_saved(const curv_opt *o)
+{
+    return 2 * o->dim;
+}
+
 #define MBAG_VT(name, table, initfn)                                                               \
     const struct curv__opt_vt name = {                                                             \
         .params = table,                                                                           \
@@ -650,6 +657,7 @@ static curv_status mbag_load(curv_opt *o, struct curv__reader *r, curv_error *er
         .save = mbag_save,                                                                         \
         .load = mbag_load,                                                                         \
         .fixed = MBAG_FIXED,                                                                       \
+        .saved_doubles = mbag_saved,                                                               \
     }
 
 MBAG_VT(curv__mbag_vt, MBAG_PARAMS, mbag_init_sm);

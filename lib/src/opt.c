@@ -85,6 +85,13 @@ void curv_opt_free(curv_opt *o)
 curv_status curv_opt_new(curv_opt_kind kind, const curv_layout *layout, const curv_config *config,
                          curv_opt **out, curv_error *err)
 {
+    return curv__opt_new_bounded(kind, layout, config, SIZE_MAX, out, err);
+}
+
+curv_status curv__opt_new_bounded(curv_opt_kind kind, const curv_layout *layout,
+                                  const curv_config *config, size_t max_doubles, curv_opt **out,
+                                  curv_error *err)
+{
     const struct curv__opt_vt *vt = vt_of(kind);
     if (!vt)
         return curv__fail(err, CURV_E_INVALID, "opt: unknown optimizer kind %d", (int)kind);
@@ -108,6 +115,10 @@ curv_status curv_opt_new(curv_opt_kind kind, const curv_layout *layout, const cu
     }
     st = curv__params_apply(vt->params, vt->n_params, curv_opt_kind_name(kind), config, o->hyper,
                             err);
+    if (st == CURV_OK && vt->saved_doubles && vt->saved_doubles(o) > max_doubles)
+        st = curv__fail(err, CURV_E_CORRUPT,
+                        "%s: the blob is too short for the state of this layout and config",
+                        curv_opt_kind_name(kind));
     if (st == CURV_OK)
         st = vt->init(o, err);
     if (st != CURV_OK)

@@ -118,7 +118,18 @@ struct curv__opt_vt {
     /* Parameters that shape the state and so cannot change after
      * creation (curv_opt_reconfigure); NULL-terminated, may be NULL. */
     const char *const *fixed;
+    /* A lower bound on the doubles a saved state of this configuration
+     * holds, computed from layout and hyper before init allocates (NULL:
+     * none). Loading refuses a blob shorter than that, so a small forged
+     * blob cannot make init allocate gigabytes. SIZE_MAX on overflow. */
+    size_t (*saved_doubles)(const curv_opt *o);
 };
+
+/* curv_opt_new, refusing (CURV_E_CORRUPT) a configuration whose saved
+ * state would exceed @max_doubles; used by curv_opt_load. */
+curv_status curv__opt_new_bounded(curv_opt_kind kind, const curv_layout *layout,
+                                  const curv_config *config, size_t max_doubles, curv_opt **out,
+                                  curv_error *err);
 
 /* The vtables, one per kind (defined in each optimizer's .c). */
 extern const struct curv__opt_vt curv__sgd_vt;

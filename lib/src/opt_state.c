@@ -120,19 +120,9 @@ curv_status curv_opt_load(const unsigned char *blob, size_t len, curv_opt **out,
     if ((st = load_layout(&r, &layout, err)) != CURV_OK ||
         (st = curv__params_read(&r, &config, err)) != CURV_OK)
         goto out;
-    /* Every kind but SGD saves at least a double per parameter (full AdaGrad
-     * a d x d matrix): a blob too short for its layout is refused before
-     * the state is allocated, so a small forged blob cannot claim gigabytes. */
-    size_t dim = curv_layout_dim(layout), need = 0;
-    if (kind != CURV_OPT_SGD && !curv__mul_ok(dim, kind == CURV_OPT_ADAGRAD_FULL ? dim : 1, &need))
-        need = SIZE_MAX;
-    if (need > curv__r_left(&r) / 8) {
-        st = curv__fail(err, CURV_E_CORRUPT,
-                        "state: %zu payload bytes cannot hold the state of %zu parameters",
-                        curv__r_left(&r), dim);
-        goto out;
-    }
-    st = curv_opt_new((curv_opt_kind)kind, layout, config, &o, err);
+    /* The state's arrays must fit in what is left of the blob: checked
+     * before init allocates them (vt->saved_doubles). */
+    st = curv__opt_new_bounded((curv_opt_kind)kind, layout, config, curv__r_left(&r) / 8, &o, err);
     if (st != CURV_OK) {
         if (st != CURV_E_NOMEM && err) {
             char why[CURV_ERROR_TEXT];

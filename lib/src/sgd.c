@@ -50,13 +50,12 @@ static double momentum_at(const struct sgd_hyper *h, uint64_t t)
 
 static curv_status sgd_init(curv_opt *o, curv_error *err)
 {
-    const struct sgd_hyper *h = o->hyper;
     struct sgd_state *s = calloc(1, sizeof *s);
     if (!s)
         return curv__fail(err, CURV_E_NOMEM, "sgd: out of memory");
     o->impl = s;
-    if (h->momentum > 0 && !(s->v = curv__calloc_n(o->dim, sizeof(double))))
-        return curv__fail(err, CURV_E_NOMEM, "sgd: out of memory for %zu momentum entries", o->dim);
+    /* The momentum buffer is allocated at the first step that uses it, so
+     * that loading a blob never allocates what the blob does not hold. */
     return CURV_OK;
 }
 
@@ -117,8 +116,8 @@ static curv_status sgd_load(curv_opt *o, struct curv__reader *r, curv_error *err
 {
     struct sgd_state *s = o->impl;
     uint32_t has_v = curv__r_u32(r);
-    if (has_v > 1)
-        r->bad = 1;
+    if (has_v > 1 || (has_v && curv__r_left(r) / sizeof(double) < o->dim))
+        r->bad = 1; /* malformed, or too short for the buffer it announces */
     if (r->bad)
         return CURV_OK; /* the caller reports the malformed blob */
     if (has_v && !s->v && !(s->v = curv__calloc_n(o->dim, sizeof(double))))
