@@ -220,14 +220,7 @@ class Daemon:
             chunk = os.read(self.proc.stderr.fileno(), 4096)
             if not chunk:
                 break
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                text = line.decode("utf-8", "replace")
-                self.lines.append(text)
-                m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
-                if m:
-                    self.port = int(m.group(1))
+            buf = self._take_lines(buf + chunk)
         if self.port is None:
             self.stop()
             raise RuntimeError(f"{name} daemon did not start:\n" + "\n".join(self.lines)
@@ -235,6 +228,20 @@ class Daemon:
         self._rest = buf
         self.thread = threading.Thread(target=self._drain, daemon=True)
         self.thread.start()
+
+    def _take_lines(self, buf):
+        """Record each complete stderr line (the port, the drain notice);
+        return the unfinished rest."""
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            text = line.decode("utf-8", "replace")
+            self.lines.append(text)
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)
+            if m:
+                self.port = int(m.group(1))
+            if "received, draining" in text:
+                self.draining.set()
+        return buf
 
     def _drain(self):
         buf = self._rest
@@ -245,13 +252,7 @@ class Daemon:
                 return
             if not chunk:
                 return
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                text = line.decode("utf-8", "replace")
-                self.lines.append(text)
-                if "received, draining" in text:
-                    self.draining.set()
+            buf = self._take_lines(buf + chunk)
 
     def log_for(self, request_id):
         return [l for l in self.lines if request_id and request_id in l]
