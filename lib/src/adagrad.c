@@ -71,9 +71,10 @@ CURV__VECTOR_CLONES static void diag_kernel(size_t n, const double *restrict g, 
     }
 }
 
-static curv_status diag_step(curv_opt *o, const double *g, const double *theta, double *delta,
+static curv_status diag_step(curv_opt *o, const struct curv__step_args *in, double *delta,
                              curv_request *req, curv_error *err)
 {
+    const double *g = in->g, *theta = in->theta;
     (void)theta, (void)req, (void)err;
     const struct diag_hyper *h = o->hyper;
     diag_kernel(o->dim, g, curv__sched_lr(&h->sched, o->t + 1), h->eps, o->impl, delta);
@@ -145,9 +146,10 @@ static curv_status full_init(curv_opt *o, curv_error *err)
     return CURV_OK;
 }
 
-static curv_status full_step(curv_opt *o, const double *g, const double *theta, double *delta,
+static curv_status full_step(curv_opt *o, const struct curv__step_args *in, double *delta,
                              curv_request *req, curv_error *err)
 {
+    const double *g = in->g, *theta = in->theta;
     (void)theta, (void)req;
     const struct full_hyper *h = o->hyper;
     double *H = o->impl;

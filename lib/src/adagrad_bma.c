@@ -216,9 +216,10 @@ static curv_status refresh_d(struct bma_state *s, const struct bma_hyper *h, con
     return st;
 }
 
-static curv_status bma_step(curv_opt *o, const double *g, const double *theta, double *delta,
+static curv_status bma_step(curv_opt *o, const struct curv__step_args *in, double *delta,
                             curv_request *req, curv_error *err)
 {
+    const double *g = in->g, *theta = in->theta;
     (void)theta, (void)req;
     const struct bma_hyper *h = o->hyper;
     struct bma_state *s = o->impl;

@@ -533,9 +533,10 @@ static void commit_group(struct mbag *m, const struct mbag_ctx *cx, size_t i)
     memcpy(v, vn, n * sizeof(double));
 }
 
-static curv_status mbag_step(curv_opt *o, const double *g, const double *theta, double *delta,
+static curv_status mbag_step(curv_opt *o, const struct curv__step_args *in, double *delta,
                              curv_request *req, curv_error *err)
 {
+    const double *g = in->g, *theta = in->theta;
     (void)theta;
     (void)req;
     struct mbag *m = o->impl;

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The common optimizer front end: kinds, input checks, float32
  * conversion, and the outer save/load frame around each kind's state. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,12 @@ curv_status curv_opt_kind_parse(const char *name, curv_opt_kind *out)
     return CURV_E_INVALID;
 }
 
+unsigned curv_opt_kind_inputs(curv_opt_kind kind)
+{
+    const struct curv__opt_vt *vt = vt_of(kind);
+    return vt ? vt->inputs | (vt->resume ? CURV_INPUT_REQUESTS : 0u) : 0u;
+}
+
 size_t curv_opt_param_count(curv_opt_kind kind)
 {
     const struct curv__opt_vt *vt = vt_of(kind);
@@ -79,6 +86,11 @@ void curv_opt_free(curv_opt *o)
     free(o->gbuf);
     free(o->pbuf);
     free(o->ubuf);
+    free(o->sbuf);
+    free(o->lbuf);
+    free(o->layers);
+    free(o->report.e);
+    free(o->report.names);
     free(o);
 }
 
@@ -130,41 +142,9 @@ fail:
     return st;
 }
 
-/* Make sure *buf holds dim doubles. */
-static int ensure(double **buf, size_t dim)
-{
-    if (!*buf)
-        *buf = curv__calloc_n(dim, sizeof(double));
-    return *buf != NULL;
-}
-
-/* Bring @src (dtype) to doubles, checking every element is finite. */
-static curv_status load_vec(curv_opt *o, const void *src, curv_dtype dtype, double **buf,
-                            const double **vec, const char *what, curv_error *err)
-{
-    const double *v = src;
-    if (dtype == CURV_F32) {
-        if (!ensure(buf, o->dim))
-            return curv__fail(err, CURV_E_NOMEM, "opt: out of memory converting %s", what);
-        const float *f = src;
-        for (size_t i = 0; i < o->dim; i++)
-            (*buf)[i] = f[i];
-        v = *buf;
-    }
-    size_t bad = curv__first_nonfinite(v, o->dim);
-    if (bad < o->dim) {
-        char where[160];
-        curv__locate(o->layout, bad, where, sizeof where);
-        return curv__fail(err, CURV_E_NONFINITE, "%s: %s is %g at element %zu, %s",
-                          curv_opt_kind_name(o->kind), what, v[bad], bad, where);
-    }
-    *vec = v;
-    return CURV_OK;
-}
-
 /* Run a step or a resume and deliver the update in the caller's dtype. */
 static curv_status finish(curv_opt *o, curv_status st, curv_dtype dtype, void *update,
-                          double *delta)
+                          double *delta, curv_request *req)
 {
     if (st == CURV_OK) {
         if (dtype == CURV_F32) {
@@ -176,6 +156,11 @@ static curv_status finish(curv_opt *o, curv_status st, curv_dtype dtype, void *u
         o->pending = 0;
     } else if (st == CURV_NEED_INPUT) {
         o->pending = 1;
+        o->req_seq = req->seq;
+        o->req_values = req->kind == CURV_REQ_CURVATURE_PRODUCT ? req->n_vectors * req->dim
+                        : req->kind == CURV_REQ_LOSS            ? req->n_vectors
+                                                                : req->n_vectors * req->n_vectors;
+        req->n_values = o->req_values;
     }
     return st;
 }
@@ -184,7 +169,9 @@ static double *delta_buffer(curv_opt *o, curv_dtype dtype, void *update)
 {
     if (dtype == CURV_F64)
         return update;
-    return ensure(&o->ubuf, o->dim) ? o->ubuf : NULL;
+    if (!o->ubuf)
+        o->ubuf = curv__calloc_n(o->dim, sizeof(double));
+    return o->ubuf;
 }
 
 curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void *update, curv_request *req,
@@ -199,25 +186,24 @@ curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void *update, 
         return curv__fail(err, CURV_E_STATE,
                           "%s: a request is pending; answer it with resume before a new step",
                           name);
-    if (in->len != o->dim) {
-        char shapes[200];
-        curv__describe(o->layout, shapes, sizeof shapes);
-        return curv__fail(err, CURV_E_SHAPE,
-                          "%s: grad has %zu elements, the layout needs %zu (blocks: %s)", name,
-                          in->len, o->dim, shapes);
-    }
-    const double *g, *theta = NULL;
-    curv_status st = load_vec(o, in->grad, in->dtype, &o->gbuf, &g, "grad", err);
-    if (st == CURV_OK && in->params)
-        st = load_vec(o, in->params, in->dtype, &o->pbuf, &theta, "params", err);
+    if (!req && o->vt->resume)
+        return curv__fail(err, CURV_E_INVALID, "%s may ask the trainer for input: pass a request",
+                          name);
+    struct curv__step_args args;
+    curv_status st = curv__step_args_build(o, in, &args, err);
     if (st != CURV_OK)
         return st;
     double *delta = delta_buffer(o, in->dtype, update);
     if (!delta)
         return curv__fail(err, CURV_E_NOMEM, "%s: out of memory", name);
-    curv_request scratch;
-    st = o->vt->step(o, g, theta, delta, req ? req : &scratch, err);
-    return finish(o, st, in->dtype, update, delta);
+    curv_request scratch = {0};
+    if (!req)
+        req = &scratch;
+    o->report.n = 0;
+    st = o->vt->step(o, &args, delta, req, err);
+    if (st == CURV_OK || st == CURV_NEED_INPUT)
+        o->interrupted = 0;
+    return finish(o, st, in->dtype, update, delta, req);
 }
 
 curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype dtype, void *update,
@@ -228,8 +214,21 @@ curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype d
     const char *name = curv_opt_kind_name(o->kind);
     if (dtype != CURV_F64 && dtype != CURV_F32)
         return curv__fail(err, CURV_E_INVALID, "%s: unknown dtype %d", name, (int)dtype);
+    if (o->interrupted)
+        return curv__fail(err, CURV_E_STATE,
+                          "%s: the step was interrupted (saved and loaded while waiting for an "
+                          "answer); take it again from its beginning",
+                          name);
     if (!o->pending || !o->vt->resume)
         return curv__fail(err, CURV_E_STATE, "%s: no request is pending", name);
+    if (resp->seq != o->req_seq)
+        return curv__fail(err, CURV_E_STATE,
+                          "%s: the answer is for request %llu; request %llu is pending", name,
+                          (unsigned long long)resp->seq, (unsigned long long)o->req_seq);
+    if (resp->n_values != o->req_values)
+        return curv__fail(err, CURV_E_SHAPE,
+                          "%s: request %llu needs %zu values, the answer has %zu", name,
+                          (unsigned long long)o->req_seq, o->req_values, resp->n_values);
     if (resp->n_values && !resp->values)
         return curv__fail(err, CURV_E_INVALID, "%s: response has NULL values", name);
     size_t bad = curv__first_nonfinite(resp->values, resp->n_values);
@@ -239,9 +238,10 @@ curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype d
     double *delta = delta_buffer(o, dtype, update);
     if (!delta)
         return curv__fail(err, CURV_E_NOMEM, "%s: out of memory", name);
-    curv_request scratch;
-    curv_status st = o->vt->resume(o, resp, delta, req ? req : &scratch, err);
-    return finish(o, st, dtype, update, delta);
+    if (!req)
+        return curv__fail(err, CURV_E_INVALID, "%s: resume needs a request to fill", name);
+    curv_status st = o->vt->resume(o, resp, delta, req, err);
+    return finish(o, st, dtype, update, delta, req);
 }
 
 curv_opt_kind curv_opt_kind_of(const curv_opt *o)
@@ -257,6 +257,47 @@ const curv_layout *curv_opt_layout(const curv_opt *o)
 uint64_t curv_opt_steps(const curv_opt *o)
 {
     return o ? o->t : 0;
+}
+
+int curv_opt_interrupted(const curv_opt *o)
+{
+    return o ? o->interrupted : 0;
+}
+
+size_t curv_opt_report(const curv_opt *o, const curv_report_entry **entries)
+{
+    if (!o || !entries)
+        return 0;
+    *entries = o->report.e;
+    return o->report.n;
+}
+
+curv_status curv__report_reserve(curv_opt *o, size_t cap, curv_error *err)
+{
+    curv_report_entry *e = curv__calloc_n(cap, sizeof *e);
+    char(*names)[CURV__REPORT_NAME] = curv__calloc_n(cap, sizeof *names);
+    if (!e || !names) {
+        free(e);
+        free(names);
+        return curv__fail(err, CURV_E_NOMEM, "%s: out of memory", curv_opt_kind_name(o->kind));
+    }
+    free(o->report.e);
+    free(o->report.names);
+    o->report = (struct curv__report){.e = e, .names = names, .cap = cap};
+    return CURV_OK;
+}
+
+void curv__report_add(curv_opt *o, double value, const char *fmt, ...)
+{
+    struct curv__report *r = &o->report;
+    if (r->n >= r->cap)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->names[r->n], CURV__REPORT_NAME, fmt, ap);
+    va_end(ap);
+    r->e[r->n] = (curv_report_entry){.name = r->names[r->n], .value = value};
+    r->n++;
 }
 
 static const struct curv__param *find_param(const curv_opt *o, const char *name)

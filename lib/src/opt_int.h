@@ -80,15 +80,58 @@ double curv__sched_lr(const struct curv__sched *s, uint64_t t);
 
 struct curv__opt_vt;
 
+/* One layer's statistics as a kind sees them: checked and in doubles. */
+struct curv__layer_in {
+    size_t block;
+    size_t rows, examples;
+    const double *acts;    /* rows x n_in */
+    const double *signals; /* rows x n_out */
+};
+
+/* A step's input as a kind sees it: every vector checked finite (grad_sq
+ * also >= 0), converted to doubles, of the layout's dimension. */
+struct curv__step_args {
+    const double *g;
+    const double *theta;   /* NULL when not sent */
+    const double *grad_sq; /* NULL when not sent */
+    double loss;
+    int has_loss;
+    const struct curv__layer_in *layers; /* sorted by block, no repeats */
+    size_t n_layers;
+};
+
+/* The step report: entries with names held in @names (fixed-size slots). */
+#define CURV__REPORT_NAME 96
+struct curv__report {
+    curv_report_entry *e;
+    char (*names)[CURV__REPORT_NAME];
+    size_t n, cap;
+};
+
+/* curv__report_reserve - room for @cap entries (call from init). */
+curv_status curv__report_reserve(curv_opt *o, size_t cap, curv_error *err);
+/* curv__report_add - append "name" = value; @fmt builds the name. Entries
+ * beyond the reserved capacity are dropped (reserve enough in init). */
+void curv__report_add(curv_opt *o, double value, const char *fmt, ...) CURV__PRINTF(3, 4);
+
 struct curv_opt {
     curv_opt_kind kind;
     const struct curv__opt_vt *vt;
     curv_layout *layout;
     size_t dim;
-    void *hyper;                /* filled from the param table */
-    void *impl;                 /* the optimizer's own state */
-    uint64_t t;                 /* completed steps */
-    int pending;                /* a request awaits curv_opt_resume() */
+    void *hyper;      /* filled from the param table */
+    void *impl;       /* the optimizer's own state */
+    uint64_t t;       /* completed steps */
+    int pending;      /* a request awaits curv_opt_resume() */
+    int interrupted;  /* loaded from a blob saved mid-step */
+    uint64_t req_seq; /* the pending request's seq and answer length */
+    size_t req_values;
+    struct curv__report report; /* cleared when a step starts */
+    double *sbuf;               /* float32 conversion of grad_sq */
+    double *lbuf;               /* float32 conversion of layer statistics */
+    size_t lbuf_cap;
+    struct curv__layer_in *layers;
+    size_t layers_cap;
     double *gbuf, *pbuf, *ubuf; /* float32 conversion buffers, allocated on demand */
 };
 
@@ -96,12 +139,17 @@ struct curv_opt {
  * The per-kind vtable. Conventions:
  *  - init: allocate and initialise o->impl from o->layout and o->hyper
  *    (range checks that need the layout go here, e.g. d limits);
- *  - step: @g (finite, checked), @theta (finite or NULL); write @delta
- *    (dim doubles). Must leave the state unchanged when it fails. The step
- *    number being taken is o->t + 1;
- *  - resume: NULL when the kind never asks for input;
+ *  - step: @a checked (see struct curv__step_args); write @delta (dim
+ *    doubles) and return CURV_OK, or fill @req and return CURV_NEED_INPUT
+ *    (opt.c sets req->n_values from the kind and checks seq and length of
+ *    the answer before resume sees it). Must leave the state unchanged
+ *    when it fails. The step number being taken is o->t + 1;
+ *  - resume: NULL when the kind never asks for input; @a of the step that
+ *    asked is not kept by opt.c (copy what the resume needs);
  *  - save/load: the impl state only (kind, layout, hyper and t are handled
- *    by opt.c). load runs on a freshly init'ed optimizer.
+ *    by opt.c). load runs on a freshly init'ed optimizer. save while
+ *    o->pending must write the state from before the pending step (the
+ *    loaded optimizer starts that step over).
  */
 struct curv__opt_vt {
     const struct curv__param *params;
@@ -109,7 +157,7 @@ struct curv__opt_vt {
     size_t hyper_size;
     curv_status (*init)(curv_opt *o, curv_error *err);
     void (*fini)(curv_opt *o);
-    curv_status (*step)(curv_opt *o, const double *g, const double *theta, double *delta,
+    curv_status (*step)(curv_opt *o, const struct curv__step_args *a, double *delta,
                         curv_request *req, curv_error *err);
     curv_status (*resume)(curv_opt *o, const curv_response *resp, double *delta, curv_request *req,
                           curv_error *err);
@@ -123,7 +171,15 @@ struct curv__opt_vt {
      * none). Loading refuses a blob shorter than that, so a small forged
      * blob cannot make init allocate gigabytes. SIZE_MAX on overflow. */
     size_t (*saved_doubles)(const curv_opt *o);
+    /* Optional inputs the kind reads (CURV_INPUT_LAYERS, _GRAD_SQ); the
+     * others are refused. CURV_INPUT_REQUESTS follows from @resume. */
+    unsigned inputs;
 };
+
+/* curv__step_args_build - check @in and convert it to doubles (opt_input.c);
+ * the arrays live in @o's conversion buffers until the next step. */
+curv_status curv__step_args_build(curv_opt *o, const curv_step_input *in, struct curv__step_args *a,
+                                  curv_error *err);
 
 /* curv_opt_new, refusing (CURV_E_CORRUPT) a configuration whose saved
  * state would exceed @max_doubles; used by curv_opt_load. */

@@ -5,7 +5,7 @@
  *   u32 nblocks, then per block: str name, u32 kind, u64 n_out, n_in, c_in,
  *       kh, kw, u32 has_bias
  *   hyperparameter records (param.c)
- *   u64 completed steps, u32 pending
+ *   u64 completed steps, u32 interrupted (saved while a request was pending)
  *   the kind's own state (its vt->save)
  * Loading rebuilds the layout and config through the public constructors,
  * so a blob is validated by exactly the rules that guard fresh input.
@@ -135,7 +135,7 @@ curv_status curv_opt_load(const unsigned char *blob, size_t len, curv_opt **out,
     }
     o->t = curv__r_u64(&r);
     uint32_t pending = curv__r_u32(&r);
-    o->pending = pending == 1;
+    o->interrupted = pending == 1; /* the blob holds the state from before that step */
     if (r.bad || pending > 1 || (pending && !o->vt->resume)) {
         st = curv__fail(err, CURV_E_CORRUPT, "state: malformed step counter");
         goto out;

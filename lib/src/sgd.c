@@ -77,9 +77,10 @@ static void sgd_fini(curv_opt *o)
     free(s);
 }
 
-static curv_status sgd_step(curv_opt *o, const double *g, const double *theta, double *delta,
+static curv_status sgd_step(curv_opt *o, const struct curv__step_args *in, double *delta,
                             curv_request *req, curv_error *err)
 {
+    const double *g = in->g, *theta = in->theta;
     (void)req;
     const struct sgd_hyper *h = o->hyper;
     struct sgd_state *s = o->impl;

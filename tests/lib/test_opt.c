@@ -470,6 +470,59 @@ static void test_resume_without_request(void **state)
     curv_layout_free(l);
 }
 
+/* Layer statistics, grad_sq and a non-finite loss: refused with a clear
+ * error by every kind that does not read them, nothing changed; a finite
+ * loss is accepted by every kind. */
+static void test_optional_inputs(void **state)
+{
+    (void)state;
+    curv_layout *l = tu_opt_mixed_layout();
+    for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
+        unsigned takes = curv_opt_kind_inputs((curv_opt_kind)k);
+        if (takes & CURV_INPUT_REQUESTS)
+            continue; /* their own suites drive them */
+        curv_opt *o = tu_new_opt((curv_opt_kind)k, l, NULL);
+        double g[TU_D_MIXED], sq[TU_D_MIXED], u[TU_D_MIXED], acts[2 * 4] = {0}, sig[2 * 3] = {0};
+        for (size_t i = 0; i < TU_D_MIXED; i++)
+            g[i] = 0.5 - 0.03 * (double)i, sq[i] = g[i] * g[i];
+        tu_step_ok(o, g, NULL, u);
+        size_t len;
+        unsigned char *snap = tu_snapshot(o, &len);
+        curv_layer_stats ls = {.block = 0, .rows = 2, .examples = 2, .acts = acts, .signals = sig};
+        curv_step_input base = {.grad = g, .len = TU_D_MIXED, .dtype = CURV_F64};
+        curv_step_input with_layers = base, null_layers = base, with_sq = base, nan_loss = base;
+        with_layers.layers = &ls, with_layers.n_layers = 1;
+        null_layers.n_layers = 1;
+        with_sq.grad_sq = sq;
+        nan_loss.has_loss = 1, nan_loss.loss = NAN;
+        curv_error err;
+        if (!(takes & CURV_INPUT_LAYERS)) {
+            tu_assert_status(curv_opt_step(o, &with_layers, u, NULL, &err), CURV_E_INVALID, &err);
+            assert_non_null(strstr(err.text, "takes no layer statistics"));
+        }
+        tu_assert_status(curv_opt_step(o, &null_layers, u, NULL, &err), CURV_E_INVALID, &err);
+        if (!(takes & CURV_INPUT_GRAD_SQ)) {
+            tu_assert_status(curv_opt_step(o, &with_sq, u, NULL, &err), CURV_E_INVALID, &err);
+            assert_non_null(strstr(err.text, "grad_sq"));
+        }
+        tu_assert_status(curv_opt_step(o, &nan_loss, u, NULL, &err), CURV_E_NONFINITE, &err);
+        assert_non_null(strstr(err.text, "loss"));
+        tu_assert_unchanged(o, snap, len);
+        curv_step_input with_loss = base;
+        with_loss.has_loss = 1, with_loss.loss = 2.5;
+        assert_int_equal(curv_opt_step(o, &with_loss, u, NULL, &err), CURV_OK);
+        assert_int_equal(curv_opt_steps(o), 2);
+        assert_int_equal(curv_opt_interrupted(o), 0);
+        curv_free(snap);
+        curv_opt_free(o);
+    }
+    const curv_report_entry *e = NULL;
+    assert_int_equal(curv_opt_report(NULL, &e), 0);
+    assert_int_equal(curv_opt_interrupted(NULL), 0);
+    assert_int_equal(curv_opt_kind_inputs(CURV_OPT_KIND_COUNT), 0);
+    curv_layout_free(l);
+}
+
 /* float32 in and out gives exactly the float rounding of the float64 path
  * fed the same (float-representable) values. */
 static void test_float32_matches_float64(void **state)
@@ -575,6 +628,7 @@ int main(void)
         cmocka_unit_test(test_step_bad_args),
         cmocka_unit_test(test_nonfinite_every_kind),
         cmocka_unit_test(test_resume_without_request),
+        cmocka_unit_test(test_optional_inputs),
         cmocka_unit_test(test_float32_matches_float64),
         cmocka_unit_test(test_lr_schedules),
     };

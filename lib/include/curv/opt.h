@@ -47,32 +47,77 @@ typedef enum {
 typedef enum { CURV_F64 = 0, CURV_F32 = 1 } curv_dtype;
 
 /*
- * curv_step_input - what the trainer sends for one step.
- * @grad:   the mini-batch *mean* gradient in the layout's flat order.
- * @params: the current parameters θ (same length), or NULL. Needed only
- *          by options that read θ (SGD weight decay).
- * @len:    number of elements in @grad (and @params): must equal
- *          curv_layout_dim(); a mismatch is CURV_E_SHAPE naming the blocks.
- * @dtype:  element type of @grad, @params and of the update written.
+ * curv_layer_stats - one layer's statistics for curvature estimation
+ * (K-FAC's Kronecker factors), sent with a step.
+ * @block:    index of a dense or conv2d block of the layout.
+ * @rows:     rows of @acts and @signals: one per example of the statistics
+ *            batch (dense), or per example and output position (conv2d).
+ * @examples: examples the rows come from (dense: equal to @rows; conv2d:
+ *            @rows must be a multiple of it).
+ * @acts:     @rows x n_in, row-major: the layer's inputs (conv2d: unfolded
+ *            input patches, [c_in][kh][kw] order) without the homogeneous 1.
+ * @signals:  @rows x n_out, row-major: derivatives of the loss with respect
+ *            to the layer's pre-activations. The kind that reads them
+ *            documents their scale (K-FAC: per example, see kfac in
+ *            curv_opt_param_info's docs and the API doc).
+ * Both in the step's dtype, finite, borrowed for the call only.
+ */
+typedef struct curv_layer_stats {
+    size_t block;
+    size_t rows;
+    size_t examples;
+    const void *acts;
+    const void *signals;
+} curv_layer_stats;
+
+/*
+ * curv_step_input - what the trainer sends for one step. Fields a kind
+ * does not use may stay zero (designated initializers keep it short).
+ * @grad:     the mini-batch *mean* gradient in the layout's flat order.
+ * @params:   the current parameters θ (same length), or NULL. Needed only
+ *            by options that read θ (weight decay).
+ * @len:      number of elements in @grad (and @params, @grad_sq): must
+ *            equal curv_layout_dim(); a mismatch is CURV_E_SHAPE naming
+ *            the blocks.
+ * @dtype:    element type of every vector and matrix here and of the
+ *            update written.
+ * @layers, @n_layers: per-layer statistics (kinds that estimate curvature
+ *            from them, K-FAC); at most one entry per block. A kind that
+ *            takes none refuses them (CURV_E_INVALID).
+ * @loss, @has_loss: the mini-batch mean loss h(θ), when the trainer has
+ *            it; kinds that adapt damping use it, the others ignore it.
+ * @grad_sq:  the mean over the mini-batch of squared per-example gradients
+ *            (the empirical Fisher diagonal; HF's preconditioner), or NULL.
+ *            A kind that takes none refuses it (CURV_E_INVALID).
  */
 typedef struct curv_step_input {
     const void *grad;
     const void *params;
     size_t len;
     curv_dtype dtype;
+    const curv_layer_stats *layers;
+    size_t n_layers;
+    double loss;
+    int has_loss;
+    const void *grad_sq;
 } curv_step_input;
 
 typedef enum {
     CURV_REQ_NONE = 0,
-    CURV_REQ_CURVATURE_PRODUCT = 1, /* answer: C v for each vector v */
-    CURV_REQ_LOSS = 2               /* answer: loss at θ + v for each vector v */
+    CURV_REQ_CURVATURE_PRODUCT = 1, /* answer: C v for each vector v (n_vectors x dim) */
+    CURV_REQ_LOSS = 2,              /* answer: loss at θ + v for each vector v (n_vectors) */
+    CURV_REQ_QUADRATIC_FORM = 3     /* answer: V C V^T, row-major (n_vectors x n_vectors) */
 } curv_request_kind;
 
 /*
  * curv_request - what a step asks of the trainer (CURV_NEED_INPUT).
- * @vectors: @n_vectors rows of @dim doubles, borrowed from the optimizer and
- *           valid until its next call.
- * @seq:     echo in curv_response.seq; guards against stale answers.
+ * C is the curvature matrix the kind documents (for K-FAC and HF the
+ * mini-batch mean Gauss-Newton / Fisher matrix, *without* damping: the
+ * library adds its own).
+ * @vectors:  @n_vectors rows of @dim doubles, borrowed from the optimizer
+ *            and valid until its next call.
+ * @seq:      echo in curv_response.seq; guards against stale answers.
+ * @n_values: the length the answer must have (see the kinds above).
  */
 typedef struct curv_request {
     curv_request_kind kind;
@@ -80,6 +125,7 @@ typedef struct curv_request {
     size_t n_vectors;
     size_t dim;
     const double *vectors;
+    size_t n_values;
 } curv_request;
 
 /* curv_response - the trainer's answer: @n_values doubles (borrowed). */
@@ -88,6 +134,16 @@ typedef struct curv_response {
     size_t n_values;
     const double *values;
 } curv_response;
+
+/* What a kind reads beyond the gradient, and whether it asks for input. */
+typedef enum {
+    CURV_INPUT_LAYERS = 1,  /* curv_step_input.layers (per-layer statistics) */
+    CURV_INPUT_GRAD_SQ = 2, /* curv_step_input.grad_sq */
+    CURV_INPUT_REQUESTS = 4 /* steps may return CURV_NEED_INPUT */
+} curv_input_flags;
+
+/* curv_opt_kind_inputs - the curv_input_flags of @kind (0 if unknown). */
+CURV_API unsigned curv_opt_kind_inputs(curv_opt_kind kind);
 
 /* curv_opt_kind_name - "sgd", "adagrad_bma", ...; NULL for an unknown kind. */
 CURV_API const char *curv_opt_kind_name(curv_opt_kind kind);
@@ -145,11 +201,13 @@ CURV_API void curv_opt_free(curv_opt *o);
  * @update: caller buffer of curv_layout_dim() elements of @in->dtype;
  *          written only when CURV_OK is returned.
  * @req:    filled when CURV_NEED_INPUT is returned; may be NULL for
- *          optimizers that never ask (all current kinds).
+ *          optimizers that never ask (SGD, the AdaGrad family, MBAG).
  * Return: CURV_OK (update written, step counter advanced), CURV_NEED_INPUT,
- * CURV_E_INVALID (NULL pointers, params missing where required),
- * CURV_E_SHAPE (@in->len is not the layout's dimension),
- * CURV_E_NONFINITE (NaN/Inf in grad or params: the text names the block and
+ * CURV_E_INVALID (NULL pointers, params missing where required, layer
+ * statistics or grad_sq given to a kind that takes none, a layer entry
+ * naming a vector block, a repeated block, zero rows, rows not a multiple
+ * of examples), CURV_E_SHAPE (@in->len is not the layout's dimension),
+ * CURV_E_NONFINITE (NaN/Inf in any input: the text names the block and
  * the element), CURV_E_STATE (a request is pending), CURV_E_NUMERIC,
  * CURV_E_NOMEM. On any error nothing changes.
  */
@@ -158,8 +216,11 @@ CURV_API curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void 
 
 /*
  * curv_opt_resume - answer the pending request. Same outcomes as
- * curv_opt_step(); CURV_E_STATE when nothing is pending or @resp->seq is
- * stale, CURV_E_SHAPE when @resp->n_values is wrong.
+ * curv_opt_step(); CURV_E_STATE when nothing is pending, after an
+ * interruption, or when @resp->seq is not the pending request's;
+ * CURV_E_SHAPE when @resp->n_values is not the request's n_values;
+ * CURV_E_NONFINITE for a NaN/Inf value. A refused answer changes nothing:
+ * the same request stays pending.
  */
 CURV_API curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype dtype,
                                      void *update, curv_request *req, curv_error *err);
@@ -172,6 +233,29 @@ CURV_API const curv_layout *curv_opt_layout(const curv_opt *o);
 
 /* curv_opt_steps - number of completed steps (0 for NULL). */
 CURV_API uint64_t curv_opt_steps(const curv_opt *o);
+
+/* curv_report_entry - one named figure of a step's report. */
+typedef struct curv_report_entry {
+    const char *name;
+    double value;
+} curv_report_entry;
+
+/*
+ * curv_opt_report - the report of the step that last returned CURV_OK
+ * (damping, ρ, CG iterations, norms: each kind documents its entries).
+ * Sets *@entries (borrowed, valid until the next call on @o) and returns
+ * their number; 0 for NULL or when the kind reports nothing.
+ */
+CURV_API size_t curv_opt_report(const curv_opt *o, const curv_report_entry **entries);
+
+/*
+ * curv_opt_interrupted - 1 when @o was loaded from a blob saved while a
+ * request was pending. Such a blob holds the state from before that step
+ * (an unfinished step is never saved), so the step must be taken again
+ * from its beginning; resume refuses with CURV_E_STATE. The flag clears
+ * at the next step.
+ */
+CURV_API int curv_opt_interrupted(const curv_opt *o);
 
 /* curv_opt_get_param - the resolved value of hyperparameter @name: numbers
  * as set, booleans 0/1, enums their index in @choices, lists their number
@@ -199,6 +283,8 @@ CURV_API curv_status curv_opt_reconfigure(curv_opt *o, const curv_config *change
 /*
  * curv_opt_save - serialize kind, layout, resolved hyperparameters and the
  * whole state into one portable blob (see lib/src/state.c for the format).
+ * While a request is pending the blob holds the state from before that
+ * step and marks it interrupted (curv_opt_interrupted).
  * Return CURV_OK with the blob and its length, CURV_E_INVALID (NULL
  * arguments) or CURV_E_NOMEM.
  * Ownership: caller frees *blob with curv_free().
