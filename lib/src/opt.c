@@ -259,6 +259,19 @@ uint64_t curv_opt_steps(const curv_opt *o)
     return o ? o->t : 0;
 }
 
+void curv_opt_cancel(curv_opt *o)
+{
+    if (o && o->pending) {
+        o->pending = 0;
+        o->report.n = 0;
+    }
+}
+
+int curv_opt_pending(const curv_opt *o)
+{
+    return o ? o->pending : 0;
+}
+
 int curv_opt_interrupted(const curv_opt *o)
 {
     return o ? o->interrupted : 0;

@@ -149,7 +149,9 @@ struct curv_opt {
  *  - save/load: the impl state only (kind, layout, hyper and t are handled
  *    by opt.c). load runs on a freshly init'ed optimizer. save while
  *    o->pending must write the state from before the pending step (the
- *    loaded optimizer starts that step over).
+ *    loaded optimizer starts that step over). curv_opt_cancel only clears
+ *    o->pending, so step must start from the committed state whatever
+ *    in-flight data a cancelled step left behind.
  */
 struct curv__opt_vt {
     const struct curv__param *params;

@@ -225,6 +225,17 @@ CURV_API curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void 
 CURV_API curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype dtype,
                                      void *update, curv_request *req, curv_error *err);
 
+/*
+ * curv_opt_cancel - abandon the pending request and the step that made it:
+ * the state is as before that step (curv_opt_save would have written the
+ * same), and the next curv_opt_step starts afresh. A no-op when nothing is
+ * pending or @o is NULL.
+ */
+CURV_API void curv_opt_cancel(curv_opt *o);
+
+/* curv_opt_pending - 1 while a request awaits curv_opt_resume (0 for NULL). */
+CURV_API int curv_opt_pending(const curv_opt *o);
+
 /* curv_opt_kind_of - the optimizer's kind (CURV_OPT_KIND_COUNT for NULL). */
 CURV_API curv_opt_kind curv_opt_kind_of(const curv_opt *o);
 
