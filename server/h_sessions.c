@@ -139,12 +139,16 @@ CURVD_HANDLER(curvd_h_session_import)
     register_new(srv, rq, rp, o);
 }
 
-static void reply_row(struct curvd_reply *rp, const struct curvd_session *s, int status)
+/* The session's JSON; @pending_url names the callback awaiting an answer. */
+static void reply_row(struct curvd_reply *rp, const struct curvd_session *s, int status,
+                      const char *pending_url)
 {
     snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", (long long)s->step);
-    curvd_reply_json(rp, status,
-                     curvd_session_json(s->id, s->meta, (long long)s->step,
-                                        (long long)s->created_at, (long long)s->updated_at));
+    json_t *j = curvd_session_json(s->id, s->meta, (long long)s->step, (long long)s->created_at,
+                                   (long long)s->updated_at);
+    if (j && pending_url)
+        json_object_set_new(j, "pending_callback", json_string(pending_url));
+    curvd_reply_json(rp, status, j);
 }
 
 CURVD_HANDLER(curvd_h_session_get)
@@ -154,10 +158,17 @@ CURVD_HANDLER(curvd_h_session_get)
     int st = curvd_valid_id(rq->param[0])
                  ? curvd_store_get(srv->store, rq->tenant, rq->param[0], 0, &s, err, sizeof err)
                  : CURVD_STORE_NOT_FOUND;
-    if (st == CURVD_STORE_OK)
-        reply_row(rp, &s, 200);
-    else
+    long long step = 0;
+    uint64_t seq = 0;
+    char url[160];
+    if (st == CURVD_STORE_OK) {
+        int pending = curvd_registry_pending(srv->reg, s.id, &step, &seq);
+        snprintf(url, sizeof url, "/v1/sessions/%s/steps/%lld/callbacks/%llu", s.id, step,
+                 (unsigned long long)seq);
+        reply_row(rp, &s, 200, pending ? url : NULL);
+    } else {
         curvd_reply_store_error(rp, rq, st, err);
+    }
     curvd_session_clear(&s);
 }
 
@@ -317,7 +328,7 @@ CURVD_HANDLER(curvd_h_session_patch)
             if (st == CURVD_STORE_OK)
                 st = curvd_store_get(srv->store, rq->tenant, e->id, 0, &s, err, sizeof err);
             if (st == CURVD_STORE_OK)
-                reply_row(rp, &s, 200);
+                reply_row(rp, &s, 200, NULL);
             else if (st == CURVD_STORE_CONFLICT)
                 curvd_reply_problem(rp, rq, 409, "SESSION_CHANGED", NULL, 0,
                                     "the session stepped meanwhile; read it again and retry");

@@ -16,12 +16,13 @@
 #include "handlers.h"
 #include "metrics.h"
 #include "step_decode.h"
+#include "steps.h"
 #include "store.h"
 
 #include <sqlite3.h>
 
-static void reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *rq,
-                                const struct curvd_problem *p)
+void curvd_reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *rq,
+                               const struct curvd_problem *p)
 {
     struct curvd_field_error fe = {p->path, p->expected[0] ? p->expected : NULL,
                                    p->got[0] ? p->got : NULL};
@@ -29,25 +30,68 @@ static void reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *
                         p->detail);
 }
 
-/* The reply body: {"step", "update": [...], "report": {...}}. */
-static int encode_reply(const curv_opt *o, const struct curvd_step_in *in, const double *g,
-                        const double *delta, struct curvd_out *out, struct curvd_problem *p)
+/* The step's report: the optimizer, the update's norm and every figure
+ * the optimizer reports. NULL when out of memory. */
+static json_t *report_json(const curv_opt *o, double grad_norm, const double *delta)
 {
-    const curv_layout *l = curv_opt_layout(o);
-    size_t dim = curv_layout_dim(l);
-    double gn = 0, un = 0;
+    size_t dim = curv_layout_dim(curv_opt_layout(o));
+    double un = 0;
     for (size_t i = 0; i < dim; i++)
-        gn += g[i] * g[i], un += delta[i] * delta[i];
-    json_t *upd =
-        curvd_flat_to_json(l, delta, in->dtype, (enum curvd_encoding)in->encoding, out, p);
-    if (!upd)
-        return -1;
-    json_t *root =
-        json_pack("{s:I, s:o, s:{s:s, s:f, s:f}}", "step", (json_int_t)in->step, "update", upd,
-                  "report", "optimizer", curv_opt_kind_name(curv_opt_kind_of(o)), "grad_norm",
-                  sqrt(gn), "update_norm", sqrt(un));
-    int rc = curvd_out_render(out, root, p);
+        un += delta[i] * delta[i];
+    json_t *r = json_pack("{s:s, s:f, s:f}", "optimizer", curv_opt_kind_name(curv_opt_kind_of(o)),
+                          "grad_norm", grad_norm, "update_norm", sqrt(un));
+    const curv_report_entry *ent;
+    size_t n = curv_opt_report(o, &ent);
+    for (size_t i = 0; r && i < n; i++)
+        if (isfinite(ent[i].value) && json_object_set_new(r, ent[i].name, json_real(ent[i].value)))
+            r = (json_decref(r), NULL);
+    return r;
+}
+
+static const char *callback_kind_name(curv_request_kind k)
+{
+    return k == CURV_REQ_CURVATURE_PRODUCT ? "curvature_product"
+           : k == CURV_REQ_LOSS            ? "loss"
+                                           : "quadratic_form";
+}
+
+/* 200: {"step", "update": [...], "report": {...}}; 202: {"step",
+ * "callback": {"id", "kind", "vectors": [[...], ...]}, "report"}. */
+static int encode_reply(const struct curvd_entry *e, const curv_request *req, const double *delta,
+                        struct curvd_out *out, struct curvd_problem *p)
+{
+    const curv_opt *o = e->opt;
+    const struct curvd_pending *pd = &e->pend;
+    const curv_layout *l = curv_opt_layout(o);
+    enum curvd_encoding enc = (enum curvd_encoding)pd->encoding;
+    json_t *root = json_pack("{s:I}", "step", (json_int_t)pd->step);
+    if (!root)
+        return curvd_problem_set(p, CURVD_R_NO_MEMORY, "", NULL, NULL, "out of memory");
+    int rc = 0;
+    if (!req) {
+        json_t *upd = curvd_flat_to_json(l, delta, pd->dtype, enc, out, p);
+        rc = upd ? json_object_set_new(root, "update", upd) : -1;
+        if (rc == 0)
+            rc = json_object_set_new(root, "report", report_json(o, pd->grad_norm, delta));
+    } else {
+        char id[24], url[160];
+        snprintf(id, sizeof id, "%llu", (unsigned long long)req->seq);
+        snprintf(url, sizeof url, "/v1/sessions/%s/steps/%lld/callbacks/%s", e->id, pd->step, id);
+        json_t *vecs = json_array();
+        json_t *cb =
+            json_pack("{s:s, s:s, s:s, s:I, s:o}", "id", id, "kind", callback_kind_name(req->kind),
+                      "url", url, "answer_values", (json_int_t)req->n_values, "vectors", vecs);
+        rc = cb ? json_object_set_new(root, "callback", cb) : -1;
+        for (size_t i = 0; rc == 0 && i < req->n_vectors; i++) {
+            json_t *v = curvd_flat_to_json(l, req->vectors + i * req->dim, pd->dtype, enc, out, p);
+            rc = v ? json_array_append_new(vecs, v) : -1;
+        }
+    }
+    if (rc == 0)
+        rc = curvd_out_render(out, root, p);
     json_decref(root);
+    if (rc != 0)
+        curvd_problem_set(p, CURVD_R_NO_MEMORY, "", NULL, NULL, "out of memory");
     return rc;
 }
 
@@ -69,26 +113,9 @@ static void reply_stored(struct curvd_reply *rp, struct curvd_step_response *r)
     r->body = NULL;
 }
 
-static void reply_step_error(struct curvd_reply *rp, const struct curvd_req *rq, curv_status cs,
-                             const curv_error *cerr)
-{
-    int status = cs == CURV_E_NONFINITE                       ? 422
-                 : cs == CURV_E_NOMEM                         ? 503
-                 : cs == CURV_E_SHAPE || cs == CURV_E_INVALID ? 400
-                 : cs == CURV_E_STATE                         ? 409
-                                                              : 500;
-    const char *reason = cs == CURV_E_NONFINITE ? "NON_FINITE"
-                         : cs == CURV_E_NOMEM   ? "OUT_OF_MEMORY"
-                         : cs == CURV_E_SHAPE   ? "SHAPE_MISMATCH"
-                         : cs == CURV_E_INVALID ? "INVALID_INPUT"
-                         : cs == CURV_E_STATE   ? "CALLBACK_PENDING"
-                                                : "NUMERICAL_FAILURE";
-    curvd_reply_problem(rp, rq, status, reason, NULL, 0, "%s", cerr->text);
-}
-
 /* The latest step posted again: its stored reply, byte for byte. */
-static void replay(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                   const struct curvd_entry *e, long long cur)
+void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
+                       const struct curvd_entry *e, long long cur)
 {
     struct curvd_step_response r = {0};
     char err[256];
@@ -112,18 +139,19 @@ static void replay(struct curvd_server *srv, const struct curvd_req *rq, struct 
 
 /* Commit the stepped state with its reply, then hand the reply over. */
 static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
-                             struct curvd_reply *rp, struct curvd_entry *e,
-                             const struct curvd_step_in *in, struct curvd_out *out,
+                             struct curvd_reply *rp, struct curvd_entry *e, struct curvd_out *out,
                              size_t *new_bytes)
 {
+    const struct curvd_pending *pd = &e->pend;
+    int binary = pd->encoding == CURVD_ENC_BINARY;
     unsigned char *body = curvd_out_join(out), *blob = NULL;
     size_t len = 0;
     char ctype[96], err[256];
-    reply_type(in->encoding == CURVD_ENC_BINARY, out->json_len, ctype, sizeof ctype);
+    reply_type(binary, out->json_len, ctype, sizeof ctype);
     int st = CURVD_STORE_ERROR;
     int64_t current = 0;
     if (body && curv_opt_save(e->opt, &blob, &len, NULL) == CURV_OK) {
-        struct curvd_step_commit c = {.step = in->step,
+        struct curvd_step_commit c = {.step = pd->step,
                                       .state = blob,
                                       .state_len = len,
                                       .content_type = ctype,
@@ -137,11 +165,11 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
     if (st != CURVD_STORE_OK) {
         free(body);
         curvd_registry_drop(srv->reg, e->id); /* memory is ahead of the database */
-        if (st == CURVD_STORE_CONFLICT && current == in->step)
+        if (st == CURVD_STORE_CONFLICT && current == pd->step)
             /* This copy was stale (reloaded while another request committed
              * this very step, then evicted): the step is applied, so the
              * stored reply is the answer. */
-            replay(srv, rq, rp, e, (long long)current);
+            curvd_step_replay(srv, rq, rp, e, (long long)current);
         else if (st == CURVD_STORE_CONFLICT)
             curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", NULL, 0,
                                 "the session advanced elsewhere (now at step %lld)",
@@ -152,11 +180,97 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
     }
     *new_bytes = len;
     curvd_metrics_step(srv->metrics, curv_opt_kind_of(e->opt));
-    rp->json_header_len = in->encoding == CURVD_ENC_BINARY ? out->json_len : 0;
-    curvd_reply_bytes(
-        rp, 200, in->encoding == CURVD_ENC_BINARY ? "application/octet-stream" : "application/json",
-        (char *)body, out->total_len);
-    snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", in->step);
+    rp->json_header_len = binary ? out->json_len : 0;
+    curvd_reply_bytes(rp, 200, binary ? "application/octet-stream" : "application/json",
+                      (char *)body, out->total_len);
+    snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", pd->step);
+}
+
+/* 202 with the next callback; a copy is kept to answer a retried POST. */
+static void reply_callback(const struct curvd_req *rq, struct curvd_reply *rp,
+                           struct curvd_entry *e, struct curvd_out *out)
+{
+    struct curvd_pending *pd = &e->pend;
+    int binary = pd->encoding == CURVD_ENC_BINARY;
+    unsigned char *body = curvd_out_join(out), *copy = body ? malloc(out->total_len) : NULL;
+    if (!copy) {
+        free(body);
+        curv_opt_cancel(e->opt);
+        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
+        return;
+    }
+    memcpy(copy, body, out->total_len);
+    free(pd->last);
+    pd->last = copy;
+    pd->last_len = out->total_len;
+    pd->last_json_len = binary ? out->json_len : 0;
+    rp->json_header_len = pd->last_json_len;
+    curvd_reply_bytes(rp, 202, binary ? "application/octet-stream" : "application/json",
+                      (char *)body, out->total_len);
+    snprintf(rp->location, sizeof rp->location, "/v1/sessions/%s/steps/%lld/callbacks/%llu", e->id,
+             pd->step, (unsigned long long)pd->req.seq); /* the callback's "url" */
+}
+
+static void reply_step_error(struct curvd_reply *rp, const struct curvd_req *rq, curv_status cs,
+                             const curv_error *cerr)
+{
+    int status = cs == CURV_E_NONFINITE                       ? 422
+                 : cs == CURV_E_NOMEM                         ? 503
+                 : cs == CURV_E_SHAPE || cs == CURV_E_INVALID ? 400
+                 : cs == CURV_E_STATE                         ? 409
+                                                              : 500;
+    const char *reason = cs == CURV_E_NONFINITE ? "NON_FINITE"
+                         : cs == CURV_E_NOMEM   ? "OUT_OF_MEMORY"
+                         : cs == CURV_E_SHAPE   ? "SHAPE_MISMATCH"
+                         : cs == CURV_E_INVALID ? "INVALID_INPUT"
+                         : cs == CURV_E_STATE   ? "CALLBACK_OUT_OF_ORDER"
+                                                : "NUMERICAL_FAILURE";
+    curvd_reply_problem(rp, rq, status, reason, NULL, 0, "%s", cerr->text);
+}
+
+void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
+                        struct curvd_reply *rp, struct curvd_entry *e, curv_status cs,
+                        const curv_error *cerr, const curv_request *req, const double *delta,
+                        size_t *new_bytes)
+{
+    if (cs != CURV_OK && cs != CURV_NEED_INPUT) {
+        reply_step_error(rp, rq, cs, cerr);
+        return;
+    }
+    struct curvd_problem p;
+    struct curvd_out out;
+    curvd_problem_init(&p);
+    curvd_out_init(&out);
+    if (cs == CURV_NEED_INPUT)
+        e->pend.req = *req;
+    if (encode_reply(e, cs == CURV_OK ? NULL : req, delta, &out, &p) != 0) {
+        curvd_registry_drop(srv->reg, e->id); /* the optimizer is ahead of the database */
+        curvd_reply_codec_problem(rp, rq, &p);
+    } else if (cs == CURV_OK) {
+        commit_and_reply(srv, rq, rp, e, &out, new_bytes);
+    } else {
+        reply_callback(rq, rp, e, &out);
+    }
+    curvd_out_clear(&out);
+}
+
+static void step_out_of_order(struct curvd_reply *rp, const struct curvd_req *rq, long long cur,
+                              long long got_step)
+{
+    char want[32], got[32];
+    snprintf(want, sizeof want, "%lld", cur + 1);
+    snprintf(got, sizeof got, "%lld", got_step);
+    struct curvd_field_error fe = {"/step", want, got};
+    curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", &fe, 1,
+                        "the session has completed %lld steps: post step %lld", cur, cur + 1);
+}
+
+static double norm2(const double *x, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += x[i] * x[i];
+    return sqrt(s);
 }
 
 static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
@@ -165,99 +279,85 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     struct curvd_step_in in = {0};
     struct curvd_binary bin = {0};
     struct curvd_problem p;
-    struct curvd_out out;
     curvd_problem_init(&p);
-    curvd_out_init(&out);
     const curv_layout *l = curv_opt_layout(e->opt);
     size_t dim = curv_layout_dim(l);
     long long cur = (long long)curv_opt_steps(e->opt);
     double *g = calloc(dim, sizeof *g), *theta = calloc(dim, sizeof *theta);
-    double *delta = calloc(dim, sizeof *delta);
+    double *gsq = calloc(dim, sizeof *gsq), *delta = calloc(dim, sizeof *delta);
+    curv_layer_stats *ls = NULL;
     int binary = 0;
-    if (!g || !theta || !delta) {
+    if (!g || !theta || !gsq || !delta) {
         curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
     } else if (curvd_step_parse_head(rq->body, rq->body_len,
                                      curvd_req_header(rq, "Inference-Header-Content-Length"),
                                      rq->content_type, &in, &bin, &binary, &p) != 0) {
-        reply_codec_problem(rp, rq, &p);
+        curvd_reply_codec_problem(rp, rq, &p);
     } else if (in.step == cur && cur > 0) {
-        replay(srv, rq, rp, e, cur);
+        curvd_step_replay(srv, rq, rp, e, cur);
     } else if (in.step != cur + 1) {
-        char want[32], got[32];
-        snprintf(want, sizeof want, "%lld", cur + 1);
-        snprintf(got, sizeof got, "%lld", in.step);
-        struct curvd_field_error fe = {"/step", want, got};
-        curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", &fe, 1,
-                            "the session has completed %lld steps: post step %lld", cur, cur + 1);
-    } else if (curvd_step_decode_tensors(l, &in, &bin, binary, g, theta, &p) != 0) {
-        reply_codec_problem(rp, rq, &p);
+        step_out_of_order(rp, rq, cur, in.step);
+    } else if (curvd_step_decode_tensors(l, &in, &bin, binary, g, theta, gsq, &p) != 0) {
+        curvd_reply_codec_problem(rp, rq, &p);
+    } else if (in.nlayers && !(ls = calloc(in.nlayers, sizeof *ls))) {
+        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
     } else {
-        curv_step_input si = {
-            .grad = g, .params = in.nparams ? theta : NULL, .len = dim, .dtype = CURV_F64};
+        if (ls)
+            curvd_step_layer_stats(&in, ls);
+        curv_step_input si = {.grad = g,
+                              .params = in.nparams ? theta : NULL,
+                              .len = dim,
+                              .dtype = CURV_F64,
+                              .layers = ls,
+                              .n_layers = in.nlayers,
+                              .loss = in.loss,
+                              .has_loss = in.has_loss,
+                              .grad_sq = in.ngrad_sq ? gsq : NULL};
+        /* Posting the step in progress again starts it over: the trainer
+         * lost its place (it restarted, or gave up on a callback). */
+        curv_opt_cancel(e->opt);
         curv_request req;
         curv_error cerr;
         curv_status cs = curv_opt_step(e->opt, &si, delta, &req, &cerr);
-        if (cs == CURV_NEED_INPUT) {
-            curvd_registry_drop(srv->reg, e->id);
-            curvd_reply_problem(rp, rq, 500, "CALLBACKS_UNSUPPORTED", NULL, 0,
-                                "this optimizer asked for a callback, which this daemon version "
-                                "cannot serve yet");
-        } else if (cs != CURV_OK) {
-            reply_step_error(rp, rq, cs, &cerr);
-        } else if (encode_reply(e->opt, &in, g, delta, &out, &p) != 0) {
-            curvd_registry_drop(srv->reg, e->id);
-            reply_codec_problem(rp, rq, &p);
-        } else {
-            commit_and_reply(srv, rq, rp, e, &in, &out, new_bytes);
+        if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
+            free(e->pend.last);
+            e->pend = (struct curvd_pending){.step = in.step,
+                                             .dtype = in.dtype,
+                                             .encoding = in.encoding,
+                                             .grad_norm = norm2(g, dim)};
         }
+        curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &req, delta, new_bytes);
     }
-    curvd_out_clear(&out);
     curvd_step_in_clear(&in);
+    free(ls);
     free(g);
     free(theta);
+    free(gsq);
     free(delta);
+}
+
+int curvd_step_begin(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
+                     struct curvd_entry **e)
+{
+    enum curvd_reg_status rs = curvd_valid_id(rq->param[0])
+                                   ? curvd_registry_begin(srv->reg, rq->param[0], rq->tenant, e)
+                                   : CURVD_REG_NOT_FOUND;
+    if (rs == CURVD_REG_BUSY)
+        curvd_reply_problem(rp, rq, 409, "SESSION_BUSY", NULL, 0,
+                            "another request of this session is in progress");
+    else if (rs == CURVD_REG_ERROR)
+        curvd_reply_problem(rp, rq, 503, "UNAVAILABLE", NULL, 0, "cannot load the session");
+    else if (rs != CURVD_REG_OK)
+        curvd_reply_problem(rp, rq, 404, "NOT_FOUND", NULL, 0, "no such session");
+    return rs == CURVD_REG_OK ? 0 : -1;
 }
 
 CURVD_HANDLER(curvd_h_step)
 {
     struct curvd_entry *e = NULL;
-    enum curvd_reg_status rs = curvd_valid_id(rq->param[0])
-                                   ? curvd_registry_begin(srv->reg, rq->param[0], rq->tenant, &e)
-                                   : CURVD_REG_NOT_FOUND;
-    if (rs == CURVD_REG_BUSY)
-        curvd_reply_problem(rp, rq, 409, "SESSION_BUSY", NULL, 0,
-                            "another step of this session is in progress");
-    else if (rs == CURVD_REG_ERROR)
-        curvd_reply_problem(rp, rq, 503, "UNAVAILABLE", NULL, 0, "cannot load the session");
-    else if (rs != CURVD_REG_OK)
-        curvd_reply_problem(rp, rq, 404, "NOT_FOUND", NULL, 0, "no such session");
-    if (rs != CURVD_REG_OK)
+    if (curvd_step_begin(srv, rq, rp, &e) != 0)
         return;
     size_t bytes = e->bytes; /* the new charge if the state changed size */
     run_step(srv, rq, rp, e, &bytes);
     curvd_registry_end(srv->reg, e, bytes);
-}
-
-/* POST .../steps/{n}/callbacks/{cb}: no optimizer of this version asks the
- * trainer for anything, so there is never a callback to answer; the route
- * exists so that clients meet the contract's errors, not a 404. */
-CURVD_HANDLER(curvd_h_callback)
-{
-    struct curvd_entry *e = NULL;
-    enum curvd_reg_status rs = curvd_valid_id(rq->param[0])
-                                   ? curvd_registry_begin(srv->reg, rq->param[0], rq->tenant, &e)
-                                   : CURVD_REG_NOT_FOUND;
-    if (rs == CURVD_REG_OK) {
-        curvd_reply_problem(rp, rq, 409, "NO_CALLBACK_PENDING", NULL, 0,
-                            "step %s of this session has no pending callback '%s'", rq->param[1],
-                            rq->param[2]);
-        curvd_registry_end(srv->reg, e, e->bytes);
-    } else if (rs == CURVD_REG_BUSY) {
-        curvd_reply_problem(rp, rq, 409, "SESSION_BUSY", NULL, 0,
-                            "another request of this session is in progress");
-    } else {
-        curvd_reply_problem(rp, rq, rs == CURVD_REG_ERROR ? 503 : 404,
-                            rs == CURVD_REG_ERROR ? "UNAVAILABLE" : "NOT_FOUND", NULL, 0,
-                            "no such session");
-    }
 }

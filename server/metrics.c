@@ -28,6 +28,7 @@ struct curvd_metrics {
     struct route_stats route[MAX_ROUTES + 1];
     atomic_ullong bytes_in, bytes_out;
     atomic_ullong steps[CURV_OPT_KIND_COUNT];
+    atomic_ullong callbacks[CURV_OPT_KIND_COUNT];
 };
 
 struct curvd_metrics *curvd_metrics_new(void)
@@ -64,6 +65,12 @@ void curvd_metrics_step(struct curvd_metrics *m, curv_opt_kind kind)
 {
     if (m && (unsigned)kind < CURV_OPT_KIND_COUNT)
         atomic_fetch_add(&m->steps[kind], 1);
+}
+
+void curvd_metrics_callback(struct curvd_metrics *m, curv_opt_kind kind)
+{
+    if (m && (unsigned)kind < CURV_OPT_KIND_COUNT)
+        atomic_fetch_add(&m->callbacks[kind], 1);
 }
 
 struct buf {
@@ -155,6 +162,12 @@ char *curvd_metrics_render(const struct curvd_metrics *m, size_t sessions_mem, s
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++)
         put(&b, "curvd_steps_total{optimizer=\"%s\"} %llu\n", curv_opt_kind_name((curv_opt_kind)k),
             atomic_load(&m->steps[k]));
+    put(&b, "# HELP curvd_callback_round_trips_total Callbacks answered by trainers, by "
+            "optimizer.\n"
+            "# TYPE curvd_callback_round_trips_total counter\n");
+    for (int k = 0; k < CURV_OPT_KIND_COUNT; k++)
+        put(&b, "curvd_callback_round_trips_total{optimizer=\"%s\"} %llu\n",
+            curv_opt_kind_name((curv_opt_kind)k), atomic_load(&m->callbacks[k]));
     put(&b,
         "# HELP curvd_sessions Sessions held in memory and stored on disk.\n"
         "# TYPE curvd_sessions gauge\n"

@@ -21,6 +21,8 @@ void curvd_metrics_request(struct curvd_metrics *m, size_t route, int status, do
                            size_t bytes_in, size_t bytes_out);
 /* One applied step of an optimizer of @kind. */
 void curvd_metrics_step(struct curvd_metrics *m, curv_opt_kind kind);
+/* One callback answered (a round trip of a multi-exchange step). */
+void curvd_metrics_callback(struct curvd_metrics *m, curv_opt_kind kind);
 
 /* The exposition text (malloc'd), with the gauges given by the caller. */
 char *curvd_metrics_render(const struct curvd_metrics *m, size_t sessions_mem, size_t bytes_mem,

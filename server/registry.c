@@ -47,6 +47,7 @@ struct curvd_registry *curvd_registry_new(size_t max_sessions, size_t mem_budget
 static void free_session(struct curvd_entry *s)
 {
     curv_opt_free(s->opt);
+    free(s->pend.last);
     free(s);
 }
 
@@ -96,17 +97,21 @@ static void unlink_all(struct curvd_registry *r, struct curvd_entry *s)
     r->bytes -= s->bytes;
 }
 
-/* Evict least recently used idle sessions while over either limit. */
+/* Evict least recently used idle sessions while over either limit; a
+ * session in the middle of a callback exchange goes last (evicting it
+ * abandons that step). */
 static void evict(struct curvd_registry *r)
 {
-    struct curvd_entry *s = r->lru.prev;
-    while (s != &r->lru && (r->count > r->max_sessions || r->bytes > r->budget)) {
-        struct curvd_entry *prev = s->prev;
-        if (!s->busy) {
-            unlink_all(r, s);
-            free_session(s);
+    for (int pass = 0; pass < 2; pass++) {
+        struct curvd_entry *s = r->lru.prev;
+        while (s != &r->lru && (r->count > r->max_sessions || r->bytes > r->budget)) {
+            struct curvd_entry *prev = s->prev;
+            if (!s->busy && (pass || !curv_opt_pending(s->opt))) {
+                unlink_all(r, s);
+                free_session(s);
+            }
+            s = prev;
         }
-        s = prev;
     }
 }
 
@@ -234,4 +239,17 @@ void curvd_registry_stats(struct curvd_registry *r, size_t *sessions, size_t *by
     *sessions = r->count;
     *bytes = r->bytes;
     pthread_mutex_unlock(&r->mu);
+}
+
+int curvd_registry_pending(struct curvd_registry *r, const char *id, long long *step, uint64_t *seq)
+{
+    pthread_mutex_lock(&r->mu);
+    struct curvd_entry *s = find(r, id);
+    int pending = s && !s->busy && curv_opt_pending(s->opt);
+    if (pending) {
+        *step = s->pend.step;
+        *seq = s->pend.req.seq;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return pending;
 }

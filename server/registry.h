@@ -18,11 +18,25 @@
 
 struct curvd_registry;
 
+/* A step in progress, waiting for the trainer to answer a callback
+ * (h_callbacks.c). Lives only in memory: a restart abandons the step and
+ * the trainer posts it again. */
+struct curvd_pending {
+    long long step;      /* the step in progress */
+    int dtype, encoding; /* of its replies: the step request's */
+    double grad_norm;    /* of the step's gradient, for the final report */
+    curv_request req;    /* the callback awaiting an answer */
+    unsigned char *last; /* the 202 reply that asked for it, owned */
+    size_t last_len, last_json_len;
+    uint64_t answered_seq; /* the callback whose answer produced @last; 0 if none */
+};
+
 struct curvd_entry {
     char id[CURVD_ID_LEN + 1];
     char tenant[64];
-    curv_opt *opt; /* owned */
-    size_t bytes;  /* size of its state blob: the memory charge */
+    curv_opt *opt;             /* owned */
+    size_t bytes;              /* size of its state blob: the memory charge */
+    struct curvd_pending pend; /* valid while curv_opt_pending(opt) */
     /* private to registry.c */
     int busy;
     uint64_t last_used;
@@ -55,6 +69,11 @@ enum curvd_reg_status curvd_registry_add(struct curvd_registry *r, const char *i
 /* Drop @id from memory (after a delete). Waits for no one: a busy session
  * is marked and freed by its curvd_registry_end(). */
 void curvd_registry_drop(struct curvd_registry *r, const char *id);
+
+/* 1 and the step and callback id when @id is in memory, idle, and waiting
+ * for a callback's answer; 0 otherwise (a busy session is not looked at). */
+int curvd_registry_pending(struct curvd_registry *r, const char *id, long long *step,
+                           uint64_t *seq);
 
 /* Counters for /metrics. */
 void curvd_registry_stats(struct curvd_registry *r, size_t *sessions, size_t *bytes);

@@ -69,7 +69,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 struct decoded {
     struct curvd_step_in in; /* in.doc is NULL on the oracle's side */
     json_t *plain;           /* the oracle's tree */
-    double g[16], theta[16];
+    double g[16], theta[16], gsq[16];
     int pdtype; /* the params' datatype (in.dtype is the gradients') */
 };
 
@@ -99,13 +99,13 @@ static int daemon_decode(const unsigned char *body, size_t len, int binary, size
         return -1;
     if (is_binary != binary)
         FAIL("parse_head says binary=%d for binary=%d", is_binary, binary);
-    if (curvd_step_decode_tensors(layout, &d->in, &bin, is_binary, d->g, d->theta, p) != 0)
+    if (curvd_step_decode_tensors(layout, &d->in, &bin, is_binary, d->g, d->theta, d->gsq, p) != 0)
         return -1;
     finish_decoded(d);
     return 0;
 }
 
-/* The oracle: the rules of step_decode.c restated over a plain jansson
+/* The oracle: the same member rules (step_decode.c) over a plain jansson
  * tree, so that the scanner (curvd_json_parse) is compared with jansson. */
 static int oracle_decode(const unsigned char *body, size_t len, int binary, size_t json_len,
                          struct decoded *d, struct curvd_problem *p)
@@ -120,44 +120,11 @@ static int oracle_decode(const unsigned char *body, size_t len, int binary, size
     d->plain = json_loadb((const char *)body, json_len, JSON_REJECT_DUPLICATES, &je);
     if (!d->plain)
         return curvd_problem_set(p, CURVD_R_MALFORMED_JSON, "", NULL, NULL, "%s", je.text);
-    json_t *root = d->plain, *v;
-    const char *key;
-    json_object_foreach(root, key, v)
-    {
-        if (strcmp(key, "step") && strcmp(key, "gradients") && strcmp(key, "params") &&
-            strcmp(key, "loss"))
-            return curvd_problem_set(p, CURVD_R_UNKNOWN_MEMBER, "", NULL, NULL, "member");
-    }
-    json_t *loss = json_object_get(root, "loss");
-    if (loss && !json_is_number(loss))
-        return curvd_problem_set(p, CURVD_R_BAD_TENSOR, "/loss", NULL, NULL, "loss");
-    json_t *step = json_object_get(root, "step");
-    double n = json_number_value(step);
-    if (!json_is_object(root) || !json_is_number(step) || n < 1 || n != floor(n) || n > 9e15)
-        return curvd_problem_set(p, CURVD_R_BAD_TENSOR, "/step", NULL, NULL, "step");
-    d->in.step = (long long)n;
-    json_object_foreach(root, key, v)
-    {
-        int is_g = strcmp(key, "gradients") == 0;
-        if (!is_g && strcmp(key, "params") != 0)
-            continue;
-        const char *path = is_g ? "/gradients" : "/params";
-        struct curvd_tensor **t = is_g ? &d->in.grads : &d->in.params;
-        size_t *nt = is_g ? &d->in.ngrads : &d->in.nparams;
-        if (curvd_tensors_decode(v, path, NULL, binary ? &bin : NULL, dim, t, nt, p) != 0 ||
-            curvd_tensors_to_flat(layout, *t, *nt, path, is_g ? d->g : d->theta, p) != 0)
-            return -1;
-    }
-    if (!d->in.grads)
-        return curvd_problem_set(p, CURVD_R_BAD_TENSOR, "/gradients", NULL, NULL, "gradients");
-    if (binary && curvd_binary_finish(&bin, p) != 0)
+    d->in.root = d->plain;
+    d->in.max_elems = len;
+    if (curvd_step_check_members(&d->in, p) != 0 ||
+        curvd_step_decode_tensors(layout, &d->in, &bin, binary, d->g, d->theta, d->gsq, p) != 0)
         return -1;
-    if (d->in.nparams && d->in.ngrads && d->in.params[0].dtype != d->in.grads[0].dtype)
-        return curvd_problem_set(p, CURVD_R_BAD_DATATYPE, "", NULL, NULL, "datatypes");
-    d->in.dtype = d->in.ngrads ? d->in.grads[0].dtype : CURV_F64;
-    d->in.encoding = binary         ? CURVD_ENC_BINARY
-                     : d->in.ngrads ? d->in.grads[0].encoding
-                                    : CURVD_ENC_JSON;
     finish_decoded(d);
     return 0;
 }
@@ -363,6 +330,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         same_numbers(d.g, j.g, "gradients");
         if (d.in.params)
             same_numbers(d.theta, j.theta, "params");
+        if ((d.in.grad_sq != NULL) != (j.in.grad_sq != NULL) || d.in.nlayers != j.in.nlayers ||
+            d.in.has_loss != j.in.has_loss || (d.in.has_loss && d.in.loss != j.in.loss))
+            FAIL("daemon and oracle disagree on grad_sq/layers/loss");
+        if (d.in.grad_sq)
+            same_numbers(d.gsq, j.gsq, "grad_sq");
+        for (size_t i = 0; i < d.in.nlayers; i++) {
+            const struct curvd_layer_in *a = &d.in.layers[i], *b = &j.in.layers[i];
+            if (a->block != b->block || a->examples != b->examples ||
+                a->acts.count != b->acts.count || a->signals.count != b->signals.count ||
+                memcmp(a->acts.data, b->acts.data, a->acts.count * sizeof(double)) ||
+                memcmp(a->signals.data, b->signals.data, a->signals.count * sizeof(double)))
+                FAIL("daemon and oracle disagree on layer %zu", i);
+        }
     }
     if (rc == 0) {
         /* The daemon replies in the request's encoding; try all three. */

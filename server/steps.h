@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: MIT */
+/* What the step and callback handlers share: a step's outcome (final
+ * update, next callback, or error) becomes the reply. */
+#ifndef CURVD_STEPS_H
+#define CURVD_STEPS_H
+
+#include "codec.h"
+#include "handlers.h"
+
+/* A codec problem as problem+json. */
+void curvd_reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *rq,
+                               const struct curvd_problem *p);
+
+/*
+ * curvd_step_outcome - reply to what curv_opt_step/resume returned for the
+ * step e->pend.step: CURV_OK commits state and reply, then 200 with the
+ * update (@delta, doubles) and the report; CURV_NEED_INPUT is 202 with the
+ * callback @req; an error is its problem (the optimizer is unchanged).
+ * *@new_bytes gets the state's new size after a commit.
+ */
+void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
+                        struct curvd_reply *rp, struct curvd_entry *e, curv_status cs,
+                        const curv_error *cerr, const curv_request *req, const double *delta,
+                        size_t *new_bytes);
+
+/* curvd_step_replay - the stored reply of completed step @cur. */
+void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
+                       const struct curvd_entry *e, long long cur);
+
+/* curvd_step_begin - take session rq->param[0] (404/409/503 replied when
+ * it cannot be had); 0 with *@e on success. */
+int curvd_step_begin(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
+                     struct curvd_entry **e);
+
+#endif
