@@ -426,6 +426,220 @@ static void test_backtracking_candidates(void **state)
     curv_layout_free(l);
 }
 
+/* Candidates asked about a batch at a time, latest first: the losses
+ * scripted per candidate index, each request checked against the
+ * reference iterates it should hold. */
+struct batched {
+    tu_quad q;
+    size_t m, batch, calls;
+    const double *loss; /* per candidate */
+    const double *X;    /* reference iterates */
+    const size_t *its;  /* the candidates' iterations */
+};
+
+static void batched_answer(void *ctx, const curv_request *req, double *values)
+{
+    struct batched *b = ctx;
+    tu_quad_answer(&b->q, req, values);
+    if (req->kind != CURV_REQ_LOSS)
+        return;
+    size_t first = b->m - b->batch * ++b->calls;
+    assert_int_equal(req->n_vectors, b->batch);
+    for (size_t j = 0; j < req->n_vectors; j++) {
+        const size_t d = b->q.d, it = b->its[first + j];
+        tu_expect_close(req->vectors + j * d, b->X + (it - 1) * d, d, 1e-8, "batched candidate",
+                        (int)it);
+        values[j] = b->q.h0 + b->loss[first + j];
+    }
+}
+
+/* backtrack_batch = 3: the batches go back while the loss keeps falling
+ * going backwards and stop after the batch in which it rises (thesis
+ * §4.6.7); the lowest loss seen wins, earlier candidates are never asked. */
+static void test_backtracking_batches(void **state)
+{
+    (void)state;
+    enum { D = 40, N = 24 };
+    tu_rng rng;
+    tu_rng_seed(&rng, 5);
+    double *G = tu_alloc(D * D), g[D], sq[D], u[D], *X = tu_alloc(N * D);
+    problem(&rng, D, 0.5, G, g);
+    for (size_t i = 0; i < D; i++)
+        sq[i] = 0.5 * G[i * D + i];
+    reference_pcg(D, G, 1e-2, g, sq, 0.75, N, X);
+    const size_t its[12] = {1, 2, 3, 4, 5, 6, 8, 11, 14, 18, 23, 24};
+    /* Falling going back from 11 to 4, up at 3. */
+    double loss[12] = {-5e6, -5e6, -5e6, 100};
+    for (size_t k = 4; k < 12; k++)
+        loss[k] = -1e6 + (double)k;
+    curv_layout *l = flat(D);
+    const tu_kv kv[] = {{"lambda", 1e-2}, {"cg_eps", 0}, {"cg_max", N}, {"backtrack_batch", 3}};
+    curv_opt *o = tu_opt_with(CURV_OPT_HF, l, kv, 4);
+    struct batched b = {{D, G, g, 0.0}, 12, 3, 0, loss, X, its};
+    curv_step_input in = input(g, D, 0.0, sq);
+    curv_error err;
+    tu_assert_status(tu_drive(o, &in, batched_answer, &b, u, NULL, &err), CURV_OK, &err);
+    assert_int_equal(b.calls, 3);
+    tu_expect_close(u, X + (its[4] - 1) * D, D, 1e-8, "chosen", 1);
+    assert_true(report(o, "chosen_iterate") == its[4]);
+    assert_true(report(o, "loss_evaluations") == 9);
+    curv_opt_free(o);
+    free(G);
+    free(X);
+    curv_layout_free(l);
+}
+
+/* A scripted line-search answer: the loss rises for α = β, falls far for
+ * smaller α. */
+static void shrink_answer(void *ctx, const curv_request *req, double *values)
+{
+    struct scripted *s = ctx;
+    scripted_answer(ctx, req, values);
+    if (req->kind == CURV_REQ_LOSS && s->n_loss_req > 1)
+        for (size_t k = 0; k < req->n_vectors; k++)
+            values[k] = s->q.h0 + (k == 0 ? 1.0 : -1e6);
+}
+
+/* When h(θ + δ) rises, the line search asks for α = β, β², ... in one
+ * request and takes the largest α with sufficient decrease (§4.6.8); when
+ * none of ls_max step sizes has it, the step is rejected (Δ = 0). Either
+ * way ρ < 0 raised λ by the LM factor. */
+static void test_line_search(void **state)
+{
+    (void)state;
+    enum { D = 20 };
+    tu_rng rng;
+    tu_rng_seed(&rng, 6);
+    double *G = tu_alloc(D * D), g[D], sq[D], u[D];
+    double *cand = tu_alloc(64 * D), *ls = tu_alloc(64 * D), up[64];
+    problem(&rng, D, 0.3, G, g);
+    diagonal(D, G, sq);
+    for (size_t k = 0; k < 64; k++)
+        up[k] = 1.0; /* every candidate makes the loss rise */
+    curv_layout *l = flat(D);
+    for (int exhaust = 0; exhaust < 2; exhaust++) {
+        const tu_kv kv[] = {{"lambda", 0.4}, {"cg_max", 30}};
+        curv_opt *o = tu_opt_with(CURV_OPT_HF, l, kv, 2);
+        struct scripted s = {{D, G, g, 5.0}, up, exhaust ? 1.0 : NAN, 0, 0, 0, cand, ls};
+        curv_step_input in = input(g, D, 5.0, sq);
+        curv_error err;
+        tu_assert_status(
+            tu_drive(o, &in, exhaust ? scripted_answer : shrink_answer, &s, u, NULL, &err), CURV_OK,
+            &err);
+        const double *delta = cand + (s.n_cand - 1) * D; /* a tie: the latest */
+        if (!exhaust) {
+            assert_int_equal(s.n_loss_req, 2);
+            assert_int_equal(s.n_ls, 8); /* ls_batch */
+            for (size_t k = 0; k < 8; k++)
+                for (size_t i = 0; i < D; i++)
+                    assert_true(ls[k * D + i] == pow(0.8, (double)(k + 1)) * delta[i]);
+            for (size_t i = 0; i < D; i++)
+                assert_true(u[i] == pow(0.8, 2) * delta[i]);
+            assert_true(report(o, "line_search_alpha") == pow(0.8, 2));
+            assert_true(report(o, "loss_after") == 5.0 - 1e6);
+        } else {
+            assert_int_equal(s.n_loss_req, 1 + 8); /* 60 = 7 x 8 + 4 */
+            assert_int_equal(s.n_ls, 4);
+            for (size_t i = 0; i < D; i++)
+                assert_true(u[i] == 0);
+            assert_true(report(o, "line_search_alpha") == 0);
+            assert_true(report(o, "loss_after") == 5.0);
+            assert_true(report(o, "update_norm") == 0);
+        }
+        assert_true(report(o, "rho") < 0);
+        assert_true(report(o, "lambda") == 0.4 * 1.5);
+        curv_opt_free(o);
+    }
+    free(G);
+    free(cand);
+    free(ls);
+    curv_layout_free(l);
+}
+
+/* The second step starts CG from ζ times the last CG iterate (or the
+ * backtracked choice), asks for G x_0 first, and still converges to the
+ * new system's solution; with ζ = 0 there is no extra product. */
+static void test_warm_start(void **state)
+{
+    (void)state;
+    enum { D = 24 };
+    tu_rng rng;
+    tu_rng_seed(&rng, 7);
+    double *G1 = tu_alloc(D * D), *G2 = tu_alloc(D * D), g1[D], g2[D], sq[D], u1[D], u2[D];
+    double *cand = tu_alloc(64 * D), *ls = tu_alloc(64 * D), v[D], want[D], bt[64];
+    problem(&rng, D, 0.3, G1, g1);
+    problem(&rng, D, 0.3, G2, g2);
+    diagonal(D, G2, sq);
+    for (size_t k = 0; k < 64; k++)
+        bt[k] = k == 1 ? -1e6 : 0.0; /* backtracking picks iteration 2 */
+    curv_layout *l = flat(D);
+    static const char *const modes[] = {"last", "chosen", "last"};
+    const double zetas[] = {0.95, 0.5, 0.0};
+    for (int k = 0; k < 3; k++) {
+        const tu_kv kv[] = {{"lambda", 0.2}, {"cg_max", 6}, {"zeta", zetas[k]}};
+        curv_config *c = tu_config(kv, 3);
+        tu_config_set(c, "warm_start", 0, modes[k]);
+        curv_opt *o = tu_new_opt(CURV_OPT_HF, l, c);
+        struct scripted s = {{D, G1, g1, 1.0}, bt, NAN, 0, 0, 0, cand, ls};
+        curv_step_input in = input(g1, D, 1.0, sq);
+        curv_error err;
+        tu_assert_status(tu_drive(o, &in, scripted_answer, &s, u1, NULL, &err), CURV_OK, &err);
+        assert_true(report(o, "chosen_iterate") == 2);
+        assert_memory_equal(u1, cand + D, sizeof u1);
+        const double *prev = k == 1 ? u1 : cand + (s.n_cand - 1) * D;
+        /* Step 2 runs CG to convergence on a new system. */
+        const tu_kv more[] = {{"cg_max", 1000}, {"cg_eps", 0}, {"backtrack", 0}};
+        curv_config *m = tu_config(more, 3);
+        tu_assert_status(curv_opt_reconfigure(o, m, &err), CURV_OK, &err);
+        struct first_request f = {{D, G2, g2, 1.0}, 0, CURV_REQ_NONE, v};
+        in = input(g2, D, 1.0, sq);
+        tu_assert_status(tu_drive(o, &in, keep_first, &f, u2, NULL, &err), CURV_OK, &err);
+        assert_int_equal(f.kind, CURV_REQ_CURVATURE_PRODUCT);
+        double products = report(o, "curvature_products"), iters = report(o, "cg_iterations");
+        double extra = report(o, "cg_stop") == 2; /* the product CG stopped on */
+        if (zetas[k] > 0) {
+            for (size_t i = 0; i < D; i++)
+                assert_true(v[i] == zetas[k] * prev[i]);
+            assert_true(products == iters + 1 + extra);
+        } else {
+            assert_true(products == iters + extra);
+        }
+        newton_step(D, G2, NULL, report(o, "lambda_used"), g2, want);
+        tu_expect_close(u2, want, D, 1e-8, modes[k], 2);
+        curv_opt_free(o);
+        curv_config_free(c);
+        curv_config_free(m);
+    }
+    free(G1);
+    free(G2);
+    free(cand);
+    free(ls);
+    curv_layout_free(l);
+}
+
+/* A zero gradient without a warm start: Δ = 0 at once, no request, λ kept. */
+static void test_zero_gradient(void **state)
+{
+    (void)state;
+    enum { D = 5 };
+    double g[D] = {0}, sq[D] = {0}, u[D] = {1, 1, 1, 1, 1}, G[D * D] = {0};
+    curv_layout *l = flat(D);
+    curv_opt *o = tu_new_opt(CURV_OPT_HF, l, NULL);
+    tu_quad q = {D, G, g, 0.5};
+    curv_step_input in = input(g, D, 0.5, sq);
+    size_t n_req = 99;
+    curv_error err;
+    tu_assert_status(tu_drive(o, &in, tu_quad_answer, &q, u, &n_req, &err), CURV_OK, &err);
+    assert_int_equal(n_req, 0);
+    for (size_t i = 0; i < D; i++)
+        assert_true(u[i] == 0);
+    assert_true(report(o, "lambda") == 0.3);
+    assert_true(report(o, "cg_iterations") == 0);
+    assert_true(report(o, "round_trips") == 0);
+    curv_opt_free(o);
+    curv_layout_free(l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -434,6 +648,10 @@ int main(void)
         cmocka_unit_test(test_preconditioner_formula),
         cmocka_unit_test(test_diag_damping_solution),
         cmocka_unit_test(test_backtracking_candidates),
+        cmocka_unit_test(test_backtracking_batches),
+        cmocka_unit_test(test_line_search),
+        cmocka_unit_test(test_warm_start),
+        cmocka_unit_test(test_zero_gradient),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
