@@ -250,6 +250,71 @@ void tu_step_ok(curv_opt *o, const double *g, const double *theta, double *upd)
     tu_assert_status(tu_step(o, g, theta, upd, &err), CURV_OK, &err);
 }
 
+int tu_plain_kind(int kind)
+{
+    unsigned in = curv_opt_kind_inputs((curv_opt_kind)kind);
+    return curv_opt_kind_name((curv_opt_kind)kind) &&
+           !(in & (CURV_INPUT_REQUESTS | CURV_INPUT_LAYERS));
+}
+
+curv_status tu_drive(curv_opt *o, const curv_step_input *in, tu_answer_fn answer, void *ctx,
+                     void *upd, size_t *n_req, curv_error *err)
+{
+    curv_request req;
+    size_t n = 0;
+    curv_status st = curv_opt_step(o, in, upd, &req, err);
+    while (st == CURV_NEED_INPUT) {
+        double *v = calloc(req.n_values ? req.n_values : 1, sizeof *v);
+        assert_non_null(v);
+        answer(ctx, &req, v);
+        curv_response resp = {.seq = req.seq, .n_values = req.n_values, .values = v};
+        st = curv_opt_resume(o, &resp, in->dtype, upd, &req, err);
+        free(v);
+        n++;
+    }
+    if (n_req)
+        *n_req = n;
+    return st;
+}
+
+double tu_quad_loss(const tu_quad *q, const double *v)
+{
+    double lin = 0, quad = 0;
+    for (size_t i = 0; i < q->d; i++) {
+        double gv = 0;
+        for (size_t j = 0; j < q->d; j++)
+            gv += q->G[i * q->d + j] * v[j];
+        lin += q->g[i] * v[i];
+        quad += v[i] * gv;
+    }
+    return q->h0 + lin + 0.5 * quad;
+}
+
+void tu_quad_answer(void *ctx, const curv_request *req, double *values)
+{
+    const tu_quad *q = ctx;
+    const size_t d = q->d, n = req->n_vectors;
+    assert_int_equal(req->dim, d);
+    if (req->kind == CURV_REQ_LOSS) {
+        for (size_t k = 0; k < n; k++)
+            values[k] = tu_quad_loss(q, req->vectors + k * d);
+        return;
+    }
+    double *gv = tu_alloc(n * d);
+    tu_matmul(n, d, d, req->vectors, q->G, gv); /* rows of V G = (G V^T)^T, G symmetric */
+    if (req->kind == CURV_REQ_CURVATURE_PRODUCT)
+        memcpy(values, gv, n * d * sizeof *gv);
+    else
+        for (size_t a = 0; a < n; a++)
+            for (size_t b = 0; b < n; b++) {
+                double s = 0;
+                for (size_t i = 0; i < d; i++)
+                    s += gv[a * d + i] * req->vectors[b * d + i];
+                values[a * n + b] = s;
+            }
+    free(gv);
+}
+
 unsigned char *tu_snapshot(const curv_opt *o, size_t *len)
 {
     unsigned char *blob = NULL;

@@ -98,6 +98,34 @@ curv_status tu_step(curv_opt *o, const double *g, const double *theta, double *u
 /* tu_step, asserting CURV_OK. */
 void tu_step_ok(curv_opt *o, const double *g, const double *theta, double *upd);
 
+/* 1 when @kind exists and a plain gradient step drives it (tu_step): it
+ * asks for no input and reads no layer statistics. Loops over every kind
+ * skip the others, whose own suites cover the same properties. */
+int tu_plain_kind(int kind);
+
+/* ---- Kinds that ask for input (CURV_NEED_INPUT) ---- */
+
+/* Fill @values (@req->n_values of them) with the answer to @req. */
+typedef void (*tu_answer_fn)(void *ctx, const curv_request *req, double *values);
+
+/* Take one step of @o with @in, answering every request with @answer
+ * until the step ends; the update (in @in->dtype) goes to @upd. Returns
+ * the last status; *@n_req (may be NULL) gets the number of requests. */
+curv_status tu_drive(curv_opt *o, const curv_step_input *in, tu_answer_fn answer, void *ctx,
+                     void *upd, size_t *n_req, curv_error *err);
+
+/* A trainer whose objective is the quadratic h(θ + v) = h0 + gᵀv + ½vᵀGv
+ * around the current θ (dense d x d @G, borrowed): CURVATURE_PRODUCT is
+ * answered with G v, LOSS with h(θ + v), QUADRATIC_FORM with V G Vᵀ. */
+typedef struct {
+    size_t d;
+    const double *G, *g;
+    double h0;
+} tu_quad;
+void tu_quad_answer(void *ctx, const curv_request *req, double *values);
+/* h0 + gᵀv + ½vᵀGv. */
+double tu_quad_loss(const tu_quad *q, const double *v);
+
 /* ---- Saved state ---- */
 
 /* Save @o and return the blob (caller frees with curv_free). */
