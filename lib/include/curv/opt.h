@@ -34,7 +34,8 @@ typedef struct curv_opt curv_opt;
     X(ADAGRAD_BMA, 3, "adagrad_bma")                                                               \
     X(MBAG, 4, "mbag")                                                                             \
     X(MBAG_EMA, 5, "mbag_ema")                                                                     \
-    X(MBAG_N, 6, "mbag_n")
+    X(MBAG_N, 6, "mbag_n")                                                                         \
+    X(KFAC, 7, "kfac")
 
 typedef enum {
 #define CURV__KIND_ENUM(name, code, text) CURV_OPT_##name = code,
