@@ -33,7 +33,7 @@ void curv__kfac_est_free(struct curv__kfac_est *e)
 {
     if (!e)
         return;
-    for (size_t i = 0; i < e->n; i++)
+    for (size_t i = 0; e->b && i < e->n; i++)
         if (e->b[i])
             e->b[i]->vt->free(e->b[i]);
     free(e->b);

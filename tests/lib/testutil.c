@@ -372,7 +372,7 @@ curv_layout *tu_mlp_layout(const tu_mlp *net)
     curv_layout *l = curv_layout_new();
     assert_non_null(l);
     for (size_t i = 0; i < net->L; i++) {
-        char name[8];
+        char name[24];
         snprintf(name, sizeof name, "l%zu", i);
         assert_int_equal(curv_layout_add_dense(l, name, net->n[i + 1], net->n[i], 1, NULL),
                          CURV_OK);
