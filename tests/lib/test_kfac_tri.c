@@ -300,12 +300,56 @@ static double *fisher_tri(const struct chain *c)
     return F;
 }
 
+/* B.2 for one side of layer i, by Jacobi (F^-1/2 from testutil, F2^-1 by
+ * Gauss-Jordan): F^-1/2 X F2^-1 X^T F^-1/2 = E diag(s) E^T, and, unless
+ * NULL, K = F^-1/2 E. */
+static void coupling_eigs(size_t n, size_t n2, const double *F, const double *F2, const double *X,
+                          double *s, double *K)
+{
+    double *Fh = tu_alloc(n * n), *F2i = gj_inverse(n2, F2), *XT = transpose(n, n2, X);
+    tu_sym_pow(n, F, -0.5, 0.0, Fh);
+    double *XF = mul(n, n2, n2, X, F2i), *C = mul(n, n2, n, XF, XT);
+    double *FC = mul(n, n, n, Fh, C), *S = mul(n, n, n, FC, Fh), *E = tu_alloc(n * n);
+    tu_sym_eig(n, S, E, s);
+    if (K)
+        tu_matmul(n, n, n, Fh, E, K);
+    free(Fh), free(F2i), free(XT), free(XF), free(C), free(FC), free(S), free(E);
+}
+
+/*
+ * Σ_{i|i+1}^-1 with the documented clamp, densely: in the flat order
+ * Σ = Gd ⊗ Ad - D ⊗ C, and with K2 = Gd^-1/2 E2, K1 = Ad^-1/2 E1,
+ * (K2 ⊗ K1)^T Σ (K2 ⊗ K1) = diag(1 - s2_r s1_c), so the clamped inverse is
+ * (K2 ⊗ K1) diag(1 / max(1 - s2_r s1_c, floor)) (K2 ⊗ K1)^T.
+ */
+static double *clamped_sigma_inv(const struct chain *c, size_t i)
+{
+    size_t ni = c->n_in[i], no = c->n_out[i], n = dim(c, i);
+    double *s1 = tu_alloc(ni), *s2 = tu_alloc(no), *K1 = tu_alloc(ni * ni), *K2 = tu_alloc(no * no);
+    coupling_eigs(ni, c->n_in[i + 1], c->Ad[i], c->Ad[i + 1], c->Ax[i], s1, K1);
+    coupling_eigs(no, c->n_out[i + 1], c->Gd[i], c->Gd[i + 1], c->Gx[i], s2, K2);
+    double *K = tu_alloc(n * n), *KD = tu_alloc(n * n);
+    for (size_t r = 0; r < no; r++)
+        for (size_t a = 0; a < ni; a++)
+            for (size_t r2 = 0; r2 < no; r2++)
+                for (size_t a2 = 0; a2 < ni; a2++)
+                    K[(r * ni + a) * n + r2 * ni + a2] = K2[r * no + r2] * K1[a * ni + a2];
+    for (size_t row = 0; row < n; row++)
+        for (size_t col = 0; col < n; col++)
+            KD[row * n + col] = K[row * n + col] /
+                                fmax(1.0 - s2[col / ni] * s1[col % ni], CURV__KFAC_TRI_DEN_FLOOR);
+    double *KT = transpose(n, n, K), *out = mul(n, n, n, KD, KT);
+    free(s1), free(s2), free(K1), free(K2), free(K), free(KD), free(KT);
+    return out;
+}
+
 /*
  * F̂^-1 = Ξ^T Λ Ξ from the thesis' definitions (§6.4.3), densely:
  * Ψ_{i,i+1} = F̃_{i,i+1} F̃_{i+1,i+1}^-1, Σ_{i|i+1} = F̃_ii - Ψ F̃_{i+1,i+1} Ψ^T,
  * Σ_ℓ = F̃_ℓℓ, Λ = diag(Σ^-1), Ξ = I with -Ψ_{i,i+1} at block (i, i+1).
+ * With @clamp, Λ holds clamped_sigma_inv instead (for inconsistent factors).
  */
-static double *dggm_inverse(const struct chain *c)
+static double *dggm_inverse(const struct chain *c, int clamp)
 {
     size_t D = c->off[c->L];
     double *Xi = tu_alloc(D * D), *Lam = tu_alloc(D * D);
@@ -327,7 +371,7 @@ static double *dggm_inverse(const struct chain *c)
             put_block(D, Xi, c->off[i], c->off[i + 1], n, n2, Psi);
             free(F12), free(F22), free(F22inv), free(Psi), free(PsiT), free(PF), free(PFP);
         }
-        double *SigmaInv = gj_inverse(n, Sigma);
+        double *SigmaInv = clamp && i + 1 < c->L ? clamped_sigma_inv(c, i) : gj_inverse(n, Sigma);
         put_block(D, Lam, c->off[i], c->off[i], n, n, SigmaInv);
         free(Sigma);
         free(SigmaInv);
@@ -358,7 +402,7 @@ static void test_matches_dggm_reference(void **state)
         size_t D = c.off[c.L], clamped = 99;
         struct curv__kfac_tri *t = build_ok(&c, &clamped);
         assert_int_equal(clamped, 0); /* consistent factors */
-        double *R = dggm_inverse(&c), *M = module_dense(&c, t);
+        double *R = dggm_inverse(&c, 0), *M = module_dense(&c, t);
         tu_expect_close(M, R, D * D, TOL, "dense F^-1 vs DGGM", (int)s);
         tu_rng rng;
         tu_rng_seed(&rng, 7 + s);
@@ -443,19 +487,6 @@ static void test_zero_cross_is_block_diagonal(void **state)
     free_chain(&c);
 }
 
-/* Eigenvalues of F^-1/2 X F2^-1 X^T F^-1/2 (B.2's s for one side of layer
- * i), by Jacobi; F^-1/2 from testutil, F2^-1 by Gauss-Jordan. */
-static void coupling_eigs(size_t n, size_t n2, const double *F, const double *F2, const double *X,
-                          double *s)
-{
-    double *Fh = tu_alloc(n * n), *F2i = gj_inverse(n2, F2), *XT = transpose(n, n2, X);
-    tu_sym_pow(n, F, -0.5, 0.0, Fh);
-    double *XF = mul(n, n2, n2, X, F2i), *C = mul(n, n2, n, XF, XT);
-    double *FC = mul(n, n, n, Fh, C), *S = mul(n, n, n, FC, Fh), *Q = tu_alloc(n * n);
-    tu_sym_eig(n, S, Q, s);
-    free(Fh), free(F2i), free(XT), free(XF), free(C), free(FC), free(S), free(Q);
-}
-
 /* How many 1 - s2_r s1_c fall below the floor, over every coupled layer. */
 static size_t expected_clamps(const struct chain *c)
 {
@@ -463,8 +494,8 @@ static size_t expected_clamps(const struct chain *c)
     for (size_t i = 0; i + 1 < c->L; i++) {
         size_t ni = c->n_in[i], no = c->n_out[i];
         double *s1 = tu_alloc(ni), *s2 = tu_alloc(no);
-        coupling_eigs(ni, c->n_in[i + 1], c->Ad[i], c->Ad[i + 1], c->Ax[i], s1);
-        coupling_eigs(no, c->n_out[i + 1], c->Gd[i], c->Gd[i + 1], c->Gx[i], s2);
+        coupling_eigs(ni, c->n_in[i + 1], c->Ad[i], c->Ad[i + 1], c->Ax[i], s1, NULL);
+        coupling_eigs(no, c->n_out[i + 1], c->Gd[i], c->Gd[i + 1], c->Gx[i], s2, NULL);
         for (size_t r = 0; r < no; r++)
             for (size_t a = 0; a < ni; a++) {
                 double d = 1.0 - s2[r] * s1[a];
@@ -478,7 +509,8 @@ static size_t expected_clamps(const struct chain *c)
 }
 
 /* (c) Cross factors inflated past consistency: the clamp counter fires
- * exactly where 1 - s2 s1 < floor, and the result stays finite. */
+ * exactly where 1 - s2 s1 < floor, the result stays finite, and it is the
+ * Ξ^T Λ Ξ whose Λ has the clamped denominators. */
 static void test_clamp_counter(void **state)
 {
     (void)state;
@@ -503,6 +535,9 @@ static void test_clamp_counter(void **state)
     apply_flat(&c, t, v, x);
     for (size_t k = 0; k < D; k++)
         assert_true(isfinite(x[k]));
+    double *R = dggm_inverse(&c, 1), *M = module_dense(&c, t);
+    tu_expect_close(M, R, D * D, 1e-8, "clamped F^-1 vs dense", 0);
+    free(R), free(M);
     free(v), free(x);
     curv__kfac_tri_free(t);
     free_chain(&c);
