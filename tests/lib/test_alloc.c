@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kfac_tri.h"
 #include "testutil.h"
 
 void *__real_malloc(size_t n);
@@ -307,12 +308,62 @@ static void test_kfac(void **unused)
     run_kfac("simple");
 }
 
+/* K-FAC's block-tridiagonal inverse (internal, lib/src/kfac_tri.c): build
+ * under each failing allocation; apply allocates nothing. */
+static void test_kfac_tri(void **unused)
+{
+    (void)unused;
+    enum { L = 3 };
+    const size_t n_out[L] = {3, 4, 2}, n_in[L] = {5, 4, 5};
+    double *Ad[L], *Gd[L], *Ax[L] = {NULL}, *Gx[L] = {NULL}, *V[L], *X[L];
+    tu_rng rng;
+    tu_rng_seed(&rng, 17);
+    for (size_t i = 0; i < L; i++) {
+        Ad[i] = tu_alloc(n_in[i] * n_in[i]);
+        Gd[i] = tu_alloc(n_out[i] * n_out[i]);
+        tu_rand_spd(&rng, n_in[i], 0.5, Ad[i]);
+        tu_rand_spd(&rng, n_out[i], 0.5, Gd[i]);
+        V[i] = tu_alloc(n_out[i] * n_in[i]);
+        X[i] = tu_alloc(n_out[i] * n_in[i]);
+        tu_fill_normal(&rng, V[i], n_out[i] * n_in[i], 1.0);
+        if (i + 1 < L) {
+            Ax[i] = tu_alloc(n_in[i] * n_in[i + 1]);
+            Gx[i] = tu_alloc(n_out[i] * n_out[i + 1]);
+            tu_fill_normal(&rng, Ax[i], n_in[i] * n_in[i + 1], 0.1);
+            tu_fill_normal(&rng, Gx[i], n_out[i] * n_out[i + 1], 0.1);
+        }
+    }
+    struct curv__kfac_tri *t = NULL;
+    for (long k = 0;; k++) {
+        arm(k);
+        curv_status st = curv__kfac_tri_build(L, n_out, n_in, (const double *const *)Ad,
+                                              (const double *const *)Gd, (const double *const *)Ax,
+                                              (const double *const *)Gx, &t, NULL, NULL);
+        disarm();
+        if (!injected) {
+            assert_int_equal(st, CURV_OK);
+            break;
+        }
+        assert_int_equal(st, CURV_E_NOMEM);
+        assert_null(t);
+    }
+    arm(0);
+    curv__kfac_tri_apply(t, (const double *const *)V, X);
+    disarm();
+    assert_false(injected);
+    curv__kfac_tri_free(t);
+    for (size_t i = 0; i < L; i++) {
+        free(Ad[i]), free(Gd[i]), free(Ax[i]), free(Gx[i]), free(V[i]), free(X[i]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layout_and_config),
         cmocka_unit_test(test_every_kind),
         cmocka_unit_test(test_kfac),
+        cmocka_unit_test(test_kfac_tri),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -113,6 +113,14 @@ static void jacobi_eig(size_t n, double *A, double *V, double *w)
         w[i] = A[i * n + i];
 }
 
+void tu_sym_eig(size_t n, const double *A, double *Q, double *w)
+{
+    double *W = tu_alloc(n * n);
+    memcpy(W, A, n * n * sizeof(double));
+    jacobi_eig(n, W, Q, w);
+    free(W);
+}
+
 void tu_from_eig(size_t n, const double *Q, const double *f, double *out)
 {
     for (size_t i = 0; i < n; i++)

@@ -36,6 +36,9 @@ double tu_sym_pow_rel(size_t n, const double *A, double p, double floor_rel, dou
 /* max |a-b| / max(max|b|, tiny) over n entries. */
 double tu_rel_err(const double *a, const double *b, size_t n);
 
+/* Jacobi eigendecomposition of symmetric n x n @A (independent of LAPACK):
+ * A = Q diag(w) Q^T, eigenvectors as the columns of @Q, @w unsorted. */
+void tu_sym_eig(size_t n, const double *A, double *Q, double *w);
 /* Q diag(f) Q^T for n x n @Q (columns the eigenvectors) into @out. */
 void tu_from_eig(size_t n, const double *Q, const double *f, double *out);
 /* Fail with "@what, step @t: relative error ..." when tu_rel_err(@got, @want,
