@@ -16,6 +16,7 @@ static const struct curv__opt_vt *const VTABLES[CURV_OPT_KIND_COUNT] = {
     [CURV_OPT_MBAG] = &curv__mbag_vt,
     [CURV_OPT_MBAG_EMA] = &curv__mbag_ema_vt,
     [CURV_OPT_MBAG_N] = &curv__mbag_n_vt,
+    [CURV_OPT_KFAC] = &curv__kfac_vt,
     [CURV_OPT_HF] = &curv__hf_vt,
 };
 

@@ -215,10 +215,12 @@ void curv__w_hint(struct curv__writer *w, size_t bytes)
     if (w->oom || bytes <= w->cap)
         return;
     unsigned char *nb = realloc(w->buf, bytes);
-    if (nb) { /* only a hint: failing here is not running out of memory */
-        w->buf = nb;
-        w->cap = bytes;
+    if (!nb) {
+        w->oom = 1; /* the blob would not fit either */
+        return;
     }
+    w->buf = nb;
+    w->cap = bytes;
 }
 
 void curv__w_frame(struct curv__writer *w)

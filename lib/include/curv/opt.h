@@ -37,6 +37,7 @@ typedef struct curv_opt curv_opt;
     X(MBAG, 4, "mbag")                                                                             \
     X(MBAG_EMA, 5, "mbag_ema")                                                                     \
     X(MBAG_N, 6, "mbag_n")                                                                         \
+    X(KFAC, 7, "kfac")                                                                             \
     X(HF, 8, "hf")
 
 typedef enum {
