@@ -556,6 +556,54 @@ static void test_line_search(void **state)
     curv_layout_free(l);
 }
 
+/* The last candidate's loss a hair above or below h0 + c·gᵀδ (the others
+ * rise): sufficient decrease decides between α = 1 and a line search. */
+struct boundary {
+    tu_quad q;
+    double side; /* +1: just above the bound, -1: just below */
+    size_t loss_requests;
+};
+
+static void boundary_answer(void *ctx, const curv_request *req, double *values)
+{
+    struct boundary *b = ctx;
+    tu_quad_answer(&b->q, req, values);
+    if (req->kind != CURV_REQ_LOSS || b->loss_requests++ > 0)
+        return;
+    const size_t n = req->n_vectors, d = b->q.d;
+    double gd = 0;
+    for (size_t i = 0; i < d; i++)
+        gd += b->q.g[i] * req->vectors[(n - 1) * d + i];
+    assert_true(gd < 0);
+    for (size_t k = 0; k + 1 < n; k++)
+        values[k] = b->q.h0 + 1;
+    values[n - 1] = b->q.h0 + 1e-2 * gd * (1 - b->side * 1e-9);
+}
+
+static void test_sufficient_decrease_bound(void **state)
+{
+    (void)state;
+    enum { D = 16 };
+    tu_rng rng;
+    tu_rng_seed(&rng, 9);
+    double *G = tu_alloc(D * D), g[D], sq[D], u[D];
+    problem(&rng, D, 0.3, G, g);
+    diagonal(D, G, sq);
+    curv_layout *l = flat(D);
+    for (int side = -1; side <= 1; side += 2) {
+        curv_opt *o = tu_new_opt(CURV_OPT_HF, l, NULL);
+        struct boundary b = {{D, G, g, 0.25}, side, 0};
+        curv_step_input in = input(g, D, 0.25, sq);
+        curv_error err;
+        tu_assert_status(tu_drive(o, &in, boundary_answer, &b, u, NULL, &err), CURV_OK, &err);
+        assert_int_equal(b.loss_requests, side < 0 ? 1 : 2);
+        assert_true(report(o, "line_search_alpha") == (side < 0 ? 1.0 : 0.8));
+        curv_opt_free(o);
+    }
+    free(G);
+    curv_layout_free(l);
+}
+
 /* The second step starts CG from ζ times the last CG iterate (or the
  * backtracked choice), asks for G x_0 first, and still converges to the
  * new system's solution; with ζ = 0 there is no extra product. */
@@ -650,6 +698,7 @@ int main(void)
         cmocka_unit_test(test_backtracking_candidates),
         cmocka_unit_test(test_backtracking_batches),
         cmocka_unit_test(test_line_search),
+        cmocka_unit_test(test_sufficient_decrease_bound),
         cmocka_unit_test(test_warm_start),
         cmocka_unit_test(test_zero_gradient),
     };

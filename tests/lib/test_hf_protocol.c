@@ -234,9 +234,8 @@ static void test_inputs_refused(void **state)
         curv_step_input bad = {.grad = cases[k].f32 ? (const void *)gf : g,
                                .len = D,
                                .dtype = cases[k].f32 ? CURV_F32 : CURV_F64,
-                               .loss = isnan(cases[k].loss) || isinf(cases[k].loss)
-                                           ? cases[k].loss
-                                           : f.q.h0,
+                               .loss = isnan(cases[k].loss) || isinf(cases[k].loss) ? cases[k].loss
+                                                                                    : f.q.h0,
                                .has_loss = !cases[k].no_loss,
                                .grad_sq = cases[k].no_sq ? NULL
                                           : cases[k].f32 ? (const void *)sqf
@@ -520,12 +519,24 @@ static void test_reconfigure_between_steps(void **state)
     curv_step_input in = fx_input(&f);
     curv_error err;
     tu_assert_status(tu_drive(o, &in, tu_quad_answer, &f.q, u, NULL, &err), CURV_OK, &err);
-    static const char *const names[] = {
-        "cg_iterations",   "cg_stop",     "chosen_iterate", "candidates",
-        "rho",             "lambda",      "model_value",    "model_value_damped",
-        "line_search_alpha", "loss_before", "loss_after",   "grad_norm",
-        "update_norm",     "round_trips", "curvature_products", "loss_evaluations",
-        "restarted",       "lambda_used"};
+    static const char *const names[] = {"cg_iterations",
+                                        "cg_stop",
+                                        "chosen_iterate",
+                                        "candidates",
+                                        "rho",
+                                        "lambda",
+                                        "model_value",
+                                        "model_value_damped",
+                                        "line_search_alpha",
+                                        "loss_before",
+                                        "loss_after",
+                                        "grad_norm",
+                                        "update_norm",
+                                        "round_trips",
+                                        "curvature_products",
+                                        "loss_evaluations",
+                                        "restarted",
+                                        "lambda_used"};
     const curv_report_entry *e;
     assert_int_equal(curv_opt_report(o, &e), sizeof names / sizeof names[0]);
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
