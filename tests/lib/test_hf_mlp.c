@@ -118,17 +118,6 @@ static void trainer_answer(void *ctx, const curv_request *req, double *values)
     }
 }
 
-static double report(const curv_opt *o, const char *name)
-{
-    const curv_report_entry *e;
-    size_t n = curv_opt_report(o, &e);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(e[i].name, name) == 0)
-            return e[i].value;
-    fail_msg("report has no entry '%s'", name);
-    return NAN;
-}
-
 /* One HF step at @th (moved by the update); returns the loss before. */
 static double hf_step(curv_opt *o, const struct mlp *m, double *th, double scale)
 {
@@ -190,12 +179,12 @@ static void test_training_reduces_loss(void **state)
     const double start = mlp_loss(&m, th);
     for (int k = 1; k <= 25; k++) {
         double before = hf_step(o, &m, th, NAN), after = mlp_loss(&m, th);
-        assert_true(report(o, "loss_before") == before);
-        assert_true(report(o, "loss_after") == after);
+        assert_true(tu_report(o, "loss_before") == before);
+        assert_true(tu_report(o, "loss_after") == after);
         if (k % 5 == 0)
             print_message("step %2d: loss %.6f, λ %.3g, CG %g, ρ %.3f, α %g\n", k, after,
-                          report(o, "lambda"), report(o, "cg_iterations"), report(o, "rho"),
-                          report(o, "line_search_alpha"));
+                          tu_report(o, "lambda"), tu_report(o, "cg_iterations"),
+                          tu_report(o, "rho"), tu_report(o, "line_search_alpha"));
     }
     double end = mlp_loss(&m, th);
     print_message("loss %.6f -> %.6f\n", start, end);
@@ -235,20 +224,20 @@ static void test_levenberg_marquardt(void **state)
         tu_config_set(c, "rho_model", 0, cases[k].rho_model);
         curv_opt *o = tu_new_opt(CURV_OPT_HF, l, c);
         hf_step(o, &m, th, cases[k].scale);
-        double rho = report(o, "rho"), want = cases[k].scale;
+        double rho = tu_report(o, "rho"), want = cases[k].scale;
         if (strcmp(cases[k].rho_model, "damped") == 0) {
             /* α = 1 here, so the update is δ. */
-            double norm2 = 0, M = report(o, "model_value");
+            double norm2 = 0, M = tu_report(o, "model_value");
             for (size_t i = 0; i < NP; i++)
                 norm2 += (th[i] - th0[i]) * (th[i] - th0[i]);
             want = M / (M + 0.5 * 0.3 * norm2);
-            assert_true(fabs(report(o, "model_value_damped") - (M + 0.15 * norm2)) <
+            assert_true(fabs(tu_report(o, "model_value_damped") - (M + 0.15 * norm2)) <
                         1e-9 * fabs(M));
-            assert_true(report(o, "line_search_alpha") == 1);
+            assert_true(tu_report(o, "line_search_alpha") == 1);
         }
         if (fabs(rho - want) > 1e-6 * fabs(want))
             fail_msg("case %zu: rho %.12g, want %.12g", k, rho, want);
-        double lambda = report(o, "lambda");
+        double lambda = tu_report(o, "lambda");
         if (cases[k].rho_model[0] == 'd')
             assert_true(lambda == (want > 0.75 ? 0.3 * (2.0 / 3.0) : 0.3));
         else

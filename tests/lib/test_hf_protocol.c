@@ -51,17 +51,6 @@ static curv_step_input fx_input(const struct fx *f)
                              .grad_sq = f->sq};
 }
 
-static double report(const curv_opt *o, const char *name)
-{
-    const curv_report_entry *e;
-    size_t n = curv_opt_report(o, &e);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(e[i].name, name) == 0)
-            return e[i].value;
-    fail_msg("report has no entry '%s'", name);
-    return NAN;
-}
-
 /* The quadratic trainer, except that the first LOSS request of each step
  * reports a rise, so that every step also runs the line search. */
 struct rising {
@@ -169,8 +158,8 @@ static void test_refused_answers_change_nothing(void **state)
     assert_memory_equal(ua, ub, sizeof ua);
     assert_int_equal(na, nb);
     assert_memory_equal(sa, sb, na * sizeof *sa);
-    assert_true(report(b, "line_search_alpha") < 1); /* the line search ran */
-    assert_true(report(b, "curvature_products") > report(b, "cg_iterations")); /* G x_0 */
+    assert_true(tu_report(b, "line_search_alpha") < 1); /* the line search ran */
+    assert_true(tu_report(b, "curvature_products") > tu_report(b, "cg_iterations")); /* G x_0 */
     /* Answers after the step ended, to the last request or an earlier one. */
     size_t len;
     unsigned char *snap = tu_snapshot(b, &len);
@@ -395,7 +384,7 @@ static void test_interrupted_step_restarts(void **state)
         free(w);
     }
     tu_assert_status(st, CURV_OK, &err);
-    assert_true(report(a, "restarted") == 0);
+    assert_true(tu_report(a, "restarted") == 0);
     assert_int_equal(curv_opt_interrupted(c), 1);
     assert_int_equal(curv_opt_steps(c), 1);
     tu_assert_status(curv_opt_resume(c, &resp, CURV_F64, uc, &req, &err), CURV_E_STATE, &err);
@@ -416,8 +405,8 @@ static void test_interrupted_step_restarts(void **state)
     }
     tu_assert_status(st, CURV_OK, &err);
     assert_memory_equal(ua, uc, sizeof ua);
-    assert_true(report(c, "restarted") == 1);
-    assert_true(report(c, "lambda") == report(a, "lambda"));
+    assert_true(tu_report(c, "restarted") == 1);
+    assert_true(tu_report(c, "lambda") == tu_report(a, "lambda"));
     assert_int_equal(curv_opt_steps(c), 2);
     curv_free(blob);
     curv_opt_free(a);
@@ -544,26 +533,26 @@ static void test_reconfigure_between_steps(void **state)
     double norm = 0;
     for (size_t i = 0; i < D; i++)
         norm += f.g[i] * f.g[i];
-    assert_true(fabs(report(o, "grad_norm") - sqrt(norm)) < 1e-12 * sqrt(norm));
-    const double adapted = report(o, "lambda");
+    assert_true(fabs(tu_report(o, "grad_norm") - sqrt(norm)) < 1e-12 * sqrt(norm));
+    const double adapted = tu_report(o, "lambda");
     tu_assert_status(tu_drive(o, &in, tu_quad_answer, &f.q, u, NULL, &err), CURV_OK, &err);
-    assert_true(report(o, "lambda_used") == adapted); /* λ carries over */
+    assert_true(tu_report(o, "lambda_used") == adapted); /* λ carries over */
     reconf(o, "lambda", 2.0, NULL);
     reconf(o, "cg_max", 3, NULL);
     reconf(o, "backtrack", 0, NULL);
     tu_assert_status(tu_drive(o, &in, tu_quad_answer, &f.q, u, NULL, &err), CURV_OK, &err);
-    assert_true(report(o, "lambda_used") == 2.0);
-    assert_true(report(o, "cg_iterations") <= 3);
-    assert_true(report(o, "candidates") == 1);
-    const double next = report(o, "lambda");
+    assert_true(tu_report(o, "lambda_used") == 2.0);
+    assert_true(tu_report(o, "cg_iterations") <= 3);
+    assert_true(tu_report(o, "candidates") == 1);
+    const double next = tu_report(o, "lambda");
     reconf(o, "lambda", 2.0, NULL); /* the same value: no restart */
     reconf(o, "damping", 0, "diag");
     reconf(o, "backtrack", 1, NULL);
     reconf(o, "cg_max", 40, NULL);
     reconf(o, "ls_batch", 3, NULL);
     tu_assert_status(tu_drive(o, &in, tu_quad_answer, &f.q, u, NULL, &err), CURV_OK, &err);
-    assert_true(report(o, "lambda_used") == next);
-    assert_true(report(o, "candidates") > 1);
+    assert_true(tu_report(o, "lambda_used") == next);
+    assert_true(tu_report(o, "candidates") > 1);
     char buf[32];
     assert_int_equal(curv_opt_get_param_str(o, "damping", buf, sizeof buf), CURV_OK);
     assert_string_equal(buf, "diag");

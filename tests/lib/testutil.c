@@ -257,6 +257,17 @@ int tu_plain_kind(int kind)
            !(in & (CURV_INPUT_REQUESTS | CURV_INPUT_LAYERS));
 }
 
+double tu_report(const curv_opt *o, const char *name)
+{
+    const curv_report_entry *e;
+    size_t n = curv_opt_report(o, &e);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(e[i].name, name) == 0)
+            return e[i].value;
+    fail_msg("report has no entry '%s'", name);
+    return NAN;
+}
+
 curv_status tu_drive(curv_opt *o, const curv_step_input *in, tu_answer_fn answer, void *ctx,
                      void *upd, size_t *n_req, curv_error *err)
 {

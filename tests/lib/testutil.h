@@ -103,6 +103,10 @@ void tu_step_ok(curv_opt *o, const double *g, const double *theta, double *upd);
  * skip the others, whose own suites cover the same properties. */
 int tu_plain_kind(int kind);
 
+/* The value of entry @name of @o's step report (fails the test when the
+ * report has no such entry). */
+double tu_report(const curv_opt *o, const char *name);
+
 /* ---- Kinds that ask for input (CURV_NEED_INPUT) ---- */
 
 /* Fill @values (@req->n_values of them) with the answer to @req. */
