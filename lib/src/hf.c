@@ -26,7 +26,27 @@
  * Only the committed state (λ, the warm-start vector, the request counter)
  * is saved; the in-flight CG vectors live in struct hf_work. A blob saved
  * while a request is pending therefore restarts that step from its
- * beginning; the step's report then says restarted = 1.
+ * beginning; the step's report then says restarted = 1. The request
+ * counter is saved as it stands, so seqs are never reused, not even by a
+ * restarted step: a late answer to an abandoned request cannot match.
+ *
+ * The report (curv_opt_report) after each step:
+ *   cg_iterations       CG updates made (x_0 -> x_N)
+ *   cg_stop             0 progress test (eq. 4.2), 1 cg_max, 2 pᵀAp <= 0 or
+ *                       overflow (x_i kept), 3 exact convergence (rᵀP⁻¹r = 0)
+ *   chosen_iterate      CG iteration of the δ backtracking chose
+ *   candidates          stored iterates offered to backtracking
+ *   rho                 ρ of eq. 4.9 (0 when the model predicts no decrease)
+ *   lambda              λ after the LM rule (the next step's λ)
+ *   model_value         M(δ) − M(0) = ∇hᵀδ + ½δᵀGδ, the undamped model
+ *   model_value_damped  q(δ) = M̂(δ) − M̂(0), which CG minimized
+ *   line_search_alpha   α (1, β^j, or 0 when the step was rejected)
+ *   loss_before         h(θ), as sent with the step
+ *   loss_after          h(θ + α·δ) as the trainer reported it
+ *   grad_norm, update_norm  ‖∇h‖ and ‖Δ‖
+ *   round_trips, curvature_products, loss_evaluations  this step's requests
+ *   restarted           1 when the step was taken again after an interruption
+ *   lambda_used         λ during this step
  */
 #include <math.h>
 #include <stdlib.h>
