@@ -212,46 +212,31 @@ static curv_status ask(curv_opt *o, curv_request *req, enum hf_phase phase, curv
 
 static void report(curv_opt *o, const struct hf_work *w, double alpha, double h_after, double lr)
 {
-    const double entries[HF_REPORT_ENTRIES] = {
-        (double)w->iters,
-        (double)w->stop,
-        w->best < w->n_snap ? (double)w->snap_it[w->best] : 0.0,
-        (double)w->n_snap,
-        w->rho,
-        w->lambda_next,
-        w->model,
-        w->model_damped,
-        alpha,
-        w->h0,
-        h_after,
-        sqrt(w->grad_norm2),
-        lr * alpha * w->delta_norm,
-        (double)w->round_trips,
-        (double)w->products,
-        (double)w->losses,
-        (double)w->restarted,
-        w->lambda,
+    const struct {
+        const char *name;
+        double value;
+    } e[HF_REPORT_ENTRIES] = {
+        {"cg_iterations", (double)w->iters},
+        {"cg_stop", (double)w->stop},
+        {"chosen_iterate", w->best < w->n_snap ? (double)w->snap_it[w->best] : 0.0},
+        {"candidates", (double)w->n_snap},
+        {"rho", w->rho},
+        {"lambda", w->lambda_next},
+        {"model_value", w->model},
+        {"model_value_damped", w->model_damped},
+        {"line_search_alpha", alpha},
+        {"loss_before", w->h0},
+        {"loss_after", h_after},
+        {"grad_norm", sqrt(w->grad_norm2)},
+        {"update_norm", lr * alpha * w->delta_norm},
+        {"round_trips", (double)w->round_trips},
+        {"curvature_products", (double)w->products},
+        {"loss_evaluations", (double)w->losses},
+        {"restarted", (double)w->restarted},
+        {"lambda_used", w->lambda},
     };
-    static const char *const names[HF_REPORT_ENTRIES] = {"cg_iterations",
-                                                         "cg_stop",
-                                                         "chosen_iterate",
-                                                         "candidates",
-                                                         "rho",
-                                                         "lambda",
-                                                         "model_value",
-                                                         "model_value_damped",
-                                                         "line_search_alpha",
-                                                         "loss_before",
-                                                         "loss_after",
-                                                         "grad_norm",
-                                                         "update_norm",
-                                                         "round_trips",
-                                                         "curvature_products",
-                                                         "loss_evaluations",
-                                                         "restarted",
-                                                         "lambda_used"};
     for (size_t i = 0; i < HF_REPORT_ENTRIES; i++)
-        curv__report_add(o, entries[i], "%s", names[i]);
+        curv__report_add(o, e[i].value, "%s", e[i].name);
 }
 
 /* The end of a step: Δ = η_t·α·δ, and the committed state moves on. */
