@@ -291,7 +291,7 @@ static curv_status ask_backtrack(curv_opt *o, curv_request *req)
 static curv_status end_cg(curv_opt *o, double *delta, curv_request *req)
 {
     struct hf_work *w = &((struct hf_state *)o->impl)->w;
-    curv__hf_collect(o->hyper, w, o->dim);
+    curv__hf_collect(w, o->dim);
     w->best_loss = w->earliest_loss = INFINITY;
     if (w->iters > 0 || w->warm)
         return ask_backtrack(o, req);
@@ -380,7 +380,7 @@ static curv_status hf_resume(curv_opt *o, const curv_response *resp, double *del
         return end_cg(o, delta, req);
     case HF_BACKTRACK:
         w->losses += (unsigned)w->bt_batch;
-        if (!curv__hf_backtrack_answer(h, w, d, v))
+        if (!curv__hf_backtrack_answer(w, d, v))
             return ask_backtrack(o, req);
         return chosen(o, delta, req);
     case HF_LINESEARCH:
