@@ -26,7 +26,27 @@
  * Only the committed state (λ, the warm-start vector, the request counter)
  * is saved; the in-flight CG vectors live in struct hf_work. A blob saved
  * while a request is pending therefore restarts that step from its
- * beginning; the step's report then says restarted = 1.
+ * beginning; the step's report then says restarted = 1. The request
+ * counter is saved as it stands, so seqs are never reused, not even by a
+ * restarted step: a late answer to an abandoned request cannot match.
+ *
+ * The report (curv_opt_report) after each step:
+ *   cg_iterations       CG updates made (x_0 -> x_N)
+ *   cg_stop             0 progress test (eq. 4.2), 1 cg_max, 2 pᵀAp <= 0 or
+ *                       overflow (x_i kept), 3 exact convergence (rᵀP⁻¹r = 0)
+ *   chosen_iterate      CG iteration of the δ backtracking chose
+ *   candidates          stored iterates offered to backtracking
+ *   rho                 ρ of eq. 4.9 (0 when the model predicts no decrease)
+ *   lambda              λ after the LM rule (the next step's λ)
+ *   model_value         M(δ) − M(0) = ∇hᵀδ + ½δᵀGδ, the undamped model
+ *   model_value_damped  q(δ) = M̂(δ) − M̂(0), which CG minimized
+ *   line_search_alpha   α (1, β^j, or 0 when the step was rejected)
+ *   loss_before         h(θ), as sent with the step
+ *   loss_after          h(θ + α·δ) as the trainer reported it
+ *   grad_norm, update_norm  ‖∇h‖ and ‖Δ‖
+ *   round_trips, curvature_products, loss_evaluations  this step's requests
+ *   restarted           1 when the step was taken again after an interruption
+ *   lambda_used         λ during this step
  */
 #include <math.h>
 #include <stdlib.h>
@@ -192,46 +212,31 @@ static curv_status ask(curv_opt *o, curv_request *req, enum hf_phase phase, curv
 
 static void report(curv_opt *o, const struct hf_work *w, double alpha, double h_after, double lr)
 {
-    const double entries[HF_REPORT_ENTRIES] = {
-        (double)w->iters,
-        (double)w->stop,
-        w->best < w->n_snap ? (double)w->snap_it[w->best] : 0.0,
-        (double)w->n_snap,
-        w->rho,
-        w->lambda_next,
-        w->model,
-        w->model_damped,
-        alpha,
-        w->h0,
-        h_after,
-        sqrt(w->grad_norm2),
-        lr * alpha * w->delta_norm,
-        (double)w->round_trips,
-        (double)w->products,
-        (double)w->losses,
-        (double)w->restarted,
-        w->lambda,
+    const struct {
+        const char *name;
+        double value;
+    } e[HF_REPORT_ENTRIES] = {
+        {"cg_iterations", (double)w->iters},
+        {"cg_stop", (double)w->stop},
+        {"chosen_iterate", w->best < w->n_snap ? (double)w->snap_it[w->best] : 0.0},
+        {"candidates", (double)w->n_snap},
+        {"rho", w->rho},
+        {"lambda", w->lambda_next},
+        {"model_value", w->model},
+        {"model_value_damped", w->model_damped},
+        {"line_search_alpha", alpha},
+        {"loss_before", w->h0},
+        {"loss_after", h_after},
+        {"grad_norm", sqrt(w->grad_norm2)},
+        {"update_norm", lr * alpha * w->delta_norm},
+        {"round_trips", (double)w->round_trips},
+        {"curvature_products", (double)w->products},
+        {"loss_evaluations", (double)w->losses},
+        {"restarted", (double)w->restarted},
+        {"lambda_used", w->lambda},
     };
-    static const char *const names[HF_REPORT_ENTRIES] = {"cg_iterations",
-                                                         "cg_stop",
-                                                         "chosen_iterate",
-                                                         "candidates",
-                                                         "rho",
-                                                         "lambda",
-                                                         "model_value",
-                                                         "model_value_damped",
-                                                         "line_search_alpha",
-                                                         "loss_before",
-                                                         "loss_after",
-                                                         "grad_norm",
-                                                         "update_norm",
-                                                         "round_trips",
-                                                         "curvature_products",
-                                                         "loss_evaluations",
-                                                         "restarted",
-                                                         "lambda_used"};
     for (size_t i = 0; i < HF_REPORT_ENTRIES; i++)
-        curv__report_add(o, entries[i], "%s", names[i]);
+        curv__report_add(o, e[i].value, "%s", e[i].name);
 }
 
 /* The end of a step: Δ = η_t·α·δ, and the committed state moves on. */
@@ -286,7 +291,7 @@ static curv_status ask_backtrack(curv_opt *o, curv_request *req)
 static curv_status end_cg(curv_opt *o, double *delta, curv_request *req)
 {
     struct hf_work *w = &((struct hf_state *)o->impl)->w;
-    curv__hf_collect(o->hyper, w, o->dim);
+    curv__hf_collect(w, o->dim);
     w->best_loss = w->earliest_loss = INFINITY;
     if (w->iters > 0 || w->warm)
         return ask_backtrack(o, req);
@@ -375,7 +380,7 @@ static curv_status hf_resume(curv_opt *o, const curv_response *resp, double *del
         return end_cg(o, delta, req);
     case HF_BACKTRACK:
         w->losses += (unsigned)w->bt_batch;
-        if (!curv__hf_backtrack_answer(h, w, d, v))
+        if (!curv__hf_backtrack_answer(w, d, v))
             return ask_backtrack(o, req);
         return chosen(o, delta, req);
     case HF_LINESEARCH:

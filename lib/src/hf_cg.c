@@ -347,9 +347,8 @@ int curv__hf_iterate(const struct hf_hyper *h, struct hf_work *w, size_t d, cons
     return 1;
 }
 
-void curv__hf_collect(const struct hf_hyper *h, struct hf_work *w, size_t d)
+void curv__hf_collect(struct hf_work *w, size_t d)
 {
-    (void)h;
     if (w->n_snap == 0 || w->snap_it[w->n_snap - 1] != w->iters)
         store(w, d, w->iters);
     w->bt_end = w->n_snap;

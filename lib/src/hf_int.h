@@ -95,7 +95,7 @@ void curv__hf_start_from(const struct hf_hyper *h, struct hf_work *w, size_t d, 
 /* One CG iteration with @gp = G p_i; returns 1 when CG has stopped (w->stop). */
 int curv__hf_iterate(const struct hf_hyper *h, struct hf_work *w, size_t d, const double *gp);
 /* After a stop: the backtracking candidates in w->snap, the final iterate last. */
-void curv__hf_collect(const struct hf_hyper *h, struct hf_work *w, size_t d);
+void curv__hf_collect(struct hf_work *w, size_t d);
 /* Number of slots the iterate schedule needs for @max_iters iterations. */
 size_t curv__hf_schedule_slots(double nu, size_t max_iters);
 /* Lane-summed dot product (same bits on every machine and clone). */
@@ -107,8 +107,7 @@ double curv__hf_wnorm2(const double *dvec, const double *a, size_t n);
 
 /* Take the losses of the candidates last asked about; returns 1 when the
  * choice is made (w->delta and the rest set), 0 to ask for earlier ones. */
-int curv__hf_backtrack_answer(const struct hf_hyper *h, struct hf_work *w, size_t d,
-                              const double *loss);
+int curv__hf_backtrack_answer(struct hf_work *w, size_t d, const double *loss);
 /* ρ (thesis eq. 4.9) and the Levenberg-Marquardt rule (§4.6.5). */
 void curv__hf_levenberg_marquardt(const struct hf_hyper *h, struct hf_work *w);
 /* Sufficient decrease (§4.6.8) at step size @alpha with loss @h_alpha. */

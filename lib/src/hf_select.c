@@ -17,8 +17,7 @@
  * going backwards no earlier batch is asked for. Of the iterates asked
  * about, the one with the lowest loss is chosen (the later one on a tie).
  */
-int curv__hf_backtrack_answer(const struct hf_hyper *h, struct hf_work *w, size_t d,
-                              const double *loss)
+int curv__hf_backtrack_answer(struct hf_work *w, size_t d, const double *loss)
 {
     size_t first = w->bt_end - w->bt_batch;
     int rose = 0;
@@ -42,7 +41,6 @@ int curv__hf_backtrack_answer(const struct hf_hyper *h, struct hf_work *w, size_
     /* q is the damped model M̂(δ) − h(θ); the undamped M drops ½λδᵀDδ. */
     w->model_damped = w->q[w->snap_it[w->best]];
     w->model = w->model_damped - 0.5 * w->lambda * w->d_delta;
-    (void)h;
     return 1;
 }
 

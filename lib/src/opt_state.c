@@ -5,7 +5,8 @@
  *   u32 nblocks, then per block: str name, u32 kind, u64 n_out, n_in, c_in,
  *       kh, kw, u32 has_bias
  *   hyperparameter records (param.c)
- *   u64 completed steps, u32 interrupted (saved while a request was pending)
+ *   u64 completed steps, u32 interrupted (saved while a request was pending,
+ *       or by an optimizer loaded so and not stepped since)
  *   the kind's own state (its vt->save)
  * Loading rebuilds the layout and config through the public constructors,
  * so a blob is validated by exactly the rules that guard fresh input.
@@ -99,7 +100,9 @@ curv_status curv_opt_save(const curv_opt *o, unsigned char **blob, size_t *len, 
     save_layout(o->layout, &w);
     curv__params_save(o->vt->params, o->vt->n_params, o->hyper, &w);
     curv__w_u64(&w, o->t);
-    curv__w_u32(&w, (uint32_t)o->pending);
+    /* Still interrupted until its next step: a reloaded copy saved again
+     * (a daemon evicting a session twice) keeps the mark. */
+    curv__w_u32(&w, (uint32_t)(o->pending || o->interrupted));
     o->vt->save(o, &w);
     curv_status st = curv__state_seal(&w, blob, len, err);
     free(w.buf);

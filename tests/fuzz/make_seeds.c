@@ -367,6 +367,9 @@ static void state_blobs(void)
         snprintf(f, sizeof f, "%s-conv-2steps", kinds[i]);
         blob(kinds[i], lc, NULL, NULL, NULL, NULL, 2, f);
     }
+    /* HF steps need a trainer answering requests: its fresh state only
+     * (λ, the request counter and the warm-start vector). */
+    blob("hf", l, NULL, NULL, NULL, NULL, 0, "hf-fresh");
     {
         static const char *const nk[] = {"momentum", "nesterov", "weight_decay", NULL};
         static const double nv[] = {0.9, 1, 1e-4};

@@ -102,26 +102,9 @@ static void test_layout_and_config(void **unused)
     }
 }
 
-/* Create, step (float32 and float64), save and load each kind under
- * failing allocations. */
-static void run_kind(curv_opt_kind kind)
+/* curv_opt_new under failing allocations, until it succeeds. */
+static curv_opt *create_failing(curv_opt_kind kind, const curv_layout *l, const curv_config *c)
 {
-    curv_layout *l = tu_mixed_layout(&MIXED);
-    size_t d = curv_layout_dim(l);
-    double *g = tu_alloc(d), *u = tu_alloc(d);
-    float *gf = calloc(d, sizeof *gf), *uf = calloc(d, sizeof *uf);
-    assert_non_null(gf);
-    assert_non_null(uf);
-    tu_rng rng;
-    tu_rng_seed(&rng, 7);
-    tu_fill_normal(&rng, g, d, 1.0);
-    for (size_t i = 0; i < d; i++)
-        gf[i] = (float)g[i];
-    curv_config *c = curv_config_new();
-    assert_non_null(c);
-    if (kind == CURV_OPT_MBAG || kind == CURV_OPT_MBAG_EMA)
-        assert_int_equal(curv_config_set_num(c, "t_sqr", 1, NULL), CURV_OK);
-
     curv_opt *o = NULL;
     for (long k = 0;; k++) {
         arm(k);
@@ -129,30 +112,16 @@ static void run_kind(curv_opt_kind kind)
         disarm();
         if (!injected) {
             assert_int_equal(st, CURV_OK);
-            break;
+            return o;
         }
         assert_int_equal(st, CURV_E_NOMEM);
         assert_null(o);
     }
-    for (int dt = 0; dt < 2; dt++) {
-        for (long k = 0;; k++) {
-            size_t len;
-            unsigned char *snap = tu_snapshot(o, &len);
-            curv_step_input in = {
-                .grad = dt ? (const void *)gf : g, .len = d, .dtype = dt ? CURV_F32 : CURV_F64};
-            arm(k);
-            curv_status st = curv_opt_step(o, &in, dt ? (void *)uf : u, NULL, NULL);
-            disarm();
-            if (!injected) {
-                assert_int_equal(st, CURV_OK);
-                curv_free(snap);
-                break;
-            }
-            assert_int_equal(st, CURV_E_NOMEM);
-            tu_assert_unchanged(o, snap, len);
-            curv_free(snap);
-        }
-    }
+}
+
+/* Save and load @o under failing allocations. */
+static void save_load_failing(const curv_opt *o)
+{
     unsigned char *blob = NULL;
     size_t len = 0;
     for (long k = 0;; k++) {
@@ -180,6 +149,54 @@ static void run_kind(curv_opt_kind kind)
         assert_null(o2);
     }
     curv_free(blob);
+}
+
+/* One curv_opt_step under failing allocations: every failure is NOMEM
+ * and changes nothing; returns the status of the run that succeeded. */
+static curv_status step_failing(curv_opt *o, const curv_step_input *in, void *u, curv_request *req)
+{
+    for (long k = 0;; k++) {
+        size_t len;
+        unsigned char *snap = tu_snapshot(o, &len);
+        arm(k);
+        curv_status st = curv_opt_step(o, in, u, req, NULL);
+        disarm();
+        if (!injected) {
+            curv_free(snap);
+            return st;
+        }
+        assert_int_equal(st, CURV_E_NOMEM);
+        tu_assert_unchanged(o, snap, len);
+        curv_free(snap);
+    }
+}
+
+/* Create, step (float32 and float64), save and load each kind under
+ * failing allocations. */
+static void run_kind(curv_opt_kind kind)
+{
+    curv_layout *l = tu_mixed_layout(&MIXED);
+    size_t d = curv_layout_dim(l);
+    double *g = tu_alloc(d), *u = tu_alloc(d);
+    float *gf = calloc(d, sizeof *gf), *uf = calloc(d, sizeof *uf);
+    assert_non_null(gf);
+    assert_non_null(uf);
+    tu_rng rng;
+    tu_rng_seed(&rng, 7);
+    tu_fill_normal(&rng, g, d, 1.0);
+    for (size_t i = 0; i < d; i++)
+        gf[i] = (float)g[i];
+    curv_config *c = curv_config_new();
+    assert_non_null(c);
+    if (kind == CURV_OPT_MBAG || kind == CURV_OPT_MBAG_EMA)
+        assert_int_equal(curv_config_set_num(c, "t_sqr", 1, NULL), CURV_OK);
+    curv_opt *o = create_failing(kind, l, c);
+    for (int dt = 0; dt < 2; dt++) {
+        curv_step_input in = {
+            .grad = dt ? (const void *)gf : g, .len = d, .dtype = dt ? CURV_F32 : CURV_F64};
+        assert_int_equal(step_failing(o, &in, dt ? (void *)uf : u, NULL), CURV_OK);
+    }
+    save_load_failing(o);
     curv_opt_free(o);
     curv_config_free(c);
     curv_layout_free(l);
@@ -189,12 +206,62 @@ static void run_kind(curv_opt_kind kind)
     free(uf);
 }
 
+/* HF: each step's start under failing allocations, its requests answered
+ * by a quadratic trainer (each resume must allocate nothing), the second
+ * step warm-started; then save and load, also while a request is pending. */
+static void run_hf(void)
+{
+    curv_layout *l = tu_mixed_layout(&MIXED);
+    const size_t d = curv_layout_dim(l);
+    double *G = tu_alloc(d * d), *g = tu_alloc(d), *sq = tu_alloc(d), *u = tu_alloc(d);
+    double *vals = tu_alloc(64 * d);
+    tu_rng rng;
+    tu_rng_seed(&rng, 8);
+    tu_rand_spd(&rng, d, 0.1, G);
+    tu_fill_normal(&rng, g, d, 1.0);
+    for (size_t i = 0; i < d; i++)
+        sq[i] = g[i] * g[i];
+    const tu_kv kv[] = {{"cg_max", 6}};
+    curv_config *c = tu_config(kv, 1);
+    curv_opt *o = create_failing(CURV_OPT_HF, l, c);
+    tu_quad q = {d, G, g, 1.0};
+    curv_step_input in = {
+        .grad = g, .len = d, .dtype = CURV_F64, .loss = 1.0, .has_loss = 1, .grad_sq = sq};
+    for (int t = 0; t < 2; t++) {
+        curv_request req;
+        curv_status st = step_failing(o, &in, u, &req);
+        while (st == CURV_NEED_INPUT) {
+            if (t == 1)
+                save_load_failing(o); /* a pending request: the interrupted blob */
+            assert_true(req.n_values <= 64 * d);
+            tu_quad_answer(&q, &req, vals);
+            curv_response resp = {.seq = req.seq, .n_values = req.n_values, .values = vals};
+            arm(0);
+            st = curv_opt_resume(o, &resp, CURV_F64, u, &req, NULL);
+            disarm();
+            assert_false(injected);
+        }
+        assert_int_equal(st, CURV_OK);
+    }
+    assert_int_equal(curv_opt_steps(o), 2);
+    save_load_failing(o);
+    curv_opt_free(o);
+    curv_config_free(c);
+    curv_layout_free(l);
+    free(G);
+    free(g);
+    free(sq);
+    free(u);
+    free(vals);
+}
+
 static void test_every_kind(void **unused)
 {
     (void)unused;
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++)
         if (tu_plain_kind(k))
             run_kind((curv_opt_kind)k); /* K-FAC: test_kfac below */
+    run_hf();
 }
 
 /* Run @call (a step or resume of @o) with allocation k = 0, 1, ... failing

@@ -23,17 +23,6 @@ static curv_layout *flat(size_t d)
     return l;
 }
 
-static double report(const curv_opt *o, const char *name)
-{
-    const curv_report_entry *e;
-    size_t n = curv_opt_report(o, &e);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(e[i].name, name) == 0)
-            return e[i].value;
-    fail_msg("report has no entry '%s'", name);
-    return NAN;
-}
-
 static curv_step_input input(const double *g, size_t d, double loss, const double *sq)
 {
     return (curv_step_input){
@@ -133,9 +122,9 @@ static void test_exact_damped_newton(void **state)
         curv_error err;
         tu_assert_status(tu_drive(o, &in, tu_quad_answer, &q, u, NULL, &err), CURV_OK, &err);
         tu_expect_close(u, want, D, 1e-8, pre[k], 1);
-        assert_true(report(o, "lambda_used") == lambda);
-        assert_true(report(o, "line_search_alpha") == 1.0);
-        assert_true(report(o, "loss_after") == tu_quad_loss(&q, u));
+        assert_true(tu_report(o, "lambda_used") == lambda);
+        assert_true(tu_report(o, "line_search_alpha") == 1.0);
+        assert_true(tu_report(o, "loss_after") == tu_quad_loss(&q, u));
         assert_int_equal(curv_opt_steps(o), 1);
         curv_opt_free(o);
         curv_config_free(c);
@@ -157,8 +146,8 @@ static double solve_with(const curv_layout *l, size_t d, const double *G, const 
     curv_step_input in = input(g, d, 0.0, sq);
     curv_error err;
     tu_assert_status(tu_drive(o, &in, tu_quad_answer, &q, u, NULL, &err), CURV_OK, &err);
-    double iters = report(o, "cg_iterations");
-    assert_true(report(o, "cg_stop") == 0); /* the progress test, not cg_max */
+    double iters = tu_report(o, "cg_iterations");
+    assert_true(tu_report(o, "cg_stop") == 0); /* the progress test, not cg_max */
     curv_opt_free(o);
     curv_config_free(c);
     return iters;
@@ -413,11 +402,11 @@ static void test_backtracking_candidates(void **state)
         tu_expect_close(cand + k * D, X + (its[k] - 1) * D, D, 1e-8, what, 1);
     }
     assert_memory_equal(u, cand + pick * D, sizeof u);
-    assert_true(report(o, "chosen_iterate") == (double)its[pick]);
-    assert_true(report(o, "candidates") == (double)m);
-    assert_true(report(o, "cg_iterations") == N);
-    assert_true(report(o, "cg_stop") == 1);
-    assert_true(report(o, "loss_after") == 2.0 - 1e6);
+    assert_true(tu_report(o, "chosen_iterate") == (double)its[pick]);
+    assert_true(tu_report(o, "candidates") == (double)m);
+    assert_true(tu_report(o, "cg_iterations") == N);
+    assert_true(tu_report(o, "cg_stop") == 1);
+    assert_true(tu_report(o, "loss_after") == 2.0 - 1e6);
     curv_opt_free(o);
     free(G);
     free(X);
@@ -481,8 +470,8 @@ static void test_backtracking_batches(void **state)
     tu_assert_status(tu_drive(o, &in, batched_answer, &b, u, NULL, &err), CURV_OK, &err);
     assert_int_equal(b.calls, 3);
     tu_expect_close(u, X + (its[4] - 1) * D, D, 1e-8, "chosen", 1);
-    assert_true(report(o, "chosen_iterate") == its[4]);
-    assert_true(report(o, "loss_evaluations") == 9);
+    assert_true(tu_report(o, "chosen_iterate") == its[4]);
+    assert_true(tu_report(o, "loss_evaluations") == 9);
     curv_opt_free(o);
     free(G);
     free(X);
@@ -535,24 +524,72 @@ static void test_line_search(void **state)
                     assert_true(ls[k * D + i] == pow(0.8, (double)(k + 1)) * delta[i]);
             for (size_t i = 0; i < D; i++)
                 assert_true(u[i] == pow(0.8, 2) * delta[i]);
-            assert_true(report(o, "line_search_alpha") == pow(0.8, 2));
-            assert_true(report(o, "loss_after") == 5.0 - 1e6);
+            assert_true(tu_report(o, "line_search_alpha") == pow(0.8, 2));
+            assert_true(tu_report(o, "loss_after") == 5.0 - 1e6);
         } else {
             assert_int_equal(s.n_loss_req, 1 + 8); /* 60 = 7 x 8 + 4 */
             assert_int_equal(s.n_ls, 4);
             for (size_t i = 0; i < D; i++)
                 assert_true(u[i] == 0);
-            assert_true(report(o, "line_search_alpha") == 0);
-            assert_true(report(o, "loss_after") == 5.0);
-            assert_true(report(o, "update_norm") == 0);
+            assert_true(tu_report(o, "line_search_alpha") == 0);
+            assert_true(tu_report(o, "loss_after") == 5.0);
+            assert_true(tu_report(o, "update_norm") == 0);
         }
-        assert_true(report(o, "rho") < 0);
-        assert_true(report(o, "lambda") == 0.4 * 1.5);
+        assert_true(tu_report(o, "rho") < 0);
+        assert_true(tu_report(o, "lambda") == 0.4 * 1.5);
         curv_opt_free(o);
     }
     free(G);
     free(cand);
     free(ls);
+    curv_layout_free(l);
+}
+
+/* The last candidate's loss a hair above or below h0 + c·gᵀδ (the others
+ * rise): sufficient decrease decides between α = 1 and a line search. */
+struct boundary {
+    tu_quad q;
+    double side; /* +1: just above the bound, -1: just below */
+    size_t loss_requests;
+};
+
+static void boundary_answer(void *ctx, const curv_request *req, double *values)
+{
+    struct boundary *b = ctx;
+    tu_quad_answer(&b->q, req, values);
+    if (req->kind != CURV_REQ_LOSS || b->loss_requests++ > 0)
+        return;
+    const size_t n = req->n_vectors, d = b->q.d;
+    double gd = 0;
+    for (size_t i = 0; i < d; i++)
+        gd += b->q.g[i] * req->vectors[(n - 1) * d + i];
+    assert_true(gd < 0);
+    for (size_t k = 0; k + 1 < n; k++)
+        values[k] = b->q.h0 + 1;
+    values[n - 1] = b->q.h0 + 1e-2 * gd * (1 - b->side * 1e-9);
+}
+
+static void test_sufficient_decrease_bound(void **state)
+{
+    (void)state;
+    enum { D = 16 };
+    tu_rng rng;
+    tu_rng_seed(&rng, 9);
+    double *G = tu_alloc(D * D), g[D], sq[D], u[D];
+    problem(&rng, D, 0.3, G, g);
+    diagonal(D, G, sq);
+    curv_layout *l = flat(D);
+    for (int side = -1; side <= 1; side += 2) {
+        curv_opt *o = tu_new_opt(CURV_OPT_HF, l, NULL);
+        struct boundary b = {{D, G, g, 0.25}, side, 0};
+        curv_step_input in = input(g, D, 0.25, sq);
+        curv_error err;
+        tu_assert_status(tu_drive(o, &in, boundary_answer, &b, u, NULL, &err), CURV_OK, &err);
+        assert_int_equal(b.loss_requests, side < 0 ? 1 : 2);
+        assert_true(tu_report(o, "line_search_alpha") == (side < 0 ? 1.0 : 0.8));
+        curv_opt_free(o);
+    }
+    free(G);
     curv_layout_free(l);
 }
 
@@ -584,7 +621,7 @@ static void test_warm_start(void **state)
         curv_step_input in = input(g1, D, 1.0, sq);
         curv_error err;
         tu_assert_status(tu_drive(o, &in, scripted_answer, &s, u1, NULL, &err), CURV_OK, &err);
-        assert_true(report(o, "chosen_iterate") == 2);
+        assert_true(tu_report(o, "chosen_iterate") == 2);
         assert_memory_equal(u1, cand + D, sizeof u1);
         const double *prev = k == 1 ? u1 : cand + (s.n_cand - 1) * D;
         /* Step 2 runs CG to convergence on a new system. */
@@ -595,8 +632,8 @@ static void test_warm_start(void **state)
         in = input(g2, D, 1.0, sq);
         tu_assert_status(tu_drive(o, &in, keep_first, &f, u2, NULL, &err), CURV_OK, &err);
         assert_int_equal(f.kind, CURV_REQ_CURVATURE_PRODUCT);
-        double products = report(o, "curvature_products"), iters = report(o, "cg_iterations");
-        double extra = report(o, "cg_stop") == 2; /* the product CG stopped on */
+        double products = tu_report(o, "curvature_products"), iters = tu_report(o, "cg_iterations");
+        double extra = tu_report(o, "cg_stop") == 2; /* the product CG stopped on */
         if (zetas[k] > 0) {
             for (size_t i = 0; i < D; i++)
                 assert_true(v[i] == zetas[k] * prev[i]);
@@ -604,7 +641,7 @@ static void test_warm_start(void **state)
         } else {
             assert_true(products == iters + extra);
         }
-        newton_step(D, G2, NULL, report(o, "lambda_used"), g2, want);
+        newton_step(D, G2, NULL, tu_report(o, "lambda_used"), g2, want);
         tu_expect_close(u2, want, D, 1e-8, modes[k], 2);
         curv_opt_free(o);
         curv_config_free(c);
@@ -633,9 +670,9 @@ static void test_zero_gradient(void **state)
     assert_int_equal(n_req, 0);
     for (size_t i = 0; i < D; i++)
         assert_true(u[i] == 0);
-    assert_true(report(o, "lambda") == 0.3);
-    assert_true(report(o, "cg_iterations") == 0);
-    assert_true(report(o, "round_trips") == 0);
+    assert_true(tu_report(o, "lambda") == 0.3);
+    assert_true(tu_report(o, "cg_iterations") == 0);
+    assert_true(tu_report(o, "round_trips") == 0);
     curv_opt_free(o);
     curv_layout_free(l);
 }
@@ -650,6 +687,7 @@ int main(void)
         cmocka_unit_test(test_backtracking_candidates),
         cmocka_unit_test(test_backtracking_batches),
         cmocka_unit_test(test_line_search),
+        cmocka_unit_test(test_sufficient_decrease_bound),
         cmocka_unit_test(test_warm_start),
         cmocka_unit_test(test_zero_gradient),
     };

@@ -266,6 +266,17 @@ int tu_plain_kind(int kind)
            !(in & (CURV_INPUT_REQUESTS | CURV_INPUT_LAYERS));
 }
 
+double tu_report(const curv_opt *o, const char *name)
+{
+    const curv_report_entry *e;
+    size_t n = curv_opt_report(o, &e);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(e[i].name, name) == 0)
+            return e[i].value;
+    fail_msg("report has no entry '%s'", name);
+    return NAN;
+}
+
 curv_status tu_drive(curv_opt *o, const curv_step_input *in, tu_answer_fn answer, void *ctx,
                      void *upd, size_t *n_req, curv_error *err)
 {
@@ -592,4 +603,75 @@ curv_status tu_mlp_step(curv_opt *o, tu_mlp *net, int with_stats, double *upd, t
         free(vals);
     }
     return st;
+}
+curv_status tu_load_copy(const unsigned char *b, size_t n, curv_opt **out)
+{
+    unsigned char *c = tu_memdup(b, n);
+    curv_error err;
+    curv_error_clear(&err);
+    curv_status st = curv_opt_load(c, n, out, &err);
+    tu_assert_error_set(&err, st);
+    free(c);
+    return st;
+}
+
+/* Header (24), u32 kind, u32 nblocks, then per block str name, u32 kind,
+ * 5 u64, u32 bias. */
+size_t tu_blob_hyper_offset(const unsigned char *b)
+{
+    size_t off = 24 + 4;
+    size_t n = (size_t)tu_get_le(b + off, 4);
+    off += 4;
+    for (size_t i = 0; i < n; i++)
+        off += 4 + (size_t)tu_get_le(b + off, 4) + 4 + 5 * 8 + 4;
+    return off;
+}
+
+void tu_blob_damage_rejected(const char *what, const unsigned char *blob, size_t len)
+{
+    static char mark;
+    curv_opt *sentinel = (curv_opt *)&mark;
+    unsigned char *b = tu_memdup(blob, len);
+    for (size_t i = 0; i < len; i++) {
+        memcpy(b, blob, len);
+        b[i] ^= 0xFF;
+        curv_opt *out = sentinel;
+        curv_status st = tu_load_copy(b, len, &out);
+        if (st != CURV_E_CORRUPT && st != CURV_E_VERSION)
+            fail_msg("%s: flipping byte %zu of %zu gave %s", what, i, len, curv_status_name(st));
+        assert_ptr_equal(out, sentinel);
+    }
+    for (size_t n = 0; n < len; n++) {
+        curv_opt *out = sentinel;
+        curv_status st = tu_load_copy(blob, n, &out);
+        if (st != CURV_E_CORRUPT)
+            fail_msg("%s: truncation to %zu of %zu bytes gave %s", what, n, len,
+                     curv_status_name(st));
+        assert_ptr_equal(out, sentinel);
+    }
+    free(b);
+}
+
+/* Layout records are left out: a flipped dimension can legitimately ask
+ * for gigabytes. */
+void tu_blob_flips_never_crash(const char *what, const unsigned char *blob, size_t len)
+{
+    size_t from = tu_blob_hyper_offset(blob), ok = 0;
+    assert_true(from < len - 4);
+    unsigned char *b = tu_memdup(blob, len);
+    static const unsigned char masks[] = {0x01, 0xFF};
+    for (size_t i = from; i < len - 4; i++)
+        for (size_t m = 0; m < sizeof masks; m++) {
+            memcpy(b, blob, len);
+            b[i] ^= masks[m];
+            tu_reseal(b, len);
+            curv_opt *out = NULL;
+            curv_status st = tu_load_copy(b, len, &out);
+            if (st != CURV_OK && st != CURV_E_CORRUPT)
+                fail_msg("%s: byte %zu: %s", what, i, curv_status_name(st));
+            ok += st == CURV_OK;
+            curv_opt_free(out);
+        }
+    free(b);
+    assert_true(ok > 0); /* the state's numbers are free to change */
 }

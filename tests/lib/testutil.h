@@ -106,6 +106,10 @@ void tu_step_ok(curv_opt *o, const double *g, const double *theta, double *upd);
  * skip the others, whose own suites cover the same properties. */
 int tu_plain_kind(int kind);
 
+/* The value of entry @name of @o's step report (fails the test when the
+ * report has no such entry). */
+double tu_report(const curv_opt *o, const char *name);
+
 /* ---- Kinds that ask for input (CURV_NEED_INPUT) ---- */
 
 /* Fill @values (@req->n_values of them) with the answer to @req. */
@@ -153,6 +157,18 @@ unsigned char *tu_forge(unsigned char *dst, const unsigned char *src, size_t len
 /* A heap copy of exactly @n bytes of @p, so that ASan sees any over-read
  * (caller frees with free()). */
 unsigned char *tu_memdup(const void *p, size_t n);
+/* curv_opt_load of a heap copy of exactly @n bytes of @b (so ASan sees any
+ * over-read), asserting that an error leaves text in the error. */
+curv_status tu_load_copy(const unsigned char *b, size_t n, curv_opt **out);
+/* Offset of the hyperparameter records in a blob (after the layout). */
+size_t tu_blob_hyper_offset(const unsigned char *b);
+/* Every flipped byte and every truncation of @blob is refused with
+ * E_CORRUPT (or E_VERSION), writing no optimizer; @what names the case. */
+void tu_blob_damage_rejected(const char *what, const unsigned char *blob, size_t len);
+/* Flips past the layout records with a recomputed CRC reach the parser:
+ * each loads (a changed number) or is E_CORRUPT, never a crash or leak,
+ * and some load. */
+void tu_blob_flips_never_crash(const char *what, const unsigned char *blob, size_t len);
 /* After a call returned @st into @err: unless @st is CURV_OK, @err holds
  * @st and a non-empty text. */
 void tu_assert_error_set(const curv_error *err, curv_status st);

@@ -1,0 +1,203 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench_hf - HF's library-side cost per CG iteration, next to a bandwidth
+ * baseline taken in the same run: one fused pass that streams the vectors
+ * a CG iteration touches exactly once (read x, r, p, G·p, P⁻¹, g; write x,
+ * r, p: 72 bytes per parameter). The timed region is curv_opt_resume
+ * answering a curvature product (the front end's NaN scan of the answer
+ * included); the trainer's product, a diagonal G, is computed outside it.
+ * Usage: bench_hf [--quick]   (--quick: d = 1e5 only). Method and reading:
+ * tests/bench/README.md.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "curv.h"
+
+#define CG_ITERS 50   /* CG iterations per HF step (cg_max, cg_eps = 0) */
+#define TIMED_STEPS 2 /* after one warm-up step (which faults the pages in) */
+#define BASE_REPS 15  /* baseline passes */
+#define BASE_BYTES 72.0
+
+static const size_t DS[] = {100000, 1000000, 10000000};
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void *alloc(size_t n)
+{
+    double *p = calloc(n, sizeof(double));
+    if (!p) {
+        fprintf(stderr, "bench_hf: out of memory for %zu doubles\n", n);
+        exit(1);
+    }
+    return p;
+}
+
+/* The trainer: h(θ + v) = h0 + gᵀv + ½ Σ c_i v_i², so G = diag(c). */
+struct trainer {
+    size_t d;
+    double *c, *g, *sq, h0;
+    double *ans; /* answer buffer, d doubles or one per LOSS vector */
+};
+
+static void answer(const struct trainer *t, const curv_request *req)
+{
+    const size_t d = t->d;
+    if (req->kind == CURV_REQ_CURVATURE_PRODUCT) {
+        for (size_t i = 0; i < d; i++)
+            t->ans[i] = t->c[i] * req->vectors[i];
+        return;
+    }
+    for (size_t k = 0; k < req->n_vectors; k++) {
+        const double *v = req->vectors + k * d;
+        double s = t->h0;
+        for (size_t i = 0; i < d; i++)
+            s += t->g[i] * v[i] + 0.5 * t->c[i] * v[i] * v[i];
+        t->ans[k] = s;
+    }
+}
+
+/* One HF step; the seconds spent in each resume that answered a curvature
+ * product are appended to @times (NULL: not recorded). */
+static void hf_step(curv_opt *o, const struct trainer *t, double *u, double *times, size_t *nt)
+{
+    curv_step_input in = {.grad = t->g,
+                          .len = t->d,
+                          .dtype = CURV_F64,
+                          .loss = t->h0,
+                          .has_loss = 1,
+                          .grad_sq = t->sq};
+    curv_request req;
+    curv_error err;
+    curv_status st = curv_opt_step(o, &in, u, &req, &err);
+    while (st == CURV_NEED_INPUT) {
+        answer(t, &req);
+        curv_response resp = {.seq = req.seq, .n_values = req.n_values, .values = t->ans};
+        int product = req.kind == CURV_REQ_CURVATURE_PRODUCT;
+        double t0 = now();
+        st = curv_opt_resume(o, &resp, CURV_F64, u, &req, &err);
+        double dt = now() - t0;
+        if (product && times)
+            times[(*nt)++] = dt;
+    }
+    if (st != CURV_OK) {
+        fprintf(stderr, "bench_hf: step failed: %s: %s\n", curv_status_name(st), err.text);
+        exit(1);
+    }
+}
+
+/* The baseline: the arithmetic of one CG iteration as a single pass (the
+ * real iteration cannot be fused: α needs pᵀAp over all of p first, β the
+ * new rᵀP⁻¹r), touching each vector once. */
+static double baseline_pass(size_t n, double a, double b, const double *restrict ap,
+                            const double *restrict pinv, const double *restrict g,
+                            double *restrict x, double *restrict r, double *restrict p)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++) {
+        x[i] += a * p[i];
+        r[i] += a * ap[i];
+        p[i] = -pinv[i] * r[i] + b * p[i];
+        s += r[i] * r[i] * pinv[i] + (r[i] + g[i]) * x[i];
+    }
+    return s;
+}
+
+static double baseline(size_t d)
+{
+    double *v[6];
+    for (int k = 0; k < 6; k++) {
+        v[k] = alloc(d);
+        for (size_t i = 0; i < d; i++)
+            v[k][i] = 1.0 + 1e-3 * (double)((i * (size_t)(k + 3)) % 97);
+    }
+    double t[BASE_REPS], sink = 0;
+    for (int k = 0; k < BASE_REPS; k++) {
+        double t0 = now();
+        sink += baseline_pass(d, 1e-9, 0.5, v[0], v[1], v[2], v[3], v[4], v[5]);
+        t[k] = now() - t0;
+    }
+    qsort(t, BASE_REPS, sizeof *t, cmp_double);
+    for (int k = 0; k < 6; k++)
+        free(v[k]);
+    if (sink == 42.0)
+        printf(" ");
+    return t[BASE_REPS / 2];
+}
+
+static void run(size_t d)
+{
+    curv_layout *l = curv_layout_new();
+    curv_config *c = curv_config_new();
+    curv_opt *o = NULL;
+    curv_error err;
+    if (curv_layout_add_vector(l, "w", d, &err) != CURV_OK ||
+        curv_config_set_num(c, "cg_max", CG_ITERS, &err) != CURV_OK ||
+        curv_config_set_num(c, "cg_eps", 0, &err) != CURV_OK ||
+        curv_opt_new(CURV_OPT_HF, l, c, &o, &err) != CURV_OK) {
+        fprintf(stderr, "bench_hf: %s\n", err.text);
+        exit(1);
+    }
+    struct trainer t = {d, alloc(d), alloc(d), alloc(d), 1.0, alloc(d > 64 ? d : 64)};
+    uint64_t s = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < d; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        double r = (double)(s >> 11) / 9007199254740992.0;
+        t.c[i] = 0.5 + 1.5 * r; /* distinct eigenvalues: CG does not stop early */
+        t.g[i] = r - 0.5;
+        t.sq[i] = t.c[i];
+    }
+    double *u = alloc(d), times[TIMED_STEPS * (CG_ITERS + 2)];
+    size_t nt = 0;
+    hf_step(o, &t, u, NULL, NULL); /* warm-up: first touch of every buffer */
+    for (int k = 0; k < TIMED_STEPS; k++)
+        hf_step(o, &t, u, times, &nt);
+    double mean = 0;
+    for (size_t k = 0; k < nt; k++)
+        mean += times[k] / (double)nt;
+    qsort(times, nt, sizeof *times, cmp_double);
+    double med = times[nt / 2], base = baseline(d), ns = 1e9 / (double)d;
+    printf("%9zu  %8.3f  %8.3f  (%6.3f..%7.3f)  %8.3f  %6.1f  %5.2f  %5.2f\n", d, med * ns,
+           mean * ns, times[0] * ns, times[nt - 1] * ns, base * ns,
+           BASE_BYTES * (double)d / base * 1e-9, med / base, mean / base);
+    fflush(stdout);
+    curv_opt_free(o);
+    curv_config_free(c);
+    curv_layout_free(l);
+    free(t.c);
+    free(t.g);
+    free(t.sq);
+    free(t.ans);
+    free(u);
+}
+
+int main(int argc, char **argv)
+{
+    int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    printf("bench_hf: library work per CG iteration (inside curv_opt_resume answering G·p; the\n"
+           "trainer's product is not timed) over %d iterations: median, mean (with the\n"
+           "backtracking snapshots), fastest..slowest; next to one fused pass over the CG\n"
+           "vectors (%.0f bytes/param). Defaults: Fisher preconditioner, Tikhonov damping.\n"
+           "Goal: ratio <= 2.\n",
+           TIMED_STEPS * CG_ITERS, BASE_BYTES);
+    printf("%9s  %8s  %8s  %17s  %8s  %6s  %5s  %5s\n", "d", "median", "mean", "(min..max)", "pass",
+           "GB/s", "r_med", "r_mean");
+    for (size_t k = 0; k < (quick ? 1 : sizeof DS / sizeof DS[0]); k++)
+        run(DS[k]);
+    return 0;
+}
