@@ -40,7 +40,7 @@ struct curv__kchain {
 
 static void free_new(struct curv__kchain *c)
 {
-    for (size_t j = 0; j + 1 < c->L; j++) {
+    for (size_t j = 0; c->Ax_new && c->Gx_new && j + 1 < c->L; j++) {
         free(c->Ax_new[j]), free(c->Gx_new[j]);
         c->Ax_new[j] = c->Gx_new[j] = NULL;
     }
@@ -51,8 +51,10 @@ static void chain_free(struct curv__kchain *c)
     if (!c)
         return;
     curv__kchain_abort(c);
-    for (size_t j = 0; c->Ax && j + 1 < c->L; j++)
-        free(c->Ax[j]), free(c->Gx[j]), free(c->Axs[j]), free(c->Gxs[j]);
+    double **m[4] = {c->Ax, c->Gx, c->Axs, c->Gxs};
+    for (int k = 0; k < 4; k++)
+        for (size_t j = 0; m[k] && j + 1 < c->L; j++)
+            free(m[k][j]);
     curv__kfac_tri_free(c->tri);
     free(c->n_out), free(c->n_in), free(c->nx), free(c->off), free(c->bias);
     free(c->Ax), free(c->Gx), free(c->Ax_new), free(c->Gx_new), free(c->Axs), free(c->Gxs);

@@ -182,10 +182,97 @@ static void test_tridiag_update(void **state)
     }
 }
 
+/* A chain's layers send statistics together, from the same rows. */
+static void test_chain_statistics_rules(void **state)
+{
+    (void)state;
+    const size_t w[] = {4, 3, 2};
+    tu_mlp net;
+    tu_mlp_new(&net, w, 2, 0, 5, 60);
+    tu_mlp_batch(&net, 61);
+    curv_layout *l = tu_mlp_layout(&net);
+    const tu_kv kv[] = {{"cov_interval", 2}, {"weight_decay", 0}};
+    curv_opt *o = tri_opt(l, "simple", kv, 2);
+    double u[64];
+    curv_error err;
+    tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+    curv_layer_stats ls[2];
+    memcpy(ls, net.stats, sizeof ls);
+    curv_step_input in = {.grad = net.g,
+                          .params = net.theta,
+                          .len = net.dim,
+                          .dtype = CURV_F64,
+                          .layers = ls,
+                          .n_layers = 1};
+    size_t len;
+    unsigned char *snap = tu_snapshot(o, &len);
+    curv_request req;
+    tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_E_INVALID, &err); /* l0 only */
+    assert_non_null(strstr(err.text, "same rows in the same step"));
+    in.n_layers = 2;
+    ls[1].rows = ls[1].examples = 4;
+    tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_E_INVALID, &err);
+    assert_non_null(strstr(err.text, "5 rows"));
+    tu_assert_unchanged(o, snap, len);
+    in.n_layers = 0; /* no statistics at all: fine between due steps */
+    tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_OK, &err);
+    curv_free(snap);
+    curv_opt_free(o);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+/* Adaptive tridiagonal K-FAC with γ candidates: a loaded copy (whose
+ * inverse is rebuilt from the saved state) continues bit-identically;
+ * the report counts clamped denominators. */
+static void test_tridiag_save_load(void **state)
+{
+    (void)state;
+    const size_t w[] = {5, 3, 3, 2};
+    tu_mlp net;
+    tu_mlp_new(&net, w, L, 2, 6, 70);
+    tu_mlp_batch(&net, 71);
+    curv_layout *l = tu_mlp_layout(&net);
+    const tu_kv kv[] = {{"gamma_interval", 2}, {"lambda_interval", 3}, {"inv_interval", 4}};
+    curv_opt *a = tri_opt(l, "adaptive", kv, 3);
+    double *ua = tu_alloc(net.dim), *ub = tu_alloc(net.dim);
+    curv_error err;
+    curv_opt *b = NULL;
+    for (unsigned k = 1; k <= 9; k++) {
+        if (k == 5) {
+            size_t len;
+            unsigned char *blob = tu_snapshot(a, &len);
+            tu_assert_status(curv_opt_load(blob, len, &b, &err), CURV_OK, &err);
+            curv_free(blob);
+        }
+        tu_assert_status(tu_mlp_step(a, &net, 1, ua, NULL, &err), CURV_OK, &err);
+        assert_true(curv_opt_report(a, &(const curv_report_entry *){NULL}) > 0);
+        if (b) {
+            tu_assert_status(tu_mlp_step(b, &net, 1, ub, NULL, &err), CURV_OK, &err);
+            if (memcmp(ua, ub, net.dim * sizeof(double)))
+                fail_msg("step %u differs after save/load", k);
+        }
+        for (size_t i = 0; i < net.dim; i++)
+            net.theta[i] += ua[i];
+        tu_mlp_batch(&net, 80 + k);
+    }
+    const curv_report_entry *e;
+    size_t n = curv_opt_report(a, &e), found = 0;
+    for (size_t i = 0; i < n; i++)
+        found += strcmp(e[i].name, "clamped") == 0;
+    assert_int_equal(found, 1);
+    free(ua), free(ub);
+    curv_opt_free(a), curv_opt_free(b);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tridiag_update),
+        cmocka_unit_test(test_chain_statistics_rules),
+        cmocka_unit_test(test_tridiag_save_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
