@@ -217,6 +217,14 @@ static int run_numpy(int quick, int threads, double *inv, double *app, double *n
     return 1;
 }
 
+static void print_row(const char *phase, double lib, double ref, int have)
+{
+    if (have)
+        printf("%-8s %12.4g %12.4g %14.2f\n", phase, lib, ref, lib / ref);
+    else
+        printf("%-8s %12.4g %12s %14s\n", phase, lib, "-", "-");
+}
+
 int main(int argc, char **argv)
 {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
@@ -247,8 +255,8 @@ int main(int argc, char **argv)
     if (have)
         printf("numpy reference: %s --only tri, numpy threads %.0f\n", SCRIPT, nt);
     printf("\n%-8s %12s %12s %14s\n", "phase", "libcurv s", "numpy s", "libcurv/numpy");
-    printf("%-8s %12.4g %12.4g %14.2f\n", "build", tb, nb, tb / nb);
-    printf("%-8s %12.4g %12.4g %14.2f\n", "apply", ta, na, ta / na);
+    print_row("build", tb, nb, have);
+    print_row("apply", ta, na, have);
     printf("(libcurv: best of %d builds, of %d repetitions of >= %.1f s of applies; numpy: best of "
            "its --reps)\n",
            BUILD_REPS, APPLY_REPS, MIN_REP_S);
