@@ -269,12 +269,17 @@ static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_erro
     return CURV_OK;
 }
 
-static curv_status simple_step(curv_opt *o, double *delta)
+static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
 {
     const struct curv__kfac_hyper *h = hyp(o);
     struct kfac_state *s = o->impl;
     const double lr = curv__sched_lr(&h->sched, o->t + 1), mu = h->momentum;
-    curv__kfac_est_prepare(s->est, &h->damping, 1, NULL);
+    curv_status st = curv__kfac_est_prepare(s->est, &h->damping, 1, &s->p.failed, err);
+    if (st != CURV_OK) {
+        curv__kfac_est_abort(s->est);
+        pend_drop(s);
+        return st;
+    }
     curv__kfac_est_apply(s->est, 0, h->damping, s->p.g, delta);
     if (mu > 0) {
         for (size_t i = 0; i < o->dim; i++)
@@ -298,7 +303,7 @@ static curv_status kfac_step(curv_opt *o, const struct curv__step_args *a, doubl
     if (st != CURV_OK)
         return st;
     if (h->mode == CURV__KFAC_SIMPLE)
-        return simple_step(o, delta);
+        return simple_step(o, delta, err);
     struct pend *p = &s->p;
     p->nc = k % (uint64_t)h->gamma_interval == 0 ? 3 : 1;
     curv__kfac_gammas(s->gamma, pow(h->gamma_decay, (double)h->gamma_interval), p->gammas);
@@ -308,7 +313,7 @@ static curv_status kfac_step(curv_opt *o, const struct curv__step_args *a, doubl
         !(p->delta = curv__calloc_n(d, sizeof(double))))
         st = curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for %zu x %zu", rows, d);
     if (st == CURV_OK)
-        st = curv__kfac_est_prepare(s->est, p->gammas, p->nc, err);
+        st = curv__kfac_est_prepare(s->est, p->gammas, p->nc, &p->failed, err);
     if (st != CURV_OK) {
         curv__kfac_est_abort(s->est);
         pend_drop(s);

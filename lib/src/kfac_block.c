@@ -436,3 +436,19 @@ size_t curv__kblock_saved(const curv_block_info *info, const struct curv__kfac_h
     }
     return total;
 }
+
+void curv__kblock_damped(const struct curv__kblock *b, int side, double gamma, double *out,
+                         double *tmp)
+{
+    const struct curv__kside *s = side ? &b->G : &b->A;
+    const double pi = b->A.w_new ? b->pi_new : b->pi;
+    const double damp = side ? gamma / pi : gamma * pi;
+    const size_t n = s->n;
+    const double *Q = side_Q(s), *w = side_w(s);
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < n; k++)
+            tmp[i * n + k] = Q[i * n + k] * (w[k] + damp);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)n, (int)n, 1.0, tmp, (int)n,
+                Q, (int)n, 0.0, out, (int)n);
+    curv__symmetrize(n, out, n);
+}

@@ -26,7 +26,10 @@ struct curv__kfac_est {
     size_t n;
     struct curv__kblock **b;
     struct book *cur, *nxt;
-    double *work; /* 2 * largest block */
+    double *work;             /* 2 * largest block */
+    struct curv__kchain **ch; /* inverse = tridiag: the chains */
+    size_t nch;
+    unsigned char *member; /* per block: its inverse is a chain's */
 };
 
 void curv__kfac_est_free(struct curv__kfac_est *e)
@@ -40,6 +43,8 @@ void curv__kfac_est_free(struct curv__kfac_est *e)
     free(e->cur);
     free(e->nxt);
     free(e->work);
+    curv__kchains_free(e->ch, e->nch);
+    free(e->member);
     free(e);
 }
 
@@ -62,8 +67,16 @@ curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyp
             goto nomem;
         big = info.size > big ? info.size : big;
     }
-    if (!e->b || !e->cur || !e->nxt || !(e->work = curv__calloc_n(big, 2 * sizeof(double))))
+    if (!e->b || !e->cur || !e->nxt || !(e->work = curv__calloc_n(big, 2 * sizeof(double))) ||
+        !(e->member = curv__calloc_n(e->n, 1)))
         goto nomem;
+    curv_status st = curv__kchains_new(l, h, &e->ch, &e->nch, err);
+    if (st != CURV_OK) {
+        curv__kfac_est_free(e);
+        return st;
+    }
+    for (size_t i = 0; i < e->n; i++)
+        e->member[i] = (unsigned char)curv__kchain_member(e->ch, e->nch, i);
     *out = e;
     return CURV_OK;
 nomem:
@@ -80,6 +93,8 @@ void curv__kfac_est_abort(struct curv__kfac_est *e)
 {
     for (size_t i = 0; i < e->n; i++)
         e->b[i]->vt->abort(e->b[i]);
+    for (size_t c = 0; c < e->nch; c++)
+        curv__kchain_abort(e->ch[c]);
 }
 
 /* The layer entry for block @i, or NULL. */
@@ -138,6 +153,14 @@ static curv_status fold_stats(struct curv__kfac_est *e, const struct curv__step_
         if (st != CURV_OK)
             return st;
     }
+    for (size_t c = 0; c < e->nch; c++) {
+        const size_t first = curv__kchain_first(e->ch[c]);
+        curv_status st = curv__kchain_stats(e->ch[c], a, err);
+        if (st == CURV_E_NUMERIC)
+            st = tolerate(e, first, e->cur[first].n_stats > 0, failed, err);
+        if (st != CURV_OK)
+            return st;
+    }
     return CURV_OK;
 }
 
@@ -160,6 +183,11 @@ curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__s
         else if (st == CURV_E_NUMERIC)
             st = tolerate(e, i, e->cur[i].inv_step > 0, failed, err);
     }
+    for (size_t c = 0; st == CURV_OK && c < e->nch; c++) {
+        const size_t first = curv__kchain_first(e->ch[c]);
+        if (e->nxt[first].inv_step != e->cur[first].inv_step)
+            curv__kchain_refreshed(e->ch[c]);
+    }
     for (size_t i = 0; st == CURV_OK && i < e->n; i++)
         if (e->nxt[i].fails == e->cur[i].fails &&
             (e->nxt[i].n_stats != e->cur[i].n_stats || e->nxt[i].inv_step != e->cur[i].inv_step))
@@ -170,28 +198,39 @@ curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__s
 }
 
 curv_status curv__kfac_est_prepare(struct curv__kfac_est *e, const double *gammas, size_t n,
-                                   curv_error *err)
+                                   unsigned *failed, curv_error *err)
 {
-    (void)e, (void)gammas, (void)n, (void)err;
+    for (size_t c = 0; c < e->nch; c++) {
+        int kept = 0;
+        curv_status st = curv__kchain_prepare(e->ch[c], e->b, gammas, n, &kept, err);
+        if (st == CURV_E_NUMERIC)
+            st = tolerate(e, curv__kchain_first(e->ch[c]), kept, failed, err);
+        if (st != CURV_OK)
+            return st;
+    }
     return CURV_OK;
 }
 
 void curv__kfac_est_apply(struct curv__kfac_est *e, size_t c, double gamma, const double *g,
                           double *u)
 {
-    (void)c;
     for (size_t i = 0; i < e->n; i++) {
         const struct curv__kblock *b = e->b[i];
         const size_t off = b->info.offset;
-        b->vt->apply(b, g + off, gamma, u + off, e->work);
+        if (!e->member[i])
+            b->vt->apply(b, g + off, gamma, u + off, e->work);
     }
+    for (size_t k = 0; k < e->nch; k++)
+        curv__kchain_apply(e->ch[k], c, g, u);
 }
 
 void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, uint64_t k)
 {
-    (void)c, (void)k;
+    (void)k;
     for (size_t i = 0; i < e->n; i++)
         e->b[i]->vt->commit(e->b[i], g + e->b[i]->info.offset);
+    for (size_t i = 0; i < e->nch; i++)
+        curv__kchain_commit(e->ch[i], c);
     memcpy(e->cur, e->nxt, e->n * sizeof *e->cur);
 }
 
@@ -203,6 +242,8 @@ void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w)
         curv__w_u64(w, e->cur[i].fails);
         e->b[i]->vt->save(e->b[i], w);
     }
+    for (size_t c = 0; c < e->nch; c++)
+        curv__kchain_save(e->ch[c], w);
 }
 
 void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r)
@@ -217,6 +258,8 @@ void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r)
             r->bad = 1;
         e->b[i]->vt->load(e->b[i], r);
     }
+    for (size_t c = 0; c < e->nch && !r->bad; c++)
+        curv__kchain_load(e->ch[c], r);
 }
 
 size_t curv__kfac_est_bytes(const struct curv__kfac_est *e)
@@ -226,6 +269,8 @@ size_t curv__kfac_est_bytes(const struct curv__kfac_est *e)
         total += e->b[i]->vt->bytes(e->b[i]);
         big = e->b[i]->info.size > big ? e->b[i]->info.size : big;
     }
+    for (size_t c = 0; c < e->nch; c++)
+        total += curv__kchain_bytes(e->ch[c]);
     return total + 2 * big * sizeof(double);
 }
 
@@ -240,6 +285,12 @@ void curv__kfac_est_report(const struct curv__kfac_est *e, curv_opt *o, uint64_t
         if (e->b[i]->kron)
             curv__report_add(o, (double)(k - e->cur[i].inv_step), "inverse_age.%s",
                              e->b[i]->info.name);
+    if (e->nch) {
+        size_t clamped = 0;
+        for (size_t c = 0; c < e->nch; c++)
+            clamped += curv__kchain_clamped(e->ch[c], 0);
+        curv__report_add(o, (double)clamped, "clamped");
+    }
 }
 
 const struct curv__kblock *curv__kfac_est_block(const struct curv__kfac_est *e, size_t i)

@@ -91,9 +91,61 @@ struct curv__kblock *curv__kblock_new(const curv_block_info *info,
  * overflow. */
 size_t curv__kblock_saved(const curv_block_info *info, const struct curv__kfac_hyper *h);
 
-/* curv__kside_latest - the newest factor, eigenvectors and eigenvalues
- * (tentative ones when computed this step). */
+/* curv__kside_F - the newest factor (the tentative one when computed
+ * this step). */
 const double *curv__kside_F(const struct curv__kside *s);
+
+/* curv__kblock_damped - the damped factor of the newest decomposition as a
+ * dense matrix: Q diag(w + πγ) Qᵀ for the input side (@side 0), Q diag(w +
+ * γ/π) Qᵀ for the output side (1); n x n into @out, @tmp n x n scratch.
+ * Dense sides only. */
+void curv__kblock_damped(const struct curv__kblock *b, int side, double gamma, double *out,
+                         double *tmp);
+
+/* ---- block-tridiagonal chains (kfac_chain.c) -------------------------- */
+
+/*
+ * A chain: a maximal run of >= 2 consecutive dense blocks with dense
+ * factors where each block's input is the previous block's output. It
+ * keeps the cross factors E[ā_i ā_{i+1}ᵀ], E[g_i g_{i+1}ᵀ] (EMAs from the
+ * same rows and ε as the blocks' own), their snapshot at the last refresh,
+ * and the kfac_tri inverse built for one γ (rebuilt after loading).
+ */
+struct curv__kchain;
+
+/* Find the chains of @l (none unless inverse = tridiag); *@n gets their
+ * number. CURV_E_NOMEM. */
+curv_status curv__kchains_new(const curv_layout *l, const struct curv__kfac_hyper *h,
+                              struct curv__kchain ***out, size_t *n, curv_error *err);
+void curv__kchains_free(struct curv__kchain **c, size_t n);
+/* Whether layout block @i belongs to a chain (its inverse is the chain's). */
+int curv__kchain_member(struct curv__kchain *const *c, size_t n, size_t i);
+/* Fold the step's cross statistics in (tentative); every block of a chain
+ * must send statistics with the same rows in the same step. */
+curv_status curv__kchain_stats(struct curv__kchain *c, const struct curv__step_args *a,
+                               curv_error *err);
+/* Snapshot the cross factors for a refresh at this step (tentative). */
+void curv__kchain_refreshed(struct curv__kchain *c);
+/* Build (tentatively) the inverse for each of the @n candidate γ's from
+ * the blocks' newest decompositions, reusing the current one where it
+ * was built for the same γ and nothing was refreshed. A build that fails
+ * numerically falls back to the current inverse when there is one
+ * (*@kept = 1, CURV_E_NUMERIC returned for the caller to count). */
+curv_status curv__kchain_prepare(struct curv__kchain *c, struct curv__kblock *const *blocks,
+                                 const double *gammas, size_t n, int *kept, curv_error *err);
+/* u = F̂⁻¹ g on the chain's blocks, candidate @cand. */
+void curv__kchain_apply(const struct curv__kchain *c, size_t cand, const double *g, double *u);
+void curv__kchain_commit(struct curv__kchain *c, size_t cand);
+void curv__kchain_abort(struct curv__kchain *c);
+void curv__kchain_save(const struct curv__kchain *c, struct curv__writer *w);
+void curv__kchain_load(struct curv__kchain *c, struct curv__reader *r);
+size_t curv__kchain_bytes(const struct curv__kchain *c);
+/* Denominators clamped by the inverse in use (candidate @cand after
+ * prepare). */
+size_t curv__kchain_clamped(const struct curv__kchain *c, size_t cand);
+/* The chain's first block and length. */
+size_t curv__kchain_first(const struct curv__kchain *c);
+size_t curv__kchain_len(const struct curv__kchain *c);
 
 /* ---- the estimator (kfac_est.c) --------------------------------------- */
 
@@ -121,7 +173,7 @@ curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__s
  * eigen-based block-diagonal inverse needs nothing). Tentative.
  */
 curv_status curv__kfac_est_prepare(struct curv__kfac_est *e, const double *gammas, size_t n,
-                                   curv_error *err);
+                                   unsigned *failed, curv_error *err);
 /* u = P g with candidate @c (of the last prepare) of damping @gamma. */
 void curv__kfac_est_apply(struct curv__kfac_est *e, size_t c, double gamma, const double *g,
                           double *u);

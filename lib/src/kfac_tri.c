@@ -289,7 +289,8 @@ static curv_status compute(struct curv__kfac_tri *t, const double *const *Ad,
     memcpy(top->K1, b->S, top->n_in * top->n_in * sizeof(double));
     gram(top->n_out, top->n_out, top->K2, b->S);
     memcpy(top->K2, b->S, top->n_out * top->n_out * sizeof(double));
-    /* Products of finite matrices can still overflow. */
+    /* Products of finite matrices can still overflow. Layer i's matrices
+     * are contiguous, from its K1 up to layer i+1's K1 (alloc_tri). */
     for (size_t i = 0; i < L; i++) {
         const struct tri_layer *l = &t->layer[i];
         size_t n = (size_t)((i + 1 < L ? t->layer[i + 1].K1 : t->tmp) - l->K1);

@@ -28,8 +28,7 @@
  *
  * In the row-major flat order of V_i (index r * n_in + c), F̃'s block (i, j)
  * is G_{ij} ⊗ Ā_{ij} (the thesis' Ā ⊗ G is for column-major vec), and it
- * maps V_j to G_{ij} V_j Ā_{ij}^T. Only the upper triangles of Ad and Gd are
- * read.
+ * maps V_j to G_{ij} V_j Ā_{ij}^T.
  */
 struct curv__kfac_tri;
 
@@ -44,7 +43,8 @@ struct curv__kfac_tri;
  * (a zero size or a broken chain), CURV_E_RANGE (a size too large for
  * BLAS), CURV_E_NUMERIC (a non-finite input, a damped factor that is not
  * positive definite, a LAPACK eigendecomposition that fails or produces
- * non-finite output; the text names the factor and layer), CURV_E_NOMEM.
+ * non-finite output, overflow in the precomputed matrices; the text names
+ * the factor and layer), CURV_E_NOMEM.
  * Ownership: *out is new (free with curv__kfac_tri_free); written, as is
  * *clamped, only on success. Nothing leaks on failure.
  */

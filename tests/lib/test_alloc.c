@@ -287,16 +287,18 @@ static void test_every_kind(void **unused)
  * adaptive steps with three γ candidates and a loss request, a simple
  * step, save and load, each under failing allocations. The test's own
  * allocations happen while disarmed. */
-static void run_kfac(const char *mode)
+static void run_kfac(const char *mode, const char *inverse)
 {
     tu_mlp net;
     const size_t w[] = {3, 4, 2};
     tu_mlp_new(&net, w, 2, 2, 3, 5);
     tu_mlp_batch(&net, 6);
     curv_layout *l = tu_mlp_layout(&net);
-    const tu_kv kv[] = {{"gamma_interval", 2}, {"lambda_interval", 2}, {"max_factor_dim", 3}};
+    const double max_dim = strcmp(inverse, "tridiag") ? 3 : 100; /* diagonal sides or a chain */
+    const tu_kv kv[] = {{"gamma_interval", 2}, {"lambda_interval", 2}, {"max_factor_dim", max_dim}};
     curv_config *c = tu_config(kv, 3);
     tu_config_set(c, "mode", 0, mode);
+    tu_config_set(c, "inverse", 0, inverse);
     curv_opt *o = NULL;
     for (long k = 0;; k++) {
         arm(k);
@@ -371,8 +373,10 @@ static void run_kfac(const char *mode)
 static void test_kfac(void **unused)
 {
     (void)unused;
-    run_kfac("adaptive");
-    run_kfac("simple");
+    run_kfac("adaptive", "blockdiag");
+    run_kfac("simple", "blockdiag");
+    run_kfac("adaptive", "tridiag");
+    run_kfac("simple", "tridiag");
 }
 
 /* K-FAC's block-tridiagonal inverse (internal, lib/src/kfac_tri.c): build

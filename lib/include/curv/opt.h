@@ -60,10 +60,13 @@ typedef enum { CURV_F64 = 0, CURV_F32 = 1 } curv_dtype;
  *            @rows must be a multiple of it).
  * @acts:     @rows x n_in, row-major: the layer's inputs (conv2d: unfolded
  *            input patches, [c_in][kh][kw] order) without the homogeneous 1.
- * @signals:  @rows x n_out, row-major: derivatives of the loss with respect
- *            to the layer's pre-activations. The kind that reads them
- *            documents their scale (K-FAC: per example, see kfac in
- *            curv_opt_param_info's docs and the API doc).
+ * @signals:  @rows x n_out, row-major: derivatives with respect to the
+ *            layer's pre-activations of EACH EXAMPLE'S OWN loss, not divided
+ *            by the batch size (a trainer backpropagating a mean-reduced
+ *            loss multiplies them by the number of examples). For the true
+ *            Fisher (K-FAC's "fisher": "true", the thesis' choice) the
+ *            targets behind them are sampled from the model's predictive
+ *            distribution; "empirical" means the training targets.
  * Both in the step's dtype, finite, borrowed for the call only.
  */
 typedef struct curv_layer_stats {
@@ -153,6 +156,40 @@ typedef struct curv_response {
     size_t n_values;
     const double *values;
 } curv_response;
+
+/*
+ * K-FAC ("kfac", Martens' thesis ch. 6) - what the trainer sends:
+ *  - grad: the mini-batch MEAN gradient (a dense/conv2d block's bias is its
+ *    last column, the thesis' homogeneous coordinate); params with every
+ *    step while weight_decay η > 0 (default 1e-5, the thesis' value);
+ *  - layers: for every dense and conv2d block, @acts (without the 1; the
+ *    library appends it when the block has a bias) and @signals as
+ *    described at curv_layer_stats. The factors are
+ *      Ā = mean over rows of ā āᵀ,  G = (1/examples) Σ_rows g gᵀ
+ *    (dense: rows = examples; conv2d: rows = examples x output positions,
+ *    unfolded patches, Grosse & Martens' KFC), so that G ⊗ Ā is one
+ *    example's Fisher block exactly when there is one example. Statistics
+ *    are due at steps 1, 1 + cov_interval, ...; a step between may omit or
+ *    send them. With inverse = tridiag all layers of a chain (consecutive
+ *    dense blocks, each fed by the previous one) send the same rows.
+ *    Vector blocks take no statistics: a fallback (AdaGrad-diag or SGD)
+ *    updates them.
+ *  - adaptive mode (default): each step asks CURV_REQ_QUADRATIC_FORM over
+ *    the candidate updates and the previous update (1 to 4 vectors): the
+ *    answer is V C Vᵀ with C the exact Fisher / GGN on the trainer's
+ *    mini-batch WITHOUT damping (the thesis' App. B.3: only J v products
+ *    are needed). Every lambda_interval steps it then asks CURV_REQ_LOSS
+ *    at θ + δ (rho_source "request", on the same mini-batch as the step's
+ *    loss) or reads the next step's loss ("next_step", another batch).
+ *    @loss (without the ℓ2 term: the library adds η/2‖θ‖²) is needed at
+ *    those steps. All requests of a step are at the same θ: apply δ only
+ *    once the step returns CURV_OK.
+ *  - simple mode: no requests; Δ = −lr·v, v ← μv + F̆⁻¹(∇h) at a fixed
+ *    damping.
+ * Report: mode, fisher, gamma, lambda, rho (when measured), alpha, mu,
+ * model_change (M(δ) − M(0)), rejected, grad_norm, update_norm,
+ * inverse_failures, stats_updated, inverse_age.<block>, clamped (tridiag).
+ */
 
 /* What a kind reads beyond the gradient, and whether it asks for input. */
 typedef enum {
