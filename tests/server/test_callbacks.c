@@ -1,0 +1,413 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Callback exchanges end to end (kfac, hf): a real daemon on a loopback
+ * port, the test playing the trainer with dense math (HF: an explicit SPD
+ * G and its quadratic loss; K-FAC: testutil's tiny MLP, its exact Fisher
+ * Gram matrices and losses). Every update must equal the same optimizer's
+ * driven in-process with the same answers (tu_drive): bit for bit in
+ * FP64, to float rounding in FP32. Then every refusal of an answer, the
+ * replays of retried answers, re-posted steps and a restart mid-exchange,
+ * each followed by the exchange completing with the reference's update.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "curv.h"
+#include "srvutil.h"
+#include "testutil.h"
+
+/* ---- The trainers' problems ---- */
+
+/* HF's objective f(θ) = 1 + ½(θ − θ*)ᵀG(θ − θ*): at each θ the quadratic
+ * tu_quad answers is exact, so the loss must go down. */
+struct quad {
+    size_t d;
+    double *G, *star, *theta, *g, *gsq;
+    tu_quad q;
+};
+
+static void quad_eval(struct quad *p)
+{
+    double *r = tu_alloc(p->d);
+    for (size_t i = 0; i < p->d; i++)
+        r[i] = p->theta[i] - p->star[i];
+    tu_matmul(p->d, p->d, 1, p->G, r, p->g);
+    double h = 1;
+    for (size_t i = 0; i < p->d; i++) {
+        h += 0.5 * r[i] * p->g[i];
+        p->gsq[i] = p->g[i] * p->g[i] + 0.05; /* a positive Fisher diagonal stand-in */
+    }
+    p->q = (tu_quad){.d = p->d, .G = p->G, .g = p->g, .h0 = h};
+    free(r);
+}
+
+static void quad_new(struct quad *p, size_t d, uint64_t seed)
+{
+    tu_rng rng;
+    tu_rng_seed(&rng, seed);
+    p->d = d;
+    p->G = tu_alloc(d * d), p->star = tu_alloc(d), p->theta = tu_alloc(d);
+    p->g = tu_alloc(d), p->gsq = tu_alloc(d);
+    tu_rand_spd(&rng, d, 0.5, p->G);
+    tu_fill_normal(&rng, p->star, d, 1.0);
+    quad_eval(p);
+}
+
+static void quad_free(struct quad *p)
+{
+    free(p->G), free(p->star), free(p->theta), free(p->g), free(p->gsq);
+}
+
+/* θ ← θ + u and the objective there. */
+static void quad_move(struct quad *p, const double *u)
+{
+    for (size_t i = 0; i < p->d; i++)
+        p->theta[i] += u[i];
+    quad_eval(p);
+}
+
+static struct su_step quad_step(const struct quad *p, long t)
+{
+    return (struct su_step){.t = t, .grad = p->g, .grad_sq = p->gsq, .loss = p->q.h0};
+}
+
+/* The same step in-process, answered like the daemon's callbacks. */
+static curv_status quad_ref(curv_opt *ref, struct quad *p, double *want, size_t *n)
+{
+    curv_step_input in = {.grad = p->g,
+                          .len = p->d,
+                          .dtype = CURV_F64,
+                          .loss = p->q.h0,
+                          .has_loss = 1,
+                          .grad_sq = p->gsq};
+    curv_error err;
+    curv_status st = tu_drive(ref, &in, tu_quad_answer, &p->q, want, n, &err);
+    tu_assert_status(st, CURV_OK, &err);
+    return st;
+}
+
+static void mlp_answer(void *ctx, const curv_request *req, double *values)
+{
+    tu_mlp_answer(ctx, req, values);
+}
+
+static json_t *matrix_json(const char *name, const double *v, size_t rows, size_t cols)
+{
+    json_t *data = json_array();
+    for (size_t i = 0; i < rows * cols; i++)
+        json_array_append_new(data, json_real(v[i]));
+    return json_pack("{s:s, s:[I,I], s:s, s:o}", "name", name, "shape", (json_int_t)rows,
+                     (json_int_t)cols, "datatype", "FP64", "data", data);
+}
+
+/* The batch's per-layer statistics as the "layers" member. */
+static json_t *mlp_layers(const tu_mlp *net)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < net->L; i++) {
+        char block[8];
+        snprintf(block, sizeof block, "l%zu", i);
+        json_array_append_new(
+            arr, json_pack("{s:s, s:o, s:o}", "block", block, "activations",
+                           matrix_json("acts", net->acts[i], net->m, net->n[i]), "signals",
+                           matrix_json("signals", net->sig[i], net->m, net->n[i + 1])));
+    }
+    return arr;
+}
+
+static void mlp_ref(curv_opt *ref, tu_mlp *net, double *want, size_t *n)
+{
+    curv_step_input in = {.grad = net->g,
+                          .params = net->theta,
+                          .len = net->dim,
+                          .dtype = CURV_F64,
+                          .layers = net->stats,
+                          .n_layers = net->L,
+                          .loss = net->loss,
+                          .has_loss = 1};
+    curv_error err;
+    tu_assert_status(tu_drive(ref, &in, mlp_answer, net, want, n, &err), CURV_OK, &err);
+}
+
+/* One K-FAC step over HTTP and in-process, equal to the bit; then θ moves
+ * and the same batch (@seed) is evaluated there. Returns the callbacks. */
+static size_t mlp_step(struct su_trainer *tr, curv_opt *ref, tu_mlp *net, long t, uint64_t seed)
+{
+    double *u = tu_alloc(net->dim), *want = tu_alloc(net->dim);
+    json_t *layers = mlp_layers(net);
+    struct su_step s = {
+        .t = t, .grad = net->g, .params = net->theta, .loss = net->loss, .layers = layers};
+    size_t n = su_trainer_step(tr, &s, mlp_answer, net, u), n_ref;
+    json_decref(layers);
+    mlp_ref(ref, net, want, &n_ref);
+    assert_int_equal(n, n_ref);
+    for (size_t i = 0; i < net->dim; i++)
+        if (memcmp(&u[i], &want[i], sizeof u[i]) != 0)
+            fail_msg("kfac step %ld, element %zu: daemon %.17g, libcurv %.17g", t, i, u[i],
+                     want[i]);
+    for (size_t i = 0; i < net->dim; i++)
+        net->theta[i] += u[i];
+    tu_mlp_batch(net, seed);
+    free(u);
+    free(want);
+    return n;
+}
+
+/* ---- Helpers ---- */
+
+static int setup(void **state)
+{
+    *state = su_fx_new("callbacks");
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    su_fx_free(*state);
+    return 0;
+}
+
+static void same_bits(const double *u, const double *want, size_t n, const char *what, long t)
+{
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&u[i], &want[i], sizeof u[i]) != 0)
+            fail_msg("%s, step %ld, element %zu: daemon %.17g, libcurv %.17g", what, t, i, u[i],
+                     want[i]);
+}
+
+static json_t *hf_config(void)
+{
+    return json_pack("{s:i}", "cg_max", 6);
+}
+
+static curv_opt *hf_ref(const curv_layout *l)
+{
+    const tu_kv kv[] = {{"cg_max", 6}};
+    return tu_opt_with(CURV_OPT_HF, l, kv, 1);
+}
+
+/* One HF step over HTTP (@tr) and in-process (@ref): the update @u must
+ * be the reference's to the bit. Returns the callbacks answered. */
+static size_t hf_step(struct su_trainer *tr, curv_opt *ref, struct quad *p, long t, double *u)
+{
+    double want[SU_D];
+    struct su_step s = quad_step(p, t);
+    size_t n = su_trainer_step(tr, &s, tu_quad_answer, &p->q, u), n_ref;
+    quad_ref(ref, p, want, &n_ref);
+    assert_int_equal(n, n_ref);
+    same_bits(u, want, SU_D, "hf", t);
+    return n;
+}
+
+static void expect_metric(const char *base, const char *line)
+{
+    char url[128];
+    snprintf(url, sizeof url, "%s/metrics", base);
+    struct su_resp r;
+    su_request("GET", url, NULL, 0, NULL, 0, &r);
+    assert_int_equal(r.status, 200);
+    if (!strstr(r.body, line))
+        fail_msg("/metrics lacks \"%s\"", line);
+    su_resp_free(&r);
+}
+
+/* "pending_callback" of session @id: the url, or "" when null. */
+static void pending_of(const char *base, const char *id, char *out, size_t cap)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/sessions/%s", id);
+    json_t *s = su_call(base, "GET", path, NULL, 200, NULL);
+    json_t *pc = json_object_get(s, "pending_callback");
+    assert_true(json_is_null(pc) || json_is_string(pc));
+    snprintf(out, cap, "%s", json_is_string(pc) ? json_string_value(pc) : "");
+    json_decref(s);
+}
+
+/* ---- The daemon does not change the math ---- */
+
+/* HF in FP64 JSON: every update to the bit, the loss going down, and
+ * /metrics counting each round trip. */
+static void test_hf_matches_library(void **state)
+{
+    struct su_fx *f = *state;
+    curv_layout *l = su_layout_new();
+    struct su_trainer tr = {.base = f->base, .layout = l};
+    su_trainer_create(&tr, "hf", hf_config());
+    curv_opt *ref = hf_ref(l);
+    struct quad p;
+    quad_new(&p, SU_D, 1);
+    double first = p.q.h0;
+    size_t total = 0;
+    for (long t = 1; t <= 4; t++) {
+        double u[SU_D], before = p.q.h0;
+        total += hf_step(&tr, ref, &p, t, u);
+        quad_move(&p, u);
+        assert_true(p.q.h0 < before);
+    }
+    print_message("hf: loss %.6g -> %.6g in 4 steps, %zu callbacks\n", first, p.q.h0, total);
+    assert_int_equal(total, tr.answers);
+    char line[96];
+    snprintf(line, sizeof line, "curvd_callback_round_trips_total{optimizer=\"hf\"} %zu\n", total);
+    expect_metric(f->base, line);
+    char pc[256];
+    pending_of(f->base, tr.id, pc, sizeof pc);
+    assert_string_equal(pc, "");
+    quad_free(&p);
+    curv_opt_free(ref);
+    curv_layout_free(l);
+}
+
+/* HF in FP32: steps, vectors, products and updates travel as floats, the
+ * library rounds the update it computed in doubles: equal to the
+ * in-process FP32 step up to float rounding of the exchanged vectors. */
+static void test_hf_fp32(void **state)
+{
+    struct su_fx *f = *state;
+    curv_layout *l = su_layout_new();
+    struct su_trainer tr = {.base = f->base, .layout = l, .fp32 = 1};
+    su_trainer_create(&tr, "hf", hf_config());
+    curv_opt *ref = hf_ref(l);
+    struct quad p;
+    quad_new(&p, SU_D, 2);
+    for (long t = 1; t <= 3; t++) {
+        double u[SU_D], want[SU_D], before = p.q.h0;
+        float g32[SU_D], sq32[SU_D], u32[SU_D];
+        for (size_t i = 0; i < SU_D; i++)
+            g32[i] = (float)p.g[i], sq32[i] = (float)p.gsq[i];
+        struct su_step s = quad_step(&p, t);
+        size_t n = su_trainer_step(&tr, &s, tu_quad_answer, &p.q, u), n_ref;
+        curv_step_input in = {.grad = g32,
+                              .len = SU_D,
+                              .dtype = CURV_F32,
+                              .loss = p.q.h0,
+                              .has_loss = 1,
+                              .grad_sq = sq32};
+        curv_error err;
+        tu_assert_status(tu_drive(ref, &in, tu_quad_answer, &p.q, u32, &n_ref, &err), CURV_OK,
+                         &err);
+        assert_int_equal(n, n_ref);
+        for (size_t i = 0; i < SU_D; i++) {
+            want[i] = u32[i];
+            assert_true(u[i] == (double)(float)u[i]); /* the reply is FP32 */
+        }
+        tu_expect_close(u, want, SU_D, 1e-4, "hf fp32 update", (int)t);
+        quad_move(&p, u);
+        assert_true(p.q.h0 < before);
+    }
+    quad_free(&p);
+    curv_opt_free(ref);
+    curv_layout_free(l);
+}
+
+/* JSON numbers and the binary extension (steps, callback vectors and
+ * products) give the same updates, to the bit. */
+static void test_hf_binary_matches_json(void **state)
+{
+    struct su_fx *f = *state;
+    curv_layout *l = su_layout_new();
+    struct su_trainer js = {.base = f->base, .layout = l};
+    struct su_trainer bin = {.base = f->base, .layout = l, .binary = 1};
+    su_trainer_create(&js, "hf", hf_config());
+    su_trainer_create(&bin, "hf", hf_config());
+    curv_opt *ref = hf_ref(l);
+    struct quad p;
+    quad_new(&p, SU_D, 3);
+    for (long t = 1; t <= 3; t++) {
+        double ub[SU_D], uj[SU_D];
+        struct su_step s = quad_step(&p, t);
+        size_t nb = su_trainer_step(&bin, &s, tu_quad_answer, &p.q, ub);
+        assert_int_equal(hf_step(&js, ref, &p, t, uj), nb);
+        same_bits(ub, uj, SU_D, "binary vs json", t);
+        quad_move(&p, uj);
+    }
+    quad_free(&p);
+    curv_opt_free(ref);
+    curv_layout_free(l);
+}
+
+static const size_t MLP_W[] = {3, 4, 2};
+
+/* A tiny MLP with a gain block, on one fixed batch, and its layout. */
+static curv_layout *mlp_new(tu_mlp *net, uint64_t seed)
+{
+    tu_mlp_new(net, MLP_W, 2, 2, 6, seed);
+    tu_mlp_batch(net, seed + 100);
+    return tu_mlp_layout(net);
+}
+
+/* K-FAC adaptive: quadratic-form and loss callbacks (γ candidates every
+ * third step, λ every second), every update to the bit, the loss down. */
+static void test_kfac_adaptive_matches_library(void **state)
+{
+    struct su_fx *f = *state;
+    tu_mlp net;
+    curv_layout *l = mlp_new(&net, 5);
+    struct su_trainer tr = {.base = f->base, .layout = l};
+    su_trainer_create(&tr, "kfac",
+                      json_pack("{s:i, s:i, s:i}", "lambda_interval", 2, "gamma_interval", 3,
+                                "inv_interval", 2));
+    const tu_kv kv[] = {{"lambda_interval", 2}, {"gamma_interval", 3}, {"inv_interval", 2}};
+    curv_opt *ref = tu_opt_with(CURV_OPT_KFAC, l, kv, 3);
+    double first = net.loss;
+    size_t total = 0;
+    for (long t = 1; t <= 6; t++) {
+        size_t n = mlp_step(&tr, ref, &net, t, 105);
+        assert_int_equal(n, 1 + (t % 2 == 0)); /* the Gram matrix, then the loss */
+        total += n;
+    }
+    print_message("kfac adaptive: loss %.6g -> %.6g in 6 steps\n", first, net.loss);
+    assert_true(net.loss < first);
+    char line[96];
+    snprintf(line, sizeof line, "curvd_callback_round_trips_total{optimizer=\"kfac\"} %zu\n",
+             total);
+    expect_metric(f->base, line);
+    curv_opt_free(ref);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+/* K-FAC simple mode never calls back: every step is one 200, to the bit;
+ * a step without callbacks has none to answer. */
+static void test_kfac_simple_matches_library(void **state)
+{
+    struct su_fx *f = *state;
+    tu_mlp net;
+    curv_layout *l = mlp_new(&net, 7);
+    struct su_trainer tr = {.base = f->base, .layout = l};
+    su_trainer_create(&tr, "kfac", json_pack("{s:s, s:f}", "mode", "simple", "lr", 0.1));
+    const tu_kv kv[] = {{"lr", 0.1}};
+    curv_config *c = tu_config(kv, 1);
+    tu_config_set(c, "mode", 0, "simple");
+    curv_opt *ref = tu_new_opt(CURV_OPT_KFAC, l, c);
+    curv_config_free(c);
+    double first = net.loss;
+    for (long t = 1; t <= 5; t++)
+        assert_int_equal(mlp_step(&tr, ref, &net, t, 107), 0);
+    print_message("kfac simple: loss %.6g -> %.6g in 5 steps\n", first, net.loss);
+    assert_true(net.loss < first);
+    char path[160];
+    for (int cb = 0; cb <= 1; cb++) {
+        snprintf(path, sizeof path, "/v1/sessions/%s/steps/5/callbacks/%d", tr.id, cb);
+        json_t *p = su_call(f->base, "POST", path, "{\"losses\":[1]}", 409, NULL);
+        assert_string_equal(json_string_value(json_object_get(p, "reason")), "NO_CALLBACK_PENDING");
+        json_decref(p);
+    }
+    curv_opt_free(ref);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_hf_matches_library, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hf_fp32, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hf_binary_matches_json, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kfac_adaptive_matches_library, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kfac_simple_matches_library, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
