@@ -429,12 +429,12 @@ json_t *su_layout_json_of(const curv_layout *l)
     json_t *arr = json_array();
     curv_block_info b;
     for (size_t k = 0; curv_layout_block(l, k, &b) == CURV_OK; k++) {
-        json_t *shape = b.kind == CURV_BLOCK_DENSE    ? json_pack("[I,I]", b.n_out, b.n_in)
-                        : b.kind == CURV_BLOCK_VECTOR ? json_pack("[I]", b.n_out)
-                                                      : json_pack("[I,I,I,I]", b.n_out, b.c_in,
-                                                                  b.kh, b.kw);
-        json_t *blk = json_pack("{s:s, s:s, s:o}", "name", b.name, "kind", kinds[b.kind],
-                                "shape", shape);
+        json_t *shape = b.kind == CURV_BLOCK_DENSE ? json_pack("[I,I]", b.n_out, b.n_in)
+                        : b.kind == CURV_BLOCK_VECTOR
+                            ? json_pack("[I]", b.n_out)
+                            : json_pack("[I,I,I,I]", b.n_out, b.c_in, b.kh, b.kw);
+        json_t *blk =
+            json_pack("{s:s, s:s, s:o}", "name", b.name, "kind", kinds[b.kind], "shape", shape);
         if (b.kind != CURV_BLOCK_VECTOR)
             json_object_set_new(blk, "bias", json_boolean(b.has_bias));
         json_array_append_new(arr, blk);
@@ -475,9 +475,9 @@ json_t *su_tensors_json(const curv_layout *l, const double *v, int fp32, struct 
             }
         }
         if (tail)
-            json_object_set_new(t, "parameters",
-                                json_pack("{s:I}", "binary_data_size",
-                                          (json_int_t)(b.size * (fp32 ? 4 : 8))));
+            json_object_set_new(
+                t, "parameters",
+                json_pack("{s:I}", "binary_data_size", (json_int_t)(b.size * (fp32 ? 4 : 8))));
         else
             json_object_set_new(t, "data", data);
         json_array_append_new(arr, t);
@@ -560,8 +560,8 @@ void su_callback_clear(struct su_callback *cb)
 
 void su_trainer_create(struct su_trainer *tr, const char *optimizer, json_t *config)
 {
-    json_t *req = json_pack("{s:s, s:o}", "optimizer", optimizer, "layout",
-                            su_layout_json_of(tr->layout));
+    json_t *req =
+        json_pack("{s:s, s:o}", "optimizer", optimizer, "layout", su_layout_json_of(tr->layout));
     if (config)
         json_object_set_new(req, "config", config);
     char *text = json_dumps(req, JSON_COMPACT | JSON_REAL_PRECISION(17));
@@ -620,6 +620,7 @@ void su_callback_parse(const struct su_trainer *tr, const struct su_resp *r, lon
     assert_string_equal(url, want);
     assert_string_equal(r->location, url);
     snprintf(cb->url, sizeof cb->url, "%s", url);
+    cb->step = t;
     size_t dim = curv_layout_dim(tr->layout), n = json_array_size(vecs);
     cb->req = (curv_request){.seq = strtoull(id, NULL, 10), .n_vectors = n, .dim = dim};
     for (int k = 1; k <= 3; k++)

@@ -154,6 +154,7 @@ void su_tensors_flat(const curv_layout *l, const json_t *arr, const struct su_re
  * .seq the callback id). */
 struct su_callback {
     char url[256];
+    long step;
     curv_request req;
 };
 void su_callback_clear(struct su_callback *cb);
@@ -170,7 +171,7 @@ typedef void (*su_hook)(struct su_trainer *tr, enum su_phase ph, const struct su
 /* A trainer of one session: the layout, the encoding of its steps and
  * products, and an optional hook around each answer (to try bad ones). */
 struct su_trainer {
-    const char *base; /* the daemon, borrowed (su_fx_restart() rewrites it in place) */
+    const char *base;          /* the daemon, borrowed (su_fx_restart() rewrites it in place) */
     const curv_layout *layout; /* borrowed */
     int binary, fp32;
     su_hook hook;

@@ -346,9 +346,9 @@ static void test_kfac_adaptive_matches_library(void **state)
     tu_mlp net;
     curv_layout *l = mlp_new(&net, 5);
     struct su_trainer tr = {.base = f->base, .layout = l};
-    su_trainer_create(&tr, "kfac",
-                      json_pack("{s:i, s:i, s:i}", "lambda_interval", 2, "gamma_interval", 3,
-                                "inv_interval", 2));
+    su_trainer_create(
+        &tr, "kfac",
+        json_pack("{s:i, s:i, s:i}", "lambda_interval", 2, "gamma_interval", 3, "inv_interval", 2));
     const tu_kv kv[] = {{"lambda_interval", 2}, {"gamma_interval", 3}, {"inv_interval", 2}};
     curv_opt *ref = tu_opt_with(CURV_OPT_KFAC, l, kv, 3);
     double first = net.loss;
@@ -400,6 +400,204 @@ static void test_kfac_simple_matches_library(void **state)
     tu_mlp_free(&net);
 }
 
+/* ---- Refused answers change nothing ---- */
+
+/* POST @b to @path: the status must be @want with problem @reason, and
+ * errors[0].path @field unless NULL. Returns errors[0].expected (static
+ * buffer). */
+static const char *refused(const struct su_trainer *tr, const char *path, const struct su_body *b,
+                           long want, const char *reason, const char *field)
+{
+    static char expected[64];
+    struct su_resp r;
+    su_post_body(tr, path, b, &r);
+    if (r.status != want)
+        fail_msg("POST %s: status %ld, want %ld: %s", path, r.status, want, r.body);
+    json_t *p = json_loads(r.body, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(p, "reason")), reason);
+    json_t *e0 = json_array_get(json_object_get(p, "errors"), 0);
+    if (field)
+        assert_string_equal(json_string_value(json_object_get(e0, "path")), field);
+    snprintf(expected, sizeof expected, "%s",
+             json_is_string(json_object_get(e0, "expected"))
+                 ? json_string_value(json_object_get(e0, "expected"))
+                 : "");
+    json_decref(p);
+    su_resp_free(&r);
+    return expected;
+}
+
+static void refused_text(const struct su_trainer *tr, const char *path, const char *text, long want,
+                         const char *reason, const char *field)
+{
+    struct su_body b = {.p = (unsigned char *)strdup(text), .len = strlen(text)};
+    assert_non_null(b.p);
+    refused(tr, path, &b, want, reason, field);
+    su_body_free(&b);
+}
+
+/* @good with the member text @member inserted first (binary: the JSON
+ * header grows by as much). */
+static void with_member(const struct su_body *good, const char *member, struct su_body *out)
+{
+    size_t k = strlen(member);
+    out->len = out->cap = good->len + k;
+    out->p = malloc(out->len);
+    assert_non_null(out->p);
+    out->p[0] = '{';
+    memcpy(out->p + 1, member, k);
+    memcpy(out->p + 1 + k, good->p + 1, good->len - 1);
+    out->json_len = good->json_len ? good->json_len + k : 0;
+}
+
+/* An answer to @cb with @n_vectors vectors (products) or @n_values
+ * values, all zero but the first, which is @first. */
+static void answer_sized(const struct su_trainer *tr, const struct su_callback *cb,
+                         size_t n_vectors, size_t n_values, double first, struct su_body *out)
+{
+    curv_request q = cb->req;
+    q.n_vectors = n_vectors;
+    q.n_values = q.kind == CURV_REQ_CURVATURE_PRODUCT ? n_vectors * q.dim : n_values;
+    double *v = calloc(q.n_values + 1, sizeof *v);
+    assert_non_null(v);
+    v[0] = first;
+    su_answer_body(tr, &q, v, out);
+    free(v);
+}
+
+/* Every wrong answer to @cb is refused with its problem; what the daemon
+ * holds must not change, which the step's final update checks. */
+static void try_bad_answers(struct su_trainer *tr, const struct su_callback *cb,
+                            const struct su_body *good)
+{
+    char path[256], pc[256];
+    pending_of(tr->base, tr->id, pc, sizeof pc);
+    assert_string_equal(pc, cb->url);
+    char id[24];
+    snprintf(id, sizeof id, "%llu", (unsigned long long)cb->req.seq);
+    const char *slash = strrchr(cb->url, '/');
+    snprintf(path, sizeof path, "%.*s/%llu", (int)(slash - cb->url), cb->url,
+             (unsigned long long)cb->req.seq + 1000);
+    assert_string_equal(refused(tr, path, good, 409, "CALLBACK_OUT_OF_ORDER", "callback"), id);
+    snprintf(path, sizeof path, "%.*s/c%s", (int)(slash - cb->url), cb->url, id);
+    refused(tr, path, good, 409, "CALLBACK_OUT_OF_ORDER", "callback");
+    snprintf(path, sizeof path, "/v1/sessions/%s/steps/%ld/callbacks/%s", tr->id, cb->step + 1, id);
+    refused(tr, path, good, 409, "NO_CALLBACK_PENDING", "step");
+
+    const curv_request *q = &cb->req;
+    int prod = q->kind == CURV_REQ_CURVATURE_PRODUCT;
+    const char *member = prod ? "/products" : q->kind == CURV_REQ_LOSS ? "/losses" : "/gram";
+    struct su_body b;
+    answer_sized(tr, cb, q->n_vectors + 1, q->n_values + 1, 0, &b); /* one too many */
+    refused(tr, cb->url, &b, 400, "SHAPE_MISMATCH", member);
+    su_body_free(&b);
+    answer_sized(tr, cb, q->n_vectors - 1, q->n_values - 1, 0, &b); /* one too few */
+    refused(tr, cb->url, &b, 400, "SHAPE_MISMATCH", member);
+    su_body_free(&b);
+    if (prod) { /* NaN: the binary bytes, or the literal the scanner takes in "data" */
+        answer_sized(tr, cb, q->n_vectors, 0, tr->binary ? NAN : 7777777.25, &b);
+        char *at = tr->binary ? NULL : strstr((char *)b.p, "7777777.25");
+        if (at)
+            memcpy(at, "NaN       ", 10); /* JSON allows the blanks */
+        assert_true(tr->binary || at);
+        refused(tr, cb->url, &b, 422, "NON_FINITE", NULL);
+        su_body_free(&b);
+    }
+    with_member(good, "\"extra\":1,", &b);
+    refused(tr, cb->url, &b, 400, "UNKNOWN_MEMBER", "/extra");
+    su_body_free(&b);
+    refused_text(tr, cb->url, prod ? "{\"losses\":[1]}" : "{\"products\":[]}", 400,
+                 "UNKNOWN_MEMBER", prod ? "/losses" : "/products");
+    refused_text(tr, cb->url, "{}", 400, "BAD_TENSOR", member);
+    refused_text(tr, cb->url, "{\"gram", 400, "MALFORMED_JSON", NULL);
+    pending_of(tr->base, tr->id, pc, sizeof pc);
+    assert_string_equal(pc, cb->url);
+}
+
+/* A retried answer gets the reply it got, byte for byte. */
+static void expect_replay(struct su_trainer *tr, const char *url, const struct su_body *answer,
+                          const struct su_resp *first)
+{
+    struct su_resp r;
+    su_post_body(tr, url, answer, &r);
+    assert_int_equal(r.status, first->status);
+    assert_int_equal(r.len, first->len);
+    assert_memory_equal(r.body, first->body, r.len);
+    assert_int_equal(r.json_header_len, first->json_header_len);
+    assert_string_equal(r.location, first->location);
+    su_resp_free(&r);
+}
+
+static void abuse(struct su_trainer *tr, enum su_phase ph, const struct su_callback *cb,
+                  const struct su_body *good, const struct su_resp *reply)
+{
+    size_t *steps_done = tr->hook_ctx;
+    char pc[256], path[256];
+    if (ph == SU_BEFORE_ANSWER) {
+        try_bad_answers(tr, cb, good);
+    } else if (ph == SU_ANSWERED && reply->status == 202) {
+        expect_replay(tr, cb->url, good, reply);
+    } else if (ph == SU_STEP_DONE) {
+        pending_of(tr->base, tr->id, pc, sizeof pc);
+        assert_string_equal(pc, "");
+        if (cb) { /* after the step: its final answer replays the 200, others are 409 */
+            expect_replay(tr, cb->url, good, reply);
+            if (strcmp(tr->first_url, cb->url) != 0)
+                refused(tr, tr->first_url, good, 409, "NO_CALLBACK_PENDING", "step");
+            snprintf(path, sizeof path, "/v1/sessions/%s/steps/%ld/callbacks/1", tr->id,
+                     cb->step + 1);
+            refused(tr, path, good, 409, "NO_CALLBACK_PENDING", "step");
+        }
+        ++*steps_done;
+    }
+}
+
+/* HF, JSON and binary: each refused answer leaves the exchange where it
+ * was, so it completes with the reference's update to the bit. */
+static void test_hf_refusals_change_nothing(void **state)
+{
+    struct su_fx *f = *state;
+    curv_layout *l = su_layout_new();
+    for (int binary = 0; binary <= 1; binary++) {
+        size_t done = 0;
+        struct su_trainer tr = {
+            .base = f->base, .layout = l, .binary = binary, .hook = abuse, .hook_ctx = &done};
+        su_trainer_create(&tr, "hf", hf_config());
+        curv_opt *ref = hf_ref(l);
+        struct quad p;
+        quad_new(&p, SU_D, 4);
+        for (long t = 1; t <= 2; t++) {
+            double u[SU_D];
+            hf_step(&tr, ref, &p, t, u);
+            quad_move(&p, u);
+        }
+        assert_int_equal(done, 2);
+        quad_free(&p);
+        curv_opt_free(ref);
+    }
+    curv_layout_free(l);
+}
+
+/* K-FAC: the same for quadratic-form (gram) and loss answers. */
+static void test_kfac_refusals_change_nothing(void **state)
+{
+    struct su_fx *f = *state;
+    tu_mlp net;
+    curv_layout *l = mlp_new(&net, 9);
+    size_t done = 0;
+    struct su_trainer tr = {.base = f->base, .layout = l, .hook = abuse, .hook_ctx = &done};
+    su_trainer_create(&tr, "kfac",
+                      json_pack("{s:i, s:i}", "lambda_interval", 1, "gamma_interval", 2));
+    const tu_kv kv[] = {{"lambda_interval", 1}, {"gamma_interval", 2}};
+    curv_opt *ref = tu_opt_with(CURV_OPT_KFAC, l, kv, 2);
+    for (long t = 1; t <= 2; t++)
+        assert_int_equal(mlp_step(&tr, ref, &net, t, 109), 2);
+    assert_int_equal(done, 2);
+    curv_opt_free(ref);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -408,6 +606,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hf_binary_matches_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kfac_adaptive_matches_library, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kfac_simple_matches_library, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hf_refusals_change_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kfac_refusals_change_nothing, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
