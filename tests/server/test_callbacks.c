@@ -598,6 +598,120 @@ static void test_kfac_refusals_change_nothing(void **state)
     tu_mlp_free(&net);
 }
 
+/* ---- Abandoned exchanges ---- */
+
+/* Post @p's step @t for @tr: the reply into @r. */
+static void post_quad_step(const struct su_trainer *tr, const struct quad *p, long t,
+                           struct su_resp *r)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/v1/sessions/%s/steps", tr->id);
+    struct su_step s = quad_step(p, t);
+    struct su_body b;
+    su_step_body(tr, &s, &b);
+    su_post_body(tr, path, &b, r);
+    su_body_free(&b);
+}
+
+/* Answer the callback of the 202 @r from the quadratic: the reply replaces @r. */
+static void answer_quad(const struct su_trainer *tr, struct quad *p, long t, struct su_resp *r)
+{
+    struct su_callback cb;
+    su_callback_parse(tr, r, t, &cb);
+    su_resp_free(r);
+    double *v = tu_alloc(cb.req.n_values);
+    tu_quad_answer(&p->q, &cb.req, v);
+    struct su_body b;
+    su_answer_body(tr, &cb.req, v, &b);
+    su_post_body(tr, cb.url, &b, r);
+    su_body_free(&b);
+    free(v);
+    su_callback_clear(&cb);
+}
+
+/* Posting the step in progress again starts it over: the same first
+ * callback under a fresh id (the library's ids never repeat, so an answer
+ * to the abandoned exchange cannot pass for one to the new); the
+ * abandoned callbacks are out of order; the exchange then completes with
+ * the reference's update. */
+static void test_reposted_step_restarts(void **state)
+{
+    struct su_fx *f = *state;
+    curv_layout *l = su_layout_new();
+    struct su_trainer tr = {.base = f->base, .layout = l};
+    su_trainer_create(&tr, "hf", hf_config());
+    char path[160], pc[256];
+    snprintf(path, sizeof path, "/v1/sessions/%s/steps/1/callbacks/1", tr.id);
+    refused_text(&tr, path, "{\"products\":[]}", 409, "NO_CALLBACK_PENDING", "step");
+    curv_opt *ref = hf_ref(l);
+    struct quad p;
+    quad_new(&p, SU_D, 5);
+    double u[SU_D];
+    hf_step(&tr, ref, &p, 1, u);
+    quad_move(&p, u);
+    struct su_resp r;
+    struct su_callback first, second, again;
+    post_quad_step(&tr, &p, 2, &r);
+    su_callback_parse(&tr, &r, 2, &first);
+    answer_quad(&tr, &p, 2, &r);
+    su_callback_parse(&tr, &r, 2, &second);
+    su_resp_free(&r);
+    post_quad_step(&tr, &p, 2, &r);
+    su_callback_parse(&tr, &r, 2, &again);
+    su_resp_free(&r);
+    assert_int_equal(again.req.kind, first.req.kind);
+    assert_int_equal(again.req.n_vectors, first.req.n_vectors);
+    assert_memory_equal(again.req.vectors, first.req.vectors,
+                        first.req.n_vectors * SU_D * sizeof(double));
+    assert_true(again.req.seq > second.req.seq);
+    refused_text(&tr, first.url, "{\"products\":[]}", 409, "CALLBACK_OUT_OF_ORDER", "callback");
+    refused_text(&tr, second.url, "{\"products\":[]}", 409, "CALLBACK_OUT_OF_ORDER", "callback");
+    pending_of(f->base, tr.id, pc, sizeof pc);
+    assert_string_equal(pc, again.url);
+    hf_step(&tr, ref, &p, 2, u); /* posts step 2 once more and completes it */
+    su_callback_clear(&first), su_callback_clear(&second), su_callback_clear(&again);
+    quad_free(&p);
+    curv_opt_free(ref);
+    curv_layout_free(l);
+}
+
+/* The exchange lives in memory: after a restart mid-step the callback is
+ * 409 NO_CALLBACK_PENDING, the session is at its last committed step, and
+ * posting the step again completes it with the reference's update. */
+static void test_restart_mid_exchange(void **state)
+{
+    struct su_fx *f = *state;
+    curv_layout *l = su_layout_new();
+    struct su_trainer tr = {.base = f->base, .layout = l};
+    su_trainer_create(&tr, "hf", hf_config());
+    curv_opt *ref = hf_ref(l);
+    struct quad p;
+    quad_new(&p, SU_D, 6);
+    double u[SU_D];
+    hf_step(&tr, ref, &p, 1, u);
+    quad_move(&p, u);
+    struct su_resp r;
+    post_quad_step(&tr, &p, 2, &r);
+    answer_quad(&tr, &p, 2, &r);
+    struct su_callback cb;
+    su_callback_parse(&tr, &r, 2, &cb);
+    su_fx_restart(f);
+    char pc[256];
+    pending_of(f->base, tr.id, pc, sizeof pc);
+    assert_string_equal(pc, "");
+    refused_text(&tr, cb.url, "{\"products\":[]}", 409, "NO_CALLBACK_PENDING", "step");
+    assert_int_equal(su_session_step(f->base, tr.id), 1);
+    for (long t = 2; t <= 3; t++) {
+        hf_step(&tr, ref, &p, t, u);
+        quad_move(&p, u);
+    }
+    su_callback_clear(&cb);
+    su_resp_free(&r);
+    quad_free(&p);
+    curv_opt_free(ref);
+    curv_layout_free(l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -608,6 +722,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_kfac_simple_matches_library, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hf_refusals_change_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kfac_refusals_change_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reposted_step_restarts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_restart_mid_exchange, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
