@@ -108,7 +108,7 @@ static json_t *mlp_layers(const tu_mlp *net)
 {
     json_t *arr = json_array();
     for (size_t i = 0; i < net->L; i++) {
-        char block[8];
+        char block[24];
         snprintf(block, sizeof block, "l%zu", i);
         json_array_append_new(
             arr, json_pack("{s:s, s:o, s:o}", "block", block, "activations",
