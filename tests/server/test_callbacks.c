@@ -574,7 +574,7 @@ static void test_hf_refusals_change_nothing(void **state)
         quad_free(&p);
         curv_opt_free(ref);
     }
-    expect_round_trips(f->base, "hf", answers);
+    expect_round_trips(f->base, "hf", answers); /* refused and replayed answers are none */
     curv_layout_free(l);
 }
 
