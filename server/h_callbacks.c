@@ -182,7 +182,9 @@ CURVD_HANDLER(curvd_h_callback)
     long long n = strtoll(rq->param[1], &end, 10);
     unsigned long long cb = strtoull(rq->param[2], &end, 10);
     int cb_ok = *end == '\0' && rq->param[2][0] >= '0' && rq->param[2][0] <= '9';
-    if (n == cur && cur > 0 && pd->step == n && cb_ok && cb == pd->answered_seq) {
+    /* answered_seq 0: the step asked for nothing, so no callback of it was answered. */
+    if (n == cur && cur > 0 && pd->step == n && cb_ok && pd->answered_seq &&
+        cb == pd->answered_seq) {
         curvd_step_replay(srv, rq, rp, e, cur); /* the final answer retried: the update */
     } else if (!curv_opt_pending(e->opt) || n != pd->step) {
         no_callback(rq, rp, cur, rq->param[1]);
@@ -194,6 +196,7 @@ CURVD_HANDLER(curvd_h_callback)
             curvd_reply_bytes(rp, 202,
                               pd->last_json_len ? "application/octet-stream" : "application/json",
                               copy, pd->last_len);
+            curvd_callback_url(e, rp->location, sizeof rp->location);
         } else {
             char want[24];
             snprintf(want, sizeof want, "%llu", (unsigned long long)pd->req.seq);

@@ -55,6 +55,12 @@ static const char *callback_kind_name(curv_request_kind k)
                                            : "quadratic_form";
 }
 
+void curvd_callback_url(const struct curvd_entry *e, char *buf, size_t cap)
+{
+    snprintf(buf, cap, "/v1/sessions/%s/steps/%lld/callbacks/%llu", e->id, e->pend.step,
+             (unsigned long long)e->pend.req.seq);
+}
+
 /* 200: {"step", "update": [...], "report": {...}}; 202: {"step",
  * "callback": {"id", "kind", "vectors": [[...], ...]}, "report"}. */
 static int encode_reply(const struct curvd_entry *e, const curv_request *req, const double *delta,
@@ -76,7 +82,7 @@ static int encode_reply(const struct curvd_entry *e, const curv_request *req, co
     } else {
         char id[24], url[160];
         snprintf(id, sizeof id, "%llu", (unsigned long long)req->seq);
-        snprintf(url, sizeof url, "/v1/sessions/%s/steps/%lld/callbacks/%s", e->id, pd->step, id);
+        curvd_callback_url(e, url, sizeof url); /* e->pend.req is @req */
         json_t *vecs = json_array();
         json_t *cb =
             json_pack("{s:s, s:s, s:s, s:I, s:o}", "id", id, "kind", callback_kind_name(req->kind),
@@ -207,8 +213,7 @@ static void reply_callback(const struct curvd_req *rq, struct curvd_reply *rp,
     rp->json_header_len = pd->last_json_len;
     curvd_reply_bytes(rp, 202, binary ? "application/octet-stream" : "application/json",
                       (char *)body, out->total_len);
-    snprintf(rp->location, sizeof rp->location, "/v1/sessions/%s/steps/%lld/callbacks/%llu", e->id,
-             pd->step, (unsigned long long)pd->req.seq); /* the callback's "url" */
+    curvd_callback_url(e, rp->location, sizeof rp->location); /* the callback's "url" */
 }
 
 static void reply_step_error(struct curvd_reply *rp, const struct curvd_req *rq, curv_status cs,

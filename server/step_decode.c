@@ -111,11 +111,12 @@ int curvd_step_parse_head(const unsigned char *body, size_t body_len, const char
     return curvd_step_check_members(in, p);
 }
 
-/* The shape a layer's matrix must have: [rows, cols]. */
+/* The shape a layer's matrix must have: [rows, cols]; @rows 0 (the first
+ * matrix of the entry) accepts any rows >= 1. */
 static int check_matrix(const struct curvd_tensor *t, const char *path, size_t rows, size_t cols,
                         const char *block, struct curvd_problem *p)
 {
-    if (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols && rows > 0)
+    if (t->ndim == 2 && t->shape[0] > 0 && (!rows || t->shape[0] == rows) && t->shape[1] == cols)
         return 0;
     char sub[176], want[64], got[96] = "[";
     snprintf(sub, sizeof sub, "%.160s/shape", path);

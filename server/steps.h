@@ -23,6 +23,9 @@ void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
                         const curv_error *cerr, const curv_request *req, const double *delta,
                         size_t *new_bytes);
 
+/* curvd_callback_url - the url of the callback @e awaits (e->pend.req). */
+void curvd_callback_url(const struct curvd_entry *e, char *buf, size_t cap);
+
 /* curvd_step_replay - the stored reply of completed step @cur. */
 void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
                        const struct curvd_entry *e, long long cur);

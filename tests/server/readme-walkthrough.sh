@@ -23,7 +23,9 @@ if ! sh -e walkthrough.sh > out.txt 2>&1; then
     echo "readme-walkthrough: the README's commands failed"
     exit 1
 fi
-grep -q '"update"' out.txt && grep -q 'SHAPE_MISMATCH' out.txt || {
+grep -q '"update"' out.txt && grep -q 'SHAPE_MISMATCH' out.txt &&
+    grep -q '"kind":"curvature_product"' out.txt && grep -q '"kind":"loss"' out.txt &&
+    grep -q '"update":\[{"name":"w","shape":\[2\],"datatype":"FP64","data":\[0.5,-1\]}' out.txt || {
     cat out.txt
     echo "readme-walkthrough: unexpected output"
     exit 1

@@ -351,3 +351,363 @@ void su_check_update(curv_opt *ref, const double *g, const double *u, const char
         if (memcmp(&u[i], &want[i], sizeof want[i]) != 0)
             fail_msg("%s, element %d: daemon %.17g, libcurv %.17g", what, i, u[i], want[i]);
 }
+
+/* ---- Playing the trainer of a callback exchange ---- */
+
+static void fx_open(struct su_fx *f)
+{
+    memset(&f->srv, 0, sizeof f->srv);
+    f->srv.cfg.db_path = f->db;
+    f->srv.cfg.max_sessions = 100;
+    f->srv.cfg.mem_budget = (size_t)1 << 30;
+    su_daemon_start(&f->srv, f->base, sizeof f->base);
+}
+
+struct su_fx *su_fx_new(const char *tag)
+{
+    struct su_fx *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    su_tmpdir(f->dir, sizeof f->dir, NULL, tag, f->db, sizeof f->db);
+    fx_open(f);
+    return f;
+}
+
+void su_fx_restart(struct su_fx *f)
+{
+    su_daemon_stop(&f->srv);
+    fx_open(f);
+}
+
+void su_fx_free(struct su_fx *f)
+{
+    su_daemon_stop(&f->srv);
+    assert_int_equal(su_rmtree(f->dir), 0);
+    free(f);
+}
+
+void su_body_free(struct su_body *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+static void body_put(struct su_body *b, const void *p, size_t n)
+{
+    if (b->len + n > b->cap) {
+        size_t cap = 2 * (b->len + n) + 64;
+        unsigned char *np = malloc(cap);
+        assert_non_null(np);
+        if (b->len)
+            memcpy(np, b->p, b->len);
+        free(b->p);
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+}
+
+/* The JSON text @j (stolen) then, with the binary extension, @tail. */
+static void body_of(json_t *j, const struct su_body *tail, int binary, struct su_body *out)
+{
+    char *text = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    json_decref(j);
+    assert_non_null(text);
+    memset(out, 0, sizeof *out);
+    body_put(out, text, strlen(text));
+    free(text);
+    if (binary) {
+        out->json_len = out->len;
+        if (tail->len)
+            body_put(out, tail->p, tail->len);
+    }
+}
+
+json_t *su_layout_json_of(const curv_layout *l)
+{
+    static const char *const kinds[] = {"dense", "conv2d", "vector"};
+    json_t *arr = json_array();
+    curv_block_info b;
+    for (size_t k = 0; curv_layout_block(l, k, &b) == CURV_OK; k++) {
+        json_t *shape = b.kind == CURV_BLOCK_DENSE ? json_pack("[I,I]", b.n_out, b.n_in)
+                        : b.kind == CURV_BLOCK_VECTOR
+                            ? json_pack("[I]", b.n_out)
+                            : json_pack("[I,I,I,I]", b.n_out, b.c_in, b.kh, b.kw);
+        json_t *blk =
+            json_pack("{s:s, s:s, s:o}", "name", b.name, "kind", kinds[b.kind], "shape", shape);
+        if (b.kind != CURV_BLOCK_VECTOR)
+            json_object_set_new(blk, "bias", json_boolean(b.has_bias));
+        json_array_append_new(arr, blk);
+    }
+    return arr;
+}
+
+static json_t *block_shape(const curv_block_info *b)
+{
+    return b->kind == CURV_BLOCK_VECTOR ? json_pack("[I]", b->size)
+                                        : json_pack("[I,I]", b->rows, b->cols);
+}
+
+json_t *su_tensors_json(const curv_layout *l, const double *v, int fp32, struct su_body *tail)
+{
+    json_t *arr = json_array();
+    curv_block_info b;
+    for (size_t k = 0; curv_layout_block(l, k, &b) == CURV_OK; k++) {
+        json_t *t = json_pack("{s:s, s:o, s:s}", "name", b.name, "shape", block_shape(&b),
+                              "datatype", fp32 ? "FP32" : "FP64");
+        json_t *data = tail ? NULL : json_array();
+        for (size_t i = 0; i < b.size; i++) {
+            double x = fp32 ? (double)(float)v[b.offset + i] : v[b.offset + i];
+            unsigned char le[8];
+            if (!tail) {
+                json_array_append_new(data, json_real(x));
+            } else if (fp32) {
+                float xf = (float)x;
+                uint32_t u;
+                memcpy(&u, &xf, 4);
+                tu_put_le(le, u, 4);
+                body_put(tail, le, 4);
+            } else {
+                uint64_t u;
+                memcpy(&u, &x, 8);
+                tu_put_le(le, u, 8);
+                body_put(tail, le, 8);
+            }
+        }
+        if (tail)
+            json_object_set_new(
+                t, "parameters",
+                json_pack("{s:I}", "binary_data_size", (json_int_t)(b.size * (fp32 ? 4 : 8))));
+        else
+            json_object_set_new(t, "data", data);
+        json_array_append_new(arr, t);
+    }
+    return arr;
+}
+
+/* Numbers of @v, flat or nested, into @out from *@k on (at most @n). */
+static void flatten(const json_t *v, double *out, size_t n, size_t *k)
+{
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++)
+            flatten(json_array_get(v, i), out, n, k);
+        return;
+    }
+    assert_true(json_is_number(v));
+    if (*k < n)
+        out[*k] = json_number_value(v);
+    (*k)++;
+}
+
+void su_tensors_flat(const curv_layout *l, const json_t *arr, const struct su_resp *r, size_t *off,
+                     double *out)
+{
+    size_t nb = curv_layout_nblocks(l), seen = 0;
+    assert_true(json_is_array(arr));
+    assert_int_equal(json_array_size(arr), nb);
+    for (size_t k = 0; k < nb; k++) {
+        const json_t *t = json_array_get(arr, k);
+        const char *name = json_string_value(json_object_get(t, "name"));
+        long bi = name ? curv_layout_find(l, name) : -1;
+        if (bi < 0)
+            fail_msg("tensor %zu: no block named %s", k, name ? name : "(none)");
+        seen |= (size_t)1 << bi;
+        curv_block_info b;
+        assert_int_equal(curv_layout_block(l, (size_t)bi, &b), CURV_OK);
+        json_t *want_shape = block_shape(&b);
+        assert_true(json_equal(json_object_get(t, "shape"), want_shape));
+        json_decref(want_shape);
+        const char *dt = json_string_value(json_object_get(t, "datatype"));
+        assert_non_null(dt);
+        int fp32 = strcmp(dt, "FP32") == 0;
+        assert_true(fp32 || strcmp(dt, "FP64") == 0);
+        const json_t *data = json_object_get(t, "data");
+        double *dst = out + b.offset;
+        if (data) {
+            size_t got = 0;
+            flatten(data, dst, b.size, &got);
+            assert_int_equal(got, b.size);
+            for (size_t i = 0; fp32 && i < b.size; i++)
+                dst[i] = (float)dst[i]; /* FP32 numbers are printed to 9 digits */
+            continue;
+        }
+        size_t esz = fp32 ? 4 : 8, bytes = b.size * esz;
+        const json_t *bds = json_object_get(json_object_get(t, "parameters"), "binary_data_size");
+        assert_int_equal(json_integer_value(bds), bytes);
+        assert_true(r->json_header_len > 0 && r->json_header_len + *off + bytes <= r->len);
+        const unsigned char *p = (const unsigned char *)r->body + r->json_header_len + *off;
+        for (size_t i = 0; i < b.size; i++) {
+            uint64_t u = tu_get_le(p + i * esz, (unsigned)esz);
+            if (fp32) {
+                uint32_t u32 = (uint32_t)u;
+                float x;
+                memcpy(&x, &u32, 4);
+                dst[i] = x;
+            } else {
+                memcpy(&dst[i], &u, 8);
+            }
+        }
+        *off += bytes;
+    }
+    assert_int_equal(seen, ((size_t)1 << nb) - 1); /* every block once */
+}
+
+void su_callback_clear(struct su_callback *cb)
+{
+    free((void *)cb->req.vectors);
+    memset(cb, 0, sizeof *cb);
+}
+
+void su_trainer_create(struct su_trainer *tr, const char *optimizer, json_t *config)
+{
+    json_t *req =
+        json_pack("{s:s, s:o}", "optimizer", optimizer, "layout", su_layout_json_of(tr->layout));
+    if (config)
+        json_object_set_new(req, "config", config);
+    char *text = json_dumps(req, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    json_decref(req);
+    json_t *s = su_call(tr->base, "POST", "/v1/sessions", text, 201, NULL);
+    free(text);
+    snprintf(tr->id, sizeof tr->id, "%s", json_string_value(json_object_get(s, "id")));
+    json_decref(s);
+    assert_int_equal(strlen(tr->id), 32);
+}
+
+void su_step_body(const struct su_trainer *tr, const struct su_step *s, struct su_body *out)
+{
+    struct su_body tail = {0};
+    struct su_body *tp = tr->binary ? &tail : NULL;
+    json_t *j = json_pack("{s:I, s:o}", "step", (json_int_t)s->t, "gradients",
+                          su_tensors_json(tr->layout, s->grad, tr->fp32, tp));
+    if (s->params)
+        json_object_set_new(j, "params", su_tensors_json(tr->layout, s->params, tr->fp32, tp));
+    if (s->grad_sq)
+        json_object_set_new(j, "grad_sq", su_tensors_json(tr->layout, s->grad_sq, tr->fp32, tp));
+    json_object_set_new(j, "loss", json_real(s->loss));
+    if (s->layers)
+        json_object_set(j, "layers", s->layers);
+    body_of(j, &tail, tr->binary, out);
+    su_body_free(&tail);
+}
+
+void su_post_body(const struct su_trainer *tr, const char *path, const struct su_body *b,
+                  struct su_resp *out)
+{
+    char url[512], hl[64];
+    snprintf(url, sizeof url, "%s%s", tr->base, path);
+    snprintf(hl, sizeof hl, "Inference-Header-Content-Length: %zu", b->json_len);
+    const char *hdrs[] = {hl, NULL};
+    su_request_h("POST", url, b->p, b->len, b->json_len ? "application/octet-stream" : NULL, 0,
+                 b->json_len ? hdrs : NULL, out);
+}
+
+void su_callback_parse(const struct su_trainer *tr, const struct su_resp *r, long t,
+                       struct su_callback *cb)
+{
+    static const char *const kinds[] = {"", "curvature_product", "loss", "quadratic_form"};
+    memset(cb, 0, sizeof *cb);
+    assert_int_equal(r->status, 202);
+    json_t *j = json_loadb(r->body, r->json_header_len ? r->json_header_len : r->len, 0, NULL);
+    assert_non_null(j);
+    assert_int_equal(json_integer_value(json_object_get(j, "step")), t);
+    json_t *c = json_object_get(j, "callback"), *vecs = json_object_get(c, "vectors");
+    const char *id = json_string_value(json_object_get(c, "id"));
+    const char *kind = json_string_value(json_object_get(c, "kind"));
+    const char *url = json_string_value(json_object_get(c, "url"));
+    assert_true(id && kind && url && json_is_array(vecs));
+    char want[256];
+    snprintf(want, sizeof want, "/v1/sessions/%s/steps/%ld/callbacks/%s", tr->id, t, id);
+    assert_string_equal(url, want);
+    assert_string_equal(r->location, url);
+    snprintf(cb->url, sizeof cb->url, "%s", url);
+    cb->step = t;
+    size_t dim = curv_layout_dim(tr->layout), n = json_array_size(vecs);
+    cb->req = (curv_request){.seq = strtoull(id, NULL, 10), .n_vectors = n, .dim = dim};
+    for (int k = 1; k <= 3; k++)
+        if (strcmp(kind, kinds[k]) == 0)
+            cb->req.kind = (curv_request_kind)k;
+    cb->req.n_values = cb->req.kind == CURV_REQ_CURVATURE_PRODUCT ? n * dim
+                       : cb->req.kind == CURV_REQ_LOSS            ? n
+                                                                  : n * n;
+    assert_true(cb->req.kind != CURV_REQ_NONE && n > 0);
+    assert_int_equal(json_integer_value(json_object_get(c, "answer_values")), cb->req.n_values);
+    double *v = calloc(n * dim, sizeof *v);
+    assert_non_null(v);
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++)
+        su_tensors_flat(tr->layout, json_array_get(vecs, i), r, &off, v + i * dim);
+    assert_int_equal(r->json_header_len + off, r->json_header_len ? r->len : 0);
+    cb->req.vectors = v;
+    json_decref(j);
+}
+
+void su_answer_body(const struct su_trainer *tr, const curv_request *req, const double *values,
+                    struct su_body *out)
+{
+    struct su_body tail = {0};
+    json_t *j;
+    if (req->kind == CURV_REQ_CURVATURE_PRODUCT) {
+        json_t *prods = json_array();
+        for (size_t i = 0; i < req->n_vectors; i++)
+            json_array_append_new(prods, su_tensors_json(tr->layout, values + i * req->dim,
+                                                         tr->fp32, tr->binary ? &tail : NULL));
+        j = json_pack("{s:o}", "products", prods);
+    } else {
+        json_t *nums = json_array();
+        for (size_t i = 0; i < req->n_values; i++)
+            json_array_append_new(nums, json_real(values[i]));
+        j = json_pack("{s:o}", req->kind == CURV_REQ_LOSS ? "losses" : "gram", nums);
+    }
+    body_of(j, &tail, tr->binary && req->kind == CURV_REQ_CURVATURE_PRODUCT, out);
+    su_body_free(&tail);
+}
+
+size_t su_trainer_step(struct su_trainer *tr, const struct su_step *s, tu_answer_fn answer,
+                       void *ctx, double *u)
+{
+    char path[160];
+    snprintf(path, sizeof path, "/v1/sessions/%s/steps", tr->id);
+    struct su_body body;
+    struct su_resp r;
+    su_step_body(tr, s, &body);
+    su_post_body(tr, path, &body, &r);
+    su_body_free(&body);
+    tr->first_url[0] = '\0';
+    struct su_callback cb = {0};
+    struct su_body good = {0};
+    size_t n = 0;
+    while (r.status == 202) {
+        su_callback_clear(&cb);
+        su_body_free(&good);
+        su_callback_parse(tr, &r, s->t, &cb);
+        su_resp_free(&r);
+        if (!n)
+            snprintf(tr->first_url, sizeof tr->first_url, "%s", cb.url);
+        double *vals = calloc(cb.req.n_values, sizeof *vals);
+        assert_non_null(vals);
+        answer(ctx, &cb.req, vals);
+        su_answer_body(tr, &cb.req, vals, &good);
+        free(vals);
+        if (tr->hook)
+            tr->hook(tr, SU_BEFORE_ANSWER, &cb, &good, NULL);
+        su_post_body(tr, cb.url, &good, &r);
+        if (r.status == 200 || r.status == 202)
+            tr->answers++, n++;
+        if (tr->hook)
+            tr->hook(tr, SU_ANSWERED, &cb, &good, &r);
+    }
+    if (r.status != 200)
+        fail_msg("step %ld: status %ld: %.*s", s->t, r.status, (int)r.len, r.body);
+    json_t *j = json_loadb(r.body, r.json_header_len ? r.json_header_len : r.len, 0, NULL);
+    assert_non_null(j);
+    assert_int_equal(json_integer_value(json_object_get(j, "step")), s->t);
+    size_t off = 0;
+    su_tensors_flat(tr->layout, json_object_get(j, "update"), &r, &off, u);
+    json_decref(j);
+    if (tr->hook)
+        tr->hook(tr, SU_STEP_DONE, n ? &cb : NULL, n ? &good : NULL, &r);
+    su_resp_free(&r);
+    su_callback_clear(&cb);
+    su_body_free(&good);
+    return n;
+}

@@ -12,6 +12,7 @@
 
 #include "curv.h"
 #include "server.h"
+#include "testutil.h"
 
 struct su_resp {
     long status;
@@ -112,5 +113,104 @@ int su_update_of(const char *body, long t, double u[SU_D]);
 /* Step the in-process reference @ref with @g: the daemon's update @u must
  * be the same bit for bit, else fail with "@what, element I: ...". */
 void su_check_update(curv_opt *ref, const double *g, const double *u, const char *what);
+
+/* ---- Playing the trainer of a callback exchange (kfac, hf) ---- */
+
+/* A daemon on a fresh temporary database, for one test. */
+struct su_fx {
+    struct curvd_server srv;
+    char dir[64], db[128], base[64];
+};
+/* Started; @tag names its directory. Free with su_fx_free(). */
+struct su_fx *su_fx_new(const char *tag);
+/* Stop the daemon and open it again on the same database (a new port in
+ * @f->base): everything not committed is gone. */
+void su_fx_restart(struct su_fx *f);
+/* Stop the daemon and remove its directory. */
+void su_fx_free(struct su_fx *f);
+
+/* A request or reply body: JSON, then with the binary extension the raw
+ * bytes (@json_len > 0 is the JSON's length; 0: all JSON). */
+struct su_body {
+    unsigned char *p;
+    size_t len, cap, json_len;
+};
+void su_body_free(struct su_body *b);
+
+/* @l's blocks as the API takes them (a new reference). */
+json_t *su_layout_json_of(const curv_layout *l);
+/* The flat vector @v (layout order) as one tensor per block of @l, shaped
+ * like the update; @fp32 rounds the values to float. With @tail the
+ * little-endian bytes are appended there (the binary extension) and each
+ * tensor says its parameters.binary_data_size. */
+json_t *su_tensors_json(const curv_layout *l, const double *v, int fp32, struct su_body *tail);
+/* The tensors @arr of reply @r into @out (layout order): numbers from
+ * "data", or bytes of @r's binary tail from *@off on (advanced). Every
+ * block exactly once, shaped like the update; else the test fails. */
+void su_tensors_flat(const curv_layout *l, const json_t *arr, const struct su_resp *r, size_t *off,
+                     double *out);
+
+/* A 202's callback: its url and the request it carries (.vectors owned,
+ * .seq the callback id). */
+struct su_callback {
+    char url[256];
+    long step;
+    curv_request req;
+};
+void su_callback_clear(struct su_callback *cb);
+
+enum su_phase {
+    SU_BEFORE_ANSWER, /* @good is about to be posted */
+    SU_ANSWERED,      /* @good got @reply, 202 or 200 */
+    SU_STEP_DONE      /* the step ended with @reply (200); @cb is its last callback or NULL */
+};
+struct su_trainer;
+typedef void (*su_hook)(struct su_trainer *tr, enum su_phase ph, const struct su_callback *cb,
+                        const struct su_body *good, const struct su_resp *reply);
+
+/* A trainer of one session: the layout, the encoding of its steps and
+ * products, and an optional hook around each answer (to try bad ones). */
+struct su_trainer {
+    const char *base;          /* the daemon, borrowed (su_fx_restart() rewrites it in place) */
+    const curv_layout *layout; /* borrowed */
+    int binary, fp32;
+    su_hook hook;
+    void *hook_ctx;
+    char id[33];
+    size_t answers;      /* answers the daemon accepted, over the trainer's life */
+    char first_url[256]; /* the first callback of the latest step, or "" */
+};
+
+/* POST /v1/sessions: @optimizer on tr->layout with @config (stolen; NULL:
+ * none), which must answer 201; the id goes to tr->id. */
+void su_trainer_create(struct su_trainer *tr, const char *optimizer, json_t *config);
+
+/* One step's input; NULL vectors are left out. */
+struct su_step {
+    long t;
+    const double *grad, *params, *grad_sq;
+    double loss;
+    json_t *layers; /* the "layers" member as sent (borrowed), or NULL */
+};
+/* The body of step @s in tr's encoding (tensors in order gradients,
+ * params, grad_sq). */
+void su_step_body(const struct su_trainer *tr, const struct su_step *s, struct su_body *out);
+/* POST @b to @path (below tr->base); JSON, or the binary extension when
+ * @b->json_len > 0. */
+void su_post_body(const struct su_trainer *tr, const char *path, const struct su_body *b,
+                  struct su_resp *out);
+/* The callback of the 202 @r to step @t; fails the test unless it is well
+ * formed (Location = url, answer_values right for its kind). */
+void su_callback_parse(const struct su_trainer *tr, const struct su_resp *r, long t,
+                       struct su_callback *cb);
+/* The answer to @req: "products" (in tr's encoding), "losses" or "gram"
+ * of the @req->n_values @values. */
+void su_answer_body(const struct su_trainer *tr, const curv_request *req, const double *values,
+                    struct su_body *out);
+/* Post step @s and answer each callback with @answer(@ctx) until the step
+ * ends (200): the update into @u (layout order). Returns the number of
+ * callbacks answered. */
+size_t su_trainer_step(struct su_trainer *tr, const struct su_step *s, tu_answer_fn answer,
+                       void *ctx, double *u);
 
 #endif
