@@ -75,7 +75,7 @@ def block_dot(a: Dict[str, object], b: Dict[str, object]) -> float:
         if isinstance(fx, list):
             total += sum(p * q for p, q in zip(fx, fy))
         else:
-            total += float(fx @ fy)
+            total += float(fx.astype("f8") @ fy.astype("f8"))
     return total
 
 

@@ -59,11 +59,13 @@ def _flatten_lists(value, shape: list, depth: int, out: list) -> None:
 
 
 def flat_values(value, shape: Optional[Sequence[int]] = None) -> Tuple[object, Tuple[int, ...]]:
-    """(flat values, shape) of @value: a flat float64 numpy array, or a
-    list of floats without numpy. @shape, when given, reshapes a value that
+    """(flat values, shape) of @value: a flat float32 or float64 numpy
+    array, or a list of floats without numpy. @shape, when given, reshapes a value that
     holds the same number of elements (a flat list with its shape)."""
     if np is not None:
-        arr = np.asarray(value, dtype=np.float64)
+        arr = np.asarray(value)
+        if arr.dtype not in (np.float32, np.float64):  # keep FP32 data unconverted
+            arr = arr.astype(np.float64)
         flat, got = arr.reshape(-1), tuple(arr.shape)
     else:
         flat, dims = [], []
