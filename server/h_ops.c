@@ -98,9 +98,16 @@ CURVD_HANDLER(curvd_h_version)
         curv_param_info info;
         for (size_t i = 0; curv_opt_param_info((curv_opt_kind)k, i, &info) == CURV_OK; i++)
             json_array_append_new(params, param_json(&info));
-        json_array_append_new(opts,
-                              json_pack("{s:s, s:o}", "name", curv_opt_kind_name((curv_opt_kind)k),
-                                        "params", params));
+        unsigned in = curv_opt_kind_inputs((curv_opt_kind)k);
+        json_t *inputs = json_array();
+        if (in & CURV_INPUT_LAYERS)
+            json_array_append_new(inputs, json_string("layers"));
+        if (in & CURV_INPUT_GRAD_SQ)
+            json_array_append_new(inputs, json_string("grad_sq"));
+        json_array_append_new(opts, json_pack("{s:s, s:o, s:o, s:b}", "name",
+                                              curv_opt_kind_name((curv_opt_kind)k), "params",
+                                              params, "inputs", inputs, "callbacks",
+                                              (in & CURV_INPUT_REQUESTS) != 0));
     }
     curvd_reply_json(rp, 200,
                      json_pack("{s:s, s:s, s:o}", "curvd", CURVD_VERSION, "libcurv", curv_version(),

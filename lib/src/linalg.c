@@ -240,3 +240,24 @@ void curv__symmetrize(size_t n, double *A, size_t lda)
             A[j * lda + i] = m;
         }
 }
+
+void curv__gemm3(size_t p, size_t q, size_t r, size_t s, double alpha, const double *L, int tl,
+                 const double *M, const double *R, int tr, double beta, double *out, double *tmp)
+{
+    CBLAS_TRANSPOSE ol = tl ? CblasTrans : CblasNoTrans, orr = tr ? CblasTrans : CblasNoTrans;
+    int ldl = (int)(tl ? p : q), ldr = (int)(tr ? r : s);
+    /* Flop counts of (op(L) M) op(R) and op(L) (M op(R)). */
+    double left_first = (double)p * (double)r * (double)(q + s);
+    double right_first = (double)q * (double)s * (double)(p + r);
+    if (left_first <= right_first) {
+        cblas_dgemm(CblasRowMajor, ol, CblasNoTrans, (int)p, (int)r, (int)q, 1.0, L, ldl, M, (int)r,
+                    0.0, tmp, (int)r);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, orr, (int)p, (int)s, (int)r, alpha, tmp, (int)r, R,
+                    ldr, beta, out, (int)s);
+    } else {
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, orr, (int)q, (int)s, (int)r, 1.0, M, (int)r, R,
+                    ldr, 0.0, tmp, (int)s);
+        cblas_dgemm(CblasRowMajor, ol, CblasNoTrans, (int)p, (int)s, (int)q, alpha, L, ldl, tmp,
+                    (int)s, beta, out, (int)s);
+    }
+}

@@ -48,4 +48,16 @@ double curv__frobenius(size_t n, const double *A, size_t lda);
 /* curv__symmetrize - A <- (A + A^T)/2 in place. */
 void curv__symmetrize(size_t n, double *A, size_t lda);
 
+/*
+ * curv__gemm3 - out = alpha * op(L) M op(R) + beta * out, row-major and
+ * packed: M is q x r, op(L) is p x q (L is stored q x p when @tl is
+ * nonzero), op(R) is r x s (R is stored s x r when @tr), out is p x s.
+ * The cheaper association of the two products is used; @tmp holds
+ * max(p * r, q * s) doubles. @out may equal @M when @beta is 0, since M is
+ * read by the first product only. Every size must fit an int: callers
+ * check their dimensions once, up front (no error path here).
+ */
+void curv__gemm3(size_t p, size_t q, size_t r, size_t s, double alpha, const double *L, int tl,
+                 const double *M, const double *R, int tr, double beta, double *out, double *tmp);
+
 #endif

@@ -16,6 +16,8 @@ static const struct curv__opt_vt *const VTABLES[CURV_OPT_KIND_COUNT] = {
     [CURV_OPT_MBAG] = &curv__mbag_vt,
     [CURV_OPT_MBAG_EMA] = &curv__mbag_ema_vt,
     [CURV_OPT_MBAG_N] = &curv__mbag_n_vt,
+    [CURV_OPT_KFAC] = &curv__kfac_vt,
+    [CURV_OPT_HF] = &curv__hf_vt,
 };
 
 static const struct curv__opt_vt *vt_of(curv_opt_kind kind)
@@ -39,7 +41,8 @@ const char *curv_opt_kind_name(curv_opt_kind kind)
 curv_status curv_opt_kind_parse(const char *name, curv_opt_kind *out)
 {
     for (int k = 0; name && k < CURV_OPT_KIND_COUNT; k++)
-        if (strcmp(curv_opt_kind_name((curv_opt_kind)k), name) == 0) {
+        if (curv_opt_kind_name((curv_opt_kind)k) &&
+            strcmp(curv_opt_kind_name((curv_opt_kind)k), name) == 0) {
             *out = (curv_opt_kind)k;
             return CURV_OK;
         }

@@ -197,6 +197,8 @@ extern const struct curv__opt_vt curv__adagrad_bma_vt;
 extern const struct curv__opt_vt curv__mbag_vt;
 extern const struct curv__opt_vt curv__mbag_ema_vt;
 extern const struct curv__opt_vt curv__mbag_n_vt;
+extern const struct curv__opt_vt curv__kfac_vt;
+extern const struct curv__opt_vt curv__hf_vt;
 
 /* curv__describe - "'fc1' 3x5, 'gain' 5x1" (truncated with "..." to fit). */
 void curv__describe(const curv_layout *l, char *buf, size_t cap);

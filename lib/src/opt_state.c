@@ -91,6 +91,9 @@ curv_status curv_opt_save(const curv_opt *o, unsigned char **blob, size_t *len, 
     if (!o || !blob || !len)
         return curv__fail(err, CURV_E_INVALID, "opt: NULL optimizer or output pointer");
     struct curv__writer w = {0};
+    size_t doubles = o->vt->saved_doubles ? o->vt->saved_doubles(o) : 0;
+    if (doubles < SIZE_MAX / 16)
+        curv__w_hint(&w, 8 * doubles + 4096 + 64 * curv_layout_nblocks(o->layout));
     curv__w_frame(&w);
     curv__w_u32(&w, (uint32_t)o->kind);
     save_layout(o->layout, &w);

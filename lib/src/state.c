@@ -210,6 +210,19 @@ uint32_t curv__crc32(uint32_t crc, const unsigned char *p, size_t n)
     return ~crc;
 }
 
+void curv__w_hint(struct curv__writer *w, size_t bytes)
+{
+    if (w->oom || bytes <= w->cap)
+        return;
+    unsigned char *nb = realloc(w->buf, bytes);
+    if (!nb) {
+        w->oom = 1; /* the blob would not fit either */
+        return;
+    }
+    w->buf = nb;
+    w->cap = bytes;
+}
+
 void curv__w_frame(struct curv__writer *w)
 {
     if (reserve(w, HEADER_LEN)) {

@@ -43,6 +43,9 @@ size_t curv__r_left(const struct curv__reader *r);
 /* Reserve the frame's header at the start of an empty writer, so that
  * curv__state_seal() can hand the buffer over without copying the payload. */
 void curv__w_frame(struct curv__writer *w);
+/* curv__w_hint - make room for @bytes in one allocation, so a large state
+ * is not copied once per doubling; failing marks the writer out of memory. */
+void curv__w_hint(struct curv__writer *w, size_t bytes);
 
 /* Frame the writer's payload: header + payload + CRC-32 trailer. On
  * success returns CURV_OK and hands over an owned blob (for a framed

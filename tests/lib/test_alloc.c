@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kfac_tri.h"
 #include "testutil.h"
 
 void *__real_malloc(size_t n);
@@ -192,7 +193,168 @@ static void test_every_kind(void **unused)
 {
     (void)unused;
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++)
-        run_kind((curv_opt_kind)k);
+        if (tu_plain_kind(k))
+            run_kind((curv_opt_kind)k); /* K-FAC: test_kfac below */
+}
+
+/* Run @call (a step or resume of @o) with allocation k = 0, 1, ... failing
+ * until it completes; each failure is CURV_E_NOMEM and changes nothing. */
+#define UNTIL_NO_FAILURE(o, call, want)                                                            \
+    for (long k_ = 0;; k_++) {                                                                     \
+        size_t len_;                                                                               \
+        unsigned char *snap_ = tu_snapshot(o, &len_);                                              \
+        arm(k_);                                                                                   \
+        curv_status st_ = (call);                                                                  \
+        disarm();                                                                                  \
+        if (!injected) {                                                                           \
+            assert_int_equal(st_, want);                                                           \
+            curv_free(snap_);                                                                      \
+            break;                                                                                 \
+        }                                                                                          \
+        assert_int_equal(st_, CURV_E_NOMEM);                                                       \
+        tu_assert_unchanged(o, snap_, len_);                                                       \
+        curv_free(snap_);                                                                          \
+    }
+
+/* K-FAC needs layer statistics and answers, so it has its own driver:
+ * adaptive steps with three γ candidates and a loss request, a simple
+ * step, save and load, each under failing allocations. The test's own
+ * allocations happen while disarmed. */
+static void run_kfac(const char *mode)
+{
+    tu_mlp net;
+    const size_t w[] = {3, 4, 2};
+    tu_mlp_new(&net, w, 2, 2, 3, 5);
+    tu_mlp_batch(&net, 6);
+    curv_layout *l = tu_mlp_layout(&net);
+    const tu_kv kv[] = {{"gamma_interval", 2}, {"lambda_interval", 2}, {"max_factor_dim", 3}};
+    curv_config *c = tu_config(kv, 3);
+    tu_config_set(c, "mode", 0, mode);
+    curv_opt *o = NULL;
+    for (long k = 0;; k++) {
+        arm(k);
+        curv_status st = curv_opt_new(CURV_OPT_KFAC, l, c, &o, NULL);
+        disarm();
+        if (!injected) {
+            assert_int_equal(st, CURV_OK);
+            break;
+        }
+        assert_int_equal(st, CURV_E_NOMEM);
+        assert_null(o);
+    }
+    double *u = tu_alloc(net.dim), *vals = tu_alloc(16);
+    const int adaptive = strcmp(mode, "adaptive") == 0;
+    for (int t = 1; t <= 2; t++) {
+        curv_step_input in = {.grad = net.g,
+                              .params = net.theta,
+                              .len = net.dim,
+                              .dtype = CURV_F64,
+                              .layers = net.stats,
+                              .n_layers = 2,
+                              .loss = net.loss,
+                              .has_loss = 1};
+        curv_request req;
+        UNTIL_NO_FAILURE(o, curv_opt_step(o, &in, u, &req, NULL),
+                         adaptive ? CURV_NEED_INPUT : CURV_OK);
+        while (adaptive && curv_opt_steps(o) < (uint64_t)t) {
+            tu_mlp_answer(&net, &req, vals);
+            curv_response r = {.seq = req.seq, .n_values = req.n_values, .values = vals};
+            curv_status want = req.kind == CURV_REQ_LOSS || t == 1 ? CURV_OK : CURV_NEED_INPUT;
+            UNTIL_NO_FAILURE(o, curv_opt_resume(o, &r, CURV_F64, u, &req, NULL), want);
+        }
+        assert_int_equal(curv_opt_steps(o), t);
+        for (size_t i = 0; i < net.dim; i++)
+            net.theta[i] += u[i];
+        tu_mlp_batch(&net, 7 + (uint64_t)t);
+    }
+    unsigned char *blob = NULL;
+    size_t len = 0;
+    for (long k = 0;; k++) {
+        arm(k);
+        curv_status st = curv_opt_save(o, &blob, &len, NULL);
+        disarm();
+        if (!injected) {
+            assert_int_equal(st, CURV_OK);
+            break;
+        }
+        assert_int_equal(st, CURV_E_NOMEM);
+    }
+    for (long k = 0;; k++) {
+        curv_opt *o2 = NULL;
+        arm(k);
+        curv_status st = curv_opt_load(blob, len, &o2, NULL);
+        disarm();
+        if (!injected) {
+            assert_int_equal(st, CURV_OK);
+            tu_assert_unchanged(o2, blob, len);
+            curv_opt_free(o2);
+            break;
+        }
+        assert_int_equal(st, CURV_E_NOMEM);
+        assert_null(o2);
+    }
+    curv_free(blob);
+    free(u), free(vals);
+    curv_opt_free(o);
+    curv_config_free(c);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+static void test_kfac(void **unused)
+{
+    (void)unused;
+    run_kfac("adaptive");
+    run_kfac("simple");
+}
+
+/* K-FAC's block-tridiagonal inverse (internal, lib/src/kfac_tri.c): build
+ * under each failing allocation; apply allocates nothing. */
+static void test_kfac_tri(void **unused)
+{
+    (void)unused;
+    enum { L = 3 };
+    const size_t n_out[L] = {3, 4, 2}, n_in[L] = {5, 4, 5};
+    double *Ad[L], *Gd[L], *Ax[L] = {NULL}, *Gx[L] = {NULL}, *V[L], *X[L];
+    tu_rng rng;
+    tu_rng_seed(&rng, 17);
+    for (size_t i = 0; i < L; i++) {
+        Ad[i] = tu_alloc(n_in[i] * n_in[i]);
+        Gd[i] = tu_alloc(n_out[i] * n_out[i]);
+        tu_rand_spd(&rng, n_in[i], 0.5, Ad[i]);
+        tu_rand_spd(&rng, n_out[i], 0.5, Gd[i]);
+        V[i] = tu_alloc(n_out[i] * n_in[i]);
+        X[i] = tu_alloc(n_out[i] * n_in[i]);
+        tu_fill_normal(&rng, V[i], n_out[i] * n_in[i], 1.0);
+        if (i + 1 < L) {
+            Ax[i] = tu_alloc(n_in[i] * n_in[i + 1]);
+            Gx[i] = tu_alloc(n_out[i] * n_out[i + 1]);
+            tu_fill_normal(&rng, Ax[i], n_in[i] * n_in[i + 1], 0.1);
+            tu_fill_normal(&rng, Gx[i], n_out[i] * n_out[i + 1], 0.1);
+        }
+    }
+    struct curv__kfac_tri *t = NULL;
+    for (long k = 0;; k++) {
+        arm(k);
+        curv_status st = curv__kfac_tri_build(L, n_out, n_in, (const double *const *)Ad,
+                                              (const double *const *)Gd, (const double *const *)Ax,
+                                              (const double *const *)Gx, &t, NULL, NULL);
+        disarm();
+        if (!injected) {
+            assert_int_equal(st, CURV_OK);
+            break;
+        }
+        assert_int_equal(st, CURV_E_NOMEM);
+        assert_null(t);
+    }
+    arm(0);
+    curv__kfac_tri_apply(t, (const double *const *)V, X);
+    disarm();
+    assert_false(injected);
+    curv__kfac_tri_free(t);
+    for (size_t i = 0; i < L; i++) {
+        free(Ad[i]), free(Gd[i]), free(Ax[i]), free(Gx[i]), free(V[i]), free(X[i]);
+    }
 }
 
 int main(void)
@@ -200,6 +362,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layout_and_config),
         cmocka_unit_test(test_every_kind),
+        cmocka_unit_test(test_kfac),
+        cmocka_unit_test(test_kfac_tri),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

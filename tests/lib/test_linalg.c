@@ -287,6 +287,63 @@ static void test_symmetrize(void **state)
     assert_memory_equal(A, want, sizeof A);
 }
 
+/* want = alpha * op(L) M op(R) + beta * C0 by plain loops (tu_matmul). */
+static void gemm3_ref(size_t p, size_t q, size_t r, size_t s, double alpha, const double *L, int tl,
+                      const double *M, const double *R, int tr, double beta, const double *C0,
+                      double *want)
+{
+    double *Lo = tu_alloc(p * q), *Ro = tu_alloc(r * s), *LM = tu_alloc(p * r);
+    for (size_t i = 0; i < p; i++)
+        for (size_t j = 0; j < q; j++)
+            Lo[i * q + j] = tl ? L[j * p + i] : L[i * q + j];
+    for (size_t i = 0; i < r; i++)
+        for (size_t j = 0; j < s; j++)
+            Ro[i * s + j] = tr ? R[j * r + i] : R[i * s + j];
+    tu_matmul(p, q, r, Lo, M, LM);
+    tu_matmul(p, r, s, LM, Ro, want);
+    for (size_t k = 0; k < p * s; k++)
+        want[k] = alpha * want[k] + beta * C0[k];
+    free(Lo);
+    free(Ro);
+    free(LM);
+}
+
+/* Both associations (the shapes make each one the cheaper), every
+ * transpose combination, alpha and beta, and out == M with beta = 0. */
+static void test_gemm3(void **state)
+{
+    (void)state;
+    const size_t dims[][4] = {{2, 7, 3, 8}, {8, 3, 7, 2}, {3, 3, 4, 4}};
+    tu_rng rng;
+    tu_rng_seed(&rng, 21);
+    for (size_t d = 0; d < 3; d++) {
+        size_t p = dims[d][0], q = dims[d][1], r = dims[d][2], s = dims[d][3];
+        double *L = tu_alloc(p * q), *M = tu_alloc(q * r), *R = tu_alloc(r * s);
+        double *C = tu_alloc(p * s), *C0 = tu_alloc(p * s), *want = tu_alloc(p * s);
+        double *tmp = tu_alloc(p * r > q * s ? p * r : q * s);
+        tu_fill_normal(&rng, L, p * q, 1.0);
+        tu_fill_normal(&rng, M, q * r, 1.0);
+        tu_fill_normal(&rng, R, r * s, 1.0);
+        tu_fill_normal(&rng, C0, p * s, 1.0);
+        for (int tl = 0; tl < 2; tl++)
+            for (int tr = 0; tr < 2; tr++) {
+                memcpy(C, C0, p * s * sizeof(double));
+                curv__gemm3(p, q, r, s, -1.5, L, tl, M, R, tr, 0.5, C, tmp);
+                gemm3_ref(p, q, r, s, -1.5, L, tl, M, R, tr, 0.5, C0, want);
+                assert_true(tu_rel_err(C, want, p * s) < 1e-14);
+            }
+        if (p == q && r == s) {
+            double *Mc = tu_alloc(q * r);
+            memcpy(Mc, M, q * r * sizeof(double));
+            gemm3_ref(p, q, r, s, 2.0, L, 1, M, R, 0, 0.0, C0, want);
+            curv__gemm3(p, q, r, s, 2.0, L, 1, Mc, R, 0, 0.0, Mc, tmp);
+            assert_true(tu_rel_err(Mc, want, p * s) < 1e-14);
+            free(Mc);
+        }
+        free(L), free(M), free(R), free(C), free(C0), free(want), free(tmp);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -298,6 +355,7 @@ int main(void)
         cmocka_unit_test(test_newton_schulz_zero),
         cmocka_unit_test(test_frobenius),
         cmocka_unit_test(test_symmetrize),
+        cmocka_unit_test(test_gemm3),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

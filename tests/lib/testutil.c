@@ -2,6 +2,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,6 +111,14 @@ static void jacobi_eig(size_t n, double *A, double *V, double *w)
     }
     for (size_t i = 0; i < n; i++)
         w[i] = A[i * n + i];
+}
+
+void tu_sym_eig(size_t n, const double *A, double *Q, double *w)
+{
+    double *W = tu_alloc(n * n);
+    memcpy(W, A, n * n * sizeof(double));
+    jacobi_eig(n, W, Q, w);
+    free(W);
 }
 
 void tu_from_eig(size_t n, const double *Q, const double *f, double *out)
@@ -250,6 +259,71 @@ void tu_step_ok(curv_opt *o, const double *g, const double *theta, double *upd)
     tu_assert_status(tu_step(o, g, theta, upd, &err), CURV_OK, &err);
 }
 
+int tu_plain_kind(int kind)
+{
+    unsigned in = curv_opt_kind_inputs((curv_opt_kind)kind);
+    return curv_opt_kind_name((curv_opt_kind)kind) &&
+           !(in & (CURV_INPUT_REQUESTS | CURV_INPUT_LAYERS));
+}
+
+curv_status tu_drive(curv_opt *o, const curv_step_input *in, tu_answer_fn answer, void *ctx,
+                     void *upd, size_t *n_req, curv_error *err)
+{
+    curv_request req;
+    size_t n = 0;
+    curv_status st = curv_opt_step(o, in, upd, &req, err);
+    while (st == CURV_NEED_INPUT) {
+        double *v = calloc(req.n_values ? req.n_values : 1, sizeof *v);
+        assert_non_null(v);
+        answer(ctx, &req, v);
+        curv_response resp = {.seq = req.seq, .n_values = req.n_values, .values = v};
+        st = curv_opt_resume(o, &resp, in->dtype, upd, &req, err);
+        free(v);
+        n++;
+    }
+    if (n_req)
+        *n_req = n;
+    return st;
+}
+
+double tu_quad_loss(const tu_quad *q, const double *v)
+{
+    double lin = 0, quad = 0;
+    for (size_t i = 0; i < q->d; i++) {
+        double gv = 0;
+        for (size_t j = 0; j < q->d; j++)
+            gv += q->G[i * q->d + j] * v[j];
+        lin += q->g[i] * v[i];
+        quad += v[i] * gv;
+    }
+    return q->h0 + lin + 0.5 * quad;
+}
+
+void tu_quad_answer(void *ctx, const curv_request *req, double *values)
+{
+    const tu_quad *q = ctx;
+    const size_t d = q->d, n = req->n_vectors;
+    assert_int_equal(req->dim, d);
+    if (req->kind == CURV_REQ_LOSS) {
+        for (size_t k = 0; k < n; k++)
+            values[k] = tu_quad_loss(q, req->vectors + k * d);
+        return;
+    }
+    double *gv = tu_alloc(n * d);
+    tu_matmul(n, d, d, req->vectors, q->G, gv); /* rows of V G = (G V^T)^T, G symmetric */
+    if (req->kind == CURV_REQ_CURVATURE_PRODUCT)
+        memcpy(values, gv, n * d * sizeof *gv);
+    else
+        for (size_t a = 0; a < n; a++)
+            for (size_t b = 0; b < n; b++) {
+                double s = 0;
+                for (size_t i = 0; i < d; i++)
+                    s += gv[a * d + i] * req->vectors[b * d + i];
+                values[a * n + b] = s;
+            }
+    free(gv);
+}
+
 unsigned char *tu_snapshot(const curv_opt *o, size_t *len)
 {
     unsigned char *blob = NULL;
@@ -325,4 +399,197 @@ void tu_assert_error_set(const curv_error *err, curv_status st)
         return;
     assert_int_equal(err->status, st);
     assert_true(strlen(err->text) > 0);
+}
+
+/* ---- K-FAC driver ---- */
+
+void tu_mlp_new(tu_mlp *net, const size_t *n, size_t L, size_t nv, size_t m, uint64_t seed)
+{
+    assert_true(L >= 1 && L <= TU_MLP_MAX);
+    memset(net, 0, sizeof *net);
+    net->L = L, net->nv = nv, net->m = m;
+    for (size_t i = 0; i <= L; i++)
+        net->n[i] = n[i];
+    for (size_t i = 0; i < L; i++)
+        net->dim += n[i + 1] * (n[i] + 1);
+    net->dim += nv;
+    net->theta = tu_alloc(net->dim);
+    net->X = tu_alloc(m * n[0]);
+    net->Y = tu_alloc(m * n[L]);
+    net->pex = tu_alloc(m * net->dim);
+    net->g = tu_alloc(net->dim);
+    for (size_t i = 0; i < L; i++) {
+        net->acts[i] = tu_alloc(m * n[i]);
+        net->sig[i] = tu_alloc(m * n[i + 1]);
+    }
+    tu_rng r;
+    tu_rng_seed(&r, seed);
+    size_t off = 0;
+    for (size_t i = 0; i < L; i++) {
+        size_t sz = n[i + 1] * (n[i] + 1);
+        tu_fill_normal(&r, net->theta + off, sz, 1.0 / sqrt((double)n[i] + 1));
+        off += sz;
+    }
+    tu_fill_normal(&r, net->theta + off, nv, 1.0);
+}
+
+void tu_mlp_free(tu_mlp *net)
+{
+    free(net->theta), free(net->X), free(net->Y), free(net->pex), free(net->g);
+    for (size_t i = 0; i < net->L; i++)
+        free(net->acts[i]), free(net->sig[i]);
+}
+
+curv_layout *tu_mlp_layout(const tu_mlp *net)
+{
+    curv_layout *l = curv_layout_new();
+    assert_non_null(l);
+    for (size_t i = 0; i < net->L; i++) {
+        char name[24];
+        snprintf(name, sizeof name, "l%zu", i);
+        assert_int_equal(curv_layout_add_dense(l, name, net->n[i + 1], net->n[i], 1, NULL),
+                         CURV_OK);
+    }
+    if (net->nv)
+        assert_int_equal(curv_layout_add_vector(l, "gain", net->nv, NULL), CURV_OK);
+    assert_int_equal(curv_layout_dim(l), net->dim);
+    return l;
+}
+
+void tu_mlp_batch(tu_mlp *net, uint64_t seed)
+{
+    tu_rng r;
+    tu_rng_seed(&r, seed);
+    tu_fill_normal(&r, net->X, net->m * net->n[0], 1.0);
+    tu_fill_normal(&r, net->Y, net->m * net->n[net->L], 1.0);
+    net->loss = tu_mlp_eval(net, net->theta, 1);
+}
+
+/* Forward and backward pass of example @e at @th. */
+static double mlp_example(tu_mlp *net, const double *th, size_t e, int full)
+{
+    double a[TU_MLP_MAX + 1][16], s[TU_MLP_MAX][16];
+    const size_t L = net->L, *n = net->n;
+    memcpy(a[0], net->X + e * n[0], n[0] * sizeof(double));
+    size_t off[TU_MLP_MAX + 1] = {0};
+    for (size_t i = 0; i < L; i++) {
+        assert_true(n[i] <= 16 && n[i + 1] <= 16);
+        off[i + 1] = off[i] + n[i + 1] * (n[i] + 1);
+        for (size_t o = 0; o < n[i + 1]; o++) {
+            const double *w = th + off[i] + o * (n[i] + 1);
+            double z = w[n[i]];
+            for (size_t j = 0; j < n[i]; j++)
+                z += w[j] * a[i][j];
+            a[i + 1][o] = i + 1 < L ? tanh(z) : z;
+        }
+    }
+    double loss = 0;
+    for (size_t o = 0; o < n[L]; o++) {
+        s[L - 1][o] = a[L][o] - net->Y[e * n[L] + o];
+        loss += 0.5 * s[L - 1][o] * s[L - 1][o];
+    }
+    const double *v = th + off[L];
+    for (size_t j = 0; j < net->nv; j++)
+        loss += 0.5 * (v[j] - 0.5) * (v[j] - 0.5);
+    if (!full)
+        return loss;
+    for (size_t i = L - 1; i > 0; i--)
+        for (size_t j = 0; j < n[i]; j++) {
+            double acc = 0;
+            for (size_t o = 0; o < n[i + 1]; o++)
+                acc += th[off[i] + o * (n[i] + 1) + j] * s[i][o];
+            s[i - 1][j] = acc * (1 - a[i][j] * a[i][j]);
+        }
+    double *p = net->pex + e * net->dim;
+    for (size_t i = 0; i < L; i++) {
+        memcpy(net->acts[i] + e * n[i], a[i], n[i] * sizeof(double));
+        memcpy(net->sig[i] + e * n[i + 1], s[i], n[i + 1] * sizeof(double));
+        for (size_t o = 0; o < n[i + 1]; o++) {
+            for (size_t j = 0; j < n[i]; j++)
+                p[off[i] + o * (n[i] + 1) + j] = s[i][o] * a[i][j];
+            p[off[i] + o * (n[i] + 1) + n[i]] = s[i][o];
+        }
+    }
+    for (size_t j = 0; j < net->nv; j++)
+        p[off[L] + j] = v[j] - 0.5;
+    return loss;
+}
+
+double tu_mlp_eval(tu_mlp *net, const double *theta, int full)
+{
+    double loss = 0;
+    for (size_t e = 0; e < net->m; e++)
+        loss += mlp_example(net, theta, e, full);
+    if (full) {
+        memset(net->g, 0, net->dim * sizeof(double));
+        for (size_t e = 0; e < net->m; e++)
+            for (size_t i = 0; i < net->dim; i++)
+                net->g[i] += net->pex[e * net->dim + i] / (double)net->m;
+        for (size_t i = 0; i < net->L; i++)
+            net->stats[i] = (curv_layer_stats){.block = i,
+                                               .rows = net->m,
+                                               .examples = net->m,
+                                               .acts = net->acts[i],
+                                               .signals = net->sig[i]};
+    }
+    return loss / (double)net->m;
+}
+
+void tu_mlp_answer(tu_mlp *net, const curv_request *req, double *values)
+{
+    const size_t n = req->n_vectors, d = net->dim;
+    assert_int_equal(req->dim, d);
+    if (req->kind == CURV_REQ_LOSS) {
+        double *th = tu_alloc(d);
+        for (size_t r = 0; r < n; r++) {
+            for (size_t i = 0; i < d; i++)
+                th[i] = net->theta[i] + req->vectors[r * d + i];
+            values[r] = tu_mlp_eval(net, th, 0);
+        }
+        free(th);
+        return;
+    }
+    assert_int_equal(req->kind, CURV_REQ_QUADRATIC_FORM);
+    double *pv = tu_alloc(n);
+    memset(values, 0, n * n * sizeof(double));
+    for (size_t e = 0; e < net->m; e++) {
+        for (size_t r = 0; r < n; r++) {
+            pv[r] = 0;
+            for (size_t i = 0; i < d; i++)
+                pv[r] += net->pex[e * d + i] * req->vectors[r * d + i];
+        }
+        for (size_t r = 0; r < n; r++)
+            for (size_t c = 0; c < n; c++)
+                values[r * n + c] += pv[r] * pv[c] / (double)net->m;
+    }
+    free(pv);
+}
+
+curv_status tu_mlp_step(curv_opt *o, tu_mlp *net, int with_stats, double *upd, tu_kfac_trace *trace,
+                        curv_error *err)
+{
+    curv_step_input in = {.grad = net->g,
+                          .params = net->theta,
+                          .len = net->dim,
+                          .dtype = CURV_F64,
+                          .layers = with_stats ? net->stats : NULL,
+                          .n_layers = with_stats ? net->L : 0,
+                          .loss = net->loss,
+                          .has_loss = 1};
+    curv_request req;
+    if (trace)
+        trace->n = 0;
+    curv_status st = curv_opt_step(o, &in, upd, &req, err);
+    while (st == CURV_NEED_INPUT) {
+        if (trace && trace->n < 4) {
+            trace->kind[trace->n] = req.kind;
+            trace->n_vectors[trace->n++] = req.n_vectors;
+        }
+        double *vals = tu_alloc(req.n_values);
+        tu_mlp_answer(net, &req, vals);
+        curv_response resp = {.seq = req.seq, .n_values = req.n_values, .values = vals};
+        st = curv_opt_resume(o, &resp, CURV_F64, upd, &req, err);
+        free(vals);
+    }
+    return st;
 }

@@ -36,6 +36,9 @@ double tu_sym_pow_rel(size_t n, const double *A, double p, double floor_rel, dou
 /* max |a-b| / max(max|b|, tiny) over n entries. */
 double tu_rel_err(const double *a, const double *b, size_t n);
 
+/* Jacobi eigendecomposition of symmetric n x n @A (independent of LAPACK):
+ * A = Q diag(w) Q^T, eigenvectors as the columns of @Q, @w unsorted. */
+void tu_sym_eig(size_t n, const double *A, double *Q, double *w);
 /* Q diag(f) Q^T for n x n @Q (columns the eigenvectors) into @out. */
 void tu_from_eig(size_t n, const double *Q, const double *f, double *out);
 /* Fail with "@what, step @t: relative error ..." when tu_rel_err(@got, @want,
@@ -98,6 +101,34 @@ curv_status tu_step(curv_opt *o, const double *g, const double *theta, double *u
 /* tu_step, asserting CURV_OK. */
 void tu_step_ok(curv_opt *o, const double *g, const double *theta, double *upd);
 
+/* 1 when @kind exists and a plain gradient step drives it (tu_step): it
+ * asks for no input and reads no layer statistics. Loops over every kind
+ * skip the others, whose own suites cover the same properties. */
+int tu_plain_kind(int kind);
+
+/* ---- Kinds that ask for input (CURV_NEED_INPUT) ---- */
+
+/* Fill @values (@req->n_values of them) with the answer to @req. */
+typedef void (*tu_answer_fn)(void *ctx, const curv_request *req, double *values);
+
+/* Take one step of @o with @in, answering every request with @answer
+ * until the step ends; the update (in @in->dtype) goes to @upd. Returns
+ * the last status; *@n_req (may be NULL) gets the number of requests. */
+curv_status tu_drive(curv_opt *o, const curv_step_input *in, tu_answer_fn answer, void *ctx,
+                     void *upd, size_t *n_req, curv_error *err);
+
+/* A trainer whose objective is the quadratic h(θ + v) = h0 + gᵀv + ½vᵀGv
+ * around the current θ (dense d x d @G, borrowed): CURVATURE_PRODUCT is
+ * answered with G v, LOSS with h(θ + v), QUADRATIC_FORM with V G Vᵀ. */
+typedef struct {
+    size_t d;
+    const double *G, *g;
+    double h0;
+} tu_quad;
+void tu_quad_answer(void *ctx, const curv_request *req, double *values);
+/* h0 + gᵀv + ½vᵀGv. */
+double tu_quad_loss(const tu_quad *q, const double *v);
+
 /* ---- Saved state ---- */
 
 /* Save @o and return the blob (caller frees with curv_free). */
@@ -136,5 +167,49 @@ void tu_assert_error_set(const curv_error *err, curv_status st);
                         tu_e_ ? tu_e_->text : "");                                                 \
         assert_int_equal(tu_st_, (want));                                                          \
     } while (0)
+
+/* ---- K-FAC driver: a tiny tanh MLP with a linear output layer ----
+ * Loss per example: ½‖z − y‖² + ½‖v − ½‖² (v: an optional vector block
+ * "gain" that only this term touches, for the fallback). Layer i is the
+ * dense block "l<i>" of n[i+1] x (n[i] + bias), blocks in order, then
+ * "gain". Signals are per-example derivatives of the example's own loss
+ * (K-FAC's convention), per-example gradients are formed explicitly. */
+#define TU_MLP_MAX 4
+typedef struct {
+    size_t L, n[TU_MLP_MAX + 1], nv, dim, m;
+    double *theta, *X, *Y;
+    double *acts[TU_MLP_MAX], *sig[TU_MLP_MAX]; /* m x n[i], m x n[i+1] */
+    double *pex;                                /* m x dim per-example gradients */
+    double *g;                                  /* mean gradient */
+    double loss;                                /* mean loss at theta */
+    curv_layer_stats stats[TU_MLP_MAX];
+} tu_mlp;
+
+/* A network of @L layers with widths @n[0..L], @nv gain entries, batches
+ * of @m examples, weights from @seed (caller frees with tu_mlp_free). */
+void tu_mlp_new(tu_mlp *net, const size_t *n, size_t L, size_t nv, size_t m, uint64_t seed);
+void tu_mlp_free(tu_mlp *net);
+curv_layout *tu_mlp_layout(const tu_mlp *net);
+/* Draw a new batch and evaluate it at theta (acts, signals, pex, g, loss). */
+void tu_mlp_batch(tu_mlp *net, uint64_t seed);
+/* Evaluate the batch at @theta; with @full also acts, signals, pex, g. */
+double tu_mlp_eval(tu_mlp *net, const double *theta, int full);
+/* The answer to a K-FAC request on the current batch: QUADRATIC_FORM as
+ * (1/m) Σ_e (p_e·v_i)(p_e·v_j) (p_e the per-example gradients: an exact
+ * PSD curvature), LOSS as the data loss at theta + v. */
+void tu_mlp_answer(tu_mlp *net, const curv_request *req, double *values);
+
+/* What one driven step asked for. */
+typedef struct {
+    int n;
+    curv_request_kind kind[4];
+    size_t n_vectors[4];
+} tu_kfac_trace;
+
+/* One step on the current batch: statistics when @with_stats, the loss,
+ * the params; answers every request. Returns the last status; the update
+ * goes to @upd. @trace may be NULL. */
+curv_status tu_mlp_step(curv_opt *o, tu_mlp *net, int with_stats, double *upd, tu_kfac_trace *trace,
+                        curv_error *err);
 
 #endif

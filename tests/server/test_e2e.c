@@ -133,6 +133,8 @@ static void test_every_kind_matches_library(void **state)
 {
     struct fx *f = *state;
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
+        if (!tu_plain_kind(k))
+            continue; /* callback exchanges: test_callbacks.c */
         const char *kind = curv_opt_kind_name((curv_opt_kind)k);
         char id[33];
         create(f, kind, NULL, id);

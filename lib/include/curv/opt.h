@@ -26,7 +26,9 @@
  */
 typedef struct curv_opt curv_opt;
 
-/* Kinds: values are stored in saved state; never renumber. */
+/* Kinds: values are stored in saved state; never renumber. A code may be
+ * unassigned (reserved for a kind not merged yet): curv_opt_kind_name()
+ * returns NULL for it and curv_opt_new() refuses it. */
 #define CURV_OPT_KIND_MAP(X)                                                                       \
     X(SGD, 0, "sgd")                                                                               \
     X(ADAGRAD_DIAG, 1, "adagrad_diag")                                                             \
@@ -34,7 +36,9 @@ typedef struct curv_opt curv_opt;
     X(ADAGRAD_BMA, 3, "adagrad_bma")                                                               \
     X(MBAG, 4, "mbag")                                                                             \
     X(MBAG_EMA, 5, "mbag_ema")                                                                     \
-    X(MBAG_N, 6, "mbag_n")
+    X(MBAG_N, 6, "mbag_n")                                                                         \
+    X(KFAC, 7, "kfac")                                                                             \
+    X(HF, 8, "hf")
 
 typedef enum {
 #define CURV__KIND_ENUM(name, code, text) CURV_OPT_##name = code,
@@ -108,6 +112,21 @@ typedef enum {
     CURV_REQ_LOSS = 2,              /* answer: loss at θ + v for each vector v (n_vectors) */
     CURV_REQ_QUADRATIC_FORM = 3     /* answer: V C V^T, row-major (n_vectors x n_vectors) */
 } curv_request_kind;
+
+/*
+ * HF ("hf", Hessian-free, thesis ch. 4) asks for both kinds of request
+ * within one step and needs loss (and grad_sq while its preconditioner or
+ * diag damping is on) with every step:
+ *  - CURVATURE_PRODUCT, one vector v per request (the first of a
+ *    warm-started step is x_0, then one per CG iteration): answer G v, the
+ *    MEAN over the curvature mini-batch of J^T H_L J v (the generalized
+ *    Gauss-Newton matrix), without damping; the library adds λ·D·v.
+ *  - LOSS, several vectors v (stored CG iterates, then line-search step
+ *    sizes): answer h(θ + v) for each, on the cases of the step's loss.
+ * θ and the curvature mini-batch must stay fixed from curv_opt_step to
+ * the update. Refused answers change nothing; a blob saved mid-step
+ * restarts the step (curv_opt_interrupted), and its report says so.
+ */
 
 /*
  * curv_request - what a step asks of the trainer (CURV_NEED_INPUT).

@@ -1,0 +1,518 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * K-FAC (Martens' thesis ch. 6 = Martens & Grosse 2015, with its
+ * appendices; ALGORITHMS.md §3): the optimizer loop. The curvature lives
+ * in the estimator (kfac_est.c, block types in kfac_block.c); the rules
+ * for α, μ, λ and γ are pure functions in kfac_adapt.c.
+ *
+ * Scaling convention (pinned by tests/lib/test_kfac.c):
+ *  - grad: the mini-batch MEAN gradient of every block;
+ *  - acts: the layer's inputs per row, without the homogeneous 1 (the
+ *    library appends it when the block has a bias);
+ *  - signals: per-example derivatives of THAT example's own loss with
+ *    respect to the layer's pre-activations, NOT divided by the batch size
+ *    (a trainer backpropagating a mean-reduced loss multiplies its signals
+ *    by the number of examples).
+ *   Dense:  Â = (1/m) Σ_rows ā āᵀ,  Ĝ = (1/m) Σ_rows g gᵀ,  m = rows;
+ *   conv2d (KFC): Â = mean over rows (examples x positions) of ā āᵀ,
+ *           Ĝ = (1/examples) Σ_rows g gᵀ (summed over positions).
+ *   Then Ĝ ⊗ Â (row-major flat order) is one example's Fisher block
+ *   exactly when m = 1, and the thesis' independence approximation of the
+ *   batch Fisher block otherwise.
+ *  - "fisher": true (signals from targets sampled from the model's
+ *    predictive distribution, as the thesis recommends, §6.5) or empirical
+ *    (the training targets): recorded and reported; the math is the same.
+ *
+ * Adaptive mode (Alg. 7), step k with h = data loss + η/2‖θ‖²:
+ *   ∇h = grad + ηθ; factor EMAs; inverses refreshed when k <= 3 or
+ *   k ≡ 0 (mod inv_interval); Γ = {γ} or {γ, ω2γ, γ/ω2} when
+ *   k ≡ 0 (mod gamma_interval); Δ_γ = −P_γ ∇h;
+ *   request QUADRATIC_FORM over {Δ_γ..., δ0}: the Gram matrix of the
+ *   UNDAMPED exact Fisher/GGN on the trainer's mini-batch (the library adds
+ *   (λ+η)‖·‖² itself); per γ the α, μ minimising M; keep the γ with the
+ *   lowest M; δ = αΔ + μδ0; when k ≡ 0 (mod lambda_interval) request LOSS
+ *   at θ + δ (rho_source = request) or read it from the next step's loss
+ *   (next_step: a different mini-batch), ρ = (h(θ+δ) − h(θ)) / M(δ) and
+ *   the Levenberg–Marquardt rule. The library adds η/2‖θ‖² to the losses.
+ * Simple mode: Δ = −lr v, v ← μv + P_damping ∇h; no requests.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kfac_int.h"
+
+#define H struct curv__kfac_hyper
+static const struct curv__param PARAMS[] = {
+    CURV__SCHED_PARAMS(H, sched, 0.01),
+    CURV__ENUM(H, mode, "mode", "adaptive", "adaptive|simple",
+               "adaptive: the thesis' damping, re-scaling and momentum, asking the trainer for "
+               "quadratic forms and losses; simple: Δ = −lr·v, v ← μv + F̆⁻¹∇h with a fixed "
+               "damping, one round trip per step (lr and momentum are used only here)"),
+    CURV__ENUM(H, inverse, "inverse", "blockdiag", "blockdiag|tridiag",
+               "approximate Fisher inverse: block-diagonal (§6.4.2) or block-tridiagonal over "
+               "chains of consecutive dense layers (§6.4.3)"),
+    CURV__ENUM(H, fisher, "fisher", "true", "true|empirical",
+               "how the trainer draws the targets behind the signals: sampled from the model "
+               "(true Fisher, as the thesis recommends) or the training targets (empirical)"),
+    CURV__REAL(H, momentum, "momentum", 0.9, 0, 0.9999, "simple mode: momentum μ"),
+    CURV__REAL(H, damping, "damping", 1e-3, 1e-12, 1e6,
+               "simple mode: the factored Tikhonov strength γ (fixed)"),
+    CURV__BOOL(H, adaptive_momentum, "adaptive_momentum", 1,
+               "adaptive mode: δ = αΔ + μδ0 with α, μ from the 2x2 solve (§6.7); 0: μ = 0"),
+    CURV__REAL(H, lambda_init, "lambda_init", 150, 1e-12, 1e12,
+               "initial λ (thesis: 150, 'err on the side of too large'); γ starts at "
+               "sqrt(λ + η)"),
+    CURV__REAL(H, weight_decay, "weight_decay", 1e-5, 0, 1e6,
+               "ℓ2 coefficient η (thesis §6.13: 1e-5): ∇h += ηθ, (λ+η) in the model, η/2‖θ‖² "
+               "added to losses; η > 0 needs the params with every step"),
+    CURV__REAL(H, decay, "decay", 0.95, 0, 0.99999,
+               "factor EMA: ε = min(1 − 1/k, decay), k counting statistics updates (§6.5)"),
+    CURV__INT(H, cov_interval, "cov_interval", 1, 1, 1e9,
+              "T_cov: statistics are due every this many steps (from step 1)"),
+    CURV__INT(H, inv_interval, "inv_interval", 20, 1, 1e9,
+              "T3: inverses are recomputed when k ≡ 0 (mod T3) and for k <= 3"),
+    CURV__INT(H, lambda_interval, "lambda_interval", 5, 1, 1e9,
+              "T1: λ is adapted (and the loss at θ + δ asked for) every T1 steps"),
+    CURV__INT(H, gamma_interval, "gamma_interval", 20, 1, 1e9,
+              "T2: γ is chosen among {γ, ω2γ, γ/ω2} every T2 steps"),
+    CURV__REAL(H, lambda_decay, "lambda_decay", 0.95, 1e-6, 1,
+               "ω1 = lambda_decay^T1 (thesis: (19/20)^T1)"),
+    CURV__REAL(H, gamma_decay, "gamma_decay", 0.97467943448089633, 1e-6, 1,
+               "ω2 = gamma_decay^T2 (thesis: sqrt(19/20)^T2)"),
+    CURV__REAL(H, min_damping, "min_damping", 1e-8, 0, 1e6,
+               "floor for λ and γ (not in the thesis: keeps a run of good steps from driving "
+               "the damping to 0)"),
+    CURV__ENUM(H, rho_source, "rho_source", "request", "request|next_step",
+               "h(θ+δ) for ρ: asked for with a LOSS request on the same mini-batch, or taken "
+               "from the next step's loss (a different mini-batch: noisier, one round trip "
+               "fewer)"),
+    CURV__ENUM(H, pi_mode, "pi", "trace", "trace|one",
+               "factored damping split π: the trace-norm formula of §6.6.3, or 1"),
+    CURV__INT(H, max_factor_dim, "max_factor_dim", 4096, 1, 65536,
+              "a factor side larger than this is kept diagonal instead of n x n"),
+    CURV__INT(H, max_failures, "max_failures", 3, 0, 1e9,
+              "a block whose statistics or inverse fail keeps its previous ones for this many "
+              "steps in a row; one more is CURV_E_NUMERIC"),
+    CURV__ENUM(H, fallback, "fallback", "adagrad_diag", "adagrad_diag|sgd",
+               "optimizer for vector blocks (no Kronecker factors)"),
+    CURV__REAL(H, fallback_lr, "fallback_lr", 0.01, 0, 1e6,
+               "vector blocks: their part of the proposal is fallback_lr times the "
+               "fallback's direction"),
+    CURV__REAL(H, fallback_eps, "fallback_eps", 1e-8, 1e-300, 1, "ε of the adagrad_diag fallback"),
+};
+#undef H
+
+/* The step in flight (adaptive mode), dropped or committed as a whole. */
+struct pend {
+    int stage;     /* 0 none, 1 awaiting the Gram matrix, 2 awaiting the loss */
+    double *g;     /* ∇h, with ηθ */
+    double *vec;   /* rows: Δ per γ candidate, then δ0 */
+    double *delta; /* the chosen δ */
+    size_t nc;     /* γ candidates */
+    int has_mom;   /* δ0 is the last row of vec */
+    double gammas[3];
+    double lambda; /* λ of this step (after a next-step ρ) */
+    double rho;    /* ρ computed this step, NAN if none */
+    double h0;     /* h(θ), with η/2‖θ‖²; NAN without a loss */
+    double th_sq;  /* ‖θ‖² */
+    double th_dot[4];
+    unsigned failed; /* blocks that kept old factors or inverses */
+    int stats;       /* statistics were sent */
+    size_t c;        /* chosen candidate */
+    double alpha, mu, m;
+    int rejected;
+};
+
+struct kfac_state {
+    struct curv__kfac_est *est;
+    double lambda, gamma;
+    uint64_t seq;      /* next request seq, unique over the optimizer's life */
+    uint64_t failures; /* tolerated failures so far */
+    double *mom;       /* δ0 (adaptive) or the velocity (simple) */
+    int has_mom;
+    int rho_pending; /* next_step: ρ of the last step awaits this step's loss */
+    double rho_h0, rho_m;
+    struct pend p;
+};
+
+static const struct curv__kfac_hyper *hyp(const curv_opt *o)
+{
+    return o->hyper;
+}
+
+static void pend_drop(struct kfac_state *s)
+{
+    free(s->p.g);
+    free(s->p.vec);
+    free(s->p.delta);
+    memset(&s->p, 0, sizeof s->p);
+}
+
+static void kfac_fini(curv_opt *o)
+{
+    struct kfac_state *s = o->impl;
+    pend_drop(s);
+    curv__kfac_est_free(s->est);
+    free(s->mom);
+    free(s);
+}
+
+static double clampd(double v, double lo)
+{
+    return v > lo ? v : lo;
+}
+
+static curv_status kfac_init(curv_opt *o, curv_error *err)
+{
+    const struct curv__kfac_hyper *h = hyp(o);
+    struct kfac_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory");
+    o->impl = s;
+    s->lambda = h->lambda_init;
+    s->gamma = sqrt(h->lambda_init + h->weight_decay);
+    s->seq = 1;
+    if (!(s->mom = curv__calloc_n(o->dim, sizeof(double))))
+        return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for %zu entries", o->dim);
+    curv_status st = curv__kfac_est_new(o->layout, h, &s->est, err);
+    if (st == CURV_OK)
+        st = curv__report_reserve(o, 16 + curv__kfac_est_report_size(s->est), err);
+    return st;
+}
+
+static double dot(const double *x, const double *y, size_t n)
+{
+    double acc = 0;
+    for (size_t i = 0; i < n; i++)
+        acc += x[i] * y[i];
+    return acc;
+}
+
+static void report(curv_opt *o, const double *delta)
+{
+    const struct curv__kfac_hyper *h = hyp(o);
+    struct kfac_state *s = o->impl;
+    const uint64_t k = o->t + 1;
+    curv__report_add(o, h->mode, "mode");
+    curv__report_add(o, h->fisher, "fisher");
+    curv__report_add(o, h->mode == CURV__KFAC_SIMPLE ? h->damping : s->gamma, "gamma");
+    if (h->mode == CURV__KFAC_ADAPTIVE) {
+        curv__report_add(o, s->lambda, "lambda");
+        if (!isnan(s->p.rho))
+            curv__report_add(o, s->p.rho, "rho");
+        curv__report_add(o, s->p.alpha, "alpha");
+        curv__report_add(o, s->p.mu, "mu");
+        curv__report_add(o, s->p.m, "model_change");
+        curv__report_add(o, s->p.rejected, "rejected");
+    }
+    curv__report_add(o, sqrt(dot(s->p.g, s->p.g, o->dim)), "grad_norm");
+    curv__report_add(o, sqrt(dot(delta, delta, o->dim)), "update_norm");
+    curv__report_add(o, (double)s->failures, "inverse_failures");
+    curv__report_add(o, s->p.stats, "stats_updated");
+    curv__kfac_est_report(s->est, o, k);
+}
+
+/* Make the step's tentative state current and report. */
+static void commit(curv_opt *o, const double *delta, double lambda, double gamma)
+{
+    const struct curv__kfac_hyper *h = hyp(o);
+    struct kfac_state *s = o->impl;
+    curv__kfac_est_commit(s->est, s->p.c, s->p.g, o->t + 1);
+    s->lambda = clampd(lambda, h->min_damping);
+    s->gamma = clampd(gamma, h->min_damping);
+    s->failures += s->p.failed;
+    report(o, delta);
+    pend_drop(s);
+}
+
+/* Checks, ∇h and the estimator update shared by both modes. */
+static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_error *err)
+{
+    const struct curv__kfac_hyper *h = hyp(o);
+    struct kfac_state *s = o->impl;
+    const uint64_t k = o->t + 1;
+    const double eta = h->weight_decay;
+    const int adaptive = h->mode == CURV__KFAC_ADAPTIVE;
+    if (eta > 0 && !a->theta)
+        return curv__fail(err, CURV_E_INVALID,
+                          "kfac: weight_decay = %g needs the params vector with every step", eta);
+    if (adaptive && !a->has_loss && (k % (uint64_t)h->lambda_interval == 0 || s->rho_pending))
+        return curv__fail(err, CURV_E_INVALID, "kfac: step %llu needs the loss h(θ) (%s)",
+                          (unsigned long long)k,
+                          s->rho_pending ? "rho_source = next_step: it finishes ρ of the last step"
+                                         : "λ is adapted at this step");
+    pend_drop(s);
+    s->p.rho = NAN;
+    s->p.h0 = NAN;
+    s->p.lambda = s->lambda;
+    s->p.stats = a->n_layers > 0;
+    if (!(s->p.g = curv__calloc_n(o->dim, sizeof(double))))
+        return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for %zu entries", o->dim);
+    for (size_t i = 0; i < o->dim; i++)
+        s->p.g[i] = eta > 0 ? a->g[i] + eta * a->theta[i] : a->g[i];
+    if (a->theta)
+        s->p.th_sq = dot(a->theta, a->theta, o->dim);
+    if (a->has_loss)
+        s->p.h0 = a->loss + 0.5 * eta * s->p.th_sq;
+    curv_status st = curv__kfac_est_update(s->est, a, k, &s->p.failed, err);
+    if (st != CURV_OK) {
+        pend_drop(s);
+        return st;
+    }
+    if (adaptive && s->rho_pending) {
+        s->p.rho = (s->p.h0 - s->rho_h0) / s->rho_m;
+        s->p.lambda = clampd(
+            curv__kfac_lm(s->lambda, s->p.rho, pow(h->lambda_decay, (double)h->lambda_interval)),
+            h->min_damping);
+    }
+    return CURV_OK;
+}
+
+static curv_status simple_step(curv_opt *o, double *delta)
+{
+    const struct curv__kfac_hyper *h = hyp(o);
+    struct kfac_state *s = o->impl;
+    const double lr = curv__sched_lr(&h->sched, o->t + 1), mu = h->momentum;
+    curv__kfac_est_prepare(s->est, &h->damping, 1, NULL);
+    curv__kfac_est_apply(s->est, 0, h->damping, s->p.g, delta);
+    if (mu > 0) {
+        for (size_t i = 0; i < o->dim; i++)
+            s->mom[i] = mu * s->mom[i] + delta[i];
+        memcpy(delta, s->mom, o->dim * sizeof(double));
+        s->has_mom = 1;
+    }
+    for (size_t i = 0; i < o->dim; i++)
+        delta[i] *= -lr;
+    commit(o, delta, s->lambda, s->gamma);
+    return CURV_OK;
+}
+
+static curv_status kfac_step(curv_opt *o, const struct curv__step_args *a, double *delta,
+                             curv_request *req, curv_error *err)
+{
+    const struct curv__kfac_hyper *h = hyp(o);
+    struct kfac_state *s = o->impl;
+    const uint64_t k = o->t + 1;
+    curv_status st = begin(o, a, err);
+    if (st != CURV_OK)
+        return st;
+    if (h->mode == CURV__KFAC_SIMPLE)
+        return simple_step(o, delta);
+    struct pend *p = &s->p;
+    p->nc = k % (uint64_t)h->gamma_interval == 0 ? 3 : 1;
+    curv__kfac_gammas(s->gamma, pow(h->gamma_decay, (double)h->gamma_interval), p->gammas);
+    p->has_mom = h->adaptive_momentum && s->has_mom;
+    const size_t rows = p->nc + (size_t)p->has_mom, d = o->dim;
+    if (!(p->vec = curv__calloc_n(rows * d, sizeof(double))) ||
+        !(p->delta = curv__calloc_n(d, sizeof(double))))
+        st = curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for %zu x %zu", rows, d);
+    if (st == CURV_OK)
+        st = curv__kfac_est_prepare(s->est, p->gammas, p->nc, err);
+    if (st != CURV_OK) {
+        curv__kfac_est_abort(s->est);
+        pend_drop(s);
+        return st;
+    }
+    for (size_t c = 0; c < p->nc; c++) {
+        double *row = p->vec + c * d;
+        curv__kfac_est_apply(s->est, c, p->gammas[c], p->g, row);
+        for (size_t i = 0; i < d; i++)
+            row[i] = -row[i];
+    }
+    if (p->has_mom)
+        memcpy(p->vec + p->nc * d, s->mom, d * sizeof(double));
+    for (size_t r = 0; a->theta && r < rows; r++)
+        p->th_dot[r] = dot(a->theta, p->vec + r * d, d);
+    p->stage = 1;
+    *req = (curv_request){.kind = CURV_REQ_QUADRATIC_FORM,
+                          .seq = s->seq++,
+                          .n_vectors = rows,
+                          .dim = d,
+                          .vectors = p->vec};
+    return CURV_NEED_INPUT;
+}
+
+/* Per candidate, α and μ on the exact model; keep the lowest M. */
+static void choose(curv_opt *o, const double *gram)
+{
+    const struct curv__kfac_hyper *h = hyp(o);
+    struct kfac_state *s = o->impl;
+    struct pend *p = &s->p;
+    const size_t d = o->dim, n = p->nc + (size_t)p->has_mom, m = p->nc;
+    const double lam = p->lambda + h->weight_decay;
+    const double *d0 = p->has_mom ? p->vec + m * d : NULL;
+    p->rejected = 1;
+    p->m = 0;
+    for (size_t c = 0; c < p->nc; c++) {
+        const double *dc = p->vec + c * d;
+        struct curv__kfac_quad q = {.q11 = gram[c * n + c] + lam * dot(dc, dc, d),
+                                    .g1 = dot(p->g, dc, d),
+                                    .has_mom = p->has_mom};
+        if (d0) {
+            q.q12 = gram[c * n + m] + lam * dot(dc, d0, d);
+            q.q22 = gram[m * n + m] + lam * dot(d0, d0, d);
+            q.g2 = dot(p->g, d0, d);
+        }
+        double al, mu, mc;
+        if (curv__kfac_solve(&q, &al, &mu, &mc) && (p->rejected || mc < p->m)) {
+            p->rejected = 0;
+            p->c = c, p->alpha = al, p->mu = mu, p->m = mc;
+        }
+    }
+    if (p->rejected) {
+        p->c = 0, p->alpha = p->mu = 0;
+        return;
+    }
+    const double *dc = p->vec + p->c * d;
+    for (size_t i = 0; i < d; i++)
+        p->delta[i] = p->alpha * dc[i] + (d0 ? p->mu * d0[i] : 0.0);
+}
+
+/* Finish an adaptive step with λ from ρ (when measured). */
+static curv_status finish(curv_opt *o, double *delta, double lambda)
+{
+    struct kfac_state *s = o->impl;
+    struct pend *p = &s->p;
+    memcpy(delta, p->delta, o->dim * sizeof(double));
+    memcpy(s->mom, p->delta, o->dim * sizeof(double));
+    s->has_mom = 1;
+    double gamma = p->gammas[p->c];
+    commit(o, delta, lambda, gamma);
+    return CURV_OK;
+}
+
+static curv_status resume_gram(curv_opt *o, const curv_response *resp, double *delta,
+                               curv_request *req, curv_error *err)
+{
+    const struct curv__kfac_hyper *h = hyp(o);
+    struct kfac_state *s = o->impl;
+    struct pend *p = &s->p;
+    const size_t n = p->nc + (size_t)p->has_mom;
+    const uint64_t k = o->t + 1;
+    size_t bad = curv__kfac_gram_check(resp->values, n);
+    if (bad < n * n)
+        return curv__fail(err, CURV_E_INVALID,
+                          "kfac: the Gram matrix answering request %llu is not symmetric positive "
+                          "semi-definite at [%zu][%zu] (%g vs %g)",
+                          (unsigned long long)resp->seq, bad / n, bad % n, resp->values[bad],
+                          resp->values[(bad % n) * n + bad / n]);
+    const double omega1 = pow(h->lambda_decay, (double)h->lambda_interval);
+    choose(o, resp->values);
+    const int lm_step = k % (uint64_t)h->lambda_interval == 0;
+    s->rho_pending = 0;
+    if (p->rejected)
+        return finish(o, delta, p->lambda / omega1);
+    if (lm_step && p->m < 0 && h->rho_source == CURV__KFAC_RHO_REQUEST) {
+        p->stage = 2;
+        *req = (curv_request){.kind = CURV_REQ_LOSS,
+                              .seq = s->seq++,
+                              .n_vectors = 1,
+                              .dim = o->dim,
+                              .vectors = p->delta};
+        return CURV_NEED_INPUT;
+    }
+    if (lm_step && p->m < 0) {
+        s->rho_pending = 1;
+        s->rho_h0 = p->h0;
+        s->rho_m = p->m;
+    }
+    return finish(o, delta, p->lambda);
+}
+
+static curv_status resume_loss(curv_opt *o, const curv_response *resp, double *delta)
+{
+    const struct curv__kfac_hyper *h = hyp(o);
+    struct kfac_state *s = o->impl;
+    struct pend *p = &s->p;
+    const size_t d = o->dim;
+    /* ‖θ + δ‖² from the dot products kept at the step. */
+    double th_delta = p->alpha * p->th_dot[p->c] + (p->has_mom ? p->mu * p->th_dot[p->nc] : 0.0);
+    double h1 = resp->values[0] +
+                0.5 * h->weight_decay * (p->th_sq + 2.0 * th_delta + dot(p->delta, p->delta, d));
+    p->rho = (h1 - p->h0) / p->m;
+    double omega1 = pow(h->lambda_decay, (double)h->lambda_interval);
+    return finish(o, delta, curv__kfac_lm(p->lambda, p->rho, omega1));
+}
+
+static curv_status kfac_resume(curv_opt *o, const curv_response *resp, double *delta,
+                               curv_request *req, curv_error *err)
+{
+    struct kfac_state *s = o->impl;
+    if (s->p.stage == 1)
+        return resume_gram(o, resp, delta, req, err);
+    return resume_loss(o, resp, delta);
+}
+
+static void kfac_save(const curv_opt *o, struct curv__writer *w)
+{
+    const struct kfac_state *s = o->impl;
+    curv__w_u64(w, s->seq);
+    curv__w_f64(w, s->lambda);
+    curv__w_f64(w, s->gamma);
+    curv__w_u64(w, s->failures);
+    curv__w_u32(w, (uint32_t)s->has_mom);
+    curv__w_f64s(w, s->mom, o->dim);
+    curv__w_u32(w, (uint32_t)s->rho_pending);
+    curv__w_f64(w, s->rho_h0);
+    curv__w_f64(w, s->rho_m);
+    curv__kfac_est_save(s->est, w);
+}
+
+static curv_status kfac_load(curv_opt *o, struct curv__reader *r, curv_error *err)
+{
+    (void)err;
+    struct kfac_state *s = o->impl;
+    s->seq = curv__r_u64(r);
+    s->lambda = curv__r_f64(r);
+    s->gamma = curv__r_f64(r);
+    s->failures = curv__r_u64(r);
+    uint32_t has_mom = curv__r_u32(r);
+    curv__r_f64s(r, s->mom, o->dim);
+    uint32_t rho_pending = curv__r_u32(r);
+    s->rho_h0 = curv__r_f64(r);
+    s->rho_m = curv__r_f64(r);
+    s->has_mom = has_mom == 1;
+    s->rho_pending = rho_pending == 1;
+    if (has_mom > 1 || rho_pending > 1 || !(s->lambda > 0) || !(s->gamma > 0) ||
+        !isfinite(s->lambda) || !isfinite(s->gamma) || !isfinite(s->rho_h0) ||
+        !isfinite(s->rho_m) || (s->rho_pending && !(s->rho_m < 0)) ||
+        curv__first_nonfinite(s->mom, o->dim) < o->dim)
+        r->bad = 1;
+    curv__kfac_est_load(s->est, r);
+    return CURV_OK;
+}
+
+static size_t kfac_saved(const curv_opt *o)
+{
+    size_t total = o->dim, n = curv_layout_nblocks(o->layout);
+    for (size_t i = 0; i < n; i++) {
+        curv_block_info b;
+        curv_layout_block(o->layout, i, &b);
+        size_t x = curv__kblock_saved(&b, hyp(o));
+        if (x > SIZE_MAX - total)
+            return SIZE_MAX;
+        total += x;
+    }
+    return total;
+}
+
+const struct curv__kfac_est *curv__kfac_estimator(const curv_opt *o)
+{
+    return o && o->kind == CURV_OPT_KFAC ? ((const struct kfac_state *)o->impl)->est : NULL;
+}
+
+const struct curv__opt_vt curv__kfac_vt = {
+    .params = PARAMS,
+    .n_params = sizeof PARAMS / sizeof PARAMS[0],
+    .hyper_size = sizeof(struct curv__kfac_hyper),
+    .init = kfac_init,
+    .fini = kfac_fini,
+    .step = kfac_step,
+    .resume = kfac_resume,
+    .save = kfac_save,
+    .load = kfac_load,
+    .saved_doubles = kfac_saved,
+    .fixed = (const char *const[]){"mode", "inverse", "max_factor_dim", "fallback", NULL},
+    .inputs = CURV_INPUT_LAYERS,
+};

@@ -1,0 +1,248 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The K-FAC estimator: one curvature block per layout block, and the
+ * policies around them (thesis §6.5, §6.8, Alg. 7): exponentially decayed
+ * factor estimates with ε = min(1 − 1/k, decay), k counting each block's
+ * statistics updates; statistics due every cov_interval steps; inverses
+ * refreshed at steps k <= 3 and k ≡ 0 (mod inv_interval); a block whose
+ * statistics or inverse fail keeps its previous ones for up to
+ * max_failures steps in a row. Everything is tentative until commit.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kfac_int.h"
+
+/* Per-block bookkeeping, committed with the block. */
+struct book {
+    uint64_t n_stats;  /* statistics updates folded in */
+    uint64_t inv_step; /* step of the last refresh, 0 = none yet */
+    uint64_t fails;    /* consecutive steps with a failed update */
+};
+
+struct curv__kfac_est {
+    const struct curv__kfac_hyper *h;
+    size_t n;
+    struct curv__kblock **b;
+    struct book *cur, *nxt;
+    double *work; /* 2 * largest block */
+};
+
+void curv__kfac_est_free(struct curv__kfac_est *e)
+{
+    if (!e)
+        return;
+    for (size_t i = 0; e->b && i < e->n; i++)
+        if (e->b[i])
+            e->b[i]->vt->free(e->b[i]);
+    free(e->b);
+    free(e->cur);
+    free(e->nxt);
+    free(e->work);
+    free(e);
+}
+
+curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyper *h,
+                               struct curv__kfac_est **out, curv_error *err)
+{
+    struct curv__kfac_est *e = calloc(1, sizeof *e);
+    if (!e)
+        return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory");
+    e->h = h;
+    e->n = curv_layout_nblocks(l);
+    e->b = curv__calloc_n(e->n, sizeof *e->b);
+    e->cur = curv__calloc_n(e->n, sizeof *e->cur);
+    e->nxt = curv__calloc_n(e->n, sizeof *e->nxt);
+    size_t big = 1;
+    for (size_t i = 0; e->b && e->cur && e->nxt && i < e->n; i++) {
+        curv_block_info info;
+        curv_layout_block(l, i, &info);
+        if (!(e->b[i] = curv__kblock_new(&info, h)))
+            goto nomem;
+        big = info.size > big ? info.size : big;
+    }
+    if (!e->b || !e->cur || !e->nxt || !(e->work = curv__calloc_n(big, 2 * sizeof(double))))
+        goto nomem;
+    *out = e;
+    return CURV_OK;
+nomem:
+    curv__kfac_est_free(e);
+    return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for the curvature blocks");
+}
+
+int curv__kfac_stats_due(const struct curv__kfac_hyper *h, uint64_t k)
+{
+    return (k - 1) % (uint64_t)h->cov_interval == 0;
+}
+
+void curv__kfac_est_abort(struct curv__kfac_est *e)
+{
+    for (size_t i = 0; i < e->n; i++)
+        e->b[i]->vt->abort(e->b[i]);
+}
+
+/* The layer entry for block @i, or NULL. */
+static const struct curv__layer_in *entry_for(const struct curv__step_args *a, size_t i)
+{
+    for (size_t j = 0; j < a->n_layers; j++)
+        if (a->layers[j].block == i)
+            return &a->layers[j];
+    return NULL;
+}
+
+/* A numeric failure of block @i: tolerated when the block has a previous
+ * estimate to keep and has not failed max_failures steps in a row. */
+static curv_status tolerate(struct curv__kfac_est *e, size_t i, int have_old, unsigned *failed,
+                            curv_error *err)
+{
+    if (e->nxt[i].fails > e->cur[i].fails)
+        return CURV_OK; /* this step's failure is counted already */
+    if (have_old && e->cur[i].fails < (uint64_t)e->h->max_failures) {
+        e->nxt[i].fails = e->cur[i].fails + 1;
+        (*failed)++;
+        return CURV_OK;
+    }
+    char why[CURV_ERROR_TEXT];
+    snprintf(why, sizeof why, "%s", err ? err->text : "");
+    return curv__fail(err, CURV_E_NUMERIC,
+                      "kfac: block '%s': %s (%llu failures in a row, max_failures = %lld)",
+                      e->b[i]->info.name, why, (unsigned long long)e->cur[i].fails + 1,
+                      (long long)e->h->max_failures);
+}
+
+static curv_status fold_stats(struct curv__kfac_est *e, const struct curv__step_args *a, uint64_t k,
+                              unsigned *failed, curv_error *err)
+{
+    const int due = curv__kfac_stats_due(e->h, k);
+    for (size_t i = 0; i < e->n; i++) {
+        struct curv__kblock *b = e->b[i];
+        if (!b->kron)
+            continue;
+        const struct curv__layer_in *li = entry_for(a, i);
+        if (!li && (due || e->cur[i].n_stats == 0))
+            return curv__fail(err, CURV_E_INVALID,
+                              "kfac: step %llu needs layer statistics for block '%s' (%s; "
+                              "cov_interval = %lld)",
+                              (unsigned long long)k, b->info.name,
+                              e->cur[i].n_stats ? "they are due" : "it has none yet",
+                              (long long)e->h->cov_interval);
+        if (!li)
+            continue;
+        double eps = curv__kfac_eps(e->cur[i].n_stats + 1, e->h->decay);
+        curv_status st = b->vt->stats(b, li, eps, err);
+        if (st == CURV_OK)
+            e->nxt[i].n_stats = e->cur[i].n_stats + 1;
+        else if (st == CURV_E_NUMERIC)
+            st = tolerate(e, i, e->cur[i].n_stats > 0, failed, err);
+        if (st != CURV_OK)
+            return st;
+    }
+    return CURV_OK;
+}
+
+curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__step_args *a,
+                                  uint64_t k, unsigned *failed, curv_error *err)
+{
+    memcpy(e->nxt, e->cur, e->n * sizeof *e->nxt);
+    *failed = 0;
+    curv_status st = fold_stats(e, a, k, failed, err);
+    const int periodic = k <= 3 || k % (uint64_t)e->h->inv_interval == 0;
+    for (size_t i = 0; st == CURV_OK && i < e->n; i++) {
+        struct curv__kblock *b = e->b[i];
+        if (!b->kron || (!periodic && e->cur[i].inv_step))
+            continue;
+        if (e->nxt[i].n_stats == 0)
+            continue; /* only reachable when its statistics failed on step 1 */
+        st = b->vt->refresh(b, err);
+        if (st == CURV_OK)
+            e->nxt[i].inv_step = k;
+        else if (st == CURV_E_NUMERIC)
+            st = tolerate(e, i, e->cur[i].inv_step > 0, failed, err);
+    }
+    for (size_t i = 0; st == CURV_OK && i < e->n; i++)
+        if (e->nxt[i].fails == e->cur[i].fails &&
+            (e->nxt[i].n_stats != e->cur[i].n_stats || e->nxt[i].inv_step != e->cur[i].inv_step))
+            e->nxt[i].fails = 0; /* something succeeded and nothing failed */
+    if (st != CURV_OK)
+        curv__kfac_est_abort(e);
+    return st;
+}
+
+curv_status curv__kfac_est_prepare(struct curv__kfac_est *e, const double *gammas, size_t n,
+                                   curv_error *err)
+{
+    (void)e, (void)gammas, (void)n, (void)err;
+    return CURV_OK;
+}
+
+void curv__kfac_est_apply(struct curv__kfac_est *e, size_t c, double gamma, const double *g,
+                          double *u)
+{
+    (void)c;
+    for (size_t i = 0; i < e->n; i++) {
+        const struct curv__kblock *b = e->b[i];
+        const size_t off = b->info.offset;
+        b->vt->apply(b, g + off, gamma, u + off, e->work);
+    }
+}
+
+void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, uint64_t k)
+{
+    (void)c, (void)k;
+    for (size_t i = 0; i < e->n; i++)
+        e->b[i]->vt->commit(e->b[i], g + e->b[i]->info.offset);
+    memcpy(e->cur, e->nxt, e->n * sizeof *e->cur);
+}
+
+void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w)
+{
+    for (size_t i = 0; i < e->n; i++) {
+        curv__w_u64(w, e->cur[i].n_stats);
+        curv__w_u64(w, e->cur[i].inv_step);
+        curv__w_u64(w, e->cur[i].fails);
+        e->b[i]->vt->save(e->b[i], w);
+    }
+}
+
+void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r)
+{
+    for (size_t i = 0; i < e->n && !r->bad; i++) {
+        struct book *bk = &e->cur[i];
+        bk->n_stats = curv__r_u64(r);
+        bk->inv_step = curv__r_u64(r);
+        bk->fails = curv__r_u64(r);
+        if (bk->fails > (uint64_t)e->h->max_failures || (bk->inv_step && !bk->n_stats) ||
+            (!e->b[i]->kron && (bk->n_stats || bk->inv_step)))
+            r->bad = 1;
+        e->b[i]->vt->load(e->b[i], r);
+    }
+}
+
+size_t curv__kfac_est_bytes(const struct curv__kfac_est *e)
+{
+    size_t big = 0, total = sizeof *e + e->n * (sizeof *e->b + 2 * sizeof *e->cur);
+    for (size_t i = 0; i < e->n; i++) {
+        total += e->b[i]->vt->bytes(e->b[i]);
+        big = e->b[i]->info.size > big ? e->b[i]->info.size : big;
+    }
+    return total + 2 * big * sizeof(double);
+}
+
+size_t curv__kfac_est_report_size(const struct curv__kfac_est *e)
+{
+    return e->n + 1;
+}
+
+void curv__kfac_est_report(const struct curv__kfac_est *e, curv_opt *o, uint64_t k)
+{
+    for (size_t i = 0; i < e->n; i++)
+        if (e->b[i]->kron)
+            curv__report_add(o, (double)(k - e->cur[i].inv_step), "inverse_age.%s",
+                             e->b[i]->info.name);
+}
+
+const struct curv__kblock *curv__kfac_est_block(const struct curv__kfac_est *e, size_t i)
+{
+    return i < e->n ? e->b[i] : NULL;
+}

@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * K-FAC internals, split as the issue's design hint asks: curvature block
+ * types behind one small vtable (kfac_block.c), an estimator that owns the
+ * blocks and the averaging / refresh policy (kfac_est.c), pure adaptation
+ * rules (kfac_adapt.c) and the optimizer loop (kfac.c), which talks only
+ * to the estimator.
+ */
+#ifndef CURV_KFAC_INT_H
+#define CURV_KFAC_INT_H
+
+#include "opt_int.h"
+
+enum { CURV__KFAC_ADAPTIVE = 0, CURV__KFAC_SIMPLE = 1 };
+enum { CURV__KFAC_BLOCKDIAG = 0, CURV__KFAC_TRIDIAG = 1 };
+enum { CURV__KFAC_RHO_REQUEST = 0, CURV__KFAC_RHO_NEXT_STEP = 1 };
+enum { CURV__KFAC_PI_TRACE = 0, CURV__KFAC_PI_ONE = 1 };
+enum { CURV__KFAC_FB_ADAGRAD = 0, CURV__KFAC_FB_SGD = 1 };
+
+/* The hyperparameters (kfac.c's table); blocks read the fallback and
+ * factor settings through a pointer to the optimizer's copy, so
+ * curv_opt_reconfigure reaches them. */
+struct curv__kfac_hyper {
+    struct curv__sched sched;
+    int mode, inverse, fisher, rho_source, pi_mode, fallback;
+    int adaptive_momentum;
+    double momentum, damping, lambda_init, weight_decay, decay;
+    double lambda_decay, gamma_decay, min_damping;
+    double fallback_lr, fallback_eps;
+    int64_t cov_interval, inv_interval, lambda_interval, gamma_interval;
+    int64_t max_factor_dim, max_failures;
+};
+
+/* ---- curvature blocks (kfac_block.c) ---------------------------------- */
+
+/* One Kronecker factor: dense n x n with the eigendecomposition of its
+ * last refresh, or diagonal (n entries; its own eigenvalues) when n is
+ * above max_factor_dim. The *_new arrays hold this step's tentative values
+ * until the step completes (NULL when not computed this step). */
+struct curv__kside {
+    size_t n;
+    int diag;
+    double *F, *Q, *w;
+    double *F_new, *Q_new, *w_new;
+};
+
+struct curv__kblock;
+
+/*
+ * A block type. Everything a step computes is tentative until commit (or
+ * dropped by abort), so that a failed or interrupted step changes nothing:
+ *  - stats:   fold @li's statistics into new factor estimates with decay @eps;
+ *             CURV_E_NUMERIC when they come out non-finite;
+ *  - refresh: decompose the latest factors (new ones if stats ran);
+ *  - apply:   u = P_γ g on the block's slice (P the damped inverse);
+ *             @work holds 2 * rows * cols doubles;
+ *  - commit:  make the tentative values current; @g is the step's gradient;
+ *  - save / load / bytes / free.
+ */
+struct curv__kblock_vt {
+    curv_status (*stats)(struct curv__kblock *b, const struct curv__layer_in *li, double eps,
+                         curv_error *err);
+    curv_status (*refresh)(struct curv__kblock *b, curv_error *err);
+    void (*apply)(const struct curv__kblock *b, const double *g, double gamma, double *u,
+                  double *work);
+    void (*commit)(struct curv__kblock *b, const double *g);
+    void (*abort)(struct curv__kblock *b);
+    void (*save)(const struct curv__kblock *b, struct curv__writer *w);
+    void (*load)(struct curv__kblock *b, struct curv__reader *r);
+    size_t (*bytes)(const struct curv__kblock *b);
+    void (*free)(struct curv__kblock *b);
+};
+
+struct curv__kblock {
+    const struct curv__kblock_vt *vt;
+    const struct curv__kfac_hyper *h;
+    curv_block_info info;    /* name borrowed from the optimizer's layout */
+    int kron;                /* 1: Kronecker-factored (takes statistics) */
+    struct curv__kside A, G; /* kron: input factor (cols) and output factor (rows) */
+    double pi, pi_new;       /* kron: factored-damping split at the last refresh */
+    double *r;               /* fallback adagrad_diag: Σ g² */
+};
+
+/* curv__kblock_new - the block type for layout block @info: Kronecker
+ * factors for dense and conv2d blocks (a side above max_factor_dim is
+ * diagonal), the fallback for vector blocks. NULL when out of memory. */
+struct curv__kblock *curv__kblock_new(const curv_block_info *info,
+                                      const struct curv__kfac_hyper *h);
+
+/* Doubles a saved block holds at least (for saved_doubles); SIZE_MAX on
+ * overflow. */
+size_t curv__kblock_saved(const curv_block_info *info, const struct curv__kfac_hyper *h);
+
+/* curv__kside_latest - the newest factor, eigenvectors and eigenvalues
+ * (tentative ones when computed this step). */
+const double *curv__kside_F(const struct curv__kside *s);
+
+/* ---- the estimator (kfac_est.c) --------------------------------------- */
+
+struct curv__kfac_est;
+
+curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyper *h,
+                               struct curv__kfac_est **out, curv_error *err);
+void curv__kfac_est_free(struct curv__kfac_est *e);
+/* Whether step @k is one where statistics are due (every cov_interval
+ * steps from step 1). */
+int curv__kfac_stats_due(const struct curv__kfac_hyper *h, uint64_t k);
+/*
+ * curv__kfac_est_update - the statistics and inverse policy of step @k:
+ * fold in the step's layer statistics (refusing a step where they are due
+ * but missing), then refresh every block's inverse when k <= 3, k is a
+ * multiple of inv_interval, or a block has none yet. A block whose
+ * statistics or inverse fail keeps its previous ones, up to max_failures
+ * in a row; *@failed counts those. Tentative until commit or abort.
+ */
+curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__step_args *a,
+                                  uint64_t k, unsigned *failed, curv_error *err);
+/*
+ * curv__kfac_est_prepare - make the preconditioners for the @n damping
+ * strengths @gammas ready (the tridiagonal chains are built per γ; the
+ * eigen-based block-diagonal inverse needs nothing). Tentative.
+ */
+curv_status curv__kfac_est_prepare(struct curv__kfac_est *e, const double *gammas, size_t n,
+                                   curv_error *err);
+/* u = P g with candidate @c (of the last prepare) of damping @gamma. */
+void curv__kfac_est_apply(struct curv__kfac_est *e, size_t c, double gamma, const double *g,
+                          double *u);
+/* Keep candidate @c's tentative state; @g is the step's gradient. */
+void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, uint64_t k);
+void curv__kfac_est_abort(struct curv__kfac_est *e);
+void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w);
+void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r);
+/* Bytes of state held. */
+size_t curv__kfac_est_bytes(const struct curv__kfac_est *e);
+/* Report entries: inverse_age.<block> for each Kronecker block at step @k,
+ * and the clamp count of the last tridiagonal build. */
+void curv__kfac_est_report(const struct curv__kfac_est *e, curv_opt *o, uint64_t k);
+/* Number of report entries curv__kfac_est_report adds at most. */
+size_t curv__kfac_est_report_size(const struct curv__kfac_est *e);
+/* The estimator's block for layout block @i (tests and reports). */
+const struct curv__kblock *curv__kfac_est_block(const struct curv__kfac_est *e, size_t i);
+
+/* ---- pure rules (kfac_adapt.c) ---------------------------------------- */
+
+/* ε = min(1 − 1/k, decay) for the k-th statistics update (k >= 1). */
+double curv__kfac_eps(uint64_t k, double decay);
+/* π = sqrt((tr A / nA) / (tr G / nG)) (thesis §6.6.3, trace norm); 1 when
+ * a trace is not positive or the result is not finite (a dead layer). */
+double curv__kfac_pi(double trA, size_t nA, double trG, size_t nG);
+
+/* The quadratic model of one candidate (thesis §6.6.4, §6.7). */
+struct curv__kfac_quad {
+    double q11, q12, q22; /* Δᵀ(F+(λ+η)I)Δ, Δᵀ(F+(λ+η)I)δ0, δ0ᵀ(F+(λ+η)I)δ0 */
+    double g1, g2;        /* ∇hᵀΔ, ∇hᵀδ0 */
+    int has_mom;          /* δ0 takes part */
+};
+/*
+ * curv__kfac_solve - α and μ minimising M(αΔ + μδ0): the 2x2 solve of
+ * §6.7, or α = −g1/q11, μ = 0 without momentum (§6.6.4) or when the 2x2
+ * system is singular (det <= 1e-12 q11 q22) or its answer not finite.
+ * *@m gets M(δ) − M(0). Returns 0 (α = μ = 0, M = 0) when q11 <= 0 or α
+ * is not finite: the step is rejected (ALGORITHMS.md §3.6).
+ */
+int curv__kfac_solve(const struct curv__kfac_quad *q, double *alpha, double *mu, double *m);
+/* M(αΔ + μδ0) − M(0) for any α, μ. */
+double curv__kfac_model(const struct curv__kfac_quad *q, double alpha, double mu);
+/* Levenberg–Marquardt (§6.6.5): λω1 when ρ > 3/4, λ/ω1 when ρ < 1/4. */
+double curv__kfac_lm(double lambda, double rho, double omega1);
+/* γ candidates of §6.6.6: {γ, ω2 γ, γ/ω2} into @out. */
+void curv__kfac_gammas(double gamma, double omega2, double out[3]);
+/*
+ * curv__kfac_gram_check - index of the first entry making the n x n Gram
+ * matrix @g unusable (asymmetric beyond a relative 1e-6, or a negative
+ * diagonal beyond round-off), or n*n when it is fine.
+ */
+size_t curv__kfac_gram_check(const double *g, size_t n);
+
+/* ---- introspection for tests (kfac.c) --------------------------------- */
+
+/* The estimator of a K-FAC optimizer, NULL for another kind. */
+const struct curv__kfac_est *curv__kfac_estimator(const curv_opt *o);
+
+#endif

@@ -1,0 +1,452 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * K-FAC's curvature (kfac_block.c, kfac_est.c) against dense math formed
+ * here on tiny MLPs with explicit per-example gradients: the scaling
+ * convention of the factors, the block-diagonal damped inverse, diagonal
+ * sides, conv2d statistics, the fallback, the EMA and the statistics and
+ * refresh intervals. The adaptive loop is in test_kfac_loop.c, the pure
+ * rules in test_kfac_adapt.c.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kfac_int.h"
+#include "testutil.h"
+
+/* A kfac optimizer in @mode with the numeric settings @kv. */
+static curv_opt *kfac_opt(const curv_layout *l, const char *mode, const tu_kv *kv, size_t n)
+{
+    curv_config *c = tu_config(kv, n);
+    tu_config_set(c, "mode", 0, mode);
+    curv_opt *o = tu_new_opt(CURV_OPT_KFAC, l, c);
+    curv_config_free(c);
+    return o;
+}
+
+static const struct curv__kblock *block_of(const curv_opt *o, size_t i)
+{
+    const struct curv__kblock *b = curv__kfac_est_block(curv__kfac_estimator(o), i);
+    assert_non_null(b);
+    return b;
+}
+
+/* Dense copy of a side's current factor (a diagonal side expanded). */
+static double *factor(const struct curv__kside *s)
+{
+    double *M = tu_alloc(s->n * s->n);
+    for (size_t i = 0; i < s->n; i++)
+        for (size_t j = 0; j < s->n; j++)
+            M[i * s->n + j] = s->diag ? (i == j ? s->F[i] : 0) : s->F[i * s->n + j];
+    return M;
+}
+
+/* K = A ⊗ B (na² x nb² entries as an (na nb) x (na nb) matrix). */
+static double *kron(size_t na, const double *A, size_t nb, const double *B)
+{
+    size_t n = na * nb;
+    double *K = tu_alloc(n * n);
+    for (size_t i = 0; i < na; i++)
+        for (size_t j = 0; j < na; j++)
+            for (size_t k = 0; k < nb; k++)
+                for (size_t l = 0; l < nb; l++)
+                    K[(i * nb + k) * n + j * nb + l] = A[i * na + j] * B[k * nb + l];
+    return K;
+}
+
+/* x = M^-1 b by Gauss-Jordan with partial pivoting (not the library's
+ * eigendecomposition). */
+static void gj_solve(size_t n, const double *M, const double *b, double *x)
+{
+    double *T = tu_alloc(n * (n + 1));
+    for (size_t i = 0; i < n; i++) {
+        memcpy(T + i * (n + 1), M + i * n, n * sizeof(double));
+        T[i * (n + 1) + n] = b[i];
+    }
+    for (size_t c = 0; c < n; c++) {
+        size_t p = c;
+        for (size_t r = c + 1; r < n; r++)
+            if (fabs(T[r * (n + 1) + c]) > fabs(T[p * (n + 1) + c]))
+                p = r;
+        for (size_t k = 0; k <= n; k++) {
+            double t = T[c * (n + 1) + k];
+            T[c * (n + 1) + k] = T[p * (n + 1) + k];
+            T[p * (n + 1) + k] = t;
+        }
+        for (size_t r = 0; r < n; r++) {
+            if (r == c)
+                continue;
+            double f = T[r * (n + 1) + c] / T[c * (n + 1) + c];
+            for (size_t k = c; k <= n; k++)
+                T[r * (n + 1) + k] -= f * T[c * (n + 1) + k];
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        x[i] = T[i * (n + 1) + n] / T[i * (n + 1) + i];
+    free(T);
+}
+
+/* Â = scale Σ_rows ā āᵀ with ā = [x, 1] when @bias (n = nx + bias). */
+static double *outer_mean(const double *X, size_t rows, size_t nx, int bias, double scale)
+{
+    size_t n = nx + (size_t)bias;
+    double *F = tu_alloc(n * n);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++) {
+                double xi = i < nx ? X[r * nx + i] : 1.0, xj = j < nx ? X[r * nx + j] : 1.0;
+                F[i * n + j] += scale * xi * xj;
+            }
+    return F;
+}
+
+/* The dense Fisher block of layer @b of @net: (1/m) Σ_e p_e p_eᵀ over the
+ * per-example gradients restricted to the block. */
+static double *true_fisher_block(const tu_mlp *net, size_t off, size_t size)
+{
+    double *F = tu_alloc(size * size);
+    for (size_t e = 0; e < net->m; e++) {
+        const double *p = net->pex + e * net->dim + off;
+        for (size_t i = 0; i < size; i++)
+            for (size_t j = 0; j < size; j++)
+                F[i * size + j] += p[i] * p[j] / (double)net->m;
+    }
+    return F;
+}
+
+static double max_abs_diff(const double *a, const double *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs(a[i] - b[i]));
+    return m;
+}
+
+static const tu_kv PLAIN[] = {{"lr", 1}, {"momentum", 0}, {"weight_decay", 0}};
+
+/* One example: Ĝ ⊗ Â is that example's Fisher block exactly (signals not
+ * divided by the batch size); the mean gradient is that example's. */
+static void test_factors_one_example(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    const size_t w[] = {3, 4, 2};
+    tu_mlp_new(&net, w, 2, 0, 1, 11);
+    tu_mlp_batch(&net, 12);
+    curv_layout *l = tu_mlp_layout(&net);
+    curv_opt *o = kfac_opt(l, "simple", PLAIN, 3);
+    double *u = tu_alloc(net.dim);
+    curv_error err;
+    tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+    for (size_t i = 0; i < 2; i++) {
+        const struct curv__kblock *b = block_of(o, i);
+        double *A = factor(&b->A), *G = factor(&b->G);
+        double *K = kron(b->G.n, G, b->A.n, A);
+        double *F = true_fisher_block(&net, b->info.offset, b->info.size);
+        if (tu_rel_err(K, F, b->info.size * b->info.size) > 1e-14)
+            fail_msg("layer %zu: G ⊗ A differs from the example's Fisher block by %g", i,
+                     tu_rel_err(K, F, b->info.size * b->info.size));
+        free(A), free(G), free(K), free(F);
+    }
+    free(u);
+    curv_opt_free(o);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+/* A batch: Ĝ ⊗ Â is the average over all pairs (activations of one
+ * example, signals of another), the thesis' independence approximation,
+ * and it differs from the true batch Fisher block. */
+static void test_factors_batch(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    const size_t w[] = {3, 4, 2};
+    const size_t m = 6;
+    tu_mlp_new(&net, w, 2, 0, m, 21);
+    tu_mlp_batch(&net, 22);
+    curv_layout *l = tu_mlp_layout(&net);
+    curv_opt *o = kfac_opt(l, "simple", PLAIN, 3);
+    double *u = tu_alloc(net.dim);
+    curv_error err;
+    tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+    for (size_t i = 0; i < 2; i++) {
+        const struct curv__kblock *b = block_of(o, i);
+        const size_t nr = b->info.rows, nc = b->info.cols, sz = b->info.size;
+        double *A = factor(&b->A), *G = factor(&b->G);
+        double *K = kron(nr, G, nc, A);
+        double *pairs = tu_alloc(sz * sz);
+        for (size_t e = 0; e < m; e++)
+            for (size_t f = 0; f < m; f++) {
+                double *a1 = outer_mean(net.acts[i] + e * w[i], 1, w[i], 1, 1.0);
+                double *g1 = outer_mean(net.sig[i] + f * w[i + 1], 1, w[i + 1], 0, 1.0);
+                double *k1 = kron(nr, g1, nc, a1);
+                for (size_t j = 0; j < sz * sz; j++)
+                    pairs[j] += k1[j] / (double)(m * m);
+                free(a1), free(g1), free(k1);
+            }
+        double *F = true_fisher_block(&net, b->info.offset, sz);
+        if (tu_rel_err(K, pairs, sz * sz) > 1e-13)
+            fail_msg("layer %zu: G ⊗ A is not the all-pairs average (%g)", i,
+                     tu_rel_err(K, pairs, sz * sz));
+        if (tu_rel_err(K, F, sz * sz) < 0.05)
+            fail_msg("layer %zu: G ⊗ A should differ from the batch Fisher block (%g)", i,
+                     tu_rel_err(K, F, sz * sz));
+        free(A), free(G), free(K), free(pairs), free(F);
+    }
+    /* The gradient convention: the mean of the per-example gradients,
+     * which are the outer products of per-example signals and inputs. */
+    for (size_t o2 = 0; o2 < w[1]; o2++) {
+        double want = 0;
+        for (size_t e = 0; e < m; e++)
+            want += net.sig[0][e * w[1] + o2] * net.acts[0][e * w[0]] / (double)m;
+        assert_true(fabs(net.g[o2 * (w[0] + 1)] - want) <= 1e-15 * (1 + fabs(want)));
+    }
+    free(u);
+    curv_opt_free(o);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+/* conv2d (KFC): Â averages over examples x positions, Ĝ sums over
+ * positions and averages over examples. */
+static void test_conv_statistics(void **state)
+{
+    (void)state;
+    curv_layout *l = curv_layout_new();
+    assert_int_equal(curv_layout_add_conv2d(l, "conv", 2, 1, 2, 2, 1, NULL), CURV_OK);
+    const size_t ex = 2, pos = 3, rows = ex * pos, d = curv_layout_dim(l);
+    double acts[6 * 4], sig[6 * 2], g[10], th[10] = {0}, u[10];
+    tu_rng r;
+    tu_rng_seed(&r, 5);
+    tu_fill_normal(&r, acts, rows * 4, 1.0);
+    tu_fill_normal(&r, sig, rows * 2, 1.0);
+    tu_fill_normal(&r, g, d, 1.0);
+    curv_opt *o = kfac_opt(l, "simple", PLAIN, 3);
+    curv_layer_stats ls = {.block = 0, .rows = rows, .examples = ex, .acts = acts, .signals = sig};
+    curv_step_input in = {
+        .grad = g, .params = th, .len = d, .dtype = CURV_F64, .layers = &ls, .n_layers = 1};
+    curv_request req;
+    curv_error err;
+    tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_OK, &err);
+    const struct curv__kblock *b = block_of(o, 0);
+    double *A = outer_mean(acts, rows, 4, 1, 1.0 / (double)rows);
+    double *G = outer_mean(sig, rows, 2, 0, 1.0 / (double)ex);
+    tu_expect_close(b->A.F, A, 25, 1e-15, "conv A", 1);
+    tu_expect_close(b->G.F, G, 4, 1e-15, "conv G", 1);
+    free(A), free(G);
+    curv_opt_free(o);
+    curv_layout_free(l);
+}
+
+/*
+ * The update of each Kronecker block against the dense
+ * −[(G + γ/π I) ⊗ (A + πγ I)]⁻¹ (g + ηθ) solved by Gauss-Jordan, with π
+ * from the trace formula computed here; diagonal sides when
+ * max_factor_dim is small; the AdaGrad fallback for the vector block.
+ */
+static void check_blockdiag(double max_factor_dim, double eta)
+{
+    tu_mlp net;
+    const size_t w[] = {5, 3, 3, 2};
+    tu_mlp_new(&net, w, 3, 3, 4, 31);
+    tu_mlp_batch(&net, 32);
+    curv_layout *l = tu_mlp_layout(&net);
+    const double gamma = 0.3;
+    const tu_kv kv[] = {{"lr", 1},
+                        {"momentum", 0},
+                        {"damping", gamma},
+                        {"weight_decay", eta},
+                        {"fallback_lr", 0.2},
+                        {"max_factor_dim", max_factor_dim}};
+    curv_opt *o = kfac_opt(l, "simple", kv, 6);
+    double *u = tu_alloc(net.dim), *gf = tu_alloc(net.dim);
+    curv_error err;
+    tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+    for (size_t i = 0; i < net.dim; i++)
+        gf[i] = net.g[i] + eta * net.theta[i];
+    for (size_t i = 0; i < 3; i++) {
+        curv_block_info bi;
+        curv_layout_block(l, i, &bi);
+        const size_t nr = bi.rows, nc = bi.cols, sz = bi.size;
+        double *A = outer_mean(net.acts[i], net.m, w[i], 1, 1.0 / (double)net.m);
+        double *G = outer_mean(net.sig[i], net.m, w[i + 1], 0, 1.0 / (double)net.m);
+        double trA = 0, trG = 0;
+        for (size_t j = 0; j < nc; j++)
+            trA += A[j * nc + j];
+        for (size_t j = 0; j < nr; j++)
+            trG += G[j * nr + j];
+        const double pi = sqrt((trA / (double)nc) / (trG / (double)nr));
+        for (size_t j = 0; j < nc; j++)
+            for (size_t k = 0; k < nc; k++)
+                A[j * nc + k] = j == k                ? A[j * nc + k] + pi * gamma
+                                : nc > max_factor_dim ? 0
+                                                      : A[j * nc + k];
+        for (size_t j = 0; j < nr; j++)
+            for (size_t k = 0; k < nr; k++)
+                G[j * nr + k] = j == k                ? G[j * nr + k] + gamma / pi
+                                : nr > max_factor_dim ? 0
+                                                      : G[j * nr + k];
+        double *K = kron(nr, G, nc, A), *x = tu_alloc(sz);
+        gj_solve(sz, K, gf + bi.offset, x);
+        for (size_t j = 0; j < sz; j++)
+            x[j] = -x[j];
+        char what[64];
+        snprintf(what, sizeof what, "block %zu (max_factor_dim %g)", i, max_factor_dim);
+        tu_expect_close(u + bi.offset, x, sz, 1e-11, what, 1);
+        free(A), free(G), free(K), free(x);
+    }
+    const size_t off = net.dim - net.nv;
+    for (size_t j = 0; j < net.nv; j++) {
+        double want = -0.2 * gf[off + j] / sqrt(gf[off + j] * gf[off + j] + 1e-8);
+        assert_true(fabs(u[off + j] - want) <= 1e-15);
+    }
+    free(u), free(gf);
+    curv_opt_free(o);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+static void test_blockdiag_update(void **state)
+{
+    (void)state;
+    check_blockdiag(4096, 0);
+    check_blockdiag(4096, 0.05);
+    check_blockdiag(3, 0); /* every A side diagonal, G sides dense */
+    check_blockdiag(1, 0); /* all diagonal */
+}
+
+/* The factors follow X ← εX + (1−ε)X̂, ε = min(1 − 1/k, decay). */
+static void test_ema_schedule(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    const size_t w[] = {3, 4, 2};
+    tu_mlp_new(&net, w, 2, 0, 3, 41);
+    curv_layout *l = tu_mlp_layout(&net);
+    const tu_kv kv[] = {{"lr", 0}, {"weight_decay", 0}, {"decay", 0.6}};
+    curv_opt *o = kfac_opt(l, "simple", kv, 3);
+    double *u = tu_alloc(net.dim), *Aw = tu_alloc(36), *Gw = tu_alloc(36);
+    curv_error err;
+    for (unsigned k = 1; k <= 4; k++) {
+        tu_mlp_batch(&net, 100 + k);
+        tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+        const double eps = fmin(1.0 - 1.0 / k, 0.6);
+        double *A = outer_mean(net.acts[1], 3, 4, 1, 1.0 / 3),
+               *G = outer_mean(net.sig[1], 3, 2, 0, 1.0 / 3);
+        for (size_t i = 0; i < 25; i++)
+            Aw[i] = eps * Aw[i] + (1 - eps) * A[i];
+        for (size_t i = 0; i < 4; i++)
+            Gw[i] = eps * Gw[i] + (1 - eps) * G[i];
+        const struct curv__kblock *b = block_of(o, 1);
+        tu_expect_close(b->A.F, Aw, 25, 1e-14, "EMA of A", (int)k);
+        tu_expect_close(b->G.F, Gw, 4, 1e-14, "EMA of G", (int)k);
+        free(A), free(G);
+    }
+    free(u), free(Aw), free(Gw);
+    curv_opt_free(o);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+/* Value of report entry @name, asserting it is there. */
+static double report_value(const curv_opt *o, const char *name)
+{
+    const curv_report_entry *e;
+    size_t n = curv_opt_report(o, &e);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(e[i].name, name) == 0)
+            return e[i].value;
+    fail_msg("report has no '%s'", name);
+    return NAN;
+}
+
+/* cov_interval: statistics are due at steps 1, 1 + T, ...; a step between
+ * may omit them (the factors stay) or send them (they are used); a due
+ * step without them is refused naming the block, changing nothing. */
+static void test_cov_interval(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    const size_t w[] = {3, 4, 2};
+    tu_mlp_new(&net, w, 2, 0, 3, 51);
+    tu_mlp_batch(&net, 52);
+    curv_layout *l = tu_mlp_layout(&net);
+    const tu_kv kv[] = {{"lr", 0.1}, {"weight_decay", 0}, {"cov_interval", 3}};
+    curv_opt *o = kfac_opt(l, "simple", kv, 3);
+    double *u = tu_alloc(net.dim);
+    curv_error err;
+    tu_assert_status(tu_mlp_step(o, &net, 0, u, NULL, &err), CURV_E_INVALID, &err);
+    assert_non_null(strstr(err.text, "'l0'"));
+    tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+    assert_true(report_value(o, "stats_updated") == 1);
+    double *A1 = factor(&block_of(o, 0)->A);
+    tu_assert_status(tu_mlp_step(o, &net, 0, u, NULL, &err), CURV_OK, &err); /* step 2 */
+    assert_true(report_value(o, "stats_updated") == 0);
+    double *A2 = factor(&block_of(o, 0)->A);
+    assert_memory_equal(A1, A2, 16 * sizeof(double));
+    tu_mlp_batch(&net, 53);
+    tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err); /* step 3 */
+    double *A3 = factor(&block_of(o, 0)->A);
+    assert_true(max_abs_diff(A2, A3, 16) > 0);
+    size_t len;
+    unsigned char *snap = tu_snapshot(o, &len);
+    tu_assert_status(tu_mlp_step(o, &net, 0, u, NULL, &err), CURV_E_INVALID, &err); /* step 4 */
+    assert_non_null(strstr(err.text, "due"));
+    tu_assert_unchanged(o, snap, len);
+    tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+    curv_free(snap);
+    free(A1), free(A2), free(A3), free(u);
+    curv_opt_free(o);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+/* Inverses are recomputed at k <= 3 and k ≡ 0 (mod inv_interval); the
+ * report's inverse_age counts the steps since. Between refreshes the
+ * update uses the old inverse with the current gradient. */
+static void test_inverse_interval(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    const size_t w[] = {3, 4, 2};
+    tu_mlp_new(&net, w, 2, 0, 3, 61);
+    curv_layout *l = tu_mlp_layout(&net);
+    const tu_kv kv[] = {{"lr", 0.1}, {"weight_decay", 0}, {"inv_interval", 4}};
+    curv_opt *o = kfac_opt(l, "simple", kv, 3);
+    double *u = tu_alloc(net.dim);
+    const double want[] = {0, 0, 0, 0, 1, 2, 3, 0, 1};
+    curv_error err;
+    for (unsigned k = 1; k <= 9; k++) {
+        tu_mlp_batch(&net, 200 + k);
+        tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+        if (report_value(o, "inverse_age.l0") != want[k - 1] ||
+            report_value(o, "inverse_age.l1") != want[k - 1])
+            fail_msg("step %u: inverse age %g, want %g", k, report_value(o, "inverse_age.l0"),
+                     want[k - 1]);
+        /* The eigenvectors in use are those of the factor at the last refresh. */
+        const struct curv__kblock *b = block_of(o, 0);
+        if (want[k - 1] == 0) {
+            double *A = factor(&b->A), *R = tu_alloc(16);
+            tu_from_eig(4, b->A.Q, b->A.w, R);
+            assert_true(tu_rel_err(R, A, 16) < 1e-12);
+            free(A), free(R);
+        }
+    }
+    free(u);
+    curv_opt_free(o);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_factors_one_example), cmocka_unit_test(test_factors_batch),
+        cmocka_unit_test(test_conv_statistics),     cmocka_unit_test(test_blockdiag_update),
+        cmocka_unit_test(test_ema_schedule),        cmocka_unit_test(test_cov_interval),
+        cmocka_unit_test(test_inverse_interval),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

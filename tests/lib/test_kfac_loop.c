@@ -1,0 +1,473 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * K-FAC's adaptive loop (kfac.c) driven like a trainer on tiny MLPs: the
+ * requests and their intervals, the candidate updates, α/μ and the γ
+ * choice against dense math done here, the LM rule with ρ from either
+ * source, save/load mid-training and mid-step, bad input and bad answers
+ * (nothing changes), failing factors, reconfiguration, corrupted blobs.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kfac_int.h"
+#include "testutil.h"
+
+static curv_opt *adaptive(const curv_layout *l, const tu_kv *kv, size_t n, const char *rho_source)
+{
+    curv_config *c = tu_config(kv, n);
+    if (rho_source)
+        tu_config_set(c, "rho_source", 0, rho_source);
+    curv_opt *o = tu_new_opt(CURV_OPT_KFAC, l, c);
+    curv_config_free(c);
+    return o;
+}
+
+static double report_value(const curv_opt *o, const char *name)
+{
+    const curv_report_entry *e;
+    size_t n = curv_opt_report(o, &e);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(e[i].name, name) == 0)
+            return e[i].value;
+    fail_msg("report has no '%s'", name);
+    return NAN;
+}
+
+static double dot(const double *x, const double *y, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += x[i] * y[i];
+    return s;
+}
+
+/* θ ← θ + u and a new batch evaluated there. */
+static void advance(tu_mlp *net, const double *u, uint64_t seed)
+{
+    for (size_t i = 0; i < net->dim; i++)
+        net->theta[i] += u[i];
+    tu_mlp_batch(net, seed);
+}
+
+static curv_step_input input_of(const tu_mlp *net, int stats)
+{
+    return (curv_step_input){.grad = net->g,
+                             .params = net->theta,
+                             .len = net->dim,
+                             .dtype = CURV_F64,
+                             .layers = stats ? net->stats : NULL,
+                             .n_layers = stats ? net->L : 0,
+                             .loss = net->loss,
+                             .has_loss = 1};
+}
+
+/* vᵀCv of the trainer's curvature (the driver's exact PSD matrix). */
+static double curvature_form(tu_mlp *net, const double *v)
+{
+    curv_request q = {
+        .kind = CURV_REQ_QUADRATIC_FORM, .n_vectors = 1, .dim = net->dim, .vectors = v};
+    double val;
+    tu_mlp_answer(net, &q, &val);
+    return val;
+}
+
+static const size_t W[] = {3, 4, 2};
+
+/* Requests per step: QUADRATIC_FORM over 1 or 3 candidates plus δ0 from
+ * step 2 on, LOSS every lambda_interval steps. */
+static void test_request_intervals(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    tu_mlp_new(&net, W, 2, 2, 5, 1);
+    tu_mlp_batch(&net, 2);
+    curv_layout *l = tu_mlp_layout(&net);
+    const tu_kv kv[] = {{"lambda_interval", 3}, {"gamma_interval", 4}, {"inv_interval", 4}};
+    curv_opt *o = adaptive(l, kv, 3, NULL);
+    double *u = tu_alloc(net.dim);
+    for (unsigned k = 1; k <= 9; k++) {
+        tu_kfac_trace tr;
+        curv_error err;
+        tu_assert_status(tu_mlp_step(o, &net, 1, u, &tr, &err), CURV_OK, &err);
+        const int loss = k % 3 == 0;
+        assert_int_equal(tr.n, 1 + loss);
+        assert_int_equal(tr.kind[0], CURV_REQ_QUADRATIC_FORM);
+        assert_int_equal(tr.n_vectors[0], (k % 4 == 0 ? 3 : 1) + (k > 1));
+        if (loss) {
+            assert_int_equal(tr.kind[1], CURV_REQ_LOSS);
+            assert_int_equal(tr.n_vectors[1], 1);
+        }
+        assert_true(report_value(o, "rejected") == 0);
+        advance(&net, u, 10 + k);
+    }
+    free(u);
+    curv_opt_free(o);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+/* x = M^-1 b, Gauss-Jordan with partial pivoting. */
+static void gj_solve(size_t n, const double *M, const double *b, double *x)
+{
+    double *T = tu_alloc(n * (n + 1));
+    for (size_t i = 0; i < n; i++) {
+        memcpy(T + i * (n + 1), M + i * n, n * sizeof(double));
+        T[i * (n + 1) + n] = b[i];
+    }
+    for (size_t c = 0; c < n; c++) {
+        size_t p = c;
+        for (size_t r = c + 1; r < n; r++)
+            if (fabs(T[r * (n + 1) + c]) > fabs(T[p * (n + 1) + c]))
+                p = r;
+        for (size_t k = 0; k <= n; k++) {
+            double t = T[c * (n + 1) + k];
+            T[c * (n + 1) + k] = T[p * (n + 1) + k], T[p * (n + 1) + k] = t;
+        }
+        for (size_t r = 0; r < n; r++)
+            if (r != c) {
+                double f = T[r * (n + 1) + c] / T[c * (n + 1) + c];
+                for (size_t k = c; k <= n; k++)
+                    T[r * (n + 1) + k] -= f * T[c * (n + 1) + k];
+            }
+    }
+    for (size_t i = 0; i < n; i++)
+        x[i] = T[i * (n + 1) + n] / T[i * (n + 1) + i];
+    free(T);
+}
+
+/* Â = (1/m) Σ ā āᵀ (ā with the homogeneous 1 when @bias), accumulated
+ * with weight @wgt into @F. */
+static void add_outer(double *F, const double *X, size_t m, size_t nx, int bias, double wgt)
+{
+    size_t n = nx + (size_t)bias;
+    for (size_t r = 0; r < m; r++)
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++)
+                F[i * n + j] += wgt / (double)m * (i < nx ? X[r * nx + i] : 1.0) *
+                                (j < nx ? X[r * nx + j] : 1.0);
+}
+
+/* −[(G + γ/π I) ⊗ (A + πγ I)]⁻¹ v for one block, π from the traces. */
+static void dense_proposal(size_t nr, const double *G, size_t nc, const double *A, double gamma,
+                           const double *v, double *out)
+{
+    double trA = 0, trG = 0;
+    for (size_t i = 0; i < nc; i++)
+        trA += A[i * nc + i];
+    for (size_t i = 0; i < nr; i++)
+        trG += G[i * nr + i];
+    const double pi = sqrt((trA / (double)nc) / (trG / (double)nr));
+    const size_t n = nr * nc;
+    double *K = tu_alloc(n * n);
+    for (size_t i = 0; i < nr; i++)
+        for (size_t j = 0; j < nr; j++)
+            for (size_t k = 0; k < nc; k++)
+                for (size_t q = 0; q < nc; q++)
+                    K[(i * nc + k) * n + j * nc + q] = (G[i * nr + j] + (i == j) * gamma / pi) *
+                                                       (A[k * nc + q] + (k == q) * pi * gamma);
+    gj_solve(n, K, v, out);
+    for (size_t i = 0; i < n; i++)
+        out[i] = -out[i];
+    free(K);
+}
+
+/*
+ * A γ-adaptation step (k = gamma_interval = 2) checked end to end: the
+ * three candidate proposals against the dense damped inverse of the EMA
+ * factors formed here, δ0 = the last update, then α, μ by Cramer's rule on
+ * the model built here from the Gram answer, the lowest M chosen, δ, and
+ * the new γ.
+ */
+static void test_gamma_step_math(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    const size_t w[] = {4, 3, 2};
+    tu_mlp_new(&net, w, 2, 2, 5, 3);
+    tu_mlp_batch(&net, 4);
+    curv_layout *l = tu_mlp_layout(&net);
+    const double eta = 0.01, lam = 0.5, fb_lr = 0.05;
+    const tu_kv kv[] = {{"weight_decay", eta},
+                        {"gamma_interval", 2},
+                        {"lambda_interval", 100},
+                        {"lambda_init", lam},
+                        {"fallback_lr", fb_lr}};
+    curv_opt *o = adaptive(l, kv, 5, NULL);
+    const size_t d = net.dim;
+    double *u1 = tu_alloc(d), *u2 = tu_alloc(d), *g1 = tu_alloc(d), *gf = tu_alloc(d);
+    double *A[2], *G[2];
+    for (size_t i = 0; i < 2; i++) {
+        A[i] = tu_alloc((w[i] + 1) * (w[i] + 1));
+        G[i] = tu_alloc(w[i + 1] * w[i + 1]);
+        add_outer(A[i], net.acts[i], net.m, w[i], 1, 0.5); /* ε_2 = 1/2 */
+        add_outer(G[i], net.sig[i], net.m, w[i + 1], 0, 0.5);
+    }
+    for (size_t i = 0; i < d; i++)
+        g1[i] = net.g[i] + eta * net.theta[i];
+    curv_error err;
+    tu_assert_status(tu_mlp_step(o, &net, 1, u1, NULL, &err), CURV_OK, &err);
+    const double gamma0 = sqrt(lam + eta);
+    assert_true(report_value(o, "gamma") == gamma0 && report_value(o, "lambda") == lam);
+    advance(&net, u1, 5);
+    for (size_t i = 0; i < 2; i++) {
+        add_outer(A[i], net.acts[i], net.m, w[i], 1, 0.5);
+        add_outer(G[i], net.sig[i], net.m, w[i + 1], 0, 0.5);
+    }
+    for (size_t i = 0; i < d; i++)
+        gf[i] = net.g[i] + eta * net.theta[i];
+
+    curv_step_input in = input_of(&net, 1);
+    curv_request req;
+    tu_assert_status(curv_opt_step(o, &in, u2, &req, &err), CURV_NEED_INPUT, &err);
+    assert_int_equal(req.kind, CURV_REQ_QUADRATIC_FORM);
+    assert_int_equal(req.n_vectors, 4);
+    assert_memory_equal(req.vectors + 3 * d, u1, d * sizeof(double)); /* δ0 */
+    const double w2 = pow(0.97467943448089633, 2);
+    const double gam[3] = {gamma0, w2 * gamma0, gamma0 / w2};
+    double *want = tu_alloc(d);
+    for (size_t c = 0; c < 3; c++) {
+        size_t off = 0;
+        for (size_t i = 0; i < 2; i++) {
+            dense_proposal(w[i + 1], G[i], w[i] + 1, A[i], gam[c], gf + off, want + off);
+            off += w[i + 1] * (w[i] + 1);
+        }
+        for (size_t j = off; j < d; j++) /* AdaGrad fallback: r = g1² */
+            want[j] = -fb_lr * gf[j] / sqrt(g1[j] * g1[j] + gf[j] * gf[j] + 1e-8);
+        char what[32];
+        snprintf(what, sizeof what, "candidate %zu", c);
+        tu_expect_close(req.vectors + c * d, want, d, 1e-10, what, 2);
+    }
+    double gram[16];
+    tu_mlp_answer(&net, &req, gram);
+    /* The model per candidate, solved here by Cramer's rule. */
+    const double *d0 = req.vectors + 3 * d;
+    double best_m = INFINITY, best_a = 0, best_u = 0;
+    size_t best = 0;
+    for (size_t c = 0; c < 3; c++) {
+        const double *dc = req.vectors + c * d;
+        double q11 = gram[c * 4 + c] + (lam + eta) * dot(dc, dc, d);
+        double q12 = gram[c * 4 + 3] + (lam + eta) * dot(dc, d0, d);
+        double q22 = gram[15] + (lam + eta) * dot(d0, d0, d);
+        double b1 = dot(gf, dc, d), b2 = dot(gf, d0, d), det = q11 * q22 - q12 * q12;
+        double al = (-b1 * q22 + b2 * q12) / det, mu = (-b2 * q11 + b1 * q12) / det;
+        double m = 0.5 * (al * al * q11 + 2 * al * mu * q12 + mu * mu * q22) + al * b1 + mu * b2;
+        if (m < best_m)
+            best_m = m, best_a = al, best_u = mu, best = c;
+    }
+    curv_response resp = {.seq = req.seq, .n_values = 16, .values = gram};
+    double *delta = tu_alloc(d);
+    memcpy(delta, req.vectors + best * d, d * sizeof(double));
+    for (size_t j = 0; j < d; j++)
+        delta[j] = best_a * delta[j] + best_u * d0[j];
+    tu_assert_status(curv_opt_resume(o, &resp, CURV_F64, u2, &req, &err), CURV_OK, &err);
+    tu_expect_close(u2, delta, d, 1e-9, "δ = αΔ + μδ0", 2);
+    assert_true(report_value(o, "gamma") == gam[best]);
+    assert_true(fabs(report_value(o, "alpha") - best_a) <= 1e-9 * fabs(best_a));
+    assert_true(fabs(report_value(o, "mu") - best_u) <= 1e-9 * (1 + fabs(best_u)));
+    assert_true(fabs(report_value(o, "model_change") - best_m) <= 1e-9 * fabs(best_m));
+    for (size_t i = 0; i < 2; i++)
+        free(A[i]), free(G[i]);
+    free(u1), free(u2), free(g1), free(gf), free(want), free(delta);
+    curv_opt_free(o);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+/* M(δ) of the step just taken, from the trainer's curvature. */
+static double model_of(tu_mlp *net, const double *gf, const double *u, double lam_eta)
+{
+    return 0.5 * curvature_form(net, u) + 0.5 * lam_eta * dot(u, u, net->dim) +
+           dot(gf, u, net->dim);
+}
+
+static double rule(double lambda, double rho, double w1)
+{
+    return rho > 0.75 ? lambda * w1 : rho < 0.25 ? lambda / w1 : lambda;
+}
+
+/* ρ from a LOSS request on the same batch, the LM rule every step. */
+static void test_lm_with_loss_requests(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    tu_mlp_new(&net, W, 2, 0, 6, 7);
+    tu_mlp_batch(&net, 8);
+    curv_layout *l = tu_mlp_layout(&net);
+    const double eta = 0.02;
+    const tu_kv kv[] = {{"weight_decay", eta},
+                        {"lambda_interval", 1},
+                        {"gamma_interval", 1000},
+                        {"lambda_init", 0.3}};
+    curv_opt *o = adaptive(l, kv, 4, NULL);
+    const size_t d = net.dim;
+    double *u = tu_alloc(d), *gf = tu_alloc(d), *th = tu_alloc(d);
+    double lambda = 0.3;
+    const double w1 = 0.95;
+    int up = 0, down = 0;
+    for (unsigned k = 1; k <= 12; k++) {
+        for (size_t i = 0; i < d; i++)
+            gf[i] = net.g[i] + eta * net.theta[i];
+        const double h0 = net.loss + 0.5 * eta * dot(net.theta, net.theta, d);
+        curv_error err;
+        tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+        for (size_t i = 0; i < d; i++)
+            th[i] = net.theta[i] + u[i];
+        const double h1 = tu_mlp_eval(&net, th, 0) + 0.5 * eta * dot(th, th, d);
+        const double rho = (h1 - h0) / model_of(&net, gf, u, lambda + eta);
+        if (fabs(report_value(o, "rho") - rho) > 1e-8 * (1 + fabs(rho)))
+            fail_msg("step %u: rho %.17g, want %.17g", k, report_value(o, "rho"), rho);
+        double next = rule(lambda, rho, w1);
+        up += next > lambda, down += next < lambda;
+        lambda = fmax(next, 1e-8);
+        if (fabs(report_value(o, "lambda") - lambda) > 1e-12 * lambda)
+            fail_msg("step %u: lambda %.17g, want %.17g", k, report_value(o, "lambda"), lambda);
+        advance(&net, u, 100 + k);
+    }
+    assert_true(up + down > 0); /* the rule acted */
+    free(u), free(gf), free(th);
+    curv_opt_free(o);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+/* rho_source = next_step: no LOSS request; the next step needs its loss
+ * and finishes ρ with it (a different batch), before its own model. */
+static void test_lm_next_step(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    tu_mlp_new(&net, W, 2, 0, 6, 9);
+    tu_mlp_batch(&net, 10);
+    curv_layout *l = tu_mlp_layout(&net);
+    const double eta = 0.02;
+    const tu_kv kv[] = {{"weight_decay", eta}, {"lambda_interval", 2}, {"lambda_init", 0.3}};
+    curv_opt *o = adaptive(l, kv, 3, "next_step");
+    const size_t d = net.dim;
+    double *u = tu_alloc(d), *gf = tu_alloc(d);
+    curv_error err;
+    tu_kfac_trace tr;
+    tu_assert_status(tu_mlp_step(o, &net, 1, u, &tr, &err), CURV_OK, &err);
+    advance(&net, u, 11);
+    for (size_t i = 0; i < d; i++)
+        gf[i] = net.g[i] + eta * net.theta[i];
+    const double h0 = net.loss + 0.5 * eta * dot(net.theta, net.theta, d);
+    tu_assert_status(tu_mlp_step(o, &net, 1, u, &tr, &err), CURV_OK, &err); /* LM step */
+    assert_int_equal(tr.n, 1);
+    const double m = model_of(&net, gf, u, 0.3 + eta);
+    advance(&net, u, 12);
+    size_t len;
+    unsigned char *snap = tu_snapshot(o, &len);
+    curv_step_input in = input_of(&net, 1);
+    in.has_loss = 0;
+    curv_request req;
+    tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_E_INVALID, &err);
+    assert_non_null(strstr(err.text, "next_step"));
+    tu_assert_unchanged(o, snap, len);
+    tu_assert_status(tu_mlp_step(o, &net, 1, u, &tr, &err), CURV_OK, &err);
+    const double h1 = net.loss + 0.5 * eta * dot(net.theta, net.theta, d);
+    const double rho = (h1 - h0) / m;
+    assert_true(fabs(report_value(o, "rho") - rho) <= 1e-9 * (1 + fabs(rho)));
+    assert_true(fabs(report_value(o, "lambda") - rule(0.3, rho, 0.95 * 0.95)) <= 1e-15);
+    curv_free(snap);
+    free(u), free(gf);
+    curv_opt_free(o);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+static curv_opt *load_blob(const unsigned char *blob, size_t len)
+{
+    curv_opt *o = NULL;
+    curv_error err;
+    tu_assert_status(curv_opt_load(blob, len, &o, &err), CURV_OK, &err);
+    return o;
+}
+
+/* Saved between steps: the loaded copy continues bit-identically. Saved
+ * while a request is pending: the blob holds the state from before the
+ * step, which is taken again from its start with the same outcome. */
+static void test_save_load(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    tu_mlp_new(&net, W, 2, 3, 5, 13);
+    tu_mlp_batch(&net, 14);
+    curv_layout *l = tu_mlp_layout(&net);
+    const tu_kv kv[] = {
+        {"lambda_interval", 2}, {"gamma_interval", 3}, {"inv_interval", 3}, {"cov_interval", 2}};
+    curv_opt *a = adaptive(l, kv, 4, NULL);
+    const size_t d = net.dim;
+    double *ua = tu_alloc(d), *ub = tu_alloc(d);
+    curv_error err;
+    for (unsigned k = 1; k <= 3; k++) {
+        tu_assert_status(tu_mlp_step(a, &net, 1, ua, NULL, &err), CURV_OK, &err);
+        advance(&net, ua, 20 + k);
+    }
+    size_t len;
+    unsigned char *blob = tu_snapshot(a, &len);
+    curv_opt *b = load_blob(blob, len);
+    tu_assert_unchanged(b, blob, len);
+    curv_free(blob);
+    for (unsigned k = 4; k <= 7; k++) {
+        tu_assert_status(tu_mlp_step(a, &net, k != 4, ua, NULL, &err), CURV_OK, &err);
+        tu_assert_status(tu_mlp_step(b, &net, k != 4, ub, NULL, &err), CURV_OK, &err);
+        if (memcmp(ua, ub, d * sizeof(double)))
+            fail_msg("step %u differs after save/load", k);
+        advance(&net, ua, 20 + k);
+    }
+    /* Step 8 (an LM step): save at each request, finish the original. */
+    curv_step_input in = input_of(&net, 1);
+    curv_request req;
+    tu_assert_status(curv_opt_step(a, &in, ua, &req, &err), CURV_NEED_INPUT, &err);
+    unsigned char *mid = tu_snapshot(a, &len);
+    const uint64_t seq1 = req.seq;
+    double *vec1 = tu_alloc(req.n_vectors * d), gram[16];
+    memcpy(vec1, req.vectors, req.n_vectors * d * sizeof(double));
+    tu_mlp_answer(&net, &req, gram);
+    curv_response resp = {.seq = req.seq, .n_values = req.n_values, .values = gram};
+    tu_assert_status(curv_opt_resume(a, &resp, CURV_F64, ua, &req, &err), CURV_NEED_INPUT, &err);
+    assert_int_equal(req.kind, CURV_REQ_LOSS);
+    size_t len2;
+    unsigned char *mid2 = tu_snapshot(a, &len2);
+    assert_int_equal(len, len2);
+    double h1;
+    tu_mlp_answer(&net, &req, &h1);
+    curv_response r2 = {.seq = req.seq, .n_values = 1, .values = &h1};
+    tu_assert_status(curv_opt_resume(a, &r2, CURV_F64, ua, &req, &err), CURV_OK, &err);
+
+    curv_opt *c = load_blob(mid, len);
+    assert_int_equal(curv_opt_interrupted(c), 1);
+    assert_int_equal(curv_opt_steps(c), 7);
+    tu_assert_status(curv_opt_resume(c, &resp, CURV_F64, ub, &req, &err), CURV_E_STATE, &err);
+    tu_assert_status(curv_opt_step(c, &in, ub, &req, &err), CURV_NEED_INPUT, &err);
+    assert_true(req.seq > seq1); /* an answer to the old request cannot match */
+    assert_memory_equal(req.vectors, vec1, req.n_vectors * d * sizeof(double));
+    resp.seq = req.seq;
+    tu_assert_status(curv_opt_resume(c, &resp, CURV_F64, ub, &req, &err), CURV_NEED_INPUT, &err);
+    r2.seq = req.seq;
+    tu_assert_status(curv_opt_resume(c, &r2, CURV_F64, ub, &req, &err), CURV_OK, &err);
+    assert_memory_equal(ua, ub, d * sizeof(double));
+    assert_int_equal(curv_opt_interrupted(c), 0);
+    curv_opt *c2 = load_blob(mid2, len2); /* saved at the LOSS request: same state */
+    assert_int_equal(curv_opt_interrupted(c2), 1);
+    curv_opt_free(c2);
+    curv_free(mid), curv_free(mid2);
+    free(vec1), free(ua), free(ub);
+    curv_opt_free(a), curv_opt_free(b), curv_opt_free(c);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_request_intervals),
+        cmocka_unit_test(test_gamma_step_math),
+        cmocka_unit_test(test_lm_with_loss_requests),
+        cmocka_unit_test(test_lm_next_step),
+        cmocka_unit_test(test_save_load),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
