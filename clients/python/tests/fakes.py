@@ -81,7 +81,15 @@ class FakeDaemon:
         body, headers = w.body(doc)
         return status, body, headers
 
+    CATALOGUE = {"optimizers": [
+        {"name": "kfac", "inputs": ["layers"], "callbacks": True,
+         "params": [{"name": "lr"}, {"name": "fisher"}]},
+        {"name": "hf", "inputs": ["grad_sq"], "callbacks": True, "params": [{"name": "lr"}]},
+        {"name": "sgd", "inputs": [], "callbacks": False, "params": [{"name": "lr"}]}]}
+
     def _handle(self, method, path, headers, body):
+        if method == "GET" and path == "/v1/version":
+            return 200, json.dumps(self.CATALOGUE).encode(), {"Content-Type": "application/json"}
         if method == "POST" and path == "/v1/sessions":
             doc = json.loads(body)
             self.layout = doc["layout"]
@@ -135,11 +143,14 @@ class FakeDaemon:
                 super().setup()  # headers and body go out in two writes: no Nagle delay
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-            def do_POST(self):
+            def do_GET(self):
+                self.do_POST("GET")
+
+            def do_POST(self, method="POST"):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 index = fake.requests
                 fake.requests += 1
-                status, out, headers = fake._handle("POST", self.path, self.headers, body)
+                status, out, headers = fake._handle(method, self.path, self.headers, body)
                 if index in fake.drop:  # processed, but the reply is lost
                     self.close_connection = True
                     return

@@ -4,10 +4,10 @@ of (layout mapping, losses, layer capture, the curvature oracle)."""
 
 from .layout import Block, model_blocks
 from .losses import LOSSES, Loss, SigmoidCrossEntropy, SoftmaxCrossEntropy, SquaredError, get_loss
-from .optim import KIND_NEEDS, CurvdOptimizer
+from .optim import CurvdOptimizer
 from .oracle import TorchOracle
 
 __all__ = [
-    "Block", "CurvdOptimizer", "KIND_NEEDS", "LOSSES", "Loss", "SigmoidCrossEntropy",
+    "Block", "CurvdOptimizer", "LOSSES", "Loss", "SigmoidCrossEntropy",
     "SoftmaxCrossEntropy", "SquaredError", "TorchOracle", "get_loss", "model_blocks",
 ]

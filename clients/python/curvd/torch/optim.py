@@ -24,10 +24,6 @@ from .layout import model_blocks, order_blocks, wire_values
 from .losses import get_loss
 from .oracle import TorchOracle, call, take
 
-# What a kind reads beyond the gradient (the daemon refuses what it does not).
-KIND_NEEDS = {"kfac": {"layers"}, "hf": {"grad_sq"}}
-
-
 def _count(fraction: Union[float, int], m: int) -> int:
     """Examples of a subset: a fraction of the batch, or a count."""
     n = fraction if isinstance(fraction, int) else math.ceil(fraction * m)
@@ -45,40 +41,47 @@ class CurvdOptimizer(torch.optim.Optimizer):
     loss: "mse", "cross_entropy" (softmax) or "binary_cross_entropy"
       (sigmoid), or a losses.Loss.
     fisher: "true" (K-FAC's signals from targets sampled from the model) or
-      "empirical" (the batch's own targets).
+      "empirical" (the batch's own targets); None follows the session's
+      "fisher" hyperparameter (default "true").
     stats_fraction, curvature_fraction: the share (float) or number (int) of
       the batch's first examples used for layer statistics and for
       curvature callbacks (the thesis's tau1 = 1/8, tau2 = 1/4).
-    encoding: "binary", "b64" or "json". send_params / send_grad_sq: None
-      chooses by kind and config; True/False forces.
+    encoding: "binary", "b64" or "json". send_params: None sends θ when
+      the session's weight decay is on; True/False forces.
+    What else a step carries (layer statistics, grad_sq) follows the
+    inputs GET /v1/version lists for the kind.
     session: a session id to continue instead of creating one.
     The learning rate is param_groups[0]["lr"]: changing it (by hand or by a
     torch LR scheduler) changes the session's "lr" before the next step.
     """
 
     def __init__(self, model: torch.nn.Module, client: Union[Client, str], optimizer: str,
-                 config: Optional[dict] = None, *, loss="cross_entropy", fisher: str = "true",
-                 stats_fraction: Union[float, int] = 0.125,
+                 config: Optional[dict] = None, *, loss="cross_entropy",
+                 fisher: Optional[str] = None, stats_fraction: Union[float, int] = 0.125,
                  curvature_fraction: Union[float, int] = 0.25, encoding: str = "binary",
-                 send_params: Optional[bool] = None, send_grad_sq: Optional[bool] = None,
-                 seed: int = 0, session: Optional[str] = None):
-        if fisher not in ("true", "empirical"):
+                 send_params: Optional[bool] = None, seed: int = 0,
+                 session: Optional[str] = None):
+        if fisher not in (None, "true", "empirical"):
             raise ValueError(f"fisher must be 'true' or 'empirical', got {fisher!r}")
         self.model = model
         self.client = client if isinstance(client, Client) else Client(client)
         self.kind = optimizer
         self.config = dict(config or {})
+        kinds = {o["name"]: o for o in self.client.version()["optimizers"]}
+        if optimizer not in kinds:
+            raise ValueError(f"the daemon has no optimizer {optimizer!r}; it offers "
+                             f"{', '.join(kinds)}")
+        inputs = kinds[optimizer].get("inputs", [])
+        if fisher is not None and any(p["name"] == "fisher" for p in kinds[optimizer]["params"]):
+            self.config.setdefault("fisher", fisher)  # the kind documents which it expects
+        self._fisher = fisher
         self.loss = get_loss(loss)
-        self.fisher = fisher
         self.stats_fraction = stats_fraction
         self.curvature_fraction = curvature_fraction
         self.encoding = encoding
-        needs = KIND_NEEDS.get(optimizer, set())
-        self.send_layers = "layers" in needs
-        self.send_grad_sq = "grad_sq" in needs if send_grad_sq is None else send_grad_sq
-        self.send_params = (any(v and ("weight_decay" in k or "l2" in k)
-                                for k, v in self.config.items())
-                            if send_params is None else send_params)
+        self.send_layers = "layers" in inputs
+        self.send_grad_sq = "grad_sq" in inputs
+        self._send_params = send_params
         self.blocks = model_blocks(model)
         dtype = self.blocks[0].params[0].dtype
         self.datatype = "FP64" if dtype == torch.float64 else "FP32"
@@ -114,7 +117,13 @@ class CurvdOptimizer(torch.optim.Optimizer):
         return s
 
     def _adopt(self, s: Session) -> None:
+        """Take the session's resolved config: the learning rate, whether
+        it reads θ (weight decay) and which Fisher its signals estimate."""
         self.session = s
+        self.fisher = s.config.get("fisher", self._fisher or "true")
+        self.send_params = (self._send_params if self._send_params is not None else
+                            any(v > 0 for k, v in s.config.items()
+                                if "weight_decay" in k and isinstance(v, (int, float))))
         lr = s.config.get("lr")
         self._synced_lr = lr
         for g in self.param_groups:
