@@ -70,26 +70,6 @@ def train(opt, model, data, steps):
         return first, float(F.cross_entropy(model(x), y))
 
 
-@pytest.fixture(scope="module")
-def layers_refused(daemon):
-    """The daemon's reason for refusing a well-formed "layers" entry, or
-    None. (server/step_decode.c check_matrix wants the first matrix to
-    have 0 rows; K-FAC runs once that is fixed.)"""
-    with curvd.Client(daemon.url) as c:
-        if "kfac" not in c.optimizers():
-            return None
-        s = c.create_session("kfac", [{"name": "fc", "kind": "dense", "shape": [1, 2]}])
-        try:
-            c.post_step(s.id, 1, {"fc": [[0.5, 0.5]]}, loss=1.0, layers=[
-                {"block": "fc", "activations": [[1.0, 2.0]], "signals": [[0.5]]}])
-        except curvd.BadRequest as e:
-            if e.errors and (e.errors[0].expected or "").startswith("[rows>=1"):
-                return str(e)
-        finally:
-            s.delete()
-    return None
-
-
 def need(offered, kind, layers_refused=None):
     if kind not in offered:
         pytest.skip(f"the daemon does not offer {kind} yet")
