@@ -49,7 +49,7 @@ Q := $(if $(V),,@)
 
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all lib deps test test-unit asan check-symbols check-format readme-example \
+.PHONY: all lib deps test test-clients test-unit asan check-symbols check-format readme-example \
         readme-walkthrough check-openapi spec-check fuzz fuzz-smoke \
         bench run clean format
 
@@ -185,6 +185,10 @@ fuzz-smoke:
 readme-walkthrough: $(BUILD)/curvd
 	@tests/server/readme-walkthrough.sh $(BUILD)/curvd
 
+# The Python client and its torch optimizer against a real daemon (pytest).
+test-clients: $(BUILD)/curvd
+	@CURVD_BIN=$(BUILD)/curvd clients/python/run-tests.sh
+
 test: deps
 	@$(MAKE) --no-print-directory check-format
 	@$(MAKE) --no-print-directory check-openapi
@@ -193,6 +197,7 @@ test: deps
 	@$(MAKE) --no-print-directory readme-example
 	@$(MAKE) --no-print-directory readme-walkthrough
 	@$(MAKE) --no-print-directory spec-check
+	@$(MAKE) --no-print-directory test-clients
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory fuzz-smoke
 	@$(MAKE) --no-print-directory test-unit

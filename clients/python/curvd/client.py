@@ -1,0 +1,364 @@
+# SPDX-License-Identifier: MIT
+"""HTTP client of curvd: sessions, steps and callbacks.
+
+One keep-alive connection per Client (http.client); a Client is not
+thread-safe, use one per thread. Steps and callback answers are retried
+with the same step number when the connection fails: the daemon replays
+the latest step's reply and a retried callback answer gets the reply it
+got the first time, so nothing is ever applied twice.
+"""
+
+import http.client
+import json
+import time
+import urllib.parse
+from typing import Dict, Iterator, List, Optional
+
+from . import errors
+from .callbacks import ANSWER_MEMBER, Callback, CurvatureOracle, StepResult, compute_answer
+from .callbacks import parse_step_reply
+from .errors import CallbackError, NoCallbackPending, ProtocolError, TransportError
+from .tensors import Writer, check_datatype, check_encoding
+
+_TRANSPORT_ERRORS = (OSError, http.client.HTTPException)  # socket.timeout is an OSError
+
+
+class _Reply:
+    def __init__(self, status: int, headers, body: bytes):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except ValueError as e:
+            raise ProtocolError(f"reply {self.status} is not JSON: {e}") from e
+
+    def document(self):
+        """(JSON document, binary part or None): the binary extension puts
+        the JSON length in Inference-Header-Content-Length."""
+        hl = self.headers.get("Inference-Header-Content-Length")
+        if hl is None:
+            return self.json(), None
+        n = int(hl)
+        try:
+            return json.loads(self.body[:n].decode("utf-8")), self.body[n:]
+        except ValueError as e:
+            raise ProtocolError(f"binary reply with an unreadable JSON header: {e}") from e
+
+
+class Client:
+    """A connection to one curvd daemon.
+
+    url: "http://host:port" (a path prefix is kept). token: bearer token
+    when the daemon runs with a token file. timeout: seconds per request.
+    retries: further tries after a connection failure, a 503, or a 409
+    SESSION_BUSY. retry_wait: first back-off in seconds (doubling, capped).
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8080", *, token: Optional[str] = None,
+                 timeout: float = 120.0, retries: int = 5, retry_wait: float = 0.05):
+        u = urllib.parse.urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"url must be http://host:port, got {url!r}")
+        self.url = url
+        self._https = u.scheme == "https"
+        self._host = u.hostname
+        self._port = u.port or (443 if self._https else 80)
+        self._prefix = u.path.rstrip("/")
+        self._token = token
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_wait = retry_wait
+        self._conn = None
+        self._conn_used = False  # the connection has served a request before
+        self.requests_sent = 0  # every attempt, retries included
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- transport ------------------------------------------------------
+
+    def _connection(self):
+        if self._conn is None:
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            self._conn = cls(self._host, self._port, timeout=self.timeout)
+            self._conn_used = False
+        return self._conn
+
+    def _once(self, method: str, path: str, body: Optional[bytes], headers: Dict[str, str]):
+        """One attempt; on a transport error the exception carries whether
+        the request may have reached the daemon."""
+        conn = self._connection()
+        reused = self._conn_used
+        sent = False
+        try:
+            if conn.sock is None:
+                conn.connect()
+            self.requests_sent += 1
+            conn.request(method, self._prefix + path, body=body, headers=headers)
+            sent = True
+            resp = conn.getresponse()
+            data = resp.read()
+        except _TRANSPORT_ERRORS as e:
+            self.close()
+            # Not processed for sure: the connect failed, or a reused
+            # connection was found closed by the daemon before any reply.
+            e.curvd_unsent = not sent or (reused and isinstance(
+                e, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)))
+            raise
+        self._conn_used = True
+        if resp.will_close:
+            self.close()
+        return _Reply(resp.status, resp.headers, data)
+
+    def request(self, method: str, path: str, body: Optional[bytes] = None,
+                headers: Optional[Dict[str, str]] = None, *, idempotent: bool = True) -> _Reply:
+        """Send with retries; an error reply raises its ProblemError.
+
+        idempotent=False (creating, importing) retries only what surely did
+        not reach the daemon; steps and callback answers are idempotent by
+        the daemon's exactly-once rules.
+        """
+        hdrs = {"Accept": "application/json, application/octet-stream"}
+        if self._token:
+            hdrs["Authorization"] = f"Bearer {self._token}"
+        hdrs.update(headers or {})
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                r = self._once(method, path, body, hdrs)
+            except _TRANSPORT_ERRORS as e:
+                if last or not (idempotent or e.curvd_unsent):
+                    raise TransportError(f"{method} {path}: {e.__class__.__name__}: {e} "
+                                         f"(after {attempt + 1} tries)") from e
+                self._wait(attempt, None)
+                continue
+            if r.status < 400:
+                return r
+            if method == "DELETE" and r.status == 404 and attempt > 0:
+                return r  # the first try deleted it; its reply was lost
+            problem = errors.problem_from_reply(r.status, r.body, r.headers.get("Retry-After"))
+            busy = isinstance(problem, (errors.ServiceUnavailable, errors.SessionBusy))
+            if last or not busy:
+                raise problem
+            self._wait(attempt, problem.retry_after)
+        raise AssertionError("unreachable")
+
+    def _wait(self, attempt: int, retry_after: Optional[float]) -> None:
+        wait = min(self.retry_wait * (2 ** attempt), 2.0)
+        if retry_after is not None:
+            wait = min(max(wait, retry_after), 5.0)
+        time.sleep(wait)
+
+    def _json(self, method: str, path: str, doc=None, **kw):
+        body = None if doc is None else json.dumps(doc).encode("utf-8")
+        hdrs = {"Content-Type": "application/json"} if body is not None else {}
+        hdrs.update(kw.pop("headers", {}))
+        r = self.request(method, path, body, hdrs, **kw)
+        return r.json() if r.body else None
+
+    # ---- operations and sessions ---------------------------------------
+
+    def version(self) -> dict:
+        """Versions, and every optimizer with its hyperparameters."""
+        return self._json("GET", "/v1/version")
+
+    def optimizers(self) -> List[str]:
+        """The optimizer kinds this daemon offers."""
+        return [o["name"] for o in self.version()["optimizers"]]
+
+    def ready(self) -> bool:
+        """True when the daemon answers /readyz with 200."""
+        try:
+            return self._once("GET", "/readyz", None, {}).status == 200
+        except _TRANSPORT_ERRORS:
+            return False
+
+    def create_session(self, optimizer: str, layout: List[dict],
+                       config: Optional[dict] = None) -> "Session":
+        doc = {"optimizer": optimizer, "layout": layout}
+        if config:
+            doc["config"] = config
+        return Session(self, self._json("POST", "/v1/sessions", doc, idempotent=False))
+
+    def session(self, session_id: str) -> "Session":
+        return Session(self, self._json("GET", f"/v1/sessions/{session_id}"))
+
+    def list_sessions(self, page_size: int = 100) -> Iterator["Session"]:
+        """Every session of the caller, oldest first (follows the pages)."""
+        token = None
+        while True:
+            q = {"page_size": page_size}
+            if token:
+                q["page_token"] = token
+            page = self._json("GET", "/v1/sessions?" + urllib.parse.urlencode(q))
+            for s in page["sessions"]:
+                yield Session(self, s)
+            token = page.get("next_page_token")
+            if not token:
+                return
+
+    def update_config(self, session_id: str, config: dict,
+                      if_match: Optional[str] = None) -> "Session":
+        """Change hyperparameters between steps; if_match: an ETag (the
+        completed step count, e.g. '"3"') for 412 when a step came since."""
+        hdrs = {"If-Match": if_match} if if_match else {}
+        return Session(self, self._json("PATCH", f"/v1/sessions/{session_id}",
+                                        {"config": config}, headers=hdrs))
+
+    def delete_session(self, session_id: str) -> None:
+        self.request("DELETE", f"/v1/sessions/{session_id}")
+
+    def export_state(self, session_id: str) -> bytes:
+        """The session's whole optimizer state as a portable blob."""
+        return self.request("GET", f"/v1/sessions/{session_id}/state").body
+
+    def import_state(self, blob: bytes) -> "Session":
+        r = self.request("POST", "/v1/sessions:import", bytes(blob),
+                         {"Content-Type": "application/octet-stream"}, idempotent=False)
+        return Session(self, r.json())
+
+    # ---- steps -----------------------------------------------------------
+
+    def post_step(self, session_id: str, step: int, gradients: Dict[str, object], *,
+                  params: Optional[Dict[str, object]] = None,
+                  grad_sq: Optional[Dict[str, object]] = None,
+                  layers: Optional[List[dict]] = None, loss: Optional[float] = None,
+                  encoding: str = "binary", datatype: str = "FP32"):
+        """Post step @step once; StepResult, or the Callback it waits for.
+
+        gradients, params, grad_sq: {block: values} (mini-batch means, the
+        block's tensor shape: dense [n_out, n_in (+1 bias column)], vector
+        [n]). layers: [{"block", "activations", "signals", "examples"?}].
+        """
+        body, hdrs = self._step_body(step, gradients, params, grad_sq, layers, loss,
+                                     encoding, datatype)
+        return self._post_step_body(session_id, body, hdrs, encoding, datatype)
+
+    def _step_body(self, step, gradients, params, grad_sq, layers, loss, encoding, datatype):
+        w = Writer(check_encoding(encoding))
+        check_datatype(datatype)
+        doc = {"step": int(step), "gradients": w.tensors(gradients, datatype)}
+        if params is not None:
+            doc["params"] = w.tensors(params, datatype)
+        if grad_sq is not None:
+            doc["grad_sq"] = w.tensors(grad_sq, datatype)
+        if layers:
+            doc["layers"] = [_layer_doc(w, ly, datatype) for ly in layers]
+        if loss is not None:
+            doc["loss"] = float(loss)
+        return w.body(doc)
+
+    def _post_step_body(self, session_id, body, hdrs, encoding, datatype):
+        r = self.request("POST", f"/v1/sessions/{session_id}/steps", body, hdrs)
+        doc, binary = r.document()
+        return parse_step_reply(r.status, doc, binary, encoding, datatype)
+
+    def answer_callback(self, cb: Callback, answer):
+        """Post the answer to @cb; the next Callback or the StepResult.
+        answer: [{block: values} per vector] (curvature_product), [losses]
+        (loss) or the Gram matrix as rows (quadratic_form)."""
+        member = ANSWER_MEMBER[cb.kind]
+        w = Writer(cb.encoding if cb.kind == "curvature_product" else "json")
+        if cb.kind == "curvature_product":
+            answer = [w.tensors(v, cb.datatype) for v in answer]
+        body, hdrs = w.body({member: answer})
+        r = self.request("POST", cb.url, body, hdrs)
+        doc, binary = r.document()
+        return parse_step_reply(r.status, doc, binary, cb.encoding, cb.datatype)
+
+    def step(self, session_id: str, step: int, gradients: Dict[str, object], *,
+             params: Optional[Dict[str, object]] = None,
+             grad_sq: Optional[Dict[str, object]] = None,
+             layers: Optional[List[dict]] = None, loss: Optional[float] = None,
+             encoding: str = "binary", datatype: str = "FP32",
+             oracle: Optional[CurvatureOracle] = None, max_restarts: int = 3) -> StepResult:
+        """Post step @step and answer its callbacks with @oracle until the
+        update comes. When the daemon lost the step in progress (it
+        restarted: 409 NO_CALLBACK_PENDING) the step is posted again from
+        its beginning, at most @max_restarts times. Other arguments as in
+        post_step."""
+        body, hdrs = self._step_body(step, gradients, params, grad_sq, layers, loss,
+                                     encoding, datatype)
+        reply = self._post_step_body(session_id, body, hdrs, encoding, datatype)
+        restarts = 0
+        while isinstance(reply, Callback):
+            if oracle is None:
+                raise CallbackError(f"step {step} asks for a {reply.kind} callback: pass an "
+                                    "oracle (curvd.torch answers them for a torch model)")
+            answer = compute_answer(oracle, reply)
+            try:
+                reply = self.answer_callback(reply, answer)
+            except NoCallbackPending:
+                if restarts == max_restarts:
+                    raise
+                restarts += 1
+                reply = self._post_step_body(session_id, body, hdrs, encoding, datatype)
+        return reply
+
+
+def _layer_doc(w: Writer, layer: dict, datatype: str) -> dict:
+    unknown = set(layer) - {"block", "activations", "signals", "examples"}
+    if unknown:
+        raise ValueError(f"layer entry has unknown keys {sorted(unknown)}")
+    name = layer["block"]
+    doc = {"block": name}
+    if layer.get("examples") is not None:
+        doc["examples"] = int(layer["examples"])
+    doc["activations"] = w.tensor(name, layer["activations"], datatype)
+    doc["signals"] = w.tensor(name, layer["signals"], datatype)
+    return doc
+
+
+class Session:
+    """A session of the daemon: its description, and steps numbered for you.
+
+    Attributes: id, optimizer, config (resolved), layout, dim, steps (the
+    completed step count), info (the daemon's whole description).
+    """
+
+    def __init__(self, client: Client, info: dict):
+        self.client = client
+        self._set(info)
+
+    def _set(self, info: dict) -> None:
+        self.info = info
+        self.id = info["id"]
+        self.optimizer = info["optimizer"]
+        self.config = info.get("config", {})
+        self.layout = info.get("layout", [])
+        self.dim = info.get("dim")
+        self.steps = int(info.get("step", 0))
+
+    def __repr__(self):
+        return f"Session({self.id}, {self.optimizer}, steps={self.steps})"
+
+    def refresh(self) -> "Session":
+        self._set(self.client.session(self.id).info)
+        return self
+
+    def step(self, gradients: Dict[str, object], **kw) -> StepResult:
+        """Post the next step (steps + 1); arguments as in Client.step."""
+        result = self.client.step(self.id, self.steps + 1, gradients, **kw)
+        self.steps = result.step
+        return result
+
+    def update_config(self, config: dict) -> "Session":
+        self._set(self.client.update_config(self.id, config).info)
+        return self
+
+    def export_state(self) -> bytes:
+        return self.client.export_state(self.id)
+
+    def delete(self) -> None:
+        self.client.delete_session(self.id)

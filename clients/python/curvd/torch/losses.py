@@ -1,0 +1,107 @@
+# SPDX-License-Identifier: MIT
+"""The losses curvd.torch understands, as the thesis's table has them
+(Martens' thesis §3.4, Table 4.1; ALGORITHMS.md §0).
+
+The model's output z is the pre-activation of the last layer: the output
+non-linearity is part of the loss, which makes the Gauss-Newton matrix
+equal to the Fisher. Each loss gives, per example: its value L(y, z), the
+product of its Hessian H_L = d^2 L / dz^2 with a vector, and a sample of
+y from the model's predictive distribution R(y|z) (for the true Fisher).
+Per-example values sum over output units; the mini-batch loss is their
+mean.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+class Loss:
+    name = "loss"
+
+    def per_example(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """[m] per-example losses."""
+        raise NotImplementedError
+
+    def hess_vec(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """H_L u for each example (u shaped like z)."""
+        raise NotImplementedError
+
+    def sample(self, z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Targets drawn from R(y|z), shaped as the loss takes them."""
+        raise NotImplementedError
+
+
+def _per_example_sum(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1).sum(1)
+
+
+class SquaredError(Loss):
+    """L = 1/2 ||z - y||^2 (a Gaussian with unit variance); H_L = I."""
+
+    name = "mse"
+
+    def per_example(self, z, y):
+        return 0.5 * _per_example_sum((z - y) ** 2)
+
+    def hess_vec(self, z, u):
+        return u
+
+    def sample(self, z, gen):
+        return z + torch.randn(z.shape, generator=gen, dtype=z.dtype, device=z.device)
+
+
+class SoftmaxCrossEntropy(Loss):
+    """L = -log softmax(z)[y] over dimension 1 (classes); y holds class
+    indices, or probabilities shaped like z. H_L = diag(p) - p p^T."""
+
+    name = "cross_entropy"
+
+    def per_example(self, z, y):
+        return _per_example_sum(F.cross_entropy(z, y, reduction="none").reshape(z.shape[0], -1))
+
+    def hess_vec(self, z, u):
+        p = torch.softmax(z, dim=1)
+        return p * u - p * (p * u).sum(dim=1, keepdim=True)
+
+    def sample(self, z, gen):
+        p = torch.softmax(z, dim=1).movedim(1, -1)
+        flat = p.reshape(-1, p.shape[-1])
+        draws = torch.multinomial(flat, 1, generator=gen).reshape(p.shape[:-1])
+        return draws
+
+
+class SigmoidCrossEntropy(Loss):
+    """L = sum_j BCE(sigmoid(z_j), y_j), y in [0, 1]; H_L = diag(p (1 - p))."""
+
+    name = "binary_cross_entropy"
+
+    def per_example(self, z, y):
+        return _per_example_sum(F.binary_cross_entropy_with_logits(z, y, reduction="none"))
+
+    def hess_vec(self, z, u):
+        p = torch.sigmoid(z)
+        return p * (1 - p) * u
+
+    def sample(self, z, gen):
+        return torch.bernoulli(torch.sigmoid(z), generator=gen)
+
+
+LOSSES = {
+    "mse": SquaredError,
+    "squared_error": SquaredError,
+    "cross_entropy": SoftmaxCrossEntropy,
+    "softmax_cross_entropy": SoftmaxCrossEntropy,
+    "binary_cross_entropy": SigmoidCrossEntropy,
+    "sigmoid_cross_entropy": SigmoidCrossEntropy,
+}
+
+
+def get_loss(loss) -> Loss:
+    """A Loss from its name (see LOSSES) or a Loss instance."""
+    if isinstance(loss, Loss):
+        return loss
+    try:
+        return LOSSES[loss]()
+    except (KeyError, TypeError):
+        raise ValueError(f"loss must be one of {', '.join(sorted(LOSSES))} or a Loss, "
+                         f"got {loss!r}") from None

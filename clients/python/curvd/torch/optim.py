@@ -1,0 +1,246 @@
+# SPDX-License-Identifier: MIT
+"""CurvdOptimizer: a torch.optim optimizer whose state lives in curvd.
+
+    opt = CurvdOptimizer(model, "http://127.0.0.1:8080", "kfac",
+                         loss="cross_entropy", config={"lr": 1.0})
+    for x, y in loader:
+        loss = opt.step(x, y)
+
+step(x, y) runs the forward and backward passes itself (so that the
+gradient, the layer statistics and the callbacks all use one loss), posts
+everything in the binary encoding, answers the callbacks, and adds the
+update to the parameters. For first-order kinds step() without arguments
+also works after the usual loss.backward(), reading p.grad.
+"""
+
+import math
+from typing import List, Optional, Union
+
+import torch
+
+from ..client import Client, Session
+from .capture import Capture, layer_grad_sq, layer_stats
+from .layout import model_blocks, order_blocks, wire_values
+from .losses import get_loss
+from .oracle import TorchOracle, call, take
+
+def _count(fraction: Union[float, int], m: int) -> int:
+    """Examples of a subset: a fraction of the batch, or a count."""
+    n = fraction if isinstance(fraction, int) else math.ceil(fraction * m)
+    return max(1, min(m, n))
+
+
+class CurvdOptimizer(torch.optim.Optimizer):
+    """A torch optimizer backed by a curvd session.
+
+    model: the module; nn.Linear and nn.Conv2d layers become dense/conv2d
+      blocks, every other trainable parameter a vector block (the session's
+      fallback). The model's output must be the last pre-activation.
+    client: a curvd.Client or the daemon's URL.
+    optimizer, config: the session's kind and hyperparameters.
+    loss: "mse", "cross_entropy" (softmax) or "binary_cross_entropy"
+      (sigmoid), or a losses.Loss.
+    fisher: "true" (K-FAC's signals from targets sampled from the model) or
+      "empirical" (the batch's own targets); None follows the session's
+      "fisher" hyperparameter (default "true").
+    stats_fraction, curvature_fraction: the share (float) or number (int) of
+      the batch's first examples used for layer statistics and for
+      curvature callbacks (the thesis's tau1 = 1/8, tau2 = 1/4).
+    encoding: "binary", "b64" or "json". send_params: None sends θ when
+      the session's weight decay is on; True/False forces.
+    What else a step carries (layer statistics, grad_sq) follows the
+    inputs GET /v1/version lists for the kind.
+    session: a session id to continue instead of creating one.
+    The learning rate is param_groups[0]["lr"]: changing it (by hand or by a
+    torch LR scheduler) changes the session's "lr" before the next step.
+    """
+
+    def __init__(self, model: torch.nn.Module, client: Union[Client, str], optimizer: str,
+                 config: Optional[dict] = None, *, loss="cross_entropy",
+                 fisher: Optional[str] = None, stats_fraction: Union[float, int] = 0.125,
+                 curvature_fraction: Union[float, int] = 0.25, encoding: str = "binary",
+                 send_params: Optional[bool] = None, seed: int = 0,
+                 session: Optional[str] = None):
+        if fisher not in (None, "true", "empirical"):
+            raise ValueError(f"fisher must be 'true' or 'empirical', got {fisher!r}")
+        self.model = model
+        self.client = client if isinstance(client, Client) else Client(client)
+        self.kind = optimizer
+        self.config = dict(config or {})
+        kinds = {o["name"]: o for o in self.client.version()["optimizers"]}
+        if optimizer not in kinds:
+            raise ValueError(f"the daemon has no optimizer {optimizer!r}; it offers "
+                             f"{', '.join(kinds)}")
+        inputs = kinds[optimizer].get("inputs", [])
+        if fisher is not None and any(p["name"] == "fisher" for p in kinds[optimizer]["params"]):
+            self.config.setdefault("fisher", fisher)  # the kind documents which it expects
+        self._fisher = fisher
+        self.loss = get_loss(loss)
+        self.stats_fraction = stats_fraction
+        self.curvature_fraction = curvature_fraction
+        self.encoding = encoding
+        self.send_layers = "layers" in inputs
+        self.send_grad_sq = "grad_sq" in inputs
+        self._send_params = send_params
+        self.blocks = model_blocks(model)
+        dtype = self.blocks[0].params[0].dtype
+        self.datatype = "FP64" if dtype == torch.float64 else "FP32"
+        self.generator = torch.Generator(device=self.blocks[0].params[0].device)
+        self.generator.manual_seed(seed)
+        self.capture = Capture(self.blocks)
+        self.session: Optional[Session] = None
+        self.last_report: dict = {}
+        super().__init__([p for b in self.blocks for p in b.params],
+                         {"lr": self.config.get("lr")})
+        self._synced_lr = self.config.get("lr")
+        if session is not None:
+            self.attach(session)
+
+    # ---- the session ------------------------------------------------------
+
+    def _layout(self) -> List[dict]:
+        return [b.spec for b in self.blocks]
+
+    def attach(self, session_id: str) -> Session:
+        """Continue session @session_id; its layout must be this model's
+        (in any order of blocks: the session's order is adopted)."""
+        s = self.client.session(session_id)
+        by_name = {b.name: b for b in self.blocks}
+        theirs = [dict(d, bias=d.get("bias", False)) for d in s.layout]
+        ours = [dict(b.spec, bias=b.spec.get("bias", False)) for b in self.blocks]
+        key = lambda d: d["name"]  # noqa: E731
+        if s.optimizer != self.kind or sorted(theirs, key=key) != sorted(ours, key=key):
+            raise ValueError(f"session {session_id} ({s.optimizer}, {s.layout}) does not fit "
+                             f"this model and kind ({self.kind}, {self._layout()})")
+        self.blocks = [by_name[d["name"]] for d in s.layout]
+        self._adopt(s)
+        return s
+
+    def _adopt(self, s: Session) -> None:
+        """Take the session's resolved config: the learning rate, whether
+        it reads θ (weight decay) and which Fisher its signals estimate."""
+        self.session = s
+        self.fisher = s.config.get("fisher", self._fisher or "true")
+        self.send_params = (self._send_params if self._send_params is not None else
+                            any(v > 0 for k, v in s.config.items()
+                                if "weight_decay" in k and isinstance(v, (int, float))))
+        lr = s.config.get("lr")
+        self._synced_lr = lr
+        for g in self.param_groups:
+            g["lr"] = lr
+
+    def _ensure_session(self, first_calls=()) -> Session:
+        if self.session is None:
+            self.blocks = order_blocks(self.blocks, first_calls)
+            self._adopt(self.client.create_session(self.kind, self._layout(), self.config))
+        lr = self.param_groups[0]["lr"]
+        if lr is not None and lr != self._synced_lr:
+            self.session.update_config({"lr": float(lr)})
+            self._synced_lr = lr
+        return self.session
+
+    def state_dict(self) -> dict:
+        return {"session": self.session.id if self.session else None, "optimizer": self.kind,
+                "url": self.client.url, "lr": self.param_groups[0]["lr"]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("session"):
+            self.attach(state["session"])
+
+    # ---- a step -------------------------------------------------------------
+
+    def step(self, inputs=None, targets=None) -> Optional[float]:
+        """One step on the mini-batch (inputs, targets); returns its mean
+        loss before the update. Without inputs: a first-order step from the
+        gradients in p.grad (returns None)."""
+        if inputs is None:
+            return self._step_from_grads()
+        with self.capture.recording() as rec:
+            z = call(self.model, inputs)
+        session = self._ensure_session(rec.order)
+        per_ex = self.loss.per_example(z, targets)
+        m = per_ex.shape[0]
+        params = [p for b in self.blocks for p in b.params]
+        true_signals = self.send_grad_sq or (self.send_layers and self.fisher == "empirical")
+        outs = rec.outputs() if (true_signals or self.send_layers) else []
+        wrt = params + (outs if true_signals else [])
+        grads = torch.autograd.grad(per_ex.sum(), wrt, allow_unused=True,
+                                    retain_graph=self.send_layers or self.send_grad_sq)
+        out_grads = rec.split(grads[len(params):]) if true_signals else None
+        kw = {"loss": float(per_ex.detach().mean())}
+        if self.send_layers:
+            kw["layers"] = self._layer_stats(rec, z, outs, out_grads, m)
+        if self.send_grad_sq:
+            kw["grad_sq"] = self._grad_sq(rec, per_ex, out_grads, m)
+        if self.send_params:
+            kw["params"] = self._per_block(params)
+        gradients = self._per_block([g / m if g is not None else None
+                                     for g in grads[:len(params)]])
+        del z, per_ex, grads, outs, out_grads  # free the graph before the callbacks
+        rec.records = {}
+        oracle = TorchOracle(self.model, self.blocks, self.loss, inputs, targets,
+                             _count(self.curvature_fraction, m))
+        self._post(session, gradients, oracle=oracle, **kw)
+        return kw["loss"]
+
+    def _per_block(self, tensors) -> dict:
+        out, k = {}, 0
+        for b in self.blocks:
+            out[b.name] = tensors[k:k + len(b.params)]
+            k += len(b.params)
+        return wire_values(self.blocks, out)
+
+    def _layer_stats(self, rec, z, outs, out_grads, m) -> List[dict]:
+        n = _count(self.stats_fraction, m)
+        if self.fisher == "empirical":
+            return layer_stats(rec, out_grads, n)
+        # The true Fisher: signals of targets drawn from the model (§6.5).
+        y = self.loss.sample(take(z, n).detach(), self.generator)
+        sampled = self.loss.per_example(take(z, n), y).sum()
+        sig = torch.autograd.grad(sampled, outs, allow_unused=True, retain_graph=True)
+        return layer_stats(rec, rec.split(sig), n)
+
+    def _grad_sq(self, rec, per_ex, out_grads, m) -> dict:
+        """Mean squared per-example gradients: closed forms for the layers;
+        one backward pass per example for the other (vector) parameters."""
+        out = {}
+        vectors = [b for b in self.blocks if b.kind == "vector"]
+        for b in self.blocks:
+            if b.kind != "vector":
+                g = layer_grad_sq(rec, b, out_grads[b.name], m) if b.name in rec.records \
+                    else torch.zeros(b.wire_shape)
+                out[b.name] = g.detach().cpu().numpy()
+        if vectors:
+            vp = [b.params[0] for b in vectors]
+            acc = [torch.zeros_like(p) for p in vp]
+            for i in range(m):
+                gi = torch.autograd.grad(per_ex[i], vp, retain_graph=True, allow_unused=True)
+                for a, g in zip(acc, gi):
+                    if g is not None:
+                        a += g.detach() ** 2
+            for b, a in zip(vectors, acc):
+                out[b.name] = (a / m).reshape(-1).cpu().numpy()
+        return out
+
+    def _step_from_grads(self) -> None:
+        if self.send_layers:
+            raise ValueError(f"{self.kind} needs the mini-batch for its layer statistics: "
+                             "call step(inputs, targets)")
+        session = self._ensure_session()
+        params = [p for b in self.blocks for p in b.params]
+        self._post(session, self._per_block([p.grad for p in params]), oracle=None)
+        return None
+
+    def _post(self, session: Session, gradients: dict, **kw) -> None:
+        result = session.step(gradients, encoding=self.encoding, datatype=self.datatype, **kw)
+        with torch.no_grad():
+            for b in self.blocks:
+                p0 = b.params[0]
+                upd = torch.as_tensor(result.update[b.name], dtype=p0.dtype, device=p0.device)
+                for p, d in zip(b.params, b.from_wire(upd)):
+                    p.add_(d)
+        self.last_report = result.report
+
+    def close(self) -> None:
+        """Remove the hooks (the session stays on the daemon)."""
+        self.capture.remove()

@@ -1,0 +1,138 @@
+# SPDX-License-Identifier: MIT
+"""Answers to the daemon's callbacks for a torch model and one mini-batch.
+
+C is the Gauss-Newton matrix G = (1/m) sum_x J^T H_L J on the curvature
+cases (for the losses here it equals the Fisher), without damping.
+Products use the double-backward trick on one cached forward pass (theta
+and the batch stay fixed for the whole step): g(u) = J^T u is linear in u,
+so differentiating it with respect to u along v gives J v, and a last
+backward pass gives J^T (H_L J v). Martens' thesis §4.3 (Alg. 5) computes
+the same product with the R-operator.
+"""
+
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from ..callbacks import CurvatureOracle
+from .layout import Block
+from .losses import Loss
+
+
+def take(x, n: int):
+    """The first @n examples of a tensor or a tuple/list of tensors."""
+    if isinstance(x, (tuple, list)):
+        return type(x)(take(t, n) for t in x)
+    return x[:n]
+
+
+def call(model, x):
+    return model(*x) if isinstance(x, (tuple, list)) else model(x)
+
+
+class TorchOracle(CurvatureOracle):
+    """The curvature oracle of @model on (@inputs, @targets).
+
+    Loss callbacks use the whole batch (the cases of the step's loss);
+    curvature callbacks the first @curvature_examples of them. The model
+    runs in the mode it is in (train/eval) and its parameters are restored
+    bit for bit after a loss evaluation.
+    """
+
+    def __init__(self, model: torch.nn.Module, blocks: List[Block], loss: Loss, inputs,
+                 targets, curvature_examples: int = None):
+        self.model = model
+        self.blocks = blocks
+        self.loss = loss
+        self.inputs = inputs
+        self.targets = targets
+        self.curvature_examples = curvature_examples
+        self.params = [p for b in blocks for p in b.params]
+        self._lin = None  # (z, u, J^T u per parameter)
+
+    # ---- vectors in wire form <-> parameter-shaped tensors --------------
+
+    def _param_tensors(self, vector: Dict[str, object]) -> List[torch.Tensor]:
+        p0 = self.params[0]
+        out = []
+        for b in self.blocks:
+            v = torch.as_tensor(np.asarray(vector[b.name]), dtype=p0.dtype, device=p0.device)
+            out.extend(b.from_wire(v))
+        return out
+
+    def _wire(self, tensors: Sequence[torch.Tensor]) -> Dict[str, object]:
+        out, k = {}, 0
+        for b in self.blocks:
+            n = len(b.params)
+            out[b.name] = b.to_wire(tensors[k:k + n]).detach().cpu().numpy()
+            k += n
+        return out
+
+    # ---- the linearisation ----------------------------------------------
+
+    def _linearize(self):
+        if self._lin is None:
+            n = self.curvature_examples
+            x = self.inputs if n is None else take(self.inputs, n)
+            with torch.enable_grad():
+                z = call(self.model, x)
+                u = torch.zeros_like(z, requires_grad=True)
+                jtu = torch.autograd.grad(z, self.params, grad_outputs=u, create_graph=True,
+                                          allow_unused=True)
+            self._lin = (z, u, jtu)
+        return self._lin
+
+    def jvp(self, vector: Dict[str, object]) -> torch.Tensor:
+        """J v on the curvature cases, shaped like the model's output."""
+        z, u, jtu = self._linearize()
+        vs = self._param_tensors(vector)
+        pairs = [(g, v) for g, v in zip(jtu, vs) if g is not None and g.requires_grad]
+        if not pairs:
+            return torch.zeros_like(z)
+        (jv,) = torch.autograd.grad([g for g, _ in pairs], u,
+                                    grad_outputs=[v for _, v in pairs], retain_graph=True,
+                                    allow_unused=True)
+        return jv if jv is not None else torch.zeros_like(z)
+
+    # ---- CurvatureOracle --------------------------------------------------
+
+    def curvature_products(self, vectors):
+        z, _, _ = self._linearize()
+        m = z.shape[0]
+        out = []
+        for v in vectors:
+            h = self.loss.hess_vec(z.detach(), self.jvp(v)) / m
+            gv = torch.autograd.grad(z, self.params, grad_outputs=h, retain_graph=True,
+                                     allow_unused=True)
+            out.append(self._wire(gv))
+        return out
+
+    def quadratic_form(self, vectors):
+        """v_i^T G v_j = (1/m) sum_x (J v_i)^T H_L (J v_j): one J v per
+        vector, no backward pass (thesis §B.3)."""
+        z, _, _ = self._linearize()
+        zd, m = z.detach(), z.shape[0]
+        jvs = [self.jvp(v) for v in vectors]
+        hjvs = [self.loss.hess_vec(zd, jv) for jv in jvs]
+        k = len(vectors)
+        q = [[float((jvs[i] * hjvs[j]).sum()) / m for j in range(k)] for i in range(k)]
+        return [[0.5 * (q[i][j] + q[j][i]) for j in range(k)] for i in range(k)]
+
+    def losses(self, vectors):
+        """Mean loss at theta + v on the whole batch, theta restored after."""
+        out = []
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in self.params]
+            try:
+                for v in vectors:
+                    for p, d in zip(self.params, self._param_tensors(v)):
+                        p.add_(d)
+                    z = call(self.model, self.inputs)
+                    out.append(float(self.loss.per_example(z, self.targets).mean()))
+                    for p, s in zip(self.params, saved):
+                        p.copy_(s)
+            finally:
+                for p, s in zip(self.params, saved):
+                    p.copy_(s)
+        return out

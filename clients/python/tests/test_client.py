@@ -1,0 +1,211 @@
+# SPDX-License-Identifier: MIT
+"""curvd.Client against a real daemon: sessions, the three encodings,
+exactly-once steps and retries, and problem details as typed exceptions."""
+
+import json
+
+import numpy as np
+import pytest
+
+import curvd
+from curvd import tensors
+from fakes import DroppingProxy
+
+LAYOUT = [{"name": "fc", "kind": "dense", "shape": [2, 3], "bias": True},
+          {"name": "gain", "kind": "vector", "shape": [2]}]
+
+
+def grads(seed):
+    rng = np.random.default_rng(seed)
+    return {"fc": rng.standard_normal((2, 4)), "gain": rng.standard_normal(2)}
+
+
+def test_session_lifecycle(client):
+    assert "sgd" in client.optimizers() and client.ready()
+    s = client.create_session("sgd", LAYOUT, {"lr": 0.5})
+    assert s.dim == 10 and s.steps == 0 and s.config["lr"] == 0.5
+    assert s.id in [x.id for x in client.list_sessions(page_size=1)]
+    s.step(grads(1))
+    assert s.update_config({"lr": 0.25}).config["lr"] == 0.25
+    assert client.session(s.id).steps == 1
+    copy = client.import_state(s.export_state())
+    assert copy.id != s.id and copy.steps == 1 and copy.config["lr"] == 0.25
+    s.delete()
+    copy.delete()
+    with pytest.raises(curvd.NotFound) as e:
+        client.session(s.id)
+    assert e.value.status == 404 and e.value.reason == "NOT_FOUND"
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "FP64"])
+def test_encodings_give_identical_updates(client, offered, datatype):
+    """Each kind stepped three times in JSON, b64 and binary: bit-identical."""
+    first_order = sorted(offered - {"kfac", "hf"})
+    assert len(first_order) >= 7
+    for kind in first_order:
+        updates = {}
+        for enc in tensors.ENCODINGS:
+            s = client.create_session(kind, LAYOUT, {"lr": 0.1})
+            updates[enc] = [s.step(grads(k), encoding=enc, datatype=datatype).update
+                            for k in range(3)]
+            s.delete()
+        for enc in ("b64", "binary"):
+            for a, b in zip(updates["json"], updates[enc]):
+                for name in a:
+                    assert a[name].dtype == np.dtype("f4" if datatype == "FP32" else "f8")
+                    np.testing.assert_array_equal(a[name], b[name], err_msg=f"{kind} {enc}")
+
+
+def test_sgd_update_is_minus_lr_times_the_gradient(client):
+    s = client.create_session("sgd", LAYOUT, {"lr": 0.5})
+    g = grads(2)
+    up = s.step(g, encoding="binary", datatype="FP64").update
+    for name in g:
+        np.testing.assert_array_equal(up[name], -0.5 * g[name])
+    s.delete()
+
+
+def test_the_same_step_twice_is_applied_once(client):
+    s = client.create_session("adagrad_diag", LAYOUT, {"lr": 0.1})
+    ref = client.create_session("adagrad_diag", LAYOUT, {"lr": 0.1})
+    first = client.post_step(s.id, 1, grads(3), datatype="FP64")
+    again = client.post_step(s.id, 1, grads(3), datatype="FP64")
+    ref.step(grads(3), datatype="FP64")
+    for name in first.update:
+        np.testing.assert_array_equal(first.update[name], again.update[name])
+    assert s.refresh().steps == 1
+    # The next step matches a session that saw step 1 once.
+    a = client.post_step(s.id, 2, grads(4), datatype="FP64").update
+    b = ref.step(grads(4), datatype="FP64").update
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+@pytest.mark.parametrize("encoding", ["json", "binary"])
+def test_a_lost_reply_is_retried_with_the_same_step(daemon, encoding):
+    proxy = DroppingProxy(daemon.port)
+    try:
+        with curvd.Client(proxy.url, retry_wait=0.001) as c, curvd.Client(daemon.url) as d:
+            s = c.create_session("adagrad_bma", LAYOUT, {"lr": 0.1})
+            ref = d.create_session("adagrad_bma", LAYOUT, {"lr": 0.1})
+            proxy.drop = {proxy.count, proxy.count + 1}  # step 1's reply, and the first retry's
+            sent = c.requests_sent
+            got = s.step(grads(5), encoding=encoding, datatype="FP64").update
+            assert c.requests_sent - sent == 3
+            want = ref.step(grads(5), encoding=encoding, datatype="FP64").update
+            for name in got:
+                np.testing.assert_array_equal(got[name], want[name])
+            assert d.session(s.id).steps == 1
+    finally:
+        proxy.close()
+
+
+def test_gives_up_with_a_transport_error(daemon):
+    proxy = DroppingProxy(daemon.port)
+    try:
+        with curvd.Client(proxy.url, retries=2, retry_wait=0.001) as c:
+            s = c.create_session("sgd", LAYOUT)
+            proxy.drop = set(range(proxy.count, proxy.count + 10))
+            with pytest.raises(curvd.TransportError, match="after 3 tries"):
+                s.step(grads(6))
+    finally:
+        proxy.close()
+
+
+def test_the_client_survives_a_daemon_restart(own_daemon):
+    d = own_daemon()
+    with curvd.Client(d.url, retry_wait=0.01) as c:
+        s = c.create_session("mbag", LAYOUT, {"lr": 0.1, "tau": 2})
+        s.step(grads(7))
+        d.restart()  # the kept-alive connection is now dead; the session is on disk
+        sent = c.requests_sent
+        s.step(grads(8))
+        assert c.requests_sent - sent == 2  # the dead connection, then a fresh one
+        assert c.session(s.id).steps == 2
+        d.restart()
+        # Creating is not idempotent, but a reused connection found closed
+        # before any reply surely did not reach the daemon: retried.
+        assert c.create_session("sgd", LAYOUT).steps == 0
+        assert len(list(c.list_sessions())) == 2
+
+
+def test_nothing_listening_is_a_transport_error():
+    with curvd.Client("http://127.0.0.1:9", retries=1, retry_wait=0.001) as c:
+        with pytest.raises(curvd.TransportError, match="after 2 tries"):
+            c.version()
+
+
+def test_problem_details_become_typed_exceptions(client):
+    with pytest.raises(curvd.BadRequest) as e:
+        client.create_session("nope", LAYOUT)
+    assert e.value.reason == "UNKNOWN_OPTIMIZER" and e.value.errors[0].path == "/optimizer"
+    assert e.value.errors[0].got == "nope" and e.value.type.endswith("unknown-optimizer")
+
+    s = client.create_session("sgd", LAYOUT)
+    bad = dict(grads(9), fc=np.zeros((4, 2)))
+    with pytest.raises(curvd.BadRequest) as e:
+        s.step(bad, encoding="json")
+    assert e.value.reason == "SHAPE_MISMATCH"
+    assert e.value.errors[0] == curvd.FieldError("/gradients/0/shape", "[2,4]", "[4,2]")
+    assert "block 'fc'" in str(e.value) and "[2,4]" in str(e.value)
+
+    s.step(grads(10))
+    with pytest.raises(curvd.StepOutOfOrder) as e:
+        client.post_step(s.id, 5, grads(11))
+    assert e.value.status == 409 and e.value.expected_step == 2
+
+    with pytest.raises(curvd.NotFound):
+        client.post_step("0" * 32, 1, grads(12))
+
+    with pytest.raises(curvd.PreconditionFailed):
+        client.update_config(s.id, {"lr": 0.2}, if_match='"0"')
+    assert client.session(s.id).config["lr"] == 0.01
+
+
+@pytest.mark.parametrize("encoding", ["json", "b64", "binary"])
+def test_non_finite_gradients_name_the_element(client, encoding):
+    s = client.create_session("adagrad_diag", LAYOUT)
+    g = grads(13)
+    g["gain"][1] = np.nan
+    with pytest.raises(curvd.NonFinite) as e:
+        s.step(g, encoding=encoding, datatype="FP64")
+    assert e.value.status == 422 and e.value.reason == "NON_FINITE"
+    assert "gain" in str(e.value)
+    assert s.refresh().steps == 0
+
+
+def test_bearer_token(own_daemon, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t0ken-for-the-python-client-tests alice\n")
+    d = own_daemon("--token-file", str(tokens))
+    with curvd.Client(d.url) as c:
+        with pytest.raises(curvd.Unauthorized) as e:
+            c.version()
+        assert e.value.status == 401
+    with curvd.Client(d.url, token="t0ken-for-the-python-client-tests") as c:
+        assert "sgd" in c.optimizers()
+
+
+def roundtrip(encoding, datatype, value):
+    """(body, values read back) of one tensor through Writer and Reader."""
+    w = tensors.Writer(encoding)
+    body, headers = w.body({"t": [w.tensor("a", value, datatype)]})
+    hl = headers.get("Inference-Header-Content-Length")
+    n = int(hl) if hl else len(body)
+    doc = json.loads(body[:n])
+    return body, tensors.Reader(body[n:] if hl else None).tensor(doc["t"][0])[1]
+
+
+@pytest.mark.parametrize("encoding", tensors.ENCODINGS)
+@pytest.mark.parametrize("datatype", tensors.DATATYPES)
+def test_tensors_without_numpy_match_numpy(monkeypatch, encoding, datatype):
+    """The stdlib path (array) writes the same bytes and reads the same
+    values as the numpy path."""
+    value = [[0.1, -2.5, 3e38], [1e-45, 7.0, -0.0]]
+    body_np, back_np = roundtrip(encoding, datatype, value)
+    monkeypatch.setattr(tensors, "np", None)
+    body_py, back_py = roundtrip(encoding, datatype, value)
+    assert body_np == body_py
+    assert isinstance(back_py, list) and back_py == back_np.tolist()
+    want = np.asarray(value, dtype="f4" if datatype == "FP32" else "f8")
+    np.testing.assert_array_equal(back_np, want)
