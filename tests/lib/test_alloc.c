@@ -299,18 +299,7 @@ static void run_kfac(const char *mode, const char *inverse)
     curv_config *c = tu_config(kv, 3);
     tu_config_set(c, "mode", 0, mode);
     tu_config_set(c, "inverse", 0, inverse);
-    curv_opt *o = NULL;
-    for (long k = 0;; k++) {
-        arm(k);
-        curv_status st = curv_opt_new(CURV_OPT_KFAC, l, c, &o, NULL);
-        disarm();
-        if (!injected) {
-            assert_int_equal(st, CURV_OK);
-            break;
-        }
-        assert_int_equal(st, CURV_E_NOMEM);
-        assert_null(o);
-    }
+    curv_opt *o = create_failing(CURV_OPT_KFAC, l, c);
     double *u = tu_alloc(net.dim), *vals = tu_alloc(16);
     const int adaptive = strcmp(mode, "adaptive") == 0;
     for (int t = 1; t <= 2; t++) {
@@ -336,33 +325,7 @@ static void run_kfac(const char *mode, const char *inverse)
             net.theta[i] += u[i];
         tu_mlp_batch(&net, 7 + (uint64_t)t);
     }
-    unsigned char *blob = NULL;
-    size_t len = 0;
-    for (long k = 0;; k++) {
-        arm(k);
-        curv_status st = curv_opt_save(o, &blob, &len, NULL);
-        disarm();
-        if (!injected) {
-            assert_int_equal(st, CURV_OK);
-            break;
-        }
-        assert_int_equal(st, CURV_E_NOMEM);
-    }
-    for (long k = 0;; k++) {
-        curv_opt *o2 = NULL;
-        arm(k);
-        curv_status st = curv_opt_load(blob, len, &o2, NULL);
-        disarm();
-        if (!injected) {
-            assert_int_equal(st, CURV_OK);
-            tu_assert_unchanged(o2, blob, len);
-            curv_opt_free(o2);
-            break;
-        }
-        assert_int_equal(st, CURV_E_NOMEM);
-        assert_null(o2);
-    }
-    curv_free(blob);
+    save_load_failing(o);
     free(u), free(vals);
     curv_opt_free(o);
     curv_config_free(c);

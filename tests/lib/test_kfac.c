@@ -15,16 +15,6 @@
 #include "kfac_int.h"
 #include "testutil.h"
 
-/* A kfac optimizer in @mode with the numeric settings @kv. */
-static curv_opt *kfac_opt(const curv_layout *l, const char *mode, const tu_kv *kv, size_t n)
-{
-    curv_config *c = tu_config(kv, n);
-    tu_config_set(c, "mode", 0, mode);
-    curv_opt *o = tu_new_opt(CURV_OPT_KFAC, l, c);
-    curv_config_free(c);
-    return o;
-}
-
 static const struct curv__kblock *block_of(const curv_opt *o, size_t i)
 {
     const struct curv__kblock *b = curv__kfac_est_block(curv__kfac_estimator(o), i);
@@ -53,38 +43,6 @@ static double *kron(size_t na, const double *A, size_t nb, const double *B)
                 for (size_t l = 0; l < nb; l++)
                     K[(i * nb + k) * n + j * nb + l] = A[i * na + j] * B[k * nb + l];
     return K;
-}
-
-/* x = M^-1 b by Gauss-Jordan with partial pivoting (not the library's
- * eigendecomposition). */
-static void gj_solve(size_t n, const double *M, const double *b, double *x)
-{
-    double *T = tu_alloc(n * (n + 1));
-    for (size_t i = 0; i < n; i++) {
-        memcpy(T + i * (n + 1), M + i * n, n * sizeof(double));
-        T[i * (n + 1) + n] = b[i];
-    }
-    for (size_t c = 0; c < n; c++) {
-        size_t p = c;
-        for (size_t r = c + 1; r < n; r++)
-            if (fabs(T[r * (n + 1) + c]) > fabs(T[p * (n + 1) + c]))
-                p = r;
-        for (size_t k = 0; k <= n; k++) {
-            double t = T[c * (n + 1) + k];
-            T[c * (n + 1) + k] = T[p * (n + 1) + k];
-            T[p * (n + 1) + k] = t;
-        }
-        for (size_t r = 0; r < n; r++) {
-            if (r == c)
-                continue;
-            double f = T[r * (n + 1) + c] / T[c * (n + 1) + c];
-            for (size_t k = c; k <= n; k++)
-                T[r * (n + 1) + k] -= f * T[c * (n + 1) + k];
-        }
-    }
-    for (size_t i = 0; i < n; i++)
-        x[i] = T[i * (n + 1) + n] / T[i * (n + 1) + i];
-    free(T);
 }
 
 /* Â = scale Σ_rows ā āᵀ with ā = [x, 1] when @bias (n = nx + bias). */
@@ -135,7 +93,7 @@ static void test_factors_one_example(void **state)
     tu_mlp_new(&net, w, 2, 0, 1, 11);
     tu_mlp_batch(&net, 12);
     curv_layout *l = tu_mlp_layout(&net);
-    curv_opt *o = kfac_opt(l, "simple", PLAIN, 3);
+    curv_opt *o = tu_kfac_opt(l, PLAIN, 3, "mode", "simple", NULL);
     double *u = tu_alloc(net.dim);
     curv_error err;
     tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
@@ -167,7 +125,7 @@ static void test_factors_batch(void **state)
     tu_mlp_new(&net, w, 2, 0, m, 21);
     tu_mlp_batch(&net, 22);
     curv_layout *l = tu_mlp_layout(&net);
-    curv_opt *o = kfac_opt(l, "simple", PLAIN, 3);
+    curv_opt *o = tu_kfac_opt(l, PLAIN, 3, "mode", "simple", NULL);
     double *u = tu_alloc(net.dim);
     curv_error err;
     tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
@@ -223,7 +181,7 @@ static void test_conv_statistics(void **state)
     tu_fill_normal(&r, acts, rows * 4, 1.0);
     tu_fill_normal(&r, sig, rows * 2, 1.0);
     tu_fill_normal(&r, g, d, 1.0);
-    curv_opt *o = kfac_opt(l, "simple", PLAIN, 3);
+    curv_opt *o = tu_kfac_opt(l, PLAIN, 3, "mode", "simple", NULL);
     curv_layer_stats ls = {.block = 0, .rows = rows, .examples = ex, .acts = acts, .signals = sig};
     curv_step_input in = {
         .grad = g, .params = th, .len = d, .dtype = CURV_F64, .layers = &ls, .n_layers = 1};
@@ -260,7 +218,7 @@ static void check_blockdiag(double max_factor_dim, double eta)
                         {"weight_decay", eta},
                         {"fallback_lr", 0.2},
                         {"max_factor_dim", max_factor_dim}};
-    curv_opt *o = kfac_opt(l, "simple", kv, 6);
+    curv_opt *o = tu_kfac_opt(l, kv, 6, "mode", "simple", NULL);
     double *u = tu_alloc(net.dim), *gf = tu_alloc(net.dim);
     curv_error err;
     tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
@@ -289,7 +247,7 @@ static void check_blockdiag(double max_factor_dim, double eta)
                                 : nr > max_factor_dim ? 0
                                                       : G[j * nr + k];
         double *K = kron(nr, G, nc, A), *x = tu_alloc(sz);
-        gj_solve(sz, K, gf + bi.offset, x);
+        tu_gj_solve(sz, K, gf + bi.offset, x);
         for (size_t j = 0; j < sz; j++)
             x[j] = -x[j];
         char what[64];
@@ -326,7 +284,7 @@ static void test_ema_schedule(void **state)
     tu_mlp_new(&net, w, 2, 0, 3, 41);
     curv_layout *l = tu_mlp_layout(&net);
     const tu_kv kv[] = {{"lr", 0}, {"weight_decay", 0}, {"decay", 0.6}};
-    curv_opt *o = kfac_opt(l, "simple", kv, 3);
+    curv_opt *o = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
     double *u = tu_alloc(net.dim), *Aw = tu_alloc(36), *Gw = tu_alloc(36);
     curv_error err;
     for (unsigned k = 1; k <= 4; k++) {
@@ -350,18 +308,6 @@ static void test_ema_schedule(void **state)
     tu_mlp_free(&net);
 }
 
-/* Value of report entry @name, asserting it is there. */
-static double report_value(const curv_opt *o, const char *name)
-{
-    const curv_report_entry *e;
-    size_t n = curv_opt_report(o, &e);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(e[i].name, name) == 0)
-            return e[i].value;
-    fail_msg("report has no '%s'", name);
-    return NAN;
-}
-
 /* cov_interval: statistics are due at steps 1, 1 + T, ...; a step between
  * may omit them (the factors stay) or send them (they are used); a due
  * step without them is refused naming the block, changing nothing. */
@@ -374,16 +320,16 @@ static void test_cov_interval(void **state)
     tu_mlp_batch(&net, 52);
     curv_layout *l = tu_mlp_layout(&net);
     const tu_kv kv[] = {{"lr", 0.1}, {"weight_decay", 0}, {"cov_interval", 3}};
-    curv_opt *o = kfac_opt(l, "simple", kv, 3);
+    curv_opt *o = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
     double *u = tu_alloc(net.dim);
     curv_error err;
     tu_assert_status(tu_mlp_step(o, &net, 0, u, NULL, &err), CURV_E_INVALID, &err);
     assert_non_null(strstr(err.text, "'l0'"));
     tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
-    assert_true(report_value(o, "stats_updated") == 1);
+    assert_true(tu_report(o, "stats_updated") == 1);
     double *A1 = factor(&block_of(o, 0)->A);
     tu_assert_status(tu_mlp_step(o, &net, 0, u, NULL, &err), CURV_OK, &err); /* step 2 */
-    assert_true(report_value(o, "stats_updated") == 0);
+    assert_true(tu_report(o, "stats_updated") == 0);
     double *A2 = factor(&block_of(o, 0)->A);
     assert_memory_equal(A1, A2, 16 * sizeof(double));
     tu_mlp_batch(&net, 53);
@@ -414,16 +360,16 @@ static void test_inverse_interval(void **state)
     tu_mlp_new(&net, w, 2, 0, 3, 61);
     curv_layout *l = tu_mlp_layout(&net);
     const tu_kv kv[] = {{"lr", 0.1}, {"weight_decay", 0}, {"inv_interval", 4}};
-    curv_opt *o = kfac_opt(l, "simple", kv, 3);
+    curv_opt *o = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
     double *u = tu_alloc(net.dim);
     const double want[] = {0, 0, 0, 0, 1, 2, 3, 0, 1};
     curv_error err;
     for (unsigned k = 1; k <= 9; k++) {
         tu_mlp_batch(&net, 200 + k);
         tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
-        if (report_value(o, "inverse_age.l0") != want[k - 1] ||
-            report_value(o, "inverse_age.l1") != want[k - 1])
-            fail_msg("step %u: inverse age %g, want %g", k, report_value(o, "inverse_age.l0"),
+        if (tu_report(o, "inverse_age.l0") != want[k - 1] ||
+            tu_report(o, "inverse_age.l1") != want[k - 1])
+            fail_msg("step %u: inverse age %g, want %g", k, tu_report(o, "inverse_age.l0"),
                      want[k - 1]);
         /* The eigenvectors in use are those of the factor at the last refresh. */
         const struct curv__kblock *b = block_of(o, 0);

@@ -13,38 +13,6 @@
 
 #include "testutil.h"
 
-/* Inverse of n x n @M (Gauss-Jordan with partial pivoting) into @out. */
-static void gj_inverse(size_t n, const double *M, double *out)
-{
-    double *T = tu_alloc(n * 2 * n);
-    for (size_t i = 0; i < n; i++) {
-        memcpy(T + i * 2 * n, M + i * n, n * sizeof(double));
-        T[i * 2 * n + n + i] = 1;
-    }
-    for (size_t c = 0; c < n; c++) {
-        size_t p = c;
-        for (size_t r = c + 1; r < n; r++)
-            if (fabs(T[r * 2 * n + c]) > fabs(T[p * 2 * n + c]))
-                p = r;
-        for (size_t k = 0; k < 2 * n; k++) {
-            double t = T[c * 2 * n + k];
-            T[c * 2 * n + k] = T[p * 2 * n + k], T[p * 2 * n + k] = t;
-        }
-        double d = T[c * 2 * n + c];
-        for (size_t k = 0; k < 2 * n; k++)
-            T[c * 2 * n + k] /= d;
-        for (size_t r = 0; r < n; r++)
-            if (r != c) {
-                double f = T[r * 2 * n + c];
-                for (size_t k = 0; k < 2 * n; k++)
-                    T[r * 2 * n + k] -= f * T[c * 2 * n + k];
-            }
-    }
-    for (size_t i = 0; i < n; i++)
-        memcpy(out + i * n, T + i * 2 * n + n, n * sizeof(double));
-    free(T);
-}
-
 /* (1/m) Σ x yᵀ with x, y extended by a 1 when @bx, @by. */
 static double *cross(const double *X, size_t nx, int bx, const double *Y, size_t ny, int by,
                      size_t m)
@@ -114,7 +82,7 @@ static void dense_tridiag(const tu_mlp *net, double gamma, const double *g, doub
             for (size_t a = 0; a < s; a++)
                 for (size_t b = 0; b < s; b++)
                     sub[a * s + b] = T[(lo + a) * n + lo + b];
-            gj_inverse(s, sub, inv);
+            tu_gj_inverse(s, sub, inv);
             for (size_t a = 0; a < s; a++)
                 for (size_t b = 0; b < s; b++)
                     K[(lo + a) * n + lo + b] += (sep ? -1 : 1) * inv[a * s + b];
@@ -131,16 +99,6 @@ static void dense_tridiag(const tu_mlp *net, double gamma, const double *g, doub
     free(T), free(K);
 }
 
-static curv_opt *tri_opt(const curv_layout *l, const char *mode, const tu_kv *kv, size_t n)
-{
-    curv_config *c = tu_config(kv, n);
-    tu_config_set(c, "mode", 0, mode);
-    tu_config_set(c, "inverse", 0, "tridiag");
-    curv_opt *o = tu_new_opt(CURV_OPT_KFAC, l, c);
-    curv_config_free(c);
-    return o;
-}
-
 static void test_tridiag_update(void **state)
 {
     (void)state;
@@ -153,7 +111,7 @@ static void test_tridiag_update(void **state)
         curv_layout *l = tu_mlp_layout(&net);
         const tu_kv kv[] = {
             {"lr", 1}, {"momentum", 0}, {"weight_decay", 0}, {"damping", gammas[t]}};
-        curv_opt *o = tri_opt(l, "simple", kv, 4);
+        curv_opt *o = tu_kfac_opt(l, kv, 4, "mode", "simple", "inverse", "tridiag", NULL);
         double *u = tu_alloc(net.dim), *x = tu_alloc(net.dim);
         curv_error err;
         tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
@@ -192,7 +150,7 @@ static void test_chain_statistics_rules(void **state)
     tu_mlp_batch(&net, 61);
     curv_layout *l = tu_mlp_layout(&net);
     const tu_kv kv[] = {{"cov_interval", 2}, {"weight_decay", 0}};
-    curv_opt *o = tri_opt(l, "simple", kv, 2);
+    curv_opt *o = tu_kfac_opt(l, kv, 2, "mode", "simple", "inverse", "tridiag", NULL);
     double u[64];
     curv_error err;
     tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
@@ -234,7 +192,7 @@ static void test_tridiag_save_load(void **state)
     tu_mlp_batch(&net, 71);
     curv_layout *l = tu_mlp_layout(&net);
     const tu_kv kv[] = {{"gamma_interval", 2}, {"lambda_interval", 3}, {"inv_interval", 4}};
-    curv_opt *a = tri_opt(l, "adaptive", kv, 3);
+    curv_opt *a = tu_kfac_opt(l, kv, 3, "mode", "adaptive", "inverse", "tridiag", NULL);
     double *ua = tu_alloc(net.dim), *ub = tu_alloc(net.dim);
     curv_error err;
     curv_opt *b = NULL;

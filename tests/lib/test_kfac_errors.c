@@ -14,26 +14,6 @@
 
 static const size_t W[] = {3, 4, 2};
 
-static curv_opt *make(const curv_layout *l, const char *mode, const tu_kv *kv, size_t n)
-{
-    curv_config *c = tu_config(kv, n);
-    tu_config_set(c, "mode", 0, mode);
-    curv_opt *o = tu_new_opt(CURV_OPT_KFAC, l, c);
-    curv_config_free(c);
-    return o;
-}
-
-static double report_value(const curv_opt *o, const char *name)
-{
-    const curv_report_entry *e;
-    size_t n = curv_opt_report(o, &e);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(e[i].name, name) == 0)
-            return e[i].value;
-    fail_msg("report has no '%s'", name);
-    return NAN;
-}
-
 /* Step @in on @o, expecting @want with @needle in the text and no change. */
 static void refused(curv_opt *o, const curv_step_input *in, curv_status want, const char *needle)
 {
@@ -61,7 +41,7 @@ static void test_bad_steps(void **state)
     tu_mlp_new(&net, W, 2, 2, 4, 1);
     tu_mlp_batch(&net, 2);
     curv_layout *l = tu_mlp_layout(&net);
-    curv_opt *o = make(l, "adaptive", NULL, 0);
+    curv_opt *o = tu_kfac_opt(l, NULL, 0, "mode", "adaptive", NULL);
     double u[64];
     curv_error err;
     tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
@@ -124,7 +104,7 @@ static void test_bad_answers(void **state)
     tu_mlp_new(&net, W, 2, 0, 4, 5);
     tu_mlp_batch(&net, 6);
     curv_layout *l = tu_mlp_layout(&net);
-    curv_opt *o = make(l, "adaptive", NULL, 0);
+    curv_opt *o = tu_kfac_opt(l, NULL, 0, "mode", "adaptive", NULL);
     double u[64], vals[4] = {1, 2, 3, 4};
     curv_error err;
     curv_request req;
@@ -195,7 +175,7 @@ static void test_failing_factors(void **state)
     tu_mlp_batch(&net, 8);
     curv_layout *l = tu_mlp_layout(&net);
     const tu_kv kv[] = {{"max_failures", 2}, {"weight_decay", 0}, {"lr", 0.1}};
-    curv_opt *o = make(l, "simple", kv, 3);
+    curv_opt *o = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
     double huge[4 * 3], u[64];
     for (size_t i = 0; i < 12; i++)
         huge[i] = 1e200 * (1 + (double)i);
@@ -214,13 +194,13 @@ static void test_failing_factors(void **state)
     curv_request req;
     for (int k = 1; k <= 2; k++) {
         tu_assert_status(curv_opt_step(o, &bad, u, &req, &err), CURV_OK, &err);
-        assert_true(report_value(o, "inverse_failures") == k);
+        assert_true(tu_report(o, "inverse_failures") == k);
         for (size_t i = 0; i < net.dim; i++)
             assert_true(isfinite(u[i]));
     }
     refused(o, &bad, CURV_E_NUMERIC, "max_failures = 2");
     tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
-    assert_true(report_value(o, "inverse_failures") == 2);
+    assert_true(tu_report(o, "inverse_failures") == 2);
     tu_assert_status(curv_opt_step(o, &bad, u, &req, &err), CURV_OK, &err); /* count reset */
     curv_opt_free(o);
     curv_layout_free(l);
@@ -233,7 +213,7 @@ static void test_reconfigure_and_params(void **state)
     tu_mlp net;
     tu_mlp_new(&net, W, 2, 2, 4, 9);
     curv_layout *l = tu_mlp_layout(&net);
-    curv_opt *o = make(l, "simple", NULL, 0);
+    curv_opt *o = tu_kfac_opt(l, NULL, 0, "mode", "simple", NULL);
     char buf[32];
     assert_int_equal(curv_opt_get_param_str(o, "fisher", buf, sizeof buf), CURV_OK);
     assert_string_equal(buf, "true");
@@ -285,7 +265,7 @@ static void test_corrupt_blobs(void **state)
         tu_mlp_batch(&net, 12);
         curv_layout *l = tu_mlp_layout(&net);
         const tu_kv kv[] = {{"max_factor_dim", 3}};
-        curv_opt *o = make(l, modes[m], kv, 1);
+        curv_opt *o = tu_kfac_opt(l, kv, 1, "mode", modes[m], NULL);
         double u[64];
         curv_error err;
         for (int k = 0; k < 2; k++)

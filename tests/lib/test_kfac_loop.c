@@ -14,27 +14,6 @@
 #include "kfac_int.h"
 #include "testutil.h"
 
-static curv_opt *adaptive(const curv_layout *l, const tu_kv *kv, size_t n, const char *rho_source)
-{
-    curv_config *c = tu_config(kv, n);
-    if (rho_source)
-        tu_config_set(c, "rho_source", 0, rho_source);
-    curv_opt *o = tu_new_opt(CURV_OPT_KFAC, l, c);
-    curv_config_free(c);
-    return o;
-}
-
-static double report_value(const curv_opt *o, const char *name)
-{
-    const curv_report_entry *e;
-    size_t n = curv_opt_report(o, &e);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(e[i].name, name) == 0)
-            return e[i].value;
-    fail_msg("report has no '%s'", name);
-    return NAN;
-}
-
 static double dot(const double *x, const double *y, size_t n)
 {
     double s = 0;
@@ -85,7 +64,7 @@ static void test_request_intervals(void **state)
     tu_mlp_batch(&net, 2);
     curv_layout *l = tu_mlp_layout(&net);
     const tu_kv kv[] = {{"lambda_interval", 3}, {"gamma_interval", 4}, {"inv_interval", 4}};
-    curv_opt *o = adaptive(l, kv, 3, NULL);
+    curv_opt *o = tu_kfac_opt(l, kv, 3, NULL);
     double *u = tu_alloc(net.dim);
     for (unsigned k = 1; k <= 9; k++) {
         tu_kfac_trace tr;
@@ -99,42 +78,13 @@ static void test_request_intervals(void **state)
             assert_int_equal(tr.kind[1], CURV_REQ_LOSS);
             assert_int_equal(tr.n_vectors[1], 1);
         }
-        assert_true(report_value(o, "rejected") == 0);
+        assert_true(tu_report(o, "rejected") == 0);
         advance(&net, u, 10 + k);
     }
     free(u);
     curv_opt_free(o);
     curv_layout_free(l);
     tu_mlp_free(&net);
-}
-
-/* x = M^-1 b, Gauss-Jordan with partial pivoting. */
-static void gj_solve(size_t n, const double *M, const double *b, double *x)
-{
-    double *T = tu_alloc(n * (n + 1));
-    for (size_t i = 0; i < n; i++) {
-        memcpy(T + i * (n + 1), M + i * n, n * sizeof(double));
-        T[i * (n + 1) + n] = b[i];
-    }
-    for (size_t c = 0; c < n; c++) {
-        size_t p = c;
-        for (size_t r = c + 1; r < n; r++)
-            if (fabs(T[r * (n + 1) + c]) > fabs(T[p * (n + 1) + c]))
-                p = r;
-        for (size_t k = 0; k <= n; k++) {
-            double t = T[c * (n + 1) + k];
-            T[c * (n + 1) + k] = T[p * (n + 1) + k], T[p * (n + 1) + k] = t;
-        }
-        for (size_t r = 0; r < n; r++)
-            if (r != c) {
-                double f = T[r * (n + 1) + c] / T[c * (n + 1) + c];
-                for (size_t k = c; k <= n; k++)
-                    T[r * (n + 1) + k] -= f * T[c * (n + 1) + k];
-            }
-    }
-    for (size_t i = 0; i < n; i++)
-        x[i] = T[i * (n + 1) + n] / T[i * (n + 1) + i];
-    free(T);
 }
 
 /* Â = (1/m) Σ ā āᵀ (ā with the homogeneous 1 when @bias), accumulated
@@ -167,7 +117,7 @@ static void dense_proposal(size_t nr, const double *G, size_t nc, const double *
                 for (size_t q = 0; q < nc; q++)
                     K[(i * nc + k) * n + j * nc + q] = (G[i * nr + j] + (i == j) * gamma / pi) *
                                                        (A[k * nc + q] + (k == q) * pi * gamma);
-    gj_solve(n, K, v, out);
+    tu_gj_solve(n, K, v, out);
     for (size_t i = 0; i < n; i++)
         out[i] = -out[i];
     free(K);
@@ -194,7 +144,7 @@ static void test_gamma_step_math(void **state)
                         {"lambda_interval", 100},
                         {"lambda_init", lam},
                         {"fallback_lr", fb_lr}};
-    curv_opt *o = adaptive(l, kv, 5, NULL);
+    curv_opt *o = tu_kfac_opt(l, kv, 5, NULL);
     const size_t d = net.dim;
     double *u1 = tu_alloc(d), *u2 = tu_alloc(d), *g1 = tu_alloc(d), *gf = tu_alloc(d);
     double *A[2], *G[2];
@@ -209,7 +159,7 @@ static void test_gamma_step_math(void **state)
     curv_error err;
     tu_assert_status(tu_mlp_step(o, &net, 1, u1, NULL, &err), CURV_OK, &err);
     const double gamma0 = sqrt(lam + eta);
-    assert_true(report_value(o, "gamma") == gamma0 && report_value(o, "lambda") == lam);
+    assert_true(tu_report(o, "gamma") == gamma0 && tu_report(o, "lambda") == lam);
     advance(&net, u1, 5);
     for (size_t i = 0; i < 2; i++) {
         add_outer(A[i], net.acts[i], net.m, w[i], 1, 0.5);
@@ -263,10 +213,10 @@ static void test_gamma_step_math(void **state)
         delta[j] = best_a * delta[j] + best_u * d0[j];
     tu_assert_status(curv_opt_resume(o, &resp, CURV_F64, u2, &req, &err), CURV_OK, &err);
     tu_expect_close(u2, delta, d, 1e-9, "δ = αΔ + μδ0", 2);
-    assert_true(report_value(o, "gamma") == gam[best]);
-    assert_true(fabs(report_value(o, "alpha") - best_a) <= 1e-9 * fabs(best_a));
-    assert_true(fabs(report_value(o, "mu") - best_u) <= 1e-9 * (1 + fabs(best_u)));
-    assert_true(fabs(report_value(o, "model_change") - best_m) <= 1e-9 * fabs(best_m));
+    assert_true(tu_report(o, "gamma") == gam[best]);
+    assert_true(fabs(tu_report(o, "alpha") - best_a) <= 1e-9 * fabs(best_a));
+    assert_true(fabs(tu_report(o, "mu") - best_u) <= 1e-9 * (1 + fabs(best_u)));
+    assert_true(fabs(tu_report(o, "model_change") - best_m) <= 1e-9 * fabs(best_m));
     for (size_t i = 0; i < 2; i++)
         free(A[i]), free(G[i]);
     free(u1), free(u2), free(g1), free(gf), free(want), free(delta);
@@ -300,7 +250,7 @@ static void test_lm_with_loss_requests(void **state)
                         {"lambda_interval", 1},
                         {"gamma_interval", 1000},
                         {"lambda_init", 0.3}};
-    curv_opt *o = adaptive(l, kv, 4, NULL);
+    curv_opt *o = tu_kfac_opt(l, kv, 4, NULL);
     const size_t d = net.dim;
     double *u = tu_alloc(d), *gf = tu_alloc(d), *th = tu_alloc(d);
     double lambda = 0.3;
@@ -316,13 +266,13 @@ static void test_lm_with_loss_requests(void **state)
             th[i] = net.theta[i] + u[i];
         const double h1 = tu_mlp_eval(&net, th, 0) + 0.5 * eta * dot(th, th, d);
         const double rho = (h1 - h0) / model_of(&net, gf, u, lambda + eta);
-        if (fabs(report_value(o, "rho") - rho) > 1e-8 * (1 + fabs(rho)))
-            fail_msg("step %u: rho %.17g, want %.17g", k, report_value(o, "rho"), rho);
+        if (fabs(tu_report(o, "rho") - rho) > 1e-8 * (1 + fabs(rho)))
+            fail_msg("step %u: rho %.17g, want %.17g", k, tu_report(o, "rho"), rho);
         double next = rule(lambda, rho, w1);
         up += next > lambda, down += next < lambda;
         lambda = fmax(next, 1e-8);
-        if (fabs(report_value(o, "lambda") - lambda) > 1e-12 * lambda)
-            fail_msg("step %u: lambda %.17g, want %.17g", k, report_value(o, "lambda"), lambda);
+        if (fabs(tu_report(o, "lambda") - lambda) > 1e-12 * lambda)
+            fail_msg("step %u: lambda %.17g, want %.17g", k, tu_report(o, "lambda"), lambda);
         advance(&net, u, 100 + k);
     }
     assert_true(up + down > 0); /* the rule acted */
@@ -343,7 +293,7 @@ static void test_lm_next_step(void **state)
     curv_layout *l = tu_mlp_layout(&net);
     const double eta = 0.02;
     const tu_kv kv[] = {{"weight_decay", eta}, {"lambda_interval", 2}, {"lambda_init", 0.3}};
-    curv_opt *o = adaptive(l, kv, 3, "next_step");
+    curv_opt *o = tu_kfac_opt(l, kv, 3, "rho_source", "next_step", NULL);
     const size_t d = net.dim;
     double *u = tu_alloc(d), *gf = tu_alloc(d);
     curv_error err;
@@ -368,8 +318,8 @@ static void test_lm_next_step(void **state)
     tu_assert_status(tu_mlp_step(o, &net, 1, u, &tr, &err), CURV_OK, &err);
     const double h1 = net.loss + 0.5 * eta * dot(net.theta, net.theta, d);
     const double rho = (h1 - h0) / m;
-    assert_true(fabs(report_value(o, "rho") - rho) <= 1e-9 * (1 + fabs(rho)));
-    assert_true(fabs(report_value(o, "lambda") - rule(0.3, rho, 0.95 * 0.95)) <= 1e-15);
+    assert_true(fabs(tu_report(o, "rho") - rho) <= 1e-9 * (1 + fabs(rho)));
+    assert_true(fabs(tu_report(o, "lambda") - rule(0.3, rho, 0.95 * 0.95)) <= 1e-15);
     curv_free(snap);
     free(u), free(gf);
     curv_opt_free(o);
@@ -397,7 +347,7 @@ static void test_save_load(void **state)
     curv_layout *l = tu_mlp_layout(&net);
     const tu_kv kv[] = {
         {"lambda_interval", 2}, {"gamma_interval", 3}, {"inv_interval", 3}, {"cov_interval", 2}};
-    curv_opt *a = adaptive(l, kv, 4, NULL);
+    curv_opt *a = tu_kfac_opt(l, kv, 4, NULL);
     const size_t d = net.dim;
     double *ua = tu_alloc(d), *ub = tu_alloc(d);
     curv_error err;

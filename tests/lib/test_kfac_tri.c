@@ -197,36 +197,8 @@ static double *module_dense(const struct chain *c, const struct curv__kfac_tri *
 /* Gauss-Jordan inverse with partial pivoting (n x n). */
 static double *gj_inverse(size_t n, const double *A)
 {
-    double *W = tu_alloc(n * 2 * n), *out = tu_alloc(n * n);
-    for (size_t i = 0; i < n; i++) {
-        memcpy(W + i * 2 * n, A + i * n, n * sizeof(double));
-        W[i * 2 * n + n + i] = 1.0;
-    }
-    for (size_t col = 0; col < n; col++) {
-        size_t piv = col;
-        for (size_t r = col + 1; r < n; r++)
-            if (fabs(W[r * 2 * n + col]) > fabs(W[piv * 2 * n + col]))
-                piv = r;
-        assert_true(W[piv * 2 * n + col] != 0.0);
-        for (size_t k = 0; k < 2 * n; k++) {
-            double tmp = W[col * 2 * n + k];
-            W[col * 2 * n + k] = W[piv * 2 * n + k];
-            W[piv * 2 * n + k] = tmp;
-        }
-        double p = W[col * 2 * n + col];
-        for (size_t k = 0; k < 2 * n; k++)
-            W[col * 2 * n + k] /= p;
-        for (size_t r = 0; r < n; r++) {
-            double f = W[r * 2 * n + col];
-            if (r == col || f == 0.0)
-                continue;
-            for (size_t k = 0; k < 2 * n; k++)
-                W[r * 2 * n + k] -= f * W[col * 2 * n + k];
-        }
-    }
-    for (size_t i = 0; i < n; i++)
-        memcpy(out + i * n, W + i * 2 * n + n, n * sizeof(double));
-    free(W);
+    double *out = tu_alloc(n * n);
+    tu_gj_inverse(n, A, out);
     return out;
 }
 

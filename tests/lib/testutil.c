@@ -266,6 +266,86 @@ int tu_plain_kind(int kind)
            !(in & (CURV_INPUT_REQUESTS | CURV_INPUT_LAYERS));
 }
 
+curv_opt *tu_kfac_opt(const curv_layout *l, const tu_kv *kv, size_t n, ...)
+{
+    curv_config *c = tu_config(kv, n);
+    va_list ap;
+    va_start(ap, n);
+    for (const char *key; (key = va_arg(ap, const char *)) != NULL;) {
+        const char *str = va_arg(ap, const char *);
+        if (str)
+            tu_config_set(c, key, 0, str);
+    }
+    va_end(ap);
+    curv_opt *o = tu_new_opt(CURV_OPT_KFAC, l, c);
+    curv_config_free(c);
+    return o;
+}
+
+void tu_gj_solve(size_t n, const double *M, const double *b, double *x)
+{
+    double *T = tu_alloc(n * (n + 1));
+    for (size_t i = 0; i < n; i++) {
+        memcpy(T + i * (n + 1), M + i * n, n * sizeof(double));
+        T[i * (n + 1) + n] = b[i];
+    }
+    for (size_t c = 0; c < n; c++) {
+        size_t p = c;
+        for (size_t r = c + 1; r < n; r++)
+            if (fabs(T[r * (n + 1) + c]) > fabs(T[p * (n + 1) + c]))
+                p = r;
+        for (size_t k = 0; k <= n; k++) {
+            double t = T[c * (n + 1) + k];
+            T[c * (n + 1) + k] = T[p * (n + 1) + k];
+            T[p * (n + 1) + k] = t;
+        }
+        for (size_t r = 0; r < n; r++) {
+            if (r == c)
+                continue;
+            double f = T[r * (n + 1) + c] / T[c * (n + 1) + c];
+            for (size_t k = c; k <= n; k++)
+                T[r * (n + 1) + k] -= f * T[c * (n + 1) + k];
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        x[i] = T[i * (n + 1) + n] / T[i * (n + 1) + i];
+    free(T);
+}
+
+void tu_gj_inverse(size_t n, const double *M, double *out)
+{
+    double *W = tu_alloc(n * 2 * n);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(W + i * 2 * n, M + i * n, n * sizeof(double));
+        W[i * 2 * n + n + i] = 1.0;
+    }
+    for (size_t col = 0; col < n; col++) {
+        size_t piv = col;
+        for (size_t r = col + 1; r < n; r++)
+            if (fabs(W[r * 2 * n + col]) > fabs(W[piv * 2 * n + col]))
+                piv = r;
+        assert_true(W[piv * 2 * n + col] != 0.0);
+        for (size_t k = 0; k < 2 * n; k++) {
+            double tmp = W[col * 2 * n + k];
+            W[col * 2 * n + k] = W[piv * 2 * n + k];
+            W[piv * 2 * n + k] = tmp;
+        }
+        double p = W[col * 2 * n + col];
+        for (size_t k = 0; k < 2 * n; k++)
+            W[col * 2 * n + k] /= p;
+        for (size_t r = 0; r < n; r++) {
+            double f = W[r * 2 * n + col];
+            if (r == col || f == 0.0)
+                continue;
+            for (size_t k = 0; k < 2 * n; k++)
+                W[r * 2 * n + k] -= f * W[col * 2 * n + k];
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        memcpy(out + i * n, W + i * 2 * n + n, n * sizeof(double));
+    free(W);
+}
+
 double tu_report(const curv_opt *o, const char *name)
 {
     const curv_report_entry *e;

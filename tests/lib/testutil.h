@@ -36,6 +36,13 @@ double tu_sym_pow_rel(size_t n, const double *A, double p, double floor_rel, dou
 /* max |a-b| / max(max|b|, tiny) over n entries. */
 double tu_rel_err(const double *a, const double *b, size_t n);
 
+/* x = M^-1 b for n x n @M by Gauss-Jordan with partial pivoting
+ * (independent of LAPACK). */
+void tu_gj_solve(size_t n, const double *M, const double *b, double *x);
+/* The inverse of n x n @M into @out, Gauss-Jordan with partial pivoting
+ * (asserting a nonzero pivot). */
+void tu_gj_inverse(size_t n, const double *M, double *out);
+
 /* Jacobi eigendecomposition of symmetric n x n @A (independent of LAPACK):
  * A = Q diag(w) Q^T, eigenvectors as the columns of @Q, @w unsorted. */
 void tu_sym_eig(size_t n, const double *A, double *Q, double *w);
@@ -91,6 +98,10 @@ curv_config *tu_config(const tu_kv *kv, size_t n);
 curv_opt *tu_new_opt(curv_opt_kind kind, const curv_layout *l, const curv_config *c);
 /* tu_new_opt with a config of the @n settings @kv (freed again). */
 curv_opt *tu_opt_with(curv_opt_kind kind, const curv_layout *l, const tu_kv *kv, size_t n);
+/* A new K-FAC optimizer with the numeric settings @kv (@n of them), then
+ * string settings given as key, value pairs ended by a NULL key (a NULL
+ * value leaves that key at its default), asserting CURV_OK. */
+curv_opt *tu_kfac_opt(const curv_layout *l, const tu_kv *kv, size_t n, ...);
 /* 1 when @kind has a hyperparameter called @name, else 0. */
 int tu_has_param(curv_opt_kind kind, const char *name);
 
