@@ -291,9 +291,7 @@ static void run_kfac(const char *mode, const char *inverse)
 {
     tu_mlp net;
     const size_t w[] = {3, 4, 2};
-    tu_mlp_new(&net, w, 2, 2, 3, 5);
-    tu_mlp_batch(&net, 6);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, w, 2, 2, 3, 5, 6);
     const double max_dim = strcmp(inverse, "tridiag") ? 3 : 100; /* diagonal sides or a chain */
     const tu_kv kv[] = {{"gamma_interval", 2}, {"lambda_interval", 2}, {"max_factor_dim", max_dim}};
     curv_config *c = tu_config(kv, 3);
@@ -303,14 +301,7 @@ static void run_kfac(const char *mode, const char *inverse)
     double *u = tu_alloc(net.dim), *vals = tu_alloc(16);
     const int adaptive = strcmp(mode, "adaptive") == 0;
     for (int t = 1; t <= 2; t++) {
-        curv_step_input in = {.grad = net.g,
-                              .params = net.theta,
-                              .len = net.dim,
-                              .dtype = CURV_F64,
-                              .layers = net.stats,
-                              .n_layers = 2,
-                              .loss = net.loss,
-                              .has_loss = 1};
+        curv_step_input in = tu_mlp_input(&net, 1);
         curv_request req;
         UNTIL_NO_FAILURE(o, curv_opt_step(o, &in, u, &req, NULL),
                          adaptive ? CURV_NEED_INPUT : CURV_OK);

@@ -90,9 +90,7 @@ static void test_factors_one_example(void **state)
     (void)state;
     tu_mlp net;
     const size_t w[] = {3, 4, 2};
-    tu_mlp_new(&net, w, 2, 0, 1, 11);
-    tu_mlp_batch(&net, 12);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, w, 2, 0, 1, 11, 12);
     curv_opt *o = tu_kfac_opt(l, PLAIN, 3, "mode", "simple", NULL);
     double *u = tu_alloc(net.dim);
     curv_error err;
@@ -108,9 +106,7 @@ static void test_factors_one_example(void **state)
         free(A), free(G), free(K), free(F);
     }
     free(u);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 /* A batch: Ĝ ⊗ Â is the average over all pairs (activations of one
@@ -122,9 +118,7 @@ static void test_factors_batch(void **state)
     tu_mlp net;
     const size_t w[] = {3, 4, 2};
     const size_t m = 6;
-    tu_mlp_new(&net, w, 2, 0, m, 21);
-    tu_mlp_batch(&net, 22);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, w, 2, 0, m, 21, 22);
     curv_opt *o = tu_kfac_opt(l, PLAIN, 3, "mode", "simple", NULL);
     double *u = tu_alloc(net.dim);
     curv_error err;
@@ -162,9 +156,7 @@ static void test_factors_batch(void **state)
         assert_true(fabs(net.g[o2 * (w[0] + 1)] - want) <= 1e-15 * (1 + fabs(want)));
     }
     free(u);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 /* conv2d (KFC): Â averages over examples x positions, Ĝ sums over
@@ -208,9 +200,7 @@ static void check_blockdiag(double max_factor_dim, double eta)
 {
     tu_mlp net;
     const size_t w[] = {5, 3, 3, 2};
-    tu_mlp_new(&net, w, 3, 3, 4, 31);
-    tu_mlp_batch(&net, 32);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, w, 3, 3, 4, 31, 32);
     const double gamma = 0.3;
     const tu_kv kv[] = {{"lr", 1},
                         {"momentum", 0},
@@ -261,9 +251,7 @@ static void check_blockdiag(double max_factor_dim, double eta)
         assert_true(fabs(u[off + j] - want) <= 1e-15);
     }
     free(u), free(gf);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 static void test_blockdiag_update(void **state)
@@ -303,9 +291,7 @@ static void test_ema_schedule(void **state)
         free(A), free(G);
     }
     free(u), free(Aw), free(Gw);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 /* cov_interval: statistics are due at steps 1, 1 + T, ...; a step between
@@ -316,9 +302,7 @@ static void test_cov_interval(void **state)
     (void)state;
     tu_mlp net;
     const size_t w[] = {3, 4, 2};
-    tu_mlp_new(&net, w, 2, 0, 3, 51);
-    tu_mlp_batch(&net, 52);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, w, 2, 0, 3, 51, 52);
     const tu_kv kv[] = {{"lr", 0.1}, {"weight_decay", 0}, {"cov_interval", 3}};
     curv_opt *o = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
     double *u = tu_alloc(net.dim);
@@ -344,9 +328,7 @@ static void test_cov_interval(void **state)
     tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
     curv_free(snap);
     free(A1), free(A2), free(A3), free(u);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 /* Inverses are recomputed at k <= 3 and k ≡ 0 (mod inv_interval); the
@@ -381,9 +363,7 @@ static void test_inverse_interval(void **state)
         }
     }
     free(u);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 int main(void)

@@ -106,9 +106,7 @@ static void test_tridiag_update(void **state)
     const double gammas[] = {0.05, 0.3, 2.0};
     for (size_t t = 0; t < 3; t++) {
         tu_mlp net;
-        tu_mlp_new(&net, w, L, 2, 7, 40 + t);
-        tu_mlp_batch(&net, 50 + t);
-        curv_layout *l = tu_mlp_layout(&net);
+        curv_layout *l = tu_mlp_setup(&net, w, L, 2, 7, 40 + t, 50 + t);
         const tu_kv kv[] = {
             {"lr", 1}, {"momentum", 0}, {"weight_decay", 0}, {"damping", gammas[t]}};
         curv_opt *o = tu_kfac_opt(l, kv, 4, "mode", "simple", "inverse", "tridiag", NULL);
@@ -134,9 +132,7 @@ static void test_tridiag_update(void **state)
         curv_opt_free(bd);
         curv_config_free(c);
         free(u), free(x);
-        curv_opt_free(o);
-        curv_layout_free(l);
-        tu_mlp_free(&net);
+        tu_mlp_teardown(o, l, &net);
     }
 }
 
@@ -146,9 +142,7 @@ static void test_chain_statistics_rules(void **state)
     (void)state;
     const size_t w[] = {4, 3, 2};
     tu_mlp net;
-    tu_mlp_new(&net, w, 2, 0, 5, 60);
-    tu_mlp_batch(&net, 61);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, w, 2, 0, 5, 60, 61);
     const tu_kv kv[] = {{"cov_interval", 2}, {"weight_decay", 0}};
     curv_opt *o = tu_kfac_opt(l, kv, 2, "mode", "simple", "inverse", "tridiag", NULL);
     double u[64];
@@ -175,9 +169,7 @@ static void test_chain_statistics_rules(void **state)
     in.n_layers = 0; /* no statistics at all: fine between due steps */
     tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_OK, &err);
     curv_free(snap);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 /* Adaptive tridiagonal K-FAC with γ candidates: a loaded copy (whose
@@ -188,9 +180,7 @@ static void test_tridiag_save_load(void **state)
     (void)state;
     const size_t w[] = {5, 3, 3, 2};
     tu_mlp net;
-    tu_mlp_new(&net, w, L, 2, 6, 70);
-    tu_mlp_batch(&net, 71);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, w, L, 2, 6, 70, 71);
     const tu_kv kv[] = {{"gamma_interval", 2}, {"lambda_interval", 3}, {"inv_interval", 4}};
     curv_opt *a = tu_kfac_opt(l, kv, 3, "mode", "adaptive", "inverse", "tridiag", NULL);
     double *ua = tu_alloc(net.dim), *ub = tu_alloc(net.dim);
@@ -220,9 +210,7 @@ static void test_tridiag_save_load(void **state)
         found += strcmp(e[i].name, "clamped") == 0;
     assert_int_equal(found, 1);
     free(ua), free(ub);
-    curv_opt_free(a), curv_opt_free(b);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    curv_opt_free(a), tu_mlp_teardown(b, l, &net);
 }
 
 int main(void)

@@ -38,9 +38,7 @@ static void test_bad_steps(void **state)
 {
     (void)state;
     tu_mlp net;
-    tu_mlp_new(&net, W, 2, 2, 4, 1);
-    tu_mlp_batch(&net, 2);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, W, 2, 2, 4, 1, 2);
     curv_opt *o = tu_kfac_opt(l, NULL, 0, "mode", "adaptive", NULL);
     double u[64];
     curv_error err;
@@ -90,9 +88,7 @@ static void test_bad_steps(void **state)
     in.has_loss = 0;
     refused(o, &in, CURV_E_INVALID, "loss");
     (void)req;
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 /* Bad answers: a refused answer leaves the request pending and the state
@@ -101,9 +97,7 @@ static void test_bad_answers(void **state)
 {
     (void)state;
     tu_mlp net;
-    tu_mlp_new(&net, W, 2, 0, 4, 5);
-    tu_mlp_batch(&net, 6);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 4, 5, 6);
     curv_opt *o = tu_kfac_opt(l, NULL, 0, "mode", "adaptive", NULL);
     double u[64], vals[4] = {1, 2, 3, 4};
     curv_error err;
@@ -112,14 +106,7 @@ static void test_bad_answers(void **state)
     tu_assert_status(curv_opt_resume(o, &none, CURV_F64, u, &req, &err), CURV_E_STATE, &err);
     assert_non_null(strstr(err.text, "no request"));
     tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
-    curv_step_input in = {.grad = net.g,
-                          .params = net.theta,
-                          .len = net.dim,
-                          .dtype = CURV_F64,
-                          .layers = net.stats,
-                          .n_layers = 2,
-                          .loss = net.loss,
-                          .has_loss = 1};
+    curv_step_input in = tu_mlp_input(&net, 1);
     tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_NEED_INPUT, &err);
     size_t len; /* a pending optimizer saves the state from before the step */
     unsigned char *snap = tu_snapshot(o, &len);
@@ -158,9 +145,7 @@ static void test_bad_answers(void **state)
     tu_assert_status(curv_opt_reconfigure(o, c, &err), CURV_OK, &err);
     curv_config_free(c);
     curv_free(snap);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 /* Statistics that overflow make non-finite factors: a block keeps its old
@@ -171,9 +156,7 @@ static void test_failing_factors(void **state)
 {
     (void)state;
     tu_mlp net;
-    tu_mlp_new(&net, W, 2, 0, 4, 7);
-    tu_mlp_batch(&net, 8);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 4, 7, 8);
     const tu_kv kv[] = {{"max_failures", 2}, {"weight_decay", 0}, {"lr", 0.1}};
     curv_opt *o = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
     double huge[4 * 3], u[64];
@@ -202,9 +185,7 @@ static void test_failing_factors(void **state)
     tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
     assert_true(tu_report(o, "inverse_failures") == 2);
     tu_assert_status(curv_opt_step(o, &bad, u, &req, &err), CURV_OK, &err); /* count reset */
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 static void test_reconfigure_and_params(void **state)
@@ -248,9 +229,7 @@ static void test_reconfigure_and_params(void **state)
         assert_true(fabs(u2[i] - mu * u1[i]) <= 1e-15 * fabs(u1[i]) && u1[i] != 0);
     (void)lr;
     curv_config_free(c);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 /* Every flipped byte and every truncation of a trained K-FAC blob (both
@@ -261,9 +240,7 @@ static void test_corrupt_blobs(void **state)
     const char *modes[] = {"adaptive", "simple"};
     for (int m = 0; m < 2; m++) {
         tu_mlp net;
-        tu_mlp_new(&net, W, 2, 2, 3, 11);
-        tu_mlp_batch(&net, 12);
-        curv_layout *l = tu_mlp_layout(&net);
+        curv_layout *l = tu_mlp_setup(&net, W, 2, 2, 3, 11, 12);
         const tu_kv kv[] = {{"max_factor_dim", 3}};
         curv_opt *o = tu_kfac_opt(l, kv, 1, "mode", modes[m], NULL);
         double u[64];
@@ -288,9 +265,7 @@ static void test_corrupt_blobs(void **state)
             free(b);
         }
         curv_free(blob);
-        curv_opt_free(o);
-        curv_layout_free(l);
-        tu_mlp_free(&net);
+        tu_mlp_teardown(o, l, &net);
     }
 }
 

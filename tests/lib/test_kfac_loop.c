@@ -30,18 +30,6 @@ static void advance(tu_mlp *net, const double *u, uint64_t seed)
     tu_mlp_batch(net, seed);
 }
 
-static curv_step_input input_of(const tu_mlp *net, int stats)
-{
-    return (curv_step_input){.grad = net->g,
-                             .params = net->theta,
-                             .len = net->dim,
-                             .dtype = CURV_F64,
-                             .layers = stats ? net->stats : NULL,
-                             .n_layers = stats ? net->L : 0,
-                             .loss = net->loss,
-                             .has_loss = 1};
-}
-
 /* vᵀCv of the trainer's curvature (the driver's exact PSD matrix). */
 static double curvature_form(tu_mlp *net, const double *v)
 {
@@ -60,9 +48,7 @@ static void test_request_intervals(void **state)
 {
     (void)state;
     tu_mlp net;
-    tu_mlp_new(&net, W, 2, 2, 5, 1);
-    tu_mlp_batch(&net, 2);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, W, 2, 2, 5, 1, 2);
     const tu_kv kv[] = {{"lambda_interval", 3}, {"gamma_interval", 4}, {"inv_interval", 4}};
     curv_opt *o = tu_kfac_opt(l, kv, 3, NULL);
     double *u = tu_alloc(net.dim);
@@ -82,9 +68,7 @@ static void test_request_intervals(void **state)
         advance(&net, u, 10 + k);
     }
     free(u);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 /* Â = (1/m) Σ ā āᵀ (ā with the homogeneous 1 when @bias), accumulated
@@ -135,9 +119,7 @@ static void test_gamma_step_math(void **state)
     (void)state;
     tu_mlp net;
     const size_t w[] = {4, 3, 2};
-    tu_mlp_new(&net, w, 2, 2, 5, 3);
-    tu_mlp_batch(&net, 4);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, w, 2, 2, 5, 3, 4);
     const double eta = 0.01, lam = 0.5, fb_lr = 0.05;
     const tu_kv kv[] = {{"weight_decay", eta},
                         {"gamma_interval", 2},
@@ -168,7 +150,7 @@ static void test_gamma_step_math(void **state)
     for (size_t i = 0; i < d; i++)
         gf[i] = net.g[i] + eta * net.theta[i];
 
-    curv_step_input in = input_of(&net, 1);
+    curv_step_input in = tu_mlp_input(&net, 1);
     curv_request req;
     tu_assert_status(curv_opt_step(o, &in, u2, &req, &err), CURV_NEED_INPUT, &err);
     assert_int_equal(req.kind, CURV_REQ_QUADRATIC_FORM);
@@ -220,9 +202,7 @@ static void test_gamma_step_math(void **state)
     for (size_t i = 0; i < 2; i++)
         free(A[i]), free(G[i]);
     free(u1), free(u2), free(g1), free(gf), free(want), free(delta);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 /* M(δ) of the step just taken, from the trainer's curvature. */
@@ -242,9 +222,7 @@ static void test_lm_with_loss_requests(void **state)
 {
     (void)state;
     tu_mlp net;
-    tu_mlp_new(&net, W, 2, 0, 6, 7);
-    tu_mlp_batch(&net, 8);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 7, 8);
     const double eta = 0.02;
     const tu_kv kv[] = {{"weight_decay", eta},
                         {"lambda_interval", 1},
@@ -277,9 +255,7 @@ static void test_lm_with_loss_requests(void **state)
     }
     assert_true(up + down > 0); /* the rule acted */
     free(u), free(gf), free(th);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 /* rho_source = next_step: no LOSS request; the next step needs its loss
@@ -288,9 +264,7 @@ static void test_lm_next_step(void **state)
 {
     (void)state;
     tu_mlp net;
-    tu_mlp_new(&net, W, 2, 0, 6, 9);
-    tu_mlp_batch(&net, 10);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 9, 10);
     const double eta = 0.02;
     const tu_kv kv[] = {{"weight_decay", eta}, {"lambda_interval", 2}, {"lambda_init", 0.3}};
     curv_opt *o = tu_kfac_opt(l, kv, 3, "rho_source", "next_step", NULL);
@@ -309,7 +283,7 @@ static void test_lm_next_step(void **state)
     advance(&net, u, 12);
     size_t len;
     unsigned char *snap = tu_snapshot(o, &len);
-    curv_step_input in = input_of(&net, 1);
+    curv_step_input in = tu_mlp_input(&net, 1);
     in.has_loss = 0;
     curv_request req;
     tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_E_INVALID, &err);
@@ -322,9 +296,7 @@ static void test_lm_next_step(void **state)
     assert_true(fabs(tu_report(o, "lambda") - rule(0.3, rho, 0.95 * 0.95)) <= 1e-15);
     curv_free(snap);
     free(u), free(gf);
-    curv_opt_free(o);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    tu_mlp_teardown(o, l, &net);
 }
 
 static curv_opt *load_blob(const unsigned char *blob, size_t len)
@@ -342,9 +314,7 @@ static void test_save_load(void **state)
 {
     (void)state;
     tu_mlp net;
-    tu_mlp_new(&net, W, 2, 3, 5, 13);
-    tu_mlp_batch(&net, 14);
-    curv_layout *l = tu_mlp_layout(&net);
+    curv_layout *l = tu_mlp_setup(&net, W, 2, 3, 5, 13, 14);
     const tu_kv kv[] = {
         {"lambda_interval", 2}, {"gamma_interval", 3}, {"inv_interval", 3}, {"cov_interval", 2}};
     curv_opt *a = tu_kfac_opt(l, kv, 4, NULL);
@@ -368,7 +338,7 @@ static void test_save_load(void **state)
         advance(&net, ua, 20 + k);
     }
     /* Step 8 (an LM step): save at each request, finish the original. */
-    curv_step_input in = input_of(&net, 1);
+    curv_step_input in = tu_mlp_input(&net, 1);
     curv_request req;
     tu_assert_status(curv_opt_step(a, &in, ua, &req, &err), CURV_NEED_INPUT, &err);
     unsigned char *mid = tu_snapshot(a, &len);
@@ -405,9 +375,7 @@ static void test_save_load(void **state)
     curv_opt_free(c2);
     curv_free(mid), curv_free(mid2);
     free(vec1), free(ua), free(ub);
-    curv_opt_free(a), curv_opt_free(b), curv_opt_free(c);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
+    curv_opt_free(a), curv_opt_free(b), tu_mlp_teardown(c, l, &net);
 }
 
 int main(void)

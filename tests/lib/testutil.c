@@ -656,17 +656,37 @@ void tu_mlp_answer(tu_mlp *net, const curv_request *req, double *values)
     free(pv);
 }
 
+curv_layout *tu_mlp_setup(tu_mlp *net, const size_t *n, size_t L, size_t nv, size_t m,
+                          uint64_t seed, uint64_t batch_seed)
+{
+    tu_mlp_new(net, n, L, nv, m, seed);
+    tu_mlp_batch(net, batch_seed);
+    return tu_mlp_layout(net);
+}
+
+void tu_mlp_teardown(curv_opt *o, curv_layout *l, tu_mlp *net)
+{
+    curv_opt_free(o);
+    curv_layout_free(l);
+    tu_mlp_free(net);
+}
+
+curv_step_input tu_mlp_input(const tu_mlp *net, int with_stats)
+{
+    return (curv_step_input){.grad = net->g,
+                             .params = net->theta,
+                             .len = net->dim,
+                             .dtype = CURV_F64,
+                             .layers = with_stats ? net->stats : NULL,
+                             .n_layers = with_stats ? net->L : 0,
+                             .loss = net->loss,
+                             .has_loss = 1};
+}
+
 curv_status tu_mlp_step(curv_opt *o, tu_mlp *net, int with_stats, double *upd, tu_kfac_trace *trace,
                         curv_error *err)
 {
-    curv_step_input in = {.grad = net->g,
-                          .params = net->theta,
-                          .len = net->dim,
-                          .dtype = CURV_F64,
-                          .layers = with_stats ? net->stats : NULL,
-                          .n_layers = with_stats ? net->L : 0,
-                          .loss = net->loss,
-                          .has_loss = 1};
+    curv_step_input in = tu_mlp_input(net, with_stats);
     curv_request req;
     if (trace)
         trace->n = 0;

@@ -219,6 +219,14 @@ void tu_mlp_free(tu_mlp *net);
 curv_layout *tu_mlp_layout(const tu_mlp *net);
 /* Draw a new batch and evaluate it at theta (acts, signals, pex, g, loss). */
 void tu_mlp_batch(tu_mlp *net, uint64_t seed);
+/* tu_mlp_new, then tu_mlp_batch(@batch_seed); returns the layout. */
+curv_layout *tu_mlp_setup(tu_mlp *net, const size_t *n, size_t L, size_t nv, size_t m,
+                          uint64_t seed, uint64_t batch_seed);
+/* Free @o, @l and @net (the end of a K-FAC test). */
+void tu_mlp_teardown(curv_opt *o, curv_layout *l, tu_mlp *net);
+/* The float64 step input of the current batch: gradient, params, loss,
+ * and the layer statistics when @with_stats. */
+curv_step_input tu_mlp_input(const tu_mlp *net, int with_stats);
 /* Evaluate the batch at @theta; with @full also acts, signals, pex, g. */
 double tu_mlp_eval(tu_mlp *net, const double *theta, int full);
 /* The answer to a K-FAC request on the current batch: QUADRATIC_FORM as
