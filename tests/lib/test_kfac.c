@@ -220,12 +220,7 @@ static void check_blockdiag(double max_factor_dim, double eta)
         const size_t nr = bi.rows, nc = bi.cols, sz = bi.size;
         double *A = outer_mean(net.acts[i], net.m, w[i], 1, 1.0 / (double)net.m);
         double *G = outer_mean(net.sig[i], net.m, w[i + 1], 0, 1.0 / (double)net.m);
-        double trA = 0, trG = 0;
-        for (size_t j = 0; j < nc; j++)
-            trA += A[j * nc + j];
-        for (size_t j = 0; j < nr; j++)
-            trG += G[j * nr + j];
-        const double pi = sqrt((trA / (double)nc) / (trG / (double)nr));
+        const double pi = tu_kfac_pi(nr, G, nc, A);
         for (size_t j = 0; j < nc; j++)
             for (size_t k = 0; k < nc; k++)
                 A[j * nc + k] = j == k                ? A[j * nc + k] + pi * gamma

@@ -40,12 +40,7 @@ static void dense_tridiag(const tu_mlp *net, double gamma, const double *g, doub
         off[i + 1] = off[i] + nr[i] * nc[i];
         Ad[i] = cross(net->acts[i], net->n[i], 1, net->acts[i], net->n[i], 1, net->m);
         Gd[i] = cross(net->sig[i], nr[i], 0, net->sig[i], nr[i], 0, net->m);
-        double trA = 0, trG = 0;
-        for (size_t j = 0; j < nc[i]; j++)
-            trA += Ad[i][j * nc[i] + j];
-        for (size_t j = 0; j < nr[i]; j++)
-            trG += Gd[i][j * nr[i] + j];
-        double pi = sqrt((trA / (double)nc[i]) / (trG / (double)nr[i]));
+        double pi = tu_kfac_pi(nr[i], Gd[i], nc[i], Ad[i]);
         for (size_t j = 0; j < nc[i]; j++)
             Ad[i][j * nc[i] + j] += pi * gamma;
         for (size_t j = 0; j < nr[i]; j++)

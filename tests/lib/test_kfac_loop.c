@@ -87,12 +87,7 @@ static void add_outer(double *F, const double *X, size_t m, size_t nx, int bias,
 static void dense_proposal(size_t nr, const double *G, size_t nc, const double *A, double gamma,
                            const double *v, double *out)
 {
-    double trA = 0, trG = 0;
-    for (size_t i = 0; i < nc; i++)
-        trA += A[i * nc + i];
-    for (size_t i = 0; i < nr; i++)
-        trG += G[i * nr + i];
-    const double pi = sqrt((trA / (double)nc) / (trG / (double)nr));
+    const double pi = tu_kfac_pi(nr, G, nc, A);
     const size_t n = nr * nc;
     double *K = tu_alloc(n * n);
     for (size_t i = 0; i < nr; i++)

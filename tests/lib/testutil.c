@@ -656,6 +656,16 @@ void tu_mlp_answer(tu_mlp *net, const curv_request *req, double *values)
     free(pv);
 }
 
+double tu_kfac_pi(size_t nr, const double *G, size_t nc, const double *A)
+{
+    double trA = 0, trG = 0;
+    for (size_t i = 0; i < nc; i++)
+        trA += A[i * nc + i];
+    for (size_t i = 0; i < nr; i++)
+        trG += G[i * nr + i];
+    return sqrt((trA / (double)nc) / (trG / (double)nr));
+}
+
 curv_layout *tu_mlp_setup(tu_mlp *net, const size_t *n, size_t L, size_t nv, size_t m,
                           uint64_t seed, uint64_t batch_seed)
 {

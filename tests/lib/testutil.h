@@ -234,6 +234,10 @@ double tu_mlp_eval(tu_mlp *net, const double *theta, int full);
  * PSD curvature), LOSS as the data loss at theta + v. */
 void tu_mlp_answer(tu_mlp *net, const curv_request *req, double *values);
 
+/* K-FAC's damping split from the traces of nr x nr @G and nc x nc @A:
+ * π = sqrt((tr A / nc) / (tr G / nr)). */
+double tu_kfac_pi(size_t nr, const double *G, size_t nc, const double *A);
+
 /* What one driven step asked for. */
 typedef struct {
     int n;
