@@ -135,6 +135,11 @@ size_t curvc_session_dim(const curvc_session *s);
 /* curvc_session_steps - completed steps as last seen (the next step is this + 1). */
 uint64_t curvc_session_steps(const curvc_session *s);
 
+/* curvc_session_report - the last completed step's report as JSON text
+ * (the optimizer's figures: damping, rho, CG iterations...), or "{}".
+ * Ownership: borrowed, valid until the next step or curvc_session_free(). */
+const char *curvc_session_report(const curvc_session *s);
+
 /*
  * curvc_layer - one layer's statistics for K-FAC (see curv_layer_stats):
  * @rows x n_in activations without the bias 1, @rows x n_out signals,

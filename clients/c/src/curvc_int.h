@@ -34,6 +34,7 @@ struct curvc_session {
     size_t n_blocks;
     size_t dim;
     uint64_t steps;
+    char *report; /* JSON text of the last step's report, or NULL */
 };
 
 /* A growable byte buffer; on allocation failure it stays failed (oom). */
@@ -44,6 +45,7 @@ struct curvc_buf {
 };
 
 void curvc__buf_add(struct curvc_buf *b, const void *data, size_t n);
+void curvc__buf_cat(struct curvc_buf *b, const char *s); /* a NUL-terminated text */
 void curvc__buf_printf(struct curvc_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void curvc__buf_str(struct curvc_buf *b, const char *s); /* a JSON string, escaped */
@@ -63,9 +65,9 @@ struct curvc_reply {
  * >= 400 fills @err from its problem and returns CURVC_E_PROBLEM.
  * @json_len: nonzero for the binary extension (the JSON header's length).
  */
-curvc_status curvc__request(curvc_client *c, const char *method, const char *path,
-                            const void *body, size_t len, size_t json_len, int idempotent,
-                            struct curvc_reply *out, curvc_error *err);
+curvc_status curvc__request(curvc_client *c, const char *method, const char *path, const void *body,
+                            size_t len, size_t json_len, int idempotent, struct curvc_reply *out,
+                            curvc_error *err);
 void curvc__reply_clear(struct curvc_reply *r);
 
 /* curvc__fail - set @err's text (and no problem fields); returns @st. */

@@ -118,6 +118,11 @@ void curvc__buf_add(struct curvc_buf *b, const void *data, size_t n)
     b->p[b->len] = '\0';
 }
 
+void curvc__buf_cat(struct curvc_buf *b, const char *s)
+{
+    curvc__buf_add(b, s, strlen(s));
+}
+
 void curvc__buf_printf(struct curvc_buf *b, const char *fmt, ...)
 {
     char small[128];
@@ -145,7 +150,7 @@ void curvc__buf_printf(struct curvc_buf *b, const char *fmt, ...)
 
 void curvc__buf_str(struct curvc_buf *b, const char *s)
 {
-    curvc__buf_add(b, "\"", 1);
+    curvc__buf_cat(b, "\"");
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
         if (ch == '"' || ch == '\\')
@@ -155,7 +160,7 @@ void curvc__buf_str(struct curvc_buf *b, const char *s)
         else
             curvc__buf_add(b, s, 1);
     }
-    curvc__buf_add(b, "\"", 1);
+    curvc__buf_cat(b, "\"");
 }
 
 void curvc__buf_clear(struct curvc_buf *b)
@@ -275,9 +280,9 @@ static void pause_s(double s)
     nanosleep(&ts, NULL);
 }
 
-curvc_status curvc__request(curvc_client *c, const char *method, const char *path,
-                            const void *body, size_t len, size_t json_len, int idempotent,
-                            struct curvc_reply *out, curvc_error *err)
+curvc_status curvc__request(curvc_client *c, const char *method, const char *path, const void *body,
+                            size_t len, size_t json_len, int idempotent, struct curvc_reply *out,
+                            curvc_error *err)
 {
     curvc_error local;
     err = err ? err : &local; /* the reason decides whether to retry */
@@ -328,7 +333,6 @@ curvc_status curvc__parse(const struct curvc_reply *r, json_t **root, curvc_erro
     json_error_t je;
     *root = json_loadb(r->body.p ? r->body.p : "", r->json_len, 0, &je);
     if (!*root)
-        return curvc__fail(err, CURVC_E_PROTOCOL, "unreadable reply (%ld): %s", r->status,
-                           je.text);
+        return curvc__fail(err, CURVC_E_PROTOCOL, "unreadable reply (%ld): %s", r->status, je.text);
     return CURVC_OK;
 }

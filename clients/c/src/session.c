@@ -46,8 +46,8 @@ static curvc_status read_layout(curvc_session *s, const json_t *info, curvc_erro
 }
 
 /* A session from a reply holding its description. */
-static curvc_status session_from(curvc_client *c, const struct curvc_reply *r,
-                                 curvc_session **out, curvc_error *err)
+static curvc_status session_from(curvc_client *c, const struct curvc_reply *r, curvc_session **out,
+                                 curvc_error *err)
 {
     json_t *info = NULL;
     curvc_status st = curvc__parse(r, &info, err);
@@ -71,20 +71,20 @@ static curvc_status session_from(curvc_client *c, const struct curvc_reply *r,
 
 static void layout_json(struct curvc_buf *b, const curvc_block *blocks, size_t n)
 {
-    curvc__buf_add(b, "[", 1);
+    curvc__buf_cat(b, "[");
     for (size_t i = 0; i < n; i++) {
         const curvc_block *k = &blocks[i];
         size_t nd = strcmp(k->kind, "conv2d") == 0 ? 4 : strcmp(k->kind, "dense") == 0 ? 2 : 1;
-        curvc__buf_add(b, i ? ",{\"name\":" : "{\"name\":", i ? 10 : 9);
+        curvc__buf_cat(b, i ? ",{\"name\":" : "{\"name\":");
         curvc__buf_str(b, k->name);
-        curvc__buf_add(b, ",\"kind\":", 8);
+        curvc__buf_cat(b, ",\"kind\":");
         curvc__buf_str(b, k->kind);
-        curvc__buf_add(b, ",\"shape\":[", 10);
+        curvc__buf_cat(b, ",\"shape\":[");
         for (size_t d = 0; d < nd; d++)
             curvc__buf_printf(b, "%s%zu", d ? "," : "", k->shape[d]);
         curvc__buf_printf(b, "]%s}", nd > 1 && k->bias ? ",\"bias\":true" : "");
     }
-    curvc__buf_add(b, "]", 1);
+    curvc__buf_cat(b, "]");
 }
 
 curvc_status curvc_session_create(curvc_client *c, const char *optimizer, const curvc_block *blocks,
@@ -98,13 +98,13 @@ curvc_status curvc_session_create(curvc_client *c, const char *optimizer, const 
             return curvc__fail(err, CURVC_E_INVALID, "block %zu has no name or kind", i);
     struct curvc_buf b = {0};
     struct curvc_reply r = {0};
-    curvc__buf_add(&b, "{\"optimizer\":", 13);
+    curvc__buf_cat(&b, "{\"optimizer\":");
     curvc__buf_str(&b, optimizer);
-    curvc__buf_add(&b, ",\"layout\":", 10);
+    curvc__buf_cat(&b, ",\"layout\":");
     layout_json(&b, blocks, n_blocks);
     if (config_json)
         curvc__buf_printf(&b, ",\"config\":%s", config_json);
-    curvc__buf_add(&b, "}", 1);
+    curvc__buf_cat(&b, "}");
     curvc_status st = b.oom ? curvc__fail(err, CURVC_E_NOMEM, "out of memory")
                             : curvc__request(c, "POST", "/v1/sessions", b.p, b.len, 0, 0, &r, err);
     if (st == CURVC_OK)
@@ -134,6 +134,7 @@ void curvc_session_free(curvc_session *s)
     if (!s)
         return;
     free(s->blocks);
+    free(s->report);
     free(s);
 }
 
@@ -194,4 +195,9 @@ size_t curvc_session_dim(const curvc_session *s)
 uint64_t curvc_session_steps(const curvc_session *s)
 {
     return s ? s->steps : 0;
+}
+
+const char *curvc_session_report(const curvc_session *s)
+{
+    return s && s->report ? s->report : "{}";
 }

@@ -47,7 +47,7 @@ static double get_le(const unsigned char *p, int fp32)
 static void tensor(struct body *b, const char *name, const double *x, size_t rows, size_t cols)
 {
     size_t n = rows * (cols ? cols : 1);
-    curvc__buf_add(&b->js, "{\"name\":", 8);
+    curvc__buf_cat(&b->js, "{\"name\":");
     curvc__buf_str(&b->js, name);
     if (cols)
         curvc__buf_printf(&b->js, ",\"shape\":[%zu,%zu],\"datatype\":\"FP64\"", rows, cols);
@@ -59,29 +59,31 @@ static void tensor(struct body *b, const char *name, const double *x, size_t row
             put_le64(&b->bin, x[i]);
         return;
     }
-    curvc__buf_add(&b->js, ",\"data\":[", 9);
+    curvc__buf_cat(&b->js, ",\"data\":[");
     for (size_t i = 0; i < n; i++) {
         const char *sep = i ? "," : "";
         if (isfinite(x[i])) /* %.17g round-trips; the daemon names a NaN's element */
             curvc__buf_printf(&b->js, "%s%.17g", sep, x[i]);
         else
             curvc__buf_printf(&b->js, "%s%s", sep,
-                              isnan(x[i]) ? "NaN" : x[i] > 0 ? "Infinity" : "-Infinity");
+                              isnan(x[i]) ? "NaN"
+                              : x[i] > 0  ? "Infinity"
+                                          : "-Infinity");
     }
-    curvc__buf_add(&b->js, "]}", 2);
+    curvc__buf_cat(&b->js, "]}");
 }
 
 /* One tensor per block of a flat vector: [{...}, ...]. */
 static void blocks(struct body *b, const curvc_session *s, const double *flat)
 {
-    curvc__buf_add(&b->js, "[", 1);
+    curvc__buf_cat(&b->js, "[");
     for (size_t k = 0; k < s->n_blocks; k++) {
         const struct curvc_blk *bk = &s->blocks[k];
         if (k)
-            curvc__buf_add(&b->js, ",", 1);
+            curvc__buf_cat(&b->js, ",");
         tensor(b, bk->name, flat + bk->offset, bk->rows, bk->vector ? 0 : bk->cols);
     }
-    curvc__buf_add(&b->js, "]", 1);
+    curvc__buf_cat(&b->js, "]");
 }
 
 static const struct curvc_blk *find_block(const curvc_session *s, const char *name)
@@ -98,11 +100,11 @@ static curvc_status step_body(const curvc_session *s, const curvc_step_in *in, s
     curvc__buf_printf(&b->js, "{\"step\":%llu,\"gradients\":", (unsigned long long)s->steps + 1);
     blocks(b, s, in->grad);
     if (in->params) {
-        curvc__buf_add(&b->js, ",\"params\":", 10);
+        curvc__buf_cat(&b->js, ",\"params\":");
         blocks(b, s, in->params);
     }
     if (in->grad_sq) {
-        curvc__buf_add(&b->js, ",\"grad_sq\":", 11);
+        curvc__buf_cat(&b->js, ",\"grad_sq\":");
         blocks(b, s, in->grad_sq);
     }
     for (size_t i = 0; i < in->n_layers; i++) {
@@ -113,20 +115,20 @@ static curvc_status step_body(const curvc_session *s, const curvc_step_in *in, s
                                "layers[%zu]: '%s' is not a dense or conv2d block of the session, "
                                "or its matrices are NULL",
                                i, ly->block ? ly->block : "(null)");
-        curvc__buf_add(&b->js, i ? ",{\"block\":" : ",\"layers\":[{\"block\":", i ? 10 : 20);
+        curvc__buf_cat(&b->js, i ? ",{\"block\":" : ",\"layers\":[{\"block\":");
         curvc__buf_str(&b->js, bk->name);
-        curvc__buf_printf(&b->js, ",\"examples\":%zu,\"activations\":",
-                          ly->examples ? ly->examples : ly->rows);
+        curvc__buf_printf(
+            &b->js, ",\"examples\":%zu,\"activations\":", ly->examples ? ly->examples : ly->rows);
         tensor(b, bk->name, ly->acts, ly->rows, bk->cols - (size_t)bk->bias);
-        curvc__buf_add(&b->js, ",\"signals\":", 11);
+        curvc__buf_cat(&b->js, ",\"signals\":");
         tensor(b, bk->name, ly->signals, ly->rows, bk->rows);
-        curvc__buf_add(&b->js, "}", 1);
+        curvc__buf_cat(&b->js, "}");
     }
     if (in->n_layers)
-        curvc__buf_add(&b->js, "]", 1);
+        curvc__buf_cat(&b->js, "]");
     if (in->has_loss)
         curvc__buf_printf(&b->js, ",\"loss\":%.17g", in->loss);
-    curvc__buf_add(&b->js, "}", 1);
+    curvc__buf_cat(&b->js, "}");
     return CURVC_OK;
 }
 
@@ -226,8 +228,8 @@ static curvc_status read_callback(const curvc_session *s, const json_t *cb, stru
         return curvc__fail(err, CURVC_E_NOMEM, "out of memory");
     pd->req.vectors = pd->vectors;
     for (size_t i = 0; i < n; i++) {
-        curvc_status st = read_tensors(s, json_array_get(vecs, i), bin, pd->vectors + i * s->dim,
-                                       err);
+        curvc_status st =
+            read_tensors(s, json_array_get(vecs, i), bin, pd->vectors + i * s->dim, err);
         if (st != CURVC_OK)
             return st;
     }
@@ -246,8 +248,11 @@ static curvc_status read_reply(curvc_session *s, const struct curvc_reply *r, do
     *done = r->status == 200;
     if (*done) {
         st = read_tensors(s, json_object_get(root, "update"), &bin, update, err);
-        if (st == CURVC_OK)
+        if (st == CURVC_OK) {
             s->steps = (uint64_t)json_integer_value(json_object_get(root, "step"));
+            free(s->report); /* NULL (out of memory) reads as "{}" */
+            s->report = json_dumps(json_object_get(root, "report"), JSON_COMPACT);
+        }
     } else {
         st = read_callback(s, json_object_get(root, "callback"), &bin, pd, err);
     }
@@ -255,30 +260,30 @@ static curvc_status read_reply(curvc_session *s, const struct curvc_reply *r, do
     return st;
 }
 
-static curvc_status answer_body(const curvc_session *s, const struct pending *pd,
-                                const double *ans, struct body *b)
+static curvc_status answer_body(const curvc_session *s, const struct pending *pd, const double *ans,
+                                struct body *b)
 {
     const curvc_request *q = &pd->req;
     if (q->kind == CURVC_REQ_CURVATURE_PRODUCT) {
-        curvc__buf_add(&b->js, "{\"products\":[", 13);
+        curvc__buf_cat(&b->js, "{\"products\":[");
         for (size_t i = 0; i < q->n_vectors; i++) {
             if (i)
-                curvc__buf_add(&b->js, ",", 1);
+                curvc__buf_cat(&b->js, ",");
             blocks(b, s, ans + i * s->dim);
         }
     } else {
         b->enc = CURVC_JSON; /* numbers only */
-        curvc__buf_add(&b->js, q->kind == CURVC_REQ_LOSS ? "{\"losses\":[" : "{\"gram\":[", 11);
+        curvc__buf_cat(&b->js, q->kind == CURVC_REQ_LOSS ? "{\"losses\":[" : "{\"gram\":[");
         for (size_t i = 0; i < q->n_values; i++)
             curvc__buf_printf(&b->js, "%s%.17g", i ? "," : "", ans[i]);
     }
-    curvc__buf_add(&b->js, "]}", 2);
+    curvc__buf_cat(&b->js, "]}");
     return CURVC_OK;
 }
 
 /* POST a body (JSON, then the binary part). */
-static curvc_status post(curvc_session *s, const char *path, struct body *b,
-                         struct curvc_reply *r, curvc_error *err)
+static curvc_status post(curvc_session *s, const char *path, struct body *b, struct curvc_reply *r,
+                         curvc_error *err)
 {
     if (b->js.oom || b->bin.oom)
         return curvc__fail(err, CURVC_E_NOMEM, "out of memory");
