@@ -42,8 +42,9 @@ class _Reply:
         if hl is None:
             return self.json(), None
         n = int(hl)
+        body = memoryview(self.body)  # a view: the binary part can be hundreds of MB
         try:
-            return json.loads(self.body[:n].decode("utf-8")), self.body[n:]
+            return json.loads(bytes(body[:n]).decode("utf-8")), body[n:]
         except ValueError as e:
             raise ProtocolError(f"binary reply with an unreadable JSON header: {e}") from e
 

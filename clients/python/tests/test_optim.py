@@ -128,12 +128,16 @@ def test_step_after_backward_equals_step_with_the_batch(daemon):
     assert not torch.equal(a[0].weight, mlp(4)[0].weight)
 
 
-def test_encodings_train_identically(daemon):
+@pytest.mark.parametrize("kind", ["mbag", "kfac", "hf"])
+def test_encodings_train_identically(daemon, offered, layers_refused, kind):
+    """Steps, layer statistics, callback vectors and answers in JSON, b64
+    and binary: the same parameters bit for bit."""
+    need(offered, kind, layers_refused)
     data = blobs(seed=5)
     models = {enc: mlp(5) for enc in ("json", "b64", "binary")}
     for enc, model in models.items():
-        train(CurvdOptimizer(model, daemon.url, "mbag", RUNS["mbag"][1], encoding=enc),
-              model, data, 5)
+        train(CurvdOptimizer(model, daemon.url, kind, RUNS[kind][1], encoding=enc),
+              model, data, 4)
     for pj, p64, pb in zip(*(m.parameters() for m in models.values())):
         assert torch.equal(pj, p64) and torch.equal(pj, pb)
 

@@ -1,0 +1,338 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The client's transport: one libcurl easy handle (its connection is kept
+ * alive between requests), retries, and problem+json replies turned into
+ * curvc_error.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "curvc_int.h"
+
+#include <curl/curl.h>
+
+curvc_status curvc__fail(curvc_error *err, curvc_status st, const char *fmt, ...)
+{
+    if (err) {
+        memset(err, 0, sizeof *err);
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->text, sizeof err->text, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}
+
+const char *curvc_status_name(curvc_status st)
+{
+    static const char *const names[] = {"CURVC_OK",         "CURVC_E_PROBLEM", "CURVC_E_TRANSPORT",
+                                        "CURVC_E_PROTOCOL", "CURVC_E_INVALID", "CURVC_E_NOMEM",
+                                        "CURVC_E_CALLBACK"};
+    return (unsigned)st < sizeof names / sizeof names[0] ? names[st] : "CURVC_E_UNKNOWN";
+}
+
+curvc_client *curvc_client_new(const char *url, const char *token)
+{
+    if (!url || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return NULL;
+    curvc_client *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    size_t n = strlen(url);
+    while (n && url[n - 1] == '/')
+        n--;
+    c->base = malloc(n + 1);
+    c->curl = curl_easy_init();
+    if (token) {
+        size_t k = strlen(token) + 32;
+        c->auth = malloc(k);
+        if (c->auth)
+            snprintf(c->auth, k, "Authorization: Bearer %s", token);
+    }
+    if (!c->base || !c->curl || (token && !c->auth)) {
+        curvc_client_free(c);
+        return NULL;
+    }
+    memcpy(c->base, url, n);
+    c->base[n] = '\0';
+    c->retries = 5;
+    c->first_wait = 0.05;
+    c->timeout = 120;
+    return c;
+}
+
+void curvc_client_free(curvc_client *c)
+{
+    if (!c)
+        return;
+    if (c->curl)
+        curl_easy_cleanup(c->curl);
+    free(c->base);
+    free(c->auth);
+    free(c);
+}
+
+void curvc_client_set_retries(curvc_client *c, unsigned retries, double first_wait_s)
+{
+    if (c) {
+        c->retries = retries;
+        c->first_wait = first_wait_s > 0 ? first_wait_s : 0;
+    }
+}
+
+void curvc_client_set_timeout(curvc_client *c, long seconds)
+{
+    if (c && seconds > 0)
+        c->timeout = seconds;
+}
+
+unsigned long curvc_client_requests(const curvc_client *c)
+{
+    return c ? c->requests : 0;
+}
+
+/* ---- buffers ------------------------------------------------------------ */
+
+void curvc__buf_add(struct curvc_buf *b, const void *data, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? 2 * b->cap : 1024;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void curvc__buf_cat(struct curvc_buf *b, const char *s)
+{
+    curvc__buf_add(b, s, strlen(s));
+}
+
+void curvc__buf_printf(struct curvc_buf *b, const char *fmt, ...)
+{
+    char small[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        b->oom = 1;
+    } else if ((size_t)n < sizeof small) {
+        curvc__buf_add(b, small, (size_t)n);
+    } else {
+        char *big = malloc((size_t)n + 1);
+        if (!big) {
+            b->oom = 1;
+            return;
+        }
+        va_start(ap, fmt);
+        vsnprintf(big, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+        curvc__buf_add(b, big, (size_t)n);
+        free(big);
+    }
+}
+
+void curvc__buf_str(struct curvc_buf *b, const char *s)
+{
+    curvc__buf_cat(b, "\"");
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            curvc__buf_printf(b, "\\%c", ch);
+        else if (ch < 0x20)
+            curvc__buf_printf(b, "\\u%04x", ch);
+        else
+            curvc__buf_add(b, s, 1);
+    }
+    curvc__buf_cat(b, "\"");
+}
+
+void curvc__buf_clear(struct curvc_buf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+void curvc__reply_clear(struct curvc_reply *r)
+{
+    curvc__buf_clear(&r->body);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- one transfer ---------------------------------------------------------- */
+
+struct heads {
+    size_t json_len;
+    int has_json_len;
+    double retry_after;
+};
+
+static size_t on_body(char *data, size_t sz, size_t n, void *ud)
+{
+    struct curvc_buf *b = ud;
+    curvc__buf_add(b, data, sz * n);
+    return b->oom ? 0 : sz * n;
+}
+
+static size_t on_header(char *line, size_t sz, size_t n, void *ud)
+{
+    struct heads *h = ud;
+    static const char jh[] = "Inference-Header-Content-Length:", ra[] = "Retry-After:";
+    if (sz * n > sizeof jh && strncasecmp(line, jh, sizeof jh - 1) == 0) {
+        h->json_len = (size_t)strtoull(line + sizeof jh - 1, NULL, 10);
+        h->has_json_len = 1;
+    } else if (sz * n > sizeof ra && strncasecmp(line, ra, sizeof ra - 1) == 0) {
+        h->retry_after = strtod(line + sizeof ra - 1, NULL);
+    }
+    return sz * n;
+}
+
+static CURLcode transfer(curvc_client *c, const char *method, const char *url, const void *body,
+                         size_t len, size_t json_len, struct curvc_reply *out, struct heads *h)
+{
+    CURL *curl = c->curl;
+    struct curl_slist *hdrs = NULL;
+    char jh[64];
+    curl_easy_reset(curl);
+    curl_easy_setopt(curl, CURLOPT_URL, url);
+    curl_easy_setopt(curl, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &out->body);
+    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(curl, CURLOPT_HEADERDATA, h);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT, c->timeout);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    hdrs = curl_slist_append(hdrs, "Expect:");
+    hdrs = curl_slist_append(hdrs, "Accept: application/json, application/octet-stream");
+    if (body) {
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+        hdrs = curl_slist_append(hdrs, json_len ? "Content-Type: application/octet-stream"
+                                                : "Content-Type: application/json");
+        if (json_len) {
+            snprintf(jh, sizeof jh, "Inference-Header-Content-Length: %zu", json_len);
+            hdrs = curl_slist_append(hdrs, jh);
+        }
+    }
+    if (c->auth)
+        hdrs = curl_slist_append(hdrs, c->auth);
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdrs);
+    c->requests++;
+    CURLcode rc = hdrs ? curl_easy_perform(curl) : CURLE_OUT_OF_MEMORY;
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &out->status);
+    curl_slist_free_all(hdrs);
+    return rc;
+}
+
+static void copy_str(char *dst, size_t cap, const json_t *v)
+{
+    const char *s = json_string_value(v);
+    snprintf(dst, cap, "%s", s ? s : "");
+}
+
+/* Fill @err from a problem+json reply (whatever its body holds). */
+static void problem_error(const struct curvc_reply *r, curvc_error *err)
+{
+    memset(err, 0, sizeof *err);
+    err->status = (int)r->status;
+    json_t *p = json_loadb(r->body.p ? r->body.p : "", r->body.len, 0, NULL);
+    if (json_is_object(p)) {
+        copy_str(err->reason, sizeof err->reason, json_object_get(p, "reason"));
+        copy_str(err->type, sizeof err->type, json_object_get(p, "type"));
+        copy_str(err->title, sizeof err->title, json_object_get(p, "title"));
+        copy_str(err->detail, sizeof err->detail, json_object_get(p, "detail"));
+        json_t *errs = json_object_get(p, "errors");
+        err->n_fields = json_array_size(errs);
+        json_t *f = json_array_get(errs, 0);
+        copy_str(err->field.path, sizeof err->field.path, json_object_get(f, "path"));
+        copy_str(err->field.expected, sizeof err->field.expected, json_object_get(f, "expected"));
+        copy_str(err->field.got, sizeof err->field.got, json_object_get(f, "got"));
+    } else {
+        snprintf(err->detail, sizeof err->detail, "%.200s", r->body.p ? r->body.p : "");
+    }
+    json_decref(p);
+    int n = snprintf(err->text, sizeof err->text, "%d %s: %s", err->status,
+                     err->reason[0] ? err->reason : "error", err->detail);
+    if (err->n_fields && n > 0 && (size_t)n < sizeof err->text)
+        snprintf(err->text + n, sizeof err->text - (size_t)n, " [%s: expected %s, got %s]",
+                 err->field.path, err->field.expected, err->field.got);
+}
+
+static void pause_s(double s)
+{
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+curvc_status curvc__request(curvc_client *c, const char *method, const char *path, const void *body,
+                            size_t len, size_t json_len, int idempotent, struct curvc_reply *out,
+                            curvc_error *err)
+{
+    curvc_error local;
+    err = err ? err : &local; /* the reason decides whether to retry */
+    size_t n = strlen(c->base) + strlen(path) + 1;
+    char *url = malloc(n);
+    if (!url)
+        return curvc__fail(err, CURVC_E_NOMEM, "out of memory");
+    snprintf(url, n, "%s%s", c->base, path);
+    curvc_status st = CURVC_E_TRANSPORT;
+    for (unsigned attempt = 0;; attempt++) {
+        struct heads h = {0};
+        curvc__reply_clear(out);
+        double wait = c->first_wait * (double)(1u << (attempt < 16 ? attempt : 16));
+        wait = wait < 2.0 ? wait : 2.0;
+        CURLcode rc = transfer(c, method, url, body, len, json_len, out, &h);
+        int last = attempt >= c->retries;
+        if (rc != CURLE_OK) {
+            curvc__fail(err, out->body.oom ? CURVC_E_NOMEM : CURVC_E_TRANSPORT,
+                        "%s %s: %s (after %u tries)", method, path, curl_easy_strerror(rc),
+                        attempt + 1);
+            st = out->body.oom ? CURVC_E_NOMEM : CURVC_E_TRANSPORT;
+            /* Not reaching the daemon is safe to retry for any request. */
+            if (last || out->body.oom || !(idempotent || rc == CURLE_COULDNT_CONNECT))
+                break;
+            pause_s(wait);
+            continue;
+        }
+        out->json_len = h.has_json_len && h.json_len <= out->body.len ? h.json_len : out->body.len;
+        if (out->status < 400) {
+            st = CURVC_OK;
+            break;
+        }
+        problem_error(out, err);
+        st = CURVC_E_PROBLEM;
+        int busy = out->status == 503 || strcmp(err->reason, "SESSION_BUSY") == 0;
+        if (last || !busy)
+            break;
+        pause_s(h.retry_after > wait ? (h.retry_after < 5 ? h.retry_after : 5) : wait);
+    }
+    free(url);
+    if (st != CURVC_OK)
+        curvc__reply_clear(out);
+    return st;
+}
+
+curvc_status curvc__parse(const struct curvc_reply *r, json_t **root, curvc_error *err)
+{
+    json_error_t je;
+    *root = json_loadb(r->body.p ? r->body.p : "", r->json_len, 0, &je);
+    if (!*root)
+        return curvc__fail(err, CURVC_E_PROTOCOL, "unreadable reply (%ld): %s", r->status, je.text);
+    return CURVC_OK;
+}

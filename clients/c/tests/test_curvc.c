@@ -1,0 +1,382 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libcurvc against a live daemon (CURVD_URL, started by run-tests.sh):
+ * sessions, exact updates in both encodings, replays, problems as
+ * errors, and HF's callbacks answered on a least-squares problem whose
+ * solution the test computes by Gauss-Jordan elimination.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "curvc.h"
+
+static const curvc_block LAYOUT[] = {{"fc", "dense", {2, 3}, 1}, {"gain", "vector", {2}, 0}};
+enum { DIM = 10 };
+
+static curvc_client *client(void)
+{
+    const char *url = getenv("CURVD_URL");
+    assert_non_null(url);
+    curvc_client *c = curvc_client_new(url, NULL);
+    assert_non_null(c);
+    return c;
+}
+
+static curvc_session *create(curvc_client *c, const char *kind, const char *config)
+{
+    curvc_session *s = NULL;
+    curvc_error err;
+    curvc_status st = curvc_session_create(c, kind, LAYOUT, 2, config, &s, &err);
+    if (st != CURVC_OK)
+        fail_msg("create %s: %s", kind, err.text);
+    return s;
+}
+
+static void grads(unsigned seed, double *g)
+{
+    for (int i = 0; i < DIM; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        g[i] = (double)(seed >> 8) / (1 << 23) - 1.0;
+    }
+}
+
+static void step_ok(curvc_session *s, const double *g, curvc_encoding enc, double *update)
+{
+    curvc_error err;
+    curvc_step_in in = {.grad = g};
+    if (curvc_step(s, &in, enc, NULL, NULL, update, &err) != CURVC_OK)
+        fail_msg("step: %s", err.text);
+}
+
+static void test_session_lifecycle(void **state)
+{
+    (void)state;
+    curvc_client *c = client();
+    curvc_session *s = create(c, "sgd", "{\"lr\": 0.5}"), *again = NULL;
+    curvc_error err;
+    char *json = NULL;
+    assert_int_equal(curvc_session_dim(s), DIM);
+    assert_int_equal(curvc_session_steps(s), 0);
+    assert_int_equal(strlen(curvc_session_id(s)), 32);
+    assert_int_equal(curvc_session_patch(s, "{\"lr\": 0.25}", &err), CURVC_OK);
+    assert_int_equal(curvc_session_get_json(s, &json, &err), CURVC_OK);
+    assert_non_null(strstr(json, "\"lr\":0.25"));
+    free(json);
+    assert_int_equal(curvc_session_open(c, curvc_session_id(s), &again, &err), CURVC_OK);
+    assert_int_equal(curvc_session_dim(again), DIM);
+    curvc_session_free(again);
+    assert_int_equal(curvc_session_delete(s, &err), CURVC_OK);
+    again = NULL;
+    assert_int_equal(curvc_session_open(c, curvc_session_id(s), &again, &err), CURVC_E_PROBLEM);
+    assert_null(again);
+    assert_int_equal(err.status, 404);
+    assert_string_equal(err.reason, "NOT_FOUND");
+    curvc_session_free(s);
+    curvc_client_free(c);
+}
+
+static void test_sgd_update_is_exact_in_both_encodings(void **state)
+{
+    (void)state;
+    curvc_client *c = client();
+    for (int enc = CURVC_JSON; enc <= CURVC_BINARY; enc++) {
+        curvc_session *s = create(c, "sgd", "{\"lr\": 0.5}");
+        double g[DIM], u[DIM];
+        grads(1, g);
+        step_ok(s, g, (curvc_encoding)enc, u);
+        for (int i = 0; i < DIM; i++)
+            assert_true(u[i] == -0.5 * g[i]);
+        assert_int_equal(curvc_session_steps(s), 1);
+        curvc_session_delete(s, NULL);
+        curvc_session_free(s);
+    }
+    curvc_client_free(c);
+}
+
+static void test_encodings_are_bit_identical(void **state)
+{
+    (void)state;
+    curvc_client *c = client();
+    double u[2][3][DIM];
+    for (int enc = CURVC_JSON; enc <= CURVC_BINARY; enc++) {
+        curvc_session *s = create(c, "adagrad_bma", "{\"lr\": 0.1}");
+        for (int k = 0; k < 3; k++) {
+            double g[DIM];
+            grads(10u + (unsigned)k, g);
+            step_ok(s, g, (curvc_encoding)enc, u[enc][k]);
+        }
+        curvc_session_delete(s, NULL);
+        curvc_session_free(s);
+    }
+    assert_memory_equal(u[0], u[1], sizeof u[0]);
+    curvc_client_free(c);
+}
+
+static void test_a_step_posted_twice_is_applied_once(void **state)
+{
+    (void)state;
+    curvc_client *c = client();
+    curvc_session *a = create(c, "adagrad_diag", "{\"lr\": 0.1}"), *b = NULL;
+    curvc_error err;
+    assert_int_equal(curvc_session_open(c, curvc_session_id(a), &b, &err), CURVC_OK);
+    double g[DIM], ua[DIM], ub[DIM];
+    grads(20, g);
+    step_ok(a, g, CURVC_BINARY, ua);
+    step_ok(b, g, CURVC_JSON, ub); /* b still believes step 1 is next: a replay */
+    assert_memory_equal(ua, ub, sizeof ua);
+    step_ok(a, g, CURVC_BINARY, ua);
+    step_ok(a, g, CURVC_BINARY, ua);
+    /* b is now two steps behind: refused, with the step to post. */
+    curvc_step_in in = {.grad = g};
+    assert_int_equal(curvc_step(b, &in, CURVC_JSON, NULL, NULL, ub, &err), CURVC_E_PROBLEM);
+    assert_int_equal(err.status, 409);
+    assert_string_equal(err.reason, "STEP_OUT_OF_ORDER");
+    assert_string_equal(err.field.path, "/step");
+    assert_string_equal(err.field.expected, "4");
+    curvc_session_delete(a, NULL);
+    curvc_session_free(a);
+    curvc_session_free(b);
+    curvc_client_free(c);
+}
+
+static void test_problems_become_errors(void **state)
+{
+    (void)state;
+    curvc_client *c = client();
+    curvc_session *s = NULL;
+    curvc_error err;
+    assert_int_equal(curvc_session_create(c, "nope", LAYOUT, 2, NULL, &s, &err), CURVC_E_PROBLEM);
+    assert_int_equal(err.status, 400);
+    assert_string_equal(err.reason, "UNKNOWN_OPTIMIZER");
+    assert_string_equal(err.field.path, "/optimizer");
+    assert_string_equal(err.field.got, "nope");
+    assert_non_null(strstr(err.text, "UNKNOWN_OPTIMIZER"));
+    s = create(c, "adagrad_diag", NULL);
+    for (int enc = CURVC_JSON; enc <= CURVC_BINARY; enc++) {
+        double g[DIM], u[DIM] = {42};
+        grads(30, g);
+        g[8] = NAN;
+        curvc_step_in in = {.grad = g};
+        assert_int_equal(curvc_step(s, &in, (curvc_encoding)enc, NULL, NULL, u, &err),
+                         CURVC_E_PROBLEM);
+        assert_int_equal(err.status, 422);
+        assert_string_equal(err.reason, "NON_FINITE");
+        assert_non_null(strstr(err.text, "gain"));
+        assert_true(u[0] == 42); /* not written */
+        assert_int_equal(curvc_session_steps(s), 0);
+    }
+    curvc_step_in bad = {.grad = (double[DIM]){0},
+                         .layers = &(curvc_layer){.block = "gain", .rows = 1},
+                         .n_layers = 1};
+    double u[DIM];
+    assert_int_equal(curvc_step(s, &bad, CURVC_JSON, NULL, NULL, u, &err), CURVC_E_INVALID);
+    assert_non_null(strstr(err.text, "'gain' is not a dense or conv2d block"));
+    curvc_session_delete(s, NULL);
+    curvc_session_free(s);
+    curvc_client_free(c);
+}
+
+static void test_nothing_listening(void **state)
+{
+    (void)state;
+    curvc_client *c = curvc_client_new("http://127.0.0.1:9", NULL);
+    curvc_client_set_retries(c, 1, 0.001);
+    curvc_session *s = NULL;
+    curvc_error err;
+    assert_int_equal(curvc_session_create(c, "sgd", LAYOUT, 2, NULL, &s, &err), CURVC_E_TRANSPORT);
+    assert_non_null(strstr(err.text, "after 2 tries"));
+    assert_int_equal(curvc_client_requests(c), 2);
+    curvc_client_free(c);
+}
+
+/* ---- HF on least squares: h(θ) = 1/(2m) ‖Aθ − b‖², G = AᵀA/m exactly. ---- */
+
+enum { M = 8, N = 4 };
+static const curvc_block LSQ[] = {{"theta", "vector", {N}, 0}};
+/* No preconditioner (it would need grad_sq); little damping: CG solves
+ * this 4-dimensional quadratic exactly. */
+#define HF_CONFIG "{\"precond\": \"none\", \"lambda\": 1e-6}"
+
+struct lsq {
+    double a[M][N], b[M];
+    int calls[4]; /* by request kind */
+};
+
+static double lsq_loss(const struct lsq *p, const double *theta)
+{
+    double h = 0;
+    for (int i = 0; i < M; i++) {
+        double r = -p->b[i];
+        for (int j = 0; j < N; j++)
+            r += p->a[i][j] * theta[j];
+        h += 0.5 * r * r / M;
+    }
+    return h;
+}
+
+static void lsq_gv(const struct lsq *p, const double *v, double *out)
+{
+    for (int j = 0; j < N; j++)
+        out[j] = 0;
+    for (int i = 0; i < M; i++) {
+        double av = 0;
+        for (int j = 0; j < N; j++)
+            av += p->a[i][j] * v[j];
+        for (int j = 0; j < N; j++)
+            out[j] += p->a[i][j] * av / M;
+    }
+}
+
+static double theta_now[N];
+
+static int lsq_oracle(void *user, const curvc_request *req, double *answer)
+{
+    struct lsq *p = user;
+    p->calls[req->kind]++;
+    for (size_t k = 0; k < req->n_vectors; k++) {
+        const double *v = req->vectors + k * N;
+        if (req->kind == CURVC_REQ_CURVATURE_PRODUCT) {
+            lsq_gv(p, v, answer + k * N);
+        } else if (req->kind == CURVC_REQ_LOSS) {
+            double t[N];
+            for (int j = 0; j < N; j++)
+                t[j] = theta_now[j] + v[j];
+            answer[k] = lsq_loss(p, t);
+        } else {
+            double gv[N];
+            lsq_gv(p, v, gv);
+            for (size_t l = 0; l < req->n_vectors; l++) {
+                double d = 0;
+                for (int j = 0; j < N; j++)
+                    d += req->vectors[l * N + j] * gv[j];
+                answer[l * req->n_vectors + k] = d;
+            }
+        }
+    }
+    return 0;
+}
+
+/* θ* from the normal equations AᵀA θ = Aᵀb by Gauss-Jordan elimination. */
+static void lsq_solution(const struct lsq *p, double *theta)
+{
+    double m[N][N + 1] = {{0}};
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            for (int k = 0; k < N; k++)
+                m[j][k] += p->a[i][j] * p->a[i][k];
+            m[j][N] += p->a[i][j] * p->b[i];
+        }
+    for (int col = 0; col < N; col++) {
+        int piv = col;
+        for (int r = col + 1; r < N; r++)
+            if (fabs(m[r][col]) > fabs(m[piv][col]))
+                piv = r;
+        for (int k = 0; k <= N; k++) {
+            double t = m[col][k];
+            m[col][k] = m[piv][k];
+            m[piv][k] = t;
+        }
+        for (int r = 0; r < N; r++) {
+            double f = r == col ? 0 : m[r][col] / m[col][col];
+            for (int k = 0; k <= N; k++)
+                m[r][k] -= f * m[col][k];
+        }
+    }
+    for (int j = 0; j < N; j++)
+        theta[j] = m[j][N] / m[j][j];
+}
+
+static void test_hf_callbacks_solve_least_squares(void **state)
+{
+    (void)state;
+    curvc_client *c = client();
+    struct lsq p = {{{0}}, {0}, {0}};
+    unsigned seed = 7;
+    for (int i = 0; i < M; i++) {
+        for (int j = 0; j < N; j++) {
+            seed = seed * 1664525u + 1013904223u;
+            p.a[i][j] = (double)(seed >> 8) / (1 << 23) - 1.0;
+        }
+        p.b[i] = (double)i - 3.5;
+    }
+    double want[N];
+    lsq_solution(&p, want);
+    for (int enc = CURVC_JSON; enc <= CURVC_BINARY; enc++) {
+        curvc_session *s = NULL;
+        curvc_error err;
+        if (curvc_session_create(c, "hf", LSQ, 1, HF_CONFIG, &s, &err) != CURVC_OK)
+            fail_msg("create hf: %s", err.text);
+        memset(theta_now, 0, sizeof theta_now);
+        memset(p.calls, 0, sizeof p.calls);
+        for (int k = 0; k < 8; k++) {
+            double g[N] = {0}, r[M], u[N];
+            for (int i = 0; i < M; i++) {
+                r[i] = -p.b[i];
+                for (int j = 0; j < N; j++)
+                    r[i] += p.a[i][j] * theta_now[j];
+                for (int j = 0; j < N; j++)
+                    g[j] += p.a[i][j] * r[i] / M;
+            }
+            curvc_step_in in = {.grad = g, .loss = lsq_loss(&p, theta_now), .has_loss = 1};
+            if (curvc_step(s, &in, (curvc_encoding)enc, lsq_oracle, &p, u, &err) != CURVC_OK)
+                fail_msg("hf step %d: %s", k + 1, err.text);
+            for (int j = 0; j < N; j++)
+                theta_now[j] += u[j];
+        }
+        assert_true(p.calls[CURVC_REQ_CURVATURE_PRODUCT] > 0 && p.calls[CURVC_REQ_LOSS] > 0);
+        for (int j = 0; j < N; j++)
+            assert_true(fabs(theta_now[j] - want[j]) < 1e-6 * (1 + fabs(want[j])));
+        curvc_session_delete(s, NULL);
+        curvc_session_free(s);
+    }
+    curvc_client_free(c);
+}
+
+static int refuse(void *user, const curvc_request *req, double *answer)
+{
+    (void)user;
+    (void)req;
+    (void)answer;
+    return -1;
+}
+
+static void test_a_refusing_oracle_abandons_the_step(void **state)
+{
+    (void)state;
+    curvc_client *c = client();
+    curvc_session *s = NULL;
+    curvc_error err;
+    assert_int_equal(curvc_session_create(c, "hf", LSQ, 1, HF_CONFIG, &s, &err), CURVC_OK);
+    double g[N] = {1, 2, 3, 4}, u[N];
+    curvc_step_in in = {.grad = g, .loss = 1, .has_loss = 1};
+    assert_int_equal(curvc_step(s, &in, CURVC_BINARY, refuse, NULL, u, &err), CURVC_E_CALLBACK);
+    assert_non_null(strstr(err.text, "refused by the oracle"));
+    assert_int_equal(curvc_step(s, &in, CURVC_BINARY, NULL, NULL, u, &err), CURVC_E_CALLBACK);
+    assert_non_null(strstr(err.text, "no oracle"));
+    assert_int_equal(curvc_session_steps(s), 0);
+    curvc_session_delete(s, NULL);
+    curvc_session_free(s);
+    curvc_client_free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_session_lifecycle),
+        cmocka_unit_test(test_sgd_update_is_exact_in_both_encodings),
+        cmocka_unit_test(test_encodings_are_bit_identical),
+        cmocka_unit_test(test_a_step_posted_twice_is_applied_once),
+        cmocka_unit_test(test_problems_become_errors),
+        cmocka_unit_test(test_nothing_listening),
+        cmocka_unit_test(test_hf_callbacks_solve_least_squares),
+        cmocka_unit_test(test_a_refusing_oracle_abandons_the_step),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
