@@ -185,9 +185,12 @@ fuzz-smoke:
 readme-walkthrough: $(BUILD)/curvd
 	@tests/server/readme-walkthrough.sh $(BUILD)/curvd
 
-# The Python client and its torch optimizer against a real daemon (pytest).
+# The Python client (pytest) and the C client (cmocka + the MLP example),
+# each against a real daemon.
 test-clients: $(BUILD)/curvd
 	@CURVD_BIN=$(BUILD)/curvd clients/python/run-tests.sh
+	@$(MAKE) --no-print-directory -C clients/c test CURVD=$(abspath $(BUILD))/curvd \
+	    BUILD=$(abspath $(BUILD))/clients/c
 
 test: deps
 	@$(MAKE) --no-print-directory check-format
