@@ -502,8 +502,8 @@ static void flatten(const json_t *v, double *out, size_t n, size_t *k)
 void su_tensors_flat(const curv_layout *l, const json_t *arr, const struct su_resp *r, size_t *off,
                      double *out)
 {
-    size_t nb = curv_layout_nblocks(l), seen = 0;
-    assert_true(json_is_array(arr));
+    size_t nb = curv_layout_nblocks(l), seen = 0; /* a bit per block */
+    assert_true(nb < 64 && json_is_array(arr));
     assert_int_equal(json_array_size(arr), nb);
     for (size_t k = 0; k < nb; k++) {
         const json_t *t = json_array_get(arr, k);
