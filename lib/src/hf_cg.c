@@ -295,8 +295,8 @@ void curv__hf_start_zero(const struct hf_hyper *h, struct hf_work *w, size_t d)
 }
 
 /* Thesis eq. 4.2: s_j = (q_j − q_{j−k}) / q_j < ε with k = max(10, j/10),
- * applied only when j > k and q_j < 0 (a warm start can make q positive
- * early, §4.8, which would flip the sign of s_j). */
+ * applied only when j > k and q_j < 0 (ALGORITHMS.md 4.4: a warm start can
+ * make q positive early, §4.8, which would flip the sign of s_j). */
 static int progress_stop(const struct hf_hyper *h, const struct hf_work *w)
 {
     size_t j = w->iters, k = (size_t)(h->cg_window_frac * (double)j);
@@ -319,7 +319,8 @@ int curv__hf_iterate(const struct hf_hyper *h, struct hf_work *w, size_t d, cons
     curvature_kernel(d, w->p, gp, w->dvec, w->lambda, c);
     double alpha = w->ry / c[0];
     /* Non-positive curvature (possible only when the trainer's G is not
-     * PSD or λ = 0) or a step that would overflow: keep x_i (§4.4 guard). */
+     * PSD or λ = 0) or a step that would overflow: keep x_i (the guard of
+     * ALGORITHMS.md 4.4; Algorithm 2 assumes A positive definite). */
     if (!(c[0] > 0) || !isfinite(alpha) || alpha * w->pmax > HF_STEP_LIMIT ||
         alpha * c[1] > HF_STEP_LIMIT) {
         w->stop = HF_STOP_CURVATURE;
