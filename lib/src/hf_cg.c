@@ -4,11 +4,14 @@
  * quadratic q(x) = ½ xᵀA x − bᵀx, A = G + λD, b = −∇h, one trainer
  * product G·p per iteration:
  *   α = rᵀy / pᵀAp,  x ← x + αp,  r ← r + αAp,  y = P⁻¹r,
- *   β = r'ᵀy' / rᵀy,  p ← −y + βp,  q(x) = ½ (r − b)ᵀx.
+ *   β = r'ᵀy' / rᵀy,  p ← −y + βp.
  * y is never stored: rᵀy and p are formed from r and the diagonal P⁻¹.
- * Each iteration is three streaming passes (pᵀAp; x, r and their dot
- * products; the new p), every sum in LANES fixed partial sums so the
- * kernels vectorize and give the same bits on every machine.
+ * q(x) = ½ (r − b)ᵀx at x_0 (the thesis' formula), then by the identity
+ * q(x + αp) = q(x) + α pᵀr + ½α² pᵀAp with r = Ax − b, which assumes no
+ * conjugacy and costs no pass: pᵀr comes with the pass that forms p.
+ * Each iteration is three streaming passes (pᵀAp; x and r; the new p),
+ * every sum in LANES fixed partial sums so the kernels vectorize and give
+ * the same bits on every machine.
  */
 #include <float.h>
 #include <math.h>
@@ -84,13 +87,13 @@ CURV__VECTOR_CLONES static void curvature_kernel(size_t n, const double *restric
         curvature_body(n, p, gp, dvec, lam, 0, out);
 }
 
-/* x ← x + αp, r ← r + αAp; out = {rᵀP⁻¹r, (r + g)ᵀx} with the new x, r. */
-HF_INLINE void update_body(size_t n, double alpha, const double *restrict p,
-                           const double *restrict gp, const double *restrict dvec, double lam,
-                           const double *restrict pinv, const double *restrict g,
-                           double *restrict x, double *restrict r, int diag, double out[2])
+/* x ← x + αp, r ← r + αAp; returns the new rᵀP⁻¹r. */
+HF_INLINE double update_body(size_t n, double alpha, const double *restrict p,
+                             const double *restrict gp, const double *restrict dvec, double lam,
+                             const double *restrict pinv, double *restrict x, double *restrict r,
+                             int diag)
 {
-    double ry[LANES] = {0}, xr[LANES] = {0};
+    double ry[LANES] = {0};
     size_t i = 0;
     for (; i + LANES <= n; i += LANES)
         for (size_t j = 0; j < LANES; j++) {
@@ -98,36 +101,32 @@ HF_INLINE void update_body(size_t n, double alpha, const double *restrict p,
             x[k] += alpha * p[k];
             r[k] += alpha * damped(gp, dvec, lam, p, k, diag);
             ry[j] += r[k] * r[k] * pinv[k];
-            xr[j] += (r[k] + g[k]) * x[k];
         }
     for (; i < n; i++) {
         x[i] += alpha * p[i];
         r[i] += alpha * damped(gp, dvec, lam, p, i, diag);
         ry[0] += r[i] * r[i] * pinv[i];
-        xr[0] += (r[i] + g[i]) * x[i];
     }
-    out[0] = lane_sum(ry);
-    out[1] = lane_sum(xr);
+    return lane_sum(ry);
 }
 
-CURV__VECTOR_CLONES static void update_kernel(size_t n, double alpha, const double *restrict p,
-                                              const double *restrict gp,
-                                              const double *restrict dvec, double lam,
-                                              const double *restrict pinv, const double *restrict g,
-                                              double *restrict x, double *restrict r, double out[2])
+CURV__VECTOR_CLONES static double update_kernel(size_t n, double alpha, const double *restrict p,
+                                                const double *restrict gp,
+                                                const double *restrict dvec, double lam,
+                                                const double *restrict pinv, double *restrict x,
+                                                double *restrict r)
 {
     if (dvec)
-        update_body(n, alpha, p, gp, dvec, lam, pinv, g, x, r, 1, out);
-    else
-        update_body(n, alpha, p, gp, dvec, lam, pinv, g, x, r, 0, out);
+        return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, 1);
+    return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, 0);
 }
 
-/* p ← −P⁻¹r + βp; returns max |p|. */
-CURV__VECTOR_CLONES static double direction_kernel(size_t n, double beta,
-                                                   const double *restrict pinv,
-                                                   const double *restrict r, double *restrict p)
+/* p ← −P⁻¹r + βp; out = {max |p|, pᵀr} with the new p. */
+CURV__VECTOR_CLONES static void direction_kernel(size_t n, double beta, const double *restrict pinv,
+                                                 const double *restrict r, double *restrict p,
+                                                 double out[2])
 {
-    double m[LANES] = {0};
+    double m[LANES] = {0}, pr[LANES] = {0};
     size_t i = 0;
     for (; i + LANES <= n; i += LANES)
         for (size_t j = 0; j < LANES; j++) {
@@ -135,13 +134,16 @@ CURV__VECTOR_CLONES static double direction_kernel(size_t n, double beta,
             p[k] = -pinv[k] * r[k] + beta * p[k];
             double a = fabs(p[k]);
             m[j] = a > m[j] ? a : m[j];
+            pr[j] += p[k] * r[k];
         }
     for (; i < n; i++) {
         p[i] = -pinv[i] * r[i] + beta * p[i];
         double a = fabs(p[i]);
         m[0] = a > m[0] ? a : m[0];
+        pr[0] += p[i] * r[i];
     }
-    return lane_max(m);
+    out[0] = lane_max(m);
+    out[1] = lane_sum(pr);
 }
 
 /* r = G x + λ D x + g = A x − b; out = {rᵀP⁻¹r, (r + g)ᵀx}. */
@@ -280,7 +282,9 @@ void curv__hf_start_from(const struct hf_hyper *h, struct hf_work *w, size_t d, 
     residual_kernel(d, gx, w->dvec, w->lambda, w->x, w->g, w->pinv, w->r, s);
     w->ry = s[0];
     w->q[0] = 0.5 * s[1];
-    w->pmax = direction_kernel(d, 0.0, w->pinv, w->r, w->p);
+    direction_kernel(d, 0.0, w->pinv, w->r, w->p, s);
+    w->pmax = s[0];
+    w->pr = s[1];
     w->iters = 0;
     w->n_snap = 0;
     w->store_exp = 0;
@@ -295,8 +299,8 @@ void curv__hf_start_zero(const struct hf_hyper *h, struct hf_work *w, size_t d)
 }
 
 /* Thesis eq. 4.2: s_j = (q_j − q_{j−k}) / q_j < ε with k = max(10, j/10),
- * applied only when j > k and q_j < 0 (a warm start can make q positive
- * early, §4.8, which would flip the sign of s_j). */
+ * applied only when j > k and q_j < 0 (ALGORITHMS.md 4.4: a warm start can
+ * make q positive early, §4.8, which would flip the sign of s_j). */
 static int progress_stop(const struct hf_hyper *h, const struct hf_work *w)
 {
     size_t j = w->iters, k = (size_t)(h->cg_window_frac * (double)j);
@@ -319,29 +323,32 @@ int curv__hf_iterate(const struct hf_hyper *h, struct hf_work *w, size_t d, cons
     curvature_kernel(d, w->p, gp, w->dvec, w->lambda, c);
     double alpha = w->ry / c[0];
     /* Non-positive curvature (possible only when the trainer's G is not
-     * PSD or λ = 0) or a step that would overflow: keep x_i (§4.4 guard). */
+     * PSD or λ = 0) or a step that would overflow: keep x_i (the guard of
+     * ALGORITHMS.md 4.4; Algorithm 2 assumes A positive definite). */
     if (!(c[0] > 0) || !isfinite(alpha) || alpha * w->pmax > HF_STEP_LIMIT ||
         alpha * c[1] > HF_STEP_LIMIT) {
         w->stop = HF_STOP_CURVATURE;
         return 1;
     }
-    update_kernel(d, alpha, w->p, gp, w->dvec, w->lambda, w->pinv, w->g, w->x, w->r, s);
+    double ry = update_kernel(d, alpha, w->p, gp, w->dvec, w->lambda, w->pinv, w->x, w->r);
     size_t i = ++w->iters;
-    w->q[i] = isfinite(s[1]) ? 0.5 * s[1] : w->q[i - 1];
+    w->q[i] = w->q[i - 1] + alpha * w->pr + 0.5 * alpha * alpha * c[0];
     if (h->backtrack && i == w->next_store) {
         store(w, d, i);
         schedule_next(w, h->backtrack_nu, i);
     }
-    if (!(s[0] > 0) || !isfinite(s[0]))
-        w->stop = s[0] == 0 ? HF_STOP_CONVERGED : HF_STOP_CURVATURE;
+    if (!(ry > 0) || !isfinite(ry))
+        w->stop = ry == 0 ? HF_STOP_CONVERGED : HF_STOP_CURVATURE;
     else if (i >= (size_t)h->cg_max)
         w->stop = HF_STOP_MAX;
     else if (i >= (size_t)h->cg_min && progress_stop(h, w))
         w->stop = HF_STOP_PROGRESS;
     else {
-        double beta = s[0] / w->ry;
-        w->ry = s[0];
-        w->pmax = direction_kernel(d, beta, w->pinv, w->r, w->p);
+        double beta = ry / w->ry;
+        w->ry = ry;
+        direction_kernel(d, beta, w->pinv, w->r, w->p, s);
+        w->pmax = s[0];
+        w->pr = s[1];
         return 0;
     }
     return 1;

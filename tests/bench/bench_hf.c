@@ -99,6 +99,14 @@ static void hf_step(curv_opt *o, const struct trainer *t, double *u, double *tim
         fprintf(stderr, "bench_hf: step failed: %s: %s\n", curv_status_name(st), err.text);
         exit(1);
     }
+    const curv_report_entry *e;
+    size_t n = curv_opt_report(o, &e);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(e[i].name, "cg_iterations") == 0 && e[i].value != CG_ITERS) {
+            fprintf(stderr, "bench_hf: CG stopped after %g iterations, not %d\n", e[i].value,
+                    CG_ITERS);
+            exit(1);
+        }
 }
 
 /* The baseline: the arithmetic of one CG iteration as a single pass (the
@@ -158,9 +166,11 @@ static void run(size_t d)
     for (size_t i = 0; i < d; i++) {
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         double r = (double)(s >> 11) / 9007199254740992.0;
-        t.c[i] = 0.5 + 1.5 * r; /* distinct eigenvalues: CG does not stop early */
+        /* Eigenvalues spread over 1e-3..1e3 and a grad_sq that knows
+         * nothing of them: CG runs all cg_max iterations of every step. */
+        t.c[i] = pow(10.0, 6 * r - 3);
         t.g[i] = r - 0.5;
-        t.sq[i] = t.c[i];
+        t.sq[i] = 1.0;
     }
     double *u = alloc(d), times[TIMED_STEPS * (CG_ITERS + 2)];
     size_t nt = 0;
