@@ -807,9 +807,11 @@ int main(int argc, char **argv)
         int port = daemon_start(bin, DURS[di], line, sizeof line);
         printf("daemon: %s\n", line);
         fflush(stdout);
-        for (int ci = 0; ci < NCLI; ci++)
+        const char *part = getenv("BENCH_HTTP_PART");
+        for (int ci = 0; ci < NCLI && !(part && strcmp(part, "large") == 0); ci++)
             run_small(port, &small, CLIENTS[ci], secs, &srow[di][ci]);
-        run_large(port, &large, di, lrows);
+        if (!(part && strcmp(part, "small") == 0))
+            run_large(port, &large, di, lrows);
         int st = daemon_stop();
         if (st != 0)
             fail("the daemon did not stop cleanly on SIGTERM (status %d)", st);
