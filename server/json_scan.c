@@ -183,10 +183,10 @@ bad:
 
 /* 10^-k as the nearest doubles (what the compiler makes of each literal). */
 static const double pow10_neg[] = {
-    1e-0,  1e-1,  1e-2,  1e-3,  1e-4,  1e-5,  1e-6,  1e-7,  1e-8,  1e-9,  1e-10, 1e-11, 1e-12,
-    1e-13, 1e-14, 1e-15, 1e-16, 1e-17, 1e-18, 1e-19, 1e-20, 1e-21, 1e-22, 1e-23, 1e-24, 1e-25,
-    1e-26, 1e-27, 1e-28, 1e-29, 1e-30, 1e-31, 1e-32, 1e-33, 1e-34, 1e-35, 1e-36, 1e-37, 1e-38,
-    1e-39, 1e-40, 1e-41, 1e-42, 1e-43, 1e-44, 1e-45, 1e-46, 1e-47};
+    1e-0,  1e-1,  1e-2,  1e-3,  1e-4,  1e-5,  1e-6,  1e-7,  1e-8,  1e-9,  1e-10, 1e-11,
+    1e-12, 1e-13, 1e-14, 1e-15, 1e-16, 1e-17, 1e-18, 1e-19, 1e-20, 1e-21, 1e-22, 1e-23,
+    1e-24, 1e-25, 1e-26, 1e-27, 1e-28, 1e-29, 1e-30, 1e-31, 1e-32, 1e-33, 1e-34, 1e-35,
+    1e-36, 1e-37, 1e-38, 1e-39, 1e-40, 1e-41, 1e-42, 1e-43, 1e-44, 1e-45, 1e-46, 1e-47};
 
 /* Nine digits of x > 0 as an integer in [1e8, 1e9), with *k its decimal
  * exponent. Double arithmetic is exact to ~2e-16 here, far inside the
@@ -198,8 +198,9 @@ static uint32_t nine_digits(double x, int *k)
 {
     uint64_t bits;
     memcpy(&bits, &x, sizeof bits);
-    int e2 = (int)((bits >> 52) & 0x7ff) - 1023; /* x in [2^e2, 2^(e2+1)): floats are normal doubles */
-    int e = (e2 * 1233) >> 12;                   /* floor(e2 * log10(2)): k or k - 1 */
+    int e2 =
+        (int)((bits >> 52) & 0x7ff) - 1023; /* x in [2^e2, 2^(e2+1)): floats are normal doubles */
+    int e = (e2 * 1233) >> 12;              /* floor(e2 * log10(2)): k or k - 1 */
     if (x >= (e + 1 >= 0 ? pow10_tab[e + 1] : pow10_neg[-(e + 1)]))
         e++;
     for (;;) { /* corrects e should the bound have misjudged */
