@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "batch.h"
 #include "migrations.h"
 
 #define STORE_STR_(x) #x
@@ -66,11 +67,18 @@ static const char *const stmt_sql[S_COUNT_] = {
     [S_COUNT_TENANT] = "SELECT count(*) FROM sessions WHERE tenant = ?1",
 };
 
+/* Steps committed in one transaction at most: enough to share an fsync
+ * among all of a busy daemon's workers, few enough to bound a batch. */
+#define COMMIT_BATCH_MAX 64
+
 struct curvd_store {
     sqlite3 *db;
     sqlite3_mutex *mu; /* the connection's own (recursive) mutex */
     sqlite3_stmt *stmt[S_COUNT_];
+    struct curvd_batcher *commits; /* group commit of curvd_store_commit_step() */
 };
+
+static void commit_batch(void *ctx, struct curvd_batch_item **links, size_t n);
 
 /* Indexed by code: the codes are dense from 0. */
 static const char *const status_names[] = {
@@ -389,6 +397,9 @@ int curvd_store_open(const char *path, enum curvd_durability durability, struct 
         sqlite3_mutex_enter(st->mu);
         status = setup(st, durability, err, errlen);
         sqlite3_mutex_leave(st->mu);
+        if (status == CURVD_STORE_OK &&
+            !(st->commits = curvd_batcher_new(COMMIT_BATCH_MAX, commit_batch, st)))
+            status = no_memory(err, errlen);
     }
     if (status != CURVD_STORE_OK) {
         curvd_store_close(st);
@@ -407,6 +418,7 @@ void curvd_store_close(struct curvd_store *st)
     for (int i = 0; i < S_COUNT_; i++)
         (void)sqlite3_finalize(st->stmt[i]);
     (void)sqlite3_close(st->db);
+    curvd_batcher_free(st->commits);
     sqlite3_free(st);
 }
 
@@ -705,22 +717,113 @@ static int conditional_write(struct curvd_store *st, int brc, sqlite3_stmt *q, s
     return status;
 }
 
+/* Write one step inside the open transaction. CONFLICT and NOT_FOUND are
+ * the item's own outcome (nothing written); any other failure spoils the
+ * whole transaction. */
+static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
+{
+    const struct curvd_step_commit *c = it->c;
+    sqlite3_stmt *q = st->stmt[S_COMMIT], *r = st->stmt[S_PUT_RESPONSE];
+    int changes = 0, status;
+    int rc = bind(q, "ttbii", it->id, it->tenant, c->state, c->state_len, c->step, now_ms());
+    if (rc == SQLITE_OK)
+        rc = bind(r, "titb", it->id, c->step, c->content_type, c->response, c->response_len);
+    status = rc == SQLITE_OK ? run(st, q, &changes, "updating a session", it->err, sizeof it->err)
+                             : db_fail(st, rc, it->err, sizeof it->err, "binding parameters");
+    if (status == CURVD_STORE_OK && changes == 0)
+        status = explain_miss(st, it->tenant, it->id, &it->current_step, it->err, sizeof it->err);
+    else if (status == CURVD_STORE_OK)
+        status = run(st, r, NULL, "storing a step response", it->err, sizeof it->err);
+    done(q);
+    done(r);
+    return status;
+}
+
+static int valid_item(const struct curvd_commit_item *it)
+{
+    const struct curvd_step_commit *c = it->c;
+    return it->tenant && it->id && c && c->step >= 1 && c->content_type &&
+           (c->state || !c->state_len) && (c->response || !c->response_len);
+}
+
+/* The items in one transaction; on a failure that is not one item's own,
+ * nothing is written and every item carries that failure. */
+static int commit_group(struct curvd_store *st, struct curvd_commit_item **items, size_t n)
+{
+    char err[sizeof items[0]->err];
+    sqlite3_mutex_enter(st->mu);
+    int status = exec_sql(st, "BEGIN IMMEDIATE", err, sizeof err);
+    for (size_t i = 0; status == CURVD_STORE_OK && i < n; i++) {
+        struct curvd_commit_item *it = items[i];
+        it->status = write_step(st, it);
+        if (it->status != CURVD_STORE_OK && it->status != CURVD_STORE_CONFLICT &&
+            it->status != CURVD_STORE_NOT_FOUND) {
+            status = it->status;
+            snprintf(err, sizeof err, "%s", it->err);
+        }
+    }
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st, "COMMIT", err, sizeof err);
+    if (status != CURVD_STORE_OK) {
+        rollback(st);
+        for (size_t i = 0; i < n; i++) {
+            items[i]->status = status;
+            snprintf(items[i]->err, sizeof items[i]->err, "%s", err);
+        }
+    }
+    sqlite3_mutex_leave(st->mu);
+    return status;
+}
+
+void curvd_store_commit_steps(struct curvd_store *st, struct curvd_commit_item **items, size_t n)
+{
+    struct curvd_commit_item *ok[COMMIT_BATCH_MAX];
+    while (n) { /* in slices, invalid items answered on the spot */
+        size_t k = 0;
+        for (; n && k < COMMIT_BATCH_MAX; items++, n--) {
+            if (!st || !valid_item(*items)) {
+                (*items)->status = fail((*items)->err, sizeof(*items)->err, CURVD_STORE_INVALID,
+                                        "curvd_store_commit_step: invalid argument");
+                continue;
+            }
+            (*items)->err[0] = '\0';
+            ok[k++] = *items;
+        }
+        /* A failed group goes again one step at a time, so that one step's
+         * failure (a blob too big, say) is not every step's. */
+        if (k && commit_group(st, ok, k) != CURVD_STORE_OK && k > 1)
+            for (size_t i = 0; i < k; i++)
+                commit_group(st, ok + i, 1);
+    }
+}
+
+/* A curvd_store_commit_step() call waiting in the batcher. */
+struct waiting_commit {
+    struct curvd_batch_item link; /* first: the batcher hands back &link */
+    struct curvd_commit_item item;
+};
+
+static void commit_batch(void *ctx, struct curvd_batch_item **links, size_t n)
+{
+    struct curvd_commit_item *items[COMMIT_BATCH_MAX];
+    for (size_t i = 0; i < n; i++)
+        items[i] = &((struct waiting_commit *)(void *)links[i])->item;
+    curvd_store_commit_steps(ctx, items, n);
+}
+
 int curvd_store_commit_step(struct curvd_store *st, const char *tenant, const char *id,
                             const struct curvd_step_commit *c, int64_t *current_step, char *err,
                             size_t errlen)
 {
-    if (!st || !tenant || !id || !c || c->step < 1 || !c->content_type ||
-        (!c->state && c->state_len) || (!c->response && c->response_len))
+    struct waiting_commit w = {.item = {.tenant = tenant, .id = id, .c = c}};
+    if (!st || !valid_item(&w.item))
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_commit_step: invalid argument");
-    int64_t now = now_ms();
-    sqlite3_mutex_enter(st->mu);
-    sqlite3_stmt *q = st->stmt[S_COMMIT], *r = st->stmt[S_PUT_RESPONSE];
-    int rc = bind(q, "ttbii", id, tenant, c->state, c->state_len, c->step, now);
-    if (rc == SQLITE_OK)
-        rc = bind(r, "titb", id, c->step, c->content_type, c->response, c->response_len);
-    int status = conditional_write(st, rc, q, r, tenant, id, current_step, err, errlen);
-    sqlite3_mutex_leave(st->mu);
-    return status;
+    curvd_batcher_run(st->commits, &w.link);
+    if (w.item.status == CURVD_STORE_CONFLICT && current_step)
+        *current_step = w.item.current_step;
+    if (w.item.status != CURVD_STORE_OK && err && errlen)
+        snprintf(err, errlen, "%s", w.item.err);
+    return w.item.status;
 }
 
 int curvd_store_update_state(struct curvd_store *st, const char *tenant, const char *id,

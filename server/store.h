@@ -10,6 +10,11 @@
  * the one writer, and writers (each in BEGIN IMMEDIATE) wait for each other
  * up to the busy timeout, then fail with CURVD_STORE_BUSY.
  *
+ * Group commit: curvd_store_commit_step() calls that overlap in time are
+ * written in one transaction (one fsync under FULL durability) by whichever
+ * caller gets there first, while the others wait for it; each call still
+ * gets its own outcome, and returns only once its step is durable.
+ *
  * Errors: every fallible call returns an enum curvd_store_status and, when
  * @err is not NULL, writes a sentence (with SQLite's own message where
  * SQLite failed) into @err[@errlen]. Out-parameters are written only on
@@ -230,6 +235,30 @@ int curvd_store_delete(struct curvd_store *st, const char *tenant, const char *i
 int curvd_store_commit_step(struct curvd_store *st, const char *tenant, const char *id,
                             const struct curvd_step_commit *c, int64_t *current_step, char *err,
                             size_t errlen);
+
+/*
+ * curvd_commit_item - one step of curvd_store_commit_steps(): the arguments
+ * of one curvd_store_commit_step() call (borrowed) and its outcome.
+ */
+struct curvd_commit_item {
+    const char *tenant;
+    const char *id;
+    const struct curvd_step_commit *c;
+    int status;           /* out: as curvd_store_commit_step() returns */
+    int64_t current_step; /* out: on CONFLICT, the session's step */
+    char err[256];        /* out: the sentence, when status is not OK */
+};
+
+/*
+ * curvd_store_commit_steps - commit several steps (of different sessions,
+ * or the same session's consecutive steps in order) in one transaction:
+ * each item's outcome is what curvd_store_commit_step() would have given
+ * it alone. A conflicting or missing session writes nothing for its item
+ * and does not stop the others; a database failure makes the steps go one
+ * at a time, so that it stays the failing item's own. This is what the
+ * group commit of curvd_store_commit_step() runs.
+ */
+void curvd_store_commit_steps(struct curvd_store *st, struct curvd_commit_item **items, size_t n);
 
 /*
  * curvd_store_update_state - replace the state blob and @meta (NULL clears

@@ -714,6 +714,103 @@ static void test_commit_step(void **state)
     curvd_store_close(st);
 }
 
+static void assert_reply(struct curvd_store *st, const char *id, int64_t step, const char *body)
+{
+    struct curvd_step_response r;
+    assert_store(curvd_store_get_response(st, "t", id, &r, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(r.step, step);
+    assert_bytes(r.body, r.body_len, body, strlen(body));
+    curvd_step_response_clear(&r);
+}
+
+#define ITEM(id_, c_)                                                                              \
+    {                                                                                              \
+        .tenant = "t", .id = (id_), .c = (c_)                                                      \
+    }
+
+/* Several steps in one transaction: each gets the outcome it would get
+ * alone, and one item's failure is never another's. */
+static void test_commit_steps(void **state)
+{
+    (void)state;
+    const char *path = db_path("group");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
+    create_ok(st, "t", "a", "a0", 2);
+    create_ok(st, "t", "b", "b0", 2);
+    create_ok(st, "t", "c", "c0", 2);
+    const struct curvd_step_commit a1 = {1, "a1", 2, "x", "ra1", 3},
+                                   a2 = {2, "a2", 2, "x", "ra2", 3},
+                                   b2 = {2, "b2", 2, "x", "rb2", 3},
+                                   c1 = {1, "c1", 2, "x", "rc1", 3},
+                                   bad = {1, "z", 1, NULL, "r", 1};
+    struct curvd_commit_item it[6] = {ITEM("a", &a1), ITEM("b", &b2), ITEM("nope", &c1),
+                                      ITEM("c", &c1), ITEM("a", &a2), ITEM("c", &bad)};
+    struct curvd_commit_item *items[6];
+    for (int i = 0; i < 6; i++) {
+        items[i] = &it[i];
+        it[i].current_step = -1;
+    }
+    curvd_store_commit_steps(st, items, 6);
+    static const int want[] = {CURVD_STORE_OK, CURVD_STORE_CONFLICT, CURVD_STORE_NOT_FOUND,
+                               CURVD_STORE_OK, CURVD_STORE_OK,       CURVD_STORE_INVALID};
+    for (int i = 0; i < 6; i++) {
+        if (it[i].status != want[i])
+            print_error("item %d: %s (%s)\n", i, curvd_store_status_name(it[i].status), it[i].err);
+        assert_int_equal(it[i].status, want[i]);
+    }
+    assert_int_equal(it[1].current_step, 0);
+    assert_non_null(strstr(it[1].err, "at step 0"));
+    assert_non_null(strstr(it[2].err, "no session"));
+    assert_non_null(strstr(it[5].err, "invalid argument"));
+    /* Durable: a new connection sees exactly the committed items. */
+    curvd_store_close(st);
+    st = open_ok(path, CURVD_DURABILITY_FULL);
+    assert_state(st, "t", "a", 2, "a2", 2);
+    assert_state(st, "t", "b", 0, "b0", 2);
+    assert_state(st, "t", "c", 1, "c1", 2);
+    assert_reply(st, "a", 2, "ra2");
+    assert_reply(st, "c", 1, "rc1");
+
+    /* A blob past SQLite's limit spoils the transaction: the others go
+     * through one by one, and the culprit alone is refused. */
+    static const char tiny[1];
+    const struct curvd_step_commit a3 = {3, "a3", 2, "x", "ra3", 3},
+                                   b1big = {1, tiny, 1500000000u, "x", "r", 1},
+                                   c2 = {2, "c2", 2, "x", "rc2", 3};
+    struct curvd_commit_item jt[3] = {ITEM("a", &a3), ITEM("b", &b1big), ITEM("c", &c2)};
+    struct curvd_commit_item *jtems[3] = {&jt[0], &jt[1], &jt[2]};
+    curvd_store_commit_steps(st, jtems, 3);
+    assert_int_equal(jt[0].status, CURVD_STORE_OK);
+    assert_int_equal(jt[1].status, CURVD_STORE_INVALID);
+    assert_non_null(strstr(jt[1].err, "too big"));
+    assert_int_equal(jt[2].status, CURVD_STORE_OK);
+    assert_state(st, "t", "a", 3, "a3", 2);
+    assert_state(st, "t", "b", 0, "b0", 2);
+    assert_state(st, "t", "c", 2, "c2", 2);
+
+    /* A locked database fails every item, and writes nothing. */
+    assert_store(curvd_store_set_busy_timeout(st, 0, err, sizeof err), CURVD_STORE_OK);
+    sqlite3 *other = NULL;
+    assert_int_equal(sqlite3_open(path, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    const struct curvd_step_commit a4 = {4, "a4", 2, "x", "ra4", 3}, c3 = {3, "c3", 2, "x", "r", 1};
+    struct curvd_commit_item kt[2] = {ITEM("a", &a4), ITEM("c", &c3)};
+    struct curvd_commit_item *ktems[2] = {&kt[0], &kt[1]};
+    curvd_store_commit_steps(st, ktems, 2);
+    assert_int_equal(kt[0].status, CURVD_STORE_BUSY);
+    assert_int_equal(kt[1].status, CURVD_STORE_BUSY);
+    assert_non_null(strstr(kt[0].err, "locked"));
+    assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(other), SQLITE_OK);
+    assert_state(st, "t", "a", 3, "a3", 2);
+    assert_state(st, "t", "c", 2, "c2", 2);
+    curvd_store_commit_steps(st, ktems, 2);
+    assert_int_equal(kt[0].status, CURVD_STORE_OK);
+    assert_int_equal(kt[1].status, CURVD_STORE_OK);
+    assert_state(st, "t", "c", 3, "c3", 2);
+    curvd_store_close(st);
+}
+
 static void test_response_replay(void **state)
 {
     (void)state;
@@ -1312,6 +1409,7 @@ int main(void)
         cmocka_unit_test(test_list_is_keyset),
         cmocka_unit_test(test_list_refuses_bad_tokens),
         cmocka_unit_test(test_commit_step),
+        cmocka_unit_test(test_commit_steps),
         cmocka_unit_test(test_response_replay),
         cmocka_unit_test(test_update_state),
         cmocka_unit_test(test_blob_sizes),
