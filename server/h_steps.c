@@ -163,6 +163,7 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
                                       .content_type = ctype,
                                       .response = body,
                                       .response_len = out->total_len};
+        curvd_http_yield_compute(srv); /* waiting for the group commit is not computing */
         st = curvd_store_commit_step(srv->store, rq->tenant, e->id, &c, &current, err, sizeof err);
     } else {
         snprintf(err, sizeof err, "out of memory encoding the reply");

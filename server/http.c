@@ -44,7 +44,20 @@ struct curvd_http {
     struct rctx *head, *tail;
     int stop;
     atomic_int inflight; /* requests queued or running on workers */
+    atomic_int active;   /* requests between their first byte and their reply's last */
+    /* Compute slots: cfg.workers threads may compute at once; a thread that
+     * waits for the disk (a commit) gives its slot up, so more threads than
+     * slots let many steps share one group commit. */
+    pthread_mutex_t slot_mu;
+    pthread_cond_t slot_cv;
+    unsigned slots_free;
 };
+
+/* Worker threads per compute slot: steps that may wait in one group commit. */
+#define THREADS_PER_SLOT 8
+
+/* Whether this worker thread holds a compute slot. */
+static _Thread_local int holds_slot;
 
 enum phase { RECEIVING = 0, QUEUED, DONE };
 
@@ -246,6 +259,28 @@ static void enqueue(struct curvd_http *h, struct rctx *x)
     pthread_mutex_unlock(&h->mu);
 }
 
+static void slot_take(struct curvd_http *h)
+{
+    pthread_mutex_lock(&h->slot_mu);
+    while (h->slots_free == 0)
+        pthread_cond_wait(&h->slot_cv, &h->slot_mu);
+    h->slots_free--;
+    pthread_mutex_unlock(&h->slot_mu);
+    holds_slot = 1;
+}
+
+void curvd_http_yield_compute(struct curvd_server *srv)
+{
+    struct curvd_http *h = srv->http;
+    if (!holds_slot || !h)
+        return;
+    holds_slot = 0;
+    pthread_mutex_lock(&h->slot_mu);
+    h->slots_free++;
+    pthread_cond_signal(&h->slot_cv);
+    pthread_mutex_unlock(&h->slot_mu);
+}
+
 static void *worker_main(void *arg)
 {
     struct curvd_http *h = arg;
@@ -262,7 +297,9 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&h->mu);
         if (!x)
             return NULL; /* stopping and drained */
+        slot_take(h);
         x->rt->handler(h->srv, &x->rq, &x->rp);
+        curvd_http_yield_compute(h->srv);
         x->phase = DONE;
         MHD_resume_connection(x->conn); /* MHD calls on_request again */
         atomic_fetch_sub(&h->inflight, 1);
@@ -355,6 +392,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!(x = calloc(1, sizeof *x)))
             return MHD_NO;
         *req_cls = x;
+        atomic_fetch_add(&srv->http->active, 1);
         x->t0_ns = now_ns();
         x->route_index = curvd_route_count;
         snprintf(x->method, sizeof x->method, "%s", method);
@@ -421,6 +459,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     free(x->body);
     free(x);
     *req_cls = NULL;
+    atomic_fetch_sub(&srv->http->active, 1);
 }
 
 static void stop_workers(struct curvd_http *h)
@@ -434,12 +473,18 @@ static void stop_workers(struct curvd_http *h)
     free(h->workers);
     pthread_cond_destroy(&h->cv);
     pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->slot_cv);
+    pthread_mutex_destroy(&h->slot_mu);
 }
 
-static int start_workers(struct curvd_http *h, unsigned n, char *err, size_t errlen)
+static int start_workers(struct curvd_http *h, unsigned slots, char *err, size_t errlen)
 {
+    unsigned n = slots * THREADS_PER_SLOT;
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->cv, NULL);
+    pthread_mutex_init(&h->slot_mu, NULL);
+    pthread_cond_init(&h->slot_cv, NULL);
+    h->slots_free = slots;
     h->workers = calloc(n ? n : 1, sizeof *h->workers);
     if (!h->workers) {
         snprintf(err, errlen, "out of memory");
@@ -468,6 +513,7 @@ int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
     }
     atomic_init(&h->next_id, (uint64_t)now_ns());
     atomic_init(&h->inflight, 0);
+    atomic_init(&h->active, 0);
     h->srv = srv;
     if (start_workers(h, srv->cfg.workers, err, errlen) != 0) {
         free(h);
@@ -520,13 +566,10 @@ void curvd_http_stop(struct curvd_server *srv)
     MHD_socket ls = MHD_quiesce_daemon(h->mhd);
     for (int i = 0; i < 1200 && atomic_load(&h->inflight) > 0; i++)
         sleep_ms(50);
-    for (int i = 0; i < 160; i++) {
-        const union MHD_DaemonInfo *di =
-            MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-        if (!di || di->num_connections == 0)
-            break;
+    /* Requests still arriving or replies still going out get up to 8 s;
+     * idle keep-alive connections are not waited for (stopping closes them). */
+    for (int i = 0; i < 160 && atomic_load(&h->active) > 0; i++)
         sleep_ms(50);
-    }
     MHD_stop_daemon(h->mhd);
     if (ls != MHD_INVALID_SOCKET)
         close(ls);

@@ -81,6 +81,11 @@ unsigned curvd_http_port(const struct curvd_server *srv);
 void curvd_http_stop(struct curvd_server *srv);
 
 /* A request header or query argument (borrowed), or NULL. */
+/* curvd_http_yield_compute - the calling worker is about to wait (for a
+ * group commit) rather than compute: let another worker compute meanwhile.
+ * A no-op outside the worker pool. */
+void curvd_http_yield_compute(struct curvd_server *srv);
+
 const char *curvd_req_header(const struct curvd_req *rq, const char *name);
 const char *curvd_req_query(const struct curvd_req *rq, const char *name);
 
