@@ -38,8 +38,9 @@ static const struct flag FLAGS[] = {
     {"threads", "CURVD_THREADS", F_UINT, OFF(threads),
      "connection threads (reading requests, small replies)"},
     {"workers", "CURVD_WORKERS", F_UINT, OFF(workers),
-     "threads running steps and other heavy requests (default: one per CPU; 0: run them on "
-     "the connection threads)"},
+     "steps and other heavy requests computed at once, off the connection threads (default: "
+     "one per CPU; 0: run them on the connection threads); steps waiting for their group "
+     "commit do not count"},
     {"max-body", "CURVD_MAX_BODY", F_SIZE, OFF(max_body), "largest request body in bytes (413)"},
     {"max-sessions", "CURVD_MAX_SESSIONS", F_SIZE, OFF(max_sessions),
      "sessions held in memory at once; idle ones beyond are evicted (they stay on disk)"},
