@@ -156,7 +156,10 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
     reply_type(binary, out->json_len, ctype, sizeof ctype);
     int st = CURVD_STORE_ERROR;
     int64_t current = 0;
-    if (body && curv_opt_save(e->opt, &blob, &len, NULL) == CURV_OK) {
+    curvd_timing_lap(rp, CURVD_T_ENCODE);
+    int saved = body && curv_opt_save(e->opt, &blob, &len, NULL) == CURV_OK;
+    curvd_timing_lap(rp, CURVD_T_SAVE);
+    if (saved) {
         struct curvd_step_commit c = {.step = pd->step,
                                       .state = blob,
                                       .state_len = len,
@@ -165,6 +168,7 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
                                       .response_len = out->total_len};
         curvd_http_yield_compute(srv); /* waiting for the group commit is not computing */
         st = curvd_store_commit_step(srv->store, rq->tenant, e->id, &c, &current, err, sizeof err);
+        curvd_timing_lap(rp, CURVD_T_COMMIT);
     } else {
         snprintf(err, sizeof err, "out of memory encoding the reply");
     }
@@ -249,7 +253,10 @@ void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
     curvd_out_init(&out);
     if (cs == CURV_NEED_INPUT)
         e->pend.req = *req;
-    if (encode_reply(e, cs == CURV_OK ? NULL : req, delta, &out, &p) != 0) {
+    int encoded = encode_reply(e, cs == CURV_OK ? NULL : req, delta, &out, &p);
+    if (cs != CURV_OK)
+        curvd_timing_lap(rp, CURVD_T_ENCODE);
+    if (encoded != 0) {
         curvd_registry_drop(srv->reg, e->id); /* the optimizer is ahead of the database */
         curvd_reply_codec_problem(rp, rq, &p);
     } else if (cs == CURV_OK) {
@@ -293,6 +300,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     double *gsq = calloc(dim, sizeof *gsq), *delta = calloc(dim, sizeof *delta);
     curv_layer_stats *ls = NULL;
     int binary = 0;
+    curvd_timing_lap(rp, CURVD_T_COUNT);
     if (!g || !theta || !gsq || !delta) {
         curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
     } else if (curvd_step_parse_head(rq->body, rq->body_len,
@@ -310,6 +318,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     } else {
         if (ls)
             curvd_step_layer_stats(&in, ls);
+        curvd_timing_lap(rp, CURVD_T_DECODE);
         curv_step_input si = {.grad = g,
                               .params = in.nparams ? theta : NULL,
                               .len = dim,
@@ -325,6 +334,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
         curv_request req;
         curv_error cerr;
         curv_status cs = curv_opt_step(e->opt, &si, delta, &req, &cerr);
+        curvd_timing_lap(rp, CURVD_T_STEP);
         if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
             free(e->pend.last);
             e->pend = (struct curvd_pending){.step = in.step,

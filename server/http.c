@@ -101,6 +101,30 @@ const char *curvd_req_query(const struct curvd_req *rq, const char *name)
     return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
+static const char *const timing_names[CURVD_T_COUNT] = {"decode", "step", "encode", "save",
+                                                        "commit"};
+
+void curvd_timing_lap(struct curvd_reply *rp, int phase)
+{
+    double now = (double)now_ns() / 1e9;
+    if (phase >= 0 && phase < CURVD_T_COUNT)
+        rp->timing[phase] += now - rp->lap_start;
+    rp->lap_start = now;
+}
+
+/* "decode;dur=1.250, step;dur=0.031, ..." in ms, the phases that ran. */
+static void add_server_timing(struct MHD_Response *r, const struct curvd_reply *rp)
+{
+    char buf[256];
+    size_t n = 0;
+    for (int i = 0; i < CURVD_T_COUNT; i++)
+        if (rp->timing[i] > 0 && n < sizeof buf)
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s;dur=%.3f", n ? ", " : "",
+                                  timing_names[i], rp->timing[i] * 1e3);
+    if (n)
+        MHD_add_response_header(r, "Server-Timing", buf);
+}
+
 static void release_body(struct curvd_reply *rp)
 {
     if (rp->body)
@@ -228,6 +252,7 @@ static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Con
     }
     if (rp->status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"curvd\"");
+    add_server_timing(r, rp);
     if (rp->json_header_len) {
         char n[24];
         snprintf(n, sizeof n, "%zu", rp->json_header_len);

@@ -119,6 +119,7 @@ static size_t on_header(char *line, size_t sz, size_t n, void *ud)
     copy_header(line, sz * n, "Content-Type", r->content_type, sizeof r->content_type);
     copy_header(line, sz * n, "Location", r->location, sizeof r->location);
     copy_header(line, sz * n, "ETag", r->etag, sizeof r->etag);
+    copy_header(line, sz * n, "Server-Timing", r->server_timing, sizeof r->server_timing);
     char jh[32] = "";
     copy_header(line, sz * n, "Inference-Header-Content-Length", jh, sizeof jh);
     if (jh[0])

@@ -22,6 +22,7 @@ struct su_resp {
     char location[256];
     char etag[64];
     size_t json_header_len; /* Inference-Header-Content-Length, 0 if absent */
+    char server_timing[256];
 };
 
 /* ---- The daemon and its files ---- */
