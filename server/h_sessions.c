@@ -52,7 +52,8 @@ static void register_new(struct curvd_server *srv, const struct curvd_req *rq,
     } else {
         if (curvd_registry_add(srv->reg, id, rq->tenant, o, len) != CURVD_REG_OK)
             curv_opt_free(o); /* it is durable; the next request loads it */
-        json_t *s = curvd_session_json(id, meta_text, (long long)row.step, created, created);
+        json_t *s =
+            curvd_session_json(id, meta_text, (long long)row.step, created, created, 0, NULL);
         snprintf(rp->location, sizeof rp->location, "/v1/sessions/%s", id);
         snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", (long long)row.step);
         curvd_reply_json(rp, 201, s);
@@ -144,8 +145,9 @@ static void reply_row(struct curvd_reply *rp, const struct curvd_session *s, int
                       const char *pending_url)
 {
     snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", (long long)s->step);
-    json_t *j = curvd_session_json(s->id, s->meta, (long long)s->step, (long long)s->created_at,
-                                   (long long)s->updated_at);
+    json_t *j =
+        curvd_session_json(s->id, s->meta, (long long)s->step, (long long)s->created_at,
+                           (long long)s->updated_at, (long long)s->last_step, s->last_report);
     if (j && pending_url)
         json_object_set_new(j, "pending_callback", json_string(pending_url));
     curvd_reply_json(rp, status, j);
@@ -198,7 +200,8 @@ CURVD_HANDLER(curvd_h_session_list)
             const struct curvd_session *s = &list.items[i];
             json_array_append_new(arr, curvd_session_json(s->id, s->meta, (long long)s->step,
                                                           (long long)s->created_at,
-                                                          (long long)s->updated_at));
+                                                          (long long)s->updated_at,
+                                                          (long long)s->last_step, s->last_report));
         }
         json_t *out = json_pack("{s:o}", "sessions", arr);
         if (list.next_page_token)
