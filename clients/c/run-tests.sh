@@ -32,6 +32,7 @@ start_daemon auth --token-file "$work/tokens"
 CURVD_AUTH_URL=$url
 export CURVD_URL CURVD_AUTH_URL CURVD_AUTH_TOKENS="$work/tokens" CURVCTL="$build/curvctl"
 "$build/test_curvc"
+"$build/test_retry"
 "$build/test_curvctl"
 "$build/mlp_kfac" "$CURVD_URL" hf 15
 if ! "$build/mlp_kfac" "$CURVD_URL" kfac 40 2> "$work/kfac.err"; then
