@@ -20,13 +20,11 @@ struct ctl {
     int json; /* --json: the daemon's objects instead of tables */
 };
 
-/* One option of a command: --@name (and -@short_name unless 0); with
- * @takes_value its value follows (as the next word or after '='), else it
- * is a flag. *@value is set to the value ("" for a flag) when given. */
+/* One option of a command: --@name (and -@short_name unless 0) and its
+ * value (the next word, or after '='), set in *@value when given. */
 struct ctl_opt {
     const char *name;
     char short_name;
-    int takes_value;
     const char **value;
 };
 
@@ -47,8 +45,8 @@ int ctl_uint(const char *cmd, const char *what, const char *text, unsigned long 
  * returns CTL_USAGE. */
 int ctl_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* ctl_fail - "curvctl: @what: <the problem's detail or the failure>" on
- * stderr; returns CTL_FAILED. */
+/* ctl_fail - "curvctl: @what: <the problem or the failure>" on stderr;
+ * returns CTL_FAILED. */
 int ctl_fail(const char *what, const curvc_error *err);
 
 /* ctl_json_out - @j as one compact JSON document and a newline on stdout

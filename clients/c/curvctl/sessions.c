@@ -59,7 +59,7 @@ static int print_list(const json_t *sessions)
 int ctl_cmd_list(struct ctl *ctl, int argc, char **argv)
 {
     const char *size_text = NULL;
-    const struct ctl_opt opts[] = {{"page-size", 0, 1, &size_text}};
+    const struct ctl_opt opts[] = {{"page-size", 0, &size_text}};
     size_t npos;
     unsigned long size = 100;
     if (ctl_parse("list", argc - 1, argv + 1, opts, 1, NULL, &npos, 0) ||
@@ -216,7 +216,7 @@ static int write_blob(const char *path, const unsigned char *blob, size_t len)
 int ctl_cmd_export(struct ctl *ctl, int argc, char **argv)
 {
     const char *out = NULL;
-    const struct ctl_opt opts[] = {{"output", 'o', 1, &out}};
+    const struct ctl_opt opts[] = {{"output", 'o', &out}};
     char *id[1];
     size_t npos;
     if (ctl_parse("export", argc - 1, argv + 1, opts, 1, id, &npos, 1))

@@ -59,13 +59,7 @@ int ctl_parse(const char *cmd, int argc, char **argv, const struct ctl_opt *opts
             return -1;
         }
         const char *eq = a[1] == '-' ? strchr(a, '=') : NULL;
-        if (!o->takes_value) {
-            if (eq) {
-                ctl_usage_error(cmd, "--%s takes no value", o->name);
-                return -1;
-            }
-            *o->value = "";
-        } else if (eq) {
+        if (eq) {
             *o->value = eq + 1;
         } else if (i + 1 < argc) {
             *o->value = argv[++i];
@@ -94,16 +88,8 @@ int ctl_uint(const char *cmd, const char *what, const char *text, unsigned long 
 
 int ctl_fail(const char *what, const curvc_error *err)
 {
-    /* A problem's detail is the daemon's own sentence; other failures
-     * have only the text. */
-    if (err->status)
-        fprintf(stderr, "curvctl: %s: %d %s: %s\n", what, err->status,
-                err->reason[0] ? err->reason : "error", err->detail);
-    else
-        fprintf(stderr, "curvctl: %s: %s\n", what, err->text);
-    if (err->n_fields)
-        fprintf(stderr, "  at %s: expected %s, got %s\n", err->field.path, err->field.expected,
-                err->field.got);
+    /* For a problem the text is "STATUS REASON: detail [field: expected, got]". */
+    fprintf(stderr, "curvctl: %s: %s\n", what, err->text);
     return CTL_FAILED;
 }
 

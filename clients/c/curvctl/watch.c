@@ -5,6 +5,7 @@
  * latest step's report, so steps completed between two polls are counted
  * and said to be missed, never invented.
  */
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -84,7 +85,10 @@ static int print_row(struct watch *w, const json_t *last, long long skipped)
         printf("  %*s", width_of(w->fields[k] ? w->fields[k] : "?"), text);
     }
     printf("\n");
-    return fflush(stdout) == 0 && !ferror(stdout) ? CTL_OK : CTL_FAILED;
+    if (fflush(stdout) == 0 && !ferror(stdout))
+        return CTL_OK;
+    fprintf(stderr, "curvctl: cannot write the output: %s\n", strerror(errno));
+    return CTL_FAILED;
 }
 
 /* Sleep @s seconds, or less when a stop is requested. */
@@ -135,10 +139,10 @@ static int poll_once(struct watch *w, curvc_session *s)
 int ctl_cmd_watch(struct ctl *ctl, int argc, char **argv)
 {
     const char *interval_text = NULL, *count_text = NULL, *since_text = NULL, *fields_text = NULL;
-    const struct ctl_opt opts[] = {{"interval", 0, 1, &interval_text},
-                                   {"count", 0, 1, &count_text},
-                                   {"since", 0, 1, &since_text},
-                                   {"fields", 0, 1, &fields_text}};
+    const struct ctl_opt opts[] = {{"interval", 0, &interval_text},
+                                   {"count", 0, &count_text},
+                                   {"since", 0, &since_text},
+                                   {"fields", 0, &fields_text}};
     char *id[1], *end = NULL;
     size_t npos;
     unsigned long count = 0, since = 0;

@@ -81,8 +81,10 @@ static curvc_status get_body(curvc_client *c, const char *path, char **body, siz
 {
     struct curvc_reply r = {0};
     curvc_status st = curvc__request(c, "GET", path, NULL, 0, 0, 1, &r, err);
-    if (st == CURVC_OK && !r.body.p)
-        st = curvc__fail(err, CURVC_E_PROTOCOL, "GET %s: an empty reply", path);
+    if (st == CURVC_OK && !r.body.p) /* an empty body is still a text */
+        curvc__buf_add(&r.body, "", 0);
+    if (st == CURVC_OK && r.body.oom)
+        st = curvc__fail(err, CURVC_E_NOMEM, "out of memory");
     if (st == CURVC_OK) {
         *body = r.body.p;
         *len = r.body.len;

@@ -46,7 +46,9 @@ static void run_free(struct run *r)
     memset(r, 0, sizeof *r);
 }
 
-enum tty { NO_TTY, TTY_STDOUT, TTY_STDIN };
+/* How the child's stdin and stdout are: pipes, one a terminal, or stdout
+ * a full device. */
+enum tty { NO_TTY, TTY_STDOUT, TTY_STDIN, FULL_STDOUT };
 
 /* A child running curvctl @args, its stdin, stdout and stderr piped (one
  * of stdin and stdout a terminal when @tty says so). */
@@ -65,7 +67,7 @@ static void spawn(struct child *c, enum tty tty, const char *const *args)
     assert_int_equal(pipe(perr), 0);
     int slave = -1;
     c->pty = -1;
-    if (tty != NO_TTY) {
+    if (tty == TTY_STDOUT || tty == TTY_STDIN) {
         c->pty = posix_openpt(O_RDWR | O_NOCTTY);
         assert_true(c->pty >= 0 && grantpt(c->pty) == 0 && unlockpt(c->pty) == 0);
         slave = open(ptsname(c->pty), O_RDWR | O_NOCTTY);
@@ -85,6 +87,8 @@ static void spawn(struct child *c, enum tty tty, const char *const *args)
         dup2(perr[1], 2);
         for (int fd = 3; fd < 64; fd++)
             close(fd);
+        if (tty == FULL_STDOUT) /* every write fails: ENOSPC */
+            dup2(open("/dev/full", O_WRONLY), 1);
         execv(prog, (char *const *)argv);
         _exit(127);
     }
@@ -426,6 +430,10 @@ static void test_show(void **state)
     }
     run_free(&r);
 
+    run_in(&r, NULL, 0, FULL_STDOUT, ARGS("show", id, "--json"));
+    expect_status(&r, 1);
+    assert_non_null(strstr(r.err, "cannot write the output"));
+    run_free(&r);
     RUN(&r, "show");
     expect_status(&r, 2);
     run_free(&r);
@@ -711,6 +719,16 @@ static void test_watch(void **state)
     assert_int_equal(line_words(r.out, "    step ", heads, 16), 3);
     assert_string_equal(heads[2], "nope");
     run_free(&r);
+
+    /* Rows that cannot be written end it with exit 1, in both forms. */
+    for (int json = 0; json < 2; json++) {
+        run_in(&r, NULL, 0, FULL_STDOUT,
+               json ? ARGS("--json", "watch", id, "--since", "0")
+                    : ARGS("watch", id, "--since", "0"));
+        expect_status(&r, 1);
+        assert_non_null(strstr(r.err, "cannot write the output"));
+        run_free(&r);
+    }
 
     /* Ctrl-C ends it cleanly; a session deleted under it is an error. */
     start_watch(&w, ARGS("watch", id, "--interval", "0.02"));
