@@ -52,7 +52,8 @@ static void register_new(struct curvd_server *srv, const struct curvd_req *rq,
     } else {
         if (curvd_registry_add(srv->reg, id, rq->tenant, o, len) != CURVD_REG_OK)
             curv_opt_free(o); /* it is durable; the next request loads it */
-        json_t *s = curvd_session_json(id, meta_text, (long long)row.step, created, created);
+        json_t *s =
+            curvd_session_json(id, meta_text, (long long)row.step, created, created, 0, NULL);
         snprintf(rp->location, sizeof rp->location, "/v1/sessions/%s", id);
         snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", (long long)row.step);
         curvd_reply_json(rp, 201, s);
@@ -139,16 +140,28 @@ CURVD_HANDLER(curvd_h_session_import)
     register_new(srv, rq, rp, o);
 }
 
-/* The session's JSON; @pending_url names the callback awaiting an answer. */
-static void reply_row(struct curvd_reply *rp, const struct curvd_session *s, int status,
-                      const char *pending_url)
+/* The session's JSON, with the callback it awaits (held in memory only). */
+static json_t *session_json(struct curvd_server *srv, const struct curvd_session *s)
+{
+    json_t *j =
+        curvd_session_json(s->id, s->meta, (long long)s->step, (long long)s->created_at,
+                           (long long)s->updated_at, (long long)s->last_step, s->last_report);
+    long long step = 0;
+    uint64_t seq = 0;
+    if (j && curvd_registry_pending(srv->reg, s->id, &step, &seq)) {
+        char url[160];
+        snprintf(url, sizeof url, "/v1/sessions/%s/steps/%lld/callbacks/%llu", s->id, step,
+                 (unsigned long long)seq);
+        json_object_set_new(j, "pending_callback", json_string(url));
+    }
+    return j;
+}
+
+static void reply_row(struct curvd_server *srv, struct curvd_reply *rp,
+                      const struct curvd_session *s, int status)
 {
     snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", (long long)s->step);
-    json_t *j = curvd_session_json(s->id, s->meta, (long long)s->step, (long long)s->created_at,
-                                   (long long)s->updated_at);
-    if (j && pending_url)
-        json_object_set_new(j, "pending_callback", json_string(pending_url));
-    curvd_reply_json(rp, status, j);
+    curvd_reply_json(rp, status, session_json(srv, s));
 }
 
 CURVD_HANDLER(curvd_h_session_get)
@@ -158,17 +171,10 @@ CURVD_HANDLER(curvd_h_session_get)
     int st = curvd_valid_id(rq->param[0])
                  ? curvd_store_get(srv->store, rq->tenant, rq->param[0], 0, &s, err, sizeof err)
                  : CURVD_STORE_NOT_FOUND;
-    long long step = 0;
-    uint64_t seq = 0;
-    char url[160];
-    if (st == CURVD_STORE_OK) {
-        int pending = curvd_registry_pending(srv->reg, s.id, &step, &seq);
-        snprintf(url, sizeof url, "/v1/sessions/%s/steps/%lld/callbacks/%llu", s.id, step,
-                 (unsigned long long)seq);
-        reply_row(rp, &s, 200, pending ? url : NULL);
-    } else {
+    if (st == CURVD_STORE_OK)
+        reply_row(srv, rp, &s, 200);
+    else
         curvd_reply_store_error(rp, rq, st, err);
-    }
     curvd_session_clear(&s);
 }
 
@@ -194,12 +200,8 @@ CURVD_HANDLER(curvd_h_session_list)
         curvd_reply_store_error(rp, rq, st, err);
     } else {
         json_t *arr = json_array();
-        for (size_t i = 0; i < list.count; i++) {
-            const struct curvd_session *s = &list.items[i];
-            json_array_append_new(arr, curvd_session_json(s->id, s->meta, (long long)s->step,
-                                                          (long long)s->created_at,
-                                                          (long long)s->updated_at));
-        }
+        for (size_t i = 0; i < list.count; i++)
+            json_array_append_new(arr, session_json(srv, &list.items[i]));
         json_t *out = json_pack("{s:o}", "sessions", arr);
         if (list.next_page_token)
             json_object_set_new(out, "next_page_token", json_string(list.next_page_token));
@@ -328,7 +330,7 @@ CURVD_HANDLER(curvd_h_session_patch)
             if (st == CURVD_STORE_OK)
                 st = curvd_store_get(srv->store, rq->tenant, e->id, 0, &s, err, sizeof err);
             if (st == CURVD_STORE_OK)
-                reply_row(rp, &s, 200, NULL);
+                reply_row(srv, rp, &s, 200);
             else if (st == CURVD_STORE_CONFLICT)
                 curvd_reply_problem(rp, rq, 409, "SESSION_CHANGED", NULL, 0,
                                     "the session stepped meanwhile; read it again and retry");

@@ -61,10 +61,11 @@ void curvd_callback_url(const struct curvd_entry *e, char *buf, size_t cap)
              (unsigned long long)e->pend.req.seq);
 }
 
-/* 200: {"step", "update": [...], "report": {...}}; 202: {"step",
+/* 200: {"step", "update": [...], "report": {...}}, the report also as
+ * compact text in *@report (to store with the step); 202: {"step",
  * "callback": {"id", "kind", "vectors": [[...], ...]}, "report"}. */
 static int encode_reply(const struct curvd_entry *e, const curv_request *req, const double *delta,
-                        struct curvd_out *out, struct curvd_problem *p)
+                        struct curvd_out *out, char **report, struct curvd_problem *p)
 {
     const curv_opt *o = e->opt;
     const struct curvd_pending *pd = &e->pend;
@@ -77,8 +78,14 @@ static int encode_reply(const struct curvd_entry *e, const curv_request *req, co
     if (!req) {
         json_t *upd = curvd_flat_to_json(l, delta, pd->dtype, enc, out, p);
         rc = upd ? json_object_set_new(root, "update", upd) : -1;
-        if (rc == 0)
-            rc = json_object_set_new(root, "report", report_json(o, pd->grad_norm, delta));
+        json_t *rep = report_json(o, pd->grad_norm, delta);
+        *report = rep ? json_dumps(rep, JSON_COMPACT) : NULL;
+        if (rc == 0 && *report) {
+            rc = json_object_set_new(root, "report", rep);
+        } else {
+            json_decref(rep);
+            rc = -1;
+        }
     } else {
         char id[24], url[160];
         snprintf(id, sizeof id, "%llu", (unsigned long long)req->seq);
@@ -146,7 +153,7 @@ void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, str
 /* Commit the stepped state with its reply, then hand the reply over. */
 static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
                              struct curvd_reply *rp, struct curvd_entry *e, struct curvd_out *out,
-                             size_t *new_bytes)
+                             const char *report, size_t *new_bytes)
 {
     const struct curvd_pending *pd = &e->pend;
     int binary = pd->encoding == CURVD_ENC_BINARY;
@@ -165,7 +172,8 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
                                       .state_len = len,
                                       .content_type = ctype,
                                       .response = body,
-                                      .response_len = out->total_len};
+                                      .response_len = out->total_len,
+                                      .report = report};
         curvd_http_yield_compute(srv); /* waiting for the group commit is not computing */
         st = curvd_store_commit_step(srv->store, rq->tenant, e->id, &c, &current, err, sizeof err);
         curvd_timing_lap(rp, CURVD_T_COMMIT);
@@ -249,21 +257,23 @@ void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
     }
     struct curvd_problem p;
     struct curvd_out out;
+    char *report = NULL;
     curvd_problem_init(&p);
     curvd_out_init(&out);
     if (cs == CURV_NEED_INPUT)
         e->pend.req = *req;
-    int encoded = encode_reply(e, cs == CURV_OK ? NULL : req, delta, &out, &p);
+    int encoded = encode_reply(e, cs == CURV_OK ? NULL : req, delta, &out, &report, &p);
     if (cs != CURV_OK)
         curvd_timing_lap(rp, CURVD_T_ENCODE);
     if (encoded != 0) {
         curvd_registry_drop(srv->reg, e->id); /* the optimizer is ahead of the database */
         curvd_reply_codec_problem(rp, rq, &p);
     } else if (cs == CURV_OK) {
-        commit_and_reply(srv, rq, rp, e, &out, new_bytes);
+        commit_and_reply(srv, rq, rp, e, &out, report, new_bytes);
     } else {
         reply_callback(rq, rp, e, &out);
     }
+    free(report);
     curvd_out_clear(&out);
 }
 

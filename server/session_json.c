@@ -177,8 +177,20 @@ static json_t *rfc3339(long long ms)
     return json_sprintf("%s.%03lldZ", buf, ms % 1000);
 }
 
+/* {"step", "report"} of the latest step, or null when there is no report
+ * to show (none stored yet, or unreadable). */
+static json_t *last_step_json(long long last_step, const char *report)
+{
+    json_t *r = report && last_step > 0 ? json_loads(report, 0, NULL) : NULL;
+    if (!json_is_object(r)) {
+        json_decref(r);
+        return json_null();
+    }
+    return json_pack("{s:I, s:o}", "step", (json_int_t)last_step, "report", r);
+}
+
 json_t *curvd_session_json(const char *id, const char *meta, long long step, long long created_ms,
-                           long long updated_ms)
+                           long long updated_ms, long long last_step, const char *report)
 {
     json_t *s = meta ? json_loads(meta, 0, NULL) : NULL;
     if (!s)
@@ -188,5 +200,6 @@ json_t *curvd_session_json(const char *id, const char *meta, long long step, lon
     json_object_set_new(s, "pending_callback", json_null());
     json_object_set_new(s, "created_at", rfc3339(created_ms));
     json_object_set_new(s, "updated_at", rfc3339(updated_ms));
+    json_object_set_new(s, "last_step", last_step_json(last_step, report));
     return s;
 }

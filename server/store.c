@@ -40,23 +40,30 @@ enum stmt_id {
 };
 
 #define SESSION_COLS "id, tenant, optimizer, meta, created_at, updated_at, step"
+/* What a read of sessions returns (read_session): the row and its latest
+ * step's number and report, by a join that never reads a reply's body. */
+#define SESSION_READ                                                                               \
+    "SELECT s.id, s.tenant, s.optimizer, s.meta, s.created_at, s.updated_at, s.step,"              \
+    " r.step, r.report"
+#define SESSION_FROM " FROM sessions AS s LEFT JOIN step_responses AS r ON r.session_id = s.id"
 
 static const char *const stmt_sql[S_COUNT_] = {
     [S_INSERT] = "INSERT INTO sessions (" SESSION_COLS ", state)"
                  " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
-    [S_GET] = "SELECT " SESSION_COLS ", rowid, length(state) FROM sessions"
-              " WHERE id = ?1 AND tenant = ?2",
-    [S_LIST_FIRST] = "SELECT " SESSION_COLS " FROM sessions WHERE tenant = ?2"
-                     " ORDER BY created_at, id LIMIT ?3",
-    [S_LIST_AFTER] = "SELECT " SESSION_COLS " FROM sessions WHERE tenant = ?2"
-                     " AND (created_at, id) > (?4, ?1) ORDER BY created_at, id LIMIT ?3",
+    [S_GET] =
+        SESSION_READ ", s.rowid, length(s.state)" SESSION_FROM " WHERE s.id = ?1 AND s.tenant = ?2",
+    [S_LIST_FIRST] = SESSION_READ SESSION_FROM " WHERE s.tenant = ?2"
+                                               " ORDER BY s.created_at, s.id LIMIT ?3",
+    [S_LIST_AFTER] = SESSION_READ SESSION_FROM " WHERE s.tenant = ?2"
+                                               " AND (s.created_at, s.id) > (?4, ?1)"
+                                               " ORDER BY s.created_at, s.id LIMIT ?3",
     [S_DELETE] = "DELETE FROM sessions WHERE id = ?1 AND tenant = ?2",
     [S_COMMIT] = "UPDATE sessions SET state = ?3, step = ?4, updated_at = ?5"
                  " WHERE id = ?1 AND tenant = ?2 AND step = ?4 - 1",
-    [S_PUT_RESPONSE] = "INSERT INTO step_responses (session_id, step, content_type, body)"
-                       " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (session_id) DO UPDATE SET"
+    [S_PUT_RESPONSE] = "INSERT INTO step_responses (session_id, step, content_type, body, report)"
+                       " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (session_id) DO UPDATE SET"
                        " step = excluded.step, content_type = excluded.content_type,"
-                       " body = excluded.body",
+                       " body = excluded.body, report = excluded.report",
     [S_UPDATE_STATE] = "UPDATE sessions SET state = ?3, meta = ?4, updated_at = ?5"
                        " WHERE id = ?1 AND tenant = ?2 AND step = ?6",
     [S_STEP_OF] = "SELECT step FROM sessions WHERE id = ?1 AND tenant = ?2",
@@ -486,18 +493,20 @@ int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s
     return status;
 }
 
-/* The SESSION_COLS of the current row into @o (no state). */
+/* The SESSION_READ columns of the current row into @o (no state); a
+ * session without a stored reply reads NULLs there, hence last_step 0. */
 static int read_session(sqlite3_stmt *q, struct curvd_session *o)
 {
     memset(o, 0, sizeof *o);
     if (dup_text(q, 0, &o->id) || dup_text(q, 1, &o->tenant) || dup_text(q, 2, &o->optimizer) ||
-        dup_text(q, 3, &o->meta)) {
+        dup_text(q, 3, &o->meta) || dup_text(q, 8, &o->last_report)) {
         curvd_session_clear(o);
         return -1;
     }
     o->created_at = sqlite3_column_int64(q, 4);
     o->updated_at = sqlite3_column_int64(q, 5);
     o->step = sqlite3_column_int64(q, 6);
+    o->last_step = sqlite3_column_int64(q, 7);
     return 0;
 }
 
@@ -519,8 +528,8 @@ static int get_locked(struct curvd_store *st, const char *tenant, const char *id
     else if (read_session(q, o) != 0)
         status = no_memory(err, errlen);
     if (status == CURVD_STORE_OK) {
-        row = sqlite3_column_int64(q, 7);
-        len = sqlite3_column_int64(q, 8);
+        row = sqlite3_column_int64(q, 9);
+        len = sqlite3_column_int64(q, 10);
     }
     done(q);
     if (status == CURVD_STORE_OK && with_state)
@@ -727,7 +736,8 @@ static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
     int changes = 0, status;
     int rc = bind(q, "ttbii", it->id, it->tenant, c->state, c->state_len, c->step, now_ms());
     if (rc == SQLITE_OK)
-        rc = bind(r, "titb", it->id, c->step, c->content_type, c->response, c->response_len);
+        rc = bind(r, "titbt", it->id, c->step, c->content_type, c->response, c->response_len,
+                  c->report);
     status = rc == SQLITE_OK ? run(st, q, &changes, "updating a session", it->err, sizeof it->err)
                              : db_fail(st, rc, it->err, sizeof it->err, "binding parameters");
     if (status == CURVD_STORE_OK && changes == 0)
@@ -929,6 +939,7 @@ void curvd_session_clear(struct curvd_session *s)
     sqlite3_free(s->optimizer);
     sqlite3_free(s->meta);
     sqlite3_free(s->state);
+    sqlite3_free(s->last_report);
     memset(s, 0, sizeof *s);
 }
 

@@ -70,6 +70,9 @@ struct curvd_store;
  * @step:      completed steps.
  * @state:     the libcurv state blob, or NULL when @state_len is 0 or it
  *             was not asked for.
+ * @last_step: the step of the stored reply (0: none, e.g. new or imported).
+ * @last_report: that step's report as committed, or NULL (none, or a step
+ *             committed without one).
  * Times are unix milliseconds, stamped by the store.
  * Ownership: every pointer is owned by the struct; curvd_session_clear().
  */
@@ -83,6 +86,8 @@ struct curvd_session {
     int64_t step;
     unsigned char *state;
     size_t state_len;
+    int64_t last_step;
+    char *last_report;
 };
 
 /* curvd_session_clear - free what @s owns and zero it; NULL is a no-op. */
@@ -134,9 +139,11 @@ void curvd_step_response_clear(struct curvd_step_response *r);
 
 /*
  * curvd_step_commit - what curvd_store_commit_step() writes: the state
- * after step @step and the reply that acknowledges it. @state and @response
- * may be NULL when their length is 0. Ownership: all borrowed, and never
- * copied by the store itself (SQLite copies them once into its pages).
+ * after step @step, the reply that acknowledges it and the step's @report
+ * (a text, e.g. the reply's report as compact JSON, or NULL). @state and
+ * @response may be NULL when their length is 0. Ownership: all borrowed,
+ * and never copied by the store itself (SQLite copies them once into its
+ * pages).
  */
 struct curvd_step_commit {
     int64_t step;
@@ -145,6 +152,7 @@ struct curvd_step_commit {
     const char *content_type;
     const void *response;
     size_t response_len;
+    const char *report;
 };
 
 /*
@@ -197,7 +205,8 @@ int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s
 
 /*
  * curvd_store_get - read session @id of @tenant into @out, with its state
- * blob when @with_state is non-zero (read straight into the owned buffer).
+ * blob when @with_state is non-zero (read straight into the owned buffer),
+ * and its latest step's report (never the stored reply's body).
  * Return: OK; NOT_FOUND (absent, or another tenant's); INVALID; BUSY; ERROR.
  * Ownership: *@out is new; curvd_session_clear().
  */
@@ -208,7 +217,8 @@ int curvd_store_get(struct curvd_store *st, const char *tenant, const char *id, 
  * curvd_store_list - one page of @tenant's sessions, oldest first (by
  * created_at, then id), without state. @page_size is 1..CURVD_STORE_MAX_PAGE;
  * @page_token is NULL (or "") for the first page, else a next_page_token
- * from an earlier page. Pagination is by key, so sessions created or
+ * from an earlier page. Each item has its latest step's report as in
+ * curvd_store_get(). Pagination is by key, so sessions created or
  * deleted meanwhile never make another one appear twice or be skipped.
  * Return: OK; INVALID (page size out of range, malformed token); BUSY; ERROR.
  * Ownership: *@out is new; curvd_session_list_clear().
@@ -227,7 +237,7 @@ int curvd_store_delete(struct curvd_store *st, const char *tenant, const char *i
 /*
  * curvd_store_commit_step - in one transaction, and only if the session is
  * at step @c->step - 1: write the new state, set the step to @c->step,
- * replace the stored reply and stamp updated_at. Send the reply only after
+ * replace the stored reply and report and stamp updated_at. Send the reply only after
  * OK. Return: OK; NOT_FOUND; CONFLICT (the session is at another step:
  * *@current_step, if not NULL, holds it; nothing was written); INVALID
  * (@c->step < 1, NULL content type, NULL buffer with a length); BUSY; ERROR.

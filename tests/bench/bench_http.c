@@ -64,8 +64,8 @@ static const struct {
     int dur;
     enum enc enc;
     int clients;
-} SROWS[] = {{0, ENC_JSON, 16},  {0, ENC_JSON, 64},  {0, ENC_BIN32, 16}, {0, ENC_BIN32, 64},
-             {1, ENC_JSON, 16},  {1, ENC_JSON, 64},  {1, ENC_BIN32, 16}, {1, ENC_BIN32, 64}};
+} SROWS[] = {{0, ENC_JSON, 16}, {0, ENC_JSON, 64}, {0, ENC_BIN32, 16}, {0, ENC_BIN32, 64},
+             {1, ENC_JSON, 16}, {1, ENC_JSON, 64}, {1, ENC_BIN32, 16}, {1, ENC_BIN32, 64}};
 #define NSROW (sizeof SROWS / sizeof SROWS[0])
 /* Large rows: JSON only under normal (the codec does not depend on durability). */
 static const struct {
@@ -816,16 +816,15 @@ static void print_tables(const struct row *s, const struct row *l, const struct 
            "each; CPU columns: us per step; 'other': CPU busy outside daemon and bench, %% of\n"
            "the machine\n",
            SMALL_D, secs, SMALL_WARM);
-    printf("%-10s %-11s %7s %7s %8s %8s %8s %8s %9s %9s %6s\n", "durability", "encoding",
-           "clients", "steps", "steps/s", "p50 ms", "p99 ms", "max ms", "daemon", "client",
-           "other");
+    printf("%-10s %-11s %7s %7s %8s %8s %8s %8s %9s %9s %6s\n", "durability", "encoding", "clients",
+           "steps", "steps/s", "p50 ms", "p99 ms", "max ms", "daemon", "client", "other");
     for (size_t i = 0; i < NSROW; i++) {
         const struct row *r = &s[i];
         if (r->steps)
             printf("%-10s %-11s %7d %7zu %8.0f %8.3f %8.3f %8.2f %9.1f %9.1f %5.0f%%\n",
-                   DURS[SROWS[i].dur], ENC_NAME[SROWS[i].enc], SROWS[i].clients, r->steps,
-                   r->rate, r->p50 * 1e3, r->p99 * 1e3, r->pmax * 1e3, r->dcpu * 1e6,
-                   r->ccpu * 1e6, r->other < 0 ? 0 : r->other);
+                   DURS[SROWS[i].dur], ENC_NAME[SROWS[i].enc], SROWS[i].clients, r->steps, r->rate,
+                   r->p50 * 1e3, r->p99 * 1e3, r->pmax * 1e3, r->dcpu * 1e6, r->ccpu * 1e6,
+                   r->other < 0 ? 0 : r->other);
     }
     printf("\nlarge session: adagrad_diag, d = %zu (%zu vector blocks of %zu), one client, %d\n"
            "timed steps per row (ms: median, min, max); 'rejected': one step answered 422 after\n"
@@ -837,9 +836,9 @@ static void print_tables(const struct row *s, const struct row *l, const struct 
         const struct row *r = &l[i];
         if (r->steps)
             printf("%-10s %-11s %7.1f %7.1f %8.0f %8.0f %8.0f %8.1f %8.0f %8.0f %5.0f%%\n",
-                   DURS[LROWS[i].dur], ENC_NAME[LROWS[i].enc], r->req_mb, r->rep_mb,
-                   r->p50 * 1e3, r->lo * 1e3, r->pmax * 1e3, r->req_mb / r->p50, r->reject * 1e3,
-                   r->dcpu * 1e3, r->other < 0 ? 0 : r->other);
+                   DURS[LROWS[i].dur], ENC_NAME[LROWS[i].enc], r->req_mb, r->rep_mb, r->p50 * 1e3,
+                   r->lo * 1e3, r->pmax * 1e3, r->req_mb / r->p50, r->reject * 1e3, r->dcpu * 1e3,
+                   r->other < 0 ? 0 : r->other);
     }
 }
 
@@ -880,8 +879,8 @@ static void print_large_ratios(const struct row *l, const double in[4])
         double http = r->p50 - inner, over = http / in[2];
         printf("  %-6s %-11s %7.0f = %6.1f + %6.1f + %7.1f + %7.1f   %7.1f  %8.1fx %9.2fx %s\n",
                DURS[LROWS[i].dur], ENC_NAME[LROWS[i].enc], r->p50 * 1e3, r->phase[PH_STEP] * 1e3,
-               r->phase[PH_SAVE] * 1e3, r->phase[PH_COMMIT] * 1e3, http * 1e3, r->floor * 1e3,
-               over, http / r->floor,
+               r->phase[PH_SAVE] * 1e3, r->phase[PH_COMMIT] * 1e3, http * 1e3, r->floor * 1e3, over,
+               http / r->floor,
                LROWS[i].enc == ENC_JSON ? ""
                : over < 0.2             ? "(met)"
                                         : "(MISSED)");

@@ -56,15 +56,36 @@ static void expect_round_trips(const char *base, const char *optimizer, size_t n
     su_resp_free(&r);
 }
 
-/* "pending_callback" of session @id: the url, or "" when null. */
+/* Session @id's item in the daemon's list (a new reference). */
+static json_t *listed(const char *base, const char *id)
+{
+    json_t *list = su_call(base, "GET", "/v1/sessions?page_size=1000", NULL, 200, NULL), *item;
+    json_t *found = NULL;
+    size_t i;
+    json_array_foreach(json_object_get(list, "sessions"), i, item)
+    {
+        if (strcmp(json_string_value(json_object_get(item, "id")), id) == 0) {
+            assert_null(found);
+            found = json_incref(item);
+        }
+    }
+    json_decref(list);
+    assert_non_null(found);
+    return found;
+}
+
+/* "pending_callback" of session @id: the url, or "" when null; the list
+ * says the same. */
 static void pending_of(const char *base, const char *id, char *out, size_t cap)
 {
     char path[128];
     snprintf(path, sizeof path, "/v1/sessions/%s", id);
-    json_t *s = su_call(base, "GET", path, NULL, 200, NULL);
+    json_t *s = su_call(base, "GET", path, NULL, 200, NULL), *item = listed(base, id);
     json_t *pc = json_object_get(s, "pending_callback");
     assert_true(json_is_null(pc) || json_is_string(pc));
+    assert_true(json_equal(pc, json_object_get(item, "pending_callback")));
     snprintf(out, cap, "%s", json_is_string(pc) ? json_string_value(pc) : "");
+    json_decref(item);
     json_decref(s);
 }
 
@@ -712,6 +733,79 @@ static void test_restart_mid_exchange(void **state)
     curv_layout_free(l);
 }
 
+/* The trainer's hook keeping the report of each step's 200 reply. */
+static void keep_report(struct su_trainer *tr, enum su_phase ph, const struct su_callback *cb,
+                        const struct su_body *good, const struct su_resp *reply)
+{
+    (void)cb, (void)good;
+    if (ph != SU_STEP_DONE)
+        return;
+    json_t **out = tr->hook_ctx;
+    json_t *r = json_loadb(reply->body,
+                           reply->json_header_len ? reply->json_header_len : reply->len, 0, NULL);
+    json_decref(*out);
+    *out = json_incref(json_object_get(r, "report"));
+    json_decref(r);
+    assert_true(json_is_object(*out));
+}
+
+/* "last_step" of session @id, in GET and in its list item: step @t with
+ * @report (NULL: null). */
+static void expect_last_step(const char *base, const char *id, long t, const json_t *report)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/sessions/%s", id);
+    json_t *s = su_call(base, "GET", path, NULL, 200, NULL), *item = listed(base, id);
+    assert_true(json_equal(json_object_get(item, "last_step"), json_object_get(s, "last_step")));
+    json_t *last = json_object_get(s, "last_step");
+    if (!report) {
+        assert_true(json_is_null(last));
+    } else {
+        assert_int_equal(json_integer_value(json_object_get(last, "step")), t);
+        assert_true(json_equal(json_object_get(last, "report"), report));
+    }
+    json_decref(item);
+    json_decref(s);
+}
+
+/* The session object shows the latest completed step's report exactly as
+ * its 200 carried it: not before the first step, not for a step still in
+ * its exchange, unchanged by a replay, and after a restart. */
+static void test_session_shows_last_report(void **state)
+{
+    struct su_fx *f = *state;
+    curv_layout *l = su_layout_new();
+    json_t *report = NULL;
+    struct su_trainer tr = {
+        .base = f->base, .layout = l, .binary = 1, .hook = keep_report, .hook_ctx = &report};
+    su_trainer_create(&tr, "hf", hf_config());
+    expect_last_step(f->base, tr.id, 0, NULL);
+    struct quad p;
+    quad_new(&p, SU_D, 7);
+    double u[SU_D];
+    for (long t = 1; t <= 3; t++) {
+        struct su_step st = quad_step(&p, t);
+        su_trainer_step(&tr, &st, tu_quad_answer, &p.q, u);
+        assert_true(json_is_number(json_object_get(report, "cg_iterations")));
+        expect_last_step(f->base, tr.id, t, report);
+        quad_move(&p, u);
+    }
+    struct su_resp r;
+    post_quad_step(&tr, &p, 3, &r); /* a replay */
+    assert_int_equal(r.status, 200);
+    su_resp_free(&r);
+    expect_last_step(f->base, tr.id, 3, report);
+    post_quad_step(&tr, &p, 4, &r); /* waits for its callback */
+    assert_int_equal(r.status, 202);
+    su_resp_free(&r);
+    expect_last_step(f->base, tr.id, 3, report);
+    su_fx_restart(f);
+    expect_last_step(f->base, tr.id, 3, report);
+    json_decref(report);
+    quad_free(&p);
+    curv_layout_free(l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -724,6 +818,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_kfac_refusals_change_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reposted_step_restarts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_mid_exchange, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_shows_last_report, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

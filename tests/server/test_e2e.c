@@ -78,6 +78,7 @@ static void create(struct fx *f, const char *kind, json_t *config, char id[33])
     assert_non_null(strstr(raw.location, id));
     assert_int_equal(json_integer_value(json_object_get(s, "step")), 0);
     assert_int_equal(json_integer_value(json_object_get(s, "dim")), D);
+    assert_true(json_is_null(json_object_get(s, "last_step")));
     su_resp_free(&raw);
     json_decref(s);
 }
@@ -333,6 +334,7 @@ static void test_export_import(void **state)
     snprintf(id2, sizeof id2, "%s", json_string_value(json_object_get(s, "id")));
     assert_string_not_equal(id, id2);
     assert_int_equal(json_integer_value(json_object_get(s, "step")), 2);
+    assert_true(json_is_null(json_object_get(s, "last_step"))); /* no reply comes with a blob */
     json_decref(s);
     su_resp_free(&r);
     curv_opt *ref2 = NULL;

@@ -349,7 +349,7 @@ static void test_invalid_arguments(void **state)
     struct curvd_session_list l;
     struct curvd_step_response r;
     struct curvd_store_info info;
-    struct curvd_step_commit c = {1, NULL, 0, "application/json", NULL, 0};
+    struct curvd_step_commit c = {1, NULL, 0, "application/json", NULL, 0, NULL};
     int64_t n;
     struct curvd_session_new bad[] = {
         {NULL, "t", "sgd", NULL, 0, NULL, 0}, {"a", NULL, "sgd", NULL, 0, NULL, 0},
@@ -642,7 +642,7 @@ static void test_list_refuses_bad_tokens(void **state)
 static void commit_ok(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
                       const void *state, size_t len, const void *resp, size_t resp_len)
 {
-    struct curvd_step_commit c = {step, state, len, "application/json", resp, resp_len};
+    struct curvd_step_commit c = {step, state, len, "application/json", resp, resp_len, NULL};
     assert_store(curvd_store_commit_step(st, tenant, id, &c, NULL, err, sizeof err),
                  CURVD_STORE_OK);
 }
@@ -679,7 +679,7 @@ static void test_commit_step(void **state)
     /* Ahead, behind, and the same step again: CONFLICT, nothing written. */
     const int64_t wrong[] = {3, 1, 100};
     for (int i = 0; i < 3; i++) {
-        struct curvd_step_commit c = {wrong[i], b0, 5000, "text/plain", "no", 2};
+        struct curvd_step_commit c = {wrong[i], b0, 5000, "text/plain", "no", 2, NULL};
         int64_t cur = -1;
         assert_store(curvd_store_commit_step(st, "t", "s", &c, &cur, err, sizeof err),
                      CURVD_STORE_CONFLICT);
@@ -694,7 +694,7 @@ static void test_commit_step(void **state)
         curvd_step_response_clear(&r);
     }
     /* A conflict without a place for the step is still a conflict. */
-    struct curvd_step_commit c = {5, b0, 5000, "text/plain", "no", 2};
+    struct curvd_step_commit c = {5, b0, 5000, "text/plain", "no", 2, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_CONFLICT);
     /* Unknown session, or another tenant's. */
@@ -738,11 +738,11 @@ static void test_commit_steps(void **state)
     create_ok(st, "t", "a", "a0", 2);
     create_ok(st, "t", "b", "b0", 2);
     create_ok(st, "t", "c", "c0", 2);
-    const struct curvd_step_commit a1 = {1, "a1", 2, "x", "ra1", 3},
-                                   a2 = {2, "a2", 2, "x", "ra2", 3},
-                                   b2 = {2, "b2", 2, "x", "rb2", 3},
-                                   c1 = {1, "c1", 2, "x", "rc1", 3},
-                                   bad = {1, "z", 1, NULL, "r", 1};
+    const struct curvd_step_commit a1 = {1, "a1", 2, "x", "ra1", 3, NULL},
+                                   a2 = {2, "a2", 2, "x", "ra2", 3, NULL},
+                                   b2 = {2, "b2", 2, "x", "rb2", 3, NULL},
+                                   c1 = {1, "c1", 2, "x", "rc1", 3, NULL},
+                                   bad = {1, "z", 1, NULL, "r", 1, NULL};
     struct curvd_commit_item it[6] = {ITEM("a", &a1), ITEM("b", &b2), ITEM("nope", &c1),
                                       ITEM("c", &c1), ITEM("a", &a2), ITEM("c", &bad)};
     struct curvd_commit_item *items[6];
@@ -774,9 +774,9 @@ static void test_commit_steps(void **state)
     /* A blob past SQLite's limit spoils the transaction: the others go
      * through one by one, and the culprit alone is refused. */
     static const char tiny[1];
-    const struct curvd_step_commit a3 = {3, "a3", 2, "x", "ra3", 3},
-                                   b1big = {1, tiny, 1500000000u, "x", "r", 1},
-                                   c2 = {2, "c2", 2, "x", "rc2", 3};
+    const struct curvd_step_commit a3 = {3, "a3", 2, "x", "ra3", 3, NULL},
+                                   b1big = {1, tiny, 1500000000u, "x", "r", 1, NULL},
+                                   c2 = {2, "c2", 2, "x", "rc2", 3, NULL};
     struct curvd_commit_item jt[3] = {ITEM("a", &a3), ITEM("b", &b1big), ITEM("c", &c2)};
     struct curvd_commit_item *jtems[3] = {&jt[0], &jt[1], &jt[2]};
     curvd_store_commit_steps(st, jtems, 3);
@@ -793,7 +793,8 @@ static void test_commit_steps(void **state)
     sqlite3 *other = NULL;
     assert_int_equal(sqlite3_open(path, &other), SQLITE_OK);
     assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
-    const struct curvd_step_commit a4 = {4, "a4", 2, "x", "ra4", 3}, c3 = {3, "c3", 2, "x", "r", 1};
+    const struct curvd_step_commit a4 = {4, "a4", 2, "x", "ra4", 3, NULL},
+                                   c3 = {3, "c3", 2, "x", "r", 1, NULL};
     struct curvd_commit_item kt[2] = {ITEM("a", &a4), ITEM("c", &c3)};
     struct curvd_commit_item *ktems[2] = {&kt[0], &kt[1]};
     curvd_store_commit_steps(st, ktems, 2);
@@ -822,7 +823,7 @@ static void test_response_replay(void **state)
     assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err),
                  CURVD_STORE_NOT_FOUND);
     unsigned char *body = random_blob(3, 70000);
-    struct curvd_step_commit c = {1, "b", 1, "application/octet-stream", body, 70000};
+    struct curvd_step_commit c = {1, "b", 1, "application/octet-stream", body, 70000, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "u", "s", &r, err, sizeof err),
                  CURVD_STORE_NOT_FOUND);
@@ -851,6 +852,109 @@ static void test_response_replay(void **state)
     curvd_store_close(st);
     assert_int_equal(raw_int(path, "SELECT count(*) FROM step_responses"), 0);
     free(body);
+}
+
+/* The report of the latest step: stored with it, read with the session
+ * and with each listed one, replaced by the next step, kept by a refused
+ * commit and a state update, gone with the session. */
+static void test_step_reports(void **state)
+{
+    (void)state;
+    const char *path = db_path("reports");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
+    create_ok(st, "t", "s", "a", 1);
+    create_ok(st, "t", "other", "a", 1);
+    struct curvd_session s;
+    assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.last_step, 0);
+    assert_null(s.last_report);
+    curvd_session_clear(&s);
+    unsigned char *body = random_blob(5, 70000); /* many overflow pages */
+    struct curvd_step_commit c = {1, "b", 1, "application/json", body, 70000, "{\"rho\":0.25}"};
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
+    c.report = "{\"rho\":2}";
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
+                 CURVD_STORE_CONFLICT);
+    assert_store(curvd_store_update_state(st, "t", "s", 1, "c", 1, NULL, NULL, err, sizeof err),
+                 CURVD_STORE_OK);
+    curvd_store_close(st);
+    st = open_ok(path, CURVD_DURABILITY_FULL);
+    assert_store(curvd_store_get(st, "t", "s", 1, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.last_step, 1);
+    assert_string_equal(s.last_report, "{\"rho\":0.25}");
+    assert_bytes(s.state, s.state_len, "c", 1);
+    curvd_session_clear(&s);
+    struct curvd_session_list l;
+    assert_store(curvd_store_list(st, "t", 10, NULL, &l, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(l.count, 2);
+    for (size_t i = 0; i < l.count; i++) {
+        int mine = strcmp(l.items[i].id, "s") == 0;
+        assert_int_equal(l.items[i].last_step, mine ? 1 : 0);
+        if (mine)
+            assert_string_equal(l.items[i].last_report, "{\"rho\":0.25}");
+        else
+            assert_null(l.items[i].last_report);
+    }
+    curvd_session_list_clear(&l);
+    /* A step committed without a report has none. */
+    c = (struct curvd_step_commit){2, "d", 1, "application/json", "{}", 2, NULL};
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
+    assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.last_step, 2);
+    assert_null(s.last_report);
+    curvd_session_clear(&s);
+    assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_OK);
+    create_ok(st, "t", "s", "a", 1);
+    assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.last_step, 0);
+    assert_null(s.last_report);
+    curvd_session_clear(&s);
+    curvd_store_close(st);
+    /* The report lies before the body in each row, so reading it never
+     * walks the body's overflow pages. */
+    assert_true(raw_int(path, "SELECT cid FROM pragma_table_info('step_responses')"
+                              " WHERE name = 'report'") <
+                raw_int(path, "SELECT cid FROM pragma_table_info('step_responses')"
+                              " WHERE name = 'body'"));
+    free(body);
+}
+
+/* A database of schema version 1 with a stored reply: the upgrade keeps
+ * the reply byte for byte, the step has no report, the next one has. */
+static void test_upgrade_keeps_replies(void **state)
+{
+    (void)state;
+    const char *path = db_path("v1");
+    char sql[128];
+    raw_exec(path, curvd_migrations[0].sql);
+    snprintf(sql, sizeof sql, "PRAGMA application_id = %d; PRAGMA user_version = 1",
+             CURVD_STORE_APPLICATION_ID);
+    raw_exec(path, sql);
+    raw_exec(path, "INSERT INTO sessions VALUES ('s', 't', 'sgd', 1, 2, 1, NULL, x'0102');"
+                   "INSERT INTO step_responses VALUES ('s', 1, 'application/json', x'7b7d')");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
+    struct curvd_step_response r;
+    assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(r.step, 1);
+    assert_string_equal(r.content_type, "application/json");
+    assert_bytes(r.body, r.body_len, "{}", 2);
+    curvd_step_response_clear(&r);
+    struct curvd_session s;
+    assert_store(curvd_store_get(st, "t", "s", 1, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.last_step, 1);
+    assert_null(s.last_report);
+    assert_bytes(s.state, s.state_len, "\x01\x02", 2);
+    curvd_session_clear(&s);
+    struct curvd_step_commit c = {2, "e", 1, "application/json", "{}", 2, "{\"k\":1}"};
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
+    assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_string_equal(s.last_report, "{\"k\":1}");
+    curvd_session_clear(&s);
+    /* The cascade on delete survived the rebuilt table. */
+    assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_OK);
+    curvd_store_close(st);
+    assert_int_equal(raw_int(path, "PRAGMA user_version"), (long long)curvd_migration_count);
+    assert_int_equal(raw_int(path, "SELECT count(*) FROM step_responses"), 0);
 }
 
 static void test_update_state(void **state)
@@ -926,7 +1030,7 @@ static void test_blob_too_big(void **state)
     const size_t huge[] = {1500000000u, (size_t)3000000000u};
     static const char tiny[1];
     for (int i = 0; i < 2; i++) {
-        struct curvd_step_commit c = {1, tiny, huge[i], "x", NULL, 0};
+        struct curvd_step_commit c = {1, tiny, huge[i], "x", NULL, 0, NULL};
         assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                      CURVD_STORE_INVALID);
         assert_non_null(strstr(err, "too big"));
@@ -959,7 +1063,7 @@ static void test_busy(void **state)
     struct curvd_session_new in = {"s2", "t", "sgd", NULL, 0, NULL, 0};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_BUSY);
     assert_non_null(strstr(err, "locked"));
-    struct curvd_step_commit c = {1, "b", 1, "x", "r", 1};
+    struct curvd_step_commit c = {1, "b", 1, "x", "r", 1, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_BUSY);
     assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_BUSY);
@@ -996,7 +1100,7 @@ static void *worker_main(void *arg)
         w->failures++;
     for (int k = 1; k <= PER_THREAD; k++) {
         int64_t blob[2] = {w->index, k};
-        struct curvd_step_commit c = {k, blob, sizeof blob, "x", blob, sizeof blob};
+        struct curvd_step_commit c = {k, blob, sizeof blob, "x", blob, sizeof blob, NULL};
         if (curvd_store_commit_step(w->st, "t", id, &c, NULL, w->err, sizeof w->err))
             w->failures++;
         /* Everyone also races for the shared session: read, then commit
@@ -1112,7 +1216,8 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
     /* So is a content type of that size (absurd, but it must not crash). */
     static char ctype[20000];
     memset(ctype, 'c', sizeof ctype - 1);
-    struct curvd_step_commit c = {1, blob + 1, n - 1, ctype, blob, n / 2};
+    /* With a report, which reading a session copies. */
+    struct curvd_step_commit c = {1, blob + 1, n - 1, ctype, blob, n / 2, "{\"rho\":0.5}"};
     int64_t count = 0;
     int rc = curvd_store_open(path, CURVD_DURABILITY_FULL, &st, e, sizeof e);
     *open_calls = alloc_calls;
@@ -1133,6 +1238,7 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
             rc = curvd_store_get(st, "t", "a", 1, &s, e, sizeof e);
             if (rc == CURVD_STORE_OK) {
                 assert_bytes(s.state, s.state_len, blob + 1, n - 1);
+                assert_string_equal(s.last_report, c.report);
                 curvd_session_clear(&s);
             }
             break;
@@ -1293,7 +1399,7 @@ static void crash_child(const char *path, int fd, enum curvd_durability d)
         unsigned char *p = crash_state(k, &len);
         char resp[32];
         int rlen = snprintf(resp, sizeof resp, "{\"step\":%lld}", (long long)k);
-        struct curvd_step_commit c = {k, p, len, "application/json", resp, (size_t)rlen};
+        struct curvd_step_commit c = {k, p, len, "application/json", resp, (size_t)rlen, NULL};
         if (!p || curvd_store_commit_step(st, "t", "c", &c, NULL, e, sizeof e))
             _exit(3);
         free(p);
@@ -1411,6 +1517,8 @@ int main(void)
         cmocka_unit_test(test_commit_step),
         cmocka_unit_test(test_commit_steps),
         cmocka_unit_test(test_response_replay),
+        cmocka_unit_test(test_step_reports),
+        cmocka_unit_test(test_upgrade_keeps_replies),
         cmocka_unit_test(test_update_state),
         cmocka_unit_test(test_blob_sizes),
         cmocka_unit_test(test_blob_too_big),
