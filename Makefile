@@ -42,7 +42,7 @@ BENCH_SRCS := $(sort $(wildcard tests/bench/*.c))
 BENCH_BINS := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
 FMT_FILES  := $(sort $(wildcard lib/include/*.h lib/include/curv/*.h lib/src/*.[ch] \
                 tests/lib/*.[ch] tests/server/*.[ch] tests/bench/*.[ch] tests/fuzz/*.[ch] \
-                server/*.[ch]))
+                server/*.[ch] clients/c/*/*.[ch]))
 
 # V=1 prints full compiler lines.
 Q := $(if $(V),,@)

@@ -306,8 +306,10 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     const curv_layout *l = curv_opt_layout(e->opt);
     size_t dim = curv_layout_dim(l);
     long long cur = (long long)curv_opt_steps(e->opt);
-    double *g = calloc(dim, sizeof *g), *theta = calloc(dim, sizeof *theta);
-    double *gsq = calloc(dim, sizeof *gsq), *delta = calloc(dim, sizeof *delta);
+    /* Not zeroed: decoding writes every block of what the step reads (the
+     * optional vectors only when given), and the step writes all of delta. */
+    double *g = malloc(dim * sizeof *g), *theta = malloc(dim * sizeof *theta);
+    double *gsq = malloc(dim * sizeof *gsq), *delta = malloc(dim * sizeof *delta);
     curv_layer_stats *ls = NULL;
     int binary = 0;
     curvd_timing_lap(rp, CURVD_T_COUNT);

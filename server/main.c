@@ -156,9 +156,13 @@ static int make_parent(const char *path)
 /* A large step allocates bodies, vectors and state blobs of tens of MB.
  * glibc serves those with fresh mmaps, so every step page-faults them in
  * again (a third of a 1e7-parameter step, measured with perf): keep them
- * in the heap for reuse, and give memory back only beyond 1 GiB of slack. */
+ * in the heap for reuse, and give memory back only beyond 1 GiB of slack.
+ * Only the main arena obeys that: other threads' arenas serve anything
+ * over 64 MiB with mmap and shrink their heaps, so every thread uses the
+ * main one (the daemon's threads allocate little besides these buffers). */
 static void tune_malloc(void)
 {
+    mallopt(M_ARENA_MAX, 1);
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
