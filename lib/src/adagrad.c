@@ -97,6 +97,7 @@ static size_t flat_len(const curv_opt *o)
 
 static void flat_save(const curv_opt *o, struct curv__writer *w)
 {
+    curv__w_part(w, curv__steps_stamp(o));
     curv__w_f64s(w, o->impl, flat_len(o));
 }
 

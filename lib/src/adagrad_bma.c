@@ -267,6 +267,7 @@ static curv_status bma_step(curv_opt *o, const struct curv__step_args *in, doubl
 static void bma_save(const curv_opt *o, struct curv__writer *w)
 {
     const struct bma_state *s = o->impl;
+    curv__w_part(w, curv__steps_stamp(o));
     curv__w_f64s(w, s->r, o->dim);
     curv__w_f64s(w, s->U, s->L * s->L);
     curv__w_f64s(w, s->D, s->L * s->L);

@@ -409,6 +409,7 @@ static void hf_save(const curv_opt *o, struct curv__writer *w)
     curv__w_u64(w, s->seq);
     curv__w_f64(w, s->lambda);
     curv__w_f64(w, s->lambda_set);
+    curv__w_part(w, curv__steps_stamp(o));
     curv__w_f64s(w, s->prev, o->dim);
 }
 

@@ -457,11 +457,13 @@ static void kfac_save(const curv_opt *o, struct curv__writer *w)
     curv__w_f64(w, s->gamma);
     curv__w_u64(w, s->failures);
     curv__w_u32(w, (uint32_t)s->has_mom);
+    curv__w_part(w, curv__steps_stamp(o)); /* momentum: set when a step completes */
     curv__w_f64s(w, s->mom, o->dim);
+    curv__w_volatile(w);
     curv__w_u32(w, (uint32_t)s->rho_pending);
     curv__w_f64(w, s->rho_h0);
     curv__w_f64(w, s->rho_m);
-    curv__kfac_est_save(s->est, w);
+    curv__kfac_est_save(s->est, w, curv__steps_stamp(o));
 }
 
 static curv_status kfac_load(curv_opt *o, struct curv__reader *r, curv_error *err)

@@ -177,9 +177,13 @@ static void side_commit(struct curv__kside *s)
     s->F_new = s->Q_new = s->w_new = NULL;
 }
 
-static void side_save(const struct curv__kside *s, struct curv__writer *w)
+/* F changes with each statistics update, Q and w with each refresh. */
+static void side_save(const struct curv__kside *s, struct curv__writer *w,
+                      const struct curv__kstamps *st)
 {
+    curv__w_part(w, st->factors);
     curv__w_f64s(w, s->F, side_len(s));
+    curv__w_part(w, st->inverse);
     if (!s->diag)
         curv__w_f64s(w, s->Q, s->n * s->n);
     curv__w_f64s(w, s->w, s->n);
@@ -289,11 +293,12 @@ static void kron_abort(struct curv__kblock *b)
     side_drop_new(&b->G);
 }
 
-static void kron_save(const struct curv__kblock *b, struct curv__writer *w)
+static void kron_save(const struct curv__kblock *b, struct curv__writer *w,
+                      const struct curv__kstamps *st)
 {
-    side_save(&b->A, w);
-    side_save(&b->G, w);
-    curv__w_f64(w, b->pi);
+    side_save(&b->A, w, st);
+    side_save(&b->G, w, st);
+    curv__w_f64(w, b->pi); /* set by each refresh: part of G's decomposition */
 }
 
 static void kron_load(struct curv__kblock *b, struct curv__reader *r)
@@ -357,8 +362,10 @@ static void fb_abort(struct curv__kblock *b)
     (void)b;
 }
 
-static void fb_save(const struct curv__kblock *b, struct curv__writer *w)
+static void fb_save(const struct curv__kblock *b, struct curv__writer *w,
+                    const struct curv__kstamps *st)
 {
+    curv__w_part(w, st->steps);
     if (b->r)
         curv__w_f64s(w, b->r, b->info.size);
 }

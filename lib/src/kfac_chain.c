@@ -344,16 +344,22 @@ void curv__kchain_abort(struct curv__kchain *c)
 }
 
 /* Saved: the cross factors, their snapshot, and the γ of the inverse in
- * use; the inverse itself is rebuilt from them at the next step. */
-void curv__kchain_save(const struct curv__kchain *c, struct curv__writer *w)
+ * use; the inverse itself is rebuilt from them at the next step. The
+ * cross factors change exactly when n_stats grows (at commit), the
+ * snapshot exactly when the first block's refresh step moves. */
+void curv__kchain_save(const struct curv__kchain *c, struct curv__writer *w, uint64_t snap)
 {
+    curv__w_volatile(w);
     curv__w_u64(w, c->n_stats);
     curv__w_f64(w, c->gamma_built);
     curv__w_u32(w, (uint32_t)c->has_tri);
+    const uint64_t factors = curv__stamp(CURV__STAMP_KCHAIN_STATS, c->n_stats);
     for (size_t j = 0; j + 1 < c->L; j++) {
         size_t na = c->n_in[j] * c->n_in[j + 1], ng = c->n_out[j] * c->n_out[j + 1];
+        curv__w_part(w, factors);
         curv__w_f64s(w, c->Ax[j], na);
         curv__w_f64s(w, c->Gx[j], ng);
+        curv__w_part(w, snap);
         curv__w_f64s(w, c->Axs[j], na);
         curv__w_f64s(w, c->Gxs[j], ng);
     }

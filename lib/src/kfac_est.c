@@ -167,6 +167,10 @@ static curv_status fold_stats(struct curv__kfac_est *e, const struct curv__step_
 curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__step_args *a,
                                   uint64_t k, unsigned *failed, curv_error *err)
 {
+    /* A cancelled step (curv_opt_cancel) leaves its tentative factors,
+     * decompositions and tridiagonal candidates behind: start from the
+     * committed state only. */
+    curv__kfac_est_abort(e);
     memcpy(e->nxt, e->cur, e->n * sizeof *e->nxt);
     *failed = 0;
     curv_status st = fold_stats(e, a, k, failed, err);
@@ -234,16 +238,26 @@ void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, 
     memcpy(e->cur, e->nxt, e->n * sizeof *e->cur);
 }
 
-void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w)
+/* Only the committed state (cur) is saved, and it is what the stamps count:
+ * a block's factors change exactly when n_stats grows, its decompositions
+ * when inv_step moves (a failed refresh moves neither). */
+void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w, uint64_t steps)
 {
     for (size_t i = 0; i < e->n; i++) {
-        curv__w_u64(w, e->cur[i].n_stats);
-        curv__w_u64(w, e->cur[i].inv_step);
-        curv__w_u64(w, e->cur[i].fails);
-        e->b[i]->vt->save(e->b[i], w);
+        const struct book *bk = &e->cur[i];
+        curv__w_volatile(w);
+        curv__w_u64(w, bk->n_stats);
+        curv__w_u64(w, bk->inv_step);
+        curv__w_u64(w, bk->fails);
+        const struct curv__kstamps st = {curv__stamp(CURV__STAMP_KFAC_STATS, bk->n_stats),
+                                         curv__stamp(CURV__STAMP_KFAC_INV, bk->inv_step), steps};
+        e->b[i]->vt->save(e->b[i], w, &st);
     }
-    for (size_t c = 0; c < e->nch; c++)
-        curv__kchain_save(e->ch[c], w);
+    for (size_t c = 0; c < e->nch; c++) {
+        const size_t first = curv__kchain_first(e->ch[c]);
+        curv__kchain_save(e->ch[c], w,
+                          curv__stamp(CURV__STAMP_KCHAIN_SNAP, e->cur[first].inv_step));
+    }
 }
 
 void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r)

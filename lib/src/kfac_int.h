@@ -46,6 +46,12 @@ struct curv__kside {
 
 struct curv__kblock;
 
+/* The stamps of a block's saved parts (curv__w_part): its factors, its
+ * decompositions (with π), and what changes with every step (fallback). */
+struct curv__kstamps {
+    uint64_t factors, inverse, steps;
+};
+
 /*
  * A block type. Everything a step computes is tentative until commit (or
  * dropped by abort), so that a failed or interrupted step changes nothing:
@@ -65,7 +71,8 @@ struct curv__kblock_vt {
                   double *work);
     void (*commit)(struct curv__kblock *b, const double *g);
     void (*abort)(struct curv__kblock *b);
-    void (*save)(const struct curv__kblock *b, struct curv__writer *w);
+    void (*save)(const struct curv__kblock *b, struct curv__writer *w,
+                 const struct curv__kstamps *st);
     void (*load)(struct curv__kblock *b, struct curv__reader *r);
     size_t (*bytes)(const struct curv__kblock *b);
     void (*free)(struct curv__kblock *b);
@@ -137,7 +144,10 @@ curv_status curv__kchain_prepare(struct curv__kchain *c, struct curv__kblock *co
 void curv__kchain_apply(const struct curv__kchain *c, size_t cand, const double *g, double *u);
 void curv__kchain_commit(struct curv__kchain *c, size_t cand);
 void curv__kchain_abort(struct curv__kchain *c);
-void curv__kchain_save(const struct curv__kchain *c, struct curv__writer *w);
+/* Saves the cross factors (stamped by the chain's statistics updates) and
+ * their snapshot (stamped @snap: the refresh step of the chain's first
+ * block, at which it was taken). */
+void curv__kchain_save(const struct curv__kchain *c, struct curv__writer *w, uint64_t snap);
 void curv__kchain_load(struct curv__kchain *c, struct curv__reader *r);
 size_t curv__kchain_bytes(const struct curv__kchain *c);
 /* Denominators clamped by the inverse in use (candidate @cand after
@@ -163,7 +173,8 @@ int curv__kfac_stats_due(const struct curv__kfac_hyper *h, uint64_t k);
  * but missing), then refresh every block's inverse when k <= 3, k is a
  * multiple of inv_interval, or a block has none yet. A block whose
  * statistics or inverse fail keeps its previous ones, up to max_failures
- * in a row; *@failed counts those. Tentative until commit or abort.
+ * in a row; *@failed counts those. Tentative until commit or abort;
+ * what an earlier step left tentative (a cancelled one) is dropped first.
  */
 curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__step_args *a,
                                   uint64_t k, unsigned *failed, curv_error *err);
@@ -180,7 +191,8 @@ void curv__kfac_est_apply(struct curv__kfac_est *e, size_t c, double gamma, cons
 /* Keep candidate @c's tentative state; @g is the step's gradient. */
 void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, uint64_t k);
 void curv__kfac_est_abort(struct curv__kfac_est *e);
-void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w);
+/* Save the committed state; @steps is the optimizer's curv__steps_stamp. */
+void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w, uint64_t steps);
 void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r);
 /* Bytes of state held. */
 size_t curv__kfac_est_bytes(const struct curv__kfac_est *e);

@@ -570,6 +570,7 @@ static void mbag_save(const curv_opt *o, struct curv__writer *w)
     curv__w_u64(w, m->ngroups);
     curv__w_u64(w, m->nmat);
     curv__w_u64(w, m->d);
+    curv__w_part(w, curv__steps_stamp(o));
     curv__w_f64s(w, m->A, m->nmat);
     if (m->P)
         curv__w_f64s(w, m->P, m->nmat);

@@ -178,6 +178,15 @@ struct curv__opt_vt {
     unsigned inputs;
 };
 
+/* curv__steps_stamp - the stamp (curv__w_part) of arrays that change only
+ * when a step completes: never in a step that fails, is pending or is
+ * cancelled, nor by curv_opt_reconfigure, so within one history they are
+ * a function of the number of completed steps. */
+static inline uint64_t curv__steps_stamp(const curv_opt *o)
+{
+    return curv__stamp(CURV__STAMP_STEPS, o->t);
+}
+
 /* curv__step_args_build - check @in and convert it to doubles (opt_input.c);
  * the arrays live in @o's conversion buffers until the next step. */
 curv_status curv__step_args_build(curv_opt *o, const curv_step_input *in, struct curv__step_args *a,

@@ -109,6 +109,7 @@ static void sgd_save(const curv_opt *o, struct curv__writer *w)
 {
     const struct sgd_state *s = o->impl;
     curv__w_u32(w, s->v != NULL);
+    curv__w_part(w, curv__steps_stamp(o));
     if (s->v)
         curv__w_f64s(w, s->v, o->dim);
 }

@@ -119,7 +119,7 @@ static curv_opt *create_failing(curv_opt_kind kind, const curv_layout *l, const 
     }
 }
 
-/* Save and load @o under failing allocations. */
+/* Save (with and without parts) and load @o under failing allocations. */
 static void save_load_failing(const curv_opt *o)
 {
     unsigned char *blob = NULL;
@@ -133,6 +133,26 @@ static void save_load_failing(const curv_opt *o)
             break;
         }
         assert_int_equal(st, CURV_E_NOMEM);
+    }
+    for (long k = 0;; k++) { /* the same blob, with its parts */
+        unsigned char *b2 = NULL;
+        curv_state_part *p = NULL;
+        size_t len2 = 0, n = 0;
+        arm(k);
+        curv_status st = curv_opt_save_parts(o, &b2, &len2, &p, &n, NULL);
+        disarm();
+        if (!injected) {
+            assert_int_equal(st, CURV_OK);
+            assert_int_equal(len2, len);
+            assert_memory_equal(b2, blob, len);
+            assert_int_equal(p[n - 1].offset + p[n - 1].len, len);
+            curv_free(b2);
+            curv_free(p);
+            break;
+        }
+        assert_int_equal(st, CURV_E_NOMEM);
+        assert_null(b2);
+        assert_null(p);
     }
     for (long k = 0;; k++) {
         curv_opt *o2 = NULL;

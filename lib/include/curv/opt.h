@@ -359,6 +359,50 @@ CURV_API curv_status curv_opt_reconfigure(curv_opt *o, const curv_config *change
 CURV_API curv_status curv_opt_save(const curv_opt *o, unsigned char **blob, size_t *len,
                                    curv_error *err);
 
+/* One part of a saved state: a byte range of the blob and a stamp. */
+typedef struct curv_state_part {
+    size_t offset, len; /* bytes [offset, offset+len) of the blob; parts tile it in order */
+    uint64_t stamp;     /* 0: may have changed. Otherwise equal stamps of the same part index
+                           in two blobs of this optimizer (across save/load too) guarantee
+                           byte-identical contents, as long as both blobs have the same parts
+                           layout (count, offsets, lengths). */
+} curv_state_part;
+
+/*
+ * curv_opt_save_parts - curv_opt_save(), plus how the blob divides into
+ * parts, so that a store can rewrite only the parts that changed.
+ * The blob is byte for byte what curv_opt_save() returns; the parts only
+ * describe it. *@parts (*@n_parts entries) tile [0, *@len) in order, none
+ * empty. The parts layout (count, offsets, lengths) depends on the kind,
+ * the layout and the settings (a list setting such as lr_milestones that
+ * changes length shifts it), never on the state's values.
+ *
+ * Stamps: the header (kind, layout, settings, step count, small scalars)
+ * and the CRC trailer change with every save and have stamp 0. The large
+ * arrays carry stamps derived from the saved state itself, so a loaded
+ * optimizer saves the same stamps again: every kind stamps its arrays by
+ * the number of completed steps (they change only when a step completes;
+ * a blob saved mid-step holds the state from before that step); K-FAC
+ * stamps each factor by its block's number of statistics updates, each
+ * eigendecomposition (Q, w and π) by the step of its refresh (a refresh
+ * that fails keeps the old one and its stamp), and a tridiagonal chain's
+ * cross factors and their snapshot likewise.
+ * "This optimizer" means one history: the optimizer, and optimizers loaded
+ * from its blobs and stepped on from there. Two histories that part from
+ * one blob (an older blob loaded and stepped with other input, or one
+ * blob loaded twice) are not comparable: a consumer that goes back to an
+ * older blob must compare what follows with that blob's parts, not with
+ * parts it stored later. Compare stamps with those of the blob actually
+ * stored, and treat a different parts layout as all parts changed.
+ *
+ * Return CURV_OK; CURV_E_INVALID (NULL arguments); CURV_E_NOMEM.
+ * Ownership: caller frees *@blob and *@parts with curv_free(). Outputs are
+ * written only on success. Saving updates a cache inside @o (checksums of
+ * unchanged parts): like every call, not concurrently with another on @o.
+ */
+CURV_API curv_status curv_opt_save_parts(const curv_opt *o, unsigned char **blob, size_t *len,
+                                         curv_state_part **parts, size_t *n_parts, curv_error *err);
+
 /*
  * curv_opt_load - recreate an optimizer from a blob of curv_opt_save().
  * A corrupted, truncated or foreign blob is CURV_E_CORRUPT (or CURV_E_VERSION
