@@ -90,9 +90,10 @@ struct curv__kblock {
 
 /* curv__kblock_new - the block type for layout block @info: Kronecker
  * factors for dense and conv2d blocks (a side above max_factor_dim is
- * diagonal), the fallback for vector blocks. NULL when out of memory. */
-struct curv__kblock *curv__kblock_new(const curv_block_info *info,
-                                      const struct curv__kfac_hyper *h);
+ * diagonal), the fallback for vector blocks; allocated through @t
+ * (curv__tally). NULL when out of memory or only counting. */
+struct curv__kblock *curv__kblock_new(const curv_block_info *info, const struct curv__kfac_hyper *h,
+                                      struct curv__tally *t);
 
 /* Doubles a saved block holds at least (for saved_doubles); SIZE_MAX on
  * overflow. */
@@ -120,10 +121,11 @@ void curv__kblock_damped(const struct curv__kblock *b, int side, double gamma, d
  */
 struct curv__kchain;
 
-/* Find the chains of @l (none unless inverse = tridiag); *@n gets their
- * number. CURV_E_NOMEM. */
+/* Find the chains of @l (none unless inverse = tridiag), allocated through
+ * @t (curv__tally); *@n gets their number (0 when counting). CURV_E_NOMEM. */
 curv_status curv__kchains_new(const curv_layout *l, const struct curv__kfac_hyper *h,
-                              struct curv__kchain ***out, size_t *n, curv_error *err);
+                              struct curv__tally *t, struct curv__kchain ***out, size_t *n,
+                              curv_error *err);
 void curv__kchains_free(struct curv__kchain **c, size_t n);
 /* Whether layout block @i belongs to a chain (its inverse is the chain's). */
 int curv__kchain_member(struct curv__kchain *const *c, size_t n, size_t i);
@@ -161,8 +163,10 @@ size_t curv__kchain_len(const struct curv__kchain *c);
 
 struct curv__kfac_est;
 
+/* The estimator for @l, allocated through @t (curv__tally); counting, it
+ * allocates nothing and *@out is NULL. CURV_E_NOMEM. */
 curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyper *h,
-                               struct curv__kfac_est **out, curv_error *err);
+                               struct curv__tally *t, struct curv__kfac_est **out, curv_error *err);
 void curv__kfac_est_free(struct curv__kfac_est *e);
 /* Whether step @k is one where statistics are due (every cov_interval
  * steps from step 1). */
@@ -200,7 +204,7 @@ size_t curv__kfac_est_bytes(const struct curv__kfac_est *e);
  * and the clamp count of the last tridiagonal build. */
 void curv__kfac_est_report(const struct curv__kfac_est *e, curv_opt *o, uint64_t k);
 /* Number of report entries curv__kfac_est_report adds at most. */
-size_t curv__kfac_est_report_size(const struct curv__kfac_est *e);
+size_t curv__kfac_est_report_size(const curv_layout *l);
 /* The estimator's block for layout block @i (tests and reports). */
 const struct curv__kblock *curv__kfac_est_block(const struct curv__kfac_est *e, size_t i);
 

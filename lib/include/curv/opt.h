@@ -249,6 +249,31 @@ CURV_API curv_status curv_opt_param_info(curv_opt_kind kind, size_t i, curv_para
 CURV_API curv_status curv_opt_new(curv_opt_kind kind, const curv_layout *layout,
                                   const curv_config *config, curv_opt **out, curv_error *err);
 
+/*
+ * curv_opt_state_bytes - bytes the optimizer of @kind with @layout and
+ * @config will hold in memory once created (its state arrays, not counting
+ * malloc overhead), computed without allocating the state: exactly what
+ * curv_opt_new() would allocate and keep, so a service can refuse a
+ * session over its memory budget before creating it. Examples: mbag keeps
+ * about 2τ + 4 doubles per parameter, adagrad_full d², kfac n² doubles
+ * twice per factor side (the factor and its eigenvectors) and a momentum
+ * vector, hf and sgd a d-vector or less.
+ * Steps may allocate working memory beyond this, freed when the step ends
+ * unless noted: hf keeps its CG vectors from the first step on (about
+ * 6 + ls_batch + log_ν(cg_max) vectors of d: ~36 d doubles by default), sgd
+ * its momentum (d doubles) from the first step with momentum, kfac with
+ * inverse = tridiag its chains' inverses (about twice their factors), and
+ * float32 steps a conversion buffer per input vector.
+ * Return: CURV_OK and *@bytes (SIZE_MAX when the count overflows); the
+ * refusals of curv_opt_new(): CURV_E_INVALID (unknown kind, NULL layout or
+ * @bytes, empty layout), CURV_E_CONFIG (the text names the key),
+ * CURV_E_RANGE (a state over the kind's limits, e.g. adagrad_full's
+ * max_dim); CURV_E_NOMEM. *@bytes is written only on success.
+ */
+CURV_API curv_status curv_opt_state_bytes(curv_opt_kind kind, const curv_layout *layout,
+                                          const curv_config *config, size_t *bytes,
+                                          curv_error *err);
+
 /* curv_opt_free - NULL is a no-op. */
 CURV_API void curv_opt_free(curv_opt *o);
 
@@ -397,8 +422,7 @@ typedef struct curv_state_part {
  *
  * Return CURV_OK; CURV_E_INVALID (NULL arguments); CURV_E_NOMEM.
  * Ownership: caller frees *@blob and *@parts with curv_free(). Outputs are
- * written only on success. Saving updates a cache inside @o (checksums of
- * unchanged parts): like every call, not concurrently with another on @o.
+ * written only on success.
  */
 CURV_API curv_status curv_opt_save_parts(const curv_opt *o, unsigned char **blob, size_t *len,
                                          curv_state_part **parts, size_t *n_parts, curv_error *err);
