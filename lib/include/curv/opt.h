@@ -254,16 +254,16 @@ CURV_API curv_status curv_opt_new(curv_opt_kind kind, const curv_layout *layout,
  * @config will hold in memory once created (its state arrays, not counting
  * malloc overhead), computed without allocating the state: exactly what
  * curv_opt_new() would allocate and keep, so a service can refuse a
- * session over its memory budget before creating it. Examples: mbag keeps
- * about 2τ + 4 doubles per parameter, adagrad_full d², kfac n² doubles
- * twice per factor side (the factor and its eigenvectors) and a momentum
- * vector, hf and sgd a d-vector or less.
- * Steps may allocate working memory beyond this, freed when the step ends
- * unless noted: hf keeps its CG vectors from the first step on (about
- * 6 + ls_batch + log_ν(cg_max) vectors of d: ~36 d doubles by default), sgd
- * its momentum (d doubles) from the first step with momentum, kfac with
- * inverse = tridiag its chains' inverses (about twice their factors), and
- * float32 steps a conversion buffer per input vector.
+ * session over its memory budget before creating it. For example mbag
+ * keeps about 2·tau + 5 doubles per parameter, adagrad_full d² doubles,
+ * kfac two n x n matrices per factor side (the factor and its
+ * eigenvectors) and a few d-vectors, hf one d-vector.
+ * Steps allocate working memory beyond this, freed when the step ends
+ * unless said here: hf keeps its CG vectors from the first step on (5 +
+ * ls_batch + the stored iterates, about log_1.3(cg_max): 34 vectors of d
+ * with the defaults), sgd its momentum (a d-vector) from the first step
+ * that uses one, kfac with inverse = tridiag each chain's inverse, and
+ * float32 steps a conversion buffer per vector they send.
  * Return: CURV_OK and *@bytes (SIZE_MAX when the count overflows); the
  * refusals of curv_opt_new(): CURV_E_INVALID (unknown kind, NULL layout or
  * @bytes, empty layout), CURV_E_CONFIG (the text names the key),
