@@ -400,7 +400,8 @@ typedef struct curv_state_part {
  * describe it. *@parts (*@n_parts entries) tile [0, *@len) in order, none
  * empty. The parts layout (count, offsets, lengths) depends on the kind,
  * the layout and the settings (a list setting such as lr_milestones that
- * changes length shifts it), never on the state's values.
+ * changes length shifts it), never on the values in the state (sgd's
+ * momentum buffer, created by its first step with momentum, adds a part).
  *
  * Stamps: the header (kind, layout, settings, step count, small scalars)
  * and the CRC trailer change with every save and have stamp 0. The large
@@ -418,7 +419,9 @@ typedef struct curv_state_part {
  * blob loaded twice) are not comparable: a consumer that goes back to an
  * older blob must compare what follows with that blob's parts, not with
  * parts it stored later. Compare stamps with those of the blob actually
- * stored, and treat a different parts layout as all parts changed.
+ * stored, and treat a different parts layout as all parts changed. The
+ * trailer's CRC is computed over the whole blob at every save, so
+ * curv_opt_load() checks a blob reassembled from stored parts as a whole.
  *
  * Return CURV_OK; CURV_E_INVALID (NULL arguments); CURV_E_NOMEM.
  * Ownership: caller frees *@blob and *@parts with curv_free(). Outputs are
