@@ -243,7 +243,7 @@ static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Con
         MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, rp->location);
     if (rp->etag[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, rp->etag);
-    if (rp->status == 503)
+    if (rp->status == 503 || rp->status == 429)
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (rp->status == 405) {
         char allow[64];
@@ -294,6 +294,12 @@ static void slot_take(struct curvd_http *h)
     holds_slot = 1;
 }
 
+size_t curvd_http_inflight(const struct curvd_server *srv)
+{
+    int n = srv->http ? atomic_load(&srv->http->inflight) : 0;
+    return n > 0 ? (size_t)n : 0;
+}
+
 void curvd_http_yield_compute(struct curvd_server *srv)
 {
     struct curvd_http *h = srv->http;
@@ -326,8 +332,10 @@ static void *worker_main(void *arg)
         x->rt->handler(h->srv, &x->rq, &x->rp);
         curvd_http_yield_compute(h->srv);
         x->phase = DONE;
-        MHD_resume_connection(x->conn); /* MHD calls on_request again */
+        /* Count it done before the reply can reach the client, whose next
+         * request must not find it still queued (--max-queue). */
         atomic_fetch_sub(&h->inflight, 1);
+        MHD_resume_connection(x->conn); /* MHD calls on_request again */
     }
 }
 
@@ -364,6 +372,13 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
         x->route = rt->name;
         x->route_index = (size_t)(rt - curvd_routes);
         x->rt = rt;
+        if (rt->heavy && srv->http->nworkers && srv->cfg.max_queue &&
+            (size_t)atomic_load(&srv->http->inflight) >= srv->cfg.max_queue) {
+            curvd_reply_problem(rp, rq, 429, "TOO_MANY_REQUESTS", NULL, 0,
+                                "%zu requests are waiting or running (--max-queue); retry later",
+                                srv->cfg.max_queue);
+            return send_reply(srv, c, x, rp);
+        }
         if (rt->heavy && srv->http->nworkers) {
             /* Suspend before queueing, so the worker's resume always
              * follows the suspend. */

@@ -90,6 +90,9 @@ unsigned curvd_http_port(const struct curvd_server *srv);
 void curvd_http_stop(struct curvd_server *srv);
 
 /* A request header or query argument (borrowed), or NULL. */
+/* curvd_http_inflight - heavy requests queued or running on the workers. */
+size_t curvd_http_inflight(const struct curvd_server *srv);
+
 /* curvd_http_yield_compute - the calling worker is about to wait (for a
  * group commit) rather than compute: let another worker compute meanwhile.
  * A no-op outside the worker pool. */

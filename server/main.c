@@ -42,6 +42,9 @@ static const struct flag FLAGS[] = {
      "one per CPU; 0: run them on the connection threads); steps waiting for their group "
      "commit do not count"},
     {"max-body", "CURVD_MAX_BODY", F_SIZE, OFF(max_body), "largest request body in bytes (413)"},
+    {"max-queue", "CURVD_MAX_QUEUE", F_SIZE, OFF(max_queue),
+     "steps and other heavy requests waiting or running at once; more are answered 429 with "
+     "Retry-After (0: no limit)"},
     {"max-sessions", "CURVD_MAX_SESSIONS", F_SIZE, OFF(max_sessions),
      "sessions held in memory at once; idle ones beyond are evicted (they stay on disk)"},
     {"memory-budget", "CURVD_MEMORY_BUDGET", F_SIZE, OFF(mem_budget),
@@ -178,6 +181,7 @@ int main(int argc, char **argv)
                 .workers = 0xffffffffu, /* "not set": one per CPU, below */
                 .max_body = (size_t)512 << 20,
                 .max_sessions = 10000,
+                .max_queue = 1024,
                 .mem_budget = (size_t)4 << 30,
                 .durability_full = 1},
     };
