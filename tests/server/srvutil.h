@@ -44,6 +44,19 @@ void su_tmpdir(char *dir, size_t dir_cap, const char *root, const char *tag, cha
 /* rm -rf @dir; system()'s status (0 when removed). */
 int su_rmtree(const char *dir);
 
+/* ---- The database file, read and written beside the store (sqlite3) ---- */
+
+/* Run @sql (several statements allowed) on a connection of its own. */
+void su_raw_exec(const char *path, const char *sql);
+/* The first column of the first row of @sql, as text into @out[@cap]. */
+void su_raw_text(const char *path, const char *sql, char *out, size_t cap);
+/* The same as an integer. */
+long long su_raw_int(const char *path, const char *sql);
+/* Session @id's state as the file holds it: the bytes of its state_parts
+ * rows in idx order (which must run 0, 1, ...), read without the store;
+ * NULL and *@len 0 when it has none. free() it. */
+unsigned char *su_raw_state(const char *path, const char *id, size_t *len);
+
 /* ---- The client ---- */
 
 /* One request. @body may be NULL; @ctype NULL means application/json.
