@@ -12,6 +12,7 @@
 
 #include "curv.h"
 #include "server.h"
+#include "store.h"
 #include "testutil.h"
 
 struct su_resp {
@@ -44,7 +45,19 @@ void su_tmpdir(char *dir, size_t dir_cap, const char *root, const char *tag, cha
 /* rm -rf @dir; system()'s status (0 when removed). */
 int su_rmtree(const char *dir);
 
-/* ---- The database file, read and written beside the store (sqlite3) ---- */
+/* ---- The store, and its file read and written beside it (sqlite3) ---- */
+
+/* Fail unless the store call @expr gives @want; the call writes its
+ * sentence into the char array @errbuf, printed on failure. */
+#define su_assert_store(expr, want, errbuf)                                                        \
+    do {                                                                                           \
+        (errbuf)[0] = '\0';                                                                        \
+        int st_ = (expr);                                                                          \
+        if (st_ != (want))                                                                         \
+            print_error("got %s, want %s: %s\n", curvd_store_status_name(st_),                     \
+                        curvd_store_status_name(want), (errbuf));                                  \
+        assert_int_equal(st_, (want));                                                             \
+    } while (0)
 
 /* Run @sql (several statements allowed) on a connection of its own. */
 void su_raw_exec(const char *path, const char *sql);

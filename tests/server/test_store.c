@@ -23,15 +23,7 @@
 static char dir[64];
 static char err[512];
 
-#define assert_store(expr, want)                                                                   \
-    do {                                                                                           \
-        err[0] = '\0';                                                                             \
-        int st_ = (expr);                                                                          \
-        if (st_ != (want))                                                                         \
-            print_error("got %s, want %s: %s\n", curvd_store_status_name(st_),                     \
-                        curvd_store_status_name(want), err);                                       \
-        assert_int_equal(st_, (want));                                                             \
-    } while (0)
+#define assert_store(expr, want) su_assert_store(expr, want, err)
 
 /* --- helpers ------------------------------------------------------------------------------- */
 
@@ -167,9 +159,10 @@ static void test_open_fresh_applies_migrations(void **state)
     char mode[16];
     su_raw_text(path, "PRAGMA journal_mode", mode, sizeof mode);
     assert_string_equal(mode, "wal");
-    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM sqlite_schema WHERE name IN "
-                                      "('sessions', 'step_responses', 'sessions_by_tenant')"),
-                     3);
+    assert_int_equal(
+        su_raw_int(path, "SELECT count(*) FROM sqlite_schema WHERE name IN "
+                         "('sessions', 'step_responses', 'sessions_by_tenant', 'state_parts')"),
+        4);
     /* NORMAL durability is NORMAL synchronous. */
     st = open_ok(path, CURVD_DURABILITY_NORMAL);
     assert_store(curvd_store_info(st, &info, err, sizeof err), CURVD_STORE_OK);
@@ -1000,10 +993,18 @@ static void test_blob_sizes(void **state)
         free(b);
     }
     curvd_store_close(st);
-    /* Empty blobs are stored as blobs, not NULL. */
-    assert_int_equal(
-        su_raw_int(path, "SELECT count(*) FROM sessions WHERE typeof(state) != 'blob'"), 0);
-    assert_int_equal(su_raw_int(path, "SELECT length(state) FROM sessions WHERE id = 'b0'"), 0);
+    /* States live in parts, none empty; an empty state has none, and
+     * sessions.state (kept from migration 0001) is an empty blob. */
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM state_parts WHERE session_id = 'b0'"),
+                     0);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM state_parts"),
+                     sizeof sizes / sizeof sizes[0] - 1);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM state_parts"
+                                      " WHERE typeof(bytes) != 'blob' OR length(bytes) = 0"),
+                     0);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM sessions"
+                                      " WHERE typeof(state) != 'blob' OR length(state) != 0"),
+                     0);
 }
 
 static void test_blob_too_big(void **state)
@@ -1203,7 +1204,10 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
     static char ctype[20000];
     memset(ctype, 'c', sizeof ctype - 1);
     /* With a report, which reading a session copies. */
-    struct curvd_step_commit c = {1, WHOLE(blob + 1, n - 1), ctype, blob, n / 2, "{\"rho\":0.5}"};
+    /* In three parts, so that reading reassembles (n is 40000). */
+    const curv_state_part parts[3] = {{0, 10000, 1}, {10000, 20000, 2}, {30000, n - 30001, 3}};
+    struct curvd_step_commit c = {
+        1, {blob + 1, n - 1, parts, 3, NULL, 0}, ctype, blob, n / 2, "{\"rho\":0.5}"};
     int64_t count = 0;
     int rc = curvd_store_open(path, CURVD_DURABILITY_FULL, &st, e, sizeof e);
     *open_calls = alloc_calls;
@@ -1345,51 +1349,74 @@ static void test_allocation_failures(void **state)
 
 /* --- crashes ------------------------------------------------------------------------------ */
 
-/* The state of step k: its length and every byte follow from k, so a
- * reader can tell a whole state from a torn or stale one. */
-static size_t crash_len(int64_t k)
+/* The state of step k, in four parts as libcurv would divide it: a
+ * header rewritten every step (stamp 0), two parts whose bytes change
+ * every 3rd and every 5th step (their stamps say when), and a tail that
+ * changes every step and grows every 7th, which moves the division. Every
+ * byte follows from k, so a reader can tell a whole state from a torn or
+ * stale one, and most commits write only some of the parts. */
+struct crash_state {
+    unsigned char *blob;
+    size_t len;
+    curv_state_part p[4];
+};
+
+static unsigned char crash_byte(int64_t epoch, size_t i)
 {
-    return 8 + (size_t)(k * 7919 % 97) * 2048 + (size_t)(k % 13);
+    return (unsigned char)(epoch * 131 + (int64_t)i * 7 + (int64_t)(i >> 9));
 }
 
-static unsigned char crash_byte(int64_t k, size_t i)
+static void crash_make(int64_t k, struct crash_state *s)
 {
-    return (unsigned char)(k * 131 + (int64_t)i * 7 + (int64_t)(i >> 9));
+    const int64_t epoch[4] = {4 * k, 4 * (k / 3) + 1, 4 * (k / 5) + 2, 4 * k + 3};
+    const uint64_t stamp[4] = {0, (uint64_t)(k / 3) + 1, (uint64_t)(k / 5) + 1, (uint64_t)k + 1};
+    const size_t lens[4] = {72, 20000, 3 * 16384 + 5, 2048 + (size_t)(k / 7 % 3) * 20000};
+    s->len = 0;
+    for (int i = 0; i < 4; i++) {
+        s->p[i] = (curv_state_part){.offset = s->len, .len = lens[i], .stamp = stamp[i]};
+        s->len += lens[i];
+    }
+    s->blob = malloc(s->len);
+    assert_non_null(s->blob);
+    for (int i = 0; i < 4; i++)
+        for (size_t j = 0; j < lens[i]; j++)
+            s->blob[s->p[i].offset + j] = crash_byte(epoch[i], j);
+    memcpy(s->blob, &k, sizeof k);
 }
 
-static unsigned char *crash_state(int64_t k, size_t *len)
-{
-    *len = crash_len(k);
-    unsigned char *p = malloc(*len);
-    if (!p)
-        return NULL;
-    memcpy(p, &k, 8);
-    for (size_t i = 8; i < *len; i++)
-        p[i] = crash_byte(k, i);
-    return p;
-}
-
+/* Commit steps from where the store stands, each against the parts
+ * committed before it (read back at the start, then its own). */
 static void crash_child(const char *path, int fd, enum curvd_durability d)
 {
     char e[256];
     struct curvd_store *st = NULL;
     struct curvd_session s;
     if (curvd_store_open(path, d, &st, e, sizeof e) ||
-        curvd_store_get(st, "t", "c", 0, &s, e, sizeof e))
+        curvd_store_get(st, "t", "c", 1, &s, e, sizeof e))
         _exit(2);
+    curv_state_part known[4];
+    size_t n_known = s.n_parts <= 4 ? s.n_parts : 0;
+    if (n_known)
+        memcpy(known, s.parts, n_known * sizeof known[0]);
     /* Say where it starts: the parent times its kill from here. */
     if (write(fd, &s.step, sizeof s.step) != (ssize_t)sizeof s.step)
         _exit(4);
     for (int64_t k = s.step + 1; k < s.step + 100000; k++) {
-        size_t len;
-        unsigned char *p = crash_state(k, &len);
+        struct crash_state c;
+        crash_make(k, &c);
         char resp[32];
         int rlen = snprintf(resp, sizeof resp, "{\"step\":%lld}", (long long)k);
-        struct curvd_step_commit c = {k,    WHOLE(p, len), "application/json",
-                                      resp, (size_t)rlen,  NULL};
-        if (!p || curvd_store_commit_step(st, "t", "c", &c, NULL, e, sizeof e))
+        struct curvd_step_commit sc = {k,
+                                       {c.blob, c.len, c.p, 4, n_known ? known : NULL, n_known},
+                                       "application/json",
+                                       resp,
+                                       (size_t)rlen,
+                                       NULL};
+        if (curvd_store_commit_step(st, "t", "c", &sc, NULL, e, sizeof e))
             _exit(3);
-        free(p);
+        memcpy(known, c.p, sizeof known);
+        n_known = 4;
+        free(c.blob);
         /* Acknowledge only what has committed. */
         if (write(fd, &k, sizeof k) != (ssize_t)sizeof k)
             _exit(4);
@@ -1398,7 +1425,8 @@ static void crash_child(const char *path, int fd, enum curvd_durability d)
 }
 
 /* The store after a crash: sound, and at step @floor or @floor + 1 at
- * most, whole. Return the step found. */
+ * most, whole (every part of that step's state, its division and stamps).
+ * Return the step found. */
 static int64_t crash_verify(const char *path, int64_t acked, int64_t floor)
 {
     char ok[16];
@@ -1412,10 +1440,16 @@ static int64_t crash_verify(const char *path, int64_t acked, int64_t floor)
         fail_msg("step %lld after the crash; acknowledged %lld, seen before %lld", (long long)k,
                  (long long)acked, (long long)floor);
     if (k > 0) {
-        size_t len;
-        unsigned char *want = crash_state(k, &len);
-        assert_bytes(s.state, s.state_len, want, len);
-        free(want);
+        struct crash_state want;
+        crash_make(k, &want);
+        assert_bytes(s.state, s.state_len, want.blob, want.len);
+        assert_int_equal(s.n_parts, 4);
+        for (int i = 0; i < 4; i++) {
+            assert_int_equal(s.parts[i].offset, want.p[i].offset);
+            assert_int_equal(s.parts[i].len, want.p[i].len);
+            assert_true(s.parts[i].stamp == want.p[i].stamp);
+        }
+        free(want.blob);
         struct curvd_step_response r;
         assert_store(curvd_store_get_response(st, "t", "c", &r, err, sizeof err), CURVD_STORE_OK);
         char resp[32];
