@@ -460,7 +460,8 @@ static void test_eviction(void **state)
 /* A budget one byte short of a session's state (curv_opt_state_bytes, what
  * the optimizer holds in memory, more than its blob): create is refused
  * before anything is allocated, import after the blob (which fits) is
- * read and sized exactly; nothing is kept. At that size both go through. */
+ * read and sized exactly; under the blob's size, import is refused before
+ * loading. Nothing is kept. At the state's size both go through. */
 static void test_state_too_large(void **state)
 {
     struct fx *f = *state;
@@ -482,8 +483,17 @@ static void test_state_too_large(void **state)
     su_request("POST", url, blob, len, "application/octet-stream", 0, &r);
     assert_int_equal(r.status, 422);
     assert_non_null(strstr(r.body, "STATE_TOO_LARGE"));
+    assert_non_null(strstr(r.body, "adagrad_diag optimizer")); /* sized after loading */
     su_resp_free(&r);
     assert_true(metric(f, "curvd_sessions{where=\"disk\"}") == 0); /* nothing kept */
+    stop(f);
+    start(f, 100, len - 1, 2); /* the blob alone is over: refused before loading */
+    snprintf(url, sizeof url, "%s/v1/sessions:import", f->base);
+    su_request("POST", url, blob, len, "application/octet-stream", 0, &r);
+    assert_int_equal(r.status, 422);
+    assert_non_null(strstr(r.body, "the state blob takes"));
+    su_resp_free(&r);
+    assert_true(metric(f, "curvd_sessions{where=\"disk\"}") == 0);
     stop(f);
     start(f, 100, bytes, 2); /* exactly one state's worth fits */
     json_decref(create(f, CURV_OPT_ADAGRAD_DIAG, 201, id));
