@@ -1,17 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /* The session store: opening and migrations, refusal of foreign and newer
  * files, create/get/list/delete, conditional step commits and replays,
- * large and empty blobs, lock contention, threads, allocation failures and
- * SIGKILL in the middle of commits. */
+ * large and empty blobs, lock contention, threads and allocation failures
+ * (states in parts and SIGKILL mid-commit: test_store_parts.c). */
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -116,13 +114,6 @@ static int64_t wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* --- opening ------------------------------------------------------------------------------ */
@@ -1347,179 +1338,6 @@ static void test_allocation_failures(void **state)
     free(blob);
 }
 
-/* --- crashes ------------------------------------------------------------------------------ */
-
-/* The state of step k, in four parts as libcurv would divide it: a
- * header rewritten every step (stamp 0), two parts whose bytes change
- * every 3rd and every 5th step (their stamps say when), and a tail that
- * changes every step and grows every 7th, which moves the division. Every
- * byte follows from k, so a reader can tell a whole state from a torn or
- * stale one, and most commits write only some of the parts. */
-struct crash_state {
-    unsigned char *blob;
-    size_t len;
-    curv_state_part p[4];
-};
-
-static unsigned char crash_byte(int64_t epoch, size_t i)
-{
-    return (unsigned char)(epoch * 131 + (int64_t)i * 7 + (int64_t)(i >> 9));
-}
-
-static void crash_make(int64_t k, struct crash_state *s)
-{
-    const int64_t epoch[4] = {4 * k, 4 * (k / 3) + 1, 4 * (k / 5) + 2, 4 * k + 3};
-    const uint64_t stamp[4] = {0, (uint64_t)(k / 3) + 1, (uint64_t)(k / 5) + 1, (uint64_t)k + 1};
-    const size_t lens[4] = {72, 20000, 3 * 16384 + 5, 2048 + (size_t)(k / 7 % 3) * 20000};
-    s->len = 0;
-    for (int i = 0; i < 4; i++) {
-        s->p[i] = (curv_state_part){.offset = s->len, .len = lens[i], .stamp = stamp[i]};
-        s->len += lens[i];
-    }
-    s->blob = malloc(s->len);
-    assert_non_null(s->blob);
-    for (int i = 0; i < 4; i++)
-        for (size_t j = 0; j < lens[i]; j++)
-            s->blob[s->p[i].offset + j] = crash_byte(epoch[i], j);
-    memcpy(s->blob, &k, sizeof k);
-}
-
-/* Commit steps from where the store stands, each against the parts
- * committed before it (read back at the start, then its own). */
-static void crash_child(const char *path, int fd, enum curvd_durability d)
-{
-    char e[256];
-    struct curvd_store *st = NULL;
-    struct curvd_session s;
-    if (curvd_store_open(path, d, &st, e, sizeof e) ||
-        curvd_store_get(st, "t", "c", 1, &s, e, sizeof e))
-        _exit(2);
-    curv_state_part known[4];
-    size_t n_known = s.n_parts <= 4 ? s.n_parts : 0;
-    if (n_known)
-        memcpy(known, s.parts, n_known * sizeof known[0]);
-    /* Say where it starts: the parent times its kill from here. */
-    if (write(fd, &s.step, sizeof s.step) != (ssize_t)sizeof s.step)
-        _exit(4);
-    for (int64_t k = s.step + 1; k < s.step + 100000; k++) {
-        struct crash_state c;
-        crash_make(k, &c);
-        char resp[32];
-        int rlen = snprintf(resp, sizeof resp, "{\"step\":%lld}", (long long)k);
-        struct curvd_step_commit sc = {k,
-                                       {c.blob, c.len, c.p, 4, n_known ? known : NULL, n_known},
-                                       "application/json",
-                                       resp,
-                                       (size_t)rlen,
-                                       NULL};
-        if (curvd_store_commit_step(st, "t", "c", &sc, NULL, e, sizeof e))
-            _exit(3);
-        memcpy(known, c.p, sizeof known);
-        n_known = 4;
-        free(c.blob);
-        /* Acknowledge only what has committed. */
-        if (write(fd, &k, sizeof k) != (ssize_t)sizeof k)
-            _exit(4);
-    }
-    _exit(5);
-}
-
-/* The store after a crash: sound, and at step @floor or @floor + 1 at
- * most, whole (every part of that step's state, its division and stamps).
- * Return the step found. */
-static int64_t crash_verify(const char *path, int64_t acked, int64_t floor)
-{
-    char ok[16];
-    su_raw_text(path, "PRAGMA integrity_check", ok, sizeof ok);
-    assert_string_equal(ok, "ok");
-    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
-    struct curvd_session s;
-    assert_store(curvd_store_get(st, "t", "c", 1, &s, err, sizeof err), CURVD_STORE_OK);
-    int64_t k = s.step;
-    if (k < acked || k < floor || k > (acked > floor ? acked : floor) + 1)
-        fail_msg("step %lld after the crash; acknowledged %lld, seen before %lld", (long long)k,
-                 (long long)acked, (long long)floor);
-    if (k > 0) {
-        struct crash_state want;
-        crash_make(k, &want);
-        assert_bytes(s.state, s.state_len, want.blob, want.len);
-        assert_int_equal(s.n_parts, 4);
-        for (int i = 0; i < 4; i++) {
-            assert_int_equal(s.parts[i].offset, want.p[i].offset);
-            assert_int_equal(s.parts[i].len, want.p[i].len);
-            assert_true(s.parts[i].stamp == want.p[i].stamp);
-        }
-        free(want.blob);
-        struct curvd_step_response r;
-        assert_store(curvd_store_get_response(st, "t", "c", &r, err, sizeof err), CURVD_STORE_OK);
-        char resp[32];
-        int rlen = snprintf(resp, sizeof resp, "{\"step\":%lld}", (long long)k);
-        assert_int_equal(r.step, k);
-        assert_bytes(r.body, r.body_len, resp, (size_t)rlen);
-        curvd_step_response_clear(&r);
-    }
-    curvd_session_clear(&s);
-    curvd_store_close(st);
-    return k;
-}
-
-static void test_crash_durability(void **state)
-{
-    (void)state;
-    const char *path = db_path("crash");
-    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
-    create_ok(st, "t", "c", NULL, 0);
-    curvd_store_close(st);
-    tu_rng rng;
-    tu_rng_seed(&rng, 2024);
-    double t0 = mono_s();
-    int64_t floor = 0, total_acked = 0;
-    int iter = 0;
-    for (; iter < 20 || (iter < 400 && mono_s() - t0 < 4.0); iter++) {
-        int fds[2];
-        assert_int_equal(pipe(fds), 0);
-        enum curvd_durability d = iter % 2 ? CURVD_DURABILITY_NORMAL : CURVD_DURABILITY_FULL;
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-            close(fds[0]);
-            crash_child(path, fds[1], d);
-        }
-        close(fds[1]);
-        /* Most kills land among the commits, some during the open. A
-         * fork can be slow (sanitizers map much memory), so the delay runs
-         * from the child's word that it is ready. */
-        int64_t k, acked = 0;
-        ssize_t got;
-        if (iter % 8 != 0) {
-            if (read(fds[0], &k, sizeof k) == (ssize_t)sizeof k)
-                assert_int_equal(k, floor); /* it found the state we saw */
-            struct timespec nap = {0, (long)(tu_uniform(&rng) * 15e6)};
-            nanosleep(&nap, NULL);
-        }
-        assert_int_equal(kill(pid, SIGKILL), 0);
-        int ws = 0;
-        assert_int_equal(waitpid(pid, &ws, 0), pid);
-        if (!WIFSIGNALED(ws))
-            fail_msg("child exited with %d before the kill", WEXITSTATUS(ws));
-        for (int first = iter % 8 == 0; (got = read(fds[0], &k, sizeof k)) == (ssize_t)sizeof k;
-             first = 0) {
-            if (first) {
-                assert_int_equal(k, floor);
-                continue;
-            }
-            acked = k;
-            total_acked++;
-        }
-        assert_int_equal(got, 0);
-        close(fds[0]);
-        floor = crash_verify(path, acked, floor);
-    }
-    print_message("crashes: %d kills, %lld acknowledged steps, final step %lld\n", iter,
-                  (long long)total_acked, (long long)floor);
-    assert_true(floor > 0);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1546,7 +1364,6 @@ int main(void)
         cmocka_unit_test(test_busy),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_allocation_failures),
-        cmocka_unit_test(test_crash_durability),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
