@@ -150,7 +150,8 @@ void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, str
     curvd_step_response_clear(&r);
 }
 
-/* Commit the stepped state with its reply, then hand the reply over. */
+/* Commit the stepped state (the parts that changed since the session's
+ * last commit) with its reply, then hand the reply over. */
 static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
                              struct curvd_reply *rp, struct curvd_entry *e, struct curvd_out *out,
                              const char *report, size_t *new_bytes)
@@ -158,18 +159,23 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
     const struct curvd_pending *pd = &e->pend;
     int binary = pd->encoding == CURVD_ENC_BINARY;
     unsigned char *body = curvd_out_join(out), *blob = NULL;
-    size_t len = 0;
+    curv_state_part *parts = NULL;
+    size_t len = 0, n_parts = 0;
     char ctype[96], err[256];
     reply_type(binary, out->json_len, ctype, sizeof ctype);
     int st = CURVD_STORE_ERROR;
     int64_t current = 0;
     curvd_timing_lap(rp, CURVD_T_ENCODE);
-    int saved = body && curv_opt_save(e->opt, &blob, &len, NULL) == CURV_OK;
+    int saved = body && curv_opt_save_parts(e->opt, &blob, &len, &parts, &n_parts, NULL) == CURV_OK;
     curvd_timing_lap(rp, CURVD_T_SAVE);
     if (saved) {
         struct curvd_step_commit c = {.step = pd->step,
-                                      .state = blob,
-                                      .state_len = len,
+                                      .state = {.blob = blob,
+                                                .len = len,
+                                                .parts = parts,
+                                                .n_parts = n_parts,
+                                                .stored = e->committed.p,
+                                                .n_stored = e->committed.n},
                                       .content_type = ctype,
                                       .response = body,
                                       .response_len = out->total_len,
@@ -177,10 +183,13 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
         curvd_http_yield_compute(srv); /* waiting for the group commit is not computing */
         st = curvd_store_commit_step(srv->store, rq->tenant, e->id, &c, &current, err, sizeof err);
         curvd_timing_lap(rp, CURVD_T_COMMIT);
+        if (st == CURVD_STORE_OK) /* only now is it what the store holds */
+            curvd_committed_set(&e->committed, parts, n_parts);
     } else {
         snprintf(err, sizeof err, "out of memory encoding the reply");
     }
     curv_free(blob);
+    curv_free(parts);
     if (st != CURVD_STORE_OK) {
         free(body);
         curvd_registry_drop(srv->reg, e->id); /* memory is ahead of the database */

@@ -48,7 +48,8 @@ static const struct flag FLAGS[] = {
     {"max-sessions", "CURVD_MAX_SESSIONS", F_SIZE, OFF(max_sessions),
      "sessions held in memory at once; idle ones beyond are evicted (they stay on disk)"},
     {"memory-budget", "CURVD_MEMORY_BUDGET", F_SIZE, OFF(mem_budget),
-     "bytes of optimizer state held in memory before idle sessions are evicted"},
+     "bytes of optimizer state held in memory before idle sessions are evicted; a session "
+     "whose state alone is larger is refused at create and import (422)"},
     {"token-file", "CURVD_TOKEN_FILE", F_STR, OFF(token_file),
      "file of 'token tenant' lines; when set every /v1 route needs a bearer token"},
     {"log-format", "CURVD_LOG_FORMAT", F_BOOL_LOG, OFF(log_json), "access log: text or json"},

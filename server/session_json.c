@@ -167,6 +167,32 @@ json_t *curvd_session_meta(const curv_opt *o)
                      config, "layout", layout, "dim", (json_int_t)curv_layout_dim(l));
 }
 
+curv_config *curvd_opt_config(const curv_opt *o)
+{
+    curv_opt_kind kind = curv_opt_kind_of(o);
+    curv_config *c = curv_config_new();
+    curv_param_info p;
+    curv_status st = c ? CURV_OK : CURV_E_NOMEM;
+    for (size_t i = 0; st == CURV_OK && curv_opt_param_info(kind, i, &p) == CURV_OK; i++) {
+        char s[512];
+        double v = 0;
+        /* Numbers exactly as resolved; enums and lists as their text. */
+        if (p.type == CURV_PARAM_ENUM || p.type == CURV_PARAM_LIST)
+            st = curv_opt_get_param_str(o, p.name, s, sizeof s) == CURV_OK
+                     ? curv_config_set_str(c, p.name, s, NULL)
+                     : CURV_E_RANGE;
+        else
+            st = curv_opt_get_param(o, p.name, &v) == CURV_OK
+                     ? curv_config_set_num(c, p.name, v, NULL)
+                     : CURV_E_INVALID;
+    }
+    if (st != CURV_OK) {
+        curv_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
 static json_t *rfc3339(long long ms)
 {
     time_t secs = (time_t)(ms / 1000);

@@ -186,31 +186,33 @@ static json_t *mlp_layers(const tu_mlp *net)
     return arr;
 }
 
-static void mlp_ref(curv_opt *ref, tu_mlp *net, double *want, size_t *n)
+static void mlp_ref(curv_opt *ref, tu_mlp *net, int with_stats, double *want, size_t *n)
 {
     curv_step_input in = {.grad = net->g,
                           .params = net->theta,
                           .len = net->dim,
                           .dtype = CURV_F64,
-                          .layers = net->stats,
-                          .n_layers = net->L,
+                          .layers = with_stats ? net->stats : NULL,
+                          .n_layers = with_stats ? net->L : 0,
                           .loss = net->loss,
                           .has_loss = 1};
     curv_error err;
     tu_assert_status(tu_drive(ref, &in, mlp_answer, net, want, n, &err), CURV_OK, &err);
 }
 
-/* One K-FAC step over HTTP and in-process, equal to the bit; then θ moves
- * and the same batch (@seed) is evaluated there. Returns the callbacks. */
-static size_t mlp_step(struct su_trainer *tr, curv_opt *ref, tu_mlp *net, long t, uint64_t seed)
+/* One K-FAC step over HTTP and in-process (with the batch's statistics
+ * when @with_stats), equal to the bit; then θ moves and the same batch
+ * (@seed) is evaluated there. Returns the callbacks. */
+static size_t mlp_step_with(struct su_trainer *tr, curv_opt *ref, tu_mlp *net, long t,
+                            uint64_t seed, int with_stats)
 {
     double *u = tu_alloc(net->dim), *want = tu_alloc(net->dim);
-    json_t *layers = mlp_layers(net);
+    json_t *layers = with_stats ? mlp_layers(net) : NULL;
     struct su_step s = {
         .t = t, .grad = net->g, .params = net->theta, .loss = net->loss, .layers = layers};
     size_t n = su_trainer_step(tr, &s, mlp_answer, net, u), n_ref;
     json_decref(layers);
-    mlp_ref(ref, net, want, &n_ref);
+    mlp_ref(ref, net, with_stats, want, &n_ref);
     assert_int_equal(n, n_ref);
     same_bits(u, want, net->dim, "kfac", t);
     for (size_t i = 0; i < net->dim; i++)
@@ -219,6 +221,11 @@ static size_t mlp_step(struct su_trainer *tr, curv_opt *ref, tu_mlp *net, long t
     free(u);
     free(want);
     return n;
+}
+
+static size_t mlp_step(struct su_trainer *tr, curv_opt *ref, tu_mlp *net, long t, uint64_t seed)
+{
+    return mlp_step_with(tr, ref, net, t, seed, 1);
 }
 
 static json_t *hf_config(void)
@@ -412,6 +419,46 @@ static void test_kfac_simple_matches_library(void **state)
         json_t *p = su_call(f->base, "POST", path, "{\"losses\":[1]}", 409, NULL);
         assert_string_equal(json_string_value(json_object_get(p, "reason")), "NO_CALLBACK_PENDING");
         json_decref(p);
+    }
+    curv_opt_free(ref);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+/* The exported state of session @id is @ref's blob, byte for byte. */
+static void expect_export(const char *base, const char *id, const curv_opt *ref)
+{
+    size_t len, want_len;
+    unsigned char *got = su_export_state(base, id, &len, "application/octet-stream");
+    unsigned char *want = tu_snapshot(ref, &want_len);
+    assert_int_equal(len, want_len);
+    assert_memory_equal(got, want, len);
+    free(got);
+    curv_free(want);
+}
+
+/* K-FAC simple mode with statistics every other step and inverses every
+ * third, so that most commits write only some of the state's parts: every
+ * update to the bit and every exported state byte for byte as in-process,
+ * across a restart of the daemon (which reads the parts and their stamps
+ * back before its next commit) and the steps after it. */
+static void test_kfac_parts_survive_restart(void **state)
+{
+    struct su_fx *f = *state;
+    tu_mlp net;
+    curv_layout *l = mlp_new(&net, 9);
+    struct su_trainer tr = {.base = f->base, .layout = l};
+    su_trainer_create(&tr, "kfac",
+                      json_pack("{s:s, s:f, s:i, s:i}", "mode", "simple", "lr", 0.1, "cov_interval",
+                                2, "inv_interval", 3));
+    const tu_kv kv[] = {{"lr", 0.1}, {"cov_interval", 2}, {"inv_interval", 3}};
+    curv_opt *ref = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
+    expect_export(f->base, tr.id, ref);
+    for (long t = 1; t <= 9; t++) {
+        if (t == 5)
+            su_fx_restart(f);
+        assert_int_equal(mlp_step_with(&tr, ref, &net, t, 111, t % 2 == 1), 0);
+        expect_export(f->base, tr.id, ref);
     }
     curv_opt_free(ref);
     curv_layout_free(l);
@@ -814,6 +861,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hf_binary_matches_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kfac_adaptive_matches_library, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kfac_simple_matches_library, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kfac_parts_survive_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hf_refusals_change_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kfac_refusals_change_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reposted_step_restarts, setup, teardown),
