@@ -317,15 +317,21 @@ static void store(struct hf_work *w, size_t d, size_t it)
     w->snap_it[w->n_snap++] = it;
 }
 
-int curv__hf_iterate(const struct hf_hyper *h, struct hf_work *w, size_t d, const double *gp)
+void curv__hf_curvature(const struct hf_work *w, size_t d, const double *gp, double c[2])
 {
-    double c[2], s[2];
     curvature_kernel(d, w->p, gp, w->dvec, w->lambda, c);
+}
+
+int curv__hf_iterate(const struct hf_hyper *h, struct hf_work *w, size_t d, const double *gp,
+                     const double c[2])
+{
+    double s[2];
     double alpha = w->ry / c[0];
     /* Non-positive curvature (possible only when the trainer's G is not
-     * PSD or λ = 0) or a step that would overflow: keep x_i (the guard of
-     * ALGORITHMS.md 4.4; Algorithm 2 assumes A positive definite). */
-    if (!(c[0] > 0) || !isfinite(alpha) || alpha * w->pmax > HF_STEP_LIMIT ||
+     * PSD or λ = 0), pᵀAp overflowing, or a step that would overflow:
+     * keep x_i (the guard of ALGORITHMS.md 4.4; Algorithm 2 assumes A
+     * positive definite). */
+    if (!(c[0] > 0) || !isfinite(c[0]) || !isfinite(alpha) || alpha * w->pmax > HF_STEP_LIMIT ||
         alpha * c[1] > HF_STEP_LIMIT) {
         w->stop = HF_STOP_CURVATURE;
         return 1;
