@@ -108,11 +108,13 @@ CURV__VECTOR_CLONES static void curvature_kernel(size_t n, const double *restric
         curvature_body(n, p, gp, dvec, lam, 0, out);
 }
 
-/* x ← x + αp, r ← r + αAp; returns the new rᵀP⁻¹r. */
+/* x ← x + αp, r ← r + αAp, and a copy of the new x into @snap when
+ * @keep (a stored iterate, without reading x again); returns the new
+ * rᵀP⁻¹r. */
 HF_INLINE double update_body(size_t n, double alpha, const double *restrict p,
                              const double *restrict gp, const double *restrict dvec, double lam,
                              const double *restrict pinv, double *restrict x, double *restrict r,
-                             int diag)
+                             double *restrict snap, int diag, int keep)
 {
     double ry[LANES] = {0};
     size_t i = 0;
@@ -127,27 +129,36 @@ HF_INLINE double update_body(size_t n, double alpha, const double *restrict p,
         for (size_t j = 0; j < LANES; j++) {
             size_t k = i + j;
             x[k] += alpha * p[k];
+            if (keep)
+                snap[k] = x[k];
             r[k] += alpha * damped(gp, dvec, lam, p, k, diag);
             ry[j] += r[k] * r[k] * pinv[k];
         }
     }
     for (; i < n; i++) {
         x[i] += alpha * p[i];
+        if (keep)
+            snap[i] = x[i];
         r[i] += alpha * damped(gp, dvec, lam, p, i, diag);
         ry[0] += r[i] * r[i] * pinv[i];
     }
     return lane_sum(ry);
 }
 
+/* @snap NULL: no copy. */
 CURV__VECTOR_CLONES static double update_kernel(size_t n, double alpha, const double *restrict p,
                                                 const double *restrict gp,
                                                 const double *restrict dvec, double lam,
                                                 const double *restrict pinv, double *restrict x,
-                                                double *restrict r)
+                                                double *restrict r, double *restrict snap)
 {
+    if (dvec && snap)
+        return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, snap, 1, 1);
     if (dvec)
-        return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, 1);
-    return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, 0);
+        return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, snap, 1, 0);
+    if (snap)
+        return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, snap, 0, 1);
+    return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, snap, 0, 0);
 }
 
 /* p ← −P⁻¹r + βp; out = {max |p|, pᵀr} with the new p. */
@@ -344,9 +355,15 @@ static int progress_stop(const struct hf_hyper *h, const struct hf_work *w)
     return (w->q[j] - w->q[j - k]) / w->q[j] < h->cg_eps;
 }
 
+/* The slot the next stored iterate goes to. */
+static double *next_slot(struct hf_work *w, size_t d)
+{
+    return w->snap + w->n_snap * d;
+}
+
 static void store(struct hf_work *w, size_t d, size_t it)
 {
-    memcpy(w->snap + w->n_snap * d, w->x, d * sizeof *w->x);
+    memcpy(next_slot(w, d), w->x, d * sizeof *w->x);
     w->snap_it[w->n_snap++] = it;
 }
 
@@ -369,11 +386,13 @@ int curv__hf_iterate(const struct hf_hyper *h, struct hf_work *w, size_t d, cons
         w->stop = HF_STOP_CURVATURE;
         return 1;
     }
-    double ry = update_kernel(d, alpha, w->p, gp, w->dvec, w->lambda, w->pinv, w->x, w->r);
     size_t i = ++w->iters;
+    const int keep = h->backtrack && i == w->next_store;
+    double ry = update_kernel(d, alpha, w->p, gp, w->dvec, w->lambda, w->pinv, w->x, w->r,
+                              keep ? next_slot(w, d) : NULL);
     w->q[i] = w->q[i - 1] + alpha * w->pr + 0.5 * alpha * alpha * c[0];
-    if (h->backtrack && i == w->next_store) {
-        store(w, d, i);
+    if (keep) {
+        w->snap_it[w->n_snap++] = i;
         schedule_next(w, h->backtrack_nu, i);
     }
     if (!(ry > 0) || !isfinite(ry))
