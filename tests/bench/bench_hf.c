@@ -2,10 +2,10 @@
 /*
  * bench_hf - HF's library-side cost per CG iteration, next to a bandwidth
  * baseline taken in the same run: one fused pass that streams the vectors
- * a CG iteration touches exactly once (read x, r, p, G·p, P⁻¹, g; write x,
- * r, p: 72 bytes per parameter). The timed region is curv_opt_resume
- * answering a curvature product (the front end's NaN scan of the answer
- * included); the trainer's product, a diagonal G, is computed outside it.
+ * a CG iteration touches exactly once (read x, r, p, G·p, P⁻¹; write x, r,
+ * p: 64 bytes per parameter). The timed region is curv_opt_resume
+ * answering a curvature product (the answer's NaN/Inf check included);
+ * the trainer's product, a diagonal G, is computed outside it.
  * Usage: bench_hf [--quick]   (--quick: d = 1e5 only). Method and reading:
  * tests/bench/README.md.
  */
@@ -21,7 +21,7 @@
 #define CG_ITERS 50   /* CG iterations per HF step (cg_max, cg_eps = 0) */
 #define TIMED_STEPS 2 /* after one warm-up step (which faults the pages in) */
 #define BASE_REPS 15  /* baseline passes */
-#define BASE_BYTES 72.0
+#define BASE_BYTES 64.0
 
 static const size_t DS[] = {100000, 1000000, 10000000};
 
@@ -113,23 +113,23 @@ static void hf_step(curv_opt *o, const struct trainer *t, double *u, double *tim
  * real iteration cannot be fused: α needs pᵀAp over all of p first, β the
  * new rᵀP⁻¹r), touching each vector once. */
 static double baseline_pass(size_t n, double a, double b, const double *restrict ap,
-                            const double *restrict pinv, const double *restrict g,
-                            double *restrict x, double *restrict r, double *restrict p)
+                            const double *restrict pinv, double *restrict x, double *restrict r,
+                            double *restrict p)
 {
     double s = 0;
     for (size_t i = 0; i < n; i++) {
         x[i] += a * p[i];
         r[i] += a * ap[i];
         p[i] = -pinv[i] * r[i] + b * p[i];
-        s += r[i] * r[i] * pinv[i] + (r[i] + g[i]) * x[i];
+        s += r[i] * r[i] * pinv[i] + p[i] * r[i];
     }
     return s;
 }
 
 static double baseline(size_t d)
 {
-    double *v[6];
-    for (int k = 0; k < 6; k++) {
+    double *v[5];
+    for (int k = 0; k < 5; k++) {
         v[k] = alloc(d);
         for (size_t i = 0; i < d; i++)
             v[k][i] = 1.0 + 1e-3 * (double)((i * (size_t)(k + 3)) % 97);
@@ -137,11 +137,11 @@ static double baseline(size_t d)
     double t[BASE_REPS], sink = 0;
     for (int k = 0; k < BASE_REPS; k++) {
         double t0 = now();
-        sink += baseline_pass(d, 1e-9, 0.5, v[0], v[1], v[2], v[3], v[4], v[5]);
+        sink += baseline_pass(d, 1e-9, 0.5, v[0], v[1], v[2], v[3], v[4]);
         t[k] = now() - t0;
     }
     qsort(t, BASE_REPS, sizeof *t, cmp_double);
-    for (int k = 0; k < 6; k++)
+    for (int k = 0; k < 5; k++)
         free(v[k]);
     if (sink == 42.0)
         printf(" ");
