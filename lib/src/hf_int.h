@@ -37,7 +37,7 @@ struct hf_hyper {
 enum {
     HF_STOP_PROGRESS = 0,  /* relative progress below cg_eps (thesis eq. 4.2) */
     HF_STOP_MAX = 1,       /* cg_max iterations */
-    HF_STOP_CURVATURE = 2, /* p^T A p <= 0, or a step that would overflow */
+    HF_STOP_CURVATURE = 2, /* p^T A p <= 0 or overflowing, or a step that would overflow */
     HF_STOP_CONVERGED = 3  /* r^T P^-1 r = 0: x is the exact minimizer */
 };
 
