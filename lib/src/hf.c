@@ -362,6 +362,27 @@ static curv_status hf_step(curv_opt *o, const struct curv__step_args *a, double 
     return after_start(o, delta, req);
 }
 
+/* G·p for a CG iteration. The front end leaves the NaN/Inf check to the
+ * kind (checks_answers): pᵀAp reads every value anyway and is finite
+ * exactly when they all are (or overflows), so the d-long scan runs only
+ * then, to name the bad value. Nothing is written before the check. */
+static curv_status resume_cg(curv_opt *o, const double *gp, double *delta, curv_request *req,
+                             curv_error *err)
+{
+    struct hf_work *w = &((struct hf_state *)o->impl)->w;
+    double c[2];
+    curv__hf_curvature(w, o->dim, gp, c);
+    if (!isfinite(c[0])) {
+        curv_status st = curv__answer_finite(o, gp, o->dim, err);
+        if (st != CURV_OK)
+            return st;
+    }
+    w->products++;
+    if (!curv__hf_iterate(o->hyper, w, o->dim, gp, c))
+        return ask(o, req, HF_CG, CURV_REQ_CURVATURE_PRODUCT, w->p, 1);
+    return end_cg(o, delta, req);
+}
+
 static curv_status hf_resume(curv_opt *o, const curv_response *resp, double *delta,
                              curv_request *req, curv_error *err)
 {
@@ -369,16 +390,16 @@ static curv_status hf_resume(curv_opt *o, const curv_response *resp, double *del
     struct hf_work *w = &((struct hf_state *)o->impl)->w;
     const size_t d = o->dim;
     const double *v = resp->values;
+    if (w->phase == HF_CG)
+        return resume_cg(o, v, delta, req, err);
+    curv_status st = curv__answer_finite(o, v, resp->n_values, err);
+    if (st != CURV_OK)
+        return st;
     switch (w->phase) {
     case HF_AX0:
         w->products++;
         curv__hf_start_from(h, w, d, v);
         return after_start(o, delta, req);
-    case HF_CG:
-        w->products++;
-        if (!curv__hf_iterate(h, w, d, v))
-            return ask(o, req, HF_CG, CURV_REQ_CURVATURE_PRODUCT, w->p, 1);
-        return end_cg(o, delta, req);
     case HF_BACKTRACK:
         w->losses += (unsigned)w->bt_batch;
         if (!curv__hf_backtrack_answer(w, d, v))
@@ -441,4 +462,5 @@ const struct curv__opt_vt curv__hf_vt = {
     .load = hf_load,
     .saved_doubles = hf_saved,
     .inputs = CURV_INPUT_GRAD_SQ,
+    .checks_answers = 1,
 };

@@ -31,6 +31,22 @@
 #define HF_INLINE static inline
 #endif
 
+/* The per-iteration passes ask for each vector's data 4 KiB (512
+ * doubles) ahead: the hardware prefetchers stop at page boundaries,
+ * which passes over three to five vectors cross all the time, and a
+ * single core then waits on DRAM (measured, tests/bench/README.md). A
+ * hint only: results are the same with or without it. */
+#define AHEAD 512
+#if defined(__GNUC__)
+#define PREFETCH(v, i, n)                                                                          \
+    do {                                                                                           \
+        if ((i) + AHEAD < (n))                                                                     \
+            __builtin_prefetch((v) + (i) + AHEAD, 0, 3);                                           \
+    } while (0)
+#else
+#define PREFETCH(v, i, n) ((void)0)
+#endif
+
 static double lane_sum(const double *s)
 {
     double t = 0;
@@ -61,12 +77,17 @@ HF_INLINE void curvature_body(size_t n, const double *restrict p, const double *
 {
     double s[LANES] = {0}, m[LANES] = {0};
     size_t i = 0;
-    for (; i + LANES <= n; i += LANES)
+    for (; i + LANES <= n; i += LANES) {
+        PREFETCH(p, i, n);
+        PREFETCH(gp, i, n);
+        if (diag)
+            PREFETCH(dvec, i, n);
         for (size_t j = 0; j < LANES; j++) {
             double a = damped(gp, dvec, lam, p, i + j, diag), aa = fabs(a);
             s[j] += p[i + j] * a;
             m[j] = aa > m[j] ? aa : m[j];
         }
+    }
     for (; i < n; i++) {
         double a = damped(gp, dvec, lam, p, i, diag), aa = fabs(a);
         s[0] += p[i] * a;
@@ -87,38 +108,57 @@ CURV__VECTOR_CLONES static void curvature_kernel(size_t n, const double *restric
         curvature_body(n, p, gp, dvec, lam, 0, out);
 }
 
-/* x ← x + αp, r ← r + αAp; returns the new rᵀP⁻¹r. */
+/* x ← x + αp, r ← r + αAp, and a copy of the new x into @snap when
+ * @keep (a stored iterate, without reading x again); returns the new
+ * rᵀP⁻¹r. */
 HF_INLINE double update_body(size_t n, double alpha, const double *restrict p,
                              const double *restrict gp, const double *restrict dvec, double lam,
                              const double *restrict pinv, double *restrict x, double *restrict r,
-                             int diag)
+                             double *restrict snap, int diag, int keep)
 {
     double ry[LANES] = {0};
     size_t i = 0;
-    for (; i + LANES <= n; i += LANES)
+    for (; i + LANES <= n; i += LANES) {
+        PREFETCH(p, i, n);
+        PREFETCH(gp, i, n);
+        if (diag)
+            PREFETCH(dvec, i, n);
+        PREFETCH(pinv, i, n);
+        PREFETCH(x, i, n);
+        PREFETCH(r, i, n);
         for (size_t j = 0; j < LANES; j++) {
             size_t k = i + j;
             x[k] += alpha * p[k];
+            if (keep)
+                snap[k] = x[k];
             r[k] += alpha * damped(gp, dvec, lam, p, k, diag);
             ry[j] += r[k] * r[k] * pinv[k];
         }
+    }
     for (; i < n; i++) {
         x[i] += alpha * p[i];
+        if (keep)
+            snap[i] = x[i];
         r[i] += alpha * damped(gp, dvec, lam, p, i, diag);
         ry[0] += r[i] * r[i] * pinv[i];
     }
     return lane_sum(ry);
 }
 
+/* @snap NULL: no copy. */
 CURV__VECTOR_CLONES static double update_kernel(size_t n, double alpha, const double *restrict p,
                                                 const double *restrict gp,
                                                 const double *restrict dvec, double lam,
                                                 const double *restrict pinv, double *restrict x,
-                                                double *restrict r)
+                                                double *restrict r, double *restrict snap)
 {
+    if (dvec && snap)
+        return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, snap, 1, 1);
     if (dvec)
-        return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, 1);
-    return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, 0);
+        return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, snap, 1, 0);
+    if (snap)
+        return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, snap, 0, 1);
+    return update_body(n, alpha, p, gp, dvec, lam, pinv, x, r, snap, 0, 0);
 }
 
 /* p ← −P⁻¹r + βp; out = {max |p|, pᵀr} with the new p. */
@@ -128,7 +168,10 @@ CURV__VECTOR_CLONES static void direction_kernel(size_t n, double beta, const do
 {
     double m[LANES] = {0}, pr[LANES] = {0};
     size_t i = 0;
-    for (; i + LANES <= n; i += LANES)
+    for (; i + LANES <= n; i += LANES) {
+        PREFETCH(pinv, i, n);
+        PREFETCH(r, i, n);
+        PREFETCH(p, i, n);
         for (size_t j = 0; j < LANES; j++) {
             size_t k = i + j;
             p[k] = -pinv[k] * r[k] + beta * p[k];
@@ -136,6 +179,7 @@ CURV__VECTOR_CLONES static void direction_kernel(size_t n, double beta, const do
             m[j] = a > m[j] ? a : m[j];
             pr[j] += p[k] * r[k];
         }
+    }
     for (; i < n; i++) {
         p[i] = -pinv[i] * r[i] + beta * p[i];
         double a = fabs(p[i]);
@@ -311,30 +355,44 @@ static int progress_stop(const struct hf_hyper *h, const struct hf_work *w)
     return (w->q[j] - w->q[j - k]) / w->q[j] < h->cg_eps;
 }
 
+/* The slot the next stored iterate goes to. */
+static double *next_slot(struct hf_work *w, size_t d)
+{
+    return w->snap + w->n_snap * d;
+}
+
 static void store(struct hf_work *w, size_t d, size_t it)
 {
-    memcpy(w->snap + w->n_snap * d, w->x, d * sizeof *w->x);
+    memcpy(next_slot(w, d), w->x, d * sizeof *w->x);
     w->snap_it[w->n_snap++] = it;
 }
 
-int curv__hf_iterate(const struct hf_hyper *h, struct hf_work *w, size_t d, const double *gp)
+void curv__hf_curvature(const struct hf_work *w, size_t d, const double *gp, double c[2])
 {
-    double c[2], s[2];
     curvature_kernel(d, w->p, gp, w->dvec, w->lambda, c);
+}
+
+int curv__hf_iterate(const struct hf_hyper *h, struct hf_work *w, size_t d, const double *gp,
+                     const double c[2])
+{
+    double s[2];
     double alpha = w->ry / c[0];
     /* Non-positive curvature (possible only when the trainer's G is not
-     * PSD or λ = 0) or a step that would overflow: keep x_i (the guard of
-     * ALGORITHMS.md 4.4; Algorithm 2 assumes A positive definite). */
-    if (!(c[0] > 0) || !isfinite(alpha) || alpha * w->pmax > HF_STEP_LIMIT ||
+     * PSD or λ = 0), pᵀAp overflowing, or a step that would overflow:
+     * keep x_i (the guard of ALGORITHMS.md 4.4; Algorithm 2 assumes A
+     * positive definite). */
+    if (!(c[0] > 0) || !isfinite(c[0]) || !isfinite(alpha) || alpha * w->pmax > HF_STEP_LIMIT ||
         alpha * c[1] > HF_STEP_LIMIT) {
         w->stop = HF_STOP_CURVATURE;
         return 1;
     }
-    double ry = update_kernel(d, alpha, w->p, gp, w->dvec, w->lambda, w->pinv, w->x, w->r);
     size_t i = ++w->iters;
+    const int keep = h->backtrack && i == w->next_store;
+    double ry = update_kernel(d, alpha, w->p, gp, w->dvec, w->lambda, w->pinv, w->x, w->r,
+                              keep ? next_slot(w, d) : NULL);
     w->q[i] = w->q[i - 1] + alpha * w->pr + 0.5 * alpha * alpha * c[0];
-    if (h->backtrack && i == w->next_store) {
-        store(w, d, i);
+    if (keep) {
+        w->snap_it[w->n_snap++] = i;
         schedule_next(w, h->backtrack_nu, i);
     }
     if (!(ry > 0) || !isfinite(ry))

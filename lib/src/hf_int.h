@@ -37,7 +37,7 @@ struct hf_hyper {
 enum {
     HF_STOP_PROGRESS = 0,  /* relative progress below cg_eps (thesis eq. 4.2) */
     HF_STOP_MAX = 1,       /* cg_max iterations */
-    HF_STOP_CURVATURE = 2, /* p^T A p <= 0, or a step that would overflow */
+    HF_STOP_CURVATURE = 2, /* p^T A p <= 0 or overflowing, or a step that would overflow */
     HF_STOP_CONVERGED = 3  /* r^T P^-1 r = 0: x is the exact minimizer */
 };
 
@@ -92,8 +92,14 @@ void curv__hf_prepare(const struct hf_hyper *h, struct hf_work *w, size_t d, con
 void curv__hf_start_zero(const struct hf_hyper *h, struct hf_work *w, size_t d);
 /* x_0 given, @gx = G x_0 from the trainer: r_0 = A x_0 - b, p_0. */
 void curv__hf_start_from(const struct hf_hyper *h, struct hf_work *w, size_t d, const double *gx);
-/* One CG iteration with @gp = G p_i; returns 1 when CG has stopped (w->stop). */
-int curv__hf_iterate(const struct hf_hyper *h, struct hf_work *w, size_t d, const double *gp);
+/* c = {p_iᵀA p_i, max |A p_i|} for @gp = G p_i; reads, writes nothing.
+ * pᵀAp is NaN or ±Inf whenever some (G p)_i is: each term p_i·(A p)_i is
+ * then NaN or ±Inf (0·Inf is NaN), and a sum never returns to finite. */
+void curv__hf_curvature(const struct hf_work *w, size_t d, const double *gp, double c[2]);
+/* One CG iteration with @gp = G p_i and @c from curv__hf_curvature;
+ * returns 1 when CG has stopped (w->stop). */
+int curv__hf_iterate(const struct hf_hyper *h, struct hf_work *w, size_t d, const double *gp,
+                     const double c[2]);
 /* After a stop: the backtracking candidates in w->snap, the final iterate last. */
 void curv__hf_collect(struct hf_work *w, size_t d);
 /* Number of slots the iterate schedule needs for @max_iters iterations. */

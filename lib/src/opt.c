@@ -251,6 +251,15 @@ curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void *update, 
     return finish(o, st, in->dtype, update, delta, req);
 }
 
+curv_status curv__answer_finite(const curv_opt *o, const double *v, size_t n, curv_error *err)
+{
+    size_t bad = curv__first_nonfinite(v, n);
+    if (bad < n)
+        return curv__fail(err, CURV_E_NONFINITE, "%s: response value %zu is %g",
+                          curv_opt_kind_name(o->kind), bad, v[bad]);
+    return CURV_OK;
+}
+
 curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype dtype, void *update,
                             curv_request *req, curv_error *err)
 {
@@ -276,10 +285,11 @@ curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype d
                           (unsigned long long)o->req_seq, o->req_values, resp->n_values);
     if (resp->n_values && !resp->values)
         return curv__fail(err, CURV_E_INVALID, "%s: response has NULL values", name);
-    size_t bad = curv__first_nonfinite(resp->values, resp->n_values);
-    if (bad < resp->n_values)
-        return curv__fail(err, CURV_E_NONFINITE, "%s: response value %zu is %g", name, bad,
-                          resp->values[bad]);
+    if (!o->vt->checks_answers) {
+        curv_status st = curv__answer_finite(o, resp->values, resp->n_values, err);
+        if (st != CURV_OK)
+            return st;
+    }
     double *delta = delta_buffer(o, dtype, update);
     if (!delta)
         return curv__fail(err, CURV_E_NOMEM, "%s: out of memory", name);

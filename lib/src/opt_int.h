@@ -182,6 +182,11 @@ struct curv__opt_vt {
     /* Optional inputs the kind reads (CURV_INPUT_LAYERS, _GRAD_SQ); the
      * others are refused. CURV_INPUT_REQUESTS follows from @resume. */
     unsigned inputs;
+    /* 1: resume refuses NaN/Inf answer values itself, before it changes
+     * anything (with curv__answer_finite's error), so opt.c does not scan
+     * them first: a kind that reads every value anyway can fold the check
+     * into that pass. 0: opt.c scans every answer before resume. */
+    int checks_answers;
 };
 
 /* curv__steps_stamp - the stamp (curv__w_part) of arrays that change only
@@ -192,6 +197,10 @@ static inline uint64_t curv__steps_stamp(const curv_opt *o)
 {
     return curv__stamp(CURV__STAMP_STEPS, o->t);
 }
+
+/* curv__answer_finite - CURV_OK, or CURV_E_NONFINITE naming the first NaN
+ * or Inf among the @n answer values @v ("response value %zu is %g"). */
+curv_status curv__answer_finite(const curv_opt *o, const double *v, size_t n, curv_error *err);
 
 /* curv__step_args_build - check @in and convert it to doubles (opt_input.c);
  * the arrays live in @o's conversion buffers until the next step. */

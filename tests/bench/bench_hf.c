@@ -2,10 +2,11 @@
 /*
  * bench_hf - HF's library-side cost per CG iteration, next to a bandwidth
  * baseline taken in the same run: one fused pass that streams the vectors
- * a CG iteration touches exactly once (read x, r, p, G·p, P⁻¹, g; write x,
- * r, p: 72 bytes per parameter). The timed region is curv_opt_resume
- * answering a curvature product (the front end's NaN scan of the answer
- * included); the trainer's product, a diagonal G, is computed outside it.
+ * a CG iteration touches exactly once (read x, r, p, G·p, P⁻¹; write x, r,
+ * p: 64 bytes per parameter), once after every timed iteration. The
+ * timed region is curv_opt_resume answering a curvature product (the
+ * answer's NaN/Inf check included); the trainer's product, a diagonal G,
+ * is computed outside it.
  * Usage: bench_hf [--quick]   (--quick: d = 1e5 only). Method and reading:
  * tests/bench/README.md.
  */
@@ -20,8 +21,7 @@
 
 #define CG_ITERS 50   /* CG iterations per HF step (cg_max, cg_eps = 0) */
 #define TIMED_STEPS 2 /* after one warm-up step (which faults the pages in) */
-#define BASE_REPS 15  /* baseline passes */
-#define BASE_BYTES 72.0
+#define BASE_BYTES 64.0
 
 static const size_t DS[] = {100000, 1000000, 10000000};
 
@@ -72,9 +72,69 @@ static void answer(const struct trainer *t, const curv_request *req)
     }
 }
 
-/* One HF step; the seconds spent in each resume that answered a curvature
- * product are appended to @times (NULL: not recorded). */
-static void hf_step(curv_opt *o, const struct trainer *t, double *u, double *times, size_t *nt)
+/* The baseline: the arithmetic of one CG iteration as a single pass (the
+ * real iteration cannot be fused: α needs pᵀAp over all of p first, β the
+ * new rᵀP⁻¹r), touching each vector once. */
+static double baseline_pass(size_t n, double a, double b, const double *restrict ap,
+                            const double *restrict pinv, double *restrict x, double *restrict r,
+                            double *restrict p)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++) {
+        x[i] += a * p[i];
+        r[i] += a * ap[i];
+        p[i] = -pinv[i] * r[i] + b * p[i];
+        s += r[i] * r[i] * pinv[i] + p[i] * r[i];
+    }
+    return s;
+}
+
+/* The baseline's own five vectors. */
+struct baseline {
+    size_t d;
+    double *v[5];
+    double sink;
+};
+
+static void baseline_init(struct baseline *b, size_t d)
+{
+    b->d = d;
+    b->sink = 0;
+    for (int k = 0; k < 5; k++) {
+        b->v[k] = alloc(d);
+        for (size_t i = 0; i < d; i++)
+            b->v[k][i] = 1.0 + 1e-3 * (double)((i * (size_t)(k + 3)) % 97);
+    }
+}
+
+/* Seconds for one baseline pass. */
+static double baseline_time(struct baseline *b)
+{
+    double *const *v = b->v, t0 = now();
+    b->sink += baseline_pass(b->d, 1e-9, 0.5, v[0], v[1], v[2], v[3], v[4]);
+    return now() - t0;
+}
+
+static void baseline_free(struct baseline *b)
+{
+    for (int k = 0; k < 5; k++)
+        free(b->v[k]);
+    if (b->sink == 42.0)
+        printf(" ");
+}
+
+/* Seconds of each resume that answered a curvature product (G·x_0 and
+ * G·p_0..p_49 per step), and of the baseline pass run right after it, so
+ * that both see the same load on a shared machine. */
+#define MAX_SAMPLES (TIMED_STEPS * (CG_ITERS + 1))
+struct samples {
+    double hf[MAX_SAMPLES], base[MAX_SAMPLES];
+    size_t n;
+};
+
+/* One HF step, timed into @sm unless it is NULL. */
+static void hf_step(curv_opt *o, const struct trainer *t, double *u, struct baseline *b,
+                    struct samples *sm)
 {
     curv_step_input in = {.grad = t->g,
                           .len = t->d,
@@ -92,8 +152,10 @@ static void hf_step(curv_opt *o, const struct trainer *t, double *u, double *tim
         double t0 = now();
         st = curv_opt_resume(o, &resp, CURV_F64, u, &req, &err);
         double dt = now() - t0;
-        if (product && times)
-            times[(*nt)++] = dt;
+        if (product && sm && sm->n < MAX_SAMPLES) {
+            sm->hf[sm->n] = dt;
+            sm->base[sm->n++] = baseline_time(b);
+        }
     }
     if (st != CURV_OK) {
         fprintf(stderr, "bench_hf: step failed: %s: %s\n", curv_status_name(st), err.text);
@@ -107,45 +169,6 @@ static void hf_step(curv_opt *o, const struct trainer *t, double *u, double *tim
                     CG_ITERS);
             exit(1);
         }
-}
-
-/* The baseline: the arithmetic of one CG iteration as a single pass (the
- * real iteration cannot be fused: α needs pᵀAp over all of p first, β the
- * new rᵀP⁻¹r), touching each vector once. */
-static double baseline_pass(size_t n, double a, double b, const double *restrict ap,
-                            const double *restrict pinv, const double *restrict g,
-                            double *restrict x, double *restrict r, double *restrict p)
-{
-    double s = 0;
-    for (size_t i = 0; i < n; i++) {
-        x[i] += a * p[i];
-        r[i] += a * ap[i];
-        p[i] = -pinv[i] * r[i] + b * p[i];
-        s += r[i] * r[i] * pinv[i] + (r[i] + g[i]) * x[i];
-    }
-    return s;
-}
-
-static double baseline(size_t d)
-{
-    double *v[6];
-    for (int k = 0; k < 6; k++) {
-        v[k] = alloc(d);
-        for (size_t i = 0; i < d; i++)
-            v[k][i] = 1.0 + 1e-3 * (double)((i * (size_t)(k + 3)) % 97);
-    }
-    double t[BASE_REPS], sink = 0;
-    for (int k = 0; k < BASE_REPS; k++) {
-        double t0 = now();
-        sink += baseline_pass(d, 1e-9, 0.5, v[0], v[1], v[2], v[3], v[4], v[5]);
-        t[k] = now() - t0;
-    }
-    qsort(t, BASE_REPS, sizeof *t, cmp_double);
-    for (int k = 0; k < 6; k++)
-        free(v[k]);
-    if (sink == 42.0)
-        printf(" ");
-    return t[BASE_REPS / 2];
 }
 
 static void run(size_t d)
@@ -172,20 +195,26 @@ static void run(size_t d)
         t.g[i] = r - 0.5;
         t.sq[i] = 1.0;
     }
-    double *u = alloc(d), times[TIMED_STEPS * (CG_ITERS + 2)];
-    size_t nt = 0;
-    hf_step(o, &t, u, NULL, NULL); /* warm-up: first touch of every buffer */
+    double *u = alloc(d);
+    struct baseline b;
+    baseline_init(&b, d);
+    static struct samples sm;
+    sm.n = 0;
+    hf_step(o, &t, u, &b, NULL); /* warm-up: first touch of every buffer */
     for (int k = 0; k < TIMED_STEPS; k++)
-        hf_step(o, &t, u, times, &nt);
+        hf_step(o, &t, u, &b, &sm);
+    const size_t nt = sm.n;
     double mean = 0;
     for (size_t k = 0; k < nt; k++)
-        mean += times[k] / (double)nt;
-    qsort(times, nt, sizeof *times, cmp_double);
-    double med = times[nt / 2], base = baseline(d), ns = 1e9 / (double)d;
+        mean += sm.hf[k] / (double)nt;
+    qsort(sm.hf, nt, sizeof *sm.hf, cmp_double);
+    qsort(sm.base, nt, sizeof *sm.base, cmp_double);
+    double med = sm.hf[nt / 2], base = sm.base[nt / 2], ns = 1e9 / (double)d;
     printf("%9zu  %8.3f  %8.3f  (%6.3f..%7.3f)  %8.3f  %6.1f  %5.2f  %5.2f\n", d, med * ns,
-           mean * ns, times[0] * ns, times[nt - 1] * ns, base * ns,
+           mean * ns, sm.hf[0] * ns, sm.hf[nt - 1] * ns, base * ns,
            BASE_BYTES * (double)d / base * 1e-9, med / base, mean / base);
     fflush(stdout);
+    baseline_free(&b);
     curv_opt_free(o);
     curv_config_free(c);
     curv_layout_free(l);
@@ -201,8 +230,9 @@ int main(int argc, char **argv)
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     printf("bench_hf: library work per CG iteration (inside curv_opt_resume answering G·p; the\n"
            "trainer's product is not timed) over %d iterations: median, mean (with the\n"
-           "backtracking snapshots), fastest..slowest; next to one fused pass over the CG\n"
-           "vectors (%.0f bytes/param). Defaults: Fisher preconditioner, Tikhonov damping.\n"
+           "backtracking snapshots), fastest..slowest; next to the median of one fused pass\n"
+           "over the CG vectors (%.0f bytes/param) run after each timed iteration. Defaults:\n"
+           "Fisher preconditioner, Tikhonov damping.\n"
            "Goal: ratio <= 2.\n",
            TIMED_STEPS * CG_ITERS, BASE_BYTES);
     printf("%9s  %8s  %8s  %17s  %8s  %6s  %5s  %5s\n", "d", "median", "mean", "(min..max)", "pass",

@@ -98,30 +98,31 @@ static void diagonal(size_t d, const double *G, double *out)
 
 /* With CG run to convergence (cg_eps = 0, no backtracking) the update is
  * the exact damped Newton step, with and without the preconditioner. */
-static void test_exact_damped_newton(void **state)
+static void exact_damped_newton(size_t d)
 {
-    (void)state;
-    enum { D = 50 };
     tu_rng rng;
     tu_rng_seed(&rng, 1);
-    double *G = tu_alloc(D * D), g[D], sq[D], u[D], want[D];
-    problem(&rng, D, 0.0, G, g);
-    for (size_t i = 0; i < D; i++)
+    double *G = tu_alloc(d * d), *g = tu_alloc(d), *sq = tu_alloc(d), *u = tu_alloc(d);
+    double *want = tu_alloc(d);
+    problem(&rng, d, 0.0, G, g);
+    for (size_t i = 0; i < d; i++)
         sq[i] = 0.1 + tu_uniform(&rng);
     const double lambda = 0.5;
-    newton_step(D, G, NULL, lambda, g, want);
-    curv_layout *l = flat(D);
+    newton_step(d, G, NULL, lambda, g, want);
+    curv_layout *l = flat(d);
     static const char *const pre[] = {"none", "fisher_diag"};
     for (int k = 0; k < 2; k++) {
         const tu_kv kv[] = {{"lambda", lambda}, {"cg_eps", 0}, {"cg_max", 1000}, {"backtrack", 0}};
         curv_config *c = tu_config(kv, 4);
         tu_config_set(c, "precond", 0, pre[k]);
         curv_opt *o = tu_new_opt(CURV_OPT_HF, l, c);
-        tu_quad q = {D, G, g, 3.0};
-        curv_step_input in = input(g, D, q.h0, sq);
+        tu_quad q = {d, G, g, 3.0};
+        curv_step_input in = input(g, d, q.h0, sq);
         curv_error err;
         tu_assert_status(tu_drive(o, &in, tu_quad_answer, &q, u, NULL, &err), CURV_OK, &err);
-        tu_expect_close(u, want, D, 1e-8, pre[k], 1);
+        char what[48];
+        snprintf(what, sizeof what, "%s, d = %zu", pre[k], d);
+        tu_expect_close(u, want, d, 1e-8, what, 1);
         assert_true(tu_report(o, "lambda_used") == lambda);
         assert_true(tu_report(o, "line_search_alpha") == 1.0);
         assert_true(tu_report(o, "loss_after") == tu_quad_loss(&q, u));
@@ -130,7 +131,20 @@ static void test_exact_damped_newton(void **state)
         curv_config_free(c);
     }
     free(G);
+    free(g);
+    free(sq);
+    free(u);
+    free(want);
     curv_layout_free(l);
+}
+
+/* d = 517 also runs the CG passes' prefetching branch (d > 512) and
+ * their scalar tails (d mod 8 = 5). */
+static void test_exact_damped_newton(void **state)
+{
+    (void)state;
+    exact_damped_newton(50);
+    exact_damped_newton(517);
 }
 
 /* Run one HF step on @G, @g with @precond and the progress test at
@@ -363,33 +377,32 @@ static void scripted_answer(void *ctx, const curv_request *req, double *values)
  * one; backtracking picks the one the trainer gives the lowest loss. (Two
  * correct CGs drift apart by round-off growing ~10x per iteration here, so
  * the comparison stops at 24 iterations: 1e-15 at 14, 1e-10 at 23.) */
-static void test_backtracking_candidates(void **state)
+static void backtracking_candidates(size_t d)
 {
-    (void)state;
-    enum { D = 40, N = 24 };
+    enum { N = 24 };
     tu_rng rng;
     tu_rng_seed(&rng, 5);
-    double *G = tu_alloc(D * D), g[D], sq[D], u[D];
-    problem(&rng, D, 0.5, G, g);
-    for (size_t i = 0; i < D; i++)
-        sq[i] = 0.5 * G[i * D + i];
-    double *X = tu_alloc(N * D), *cand = tu_alloc(64 * D), *ls = tu_alloc(64 * D);
+    double *G = tu_alloc(d * d), *g = tu_alloc(d), *sq = tu_alloc(d), *u = tu_alloc(d);
+    problem(&rng, d, 0.5, G, g);
+    for (size_t i = 0; i < d; i++)
+        sq[i] = 0.5 * G[i * d + i];
+    double *X = tu_alloc(N * d), *cand = tu_alloc(64 * d), *ls = tu_alloc(64 * d);
     const double lambda = 1e-2;
-    reference_pcg(D, G, lambda, g, sq, 0.75, N, X);
+    reference_pcg(d, G, lambda, g, sq, 0.75, N, X);
     size_t its[64], m = 0;
     for (size_t it = 1; it <= N; it++)
         if (scheduled(it, 1.3) || it == N)
             its[m++] = it;
     assert_int_equal(m, 12); /* 1 2 3 4 5 6 8 11 14 18 23, and 24 */
-    curv_layout *l = flat(D);
+    curv_layout *l = flat(d);
     const tu_kv kv[] = {{"lambda", lambda}, {"cg_eps", 0}, {"cg_max", N}, {"adapt_lambda", 0}};
     curv_opt *o = tu_opt_with(CURV_OPT_HF, l, kv, 4);
     const size_t pick = 6; /* iteration 8 */
     double bt[64];
     for (size_t k = 0; k < m; k++)
         bt[k] = k == pick ? -1e6 : (double)k; /* far below anything: α = 1 passes */
-    struct scripted s = {{D, G, g, 2.0}, bt, NAN, 0, 0, 0, cand, ls};
-    curv_step_input in = input(g, D, 2.0, sq);
+    struct scripted s = {{d, G, g, 2.0}, bt, NAN, 0, 0, 0, cand, ls};
+    curv_step_input in = input(g, d, 2.0, sq);
     curv_error err;
     size_t n_req;
     tu_assert_status(tu_drive(o, &in, scripted_answer, &s, u, &n_req, &err), CURV_OK, &err);
@@ -397,11 +410,11 @@ static void test_backtracking_candidates(void **state)
     assert_int_equal(s.n_loss_req, 1);
     assert_int_equal(n_req, N + 1); /* one product per iteration, one LOSS */
     for (size_t k = 0; k < m; k++) {
-        char what[48];
-        snprintf(what, sizeof what, "candidate %zu (iteration %zu)", k, its[k]);
-        tu_expect_close(cand + k * D, X + (its[k] - 1) * D, D, 1e-8, what, 1);
+        char what[64];
+        snprintf(what, sizeof what, "d = %zu, candidate %zu (iteration %zu)", d, k, its[k]);
+        tu_expect_close(cand + k * d, X + (its[k] - 1) * d, d, 1e-8, what, 1);
     }
-    assert_memory_equal(u, cand + pick * D, sizeof u);
+    assert_memory_equal(u, cand + pick * d, d * sizeof *u);
     assert_true(tu_report(o, "chosen_iterate") == (double)its[pick]);
     assert_true(tu_report(o, "candidates") == (double)m);
     assert_true(tu_report(o, "cg_iterations") == N);
@@ -409,10 +422,22 @@ static void test_backtracking_candidates(void **state)
     assert_true(tu_report(o, "loss_after") == 2.0 - 1e6);
     curv_opt_free(o);
     free(G);
+    free(g);
+    free(sq);
+    free(u);
     free(X);
     free(cand);
     free(ls);
     curv_layout_free(l);
+}
+
+/* d = 523 also copies the stored iterates in the prefetching branch of
+ * the x, r pass (d > 512) and in its scalar tail (d mod 8 = 3). */
+static void test_backtracking_candidates(void **state)
+{
+    (void)state;
+    backtracking_candidates(40);
+    backtracking_candidates(523);
 }
 
 /* Candidates asked about a batch at a time, latest first: the losses

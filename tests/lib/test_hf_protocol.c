@@ -7,6 +7,7 @@
  * blobs, float32, and reconfiguring between steps. The trainer is a dense
  * quadratic; test_hf.c checks the numbers.
  */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,17 +68,41 @@ static void rising_answer(void *ctx, const curv_request *req, double *values)
             values[k] = r->q->h0 + 1.0;
 }
 
-/* Steps with the rising trainer; the seqs of all requests into @seqs. */
-static void run(curv_opt *o, struct fx *f, int steps, double *u, uint64_t *seqs, size_t *n_seqs,
-                int refuse);
+/* Tries bad answers to @req (whose right answer is @answer) and checks
+ * that each is refused and changes nothing. */
+typedef void (*refuse_fn)(curv_opt *o, const curv_request *req, const double *answer, double *u,
+                          void *ctx);
 
-static void check_refusals(curv_opt *o, const curv_request *req, double *u)
+/* Steps with the rising trainer; the seqs of all requests into @seqs;
+ * @refuse (may be NULL) runs on every request before it is answered. */
+static void run(curv_opt *o, struct fx *f, int steps, double *u, uint64_t *seqs, size_t *n_seqs,
+                refuse_fn refuse, void *ctx);
+
+/* @resp to @req is refused with @want and changes nothing: the saved
+ * state, the pending request and its vectors stay as they were. */
+static void assert_refused(curv_opt *o, const curv_request *req, const curv_response *resp,
+                           curv_status want, double *u, curv_error *err)
 {
-    size_t len;
+    size_t len, n = req->n_vectors * req->dim;
     unsigned char *snap = tu_snapshot(o, &len);
-    curv_request keep = *req, again;
-    double *first = tu_alloc(req->n_vectors * req->dim), *v = tu_alloc(req->n_values + 1);
-    memcpy(first, req->vectors, req->n_vectors * req->dim * sizeof *first);
+    double *vectors = tu_alloc(n);
+    memcpy(vectors, req->vectors, n * sizeof *vectors);
+    curv_request again = *req;
+    tu_assert_status(curv_opt_resume(o, resp, CURV_F64, u, &again, err), want, err);
+    tu_assert_error_set(err, want);
+    tu_assert_unchanged(o, snap, len);
+    assert_memory_equal(&again, req, sizeof again); /* no new request */
+    assert_memory_equal(req->vectors, vectors, n * sizeof *vectors);
+    free(vectors);
+    curv_free(snap);
+}
+
+static void check_refusals(curv_opt *o, const curv_request *req, const double *answer, double *u,
+                           void *ctx)
+{
+    (void)answer;
+    (void)ctx;
+    double *v = tu_alloc(req->n_values + 1);
     const struct {
         uint64_t seq;
         size_t n;
@@ -103,20 +128,63 @@ static void check_refusals(curv_opt *o, const curv_request *req, double *u)
         curv_response resp = {
             .seq = bad[k].seq, .n_values = bad[k].n, .values = bad[k].null_values ? NULL : v};
         curv_error err;
-        again = keep;
-        tu_assert_status(curv_opt_resume(o, &resp, CURV_F64, u, &again, &err), bad[k].want, &err);
-        tu_assert_error_set(&err, bad[k].want);
-        tu_assert_unchanged(o, snap, len);
-        assert_memory_equal(&again, &keep, sizeof keep); /* no new request */
-        assert_memory_equal(req->vectors, first, req->n_vectors * req->dim * sizeof *first);
+        assert_refused(o, req, &resp, bad[k].want, u, &err);
     }
-    free(first);
     free(v);
-    curv_free(snap);
+}
+
+/* Counts the product answers refused for an Inf where p_i = 0. */
+struct product_refusals {
+    size_t at_zero_p;
+};
+
+/* NaN, +Inf and -Inf in a G·p answer (the right one otherwise), alone or
+ * two at once (+Inf and -Inf would cancel in a sum), and an Inf where
+ * p_i = 0 (0·Inf is NaN): refused naming the first bad value by index. */
+static void check_product_refusals(curv_opt *o, const curv_request *req, const double *answer,
+                                   double *u, void *ctx)
+{
+    struct product_refusals *pr = ctx;
+    if (req->kind != CURV_REQ_CURVATURE_PRODUCT)
+        return;
+    size_t zero = D;
+    for (size_t i = D; i-- > 0;)
+        if (req->vectors[i] == 0)
+            zero = i;
+    const struct {
+        size_t at[2];
+        double v[2];
+    } bad[] = {
+        {{5, D}, {NAN, 0}},
+        {{0, D}, {INFINITY, 0}},
+        {{D - 1, D}, {-INFINITY, 0}},
+        {{3, 20}, {INFINITY, -INFINITY}},
+        {{30, 7}, {-INFINITY, NAN}},
+        {{zero, D}, {INFINITY, 0}}, /* last: skipped when no p_i is 0 */
+    };
+    const size_t n_bad = sizeof bad / sizeof bad[0];
+    double v[D];
+    for (size_t k = 0; k < n_bad && bad[k].at[0] < D; k++) {
+        memcpy(v, answer, sizeof v);
+        size_t first = D;
+        for (size_t j = 0; j < 2; j++)
+            if (bad[k].at[j] < D) {
+                v[bad[k].at[j]] = bad[k].v[j];
+                first = bad[k].at[j] < first ? bad[k].at[j] : first;
+            }
+        curv_response resp = {.seq = req->seq, .n_values = D, .values = v};
+        curv_error err;
+        assert_refused(o, req, &resp, CURV_E_NONFINITE, u, &err);
+        char want[64];
+        snprintf(want, sizeof want, "response value %zu is %g", first, v[first]);
+        if (!strstr(err.text, want))
+            fail_msg("case %zu: \"%s\" does not say \"%s\"", k, err.text, want);
+        pr->at_zero_p += k == n_bad - 1;
+    }
 }
 
 static void run(curv_opt *o, struct fx *f, int steps, double *u, uint64_t *seqs, size_t *n_seqs,
-                int refuse)
+                refuse_fn refuse, void *ctx)
 {
     size_t n = 0;
     for (int t = 0; t < steps; t++) {
@@ -127,10 +195,10 @@ static void run(curv_opt *o, struct fx *f, int steps, double *u, uint64_t *seqs,
         curv_status st = curv_opt_step(o, &in, u, &req, &err);
         while (st == CURV_NEED_INPUT) {
             seqs[n++] = req.seq;
-            if (refuse)
-                check_refusals(o, &req, u);
             double *v = tu_alloc(req.n_values);
             rising_answer(&r, &req, v);
+            if (refuse)
+                refuse(o, &req, v, u, ctx);
             curv_response resp = {.seq = req.seq, .n_values = req.n_values, .values = v};
             st = curv_opt_resume(o, &resp, CURV_F64, u, &req, &err);
             free(v);
@@ -138,6 +206,32 @@ static void run(curv_opt *o, struct fx *f, int steps, double *u, uint64_t *seqs,
         tu_assert_status(st, CURV_OK, &err);
     }
     *n_seqs = n;
+}
+
+/* The two optimizers' last reports are the same, value for value. */
+static void assert_same_report(const curv_opt *a, const curv_opt *b)
+{
+    const curv_report_entry *ea, *eb;
+    size_t na = curv_opt_report(a, &ea), nb = curv_opt_report(b, &eb);
+    assert_int_equal(na, nb);
+    for (size_t i = 0; i < na; i++)
+        assert_true(ea[i].value == eb[i].value);
+}
+
+/* Answer @o's requests from @q until the step, at status @st with request
+ * @req pending, ends; it must end with CURV_OK. */
+static void finish_step(curv_opt *o, tu_quad *q, curv_status st, curv_request *req, double *u)
+{
+    curv_error err;
+    curv_error_clear(&err);
+    while (st == CURV_NEED_INPUT) {
+        double *v = tu_alloc(req->n_values);
+        tu_quad_answer(q, req, v);
+        curv_response resp = {.seq = req->seq, .n_values = req->n_values, .values = v};
+        st = curv_opt_resume(o, &resp, CURV_F64, u, req, &err);
+        free(v);
+    }
+    tu_assert_status(st, CURV_OK, &err);
 }
 
 /* Refused answers at every phase (G·x_0, G·p, backtracking and
@@ -153,8 +247,8 @@ static void test_refused_answers_change_nothing(void **state)
     double ua[D], ub[D];
     uint64_t sa[256], sb[256];
     size_t na, nb;
-    run(a, &f, 2, ua, sa, &na, 0);
-    run(b, &f, 2, ub, sb, &nb, 1);
+    run(a, &f, 2, ua, sa, &na, NULL, NULL);
+    run(b, &f, 2, ub, sb, &nb, check_refusals, NULL);
     assert_memory_equal(ua, ub, sizeof ua);
     assert_int_equal(na, nb);
     assert_memory_equal(sa, sb, na * sizeof *sa);
@@ -175,6 +269,78 @@ static void test_refused_answers_change_nothing(void **state)
     curv_free(snap);
     curv_opt_free(a);
     curv_opt_free(b);
+    fx_free(&f);
+}
+
+/* HF checks G·p answers for NaN/Inf inside its pᵀAp pass: NaN, ±Inf
+ * anywhere, two at once, and an Inf where p_i = 0 are each refused naming
+ * the first bad value, in the first CG iteration (where g_9 = 0 makes
+ * p_9 = 0), later ones and G·x_0; the run then ends bit-identical to one
+ * without the bad answers (same updates, request seqs and reports). */
+static void test_product_nonfinite_refused(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_init(&f, 38);
+    f.g[9] = 0; /* p_0 = −P⁻¹g */
+    curv_opt *a = tu_new_opt(CURV_OPT_HF, f.l, NULL), *b = tu_new_opt(CURV_OPT_HF, f.l, NULL);
+    double ua[D], ub[D];
+    uint64_t sa[1024], sb[1024];
+    size_t na, nb;
+    struct product_refusals pr = {0};
+    for (int t = 0; t < 2; t++) { /* the second step starts warm: G·x_0 */
+        run(a, &f, 1, ua, sa, &na, NULL, NULL);
+        run(b, &f, 1, ub, sb, &nb, check_product_refusals, &pr);
+        assert_memory_equal(ua, ub, sizeof ua);
+        assert_int_equal(na, nb);
+        assert_memory_equal(sa, sb, na * sizeof *sa);
+        assert_same_report(a, b);
+    }
+    assert_true(pr.at_zero_p >= 1);
+    assert_true(tu_report(b, "curvature_products") > tu_report(b, "cg_iterations")); /* G x_0 */
+    curv_opt_free(a);
+    curv_opt_free(b);
+    fx_free(&f);
+}
+
+/* A G·p of finite values whose pᵀAp overflows is no bad value to refuse;
+ * CG stops there as on non-positive curvature (cg_stop 2) and keeps x_1:
+ * the same update as the step with cg_max = 1. */
+static void test_product_overflow_stops_cg(void **state)
+{
+    (void)state;
+    struct fx f;
+    fx_init(&f, 39);
+    const tu_kv one[] = {{"cg_max", 1}};
+    curv_opt *o = tu_new_opt(CURV_OPT_HF, f.l, NULL), *ref = tu_opt_with(CURV_OPT_HF, f.l, one, 1);
+    double u[D], uref[D], v[D];
+    curv_step_input in = fx_input(&f);
+    curv_error err;
+    tu_assert_status(tu_drive(ref, &in, tu_quad_answer, &f.q, uref, NULL, &err), CURV_OK, &err);
+    curv_request req;
+    curv_status st = curv_opt_step(o, &in, u, &req, &err);
+    assert_int_equal(st, CURV_NEED_INPUT); /* G·p_0 */
+    tu_quad_answer(&f.q, &req, v);
+    curv_response resp = {.seq = req.seq, .n_values = D, .values = v};
+    st = curv_opt_resume(o, &resp, CURV_F64, u, &req, &err);
+    assert_int_equal(st, CURV_NEED_INPUT);
+    assert_int_equal(req.kind, CURV_REQ_CURVATURE_PRODUCT); /* G·p_1 */
+    double sum = 0;
+    for (size_t i = 0; i < D; i++) {
+        v[i] = req.vectors[i] < 0 ? -DBL_MAX : DBL_MAX;
+        sum += fabs(req.vectors[i]);
+    }
+    assert_true(sum > 2); /* Σ p_i·(A p)_i >= DBL_MAX·Σ|p_i| overflows */
+    resp.seq = req.seq;
+    st = curv_opt_resume(o, &resp, CURV_F64, u, &req, &err);
+    tu_assert_status(st, CURV_NEED_INPUT, &err);
+    assert_int_equal(req.kind, CURV_REQ_LOSS);
+    finish_step(o, &f.q, st, &req, u);
+    assert_true(tu_report(o, "cg_stop") == 2);
+    assert_true(tu_report(o, "cg_iterations") == 1);
+    assert_memory_equal(u, uref, sizeof u);
+    curv_opt_free(o);
+    curv_opt_free(ref);
     fx_free(&f);
 }
 
@@ -308,8 +474,8 @@ static void test_save_load_between_steps(void **state)
     double ua[D], ub[D];
     uint64_t seqs[512];
     size_t n;
-    run(a, &f, 2, ua, seqs, &n, 0);
-    run(b, &f, 2, ub, seqs, &n, 0);
+    run(a, &f, 2, ua, seqs, &n, NULL, NULL);
+    run(b, &f, 2, ub, seqs, &n, NULL, NULL);
     size_t len;
     unsigned char *blob = tu_snapshot(b, &len);
     curv_opt_free(b);
@@ -321,16 +487,12 @@ static void test_save_load_between_steps(void **state)
     for (int t = 0; t < 3; t++) {
         uint64_t sa[256], sc[256];
         size_t na, nc;
-        run(a, &f, 1, ua, sa, &na, 0);
-        run(c, &f, 1, ub, sc, &nc, 0);
+        run(a, &f, 1, ua, sa, &na, NULL, NULL);
+        run(c, &f, 1, ub, sc, &nc, NULL, NULL);
         assert_memory_equal(ua, ub, sizeof ua);
         assert_int_equal(na, nc);
         assert_memory_equal(sa, sc, na * sizeof *sa);
-        const curv_report_entry *ea, *ec;
-        size_t ra = curv_opt_report(a, &ea), rc = curv_opt_report(c, &ec);
-        assert_int_equal(ra, rc);
-        for (size_t i = 0; i < ra; i++)
-            assert_true(ea[i].value == ec[i].value);
+        assert_same_report(a, c);
         size_t la;
         unsigned char *ba = tu_snapshot(a, &la);
         tu_assert_unchanged(c, ba, la);
@@ -355,7 +517,7 @@ static void test_interrupted_step_restarts(void **state)
     double ua[D], uc[D], v[D];
     uint64_t seqs[256];
     size_t n;
-    run(a, &f, 1, ua, seqs, &n, 0);
+    run(a, &f, 1, ua, seqs, &n, NULL, NULL);
     curv_step_input in = fx_input(&f);
     curv_request req;
     curv_error err;
@@ -376,14 +538,7 @@ static void test_interrupted_step_restarts(void **state)
     tu_assert_unchanged(c, blob, len); /* saved again, still interrupted */
     curv_response resp = {.seq = pending, .n_values = D, .values = v};
     st = curv_opt_resume(a, &resp, CURV_F64, ua, &req, &err);
-    while (st == CURV_NEED_INPUT) { /* a finishes its step */
-        double *w = tu_alloc(req.n_values);
-        tu_quad_answer(&f.q, &req, w);
-        curv_response r2 = {.seq = req.seq, .n_values = req.n_values, .values = w};
-        st = curv_opt_resume(a, &r2, CURV_F64, ua, &req, &err);
-        free(w);
-    }
-    tu_assert_status(st, CURV_OK, &err);
+    finish_step(a, &f.q, st, &req, ua); /* a finishes its step */
     assert_true(tu_report(a, "restarted") == 0);
     assert_int_equal(curv_opt_interrupted(c), 1);
     assert_int_equal(curv_opt_steps(c), 1);
@@ -396,14 +551,7 @@ static void test_interrupted_step_restarts(void **state)
     tu_quad_answer(&f.q, &req, v);
     curv_response r3 = {.seq = req.seq, .n_values = D, .values = v};
     st = curv_opt_resume(c, &r3, CURV_F64, uc, &req, &err);
-    while (st == CURV_NEED_INPUT) {
-        double *w = tu_alloc(req.n_values);
-        tu_quad_answer(&f.q, &req, w);
-        curv_response r4 = {.seq = req.seq, .n_values = req.n_values, .values = w};
-        st = curv_opt_resume(c, &r4, CURV_F64, uc, &req, &err);
-        free(w);
-    }
-    tu_assert_status(st, CURV_OK, &err);
+    finish_step(c, &f.q, st, &req, uc);
     assert_memory_equal(ua, uc, sizeof ua);
     assert_true(tu_report(c, "restarted") == 1);
     assert_true(tu_report(c, "lambda") == tu_report(a, "lambda"));
@@ -425,7 +573,7 @@ static void test_blobs(void **state)
     double u[D];
     uint64_t seqs[256];
     size_t n, len;
-    run(o, &f, 2, u, seqs, &n, 0);
+    run(o, &f, 2, u, seqs, &n, NULL, NULL);
     unsigned char *blob = tu_snapshot(o, &len);
     tu_blob_damage_rejected("hf", blob, len);
     tu_blob_flips_never_crash("hf", blob, len);
@@ -564,6 +712,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_refused_answers_change_nothing),
+        cmocka_unit_test(test_product_nonfinite_refused),
+        cmocka_unit_test(test_product_overflow_stops_cg),
         cmocka_unit_test(test_inputs_refused),
         cmocka_unit_test(test_pending_request_rules),
         cmocka_unit_test(test_save_load_between_steps),
