@@ -82,7 +82,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
     g.add_argument("--lrs", type=floats, default=list(cnn.LR_GRID),
                    help="learning-rate grid (the BMA paper's by default)")
     g.add_argument("--cnn-batch", type=int, default=128)
-    g.add_argument("--cnn-eval-size", type=int, default=10000,
+    g.add_argument("--cnn-eval-size", type=int, default=5000,
                    help="training images the training loss is measured on")
     g.add_argument("--cnn-kfac-lambda", type=float, default=1.0)
     a = p.parse_args(argv)
@@ -145,7 +145,7 @@ class Context:
 def run_autoencoder(ctx: Context, data, out: str) -> Dict:
     a = ctx.args
     s = ae.Settings(dims=a.ae_dims, n_train=0, n_eval=a.ae_eval_size,
-                    budget=Budget(seconds=a.budget, iterations=a.ae_iterations),
+                    budget=Budget(seconds=a.budget, iterations=a.ae_iterations, evals=25),
                     sgd_lrs=a.sgd_lrs, sgd_momentum=a.sgd_momentum, adam_lrs=a.adam_lrs,
                     sgd_batch=a.sgd_batch, kfac_m1=a.kfac_m1, kfac_full_at=a.kfac_full_at,
                     hf_batch=a.hf_batch, hf_cg_max=a.hf_cg_max, kfac_lambda=a.ae_kfac_lambda)
@@ -168,7 +168,8 @@ def run_autoencoder(ctx: Context, data, out: str) -> Dict:
         runs.append(r)
     summary = ae.summarize(runs, s)
     summary["settings"] = {
-        "n_train": s.n_train, "n_available": n_available, "n_eval": s.n_eval, "dims": s.dims, "budget_seconds": a.budget,
+        "n_train": s.n_train, "n_available": n_available, "n_eval": s.n_eval, "dims": s.dims,
+        "budget_seconds": a.budget,
         "budget_iterations": a.ae_iterations, "sgd_batch": s.sgd_batch,
         "sgd_momentum": s.sgd_momentum, "kfac_m1": s.kfac_m1, "kfac_full_at": s.kfac_full_at,
         "hf_batch": s.hf_batch, "hf_cg_max": s.hf_cg_max, "kfac_lambda": s.kfac_lambda,
@@ -180,7 +181,8 @@ def run_autoencoder(ctx: Context, data, out: str) -> Dict:
 def run_cnn(ctx: Context, data, out: str) -> Dict:
     a = ctx.args
     s = cnn.Settings(n_eval_train=a.cnn_eval_size, batch=a.cnn_batch, lrs=a.lrs,
-                     budget=Budget(iterations=a.iterations), kfac_lambda=a.cnn_kfac_lambda)
+                     budget=Budget(iterations=a.iterations, evals=25),
+                     kfac_lambda=a.cnn_kfac_lambda)
     x, y, evaluate, make_model = cnn.setup(data, s)
     runs = []
     ms = cnn.methods(s)

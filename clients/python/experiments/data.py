@@ -6,7 +6,6 @@ the end-to-end test (no package needed)."""
 import gzip
 import os
 import struct
-from typing import Tuple
 
 import torch
 
