@@ -66,6 +66,16 @@ class LocalDaemon:
         for line in proc.stderr:
             self.log.append(line)
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> bool:
+        """Wait until a line of the daemon's stderr contains @text (its
+        access log is written after the reply, and read by a thread)."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.log):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()

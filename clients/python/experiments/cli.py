@@ -138,6 +138,8 @@ class Context:
         result = train(method, model, sampler, loss, evaluate, budget, self.client, progress,
                        average)
         progress.close(result.status)
+        if result.session:  # the session's last request is its deletion
+            self.daemon.wait_for_log(f"DELETE /v1/sessions/{result.session}")
         result.daemon_seconds = daemon_seconds(self.daemon.log, result.session)
         return result
 

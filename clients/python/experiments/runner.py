@@ -223,13 +223,15 @@ def write_csv(path: str, rows: List[Dict[str, float]]) -> None:
 
 
 def daemon_seconds(log_lines: List[str], session: Optional[str]) -> Optional[float]:
-    """Seconds the daemon spent on @session's requests, from its access
-    log ("... POST /v1/sessions/<id>/... 200 12.345ms ...")."""
+    """Seconds the daemon spent on @session's steps and callback answers,
+    from its access log ("... POST /v1/sessions/<id>/steps... 200
+    12.345ms ..."); the export and deletion after the run are not
+    training."""
     if not session:
         return None
     total = 0.0
     for line in log_lines:
-        if f"/v1/sessions/{session}" in line:
+        if f"/v1/sessions/{session}/steps" in line:
             for word in line.split():
                 if word.endswith("ms"):
                     try:

@@ -131,7 +131,9 @@ def test_kfac_batch_schedule_follows_the_thesis():
 def test_daemon_seconds_sums_the_sessions_requests():
     log = ["curvd: a POST /v1/sessions/abc/steps 202 12.500ms in=1 out=2\n",
            "curvd: b POST /v1/sessions/abc/steps/1/callbacks/1 200 7.5ms in=1 out=2\n",
-           "curvd: c POST /v1/sessions/xyz/steps 200 100ms in=1 out=2\n"]
+           "curvd: c POST /v1/sessions/xyz/steps 200 100ms in=1 out=2\n",
+           "curvd: d GET /v1/sessions/abc/state 200 50ms in=0 out=9\n",
+           "curvd: e DELETE /v1/sessions/abc 204 1ms in=0 out=0\n"]
     assert runner.daemon_seconds(log, "abc") == pytest.approx(0.02)
     assert runner.daemon_seconds(log, None) is None
 
