@@ -2,8 +2,9 @@
 """Experiment 1: the deep autoencoder (Martens' thesis §4.12 and §6.13;
 the K-FAC paper §7) on Fashion-MNIST.
 
-Methods: SGD with Nesterov momentum through curvd (a small learning-rate
-grid, each run on the full budget, the best kept as the baseline), Adam
+Methods: SGD with Nesterov momentum through curvd (a small grid of
+learning rates and momenta, each run on the full budget, the best kept as
+the baseline), Adam
 (torch), K-FAC block-diagonal and block-tridiagonal in adaptive mode, and
 HF, all from the same sparse initialization and on the same objective
 (sigmoid cross-entropy, no ℓ2: the thesis adds 1e-5 for K-FAC and SGD, HF
@@ -23,7 +24,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .models import autoencoder, parameter_count
-from .runner import Budget, Method, RunResult
+from .runner import Budget, Method, RunResult, forward_in_chunks
 
 NAME = "autoencoder"
 TITLE = "Deep autoencoder on Fashion-MNIST"
@@ -38,7 +39,7 @@ class Settings:
     n_eval: int
     budget: Budget
     sgd_lrs: List[float]
-    sgd_momentum: float
+    sgd_momenta: List[float]
     adam_lrs: List[float]
     sgd_batch: int
     kfac_m1: int
@@ -60,9 +61,10 @@ def kfac_batches(m1: int, n: int, full_at: int):
 def methods(s: Settings) -> List[Method]:
     out = []
     for lr in s.sgd_lrs:
-        out.append(Method(f"sgd_lr{lr:g}", f"SGD Nesterov lr={lr:g}", "sgd",
-                          {"lr": lr, "momentum": s.sgd_momentum, "nesterov": True},
-                          s.sgd_batch, family="SGD (Nesterov)"))
+        for mu in s.sgd_momenta:
+            out.append(Method(f"sgd_lr{lr:g}_mu{mu:g}", f"SGD Nesterov lr={lr:g} μ={mu:g}",
+                              "sgd", {"lr": lr, "momentum": mu, "nesterov": True},
+                              s.sgd_batch, family="SGD (Nesterov)"))
     for lr in s.adam_lrs:
         out.append(Method(f"adam_lr{lr:g}", f"Adam lr={lr:g}", "torch_adam", {"lr": lr},
                           s.sgd_batch, family="Adam (torch)"))
@@ -78,7 +80,7 @@ def methods(s: Settings) -> List[Method]:
 
 def make_evaluate(x_eval: torch.Tensor):
     def evaluate(model: torch.nn.Module) -> Dict[str, float]:
-        z = model(x_eval)
+        z = forward_in_chunks(model, x_eval)
         recon = float(((torch.sigmoid(z) - x_eval) ** 2).sum(1).mean())
         ce = float(torch.nn.functional.binary_cross_entropy_with_logits(
             z, x_eval, reduction="none").sum(1).mean())

@@ -66,9 +66,9 @@ def parse(argv: List[str]) -> argparse.Namespace:
                    help="training images the reconstruction error is measured on")
     g.add_argument("--ae-dims", type=ints, default=list(AUTOENCODER_DIMS),
                    help="encoder sizes (the decoder mirrors them)")
-    g.add_argument("--sgd-lrs", type=floats, default=[0.003, 0.01, 0.03])
-    g.add_argument("--sgd-momentum", type=float, default=0.99)
-    g.add_argument("--adam-lrs", type=floats, default=[1e-3, 1e-4])
+    g.add_argument("--sgd-lrs", type=floats, default=[0.001, 0.003])
+    g.add_argument("--sgd-momenta", type=floats, default=[0.9, 0.99])
+    g.add_argument("--adam-lrs", type=floats, default=[1e-3])
     g.add_argument("--sgd-batch", type=int, default=500, help="thesis §6.13: 500 on MNIST")
     g.add_argument("--kfac-m1", type=int, default=1000, help="K-FAC's first mini-batch size")
     g.add_argument("--kfac-full-at", type=int, default=500,
@@ -79,6 +79,9 @@ def parse(argv: List[str]) -> argparse.Namespace:
     g.add_argument("--ae-kfac-lambda", type=float, default=150.0)
     g = p.add_argument_group("cnn")
     g.add_argument("--iterations", type=int, help="iterations per run (default 1500)")
+    g.add_argument("--cnn-seconds", type=float,
+                   help="training seconds per run at most, a cap on a busy machine "
+                        "(default 90; --full: none)")
     g.add_argument("--lrs", type=floats, default=list(cnn.LR_GRID),
                    help="learning-rate grid (the BMA paper's by default)")
     g.add_argument("--cnn-batch", type=int, default=128)
@@ -96,6 +99,8 @@ def parse(argv: List[str]) -> argparse.Namespace:
     a.hf_batch = a.hf_batch or (7500 if full else 2000)
     a.hf_cg_max = a.hf_cg_max or (250 if full else 50)
     a.iterations = a.iterations or (10000 if full else 1500)
+    if a.cnn_seconds is None and not full:
+        a.cnn_seconds = 90.0
     return a
 
 
@@ -148,7 +153,7 @@ def run_autoencoder(ctx: Context, data, out: str) -> Dict:
     a = ctx.args
     s = ae.Settings(dims=a.ae_dims, n_train=0, n_eval=a.ae_eval_size,
                     budget=Budget(seconds=a.budget, iterations=a.ae_iterations, evals=25),
-                    sgd_lrs=a.sgd_lrs, sgd_momentum=a.sgd_momentum, adam_lrs=a.adam_lrs,
+                    sgd_lrs=a.sgd_lrs, sgd_momenta=a.sgd_momenta, adam_lrs=a.adam_lrs,
                     sgd_batch=a.sgd_batch, kfac_m1=a.kfac_m1, kfac_full_at=a.kfac_full_at,
                     hf_batch=a.hf_batch, hf_cg_max=a.hf_cg_max, kfac_lambda=a.ae_kfac_lambda)
     n_available = data.train_x.shape[0]
@@ -173,7 +178,7 @@ def run_autoencoder(ctx: Context, data, out: str) -> Dict:
         "n_train": s.n_train, "n_available": n_available, "n_eval": s.n_eval, "dims": s.dims,
         "budget_seconds": a.budget,
         "budget_iterations": a.ae_iterations, "sgd_batch": s.sgd_batch,
-        "sgd_momentum": s.sgd_momentum, "kfac_m1": s.kfac_m1, "kfac_full_at": s.kfac_full_at,
+        "sgd_momenta": s.sgd_momenta, "kfac_m1": s.kfac_m1, "kfac_full_at": s.kfac_full_at,
         "hf_batch": s.hf_batch, "hf_cg_max": s.hf_cg_max, "kfac_lambda": s.kfac_lambda,
         "averaging": ae.AVERAGING}
     summary["methods"] = {m.key: {"kind": m.kind, "config": m.config} for m in ms}
@@ -183,7 +188,7 @@ def run_autoencoder(ctx: Context, data, out: str) -> Dict:
 def run_cnn(ctx: Context, data, out: str) -> Dict:
     a = ctx.args
     s = cnn.Settings(n_eval_train=a.cnn_eval_size, batch=a.cnn_batch, lrs=a.lrs,
-                     budget=Budget(iterations=a.iterations, evals=25),
+                     budget=Budget(seconds=a.cnn_seconds, iterations=a.iterations, evals=25),
                      kfac_lambda=a.cnn_kfac_lambda)
     x, y, evaluate, make_model = cnn.setup(data, s)
     runs = []
@@ -196,7 +201,8 @@ def run_cnn(ctx: Context, data, out: str) -> Dict:
     summary = cnn.summarize(runs, s, data.train_x.shape[-1])
     summary["settings"] = {"n_train": x.shape[0], "n_eval_train": min(s.n_eval_train, x.shape[0]),
                            "n_test": data.test_x.shape[0], "batch": s.batch, "lrs": s.lrs,
-                           "iterations": a.iterations, "kfac_lambda": s.kfac_lambda}
+                           "iterations": a.iterations, "seconds_cap": a.cnn_seconds,
+                           "kfac_lambda": s.kfac_lambda}
     summary["methods"] = {m.key: {"kind": m.kind, "config": m.config, "options": m.options}
                           for m in ms}
     return summary, runs

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import parameter_count, small_cnn
-from .runner import Budget, Method, RunResult
+from .runner import Budget, Method, RunResult, forward_in_chunks
 
 NAME = "cnn"
 TITLE = "BMA paper's small CNN on Fashion-MNIST"
@@ -64,8 +64,9 @@ def methods(s: Settings) -> List[Method]:
 
 def make_evaluate(x_train, y_train, x_test, y_test):
     def evaluate(model: torch.nn.Module) -> Dict[str, float]:
-        loss = float(F.cross_entropy(model(x_train), y_train))
-        acc = float((model(x_test).argmax(1) == y_test).to(torch.float32).mean())
+        loss = float(F.cross_entropy(forward_in_chunks(model, x_train), y_train))
+        acc = float((forward_in_chunks(model, x_test).argmax(1) == y_test)
+                    .to(torch.float32).mean())
         return {"train_loss": loss, "test_accuracy": acc}
     return evaluate
 

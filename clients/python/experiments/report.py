@@ -65,8 +65,8 @@ def _autoencoder(s: Dict) -> List[str]:
         + f" (the thesis' runs take hours); the error is measured on {st['n_eval']} of "
         "those training images, for the current and the averaged iterate "
         f"(ξ = {st['averaging']}, thesis §6.13), and the lower is reported. "
-        f"SGD: Nesterov momentum {st['sgd_momentum']}, m = {st['sgd_batch']}, the "
-        "learning-rate grid below (each point on the full budget). Adam: torch's, "
+        f"SGD: Nesterov momentum, m = {st['sgd_batch']}, the grid of learning rates and "
+        "momenta below (each point on the full budget). Adam: torch's, "
         f"m = {st['sgd_batch']}. K-FAC: adaptive mode (thesis defaults, λ₀ = "
         f"{_num(st['kfac_lambda'])}), m growing as m₁·exp((i−1)/b) from "
         f"{st['kfac_m1']} to the whole subset at iteration {st['kfac_full_at']} "
@@ -145,7 +145,11 @@ def _cnn(s: Dict) -> List[str]:
         f"10-way dense layer: {s['parameters']} parameters (the paper's Table 3: 322 on "
         f"MNIST). Softmax cross-entropy, m = {st['batch']}, {st['iterations']} iterations per "
         f"run on all {st['n_train']} training images (the paper does not give its batch size "
-        f"or run length). Training loss on {st['n_eval_train']} fixed training images, "
+        f"or run length)"
+        + (f", each run cut at {_num(st['seconds_cap'])} s of training time if it has not "
+           "finished by then (a cap for a busy machine; the tables give the iterations each "
+           "run reached)" if st.get("seconds_cap") else "")
+        + f". Training loss on {st['n_eval_train']} fixed training images, "
         f"accuracy on the {st['n_test']} test images. Learning-rate grid "
         f"{{{', '.join(_num(v) for v in st['lrs'])}}}"
         + (" (the BMA paper's, §7)" if len(st["lrs"]) == 5 else
@@ -160,11 +164,12 @@ def _cnn(s: Dict) -> List[str]:
     rows = []
     for f, k in s["best"].items():
         t = runs[k]
-        rows.append([f, _num(t["lr"]), _num(t["final_train_loss"]),
+        rows.append([f, _num(t["lr"]), _num(t["iterations"]), _num(t["final_train_loss"]),
                      _num(t["final_test_accuracy"]), _num(t["best_test_accuracy"]),
                      _num(t["seconds"], 3), _pct(t["daemon_seconds"], t["seconds"])])
-    lines += _table(["method", "best η", "final training loss", "final test accuracy",
-                     "best test accuracy", "training s", "of which in curvd s"], rows)
+    lines += _table(["method", "best η", "iterations", "final training loss",
+                     "final test accuracy", "best test accuracy", "training s",
+                     "of which in curvd s"], rows)
     lines += ["", "The whole grid (final training loss / test accuracy):", ""]
     families = list(dict.fromkeys(t["family"] for t in s["runs"] if t["lr"] is not None))
     lrs = st["lrs"]
@@ -207,6 +212,12 @@ def _cnn_findings(s: Dict) -> List[str]:
               if t["iterations"]]
     out.append("Cost per update (ms, trainer and daemon together): " + ", ".join(
         f"{n} {v:.1f}" for n, v in per_it) + ".")
+    short = [t for t in s["runs"] if t["status"] == "ok"
+             and t["iterations"] < s["settings"]["iterations"]]
+    if short:
+        out.append("Cut by the time cap before " + f"{s['settings']['iterations']} iterations "
+                   "(their final figures are at fewer iterations than the others'): "
+                   + ", ".join(f"{t['label']} ({t['iterations']})" for t in short) + ".")
     div = [t for t in s["runs"] if t["status"] != "ok"]
     if div:
         out.append("Diverged or failed: " + "; ".join(_failures(s["runs"])) + ".")

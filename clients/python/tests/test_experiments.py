@@ -19,7 +19,7 @@ from conftest import curvd_binary
 from experiments import autoencoder, cli, data, runner
 
 ITERATIONS = 3
-AE_KEYS = ["sgd_lr0.01", "adam_lr0.001", "kfac_blockdiag", "kfac_tridiag", "hf"]
+AE_KEYS = ["sgd_lr0.01_mu0.99", "adam_lr0.001", "kfac_blockdiag", "kfac_tridiag", "hf"]
 CNN_KEYS = ["adagrad_diag_lr0.1", "adagrad_full_lr0.1", "adagrad_bma_lr0.1", "mbag_lr0.1",
             "adam_lr0.1", "kfac"]
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
@@ -36,7 +36,7 @@ def results(tmp_path_factory):
     argv = ["--curvd", curvd_binary(), "--out", out, "--data", "generated",
             "--generated-side", "16", "--ae-dims", "256,16,8,4", "--ae-train-size", "200",
             "--ae-eval-size", "50", "--budget", "60", "--ae-iterations", str(ITERATIONS),
-            "--sgd-lrs", "0.01", "--adam-lrs", "0.001", "--sgd-batch", "40", "--kfac-m1", "50",
+            "--sgd-lrs", "0.01", "--sgd-momenta", "0.99", "--adam-lrs", "0.001", "--sgd-batch", "40", "--kfac-m1", "50",
             "--hf-batch", "64", "--hf-cg-max", "10", "--iterations", str(ITERATIONS),
             "--lrs", "0.1", "--cnn-batch", "32", "--cnn-eval-size", "64", "--threads", "1",
             "--quiet"] + ([] if HAVE_MATPLOTLIB else ["--no-plots"])
@@ -103,7 +103,7 @@ def test_the_readme_reports_command_machine_tables_and_findings(results):
     assert "--ae-dims 256,16,8,4" in text and f"{os.cpu_count()} cores" in text
     assert "Subsampling" in text and "200 training images" in text
     assert "(**subsampled** from the BMA paper's" in text
-    for label in ("SGD Nesterov lr=0.01", "Adam lr=0.001", "K-FAC block-diagonal",
+    for label in ("SGD Nesterov lr=0.01 μ=0.99", "Adam lr=0.001", "K-FAC block-diagonal",
                   "K-FAC block-tridiagonal", "HF", "AdaGrad-diag", "AdaGrad-full",
                   "AdaGrad-BMA", "MBAG", "K-FAC (adaptive)"):
         assert f"| {label} |" in text or f"| **{label}** |" in text, label
