@@ -232,7 +232,8 @@ def main(argv: List[str]) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="curvd-reproduce-") as tmp, \
             LocalDaemon(args.curvd, tmp, extra=["--durability", "normal"],
-                        env={"OPENBLAS_NUM_THREADS": str(args.threads)}) as daemon, \
+                        env={"OPENBLAS_NUM_THREADS": str(args.threads),
+                             "OMP_WAIT_POLICY": "PASSIVE"}) as daemon, \
             curvd.Client(daemon.url, timeout=600) as client:
         meta["curvd"] = client.version().get("curvd", "")
         ctx = Context(args, daemon, client)
