@@ -122,7 +122,10 @@ def summarize(runs: List[RunResult], s: Settings) -> Dict:
     figures: orders of magnitude fewer iterations)."""
     table = []
     for r in runs:
-        table.append({"key": r.method.key, "label": r.method.label, "family": r.method.group,
+        lambdas = [x["lambda"] for x in r.rows if "lambda" in x]
+        table.append({"lambda_first": lambdas[0] if lambdas else None,
+                      "lambda_last": lambdas[-1] if lambdas else None,
+                      "key": r.method.key, "label": r.method.label, "family": r.method.group,
                       "status": r.status, "iterations": r.iterations,
                       "seconds": r.seconds, "daemon_seconds": r.daemon_seconds,
                       "state_bytes": r.state_bytes, "final_error": final(r),

@@ -81,7 +81,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
     g.add_argument("--iterations", type=int, help="iterations per run (default 1500)")
     g.add_argument("--cnn-seconds", type=float,
                    help="training seconds per run at most, a cap on a busy machine "
-                        "(default 90; --full: none)")
+                        "(default 240; --full: none)")
     g.add_argument("--lrs", type=floats, default=list(cnn.LR_GRID),
                    help="learning-rate grid (the BMA paper's by default)")
     g.add_argument("--cnn-batch", type=int, default=128)
@@ -100,7 +100,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
     a.hf_cg_max = a.hf_cg_max or (250 if full else 50)
     a.iterations = a.iterations or (10000 if full else 1500)
     if a.cnn_seconds is None and not full:
-        a.cnn_seconds = 90.0
+        a.cnn_seconds = 240.0
     return a
 
 

@@ -123,14 +123,21 @@ def _autoencoder_findings(s: Dict) -> List[str]:
     out += _anchor_lines(s)
     per_it = [(t["label"], t["seconds"] / t["iterations"]) for t in ranked if t["iterations"]]
     out.append("Cost per update: " + ", ".join(f"{n} {v:.2f} s" for n, v in per_it) + ".")
-    for key in ("kfac_blockdiag", "kfac_tridiag"):
-        t = runs.get(key)
-        if t and t["daemon_seconds"] is not None and t["seconds"] > 0:
-            out.append(f"{t['label']}: {100 * t['daemon_seconds'] / t['seconds']:.0f}% of its "
-                       "training time was spent in the daemon: statistics, "
-                       "eigendecompositions, the preconditioned products, and committing the "
-                       f"session's state ({_mb(t['state_bytes'])}: factors, eigenvectors, "
-                       "momentum) to SQLite after every step.")
+    shares = [f"{t['label']} {100 * t['daemon_seconds'] / t['seconds']:.0f}% "
+              f"(state {_mb(t['state_bytes'])})" for t in ranked
+              if t["daemon_seconds"] is not None and t["seconds"] > 0]
+    if shares:
+        out.append("Share of the training time spent in the daemon (the update's arithmetic "
+                   "and committing the session's state to SQLite after every step; the rest "
+                   "is the trainer's passes, callbacks and transfers): " + ", ".join(shares)
+                   + ".")
+    damping = [f"{t['label']} {_num(t['lambda_first'], 3)} → {_num(t['lambda_last'], 3)}"
+               for t in ranked if t.get("lambda_first") is not None]
+    if damping:
+        out.append("Damping λ over the run (first and last step): " + ", ".join(damping)
+                   + f"; K-FAC starts from λ₀ = {_num(s['settings']['kfac_lambda'])} (the "
+                   "thesis' 150) and lowers it by at most (19/20)⁵ every 5 iterations, so a "
+                   "short run spends most of its updates strongly damped.")
     out += _failures(s["runs"])
     return out
 

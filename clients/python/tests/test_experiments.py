@@ -36,7 +36,8 @@ def results(tmp_path_factory):
     argv = ["--curvd", curvd_binary(), "--out", out, "--data", "generated",
             "--generated-side", "16", "--ae-dims", "256,16,8,4", "--ae-train-size", "200",
             "--ae-eval-size", "50", "--budget", "60", "--ae-iterations", str(ITERATIONS),
-            "--sgd-lrs", "0.01", "--sgd-momenta", "0.99", "--adam-lrs", "0.001", "--sgd-batch", "40", "--kfac-m1", "50",
+            "--sgd-lrs", "0.01", "--sgd-momenta", "0.99", "--adam-lrs", "0.001",
+            "--sgd-batch", "40", "--kfac-m1", "50",
             "--hf-batch", "64", "--hf-cg-max", "10", "--iterations", str(ITERATIONS),
             "--lrs", "0.1", "--cnn-batch", "32", "--cnn-eval-size", "64", "--threads", "1",
             "--quiet"] + ([] if HAVE_MATPLOTLIB else ["--no-plots"])
