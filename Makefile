@@ -42,7 +42,7 @@ BENCH_SRCS := $(sort $(wildcard tests/bench/*.c))
 BENCH_BINS := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
 FMT_FILES  := $(sort $(wildcard lib/include/*.h lib/include/curv/*.h lib/src/*.[ch] \
                 tests/lib/*.[ch] tests/server/*.[ch] tests/bench/*.[ch] tests/fuzz/*.[ch] \
-                server/*.[ch]))
+                server/*.[ch] clients/c/*/*.[ch]))
 
 # V=1 prints full compiler lines.
 Q := $(if $(V),,@)
@@ -117,8 +117,15 @@ $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libcurv.a
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS_ALL) -O3 -march=native $< -o $@ $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(DEP_LIBS)
 
+# bench_commit times the daemon's store: it links the server archive and SQLite.
+$(BUILD)/bench/bench_commit: tests/bench/bench_commit.c $(BUILD)/libcurvd.a $(BUILD)/libcurv.a
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(CFLAGS_ALL) $(SRV_CFLAGS) -Iserver -O3 -march=native $< -o $@ \
+	    $(BUILD)/libcurvd.a $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(SRV_LIBS) $(DEP_LIBS)
+
 # The failing-allocator suite wraps the allocator for the library code it links.
 $(BUILD)/tests/test_alloc: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
+$(BUILD)/tests/test_state_bytes: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
 
 test-unit: $(TEST_BINS) $(STEST_BINS)
 	@tests/run-tests.sh $(TEST_BINS) $(STEST_BINS)

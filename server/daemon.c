@@ -12,7 +12,7 @@
 /* The registry's loader: a session not in memory comes back from its last
  * committed state, so eviction and restarts lose nothing acknowledged. */
 static int load_session(void *ctx, const char *id, const char *tenant, curv_opt **out,
-                        size_t *bytes)
+                        size_t *bytes, struct curvd_committed *committed)
 {
     struct curvd_server *srv = ctx;
     struct curvd_session s = {0};
@@ -31,6 +31,8 @@ static int load_session(void *ctx, const char *id, const char *tenant, curv_opt 
         rc = -1;
     }
     *bytes = s.state_len;
+    if (rc == 0) /* what the next commit compares with: the parts as stored */
+        curvd_committed_set(committed, s.parts, s.n_parts);
     curvd_session_clear(&s);
     return rc;
 }

@@ -151,6 +151,7 @@ static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct 
     double *delta = malloc(dim * sizeof *delta);
     struct curvd_problem p;
     curvd_problem_init(&p);
+    curvd_timing_lap(rp, CURVD_T_COUNT);
     if (!values || !delta) {
         curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
     } else if (decode_answer(rq, curv_opt_layout(e->opt), &pd->req, values, &p) != 0) {
@@ -159,7 +160,9 @@ static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct 
         curv_response resp = {.seq = pd->req.seq, .n_values = pd->req.n_values, .values = values};
         curv_request next;
         curv_error cerr;
+        curvd_timing_lap(rp, CURVD_T_DECODE);
         curv_status cs = curv_opt_resume(e->opt, &resp, CURV_F64, delta, &next, &cerr);
+        curvd_timing_lap(rp, CURVD_T_STEP);
         if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
             pd->answered_seq = resp.seq;
             curvd_metrics_callback(srv->metrics, curv_opt_kind_of(e->opt));

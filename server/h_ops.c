@@ -24,7 +24,9 @@ CURVD_HANDLER(curvd_h_metrics)
         curvd_registry_stats(srv->reg, &n, &bytes);
     if (srv->store && curvd_store_count(srv->store, NULL, &count, err, sizeof err) == 0)
         disk = (long long)count;
-    char *text = srv->metrics ? curvd_metrics_render(srv->metrics, n, bytes, disk, &len) : NULL;
+    char *text = srv->metrics ? curvd_metrics_render(srv->metrics, curvd_http_inflight(srv), n,
+                                                     bytes, disk, &len)
+                              : NULL;
     if (!text) {
         curvd_reply_problem(rp, rq, 503, "UNAVAILABLE", NULL, 0, "metrics are not available");
         return;

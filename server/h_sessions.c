@@ -11,54 +11,111 @@
 
 #include <sqlite3.h>
 
-/* Persist a new optimizer under a fresh id, keep it in memory and answer
- * 201 with the session. Takes @o. */
+/* Persist a new optimizer under a fresh id (every part of its state),
+ * keep it in memory and answer 201 with the session. Takes @o. */
 static void register_new(struct curvd_server *srv, const struct curvd_req *rq,
                          struct curvd_reply *rp, curv_opt *o)
 {
     unsigned char *blob = NULL;
-    size_t len = 0;
+    curv_state_part *parts = NULL;
+    size_t len = 0, n_parts = 0;
     curv_error cerr;
-    if (curv_opt_save(o, &blob, &len, &cerr) != CURV_OK) {
+    if (curv_opt_save_parts(o, &blob, &len, &parts, &n_parts, &cerr) != CURV_OK) {
         curv_opt_free(o);
         curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "%s", cerr.text);
-        return;
-    }
-    if (len > srv->cfg.mem_budget) {
-        curv_free(blob);
-        curv_opt_free(o);
-        curvd_reply_problem(rp, rq, 422, "STATE_TOO_LARGE", NULL, 0,
-                            "the optimizer state takes %zu bytes, above the memory budget of %zu",
-                            len, srv->cfg.mem_budget);
         return;
     }
     char id[CURVD_ID_LEN + 1], err[256];
     curvd_new_id(id);
     json_t *meta = curvd_session_meta(o);
     char *meta_text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(17));
-    struct curvd_session_new row = {.id = id,
-                                    .tenant = rq->tenant,
-                                    .optimizer = curv_opt_kind_name(curv_opt_kind_of(o)),
-                                    .meta = meta_text,
-                                    .step = (int64_t)curv_opt_steps(o),
-                                    .state = blob,
-                                    .state_len = len};
+    struct curvd_session_new row = {
+        .id = id,
+        .tenant = rq->tenant,
+        .optimizer = curv_opt_kind_name(curv_opt_kind_of(o)),
+        .meta = meta_text,
+        .step = (int64_t)curv_opt_steps(o),
+        .state = {.blob = blob, .len = len, .parts = parts, .n_parts = n_parts}};
     int64_t created = 0;
     int st = curvd_store_create(srv->store, &row, &created, err, sizeof err);
+    struct curvd_committed committed = {NULL, 0};
+    if (st == CURVD_STORE_OK)
+        curvd_committed_set(&committed, parts, n_parts);
     curv_free(blob);
+    curv_free(parts);
     if (st != CURVD_STORE_OK) {
         curv_opt_free(o);
         curvd_reply_store_error(rp, rq, st, err);
     } else {
-        if (curvd_registry_add(srv->reg, id, rq->tenant, o, len) != CURVD_REG_OK)
+        if (curvd_registry_add(srv->reg, id, rq->tenant, o, len, &committed) != CURVD_REG_OK) {
             curv_opt_free(o); /* it is durable; the next request loads it */
-        json_t *s = curvd_session_json(id, meta_text, (long long)row.step, created, created);
+            curvd_committed_clear(&committed);
+        }
+        json_t *s =
+            curvd_session_json(id, meta_text, (long long)row.step, created, created, 0, NULL);
         snprintf(rp->location, sizeof rp->location, "/v1/sessions/%s", id);
         snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", (long long)row.step);
         curvd_reply_json(rp, 201, s);
     }
     free(meta_text);
     json_decref(meta);
+}
+
+/* libcurv's refusal of a kind, layout and config (from curv_opt_new or
+ * curv_opt_state_bytes, which refuse alike). */
+static void reply_opt_refused(struct curvd_reply *rp, const struct curvd_req *rq, curv_status st,
+                              const curv_error *cerr)
+{
+    if (st == CURV_E_NOMEM)
+        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "%s", cerr->text);
+    else
+        curvd_reply_problem(rp, rq, st == CURV_E_RANGE ? 422 : 400,
+                            st == CURV_E_RANGE ? "TOO_LARGE" : "INVALID_CONFIG", NULL, 0, "%s",
+                            cerr->text);
+}
+
+/* 0 when an optimizer of @kind, @l and @c holds at most the memory budget
+ * (curv_opt_state_bytes: counted, nothing allocated); else -1 with the
+ * problem in @rp: 422 STATE_TOO_LARGE, or libcurv's refusal. */
+static int check_budget(struct curvd_server *srv, const struct curvd_req *rq,
+                        struct curvd_reply *rp, curv_opt_kind kind, const curv_layout *l,
+                        const curv_config *c)
+{
+    size_t bytes = 0;
+    curv_error cerr;
+    curv_status st = curv_opt_state_bytes(kind, l, c, &bytes, &cerr);
+    if (st != CURV_OK) {
+        reply_opt_refused(rp, rq, st, &cerr);
+        return -1;
+    }
+    if (bytes <= srv->cfg.mem_budget)
+        return 0;
+    char want[64], got[64];
+    snprintf(want, sizeof want, "at most %zu bytes of state", srv->cfg.mem_budget);
+    snprintf(got, sizeof got, bytes == SIZE_MAX ? "more than %zu bytes" : "%zu bytes", bytes);
+    struct curvd_field_error fe = {"/layout", want, got};
+    curvd_reply_problem(rp, rq, 422, "STATE_TOO_LARGE", &fe, 1,
+                        "an %s optimizer of this layout and config holds %s of state, above the "
+                        "memory budget of %zu bytes (--memory-budget)",
+                        curv_opt_kind_name(kind), got, srv->cfg.mem_budget);
+    return -1;
+}
+
+/* Create, unless the state would not fit the memory budget: checked
+ * before anything is allocated. */
+static void create_within_budget(struct curvd_server *srv, const struct curvd_req *rq,
+                                 struct curvd_reply *rp, curv_opt_kind kind, const curv_layout *l,
+                                 const curv_config *c)
+{
+    if (check_budget(srv, rq, rp, kind, l, c) != 0)
+        return;
+    curv_opt *o = NULL;
+    curv_error cerr;
+    curv_status st = curv_opt_new(kind, l, c, &o, &cerr);
+    if (st == CURV_OK)
+        register_new(srv, rq, rp, o);
+    else
+        reply_opt_refused(rp, rq, st, &cerr);
 }
 
 CURVD_HANDLER(curvd_h_session_create)
@@ -95,26 +152,8 @@ CURVD_HANDLER(curvd_h_session_create)
     } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
                                             detail, sizeof detail))) {
         curvd_reply_problem(rp, rq, 400, "INVALID_CONFIG", &fe, 1, "%s", detail);
-    } else if (curv_layout_dim(l) > srv->cfg.mem_budget / sizeof(double)) {
-        /* Every optimizer keeps or moves at least one double per parameter:
-         * refuse before allocating anything that large. */
-        curvd_reply_problem(rp, rq, 422, "STATE_TOO_LARGE", NULL, 0,
-                            "%zu parameters need at least %zu bytes, above the memory budget "
-                            "of %zu",
-                            curv_layout_dim(l), curv_layout_dim(l) * sizeof(double),
-                            srv->cfg.mem_budget);
     } else {
-        curv_opt *o = NULL;
-        curv_error cerr;
-        curv_status st = curv_opt_new(kind, l, c, &o, &cerr);
-        if (st == CURV_OK)
-            register_new(srv, rq, rp, o);
-        else if (st == CURV_E_NOMEM)
-            curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "%s", cerr.text);
-        else
-            curvd_reply_problem(rp, rq, st == CURV_E_RANGE ? 422 : 400,
-                                st == CURV_E_RANGE ? "TOO_LARGE" : "INVALID_CONFIG", NULL, 0, "%s",
-                                cerr.text);
+        create_within_budget(srv, rq, rp, kind, l, c);
     }
     curv_config_free(c);
     curv_layout_free(l);
@@ -128,6 +167,18 @@ CURVD_HANDLER(curvd_h_session_import)
                             "expected Content-Type: application/octet-stream (a state blob)");
         return;
     }
+    if (rq->body_len > srv->cfg.mem_budget) {
+        /* Loading allocates at least the arrays the blob holds: refuse first. */
+        char want[64], got[64];
+        snprintf(want, sizeof want, "at most %zu bytes", srv->cfg.mem_budget);
+        snprintf(got, sizeof got, "%zu bytes", rq->body_len);
+        struct curvd_field_error fe = {"", want, got};
+        curvd_reply_problem(rp, rq, 422, "STATE_TOO_LARGE", &fe, 1,
+                            "the state blob takes %zu bytes, above the memory budget of %zu bytes "
+                            "(--memory-budget)",
+                            rq->body_len, srv->cfg.mem_budget);
+        return;
+    }
     curv_opt *o = NULL;
     curv_error cerr;
     curv_status st = curv_opt_load(rq->body, rq->body_len, &o, &cerr);
@@ -136,19 +187,41 @@ CURVD_HANDLER(curvd_h_session_import)
                             cerr.text);
         return;
     }
-    register_new(srv, rq, rp, o);
+    /* The exact size, as for a new session: the blob's kind, layout and
+     * settings. */
+    curv_config *c = curvd_opt_config(o);
+    if (!c)
+        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
+    else if (check_budget(srv, rq, rp, curv_opt_kind_of(o), curv_opt_layout(o), c) == 0) {
+        register_new(srv, rq, rp, o); /* takes o */
+        o = NULL;
+    }
+    curv_config_free(c);
+    curv_opt_free(o);
 }
 
-/* The session's JSON; @pending_url names the callback awaiting an answer. */
-static void reply_row(struct curvd_reply *rp, const struct curvd_session *s, int status,
-                      const char *pending_url)
+/* The session's JSON, with the callback it awaits (held in memory only). */
+static json_t *session_json(struct curvd_server *srv, const struct curvd_session *s)
+{
+    json_t *j =
+        curvd_session_json(s->id, s->meta, (long long)s->step, (long long)s->created_at,
+                           (long long)s->updated_at, (long long)s->last_step, s->last_report);
+    long long step = 0;
+    uint64_t seq = 0;
+    if (j && curvd_registry_pending(srv->reg, s->id, &step, &seq)) {
+        char url[160];
+        snprintf(url, sizeof url, "/v1/sessions/%s/steps/%lld/callbacks/%llu", s->id, step,
+                 (unsigned long long)seq);
+        json_object_set_new(j, "pending_callback", json_string(url));
+    }
+    return j;
+}
+
+static void reply_row(struct curvd_server *srv, struct curvd_reply *rp,
+                      const struct curvd_session *s, int status)
 {
     snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", (long long)s->step);
-    json_t *j = curvd_session_json(s->id, s->meta, (long long)s->step, (long long)s->created_at,
-                                   (long long)s->updated_at);
-    if (j && pending_url)
-        json_object_set_new(j, "pending_callback", json_string(pending_url));
-    curvd_reply_json(rp, status, j);
+    curvd_reply_json(rp, status, session_json(srv, s));
 }
 
 CURVD_HANDLER(curvd_h_session_get)
@@ -158,17 +231,10 @@ CURVD_HANDLER(curvd_h_session_get)
     int st = curvd_valid_id(rq->param[0])
                  ? curvd_store_get(srv->store, rq->tenant, rq->param[0], 0, &s, err, sizeof err)
                  : CURVD_STORE_NOT_FOUND;
-    long long step = 0;
-    uint64_t seq = 0;
-    char url[160];
-    if (st == CURVD_STORE_OK) {
-        int pending = curvd_registry_pending(srv->reg, s.id, &step, &seq);
-        snprintf(url, sizeof url, "/v1/sessions/%s/steps/%lld/callbacks/%llu", s.id, step,
-                 (unsigned long long)seq);
-        reply_row(rp, &s, 200, pending ? url : NULL);
-    } else {
+    if (st == CURVD_STORE_OK)
+        reply_row(srv, rp, &s, 200);
+    else
         curvd_reply_store_error(rp, rq, st, err);
-    }
     curvd_session_clear(&s);
 }
 
@@ -194,12 +260,8 @@ CURVD_HANDLER(curvd_h_session_list)
         curvd_reply_store_error(rp, rq, st, err);
     } else {
         json_t *arr = json_array();
-        for (size_t i = 0; i < list.count; i++) {
-            const struct curvd_session *s = &list.items[i];
-            json_array_append_new(arr, curvd_session_json(s->id, s->meta, (long long)s->step,
-                                                          (long long)s->created_at,
-                                                          (long long)s->updated_at));
-        }
+        for (size_t i = 0; i < list.count; i++)
+            json_array_append_new(arr, session_json(srv, &list.items[i]));
         json_t *out = json_pack("{s:o}", "sessions", arr);
         if (list.next_page_token)
             json_object_set_new(out, "next_page_token", json_string(list.next_page_token));
@@ -247,19 +309,27 @@ static int reconfigure_durably(struct curvd_server *srv, const struct curvd_req 
                                size_t before_len, size_t *new_bytes, char *err, size_t errlen)
 {
     unsigned char *blob = NULL;
-    size_t len = 0;
+    curv_state_part *parts = NULL;
+    size_t len = 0, n_parts = 0;
     int st = CURVD_STORE_ERROR;
-    if (curv_opt_save(e->opt, &blob, &len, NULL) != CURV_OK) {
+    if (curv_opt_save_parts(e->opt, &blob, &len, &parts, &n_parts, NULL) != CURV_OK) {
         snprintf(err, errlen, "out of memory saving the state");
     } else {
         json_t *meta = curvd_session_meta(e->opt);
         char *meta_text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(17));
+        /* A change of settings changes no array: the header part goes. */
+        struct curvd_state_in in = {blob, len, parts, n_parts, e->committed.p, e->committed.n};
         st =
             curvd_store_update_state(srv->store, rq->tenant, e->id, (int64_t)curv_opt_steps(e->opt),
-                                     blob, len, meta_text, NULL, err, errlen);
+                                     &in, meta_text, NULL, err, errlen);
+        if (st == CURVD_STORE_OK)
+            curvd_committed_set(&e->committed, parts, n_parts);
+        else /* a failed commit may still have landed: compare with nothing */
+            curvd_committed_clear(&e->committed);
         free(meta_text);
         json_decref(meta);
         curv_free(blob);
+        curv_free(parts);
     }
     if (st == CURVD_STORE_CONFLICT) {
         /* This copy is stale (the session stepped through another copy):
@@ -328,7 +398,7 @@ CURVD_HANDLER(curvd_h_session_patch)
             if (st == CURVD_STORE_OK)
                 st = curvd_store_get(srv->store, rq->tenant, e->id, 0, &s, err, sizeof err);
             if (st == CURVD_STORE_OK)
-                reply_row(rp, &s, 200, NULL);
+                reply_row(srv, rp, &s, 200);
             else if (st == CURVD_STORE_CONFLICT)
                 curvd_reply_problem(rp, rq, 409, "SESSION_CHANGED", NULL, 0,
                                     "the session stepped meanwhile; read it again and retry");

@@ -61,10 +61,11 @@ void curvd_callback_url(const struct curvd_entry *e, char *buf, size_t cap)
              (unsigned long long)e->pend.req.seq);
 }
 
-/* 200: {"step", "update": [...], "report": {...}}; 202: {"step",
+/* 200: {"step", "update": [...], "report": {...}}, the report also as
+ * compact text in *@report (to store with the step); 202: {"step",
  * "callback": {"id", "kind", "vectors": [[...], ...]}, "report"}. */
 static int encode_reply(const struct curvd_entry *e, const curv_request *req, const double *delta,
-                        struct curvd_out *out, struct curvd_problem *p)
+                        struct curvd_out *out, char **report, struct curvd_problem *p)
 {
     const curv_opt *o = e->opt;
     const struct curvd_pending *pd = &e->pend;
@@ -77,8 +78,14 @@ static int encode_reply(const struct curvd_entry *e, const curv_request *req, co
     if (!req) {
         json_t *upd = curvd_flat_to_json(l, delta, pd->dtype, enc, out, p);
         rc = upd ? json_object_set_new(root, "update", upd) : -1;
-        if (rc == 0)
-            rc = json_object_set_new(root, "report", report_json(o, pd->grad_norm, delta));
+        json_t *rep = report_json(o, pd->grad_norm, delta);
+        *report = rep ? json_dumps(rep, JSON_COMPACT) : NULL;
+        if (rc == 0 && *report) {
+            rc = json_object_set_new(root, "report", rep);
+        } else {
+            json_decref(rep);
+            rc = -1;
+        }
     } else {
         char id[24], url[160];
         snprintf(id, sizeof id, "%llu", (unsigned long long)req->seq);
@@ -143,31 +150,46 @@ void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, str
     curvd_step_response_clear(&r);
 }
 
-/* Commit the stepped state with its reply, then hand the reply over. */
+/* Commit the stepped state (the parts that changed since the session's
+ * last commit) with its reply, then hand the reply over. */
 static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
                              struct curvd_reply *rp, struct curvd_entry *e, struct curvd_out *out,
-                             size_t *new_bytes)
+                             const char *report, size_t *new_bytes)
 {
     const struct curvd_pending *pd = &e->pend;
     int binary = pd->encoding == CURVD_ENC_BINARY;
     unsigned char *body = curvd_out_join(out), *blob = NULL;
-    size_t len = 0;
+    curv_state_part *parts = NULL;
+    size_t len = 0, n_parts = 0;
     char ctype[96], err[256];
     reply_type(binary, out->json_len, ctype, sizeof ctype);
     int st = CURVD_STORE_ERROR;
     int64_t current = 0;
-    if (body && curv_opt_save(e->opt, &blob, &len, NULL) == CURV_OK) {
+    curvd_timing_lap(rp, CURVD_T_ENCODE);
+    int saved = body && curv_opt_save_parts(e->opt, &blob, &len, &parts, &n_parts, NULL) == CURV_OK;
+    curvd_timing_lap(rp, CURVD_T_SAVE);
+    if (saved) {
         struct curvd_step_commit c = {.step = pd->step,
-                                      .state = blob,
-                                      .state_len = len,
+                                      .state = {.blob = blob,
+                                                .len = len,
+                                                .parts = parts,
+                                                .n_parts = n_parts,
+                                                .stored = e->committed.p,
+                                                .n_stored = e->committed.n},
                                       .content_type = ctype,
                                       .response = body,
-                                      .response_len = out->total_len};
+                                      .response_len = out->total_len,
+                                      .report = report};
+        curvd_http_yield_compute(srv); /* waiting for the group commit is not computing */
         st = curvd_store_commit_step(srv->store, rq->tenant, e->id, &c, &current, err, sizeof err);
+        curvd_timing_lap(rp, CURVD_T_COMMIT);
+        if (st == CURVD_STORE_OK) /* only now is it what the store holds */
+            curvd_committed_set(&e->committed, parts, n_parts);
     } else {
         snprintf(err, sizeof err, "out of memory encoding the reply");
     }
     curv_free(blob);
+    curv_free(parts);
     if (st != CURVD_STORE_OK) {
         free(body);
         curvd_registry_drop(srv->reg, e->id); /* memory is ahead of the database */
@@ -244,18 +266,23 @@ void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
     }
     struct curvd_problem p;
     struct curvd_out out;
+    char *report = NULL;
     curvd_problem_init(&p);
     curvd_out_init(&out);
     if (cs == CURV_NEED_INPUT)
         e->pend.req = *req;
-    if (encode_reply(e, cs == CURV_OK ? NULL : req, delta, &out, &p) != 0) {
+    int encoded = encode_reply(e, cs == CURV_OK ? NULL : req, delta, &out, &report, &p);
+    if (cs != CURV_OK)
+        curvd_timing_lap(rp, CURVD_T_ENCODE);
+    if (encoded != 0) {
         curvd_registry_drop(srv->reg, e->id); /* the optimizer is ahead of the database */
         curvd_reply_codec_problem(rp, rq, &p);
     } else if (cs == CURV_OK) {
-        commit_and_reply(srv, rq, rp, e, &out, new_bytes);
+        commit_and_reply(srv, rq, rp, e, &out, report, new_bytes);
     } else {
         reply_callback(rq, rp, e, &out);
     }
+    free(report);
     curvd_out_clear(&out);
 }
 
@@ -288,10 +315,13 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     const curv_layout *l = curv_opt_layout(e->opt);
     size_t dim = curv_layout_dim(l);
     long long cur = (long long)curv_opt_steps(e->opt);
-    double *g = calloc(dim, sizeof *g), *theta = calloc(dim, sizeof *theta);
-    double *gsq = calloc(dim, sizeof *gsq), *delta = calloc(dim, sizeof *delta);
+    /* Not zeroed: decoding writes every block of what the step reads (the
+     * optional vectors only when given), and the step writes all of delta. */
+    double *g = malloc(dim * sizeof *g), *theta = malloc(dim * sizeof *theta);
+    double *gsq = malloc(dim * sizeof *gsq), *delta = malloc(dim * sizeof *delta);
     curv_layer_stats *ls = NULL;
     int binary = 0;
+    curvd_timing_lap(rp, CURVD_T_COUNT);
     if (!g || !theta || !gsq || !delta) {
         curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
     } else if (curvd_step_parse_head(rq->body, rq->body_len,
@@ -309,6 +339,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     } else {
         if (ls)
             curvd_step_layer_stats(&in, ls);
+        curvd_timing_lap(rp, CURVD_T_DECODE);
         curv_step_input si = {.grad = g,
                               .params = in.nparams ? theta : NULL,
                               .len = dim,
@@ -324,6 +355,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
         curv_request req;
         curv_error cerr;
         curv_status cs = curv_opt_step(e->opt, &si, delta, &req, &cerr);
+        curvd_timing_lap(rp, CURVD_T_STEP);
         if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
             free(e->pend.last);
             e->pend = (struct curvd_pending){.step = in.step,

@@ -44,7 +44,20 @@ struct curvd_http {
     struct rctx *head, *tail;
     int stop;
     atomic_int inflight; /* requests queued or running on workers */
+    atomic_int active;   /* requests between their first byte and their reply's last */
+    /* Compute slots: cfg.workers threads may compute at once; a thread that
+     * waits for the disk (a commit) gives its slot up, so more threads than
+     * slots let many steps share one group commit. */
+    pthread_mutex_t slot_mu;
+    pthread_cond_t slot_cv;
+    unsigned slots_free;
 };
+
+/* Worker threads per compute slot: steps that may wait in one group commit. */
+#define THREADS_PER_SLOT 8
+
+/* Whether this worker thread holds a compute slot. */
+static _Thread_local int holds_slot;
 
 enum phase { RECEIVING = 0, QUEUED, DONE };
 
@@ -86,6 +99,30 @@ const char *curvd_req_header(const struct curvd_req *rq, const char *name)
 const char *curvd_req_query(const struct curvd_req *rq, const char *name)
 {
     return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+static const char *const timing_names[CURVD_T_COUNT] = {"decode", "step", "encode", "save",
+                                                        "commit"};
+
+void curvd_timing_lap(struct curvd_reply *rp, int phase)
+{
+    double now = (double)now_ns() / 1e9;
+    if (phase >= 0 && phase < CURVD_T_COUNT)
+        rp->timing[phase] += now - rp->lap_start;
+    rp->lap_start = now;
+}
+
+/* "decode;dur=1.250, step;dur=0.031, ..." in ms, the phases that ran. */
+static void add_server_timing(struct MHD_Response *r, const struct curvd_reply *rp)
+{
+    char buf[256];
+    size_t n = 0;
+    for (int i = 0; i < CURVD_T_COUNT; i++)
+        if (rp->timing[i] > 0 && n < sizeof buf)
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s;dur=%.3f", n ? ", " : "",
+                                  timing_names[i], rp->timing[i] * 1e3);
+    if (n)
+        MHD_add_response_header(r, "Server-Timing", buf);
 }
 
 static void release_body(struct curvd_reply *rp)
@@ -206,7 +243,7 @@ static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Con
         MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, rp->location);
     if (rp->etag[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, rp->etag);
-    if (rp->status == 503)
+    if (rp->status == 503 || rp->status == 429)
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (rp->status == 405) {
         char allow[64];
@@ -215,6 +252,7 @@ static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Con
     }
     if (rp->status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"curvd\"");
+    add_server_timing(r, rp);
     if (rp->json_header_len) {
         char n[24];
         snprintf(n, sizeof n, "%zu", rp->json_header_len);
@@ -246,6 +284,34 @@ static void enqueue(struct curvd_http *h, struct rctx *x)
     pthread_mutex_unlock(&h->mu);
 }
 
+static void slot_take(struct curvd_http *h)
+{
+    pthread_mutex_lock(&h->slot_mu);
+    while (h->slots_free == 0)
+        pthread_cond_wait(&h->slot_cv, &h->slot_mu);
+    h->slots_free--;
+    pthread_mutex_unlock(&h->slot_mu);
+    holds_slot = 1;
+}
+
+size_t curvd_http_inflight(const struct curvd_server *srv)
+{
+    int n = srv->http ? atomic_load(&srv->http->inflight) : 0;
+    return n > 0 ? (size_t)n : 0;
+}
+
+void curvd_http_yield_compute(struct curvd_server *srv)
+{
+    struct curvd_http *h = srv->http;
+    if (!holds_slot || !h)
+        return;
+    holds_slot = 0;
+    pthread_mutex_lock(&h->slot_mu);
+    h->slots_free++;
+    pthread_cond_signal(&h->slot_cv);
+    pthread_mutex_unlock(&h->slot_mu);
+}
+
 static void *worker_main(void *arg)
 {
     struct curvd_http *h = arg;
@@ -262,10 +328,14 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&h->mu);
         if (!x)
             return NULL; /* stopping and drained */
+        slot_take(h);
         x->rt->handler(h->srv, &x->rq, &x->rp);
+        curvd_http_yield_compute(h->srv);
         x->phase = DONE;
-        MHD_resume_connection(x->conn); /* MHD calls on_request again */
+        /* Count it done before the reply can reach the client, whose next
+         * request must not find it still queued (--max-queue). */
         atomic_fetch_sub(&h->inflight, 1);
+        MHD_resume_connection(x->conn); /* MHD calls on_request again */
     }
 }
 
@@ -302,6 +372,13 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
         x->route = rt->name;
         x->route_index = (size_t)(rt - curvd_routes);
         x->rt = rt;
+        if (rt->heavy && srv->http->nworkers && srv->cfg.max_queue &&
+            (size_t)atomic_load(&srv->http->inflight) >= srv->cfg.max_queue) {
+            curvd_reply_problem(rp, rq, 429, "TOO_MANY_REQUESTS", NULL, 0,
+                                "%zu requests are waiting or running (--max-queue); retry later",
+                                srv->cfg.max_queue);
+            return send_reply(srv, c, x, rp);
+        }
         if (rt->heavy && srv->http->nworkers) {
             /* Suspend before queueing, so the worker's resume always
              * follows the suspend. */
@@ -355,6 +432,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!(x = calloc(1, sizeof *x)))
             return MHD_NO;
         *req_cls = x;
+        atomic_fetch_add(&srv->http->active, 1);
         x->t0_ns = now_ns();
         x->route_index = curvd_route_count;
         snprintf(x->method, sizeof x->method, "%s", method);
@@ -421,6 +499,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     free(x->body);
     free(x);
     *req_cls = NULL;
+    atomic_fetch_sub(&srv->http->active, 1);
 }
 
 static void stop_workers(struct curvd_http *h)
@@ -434,12 +513,18 @@ static void stop_workers(struct curvd_http *h)
     free(h->workers);
     pthread_cond_destroy(&h->cv);
     pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->slot_cv);
+    pthread_mutex_destroy(&h->slot_mu);
 }
 
-static int start_workers(struct curvd_http *h, unsigned n, char *err, size_t errlen)
+static int start_workers(struct curvd_http *h, unsigned slots, char *err, size_t errlen)
 {
+    unsigned n = slots * THREADS_PER_SLOT;
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->cv, NULL);
+    pthread_mutex_init(&h->slot_mu, NULL);
+    pthread_cond_init(&h->slot_cv, NULL);
+    h->slots_free = slots;
     h->workers = calloc(n ? n : 1, sizeof *h->workers);
     if (!h->workers) {
         snprintf(err, errlen, "out of memory");
@@ -468,6 +553,7 @@ int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
     }
     atomic_init(&h->next_id, (uint64_t)now_ns());
     atomic_init(&h->inflight, 0);
+    atomic_init(&h->active, 0);
     h->srv = srv;
     if (start_workers(h, srv->cfg.workers, err, errlen) != 0) {
         free(h);
@@ -484,7 +570,7 @@ int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
         flags, (uint16_t)srv->cfg.port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR,
         (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv->cfg.threads,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)256 * 1024, MHD_OPTION_CONNECTION_LIMIT, 1024u, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
+        (size_t)32 * 1024, MHD_OPTION_CONNECTION_LIMIT, 1024u, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
         MHD_OPTION_END);
     if (!h->mhd) {
         snprintf(err, errlen, "cannot listen on %s:%u (in use, or no permission)", srv->cfg.listen,
@@ -520,13 +606,10 @@ void curvd_http_stop(struct curvd_server *srv)
     MHD_socket ls = MHD_quiesce_daemon(h->mhd);
     for (int i = 0; i < 1200 && atomic_load(&h->inflight) > 0; i++)
         sleep_ms(50);
-    for (int i = 0; i < 160; i++) {
-        const union MHD_DaemonInfo *di =
-            MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-        if (!di || di->num_connections == 0)
-            break;
+    /* Requests still arriving or replies still going out get up to 8 s;
+     * idle keep-alive connections are not waited for (stopping closes them). */
+    for (int i = 0; i < 160 && atomic_load(&h->active) > 0; i++)
         sleep_ms(50);
-    }
     MHD_stop_daemon(h->mhd);
     if (ls != MHD_INVALID_SOCKET)
         close(ls);

@@ -38,16 +38,25 @@ struct curvd_req {
 /* What a handler produces. @body is owned and released by http.c with
  * @body_free (free() when NULL), e.g. sqlite3_free for a buffer the store
  * handed over, so large blobs are sent without a copy. */
+/* Phases of a step that its reply's Server-Timing header reports. */
+enum { CURVD_T_DECODE, CURVD_T_STEP, CURVD_T_ENCODE, CURVD_T_SAVE, CURVD_T_COMMIT, CURVD_T_COUNT };
+
 struct curvd_reply {
     int status;
     const char *content_type;
     char *body;
     size_t len;
     void (*body_free)(void *);
-    char location[160];     /* Location header when non-empty */
-    char etag[32];          /* ETag header when non-empty */
-    size_t json_header_len; /* binary extension: Inference-Header-Content-Length */
+    char location[160];           /* Location header when non-empty */
+    char etag[32];                /* ETag header when non-empty */
+    size_t json_header_len;       /* binary extension: Inference-Header-Content-Length */
+    double timing[CURVD_T_COUNT]; /* seconds per phase: the Server-Timing header */
+    double lap_start;             /* curvd_timing_lap's clock */
 };
+
+/* curvd_timing_lap - add the time since the last lap to @rp's @phase
+ * (CURVD_T_COUNT: only start the clock). */
+void curvd_timing_lap(struct curvd_reply *rp, int phase);
 
 typedef void (*curvd_handler)(struct curvd_server *srv, const struct curvd_req *rq,
                               struct curvd_reply *rp);
@@ -81,6 +90,14 @@ unsigned curvd_http_port(const struct curvd_server *srv);
 void curvd_http_stop(struct curvd_server *srv);
 
 /* A request header or query argument (borrowed), or NULL. */
+/* curvd_http_inflight - heavy requests queued or running on the workers. */
+size_t curvd_http_inflight(const struct curvd_server *srv);
+
+/* curvd_http_yield_compute - the calling worker is about to wait (for a
+ * group commit) rather than compute: let another worker compute meanwhile.
+ * A no-op outside the worker pool. */
+void curvd_http_yield_compute(struct curvd_server *srv);
+
 const char *curvd_req_header(const struct curvd_req *rq, const char *name);
 const char *curvd_req_query(const struct curvd_req *rq, const char *name);
 

@@ -181,14 +181,29 @@ bad:
     return -1;
 }
 
+/* 10^-k as the nearest doubles (what the compiler makes of each literal). */
+static const double pow10_neg[] = {
+    1e-0,  1e-1,  1e-2,  1e-3,  1e-4,  1e-5,  1e-6,  1e-7,  1e-8,  1e-9,  1e-10, 1e-11,
+    1e-12, 1e-13, 1e-14, 1e-15, 1e-16, 1e-17, 1e-18, 1e-19, 1e-20, 1e-21, 1e-22, 1e-23,
+    1e-24, 1e-25, 1e-26, 1e-27, 1e-28, 1e-29, 1e-30, 1e-31, 1e-32, 1e-33, 1e-34, 1e-35,
+    1e-36, 1e-37, 1e-38, 1e-39, 1e-40, 1e-41, 1e-42, 1e-43, 1e-44, 1e-45, 1e-46, 1e-47};
+
 /* Nine digits of x > 0 as an integer in [1e8, 1e9), with *k its decimal
  * exponent. Double arithmetic is exact to ~2e-16 here, far inside the
  * 3e-8 relative half-ulp of a float, so the digits always read back as
- * the same float (they may differ from printf in the last digit on ties). */
+ * the same float (they may differ from printf in the last digit on ties).
+ * The binary exponent gives k or k - 1 without a logarithm; one comparison
+ * with 10^(k+1) settles which. */
 static uint32_t nine_digits(double x, int *k)
 {
-    int e = (int)floor(log10(x));
-    for (;;) {
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    int e2 =
+        (int)((bits >> 52) & 0x7ff) - 1023; /* x in [2^e2, 2^(e2+1)): floats are normal doubles */
+    int e = (e2 * 1233) >> 12;              /* floor(e2 * log10(2)): k or k - 1 */
+    if (x >= (e + 1 >= 0 ? pow10_tab[e + 1] : pow10_neg[-(e + 1)]))
+        e++;
+    for (;;) { /* corrects e should the bound have misjudged */
         int sc = 8 - e;
         double y = sc >= 0 ? x * pow10_tab[sc] : x / pow10_tab[-sc];
         if (y < 1e8) {
@@ -201,12 +216,29 @@ static uint32_t nine_digits(double x, int *k)
                 e++;
                 continue;
             }
-            d = 100000000u;
+            d = 100000000u; /* rounded up to the next power of ten */
             e++;
         }
         *k = e;
         return (uint32_t)d;
     }
+}
+
+static const char digit_pairs[201] = "00010203040506070809101112131415161718192021222324"
+                                     "25262728293031323334353637383940414243444546474849"
+                                     "50515253545556575859606162636465666768697071727374"
+                                     "75767778798081828384858687888990919293949596979899";
+
+/* Write the 9 digits of @d (1e8 <= d < 1e9) into @dig. */
+static void put_nine(char dig[9], uint32_t d)
+{
+    uint32_t hi = d / 10000, lo = d % 10000;
+    dig[0] = (char)('0' + hi / 10000);
+    hi %= 10000;
+    memcpy(dig + 1, digit_pairs + 2 * (hi / 100), 2);
+    memcpy(dig + 3, digit_pairs + 2 * (hi % 100), 2);
+    memcpy(dig + 5, digit_pairs + 2 * (lo / 100), 2);
+    memcpy(dig + 7, digit_pairs + 2 * (lo % 100), 2);
 }
 
 size_t curvd_fmt_f32(char *buf, float f)
@@ -222,9 +254,7 @@ size_t curvd_fmt_f32(char *buf, float f)
         *p++ = '0';
         return (size_t)(p - buf);
     }
-    uint32_t d = nine_digits(x, &k);
-    for (int i = 8; i >= 0; i--, d /= 10)
-        dig[i] = (char)('0' + d % 10);
+    put_nine(dig, nine_digits(x, &k));
     while (nd > 1 && dig[nd - 1] == '0')
         nd--;
     /* printf's %g rule: fixed notation for exponents -4..8. */

@@ -38,13 +38,18 @@ static const struct flag FLAGS[] = {
     {"threads", "CURVD_THREADS", F_UINT, OFF(threads),
      "connection threads (reading requests, small replies)"},
     {"workers", "CURVD_WORKERS", F_UINT, OFF(workers),
-     "threads running steps and other heavy requests (default: one per CPU; 0: run them on "
-     "the connection threads)"},
+     "steps and other heavy requests computed at once, off the connection threads (default: "
+     "one per CPU; 0: run them on the connection threads); steps waiting for their group "
+     "commit do not count"},
     {"max-body", "CURVD_MAX_BODY", F_SIZE, OFF(max_body), "largest request body in bytes (413)"},
+    {"max-queue", "CURVD_MAX_QUEUE", F_SIZE, OFF(max_queue),
+     "steps and other heavy requests waiting or running at once; more are answered 429 with "
+     "Retry-After (0: no limit)"},
     {"max-sessions", "CURVD_MAX_SESSIONS", F_SIZE, OFF(max_sessions),
      "sessions held in memory at once; idle ones beyond are evicted (they stay on disk)"},
     {"memory-budget", "CURVD_MEMORY_BUDGET", F_SIZE, OFF(mem_budget),
-     "bytes of optimizer state held in memory before idle sessions are evicted"},
+     "bytes of optimizer state held in memory before idle sessions are evicted; a session "
+     "whose state alone is larger is refused at create and import (422)"},
     {"token-file", "CURVD_TOKEN_FILE", F_STR, OFF(token_file),
      "file of 'token tenant' lines; when set every /v1 route needs a bearer token"},
     {"log-format", "CURVD_LOG_FORMAT", F_BOOL_LOG, OFF(log_json), "access log: text or json"},
@@ -155,9 +160,13 @@ static int make_parent(const char *path)
 /* A large step allocates bodies, vectors and state blobs of tens of MB.
  * glibc serves those with fresh mmaps, so every step page-faults them in
  * again (a third of a 1e7-parameter step, measured with perf): keep them
- * in the heap for reuse, and give memory back only beyond 1 GiB of slack. */
+ * in the heap for reuse, and give memory back only beyond 1 GiB of slack.
+ * Only the main arena obeys that: other threads' arenas serve anything
+ * over 64 MiB with mmap and shrink their heaps, so every thread uses the
+ * main one (the daemon's threads allocate little besides these buffers). */
 static void tune_malloc(void)
 {
+    mallopt(M_ARENA_MAX, 1);
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
@@ -173,6 +182,7 @@ int main(int argc, char **argv)
                 .workers = 0xffffffffu, /* "not set": one per CPU, below */
                 .max_body = (size_t)512 << 20,
                 .max_sessions = 10000,
+                .max_queue = 1024,
                 .mem_budget = (size_t)4 << 30,
                 .durability_full = 1},
     };

@@ -144,8 +144,9 @@ static void render_requests(const struct curvd_metrics *m, struct buf *b)
     }
 }
 
-char *curvd_metrics_render(const struct curvd_metrics *m, size_t sessions_mem, size_t bytes_mem,
-                           long long sessions_disk, size_t *len)
+char *curvd_metrics_render(const struct curvd_metrics *m, size_t heavy_inflight,
+                           size_t sessions_mem, size_t bytes_mem, long long sessions_disk,
+                           size_t *len)
 {
     struct buf b = {.p = malloc(8192), .cap = 8192};
     if (!b.p)
@@ -175,8 +176,12 @@ char *curvd_metrics_render(const struct curvd_metrics *m, size_t sessions_mem, s
         "curvd_sessions{where=\"disk\"} %lld\n"
         "# HELP curvd_session_memory_bytes Optimizer state held in memory.\n"
         "# TYPE curvd_session_memory_bytes gauge\n"
-        "curvd_session_memory_bytes %zu\n",
-        sessions_mem, sessions_disk, bytes_mem);
+        "curvd_session_memory_bytes %zu\n"
+        "# HELP curvd_heavy_requests_in_flight Steps and other heavy requests queued or running "
+        "(--max-queue caps it).\n"
+        "# TYPE curvd_heavy_requests_in_flight gauge\n"
+        "curvd_heavy_requests_in_flight %zu\n",
+        sessions_mem, sessions_disk, bytes_mem, heavy_inflight);
     if (b.oom) {
         free(b.p);
         return NULL;

@@ -25,7 +25,8 @@ void curvd_metrics_step(struct curvd_metrics *m, curv_opt_kind kind);
 void curvd_metrics_callback(struct curvd_metrics *m, curv_opt_kind kind);
 
 /* The exposition text (malloc'd), with the gauges given by the caller. */
-char *curvd_metrics_render(const struct curvd_metrics *m, size_t sessions_mem, size_t bytes_mem,
-                           long long sessions_disk, size_t *len);
+char *curvd_metrics_render(const struct curvd_metrics *m, size_t heavy_inflight,
+                           size_t sessions_mem, size_t bytes_mem, long long sessions_disk,
+                           size_t *len);
 
 #endif

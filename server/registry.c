@@ -44,9 +44,27 @@ struct curvd_registry *curvd_registry_new(size_t max_sessions, size_t mem_budget
     return r;
 }
 
+void curvd_committed_set(struct curvd_committed *c, const curv_state_part *p, size_t n)
+{
+    curv_state_part *copy = n ? malloc(n * sizeof *copy) : NULL;
+    if (copy)
+        memcpy(copy, p, n * sizeof *copy);
+    free(c->p);
+    c->p = copy;
+    c->n = copy ? n : 0;
+}
+
+void curvd_committed_clear(struct curvd_committed *c)
+{
+    free(c->p);
+    c->p = NULL;
+    c->n = 0;
+}
+
 static void free_session(struct curvd_entry *s)
 {
     curv_opt_free(s->opt);
+    curvd_committed_clear(&s->committed);
     free(s->pend.last);
     free(s);
 }
@@ -163,14 +181,17 @@ enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char 
      * Two racing loaders of one id are settled at insertion. */
     curv_opt *opt = NULL;
     size_t bytes = 0;
-    int lr = r->load ? r->load(r->load_ctx, id, tenant, &opt, &bytes) : 1;
+    struct curvd_committed committed = {NULL, 0};
+    int lr = r->load ? r->load(r->load_ctx, id, tenant, &opt, &bytes, &committed) : 1;
     if (lr != 0)
         return lr > 0 ? CURVD_REG_NOT_FOUND : CURVD_REG_ERROR;
     struct curvd_entry *fresh = new_session(id, tenant, opt, bytes);
     if (!fresh) {
         curv_opt_free(opt);
+        curvd_committed_clear(&committed);
         return CURVD_REG_ERROR;
     }
+    fresh->committed = committed;
     pthread_mutex_lock(&r->mu);
     if (find(r, id)) { /* someone else loaded it meanwhile */
         pthread_mutex_unlock(&r->mu);
@@ -201,7 +222,8 @@ void curvd_registry_end(struct curvd_registry *r, struct curvd_entry *s, size_t 
 }
 
 enum curvd_reg_status curvd_registry_add(struct curvd_registry *r, const char *id,
-                                         const char *tenant, curv_opt *opt, size_t bytes)
+                                         const char *tenant, curv_opt *opt, size_t bytes,
+                                         struct curvd_committed *committed)
 {
     struct curvd_entry *s = new_session(id, tenant, opt, bytes);
     if (!s)
@@ -213,6 +235,8 @@ enum curvd_reg_status curvd_registry_add(struct curvd_registry *r, const char *i
         free_session(s);
         return CURVD_REG_BUSY;
     }
+    s->committed = *committed;
+    *committed = (struct curvd_committed){NULL, 0};
     insert(r, s);
     evict(r);
     pthread_mutex_unlock(&r->mu);

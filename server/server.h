@@ -17,6 +17,7 @@ struct curvd_config {
     unsigned workers;       /* threads for heavy requests (steps); 0: run them inline */
     size_t max_body;        /* bytes; larger bodies get 413 */
     size_t max_sessions;    /* sessions held in memory at once */
+    size_t max_queue;       /* heavy requests queued or running; beyond: 429 */
     size_t mem_budget;      /* bytes of optimizer state held in memory */
     const char *token_file; /* NULL: no auth, everything is tenant "default" */
     int log_json;           /* access log as JSON lines instead of text */

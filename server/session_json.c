@@ -167,6 +167,32 @@ json_t *curvd_session_meta(const curv_opt *o)
                      config, "layout", layout, "dim", (json_int_t)curv_layout_dim(l));
 }
 
+curv_config *curvd_opt_config(const curv_opt *o)
+{
+    curv_opt_kind kind = curv_opt_kind_of(o);
+    curv_config *c = curv_config_new();
+    curv_param_info p;
+    curv_status st = c ? CURV_OK : CURV_E_NOMEM;
+    for (size_t i = 0; st == CURV_OK && curv_opt_param_info(kind, i, &p) == CURV_OK; i++) {
+        char s[512];
+        double v = 0;
+        /* Numbers exactly as resolved; enums and lists as their text. */
+        if (p.type == CURV_PARAM_ENUM || p.type == CURV_PARAM_LIST)
+            st = curv_opt_get_param_str(o, p.name, s, sizeof s) == CURV_OK
+                     ? curv_config_set_str(c, p.name, s, NULL)
+                     : CURV_E_RANGE;
+        else
+            st = curv_opt_get_param(o, p.name, &v) == CURV_OK
+                     ? curv_config_set_num(c, p.name, v, NULL)
+                     : CURV_E_INVALID;
+    }
+    if (st != CURV_OK) {
+        curv_config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
 static json_t *rfc3339(long long ms)
 {
     time_t secs = (time_t)(ms / 1000);
@@ -177,8 +203,20 @@ static json_t *rfc3339(long long ms)
     return json_sprintf("%s.%03lldZ", buf, ms % 1000);
 }
 
+/* {"step", "report"} of the latest step, or null when there is no report
+ * to show (none stored yet, or unreadable). */
+static json_t *last_step_json(long long last_step, const char *report)
+{
+    json_t *r = report && last_step > 0 ? json_loads(report, 0, NULL) : NULL;
+    if (!json_is_object(r)) {
+        json_decref(r);
+        return json_null();
+    }
+    return json_pack("{s:I, s:o}", "step", (json_int_t)last_step, "report", r);
+}
+
 json_t *curvd_session_json(const char *id, const char *meta, long long step, long long created_ms,
-                           long long updated_ms)
+                           long long updated_ms, long long last_step, const char *report)
 {
     json_t *s = meta ? json_loads(meta, 0, NULL) : NULL;
     if (!s)
@@ -188,5 +226,6 @@ json_t *curvd_session_json(const char *id, const char *meta, long long step, lon
     json_object_set_new(s, "pending_callback", json_null());
     json_object_set_new(s, "created_at", rfc3339(created_ms));
     json_object_set_new(s, "updated_at", rfc3339(updated_ms));
+    json_object_set_new(s, "last_step", last_step_json(last_step, report));
     return s;
 }

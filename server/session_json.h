@@ -21,8 +21,15 @@ curv_config *curvd_config_from_json(const json_t *obj, struct curvd_field_error 
  * {"optimizer", "config": {resolved}, "layout": [...], "dim"} (new ref). */
 json_t *curvd_session_meta(const curv_opt *o);
 
-/* A full session object from its meta text and the row's fields. */
+/* @o's resolved settings as a config that creates the same optimizer
+ * (every parameter of its kind), or NULL when out of memory. Ownership:
+ * curv_config_free(). */
+curv_config *curvd_opt_config(const curv_opt *o);
+
+/* A full session object from its meta text and the row's fields; its
+ * "last_step" is {"step": @last_step, "report": @report parsed}, or null
+ * when @report is NULL (no step stored with a report). */
 json_t *curvd_session_json(const char *id, const char *meta, long long step, long long created_ms,
-                           long long updated_ms);
+                           long long updated_ms, long long last_step, const char *report);
 
 #endif

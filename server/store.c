@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "batch.h"
 #include "migrations.h"
 
 #define STORE_STR_(x) #x
@@ -31,6 +32,9 @@ enum stmt_id {
     S_COMMIT,
     S_PUT_RESPONSE,
     S_UPDATE_STATE,
+    S_PUT_PART,
+    S_TRIM_PARTS,
+    S_GET_PARTS,
     S_STEP_OF,
     S_GET_RESPONSE,
     S_COUNT_ALL,
@@ -39,25 +43,40 @@ enum stmt_id {
 };
 
 #define SESSION_COLS "id, tenant, optimizer, meta, created_at, updated_at, step"
+/* What a read of sessions returns (read_session): the row and its latest
+ * step's number and report, by a join that never reads a reply's body. */
+#define SESSION_READ                                                                               \
+    "SELECT s.id, s.tenant, s.optimizer, s.meta, s.created_at, s.updated_at, s.step,"              \
+    " r.step, r.report"
+#define SESSION_FROM " FROM sessions AS s LEFT JOIN step_responses AS r ON r.session_id = s.id"
 
+/* The state lives in state_parts (migration 0003); sessions.state stays
+ * an empty blob. */
 static const char *const stmt_sql[S_COUNT_] = {
     [S_INSERT] = "INSERT INTO sessions (" SESSION_COLS ", state)"
-                 " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)",
-    [S_GET] = "SELECT " SESSION_COLS ", rowid, length(state) FROM sessions"
-              " WHERE id = ?1 AND tenant = ?2",
-    [S_LIST_FIRST] = "SELECT " SESSION_COLS " FROM sessions WHERE tenant = ?2"
-                     " ORDER BY created_at, id LIMIT ?3",
-    [S_LIST_AFTER] = "SELECT " SESSION_COLS " FROM sessions WHERE tenant = ?2"
-                     " AND (created_at, id) > (?4, ?1) ORDER BY created_at, id LIMIT ?3",
+                 " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, x'')",
+    [S_GET] = SESSION_READ SESSION_FROM " WHERE s.id = ?1 AND s.tenant = ?2",
+    [S_LIST_FIRST] = SESSION_READ SESSION_FROM " WHERE s.tenant = ?2"
+                                               " ORDER BY s.created_at, s.id LIMIT ?3",
+    [S_LIST_AFTER] = SESSION_READ SESSION_FROM " WHERE s.tenant = ?2"
+                                               " AND (s.created_at, s.id) > (?4, ?1)"
+                                               " ORDER BY s.created_at, s.id LIMIT ?3",
     [S_DELETE] = "DELETE FROM sessions WHERE id = ?1 AND tenant = ?2",
-    [S_COMMIT] = "UPDATE sessions SET state = ?3, step = ?4, updated_at = ?5"
-                 " WHERE id = ?1 AND tenant = ?2 AND step = ?4 - 1",
-    [S_PUT_RESPONSE] = "INSERT INTO step_responses (session_id, step, content_type, body)"
-                       " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (session_id) DO UPDATE SET"
+    [S_COMMIT] = "UPDATE sessions SET step = ?3, updated_at = ?4"
+                 " WHERE id = ?1 AND tenant = ?2 AND step = ?3 - 1",
+    [S_PUT_RESPONSE] = "INSERT INTO step_responses (session_id, step, content_type, body, report)"
+                       " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (session_id) DO UPDATE SET"
                        " step = excluded.step, content_type = excluded.content_type,"
-                       " body = excluded.body",
-    [S_UPDATE_STATE] = "UPDATE sessions SET state = ?3, meta = ?4, updated_at = ?5"
-                       " WHERE id = ?1 AND tenant = ?2 AND step = ?6",
+                       " body = excluded.body, report = excluded.report",
+    [S_UPDATE_STATE] = "UPDATE sessions SET meta = ?3, updated_at = ?4"
+                       " WHERE id = ?1 AND tenant = ?2 AND step = ?5",
+    [S_PUT_PART] = "INSERT INTO state_parts (session_id, idx, stamp, bytes) VALUES (?1, ?2, ?3, ?4)"
+                   " ON CONFLICT (session_id, idx) DO UPDATE SET"
+                   " stamp = excluded.stamp, bytes = excluded.bytes",
+    [S_TRIM_PARTS] = "DELETE FROM state_parts WHERE session_id = ?1 AND idx >= ?2",
+    /* length() of a blob comes from the record header: no overflow page is read. */
+    [S_GET_PARTS] = "SELECT idx, rowid, stamp, length(bytes) FROM state_parts"
+                    " WHERE session_id = ?1 ORDER BY idx",
     [S_STEP_OF] = "SELECT step FROM sessions WHERE id = ?1 AND tenant = ?2",
     [S_GET_RESPONSE] = "SELECT r.rowid, r.step, r.content_type, length(r.body)"
                        " FROM step_responses AS r JOIN sessions AS s ON s.id = r.session_id"
@@ -66,11 +85,18 @@ static const char *const stmt_sql[S_COUNT_] = {
     [S_COUNT_TENANT] = "SELECT count(*) FROM sessions WHERE tenant = ?1",
 };
 
+/* Steps committed in one transaction at most: enough to share an fsync
+ * among all of a busy daemon's workers, few enough to bound a batch. */
+#define COMMIT_BATCH_MAX 64
+
 struct curvd_store {
     sqlite3 *db;
     sqlite3_mutex *mu; /* the connection's own (recursive) mutex */
     sqlite3_stmt *stmt[S_COUNT_];
+    struct curvd_batcher *commits; /* group commit of curvd_store_commit_step() */
 };
+
+static void commit_batch(void *ctx, struct curvd_batch_item **links, size_t n);
 
 /* Indexed by code: the codes are dense from 0. */
 static const char *const status_names[] = {
@@ -216,10 +242,34 @@ static int dup_text(sqlite3_stmt *q, int col, char **out)
     return 0;
 }
 
-/* Read a blob straight into a new buffer with the incremental-blob API:
- * sqlite3_column_blob() would first assemble a large value in a buffer of
- * its own, and the copy into ours would be a second pass. Runs inside the
- * caller's read transaction, so @len and the bytes belong together. */
+/* Read row @row's blob (@len bytes) into @dst with the incremental-blob
+ * API: sqlite3_column_blob() would first assemble a large value in a
+ * buffer of its own, and the copy into ours would be a second pass. The
+ * first call opens *@b, later ones move it to their row; the caller
+ * closes it with blob_close(). Runs inside the caller's read transaction,
+ * so @len and the bytes belong together. */
+static int blob_read_row(struct curvd_store *st, sqlite3_blob **b, const char *table,
+                         const char *col, sqlite3_int64 row, void *dst, sqlite3_int64 len,
+                         char *err, size_t errlen)
+{
+    int rc = *b ? sqlite3_blob_reopen(*b, row)
+                : sqlite3_blob_open(st->db, "main", table, col, row, 0, b);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_blob_read(*b, dst, (int)len, 0); /* len <= SQLITE_MAX_LENGTH < INT_MAX */
+    return rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, "reading a blob");
+}
+
+/* Close a handle of blob_read_row() (NULL: a no-op); a failure to close
+ * matters only when the reads went well, whose @status it replaces. */
+static int blob_close(struct curvd_store *st, sqlite3_blob *b, int status, char *err, size_t errlen)
+{
+    int rc = sqlite3_blob_close(b);
+    if (status == CURVD_STORE_OK && rc != SQLITE_OK)
+        status = db_fail(st, rc, err, errlen, "reading a blob");
+    return status;
+}
+
+/* Row @row's blob of @len bytes, into a new buffer (none when empty). */
 static int read_blob(struct curvd_store *st, const char *table, const char *col, sqlite3_int64 row,
                      sqlite3_int64 len, unsigned char **out, size_t *out_len, char *err,
                      size_t errlen)
@@ -230,20 +280,187 @@ static int read_blob(struct curvd_store *st, const char *table, const char *col,
     if (!buf)
         return no_memory(err, errlen);
     sqlite3_blob *b = NULL;
-    int rc = sqlite3_blob_open(st->db, "main", table, col, row, 0, &b);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_blob_read(b, buf, (int)len, 0); /* len <= SQLITE_MAX_LENGTH < INT_MAX */
-    /* Format the message before the close can replace it. */
-    int status = rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, "reading a blob");
-    rc = sqlite3_blob_close(b); /* NULL after a failed open: a no-op */
-    if (status == CURVD_STORE_OK && rc != SQLITE_OK)
-        status = db_fail(st, rc, err, errlen, "reading a blob");
+    int status = blob_read_row(st, &b, table, col, row, buf, len, err, errlen);
+    status = blob_close(st, b, status, err, errlen);
     if (status != CURVD_STORE_OK) {
         sqlite3_free(buf);
         return status;
     }
     *out = buf;
     *out_len = (size_t)len;
+    return CURVD_STORE_OK;
+}
+
+/* Stamps are unsigned 64-bit; SQLite keeps signed ones: the same bits. */
+static int64_t stamp_to_db(uint64_t stamp)
+{
+    int64_t v;
+    memcpy(&v, &stamp, sizeof v);
+    return v;
+}
+
+static uint64_t stamp_from_db(int64_t v)
+{
+    uint64_t stamp;
+    memcpy(&stamp, &v, sizeof stamp);
+    return stamp;
+}
+
+/* Do @n parts @p tile [0, @len) in order, none empty? No parts (NULL)
+ * stand for the blob as one part. */
+static int parts_tile(const curv_state_part *p, size_t n, size_t len)
+{
+    if (!p)
+        return n == 0;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i].offset != off || p[i].len == 0 || p[i].len > len - off)
+            return 0;
+        off += p[i].len;
+    }
+    return off == len;
+}
+
+static int valid_state(const struct curvd_state_in *s)
+{
+    return s && (s->blob || !s->len) && parts_tile(s->parts, s->n_parts, s->len) &&
+           (s->stored || !s->n_stored);
+}
+
+static size_t part_count(const struct curvd_state_in *s)
+{
+    return s->parts ? s->n_parts : s->len > 0;
+}
+
+/* Part @i of @s: its own, or the whole blob with stamp 0. */
+static curv_state_part part_at(const struct curvd_state_in *s, size_t i)
+{
+    return s->parts ? s->parts[i] : (curv_state_part){.offset = 0, .len = s->len, .stamp = 0};
+}
+
+/* Is @s divided as what is stored (count, offsets, lengths)? Only then
+ * do equal stamps mean equal bytes. */
+static int same_division(const struct curvd_state_in *s)
+{
+    size_t n = part_count(s);
+    if (!s->stored || s->n_stored != n)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        curv_state_part p = part_at(s, i);
+        if (p.offset != s->stored[i].offset || p.len != s->stored[i].len)
+            return 0;
+    }
+    return 1;
+}
+
+/* Inside the caller's write transaction: write the parts of @s that
+ * changed since what it says is stored, and delete stored parts past its
+ * last one. */
+static int write_parts(struct curvd_store *st, const char *id, const struct curvd_state_in *s,
+                       char *err, size_t errlen)
+{
+    sqlite3_stmt *q = st->stmt[S_PUT_PART];
+    size_t n = part_count(s);
+    int same = same_division(s), status = CURVD_STORE_OK;
+    for (size_t i = 0; status == CURVD_STORE_OK && i < n; i++) {
+        curv_state_part p = part_at(s, i);
+        if (same && p.stamp != 0 && p.stamp == s->stored[i].stamp)
+            continue;
+        int rc = bind(q, "tiib", id, (int64_t)i, stamp_to_db(p.stamp),
+                      (const unsigned char *)s->blob + p.offset, p.len);
+        status = rc == SQLITE_OK ? run(st, q, NULL, "writing a state part", err, errlen)
+                                 : db_fail(st, rc, err, errlen, "binding a state part");
+        done(q);
+    }
+    if (status != CURVD_STORE_OK)
+        return status;
+    q = st->stmt[S_TRIM_PARTS];
+    int rc = bind(q, "ti", id, (int64_t)n);
+    status = rc == SQLITE_OK ? run(st, q, NULL, "deleting state parts", err, errlen)
+                             : db_fail(st, rc, err, errlen, "binding parameters");
+    done(q);
+    return status;
+}
+
+/* The rows of a stored state: rowid, stamp and length of each part. */
+struct part_rows {
+    sqlite3_int64 *row;
+    curv_state_part *p;
+    size_t n, cap;
+    sqlite3_uint64 total;
+};
+
+static int part_rows_add(struct part_rows *r, sqlite3_int64 row, uint64_t stamp, sqlite3_int64 len)
+{
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 16;
+        sqlite3_int64 *nrow = sqlite3_realloc64(r->row, cap * sizeof *nrow);
+        if (nrow)
+            r->row = nrow;
+        curv_state_part *np = nrow ? sqlite3_realloc64(r->p, cap * sizeof *np) : NULL;
+        if (!np)
+            return -1;
+        r->p = np;
+        r->cap = cap;
+    }
+    r->row[r->n] = row;
+    r->p[r->n++] =
+        (curv_state_part){.offset = (size_t)r->total, .len = (size_t)len, .stamp = stamp};
+    r->total += (sqlite3_uint64)len;
+    return 0;
+}
+
+/* Session @id's parts in order (idx 0, 1, ... without a gap). */
+static int list_parts(struct curvd_store *st, const char *id, struct part_rows *r, char *err,
+                      size_t errlen)
+{
+    sqlite3_stmt *q = st->stmt[S_GET_PARTS];
+    int rc = bind(q, "t", id), status = CURVD_STORE_OK;
+    while (status == CURVD_STORE_OK && rc == SQLITE_OK && (rc = sqlite3_step(q)) == SQLITE_ROW) {
+        rc = SQLITE_OK;
+        sqlite3_int64 len = sqlite3_column_int64(q, 3);
+        if (sqlite3_column_int64(q, 0) != (sqlite3_int64)r->n)
+            status = fail(err, errlen, CURVD_STORE_ERROR, "session %s: state part %zu is missing",
+                          id, r->n);
+        else if (part_rows_add(r, sqlite3_column_int64(q, 1),
+                               stamp_from_db(sqlite3_column_int64(q, 2)), len) != 0)
+            status = no_memory(err, errlen);
+    }
+    if (status == CURVD_STORE_OK && rc != SQLITE_DONE)
+        status = db_fail(st, rc, err, errlen, "listing state parts");
+    done(q);
+    return status;
+}
+
+/* Session @id's state into @o: each part read into its place in one
+ * buffer, and the parts' division and stamps. Inside the caller's read
+ * transaction, so that the parts belong together. */
+static int read_state(struct curvd_store *st, const char *id, struct curvd_session *o, char *err,
+                      size_t errlen)
+{
+    struct part_rows r = {0};
+    unsigned char *buf = NULL;
+    int status = list_parts(st, id, &r, err, errlen);
+    if (status == CURVD_STORE_OK && r.total > 0 && !(buf = sqlite3_malloc64(r.total)))
+        status = no_memory(err, errlen);
+    sqlite3_blob *b = NULL;
+    for (size_t i = 0; status == CURVD_STORE_OK && i < r.n; i++)
+        if (r.p[i].len) /* never empty as written; an empty part has nothing to read */
+            status = blob_read_row(st, &b, "state_parts", "bytes", r.row[i], buf + r.p[i].offset,
+                                   (sqlite3_int64)r.p[i].len, err, errlen);
+    status = blob_close(st, b, status, err, errlen);
+    sqlite3_free(r.row);
+    if (status != CURVD_STORE_OK) {
+        sqlite3_free(r.p);
+        sqlite3_free(buf);
+        return status;
+    }
+    o->state = buf;
+    o->state_len = (size_t)r.total;
+    o->parts = r.n ? r.p : NULL;
+    o->n_parts = r.n;
+    if (!r.n)
+        sqlite3_free(r.p);
     return CURVD_STORE_OK;
 }
 
@@ -389,6 +606,9 @@ int curvd_store_open(const char *path, enum curvd_durability durability, struct 
         sqlite3_mutex_enter(st->mu);
         status = setup(st, durability, err, errlen);
         sqlite3_mutex_leave(st->mu);
+        if (status == CURVD_STORE_OK &&
+            !(st->commits = curvd_batcher_new(COMMIT_BATCH_MAX, commit_batch, st)))
+            status = no_memory(err, errlen);
     }
     if (status != CURVD_STORE_OK) {
         curvd_store_close(st);
@@ -407,6 +627,7 @@ void curvd_store_close(struct curvd_store *st)
     for (int i = 0; i < S_COUNT_; i++)
         (void)sqlite3_finalize(st->stmt[i]);
     (void)sqlite3_close(st->db);
+    curvd_batcher_free(st->commits);
     sqlite3_free(st);
 }
 
@@ -447,25 +668,29 @@ int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s
                        int64_t *created_at, char *err, size_t errlen)
 {
     if (!st || !s || !s->id || !s->tenant || !s->optimizer || s->step < 0 ||
-        (!s->state && s->state_len))
+        !valid_state(&s->state))
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_create: invalid argument");
     int64_t now = now_ms();
+    /* A new session has nothing stored: every part is written. */
+    struct curvd_state_in all = s->state;
+    all.stored = NULL;
+    all.n_stored = 0;
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = st->stmt[S_INSERT];
-    int rc = bind(q, "ttttiib", s->id, s->tenant, s->optimizer, s->meta, now, s->step, s->state,
-                  s->state_len);
+    int rc = bind(q, "ttttii", s->id, s->tenant, s->optimizer, s->meta, now, s->step);
     int status = rc == SQLITE_OK ? exec_sql(st, "BEGIN IMMEDIATE", err, errlen)
                                  : db_fail(st, rc, err, errlen, "binding a new session");
-    if (status == CURVD_STORE_OK) {
-        rc = sqlite3_step(q);
-        if (rc == SQLITE_DONE)
-            status = exec_sql(st, "COMMIT", err, errlen);
-        else if (sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_PRIMARYKEY)
+    if (status == CURVD_STORE_OK && (rc = sqlite3_step(q)) != SQLITE_DONE) {
+        if (sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_PRIMARYKEY)
             status = fail(err, errlen, CURVD_STORE_CONFLICT, "session %s exists", s->id);
         else
             status = db_fail(st, rc, err, errlen, "inserting a session");
     }
     done(q);
+    if (status == CURVD_STORE_OK)
+        status = write_parts(st, s->id, &all, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st, "COMMIT", err, errlen);
     if (status != CURVD_STORE_OK)
         rollback(st);
     sqlite3_mutex_leave(st->mu);
@@ -474,18 +699,20 @@ int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s
     return status;
 }
 
-/* The SESSION_COLS of the current row into @o (no state). */
+/* The SESSION_READ columns of the current row into @o (no state); a
+ * session without a stored reply reads NULLs there, hence last_step 0. */
 static int read_session(sqlite3_stmt *q, struct curvd_session *o)
 {
     memset(o, 0, sizeof *o);
     if (dup_text(q, 0, &o->id) || dup_text(q, 1, &o->tenant) || dup_text(q, 2, &o->optimizer) ||
-        dup_text(q, 3, &o->meta)) {
+        dup_text(q, 3, &o->meta) || dup_text(q, 8, &o->last_report)) {
         curvd_session_clear(o);
         return -1;
     }
     o->created_at = sqlite3_column_int64(q, 4);
     o->updated_at = sqlite3_column_int64(q, 5);
     o->step = sqlite3_column_int64(q, 6);
+    o->last_step = sqlite3_column_int64(q, 7);
     return 0;
 }
 
@@ -499,21 +726,15 @@ static int get_locked(struct curvd_store *st, const char *tenant, const char *id
     if (rc == SQLITE_OK)
         rc = sqlite3_step(q);
     int status = CURVD_STORE_OK;
-    sqlite3_int64 row = 0, len = 0;
     if (rc == SQLITE_DONE)
         status = fail(err, errlen, CURVD_STORE_NOT_FOUND, "no session %s", id);
     else if (rc != SQLITE_ROW)
         status = db_fail(st, rc, err, errlen, "reading a session");
     else if (read_session(q, o) != 0)
         status = no_memory(err, errlen);
-    if (status == CURVD_STORE_OK) {
-        row = sqlite3_column_int64(q, 7);
-        len = sqlite3_column_int64(q, 8);
-    }
     done(q);
     if (status == CURVD_STORE_OK && with_state)
-        status =
-            read_blob(st, "sessions", "state", row, len, &o->state, &o->state_len, err, errlen);
+        status = read_state(st, id, o, err, errlen);
     return status;
 }
 
@@ -679,61 +900,156 @@ static int explain_miss(struct curvd_store *st, const char *tenant, const char *
 }
 
 /* In one BEGIN IMMEDIATE transaction: run the bound write @q, which
- * matches the session only under its condition; if it matched, run @then
- * (bound, or NULL) and commit; else explain why not and write nothing.
- * @brc is the binding's result. Clears both statements. */
-static int conditional_write(struct curvd_store *st, int brc, sqlite3_stmt *q, sqlite3_stmt *then,
-                             const char *tenant, const char *id, int64_t *current_step, char *err,
-                             size_t errlen)
+ * matches the session only under its condition; if it matched, write the
+ * parts of @state (NULL: none) and commit; else explain why not and write
+ * nothing. @brc is the binding's result. Clears @q. */
+static int conditional_write(struct curvd_store *st, int brc, sqlite3_stmt *q,
+                             const struct curvd_state_in *state, const char *tenant, const char *id,
+                             int64_t *current_step, char *err, size_t errlen)
 {
     int changes = 0;
     int status = brc == SQLITE_OK ? exec_sql(st, "BEGIN IMMEDIATE", err, errlen)
                                   : db_fail(st, brc, err, errlen, "binding parameters");
     if (status == CURVD_STORE_OK)
         status = run(st, q, &changes, "updating a session", err, errlen);
+    done(q);
     if (status == CURVD_STORE_OK && changes == 0)
         status = explain_miss(st, tenant, id, current_step, err, errlen);
-    if (status == CURVD_STORE_OK && then)
-        status = run(st, then, NULL, "storing a step response", err, errlen);
+    if (status == CURVD_STORE_OK && state)
+        status = write_parts(st, id, state, err, errlen);
     if (status == CURVD_STORE_OK)
         status = exec_sql(st, "COMMIT", err, errlen);
     if (status != CURVD_STORE_OK)
         rollback(st);
-    done(q);
-    if (then)
-        done(then);
     return status;
+}
+
+/* Write one step inside the open transaction: the step, the parts that
+ * changed, the reply. CONFLICT and NOT_FOUND are the item's own outcome
+ * (nothing written); any other failure spoils the whole transaction. */
+static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
+{
+    const struct curvd_step_commit *c = it->c;
+    char *err = it->err;
+    const size_t errlen = sizeof it->err;
+    sqlite3_stmt *q = st->stmt[S_COMMIT], *r = st->stmt[S_PUT_RESPONSE];
+    int changes = 0;
+    int rc = bind(q, "ttii", it->id, it->tenant, c->step, now_ms());
+    int status = rc == SQLITE_OK ? run(st, q, &changes, "updating a session", err, errlen)
+                                 : db_fail(st, rc, err, errlen, "binding parameters");
+    done(q);
+    if (status == CURVD_STORE_OK && changes == 0)
+        return explain_miss(st, it->tenant, it->id, &it->current_step, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = write_parts(st, it->id, &c->state, err, errlen);
+    if (status == CURVD_STORE_OK) {
+        rc = bind(r, "titbt", it->id, c->step, c->content_type, c->response, c->response_len,
+                  c->report);
+        status = rc == SQLITE_OK ? run(st, r, NULL, "storing a step response", err, errlen)
+                                 : db_fail(st, rc, err, errlen, "binding parameters");
+        done(r);
+    }
+    return status;
+}
+
+static int valid_item(const struct curvd_commit_item *it)
+{
+    const struct curvd_step_commit *c = it->c;
+    return it->tenant && it->id && c && c->step >= 1 && c->content_type && valid_state(&c->state) &&
+           (c->response || !c->response_len);
+}
+
+/* The items in one transaction; on a failure that is not one item's own,
+ * nothing is written and every item carries that failure. */
+static int commit_group(struct curvd_store *st, struct curvd_commit_item **items, size_t n)
+{
+    char err[sizeof items[0]->err];
+    sqlite3_mutex_enter(st->mu);
+    int status = exec_sql(st, "BEGIN IMMEDIATE", err, sizeof err);
+    for (size_t i = 0; status == CURVD_STORE_OK && i < n; i++) {
+        struct curvd_commit_item *it = items[i];
+        it->status = write_step(st, it);
+        if (it->status != CURVD_STORE_OK && it->status != CURVD_STORE_CONFLICT &&
+            it->status != CURVD_STORE_NOT_FOUND) {
+            status = it->status;
+            snprintf(err, sizeof err, "%s", it->err);
+        }
+    }
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st, "COMMIT", err, sizeof err);
+    if (status != CURVD_STORE_OK) {
+        rollback(st);
+        for (size_t i = 0; i < n; i++) {
+            items[i]->status = status;
+            snprintf(items[i]->err, sizeof items[i]->err, "%s", err);
+        }
+    }
+    sqlite3_mutex_leave(st->mu);
+    return status;
+}
+
+void curvd_store_commit_steps(struct curvd_store *st, struct curvd_commit_item **items, size_t n)
+{
+    struct curvd_commit_item *ok[COMMIT_BATCH_MAX];
+    while (n) { /* in slices, invalid items answered on the spot */
+        size_t k = 0;
+        for (; n && k < COMMIT_BATCH_MAX; items++, n--) {
+            if (!st || !valid_item(*items)) {
+                (*items)->status = fail((*items)->err, sizeof(*items)->err, CURVD_STORE_INVALID,
+                                        "curvd_store_commit_step: invalid argument");
+                continue;
+            }
+            (*items)->err[0] = '\0';
+            ok[k++] = *items;
+        }
+        /* A failed group goes again one step at a time, so that one step's
+         * failure (a blob too big, say) is not every step's. */
+        if (k && commit_group(st, ok, k) != CURVD_STORE_OK && k > 1)
+            for (size_t i = 0; i < k; i++)
+                commit_group(st, ok + i, 1);
+    }
+}
+
+/* A curvd_store_commit_step() call waiting in the batcher. */
+struct waiting_commit {
+    struct curvd_batch_item link; /* first: the batcher hands back &link */
+    struct curvd_commit_item item;
+};
+
+static void commit_batch(void *ctx, struct curvd_batch_item **links, size_t n)
+{
+    struct curvd_commit_item *items[COMMIT_BATCH_MAX];
+    for (size_t i = 0; i < n; i++)
+        items[i] = &((struct waiting_commit *)(void *)links[i])->item;
+    curvd_store_commit_steps(ctx, items, n);
 }
 
 int curvd_store_commit_step(struct curvd_store *st, const char *tenant, const char *id,
                             const struct curvd_step_commit *c, int64_t *current_step, char *err,
                             size_t errlen)
 {
-    if (!st || !tenant || !id || !c || c->step < 1 || !c->content_type ||
-        (!c->state && c->state_len) || (!c->response && c->response_len))
+    struct waiting_commit w = {.item = {.tenant = tenant, .id = id, .c = c}};
+    if (!st || !valid_item(&w.item))
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_commit_step: invalid argument");
-    int64_t now = now_ms();
-    sqlite3_mutex_enter(st->mu);
-    sqlite3_stmt *q = st->stmt[S_COMMIT], *r = st->stmt[S_PUT_RESPONSE];
-    int rc = bind(q, "ttbii", id, tenant, c->state, c->state_len, c->step, now);
-    if (rc == SQLITE_OK)
-        rc = bind(r, "titb", id, c->step, c->content_type, c->response, c->response_len);
-    int status = conditional_write(st, rc, q, r, tenant, id, current_step, err, errlen);
-    sqlite3_mutex_leave(st->mu);
-    return status;
+    curvd_batcher_run(st->commits, &w.link);
+    if (w.item.status == CURVD_STORE_CONFLICT && current_step)
+        *current_step = w.item.current_step;
+    if (w.item.status != CURVD_STORE_OK && err && errlen)
+        snprintf(err, errlen, "%s", w.item.err);
+    return w.item.status;
 }
 
 int curvd_store_update_state(struct curvd_store *st, const char *tenant, const char *id,
-                             int64_t expected_step, const void *state, size_t state_len,
+                             int64_t expected_step, const struct curvd_state_in *state,
                              const char *meta, int64_t *current_step, char *err, size_t errlen)
 {
-    if (!st || !tenant || !id || expected_step < 0 || (!state && state_len))
+    if (!st || !tenant || !id || expected_step < 0 || !valid_state(state))
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_update_state: bad argument");
     int64_t now = now_ms();
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = st->stmt[S_UPDATE_STATE];
-    int rc = bind(q, "ttbtii", id, tenant, state, state_len, meta, now, expected_step);
-    int status = conditional_write(st, rc, q, NULL, tenant, id, current_step, err, errlen);
+    int rc = bind(q, "tttii", id, tenant, meta, now, expected_step);
+    int status = conditional_write(st, rc, q, state, tenant, id, current_step, err, errlen);
     sqlite3_mutex_leave(st->mu);
     return status;
 }
@@ -826,6 +1142,8 @@ void curvd_session_clear(struct curvd_session *s)
     sqlite3_free(s->optimizer);
     sqlite3_free(s->meta);
     sqlite3_free(s->state);
+    sqlite3_free(s->parts);
+    sqlite3_free(s->last_report);
     memset(s, 0, sizeof *s);
 }
 

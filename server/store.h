@@ -10,10 +10,20 @@
  * the one writer, and writers (each in BEGIN IMMEDIATE) wait for each other
  * up to the busy timeout, then fail with CURVD_STORE_BUSY.
  *
+ * Group commit: curvd_store_commit_step() calls that overlap in time are
+ * written in one transaction (one fsync under FULL durability) by whichever
+ * caller gets there first, while the others wait for it; each call still
+ * gets its own outcome, and returns only once its step is durable.
+ *
  * Errors: every fallible call returns an enum curvd_store_status and, when
  * @err is not NULL, writes a sentence (with SQLite's own message where
  * SQLite failed) into @err[@errlen]. Out-parameters are written only on
  * CURVD_STORE_OK unless stated otherwise.
+ *
+ * State in parts: a session's state blob is stored as the parts libcurv
+ * divides it into (curv_opt_save_parts), one row each, and read back as
+ * their concatenation. A write names what the caller knows is committed
+ * (struct curvd_state_in) and rewrites only the parts that changed since.
  *
  * Memory: the owned copies handed out (strings, blobs) are allocated with
  * sqlite3_malloc64 so that SQLite's allocator hooks cover them too; release
@@ -25,6 +35,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "curv.h"
 
 /* PRAGMA application_id of a curvd database: "crvd" in ASCII. */
 #define CURVD_STORE_APPLICATION_ID 0x63727664
@@ -65,6 +77,12 @@ struct curvd_store;
  * @step:      completed steps.
  * @state:     the libcurv state blob, or NULL when @state_len is 0 or it
  *             was not asked for.
+ * @parts:     with the state: how it is stored, @n_parts parts in order
+ *             with their stamps (NULL when there are none); what a caller
+ *             hands back as curvd_state_in.stored to its next write.
+ * @last_step: the step of the stored reply (0: none, e.g. new or imported).
+ * @last_report: that step's report as committed, or NULL (none, or a step
+ *             committed without one).
  * Times are unix milliseconds, stamped by the store.
  * Ownership: every pointer is owned by the struct; curvd_session_clear().
  */
@@ -78,15 +96,47 @@ struct curvd_session {
     int64_t step;
     unsigned char *state;
     size_t state_len;
+    curv_state_part *parts;
+    size_t n_parts;
+    int64_t last_step;
+    char *last_report;
 };
 
 /* curvd_session_clear - free what @s owns and zero it; NULL is a no-op. */
 void curvd_session_clear(struct curvd_session *s);
 
 /*
+ * curvd_state_in - a state blob to write, and how to write it.
+ * @blob, @len: the blob; @blob may be NULL when @len is 0.
+ * @parts, @n_parts: how the blob divides (curv_opt_save_parts: in order,
+ *             tiling [0, @len), none empty); NULL and 0: the blob is one
+ *             part with stamp 0 (no part when @len is 0).
+ * @stored, @n_stored: the parts the session has committed now (as read
+ *             back in curvd_session.parts, or as the caller last wrote
+ *             them), or NULL and 0 when not known. A part is written
+ *             unless the division is the same as @stored's (count,
+ *             offsets, lengths) and its stamp is non-zero and equal to the
+ *             stored one's; stored parts beyond @n_parts are deleted.
+ *             Stamps are comparable only along one history (opt.h): pass
+ *             only what is committed for this session, never what an
+ *             uncommitted write would have stored.
+ * Ownership: all borrowed, and never copied by the store itself (SQLite
+ * copies the bytes once into its pages).
+ */
+struct curvd_state_in {
+    const void *blob;
+    size_t len;
+    const curv_state_part *parts;
+    size_t n_parts;
+    const curv_state_part *stored;
+    size_t n_stored;
+};
+
+/*
  * curvd_session_new - what curvd_store_create() inserts. @meta may be NULL;
- * @step is 0 for a new optimizer, the blob's count for an import; @state
- * may be NULL when @state_len is 0. Ownership: all borrowed.
+ * @step is 0 for a new optimizer, the blob's count for an import; every
+ * part of @state is written (@state.stored is ignored).
+ * Ownership: all borrowed.
  */
 struct curvd_session_new {
     const char *id;
@@ -94,8 +144,7 @@ struct curvd_session_new {
     const char *optimizer;
     const char *meta;
     int64_t step;
-    const void *state;
-    size_t state_len;
+    struct curvd_state_in state;
 };
 
 /*
@@ -129,17 +178,19 @@ void curvd_step_response_clear(struct curvd_step_response *r);
 
 /*
  * curvd_step_commit - what curvd_store_commit_step() writes: the state
- * after step @step and the reply that acknowledges it. @state and @response
- * may be NULL when their length is 0. Ownership: all borrowed, and never
- * copied by the store itself (SQLite copies them once into its pages).
+ * after step @step (the parts that changed), the reply that acknowledges
+ * it and the step's @report (a text, e.g. the reply's report as compact
+ * JSON, or NULL). @response may be NULL when @response_len is 0.
+ * Ownership: all borrowed, and never copied by the store itself (SQLite
+ * copies them once into its pages).
  */
 struct curvd_step_commit {
     int64_t step;
-    const void *state;
-    size_t state_len;
+    struct curvd_state_in state;
     const char *content_type;
     const void *response;
     size_t response_len;
+    const char *report;
 };
 
 /*
@@ -185,14 +236,18 @@ int curvd_store_info(struct curvd_store *st, struct curvd_store_info *out, char 
  * curvd_store_create - insert a session stamped with the current time.
  * Return: OK (*@created_at, if not NULL, holds the stamp); CONFLICT (the
  * id exists, whatever its tenant: ids are global); INVALID (a NULL
- * string, negative step, NULL state with a length); BUSY; ERROR.
+ * string, negative step, NULL state with a length, parts that do not
+ * tile the blob, a part past SQLite's blob limit); BUSY; ERROR.
  */
 int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s,
                        int64_t *created_at, char *err, size_t errlen);
 
 /*
  * curvd_store_get - read session @id of @tenant into @out, with its state
- * blob when @with_state is non-zero (read straight into the owned buffer).
+ * when @with_state is non-zero: the parts in order, each read straight
+ * into its place in one owned buffer, all in one read transaction with the
+ * row, and their division and stamps in @out->parts. Also the latest
+ * step's report (never the stored reply's body).
  * Return: OK; NOT_FOUND (absent, or another tenant's); INVALID; BUSY; ERROR.
  * Ownership: *@out is new; curvd_session_clear().
  */
@@ -203,7 +258,8 @@ int curvd_store_get(struct curvd_store *st, const char *tenant, const char *id, 
  * curvd_store_list - one page of @tenant's sessions, oldest first (by
  * created_at, then id), without state. @page_size is 1..CURVD_STORE_MAX_PAGE;
  * @page_token is NULL (or "") for the first page, else a next_page_token
- * from an earlier page. Pagination is by key, so sessions created or
+ * from an earlier page. Each item has its latest step's report as in
+ * curvd_store_get(). Pagination is by key, so sessions created or
  * deleted meanwhile never make another one appear twice or be skipped.
  * Return: OK; INVALID (page size out of range, malformed token); BUSY; ERROR.
  * Ownership: *@out is new; curvd_session_list_clear().
@@ -221,25 +277,53 @@ int curvd_store_delete(struct curvd_store *st, const char *tenant, const char *i
 
 /*
  * curvd_store_commit_step - in one transaction, and only if the session is
- * at step @c->step - 1: write the new state, set the step to @c->step,
- * replace the stored reply and stamp updated_at. Send the reply only after
- * OK. Return: OK; NOT_FOUND; CONFLICT (the session is at another step:
+ * at step @c->step - 1: write the parts of the new state that changed
+ * (curvd_state_in), set the step to @c->step, replace the stored reply and
+ * report and stamp updated_at. Send the reply only after OK.
+ * Return: OK; NOT_FOUND; CONFLICT (the session is at another step:
  * *@current_step, if not NULL, holds it; nothing was written); INVALID
- * (@c->step < 1, NULL content type, NULL buffer with a length); BUSY; ERROR.
+ * (@c->step < 1, NULL content type, NULL buffer with a length, parts that
+ * do not tile the blob, a part or reply past SQLite's blob limit); BUSY;
+ * ERROR.
  */
 int curvd_store_commit_step(struct curvd_store *st, const char *tenant, const char *id,
                             const struct curvd_step_commit *c, int64_t *current_step, char *err,
                             size_t errlen);
 
 /*
- * curvd_store_update_state - replace the state blob and @meta (NULL clears
- * it) without a step, e.g. after a change of hyperparameters, only if the
- * session is still at @expected_step (so two updates cannot lose one).
+ * curvd_commit_item - one step of curvd_store_commit_steps(): the arguments
+ * of one curvd_store_commit_step() call (borrowed) and its outcome.
+ */
+struct curvd_commit_item {
+    const char *tenant;
+    const char *id;
+    const struct curvd_step_commit *c;
+    int status;           /* out: as curvd_store_commit_step() returns */
+    int64_t current_step; /* out: on CONFLICT, the session's step */
+    char err[256];        /* out: the sentence, when status is not OK */
+};
+
+/*
+ * curvd_store_commit_steps - commit several steps (of different sessions,
+ * or the same session's consecutive steps in order) in one transaction:
+ * each item's outcome is what curvd_store_commit_step() would have given
+ * it alone. A conflicting or missing session writes nothing for its item
+ * and does not stop the others; a database failure makes the steps go one
+ * at a time, so that it stays the failing item's own. This is what the
+ * group commit of curvd_store_commit_step() runs.
+ */
+void curvd_store_commit_steps(struct curvd_store *st, struct curvd_commit_item **items, size_t n);
+
+/*
+ * curvd_store_update_state - replace the state (the parts of @state that
+ * changed, as for a step) and @meta (NULL clears it) without a step, e.g.
+ * after a change of hyperparameters, only if the session is still at
+ * @expected_step (so two updates cannot lose one).
  * Return: OK; NOT_FOUND; CONFLICT (*@current_step as above); INVALID;
  * BUSY; ERROR.
  */
 int curvd_store_update_state(struct curvd_store *st, const char *tenant, const char *id,
-                             int64_t expected_step, const void *state, size_t state_len,
+                             int64_t expected_step, const struct curvd_state_in *state,
                              const char *meta, int64_t *current_step, char *err, size_t errlen);
 
 /*

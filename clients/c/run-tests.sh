@@ -1,22 +1,39 @@
 #!/bin/sh
-# Run the C client's tests and its example against a live curvd on a free
-# loopback port with a fresh database. Usage: run-tests.sh CURVD BUILD
+# Run the C client's tests, curvctl's and the example against live curvd
+# daemons on free loopback ports with fresh databases (the second one wants
+# a bearer token). Usage: run-tests.sh CURVD BUILD
 set -eu
 curvd=$(realpath "$1")
 build=$(realpath "$2")
 work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-"$curvd" --port 0 --db "$work/curvd.db" 2> "$work/daemon.log" &
-pid=$!
-port=""
-for _ in $(seq 100); do
-    port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/daemon.log")
-    [ -n "$port" ] && break
-    sleep 0.05
-done
-[ -n "$port" ] || { cat "$work/daemon.log"; echo "run-tests: the daemon did not start"; exit 1; }
-export CURVD_URL="http://127.0.0.1:$port"
+pids=""
+trap 'for p in $pids; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+
+# start_daemon NAME ARGS...: start curvd; its URL into $url.
+start_daemon() {
+    name=$1
+    shift
+    "$curvd" --port 0 --db "$work/$name.db" "$@" 2> "$work/$name.log" &
+    pids="$pids $!"
+    port=""
+    for _ in $(seq 100); do
+        port=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/$name.log")
+        [ -n "$port" ] && break
+        sleep 0.05
+    done
+    [ -n "$port" ] || { cat "$work/$name.log"; echo "run-tests: $name did not start"; exit 1; }
+    url="http://127.0.0.1:$port"
+}
+
+printf '# token tenant\ncurvctl-test-token-0123456789 tenant-a\n' > "$work/tokens"
+start_daemon curvd
+CURVD_URL=$url
+start_daemon auth --token-file "$work/tokens"
+CURVD_AUTH_URL=$url
+export CURVD_URL CURVD_AUTH_URL CURVD_AUTH_TOKENS="$work/tokens" CURVCTL="$build/curvctl"
 "$build/test_curvc"
+"$build/test_retry"
+"$build/test_curvctl"
 "$build/mlp_kfac" "$CURVD_URL" hf 15
 if ! "$build/mlp_kfac" "$CURVD_URL" kfac 40 2> "$work/kfac.err"; then
     cat "$work/kfac.err"

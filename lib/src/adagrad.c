@@ -49,9 +49,10 @@ static const struct curv__param FULL_PARAMS[] = {
 
 /* ---- diagonal ---------------------------------------------------------- */
 
-static curv_status diag_init(curv_opt *o, curv_error *err)
+static curv_status diag_init(curv_opt *o, struct curv__tally *t, curv_error *err)
 {
-    if (!(o->impl = curv__calloc_n(o->dim, sizeof(double))))
+    o->impl = curv__tally_calloc(t, o->dim, sizeof(double));
+    if (t->failed)
         return curv__fail(err, CURV_E_NOMEM, "adagrad_diag: out of memory for %zu entries", o->dim);
     return CURV_OK;
 }
@@ -97,6 +98,7 @@ static size_t flat_len(const curv_opt *o)
 
 static void flat_save(const curv_opt *o, struct curv__writer *w)
 {
+    curv__w_part(w, curv__steps_stamp(o));
     curv__w_f64s(w, o->impl, flat_len(o));
 }
 
@@ -131,7 +133,7 @@ const struct curv__opt_vt curv__adagrad_diag_vt = {
 
 /* ---- full -------------------------------------------------------------- */
 
-static curv_status full_init(curv_opt *o, curv_error *err)
+static curv_status full_init(curv_opt *o, struct curv__tally *t, curv_error *err)
 {
     const struct full_hyper *h = o->hyper;
     size_t n2;
@@ -140,7 +142,8 @@ static curv_status full_init(curv_opt *o, curv_error *err)
                           "adagrad_full: d = %zu parameters exceeds max_dim = %lld (the state "
                           "would be a %zu x %zu matrix); use adagrad_bma or mbag",
                           o->dim, (long long)h->max_dim, o->dim, o->dim);
-    if (!(o->impl = curv__calloc_n(n2, sizeof(double))))
+    o->impl = curv__tally_calloc(t, n2, sizeof(double));
+    if (t->failed)
         return curv__fail(err, CURV_E_NOMEM, "adagrad_full: out of memory for %zu x %zu", o->dim,
                           o->dim);
     return CURV_OK;

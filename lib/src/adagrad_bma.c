@@ -85,14 +85,11 @@ static size_t bma_saved(const curv_opt *o)
     return o->dim + 2 * L2;
 }
 
-/* Block boundaries for the chosen partition; returns L or 0 when out of memory. */
-static size_t build_partition(const curv_layout *l, int mode, size_t **out)
+/* The L + 1 block boundaries of the chosen partition into @start. */
+static void fill_partition(const curv_layout *l, int mode, size_t *start)
 {
     size_t n = curv_layout_nblocks(l), L = count_partition(l, mode);
     curv_block_info b;
-    size_t *start = curv__calloc_n(L + 1, sizeof(size_t));
-    if (!start)
-        return 0;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         curv_layout_block(l, i, &b);
@@ -101,8 +98,6 @@ static size_t build_partition(const curv_layout *l, int mode, size_t **out)
             start[k++] = b.offset + p * (b.size / parts);
     }
     start[L] = curv_layout_dim(l);
-    *out = start;
-    return L;
 }
 
 static void bma_fini(curv_opt *o)
@@ -118,37 +113,38 @@ static void bma_fini(curv_opt *o)
     free(s);
 }
 
-static curv_status bma_init(curv_opt *o, curv_error *err)
+static curv_status bma_init(curv_opt *o, struct curv__tally *t, curv_error *err)
 {
     const struct bma_hyper *h = o->hyper;
-    struct bma_state *s = calloc(1, sizeof *s);
+    struct bma_state scratch, *s = curv__tally_obj(t, &scratch, sizeof *s);
     if (!s)
         return curv__fail(err, CURV_E_NOMEM, "adagrad_bma: out of memory");
     o->impl = s;
-    if (!(s->L = build_partition(o->layout, h->partition, &s->start)))
-        return curv__fail(err, CURV_E_NOMEM, "adagrad_bma: out of memory");
-    if (s->L > (size_t)h->max_blocks)
+    const size_t L = s->L = count_partition(o->layout, h->partition);
+    if (L > (size_t)h->max_blocks)
         return curv__fail(err, CURV_E_RANGE,
                           "adagrad_bma: the partition has L = %zu blocks, above max_blocks = %lld",
-                          s->L, (long long)h->max_blocks);
-    size_t L = s->L, *sizes = curv__calloc_n(L, sizeof(size_t));
+                          L, (long long)h->max_blocks);
+    s->start = curv__tally_calloc(t, L + 1, sizeof(size_t));
+    s->r = curv__tally_calloc(t, o->dim, sizeof(double));
+    s->w = curv__tally_calloc(t, o->dim, sizeof(double));
+    s->U = curv__tally_calloc(t, L * L, sizeof(double));
+    s->D = curv__tally_calloc(t, L * L, sizeof(double));
+    s->scratch = curv__tally_calloc(t, 4 * L + 2 * L * L, sizeof(double));
+    if (!t->alloc) {
+        t->bytes = curv__sat_add(t->bytes, curv__bma_bytes(L));
+        return CURV_OK;
+    }
+    size_t *sizes = t->failed ? NULL : curv__calloc_n(L, sizeof(size_t));
     if (!sizes)
-        return curv__fail(err, CURV_E_NOMEM, "adagrad_bma: out of memory");
+        return curv__fail(err, CURV_E_NOMEM, "adagrad_bma: out of memory for d = %zu, L = %zu",
+                          o->dim, L);
+    fill_partition(o->layout, h->partition, s->start);
     for (size_t i = 0; i < L; i++)
         sizes[i] = s->start[i + 1] - s->start[i];
     curv_status st = curv_bma_new(sizes, L, &s->core, err);
     free(sizes);
-    if (st != CURV_OK)
-        return st;
-    s->r = curv__calloc_n(o->dim, sizeof(double));
-    s->w = curv__calloc_n(o->dim, sizeof(double));
-    s->U = curv__calloc_n(L * L, sizeof(double));
-    s->D = curv__calloc_n(L * L, sizeof(double));
-    s->scratch = curv__calloc_n(4 * L + 2 * L * L, sizeof(double));
-    if (!s->r || !s->w || !s->U || !s->D || !s->scratch)
-        return curv__fail(err, CURV_E_NOMEM, "adagrad_bma: out of memory for d = %zu, L = %zu",
-                          o->dim, L);
-    return CURV_OK;
+    return st;
 }
 
 /*
@@ -267,6 +263,7 @@ static curv_status bma_step(curv_opt *o, const struct curv__step_args *in, doubl
 static void bma_save(const curv_opt *o, struct curv__writer *w)
 {
     const struct bma_state *s = o->impl;
+    curv__w_part(w, curv__steps_stamp(o));
     curv__w_f64s(w, s->r, o->dim);
     curv__w_f64s(w, s->U, s->L * s->L);
     curv__w_f64s(w, s->D, s->L * s->L);

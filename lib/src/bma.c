@@ -66,6 +66,27 @@ static curv_status check_partition(const size_t *s, size_t L, size_t *d, size_t 
     return CURV_OK;
 }
 
+/* The arrays of a BMA of L blocks (LL = L * L); NULL when only counting. */
+static curv_bma *bma_alloc(size_t L, size_t LL, struct curv__tally *t)
+{
+    curv_bma scratch, *b = curv__tally_obj(t, &scratch, sizeof *b);
+    if (!b)
+        return NULL;
+    b->s = curv__tally_calloc(t, L, sizeof(size_t));
+    b->off = curv__tally_calloc(t, L + 1, sizeof(size_t));
+    b->lambda = curv__tally_calloc(t, L, sizeof(double));
+    b->B = curv__tally_calloc(t, LL, sizeof(double));
+    return t->alloc ? b : NULL;
+}
+
+size_t curv__bma_bytes(size_t L)
+{
+    size_t LL;
+    struct curv__tally t = {.alloc = 0};
+    bma_alloc(L, curv__mul_ok(L, L, &LL) ? LL : SIZE_MAX, &t);
+    return t.bytes;
+}
+
 curv_status curv_bma_new(const size_t *s, size_t L, curv_bma **out, curv_error *err)
 {
     if (!s || !out)
@@ -77,14 +98,9 @@ curv_status curv_bma_new(const size_t *s, size_t L, curv_bma **out, curv_error *
     curv_status st = check_partition(s, L, &d, &LL, err);
     if (st != CURV_OK)
         return st;
-    curv_bma *b = curv__calloc_n(1, sizeof(*b));
-    if (b) {
-        b->s = curv__calloc_n(L, sizeof(size_t));
-        b->off = curv__calloc_n(L + 1, sizeof(size_t));
-        b->lambda = curv__calloc_n(L, sizeof(double));
-        b->B = curv__calloc_n(LL, sizeof(double));
-    }
-    if (!b || !b->s || !b->off || !b->lambda || !b->B) {
+    struct curv__tally t = {.alloc = 1};
+    curv_bma *b = bma_alloc(L, LL, &t);
+    if (t.failed) {
         curv_bma_free(b);
         return curv__fail(err, CURV_E_NOMEM, "bma_new: out of memory for L = %zu blocks", L);
     }

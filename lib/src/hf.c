@@ -185,17 +185,18 @@ static void hf_fini(curv_opt *o)
 
 #define HF_REPORT_ENTRIES 18
 
-static curv_status hf_init(curv_opt *o, curv_error *err)
+static curv_status hf_init(curv_opt *o, struct curv__tally *t, curv_error *err)
 {
     const struct hf_hyper *h = o->hyper;
-    struct hf_state *s = calloc(1, sizeof *s);
+    struct hf_state scratch, *s = curv__tally_obj(t, &scratch, sizeof *s);
     if (!s)
         return curv__fail(err, CURV_E_NOMEM, "hf: out of memory");
     o->impl = s;
-    if (!(s->prev = curv__calloc_n(o->dim, sizeof(double))))
+    s->prev = curv__tally_calloc(t, o->dim, sizeof(double));
+    if (t->failed)
         return curv__fail(err, CURV_E_NOMEM, "hf: out of memory for d = %zu", o->dim);
     s->lambda = s->lambda_set = h->lambda;
-    return curv__report_reserve(o, HF_REPORT_ENTRIES, err);
+    return curv__report_reserve(o, t, HF_REPORT_ENTRIES, err);
 }
 
 /* Issue a request; seqs count up over the optimizer's whole life. */
@@ -409,6 +410,7 @@ static void hf_save(const curv_opt *o, struct curv__writer *w)
     curv__w_u64(w, s->seq);
     curv__w_f64(w, s->lambda);
     curv__w_f64(w, s->lambda_set);
+    curv__w_part(w, curv__steps_stamp(o));
     curv__w_f64s(w, s->prev, o->dim);
 }
 

@@ -41,9 +41,43 @@ static inline int curv__mul_ok(size_t a, size_t b, size_t *out)
     return 1;
 }
 
+/* curv__sat_add - a + b, or SIZE_MAX when that overflows. */
+static inline size_t curv__sat_add(size_t a, size_t b)
+{
+    return a > SIZE_MAX - b ? SIZE_MAX : a + b;
+}
+
 /* curv__calloc_n - zeroed array of n elements of size sz, NULL on overflow
  * or when out of memory. */
 void *curv__calloc_n(size_t n, size_t sz);
+
+/* curv__calloc_bytes - the bytes curv__calloc_n(n, sz) asks for (at least
+ * one element of at least one byte); SIZE_MAX when n * sz overflows. */
+size_t curv__calloc_bytes(size_t n, size_t sz);
+
+/*
+ * struct curv__tally - the allocations that create an object, written once
+ * for two uses: creating it (@alloc = 1) and sizing it without allocating
+ * (@alloc = 0, for curv_opt_state_bytes). Code that allocates through
+ * curv__tally_calloc and curv__tally_obj and otherwise sets only scalars
+ * runs unchanged in both modes; what fills arrays is guarded by @alloc.
+ */
+struct curv__tally {
+    int alloc;    /* 1: allocate; 0: count only */
+    int failed;   /* an allocation failed; later ones are not attempted */
+    size_t bytes; /* bytes allocated, or that would be; SIZE_MAX on overflow */
+};
+
+/* curv__tally_calloc - count curv__calloc_n(n, sz) and, when allocating,
+ * call it (NULL and @failed set on failure). Counting returns NULL. */
+void *curv__tally_calloc(struct curv__tally *t, size_t n, size_t sz);
+
+/* curv__tally_obj - one zeroed object of @sz bytes: allocated (NULL on
+ * failure), or, when counting, @scratch (of @sz bytes) cleared. */
+void *curv__tally_obj(struct curv__tally *t, void *scratch, size_t sz);
+
+/* curv__bma_bytes - the bytes curv_bma_new allocates for L blocks. */
+size_t curv__bma_bytes(size_t L);
 
 /* curv__first_nonfinite - index of the first NaN/Inf in x[0..n), or n. */
 size_t curv__first_nonfinite(const double *x, size_t n);

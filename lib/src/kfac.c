@@ -163,21 +163,22 @@ static double clampd(double v, double lo)
     return v > lo ? v : lo;
 }
 
-static curv_status kfac_init(curv_opt *o, curv_error *err)
+static curv_status kfac_init(curv_opt *o, struct curv__tally *t, curv_error *err)
 {
     const struct curv__kfac_hyper *h = hyp(o);
-    struct kfac_state *s = calloc(1, sizeof *s);
+    struct kfac_state scratch, *s = curv__tally_obj(t, &scratch, sizeof *s);
     if (!s)
         return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory");
     o->impl = s;
     s->lambda = h->lambda_init;
     s->gamma = sqrt(h->lambda_init + h->weight_decay);
     s->seq = 1;
-    if (!(s->mom = curv__calloc_n(o->dim, sizeof(double))))
+    s->mom = curv__tally_calloc(t, o->dim, sizeof(double));
+    if (t->failed)
         return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for %zu entries", o->dim);
-    curv_status st = curv__kfac_est_new(o->layout, h, &s->est, err);
+    curv_status st = curv__kfac_est_new(o->layout, h, t, &s->est, err);
     if (st == CURV_OK)
-        st = curv__report_reserve(o, 16 + curv__kfac_est_report_size(s->est), err);
+        st = curv__report_reserve(o, t, 16 + curv__kfac_est_report_size(o->layout), err);
     return st;
 }
 
@@ -457,11 +458,13 @@ static void kfac_save(const curv_opt *o, struct curv__writer *w)
     curv__w_f64(w, s->gamma);
     curv__w_u64(w, s->failures);
     curv__w_u32(w, (uint32_t)s->has_mom);
+    curv__w_part(w, curv__steps_stamp(o)); /* momentum: set when a step completes */
     curv__w_f64s(w, s->mom, o->dim);
+    curv__w_volatile(w);
     curv__w_u32(w, (uint32_t)s->rho_pending);
     curv__w_f64(w, s->rho_h0);
     curv__w_f64(w, s->rho_m);
-    curv__kfac_est_save(s->est, w);
+    curv__kfac_est_save(s->est, w, curv__steps_stamp(o));
 }
 
 static curv_status kfac_load(curv_opt *o, struct curv__reader *r, curv_error *err)

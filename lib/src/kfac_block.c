@@ -56,14 +56,14 @@ static void side_free(struct curv__kside *s)
     free(s->w);
 }
 
-static int side_init(struct curv__kside *s, size_t n, const struct curv__kfac_hyper *h)
+static void side_init(struct curv__kside *s, size_t n, const struct curv__kfac_hyper *h,
+                      struct curv__tally *t)
 {
     s->n = n;
     s->diag = n > (size_t)h->max_factor_dim;
-    s->F = curv__calloc_n(side_len(s), sizeof(double));
-    s->Q = s->diag ? NULL : curv__calloc_n(n * n, sizeof(double));
-    s->w = curv__calloc_n(n, sizeof(double));
-    return s->F && s->w && (s->diag || s->Q);
+    s->F = curv__tally_calloc(t, side_len(s), sizeof(double));
+    s->Q = s->diag ? NULL : curv__tally_calloc(t, n * n, sizeof(double));
+    s->w = curv__tally_calloc(t, n, sizeof(double));
 }
 
 /*
@@ -177,9 +177,13 @@ static void side_commit(struct curv__kside *s)
     s->F_new = s->Q_new = s->w_new = NULL;
 }
 
-static void side_save(const struct curv__kside *s, struct curv__writer *w)
+/* F changes with each statistics update, Q and w with each refresh. */
+static void side_save(const struct curv__kside *s, struct curv__writer *w,
+                      const struct curv__kstamps *st)
 {
+    curv__w_part(w, st->factors);
     curv__w_f64s(w, s->F, side_len(s));
+    curv__w_part(w, st->inverse);
     if (!s->diag)
         curv__w_f64s(w, s->Q, s->n * s->n);
     curv__w_f64s(w, s->w, s->n);
@@ -289,11 +293,12 @@ static void kron_abort(struct curv__kblock *b)
     side_drop_new(&b->G);
 }
 
-static void kron_save(const struct curv__kblock *b, struct curv__writer *w)
+static void kron_save(const struct curv__kblock *b, struct curv__writer *w,
+                      const struct curv__kstamps *st)
 {
-    side_save(&b->A, w);
-    side_save(&b->G, w);
-    curv__w_f64(w, b->pi);
+    side_save(&b->A, w, st);
+    side_save(&b->G, w, st);
+    curv__w_f64(w, b->pi); /* set by each refresh: part of G's decomposition */
 }
 
 static void kron_load(struct curv__kblock *b, struct curv__reader *r)
@@ -357,8 +362,10 @@ static void fb_abort(struct curv__kblock *b)
     (void)b;
 }
 
-static void fb_save(const struct curv__kblock *b, struct curv__writer *w)
+static void fb_save(const struct curv__kblock *b, struct curv__writer *w,
+                    const struct curv__kstamps *st)
 {
+    curv__w_part(w, st->steps);
     if (b->r)
         curv__w_f64s(w, b->r, b->info.size);
 }
@@ -393,26 +400,27 @@ static const struct curv__kblock_vt FALLBACK_VT = {
     .free = fb_free,
 };
 
-struct curv__kblock *curv__kblock_new(const curv_block_info *info, const struct curv__kfac_hyper *h)
+struct curv__kblock *curv__kblock_new(const curv_block_info *info, const struct curv__kfac_hyper *h,
+                                      struct curv__tally *t)
 {
-    struct curv__kblock *b = calloc(1, sizeof *b);
+    struct curv__kblock scratch, *b = curv__tally_obj(t, &scratch, sizeof *b);
     if (!b)
         return NULL;
     b->info = *info;
     b->h = h;
     b->pi = 1.0;
     b->kron = info->kind != CURV_BLOCK_VECTOR;
-    if (!b->kron) {
-        b->vt = &FALLBACK_VT;
-        if (h->fallback == CURV__KFAC_FB_ADAGRAD && !(b->r = curv__calloc_n(info->size, 8))) {
-            free(b);
-            return NULL;
-        }
-        return b;
+    b->vt = b->kron ? &KRON_VT : &FALLBACK_VT;
+    if (!b->kron && h->fallback == CURV__KFAC_FB_ADAGRAD)
+        b->r = curv__tally_calloc(t, info->size, sizeof(double));
+    if (b->kron) {
+        side_init(&b->A, info->cols, h, t);
+        side_init(&b->G, info->rows, h, t);
     }
-    b->vt = &KRON_VT;
-    if (!side_init(&b->A, info->cols, h) || !side_init(&b->G, info->rows, h)) {
-        kron_free(b);
+    if (!t->alloc)
+        return NULL;
+    if (t->failed) {
+        b->vt->free(b);
         return NULL;
     }
     return b;

@@ -69,47 +69,53 @@ void curv__kchains_free(struct curv__kchain **c, size_t n)
     free(c);
 }
 
+/* A chain of @L blocks from @first, allocated through @t (curv__tally);
+ * NULL when out of memory or only counting. */
 static struct curv__kchain *chain_new(const curv_layout *l, const struct curv__kfac_hyper *h,
-                                      size_t first, size_t L)
+                                      size_t first, size_t L, struct curv__tally *t)
 {
-    struct curv__kchain *c = calloc(1, sizeof *c);
+    struct curv__kchain scratch, *c = curv__tally_obj(t, &scratch, sizeof *c);
     if (!c)
         return NULL;
     c->h = h, c->first = first, c->L = L;
-    size_t *arr[4];
+    size_t **sizes[4] = {&c->n_out, &c->n_in, &c->nx, &c->off};
     for (int k = 0; k < 4; k++)
-        arr[k] = curv__calloc_n(L, sizeof(size_t));
-    c->n_out = arr[0], c->n_in = arr[1], c->nx = arr[2], c->off = arr[3];
-    c->bias = curv__calloc_n(L, sizeof(int));
+        *sizes[k] = curv__tally_calloc(t, L, sizeof(size_t));
+    c->bias = curv__tally_calloc(t, L, sizeof(int));
     double ***mats[6] = {&c->Ax, &c->Gx, &c->Ax_new, &c->Gx_new, &c->Axs, &c->Gxs};
     for (int k = 0; k < 6; k++)
-        *mats[k] = curv__calloc_n(L - 1, sizeof(double *));
-    c->V = curv__calloc_n(L, sizeof *c->V);
-    c->X = curv__calloc_n(L, sizeof *c->X);
+        *mats[k] = curv__tally_calloc(t, L - 1, sizeof(double *));
+    c->V = curv__tally_calloc(t, L, sizeof *c->V);
+    c->X = curv__tally_calloc(t, L, sizeof *c->X);
     const double ***ptrs[4] = {&c->Ad, &c->Gd, &c->Axp, &c->Gxp};
     for (int k = 0; k < 4; k++)
-        *ptrs[k] = curv__calloc_n(L, sizeof(double *));
-    c->li = curv__calloc_n(L, sizeof *c->li);
-    int ok = c->n_out && c->n_in && c->nx && c->off && c->bias && c->Ax && c->Gx && c->Ax_new &&
-             c->Gx_new && c->Axs && c->Gxs && c->V && c->X && c->Ad && c->Gd && c->Axp && c->Gxp &&
-             c->li;
-    for (size_t i = 0; ok && i < L; i++) {
+        *ptrs[k] = curv__tally_calloc(t, L, sizeof(double *));
+    c->li = curv__tally_calloc(t, L, sizeof *c->li);
+    for (size_t j = 0; j + 1 < L; j++) {
+        curv_block_info a, b;
+        curv_layout_block(l, first + j, &a);
+        curv_layout_block(l, first + j + 1, &b);
+        double *m[4];
+        const size_t na = a.cols * b.cols, ng = a.rows * b.rows, len[4] = {na, na, ng, ng};
+        for (int k = 0; k < 4; k++)
+            m[k] = curv__tally_calloc(t, len[k], sizeof(double));
+        if (t->alloc && !t->failed)
+            c->Ax[j] = m[0], c->Axs[j] = m[1], c->Gx[j] = m[2], c->Gxs[j] = m[3];
+        else
+            for (int k = 0; k < 4; k++)
+                free(m[k]);
+    }
+    if (!t->alloc)
+        return NULL;
+    if (t->failed) {
+        chain_free(c);
+        return NULL;
+    }
+    for (size_t i = 0; i < L; i++) {
         curv_block_info b;
         curv_layout_block(l, first + i, &b);
         c->n_out[i] = b.rows, c->n_in[i] = b.cols, c->nx[i] = b.n_in, c->off[i] = b.offset;
         c->bias[i] = b.has_bias;
-    }
-    for (size_t j = 0; ok && j + 1 < L; j++) {
-        size_t na = c->n_in[j] * c->n_in[j + 1], ng = c->n_out[j] * c->n_out[j + 1];
-        c->Ax[j] = curv__calloc_n(na, sizeof(double));
-        c->Axs[j] = curv__calloc_n(na, sizeof(double));
-        c->Gx[j] = curv__calloc_n(ng, sizeof(double));
-        c->Gxs[j] = curv__calloc_n(ng, sizeof(double));
-        ok = c->Ax[j] && c->Axs[j] && c->Gx[j] && c->Gxs[j];
-    }
-    if (!ok) {
-        chain_free(c);
-        return NULL;
     }
     return c;
 }
@@ -123,17 +129,16 @@ static int chainable(const curv_layout *l, const struct curv__kfac_hyper *h, siz
 }
 
 curv_status curv__kchains_new(const curv_layout *l, const struct curv__kfac_hyper *h,
-                              struct curv__kchain ***out, size_t *n, curv_error *err)
+                              struct curv__tally *t, struct curv__kchain ***out, size_t *n,
+                              curv_error *err)
 {
     const size_t nb = curv_layout_nblocks(l);
     *out = NULL, *n = 0;
     if (h->inverse != CURV__KFAC_TRIDIAG)
         return CURV_OK;
-    struct curv__kchain **c = curv__calloc_n(nb, sizeof *c);
-    if (!c)
-        return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for the chains");
+    struct curv__kchain **c = curv__tally_calloc(t, nb, sizeof *c);
     size_t count = 0;
-    for (size_t i = 0; i < nb;) {
+    for (size_t i = 0; i < nb && !t->failed;) {
         curv_block_info b, nx;
         size_t len = 0;
         if (chainable(l, h, i, &b)) {
@@ -143,11 +148,16 @@ curv_status curv__kchains_new(const curv_layout *l, const struct curv__kfac_hype
                 len++;
             }
         }
-        if (len >= 2 && !(c[count++] = chain_new(l, h, i, len))) {
-            curv__kchains_free(c, count);
-            return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for the chains");
-        }
+        struct curv__kchain *ch = len >= 2 ? chain_new(l, h, i, len, t) : NULL;
+        if (ch)
+            c[count++] = ch;
         i += len ? len : 1;
+    }
+    if (!t->alloc)
+        return CURV_OK;
+    if (t->failed) {
+        curv__kchains_free(c, count);
+        return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for the chains");
     }
     *out = c, *n = count;
     return CURV_OK;
@@ -344,16 +354,22 @@ void curv__kchain_abort(struct curv__kchain *c)
 }
 
 /* Saved: the cross factors, their snapshot, and the γ of the inverse in
- * use; the inverse itself is rebuilt from them at the next step. */
-void curv__kchain_save(const struct curv__kchain *c, struct curv__writer *w)
+ * use; the inverse itself is rebuilt from them at the next step. The
+ * cross factors change exactly when n_stats grows (at commit), the
+ * snapshot exactly when the first block's refresh step moves. */
+void curv__kchain_save(const struct curv__kchain *c, struct curv__writer *w, uint64_t snap)
 {
+    curv__w_volatile(w);
     curv__w_u64(w, c->n_stats);
     curv__w_f64(w, c->gamma_built);
     curv__w_u32(w, (uint32_t)c->has_tri);
+    const uint64_t factors = curv__stamp(CURV__STAMP_KCHAIN_STATS, c->n_stats);
     for (size_t j = 0; j + 1 < c->L; j++) {
         size_t na = c->n_in[j] * c->n_in[j + 1], ng = c->n_out[j] * c->n_out[j + 1];
+        curv__w_part(w, factors);
         curv__w_f64s(w, c->Ax[j], na);
         curv__w_f64s(w, c->Gx[j], ng);
+        curv__w_part(w, snap);
         curv__w_f64s(w, c->Axs[j], na);
         curv__w_f64s(w, c->Gxs[j], ng);
     }

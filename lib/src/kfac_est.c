@@ -49,28 +49,34 @@ void curv__kfac_est_free(struct curv__kfac_est *e)
 }
 
 curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyper *h,
-                               struct curv__kfac_est **out, curv_error *err)
+                               struct curv__tally *t, struct curv__kfac_est **out, curv_error *err)
 {
-    struct curv__kfac_est *e = calloc(1, sizeof *e);
+    struct curv__kfac_est scratch, *e = curv__tally_obj(t, &scratch, sizeof *e);
     if (!e)
         return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory");
     e->h = h;
     e->n = curv_layout_nblocks(l);
-    e->b = curv__calloc_n(e->n, sizeof *e->b);
-    e->cur = curv__calloc_n(e->n, sizeof *e->cur);
-    e->nxt = curv__calloc_n(e->n, sizeof *e->nxt);
+    e->b = curv__tally_calloc(t, e->n, sizeof *e->b);
+    e->cur = curv__tally_calloc(t, e->n, sizeof *e->cur);
+    e->nxt = curv__tally_calloc(t, e->n, sizeof *e->nxt);
     size_t big = 1;
-    for (size_t i = 0; e->b && e->cur && e->nxt && i < e->n; i++) {
+    for (size_t i = 0; i < e->n && !t->failed; i++) {
         curv_block_info info;
         curv_layout_block(l, i, &info);
-        if (!(e->b[i] = curv__kblock_new(&info, h)))
-            goto nomem;
+        struct curv__kblock *b = curv__kblock_new(&info, h, t);
+        if (b)
+            e->b[i] = b;
         big = info.size > big ? info.size : big;
     }
-    if (!e->b || !e->cur || !e->nxt || !(e->work = curv__calloc_n(big, 2 * sizeof(double))) ||
-        !(e->member = curv__calloc_n(e->n, 1)))
-        goto nomem;
-    curv_status st = curv__kchains_new(l, h, &e->ch, &e->nch, err);
+    e->work = curv__tally_calloc(t, big, 2 * sizeof(double));
+    e->member = curv__tally_calloc(t, e->n, 1);
+    curv_status st = t->failed ? CURV_OK : curv__kchains_new(l, h, t, &e->ch, &e->nch, err);
+    if (!t->alloc) {
+        *out = NULL;
+        return st;
+    }
+    if (st == CURV_OK && t->failed)
+        st = curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for the curvature blocks");
     if (st != CURV_OK) {
         curv__kfac_est_free(e);
         return st;
@@ -79,9 +85,6 @@ curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyp
         e->member[i] = (unsigned char)curv__kchain_member(e->ch, e->nch, i);
     *out = e;
     return CURV_OK;
-nomem:
-    curv__kfac_est_free(e);
-    return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for the curvature blocks");
 }
 
 int curv__kfac_stats_due(const struct curv__kfac_hyper *h, uint64_t k)
@@ -167,6 +170,10 @@ static curv_status fold_stats(struct curv__kfac_est *e, const struct curv__step_
 curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__step_args *a,
                                   uint64_t k, unsigned *failed, curv_error *err)
 {
+    /* A cancelled step (curv_opt_cancel) leaves its tentative factors,
+     * decompositions and tridiagonal candidates behind: start from the
+     * committed state only. */
+    curv__kfac_est_abort(e);
     memcpy(e->nxt, e->cur, e->n * sizeof *e->nxt);
     *failed = 0;
     curv_status st = fold_stats(e, a, k, failed, err);
@@ -234,16 +241,26 @@ void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, 
     memcpy(e->cur, e->nxt, e->n * sizeof *e->cur);
 }
 
-void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w)
+/* Only the committed state (cur) is saved, and it is what the stamps count:
+ * a block's factors change exactly when n_stats grows, its decompositions
+ * when inv_step moves (a failed refresh moves neither). */
+void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w, uint64_t steps)
 {
     for (size_t i = 0; i < e->n; i++) {
-        curv__w_u64(w, e->cur[i].n_stats);
-        curv__w_u64(w, e->cur[i].inv_step);
-        curv__w_u64(w, e->cur[i].fails);
-        e->b[i]->vt->save(e->b[i], w);
+        const struct book *bk = &e->cur[i];
+        curv__w_volatile(w);
+        curv__w_u64(w, bk->n_stats);
+        curv__w_u64(w, bk->inv_step);
+        curv__w_u64(w, bk->fails);
+        const struct curv__kstamps st = {curv__stamp(CURV__STAMP_KFAC_STATS, bk->n_stats),
+                                         curv__stamp(CURV__STAMP_KFAC_INV, bk->inv_step), steps};
+        e->b[i]->vt->save(e->b[i], w, &st);
     }
-    for (size_t c = 0; c < e->nch; c++)
-        curv__kchain_save(e->ch[c], w);
+    for (size_t c = 0; c < e->nch; c++) {
+        const size_t first = curv__kchain_first(e->ch[c]);
+        curv__kchain_save(e->ch[c], w,
+                          curv__stamp(CURV__STAMP_KCHAIN_SNAP, e->cur[first].inv_step));
+    }
 }
 
 void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r)
@@ -274,9 +291,9 @@ size_t curv__kfac_est_bytes(const struct curv__kfac_est *e)
     return total + 2 * big * sizeof(double);
 }
 
-size_t curv__kfac_est_report_size(const struct curv__kfac_est *e)
+size_t curv__kfac_est_report_size(const curv_layout *l)
 {
-    return e->n + 1;
+    return curv_layout_nblocks(l) + 1;
 }
 
 void curv__kfac_est_report(const struct curv__kfac_est *e, curv_opt *o, uint64_t k)

@@ -46,6 +46,12 @@ struct curv__kside {
 
 struct curv__kblock;
 
+/* The stamps of a block's saved parts (curv__w_part): its factors, its
+ * decompositions (with π), and what changes with every step (fallback). */
+struct curv__kstamps {
+    uint64_t factors, inverse, steps;
+};
+
 /*
  * A block type. Everything a step computes is tentative until commit (or
  * dropped by abort), so that a failed or interrupted step changes nothing:
@@ -65,7 +71,8 @@ struct curv__kblock_vt {
                   double *work);
     void (*commit)(struct curv__kblock *b, const double *g);
     void (*abort)(struct curv__kblock *b);
-    void (*save)(const struct curv__kblock *b, struct curv__writer *w);
+    void (*save)(const struct curv__kblock *b, struct curv__writer *w,
+                 const struct curv__kstamps *st);
     void (*load)(struct curv__kblock *b, struct curv__reader *r);
     size_t (*bytes)(const struct curv__kblock *b);
     void (*free)(struct curv__kblock *b);
@@ -83,9 +90,10 @@ struct curv__kblock {
 
 /* curv__kblock_new - the block type for layout block @info: Kronecker
  * factors for dense and conv2d blocks (a side above max_factor_dim is
- * diagonal), the fallback for vector blocks. NULL when out of memory. */
-struct curv__kblock *curv__kblock_new(const curv_block_info *info,
-                                      const struct curv__kfac_hyper *h);
+ * diagonal), the fallback for vector blocks; allocated through @t
+ * (curv__tally). NULL when out of memory or only counting. */
+struct curv__kblock *curv__kblock_new(const curv_block_info *info, const struct curv__kfac_hyper *h,
+                                      struct curv__tally *t);
 
 /* Doubles a saved block holds at least (for saved_doubles); SIZE_MAX on
  * overflow. */
@@ -113,10 +121,11 @@ void curv__kblock_damped(const struct curv__kblock *b, int side, double gamma, d
  */
 struct curv__kchain;
 
-/* Find the chains of @l (none unless inverse = tridiag); *@n gets their
- * number. CURV_E_NOMEM. */
+/* Find the chains of @l (none unless inverse = tridiag), allocated through
+ * @t (curv__tally); *@n gets their number (0 when counting). CURV_E_NOMEM. */
 curv_status curv__kchains_new(const curv_layout *l, const struct curv__kfac_hyper *h,
-                              struct curv__kchain ***out, size_t *n, curv_error *err);
+                              struct curv__tally *t, struct curv__kchain ***out, size_t *n,
+                              curv_error *err);
 void curv__kchains_free(struct curv__kchain **c, size_t n);
 /* Whether layout block @i belongs to a chain (its inverse is the chain's). */
 int curv__kchain_member(struct curv__kchain *const *c, size_t n, size_t i);
@@ -137,7 +146,10 @@ curv_status curv__kchain_prepare(struct curv__kchain *c, struct curv__kblock *co
 void curv__kchain_apply(const struct curv__kchain *c, size_t cand, const double *g, double *u);
 void curv__kchain_commit(struct curv__kchain *c, size_t cand);
 void curv__kchain_abort(struct curv__kchain *c);
-void curv__kchain_save(const struct curv__kchain *c, struct curv__writer *w);
+/* Saves the cross factors (stamped by the chain's statistics updates) and
+ * their snapshot (stamped @snap: the refresh step of the chain's first
+ * block, at which it was taken). */
+void curv__kchain_save(const struct curv__kchain *c, struct curv__writer *w, uint64_t snap);
 void curv__kchain_load(struct curv__kchain *c, struct curv__reader *r);
 size_t curv__kchain_bytes(const struct curv__kchain *c);
 /* Denominators clamped by the inverse in use (candidate @cand after
@@ -151,8 +163,10 @@ size_t curv__kchain_len(const struct curv__kchain *c);
 
 struct curv__kfac_est;
 
+/* The estimator for @l, allocated through @t (curv__tally); counting, it
+ * allocates nothing and *@out is NULL. CURV_E_NOMEM. */
 curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyper *h,
-                               struct curv__kfac_est **out, curv_error *err);
+                               struct curv__tally *t, struct curv__kfac_est **out, curv_error *err);
 void curv__kfac_est_free(struct curv__kfac_est *e);
 /* Whether step @k is one where statistics are due (every cov_interval
  * steps from step 1). */
@@ -163,7 +177,8 @@ int curv__kfac_stats_due(const struct curv__kfac_hyper *h, uint64_t k);
  * but missing), then refresh every block's inverse when k <= 3, k is a
  * multiple of inv_interval, or a block has none yet. A block whose
  * statistics or inverse fail keeps its previous ones, up to max_failures
- * in a row; *@failed counts those. Tentative until commit or abort.
+ * in a row; *@failed counts those. Tentative until commit or abort;
+ * what an earlier step left tentative (a cancelled one) is dropped first.
  */
 curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__step_args *a,
                                   uint64_t k, unsigned *failed, curv_error *err);
@@ -180,7 +195,8 @@ void curv__kfac_est_apply(struct curv__kfac_est *e, size_t c, double gamma, cons
 /* Keep candidate @c's tentative state; @g is the step's gradient. */
 void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, uint64_t k);
 void curv__kfac_est_abort(struct curv__kfac_est *e);
-void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w);
+/* Save the committed state; @steps is the optimizer's curv__steps_stamp. */
+void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w, uint64_t steps);
 void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r);
 /* Bytes of state held. */
 size_t curv__kfac_est_bytes(const struct curv__kfac_est *e);
@@ -188,7 +204,7 @@ size_t curv__kfac_est_bytes(const struct curv__kfac_est *e);
  * and the clamp count of the last tridiagonal build. */
 void curv__kfac_est_report(const struct curv__kfac_est *e, curv_opt *o, uint64_t k);
 /* Number of report entries curv__kfac_est_report adds at most. */
-size_t curv__kfac_est_report_size(const struct curv__kfac_est *e);
+size_t curv__kfac_est_report_size(const curv_layout *l);
 /* The estimator's block for layout block @i (tests and reports). */
 const struct curv__kblock *curv__kfac_est_block(const struct curv__kfac_est *e, size_t i);
 

@@ -52,6 +52,11 @@ curv_layout *curv_layout_dup(const curv_layout *l)
     return c;
 }
 
+size_t curv__layout_dup_bytes(const curv_layout *l)
+{
+    return sizeof *l + l->n * sizeof *l->blocks;
+}
+
 long curv_layout_find(const curv_layout *l, const char *name)
 {
     if (!l || !name)

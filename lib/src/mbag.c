@@ -296,21 +296,19 @@ static void mbag_fini(curv_opt *o)
     o->impl = NULL;
 }
 
-static int mbag_alloc(struct mbag *m, int any_bias)
+static void mbag_alloc(struct mbag *m, int any_bias, struct curv__tally *t)
 {
     int root = m->var != MBAG_N, sm = m->var != MBAG_EMA;
-    m->grp = curv__calloc_n(m->ngroups, sizeof *m->grp);
-    m->perm = any_bias ? curv__calloc_n(m->d, sizeof *m->perm) : NULL;
-    m->A = curv__calloc_n(m->nmat, sizeof(double));
-    m->P = root ? curv__calloc_n(m->nmat, sizeof(double)) : NULL;
-    m->v = curv__calloc_n(m->d, sizeof(double));
-    m->g = curv__calloc_n(m->d, sizeof(double));
-    m->w = sm ? curv__calloc_n(m->d, sizeof(double)) : NULL;
-    m->vn = curv__calloc_n(m->d, sizeof(double));
-    m->aux = curv__calloc_n(m->ngroups, sizeof(double));
-    m->ns = root ? curv__calloc_n(6 * m->nmax * m->nmax, sizeof(double)) : NULL;
-    return m->grp && (m->perm || !any_bias) && m->A && (m->P || !root) && m->v && m->g &&
-           (m->w || !sm) && m->vn && m->aux && (m->ns || !root);
+    m->grp = curv__tally_calloc(t, m->ngroups, sizeof *m->grp);
+    m->perm = any_bias ? curv__tally_calloc(t, m->d, sizeof *m->perm) : NULL;
+    m->A = curv__tally_calloc(t, m->nmat, sizeof(double));
+    m->P = root ? curv__tally_calloc(t, m->nmat, sizeof(double)) : NULL;
+    m->v = curv__tally_calloc(t, m->d, sizeof(double));
+    m->g = curv__tally_calloc(t, m->d, sizeof(double));
+    m->w = sm ? curv__tally_calloc(t, m->d, sizeof(double)) : NULL;
+    m->vn = curv__tally_calloc(t, m->d, sizeof(double));
+    m->aux = curv__tally_calloc(t, m->ngroups, sizeof(double));
+    m->ns = root ? curv__tally_calloc(t, 6 * m->nmax * m->nmax, sizeof(double)) : NULL;
 }
 
 /* H_0 = I/λ (Alg. 1 line 1) or G_0 = λI (Alg. 2 line 1); P_0 = λ^-1/2 I. */
@@ -327,24 +325,26 @@ static void mbag_reset(struct mbag *m, double lambda)
     }
 }
 
-static curv_status mbag_init(curv_opt *o, enum mbag_variant var, curv_error *err)
+static curv_status mbag_init(curv_opt *o, enum mbag_variant var, struct curv__tally *t,
+                             curv_error *err)
 {
     const char *kname = curv_opt_kind_name(o->kind);
-    struct mbag *m = calloc(1, sizeof *m);
+    struct mbag scratch, *m = curv__tally_obj(t, &scratch, sizeof *m);
     if (!m)
         return curv__fail(err, CURV_E_NOMEM, "%s: out of memory", kname);
     m->var = var;
     m->d = curv_layout_dim(o->layout);
     int any_bias = 0;
     curv_status st = plan_groups(o, m, &any_bias, err);
-    if (st != CURV_OK) {
-        mbag_free(m);
+    if (st == CURV_OK)
+        mbag_alloc(m, any_bias, t);
+    if (!t->alloc)
         return st;
-    }
-    if (!mbag_alloc(m, any_bias)) {
+    if (st == CURV_OK && t->failed)
         st = curv__fail(err, CURV_E_NOMEM,
                         "%s: out of memory for %zu groups (%zu matrix entries, d = %zu)", kname,
                         m->ngroups, m->nmat, m->d);
+    if (st != CURV_OK) {
         mbag_free(m);
         return st;
     }
@@ -354,19 +354,19 @@ static curv_status mbag_init(curv_opt *o, enum mbag_variant var, curv_error *err
     return CURV_OK;
 }
 
-static curv_status mbag_init_sm(curv_opt *o, curv_error *err)
+static curv_status mbag_init_sm(curv_opt *o, struct curv__tally *t, curv_error *err)
 {
-    return mbag_init(o, MBAG_SM, err);
+    return mbag_init(o, MBAG_SM, t, err);
 }
 
-static curv_status mbag_init_ema(curv_opt *o, curv_error *err)
+static curv_status mbag_init_ema(curv_opt *o, struct curv__tally *t, curv_error *err)
 {
-    return mbag_init(o, MBAG_EMA, err);
+    return mbag_init(o, MBAG_EMA, t, err);
 }
 
-static curv_status mbag_init_n(curv_opt *o, curv_error *err)
+static curv_status mbag_init_n(curv_opt *o, struct curv__tally *t, curv_error *err)
 {
-    return mbag_init(o, MBAG_N, err);
+    return mbag_init(o, MBAG_N, t, err);
 }
 
 /* ---- pass 1: prepare (no state changes) ---- */
@@ -570,6 +570,7 @@ static void mbag_save(const curv_opt *o, struct curv__writer *w)
     curv__w_u64(w, m->ngroups);
     curv__w_u64(w, m->nmat);
     curv__w_u64(w, m->d);
+    curv__w_part(w, curv__steps_stamp(o));
     curv__w_f64s(w, m->A, m->nmat);
     if (m->P)
         curv__w_f64s(w, m->P, m->nmat);

@@ -103,18 +103,35 @@ curv_status curv_opt_new(curv_opt_kind kind, const curv_layout *layout, const cu
     return curv__opt_new_bounded(kind, layout, config, SIZE_MAX, out, err);
 }
 
-curv_status curv__opt_new_bounded(curv_opt_kind kind, const curv_layout *layout,
-                                  const curv_config *config, size_t max_doubles, curv_opt **out,
-                                  curv_error *err)
+/* The checks curv_opt_new makes before it allocates anything. */
+static curv_status check_new(curv_opt_kind kind, const curv_layout *layout, const void *out,
+                             curv_error *err)
 {
-    const struct curv__opt_vt *vt = vt_of(kind);
-    if (!vt)
+    if (!vt_of(kind))
         return curv__fail(err, CURV_E_INVALID, "opt: unknown optimizer kind %d", (int)kind);
     if (!layout || !out)
         return curv__fail(err, CURV_E_INVALID, "opt: NULL layout or output pointer");
     if (curv_layout_dim(layout) == 0)
         return curv__fail(err, CURV_E_INVALID, "%s: the layout has no parameter blocks",
                           curv_opt_kind_name(kind));
+    return CURV_OK;
+}
+
+/* What curv__opt_new_bounded allocates besides the kind's state: the
+ * optimizer, its copy of the layout, its hyperparameters. */
+static size_t front_bytes(const struct curv__opt_vt *vt, const curv_layout *layout)
+{
+    return curv__sat_add(sizeof(struct curv_opt) + vt->hyper_size, curv__layout_dup_bytes(layout));
+}
+
+curv_status curv__opt_new_bounded(curv_opt_kind kind, const curv_layout *layout,
+                                  const curv_config *config, size_t max_doubles, curv_opt **out,
+                                  curv_error *err)
+{
+    curv_status st = check_new(kind, layout, out, err);
+    if (st != CURV_OK)
+        return st;
+    const struct curv__opt_vt *vt = vt_of(kind);
     curv_opt *o = calloc(1, sizeof *o);
     if (!o)
         return curv__fail(err, CURV_E_NOMEM, "opt: out of memory");
@@ -123,7 +140,7 @@ curv_status curv__opt_new_bounded(curv_opt_kind kind, const curv_layout *layout,
     o->layout = curv_layout_dup(layout);
     o->dim = curv_layout_dim(layout);
     o->hyper = calloc(1, vt->hyper_size);
-    curv_status st = CURV_E_NOMEM;
+    st = CURV_E_NOMEM;
     if (!o->layout || !o->hyper) {
         curv__fail(err, st, "opt: out of memory");
         goto fail;
@@ -134,14 +151,39 @@ curv_status curv__opt_new_bounded(curv_opt_kind kind, const curv_layout *layout,
         st = curv__fail(err, CURV_E_CORRUPT,
                         "%s: the blob is too short for the state of this layout and config",
                         curv_opt_kind_name(kind));
+    struct curv__tally t = {.alloc = 1};
     if (st == CURV_OK)
-        st = vt->init(o, err);
+        st = vt->init(o, &t, err);
     if (st != CURV_OK)
         goto fail;
     *out = o;
     return CURV_OK;
 fail:
     curv_opt_free(o);
+    return st;
+}
+
+curv_status curv_opt_state_bytes(curv_opt_kind kind, const curv_layout *layout,
+                                 const curv_config *config, size_t *bytes, curv_error *err)
+{
+    curv_status st = check_new(kind, layout, bytes, err);
+    if (st != CURV_OK)
+        return st;
+    const struct curv__opt_vt *vt = vt_of(kind);
+    /* A stand-in for the optimizer: the caller's layout, only read, and
+     * the resolved hyperparameters; the kind's init then only counts. */
+    curv_opt o = {
+        .kind = kind, .vt = vt, .layout = (curv_layout *)layout, .dim = curv_layout_dim(layout)};
+    if (!(o.hyper = calloc(1, vt->hyper_size)))
+        return curv__fail(err, CURV_E_NOMEM, "opt: out of memory");
+    struct curv__tally t = {.alloc = 0, .bytes = front_bytes(vt, layout)};
+    st = curv__params_apply(vt->params, vt->n_params, curv_opt_kind_name(kind), config, o.hyper,
+                            err);
+    if (st == CURV_OK)
+        st = vt->init(&o, &t, err);
+    free(o.hyper);
+    if (st == CURV_OK)
+        *bytes = t.bytes;
     return st;
 }
 
@@ -288,11 +330,13 @@ size_t curv_opt_report(const curv_opt *o, const curv_report_entry **entries)
     return o->report.n;
 }
 
-curv_status curv__report_reserve(curv_opt *o, size_t cap, curv_error *err)
+curv_status curv__report_reserve(curv_opt *o, struct curv__tally *t, size_t cap, curv_error *err)
 {
-    curv_report_entry *e = curv__calloc_n(cap, sizeof *e);
-    char(*names)[CURV__REPORT_NAME] = curv__calloc_n(cap, sizeof *names);
-    if (!e || !names) {
+    curv_report_entry *e = curv__tally_calloc(t, cap, sizeof *e);
+    char(*names)[CURV__REPORT_NAME] = curv__tally_calloc(t, cap, sizeof *names);
+    if (!t->alloc)
+        return CURV_OK;
+    if (t->failed) {
         free(e);
         free(names);
         return curv__fail(err, CURV_E_NOMEM, "%s: out of memory", curv_opt_kind_name(o->kind));

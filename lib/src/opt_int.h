@@ -108,8 +108,9 @@ struct curv__report {
     size_t n, cap;
 };
 
-/* curv__report_reserve - room for @cap entries (call from init). */
-curv_status curv__report_reserve(curv_opt *o, size_t cap, curv_error *err);
+/* curv__report_reserve - room for @cap entries (call from init, with its
+ * tally: counting only counts). */
+curv_status curv__report_reserve(curv_opt *o, struct curv__tally *t, size_t cap, curv_error *err);
 /* curv__report_add - append "name" = value; @fmt builds the name. Entries
  * beyond the reserved capacity are dropped (reserve enough in init). */
 void curv__report_add(curv_opt *o, double value, const char *fmt, ...) CURV__PRINTF(3, 4);
@@ -138,7 +139,12 @@ struct curv_opt {
 /*
  * The per-kind vtable. Conventions:
  *  - init: allocate and initialise o->impl from o->layout and o->hyper
- *    (range checks that need the layout go here, e.g. d limits);
+ *    (range checks that need the layout go here, e.g. d limits). Every
+ *    allocation it keeps goes through @t (struct curv__tally). With a
+ *    counting tally it allocates nothing and fills no array: it only sizes
+ *    the state for curv_opt_state_bytes (o->impl may then point at a local
+ *    stand-in, and fini is not called), so it must refuse exactly what it
+ *    refuses when allocating;
  *  - step: @a checked (see struct curv__step_args); write @delta (dim
  *    doubles) and return CURV_OK, or fill @req and return CURV_NEED_INPUT
  *    (opt.c sets req->n_values from the kind and checks seq and length of
@@ -157,7 +163,7 @@ struct curv__opt_vt {
     const struct curv__param *params;
     size_t n_params;
     size_t hyper_size;
-    curv_status (*init)(curv_opt *o, curv_error *err);
+    curv_status (*init)(curv_opt *o, struct curv__tally *t, curv_error *err);
     void (*fini)(curv_opt *o);
     curv_status (*step)(curv_opt *o, const struct curv__step_args *a, double *delta,
                         curv_request *req, curv_error *err);
@@ -177,6 +183,15 @@ struct curv__opt_vt {
      * others are refused. CURV_INPUT_REQUESTS follows from @resume. */
     unsigned inputs;
 };
+
+/* curv__steps_stamp - the stamp (curv__w_part) of arrays that change only
+ * when a step completes: never in a step that fails, is pending or is
+ * cancelled, nor by curv_opt_reconfigure, so within one history they are
+ * a function of the number of completed steps. */
+static inline uint64_t curv__steps_stamp(const curv_opt *o)
+{
+    return curv__stamp(CURV__STAMP_STEPS, o->t);
+}
 
 /* curv__step_args_build - check @in and convert it to doubles (opt_input.c);
  * the arrays live in @o's conversion buffers until the next step. */
@@ -199,6 +214,9 @@ extern const struct curv__opt_vt curv__mbag_ema_vt;
 extern const struct curv__opt_vt curv__mbag_n_vt;
 extern const struct curv__opt_vt curv__kfac_vt;
 extern const struct curv__opt_vt curv__hf_vt;
+
+/* curv__layout_dup_bytes - the bytes curv_layout_dup(@l) allocates. */
+size_t curv__layout_dup_bytes(const curv_layout *l);
 
 /* curv__describe - "'fc1' 3x5, 'gain' 5x1" (truncated with "..." to fit). */
 void curv__describe(const curv_layout *l, char *buf, size_t cap);

@@ -8,6 +8,8 @@
  *   u64 completed steps, u32 interrupted (saved while a request was pending,
  *       or by an optimizer loaded so and not stepped since)
  *   the kind's own state (its vt->save)
+ * All of it up to the kind's state is one volatile part (stamp 0); the
+ * kind marks its arrays as stable parts (state.h, curv_opt_save_parts).
  * Loading rebuilds the layout and config through the public constructors,
  * so a blob is validated by exactly the rules that guard fresh input.
  */
@@ -87,10 +89,9 @@ static curv_status load_layout(struct curv__reader *r, curv_layout **out, curv_e
     return CURV_OK;
 }
 
-curv_status curv_opt_save(const curv_opt *o, unsigned char **blob, size_t *len, curv_error *err)
+static curv_status save(const curv_opt *o, unsigned char **blob, size_t *len,
+                        curv_state_part **parts, size_t *n_parts, curv_error *err)
 {
-    if (!o || !blob || !len)
-        return curv__fail(err, CURV_E_INVALID, "opt: NULL optimizer or output pointer");
     struct curv__writer w = {0};
     size_t doubles = o->vt->saved_doubles ? o->vt->saved_doubles(o) : 0;
     if (doubles < SIZE_MAX / 16)
@@ -104,9 +105,24 @@ curv_status curv_opt_save(const curv_opt *o, unsigned char **blob, size_t *len, 
      * (a daemon evicting a session twice) keeps the mark. */
     curv__w_u32(&w, (uint32_t)(o->pending || o->interrupted));
     o->vt->save(o, &w);
-    curv_status st = curv__state_seal(&w, blob, len, err);
-    free(w.buf);
+    curv_status st = curv__state_seal(&w, blob, len, parts, n_parts, err);
+    curv__w_release(&w);
     return st;
+}
+
+curv_status curv_opt_save(const curv_opt *o, unsigned char **blob, size_t *len, curv_error *err)
+{
+    if (!o || !blob || !len)
+        return curv__fail(err, CURV_E_INVALID, "opt: NULL optimizer or output pointer");
+    return save(o, blob, len, NULL, NULL, err);
+}
+
+curv_status curv_opt_save_parts(const curv_opt *o, unsigned char **blob, size_t *len,
+                                curv_state_part **parts, size_t *n_parts, curv_error *err)
+{
+    if (!o || !blob || !len || !parts || !n_parts)
+        return curv__fail(err, CURV_E_INVALID, "opt: NULL optimizer or output pointer");
+    return save(o, blob, len, parts, n_parts, err);
 }
 
 curv_status curv_opt_load(const unsigned char *blob, size_t len, curv_opt **out, curv_error *err)

@@ -48,9 +48,9 @@ static double momentum_at(const struct sgd_hyper *h, uint64_t t)
     return fmin(mu, h->momentum);
 }
 
-static curv_status sgd_init(curv_opt *o, curv_error *err)
+static curv_status sgd_init(curv_opt *o, struct curv__tally *t, curv_error *err)
 {
-    struct sgd_state *s = calloc(1, sizeof *s);
+    struct sgd_state scratch, *s = curv__tally_obj(t, &scratch, sizeof *s);
     if (!s)
         return curv__fail(err, CURV_E_NOMEM, "sgd: out of memory");
     o->impl = s;
@@ -109,6 +109,7 @@ static void sgd_save(const curv_opt *o, struct curv__writer *w)
 {
     const struct sgd_state *s = o->impl;
     curv__w_u32(w, s->v != NULL);
+    curv__w_part(w, curv__steps_stamp(o));
     if (s->v)
         curv__w_f64s(w, s->v, o->dim);
 }

@@ -243,31 +243,116 @@ static void frame(unsigned char *buf, size_t total)
     put_le(buf + HEADER_LEN + payload, curv__crc32(0, buf, HEADER_LEN + payload), 4);
 }
 
-curv_status curv__state_seal(struct curv__writer *w, unsigned char **blob, size_t *len,
-                             curv_error *err)
+/* Start a part at the writer's position; a volatile mark right after a
+ * volatile part (or the start) adds nothing. */
+static void w_mark(struct curv__writer *w, uint64_t stamp, int stable)
 {
-    if (w->framed) { /* the header is already in place: no copy */
-        if (!w->oom && reserve(w, TRAILER_LEN)) {
-            w->len += TRAILER_LEN;
-            frame(w->buf, w->len);
-            *blob = w->buf;
-            *len = w->len;
-            w->buf = NULL;
-            w->len = w->cap = 0;
-            return CURV_OK;
+    if (w->oom)
+        return;
+    const struct curv__w_mark *last = w->n_marks ? &w->marks[w->n_marks - 1] : NULL;
+    if (!stable && (!last || !last->stable))
+        return;
+    if (w->n_marks == w->marks_cap) {
+        size_t cap = w->marks_cap ? 2 * w->marks_cap : 16;
+        struct curv__w_mark *nm =
+            cap <= SIZE_MAX / sizeof *nm ? realloc(w->marks, cap * sizeof *nm) : NULL;
+        if (!nm) {
+            w->oom = 1;
+            return;
         }
-        return curv__fail(err, CURV_E_NOMEM, "state: cannot allocate a %zu-byte blob",
-                          w->len + TRAILER_LEN);
+        w->marks = nm;
+        w->marks_cap = cap;
     }
-    size_t payload = w->len, total = HEADER_LEN + payload + TRAILER_LEN;
-    unsigned char *out = w->oom || total < payload ? NULL : malloc(total);
-    if (!out)
+    w->marks[w->n_marks++] = (struct curv__w_mark){w->len, stable ? stamp : 0, stable};
+}
+
+void curv__w_part(struct curv__writer *w, uint64_t stamp)
+{
+    w_mark(w, stamp, 1);
+}
+
+void curv__w_volatile(struct curv__writer *w)
+{
+    w_mark(w, 0, 0);
+}
+
+uint64_t curv__stamp(enum curv__stamp_src src, uint64_t value)
+{
+    const uint64_t low = (UINT64_C(1) << 56) - 1;
+    return value < low ? (uint64_t)src << 56 | (value + 1) : 0;
+}
+
+void curv__w_release(struct curv__writer *w)
+{
+    free(w->buf);
+    free(w->marks);
+    *w = (struct curv__writer){0};
+}
+
+/*
+ * The parts of a @total-byte blob whose payload starts at @shift in the
+ * writer's positions: the header and what precedes the first mark, each
+ * mark's run, the trailer. Empty runs are dropped and volatile runs that
+ * meet are joined, so the result depends only on where marks were made.
+ */
+static curv_state_part *build_parts(const struct curv__writer *w, size_t shift, size_t total,
+                                    size_t *n_out)
+{
+    curv_state_part *p = curv__calloc_n(w->n_marks + 2, sizeof *p);
+    if (!p)
+        return NULL;
+    size_t n = 0;
+    int last_volatile = 0;
+    for (size_t k = 0; k <= w->n_marks + 1; k++) {
+        const int trailer = k == w->n_marks + 1;
+        const struct curv__w_mark *m = k && !trailer ? &w->marks[k - 1] : NULL;
+        size_t start = trailer ? total - TRAILER_LEN : m ? m->pos + shift : 0;
+        size_t end = trailer          ? total
+                     : k < w->n_marks ? w->marks[k].pos + shift
+                                      : total - TRAILER_LEN;
+        int stable = m && m->stable;
+        if (end == start)
+            continue;
+        if (!stable && last_volatile) {
+            p[n - 1].len += end - start;
+            continue;
+        }
+        p[n++] = (curv_state_part){start, end - start, stable ? m->stamp : 0};
+        last_volatile = !stable;
+    }
+    *n_out = n;
+    return p;
+}
+
+curv_status curv__state_seal(struct curv__writer *w, unsigned char **blob, size_t *len,
+                             curv_state_part **parts, size_t *n_parts, curv_error *err)
+{
+    const size_t shift = w->framed ? 0 : HEADER_LEN;
+    const size_t payload = w->framed ? w->len - HEADER_LEN : w->len;
+    const size_t total = HEADER_LEN + payload + TRAILER_LEN;
+    curv_state_part *p = NULL;
+    size_t np = 0;
+    if (w->oom || total < payload || (w->framed && !reserve(w, TRAILER_LEN)) ||
+        (parts && !(p = build_parts(w, shift, total, &np))))
         return curv__fail(err, CURV_E_NOMEM, "state: cannot allocate a %zu-byte blob", total);
-    if (payload)
+    unsigned char *out = w->framed ? w->buf : malloc(total);
+    if (!out) {
+        free(p);
+        return curv__fail(err, CURV_E_NOMEM, "state: cannot allocate a %zu-byte blob", total);
+    }
+    if (w->framed) { /* the header is already in place: no copy */
+        w->buf = NULL;
+        w->len = w->cap = 0;
+    } else if (payload) {
         memcpy(out + HEADER_LEN, w->buf, payload);
+    }
     frame(out, total);
     *blob = out;
     *len = total;
+    if (parts) {
+        *parts = p;
+        *n_parts = np;
+    }
     return CURV_OK;
 }
 

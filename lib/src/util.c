@@ -12,6 +12,31 @@ void *curv__calloc_n(size_t n, size_t sz)
     return calloc(n ? n : 1, sz ? sz : 1);
 }
 
+size_t curv__calloc_bytes(size_t n, size_t sz)
+{
+    size_t bytes;
+    return curv__mul_ok(n ? n : 1, sz ? sz : 1, &bytes) ? bytes : SIZE_MAX;
+}
+
+void *curv__tally_calloc(struct curv__tally *t, size_t n, size_t sz)
+{
+    t->bytes = curv__sat_add(t->bytes, curv__calloc_bytes(n, sz));
+    if (!t->alloc || t->failed)
+        return NULL;
+    void *p = curv__calloc_n(n, sz);
+    t->failed = p == NULL;
+    return p;
+}
+
+void *curv__tally_obj(struct curv__tally *t, void *scratch, size_t sz)
+{
+    if (t->alloc)
+        return curv__tally_calloc(t, 1, sz);
+    t->bytes = curv__sat_add(t->bytes, sz);
+    memset(scratch, 0, sz);
+    return scratch;
+}
+
 /* A double is NaN or ±Inf exactly when its 11 exponent bits are all ones.
  * Testing bits with integer operations lets the compiler vectorize the
  * scan (a floating-point sum could not be reordered), so the common

@@ -119,7 +119,28 @@ static curv_opt *create_failing(curv_opt_kind kind, const curv_layout *l, const 
     }
 }
 
-/* Save and load @o under failing allocations. */
+/* curv_opt_state_bytes under failing allocations: NOMEM with *bytes
+ * untouched, until it gives the same answer as with memory. */
+static void state_bytes_failing(curv_opt_kind kind, const curv_layout *l, const curv_config *c)
+{
+    size_t want = 0;
+    assert_int_equal(curv_opt_state_bytes(kind, l, c, &want, NULL), CURV_OK);
+    for (long k = 0;; k++) {
+        size_t got = 7;
+        arm(k);
+        curv_status st = curv_opt_state_bytes(kind, l, c, &got, NULL);
+        disarm();
+        if (!injected) {
+            assert_int_equal(st, CURV_OK);
+            assert_int_equal(got, want);
+            return;
+        }
+        assert_int_equal(st, CURV_E_NOMEM);
+        assert_int_equal(got, 7);
+    }
+}
+
+/* Save (with and without parts) and load @o under failing allocations. */
 static void save_load_failing(const curv_opt *o)
 {
     unsigned char *blob = NULL;
@@ -133,6 +154,26 @@ static void save_load_failing(const curv_opt *o)
             break;
         }
         assert_int_equal(st, CURV_E_NOMEM);
+    }
+    for (long k = 0;; k++) { /* the same blob, with its parts */
+        unsigned char *b2 = NULL;
+        curv_state_part *p = NULL;
+        size_t len2 = 0, n = 0;
+        arm(k);
+        curv_status st = curv_opt_save_parts(o, &b2, &len2, &p, &n, NULL);
+        disarm();
+        if (!injected) {
+            assert_int_equal(st, CURV_OK);
+            assert_int_equal(len2, len);
+            assert_memory_equal(b2, blob, len);
+            assert_int_equal(p[n - 1].offset + p[n - 1].len, len);
+            curv_free(b2);
+            curv_free(p);
+            break;
+        }
+        assert_int_equal(st, CURV_E_NOMEM);
+        assert_null(b2);
+        assert_null(p);
     }
     for (long k = 0;; k++) {
         curv_opt *o2 = NULL;
@@ -190,6 +231,7 @@ static void run_kind(curv_opt_kind kind)
     assert_non_null(c);
     if (kind == CURV_OPT_MBAG || kind == CURV_OPT_MBAG_EMA)
         assert_int_equal(curv_config_set_num(c, "t_sqr", 1, NULL), CURV_OK);
+    state_bytes_failing(kind, l, c);
     curv_opt *o = create_failing(kind, l, c);
     for (int dt = 0; dt < 2; dt++) {
         curv_step_input in = {
@@ -297,6 +339,7 @@ static void run_kfac(const char *mode, const char *inverse)
     curv_config *c = tu_config(kv, 3);
     tu_config_set(c, "mode", 0, mode);
     tu_config_set(c, "inverse", 0, inverse);
+    state_bytes_failing(CURV_OPT_KFAC, l, c);
     curv_opt *o = create_failing(CURV_OPT_KFAC, l, c);
     double *u = tu_alloc(net.dim), *vals = tu_alloc(16);
     const int adaptive = strcmp(mode, "adaptive") == 0;

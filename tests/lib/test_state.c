@@ -169,7 +169,7 @@ static unsigned char *make_blob(size_t *len)
     curv__w_f64(&w, -1.25);
     unsigned char *blob = NULL;
     curv_error err;
-    assert_int_equal(curv__state_seal(&w, &blob, len, &err), CURV_OK);
+    assert_int_equal(curv__state_seal(&w, &blob, len, NULL, NULL, &err), CURV_OK);
     free(w.buf);
     return blob;
 }
@@ -204,7 +204,7 @@ static void test_seal_and_open(void **state)
 
     /* An empty payload makes a 28-byte blob that opens to nothing. */
     struct curv__writer w = {0};
-    assert_int_equal(curv__state_seal(&w, &blob, &len, &err), CURV_OK);
+    assert_int_equal(curv__state_seal(&w, &blob, &len, NULL, NULL, &err), CURV_OK);
     assert_int_equal(len, 28);
     assert_int_equal(curv__state_open(blob, len, &r, &err), CURV_OK);
     assert_int_equal(curv__r_left(&r), 0);
@@ -212,8 +212,82 @@ static void test_seal_and_open(void **state)
     /* A writer that ran out of memory cannot be sealed. */
     w.oom = 1;
     blob = NULL;
-    assert_int_equal(curv__state_seal(&w, &blob, &len, &err), CURV_E_NOMEM);
+    assert_int_equal(curv__state_seal(&w, &blob, &len, NULL, NULL, &err), CURV_E_NOMEM);
     assert_null(blob);
+}
+
+/* Seal @w with parts into *@blob, asserting they tile it; returns them. */
+static curv_state_part *seal_parts(struct curv__writer *w, unsigned char **blob, size_t *len,
+                                   size_t *n)
+{
+    curv_state_part *p = NULL;
+    curv_error err;
+    assert_int_equal(curv__state_seal(w, blob, len, &p, n, &err), CURV_OK);
+    size_t at = 0;
+    for (size_t i = 0; i < *n; i++) {
+        assert_int_equal(p[i].offset, at);
+        at += p[i].len;
+    }
+    assert_int_equal(at, *len);
+    return p;
+}
+
+/*
+ * Marks: the header and what precedes the first mark form a volatile part;
+ * a stable mark starts a part of its own even with stamp 0; volatile runs
+ * join; empty runs vanish; the trailer is volatile. Framed and unframed
+ * writers give the same parts.
+ */
+static void test_parts(void **state)
+{
+    (void)state;
+    const uint64_t s7 = curv__stamp(CURV__STAMP_STEPS, 7);
+    for (int framed = 0; framed < 2; framed++) {
+        struct curv__writer w = {0};
+        if (framed)
+            curv__w_frame(&w);
+        curv__w_u32(&w, 1);   /* [0, 28): header and this, volatile */
+        curv__w_part(&w, s7); /* [28, 44) */
+        curv__w_f64(&w, 1.5);
+        curv__w_f64(&w, 2.5);
+        curv__w_part(&w, 99); /* empty: dropped */
+        curv__w_part(&w, 0);  /* [44, 52): stable, stamp 0 */
+        curv__w_u64(&w, 3);
+        curv__w_volatile(&w); /* [52, 64): joined by all that follows */
+        curv__w_u32(&w, 4);
+        curv__w_volatile(&w);
+        curv__w_u32(&w, 5);
+        curv__w_part(&w, s7 + 1); /* empty: dropped */
+        curv__w_volatile(&w);     /* and the volatile trailer */
+        unsigned char *blob;
+        size_t len, n;
+        curv_state_part *p = seal_parts(&w, &blob, &len, &n);
+        const curv_state_part want[] = {{0, 28, 0}, {28, 16, s7}, {44, 8, 0}, {52, 12, 0}};
+        assert_int_equal(len, 64);
+        assert_int_equal(n, 4);
+        assert_memory_equal(p, want, sizeof want);
+        curv_free(p);
+        curv_free(blob);
+        curv__w_release(&w);
+    }
+    /* A stable part runs up to the trailer, which stands alone. */
+    struct curv__writer w = {0};
+    curv__w_part(&w, s7);
+    curv__w_u32(&w, 1);
+    unsigned char *blob;
+    size_t len, n;
+    curv_state_part *p = seal_parts(&w, &blob, &len, &n);
+    const curv_state_part want[] = {{0, 24, 0}, {24, 4, s7}, {28, 4, 0}};
+    assert_int_equal(n, 3);
+    assert_memory_equal(p, want, sizeof want);
+    curv_free(p);
+    curv_free(blob);
+    curv__w_release(&w);
+    /* Stamps: source in the top byte, value + 1 below; 0 past 56 bits. */
+    assert_true(curv__stamp(CURV__STAMP_KFAC_INV, 0) == (UINT64_C(3) << 56 | 1));
+    assert_true(curv__stamp(CURV__STAMP_STEPS, (UINT64_C(1) << 56) - 2) == (UINT64_C(2) << 56) - 1);
+    assert_true(curv__stamp(CURV__STAMP_STEPS, (UINT64_C(1) << 56) - 1) == 0);
+    assert_true(curv__stamp(CURV__STAMP_STEPS, UINT64_MAX) == 0);
 }
 
 /* Open a heap copy of @b (exactly @n bytes) and return the status. */
@@ -285,7 +359,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_crc32_check_value), cmocka_unit_test(test_round_trip_every_type),
         cmocka_unit_test(test_reader_overrun),    cmocka_unit_test(test_seal_and_open),
-        cmocka_unit_test(test_open_rejects),
+        cmocka_unit_test(test_open_rejects),      cmocka_unit_test(test_parts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

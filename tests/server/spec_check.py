@@ -781,8 +781,9 @@ def scenario(ck, d):
       note="body over --max-body")
     r = c(d, "getSession", "GET", base, expect=200, note="after patch")
     if r is not None and r.json and (r.json.get("step") != 4
-                                     or r.json["config"].get("lr") != 0.04):
-        ck.fail("getSession after patch", r, "expected step 4 and lr 0.04")
+                                     or r.json["config"].get("lr") != 0.04
+                                     or (r.json.get("last_step") or {}).get("step") != 4):
+        ck.fail("getSession after patch", r, "expected step 4, lr 0.04 and last_step 4")
 
     # Callbacks: no optimizer of this version asks for one.
     c(d, "answerCallback", "POST", f"{base}/steps/5/callbacks/cb1", ctype=J,

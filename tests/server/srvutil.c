@@ -4,6 +4,7 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <math.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +67,69 @@ int su_rmtree(const char *dir)
     return system(cmd);
 }
 
+void su_raw_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK)
+        print_error("%s: %s\n", sql, msg);
+    sqlite3_free(msg);
+    assert_int_equal(rc, SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+void su_raw_text(const char *path, const char *sql, char *out, size_t cap)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    const unsigned char *t = sqlite3_column_text(q, 0);
+    snprintf(out, cap, "%s", t ? (const char *)t : "");
+    assert_int_equal(sqlite3_finalize(q), SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+}
+
+long long su_raw_int(const char *path, const char *sql)
+{
+    char buf[64];
+    su_raw_text(path, sql, buf, sizeof buf);
+    return atoll(buf);
+}
+
+unsigned char *su_raw_state(const char *path, const char *id, size_t *len)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT idx, bytes FROM state_parts WHERE session_id = ?"
+                                        " ORDER BY idx",
+                                        -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC), SQLITE_OK);
+    unsigned char *buf = NULL;
+    size_t n = 0;
+    int rc;
+    for (long long k = 0; (rc = sqlite3_step(q)) == SQLITE_ROW; k++) {
+        assert_int_equal(sqlite3_column_int64(q, 0), k);
+        size_t m = (size_t)sqlite3_column_bytes(q, 1);
+        unsigned char *grown = realloc(buf, n + m);
+        assert_non_null(grown);
+        buf = grown;
+        memcpy(buf + n, sqlite3_column_blob(q, 1), m);
+        n += m;
+    }
+    assert_int_equal(rc, SQLITE_DONE);
+    assert_int_equal(sqlite3_finalize(q), SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    *len = n;
+    return buf;
+}
+
 static const char *bearer; /* token sent with every request, or NULL */
 static long timeout_s = 30;
 
@@ -119,6 +183,7 @@ static size_t on_header(char *line, size_t sz, size_t n, void *ud)
     copy_header(line, sz * n, "Content-Type", r->content_type, sizeof r->content_type);
     copy_header(line, sz * n, "Location", r->location, sizeof r->location);
     copy_header(line, sz * n, "ETag", r->etag, sizeof r->etag);
+    copy_header(line, sz * n, "Server-Timing", r->server_timing, sizeof r->server_timing);
     char jh[32] = "";
     copy_header(line, sz * n, "Inference-Header-Content-Length", jh, sizeof jh);
     if (jh[0])

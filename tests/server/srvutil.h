@@ -12,6 +12,7 @@
 
 #include "curv.h"
 #include "server.h"
+#include "store.h"
 #include "testutil.h"
 
 struct su_resp {
@@ -22,6 +23,7 @@ struct su_resp {
     char location[256];
     char etag[64];
     size_t json_header_len; /* Inference-Header-Content-Length, 0 if absent */
+    char server_timing[256];
 };
 
 /* ---- The daemon and its files ---- */
@@ -42,6 +44,31 @@ void su_tmpdir(char *dir, size_t dir_cap, const char *root, const char *tag, cha
                size_t db_cap);
 /* rm -rf @dir; system()'s status (0 when removed). */
 int su_rmtree(const char *dir);
+
+/* ---- The store, and its file read and written beside it (sqlite3) ---- */
+
+/* Fail unless the store call @expr gives @want; the call writes its
+ * sentence into the char array @errbuf, printed on failure. */
+#define su_assert_store(expr, want, errbuf)                                                        \
+    do {                                                                                           \
+        (errbuf)[0] = '\0';                                                                        \
+        int st_ = (expr);                                                                          \
+        if (st_ != (want))                                                                         \
+            print_error("got %s, want %s: %s\n", curvd_store_status_name(st_),                     \
+                        curvd_store_status_name(want), (errbuf));                                  \
+        assert_int_equal(st_, (want));                                                             \
+    } while (0)
+
+/* Run @sql (several statements allowed) on a connection of its own. */
+void su_raw_exec(const char *path, const char *sql);
+/* The first column of the first row of @sql, as text into @out[@cap]. */
+void su_raw_text(const char *path, const char *sql, char *out, size_t cap);
+/* The same as an integer. */
+long long su_raw_int(const char *path, const char *sql);
+/* Session @id's state as the file holds it: the bytes of its state_parts
+ * rows in idx order (which must run 0, 1, ...), read without the store;
+ * NULL and *@len 0 when it has none. free() it. */
+unsigned char *su_raw_state(const char *path, const char *id, size_t *len);
 
 /* ---- The client ---- */
 

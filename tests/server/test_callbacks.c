@@ -56,15 +56,36 @@ static void expect_round_trips(const char *base, const char *optimizer, size_t n
     su_resp_free(&r);
 }
 
-/* "pending_callback" of session @id: the url, or "" when null. */
+/* Session @id's item in the daemon's list (a new reference). */
+static json_t *listed(const char *base, const char *id)
+{
+    json_t *list = su_call(base, "GET", "/v1/sessions?page_size=1000", NULL, 200, NULL), *item;
+    json_t *found = NULL;
+    size_t i;
+    json_array_foreach(json_object_get(list, "sessions"), i, item)
+    {
+        if (strcmp(json_string_value(json_object_get(item, "id")), id) == 0) {
+            assert_null(found);
+            found = json_incref(item);
+        }
+    }
+    json_decref(list);
+    assert_non_null(found);
+    return found;
+}
+
+/* "pending_callback" of session @id: the url, or "" when null; the list
+ * says the same. */
 static void pending_of(const char *base, const char *id, char *out, size_t cap)
 {
     char path[128];
     snprintf(path, sizeof path, "/v1/sessions/%s", id);
-    json_t *s = su_call(base, "GET", path, NULL, 200, NULL);
+    json_t *s = su_call(base, "GET", path, NULL, 200, NULL), *item = listed(base, id);
     json_t *pc = json_object_get(s, "pending_callback");
     assert_true(json_is_null(pc) || json_is_string(pc));
+    assert_true(json_equal(pc, json_object_get(item, "pending_callback")));
     snprintf(out, cap, "%s", json_is_string(pc) ? json_string_value(pc) : "");
+    json_decref(item);
     json_decref(s);
 }
 
@@ -165,31 +186,33 @@ static json_t *mlp_layers(const tu_mlp *net)
     return arr;
 }
 
-static void mlp_ref(curv_opt *ref, tu_mlp *net, double *want, size_t *n)
+static void mlp_ref(curv_opt *ref, tu_mlp *net, int with_stats, double *want, size_t *n)
 {
     curv_step_input in = {.grad = net->g,
                           .params = net->theta,
                           .len = net->dim,
                           .dtype = CURV_F64,
-                          .layers = net->stats,
-                          .n_layers = net->L,
+                          .layers = with_stats ? net->stats : NULL,
+                          .n_layers = with_stats ? net->L : 0,
                           .loss = net->loss,
                           .has_loss = 1};
     curv_error err;
     tu_assert_status(tu_drive(ref, &in, mlp_answer, net, want, n, &err), CURV_OK, &err);
 }
 
-/* One K-FAC step over HTTP and in-process, equal to the bit; then θ moves
- * and the same batch (@seed) is evaluated there. Returns the callbacks. */
-static size_t mlp_step(struct su_trainer *tr, curv_opt *ref, tu_mlp *net, long t, uint64_t seed)
+/* One K-FAC step over HTTP and in-process (with the batch's statistics
+ * when @with_stats), equal to the bit; then θ moves and the same batch
+ * (@seed) is evaluated there. Returns the callbacks. */
+static size_t mlp_step_with(struct su_trainer *tr, curv_opt *ref, tu_mlp *net, long t,
+                            uint64_t seed, int with_stats)
 {
     double *u = tu_alloc(net->dim), *want = tu_alloc(net->dim);
-    json_t *layers = mlp_layers(net);
+    json_t *layers = with_stats ? mlp_layers(net) : NULL;
     struct su_step s = {
         .t = t, .grad = net->g, .params = net->theta, .loss = net->loss, .layers = layers};
     size_t n = su_trainer_step(tr, &s, mlp_answer, net, u), n_ref;
     json_decref(layers);
-    mlp_ref(ref, net, want, &n_ref);
+    mlp_ref(ref, net, with_stats, want, &n_ref);
     assert_int_equal(n, n_ref);
     same_bits(u, want, net->dim, "kfac", t);
     for (size_t i = 0; i < net->dim; i++)
@@ -198,6 +221,11 @@ static size_t mlp_step(struct su_trainer *tr, curv_opt *ref, tu_mlp *net, long t
     free(u);
     free(want);
     return n;
+}
+
+static size_t mlp_step(struct su_trainer *tr, curv_opt *ref, tu_mlp *net, long t, uint64_t seed)
+{
+    return mlp_step_with(tr, ref, net, t, seed, 1);
 }
 
 static json_t *hf_config(void)
@@ -391,6 +419,46 @@ static void test_kfac_simple_matches_library(void **state)
         json_t *p = su_call(f->base, "POST", path, "{\"losses\":[1]}", 409, NULL);
         assert_string_equal(json_string_value(json_object_get(p, "reason")), "NO_CALLBACK_PENDING");
         json_decref(p);
+    }
+    curv_opt_free(ref);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+}
+
+/* The exported state of session @id is @ref's blob, byte for byte. */
+static void expect_export(const char *base, const char *id, const curv_opt *ref)
+{
+    size_t len, want_len;
+    unsigned char *got = su_export_state(base, id, &len, "application/octet-stream");
+    unsigned char *want = tu_snapshot(ref, &want_len);
+    assert_int_equal(len, want_len);
+    assert_memory_equal(got, want, len);
+    free(got);
+    curv_free(want);
+}
+
+/* K-FAC simple mode with statistics every other step and inverses every
+ * third, so that most commits write only some of the state's parts: every
+ * update to the bit and every exported state byte for byte as in-process,
+ * across a restart of the daemon (which reads the parts and their stamps
+ * back before its next commit) and the steps after it. */
+static void test_kfac_parts_survive_restart(void **state)
+{
+    struct su_fx *f = *state;
+    tu_mlp net;
+    curv_layout *l = mlp_new(&net, 9);
+    struct su_trainer tr = {.base = f->base, .layout = l};
+    su_trainer_create(&tr, "kfac",
+                      json_pack("{s:s, s:f, s:i, s:i}", "mode", "simple", "lr", 0.1, "cov_interval",
+                                2, "inv_interval", 3));
+    const tu_kv kv[] = {{"lr", 0.1}, {"cov_interval", 2}, {"inv_interval", 3}};
+    curv_opt *ref = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
+    expect_export(f->base, tr.id, ref);
+    for (long t = 1; t <= 9; t++) {
+        if (t == 5)
+            su_fx_restart(f);
+        assert_int_equal(mlp_step_with(&tr, ref, &net, t, 111, t % 2 == 1), 0);
+        expect_export(f->base, tr.id, ref);
     }
     curv_opt_free(ref);
     curv_layout_free(l);
@@ -712,6 +780,79 @@ static void test_restart_mid_exchange(void **state)
     curv_layout_free(l);
 }
 
+/* The trainer's hook keeping the report of each step's 200 reply. */
+static void keep_report(struct su_trainer *tr, enum su_phase ph, const struct su_callback *cb,
+                        const struct su_body *good, const struct su_resp *reply)
+{
+    (void)cb, (void)good;
+    if (ph != SU_STEP_DONE)
+        return;
+    json_t **out = tr->hook_ctx;
+    json_t *r = json_loadb(reply->body,
+                           reply->json_header_len ? reply->json_header_len : reply->len, 0, NULL);
+    json_decref(*out);
+    *out = json_incref(json_object_get(r, "report"));
+    json_decref(r);
+    assert_true(json_is_object(*out));
+}
+
+/* "last_step" of session @id, in GET and in its list item: step @t with
+ * @report (NULL: null). */
+static void expect_last_step(const char *base, const char *id, long t, const json_t *report)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/sessions/%s", id);
+    json_t *s = su_call(base, "GET", path, NULL, 200, NULL), *item = listed(base, id);
+    assert_true(json_equal(json_object_get(item, "last_step"), json_object_get(s, "last_step")));
+    json_t *last = json_object_get(s, "last_step");
+    if (!report) {
+        assert_true(json_is_null(last));
+    } else {
+        assert_int_equal(json_integer_value(json_object_get(last, "step")), t);
+        assert_true(json_equal(json_object_get(last, "report"), report));
+    }
+    json_decref(item);
+    json_decref(s);
+}
+
+/* The session object shows the latest completed step's report exactly as
+ * its 200 carried it: not before the first step, not for a step still in
+ * its exchange, unchanged by a replay, and after a restart. */
+static void test_session_shows_last_report(void **state)
+{
+    struct su_fx *f = *state;
+    curv_layout *l = su_layout_new();
+    json_t *report = NULL;
+    struct su_trainer tr = {
+        .base = f->base, .layout = l, .binary = 1, .hook = keep_report, .hook_ctx = &report};
+    su_trainer_create(&tr, "hf", hf_config());
+    expect_last_step(f->base, tr.id, 0, NULL);
+    struct quad p;
+    quad_new(&p, SU_D, 7);
+    double u[SU_D];
+    for (long t = 1; t <= 3; t++) {
+        struct su_step st = quad_step(&p, t);
+        su_trainer_step(&tr, &st, tu_quad_answer, &p.q, u);
+        assert_true(json_is_number(json_object_get(report, "cg_iterations")));
+        expect_last_step(f->base, tr.id, t, report);
+        quad_move(&p, u);
+    }
+    struct su_resp r;
+    post_quad_step(&tr, &p, 3, &r); /* a replay */
+    assert_int_equal(r.status, 200);
+    su_resp_free(&r);
+    expect_last_step(f->base, tr.id, 3, report);
+    post_quad_step(&tr, &p, 4, &r); /* waits for its callback */
+    assert_int_equal(r.status, 202);
+    su_resp_free(&r);
+    expect_last_step(f->base, tr.id, 3, report);
+    su_fx_restart(f);
+    expect_last_step(f->base, tr.id, 3, report);
+    json_decref(report);
+    quad_free(&p);
+    curv_layout_free(l);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -720,10 +861,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hf_binary_matches_json, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kfac_adaptive_matches_library, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kfac_simple_matches_library, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kfac_parts_survive_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hf_refusals_change_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kfac_refusals_change_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reposted_step_restarts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_mid_exchange, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_shows_last_report, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

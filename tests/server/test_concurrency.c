@@ -457,29 +457,50 @@ static void test_eviction(void **state)
 
 /* ---- (d) The memory budget at creation ---- */
 
+/* A budget one byte short of a session's state (curv_opt_state_bytes, what
+ * the optimizer holds in memory, more than its blob): create is refused
+ * before anything is allocated, import after the blob (which fits) is
+ * read and sized exactly; under the blob's size, import is refused before
+ * loading. Nothing is kept. At the state's size both go through. */
 static void test_state_too_large(void **state)
 {
     struct fx *f = *state;
     curv_opt *o = tu_new_opt(CURV_OPT_ADAGRAD_DIAG, f->layout, NULL);
-    size_t len;
-    unsigned char *blob = tu_snapshot(o, &len); /* one session's state, sized by libcurv */
+    size_t len, bytes;
+    unsigned char *blob = tu_snapshot(o, &len);
     curv_opt_free(o);
-    start(f, 100, len - 1, 2);
-    char id[33];
+    curv_error cerr;
+    tu_assert_status(curv_opt_state_bytes(CURV_OPT_ADAGRAD_DIAG, f->layout, NULL, &bytes, &cerr),
+                     CURV_OK, &cerr);
+    assert_true(len < bytes); /* so that import's exact check is the one that refuses */
+    start(f, 100, bytes - 1, 2);
+    char id[33], url[128];
     json_t *p = create(f, CURV_OPT_ADAGRAD_DIAG, 422, id);
     assert_string_equal(json_string_value(json_object_get(p, "reason")), "STATE_TOO_LARGE");
     json_decref(p);
-    char url[128];
     snprintf(url, sizeof url, "%s/v1/sessions:import", f->base);
     struct su_resp r;
     su_request("POST", url, blob, len, "application/octet-stream", 0, &r);
     assert_int_equal(r.status, 422);
     assert_non_null(strstr(r.body, "STATE_TOO_LARGE"));
+    assert_non_null(strstr(r.body, "adagrad_diag optimizer")); /* sized after loading */
     su_resp_free(&r);
     assert_true(metric(f, "curvd_sessions{where=\"disk\"}") == 0); /* nothing kept */
     stop(f);
-    start(f, 100, len, 2); /* exactly one state's worth fits */
+    start(f, 100, len - 1, 2); /* the blob alone is over: refused before loading */
+    snprintf(url, sizeof url, "%s/v1/sessions:import", f->base);
+    su_request("POST", url, blob, len, "application/octet-stream", 0, &r);
+    assert_int_equal(r.status, 422);
+    assert_non_null(strstr(r.body, "the state blob takes"));
+    su_resp_free(&r);
+    assert_true(metric(f, "curvd_sessions{where=\"disk\"}") == 0);
+    stop(f);
+    start(f, 100, bytes, 2); /* exactly one state's worth fits */
     json_decref(create(f, CURV_OPT_ADAGRAD_DIAG, 201, id));
+    snprintf(url, sizeof url, "%s/v1/sessions:import", f->base); /* a new port */
+    su_request("POST", url, blob, len, "application/octet-stream", 0, &r);
+    assert_int_equal(r.status, 201);
+    su_resp_free(&r);
     curv_free(blob);
 }
 

@@ -78,6 +78,7 @@ static void create(struct fx *f, const char *kind, json_t *config, char id[33])
     assert_non_null(strstr(raw.location, id));
     assert_int_equal(json_integer_value(json_object_get(s, "step")), 0);
     assert_int_equal(json_integer_value(json_object_get(s, "dim")), D);
+    assert_true(json_is_null(json_object_get(s, "last_step")));
     su_resp_free(&raw);
     json_decref(s);
 }
@@ -177,6 +178,12 @@ static void test_exactly_once(void **state)
     json_decref(call(f, "POST", path, step_body(1, g), 200, &b));
     assert_int_equal(a.len, b.len);
     assert_memory_equal(a.body, b.body, a.len);
+    /* Server-Timing: every phase of the step that ran; a replay ran none. */
+    static const char *const phases[] = {
+        "decode;dur=", "step;dur=", "encode;dur=", "save;dur=", "commit;dur="};
+    for (int i = 0; i < 5; i++)
+        assert_non_null(strstr(a.server_timing, phases[i]));
+    assert_string_equal(b.server_timing, "");
     size_t len2;
     unsigned char *s2 = export_state(f, id, &len2);
     assert_int_equal(len1, len2);
@@ -327,6 +334,7 @@ static void test_export_import(void **state)
     snprintf(id2, sizeof id2, "%s", json_string_value(json_object_get(s, "id")));
     assert_string_not_equal(id, id2);
     assert_int_equal(json_integer_value(json_object_get(s, "step")), 2);
+    assert_true(json_is_null(json_object_get(s, "last_step"))); /* no reply comes with a blob */
     json_decref(s);
     su_resp_free(&r);
     curv_opt *ref2 = NULL;
@@ -562,6 +570,91 @@ static void test_heavy_step_does_not_block(void **state)
     assert_true(answered_during >= 1);
 }
 
+/* Over --max-queue, a heavy request is refused at once with 429 (and
+ * Retry-After), and the refused step changes nothing. */
+static void test_queue_limit(void **state)
+{
+    struct fx *f = *state;
+    su_daemon_stop(&f->srv);
+    memset(&f->srv, 0, sizeof f->srv);
+    f->srv.cfg = (struct curvd_config){.db_path = f->db,
+                                       .max_sessions = 100,
+                                       .mem_budget = (size_t)1 << 30,
+                                       .max_body = (size_t)16 << 20,
+                                       .workers = 1,
+                                       .max_queue = 1};
+    su_daemon_start(&f->srv, f->base, sizeof f->base);
+    enum { N = 2000 };
+    char url[256], small_path[128], small_id[33];
+    struct su_resp r, first;
+    first_step(f, "adagrad_diag", small_id, small_path, &first);
+    su_resp_free(&first);
+    snprintf(url, sizeof url, "%s/v1/sessions", f->base);
+    const char *create = "{\"optimizer\":\"adagrad_full\",\"layout\":[{\"name\":\"w\","
+                         "\"kind\":\"vector\",\"shape\":[2000]}]}";
+    su_request("POST", url, create, strlen(create), NULL, 0, &r);
+    assert_int_equal(r.status, 201);
+    json_t *s = json_loads(r.body, 0, NULL);
+    char steps[256];
+    snprintf(steps, sizeof steps, "%s/v1/sessions/%s/steps", f->base,
+             json_string_value(json_object_get(s, "id")));
+    json_decref(s);
+    su_resp_free(&r);
+    double g[N], gs[D];
+    for (int i = 0; i < N; i++)
+        g[i] = sin(0.1 * i);
+    json_t *body = json_pack("{s:i, s:[o]}", "step", 1, "gradients",
+                             su_tensor("w", json_pack("[i]", N), g, N));
+    struct slow_step slow = {.url = steps,
+                             .body = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(17))};
+    json_decref(body);
+    atomic_init(&slow.done, 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, post_slow, &slow), 0);
+    /* Wait until /metrics shows the slow step queued or running. */
+    snprintf(url, sizeof url, "%s/metrics", f->base);
+    int queued = 0;
+    while (!queued && !atomic_load(&slow.done)) {
+        su_request("GET", url, NULL, 0, NULL, 0, &r);
+        assert_int_equal(r.status, 200);
+        queued = strstr(r.body, "\ncurvd_heavy_requests_in_flight 1\n") != NULL;
+        su_resp_free(&r);
+    }
+    int refused = 0, applied = 1; /* the small session is at step 1 */
+    while (!atomic_load(&slow.done) && !refused) {
+        grad_at(applied + 1, gs);
+        json_t *b = step_body(applied + 1, gs);
+        char *text = json_dumps(b, JSON_COMPACT | JSON_REAL_PRECISION(17)), full[320];
+        json_decref(b);
+        snprintf(full, sizeof full, "%s%s", f->base, small_path);
+        su_request("POST", full, text, strlen(text), NULL, 0, &r);
+        free(text);
+        json_t *p = json_loadb(r.body, r.len, 0, NULL);
+        if (r.status == 429) {
+            refused = 1;
+            assert_string_equal(json_string_value(json_object_get(p, "reason")),
+                                "TOO_MANY_REQUESTS");
+        } else {
+            assert_int_equal(r.status, 200); /* the slow step had not been queued yet */
+            applied++;
+        }
+        json_decref(p);
+        su_resp_free(&r);
+    }
+    pthread_join(th, NULL);
+    free(slow.body);
+    assert_int_equal(slow.status, 200);
+    assert_true(refused);
+    /* Nothing of the refused step was applied; the same step goes through now. */
+    char get[160];
+    snprintf(get, sizeof get, "/v1/sessions/%s", small_id);
+    json_t *sess = call(f, "GET", get, NULL, 200, NULL);
+    assert_int_equal(json_integer_value(json_object_get(sess, "step")), applied);
+    json_decref(sess);
+    grad_at(applied + 1, gs);
+    json_decref(call(f, "POST", small_path, step_body(applied + 1, gs), 200, NULL));
+}
+
 /* /metrics counts steps by optimizer, requests by route and status, and
  * the sessions held. */
 static void test_metrics(void **state)
@@ -603,6 +696,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metrics, setup, teardown),
         cmocka_unit_test_setup_teardown(test_encodings_agree, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_heavy_step_does_not_block, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

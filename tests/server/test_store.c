@@ -1,38 +1,36 @@
 /* SPDX-License-Identifier: MIT */
 /* The session store: opening and migrations, refusal of foreign and newer
  * files, create/get/list/delete, conditional step commits and replays,
- * large and empty blobs, lock contention, threads, allocation failures and
- * SIGKILL in the middle of commits. */
+ * large and empty blobs, lock contention, threads and allocation failures
+ * (states in parts and SIGKILL mid-commit: test_store_parts.c). */
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "migrations.h"
+#include "srvutil.h"
 #include "store.h"
 #include "testutil.h"
 
 static char dir[64];
 static char err[512];
 
-#define assert_store(expr, want)                                                                   \
-    do {                                                                                           \
-        err[0] = '\0';                                                                             \
-        int st_ = (expr);                                                                          \
-        if (st_ != (want))                                                                         \
-            print_error("got %s, want %s: %s\n", curvd_store_status_name(st_),                     \
-                        curvd_store_status_name(want), err);                                       \
-        assert_int_equal(st_, (want));                                                             \
-    } while (0)
+#define assert_store(expr, want) su_assert_store(expr, want, err)
 
 /* --- helpers ------------------------------------------------------------------------------- */
+
+/* A state of @len_ bytes at @blob_, stored as one part with stamp 0. */
+#define WHOLE(blob_, len_)                                                                         \
+    {                                                                                              \
+        .blob = (blob_), .len = (len_)                                                             \
+    }
+#define STATE(blob_, len_) (&(struct curvd_state_in)WHOLE(blob_, len_))
 
 static int group_setup(void **state)
 {
@@ -83,39 +81,6 @@ static struct curvd_store *open_ok(const char *path, enum curvd_durability d)
     return st;
 }
 
-/* A second, plain connection, for looking at and tampering with files. */
-static void raw_exec(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    char *msg = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
-    if (rc != SQLITE_OK)
-        print_error("%s: %s\n", sql, msg);
-    sqlite3_free(msg);
-    assert_int_equal(rc, SQLITE_OK);
-    assert_int_equal(sqlite3_close(db), SQLITE_OK);
-}
-
-static void raw_text(const char *path, const char *sql, char *out, size_t len)
-{
-    sqlite3 *db = NULL;
-    sqlite3_stmt *q = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
-    snprintf(out, len, "%s", (const char *)sqlite3_column_text(q, 0));
-    assert_int_equal(sqlite3_finalize(q), SQLITE_OK);
-    assert_int_equal(sqlite3_close(db), SQLITE_OK);
-}
-
-static long long raw_int(const char *path, const char *sql)
-{
-    char buf[64];
-    raw_text(path, sql, buf, sizeof buf);
-    return atoll(buf);
-}
-
 static unsigned char *random_blob(uint64_t seed, size_t n)
 {
     unsigned char *p = malloc(n ? n : 1);
@@ -130,7 +95,7 @@ static unsigned char *random_blob(uint64_t seed, size_t n)
 static void create_ok(struct curvd_store *st, const char *tenant, const char *id, const void *state,
                       size_t len)
 {
-    struct curvd_session_new s = {id, tenant, "sgd", NULL, 0, state, len};
+    struct curvd_session_new s = {id, tenant, "sgd", NULL, 0, WHOLE(state, len)};
     assert_store(curvd_store_create(st, &s, NULL, err, sizeof err), CURVD_STORE_OK);
 }
 
@@ -149,13 +114,6 @@ static int64_t wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* --- opening ------------------------------------------------------------------------------ */
@@ -186,15 +144,16 @@ static void test_open_fresh_applies_migrations(void **state)
     assert_string_equal(info.journal_mode, "wal");
     curvd_store_close(st);
     /* The file says so to anyone, not just to this connection. */
-    assert_int_equal(raw_int(path, "PRAGMA user_version"), (long long)curvd_migration_count);
-    assert_int_equal(raw_int(path, "PRAGMA application_id"), CURVD_STORE_APPLICATION_ID);
-    assert_int_equal(raw_int(path, "PRAGMA page_size"), CURVD_STORE_PAGE_SIZE);
+    assert_int_equal(su_raw_int(path, "PRAGMA user_version"), (long long)curvd_migration_count);
+    assert_int_equal(su_raw_int(path, "PRAGMA application_id"), CURVD_STORE_APPLICATION_ID);
+    assert_int_equal(su_raw_int(path, "PRAGMA page_size"), CURVD_STORE_PAGE_SIZE);
     char mode[16];
-    raw_text(path, "PRAGMA journal_mode", mode, sizeof mode);
+    su_raw_text(path, "PRAGMA journal_mode", mode, sizeof mode);
     assert_string_equal(mode, "wal");
-    assert_int_equal(raw_int(path, "SELECT count(*) FROM sqlite_schema WHERE name IN "
-                                   "('sessions', 'step_responses', 'sessions_by_tenant')"),
-                     3);
+    assert_int_equal(
+        su_raw_int(path, "SELECT count(*) FROM sqlite_schema WHERE name IN "
+                         "('sessions', 'step_responses', 'sessions_by_tenant', 'state_parts')"),
+        4);
     /* NORMAL durability is NORMAL synchronous. */
     st = open_ok(path, CURVD_DURABILITY_NORMAL);
     assert_store(curvd_store_info(st, &info, err, sizeof err), CURVD_STORE_OK);
@@ -209,9 +168,9 @@ static void test_reopen_is_noop(void **state)
     struct curvd_store *st = open_ok(path, CURVD_DURABILITY_NORMAL);
     create_ok(st, "t", "a", "xyz", 3);
     curvd_store_close(st);
-    long long objects = raw_int(path, "SELECT count(*) FROM sqlite_schema");
+    long long objects = su_raw_int(path, "SELECT count(*) FROM sqlite_schema");
     char schema[4096];
-    raw_text(path, "SELECT group_concat(sql, ';') FROM sqlite_schema", schema, sizeof schema);
+    su_raw_text(path, "SELECT group_concat(sql, ';') FROM sqlite_schema", schema, sizeof schema);
     for (int i = 0; i < 3; i++) {
         st = open_ok(path, CURVD_DURABILITY_FULL);
         struct curvd_session s;
@@ -221,17 +180,17 @@ static void test_reopen_is_noop(void **state)
         curvd_store_close(st);
     }
     char again[4096];
-    raw_text(path, "SELECT group_concat(sql, ';') FROM sqlite_schema", again, sizeof again);
+    su_raw_text(path, "SELECT group_concat(sql, ';') FROM sqlite_schema", again, sizeof again);
     assert_string_equal(schema, again);
-    assert_int_equal(raw_int(path, "SELECT count(*) FROM sqlite_schema"), objects);
-    assert_int_equal(raw_int(path, "PRAGMA user_version"), (long long)curvd_migration_count);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM sqlite_schema"), objects);
+    assert_int_equal(su_raw_int(path, "PRAGMA user_version"), (long long)curvd_migration_count);
 }
 
 static void test_open_refuses_foreign_file(void **state)
 {
     (void)state;
     const char *path = db_path("foreign");
-    raw_exec(path, "PRAGMA application_id = 305419896; CREATE TABLE t (x)");
+    su_raw_exec(path, "PRAGMA application_id = 305419896; CREATE TABLE t (x)");
     struct curvd_store *st = (struct curvd_store *)&st;
     assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
                  CURVD_STORE_ERROR);
@@ -240,17 +199,17 @@ static void test_open_refuses_foreign_file(void **state)
     assert_ptr_equal(st, (struct curvd_store *)&st); /* untouched on failure */
     /* Refused before anything was changed: still in rollback-journal mode. */
     char mode[16];
-    raw_text(path, "PRAGMA journal_mode", mode, sizeof mode);
+    su_raw_text(path, "PRAGMA journal_mode", mode, sizeof mode);
     assert_string_equal(mode, "delete");
-    assert_int_equal(raw_int(path, "PRAGMA application_id"), 305419896);
+    assert_int_equal(su_raw_int(path, "PRAGMA application_id"), 305419896);
 
     /* An unmarked file that already holds tables is someone else's too. */
     path = db_path("unmarked");
-    raw_exec(path, "CREATE TABLE sessions (x)");
+    su_raw_exec(path, "CREATE TABLE sessions (x)");
     assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
                  CURVD_STORE_ERROR);
     assert_non_null(strstr(err, "not a curvd database"));
-    assert_int_equal(raw_int(path, "PRAGMA application_id"), 0);
+    assert_int_equal(su_raw_int(path, "PRAGMA application_id"), 0);
 }
 
 static void test_open_refuses_newer_version(void **state)
@@ -260,13 +219,13 @@ static void test_open_refuses_newer_version(void **state)
     curvd_store_close(open_ok(path, CURVD_DURABILITY_FULL));
     char sql[64];
     snprintf(sql, sizeof sql, "PRAGMA user_version = %u", curvd_migration_count + 1);
-    raw_exec(path, sql);
+    su_raw_exec(path, sql);
     struct curvd_store *st = NULL;
     assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
                  CURVD_STORE_ERROR);
     assert_non_null(strstr(err, "newer"));
     assert_null(st);
-    assert_int_equal(raw_int(path, "PRAGMA user_version"), curvd_migration_count + 1);
+    assert_int_equal(su_raw_int(path, "PRAGMA user_version"), curvd_migration_count + 1);
 }
 
 static void test_open_refuses_bad_files(void **state)
@@ -305,20 +264,20 @@ static void test_open_failed_migration_rolls_back(void **state)
     char sql[128];
     snprintf(sql, sizeof sql, "PRAGMA application_id = %d; CREATE TABLE sessions (x)",
              CURVD_STORE_APPLICATION_ID);
-    raw_exec(path, sql);
+    su_raw_exec(path, sql);
     struct curvd_store *st = NULL;
     assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
                  CURVD_STORE_ERROR);
     assert_non_null(strstr(err, curvd_migrations[0].name));
     assert_non_null(strstr(err, "already exists"));
-    assert_int_equal(raw_int(path, "PRAGMA user_version"), 0);
-    assert_int_equal(raw_int(path, "SELECT count(*) FROM sqlite_schema"), 1);
+    assert_int_equal(su_raw_int(path, "PRAGMA user_version"), 0);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM sqlite_schema"), 1);
 
     /* Claims the current version but lacks the tables. */
     path = db_path("hollow");
     snprintf(sql, sizeof sql, "PRAGMA application_id = %d; PRAGMA user_version = %u",
              CURVD_STORE_APPLICATION_ID, curvd_migration_count);
-    raw_exec(path, sql);
+    su_raw_exec(path, sql);
     assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
                  CURVD_STORE_ERROR);
     assert_non_null(strstr(err, "schema does not match"));
@@ -349,12 +308,12 @@ static void test_invalid_arguments(void **state)
     struct curvd_session_list l;
     struct curvd_step_response r;
     struct curvd_store_info info;
-    struct curvd_step_commit c = {1, NULL, 0, "application/json", NULL, 0};
+    struct curvd_step_commit c = {1, WHOLE(NULL, 0), "application/json", NULL, 0, NULL};
     int64_t n;
     struct curvd_session_new bad[] = {
-        {NULL, "t", "sgd", NULL, 0, NULL, 0}, {"a", NULL, "sgd", NULL, 0, NULL, 0},
-        {"a", "t", NULL, NULL, 0, NULL, 0},   {"a", "t", "sgd", NULL, -1, NULL, 0},
-        {"a", "t", "sgd", NULL, 0, NULL, 5},
+        {NULL, "t", "sgd", NULL, 0, WHOLE(NULL, 0)}, {"a", NULL, "sgd", NULL, 0, WHOLE(NULL, 0)},
+        {"a", "t", NULL, NULL, 0, WHOLE(NULL, 0)},   {"a", "t", "sgd", NULL, -1, WHOLE(NULL, 0)},
+        {"a", "t", "sgd", NULL, 0, WHOLE(NULL, 5)},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_store(curvd_store_create(st, &bad[i], NULL, err, sizeof err), CURVD_STORE_INVALID);
@@ -377,19 +336,22 @@ static void test_invalid_arguments(void **state)
     assert_store(curvd_store_commit_step(st, "t", "a", &c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
     c.content_type = "application/json";
-    c.state_len = 3;
+    c.state.len = 3;
     assert_store(curvd_store_commit_step(st, "t", "a", &c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
-    c.state_len = 0;
+    c.state.len = 0;
     c.response_len = 3;
     assert_store(curvd_store_commit_step(st, "t", "a", &c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
-    assert_store(curvd_store_update_state(st, "t", "a", -1, NULL, 0, NULL, NULL, err, sizeof err),
-                 CURVD_STORE_INVALID);
-    assert_store(curvd_store_update_state(st, "t", "a", 0, NULL, 9, NULL, NULL, err, sizeof err),
-                 CURVD_STORE_INVALID);
-    assert_store(curvd_store_update_state(st, NULL, "a", 0, NULL, 0, NULL, NULL, err, sizeof err),
-                 CURVD_STORE_INVALID);
+    assert_store(
+        curvd_store_update_state(st, "t", "a", -1, STATE(NULL, 0), NULL, NULL, err, sizeof err),
+        CURVD_STORE_INVALID);
+    assert_store(
+        curvd_store_update_state(st, "t", "a", 0, STATE(NULL, 9), NULL, NULL, err, sizeof err),
+        CURVD_STORE_INVALID);
+    assert_store(
+        curvd_store_update_state(st, NULL, "a", 0, STATE(NULL, 0), NULL, NULL, err, sizeof err),
+        CURVD_STORE_INVALID);
     assert_store(curvd_store_get_response(st, "t", "a", NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
     assert_store(curvd_store_get_response(st, NULL, "a", &r, err, sizeof err), CURVD_STORE_INVALID);
@@ -411,7 +373,8 @@ static void test_create_get_delete(void **state)
     (void)state;
     struct curvd_store *st = open_ok(db_path("crud"), CURVD_DURABILITY_NORMAL);
     unsigned char *blob = random_blob(1, 1000);
-    struct curvd_session_new in = {"s1", "acme", "adagrad_bma", "{\"lr\":0.1}", 7, blob, 1000};
+    struct curvd_session_new in = {"s1",           "acme", "adagrad_bma",
+                                   "{\"lr\":0.1}", 7,      WHOLE(blob, 1000)};
     int64_t t0 = wall_ms(), created = 0;
     assert_store(curvd_store_create(st, &in, &created, err, sizeof err), CURVD_STORE_OK);
     assert_true(created >= t0 && created <= wall_ms());
@@ -436,7 +399,7 @@ static void test_create_get_delete(void **state)
     curvd_session_clear(&s);
 
     /* A duplicate id conflicts, whatever the tenant; the first one stays. */
-    struct curvd_session_new dup = {"s1", "other", "sgd", NULL, 0, "x", 1};
+    struct curvd_session_new dup = {"s1", "other", "sgd", NULL, 0, WHOLE("x", 1)};
     assert_store(curvd_store_create(st, &dup, NULL, err, sizeof err), CURVD_STORE_CONFLICT);
     assert_non_null(strstr(err, "s1"));
     dup.tenant = "acme";
@@ -533,7 +496,7 @@ static void test_list_pagination(void **state)
         if (i % 5 == 0)
             next_ms();
         snprintf(want[i].id, sizeof want[i].id, "s%02d", N - i);
-        struct curvd_session_new in = {want[i].id, "acme", "sgd", NULL, 0, NULL, 0};
+        struct curvd_session_new in = {want[i].id, "acme", "sgd", NULL, 0, WHOLE(NULL, 0)};
         assert_store(curvd_store_create(st, &in, &want[i].created_at, err, sizeof err),
                      CURVD_STORE_OK);
         char other[16];
@@ -642,7 +605,8 @@ static void test_list_refuses_bad_tokens(void **state)
 static void commit_ok(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
                       const void *state, size_t len, const void *resp, size_t resp_len)
 {
-    struct curvd_step_commit c = {step, state, len, "application/json", resp, resp_len};
+    struct curvd_step_commit c = {step, WHOLE(state, len), "application/json",
+                                  resp, resp_len,          NULL};
     assert_store(curvd_store_commit_step(st, tenant, id, &c, NULL, err, sizeof err),
                  CURVD_STORE_OK);
 }
@@ -679,7 +643,7 @@ static void test_commit_step(void **state)
     /* Ahead, behind, and the same step again: CONFLICT, nothing written. */
     const int64_t wrong[] = {3, 1, 100};
     for (int i = 0; i < 3; i++) {
-        struct curvd_step_commit c = {wrong[i], b0, 5000, "text/plain", "no", 2};
+        struct curvd_step_commit c = {wrong[i], WHOLE(b0, 5000), "text/plain", "no", 2, NULL};
         int64_t cur = -1;
         assert_store(curvd_store_commit_step(st, "t", "s", &c, &cur, err, sizeof err),
                      CURVD_STORE_CONFLICT);
@@ -694,7 +658,7 @@ static void test_commit_step(void **state)
         curvd_step_response_clear(&r);
     }
     /* A conflict without a place for the step is still a conflict. */
-    struct curvd_step_commit c = {5, b0, 5000, "text/plain", "no", 2};
+    struct curvd_step_commit c = {5, WHOLE(b0, 5000), "text/plain", "no", 2, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_CONFLICT);
     /* Unknown session, or another tenant's. */
@@ -714,6 +678,104 @@ static void test_commit_step(void **state)
     curvd_store_close(st);
 }
 
+static void assert_reply(struct curvd_store *st, const char *id, int64_t step, const char *body)
+{
+    struct curvd_step_response r;
+    assert_store(curvd_store_get_response(st, "t", id, &r, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(r.step, step);
+    assert_bytes(r.body, r.body_len, body, strlen(body));
+    curvd_step_response_clear(&r);
+}
+
+#define ITEM(id_, c_)                                                                              \
+    {                                                                                              \
+        .tenant = "t", .id = (id_), .c = (c_)                                                      \
+    }
+
+/* Several steps in one transaction: each gets the outcome it would get
+ * alone, and one item's failure is never another's. */
+static void test_commit_steps(void **state)
+{
+    (void)state;
+    const char *path = db_path("group");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
+    create_ok(st, "t", "a", "a0", 2);
+    create_ok(st, "t", "b", "b0", 2);
+    create_ok(st, "t", "c", "c0", 2);
+    const struct curvd_step_commit a1 = {1, WHOLE("a1", 2), "x", "ra1", 3, NULL},
+                                   a2 = {2, WHOLE("a2", 2), "x", "ra2", 3, NULL},
+                                   b2 = {2, WHOLE("b2", 2), "x", "rb2", 3, NULL},
+                                   c1 = {1, WHOLE("c1", 2), "x", "rc1", 3, NULL},
+                                   bad = {1, WHOLE("z", 1), NULL, "r", 1, NULL};
+    struct curvd_commit_item it[6] = {ITEM("a", &a1), ITEM("b", &b2), ITEM("nope", &c1),
+                                      ITEM("c", &c1), ITEM("a", &a2), ITEM("c", &bad)};
+    struct curvd_commit_item *items[6];
+    for (int i = 0; i < 6; i++) {
+        items[i] = &it[i];
+        it[i].current_step = -1;
+    }
+    curvd_store_commit_steps(st, items, 6);
+    static const int want[] = {CURVD_STORE_OK, CURVD_STORE_CONFLICT, CURVD_STORE_NOT_FOUND,
+                               CURVD_STORE_OK, CURVD_STORE_OK,       CURVD_STORE_INVALID};
+    for (int i = 0; i < 6; i++) {
+        if (it[i].status != want[i])
+            print_error("item %d: %s (%s)\n", i, curvd_store_status_name(it[i].status), it[i].err);
+        assert_int_equal(it[i].status, want[i]);
+    }
+    assert_int_equal(it[1].current_step, 0);
+    assert_non_null(strstr(it[1].err, "at step 0"));
+    assert_non_null(strstr(it[2].err, "no session"));
+    assert_non_null(strstr(it[5].err, "invalid argument"));
+    /* Durable: a new connection sees exactly the committed items. */
+    curvd_store_close(st);
+    st = open_ok(path, CURVD_DURABILITY_FULL);
+    assert_state(st, "t", "a", 2, "a2", 2);
+    assert_state(st, "t", "b", 0, "b0", 2);
+    assert_state(st, "t", "c", 1, "c1", 2);
+    assert_reply(st, "a", 2, "ra2");
+    assert_reply(st, "c", 1, "rc1");
+
+    /* A blob past SQLite's limit spoils the transaction: the others go
+     * through one by one, and the culprit alone is refused. */
+    static const char tiny[1];
+    const struct curvd_step_commit a3 = {3, WHOLE("a3", 2), "x", "ra3", 3, NULL},
+                                   b1big = {1, WHOLE(tiny, 1500000000u), "x", "r", 1, NULL},
+                                   c2 = {2, WHOLE("c2", 2), "x", "rc2", 3, NULL};
+    struct curvd_commit_item jt[3] = {ITEM("a", &a3), ITEM("b", &b1big), ITEM("c", &c2)};
+    struct curvd_commit_item *jtems[3] = {&jt[0], &jt[1], &jt[2]};
+    curvd_store_commit_steps(st, jtems, 3);
+    assert_int_equal(jt[0].status, CURVD_STORE_OK);
+    assert_int_equal(jt[1].status, CURVD_STORE_INVALID);
+    assert_non_null(strstr(jt[1].err, "too big"));
+    assert_int_equal(jt[2].status, CURVD_STORE_OK);
+    assert_state(st, "t", "a", 3, "a3", 2);
+    assert_state(st, "t", "b", 0, "b0", 2);
+    assert_state(st, "t", "c", 2, "c2", 2);
+
+    /* A locked database fails every item, and writes nothing. */
+    assert_store(curvd_store_set_busy_timeout(st, 0, err, sizeof err), CURVD_STORE_OK);
+    sqlite3 *other = NULL;
+    assert_int_equal(sqlite3_open(path, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    const struct curvd_step_commit a4 = {4, WHOLE("a4", 2), "x", "ra4", 3, NULL},
+                                   c3 = {3, WHOLE("c3", 2), "x", "r", 1, NULL};
+    struct curvd_commit_item kt[2] = {ITEM("a", &a4), ITEM("c", &c3)};
+    struct curvd_commit_item *ktems[2] = {&kt[0], &kt[1]};
+    curvd_store_commit_steps(st, ktems, 2);
+    assert_int_equal(kt[0].status, CURVD_STORE_BUSY);
+    assert_int_equal(kt[1].status, CURVD_STORE_BUSY);
+    assert_non_null(strstr(kt[0].err, "locked"));
+    assert_int_equal(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_close(other), SQLITE_OK);
+    assert_state(st, "t", "a", 3, "a3", 2);
+    assert_state(st, "t", "c", 2, "c2", 2);
+    curvd_store_commit_steps(st, ktems, 2);
+    assert_int_equal(kt[0].status, CURVD_STORE_OK);
+    assert_int_equal(kt[1].status, CURVD_STORE_OK);
+    assert_state(st, "t", "c", 3, "c3", 2);
+    curvd_store_close(st);
+}
+
 static void test_response_replay(void **state)
 {
     (void)state;
@@ -725,7 +787,7 @@ static void test_response_replay(void **state)
     assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err),
                  CURVD_STORE_NOT_FOUND);
     unsigned char *body = random_blob(3, 70000);
-    struct curvd_step_commit c = {1, "b", 1, "application/octet-stream", body, 70000};
+    struct curvd_step_commit c = {1, WHOLE("b", 1), "application/octet-stream", body, 70000, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "u", "s", &r, err, sizeof err),
                  CURVD_STORE_NOT_FOUND);
@@ -740,8 +802,9 @@ static void test_response_replay(void **state)
         curvd_step_response_clear(&r);
     }
     /* A state update leaves the reply alone. */
-    assert_store(curvd_store_update_state(st, "t", "s", 1, "c", 1, NULL, NULL, err, sizeof err),
-                 CURVD_STORE_OK);
+    assert_store(
+        curvd_store_update_state(st, "t", "s", 1, STATE("c", 1), NULL, NULL, err, sizeof err),
+        CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err), CURVD_STORE_OK);
     assert_bytes(r.body, r.body_len, body, 70000);
     curvd_step_response_clear(&r);
@@ -752,19 +815,124 @@ static void test_response_replay(void **state)
     assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err),
                  CURVD_STORE_NOT_FOUND);
     curvd_store_close(st);
-    assert_int_equal(raw_int(path, "SELECT count(*) FROM step_responses"), 0);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM step_responses"), 0);
     free(body);
+}
+
+/* The report of the latest step: stored with it, read with the session
+ * and with each listed one, replaced by the next step, kept by a refused
+ * commit and a state update, gone with the session. */
+static void test_step_reports(void **state)
+{
+    (void)state;
+    const char *path = db_path("reports");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
+    create_ok(st, "t", "s", "a", 1);
+    create_ok(st, "t", "other", "a", 1);
+    struct curvd_session s;
+    assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.last_step, 0);
+    assert_null(s.last_report);
+    curvd_session_clear(&s);
+    unsigned char *body = random_blob(5, 70000); /* many overflow pages */
+    struct curvd_step_commit c = {1,    WHOLE("b", 1), "application/json",
+                                  body, 70000,         "{\"rho\":0.25}"};
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
+    c.report = "{\"rho\":2}";
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
+                 CURVD_STORE_CONFLICT);
+    assert_store(
+        curvd_store_update_state(st, "t", "s", 1, STATE("c", 1), NULL, NULL, err, sizeof err),
+        CURVD_STORE_OK);
+    curvd_store_close(st);
+    st = open_ok(path, CURVD_DURABILITY_FULL);
+    assert_store(curvd_store_get(st, "t", "s", 1, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.last_step, 1);
+    assert_string_equal(s.last_report, "{\"rho\":0.25}");
+    assert_bytes(s.state, s.state_len, "c", 1);
+    curvd_session_clear(&s);
+    struct curvd_session_list l;
+    assert_store(curvd_store_list(st, "t", 10, NULL, &l, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(l.count, 2);
+    for (size_t i = 0; i < l.count; i++) {
+        int mine = strcmp(l.items[i].id, "s") == 0;
+        assert_int_equal(l.items[i].last_step, mine ? 1 : 0);
+        if (mine)
+            assert_string_equal(l.items[i].last_report, "{\"rho\":0.25}");
+        else
+            assert_null(l.items[i].last_report);
+    }
+    curvd_session_list_clear(&l);
+    /* A step committed without a report has none. */
+    c = (struct curvd_step_commit){2, WHOLE("d", 1), "application/json", "{}", 2, NULL};
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
+    assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.last_step, 2);
+    assert_null(s.last_report);
+    curvd_session_clear(&s);
+    assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_OK);
+    create_ok(st, "t", "s", "a", 1);
+    assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.last_step, 0);
+    assert_null(s.last_report);
+    curvd_session_clear(&s);
+    curvd_store_close(st);
+    /* The report lies before the body in each row, so reading it never
+     * walks the body's overflow pages. */
+    assert_true(su_raw_int(path, "SELECT cid FROM pragma_table_info('step_responses')"
+                                 " WHERE name = 'report'") <
+                su_raw_int(path, "SELECT cid FROM pragma_table_info('step_responses')"
+                                 " WHERE name = 'body'"));
+    free(body);
+}
+
+/* A database of schema version 1 with a stored reply: the upgrade keeps
+ * the reply byte for byte, the step has no report, the next one has. */
+static void test_upgrade_keeps_replies(void **state)
+{
+    (void)state;
+    const char *path = db_path("v1");
+    char sql[128];
+    su_raw_exec(path, curvd_migrations[0].sql);
+    snprintf(sql, sizeof sql, "PRAGMA application_id = %d; PRAGMA user_version = 1",
+             CURVD_STORE_APPLICATION_ID);
+    su_raw_exec(path, sql);
+    su_raw_exec(path, "INSERT INTO sessions VALUES ('s', 't', 'sgd', 1, 2, 1, NULL, x'0102');"
+                      "INSERT INTO step_responses VALUES ('s', 1, 'application/json', x'7b7d')");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
+    struct curvd_step_response r;
+    assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(r.step, 1);
+    assert_string_equal(r.content_type, "application/json");
+    assert_bytes(r.body, r.body_len, "{}", 2);
+    curvd_step_response_clear(&r);
+    struct curvd_session s;
+    assert_store(curvd_store_get(st, "t", "s", 1, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(s.last_step, 1);
+    assert_null(s.last_report);
+    assert_bytes(s.state, s.state_len, "\x01\x02", 2);
+    curvd_session_clear(&s);
+    struct curvd_step_commit c = {2, WHOLE("e", 1), "application/json", "{}", 2, "{\"k\":1}"};
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
+    assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
+    assert_string_equal(s.last_report, "{\"k\":1}");
+    curvd_session_clear(&s);
+    /* The cascade on delete survived the rebuilt table. */
+    assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_OK);
+    curvd_store_close(st);
+    assert_int_equal(su_raw_int(path, "PRAGMA user_version"), (long long)curvd_migration_count);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM step_responses"), 0);
 }
 
 static void test_update_state(void **state)
 {
     (void)state;
     struct curvd_store *st = open_ok(db_path("update"), CURVD_DURABILITY_NORMAL);
-    struct curvd_session_new in = {"s", "t", "mbag", "{\"a\":1}", 4, "old", 3};
+    struct curvd_session_new in = {"s", "t", "mbag", "{\"a\":1}", 4, WHOLE("old", 3)};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_OK);
-    assert_store(
-        curvd_store_update_state(st, "t", "s", 4, "new!", 4, "{\"a\":2}", NULL, err, sizeof err),
-        CURVD_STORE_OK);
+    assert_store(curvd_store_update_state(st, "t", "s", 4, STATE("new!", 4), "{\"a\":2}", NULL, err,
+                                          sizeof err),
+                 CURVD_STORE_OK);
     struct curvd_session s;
     assert_store(curvd_store_get(st, "t", "s", 1, &s, err, sizeof err), CURVD_STORE_OK);
     assert_int_equal(s.step, 4);
@@ -773,15 +941,18 @@ static void test_update_state(void **state)
     curvd_session_clear(&s);
     /* A stale writer loses, and learns the step. */
     int64_t cur = -1;
-    assert_store(curvd_store_update_state(st, "t", "s", 3, "lost", 4, NULL, &cur, err, sizeof err),
-                 CURVD_STORE_CONFLICT);
+    assert_store(
+        curvd_store_update_state(st, "t", "s", 3, STATE("lost", 4), NULL, &cur, err, sizeof err),
+        CURVD_STORE_CONFLICT);
     assert_int_equal(cur, 4);
-    assert_store(curvd_store_update_state(st, "u", "s", 4, "lost", 4, NULL, &cur, err, sizeof err),
-                 CURVD_STORE_NOT_FOUND);
+    assert_store(
+        curvd_store_update_state(st, "u", "s", 4, STATE("lost", 4), NULL, &cur, err, sizeof err),
+        CURVD_STORE_NOT_FOUND);
     assert_state(st, "t", "s", 4, "new!", 4);
     /* NULL meta clears it; an empty state is a state. */
-    assert_store(curvd_store_update_state(st, "t", "s", 4, NULL, 0, NULL, NULL, err, sizeof err),
-                 CURVD_STORE_OK);
+    assert_store(
+        curvd_store_update_state(st, "t", "s", 4, STATE(NULL, 0), NULL, NULL, err, sizeof err),
+        CURVD_STORE_OK);
     assert_store(curvd_store_get(st, "t", "s", 1, &s, err, sizeof err), CURVD_STORE_OK);
     assert_null(s.meta);
     assert_null(s.state);
@@ -813,10 +984,18 @@ static void test_blob_sizes(void **state)
         free(b);
     }
     curvd_store_close(st);
-    /* Empty blobs are stored as blobs, not NULL. */
-    assert_int_equal(raw_int(path, "SELECT count(*) FROM sessions WHERE typeof(state) != 'blob'"),
+    /* States live in parts, none empty; an empty state has none, and
+     * sessions.state (kept from migration 0001) is an empty blob. */
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM state_parts WHERE session_id = 'b0'"),
                      0);
-    assert_int_equal(raw_int(path, "SELECT length(state) FROM sessions WHERE id = 'b0'"), 0);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM state_parts"),
+                     sizeof sizes / sizeof sizes[0] - 1);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM state_parts"
+                                      " WHERE typeof(bytes) != 'blob' OR length(bytes) = 0"),
+                     0);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM sessions"
+                                      " WHERE typeof(state) != 'blob' OR length(state) != 0"),
+                     0);
 }
 
 static void test_blob_too_big(void **state)
@@ -829,15 +1008,15 @@ static void test_blob_too_big(void **state)
     const size_t huge[] = {1500000000u, (size_t)3000000000u};
     static const char tiny[1];
     for (int i = 0; i < 2; i++) {
-        struct curvd_step_commit c = {1, tiny, huge[i], "x", NULL, 0};
+        struct curvd_step_commit c = {1, WHOLE(tiny, huge[i]), "x", NULL, 0, NULL};
         assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                      CURVD_STORE_INVALID);
         assert_non_null(strstr(err, "too big"));
-        struct curvd_session_new in = {"big", "t", "sgd", NULL, 0, tiny, huge[i]};
+        struct curvd_session_new in = {"big", "t", "sgd", NULL, 0, WHOLE(tiny, huge[i])};
         assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_INVALID);
-        assert_store(
-            curvd_store_update_state(st, "t", "s", 0, tiny, huge[i], NULL, NULL, err, sizeof err),
-            CURVD_STORE_INVALID);
+        assert_store(curvd_store_update_state(st, "t", "s", 0, STATE(tiny, huge[i]), NULL, NULL,
+                                              err, sizeof err),
+                     CURVD_STORE_INVALID);
     }
     assert_state(st, "t", "s", 0, "a", 1);
     int64_t n = 0;
@@ -859,10 +1038,10 @@ static void test_busy(void **state)
     assert_int_equal(sqlite3_open(path, &other), SQLITE_OK);
     assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     /* Writes wait, then give up; reads go on beside the writer (WAL). */
-    struct curvd_session_new in = {"s2", "t", "sgd", NULL, 0, NULL, 0};
+    struct curvd_session_new in = {"s2", "t", "sgd", NULL, 0, WHOLE(NULL, 0)};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_BUSY);
     assert_non_null(strstr(err, "locked"));
-    struct curvd_step_commit c = {1, "b", 1, "x", "r", 1};
+    struct curvd_step_commit c = {1, WHOLE("b", 1), "x", "r", 1, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_BUSY);
     assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_BUSY);
@@ -894,12 +1073,12 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     char id[16];
     snprintf(id, sizeof id, "w%d", w->index);
-    struct curvd_session_new in = {id, "t", "sgd", NULL, 0, NULL, 0};
+    struct curvd_session_new in = {id, "t", "sgd", NULL, 0, WHOLE(NULL, 0)};
     if (curvd_store_create(w->st, &in, NULL, w->err, sizeof w->err) != CURVD_STORE_OK)
         w->failures++;
     for (int k = 1; k <= PER_THREAD; k++) {
         int64_t blob[2] = {w->index, k};
-        struct curvd_step_commit c = {k, blob, sizeof blob, "x", blob, sizeof blob};
+        struct curvd_step_commit c = {k, WHOLE(blob, sizeof blob), "x", blob, sizeof blob, NULL};
         if (curvd_store_commit_step(w->st, "t", id, &c, NULL, w->err, sizeof w->err))
             w->failures++;
         /* Everyone also races for the shared session: read, then commit
@@ -1010,12 +1189,16 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
     /* A meta text longer than a page: reading it back allocates. */
     static char meta[30000];
     memset(meta, 'm', sizeof meta - 1);
-    struct curvd_session_new in[2] = {{"a", "t", "sgd", meta, 0, blob, n},
-                                      {"b", "t", "sgd", NULL, 0, NULL, 0}};
+    struct curvd_session_new in[2] = {{"a", "t", "sgd", meta, 0, WHOLE(blob, n)},
+                                      {"b", "t", "sgd", NULL, 0, WHOLE(NULL, 0)}};
     /* So is a content type of that size (absurd, but it must not crash). */
     static char ctype[20000];
     memset(ctype, 'c', sizeof ctype - 1);
-    struct curvd_step_commit c = {1, blob + 1, n - 1, ctype, blob, n / 2};
+    /* With a report, which reading a session copies. */
+    /* In three parts, so that reading reassembles (n is 40000). */
+    const curv_state_part parts[3] = {{0, 10000, 1}, {10000, 20000, 2}, {30000, n - 30001, 3}};
+    struct curvd_step_commit c = {
+        1, {blob + 1, n - 1, parts, 3, NULL, 0}, ctype, blob, n / 2, "{\"rho\":0.5}"};
     int64_t count = 0;
     int rc = curvd_store_open(path, CURVD_DURABILITY_FULL, &st, e, sizeof e);
     *open_calls = alloc_calls;
@@ -1036,6 +1219,7 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
             rc = curvd_store_get(st, "t", "a", 1, &s, e, sizeof e);
             if (rc == CURVD_STORE_OK) {
                 assert_bytes(s.state, s.state_len, blob + 1, n - 1);
+                assert_string_equal(s.last_report, c.report);
                 curvd_session_clear(&s);
             }
             break;
@@ -1059,7 +1243,7 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
             }
             break;
         case 6:
-            rc = curvd_store_update_state(st, "t", "a", 1, blob, n, NULL, NULL, e, sizeof e);
+            rc = curvd_store_update_state(st, "t", "a", 1, STATE(blob, n), NULL, NULL, e, sizeof e);
             break;
         case 7:
             rc = curvd_store_count(st, "t", &count, e, sizeof e);
@@ -1107,7 +1291,7 @@ static void oom_check(const char *path, const unsigned char *blob, size_t n)
     }
     curvd_store_close(st);
     char ok[16];
-    raw_text(path, "PRAGMA integrity_check", ok, sizeof ok);
+    su_raw_text(path, "PRAGMA integrity_check", ok, sizeof ok);
     assert_string_equal(ok, "ok");
 }
 
@@ -1154,148 +1338,6 @@ static void test_allocation_failures(void **state)
     free(blob);
 }
 
-/* --- crashes ------------------------------------------------------------------------------ */
-
-/* The state of step k: its length and every byte follow from k, so a
- * reader can tell a whole state from a torn or stale one. */
-static size_t crash_len(int64_t k)
-{
-    return 8 + (size_t)(k * 7919 % 97) * 2048 + (size_t)(k % 13);
-}
-
-static unsigned char crash_byte(int64_t k, size_t i)
-{
-    return (unsigned char)(k * 131 + (int64_t)i * 7 + (int64_t)(i >> 9));
-}
-
-static unsigned char *crash_state(int64_t k, size_t *len)
-{
-    *len = crash_len(k);
-    unsigned char *p = malloc(*len);
-    if (!p)
-        return NULL;
-    memcpy(p, &k, 8);
-    for (size_t i = 8; i < *len; i++)
-        p[i] = crash_byte(k, i);
-    return p;
-}
-
-static void crash_child(const char *path, int fd, enum curvd_durability d)
-{
-    char e[256];
-    struct curvd_store *st = NULL;
-    struct curvd_session s;
-    if (curvd_store_open(path, d, &st, e, sizeof e) ||
-        curvd_store_get(st, "t", "c", 0, &s, e, sizeof e))
-        _exit(2);
-    /* Say where it starts: the parent times its kill from here. */
-    if (write(fd, &s.step, sizeof s.step) != (ssize_t)sizeof s.step)
-        _exit(4);
-    for (int64_t k = s.step + 1; k < s.step + 100000; k++) {
-        size_t len;
-        unsigned char *p = crash_state(k, &len);
-        char resp[32];
-        int rlen = snprintf(resp, sizeof resp, "{\"step\":%lld}", (long long)k);
-        struct curvd_step_commit c = {k, p, len, "application/json", resp, (size_t)rlen};
-        if (!p || curvd_store_commit_step(st, "t", "c", &c, NULL, e, sizeof e))
-            _exit(3);
-        free(p);
-        /* Acknowledge only what has committed. */
-        if (write(fd, &k, sizeof k) != (ssize_t)sizeof k)
-            _exit(4);
-    }
-    _exit(5);
-}
-
-/* The store after a crash: sound, and at step @floor or @floor + 1 at
- * most, whole. Return the step found. */
-static int64_t crash_verify(const char *path, int64_t acked, int64_t floor)
-{
-    char ok[16];
-    raw_text(path, "PRAGMA integrity_check", ok, sizeof ok);
-    assert_string_equal(ok, "ok");
-    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
-    struct curvd_session s;
-    assert_store(curvd_store_get(st, "t", "c", 1, &s, err, sizeof err), CURVD_STORE_OK);
-    int64_t k = s.step;
-    if (k < acked || k < floor || k > (acked > floor ? acked : floor) + 1)
-        fail_msg("step %lld after the crash; acknowledged %lld, seen before %lld", (long long)k,
-                 (long long)acked, (long long)floor);
-    if (k > 0) {
-        size_t len;
-        unsigned char *want = crash_state(k, &len);
-        assert_bytes(s.state, s.state_len, want, len);
-        free(want);
-        struct curvd_step_response r;
-        assert_store(curvd_store_get_response(st, "t", "c", &r, err, sizeof err), CURVD_STORE_OK);
-        char resp[32];
-        int rlen = snprintf(resp, sizeof resp, "{\"step\":%lld}", (long long)k);
-        assert_int_equal(r.step, k);
-        assert_bytes(r.body, r.body_len, resp, (size_t)rlen);
-        curvd_step_response_clear(&r);
-    }
-    curvd_session_clear(&s);
-    curvd_store_close(st);
-    return k;
-}
-
-static void test_crash_durability(void **state)
-{
-    (void)state;
-    const char *path = db_path("crash");
-    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_FULL);
-    create_ok(st, "t", "c", NULL, 0);
-    curvd_store_close(st);
-    tu_rng rng;
-    tu_rng_seed(&rng, 2024);
-    double t0 = mono_s();
-    int64_t floor = 0, total_acked = 0;
-    int iter = 0;
-    for (; iter < 20 || (iter < 400 && mono_s() - t0 < 4.0); iter++) {
-        int fds[2];
-        assert_int_equal(pipe(fds), 0);
-        enum curvd_durability d = iter % 2 ? CURVD_DURABILITY_NORMAL : CURVD_DURABILITY_FULL;
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-            close(fds[0]);
-            crash_child(path, fds[1], d);
-        }
-        close(fds[1]);
-        /* Most kills land among the commits, some during the open. A
-         * fork can be slow (sanitizers map much memory), so the delay runs
-         * from the child's word that it is ready. */
-        int64_t k, acked = 0;
-        ssize_t got;
-        if (iter % 8 != 0) {
-            if (read(fds[0], &k, sizeof k) == (ssize_t)sizeof k)
-                assert_int_equal(k, floor); /* it found the state we saw */
-            struct timespec nap = {0, (long)(tu_uniform(&rng) * 15e6)};
-            nanosleep(&nap, NULL);
-        }
-        assert_int_equal(kill(pid, SIGKILL), 0);
-        int ws = 0;
-        assert_int_equal(waitpid(pid, &ws, 0), pid);
-        if (!WIFSIGNALED(ws))
-            fail_msg("child exited with %d before the kill", WEXITSTATUS(ws));
-        for (int first = iter % 8 == 0; (got = read(fds[0], &k, sizeof k)) == (ssize_t)sizeof k;
-             first = 0) {
-            if (first) {
-                assert_int_equal(k, floor);
-                continue;
-            }
-            acked = k;
-            total_acked++;
-        }
-        assert_int_equal(got, 0);
-        close(fds[0]);
-        floor = crash_verify(path, acked, floor);
-    }
-    print_message("crashes: %d kills, %lld acknowledged steps, final step %lld\n", iter,
-                  (long long)total_acked, (long long)floor);
-    assert_true(floor > 0);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1312,14 +1354,16 @@ int main(void)
         cmocka_unit_test(test_list_is_keyset),
         cmocka_unit_test(test_list_refuses_bad_tokens),
         cmocka_unit_test(test_commit_step),
+        cmocka_unit_test(test_commit_steps),
         cmocka_unit_test(test_response_replay),
+        cmocka_unit_test(test_step_reports),
+        cmocka_unit_test(test_upgrade_keeps_replies),
         cmocka_unit_test(test_update_state),
         cmocka_unit_test(test_blob_sizes),
         cmocka_unit_test(test_blob_too_big),
         cmocka_unit_test(test_busy),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_allocation_failures),
-        cmocka_unit_test(test_crash_durability),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

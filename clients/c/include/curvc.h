@@ -113,7 +113,10 @@ curvc_status curvc_session_create(curvc_client *c, const char *optimizer, const 
                                   curvc_error *err);
 
 /* curvc_session_open - an existing session by id (its layout and step count
- * are read from the daemon). Ownership as for curvc_session_create(). */
+ * are read from the daemon). Return: CURVC_OK; CURVC_E_INVALID (an id of
+ * other characters than letters, digits, '_' and '-', or too long);
+ * CURVC_E_PROBLEM (404 NOT_FOUND...); CURVC_E_TRANSPORT; ...
+ * Ownership as for curvc_session_create(). */
 curvc_status curvc_session_open(curvc_client *c, const char *id, curvc_session **out,
                                 curvc_error *err);
 
@@ -126,9 +129,49 @@ curvc_status curvc_session_delete(curvc_session *s, curvc_error *err);
 /* curvc_session_patch - change hyperparameters between steps. */
 curvc_status curvc_session_patch(curvc_session *s, const char *config_json, curvc_error *err);
 
-/* curvc_session_get_json - the daemon's description of the session
- * (config, layout, step...). Ownership: the caller free()s *@json. */
+/* curvc_session_get_json - the daemon's description of the session as it
+ * is now (config, layout, step, last_step...). Ownership: the caller
+ * free()s *@json. */
 curvc_status curvc_session_get_json(curvc_session *s, char **json, curvc_error *err);
+
+/* curvc_session_info - the description the session was made from (the
+ * reply of create, open or import) as JSON text. Ownership: borrowed,
+ * valid until curvc_session_free(). */
+const char *curvc_session_info(const curvc_session *s);
+
+/*
+ * curvc_session_list - one page of the sessions the client's token may
+ * see, oldest first: the daemon's {"sessions": [...], "next_page_token"}
+ * as JSON text.
+ * @page_size: 1..1000.
+ * @page_token: NULL or "" for the first page, else the next_page_token
+ * of the page before.
+ * Return: CURVC_OK; CURVC_E_INVALID (a token that is not one);
+ * CURVC_E_PROBLEM (e.g. 400 INVALID_QUERY); CURVC_E_TRANSPORT; ...
+ * Ownership: the caller free()s *@json.
+ */
+curvc_status curvc_session_list(curvc_client *c, size_t page_size, const char *page_token,
+                                char **json, curvc_error *err);
+
+/*
+ * curvc_session_export - the session's whole state as the daemon's
+ * portable blob (GET /v1/sessions/{id}/state), @len bytes.
+ * Return: CURVC_OK; CURVC_E_PROBLEM (404...); CURVC_E_TRANSPORT; ...
+ * Ownership: the caller free()s *@blob.
+ */
+curvc_status curvc_session_export(curvc_session *s, unsigned char **blob, size_t *len,
+                                  curvc_error *err);
+
+/*
+ * curvc_session_import - a new session (new id) from an exported blob, at
+ * the blob's step. Not retried once the blob may have reached the daemon
+ * (a second try could import it twice).
+ * Return: CURVC_OK and *@out; CURVC_E_PROBLEM (400 INVALID_STATE for a
+ * damaged blob...); CURVC_E_TRANSPORT; ...
+ * Ownership: as for curvc_session_create().
+ */
+curvc_status curvc_session_import(curvc_client *c, const void *blob, size_t len,
+                                  curvc_session **out, curvc_error *err);
 
 const char *curvc_session_id(const curvc_session *s);
 size_t curvc_session_dim(const curvc_session *s);

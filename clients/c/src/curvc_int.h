@@ -35,6 +35,7 @@ struct curvc_session {
     size_t dim;
     uint64_t steps;
     char *report; /* JSON text of the last step's report, or NULL */
+    char *info;   /* the description the session was made from (JSON text) */
 };
 
 /* A growable byte buffer; on allocation failure it stays failed (oom). */
@@ -58,12 +59,17 @@ struct curvc_reply {
     size_t json_len; /* Inference-Header-Content-Length, or the body's length */
 };
 
+/* The @json_len of a body of bytes only (application/octet-stream without
+ * the binary extension's header), e.g. a state blob. */
+#define CURVC__OCTETS ((size_t)-1)
+
 /*
  * curvc__request - one request with the retries of curvc_client: a failed
  * connection, a 503 and a 409 SESSION_BUSY are tried again (a
  * non-idempotent request only when nothing reached the daemon). A reply
  * >= 400 fills @err from its problem and returns CURVC_E_PROBLEM.
- * @json_len: nonzero for the binary extension (the JSON header's length).
+ * @json_len: 0 for JSON, the JSON header's length for the binary
+ * extension, CURVC__OCTETS for bytes only.
  */
 curvc_status curvc__request(curvc_client *c, const char *method, const char *path, const void *body,
                             size_t len, size_t json_len, int idempotent, struct curvc_reply *out,

@@ -225,7 +225,7 @@ static CURLcode transfer(curvc_client *c, const char *method, const char *url, c
         curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
         hdrs = curl_slist_append(hdrs, json_len ? "Content-Type: application/octet-stream"
                                                 : "Content-Type: application/json");
-        if (json_len) {
+        if (json_len && json_len != CURVC__OCTETS) {
             snprintf(jh, sizeof jh, "Inference-Header-Content-Length: %zu", json_len);
             hdrs = curl_slist_append(hdrs, jh);
         }

@@ -61,12 +61,37 @@ static curvc_status session_from(curvc_client *c, const struct curvc_reply *r, c
     s->client = c;
     st = read_layout(s, info, err);
     json_decref(info);
+    s->info = st == CURVC_OK ? malloc(r->json_len + 1) : NULL;
+    if (st == CURVC_OK && !s->info)
+        st = curvc__fail(err, CURVC_E_NOMEM, "out of memory");
     if (st != CURVC_OK) {
         curvc_session_free(s);
         return st;
     }
+    memcpy(s->info, r->body.p, r->json_len);
+    s->info[r->json_len] = '\0';
     *out = s;
     return CURVC_OK;
+}
+
+/* GET @path: the whole reply body (NUL-terminated after its @len bytes).
+ * Ownership: the caller free()s *@body. */
+static curvc_status get_body(curvc_client *c, const char *path, char **body, size_t *len,
+                             curvc_error *err)
+{
+    struct curvc_reply r = {0};
+    curvc_status st = curvc__request(c, "GET", path, NULL, 0, 0, 1, &r, err);
+    if (st == CURVC_OK && !r.body.p) /* an empty body is still a text */
+        curvc__buf_add(&r.body, "", 0);
+    if (st == CURVC_OK && r.body.oom)
+        st = curvc__fail(err, CURVC_E_NOMEM, "out of memory");
+    if (st == CURVC_OK) {
+        *body = r.body.p;
+        *len = r.body.len;
+        r.body.p = NULL;
+    }
+    curvc__reply_clear(&r);
+    return st;
 }
 
 static void layout_json(struct curvc_buf *b, const curvc_block *blocks, size_t n)
@@ -119,6 +144,10 @@ curvc_status curvc_session_open(curvc_client *c, const char *id, curvc_session *
 {
     if (!c || !id || !out)
         return curvc__fail(err, CURVC_E_INVALID, "curvc_session_open: NULL argument");
+    /* The id becomes part of a path: nothing there may change the route. */
+    size_t n = strspn(id, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-");
+    if (n == 0 || id[n] || n >= sizeof((curvc_session *)0)->id)
+        return curvc__fail(err, CURVC_E_INVALID, "'%.64s' is not a session id", id);
     char path[96];
     snprintf(path, sizeof path, "/v1/sessions/%.40s", id);
     struct curvc_reply r = {0};
@@ -135,6 +164,7 @@ void curvc_session_free(curvc_session *s)
         return;
     free(s->blocks);
     free(s->report);
+    free(s->info);
     free(s);
 }
 
@@ -155,13 +185,61 @@ curvc_status curvc_session_get_json(curvc_session *s, char **json, curvc_error *
     if (!s || !json)
         return curvc__fail(err, CURVC_E_INVALID, "curvc_session_get_json: NULL argument");
     char path[96];
+    size_t len;
     snprintf(path, sizeof path, "/v1/sessions/%s", s->id);
+    return get_body(s->client, path, json, &len, err);
+}
+
+curvc_status curvc_session_list(curvc_client *c, size_t page_size, const char *page_token,
+                                char **json, curvc_error *err)
+{
+    if (!c || !json || page_size == 0)
+        return curvc__fail(err, CURVC_E_INVALID,
+                           "curvc_session_list: NULL argument or page size 0");
+    /* Tokens are the daemon's hex digits: anything else would need escaping
+     * in the query and cannot be a token anyway. */
+    for (const char *t = page_token; t && *t; t++)
+        if (!strchr("0123456789abcdefABCDEF", *t))
+            return curvc__fail(err, CURVC_E_INVALID,
+                               "curvc_session_list: page token '%.64s' is "
+                               "not a next_page_token",
+                               page_token);
+    struct curvc_buf path = {0};
+    curvc__buf_printf(&path, "/v1/sessions?page_size=%zu", page_size);
+    if (page_token && *page_token)
+        curvc__buf_printf(&path, "&page_token=%s", page_token);
+    size_t len;
+    curvc_status st = path.oom ? curvc__fail(err, CURVC_E_NOMEM, "out of memory")
+                               : get_body(c, path.p, json, &len, err);
+    curvc__buf_clear(&path);
+    return st;
+}
+
+curvc_status curvc_session_export(curvc_session *s, unsigned char **blob, size_t *len,
+                                  curvc_error *err)
+{
+    if (!s || !blob || !len)
+        return curvc__fail(err, CURVC_E_INVALID, "curvc_session_export: NULL argument");
+    char path[96];
+    snprintf(path, sizeof path, "/v1/sessions/%s/state", s->id);
+    char *body = NULL;
+    curvc_status st = get_body(s->client, path, &body, len, err);
+    if (st == CURVC_OK)
+        *blob = (unsigned char *)body;
+    return st;
+}
+
+curvc_status curvc_session_import(curvc_client *c, const void *blob, size_t len,
+                                  curvc_session **out, curvc_error *err)
+{
+    if (!c || !blob || !len || !out)
+        return curvc__fail(err, CURVC_E_INVALID, "curvc_session_import: NULL or empty blob");
     struct curvc_reply r = {0};
-    curvc_status st = curvc__request(s->client, "GET", path, NULL, 0, 0, 1, &r, err);
-    if (st == CURVC_OK) {
-        *json = r.body.p; /* NUL-terminated by the buffer */
-        r.body.p = NULL;
-    }
+    /* Not idempotent: a retry after the daemon got the blob would import it twice. */
+    curvc_status st =
+        curvc__request(c, "POST", "/v1/sessions:import", blob, len, CURVC__OCTETS, 0, &r, err);
+    if (st == CURVC_OK)
+        st = session_from(c, &r, out, err);
     curvc__reply_clear(&r);
     return st;
 }
@@ -195,6 +273,11 @@ size_t curvc_session_dim(const curvc_session *s)
 uint64_t curvc_session_steps(const curvc_session *s)
 {
     return s ? s->steps : 0;
+}
+
+const char *curvc_session_info(const curvc_session *s)
+{
+    return s ? s->info : NULL;
 }
 
 const char *curvc_session_report(const curvc_session *s)

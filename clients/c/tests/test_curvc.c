@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "curvc.h"
 
@@ -180,6 +181,82 @@ static void test_problems_become_errors(void **state)
     assert_non_null(strstr(err.text, "'gain' is not a dense or conv2d block"));
     curvc_session_delete(s, NULL);
     curvc_session_free(s);
+    curvc_client_free(c);
+}
+
+/* list, export, import and the description a session was made from. */
+static void test_admin_calls(void **state)
+{
+    (void)state;
+    curvc_client *c = client();
+    curvc_session *s = create(c, "adagrad_diag", "{\"lr\": 0.1}"), *t = NULL, *again = NULL;
+    curvc_error err;
+    double g[DIM], u[DIM];
+    grads(40, g);
+    step_ok(s, g, CURVC_BINARY, u);
+    json_t *info = json_loads(curvc_session_info(s), 0, NULL); /* as created: step 0 */
+    assert_string_equal(json_string_value(json_object_get(info, "id")), curvc_session_id(s));
+    assert_int_equal(json_integer_value(json_object_get(info, "step")), 0);
+    json_decref(info);
+
+    /* Every session once over pages of one, this one among them. */
+    char *text = NULL, token[256] = "";
+    int found = 0;
+    for (int pages = 0;; pages++) {
+        assert_int_equal(curvc_session_list(c, 1, token, &text, &err), CURVC_OK);
+        json_t *page = json_loads(text, 0, NULL);
+        free(text);
+        json_t *items = json_object_get(page, "sessions");
+        assert_int_equal(json_array_size(items), 1);
+        found += strcmp(json_string_value(json_object_get(json_array_get(items, 0), "id")),
+                        curvc_session_id(s)) == 0;
+        const char *next = json_string_value(json_object_get(page, "next_page_token"));
+        snprintf(token, sizeof token, "%s", next ? next : "");
+        json_decref(page);
+        if (!next)
+            break;
+        assert_true(pages < 1000);
+    }
+    assert_int_equal(found, 1);
+    assert_int_equal(curvc_session_list(c, 1, "not a token", &text, &err), CURVC_E_INVALID);
+    assert_int_equal(curvc_session_list(c, 0, NULL, &text, &err), CURVC_E_INVALID);
+    assert_int_equal(curvc_session_list(c, 1001, NULL, &text, &err), CURVC_E_PROBLEM);
+    assert_string_equal(err.reason, "INVALID_QUERY");
+
+    /* Export, import: the copy is at the same step with the same state. */
+    unsigned char *blob = NULL, *copy = NULL;
+    size_t len = 0, len2 = 0;
+    assert_int_equal(curvc_session_export(s, &blob, &len, &err), CURVC_OK);
+    assert_int_equal(curvc_session_import(c, blob, len, &t, &err), CURVC_OK);
+    assert_string_not_equal(curvc_session_id(t), curvc_session_id(s));
+    assert_int_equal(curvc_session_steps(t), 1);
+    assert_int_equal(curvc_session_dim(t), DIM);
+    assert_int_equal(curvc_session_export(t, &copy, &len2, &err), CURVC_OK);
+    assert_int_equal(len2, len);
+    assert_memory_equal(copy, blob, len);
+    double ut[DIM];
+    grads(41, g);
+    step_ok(s, g, CURVC_JSON, u);
+    step_ok(t, g, CURVC_JSON, ut);
+    assert_memory_equal(u, ut, sizeof u);
+    free(copy);
+
+    /* Refusals. */
+    blob[len / 2] ^= 0xff;
+    assert_int_equal(curvc_session_import(c, blob, len, &again, &err), CURVC_E_PROBLEM);
+    assert_string_equal(err.reason, "INVALID_STATE");
+    assert_null(again);
+    assert_int_equal(curvc_session_import(c, blob, 0, &again, &err), CURVC_E_INVALID);
+    assert_int_equal(curvc_session_export(s, NULL, &len, &err), CURVC_E_INVALID);
+    assert_int_equal(curvc_session_open(c, "../state", &again, &err), CURVC_E_INVALID);
+    assert_non_null(strstr(err.text, "not a session id"));
+    assert_int_equal(curvc_session_delete(t, &err), CURVC_OK);
+    assert_int_equal(curvc_session_export(t, &copy, &len2, &err), CURVC_E_PROBLEM);
+    assert_int_equal(err.status, 404);
+    free(blob);
+    curvc_session_delete(s, NULL);
+    curvc_session_free(s);
+    curvc_session_free(t);
     curvc_client_free(c);
 }
 
@@ -374,6 +451,7 @@ int main(void)
         cmocka_unit_test(test_encodings_are_bit_identical),
         cmocka_unit_test(test_a_step_posted_twice_is_applied_once),
         cmocka_unit_test(test_problems_become_errors),
+        cmocka_unit_test(test_admin_calls),
         cmocka_unit_test(test_nothing_listening),
         cmocka_unit_test(test_hf_callbacks_solve_least_squares),
         cmocka_unit_test(test_a_refusing_oracle_abandons_the_step),

@@ -249,6 +249,31 @@ CURV_API curv_status curv_opt_param_info(curv_opt_kind kind, size_t i, curv_para
 CURV_API curv_status curv_opt_new(curv_opt_kind kind, const curv_layout *layout,
                                   const curv_config *config, curv_opt **out, curv_error *err);
 
+/*
+ * curv_opt_state_bytes - bytes the optimizer of @kind with @layout and
+ * @config will hold in memory once created (its state arrays, not counting
+ * malloc overhead), computed without allocating the state: exactly what
+ * curv_opt_new() would allocate and keep, so a service can refuse a
+ * session over its memory budget before creating it. For example mbag
+ * keeps about 2·tau + 5 doubles per parameter, adagrad_full d² doubles,
+ * kfac two n x n matrices per factor side (the factor and its
+ * eigenvectors) and a few d-vectors, hf one d-vector.
+ * Steps allocate working memory beyond this, freed when the step ends
+ * unless said here: hf keeps its CG vectors from the first step on (5 +
+ * ls_batch + the stored iterates, about log_1.3(cg_max): 34 vectors of d
+ * with the defaults), sgd its momentum (a d-vector) from the first step
+ * that uses one, kfac with inverse = tridiag each chain's inverse, and
+ * float32 steps a conversion buffer per vector they send.
+ * Return: CURV_OK and *@bytes (SIZE_MAX when the count overflows); the
+ * refusals of curv_opt_new(): CURV_E_INVALID (unknown kind, NULL layout or
+ * @bytes, empty layout), CURV_E_CONFIG (the text names the key),
+ * CURV_E_RANGE (a state over the kind's limits, e.g. adagrad_full's
+ * max_dim); CURV_E_NOMEM. *@bytes is written only on success.
+ */
+CURV_API curv_status curv_opt_state_bytes(curv_opt_kind kind, const curv_layout *layout,
+                                          const curv_config *config, size_t *bytes,
+                                          curv_error *err);
+
 /* curv_opt_free - NULL is a no-op. */
 CURV_API void curv_opt_free(curv_opt *o);
 
@@ -358,6 +383,52 @@ CURV_API curv_status curv_opt_reconfigure(curv_opt *o, const curv_config *change
  */
 CURV_API curv_status curv_opt_save(const curv_opt *o, unsigned char **blob, size_t *len,
                                    curv_error *err);
+
+/* One part of a saved state: a byte range of the blob and a stamp. */
+typedef struct curv_state_part {
+    size_t offset, len; /* bytes [offset, offset+len) of the blob; parts tile it in order */
+    uint64_t stamp;     /* 0: may have changed. Otherwise equal stamps of the same part index
+                           in two blobs of this optimizer (across save/load too) guarantee
+                           byte-identical contents, as long as both blobs have the same parts
+                           layout (count, offsets, lengths). */
+} curv_state_part;
+
+/*
+ * curv_opt_save_parts - curv_opt_save(), plus how the blob divides into
+ * parts, so that a store can rewrite only the parts that changed.
+ * The blob is byte for byte what curv_opt_save() returns; the parts only
+ * describe it. *@parts (*@n_parts entries) tile [0, *@len) in order, none
+ * empty. The parts layout (count, offsets, lengths) depends on the kind,
+ * the layout and the settings (a list setting such as lr_milestones that
+ * changes length shifts it), never on the values in the state (sgd's
+ * momentum buffer, created by its first step with momentum, adds a part).
+ *
+ * Stamps: the header (kind, layout, settings, step count, small scalars)
+ * and the CRC trailer change with every save and have stamp 0. The large
+ * arrays carry stamps derived from the saved state itself, so a loaded
+ * optimizer saves the same stamps again: every kind stamps its arrays by
+ * the number of completed steps (they change only when a step completes;
+ * a blob saved mid-step holds the state from before that step); K-FAC
+ * stamps each factor by its block's number of statistics updates, each
+ * eigendecomposition (Q, w and π) by the step of its refresh (a refresh
+ * that fails keeps the old one and its stamp), and a tridiagonal chain's
+ * cross factors and their snapshot likewise.
+ * "This optimizer" means one history: the optimizer, and optimizers loaded
+ * from its blobs and stepped on from there. Two histories that part from
+ * one blob (an older blob loaded and stepped with other input, or one
+ * blob loaded twice) are not comparable: a consumer that goes back to an
+ * older blob must compare what follows with that blob's parts, not with
+ * parts it stored later. Compare stamps with those of the blob actually
+ * stored, and treat a different parts layout as all parts changed. The
+ * trailer's CRC is computed over the whole blob at every save, so
+ * curv_opt_load() checks a blob reassembled from stored parts as a whole.
+ *
+ * Return CURV_OK; CURV_E_INVALID (NULL arguments); CURV_E_NOMEM.
+ * Ownership: caller frees *@blob and *@parts with curv_free(). Outputs are
+ * written only on success.
+ */
+CURV_API curv_status curv_opt_save_parts(const curv_opt *o, unsigned char **blob, size_t *len,
+                                         curv_state_part **parts, size_t *n_parts, curv_error *err);
 
 /*
  * curv_opt_load - recreate an optimizer from a blob of curv_opt_save().
