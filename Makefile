@@ -51,7 +51,7 @@ SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fra
 
 .PHONY: all lib deps test test-clients test-unit asan check-symbols check-format readme-example \
         readme-walkthrough check-openapi spec-check fuzz fuzz-smoke \
-        bench run clean format
+        bench run clean format reproduce
 
 all: lib
 
@@ -220,6 +220,15 @@ bench: deps
 run: deps
 	@$(MAKE) --no-print-directory $(BUILD)/curvd
 	$(BUILD)/curvd $(ARGS)
+
+# The papers' experiments through the Python client and a daemon of their
+# own (about an hour on 2 cores), written to docs/results/. ARGS go to the
+# driver: make reproduce ARGS="--full" (see python3 -m experiments --help).
+reproduce:
+	@scripts/install-deps reproduce
+	@$(MAKE) --no-print-directory $(BUILD)/curvd
+	@REPRODUCE_VIA='make reproduce$(if $(ARGS), ARGS="$(ARGS)")' PYTHONPATH=clients/python \
+	    /usr/bin/python3 -m experiments --curvd $(BUILD)/curvd --out docs/results $(ARGS)
 
 clean:
 	rm -rf $(BUILD)

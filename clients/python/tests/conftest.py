@@ -5,11 +5,7 @@ CURVD_BIN names the daemon (default: build/curvd of this checkout).
 """
 
 import os
-import re
-import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
@@ -19,59 +15,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # the curvd package
 sys.path.insert(0, HERE)  # helpers shared by the suites
 
 import curvd  # noqa: E402
-
-LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
-
-
-class Daemon:
-    """One curvd process; restart() keeps the port and the database."""
-
-    def __init__(self, binary: str, folder: str, extra=()):
-        self.binary = binary
-        self.db = os.path.join(folder, "curvd.db")
-        self.extra = list(extra)
-        self.port = 0
-        self.proc = None
-        self.log = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--db", self.db, "--threads", "2",
-                "--workers", "1", *self.extra]
-        deadline = time.monotonic() + 10
-        while True:  # a restart may find the port not yet free
-            self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-            line = self.proc.stderr.readline()
-            self.log.append(line)
-            m = LISTENING.search(line)
-            if m:
-                break
-            self.proc.wait()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"curvd did not start: {''.join(self.log)}")
-            time.sleep(0.05)
-        self.port = int(m.group(1))
-        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
-
-    def _drain(self, proc) -> None:
-        for line in proc.stderr:
-            self.log.append(line)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def restart(self) -> None:
-        """A crash and a start: SIGKILL loses nothing acknowledged (the
-        graceful stop would wait for the client's idle keep-alive
-        connection to time out)."""
-        self.proc.kill()
-        self.proc.wait()
-        self.start()
+from curvd.local import LocalDaemon as Daemon  # noqa: E402
 
 
 def curvd_binary() -> str:

@@ -169,3 +169,28 @@ def test_state_dict_continues_the_session(daemon):
     assert again.session.id == state["session"] and again.session.refresh().steps == 5
     with pytest.raises(ValueError, match="does not fit"):
         CurvdOptimizer(cnn(), daemon.url, "adagrad_diag", session=state["session"])
+
+
+def test_bias_blocks_put_each_bias_in_a_vector_block(daemon):
+    """bias_blocks: weight-only layer blocks and one vector block per bias
+    (the BMA paper's weight/bias partition). AdaGrad-diag does not see
+    partitions, so it trains exactly as with the biases folded in; BMA's
+    block partition does, so its updates change."""
+    x, y = blobs(seed=8)
+    params = {}
+    for kind in ("adagrad_diag", "adagrad_bma"):
+        for split in (False, True):
+            model = mlp(8)
+            opt = CurvdOptimizer(model, daemon.url, kind, {"lr": 0.1, **(
+                {"partition": "block"} if kind == "adagrad_bma" else {})}, bias_blocks=split)
+            train(opt, model, (x, y), 3)
+            params[kind, split] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+            if split:
+                assert [(b["name"], b["kind"], b.get("bias", False), b["shape"])
+                        for b in opt.session.layout] == [
+                    ("0", "dense", False, [8, 4]), ("2", "dense", False, [3, 8]),
+                    ("0.bias", "vector", False, [8]), ("2.bias", "vector", False, [3])]
+    torch.testing.assert_close(params["adagrad_diag", True], params["adagrad_diag", False],
+                               rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(params["adagrad_bma", True], params["adagrad_bma", False],
+                              rtol=1e-4, atol=1e-5)

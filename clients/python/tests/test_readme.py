@@ -2,6 +2,7 @@
 """The Python examples of clients/python/README.md, run against a real
 daemon so that the README stays true."""
 
+import math
 import os
 import re
 
@@ -26,4 +27,8 @@ def test_readme_example(daemon, layers_refused, index, capsys):
         pytest.skip(f"the daemon refuses every layers entry: {layers_refused}")
     exec(compile(code, f"README.md example {index + 1}", "exec"), {"CURVD_URL": daemon.url})
     out = capsys.readouterr().out
-    assert ("session" in out) if index == 0 else ("SHAPE_MISMATCH /gradients/0/shape" in out)
+    if index == 0:  # the adoption example: the adopted loop trains the model
+        m = re.match(r"loss (\S+), session [0-9a-f]{32}, report \{'optimizer': 'kfac'", out)
+        assert m and float(m.group(1)) < 0.5 * math.log(3), out  # half the chance level
+    else:
+        assert "SHAPE_MISMATCH /gradients/0/shape" in out

@@ -89,16 +89,18 @@ def _unique_name(name: str, used: set) -> str:
     return out
 
 
-def model_blocks(model: nn.Module) -> List[Block]:
+def model_blocks(model: nn.Module, bias_blocks: bool = False) -> List[Block]:
     """The blocks of @model's trainable parameters: its Linear and Conv2d
     layers (named after the module) in registration order, then every
-    other parameter as a vector block (named after the parameter)."""
+    other parameter as a vector block (named after the parameter). With
+    @bias_blocks the layers' biases are among those vector blocks instead
+    of the layers' last columns."""
     blocks, taken, used = [], set(), set()
     for mname, m in model.named_modules():
         kind = _layer_kind(m)
         if kind is None:
             continue
-        ps = [m.weight] + ([m.bias] if m.bias is not None else [])
+        ps = [m.weight] + ([m.bias] if m.bias is not None and not bias_blocks else [])
         if any(id(p) in taken or not p.requires_grad for p in ps):
             continue  # shared or frozen: its trainable parts go to the fallback
         taken.update(id(p) for p in ps)

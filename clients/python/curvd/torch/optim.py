@@ -51,6 +51,10 @@ class CurvdOptimizer(torch.optim.Optimizer):
     What else a step carries (layer statistics, grad_sq) follows the
     inputs GET /v1/version lists for the kind.
     session: a session id to continue instead of creating one.
+    bias_blocks: the layers' biases as vector blocks of their own instead of
+      their layers' last columns (the BMA paper partitions each layer's
+      weights and biases apart; K-FAC then leaves the biases to its
+      fallback).
     The learning rate is param_groups[0]["lr"]: changing it (by hand or by a
     torch LR scheduler) changes the session's "lr" before the next step.
     """
@@ -60,7 +64,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
                  fisher: Optional[str] = None, stats_fraction: Union[float, int] = 0.125,
                  curvature_fraction: Union[float, int] = 0.25, encoding: str = "binary",
                  send_params: Optional[bool] = None, seed: int = 0,
-                 session: Optional[str] = None):
+                 session: Optional[str] = None, bias_blocks: bool = False):
         if fisher not in (None, "true", "empirical"):
             raise ValueError(f"fisher must be 'true' or 'empirical', got {fisher!r}")
         self.model = model
@@ -82,7 +86,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self.send_layers = "layers" in inputs
         self.send_grad_sq = "grad_sq" in inputs
         self._send_params = send_params
-        self.blocks = model_blocks(model)
+        self.blocks = model_blocks(model, bias_blocks)
         dtype = self.blocks[0].params[0].dtype
         self.datatype = "FP64" if dtype == torch.float64 else "FP32"
         self.generator = torch.Generator(device=self.blocks[0].params[0].device)
