@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "batch.h"
+#include "checkpoint.h"
 #include "migrations.h"
 
 #define STORE_STR_(x) #x
@@ -93,7 +94,8 @@ struct curvd_store {
     sqlite3 *db;
     sqlite3_mutex *mu; /* the connection's own (recursive) mutex */
     sqlite3_stmt *stmt[S_COUNT_];
-    struct curvd_batcher *commits; /* group commit of curvd_store_commit_step() */
+    struct curvd_batcher *commits;   /* group commit of curvd_store_commit_step() */
+    struct curvd_checkpointer *ckpt; /* WAL checkpoints on a thread of their own */
 };
 
 static void commit_batch(void *ctx, struct curvd_batch_item **links, size_t n);
@@ -607,6 +609,10 @@ int curvd_store_open(const char *path, enum curvd_durability durability, struct 
         status = setup(st, durability, err, errlen);
         sqlite3_mutex_leave(st->mu);
         if (status == CURVD_STORE_OK &&
+            !(st->ckpt = curvd_checkpointer_start(st->db, path, durability == CURVD_DURABILITY_FULL,
+                                                  err, errlen)))
+            status = CURVD_STORE_ERROR;
+        if (status == CURVD_STORE_OK &&
             !(st->commits = curvd_batcher_new(COMMIT_BATCH_MAX, commit_batch, st)))
             status = no_memory(err, errlen);
     }
@@ -622,6 +628,7 @@ void curvd_store_close(struct curvd_store *st)
 {
     if (!st)
         return;
+    curvd_checkpointer_stop(st->ckpt);
     /* Finalizing repeats old errors only; with every statement finalized,
      * sqlite3_close() has no reason left to fail. */
     for (int i = 0; i < S_COUNT_; i++)

@@ -396,7 +396,12 @@ static curv_status resume_gram(curv_opt *o, const curv_response *resp, double *d
     struct pend *p = &s->p;
     const size_t n = p->nc + (size_t)p->has_mom;
     const uint64_t k = o->t + 1;
-    size_t bad = curv__kfac_gram_check(resp->values, n);
+    double damp[4] = {0}; /* n <= 3 γ candidates + momentum */
+    for (size_t i = 0; i < n; i++) {
+        const double *v = p->vec + i * o->dim;
+        damp[i] = (p->lambda + h->weight_decay) * dot(v, v, o->dim);
+    }
+    size_t bad = curv__kfac_gram_check(resp->values, n, damp);
     if (bad < n * n)
         return curv__fail(err, CURV_E_INVALID,
                           "kfac: the Gram matrix answering request %llu is not symmetric positive "

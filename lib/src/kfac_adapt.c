@@ -66,13 +66,15 @@ void curv__kfac_gammas(double gamma, double omega2, double out[3])
     out[2] = gamma / omega2;
 }
 
-size_t curv__kfac_gram_check(const double *g, size_t n)
+size_t curv__kfac_gram_check(const double *g, size_t n, const double *damp)
 {
     double big = 0;
     for (size_t i = 0; i < n * n; i++)
         big = fabs(g[i]) > big ? fabs(g[i]) : big;
     for (size_t i = 0; i < n; i++) {
-        if (g[i * n + i] < -1e-12 * big)
+        /* A quadratic form near zero comes back slightly negative from a
+         * trainer computing in FP32; next to the damping it is nothing. */
+        if (g[i * n + i] < -1e-6 * (big + (damp ? damp[i] : 0)))
             return i * n + i;
         for (size_t j = i + 1; j < n; j++) {
             double x = g[i * n + j], y = g[j * n + i];

@@ -238,10 +238,12 @@ double curv__kfac_lm(double lambda, double rho, double omega1);
 void curv__kfac_gammas(double gamma, double omega2, double out[3]);
 /*
  * curv__kfac_gram_check - index of the first entry making the n x n Gram
- * matrix @g unusable (asymmetric beyond a relative 1e-6, or a negative
- * diagonal beyond round-off), or n*n when it is fine.
+ * matrix @g unusable (asymmetric beyond a relative 1e-6, or a diagonal
+ * more negative than an FP32 trainer's round-off: 1e-6 of the largest
+ * entry plus @damp[i], the damping the library adds to that diagonal), or
+ * n*n when it is fine. @damp may be NULL (no damping).
  */
-size_t curv__kfac_gram_check(const double *g, size_t n);
+size_t curv__kfac_gram_check(const double *g, size_t n, const double *damp);
 
 /* ---- introspection for tests (kfac.c) --------------------------------- */
 

@@ -140,13 +140,22 @@ static void test_gram_check(void **state)
 {
     (void)state;
     double ok[9] = {4, 1, 0.5, 1, 3, 0.2, 0.5, 0.2, 2};
-    assert_int_equal(curv__kfac_gram_check(ok, 3), 9);
+    assert_int_equal(curv__kfac_gram_check(ok, 3, NULL), 9);
     double asym[9] = {4, 1, 0.5, 1.1, 3, 0.2, 0.5, 0.2, 2};
-    assert_int_equal(curv__kfac_gram_check(asym, 3), 3);
+    assert_int_equal(curv__kfac_gram_check(asym, 3, NULL), 3);
     double neg[4] = {1, 0, 0, -0.5};
-    assert_int_equal(curv__kfac_gram_check(neg, 2), 3);
+    assert_int_equal(curv__kfac_gram_check(neg, 2, NULL), 3);
     double tiny[4] = {1, 1e-9, 1e-9 * (1 + 1e-9), 1e-12}; /* round-off passes */
-    assert_int_equal(curv__kfac_gram_check(tiny, 2), 4);
+    assert_int_equal(curv__kfac_gram_check(tiny, 2, NULL), 4);
+    /* A form that is zero but for round-off, slightly negative: fine next to
+     * the damping (an FP32 trainer sent it), refused without damping or when
+     * it is negative beyond round-off of the damped scale. */
+    double zero[1] = {-5.3e-30};
+    const double damp[1] = {1e-3}, nodamp[1] = {0};
+    assert_int_equal(curv__kfac_gram_check(zero, 1, damp), 1);
+    assert_int_equal(curv__kfac_gram_check(zero, 1, nodamp), 0);
+    double negbig[1] = {-1e-6};
+    assert_int_equal(curv__kfac_gram_check(negbig, 1, damp), 0);
 }
 
 int main(void)

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -776,6 +777,35 @@ static void test_commit_steps(void **state)
     curvd_store_close(st);
 }
 
+/* Checkpoints run on the store's own thread: the database file takes the
+ * committed pages while the store is open, and the data reads back. */
+static void test_checkpoints_in_background(void **state)
+{
+    (void)state;
+    const char *path = db_path("ckpt");
+    struct curvd_store *st = open_ok(path, CURVD_DURABILITY_NORMAL);
+    create_ok(st, "t", "s", "a", 1);
+    enum { BLOB = 512 * 1024, STEPS = 40 }; /* 20 MB: past CURVD_CKPT_PAGES of WAL */
+    unsigned char *b = NULL;
+    for (int k = 1; k <= STEPS; k++) {
+        free(b);
+        b = random_blob(100 + (uint64_t)k, BLOB);
+        commit_ok(st, "t", "s", k, b, BLOB, "{}", 2);
+    }
+    struct stat sb = {0};
+    for (int i = 0; i < 2000 && (stat(path, &sb) != 0 || sb.st_size < BLOB); i++) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+    }
+    assert_true(sb.st_size >= BLOB);
+    assert_state(st, "t", "s", STEPS, b, BLOB);
+    curvd_store_close(st);
+    st = open_ok(path, CURVD_DURABILITY_NORMAL);
+    assert_state(st, "t", "s", STEPS, b, BLOB);
+    curvd_store_close(st);
+    free(b);
+}
+
 static void test_response_replay(void **state)
 {
     (void)state;
@@ -1355,6 +1385,7 @@ int main(void)
         cmocka_unit_test(test_list_refuses_bad_tokens),
         cmocka_unit_test(test_commit_step),
         cmocka_unit_test(test_commit_steps),
+        cmocka_unit_test(test_checkpoints_in_background),
         cmocka_unit_test(test_response_replay),
         cmocka_unit_test(test_step_reports),
         cmocka_unit_test(test_upgrade_keeps_replies),
