@@ -523,13 +523,11 @@ static void *post_slow(void *arg)
     return NULL;
 }
 
-/* A slow step (an O(d^3) eigendecomposition) runs on a worker: with a
- * single connection thread, /healthz is still answered while it runs. */
-static void test_heavy_step_does_not_block(void **state)
+/* Create an adagrad_full session of d = 2000 and post its first step from
+ * a thread: an O(d^3) eigendecomposition, seconds long. Join @th after. */
+static void start_slow_step(struct fx *f, struct slow_step *slow, char *steps, size_t cap,
+                            pthread_t *th)
 {
-    struct fx *f = *state;
-    su_daemon_stop(&f->srv);
-    start(f, 1);
     enum { N = 2000 };
     char url[256];
     snprintf(url, sizeof url, "%s/v1/sessions", f->base);
@@ -539,8 +537,7 @@ static void test_heavy_step_does_not_block(void **state)
     su_request("POST", url, create, strlen(create), NULL, 0, &r);
     assert_int_equal(r.status, 201);
     json_t *s = json_loads(r.body, 0, NULL);
-    char steps[256];
-    snprintf(steps, sizeof steps, "%s/v1/sessions/%s/steps", f->base,
+    snprintf(steps, cap, "%s/v1/sessions/%s/steps", f->base,
              json_string_value(json_object_get(s, "id")));
     json_decref(s);
     su_resp_free(&r);
@@ -549,12 +546,25 @@ static void test_heavy_step_does_not_block(void **state)
         g[i] = sin(0.1 * i);
     json_t *body = json_pack("{s:i, s:[o]}", "step", 1, "gradients",
                              su_tensor("w", json_pack("[i]", N), g, N));
-    struct slow_step slow = {.url = steps,
-                             .body = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(17))};
+    *slow = (struct slow_step){.url = steps,
+                               .body = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(17))};
     json_decref(body);
-    atomic_init(&slow.done, 0);
+    atomic_init(&slow->done, 0);
+    assert_int_equal(pthread_create(th, NULL, post_slow, slow), 0);
+}
+
+/* A slow step (an O(d^3) eigendecomposition) runs on a worker: with a
+ * single connection thread, /healthz is still answered while it runs. */
+static void test_heavy_step_does_not_block(void **state)
+{
+    struct fx *f = *state;
+    su_daemon_stop(&f->srv);
+    start(f, 1);
+    char url[256], steps[256];
+    struct su_resp r;
+    struct slow_step slow;
     pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, post_slow, &slow), 0);
+    start_slow_step(f, &slow, steps, sizeof steps, &th);
     snprintf(url, sizeof url, "%s/healthz", f->base);
     int answered_during = 0;
     while (!atomic_load(&slow.done)) {
@@ -584,33 +594,14 @@ static void test_queue_limit(void **state)
                                        .workers = 1,
                                        .max_queue = 1};
     su_daemon_start(&f->srv, f->base, sizeof f->base);
-    enum { N = 2000 };
-    char url[256], small_path[128], small_id[33];
+    char url[256], steps[256], small_path[128], small_id[33];
     struct su_resp r, first;
+    double gs[D];
     first_step(f, "adagrad_diag", small_id, small_path, &first);
     su_resp_free(&first);
-    snprintf(url, sizeof url, "%s/v1/sessions", f->base);
-    const char *create = "{\"optimizer\":\"adagrad_full\",\"layout\":[{\"name\":\"w\","
-                         "\"kind\":\"vector\",\"shape\":[2000]}]}";
-    su_request("POST", url, create, strlen(create), NULL, 0, &r);
-    assert_int_equal(r.status, 201);
-    json_t *s = json_loads(r.body, 0, NULL);
-    char steps[256];
-    snprintf(steps, sizeof steps, "%s/v1/sessions/%s/steps", f->base,
-             json_string_value(json_object_get(s, "id")));
-    json_decref(s);
-    su_resp_free(&r);
-    double g[N], gs[D];
-    for (int i = 0; i < N; i++)
-        g[i] = sin(0.1 * i);
-    json_t *body = json_pack("{s:i, s:[o]}", "step", 1, "gradients",
-                             su_tensor("w", json_pack("[i]", N), g, N));
-    struct slow_step slow = {.url = steps,
-                             .body = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(17))};
-    json_decref(body);
-    atomic_init(&slow.done, 0);
+    struct slow_step slow;
     pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, post_slow, &slow), 0);
+    start_slow_step(f, &slow, steps, sizeof steps, &th);
     /* Wait until /metrics shows the slow step queued or running. */
     snprintf(url, sizeof url, "%s/metrics", f->base);
     int queued = 0;
