@@ -95,9 +95,9 @@ def _anchor_lines(s: Dict) -> List[str]:
         name, base = labels[a["key"]], labels[a["baseline"]]
         if a["iterations"] is not None:
             u, t = a["update_ratio"], a["time_ratio"]
-            updates = f"{u:.1f}x fewer updates" if u >= 1 else f"{1 / u:.1f}x more updates"
-            time_ = (f"{t:.1f}x less time" if t >= 1 else
-                     f"{1 / t:.1f}x more time, a loss on wall-clock time")
+            updates = f"{u:.1f}x fewer updates" if u >= 1 else f"{1 / u:.2f}x more updates"
+            time_ = (f"{t:.2f}x less time" if t >= 1 else
+                     f"{1 / t:.2f}x more time, a loss on wall-clock time")
             out.append(
                 f"{name} reached the best SGD run's final error ({_num(a['target'])}, "
                 f"{base}) after {_updates(a['iterations'])} and {_num(a['seconds'], 3)} s, "
@@ -136,8 +136,8 @@ def _autoencoder_findings(s: Dict) -> List[str]:
     if damping:
         out.append("Damping λ over the run (first and last step): " + ", ".join(damping)
                    + f"; K-FAC starts from λ₀ = {_num(s['settings']['kfac_lambda'])} (the "
-                   "thesis' 150) and lowers it by at most (19/20)⁵ every 5 iterations, so a "
-                   "short run spends most of its updates strongly damped.")
+                   "thesis' is 150) and lowers it by at most a factor (19/20)⁵ every 5 "
+                   "iterations, so a short run spends many of its updates strongly damped.")
     out += _failures(s["runs"])
     return out
 

@@ -60,3 +60,29 @@ def test_losses_at_candidate_updates(loss):
         want = sum(textbook_loss(loss, z[i], y[i]) for i in range(4)) / 4
         assert gi == pytest.approx(float(want), rel=1e-12)
     assert torch.equal(current(model), theta)  # restored bit for bit
+
+
+def test_gram_diagonal_is_never_negative_in_a_flat_direction():
+    """A step that moves every class's bias alike leaves softmax unchanged
+    (J v = c 1, H_L 1 = 0): its exact curvature is 0. In float32,
+    u^T (H_L u) came out as -5e-30 in the small CNN experiment and the
+    daemon refused the Gram matrix; the S J v form keeps it >= 0."""
+    from torch import nn
+    loss = get_loss("cross_entropy")
+    found_negative_before = False
+    for seed in range(40):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 10))
+        with torch.no_grad():
+            model[2].weight.mul_(20)  # saturated softmax, as late in training
+        x = torch.randn(64, 4)
+        blocks = model_blocks(model)
+        oracle = TorchOracle(model, blocks, loss, x, torch.randint(0, 10, (64,)))
+        flat = {b.name: np.zeros(b.wire_shape, dtype=np.float32) for b in blocks}
+        flat["2"][:, -1] = 1e-14 * (seed + 1)  # the last layer's bias column
+        gram = oracle.quadratic_form([flat])
+        assert 0 <= gram[0][0] < 1e-34  # a direction it curves in: about 1e-29
+        z = model(x).detach()
+        jv = oracle.jvp(flat)
+        found_negative_before |= float((jv * loss.hess_vec(z, jv)).sum()) < 0
+    assert found_negative_before  # the old formula does go negative here

@@ -26,6 +26,13 @@ class Loss:
         """H_L u for each example (u shaped like z)."""
         raise NotImplementedError
 
+    def hess_sqrt_vec(self, z: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """S u for each example, with S^T S = H_L: Gram matrices formed from
+        these are positive semi-definite by construction, where
+        u^T (H_L w) can come out as a tiny negative number for a u that H_L
+        maps to zero (measured: -5e-30 on the softmax of the small CNN)."""
+        raise NotImplementedError
+
     def sample(self, z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Targets drawn from R(y|z), shaped as the loss takes them."""
         raise NotImplementedError
@@ -46,6 +53,9 @@ class SquaredError(Loss):
     def hess_vec(self, z, u):
         return u
 
+    def hess_sqrt_vec(self, z, u):
+        return u
+
     def sample(self, z, gen):
         return z + torch.randn(z.shape, generator=gen, dtype=z.dtype, device=z.device)
 
@@ -62,6 +72,11 @@ class SoftmaxCrossEntropy(Loss):
     def hess_vec(self, z, u):
         p = torch.softmax(z, dim=1)
         return p * u - p * (p * u).sum(dim=1, keepdim=True)
+
+    def hess_sqrt_vec(self, z, u):
+        """S = diag(sqrt(p)) (I - 1 p^T): S^T S = diag(p) - p p^T."""
+        p = torch.softmax(z, dim=1)
+        return p.sqrt() * (u - (p * u).sum(dim=1, keepdim=True))
 
     def sample(self, z, gen):
         p = torch.softmax(z, dim=1).movedim(1, -1)
@@ -81,6 +96,10 @@ class SigmoidCrossEntropy(Loss):
     def hess_vec(self, z, u):
         p = torch.sigmoid(z)
         return p * (1 - p) * u
+
+    def hess_sqrt_vec(self, z, u):
+        p = torch.sigmoid(z)
+        return (p * (1 - p)).sqrt() * u
 
     def sample(self, z, gen):
         return torch.bernoulli(torch.sigmoid(z), generator=gen)

@@ -109,15 +109,16 @@ class TorchOracle(CurvatureOracle):
         return out
 
     def quadratic_form(self, vectors):
-        """v_i^T G v_j = (1/m) sum_x (J v_i)^T H_L (J v_j): one J v per
-        vector, no backward pass (thesis §B.3)."""
+        """v_i^T G v_j = (1/m) sum_x (S J v_i)^T (S J v_j) with S^T S = H_L:
+        one J v per vector, no backward pass (thesis §B.3). As the Gram
+        matrix of the vectors S J v_i (summed in double precision) it is
+        symmetric with a non-negative diagonal whatever the round-off,
+        which the daemon checks."""
         z, _, _ = self._linearize()
         zd, m = z.detach(), z.shape[0]
-        jvs = [self.jvp(v) for v in vectors]
-        hjvs = [self.loss.hess_vec(zd, jv) for jv in jvs]
-        k = len(vectors)
-        q = [[float((jvs[i] * hjvs[j]).sum()) / m for j in range(k)] for i in range(k)]
-        return [[0.5 * (q[i][j] + q[j][i]) for j in range(k)] for i in range(k)]
+        w = torch.stack([self.loss.hess_sqrt_vec(zd, self.jvp(v)).reshape(-1) for v in vectors])
+        w = w.to(torch.float64)
+        return ((w @ w.T) / m).tolist()
 
     def losses(self, vectors):
         """Mean loss at theta + v on the whole batch, theta restored after."""
