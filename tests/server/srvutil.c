@@ -80,12 +80,22 @@ void su_raw_exec(const char *path, const char *sql)
     assert_int_equal(sqlite3_close(db), SQLITE_OK);
 }
 
+sqlite3_stmt *su_raw_prepare(const char *path, const char *sql, sqlite3 **db)
+{
+    sqlite3_stmt *q = NULL;
+    *db = NULL;
+    assert_int_equal(sqlite3_open(path, db), SQLITE_OK);
+    int rc = sqlite3_prepare_v2(*db, sql, -1, &q, NULL);
+    if (rc != SQLITE_OK)
+        print_error("%s: %s\n", sql, sqlite3_errmsg(*db));
+    assert_int_equal(rc, SQLITE_OK);
+    return q;
+}
+
 void su_raw_text(const char *path, const char *sql, char *out, size_t cap)
 {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *q = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &q, NULL), SQLITE_OK);
+    sqlite3 *db;
+    sqlite3_stmt *q = su_raw_prepare(path, sql, &db);
     assert_int_equal(sqlite3_step(q), SQLITE_ROW);
     const unsigned char *t = sqlite3_column_text(q, 0);
     snprintf(out, cap, "%s", t ? (const char *)t : "");
@@ -102,14 +112,9 @@ long long su_raw_int(const char *path, const char *sql)
 
 unsigned char *su_raw_state(const char *path, const char *id, size_t *len)
 {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *q = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db,
-                                        "SELECT idx, bytes FROM state_parts WHERE session_id = ?"
-                                        " ORDER BY idx",
-                                        -1, &q, NULL),
-                     SQLITE_OK);
+    sqlite3 *db;
+    sqlite3_stmt *q = su_raw_prepare(
+        path, "SELECT idx, bytes FROM state_parts WHERE session_id = ? ORDER BY idx", &db);
     assert_int_equal(sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC), SQLITE_OK);
     unsigned char *buf = NULL;
     size_t n = 0;

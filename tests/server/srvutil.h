@@ -8,6 +8,7 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <sqlite3.h>
 #include <stddef.h>
 
 #include "curv.h"
@@ -61,6 +62,9 @@ int su_rmtree(const char *dir);
 
 /* Run @sql (several statements allowed) on a connection of its own. */
 void su_raw_exec(const char *path, const char *sql);
+/* A plain connection to @path and @sql prepared on it; finalize the
+ * statement and close *@db after. */
+sqlite3_stmt *su_raw_prepare(const char *path, const char *sql, sqlite3 **db);
 /* The first column of the first row of @sql, as text into @out[@cap]. */
 void su_raw_text(const char *path, const char *sql, char *out, size_t cap);
 /* The same as an integer. */

@@ -134,14 +134,9 @@ static void log_writes(const char *path)
  * commas ("" for none); the log starts afresh. */
 static void assert_written(const char *path, const char *want)
 {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *q = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db,
-                                        "SELECT session_id, idx FROM part_writes"
-                                        " ORDER BY session_id, idx",
-                                        -1, &q, NULL),
-                     SQLITE_OK);
+    sqlite3 *db;
+    sqlite3_stmt *q = su_raw_prepare(
+        path, "SELECT session_id, idx FROM part_writes ORDER BY session_id, idx", &db);
     char got[512] = "";
     size_t n = 0;
     while (sqlite3_step(q) == SQLITE_ROW)
@@ -417,14 +412,9 @@ static void test_upgrade_moves_states(void **state)
     su_raw_exec(path, sql);
     struct pstate big;
     pstate_make(&big, 1, (size_t[]){50000}, (uint64_t[]){0}, (uint64_t[]){77});
-    sqlite3 *db = NULL;
-    sqlite3_stmt *q = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db,
-                                        "INSERT INTO sessions VALUES"
-                                        " (?1, 't', 'sgd', 1, 2, ?2, NULL, ?3)",
-                                        -1, &q, NULL),
-                     SQLITE_OK);
+    sqlite3 *db;
+    sqlite3_stmt *q = su_raw_prepare(
+        path, "INSERT INTO sessions VALUES (?1, 't', 'sgd', 1, 2, ?2, NULL, ?3)", &db);
     const char *ids[] = {"big", "small", "empty"};
     const size_t lens[] = {big.len, 3, 0};
     for (int i = 0; i < 3; i++) {
