@@ -17,28 +17,7 @@
 #include <jansson.h>
 
 #include "curvc.h"
-
-static const curvc_block LAYOUT[] = {{"fc", "dense", {2, 3}, 1}, {"gain", "vector", {2}, 0}};
-enum { DIM = 10 };
-
-static curvc_client *client(void)
-{
-    const char *url = getenv("CURVD_URL");
-    assert_non_null(url);
-    curvc_client *c = curvc_client_new(url, NULL);
-    assert_non_null(c);
-    return c;
-}
-
-static curvc_session *create(curvc_client *c, const char *kind, const char *config)
-{
-    curvc_session *s = NULL;
-    curvc_error err;
-    curvc_status st = curvc_session_create(c, kind, LAYOUT, 2, config, &s, &err);
-    if (st != CURVC_OK)
-        fail_msg("create %s: %s", kind, err.text);
-    return s;
-}
+#include "fixture.h"
 
 static void grads(unsigned seed, double *g)
 {

@@ -27,9 +27,7 @@
 #include <jansson.h>
 
 #include "curvc.h"
-
-static const curvc_block LAYOUT[] = {{"fc", "dense", {2, 3}, 1}, {"gain", "vector", {2}, 0}};
-enum { DIM = 10 };
+#include "fixture.h"
 
 /* ---- Running curvctl ------------------------------------------------------ */
 
@@ -166,24 +164,6 @@ static void expect_status(const struct run *r, int status)
 }
 
 /* ---- The daemon, through libcurvc ----------------------------------------------- */
-
-static curvc_client *client(void)
-{
-    const char *url = getenv("CURVD_URL");
-    assert_non_null(url);
-    curvc_client *c = curvc_client_new(url, NULL);
-    assert_non_null(c);
-    return c;
-}
-
-static curvc_session *create(curvc_client *c, const char *kind, const char *config)
-{
-    curvc_session *s = NULL;
-    curvc_error err;
-    if (curvc_session_create(c, kind, LAYOUT, 2, config, &s, &err) != CURVC_OK)
-        fail_msg("create %s: %s", kind, err.text);
-    return s;
-}
 
 /* One step with a gradient that follows from @seed; the step's report. */
 static json_t *step(curvc_session *s, unsigned seed)
