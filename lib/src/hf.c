@@ -115,6 +115,9 @@ static const struct curv__param PARAMS[] = {
     CURV__INT(H, ls_max, "ls_max", 60, 0, 10000,
               "step sizes below 1 tried before the step is rejected (α = 0)"),
     CURV__INT(H, ls_batch, "ls_batch", 8, 1, 10000, "line-search step sizes per LOSS request"),
+    CURV__INT(H, max_request_values, "max_request_values", 16777216, 1, 1e15,
+              "numbers (vectors x d) in one LOSS request at most: backtrack_batch and ls_batch "
+              "shrink to fit, one vector at least (2^24: 64 MB in FP32)"),
 };
 
 #undef H
@@ -139,7 +142,8 @@ static void work_free(struct hf_work *w)
 static curv_status work_ensure(curv_opt *o, struct hf_work *w, curv_error *err)
 {
     const struct hf_hyper *h = o->hyper;
-    const size_t d = o->dim, iters = (size_t)h->cg_max, ls = (size_t)h->ls_batch;
+    const size_t d = o->dim, iters = (size_t)h->cg_max;
+    const size_t ls = curv__hf_per_request(h, h->ls_batch, d);
     const size_t slots = h->backtrack ? curv__hf_schedule_slots(h->backtrack_nu, iters) : 1;
     const int diag = h->damping == HF_DAMP_DIAG;
     if (w->g && w->max_iters >= iters && w->slots >= slots && w->ls_slots >= ls &&
@@ -282,7 +286,9 @@ static curv_status ask_backtrack(curv_opt *o, curv_request *req)
 {
     const struct hf_hyper *h = o->hyper;
     struct hf_work *w = &((struct hf_state *)o->impl)->w;
-    size_t n = w->bt_end < (size_t)h->backtrack_batch ? w->bt_end : (size_t)h->backtrack_batch;
+    size_t n = curv__hf_per_request(h, h->backtrack_batch, o->dim);
+    if (n > w->bt_end)
+        n = w->bt_end;
     w->bt_batch = n;
     return ask(o, req, HF_BACKTRACK, CURV_REQ_LOSS, w->snap + (w->bt_end - n) * o->dim, n);
 }

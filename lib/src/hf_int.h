@@ -31,6 +31,7 @@ struct hf_hyper {
     int64_t backtrack_batch;
     double ls_c, ls_beta;
     int64_t ls_max, ls_batch;
+    int64_t max_request_values;
 };
 
 /* Why CG stopped (the report's cg_stop). */
@@ -119,6 +120,9 @@ void curv__hf_levenberg_marquardt(const struct hf_hyper *h, struct hf_work *w);
 /* Sufficient decrease (§4.6.8) at step size @alpha with loss @h_alpha. */
 int curv__hf_armijo(const struct hf_hyper *h, const struct hf_work *w, double alpha,
                     double h_alpha);
+/* Vectors of d per LOSS request: @batch, fewer when max_request_values
+ * numbers would not hold them, one at least. */
+size_t curv__hf_per_request(const struct hf_hyper *h, int64_t batch, size_t d);
 /* Fill the next batch of α·δ; returns the number of vectors (0: none left). */
 size_t curv__hf_linesearch_batch(const struct hf_hyper *h, struct hf_work *w, size_t d);
 /* Step size j of the line search, counting from 1: β^j. */

@@ -86,10 +86,18 @@ double curv__hf_alpha(const struct hf_hyper *h, size_t j)
     return pow(h->ls_beta, (double)j);
 }
 
+size_t curv__hf_per_request(const struct hf_hyper *h, int64_t batch, size_t d)
+{
+    size_t fit = (size_t)h->max_request_values / (d ? d : 1);
+    if (fit < 1)
+        fit = 1;
+    return (size_t)batch < fit ? (size_t)batch : fit;
+}
+
 /* α = β, β², ... after α = 1 failed, ls_batch per request, ls_max in all. */
 size_t curv__hf_linesearch_batch(const struct hf_hyper *h, struct hf_work *w, size_t d)
 {
-    size_t left = (size_t)h->ls_max - w->ls_tried, n = (size_t)h->ls_batch;
+    size_t left = (size_t)h->ls_max - w->ls_tried, n = curv__hf_per_request(h, h->ls_batch, d);
     if (n > left)
         n = left;
     for (size_t j = 0; j < n; j++) {

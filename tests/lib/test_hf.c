@@ -467,13 +467,15 @@ static void batched_answer(void *ctx, const curv_request *req, double *values)
     }
 }
 
-/* backtrack_batch = 3: the batches go back while the loss keeps falling
- * going backwards and stop after the batch in which it rises (thesis
- * §4.6.7); the lowest loss seen wins, earlier candidates are never asked. */
-static void test_backtracking_batches(void **state)
+enum { BD = 40 }; /* the batched tests' dimension */
+
+/* Batches of 3 (by @key = @value): the batches go back while the loss
+ * keeps falling going backwards and stop after the batch in which it
+ * rises (thesis §4.6.7); the lowest loss seen wins, earlier candidates are
+ * never asked. */
+static void backtracking_in_threes(const char *key, double value)
 {
-    (void)state;
-    enum { D = 40, N = 24 };
+    enum { D = BD, N = 24 };
     tu_rng rng;
     tu_rng_seed(&rng, 5);
     double *G = tu_alloc(D * D), g[D], sq[D], u[D], *X = tu_alloc(N * D);
@@ -487,7 +489,7 @@ static void test_backtracking_batches(void **state)
     for (size_t k = 4; k < 12; k++)
         loss[k] = -1e6 + (double)k;
     curv_layout *l = flat(D);
-    const tu_kv kv[] = {{"lambda", 1e-2}, {"cg_eps", 0}, {"cg_max", N}, {"backtrack_batch", 3}};
+    const tu_kv kv[] = {{"lambda", 1e-2}, {"cg_eps", 0}, {"cg_max", N}, {key, value}};
     curv_opt *o = tu_opt_with(CURV_OPT_HF, l, kv, 4);
     struct batched b = {{D, G, g, 0.0}, 12, 3, 0, loss, X, its};
     curv_step_input in = input(g, D, 0.0, sq);
@@ -501,6 +503,19 @@ static void test_backtracking_batches(void **state)
     free(G);
     free(X);
     curv_layout_free(l);
+}
+
+static void test_backtracking_batches(void **state)
+{
+    (void)state;
+    backtracking_in_threes("backtrack_batch", 3);
+}
+
+/* Room for 3.98 vectors of d per request: backtrack_batch (32) shrinks to 3. */
+static void test_backtracking_request_cap(void **state)
+{
+    (void)state;
+    backtracking_in_threes("max_request_values", 4 * BD - 1);
 }
 
 /* A scripted line-search answer: the loss rises for α = β, falls far for
@@ -564,6 +579,43 @@ static void test_line_search(void **state)
         assert_true(tu_report(o, "lambda") == 0.4 * 1.5);
         curv_opt_free(o);
     }
+    free(G);
+    free(cand);
+    free(ls);
+    curv_layout_free(l);
+}
+
+/* max_request_values room for 3.5 vectors: the line search asks 3 step
+ * sizes per request (ls_batch 8), 60 in 20 requests, and rejects the step
+ * when all rise. */
+static void test_line_search_request_cap(void **state)
+{
+    (void)state;
+    enum { D = 20 };
+    tu_rng rng;
+    tu_rng_seed(&rng, 6);
+    double *G = tu_alloc(D * D), g[D], sq[D], u[D], up[1] = {1.0};
+    double *cand = tu_alloc(D), *ls = tu_alloc(8 * D);
+    problem(&rng, D, 0.3, G, g);
+    diagonal(D, G, sq);
+    curv_layout *l = flat(D);
+    const tu_kv kv[] = {
+        {"lambda", 0.4}, {"cg_max", 30}, {"backtrack", 0}, {"max_request_values", 3.5 * D}};
+    curv_opt *o = tu_opt_with(CURV_OPT_HF, l, kv, 4);
+    struct scripted s = {{D, G, g, 5.0}, up, 1.0, 0, 0, 0, cand, ls};
+    curv_step_input in = input(g, D, 5.0, sq);
+    curv_error err;
+    tu_assert_status(tu_drive(o, &in, scripted_answer, &s, u, NULL, &err), CURV_OK, &err);
+    assert_int_equal(s.n_cand, 1);
+    assert_int_equal(s.n_loss_req, 1 + 20);
+    assert_int_equal(s.n_ls, 3);
+    for (size_t k = 0; k < 3; k++) /* the last request: β^58 .. β^60 */
+        for (size_t i = 0; i < D; i++)
+            assert_true(ls[k * D + i] == pow(0.8, (double)(58 + k)) * cand[i]);
+    for (size_t i = 0; i < D; i++)
+        assert_true(u[i] == 0);
+    assert_true(tu_report(o, "line_search_alpha") == 0);
+    curv_opt_free(o);
     free(G);
     free(cand);
     free(ls);
@@ -711,7 +763,9 @@ int main(void)
         cmocka_unit_test(test_diag_damping_solution),
         cmocka_unit_test(test_backtracking_candidates),
         cmocka_unit_test(test_backtracking_batches),
+        cmocka_unit_test(test_backtracking_request_cap),
         cmocka_unit_test(test_line_search),
+        cmocka_unit_test(test_line_search_request_cap),
         cmocka_unit_test(test_sufficient_decrease_bound),
         cmocka_unit_test(test_warm_start),
         cmocka_unit_test(test_zero_gradient),
