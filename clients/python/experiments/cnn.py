@@ -84,6 +84,18 @@ def _final(r: RunResult, key: str) -> float:
     return r.rows[-1].get(key, math.nan) if r.rows and r.status == "ok" else math.nan
 
 
+def _trajectory(r: RunResult) -> Dict:
+    """The training loss at the start and at its lowest (with the iteration),
+    and the lowest damping λ a run reported: what a divergence finding needs."""
+    losses = [(x["iteration"], x["train_loss"]) for x in r.rows
+              if math.isfinite(x.get("train_loss", math.nan))]
+    lambdas = [x["lambda"] for x in r.rows if math.isfinite(x.get("lambda", math.nan))]
+    low = min(losses, key=lambda p: p[1], default=(None, math.nan))
+    return {"first_train_loss": losses[0][1] if losses else math.nan,
+            "lowest_train_loss": low[1], "lowest_at": low[0],
+            "lambda_lowest": min(lambdas, default=None)}
+
+
 def summarize(runs: List[RunResult], s: Settings, side: int) -> Dict:
     """Per run figures and, per method, the learning rate with the lowest
     final training loss (the paper reports each method's best)."""
@@ -96,6 +108,7 @@ def summarize(runs: List[RunResult], s: Settings, side: int) -> Dict:
              "final_train_loss": _final(r, "train_loss"),
              "final_test_accuracy": _final(r, "test_accuracy"),
              "best_test_accuracy": max((x["test_accuracy"] for x in r.rows), default=math.nan)}
+        t.update(_trajectory(r))
         table.append(t)
         f, v = t["family"], t["final_train_loss"]
         if math.isfinite(v) and (f not in best or v < best[f][1]):

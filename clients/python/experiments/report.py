@@ -228,7 +228,23 @@ def _cnn_findings(s: Dict) -> List[str]:
     div = [t for t in s["runs"] if t["status"] != "ok"]
     if div:
         out.append("Diverged or failed: " + "; ".join(_failures(s["runs"])) + ".")
+    out += [_rose(t) for t in ranked if _diverged(t)]
     return out
+
+
+def _diverged(t: Dict) -> bool:
+    """A run that finished but ended above the loss it started from."""
+    first = t.get("first_train_loss", math.nan)
+    return t["status"] == "ok" and math.isfinite(first) and not t["final_train_loss"] <= first
+
+
+def _rose(t: Dict) -> str:
+    lam = t.get("lambda_lowest")
+    return (f"{t['family']} diverged: training loss {_num(t['first_train_loss'])} at the "
+            f"start, {_num(t['lowest_train_loss'])} at its lowest (iteration "
+            f"{t['lowest_at']}), {_num(t['final_train_loss'])} at the end"
+            + (f"; its damping λ fell as low as {_num(lam, 3)}, where the step's re-scaling "
+               "by the exact Fisher is barely damped" if lam is not None else "") + ".")
 
 
 # ---- the file ---------------------------------------------------------------

@@ -178,3 +178,19 @@ def test_the_driver_refuses_bad_flags(tmp_path, capsys):
         cli.main(["--curvd", curvd_binary(), "--out", str(tmp_path), "--data", "generated",
                   "--generated-side", "16", "--experiments", "autoencoder", "--no-plots",
                   "--quiet"])
+
+
+def test_a_run_that_ends_above_its_start_is_reported_diverged():
+    def run(key, family, first, low, at, final, lam):
+        return {"key": key, "label": key, "family": family, "status": "ok",
+                "iterations": 1500, "seconds": 10.0, "final_train_loss": final,
+                "final_test_accuracy": 0.5, "first_train_loss": first,
+                "lowest_train_loss": low, "lowest_at": at, "lambda_lowest": lam}
+    s = {"runs": [run("adam", "Adam", 2.3, 0.6, 1500, 0.6, None),
+                  run("kfac", "K-FAC", 2.32, 0.85, 256, 6.985e5, 1e-8)],
+         "best": {"Adam": "adam", "K-FAC": "kfac"}, "settings": {"iterations": 1500}}
+    from experiments import report
+    rose = [x for x in report._cnn_findings(s) if "diverged" in x]
+    assert rose == ["K-FAC diverged: training loss 2.32 at the start, 0.85 at its lowest "
+                    "(iteration 256), 6.985e+05 at the end; its damping λ fell as low as "
+                    "1e-08, where the step's re-scaling by the exact Fisher is barely damped."]
