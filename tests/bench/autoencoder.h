@@ -10,9 +10,12 @@
 #ifndef CURV_BENCH_AUTOENCODER_H
 #define CURV_BENCH_AUTOENCODER_H
 
+#include <cblas.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "curv.h"
@@ -57,6 +60,18 @@ static inline double ae_uniform(uint64_t *state)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return (double)((z ^ (z >> 31)) >> 11) * 0x1.0p-52 - 1.0;
+}
+
+/* Start a bench: one OpenBLAS thread unless OPENBLAS_NUM_THREADS says
+ * otherwise, big buffers kept in the heap (as curvd does: no mmap and
+ * page faults every step); returns whether --quick was asked for. */
+static inline int ae_bench_start(int argc, char **argv)
+{
+    if (!getenv("OPENBLAS_NUM_THREADS"))
+        openblas_set_num_threads(1);
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    return argc > 1 && strcmp(argv[1], "--quick") == 0;
 }
 
 /* The number of layers of the network (@quick: the tiny one), and its

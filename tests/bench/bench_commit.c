@@ -238,11 +238,7 @@ static void run(int quick, int cov)
 
 int main(int argc, char **argv)
 {
-    const int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
-    if (!getenv("OPENBLAS_NUM_THREADS"))
-        openblas_set_num_threads(1);
-    mallopt(M_MMAP_THRESHOLD, 1 << 30);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    const int quick = ae_bench_start(argc, argv);
     const char *root = getenv("TMPDIR");
     snprintf(tmp_dir, sizeof tmp_dir, "%s/curvd-bench-commit-XXXXXX", root ? root : "/tmp");
     if (!mkdtemp(tmp_dir)) {

@@ -130,11 +130,7 @@ static void run(int quick, int cov, int steps)
 
 int main(int argc, char **argv)
 {
-    const int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
-    if (!getenv("OPENBLAS_NUM_THREADS"))
-        openblas_set_num_threads(1);
-    mallopt(M_MMAP_THRESHOLD, 1 << 30);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    const int quick = ae_bench_start(argc, argv);
     char widths[96];
     size_t L = ae_widths(quick, widths, sizeof widths);
     printf("bench_state_parts: K-FAC, simple mode, %zu dense layers %s, biases, %d rows of "
