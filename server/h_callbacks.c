@@ -143,7 +143,7 @@ static void no_callback(const struct curvd_req *rq, struct curvd_reply *rp, long
 }
 
 static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                   struct curvd_entry *e, size_t *new_bytes)
+                   struct curvd_entry *e)
 {
     struct curvd_pending *pd = &e->pend;
     size_t dim = curv_layout_dim(curv_opt_layout(e->opt));
@@ -167,7 +167,7 @@ static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct 
             pd->answered_seq = resp.seq;
             curvd_metrics_callback(srv->metrics, curv_opt_kind_of(e->opt));
         }
-        curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &next, delta, new_bytes);
+        curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &next, delta);
     }
     free(values);
     free(delta);
@@ -178,7 +178,6 @@ CURVD_HANDLER(curvd_h_callback)
     struct curvd_entry *e = NULL;
     if (curvd_step_begin(srv, rq, rp, &e) != 0)
         return;
-    size_t bytes = e->bytes;
     struct curvd_pending *pd = &e->pend;
     long long cur = (long long)curv_opt_steps(e->opt);
     char *end;
@@ -208,7 +207,7 @@ CURVD_HANDLER(curvd_h_callback)
                                 "step %lld waits for the answer to callback %s", pd->step, want);
         }
     } else {
-        answer(srv, rq, rp, e, &bytes);
+        answer(srv, rq, rp, e);
     }
-    curvd_registry_end(srv->reg, e, bytes);
+    curvd_step_end(srv, rp, e);
 }

@@ -150,68 +150,117 @@ void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, str
     curvd_step_response_clear(&r);
 }
 
-/* Commit the stepped state (the parts that changed since the session's
- * last commit) with its reply, then hand the reply over. */
-static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
-                             struct curvd_reply *rp, struct curvd_entry *e, struct curvd_out *out,
-                             const char *report, size_t *new_bytes)
+/* A step waiting for its commit: what the commit borrows, and what the
+ * reply and the session need once it is durable. */
+struct step_job {
+    struct curvd_commit_job job; /* first: the store hands back &job */
+    struct curvd_step_commit c;
+    struct curvd_server *srv;
+    const struct curvd_req *rq;
+    struct curvd_reply *rp;
+    struct curvd_entry *e;
+    unsigned char *body, *blob;
+    curv_state_part *parts;
+    size_t body_len, json_len, len, n_parts;
+    char *report;
+    char ctype[96];
+};
+
+static void step_job_free(struct step_job *j)
 {
-    const struct curvd_pending *pd = &e->pend;
-    int binary = pd->encoding == CURVD_ENC_BINARY;
-    unsigned char *body = curvd_out_join(out), *blob = NULL;
-    curv_state_part *parts = NULL;
-    size_t len = 0, n_parts = 0;
-    char ctype[96], err[256];
-    reply_type(binary, out->json_len, ctype, sizeof ctype);
-    int st = CURVD_STORE_ERROR;
-    int64_t current = 0;
-    curvd_timing_lap(rp, CURVD_T_ENCODE);
-    int saved = body && curv_opt_save_parts(e->opt, &blob, &len, &parts, &n_parts, NULL) == CURV_OK;
-    curvd_timing_lap(rp, CURVD_T_SAVE);
-    if (saved) {
-        struct curvd_step_commit c = {.step = pd->step,
-                                      .state = {.blob = blob,
-                                                .len = len,
-                                                .parts = parts,
-                                                .n_parts = n_parts,
-                                                .stored = e->committed.p,
-                                                .n_stored = e->committed.n},
-                                      .content_type = ctype,
-                                      .response = body,
-                                      .response_len = out->total_len,
-                                      .report = report};
-        curvd_http_yield_compute(srv); /* waiting for the group commit is not computing */
-        st = curvd_store_commit_step(srv->store, rq->tenant, e->id, &c, &current, err, sizeof err);
-        curvd_timing_lap(rp, CURVD_T_COMMIT);
-        if (st == CURVD_STORE_OK) /* only now is it what the store holds */
-            curvd_committed_set(&e->committed, parts, n_parts);
+    free(j->body);
+    curv_free(j->blob);
+    curv_free(j->parts);
+    free(j->report);
+    free(j);
+}
+
+/* On the store's commit thread: the step is durable (or failed); reply,
+ * give the session back, and send. */
+static void step_committed(struct curvd_commit_job *job)
+{
+    struct step_job *j = (struct step_job *)(void *)job;
+    struct curvd_server *srv = j->srv;
+    const struct curvd_req *rq = j->rq;
+    struct curvd_reply *rp = j->rp;
+    struct curvd_entry *e = j->e;
+    int st = job->item.status, binary = e->pend.encoding == CURVD_ENC_BINARY;
+    long long step = e->pend.step, current = (long long)job->item.current_step;
+    size_t bytes = e->bytes;
+    curvd_timing_lap(rp, CURVD_T_COMMIT);
+    if (st == CURVD_STORE_OK) {
+        curvd_committed_set(&e->committed, j->parts, j->n_parts); /* only now is it stored */
+        bytes = j->len;
+        curvd_metrics_step(srv->metrics, curv_opt_kind_of(e->opt));
+        rp->json_header_len = binary ? j->json_len : 0;
+        curvd_reply_bytes(rp, 200, binary ? "application/octet-stream" : "application/json",
+                          j->body, j->body_len);
+        j->body = NULL;
+        snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", step);
     } else {
-        snprintf(err, sizeof err, "out of memory encoding the reply");
-    }
-    curv_free(blob);
-    curv_free(parts);
-    if (st != CURVD_STORE_OK) {
-        free(body);
         curvd_registry_drop(srv->reg, e->id); /* memory is ahead of the database */
-        if (st == CURVD_STORE_CONFLICT && current == pd->step)
+        if (st == CURVD_STORE_CONFLICT && current == step)
             /* This copy was stale (reloaded while another request committed
              * this very step, then evicted): the step is applied, so the
              * stored reply is the answer. */
-            curvd_step_replay(srv, rq, rp, e, (long long)current);
+            curvd_step_replay(srv, rq, rp, e, current);
         else if (st == CURVD_STORE_CONFLICT)
             curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", NULL, 0,
-                                "the session advanced elsewhere (now at step %lld)",
-                                (long long)current);
+                                "the session advanced elsewhere (now at step %lld)", current);
         else
-            curvd_reply_store_error(rp, rq, st, err);
+            curvd_reply_store_error(rp, rq, st, job->item.err);
+    }
+    step_job_free(j);
+    curvd_registry_end(srv->reg, e, bytes);
+    curvd_http_finish(srv, rq);
+}
+
+/* Save the stepped state (the parts that changed since the session's last
+ * commit) and hand it with its reply to the group commit; the reply is
+ * deferred until the commit is durable (step_committed). */
+static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
+                             struct curvd_reply *rp, struct curvd_entry *e, struct curvd_out *out,
+                             char **report)
+{
+    const struct curvd_pending *pd = &e->pend;
+    struct step_job *j = calloc(1, sizeof *j);
+    if (j) {
+        j->body = curvd_out_join(out);
+        j->body_len = out->total_len;
+        j->json_len = out->json_len;
+    }
+    curvd_timing_lap(rp, CURVD_T_ENCODE);
+    if (!j || !j->body ||
+        curv_opt_save_parts(e->opt, &j->blob, &j->len, &j->parts, &j->n_parts, NULL) != CURV_OK) {
+        if (j)
+            step_job_free(j);
+        curvd_registry_drop(srv->reg, e->id); /* memory is ahead of the database */
+        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory saving the step");
         return;
     }
-    *new_bytes = len;
-    curvd_metrics_step(srv->metrics, curv_opt_kind_of(e->opt));
-    rp->json_header_len = binary ? out->json_len : 0;
-    curvd_reply_bytes(rp, 200, binary ? "application/octet-stream" : "application/json",
-                      (char *)body, out->total_len);
-    snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", pd->step);
+    curvd_timing_lap(rp, CURVD_T_SAVE);
+    reply_type(pd->encoding == CURVD_ENC_BINARY, j->json_len, j->ctype, sizeof j->ctype);
+    j->report = *report;
+    *report = NULL;
+    j->c = (struct curvd_step_commit){.step = pd->step,
+                                      .state = {.blob = j->blob,
+                                                .len = j->len,
+                                                .parts = j->parts,
+                                                .n_parts = j->n_parts,
+                                                .stored = e->committed.p,
+                                                .n_stored = e->committed.n},
+                                      .content_type = j->ctype,
+                                      .response = j->body,
+                                      .response_len = j->body_len,
+                                      .report = j->report};
+    j->srv = srv;
+    j->rq = rq;
+    j->rp = rp;
+    j->e = e;
+    j->job = (struct curvd_commit_job){
+        .item = {.tenant = rq->tenant, .id = e->id, .c = &j->c}, .done = step_committed};
+    rp->deferred = 1;
+    curvd_store_commit_submit(srv->store, &j->job);
 }
 
 /* 202 with the next callback; a copy is kept to answer a retried POST. */
@@ -257,8 +306,7 @@ static void reply_step_error(struct curvd_reply *rp, const struct curvd_req *rq,
 
 void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
                         struct curvd_reply *rp, struct curvd_entry *e, curv_status cs,
-                        const curv_error *cerr, const curv_request *req, const double *delta,
-                        size_t *new_bytes)
+                        const curv_error *cerr, const curv_request *req, const double *delta)
 {
     if (cs != CURV_OK && cs != CURV_NEED_INPUT) {
         reply_step_error(rp, rq, cs, cerr);
@@ -278,7 +326,7 @@ void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
         curvd_registry_drop(srv->reg, e->id); /* the optimizer is ahead of the database */
         curvd_reply_codec_problem(rp, rq, &p);
     } else if (cs == CURV_OK) {
-        commit_and_reply(srv, rq, rp, e, &out, report, new_bytes);
+        commit_and_reply(srv, rq, rp, e, &out, &report);
     } else {
         reply_callback(rq, rp, e, &out);
     }
@@ -306,7 +354,7 @@ static double norm2(const double *x, size_t n)
 }
 
 static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                     struct curvd_entry *e, size_t *new_bytes)
+                     struct curvd_entry *e)
 {
     struct curvd_step_in in = {0};
     struct curvd_binary bin = {0};
@@ -363,7 +411,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
                                              .encoding = in.encoding,
                                              .grad_norm = norm2(g, dim)};
         }
-        curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &req, delta, new_bytes);
+        curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &req, delta);
     }
     curvd_step_in_clear(&in);
     free(ls);
@@ -371,6 +419,12 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     free(theta);
     free(gsq);
     free(delta);
+}
+
+void curvd_step_end(struct curvd_server *srv, const struct curvd_reply *rp, struct curvd_entry *e)
+{
+    if (!rp->deferred) /* else its commit gives it back (step_committed) */
+        curvd_registry_end(srv->reg, e, e->bytes);
 }
 
 int curvd_step_begin(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
@@ -394,7 +448,6 @@ CURVD_HANDLER(curvd_h_step)
     struct curvd_entry *e = NULL;
     if (curvd_step_begin(srv, rq, rp, &e) != 0)
         return;
-    size_t bytes = e->bytes; /* the new charge if the state changed size */
-    run_step(srv, rq, rp, e, &bytes);
-    curvd_registry_end(srv->reg, e, bytes);
+    run_step(srv, rq, rp, e);
+    curvd_step_end(srv, rp, e);
 }

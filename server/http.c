@@ -10,10 +10,13 @@
  *
  * Heavy routes (steps, create, import, patch, export) do not run on the
  * connection threads: the connection is suspended, the request goes to a
- * worker pool, and the worker resumes the connection when the reply is
- * ready; MHD then calls the access handler again, which queues it. A long
+ * worker pool, and the connection is resumed when the reply is ready; MHD
+ * then calls the access handler again, which queues it. A long
  * eigendecomposition therefore never stalls the small requests of other
- * sessions that share its connection thread.
+ * sessions that share its connection thread. A step's reply is ready only
+ * once its commit is durable: the worker hands it to the store's commit
+ * thread (rp->deferred) and takes the next request, and the commit thread
+ * resumes the connection (curvd_http_finish).
  */
 #include "http.h"
 
@@ -25,6 +28,7 @@
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,21 +47,9 @@ struct curvd_http {
     pthread_cond_t cv;
     struct rctx *head, *tail;
     int stop;
-    atomic_int inflight; /* requests queued or running on workers */
+    atomic_int inflight; /* heavy requests queued, running or deferred */
     atomic_int active;   /* requests between their first byte and their reply's last */
-    /* Compute slots: cfg.workers threads may compute at once; a thread that
-     * waits for the disk (a commit) gives its slot up, so more threads than
-     * slots let many steps share one group commit. */
-    pthread_mutex_t slot_mu;
-    pthread_cond_t slot_cv;
-    unsigned slots_free;
 };
-
-/* Worker threads per compute slot: steps that may wait in one group commit. */
-#define THREADS_PER_SLOT 8
-
-/* Whether this worker thread holds a compute slot. */
-static _Thread_local int holds_slot;
 
 enum phase { RECEIVING = 0, QUEUED, DONE };
 
@@ -81,6 +73,7 @@ struct rctx {
     struct curvd_req rq;
     struct curvd_reply rp;
     struct curvd_captures caps;
+    atomic_int parties; /* a deferred reply waits for its handler and its finish */
     struct rctx *next;
 };
 
@@ -272,7 +265,6 @@ static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Con
 /* Hand a suspended request to the worker pool. */
 static void enqueue(struct curvd_http *h, struct rctx *x)
 {
-    atomic_fetch_add(&h->inflight, 1);
     pthread_mutex_lock(&h->mu);
     x->next = NULL;
     if (h->tail)
@@ -284,32 +276,45 @@ static void enqueue(struct curvd_http *h, struct rctx *x)
     pthread_mutex_unlock(&h->mu);
 }
 
-static void slot_take(struct curvd_http *h)
-{
-    pthread_mutex_lock(&h->slot_mu);
-    while (h->slots_free == 0)
-        pthread_cond_wait(&h->slot_cv, &h->slot_mu);
-    h->slots_free--;
-    pthread_mutex_unlock(&h->slot_mu);
-    holds_slot = 1;
-}
-
 size_t curvd_http_inflight(const struct curvd_server *srv)
 {
     int n = srv->http ? atomic_load(&srv->http->inflight) : 0;
     return n > 0 ? (size_t)n : 0;
 }
 
-void curvd_http_yield_compute(struct curvd_server *srv)
+/* The reply is ready: let MHD send it. */
+static void resume(struct curvd_server *srv, struct rctx *x)
 {
-    struct curvd_http *h = srv->http;
-    if (!holds_slot || !h)
-        return;
-    holds_slot = 0;
-    pthread_mutex_lock(&h->slot_mu);
-    h->slots_free++;
-    pthread_cond_signal(&h->slot_cv);
-    pthread_mutex_unlock(&h->slot_mu);
+    x->phase = DONE;
+    /* Count it done before the reply can reach the client, whose next
+     * request must not find it still queued (--max-queue). */
+    atomic_fetch_sub(&srv->http->inflight, 1);
+    MHD_resume_connection(x->conn); /* MHD calls on_request again */
+}
+
+/* A deferred reply is sent by whichever comes last: its handler's return
+ * or its curvd_http_finish() (the context lives until then). */
+static void deferred_party_done(struct curvd_server *srv, struct rctx *x)
+{
+    if (atomic_fetch_sub(&x->parties, 1) == 1)
+        resume(srv, x);
+}
+
+void curvd_http_finish(struct curvd_server *srv, const struct curvd_req *rq)
+{
+    deferred_party_done(srv, (struct rctx *)(void *)((char *)rq - offsetof(struct rctx, rq)));
+}
+
+/* A heavy request on a suspended connection: run it, and send its reply
+ * unless the handler deferred it. */
+static void run_heavy(struct curvd_server *srv, struct rctx *x)
+{
+    atomic_init(&x->parties, 2);
+    x->rt->handler(srv, &x->rq, &x->rp);
+    if (x->rp.deferred)
+        deferred_party_done(srv, x);
+    else
+        resume(srv, x);
 }
 
 static void *worker_main(void *arg)
@@ -328,14 +333,7 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&h->mu);
         if (!x)
             return NULL; /* stopping and drained */
-        slot_take(h);
-        x->rt->handler(h->srv, &x->rq, &x->rp);
-        curvd_http_yield_compute(h->srv);
-        x->phase = DONE;
-        /* Count it done before the reply can reach the client, whose next
-         * request must not find it still queued (--max-queue). */
-        atomic_fetch_sub(&h->inflight, 1);
-        MHD_resume_connection(x->conn); /* MHD calls on_request again */
+        run_heavy(h->srv, x);
     }
 }
 
@@ -379,13 +377,18 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
                                 srv->cfg.max_queue);
             return send_reply(srv, c, x, rp);
         }
-        if (rt->heavy && srv->http->nworkers) {
-            /* Suspend before queueing, so the worker's resume always
-             * follows the suspend. */
+        if (rt->heavy) {
+            /* Suspend before queueing, so that the resume always follows
+             * the suspend; without workers, run it here (its reply may
+             * still be deferred). */
             x->phase = QUEUED;
             x->conn = c;
             MHD_suspend_connection(c);
-            enqueue(srv->http, x);
+            atomic_fetch_add(&srv->http->inflight, 1);
+            if (srv->http->nworkers)
+                enqueue(srv->http, x);
+            else
+                run_heavy(srv, x);
             return MHD_YES;
         }
         rt->handler(srv, rq, rp);
@@ -513,18 +516,12 @@ static void stop_workers(struct curvd_http *h)
     free(h->workers);
     pthread_cond_destroy(&h->cv);
     pthread_mutex_destroy(&h->mu);
-    pthread_cond_destroy(&h->slot_cv);
-    pthread_mutex_destroy(&h->slot_mu);
 }
 
-static int start_workers(struct curvd_http *h, unsigned slots, char *err, size_t errlen)
+static int start_workers(struct curvd_http *h, unsigned n, char *err, size_t errlen)
 {
-    unsigned n = slots * THREADS_PER_SLOT;
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->cv, NULL);
-    pthread_mutex_init(&h->slot_mu, NULL);
-    pthread_cond_init(&h->slot_cv, NULL);
-    h->slots_free = slots;
     h->workers = calloc(n ? n : 1, sizeof *h->workers);
     if (!h->workers) {
         snprintf(err, errlen, "out of memory");

@@ -52,6 +52,11 @@ struct curvd_reply {
     size_t json_header_len;       /* binary extension: Inference-Header-Content-Length */
     double timing[CURVD_T_COUNT]; /* seconds per phase: the Server-Timing header */
     double lap_start;             /* curvd_timing_lap's clock */
+    /* Set by a heavy route's handler before it hands the request on (a
+     * step waiting for its commit): the reply is filled in and sent by
+     * curvd_http_finish(), from any thread. The handler then touches
+     * nothing of the request but this flag. */
+    int deferred;
 };
 
 /* curvd_timing_lap - add the time since the last lap to @rp's @phase
@@ -89,15 +94,16 @@ unsigned curvd_http_port(const struct curvd_server *srv);
 /* Stop accepting, finish in-flight requests, release everything. */
 void curvd_http_stop(struct curvd_server *srv);
 
-/* A request header or query argument (borrowed), or NULL. */
-/* curvd_http_inflight - heavy requests queued or running on the workers. */
+/* curvd_http_inflight - heavy requests queued, running on the workers, or
+ * deferred. */
 size_t curvd_http_inflight(const struct curvd_server *srv);
 
-/* curvd_http_yield_compute - the calling worker is about to wait (for a
- * group commit) rather than compute: let another worker compute meanwhile.
- * A no-op outside the worker pool. */
-void curvd_http_yield_compute(struct curvd_server *srv);
+/* curvd_http_finish - send the reply of a deferred request (@rq and its
+ * reply are the ones its handler got); nothing of either may be touched
+ * after. */
+void curvd_http_finish(struct curvd_server *srv, const struct curvd_req *rq);
 
+/* A request header or query argument (borrowed), or NULL. */
 const char *curvd_req_header(const struct curvd_req *rq, const char *name);
 const char *curvd_req_query(const struct curvd_req *rq, const char *name);
 

@@ -13,15 +13,15 @@ void curvd_reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *r
 
 /*
  * curvd_step_outcome - reply to what curv_opt_step/resume returned for the
- * step e->pend.step: CURV_OK commits state and reply, then 200 with the
- * update (@delta, doubles) and the report; CURV_NEED_INPUT is 202 with the
- * callback @req; an error is its problem (the optimizer is unchanged).
- * *@new_bytes gets the state's new size after a commit.
+ * step e->pend.step: CURV_OK hands state and reply to the group commit and
+ * defers the reply (rp->deferred) until it is durable: then 200 with the
+ * update (@delta, doubles) and the report, or the commit's problem.
+ * CURV_NEED_INPUT is 202 with the callback @req; an error is its problem
+ * (the optimizer is unchanged).
  */
 void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
                         struct curvd_reply *rp, struct curvd_entry *e, curv_status cs,
-                        const curv_error *cerr, const curv_request *req, const double *delta,
-                        size_t *new_bytes);
+                        const curv_error *cerr, const curv_request *req, const double *delta);
 
 /* curvd_callback_url - the url of the callback @e awaits (e->pend.req). */
 void curvd_callback_url(const struct curvd_entry *e, char *buf, size_t cap);
@@ -34,5 +34,9 @@ void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, str
  * it cannot be had); 0 with *@e on success. */
 int curvd_step_begin(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
                      struct curvd_entry **e);
+
+/* curvd_step_end - give session @e back, unless the reply is deferred:
+ * then the commit gives it back, with its new size, once durable. */
+void curvd_step_end(struct curvd_server *srv, const struct curvd_reply *rp, struct curvd_entry *e);
 
 #endif

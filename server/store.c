@@ -94,7 +94,7 @@ struct curvd_store {
     sqlite3 *db;
     sqlite3_mutex *mu; /* the connection's own (recursive) mutex */
     sqlite3_stmt *stmt[S_COUNT_];
-    struct curvd_batcher *commits;   /* group commit of curvd_store_commit_step() */
+    struct curvd_batcher *commits;   /* group commit, on a thread of its own */
     struct curvd_checkpointer *ckpt; /* WAL checkpoints on a thread of their own */
 };
 
@@ -628,13 +628,13 @@ void curvd_store_close(struct curvd_store *st)
 {
     if (!st)
         return;
+    curvd_batcher_free(st->commits); /* commits what is queued first */
     curvd_checkpointer_stop(st->ckpt);
     /* Finalizing repeats old errors only; with every statement finalized,
      * sqlite3_close() has no reason left to fail. */
     for (int i = 0; i < S_COUNT_; i++)
         (void)sqlite3_finalize(st->stmt[i]);
     (void)sqlite3_close(st->db);
-    curvd_batcher_free(st->commits);
     sqlite3_free(st);
 }
 
@@ -1017,25 +1017,36 @@ void curvd_store_commit_steps(struct curvd_store *st, struct curvd_commit_item *
     }
 }
 
-/* A curvd_store_commit_step() call waiting in the batcher. */
-struct waiting_commit {
-    struct curvd_batch_item link; /* first: the batcher hands back &link */
-    struct curvd_commit_item item;
-};
-
 static void commit_batch(void *ctx, struct curvd_batch_item **links, size_t n)
 {
     struct curvd_commit_item *items[COMMIT_BATCH_MAX];
     for (size_t i = 0; i < n; i++)
-        items[i] = &((struct waiting_commit *)(void *)links[i])->item;
+        items[i] = &((struct curvd_commit_job *)(void *)links[i])->item;
     curvd_store_commit_steps(ctx, items, n);
+}
+
+static void job_done(struct curvd_batch_item *link)
+{
+    struct curvd_commit_job *job = (struct curvd_commit_job *)(void *)link;
+    job->done(job);
+}
+
+void curvd_store_commit_submit(struct curvd_store *st, struct curvd_commit_job *job)
+{
+    if (!st || !valid_item(&job->item)) {
+        job->item.status = fail(job->item.err, sizeof job->item.err, CURVD_STORE_INVALID,
+                                "curvd_store_commit_submit: invalid argument");
+        job->done(job);
+        return;
+    }
+    curvd_batcher_submit(st->commits, &job->link, job_done);
 }
 
 int curvd_store_commit_step(struct curvd_store *st, const char *tenant, const char *id,
                             const struct curvd_step_commit *c, int64_t *current_step, char *err,
                             size_t errlen)
 {
-    struct waiting_commit w = {.item = {.tenant = tenant, .id = id, .c = c}};
+    struct curvd_commit_job w = {.item = {.tenant = tenant, .id = id, .c = c}};
     if (!st || !valid_item(&w.item))
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_commit_step: invalid argument");
     curvd_batcher_run(st->commits, &w.link);

@@ -10,10 +10,11 @@
  * the one writer, and writers (each in BEGIN IMMEDIATE) wait for each other
  * up to the busy timeout, then fail with CURVD_STORE_BUSY.
  *
- * Group commit: curvd_store_commit_step() calls that overlap in time are
- * written in one transaction (one fsync under FULL durability) by whichever
- * caller gets there first, while the others wait for it; each call still
- * gets its own outcome, and returns only once its step is durable.
+ * Group commit: steps committed while a commit is going on are written
+ * together in the next transaction (one fsync under FULL durability) by
+ * the store's commit thread; each still gets its own outcome.
+ * curvd_store_commit_step() returns once its step is durable;
+ * curvd_store_commit_submit() returns at once and calls back when it is.
  *
  * Errors: every fallible call returns an enum curvd_store_status and, when
  * @err is not NULL, writes a sentence (with SQLite's own message where
@@ -36,6 +37,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "batch.h"
 #include "curv.h"
 
 /* PRAGMA application_id of a curvd database: "crvd" in ASCII. */
@@ -304,13 +306,30 @@ struct curvd_commit_item {
 };
 
 /*
+ * curvd_commit_job - curvd_store_commit_step() without waiting: fill @item
+ * (its arguments stay borrowed until @done) and @done, then
+ * curvd_store_commit_submit(). @done runs on the store's commit thread
+ * once the transaction that held the step has ended, with the outcome in
+ * @item as curvd_store_commit_step() would have returned it; it may free
+ * the job, and must not commit steps itself (nor wait for anything that
+ * does). An invalid item is answered at once, on the caller's thread.
+ */
+struct curvd_commit_job {
+    struct curvd_batch_item link; /* private */
+    struct curvd_commit_item item;
+    void (*done)(struct curvd_commit_job *job);
+};
+
+void curvd_store_commit_submit(struct curvd_store *st, struct curvd_commit_job *job);
+
+/*
  * curvd_store_commit_steps - commit several steps (of different sessions,
  * or the same session's consecutive steps in order) in one transaction:
  * each item's outcome is what curvd_store_commit_step() would have given
  * it alone. A conflicting or missing session writes nothing for its item
  * and does not stop the others; a database failure makes the steps go one
  * at a time, so that it stays the failing item's own. This is what the
- * group commit of curvd_store_commit_step() runs.
+ * group commit runs.
  */
 void curvd_store_commit_steps(struct curvd_store *st, struct curvd_commit_item **items, size_t n);
 

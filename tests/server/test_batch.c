@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* Group commit (server/batch.c): items that queue while a run is going on
  * form the next run, in arrival order, at most max_items at a time; runs
- * never overlap; every caller returns only after a run that held its item. */
+ * never overlap; every caller returns only after a run that held its item;
+ * a submitted item is called back on the batcher's thread after its run. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -146,12 +147,63 @@ static void test_alone_runs_at_once(void **state)
     curvd_batcher_free(NULL);
 }
 
+struct async_item {
+    struct item it; /* first: what record() sees */
+    pthread_t *done_on;
+    int *done_order, *n_done;
+    int seen_when_done;
+};
+
+static void async_done(struct curvd_batch_item *link)
+{
+    struct async_item *a = (struct async_item *)(void *)link;
+    *a->done_on = pthread_self();
+    a->seen_when_done = atomic_load(&a->it.seen);
+    a->done_order[(*a->n_done)++] = a->it.id;
+}
+
+/* Submitting returns at once: with the first run held, every item is
+ * queued behind it; each is called back once its own run has ended, on
+ * the batcher's thread, in arrival order; freeing runs what is queued. */
+static void test_submit_calls_back_after_the_run(void **state)
+{
+    (void)state;
+    struct log lg;
+    memset(&lg, 0, sizeof lg);
+    lg.hold_until = 5;
+    assert_non_null(lg.b = curvd_batcher_new(64, record, &lg));
+    struct async_item a[6];
+    pthread_t on[6];
+    int order[6], n_done = 0;
+    for (int i = 0; i < 6; i++) {
+        a[i] = (struct async_item){
+            .it = {.id = i}, .done_on = &on[i], .done_order = order, .n_done = &n_done};
+        if (i == 1) /* the first run has started and holds until 5 wait */
+            while (atomic_load(&lg.inside) == 0)
+                nap();
+        curvd_batcher_submit(lg.b, &a[i].it.link, async_done);
+        if (i > 0 && i < 5) /* returned at once: the held run waits for 5 */
+            assert_int_equal(curvd_batcher_waiting(lg.b), (size_t)i);
+    }
+    curvd_batcher_free(lg.b); /* runs what is queued, then stops */
+    assert_int_equal(lg.runs, 2);
+    assert_int_equal(lg.len[1], 5);
+    assert_int_equal(n_done, 6);
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(order[i], i);
+        assert_int_equal(a[i].seen_when_done, 1);
+        assert_false(pthread_equal(on[i], pthread_self()));
+        assert_true(pthread_equal(on[i], on[0]));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_queued_items_share_a_run),
         cmocka_unit_test(test_runs_are_capped),
         cmocka_unit_test(test_alone_runs_at_once),
+        cmocka_unit_test(test_submit_calls_back_after_the_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
