@@ -257,8 +257,8 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
     j->rq = rq;
     j->rp = rp;
     j->e = e;
-    j->job = (struct curvd_commit_job){
-        .item = {.tenant = rq->tenant, .id = e->id, .c = &j->c}, .done = step_committed};
+    j->job = (struct curvd_commit_job){.item = {.tenant = rq->tenant, .id = e->id, .c = &j->c},
+                                       .done = step_committed};
     rp->deferred = 1;
     curvd_store_commit_submit(srv->store, &j->job);
 }
