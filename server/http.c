@@ -24,6 +24,7 @@
 #include "metrics.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <pthread.h>
@@ -464,6 +465,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return dispatch(srv, c, x, url, method);
 }
 
+/* One whole line in one write(2): no stdio lock shared by the connection
+ * threads, and lines from several threads never interleave. */
+static void write_line(const char *s, size_t n)
+{
+    while (n) {
+        ssize_t w = write(STDERR_FILENO, s, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return; /* a log that cannot be written is not worth a failed request */
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
 /* One line per request: text, or a JSON object built by jansson so that a
  * hostile path cannot break the line. Never any tensor data. */
 static void access_log(const struct curvd_server *srv, const struct rctx *x, int ok)
@@ -471,8 +487,17 @@ static void access_log(const struct curvd_server *srv, const struct rctx *x, int
     double secs = (double)(now_ns() - x->t0_ns) / 1e9;
     const char *route = x->route ? x->route : "-";
     if (!srv->cfg.log_json) {
-        fprintf(stderr, "curvd: %s %s %s %d %.3fms in=%zu out=%zu%s\n", x->id, x->method, x->path,
-                x->status, secs * 1e3, x->len, x->bytes_out, ok ? "" : " (aborted)");
+        char line[384];
+        int n = snprintf(line, sizeof line, "curvd: %s %s %s %d %.3fms in=%zu out=%zu%s\n", x->id,
+                         x->method, x->path, x->status, secs * 1e3, x->len, x->bytes_out,
+                         ok ? "" : " (aborted)");
+        if (n <= 0)
+            return;
+        if ((size_t)n >= sizeof line) { /* cannot happen with the fields' sizes; stay a line */
+            n = (int)sizeof line - 1;
+            line[n - 1] = '\n';
+        }
+        write_line(line, (size_t)n);
         return;
     }
     json_t *j =
@@ -480,10 +505,14 @@ static void access_log(const struct curvd_server *srv, const struct rctx *x, int
                   "request", "request_id", x->id, "method", x->method, "path", x->path, "route",
                   route, "status", x->status, "duration_s", secs, "bytes_in", (json_int_t)x->len,
                   "bytes_out", (json_int_t)x->bytes_out, "completed", ok);
-    char *line = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    if (line)
-        fprintf(stderr, "%s\n", line);
-    free(line);
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    size_t n = text ? strlen(text) : 0;
+    char *line = text ? realloc(text, n + 2) : NULL;
+    if (line) {
+        line[n] = '\n';
+        write_line(line, n + 1);
+    }
+    free(line ? line : text);
     json_decref(j);
 }
 

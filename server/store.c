@@ -374,7 +374,9 @@ static int write_parts(struct curvd_store *st, const char *id, const struct curv
                                  : db_fail(st, rc, err, errlen, "binding a state part");
         done(q);
     }
-    if (status != CURVD_STORE_OK)
+    /* Known to hold no more parts than now: nothing to delete (this runs
+     * on every step, so the statement is worth saving). */
+    if (status != CURVD_STORE_OK || (s->stored && s->n_stored <= n))
         return status;
     q = st->stmt[S_TRIM_PARTS];
     int rc = bind(q, "ti", id, (int64_t)n);

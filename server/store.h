@@ -118,7 +118,9 @@ void curvd_session_clear(struct curvd_session *s);
  *             them), or NULL and 0 when not known. A part is written
  *             unless the division is the same as @stored's (count,
  *             offsets, lengths) and its stamp is non-zero and equal to the
- *             stored one's; stored parts beyond @n_parts are deleted.
+ *             stored one's; stored parts beyond @n_parts are deleted
+ *             (none are looked for when @stored has no more than
+ *             @n_parts).
  *             Stamps are comparable only along one history (opt.h): pass
  *             only what is committed for this session, never what an
  *             uncommitted write would have stored.

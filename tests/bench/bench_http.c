@@ -876,21 +876,25 @@ static void print_small_ratios(const struct row *s, const double in[4])
 static void print_large_ratios(const struct row *l, const double in[4])
 {
     printf("large: the median step's split (ms, its Server-Timing) = step + save + commit (the\n"
-           "durable write) + HTTP (receive, decode, encode, send: the rest of the median).\n"
+           "durable write) + HTTP (receive, decode, encode, send: the rest of the median);\n"
+           "HTTP = decode + encode + wire (receiving and sending, the rest).\n"
            "'floor': the same request and reply bytes over a loopback TCP socket, nothing else.\n"
            "HTTP overhead vs the in-process step: goal < 20%% for binary\n");
-    printf("  %-6s %-11s %7s = %6s + %6s + %7s + %7s   %7s  %9s %8s\n", "", "", "total", "step",
-           "save", "commit", "HTTP", "floor", "HTTP/step", "HTTP/floor");
+    printf("  %-6s %-11s %7s = %6s + %6s + %7s + %7s   %7s  %9s %8s   %6s %6s %6s\n", "", "",
+           "total", "step", "save", "commit", "HTTP", "floor", "HTTP/step", "HTTP/floor", "decode",
+           "encode", "wire");
     for (size_t i = 0; i < NLROW; i++) {
         const struct row *r = &l[i];
         if (!r->steps)
             continue;
         double inner = r->phase[PH_STEP] + r->phase[PH_SAVE] + r->phase[PH_COMMIT];
         double http = r->p50 - inner, over = http / in[2];
-        printf("  %-6s %-11s %7.0f = %6.1f + %6.1f + %7.1f + %7.1f   %7.1f  %8.1fx %9.2fx %s\n",
+        double dec = r->phase[PH_DECODE], enc = r->phase[PH_ENCODE];
+        printf("  %-6s %-11s %7.0f = %6.1f + %6.1f + %7.1f + %7.1f   %7.1f  %8.1fx %9.2fx   %6.1f "
+               "%6.1f %6.1f %s\n",
                DURS[LROWS[i].dur], ENC_NAME[LROWS[i].enc], r->p50 * 1e3, r->phase[PH_STEP] * 1e3,
                r->phase[PH_SAVE] * 1e3, r->phase[PH_COMMIT] * 1e3, http * 1e3, r->floor * 1e3, over,
-               http / r->floor,
+               http / r->floor, dec * 1e3, enc * 1e3, (http - dec - enc) * 1e3,
                LROWS[i].enc == ENC_JSON ? ""
                : over < 0.2             ? "(met)"
                                         : "(MISSED)");
