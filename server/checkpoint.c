@@ -13,15 +13,32 @@ struct curvd_checkpointer {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int wanted, stop;
+    int asked; /* WAL pages when the thread was last woken; on_commit's own */
 };
 
-/* Called by SQLite in the committing thread after each commit. */
+enum curvd_ckpt_action curvd_ckpt_decide(int pages, int *asked)
+{
+    if (pages < *asked) /* the WAL started over */
+        *asked = 0;
+    if (pages >= CURVD_CKPT_HARD_PAGES) {
+        *asked = 0;
+        return CURVD_CKPT_NOW;
+    }
+    if (pages - *asked < CURVD_CKPT_PAGES)
+        return CURVD_CKPT_NONE;
+    *asked = pages;
+    return CURVD_CKPT_WAKE;
+}
+
+/* Called by SQLite in the committing thread after each commit (commits
+ * on one connection are serialized, so @c->asked needs no lock). */
 static int on_commit(void *arg, sqlite3 *db, const char *schema, int pages)
 {
     struct curvd_checkpointer *c = arg;
-    if (pages >= CURVD_CKPT_HARD_PAGES) /* starved: bound the file now */
+    enum curvd_ckpt_action a = curvd_ckpt_decide(pages, &c->asked);
+    if (a == CURVD_CKPT_NOW) { /* catch up, so that the WAL can start over */
         (void)sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    else if (pages >= CURVD_CKPT_PAGES) {
+    } else if (a == CURVD_CKPT_WAKE) {
         pthread_mutex_lock(&c->mu);
         c->wanted = 1;
         pthread_cond_signal(&c->cv);
