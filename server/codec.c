@@ -15,12 +15,6 @@
 
 #include "json_scan.h"
 
-/* The output placeholder: a key a request can never make us emit, since
- * the daemon writes every key of a response itself. */
-#define RAW_KEY "$curvd_raw"
-/* Doubles at or beyond this round to infinity as floats (the midpoint
- * between FLT_MAX and 2^128 rounds to even, i.e. up). */
-#define F32_LIMIT 0x1.ffffffp127
 
 /* Shapes and sizes arrive as json_int_t and are kept as size_t. */
 _Static_assert(sizeof(size_t) >= sizeof(json_int_t), "size_t narrower than json_int_t");
@@ -97,12 +91,12 @@ static const char *fmt_shape(char *buf, size_t cap, const size_t *dims, size_t n
     return buf;
 }
 
-static size_t dtype_size(int dtype)
+size_t curvd_dtype_size(int dtype)
 {
     return dtype == CURV_F32 ? 4 : 8;
 }
 
-static const char *dtype_name(int dtype)
+const char *curvd_dtype_name(int dtype)
 {
     return dtype == CURV_F32 ? "FP32" : "FP64";
 }
@@ -239,7 +233,7 @@ static int check_values(struct curvd_tensor *t, const struct curvd_cut *c, const
     int f32 = t->dtype == CURV_F32;
     for (size_t i = 0; i < t->count; i++) {
         double x = t->data[i];
-        if (isfinite(x) && (!f32 || fabs(x) < F32_LIMIT)) {
+        if (isfinite(x) && (!f32 || fabs(x) < CURVD_F32_LIMIT)) {
             if (f32)
                 t->data[i] = (float)x;
             continue;
@@ -277,7 +271,7 @@ static int decode_b64(const json_t *b, const struct curvd_doc *doc, const char *
     const char *text = json_string_value(b);
     size_t len = json_string_length(b);
     char sub[160];
-    size_t bytes = t->count * dtype_size(t->dtype);
+    size_t bytes = t->count * curvd_dtype_size(t->dtype);
     snprintf(sub, sizeof sub, "%s/data/b64", path);
     if (!text && !curvd_doc_text(doc, b, &text, &len))
         return curvd_problem_set(p, CURVD_R_BAD_BASE64, sub, "a string", curvd_json_type(b),
@@ -302,7 +296,7 @@ static int decode_binary(const json_t *size, const char *path, struct curvd_bina
                          struct curvd_tensor *t, struct curvd_problem *p)
 {
     char sub[160], want[40], got[40];
-    size_t bytes = t->count * dtype_size(t->dtype);
+    size_t bytes = t->count * curvd_dtype_size(t->dtype);
     snprintf(sub, sizeof sub, "%s/parameters/binary_data_size", path);
     snprintf(want, sizeof want, "%zu bytes", bytes);
     if (!json_is_integer(size) || json_integer_value(size) < 0)
@@ -316,7 +310,7 @@ static int decode_binary(const json_t *size, const char *path, struct curvd_bina
     if ((uintmax_t)json_integer_value(size) != bytes)
         return curvd_problem_set(p, CURVD_R_BAD_BINARY, sub, want, got,
                                  "binary_data_size is %s, %zu %s values need %s", got, t->count,
-                                 dtype_name(t->dtype), want);
+                                 curvd_dtype_name(t->dtype), want);
     if (bytes > bin->len - bin->pos) {
         snprintf(got, sizeof got, "%zu bytes left", bin->len - bin->pos);
         return curvd_problem_set(p, CURVD_R_BAD_BINARY, sub, want, got,
@@ -390,7 +384,7 @@ int curvd_tensor_decode(const json_t *obj, const char *path, const struct curvd_
         return -1;
     }
     if (t.encoding == CURVD_ENC_BINARY)
-        bin->pos += t.count * dtype_size(t.dtype);
+        bin->pos += t.count * curvd_dtype_size(t.dtype);
     *out = t;
     return 0;
 }
@@ -439,8 +433,7 @@ void curvd_tensors_free(struct curvd_tensor *t, size_t n)
 
 /* ---- Blocks ------------------------------------------------------------ */
 
-/* The block's wire shape: [rows, cols] for matrices, [n] for vectors. */
-static size_t block_shape(const curv_block_info *b, size_t *dims)
+size_t curvd_block_shape(const curv_block_info *b, size_t *dims)
 {
     dims[0] = b->rows;
     dims[1] = b->cols;
@@ -451,7 +444,7 @@ static int check_block(const curv_block_info *b, const struct curvd_tensor *t, c
                        size_t i, struct curvd_problem *p)
 {
     char sub[160], want[96], got[96];
-    size_t dims[2], nd = block_shape(b, dims);
+    size_t dims[2], nd = curvd_block_shape(b, dims);
     if (nd == t->ndim && memcmp(dims, t->shape, nd * sizeof(size_t)) == 0)
         return 0;
     snprintf(sub, sizeof sub, "%s/%zu/shape", path, i);
@@ -479,8 +472,8 @@ static int validate_blocks(const curv_layout *l, const struct curvd_tensor *t, s
         owner[k] = i + 1;
         if (t[i].dtype != t[0].dtype) {
             snprintf(sub, sizeof sub, "%s/%zu/datatype", path, i);
-            return curvd_problem_set(p, CURVD_R_BAD_DATATYPE, sub, dtype_name(t[0].dtype),
-                                     dtype_name(t[i].dtype), "all tensors must share a datatype");
+            return curvd_problem_set(p, CURVD_R_BAD_DATATYPE, sub, curvd_dtype_name(t[0].dtype),
+                                     curvd_dtype_name(t[i].dtype), "all tensors must share a datatype");
         }
         curv_layout_block(l, (size_t)k, &b);
         if (check_block(&b, &t[i], path, i, p))
@@ -491,7 +484,7 @@ static int validate_blocks(const curv_layout *l, const struct curvd_tensor *t, s
             continue;
         size_t dims[2], nd;
         curv_layout_block(l, k, &b);
-        nd = block_shape(&b, dims);
+        nd = curvd_block_shape(&b, dims);
         fmt_shape(want, sizeof want, dims, nd);
         return curvd_problem_set(p, CURVD_R_MISSING_BLOCK, path, want, "absent",
                                  "block '%s' (shape %s) is missing", b.name, want);
@@ -516,196 +509,4 @@ int curvd_tensors_to_flat(const curv_layout *l, const struct curvd_tensor *t, si
     }
     free(owner);
     return rc;
-}
-
-/* ---- Responses --------------------------------------------------------- */
-
-void curvd_out_init(struct curvd_out *o)
-{
-    memset(o, 0, sizeof *o);
-}
-
-void curvd_out_clear(struct curvd_out *o)
-{
-    for (size_t i = 0; i < o->nraw; i++)
-        free(o->raw[i].text);
-    free(o->raw);
-    free(o->bin);
-    free(o->json);
-    free(o->iov);
-    curvd_out_init(o);
-}
-
-/* Keep @text (owned from now on) and return its placeholder, or NULL. */
-static json_t *add_raw(struct curvd_out *o, char *text, size_t len)
-{
-    json_t *ph = json_pack("{sI}", RAW_KEY, (json_int_t)o->nraw);
-    if (ph && o->nraw == o->cap_raw) {
-        size_t cap = o->cap_raw ? 2 * o->cap_raw : 16;
-        struct curvd_raw *r = realloc(o->raw, cap * sizeof *r);
-        if (r) {
-            o->raw = r;
-            o->cap_raw = cap;
-        }
-    }
-    if (!ph || o->nraw == o->cap_raw) {
-        json_decref(ph);
-        free(text);
-        return NULL;
-    }
-    o->raw[o->nraw++] = (struct curvd_raw){.text = text, .len = len};
-    return ph;
-}
-
-/* Check, then convert to the wire type: a NaN or an overflowing float in
- * an update is the daemon's fault, not the client's. */
-static int wire_values(const double *x, size_t n, int dtype, const char *name,
-                       struct curvd_problem *p)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(x[i]) || (dtype == CURV_F32 && fabs(x[i]) >= F32_LIMIT))
-            return curvd_problem_set(p, CURVD_R_INTERNAL, "", NULL, NULL,
-                                     "element %zu of block '%s' cannot be sent as %s", i, name,
-                                     dtype_name(dtype));
-    }
-    return 0;
-}
-
-static int add_binary(struct curvd_out *o, const double *x, size_t n, int dtype)
-{
-    size_t bytes = n * dtype_size(dtype);
-    if (o->bin_len + bytes > o->bin_cap) {
-        /* Geometric growth: many small blocks must not copy the tail over
-         * and over. */
-        size_t cap = o->bin_cap ? 2 * o->bin_cap : 4096;
-        cap = cap < o->bin_len + bytes ? o->bin_len + bytes : cap;
-        unsigned char *b = realloc(o->bin, cap);
-        if (!b)
-            return -1;
-        o->bin = b;
-        o->bin_cap = cap;
-    }
-    curvd_le_encode(x, n, dtype, o->bin + o->bin_len);
-    o->bin_len += bytes;
-    return 0;
-}
-
-/* The data (or parameters) member of one block's tensor object. */
-static int block_data(json_t *t, const double *x, size_t n, int dtype, enum curvd_encoding enc,
-                      struct curvd_out *o)
-{
-    size_t len = 0;
-    char *text;
-    if (enc == CURVD_ENC_BINARY) {
-        return add_binary(o, x, n, dtype) ||
-               json_object_set_new(
-                   t, "parameters",
-                   json_pack("{sI}", "binary_data_size", (json_int_t)(n * dtype_size(dtype))));
-    }
-    text = enc == CURVD_ENC_B64 ? curvd_render_b64(x, n, dtype, &len)
-                                : curvd_render_numbers(x, n, dtype, &len);
-    json_t *ph = text ? add_raw(o, text, len) : NULL;
-    if (ph && enc == CURVD_ENC_B64)
-        ph = json_pack("{so}", "b64", ph);
-    return json_object_set_new(t, "data", ph);
-}
-
-json_t *curvd_flat_to_json(const curv_layout *l, const double *flat, int dtype,
-                           enum curvd_encoding enc, struct curvd_out *o, struct curvd_problem *p)
-{
-    json_t *arr = json_array();
-    if (!arr)
-        goto nomem;
-    for (size_t k = 0; k < curv_layout_nblocks(l); k++) {
-        curv_block_info b;
-        size_t dims[2], nd;
-        curv_layout_block(l, k, &b);
-        nd = block_shape(&b, dims);
-        if (wire_values(flat + b.offset, b.size, dtype, b.name, p)) {
-            json_decref(arr);
-            return NULL;
-        }
-        json_t *t = json_pack("{ss s[I] ss}", "name", b.name, "shape", (json_int_t)dims[0],
-                              "datatype", dtype_name(dtype));
-        if (t && nd == 2 &&
-            json_array_append_new(json_object_get(t, "shape"), json_integer((json_int_t)dims[1]))) {
-            json_decref(t);
-            t = NULL;
-        }
-        if (!t || json_array_append_new(arr, t) ||
-            block_data(t, flat + b.offset, b.size, dtype, enc, o))
-            goto nomem;
-    }
-    return arr;
-nomem:
-    json_decref(arr);
-    nomem(p, "");
-    return NULL;
-}
-
-static int add_iov(struct curvd_out *o, size_t *cap, const void *base, size_t len)
-{
-    if (o->niov == *cap) {
-        size_t n = *cap ? 2 * *cap : 8;
-        struct curvd_iov *v = realloc(o->iov, n * sizeof *v);
-        if (!v)
-            return -1;
-        o->iov = v;
-        *cap = n;
-    }
-    o->iov[o->niov++] = (struct curvd_iov){.iov_base = base, .iov_len = len};
-    o->total_len += len;
-    return 0;
-}
-
-/* Walk the dump, replacing each {"$curvd_raw":k} by fragment k. */
-static int splice(struct curvd_out *o, unsigned char *used, struct curvd_problem *p)
-{
-    static const char mark[] = "{\"" RAW_KEY "\":";
-    size_t cap = 0;
-    const char *s = o->json, *q;
-    while ((q = strstr(s, mark))) {
-        char *end;
-        unsigned long long k = strtoull(q + sizeof mark - 1, &end, 10);
-        if (*end != '}' || k >= o->nraw || used[k])
-            return curvd_problem_set(p, CURVD_R_INTERNAL, "", NULL, NULL,
-                                     "response placeholder %llu is unknown or repeated", k);
-        used[k] = 1;
-        if (add_iov(o, &cap, s, (size_t)(q - s)) || add_iov(o, &cap, o->raw[k].text, o->raw[k].len))
-            return nomem(p, "");
-        s = end + 1;
-    }
-    if (add_iov(o, &cap, s, strlen(s)))
-        return nomem(p, "");
-    o->json_len = o->total_len;
-    if (o->bin_len && add_iov(o, &cap, o->bin, o->bin_len))
-        return nomem(p, "");
-    for (size_t k = 0; k < o->nraw; k++)
-        if (!used[k])
-            return curvd_problem_set(p, CURVD_R_INTERNAL, "", NULL, NULL,
-                                     "response placeholder %zu is missing", k);
-    return 0;
-}
-
-int curvd_out_render(struct curvd_out *o, const json_t *root, struct curvd_problem *p)
-{
-    free(o->json);
-    free(o->iov);
-    o->iov = NULL;
-    o->niov = o->json_len = o->total_len = 0;
-    o->json = json_dumps(root, JSON_COMPACT | JSON_ENCODE_ANY);
-    unsigned char *used = calloc(o->nraw ? o->nraw : 1, 1);
-    int rc = o->json && used ? splice(o, used, p) : nomem(p, "");
-    free(used);
-    return rc;
-}
-
-unsigned char *curvd_out_join(const struct curvd_out *o)
-{
-    unsigned char *b = malloc(o->total_len ? o->total_len : 1), *q = b;
-    for (size_t i = 0; b && i < o->niov; i++) {
-        memcpy(q, o->iov[i].iov_base, o->iov[i].iov_len);
-        q += o->iov[i].iov_len;
-    }
-    return b;
 }

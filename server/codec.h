@@ -13,9 +13,7 @@
  * numbers, a plain JSON array, {"b64": "..."} or the binary extension.
  * curvd_tensors_to_flat() maps tensors onto a layout's blocks.
  *
- * Encoding: curvd_flat_to_json() builds the per-block tensor objects of a
- * response in the request's encoding; curvd_out_render() dumps the response
- * tree and splices in the pre-rendered numbers, base64 text and binary tail.
+ * Encoding: out.h writes responses (curvd_out_tensors()).
  *
  * Errors: every fallible call returns 0 or -1 and fills an optional
  * struct curvd_problem; the first error wins, later ones are ignored.
@@ -43,6 +41,10 @@
 #else
 #define CURVD_PRINTF(f, a)
 #endif
+
+/* Doubles at or beyond this round to infinity as floats (the midpoint
+ * between FLT_MAX and 2^128 rounds to even, i.e. up). */
+#define CURVD_F32_LIMIT 0x1.ffffffp127
 
 /* Most dimensions a tensor may have (also the deepest nesting of "data"). */
 #define CURVD_MAX_NDIM 8
@@ -258,62 +260,12 @@ int curvd_tensors_to_flat(const curv_layout *l, const struct curvd_tensor *t, si
 
 /* ---- Encoding ----------------------------------------------------------- */
 
-/* Same layout as struct MHD_IoVec and struct iovec's fields. */
-struct curvd_iov {
-    const void *iov_base;
-    size_t iov_len;
-};
+/* curvd_dtype_size / curvd_dtype_name - 4 or 8 bytes, "FP32" or "FP64". */
+size_t curvd_dtype_size(int dtype);
+const char *curvd_dtype_name(int dtype);
 
-/*
- * struct curvd_out - a response body being built, then rendered in pieces.
- * After curvd_out_render(): the body is @iov[0..@niov) in order, of
- * @total_len bytes; the first @json_len bytes are the JSON (the
- * Inference-Header-Content-Length when @total_len > @json_len).
- * Everything else is private.
- * Ownership: caller-allocated; curvd_out_init() then curvd_out_clear().
- */
-struct curvd_out {
-    struct curvd_iov *iov;
-    size_t niov, json_len, total_len;
-    /* private */
-    struct curvd_raw {
-        char *text;
-        size_t len;
-    } * raw;
-    size_t nraw, cap_raw;
-    unsigned char *bin;
-    size_t bin_len, bin_cap;
-    char *json;
-};
-
-void curvd_out_init(struct curvd_out *o);
-/* curvd_out_clear - release everything @o owns and re-initialise it. */
-void curvd_out_clear(struct curvd_out *o);
-
-/*
- * curvd_flat_to_json - the update (or any flat vector) as one tensor
- * object per block of @l, in layout order, shape as in
- * curvd_tensors_to_flat(), datatype @dtype, data in encoding @enc: JSON
- * numbers (FP32 with 9 significant digits, FP64 with 17; both round-trip),
- * {"b64": ...}, or parameters.binary_data_size with the bytes queued in @o.
- * The numbers and base64 text are rendered into @o and appear in the tree
- * as placeholders that only curvd_out_render() resolves.
- * Return: a new reference to a JSON array, or NULL with @p: INTERNAL (a
- * non-finite value, or one beyond float range for FP32), NO_MEMORY.
- */
-json_t *curvd_flat_to_json(const curv_layout *l, const double *flat, int dtype,
-                           enum curvd_encoding enc, struct curvd_out *o, struct curvd_problem *p);
-
-/*
- * curvd_out_render - dump @root (compact) and lay out the body in @o->iov.
- * @root may hold arrays from any number of curvd_flat_to_json() calls on
- * the same @o, each exactly once. Return 0; -1 with @p: INTERNAL (a
- * placeholder missing or used twice), NO_MEMORY.
- */
-int curvd_out_render(struct curvd_out *o, const json_t *root, struct curvd_problem *p);
-
-/* curvd_out_join - the rendered body as one malloc'd buffer of
- * @o->total_len bytes (caller frees), or NULL when out of memory. */
-unsigned char *curvd_out_join(const struct curvd_out *o);
+/* curvd_block_shape - the block's wire shape into @dims: [rows, cols] for
+ * a matrix, [n] for a vector; returns the number of dimensions. */
+size_t curvd_block_shape(const curv_block_info *b, size_t *dims);
 
 #endif

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "codec.h"
+#include "out.h"
 #include "handlers.h"
 #include "metrics.h"
 #include "step_decode.h"
@@ -30,22 +31,31 @@ void curvd_reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *r
                         p->detail);
 }
 
-/* The step's report: the optimizer, the update's norm and every figure
- * the optimizer reports. NULL when out of memory. */
-static json_t *report_json(const curv_opt *o, double grad_norm, const double *delta)
+/* The step's report: the optimizer, the update's norm and every finite
+ * figure the optimizer reports. */
+static void write_report(struct curvd_out *out, const curv_opt *o, double grad_norm,
+                         const double *delta)
 {
     size_t dim = curv_layout_dim(curv_opt_layout(o));
     double un = 0;
     for (size_t i = 0; i < dim; i++)
         un += delta[i] * delta[i];
-    json_t *r = json_pack("{s:s, s:f, s:f}", "optimizer", curv_opt_kind_name(curv_opt_kind_of(o)),
-                          "grad_norm", grad_norm, "update_norm", sqrt(un));
+    curvd_out_lit(out, "{\"optimizer\":");
+    curvd_out_string(out, curv_opt_kind_name(curv_opt_kind_of(o)));
+    curvd_out_lit(out, ",\"grad_norm\":");
+    curvd_out_real(out, grad_norm);
+    curvd_out_lit(out, ",\"update_norm\":");
+    curvd_out_real(out, sqrt(un));
     const curv_report_entry *ent;
     size_t n = curv_opt_report(o, &ent);
-    for (size_t i = 0; r && i < n; i++)
-        if (isfinite(ent[i].value) && json_object_set_new(r, ent[i].name, json_real(ent[i].value)))
-            r = (json_decref(r), NULL);
-    return r;
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(ent[i].value)) {
+            curvd_out_lit(out, ",");
+            curvd_out_string(out, ent[i].name);
+            curvd_out_lit(out, ":");
+            curvd_out_real(out, ent[i].value);
+        }
+    curvd_out_lit(out, "}");
 }
 
 static const char *callback_kind_name(curv_request_kind k)
@@ -63,7 +73,8 @@ void curvd_callback_url(const struct curvd_entry *e, char *buf, size_t cap)
 
 /* 200: {"step", "update": [...], "report": {...}}, the report also as
  * compact text in *@report (to store with the step); 202: {"step",
- * "callback": {"id", "kind", "vectors": [[...], ...]}, "report"}. */
+ * "callback": {"id", "kind", "url", "answer_values", "vectors": [[...],
+ * ...]}}. */
 static int encode_reply(const struct curvd_entry *e, const curv_request *req, const double *delta,
                         struct curvd_out *out, char **report, struct curvd_problem *p)
 {
@@ -71,41 +82,39 @@ static int encode_reply(const struct curvd_entry *e, const curv_request *req, co
     const struct curvd_pending *pd = &e->pend;
     const curv_layout *l = curv_opt_layout(o);
     enum curvd_encoding enc = (enum curvd_encoding)pd->encoding;
-    json_t *root = json_pack("{s:I}", "step", (json_int_t)pd->step);
-    if (!root)
-        return curvd_problem_set(p, CURVD_R_NO_MEMORY, "", NULL, NULL, "out of memory");
-    int rc = 0;
+    curvd_out_lit(out, "{\"step\":");
+    curvd_out_int(out, pd->step);
     if (!req) {
-        json_t *upd = curvd_flat_to_json(l, delta, pd->dtype, enc, out, p);
-        rc = upd ? json_object_set_new(root, "update", upd) : -1;
-        json_t *rep = report_json(o, pd->grad_norm, delta);
-        *report = rep ? json_dumps(rep, JSON_COMPACT) : NULL;
-        if (rc == 0 && *report) {
-            rc = json_object_set_new(root, "report", rep);
-        } else {
-            json_decref(rep);
-            rc = -1;
-        }
+        curvd_out_lit(out, ",\"update\":");
+        if (curvd_out_tensors(out, l, delta, pd->dtype, enc, p))
+            return -1;
+        curvd_out_lit(out, ",\"report\":");
+        size_t at = out->len;
+        write_report(out, o, pd->grad_norm, delta);
+        if (!out->nomem && !(*report = strndup(out->buf + at, out->len - at)))
+            out->nomem = 1;
     } else {
-        char id[24], url[160];
-        snprintf(id, sizeof id, "%llu", (unsigned long long)req->seq);
+        char url[160];
         curvd_callback_url(e, url, sizeof url); /* e->pend.req is @req */
-        json_t *vecs = json_array();
-        json_t *cb =
-            json_pack("{s:s, s:s, s:s, s:I, s:o}", "id", id, "kind", callback_kind_name(req->kind),
-                      "url", url, "answer_values", (json_int_t)req->n_values, "vectors", vecs);
-        rc = cb ? json_object_set_new(root, "callback", cb) : -1;
-        for (size_t i = 0; rc == 0 && i < req->n_vectors; i++) {
-            json_t *v = curvd_flat_to_json(l, req->vectors + i * req->dim, pd->dtype, enc, out, p);
-            rc = v ? json_array_append_new(vecs, v) : -1;
+        curvd_out_lit(out, ",\"callback\":{\"id\":\"");
+        curvd_out_int(out, (long long)req->seq);
+        curvd_out_lit(out, "\",\"kind\":");
+        curvd_out_string(out, callback_kind_name(req->kind));
+        curvd_out_lit(out, ",\"url\":");
+        curvd_out_string(out, url);
+        curvd_out_lit(out, ",\"answer_values\":");
+        curvd_out_int(out, (long long)req->n_values);
+        curvd_out_lit(out, ",\"vectors\":[");
+        for (size_t i = 0; i < req->n_vectors; i++) {
+            if (i)
+                curvd_out_lit(out, ",");
+            if (curvd_out_tensors(out, l, req->vectors + i * req->dim, pd->dtype, enc, p))
+                return -1;
         }
+        curvd_out_lit(out, "]}");
     }
-    if (rc == 0)
-        rc = curvd_out_render(out, root, p);
-    json_decref(root);
-    if (rc != 0)
-        curvd_problem_set(p, CURVD_R_NO_MEMORY, "", NULL, NULL, "out of memory");
-    return rc;
+    curvd_out_lit(out, "}");
+    return curvd_out_finish(out, p);
 }
 
 /* Content type of a stored reply; binary replies carry their JSON length. */
@@ -225,9 +234,9 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
     const struct curvd_pending *pd = &e->pend;
     struct step_job *j = calloc(1, sizeof *j);
     if (j) {
-        j->body = curvd_out_join(out);
-        j->body_len = out->total_len;
+        j->body_len = out->len;
         j->json_len = out->json_len;
+        j->body = curvd_out_take(out);
     }
     curvd_timing_lap(rp, CURVD_T_ENCODE);
     if (!j || !j->body ||
@@ -269,21 +278,22 @@ static void reply_callback(const struct curvd_req *rq, struct curvd_reply *rp,
 {
     struct curvd_pending *pd = &e->pend;
     int binary = pd->encoding == CURVD_ENC_BINARY;
-    unsigned char *body = curvd_out_join(out), *copy = body ? malloc(out->total_len) : NULL;
-    if (!copy) {
-        free(body);
+    size_t len = out->len;
+    unsigned char *copy = malloc(len ? len : 1), *body = copy ? curvd_out_take(out) : NULL;
+    if (!body) {
+        free(copy);
         curv_opt_cancel(e->opt);
         curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
         return;
     }
-    memcpy(copy, body, out->total_len);
+    memcpy(copy, body, len);
     free(pd->last);
     pd->last = copy;
-    pd->last_len = out->total_len;
+    pd->last_len = len;
     pd->last_json_len = binary ? out->json_len : 0;
     rp->json_header_len = pd->last_json_len;
     curvd_reply_bytes(rp, 202, binary ? "application/octet-stream" : "application/json",
-                      (char *)body, out->total_len);
+                      (char *)body, len);
     curvd_callback_url(e, rp->location, sizeof rp->location); /* the callback's "url" */
 }
 

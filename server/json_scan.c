@@ -982,12 +982,15 @@ int curvd_b64_decode(const char *s, size_t n, unsigned char *out, size_t want, c
     return 0;
 }
 
-char *curvd_render_numbers(const double *x, size_t n, int dtype, size_t *len)
+size_t curvd_numbers_bound(size_t n, int dtype)
 {
     size_t per = (dtype == CURV_F32 ? CURVD_F32_CHARS : CURVD_F64_CHARS) + 1;
-    char *s = malloc(n * per + 3), *q = s;
-    if (!s)
-        return NULL;
+    return n <= (SIZE_MAX - 2) / per ? n * per + 2 : SIZE_MAX;
+}
+
+size_t curvd_render_numbers(char *dst, const double *x, size_t n, int dtype)
+{
+    char *q = dst;
     *q++ = '[';
     for (size_t i = 0; i < n; i++) {
         if (i)
@@ -995,38 +998,39 @@ char *curvd_render_numbers(const double *x, size_t n, int dtype, size_t *len)
         q += dtype == CURV_F32 ? curvd_fmt_f32(q, (float)x[i]) : curvd_fmt_f64(q, x[i]);
     }
     *q++ = ']';
-    *len = (size_t)(q - s);
-    return s;
+    return (size_t)(q - dst);
 }
 
-/* The base64 of the block's bytes, quoted as a JSON string. */
-char *curvd_render_b64(const double *x, size_t n, int dtype, size_t *len)
+size_t curvd_b64_bound(size_t n, int dtype)
+{
+    size_t bytes = n * (dtype == CURV_F32 ? 4u : 8u);
+    return n <= SIZE_MAX / 16 ? (bytes + 2) / 3 * 4 + 2 : SIZE_MAX;
+}
+
+/* The little-endian bytes go through a stack buffer whose size is a
+ * multiple of 3 (whole base64 groups) and of 8 (whole values). */
+size_t curvd_render_b64(char *dst, const double *x, size_t n, int dtype)
 {
     static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t bytes = n * (dtype == CURV_F32 ? 4u : 8u), i, k = 0;
-    unsigned char *b = malloc(bytes ? bytes : 1);
-    char *s = malloc((bytes + 2) / 3 * 4 + 3);
-    if (!b || !s) {
-        free(b);
-        free(s);
-        return NULL;
+    unsigned char b[768];
+    size_t per = dtype == CURV_F32 ? 4u : 8u, chunk = sizeof b / per, k = 0;
+    dst[k++] = '"';
+    for (size_t at = 0; at < n; at += chunk) {
+        size_t m = n - at < chunk ? n - at : chunk, bytes = m * per, i;
+        curvd_le_encode(x + at, m, dtype, b);
+        for (i = 0; i + 2 < bytes; i += 3) {
+            uint32_t v = (uint32_t)b[i] << 16 | (uint32_t)b[i + 1] << 8 | b[i + 2];
+            for (int j = 18; j >= 0; j -= 6)
+                dst[k++] = alpha[(v >> j) & 63];
+        }
+        if (i < bytes) { /* only in the last chunk */
+            uint32_t v = (uint32_t)b[i] << 16 | (i + 1 < bytes ? (uint32_t)b[i + 1] << 8 : 0);
+            dst[k++] = alpha[v >> 18];
+            dst[k++] = alpha[(v >> 12) & 63];
+            dst[k++] = i + 1 < bytes ? alpha[(v >> 6) & 63] : '=';
+            dst[k++] = '=';
+        }
     }
-    curvd_le_encode(x, n, dtype, b);
-    s[k++] = '"';
-    for (i = 0; i + 2 < bytes; i += 3) {
-        uint32_t v = (uint32_t)b[i] << 16 | (uint32_t)b[i + 1] << 8 | b[i + 2];
-        for (int j = 18; j >= 0; j -= 6)
-            s[k++] = alpha[(v >> j) & 63];
-    }
-    if (i < bytes) {
-        uint32_t v = (uint32_t)b[i] << 16 | (i + 1 < bytes ? (uint32_t)b[i + 1] << 8 : 0);
-        s[k++] = alpha[v >> 18];
-        s[k++] = alpha[(v >> 12) & 63];
-        s[k++] = i + 1 < bytes ? alpha[(v >> 6) & 63] : '=';
-        s[k++] = '=';
-    }
-    s[k++] = '"';
-    free(b);
-    *len = k;
-    return s;
+    dst[k++] = '"';
+    return k;
 }

@@ -108,9 +108,12 @@ int curvd_b64_check(const char *s, size_t n, size_t want, const char *path,
                     struct curvd_problem *p);
 
 /* curvd_render_numbers - "[x0,x1,...]" (FP32: 9 digits, FP64: 17), or
- * curvd_render_b64 - the quoted base64 of the little-endian bytes.
- * Return a malloc'd text of *@len bytes (no NUL), or NULL. */
-char *curvd_render_numbers(const double *x, size_t n, int dtype, size_t *len);
-char *curvd_render_b64(const double *x, size_t n, int dtype, size_t *len);
+ * curvd_render_b64 - the quoted base64 of the little-endian bytes, into
+ * @dst, which has room for curvd_numbers_bound() / curvd_b64_bound()
+ * bytes (SIZE_MAX when that overflows). Return the bytes written (no NUL). */
+size_t curvd_numbers_bound(size_t n, int dtype);
+size_t curvd_render_numbers(char *dst, const double *x, size_t n, int dtype);
+size_t curvd_b64_bound(size_t n, int dtype);
+size_t curvd_render_b64(char *dst, const double *x, size_t n, int dtype);
 
 #endif

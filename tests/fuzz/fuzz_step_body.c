@@ -21,7 +21,7 @@
  *    accepts a body the daemon must too (unless the body uses the reserved
  *    key, or holds a NUL that jansson skips), with the same numbers;
  *  - encode round trip: the gradients (and params) rendered by
- *    curvd_flat_to_json + curvd_out_render + curvd_out_join, in every
+ *    curvd_out_tensors + curvd_out_finish, in every
  *    encoding and the request's datatypes, decode again (daemon: same bits;
  *    oracle: same numbers).
  */
@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "codec.h"
+#include "out.h"
 #include "curv.h"
 #include "step_decode.h"
 
@@ -218,37 +219,31 @@ static void round_trip(const double *g, const double *theta, int with_params, in
     cur_dtype = dtype;
     curvd_out_init(&out);
     curvd_problem_init(&p);
-    json_t *ga = curvd_flat_to_json(layout, g, dtype, enc, &out, &p);
-    if (!ga)
-        FAIL("curvd_flat_to_json(gradients, enc %d): %s", (int)enc, p.detail);
-    json_t *root =
-        json_pack("{s:I, s:o, s:f}", "step", (json_int_t)7, "gradients", ga, "loss", 0.5);
-    if (!root)
-        FAIL("json_pack");
+    curvd_out_lit(&out, "{\"step\":7,\"gradients\":");
+    if (curvd_out_tensors(&out, layout, g, dtype, enc, &p))
+        FAIL("curvd_out_tensors(gradients, enc %d): %s", (int)enc, p.detail);
+    curvd_out_lit(&out, ",\"loss\":");
+    curvd_out_real(&out, 0.5);
     if (with_params) {
-        json_t *pa = curvd_flat_to_json(layout, theta, dtype, enc, &out, &p);
-        if (!pa)
-            FAIL("curvd_flat_to_json(params, enc %d): %s", (int)enc, p.detail);
-        if (json_object_set_new(root, "params", pa))
-            FAIL("json_object_set_new");
+        curvd_out_lit(&out, ",\"params\":");
+        if (curvd_out_tensors(&out, layout, theta, dtype, enc, &p))
+            FAIL("curvd_out_tensors(params, enc %d): %s", (int)enc, p.detail);
     }
-    if (curvd_out_render(&out, root, &p) != 0)
-        FAIL("curvd_out_render(enc %d): %s", (int)enc, p.detail);
-    json_decref(root);
-    if (out.json_len > out.total_len)
-        FAIL("json_len %zu > total_len %zu", out.json_len, out.total_len);
-    if ((enc == CURVD_ENC_BINARY) != (out.total_len > out.json_len))
-        FAIL("binary tail of %zu bytes with encoding %d", out.total_len - out.json_len, (int)enc);
-    unsigned char *body = curvd_out_join(&out);
-    if (!body)
-        FAIL("curvd_out_join");
+    curvd_out_lit(&out, "}");
+    if (curvd_out_finish(&out, &p) != 0)
+        FAIL("curvd_out_finish(enc %d): %s", (int)enc, p.detail);
+    if (out.json_len > out.len)
+        FAIL("json_len %zu > len %zu", out.json_len, out.len);
+    if ((enc == CURVD_ENC_BINARY) != (out.len > out.json_len))
+        FAIL("binary tail of %zu bytes with encoding %d", out.len - out.json_len, (int)enc);
+    unsigned char *body = curvd_out_take(&out);
     int binary = enc == CURVD_ENC_BINARY;
     for (int daemon = 1; daemon >= 0; daemon--) {
         struct decoded d;
         curvd_problem_init(&p);
-        int rc = daemon ? daemon_decode(body, out.total_len, binary, out.json_len,
+        int rc = daemon ? daemon_decode(body, out.len, binary, out.json_len,
                                         "application/json", &d, &p)
-                        : oracle_decode(body, out.total_len, binary, out.json_len, &d, &p);
+                        : oracle_decode(body, out.len, binary, out.json_len, &d, &p);
         if (rc)
             FAIL("re-decoding our own %s body (enc %d, %s) fails: %s %s at %s: %.*s",
                  dtype == CURV_F32 ? "FP32" : "FP64", (int)enc, daemon ? "daemon" : "oracle",

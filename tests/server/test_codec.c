@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "codec.h"
+#include "out.h"
 #include "json_scan.h"
 #include "testutil.h"
 
@@ -1331,17 +1332,17 @@ static void roundtrip(int dtype, enum curvd_encoding enc)
     struct curvd_problem p;
     curvd_out_init(&o);
     curvd_problem_init(&p);
-    json_t *arr = curvd_flat_to_json(l, flat, dtype, enc, &o, &p);
-    assert_non_null(arr);
-    json_t *root = json_pack("{sIso}", "step", (json_int_t)3, "update", arr);
-    assert_int_equal(curvd_out_render(&o, root, &p), 0);
-    json_decref(root);
-    unsigned char *body = curvd_out_join(&o);
+    curvd_out_lit(&o, "{\"step\":3,\"update\":");
+    assert_int_equal(curvd_out_tensors(&o, l, flat, dtype, enc, &p), 0);
+    curvd_out_lit(&o, "}");
+    assert_int_equal(curvd_out_finish(&o, &p), 0);
+    size_t total = o.len;
+    unsigned char *body = curvd_out_take(&o);
     assert_non_null(body);
     if (enc == CURVD_ENC_BINARY)
-        assert_int_equal(o.total_len - o.json_len, dim * (dtype == CURV_F32 ? 4 : 8));
+        assert_int_equal(total - o.json_len, dim * (dtype == CURV_F32 ? 4 : 8));
     else
-        assert_int_equal(o.total_len, o.json_len);
+        assert_int_equal(total, o.json_len);
     /* The JSON part is valid JSON on its own. */
     json_error_t je;
     json_t *check = json_loadb((const char *)body, o.json_len, 0, &je);
@@ -1354,7 +1355,7 @@ static void roundtrip(int dtype, enum curvd_encoding enc)
     struct curvd_binary bin;
     struct curvd_tensor *t;
     size_t n;
-    assert_int_equal(curvd_binary_init(&bin, body, o.total_len, o.json_len, &p), 0);
+    assert_int_equal(curvd_binary_init(&bin, body, total, o.json_len, &p), 0);
     assert_int_equal(curvd_json_parse((const char *)body, o.json_len, &doc, &p), 0);
     assert_int_equal(curvd_tensors_decode(json_object_get(curvd_doc_root(doc), "update"), "/update",
                                           doc, enc == CURVD_ENC_BINARY ? &bin : NULL, SIZE_MAX, &t,
@@ -1392,6 +1393,17 @@ static void test_roundtrip_all_encodings(void **state)
     }
 }
 
+/* Finish @o and compare the whole body with @want. */
+static void expect_body(struct curvd_out *o, const char *want)
+{
+    assert_int_equal(curvd_out_finish(o, NULL), 0);
+    if (o->len != strlen(want) || memcmp(o->buf, want, o->len) != 0)
+        print_error("got  %.*s\nwant %s\n", (int)o->len, o->buf, want);
+    assert_int_equal(o->len, strlen(want));
+    assert_memory_equal(o->buf, want, o->len);
+    curvd_out_clear(o);
+}
+
 static void test_render_output(void **state)
 {
     (void)state;
@@ -1401,53 +1413,112 @@ static void test_render_output(void **state)
     struct curvd_out o;
     struct curvd_problem p;
     curvd_out_init(&o);
-    json_t *arr = curvd_flat_to_json(l, x, CURV_F32, CURVD_ENC_JSON, &o, &p);
-    assert_int_equal(curvd_out_render(&o, arr, &p), 0);
-    unsigned char *b = curvd_out_join(&o);
-    const char *want = "[{\"name\":\"v\",\"shape\":[4],\"datatype\":\"FP32\","
-                       "\"data\":[0.100000001,1,-0,9.99999975e-06]}]";
-    assert_int_equal(o.total_len, strlen(want));
-    assert_memory_equal(b, want, strlen(want));
-    free(b);
-    json_decref(arr);
-    curvd_out_clear(&o);
-
-    arr = curvd_flat_to_json(l, x, CURV_F64, CURVD_ENC_B64, &o, &p);
-    assert_int_equal(curvd_out_render(&o, arr, &p), 0);
-    b = curvd_out_join(&o);
-    want = "[{\"name\":\"v\",\"shape\":[4],\"datatype\":\"FP64\",\"data\":{\"b64\":"
-           "\"mpmZmZmZuT8AAAAAAADwPwAAAAAAAACA8WjjiLX45D4=\"}}]";
-    assert_int_equal(o.total_len, strlen(want));
-    assert_memory_equal(b, want, strlen(want));
-    free(b);
-    /* A placeholder used twice, or missing, is the daemon's bug. */
-    json_t *twice = json_pack("[OO]", arr, arr);
     curvd_problem_init(&p);
-    assert_int_equal(curvd_out_render(&o, twice, &p), -1);
-    assert_string_equal(p.reason, "INTERNAL");
-    json_decref(twice);
-    json_t *none = json_object();
-    curvd_problem_init(&p);
-    assert_int_equal(curvd_out_render(&o, none, &p), -1);
-    assert_string_equal(p.reason, "INTERNAL");
-    json_decref(none);
-    json_decref(arr);
-    curvd_out_clear(&o);
+    assert_int_equal(curvd_out_tensors(&o, l, x, CURV_F32, CURVD_ENC_JSON, &p), 0);
+    expect_body(&o, "[{\"name\":\"v\",\"shape\":[4],\"datatype\":\"FP32\","
+                    "\"data\":[0.100000001,1,-0,9.99999975e-06]}]");
 
-    /* Values the wire type cannot carry. */
+    assert_int_equal(curvd_out_tensors(&o, l, x, CURV_F64, CURVD_ENC_B64, &p), 0);
+    expect_body(&o, "[{\"name\":\"v\",\"shape\":[4],\"datatype\":\"FP64\",\"data\":{\"b64\":"
+                    "\"mpmZmZmZuT8AAAAAAADwPwAAAAAAAACA8WjjiLX45D4=\"}}]");
+
+    /* Values the wire type cannot carry: refused, nothing written. */
     double bad[4] = {1, 2, NAN, 4};
-    curvd_problem_init(&p);
-    assert_null(curvd_flat_to_json(l, bad, CURV_F64, CURVD_ENC_JSON, &o, &p));
+    curvd_out_lit(&o, "{");
+    assert_int_equal(curvd_out_tensors(&o, l, bad, CURV_F64, CURVD_ENC_JSON, &p), -1);
     assert_string_equal(p.reason, "INTERNAL");
+    assert_int_equal(o.len, 1);
     double big[4] = {1, 2, 3, 1e39};
     curvd_problem_init(&p);
-    assert_null(curvd_flat_to_json(l, big, CURV_F32, CURVD_ENC_BINARY, &o, &p));
+    assert_int_equal(curvd_out_tensors(&o, l, big, CURV_F32, CURVD_ENC_BINARY, &p), -1);
     assert_string_equal(p.reason, "INTERNAL");
-    arr = curvd_flat_to_json(l, big, CURV_F64, CURVD_ENC_BINARY, &o, &p);
-    assert_non_null(arr);
-    json_decref(arr);
+    assert_int_equal(o.len, 1);
+    curvd_out_clear(&o);
+    curvd_problem_init(&p);
+    assert_int_equal(curvd_out_tensors(&o, l, big, CURV_F64, CURVD_ENC_BINARY, &p), 0);
     curvd_out_clear(&o);
     curv_layout_free(l);
+}
+
+/* Two binary tensor arrays (a callback's vectors): the JSON first, then
+ * both arrays' bytes in the order they were written. */
+static void test_render_binary_tail_order(void **state)
+{
+    (void)state;
+    curv_layout *l = curv_layout_new();
+    assert_int_equal(curv_layout_add_vector(l, "a", 2, NULL), CURV_OK);
+    assert_int_equal(curv_layout_add_dense(l, "w", 1, 1, 1, NULL), CURV_OK);
+    double u[4] = {1, 2, 3, 4}, v[4] = {-1, 0.5, 0.25, 8};
+    struct curvd_out o;
+    curvd_out_init(&o);
+    curvd_out_lit(&o, "[");
+    assert_int_equal(curvd_out_tensors(&o, l, u, CURV_F64, CURVD_ENC_BINARY, NULL), 0);
+    curvd_out_lit(&o, ",");
+    assert_int_equal(curvd_out_tensors(&o, l, v, CURV_F32, CURVD_ENC_BINARY, NULL), 0);
+    curvd_out_lit(&o, "]");
+    assert_int_equal(curvd_out_finish(&o, NULL), 0);
+    const char *json = "[[{\"name\":\"a\",\"shape\":[2],\"datatype\":\"FP64\",\"parameters\":"
+                       "{\"binary_data_size\":16}},{\"name\":\"w\",\"shape\":[1,2],\"datatype\":"
+                       "\"FP64\",\"parameters\":{\"binary_data_size\":16}}],[{\"name\":\"a\","
+                       "\"shape\":[2],\"datatype\":\"FP32\",\"parameters\":{\"binary_data_size\":8}},"
+                       "{\"name\":\"w\",\"shape\":[1,2],\"datatype\":\"FP32\",\"parameters\":"
+                       "{\"binary_data_size\":8}}]]";
+    assert_int_equal(o.json_len, strlen(json));
+    assert_memory_equal(o.buf, json, o.json_len);
+    assert_int_equal(o.len, o.json_len + 32 + 16);
+    const unsigned char *t = (const unsigned char *)o.buf + o.json_len;
+    for (int i = 0; i < 4; i++) {
+        double d;
+        memcpy(&d, t + 8 * i, 8); /* the test machine is little-endian, as the wire */
+        assert_true(d == u[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        float f;
+        memcpy(&f, t + 32 + 4 * i, 4);
+        assert_true(f == (float)v[i]);
+    }
+    size_t len = o.len;
+    unsigned char *b = curvd_out_take(&o);
+    assert_null(o.buf);
+    assert_int_equal(o.len, len);
+    free(b);
+    curvd_out_clear(&o);
+    curv_layout_free(l);
+}
+
+/* Strings and numbers as jansson writes them (jansson is the reference). */
+static void test_render_scalars_like_jansson(void **state)
+{
+    (void)state;
+    static const char *const strs[] = {"plain", "q\"uo\\te", "\b\f\n\r\t", "\x01\x1f\x7f",
+                                       "caf\xc3\xa9 \xe2\x80\xa8", "/slash", ""};
+    static const double reals[] = {0.0,   -0.0,   1.0,     0.1,     1e20,    1e-5,  123456789.0,
+                                   1e300, 5e-324, -2.5e-8, 1.0/3.0, 1e16,    1e17,  DBL_MAX,
+                                   -1e-300, 100.0, 12345678901234567.0};
+    struct curvd_out o;
+    curvd_out_init(&o);
+    for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
+        json_t *j = json_string(strs[i]);
+        char *want = json_dumps(j, JSON_ENCODE_ANY);
+        curvd_out_string(&o, strs[i]);
+        expect_body(&o, want);
+        free(want);
+        json_decref(j);
+    }
+    for (size_t i = 0; i < sizeof reals / sizeof *reals; i++) {
+        json_t *j = json_real(reals[i]);
+        char *want = json_dumps(j, JSON_ENCODE_ANY);
+        curvd_out_real(&o, reals[i]);
+        expect_body(&o, want);
+        free(want);
+        json_decref(j);
+    }
+    curvd_out_real(&o, INFINITY);
+    curvd_out_lit(&o, ",");
+    curvd_out_real(&o, NAN);
+    curvd_out_lit(&o, ",");
+    curvd_out_int(&o, -9223372036854775807LL - 1);
+    expect_body(&o, "null,null,-9223372036854775808");
 }
 
 /* ---- timings (printed, not asserted) --------------------------------------- */
@@ -1469,16 +1540,17 @@ static void test_timing(void **state)
             struct curvd_out o;
             curvd_out_init(&o);
             double t0 = now_s();
-            json_t *arr = curvd_flat_to_json(l, x, dt, (enum curvd_encoding)e, &o, NULL);
-            assert_int_equal(curvd_out_render(&o, arr, NULL), 0);
+            assert_int_equal(curvd_out_tensors(&o, l, x, dt, (enum curvd_encoding)e, NULL), 0);
+            assert_int_equal(curvd_out_finish(&o, NULL), 0);
             double t1 = now_s();
-            unsigned char *body = curvd_out_join(&o);
+            size_t total = o.len;
+            unsigned char *body = curvd_out_take(&o);
             struct curvd_doc *doc;
             struct curvd_binary bin;
             struct curvd_tensor *t;
             size_t n;
             double t2 = now_s();
-            assert_int_equal(curvd_binary_init(&bin, body, o.total_len, o.json_len, NULL), 0);
+            assert_int_equal(curvd_binary_init(&bin, body, total, o.json_len, NULL), 0);
             assert_int_equal(curvd_json_parse((const char *)body, o.json_len, &doc, NULL), 0);
             double t25 = now_s();
             assert_int_equal(
@@ -1488,7 +1560,7 @@ static void test_timing(void **state)
             print_message("%s %-6s 1e6 values: encode %.4f s, parse %.4f s + decode %.4f s "
                           "(%zu bytes)\n",
                           dt == CURV_F32 ? "FP32" : "FP64", names[e], t1 - t0, t25 - t2, t3 - t25,
-                          o.total_len);
+                          total);
             if (e == CURVD_ENC_JSON) {
                 /* The same text through jansson alone. */
                 json_error_t je;
@@ -1505,7 +1577,6 @@ static void test_timing(void **state)
             curvd_tensors_free(t, n);
             curvd_doc_free(doc);
             free(body);
-            json_decref(arr);
             curvd_out_clear(&o);
         }
     }
@@ -1539,6 +1610,8 @@ int main(void)
         cmocka_unit_test(test_tensors_decode_paths),
         cmocka_unit_test(test_roundtrip_all_encodings),
         cmocka_unit_test(test_render_output),
+        cmocka_unit_test(test_render_binary_tail_order),
+        cmocka_unit_test(test_render_scalars_like_jansson),
         cmocka_unit_test(test_timing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
