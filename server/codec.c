@@ -15,7 +15,6 @@
 
 #include "json_scan.h"
 
-
 /* Shapes and sizes arrive as json_int_t and are kept as size_t. */
 _Static_assert(sizeof(size_t) >= sizeof(json_int_t), "size_t narrower than json_int_t");
 
@@ -473,7 +472,8 @@ static int validate_blocks(const curv_layout *l, const struct curvd_tensor *t, s
         if (t[i].dtype != t[0].dtype) {
             snprintf(sub, sizeof sub, "%s/%zu/datatype", path, i);
             return curvd_problem_set(p, CURVD_R_BAD_DATATYPE, sub, curvd_dtype_name(t[0].dtype),
-                                     curvd_dtype_name(t[i].dtype), "all tensors must share a datatype");
+                                     curvd_dtype_name(t[i].dtype),
+                                     "all tensors must share a datatype");
         }
         curv_layout_block(l, (size_t)k, &b);
         if (check_block(&b, &t[i], path, i, p))

@@ -13,9 +13,10 @@
 #include <string.h>
 
 #include "codec.h"
-#include "out.h"
 #include "handlers.h"
+#include "json_scan.h"
 #include "metrics.h"
+#include "out.h"
 #include "step_decode.h"
 #include "steps.h"
 #include "store.h"
@@ -31,134 +32,6 @@ void curvd_reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *r
                         p->detail);
 }
 
-/* The step's report: the optimizer, the update's norm and every finite
- * figure the optimizer reports. */
-static void write_report(struct curvd_out *out, const curv_opt *o, double grad_norm,
-                         const double *delta)
-{
-    size_t dim = curv_layout_dim(curv_opt_layout(o));
-    double un = 0;
-    for (size_t i = 0; i < dim; i++)
-        un += delta[i] * delta[i];
-    curvd_out_lit(out, "{\"optimizer\":");
-    curvd_out_string(out, curv_opt_kind_name(curv_opt_kind_of(o)));
-    curvd_out_lit(out, ",\"grad_norm\":");
-    curvd_out_real(out, grad_norm);
-    curvd_out_lit(out, ",\"update_norm\":");
-    curvd_out_real(out, sqrt(un));
-    const curv_report_entry *ent;
-    size_t n = curv_opt_report(o, &ent);
-    for (size_t i = 0; i < n; i++)
-        if (isfinite(ent[i].value)) {
-            curvd_out_lit(out, ",");
-            curvd_out_string(out, ent[i].name);
-            curvd_out_lit(out, ":");
-            curvd_out_real(out, ent[i].value);
-        }
-    curvd_out_lit(out, "}");
-}
-
-static const char *callback_kind_name(curv_request_kind k)
-{
-    return k == CURV_REQ_CURVATURE_PRODUCT ? "curvature_product"
-           : k == CURV_REQ_LOSS            ? "loss"
-                                           : "quadratic_form";
-}
-
-void curvd_callback_url(const struct curvd_entry *e, char *buf, size_t cap)
-{
-    snprintf(buf, cap, "/v1/sessions/%s/steps/%lld/callbacks/%llu", e->id, e->pend.step,
-             (unsigned long long)e->pend.req.seq);
-}
-
-/* 200: {"step", "update": [...], "report": {...}}, the report also as
- * compact text in *@report (to store with the step); 202: {"step",
- * "callback": {"id", "kind", "url", "answer_values", "vectors": [[...],
- * ...]}}. */
-static int encode_reply(const struct curvd_entry *e, const curv_request *req, const double *delta,
-                        struct curvd_out *out, char **report, struct curvd_problem *p)
-{
-    const curv_opt *o = e->opt;
-    const struct curvd_pending *pd = &e->pend;
-    const curv_layout *l = curv_opt_layout(o);
-    enum curvd_encoding enc = (enum curvd_encoding)pd->encoding;
-    curvd_out_lit(out, "{\"step\":");
-    curvd_out_int(out, pd->step);
-    if (!req) {
-        curvd_out_lit(out, ",\"update\":");
-        if (curvd_out_tensors(out, l, delta, pd->dtype, enc, p))
-            return -1;
-        curvd_out_lit(out, ",\"report\":");
-        size_t at = out->len;
-        write_report(out, o, pd->grad_norm, delta);
-        if (!out->nomem && !(*report = strndup(out->buf + at, out->len - at)))
-            out->nomem = 1;
-    } else {
-        char url[160];
-        curvd_callback_url(e, url, sizeof url); /* e->pend.req is @req */
-        curvd_out_lit(out, ",\"callback\":{\"id\":\"");
-        curvd_out_int(out, (long long)req->seq);
-        curvd_out_lit(out, "\",\"kind\":");
-        curvd_out_string(out, callback_kind_name(req->kind));
-        curvd_out_lit(out, ",\"url\":");
-        curvd_out_string(out, url);
-        curvd_out_lit(out, ",\"answer_values\":");
-        curvd_out_int(out, (long long)req->n_values);
-        curvd_out_lit(out, ",\"vectors\":[");
-        for (size_t i = 0; i < req->n_vectors; i++) {
-            if (i)
-                curvd_out_lit(out, ",");
-            if (curvd_out_tensors(out, l, req->vectors + i * req->dim, pd->dtype, enc, p))
-                return -1;
-        }
-        curvd_out_lit(out, "]}");
-    }
-    curvd_out_lit(out, "}");
-    return curvd_out_finish(out, p);
-}
-
-/* Content type of a stored reply; binary replies carry their JSON length. */
-static void reply_type(int binary, size_t json_len, char *buf, size_t cap)
-{
-    if (binary)
-        snprintf(buf, cap, "application/octet-stream; json-header=%zu", json_len);
-    else
-        snprintf(buf, cap, "application/json");
-}
-
-static void reply_stored(struct curvd_reply *rp, struct curvd_step_response *r)
-{
-    const char *jh = strstr(r->content_type, "json-header=");
-    rp->json_header_len = jh ? (size_t)strtoull(jh + 12, NULL, 10) : 0;
-    curvd_reply_owned(rp, 200, jh ? "application/octet-stream" : "application/json", r->body,
-                      r->body_len, sqlite3_free);
-    r->body = NULL;
-}
-
-/* The latest step posted again: its stored reply, byte for byte. */
-void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                       const struct curvd_entry *e, long long cur)
-{
-    struct curvd_step_response r = {0};
-    char err[256];
-    int st = curvd_store_get_response(srv->store, rq->tenant, e->id, &r, err, sizeof err);
-    if (st == CURVD_STORE_OK) {
-        reply_stored(rp, &r);
-    } else if (st == CURVD_STORE_NOT_FOUND) { /* imported at this step: no reply to replay */
-        char want[32], got[32];
-        snprintf(want, sizeof want, "%lld", cur + 1);
-        snprintf(got, sizeof got, "%lld", cur);
-        struct curvd_field_error fe = {"/step", want, got};
-        curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", &fe, 1,
-                            "step %lld has no stored reply (the session was imported at it): "
-                            "post step %lld",
-                            cur, cur + 1);
-    } else {
-        curvd_reply_store_error(rp, rq, st, err);
-    }
-    curvd_step_response_clear(&r);
-}
-
 /* A step waiting for its commit: what the commit borrows, and what the
  * reply and the session need once it is durable. */
 struct step_job {
@@ -168,7 +41,7 @@ struct step_job {
     const struct curvd_req *rq;
     struct curvd_reply *rp;
     struct curvd_entry *e;
-    unsigned char *body, *blob;
+    unsigned char *body, *blob, *wire;
     curv_state_part *parts;
     size_t body_len, json_len, len, n_parts;
     char *report;
@@ -178,6 +51,7 @@ struct step_job {
 static void step_job_free(struct step_job *j)
 {
     free(j->body);
+    free(j->wire);
     curv_free(j->blob);
     curv_free(j->parts);
     free(j->report);
@@ -224,22 +98,43 @@ static void step_committed(struct curvd_commit_job *job)
     curvd_http_finish(srv, rq);
 }
 
+/* The update as stored (curvd_stored_type()): a binary reply's tail is
+ * exactly that, other encodings get it written out. */
+static int stored_update(struct step_job *j, const struct curvd_entry *e, const double *delta,
+                         const void **bytes, size_t *len)
+{
+    const struct curvd_pending *pd = &e->pend;
+    size_t dim = curv_layout_dim(curv_opt_layout(e->opt));
+    *len = dim * curvd_dtype_size(pd->dtype);
+    if (pd->encoding == CURVD_ENC_BINARY) {
+        *bytes = j->body + j->json_len;
+        return 0;
+    }
+    if (!(j->wire = malloc(*len ? *len : 1)))
+        return -1;
+    curvd_le_encode(delta, dim, pd->dtype, j->wire);
+    *bytes = j->wire;
+    return 0;
+}
+
 /* Save the stepped state (the parts that changed since the session's last
  * commit) and hand it with its reply to the group commit; the reply is
  * deferred until the commit is durable (step_committed). */
 static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
                              struct curvd_reply *rp, struct curvd_entry *e, struct curvd_out *out,
-                             char **report)
+                             char **report, const double *delta)
 {
     const struct curvd_pending *pd = &e->pend;
     struct step_job *j = calloc(1, sizeof *j);
+    const void *wire = NULL;
+    size_t wire_len = 0;
     if (j) {
         j->body_len = out->len;
         j->json_len = out->json_len;
         j->body = curvd_out_take(out);
     }
     curvd_timing_lap(rp, CURVD_T_ENCODE);
-    if (!j || !j->body ||
+    if (!j || !j->body || stored_update(j, e, delta, &wire, &wire_len) != 0 ||
         curv_opt_save_parts(e->opt, &j->blob, &j->len, &j->parts, &j->n_parts, NULL) != CURV_OK) {
         if (j)
             step_job_free(j);
@@ -248,7 +143,7 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
         return;
     }
     curvd_timing_lap(rp, CURVD_T_SAVE);
-    reply_type(pd->encoding == CURVD_ENC_BINARY, j->json_len, j->ctype, sizeof j->ctype);
+    curvd_stored_type(j->ctype, sizeof j->ctype, pd->dtype, (enum curvd_encoding)pd->encoding);
     j->report = *report;
     *report = NULL;
     j->c = (struct curvd_step_commit){.step = pd->step,
@@ -259,8 +154,8 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
                                                 .stored = e->committed.p,
                                                 .n_stored = e->committed.n},
                                       .content_type = j->ctype,
-                                      .response = j->body,
-                                      .response_len = j->body_len,
+                                      .response = wire,
+                                      .response_len = wire_len,
                                       .report = j->report};
     j->srv = srv;
     j->rq = rq;
@@ -322,21 +217,29 @@ void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
         reply_step_error(rp, rq, cs, cerr);
         return;
     }
+    const struct curvd_pending *pd = &e->pend;
     struct curvd_problem p;
     struct curvd_out out;
     char *report = NULL;
+    int encoded;
     curvd_problem_init(&p);
     curvd_out_init(&out);
-    if (cs == CURV_NEED_INPUT)
+    if (cs == CURV_NEED_INPUT) {
         e->pend.req = *req;
-    int encoded = encode_reply(e, cs == CURV_OK ? NULL : req, delta, &out, &report, &p);
-    if (cs != CURV_OK)
+        encoded = curvd_encode_callback(&out, e, &p);
         curvd_timing_lap(rp, CURVD_T_ENCODE);
+    } else {
+        report = curvd_step_report(e->opt, pd->grad_norm, delta);
+        encoded =
+            report ? curvd_encode_update(&out, pd->step, curv_opt_layout(e->opt), delta, pd->dtype,
+                                         (enum curvd_encoding)pd->encoding, report, &p)
+                   : curvd_problem_set(&p, CURVD_R_NO_MEMORY, "", NULL, NULL, "out of memory");
+    }
     if (encoded != 0) {
         curvd_registry_drop(srv->reg, e->id); /* the optimizer is ahead of the database */
         curvd_reply_codec_problem(rp, rq, &p);
     } else if (cs == CURV_OK) {
-        commit_and_reply(srv, rq, rp, e, &out, &report);
+        commit_and_reply(srv, rq, rp, e, &out, &report, delta);
     } else {
         reply_callback(rq, rp, e, &out);
     }

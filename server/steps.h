@@ -6,6 +6,7 @@
 
 #include "codec.h"
 #include "handlers.h"
+#include "out.h"
 
 /* A codec problem as problem+json. */
 void curvd_reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *rq,
@@ -26,7 +27,32 @@ void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
 /* curvd_callback_url - the url of the callback @e awaits (e->pend.req). */
 void curvd_callback_url(const struct curvd_entry *e, char *buf, size_t cap);
 
-/* curvd_step_replay - the stored reply of completed step @cur. */
+/* ---- Reply bodies (step_reply.c) ---------------------------------------- */
+
+/* curvd_step_report - the step's report as compact JSON text (malloc'd, or
+ * NULL when out of memory): the optimizer, the gradient's and the update's
+ * norms and every finite figure the optimizer reports. */
+char *curvd_step_report(const curv_opt *o, double grad_norm, const double *delta);
+
+/* curvd_encode_update - the 200 body {"step", "update": [...], "report"}
+ * into @out (finished), @report being curvd_step_report()'s text.
+ * Return 0; -1 with @p (see curvd_out_tensors(), curvd_out_finish()). */
+int curvd_encode_update(struct curvd_out *out, long long step, const curv_layout *l,
+                        const double *delta, int dtype, enum curvd_encoding enc, const char *report,
+                        struct curvd_problem *p);
+
+/* curvd_encode_callback - the 202 body {"step", "callback": {"id", "kind",
+ * "url", "answer_values", "vectors": [[...], ...]}} of the callback @e
+ * awaits (e->pend.req) into @out (finished). Return 0; -1 with @p. */
+int curvd_encode_callback(struct curvd_out *out, const struct curvd_entry *e,
+                          struct curvd_problem *p);
+
+/* curvd_stored_type - the content type under which a 200 reply is stored:
+ * its update's little-endian @dtype bytes, to be rendered in @enc. */
+void curvd_stored_type(char *buf, size_t cap, int dtype, enum curvd_encoding enc);
+
+/* curvd_step_replay - the stored reply of completed step @cur, the same
+ * bytes as when it was first sent. */
 void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
                        const struct curvd_entry *e, long long cur);
 

@@ -79,7 +79,7 @@ static const char *const stmt_sql[S_COUNT_] = {
     [S_GET_PARTS] = "SELECT idx, rowid, stamp, length(bytes) FROM state_parts"
                     " WHERE session_id = ?1 ORDER BY idx",
     [S_STEP_OF] = "SELECT step FROM sessions WHERE id = ?1 AND tenant = ?2",
-    [S_GET_RESPONSE] = "SELECT r.rowid, r.step, r.content_type, length(r.body)"
+    [S_GET_RESPONSE] = "SELECT r.rowid, r.step, r.content_type, length(r.body), r.report"
                        " FROM step_responses AS r JOIN sessions AS s ON s.id = r.session_id"
                        " WHERE r.session_id = ?1 AND s.tenant = ?2",
     [S_COUNT_ALL] = "SELECT count(*) FROM sessions",
@@ -1105,7 +1105,7 @@ static int response_locked(struct curvd_store *st, const char *tenant, const cha
         status = fail(err, errlen, CURVD_STORE_NOT_FOUND, "no stored response for session %s", id);
     else if (rc != SQLITE_ROW)
         status = db_fail(st, rc, err, errlen, "reading a step response");
-    else if (dup_text(q, 2, &o->content_type) != 0)
+    else if (dup_text(q, 2, &o->content_type) != 0 || dup_text(q, 4, &o->report) != 0)
         status = no_memory(err, errlen);
     if (status == CURVD_STORE_OK) {
         row = sqlite3_column_int64(q, 0);
@@ -1124,7 +1124,7 @@ int curvd_store_get_response(struct curvd_store *st, const char *tenant, const c
 {
     if (!st || !tenant || !id || !out)
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_get_response: bad argument");
-    struct curvd_step_response o = {0, NULL, NULL, 0};
+    struct curvd_step_response o = {0, NULL, NULL, NULL, 0};
     int status = read_tx(st, response_locked, tenant, id, 0, &o, err, errlen);
     if (status == CURVD_STORE_OK)
         *out = o;
@@ -1183,6 +1183,7 @@ void curvd_step_response_clear(struct curvd_step_response *r)
     if (!r)
         return;
     sqlite3_free(r->content_type);
+    sqlite3_free(r->report);
     sqlite3_free(r->body);
     memset(r, 0, sizeof *r);
 }

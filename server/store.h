@@ -173,6 +173,7 @@ void curvd_session_list_clear(struct curvd_session_list *l);
 struct curvd_step_response {
     int64_t step;
     char *content_type;
+    char *report; /* NULL when none was stored */
     unsigned char *body;
     size_t body_len;
 };

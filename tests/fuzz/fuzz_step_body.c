@@ -32,8 +32,8 @@
 #include <string.h>
 
 #include "codec.h"
-#include "out.h"
 #include "curv.h"
+#include "out.h"
 #include "step_decode.h"
 
 #define FAIL(...)                                                                                  \
@@ -241,9 +241,9 @@ static void round_trip(const double *g, const double *theta, int with_params, in
     for (int daemon = 1; daemon >= 0; daemon--) {
         struct decoded d;
         curvd_problem_init(&p);
-        int rc = daemon ? daemon_decode(body, out.len, binary, out.json_len,
-                                        "application/json", &d, &p)
-                        : oracle_decode(body, out.len, binary, out.json_len, &d, &p);
+        int rc =
+            daemon ? daemon_decode(body, out.len, binary, out.json_len, "application/json", &d, &p)
+                   : oracle_decode(body, out.len, binary, out.json_len, &d, &p);
         if (rc)
             FAIL("re-decoding our own %s body (enc %d, %s) fails: %s %s at %s: %.*s",
                  dtype == CURV_F32 ? "FP32" : "FP64", (int)enc, daemon ? "daemon" : "oracle",

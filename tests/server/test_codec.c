@@ -10,8 +10,8 @@
 #include <time.h>
 
 #include "codec.h"
-#include "out.h"
 #include "json_scan.h"
+#include "out.h"
 #include "testutil.h"
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -1457,12 +1457,13 @@ static void test_render_binary_tail_order(void **state)
     assert_int_equal(curvd_out_tensors(&o, l, v, CURV_F32, CURVD_ENC_BINARY, NULL), 0);
     curvd_out_lit(&o, "]");
     assert_int_equal(curvd_out_finish(&o, NULL), 0);
-    const char *json = "[[{\"name\":\"a\",\"shape\":[2],\"datatype\":\"FP64\",\"parameters\":"
-                       "{\"binary_data_size\":16}},{\"name\":\"w\",\"shape\":[1,2],\"datatype\":"
-                       "\"FP64\",\"parameters\":{\"binary_data_size\":16}}],[{\"name\":\"a\","
-                       "\"shape\":[2],\"datatype\":\"FP32\",\"parameters\":{\"binary_data_size\":8}},"
-                       "{\"name\":\"w\",\"shape\":[1,2],\"datatype\":\"FP32\",\"parameters\":"
-                       "{\"binary_data_size\":8}}]]";
+    const char *json =
+        "[[{\"name\":\"a\",\"shape\":[2],\"datatype\":\"FP64\",\"parameters\":"
+        "{\"binary_data_size\":16}},{\"name\":\"w\",\"shape\":[1,2],\"datatype\":"
+        "\"FP64\",\"parameters\":{\"binary_data_size\":16}}],[{\"name\":\"a\","
+        "\"shape\":[2],\"datatype\":\"FP32\",\"parameters\":{\"binary_data_size\":8}},"
+        "{\"name\":\"w\",\"shape\":[1,2],\"datatype\":\"FP32\",\"parameters\":"
+        "{\"binary_data_size\":8}}]]";
     assert_int_equal(o.json_len, strlen(json));
     assert_memory_equal(o.buf, json, o.json_len);
     assert_int_equal(o.len, o.json_len + 32 + 16);
@@ -1490,11 +1491,12 @@ static void test_render_binary_tail_order(void **state)
 static void test_render_scalars_like_jansson(void **state)
 {
     (void)state;
-    static const char *const strs[] = {"plain", "q\"uo\\te", "\b\f\n\r\t", "\x01\x1f\x7f",
-                                       "caf\xc3\xa9 \xe2\x80\xa8", "/slash", ""};
-    static const double reals[] = {0.0,   -0.0,   1.0,     0.1,     1e20,    1e-5,  123456789.0,
-                                   1e300, 5e-324, -2.5e-8, 1.0/3.0, 1e16,    1e17,  DBL_MAX,
-                                   -1e-300, 100.0, 12345678901234567.0};
+    static const char *const strs[] = {
+        "plain",  "q\"uo\\te", "\b\f\n\r\t", "\x01\x1f\x7f", "caf\xc3\xa9 \xe2\x80\xa8",
+        "/slash", ""};
+    static const double reals[] = {
+        0.0,       -0.0, 1.0,  0.1,     1e20,    1e-5,  123456789.0,        1e300, 5e-324, -2.5e-8,
+        1.0 / 3.0, 1e16, 1e17, DBL_MAX, -1e-300, 100.0, 12345678901234567.0};
     struct curvd_out o;
     curvd_out_init(&o);
     for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
