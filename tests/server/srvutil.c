@@ -23,6 +23,8 @@ void su_start(struct curvd_server *srv, char *base, size_t cap)
         srv->cfg.threads = 2;
     if (!srv->cfg.workers) /* heavy routes go through the worker pool */
         srv->cfg.workers = 2;
+    else if (srv->cfg.workers == SU_NO_WORKERS)
+        srv->cfg.workers = 0;
     srv->cfg.quiet = getenv("CURVD_TEST_LOG") == NULL;
     if (!srv->cfg.max_body)
         srv->cfg.max_body = 1 << 20;

@@ -30,7 +30,10 @@ struct su_resp {
 /* ---- The daemon and its files ---- */
 
 /* Start the HTTP layer of @srv on 127.0.0.1:0 (cfg defaults filled in
- * where zero) and return its base URL "http://127.0.0.1:PORT". */
+ * where zero: 2 workers; SU_NO_WORKERS for none, every request then runs
+ * on its connection's thread) and return its base URL
+ * "http://127.0.0.1:PORT". */
+#define SU_NO_WORKERS 0xffffffffu
 void su_start(struct curvd_server *srv, char *base, size_t cap);
 void su_stop(struct curvd_server *srv);
 

@@ -27,7 +27,7 @@ struct fx {
 };
 
 /* Open the daemon on the fixture's database; @threads 0: su_start's default. */
-static void start(struct fx *f, unsigned threads)
+static void start_with(struct fx *f, unsigned threads, unsigned workers)
 {
     memset(&f->srv, 0, sizeof f->srv);
     f->srv.cfg.db_path = f->db;
@@ -35,7 +35,13 @@ static void start(struct fx *f, unsigned threads)
     f->srv.cfg.mem_budget = (size_t)1 << 30;
     f->srv.cfg.max_body = (size_t)16 << 20;
     f->srv.cfg.threads = threads;
+    f->srv.cfg.workers = workers;
     su_daemon_start(&f->srv, f->base, sizeof f->base);
+}
+
+static void start(struct fx *f, unsigned threads)
+{
+    start_with(f, threads, 0);
 }
 
 static int setup(void **state)
@@ -505,6 +511,37 @@ static void test_encodings_agree(void **state)
     }
 }
 
+/* --workers 0: steps run on the connection's thread, and their reply is
+ * still sent only once the commit is durable (the handler's return and
+ * the commit, whichever comes last, resume the connection). */
+static void test_without_workers(void **state)
+{
+    struct fx *f = *state;
+    su_daemon_stop(&f->srv);
+    start_with(f, 1, SU_NO_WORKERS);
+    assert_int_equal(f->srv.cfg.workers, 0);
+    char id[33];
+    create(f, "adagrad_diag", NULL, id);
+    curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_DIAG, f->layout, NULL);
+    check_steps(f, id, ref, 1, 3);
+    char path[128];
+    struct su_resp a, b;
+    double g[D];
+    grad_at(4, g);
+    snprintf(path, sizeof path, "/v1/sessions/%s/steps", id);
+    json_decref(call(f, "POST", path, step_body(4, g), 200, &a));
+    json_decref(call(f, "POST", path, step_body(4, g), 200, &b)); /* the replay */
+    assert_int_equal(a.len, b.len);
+    assert_memory_equal(a.body, b.body, a.len);
+    json_decref(call(f, "POST", path, step_body(6, g), 409, NULL));
+    su_resp_free(&a);
+    su_resp_free(&b);
+    su_daemon_stop(&f->srv); /* acknowledged steps are durable across a restart */
+    start(f, 0);
+    assert_int_equal(su_session_step(f->base, id), 4);
+    curv_opt_free(ref);
+}
+
 struct slow_step {
     const char *url;
     char *body;
@@ -687,6 +724,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_create_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metrics, setup, teardown),
         cmocka_unit_test_setup_teardown(test_encodings_agree, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_without_workers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_heavy_step_does_not_block, setup, teardown),
     };
