@@ -1487,6 +1487,15 @@ static void test_render_binary_tail_order(void **state)
     curv_layout_free(l);
 }
 
+/* Finish @o and compare it with jansson's text of @j (stolen). */
+static void expect_jansson(struct curvd_out *o, json_t *j)
+{
+    char *want = json_dumps(j, JSON_ENCODE_ANY);
+    expect_body(o, want);
+    free(want);
+    json_decref(j);
+}
+
 /* Strings and numbers as jansson writes them (jansson is the reference). */
 static void test_render_scalars_like_jansson(void **state)
 {
@@ -1500,20 +1509,12 @@ static void test_render_scalars_like_jansson(void **state)
     struct curvd_out o;
     curvd_out_init(&o);
     for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
-        json_t *j = json_string(strs[i]);
-        char *want = json_dumps(j, JSON_ENCODE_ANY);
         curvd_out_string(&o, strs[i]);
-        expect_body(&o, want);
-        free(want);
-        json_decref(j);
+        expect_jansson(&o, json_string(strs[i]));
     }
     for (size_t i = 0; i < sizeof reals / sizeof *reals; i++) {
-        json_t *j = json_real(reals[i]);
-        char *want = json_dumps(j, JSON_ENCODE_ANY);
         curvd_out_real(&o, reals[i]);
-        expect_body(&o, want);
-        free(want);
-        json_decref(j);
+        expect_jansson(&o, json_real(reals[i]));
     }
     curvd_out_real(&o, INFINITY);
     curvd_out_lit(&o, ",");

@@ -104,18 +104,33 @@ static void test_replay_every_encoding(void **state)
     curv_layout_free(l);
 }
 
-/* One session at step 1 (JSON); its id into @id, the step-1 body into @b. */
-static void one_step(struct su_fx *f, struct su_trainer *tr, const curv_layout *l,
-                     struct su_body *b, char path[128])
+/* One session at step 1 (JSON), and what it takes to post that step
+ * again. */
+struct one {
+    curv_layout *l;
+    struct su_trainer tr;
+    struct su_body b;
+    char path[128];
+};
+
+static void one_step(struct su_fx *f, struct one *o)
 {
     struct su_resp r;
-    *tr = (struct su_trainer){.base = f->base, .layout = l};
-    su_trainer_create(tr, "adagrad_diag", NULL);
-    snprintf(path, 128, "/v1/sessions/%s/steps", tr->id);
-    step1_body(tr, 0, b);
-    su_post_body(tr, path, b, &r);
+    memset(o, 0, sizeof *o);
+    o->l = su_layout_new();
+    o->tr = (struct su_trainer){.base = f->base, .layout = o->l};
+    su_trainer_create(&o->tr, "adagrad_diag", NULL);
+    snprintf(o->path, sizeof o->path, "/v1/sessions/%s/steps", o->tr.id);
+    step1_body(&o->tr, 0, &o->b);
+    su_post_body(&o->tr, o->path, &o->b, &r);
     assert_int_equal(r.status, 200);
     su_resp_free(&r);
+}
+
+static void one_free(struct one *o)
+{
+    su_body_free(&o->b);
+    curv_layout_free(o->l);
 }
 
 static void set_stored(struct su_fx *f, const char *id, const char *assignments)
@@ -129,74 +144,65 @@ static void set_stored(struct su_fx *f, const char *id, const char *assignments)
 static void test_replay_of_a_whole_stored_reply(void **state)
 {
     struct su_fx *f = *state;
-    curv_layout *l = su_layout_new();
-    struct su_trainer tr;
-    struct su_body b = {0};
+    struct one o;
     struct su_resp r;
-    char path[128];
-    one_step(f, &tr, l, &b, path);
-    set_stored(f, tr.id,
+    one_step(f, &o);
+    set_stored(f, o.tr.id,
                "content_type = 'application/json', body = CAST('{\"legacy\":true}' AS BLOB)");
-    su_post_body(&tr, path, &b, &r);
+    su_post_body(&o.tr, o.path, &o.b, &r);
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "{\"legacy\":true}");
     assert_string_equal(r.content_type, "application/json");
     assert_int_equal(r.json_header_len, 0);
     su_resp_free(&r);
-    set_stored(f, tr.id,
+    set_stored(f, o.tr.id,
                "content_type = 'application/octet-stream; json-header=4', "
                "body = CAST('{}{}0123' AS BLOB)");
-    su_post_body(&tr, path, &b, &r);
+    su_post_body(&o.tr, o.path, &o.b, &r);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.len, 8);
     assert_memory_equal(r.body, "{}{}0123", 8);
     assert_int_equal(r.json_header_len, 4);
     su_resp_free(&r);
-    su_body_free(&b);
-    curv_layout_free(l);
+    one_free(&o);
 }
 
 static void test_damaged_stored_update(void **state)
 {
     struct su_fx *f = *state;
-    curv_layout *l = su_layout_new();
-    struct su_trainer tr;
-    struct su_body b = {0};
+    struct one o;
     struct su_resp r;
-    char path[128];
-    one_step(f, &tr, l, &b, path);
-    size_t len0;
-    unsigned char *s0 = su_export_state(f->base, tr.id, &len0, "application/octet-stream");
-    set_stored(f, tr.id, "body = substr(body, 1, 3)");
-    su_post_body(&tr, path, &b, &r);
+    one_step(f, &o);
+    size_t len0, len1;
+    unsigned char *s0 = su_export_state(f->base, o.tr.id, &len0, "application/octet-stream");
+    set_stored(f, o.tr.id, "body = substr(body, 1, 3)");
+    su_post_body(&o.tr, o.path, &o.b, &r);
     assert_int_equal(r.status, 500);
     json_t *p = json_loads(r.body, 0, NULL);
     assert_string_equal(json_string_value(json_object_get(p, "reason")), "INTERNAL");
     assert_non_null(strstr(json_string_value(json_object_get(p, "detail")), "3 bytes of update"));
     json_decref(p);
     su_resp_free(&r);
-    set_stored(f, tr.id, "report = NULL");
-    su_post_body(&tr, path, &b, &r);
+    set_stored(f, o.tr.id, "report = NULL");
+    su_post_body(&o.tr, o.path, &o.b, &r);
     assert_int_equal(r.status, 500);
     assert_non_null(strstr(r.body, "no report"));
     su_resp_free(&r);
-    size_t len1;
-    unsigned char *s1 = su_export_state(f->base, tr.id, &len1, "application/octet-stream");
+    unsigned char *s1 = su_export_state(f->base, o.tr.id, &len1, "application/octet-stream");
     assert_int_equal(len0, len1);
     assert_memory_equal(s0, s1, len0);
     /* The session itself is intact: step 2 goes on. */
     double g[D];
     su_grad(2, 0, g);
     struct su_step s = {.t = 2, .grad = g};
-    su_body_free(&b);
-    su_step_body(&tr, &s, &b);
-    su_post_body(&tr, path, &b, &r);
+    su_body_free(&o.b);
+    su_step_body(&o.tr, &s, &o.b);
+    su_post_body(&o.tr, o.path, &o.b, &r);
     assert_int_equal(r.status, 200);
     su_resp_free(&r);
-    su_body_free(&b);
     free(s0);
     free(s1);
-    curv_layout_free(l);
+    one_free(&o);
 }
 
 int main(void)
