@@ -31,7 +31,7 @@ static char *reserve(struct curvd_out *o, size_t n)
         o->nomem = 1;
         return NULL;
     }
-    if (o->len + n > o->cap) {
+    if (o->len + n > o->cap || !o->buf) { /* a first write of 0 bytes gets a buffer too */
         size_t cap = o->cap ? o->cap : 512;
         while (cap < o->len + n)
             cap = cap > SIZE_MAX / 2 ? o->len + n : 2 * cap;
