@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * json_scan - internals of the codec: the one-pass body scanner behind
- * curvd_json_parse(), JSON numbers read and written without jansson, and
- * tensor bytes (little-endian, base64). Only codec.c and the tests include
- * this.
+ * curvd_json_parse() and tensor bytes (little-endian, base64); numbers as
+ * text are numtext.h's. Server-internal: the codec, the reply writers
+ * and the tests include this.
  */
 #ifndef CURVD_JSON_SCAN_H
 #define CURVD_JSON_SCAN_H
@@ -12,6 +12,7 @@
 #include <stddef.h>
 
 #include "codec.h"
+#include "numtext.h"
 
 /* The key of the placeholder object that stands for a cut. */
 #define CURVD_CUT_KEY "$curvd_cut"
@@ -48,27 +49,6 @@ const struct curvd_cut *curvd_doc_cut(const struct curvd_doc *doc, const json_t 
 /* curvd_doc_text - if @v is a placeholder of base64 text, point *@s at it
  * (borrowed, *@len bytes, not NUL-terminated) and return 1; else 0. */
 int curvd_doc_text(const struct curvd_doc *doc, const json_t *v, const char **s, size_t *len);
-
-/*
- * curvd_scan_number - read one JSON number at the start of @s (@n bytes).
- * Return: 0 with *@used bytes consumed and *@out its nearest double (±inf
- * when it overflows); -1 when the text there is not a JSON number or runs on
- * into number characters (01, 1.2.3, 1e5e); *@used then spans the run of
- * number characters, for the error message.
- */
-int curvd_scan_number(const char *s, size_t n, size_t *used, double *out);
-
-/* Longest text the writers produce, without a NUL. */
-#define CURVD_F32_CHARS 15
-#define CURVD_F64_CHARS 24
-
-/* curvd_fmt_f32 - write finite @f with 9 significant digits (enough to read
- * back the same float), no NUL; returns the length. */
-size_t curvd_fmt_f32(char *buf, float f);
-
-/* curvd_fmt_f64 - write finite @x with 17 significant digits, no NUL;
- * returns the length. */
-size_t curvd_fmt_f64(char *buf, double x);
 
 /* curvd_json_type - "object", "array", ..., or "absent" for NULL. */
 const char *curvd_json_type(const json_t *v);

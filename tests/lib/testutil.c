@@ -24,6 +24,16 @@ double tu_uniform(tu_rng *r)
     return (double)(next_u64(r) >> 11) * 0x1.0p-53;
 }
 
+uint64_t tu_u64(tu_rng *r)
+{
+    return next_u64(r);
+}
+
+int tu_same_bits(double a, double b)
+{
+    return memcmp(&a, &b, sizeof a) == 0;
+}
+
 double tu_normal(tu_rng *r)
 {
     double u = tu_uniform(r), v = tu_uniform(r);

@@ -20,7 +20,10 @@ typedef struct {
 } tu_rng;
 void tu_rng_seed(tu_rng *r, uint64_t seed);
 double tu_uniform(tu_rng *r); /* [0, 1) */
+uint64_t tu_u64(tu_rng *r);   /* 64 random bits */
 double tu_normal(tu_rng *r);  /* N(0, 1) */
+/* tu_same_bits - a and b are the same double, bit for bit (-0 != 0, NaN == NaN). */
+int tu_same_bits(double a, double b);
 void tu_fill_normal(tu_rng *r, double *x, size_t n, double scale);
 
 /* n x n row-major helpers (lda = n). */
