@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "json_scan.h"
+#include "mem.h"
 
 /* Shapes and sizes arrive as json_int_t and are kept as size_t. */
 _Static_assert(sizeof(size_t) >= sizeof(json_int_t), "size_t narrower than json_int_t");
@@ -258,7 +259,7 @@ static int decode_json_array(const json_t *a, const char *path, struct curvd_ten
 {
     if (curvd_array_measure(a, c, path, p) || check_nesting(t, c, path, p))
         return -1;
-    if (t->count && !(t->data = malloc(t->count * sizeof(double))))
+    if (t->count && !(t->data = curvd_mem_alloc(t->count * sizeof(double))))
         return nomem(p, path);
     curvd_array_fill(a, t->data);
     return 0;
@@ -279,7 +280,7 @@ static int decode_b64(const json_t *b, const struct curvd_doc *doc, const char *
      * large shape. */
     if (curvd_b64_check(text, len, bytes, path, p))
         return -1;
-    if (t->count && !(t->data = malloc(t->count * sizeof(double))))
+    if (t->count && !(t->data = curvd_mem_alloc(t->count * sizeof(double))))
         return nomem(p, path);
     /* Decode into the tail of the double buffer and widen in place: each
      * element is read before its wider copy overwrites anything unread. */
@@ -316,7 +317,7 @@ static int decode_binary(const json_t *size, const char *path, struct curvd_bina
                                  "the binary part ends %zu bytes short of '%s'",
                                  bytes - (bin->len - bin->pos), t->name);
     }
-    if (t->count && !(t->data = malloc(t->count * sizeof(double))))
+    if (t->count && !(t->data = curvd_mem_alloc(t->count * sizeof(double))))
         return nomem(p, path);
     curvd_le_decode(bin->base + bin->pos, t->count, t->dtype, t->data);
     return 0;
@@ -346,7 +347,7 @@ static int decode_data(const json_t *obj, const char *path, const struct curvd_d
         *c = cut;
         if (check_nesting(t, cut, path, p))
             return -1;
-        if (t->count && !(t->data = malloc(t->count * sizeof(double))))
+        if (t->count && !(t->data = curvd_mem_alloc(t->count * sizeof(double))))
             return nomem(p, path);
         if (t->count)
             memcpy(t->data, doc->values + cut->first, t->count * sizeof(double));
@@ -379,7 +380,7 @@ int curvd_tensor_decode(const json_t *obj, const char *path, const struct curvd_
     if (decode_name(obj, path, &t, p) || decode_dtype(obj, path, &t, p) ||
         decode_shape(obj, path, max_count, &t, p) ||
         decode_data(obj, path, doc, bin, &t, &c, &own, p) || check_values(&t, c, path, p)) {
-        free(t.data);
+        curvd_mem_free(t.data);
         return -1;
     }
     if (t.encoding == CURVD_ENC_BINARY)
@@ -417,7 +418,7 @@ void curvd_tensor_clear(struct curvd_tensor *t)
 {
     if (!t)
         return;
-    free(t->data);
+    curvd_mem_free(t->data);
     memset(t, 0, sizeof *t);
 }
 

@@ -15,6 +15,7 @@
 #include "codec.h"
 #include "handlers.h"
 #include "json_scan.h"
+#include "mem.h"
 #include "metrics.h"
 #include "out.h"
 #include "step_decode.h"
@@ -50,11 +51,11 @@ struct step_job {
 
 static void step_job_free(struct step_job *j)
 {
-    free(j->body);
+    curvd_mem_free(j->body);
     free(j->wire);
     curv_free(j->blob);
     curv_free(j->parts);
-    free(j->report);
+    curvd_mem_free(j->report);
     free(j);
 }
 
@@ -76,8 +77,8 @@ static void step_committed(struct curvd_commit_job *job)
         bytes = j->len;
         curvd_metrics_step(srv->metrics, curv_opt_kind_of(e->opt));
         rp->json_header_len = binary ? j->json_len : 0;
-        curvd_reply_bytes(rp, 200, binary ? "application/octet-stream" : "application/json",
-                          j->body, j->body_len);
+        curvd_reply_owned(rp, 200, binary ? "application/octet-stream" : "application/json",
+                          j->body, j->body_len, curvd_mem_free);
         j->body = NULL;
         snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", step);
     } else {
@@ -187,8 +188,8 @@ static void reply_callback(const struct curvd_req *rq, struct curvd_reply *rp,
     pd->last_len = len;
     pd->last_json_len = binary ? out->json_len : 0;
     rp->json_header_len = pd->last_json_len;
-    curvd_reply_bytes(rp, 202, binary ? "application/octet-stream" : "application/json",
-                      (char *)body, len);
+    curvd_reply_owned(rp, 202, binary ? "application/octet-stream" : "application/json", body, len,
+                      curvd_mem_free);
     curvd_callback_url(e, rp->location, sizeof rp->location); /* the callback's "url" */
 }
 
@@ -243,7 +244,7 @@ void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
     } else {
         reply_callback(rq, rp, e, &out);
     }
-    free(report);
+    curvd_mem_free(report);
     curvd_out_clear(&out);
 }
 
@@ -278,8 +279,8 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     long long cur = (long long)curv_opt_steps(e->opt);
     /* Not zeroed: decoding writes every block of what the step reads (the
      * optional vectors only when given), and the step writes all of delta. */
-    double *g = malloc(dim * sizeof *g), *theta = malloc(dim * sizeof *theta);
-    double *gsq = malloc(dim * sizeof *gsq), *delta = malloc(dim * sizeof *delta);
+    double *g = curvd_mem_alloc(dim * sizeof *g), *theta = curvd_mem_alloc(dim * sizeof *theta);
+    double *gsq = curvd_mem_alloc(dim * sizeof *gsq), *delta = curvd_mem_alloc(dim * sizeof *delta);
     curv_layer_stats *ls = NULL;
     int binary = 0;
     curvd_timing_lap(rp, CURVD_T_COUNT);
@@ -328,10 +329,10 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     }
     curvd_step_in_clear(&in);
     free(ls);
-    free(g);
-    free(theta);
-    free(gsq);
-    free(delta);
+    curvd_mem_free(g);
+    curvd_mem_free(theta);
+    curvd_mem_free(gsq);
+    curvd_mem_free(delta);
 }
 
 void curvd_step_end(struct curvd_server *srv, const struct curvd_reply *rp, struct curvd_entry *e)

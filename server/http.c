@@ -21,6 +21,7 @@
 #include "http.h"
 
 #include "auth.h"
+#include "mem.h"
 #include "metrics.h"
 
 #include <arpa/inet.h>
@@ -410,14 +411,14 @@ static void append(struct rctx *x, const char *data, size_t n, size_t max)
         size_t cap = x->cap ? x->cap : x->len + n > x->declared ? 4096 : x->declared;
         while (cap < x->len + n)
             cap = cap > max / 2 ? max : cap * 2;
-        char *nb = malloc(cap);
+        char *nb = curvd_mem_alloc(cap);
         if (!nb) {
             x->too_big = 1;
             return;
         }
         if (x->len)
             memcpy(nb, x->body, x->len);
-        free(x->body);
+        curvd_mem_free(x->body);
         x->body = nb;
         x->cap = cap;
     }
@@ -528,7 +529,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
         access_log(srv, x, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     if (x->rp.body) /* a reply that was never handed to MHD */
         (x->rp.body_free ? x->rp.body_free : free)(x->rp.body);
-    free(x->body);
+    curvd_mem_free(x->body);
     free(x);
     *req_cls = NULL;
     atomic_fetch_sub(&srv->http->active, 1);

@@ -10,6 +10,7 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include "curv.h"
 #include "daemon.h"
 #include "http.h"
+#include "mem.h"
 
 enum ftype { F_STR, F_UINT, F_SIZE, F_BOOL_LOG, F_DURABILITY };
 
@@ -157,23 +159,64 @@ static int make_parent(const char *path)
     return mkdir(dir, 0755) != 0 && errno != EEXIST ? -1 : 0;
 }
 
-/* A large step allocates bodies, vectors and state blobs of tens of MB.
- * glibc serves those with fresh mmaps, so every step page-faults them in
- * again (a third of a 1e7-parameter step, measured with perf): keep them
- * in the heap for reuse, and give memory back only beyond 1 GiB of slack.
- * Only the main arena obeys that: other threads' arenas serve anything
- * over 64 MiB with mmap and shrink their heaps, so every thread uses the
- * main one (the daemon's threads allocate little besides these buffers). */
-static void tune_malloc(void)
+/* SQLite's memory through curvd_mem (its record buffers for a large state
+ * are tens of MB per commit). SQLite rounds sizes with xRoundup first, so
+ * the size kept in the header is what xSize must report. */
+static void *sq_malloc(int n)
 {
-    mallopt(M_ARENA_MAX, 1);
+    return n < 0 ? NULL : curvd_mem_alloc((size_t)n);
+}
+
+static void *sq_realloc(void *p, int n)
+{
+    return n < 0 ? NULL : curvd_mem_realloc(p, (size_t)n);
+}
+
+static int sq_size(void *p)
+{
+    return (int)curvd_mem_size(p);
+}
+
+static int sq_roundup(int n)
+{
+    return (n + 7) & ~7;
+}
+
+static int sq_init(void *arg)
+{
+    (void)arg;
+    return SQLITE_OK;
+}
+
+static void sq_shutdown(void *arg)
+{
+    (void)arg;
+}
+
+/* A large step allocates bodies, vectors, replies and state blobs of tens
+ * of MB. Those come from curvd_mem's reused mappings (server/mem.h says
+ * why), for the daemon, libcurv and SQLite alike, so glibc may give each
+ * thread its own arena for the small allocations: with a single arena the
+ * threads contended on its lock for every buffer over 1 KiB. Large
+ * allocations of the other libraries stay in the heap for reuse (mmap and
+ * trim thresholds at 1 GiB). Must run before any SQLite or libcurv call. */
+static int setup_memory(void)
+{
+    static const sqlite3_mem_methods sq = {sq_malloc,  curvd_mem_free, sq_realloc,  sq_size,
+                                           sq_roundup, sq_init,        sq_shutdown, NULL};
+    static const curv_allocator cv = {curvd_mem_alloc, curvd_mem_realloc, curvd_mem_free};
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    curv_set_allocator(&cv);
+    return sqlite3_config(SQLITE_CONFIG_MALLOC, &sq) == SQLITE_OK ? 0 : -1;
 }
 
 int main(int argc, char **argv)
 {
-    tune_malloc();
+    if (setup_memory() != 0) {
+        fprintf(stderr, "curvd: SQLite refused the allocator\n");
+        return 1;
+    }
     struct curvd_server srv = {
         .cfg = {.listen = "127.0.0.1",
                 .port = 8080,
@@ -230,6 +273,7 @@ int main(int argc, char **argv)
     atomic_store(&srv.draining, 1);
     curvd_http_stop(&srv);
     curvd_daemon_close(&srv);
+    curvd_mem_trim();
     fprintf(stderr, "curvd: stopped\n");
     return 0;
 }

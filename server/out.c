@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "json_scan.h"
+#include "mem.h"
 
 void curvd_out_init(struct curvd_out *o)
 {
@@ -16,7 +17,7 @@ void curvd_out_init(struct curvd_out *o)
 
 void curvd_out_clear(struct curvd_out *o)
 {
-    free(o->buf);
+    curvd_mem_free(o->buf);
     free(o->tail);
     curvd_out_init(o);
 }
@@ -35,7 +36,7 @@ static char *reserve(struct curvd_out *o, size_t n)
         size_t cap = o->cap ? o->cap : 512;
         while (cap < o->len + n)
             cap = cap > SIZE_MAX / 2 ? o->len + n : 2 * cap;
-        char *b = realloc(o->buf, cap);
+        char *b = curvd_mem_realloc(o->buf, cap);
         if (!b) {
             o->nomem = 1;
             return NULL;

@@ -88,8 +88,9 @@ int curvd_out_tensors(struct curvd_out *o, const curv_layout *l, const double *f
  * data. Return 0; -1 with @p: NO_MEMORY (some write failed). */
 int curvd_out_finish(struct curvd_out *o, struct curvd_problem *p);
 
-/* curvd_out_take - hand over the finished body (malloc'd, @o->len bytes;
- * the caller frees it); @o keeps @len and @json_len and owns nothing. */
+/* curvd_out_take - hand over the finished body (@o->len bytes; the caller
+ * releases it with curvd_mem_free); @o keeps @len and @json_len and owns
+ * nothing. */
 unsigned char *curvd_out_take(struct curvd_out *o);
 
 #endif

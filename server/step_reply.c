@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "json_scan.h"
+#include "mem.h"
 #include "out.h"
 #include "steps.h"
 #include "store.h"
@@ -174,8 +175,8 @@ static void reply_stored_update(struct curvd_reply *rp, const struct curvd_req *
         int binary = enc == CURVD_ENC_BINARY;
         size_t len = out.len;
         rp->json_header_len = binary ? out.json_len : 0;
-        curvd_reply_bytes(rp, 200, binary ? "application/octet-stream" : "application/json",
-                          curvd_out_take(&out), len);
+        curvd_reply_owned(rp, 200, binary ? "application/octet-stream" : "application/json",
+                          curvd_out_take(&out), len, curvd_mem_free);
     }
     free(x);
     curvd_out_clear(&out);

@@ -10,6 +10,7 @@
 #ifndef CURV_H
 #define CURV_H
 
+#include "curv/alloc.h"
 #include "curv/bma.h"
 #include "curv/config.h"
 #include "curv/layout.h"

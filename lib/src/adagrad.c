@@ -59,7 +59,7 @@ static curv_status diag_init(curv_opt *o, struct curv__tally *t, curv_error *err
 
 static void free_impl(curv_opt *o)
 {
-    free(o->impl);
+    curv__free(o->impl);
 }
 
 /* r ← r + g², Δ = −η g / sqrt(r + ε) (BMA paper eq. 23). */
@@ -171,7 +171,7 @@ static curv_status full_step(curv_opt *o, const struct curv__step_args *in, doub
         cblas_dgemv(CblasRowMajor, CblasNoTrans, (int)d, (int)d,
                     -curv__sched_lr(&h->sched, o->t + 1), P, (int)d, g, 1, 0.0, delta, 1);
     }
-    free(P);
+    curv__free(P);
     return st;
 }
 

@@ -103,14 +103,14 @@ static void fill_partition(const curv_layout *l, int mode, size_t *start)
 static void bma_fini(curv_opt *o)
 {
     struct bma_state *s = o->impl;
-    free(s->start);
-    free(s->r);
-    free(s->w);
-    free(s->U);
-    free(s->D);
+    curv__free(s->start);
+    curv__free(s->r);
+    curv__free(s->w);
+    curv__free(s->U);
+    curv__free(s->D);
     curv_bma_free(s->core);
-    free(s->scratch);
-    free(s);
+    curv__free(s->scratch);
+    curv__free(s);
 }
 
 static curv_status bma_init(curv_opt *o, struct curv__tally *t, curv_error *err)
@@ -143,7 +143,7 @@ static curv_status bma_init(curv_opt *o, struct curv__tally *t, curv_error *err)
     for (size_t i = 0; i < L; i++)
         sizes[i] = s->start[i + 1] - s->start[i];
     curv_status st = curv_bma_new(sizes, L, &s->core, err);
-    free(sizes);
+    curv__free(sizes);
     return st;
 }
 

@@ -39,11 +39,11 @@ void curv_bma_free(curv_bma *b)
 {
     if (!b)
         return;
-    free(b->s);
-    free(b->off);
-    free(b->lambda);
-    free(b->B);
-    free(b);
+    curv__free(b->s);
+    curv__free(b->off);
+    curv__free(b->lambda);
+    curv__free(b->B);
+    curv__free(b);
 }
 
 static curv_status check_partition(const size_t *s, size_t L, size_t *d, size_t *LL,
@@ -194,14 +194,14 @@ curv_status curv_bma_fit(curv_bma *b, const double *M, size_t ld, curv_error *er
     /* Finite entries can still sum past DBL_MAX. */
     size_t bad = curv__first_nonfinite(lam, L * L + L);
     if (bad < L * L + L) {
-        free(lam);
+        curv__free(lam);
         return curv__fail(err, CURV_E_NONFINITE,
                           "bma_fit: the block means of M overflow (block %zu)",
                           bad < L ? bad : (bad - L) / L);
     }
     memcpy(b->lambda, lam, L * sizeof(double));
     memcpy(b->B, B, L * L * sizeof(double));
-    free(lam);
+    curv__free(lam);
     return CURV_OK;
 }
 
@@ -331,7 +331,7 @@ static curv_status bma_power(enum bma_op op, const curv_bma *a, double eig_floor
         memcpy(out->lambda, lam, L * sizeof(double));
         memcpy(out->B, K, LL * sizeof(double));
     }
-    free(K);
+    curv__free(K);
     return st;
 }
 
@@ -373,7 +373,7 @@ curv_status curv_bma_apply(const curv_bma *b, const double *x, double *y, curv_e
         for (size_t m = b->off[i]; m < b->off[i + 1]; m++)
             y[m] = b->lambda[i] * x[m] + t;
     }
-    free(c);
+    curv__free(c);
     return CURV_OK;
 }
 

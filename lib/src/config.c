@@ -20,7 +20,7 @@ struct curv_config {
 
 curv_config *curv_config_new(void)
 {
-    return calloc(1, sizeof(curv_config));
+    return curv__calloc(1, sizeof(curv_config));
 }
 
 void curv_config_free(curv_config *c)
@@ -28,9 +28,9 @@ void curv_config_free(curv_config *c)
     if (!c)
         return;
     for (size_t i = 0; i < c->n; i++)
-        free(c->e[i].str);
-    free(c->e);
-    free(c);
+        curv__free(c->e[i].str);
+    curv__free(c->e);
+    curv__free(c);
 }
 
 size_t curv_config_count(const curv_config *c)
@@ -56,7 +56,7 @@ static struct entry *slot(curv_config *c, const char *key)
             return &c->e[i];
     if (c->n == c->cap) {
         size_t cap = c->cap ? 2 * c->cap : 8;
-        struct entry *ne = realloc(c->e, cap * sizeof *ne);
+        struct entry *ne = curv__realloc(c->e, cap * sizeof *ne);
         if (!ne)
             return NULL;
         c->e = ne;
@@ -74,14 +74,14 @@ static curv_status set(curv_config *c, const char *key, const char *str, double 
     if (!c || !key || !*key || strlen(key) > KEY_MAX)
         return curv__fail(err, CURV_E_INVALID, "config: key must be 1..%d bytes", KEY_MAX);
     char *copy = NULL;
-    if (str && !(copy = strdup(str)))
+    if (str && !(copy = curv__strdup(str)))
         return curv__fail(err, CURV_E_NOMEM, "config: out of memory setting '%s'", key);
     struct entry *e = slot(c, key);
     if (!e) {
-        free(copy);
+        curv__free(copy);
         return curv__fail(err, CURV_E_NOMEM, "config: out of memory setting '%s'", key);
     }
-    free(e->str);
+    curv__free(e->str);
     e->str = copy;
     e->num = num;
     return CURV_OK;

@@ -124,16 +124,16 @@ static const struct curv__param PARAMS[] = {
 
 static void work_free(struct hf_work *w)
 {
-    free(w->g);
-    free(w->pinv);
-    free(w->dvec);
-    free(w->x);
-    free(w->r);
-    free(w->p);
-    free(w->q);
-    free(w->snap);
-    free(w->snap_it);
-    free(w->ls);
+    curv__free(w->g);
+    curv__free(w->pinv);
+    curv__free(w->dvec);
+    curv__free(w->x);
+    curv__free(w->r);
+    curv__free(w->p);
+    curv__free(w->q);
+    curv__free(w->snap);
+    curv__free(w->snap_it);
+    curv__free(w->ls);
     *w = (struct hf_work){0};
 }
 
@@ -183,8 +183,8 @@ static void hf_fini(curv_opt *o)
 {
     struct hf_state *s = o->impl;
     work_free(&s->w);
-    free(s->prev);
-    free(s);
+    curv__free(s->prev);
+    curv__free(s);
 }
 
 #define HF_REPORT_ENTRIES 18

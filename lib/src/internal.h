@@ -47,6 +47,15 @@ static inline size_t curv__sat_add(size_t a, size_t b)
     return a > SIZE_MAX - b ? SIZE_MAX : a + b;
 }
 
+/* The library's allocator (curv_set_allocator): malloc, calloc (NULL when
+ * n * sz overflows), realloc, strdup and free work-alikes. A zero size asks for
+ * one byte, so a NULL return always means out of memory. */
+void *curv__malloc(size_t bytes);
+void *curv__calloc(size_t n, size_t sz);
+void *curv__realloc(void *p, size_t bytes);
+char *curv__strdup(const char *s);
+void curv__free(void *p);
+
 /* curv__calloc_n - zeroed array of n elements of size sz, NULL on overflow
  * or when out of memory. */
 void *curv__calloc_n(size_t n, size_t sz);

@@ -143,9 +143,9 @@ static const struct curv__kfac_hyper *hyp(const curv_opt *o)
 
 static void pend_drop(struct kfac_state *s)
 {
-    free(s->p.g);
-    free(s->p.vec);
-    free(s->p.delta);
+    curv__free(s->p.g);
+    curv__free(s->p.vec);
+    curv__free(s->p.delta);
     memset(&s->p, 0, sizeof s->p);
 }
 
@@ -154,8 +154,8 @@ static void kfac_fini(curv_opt *o)
     struct kfac_state *s = o->impl;
     pend_drop(s);
     curv__kfac_est_free(s->est);
-    free(s->mom);
-    free(s);
+    curv__free(s->mom);
+    curv__free(s);
 }
 
 static double clampd(double v, double lo)

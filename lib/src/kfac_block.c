@@ -42,18 +42,18 @@ static const double *side_w(const struct curv__kside *s)
 
 static void side_drop_new(struct curv__kside *s)
 {
-    free(s->F_new);
-    free(s->Q_new);
-    free(s->w_new);
+    curv__free(s->F_new);
+    curv__free(s->Q_new);
+    curv__free(s->w_new);
     s->F_new = s->Q_new = s->w_new = NULL;
 }
 
 static void side_free(struct curv__kside *s)
 {
     side_drop_new(s);
-    free(s->F);
-    free(s->Q);
-    free(s->w);
+    curv__free(s->F);
+    curv__free(s->Q);
+    curv__free(s->w);
 }
 
 static void side_init(struct curv__kside *s, size_t n, const struct curv__kfac_hyper *h,
@@ -106,10 +106,10 @@ static curv_status side_stats(struct curv__kside *s, const double *X, size_t row
     for (size_t i = 0; i < len; i++)
         Fn[i] = eps * s->F[i] + (1.0 - eps) * Fn[i];
     if (curv__first_nonfinite(Fn, len) < len) {
-        free(Fn);
+        curv__free(Fn);
         return CURV_E_NUMERIC;
     }
-    free(s->F_new);
+    curv__free(s->F_new);
     s->F_new = Fn;
     return CURV_OK;
 }
@@ -123,8 +123,8 @@ static curv_status side_refresh(struct curv__kside *s, curv_error *err)
     double *w = curv__calloc_n(n, sizeof(double));
     double *Q = s->diag ? NULL : curv__calloc_n(n * n, sizeof(double));
     if (!w || (!s->diag && !Q)) {
-        free(w);
-        free(Q);
+        curv__free(w);
+        curv__free(Q);
         return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for a %zu x %zu factor", n, n);
     }
     curv_status st = CURV_OK;
@@ -140,12 +140,12 @@ static curv_status side_refresh(struct curv__kside *s, curv_error *err)
     for (size_t i = 0; st == CURV_OK && i < n; i++)
         w[i] = w[i] > 0 ? w[i] : 0;
     if (st != CURV_OK) {
-        free(w);
-        free(Q);
+        curv__free(w);
+        curv__free(Q);
         return st;
     }
-    free(s->Q_new);
-    free(s->w_new);
+    curv__free(s->Q_new);
+    curv__free(s->w_new);
     s->Q_new = Q;
     s->w_new = w;
     return CURV_OK;
@@ -163,14 +163,14 @@ static double side_trace(const struct curv__kside *s)
 static void side_commit(struct curv__kside *s)
 {
     if (s->F_new) {
-        free(s->F);
+        curv__free(s->F);
         s->F = s->F_new;
     }
     if (s->w_new) {
-        free(s->w);
+        curv__free(s->w);
         s->w = s->w_new;
         if (!s->diag) {
-            free(s->Q);
+            curv__free(s->Q);
             s->Q = s->Q_new;
         }
     }
@@ -233,7 +233,8 @@ static curv_status kron_refresh(struct curv__kblock *b, curv_error *err)
         st = side_refresh(&b->G, err);
     if (st != CURV_OK) {
         /* Keep the tentative factors; drop only the partial inverse. */
-        free(b->A.Q_new), free(b->A.w_new), free(b->G.Q_new), free(b->G.w_new);
+        curv__free(b->A.Q_new), curv__free(b->A.w_new), curv__free(b->G.Q_new),
+            curv__free(b->G.w_new);
         b->A.Q_new = b->A.w_new = b->G.Q_new = b->G.w_new = NULL;
         return st;
     }
@@ -324,7 +325,7 @@ static void kron_free(struct curv__kblock *b)
 {
     side_free(&b->A);
     side_free(&b->G);
-    free(b);
+    curv__free(b);
 }
 
 static const struct curv__kblock_vt KRON_VT = {
@@ -386,8 +387,8 @@ static size_t fb_bytes(const struct curv__kblock *b)
 
 static void fb_free(struct curv__kblock *b)
 {
-    free(b->r);
-    free(b);
+    curv__free(b->r);
+    curv__free(b);
 }
 
 static const struct curv__kblock_vt FALLBACK_VT = {

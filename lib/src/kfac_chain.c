@@ -41,7 +41,7 @@ struct curv__kchain {
 static void free_new(struct curv__kchain *c)
 {
     for (size_t j = 0; c->Ax_new && c->Gx_new && j + 1 < c->L; j++) {
-        free(c->Ax_new[j]), free(c->Gx_new[j]);
+        curv__free(c->Ax_new[j]), curv__free(c->Gx_new[j]);
         c->Ax_new[j] = c->Gx_new[j] = NULL;
     }
 }
@@ -54,19 +54,22 @@ static void chain_free(struct curv__kchain *c)
     double **m[4] = {c->Ax, c->Gx, c->Axs, c->Gxs};
     for (int k = 0; k < 4; k++)
         for (size_t j = 0; m[k] && j + 1 < c->L; j++)
-            free(m[k][j]);
+            curv__free(m[k][j]);
     curv__kfac_tri_free(c->tri);
-    free(c->n_out), free(c->n_in), free(c->nx), free(c->off), free(c->bias);
-    free(c->Ax), free(c->Gx), free(c->Ax_new), free(c->Gx_new), free(c->Axs), free(c->Gxs);
-    free(c->V), free(c->X), free(c->Ad), free(c->Gd), free(c->Axp), free(c->Gxp), free(c->li);
-    free(c);
+    curv__free(c->n_out), curv__free(c->n_in), curv__free(c->nx), curv__free(c->off),
+        curv__free(c->bias);
+    curv__free(c->Ax), curv__free(c->Gx), curv__free(c->Ax_new), curv__free(c->Gx_new),
+        curv__free(c->Axs), curv__free(c->Gxs);
+    curv__free(c->V), curv__free(c->X), curv__free(c->Ad), curv__free(c->Gd), curv__free(c->Axp),
+        curv__free(c->Gxp), curv__free(c->li);
+    curv__free(c);
 }
 
 void curv__kchains_free(struct curv__kchain **c, size_t n)
 {
     for (size_t i = 0; c && i < n; i++)
         chain_free(c[i]);
-    free(c);
+    curv__free(c);
 }
 
 /* A chain of @L blocks from @first, allocated through @t (curv__tally);
@@ -103,7 +106,7 @@ static struct curv__kchain *chain_new(const curv_layout *l, const struct curv__k
             c->Ax[j] = m[0], c->Axs[j] = m[1], c->Gx[j] = m[2], c->Gxs[j] = m[3];
         else
             for (int k = 0; k < 4; k++)
-                free(m[k]);
+                curv__free(m[k]);
     }
     if (!t->alloc)
         return NULL;
@@ -280,7 +283,7 @@ static curv_status build(struct curv__kchain *c, struct curv__kblock *const *blo
     }
     curv_status st =
         curv__kfac_tri_build(c->L, c->n_out, c->n_in, Ad, Gd, Ax, Gx, out, clamped, err);
-    free(mem);
+    curv__free(mem);
     return st;
 }
 
@@ -320,7 +323,7 @@ void curv__kchain_commit(struct curv__kchain *c, size_t cand)
 {
     if (c->Ax_new[0]) {
         for (size_t j = 0; j + 1 < c->L; j++) {
-            free(c->Ax[j]), free(c->Gx[j]);
+            curv__free(c->Ax[j]), curv__free(c->Gx[j]);
             c->Ax[j] = c->Ax_new[j], c->Gx[j] = c->Gx_new[j];
             c->Ax_new[j] = c->Gx_new[j] = NULL;
         }

@@ -39,13 +39,13 @@ void curv__kfac_est_free(struct curv__kfac_est *e)
     for (size_t i = 0; e->b && i < e->n; i++)
         if (e->b[i])
             e->b[i]->vt->free(e->b[i]);
-    free(e->b);
-    free(e->cur);
-    free(e->nxt);
-    free(e->work);
+    curv__free(e->b);
+    curv__free(e->cur);
+    curv__free(e->nxt);
+    curv__free(e->work);
     curv__kchains_free(e->ch, e->nch);
-    free(e->member);
-    free(e);
+    curv__free(e->member);
+    curv__free(e);
 }
 
 curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyper *h,

@@ -227,7 +227,7 @@ static curv_status alloc_tri(size_t L, const size_t *n_out, const size_t *n_in,
     struct curv__kfac_tri *t = curv__calloc_n(1, sizeof *t + L * sizeof t->layer[0]);
     double *mem = t ? curv__calloc_n(total, sizeof(double)) : NULL;
     if (!mem) {
-        free(t);
+        curv__free(t);
         return curv__fail(err, CURV_E_NOMEM, "kfac_tri: out of memory for %zu doubles", total);
     }
     t->L = L;
@@ -336,7 +336,7 @@ curv_status curv__kfac_tri_build(size_t L, const size_t *n_out, const size_t *n_
     b.s2 = b.s1 + nmax;
     size_t nclamped = 0;
     st = compute(t, Ad, Gd, Ax, Gx, &b, &nclamped, err);
-    free(work);
+    curv__free(work);
     if (st != CURV_OK) {
         curv__kfac_tri_free(t);
         return st;
@@ -383,8 +383,8 @@ void curv__kfac_tri_free(struct curv__kfac_tri *t)
 {
     if (!t)
         return;
-    free(t->mem);
-    free(t);
+    curv__free(t->mem);
+    curv__free(t);
 }
 
 size_t curv__kfac_tri_bytes(const struct curv__kfac_tri *t)

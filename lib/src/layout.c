@@ -21,28 +21,28 @@ struct curv_layout {
 
 curv_layout *curv_layout_new(void)
 {
-    return calloc(1, sizeof(curv_layout));
+    return curv__calloc(1, sizeof(curv_layout));
 }
 
 void curv_layout_free(curv_layout *l)
 {
     if (!l)
         return;
-    free(l->blocks);
-    free(l);
+    curv__free(l->blocks);
+    curv__free(l);
 }
 
 curv_layout *curv_layout_dup(const curv_layout *l)
 {
     if (!l)
         return NULL;
-    curv_layout *c = calloc(1, sizeof *c);
+    curv_layout *c = curv__calloc(1, sizeof *c);
     if (!c)
         return NULL;
     if (l->n) {
-        c->blocks = malloc(l->n * sizeof *c->blocks);
+        c->blocks = curv__malloc(l->n * sizeof *c->blocks);
         if (!c->blocks) {
-            free(c);
+            curv__free(c);
             return NULL;
         }
         memcpy(c->blocks, l->blocks, l->n * sizeof *c->blocks);
@@ -88,7 +88,7 @@ static curv_status add_block(curv_layout *l, struct block *b, const char *name, 
                           name, b->n_out, cols, (size_t)CURV_LAYOUT_MAX_DIM);
     if (l->n == l->cap) {
         size_t cap = l->cap ? 2 * l->cap : 8;
-        struct block *nb = realloc(l->blocks, cap * sizeof *nb);
+        struct block *nb = curv__realloc(l->blocks, cap * sizeof *nb);
         if (!nb)
             return curv__fail(err, CURV_E_NOMEM, "layout: out of memory adding '%s'", name);
         l->blocks = nb;

@@ -72,7 +72,7 @@ curv_status curv__sym_eig(size_t n, double *A, size_t lda, double *w, curv_error
         copy_mat(n, R, n, A, lda);
         memcpy(w, wt, n * sizeof(double));
     }
-    free(R);
+    curv__free(R);
     return st;
 }
 
@@ -130,7 +130,7 @@ curv_status curv__sym_pow(size_t n, const double *A, size_t lda, double p, doubl
                     R, (int)n, 0.0, out, (int)ldo);
         curv__symmetrize(n, out, ldo);
     }
-    free(R);
+    curv__free(R);
     return st;
 }
 
@@ -168,7 +168,7 @@ curv_status curv__spd_inv(size_t n, const double *A, size_t lda, double *out, si
                 C[i * n + j] = C[j * n + i];
         copy_mat(n, C, n, out, ldo);
     }
-    free(C);
+    curv__free(C);
     return st;
 }
 

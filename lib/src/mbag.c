@@ -277,17 +277,17 @@ static void mbag_free(struct mbag *m)
 {
     if (!m)
         return;
-    free(m->grp);
-    free(m->perm);
-    free(m->A);
-    free(m->P);
-    free(m->v);
-    free(m->g);
-    free(m->w);
-    free(m->vn);
-    free(m->aux);
-    free(m->ns);
-    free(m);
+    curv__free(m->grp);
+    curv__free(m->perm);
+    curv__free(m->A);
+    curv__free(m->P);
+    curv__free(m->v);
+    curv__free(m->g);
+    curv__free(m->w);
+    curv__free(m->vn);
+    curv__free(m->aux);
+    curv__free(m->ns);
+    curv__free(m);
 }
 
 static void mbag_fini(curv_opt *o)

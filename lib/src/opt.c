@@ -85,16 +85,16 @@ void curv_opt_free(curv_opt *o)
     if (o->impl && o->vt->fini)
         o->vt->fini(o);
     curv_layout_free(o->layout);
-    free(o->hyper);
-    free(o->gbuf);
-    free(o->pbuf);
-    free(o->ubuf);
-    free(o->sbuf);
-    free(o->lbuf);
-    free(o->layers);
-    free(o->report.e);
-    free(o->report.names);
-    free(o);
+    curv__free(o->hyper);
+    curv__free(o->gbuf);
+    curv__free(o->pbuf);
+    curv__free(o->ubuf);
+    curv__free(o->sbuf);
+    curv__free(o->lbuf);
+    curv__free(o->layers);
+    curv__free(o->report.e);
+    curv__free(o->report.names);
+    curv__free(o);
 }
 
 curv_status curv_opt_new(curv_opt_kind kind, const curv_layout *layout, const curv_config *config,
@@ -132,14 +132,14 @@ curv_status curv__opt_new_bounded(curv_opt_kind kind, const curv_layout *layout,
     if (st != CURV_OK)
         return st;
     const struct curv__opt_vt *vt = vt_of(kind);
-    curv_opt *o = calloc(1, sizeof *o);
+    curv_opt *o = curv__calloc(1, sizeof *o);
     if (!o)
         return curv__fail(err, CURV_E_NOMEM, "opt: out of memory");
     o->kind = kind;
     o->vt = vt;
     o->layout = curv_layout_dup(layout);
     o->dim = curv_layout_dim(layout);
-    o->hyper = calloc(1, vt->hyper_size);
+    o->hyper = curv__calloc(1, vt->hyper_size);
     st = CURV_E_NOMEM;
     if (!o->layout || !o->hyper) {
         curv__fail(err, st, "opt: out of memory");
@@ -174,14 +174,14 @@ curv_status curv_opt_state_bytes(curv_opt_kind kind, const curv_layout *layout,
      * the resolved hyperparameters; the kind's init then only counts. */
     curv_opt o = {
         .kind = kind, .vt = vt, .layout = (curv_layout *)layout, .dim = curv_layout_dim(layout)};
-    if (!(o.hyper = calloc(1, vt->hyper_size)))
+    if (!(o.hyper = curv__calloc(1, vt->hyper_size)))
         return curv__fail(err, CURV_E_NOMEM, "opt: out of memory");
     struct curv__tally t = {.alloc = 0, .bytes = front_bytes(vt, layout)};
     st = curv__params_apply(vt->params, vt->n_params, curv_opt_kind_name(kind), config, o.hyper,
                             err);
     if (st == CURV_OK)
         st = vt->init(&o, &t, err);
-    free(o.hyper);
+    curv__free(o.hyper);
     if (st == CURV_OK)
         *bytes = t.bytes;
     return st;
@@ -347,12 +347,12 @@ curv_status curv__report_reserve(curv_opt *o, struct curv__tally *t, size_t cap,
     if (!t->alloc)
         return CURV_OK;
     if (t->failed) {
-        free(e);
-        free(names);
+        curv__free(e);
+        curv__free(names);
         return curv__fail(err, CURV_E_NOMEM, "%s: out of memory", curv_opt_kind_name(o->kind));
     }
-    free(o->report.e);
-    free(o->report.names);
+    curv__free(o->report.e);
+    curv__free(o->report.names);
     o->report = (struct curv__report){.e = e, .names = names, .cap = cap};
     return CURV_OK;
 }
@@ -396,7 +396,7 @@ curv_status curv_opt_reconfigure(curv_opt *o, const curv_config *changes, curv_e
     const char *name = curv_opt_kind_name(o->kind);
     if (o->pending)
         return curv__fail(err, CURV_E_STATE, "%s: a request is pending; answer it first", name);
-    void *nh = malloc(o->vt->hyper_size);
+    void *nh = curv__malloc(o->vt->hyper_size);
     if (!nh)
         return curv__fail(err, CURV_E_NOMEM, "%s: out of memory", name);
     memcpy(nh, o->hyper, o->vt->hyper_size);
@@ -410,7 +410,7 @@ curv_status curv_opt_reconfigure(curv_opt *o, const curv_config *changes, curv_e
     }
     if (st == CURV_OK)
         memcpy(o->hyper, nh, o->vt->hyper_size);
-    free(nh);
+    curv__free(nh);
     return st;
 }
 

@@ -15,7 +15,7 @@ static int ensure(double **buf, size_t *cap, size_t n)
     double *nb = curv__calloc_n(n ? n : 1, sizeof(double));
     if (!nb)
         return 0;
-    free(*buf);
+    curv__free(*buf);
     *buf = nb;
     *cap = n;
     return 1;
@@ -140,7 +140,7 @@ static curv_status load_layers(curv_opt *o, const curv_step_input *in, struct cu
         struct curv__layer_in *nl = curv__calloc_n(in->n_layers, sizeof *nl);
         if (!nl)
             return curv__fail(err, CURV_E_NOMEM, "%s: out of memory", name);
-        free(o->layers);
+        curv__free(o->layers);
         o->layers = nl;
         o->layers_cap = in->n_layers;
     }

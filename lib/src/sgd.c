@@ -73,8 +73,8 @@ static curv_status ensure_velocity(curv_opt *o, struct sgd_state *s, curv_error 
 static void sgd_fini(curv_opt *o)
 {
     struct sgd_state *s = o->impl;
-    free(s->v);
-    free(s);
+    curv__free(s->v);
+    curv__free(s);
 }
 
 static curv_status sgd_step(curv_opt *o, const struct curv__step_args *in, double *delta,
@@ -125,7 +125,7 @@ static curv_status sgd_load(curv_opt *o, struct curv__reader *r, curv_error *err
     if (has_v && !s->v && !(s->v = curv__calloc_n(o->dim, sizeof(double))))
         return curv__fail(err, CURV_E_NOMEM, "sgd: out of memory for %zu momentum entries", o->dim);
     if (!has_v) { /* momentum was switched on after the last save */
-        free(s->v);
+        curv__free(s->v);
         s->v = NULL;
     }
     if (s->v) {

@@ -36,7 +36,7 @@ static int reserve(struct curv__writer *w, size_t extra)
         }
         cap *= 2;
     }
-    unsigned char *nb = realloc(w->buf, cap);
+    unsigned char *nb = curv__realloc(w->buf, cap);
     if (!nb) {
         w->oom = 1;
         return 0;
@@ -214,7 +214,7 @@ void curv__w_hint(struct curv__writer *w, size_t bytes)
 {
     if (w->oom || bytes <= w->cap)
         return;
-    unsigned char *nb = realloc(w->buf, bytes);
+    unsigned char *nb = curv__realloc(w->buf, bytes);
     if (!nb) {
         w->oom = 1; /* the blob would not fit either */
         return;
@@ -255,7 +255,7 @@ static void w_mark(struct curv__writer *w, uint64_t stamp, int stable)
     if (w->n_marks == w->marks_cap) {
         size_t cap = w->marks_cap ? 2 * w->marks_cap : 16;
         struct curv__w_mark *nm =
-            cap <= SIZE_MAX / sizeof *nm ? realloc(w->marks, cap * sizeof *nm) : NULL;
+            cap <= SIZE_MAX / sizeof *nm ? curv__realloc(w->marks, cap * sizeof *nm) : NULL;
         if (!nm) {
             w->oom = 1;
             return;
@@ -284,8 +284,8 @@ uint64_t curv__stamp(enum curv__stamp_src src, uint64_t value)
 
 void curv__w_release(struct curv__writer *w)
 {
-    free(w->buf);
-    free(w->marks);
+    curv__free(w->buf);
+    curv__free(w->marks);
     *w = (struct curv__writer){0};
 }
 
@@ -335,9 +335,9 @@ curv_status curv__state_seal(struct curv__writer *w, unsigned char **blob, size_
     if (w->oom || total < payload || (w->framed && !reserve(w, TRAILER_LEN)) ||
         (parts && !(p = build_parts(w, shift, total, &np))))
         return curv__fail(err, CURV_E_NOMEM, "state: cannot allocate a %zu-byte blob", total);
-    unsigned char *out = w->framed ? w->buf : malloc(total);
+    unsigned char *out = w->framed ? w->buf : curv__malloc(total);
     if (!out) {
-        free(p);
+        curv__free(p);
         return curv__fail(err, CURV_E_NOMEM, "state: cannot allocate a %zu-byte blob", total);
     }
     if (w->framed) { /* the header is already in place: no copy */

@@ -9,7 +9,7 @@ void *curv__calloc_n(size_t n, size_t sz)
     size_t bytes;
     if (!curv__mul_ok(n, sz, &bytes))
         return NULL;
-    return calloc(n ? n : 1, sz ? sz : 1);
+    return curv__calloc(n ? n : 1, sz ? sz : 1);
 }
 
 size_t curv__calloc_bytes(size_t n, size_t sz)
@@ -82,5 +82,5 @@ int curv__valid_sums(const double *x, size_t n)
 
 void curv_free(void *p)
 {
-    free(p);
+    curv__free(p);
 }

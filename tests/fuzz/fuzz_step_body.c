@@ -33,6 +33,7 @@
 
 #include "codec.h"
 #include "curv.h"
+#include "mem.h"
 #include "out.h"
 #include "step_decode.h"
 
@@ -265,7 +266,7 @@ static void round_trip(const double *g, const double *theta, int with_params, in
         }
         decoded_clear(&d);
     }
-    free(body);
+    curvd_mem_free(body);
     curvd_out_clear(&out);
 }
 

@@ -11,6 +11,7 @@
 
 #include "codec.h"
 #include "json_scan.h"
+#include "mem.h"
 #include "out.h"
 #include "testutil.h"
 
@@ -1186,7 +1187,7 @@ static void roundtrip(int dtype, enum curvd_encoding enc)
     }
     curvd_tensors_free(t, n);
     curvd_doc_free(doc);
-    free(body);
+    curvd_mem_free(body);
     curvd_out_clear(&o);
     free(flat);
     free(back);
@@ -1294,7 +1295,7 @@ static void test_render_binary_tail_order(void **state)
     unsigned char *b = curvd_out_take(&o);
     assert_null(o.buf);
     assert_int_equal(o.len, len);
-    free(b);
+    curvd_mem_free(b);
     curvd_out_clear(&o);
     curv_layout_free(l);
 }
@@ -1391,7 +1392,7 @@ static void test_timing(void **state)
             }
             curvd_tensors_free(t, n);
             curvd_doc_free(doc);
-            free(body);
+            curvd_mem_free(body);
             curvd_out_clear(&o);
         }
     }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mem.h"
 #include "out.h"
 #include "srvutil.h"
 #include "testutil.h"
@@ -52,7 +53,11 @@ static void step1_body(const struct su_trainer *tr, int enc, struct su_body *b)
     curvd_out_lit(&o, "}");
     assert_int_equal(curvd_out_finish(&o, NULL), 0);
     *b = (struct su_body){.len = o.len, .cap = o.len};
-    b->p = curvd_out_take(&o);
+    unsigned char *taken = curvd_out_take(&o);
+    b->p = malloc(o.len); /* su_body_free frees it */
+    assert_non_null(b->p);
+    memcpy(b->p, taken, o.len);
+    curvd_mem_free(taken);
 }
 
 static void expect_same(const struct su_resp *a, const struct su_resp *b, const char *what)
