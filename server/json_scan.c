@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mem.h"
+
 /* ---- The body scanner -------------------------------------------------- */
 
 struct scan {
@@ -31,7 +33,7 @@ struct scan {
 };
 
 /* Make room for @need elements of @elem bytes; doubling keeps appends
- * amortised O(1). */
+ * amortised O(1). Through curvd_mem: a large body's values are tens of MB. */
 static int grow(void **buf, size_t *cap, size_t need, size_t elem)
 {
     if (need <= *cap)
@@ -41,7 +43,7 @@ static int grow(void **buf, size_t *cap, size_t need, size_t elem)
         n = n > SIZE_MAX / 2 ? need : n * 2;
     if (n > SIZE_MAX / elem)
         return -1;
-    void *q = realloc(*buf, n * elem);
+    void *q = curvd_mem_realloc(*buf, n * elem);
     if (!q)
         return -1;
     *buf = q;
@@ -408,11 +410,11 @@ int curvd_json_parse(const char *body, size_t len, struct curvd_doc **out, struc
         return nomem(p);
     if (scan_body(&sc) || (d->ncuts && skel_put(&sc, body + sc.copied, len - sc.copied)) ||
         load_skeleton(&sc)) {
-        free(sc.skel);
+        curvd_mem_free(sc.skel);
         curvd_doc_free(d);
         return -1;
     }
-    free(sc.skel);
+    curvd_mem_free(sc.skel);
     *out = d;
     return 0;
 }
@@ -427,9 +429,9 @@ void curvd_doc_free(struct curvd_doc *doc)
     if (!doc)
         return;
     json_decref(doc->root);
-    free(doc->values);
-    free(doc->text);
-    free(doc->cuts);
+    curvd_mem_free(doc->values);
+    curvd_mem_free(doc->text);
+    curvd_mem_free(doc->cuts);
     free(doc);
 }
 

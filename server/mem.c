@@ -15,9 +15,10 @@ struct hdr {
 };
 #define HDR sizeof(struct hdr)
 
-/* Mappings are whole 2 MiB units (transparent huge pages can back them). */
+/* Mappings are whole 2 MiB units. Not madvised for huge pages: with THP
+ * defrag "madvise" (Debian's default) such faults compact memory first. */
 #define UNIT ((size_t)2 << 20)
-#define IDLE_MAX_BYTES ((size_t)1 << 30)
+#define IDLE_MAX_BYTES ((size_t)2 << 30)
 #define IDLE_SLOTS 64
 
 /* Sanitizer builds keep every block in malloc, so that LeakSanitizer still
@@ -90,7 +91,6 @@ static struct hdr *map_new(size_t len)
     void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED)
         return NULL;
-    madvise(m, len, MADV_HUGEPAGE); /* advice only: fewer faults where THP is on */
     pthread_mutex_lock(&lock);
     idle.maps++;
     pthread_mutex_unlock(&lock);
@@ -131,13 +131,22 @@ void *curvd_mem_realloc(void *p, size_t bytes)
         h->size = bytes;
         return p;
     }
-    if (h->mapped) { /* grow the mapping, moving it only if it must */
+    if (h->mapped) {
+        /* An idle block's pages are already there: copying into it costs
+         * less than faulting in the fresh pages of a grown mapping. */
         size_t len = map_len(bytes);
-        void *m = mremap(h, h->mapped, len, MREMAP_MAYMOVE);
-        if (m == MAP_FAILED)
-            return NULL;
-        h = m;
-        h->mapped = len;
+        struct hdr *n = idle_take(len);
+        if (n) {
+            memcpy(n + 1, p, h->size);
+            idle_put(h);
+            h = n;
+        } else {
+            void *m = mremap(h, h->mapped, len, MREMAP_MAYMOVE);
+            if (m == MAP_FAILED)
+                return NULL;
+            h = m;
+            h->mapped = len;
+        }
     } else if (!USE_MAPS || bytes < CURVD_MEM_BIG) {
         h = realloc(h, HDR + bytes);
         if (!h)

@@ -151,6 +151,9 @@ static void queue_tail(struct curvd_out *o, const double *x, size_t n, int dtype
     o->tail[o->ntail++] = (struct curvd_out_tail){x, n, dtype};
 }
 
+/* Bytes around a tensor's name and data: keys, shape, datatype, braces. */
+#define TENSOR_FRAME 160
+
 /* The data (or parameters) member of one block's tensor object. */
 static void block_data(struct curvd_out *o, const double *x, size_t n, int dtype,
                        enum curvd_encoding enc)
@@ -176,13 +179,20 @@ static void block_data(struct curvd_out *o, const double *x, size_t n, int dtype
 int curvd_out_tensors(struct curvd_out *o, const curv_layout *l, const double *flat, int dtype,
                       enum curvd_encoding enc, struct curvd_problem *p)
 {
-    size_t nb = curv_layout_nblocks(l);
+    size_t nb = curv_layout_nblocks(l), room = 2;
     for (size_t k = 0; k < nb; k++) {
         curv_block_info b;
         curv_layout_block(l, k, &b);
         if (wire_values(flat + b.offset, b.size, dtype, b.name, p))
             return -1;
+        room += TENSOR_FRAME + 6 * strlen(b.name) +
+                (enc == CURVD_ENC_BINARY ? 0
+                 : enc == CURVD_ENC_B64  ? curvd_b64_bound(b.size, dtype)
+                                         : curvd_numbers_bound(b.size, dtype));
     }
+    /* One buffer of the final size: growing a large one by doubling would
+     * copy or fault in its pages again at every doubling. */
+    reserve(o, room);
     curvd_out_lit(o, "[");
     for (size_t k = 0; k < nb; k++) {
         curv_block_info b;
