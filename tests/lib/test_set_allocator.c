@@ -55,6 +55,18 @@ static void t_release(void *p)
 
 static const curv_allocator tagged = {t_alloc, t_resize, t_release};
 
+/* A blob of @o and an optimizer loaded from it, both released again. */
+static void save_and_load(const curv_opt *o)
+{
+    unsigned char *blob;
+    size_t len;
+    assert_int_equal(curv_opt_save(o, &blob, &len, NULL), CURV_OK);
+    curv_opt *back = NULL;
+    assert_int_equal(curv_opt_load(blob, len, &back, NULL), CURV_OK);
+    curv_free(blob);
+    curv_opt_free(back);
+}
+
 /* Create (default settings), step, save, load and free @kind on a small
  * two-block layout. */
 static void run_kind(curv_opt_kind kind)
@@ -71,13 +83,7 @@ static void run_kind(curv_opt_kind kind)
         tu_fill_normal(&r, g, d, 1.0);
         tu_step_ok(o, g, NULL, u);
     }
-    unsigned char *blob;
-    size_t len;
-    assert_int_equal(curv_opt_save(o, &blob, &len, NULL), CURV_OK);
-    curv_opt *back = NULL;
-    assert_int_equal(curv_opt_load(blob, len, &back, NULL), CURV_OK);
-    curv_free(blob);
-    curv_opt_free(back);
+    save_and_load(o);
     curv_opt_free(o);
     curv_layout_free(l);
     free(g);
@@ -101,13 +107,7 @@ static void run_kfac(void)
         st = curv_opt_resume(o, &resp, CURV_F64, u, &req, NULL);
     }
     assert_int_equal(st, CURV_OK);
-    unsigned char *blob;
-    size_t len;
-    assert_int_equal(curv_opt_save(o, &blob, &len, NULL), CURV_OK);
-    curv_opt *back = NULL;
-    assert_int_equal(curv_opt_load(blob, len, &back, NULL), CURV_OK);
-    curv_free(blob);
-    curv_opt_free(back);
+    save_and_load(o);
     free(u);
     free(vals);
     tu_mlp_teardown(o, l, &net);
