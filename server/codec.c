@@ -80,6 +80,14 @@ static int nomem(struct curvd_problem *p, const char *path)
     return curvd_problem_set(p, CURVD_R_NO_MEMORY, path, NULL, NULL, "out of memory");
 }
 
+/* Room for @t's count values (none for an empty tensor); NO_MEMORY at @path. */
+static int alloc_values(struct curvd_tensor *t, const char *path, struct curvd_problem *p)
+{
+    if (t->count && !(t->data = curvd_mem_alloc(t->count * sizeof(double))))
+        return nomem(p, path);
+    return 0;
+}
+
 /* "[2,3]" into @buf (cut to fit). */
 static const char *fmt_shape(char *buf, size_t cap, const size_t *dims, size_t n)
 {
@@ -259,8 +267,8 @@ static int decode_json_array(const json_t *a, const char *path, struct curvd_ten
 {
     if (curvd_array_measure(a, c, path, p) || check_nesting(t, c, path, p))
         return -1;
-    if (t->count && !(t->data = curvd_mem_alloc(t->count * sizeof(double))))
-        return nomem(p, path);
+    if (alloc_values(t, path, p))
+        return -1;
     curvd_array_fill(a, t->data);
     return 0;
 }
@@ -280,8 +288,8 @@ static int decode_b64(const json_t *b, const struct curvd_doc *doc, const char *
      * large shape. */
     if (curvd_b64_check(text, len, bytes, path, p))
         return -1;
-    if (t->count && !(t->data = curvd_mem_alloc(t->count * sizeof(double))))
-        return nomem(p, path);
+    if (alloc_values(t, path, p))
+        return -1;
     /* Decode into the tail of the double buffer and widen in place: each
      * element is read before its wider copy overwrites anything unread. */
     unsigned char *raw =
@@ -317,8 +325,8 @@ static int decode_binary(const json_t *size, const char *path, struct curvd_bina
                                  "the binary part ends %zu bytes short of '%s'",
                                  bytes - (bin->len - bin->pos), t->name);
     }
-    if (t->count && !(t->data = curvd_mem_alloc(t->count * sizeof(double))))
-        return nomem(p, path);
+    if (alloc_values(t, path, p))
+        return -1;
     curvd_le_decode(bin->base + bin->pos, t->count, t->dtype, t->data);
     return 0;
 }
@@ -347,8 +355,8 @@ static int decode_data(const json_t *obj, const char *path, const struct curvd_d
         *c = cut;
         if (check_nesting(t, cut, path, p))
             return -1;
-        if (t->count && !(t->data = curvd_mem_alloc(t->count * sizeof(double))))
-            return nomem(p, path);
+        if (alloc_values(t, path, p))
+            return -1;
         if (t->count)
             memcpy(t->data, doc->values + cut->first, t->count * sizeof(double));
         return 0;

@@ -194,10 +194,7 @@ CURVD_HANDLER(curvd_h_callback)
         char *copy = cb_ok && cb == pd->answered_seq && pd->last ? malloc(pd->last_len) : NULL;
         if (copy) { /* a retried answer: the reply it got the first time */
             memcpy(copy, pd->last, pd->last_len);
-            rp->json_header_len = pd->last_json_len;
-            curvd_reply_bytes(rp, 202,
-                              pd->last_json_len ? "application/octet-stream" : "application/json",
-                              copy, pd->last_len);
+            curvd_reply_tensors(rp, 202, copy, pd->last_len, pd->last_json_len, NULL);
             curvd_callback_url(e, rp->location, sizeof rp->location);
         } else {
             char want[24];

@@ -76,9 +76,8 @@ static void step_committed(struct curvd_commit_job *job)
         curvd_committed_set(&e->committed, j->parts, j->n_parts); /* only now is it stored */
         bytes = j->len;
         curvd_metrics_step(srv->metrics, curv_opt_kind_of(e->opt));
-        rp->json_header_len = binary ? j->json_len : 0;
-        curvd_reply_owned(rp, 200, binary ? "application/octet-stream" : "application/json",
-                          j->body, j->body_len, curvd_mem_free);
+        curvd_reply_tensors(rp, 200, j->body, j->body_len, binary ? j->json_len : 0,
+                            curvd_mem_free);
         j->body = NULL;
         snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", step);
     } else {
@@ -187,9 +186,7 @@ static void reply_callback(const struct curvd_req *rq, struct curvd_reply *rp,
     pd->last = copy;
     pd->last_len = len;
     pd->last_json_len = binary ? out->json_len : 0;
-    rp->json_header_len = pd->last_json_len;
-    curvd_reply_owned(rp, 202, binary ? "application/octet-stream" : "application/json", body, len,
-                      curvd_mem_free);
+    curvd_reply_tensors(rp, 202, body, len, pd->last_json_len, curvd_mem_free);
     curvd_callback_url(e, rp->location, sizeof rp->location); /* the callback's "url" */
 }
 

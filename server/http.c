@@ -144,6 +144,14 @@ void curvd_reply_bytes(struct curvd_reply *rp, int status, const char *ctype, vo
     curvd_reply_owned(rp, status, ctype, body, len, NULL);
 }
 
+void curvd_reply_tensors(struct curvd_reply *rp, int status, void *body, size_t len,
+                         size_t json_len, void (*release)(void *))
+{
+    curvd_reply_owned(rp, status, json_len ? "application/octet-stream" : "application/json", body,
+                      len, release);
+    rp->json_header_len = json_len;
+}
+
 void curvd_reply_json(struct curvd_reply *rp, int status, void *json)
 {
     char *text = json ? json_dumps(json, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
@@ -411,14 +419,11 @@ static void append(struct rctx *x, const char *data, size_t n, size_t max)
         size_t cap = x->cap ? x->cap : x->len + n > x->declared ? 4096 : x->declared;
         while (cap < x->len + n)
             cap = cap > max / 2 ? max : cap * 2;
-        char *nb = curvd_mem_alloc(cap);
+        char *nb = curvd_mem_realloc(x->body, cap);
         if (!nb) {
             x->too_big = 1;
             return;
         }
-        if (x->len)
-            memcpy(nb, x->body, x->len);
-        curvd_mem_free(x->body);
         x->body = nb;
         x->cap = cap;
     }

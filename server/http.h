@@ -112,6 +112,11 @@ const char *curvd_req_query(const struct curvd_req *rq, const char *name);
 void curvd_reply_json(struct curvd_reply *rp, int status, void *json);
 void curvd_reply_bytes(struct curvd_reply *rp, int status, const char *ctype, void *body,
                        size_t len);
+/* A body of tensors: plain JSON when @json_len is 0, else the binary
+ * extension (its first @json_len bytes are the JSON header). Released by
+ * @release (free() when NULL). */
+void curvd_reply_tensors(struct curvd_reply *rp, int status, void *body, size_t len,
+                         size_t json_len, void (*release)(void *));
 /* The same for a body released by @release instead of free(). */
 void curvd_reply_owned(struct curvd_reply *rp, int status, const char *ctype, void *body,
                        size_t len, void (*release)(void *));

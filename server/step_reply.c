@@ -139,9 +139,8 @@ static int parse_stored_type(const char *t, int *dtype, enum curvd_encoding *enc
 static void reply_stored_body(struct curvd_reply *rp, struct curvd_step_response *r)
 {
     const char *jh = strstr(r->content_type, "json-header=");
-    rp->json_header_len = jh ? (size_t)strtoull(jh + 12, NULL, 10) : 0;
-    curvd_reply_owned(rp, 200, jh ? "application/octet-stream" : "application/json", r->body,
-                      r->body_len, sqlite3_free);
+    curvd_reply_tensors(rp, 200, r->body, r->body_len, jh ? (size_t)strtoull(jh + 12, NULL, 10) : 0,
+                        sqlite3_free);
     r->body = NULL;
 }
 
@@ -172,11 +171,8 @@ static void reply_stored_update(struct curvd_reply *rp, const struct curvd_req *
     else if (curvd_encode_update(&out, r->step, l, x, dtype, enc, r->report, &p) != 0)
         curvd_reply_codec_problem(rp, rq, &p);
     else {
-        int binary = enc == CURVD_ENC_BINARY;
-        size_t len = out.len;
-        rp->json_header_len = binary ? out.json_len : 0;
-        curvd_reply_owned(rp, 200, binary ? "application/octet-stream" : "application/json",
-                          curvd_out_take(&out), len, curvd_mem_free);
+        size_t len = out.len, json_len = enc == CURVD_ENC_BINARY ? out.json_len : 0;
+        curvd_reply_tensors(rp, 200, curvd_out_take(&out), len, json_len, curvd_mem_free);
     }
     free(x);
     curvd_out_clear(&out);

@@ -6,9 +6,6 @@
 
 void *curv__calloc_n(size_t n, size_t sz)
 {
-    size_t bytes;
-    if (!curv__mul_ok(n, sz, &bytes))
-        return NULL;
     return curv__calloc(n ? n : 1, sz ? sz : 1);
 }
 
