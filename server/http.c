@@ -51,6 +51,7 @@ struct curvd_http {
     int stop;
     atomic_int inflight; /* heavy requests queued, running or deferred */
     atomic_int active;   /* requests between their first byte and their reply's last */
+    atomic_int closing;  /* draining: new connections refused, replies close theirs */
 };
 
 enum phase { RECEIVING = 0, QUEUED, DONE };
@@ -255,6 +256,8 @@ static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Con
     }
     if (rp->status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"curvd\"");
+    if (atomic_load(&srv->http->closing))
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     add_server_timing(r, rp);
     if (rp->json_header_len) {
         char n[24];
@@ -571,6 +574,17 @@ static int start_workers(struct curvd_http *h, unsigned n, char *err, size_t err
     return 0;
 }
 
+/* Draining refuses new connections here, not with MHD_quiesce_daemon: in
+ * libmicrohttpd 0.9.75 that races a pool thread's epoll loop to remove the
+ * listen socket from the same epoll set, and the loser aborts the process. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    (void)addr;
+    (void)addrlen;
+    const struct curvd_http *h = cls;
+    return atomic_load(&h->closing) ? MHD_NO : MHD_YES;
+}
+
 int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)srv->cfg.port)};
@@ -586,6 +600,7 @@ int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
     atomic_init(&h->next_id, (uint64_t)now_ns());
     atomic_init(&h->inflight, 0);
     atomic_init(&h->active, 0);
+    atomic_init(&h->closing, 0);
     h->srv = srv;
     if (start_workers(h, srv->cfg.workers, err, errlen) != 0) {
         free(h);
@@ -599,7 +614,7 @@ int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
     unsigned flags =
         MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
     h->mhd = MHD_start_daemon(
-        flags, (uint16_t)srv->cfg.port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR,
+        flags, (uint16_t)srv->cfg.port, on_accept, h, on_request, srv, MHD_OPTION_SOCK_ADDR,
         (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv->cfg.threads,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)32 * 1024, MHD_OPTION_CONNECTION_LIMIT, 1024u, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
@@ -631,11 +646,12 @@ void curvd_http_stop(struct curvd_server *srv)
 {
     if (!srv->http)
         return;
-    /* Graceful drain (SERVICE-NOTES): stop accepting; let queued and running
+    /* Graceful drain (SERVICE-NOTES): refuse new connections (on_accept) and
+     * close kept-alive ones after their next reply; let queued and running
      * steps finish (their connections are suspended, and MHD must not stop
      * with a connection suspended); let replies go out; then stop. */
     struct curvd_http *h = srv->http;
-    MHD_socket ls = MHD_quiesce_daemon(h->mhd);
+    atomic_store(&h->closing, 1);
     for (int i = 0; i < 1200 && atomic_load(&h->inflight) > 0; i++)
         sleep_ms(50);
     /* Requests still arriving or replies still going out get up to 8 s;
@@ -643,8 +659,6 @@ void curvd_http_stop(struct curvd_server *srv)
     for (int i = 0; i < 160 && atomic_load(&h->active) > 0; i++)
         sleep_ms(50);
     MHD_stop_daemon(h->mhd);
-    if (ls != MHD_INVALID_SOCKET)
-        close(ls);
     stop_workers(h);
     free(h);
     srv->http = NULL;

@@ -1,14 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 #include "srvutil.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -67,6 +73,52 @@ int su_rmtree(const char *dir)
     int n = snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     assert_true(n > 0 && (size_t)n < sizeof cmd);
     return system(cmd);
+}
+
+int su_raw_connect(unsigned port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int su_raw_read(int fd, char *buf, size_t cap, size_t *len, const char *until, int timeout_ms)
+{
+    assert_true(cap > 0);
+    long long deadline = mono_ms() + timeout_ms;
+    *len = 0;
+    buf[0] = 0;
+    for (;;) {
+        if (until && strstr(buf, until))
+            return 1;
+        long long left = deadline - mono_ms();
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        if (left <= 0 || poll(&pf, 1, (int)left) == 0)
+            return -1;
+        ssize_t k = recv(fd, buf + *len, cap - 1 - *len, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) /* the end, or a reset */
+            return 0;
+        *len += (size_t)k;
+        buf[*len] = 0;
+        assert_true(*len < cap - 1); /* the caller's buffer holds every reply it expects */
+    }
 }
 
 void su_raw_exec(const char *path, const char *sql)

@@ -49,6 +49,15 @@ void su_tmpdir(char *dir, size_t dir_cap, const char *root, const char *tag, cha
 /* rm -rf @dir; system()'s status (0 when removed). */
 int su_rmtree(const char *dir);
 
+/* A plain TCP connection to 127.0.0.1:@port, for what libcurl will not send
+ * or wait for; -1 with errno when it cannot connect. */
+int su_raw_connect(unsigned port);
+
+/* Read @fd into @buf (NUL-terminated, *@len bytes) until it holds @until
+ * (NULL: until the end), the peer closes or resets, or @timeout_ms pass.
+ * Returns 1 when @until was seen, 0 at the end of the stream, -1 on timeout. */
+int su_raw_read(int fd, char *buf, size_t cap, size_t *len, const char *until, int timeout_ms);
+
 /* ---- The store, and its file read and written beside it (sqlite3) ---- */
 
 /* Fail unless the store call @expr gives @want; the call writes its

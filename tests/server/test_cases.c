@@ -13,7 +13,6 @@
 /* TCP_CORK (Linux) is outside POSIX: it lets a hang-up travel with the last
  * bytes of a request, see raw_exchange(). */
 #define _DEFAULT_SOURCE
-#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -198,13 +197,9 @@ static int raw_exchange(unsigned port, const unsigned char *req, size_t len, int
                         struct raw_resp *r, char *err, size_t cap)
 {
     memset(r, 0, sizeof *r);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    int fd = su_raw_connect(port);
+    if (fd < 0) {
         snprintf(err, cap, "connect: %s", strerror(errno));
-        close(fd);
         return -1;
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);

@@ -1,9 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* The HTTP layer over a real socket: routing, problem+json, body limits,
- * the version catalogue. */
+ * the version catalogue, the graceful drain. */
 #include <jansson.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "curv.h"
 #include "http.h"
@@ -159,6 +163,60 @@ static void test_route_match(void **state)
     assert_null(curvd_route_match("GET", longp, &caps, params, &n, &known));
 }
 
+static void *stop_main(void *srv)
+{
+    su_stop(srv);
+    return NULL;
+}
+
+static void send_text(int fd, const char *s)
+{
+    assert_int_equal(send(fd, s, strlen(s), MSG_NOSIGNAL), (ssize_t)strlen(s));
+}
+
+/* The drain (SIGTERM): once it has begun, a new connection is closed
+ * unanswered, never left waiting; a request already under way is answered,
+ * with Connection: close, and only then does the daemon stop. */
+static void test_drain(void **state)
+{
+    struct fixture *f = *state;
+    unsigned port = curvd_http_port(&f->srv);
+    char buf[4096];
+    size_t n;
+    int a = su_raw_connect(port);
+    assert_true(a >= 0);
+    /* "100 Continue" means the request has begun: its headers were handled. */
+    send_text(a, "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
+                 "Expect: 100-continue\r\n\r\n");
+    assert_int_equal(su_raw_read(a, buf, sizeof buf, &n, "\r\n\r\n", 5000), 1);
+    assert_non_null(strstr(buf, "HTTP/1.1 100"));
+
+    pthread_t stopper;
+    assert_int_equal(pthread_create(&stopper, NULL, stop_main, &f->srv), 0);
+    int refused = 0;
+    for (int i = 0; i < 200 && !refused; i++) { /* until the drain has begun */
+        int b = su_raw_connect(port);
+        assert_true(b >= 0);
+        send(b, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 34, MSG_NOSIGNAL);
+        int rc = su_raw_read(b, buf, sizeof buf, &n, "\r\n\r\n", 2000);
+        close(b);
+        if (rc < 0)
+            fail_msg("a connection made during the drain was left waiting");
+        refused = rc == 0 && n == 0;
+        if (!refused)
+            nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    }
+    assert_true(refused);
+
+    send_text(a, "{}");
+    assert_int_equal(su_raw_read(a, buf, sizeof buf, &n, NULL, 5000), 0);
+    assert_non_null(strstr(buf, "HTTP/1.1 405"));
+    assert_non_null(strstr(buf, "\r\nConnection: close\r\n"));
+    close(a);
+    assert_int_equal(pthread_join(stopper, NULL), 0);
+    assert_null(f->srv.http);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -167,6 +225,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_body_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_version, setup, teardown),
         cmocka_unit_test(test_route_match),
+        cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
