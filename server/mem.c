@@ -38,7 +38,7 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
     struct hdr *h[IDLE_SLOTS];
     size_t n, bytes;
-    size_t maps, reuses;
+    size_t maps, reuses, fresh_bytes;
 } idle;
 
 static struct hdr *hdr_of(const void *p)
@@ -46,20 +46,26 @@ static struct hdr *hdr_of(const void *p)
     return (struct hdr *)((char *)p - HDR);
 }
 
-/* The idle mapping that fits @len best, wasting at most as much again. */
-static struct hdr *idle_take(size_t len)
+/* Take an idle mapping for @len bytes: the smallest that holds them; else,
+ * unless @fit_only, the largest (to be grown: its pages are resident, only
+ * the growth faults in). Resident pages are what the cache is for, so a
+ * larger block serves a smaller request rather than a new mapping. */
+static struct hdr *idle_take(size_t len, int fit_only)
 {
     pthread_mutex_lock(&lock);
-    size_t best = idle.n;
+    size_t fit = idle.n, big = idle.n;
     for (size_t i = 0; i < idle.n; i++) {
         size_t m = idle.h[i]->mapped;
-        if (m >= len && m - len <= len && (best == idle.n || m < idle.h[best]->mapped))
-            best = i;
+        if (m >= len && (fit == idle.n || m < idle.h[fit]->mapped))
+            fit = i;
+        if (big == idle.n || m > idle.h[big]->mapped)
+            big = i;
     }
+    size_t k = fit < idle.n || fit_only ? fit : big;
     struct hdr *h = NULL;
-    if (best < idle.n) {
-        h = idle.h[best];
-        idle.h[best] = idle.h[--idle.n];
+    if (k < idle.n) {
+        h = idle.h[k];
+        idle.h[k] = idle.h[--idle.n];
         idle.bytes -= h->mapped;
         idle.reuses++;
     }
@@ -81,6 +87,15 @@ static void idle_put(struct hdr *h)
         munmap(h, h->mapped);
 }
 
+/* @bytes of new address space, whose pages fault in on first use. */
+static void count_fresh(size_t bytes, int new_mapping)
+{
+    pthread_mutex_lock(&lock);
+    idle.maps += (size_t)new_mapping;
+    idle.fresh_bytes += bytes;
+    pthread_mutex_unlock(&lock);
+}
+
 static size_t map_len(size_t bytes)
 {
     return (bytes + HDR + UNIT - 1) / UNIT * UNIT;
@@ -91,12 +106,35 @@ static struct hdr *map_new(size_t len)
     void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED)
         return NULL;
-    pthread_mutex_lock(&lock);
-    idle.maps++;
-    pthread_mutex_unlock(&lock);
+    count_fresh(len, 1);
     struct hdr *h = m;
     h->mapped = len;
     return h;
+}
+
+/* @h grown to @len bytes (moved if need be), or NULL with @h unchanged. */
+static struct hdr *grow(struct hdr *h, size_t len)
+{
+    void *m = mremap(h, h->mapped, len, MREMAP_MAYMOVE);
+    if (m == MAP_FAILED)
+        return NULL;
+    h = m;
+    count_fresh(len - h->mapped, 0);
+    h->mapped = len;
+    return h;
+}
+
+/* A mapping of @len bytes: an idle one (grown if it is smaller), else new. */
+static struct hdr *map_get(size_t len)
+{
+    struct hdr *h = idle_take(len, 0);
+    if (h && h->mapped < len) {
+        struct hdr *g = grow(h, len);
+        if (!g)
+            idle_put(h);
+        h = g;
+    }
+    return h ? h : map_new(len);
 }
 
 void *curvd_mem_alloc(size_t bytes)
@@ -109,10 +147,7 @@ void *curvd_mem_alloc(size_t bytes)
         if (h)
             h->mapped = 0;
     } else {
-        size_t len = map_len(bytes);
-        h = idle_take(len);
-        if (!h)
-            h = map_new(len);
+        h = map_get(map_len(bytes));
     }
     if (!h)
         return NULL;
@@ -132,20 +167,16 @@ void *curvd_mem_realloc(void *p, size_t bytes)
         return p;
     }
     if (h->mapped) {
-        /* An idle block's pages are already there: copying into it costs
-         * less than faulting in the fresh pages of a grown mapping. */
+        /* An idle block that holds it has its pages already: copying into
+         * it costs less than faulting in the growth of this one. */
         size_t len = map_len(bytes);
-        struct hdr *n = idle_take(len);
+        struct hdr *n = idle_take(len, 1);
         if (n) {
             memcpy(n + 1, p, h->size);
             idle_put(h);
             h = n;
-        } else {
-            void *m = mremap(h, h->mapped, len, MREMAP_MAYMOVE);
-            if (m == MAP_FAILED)
-                return NULL;
-            h = m;
-            h->mapped = len;
+        } else if (!(h = grow(h, len))) {
+            return NULL;
         }
     } else if (!USE_MAPS || bytes < CURVD_MEM_BIG) {
         h = realloc(h, HDR + bytes);
@@ -182,7 +213,7 @@ size_t curvd_mem_size(const void *p)
 void curvd_mem_stats(struct curvd_mem_stats *s)
 {
     pthread_mutex_lock(&lock);
-    *s = (struct curvd_mem_stats){idle.n, idle.bytes, idle.maps, idle.reuses};
+    *s = (struct curvd_mem_stats){idle.n, idle.bytes, idle.maps, idle.reuses, idle.fresh_bytes};
     pthread_mutex_unlock(&lock);
 }
 

@@ -10,7 +10,9 @@
  * large step would page-fault hundreds of MB in again every time. Blocks
  * of 1 MiB and more therefore come from mappings kept for reuse (up to
  * 2 GiB of them idle: a 1e7-parameter JSON step has ~1 GB in flight);
- * smaller ones from malloc.
+ * smaller ones from malloc. A request takes the smallest idle mapping that
+ * holds it, else the largest one grown, so that pages already faulted in
+ * are used before new ones; /metrics shows the cache (curvd_large_buffer_*).
  *
  * Every pointer carries a 16-byte header (size and mapping), so it must be
  * released with curvd_mem_free, never free(). Thread-safe.
@@ -40,6 +42,7 @@ size_t curvd_mem_size(const void *p);
 struct curvd_mem_stats {
     size_t idle_blocks, idle_bytes; /* mappings kept for reuse */
     size_t maps, reuses;            /* mmap calls, cache hits since start */
+    size_t fresh_bytes;             /* bytes mapped or grown since start: pages still to fault in */
 };
 void curvd_mem_stats(struct curvd_mem_stats *s);
 

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mem.h"
+
 /* The statuses the API uses; anything else counts as "other". */
 static const int CODES[] = {200, 201, 204, 400, 401, 404, 405, 409,
                             412, 413, 415, 422, 429, 500, 503};
@@ -182,6 +184,23 @@ char *curvd_metrics_render(const struct curvd_metrics *m, size_t heavy_inflight,
         "# TYPE curvd_heavy_requests_in_flight gauge\n"
         "curvd_heavy_requests_in_flight %zu\n",
         sessions_mem, sessions_disk, bytes_mem, heavy_inflight);
+    struct curvd_mem_stats ms;
+    curvd_mem_stats(&ms);
+    put(&b,
+        "# HELP curvd_large_buffers_total Buffers of 1 MiB and more: newly mapped, or an idle "
+        "one reused.\n"
+        "# TYPE curvd_large_buffers_total counter\n"
+        "curvd_large_buffers_total{source=\"mapped\"} %zu\n"
+        "curvd_large_buffers_total{source=\"reused\"} %zu\n"
+        "# HELP curvd_large_buffer_fresh_bytes_total Bytes mapped or grown for large buffers "
+        "(their "
+        "pages fault in on first use).\n"
+        "# TYPE curvd_large_buffer_fresh_bytes_total counter\n"
+        "curvd_large_buffer_fresh_bytes_total %zu\n"
+        "# HELP curvd_large_buffer_idle_bytes Large buffers kept mapped for reuse.\n"
+        "# TYPE curvd_large_buffer_idle_bytes gauge\n"
+        "curvd_large_buffer_idle_bytes %zu\n",
+        ms.maps, ms.reuses, ms.fresh_bytes, ms.idle_bytes);
     if (b.oom) {
         free(b.p);
         return NULL;

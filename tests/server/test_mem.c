@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* curvd_mem: sizes and contents through every realloc path, big blocks
- * reused instead of mapped again, and the limits on what is kept idle. */
+ * reused instead of mapped again, the limits on what is kept idle, and its
+ * figures in /metrics. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mem.h"
+#include "metrics.h"
 #include "testutil.h"
 
 #define MiB ((size_t)1 << 20)
@@ -50,6 +52,9 @@ static void test_sizes_and_contents(void **state)
     curvd_mem_trim();
 }
 
+/* Mapping lengths: the request and the 16-byte header, in whole 2 MiB units. */
+#define MAPPED(bytes) (((bytes) + 16 + 2 * MiB - 1) / (2 * MiB) * (2 * MiB))
+
 static void test_big_blocks_are_reused(void **state)
 {
     (void)state;
@@ -64,39 +69,68 @@ static void test_big_blocks_are_reused(void **state)
     curvd_mem_free(a);
     curvd_mem_stats(&s);
     assert_int_equal(s.maps, s0.maps + 1);
+    assert_int_equal(s.fresh_bytes, s0.fresh_bytes + MAPPED(40 * MiB));
     assert_int_equal(s.idle_blocks, 1);
-    assert_true(s.idle_bytes >= 40 * MiB);
-    /* Too small for the idle block (it would waste more than the request):
-     * a new mapping. Close enough: the idle one, not mapped again. */
-    unsigned char *small = curvd_mem_alloc(3 * MiB), *b = curvd_mem_alloc(30 * MiB);
+    assert_int_equal(s.idle_bytes, MAPPED(40 * MiB));
+
+    /* A smaller request takes the idle block (its pages are resident)
+     * rather than a new mapping. */
+    unsigned char *small = curvd_mem_alloc(3 * MiB);
     assert_non_null(small);
-    assert_non_null(b);
     curvd_mem_stats(&s);
-    assert_int_equal(s.maps, s0.maps + 2);
+    assert_int_equal(s.maps, s0.maps + 1);
     assert_int_equal(s.reuses, s0.reuses + 1);
     assert_int_equal(s.idle_blocks, 0);
-    assert_int_equal(curvd_mem_size(b), 30 * MiB);
+    assert_int_equal(curvd_mem_size(small), 3 * MiB);
     curvd_mem_free(small);
-    curvd_mem_free(b);
+    curvd_mem_trim();
+
+    /* A larger one grows the largest idle block: only the growth is new. */
+    unsigned char *b8 = curvd_mem_alloc(8 * MiB), *b4 = curvd_mem_alloc(4 * MiB);
+    curvd_mem_free(b4);
+    curvd_mem_free(b8);
+    curvd_mem_stats(&s0);
+    unsigned char *big = curvd_mem_alloc(40 * MiB);
+    assert_non_null(big);
+    fill(big, 40 * MiB, 3);
+    curvd_mem_stats(&s);
+    assert_int_equal(s.maps, s0.maps);
+    assert_int_equal(s.reuses, s0.reuses + 1);
+    assert_int_equal(s.fresh_bytes, s0.fresh_bytes + MAPPED(40 * MiB) - MAPPED(8 * MiB));
+    assert_int_equal(s.idle_blocks, 1);
+    assert_int_equal(s.idle_bytes, MAPPED(4 * MiB));
+
+    /* Growing a mapping in use takes an idle block that holds the new size
+     * (its pages are there) and keeps the contents... */
+    unsigned char *g = curvd_mem_alloc(MiB); /* takes the 6 MiB idle block */
+    curvd_mem_free(curvd_mem_alloc(12 * MiB));
+    fill(g, MiB, 9);
+    curvd_mem_stats(&s0);
+    assert_int_equal(s0.idle_bytes, MAPPED(12 * MiB));
+    g = curvd_mem_realloc(g, 10 * MiB);
+    assert_non_null(g);
+    expect_fill(g, MiB, 9);
+    curvd_mem_stats(&s);
+    assert_int_equal(s.maps, s0.maps);
+    assert_int_equal(s.reuses, s0.reuses + 1);
+    assert_int_equal(s.fresh_bytes, s0.fresh_bytes);
+    assert_int_equal(s.idle_bytes, MAPPED(4 * MiB)); /* g's old block, given back */
+    /* ...and, with none that holds it, grows itself: a smaller idle block
+     * would have to be grown too, and the contents copied. */
+    fill(g, 10 * MiB, 5);
+    g = curvd_mem_realloc(g, 20 * MiB);
+    assert_non_null(g);
+    expect_fill(g, 10 * MiB, 5);
+    curvd_mem_stats(&s);
+    assert_int_equal(s.reuses, s0.reuses + 1);
+    assert_int_equal(s.fresh_bytes, s0.fresh_bytes + MAPPED(20 * MiB) - MAPPED(12 * MiB));
+    assert_int_equal(s.idle_bytes, MAPPED(4 * MiB));
+    curvd_mem_free(g);
+    curvd_mem_free(big);
     curvd_mem_trim();
     curvd_mem_stats(&s);
     assert_int_equal(s.idle_blocks, 0);
     assert_int_equal(s.idle_bytes, 0);
-    /* Growing a mapping takes a fitting idle block (its pages are there)
-     * and keeps the contents. */
-    unsigned char *idle8 = curvd_mem_alloc(8 * MiB), *g = curvd_mem_alloc(4 * MiB);
-    curvd_mem_free(idle8);
-    fill(g, 4 * MiB, 9);
-    curvd_mem_stats(&s0);
-    g = curvd_mem_realloc(g, 7 * MiB);
-    assert_non_null(g);
-    expect_fill(g, 4 * MiB, 9);
-    curvd_mem_stats(&s);
-    assert_int_equal(s.maps, s0.maps);
-    assert_int_equal(s.reuses, s0.reuses + 1);
-    assert_int_equal(s.idle_blocks, 1); /* the 4 MiB one, given back */
-    curvd_mem_free(g);
-    curvd_mem_trim();
     /* A small block is never a mapping. */
     void *tiny = curvd_mem_alloc(CURVD_MEM_BIG - 1);
     curvd_mem_free(tiny);
@@ -132,12 +166,45 @@ static void test_idle_limits(void **state)
     curvd_mem_trim();
 }
 
+/* The value of the metric line that starts with @name in @text. */
+static unsigned long long metric(const char *text, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+        if (strncmp(p, name, n) == 0 && p[n] == ' ')
+            return strtoull(p + n + 1, NULL, 10);
+    fail_msg("no metric %s", name);
+    return 0;
+}
+
+static void test_metrics(void **state)
+{
+    (void)state;
+    curvd_mem_trim();
+    curvd_mem_free(curvd_mem_alloc(40 * MiB));
+    struct curvd_mem_stats s;
+    curvd_mem_stats(&s);
+    assert_int_equal(s.idle_bytes, curvd_mem_maps() ? MAPPED(40 * MiB) : 0);
+    struct curvd_metrics *m = curvd_metrics_new();
+    size_t len;
+    char *text = curvd_metrics_render(m, 0, 0, 0, 0, &len);
+    assert_non_null(text);
+    assert_int_equal(metric(text, "curvd_large_buffer_idle_bytes"), s.idle_bytes);
+    assert_int_equal(metric(text, "curvd_large_buffer_fresh_bytes_total"), s.fresh_bytes);
+    assert_int_equal(metric(text, "curvd_large_buffers_total{source=\"mapped\"}"), s.maps);
+    assert_int_equal(metric(text, "curvd_large_buffers_total{source=\"reused\"}"), s.reuses);
+    free(text);
+    curvd_metrics_free(m);
+    curvd_mem_trim();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sizes_and_contents),
         cmocka_unit_test(test_big_blocks_are_reused),
         cmocka_unit_test(test_idle_limits),
+        cmocka_unit_test(test_metrics),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
