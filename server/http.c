@@ -51,7 +51,7 @@ struct curvd_http {
     int stop;
     atomic_int inflight; /* heavy requests queued, running or deferred */
     atomic_int active;   /* requests between their first byte and their reply's last */
-    atomic_int closing;  /* draining: new connections refused, replies close theirs */
+    atomic_int closing;  /* draining: no new connections or heavy requests; replies close */
 };
 
 enum phase { RECEIVING = 0, QUEUED, DONE };
@@ -295,6 +295,19 @@ size_t curvd_http_inflight(const struct curvd_server *srv)
     return n > 0 ? (size_t)n : 0;
 }
 
+/* Count a heavy request in, unless the drain has begun: under the lock
+ * that the drain takes to begin, so that once it has, no request can
+ * still be counted in that it does not wait for. */
+static int admit_heavy(struct curvd_http *h)
+{
+    pthread_mutex_lock(&h->mu);
+    int ok = !atomic_load(&h->closing);
+    if (ok)
+        atomic_fetch_add(&h->inflight, 1);
+    pthread_mutex_unlock(&h->mu);
+    return ok;
+}
+
 /* The reply is ready: let MHD send it. */
 static void resume(struct curvd_server *srv, struct rctx *x)
 {
@@ -383,8 +396,14 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
         x->route = rt->name;
         x->route_index = (size_t)(rt - curvd_routes);
         x->rt = rt;
+        if (rt->heavy && !admit_heavy(srv->http)) {
+            curvd_reply_problem(rp, rq, 503, "DRAINING", NULL, 0,
+                                "the daemon is shutting down; retry once it is back");
+            return send_reply(srv, c, x, rp);
+        }
         if (rt->heavy && srv->http->nworkers && srv->cfg.max_queue &&
-            (size_t)atomic_load(&srv->http->inflight) >= srv->cfg.max_queue) {
+            (size_t)atomic_load(&srv->http->inflight) > srv->cfg.max_queue) {
+            atomic_fetch_sub(&srv->http->inflight, 1);
             curvd_reply_problem(rp, rq, 429, "TOO_MANY_REQUESTS", NULL, 0,
                                 "%zu requests are waiting or running (--max-queue); retry later",
                                 srv->cfg.max_queue);
@@ -397,7 +416,6 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
             x->phase = QUEUED;
             x->conn = c;
             MHD_suspend_connection(c);
-            atomic_fetch_add(&srv->http->inflight, 1);
             if (srv->http->nworkers)
                 enqueue(srv->http, x);
             else
@@ -646,13 +664,18 @@ void curvd_http_stop(struct curvd_server *srv)
 {
     if (!srv->http)
         return;
-    /* Graceful drain (SERVICE-NOTES): refuse new connections (on_accept) and
-     * close kept-alive ones after their next reply; let queued and running
+    /* Graceful drain (SERVICE-NOTES): refuse new connections (on_accept),
+     * answer new heavy requests 503 and close kept-alive connections after
+     * their next reply; let queued and running
      * steps finish (their connections are suspended, and MHD must not stop
      * with a connection suspended); let replies go out; then stop. */
     struct curvd_http *h = srv->http;
-    atomic_store(&h->closing, 1);
-    for (int i = 0; i < 1200 && atomic_load(&h->inflight) > 0; i++)
+    pthread_mutex_lock(&h->mu);
+    atomic_store(&h->closing, 1); /* from now on heavy requests get 503 */
+    pthread_mutex_unlock(&h->mu);
+    /* No time limit: stopping MHD with a connection suspended aborts the
+     * process (0.9.75), and each step's own work bounds the wait. */
+    while (atomic_load(&h->inflight) > 0)
         sleep_ms(50);
     /* Requests still arriving or replies still going out get up to 8 s;
      * idle keep-alive connections are not waited for (stopping closes them). */

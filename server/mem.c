@@ -46,26 +46,22 @@ static struct hdr *hdr_of(const void *p)
     return (struct hdr *)((char *)p - HDR);
 }
 
-/* Take an idle mapping for @len bytes: the smallest that holds them; else,
- * unless @fit_only, the largest (to be grown: its pages are resident, only
- * the growth faults in). Resident pages are what the cache is for, so a
- * larger block serves a smaller request rather than a new mapping. */
-static struct hdr *idle_take(size_t len, int fit_only)
+/* The idle mapping that fits @len best, wasting at most as much again: a
+ * larger one would stay pinned by a small buffer that may live as long as
+ * its session. */
+static struct hdr *idle_take(size_t len)
 {
     pthread_mutex_lock(&lock);
-    size_t fit = idle.n, big = idle.n;
+    size_t best = idle.n;
     for (size_t i = 0; i < idle.n; i++) {
         size_t m = idle.h[i]->mapped;
-        if (m >= len && (fit == idle.n || m < idle.h[fit]->mapped))
-            fit = i;
-        if (big == idle.n || m > idle.h[big]->mapped)
-            big = i;
+        if (m >= len && m - len <= len && (best == idle.n || m < idle.h[best]->mapped))
+            best = i;
     }
-    size_t k = fit < idle.n || fit_only ? fit : big;
     struct hdr *h = NULL;
-    if (k < idle.n) {
-        h = idle.h[k];
-        idle.h[k] = idle.h[--idle.n];
+    if (best < idle.n) {
+        h = idle.h[best];
+        idle.h[best] = idle.h[--idle.n];
         idle.bytes -= h->mapped;
         idle.reuses++;
     }
@@ -87,11 +83,12 @@ static void idle_put(struct hdr *h)
         munmap(h, h->mapped);
 }
 
-/* @bytes of new address space, whose pages fault in on first use. */
+/* @bytes of new address space (their pages fault in on first use), in a
+ * new mapping or a grown one. */
 static void count_fresh(size_t bytes, int new_mapping)
 {
     pthread_mutex_lock(&lock);
-    idle.maps += (size_t)new_mapping;
+    idle.maps += new_mapping ? 1u : 0u;
     idle.fresh_bytes += bytes;
     pthread_mutex_unlock(&lock);
 }
@@ -124,19 +121,6 @@ static struct hdr *grow(struct hdr *h, size_t len)
     return h;
 }
 
-/* A mapping of @len bytes: an idle one (grown if it is smaller), else new. */
-static struct hdr *map_get(size_t len)
-{
-    struct hdr *h = idle_take(len, 0);
-    if (h && h->mapped < len) {
-        struct hdr *g = grow(h, len);
-        if (!g)
-            idle_put(h);
-        h = g;
-    }
-    return h ? h : map_new(len);
-}
-
 void *curvd_mem_alloc(size_t bytes)
 {
     if (bytes > SIZE_MAX - HDR - UNIT)
@@ -147,7 +131,9 @@ void *curvd_mem_alloc(size_t bytes)
         if (h)
             h->mapped = 0;
     } else {
-        h = map_get(map_len(bytes));
+        size_t len = map_len(bytes);
+        if (!(h = idle_take(len)))
+            h = map_new(len);
     }
     if (!h)
         return NULL;
@@ -167,10 +153,10 @@ void *curvd_mem_realloc(void *p, size_t bytes)
         return p;
     }
     if (h->mapped) {
-        /* An idle block that holds it has its pages already: copying into
-         * it costs less than faulting in the growth of this one. */
+        /* An idle block's pages are already there: copying into it costs
+         * less than faulting in the growth of this one. */
         size_t len = map_len(bytes);
-        struct hdr *n = idle_take(len, 1);
+        struct hdr *n = idle_take(len);
         if (n) {
             memcpy(n + 1, p, h->size);
             idle_put(h);

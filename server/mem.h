@@ -10,9 +10,7 @@
  * large step would page-fault hundreds of MB in again every time. Blocks
  * of 1 MiB and more therefore come from mappings kept for reuse (up to
  * 2 GiB of them idle: a 1e7-parameter JSON step has ~1 GB in flight);
- * smaller ones from malloc. A request takes the smallest idle mapping that
- * holds it, else the largest one grown, so that pages already faulted in
- * are used before new ones; /metrics shows the cache (curvd_large_buffer_*).
+ * smaller ones from malloc. /metrics shows the cache (curvd_large_buffer*).
  *
  * Every pointer carries a 16-byte header (size and mapping), so it must be
  * released with curvd_mem_free, never free(). Thread-safe.
