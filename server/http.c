@@ -666,9 +666,9 @@ void curvd_http_stop(struct curvd_server *srv)
         return;
     /* Graceful drain (SERVICE-NOTES): refuse new connections (on_accept),
      * answer new heavy requests 503 and close kept-alive connections after
-     * their next reply; let queued and running
-     * steps finish (their connections are suspended, and MHD must not stop
-     * with a connection suspended); let replies go out; then stop. */
+     * their next reply; let admitted steps finish (their connections are
+     * suspended, and MHD must not stop with one suspended); let replies go
+     * out; then stop. */
     struct curvd_http *h = srv->http;
     pthread_mutex_lock(&h->mu);
     atomic_store(&h->closing, 1); /* from now on heavy requests get 503 */
