@@ -90,25 +90,25 @@ int su_raw_connect(unsigned port)
     return fd;
 }
 
-static long long mono_ms(void)
+double su_now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 int su_raw_read(int fd, char *buf, size_t cap, size_t *len, const char *until, int timeout_ms)
 {
     assert_true(cap > 0);
-    long long deadline = mono_ms() + timeout_ms;
+    double deadline = su_now_s() + timeout_ms / 1e3;
     *len = 0;
     buf[0] = 0;
     for (;;) {
         if (until && strstr(buf, until))
             return 1;
-        long long left = deadline - mono_ms();
+        int left = (int)((deadline - su_now_s()) * 1e3);
         struct pollfd pf = {.fd = fd, .events = POLLIN};
-        if (left <= 0 || poll(&pf, 1, (int)left) == 0)
+        if (left <= 0 || poll(&pf, 1, left) == 0)
             return -1;
         ssize_t k = recv(fd, buf + *len, cap - 1 - *len, 0);
         if (k < 0 && errno == EINTR)

@@ -49,6 +49,9 @@ void su_tmpdir(char *dir, size_t dir_cap, const char *root, const char *tag, cha
 /* rm -rf @dir; system()'s status (0 when removed). */
 int su_rmtree(const char *dir);
 
+/* Seconds on the monotonic clock. */
+double su_now_s(void);
+
 /* A plain TCP connection to 127.0.0.1:@port, for what libcurl will not send
  * or wait for; -1 with errno when it cannot connect. */
 int su_raw_connect(unsigned port);

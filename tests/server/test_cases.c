@@ -27,7 +27,6 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "curv.h"
@@ -127,13 +126,6 @@ struct raw_resp {
     struct buf body;
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The value of header @name in the header block @h (NUL-terminated), or 0. */
 static int header_value(const char *h, const char *name, char *out, size_t cap)
 {
@@ -211,9 +203,9 @@ static int raw_exchange(unsigned port, const unsigned char *req, size_t len, int
     if (shut)
         setsockopt(fd, IPPROTO_TCP, TCP_CORK, &one, sizeof one);
 #endif
-    int64_t deadline = now_ms() + IO_TIMEOUT_MS;
+    double deadline = su_now_s() + IO_TIMEOUT_MS / 1e3;
     size_t off = 0;
-    while (off < len && now_ms() < deadline) {
+    while (off < len && su_now_s() < deadline) {
         struct pollfd pf = {.fd = fd, .events = POLLIN | POLLOUT};
         if (poll(&pf, 1, 100) <= 0)
             continue;
@@ -227,14 +219,14 @@ static int raw_exchange(unsigned port, const unsigned char *req, size_t len, int
     }
     if (shut) { /* the daemon must notice the hang-up at once */
         shutdown(fd, SHUT_WR);
-        deadline = now_ms() + HANGUP_TIMEOUT_MS;
+        deadline = su_now_s() + HANGUP_TIMEOUT_MS / 1e3;
     }
     struct buf in = {0};
     int rc = 1, done = 0;
     while (!done) {
-        int64_t left = deadline - now_ms();
+        int left = (int)((deadline - su_now_s()) * 1e3);
         struct pollfd pf = {.fd = fd, .events = POLLIN};
-        if (left <= 0 || poll(&pf, 1, (int)left) <= 0) {
+        if (left <= 0 || poll(&pf, 1, left) <= 0) {
             /* Reset the connection, so that the daemon lets go of it now
              * rather than at its idle timeout (or during the final drain). */
             struct linger lg = {.l_onoff = 1, .l_linger = 0};
@@ -740,7 +732,7 @@ static int run_case(struct fx *f, const char *name)
     struct expect e;
     struct request rq;
     struct raw_resp r = {0};
-    int64_t t0 = now_ms();
+    double t0 = su_now_s();
     snprintf(dir, sizeof dir, "%s/%s", CASES_DIR, name);
     snprintf(file, sizeof file, "%s/expected", dir);
     int built = 0;
@@ -777,7 +769,7 @@ static int run_case(struct fx *f, const char *name)
     if (getenv("CURVD_CASES_VERBOSE") && r.answered)
         printf("  %.*s\n", (int)(r.body.len < 600 ? r.body.len : 600),
                r.body.p ? (const char *)r.body.p : "");
-    printf("case %-40s %-44s %4lldms %s%s\n", name, got, (long long)(now_ms() - t0),
+    printf("case %-40s %-44s %4lldms %s%s\n", name, got, (long long)((su_now_s() - t0) * 1e3),
            why[0] ? "FAIL: " : "ok", why);
     fflush(stdout);
     buf_free(&rq.wire);
@@ -814,14 +806,14 @@ static void test_bad_input_cases(void **state)
     closedir(d);
     qsort(names, n, sizeof *names, cmp_names);
     size_t failed = 0;
-    int64_t t0 = now_ms();
+    double t0 = su_now_s();
     for (size_t i = 0; i < n; i++) {
         failed += run_case(f, names[i]) != 0;
         free(names[i]);
     }
     free(names);
     printf("cases: %zu run, %zu passed, %zu failed in %lld ms\n", n, n - failed, failed,
-           (long long)(now_ms() - t0));
+           (long long)((su_now_s() - t0) * 1e3));
     if (!only && n < 40)
         fail_msg("only %zu cases found in %s", n, dirname);
     if (failed)

@@ -7,12 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "codec.h"
 #include "json_scan.h"
 #include "mem.h"
 #include "out.h"
+#include "srvutil.h"
 #include "testutil.h"
 
 /* ---- helpers ------------------------------------------------------------ */
@@ -38,13 +38,6 @@ static void buf_put(struct buf *b, const char *s, size_t n)
 static void buf_str(struct buf *b, const char *s)
 {
     buf_put(b, s, strlen(s));
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* Parse @text from an exactly-sized heap copy, so that ASan sees any read
@@ -1355,24 +1348,24 @@ static void test_timing(void **state)
         for (int e = CURVD_ENC_JSON; e <= CURVD_ENC_BINARY; e++) {
             struct curvd_out o;
             curvd_out_init(&o);
-            double t0 = now_s();
+            double t0 = su_now_s();
             assert_int_equal(curvd_out_tensors(&o, l, x, dt, (enum curvd_encoding)e, NULL), 0);
             assert_int_equal(curvd_out_finish(&o, NULL), 0);
-            double t1 = now_s();
+            double t1 = su_now_s();
             size_t total = o.len;
             unsigned char *body = curvd_out_take(&o);
             struct curvd_doc *doc;
             struct curvd_binary bin;
             struct curvd_tensor *t;
             size_t n;
-            double t2 = now_s();
+            double t2 = su_now_s();
             assert_int_equal(curvd_binary_init(&bin, body, total, o.json_len, NULL), 0);
             assert_int_equal(curvd_json_parse((const char *)body, o.json_len, &doc, NULL), 0);
-            double t25 = now_s();
+            double t25 = su_now_s();
             assert_int_equal(
                 curvd_tensors_decode(curvd_doc_root(doc), "", doc, &bin, SIZE_MAX, &t, &n, NULL),
                 0);
-            double t3 = now_s();
+            double t3 = su_now_s();
             print_message("%s %-6s 1e6 values: encode %.4f s, parse %.4f s + decode %.4f s "
                           "(%zu bytes)\n",
                           dt == CURV_F32 ? "FP32" : "FP64", names[e], t1 - t0, t25 - t2, t3 - t25,
@@ -1380,9 +1373,9 @@ static void test_timing(void **state)
             if (e == CURVD_ENC_JSON) {
                 /* The same text through jansson alone. */
                 json_error_t je;
-                double t4 = now_s();
+                double t4 = su_now_s();
                 json_t *j = json_loadb((const char *)body, o.json_len, 0, &je);
-                double t5 = now_s();
+                double t5 = su_now_s();
                 assert_non_null(j);
                 json_decref(j);
                 print_message("%s JSON 1e6 values: curvd_json_parse %.4f s, json_loadb %.4f s "

@@ -70,13 +70,6 @@ struct fx {
     tu_rng rng;
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void sleep_s(double s)
 {
     struct timespec ts = {(time_t)s, (long)((s - floor(s)) * 1e9)};
@@ -132,11 +125,11 @@ static void wait_ready(struct fx *f)
 {
     char text[8192];
     size_t len = 0;
-    double deadline = now_s() + 10;
+    double deadline = su_now_s() + 10;
     const char *key = "listening on http://127.0.0.1:";
     while (!f->port) {
         struct pollfd pfd = {f->err_fd, POLLIN, 0};
-        int left = (int)((deadline - now_s()) * 1000);
+        int left = (int)((deadline - su_now_s()) * 1000);
         if (left <= 0 || poll(&pfd, 1, left) <= 0)
             fail_msg("curvd did not start within 10 s: %.*s", (int)len, text);
         ssize_t k = read(f->err_fd, text + len, sizeof text - 1 - len);
@@ -398,11 +391,11 @@ static void test_sigkill(void **state)
         f->s[si].ref = si == KFAC ? tu_kfac_opt(f->layout, kfac_kv, 3, "mode", "simple", NULL)
                                   : tu_new_opt(kind, f->layout, NULL);
     }
-    double t0 = now_s(), kd = 0.001, boot = 0.01; /* kill delay, start-up time */
+    double t0 = su_now_s(), kd = 0.001, boot = 0.01; /* kill delay, start-up time */
     int kills = 0, mid = 0, mid_acked = 0, between = 0, at_boot = 0, applied = 0;
     long requests = 0;
-    while (kills < WANT_KILLS && (now_s() - t0 < TIME_S || kills < MIN_KILLS) &&
-           now_s() - t0 < HARD_CAP_S) {
+    while (kills < WANT_KILLS && (su_now_s() - t0 < TIME_S || kills < MIN_KILLS) &&
+           su_now_s() - t0 < HARD_CAP_S) {
         int n = (int)(tu_uniform(&f->rng) * 5);
         for (int k = 0; k < n; k++, requests++)
             step_ok(f, (int)(tu_uniform(&f->rng) * NSESS));
@@ -431,9 +424,9 @@ static void test_sigkill(void **state)
             at_boot++;
             spawn(f);
         }
-        double b0 = now_s();
+        double b0 = su_now_s();
         wait_ready(f);
-        boot = 0.8 * boot + 0.2 * (now_s() - b0);
+        boot = 0.8 * boot + 0.2 * (su_now_s() - b0);
         applied += recover(f, inflight);
     }
     for (int k = 0; k < 4; k++)
@@ -444,7 +437,7 @@ static void test_sigkill(void **state)
     printf("crash: seed %u, %d kills in %.1f s (%d mid-request: %d answered before the kill, "
            "%d applied but unacknowledged; %d between requests; %d during start-up), "
            "%ld step requests, steps %ld + %ld + %ld\n",
-           seed, kills, now_s() - t0, mid, mid_acked, applied, between, at_boot, requests,
+           seed, kills, su_now_s() - t0, mid, mid_acked, applied, between, at_boot, requests,
            f->s[0].acked, f->s[1].acked, f->s[KFAC].acked);
     fflush(stdout);
     if (kills < MIN_KILLS)

@@ -64,13 +64,6 @@ static struct curvd_store *open_ok(const char *path)
     return open_with(path, CURVD_DURABILITY_NORMAL);
 }
 
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 enum { MAX_PARTS = 8 };
 
 /* A state in parts made up for a test: part i's bytes follow from its
@@ -691,10 +684,10 @@ static void test_crash_durability(void **state)
     curvd_store_close(st);
     tu_rng rng;
     tu_rng_seed(&rng, 2024);
-    double t0 = mono_s();
+    double t0 = su_now_s();
     int64_t floor = 0, total_acked = 0;
     int iter = 0;
-    for (; iter < 20 || (iter < 400 && mono_s() - t0 < 4.0); iter++) {
+    for (; iter < 20 || (iter < 400 && su_now_s() - t0 < 4.0); iter++) {
         int fds[2];
         assert_int_equal(pipe(fds), 0);
         enum curvd_durability d = iter % 2 ? CURVD_DURABILITY_NORMAL : CURVD_DURABILITY_FULL;
