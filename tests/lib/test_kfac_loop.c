@@ -121,7 +121,7 @@ static void test_gamma_step_math(void **state)
                         {"lambda_interval", 100},
                         {"lambda_init", lam},
                         {"fallback_lr", fb_lr}};
-    curv_opt *o = tu_kfac_opt(l, kv, 5, NULL);
+    curv_opt *o = tu_kfac_opt(l, kv, 5, "coefficients", "free", NULL); /* the thesis' solve */
     const size_t d = net.dim;
     double *u1 = tu_alloc(d), *u2 = tu_alloc(d), *g1 = tu_alloc(d), *gf = tu_alloc(d);
     double *A[2], *G[2];
@@ -222,8 +222,9 @@ static void test_lm_with_loss_requests(void **state)
     const tu_kv kv[] = {{"weight_decay", eta},
                         {"lambda_interval", 1},
                         {"gamma_interval", 1000},
-                        {"lambda_init", 0.3}};
-    curv_opt *o = tu_kfac_opt(l, kv, 4, NULL);
+                        {"lambda_init", 0.3},
+                        {"reject_rise", 0}}; /* the thesis keeps every step */
+    curv_opt *o = tu_kfac_opt(l, kv, 5, NULL);
     const size_t d = net.dim;
     double *u = tu_alloc(d), *gf = tu_alloc(d), *th = tu_alloc(d);
     double lambda = 0.3;

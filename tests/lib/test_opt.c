@@ -236,6 +236,15 @@ static void test_config_errors(void **state)
     expect_config_error(S, "lr_step_size", NULL, 2.5); /* non-integer INT */
     expect_config_error(S, "nesterov", NULL, 0.5);     /* bool not 0/1 */
     expect_config_error(S, "nesterov", NULL, 2);
+    const curv_opt_kind K = CURV_OPT_KFAC; /* the K-FAC safeguards */
+    expect_config_error(K, "coefficients", "loose", 0);
+    expect_config_error(K, "coefficients", NULL, 1);
+    expect_config_error(K, "alpha_max", NULL, -1);
+    expect_config_error(K, "mu_max", NULL, -0.5);
+    expect_config_error(K, "mu_max", "0.9", 0);
+    expect_config_error(K, "reject_rise", NULL, 2);
+    expect_config_error(K, "kl_clip", NULL, -1e-3);
+    expect_config_error(K, "kl_clip", NULL, 1e13);
     expect_config_error(S, "lr_schedule", "cosine", 0); /* bad enum */
     expect_config_error(S, "lr_schedule", "", 0);
     expect_config_error(S, "lr_schedule", "Step", 0);
