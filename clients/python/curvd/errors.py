@@ -39,6 +39,18 @@ class CallbackError(CurvdError):
     """A step asked for a callback that this caller cannot answer."""
 
 
+class NonFiniteValue(CurvdError, ValueError):
+    """The trainer produced a NaN or infinite loss, product or Gram entry;
+    the client refuses to send it (what: the field or callback; value: the
+    offending number)."""
+
+    def __init__(self, what: str, value: float):
+        super().__init__(f"{what} is {value!r}: not finite, so it was not sent (the model's "
+                         "loss or parameters have likely diverged)")
+        self.what = what
+        self.value = value
+
+
 class ProblemError(CurvdError):
     """An error reply of the daemon (application/problem+json).
 
