@@ -57,7 +57,7 @@
 #define H struct hf_hyper
 
 static const struct curv__param PARAMS[] = {
-    CURV__SCHED_PARAMS(H, sched, 1.0),
+    CURV__SCHED_PARAMS(H, sched, 1.0, CURV__SCHED_LR_DOC),
     CURV__REAL(H, lambda, "lambda", 0.3, 0, 1e100,
                "damping strength λ to start from (thesis §4.13: 0.3 without structural damping); "
                "the LM rule then adapts it. Setting it again (reconfigure) restarts λ from the "

@@ -44,7 +44,10 @@
 
 #define H struct curv__kfac_hyper
 static const struct curv__param PARAMS[] = {
-    CURV__SCHED_PARAMS(H, sched, 1.0),
+    CURV__SCHED_PARAMS(H, sched, 1.0,
+                       "a multiplier of the step (the base of the schedule): adaptive mode takes "
+                       "lr·(αΔ + μδ0) with α, μ from the exact-F model, simple mode −lr·v; a "
+                       "scheduler or a PATCH scales K-FAC's steps with it"),
     CURV__ENUM(H, mode, "mode", "adaptive", "adaptive|simple",
                "adaptive: the thesis' damping, re-scaling and momentum, asking the trainer for "
                "quadratic forms and losses; simple: Δ = −lr·v, v ← μv + F̆⁻¹∇h with a fixed "
