@@ -87,11 +87,10 @@ static const struct curv__param PARAMS[] = {
     CURV__REAL(H, min_damping, "min_damping", 1e-8, 0, 1e6,
                "floor for λ and γ (not in the thesis: keeps a run of good steps from driving "
                "the damping to 0)"),
-    CURV__ENUM(H, rho_source, "rho_source", "request", "request|next_step|held_out",
-               "h(θ+δ) for ρ: asked for with a LOSS request on the same mini-batch (request), "
-               "taken from the next step's loss (next_step: a different mini-batch, noisier, one "
-               "round trip fewer), or the next step's loss against a LOSS request for the last "
-               "step's θ on the next batch (held_out: cases the step's model never saw)"),
+    CURV__ENUM(H, rho_source, "rho_source", "request", "request|next_step",
+               "h(θ+δ) for ρ: asked for with a LOSS request on the same mini-batch, or taken "
+               "from the next step's loss (a different mini-batch: noisier, one round trip "
+               "fewer)"),
     CURV__ENUM(H, pi_mode, "pi", "trace", "trace|one",
                "factored damping split π: the trace-norm formula of §6.6.3, or 1"),
     CURV__INT(H, max_factor_dim, "max_factor_dim", 4096, 1, 65536,
@@ -128,18 +127,17 @@ static const struct curv__param PARAMS[] = {
 
 /* The step in flight (adaptive mode), dropped or committed as a whole. */
 struct pend {
-    int stage; /* 0 none, 1 awaiting the Gram matrix, 2 the loss at θ + δ, 3 the held-out loss */
-    double *g; /* ∇h, with ηθ */
+    int stage;     /* 0 none, 1 awaiting the Gram matrix, 2 awaiting the loss */
+    double *g;     /* ∇h, with ηθ */
     double *vec;   /* rows: Δ per γ candidate, then δ0 */
     double *delta; /* the chosen δ */
     size_t nc;     /* γ candidates */
     int has_mom;   /* δ0 is the last row of vec */
     double gammas[3];
-    double lambda;  /* λ of this step (after a next-step ρ) */
-    double rho;     /* ρ computed this step, NAN if none */
-    double h0;      /* h(θ), with η/2‖θ‖²; NAN without a loss */
-    double th_sq;   /* ‖θ‖² */
-    double th_back; /* held_out: ‖θ − δ0‖² */
+    double lambda; /* λ of this step (after a next-step ρ) */
+    double rho;    /* ρ computed this step, NAN if none */
+    double h0;     /* h(θ), with η/2‖θ‖²; NAN without a loss */
+    double th_sq;  /* ‖θ‖² */
     double th_dot[4];
     unsigned failed; /* blocks that kept old factors or inverses */
     int stats;       /* statistics were sent */
@@ -157,7 +155,7 @@ struct kfac_state {
     uint64_t failures; /* tolerated failures so far */
     double *mom;       /* δ0 (adaptive) or the velocity (simple) */
     int has_mom;
-    int rho_pending; /* next_step, held_out: ρ of the last λ step awaits this step */
+    int rho_pending; /* next_step: ρ of the last step awaits this step's loss */
     double rho_h0, rho_m;
     struct pend p;
 };
@@ -255,18 +253,6 @@ static void commit(curv_opt *o, const double *delta, double lambda, double gamma
     pend_drop(s);
 }
 
-/* ρ of the last λ step from its loss change @dh (next_step, held_out), and
- * this step's λ by the LM rule. */
-static void rho_done(curv_opt *o, double dh)
-{
-    const struct curv__kfac_hyper *h = hyp(o);
-    struct kfac_state *s = o->impl;
-    s->p.rho = dh / s->rho_m;
-    s->p.lambda =
-        clampd(curv__kfac_lm(s->lambda, s->p.rho, pow(h->lambda_decay, (double)h->lambda_interval)),
-               h->min_damping);
-}
-
 /* Checks, ∇h and the estimator update shared by both modes. */
 static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_error *err)
 {
@@ -281,8 +267,7 @@ static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_erro
     if (adaptive && !a->has_loss && (k % (uint64_t)h->lambda_interval == 0 || s->rho_pending))
         return curv__fail(err, CURV_E_INVALID, "kfac: step %llu needs the loss h(θ) (%s)",
                           (unsigned long long)k,
-                          s->rho_pending ? "it finishes ρ of the last step (rho_source = "
-                                           "next_step or held_out)"
+                          s->rho_pending ? "rho_source = next_step: it finishes ρ of the last step"
                                          : "λ is adapted at this step");
     pend_drop(s);
     s->p.rho = NAN;
@@ -302,12 +287,11 @@ static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_erro
         pend_drop(s);
         return st;
     }
-    if (adaptive && s->rho_pending && h->rho_source == CURV__KFAC_RHO_NEXT_STEP)
-        rho_done(o, s->p.h0 - s->rho_h0);
-    if (adaptive && s->rho_pending && h->rho_source == CURV__KFAC_RHO_HELD_OUT && a->theta) {
-        /* ‖θ − δ0‖², for η/2‖·‖² in h at the last step's θ. */
-        s->p.th_back =
-            s->p.th_sq - 2.0 * dot(a->theta, s->mom, o->dim) + dot(s->mom, s->mom, o->dim);
+    if (adaptive && s->rho_pending) {
+        s->p.rho = (s->p.h0 - s->rho_h0) / s->rho_m;
+        s->p.lambda = clampd(
+            curv__kfac_lm(s->lambda, s->p.rho, pow(h->lambda_decay, (double)h->lambda_interval)),
+            h->min_damping);
     }
     return CURV_OK;
 }
@@ -340,21 +324,23 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
     return CURV_OK;
 }
 
-/* The adaptive step's proposals and the Gram request over them; @theta
- * (NULL when resuming) gives the θ·row products a LOSS request needs. */
-static curv_status propose(curv_opt *o, const double *theta, curv_request *req, curv_error *err)
+static curv_status kfac_step(curv_opt *o, const struct curv__step_args *a, double *delta,
+                             curv_request *req, curv_error *err)
 {
     const struct curv__kfac_hyper *h = hyp(o);
     struct kfac_state *s = o->impl;
     const uint64_t k = o->t + 1;
-    curv_status st = CURV_OK;
+    curv_status st = begin(o, a, err);
+    if (st != CURV_OK)
+        return st;
+    if (h->mode == CURV__KFAC_SIMPLE)
+        return simple_step(o, delta, err);
     struct pend *p = &s->p;
     p->lr = curv__sched_lr(&h->sched, k);
     p->nc = k % (uint64_t)h->gamma_interval == 0 ? 3 : 1;
     curv__kfac_gammas(s->gamma, pow(h->gamma_decay, (double)h->gamma_interval), p->gammas);
     p->has_mom = h->adaptive_momentum && s->has_mom;
     const size_t rows = p->nc + (size_t)p->has_mom, d = o->dim;
-    curv__free(p->vec); /* a held-out LOSS request's */
     if (!(p->vec = curv__calloc_n(rows * d, sizeof(double))) ||
         !(p->delta = curv__calloc_n(d, sizeof(double))))
         st = curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for %zu x %zu", rows, d);
@@ -373,8 +359,8 @@ static curv_status propose(curv_opt *o, const double *theta, curv_request *req, 
     }
     if (p->has_mom)
         memcpy(p->vec + p->nc * d, s->mom, d * sizeof(double));
-    for (size_t r = 0; theta && r < rows; r++)
-        p->th_dot[r] = dot(theta, p->vec + r * d, d);
+    for (size_t r = 0; a->theta && r < rows; r++)
+        p->th_dot[r] = dot(a->theta, p->vec + r * d, d);
     p->stage = 1;
     *req = (curv_request){.kind = CURV_REQ_QUADRATIC_FORM,
                           .seq = s->seq++,
@@ -382,37 +368,6 @@ static curv_status propose(curv_opt *o, const double *theta, curv_request *req, 
                           .dim = d,
                           .vectors = p->vec};
     return CURV_NEED_INPUT;
-}
-
-static curv_status kfac_step(curv_opt *o, const struct curv__step_args *a, double *delta,
-                             curv_request *req, curv_error *err)
-{
-    const struct curv__kfac_hyper *h = hyp(o);
-    struct kfac_state *s = o->impl;
-    curv_status st = begin(o, a, err);
-    if (st != CURV_OK)
-        return st;
-    if (h->mode == CURV__KFAC_SIMPLE)
-        return simple_step(o, delta, err);
-    if (s->rho_pending && h->rho_source == CURV__KFAC_RHO_HELD_OUT) {
-        /* The loss at the last step's θ on this batch, which that step's
-         * model never saw: ρ from a paired, held-out difference. */
-        struct pend *p = &s->p;
-        if (!(p->vec = curv__calloc_n(o->dim, sizeof(double)))) {
-            pend_drop(s);
-            return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for %zu entries", o->dim);
-        }
-        for (size_t i = 0; i < o->dim; i++)
-            p->vec[i] = -s->mom[i];
-        p->stage = 3;
-        *req = (curv_request){.kind = CURV_REQ_LOSS,
-                              .seq = s->seq++,
-                              .n_vectors = 1,
-                              .dim = o->dim,
-                              .vectors = p->vec};
-        return CURV_NEED_INPUT;
-    }
-    return propose(o, a->theta, req, err);
 }
 
 /* The exact model of candidate @c from the Gram matrix (thesis §6.6.4,
@@ -533,8 +488,7 @@ static curv_status resume_loss(curv_opt *o, const curv_response *resp, double *d
     struct pend *p = &s->p;
     const size_t d = o->dim;
     /* ‖θ + δ‖² from the dot products kept at the step. */
-    double th_delta =
-        p->lr * (p->alpha * p->th_dot[p->c] + (p->has_mom ? p->mu * p->th_dot[p->nc] : 0.0));
+    double th_delta = p->alpha * p->th_dot[p->c] + (p->has_mom ? p->mu * p->th_dot[p->nc] : 0.0);
     double h1 = resp->values[0] +
                 0.5 * h->weight_decay * (p->th_sq + 2.0 * th_delta + dot(p->delta, p->delta, d));
     p->rho = (h1 - p->h0) / p->m;
@@ -553,11 +507,6 @@ static curv_status kfac_resume(curv_opt *o, const curv_response *resp, double *d
     struct kfac_state *s = o->impl;
     if (s->p.stage == 1)
         return resume_gram(o, resp, delta, req, err);
-    if (s->p.stage == 3) {
-        double h_back = resp->values[0] + 0.5 * hyp(o)->weight_decay * s->p.th_back;
-        rho_done(o, s->p.h0 - h_back);
-        return propose(o, NULL, req, err);
-    }
     return resume_loss(o, resp, delta);
 }
 
