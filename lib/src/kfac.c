@@ -488,7 +488,8 @@ static curv_status resume_loss(curv_opt *o, const curv_response *resp, double *d
     struct pend *p = &s->p;
     const size_t d = o->dim;
     /* ‖θ + δ‖² from the dot products kept at the step. */
-    double th_delta = p->alpha * p->th_dot[p->c] + (p->has_mom ? p->mu * p->th_dot[p->nc] : 0.0);
+    double th_delta =
+        p->lr * (p->alpha * p->th_dot[p->c] + (p->has_mom ? p->mu * p->th_dot[p->nc] : 0.0));
     double h1 = resp->values[0] +
                 0.5 * h->weight_decay * (p->th_sq + 2.0 * th_delta + dot(p->delta, p->delta, d));
     p->rho = (h1 - p->h0) / p->m;
