@@ -80,6 +80,9 @@ static const struct curv__param PARAMS[] = {
               "T1: λ is adapted (and the loss at θ + δ asked for) every T1 steps"),
     CURV__INT(H, gamma_interval, "gamma_interval", 20, 1, 1e9,
               "T2: γ is chosen among {γ, ω2γ, γ/ω2} every T2 steps"),
+    CURV__ENUM(H, gamma_rule, "gamma_rule", "grid", "grid|sqrt_lambda",
+               "adaptive mode: γ from the grid every T2 steps (§6.6.6), or tied to the λ of "
+               "each step, γ = sqrt(λ + η) (§6.6.6's starting point; one candidate per step)"),
     CURV__REAL(H, lambda_decay, "lambda_decay", 0.95, 1e-6, 1,
                "ω1 = lambda_decay^T1 (thesis: (19/20)^T1)"),
     CURV__REAL(H, gamma_decay, "gamma_decay", 0.97467943448089633, 1e-6, 1,
@@ -337,8 +340,10 @@ static curv_status kfac_step(curv_opt *o, const struct curv__step_args *a, doubl
         return simple_step(o, delta, err);
     struct pend *p = &s->p;
     p->lr = curv__sched_lr(&h->sched, k);
-    p->nc = k % (uint64_t)h->gamma_interval == 0 ? 3 : 1;
-    curv__kfac_gammas(s->gamma, pow(h->gamma_decay, (double)h->gamma_interval), p->gammas);
+    const int tied = h->gamma_rule == CURV__KFAC_GAMMA_SQRT_LAMBDA;
+    p->nc = !tied && k % (uint64_t)h->gamma_interval == 0 ? 3 : 1;
+    curv__kfac_gammas(tied ? sqrt(p->lambda + h->weight_decay) : s->gamma,
+                      pow(h->gamma_decay, (double)h->gamma_interval), p->gammas);
     p->has_mom = h->adaptive_momentum && s->has_mom;
     const size_t rows = p->nc + (size_t)p->has_mom, d = o->dim;
     if (!(p->vec = curv__calloc_n(rows * d, sizeof(double))) ||

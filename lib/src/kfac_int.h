@@ -17,6 +17,7 @@ enum { CURV__KFAC_RHO_REQUEST = 0, CURV__KFAC_RHO_NEXT_STEP = 1 };
 enum { CURV__KFAC_PI_TRACE = 0, CURV__KFAC_PI_ONE = 1 };
 enum { CURV__KFAC_FB_ADAGRAD = 0, CURV__KFAC_FB_SGD = 1 };
 enum { CURV__KFAC_COEF_BOX = 0, CURV__KFAC_COEF_FREE = 1 };
+enum { CURV__KFAC_GAMMA_GRID = 0, CURV__KFAC_GAMMA_SQRT_LAMBDA = 1 };
 
 /* The hyperparameters (kfac.c's table); blocks read the fallback and
  * factor settings through a pointer to the optimizer's copy, so
@@ -33,7 +34,8 @@ struct curv__kfac_hyper {
     int coefficients;         /* adaptive: CURV__KFAC_COEF_* */
     double alpha_max, mu_max; /* adaptive: the box of the (α, μ) solve */
     int reject_rise;          /* adaptive: a measured rise of h undoes the step */
-    double kl_clip;           /* simple: bound on lr² ∇hᵀF̆⁻¹∇h (0: off) */
+    double kl_clip;           /* simple: bound on ∇hᵀF̆⁻¹∇h (0: off) */
+    int gamma_rule;           /* adaptive: CURV__KFAC_GAMMA_* */
 };
 
 /* ---- curvature blocks (kfac_block.c) ---------------------------------- */
