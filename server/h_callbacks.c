@@ -7,6 +7,8 @@
  * A retried answer gets the reply it got the first time: the stored
  * final reply once the step is complete, else the kept 202.
  */
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,6 +175,17 @@ static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct 
     free(delta);
 }
 
+/* A path segment that is a decimal number and nothing else. */
+static int segment_number(const char *s, unsigned long long *out)
+{
+    if (*s < '0' || *s > '9')
+        return 0;
+    char *end;
+    errno = 0;
+    *out = strtoull(s, &end, 10);
+    return *end == '\0' && errno == 0;
+}
+
 CURVD_HANDLER(curvd_h_callback)
 {
     struct curvd_entry *e = NULL;
@@ -180,10 +193,10 @@ CURVD_HANDLER(curvd_h_callback)
         return;
     struct curvd_pending *pd = &e->pend;
     long long cur = (long long)curv_opt_steps(e->opt);
-    char *end;
-    long long n = strtoll(rq->param[1], &end, 10);
-    unsigned long long cb = strtoull(rq->param[2], &end, 10);
-    int cb_ok = *end == '\0' && rq->param[2][0] >= '0' && rq->param[2][0] <= '9';
+    unsigned long long un, cb;
+    /* A step segment that is not a number is no step in progress (-1). */
+    long long n = segment_number(rq->param[1], &un) && un <= LLONG_MAX ? (long long)un : -1;
+    int cb_ok = segment_number(rq->param[2], &cb);
     /* answered_seq 0: the step asked for nothing, so no callback of it was answered. */
     if (n == cur && cur > 0 && pd->step == n && cb_ok && pd->answered_seq &&
         cb == pd->answered_seq) {

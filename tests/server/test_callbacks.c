@@ -548,6 +548,8 @@ static void try_bad_answers(struct su_trainer *tr, const struct su_callback *cb,
     refused(tr, path, good, 409, "CALLBACK_OUT_OF_ORDER", "callback");
     snprintf(path, sizeof path, "/v1/sessions/%s/steps/%ld/callbacks/%s", tr->id, cb->step + 1, id);
     refused(tr, path, good, 409, "NO_CALLBACK_PENDING", "step");
+    snprintf(path, sizeof path, "/v1/sessions/%s/steps/%ldx/callbacks/%s", tr->id, cb->step, id);
+    refused(tr, path, good, 409, "NO_CALLBACK_PENDING", "step"); /* "nx" is not step n */
 
     const curv_request *q = &cb->req;
     int prod = q->kind == CURV_REQ_CURVATURE_PRODUCT;
