@@ -227,7 +227,7 @@ void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
         encoded = curvd_encode_callback(&out, e, &p);
         curvd_timing_lap(rp, CURVD_T_ENCODE);
     } else {
-        report = curvd_step_report(e->opt, pd->grad_norm, delta);
+        report = curvd_step_report(e->opt);
         encoded =
             report ? curvd_encode_update(&out, pd->step, curv_opt_layout(e->opt), delta, pd->dtype,
                                          (enum curvd_encoding)pd->encoding, report, &p)
@@ -254,14 +254,6 @@ static void step_out_of_order(struct curvd_reply *rp, const struct curvd_req *rq
     struct curvd_field_error fe = {"/step", want, got};
     curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", &fe, 1,
                         "the session has completed %lld steps: post step %lld", cur, cur + 1);
-}
-
-static double norm2(const double *x, size_t n)
-{
-    double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += x[i] * x[i];
-    return sqrt(s);
 }
 
 static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
@@ -317,10 +309,8 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
         curvd_timing_lap(rp, CURVD_T_STEP);
         if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
             free(e->pend.last);
-            e->pend = (struct curvd_pending){.step = in.step,
-                                             .dtype = in.dtype,
-                                             .encoding = in.encoding,
-                                             .grad_norm = norm2(g, dim)};
+            e->pend =
+                (struct curvd_pending){.step = in.step, .dtype = in.dtype, .encoding = in.encoding};
         }
         curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &req, delta);
     }

@@ -24,7 +24,6 @@ struct curvd_registry;
 struct curvd_pending {
     long long step;      /* the step in progress */
     int dtype, encoding; /* of its replies: the step request's */
-    double grad_norm;    /* of the step's gradient, for the final report */
     curv_request req;    /* the callback awaiting an answer */
     unsigned char *last; /* the 202 reply that asked for it, owned */
     size_t last_len, last_json_len;

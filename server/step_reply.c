@@ -24,20 +24,12 @@
 
 static const char *const encoding_names[] = {"json", "b64", "binary"};
 
-char *curvd_step_report(const curv_opt *o, double grad_norm, const double *delta)
+char *curvd_step_report(const curv_opt *o)
 {
-    size_t dim = curv_layout_dim(curv_opt_layout(o));
-    double un = 0;
-    for (size_t i = 0; i < dim; i++)
-        un += delta[i] * delta[i];
     struct curvd_out out;
     curvd_out_init(&out);
     curvd_out_lit(&out, "{\"optimizer\":");
     curvd_out_string(&out, curv_opt_kind_name(curv_opt_kind_of(o)));
-    curvd_out_lit(&out, ",\"grad_norm\":");
-    curvd_out_real(&out, grad_norm);
-    curvd_out_lit(&out, ",\"update_norm\":");
-    curvd_out_real(&out, sqrt(un));
     const curv_report_entry *ent;
     size_t n = curv_opt_report(o, &ent);
     for (size_t i = 0; i < n; i++)

@@ -30,9 +30,9 @@ void curvd_callback_url(const struct curvd_entry *e, char *buf, size_t cap);
 /* ---- Reply bodies (step_reply.c) ---------------------------------------- */
 
 /* curvd_step_report - the step's report as compact JSON text (release with
- * curvd_mem_free), or NULL when out of memory: the optimizer, the
- * gradient's and the update's norms and every finite figure it reports. */
-char *curvd_step_report(const curv_opt *o, double grad_norm, const double *delta);
+ * curvd_mem_free), or NULL when out of memory: the optimizer's name and
+ * every finite figure of curv_opt_report (the library computes them all). */
+char *curvd_step_report(const curv_opt *o);
 
 /* curvd_encode_update - the 200 body {"step", "update": [...], "report"}
  * into @out (finished), @report being curvd_step_report()'s text.

@@ -790,8 +790,7 @@ static void keep_report(struct su_trainer *tr, enum su_phase ph, const struct su
     if (ph != SU_STEP_DONE)
         return;
     json_t **out = tr->hook_ctx;
-    json_t *r = json_loadb(reply->body,
-                           reply->json_header_len ? reply->json_header_len : reply->len, 0, NULL);
+    json_t *r = su_json(reply->body, reply->json_header_len ? reply->json_header_len : reply->len);
     json_decref(*out);
     *out = json_incref(json_object_get(r, "report"));
     json_decref(r);
