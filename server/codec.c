@@ -19,36 +19,6 @@
 /* Shapes and sizes arrive as json_int_t and are kept as size_t. */
 _Static_assert(sizeof(size_t) >= sizeof(json_int_t), "size_t narrower than json_int_t");
 
-static const struct {
-    const char *name;
-    int status;
-    const char *title;
-} reasons[] = {
-#define CURVD__REASON_ROW(name, status, title) {#name, status, title},
-    CURVD_REASON_MAP(CURVD__REASON_ROW)
-#undef CURVD__REASON_ROW
-};
-
-static enum curvd_reason reason_ok(enum curvd_reason r)
-{
-    return (unsigned)r < CURVD_R_COUNT ? r : CURVD_R_INTERNAL;
-}
-
-const char *curvd_reason_name(enum curvd_reason r)
-{
-    return reasons[reason_ok(r)].name;
-}
-
-int curvd_reason_status(enum curvd_reason r)
-{
-    return reasons[reason_ok(r)].status;
-}
-
-const char *curvd_reason_title(enum curvd_reason r)
-{
-    return reasons[reason_ok(r)].title;
-}
-
 void curvd_problem_init(struct curvd_problem *p)
 {
     if (p)
@@ -62,9 +32,9 @@ int curvd_problem_set(struct curvd_problem *p, enum curvd_reason r, const char *
      * often its consequences. */
     if (!p || p->reason)
         return -1;
-    r = reason_ok(r);
-    p->http_status = reasons[r].status;
-    p->reason = reasons[r].name;
+    p->row = (unsigned)r < CURVD_R_COUNT ? r : CURVD_R_INTERNAL;
+    p->http_status = curvd_reason_status(r);
+    p->reason = curvd_reason_name(r);
     snprintf(p->path, sizeof p->path, "%s", path ? path : "");
     snprintf(p->expected, sizeof p->expected, "%s", expected ? expected : "");
     snprintf(p->got, sizeof p->got, "%s", got ? got : "");

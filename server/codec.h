@@ -35,6 +35,7 @@
 #include <stddef.h>
 
 #include "curv.h"
+#include "errors.h"
 
 #if defined(__GNUC__)
 #define CURVD_PRINTF(f, a) __attribute__((format(printf, f, a)))
@@ -50,37 +51,10 @@
 #define CURVD_MAX_NDIM 8
 
 /*
- * Problem reasons: machine word, HTTP status, RFC 9457 title. One table;
- * never renumber (the daemon's problem types are derived from the words).
- */
-#define CURVD_REASON_MAP(X)                                                                        \
-    X(MALFORMED_JSON, 400, "Malformed JSON")                                                       \
-    X(BAD_TENSOR, 400, "Invalid tensor object")                                                    \
-    X(BAD_DATATYPE, 400, "Unsupported or mixed datatype")                                          \
-    X(SHAPE_MISMATCH, 400, "Shape mismatch")                                                       \
-    X(UNKNOWN_BLOCK, 400, "Unknown block")                                                         \
-    X(MISSING_BLOCK, 400, "Missing block")                                                         \
-    X(DUPLICATE_BLOCK, 400, "Duplicate block")                                                     \
-    X(BAD_BASE64, 400, "Invalid base64 data")                                                      \
-    X(BAD_BINARY, 400, "Invalid binary data")                                                      \
-    X(TOO_LARGE, 413, "Tensor too large")                                                          \
-    X(NON_FINITE, 422, "Non-finite number")                                                        \
-    X(NO_MEMORY, 503, "Out of memory")                                                             \
-    X(INTERNAL, 500, "Internal error")                                                             \
-    X(UNSUPPORTED_MEDIA_TYPE, 415, "Unsupported media type")                                       \
-    X(UNKNOWN_MEMBER, 400, "Unknown member")
-
-enum curvd_reason {
-#define CURVD__REASON_ENUM(name, status, title) CURVD_R_##name,
-    CURVD_REASON_MAP(CURVD__REASON_ENUM)
-#undef CURVD__REASON_ENUM
-        CURVD_R_COUNT
-};
-
-/*
  * struct curvd_problem - the first error of a request, for problem+json.
- * @http_status: 400, 413, 422, 500 or 503 (see CURVD_REASON_MAP).
- * @reason:      static machine word ("SHAPE_MISMATCH"); NULL while no error.
+ * @http_status: its row's status (errors.h), 0 while no error.
+ * @reason:      its row's machine word ("SHAPE_MISMATCH"); NULL while no error.
+ * @row:         the row of errors.h.
  * @detail:      a sentence for a human.
  * @path:        JSON pointer of the offending value ("/gradients/2/data/17"),
  *               or "" when the error is about the body as a whole.
@@ -90,6 +64,7 @@ enum curvd_reason {
 struct curvd_problem {
     int http_status;
     const char *reason;
+    enum curvd_reason row;
     char detail[256];
     char path[128];
     char expected[96];
@@ -107,11 +82,6 @@ void curvd_problem_init(struct curvd_problem *p);
 int curvd_problem_set(struct curvd_problem *p, enum curvd_reason r, const char *path,
                       const char *expected, const char *got, const char *fmt, ...)
     CURVD_PRINTF(6, 7);
-
-/* curvd_reason_name / _status / _title - table lookups; never NULL. */
-const char *curvd_reason_name(enum curvd_reason r);
-int curvd_reason_status(enum curvd_reason r);
-const char *curvd_reason_title(enum curvd_reason r);
 
 /* ---- Parsing ------------------------------------------------------------ */
 

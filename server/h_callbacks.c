@@ -137,7 +137,7 @@ static void no_callback(const struct curvd_req *rq, struct curvd_reply *rp, long
     char want[32];
     snprintf(want, sizeof want, "%lld", cur + 1);
     struct curvd_field_error fe = {"step", want, n};
-    curvd_reply_problem(rp, rq, 409, "NO_CALLBACK_PENDING", &fe, 1,
+    curvd_reply_problem(rp, rq, CURVD_R_NO_CALLBACK_PENDING, &fe, 1,
                         "step %s is not in progress (the session has completed %lld steps; a "
                         "restart of the daemon or a step posted again abandons an unfinished "
                         "step): post step %lld",
@@ -155,7 +155,7 @@ static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct 
     curvd_problem_init(&p);
     curvd_timing_lap(rp, CURVD_T_COUNT);
     if (!values || !delta) {
-        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
     } else if (decode_answer(rq, curv_opt_layout(e->opt), &pd->req, values, &p) != 0) {
         curvd_reply_codec_problem(rp, rq, &p);
     } else {
@@ -213,7 +213,7 @@ CURVD_HANDLER(curvd_h_callback)
             char want[24];
             snprintf(want, sizeof want, "%llu", (unsigned long long)pd->req.seq);
             struct curvd_field_error fe = {"callback", want, rq->param[2]};
-            curvd_reply_problem(rp, rq, 409, "CALLBACK_OUT_OF_ORDER", &fe, 1,
+            curvd_reply_problem(rp, rq, CURVD_R_CALLBACK_OUT_OF_ORDER, &fe, 1,
                                 "step %lld waits for the answer to callback %s", pd->step, want);
         }
     } else {

@@ -20,7 +20,7 @@ int curvd_is_ctype(const struct curvd_req *rq, const char *want)
 json_t *curvd_body_json(const struct curvd_req *rq, struct curvd_reply *rp)
 {
     if (!curvd_is_ctype(rq, "application/json")) {
-        curvd_reply_problem(rp, rq, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, 0,
+        curvd_reply_problem(rp, rq, CURVD_R_UNSUPPORTED_MEDIA_TYPE, NULL, 0,
                             "expected Content-Type: application/json, got %s",
                             rq->content_type ? rq->content_type : "none");
         return NULL;
@@ -29,13 +29,13 @@ json_t *curvd_body_json(const struct curvd_req *rq, struct curvd_reply *rp)
     json_t *j = json_loadb((const char *)rq->body, rq->body_len,
                            JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &je);
     if (!j) {
-        curvd_reply_problem(rp, rq, 400, "MALFORMED_JSON", NULL, 0,
+        curvd_reply_problem(rp, rq, CURVD_R_MALFORMED_JSON, NULL, 0,
                             "invalid JSON at line %d, column %d: %s", je.line, je.column, je.text);
         return NULL;
     }
     if (!json_is_object(j)) {
         json_decref(j);
-        curvd_reply_problem(rp, rq, 400, "MALFORMED_JSON", NULL, 0,
+        curvd_reply_problem(rp, rq, CURVD_R_MALFORMED_JSON, NULL, 0,
                             "the body must be a JSON object");
         return NULL;
     }
@@ -63,11 +63,24 @@ void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq,
                              const char *err)
 {
     if (st == CURVD_STORE_NOT_FOUND)
-        curvd_reply_problem(rp, rq, 404, "NOT_FOUND", NULL, 0, "no such session");
+        curvd_reply_problem(rp, rq, CURVD_R_NOT_FOUND, NULL, 0, "no such session");
     else if (st == CURVD_STORE_BUSY)
-        curvd_reply_problem(rp, rq, 503, "DATABASE_BUSY", NULL, 0, "the database is busy: %s", err);
+        curvd_reply_problem(rp, rq, CURVD_R_DATABASE_BUSY, NULL, 0, "the database is busy: %s",
+                            err);
     else
-        curvd_reply_problem(rp, rq, 500, "DATABASE_ERROR", NULL, 0, "database error: %s", err);
+        curvd_reply_problem(rp, rq, CURVD_R_DATABASE_ERROR, NULL, 0, "database error: %s", err);
+}
+
+void curvd_reply_registry_error(struct curvd_reply *rp, const struct curvd_req *rq,
+                                enum curvd_reg_status rs)
+{
+    if (rs == CURVD_REG_BUSY)
+        curvd_reply_problem(rp, rq, CURVD_R_SESSION_BUSY, NULL, 0,
+                            "another request of this session is in progress");
+    else if (rs == CURVD_REG_ERROR)
+        curvd_reply_problem(rp, rq, CURVD_R_UNAVAILABLE, NULL, 0, "cannot load the session");
+    else
+        curvd_reply_problem(rp, rq, CURVD_R_NOT_FOUND, NULL, 0, "no such session");
 }
 
 /* A valid session id: 32 lower-case hex digits. */

@@ -28,7 +28,7 @@ CURVD_HANDLER(curvd_h_metrics)
                                                      bytes, disk, &len)
                               : NULL;
     if (!text) {
-        curvd_reply_problem(rp, rq, 503, "UNAVAILABLE", NULL, 0, "metrics are not available");
+        curvd_reply_problem(rp, rq, CURVD_R_UNAVAILABLE, NULL, 0, "metrics are not available");
         return;
     }
     curvd_reply_bytes(rp, 200, "text/plain; version=0.0.4", text, len);
@@ -37,11 +37,11 @@ CURVD_HANDLER(curvd_h_metrics)
 CURVD_HANDLER(curvd_h_ready)
 {
     if (atomic_load(&srv->draining)) {
-        curvd_reply_problem(rp, rq, 503, "DRAINING", NULL, 0, "the daemon is shutting down");
+        curvd_reply_problem(rp, rq, CURVD_R_DRAINING, NULL, 0, "the daemon is shutting down");
         return;
     }
     if (!srv->store) {
-        curvd_reply_problem(rp, rq, 503, "NO_DATABASE", NULL, 0, "the database is not open");
+        curvd_reply_problem(rp, rq, CURVD_R_NO_DATABASE, NULL, 0, "the database is not open");
         return;
     }
     curvd_reply_json(rp, 200, json_pack("{s:s}", "status", "ready"));

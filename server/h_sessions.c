@@ -22,7 +22,7 @@ static void register_new(struct curvd_server *srv, const struct curvd_req *rq,
     curv_error cerr;
     if (curv_opt_save_parts(o, &blob, &len, &parts, &n_parts, &cerr) != CURV_OK) {
         curv_opt_free(o);
-        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "%s", cerr.text);
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "%s", cerr.text);
         return;
     }
     char id[CURVD_ID_LEN + 1], err[256];
@@ -66,12 +66,8 @@ static void register_new(struct curvd_server *srv, const struct curvd_req *rq,
 static void reply_opt_refused(struct curvd_reply *rp, const struct curvd_req *rq, curv_status st,
                               const curv_error *cerr)
 {
-    if (st == CURV_E_NOMEM)
-        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "%s", cerr->text);
-    else
-        curvd_reply_problem(rp, rq, st == CURV_E_RANGE ? 422 : 400,
-                            st == CURV_E_RANGE ? "TOO_LARGE" : "INVALID_CONFIG", NULL, 0, "%s",
-                            cerr->text);
+    curvd_reply_problem(rp, rq, curvd_reason_of_status(CURVD_OP_NEW, st), NULL, 0, "%s",
+                        cerr->text);
 }
 
 /* 0 when an optimizer of @kind, @l and @c holds at most the memory budget
@@ -94,7 +90,7 @@ static int check_budget(struct curvd_server *srv, const struct curvd_req *rq,
     snprintf(want, sizeof want, "at most %zu bytes of state", srv->cfg.mem_budget);
     snprintf(got, sizeof got, bytes == SIZE_MAX ? "more than %zu bytes" : "%zu bytes", bytes);
     struct curvd_field_error fe = {"/layout", want, got};
-    curvd_reply_problem(rp, rq, 422, "STATE_TOO_LARGE", &fe, 1,
+    curvd_reply_problem(rp, rq, CURVD_R_STATE_TOO_LARGE, &fe, 1,
                         "an %s optimizer of this layout and config holds %s of state, above the "
                         "memory budget of %zu bytes (--memory-budget)",
                         curv_opt_kind_name(kind), got, srv->cfg.mem_budget);
@@ -139,19 +135,19 @@ CURVD_HANDLER(curvd_h_session_create)
     if (extra) {
         snprintf(path, sizeof path, "/%.100s", extra);
         fe = (struct curvd_field_error){path, "one of optimizer, layout, config", extra};
-        curvd_reply_problem(rp, rq, 400, "UNKNOWN_MEMBER", &fe, 1,
+        curvd_reply_problem(rp, rq, CURVD_R_UNKNOWN_MEMBER, &fe, 1,
                             "unknown member \"%.100s\" in the session", extra);
     } else if (!opt_name || curv_opt_kind_parse(opt_name, &kind) != CURV_OK) {
         fe = (struct curvd_field_error){"/optimizer", "one of GET /v1/version's optimizers",
                                         opt_name};
-        curvd_reply_problem(rp, rq, 400, "UNKNOWN_OPTIMIZER", &fe, 1, "unknown optimizer '%s'",
+        curvd_reply_problem(rp, rq, CURVD_R_UNKNOWN_OPTIMIZER, &fe, 1, "unknown optimizer '%s'",
                             opt_name ? opt_name : "(missing)");
     } else if (!(l = curvd_layout_from_json(json_object_get(body, "layout"), &fe, path, sizeof path,
                                             detail, sizeof detail))) {
-        curvd_reply_problem(rp, rq, 400, "INVALID_LAYOUT", &fe, 1, "%s", detail);
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_LAYOUT, &fe, 1, "%s", detail);
     } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
                                             detail, sizeof detail))) {
-        curvd_reply_problem(rp, rq, 400, "INVALID_CONFIG", &fe, 1, "%s", detail);
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
     } else {
         create_within_budget(srv, rq, rp, kind, l, c);
     }
@@ -163,7 +159,7 @@ CURVD_HANDLER(curvd_h_session_create)
 CURVD_HANDLER(curvd_h_session_import)
 {
     if (!curvd_is_ctype(rq, "application/octet-stream")) {
-        curvd_reply_problem(rp, rq, 415, "UNSUPPORTED_MEDIA_TYPE", NULL, 0,
+        curvd_reply_problem(rp, rq, CURVD_R_UNSUPPORTED_MEDIA_TYPE, NULL, 0,
                             "expected Content-Type: application/octet-stream (a state blob)");
         return;
     }
@@ -173,7 +169,7 @@ CURVD_HANDLER(curvd_h_session_import)
         snprintf(want, sizeof want, "at most %zu bytes", srv->cfg.mem_budget);
         snprintf(got, sizeof got, "%zu bytes", rq->body_len);
         struct curvd_field_error fe = {"", want, got};
-        curvd_reply_problem(rp, rq, 422, "STATE_TOO_LARGE", &fe, 1,
+        curvd_reply_problem(rp, rq, CURVD_R_STATE_TOO_LARGE, &fe, 1,
                             "the state blob takes %zu bytes, above the memory budget of %zu bytes "
                             "(--memory-budget)",
                             rq->body_len, srv->cfg.mem_budget);
@@ -183,7 +179,7 @@ CURVD_HANDLER(curvd_h_session_import)
     curv_error cerr;
     curv_status st = curv_opt_load(rq->body, rq->body_len, &o, &cerr);
     if (st != CURV_OK) {
-        curvd_reply_problem(rp, rq, st == CURV_E_NOMEM ? 503 : 400, "INVALID_STATE", NULL, 0, "%s",
+        curvd_reply_problem(rp, rq, curvd_reason_of_status(CURVD_OP_LOAD, st), NULL, 0, "%s",
                             cerr.text);
         return;
     }
@@ -191,7 +187,7 @@ CURVD_HANDLER(curvd_h_session_import)
      * settings. */
     curv_config *c = curvd_opt_config(o);
     if (!c)
-        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
     else if (check_budget(srv, rq, rp, curv_opt_kind_of(o), curv_opt_layout(o), c) == 0) {
         register_new(srv, rq, rp, o); /* takes o */
         o = NULL;
@@ -246,7 +242,7 @@ CURVD_HANDLER(curvd_h_session_list)
     long size = ps ? strtol(ps, &end, 10) : 100;
     if (ps && (*end || size < 1 || size > CURVD_STORE_MAX_PAGE)) {
         struct curvd_field_error fe = {"page_size", "an integer in 1..1000", ps};
-        curvd_reply_problem(rp, rq, 400, "INVALID_QUERY", &fe, 1, "bad page_size");
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_QUERY, &fe, 1, "bad page_size");
         return;
     }
     struct curvd_session_list list = {0};
@@ -255,7 +251,7 @@ CURVD_HANDLER(curvd_h_session_list)
     if (st == CURVD_STORE_INVALID) {
         struct curvd_field_error fe = {"page_token", "a next_page_token from an earlier page",
                                        token};
-        curvd_reply_problem(rp, rq, 400, "INVALID_QUERY", &fe, 1, "%s", err);
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_QUERY, &fe, 1, "%s", err);
     } else if (st != CURVD_STORE_OK) {
         curvd_reply_store_error(rp, rq, st, err);
     } else {
@@ -359,21 +355,15 @@ CURVD_HANDLER(curvd_h_session_patch)
     enum curvd_reg_status rs = CURVD_REG_NOT_FOUND;
     if (!json_object_get(body, "config") || json_object_size(body) != 1) {
         fe = (struct curvd_field_error){"/config", "an object of hyperparameters", NULL};
-        curvd_reply_problem(rp, rq, 400, "INVALID_CONFIG", &fe, 1,
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1,
                             "the body must be {\"config\": {...}} and nothing else");
     } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
                                             detail, sizeof detail))) {
-        curvd_reply_problem(rp, rq, 400, "INVALID_CONFIG", &fe, 1, "%s", detail);
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
     } else if (!curvd_valid_id(rq->param[0]) ||
                (rs = curvd_registry_begin(srv->reg, rq->param[0], rq->tenant, &e)) !=
                    CURVD_REG_OK) {
-        if (rs == CURVD_REG_BUSY)
-            curvd_reply_problem(rp, rq, 409, "SESSION_BUSY", NULL, 0,
-                                "a step of this session is in progress");
-        else if (rs == CURVD_REG_ERROR)
-            curvd_reply_problem(rp, rq, 503, "UNAVAILABLE", NULL, 0, "cannot load the session");
-        else
-            curvd_reply_problem(rp, rq, 404, "NOT_FOUND", NULL, 0, "no such session");
+        curvd_reply_registry_error(rp, rq, rs);
     } else {
         size_t bytes = e->bytes; /* the new charge if the state changed size */
         char etag[32];
@@ -384,13 +374,12 @@ CURVD_HANDLER(curvd_h_session_patch)
         curv_error cerr;
         curv_status cs;
         if (im && strcmp(im, "*") != 0 && strcmp(im, etag) != 0) {
-            curvd_reply_problem(rp, rq, 412, "PRECONDITION_FAILED", NULL, 0,
+            curvd_reply_problem(rp, rq, CURVD_R_PRECONDITION_FAILED, NULL, 0,
                                 "the session is at ETag %s, not %s", etag, im);
         } else if (curv_opt_save(e->opt, &before, &before_len, &cerr) != CURV_OK) {
-            curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "%s", cerr.text);
+            curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "%s", cerr.text);
         } else if ((cs = curv_opt_reconfigure(e->opt, c, &cerr)) != CURV_OK) {
-            curvd_reply_problem(rp, rq, cs == CURV_E_STATE ? 409 : 400,
-                                cs == CURV_E_STATE ? "CALLBACK_PENDING" : "INVALID_CONFIG", NULL, 0,
+            curvd_reply_problem(rp, rq, curvd_reason_of_status(CURVD_OP_RECONFIGURE, cs), NULL, 0,
                                 "%s", cerr.text);
         } else {
             int st = reconfigure_durably(srv, rq, e, before, before_len, &bytes, err, sizeof err);
@@ -400,7 +389,7 @@ CURVD_HANDLER(curvd_h_session_patch)
             if (st == CURVD_STORE_OK)
                 reply_row(srv, rp, &s, 200);
             else if (st == CURVD_STORE_CONFLICT)
-                curvd_reply_problem(rp, rq, 409, "SESSION_CHANGED", NULL, 0,
+                curvd_reply_problem(rp, rq, CURVD_R_SESSION_CHANGED, NULL, 0,
                                     "the session stepped meanwhile; read it again and retry");
             else
                 curvd_reply_store_error(rp, rq, st, err);

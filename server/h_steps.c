@@ -29,8 +29,7 @@ void curvd_reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *r
 {
     struct curvd_field_error fe = {p->path, p->expected[0] ? p->expected : NULL,
                                    p->got[0] ? p->got : NULL};
-    curvd_reply_problem(rp, rq, p->http_status, p->reason, &fe, p->path[0] ? 1 : 0, "%s",
-                        p->detail);
+    curvd_reply_problem(rp, rq, p->row, &fe, p->path[0] ? 1 : 0, "%s", p->detail);
 }
 
 /* A step waiting for its commit: what the commit borrows, and what the
@@ -88,7 +87,7 @@ static void step_committed(struct curvd_commit_job *job)
              * stored reply is the answer. */
             curvd_step_replay(srv, rq, rp, e, current);
         else if (st == CURVD_STORE_CONFLICT)
-            curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", NULL, 0,
+            curvd_reply_problem(rp, rq, CURVD_R_STEP_OUT_OF_ORDER, NULL, 0,
                                 "the session advanced elsewhere (now at step %lld)", current);
         else
             curvd_reply_store_error(rp, rq, st, job->item.err);
@@ -139,7 +138,8 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
         if (j)
             step_job_free(j);
         curvd_registry_drop(srv->reg, e->id); /* memory is ahead of the database */
-        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory saving the step");
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0,
+                            "out of memory saving the step");
         return;
     }
     curvd_timing_lap(rp, CURVD_T_SAVE);
@@ -178,7 +178,7 @@ static void reply_callback(const struct curvd_req *rq, struct curvd_reply *rp,
     if (!body) {
         free(copy);
         curv_opt_cancel(e->opt);
-        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
         return;
     }
     memcpy(copy, body, len);
@@ -193,18 +193,8 @@ static void reply_callback(const struct curvd_req *rq, struct curvd_reply *rp,
 static void reply_step_error(struct curvd_reply *rp, const struct curvd_req *rq, curv_status cs,
                              const curv_error *cerr)
 {
-    int status = cs == CURV_E_NONFINITE                       ? 422
-                 : cs == CURV_E_NOMEM                         ? 503
-                 : cs == CURV_E_SHAPE || cs == CURV_E_INVALID ? 400
-                 : cs == CURV_E_STATE                         ? 409
-                                                              : 500;
-    const char *reason = cs == CURV_E_NONFINITE ? "NON_FINITE"
-                         : cs == CURV_E_NOMEM   ? "OUT_OF_MEMORY"
-                         : cs == CURV_E_SHAPE   ? "SHAPE_MISMATCH"
-                         : cs == CURV_E_INVALID ? "INVALID_INPUT"
-                         : cs == CURV_E_STATE   ? "CALLBACK_OUT_OF_ORDER"
-                                                : "NUMERICAL_FAILURE";
-    curvd_reply_problem(rp, rq, status, reason, NULL, 0, "%s", cerr->text);
+    curvd_reply_problem(rp, rq, curvd_reason_of_status(CURVD_OP_STEP, cs), NULL, 0, "%s",
+                        cerr->text);
 }
 
 void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
@@ -252,7 +242,7 @@ static void step_out_of_order(struct curvd_reply *rp, const struct curvd_req *rq
     snprintf(want, sizeof want, "%lld", cur + 1);
     snprintf(got, sizeof got, "%lld", got_step);
     struct curvd_field_error fe = {"/step", want, got};
-    curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", &fe, 1,
+    curvd_reply_problem(rp, rq, CURVD_R_STEP_OUT_OF_ORDER, &fe, 1,
                         "the session has completed %lld steps: post step %lld", cur, cur + 1);
 }
 
@@ -274,7 +264,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     int binary = 0;
     curvd_timing_lap(rp, CURVD_T_COUNT);
     if (!g || !theta || !gsq || !delta) {
-        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
     } else if (curvd_step_parse_head(rq->body, rq->body_len,
                                      curvd_req_header(rq, "Inference-Header-Content-Length"),
                                      rq->content_type, &in, &bin, &binary, &p) != 0) {
@@ -286,7 +276,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     } else if (curvd_step_decode_tensors(l, &in, &bin, binary, g, theta, gsq, &p) != 0) {
         curvd_reply_codec_problem(rp, rq, &p);
     } else if (in.nlayers && !(ls = calloc(in.nlayers, sizeof *ls))) {
-        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
     } else {
         if (ls)
             curvd_step_layer_stats(&in, ls);
@@ -334,13 +324,8 @@ int curvd_step_begin(struct curvd_server *srv, const struct curvd_req *rq, struc
     enum curvd_reg_status rs = curvd_valid_id(rq->param[0])
                                    ? curvd_registry_begin(srv->reg, rq->param[0], rq->tenant, e)
                                    : CURVD_REG_NOT_FOUND;
-    if (rs == CURVD_REG_BUSY)
-        curvd_reply_problem(rp, rq, 409, "SESSION_BUSY", NULL, 0,
-                            "another request of this session is in progress");
-    else if (rs == CURVD_REG_ERROR)
-        curvd_reply_problem(rp, rq, 503, "UNAVAILABLE", NULL, 0, "cannot load the session");
-    else if (rs != CURVD_REG_OK)
-        curvd_reply_problem(rp, rq, 404, "NOT_FOUND", NULL, 0, "no such session");
+    if (rs != CURVD_REG_OK)
+        curvd_reply_registry_error(rp, rq, rs);
     return rs == CURVD_REG_OK ? 0 : -1;
 }
 

@@ -20,6 +20,10 @@ void curvd_new_id(char out[CURVD_ID_LEN + 1]);
 int curvd_valid_id(const char *id);
 void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq, int st,
                              const char *err);
+/* The problem for a registry refusal (curvd_registry_begin): 409
+ * SESSION_BUSY, 503 UNAVAILABLE or 404 NOT_FOUND. */
+void curvd_reply_registry_error(struct curvd_reply *rp, const struct curvd_req *rq,
+                                enum curvd_reg_status rs);
 
 /* h_ops.c */
 CURVD_HANDLER(curvd_h_health);

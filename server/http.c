@@ -194,10 +194,12 @@ static const char *status_title(int status)
     }
 }
 
-void curvd_reply_problem(struct curvd_reply *rp, const struct curvd_req *rq, int status,
-                         const char *reason, const struct curvd_field_error *errors, size_t nerrors,
-                         const char *fmt, ...)
+void curvd_reply_problem(struct curvd_reply *rp, const struct curvd_req *rq, enum curvd_reason row,
+                         const struct curvd_field_error *errors, size_t nerrors, const char *fmt,
+                         ...)
 {
+    const int status = curvd_reason_status(row);
+    const char *reason = curvd_reason_name(row);
     char detail[512], type[128];
     va_list ap;
     va_start(ap, fmt);
@@ -379,32 +381,31 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
     const struct curvd_route *rt =
         curvd_route_match(method, url, &x->caps, rq->param, &rq->nparams, &path_known);
     if (x->too_big) {
-        curvd_reply_problem(rp, rq, 413, "TOO_LARGE", NULL, 0,
+        curvd_reply_problem(rp, rq, CURVD_R_TOO_LARGE, NULL, 0,
                             "the request body exceeds the limit of %zu bytes", srv->cfg.max_body);
     } else if (rt && srv->auth && strncmp(url, "/v1/", 4) == 0 &&
                !(rq->tenant =
                      curvd_auth_tenant(srv->auth, MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                                               "Authorization")))) {
         rq->tenant = "default";
-        curvd_reply_problem(rp, rq, 401, "UNAUTHORIZED", NULL, 0,
+        curvd_reply_problem(rp, rq, CURVD_R_UNAUTHORIZED, NULL, 0,
                             "this route needs 'Authorization: Bearer <token>' with a known token");
     } else if (!rt) {
-        curvd_reply_problem(rp, rq, path_known ? 405 : 404,
-                            path_known ? "METHOD_NOT_ALLOWED" : "NOT_FOUND", NULL, 0,
-                            "no route for %s %s", method, url);
+        curvd_reply_problem(rp, rq, path_known ? CURVD_R_METHOD_NOT_ALLOWED : CURVD_R_NOT_FOUND,
+                            NULL, 0, "no route for %s %s", method, url);
     } else {
         x->route = rt->name;
         x->route_index = (size_t)(rt - curvd_routes);
         x->rt = rt;
         if (rt->heavy && !admit_heavy(srv->http)) {
-            curvd_reply_problem(rp, rq, 503, "DRAINING", NULL, 0,
+            curvd_reply_problem(rp, rq, CURVD_R_DRAINING, NULL, 0,
                                 "the daemon is shutting down; retry once it is back");
             return send_reply(srv, c, x, rp);
         }
         if (rt->heavy && srv->http->nworkers && srv->cfg.max_queue &&
             (size_t)atomic_load(&srv->http->inflight) > srv->cfg.max_queue) {
             atomic_fetch_sub(&srv->http->inflight, 1);
-            curvd_reply_problem(rp, rq, 429, "TOO_MANY_REQUESTS", NULL, 0,
+            curvd_reply_problem(rp, rq, CURVD_R_TOO_MANY_REQUESTS, NULL, 0,
                                 "%zu requests are waiting or running (--max-queue); retry later",
                                 srv->cfg.max_queue);
             return send_reply(srv, c, x, rp);

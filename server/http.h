@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "errors.h"
 #include "server.h"
 
 #define CURVD_MAX_PARAMS 4
@@ -126,9 +127,10 @@ struct curvd_field_error {
     const char *path, *expected, *got;
 };
 
-/* RFC 9457 problem: type https://curvd.dev/problems/<reason in lower case>. */
-void curvd_reply_problem(struct curvd_reply *rp, const struct curvd_req *rq, int status,
-                         const char *reason, const struct curvd_field_error *errors, size_t nerrors,
-                         const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+/* RFC 9457 problem of row @row of errors.h (its status and reason): type
+ * https://curvd.dev/problems/<reason in lower case>. */
+void curvd_reply_problem(struct curvd_reply *rp, const struct curvd_req *rq, enum curvd_reason row,
+                         const struct curvd_field_error *errors, size_t nerrors, const char *fmt,
+                         ...) __attribute__((format(printf, 6, 7)));
 
 #endif

@@ -144,7 +144,7 @@ static void reply_stored_update(struct curvd_reply *rp, const struct curvd_req *
     const curv_layout *l = curv_opt_layout(e->opt);
     size_t dim = curv_layout_dim(l), want = dim * curvd_dtype_size(dtype);
     if (r->body_len != want || !r->report) {
-        curvd_reply_problem(rp, rq, 500, "INTERNAL", NULL, 0,
+        curvd_reply_problem(rp, rq, CURVD_R_INTERNAL, NULL, 0,
                             "the stored reply of step %lld has %zu bytes of update%s, the "
                             "layout needs %zu",
                             (long long)r->step, r->body_len, r->report ? "" : " and no report",
@@ -159,7 +159,7 @@ static void reply_stored_update(struct curvd_reply *rp, const struct curvd_req *
     if (x)
         curvd_le_decode(r->body, dim, dtype, x);
     if (!x)
-        curvd_reply_problem(rp, rq, 503, "OUT_OF_MEMORY", NULL, 0, "out of memory");
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
     else if (curvd_encode_update(&out, r->step, l, x, dtype, enc, r->report, &p) != 0)
         curvd_reply_codec_problem(rp, rq, &p);
     else {
@@ -187,7 +187,7 @@ void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, str
         snprintf(want, sizeof want, "%lld", cur + 1);
         snprintf(got, sizeof got, "%lld", cur);
         struct curvd_field_error fe = {"/step", want, got};
-        curvd_reply_problem(rp, rq, 409, "STEP_OUT_OF_ORDER", &fe, 1,
+        curvd_reply_problem(rp, rq, CURVD_R_STEP_OUT_OF_ORDER, &fe, 1,
                             "step %lld has no stored reply (the session was imported at it): "
                             "post step %lld",
                             cur, cur + 1);
