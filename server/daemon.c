@@ -3,11 +3,11 @@
 
 #include <stdio.h>
 
-#include "auth.h"
 #include "curv.h"
-#include "metrics.h"
-#include "registry.h"
-#include "store.h"
+#include "http/auth.h"
+#include "http/metrics.h"
+#include "session/registry.h"
+#include "store/store.h"
 
 /* The registry's loader: a session not in memory comes back from its last
  * committed state, so eviction and restarts lose nothing acknowledged. */

@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
-#include "http.h"
+#include "http/http.h"
 #include "testutil.h"
 
 void su_start(struct curvd_server *srv, char *base, size_t cap)

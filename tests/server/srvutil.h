@@ -13,7 +13,7 @@
 
 #include "curv.h"
 #include "server.h"
-#include "store.h"
+#include "store/store.h"
 #include "testutil.h"
 
 struct su_resp {

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* Every problem reason the daemon sends (its table is server/errors.h;
- * tests/server/test_errors.c checks that this one has each), with what the
+/* Every problem reason the daemon sends (its table is server/http/errors.h;
+ * tests/server/http/test_errors.c checks that this one has each), with what the
  * client does about it besides reporting it: retry the request, or post
  * the step again. Any 503 is retried whatever its reason. */
 #include <string.h>

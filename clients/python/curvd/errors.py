@@ -141,8 +141,8 @@ class ServiceUnavailable(ProblemError):
     """503: out of memory, draining, or the store is busy (see retry_after)."""
 
 
-# Every reason the daemon sends (its table is server/errors.h; the daemon's
-# tests/server/test_errors.c checks that each is here) and its class; None
+# Every reason the daemon sends (its table is server/http/errors.h; the daemon's
+# tests/server/http/test_errors.c checks that each is here) and its class; None
 # for a reason sent with more than one status, whose class the status picks.
 _BY_REASON = {
     "MALFORMED_JSON": BadRequest,

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Every reason of the daemon's problem table (server/errors.h) becomes an
+"""Every reason of the daemon's problem table (server/http/errors.h) becomes an
 exception of the class its status calls for, and the special ones their own."""
 
 import json
@@ -11,7 +11,7 @@ import pytest
 from curvd import errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-TABLE = os.path.join(ROOT, "server", "errors.h")
+TABLE = os.path.join(ROOT, "server", "http", "errors.h")
 
 
 def rows():

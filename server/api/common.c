@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: MIT */
+/* What several handlers need: JSON bodies, ids, store errors. */
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/handlers.h"
+#include "store/store.h"
+#include "wire/step_decode.h"
+
+int curvd_is_ctype(const struct curvd_req *rq, const char *want)
+{
+    return curvd_ctype_is(rq->content_type, want);
+}
+
+json_t *curvd_body_json(const struct curvd_req *rq, struct curvd_reply *rp)
+{
+    if (!curvd_is_ctype(rq, "application/json")) {
+        curvd_reply_problem(rp, rq, CURVD_R_UNSUPPORTED_MEDIA_TYPE, NULL, 0,
+                            "expected Content-Type: application/json, got %s",
+                            rq->content_type ? rq->content_type : "none");
+        return NULL;
+    }
+    json_error_t je;
+    json_t *j = json_loadb((const char *)rq->body, rq->body_len,
+                           JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &je);
+    if (!j) {
+        curvd_reply_problem(rp, rq, CURVD_R_MALFORMED_JSON, NULL, 0,
+                            "invalid JSON at line %d, column %d: %s", je.line, je.column, je.text);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        curvd_reply_problem(rp, rq, CURVD_R_MALFORMED_JSON, NULL, 0,
+                            "the body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+void curvd_new_id(char out[CURVD_ID_LEN + 1])
+{
+    unsigned char raw[CURVD_ID_LEN / 2];
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    ssize_t got = fd >= 0 ? read(fd, raw, sizeof raw) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (got != (ssize_t)sizeof raw) { /* never expected; still unique per process */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        for (size_t i = 0; i < sizeof raw; i++)
+            raw[i] = (unsigned char)((uint64_t)ts.tv_nsec * (i + 7) >> (i % 8));
+    }
+    for (size_t i = 0; i < sizeof raw; i++)
+        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+}
+
+void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq, int st,
+                             const char *err)
+{
+    if (st == CURVD_STORE_NOT_FOUND)
+        curvd_reply_problem(rp, rq, CURVD_R_NOT_FOUND, NULL, 0, "no such session");
+    else if (st == CURVD_STORE_BUSY)
+        curvd_reply_problem(rp, rq, CURVD_R_DATABASE_BUSY, NULL, 0, "the database is busy: %s",
+                            err);
+    else
+        curvd_reply_problem(rp, rq, CURVD_R_DATABASE_ERROR, NULL, 0, "database error: %s", err);
+}
+
+void curvd_reply_registry_error(struct curvd_reply *rp, const struct curvd_req *rq,
+                                enum curvd_reg_status rs)
+{
+    if (rs == CURVD_REG_BUSY)
+        curvd_reply_problem(rp, rq, CURVD_R_SESSION_BUSY, NULL, 0,
+                            "another request of this session is in progress");
+    else if (rs == CURVD_REG_ERROR)
+        curvd_reply_problem(rp, rq, CURVD_R_UNAVAILABLE, NULL, 0, "cannot load the session");
+    else
+        curvd_reply_problem(rp, rq, CURVD_R_NOT_FOUND, NULL, 0, "no such session");
+}
+
+/* A valid session id: 32 lower-case hex digits. */
+int curvd_valid_id(const char *id)
+{
+    size_t n = 0;
+    for (; id[n]; n++)
+        if (!((id[n] >= '0' && id[n] <= '9') || (id[n] >= 'a' && id[n] <= 'f')))
+            return 0;
+    return n == CURVD_ID_LEN;
+}
