@@ -1,12 +1,9 @@
 /* SPDX-License-Identifier: MIT */
-/* What several handlers need: JSON bodies, ids, store errors. */
-#include <fcntl.h>
+/* What several handlers need: JSON bodies, store and registry refusals. */
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "api/handlers.h"
 #include "store/store.h"
@@ -42,23 +39,6 @@ json_t *curvd_body_json(const struct curvd_req *rq, struct curvd_reply *rp)
     return j;
 }
 
-void curvd_new_id(char out[CURVD_ID_LEN + 1])
-{
-    unsigned char raw[CURVD_ID_LEN / 2];
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    ssize_t got = fd >= 0 ? read(fd, raw, sizeof raw) : -1;
-    if (fd >= 0)
-        close(fd);
-    if (got != (ssize_t)sizeof raw) { /* never expected; still unique per process */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        for (size_t i = 0; i < sizeof raw; i++)
-            raw[i] = (unsigned char)((uint64_t)ts.tv_nsec * (i + 7) >> (i % 8));
-    }
-    for (size_t i = 0; i < sizeof raw; i++)
-        snprintf(out + 2 * i, 3, "%02x", raw[i]);
-}
-
 void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq, int st,
                              const char *err)
 {
@@ -81,14 +61,4 @@ void curvd_reply_registry_error(struct curvd_reply *rp, const struct curvd_req *
         curvd_reply_problem(rp, rq, CURVD_R_UNAVAILABLE, NULL, 0, "cannot load the session");
     else
         curvd_reply_problem(rp, rq, CURVD_R_NOT_FOUND, NULL, 0, "no such session");
-}
-
-/* A valid session id: 32 lower-case hex digits. */
-int curvd_valid_id(const char *id)
-{
-    size_t n = 0;
-    for (; id[n]; n++)
-        if (!((id[n] >= '0' && id[n] <= '9') || (id[n] >= 'a' && id[n] <= 'f')))
-            return 0;
-    return n == CURVD_ID_LEN;
 }

@@ -10,14 +10,12 @@
 
 #include <jansson.h>
 
-#include "session/registry.h"
+#include "session/service.h"
 
 /* h_common.c */
 int curvd_is_ctype(const struct curvd_req *rq, const char *want);
 /* The body as a JSON object, or NULL with a 415/400 problem in @rp. */
 json_t *curvd_body_json(const struct curvd_req *rq, struct curvd_reply *rp);
-void curvd_new_id(char out[CURVD_ID_LEN + 1]);
-int curvd_valid_id(const char *id);
 void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq, int st,
                              const char *err);
 /* The problem for a registry refusal (curvd_registry_begin): 409

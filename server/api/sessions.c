@@ -14,45 +14,20 @@
 static void register_new(struct curvd_server *srv, const struct curvd_req *rq,
                          struct curvd_reply *rp, curv_opt *o)
 {
-    unsigned char *blob = NULL;
-    curv_state_part *parts = NULL;
-    size_t len = 0, n_parts = 0;
-    curv_error cerr;
-    if (curv_opt_save_parts(o, &blob, &len, &parts, &n_parts, &cerr) != CURV_OK) {
-        curv_opt_free(o);
-        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "%s", cerr.text);
-        return;
-    }
     char id[CURVD_ID_LEN + 1], err[256];
-    curvd_new_id(id);
     json_t *meta = curvd_session_meta(o);
     char *meta_text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(17));
-    struct curvd_session_new row = {
-        .id = id,
-        .tenant = rq->tenant,
-        .optimizer = curv_opt_kind_name(curv_opt_kind_of(o)),
-        .meta = meta_text,
-        .step = (int64_t)curv_opt_steps(o),
-        .state = {.blob = blob, .len = len, .parts = parts, .n_parts = n_parts}};
+    long long step = (long long)curv_opt_steps(o);
     int64_t created = 0;
-    int st = curvd_store_create(srv->store, &row, &created, err, sizeof err);
-    struct curvd_committed committed = {NULL, 0};
-    if (st == CURVD_STORE_OK)
-        curvd_committed_set(&committed, parts, n_parts);
-    curv_free(blob);
-    curv_free(parts);
-    if (st != CURVD_STORE_OK) {
-        curv_opt_free(o);
+    int st = curvd_svc_create(srv, rq->tenant, o, meta_text, id, &created, err, sizeof err);
+    if (st == CURVD_SVC_NOMEM) {
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "%s", err);
+    } else if (st != CURVD_STORE_OK) {
         curvd_reply_store_error(rp, rq, st, err);
     } else {
-        if (curvd_registry_add(srv->reg, id, rq->tenant, o, len, &committed) != CURVD_REG_OK) {
-            curv_opt_free(o); /* it is durable; the next request loads it */
-            curvd_committed_clear(&committed);
-        }
-        json_t *s =
-            curvd_session_json(id, meta_text, (long long)row.step, created, created, 0, NULL);
+        json_t *s = curvd_session_json(id, meta_text, step, created, created, 0, NULL);
         snprintf(rp->location, sizeof rp->location, "/v1/sessions/%s", id);
-        snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", (long long)row.step);
+        snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", step);
         curvd_reply_json(rp, 201, s);
     }
     free(meta_text);
@@ -222,7 +197,7 @@ CURVD_HANDLER(curvd_h_session_get)
 {
     struct curvd_session s = {0};
     char err[256];
-    int st = curvd_valid_id(rq->param[0])
+    int st = curvd_svc_valid_id(rq->param[0])
                  ? curvd_store_get(srv->store, rq->tenant, rq->param[0], 0, &s, err, sizeof err)
                  : CURVD_STORE_NOT_FOUND;
     if (st == CURVD_STORE_OK)
@@ -267,22 +242,18 @@ CURVD_HANDLER(curvd_h_session_list)
 CURVD_HANDLER(curvd_h_session_delete)
 {
     char err[256];
-    int st = curvd_valid_id(rq->param[0])
-                 ? curvd_store_delete(srv->store, rq->tenant, rq->param[0], err, sizeof err)
-                 : CURVD_STORE_NOT_FOUND;
-    if (st != CURVD_STORE_OK) {
+    int st = curvd_svc_delete(srv, rq->tenant, rq->param[0], err, sizeof err);
+    if (st != CURVD_STORE_OK)
         curvd_reply_store_error(rp, rq, st, err);
-        return;
-    }
-    curvd_registry_drop(srv->reg, rq->param[0]);
-    curvd_reply_bytes(rp, 204, NULL, NULL, 0);
+    else
+        curvd_reply_bytes(rp, 204, NULL, NULL, 0);
 }
 
 CURVD_HANDLER(curvd_h_session_export)
 {
     struct curvd_session s = {0};
     char err[256];
-    int st = curvd_valid_id(rq->param[0])
+    int st = curvd_svc_valid_id(rq->param[0])
                  ? curvd_store_get(srv->store, rq->tenant, rq->param[0], 1, &s, err, sizeof err)
                  : CURVD_STORE_NOT_FOUND;
     if (st != CURVD_STORE_OK) {
@@ -296,49 +267,17 @@ CURVD_HANDLER(curvd_h_session_export)
     curvd_session_clear(&s);
 }
 
-/* Apply @changes to the held session and persist the result; on a store
- * failure the optimizer is rolled back to @before so memory never runs
- * ahead of the database. Returns the store status. */
+/* Commit the reconfigured session @e (from @before) with its new summary. */
 static int reconfigure_durably(struct curvd_server *srv, const struct curvd_req *rq,
                                struct curvd_entry *e, const unsigned char *before,
                                size_t before_len, size_t *new_bytes, char *err, size_t errlen)
 {
-    unsigned char *blob = NULL;
-    curv_state_part *parts = NULL;
-    size_t len = 0, n_parts = 0;
-    int st = CURVD_STORE_ERROR;
-    if (curv_opt_save_parts(e->opt, &blob, &len, &parts, &n_parts, NULL) != CURV_OK) {
-        snprintf(err, errlen, "out of memory saving the state");
-    } else {
-        json_t *meta = curvd_session_meta(e->opt);
-        char *meta_text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(17));
-        /* A change of settings changes no array: the header part goes. */
-        struct curvd_state_in in = {blob, len, parts, n_parts, e->committed.p, e->committed.n};
-        st =
-            curvd_store_update_state(srv->store, rq->tenant, e->id, (int64_t)curv_opt_steps(e->opt),
-                                     &in, meta_text, NULL, err, errlen);
-        if (st == CURVD_STORE_OK)
-            curvd_committed_set(&e->committed, parts, n_parts);
-        else /* a failed commit may still have landed: compare with nothing */
-            curvd_committed_clear(&e->committed);
-        free(meta_text);
-        json_decref(meta);
-        curv_free(blob);
-        curv_free(parts);
-    }
-    if (st == CURVD_STORE_CONFLICT) {
-        /* This copy is stale (the session stepped through another copy):
-         * forget it; the next request loads the committed state. */
-        curvd_registry_drop(srv->reg, e->id);
-    } else if (st != CURVD_STORE_OK) {
-        curv_opt *old = NULL;
-        if (curv_opt_load(before, before_len, &old, NULL) == CURV_OK) {
-            curv_opt_free(e->opt);
-            e->opt = old;
-        }
-    } else {
-        *new_bytes = len;
-    }
+    json_t *meta = curvd_session_meta(e->opt);
+    char *meta_text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    int st = curvd_svc_reconfigured(srv, rq->tenant, e, before, before_len, meta_text, new_bytes,
+                                    err, errlen);
+    free(meta_text);
+    json_decref(meta);
     return st;
 }
 
@@ -359,9 +298,7 @@ CURVD_HANDLER(curvd_h_session_patch)
     } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
                                             detail, sizeof detail))) {
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
-    } else if (!curvd_valid_id(rq->param[0]) ||
-               (rs = curvd_registry_begin(srv->reg, rq->param[0], rq->tenant, &e)) !=
-                   CURVD_REG_OK) {
+    } else if ((rs = curvd_svc_take(srv, rq->param[0], rq->tenant, &e)) != CURVD_REG_OK) {
         curvd_reply_registry_error(rp, rq, rs);
     } else {
         size_t bytes = e->bytes; /* the new charge if the state changed size */
@@ -395,7 +332,7 @@ CURVD_HANDLER(curvd_h_session_patch)
             curvd_session_clear(&s);
         }
         curv_free(before);
-        curvd_registry_end(srv->reg, e, bytes);
+        curvd_svc_give_back(srv, e, bytes);
     }
     curv_config_free(c);
     json_decref(body);

@@ -3,9 +3,9 @@
  * POST /v1/sessions/{id}/steps. The order matters for exactly-once:
  * take the session (one step at a time), check the step number (the
  * latest one is a replay of its stored reply), decode, step, encode, and
- * commit state and reply in one transaction before answering. If the
- * commit fails the in-memory optimizer is ahead of the database, so it is
- * dropped and the next request reloads the last durable state.
+ * commit state and reply in one transaction before answering (through
+ * the session service, which keeps memory from running ahead of the
+ * database).
  */
 #include <math.h>
 #include <stdio.h>
@@ -30,18 +30,15 @@ void curvd_reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *r
     curvd_reply_problem(rp, rq, p->row, &fe, p->path[0] ? 1 : 0, "%s", p->detail);
 }
 
-/* A step waiting for its commit: what the commit borrows, and what the
- * reply and the session need once it is durable. */
+/* A step waiting for its commit: the service's commit (first), and what
+ * the reply needs once it is durable. */
 struct step_job {
-    struct curvd_commit_job job; /* first: the store hands back &job */
-    struct curvd_step_commit c;
-    struct curvd_server *srv;
+    struct curvd_svc_commit s; /* first: the service hands back &s */
     const struct curvd_req *rq;
     struct curvd_reply *rp;
-    struct curvd_entry *e;
     unsigned char *body, *blob, *wire;
     curv_state_part *parts;
-    size_t body_len, json_len, len, n_parts;
+    size_t body_len, json_len;
     char *report;
     char ctype[96];
 };
@@ -56,42 +53,44 @@ static void step_job_free(struct step_job *j)
     free(j);
 }
 
-/* On the store's commit thread: the step is durable (or failed); reply,
- * give the session back, and send. */
-static void step_committed(struct curvd_commit_job *job)
+/* On the store's commit thread, the session still held: the reply to the
+ * step's commit (the service has recorded it, or dropped the copy). */
+static void step_committed(struct curvd_svc_commit *s, int st, long long current, const char *err)
 {
-    struct step_job *j = (struct step_job *)(void *)job;
-    struct curvd_server *srv = j->srv;
+    struct step_job *j = (struct step_job *)(void *)s;
+    struct curvd_server *srv = s->srv;
     const struct curvd_req *rq = j->rq;
     struct curvd_reply *rp = j->rp;
-    struct curvd_entry *e = j->e;
-    int st = job->item.status, binary = e->pend.encoding == CURVD_ENC_BINARY;
-    long long step = e->pend.step, current = (long long)job->item.current_step;
-    size_t bytes = e->bytes;
+    struct curvd_entry *e = s->e;
+    int binary = e->pend.encoding == CURVD_ENC_BINARY;
+    long long step = e->pend.step;
     curvd_timing_lap(rp, CURVD_T_COMMIT);
     if (st == CURVD_STORE_OK) {
-        curvd_committed_set(&e->committed, j->parts, j->n_parts); /* only now is it stored */
-        bytes = j->len;
         curvd_metrics_step(srv->metrics, curv_opt_kind_of(e->opt));
         curvd_reply_tensors(rp, 200, j->body, j->body_len, binary ? j->json_len : 0,
                             curvd_mem_free);
         j->body = NULL;
         snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", step);
+    } else if (st == CURVD_STORE_CONFLICT && current == step) {
+        /* This copy was stale (reloaded while another request committed
+         * this very step, then evicted): the step is applied, so the
+         * stored reply is the answer. */
+        curvd_step_replay(srv, rq, rp, e, current);
+    } else if (st == CURVD_STORE_CONFLICT) {
+        curvd_reply_problem(rp, rq, CURVD_R_STEP_OUT_OF_ORDER, NULL, 0,
+                            "the session advanced elsewhere (now at step %lld)", current);
     } else {
-        curvd_registry_drop(srv->reg, e->id); /* memory is ahead of the database */
-        if (st == CURVD_STORE_CONFLICT && current == step)
-            /* This copy was stale (reloaded while another request committed
-             * this very step, then evicted): the step is applied, so the
-             * stored reply is the answer. */
-            curvd_step_replay(srv, rq, rp, e, current);
-        else if (st == CURVD_STORE_CONFLICT)
-            curvd_reply_problem(rp, rq, CURVD_R_STEP_OUT_OF_ORDER, NULL, 0,
-                                "the session advanced elsewhere (now at step %lld)", current);
-        else
-            curvd_reply_store_error(rp, rq, st, job->item.err);
+        curvd_reply_store_error(rp, rq, st, err);
     }
+}
+
+/* Then, the session given back: send the reply. */
+static void step_released(struct curvd_svc_commit *s)
+{
+    struct step_job *j = (struct step_job *)(void *)s;
+    struct curvd_server *srv = s->srv;
+    const struct curvd_req *rq = j->rq;
     step_job_free(j);
-    curvd_registry_end(srv->reg, e, bytes);
     curvd_http_finish(srv, rq);
 }
 
@@ -132,10 +131,11 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
     }
     curvd_timing_lap(rp, CURVD_T_ENCODE);
     if (!j || !j->body || stored_update(j, e, delta, &wire, &wire_len) != 0 ||
-        curv_opt_save_parts(e->opt, &j->blob, &j->len, &j->parts, &j->n_parts, NULL) != CURV_OK) {
+        curv_opt_save_parts(e->opt, &j->blob, &j->s.len, &j->parts, &j->s.n_parts, NULL) !=
+            CURV_OK) {
         if (j)
             step_job_free(j);
-        curvd_registry_drop(srv->reg, e->id); /* memory is ahead of the database */
+        curvd_svc_abandon(srv, e);
         curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0,
                             "out of memory saving the step");
         return;
@@ -144,25 +144,22 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
     curvd_stored_type(j->ctype, sizeof j->ctype, pd->dtype, (enum curvd_encoding)pd->encoding);
     j->report = *report;
     *report = NULL;
-    j->c = (struct curvd_step_commit){.step = pd->step,
-                                      .state = {.blob = j->blob,
-                                                .len = j->len,
-                                                .parts = j->parts,
-                                                .n_parts = j->n_parts,
-                                                .stored = e->committed.p,
-                                                .n_stored = e->committed.n},
-                                      .content_type = j->ctype,
-                                      .response = wire,
-                                      .response_len = wire_len,
-                                      .report = j->report};
-    j->srv = srv;
+    j->s.c = (struct curvd_step_commit){.step = pd->step,
+                                        .content_type = j->ctype,
+                                        .response = wire,
+                                        .response_len = wire_len,
+                                        .report = j->report};
+    j->s.srv = srv;
+    j->s.e = e;
+    j->s.tenant = rq->tenant;
+    j->s.blob = j->blob;
+    j->s.parts = j->parts;
+    j->s.reply = step_committed;
+    j->s.release = step_released;
     j->rq = rq;
     j->rp = rp;
-    j->e = e;
-    j->job = (struct curvd_commit_job){.item = {.tenant = rq->tenant, .id = e->id, .c = &j->c},
-                                       .done = step_committed};
     rp->deferred = 1;
-    curvd_store_commit_submit(srv->store, &j->job);
+    curvd_svc_commit_step(&j->s);
 }
 
 /* 202 with the next callback; a copy is kept to answer a retried POST. */
@@ -222,7 +219,7 @@ void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
                    : curvd_problem_set(&p, CURVD_R_NO_MEMORY, "", NULL, NULL, "out of memory");
     }
     if (encoded != 0) {
-        curvd_registry_drop(srv->reg, e->id); /* the optimizer is ahead of the database */
+        curvd_svc_abandon(srv, e); /* the optimizer went ahead */
         curvd_reply_codec_problem(rp, rq, &p);
     } else if (cs == CURV_OK) {
         commit_and_reply(srv, rq, rp, e, &out, &report, delta);
@@ -312,16 +309,14 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
 
 void curvd_step_end(struct curvd_server *srv, const struct curvd_reply *rp, struct curvd_entry *e)
 {
-    if (!rp->deferred) /* else its commit gives it back (step_committed) */
-        curvd_registry_end(srv->reg, e, e->bytes);
+    if (!rp->deferred) /* else its commit gives it back (curvd_svc_commit_step) */
+        curvd_svc_give_back(srv, e, e->bytes);
 }
 
 int curvd_step_begin(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
                      struct curvd_entry **e)
 {
-    enum curvd_reg_status rs = curvd_valid_id(rq->param[0])
-                                   ? curvd_registry_begin(srv->reg, rq->param[0], rq->tenant, e)
-                                   : CURVD_REG_NOT_FOUND;
+    enum curvd_reg_status rs = curvd_svc_take(srv, rq->param[0], rq->tenant, e);
     if (rs != CURVD_REG_OK)
         curvd_reply_registry_error(rp, rq, rs);
     return rs == CURVD_REG_OK ? 0 : -1;
