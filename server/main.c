@@ -200,7 +200,7 @@ int main(int argc, char **argv)
         srv.cfg.workers = cpus > 0 ? (unsigned)cpus : 2;
     }
     /* Several HTTP workers run steps at once: BLAS stays single-threaded so
-     * the two never oversubscribe the cores (SERVICE-NOTES). */
+     * the two never oversubscribe the cores (docs/SERVICE-NOTES.md). */
     openblas_set_num_threads(1);
     /* Handle the stop signals in this thread only: block them before any
      * other thread exists so every thread inherits the mask. */

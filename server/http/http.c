@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * libmicrohttpd glue. The access handler runs three times per request
- * (SERVICE-NOTES): once after the headers (allocate the context; refuse an
+ * (docs/SERVICE-NOTES.md): once after the headers (allocate the context; refuse an
  * oversized Content-Length at once), once per body chunk (append, capped),
  * and once with no data (route, run the handler, queue the reply). A body
  * that outgrows the cap without a Content-Length is drained and answered
@@ -665,7 +665,7 @@ void curvd_http_stop(struct curvd_server *srv)
 {
     if (!srv->http)
         return;
-    /* Graceful drain (SERVICE-NOTES): refuse new connections (on_accept),
+    /* Graceful drain (docs/SERVICE-NOTES.md): refuse new connections (on_accept),
      * answer new heavy requests 503 and close kept-alive connections after
      * their next reply; let admitted steps finish (their connections are
      * suspended, and MHD must not stop with one suspended); let replies go
