@@ -197,9 +197,7 @@ CURVD_HANDLER(curvd_h_session_get)
 {
     struct curvd_session s = {0};
     char err[256];
-    int st = curvd_svc_valid_id(rq->param[0])
-                 ? curvd_store_get(srv->store, rq->tenant, rq->param[0], 0, &s, err, sizeof err)
-                 : CURVD_STORE_NOT_FOUND;
+    int st = curvd_svc_get(srv, rq->tenant, rq->param[0], 0, &s, err, sizeof err);
     if (st == CURVD_STORE_OK)
         reply_row(srv, rp, &s, 200);
     else
@@ -253,9 +251,7 @@ CURVD_HANDLER(curvd_h_session_export)
 {
     struct curvd_session s = {0};
     char err[256];
-    int st = curvd_svc_valid_id(rq->param[0])
-                 ? curvd_store_get(srv->store, rq->tenant, rq->param[0], 1, &s, err, sizeof err)
-                 : CURVD_STORE_NOT_FOUND;
+    int st = curvd_svc_get(srv, rq->tenant, rq->param[0], 1, &s, err, sizeof err);
     if (st != CURVD_STORE_OK) {
         curvd_reply_store_error(rp, rq, st, err);
     } else {

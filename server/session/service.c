@@ -43,6 +43,14 @@ int curvd_svc_valid_id(const char *id)
     return n == CURVD_ID_LEN;
 }
 
+int curvd_svc_get(struct curvd_server *srv, const char *tenant, const char *id, int with_state,
+                  struct curvd_session *out, char *err, size_t errlen)
+{
+    return curvd_svc_valid_id(id)
+               ? curvd_store_get(srv->store, tenant, id, with_state, out, err, errlen)
+               : CURVD_STORE_NOT_FOUND;
+}
+
 enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, const char *tenant,
                                      struct curvd_entry **e)
 {

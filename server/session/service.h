@@ -30,6 +30,12 @@ int curvd_svc_valid_id(const char *id);
 int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out, size_t *bytes,
                    struct curvd_committed *committed);
 
+/* curvd_svc_get - session @id of @tenant as committed (with its state
+ * blob when @with_state), read from the store: the store's status, and
+ * NOT_FOUND for an id that is not one. */
+int curvd_svc_get(struct curvd_server *srv, const char *tenant, const char *id, int with_state,
+                  struct curvd_session *out, char *err, size_t errlen);
+
 /* curvd_svc_take - session @id of @tenant for this request alone (an id
  * that is not one is CURVD_REG_NOT_FOUND); *@e on CURVD_REG_OK. */
 enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, const char *tenant,
