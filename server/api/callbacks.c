@@ -18,119 +18,6 @@
 #include "store/store.h"
 #include "wire/step_decode.h"
 
-/* The member that carries the answer to each callback kind. */
-static const char *answer_member(curv_request_kind k)
-{
-    return k == CURV_REQ_CURVATURE_PRODUCT ? "products" : k == CURV_REQ_LOSS ? "losses" : "gram";
-}
-
-/* {"products": [[tensors of vector 0], [tensors of vector 1], ...]} */
-static int decode_products(const curv_layout *l, const json_t *arr, const struct curvd_doc *doc,
-                           struct curvd_binary *bin, size_t n, double *out, struct curvd_problem *p)
-{
-    size_t dim = curv_layout_dim(l);
-    if (!json_is_array(arr) || json_array_size(arr) != n) {
-        char want[48];
-        snprintf(want, sizeof want, "an array of %zu products", n);
-        return curvd_problem_set(p, CURVD_R_SHAPE_MISMATCH, "/products", want, NULL,
-                                 "\"products\" must hold one array of tensors per vector (%zu)", n);
-    }
-    for (size_t i = 0; i < n; i++) {
-        char path[32];
-        struct curvd_tensor *t = NULL;
-        size_t nt = 0;
-        snprintf(path, sizeof path, "/products/%zu", i);
-        int rc = curvd_tensors_decode(json_array_get(arr, i), path, doc, bin, dim, &t, &nt, p);
-        if (rc == 0)
-            rc = curvd_tensors_to_flat(l, t, nt, path, out + i * dim, p);
-        curvd_tensors_free(t, nt);
-        if (rc != 0)
-            return -1;
-    }
-    return 0;
-}
-
-/* Numbers, flat or one level nested ([[a, b], [c, d]]), exactly @n of them. */
-static int decode_numbers(const json_t *arr, const char *path, size_t n, double *out,
-                          struct curvd_problem *p)
-{
-    size_t k = 0, i, j;
-    json_t *v, *w;
-    char want[48];
-    snprintf(want, sizeof want, "%zu numbers", n);
-    if (!json_is_array(arr))
-        return curvd_problem_set(p, CURVD_R_BAD_TENSOR, path, want, NULL, "%s must be an array",
-                                 path);
-    json_array_foreach(arr, i, v)
-    {
-        size_t m = json_is_array(v) ? json_array_size(v) : 1;
-        for (j = 0; j < m; j++) {
-            w = json_is_array(v) ? json_array_get(v, j) : v;
-            if (!json_is_number(w))
-                return curvd_problem_set(p, CURVD_R_BAD_TENSOR, path, want, NULL,
-                                         "%s must hold numbers only", path);
-            if (k < n)
-                out[k] = json_number_value(w);
-            k++;
-        }
-    }
-    if (k != n) {
-        char got[32];
-        snprintf(got, sizeof got, "%zu numbers", k);
-        return curvd_problem_set(p, CURVD_R_SHAPE_MISMATCH, path, want, got,
-                                 "%s must hold %zu numbers, got %zu", path, n, k);
-    }
-    return 0;
-}
-
-static int decode_answer(const struct curvd_req *rq, const curv_layout *l, const curv_request *req,
-                         double *values, struct curvd_problem *p)
-{
-    struct curvd_doc *doc = NULL;
-    struct curvd_binary bin = {0};
-    int binary = 0, rc = -1;
-    const char *member = answer_member(req->kind);
-    if (curvd_body_parse(rq->body, rq->body_len,
-                         curvd_req_header(rq, "Inference-Header-Content-Length"), rq->content_type,
-                         &doc, &bin, &binary, p) != 0)
-        return -1;
-    json_t *root = curvd_doc_root(doc), *v;
-    const char *key;
-    char allowed[48];
-    snprintf(allowed, sizeof allowed, "\"%s\" only", member);
-    if (!json_is_object(root)) {
-        curvd_problem_set(p, CURVD_R_BAD_TENSOR, "", allowed, NULL,
-                          "the answer must be an object with \"%s\"", member);
-        goto out;
-    }
-    json_object_foreach(root, key, v)
-    {
-        if (strcmp(key, member) != 0) {
-            char path[80];
-            snprintf(path, sizeof path, "/%.70s", key);
-            curvd_problem_set(p, CURVD_R_UNKNOWN_MEMBER, path, allowed, key,
-                              "this %s callback is answered with \"%s\" only",
-                              req->kind == CURV_REQ_LOSS ? "loss" : "curvature", member);
-            goto out;
-        }
-    }
-    v = json_object_get(root, member);
-    char path[16];
-    snprintf(path, sizeof path, "/%s", member);
-    if (!v)
-        curvd_problem_set(p, CURVD_R_BAD_TENSOR, path, allowed, "absent", "the answer needs \"%s\"",
-                          member);
-    else if (req->kind == CURV_REQ_CURVATURE_PRODUCT)
-        rc = decode_products(l, v, doc, binary ? &bin : NULL, req->n_vectors, values, p);
-    else
-        rc = decode_numbers(v, path, req->n_values, values, p);
-    if (rc == 0 && binary)
-        rc = curvd_binary_finish(&bin, p);
-out:
-    curvd_doc_free(doc);
-    return rc;
-}
-
 static void no_callback(const struct curvd_req *rq, struct curvd_reply *rp, long long cur,
                         const char *n)
 {
@@ -156,7 +43,9 @@ static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct 
     curvd_timing_lap(rp, CURVD_T_COUNT);
     if (!values || !delta) {
         curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
-    } else if (decode_answer(rq, curv_opt_layout(e->opt), &pd->req, values, &p) != 0) {
+    } else if (curvd_answer_decode(
+                   rq->body, rq->body_len, curvd_req_header(rq, "Inference-Header-Content-Length"),
+                   rq->content_type, curv_opt_layout(e->opt), &pd->req, values, &p) != 0) {
         curvd_reply_codec_problem(rp, rq, &p);
     } else {
         curv_response resp = {.seq = pd->req.seq, .n_values = pd->req.n_values, .values = values};

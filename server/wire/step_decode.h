@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* Decoding a step body (POST /v1/sessions/{id}/steps), plain JSON or the
- * binary extension, into flat vectors of a layout. */
+/* Decoding the request bodies that carry tensors, plain JSON or the binary
+ * extension, into flat vectors of a layout: step bodies (POST
+ * /v1/sessions/{id}/steps) and callback answers (POST .../callbacks/{cb}). */
 #ifndef CURVD_STEP_DECODE_H
 #define CURVD_STEP_DECODE_H
 
@@ -75,5 +76,16 @@ int curvd_step_decode_tensors(const curv_layout *l, struct curvd_step_in *in,
 /* curvd_step_layer_stats - @in's layers as library input (arrays borrowed
  * from @in); @out has room for @in->nlayers entries. */
 void curvd_step_layer_stats(const struct curvd_step_in *in, curv_layer_stats *out);
+
+/*
+ * curvd_answer_decode - the answer to callback @req: {"products": [[tensors
+ * of vector 0], ...]} for a curvature product (into @values, n_vectors x
+ * curv_layout_dim(@l) doubles), {"losses": [...]} or {"gram": [...]} (flat
+ * or nested numbers, req->n_values of them) otherwise; the body as for
+ * curvd_body_parse(). Return 0, or -1 with @p.
+ */
+int curvd_answer_decode(const unsigned char *body, size_t body_len, const char *hl,
+                        const char *content_type, const curv_layout *l, const curv_request *req,
+                        double *values, struct curvd_problem *p);
 
 #endif
