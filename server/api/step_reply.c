@@ -17,6 +17,7 @@
 #include "store/store.h"
 #include "wire/json_scan.h"
 #include "wire/out.h"
+#include "wire/tensor_bytes.h"
 
 #define STORED_UPDATE "application/vnd.curvd.update"
 

@@ -21,6 +21,7 @@
 #include "wire/json_scan.h"
 #include "wire/out.h"
 #include "wire/step_decode.h"
+#include "wire/tensor_bytes.h"
 
 void curvd_reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *rq,
                                const struct curvd_problem *p)

@@ -15,6 +15,7 @@
 
 #include "http/mem.h"
 #include "wire/json_scan.h"
+#include "wire/tensor_bytes.h"
 
 /* Shapes and sizes arrive as json_int_t and are kept as size_t. */
 _Static_assert(sizeof(size_t) >= sizeof(json_int_t), "size_t narrower than json_int_t");

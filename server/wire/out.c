@@ -9,6 +9,7 @@
 
 #include "http/mem.h"
 #include "wire/json_scan.h"
+#include "wire/tensor_bytes.h"
 
 void curvd_out_init(struct curvd_out *o)
 {
