@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "api/handlers.h"
+#include "api/steps.h"
 #include "store/store.h"
 #include "wire/session_json.h"
 
@@ -27,7 +28,7 @@ static void register_new(struct curvd_server *srv, const struct curvd_req *rq,
     } else {
         json_t *s = curvd_session_json(id, meta_text, step, created, created, 0, NULL);
         snprintf(rp->location, sizeof rp->location, "/v1/sessions/%s", id);
-        snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", step);
+        curvd_etag(rp->etag, sizeof rp->etag, step);
         curvd_reply_json(rp, 201, s);
     }
     free(meta_text);
@@ -179,8 +180,7 @@ static json_t *session_json(struct curvd_server *srv, const struct curvd_session
     uint64_t seq = 0;
     if (j && curvd_registry_pending(srv->reg, s->id, &step, &seq)) {
         char url[160];
-        snprintf(url, sizeof url, "/v1/sessions/%s/steps/%lld/callbacks/%llu", s->id, step,
-                 (unsigned long long)seq);
+        curvd_callback_path(url, sizeof url, s->id, step, seq);
         json_object_set_new(j, "pending_callback", json_string(url));
     }
     return j;
@@ -189,7 +189,7 @@ static json_t *session_json(struct curvd_server *srv, const struct curvd_session
 static void reply_row(struct curvd_server *srv, struct curvd_reply *rp,
                       const struct curvd_session *s, int status)
 {
-    snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", (long long)s->step);
+    curvd_etag(rp->etag, sizeof rp->etag, (long long)s->step);
     curvd_reply_json(rp, status, session_json(srv, s));
 }
 
@@ -255,7 +255,7 @@ CURVD_HANDLER(curvd_h_session_export)
     if (st != CURVD_STORE_OK) {
         curvd_reply_store_error(rp, rq, st, err);
     } else {
-        snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", (long long)s.step);
+        curvd_etag(rp->etag, sizeof rp->etag, (long long)s.step);
         curvd_reply_owned(rp, 200, "application/octet-stream", s.state, s.state_len,
                           curvd_store_free);
         s.state = NULL; /* the reply owns it now */
@@ -300,7 +300,7 @@ CURVD_HANDLER(curvd_h_session_patch)
         size_t bytes = e->bytes; /* the new charge if the state changed size */
         char etag[32];
         const char *im = curvd_req_header(rq, "If-Match");
-        snprintf(etag, sizeof etag, "\"%llu\"", (unsigned long long)curv_opt_steps(e->opt));
+        curvd_etag(etag, sizeof etag, (long long)curv_opt_steps(e->opt));
         unsigned char *before = NULL;
         size_t before_len = 0;
         curv_error cerr;

@@ -68,10 +68,15 @@ static const char *callback_kind_name(curv_request_kind k)
                                            : "quadratic_form";
 }
 
+void curvd_callback_path(char *buf, size_t cap, const char *id, long long step, uint64_t seq)
+{
+    snprintf(buf, cap, "/v1/sessions/%s/steps/%lld/callbacks/%llu", id, step,
+             (unsigned long long)seq);
+}
+
 void curvd_callback_url(const struct curvd_entry *e, char *buf, size_t cap)
 {
-    snprintf(buf, cap, "/v1/sessions/%s/steps/%lld/callbacks/%llu", e->id, e->pend.step,
-             (unsigned long long)e->pend.req.seq);
+    curvd_callback_path(buf, cap, e->id, e->pend.step, e->pend.req.seq);
 }
 
 int curvd_encode_callback(struct curvd_out *out, const struct curvd_entry *e,

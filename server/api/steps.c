@@ -71,7 +71,7 @@ static void step_committed(struct curvd_svc_commit *s, int st, long long current
         curvd_reply_tensors(rp, 200, j->body, j->body_len, binary ? j->json_len : 0,
                             curvd_mem_free);
         j->body = NULL;
-        snprintf(rp->etag, sizeof rp->etag, "\"%lld\"", step);
+        curvd_etag(rp->etag, sizeof rp->etag, step);
     } else if (st == CURVD_STORE_CONFLICT && current == step) {
         /* This copy was stale (reloaded while another request committed
          * this very step, then evicted): the step is applied, so the

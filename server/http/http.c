@@ -194,6 +194,11 @@ static const char *status_title(int status)
     }
 }
 
+void curvd_etag(char *buf, size_t cap, long long step)
+{
+    snprintf(buf, cap, "\"%lld\"", step);
+}
+
 void curvd_reply_problem(struct curvd_reply *rp, const struct curvd_req *rq, enum curvd_reason row,
                          const struct curvd_field_error *errors, size_t nerrors, const char *fmt,
                          ...)

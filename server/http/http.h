@@ -123,6 +123,9 @@ void curvd_reply_tensors(struct curvd_reply *rp, int status, void *body, size_t 
 void curvd_reply_owned(struct curvd_reply *rp, int status, const char *ctype, void *body,
                        size_t len, void (*release)(void *));
 
+/* curvd_etag - a session's ETag, its step count in quotes, into @buf. */
+void curvd_etag(char *buf, size_t cap, long long step);
+
 /* One offending field of a problem. */
 struct curvd_field_error {
     const char *path, *expected, *got;
