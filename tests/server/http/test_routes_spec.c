@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The route table and api/openapi.yaml agree both ways: every served
- * (method, path) is in the spec, and every operation in the spec is served. */
+ * (method, path) is in the spec, and every operation in the spec is served;
+ * a route needs a token (.auth) exactly when its operation is not open
+ * ("security: [{}]" instead of the spec's bearer default). */
 #include <ctype.h>
 #include <stdio.h>
 #include <string.h>
@@ -14,6 +16,7 @@
 struct op {
     char method[8];
     char path[128];
+    int open; /* security: [{}] */
 };
 
 /* Read "  /path:" keys under "paths:" and their "    get:"-style methods. */
@@ -38,6 +41,8 @@ static size_t read_spec(const char *file, struct op *ops)
             snprintf(path, sizeof path, "%.*s", (int)(strcspn(line + 2, "\n") - 1), line + 2);
             continue;
         }
+        if (n && strncmp(line, "      security: [{}]", 20) == 0)
+            ops[n - 1].open = 1;
         static const char *const methods[] = {"get", "post", "put", "patch", "delete"};
         for (size_t m = 0; m < 5; m++) {
             char key[16];
@@ -45,6 +50,7 @@ static size_t read_spec(const char *file, struct op *ops)
             if (strncmp(line, key, strlen(key)) == 0 && n < MAX_OPS) {
                 snprintf(ops[n].method, sizeof ops[n].method, "%s", methods[m]);
                 snprintf(ops[n].path, sizeof ops[n].path, "%s", path);
+                ops[n].open = 0;
                 n++;
             }
         }
@@ -64,8 +70,15 @@ static void test_routes_match_spec(void **state)
         int found = 0;
         for (size_t k = 0; k < n; k++)
             if (strcasecmp(ops[k].method, curvd_routes[i].method) == 0 &&
-                strcmp(ops[k].path, curvd_routes[i].pattern) == 0)
+                strcmp(ops[k].path, curvd_routes[i].pattern) == 0) {
                 found = served[k] = 1;
+                if (curvd_routes[i].auth == ops[k].open) {
+                    print_error("%s %s: .auth %d, but the spec says %s\n", curvd_routes[i].method,
+                                curvd_routes[i].pattern, curvd_routes[i].auth,
+                                ops[k].open ? "open" : "bearer");
+                    bad++;
+                }
+            }
         if (!found) {
             print_error("served but not in the spec: %s %s\n", curvd_routes[i].method,
                         curvd_routes[i].pattern);
