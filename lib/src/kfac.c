@@ -217,7 +217,7 @@ static double dot(const double *x, const double *y, size_t n)
     return acc;
 }
 
-static void report(curv_opt *o, const double *delta)
+static void report(curv_opt *o)
 {
     const struct curv__kfac_hyper *h = hyp(o);
     struct kfac_state *s = o->impl;
@@ -236,15 +236,13 @@ static void report(curv_opt *o, const double *delta)
     } else {
         curv__report_add(o, s->p.clip, "kl_scale");
     }
-    curv__report_add(o, sqrt(dot(s->p.g, s->p.g, o->dim)), "grad_norm");
-    curv__report_add(o, sqrt(dot(delta, delta, o->dim)), "update_norm");
     curv__report_add(o, (double)s->failures, "inverse_failures");
     curv__report_add(o, s->p.stats, "stats_updated");
     curv__kfac_est_report(s->est, o, k);
 }
 
 /* Make the step's tentative state current and report. */
-static void commit(curv_opt *o, const double *delta, double lambda, double gamma)
+static void commit(curv_opt *o, double lambda, double gamma)
 {
     const struct curv__kfac_hyper *h = hyp(o);
     struct kfac_state *s = o->impl;
@@ -252,7 +250,7 @@ static void commit(curv_opt *o, const double *delta, double lambda, double gamma
     s->lambda = clampd(lambda, h->min_damping);
     s->gamma = clampd(gamma, h->min_damping);
     s->failures += s->p.failed;
-    report(o, delta);
+    report(o);
     pend_drop(s);
 }
 
@@ -323,7 +321,7 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
     }
     for (size_t i = 0; i < o->dim; i++)
         delta[i] *= -lr;
-    commit(o, delta, s->lambda, s->gamma);
+    commit(o, s->lambda, s->gamma);
     return CURV_OK;
 }
 
@@ -439,7 +437,7 @@ static curv_status finish(curv_opt *o, double *delta, double lambda)
     memcpy(s->mom, p->delta, o->dim * sizeof(double));
     s->has_mom = 1;
     double gamma = p->gammas[p->c];
-    commit(o, delta, lambda, gamma);
+    commit(o, lambda, gamma);
     return CURV_OK;
 }
 

@@ -110,8 +110,11 @@ struct curv__report {
     size_t n, cap;
 };
 
-/* curv__report_reserve - room for @cap entries (call from init, with its
- * tally: counting only counts). */
+/* Entries every report opens with (grad_norm, update_norm), filled by opt.c. */
+#define CURV__REPORT_BASE 2
+/* curv__report_reserve - room for @cap entries of the kind's own besides
+ * the CURV__REPORT_BASE ones (call from init, with its tally: counting only
+ * counts). A kind that reserves nothing gets the base entries alone. */
 curv_status curv__report_reserve(curv_opt *o, struct curv__tally *t, size_t cap, curv_error *err);
 /* curv__report_add - append "name" = value; @fmt builds the name. Entries
  * beyond the reserved capacity are dropped (reserve enough in init). */

@@ -360,7 +360,7 @@ curvc_status curvc_step(curvc_session *s, const curvc_step_in *in, curvc_encodin
         ans.enc = enc;
         answer_body(s, &pd, values, &ans);
         st = post(s, pd.url, &ans, &r, err);
-        if (st == CURVC_E_PROBLEM && strcmp(err->reason, "NO_CALLBACK_PENDING") == 0 &&
+        if (st == CURVC_E_PROBLEM && (curvc__reason_does(err->reason) & CURVC__RESTART_STEP) &&
             restarts++ < MAX_RESTARTS) /* the daemon lost the step: start it again */
             st = curvc__request(s->client, "POST", path, step.js.p, step.js.len,
                                 enc == CURVC_BINARY ? json_len : 0, 1, &r, err);
