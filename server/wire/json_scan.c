@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "http/mem.h"
+#include "wire/nonfinite.h"
 
 /* ---- The body scanner -------------------------------------------------- */
 
@@ -392,6 +393,8 @@ static int load_skeleton(struct scan *sc)
         if (json_error_code(&je) == json_error_out_of_memory)
             return nomem(sc->p);
         size_t at = body_offset(d, je.position > 0 ? (size_t)je.position : 0);
+        if (curvd_nonfinite_literal(sc->s, sc->len, at, sc->p))
+            return -1;
         return curvd_problem_set(sc->p, CURVD_R_MALFORMED_JSON, "", NULL, NULL,
                                  "invalid JSON at byte %zu: %s", at, je.text);
     }

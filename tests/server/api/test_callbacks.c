@@ -570,6 +570,15 @@ static void try_bad_answers(struct su_trainer *tr, const struct su_callback *cb,
         refused(tr, cb->url, &b, 422, "NON_FINITE", NULL);
         su_body_free(&b);
     }
+    for (size_t i = 0; !prod && i < 3; i++) { /* named as non-finite, not "invalid JSON" */
+        static const char *const bad[] = {"NaN       ", "-Infinity ", "1e999     "};
+        answer_sized(tr, cb, q->n_vectors, q->n_values, 7777777.25, &b);
+        char *at = strstr((char *)b.p, "7777777.25");
+        assert_non_null(at);
+        memcpy(at, bad[i], 10);
+        refused(tr, cb->url, &b, 422, "NON_FINITE", member);
+        su_body_free(&b);
+    }
     with_member(good, "\"extra\":1,", &b);
     refused(tr, cb->url, &b, 400, "UNKNOWN_MEMBER", "/extra");
     su_body_free(&b);
