@@ -14,22 +14,6 @@
 #include "kfac_int.h"
 #include "testutil.h"
 
-static double dot(const double *x, const double *y, size_t n)
-{
-    double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += x[i] * y[i];
-    return s;
-}
-
-/* θ ← θ + u and a new batch evaluated there. */
-static void advance(tu_mlp *net, const double *u, uint64_t seed)
-{
-    for (size_t i = 0; i < net->dim; i++)
-        net->theta[i] += u[i];
-    tu_mlp_batch(net, seed);
-}
-
 /* vᵀCv of the trainer's curvature (the driver's exact PSD matrix). */
 static double curvature_form(tu_mlp *net, const double *v)
 {
@@ -65,7 +49,7 @@ static void test_request_intervals(void **state)
             assert_int_equal(tr.n_vectors[1], 1);
         }
         assert_true(tu_report(o, "rejected") == 0);
-        advance(&net, u, 10 + k);
+        tu_mlp_advance(&net, u, 10 + k);
     }
     free(u);
     tu_mlp_teardown(o, l, &net);
@@ -92,7 +76,7 @@ static void test_gamma_tied_to_lambda(void **state)
         assert_true(tu_report(o, "gamma") == sqrt(lambda + eta));
         moved += tu_report(o, "lambda") != lambda;
         lambda = tu_report(o, "lambda");
-        advance(&net, u, 30 + k);
+        tu_mlp_advance(&net, u, 30 + k);
     }
     assert_true(moved > 0); /* λ, and so γ, changed along the run */
     free(u);
@@ -165,7 +149,7 @@ static void test_gamma_step_math(void **state)
     tu_assert_status(tu_mlp_step(o, &net, 1, u1, NULL, &err), CURV_OK, &err);
     const double gamma0 = sqrt(lam + eta);
     assert_true(tu_report(o, "gamma") == gamma0 && tu_report(o, "lambda") == lam);
-    advance(&net, u1, 5);
+    tu_mlp_advance(&net, u1, 5);
     for (size_t i = 0; i < 2; i++) {
         add_outer(A[i], net.acts[i], net.m, w[i], 1, 0.5);
         add_outer(G[i], net.sig[i], net.m, w[i + 1], 0, 0.5);
@@ -202,10 +186,10 @@ static void test_gamma_step_math(void **state)
     size_t best = 0;
     for (size_t c = 0; c < 3; c++) {
         const double *dc = req.vectors + c * d;
-        double q11 = gram[c * 4 + c] + (lam + eta) * dot(dc, dc, d);
-        double q12 = gram[c * 4 + 3] + (lam + eta) * dot(dc, d0, d);
-        double q22 = gram[15] + (lam + eta) * dot(d0, d0, d);
-        double b1 = dot(gf, dc, d), b2 = dot(gf, d0, d), det = q11 * q22 - q12 * q12;
+        double q11 = gram[c * 4 + c] + (lam + eta) * tu_dot(dc, dc, d);
+        double q12 = gram[c * 4 + 3] + (lam + eta) * tu_dot(dc, d0, d);
+        double q22 = gram[15] + (lam + eta) * tu_dot(d0, d0, d);
+        double b1 = tu_dot(gf, dc, d), b2 = tu_dot(gf, d0, d), det = q11 * q22 - q12 * q12;
         double al = (-b1 * q22 + b2 * q12) / det, mu = (-b2 * q11 + b1 * q12) / det;
         double m = 0.5 * (al * al * q11 + 2 * al * mu * q12 + mu * mu * q22) + al * b1 + mu * b2;
         if (m < best_m)
@@ -231,8 +215,8 @@ static void test_gamma_step_math(void **state)
 /* M(δ) of the step just taken, from the trainer's curvature. */
 static double model_of(tu_mlp *net, const double *gf, const double *u, double lam_eta)
 {
-    return 0.5 * curvature_form(net, u) + 0.5 * lam_eta * dot(u, u, net->dim) +
-           dot(gf, u, net->dim);
+    return 0.5 * curvature_form(net, u) + 0.5 * lam_eta * tu_dot(u, u, net->dim) +
+           tu_dot(gf, u, net->dim);
 }
 
 static double rule(double lambda, double rho, double w1)
@@ -261,12 +245,12 @@ static void test_lm_with_loss_requests(void **state)
     for (unsigned k = 1; k <= 12; k++) {
         for (size_t i = 0; i < d; i++)
             gf[i] = net.g[i] + eta * net.theta[i];
-        const double h0 = net.loss + 0.5 * eta * dot(net.theta, net.theta, d);
+        const double h0 = net.loss + 0.5 * eta * tu_dot(net.theta, net.theta, d);
         curv_error err;
         tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
         for (size_t i = 0; i < d; i++)
             th[i] = net.theta[i] + u[i];
-        const double h1 = tu_mlp_eval(&net, th, 0) + 0.5 * eta * dot(th, th, d);
+        const double h1 = tu_mlp_eval(&net, th, 0) + 0.5 * eta * tu_dot(th, th, d);
         const double rho = (h1 - h0) / model_of(&net, gf, u, lambda + eta);
         if (fabs(tu_report(o, "rho") - rho) > 1e-8 * (1 + fabs(rho)))
             fail_msg("step %u: rho %.17g, want %.17g", k, tu_report(o, "rho"), rho);
@@ -275,7 +259,7 @@ static void test_lm_with_loss_requests(void **state)
         lambda = fmax(next, 1e-8);
         if (fabs(tu_report(o, "lambda") - lambda) > 1e-12 * lambda)
             fail_msg("step %u: lambda %.17g, want %.17g", k, tu_report(o, "lambda"), lambda);
-        advance(&net, u, 100 + k);
+        tu_mlp_advance(&net, u, 100 + k);
     }
     assert_true(up + down > 0); /* the rule acted */
     free(u), free(gf), free(th);
@@ -297,14 +281,14 @@ static void test_lm_next_step(void **state)
     curv_error err;
     tu_kfac_trace tr;
     tu_assert_status(tu_mlp_step(o, &net, 1, u, &tr, &err), CURV_OK, &err);
-    advance(&net, u, 11);
+    tu_mlp_advance(&net, u, 11);
     for (size_t i = 0; i < d; i++)
         gf[i] = net.g[i] + eta * net.theta[i];
-    const double h0 = net.loss + 0.5 * eta * dot(net.theta, net.theta, d);
+    const double h0 = net.loss + 0.5 * eta * tu_dot(net.theta, net.theta, d);
     tu_assert_status(tu_mlp_step(o, &net, 1, u, &tr, &err), CURV_OK, &err); /* LM step */
     assert_int_equal(tr.n, 1);
     const double m = model_of(&net, gf, u, 0.3 + eta);
-    advance(&net, u, 12);
+    tu_mlp_advance(&net, u, 12);
     size_t len;
     unsigned char *snap = tu_snapshot(o, &len);
     curv_step_input in = tu_mlp_input(&net, 1);
@@ -314,7 +298,7 @@ static void test_lm_next_step(void **state)
     assert_non_null(strstr(err.text, "next_step"));
     tu_assert_unchanged(o, snap, len);
     tu_assert_status(tu_mlp_step(o, &net, 1, u, &tr, &err), CURV_OK, &err);
-    const double h1 = net.loss + 0.5 * eta * dot(net.theta, net.theta, d);
+    const double h1 = net.loss + 0.5 * eta * tu_dot(net.theta, net.theta, d);
     const double rho = (h1 - h0) / m;
     assert_true(fabs(tu_report(o, "rho") - rho) <= 1e-9 * (1 + fabs(rho)));
     assert_true(fabs(tu_report(o, "lambda") - rule(0.3, rho, 0.95 * 0.95)) <= 1e-15);
@@ -347,7 +331,7 @@ static void test_save_load(void **state)
     curv_error err;
     for (unsigned k = 1; k <= 3; k++) {
         tu_assert_status(tu_mlp_step(a, &net, 1, ua, NULL, &err), CURV_OK, &err);
-        advance(&net, ua, 20 + k);
+        tu_mlp_advance(&net, ua, 20 + k);
     }
     size_t len;
     unsigned char *blob = tu_snapshot(a, &len);
@@ -359,7 +343,7 @@ static void test_save_load(void **state)
         tu_assert_status(tu_mlp_step(b, &net, k != 4, ub, NULL, &err), CURV_OK, &err);
         if (memcmp(ua, ub, d * sizeof(double)))
             fail_msg("step %u differs after save/load", k);
-        advance(&net, ua, 20 + k);
+        tu_mlp_advance(&net, ua, 20 + k);
     }
     /* Step 8 (an LM step): save at each request, finish the original. */
     curv_step_input in = tu_mlp_input(&net, 1);

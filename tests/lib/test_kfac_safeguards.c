@@ -16,21 +16,6 @@
 
 static const size_t W[] = {3, 4, 2};
 
-static double dot(const double *x, const double *y, size_t n)
-{
-    double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += x[i] * y[i];
-    return s;
-}
-
-static void advance(tu_mlp *net, const double *u, uint64_t seed)
-{
-    for (size_t i = 0; i < net->dim; i++)
-        net->theta[i] += u[i];
-    tu_mlp_batch(net, seed);
-}
-
 /*
  * Step 2 of an adaptive run whose Gram answer is the trainer's exact one
  * scaled by @blind (a curvature batch that does not see the gradient's
@@ -47,7 +32,7 @@ static curv_opt *blind_step(tu_mlp *net, const curv_layout *l, const char *coeff
     curv_opt *o = tu_kfac_opt(l, kv, 4, "coefficients", coefficients, NULL);
     curv_error err;
     tu_assert_status(tu_mlp_step(o, net, 1, u, NULL, &err), CURV_OK, &err);
-    advance(net, u, 77);
+    tu_mlp_advance(net, u, 77);
     curv_step_input in = tu_mlp_input(net, 1);
     curv_request req;
     tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_NEED_INPUT, &err);
@@ -124,9 +109,9 @@ static void test_reject_rise(void **state)
         assert_true(tu_report(o, "rho") < 0);
         assert_true(fabs(tu_report(o, "lambda") - 0.5 / 0.95) <= 1e-15);
         assert_true(tu_report(o, "rejected") == (on ? 2 : 0));
-        assert_true(on ? dot(u, u, d) == 0 : dot(u, u, d) > 0);
+        assert_true(on ? tu_dot(u, u, d) == 0 : tu_dot(u, u, d) > 0);
         /* Step 2: δ0 is what was applied (0 after a rejection). */
-        advance(&net, u, 90);
+        tu_mlp_advance(&net, u, 90);
         in = tu_mlp_input(&net, 1);
         double *u2 = tu_alloc(d);
         tu_assert_status(curv_opt_step(o, &in, u2, &req, &err), CURV_NEED_INPUT, &err);
@@ -160,7 +145,7 @@ static void test_adaptive_lr_scales(void **state)
         q.vectors = u[t];
         double c;
         tu_mlp_answer(&net, &q, &c);
-        const double m = 0.5 * c + 0.5 * lam * dot(u[t], u[t], d) + dot(net.g, u[t], d);
+        const double m = 0.5 * c + 0.5 * lam * tu_dot(u[t], u[t], d) + tu_dot(net.g, u[t], d);
         assert_true(fabs(tu_report(o, "model_change") - m) <= 1e-10 * fabs(m));
         tu_mlp_teardown(o, l, &net);
     }
@@ -193,7 +178,7 @@ static void test_simple_kl_clip(void **state)
         tu_assert_status(tu_mlp_step(o, &net, 1, u[t], NULL, &err), CURV_OK, &err);
         scale[t] = tu_report(o, "kl_scale");
         if (t == 0)
-            vg = -dot(u[0], net.g, d) / 0.5; /* u = −lr v */
+            vg = -tu_dot(u[0], net.g, d) / 0.5; /* u = −lr v */
         tu_mlp_teardown(o, l, &net);
     }
     assert_true(vg > 1e-6);

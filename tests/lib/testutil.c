@@ -795,3 +795,18 @@ void tu_blob_flips_never_crash(const char *what, const unsigned char *blob, size
     free(b);
     assert_true(ok > 0); /* the state's numbers are free to change */
 }
+
+void tu_mlp_advance(tu_mlp *net, const double *u, uint64_t seed)
+{
+    for (size_t i = 0; i < net->dim; i++)
+        net->theta[i] += u[i];
+    tu_mlp_batch(net, seed);
+}
+
+double tu_dot(const double *x, const double *y, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += x[i] * y[i];
+    return s;
+}

@@ -222,6 +222,10 @@ void tu_mlp_free(tu_mlp *net);
 curv_layout *tu_mlp_layout(const tu_mlp *net);
 /* Draw a new batch and evaluate it at theta (acts, signals, pex, g, loss). */
 void tu_mlp_batch(tu_mlp *net, uint64_t seed);
+/* θ ← θ + @u, then a new batch (@seed) evaluated there. */
+void tu_mlp_advance(tu_mlp *net, const double *u, uint64_t seed);
+/* xᵀy. */
+double tu_dot(const double *x, const double *y, size_t n);
 /* tu_mlp_new, then tu_mlp_batch(@batch_seed); returns the layout. */
 curv_layout *tu_mlp_setup(tu_mlp *net, const size_t *n, size_t L, size_t nv, size_t m,
                           uint64_t seed, uint64_t batch_seed);
