@@ -204,9 +204,33 @@ curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__s
     return st;
 }
 
+/* The uses an explicit inverse formed at a step with @n candidates can
+ * expect (kfac_block.c's rule): the steps between refreshes or, in
+ * adaptive mode, γ-grid steps, whichever is shorter; 1 on a γ-grid step,
+ * where only the kept candidate's inverses live on. A function of the
+ * settings alone, so a loaded optimizer decides as the saved one did. */
+static unsigned horizon(const struct curv__kfac_hyper *h, size_t n)
+{
+    if (n > 1)
+        return 1;
+    int64_t t = h->inv_interval;
+    if (h->mode == CURV__KFAC_ADAPTIVE && h->gamma_interval < t)
+        t = h->gamma_interval;
+    return t > 1000000 ? 1000000u : (unsigned)t;
+}
+
 curv_status curv__kfac_est_prepare(struct curv__kfac_est *e, const double *gammas, size_t n,
                                    unsigned *failed, curv_error *err)
 {
+    const unsigned hz = horizon(e->h, n);
+    for (size_t i = 0; i < e->n; i++) {
+        struct curv__kblock *b = e->b[i];
+        if (!b->vt->prepare || e->member[i])
+            continue;
+        curv_status st = b->vt->prepare(b, gammas, n, hz, err);
+        if (st != CURV_OK)
+            return st;
+    }
     for (size_t c = 0; c < e->nch; c++) {
         int kept = 0;
         curv_status st = curv__kchain_prepare(e->ch[c], e->b, gammas, n, &kept, err);
@@ -225,7 +249,7 @@ void curv__kfac_est_apply(struct curv__kfac_est *e, size_t c, double gamma, cons
         const struct curv__kblock *b = e->b[i];
         const size_t off = b->info.offset;
         if (!e->member[i])
-            b->vt->apply(b, g + off, gamma, u + off, e->work);
+            b->vt->apply(b, c, g + off, gamma, u + off, e->work);
     }
     for (size_t k = 0; k < e->nch; k++)
         curv__kchain_apply(e->ch[k], c, g, u);
@@ -235,7 +259,7 @@ void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, 
 {
     (void)k;
     for (size_t i = 0; i < e->n; i++)
-        e->b[i]->vt->commit(e->b[i], g + e->b[i]->info.offset);
+        e->b[i]->vt->commit(e->b[i], c, g + e->b[i]->info.offset);
     for (size_t i = 0; i < e->nch; i++)
         curv__kchain_commit(e->ch[i], c);
     memcpy(e->cur, e->nxt, e->n * sizeof *e->cur);
