@@ -233,6 +233,11 @@ void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w,
 void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r);
 /* Bytes of state held. */
 size_t curv__kfac_est_bytes(const struct curv__kfac_est *e);
+/* Run the per-block work on @ex (copied; NULL: serially on the calling
+ * thread), with scratch for each of its workers. CURV_E_NOMEM leaves @e
+ * unchanged. */
+curv_status curv__kfac_est_set_executor(struct curv__kfac_est *e, const curv_executor *ex,
+                                        curv_error *err);
 /* Report entries: inverse_age.<block> for each Kronecker block at step @k,
  * and the clamp count of the last tridiagonal build. */
 void curv__kfac_est_report(const struct curv__kfac_est *e, curv_opt *o, uint64_t k);
