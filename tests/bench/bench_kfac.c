@@ -18,8 +18,6 @@
  */
 #include <cblas.h>
 #include <math.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../lib/tu_pool.h"
 #include "kfac_int.h"
 
 #define T3 20
@@ -136,47 +135,6 @@ static curv_status step(struct net *n, int with_stats)
     if (st != CURV_OK)
         fprintf(stderr, "bench_kfac: step: %s\n", err.text);
     return st;
-}
-
-/* ---- a pool of threads lent through curv_executor ------------------------ */
-
-struct pool_job {
-    size_t n;
-    atomic_size_t next;
-    curv_task_fn fn;
-    void *arg;
-};
-
-struct pool_thread {
-    struct pool_job *job;
-    unsigned slot;
-};
-
-static void *pool_main(void *p)
-{
-    struct pool_thread *t = p;
-    for (size_t i; (i = atomic_fetch_add(&t->job->next, 1)) < t->job->n;)
-        t->job->fn(t->job->arg, i, t->slot);
-    return NULL;
-}
-
-/* Threads made per batch (tens of microseconds against phases of
- * milliseconds); the caller's thread is worker 0. */
-static void pool_run(void *ctx, size_t n, curv_task_fn fn, void *arg)
-{
-    const unsigned workers = *(const unsigned *)ctx;
-    struct pool_job job = {.n = n, .fn = fn, .arg = arg};
-    atomic_init(&job.next, 0);
-    pthread_t th[64];
-    struct pool_thread pt[64];
-    for (unsigned w = 0; w < workers && w < 64; w++)
-        pt[w] = (struct pool_thread){&job, w};
-    for (unsigned w = 1; w < workers && w < 64; w++)
-        if (pthread_create(&th[w], NULL, pool_main, &pt[w]) != 0)
-            exit(1);
-    pool_main(&pt[0]);
-    for (unsigned w = 1; w < workers && w < 64; w++)
-        pthread_join(th[w], NULL);
 }
 
 /* ---- the phases ------------------------------------------------------------- */
@@ -377,7 +335,7 @@ int main(int argc, char **argv)
                "%.1f\n",
                cores, json_num(npn, "gemm_f64"), json_num(npn, "gemm_f32"));
     unsigned workers = cores;
-    const curv_executor pool = {.workers = workers, .run = pool_run, .ctx = &workers};
+    const curv_executor pool = {.workers = workers, .run = tu_pool_run, .ctx = &workers};
     for (int k = 0; k < 2; k++) {
         struct net n;
         net_init(&n, w, L, ms[k]);

@@ -7,57 +7,19 @@
  * reverse order does too; bad executors are refused. `make tsan` runs this
  * suite under ThreadSanitizer.
  */
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "testutil.h"
-
-/* A pool made for each batch: @workers threads, each taking the next task
- * from a shared counter, worker slot = thread index. */
-struct pool_job {
-    size_t n;
-    atomic_size_t next;
-    curv_task_fn fn;
-    void *arg;
-};
-
-struct pool_thread {
-    struct pool_job *job;
-    unsigned slot;
-};
-
-static void *pool_main(void *p)
-{
-    struct pool_thread *t = p;
-    for (;;) {
-        size_t i = atomic_fetch_add(&t->job->next, 1);
-        if (i >= t->job->n)
-            return NULL;
-        t->job->fn(t->job->arg, i, t->slot);
-    }
-}
+#include "tu_pool.h"
 
 static atomic_size_t batches;
 
+/* tu_pool, counting its batches. */
 static void pool_run(void *ctx, size_t n, curv_task_fn fn, void *arg)
 {
-    const unsigned workers = *(const unsigned *)ctx;
-    struct pool_job job = {.n = n, .fn = fn, .arg = arg};
-    atomic_init(&job.next, 0);
-    pthread_t th[8];
-    struct pool_thread pt[8];
-    assert_true(workers <= 8);
-    for (unsigned w = 1; w < workers; w++) {
-        pt[w] = (struct pool_thread){&job, w};
-        assert_int_equal(pthread_create(&th[w], NULL, pool_main, &pt[w]), 0);
-    }
-    pt[0] = (struct pool_thread){&job, 0};
-    pool_main(&pt[0]); /* the caller's thread is worker 0 */
-    for (unsigned w = 1; w < workers; w++)
-        pthread_join(th[w], NULL);
+    tu_pool_run(ctx, n, fn, arg);
     atomic_fetch_add(&batches, 1);
 }
 
