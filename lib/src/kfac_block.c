@@ -121,11 +121,14 @@ static curv_status side_stats(struct curv__kside *s, const double *X, size_t row
         cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)rows, scale, X, (int)nx,
                     0.0, Fn, (int)n);
         if (bias) {
+            /* Σ_rows x, accumulated in the last row (contiguous; its lower
+             * triangle is overwritten below) and moved to the last column. */
+            double *sum = Fn + nx * n;
             for (size_t r = 0; r < rows; r++)
                 for (size_t j = 0; j < nx; j++)
-                    Fn[j * n + nx] += X[r * nx + j];
+                    sum[j] += X[r * nx + j];
             for (size_t j = 0; j < nx; j++)
-                Fn[j * n + nx] *= scale;
+                Fn[j * n + nx] = scale * sum[j];
             Fn[nx * n + nx] = scale * (double)rows;
         }
         for (size_t i = 0; i < n; i++)

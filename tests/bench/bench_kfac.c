@@ -29,7 +29,7 @@
 #include "kfac_int.h"
 
 #define T3 20
-#define REPS 3
+#define REPS 5
 #define GAMMA 1e-3 /* the damping of simple mode's default */
 #define NUMPY "/usr/bin/python3"
 #define SCRIPT "tests/bench/kfac_numpy.py"
