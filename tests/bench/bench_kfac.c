@@ -301,6 +301,80 @@ static void cell(double v, int width, int prec)
         printf(" %*.*f", width, prec, v);
 }
 
+/* The machine's GEMM rates, float64 and float32 on 1 thread and every core:
+ * the best of every sample taken in the run (the machine is shared: a
+ * sample taken while other work runs is low). */
+static double peaks[2][2];
+
+static void sample_peaks(size_t gs, unsigned cores)
+{
+    for (int single = 0; single < 2; single++)
+        for (int t = 0; t < 2; t++)
+            peaks[single][t] = fmax(peaks[single][t], gemm_rate(gs, single, t ? (int)cores : 1));
+}
+
+struct result {
+    size_t m, bytes;
+    double p1[NPHASE], pn[NPHASE], fl[NPHASE];
+};
+
+static void measure(struct result *res, const size_t *w, size_t L, size_t m,
+                    const curv_executor *pool)
+{
+    struct net n;
+    net_init(&n, w, L, m);
+    for (int s = 0; s < 3; s++)
+        if (step(&n, 1) != CURV_OK)
+            exit(1);
+    res->m = m;
+    phase_flops(&n, res->fl);
+    time_phases(&n, res->p1);
+    curv_error err;
+    if (curv_opt_set_executor(n.opt, pool, &err) != CURV_OK) {
+        fprintf(stderr, "bench_kfac: %s\n", err.text);
+        exit(1);
+    }
+    time_phases(&n, res->pn);
+    res->bytes = curv__kfac_est_bytes(curv__kfac_estimator(n.opt)) +
+                 curv_layout_dim(n.layout) * sizeof(double);
+    net_free(&n);
+}
+
+static void print_result(const struct result *r, unsigned cores, const char *np1, const char *npn)
+{
+    const size_t m = r->m;
+    const double *p1 = r->p1, *pn = r->pn, *fl = r->fl, *peak = peaks[0];
+    printf("\nbatch m = %zu (seconds, best of %d; session state %.1f MB)\n", m, REPS,
+           (double)r->bytes / 1e6);
+    printf("  %-16s %7s %8s %5s %8s %5s %8s %8s %8s %6s %6s\n", "phase", "GFLOP", "lib 1", "%pk",
+           "lib N", "%pk", "np1 f64", "npN f64", "npN f32", "1/np1", "N/npN");
+    for (int ph = 0; ph < NPHASE; ph++) {
+        double a = numpy_phase(np1, m, ph, "f64"), b = numpy_phase(npn, m, ph, "f64");
+        double c = numpy_phase(npn, m, ph, "f32");
+        if (ph == STEP) {
+            a = numpy_phase(np1, m, FACTORS, "f64") + numpy_phase(np1, m, MULTIPLY, "f64");
+            b = numpy_phase(npn, m, FACTORS, "f64") + numpy_phase(npn, m, MULTIPLY, "f64");
+            c = numpy_phase(npn, m, FACTORS, "f32") + numpy_phase(npn, m, MULTIPLY, "f32");
+        }
+        printf("  %-16s %7.2f %8.4f %4.0f%% %8.4f %4.0f%%", PHASE[ph], fl[ph] / 1e9, p1[ph],
+               100 * fl[ph] / p1[ph] / 1e9 / peak[0], pn[ph],
+               100 * fl[ph] / pn[ph] / 1e9 / peak[1]);
+        cell(a, 8, 4), cell(b, 8, 4), cell(c, 8, 4);
+        cell(p1[ph] / a, 6, 2), cell(pn[ph] / b, 6, 2);
+        printf("\n");
+    }
+    /* numpy's refresh (eigh + explicit inverses) against ours. */
+    const double r1 = p1[EIGH] + p1[FORM], rn = pn[EIGH] + pn[FORM], f = fl[EIGH] + fl[FORM];
+    const double a = numpy_key(np1, m, "inverse_explicit", "f64");
+    const double b = numpy_key(npn, m, "inverse_explicit", "f64");
+    printf("  %-16s %7.2f %8.4f %4.0f%% %8.4f %4.0f%%", "refresh (both)", f / 1e9, r1,
+           100 * f / r1 / 1e9 / peak[0], rn, 100 * f / rn / 1e9 / peak[1]);
+    cell(a, 8, 4), cell(b, 8, 4), cell(numpy_key(npn, m, "inverse_explicit", "f32"), 8, 4);
+    cell(r1 / a, 6, 2), cell(rn / b, 6, 2);
+    printf("\n  amortised (T3 = %d): lib 1 %.4f s, lib %u %.4f s per step\n", T3,
+           p1[FACTORS] + r1 / T3 + p1[MULTIPLY], cores, pn[FACTORS] + rn / T3 + pn[MULTIPLY]);
+}
+
 int main(int argc, char **argv)
 {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
@@ -310,17 +384,12 @@ int main(int argc, char **argv)
     const size_t *w = quick ? QUICK : AUTOENCODER;
     const size_t L = (quick ? sizeof QUICK : sizeof AUTOENCODER) / sizeof(size_t) - 1;
     const size_t ms[2] = {quick ? 50 : 1000, quick ? 100 : 5000};
+    const size_t gs = quick ? 256 : 1000;
     printf("bench_kfac: %zu dense layers", L);
     for (size_t i = 0; i <= L; i++)
         printf("%s%zu", i ? "-" : " ", w[i]);
     printf(", biases; %u cores; T3 = %d; simple mode, damping %g\n", cores, T3, GAMMA);
-
-    const size_t gs = quick ? 256 : 1000;
-    const double peak[2] = {gemm_rate(gs, 0, 1), gemm_rate(gs, 0, (int)cores)};
-    const double speak[2] = {gemm_rate(gs, 1, 1), gemm_rate(gs, 1, (int)cores)};
-    printf("GEMM rate (n = %zu, best of 5, GFLOP/s): float64 %.1f on 1 thread, %.1f on %u; "
-           "float32 %.1f, %.1f\n",
-           gs, peak[0], peak[1], cores, speak[0], speak[1]);
+    sample_peaks(gs, cores);
 
     const char *np1 = NULL, *npn = NULL;
     if (access(NUMPY, X_OK) == 0 && access(SCRIPT, R_OK) == 0) {
@@ -330,67 +399,28 @@ int main(int argc, char **argv)
         printf("numpy reference: skipped (%s or %s not found; run from the repository root)\n",
                NUMPY, SCRIPT);
     }
-    if (npn)
-        printf("numpy's GEMM rate in its own run (GFLOP/s, %u threads): float64 %.1f, float32 "
-               "%.1f\n",
-               cores, json_num(npn, "gemm_f64"), json_num(npn, "gemm_f32"));
     unsigned workers = cores;
     const curv_executor pool = {.workers = workers, .run = tu_pool_run, .ctx = &workers};
+    struct result res[2];
     for (int k = 0; k < 2; k++) {
-        struct net n;
-        net_init(&n, w, L, ms[k]);
-        for (int s = 0; s < 3; s++)
-            if (step(&n, 1) != CURV_OK)
-                exit(1);
-        double p1[NPHASE], pn[NPHASE], fl[NPHASE];
-        phase_flops(&n, fl);
-        time_phases(&n, p1);
-        curv_error err;
-        if (curv_opt_set_executor(n.opt, &pool, &err) != CURV_OK) {
-            fprintf(stderr, "bench_kfac: %s\n", err.text);
-            exit(1);
-        }
-        time_phases(&n, pn);
-        size_t bytes = curv__kfac_est_bytes(curv__kfac_estimator(n.opt)) +
-                       curv_layout_dim(n.layout) * sizeof(double);
-        printf("\nbatch m = %zu (seconds, best of %d; session state %.1f MB). lib 1: one "
-               "thread; lib %u: %u workers (curv_executor), BLAS on 1 thread in each; %%pk: "
-               "share of the float64 GEMM rate on as many cores; np: numpy, explicit inverses, "
-               "on 1 / %u threads, f64 and f32; ratios: lib / numpy at the same thread count, "
-               "float64\n",
-               ms[k], REPS, (double)bytes / 1e6, cores, cores, cores);
-        printf("  %-16s %7s %8s %5s %8s %5s %8s %8s %8s %6s %6s\n", "phase", "GFLOP", "lib 1",
-               "%pk", "lib N", "%pk", "np1 f64", "npN f64", "npN f32", "1/np1", "N/npN");
-        for (int ph = 0; ph < NPHASE; ph++) {
-            double a = numpy_phase(np1, ms[k], ph, "f64"), b = numpy_phase(npn, ms[k], ph, "f64");
-            double c = numpy_phase(npn, ms[k], ph, "f32");
-            if (ph == STEP && np1 && npn) {
-                a = numpy_phase(np1, ms[k], FACTORS, "f64") +
-                    numpy_phase(np1, ms[k], MULTIPLY, "f64");
-                b = numpy_phase(npn, ms[k], FACTORS, "f64") +
-                    numpy_phase(npn, ms[k], MULTIPLY, "f64");
-                c = numpy_phase(npn, ms[k], FACTORS, "f32") +
-                    numpy_phase(npn, ms[k], MULTIPLY, "f32");
-            }
-            printf("  %-16s %7.2f %8.4f %4.0f%% %8.4f %4.0f%%", PHASE[ph], fl[ph] / 1e9, p1[ph],
-                   100 * fl[ph] / p1[ph] / 1e9 / peak[0], pn[ph],
-                   100 * fl[ph] / pn[ph] / 1e9 / peak[1]);
-            cell(a, 8, 4), cell(b, 8, 4), cell(c, 8, 4);
-            cell(p1[ph] / a, 6, 2), cell(pn[ph] / b, 6, 2);
-            printf("\n");
-        }
-        /* numpy's refresh (eigh + explicit inverses) against ours. */
-        double r1 = p1[EIGH] + p1[FORM], rn = pn[EIGH] + pn[FORM];
-        double a = numpy_key(np1, ms[k], "inverse_explicit", "f64");
-        double b = numpy_key(npn, ms[k], "inverse_explicit", "f64");
-        printf("  %-16s %7.2f %8.4f %4.0f%% %8.4f %4.0f%%", "refresh (both)",
-               (fl[EIGH] + fl[FORM]) / 1e9, r1, 100 * (fl[EIGH] + fl[FORM]) / r1 / 1e9 / peak[0],
-               rn, 100 * (fl[EIGH] + fl[FORM]) / rn / 1e9 / peak[1]);
-        cell(a, 8, 4), cell(b, 8, 4), cell(numpy_key(npn, ms[k], "inverse_explicit", "f32"), 8, 4);
-        cell(r1 / a, 6, 2), cell(rn / b, 6, 2);
-        printf("\n  amortised (T3 = %d): lib 1 %.4f s, lib %u %.4f s per step\n", T3,
-               p1[FACTORS] + r1 / T3 + p1[MULTIPLY], cores, pn[FACTORS] + rn / T3 + pn[MULTIPLY]);
-        net_free(&n);
+        sample_peaks(gs, cores);
+        measure(&res[k], w, L, ms[k], &pool);
     }
+    sample_peaks(gs, cores);
+    printf("GEMM rate (n = %zu, GFLOP/s, the best of 4 samples of best-of-5 spread over the "
+           "run): float64 %.1f on 1 thread, %.1f on %u; float32 %.1f, %.1f\n",
+           gs, peaks[0][0], peaks[0][1], cores, peaks[1][0], peaks[1][1]);
+    if (np1 && npn)
+        printf("numpy's GEMM rate in its own runs (GFLOP/s): float64 %.1f on 1 thread, %.1f on "
+               "%u; float32 %.1f, %.1f\n",
+               json_num(np1, "gemm_f64"), json_num(npn, "gemm_f64"), cores,
+               json_num(np1, "gemm_f32"), json_num(npn, "gemm_f32"));
+    printf("lib 1: one thread; lib %u: %u workers lent through curv_executor, BLAS on 1 thread "
+           "in each; %%pk: GFLOP/s as a share of the float64 GEMM rate on as many threads; np1, "
+           "npN: numpy with explicit inverses on 1 and %u threads; 1/np1, N/npN: libcurv / "
+           "numpy in float64 at the same thread count\n",
+           cores, cores, cores);
+    for (int k = 0; k < 2; k++)
+        print_result(&res[k], cores, np1, npn);
     return 0;
 }
