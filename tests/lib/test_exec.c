@@ -4,7 +4,8 @@
  * pool of threads here gives updates bit for bit equal to the serial run,
  * in adaptive and simple mode, block-diagonal and tridiagonal, through a
  * numeric failure tolerated in one block; an executor running the tasks in
- * reverse order does too; bad executors are refused. `make tsan` runs this
+ * reverse order does too; bad executors are refused; running out of
+ * memory inside the pool's tasks fails the step and changes nothing. `make tsan` runs this
  * suite under ThreadSanitizer.
  */
 #include <stdio.h>
@@ -125,12 +126,74 @@ static void test_refusals(void **state)
     curv_layout_free(l);
 }
 
+/* An allocator that, once armed with a budget, fails every allocation
+ * after that many (from any thread). */
+static atomic_int armed;
+static atomic_long budget;
+
+static void *budget_alloc(size_t n)
+{
+    if (atomic_load(&armed) && atomic_fetch_sub(&budget, 1) <= 0)
+        return NULL;
+    return malloc(n);
+}
+
+static void *budget_resize(void *p, size_t n)
+{
+    if (atomic_load(&armed) && atomic_fetch_sub(&budget, 1) <= 0)
+        return NULL;
+    return realloc(p, n);
+}
+
+/* Out of memory at each allocation in turn inside steps run on the pool:
+ * the step fails with CURV_E_NOMEM and changes nothing, so retrying it
+ * with enough memory gives the update of an optimizer that never failed
+ * (simple mode, refreshes at steps 1-3 and 4). */
+static void test_out_of_memory(void **state)
+{
+    (void)state;
+    static unsigned two = 2;
+    const curv_executor ex = {.workers = 2, .run = tu_pool_run, .ctx = &two};
+    tu_mlp net;
+    const size_t w[] = {6, 5, 4, 3};
+    curv_layout *l = tu_mlp_setup(&net, w, 3, 1, 8, 71, 72);
+    const tu_kv kv[] = {{"inv_interval", 4}};
+    curv_opt *a = tu_kfac_opt(l, kv, 1, "mode", "simple", NULL);
+    curv_opt *b = tu_kfac_opt(l, kv, 1, "mode", "simple", NULL);
+    curv_error err;
+    tu_assert_status(curv_opt_set_executor(b, &ex, &err), CURV_OK, &err);
+    double *ua = tu_alloc(net.dim), *ub = tu_alloc(net.dim);
+    int failures = 0;
+    for (int k = 1; k <= 5; k++) {
+        tu_mlp_batch(&net, 200 + (uint64_t)k);
+        tu_assert_status(tu_mlp_step(a, &net, 1, ua, NULL, &err), CURV_OK, &err);
+        curv_status st = CURV_E_NOMEM;
+        for (long i = 0; st == CURV_E_NOMEM; i++) {
+            atomic_store(&budget, i);
+            atomic_store(&armed, 1);
+            st = tu_mlp_step(b, &net, 1, ub, NULL, &err);
+            atomic_store(&armed, 0);
+            failures += st == CURV_E_NOMEM;
+        }
+        tu_assert_status(st, CURV_OK, &err);
+        if (memcmp(ua, ub, net.dim * sizeof(double)) != 0)
+            fail_msg("step %d: the update after failed attempts differs", k);
+    }
+    assert_true(failures > 10);
+    curv_opt_free(b);
+    free(ua), free(ub);
+    tu_mlp_teardown(a, l, &net);
+}
+
 int main(void)
 {
+    const curv_allocator al = {budget_alloc, budget_resize, free};
+    curv_set_allocator(&al); /* unarmed: malloc, realloc, free */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pool_same_as_serial),
         cmocka_unit_test(test_order_independent),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_out_of_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
