@@ -22,8 +22,11 @@ OPT     ?= -O2 -g
 # vectorize loops that call sqrt. Vectorization is on at -O2 only with the
 # "very cheap" cost model; ask for it explicitly.
 NUMFLAGS := -fno-math-errno -ftree-vectorize -fvect-cost-model=dynamic
-CFLAGS_ALL = $(STD) $(WARN) $(OPT) $(NUMFLAGS) -fPIC -fvisibility=hidden -Ilib/include -Ilib/src \
-             $(DEP_CFLAGS) $(EXTRA_CFLAGS)
+CFLAGS_BASE = $(STD) $(WARN) $(OPT) $(NUMFLAGS) -fPIC -fvisibility=hidden -Ilib/include \
+              $(DEP_CFLAGS) $(EXTRA_CFLAGS)
+# The library's internal headers (lib/src) are for the library and the
+# tests; the daemon sees lib/include only.
+CFLAGS_ALL = $(CFLAGS_BASE) -Ilib/src
 LDFLAGS_ALL = $(EXTRA_LDFLAGS)
 
 LIB_SRCS   := $(sort $(wildcard lib/src/*.c))
@@ -32,25 +35,26 @@ TEST_SRCS  := $(sort $(wildcard tests/lib/test_*.c))
 TEST_BINS  := $(TEST_SRCS:tests/lib/%.c=$(BUILD)/tests/%)
 TEST_UTIL  := tests/lib/testutil.c
 # The daemon's parts live in an internal archive so tests can link them;
-# main.c only becomes the curvd binary. Migrations are compiled in.
-SRV_SRCS   := $(filter-out server/main.c,$(sort $(wildcard server/*.c)))
+# main.c only becomes the curvd binary. One folder per layer (server/README.md):
+# http, wire, api, session, store; daemon.c wires them. Migrations are compiled in.
+SRV_SRCS   := server/daemon.c $(sort $(wildcard server/*/*.c))
 SRV_OBJS   := $(SRV_SRCS:server/%.c=$(BUILD)/server/%.o) $(BUILD)/server/migrations_sql.o
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
-STEST_SRCS := $(sort $(wildcard tests/server/test_*.c))
+STEST_SRCS := $(sort $(wildcard tests/server/test_*.c tests/server/*/test_*.c))
 STEST_BINS := $(STEST_SRCS:tests/server/%.c=$(BUILD)/tests/server/%)
 BENCH_SRCS := $(sort $(wildcard tests/bench/*.c))
 BENCH_BINS := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/bench/%)
 FMT_FILES  := $(sort $(wildcard lib/include/*.h lib/include/curv/*.h lib/src/*.[ch] \
-                tests/lib/*.[ch] tests/server/*.[ch] tests/bench/*.[ch] tests/fuzz/*.[ch] \
-                server/*.[ch] clients/c/*/*.[ch]))
+                tests/lib/*.[ch] tests/server/*.[ch] tests/server/*/*.[ch] tests/bench/*.[ch] \
+                tests/fuzz/*.[ch] server/*.[ch] server/*/*.[ch] clients/c/*/*.[ch]))
 
 # V=1 prints full compiler lines.
 Q := $(if $(V),,@)
 
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all lib deps test test-clients test-unit asan tsan check-symbols check-format readme-example \
-        readme-walkthrough check-openapi spec-check fuzz fuzz-smoke \
+.PHONY: all lib deps test test-clients test-unit asan tsan check-symbols check-format check-layers \
+        readme-example readme-walkthrough check-openapi spec-check fuzz fuzz-smoke \
         bench run clean format reproduce
 
 all: lib
@@ -81,18 +85,18 @@ $(BUILD)/tests/%: tests/lib/%.c $(TEST_UTIL) tests/lib/testutil.h $(BUILD)/libcu
 $(BUILD)/server/%.o: server/%.c
 	@mkdir -p $(@D)
 	@$(if $(Q),echo "  CC      $<",:)
-	$(Q)$(CC) $(CFLAGS_ALL) $(SRV_CFLAGS) -Iserver -MMD -MP -c $< -o $@
+	$(Q)$(CC) $(CFLAGS_BASE) $(SRV_CFLAGS) -Iserver -MMD -MP -c $< -o $@
 
 $(BUILD)/server/migrations_sql.c: $(MIGRATIONS) scripts/embed-migrations
 	@mkdir -p $(@D)
 	$(Q)scripts/embed-migrations $(MIGRATIONS) > $@
 
 $(BUILD)/server/migrations_sql.o: $(BUILD)/server/migrations_sql.c
-	$(Q)$(CC) $(CFLAGS_ALL) -Iserver -c $< -o $@
+	$(Q)$(CC) $(CFLAGS_BASE) -Iserver -c $< -o $@
 
 $(BUILD)/curvd: server/main.c $(BUILD)/libcurvd.a $(BUILD)/libcurv.a
 	@$(if $(Q),echo "  LD      $@",:)
-	$(Q)$(CC) $(CFLAGS_ALL) $(SRV_CFLAGS) -Iserver $< -o $@ $(BUILD)/libcurvd.a \
+	$(Q)$(CC) $(CFLAGS_BASE) $(SRV_CFLAGS) -Iserver $< -o $@ $(BUILD)/libcurvd.a \
 	    $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(SRV_LIBS) $(DEP_LIBS)
 
 $(BUILD)/libcurvd.a: $(SRV_OBJS)
@@ -153,6 +157,12 @@ check-symbols: $(BUILD)/libcurv.so
 	if [ -n "$$bad" ]; then echo "check-symbols: unexpected exports:"; echo "$$bad"; exit 1; fi; \
 	echo "check-symbols: $$(nm -D --defined-only $< | wc -l) exports, all curv_*"
 
+# Layers the compiler cannot see: SQLite is the store's alone.
+check-layers:
+	@bad=$$(grep -rl '#include <sqlite3.h>' server | grep -v '^server/store/' || true); \
+	if [ -n "$$bad" ]; then echo "check-layers: <sqlite3.h> outside server/store/:"; echo "$$bad"; exit 1; fi; \
+	echo "check-layers: SQLite only in server/store/, lib/src only for the library and tests"
+
 check-format:
 	@clang-format --dry-run --Werror $(FMT_FILES) && echo "check-format: $(words $(FMT_FILES)) files clean"
 
@@ -212,6 +222,7 @@ test-clients: $(BUILD)/curvd
 
 test: deps
 	@$(MAKE) --no-print-directory check-format
+	@$(MAKE) --no-print-directory check-layers
 	@$(MAKE) --no-print-directory check-openapi
 	@$(MAKE) --no-print-directory lib $(BUILD)/curvd
 	@$(MAKE) --no-print-directory check-symbols
@@ -246,4 +257,4 @@ clean:
 	rm -rf $(BUILD)
 
 -include $(wildcard $(BUILD)/lib/*.d $(BUILD)/asan/lib/*.d $(BUILD)/server/*.d \
-           $(BUILD)/asan/server/*.d)
+           $(BUILD)/server/*/*.d $(BUILD)/asan/server/*.d $(BUILD)/asan/server/*/*.d)

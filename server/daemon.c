@@ -3,39 +3,12 @@
 
 #include <stdio.h>
 
-#include "auth.h"
 #include "curv.h"
-#include "metrics.h"
-#include "registry.h"
-#include "store.h"
-
-/* The registry's loader: a session not in memory comes back from its last
- * committed state, so eviction and restarts lose nothing acknowledged. */
-static int load_session(void *ctx, const char *id, const char *tenant, curv_opt **out,
-                        size_t *bytes, struct curvd_committed *committed)
-{
-    struct curvd_server *srv = ctx;
-    struct curvd_session s = {0};
-    char err[256];
-    int st = curvd_store_get(srv->store, tenant, id, 1, &s, err, sizeof err);
-    if (st == CURVD_STORE_NOT_FOUND)
-        return 1;
-    if (st != CURVD_STORE_OK) {
-        fprintf(stderr, "curvd: loading session %s: %s\n", id, err);
-        return -1;
-    }
-    curv_error cerr;
-    int rc = 0;
-    if (curv_opt_load(s.state, s.state_len, out, &cerr) != CURV_OK) {
-        fprintf(stderr, "curvd: session %s has an unreadable state: %s\n", id, cerr.text);
-        rc = -1;
-    }
-    *bytes = s.state_len;
-    if (rc == 0) /* what the next commit compares with: the parts as stored */
-        curvd_committed_set(committed, s.parts, s.n_parts);
-    curvd_session_clear(&s);
-    return rc;
-}
+#include "http/auth.h"
+#include "http/metrics.h"
+#include "session/registry.h"
+#include "session/service.h"
+#include "store/store.h"
 
 int curvd_daemon_open(struct curvd_server *srv, char *err, size_t errlen)
 {
@@ -49,7 +22,7 @@ int curvd_daemon_open(struct curvd_server *srv, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    srv->reg = curvd_registry_new(srv->cfg.max_sessions, srv->cfg.mem_budget, load_session, srv);
+    srv->reg = curvd_registry_new(srv->cfg.max_sessions, srv->cfg.mem_budget, curvd_svc_load, srv);
     if (!srv->reg) {
         snprintf(err, errlen, "out of memory");
         return -1;

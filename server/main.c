@@ -10,7 +10,6 @@
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
-#include <sqlite3.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,8 +19,9 @@
 
 #include "curv.h"
 #include "daemon.h"
-#include "http.h"
-#include "mem.h"
+#include "http/http.h"
+#include "http/mem.h"
+#include "store/store.h"
 
 enum ftype { F_STR, F_UINT, F_SIZE, F_BOOL_LOG, F_DURABILITY };
 
@@ -159,40 +159,6 @@ static int make_parent(const char *path)
     return mkdir(dir, 0755) != 0 && errno != EEXIST ? -1 : 0;
 }
 
-/* SQLite's memory through curvd_mem (its record buffers for a large state
- * are tens of MB per commit). SQLite rounds sizes with xRoundup first, so
- * the size kept in the header is what xSize must report. */
-static void *sq_malloc(int n)
-{
-    return n < 0 ? NULL : curvd_mem_alloc((size_t)n);
-}
-
-static void *sq_realloc(void *p, int n)
-{
-    return n < 0 ? NULL : curvd_mem_realloc(p, (size_t)n);
-}
-
-static int sq_size(void *p)
-{
-    return (int)curvd_mem_size(p);
-}
-
-static int sq_roundup(int n)
-{
-    return (n + 7) & ~7;
-}
-
-static int sq_init(void *arg)
-{
-    (void)arg;
-    return SQLITE_OK;
-}
-
-static void sq_shutdown(void *arg)
-{
-    (void)arg;
-}
-
 /* A large step allocates bodies, vectors, replies and state blobs of tens
  * of MB. Those come from curvd_mem's reused mappings (server/mem.h says
  * why), for the daemon, libcurv and SQLite alike, so glibc may give each
@@ -202,13 +168,11 @@ static void sq_shutdown(void *arg)
  * trim thresholds at 1 GiB). Must run before any SQLite or libcurv call. */
 static int setup_memory(void)
 {
-    static const sqlite3_mem_methods sq = {sq_malloc,  curvd_mem_free, sq_realloc,  sq_size,
-                                           sq_roundup, sq_init,        sq_shutdown, NULL};
     static const curv_allocator cv = {curvd_mem_alloc, curvd_mem_realloc, curvd_mem_free};
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
     curv_set_allocator(&cv);
-    return sqlite3_config(SQLITE_CONFIG_MALLOC, &sq) == SQLITE_OK ? 0 : -1;
+    return curvd_store_use_mem();
 }
 
 int main(int argc, char **argv)
@@ -236,7 +200,7 @@ int main(int argc, char **argv)
         srv.cfg.workers = cpus > 0 ? (unsigned)cpus : 2;
     }
     /* Several HTTP workers run steps at once: BLAS stays single-threaded so
-     * the two never oversubscribe the cores (SERVICE-NOTES). */
+     * the two never oversubscribe the cores (docs/SERVICE-NOTES.md). */
     openblas_set_num_threads(1);
     /* Handle the stop signals in this thread only: block them before any
      * other thread exists so every thread inherits the mask. */

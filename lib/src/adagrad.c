@@ -30,7 +30,7 @@ struct full_hyper {
 };
 
 #define ADAGRAD_COMMON_PARAMS(st)                                                                  \
-    CURV__SCHED_PARAMS(st, sched, 0.01),                                                           \
+    CURV__SCHED_PARAMS(st, sched, 0.01, CURV__SCHED_LR_DOC),                                       \
         CURV__REAL(st, eps, "eps", 1e-8, 1e-300, 1,                                                \
                    "ε > 0 added to the accumulated squares before the root (the BMA paper "       \
                    "leaves it unset; 1e-8 is conventional); 0 would give 0/0 for a coordinate "    \

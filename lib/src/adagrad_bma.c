@@ -31,7 +31,7 @@ struct bma_hyper {
 };
 
 static const struct curv__param PARAMS[] = {
-    CURV__SCHED_PARAMS(struct bma_hyper, sched, 0.01),
+    CURV__SCHED_PARAMS(struct bma_hyper, sched, 0.01, CURV__SCHED_LR_DOC),
     CURV__REAL(struct bma_hyper, eps, "eps", 1e-8, 1e-300, 1,
                "ε in z = sqrt(r + ε) (Algorithm 1 line 9; the paper gives no value); must be > 0 "
                "so that every block sum v_i is positive"),

@@ -1,6 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* The library's one allocator (curv/alloc.h); every allocation in libcurv
- * goes through curv__malloc, curv__calloc, curv__realloc and curv__free. */
+ * goes through curv__malloc, curv__calloc, curv__realloc and curv__free.
+ *
+ * `current` is libcurv's one mutable global, against the rule of no
+ * globals, and on purpose: memory must go back to the allocator it came
+ * from, so the choice is the process's, not an object's (SQLite's
+ * sqlite3_config(SQLITE_CONFIG_MALLOC) is the same). It is written only by
+ * curv_set_allocator, before any object exists and any thread starts, and
+ * only read afterwards, so the library stays thread-safe per object. */
 #include <stdlib.h>
 #include <string.h>
 

@@ -57,7 +57,7 @@
 #define H struct hf_hyper
 
 static const struct curv__param PARAMS[] = {
-    CURV__SCHED_PARAMS(H, sched, 1.0),
+    CURV__SCHED_PARAMS(H, sched, 1.0, CURV__SCHED_LR_DOC),
     CURV__REAL(H, lambda, "lambda", 0.3, 0, 1e100,
                "damping strength λ to start from (thesis §4.13: 0.3 without structural damping); "
                "the LM rule then adapts it. Setting it again (reconfigure) restarts λ from the "
@@ -187,7 +187,7 @@ static void hf_fini(curv_opt *o)
     curv__free(s);
 }
 
-#define HF_REPORT_ENTRIES 18
+#define HF_REPORT_ENTRIES 16
 
 static curv_status hf_init(curv_opt *o, struct curv__tally *t, curv_error *err)
 {
@@ -215,7 +215,7 @@ static curv_status ask(curv_opt *o, curv_request *req, enum hf_phase phase, curv
     return CURV_NEED_INPUT;
 }
 
-static void report(curv_opt *o, const struct hf_work *w, double alpha, double h_after, double lr)
+static void report(curv_opt *o, const struct hf_work *w, double alpha, double h_after)
 {
     const struct {
         const char *name;
@@ -232,8 +232,6 @@ static void report(curv_opt *o, const struct hf_work *w, double alpha, double h_
         {"line_search_alpha", alpha},
         {"loss_before", w->h0},
         {"loss_after", h_after},
-        {"grad_norm", sqrt(w->grad_norm2)},
-        {"update_norm", lr * alpha * w->delta_norm},
         {"round_trips", (double)w->round_trips},
         {"curvature_products", (double)w->products},
         {"loss_evaluations", (double)w->losses},
@@ -258,7 +256,7 @@ static curv_status finish(curv_opt *o, double *delta, double alpha, double h_aft
     s->lambda = w->lambda_next;
     s->lambda_set = h->lambda;
     w->phase = HF_IDLE;
-    report(o, w, alpha, h_after, lr);
+    report(o, w, alpha, h_after);
     return CURV_OK;
 }
 
@@ -355,7 +353,6 @@ static curv_status hf_step(curv_opt *o, const struct curv__step_args *a, double 
     w->round_trips = w->products = w->losses = 0;
     w->best = SIZE_MAX;
     memcpy(w->g, a->g, d * sizeof(double));
-    w->grad_norm2 = curv__hf_dot(w->g, w->g, d);
     curv__hf_prepare(h, w, d, a->grad_sq);
     w->warm = 0;
     for (size_t i = 0; i < d && h->zeta > 0; i++) {

@@ -61,7 +61,6 @@ struct hf_work {
     double *ls;      /* ls_slots x d: the line search's α·δ */
     enum hf_phase phase;
     double h0, lambda;   /* h(θ) of the step; λ during the step */
-    double grad_norm2;   /* ‖∇h‖² */
     int warm;            /* x_0 ≠ 0 */
     double ry, pmax, pr; /* r_iᵀP⁻¹r_i; max |p_i|; p_iᵀr_i */
     size_t iters, stop, n_snap, next_store, store_exp;

@@ -44,7 +44,10 @@
 
 #define H struct curv__kfac_hyper
 static const struct curv__param PARAMS[] = {
-    CURV__SCHED_PARAMS(H, sched, 0.01),
+    CURV__SCHED_PARAMS(H, sched, 1.0,
+                       "a multiplier of the step (the base of the schedule): adaptive mode takes "
+                       "lr·(αΔ + μδ0) with α, μ from the exact-F model, simple mode −lr·v; a "
+                       "scheduler or a PATCH scales K-FAC's steps with it"),
     CURV__ENUM(H, mode, "mode", "adaptive", "adaptive|simple",
                "adaptive: the thesis' damping, re-scaling and momentum, asking the trainer for "
                "quadratic forms and losses; simple: Δ = −lr·v, v ← μv + F̆⁻¹∇h with a fixed "
@@ -56,8 +59,9 @@ static const struct curv__param PARAMS[] = {
                "how the trainer draws the targets behind the signals: sampled from the model "
                "(true Fisher, as the thesis recommends) or the training targets (empirical)"),
     CURV__REAL(H, momentum, "momentum", 0.9, 0, 0.9999, "simple mode: momentum μ"),
-    CURV__REAL(H, damping, "damping", 1e-3, 1e-12, 1e6,
-               "simple mode: the factored Tikhonov strength γ (fixed)"),
+    CURV__REAL(H, damping, "damping", 1.0, 1e-12, 1e6,
+               "simple mode: the factored Tikhonov strength γ (fixed; (Ā + πγI) ⊗ (G + γ/π I), "
+               "so about γ² is added to the Fisher's eigenvalues; docs/NOTES.md)"),
     CURV__BOOL(H, adaptive_momentum, "adaptive_momentum", 1,
                "adaptive mode: δ = αΔ + μδ0 with α, μ from the 2x2 solve (§6.7); 0: μ = 0"),
     CURV__REAL(H, lambda_init, "lambda_init", 150, 1e-12, 1e12,
@@ -76,6 +80,9 @@ static const struct curv__param PARAMS[] = {
               "T1: λ is adapted (and the loss at θ + δ asked for) every T1 steps"),
     CURV__INT(H, gamma_interval, "gamma_interval", 20, 1, 1e9,
               "T2: γ is chosen among {γ, ω2γ, γ/ω2} every T2 steps"),
+    CURV__ENUM(H, gamma_rule, "gamma_rule", "grid", "grid|sqrt_lambda",
+               "adaptive mode: γ from the grid every T2 steps (§6.6.6), or tied to the λ of "
+               "each step, γ = sqrt(λ + η) (§6.6.6's starting point; one candidate per step)"),
     CURV__REAL(H, lambda_decay, "lambda_decay", 0.95, 1e-6, 1,
                "ω1 = lambda_decay^T1 (thesis: (19/20)^T1)"),
     CURV__REAL(H, gamma_decay, "gamma_decay", 0.97467943448089633, 1e-6, 1,
@@ -100,6 +107,24 @@ static const struct curv__param PARAMS[] = {
                "vector blocks: their part of the proposal is fallback_lr times the "
                "fallback's direction"),
     CURV__REAL(H, fallback_eps, "fallback_eps", 1e-8, 1e-300, 1, "ε of the adagrad_diag fallback"),
+    CURV__ENUM(H, coefficients, "coefficients", "box", "box|free",
+               "adaptive mode: α and μ minimise M over 0 <= α <= alpha_max, 0 <= μ <= mu_max "
+               "(box), or anywhere (free: the thesis' 2x2 solve, whose α and μ stray far on a "
+               "small curvature batch; docs/NOTES.md)"),
+    CURV__REAL(H, alpha_max, "alpha_max", 10, 0, 1e12,
+               "box: the exact-F re-scaling may shrink the K-FAC step Δ but lengthen it at most "
+               "this many times (α = 1 is the step the factored model itself proposes)"),
+    CURV__REAL(H, mu_max, "mu_max", 0.95, 0, 1e12,
+               "box: largest momentum μ (thesis §3: a friction constant in [0, 1))"),
+    CURV__BOOL(H, reject_rise, "reject_rise", 1,
+               "adaptive mode: a step whose loss h(θ+δ), asked for at a λ step, is above h(θ) "
+               "is not applied (δ = 0, momentum dropped) and λ rises (HF's and "
+               "Levenberg–Marquardt's rule); 0: the thesis keeps every step"),
+    CURV__REAL(H, kl_clip, "kl_clip", 1e-3, 0, 1e12,
+               "simple mode: v = F̆⁻¹∇h is scaled by min(1, sqrt(kl_clip / ∇hᵀv)) before "
+               "momentum and lr, bounding its squared length in the damped approximate Fisher "
+               "(after kfac-pytorch's KL clip, default 1e-3, which also counts lr²: here lr "
+               "keeps its effect while the clip binds); 0: off"),
 };
 #undef H
 
@@ -121,7 +146,9 @@ struct pend {
     int stats;       /* statistics were sent */
     size_t c;        /* chosen candidate */
     double alpha, mu, m;
-    int rejected;
+    double lr;    /* adaptive: the multiplier of the chosen step */
+    double clip;  /* simple: the KL clip's scale of v */
+    int rejected; /* 1: no usable model (q11 <= 0); 2: the loss rose */
 };
 
 struct kfac_state {
@@ -190,7 +217,7 @@ static double dot(const double *x, const double *y, size_t n)
     return acc;
 }
 
-static void report(curv_opt *o, const double *delta)
+static void report(curv_opt *o)
 {
     const struct curv__kfac_hyper *h = hyp(o);
     struct kfac_state *s = o->impl;
@@ -206,16 +233,16 @@ static void report(curv_opt *o, const double *delta)
         curv__report_add(o, s->p.mu, "mu");
         curv__report_add(o, s->p.m, "model_change");
         curv__report_add(o, s->p.rejected, "rejected");
+    } else {
+        curv__report_add(o, s->p.clip, "kl_scale");
     }
-    curv__report_add(o, sqrt(dot(s->p.g, s->p.g, o->dim)), "grad_norm");
-    curv__report_add(o, sqrt(dot(delta, delta, o->dim)), "update_norm");
     curv__report_add(o, (double)s->failures, "inverse_failures");
     curv__report_add(o, s->p.stats, "stats_updated");
     curv__kfac_est_report(s->est, o, k);
 }
 
 /* Make the step's tentative state current and report. */
-static void commit(curv_opt *o, const double *delta, double lambda, double gamma)
+static void commit(curv_opt *o, double lambda, double gamma)
 {
     const struct curv__kfac_hyper *h = hyp(o);
     struct kfac_state *s = o->impl;
@@ -223,7 +250,7 @@ static void commit(curv_opt *o, const double *delta, double lambda, double gamma
     s->lambda = clampd(lambda, h->min_damping);
     s->gamma = clampd(gamma, h->min_damping);
     s->failures += s->p.failed;
-    report(o, delta);
+    report(o);
     pend_drop(s);
 }
 
@@ -282,6 +309,10 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
         return st;
     }
     curv__kfac_est_apply(s->est, 0, h->damping, s->p.g, delta);
+    const double vg = dot(delta, s->p.g, o->dim);
+    s->p.clip = h->kl_clip > 0 && vg > h->kl_clip ? sqrt(h->kl_clip / vg) : 1.0;
+    for (size_t i = 0; s->p.clip < 1 && i < o->dim; i++)
+        delta[i] *= s->p.clip;
     if (mu > 0) {
         for (size_t i = 0; i < o->dim; i++)
             s->mom[i] = mu * s->mom[i] + delta[i];
@@ -290,7 +321,7 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
     }
     for (size_t i = 0; i < o->dim; i++)
         delta[i] *= -lr;
-    commit(o, delta, s->lambda, s->gamma);
+    commit(o, s->lambda, s->gamma);
     return CURV_OK;
 }
 
@@ -306,8 +337,11 @@ static curv_status kfac_step(curv_opt *o, const struct curv__step_args *a, doubl
     if (h->mode == CURV__KFAC_SIMPLE)
         return simple_step(o, delta, err);
     struct pend *p = &s->p;
-    p->nc = k % (uint64_t)h->gamma_interval == 0 ? 3 : 1;
-    curv__kfac_gammas(s->gamma, pow(h->gamma_decay, (double)h->gamma_interval), p->gammas);
+    p->lr = curv__sched_lr(&h->sched, k);
+    const int tied = h->gamma_rule == CURV__KFAC_GAMMA_SQRT_LAMBDA;
+    p->nc = !tied && k % (uint64_t)h->gamma_interval == 0 ? 3 : 1;
+    curv__kfac_gammas(tied ? sqrt(p->lambda + h->weight_decay) : s->gamma,
+                      pow(h->gamma_decay, (double)h->gamma_interval), p->gammas);
     p->has_mom = h->adaptive_momentum && s->has_mom;
     const size_t rows = p->nc + (size_t)p->has_mom, d = o->dim;
     if (!(p->vec = curv__calloc_n(rows * d, sizeof(double))) ||
@@ -339,29 +373,43 @@ static curv_status kfac_step(curv_opt *o, const struct curv__step_args *a, doubl
     return CURV_NEED_INPUT;
 }
 
-/* Per candidate, α and μ on the exact model; keep the lowest M. */
+/* The exact model of candidate @c from the Gram matrix (thesis §6.6.4,
+ * §6.7): the library adds (λ+η)‖·‖² to the trainer's undamped forms. */
+static struct curv__kfac_quad quad_of(const curv_opt *o, const double *gram, size_t c)
+{
+    const struct kfac_state *s = o->impl;
+    const struct pend *p = &s->p;
+    const size_t d = o->dim, n = p->nc + (size_t)p->has_mom, m = p->nc;
+    const double lam = p->lambda + hyp(o)->weight_decay;
+    const double *dc = p->vec + c * d, *d0 = p->vec + m * d;
+    struct curv__kfac_quad q = {.q11 = gram[c * n + c] + lam * dot(dc, dc, d),
+                                .g1 = dot(p->g, dc, d),
+                                .has_mom = p->has_mom};
+    if (p->has_mom) {
+        q.q12 = gram[c * n + m] + lam * dot(dc, d0, d);
+        q.q22 = gram[m * n + m] + lam * dot(d0, d0, d);
+        q.g2 = dot(p->g, d0, d);
+    }
+    return q;
+}
+
+/* Per candidate, α and μ on the exact model; keep the lowest M. The step
+ * taken is lr·(αΔ + μδ0): lr is a scheduler's handle on the chosen step,
+ * and M (hence ρ) is that of the step taken. */
 static void choose(curv_opt *o, const double *gram)
 {
     const struct curv__kfac_hyper *h = hyp(o);
     struct kfac_state *s = o->impl;
     struct pend *p = &s->p;
-    const size_t d = o->dim, n = p->nc + (size_t)p->has_mom, m = p->nc;
-    const double lam = p->lambda + h->weight_decay;
-    const double *d0 = p->has_mom ? p->vec + m * d : NULL;
+    const size_t d = o->dim;
+    const struct curv__kfac_box bounds = {h->alpha_max, h->mu_max};
+    const struct curv__kfac_box *box = h->coefficients == CURV__KFAC_COEF_BOX ? &bounds : NULL;
     p->rejected = 1;
     p->m = 0;
     for (size_t c = 0; c < p->nc; c++) {
-        const double *dc = p->vec + c * d;
-        struct curv__kfac_quad q = {.q11 = gram[c * n + c] + lam * dot(dc, dc, d),
-                                    .g1 = dot(p->g, dc, d),
-                                    .has_mom = p->has_mom};
-        if (d0) {
-            q.q12 = gram[c * n + m] + lam * dot(dc, d0, d);
-            q.q22 = gram[m * n + m] + lam * dot(d0, d0, d);
-            q.g2 = dot(p->g, d0, d);
-        }
+        struct curv__kfac_quad q = quad_of(o, gram, c);
         double al, mu, mc;
-        if (curv__kfac_solve(&q, &al, &mu, &mc) && (p->rejected || mc < p->m)) {
+        if (curv__kfac_solve(&q, box, &al, &mu, &mc) && (p->rejected || mc < p->m)) {
             p->rejected = 0;
             p->c = c, p->alpha = al, p->mu = mu, p->m = mc;
         }
@@ -370,9 +418,14 @@ static void choose(curv_opt *o, const double *gram)
         p->c = 0, p->alpha = p->mu = 0;
         return;
     }
-    const double *dc = p->vec + p->c * d;
+    const double a = p->lr * p->alpha, u = p->lr * p->mu;
+    const double *dc = p->vec + p->c * d, *d0 = p->vec + p->nc * d;
     for (size_t i = 0; i < d; i++)
-        p->delta[i] = p->alpha * dc[i] + (d0 ? p->mu * d0[i] : 0.0);
+        p->delta[i] = a * dc[i] + (p->has_mom ? u * d0[i] : 0.0);
+    if (p->lr != 1.0) {
+        struct curv__kfac_quad q = quad_of(o, gram, p->c);
+        p->m = curv__kfac_model(&q, a, u);
+    }
 }
 
 /* Finish an adaptive step with λ from ρ (when measured). */
@@ -384,7 +437,7 @@ static curv_status finish(curv_opt *o, double *delta, double lambda)
     memcpy(s->mom, p->delta, o->dim * sizeof(double));
     s->has_mom = 1;
     double gamma = p->gammas[p->c];
-    commit(o, delta, lambda, gamma);
+    commit(o, lambda, gamma);
     return CURV_OK;
 }
 
@@ -438,10 +491,16 @@ static curv_status resume_loss(curv_opt *o, const curv_response *resp, double *d
     struct pend *p = &s->p;
     const size_t d = o->dim;
     /* ‖θ + δ‖² from the dot products kept at the step. */
-    double th_delta = p->alpha * p->th_dot[p->c] + (p->has_mom ? p->mu * p->th_dot[p->nc] : 0.0);
+    double th_delta =
+        p->lr * (p->alpha * p->th_dot[p->c] + (p->has_mom ? p->mu * p->th_dot[p->nc] : 0.0));
     double h1 = resp->values[0] +
                 0.5 * h->weight_decay * (p->th_sq + 2.0 * th_delta + dot(p->delta, p->delta, d));
     p->rho = (h1 - p->h0) / p->m;
+    if (h->reject_rise && !(h1 <= p->h0)) {
+        /* Keep θ; δ0 = 0, so the next step starts without momentum. */
+        memset(p->delta, 0, d * sizeof(double));
+        p->rejected = 2;
+    }
     double omega1 = pow(h->lambda_decay, (double)h->lambda_interval);
     return finish(o, delta, curv__kfac_lm(p->lambda, p->rho, omega1));
 }

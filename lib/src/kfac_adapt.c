@@ -28,9 +28,11 @@ double curv__kfac_model(const struct curv__kfac_quad *q, double alpha, double mu
            alpha * q->g1 + mu * q->g2;
 }
 
-int curv__kfac_solve(const struct curv__kfac_quad *q, double *alpha, double *mu, double *m)
+/* The unconstrained minimiser: the 2x2 solve, or the 1-D α when there is
+ * no momentum or the system is singular. 0 when q11 <= 0 or α is not
+ * finite. */
+static int solve_free(const struct curv__kfac_quad *q, double *alpha, double *mu)
 {
-    *alpha = *mu = *m = 0;
     if (!(q->q11 > 0) || !isfinite(q->q11))
         return 0;
     double a = -q->g1 / q->q11, u = 0;
@@ -46,7 +48,47 @@ int curv__kfac_solve(const struct curv__kfac_quad *q, double *alpha, double *mu,
     if (!isfinite(a))
         return 0;
     *alpha = a, *mu = u;
-    *m = curv__kfac_model(q, a, u);
+    return 1;
+}
+
+static double clamp(double x, double lo, double hi)
+{
+    return x < lo ? lo : x > hi ? hi : x;
+}
+
+/* Keep (a, u) when it beats the best so far. */
+static void consider(const struct curv__kfac_quad *q, double a, double u, double *alpha, double *mu,
+                     double *m)
+{
+    double v = curv__kfac_model(q, a, u);
+    if (isfinite(v) && v < *m)
+        *alpha = a, *mu = u, *m = v;
+}
+
+int curv__kfac_solve(const struct curv__kfac_quad *q, const struct curv__kfac_box *box,
+                     double *alpha, double *mu, double *m)
+{
+    *alpha = *mu = *m = 0;
+    double a, u;
+    if (!solve_free(q, &a, &u))
+        return 0;
+    if (!box || (a >= 0 && a <= box->alpha_max && u >= 0 && u <= box->mu_max)) {
+        *alpha = a, *mu = u;
+        *m = curv__kfac_model(q, a, u);
+        return 1;
+    }
+    /* M is convex, so the box's minimum lies on an edge, where it is the
+     * clamped 1-D minimiser; M(0, 0) = 0 is the start. */
+    const double amax = box->alpha_max, umax = q->has_mom ? box->mu_max : 0;
+    const double edges_u[2] = {0, umax}, edges_a[2] = {0, amax};
+    for (int i = 0; i < (umax > 0 ? 2 : 1); i++) {
+        double ui = edges_u[i];
+        consider(q, clamp(-(q->g1 + ui * q->q12) / q->q11, 0, amax), ui, alpha, mu, m);
+    }
+    for (int i = 0; umax > 0 && q->q22 > 0 && i < 2; i++) {
+        double ai = edges_a[i];
+        consider(q, ai, clamp(-(q->g2 + ai * q->q12) / q->q22, 0, umax), alpha, mu, m);
+    }
     return 1;
 }
 
@@ -54,7 +96,7 @@ double curv__kfac_lm(double lambda, double rho, double omega1)
 {
     if (rho > 0.75)
         return lambda * omega1;
-    if (rho < 0.25)
+    if (!(rho >= 0.25)) /* a NaN ρ (the loss was not finite) is no success */
         return lambda / omega1;
     return lambda;
 }

@@ -16,8 +16,9 @@
  *    against n_o on the other side costs n³ to form (one SYRK) and saves
  *    2 n² n_o at each use, so it is formed when n <= 2 H n_o, with H the
  *    uses it can expect: the steps an inverse serves (min(T3, T2) in
- *    adaptive mode, T3 in simple mode) on a one-candidate step, and 1 on
- *    a γ-grid step (three candidates, one kept). The rule depends on the
+ *    adaptive mode, min(T3, T1) when γ follows λ, T3 in simple mode) on a
+ *    one-candidate step, and 1 on a γ-grid step (three candidates, one
+ *    kept). The rule depends on the
  *    settings and sizes only, never on what is cached, so an optimizer
  *    loaded from a blob (which rebuilds the inverses from Q, w, π and γ)
  *    takes the same branch and computes the same update, bit for bit.

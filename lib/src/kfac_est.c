@@ -298,16 +298,21 @@ curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__s
 
 /* The uses an explicit inverse formed at a step with @n candidates can
  * expect (kfac_block.c's rule): the steps between refreshes or, in
- * adaptive mode, γ-grid steps, whichever is shorter; 1 on a γ-grid step,
- * where only the kept candidate's inverses live on. A function of the
- * settings alone, so a loaded optimizer decides as the saved one did. */
+ * adaptive mode, between changes of γ (γ-grid steps every T2, or with
+ * gamma_rule = sqrt_lambda λ's updates every T1), whichever is shorter; 1
+ * on a γ-grid step, where only the kept candidate's inverses live on. A
+ * function of the settings alone, so a loaded optimizer decides as the
+ * saved one did. */
 static unsigned horizon(const struct curv__kfac_hyper *h, size_t n)
 {
     if (n > 1)
         return 1;
     int64_t t = h->inv_interval;
-    if (h->mode == CURV__KFAC_ADAPTIVE && h->gamma_interval < t)
-        t = h->gamma_interval;
+    if (h->mode == CURV__KFAC_ADAPTIVE) {
+        const int64_t g =
+            h->gamma_rule == CURV__KFAC_GAMMA_SQRT_LAMBDA ? h->lambda_interval : h->gamma_interval;
+        t = g < t ? g : t;
+    }
     return t > 1000000 ? 1000000u : (unsigned)t;
 }
 

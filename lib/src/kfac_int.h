@@ -16,6 +16,8 @@ enum { CURV__KFAC_BLOCKDIAG = 0, CURV__KFAC_TRIDIAG = 1 };
 enum { CURV__KFAC_RHO_REQUEST = 0, CURV__KFAC_RHO_NEXT_STEP = 1 };
 enum { CURV__KFAC_PI_TRACE = 0, CURV__KFAC_PI_ONE = 1 };
 enum { CURV__KFAC_FB_ADAGRAD = 0, CURV__KFAC_FB_SGD = 1 };
+enum { CURV__KFAC_COEF_BOX = 0, CURV__KFAC_COEF_FREE = 1 };
+enum { CURV__KFAC_GAMMA_GRID = 0, CURV__KFAC_GAMMA_SQRT_LAMBDA = 1 };
 
 /* The hyperparameters (kfac.c's table); blocks read the fallback and
  * factor settings through a pointer to the optimizer's copy, so
@@ -29,6 +31,11 @@ struct curv__kfac_hyper {
     double fallback_lr, fallback_eps;
     int64_t cov_interval, inv_interval, lambda_interval, gamma_interval;
     int64_t max_factor_dim, max_failures;
+    int coefficients;         /* adaptive: CURV__KFAC_COEF_* */
+    double alpha_max, mu_max; /* adaptive: the box of the (α, μ) solve */
+    int reject_rise;          /* adaptive: a measured rise of h undoes the step */
+    double kl_clip;           /* simple: bound on ∇hᵀF̆⁻¹∇h (0: off) */
+    int gamma_rule;           /* adaptive: CURV__KFAC_GAMMA_* */
 };
 
 /* ---- curvature blocks (kfac_block.c) ---------------------------------- */
@@ -260,14 +267,21 @@ struct curv__kfac_quad {
     double g1, g2;        /* ∇hᵀΔ, ∇hᵀδ0 */
     int has_mom;          /* δ0 takes part */
 };
+/* Bounds on the re-scaling coefficients (NULL: the thesis' free solve). */
+struct curv__kfac_box {
+    double alpha_max, mu_max;
+};
 /*
  * curv__kfac_solve - α and μ minimising M(αΔ + μδ0): the 2x2 solve of
  * §6.7, or α = −g1/q11, μ = 0 without momentum (§6.6.4) or when the 2x2
  * system is singular (det <= 1e-12 q11 q22) or its answer not finite.
- * *@m gets M(δ) − M(0). Returns 0 (α = μ = 0, M = 0) when q11 <= 0 or α
- * is not finite: the step is rejected (ALGORITHMS.md §3.6).
+ * With @box the minimum is taken over 0 <= α <= alpha_max,
+ * 0 <= μ <= mu_max (docs/NOTES.md, "K-FAC safeguards"). *@m gets
+ * M(δ) − M(0). Returns 0 (α = μ = 0, M = 0) when q11 <= 0 or α is not
+ * finite: the step is rejected (ALGORITHMS.md §3.6).
  */
-int curv__kfac_solve(const struct curv__kfac_quad *q, double *alpha, double *mu, double *m);
+int curv__kfac_solve(const struct curv__kfac_quad *q, const struct curv__kfac_box *box,
+                     double *alpha, double *mu, double *m);
 /* M(αΔ + μδ0) − M(0) for any α, μ. */
 double curv__kfac_model(const struct curv__kfac_quad *q, double alpha, double mu);
 /* Levenberg–Marquardt (§6.6.5): λω1 when ρ > 3/4, λ/ω1 when ρ < 1/4. */

@@ -58,7 +58,7 @@ struct mbag_hyper {
 #define MBAG_DIM_MAX ((double)CURV_LAYOUT_MAX_DIM)
 
 #define MBAG_COMMON_PARAMS                                                                            \
-    CURV__SCHED_PARAMS(MBAG_HS, sched, 0.01),                                                         \
+    CURV__SCHED_PARAMS(MBAG_HS, sched, 0.01, CURV__SCHED_LR_DOC),                                     \
         CURV__REAL(MBAG_HS, lambda, "lambda", 0.01, 1e-12, 1e12,                                      \
                    "λ: G_0 = λI, H_0 = I/λ (MBAG Alg. 1 line 1, Alg. 2 line 1); the paper uses "   \
                    "0.01 for CIFAR-10 and 0.1 for the autoencoders (§VI)"),                           \

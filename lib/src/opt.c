@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The common optimizer front end: kinds, input checks, float32
  * conversion, and the outer save/load frame around each kind's state. */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,6 +125,16 @@ static size_t front_bytes(const struct curv__opt_vt *vt, const curv_layout *layo
     return curv__sat_add(sizeof(struct curv_opt) + vt->hyper_size, curv__layout_dup_bytes(layout));
 }
 
+/* The kind's init, then the report's room for the figures every kind
+ * reports (grad_norm, update_norm) where the kind reserved none of its own. */
+static curv_status init_kind(curv_opt *o, struct curv__tally *t, curv_error *err)
+{
+    curv_status st = o->vt->init(o, t, err);
+    if (st == CURV_OK && !o->report.cap)
+        st = curv__report_reserve(o, t, 0, err);
+    return st;
+}
+
 curv_status curv__opt_new_bounded(curv_opt_kind kind, const curv_layout *layout,
                                   const curv_config *config, size_t max_doubles, curv_opt **out,
                                   curv_error *err)
@@ -153,7 +164,7 @@ curv_status curv__opt_new_bounded(curv_opt_kind kind, const curv_layout *layout,
                         curv_opt_kind_name(kind));
     struct curv__tally t = {.alloc = 1};
     if (st == CURV_OK)
-        st = vt->init(o, &t, err);
+        st = init_kind(o, &t, err);
     if (st != CURV_OK)
         goto fail;
     *out = o;
@@ -180,11 +191,28 @@ curv_status curv_opt_state_bytes(curv_opt_kind kind, const curv_layout *layout,
     st = curv__params_apply(vt->params, vt->n_params, curv_opt_kind_name(kind), config, o.hyper,
                             err);
     if (st == CURV_OK)
-        st = vt->init(&o, &t, err);
+        st = init_kind(&o, &t, err);
     curv__free(o.hyper);
     if (st == CURV_OK)
         *bytes = t.bytes;
     return st;
+}
+
+static double norm(const double *x, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += x[i] * x[i];
+    return sqrt(s);
+}
+
+/* A step's report opens with the figures every kind has, computed here
+ * once: grad_norm, the gradient sent, now; update_norm when the step ends. */
+static void report_begin(curv_opt *o, const double *g)
+{
+    o->report.n = 0;
+    curv__report_add(o, norm(g, o->dim), "grad_norm");
+    curv__report_add(o, NAN, "update_norm");
 }
 
 /* Run a step or a resume and deliver the update in the caller's dtype. */
@@ -192,6 +220,8 @@ static curv_status finish(curv_opt *o, curv_status st, curv_dtype dtype, void *u
                           double *delta, curv_request *req)
 {
     if (st == CURV_OK) {
+        if (o->report.n >= CURV__REPORT_BASE)
+            o->report.e[1].value = norm(delta, o->dim);
         if (dtype == CURV_F32) {
             float *f = update;
             for (size_t i = 0; i < o->dim; i++)
@@ -244,7 +274,7 @@ curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void *update, 
     curv_request scratch = {0};
     if (!req)
         req = &scratch;
-    o->report.n = 0;
+    report_begin(o, args.g);
     st = o->vt->step(o, &args, delta, req, err);
     if (st == CURV_OK || st == CURV_NEED_INPUT)
         o->interrupted = 0;
@@ -342,10 +372,13 @@ size_t curv_opt_report(const curv_opt *o, const curv_report_entry **entries)
 
 curv_status curv__report_reserve(curv_opt *o, struct curv__tally *t, size_t cap, curv_error *err)
 {
+    cap += CURV__REPORT_BASE;
     curv_report_entry *e = curv__tally_calloc(t, cap, sizeof *e);
     char(*names)[CURV__REPORT_NAME] = curv__tally_calloc(t, cap, sizeof *names);
-    if (!t->alloc)
+    if (!t->alloc) {
+        o->report.cap = cap; /* counting: only init_kind reads it */
         return CURV_OK;
+    }
     if (t->failed) {
         curv__free(e);
         curv__free(names);

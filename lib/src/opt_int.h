@@ -65,8 +65,10 @@ struct curv__sched {
 
 /* The schedule's table entries, for a hyper struct @st with a
  * `struct curv__sched` member @f; @lr_def is the optimizer's default. */
-#define CURV__SCHED_PARAMS(st, f, lr_def)                                                                \
-    CURV__REAL(st, f.lr, "lr", lr_def, 0, 1e6, "learning rate η (the base of the schedule)"),            \
+#define CURV__SCHED_LR_DOC "learning rate η (the base of the schedule)"
+/* The schedule's parameters; @lr_doc says what lr means for the kind. */
+#define CURV__SCHED_PARAMS(st, f, lr_def, lr_doc)                                                        \
+    CURV__REAL(st, f.lr, "lr", lr_def, 0, 1e6, lr_doc),                                                  \
         CURV__ENUM(st, f.kind, "lr_schedule", "constant", "constant|step|multistep|exponential",         \
                    "constant: η; step: η·γ^floor((t-1)/lr_step_size); multistep: η·γ^(number of " \
                    "milestones < t); exponential: η·γ^(t-1)"),                                           \
@@ -108,8 +110,11 @@ struct curv__report {
     size_t n, cap;
 };
 
-/* curv__report_reserve - room for @cap entries (call from init, with its
- * tally: counting only counts). */
+/* Entries every report opens with (grad_norm, update_norm), filled by opt.c. */
+#define CURV__REPORT_BASE 2
+/* curv__report_reserve - room for @cap entries of the kind's own besides
+ * the CURV__REPORT_BASE ones (call from init, with its tally: counting only
+ * counts). A kind that reserves nothing gets the base entries alone. */
 curv_status curv__report_reserve(curv_opt *o, struct curv__tally *t, size_t cap, curv_error *err);
 /* curv__report_add - append "name" = value; @fmt builds the name. Entries
  * beyond the reserved capacity are dropped (reserve enough in init). */

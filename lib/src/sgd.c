@@ -24,7 +24,7 @@ struct sgd_hyper {
 };
 
 static const struct curv__param PARAMS[] = {
-    CURV__SCHED_PARAMS(struct sgd_hyper, sched, 0.01),
+    CURV__SCHED_PARAMS(struct sgd_hyper, sched, 0.01, CURV__SCHED_LR_DOC),
     CURV__REAL(struct sgd_hyper, momentum, "momentum", 0, 0, 0.9999,
                "momentum μ (the cap μ_max under the sutskever schedule); 0 disables"),
     CURV__BOOL(struct sgd_hyper, nesterov, "nesterov", 0,

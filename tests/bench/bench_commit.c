@@ -27,7 +27,7 @@
 #include <unistd.h>
 
 #include "autoencoder.h"
-#include "store.h"
+#include "store/store.h"
 
 #define WHO "bench_commit"
 #define STEPS 23 /* refreshes at 1, 2, 3 and 20 */

@@ -30,7 +30,7 @@
 
 #define T3 20
 #define REPS 5
-#define GAMMA 1e-3 /* the damping of simple mode's default */
+#define GAMMA 1e-3 /* the phases' damping (their cost does not depend on it) */
 #define NUMPY "/usr/bin/python3"
 #define SCRIPT "tests/bench/kfac_numpy.py"
 
@@ -388,7 +388,8 @@ int main(int argc, char **argv)
     printf("bench_kfac: %zu dense layers", L);
     for (size_t i = 0; i <= L; i++)
         printf("%s%zu", i ? "-" : " ", w[i]);
-    printf(", biases; %u cores; T3 = %d; simple mode, damping %g\n", cores, T3, GAMMA);
+    printf(", biases; %u cores; T3 = %d; simple mode; the phases at damping %g\n", cores, T3,
+           GAMMA);
     sample_peaks(gs, cores);
 
     const char *np1 = NULL, *npn = NULL;

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * libFuzzer target: a POST /v1/sessions/{id}/steps body, decoded by the
- * daemon's own code (server/step_decode.c: curvd_step_parse_head +
- * curvd_step_decode_tensors, as h_steps.c calls them) against a fixed
+ * daemon's own code (server/wire/step_decode.c: curvd_step_parse_head +
+ * curvd_step_decode_tensors, as api/steps.c calls them) against a fixed
  * layout: dense "fc" 2x3 with bias (wire shape [2,4]) and vector "gain" [2].
  *
  * Input framing (2-byte little-endian prefix L, then the body):
@@ -31,11 +31,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "codec.h"
 #include "curv.h"
-#include "mem.h"
-#include "out.h"
-#include "step_decode.h"
+#include "http/mem.h"
+#include "wire/codec.h"
+#include "wire/out.h"
+#include "wire/step_decode.h"
 
 #define FAIL(...)                                                                                  \
     do {                                                                                           \
@@ -87,7 +87,7 @@ static void finish_decoded(struct decoded *d)
     d->pdtype = d->in.nparams ? d->in.params[0].dtype : d->in.dtype;
 }
 
-/* The daemon: exactly what h_steps.c runs. */
+/* The daemon: exactly what api/steps.c runs. */
 static int daemon_decode(const unsigned char *body, size_t len, int binary, size_t json_len,
                          const char *ctype, struct decoded *d, struct curvd_problem *p)
 {

@@ -73,9 +73,9 @@ jobs=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)}
 
 case "$target" in
 fuzz_step_body)
-    srcs="server/step_decode.c server/codec.c server/json_scan.c server/numtext.c server/mem.c server/out.c $(ls lib/src/*.c)"
+    srcs="server/wire/step_decode.c server/wire/codec.c server/wire/json_scan.c server/wire/numtext.c server/http/mem.c server/wire/out.c server/wire/tensor_bytes.c server/http/errors.c $(ls lib/src/*.c)"
     pkgs="openblas lapacke jansson"
-    report="server/step_decode.c server/codec.c server/json_scan.c server/numtext.c server/mem.c server/out.c lib/src/layout.c"
+    report="server/wire/step_decode.c server/wire/codec.c server/wire/json_scan.c server/wire/numtext.c server/http/mem.c server/wire/out.c server/wire/tensor_bytes.c server/http/errors.c lib/src/layout.c"
     max_len=4096
     ;;
 fuzz_state_blob)

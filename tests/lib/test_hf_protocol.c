@@ -656,24 +656,11 @@ static void test_reconfigure_between_steps(void **state)
     curv_step_input in = fx_input(&f);
     curv_error err;
     tu_assert_status(tu_drive(o, &in, tu_quad_answer, &f.q, u, NULL, &err), CURV_OK, &err);
-    static const char *const names[] = {"cg_iterations",
-                                        "cg_stop",
-                                        "chosen_iterate",
-                                        "candidates",
-                                        "rho",
-                                        "lambda",
-                                        "model_value",
-                                        "model_value_damped",
-                                        "line_search_alpha",
-                                        "loss_before",
-                                        "loss_after",
-                                        "grad_norm",
-                                        "update_norm",
-                                        "round_trips",
-                                        "curvature_products",
-                                        "loss_evaluations",
-                                        "restarted",
-                                        "lambda_used"};
+    static const char *const names[] = {
+        "grad_norm",         "update_norm", "cg_iterations", "cg_stop",     "chosen_iterate",
+        "candidates",        "rho",         "lambda",        "model_value", "model_value_damped",
+        "line_search_alpha", "loss_before", "loss_after",    "round_trips", "curvature_products",
+        "loss_evaluations",  "restarted",   "lambda_used"};
     const curv_report_entry *e;
     assert_int_equal(curv_opt_report(o, &e), sizeof names / sizeof names[0]);
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)

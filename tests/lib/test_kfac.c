@@ -207,8 +207,9 @@ static void check_blockdiag(double max_factor_dim, double eta)
                         {"damping", gamma},
                         {"weight_decay", eta},
                         {"fallback_lr", 0.2},
-                        {"max_factor_dim", max_factor_dim}};
-    curv_opt *o = tu_kfac_opt(l, kv, 6, "mode", "simple", NULL);
+                        {"max_factor_dim", max_factor_dim},
+                        {"kl_clip", 0}};
+    curv_opt *o = tu_kfac_opt(l, kv, 7, "mode", "simple", NULL);
     double *u = tu_alloc(net.dim), *gf = tu_alloc(net.dim);
     curv_error err;
     tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);

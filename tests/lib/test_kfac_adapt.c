@@ -71,7 +71,7 @@ static void test_solve_beats_grid(void **state)
         struct curv__kfac_quad q = {
             .q11 = a, .q12 = b, .q22 = c, .g1 = tu_normal(&r), .g2 = tu_normal(&r), .has_mom = 1};
         double al, mu, m;
-        assert_true(curv__kfac_solve(&q, &al, &mu, &m));
+        assert_true(curv__kfac_solve(&q, NULL, &al, &mu, &m));
         assert_true(m <= 0);
         assert_true(fabs(m - 0.5 * (al * q.g1 + mu * q.g2)) <= 1e-12 * (1 + fabs(m)));
         const double span = 2 * (fabs(al) + fabs(mu)) + 1;
@@ -84,11 +84,51 @@ static void test_solve_beats_grid(void **state)
             }
         /* Without momentum: the 1-D optimum over a grid in α alone. */
         q.has_mom = 0;
-        assert_true(curv__kfac_solve(&q, &al, &mu, &m));
+        assert_true(curv__kfac_solve(&q, NULL, &al, &mu, &m));
         assert_true(mu == 0 && al == -q.g1 / q.q11);
         for (int i = -2000; i <= 2000; i++)
             assert_true(curv__kfac_model(&q, al * (1 + i / 1000.0), 0) >= m - 1e-14);
     }
+}
+
+/* The box: the solve is within 0 <= α <= amax, 0 <= μ <= umax and no
+ * point of a fine grid over the box beats it; inside, it is the free
+ * solve. */
+static void test_box_solve_beats_grid(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_seed(&r, 5);
+    const struct curv__kfac_box box = {2.0, 0.9};
+    int bound = 0;
+    for (int t = 0; t < 40; t++) {
+        double a = 0.05 + tu_uniform(&r) * 3, c = 0.05 + tu_uniform(&r) * 3;
+        double b = (tu_uniform(&r) * 2 - 1) * 0.99 * sqrt(a * c);
+        struct curv__kfac_quad q = {.q11 = a,
+                                    .q12 = b,
+                                    .q22 = c,
+                                    .g1 = -fabs(tu_normal(&r)) * 3,
+                                    .g2 = tu_normal(&r) * 3,
+                                    .has_mom = t % 5 != 0};
+        double al, mu, m, fa, fu, fm;
+        assert_true(curv__kfac_solve(&q, &box, &al, &mu, &m));
+        assert_true(al >= 0 && al <= box.alpha_max && mu >= 0 && mu <= box.mu_max);
+        assert_true(q.has_mom || mu == 0);
+        assert_true(fabs(m - curv__kfac_model(&q, al, mu)) <= 1e-14 * (1 + fabs(m)));
+        assert_true(curv__kfac_solve(&q, NULL, &fa, &fu, &fm));
+        if (fa >= 0 && fa <= box.alpha_max && fu >= 0 && fu <= box.mu_max)
+            assert_true(al == fa && mu == fu);
+        else
+            bound++;
+        for (int i = 0; i <= 400; i++)
+            for (int j = 0; j <= (q.has_mom ? 400 : 0); j++) {
+                double x = box.alpha_max * i / 400.0, y = box.mu_max * j / 400.0;
+                if (curv__kfac_model(&q, x, y) < m - 1e-12)
+                    fail_msg("case %d: M(%g, %g) = %g beats the box solve's %g at (%g, %g)", t, x,
+                             y, curv__kfac_model(&q, x, y), m, al, mu);
+            }
+    }
+    assert_true(bound > 5); /* the cases exercise the edges */
 }
 
 static void test_solve_safeguards(void **state)
@@ -97,20 +137,20 @@ static void test_solve_safeguards(void **state)
     double al, mu, m;
     /* Δ parallel to δ0: det = 0, the 1-D α is used. */
     struct curv__kfac_quad q = {.q11 = 2, .q12 = 4, .q22 = 8, .g1 = -1, .g2 = -2, .has_mom = 1};
-    assert_true(curv__kfac_solve(&q, &al, &mu, &m));
+    assert_true(curv__kfac_solve(&q, NULL, &al, &mu, &m));
     assert_true(al == 0.5 && mu == 0 && m == -0.25);
     /* δ0 = 0 (after a rejected step): q22 = 0, 1-D. */
     q = (struct curv__kfac_quad){.q11 = 4, .g1 = -2, .has_mom = 1};
-    assert_true(curv__kfac_solve(&q, &al, &mu, &m));
+    assert_true(curv__kfac_solve(&q, NULL, &al, &mu, &m));
     assert_true(al == 0.5 && mu == 0);
     /* q11 <= 0 or non-finite: rejected, δ = 0. */
     q = (struct curv__kfac_quad){.q11 = 0, .g1 = -2};
-    assert_false(curv__kfac_solve(&q, &al, &mu, &m));
+    assert_false(curv__kfac_solve(&q, NULL, &al, &mu, &m));
     assert_true(al == 0 && mu == 0 && m == 0);
     q.q11 = NAN;
-    assert_false(curv__kfac_solve(&q, &al, &mu, &m));
+    assert_false(curv__kfac_solve(&q, NULL, &al, &mu, &m));
     q.q11 = 1e-310, q.g1 = 1e300;
-    assert_false(curv__kfac_solve(&q, &al, &mu, &m));
+    assert_false(curv__kfac_solve(&q, NULL, &al, &mu, &m));
 }
 
 static void test_lm_rule(void **state)
@@ -123,7 +163,8 @@ static void test_lm_rule(void **state)
         assert_true(got == want);
     }
     assert_true(curv__kfac_lm(2, 0.75, 0.5) == 2 && curv__kfac_lm(2, 0.25, 0.5) == 2);
-    assert_true(curv__kfac_lm(2, NAN, 0.5) == 2);
+    /* A NaN ρ (a non-finite loss at θ + δ) counts as a failure. */
+    assert_true(curv__kfac_lm(2, NAN, 0.5) == 4);
 }
 
 static void test_gamma_grid(void **state)
@@ -164,6 +205,7 @@ int main(void)
         cmocka_unit_test(test_eps),
         cmocka_unit_test(test_pi),
         cmocka_unit_test(test_solve_beats_grid),
+        cmocka_unit_test(test_box_solve_beats_grid),
         cmocka_unit_test(test_solve_safeguards),
         cmocka_unit_test(test_lm_rule),
         cmocka_unit_test(test_gamma_grid),

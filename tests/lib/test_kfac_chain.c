@@ -102,9 +102,12 @@ static void test_tridiag_update(void **state)
     for (size_t t = 0; t < 3; t++) {
         tu_mlp net;
         curv_layout *l = tu_mlp_setup(&net, w, L, 2, 7, 40 + t, 50 + t);
-        const tu_kv kv[] = {
-            {"lr", 1}, {"momentum", 0}, {"weight_decay", 0}, {"damping", gammas[t]}};
-        curv_opt *o = tu_kfac_opt(l, kv, 4, "mode", "simple", "inverse", "tridiag", NULL);
+        const tu_kv kv[] = {{"lr", 1},
+                            {"momentum", 0},
+                            {"weight_decay", 0},
+                            {"damping", gammas[t]},
+                            {"kl_clip", 0}};
+        curv_opt *o = tu_kfac_opt(l, kv, 5, "mode", "simple", "inverse", "tridiag", NULL);
         double *u = tu_alloc(net.dim), *x = tu_alloc(net.dim);
         curv_error err;
         tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
@@ -116,7 +119,7 @@ static void test_tridiag_update(void **state)
         snprintf(what, sizeof what, "tridiagonal update, γ = %g", gammas[t]);
         tu_expect_close(u, x, chain, 1e-9, what, 1);
         /* The chain's update is not the block-diagonal one. */
-        curv_config *c = tu_config(kv, 4);
+        curv_config *c = tu_config(kv, 5);
         tu_config_set(c, "mode", 0, "simple");
         curv_opt *bd = tu_new_opt(CURV_OPT_KFAC, l, c);
         double *ub = tu_alloc(net.dim);

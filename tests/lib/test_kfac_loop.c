@@ -71,6 +71,34 @@ static void test_request_intervals(void **state)
     tu_mlp_teardown(o, l, &net);
 }
 
+/* gamma_rule = sqrt_lambda: one candidate at every step (no γ grid even at
+ * T2), and γ = sqrt(λ + η) with the λ the step used. */
+static void test_gamma_tied_to_lambda(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    curv_layout *l = tu_mlp_setup(&net, W, 2, 2, 5, 19, 20);
+    const double eta = 0.01;
+    const tu_kv kv[] = {
+        {"lambda_interval", 1}, {"gamma_interval", 2}, {"weight_decay", eta}, {"lambda_init", 2.0}};
+    curv_opt *o = tu_kfac_opt(l, kv, 4, "gamma_rule", "sqrt_lambda", NULL);
+    double *u = tu_alloc(net.dim), lambda = 2.0;
+    int moved = 0;
+    for (unsigned k = 1; k <= 8; k++) {
+        tu_kfac_trace tr;
+        curv_error err;
+        tu_assert_status(tu_mlp_step(o, &net, 1, u, &tr, &err), CURV_OK, &err);
+        assert_int_equal(tr.n_vectors[0], 1 + (k > 1));
+        assert_true(tu_report(o, "gamma") == sqrt(lambda + eta));
+        moved += tu_report(o, "lambda") != lambda;
+        lambda = tu_report(o, "lambda");
+        advance(&net, u, 30 + k);
+    }
+    assert_true(moved > 0); /* λ, and so γ, changed along the run */
+    free(u);
+    tu_mlp_teardown(o, l, &net);
+}
+
 /* Â = (1/m) Σ ā āᵀ (ā with the homogeneous 1 when @bias), accumulated
  * with weight @wgt into @F. */
 static void add_outer(double *F, const double *X, size_t m, size_t nx, int bias, double wgt)
@@ -121,7 +149,7 @@ static void test_gamma_step_math(void **state)
                         {"lambda_interval", 100},
                         {"lambda_init", lam},
                         {"fallback_lr", fb_lr}};
-    curv_opt *o = tu_kfac_opt(l, kv, 5, NULL);
+    curv_opt *o = tu_kfac_opt(l, kv, 5, "coefficients", "free", NULL); /* the thesis' solve */
     const size_t d = net.dim;
     double *u1 = tu_alloc(d), *u2 = tu_alloc(d), *g1 = tu_alloc(d), *gf = tu_alloc(d);
     double *A[2], *G[2];
@@ -222,8 +250,9 @@ static void test_lm_with_loss_requests(void **state)
     const tu_kv kv[] = {{"weight_decay", eta},
                         {"lambda_interval", 1},
                         {"gamma_interval", 1000},
-                        {"lambda_init", 0.3}};
-    curv_opt *o = tu_kfac_opt(l, kv, 4, NULL);
+                        {"lambda_init", 0.3},
+                        {"reject_rise", 0}}; /* the thesis keeps every step */
+    curv_opt *o = tu_kfac_opt(l, kv, 5, NULL);
     const size_t d = net.dim;
     double *u = tu_alloc(d), *gf = tu_alloc(d), *th = tu_alloc(d);
     double lambda = 0.3;
@@ -376,11 +405,9 @@ static void test_save_load(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request_intervals),
-        cmocka_unit_test(test_gamma_step_math),
-        cmocka_unit_test(test_lm_with_loss_requests),
-        cmocka_unit_test(test_lm_next_step),
-        cmocka_unit_test(test_save_load),
+        cmocka_unit_test(test_request_intervals), cmocka_unit_test(test_gamma_tied_to_lambda),
+        cmocka_unit_test(test_gamma_step_math),   cmocka_unit_test(test_lm_with_loss_requests),
+        cmocka_unit_test(test_lm_next_step),      cmocka_unit_test(test_save_load),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

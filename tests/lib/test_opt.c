@@ -236,6 +236,16 @@ static void test_config_errors(void **state)
     expect_config_error(S, "lr_step_size", NULL, 2.5); /* non-integer INT */
     expect_config_error(S, "nesterov", NULL, 0.5);     /* bool not 0/1 */
     expect_config_error(S, "nesterov", NULL, 2);
+    const curv_opt_kind K = CURV_OPT_KFAC; /* the K-FAC safeguards */
+    expect_config_error(K, "coefficients", "loose", 0);
+    expect_config_error(K, "coefficients", NULL, 1);
+    expect_config_error(K, "alpha_max", NULL, -1);
+    expect_config_error(K, "mu_max", NULL, -0.5);
+    expect_config_error(K, "mu_max", "0.9", 0);
+    expect_config_error(K, "reject_rise", NULL, 2);
+    expect_config_error(K, "kl_clip", NULL, -1e-3);
+    expect_config_error(K, "kl_clip", NULL, 1e13);
+    expect_config_error(K, "gamma_rule", "tied", 0);
     expect_config_error(S, "lr_schedule", "cosine", 0); /* bad enum */
     expect_config_error(S, "lr_schedule", "", 0);
     expect_config_error(S, "lr_schedule", "Step", 0);
@@ -618,6 +628,39 @@ static void check_schedule(const char *sched, double gamma, double step_size, co
     curv_layout_free(l);
 }
 
+/* Every report opens with grad_norm and update_norm, the norms of the
+ * gradient sent and the update returned, and names no figure twice. */
+static void test_report_norms_once(void **state)
+{
+    (void)state;
+    curv_layout *l = tu_opt_mixed_layout();
+    for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
+        if (!tu_plain_kind(k))
+            continue; /* kfac and hf: test_hf_protocol.c, tests/server/test_callbacks.c */
+        curv_opt *o = tu_new_opt((curv_opt_kind)k, l, NULL);
+        double g[TU_D_MIXED], th[TU_D_MIXED], u[TU_D_MIXED], gn = 0, un = 0;
+        for (size_t i = 0; i < TU_D_MIXED; i++)
+            g[i] = cos(0.3 * (double)i), th[i] = 0.01 * (double)i;
+        tu_step_ok(o, g, th, u);
+        for (size_t i = 0; i < TU_D_MIXED; i++)
+            gn += g[i] * g[i], un += u[i] * u[i];
+        const curv_report_entry *e;
+        size_t n = curv_opt_report(o, &e);
+        assert_true(n >= 2);
+        assert_string_equal(e[0].name, "grad_norm");
+        assert_string_equal(e[1].name, "update_norm");
+        assert_true(fabs(e[0].value - sqrt(gn)) <= 1e-14 * sqrt(gn));
+        assert_true(fabs(e[1].value - sqrt(un)) <= 1e-14 * sqrt(un));
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = i + 1; j < n; j++)
+                if (strcmp(e[i].name, e[j].name) == 0)
+                    fail_msg("%s reports %s twice", curv_opt_kind_name((curv_opt_kind)k),
+                             e[i].name);
+        curv_opt_free(o);
+    }
+    curv_layout_free(l);
+}
+
 static void test_lr_schedules(void **state)
 {
     (void)state;
@@ -645,6 +688,7 @@ int main(void)
         cmocka_unit_test(test_optional_inputs),
         cmocka_unit_test(test_float32_matches_float64),
         cmocka_unit_test(test_lr_schedules),
+        cmocka_unit_test(test_report_norms_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

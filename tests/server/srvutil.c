@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
-#include "http.h"
+#include "http/http.h"
 #include "testutil.h"
 
 void su_start(struct curvd_server *srv, char *base, size_t cap)
@@ -343,6 +343,15 @@ void su_resp_free(struct su_resp *r)
     r->body = NULL;
 }
 
+json_t *su_json(const char *text, size_t len)
+{
+    json_error_t je;
+    json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+    if (!j && strstr(je.text, "duplicate"))
+        fail_msg("a reply with a member twice: %s: %.*s", je.text, (int)len, text);
+    return j;
+}
+
 json_t *su_call(const char *base, const char *method, const char *path, const char *body, long want,
                 struct su_resp *raw)
 {
@@ -352,7 +361,7 @@ json_t *su_call(const char *base, const char *method, const char *path, const ch
     su_request(method, url, body, body ? strlen(body) : 0, NULL, 0, &r);
     if (r.status != want)
         fail_msg("%s %s: status %ld, want %ld: %s", method, path, r.status, want, r.body);
-    json_t *j = r.len ? json_loads(r.body, 0, NULL) : NULL;
+    json_t *j = r.len ? su_json(r.body, r.len) : NULL;
     if (raw)
         *raw = r;
     else
@@ -731,7 +740,7 @@ void su_callback_parse(const struct su_trainer *tr, const struct su_resp *r, lon
     static const char *const kinds[] = {"", "curvature_product", "loss", "quadratic_form"};
     memset(cb, 0, sizeof *cb);
     assert_int_equal(r->status, 202);
-    json_t *j = json_loadb(r->body, r->json_header_len ? r->json_header_len : r->len, 0, NULL);
+    json_t *j = su_json(r->body, r->json_header_len ? r->json_header_len : r->len);
     assert_non_null(j);
     assert_int_equal(json_integer_value(json_object_get(j, "step")), t);
     json_t *c = json_object_get(j, "callback"), *vecs = json_object_get(c, "vectors");
@@ -822,7 +831,7 @@ size_t su_trainer_step(struct su_trainer *tr, const struct su_step *s, tu_answer
     }
     if (r.status != 200)
         fail_msg("step %ld: status %ld: %.*s", s->t, r.status, (int)r.len, r.body);
-    json_t *j = json_loadb(r.body, r.json_header_len ? r.json_header_len : r.len, 0, NULL);
+    json_t *j = su_json(r.body, r.json_header_len ? r.json_header_len : r.len);
     assert_non_null(j);
     assert_int_equal(json_integer_value(json_object_get(j, "step")), s->t);
     size_t off = 0;

@@ -13,7 +13,7 @@
 
 #include "curv.h"
 #include "server.h"
-#include "store.h"
+#include "store/store.h"
 #include "testutil.h"
 
 struct su_resp {
@@ -111,6 +111,10 @@ CURLcode su_try_request(const char *method, const char *url, const char *body, s
 void su_set_token(const char *token);
 /* Give later requests @seconds to complete (30 unless set). */
 void su_set_timeout(long seconds);
+
+/* su_json - parse a reply's JSON (NULL when it is none), failing the test
+ * when an object has a member twice. */
+json_t *su_json(const char *text, size_t len);
 
 /* @method @base@path with the JSON text @body (NULL: none); the status must
  * be @want. Returns the parsed reply (NULL when empty); the response goes

@@ -17,7 +17,7 @@
 #include <time.h>
 
 #include "curv.h"
-#include "http.h"
+#include "http/http.h"
 #include "srvutil.h"
 #include "testutil.h"
 

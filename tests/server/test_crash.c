@@ -38,7 +38,7 @@
 
 #include "curv.h"
 #include "daemon.h"
-#include "http.h"
+#include "http/http.h"
 #include "srvutil.h"
 #include "testutil.h"
 

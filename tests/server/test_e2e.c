@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "curv.h"
-#include "http.h"
+#include "http/http.h"
 #include "srvutil.h"
 #include "testutil.h"
 

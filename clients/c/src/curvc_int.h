@@ -83,4 +83,11 @@ curvc_status curvc__fail(curvc_error *err, curvc_status st, const char *fmt, ...
 /* curvc__parse - the JSON part of a reply, or CURVC_E_PROTOCOL. */
 curvc_status curvc__parse(const struct curvc_reply *r, json_t **root, curvc_error *err);
 
+/* What the client does about a problem's reason (problems.c) besides
+ * reporting it: CURVC__RETRY the request, CURVC__RESTART_STEP (post the
+ * step again: the daemon lost it); 0 for other and unknown reasons. */
+#define CURVC__RETRY 1u
+#define CURVC__RESTART_STEP 2u
+unsigned curvc__reason_does(const char *reason);
+
 #endif

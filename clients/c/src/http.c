@@ -317,7 +317,7 @@ curvc_status curvc__request(curvc_client *c, const char *method, const char *pat
         }
         problem_error(out, err);
         st = CURVC_E_PROBLEM;
-        int busy = out->status == 503 || strcmp(err->reason, "SESSION_BUSY") == 0;
+        int busy = out->status == 503 || (curvc__reason_does(err->reason) & CURVC__RETRY);
         if (last || !busy)
             break;
         pause_s(h.retry_after > wait ? (h.retry_after < 5 ? h.retry_after : 5) : wait);

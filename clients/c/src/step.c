@@ -299,6 +299,17 @@ static curvc_status post(curvc_session *s, const char *path, struct body *b, str
 
 enum { MAX_RESTARTS = 3 };
 
+static const char *REQ_NAME[] = {"", "curvature_product", "loss", "quadratic_form"};
+
+/* Index of the first NaN or infinity of @v, or @n. */
+static size_t first_nonfinite(const double *v, size_t n)
+{
+    size_t i = 0;
+    while (i < n && isfinite(v[i]))
+        i++;
+    return i;
+}
+
 curvc_status curvc_step(curvc_session *s, const curvc_step_in *in, curvc_encoding enc,
                         curvc_oracle oracle, void *user, double *update, curvc_error *err)
 {
@@ -312,6 +323,10 @@ curvc_status curvc_step(curvc_session *s, const curvc_step_in *in, curvc_encodin
     double *values = NULL;
     char path[96];
     snprintf(path, sizeof path, "/v1/sessions/%s/steps", s->id);
+    if (in->has_loss && !isfinite(in->loss))
+        return curvc__fail(err, CURVC_E_INVALID,
+                           "step %llu: the loss is %g: not finite, so it was not sent",
+                           (unsigned long long)s->steps + 1, in->loss);
     curvc_status st = step_body(s, in, &step, err);
     size_t json_len = step.js.len;
     if (st == CURVC_OK)
@@ -331,12 +346,21 @@ curvc_status curvc_step(curvc_session *s, const curvc_step_in *in, curvc_encodin
                              oracle ? "refused by the oracle" : "and no oracle to answer it");
             break;
         }
+        size_t bad = first_nonfinite(values, pd.req.n_values);
+        if (bad < pd.req.n_values) {
+            st = curvc__fail(err, CURVC_E_CALLBACK,
+                             "step %llu: the %s callback's answer, value %zu is %g: not finite, "
+                             "so it was not sent",
+                             (unsigned long long)s->steps + 1, REQ_NAME[pd.req.kind], bad,
+                             values[bad]);
+            break;
+        }
         curvc__buf_clear(&ans.js);
         curvc__buf_clear(&ans.bin);
         ans.enc = enc;
         answer_body(s, &pd, values, &ans);
         st = post(s, pd.url, &ans, &r, err);
-        if (st == CURVC_E_PROBLEM && strcmp(err->reason, "NO_CALLBACK_PENDING") == 0 &&
+        if (st == CURVC_E_PROBLEM && (curvc__reason_does(err->reason) & CURVC__RESTART_STEP) &&
             restarts++ < MAX_RESTARTS) /* the daemon lost the step: start it again */
             st = curvc__request(s->client, "POST", path, step.js.p, step.js.len,
                                 enc == CURVC_BINARY ? json_len : 0, 1, &r, err);

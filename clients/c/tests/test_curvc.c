@@ -422,6 +422,37 @@ static void test_a_refusing_oracle_abandons_the_step(void **state)
     curvc_client_free(c);
 }
 
+static int nan_oracle(void *user, const curvc_request *req, double *answer)
+{
+    (void)user;
+    for (size_t i = 0; i < req->n_values; i++)
+        answer[i] = i == req->n_values - 1 ? NAN : 0.0;
+    return 0;
+}
+
+/* A NaN loss or callback answer is refused before it is sent, naming the
+ * callback, the entry and the value; nothing is applied. */
+static void test_non_finite_values_are_refused(void **state)
+{
+    (void)state;
+    curvc_client *c = client();
+    curvc_session *s = NULL;
+    curvc_error err;
+    assert_int_equal(curvc_session_create(c, "hf", LSQ, 1, HF_CONFIG, &s, &err), CURVC_OK);
+    double g[N] = {1, 2, 3, 4}, u[N];
+    curvc_step_in in = {.grad = g, .loss = NAN, .has_loss = 1};
+    assert_int_equal(curvc_step(s, &in, CURVC_JSON, lsq_oracle, NULL, u, &err), CURVC_E_INVALID);
+    assert_non_null(strstr(err.text, "step 1: the loss is nan"));
+    in.loss = 1;
+    assert_int_equal(curvc_step(s, &in, CURVC_JSON, nan_oracle, NULL, u, &err), CURVC_E_CALLBACK);
+    assert_non_null(strstr(err.text, "callback's answer, value"));
+    assert_non_null(strstr(err.text, "is nan"));
+    assert_int_equal(curvc_session_steps(s), 0);
+    curvc_session_delete(s, NULL);
+    curvc_session_free(s);
+    curvc_client_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -434,6 +465,7 @@ int main(void)
         cmocka_unit_test(test_nothing_listening),
         cmocka_unit_test(test_hf_callbacks_solve_least_squares),
         cmocka_unit_test(test_a_refusing_oracle_abandons_the_step),
+        cmocka_unit_test(test_non_finite_values_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

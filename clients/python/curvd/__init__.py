@@ -13,7 +13,7 @@ up the binary encodings). curvd.torch is a PyTorch optimizer on top.
 from .callbacks import Callback, CurvatureOracle, StepResult
 from .client import Client, Session
 from .errors import (BadRequest, CallbackError, CallbackOutOfOrder, Conflict, CurvdError,
-                     FieldError, NoCallbackPending, NonFinite, NotFound, PayloadTooLarge,
+                     FieldError, NoCallbackPending, NonFinite, NonFiniteValue, NotFound, PayloadTooLarge,
                      PreconditionFailed, ProblemError, ProtocolError, ServerError,
                      ServiceUnavailable, SessionBusy, StepOutOfOrder, TransportError,
                      Unauthorized, Unprocessable, UnsupportedMediaType)
@@ -22,7 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BadRequest", "Callback", "CallbackError", "CallbackOutOfOrder", "Client", "Conflict",
-    "CurvatureOracle", "CurvdError", "FieldError", "NoCallbackPending", "NonFinite", "NotFound",
+    "CurvatureOracle", "CurvdError", "FieldError", "NoCallbackPending", "NonFinite", "NonFiniteValue",
+    "NotFound",
     "PayloadTooLarge", "PreconditionFailed", "ProblemError", "ProtocolError", "ServerError",
     "ServiceUnavailable", "Session", "SessionBusy", "StepOutOfOrder", "StepResult",
     "TransportError", "Unauthorized", "Unprocessable", "UnsupportedMediaType",

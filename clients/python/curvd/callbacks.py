@@ -13,7 +13,9 @@ step, so an oracle asked again gives the same answer.
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from .errors import ProtocolError
+import math
+
+from .errors import NonFiniteValue, ProtocolError
 from .tensors import Reader, flat_values
 
 KINDS = ("curvature_product", "loss", "quadratic_form")
@@ -92,6 +94,45 @@ def compute_answer(oracle: CurvatureOracle, cb: Callback):
         raise ValueError(f"{cb.kind} callback: {len(cb.vectors)} vectors, "
                          f"the oracle answered {len(out)} values")
     return out
+
+
+def finite_number(what: str, x) -> float:
+    """float(@x), or NonFiniteValue naming @what."""
+    v = float(x)
+    if not math.isfinite(v):
+        raise NonFiniteValue(what, v)
+    return v
+
+
+def _first_nonfinite(flat):
+    """Index of the first NaN or infinity in a flat list or numpy array."""
+    if isinstance(flat, list):
+        return next((j for j, v in enumerate(flat) if not math.isfinite(v)), None)
+    import numpy as np  # flat is a numpy array only where numpy exists
+
+    bad = np.flatnonzero(~np.isfinite(flat))
+    return int(bad[0]) if bad.size else None
+
+
+def check_answer_finite(cb: Callback, answer) -> None:
+    """Refuse an answer to @cb holding a NaN or infinity (JSON has no
+    spelling for them, and a binary one would poison the step): the error
+    names the callback, the entry and the value."""
+    what = f"step {cb.step}: the {cb.kind} callback's answer"
+    if cb.kind == "curvature_product":
+        for i, product in enumerate(answer):
+            for name, x in product.items():
+                j = _first_nonfinite(flat_values(x)[0])
+                if j is not None:
+                    raise NonFiniteValue(f"{what}, product {i}, block {name!r}, entry {j}",
+                                         float(flat_values(x)[0][j]))
+    elif cb.kind == "loss":
+        for i, v in enumerate(answer):
+            finite_number(f"{what}, loss {i}", v)
+    else:
+        for i, row in enumerate(answer):
+            for j, v in enumerate(row):
+                finite_number(f"{what}, Gram entry [{i}][{j}]", v)
 
 
 def parse_step_reply(status: int, doc: dict, binary, encoding: str, datatype: str):

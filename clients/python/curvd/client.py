@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List, Optional
 
 from . import errors
 from .callbacks import ANSWER_MEMBER, Callback, CurvatureOracle, StepResult, compute_answer
-from .callbacks import parse_step_reply
+from .callbacks import check_answer_finite, finite_number, parse_step_reply
 from .errors import CallbackError, NoCallbackPending, ProtocolError, TransportError
 from .tensors import Writer, check_datatype, check_encoding
 
@@ -257,7 +257,7 @@ class Client:
         if layers:
             doc["layers"] = [_layer_doc(w, ly, datatype) for ly in layers]
         if loss is not None:
-            doc["loss"] = float(loss)
+            doc["loss"] = finite_number(f"step {step}: the loss", loss)
         return w.body(doc)
 
     def _post_step_body(self, session_id, body, hdrs, encoding, datatype):
@@ -270,6 +270,7 @@ class Client:
         answer: [{block: values} per vector] (curvature_product), [losses]
         (loss) or the Gram matrix as rows (quadratic_form)."""
         member = ANSWER_MEMBER[cb.kind]
+        check_answer_finite(cb, answer)
         w = Writer(cb.encoding if cb.kind == "curvature_product" else "json")
         if cb.kind == "curvature_product":
             answer = [w.tensors(v, cb.datatype) for v in answer]

@@ -39,6 +39,18 @@ class CallbackError(CurvdError):
     """A step asked for a callback that this caller cannot answer."""
 
 
+class NonFiniteValue(CurvdError, ValueError):
+    """The trainer produced a NaN or infinite loss, product or Gram entry;
+    the client refuses to send it (what: the field or callback; value: the
+    offending number)."""
+
+    def __init__(self, what: str, value: float):
+        super().__init__(f"{what} is {value!r}: not finite, so it was not sent (the model's "
+                         "loss or parameters have likely diverged)")
+        self.what = what
+        self.value = value
+
+
 class ProblemError(CurvdError):
     """An error reply of the daemon (application/problem+json).
 
@@ -141,12 +153,50 @@ class ServiceUnavailable(ProblemError):
     """503: out of memory, draining, or the store is busy (see retry_after)."""
 
 
+# Every reason the daemon sends (its table is server/http/errors.h; the daemon's
+# tests/server/http/test_errors.c checks that each is here) and its class; None
+# for a reason sent with more than one status, whose class the status picks.
 _BY_REASON = {
+    "MALFORMED_JSON": BadRequest,
+    "BAD_TENSOR": BadRequest,
+    "BAD_DATATYPE": BadRequest,
+    "SHAPE_MISMATCH": BadRequest,
+    "UNKNOWN_BLOCK": BadRequest,
+    "MISSING_BLOCK": BadRequest,
+    "DUPLICATE_BLOCK": BadRequest,
+    "BAD_BASE64": BadRequest,
+    "BAD_BINARY": BadRequest,
+    "TOO_LARGE": None,
+    "NON_FINITE": NonFinite,
+    "NO_MEMORY": ServiceUnavailable,
+    "INTERNAL": ServerError,
+    "UNSUPPORTED_MEDIA_TYPE": UnsupportedMediaType,
+    "UNKNOWN_MEMBER": BadRequest,
+    "UNAUTHORIZED": Unauthorized,
+    "NOT_FOUND": NotFound,
+    "METHOD_NOT_ALLOWED": ProblemError,
+    "PRECONDITION_FAILED": PreconditionFailed,
+    "TOO_MANY_REQUESTS": ProblemError,
+    "DRAINING": ServiceUnavailable,
+    "UNAVAILABLE": ServiceUnavailable,
+    "NO_DATABASE": ServiceUnavailable,
+    "DATABASE_BUSY": ServiceUnavailable,
+    "DATABASE_ERROR": ServerError,
+    "OUT_OF_MEMORY": ServiceUnavailable,
+    "UNKNOWN_OPTIMIZER": BadRequest,
+    "INVALID_LAYOUT": BadRequest,
+    "INVALID_CONFIG": BadRequest,
+    "INVALID_QUERY": BadRequest,
+    "INVALID_STATE": None,
+    "STATE_TOO_LARGE": Unprocessable,
+    "SESSION_BUSY": SessionBusy,
+    "SESSION_CHANGED": Conflict,
     "STEP_OUT_OF_ORDER": StepOutOfOrder,
     "NO_CALLBACK_PENDING": NoCallbackPending,
     "CALLBACK_OUT_OF_ORDER": CallbackOutOfOrder,
-    "SESSION_BUSY": SessionBusy,
-    "NON_FINITE": NonFinite,
+    "CALLBACK_PENDING": Conflict,
+    "INVALID_INPUT": BadRequest,
+    "NUMERICAL_FAILURE": ServerError,
 }
 _BY_STATUS = {
     400: BadRequest,

@@ -65,7 +65,7 @@ def offered(daemon):
 @pytest.fixture(scope="session")
 def layers_refused(daemon):
     """The daemon's reason for refusing a well-formed "layers" entry, or
-    None. (server/step_decode.c check_matrix wants the first matrix to
+    None. (server/wire/step_decode.c check_matrix wants the first matrix to
     have 0 rows; K-FAC runs once that is fixed.)"""
     with curvd.Client(daemon.url) as c:
         if "kfac" not in c.optimizers():

@@ -186,8 +186,8 @@ typedef struct curv_response {
  *    once the step returns CURV_OK.
  *  - simple mode: no requests; Δ = −lr·v, v ← μv + F̆⁻¹(∇h) at a fixed
  *    damping.
- * Report: mode, fisher, gamma, lambda, rho (when measured), alpha, mu,
- * model_change (M(δ) − M(0)), rejected, grad_norm, update_norm,
+ * Report (after grad_norm, update_norm): mode, fisher, gamma, lambda, rho
+ * (when measured), alpha, mu, model_change (M(δ) − M(0)), rejected,
  * inverse_failures, stats_updated, inverse_age.<block>, clamped (tridiag).
  */
 
@@ -337,10 +337,11 @@ typedef struct curv_report_entry {
 } curv_report_entry;
 
 /*
- * curv_opt_report - the report of the step that last returned CURV_OK
- * (damping, ρ, CG iterations, norms: each kind documents its entries).
- * Sets *@entries (borrowed, valid until the next call on @o) and returns
- * their number; 0 for NULL or when the kind reports nothing.
+ * curv_opt_report - the report of the step that last returned CURV_OK:
+ * for every kind grad_norm (‖gradient sent‖) and update_norm (‖update‖)
+ * first, then the kind's own figures (damping, ρ, CG iterations: each kind
+ * documents its entries), no name twice. Sets *@entries (borrowed, valid
+ * until the next call on @o) and returns their number; 0 for NULL.
  */
 CURV_API size_t curv_opt_report(const curv_opt *o, const curv_report_entry **entries);
 

@@ -44,8 +44,11 @@ class CurvdOptimizer(torch.optim.Optimizer):
       "empirical" (the batch's own targets); None follows the session's
       "fisher" hyperparameter (default "true").
     stats_fraction, curvature_fraction: the share (float) or number (int) of
-      the batch's first examples used for layer statistics and for
-      curvature callbacks (the thesis's tau1 = 1/8, tau2 = 1/4).
+      the batch's first examples used for layer statistics (the thesis's
+      tau1 = 1/8) and for curvature callbacks (default: the whole batch; the
+      thesis's tau2 = 1/4 leaves K-FAC's exact-F model unbounded below along
+      the gradient of the cases it omits, and small-batch training then
+      diverges: docs/NOTES.md, "K-FAC safeguards").
     encoding: "binary", "b64" or "json". send_params: None sends θ when
       the session's weight decay is on; True/False forces.
     What else a step carries (layer statistics, grad_sq) follows the
@@ -62,7 +65,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
     def __init__(self, model: torch.nn.Module, client: Union[Client, str], optimizer: str,
                  config: Optional[dict] = None, *, loss="cross_entropy",
                  fisher: Optional[str] = None, stats_fraction: Union[float, int] = 0.125,
-                 curvature_fraction: Union[float, int] = 0.25, encoding: str = "binary",
+                 curvature_fraction: Union[float, int] = 1.0, encoding: str = "binary",
                  send_params: Optional[bool] = None, seed: int = 0,
                  session: Optional[str] = None, bias_blocks: bool = False):
         if fisher not in (None, "true", "empirical"):

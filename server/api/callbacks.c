@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * POST /v1/sessions/{id}/steps/{n}/callbacks/{cb}: the trainer's answer
+ * to a callback of the step in progress. The exchange lives in memory
+ * (struct curvd_pending): only the final update is committed, so after a
+ * restart the callback is unknown and the trainer posts the step again.
+ * A retried answer gets the reply it got the first time: the stored
+ * final reply once the step is complete, else the kept 202.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/steps.h"
+#include "http/metrics.h"
+#include "store/store.h"
+#include "wire/step_decode.h"
+
+static void no_callback(const struct curvd_req *rq, struct curvd_reply *rp, long long cur,
+                        const char *n)
+{
+    char want[32];
+    snprintf(want, sizeof want, "%lld", cur + 1);
+    struct curvd_field_error fe = {"step", want, n};
+    curvd_reply_problem(rp, rq, CURVD_R_NO_CALLBACK_PENDING, &fe, 1,
+                        "step %s is not in progress (the session has completed %lld steps; a "
+                        "restart of the daemon or a step posted again abandons an unfinished "
+                        "step): post step %lld",
+                        n, cur, cur + 1);
+}
+
+static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
+                   struct curvd_entry *e)
+{
+    struct curvd_pending *pd = &e->pend;
+    size_t dim = curv_layout_dim(curv_opt_layout(e->opt));
+    double *values = malloc((pd->req.n_values ? pd->req.n_values : 1) * sizeof *values);
+    double *delta = malloc(dim * sizeof *delta);
+    struct curvd_problem p;
+    curvd_problem_init(&p);
+    curvd_timing_lap(rp, CURVD_T_COUNT);
+    if (!values || !delta) {
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
+    } else if (curvd_answer_decode(
+                   rq->body, rq->body_len, curvd_req_header(rq, "Inference-Header-Content-Length"),
+                   rq->content_type, curv_opt_layout(e->opt), &pd->req, values, &p) != 0) {
+        curvd_reply_codec_problem(rp, rq, &p);
+    } else {
+        curv_response resp = {.seq = pd->req.seq, .n_values = pd->req.n_values, .values = values};
+        curv_request next;
+        curv_error cerr;
+        curvd_timing_lap(rp, CURVD_T_DECODE);
+        curv_status cs = curv_opt_resume(e->opt, &resp, CURV_F64, delta, &next, &cerr);
+        curvd_timing_lap(rp, CURVD_T_STEP);
+        if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
+            pd->answered_seq = resp.seq;
+            curvd_metrics_callback(srv->metrics, curv_opt_kind_of(e->opt));
+        }
+        curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &next, delta);
+    }
+    free(values);
+    free(delta);
+}
+
+/* A path segment that is a decimal number and nothing else. */
+static int segment_number(const char *s, unsigned long long *out)
+{
+    if (*s < '0' || *s > '9')
+        return 0;
+    char *end;
+    errno = 0;
+    *out = strtoull(s, &end, 10);
+    return *end == '\0' && errno == 0;
+}
+
+CURVD_HANDLER(curvd_h_callback)
+{
+    struct curvd_entry *e = NULL;
+    if (curvd_step_begin(srv, rq, rp, &e) != 0)
+        return;
+    struct curvd_pending *pd = &e->pend;
+    long long cur = (long long)curv_opt_steps(e->opt);
+    unsigned long long un, cb;
+    /* A step segment that is not a number is no step in progress (-1). */
+    long long n = segment_number(rq->param[1], &un) && un <= LLONG_MAX ? (long long)un : -1;
+    int cb_ok = segment_number(rq->param[2], &cb);
+    /* answered_seq 0: the step asked for nothing, so no callback of it was answered. */
+    if (n == cur && cur > 0 && pd->step == n && cb_ok && pd->answered_seq &&
+        cb == pd->answered_seq) {
+        curvd_step_replay(srv, rq, rp, e, cur); /* the final answer retried: the update */
+    } else if (!curv_opt_pending(e->opt) || n != pd->step) {
+        no_callback(rq, rp, cur, rq->param[1]);
+    } else if (!cb_ok || cb != pd->req.seq) {
+        char *copy = cb_ok && cb == pd->answered_seq && pd->last ? malloc(pd->last_len) : NULL;
+        if (copy) { /* a retried answer: the reply it got the first time */
+            memcpy(copy, pd->last, pd->last_len);
+            curvd_reply_tensors(rp, 202, copy, pd->last_len, pd->last_json_len, NULL);
+            curvd_callback_url(e, rp->location, sizeof rp->location);
+        } else {
+            char want[24];
+            snprintf(want, sizeof want, "%llu", (unsigned long long)pd->req.seq);
+            struct curvd_field_error fe = {"callback", want, rq->param[2]};
+            curvd_reply_problem(rp, rq, CURVD_R_CALLBACK_OUT_OF_ORDER, &fe, 1,
+                                "step %lld waits for the answer to callback %s", pd->step, want);
+        }
+    } else {
+        answer(srv, rq, rp, e);
+    }
+    curvd_step_end(srv, rp, e);
+}

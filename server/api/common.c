@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: MIT */
+/* What several handlers need: JSON bodies, store and registry refusals. */
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api/handlers.h"
+#include "store/store.h"
+#include "wire/step_decode.h"
+
+int curvd_is_ctype(const struct curvd_req *rq, const char *want)
+{
+    return curvd_ctype_is(rq->content_type, want);
+}
+
+json_t *curvd_body_json(const struct curvd_req *rq, struct curvd_reply *rp)
+{
+    if (!curvd_is_ctype(rq, "application/json")) {
+        curvd_reply_problem(rp, rq, CURVD_R_UNSUPPORTED_MEDIA_TYPE, NULL, 0,
+                            "expected Content-Type: application/json, got %s",
+                            rq->content_type ? rq->content_type : "none");
+        return NULL;
+    }
+    json_error_t je;
+    json_t *j = json_loadb((const char *)rq->body, rq->body_len,
+                           JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &je);
+    if (!j) {
+        curvd_reply_problem(rp, rq, CURVD_R_MALFORMED_JSON, NULL, 0,
+                            "invalid JSON at line %d, column %d: %s", je.line, je.column, je.text);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        curvd_reply_problem(rp, rq, CURVD_R_MALFORMED_JSON, NULL, 0,
+                            "the body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq, int st,
+                             const char *err)
+{
+    if (st == CURVD_STORE_NOT_FOUND)
+        curvd_reply_problem(rp, rq, CURVD_R_NOT_FOUND, NULL, 0, "no such session");
+    else if (st == CURVD_STORE_BUSY)
+        curvd_reply_problem(rp, rq, CURVD_R_DATABASE_BUSY, NULL, 0, "the database is busy: %s",
+                            err);
+    else
+        curvd_reply_problem(rp, rq, CURVD_R_DATABASE_ERROR, NULL, 0, "database error: %s", err);
+}
+
+void curvd_reply_registry_error(struct curvd_reply *rp, const struct curvd_req *rq,
+                                enum curvd_reg_status rs)
+{
+    if (rs == CURVD_REG_BUSY)
+        curvd_reply_problem(rp, rq, CURVD_R_SESSION_BUSY, NULL, 0,
+                            "another request of this session is in progress");
+    else if (rs == CURVD_REG_ERROR)
+        curvd_reply_problem(rp, rq, CURVD_R_UNAVAILABLE, NULL, 0, "cannot load the session");
+    else
+        curvd_reply_problem(rp, rq, CURVD_R_NOT_FOUND, NULL, 0, "no such session");
+}

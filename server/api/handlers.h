@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: MIT */
+/* Every route handler; routes.c maps them to methods and paths. */
+#ifndef CURVD_HANDLERS_H
+#define CURVD_HANDLERS_H
+
+#include "http/http.h"
+
+#define CURVD_HANDLER(name)                                                                        \
+    void name(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp)
+
+#include <jansson.h>
+
+#include "session/service.h"
+
+/* h_common.c */
+int curvd_is_ctype(const struct curvd_req *rq, const char *want);
+/* The body as a JSON object, or NULL with a 415/400 problem in @rp. */
+json_t *curvd_body_json(const struct curvd_req *rq, struct curvd_reply *rp);
+void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq, int st,
+                             const char *err);
+/* The problem for a registry refusal (curvd_registry_begin): 409
+ * SESSION_BUSY, 503 UNAVAILABLE or 404 NOT_FOUND. */
+void curvd_reply_registry_error(struct curvd_reply *rp, const struct curvd_req *rq,
+                                enum curvd_reg_status rs);
+
+/* h_ops.c */
+CURVD_HANDLER(curvd_h_health);
+CURVD_HANDLER(curvd_h_ready);
+CURVD_HANDLER(curvd_h_version);
+CURVD_HANDLER(curvd_h_metrics);
+
+/* h_sessions.c */
+CURVD_HANDLER(curvd_h_session_create);
+CURVD_HANDLER(curvd_h_session_list);
+CURVD_HANDLER(curvd_h_session_get);
+CURVD_HANDLER(curvd_h_session_patch);
+CURVD_HANDLER(curvd_h_session_delete);
+CURVD_HANDLER(curvd_h_session_export);
+CURVD_HANDLER(curvd_h_session_import);
+
+/* h_steps.c */
+CURVD_HANDLER(curvd_h_step);
+CURVD_HANDLER(curvd_h_callback);
+
+#endif

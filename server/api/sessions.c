@@ -1,0 +1,335 @@
+/* SPDX-License-Identifier: MIT */
+/* Sessions: create, import, list, get, patch (hyperparameters), delete,
+ * export. Each handler: decode -> validate -> curv_* -> store -> encode. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/handlers.h"
+#include "api/steps.h"
+#include "store/store.h"
+#include "wire/session_json.h"
+
+/* Persist a new optimizer under a fresh id (every part of its state),
+ * keep it in memory and answer 201 with the session. Takes @o. */
+static void register_new(struct curvd_server *srv, const struct curvd_req *rq,
+                         struct curvd_reply *rp, curv_opt *o)
+{
+    char id[CURVD_ID_LEN + 1], err[256];
+    json_t *meta = curvd_session_meta(o);
+    char *meta_text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    long long step = (long long)curv_opt_steps(o);
+    int64_t created = 0;
+    int st = curvd_svc_create(srv, rq->tenant, o, meta_text, id, &created, err, sizeof err);
+    if (st == CURVD_SVC_NOMEM) {
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "%s", err);
+    } else if (st != CURVD_STORE_OK) {
+        curvd_reply_store_error(rp, rq, st, err);
+    } else {
+        json_t *s = curvd_session_json(id, meta_text, step, created, created, 0, NULL);
+        snprintf(rp->location, sizeof rp->location, "/v1/sessions/%s", id);
+        curvd_etag(rp->etag, sizeof rp->etag, step);
+        curvd_reply_json(rp, 201, s);
+    }
+    free(meta_text);
+    json_decref(meta);
+}
+
+/* libcurv's refusal of a kind, layout and config (from curv_opt_new or
+ * curv_opt_state_bytes, which refuse alike). */
+static void reply_opt_refused(struct curvd_reply *rp, const struct curvd_req *rq, curv_status st,
+                              const curv_error *cerr)
+{
+    curvd_reply_problem(rp, rq, curvd_reason_of_status(CURVD_OP_NEW, st), NULL, 0, "%s",
+                        cerr->text);
+}
+
+/* 0 when an optimizer of @kind, @l and @c holds at most the memory budget
+ * (curv_opt_state_bytes: counted, nothing allocated); else -1 with the
+ * problem in @rp: 422 STATE_TOO_LARGE, or libcurv's refusal. */
+static int check_budget(struct curvd_server *srv, const struct curvd_req *rq,
+                        struct curvd_reply *rp, curv_opt_kind kind, const curv_layout *l,
+                        const curv_config *c)
+{
+    size_t bytes = 0;
+    curv_error cerr;
+    curv_status st = curv_opt_state_bytes(kind, l, c, &bytes, &cerr);
+    if (st != CURV_OK) {
+        reply_opt_refused(rp, rq, st, &cerr);
+        return -1;
+    }
+    if (bytes <= srv->cfg.mem_budget)
+        return 0;
+    char want[64], got[64];
+    snprintf(want, sizeof want, "at most %zu bytes of state", srv->cfg.mem_budget);
+    snprintf(got, sizeof got, bytes == SIZE_MAX ? "more than %zu bytes" : "%zu bytes", bytes);
+    struct curvd_field_error fe = {"/layout", want, got};
+    curvd_reply_problem(rp, rq, CURVD_R_STATE_TOO_LARGE, &fe, 1,
+                        "an %s optimizer of this layout and config holds %s of state, above the "
+                        "memory budget of %zu bytes (--memory-budget)",
+                        curv_opt_kind_name(kind), got, srv->cfg.mem_budget);
+    return -1;
+}
+
+/* Create, unless the state would not fit the memory budget: checked
+ * before anything is allocated. */
+static void create_within_budget(struct curvd_server *srv, const struct curvd_req *rq,
+                                 struct curvd_reply *rp, curv_opt_kind kind, const curv_layout *l,
+                                 const curv_config *c)
+{
+    if (check_budget(srv, rq, rp, kind, l, c) != 0)
+        return;
+    curv_opt *o = NULL;
+    curv_error cerr;
+    curv_status st = curv_opt_new(kind, l, c, &o, &cerr);
+    if (st == CURV_OK)
+        register_new(srv, rq, rp, o);
+    else
+        reply_opt_refused(rp, rq, st, &cerr);
+}
+
+CURVD_HANDLER(curvd_h_session_create)
+{
+    json_t *body = curvd_body_json(rq, rp);
+    if (!body)
+        return;
+    struct curvd_field_error fe = {0};
+    char path[128], detail[400];
+    const char *opt_name = json_string_value(json_object_get(body, "optimizer"));
+    curv_opt_kind kind;
+    curv_layout *l = NULL;
+    curv_config *c = NULL;
+    const char *key, *extra = NULL;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        if (strcmp(key, "optimizer") && strcmp(key, "layout") && strcmp(key, "config"))
+            extra = key;
+    }
+    if (extra) {
+        snprintf(path, sizeof path, "/%.100s", extra);
+        fe = (struct curvd_field_error){path, "one of optimizer, layout, config", extra};
+        curvd_reply_problem(rp, rq, CURVD_R_UNKNOWN_MEMBER, &fe, 1,
+                            "unknown member \"%.100s\" in the session", extra);
+    } else if (!opt_name || curv_opt_kind_parse(opt_name, &kind) != CURV_OK) {
+        fe = (struct curvd_field_error){"/optimizer", "one of GET /v1/version's optimizers",
+                                        opt_name};
+        curvd_reply_problem(rp, rq, CURVD_R_UNKNOWN_OPTIMIZER, &fe, 1, "unknown optimizer '%s'",
+                            opt_name ? opt_name : "(missing)");
+    } else if (!(l = curvd_layout_from_json(json_object_get(body, "layout"), &fe, path, sizeof path,
+                                            detail, sizeof detail))) {
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_LAYOUT, &fe, 1, "%s", detail);
+    } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
+                                            detail, sizeof detail))) {
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
+    } else {
+        create_within_budget(srv, rq, rp, kind, l, c);
+    }
+    curv_config_free(c);
+    curv_layout_free(l);
+    json_decref(body);
+}
+
+CURVD_HANDLER(curvd_h_session_import)
+{
+    if (!curvd_is_ctype(rq, "application/octet-stream")) {
+        curvd_reply_problem(rp, rq, CURVD_R_UNSUPPORTED_MEDIA_TYPE, NULL, 0,
+                            "expected Content-Type: application/octet-stream (a state blob)");
+        return;
+    }
+    if (rq->body_len > srv->cfg.mem_budget) {
+        /* Loading allocates at least the arrays the blob holds: refuse first. */
+        char want[64], got[64];
+        snprintf(want, sizeof want, "at most %zu bytes", srv->cfg.mem_budget);
+        snprintf(got, sizeof got, "%zu bytes", rq->body_len);
+        struct curvd_field_error fe = {"", want, got};
+        curvd_reply_problem(rp, rq, CURVD_R_STATE_TOO_LARGE, &fe, 1,
+                            "the state blob takes %zu bytes, above the memory budget of %zu bytes "
+                            "(--memory-budget)",
+                            rq->body_len, srv->cfg.mem_budget);
+        return;
+    }
+    curv_opt *o = NULL;
+    curv_error cerr;
+    curv_status st = curv_opt_load(rq->body, rq->body_len, &o, &cerr);
+    if (st != CURV_OK) {
+        curvd_reply_problem(rp, rq, curvd_reason_of_status(CURVD_OP_LOAD, st), NULL, 0, "%s",
+                            cerr.text);
+        return;
+    }
+    /* The exact size, as for a new session: the blob's kind, layout and
+     * settings. */
+    curv_config *c = curvd_opt_config(o);
+    if (!c)
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
+    else if (check_budget(srv, rq, rp, curv_opt_kind_of(o), curv_opt_layout(o), c) == 0) {
+        register_new(srv, rq, rp, o); /* takes o */
+        o = NULL;
+    }
+    curv_config_free(c);
+    curv_opt_free(o);
+}
+
+/* The session's JSON, with the callback it awaits (held in memory only). */
+static json_t *session_json(struct curvd_server *srv, const struct curvd_session *s)
+{
+    json_t *j =
+        curvd_session_json(s->id, s->meta, (long long)s->step, (long long)s->created_at,
+                           (long long)s->updated_at, (long long)s->last_step, s->last_report);
+    long long step = 0;
+    uint64_t seq = 0;
+    if (j && curvd_registry_pending(srv->reg, s->id, &step, &seq)) {
+        char url[160];
+        curvd_callback_path(url, sizeof url, s->id, step, seq);
+        json_object_set_new(j, "pending_callback", json_string(url));
+    }
+    return j;
+}
+
+static void reply_row(struct curvd_server *srv, struct curvd_reply *rp,
+                      const struct curvd_session *s, int status)
+{
+    curvd_etag(rp->etag, sizeof rp->etag, (long long)s->step);
+    curvd_reply_json(rp, status, session_json(srv, s));
+}
+
+CURVD_HANDLER(curvd_h_session_get)
+{
+    struct curvd_session s = {0};
+    char err[256];
+    int st = curvd_svc_get(srv, rq->tenant, rq->param[0], 0, &s, err, sizeof err);
+    if (st == CURVD_STORE_OK)
+        reply_row(srv, rp, &s, 200);
+    else
+        curvd_reply_store_error(rp, rq, st, err);
+    curvd_session_clear(&s);
+}
+
+CURVD_HANDLER(curvd_h_session_list)
+{
+    const char *ps = curvd_req_query(rq, "page_size");
+    const char *token = curvd_req_query(rq, "page_token");
+    char *end = NULL;
+    long size = ps ? strtol(ps, &end, 10) : 100;
+    if (ps && (*end || size < 1 || size > CURVD_STORE_MAX_PAGE)) {
+        struct curvd_field_error fe = {"page_size", "an integer in 1..1000", ps};
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_QUERY, &fe, 1, "bad page_size");
+        return;
+    }
+    struct curvd_session_list list = {0};
+    char err[256];
+    int st = curvd_store_list(srv->store, rq->tenant, (size_t)size, token, &list, err, sizeof err);
+    if (st == CURVD_STORE_INVALID) {
+        struct curvd_field_error fe = {"page_token", "a next_page_token from an earlier page",
+                                       token};
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_QUERY, &fe, 1, "%s", err);
+    } else if (st != CURVD_STORE_OK) {
+        curvd_reply_store_error(rp, rq, st, err);
+    } else {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < list.count; i++)
+            json_array_append_new(arr, session_json(srv, &list.items[i]));
+        json_t *out = json_pack("{s:o}", "sessions", arr);
+        if (list.next_page_token)
+            json_object_set_new(out, "next_page_token", json_string(list.next_page_token));
+        curvd_reply_json(rp, 200, out);
+    }
+    curvd_session_list_clear(&list);
+}
+
+CURVD_HANDLER(curvd_h_session_delete)
+{
+    char err[256];
+    int st = curvd_svc_delete(srv, rq->tenant, rq->param[0], err, sizeof err);
+    if (st != CURVD_STORE_OK)
+        curvd_reply_store_error(rp, rq, st, err);
+    else
+        curvd_reply_bytes(rp, 204, NULL, NULL, 0);
+}
+
+CURVD_HANDLER(curvd_h_session_export)
+{
+    struct curvd_session s = {0};
+    char err[256];
+    int st = curvd_svc_get(srv, rq->tenant, rq->param[0], 1, &s, err, sizeof err);
+    if (st != CURVD_STORE_OK) {
+        curvd_reply_store_error(rp, rq, st, err);
+    } else {
+        curvd_etag(rp->etag, sizeof rp->etag, (long long)s.step);
+        curvd_reply_owned(rp, 200, "application/octet-stream", s.state, s.state_len,
+                          curvd_store_free);
+        s.state = NULL; /* the reply owns it now */
+    }
+    curvd_session_clear(&s);
+}
+
+/* Commit the reconfigured session @e (from @before) with its new summary. */
+static int reconfigure_durably(struct curvd_server *srv, const struct curvd_req *rq,
+                               struct curvd_entry *e, const unsigned char *before,
+                               size_t before_len, size_t *new_bytes, char *err, size_t errlen)
+{
+    json_t *meta = curvd_session_meta(e->opt);
+    char *meta_text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(17));
+    int st = curvd_svc_reconfigured(srv, rq->tenant, e, before, before_len, meta_text, new_bytes,
+                                    err, errlen);
+    free(meta_text);
+    json_decref(meta);
+    return st;
+}
+
+CURVD_HANDLER(curvd_h_session_patch)
+{
+    json_t *body = curvd_body_json(rq, rp);
+    if (!body)
+        return;
+    struct curvd_field_error fe = {0};
+    char path[128], detail[400], err[256];
+    curv_config *c = NULL;
+    struct curvd_entry *e = NULL;
+    enum curvd_reg_status rs = CURVD_REG_NOT_FOUND;
+    if (!json_object_get(body, "config") || json_object_size(body) != 1) {
+        fe = (struct curvd_field_error){"/config", "an object of hyperparameters", NULL};
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1,
+                            "the body must be {\"config\": {...}} and nothing else");
+    } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
+                                            detail, sizeof detail))) {
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
+    } else if ((rs = curvd_svc_take(srv, rq->param[0], rq->tenant, &e)) != CURVD_REG_OK) {
+        curvd_reply_registry_error(rp, rq, rs);
+    } else {
+        size_t bytes = e->bytes; /* the new charge if the state changed size */
+        char etag[32];
+        const char *im = curvd_req_header(rq, "If-Match");
+        curvd_etag(etag, sizeof etag, (long long)curv_opt_steps(e->opt));
+        unsigned char *before = NULL;
+        size_t before_len = 0;
+        curv_error cerr;
+        curv_status cs;
+        if (im && strcmp(im, "*") != 0 && strcmp(im, etag) != 0) {
+            curvd_reply_problem(rp, rq, CURVD_R_PRECONDITION_FAILED, NULL, 0,
+                                "the session is at ETag %s, not %s", etag, im);
+        } else if (curv_opt_save(e->opt, &before, &before_len, &cerr) != CURV_OK) {
+            curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "%s", cerr.text);
+        } else if ((cs = curv_opt_reconfigure(e->opt, c, &cerr)) != CURV_OK) {
+            curvd_reply_problem(rp, rq, curvd_reason_of_status(CURVD_OP_RECONFIGURE, cs), NULL, 0,
+                                "%s", cerr.text);
+        } else {
+            int st = reconfigure_durably(srv, rq, e, before, before_len, &bytes, err, sizeof err);
+            struct curvd_session s = {0};
+            if (st == CURVD_STORE_OK)
+                st = curvd_store_get(srv->store, rq->tenant, e->id, 0, &s, err, sizeof err);
+            if (st == CURVD_STORE_OK)
+                reply_row(srv, rp, &s, 200);
+            else if (st == CURVD_STORE_CONFLICT)
+                curvd_reply_problem(rp, rq, CURVD_R_SESSION_CHANGED, NULL, 0,
+                                    "the session stepped meanwhile; read it again and retry");
+            else
+                curvd_reply_store_error(rp, rq, st, err);
+            curvd_session_clear(&s);
+        }
+        curv_free(before);
+        curvd_svc_give_back(srv, e, bytes);
+    }
+    curv_config_free(c);
+    json_decref(body);
+}

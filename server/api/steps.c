@@ -1,0 +1,333 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * POST /v1/sessions/{id}/steps. The order matters for exactly-once:
+ * take the session (one step at a time), check the step number (the
+ * latest one is a replay of its stored reply), decode, step, encode, and
+ * commit state and reply in one transaction before answering (through
+ * the session service, which keeps memory from running ahead of the
+ * database).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/handlers.h"
+#include "api/steps.h"
+#include "http/mem.h"
+#include "http/metrics.h"
+#include "store/store.h"
+#include "wire/codec.h"
+#include "wire/json_scan.h"
+#include "wire/out.h"
+#include "wire/step_decode.h"
+#include "wire/tensor_bytes.h"
+
+void curvd_reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *rq,
+                               const struct curvd_problem *p)
+{
+    struct curvd_field_error fe = {p->path, p->expected[0] ? p->expected : NULL,
+                                   p->got[0] ? p->got : NULL};
+    curvd_reply_problem(rp, rq, p->row, &fe, p->path[0] ? 1 : 0, "%s", p->detail);
+}
+
+/* A step waiting for its commit: the service's commit (first), and what
+ * the reply needs once it is durable. */
+struct step_job {
+    struct curvd_svc_commit s; /* first: the service hands back &s */
+    const struct curvd_req *rq;
+    struct curvd_reply *rp;
+    unsigned char *body, *blob, *wire;
+    curv_state_part *parts;
+    size_t body_len, json_len;
+    char *report;
+    char ctype[96];
+};
+
+static void step_job_free(struct step_job *j)
+{
+    curvd_mem_free(j->body);
+    free(j->wire);
+    curv_free(j->blob);
+    curv_free(j->parts);
+    curvd_mem_free(j->report);
+    free(j);
+}
+
+/* On the store's commit thread, the session still held: the reply to the
+ * step's commit (the service has recorded it, or dropped the copy). */
+static void step_committed(struct curvd_svc_commit *s, int st, long long current, const char *err)
+{
+    struct step_job *j = (struct step_job *)(void *)s;
+    struct curvd_server *srv = s->srv;
+    const struct curvd_req *rq = j->rq;
+    struct curvd_reply *rp = j->rp;
+    struct curvd_entry *e = s->e;
+    int binary = e->pend.encoding == CURVD_ENC_BINARY;
+    long long step = e->pend.step;
+    curvd_timing_lap(rp, CURVD_T_COMMIT);
+    if (st == CURVD_STORE_OK) {
+        curvd_metrics_step(srv->metrics, curv_opt_kind_of(e->opt));
+        curvd_reply_tensors(rp, 200, j->body, j->body_len, binary ? j->json_len : 0,
+                            curvd_mem_free);
+        j->body = NULL;
+        curvd_etag(rp->etag, sizeof rp->etag, step);
+    } else if (st == CURVD_STORE_CONFLICT && current == step) {
+        /* This copy was stale (reloaded while another request committed
+         * this very step, then evicted): the step is applied, so the
+         * stored reply is the answer. */
+        curvd_step_replay(srv, rq, rp, e, current);
+    } else if (st == CURVD_STORE_CONFLICT) {
+        curvd_reply_problem(rp, rq, CURVD_R_STEP_OUT_OF_ORDER, NULL, 0,
+                            "the session advanced elsewhere (now at step %lld)", current);
+    } else {
+        curvd_reply_store_error(rp, rq, st, err);
+    }
+}
+
+/* Then, the session given back: send the reply. */
+static void step_released(struct curvd_svc_commit *s)
+{
+    struct step_job *j = (struct step_job *)(void *)s;
+    struct curvd_server *srv = s->srv;
+    const struct curvd_req *rq = j->rq;
+    step_job_free(j);
+    curvd_http_finish(srv, rq);
+}
+
+/* The update as stored (curvd_stored_type()): a binary reply's tail is
+ * exactly that, other encodings get it written out. */
+static int stored_update(struct step_job *j, const struct curvd_entry *e, const double *delta,
+                         const void **bytes, size_t *len)
+{
+    const struct curvd_pending *pd = &e->pend;
+    size_t dim = curv_layout_dim(curv_opt_layout(e->opt));
+    *len = dim * curvd_dtype_size(pd->dtype);
+    if (pd->encoding == CURVD_ENC_BINARY) {
+        *bytes = j->body + j->json_len;
+        return 0;
+    }
+    if (!(j->wire = malloc(*len ? *len : 1)))
+        return -1;
+    curvd_le_encode(delta, dim, pd->dtype, j->wire);
+    *bytes = j->wire;
+    return 0;
+}
+
+/* Save the stepped state (the parts that changed since the session's last
+ * commit) and hand it with its reply to the group commit; the reply is
+ * deferred until the commit is durable (step_committed). */
+static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
+                             struct curvd_reply *rp, struct curvd_entry *e, struct curvd_out *out,
+                             char **report, const double *delta)
+{
+    const struct curvd_pending *pd = &e->pend;
+    struct step_job *j = calloc(1, sizeof *j);
+    const void *wire = NULL;
+    size_t wire_len = 0;
+    if (j) {
+        j->body_len = out->len;
+        j->json_len = out->json_len;
+        j->body = curvd_out_take(out);
+    }
+    curvd_timing_lap(rp, CURVD_T_ENCODE);
+    if (!j || !j->body || stored_update(j, e, delta, &wire, &wire_len) != 0 ||
+        curv_opt_save_parts(e->opt, &j->blob, &j->s.len, &j->parts, &j->s.n_parts, NULL) !=
+            CURV_OK) {
+        if (j)
+            step_job_free(j);
+        curvd_svc_abandon(srv, e);
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0,
+                            "out of memory saving the step");
+        return;
+    }
+    curvd_timing_lap(rp, CURVD_T_SAVE);
+    curvd_stored_type(j->ctype, sizeof j->ctype, pd->dtype, (enum curvd_encoding)pd->encoding);
+    j->report = *report;
+    *report = NULL;
+    j->s.c = (struct curvd_step_commit){.step = pd->step,
+                                        .content_type = j->ctype,
+                                        .response = wire,
+                                        .response_len = wire_len,
+                                        .report = j->report};
+    j->s.srv = srv;
+    j->s.e = e;
+    j->s.tenant = rq->tenant;
+    j->s.blob = j->blob;
+    j->s.parts = j->parts;
+    j->s.reply = step_committed;
+    j->s.release = step_released;
+    j->rq = rq;
+    j->rp = rp;
+    rp->deferred = 1;
+    curvd_svc_commit_step(&j->s);
+}
+
+/* 202 with the next callback; a copy is kept to answer a retried POST. */
+static void reply_callback(const struct curvd_req *rq, struct curvd_reply *rp,
+                           struct curvd_entry *e, struct curvd_out *out)
+{
+    struct curvd_pending *pd = &e->pend;
+    int binary = pd->encoding == CURVD_ENC_BINARY;
+    size_t len = out->len;
+    unsigned char *copy = malloc(len ? len : 1), *body = copy ? curvd_out_take(out) : NULL;
+    if (!body) {
+        free(copy);
+        curv_opt_cancel(e->opt);
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
+        return;
+    }
+    memcpy(copy, body, len);
+    free(pd->last);
+    pd->last = copy;
+    pd->last_len = len;
+    pd->last_json_len = binary ? out->json_len : 0;
+    curvd_reply_tensors(rp, 202, body, len, pd->last_json_len, curvd_mem_free);
+    curvd_callback_url(e, rp->location, sizeof rp->location); /* the callback's "url" */
+}
+
+static void reply_step_error(struct curvd_reply *rp, const struct curvd_req *rq, curv_status cs,
+                             const curv_error *cerr)
+{
+    curvd_reply_problem(rp, rq, curvd_reason_of_status(CURVD_OP_STEP, cs), NULL, 0, "%s",
+                        cerr->text);
+}
+
+void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
+                        struct curvd_reply *rp, struct curvd_entry *e, curv_status cs,
+                        const curv_error *cerr, const curv_request *req, const double *delta)
+{
+    if (cs != CURV_OK && cs != CURV_NEED_INPUT) {
+        reply_step_error(rp, rq, cs, cerr);
+        return;
+    }
+    const struct curvd_pending *pd = &e->pend;
+    struct curvd_problem p;
+    struct curvd_out out;
+    char *report = NULL;
+    int encoded;
+    curvd_problem_init(&p);
+    curvd_out_init(&out);
+    if (cs == CURV_NEED_INPUT) {
+        e->pend.req = *req;
+        encoded = curvd_encode_callback(&out, e, &p);
+        curvd_timing_lap(rp, CURVD_T_ENCODE);
+    } else {
+        report = curvd_step_report(e->opt);
+        encoded =
+            report ? curvd_encode_update(&out, pd->step, curv_opt_layout(e->opt), delta, pd->dtype,
+                                         (enum curvd_encoding)pd->encoding, report, &p)
+                   : curvd_problem_set(&p, CURVD_R_NO_MEMORY, "", NULL, NULL, "out of memory");
+    }
+    if (encoded != 0) {
+        curvd_svc_abandon(srv, e); /* the optimizer went ahead */
+        curvd_reply_codec_problem(rp, rq, &p);
+    } else if (cs == CURV_OK) {
+        commit_and_reply(srv, rq, rp, e, &out, &report, delta);
+    } else {
+        reply_callback(rq, rp, e, &out);
+    }
+    curvd_mem_free(report);
+    curvd_out_clear(&out);
+}
+
+static void step_out_of_order(struct curvd_reply *rp, const struct curvd_req *rq, long long cur,
+                              long long got_step)
+{
+    char want[32], got[32];
+    snprintf(want, sizeof want, "%lld", cur + 1);
+    snprintf(got, sizeof got, "%lld", got_step);
+    struct curvd_field_error fe = {"/step", want, got};
+    curvd_reply_problem(rp, rq, CURVD_R_STEP_OUT_OF_ORDER, &fe, 1,
+                        "the session has completed %lld steps: post step %lld", cur, cur + 1);
+}
+
+static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
+                     struct curvd_entry *e)
+{
+    struct curvd_step_in in = {0};
+    struct curvd_binary bin = {0};
+    struct curvd_problem p;
+    curvd_problem_init(&p);
+    const curv_layout *l = curv_opt_layout(e->opt);
+    size_t dim = curv_layout_dim(l);
+    long long cur = (long long)curv_opt_steps(e->opt);
+    /* Not zeroed: decoding writes every block of what the step reads (the
+     * optional vectors only when given), and the step writes all of delta. */
+    double *g = curvd_mem_alloc(dim * sizeof *g), *theta = curvd_mem_alloc(dim * sizeof *theta);
+    double *gsq = curvd_mem_alloc(dim * sizeof *gsq), *delta = curvd_mem_alloc(dim * sizeof *delta);
+    curv_layer_stats *ls = NULL;
+    int binary = 0;
+    curvd_timing_lap(rp, CURVD_T_COUNT);
+    if (!g || !theta || !gsq || !delta) {
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
+    } else if (curvd_step_parse_head(rq->body, rq->body_len,
+                                     curvd_req_header(rq, "Inference-Header-Content-Length"),
+                                     rq->content_type, &in, &bin, &binary, &p) != 0) {
+        curvd_reply_codec_problem(rp, rq, &p);
+    } else if (in.step == cur && cur > 0) {
+        curvd_step_replay(srv, rq, rp, e, cur);
+    } else if (in.step != cur + 1) {
+        step_out_of_order(rp, rq, cur, in.step);
+    } else if (curvd_step_decode_tensors(l, &in, &bin, binary, g, theta, gsq, &p) != 0) {
+        curvd_reply_codec_problem(rp, rq, &p);
+    } else if (in.nlayers && !(ls = calloc(in.nlayers, sizeof *ls))) {
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
+    } else {
+        if (ls)
+            curvd_step_layer_stats(&in, ls);
+        curvd_timing_lap(rp, CURVD_T_DECODE);
+        curv_step_input si = {.grad = g,
+                              .params = in.nparams ? theta : NULL,
+                              .len = dim,
+                              .dtype = CURV_F64,
+                              .layers = ls,
+                              .n_layers = in.nlayers,
+                              .loss = in.loss,
+                              .has_loss = in.has_loss,
+                              .grad_sq = in.ngrad_sq ? gsq : NULL};
+        /* Posting the step in progress again starts it over: the trainer
+         * lost its place (it restarted, or gave up on a callback). */
+        curv_opt_cancel(e->opt);
+        curv_request req;
+        curv_error cerr;
+        curv_status cs = curv_opt_step(e->opt, &si, delta, &req, &cerr);
+        curvd_timing_lap(rp, CURVD_T_STEP);
+        if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
+            free(e->pend.last);
+            e->pend =
+                (struct curvd_pending){.step = in.step, .dtype = in.dtype, .encoding = in.encoding};
+        }
+        curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &req, delta);
+    }
+    curvd_step_in_clear(&in);
+    free(ls);
+    curvd_mem_free(g);
+    curvd_mem_free(theta);
+    curvd_mem_free(gsq);
+    curvd_mem_free(delta);
+}
+
+void curvd_step_end(struct curvd_server *srv, const struct curvd_reply *rp, struct curvd_entry *e)
+{
+    if (!rp->deferred) /* else its commit gives it back (curvd_svc_commit_step) */
+        curvd_svc_give_back(srv, e, e->bytes);
+}
+
+int curvd_step_begin(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
+                     struct curvd_entry **e)
+{
+    enum curvd_reg_status rs = curvd_svc_take(srv, rq->param[0], rq->tenant, e);
+    if (rs != CURVD_REG_OK)
+        curvd_reply_registry_error(rp, rq, rs);
+    return rs == CURVD_REG_OK ? 0 : -1;
+}
+
+CURVD_HANDLER(curvd_h_step)
+{
+    struct curvd_entry *e = NULL;
+    if (curvd_step_begin(srv, rq, rp, &e) != 0)
+        return;
+    run_step(srv, rq, rp, e);
+    curvd_step_end(srv, rp, e);
+}

@@ -1,0 +1,210 @@
+/* SPDX-License-Identifier: MIT */
+#include "http/metrics.h"
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http/mem.h"
+
+/* The statuses the API uses; anything else counts as "other". */
+static const int CODES[] = {200, 201, 204, 400, 401, 404, 405, 409,
+                            412, 413, 415, 422, 429, 500, 503};
+#define NCODES (sizeof CODES / sizeof CODES[0])
+/* Latency buckets in seconds (upper bounds); +Inf is the count. */
+static const double BUCKETS[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                 0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+#define NBUCKETS (sizeof BUCKETS / sizeof BUCKETS[0])
+#define MAX_ROUTES 64
+
+struct route_stats {
+    atomic_ullong by_code[NCODES + 1];
+    atomic_ullong bucket[NBUCKETS];
+    atomic_ullong count;
+    atomic_ullong micros_sum; /* latency sum in microseconds */
+};
+
+struct curvd_metrics {
+    struct route_stats route[MAX_ROUTES + 1];
+    atomic_ullong bytes_in, bytes_out;
+    atomic_ullong steps[CURV_OPT_KIND_COUNT];
+    atomic_ullong callbacks[CURV_OPT_KIND_COUNT];
+};
+
+struct curvd_metrics *curvd_metrics_new(void)
+{
+    return calloc(1, sizeof(struct curvd_metrics)); /* zeroed atomics are valid */
+}
+
+void curvd_metrics_free(struct curvd_metrics *m)
+{
+    free(m);
+}
+
+void curvd_metrics_request(struct curvd_metrics *m, size_t route, int status, double seconds,
+                           size_t bytes_in, size_t bytes_out)
+{
+    if (!m)
+        return;
+    struct route_stats *r =
+        &m->route[route < curvd_route_count && route < MAX_ROUTES ? route : MAX_ROUTES];
+    size_t c = 0;
+    while (c < NCODES && CODES[c] != status)
+        c++;
+    atomic_fetch_add(&r->by_code[c], 1);
+    for (size_t b = 0; b < NBUCKETS; b++)
+        if (seconds <= BUCKETS[b])
+            atomic_fetch_add(&r->bucket[b], 1);
+    atomic_fetch_add(&r->count, 1);
+    atomic_fetch_add(&r->micros_sum, (unsigned long long)(seconds * 1e6));
+    atomic_fetch_add(&m->bytes_in, bytes_in);
+    atomic_fetch_add(&m->bytes_out, bytes_out);
+}
+
+void curvd_metrics_step(struct curvd_metrics *m, curv_opt_kind kind)
+{
+    if (m && (unsigned)kind < CURV_OPT_KIND_COUNT)
+        atomic_fetch_add(&m->steps[kind], 1);
+}
+
+void curvd_metrics_callback(struct curvd_metrics *m, curv_opt_kind kind)
+{
+    if (m && (unsigned)kind < CURV_OPT_KIND_COUNT)
+        atomic_fetch_add(&m->callbacks[kind], 1);
+}
+
+struct buf {
+    char *p;
+    size_t len, cap;
+    int oom;
+};
+
+static void put(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(struct buf *b, const char *fmt, ...)
+{
+    for (int pass = 0; pass < 2 && !b->oom; pass++) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = 1;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = 2 * b->cap + (size_t)n;
+        char *np = realloc(b->p, cap);
+        if (!np) {
+            b->oom = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+}
+
+static const char *route_name(size_t i)
+{
+    return i < curvd_route_count ? curvd_routes[i].name : "unmatched";
+}
+
+static void render_requests(const struct curvd_metrics *m, struct buf *b)
+{
+    put(b, "# HELP curvd_http_requests_total HTTP requests by route and status.\n"
+           "# TYPE curvd_http_requests_total counter\n");
+    for (size_t i = 0; i <= MAX_ROUTES; i++)
+        for (size_t c = 0; c <= NCODES; c++) {
+            unsigned long long v = atomic_load(&m->route[i].by_code[c]);
+            if (!v)
+                continue;
+            char code[8];
+            snprintf(code, sizeof code, c < NCODES ? "%d" : "other", c < NCODES ? CODES[c] : 0);
+            put(b, "curvd_http_requests_total{route=\"%s\",code=\"%s\"} %llu\n",
+                route_name(i == MAX_ROUTES ? curvd_route_count : i), code, v);
+        }
+    put(b, "# HELP curvd_http_request_duration_seconds Time from headers to reply.\n"
+           "# TYPE curvd_http_request_duration_seconds histogram\n");
+    for (size_t i = 0; i <= MAX_ROUTES; i++) {
+        const struct route_stats *r = &m->route[i];
+        unsigned long long n = atomic_load(&r->count);
+        if (!n)
+            continue;
+        const char *name = route_name(i == MAX_ROUTES ? curvd_route_count : i);
+        for (size_t k = 0; k < NBUCKETS; k++)
+            put(b, "curvd_http_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %llu\n",
+                name, BUCKETS[k], atomic_load(&r->bucket[k]));
+        put(b,
+            "curvd_http_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %llu\n"
+            "curvd_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n"
+            "curvd_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
+            name, n, name, (double)atomic_load(&r->micros_sum) / 1e6, name, n);
+    }
+}
+
+char *curvd_metrics_render(const struct curvd_metrics *m, size_t heavy_inflight,
+                           size_t sessions_mem, size_t bytes_mem, long long sessions_disk,
+                           size_t *len)
+{
+    struct buf b = {.p = malloc(8192), .cap = 8192};
+    if (!b.p)
+        return NULL;
+    render_requests(m, &b);
+    put(&b,
+        "# HELP curvd_http_bytes_total Request and reply body bytes.\n"
+        "# TYPE curvd_http_bytes_total counter\n"
+        "curvd_http_bytes_total{direction=\"in\"} %llu\n"
+        "curvd_http_bytes_total{direction=\"out\"} %llu\n",
+        atomic_load(&m->bytes_in), atomic_load(&m->bytes_out));
+    put(&b, "# HELP curvd_steps_total Applied optimizer steps by optimizer.\n"
+            "# TYPE curvd_steps_total counter\n");
+    for (int k = 0; k < CURV_OPT_KIND_COUNT; k++)
+        put(&b, "curvd_steps_total{optimizer=\"%s\"} %llu\n", curv_opt_kind_name((curv_opt_kind)k),
+            atomic_load(&m->steps[k]));
+    put(&b, "# HELP curvd_callback_round_trips_total Callbacks answered by trainers, by "
+            "optimizer.\n"
+            "# TYPE curvd_callback_round_trips_total counter\n");
+    for (int k = 0; k < CURV_OPT_KIND_COUNT; k++)
+        put(&b, "curvd_callback_round_trips_total{optimizer=\"%s\"} %llu\n",
+            curv_opt_kind_name((curv_opt_kind)k), atomic_load(&m->callbacks[k]));
+    put(&b,
+        "# HELP curvd_sessions Sessions held in memory and stored on disk.\n"
+        "# TYPE curvd_sessions gauge\n"
+        "curvd_sessions{where=\"memory\"} %zu\n"
+        "curvd_sessions{where=\"disk\"} %lld\n"
+        "# HELP curvd_session_memory_bytes Optimizer state held in memory.\n"
+        "# TYPE curvd_session_memory_bytes gauge\n"
+        "curvd_session_memory_bytes %zu\n"
+        "# HELP curvd_heavy_requests_in_flight Steps and other heavy requests queued or running "
+        "(--max-queue caps it).\n"
+        "# TYPE curvd_heavy_requests_in_flight gauge\n"
+        "curvd_heavy_requests_in_flight %zu\n",
+        sessions_mem, sessions_disk, bytes_mem, heavy_inflight);
+    struct curvd_mem_stats ms;
+    curvd_mem_stats(&ms);
+    put(&b,
+        "# HELP curvd_large_buffers_total Buffers of 1 MiB and more: newly mapped, or an idle "
+        "one reused.\n"
+        "# TYPE curvd_large_buffers_total counter\n"
+        "curvd_large_buffers_total{source=\"mapped\"} %zu\n"
+        "curvd_large_buffers_total{source=\"reused\"} %zu\n"
+        "# HELP curvd_large_buffer_fresh_bytes_total Bytes mapped or grown for large buffers "
+        "(their "
+        "pages fault in on first use).\n"
+        "# TYPE curvd_large_buffer_fresh_bytes_total counter\n"
+        "curvd_large_buffer_fresh_bytes_total %zu\n"
+        "# HELP curvd_large_buffer_idle_bytes Large buffers kept mapped for reuse.\n"
+        "# TYPE curvd_large_buffer_idle_bytes gauge\n"
+        "curvd_large_buffer_idle_bytes %zu\n",
+        ms.maps, ms.reuses, ms.fresh_bytes, ms.idle_bytes);
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}

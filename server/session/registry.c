@@ -1,0 +1,279 @@
+/* SPDX-License-Identifier: MIT */
+/* A chained hash table plus an LRU list, under one mutex. The mutex guards
+ * only the table; optimizer work happens outside it on a session the
+ * caller holds busy, so one slow step never blocks other sessions. */
+#include "session/registry.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NBUCKETS 4096
+
+struct curvd_registry {
+    pthread_mutex_t mu;
+    struct curvd_entry *bucket[NBUCKETS];
+    struct curvd_entry lru; /* sentinel: lru.next is the most recent */
+    size_t count, bytes, max_sessions, budget;
+    uint64_t clock;
+    curvd_loader load;
+    void *load_ctx;
+};
+
+static size_t hash(const char *id)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 1099511628211ULL;
+    return (size_t)(h % NBUCKETS);
+}
+
+struct curvd_registry *curvd_registry_new(size_t max_sessions, size_t mem_budget, curvd_loader load,
+                                          void *load_ctx)
+{
+    struct curvd_registry *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    pthread_mutex_init(&r->mu, NULL);
+    r->lru.next = r->lru.prev = &r->lru;
+    r->max_sessions = max_sessions ? max_sessions : 1;
+    r->budget = mem_budget;
+    r->load = load;
+    r->load_ctx = load_ctx;
+    return r;
+}
+
+void curvd_committed_set(struct curvd_committed *c, const curv_state_part *p, size_t n)
+{
+    curv_state_part *copy = n ? malloc(n * sizeof *copy) : NULL;
+    if (copy)
+        memcpy(copy, p, n * sizeof *copy);
+    free(c->p);
+    c->p = copy;
+    c->n = copy ? n : 0;
+}
+
+void curvd_committed_clear(struct curvd_committed *c)
+{
+    free(c->p);
+    c->p = NULL;
+    c->n = 0;
+}
+
+static void free_session(struct curvd_entry *s)
+{
+    curv_opt_free(s->opt);
+    curvd_committed_clear(&s->committed);
+    free(s->pend.last);
+    free(s);
+}
+
+void curvd_registry_free(struct curvd_registry *r)
+{
+    if (!r)
+        return;
+    for (struct curvd_entry *s = r->lru.next, *n; s != &r->lru; s = n) {
+        n = s->next;
+        free_session(s);
+    }
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+static struct curvd_entry *find(struct curvd_registry *r, const char *id)
+{
+    for (struct curvd_entry *s = r->bucket[hash(id)]; s; s = s->hnext)
+        if (strcmp(s->id, id) == 0)
+            return s;
+    return NULL;
+}
+
+static void lru_unlink(struct curvd_entry *s)
+{
+    s->prev->next = s->next;
+    s->next->prev = s->prev;
+}
+
+static void lru_front(struct curvd_registry *r, struct curvd_entry *s)
+{
+    s->next = r->lru.next;
+    s->prev = &r->lru;
+    r->lru.next->prev = s;
+    r->lru.next = s;
+    s->last_used = ++r->clock;
+}
+
+static void unlink_all(struct curvd_registry *r, struct curvd_entry *s)
+{
+    struct curvd_entry **pp = &r->bucket[hash(s->id)];
+    while (*pp != s)
+        pp = &(*pp)->hnext;
+    *pp = s->hnext;
+    lru_unlink(s);
+    r->count--;
+    r->bytes -= s->bytes;
+}
+
+/* Evict least recently used idle sessions while over either limit; a
+ * session in the middle of a callback exchange goes last (evicting it
+ * abandons that step). */
+static void evict(struct curvd_registry *r)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        struct curvd_entry *s = r->lru.prev;
+        while (s != &r->lru && (r->count > r->max_sessions || r->bytes > r->budget)) {
+            struct curvd_entry *prev = s->prev;
+            if (!s->busy && (pass || !curv_opt_pending(s->opt))) {
+                unlink_all(r, s);
+                free_session(s);
+            }
+            s = prev;
+        }
+    }
+}
+
+static void insert(struct curvd_registry *r, struct curvd_entry *s)
+{
+    size_t b = hash(s->id);
+    s->hnext = r->bucket[b];
+    r->bucket[b] = s;
+    lru_front(r, s);
+    r->count++;
+    r->bytes += s->bytes;
+}
+
+static struct curvd_entry *new_session(const char *id, const char *tenant, curv_opt *opt,
+                                       size_t bytes)
+{
+    struct curvd_entry *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    snprintf(s->id, sizeof s->id, "%s", id);
+    snprintf(s->tenant, sizeof s->tenant, "%s", tenant);
+    s->opt = opt;
+    s->bytes = bytes;
+    return s;
+}
+
+enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char *id,
+                                           const char *tenant, struct curvd_entry **out)
+{
+    pthread_mutex_lock(&r->mu);
+    struct curvd_entry *s = find(r, id);
+    if (s) {
+        enum curvd_reg_status st = CURVD_REG_OK;
+        if (strcmp(s->tenant, tenant) != 0)
+            st = CURVD_REG_NOT_FOUND;
+        else if (s->busy)
+            st = CURVD_REG_BUSY;
+        else {
+            s->busy = 1;
+            lru_unlink(s);
+            lru_front(r, s);
+            *out = s;
+        }
+        pthread_mutex_unlock(&r->mu);
+        return st;
+    }
+    pthread_mutex_unlock(&r->mu);
+    /* Load outside the lock: reading a large blob must not stall others.
+     * Two racing loaders of one id are settled at insertion. */
+    curv_opt *opt = NULL;
+    size_t bytes = 0;
+    struct curvd_committed committed = {NULL, 0};
+    int lr = r->load ? r->load(r->load_ctx, id, tenant, &opt, &bytes, &committed) : 1;
+    if (lr != 0)
+        return lr > 0 ? CURVD_REG_NOT_FOUND : CURVD_REG_ERROR;
+    struct curvd_entry *fresh = new_session(id, tenant, opt, bytes);
+    if (!fresh) {
+        curv_opt_free(opt);
+        curvd_committed_clear(&committed);
+        return CURVD_REG_ERROR;
+    }
+    fresh->committed = committed;
+    pthread_mutex_lock(&r->mu);
+    if (find(r, id)) { /* someone else loaded it meanwhile */
+        pthread_mutex_unlock(&r->mu);
+        free_session(fresh);
+        return curvd_registry_begin(r, id, tenant, out);
+    }
+    fresh->busy = 1;
+    insert(r, fresh);
+    evict(r);
+    pthread_mutex_unlock(&r->mu);
+    *out = fresh;
+    return CURVD_REG_OK;
+}
+
+void curvd_registry_end(struct curvd_registry *r, struct curvd_entry *s, size_t bytes)
+{
+    pthread_mutex_lock(&r->mu);
+    s->busy = 0;
+    if (s->hnext == s) { /* dropped while busy: now nobody holds it */
+        pthread_mutex_unlock(&r->mu);
+        free_session(s);
+        return;
+    }
+    r->bytes = r->bytes - s->bytes + bytes;
+    s->bytes = bytes;
+    evict(r);
+    pthread_mutex_unlock(&r->mu);
+}
+
+enum curvd_reg_status curvd_registry_add(struct curvd_registry *r, const char *id,
+                                         const char *tenant, curv_opt *opt, size_t bytes,
+                                         struct curvd_committed *committed)
+{
+    struct curvd_entry *s = new_session(id, tenant, opt, bytes);
+    if (!s)
+        return CURVD_REG_ERROR;
+    pthread_mutex_lock(&r->mu);
+    if (find(r, id)) {
+        pthread_mutex_unlock(&r->mu);
+        s->opt = NULL;
+        free_session(s);
+        return CURVD_REG_BUSY;
+    }
+    s->committed = *committed;
+    *committed = (struct curvd_committed){NULL, 0};
+    insert(r, s);
+    evict(r);
+    pthread_mutex_unlock(&r->mu);
+    return CURVD_REG_OK;
+}
+
+void curvd_registry_drop(struct curvd_registry *r, const char *id)
+{
+    pthread_mutex_lock(&r->mu);
+    struct curvd_entry *s = find(r, id);
+    if (s) {
+        unlink_all(r, s);
+        if (s->busy)
+            s->hnext = s; /* mark: curvd_registry_end frees it */
+        else
+            free_session(s);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+void curvd_registry_stats(struct curvd_registry *r, size_t *sessions, size_t *bytes)
+{
+    pthread_mutex_lock(&r->mu);
+    *sessions = r->count;
+    *bytes = r->bytes;
+    pthread_mutex_unlock(&r->mu);
+}
+
+int curvd_registry_pending(struct curvd_registry *r, const char *id, long long *step, uint64_t *seq)
+{
+    pthread_mutex_lock(&r->mu);
+    struct curvd_entry *s = find(r, id);
+    int pending = s && !s->busy && curv_opt_pending(s->opt);
+    if (pending) {
+        *step = s->pend.step;
+        *seq = s->pend.req.seq;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return pending;
+}

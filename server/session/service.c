@@ -1,0 +1,203 @@
+/* SPDX-License-Identifier: MIT */
+/* The session service; the rule it keeps is in service.h. */
+#include "session/service.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out, size_t *bytes,
+                   struct curvd_committed *committed)
+{
+    struct curvd_server *srv = ctx;
+    struct curvd_session s = {0};
+    char err[256];
+    int st = curvd_store_get(srv->store, tenant, id, 1, &s, err, sizeof err);
+    if (st == CURVD_STORE_NOT_FOUND)
+        return 1;
+    if (st != CURVD_STORE_OK) {
+        fprintf(stderr, "curvd: loading session %s: %s\n", id, err);
+        return -1;
+    }
+    curv_error cerr;
+    int rc = 0;
+    if (curv_opt_load(s.state, s.state_len, out, &cerr) != CURV_OK) {
+        fprintf(stderr, "curvd: session %s has an unreadable state: %s\n", id, cerr.text);
+        rc = -1;
+    }
+    *bytes = s.state_len;
+    if (rc == 0) /* what the next commit compares with: the parts as stored */
+        curvd_committed_set(committed, s.parts, s.n_parts);
+    curvd_session_clear(&s);
+    return rc;
+}
+
+int curvd_svc_valid_id(const char *id)
+{
+    size_t n = 0;
+    for (; id[n]; n++)
+        if (!((id[n] >= '0' && id[n] <= '9') || (id[n] >= 'a' && id[n] <= 'f')))
+            return 0;
+    return n == CURVD_ID_LEN;
+}
+
+int curvd_svc_get(struct curvd_server *srv, const char *tenant, const char *id, int with_state,
+                  struct curvd_session *out, char *err, size_t errlen)
+{
+    return curvd_svc_valid_id(id)
+               ? curvd_store_get(srv->store, tenant, id, with_state, out, err, errlen)
+               : CURVD_STORE_NOT_FOUND;
+}
+
+enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, const char *tenant,
+                                     struct curvd_entry **e)
+{
+    return curvd_svc_valid_id(id) ? curvd_registry_begin(srv->reg, id, tenant, e)
+                                  : CURVD_REG_NOT_FOUND;
+}
+
+void curvd_svc_give_back(struct curvd_server *srv, struct curvd_entry *e, size_t bytes)
+{
+    curvd_registry_end(srv->reg, e, bytes);
+}
+
+void curvd_svc_abandon(struct curvd_server *srv, struct curvd_entry *e)
+{
+    curvd_registry_drop(srv->reg, e->id);
+}
+
+static void new_id(char out[CURVD_ID_LEN + 1])
+{
+    unsigned char raw[CURVD_ID_LEN / 2];
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    ssize_t got = fd >= 0 ? read(fd, raw, sizeof raw) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (got != (ssize_t)sizeof raw) { /* never expected; still unique per process */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        for (size_t i = 0; i < sizeof raw; i++)
+            raw[i] = (unsigned char)((uint64_t)ts.tv_nsec * (i + 7) >> (i % 8));
+    }
+    for (size_t i = 0; i < sizeof raw; i++)
+        snprintf(out + 2 * i, 3, "%02x", raw[i]);
+}
+
+int curvd_svc_create(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
+                     char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen)
+{
+    unsigned char *blob = NULL;
+    curv_state_part *parts = NULL;
+    size_t len = 0, n_parts = 0;
+    curv_error cerr;
+    if (curv_opt_save_parts(o, &blob, &len, &parts, &n_parts, &cerr) != CURV_OK) {
+        curv_opt_free(o);
+        snprintf(err, errlen, "%s", cerr.text);
+        return CURVD_SVC_NOMEM;
+    }
+    new_id(id);
+    struct curvd_session_new row = {
+        .id = id,
+        .tenant = tenant,
+        .optimizer = curv_opt_kind_name(curv_opt_kind_of(o)),
+        .meta = meta,
+        .step = (int64_t)curv_opt_steps(o),
+        .state = {.blob = blob, .len = len, .parts = parts, .n_parts = n_parts}};
+    int st = curvd_store_create(srv->store, &row, created, err, errlen);
+    struct curvd_committed committed = {NULL, 0};
+    if (st == CURVD_STORE_OK)
+        curvd_committed_set(&committed, parts, n_parts);
+    curv_free(blob);
+    curv_free(parts);
+    if (st != CURVD_STORE_OK ||
+        curvd_registry_add(srv->reg, id, tenant, o, len, &committed) != CURVD_REG_OK) {
+        curv_opt_free(o); /* when stored, the next request loads it */
+        curvd_committed_clear(&committed);
+    }
+    return st;
+}
+
+int curvd_svc_delete(struct curvd_server *srv, const char *tenant, const char *id, char *err,
+                     size_t errlen)
+{
+    int st = curvd_svc_valid_id(id) ? curvd_store_delete(srv->store, tenant, id, err, errlen)
+                                    : CURVD_STORE_NOT_FOUND;
+    if (st == CURVD_STORE_OK)
+        curvd_registry_drop(srv->reg, id);
+    return st;
+}
+
+int curvd_svc_reconfigured(struct curvd_server *srv, const char *tenant, struct curvd_entry *e,
+                           const unsigned char *before, size_t before_len, const char *meta,
+                           size_t *bytes, char *err, size_t errlen)
+{
+    unsigned char *blob = NULL;
+    curv_state_part *parts = NULL;
+    size_t len = 0, n_parts = 0;
+    int st = CURVD_STORE_ERROR;
+    if (curv_opt_save_parts(e->opt, &blob, &len, &parts, &n_parts, NULL) != CURV_OK) {
+        snprintf(err, errlen, "out of memory saving the state");
+    } else {
+        /* A change of settings changes no array: the header part goes. */
+        struct curvd_state_in in = {blob, len, parts, n_parts, e->committed.p, e->committed.n};
+        st = curvd_store_update_state(srv->store, tenant, e->id, (int64_t)curv_opt_steps(e->opt),
+                                      &in, meta, NULL, err, errlen);
+        if (st == CURVD_STORE_OK)
+            curvd_committed_set(&e->committed, parts, n_parts);
+        else /* a failed commit may still have landed: compare with nothing */
+            curvd_committed_clear(&e->committed);
+        curv_free(blob);
+        curv_free(parts);
+    }
+    if (st == CURVD_STORE_CONFLICT) {
+        /* This copy is stale (the session stepped through another copy):
+         * forget it; the next request loads the committed state. */
+        curvd_registry_drop(srv->reg, e->id);
+    } else if (st != CURVD_STORE_OK) {
+        curv_opt *old = NULL;
+        if (curv_opt_load(before, before_len, &old, NULL) == CURV_OK) {
+            curv_opt_free(e->opt);
+            e->opt = old;
+        } else {
+            curvd_registry_drop(srv->reg, e->id); /* cannot roll back: forget */
+        }
+    } else {
+        *bytes = len;
+    }
+    return st;
+}
+
+/* On the store's commit thread: the step is durable, or memory is ahead. */
+static void step_committed(struct curvd_commit_job *job)
+{
+    struct curvd_svc_commit *s = (struct curvd_svc_commit *)(void *)job;
+    struct curvd_entry *e = s->e;
+    struct curvd_server *srv = s->srv;
+    int st = job->item.status;
+    size_t bytes = e->bytes;
+    if (st == CURVD_STORE_OK) {
+        curvd_committed_set(&e->committed, s->parts, s->n_parts); /* only now is it stored */
+        bytes = s->len;
+    } else {
+        curvd_registry_drop(srv->reg, e->id);
+    }
+    s->reply(s, st, (long long)job->item.current_step, job->item.err);
+    curvd_registry_end(srv->reg, e, bytes);
+    s->release(s);
+}
+
+void curvd_svc_commit_step(struct curvd_svc_commit *s)
+{
+    struct curvd_entry *e = s->e;
+    s->c.state = (struct curvd_state_in){.blob = s->blob,
+                                         .len = s->len,
+                                         .parts = s->parts,
+                                         .n_parts = s->n_parts,
+                                         .stored = e->committed.p,
+                                         .n_stored = e->committed.n};
+    s->job = (struct curvd_commit_job){.item = {.tenant = s->tenant, .id = e->id, .c = &s->c},
+                                       .done = step_committed};
+    curvd_store_commit_submit(s->srv->store, &s->job);
+}

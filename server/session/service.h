@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The session service: create, take and give back, step commits, PATCH's
+ * commit, delete, eviction's reload. It keeps one rule for the whole
+ * daemon: memory is never ahead of the database. A session in memory
+ * (session/registry.h) holds exactly its last committed state, plus at
+ * most the step or change in progress of the one request that holds it;
+ * when that work cannot be committed, the copy in memory is rolled back
+ * or dropped, and the next request reloads the committed state. Handlers
+ * call these and no registry or store write of their own.
+ */
+#ifndef CURVD_SERVICE_H
+#define CURVD_SERVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server.h"
+#include "session/registry.h"
+#include "store/store.h"
+
+/* What curvd_svc_create returns when the state could not even be saved. */
+#define CURVD_SVC_NOMEM (-1)
+
+/* curvd_svc_valid_id - 1 for a session id: 32 lower-case hex digits. */
+int curvd_svc_valid_id(const char *id);
+
+/* curvd_svc_load - the registry's loader (ctx: the server): a session not
+ * in memory comes back from its last committed state. */
+int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out, size_t *bytes,
+                   struct curvd_committed *committed);
+
+/* curvd_svc_get - session @id of @tenant as committed (with its state
+ * blob when @with_state), read from the store: the store's status, and
+ * NOT_FOUND for an id that is not one. */
+int curvd_svc_get(struct curvd_server *srv, const char *tenant, const char *id, int with_state,
+                  struct curvd_session *out, char *err, size_t errlen);
+
+/* curvd_svc_take - session @id of @tenant for this request alone (an id
+ * that is not one is CURVD_REG_NOT_FOUND); *@e on CURVD_REG_OK. */
+enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, const char *tenant,
+                                     struct curvd_entry **e);
+
+/* curvd_svc_give_back - end the request's hold on @e; @bytes is its
+ * memory charge now. */
+void curvd_svc_give_back(struct curvd_server *srv, struct curvd_entry *e, size_t bytes);
+
+/* curvd_svc_abandon - @e's optimizer went ahead (a step ran) and will not
+ * be committed: forget the copy; the next request reloads. Give it back
+ * as usual afterwards. */
+void curvd_svc_abandon(struct curvd_server *srv, struct curvd_entry *e);
+
+/*
+ * curvd_svc_create - store optimizer @o (stolen) as a new session of
+ * @tenant with summary @meta (JSON text), then hold it in memory. The new
+ * id goes to @id and its creation time to *@created. Returns the store's
+ * status, or CURVD_SVC_NOMEM when the state could not be saved (@err says
+ * why); on failure nothing was created. @o is the service's either way.
+ */
+int curvd_svc_create(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
+                     char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen);
+
+/* curvd_svc_delete - delete session @id of @tenant from the store, then
+ * from memory. Returns the store's status (NOT_FOUND for an id that is
+ * not one). */
+int curvd_svc_delete(struct curvd_server *srv, const char *tenant, const char *id, char *err,
+                     size_t errlen);
+
+/*
+ * curvd_svc_reconfigured - commit @e's optimizer, reconfigured in memory
+ * from the state @before (curv_opt_save's blob of @before_len bytes), with
+ * its new summary @meta. On CURVD_STORE_OK *@bytes is the new charge; on
+ * CONFLICT (the session moved on through another copy) the copy is
+ * dropped; on any other failure it is rolled back to @before.
+ */
+int curvd_svc_reconfigured(struct curvd_server *srv, const char *tenant, struct curvd_entry *e,
+                           const unsigned char *before, size_t before_len, const char *meta,
+                           size_t *bytes, char *err, size_t errlen);
+
+/*
+ * struct curvd_svc_commit - a step to commit: @c (step, reply) and the
+ * session's new state in @blob/@parts (borrowed until @release); the
+ * service fills the rest. On the store's commit thread, once the outcome
+ * is known, the service records the parts as committed (or drops the
+ * copy: memory is ahead), calls @reply with the session still held, gives
+ * the session back (charged @len bytes after success), then @release.
+ */
+struct curvd_svc_commit {
+    struct curvd_commit_job job; /* first: the store hands back &job */
+    struct curvd_step_commit c;
+    struct curvd_server *srv;
+    struct curvd_entry *e;
+    const char *tenant;
+    const unsigned char *blob;
+    const curv_state_part *parts;
+    size_t len, n_parts;
+    void (*reply)(struct curvd_svc_commit *s, int status, long long current, const char *err);
+    void (*release)(struct curvd_svc_commit *s);
+};
+
+/* curvd_svc_commit_step - hand @s to the group commit (see above); @s->c
+ * needs only its step and reply members. */
+void curvd_svc_commit_step(struct curvd_svc_commit *s);
+
+#endif

@@ -1,0 +1,1189 @@
+/* SPDX-License-Identifier: MIT */
+/* The durable store of sessions over SQLite; the model is in store.h. */
+#include "store/store.h"
+
+#include <inttypes.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "store/batch.h"
+#include "store/checkpoint.h"
+#include "store/migrations.h"
+
+#define STORE_STR_(x) #x
+#define STORE_STR(x) STORE_STR_(x)
+
+#if defined(__GNUC__)
+#define STORE_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define STORE_PRINTF(a, b)
+#endif
+
+/* Every statement the operations run, prepared once at open. Bindings:
+ * ?1 is the session id and ?2 the tenant wherever both appear. */
+enum stmt_id {
+    S_INSERT,
+    S_GET,
+    S_LIST_FIRST,
+    S_LIST_AFTER,
+    S_DELETE,
+    S_COMMIT,
+    S_PUT_RESPONSE,
+    S_UPDATE_STATE,
+    S_PUT_PART,
+    S_TRIM_PARTS,
+    S_GET_PARTS,
+    S_STEP_OF,
+    S_GET_RESPONSE,
+    S_COUNT_ALL,
+    S_COUNT_TENANT,
+    S_COUNT_
+};
+
+#define SESSION_COLS "id, tenant, optimizer, meta, created_at, updated_at, step"
+/* What a read of sessions returns (read_session): the row and its latest
+ * step's number and report, by a join that never reads a reply's body. */
+#define SESSION_READ                                                                               \
+    "SELECT s.id, s.tenant, s.optimizer, s.meta, s.created_at, s.updated_at, s.step,"              \
+    " r.step, r.report"
+#define SESSION_FROM " FROM sessions AS s LEFT JOIN step_responses AS r ON r.session_id = s.id"
+
+/* The state lives in state_parts (migration 0003); sessions.state stays
+ * an empty blob. */
+static const char *const stmt_sql[S_COUNT_] = {
+    [S_INSERT] = "INSERT INTO sessions (" SESSION_COLS ", state)"
+                 " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, x'')",
+    [S_GET] = SESSION_READ SESSION_FROM " WHERE s.id = ?1 AND s.tenant = ?2",
+    [S_LIST_FIRST] = SESSION_READ SESSION_FROM " WHERE s.tenant = ?2"
+                                               " ORDER BY s.created_at, s.id LIMIT ?3",
+    [S_LIST_AFTER] = SESSION_READ SESSION_FROM " WHERE s.tenant = ?2"
+                                               " AND (s.created_at, s.id) > (?4, ?1)"
+                                               " ORDER BY s.created_at, s.id LIMIT ?3",
+    [S_DELETE] = "DELETE FROM sessions WHERE id = ?1 AND tenant = ?2",
+    [S_COMMIT] = "UPDATE sessions SET step = ?3, updated_at = ?4"
+                 " WHERE id = ?1 AND tenant = ?2 AND step = ?3 - 1",
+    [S_PUT_RESPONSE] = "INSERT INTO step_responses (session_id, step, content_type, body, report)"
+                       " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (session_id) DO UPDATE SET"
+                       " step = excluded.step, content_type = excluded.content_type,"
+                       " body = excluded.body, report = excluded.report",
+    [S_UPDATE_STATE] = "UPDATE sessions SET meta = ?3, updated_at = ?4"
+                       " WHERE id = ?1 AND tenant = ?2 AND step = ?5",
+    [S_PUT_PART] = "INSERT INTO state_parts (session_id, idx, stamp, bytes) VALUES (?1, ?2, ?3, ?4)"
+                   " ON CONFLICT (session_id, idx) DO UPDATE SET"
+                   " stamp = excluded.stamp, bytes = excluded.bytes",
+    [S_TRIM_PARTS] = "DELETE FROM state_parts WHERE session_id = ?1 AND idx >= ?2",
+    /* length() of a blob comes from the record header: no overflow page is read. */
+    [S_GET_PARTS] = "SELECT idx, rowid, stamp, length(bytes) FROM state_parts"
+                    " WHERE session_id = ?1 ORDER BY idx",
+    [S_STEP_OF] = "SELECT step FROM sessions WHERE id = ?1 AND tenant = ?2",
+    [S_GET_RESPONSE] = "SELECT r.rowid, r.step, r.content_type, length(r.body), r.report"
+                       " FROM step_responses AS r JOIN sessions AS s ON s.id = r.session_id"
+                       " WHERE r.session_id = ?1 AND s.tenant = ?2",
+    [S_COUNT_ALL] = "SELECT count(*) FROM sessions",
+    [S_COUNT_TENANT] = "SELECT count(*) FROM sessions WHERE tenant = ?1",
+};
+
+/* Steps committed in one transaction at most: enough to share an fsync
+ * among all of a busy daemon's workers, few enough to bound a batch. */
+#define COMMIT_BATCH_MAX 64
+
+struct curvd_store {
+    sqlite3 *db;
+    sqlite3_mutex *mu; /* the connection's own (recursive) mutex */
+    sqlite3_stmt *stmt[S_COUNT_];
+    struct curvd_batcher *commits;   /* group commit, on a thread of its own */
+    struct curvd_checkpointer *ckpt; /* WAL checkpoints on a thread of their own */
+};
+
+static void commit_batch(void *ctx, struct curvd_batch_item **links, size_t n);
+
+/* Indexed by code: the codes are dense from 0. */
+static const char *const status_names[] = {
+#define CURVD__STORE_NAME(name, code, text) [code] = #name,
+    CURVD_STORE_STATUS_MAP(CURVD__STORE_NAME)
+#undef CURVD__STORE_NAME
+};
+
+const char *curvd_store_status_name(int status)
+{
+    size_t n = sizeof status_names / sizeof status_names[0];
+    return status >= 0 && (size_t)status < n ? status_names[status] : "UNKNOWN";
+}
+
+static int fail(char *err, size_t errlen, int status, const char *fmt, ...) STORE_PRINTF(4, 5);
+
+/* Write the sentence into @err (if any) and hand back @status. */
+static int fail(char *err, size_t errlen, int status, const char *fmt, ...)
+{
+    if (err && errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+/* Lock contention is worth telling apart (the caller may answer 503), and
+ * an over-long blob is the caller's fault, not the database's. */
+static int rc_status(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return CURVD_STORE_BUSY;
+    case SQLITE_TOOBIG:
+        return CURVD_STORE_INVALID;
+    default:
+        return CURVD_STORE_ERROR;
+    }
+}
+
+/* Report the connection's latest error; call before any other SQLite call
+ * can overwrite it (the store mutex keeps other threads out). A blob past
+ * 2 GiB is refused without a message on the connection, hence errstr. */
+static int db_fail(struct curvd_store *st, int rc, char *err, size_t errlen, const char *what)
+{
+    const char *msg = (rc & 0xff) == SQLITE_TOOBIG ? sqlite3_errstr(rc) : sqlite3_errmsg(st->db);
+    return fail(err, errlen, rc_status(rc), "%s: %s", what, msg);
+}
+
+static int no_memory(char *err, size_t errlen)
+{
+    return fail(err, errlen, CURVD_STORE_ERROR, "out of memory");
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return 0; /* cannot happen with CLOCK_REALTIME */
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int exec_sql(struct curvd_store *st, const char *sql, char *err, size_t errlen)
+{
+    int rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, sql);
+}
+
+/* End a failed transaction. Its status is not reported: the error that
+ * led here is the one the caller needs, and a connection still inside a
+ * transaction makes the next BEGIN fail with its own message. */
+static void rollback(struct curvd_store *st)
+{
+    if (!sqlite3_get_autocommit(st->db))
+        (void)sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+/* Leave a statement ready for its next use. sqlite3_reset() repeats the
+ * error of the last step, which the caller has already handled; resetting
+ * also ends the statement's hold on the read snapshot. */
+static void done(sqlite3_stmt *s)
+{
+    (void)sqlite3_reset(s);
+    (void)sqlite3_clear_bindings(s);
+}
+
+/* Bind ?1, ?2, ... in turn from @spec: 't' a text (NULL binds NULL), 'i'
+ * an int64_t, 'b' a blob as (const void *, size_t), '-' skips one. Blobs
+ * are bound SQLITE_STATIC, never copied by the store; an empty one is bound
+ * as a zero-length blob, since a NULL pointer would bind SQL NULL. */
+static int bind(sqlite3_stmt *q, const char *spec, ...)
+{
+    va_list ap;
+    va_start(ap, spec);
+    int rc = SQLITE_OK;
+    for (int i = 1; rc == SQLITE_OK && spec[i - 1]; i++) {
+        if (spec[i - 1] == 't') {
+            const char *t = va_arg(ap, const char *);
+            rc = t ? sqlite3_bind_text(q, i, t, -1, SQLITE_STATIC) : sqlite3_bind_null(q, i);
+        } else if (spec[i - 1] == 'i') {
+            rc = sqlite3_bind_int64(q, i, va_arg(ap, int64_t));
+        } else if (spec[i - 1] == 'b') {
+            const void *p = va_arg(ap, const void *);
+            size_t n = va_arg(ap, size_t);
+            rc =
+                n ? sqlite3_bind_blob64(q, i, p, n, SQLITE_STATIC) : sqlite3_bind_zeroblob(q, i, 0);
+        }
+    }
+    va_end(ap);
+    return rc;
+}
+
+/* Step @q, which returns no rows, and reset it; @changes (may be NULL)
+ * gets the number of rows it touched. */
+static int run(struct curvd_store *st, sqlite3_stmt *q, int *changes, const char *what, char *err,
+               size_t errlen)
+{
+    int rc = sqlite3_step(q);
+    int status = rc == SQLITE_DONE ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, what);
+    if (changes)
+        *changes = sqlite3_changes(st->db);
+    (void)sqlite3_reset(q); /* repeats the step's error, handled above */
+    return status;
+}
+
+/* An owned copy of a text column; NULL stays NULL. Return 0 or -1 (OOM). */
+static int dup_text(sqlite3_stmt *q, int col, char **out)
+{
+    *out = NULL;
+    if (sqlite3_column_type(q, col) == SQLITE_NULL)
+        return 0;
+    const unsigned char *t = sqlite3_column_text(q, col);
+    if (!t)
+        return -1;
+    size_t n = (size_t)sqlite3_column_bytes(q, col);
+    *out = sqlite3_malloc64(n + 1);
+    if (!*out)
+        return -1;
+    memcpy(*out, t, n + 1);
+    return 0;
+}
+
+/* Read row @row's blob (@len bytes) into @dst with the incremental-blob
+ * API: sqlite3_column_blob() would first assemble a large value in a
+ * buffer of its own, and the copy into ours would be a second pass. The
+ * first call opens *@b, later ones move it to their row; the caller
+ * closes it with blob_close(). Runs inside the caller's read transaction,
+ * so @len and the bytes belong together. */
+static int blob_read_row(struct curvd_store *st, sqlite3_blob **b, const char *table,
+                         const char *col, sqlite3_int64 row, void *dst, sqlite3_int64 len,
+                         char *err, size_t errlen)
+{
+    int rc = *b ? sqlite3_blob_reopen(*b, row)
+                : sqlite3_blob_open(st->db, "main", table, col, row, 0, b);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_blob_read(*b, dst, (int)len, 0); /* len <= SQLITE_MAX_LENGTH < INT_MAX */
+    return rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, "reading a blob");
+}
+
+/* Close a handle of blob_read_row() (NULL: a no-op); a failure to close
+ * matters only when the reads went well, whose @status it replaces. */
+static int blob_close(struct curvd_store *st, sqlite3_blob *b, int status, char *err, size_t errlen)
+{
+    int rc = sqlite3_blob_close(b);
+    if (status == CURVD_STORE_OK && rc != SQLITE_OK)
+        status = db_fail(st, rc, err, errlen, "reading a blob");
+    return status;
+}
+
+/* Row @row's blob of @len bytes, into a new buffer (none when empty). */
+static int read_blob(struct curvd_store *st, const char *table, const char *col, sqlite3_int64 row,
+                     sqlite3_int64 len, unsigned char **out, size_t *out_len, char *err,
+                     size_t errlen)
+{
+    if (len <= 0)
+        return CURVD_STORE_OK;
+    unsigned char *buf = sqlite3_malloc64((sqlite3_uint64)len);
+    if (!buf)
+        return no_memory(err, errlen);
+    sqlite3_blob *b = NULL;
+    int status = blob_read_row(st, &b, table, col, row, buf, len, err, errlen);
+    status = blob_close(st, b, status, err, errlen);
+    if (status != CURVD_STORE_OK) {
+        sqlite3_free(buf);
+        return status;
+    }
+    *out = buf;
+    *out_len = (size_t)len;
+    return CURVD_STORE_OK;
+}
+
+/* Stamps are unsigned 64-bit; SQLite keeps signed ones: the same bits. */
+static int64_t stamp_to_db(uint64_t stamp)
+{
+    int64_t v;
+    memcpy(&v, &stamp, sizeof v);
+    return v;
+}
+
+static uint64_t stamp_from_db(int64_t v)
+{
+    uint64_t stamp;
+    memcpy(&stamp, &v, sizeof stamp);
+    return stamp;
+}
+
+/* Do @n parts @p tile [0, @len) in order, none empty? No parts (NULL)
+ * stand for the blob as one part. */
+static int parts_tile(const curv_state_part *p, size_t n, size_t len)
+{
+    if (!p)
+        return n == 0;
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i].offset != off || p[i].len == 0 || p[i].len > len - off)
+            return 0;
+        off += p[i].len;
+    }
+    return off == len;
+}
+
+static int valid_state(const struct curvd_state_in *s)
+{
+    return s && (s->blob || !s->len) && parts_tile(s->parts, s->n_parts, s->len) &&
+           (s->stored || !s->n_stored);
+}
+
+static size_t part_count(const struct curvd_state_in *s)
+{
+    return s->parts ? s->n_parts : s->len > 0;
+}
+
+/* Part @i of @s: its own, or the whole blob with stamp 0. */
+static curv_state_part part_at(const struct curvd_state_in *s, size_t i)
+{
+    return s->parts ? s->parts[i] : (curv_state_part){.offset = 0, .len = s->len, .stamp = 0};
+}
+
+/* Is @s divided as what is stored (count, offsets, lengths)? Only then
+ * do equal stamps mean equal bytes. */
+static int same_division(const struct curvd_state_in *s)
+{
+    size_t n = part_count(s);
+    if (!s->stored || s->n_stored != n)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        curv_state_part p = part_at(s, i);
+        if (p.offset != s->stored[i].offset || p.len != s->stored[i].len)
+            return 0;
+    }
+    return 1;
+}
+
+/* Inside the caller's write transaction: write the parts of @s that
+ * changed since what it says is stored, and delete stored parts past its
+ * last one. */
+static int write_parts(struct curvd_store *st, const char *id, const struct curvd_state_in *s,
+                       char *err, size_t errlen)
+{
+    sqlite3_stmt *q = st->stmt[S_PUT_PART];
+    size_t n = part_count(s);
+    int same = same_division(s), status = CURVD_STORE_OK;
+    for (size_t i = 0; status == CURVD_STORE_OK && i < n; i++) {
+        curv_state_part p = part_at(s, i);
+        if (same && p.stamp != 0 && p.stamp == s->stored[i].stamp)
+            continue;
+        int rc = bind(q, "tiib", id, (int64_t)i, stamp_to_db(p.stamp),
+                      (const unsigned char *)s->blob + p.offset, p.len);
+        status = rc == SQLITE_OK ? run(st, q, NULL, "writing a state part", err, errlen)
+                                 : db_fail(st, rc, err, errlen, "binding a state part");
+        done(q);
+    }
+    /* Known to hold no more parts than now: nothing to delete (this runs
+     * on every step, so the statement is worth saving). */
+    if (status != CURVD_STORE_OK || (s->stored && s->n_stored <= n))
+        return status;
+    q = st->stmt[S_TRIM_PARTS];
+    int rc = bind(q, "ti", id, (int64_t)n);
+    status = rc == SQLITE_OK ? run(st, q, NULL, "deleting state parts", err, errlen)
+                             : db_fail(st, rc, err, errlen, "binding parameters");
+    done(q);
+    return status;
+}
+
+/* The rows of a stored state: rowid, stamp and length of each part. */
+struct part_rows {
+    sqlite3_int64 *row;
+    curv_state_part *p;
+    size_t n, cap;
+    sqlite3_uint64 total;
+};
+
+static int part_rows_add(struct part_rows *r, sqlite3_int64 row, uint64_t stamp, sqlite3_int64 len)
+{
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 16;
+        sqlite3_int64 *nrow = sqlite3_realloc64(r->row, cap * sizeof *nrow);
+        if (nrow)
+            r->row = nrow;
+        curv_state_part *np = nrow ? sqlite3_realloc64(r->p, cap * sizeof *np) : NULL;
+        if (!np)
+            return -1;
+        r->p = np;
+        r->cap = cap;
+    }
+    r->row[r->n] = row;
+    r->p[r->n++] =
+        (curv_state_part){.offset = (size_t)r->total, .len = (size_t)len, .stamp = stamp};
+    r->total += (sqlite3_uint64)len;
+    return 0;
+}
+
+/* Session @id's parts in order (idx 0, 1, ... without a gap). */
+static int list_parts(struct curvd_store *st, const char *id, struct part_rows *r, char *err,
+                      size_t errlen)
+{
+    sqlite3_stmt *q = st->stmt[S_GET_PARTS];
+    int rc = bind(q, "t", id), status = CURVD_STORE_OK;
+    while (status == CURVD_STORE_OK && rc == SQLITE_OK && (rc = sqlite3_step(q)) == SQLITE_ROW) {
+        rc = SQLITE_OK;
+        sqlite3_int64 len = sqlite3_column_int64(q, 3);
+        if (sqlite3_column_int64(q, 0) != (sqlite3_int64)r->n)
+            status = fail(err, errlen, CURVD_STORE_ERROR, "session %s: state part %zu is missing",
+                          id, r->n);
+        else if (part_rows_add(r, sqlite3_column_int64(q, 1),
+                               stamp_from_db(sqlite3_column_int64(q, 2)), len) != 0)
+            status = no_memory(err, errlen);
+    }
+    if (status == CURVD_STORE_OK && rc != SQLITE_DONE)
+        status = db_fail(st, rc, err, errlen, "listing state parts");
+    done(q);
+    return status;
+}
+
+/* Session @id's state into @o: each part read into its place in one
+ * buffer, and the parts' division and stamps. Inside the caller's read
+ * transaction, so that the parts belong together. */
+static int read_state(struct curvd_store *st, const char *id, struct curvd_session *o, char *err,
+                      size_t errlen)
+{
+    struct part_rows r = {0};
+    unsigned char *buf = NULL;
+    int status = list_parts(st, id, &r, err, errlen);
+    if (status == CURVD_STORE_OK && r.total > 0 && !(buf = sqlite3_malloc64(r.total)))
+        status = no_memory(err, errlen);
+    sqlite3_blob *b = NULL;
+    for (size_t i = 0; status == CURVD_STORE_OK && i < r.n; i++)
+        if (r.p[i].len) /* never empty as written; an empty part has nothing to read */
+            status = blob_read_row(st, &b, "state_parts", "bytes", r.row[i], buf + r.p[i].offset,
+                                   (sqlite3_int64)r.p[i].len, err, errlen);
+    status = blob_close(st, b, status, err, errlen);
+    sqlite3_free(r.row);
+    if (status != CURVD_STORE_OK) {
+        sqlite3_free(r.p);
+        sqlite3_free(buf);
+        return status;
+    }
+    o->state = buf;
+    o->state_len = (size_t)r.total;
+    o->parts = r.n ? r.p : NULL;
+    o->n_parts = r.n;
+    if (!r.n)
+        sqlite3_free(r.p);
+    return CURVD_STORE_OK;
+}
+
+/* The first column of a one-row query (PRAGMAs, counts), into @i if not
+ * NULL, else as text into @t[@tlen]. */
+static int query_one(struct curvd_store *st, const char *sql, int *i, char *t, size_t tlen,
+                     char *err, size_t errlen)
+{
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(st->db, sql, -1, &q, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(q)) == SQLITE_ROW) {
+        rc = SQLITE_OK;
+        if (i) {
+            *i = sqlite3_column_int(q, 0);
+        } else {
+            const unsigned char *v = sqlite3_column_text(q, 0);
+            snprintf(t, tlen, "%s", v ? (const char *)v : "");
+        }
+    }
+    int status = rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, sql);
+    (void)sqlite3_finalize(q); /* repeats the step's error, handled above */
+    return status;
+}
+
+/* Is this file ours (or empty), and not from a newer curvd? Reads only, so
+ * a refused file is left exactly as it was. *@version gets user_version. */
+static int check_identity(struct curvd_store *st, int *version, char *err, size_t errlen)
+{
+    int app = 0, objects = 0;
+    int status = query_one(st, "PRAGMA application_id", &app, NULL, 0, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = query_one(st, "PRAGMA user_version", version, NULL, 0, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status =
+            query_one(st, "SELECT count(*) FROM sqlite_schema", &objects, NULL, 0, err, errlen);
+    if (status != CURVD_STORE_OK)
+        return status;
+    int fresh = app == 0 && *version == 0 && objects == 0;
+    if (app != CURVD_STORE_APPLICATION_ID && !fresh)
+        return fail(err, errlen, CURVD_STORE_ERROR,
+                    "not a curvd database: application_id is 0x%08x (want 0x%08x), with %d schema "
+                    "objects",
+                    (unsigned)app, (unsigned)CURVD_STORE_APPLICATION_ID, objects);
+    if (*version < 0 || (unsigned)*version > curvd_migration_count)
+        return fail(err, errlen, CURVD_STORE_ERROR,
+                    "database schema version %d is newer than this curvd knows (%u); upgrade curvd",
+                    *version, curvd_migration_count);
+    return CURVD_STORE_OK;
+}
+
+/* page_size must precede WAL: it cannot change once the file is in WAL. */
+static int configure(struct curvd_store *st, enum curvd_durability durability, char *err,
+                     size_t errlen)
+{
+    char mode[16];
+    int status = exec_sql(st, "PRAGMA page_size = " STORE_STR(CURVD_STORE_PAGE_SIZE), err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = query_one(st, "PRAGMA journal_mode = WAL", NULL, mode, sizeof mode, err, errlen);
+    if (status == CURVD_STORE_OK && strcmp(mode, "wal") != 0)
+        status = fail(err, errlen, CURVD_STORE_ERROR,
+                      "cannot use write-ahead logging: journal_mode stays \"%s\"", mode);
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st,
+                          durability == CURVD_DURABILITY_FULL ? "PRAGMA synchronous = FULL"
+                                                              : "PRAGMA synchronous = NORMAL",
+                          err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st, "PRAGMA foreign_keys = ON", err, errlen);
+    return status;
+}
+
+/* Apply the missing migrations and record them, all or nothing. The file
+ * is checked again under the write lock: another process may have
+ * migrated it since the first look. */
+static int migrate(struct curvd_store *st, char *err, size_t errlen)
+{
+    int version = 0;
+    int status = exec_sql(st, "BEGIN IMMEDIATE", err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = check_identity(st, &version, err, errlen);
+    for (unsigned i = (unsigned)version; status == CURVD_STORE_OK && i < curvd_migration_count;
+         i++) {
+        int rc = sqlite3_exec(st->db, curvd_migrations[i].sql, NULL, NULL, NULL);
+        if (rc != SQLITE_OK)
+            status = fail(err, errlen, rc_status(rc), "migration %s failed: %s",
+                          curvd_migrations[i].name, sqlite3_errmsg(st->db));
+    }
+    if (status == CURVD_STORE_OK && (unsigned)version < curvd_migration_count) {
+        char sql[96];
+        snprintf(sql, sizeof sql, "PRAGMA user_version = %u; PRAGMA application_id = %d",
+                 curvd_migration_count, CURVD_STORE_APPLICATION_ID);
+        status = exec_sql(st, sql, err, errlen);
+    }
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st, "COMMIT", err, errlen);
+    if (status != CURVD_STORE_OK)
+        rollback(st);
+    return status;
+}
+
+/* Identity first: nothing below may touch a file that is not ours. */
+static int setup(struct curvd_store *st, enum curvd_durability durability, char *err, size_t errlen)
+{
+    int version = 0;
+    int rc = sqlite3_busy_timeout(st->db, CURVD_STORE_BUSY_TIMEOUT_MS);
+    int status = rc == SQLITE_OK ? check_identity(st, &version, err, errlen)
+                                 : db_fail(st, rc, err, errlen, "busy_timeout");
+    if (status == CURVD_STORE_OK)
+        status = configure(st, durability, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = migrate(st, err, errlen);
+    for (int i = 0; status == CURVD_STORE_OK && i < S_COUNT_; i++) {
+        rc = sqlite3_prepare_v3(st->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st->stmt[i],
+                                NULL);
+        if (rc != SQLITE_OK)
+            status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
+    }
+    return status;
+}
+
+int curvd_store_open(const char *path, enum curvd_durability durability, struct curvd_store **out,
+                     char *err, size_t errlen)
+{
+    if (!path || !out ||
+        (durability != CURVD_DURABILITY_FULL && durability != CURVD_DURABILITY_NORMAL))
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_open: invalid argument");
+    /* The connection's mutex is the store's lock; without one there is none. */
+    if (!sqlite3_threadsafe())
+        return fail(err, errlen, CURVD_STORE_ERROR, "SQLite was built without thread support");
+    struct curvd_store *st = sqlite3_malloc64(sizeof *st);
+    if (!st)
+        return no_memory(err, errlen);
+    memset(st, 0, sizeof *st);
+    int rc = sqlite3_open_v2(
+        path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
+    int status;
+    if (rc != SQLITE_OK) {
+        /* sqlite3_errmsg(NULL) says "out of memory", which is then the case. */
+        status =
+            fail(err, errlen, rc_status(rc), "cannot open %s: %s", path, sqlite3_errmsg(st->db));
+    } else {
+        st->mu = sqlite3_db_mutex(st->db);
+        sqlite3_mutex_enter(st->mu);
+        status = setup(st, durability, err, errlen);
+        sqlite3_mutex_leave(st->mu);
+        if (status == CURVD_STORE_OK &&
+            !(st->ckpt = curvd_checkpointer_start(st->db, path, durability == CURVD_DURABILITY_FULL,
+                                                  err, errlen)))
+            status = CURVD_STORE_ERROR;
+        if (status == CURVD_STORE_OK &&
+            !(st->commits = curvd_batcher_new(COMMIT_BATCH_MAX, commit_batch, st)))
+            status = no_memory(err, errlen);
+    }
+    if (status != CURVD_STORE_OK) {
+        curvd_store_close(st);
+        return status;
+    }
+    *out = st;
+    return CURVD_STORE_OK;
+}
+
+void curvd_store_close(struct curvd_store *st)
+{
+    if (!st)
+        return;
+    curvd_batcher_free(st->commits); /* commits what is queued first */
+    curvd_checkpointer_stop(st->ckpt);
+    /* Finalizing repeats old errors only; with every statement finalized,
+     * sqlite3_close() has no reason left to fail. */
+    for (int i = 0; i < S_COUNT_; i++)
+        (void)sqlite3_finalize(st->stmt[i]);
+    (void)sqlite3_close(st->db);
+    sqlite3_free(st);
+}
+
+int curvd_store_set_busy_timeout(struct curvd_store *st, int ms, char *err, size_t errlen)
+{
+    if (!st || ms < 0)
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_set_busy_timeout: bad argument");
+    sqlite3_mutex_enter(st->mu);
+    int rc = sqlite3_busy_timeout(st->db, ms);
+    int status = rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, "busy_timeout");
+    sqlite3_mutex_leave(st->mu);
+    return status;
+}
+
+int curvd_store_info(struct curvd_store *st, struct curvd_store_info *out, char *err, size_t errlen)
+{
+    if (!st || !out)
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_info: invalid argument");
+    struct curvd_store_info in;
+    sqlite3_mutex_enter(st->mu);
+    int status = query_one(st, "PRAGMA user_version", &in.schema_version, NULL, 0, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = query_one(st, "PRAGMA application_id", &in.application_id, NULL, 0, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = query_one(st, "PRAGMA page_size", &in.page_size, NULL, 0, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = query_one(st, "PRAGMA synchronous", &in.synchronous, NULL, 0, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = query_one(st, "PRAGMA journal_mode", NULL, in.journal_mode, sizeof in.journal_mode,
+                           err, errlen);
+    sqlite3_mutex_leave(st->mu);
+    if (status == CURVD_STORE_OK)
+        *out = in;
+    return status;
+}
+
+int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s,
+                       int64_t *created_at, char *err, size_t errlen)
+{
+    if (!st || !s || !s->id || !s->tenant || !s->optimizer || s->step < 0 ||
+        !valid_state(&s->state))
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_create: invalid argument");
+    int64_t now = now_ms();
+    /* A new session has nothing stored: every part is written. */
+    struct curvd_state_in all = s->state;
+    all.stored = NULL;
+    all.n_stored = 0;
+    sqlite3_mutex_enter(st->mu);
+    sqlite3_stmt *q = st->stmt[S_INSERT];
+    int rc = bind(q, "ttttii", s->id, s->tenant, s->optimizer, s->meta, now, s->step);
+    int status = rc == SQLITE_OK ? exec_sql(st, "BEGIN IMMEDIATE", err, errlen)
+                                 : db_fail(st, rc, err, errlen, "binding a new session");
+    if (status == CURVD_STORE_OK && (rc = sqlite3_step(q)) != SQLITE_DONE) {
+        if (sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_PRIMARYKEY)
+            status = fail(err, errlen, CURVD_STORE_CONFLICT, "session %s exists", s->id);
+        else
+            status = db_fail(st, rc, err, errlen, "inserting a session");
+    }
+    done(q);
+    if (status == CURVD_STORE_OK)
+        status = write_parts(st, s->id, &all, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st, "COMMIT", err, errlen);
+    if (status != CURVD_STORE_OK)
+        rollback(st);
+    sqlite3_mutex_leave(st->mu);
+    if (status == CURVD_STORE_OK && created_at)
+        *created_at = now;
+    return status;
+}
+
+/* The SESSION_READ columns of the current row into @o (no state); a
+ * session without a stored reply reads NULLs there, hence last_step 0. */
+static int read_session(sqlite3_stmt *q, struct curvd_session *o)
+{
+    memset(o, 0, sizeof *o);
+    if (dup_text(q, 0, &o->id) || dup_text(q, 1, &o->tenant) || dup_text(q, 2, &o->optimizer) ||
+        dup_text(q, 3, &o->meta) || dup_text(q, 8, &o->last_report)) {
+        curvd_session_clear(o);
+        return -1;
+    }
+    o->created_at = sqlite3_column_int64(q, 4);
+    o->updated_at = sqlite3_column_int64(q, 5);
+    o->step = sqlite3_column_int64(q, 6);
+    o->last_step = sqlite3_column_int64(q, 7);
+    return 0;
+}
+
+/* The body of curvd_store_get(), inside its read transaction. */
+static int get_locked(struct curvd_store *st, const char *tenant, const char *id, int with_state,
+                      void *out, char *err, size_t errlen)
+{
+    struct curvd_session *o = out;
+    sqlite3_stmt *q = st->stmt[S_GET];
+    int rc = bind(q, "tt", id, tenant);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(q);
+    int status = CURVD_STORE_OK;
+    if (rc == SQLITE_DONE)
+        status = fail(err, errlen, CURVD_STORE_NOT_FOUND, "no session %s", id);
+    else if (rc != SQLITE_ROW)
+        status = db_fail(st, rc, err, errlen, "reading a session");
+    else if (read_session(q, o) != 0)
+        status = no_memory(err, errlen);
+    done(q);
+    if (status == CURVD_STORE_OK && with_state)
+        status = read_state(st, id, o, err, errlen);
+    return status;
+}
+
+/* Run @fn inside one read transaction, so that a row and its blob come
+ * from one snapshot. On failure the caller frees what @fn built. */
+static int read_tx(struct curvd_store *st,
+                   int (*fn)(struct curvd_store *, const char *, const char *, int, void *, char *,
+                             size_t),
+                   const char *tenant, const char *id, int arg, void *out, char *err, size_t errlen)
+{
+    sqlite3_mutex_enter(st->mu);
+    int status = exec_sql(st, "BEGIN", err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = fn(st, tenant, id, arg, out, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st, "COMMIT", err, errlen);
+    if (status != CURVD_STORE_OK)
+        rollback(st);
+    sqlite3_mutex_leave(st->mu);
+    return status;
+}
+
+int curvd_store_get(struct curvd_store *st, const char *tenant, const char *id, int with_state,
+                    struct curvd_session *out, char *err, size_t errlen)
+{
+    if (!st || !tenant || !id || !out)
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_get: invalid argument");
+    struct curvd_session o;
+    memset(&o, 0, sizeof o);
+    int status = read_tx(st, get_locked, tenant, id, with_state, &o, err, errlen);
+    if (status == CURVD_STORE_OK)
+        *out = o;
+    else
+        curvd_session_clear(&o);
+    return status;
+}
+
+/* A page token is the hex of the last row's key: 16 digits of created_at,
+ * then the id's bytes. Hex keeps it safe in a URL without escaping. */
+static char *token_encode(int64_t created_at, const char *id)
+{
+    static const char digits[] = "0123456789abcdef";
+    size_t n = strlen(id);
+    char *t = sqlite3_malloc64(16 + 2 * n + 1);
+    if (!t)
+        return NULL;
+    uint64_t c = (uint64_t)created_at;
+    for (int i = 15; i >= 0; i--, c >>= 4)
+        t[i] = digits[c & 15];
+    for (size_t i = 0; i < n; i++) {
+        t[16 + 2 * i] = digits[(unsigned char)id[i] >> 4];
+        t[17 + 2 * i] = digits[(unsigned char)id[i] & 15];
+    }
+    t[16 + 2 * n] = '\0';
+    return t;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Parse a token into its key. Return OK, INVALID or ERROR (no memory). */
+static int token_decode(const char *t, int64_t *created_at, char **id, char *err, size_t errlen)
+{
+    size_t n = strlen(t);
+    int ok = n > 16 && n % 2 == 0;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = hexval(t[i]) >= 0 && (i < 16 || i % 2 || t[i] != '0' || t[i + 1] != '0');
+    if (!ok) /* the last test refuses an id with a NUL byte in it */
+        return fail(err, errlen, CURVD_STORE_INVALID, "malformed page_token");
+    char *s = sqlite3_malloc64((n - 16) / 2 + 1);
+    if (!s)
+        return no_memory(err, errlen);
+    uint64_t c = 0;
+    for (size_t i = 0; i < 16; i++)
+        c = c << 4 | (uint64_t)hexval(t[i]);
+    for (size_t i = 16; i < n; i += 2)
+        s[(i - 16) / 2] = (char)(hexval(t[i]) << 4 | hexval(t[i + 1]));
+    s[(n - 16) / 2] = '\0';
+    *created_at = (int64_t)c;
+    *id = s;
+    return CURVD_STORE_OK;
+}
+
+/* Read up to @page_size rows of @q into @l; one row more means another page. */
+static int list_rows(struct curvd_store *st, sqlite3_stmt *q, size_t page_size,
+                     struct curvd_session_list *l, char *err, size_t errlen)
+{
+    l->items = sqlite3_malloc64(page_size * sizeof *l->items);
+    if (!l->items)
+        return no_memory(err, errlen);
+    int rc;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        if (l->count == page_size) {
+            struct curvd_session *last = &l->items[l->count - 1];
+            l->next_page_token = token_encode(last->created_at, last->id);
+            return l->next_page_token ? CURVD_STORE_OK : no_memory(err, errlen);
+        }
+        if (read_session(q, &l->items[l->count]) != 0)
+            return no_memory(err, errlen);
+        l->count++;
+    }
+    return rc == SQLITE_DONE ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, "listing sessions");
+}
+
+int curvd_store_list(struct curvd_store *st, const char *tenant, size_t page_size,
+                     const char *page_token, struct curvd_session_list *out, char *err,
+                     size_t errlen)
+{
+    if (!st || !tenant || !out || page_size < 1 || page_size > CURVD_STORE_MAX_PAGE)
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_list: invalid argument");
+    int64_t after_time = 0;
+    char *after_id = NULL;
+    int after = page_token && *page_token;
+    if (after) {
+        int status = token_decode(page_token, &after_time, &after_id, err, errlen);
+        if (status != CURVD_STORE_OK)
+            return status;
+    }
+    struct curvd_session_list l = {NULL, 0, NULL};
+    sqlite3_mutex_enter(st->mu);
+    sqlite3_stmt *q = st->stmt[after ? S_LIST_AFTER : S_LIST_FIRST];
+    int rc = after ? bind(q, "ttii", after_id, tenant, (int64_t)page_size + 1, after_time)
+                   : bind(q, "-ti", tenant, (int64_t)page_size + 1);
+    int status = rc == SQLITE_OK ? list_rows(st, q, page_size, &l, err, errlen)
+                                 : db_fail(st, rc, err, errlen, "binding a page key");
+    done(q);
+    sqlite3_mutex_leave(st->mu);
+    sqlite3_free(after_id);
+    if (status != CURVD_STORE_OK) {
+        curvd_session_list_clear(&l);
+        return status;
+    }
+    *out = l;
+    return CURVD_STORE_OK;
+}
+
+/* After a write that matched no row: is the session gone, or elsewhere? */
+static int explain_miss(struct curvd_store *st, const char *tenant, const char *id,
+                        int64_t *current_step, char *err, size_t errlen)
+{
+    sqlite3_stmt *q = st->stmt[S_STEP_OF];
+    int rc = bind(q, "tt", id, tenant);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(q);
+    int status;
+    if (rc == SQLITE_ROW) {
+        int64_t step = sqlite3_column_int64(q, 0);
+        if (current_step)
+            *current_step = step;
+        status =
+            fail(err, errlen, CURVD_STORE_CONFLICT, "session %s is at step %" PRId64, id, step);
+    } else if (rc == SQLITE_DONE) {
+        status = fail(err, errlen, CURVD_STORE_NOT_FOUND, "no session %s", id);
+    } else {
+        status = db_fail(st, rc, err, errlen, "reading a session's step");
+    }
+    done(q);
+    return status;
+}
+
+/* In one BEGIN IMMEDIATE transaction: run the bound write @q, which
+ * matches the session only under its condition; if it matched, write the
+ * parts of @state (NULL: none) and commit; else explain why not and write
+ * nothing. @brc is the binding's result. Clears @q. */
+static int conditional_write(struct curvd_store *st, int brc, sqlite3_stmt *q,
+                             const struct curvd_state_in *state, const char *tenant, const char *id,
+                             int64_t *current_step, char *err, size_t errlen)
+{
+    int changes = 0;
+    int status = brc == SQLITE_OK ? exec_sql(st, "BEGIN IMMEDIATE", err, errlen)
+                                  : db_fail(st, brc, err, errlen, "binding parameters");
+    if (status == CURVD_STORE_OK)
+        status = run(st, q, &changes, "updating a session", err, errlen);
+    done(q);
+    if (status == CURVD_STORE_OK && changes == 0)
+        status = explain_miss(st, tenant, id, current_step, err, errlen);
+    if (status == CURVD_STORE_OK && state)
+        status = write_parts(st, id, state, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st, "COMMIT", err, errlen);
+    if (status != CURVD_STORE_OK)
+        rollback(st);
+    return status;
+}
+
+/* Write one step inside the open transaction: the step, the parts that
+ * changed, the reply. CONFLICT and NOT_FOUND are the item's own outcome
+ * (nothing written); any other failure spoils the whole transaction. */
+static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
+{
+    const struct curvd_step_commit *c = it->c;
+    char *err = it->err;
+    const size_t errlen = sizeof it->err;
+    sqlite3_stmt *q = st->stmt[S_COMMIT], *r = st->stmt[S_PUT_RESPONSE];
+    int changes = 0;
+    int rc = bind(q, "ttii", it->id, it->tenant, c->step, now_ms());
+    int status = rc == SQLITE_OK ? run(st, q, &changes, "updating a session", err, errlen)
+                                 : db_fail(st, rc, err, errlen, "binding parameters");
+    done(q);
+    if (status == CURVD_STORE_OK && changes == 0)
+        return explain_miss(st, it->tenant, it->id, &it->current_step, err, errlen);
+    if (status == CURVD_STORE_OK)
+        status = write_parts(st, it->id, &c->state, err, errlen);
+    if (status == CURVD_STORE_OK) {
+        rc = bind(r, "titbt", it->id, c->step, c->content_type, c->response, c->response_len,
+                  c->report);
+        status = rc == SQLITE_OK ? run(st, r, NULL, "storing a step response", err, errlen)
+                                 : db_fail(st, rc, err, errlen, "binding parameters");
+        done(r);
+    }
+    return status;
+}
+
+static int valid_item(const struct curvd_commit_item *it)
+{
+    const struct curvd_step_commit *c = it->c;
+    return it->tenant && it->id && c && c->step >= 1 && c->content_type && valid_state(&c->state) &&
+           (c->response || !c->response_len);
+}
+
+/* The items in one transaction; on a failure that is not one item's own,
+ * nothing is written and every item carries that failure. */
+static int commit_group(struct curvd_store *st, struct curvd_commit_item **items, size_t n)
+{
+    char err[sizeof items[0]->err];
+    sqlite3_mutex_enter(st->mu);
+    int status = exec_sql(st, "BEGIN IMMEDIATE", err, sizeof err);
+    for (size_t i = 0; status == CURVD_STORE_OK && i < n; i++) {
+        struct curvd_commit_item *it = items[i];
+        it->status = write_step(st, it);
+        if (it->status != CURVD_STORE_OK && it->status != CURVD_STORE_CONFLICT &&
+            it->status != CURVD_STORE_NOT_FOUND) {
+            status = it->status;
+            snprintf(err, sizeof err, "%s", it->err);
+        }
+    }
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st, "COMMIT", err, sizeof err);
+    if (status != CURVD_STORE_OK) {
+        rollback(st);
+        for (size_t i = 0; i < n; i++) {
+            items[i]->status = status;
+            snprintf(items[i]->err, sizeof items[i]->err, "%s", err);
+        }
+    }
+    sqlite3_mutex_leave(st->mu);
+    return status;
+}
+
+void curvd_store_commit_steps(struct curvd_store *st, struct curvd_commit_item **items, size_t n)
+{
+    struct curvd_commit_item *ok[COMMIT_BATCH_MAX];
+    while (n) { /* in slices, invalid items answered on the spot */
+        size_t k = 0;
+        for (; n && k < COMMIT_BATCH_MAX; items++, n--) {
+            if (!st || !valid_item(*items)) {
+                (*items)->status = fail((*items)->err, sizeof(*items)->err, CURVD_STORE_INVALID,
+                                        "curvd_store_commit_step: invalid argument");
+                continue;
+            }
+            (*items)->err[0] = '\0';
+            ok[k++] = *items;
+        }
+        /* A failed group goes again one step at a time, so that one step's
+         * failure (a blob too big, say) is not every step's. */
+        if (k && commit_group(st, ok, k) != CURVD_STORE_OK && k > 1)
+            for (size_t i = 0; i < k; i++)
+                commit_group(st, ok + i, 1);
+    }
+}
+
+static void commit_batch(void *ctx, struct curvd_batch_item **links, size_t n)
+{
+    struct curvd_commit_item *items[COMMIT_BATCH_MAX];
+    for (size_t i = 0; i < n; i++)
+        items[i] = &((struct curvd_commit_job *)(void *)links[i])->item;
+    curvd_store_commit_steps(ctx, items, n);
+}
+
+static void job_done(struct curvd_batch_item *link)
+{
+    struct curvd_commit_job *job = (struct curvd_commit_job *)(void *)link;
+    job->done(job);
+}
+
+void curvd_store_commit_submit(struct curvd_store *st, struct curvd_commit_job *job)
+{
+    if (!st || !valid_item(&job->item)) {
+        job->item.status = fail(job->item.err, sizeof job->item.err, CURVD_STORE_INVALID,
+                                "curvd_store_commit_submit: invalid argument");
+        job->done(job);
+        return;
+    }
+    curvd_batcher_submit(st->commits, &job->link, job_done);
+}
+
+int curvd_store_commit_step(struct curvd_store *st, const char *tenant, const char *id,
+                            const struct curvd_step_commit *c, int64_t *current_step, char *err,
+                            size_t errlen)
+{
+    struct curvd_commit_job w = {.item = {.tenant = tenant, .id = id, .c = c}};
+    if (!st || !valid_item(&w.item))
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_commit_step: invalid argument");
+    curvd_batcher_run(st->commits, &w.link);
+    if (w.item.status == CURVD_STORE_CONFLICT && current_step)
+        *current_step = w.item.current_step;
+    if (w.item.status != CURVD_STORE_OK && err && errlen)
+        snprintf(err, errlen, "%s", w.item.err);
+    return w.item.status;
+}
+
+int curvd_store_update_state(struct curvd_store *st, const char *tenant, const char *id,
+                             int64_t expected_step, const struct curvd_state_in *state,
+                             const char *meta, int64_t *current_step, char *err, size_t errlen)
+{
+    if (!st || !tenant || !id || expected_step < 0 || !valid_state(state))
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_update_state: bad argument");
+    int64_t now = now_ms();
+    sqlite3_mutex_enter(st->mu);
+    sqlite3_stmt *q = st->stmt[S_UPDATE_STATE];
+    int rc = bind(q, "tttii", id, tenant, meta, now, expected_step);
+    int status = conditional_write(st, rc, q, state, tenant, id, current_step, err, errlen);
+    sqlite3_mutex_leave(st->mu);
+    return status;
+}
+
+int curvd_store_delete(struct curvd_store *st, const char *tenant, const char *id, char *err,
+                       size_t errlen)
+{
+    if (!st || !tenant || !id)
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_delete: invalid argument");
+    sqlite3_mutex_enter(st->mu);
+    /* The stored response goes with the row (ON DELETE CASCADE). A miss
+     * finds no row for this tenant, hence NOT_FOUND. */
+    sqlite3_stmt *q = st->stmt[S_DELETE];
+    int rc = bind(q, "tt", id, tenant);
+    int status = conditional_write(st, rc, q, NULL, tenant, id, NULL, err, errlen);
+    sqlite3_mutex_leave(st->mu);
+    return status;
+}
+
+/* The body of curvd_store_get_response(), inside its read transaction. */
+static int response_locked(struct curvd_store *st, const char *tenant, const char *id, int unused,
+                           void *out, char *err, size_t errlen)
+{
+    struct curvd_step_response *o = out;
+    (void)unused;
+    sqlite3_stmt *q = st->stmt[S_GET_RESPONSE];
+    int rc = bind(q, "tt", id, tenant);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(q);
+    int status = CURVD_STORE_OK;
+    sqlite3_int64 row = 0, len = 0;
+    if (rc == SQLITE_DONE)
+        status = fail(err, errlen, CURVD_STORE_NOT_FOUND, "no stored response for session %s", id);
+    else if (rc != SQLITE_ROW)
+        status = db_fail(st, rc, err, errlen, "reading a step response");
+    else if (dup_text(q, 2, &o->content_type) != 0 || dup_text(q, 4, &o->report) != 0)
+        status = no_memory(err, errlen);
+    if (status == CURVD_STORE_OK) {
+        row = sqlite3_column_int64(q, 0);
+        o->step = sqlite3_column_int64(q, 1);
+        len = sqlite3_column_int64(q, 3);
+    }
+    done(q);
+    if (status == CURVD_STORE_OK)
+        status =
+            read_blob(st, "step_responses", "body", row, len, &o->body, &o->body_len, err, errlen);
+    return status;
+}
+
+int curvd_store_get_response(struct curvd_store *st, const char *tenant, const char *id,
+                             struct curvd_step_response *out, char *err, size_t errlen)
+{
+    if (!st || !tenant || !id || !out)
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_get_response: bad argument");
+    struct curvd_step_response o = {0, NULL, NULL, NULL, 0};
+    int status = read_tx(st, response_locked, tenant, id, 0, &o, err, errlen);
+    if (status == CURVD_STORE_OK)
+        *out = o;
+    else
+        curvd_step_response_clear(&o);
+    return status;
+}
+
+int curvd_store_count(struct curvd_store *st, const char *tenant, int64_t *out, char *err,
+                      size_t errlen)
+{
+    if (!st || !out)
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_count: invalid argument");
+    sqlite3_mutex_enter(st->mu);
+    sqlite3_stmt *q = st->stmt[tenant ? S_COUNT_TENANT : S_COUNT_ALL];
+    int rc = tenant ? bind(q, "t", tenant) : SQLITE_OK;
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(q);
+    int status = CURVD_STORE_OK;
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int64(q, 0);
+    else
+        status = db_fail(st, rc, err, errlen, "counting sessions");
+    done(q);
+    sqlite3_mutex_leave(st->mu);
+    return status;
+}
+
+void curvd_session_clear(struct curvd_session *s)
+{
+    if (!s)
+        return;
+    sqlite3_free(s->id);
+    sqlite3_free(s->tenant);
+    sqlite3_free(s->optimizer);
+    sqlite3_free(s->meta);
+    sqlite3_free(s->state);
+    sqlite3_free(s->parts);
+    sqlite3_free(s->last_report);
+    memset(s, 0, sizeof *s);
+}
+
+void curvd_session_list_clear(struct curvd_session_list *l)
+{
+    if (!l)
+        return;
+    for (size_t i = 0; i < l->count; i++)
+        curvd_session_clear(&l->items[i]);
+    sqlite3_free(l->items);
+    sqlite3_free(l->next_page_token);
+    memset(l, 0, sizeof *l);
+}
+
+void curvd_step_response_clear(struct curvd_step_response *r)
+{
+    if (!r)
+        return;
+    sqlite3_free(r->content_type);
+    sqlite3_free(r->report);
+    sqlite3_free(r->body);
+    memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,376 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The durable store of sessions: one SQLite file in WAL mode.
+ *
+ * Threading: a store object owns one SQLite connection, and every function
+ * below holds that connection's own mutex (sqlite3_db_mutex) for its whole
+ * duration, so one store may be shared by any number of threads; their
+ * calls run one at a time. A daemon that wants reads to proceed in parallel
+ * opens one store per worker on the same file: WAL lets readers run beside
+ * the one writer, and writers (each in BEGIN IMMEDIATE) wait for each other
+ * up to the busy timeout, then fail with CURVD_STORE_BUSY.
+ *
+ * Group commit: steps committed while a commit is going on are written
+ * together in the next transaction (one fsync under FULL durability) by
+ * the store's commit thread; each still gets its own outcome.
+ * curvd_store_commit_step() returns once its step is durable;
+ * curvd_store_commit_submit() returns at once and calls back when it is.
+ *
+ * Errors: every fallible call returns an enum curvd_store_status and, when
+ * @err is not NULL, writes a sentence (with SQLite's own message where
+ * SQLite failed) into @err[@errlen]. Out-parameters are written only on
+ * CURVD_STORE_OK unless stated otherwise.
+ *
+ * State in parts: a session's state blob is stored as the parts libcurv
+ * divides it into (curv_opt_save_parts), one row each, and read back as
+ * their concatenation. A write names what the caller knows is committed
+ * (struct curvd_state_in) and rewrites only the parts that changed since.
+ *
+ * Memory: the owned copies handed out (strings, blobs) are allocated with
+ * sqlite3_malloc64 so that SQLite's allocator hooks cover them too; release
+ * them only with curvd_session_clear(), curvd_session_list_clear(),
+ * curvd_step_response_clear(), or curvd_store_free() for one taken over.
+ */
+#ifndef CURVD_STORE_H
+#define CURVD_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "curv.h"
+#include "store/batch.h"
+
+/* PRAGMA application_id of a curvd database: "crvd" in ASCII. */
+#define CURVD_STORE_APPLICATION_ID 0x63727664
+/* Page size of a new file: big pages keep large state blobs in few pages. */
+#define CURVD_STORE_PAGE_SIZE 16384
+/* Default wait for another writer before CURVD_STORE_BUSY, in ms. */
+#define CURVD_STORE_BUSY_TIMEOUT_MS 5000
+/* Largest page of curvd_store_list(). */
+#define CURVD_STORE_MAX_PAGE 1000
+
+/* Codes are never renumbered, only appended. */
+#define CURVD_STORE_STATUS_MAP(X)                                                                  \
+    X(OK, 0, "success")                                                                            \
+    X(NOT_FOUND, 1, "no such session for this tenant")                                             \
+    X(CONFLICT, 2, "the session exists or is at another step")                                     \
+    X(INVALID, 3, "invalid argument")                                                              \
+    X(BUSY, 4, "the database is locked by another writer")                                         \
+    X(ERROR, 5, "database error")
+
+enum curvd_store_status {
+#define CURVD__STORE_ENUM(name, code, text) CURVD_STORE_##name = code,
+    CURVD_STORE_STATUS_MAP(CURVD__STORE_ENUM)
+#undef CURVD__STORE_ENUM
+};
+
+/* curvd_store_status_name - "NOT_FOUND" etc.; "UNKNOWN" for other values. */
+const char *curvd_store_status_name(int status);
+
+/* FULL: a committed step survives power loss; NORMAL: a process crash. */
+enum curvd_durability { CURVD_DURABILITY_FULL, CURVD_DURABILITY_NORMAL };
+
+struct curvd_store;
+
+/*
+ * curvd_session - one stored session, as read back.
+ * @meta:      the caller's opaque text (e.g. resolved config and layout as
+ *             JSON, so that listing needs no state blob), or NULL.
+ * @step:      completed steps.
+ * @state:     the libcurv state blob, or NULL when @state_len is 0 or it
+ *             was not asked for.
+ * @parts:     with the state: how it is stored, @n_parts parts in order
+ *             with their stamps (NULL when there are none); what a caller
+ *             hands back as curvd_state_in.stored to its next write.
+ * @last_step: the step of the stored reply (0: none, e.g. new or imported).
+ * @last_report: that step's report as committed, or NULL (none, or a step
+ *             committed without one).
+ * Times are unix milliseconds, stamped by the store.
+ * Ownership: every pointer is owned by the struct; curvd_session_clear().
+ */
+struct curvd_session {
+    char *id;
+    char *tenant;
+    char *optimizer;
+    char *meta;
+    int64_t created_at;
+    int64_t updated_at;
+    int64_t step;
+    unsigned char *state;
+    size_t state_len;
+    curv_state_part *parts;
+    size_t n_parts;
+    int64_t last_step;
+    char *last_report;
+};
+
+/* curvd_session_clear - free what @s owns and zero it; NULL is a no-op. */
+void curvd_session_clear(struct curvd_session *s);
+
+/*
+ * curvd_state_in - a state blob to write, and how to write it.
+ * @blob, @len: the blob; @blob may be NULL when @len is 0.
+ * @parts, @n_parts: how the blob divides (curv_opt_save_parts: in order,
+ *             tiling [0, @len), none empty); NULL and 0: the blob is one
+ *             part with stamp 0 (no part when @len is 0).
+ * @stored, @n_stored: the parts the session has committed now (as read
+ *             back in curvd_session.parts, or as the caller last wrote
+ *             them), or NULL and 0 when not known. A part is written
+ *             unless the division is the same as @stored's (count,
+ *             offsets, lengths) and its stamp is non-zero and equal to the
+ *             stored one's; stored parts beyond @n_parts are deleted
+ *             (none are looked for when @stored has no more than
+ *             @n_parts).
+ *             Stamps are comparable only along one history (opt.h): pass
+ *             only what is committed for this session, never what an
+ *             uncommitted write would have stored.
+ * Ownership: all borrowed, and never copied by the store itself (SQLite
+ * copies the bytes once into its pages).
+ */
+struct curvd_state_in {
+    const void *blob;
+    size_t len;
+    const curv_state_part *parts;
+    size_t n_parts;
+    const curv_state_part *stored;
+    size_t n_stored;
+};
+
+/*
+ * curvd_session_new - what curvd_store_create() inserts. @meta may be NULL;
+ * @step is 0 for a new optimizer, the blob's count for an import; every
+ * part of @state is written (@state.stored is ignored).
+ * Ownership: all borrowed.
+ */
+struct curvd_session_new {
+    const char *id;
+    const char *tenant;
+    const char *optimizer;
+    const char *meta;
+    int64_t step;
+    struct curvd_state_in state;
+};
+
+/*
+ * curvd_session_list - one page of curvd_store_list(): @count sessions
+ * without state, and @next_page_token (NULL on the last page).
+ * Ownership: owned; curvd_session_list_clear().
+ */
+struct curvd_session_list {
+    struct curvd_session *items;
+    size_t count;
+    char *next_page_token;
+};
+
+/* curvd_session_list_clear - free what @l owns and zero it; NULL is a no-op. */
+void curvd_session_list_clear(struct curvd_session_list *l);
+
+/*
+ * curvd_step_response - the stored reply of a session's latest step.
+ * Ownership: owned; curvd_step_response_clear(). @body is NULL when
+ * @body_len is 0.
+ */
+struct curvd_step_response {
+    int64_t step;
+    char *content_type;
+    char *report; /* NULL when none was stored */
+    unsigned char *body;
+    size_t body_len;
+};
+
+/* curvd_step_response_clear - free what @r owns and zero it; NULL is a no-op. */
+void curvd_step_response_clear(struct curvd_step_response *r);
+
+/*
+ * curvd_step_commit - what curvd_store_commit_step() writes: the state
+ * after step @step (the parts that changed), the reply that acknowledges
+ * it and the step's @report (a text, e.g. the reply's report as compact
+ * JSON, or NULL). @response may be NULL when @response_len is 0.
+ * Ownership: all borrowed, and never copied by the store itself (SQLite
+ * copies them once into its pages).
+ */
+struct curvd_step_commit {
+    int64_t step;
+    struct curvd_state_in state;
+    const char *content_type;
+    const void *response;
+    size_t response_len;
+    const char *report;
+};
+
+/* curvd_store_use_mem - give SQLite's memory to curvd_mem (before any
+ * other SQLite call). 0, or -1 when SQLite refuses. */
+int curvd_store_use_mem(void);
+
+/* curvd_store_free - release memory the store handed out (a session's
+ * state, a stored reply's body). NULL is a no-op. */
+void curvd_store_free(void *p);
+
+/*
+ * curvd_store_open - open or create the database at @path.
+ * Sets page_size (new files only), WAL, synchronous per @durability,
+ * busy_timeout and foreign_keys; marks a new file with the application id
+ * and refuses a file that carries another one (or an unmarked file that
+ * already holds tables); applies the compiled-in migrations that the file
+ * lacks in one BEGIN IMMEDIATE transaction that also sets user_version;
+ * refuses a file whose user_version is newer than this binary.
+ * Return: OK; INVALID (NULL argument, unknown durability); BUSY; ERROR
+ * (cannot open, not a database, foreign file, newer schema, failed
+ * migration, WAL unavailable, out of memory). A refused file is not
+ * modified.
+ * Ownership: *@out is new; curvd_store_close().
+ */
+int curvd_store_open(const char *path, enum curvd_durability durability, struct curvd_store **out,
+                     char *err, size_t errlen);
+
+/* curvd_store_close - close and free @st; NULL is a no-op. No call may be
+ * running on @st. */
+void curvd_store_close(struct curvd_store *st);
+
+/* curvd_store_set_busy_timeout - how long a write waits for another
+ * connection's write lock; 0 fails at once. Return: OK; INVALID (NULL or
+ * negative); ERROR. */
+int curvd_store_set_busy_timeout(struct curvd_store *st, int ms, char *err, size_t errlen);
+
+/* curvd_store_info - the effective settings, for the start-up log. */
+struct curvd_store_info {
+    int schema_version; /* PRAGMA user_version */
+    int application_id;
+    int page_size;
+    int synchronous; /* 2 FULL, 1 NORMAL */
+    char journal_mode[16];
+};
+
+/* curvd_store_info - fill @out. Return: OK; INVALID; ERROR. */
+int curvd_store_info(struct curvd_store *st, struct curvd_store_info *out, char *err,
+                     size_t errlen);
+
+/*
+ * curvd_store_create - insert a session stamped with the current time.
+ * Return: OK (*@created_at, if not NULL, holds the stamp); CONFLICT (the
+ * id exists, whatever its tenant: ids are global); INVALID (a NULL
+ * string, negative step, NULL state with a length, parts that do not
+ * tile the blob, a part past SQLite's blob limit); BUSY; ERROR.
+ */
+int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s,
+                       int64_t *created_at, char *err, size_t errlen);
+
+/*
+ * curvd_store_get - read session @id of @tenant into @out, with its state
+ * when @with_state is non-zero: the parts in order, each read straight
+ * into its place in one owned buffer, all in one read transaction with the
+ * row, and their division and stamps in @out->parts. Also the latest
+ * step's report (never the stored reply's body).
+ * Return: OK; NOT_FOUND (absent, or another tenant's); INVALID; BUSY; ERROR.
+ * Ownership: *@out is new; curvd_session_clear().
+ */
+int curvd_store_get(struct curvd_store *st, const char *tenant, const char *id, int with_state,
+                    struct curvd_session *out, char *err, size_t errlen);
+
+/*
+ * curvd_store_list - one page of @tenant's sessions, oldest first (by
+ * created_at, then id), without state. @page_size is 1..CURVD_STORE_MAX_PAGE;
+ * @page_token is NULL (or "") for the first page, else a next_page_token
+ * from an earlier page. Each item has its latest step's report as in
+ * curvd_store_get(). Pagination is by key, so sessions created or
+ * deleted meanwhile never make another one appear twice or be skipped.
+ * Return: OK; INVALID (page size out of range, malformed token); BUSY; ERROR.
+ * Ownership: *@out is new; curvd_session_list_clear().
+ */
+int curvd_store_list(struct curvd_store *st, const char *tenant, size_t page_size,
+                     const char *page_token, struct curvd_session_list *out, char *err,
+                     size_t errlen);
+
+/*
+ * curvd_store_delete - remove session @id of @tenant and its stored reply.
+ * Return: OK; NOT_FOUND; INVALID; BUSY; ERROR.
+ */
+int curvd_store_delete(struct curvd_store *st, const char *tenant, const char *id, char *err,
+                       size_t errlen);
+
+/*
+ * curvd_store_commit_step - in one transaction, and only if the session is
+ * at step @c->step - 1: write the parts of the new state that changed
+ * (curvd_state_in), set the step to @c->step, replace the stored reply and
+ * report and stamp updated_at. Send the reply only after OK.
+ * Return: OK; NOT_FOUND; CONFLICT (the session is at another step:
+ * *@current_step, if not NULL, holds it; nothing was written); INVALID
+ * (@c->step < 1, NULL content type, NULL buffer with a length, parts that
+ * do not tile the blob, a part or reply past SQLite's blob limit); BUSY;
+ * ERROR.
+ */
+int curvd_store_commit_step(struct curvd_store *st, const char *tenant, const char *id,
+                            const struct curvd_step_commit *c, int64_t *current_step, char *err,
+                            size_t errlen);
+
+/*
+ * curvd_commit_item - one step of curvd_store_commit_steps(): the arguments
+ * of one curvd_store_commit_step() call (borrowed) and its outcome.
+ */
+struct curvd_commit_item {
+    const char *tenant;
+    const char *id;
+    const struct curvd_step_commit *c;
+    int status;           /* out: as curvd_store_commit_step() returns */
+    int64_t current_step; /* out: on CONFLICT, the session's step */
+    char err[256];        /* out: the sentence, when status is not OK */
+};
+
+/*
+ * curvd_commit_job - curvd_store_commit_step() without waiting: fill @item
+ * (its arguments stay borrowed until @done) and @done, then
+ * curvd_store_commit_submit(). @done runs on the store's commit thread
+ * once the transaction that held the step has ended, with the outcome in
+ * @item as curvd_store_commit_step() would have returned it; it may free
+ * the job, and must not commit steps itself (nor wait for anything that
+ * does). An invalid item is answered at once, on the caller's thread.
+ */
+struct curvd_commit_job {
+    struct curvd_batch_item link; /* private */
+    struct curvd_commit_item item;
+    void (*done)(struct curvd_commit_job *job);
+};
+
+void curvd_store_commit_submit(struct curvd_store *st, struct curvd_commit_job *job);
+
+/*
+ * curvd_store_commit_steps - commit several steps (of different sessions,
+ * or the same session's consecutive steps in order) in one transaction:
+ * each item's outcome is what curvd_store_commit_step() would have given
+ * it alone. A conflicting or missing session writes nothing for its item
+ * and does not stop the others; a database failure makes the steps go one
+ * at a time, so that it stays the failing item's own. This is what the
+ * group commit runs.
+ */
+void curvd_store_commit_steps(struct curvd_store *st, struct curvd_commit_item **items, size_t n);
+
+/*
+ * curvd_store_update_state - replace the state (the parts of @state that
+ * changed, as for a step) and @meta (NULL clears it) without a step, e.g.
+ * after a change of hyperparameters, only if the session is still at
+ * @expected_step (so two updates cannot lose one).
+ * Return: OK; NOT_FOUND; CONFLICT (*@current_step as above); INVALID;
+ * BUSY; ERROR.
+ */
+int curvd_store_update_state(struct curvd_store *st, const char *tenant, const char *id,
+                             int64_t expected_step, const struct curvd_state_in *state,
+                             const char *meta, int64_t *current_step, char *err, size_t errlen);
+
+/*
+ * curvd_store_get_response - the stored reply of the session's latest step,
+ * for a client that posts that step again.
+ * Return: OK; NOT_FOUND (no session for @tenant, or no step committed yet
+ * since create); INVALID; BUSY; ERROR.
+ * Ownership: *@out is new; curvd_step_response_clear().
+ */
+int curvd_store_get_response(struct curvd_store *st, const char *tenant, const char *id,
+                             struct curvd_step_response *out, char *err, size_t errlen);
+
+/*
+ * curvd_store_count - number of sessions of @tenant, or of all tenants when
+ * @tenant is NULL. Return: OK; INVALID; BUSY; ERROR.
+ */
+int curvd_store_count(struct curvd_store *st, const char *tenant, int64_t *out, char *err,
+                      size_t errlen);
+
+#endif

@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: MIT */
+/* Sessions and layouts as JSON, both ways. */
+#ifndef CURVD_SESSION_JSON_H
+#define CURVD_SESSION_JSON_H
+
+#include <jansson.h>
+
+#include "curv.h"
+#include "http/http.h"
+
+/* Build a layout from the request's "layout" array. On error fills @fe
+ * (path/expected/got, static or @buf-backed) and @detail, returns NULL. */
+curv_layout *curvd_layout_from_json(const json_t *arr, struct curvd_field_error *fe, char *buf,
+                                    size_t cap, char *detail, size_t dcap);
+
+/* Build a config from a "config" object (numbers, booleans, strings). */
+curv_config *curvd_config_from_json(const json_t *obj, struct curvd_field_error *fe, char *buf,
+                                    size_t cap, char *detail, size_t dcap);
+
+/* The part of a session that only changes with its hyperparameters:
+ * {"optimizer", "config": {resolved}, "layout": [...], "dim"} (new ref). */
+json_t *curvd_session_meta(const curv_opt *o);
+
+/* @o's resolved settings as a config that creates the same optimizer
+ * (every parameter of its kind), or NULL when out of memory. Ownership:
+ * curv_config_free(). */
+curv_config *curvd_opt_config(const curv_opt *o);
+
+/* A full session object from its meta text and the row's fields; its
+ * "last_step" is {"step": @last_step, "report": @report parsed}, or null
+ * when @report is NULL (no step stored with a report). */
+json_t *curvd_session_json(const char *id, const char *meta, long long step, long long created_ms,
+                           long long updated_ms, long long last_step, const char *report);
+
+#endif

@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * K-FAC's safeguards (docs/NOTES.md, "K-FAC safeguards"), one regression
+ * test per divergence mechanism: the (α, μ) box against a Gram answer
+ * that is blind to the proposal (a curvature batch smaller than the
+ * gradient's), the rejection of a step whose measured loss rose, lr as a
+ * multiplier of the adaptive step, and the simple mode's KL clip. Each is
+ * also run with the safeguard off, where the thesis' behaviour shows.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+static const size_t W[] = {3, 4, 2};
+
+static double dot(const double *x, const double *y, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += x[i] * y[i];
+    return s;
+}
+
+static void advance(tu_mlp *net, const double *u, uint64_t seed)
+{
+    for (size_t i = 0; i < net->dim; i++)
+        net->theta[i] += u[i];
+    tu_mlp_batch(net, seed);
+}
+
+/*
+ * Step 2 of an adaptive run whose Gram answer is the trainer's exact one
+ * scaled by @blind (a curvature batch that does not see the gradient's
+ * directions). Returns the update in @u and the K-FAC proposal Δ and δ0 in
+ * @prop / @d0 (d doubles each).
+ */
+static curv_opt *blind_step(tu_mlp *net, const curv_layout *l, const char *coefficients,
+                            double blind, double *u, double *prop, double *d0)
+{
+    const tu_kv kv[] = {{"weight_decay", 0},
+                        {"lambda_init", 1e-6},
+                        {"lambda_interval", 1000},
+                        {"gamma_interval", 1000}};
+    curv_opt *o = tu_kfac_opt(l, kv, 4, "coefficients", coefficients, NULL);
+    curv_error err;
+    tu_assert_status(tu_mlp_step(o, net, 1, u, NULL, &err), CURV_OK, &err);
+    advance(net, u, 77);
+    curv_step_input in = tu_mlp_input(net, 1);
+    curv_request req;
+    tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_NEED_INPUT, &err);
+    assert_int_equal(req.n_vectors, 2);
+    memcpy(prop, req.vectors, net->dim * sizeof(double));
+    memcpy(d0, req.vectors + net->dim, net->dim * sizeof(double));
+    double gram[4];
+    tu_mlp_answer(net, &req, gram);
+    for (size_t i = 0; i < 4; i++)
+        gram[i] *= blind;
+    curv_response resp = {.seq = req.seq, .n_values = 4, .values = gram};
+    tu_assert_status(curv_opt_resume(o, &resp, CURV_F64, u, &req, &err), CURV_OK, &err);
+    return o;
+}
+
+/* The mechanism behind the ReLU MLP's divergence: a Gram matrix that sees
+ * almost no curvature along Δ makes the free α huge (bounded only by λ);
+ * the box keeps α <= alpha_max and 0 <= μ <= mu_max, and the step is
+ * exactly αΔ + μδ0 with the reported coefficients. */
+static void test_box_bounds_blind_gram(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 5, 6);
+    const size_t d = net.dim;
+    double *u = tu_alloc(d), *prop = tu_alloc(d), *d0 = tu_alloc(d), *want = tu_alloc(d);
+    curv_opt *o = blind_step(&net, l, "free", 1e-9, u, prop, d0);
+    const double free_alpha = tu_report(o, "alpha");
+    assert_true(free_alpha > 1e3);
+    curv_opt_free(o);
+    tu_mlp_free(&net);
+
+    curv_layout_free(l);
+    l = tu_mlp_setup(&net, W, 2, 0, 6, 5, 6);
+    o = blind_step(&net, l, "box", 1e-9, u, prop, d0);
+    const double al = tu_report(o, "alpha"), mu = tu_report(o, "mu");
+    assert_true(al >= 0 && al <= 10 && mu >= 0 && mu <= 0.95);
+    assert_true(al == 10); /* the model wants more: the bound binds */
+    for (size_t i = 0; i < d; i++)
+        want[i] = al * prop[i] + mu * d0[i];
+    tu_expect_close(u, want, d, 1e-12, "δ = αΔ + μδ0 in the box", 1);
+    free(u), free(prop), free(d0), free(want);
+    tu_mlp_teardown(o, l, &net);
+}
+
+/* A λ step whose loss at θ + δ is above h(θ): with reject_rise the update
+ * is 0, "rejected" is 2, λ rises by 1/ω1 and the next step has no
+ * momentum; without it (the thesis) the step stands. */
+static void test_reject_rise(void **state)
+{
+    (void)state;
+    for (int on = 0; on <= 1; on++) {
+        tu_mlp net;
+        curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 8, 9);
+        const tu_kv kv[] = {{"weight_decay", 0},
+                            {"lambda_init", 0.5},
+                            {"lambda_interval", 1},
+                            {"gamma_interval", 1000},
+                            {"reject_rise", on}};
+        curv_opt *o = tu_kfac_opt(l, kv, 5, NULL);
+        const size_t d = net.dim;
+        double *u = tu_alloc(d), gram[1];
+        curv_step_input in = tu_mlp_input(&net, 1);
+        curv_request req;
+        curv_error err;
+        tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_NEED_INPUT, &err);
+        tu_mlp_answer(&net, &req, gram);
+        curv_response resp = {.seq = req.seq, .n_values = 1, .values = gram};
+        tu_assert_status(curv_opt_resume(o, &resp, CURV_F64, u, &req, &err), CURV_NEED_INPUT, &err);
+        assert_int_equal(req.kind, CURV_REQ_LOSS);
+        double risen = net.loss + 1.0;
+        curv_response r2 = {.seq = req.seq, .n_values = 1, .values = &risen};
+        tu_assert_status(curv_opt_resume(o, &r2, CURV_F64, u, &req, &err), CURV_OK, &err);
+        assert_true(tu_report(o, "rho") < 0);
+        assert_true(fabs(tu_report(o, "lambda") - 0.5 / 0.95) <= 1e-15);
+        assert_true(tu_report(o, "rejected") == (on ? 2 : 0));
+        assert_true(on ? dot(u, u, d) == 0 : dot(u, u, d) > 0);
+        /* Step 2: δ0 is what was applied (0 after a rejection). */
+        advance(&net, u, 90);
+        in = tu_mlp_input(&net, 1);
+        double *u2 = tu_alloc(d);
+        tu_assert_status(curv_opt_step(o, &in, u2, &req, &err), CURV_NEED_INPUT, &err);
+        assert_int_equal(req.n_vectors, 2);
+        assert_memory_equal(req.vectors + d, u, d * sizeof(double));
+        free(u), free(u2);
+        tu_mlp_teardown(o, l, &net);
+    }
+}
+
+/* lr multiplies the adaptive step (so a scheduler acts), and model_change
+ * is M of the step taken: ½ δᵀ(C + λI)δ + ∇hᵀδ, formed here. */
+static void test_adaptive_lr_scales(void **state)
+{
+    (void)state;
+    const double lrs[2] = {1.0, 0.25};
+    double *u[2];
+    size_t d = 0;
+    for (int t = 0; t < 2; t++) {
+        tu_mlp net;
+        curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 11, 12);
+        const double lam = 0.7;
+        const tu_kv kv[] = {
+            {"weight_decay", 0}, {"lambda_init", lam}, {"lambda_interval", 1000}, {"lr", lrs[t]}};
+        curv_opt *o = tu_kfac_opt(l, kv, 4, NULL);
+        d = net.dim;
+        u[t] = tu_alloc(d);
+        curv_error err;
+        tu_assert_status(tu_mlp_step(o, &net, 1, u[t], NULL, &err), CURV_OK, &err);
+        curv_request q = {.kind = CURV_REQ_QUADRATIC_FORM, .n_vectors = 1, .dim = d};
+        q.vectors = u[t];
+        double c;
+        tu_mlp_answer(&net, &q, &c);
+        const double m = 0.5 * c + 0.5 * lam * dot(u[t], u[t], d) + dot(net.g, u[t], d);
+        assert_true(fabs(tu_report(o, "model_change") - m) <= 1e-10 * fabs(m));
+        tu_mlp_teardown(o, l, &net);
+    }
+    for (size_t i = 0; i < d; i++)
+        assert_true(fabs(u[1][i] - 0.25 * u[0][i]) <= 1e-14 * (1 + fabs(u[0][i])));
+    free(u[0]), free(u[1]);
+}
+
+/* Simple mode: v = F̆⁻¹∇h (dense-checked in test_kfac.c with kl_clip 0)
+ * is scaled by sqrt(kl_clip / ∇hᵀv) when that is below 1, before lr. */
+static void test_simple_kl_clip(void **state)
+{
+    (void)state;
+    const double clips[3] = {0, 1e-6, 1e6};
+    double *u[3], scale[3];
+    size_t d = 0;
+    double vg = 0;
+    for (int t = 0; t < 3; t++) {
+        tu_mlp net;
+        curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 13, 14);
+        const tu_kv kv[] = {{"weight_decay", 0},
+                            {"momentum", 0},
+                            {"lr", 0.5},
+                            {"damping", 0.1},
+                            {"kl_clip", clips[t]}};
+        curv_opt *o = tu_kfac_opt(l, kv, 5, "mode", "simple", NULL);
+        d = net.dim;
+        u[t] = tu_alloc(d);
+        curv_error err;
+        tu_assert_status(tu_mlp_step(o, &net, 1, u[t], NULL, &err), CURV_OK, &err);
+        scale[t] = tu_report(o, "kl_scale");
+        if (t == 0)
+            vg = -dot(u[0], net.g, d) / 0.5; /* u = −lr v */
+        tu_mlp_teardown(o, l, &net);
+    }
+    assert_true(vg > 1e-6);
+    assert_true(scale[0] == 1 && scale[2] == 1);
+    assert_true(fabs(scale[1] - sqrt(1e-6 / vg)) <= 1e-12 * scale[1]);
+    for (size_t i = 0; i < d; i++) {
+        assert_true(u[2][i] == u[0][i]);
+        assert_true(fabs(u[1][i] - scale[1] * u[0][i]) <= 1e-14 * (1 + fabs(u[0][i])));
+    }
+    for (int t = 0; t < 3; t++)
+        free(u[t]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_box_bounds_blind_gram),
+        cmocka_unit_test(test_reject_rise),
+        cmocka_unit_test(test_adaptive_lr_scales),
+        cmocka_unit_test(test_simple_kl_clip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
