@@ -13,6 +13,7 @@
 #include "curv/alloc.h"
 #include "curv/bma.h"
 #include "curv/config.h"
+#include "curv/exec.h"
 #include "curv/layout.h"
 #include "curv/opt.h"
 #include "curv/status.h"

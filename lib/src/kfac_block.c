@@ -9,6 +9,19 @@
  *      (G + γ/π I)^-1 V (Ā + πγ I)^-1
  *        = Q_G [(Q_Gᵀ V Q_A) ⊘ ((w_G + γ/π)(w_A + πγ)ᵀ)] Q_Aᵀ.
  *    A side larger than max_factor_dim is kept diagonal (Q = I).
+ *    Where it pays, a dense side's damped inverse is also formed
+ *    explicitly, Q diag(1/(w + c)) Qᵀ, so that the multiply is one GEMM
+ *    per side instead of two (G_d⁻¹ V A_d⁻¹: two GEMMs in all). The rule
+ *    (curv__kside_explicit) compares flop counts: a side of n entries
+ *    against n_o on the other side costs n³ to form (one SYRK) and saves
+ *    2 n² n_o at each use, so it is formed when n <= 2 H n_o, with H the
+ *    uses it can expect: the steps an inverse serves (min(T3, T2) in
+ *    adaptive mode, min(T3, T1) when γ follows λ, T3 in simple mode) on a
+ *    one-candidate step, and 1 on a γ-grid step (three candidates, one
+ *    kept). The rule depends on the
+ *    settings and sizes only, never on what is cached, so an optimizer
+ *    loaded from a blob (which rebuilds the inverses from Q, w, π and γ)
+ *    takes the same branch and computes the same update, bit for bit.
  *  - fallback: a vector block (norm gains, embeddings) with AdaGrad-diag
  *    or SGD scaled by fallback_lr; K-FAC has no factors for it.
  */
@@ -40,8 +53,25 @@ static const double *side_w(const struct curv__kside *s)
     return s->w_new ? s->w_new : s->w;
 }
 
+/* Drop this step's explicit inverses and the multiply's plan. */
+static void side_drop_cand(struct curv__kside *s)
+{
+    for (size_t c = 0; c < CURV__KFAC_MAX_CAND; c++) {
+        curv__free(s->cinv[c]);
+        s->cinv[c] = NULL;
+        s->use[c] = NULL;
+    }
+}
+
+static void side_drop_inv(struct curv__kside *s)
+{
+    curv__free(s->inv);
+    s->inv = NULL;
+}
+
 static void side_drop_new(struct curv__kside *s)
 {
+    side_drop_cand(s);
     curv__free(s->F_new);
     curv__free(s->Q_new);
     curv__free(s->w_new);
@@ -51,6 +81,7 @@ static void side_drop_new(struct curv__kside *s)
 static void side_free(struct curv__kside *s)
 {
     side_drop_new(s);
+    side_drop_inv(s);
     curv__free(s->F);
     curv__free(s->Q);
     curv__free(s->w);
@@ -91,11 +122,14 @@ static curv_status side_stats(struct curv__kside *s, const double *X, size_t row
         cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)rows, scale, X, (int)nx,
                     0.0, Fn, (int)n);
         if (bias) {
+            /* Σ_rows x, accumulated in the last row (contiguous; its lower
+             * triangle is overwritten below) and moved to the last column. */
+            double *sum = Fn + nx * n;
             for (size_t r = 0; r < rows; r++)
                 for (size_t j = 0; j < nx; j++)
-                    Fn[j * n + nx] += X[r * nx + j];
+                    sum[j] += X[r * nx + j];
             for (size_t j = 0; j < nx; j++)
-                Fn[j * n + nx] *= scale;
+                Fn[j * n + nx] = scale * sum[j];
             Fn[nx * n + nx] = scale * (double)rows;
         }
         for (size_t i = 0; i < n; i++)
@@ -160,11 +194,20 @@ static double side_trace(const struct curv__kside *s)
     return t;
 }
 
-static void side_commit(struct curv__kside *s)
+/* The cached inverse after candidate @cand's step: the one it formed;
+ * else the old one while the decomposition and damping @damp stay. */
+static void side_commit(struct curv__kside *s, size_t cand, double damp)
 {
     if (s->F_new) {
         curv__free(s->F);
         s->F = s->F_new;
+    }
+    if (s->w_new || (s->inv && s->inv_damp != damp) || s->cinv[cand])
+        side_drop_inv(s);
+    if (s->cinv[cand]) {
+        s->inv = s->cinv[cand];
+        s->inv_damp = s->cdamp[cand];
+        s->cinv[cand] = NULL;
     }
     if (s->w_new) {
         curv__free(s->w);
@@ -175,6 +218,65 @@ static void side_commit(struct curv__kside *s)
         }
     }
     s->F_new = s->Q_new = s->w_new = NULL;
+    side_drop_cand(s);
+}
+
+int curv__kside_explicit(size_t n, size_t n_other, unsigned horizon)
+{
+    return (double)n <= 2.0 * (double)horizon * (double)n_other;
+}
+
+/* M = Q diag(1/(w + c)) Qᵀ (n x n) as T Tᵀ with T = Q diag(1/sqrt(w + c)):
+ * one SYRK (n³ flops) and a copy of its triangle. NULL when out of memory. */
+static double *side_form(const struct curv__kside *s, double c)
+{
+    const size_t n = s->n;
+    const double *Q = side_Q(s), *w = side_w(s);
+    double *M = curv__calloc_n(n * n, sizeof(double));
+    double *T = curv__calloc_n(n * n, sizeof(double));
+    if (!M || !T) {
+        curv__free(M);
+        curv__free(T);
+        return NULL;
+    }
+    double *r = M; /* the first row of M holds the scales until the SYRK */
+    for (size_t k = 0; k < n; k++)
+        r[k] = 1.0 / sqrt(w[k] + c);
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < n; k++)
+            T[i * n + k] = Q[i * n + k] * r[k];
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, (int)n, (int)n, 1.0, T, (int)n, 0.0, M,
+                (int)n);
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < i; j++)
+            M[i * n + j] = M[j * n + i];
+    curv__free(T);
+    return M;
+}
+
+/* Candidate @cand's explicit inverse of side @s for damping @c, when the
+ * rule asks for one: the cached one (decomposition unchanged, same c), one
+ * an earlier candidate formed for the same c, or a new one. */
+static curv_status side_prepare(struct curv__kside *s, size_t cand, double c, size_t n_other,
+                                unsigned horizon)
+{
+    s->use[cand] = NULL;
+    s->cdamp[cand] = c;
+    if (s->diag || !curv__kside_explicit(s->n, n_other, horizon))
+        return CURV_OK;
+    if (!s->w_new && s->inv && s->inv_damp == c) {
+        s->use[cand] = s->inv;
+        return CURV_OK;
+    }
+    for (size_t k = 0; k < cand; k++)
+        if (s->cinv[k] && s->cdamp[k] == c) {
+            s->use[cand] = s->cinv[k];
+            return CURV_OK;
+        }
+    if (!(s->cinv[cand] = side_form(s, c)))
+        return CURV_E_NOMEM;
+    s->use[cand] = s->cinv[cand];
+    return CURV_OK;
 }
 
 /* F changes with each statistics update, Q and w with each refresh. */
@@ -192,6 +294,7 @@ static void side_save(const struct curv__kside *s, struct curv__writer *w,
 /* Loaded factors must be what steps produce: finite, eigenvalues >= 0. */
 static void side_load(struct curv__kside *s, struct curv__reader *r)
 {
+    side_drop_inv(s); /* the cache belongs to the decomposition replaced */
     curv__r_f64s(r, s->F, side_len(s));
     if (!s->diag)
         curv__r_f64s(r, s->Q, s->n * s->n);
@@ -244,54 +347,122 @@ static curv_status kron_refresh(struct curv__kblock *b, curv_error *err)
     return CURV_OK;
 }
 
-/* out = Q^T X (left, rows x cols) or X Q (right); a diagonal side copies. */
-static void rotate(const struct curv__kside *s, int left, int trans, const double *X, size_t rows,
-                   size_t cols, double *out)
+/* The damping split of the newest decomposition: c_A = γπ, c_G = γ/π. */
+static double kron_pi(const struct curv__kblock *b)
 {
-    if (s->diag) {
-        memcpy(out, X, rows * cols * sizeof(double));
-        return;
+    return b->A.w_new ? b->pi_new : b->pi;
+}
+
+static curv_status kron_prepare(struct curv__kblock *b, const double *gammas, size_t n,
+                                unsigned horizon, curv_error *err)
+{
+    const double pi = kron_pi(b);
+    side_drop_cand(&b->A);
+    side_drop_cand(&b->G);
+    b->n_cand = 0;
+    for (size_t c = 0; c < n && c < CURV__KFAC_MAX_CAND; c++) {
+        curv_status st = side_prepare(&b->A, c, gammas[c] * pi, b->G.n, horizon);
+        if (st == CURV_OK)
+            st = side_prepare(&b->G, c, gammas[c] / pi, b->A.n, horizon);
+        if (st != CURV_OK) {
+            side_drop_cand(&b->A);
+            side_drop_cand(&b->G);
+            return curv__fail(err, st, "kfac: out of memory for the inverses of block '%s'",
+                              b->info.name);
+        }
+        b->cgamma[c] = gammas[c];
     }
-    const double *Q = side_Q(s);
-    const int n = (int)s->n;
-    if (left)
-        cblas_dgemm(CblasRowMajor, trans ? CblasTrans : CblasNoTrans, CblasNoTrans, n, (int)cols, n,
-                    1.0, Q, n, X, (int)cols, 0.0, out, (int)cols);
-    else
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, trans ? CblasTrans : CblasNoTrans, (int)rows, n, n,
-                    1.0, X, (int)cols, Q, n, 0.0, out, (int)cols);
+    b->n_cand = n < CURV__KFAC_MAX_CAND ? n : CURV__KFAC_MAX_CAND;
+    return CURV_OK;
 }
 
-static void kron_apply(const struct curv__kblock *b, const double *g, double gamma, double *u,
-                       double *work)
+/* dst = M X (left, M rows x rows) or X M (right, cols x cols), or their
+ * transposed M (@tm): one GEMM on the rows x cols slice. */
+static void side_gemm(const double *M, int left, int tm, const double *X, size_t rows, size_t cols,
+                      double *dst)
 {
-    const size_t rows = b->info.rows, cols = b->info.cols;
-    const double pi = b->A.w_new ? b->pi_new : b->pi;
-    const double *wg = side_w(&b->G), *wa = side_w(&b->A);
-    const double dg = gamma / pi, da = gamma * pi;
-    double *t = work, *s = work + rows * cols;
-    rotate(&b->G, 1, 1, g, rows, cols, t); /* Q_Gᵀ V */
-    rotate(&b->A, 0, 0, t, rows, cols, s); /* · Q_A */
-    for (size_t i = 0; i < rows; i++)
-        for (size_t j = 0; j < cols; j++)
-            s[i * cols + j] /= (wg[i] + dg) * (wa[j] + da);
-    rotate(&b->G, 1, 0, s, rows, cols, t); /* Q_G · */
-    rotate(&b->A, 0, 1, t, rows, cols, u); /* · Q_Aᵀ */
+    const CBLAS_TRANSPOSE t = tm ? CblasTrans : CblasNoTrans;
+    if (left)
+        cblas_dgemm(CblasRowMajor, t, CblasNoTrans, (int)rows, (int)cols, (int)rows, 1.0, M,
+                    (int)rows, X, (int)cols, 0.0, dst, (int)cols);
+    else
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, t, (int)rows, (int)cols, (int)cols, 1.0, X,
+                    (int)cols, M, (int)cols, 0.0, dst, (int)cols);
 }
 
-static void kron_commit(struct curv__kblock *b, const double *g)
+/*
+ * G_d⁻¹ V A_d⁻¹, each dense side either through its explicit inverse (one
+ * GEMM) or in its eigenbasis (Qᵀ before and Q after the scaling by the
+ * damped eigenvalues), a diagonal side by the scaling alone:
+ *   X = [Q_Gᵀ] V [Q_A];  X ⊘= (d_G d_Aᵀ);  U = {Q_G | G_d⁻¹} X {Q_Aᵀ | A_d⁻¹},
+ * d the damped eigenvalues of an eigenbasis or diagonal side and 1 for an
+ * explicit one. The products ping-pong through @work and the last lands in
+ * @u. With two explicit sides this is exactly two GEMMs.
+ */
+static void kron_apply(const struct curv__kblock *b, size_t cand, const double *g, double gamma,
+                       double *u, double *work)
+{
+    const size_t rows = b->info.rows, cols = b->info.cols, len = rows * cols;
+    const double pi = kron_pi(b);
+    const int ready = cand < b->n_cand && b->cgamma[cand] == gamma;
+    const double *Gi = ready ? b->G.use[cand] : NULL, *Ai = ready ? b->A.use[cand] : NULL;
+    const int eg = !b->G.diag && !Gi, ea = !b->A.diag && !Ai; /* eigenbasis sides */
+    const double *x = g;
+    double *buf[2] = {work, work + len};
+    int nb = 0;
+    if (eg) {
+        side_gemm(side_Q(&b->G), 1, 1, x, rows, cols, buf[nb]);
+        x = buf[nb], nb ^= 1;
+    }
+    if (ea) {
+        side_gemm(side_Q(&b->A), 0, 0, x, rows, cols, buf[nb]);
+        x = buf[nb], nb ^= 1;
+    }
+    const int scale_g = !Gi, scale_a = !Ai;
+    const int last = Gi || eg || Ai || ea; /* a product follows the scaling */
+    if (scale_g || scale_a) {
+        const double *wg = side_w(&b->G), *wa = side_w(&b->A);
+        const double dg = gamma / pi, da = gamma * pi;
+        double *y = last ? (x == buf[0] ? buf[0] : x == buf[1] ? buf[1] : buf[nb]) : u;
+        for (size_t i = 0; i < rows; i++) {
+            const double rg = scale_g ? wg[i] + dg : 1.0;
+            for (size_t j = 0; j < cols; j++)
+                y[i * cols + j] = x[i * cols + j] / (rg * (scale_a ? wa[j] + da : 1.0));
+        }
+        if (y == buf[nb])
+            nb ^= 1;
+        x = y;
+    }
+    if (!last)
+        return;
+    const int post_a = Ai || ea;
+    if (Gi || eg) {
+        double *dst = post_a ? buf[nb] : u;
+        side_gemm(Gi ? Gi : side_Q(&b->G), 1, 0, x, rows, cols, dst);
+        x = dst, nb ^= 1;
+    }
+    if (post_a)
+        side_gemm(Ai ? Ai : side_Q(&b->A), 0, !Ai, x, rows, cols, u);
+}
+
+static void kron_commit(struct curv__kblock *b, size_t cand, const double *g)
 {
     (void)g;
+    const double pi = kron_pi(b);
+    const int have = cand < b->n_cand;
+    const double gamma = have ? b->cgamma[cand] : NAN;
     if (b->A.w_new)
         b->pi = b->pi_new;
-    side_commit(&b->A);
-    side_commit(&b->G);
+    side_commit(&b->A, have ? cand : 0, gamma * pi);
+    side_commit(&b->G, have ? cand : 0, gamma / pi);
+    b->n_cand = 0;
 }
 
 static void kron_abort(struct curv__kblock *b)
 {
     side_drop_new(&b->A);
     side_drop_new(&b->G);
+    b->n_cand = 0;
 }
 
 static void kron_save(const struct curv__kblock *b, struct curv__writer *w,
@@ -313,7 +484,7 @@ static void kron_load(struct curv__kblock *b, struct curv__reader *r)
 
 static size_t side_bytes(const struct curv__kside *s)
 {
-    return (side_len(s) + (s->diag ? 0 : s->n * s->n) + s->n) * sizeof(double);
+    return (side_len(s) + (s->diag ? 0 : s->n * s->n) * (s->inv ? 2 : 1) + s->n) * sizeof(double);
 }
 
 static size_t kron_bytes(const struct curv__kblock *b)
@@ -331,6 +502,7 @@ static void kron_free(struct curv__kblock *b)
 static const struct curv__kblock_vt KRON_VT = {
     .stats = kron_stats,
     .refresh = kron_refresh,
+    .prepare = kron_prepare,
     .apply = kron_apply,
     .commit = kron_commit,
     .abort = kron_abort,
@@ -343,17 +515,18 @@ static const struct curv__kblock_vt KRON_VT = {
 /* ---- fallback ---------------------------------------------------------- */
 
 /* AdaGrad-diag sees this step's square before dividing, as adagrad.c. */
-static void fb_apply(const struct curv__kblock *b, const double *g, double gamma, double *u,
-                     double *work)
+static void fb_apply(const struct curv__kblock *b, size_t cand, const double *g, double gamma,
+                     double *u, double *work)
 {
-    (void)gamma, (void)work;
+    (void)cand, (void)gamma, (void)work;
     const double lr = b->h->fallback_lr, eps = b->h->fallback_eps;
     for (size_t i = 0; i < b->info.size; i++)
         u[i] = b->r ? lr * g[i] / sqrt(b->r[i] + g[i] * g[i] + eps) : lr * g[i];
 }
 
-static void fb_commit(struct curv__kblock *b, const double *g)
+static void fb_commit(struct curv__kblock *b, size_t cand, const double *g)
 {
+    (void)cand;
     for (size_t i = 0; b->r && i < b->info.size; i++)
         b->r[i] += g[i] * g[i];
 }
@@ -450,7 +623,7 @@ void curv__kblock_damped(const struct curv__kblock *b, int side, double gamma, d
                          double *tmp)
 {
     const struct curv__kside *s = side ? &b->G : &b->A;
-    const double pi = b->A.w_new ? b->pi_new : b->pi;
+    const double pi = kron_pi(b);
     const double damp = side ? gamma / pi : gamma * pi;
     const size_t n = s->n;
     const double *Q = side_Q(s), *w = side_w(s);

@@ -7,11 +7,19 @@
  * refreshed at steps k <= 3 and k ≡ 0 (mod inv_interval); a block whose
  * statistics or inverse fail keeps its previous ones for up to
  * max_failures steps in a row. Everything is tentative until commit.
+ *
+ * The per-block work of a step (statistics and refresh, the forming of
+ * explicit inverses, the multiply) runs as one task per block on the
+ * caller's executor (curv/exec.h), largest blocks first so that a dynamic
+ * schedule balances; each task writes only its own block, its status and
+ * its sentence, and a serial pass then applies the failure policy in block
+ * order, so the outcome is the serial one whatever the schedule.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "exec_int.h"
 #include "kfac_int.h"
 
 /* Per-block bookkeeping, committed with the block. */
@@ -26,10 +34,16 @@ struct curv__kfac_est {
     size_t n;
     struct curv__kblock **b;
     struct book *cur, *nxt;
-    double *work;             /* 2 * largest block */
+    size_t big;               /* largest block */
+    double *work;             /* per worker: 2 * big */
     struct curv__kchain **ch; /* inverse = tridiag: the chains */
     size_t nch;
     unsigned char *member; /* per block: its inverse is a chain's */
+    curv_executor ex;      /* workers = 1, run = NULL: serial */
+    size_t *order;         /* the blocks, largest first: the task order */
+    curv_status *st;       /* per block: 2 statuses of the last parallel phase */
+    unsigned char *did;    /* per block: which of them ran (bit 0, bit 1) */
+    curv_error *errs;      /* per block: 2 sentences */
 };
 
 void curv__kfac_est_free(struct curv__kfac_est *e)
@@ -45,7 +59,26 @@ void curv__kfac_est_free(struct curv__kfac_est *e)
     curv__free(e->work);
     curv__kchains_free(e->ch, e->nch);
     curv__free(e->member);
+    curv__free(e->order);
+    curv__free(e->st);
+    curv__free(e->did);
+    curv__free(e->errs);
     curv__free(e);
+}
+
+/* The blocks by size, largest first, ties in layout order (insertion sort:
+ * once, at creation). */
+static void sort_blocks(struct curv__kfac_est *e)
+{
+    for (size_t i = 0; i < e->n; i++) {
+        size_t j = i;
+        const size_t sz = e->b[i]->info.size;
+        while (j > 0 && e->b[e->order[j - 1]]->info.size < sz) {
+            e->order[j] = e->order[j - 1];
+            j--;
+        }
+        e->order[j] = i;
+    }
 }
 
 curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyper *h,
@@ -68,8 +101,14 @@ curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyp
             e->b[i] = b;
         big = info.size > big ? info.size : big;
     }
+    e->big = big;
     e->work = curv__tally_calloc(t, big, 2 * sizeof(double));
     e->member = curv__tally_calloc(t, e->n, 1);
+    e->order = curv__tally_calloc(t, e->n, sizeof *e->order);
+    e->st = curv__tally_calloc(t, e->n, 2 * sizeof *e->st);
+    e->did = curv__tally_calloc(t, e->n, 1);
+    e->errs = curv__tally_calloc(t, e->n, 2 * sizeof *e->errs);
+    e->ex = (curv_executor){.workers = 1};
     curv_status st = t->failed ? CURV_OK : curv__kchains_new(l, h, t, &e->ch, &e->nch, err);
     if (!t->alloc) {
         *out = NULL;
@@ -83,6 +122,7 @@ curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyp
     }
     for (size_t i = 0; i < e->n; i++)
         e->member[i] = (unsigned char)curv__kchain_member(e->ch, e->nch, i);
+    sort_blocks(e);
     *out = e;
     return CURV_OK;
 }
@@ -129,26 +169,59 @@ static curv_status tolerate(struct curv__kfac_est *e, size_t i, int have_old, un
                       (long long)e->h->max_failures);
 }
 
-static curv_status fold_stats(struct curv__kfac_est *e, const struct curv__step_args *a, uint64_t k,
+/* A block's failure of the last parallel phase, as if it had happened
+ * here: its sentence into @err. */
+static curv_status block_status(const struct curv__kfac_est *e, size_t i, int which,
+                                curv_error *err)
+{
+    const curv_status st = e->st[2 * i + which];
+    if (st != CURV_OK && err)
+        *err = e->errs[2 * i + which];
+    return st;
+}
+
+/* What an update task reads. */
+struct upd {
+    struct curv__kfac_est *e;
+    const struct curv__step_args *a;
+    int periodic;
+};
+
+/* Block order[@t]: fold its statistics in, then refresh its inverse when
+ * due (over the old factors when the statistics failed); statuses to st,
+ * did bit 0 / bit 1 when each ran. */
+static void update_task(void *arg, size_t t, unsigned worker)
+{
+    (void)worker;
+    const struct upd *u = arg;
+    struct curv__kfac_est *e = u->e;
+    const size_t i = e->order[t];
+    struct curv__kblock *b = e->b[i];
+    e->did[i] = 0;
+    if (!b->kron)
+        return;
+    const struct curv__layer_in *li = entry_for(u->a, i);
+    uint64_t n_stats = e->cur[i].n_stats;
+    if (li) {
+        e->st[2 * i] =
+            b->vt->stats(b, li, curv__kfac_eps(n_stats + 1, e->h->decay), &e->errs[2 * i]);
+        e->did[i] |= 1;
+        n_stats += e->st[2 * i] == CURV_OK;
+    }
+    if ((!u->periodic && e->cur[i].inv_step) || n_stats == 0)
+        return; /* n_stats = 0: only when its statistics failed on step 1 */
+    e->st[2 * i + 1] = b->vt->refresh(b, &e->errs[2 * i + 1]);
+    e->did[i] |= 2;
+}
+
+/* The statistics' outcome, in block order: counts and tolerated failures. */
+static curv_status fold_stats(struct curv__kfac_est *e, const struct curv__step_args *a,
                               unsigned *failed, curv_error *err)
 {
-    const int due = curv__kfac_stats_due(e->h, k);
     for (size_t i = 0; i < e->n; i++) {
-        struct curv__kblock *b = e->b[i];
-        if (!b->kron)
+        if (!(e->did[i] & 1))
             continue;
-        const struct curv__layer_in *li = entry_for(a, i);
-        if (!li && (due || e->cur[i].n_stats == 0))
-            return curv__fail(err, CURV_E_INVALID,
-                              "kfac: step %llu needs layer statistics for block '%s' (%s; "
-                              "cov_interval = %lld)",
-                              (unsigned long long)k, b->info.name,
-                              e->cur[i].n_stats ? "they are due" : "it has none yet",
-                              (long long)e->h->cov_interval);
-        if (!li)
-            continue;
-        double eps = curv__kfac_eps(e->cur[i].n_stats + 1, e->h->decay);
-        curv_status st = b->vt->stats(b, li, eps, err);
+        curv_status st = block_status(e, i, 0, err);
         if (st == CURV_OK)
             e->nxt[i].n_stats = e->cur[i].n_stats + 1;
         else if (st == CURV_E_NUMERIC)
@@ -167,6 +240,24 @@ static curv_status fold_stats(struct curv__kfac_est *e, const struct curv__step_
     return CURV_OK;
 }
 
+/* Refuse a step without statistics where they are due or a block has none. */
+static curv_status check_stats(const struct curv__kfac_est *e, const struct curv__step_args *a,
+                               uint64_t k, curv_error *err)
+{
+    const int due = curv__kfac_stats_due(e->h, k);
+    for (size_t i = 0; i < e->n; i++) {
+        const struct curv__kblock *b = e->b[i];
+        if (b->kron && !entry_for(a, i) && (due || e->cur[i].n_stats == 0))
+            return curv__fail(err, CURV_E_INVALID,
+                              "kfac: step %llu needs layer statistics for block '%s' (%s; "
+                              "cov_interval = %lld)",
+                              (unsigned long long)k, b->info.name,
+                              e->cur[i].n_stats ? "they are due" : "it has none yet",
+                              (long long)e->h->cov_interval);
+    }
+    return CURV_OK;
+}
+
 curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__step_args *a,
                                   uint64_t k, unsigned *failed, curv_error *err)
 {
@@ -176,15 +267,16 @@ curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__s
     curv__kfac_est_abort(e);
     memcpy(e->nxt, e->cur, e->n * sizeof *e->nxt);
     *failed = 0;
-    curv_status st = fold_stats(e, a, k, failed, err);
-    const int periodic = k <= 3 || k % (uint64_t)e->h->inv_interval == 0;
+    curv_status st = check_stats(e, a, k, err);
+    if (st != CURV_OK)
+        return st;
+    struct upd u = {e, a, k <= 3 || k % (uint64_t)e->h->inv_interval == 0};
+    curv__exec_run(&e->ex, e->n, update_task, &u);
+    st = fold_stats(e, a, failed, err);
     for (size_t i = 0; st == CURV_OK && i < e->n; i++) {
-        struct curv__kblock *b = e->b[i];
-        if (!b->kron || (!periodic && e->cur[i].inv_step))
+        if (!(e->did[i] & 2))
             continue;
-        if (e->nxt[i].n_stats == 0)
-            continue; /* only reachable when its statistics failed on step 1 */
-        st = b->vt->refresh(b, err);
+        st = block_status(e, i, 1, err);
         if (st == CURV_OK)
             e->nxt[i].inv_step = k;
         else if (st == CURV_E_NUMERIC)
@@ -204,9 +296,57 @@ curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__s
     return st;
 }
 
+/* The uses an explicit inverse formed at a step with @n candidates can
+ * expect (kfac_block.c's rule): the steps between refreshes or, in
+ * adaptive mode, between changes of γ (γ-grid steps every T2, or with
+ * gamma_rule = sqrt_lambda λ's updates every T1), whichever is shorter; 1
+ * on a γ-grid step, where only the kept candidate's inverses live on. A
+ * function of the settings alone, so a loaded optimizer decides as the
+ * saved one did. */
+static unsigned horizon(const struct curv__kfac_hyper *h, size_t n)
+{
+    if (n > 1)
+        return 1;
+    int64_t t = h->inv_interval;
+    if (h->mode == CURV__KFAC_ADAPTIVE) {
+        const int64_t g =
+            h->gamma_rule == CURV__KFAC_GAMMA_SQRT_LAMBDA ? h->lambda_interval : h->gamma_interval;
+        t = g < t ? g : t;
+    }
+    return t > 1000000 ? 1000000u : (unsigned)t;
+}
+
+struct prep {
+    struct curv__kfac_est *e;
+    const double *gammas;
+    size_t n;
+    unsigned horizon;
+};
+
+static void prepare_task(void *arg, size_t t, unsigned worker)
+{
+    (void)worker;
+    const struct prep *p = arg;
+    struct curv__kfac_est *e = p->e;
+    const size_t i = e->order[t];
+    struct curv__kblock *b = e->b[i];
+    e->did[i] = 0;
+    if (!b->vt->prepare || e->member[i])
+        return;
+    e->st[2 * i] = b->vt->prepare(b, p->gammas, p->n, p->horizon, &e->errs[2 * i]);
+    e->did[i] = 1;
+}
+
 curv_status curv__kfac_est_prepare(struct curv__kfac_est *e, const double *gammas, size_t n,
                                    unsigned *failed, curv_error *err)
 {
+    struct prep p = {e, gammas, n, horizon(e->h, n)};
+    curv__exec_run(&e->ex, e->n, prepare_task, &p);
+    for (size_t i = 0; i < e->n; i++) {
+        curv_status st = (e->did[i] & 1) ? block_status(e, i, 0, err) : CURV_OK;
+        if (st != CURV_OK)
+            return st;
+    }
     for (size_t c = 0; c < e->nch; c++) {
         int kept = 0;
         curv_status st = curv__kchain_prepare(e->ch[c], e->b, gammas, n, &kept, err);
@@ -218,15 +358,30 @@ curv_status curv__kfac_est_prepare(struct curv__kfac_est *e, const double *gamma
     return CURV_OK;
 }
 
+struct app {
+    struct curv__kfac_est *e;
+    size_t c;
+    double gamma;
+    const double *g;
+    double *u;
+};
+
+static void apply_task(void *arg, size_t t, unsigned worker)
+{
+    const struct app *p = arg;
+    const struct curv__kfac_est *e = p->e;
+    const size_t i = e->order[t];
+    const struct curv__kblock *b = e->b[i];
+    const size_t off = b->info.offset;
+    if (!e->member[i])
+        b->vt->apply(b, p->c, p->g + off, p->gamma, p->u + off, e->work + worker * 2 * e->big);
+}
+
 void curv__kfac_est_apply(struct curv__kfac_est *e, size_t c, double gamma, const double *g,
                           double *u)
 {
-    for (size_t i = 0; i < e->n; i++) {
-        const struct curv__kblock *b = e->b[i];
-        const size_t off = b->info.offset;
-        if (!e->member[i])
-            b->vt->apply(b, g + off, gamma, u + off, e->work);
-    }
+    struct app p = {e, c, gamma, g, u};
+    curv__exec_run(&e->ex, e->n, apply_task, &p);
     for (size_t k = 0; k < e->nch; k++)
         curv__kchain_apply(e->ch[k], c, g, u);
 }
@@ -235,7 +390,7 @@ void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, 
 {
     (void)k;
     for (size_t i = 0; i < e->n; i++)
-        e->b[i]->vt->commit(e->b[i], g + e->b[i]->info.offset);
+        e->b[i]->vt->commit(e->b[i], c, g + e->b[i]->info.offset);
     for (size_t i = 0; i < e->nch; i++)
         curv__kchain_commit(e->ch[i], c);
     memcpy(e->cur, e->nxt, e->n * sizeof *e->cur);
@@ -281,14 +436,29 @@ void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r)
 
 size_t curv__kfac_est_bytes(const struct curv__kfac_est *e)
 {
-    size_t big = 0, total = sizeof *e + e->n * (sizeof *e->b + 2 * sizeof *e->cur);
-    for (size_t i = 0; i < e->n; i++) {
+    size_t total = sizeof *e + e->n * (sizeof *e->b + 2 * sizeof *e->cur + 1 + sizeof *e->order +
+                                       2 * sizeof *e->st + 1 + 2 * sizeof *e->errs);
+    for (size_t i = 0; i < e->n; i++)
         total += e->b[i]->vt->bytes(e->b[i]);
-        big = e->b[i]->info.size > big ? e->b[i]->info.size : big;
-    }
     for (size_t c = 0; c < e->nch; c++)
         total += curv__kchain_bytes(e->ch[c]);
-    return total + 2 * big * sizeof(double);
+    return total + (size_t)e->ex.workers * 2 * e->big * sizeof(double);
+}
+
+curv_status curv__kfac_est_set_executor(struct curv__kfac_est *e, const curv_executor *ex,
+                                        curv_error *err)
+{
+    const curv_executor serial = {.workers = 1};
+    const curv_executor *x = ex ? ex : &serial;
+    double *work = curv__calloc_n(e->big, (size_t)x->workers * 2 * sizeof(double));
+    if (!work)
+        return curv__fail(err, CURV_E_NOMEM,
+                          "kfac: out of memory for the scratch of %u workers (%zu doubles each)",
+                          x->workers, 2 * e->big);
+    curv__free(e->work);
+    e->work = work;
+    e->ex = *x;
+    return CURV_OK;
 }
 
 size_t curv__kfac_est_report_size(const curv_layout *l)

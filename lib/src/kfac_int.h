@@ -40,15 +40,27 @@ struct curv__kfac_hyper {
 
 /* ---- curvature blocks (kfac_block.c) ---------------------------------- */
 
+/* Most damping candidates in one step (the γ grid of §6.6.6). */
+#define CURV__KFAC_MAX_CAND 3
+
 /* One Kronecker factor: dense n x n with the eigendecomposition of its
  * last refresh, or diagonal (n entries; its own eigenvalues) when n is
  * above max_factor_dim. The *_new arrays hold this step's tentative values
- * until the step completes (NULL when not computed this step). */
+ * until the step completes (NULL when not computed this step).
+ * A dense side may also hold the explicit damped inverse
+ * Q diag(1/(w + c)) Qᵀ of its committed decomposition for one damping c
+ * (inv, inv_damp; NULL when none): a cache rebuilt from Q, w and c, never
+ * saved. Per candidate of the step, use[] is the explicit inverse the
+ * multiply applies (NULL: the eigenbasis form) and cinv[] the ones formed
+ * this step (tentative). */
 struct curv__kside {
     size_t n;
     int diag;
     double *F, *Q, *w;
     double *F_new, *Q_new, *w_new;
+    double *inv, inv_damp;
+    double *cinv[CURV__KFAC_MAX_CAND], cdamp[CURV__KFAC_MAX_CAND];
+    const double *use[CURV__KFAC_MAX_CAND];
 };
 
 struct curv__kblock;
@@ -65,18 +77,26 @@ struct curv__kstamps {
  *  - stats:   fold @li's statistics into new factor estimates with decay @eps;
  *             CURV_E_NUMERIC when they come out non-finite;
  *  - refresh: decompose the latest factors (new ones if stats ran);
- *  - apply:   u = P_γ g on the block's slice (P the damped inverse);
- *             @work holds 2 * rows * cols doubles;
- *  - commit:  make the tentative values current; @g is the step's gradient;
+ *  - prepare: (NULL for blocks without factors) get the multiply of each
+ *             of the @n candidate γ's ready: form the explicit damped
+ *             inverses the flop rule asks for (curv__kside_explicit with
+ *             @horizon), reusing the cached ones; CURV_E_NOMEM;
+ *  - apply:   u = P_γ g on the block's slice (P the damped inverse) for
+ *             candidate @cand of the last prepare (the eigenbasis form
+ *             when there was none); @work holds 2 * rows * cols doubles;
+ *  - commit:  make the tentative values current, candidate @cand's
+ *             inverses the cached ones; @g is the step's gradient;
  *  - save / load / bytes / free.
  */
 struct curv__kblock_vt {
     curv_status (*stats)(struct curv__kblock *b, const struct curv__layer_in *li, double eps,
                          curv_error *err);
     curv_status (*refresh)(struct curv__kblock *b, curv_error *err);
-    void (*apply)(const struct curv__kblock *b, const double *g, double gamma, double *u,
-                  double *work);
-    void (*commit)(struct curv__kblock *b, const double *g);
+    curv_status (*prepare)(struct curv__kblock *b, const double *gammas, size_t n, unsigned horizon,
+                           curv_error *err);
+    void (*apply)(const struct curv__kblock *b, size_t cand, const double *g, double gamma,
+                  double *u, double *work);
+    void (*commit)(struct curv__kblock *b, size_t cand, const double *g);
     void (*abort)(struct curv__kblock *b);
     void (*save)(const struct curv__kblock *b, struct curv__writer *w,
                  const struct curv__kstamps *st);
@@ -93,7 +113,19 @@ struct curv__kblock {
     struct curv__kside A, G; /* kron: input factor (cols) and output factor (rows) */
     double pi, pi_new;       /* kron: factored-damping split at the last refresh */
     double *r;               /* fallback adagrad_diag: Σ g² */
+    size_t n_cand;           /* candidates of the last prepare (0: none) */
+    double cgamma[CURV__KFAC_MAX_CAND];
 };
+
+/*
+ * curv__kside_explicit - the multiply's rule for one dense side of n
+ * entries against @n_other on the other side: apply the explicit damped
+ * inverse (one GEMM, 2 n² n_other flops) rather than the eigenbasis form
+ * (two GEMMs around a scaling, 4 n² n_other) when forming it (one SYRK of
+ * Q diag(1/sqrt(w + c)), n³ flops) is paid back within @horizon uses:
+ * n³ <= horizon · 2 n² n_other, i.e. n <= 2 · horizon · n_other.
+ */
+int curv__kside_explicit(size_t n, size_t n_other, unsigned horizon);
 
 /* curv__kblock_new - the block type for layout block @info: Kronecker
  * factors for dense and conv2d blocks (a side above max_factor_dim is
@@ -191,8 +223,9 @@ curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__s
                                   uint64_t k, unsigned *failed, curv_error *err);
 /*
  * curv__kfac_est_prepare - make the preconditioners for the @n damping
- * strengths @gammas ready (the tridiagonal chains are built per γ; the
- * eigen-based block-diagonal inverse needs nothing). Tentative.
+ * strengths @gammas ready: the explicit damped inverses the flop rule asks
+ * for (kfac_block.c; cached ones reused) and the tridiagonal chains (built
+ * per γ). Tentative.
  */
 curv_status curv__kfac_est_prepare(struct curv__kfac_est *e, const double *gammas, size_t n,
                                    unsigned *failed, curv_error *err);
@@ -207,6 +240,11 @@ void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w,
 void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r);
 /* Bytes of state held. */
 size_t curv__kfac_est_bytes(const struct curv__kfac_est *e);
+/* Run the per-block work on @ex (copied; NULL: serially on the calling
+ * thread), with scratch for each of its workers. CURV_E_NOMEM leaves @e
+ * unchanged. */
+curv_status curv__kfac_est_set_executor(struct curv__kfac_est *e, const curv_executor *ex,
+                                        curv_error *err);
 /* Report entries: inverse_age.<block> for each Kronecker block at step @k,
  * and the clamp count of the last tridiagonal build. */
 void curv__kfac_est_report(const struct curv__kfac_est *e, curv_opt *o, uint64_t k);

@@ -2,13 +2,18 @@
 /*
  * bench_kfac - K-FAC (block-diagonal) on the thesis' MNIST deep autoencoder
  * (784-1000-500-250-30 encoder, mirrored decoder, 8 dense layers with
- * biases) at batch sizes 1000 and 5000: seconds for the factor update, the
- * inversion (eigendecompositions) and the preconditioning multiply, per
- * step and amortised over inv_interval = 20 steps, a whole simple-mode
- * step through the public API, and the state a session holds; next to
- * numpy doing the same math in the same run (tests/bench/kfac_numpy.py
- * --only diag) with the ratios library / numpy. OpenBLAS runs on one
- * thread unless OPENBLAS_NUM_THREADS is set; numpy gets the same count.
+ * biases) at batch sizes 1000 and 5000, in one run:
+ *  - the machine's GEMM rate (n = 1000 dgemm and sgemm, one thread and
+ *    every core), the peak each phase is measured against;
+ *  - libcurv's phases (factor update, eigendecompositions, forming the
+ *    explicit damped inverses, the two-GEMM multiply, the eigenbasis
+ *    multiply it replaces, a whole simple-mode step between refreshes),
+ *    serially on one BLAS thread and on a pool of one thread per core lent
+ *    through curv_executor (BLAS on one thread inside each task), each with
+ *    its GFLOP/s and share of the GEMM peak of as many cores;
+ *  - the baseline a user would pick instead: numpy's in-process K-FAC with
+ *    explicit inverses (tests/bench/kfac_numpy.py --only explicit), on one
+ *    thread and on every core, float64 and float32, with the ratios.
  * Usage: bench_kfac [--quick]   (--quick: a tiny network, a smoke run)
  */
 #include <cblas.h>
@@ -20,10 +25,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../lib/tu_pool.h"
 #include "kfac_int.h"
 
 #define T3 20
-#define REPS 3
+#define REPS 5
+#define GAMMA 1e-3 /* the phases' damping (their cost does not depend on it) */
 #define NUMPY "/usr/bin/python3"
 #define SCRIPT "tests/bench/kfac_numpy.py"
 
@@ -95,6 +102,9 @@ static void net_init(struct net *n, const size_t *w, size_t L, size_t m)
     curv_config_set_str(c, "mode", "simple", NULL);
     curv_config_set_num(c, "inv_interval", T3, NULL);
     curv_config_set_num(c, "weight_decay", 0, NULL);
+    /* Statistics due every other step only, so that the bench can time a
+     * refresh without a factor update (every step still sends them). */
+    curv_config_set_num(c, "cov_interval", 2, NULL);
     curv_error err;
     if (curv_opt_new(CURV_OPT_KFAC, n->layout, c, &n->opt, &err) != CURV_OK) {
         fprintf(stderr, "bench_kfac: %s\n", err.text);
@@ -127,132 +137,291 @@ static curv_status step(struct net *n, int with_stats)
     return st;
 }
 
-struct phases {
-    double factors, inverse, apply, step;
-};
+/* ---- the phases ------------------------------------------------------------- */
 
-/* Best of REPS of each phase, on the blocks of a warmed-up optimizer
- * (3 steps: factors and inverses exist). Tentative results are dropped. */
-static void time_phases(struct net *n, struct phases *p)
+enum { FACTORS, EIGH, FORM, MULTIPLY, EIGEN_MULTIPLY, STEP, NPHASE };
+static const char *const PHASE[NPHASE] = {"factor update",   "eigh (refresh)",  "form inverses",
+                                          "multiply 2-GEMM", "multiply 4-GEMM", "whole step"};
+
+/* Nominal flops of each phase for the network (the GEMM-equivalent work,
+ * what a share of the GEMM peak is taken of): factors m (n_i² + n_o²)
+ * (two SYRKs); eigh 4 n³ per side (a convention: (4/3) n³ to reduce to
+ * tridiagonal, about 2 n³ to transform back, the rest for divide and
+ * conquer); forming n³ per side (one SYRK); the multiply 2 n_o n_i (n_o +
+ * n_i) with explicit inverses, twice that in the eigenbasis. The whole
+ * step is factors + multiply. */
+static void phase_flops(const struct net *n, double *f)
 {
-    for (int k = 0; k < 3; k++)
-        if (step(n, 1) != CURV_OK)
-            exit(1);
+    memset(f, 0, NPHASE * sizeof *f);
+    for (size_t i = 0; i < n->L; i++) {
+        const double no = (double)n->w[i + 1], ni = (double)n->w[i] + 1, m = (double)n->m;
+        f[FACTORS] += m * (ni * ni + no * no);
+        f[EIGH] += 4 * (ni * ni * ni + no * no * no);
+        f[FORM] += ni * ni * ni + no * no * no;
+        f[MULTIPLY] += 2 * no * ni * (no + ni);
+        f[EIGEN_MULTIPLY] += 4 * no * ni * (no + ni);
+    }
+    f[STEP] = f[FACTORS] + f[MULTIPLY];
+}
+
+/* Best of REPS of each phase through the estimator, on a warmed-up
+ * optimizer (3 steps: factors, inverses and the cached explicit ones
+ * exist); tentative results are dropped. Factors: an update at a step
+ * without a refresh; eigh: a refresh without statistics (cov_interval =
+ * 2); forming: the prepare after it; then the multiply with those
+ * inverses and, without a prepare, in the eigenbasis; and a whole step
+ * through the public API between refreshes. */
+static void time_phases(struct net *n, double *p)
+{
     struct curv__kfac_est *e = (struct curv__kfac_est *)curv__kfac_estimator(n->opt);
     struct curv__layer_in li[8];
-    p->factors = p->inverse = p->apply = p->step = INFINITY;
+    for (size_t i = 0; i < n->L; i++)
+        li[i] = (struct curv__layer_in){
+            .block = i, .rows = n->m, .examples = n->m, .acts = n->acts[i], .signals = n->sig[i]};
+    const struct curv__step_args with = {.g = n->g, .layers = li, .n_layers = n->L};
+    const struct curv__step_args without = {.g = n->g};
+    const double gamma = GAMMA;
+    unsigned failed;
+    for (int k = 0; k < NPHASE; k++)
+        p[k] = INFINITY;
     for (int r = 0; r < REPS; r++) {
-        for (size_t i = 0; i < n->L; i++)
-            li[i] = (struct curv__layer_in){.block = i,
-                                            .rows = n->m,
-                                            .examples = n->m,
-                                            .acts = n->acts[i],
-                                            .signals = n->sig[i]};
         double t0 = now_s();
-        for (size_t i = 0; i < n->L; i++) {
-            struct curv__kblock *b = (struct curv__kblock *)curv__kfac_est_block(e, i);
-            b->vt->stats(b, &li[i], 0.95, NULL);
-        }
+        curv__kfac_est_update(e, &with, 5, &failed, NULL);
         double t1 = now_s();
-        for (size_t i = 0; i < n->L; i++) {
-            struct curv__kblock *b = (struct curv__kblock *)curv__kfac_est_block(e, i);
-            b->vt->refresh(b, NULL);
-        }
-        double t2 = now_s();
-        curv__kfac_est_apply(e, 0, 0.1, n->g, n->u);
-        double t3 = now_s();
         curv__kfac_est_abort(e);
-        p->factors = fmin(p->factors, t1 - t0);
-        p->inverse = fmin(p->inverse, t2 - t1);
-        p->apply = fmin(p->apply, t3 - t2);
-        /* A whole step between refreshes (k = 4, 5, ...): factors + apply. */
+        double t2 = now_s();
+        curv__kfac_est_update(e, &without, T3, &failed, NULL);
+        double t3 = now_s();
+        curv__kfac_est_prepare(e, &gamma, 1, &failed, NULL);
         double t4 = now_s();
-        step(n, 1);
-        p->step = fmin(p->step, now_s() - t4);
+        curv__kfac_est_apply(e, 0, gamma, n->g, n->u);
+        double t5 = now_s();
+        curv__kfac_est_abort(e);
+        double t6 = now_s();
+        curv__kfac_est_apply(e, 0, gamma, n->g, n->u); /* no prepare: eigenbasis */
+        double t7 = now_s();
+        p[FACTORS] = fmin(p[FACTORS], t1 - t0);
+        p[EIGH] = fmin(p[EIGH], t3 - t2);
+        p[FORM] = fmin(p[FORM], t4 - t3);
+        p[MULTIPLY] = fmin(p[MULTIPLY], t5 - t4);
+        p[EIGEN_MULTIPLY] = fmin(p[EIGEN_MULTIPLY], t7 - t6);
+        /* A whole step between refreshes (k = 4, 5, ...): factors + multiply. */
+        double t8 = now_s();
+        if (step(n, 1) != CURV_OK)
+            exit(1);
+        p[STEP] = fmin(p[STEP], now_s() - t8);
     }
+}
+
+/* GFLOP/s of an s x s x s GEMM, best of 5, on @threads BLAS threads. */
+static double gemm_rate(size_t s, int single, int threads)
+{
+    openblas_set_num_threads(threads);
+    double *a = alloc_or_die(s * s), *b = alloc_or_die(s * s), *c = alloc_or_die(s * s);
+    float *af = (float *)a, *bf = (float *)b, *cf = (float *)c;
+    for (size_t i = 0; i < s * s; i++)
+        single ? (af[i] = (float)uniform_pm(), bf[i] = (float)uniform_pm())
+               : (a[i] = uniform_pm(), b[i] = uniform_pm());
+    const int n = (int)s;
+    double best = INFINITY;
+    for (int r = 0; r < 6; r++) {
+        double t0 = now_s();
+        if (single)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, af, n, bf, n,
+                        0.0f, cf, n);
+        else
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0, a, n, b, n, 0.0, c,
+                        n);
+        if (r > 0) /* the first call warms up */
+            best = fmin(best, now_s() - t0);
+    }
+    free(a), free(b), free(c);
+    openblas_set_num_threads(1);
+    return 2.0 * (double)s * (double)s * (double)s / best / 1e9;
 }
 
 static double json_num(const char *s, const char *key)
 {
     char pat[64];
     snprintf(pat, sizeof pat, "\"%s\": ", key);
-    const char *q = strstr(s, pat);
+    const char *q = s ? strstr(s, pat) : NULL;
     return q ? strtod(q + strlen(pat), NULL) : NAN;
 }
 
-/* numpy's phases for batch @m, or 0 when it could not run. */
-static int run_numpy(const char *out, size_t m, struct phases *np)
+/* numpy's explicit-inverse K-FAC on @threads threads: its whole output
+ * (static storage per slot), or NULL when it could not run. */
+static const char *run_numpy(int slot, int threads, size_t m0, size_t m1, int quick)
 {
-    char pat[32];
-    snprintf(pat, sizeof pat, "{\"m\": %zu,", m);
-    const char *line = strstr(out, pat);
-    if (!line)
-        return 0;
-    np->factors = json_num(line, "factors");
-    np->inverse = json_num(line, "inverse_diag");
-    np->apply = json_num(line, "apply_diag");
-    return np->factors > 0 && np->inverse > 0 && np->apply > 0;
+    static char out[2][16384];
+    char cmd[384];
+    /* A machine-specific OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE would make
+     * numpy's OpenBLAS differ from what a user gets: unset, here only. */
+    snprintf(cmd, sizeof cmd,
+             "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE %s %s --only explicit --m %zu %zu "
+             "--threads %d%s",
+             NUMPY, SCRIPT, m0, m1, threads, quick ? " --quick" : "");
+    FILE *f = popen(cmd, "r");
+    size_t n = f ? fread(out[slot], 1, sizeof out[slot] - 1, f) : 0;
+    out[slot][n] = '\0';
+    int st = f ? pclose(f) : -1;
+    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        printf("numpy on %d thread(s): skipped (%s)\n", threads,
+               n ? strtok(out[slot], "\n") : "did not run");
+        return NULL;
+    }
+    return out[slot];
 }
 
-static void row(const char *what, double lib, double ref, int have)
+/* numpy's seconds for @key at batch @m, dtype @dt; NAN when absent. */
+static double numpy_key(const char *out, size_t m, const char *key, const char *dt)
 {
-    if (have)
-        printf("  %-22s %10.4f %10.4f %8.2f\n", what, lib, ref, lib / ref);
+    char pat[32], name[48];
+    snprintf(pat, sizeof pat, "{\"m\": %zu,", m);
+    const char *line = out ? strstr(out, pat) : NULL;
+    if (!line || !key)
+        return NAN;
+    snprintf(name, sizeof name, "%s_%s", key, dt);
+    return json_num(line, name);
+}
+
+/* The same for phase @k (numpy has no separate eigh or forming: its
+ * inverse_explicit is both, compared as "refresh (both)"). */
+static double numpy_phase(const char *out, size_t m, int k, const char *dt)
+{
+    static const char *const key[NPHASE] = {"factors", NULL, NULL, "apply_explicit", NULL, NULL};
+    return numpy_key(out, m, key[k], dt);
+}
+
+/* One column of @width with @prec decimals, "-" when not measured. */
+static void cell(double v, int width, int prec)
+{
+    if (isnan(v))
+        printf(" %*s", width, "-");
     else
-        printf("  %-22s %10.4f %10s %8s\n", what, lib, "-", "-");
+        printf(" %*.*f", width, prec, v);
+}
+
+/* The machine's GEMM rates, float64 and float32 on 1 thread and every core:
+ * the best of every sample taken in the run (the machine is shared: a
+ * sample taken while other work runs is low). */
+static double peaks[2][2];
+
+static void sample_peaks(size_t gs, unsigned cores)
+{
+    for (int single = 0; single < 2; single++)
+        for (int t = 0; t < 2; t++)
+            peaks[single][t] = fmax(peaks[single][t], gemm_rate(gs, single, t ? (int)cores : 1));
+}
+
+struct result {
+    size_t m, bytes;
+    double p1[NPHASE], pn[NPHASE], fl[NPHASE];
+};
+
+static void measure(struct result *res, const size_t *w, size_t L, size_t m,
+                    const curv_executor *pool)
+{
+    struct net n;
+    net_init(&n, w, L, m);
+    for (int s = 0; s < 3; s++)
+        if (step(&n, 1) != CURV_OK)
+            exit(1);
+    res->m = m;
+    phase_flops(&n, res->fl);
+    time_phases(&n, res->p1);
+    curv_error err;
+    if (curv_opt_set_executor(n.opt, pool, &err) != CURV_OK) {
+        fprintf(stderr, "bench_kfac: %s\n", err.text);
+        exit(1);
+    }
+    time_phases(&n, res->pn);
+    res->bytes = curv__kfac_est_bytes(curv__kfac_estimator(n.opt)) +
+                 curv_layout_dim(n.layout) * sizeof(double);
+    net_free(&n);
+}
+
+static void print_result(const struct result *r, unsigned cores, const char *np1, const char *npn)
+{
+    const size_t m = r->m;
+    const double *p1 = r->p1, *pn = r->pn, *fl = r->fl, *peak = peaks[0];
+    printf("\nbatch m = %zu (seconds, best of %d; session state %.1f MB)\n", m, REPS,
+           (double)r->bytes / 1e6);
+    printf("  %-16s %7s %8s %5s %8s %5s %8s %8s %8s %6s %6s\n", "phase", "GFLOP", "lib 1", "%pk",
+           "lib N", "%pk", "np1 f64", "npN f64", "npN f32", "1/np1", "N/npN");
+    for (int ph = 0; ph < NPHASE; ph++) {
+        double a = numpy_phase(np1, m, ph, "f64"), b = numpy_phase(npn, m, ph, "f64");
+        double c = numpy_phase(npn, m, ph, "f32");
+        if (ph == STEP) {
+            a = numpy_phase(np1, m, FACTORS, "f64") + numpy_phase(np1, m, MULTIPLY, "f64");
+            b = numpy_phase(npn, m, FACTORS, "f64") + numpy_phase(npn, m, MULTIPLY, "f64");
+            c = numpy_phase(npn, m, FACTORS, "f32") + numpy_phase(npn, m, MULTIPLY, "f32");
+        }
+        printf("  %-16s %7.2f %8.4f %4.0f%% %8.4f %4.0f%%", PHASE[ph], fl[ph] / 1e9, p1[ph],
+               100 * fl[ph] / p1[ph] / 1e9 / peak[0], pn[ph],
+               100 * fl[ph] / pn[ph] / 1e9 / peak[1]);
+        cell(a, 8, 4), cell(b, 8, 4), cell(c, 8, 4);
+        cell(p1[ph] / a, 6, 2), cell(pn[ph] / b, 6, 2);
+        printf("\n");
+    }
+    /* numpy's refresh (eigh + explicit inverses) against ours. */
+    const double r1 = p1[EIGH] + p1[FORM], rn = pn[EIGH] + pn[FORM], f = fl[EIGH] + fl[FORM];
+    const double a = numpy_key(np1, m, "inverse_explicit", "f64");
+    const double b = numpy_key(npn, m, "inverse_explicit", "f64");
+    printf("  %-16s %7.2f %8.4f %4.0f%% %8.4f %4.0f%%", "refresh (both)", f / 1e9, r1,
+           100 * f / r1 / 1e9 / peak[0], rn, 100 * f / rn / 1e9 / peak[1]);
+    cell(a, 8, 4), cell(b, 8, 4), cell(numpy_key(npn, m, "inverse_explicit", "f32"), 8, 4);
+    cell(r1 / a, 6, 2), cell(rn / b, 6, 2);
+    printf("\n  amortised (T3 = %d): lib 1 %.4f s, lib %u %.4f s per step\n", T3,
+           p1[FACTORS] + r1 / T3 + p1[MULTIPLY], cores, pn[FACTORS] + rn / T3 + pn[MULTIPLY]);
 }
 
 int main(int argc, char **argv)
 {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
-    if (!getenv("OPENBLAS_NUM_THREADS"))
-        openblas_set_num_threads(1);
-    const int threads = openblas_get_num_threads();
+    long nc = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned cores = nc > 1 ? (unsigned)(nc < 64 ? nc : 64) : 1;
+    openblas_set_num_threads(1);
     const size_t *w = quick ? QUICK : AUTOENCODER;
     const size_t L = (quick ? sizeof QUICK : sizeof AUTOENCODER) / sizeof(size_t) - 1;
     const size_t ms[2] = {quick ? 50 : 1000, quick ? 100 : 5000};
+    const size_t gs = quick ? 256 : 1000;
     printf("bench_kfac: %zu dense layers", L);
     for (size_t i = 0; i <= L; i++)
         printf("%s%zu", i ? "-" : " ", w[i]);
-    printf(", biases; OpenBLAS threads %d; T3 = %d\n", threads, T3);
+    printf(", biases; %u cores; T3 = %d; simple mode; the phases at damping %g\n", cores, T3,
+           GAMMA);
+    sample_peaks(gs, cores);
 
-    static char out[16384];
-    int have_np = 0;
+    const char *np1 = NULL, *npn = NULL;
     if (access(NUMPY, X_OK) == 0 && access(SCRIPT, R_OK) == 0) {
-        char cmd[256];
-        snprintf(cmd, sizeof cmd, "%s %s --only diag --m %zu %zu --threads %d%s", NUMPY, SCRIPT,
-                 ms[0], ms[1], threads, quick ? " --quick" : "");
-        FILE *f = popen(cmd, "r");
-        size_t n = f ? fread(out, 1, sizeof out - 1, f) : 0;
-        out[n] = '\0';
-        int st = f ? pclose(f) : -1;
-        have_np = st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
-        if (!have_np)
-            printf("numpy reference: skipped (%s)\n", n ? strtok(out, "\n") : "did not run");
+        np1 = run_numpy(0, 1, ms[0], ms[1], quick);
+        npn = cores > 1 ? run_numpy(1, (int)cores, ms[0], ms[1], quick) : np1;
     } else {
         printf("numpy reference: skipped (%s or %s not found; run from the repository root)\n",
                NUMPY, SCRIPT);
     }
+    unsigned workers = cores;
+    const curv_executor pool = {.workers = workers, .run = tu_pool_run, .ctx = &workers};
+    struct result res[2];
     for (int k = 0; k < 2; k++) {
-        struct net n;
-        net_init(&n, w, L, ms[k]);
-        struct phases p, np = {0};
-        time_phases(&n, &p);
-        int have = have_np && run_numpy(out, ms[k], &np);
-        size_t bytes = curv__kfac_est_bytes(curv__kfac_estimator(n.opt)) +
-                       curv_layout_dim(n.layout) * sizeof(double);
-        printf("\nbatch m = %zu (seconds, best of %d; session state %.1f MB)\n", ms[k], REPS,
-               (double)bytes / 1e6);
-        printf("  %-22s %10s %10s %8s\n", "phase", "libcurv", "numpy", "ratio");
-        row("factor update", p.factors, np.factors, have);
-        row("inversion (eigh)", p.inverse, np.inverse, have);
-        row("precondition multiply", p.apply, np.apply, have);
-        row("per step, refreshing", p.factors + p.inverse + p.apply,
-            np.factors + np.inverse + np.apply, have);
-        row("amortised (T3 = 20)", p.factors + p.inverse / T3 + p.apply,
-            np.factors + np.inverse / T3 + np.apply, have);
-        printf("  %-22s %10.4f   (curv_opt_step, simple mode, no refresh)\n", "whole step", p.step);
-        net_free(&n);
+        sample_peaks(gs, cores);
+        measure(&res[k], w, L, ms[k], &pool);
     }
+    sample_peaks(gs, cores);
+    printf("GEMM rate (n = %zu, GFLOP/s, the best of 4 samples of best-of-5 spread over the "
+           "run): float64 %.1f on 1 thread, %.1f on %u; float32 %.1f, %.1f\n",
+           gs, peaks[0][0], peaks[0][1], cores, peaks[1][0], peaks[1][1]);
+    if (np1 && npn)
+        printf("numpy's GEMM rate in its own runs (GFLOP/s): float64 %.1f on 1 thread, %.1f on "
+               "%u; float32 %.1f, %.1f\n",
+               json_num(np1, "gemm_f64"), json_num(npn, "gemm_f64"), cores,
+               json_num(np1, "gemm_f32"), json_num(npn, "gemm_f32"));
+    printf("lib 1: one thread; lib %u: %u workers lent through curv_executor, BLAS on 1 thread "
+           "in each; %%pk: GFLOP/s as a share of the float64 GEMM rate on as many threads; np1, "
+           "npN: numpy with explicit inverses on 1 and %u threads; 1/np1, N/npN: libcurv / "
+           "numpy in float64 at the same thread count\n",
+           cores, cores, cores);
+    for (int k = 0; k < 2; k++)
+        print_result(&res[k], cores, np1, npn);
     return 0;
 }

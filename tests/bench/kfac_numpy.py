@@ -16,7 +16,10 @@ Usage:
                benches, which run OpenBLAS on one thread unless told).
   --quick      a tiny chain (10-8-6-4-6-8-10) and m = 50, one repetition:
                a smoke run.
-  --only       the block-diagonal phases only, or the tridiagonal ones.
+  --only       the block-diagonal phases only, or the tridiagonal ones, or
+               (explicit) the best in-process K-FAC a numpy user would
+               write: explicit damped inverses, float64 and float32, with
+               the GEMM rate measured in the same run.
   --m          batch sizes (default 1000 5000).
   --reps       timed calls per phase, the best is reported (default 3).
   --check      no timing: check apply_diag and apply_tri against dense
@@ -40,6 +43,13 @@ Phases (seconds per call, best of --reps; all layers of the chain):
   apply_tri     F̂^-1 V: U = Ξ V, W = Λ U (K2 [(K2^T U K1) * rden] K1^T, the
                 last layer Gd^-1 U Ad^-1), X = Ξ^T W, as curv__kfac_tri_apply
                 (numpy.linalg.multi_dot picks each product's association).
+  With --only explicit, for each dtype T in f64, f32 (the data cast to T):
+  factors_T     as factors, in T.
+  inverse_explicit_T  per layer eigh of each damped factor and the explicit
+                inverse Q diag(1/w) Q^T (Q scaled, one matmul).
+  apply_explicit_T    U_i = Gd_i^-1 V_i Ad_i^-1: two matmuls per layer.
+  and in the header gemm_T: GFLOP/s of an n = 1000 square matmul in T
+  (best of 5), the machine's GEMM rate on the same threads.
 inverse_* and apply_* do not depend on m; they are timed again for each m
 on that m's factors.
 
@@ -75,7 +85,7 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["diag", "tri"], default=None)
+    ap.add_argument("--only", choices=["diag", "tri", "explicit"], default=None)
     ap.add_argument("--m", type=int, nargs="+", default=None)
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--check", action="store_true")
@@ -157,8 +167,8 @@ class Chain:
         Ad, Gd = [], []
         for A, G in zip(self.A, self.G):
             pi = np.sqrt((np.trace(A) / A.shape[0]) / (np.trace(G) / G.shape[0]))
-            Ad.append(A + pi * GAMMA * np.eye(A.shape[0]))
-            Gd.append(G + GAMMA / pi * np.eye(G.shape[0]))
+            Ad.append(A + pi * GAMMA * np.eye(A.shape[0], dtype=A.dtype))
+            Gd.append(G + GAMMA / pi * np.eye(G.shape[0], dtype=G.dtype))
         return Ad, Gd
 
 
@@ -269,8 +279,48 @@ def check():
     return 0 if ok else 1
 
 
+def inverse_explicit(Ad, Gd):
+    out = []
+    for F in Ad + Gd:
+        w, Q = np.linalg.eigh(F)
+        out.append((Q / w) @ Q.T)
+    L = len(Ad)
+    return list(zip(out[L:], out[:L]))  # (Gd^-1, Ad^-1) per layer
+
+
+def apply_explicit(inv, V):
+    return [Gi @ Vi @ Ai for (Gi, Ai), Vi in zip(inv, V)]
+
+
+def gemm_rate(dt, n=1000, reps=5):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((n, n)).astype(dt)
+    b = rng.standard_normal((n, n)).astype(dt)
+    a @ b
+    return 2.0 * n**3 / best_of(reps, lambda: a @ b) / 1e9
+
+
+def run_explicit(c, V, reps, res):
+    """The explicit-inverse K-FAC in float64 and float32."""
+    for name, dt in (("f64", np.float64), ("f32", np.float32)):
+        c.abar = [a.astype(dt) for a in c.abar]
+        c.g = [g.astype(dt) for g in c.g]
+        c.A = [A.astype(dt) for A in c.A]
+        c.G = [G.astype(dt) for G in c.G]
+        Vt = [v.astype(dt) for v in V]
+        res["factors_" + name] = best_of(reps, lambda: c.update_factors(False))
+        Ad, Gd = c.damped()
+        inv = inverse_explicit(Ad, Gd)
+        res["inverse_explicit_" + name] = best_of(reps, lambda: inverse_explicit(Ad, Gd))
+        res["apply_explicit_" + name] = best_of(reps, lambda: apply_explicit(inv, Vt))
+
+
 def run_m(widths, m, reps, only, rng):
     c = Chain(widths, m, rng)
+    if only == "explicit":
+        res = {"m": m}
+        run_explicit(c, [rng.standard_normal((no, ni)) for no, ni in zip(c.n_out, c.n_in)], reps, res)
+        return res
     V = [rng.standard_normal((no, ni)) for no, ni in zip(c.n_out, c.n_in)]
     res = {"m": m}
     if only != "tri":
@@ -306,6 +356,9 @@ def main():
         "reps": reps,
         "layers": [[widths[i + 1], widths[i] + 1] for i in range(len(widths) - 1)],
     }
+    if ARGS.only == "explicit":
+        head["gemm_f64"] = gemm_rate(np.float64)
+        head["gemm_f32"] = gemm_rate(np.float32)
     lines = [json.dumps(r) for r in results]
     print(json.dumps(head)[:-1] + ', "results": [\n' + ",\n".join(lines) + "\n]}")
 

@@ -259,6 +259,130 @@ static void test_blockdiag_update(void **state)
     check_blockdiag(1, 0); /* all diagonal */
 }
 
+/*
+ * The multiply three ways on every Kronecker block after one step: the
+ * eigenbasis form (no prepare), the two-GEMM form with both dense sides'
+ * explicit inverses (a long horizon) and the mixed form (horizon 1: a side
+ * more than twice the other's size stays in its eigenbasis), each against
+ * [(G + γ/π I) ⊗ (A + πγ I)]⁻¹ v formed densely here and solved by
+ * Gauss-Jordan. Dense and conv2d blocks; diagonal sides by max_factor_dim.
+ */
+static void check_multiply(double max_factor_dim)
+{
+    curv_layout *l = curv_layout_new();
+    assert_int_equal(curv_layout_add_dense(l, "wide", 2, 9, 1, NULL), CURV_OK);
+    assert_int_equal(curv_layout_add_dense(l, "tall", 7, 2, 1, NULL), CURV_OK);
+    assert_int_equal(curv_layout_add_conv2d(l, "conv", 3, 1, 2, 2, 1, NULL), CURV_OK);
+    const size_t nx[3] = {9, 2, 4}, ny[3] = {2, 7, 3}, rows = 12, ex = 4;
+    const size_t d = curv_layout_dim(l);
+    double acts[12 * 9], sig[12 * 7], g[64], u[64], v[64];
+    assert_true(d <= 64);
+    tu_rng r;
+    tu_rng_seed(&r, 41);
+    tu_fill_normal(&r, acts, sizeof acts / sizeof acts[0], 1.0);
+    tu_fill_normal(&r, sig, sizeof sig / sizeof sig[0], 1.0);
+    tu_fill_normal(&r, g, d, 1.0);
+    tu_fill_normal(&r, v, d, 1.0);
+    curv_layer_stats ls[3];
+    for (size_t i = 0; i < 3; i++)
+        ls[i] = (curv_layer_stats){
+            .block = i, .rows = i == 2 ? rows : ex, .examples = ex, .acts = acts, .signals = sig};
+    const tu_kv kv[] = {
+        {"lr", 1}, {"momentum", 0}, {"weight_decay", 0}, {"max_factor_dim", max_factor_dim}};
+    curv_opt *o = tu_kfac_opt(l, kv, 4, "mode", "simple", NULL);
+    curv_step_input in = {.grad = g, .len = d, .dtype = CURV_F64, .layers = ls, .n_layers = 3};
+    curv_request req;
+    curv_error err;
+    tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_OK, &err);
+    const double gamma = 0.07;
+    for (size_t i = 0; i < 3; i++) {
+        struct curv__kblock *b = (struct curv__kblock *)block_of(o, i);
+        const size_t nr = b->info.rows, nc = b->info.cols, sz = b->info.size;
+        assert_int_equal(nc, nx[i] + 1);
+        assert_int_equal(nr, ny[i]);
+        double *A = factor(&b->A), *G = factor(&b->G);
+        const double pi = tu_kfac_pi(nr, G, nc, A);
+        for (size_t j = 0; j < nc; j++)
+            A[j * nc + j] += pi * gamma;
+        for (size_t j = 0; j < nr; j++)
+            G[j * nr + j] += gamma / pi;
+        double *K = kron(nr, G, nc, A), *x = tu_alloc(sz), *got = tu_alloc(sz);
+        double *work = tu_alloc(2 * sz);
+        tu_gj_solve(sz, K, v + b->info.offset, x);
+        const unsigned horizons[3] = {0, 1000, 1}; /* 0: no prepare */
+        for (int h = 0; h < 3; h++) {
+            if (horizons[h])
+                tu_assert_status(b->vt->prepare(b, &gamma, 1, horizons[h], &err), CURV_OK, &err);
+            b->vt->apply(b, 0, v + b->info.offset, gamma, got, work);
+            const struct curv__kside *sd[2] = {&b->A, &b->G};
+            for (int k = 0; horizons[h] && k < 2; k++) {
+                const size_t other = k ? nc : nr;
+                const int want = !sd[k]->diag && curv__kside_explicit(sd[k]->n, other, horizons[h]);
+                assert_int_equal(sd[k]->use[0] != NULL, want);
+            }
+            char what[96];
+            snprintf(what, sizeof what, "block %zu, horizon %u, max_factor_dim %g", i, horizons[h],
+                     max_factor_dim);
+            tu_expect_close(got, x, sz, 1e-10, what, 1);
+            b->vt->abort(b);
+        }
+        free(A), free(G), free(K), free(x), free(got), free(work);
+    }
+    curv_opt_free(o);
+    curv_layout_free(l);
+}
+
+static void test_multiply_forms(void **state)
+{
+    (void)state;
+    check_multiply(4096);
+    check_multiply(3); /* sides above 3 diagonal: mixed diagonal and dense */
+    check_multiply(1); /* all diagonal */
+    /* The rule: n <= 2 H n_other. */
+    assert_true(curv__kside_explicit(10, 5, 1));
+    assert_false(curv__kside_explicit(11, 5, 1));
+    assert_true(curv__kside_explicit(1000, 31, 20));
+}
+
+/* Simple mode keeps the explicit inverses of the damping in use between
+ * refreshes (the cache), drops them at a refresh, and a loaded optimizer,
+ * which rebuilds them, computes the same update bit for bit. */
+static void test_inverse_cache(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    const size_t w[] = {5, 3, 3, 2};
+    curv_layout *l = tu_mlp_setup(&net, w, 3, 0, 4, 51, 52);
+    const tu_kv kv[] = {{"lr", 1}, {"momentum", 0.5}, {"weight_decay", 0}, {"inv_interval", 4}};
+    curv_opt *o = tu_kfac_opt(l, kv, 4, "mode", "simple", NULL);
+    double *u = tu_alloc(net.dim), *u2 = tu_alloc(net.dim);
+    curv_error err;
+    for (int k = 1; k <= 5; k++)
+        tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+    const struct curv__kblock *b = block_of(o, 0);
+    assert_non_null(b->A.inv);
+    assert_non_null(b->G.inv);
+    const double *cached = b->A.inv;
+    tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err); /* k = 6 */
+    assert_ptr_equal(b->A.inv, cached);                                      /* reused */
+    unsigned char *blob;
+    size_t len;
+    tu_assert_status(curv_opt_save(o, &blob, &len, &err), CURV_OK, &err);
+    curv_opt *o2;
+    tu_assert_status(curv_opt_load(blob, len, &o2, &err), CURV_OK, &err);
+    assert_null(block_of(o2, 0)->A.inv);
+    for (int k = 7; k <= 9; k++) { /* k = 8 refreshes */
+        tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+        tu_assert_status(tu_mlp_step(o2, &net, 1, u2, NULL, &err), CURV_OK, &err);
+        assert_memory_equal(u, u2, net.dim * sizeof(double));
+    }
+    assert_non_null(block_of(o2, 0)->A.inv);
+    curv_free(blob);
+    curv_opt_free(o2);
+    free(u), free(u2);
+    tu_mlp_teardown(o, l, &net);
+}
+
 /* The factors follow X ← εX + (1−ε)X̂, ε = min(1 − 1/k, decay). */
 static void test_ema_schedule(void **state)
 {
@@ -368,7 +492,8 @@ int main(void)
         cmocka_unit_test(test_factors_one_example), cmocka_unit_test(test_factors_batch),
         cmocka_unit_test(test_conv_statistics),     cmocka_unit_test(test_blockdiag_update),
         cmocka_unit_test(test_ema_schedule),        cmocka_unit_test(test_cov_interval),
-        cmocka_unit_test(test_inverse_interval),
+        cmocka_unit_test(test_inverse_interval),    cmocka_unit_test(test_multiply_forms),
+        cmocka_unit_test(test_inverse_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

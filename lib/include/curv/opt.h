@@ -262,8 +262,12 @@ CURV_API curv_status curv_opt_new(curv_opt_kind kind, const curv_layout *layout,
  * unless said here: hf keeps its CG vectors from the first step on (5 +
  * ls_batch + the stored iterates, about log_1.3(cg_max): 34 vectors of d
  * with the defaults), sgd its momentum (a d-vector) from the first step
- * that uses one, kfac with inverse = tridiag each chain's inverse, and
- * float32 steps a conversion buffer per vector they send.
+ * that uses one, kfac with inverse = tridiag each chain's inverse, kfac
+ * the explicit damped inverses of the damping in use (at most one more
+ * n x n matrix per dense factor side, as many bytes as its eigenvectors)
+ * and, with an executor of W workers (curv_opt_set_executor), W - 1 more
+ * multiply scratch buffers of twice the largest block, and float32 steps
+ * a conversion buffer per vector they send.
  * Return: CURV_OK and *@bytes (SIZE_MAX when the count overflows); the
  * refusals of curv_opt_new(): CURV_E_INVALID (unknown kind, NULL layout or
  * @bytes, empty layout), CURV_E_CONFIG (the text names the key),
