@@ -48,6 +48,14 @@ int curv__config_entry(const curv_config *c, size_t i, struct curv__cfg_entry *o
     return 1;
 }
 
+int curv__config_find(const curv_config *c, const char *key, struct curv__cfg_entry *out)
+{
+    for (size_t i = 0; c && i < c->n; i++)
+        if (strcmp(c->e[i].key, key) == 0)
+            return curv__config_entry(c, i, out);
+    return 0;
+}
+
 /* Find @key's slot, appending an empty one if absent. NULL when out of memory. */
 static struct entry *slot(curv_config *c, const char *key)
 {

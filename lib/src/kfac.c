@@ -80,9 +80,11 @@ static const struct curv__param PARAMS[] = {
               "T1: λ is adapted (and the loss at θ + δ asked for) every T1 steps"),
     CURV__INT(H, gamma_interval, "gamma_interval", 20, 1, 1e9,
               "T2: γ is chosen among {γ, ω2γ, γ/ω2} every T2 steps"),
-    CURV__ENUM(H, gamma_rule, "gamma_rule", "grid", "grid|sqrt_lambda",
-               "adaptive mode: γ from the grid every T2 steps (§6.6.6), or tied to the λ of "
-               "each step, γ = sqrt(λ + η) (§6.6.6's starting point; one candidate per step)"),
+    CURV__ENUM(H, gamma_rule, "gamma_rule", "sqrt_lambda", "sqrt_lambda|grid",
+               "adaptive mode: γ tied to each step's λ, γ = sqrt(λ + η) (§6.6.6's starting "
+               "point; one candidate per step), or chosen from the grid {γ, ω2γ, γ/ω2} every T2 "
+               "steps (§6.6.6; on the autoencoder it drove γ up to 34 and cost 10% of the loss "
+               "at iteration 100: docs/NOTES.md)"),
     CURV__REAL(H, lambda_decay, "lambda_decay", 0.95, 1e-6, 1,
                "ω1 = lambda_decay^T1 (thesis: (19/20)^T1)"),
     CURV__REAL(H, gamma_decay, "gamma_decay", 0.97467943448089633, 1e-6, 1,
@@ -569,6 +571,28 @@ static size_t kfac_saved(const curv_opt *o)
     return total;
 }
 
+/* A state saved before the safeguards (it has no "coefficients") runs on
+ * with the behaviour it was saved with: the free solve, every step kept,
+ * no KL clip, the γ grid, and in adaptive mode an lr of 1 (lr had no
+ * effect there; its stored value was simple mode's 0.01). */
+static curv_status kfac_upgrade(curv_config *c)
+{
+    struct curv__cfg_entry e;
+    if (curv__config_find(c, "coefficients", &e))
+        return CURV_OK;
+    int simple = curv__config_find(c, "mode", &e) && e.str && strcmp(e.str, "simple") == 0;
+    curv_status st = curv_config_set_str(c, "coefficients", "free", NULL);
+    if (st == CURV_OK)
+        st = curv_config_set_num(c, "reject_rise", 0, NULL);
+    if (st == CURV_OK)
+        st = curv_config_set_num(c, "kl_clip", 0, NULL);
+    if (st == CURV_OK)
+        st = curv_config_set_str(c, "gamma_rule", "grid", NULL);
+    if (st == CURV_OK && !simple)
+        st = curv_config_set_num(c, "lr", 1.0, NULL);
+    return st;
+}
+
 const struct curv__kfac_est *curv__kfac_estimator(const curv_opt *o)
 {
     return o && o->kind == CURV_OPT_KFAC ? ((const struct kfac_state *)o->impl)->est : NULL;
@@ -587,4 +611,5 @@ const struct curv__opt_vt curv__kfac_vt = {
     .saved_doubles = kfac_saved,
     .fixed = (const char *const[]){"mode", "inverse", "max_factor_dim", "fallback", NULL},
     .inputs = CURV_INPUT_LAYERS,
+    .upgrade = kfac_upgrade,
 };

@@ -17,7 +17,7 @@ enum { CURV__KFAC_RHO_REQUEST = 0, CURV__KFAC_RHO_NEXT_STEP = 1 };
 enum { CURV__KFAC_PI_TRACE = 0, CURV__KFAC_PI_ONE = 1 };
 enum { CURV__KFAC_FB_ADAGRAD = 0, CURV__KFAC_FB_SGD = 1 };
 enum { CURV__KFAC_COEF_BOX = 0, CURV__KFAC_COEF_FREE = 1 };
-enum { CURV__KFAC_GAMMA_GRID = 0, CURV__KFAC_GAMMA_SQRT_LAMBDA = 1 };
+enum { CURV__KFAC_GAMMA_SQRT_LAMBDA = 0, CURV__KFAC_GAMMA_GRID = 1 };
 
 /* The hyperparameters (kfac.c's table); blocks read the fallback and
  * factor settings through a pointer to the optimizer's copy, so

@@ -26,6 +26,12 @@ static const struct curv__opt_vt *vt_of(curv_opt_kind kind)
     return (unsigned)kind < CURV_OPT_KIND_COUNT ? VTABLES[kind] : NULL;
 }
 
+curv_status curv__opt_upgrade(curv_opt_kind kind, curv_config *stored)
+{
+    const struct curv__opt_vt *vt = vt_of(kind);
+    return vt && vt->upgrade ? vt->upgrade(stored) : CURV_OK;
+}
+
 const char *curv_opt_kind_name(curv_opt_kind kind)
 {
     switch (kind) {

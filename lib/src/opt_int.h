@@ -192,6 +192,10 @@ struct curv__opt_vt {
      * them first: a kind that reads every value anyway can fold the check
      * into that pass. 0: opt.c scans every answer before resume. */
     int checks_answers;
+    /* Settings a state saved by an earlier version was running with, for
+     * keys it lacks whose defaults have changed since (NULL: none); called
+     * on the stored config before the optimizer is built. */
+    curv_status (*upgrade)(curv_config *stored);
 };
 
 /* curv__steps_stamp - the stamp (curv__w_part) of arrays that change only
@@ -246,6 +250,11 @@ struct curv__cfg_entry {
 };
 /* curv__config_entry - entry @i of @c (borrowed); 0 when out of range. */
 int curv__config_entry(const curv_config *c, size_t i, struct curv__cfg_entry *out);
+/* curv__config_find - the entry of @key into @out (borrowed); 0 when absent. */
+int curv__config_find(const curv_config *c, const char *key, struct curv__cfg_entry *out);
+/* curv__opt_upgrade - @kind's upgrade of settings loaded from a state
+ * (curv__opt_vt.upgrade); CURV_OK when it has none. */
+curv_status curv__opt_upgrade(curv_opt_kind kind, curv_config *stored);
 
 /* Parameter tables (param.c). */
 curv_status curv__params_apply(const struct curv__param *tab, size_t n, const char *kind_name,

@@ -142,6 +142,10 @@ curv_status curv_opt_load(const unsigned char *blob, size_t len, curv_opt **out,
     if ((st = load_layout(&r, &layout, err)) != CURV_OK ||
         (st = curv__params_read(&r, &config, err)) != CURV_OK)
         goto out;
+    if ((st = curv__opt_upgrade((curv_opt_kind)kind, config)) != CURV_OK) {
+        st = curv__fail(err, st, "state: out of memory upgrading stored settings");
+        goto out;
+    }
     /* The state's arrays must fit in what is left of the blob: checked
      * before init allocates them (vt->saved_doubles). */
     st = curv__opt_new_bounded((curv_opt_kind)kind, layout, config, curv__r_left(&r) / 8, &o, err);

@@ -53,8 +53,10 @@ static void check_same(const curv_executor *ex, const char *mode, const char *in
     const size_t w[] = {6, 5, 4, 4, 3};
     curv_layout *l = tu_mlp_setup(&net, w, 4, 2, 8, 61, 62);
     const tu_kv kv[] = {{"inv_interval", 3}, {"gamma_interval", 2}, {"lambda_interval", 2}};
-    curv_opt *a = tu_kfac_opt(l, kv, 3, "mode", mode, "inverse", inverse, NULL);
-    curv_opt *b = tu_kfac_opt(l, kv, 3, "mode", mode, "inverse", inverse, NULL);
+    curv_opt *a =
+        tu_kfac_opt(l, kv, 3, "mode", mode, "inverse", inverse, "gamma_rule", "grid", NULL);
+    curv_opt *b =
+        tu_kfac_opt(l, kv, 3, "mode", mode, "inverse", inverse, "gamma_rule", "grid", NULL);
     curv_error err;
     tu_assert_status(curv_opt_set_executor(b, ex, &err), CURV_OK, &err);
     double *ua = tu_alloc(net.dim), *ub = tu_alloc(net.dim);

@@ -180,7 +180,8 @@ static void test_tridiag_save_load(void **state)
     tu_mlp net;
     curv_layout *l = tu_mlp_setup(&net, w, L, 2, 6, 70, 71);
     const tu_kv kv[] = {{"gamma_interval", 2}, {"lambda_interval", 3}, {"inv_interval", 4}};
-    curv_opt *a = tu_kfac_opt(l, kv, 3, "mode", "adaptive", "inverse", "tridiag", NULL);
+    curv_opt *a =
+        tu_kfac_opt(l, kv, 3, "mode", "adaptive", "inverse", "tridiag", "gamma_rule", "grid", NULL);
     double *ua = tu_alloc(net.dim), *ub = tu_alloc(net.dim);
     curv_error err;
     curv_opt *b = NULL;

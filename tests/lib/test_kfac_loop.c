@@ -26,15 +26,15 @@ static double curvature_form(tu_mlp *net, const double *v)
 
 static const size_t W[] = {3, 4, 2};
 
-/* Requests per step: QUADRATIC_FORM over 1 or 3 candidates plus δ0 from
- * step 2 on, LOSS every lambda_interval steps. */
+/* Requests per step (γ grid): QUADRATIC_FORM over 1 or 3 candidates plus
+ * δ0 from step 2 on, LOSS every lambda_interval steps. */
 static void test_request_intervals(void **state)
 {
     (void)state;
     tu_mlp net;
     curv_layout *l = tu_mlp_setup(&net, W, 2, 2, 5, 1, 2);
     const tu_kv kv[] = {{"lambda_interval", 3}, {"gamma_interval", 4}, {"inv_interval", 4}};
-    curv_opt *o = tu_kfac_opt(l, kv, 3, NULL);
+    curv_opt *o = tu_kfac_opt(l, kv, 3, "gamma_rule", "grid", NULL);
     double *u = tu_alloc(net.dim);
     for (unsigned k = 1; k <= 9; k++) {
         tu_kfac_trace tr;
@@ -133,7 +133,8 @@ static void test_gamma_step_math(void **state)
                         {"lambda_interval", 100},
                         {"lambda_init", lam},
                         {"fallback_lr", fb_lr}};
-    curv_opt *o = tu_kfac_opt(l, kv, 5, "coefficients", "free", NULL); /* the thesis' solve */
+    curv_opt *o = tu_kfac_opt(l, kv, 5, "coefficients", "free", "gamma_rule", "grid",
+                              NULL); /* the thesis' solve and γ grid */
     const size_t d = net.dim;
     double *u1 = tu_alloc(d), *u2 = tu_alloc(d), *g1 = tu_alloc(d), *gf = tu_alloc(d);
     double *A[2], *G[2];

@@ -192,6 +192,87 @@ static void test_simple_kl_clip(void **state)
         free(u[t]);
 }
 
+/* @blob as an earlier version saved it: without the hyperparameter records
+ * named in @drop, and lr stored as @lr. Returns the new length. */
+static size_t legacy_blob(unsigned char *blob, size_t len, const char *const *drop, double lr)
+{
+    size_t at = tu_blob_hyper_offset(blob), n = (size_t)tu_get_le(blob + at, 4), kept = 0;
+    size_t src = at + 4, dst = at + 4;
+    for (size_t i = 0; i < n; i++) {
+        size_t start = src, klen = (size_t)tu_get_le(blob + src, 4);
+        char key[64] = "";
+        memcpy(key, blob + src + 4, klen < 63 ? klen : 63);
+        src += 4 + klen;
+        int is_str = (int)tu_get_le(blob + src, 4);
+        size_t vat = src + 4;
+        src = vat + (is_str ? 4 + (size_t)tu_get_le(blob + vat, 4) : 8);
+        int dropped = 0;
+        for (const char *const *d = drop; *d; d++)
+            dropped |= strcmp(*d, key) == 0;
+        if (dropped)
+            continue;
+        if (strcmp(key, "lr") == 0) {
+            uint64_t bits;
+            memcpy(&bits, &lr, 8);
+            tu_put_le(blob + vat, bits, 8);
+        }
+        memmove(blob + dst, blob + start, src - start);
+        dst += src - start;
+        kept++;
+    }
+    memmove(blob + dst, blob + src, len - src);
+    len -= src - dst;
+    tu_put_le(blob + at, kept, 4);
+    tu_put_le(blob + 16, len - 24 - 4, 8); /* the header's payload length */
+    tu_reseal(blob, len);
+    return len;
+}
+
+/* A state saved before the safeguards existed loads with the behaviour it
+ * was saved with (free solve, no rejection, no clip, the γ grid, lr 1 in
+ * adaptive mode); one saved now keeps its settings. */
+static void test_state_from_before_the_safeguards(void **state)
+{
+    (void)state;
+    static const char *const added[] = {"coefficients", "alpha_max",  "mu_max", "reject_rise",
+                                        "kl_clip",      "gamma_rule", NULL};
+    for (int simple = 0; simple <= 1; simple++) {
+        tu_mlp net;
+        curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 21, 22);
+        const tu_kv kv[] = {{"lr", 0.5}};
+        curv_opt *o = tu_kfac_opt(l, kv, 1, "mode", simple ? "simple" : "adaptive", NULL);
+        size_t len;
+        unsigned char *blob = tu_snapshot(o, &len), *old = malloc(len);
+        assert_non_null(old);
+        memcpy(old, blob, len);
+        size_t old_len = legacy_blob(old, len, added, 0.01);
+        curv_opt *now = NULL, *then = NULL;
+        curv_error err;
+        tu_assert_status(curv_opt_load(blob, len, &now, &err), CURV_OK, &err);
+        tu_assert_status(curv_opt_load(old, old_len, &then, &err), CURV_OK, &err);
+        char buf[32];
+        double v;
+        assert_int_equal(curv_opt_get_param_str(now, "coefficients", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, "box");
+        assert_int_equal(curv_opt_get_param(now, "lr", &v), CURV_OK);
+        assert_true(v == 0.5);
+        assert_int_equal(curv_opt_get_param_str(then, "coefficients", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, "free");
+        assert_int_equal(curv_opt_get_param_str(then, "gamma_rule", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, "grid");
+        assert_int_equal(curv_opt_get_param(then, "reject_rise", &v), CURV_OK);
+        assert_true(v == 0);
+        assert_int_equal(curv_opt_get_param(then, "kl_clip", &v), CURV_OK);
+        assert_true(v == 0);
+        assert_int_equal(curv_opt_get_param(then, "lr", &v), CURV_OK);
+        assert_true(v == (simple ? 0.01 : 1.0));
+        curv_opt_free(now), curv_opt_free(then);
+        curv_free(blob);
+        free(old);
+        tu_mlp_teardown(o, l, &net);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -199,6 +280,7 @@ int main(void)
         cmocka_unit_test(test_reject_rise),
         cmocka_unit_test(test_adaptive_lr_scales),
         cmocka_unit_test(test_simple_kl_clip),
+        cmocka_unit_test(test_state_from_before_the_safeguards),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

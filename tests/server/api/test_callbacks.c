@@ -374,11 +374,11 @@ static void test_kfac_adaptive_matches_library(void **state)
     tu_mlp net;
     curv_layout *l = mlp_new(&net, 5);
     struct su_trainer tr = {.base = f->base, .layout = l};
-    su_trainer_create(
-        &tr, "kfac",
-        json_pack("{s:i, s:i, s:i}", "lambda_interval", 2, "gamma_interval", 3, "inv_interval", 2));
+    su_trainer_create(&tr, "kfac",
+                      json_pack("{s:i, s:i, s:i, s:s}", "lambda_interval", 2, "gamma_interval", 3,
+                                "inv_interval", 2, "gamma_rule", "grid"));
     const tu_kv kv[] = {{"lambda_interval", 2}, {"gamma_interval", 3}, {"inv_interval", 2}};
-    curv_opt *ref = tu_opt_with(CURV_OPT_KFAC, l, kv, 3);
+    curv_opt *ref = tu_kfac_opt(l, kv, 3, "gamma_rule", "grid", NULL);
     double first = net.loss;
     size_t total = 0;
     for (long t = 1; t <= 6; t++) {
@@ -666,9 +666,10 @@ static void test_kfac_refusals_change_nothing(void **state)
     size_t done = 0;
     struct su_trainer tr = {.base = f->base, .layout = l, .hook = abuse, .hook_ctx = &done};
     su_trainer_create(&tr, "kfac",
-                      json_pack("{s:i, s:i}", "lambda_interval", 1, "gamma_interval", 2));
+                      json_pack("{s:i, s:i, s:s}", "lambda_interval", 1, "gamma_interval", 2,
+                                "gamma_rule", "grid"));
     const tu_kv kv[] = {{"lambda_interval", 1}, {"gamma_interval", 2}};
-    curv_opt *ref = tu_opt_with(CURV_OPT_KFAC, l, kv, 2);
+    curv_opt *ref = tu_kfac_opt(l, kv, 2, "gamma_rule", "grid", NULL);
     for (long t = 1; t <= 2; t++)
         assert_int_equal(mlp_step(&tr, ref, &net, t, 109), 2);
     assert_int_equal(done, 2);
