@@ -72,6 +72,8 @@ static void parse_fails(const char *text, const char *reason, const char *in_det
     if (doc)
         print_error("parse of %s unexpectedly succeeded\n", text);
     assert_null(doc);
+    if (strcmp(p.reason, reason) != 0)
+        print_error("%s: %s (%s)\n", text, p.reason, p.detail);
     assert_string_equal(p.reason, reason);
     if (in_detail && !strstr(p.detail, in_detail))
         print_error("detail '%s' lacks '%s'\n", p.detail, in_detail);
@@ -572,8 +574,26 @@ static void test_malformed_numbers(void **state)
     assert_string_equal(p.path, "/t/data/1");
     assert_non_null(strstr(p.detail, "byte 52"));
     assert_int_equal(p.http_status, 422);
-    /* Outside data arrays numbers are jansson's: overflow is malformed. */
-    parse_fails("{\"loss\": 1e999}", "MALFORMED_JSON", NULL);
+    /* Outside data arrays numbers are jansson's, and what it refuses as a
+     * member's value (the literals, overflow) is named as non-finite;
+     * anywhere else such a token is malformed JSON. */
+    static const struct {
+        const char *body, *path;
+    } named[] = {{"{\"loss\": 1e999}", "/loss"},
+                 {"{\"step\": 2, \"loss\": NaN}", "/loss"},
+                 {"{\"gram\": [[1, 0], [0, -Infinity]]}", "/gram"},
+                 {"{\"a\": {\"losses\": [ -1e400 ]}}", "/losses"},
+                 {"{\"k\\\"]\": [Infinity]}", "/k\\\"]"}};
+    for (size_t i = 0; i < sizeof named / sizeof named[0]; i++) {
+        parse_fails(named[i].body, "NON_FINITE", "not finite");
+        struct curvd_problem q;
+        assert_null(parse(named[i].body, strlen(named[i].body), &q));
+        assert_string_equal(q.path, named[i].path);
+        assert_int_equal(q.http_status, 422);
+    }
+    parse_fails("{\"loss\": 1, NaN: 2}", "MALFORMED_JSON", NULL);
+    parse_fails("NaN", "MALFORMED_JSON", NULL);
+    parse_fails("[1, NaN]", "MALFORMED_JSON", NULL);
 }
 
 static void test_jansson_error_offset_maps_to_body(void **state)
