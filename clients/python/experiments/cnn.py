@@ -56,9 +56,14 @@ def methods(s: Settings) -> List[Method]:
         for lr in s.lrs:
             out.append(Method(f"{key}_lr{lr:g}", f"{label} lr={lr:g}", kind,
                               dict(config, lr=lr), s.batch, family=label, options=options))
-    out.append(Method("kfac", "K-FAC (adaptive)", "kfac",
-                      {"mode": "adaptive", "lambda_init": s.kfac_lambda, "weight_decay": 0.0},
-                      s.batch, family="K-FAC (adaptive)"))
+    kfac = {"mode": "adaptive", "lambda_init": s.kfac_lambda, "weight_decay": 0.0}
+    out.append(Method("kfac", "K-FAC (adaptive)", "kfac", kfac, s.batch,
+                      family="K-FAC (adaptive)"))
+    # At m = 128 each step solves its batch's model, a noise floor that a
+    # decaying lr (a multiplier of K-FAC's step) lowers: docs/NOTES.md.
+    decay = dict(kfac, lr_schedule="multistep", lr_milestones="500,1000", lr_gamma=0.3)
+    out.append(Method("kfac_decay", "K-FAC (adaptive, lr ×0.3 at 500, 1000)", "kfac", decay,
+                      s.batch, family="K-FAC (adaptive, lr decay)"))
     return out
 
 

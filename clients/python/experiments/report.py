@@ -162,7 +162,9 @@ def _cnn(s: Dict) -> List[str]:
         + (" (the BMA paper's, §7)" if len(st["lrs"]) == 5 else
            " (**subsampled** from the BMA paper's {1, 0.1, 0.01, 0.001, 0.0001})")
         + ", for every method but K-FAC, whose adaptive mode chooses its own step (α, μ: "
-        f"thesis §6.6.4-6.7; λ₀ = {_num(st['kfac_lambda'])}). AdaGrad-BMA partitions each "
+        f"thesis §6.6.4-6.7; λ₀ = {_num(st['kfac_lambda'])}), run once with lr 1 and once "
+        "with lr multiplied by 0.3 at iterations 500 and 1000 (lr scales K-FAC's chosen "
+        "step). AdaGrad-BMA partitions each "
         "layer's weights and biases apart (L = 2l = 10, §7). MBAG: τ = 32 for the dense "
         "weights and the biases, one group per (out, in) filter pair (κ² = 9) for the "
         "convolutions, λ = 0.01, β = 0.9, T_sqr = 50, T_NS = 5 (the MBAG paper's CIFAR-10 "
