@@ -132,6 +132,9 @@ $(BUILD)/tests/test_alloc: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap
 $(BUILD)/tests/test_state_bytes: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
 # The library's threaded suites (a pool of pthreads lent through curv_executor).
 THREAD_TESTS := test_exec
+# The daemon's concurrency suites: its worker pool and the executor it lends,
+# whole daemons stepping K-FAC sessions on it, many sessions from many threads.
+SRV_THREAD_TESTS := http/test_pool test_parallel test_concurrency
 $(BUILD)/tests/test_exec: TEST_LDFLAGS = -pthread
 
 test-unit: $(TEST_BINS) $(STEST_BINS)
@@ -143,13 +146,14 @@ asan:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan OPT="-O1 -g" \
 	    EXTRA_CFLAGS="$(SANITIZE)" EXTRA_LDFLAGS="$(SANITIZE)" test-unit
 
-# The threaded suites again under ThreadSanitizer (clang), in their own
-# build tree; about 10 s on 2 cores.
+# The threaded suites, the library's and the daemon's, again under
+# ThreadSanitizer (clang), in their own build tree.
+TSAN_BINS = $(THREAD_TESTS:%=$(BUILD)/tsan/tests/%) $(SRV_THREAD_TESTS:%=$(BUILD)/tsan/tests/server/%)
 tsan:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan CC=clang OPT="-O1 -g" \
 	    NUMFLAGS=-fno-math-errno EXTRA_CFLAGS=-fsanitize=thread EXTRA_LDFLAGS=-fsanitize=thread \
-	    $(THREAD_TESTS:%=$(BUILD)/tsan/tests/%)
-	@TSAN_OPTIONS=halt_on_error=1 tests/run-tests.sh $(THREAD_TESTS:%=$(BUILD)/tsan/tests/%)
+	    $(TSAN_BINS)
+	@TSAN_OPTIONS=halt_on_error=1 tests/run-tests.sh $(TSAN_BINS)
 
 # The shared library must export curv_* and nothing else.
 check-symbols: $(BUILD)/libcurv.so
