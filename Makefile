@@ -121,6 +121,13 @@ $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libcurv.a
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS_ALL) -O3 -march=native $< -o $@ $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(DEP_LIBS)
 
+# bench_kfac steps sessions at once on the daemon's worker pool (server/http/pool.c).
+$(BUILD)/bench/bench_kfac: tests/bench/bench_kfac.c tests/lib/tu_pool.h $(BUILD)/libcurvd.a \
+		$(BUILD)/libcurv.a
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(CFLAGS_ALL) -Iserver -O3 -march=native $< -o $@ $(BUILD)/libcurvd.a \
+	    $(BUILD)/libcurv.a $(LDFLAGS_ALL) -lpthread $(DEP_LIBS)
+
 # bench_commit times the daemon's store: it links the server archive and SQLite.
 $(BUILD)/bench/bench_commit: tests/bench/bench_commit.c $(BUILD)/libcurvd.a $(BUILD)/libcurv.a
 	@mkdir -p $(@D)
