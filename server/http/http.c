@@ -404,8 +404,9 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
                 x->srv = srv;
                 x->job.run = run_job;
                 curvd_pool_submit(srv->http->pool, &x->job);
-            } else
+            } else {
                 run_heavy(srv, x);
+            }
             return MHD_YES;
         }
         rt->handler(srv, rq, rp);
