@@ -3,8 +3,8 @@
  * K-FAC steps on the daemon's workers lent as an executor
  * (server/http/pool.h): a four-layer MLP's updates through a daemon with
  * several workers equal bit for bit those of the serial library (adaptive
- * mode, with its callbacks); a daemon with three workers answers every
- * step byte for byte as one with a single worker does (binary FP32);
+ * mode, with its callbacks); daemons with two and three workers answer
+ * every step byte for byte as one with a single worker does (binary FP32);
  * four sessions stepped at once from four client threads on two workers
  * each get the serial library's updates. The pool's counters show that the
  * steps did publish batches. Client threads never call cmocka. `make tsan`
@@ -168,55 +168,56 @@ static void test_adaptive_matches_serial(void **state)
     dstop(&f);
 }
 
-/* The same steps (simple mode, binary FP32) on a daemon with one worker
- * and on one with three: the replies are the same bytes. */
+/* The same steps (simple mode, binary FP32) on daemons with one, two and
+ * three workers: the replies are the same bytes. */
 static void test_replies_same_bytes(void **state)
 {
     (void)state;
-    struct dfx one, three;
-    dstart(&one, 1, "par-one");
-    dstart(&three, 3, "par-three");
+    enum { N = 3 };
+    struct dfx d[N];
+    struct su_trainer tr[N];
+    static const char *const tags[N] = {"par-one", "par-two", "par-three"};
     tu_mlp net;
     curv_layout *l = mlp_new(&net, 12);
-    struct su_trainer a = {.base = one.base, .layout = l, .binary = 1, .fp32 = 1};
-    struct su_trainer b = {.base = three.base, .layout = l, .binary = 1, .fp32 = 1};
-    su_trainer_create(&a, "kfac", simple_config());
-    su_trainer_create(&b, "kfac", simple_config());
+    for (int k = 0; k < N; k++) {
+        dstart(&d[k], (unsigned)k + 1, tags[k]);
+        tr[k] = (struct su_trainer){.base = d[k].base, .layout = l, .binary = 1, .fp32 = 1};
+        su_trainer_create(&tr[k], "kfac", simple_config());
+    }
     double *u = tu_alloc(net.dim);
     for (long t = 1; t <= 8; t++) {
         json_t *layers = mlp_layers(&net);
         struct su_step s = {
             .t = t, .grad = net.g, .params = net.theta, .loss = net.loss, .layers = layers};
         struct su_body body;
-        su_step_body(&a, &s, &body);
+        su_step_body(&tr[0], &s, &body);
         json_decref(layers);
-        char pa[160], pb[160];
-        snprintf(pa, sizeof pa, "/v1/sessions/%s/steps", a.id);
-        snprintf(pb, sizeof pb, "/v1/sessions/%s/steps", b.id);
-        struct su_resp ra, rb;
-        su_post_body(&a, pa, &body, &ra);
-        su_post_body(&b, pb, &body, &rb);
+        struct su_resp r[N];
+        for (int k = 0; k < N; k++) {
+            char path[160];
+            snprintf(path, sizeof path, "/v1/sessions/%s/steps", tr[k].id);
+            su_post_body(&tr[k], path, &body, &r[k]);
+            assert_int_equal(r[k].status, 200);
+            if (k && (r[k].len != r[0].len || memcmp(r[k].body, r[0].body, r[0].len) != 0))
+                fail_msg("step %ld: the replies of 1 and %d workers differ", t, k + 1);
+        }
         su_body_free(&body);
-        assert_int_equal(ra.status, 200);
-        assert_int_equal(rb.status, 200);
-        assert_int_equal(ra.len, rb.len);
-        if (memcmp(ra.body, rb.body, ra.len) != 0)
-            fail_msg("step %ld: the replies of 1 and 3 workers differ", t);
-        json_t *j = su_json(ra.body, ra.json_header_len);
+        json_t *j = su_json(r[0].body, r[0].json_header_len);
         size_t off = 0;
-        su_tensors_flat(l, json_object_get(j, "update"), &ra, &off, u);
+        su_tensors_flat(l, json_object_get(j, "update"), &r[0], &off, u);
         json_decref(j);
-        su_resp_free(&ra);
-        su_resp_free(&rb);
+        for (int k = 0; k < N; k++)
+            su_resp_free(&r[k]);
         tu_mlp_advance(&net, u, 300 + (uint64_t)t);
     }
-    assert_int_equal(pool_stats(&one).batches, 0); /* one worker: serial */
-    assert_true(pool_stats(&three).batches > 0);
+    assert_int_equal(pool_stats(&d[0]).batches, 0); /* one worker: serial */
+    for (int k = 1; k < N; k++)
+        assert_true(pool_stats(&d[k]).batches > 0);
     free(u);
     curv_layout_free(l);
     tu_mlp_free(&net);
-    dstop(&one);
-    dstop(&three);
+    for (int k = 0; k < N; k++)
+        dstop(&d[k]);
 }
 
 /* ---- Several sessions at once ---- */
