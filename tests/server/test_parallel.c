@@ -6,8 +6,8 @@
  * mode, with its callbacks); daemons with two and three workers answer
  * every step byte for byte as one with a single worker does (binary FP32);
  * four sessions stepped at once from four client threads on two workers
- * each get the serial library's updates. The pool's counters show that the
- * steps did publish batches. Client threads never call cmocka. `make tsan`
+ * each get the serial library's updates. The pool's counters (also in
+ * /metrics) show that the steps did publish batches. Client threads never call cmocka. `make tsan`
  * runs this suite under ThreadSanitizer.
  */
 #include <jansson.h>
@@ -52,6 +52,23 @@ static struct curvd_pool_stats pool_stats(const struct dfx *f)
     assert_non_null(p);
     curvd_pool_stats(p, &st);
     return st;
+}
+
+/* The value of the sample @name in the daemon's /metrics (-1: absent). */
+static long long metric(const char *base, const char *name)
+{
+    char url[128];
+    snprintf(url, sizeof url, "%s/metrics", base);
+    struct su_resp r;
+    su_request("GET", url, NULL, 0, NULL, 0, &r);
+    assert_int_equal(r.status, 200);
+    long long v = -1;
+    size_t n = strlen(name);
+    for (const char *line = r.body; line && *line; line = strchr(line, '\n'), line += !!line)
+        if (strncmp(line, name, n) == 0 && line[n] == ' ')
+            v = strtoll(line + n + 1, NULL, 10);
+    su_resp_free(&r);
+    return v;
 }
 
 /* Four dense layers and a gain block: five blocks, so five tasks a batch. */
@@ -160,6 +177,11 @@ static void test_adaptive_matches_serial(void **state)
                   st.tasks, st.helped, st.max_busy);
     assert_true(st.batches > 0);
     assert_true(st.max_busy <= 3);
+    /* /metrics shows the same counters. */
+    assert_int_equal(metric(f.base, "curvd_worker_tasks_total{by=\"own\"}") +
+                         metric(f.base, "curvd_worker_tasks_total{by=\"helper\"}"),
+                     (long long)st.tasks);
+    assert_int_equal(metric(f.base, "curvd_workers_busy_max"), st.max_busy);
     free(u);
     free(want);
     curv_opt_free(ref);
