@@ -132,8 +132,9 @@ static const struct curv__param PARAMS[] = {
                "−∇hᵀΔ (m the step's batch, or the statistics' examples when not sent; the "
                "per-example gradients' covariance taken as the Fisher), shortens the step: "
                "adaptive mode fits α, μ to the model's mean over batches, ∇hᵀΔ less that share; "
-               "simple mode scales v by 1 − share after the KL clip (docs/NOTES.md: on the BMA "
-               "CNN at m = 128 it ends the noise floor); off: the batch's model (the thesis'; "
+               "simple mode scales v by 1 − share unless the KL clip is tighter (docs/NOTES.md: "
+               "on the BMA CNN at m = 128 it ends adaptive mode's noise floor); off: the batch's "
+               "model (the thesis'; "
                "also right for full-batch training)"),
     CURV__REAL(H, noise_floor, "noise_floor", 0.1, 0, 1,
                "noise = fisher: the step keeps at least this share (1 − share >= noise_floor; "
@@ -345,12 +346,12 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
         return st;
     }
     curv__kfac_est_apply(s->est, 0, h->damping, s->p.g, delta);
-    /* The clip bounds the step on this batch; the noise's share then
-     * shortens it (applied first, the clip would undo it). */
+    /* Two bounds on the step v: the clip's trust region, and the share
+     * of v that is not the batch's noise; the tighter one holds. */
     const double vg = dot(delta, s->p.g, o->dim);
     s->p.clip = h->kl_clip > 0 && vg > h->kl_clip ? sqrt(h->kl_clip / vg) : 1.0;
     s->p.noise = noise_share(o, -vg, h->damping);
-    const double scale = s->p.clip * fmax(h->noise_floor, 1.0 - s->p.noise);
+    const double scale = fmin(s->p.clip, fmax(h->noise_floor, 1.0 - s->p.noise));
     for (size_t i = 0; scale < 1 && i < o->dim; i++)
         delta[i] *= scale;
     if (mu > 0) {
