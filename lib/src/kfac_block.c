@@ -376,6 +376,24 @@ static curv_status kron_prepare(struct curv__kblock *b, const double *gammas, si
     return CURV_OK;
 }
 
+/* Σ_i w_i / (w_i + c) over the newest eigenvalues of a side. */
+static double side_dof(const struct curv__kside *s, double c)
+{
+    const double *w = side_w(s);
+    double t = 0;
+    for (size_t i = 0; w && i < s->n; i++)
+        t += w[i] / (w[i] + c);
+    return t;
+}
+
+double curv__kblock_dof(const struct curv__kblock *b, double gamma)
+{
+    if (!b->kron)
+        return 0;
+    const double pi = kron_pi(b);
+    return side_dof(&b->A, gamma * pi) * side_dof(&b->G, gamma / pi);
+}
+
 /* dst = M X (left, M rows x rows) or X M (right, cols x cols), or their
  * transposed M (@tm): one GEMM on the rows x cols slice. */
 static void side_gemm(const double *M, int left, int tm, const double *X, size_t rows, size_t cols,

@@ -246,6 +246,9 @@ static void test_config_errors(void **state)
     expect_config_error(K, "kl_clip", NULL, -1e-3);
     expect_config_error(K, "kl_clip", NULL, 1e13);
     expect_config_error(K, "gamma_rule", "tied", 0);
+    expect_config_error(K, "noise", "empirical", 0);
+    expect_config_error(K, "noise_floor", NULL, -0.1);
+    expect_config_error(K, "noise_floor", NULL, 1.5);
     expect_config_error(S, "lr_schedule", "cosine", 0); /* bad enum */
     expect_config_error(S, "lr_schedule", "", 0);
     expect_config_error(S, "lr_schedule", "Step", 0);
