@@ -76,8 +76,12 @@ static curv_status diag_step(curv_opt *o, const struct curv__step_args *in, doub
                              curv_request *req, curv_error *err)
 {
     const double *g = in->g, *theta = in->theta;
-    (void)theta, (void)req, (void)err;
+    (void)theta, (void)req;
     const struct diag_hyper *h = o->hyper;
+    const double *r = o->impl;
+    for (size_t i = 0; i < o->dim; i++) /* the kernel writes r in place */
+        if (!isfinite(r[i] + g[i] * g[i]))
+            return curv__overflow(o, i, "the sum of squared gradients", err);
     diag_kernel(o->dim, g, curv__sched_lr(&h->sched, o->t + 1), h->eps, o->impl, delta);
     return CURV_OK;
 }

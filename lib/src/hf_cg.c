@@ -326,6 +326,9 @@ void curv__hf_start_from(const struct hf_hyper *h, struct hf_work *w, size_t d, 
     residual_kernel(d, gx, w->dvec, w->lambda, w->x, w->g, w->pinv, w->r, s);
     w->ry = s[0];
     w->q[0] = 0.5 * s[1];
+    /* p_0 = −M⁻¹r_0: the kernel reads p (β·p with β = 0), and a cancelled
+     * step may have left an infinity there (0·∞ is NaN). */
+    memset(w->p, 0, d * sizeof *w->p);
     direction_kernel(d, 0.0, w->pinv, w->r, w->p, s);
     w->pmax = s[0];
     w->pr = s[1];

@@ -271,6 +271,16 @@ static void commit(curv_opt *o, double lambda, double gamma)
     pend_drop(s);
 }
 
+/* Index of the entry of largest magnitude. */
+static size_t largest_at(const double *x, size_t n)
+{
+    size_t at = 0;
+    for (size_t i = 1; i < n; i++)
+        if (fabs(x[i]) > fabs(x[at]))
+            at = i;
+    return at;
+}
+
 /* Checks, ∇h and the estimator update shared by both modes. */
 static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_error *err)
 {
@@ -300,10 +310,19 @@ static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_erro
         return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for %zu entries", o->dim);
     for (size_t i = 0; i < o->dim; i++)
         s->p.g[i] = eta > 0 ? a->g[i] + eta * a->theta[i] : a->g[i];
-    if (a->theta)
+    /* θ enters only through the weight decay: without it a huge θ is
+     * nobody's business; with it, ∇h, ‖θ‖² and h(θ) must stay finite. */
+    if (eta > 0)
         s->p.th_sq = dot(a->theta, a->theta, o->dim);
     if (a->has_loss)
-        s->p.h0 = a->loss + 0.5 * eta * s->p.th_sq;
+        s->p.h0 = a->loss + (eta > 0 ? 0.5 * eta * s->p.th_sq : 0.0);
+    size_t bad = curv__first_nonfinite(s->p.g, o->dim);
+    if (bad == o->dim && !(isfinite(s->p.th_sq) && (!a->has_loss || isfinite(s->p.h0))))
+        bad = largest_at(a->theta, o->dim);
+    if (bad < o->dim) {
+        pend_drop(s);
+        return curv__overflow(o, bad, "the weight decay's ∇h = g + ηθ or η/2‖θ‖²", err);
+    }
     curv_status st = curv__kfac_est_update(s->est, a, k, &s->p.failed, err);
     if (st != CURV_OK) {
         pend_drop(s);
@@ -403,7 +422,7 @@ static curv_status kfac_step(curv_opt *o, const struct curv__step_args *a, doubl
     }
     if (p->has_mom)
         memcpy(p->vec + p->nc * d, s->mom, d * sizeof(double));
-    for (size_t r = 0; a->theta && r < rows; r++)
+    for (size_t r = 0; h->weight_decay > 0 && r < rows; r++)
         p->th_dot[r] = dot(a->theta, p->vec + r * d, d);
     p->stage = 1;
     *req = (curv_request){.kind = CURV_REQ_QUADRATIC_FORM,

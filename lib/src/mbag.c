@@ -373,8 +373,11 @@ static curv_status mbag_init_n(curv_opt *o, struct curv__tally *t, curv_error *e
 
 /* mbag, mbag_n: w = H g and the Sherman–Morrison denominator of eq. 4.
  * In exact arithmetic 1 + g^T H g >= 1; clamping it there guards against
- * round-off (H slightly indefinite) and never changes an exact result. */
-static const char *prep_sm(struct mbag *m, size_t i, const double *g)
+ * round-off (H slightly indefinite) and never changes an exact result.
+ * The new H must keep |H_ij| <= 2/λ, which load checks: with a huge g the
+ * subtraction cancels catastrophically (seen: 5e168 at g = 1e100), so the
+ * commit's own arithmetic is run here first. */
+static const char *prep_sm(struct mbag *m, const struct mbag_hyper *h, size_t i, const double *g)
 {
     const struct mbag_group *gr = &m->grp[i];
     size_t n = gr->n;
@@ -390,6 +393,13 @@ static const char *prep_sm(struct mbag *m, size_t i, const double *g)
     double wm = absmax(w, n);
     if (!(wm * (wm / den) <= MBAG_BIG))
         return "the Sherman-Morrison correction Hgg'H/(1 + g'Hg) overflows";
+    const double *A = m->A + gr->mat;
+    for (size_t r = 0; r < n; r++) {
+        double wr = w[r] / den;
+        for (size_t c = 0; c < n; c++)
+            if (!(fabs(A[r * n + c] - wr * w[c]) <= 2.0 / h->lambda))
+                return "the Sherman-Morrison update loses H <= I/lambda to round-off";
+    }
     m->aux[i] = den;
     return NULL;
 }
@@ -458,14 +468,14 @@ static curv_status prepare_group(struct mbag *m, const struct mbag_ctx *cx, size
     const struct mbag_group *gr = &m->grp[i];
     const double *g = m->g + gr->pos;
     double gmax = absmax(g, gr->n);
-    const char *why = m->var == MBAG_EMA ? prep_ema(m, cx->h, i, g, gmax) : prep_sm(m, i, g);
+    const char *why = m->var == MBAG_EMA ? prep_ema(m, cx->h, i, g, gmax) : prep_sm(m, cx->h, i, g);
     if (!why)
         why = prep_update(m, cx, i, g, gmax);
     if (!why)
         return CURV_OK;
     char loc[160];
     curv__locate(cx->o->layout, m->perm ? m->perm[gr->pos] : gr->pos, loc, sizeof loc);
-    return curv__fail(err, CURV_E_NUMERIC,
+    return curv__fail(err, CURV_E_NONFINITE,
                       "%s: %s in the group of %zu parameters starting at %s (gradient too large)",
                       curv_opt_kind_name(cx->o->kind), why, gr->n, loc);
 }

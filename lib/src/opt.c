@@ -223,8 +223,9 @@ static void report_begin(curv_opt *o, const double *g)
 
 /* Run a step or a resume and deliver the update in the caller's dtype. */
 static curv_status finish(curv_opt *o, curv_status st, curv_dtype dtype, void *update,
-                          double *delta, curv_request *req)
+                          double *delta, curv_request *req, curv_error *err)
 {
+    size_t bad;
     if (st == CURV_OK) {
         if (o->report.n >= CURV__REPORT_BASE)
             o->report.e[1].value = norm(delta, o->dim);
@@ -234,6 +235,18 @@ static curv_status finish(curv_opt *o, curv_status st, curv_dtype dtype, void *u
                 f[i] = (float)delta[i];
         }
         o->t++;
+        o->pending = 0;
+    } else if (st == CURV_NEED_INPUT &&
+               (bad = curv__first_nonfinite(req->vectors, req->n_vectors * req->dim)) <
+                   req->n_vectors * req->dim) {
+        /* The inputs drove a vector the trainer would evaluate past the
+         * doubles' range: the step cannot go on, and is abandoned. */
+        char where[160];
+        curv__locate(o->layout, bad % req->dim, where, sizeof where);
+        st = curv__fail(err, CURV_E_NONFINITE,
+                        "%s: vector %zu of the request it would make overflows at element %zu, "
+                        "%s (an input or answer too large); the step is abandoned",
+                        curv_opt_kind_name(o->kind), bad / req->dim, bad % req->dim, where);
         o->pending = 0;
     } else if (st == CURV_NEED_INPUT) {
         o->pending = 1;
@@ -284,7 +297,7 @@ curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void *update, 
     st = o->vt->step(o, &args, delta, req, err);
     if (st == CURV_OK || st == CURV_NEED_INPUT)
         o->interrupted = 0;
-    return finish(o, st, in->dtype, update, delta, req);
+    return finish(o, st, in->dtype, update, delta, req, err);
 }
 
 curv_status curv__answer_finite(const curv_opt *o, const double *v, size_t n, curv_error *err)
@@ -332,7 +345,7 @@ curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype d
     if (!req)
         return curv__fail(err, CURV_E_INVALID, "%s: resume needs a request to fill", name);
     curv_status st = o->vt->resume(o, resp, delta, req, err);
-    return finish(o, st, dtype, update, delta, req);
+    return finish(o, st, dtype, update, delta, req, err);
 }
 
 curv_opt_kind curv_opt_kind_of(const curv_opt *o)

@@ -50,6 +50,14 @@ static curv_status load_vec(curv_opt *o, const void *src, curv_dtype dtype, doub
     return CURV_OK;
 }
 
+curv_status curv__overflow(const curv_opt *o, size_t i, const char *what, curv_error *err)
+{
+    char where[160];
+    curv__locate(o->layout, i, where, sizeof where);
+    return curv__fail(err, CURV_E_NONFINITE, "%s: %s overflows at element %zu, %s",
+                      curv_opt_kind_name(o->kind), what, i, where);
+}
+
 static int by_block(const void *x, const void *y)
 {
     const struct curv__layer_in *a = x, *b = y;

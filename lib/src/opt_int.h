@@ -103,6 +103,10 @@ struct curv__step_args {
     size_t batch; /* examples behind g; 0: not given */
 };
 
+/* curv__overflow - refuse a step (CURV_E_NONFINITE, nothing changed yet):
+ * "<kind>: <what> overflows at element @i, <where in the layout>". */
+curv_status curv__overflow(const curv_opt *o, size_t i, const char *what, curv_error *err);
+
 /* The step report: entries with names held in @names (fixed-size slots). */
 #define CURV__REPORT_NAME 96
 struct curv__report {

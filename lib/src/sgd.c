@@ -93,15 +93,22 @@ static curv_status sgd_step(curv_opt *o, const struct curv__step_args *in, doubl
         return st;
     const uint64_t t = o->t + 1;
     const double lr = curv__sched_lr(&h->sched, t), mu = momentum_at(h, t);
-    for (size_t i = 0; i < o->dim; i++) {
-        double gi = wd > 0 ? g[i] + wd * theta[i] : g[i];
-        double d = gi;
-        if (s->v && h->momentum > 0) {
-            s->v[i] = mu * s->v[i] + gi;
-            d = h->nesterov ? gi + mu * s->v[i] : s->v[i];
+    const int mom = s->v && h->momentum > 0;
+    /* Two passes over the same arithmetic: the first only checks, so a
+     * step that would overflow the velocity or the update changes nothing. */
+    for (int write = 0; write <= 1; write++)
+        for (size_t i = 0; i < o->dim; i++) {
+            double gi = wd > 0 ? g[i] + wd * theta[i] : g[i];
+            double v = mom ? mu * s->v[i] + gi : gi;
+            double d = -lr * (mom && h->nesterov ? gi + mu * v : v);
+            if (write) {
+                if (mom)
+                    s->v[i] = v;
+                delta[i] = d;
+            } else if (!isfinite(v) || !isfinite(d)) {
+                return curv__overflow(o, i, mom ? "the velocity μv + g" : "the update", err);
+            }
         }
-        delta[i] = -lr * d;
-    }
     return CURV_OK;
 }
 

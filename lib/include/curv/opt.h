@@ -298,8 +298,11 @@ CURV_API void curv_opt_free(curv_opt *o);
  * naming a vector block, a repeated block, zero rows, rows not a multiple
  * of examples), CURV_E_SHAPE (@in->len is not the layout's dimension),
  * CURV_E_NONFINITE (NaN/Inf in any input: the text names the block and
- * the element), CURV_E_STATE (a request is pending), CURV_E_NUMERIC,
- * CURV_E_NOMEM. On any error nothing changes.
+ * the element; also for a finite input that would overflow the kind's
+ * state, the update or a request's vectors), CURV_E_STATE (a request is
+ * pending),
+ * CURV_E_NUMERIC, CURV_E_NOMEM.
+ * On any error nothing changes.
  */
 CURV_API curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void *update,
                                    curv_request *req, curv_error *err);
@@ -310,7 +313,10 @@ CURV_API curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void 
  * interruption, or when @resp->seq is not the pending request's;
  * CURV_E_SHAPE when @resp->n_values is not the request's n_values;
  * CURV_E_NONFINITE for a NaN/Inf value. A refused answer changes nothing:
- * the same request stays pending.
+ * the same request stays pending. Exception: CURV_E_NONFINITE when the
+ * next request's vectors would overflow (inputs or answers too large to go
+ * on): the step is abandoned, as by curv_opt_cancel, and nothing is
+ * pending (curv_opt_pending() is 0).
  */
 CURV_API curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype dtype,
                                      void *update, curv_request *req, curv_error *err);

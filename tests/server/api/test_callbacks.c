@@ -755,6 +755,54 @@ static void test_reposted_step_restarts(void **state)
     curv_layout_free(l);
 }
 
+/* Answers at the doubles' limit (finite, so decoded) drive the next CG
+ * direction past it: the library abandons the step (422 NON_FINITE naming
+ * the element), the daemon drops the exchange with it (no pending
+ * callback), and the step posted again completes with the update of a
+ * reference that never saw those answers. */
+static void test_overflowing_answers_abandon_the_step(void **state)
+{
+    struct su_fx *f = *state;
+    curv_layout *l = su_layout_new();
+    struct su_trainer tr = {.base = f->base, .layout = l};
+    su_trainer_create(&tr, "hf", hf_config());
+    curv_opt *ref = hf_ref(l);
+    struct quad p;
+    quad_new(&p, SU_D, 6);
+    double u[SU_D];
+    hf_step(&tr, ref, &p, 1, u);
+    quad_move(&p, u);
+    struct su_resp r;
+    post_quad_step(&tr, &p, 2, &r);
+    int answers = 0;
+    while (r.status == 202 && answers < 60) {
+        struct su_callback cb;
+        su_callback_parse(&tr, &r, 2, &cb);
+        su_resp_free(&r);
+        double *v = tu_alloc(cb.req.n_values);
+        for (size_t i = 0; i < cb.req.n_values; i++)
+            v[i] = 1.7e308;
+        struct su_body b;
+        su_answer_body(&tr, &cb.req, v, &b);
+        su_post_body(&tr, cb.url, &b, &r);
+        su_body_free(&b);
+        free(v);
+        su_callback_clear(&cb);
+        answers++;
+    }
+    assert_int_equal(r.status, 422);
+    assert_non_null(strstr(r.body, "NON_FINITE"));
+    assert_non_null(strstr(r.body, "the step is abandoned"));
+    su_resp_free(&r);
+    char pc[256];
+    pending_of(f->base, tr.id, pc, sizeof pc);
+    assert_string_equal(pc, "");
+    hf_step(&tr, ref, &p, 2, u); /* posts step 2 again and completes it */
+    quad_free(&p);
+    curv_opt_free(ref);
+    curv_layout_free(l);
+}
+
 /* The exchange lives in memory: after a restart mid-step the callback is
  * 409 NO_CALLBACK_PENDING, the session is at its last committed step, and
  * posting the step again completes it with the reference's update. */
@@ -876,6 +924,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hf_refusals_change_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kfac_refusals_change_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reposted_step_restarts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_overflowing_answers_abandon_the_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_mid_exchange, setup, teardown),
         cmocka_unit_test_setup_teardown(test_session_shows_last_report, setup, teardown),
     };
