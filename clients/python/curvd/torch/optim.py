@@ -199,8 +199,8 @@ class CurvdOptimizer(torch.optim.Optimizer):
                              f"'url', 'lr'}}), not {what}: curvd's state lives in the daemon's "
                              "session and cannot be seeded from another optimizer's")
         if state["optimizer"] != self.kind:
-            raise ValueError(f"the state is of a {state['optimizer']} session; this optimizer "
-                             f"is {self.kind}")
+            raise ValueError(f"the state names a session of {state['optimizer']}; this "
+                             f"optimizer is {self.kind}")
         if state.get("session"):
             self.attach(state["session"])
 
