@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import curvd
 from curvd.torch import CurvdOptimizer, TorchOracle, get_loss, model_blocks
 from curvd.torch.oracle import rng_state
 from test_optim import RUNS, blobs, mlp, need
@@ -258,3 +259,49 @@ def test_load_state_dict_refuses_a_torch_optimizers_state(daemon):
     with pytest.raises(ValueError) as e:
         opt.load_state_dict(other.state_dict())
     assert str(e.value) == "the state names a session of adagrad_diag; this optimizer is sgd"
+
+
+# ---- D. the session from construction ---------------------------------------
+
+
+class Backwards(nn.Module):
+    """Registers its layers in the opposite order to calling them."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(9)
+        self.second = nn.Linear(8, 3)
+        self.first = nn.Linear(4, 8)
+
+    def forward(self, x):
+        return self.second(torch.tanh(self.first(x)))
+
+
+def test_the_session_exists_from_construction(daemon, client):
+    model = mlp(9)
+    opt = CurvdOptimizer(model, daemon.url, "sgd", {"lr": 0.1})
+    sid = opt.session.id
+    assert opt.state_dict()["session"] == sid
+    assert client.session(sid).steps == 0 and client.session(sid).config["lr"] == 0.1
+    opt.step(*blobs(seed=9))
+    assert opt.session.id == sid and client.session(sid).steps == 1
+    # Continuing another session deletes the empty one made at construction.
+    again = CurvdOptimizer(copy.deepcopy(model), daemon.url, "sgd")
+    fresh = again.session.id
+    again.load_state_dict(opt.state_dict())
+    assert again.session.id == sid
+    with pytest.raises(curvd.NotFound):
+        client.session(fresh)
+
+
+def test_layers_called_out_of_registration_order_get_a_session_in_call_order(daemon, client):
+    opt = CurvdOptimizer(Backwards(), daemon.url, "adagrad_diag", {"lr": 0.1})
+    made = opt.session.id
+    assert [b["name"] for b in opt.session.layout] == ["second", "first"]
+    opt.param_groups[0]["lr"] = 0.05  # kept across the replacement
+    opt.step(*blobs(seed=9))
+    assert opt.session.id != made
+    assert [b["name"] for b in opt.session.layout] == ["first", "second"]
+    assert client.session(opt.session.id).config["lr"] == 0.05
+    with pytest.raises(curvd.NotFound):
+        client.session(made)

@@ -105,14 +105,21 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self.generator.manual_seed(seed)
         self.capture = Capture(self.blocks)
         self.session: Optional[Session] = None
+        self._fresh = False
         self.last_report: dict = {}
         self._constructed = False
         super().__init__([p for b in self.blocks for p in b.params],
                          {"lr": self.config.get("lr")})
         self._constructed = True
         self._synced_lr = self.config.get("lr")
+        # The session exists from here on (its id in state_dict(), its
+        # config errors raised now). Its layers are in registration order
+        # until the first step has seen the forward pass's call order.
         if session is not None:
             self.attach(session)
+        else:
+            self._adopt(self.client.create_session(self.kind, self._layout(), self.config))
+            self._fresh = True
 
     def _warn_fallback(self, kind: dict, bias_blocks: bool) -> None:
         """One warning naming the parameters the kind's layer model leaves
@@ -154,6 +161,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
         if s.optimizer != self.kind or sorted(theirs, key=key) != sorted(ours, key=key):
             raise ValueError(f"session {session_id} ({s.optimizer}, {s.layout}) does not fit "
                              f"this model and kind ({self.kind}, {self._layout()})")
+        self._drop_fresh()
         self.blocks = [by_name[d["name"]] for d in s.layout]
         self._adopt(s)
         return s
@@ -171,10 +179,29 @@ class CurvdOptimizer(torch.optim.Optimizer):
         for g in self.param_groups:
             g["lr"] = lr
 
+    def _drop_fresh(self) -> None:
+        """Delete the session made at construction while no step used it."""
+        if self._fresh and self.session is not None:
+            self._fresh = False
+            try:
+                self.session.delete()
+            except Exception:  # noqa: BLE001 -- an empty session left behind is harmless
+                pass
+
     def _ensure_session(self, first_calls=()) -> Session:
-        if self.session is None:
-            self.blocks = order_blocks(self.blocks, first_calls)
-            self._adopt(self.client.create_session(self.kind, self._layout(), self.config))
+        if self._fresh:
+            # K-FAC's block-tridiagonal inverse couples neighbours in the
+            # order the forward pass calls the layers: a model that calls
+            # them out of registration order gets a session in call order
+            # at its first step (a new id; the empty one is deleted).
+            ordered = order_blocks(self.blocks, first_calls)
+            if [b.name for b in ordered] != [b.name for b in self.blocks]:
+                lr = self.param_groups[0]["lr"]
+                config = dict(self.config, **({"lr": float(lr)} if lr is not None else {}))
+                self._drop_fresh()
+                self.blocks = ordered
+                self._adopt(self.client.create_session(self.kind, self._layout(), config))
+            self._fresh = False
         lr = self.param_groups[0]["lr"]
         if lr is not None and lr != self._synced_lr:
             self.session.update_config({"lr": float(lr)})
