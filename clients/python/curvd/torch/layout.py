@@ -146,7 +146,8 @@ def fallback_report(model: nn.Module, blocks: List[Block], bias_blocks: bool = F
     lines = []
     for mname, attrs in by_module.items():
         m = model.get_submodule(mname) if mname else model
-        lines.append(f"  {repr(mname) if mname else 'the model'} ({type(m).__name__}: {', '.join(attrs)}): "
+        where = repr(mname) if mname else "the model"
+        lines.append(f"  {where} ({type(m).__name__}: {', '.join(attrs)}): "
                      f"{_why_not_a_layer(m, bias_blocks)}")
     return "\n".join(lines)
 

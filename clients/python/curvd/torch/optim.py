@@ -10,7 +10,9 @@ step(x, y) runs the forward and backward passes itself (so that the
 gradient, the layer statistics and the callbacks all use one loss), posts
 everything in the binary encoding, answers the callbacks, and adds the
 update to the parameters. For first-order kinds step() without arguments
-also works after the usual loss.backward(), reading p.grad.
+also works after the usual loss.backward(), reading p.grad; step(closure)
+works for first-order kinds and K-FAC with the true Fisher (see
+_step_closure). The session is created with the optimizer.
 """
 
 import math
@@ -128,12 +130,14 @@ class CurvdOptimizer(torch.optim.Optimizer):
         if not report:
             return
         params = {p["name"]: p.get("default") for p in kind.get("params", [])}
-        fallback = self.config.get("fallback", params.get("fallback", "its fallback"))
+        fallback = self.config.get("fallback", params.get("fallback"))
         lr = self.config.get("fallback_lr", params.get("fallback_lr"))
+        known = ([fallback] if fallback is not None else []) + \
+            ([f"fallback_lr={lr}"] if lr is not None else [])
+        which = f" ({', '.join(known)})" if known else ""
         warnings.warn(f"{self.kind} models the curvature of nn.Linear and nn.Conv2d layers "
-                      f"only; these parameters go to its fallback optimizer ({fallback}, "
-                      f"fallback_lr={lr}) as vector blocks, without curvature:\n{report}",
-                      UserWarning, stacklevel=3)
+                      f"only; these parameters go to its fallback optimizer{which} as vector "
+                      f"blocks, without curvature:\n{report}", UserWarning, stacklevel=3)
 
     def add_param_group(self, param_group: dict) -> None:
         """Refused after construction: the session's layout is the model's
