@@ -167,14 +167,15 @@ def test_parameters_instead_of_the_model_are_refused(daemon, what):
 # ---- C. step(closure) -------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["sgd", "adagrad_bma", "kfac"])
-def test_step_with_a_closure_equals_step_with_the_batch(daemon, offered, layers_refused, kind):
+@pytest.mark.parametrize("run", ["sgd", "adagrad_bma", "kfac", "hf_plain"])
+def test_step_with_a_closure_equals_step_with_the_batch(daemon, offered, layers_refused, run):
     """The closure's gradient (and for K-FAC, statistics from the inputs it
-    gave the model, and loss callbacks through it) train as step(x, y)."""
+    gave the model; for K-FAC and HF, curvature callbacks on those inputs
+    and loss callbacks through the closure) train as step(x, y)."""
+    kind, config = ("hf", {"precond": "none"}) if run == "hf_plain" else (run, RUNS[run][1])
     need(offered, kind, layers_refused)
     x, y = blobs(seed=4)
     a, b = mlp(4), mlp(4)
-    config = RUNS[kind][1]
     oa = CurvdOptimizer(a, daemon.url, kind, config)
     ob = CurvdOptimizer(b, daemon.url, kind, config)
     closure = closure_of(oa, a, x, y)
@@ -203,8 +204,14 @@ def test_step_with_a_closure_trains_batchnorm_and_dropout_under_kfac(daemon, off
 
 
 @pytest.mark.parametrize("kind,config,fix", [
-    ("hf", {}, "hf needs per-example gradients of the batch's loss (grad_sq), which a "
-     "closure's mean loss does not give: call step(inputs, targets)"),
+    ("hf", {}, "hf with precond='fisher_diag' or damping='diag' needs per-example gradients "
+     "of the batch's loss (grad_sq), which a closure's mean loss does not give: call "
+     "step(inputs, targets), or set precond='none' and damping='tikhonov' to step with a "
+     "closure"),
+    ("hf", {"precond": "none", "damping": "diag"}, "hf with precond='fisher_diag' or "
+     "damping='diag' needs per-example gradients of the batch's loss (grad_sq), which a "
+     "closure's mean loss does not give: call step(inputs, targets), or set precond='none' "
+     "and damping='tikhonov' to step with a closure"),
     ("kfac", {"fisher": "empirical"}, "kfac with fisher='empirical' needs the batch's targets "
      "for its layer statistics, which a closure hides: call step(inputs, targets), or use "
      "fisher='true' (targets sampled from the model) with step(closure)")])

@@ -97,6 +97,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self.encoding = encoding
         self.send_layers = "layers" in inputs
         self.send_grad_sq = "grad_sq" in inputs
+        self.callbacks = bool(kinds[optimizer].get("callbacks", False))
         self._send_params = send_params
         self.blocks = model_blocks(model, bias_blocks)
         if self.send_layers:
@@ -320,20 +321,24 @@ class CurvdOptimizer(torch.optim.Optimizer):
         """step(closure): the gradient from p.grad after the closure. K-FAC's
         layer statistics come from the inputs the closure gave the model,
         run again under replay() (same dropout masks, buffers untouched)
-        with targets sampled from the model; its loss callbacks call the
-        closure at θ + v. p.grad is left as the closure made it."""
-        if self.send_grad_sq:
-            raise ValueError(f"{self.kind} needs per-example gradients of the batch's loss "
-                             "(grad_sq), which a closure's mean loss does not give: call "
-                             "step(inputs, targets)")
-        fisher = self.fisher if self.session is not None else \
-            self.config.get("fisher", self._fisher or "true")
-        if self.send_layers and fisher == "empirical":
+        with targets sampled from the model; curvature callbacks re-run the
+        model on those inputs, loss callbacks call the closure at θ + v.
+        p.grad is left as the closure made it. HF steps this way without
+        grad_sq, which only its diagonal preconditioner and damping read."""
+        cfg = self.session.config
+        if self.send_grad_sq and not (cfg.get("precond") == "none" and
+                                      cfg.get("damping") == "tikhonov"):
+            raise ValueError(f"{self.kind} with precond='fisher_diag' or damping='diag' needs "
+                             "per-example gradients of the batch's loss (grad_sq), which a "
+                             "closure's mean loss does not give: call step(inputs, targets), "
+                             "or set precond='none' and damping='tikhonov' to step with a "
+                             "closure")
+        if self.send_layers and self.fisher == "empirical":
             raise ValueError(f"{self.kind} with fisher='empirical' needs the batch's targets "
                              "for its layer statistics, which a closure hides: call "
                              "step(inputs, targets), or use fisher='true' (targets sampled "
                              "from the model) with step(closure)")
-        if not self.send_layers:
+        if not (self.send_layers or self.callbacks):
             with torch.enable_grad():
                 loss = closure()
             self._step_from_grads()
@@ -363,12 +368,15 @@ class CurvdOptimizer(torch.optim.Optimizer):
         params = [p for b in self.blocks for p in b.params]
         grads = [p.grad.detach().clone() if p.grad is not None else None for p in params]
         m = inputs[0].shape[0]
-        kw = {"loss": float(loss), "batch": m}
-        with replay(self.model, rng), self.capture.recording() as rec, torch.enable_grad():
-            z = call(self.model, inputs)
-            kw["layers"] = self._layer_stats(rec, z, rec.outputs(), None, m)
-        del z
-        rec.records = {}
+        kw = {"loss": float(loss)}
+        if self.send_layers:
+            with replay(self.model, rng), self.capture.recording() as rec, \
+                    torch.enable_grad():
+                z = call(self.model, inputs)
+                kw["layers"] = self._layer_stats(rec, z, rec.outputs(), None, m)
+                kw["batch"] = m
+            del z
+            rec.records = {}
         if self.send_params:
             kw["params"] = self._per_block(params)
 
