@@ -76,6 +76,7 @@ def test_one_example_a_kron_g_is_its_fisher_block(fake):
     (seq_mlp, (6, 2, 3), {"0": 12, "3": 6}),  # the first layer sees 2 positions per example
     (convnet, (5, 2, 4, 4), {"0": 20, "3": 5}),  # 2 x 2 output positions
 ], ids=["dense", "seq", "conv"])
+@pytest.mark.filterwarnings("ignore:kfac models the curvature")  # the LayerNorm
 def test_signals_are_per_example_not_divided_by_the_batch(fake, make, xshape, rows):
     """(1/m) sum over rows of g abar^T is the mean gradient only when each
     signal is d(own loss)/d(pre-activation)."""

@@ -114,6 +114,44 @@ def model_blocks(model: nn.Module, bias_blocks: bool = False) -> List[Block]:
     return blocks
 
 
+def _why_not_a_layer(m: nn.Module, bias_blocks: bool) -> str:
+    """Why @m's parameters are vector blocks, in a few words."""
+    if isinstance(m, nn.Conv2d) and _layer_kind(m) is None:
+        if m.groups != 1:
+            return f"a grouped convolution (groups={m.groups})"
+        if m.padding_mode != "zeros":
+            return f"padding_mode={m.padding_mode!r}"
+        return f"padding={m.padding!r}"
+    if _layer_kind(m) is not None:
+        return "its weight is shared with another layer or frozen"
+    return "not an nn.Linear or nn.Conv2d layer"
+
+
+def fallback_report(model: nn.Module, blocks: List[Block], bias_blocks: bool = False) -> str:
+    """The vector blocks of @model, grouped by module, with the reason each
+    is not a layer block, as one line per module ("" when none). With
+    @bias_blocks the layers' biases, asked for as vector blocks, are not
+    listed."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_module: Dict[str, List[str]] = {}
+    for b in blocks:
+        if b.kind != "vector":
+            continue
+        pname = names.get(id(b.params[0]), b.name)
+        mname, _, attr = pname.rpartition(".")
+        m = model.get_submodule(mname) if mname else model
+        if bias_blocks and _layer_kind(m) is not None and attr == "bias":
+            continue
+        by_module.setdefault(mname, []).append(attr)
+    lines = []
+    for mname, attrs in by_module.items():
+        m = model.get_submodule(mname) if mname else model
+        where = repr(mname) if mname else "the model"
+        lines.append(f"  {where} ({type(m).__name__}: {', '.join(attrs)}): "
+                     f"{_why_not_a_layer(m, bias_blocks)}")
+    return "\n".join(lines)
+
+
 def order_blocks(blocks: List[Block], first_calls: Sequence[str]) -> List[Block]:
     """Layers in the order the forward pass first called them (K-FAC's
     block-tridiagonal form couples neighbours), then the rest as before."""

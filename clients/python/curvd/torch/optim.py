@@ -10,19 +10,22 @@ step(x, y) runs the forward and backward passes itself (so that the
 gradient, the layer statistics and the callbacks all use one loss), posts
 everything in the binary encoding, answers the callbacks, and adds the
 update to the parameters. For first-order kinds step() without arguments
-also works after the usual loss.backward(), reading p.grad.
+also works after the usual loss.backward(), reading p.grad; step(closure)
+works for first-order kinds and K-FAC with the true Fisher (see
+_step_closure). The session is created with the optimizer.
 """
 
 import math
+import warnings
 from typing import List, Optional, Union
 
 import torch
 
 from ..client import Client, Session
 from .capture import Capture, layer_grad_sq, layer_stats
-from .layout import model_blocks, order_blocks, wire_values
+from .layout import fallback_report, model_blocks, order_blocks, wire_values
 from .losses import get_loss
-from .oracle import TorchOracle, call, take
+from .oracle import TorchOracle, call, replay, rng_state, take
 
 def _count(fraction: Union[float, int], m: int) -> int:
     """Examples of a subset: a fraction of the batch, or a count."""
@@ -68,6 +71,12 @@ class CurvdOptimizer(torch.optim.Optimizer):
                  curvature_fraction: Union[float, int] = 1.0, encoding: str = "binary",
                  send_params: Optional[bool] = None, seed: int = 0,
                  session: Optional[str] = None, bias_blocks: bool = False):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError("CurvdOptimizer needs the model (a torch.nn.Module), not "
+                            f"{type(model).__name__ if model is not None else 'None'}: "
+                            "CurvdOptimizer(model, client, kind, ...) instead of "
+                            "torch.optim's Optimizer(model.parameters(), ...); it maps "
+                            "the model's layers to the session's blocks itself")
         if fisher not in (None, "true", "empirical"):
             raise ValueError(f"fisher must be 'true' or 'empirical', got {fisher!r}")
         self.model = model
@@ -88,20 +97,58 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self.encoding = encoding
         self.send_layers = "layers" in inputs
         self.send_grad_sq = "grad_sq" in inputs
+        self.callbacks = bool(kinds[optimizer].get("callbacks", False))
         self._send_params = send_params
         self.blocks = model_blocks(model, bias_blocks)
+        if self.send_layers:
+            self._warn_fallback(kinds[optimizer], bias_blocks)
         dtype = self.blocks[0].params[0].dtype
         self.datatype = "FP64" if dtype == torch.float64 else "FP32"
         self.generator = torch.Generator(device=self.blocks[0].params[0].device)
         self.generator.manual_seed(seed)
         self.capture = Capture(self.blocks)
         self.session: Optional[Session] = None
+        self._fresh = False
         self.last_report: dict = {}
+        self._constructed = False
         super().__init__([p for b in self.blocks for p in b.params],
                          {"lr": self.config.get("lr")})
+        self._constructed = True
         self._synced_lr = self.config.get("lr")
+        # The session exists from here on (its id in state_dict(), its
+        # config errors raised now). Its layers are in registration order
+        # until the first step has seen the forward pass's call order.
         if session is not None:
             self.attach(session)
+        else:
+            self._adopt(self.client.create_session(self.kind, self._layout(), self.config))
+            self._fresh = True
+
+    def _warn_fallback(self, kind: dict, bias_blocks: bool) -> None:
+        """One warning naming the parameters the kind's layer model leaves
+        to its fallback (vector blocks), and why."""
+        report = fallback_report(self.model, self.blocks, bias_blocks)
+        if not report:
+            return
+        params = {p["name"]: p.get("default") for p in kind.get("params", [])}
+        fallback = self.config.get("fallback", params.get("fallback"))
+        lr = self.config.get("fallback_lr", params.get("fallback_lr"))
+        known = ([fallback] if fallback is not None else []) + \
+            ([f"fallback_lr={lr}"] if lr is not None else [])
+        which = f" ({', '.join(known)})" if known else ""
+        warnings.warn(f"{self.kind} models the curvature of nn.Linear and nn.Conv2d layers "
+                      f"only; these parameters go to its fallback optimizer{which} as vector "
+                      f"blocks, without curvature:\n{report}", UserWarning, stacklevel=3)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Refused after construction: the session's layout is the model's
+        (torch.optim.Optimizer's constructor calls this once)."""
+        if getattr(self, "_constructed", False):
+            raise ValueError("CurvdOptimizer has one parameter group, the model's: the "
+                             "session's layout is fixed when it is created; add parameters "
+                             "to the model before constructing the optimizer, or give them "
+                             "an optimizer of their own")
+        super().add_param_group(param_group)
 
     # ---- the session ------------------------------------------------------
 
@@ -119,6 +166,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
         if s.optimizer != self.kind or sorted(theirs, key=key) != sorted(ours, key=key):
             raise ValueError(f"session {session_id} ({s.optimizer}, {s.layout}) does not fit "
                              f"this model and kind ({self.kind}, {self._layout()})")
+        self._drop_fresh()
         self.blocks = [by_name[d["name"]] for d in s.layout]
         self._adopt(s)
         return s
@@ -136,10 +184,29 @@ class CurvdOptimizer(torch.optim.Optimizer):
         for g in self.param_groups:
             g["lr"] = lr
 
+    def _drop_fresh(self) -> None:
+        """Delete the session made at construction while no step used it."""
+        if self._fresh and self.session is not None:
+            self._fresh = False
+            try:
+                self.session.delete()
+            except Exception:  # noqa: BLE001 -- an empty session left behind is harmless
+                pass
+
     def _ensure_session(self, first_calls=()) -> Session:
-        if self.session is None:
-            self.blocks = order_blocks(self.blocks, first_calls)
-            self._adopt(self.client.create_session(self.kind, self._layout(), self.config))
+        if self._fresh:
+            # K-FAC's block-tridiagonal inverse couples neighbours in the
+            # order the forward pass calls the layers: a model that calls
+            # them out of registration order gets a session in call order
+            # at its first step (a new id; the empty one is deleted).
+            ordered = order_blocks(self.blocks, first_calls)
+            if [b.name for b in ordered] != [b.name for b in self.blocks]:
+                lr = self.param_groups[0]["lr"]
+                config = dict(self.config, **({"lr": float(lr)} if lr is not None else {}))
+                self._drop_fresh()
+                self.blocks = ordered
+                self._adopt(self.client.create_session(self.kind, self._layout(), config))
+            self._fresh = False
         lr = self.param_groups[0]["lr"]
         if lr is not None and lr != self._synced_lr:
             self.session.update_config({"lr": float(lr)})
@@ -151,17 +218,37 @@ class CurvdOptimizer(torch.optim.Optimizer):
                 "url": self.client.url, "lr": self.param_groups[0]["lr"]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue the session a CurvdOptimizer.state_dict() names. A
+        torch optimizer's state (per-parameter buffers such as Adam's
+        moments) is refused: curvd's state lives in the daemon and cannot
+        be seeded from it."""
+        if not isinstance(state, dict) or "session" not in state or "optimizer" not in state:
+            what = ("a torch optimizer's state_dict (with 'state' and 'param_groups')"
+                    if isinstance(state, dict) and "param_groups" in state else
+                    f"{type(state).__name__} {sorted(state) if isinstance(state, dict) else ''}")
+            raise ValueError(f"CurvdOptimizer.load_state_dict takes what "
+                             f"CurvdOptimizer.state_dict() returned ({{'session', 'optimizer', "
+                             f"'url', 'lr'}}), not {what}: curvd's state lives in the daemon's "
+                             "session and cannot be seeded from another optimizer's")
+        if state["optimizer"] != self.kind:
+            raise ValueError(f"the state names a session of {state['optimizer']}; this "
+                             f"optimizer is {self.kind}")
         if state.get("session"):
             self.attach(state["session"])
 
     # ---- a step -------------------------------------------------------------
 
-    def step(self, inputs=None, targets=None) -> Optional[float]:
+    def step(self, inputs=None, targets=None):
         """One step on the mini-batch (inputs, targets); returns its mean
-        loss before the update. Without inputs: a first-order step from the
-        gradients in p.grad (returns None)."""
+        loss before the update. step(closure), as in torch.optim: the
+        closure zeroes the gradients, runs the forward and backward passes
+        and returns the loss, which step returns. Without arguments: a
+        first-order step from the gradients in p.grad (returns None)."""
+        if callable(inputs) and targets is None:
+            return self._step_closure(inputs)
         if inputs is None:
             return self._step_from_grads()
+        rng = rng_state(self.blocks[0].params[0].device)
         with self.capture.recording() as rec:
             z = call(self.model, inputs)
         session = self._ensure_session(rec.order)
@@ -187,7 +274,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
         del z, per_ex, grads, outs, out_grads  # free the graph before the callbacks
         rec.records = {}
         oracle = TorchOracle(self.model, self.blocks, self.loss, inputs, targets,
-                             _count(self.curvature_fraction, m))
+                             _count(self.curvature_fraction, m), rng=rng)
         self._post(session, gradients, oracle=oracle, **kw)
         return kw["loss"]
 
@@ -230,10 +317,85 @@ class CurvdOptimizer(torch.optim.Optimizer):
                 out[b.name] = (a / m).reshape(-1).cpu().numpy()
         return out
 
+    def _step_closure(self, closure):
+        """step(closure): the gradient from p.grad after the closure. K-FAC's
+        layer statistics come from the inputs the closure gave the model,
+        run again under replay() (same dropout masks, buffers untouched)
+        with targets sampled from the model; curvature callbacks re-run the
+        model on those inputs, loss callbacks call the closure at θ + v.
+        p.grad is left as the closure made it. HF steps this way without
+        grad_sq, which only its diagonal preconditioner and damping read."""
+        cfg = self.session.config
+        if self.send_grad_sq and not (cfg.get("precond") == "none" and
+                                      cfg.get("damping") == "tikhonov"):
+            raise ValueError(f"{self.kind} with precond='fisher_diag' or damping='diag' needs "
+                             "per-example gradients of the batch's loss (grad_sq), which a "
+                             "closure's mean loss does not give: call step(inputs, targets), "
+                             "or set precond='none' and damping='tikhonov' to step with a "
+                             "closure")
+        if self.send_layers and self.fisher == "empirical":
+            raise ValueError(f"{self.kind} with fisher='empirical' needs the batch's targets "
+                             "for its layer statistics, which a closure hides: call "
+                             "step(inputs, targets), or use fisher='true' (targets sampled "
+                             "from the model) with step(closure)")
+        if not (self.send_layers or self.callbacks):
+            with torch.enable_grad():
+                loss = closure()
+            self._step_from_grads()
+            return loss
+        rng = rng_state(self.blocks[0].params[0].device)
+        seen = []
+
+        def pre_hook(module, args):
+            if not seen:
+                seen.append(tuple(args))
+        handle = self.model.register_forward_pre_hook(pre_hook)
+        try:
+            with self.capture.recording() as rec, torch.enable_grad():
+                loss = closure()
+        finally:
+            handle.remove()
+        if not seen or not seen[0] or not torch.is_tensor(seen[0][0]):
+            raise ValueError("the closure did not call the model with the batch as positional "
+                             "arguments (model(x) or model(*xs)); step(closure) re-runs the "
+                             "model on them for the layer statistics and callbacks")
+        if loss is None:
+            raise ValueError("the closure returned None: it must return the batch's mean "
+                             "loss (the value of the loss it called backward() on)")
+        inputs = seen[0]
+        session = self._ensure_session(rec.order)
+        rec.records = {}
+        params = [p for b in self.blocks for p in b.params]
+        grads = [p.grad.detach().clone() if p.grad is not None else None for p in params]
+        m = inputs[0].shape[0]
+        kw = {"loss": float(loss)}
+        if self.send_layers:
+            with replay(self.model, rng), self.capture.recording() as rec, \
+                    torch.enable_grad():
+                z = call(self.model, inputs)
+                kw["layers"] = self._layer_stats(rec, z, rec.outputs(), None, m)
+                kw["batch"] = m
+            del z
+            rec.records = {}
+        if self.send_params:
+            kw["params"] = self._per_block(params)
+
+        def loss_at_theta():
+            return float(closure())
+        oracle = TorchOracle(self.model, self.blocks, self.loss, inputs, None,
+                             _count(self.curvature_fraction, m), rng=rng,
+                             loss_fn=loss_at_theta)
+        try:
+            self._post(session, self._per_block(grads), oracle=oracle, **kw)
+        finally:  # the loss callbacks' backward passes changed p.grad
+            for p, g in zip(params, grads):
+                p.grad = g
+        return loss
+
     def _step_from_grads(self) -> None:
         if self.send_layers:
             raise ValueError(f"{self.kind} needs the mini-batch for its layer statistics: "
-                             "call step(inputs, targets)")
+                             "call step(inputs, targets) or step(closure)")
         session = self._ensure_session()
         params = [p for b in self.blocks for p in b.params]
         self._post(session, self._per_block([p.grad for p in params]), oracle=None)

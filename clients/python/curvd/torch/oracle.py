@@ -10,7 +10,8 @@ backward pass gives J^T (H_L J v). Martens' thesis §4.3 (Alg. 5) computes
 the same product with the R-operator.
 """
 
-from typing import Dict, List, Sequence
+from contextlib import contextmanager
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,23 +32,68 @@ def call(model, x):
     return model(*x) if isinstance(x, (tuple, list)) else model(x)
 
 
+def rng_state(device: torch.device):
+    """The global random state(s) a forward pass on @device draws from
+    (dropout masks): the CPU's, and the device's when it is a GPU."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda, device
+
+
+@contextmanager
+def replay(model: torch.nn.Module, rng=None):
+    """A forward pass of @model that leaves no trace: it runs on copies of
+    the buffers (BatchNorm's running statistics and num_batches_tracked are
+    updated on the copies, the originals are put back untouched), and, with
+    @rng from rng_state(), draws the same random numbers (dropout masks) as
+    the forward pass that followed rng_state(), without moving the global
+    generators. The buffers are swapped, not copied back in place: the
+    originals keep their identity and their autograd versions, and a graph
+    built in the pass keeps the copies it saved."""
+    swapped = []
+    for mod in model.modules():
+        for name, b in mod._buffers.items():
+            if b is not None:
+                swapped.append((mod, name, b))
+                mod._buffers[name] = b.clone()
+    devices = [rng[2]] if rng is not None and rng[1] is not None else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            if rng is not None:
+                torch.set_rng_state(rng[0])
+                if rng[1] is not None:
+                    torch.cuda.set_rng_state(rng[1], rng[2])
+            yield
+    finally:
+        for mod, name, b in swapped:
+            mod._buffers[name] = b
+
+
 class TorchOracle(CurvatureOracle):
     """The curvature oracle of @model on (@inputs, @targets).
 
     Loss callbacks use the whole batch (the cases of the step's loss);
     curvature callbacks the first @curvature_examples of them. The model
     runs in the mode it is in (train/eval) and its parameters are restored
-    bit for bit after a loss evaluation.
+    bit for bit after a loss evaluation. Every forward pass runs under
+    replay(): the model's buffers (BatchNorm's running statistics) are
+    left as they were, and with @rng (rng_state() taken just before the
+    step's own forward pass) dropout draws the step's masks again, so that
+    the callbacks see the function the step's gradient is of.
+    @loss_fn, when given, evaluates the mean loss at the current parameters
+    instead of @loss on @targets (step(closure) passes the closure).
     """
 
     def __init__(self, model: torch.nn.Module, blocks: List[Block], loss: Loss, inputs,
-                 targets, curvature_examples: int = None):
+                 targets, curvature_examples: int = None, rng=None,
+                 loss_fn: Optional[Callable[[], float]] = None):
         self.model = model
         self.blocks = blocks
         self.loss = loss
         self.inputs = inputs
         self.targets = targets
         self.curvature_examples = curvature_examples
+        self.rng = rng
+        self.loss_fn = loss_fn
         self.params = [p for b in blocks for p in b.params]
         self._lin = None  # (z, u, J^T u per parameter)
 
@@ -75,7 +121,7 @@ class TorchOracle(CurvatureOracle):
         if self._lin is None:
             n = self.curvature_examples
             x = self.inputs if n is None else take(self.inputs, n)
-            with torch.enable_grad():
+            with torch.enable_grad(), replay(self.model, self.rng):
                 z = call(self.model, x)
                 u = torch.zeros_like(z, requires_grad=True)
                 jtu = torch.autograd.grad(z, self.params, grad_outputs=u, create_graph=True,
@@ -125,15 +171,26 @@ class TorchOracle(CurvatureOracle):
         out = []
         with torch.no_grad():
             saved = [p.detach().clone() for p in self.params]
-            try:
-                for v in vectors:
+        try:
+            for v in vectors:
+                with torch.no_grad():
                     for p, d in zip(self.params, self._param_tensors(v)):
                         p.add_(d)
-                    z = call(self.model, self.inputs)
-                    out.append(float(self.loss.per_example(z, self.targets).mean()))
+                out.append(self._loss_here())
+                with torch.no_grad():
                     for p, s in zip(self.params, saved):
                         p.copy_(s)
-            finally:
+        finally:
+            with torch.no_grad():
                 for p, s in zip(self.params, saved):
                     p.copy_(s)
         return out
+
+    def _loss_here(self) -> float:
+        with replay(self.model, self.rng):
+            if self.loss_fn is not None:
+                with torch.enable_grad():  # a closure calls backward()
+                    return float(self.loss_fn())
+            with torch.no_grad():
+                z = call(self.model, self.inputs)
+                return float(self.loss.per_example(z, self.targets).mean())
