@@ -844,3 +844,28 @@ size_t su_trainer_step(struct su_trainer *tr, const struct su_step *s, tu_answer
     su_body_free(&good);
     return n;
 }
+
+/* ---- K-FAC statistics of a test MLP ---- */
+
+static json_t *matrix_json(const char *name, const double *v, size_t rows, size_t cols)
+{
+    json_t *data = json_array();
+    for (size_t i = 0; i < rows * cols; i++)
+        json_array_append_new(data, json_real(v[i]));
+    return json_pack("{s:s, s:[I,I], s:s, s:o}", "name", name, "shape", (json_int_t)rows,
+                     (json_int_t)cols, "datatype", "FP64", "data", data);
+}
+
+json_t *su_mlp_layers(const tu_mlp *net)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < net->L; i++) {
+        char block[24];
+        snprintf(block, sizeof block, "l%zu", i);
+        json_array_append_new(
+            arr, json_pack("{s:s, s:o, s:o}", "block", block, "activations",
+                           matrix_json("acts", net->acts[i], net->m, net->n[i]), "signals",
+                           matrix_json("signals", net->sig[i], net->m, net->n[i + 1])));
+    }
+    return arr;
+}

@@ -263,4 +263,8 @@ void su_answer_body(const struct su_trainer *tr, const curv_request *req, const 
 size_t su_trainer_step(struct su_trainer *tr, const struct su_step *s, tu_answer_fn answer,
                        void *ctx, double *u);
 
+/* The per-layer statistics of @net's batch as a step's "layers" member
+ * (blocks "l0", "l1", ...; FP64 JSON tensors). */
+json_t *su_mlp_layers(const tu_mlp *net);
+
 #endif

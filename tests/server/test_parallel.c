@@ -81,30 +81,6 @@ static curv_layout *mlp_new(tu_mlp *net, uint64_t seed)
     return tu_mlp_layout(net);
 }
 
-static json_t *matrix_json(const char *name, const double *v, size_t rows, size_t cols)
-{
-    json_t *data = json_array();
-    for (size_t i = 0; i < rows * cols; i++)
-        json_array_append_new(data, json_real(v[i]));
-    return json_pack("{s:s, s:[I,I], s:s, s:o}", "name", name, "shape", (json_int_t)rows,
-                     (json_int_t)cols, "datatype", "FP64", "data", data);
-}
-
-/* The batch's per-layer statistics as the "layers" member. */
-static json_t *mlp_layers(const tu_mlp *net)
-{
-    json_t *arr = json_array();
-    for (size_t i = 0; i < net->L; i++) {
-        char block[24];
-        snprintf(block, sizeof block, "l%zu", i);
-        json_array_append_new(
-            arr, json_pack("{s:s, s:o, s:o}", "block", block, "activations",
-                           matrix_json("acts", net->acts[i], net->m, net->n[i]), "signals",
-                           matrix_json("signals", net->sig[i], net->m, net->n[i + 1])));
-    }
-    return arr;
-}
-
 static void mlp_answer(void *ctx, const curv_request *req, double *values)
 {
     tu_mlp_answer(ctx, req, values);
@@ -162,7 +138,7 @@ static void test_adaptive_matches_serial(void **state)
     double *u = tu_alloc(net.dim), *want = tu_alloc(net.dim);
     double first = net.loss;
     for (long t = 1; t <= 6; t++) {
-        json_t *layers = mlp_layers(&net);
+        json_t *layers = su_mlp_layers(&net);
         struct su_step s = {
             .t = t, .grad = net.g, .params = net.theta, .loss = net.loss, .layers = layers};
         su_trainer_step(&tr, &s, mlp_answer, &net, u);
@@ -208,7 +184,7 @@ static void test_replies_same_bytes(void **state)
     }
     double *u = tu_alloc(net.dim);
     for (long t = 1; t <= 8; t++) {
-        json_t *layers = mlp_layers(&net);
+        json_t *layers = su_mlp_layers(&net);
         struct su_step s = {
             .t = t, .grad = net.g, .params = net.theta, .loss = net.loss, .layers = layers};
         struct su_body body;
@@ -287,7 +263,7 @@ static void test_sessions_at_once(void **state)
         memcpy(cl[s].id, tr.id, sizeof cl[s].id);
         curv_opt *ref = simple_ref(l[s]);
         for (int t = 0; t < STEPS; t++) {
-            json_t *layers = mlp_layers(&net[s]);
+            json_t *layers = su_mlp_layers(&net[s]);
             struct su_step st = {.t = t + 1,
                                  .grad = net[s].g,
                                  .params = net[s].theta,

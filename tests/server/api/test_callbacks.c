@@ -162,30 +162,6 @@ static void mlp_answer(void *ctx, const curv_request *req, double *values)
     tu_mlp_answer(ctx, req, values);
 }
 
-static json_t *matrix_json(const char *name, const double *v, size_t rows, size_t cols)
-{
-    json_t *data = json_array();
-    for (size_t i = 0; i < rows * cols; i++)
-        json_array_append_new(data, json_real(v[i]));
-    return json_pack("{s:s, s:[I,I], s:s, s:o}", "name", name, "shape", (json_int_t)rows,
-                     (json_int_t)cols, "datatype", "FP64", "data", data);
-}
-
-/* The batch's per-layer statistics as the "layers" member. */
-static json_t *mlp_layers(const tu_mlp *net)
-{
-    json_t *arr = json_array();
-    for (size_t i = 0; i < net->L; i++) {
-        char block[24];
-        snprintf(block, sizeof block, "l%zu", i);
-        json_array_append_new(
-            arr, json_pack("{s:s, s:o, s:o}", "block", block, "activations",
-                           matrix_json("acts", net->acts[i], net->m, net->n[i]), "signals",
-                           matrix_json("signals", net->sig[i], net->m, net->n[i + 1])));
-    }
-    return arr;
-}
-
 static void mlp_ref(curv_opt *ref, tu_mlp *net, int with_stats, double *want, size_t *n)
 {
     curv_step_input in = {.grad = net->g,
@@ -207,7 +183,7 @@ static size_t mlp_step_with(struct su_trainer *tr, curv_opt *ref, tu_mlp *net, l
                             uint64_t seed, int with_stats)
 {
     double *u = tu_alloc(net->dim), *want = tu_alloc(net->dim);
-    json_t *layers = with_stats ? mlp_layers(net) : NULL;
+    json_t *layers = with_stats ? su_mlp_layers(net) : NULL;
     struct su_step s = {
         .t = t, .grad = net->g, .params = net->theta, .loss = net->loss, .layers = layers};
     size_t n = su_trainer_step(tr, &s, mlp_answer, net, u), n_ref;
@@ -755,6 +731,19 @@ static void test_reposted_step_restarts(void **state)
     curv_layout_free(l);
 }
 
+/* An HF session of @tr (its base and layout set) with its reference
+ * @ref and quadratic @p: step 1 done, step 2 posted (its reply in @r). */
+static void hf_into_step2(struct su_trainer *tr, curv_opt **ref, struct quad *p, struct su_resp *r)
+{
+    su_trainer_create(tr, "hf", hf_config());
+    *ref = hf_ref(tr->layout);
+    quad_new(p, SU_D, 6);
+    double u[SU_D];
+    hf_step(tr, *ref, p, 1, u);
+    quad_move(p, u);
+    post_quad_step(tr, p, 2, r);
+}
+
 /* Answers at the doubles' limit (finite, so decoded) drive the next CG
  * direction past it: the library abandons the step (422 NON_FINITE naming
  * the element), the daemon drops the exchange with it (no pending
@@ -765,15 +754,11 @@ static void test_overflowing_answers_abandon_the_step(void **state)
     struct su_fx *f = *state;
     curv_layout *l = su_layout_new();
     struct su_trainer tr = {.base = f->base, .layout = l};
-    su_trainer_create(&tr, "hf", hf_config());
-    curv_opt *ref = hf_ref(l);
+    curv_opt *ref;
     struct quad p;
-    quad_new(&p, SU_D, 6);
-    double u[SU_D];
-    hf_step(&tr, ref, &p, 1, u);
-    quad_move(&p, u);
     struct su_resp r;
-    post_quad_step(&tr, &p, 2, &r);
+    double u[SU_D];
+    hf_into_step2(&tr, &ref, &p, &r);
     int answers = 0;
     while (r.status == 202 && answers < 60) {
         struct su_callback cb;
@@ -811,15 +796,11 @@ static void test_restart_mid_exchange(void **state)
     struct su_fx *f = *state;
     curv_layout *l = su_layout_new();
     struct su_trainer tr = {.base = f->base, .layout = l};
-    su_trainer_create(&tr, "hf", hf_config());
-    curv_opt *ref = hf_ref(l);
+    curv_opt *ref;
     struct quad p;
-    quad_new(&p, SU_D, 6);
-    double u[SU_D];
-    hf_step(&tr, ref, &p, 1, u);
-    quad_move(&p, u);
     struct su_resp r;
-    post_quad_step(&tr, &p, 2, &r);
+    double u[SU_D];
+    hf_into_step2(&tr, &ref, &p, &r);
     answer_quad(&tr, &p, 2, &r);
     struct su_callback cb;
     su_callback_parse(&tr, &r, 2, &cb);
