@@ -103,6 +103,12 @@ static const struct curv__param PARAMS[] = {
     CURV__INT(H, max_failures, "max_failures", 3, 0, 1e9,
               "a block whose statistics or inverse fail keeps its previous ones for this many "
               "steps in a row; one more is CURV_E_NUMERIC"),
+    CURV__ENUM(H, precision, "precision", "fp64", "fp64|fp32",
+               "the multiply's arithmetic: fp32 keeps the explicit damped inverses (and the "
+               "eigenvectors of the eigenbasis form) in float and runs the multiply's GEMMs and "
+               "the forming SYRK in float, about twice as fast and half the memory of the "
+               "cached inverses; the factors, their EMA and eigendecomposition, and the saved "
+               "state stay float64 (docs/NOTES.md, \"K-FAC precision\")"),
     CURV__ENUM(H, fallback, "fallback", "adagrad_diag", "adagrad_diag|sgd",
                "optimizer for vector blocks (no Kronecker factors)"),
     CURV__REAL(H, fallback_lr, "fallback_lr", 0.01, 0, 1e6,
@@ -578,6 +584,10 @@ static size_t kfac_saved(const curv_opt *o)
 static curv_status kfac_upgrade(curv_config *c)
 {
     struct curv__cfg_entry e;
+    /* A state saved before "precision" existed multiplied in float64. */
+    if (!curv__config_find(c, "precision", &e) &&
+        curv_config_set_str(c, "precision", "fp64", NULL) != CURV_OK)
+        return CURV_E_NOMEM;
     if (curv__config_find(c, "coefficients", &e))
         return CURV_OK;
     int simple = curv__config_find(c, "mode", &e) && e.str && strcmp(e.str, "simple") == 0;
@@ -609,7 +619,8 @@ const struct curv__opt_vt curv__kfac_vt = {
     .save = kfac_save,
     .load = kfac_load,
     .saved_doubles = kfac_saved,
-    .fixed = (const char *const[]){"mode", "inverse", "max_factor_dim", "fallback", NULL},
+    .fixed =
+        (const char *const[]){"mode", "inverse", "max_factor_dim", "fallback", "precision", NULL},
     .inputs = CURV_INPUT_LAYERS,
     .upgrade = kfac_upgrade,
 };

@@ -234,13 +234,14 @@ static size_t legacy_blob(unsigned char *blob, size_t len, const char *const *dr
 static void test_state_from_before_the_safeguards(void **state)
 {
     (void)state;
-    static const char *const added[] = {"coefficients", "alpha_max",  "mu_max", "reject_rise",
-                                        "kl_clip",      "gamma_rule", NULL};
+    static const char *const added[] = {"coefficients", "alpha_max",  "mu_max",    "reject_rise",
+                                        "kl_clip",      "gamma_rule", "precision", NULL};
     for (int simple = 0; simple <= 1; simple++) {
         tu_mlp net;
         curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 21, 22);
         const tu_kv kv[] = {{"lr", 0.5}};
-        curv_opt *o = tu_kfac_opt(l, kv, 1, "mode", simple ? "simple" : "adaptive", NULL);
+        curv_opt *o = tu_kfac_opt(l, kv, 1, "mode", simple ? "simple" : "adaptive", "precision",
+                                  simple ? "fp32" : "fp64", NULL);
         size_t len;
         unsigned char *blob = tu_snapshot(o, &len), *old = malloc(len);
         assert_non_null(old);
@@ -266,6 +267,12 @@ static void test_state_from_before_the_safeguards(void **state)
         assert_true(v == 0);
         assert_int_equal(curv_opt_get_param(then, "lr", &v), CURV_OK);
         assert_true(v == (simple ? 0.01 : 1.0));
+        /* Before "precision" every multiply was float64; one saved with a
+         * precision keeps it. */
+        assert_int_equal(curv_opt_get_param_str(then, "precision", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, "fp64");
+        assert_int_equal(curv_opt_get_param_str(now, "precision", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, simple ? "fp32" : "fp64");
         curv_opt_free(now), curv_opt_free(then);
         curv_free(blob);
         free(old);
