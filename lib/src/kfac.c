@@ -104,11 +104,11 @@ static const struct curv__param PARAMS[] = {
               "a block whose statistics or inverse fail keeps its previous ones for this many "
               "steps in a row; one more is CURV_E_NUMERIC"),
     CURV__ENUM(H, precision, "precision", "fp64", "fp64|fp32",
-               "the multiply's arithmetic: fp32 keeps the explicit damped inverses (and the "
-               "eigenvectors of the eigenbasis form) in float and runs the multiply's GEMMs and "
-               "the forming SYRK in float, about twice as fast and half the memory of the "
-               "cached inverses; the factors, their EMA and eigendecomposition, and the saved "
-               "state stay float64 (docs/NOTES.md, \"K-FAC precision\")"),
+               "the arithmetic of the per-step work: fp32 runs the factors' SYRK over the rows, "
+               "the forming of the explicit damped inverses and the multiply's GEMMs in float "
+               "(about twice as fast; the cached inverses take half the memory); the factor EMA, "
+               "the eigendecomposition and the saved state stay float64 (docs/NOTES.md, "
+               "\"K-FAC precision\"); fixed for a session"),
     CURV__ENUM(H, fallback, "fallback", "adagrad_diag", "adagrad_diag|sgd",
                "optimizer for vector blocks (no Kronecker factors)"),
     CURV__REAL(H, fallback_lr, "fallback_lr", 0.01, 0, 1e6,

@@ -116,11 +116,48 @@ static void side_init(struct curv__kside *s, size_t n, const struct curv__kfac_h
     s->w = curv__tally_calloc(t, n, sizeof(double));
 }
 
+/* Rows per float SYRK of stats_f32. */
+#define STATS_CHUNK 1024
+
+/*
+ * The upper triangle of scale Σ_rows x xᵀ (nx x nx, leading dimension n)
+ * into @Fn from float SYRKs over chunks of STATS_CHUNK rows of @X rounded
+ * to float, each chunk's sum added into the double @Fn. The rows a
+ * trainer sends are FP32 tensors (exact in float); what float adds is the
+ * SYRK's accumulation over at most STATS_CHUNK rows, about √rows · 2⁻²⁴
+ * relative to the entries, independent from step to step and averaged by
+ * the EMA, which accumulates in double. CURV_E_NOMEM.
+ */
+static curv_status stats_f32(const double *X, size_t rows, size_t nx, size_t n, double scale,
+                             double *Fn)
+{
+    const size_t chunk = rows < STATS_CHUNK ? rows : STATS_CHUNK;
+    float *Xf = curv__calloc_n(chunk * nx, sizeof(float));
+    float *Ff = curv__calloc_n(nx * nx, sizeof(float));
+    if (!Xf || !Ff) {
+        curv__free(Xf);
+        curv__free(Ff);
+        return CURV_E_NOMEM;
+    }
+    for (size_t r0 = 0; r0 < rows; r0 += chunk) {
+        const size_t k = rows - r0 < chunk ? rows - r0 : chunk;
+        to_float(X + r0 * nx, k * nx, Xf);
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)k, 1.0f, Xf, (int)nx, 0.0f,
+                    Ff, (int)nx);
+        for (size_t i = 0; i < nx; i++)
+            for (size_t j = i; j < nx; j++)
+                Fn[i * n + j] += scale * (double)Ff[i * nx + j];
+    }
+    curv__free(Xf);
+    curv__free(Ff);
+    return CURV_OK;
+}
+
 /*
  * New estimate F ← εF + (1−ε)X̂ with X̂ = scale Σ_rows x xᵀ over the rows of
  * @X (rows x nx, row-major), x extended by a homogeneous 1 when @bias (the
- * side then has nx + 1 entries). Dense sides use one SYRK; diagonal sides
- * only the squares.
+ * side then has nx + 1 entries). Dense sides use one SYRK (float SYRKs in
+ * fp32: stats_f32); diagonal sides only the squares.
  */
 static curv_status side_stats(struct curv__kside *s, const double *X, size_t rows, size_t nx,
                               int bias, double scale, double eps)
@@ -138,8 +175,15 @@ static curv_status side_stats(struct curv__kside *s, const double *X, size_t row
         if (bias)
             Fn[nx] = scale * (double)rows;
     } else {
-        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)rows, scale, X, (int)nx,
-                    0.0, Fn, (int)n);
+        if (s->f32 && rows > 0) {
+            if (stats_f32(X, rows, nx, n, scale, Fn) != CURV_OK) {
+                curv__free(Fn);
+                return CURV_E_NOMEM;
+            }
+        } else {
+            cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)rows, scale, X,
+                        (int)nx, 0.0, Fn, (int)n);
+        }
         if (bias) {
             /* Σ_rows x, accumulated in the last row (contiguous; its lower
              * triangle is overwritten below) and moved to the last column. */

@@ -58,7 +58,8 @@ struct curv__kfac_hyper {
  * With precision = fp32 (f32 = 1) the multiply runs in float: the explicit
  * inverses (inv, cinv, use) are n x n floats and a dense side also keeps
  * Qf (Qf_new), its eigenvectors rounded to float for the eigenbasis form;
- * F, Q and w, and everything computed from them, stay double. */
+ * each step's Σ x xᵀ of a dense side is a float SYRK, but F (the EMA), Q
+ * and w stay double. */
 struct curv__kside {
     size_t n;
     int diag, f32;
