@@ -10,7 +10,9 @@
  *    multiply it replaces, a whole simple-mode step between refreshes),
  *    serially on one BLAS thread and on a pool of one thread per core lent
  *    through curv_executor (BLAS on one thread inside each task), each with
- *    its GFLOP/s and share of the GEMM peak of as many cores;
+ *    its GFLOP/s and share of the GEMM peak of as many cores, with
+ *    precision = fp64 and fp32 (the peak of a phase is that of the
+ *    arithmetic it runs in: fp32's eigh stays float64);
  *  - the baseline a user would pick instead: numpy's in-process K-FAC with
  *    explicit inverses (tests/bench/kfac_numpy.py --only explicit), on one
  *    thread and on every core, float64 and float32, with the ratios.
@@ -73,7 +75,7 @@ struct net {
     curv_layer_stats stats[8];
 };
 
-static void net_init(struct net *n, const size_t *w, size_t L, size_t m)
+static void net_init(struct net *n, const size_t *w, size_t L, size_t m, int fp32)
 {
     memset(n, 0, sizeof *n);
     n->w = w, n->L = L, n->m = m;
@@ -102,6 +104,7 @@ static void net_init(struct net *n, const size_t *w, size_t L, size_t m)
     curv_config_set_str(c, "mode", "simple", NULL);
     curv_config_set_num(c, "inv_interval", T3, NULL);
     curv_config_set_num(c, "weight_decay", 0, NULL);
+    curv_config_set_str(c, "precision", fp32 ? "fp32" : "fp64", NULL);
     /* Statistics due every other step only, so that the bench can time a
      * refresh without a factor update (every step still sends them). */
     curv_config_set_num(c, "cov_interval", 2, NULL);
@@ -315,14 +318,16 @@ static void sample_peaks(size_t gs, unsigned cores)
 
 struct result {
     size_t m, bytes;
+    int fp32;
     double p1[NPHASE], pn[NPHASE], fl[NPHASE];
 };
 
-static void measure(struct result *res, const size_t *w, size_t L, size_t m,
+static void measure(struct result *res, const size_t *w, size_t L, size_t m, int fp32,
                     const curv_executor *pool)
 {
     struct net n;
-    net_init(&n, w, L, m);
+    net_init(&n, w, L, m, fp32);
+    res->fp32 = fp32;
     for (int s = 0; s < 3; s++)
         if (step(&n, 1) != CURV_OK)
             exit(1);
@@ -340,35 +345,54 @@ static void measure(struct result *res, const size_t *w, size_t L, size_t m,
     net_free(&n);
 }
 
+/* The time phase @k would take at the GEMM rate (@t: 0 one thread, 1 every
+ * core) of the arithmetic it runs in: float for the forming and the
+ * multiplies in fp32, and the factor update's SYRK; double otherwise (the
+ * eigendecomposition always). The whole step is factors + multiply. */
+static double ideal_s(const struct result *r, int k, int t)
+{
+    const double d = peaks[0][t] * 1e9, f = peaks[r->fp32][t] * 1e9;
+    switch (k) {
+    case EIGH:
+        return r->fl[k] / d;
+    case STEP:
+        return ideal_s(r, FACTORS, t) + ideal_s(r, MULTIPLY, t);
+    default:
+        return r->fl[k] / f;
+    }
+}
+
 static void print_result(const struct result *r, unsigned cores, const char *np1, const char *npn)
 {
     const size_t m = r->m;
-    const double *p1 = r->p1, *pn = r->pn, *fl = r->fl, *peak = peaks[0];
-    printf("\nbatch m = %zu (seconds, best of %d; session state %.1f MB)\n", m, REPS,
-           (double)r->bytes / 1e6);
+    const double *p1 = r->p1, *pn = r->pn, *fl = r->fl;
+    const char *dt = r->fp32 ? "f32" : "f64";
+    printf("\nbatch m = %zu, precision = %s (seconds, best of %d; session state %.1f MB)\n", m,
+           r->fp32 ? "fp32" : "fp64", REPS, (double)r->bytes / 1e6);
     printf("  %-16s %7s %8s %5s %8s %5s %8s %8s %8s %6s %6s\n", "phase", "GFLOP", "lib 1", "%pk",
-           "lib N", "%pk", "np1 f64", "npN f64", "npN f32", "1/np1", "N/npN");
+           "lib N", "%pk", "np1", "npN", "npN f32", "1/np1", "N/npN");
     for (int ph = 0; ph < NPHASE; ph++) {
-        double a = numpy_phase(np1, m, ph, "f64"), b = numpy_phase(npn, m, ph, "f64");
+        double a = numpy_phase(np1, m, ph, dt), b = numpy_phase(npn, m, ph, dt);
         double c = numpy_phase(npn, m, ph, "f32");
         if (ph == STEP) {
-            a = numpy_phase(np1, m, FACTORS, "f64") + numpy_phase(np1, m, MULTIPLY, "f64");
-            b = numpy_phase(npn, m, FACTORS, "f64") + numpy_phase(npn, m, MULTIPLY, "f64");
+            a = numpy_phase(np1, m, FACTORS, dt) + numpy_phase(np1, m, MULTIPLY, dt);
+            b = numpy_phase(npn, m, FACTORS, dt) + numpy_phase(npn, m, MULTIPLY, dt);
             c = numpy_phase(npn, m, FACTORS, "f32") + numpy_phase(npn, m, MULTIPLY, "f32");
         }
         printf("  %-16s %7.2f %8.4f %4.0f%% %8.4f %4.0f%%", PHASE[ph], fl[ph] / 1e9, p1[ph],
-               100 * fl[ph] / p1[ph] / 1e9 / peak[0], pn[ph],
-               100 * fl[ph] / pn[ph] / 1e9 / peak[1]);
+               100 * ideal_s(r, ph, 0) / p1[ph], pn[ph], 100 * ideal_s(r, ph, 1) / pn[ph]);
         cell(a, 8, 4), cell(b, 8, 4), cell(c, 8, 4);
         cell(p1[ph] / a, 6, 2), cell(pn[ph] / b, 6, 2);
         printf("\n");
     }
     /* numpy's refresh (eigh + explicit inverses) against ours. */
     const double r1 = p1[EIGH] + p1[FORM], rn = pn[EIGH] + pn[FORM], f = fl[EIGH] + fl[FORM];
-    const double a = numpy_key(np1, m, "inverse_explicit", "f64");
-    const double b = numpy_key(npn, m, "inverse_explicit", "f64");
+    const double i1 = ideal_s(r, EIGH, 0) + ideal_s(r, FORM, 0);
+    const double in = ideal_s(r, EIGH, 1) + ideal_s(r, FORM, 1);
+    const double a = numpy_key(np1, m, "inverse_explicit", dt);
+    const double b = numpy_key(npn, m, "inverse_explicit", dt);
     printf("  %-16s %7.2f %8.4f %4.0f%% %8.4f %4.0f%%", "refresh (both)", f / 1e9, r1,
-           100 * f / r1 / 1e9 / peak[0], rn, 100 * f / rn / 1e9 / peak[1]);
+           100 * i1 / r1, rn, 100 * in / rn);
     cell(a, 8, 4), cell(b, 8, 4), cell(numpy_key(npn, m, "inverse_explicit", "f32"), 8, 4);
     cell(r1 / a, 6, 2), cell(rn / b, 6, 2);
     printf("\n  amortised (T3 = %d): lib 1 %.4f s, lib %u %.4f s per step\n", T3,
@@ -402,10 +426,10 @@ int main(int argc, char **argv)
     }
     unsigned workers = cores;
     const curv_executor pool = {.workers = workers, .run = tu_pool_run, .ctx = &workers};
-    struct result res[2];
-    for (int k = 0; k < 2; k++) {
+    struct result res[4];
+    for (int k = 0; k < 4; k++) {
         sample_peaks(gs, cores);
-        measure(&res[k], w, L, ms[k], &pool);
+        measure(&res[k], w, L, ms[k / 2], k % 2, &pool);
     }
     sample_peaks(gs, cores);
     printf("GEMM rate (n = %zu, GFLOP/s, the best of 4 samples of best-of-5 spread over the "
@@ -417,11 +441,13 @@ int main(int argc, char **argv)
                json_num(np1, "gemm_f64"), json_num(npn, "gemm_f64"), cores,
                json_num(np1, "gemm_f32"), json_num(npn, "gemm_f32"));
     printf("lib 1: one thread; lib %u: %u workers lent through curv_executor, BLAS on 1 thread "
-           "in each; %%pk: GFLOP/s as a share of the float64 GEMM rate on as many threads; np1, "
-           "npN: numpy with explicit inverses on 1 and %u threads; 1/np1, N/npN: libcurv / "
-           "numpy in float64 at the same thread count\n",
+           "in each; %%pk: GFLOP/s as a share of the GEMM rate on as many threads in the "
+           "arithmetic the phase runs in (fp32: float for the factor update, the forming and the "
+           "multiplies, double for eigh); np1, npN: numpy with explicit inverses on 1 and %u "
+           "threads at the table's precision; 1/np1, N/npN: libcurv / numpy at the same "
+           "precision and thread count\n",
            cores, cores, cores);
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < 4; k++)
         print_result(&res[k], cores, np1, npn);
     return 0;
 }
