@@ -106,7 +106,8 @@ static const struct curv__param PARAMS[] = {
     CURV__ENUM(H, precision, "precision", "fp64", "fp64|fp32",
                "the arithmetic of the per-step work: fp32 runs the factors' SYRK over the rows, "
                "the forming of the explicit damped inverses and the multiply's GEMMs in float "
-               "(about twice as fast; the cached inverses take half the memory); the factor EMA, "
+               "(about twice as fast; no more memory: float inverses and a float copy of the "
+               "eigenvectors); the factor EMA, "
                "the eigendecomposition and the saved state stay float64 (docs/NOTES.md, "
                "\"K-FAC precision\"); fixed for a session"),
     CURV__ENUM(H, fallback, "fallback", "adagrad_diag", "adagrad_diag|sgd",
