@@ -103,13 +103,13 @@ static const struct curv__param PARAMS[] = {
     CURV__INT(H, max_failures, "max_failures", 3, 0, 1e9,
               "a block whose statistics or inverse fail keeps its previous ones for this many "
               "steps in a row; one more is CURV_E_NUMERIC"),
-    CURV__ENUM(H, precision, "precision", "fp64", "fp64|fp32",
+    CURV__ENUM(H, precision, "precision", "fp32", "fp64|fp32",
                "the arithmetic of the per-step work: fp32 runs the factors' SYRK over the rows, "
                "the forming of the explicit damped inverses and the multiply's GEMMs in float "
-               "(about twice as fast; no more memory: float inverses and a float copy of the "
-               "eigenvectors); the factor EMA, "
-               "the eigendecomposition and the saved state stay float64 (docs/NOTES.md, "
-               "\"K-FAC precision\"); fixed for a session"),
+               "(about twice as fast, no more memory); the factor EMA, the eigendecomposition "
+               "and the saved state stay float64. The autoencoder trains identically and the "
+               "CNN within seed-to-seed noise (docs/NOTES.md, \"K-FAC precision\"); fixed for a "
+               "session; states saved before it existed continue in fp64"),
     CURV__ENUM(H, fallback, "fallback", "adagrad_diag", "adagrad_diag|sgd",
                "optimizer for vector blocks (no Kronecker factors)"),
     CURV__REAL(H, fallback_lr, "fallback_lr", 0.01, 0, 1e6,
@@ -585,7 +585,8 @@ static size_t kfac_saved(const curv_opt *o)
 static curv_status kfac_upgrade(curv_config *c)
 {
     struct curv__cfg_entry e;
-    /* A state saved before "precision" existed multiplied in float64. */
+    /* A state saved before "precision" existed multiplied in float64: it
+     * goes on so (the default is now fp32). */
     if (!curv__config_find(c, "precision", &e) &&
         curv_config_set_str(c, "precision", "fp64", NULL) != CURV_OK)
         return CURV_E_NOMEM;

@@ -483,6 +483,24 @@ static void test_inverse_cache(void **state)
     check_inverse_cache("fp32");
 }
 
+/* The default precision is fp32 (docs/NOTES.md, "K-FAC precision"): a
+ * session created without it multiplies in float. */
+static void test_precision_default(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    const size_t w[] = {4, 3, 2};
+    curv_layout *l = tu_mlp_setup(&net, w, 2, 0, 4, 61, 62);
+    curv_config *c = curv_config_new();
+    curv_opt *o = tu_new_opt(CURV_OPT_KFAC, l, c);
+    char got[8];
+    assert_int_equal(curv_opt_get_param_str(o, "precision", got, sizeof got), CURV_OK);
+    assert_string_equal(got, "fp32");
+    assert_int_equal(block_of(o, 0)->A.f32, 1);
+    curv_config_free(c);
+    tu_mlp_teardown(o, l, &net);
+}
+
 /*
  * The factors follow X ← εX + (1−ε)X̂, ε = min(1 − 1/k, decay): within
  * 1e-14 in fp64. In fp32 each X̂ of a dense side is a float SYRK of the
@@ -612,7 +630,7 @@ int main(void)
         cmocka_unit_test(test_conv_statistics),     cmocka_unit_test(test_blockdiag_update),
         cmocka_unit_test(test_ema_schedule),        cmocka_unit_test(test_cov_interval),
         cmocka_unit_test(test_inverse_interval),    cmocka_unit_test(test_multiply_forms),
-        cmocka_unit_test(test_inverse_cache),
+        cmocka_unit_test(test_inverse_cache),       cmocka_unit_test(test_precision_default),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
