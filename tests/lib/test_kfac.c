@@ -483,6 +483,45 @@ static void test_inverse_cache(void **state)
     check_inverse_cache("fp32");
 }
 
+/* fp32 against fp64 through whole simple-mode steps on the same batches,
+ * with refreshes (k <= 3, 6) and float inverses reused from the cache
+ * (k = 4, 5): the updates agree to a sanity margin of 1e-5 (relative, the
+ * largest entry; the derived bound is held per multiply in
+ * test_multiply_forms, here the factors' float SYRK adds its own κ-scaled
+ * share) and differ (the float path ran). */
+static void test_fp32_tracks_fp64(void **state)
+{
+    (void)state;
+    tu_mlp a, b;
+    const size_t w[] = {6, 5, 4, 3};
+    curv_layout *la = tu_mlp_setup(&a, w, 3, 2, 8, 71, 72);
+    curv_layout *lb = tu_mlp_setup(&b, w, 3, 2, 8, 71, 72);
+    const tu_kv kv[] = {{"lr", 0.5},         {"momentum", 0}, {"weight_decay", 0},
+                        {"inv_interval", 3}, {"kl_clip", 0},  {"damping", 0.1}};
+    curv_opt *o64 = tu_kfac_opt(la, kv, 6, "mode", "simple", NULL);
+    curv_opt *o32 = tu_kfac_opt(lb, kv, 6, "mode", "simple", "precision", "fp32", NULL);
+    double *u64 = tu_alloc(a.dim), *u32 = tu_alloc(b.dim), most = 0;
+    curv_error err;
+    for (int k = 1; k <= 6; k++) {
+        tu_mlp_batch(&a, 80 + (uint64_t)k);
+        tu_mlp_batch(&b, 80 + (uint64_t)k);
+        tu_assert_status(tu_mlp_step(o64, &a, 1, u64, NULL, &err), CURV_OK, &err);
+        tu_assert_status(tu_mlp_step(o32, &b, 1, u32, NULL, &err), CURV_OK, &err);
+        const double e = tu_rel_err(u32, u64, a.dim);
+        if (!(e <= 1e-5))
+            fail_msg("step %d: fp32 is %g from fp64", k, e);
+        most = fmax(most, e);
+    }
+    if (getenv("TU_VERBOSE"))
+        printf("fp32 vs fp64 over 6 steps: largest relative difference %.3g\n", most);
+    assert_true(most > 1e-12);
+    free(u64), free(u32);
+    curv_opt_free(o32);
+    tu_mlp_free(&b);
+    curv_layout_free(lb);
+    tu_mlp_teardown(o64, la, &a);
+}
+
 /* The default precision is fp32 (docs/NOTES.md, "K-FAC precision"): a
  * session created without it multiplies in float. */
 static void test_precision_default(void **state)
@@ -631,6 +670,7 @@ int main(void)
         cmocka_unit_test(test_ema_schedule),        cmocka_unit_test(test_cov_interval),
         cmocka_unit_test(test_inverse_interval),    cmocka_unit_test(test_multiply_forms),
         cmocka_unit_test(test_inverse_cache),       cmocka_unit_test(test_precision_default),
+        cmocka_unit_test(test_fp32_tracks_fp64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
