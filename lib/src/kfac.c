@@ -578,15 +578,14 @@ static size_t kfac_saved(const curv_opt *o)
     return total;
 }
 
-/* A state saved before the safeguards (it has no "coefficients") runs on
- * with the behaviour it was saved with: the free solve, every step kept,
- * no KL clip, the γ grid, and in adaptive mode an lr of 1 (lr had no
- * effect there; its stored value was simple mode's 0.01). */
+/* A state saved by an earlier version runs on with the behaviour it was
+ * saved with: before "precision", float64; before the safeguards (no
+ * "coefficients"), also the free solve, every step kept, no KL clip, the
+ * γ grid, and in adaptive mode an lr of 1 (lr had no effect there; its
+ * stored value was simple mode's 0.01). */
 static curv_status kfac_upgrade(curv_config *c)
 {
     struct curv__cfg_entry e;
-    /* A state saved before "precision" existed multiplied in float64: it
-     * goes on so (the default is now fp32). */
     if (!curv__config_find(c, "precision", &e) &&
         curv_config_set_str(c, "precision", "fp64", NULL) != CURV_OK)
         return CURV_E_NOMEM;

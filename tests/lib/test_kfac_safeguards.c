@@ -273,6 +273,20 @@ static void test_state_from_before_the_safeguards(void **state)
         assert_string_equal(buf, "fp64");
         assert_int_equal(curv_opt_get_param_str(now, "precision", buf, sizeof buf), CURV_OK);
         assert_string_equal(buf, simple ? "fp32" : "fp64");
+        /* Saved after the safeguards but before "precision": fp64, the
+         * rest as saved. */
+        memcpy(old, blob, len);
+        static const char *const only[] = {"precision", NULL};
+        curv_opt *mid = NULL;
+        size_t mid_len = legacy_blob(old, len, only, 0.5);
+        tu_assert_status(curv_opt_load(old, mid_len, &mid, &err), CURV_OK, &err);
+        assert_int_equal(curv_opt_get_param_str(mid, "precision", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, "fp64");
+        assert_int_equal(curv_opt_get_param_str(mid, "coefficients", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, "box");
+        assert_int_equal(curv_opt_get_param(mid, "lr", &v), CURV_OK);
+        assert_true(v == 0.5);
+        curv_opt_free(mid);
         curv_opt_free(now), curv_opt_free(then);
         curv_free(blob);
         free(old);
