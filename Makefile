@@ -121,6 +121,13 @@ $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libcurv.a
 	@mkdir -p $(@D)
 	$(Q)$(CC) $(CFLAGS_ALL) -O3 -march=native $< -o $@ $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(DEP_LIBS)
 
+# bench_kfac steps sessions at once on the daemon's worker pool (server/http/pool.c).
+$(BUILD)/bench/bench_kfac: tests/bench/bench_kfac.c tests/lib/tu_pool.h $(BUILD)/libcurvd.a \
+		$(BUILD)/libcurv.a
+	@mkdir -p $(@D)
+	$(Q)$(CC) $(CFLAGS_ALL) -Iserver -O3 -march=native $< -o $@ $(BUILD)/libcurvd.a \
+	    $(BUILD)/libcurv.a $(LDFLAGS_ALL) -lpthread $(DEP_LIBS)
+
 # bench_commit times the daemon's store: it links the server archive and SQLite.
 $(BUILD)/bench/bench_commit: tests/bench/bench_commit.c $(BUILD)/libcurvd.a $(BUILD)/libcurv.a
 	@mkdir -p $(@D)
@@ -132,6 +139,9 @@ $(BUILD)/tests/test_alloc: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap
 $(BUILD)/tests/test_state_bytes: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
 # The library's threaded suites (a pool of pthreads lent through curv_executor).
 THREAD_TESTS := test_exec
+# The daemon's concurrency suites: its worker pool and the executor it lends,
+# whole daemons stepping K-FAC sessions on it, many sessions from many threads.
+SRV_THREAD_TESTS := http/test_pool test_parallel test_concurrency
 $(BUILD)/tests/test_exec: TEST_LDFLAGS = -pthread
 
 test-unit: $(TEST_BINS) $(STEST_BINS)
@@ -143,13 +153,14 @@ asan:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan OPT="-O1 -g" \
 	    EXTRA_CFLAGS="$(SANITIZE)" EXTRA_LDFLAGS="$(SANITIZE)" test-unit
 
-# The threaded suites again under ThreadSanitizer (clang), in their own
-# build tree; about 10 s on 2 cores.
+# The threaded suites, the library's and the daemon's, again under
+# ThreadSanitizer (clang), in their own build tree.
+TSAN_BINS = $(THREAD_TESTS:%=$(BUILD)/tsan/tests/%) $(SRV_THREAD_TESTS:%=$(BUILD)/tsan/tests/server/%)
 tsan:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/tsan CC=clang OPT="-O1 -g" \
 	    NUMFLAGS=-fno-math-errno EXTRA_CFLAGS=-fsanitize=thread EXTRA_LDFLAGS=-fsanitize=thread \
-	    $(THREAD_TESTS:%=$(BUILD)/tsan/tests/%)
-	@TSAN_OPTIONS=halt_on_error=1 tests/run-tests.sh $(THREAD_TESTS:%=$(BUILD)/tsan/tests/%)
+	    $(TSAN_BINS)
+	@TSAN_OPTIONS=halt_on_error=1 tests/run-tests.sh $(TSAN_BINS)
 
 # The shared library must export curv_* and nothing else.
 check-symbols: $(BUILD)/libcurv.so

@@ -40,9 +40,10 @@ static const struct flag FLAGS[] = {
     {"threads", "CURVD_THREADS", F_UINT, OFF(threads),
      "connection threads (reading requests, small replies)"},
     {"workers", "CURVD_WORKERS", F_UINT, OFF(workers),
-     "steps and other heavy requests computed at once, off the connection threads (default: "
-     "one per CPU; 0: run them on the connection threads); steps waiting for their group "
-     "commit do not count"},
+     "compute threads (default: one per CPU): they run steps and other heavy requests off the "
+     "connection threads, and an idle one helps the steps in flight with their per-layer work, "
+     "so a lone K-FAC session uses them all (0: every step on its connection thread, "
+     "serially); steps waiting for their group commit hold none"},
     {"max-body", "CURVD_MAX_BODY", F_SIZE, OFF(max_body), "largest request body in bytes (413)"},
     {"max-queue", "CURVD_MAX_QUEUE", F_SIZE, OFF(max_queue),
      "steps and other heavy requests waiting or running at once; more are answered 429 with "
@@ -199,8 +200,9 @@ int main(int argc, char **argv)
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         srv.cfg.workers = cpus > 0 ? (unsigned)cpus : 2;
     }
-    /* Several HTTP workers run steps at once: BLAS stays single-threaded so
-     * the two never oversubscribe the cores (docs/SERVICE-NOTES.md). */
+    /* The workers are the compute threads, also inside a step (http/pool.h):
+     * BLAS stays single-threaded so the two never oversubscribe the cores
+     * (docs/SERVICE-NOTES.md). */
     openblas_set_num_threads(1);
     /* Handle the stop signals in this thread only: block them before any
      * other thread exists so every thread inherits the mask. */

@@ -30,6 +30,7 @@ struct curvd_registry;
 struct curvd_http;
 struct curvd_auth;
 struct curvd_metrics;
+struct curv_executor;
 
 struct curvd_server {
     struct curvd_config cfg;
@@ -39,6 +40,10 @@ struct curvd_server {
     struct curvd_metrics *metrics; /* NULL: not counted */
     struct curvd_auth *auth;       /* NULL: no token file, every caller is tenant "default" */
     atomic_int draining;           /* set on SIGTERM: /readyz 503, new work refused */
+    /* The heavy-request workers, lent to every session's optimizer for its
+     * per-layer work (http/pool.h); NULL: none, steps run serially. Set
+     * and cleared by curvd_http_start and _stop. */
+    const struct curv_executor *exec;
 };
 
 #endif

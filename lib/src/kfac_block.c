@@ -478,6 +478,24 @@ static const void *side_Qm(const struct curv__kside *s, int f32)
     return side_Q(s);
 }
 
+/* Σ_i w_i / (w_i + c) over the newest eigenvalues of a side. */
+static double side_dof(const struct curv__kside *s, double c)
+{
+    const double *w = side_w(s);
+    double t = 0;
+    for (size_t i = 0; w && i < s->n; i++)
+        t += w[i] / (w[i] + c);
+    return t;
+}
+
+double curv__kblock_dof(const struct curv__kblock *b, double gamma)
+{
+    if (!b->kron)
+        return 0;
+    const double pi = kron_pi(b);
+    return side_dof(&b->A, gamma * pi) * side_dof(&b->G, gamma / pi);
+}
+
 /* dst = M X (left, M rows x rows) or X M (right, cols x cols), or their
  * transposed M (@tm): one GEMM on the rows x cols slice, in float when
  * @f32 (M, X and dst then float). */

@@ -386,6 +386,14 @@ void curv__kfac_est_apply(struct curv__kfac_est *e, size_t c, double gamma, cons
         curv__kchain_apply(e->ch[k], c, g, u);
 }
 
+double curv__kfac_est_dof(const struct curv__kfac_est *e, double gamma)
+{
+    double t = 0;
+    for (size_t i = 0; i < e->n; i++)
+        t += curv__kblock_dof(e->b[i], gamma);
+    return t;
+}
+
 void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, uint64_t k)
 {
     (void)k;

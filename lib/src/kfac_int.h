@@ -19,6 +19,7 @@ enum { CURV__KFAC_FB_ADAGRAD = 0, CURV__KFAC_FB_SGD = 1 };
 enum { CURV__KFAC_COEF_BOX = 0, CURV__KFAC_COEF_FREE = 1 };
 enum { CURV__KFAC_GAMMA_SQRT_LAMBDA = 0, CURV__KFAC_GAMMA_GRID = 1 };
 enum { CURV__KFAC_FP64 = 0, CURV__KFAC_FP32 = 1 };
+enum { CURV__KFAC_NOISE_FISHER = 0, CURV__KFAC_NOISE_OFF = 1 };
 
 /* The hyperparameters (kfac.c's table); blocks read the fallback and
  * factor settings through a pointer to the optimizer's copy, so
@@ -38,6 +39,8 @@ struct curv__kfac_hyper {
     double kl_clip;           /* simple: bound on ∇hᵀF̆⁻¹∇h (0: off) */
     int gamma_rule;           /* adaptive: CURV__KFAC_GAMMA_* */
     int precision;            /* CURV__KFAC_FP*: the multiply's arithmetic */
+    int noise;                /* adaptive: CURV__KFAC_NOISE_* */
+    double noise_floor;       /* adaptive: share of ∇hᵀΔ the noise leaves at least */
 };
 
 /* ---- curvature blocks (kfac_block.c) ---------------------------------- */
@@ -145,6 +148,10 @@ int curv__kside_explicit(size_t n, size_t n_other, unsigned horizon);
 struct curv__kblock *curv__kblock_new(const curv_block_info *info, const struct curv__kfac_hyper *h,
                                       struct curv__tally *t);
 
+/* tr(P F̆) of a Kronecker block for damping @gamma: the degrees of freedom
+ * its preconditioner leaves (0 for other blocks). */
+double curv__kblock_dof(const struct curv__kblock *b, double gamma);
+
 /* Doubles a saved block holds at least (for saved_doubles); SIZE_MAX on
  * overflow. */
 size_t curv__kblock_saved(const curv_block_info *info, const struct curv__kfac_hyper *h);
@@ -243,6 +250,8 @@ curv_status curv__kfac_est_prepare(struct curv__kfac_est *e, const double *gamma
 /* u = P g with candidate @c (of the last prepare) of damping @gamma. */
 void curv__kfac_est_apply(struct curv__kfac_est *e, size_t c, double gamma, const double *g,
                           double *u);
+/* Σ over blocks of curv__kblock_dof. */
+double curv__kfac_est_dof(const struct curv__kfac_est *e, double gamma);
 /* Keep candidate @c's tentative state; @g is the step's gradient. */
 void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, uint64_t k);
 void curv__kfac_est_abort(struct curv__kfac_est *e);

@@ -209,7 +209,8 @@ curv_status curv__step_args_build(curv_opt *o, const curv_step_input *in, struct
                                   curv_error *err)
 {
     const char *name = curv_opt_kind_name(o->kind);
-    *a = (struct curv__step_args){.loss = in->loss, .has_loss = in->has_loss != 0};
+    *a = (struct curv__step_args){
+        .loss = in->loss, .has_loss = in->has_loss != 0, .batch = in->batch};
     if (in->len != o->dim) {
         char shapes[200];
         curv__describe(o->layout, shapes, sizeof shapes);

@@ -100,6 +100,7 @@ struct curv__step_args {
     int has_loss;
     const struct curv__layer_in *layers; /* sorted by block, no repeats */
     size_t n_layers;
+    size_t batch; /* examples behind g; 0: not given */
 };
 
 /* The step report: entries with names held in @names (fixed-size slots). */

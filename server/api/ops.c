@@ -6,6 +6,7 @@
 #include "api/handlers.h"
 #include "curv.h"
 #include "http/metrics.h"
+#include "http/pool.h"
 #include "store/store.h"
 
 CURVD_HANDLER(curvd_h_health)
@@ -24,8 +25,12 @@ CURVD_HANDLER(curvd_h_metrics)
         curvd_registry_stats(srv->reg, &n, &bytes);
     if (srv->store && curvd_store_count(srv->store, NULL, &count, err, sizeof err) == 0)
         disk = (long long)count;
+    struct curvd_pool_stats ps;
+    struct curvd_pool *pool = curvd_http_pool(srv);
+    if (pool)
+        curvd_pool_stats(pool, &ps);
     char *text = srv->metrics ? curvd_metrics_render(srv->metrics, curvd_http_inflight(srv), n,
-                                                     bytes, disk, &len)
+                                                     bytes, disk, pool ? &ps : NULL, &len)
                               : NULL;
     if (!text) {
         curvd_reply_problem(rp, rq, CURVD_R_UNAVAILABLE, NULL, 0, "metrics are not available");

@@ -285,6 +285,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
                               .n_layers = in.nlayers,
                               .loss = in.loss,
                               .has_loss = in.has_loss,
+                              .batch = in.batch,
                               .grad_sq = in.ngrad_sq ? gsq : NULL};
         /* Posting the step in progress again starts it over: the trainer
          * lost its place (it restarted, or gave up on a callback). */

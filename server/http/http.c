@@ -16,13 +16,16 @@
  * sessions that share its connection thread. A step's reply is ready only
  * once its commit is durable: the worker hands it to the store's commit
  * thread (rp->deferred) and takes the next request, and the commit thread
- * resumes the connection (curvd_http_finish).
+ * resumes the connection (curvd_http_finish). The workers are a
+ * curvd_pool (pool.h): the same threads also run the per-layer tasks of
+ * the steps in flight, so a lone session's step uses every idle worker.
  */
 #include "http/http.h"
 
 #include "http/auth.h"
 #include "http/mem.h"
 #include "http/metrics.h"
+#include "http/pool.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -43,15 +46,11 @@ struct curvd_http {
     struct MHD_Daemon *mhd;
     atomic_uint_fast64_t next_id;
     struct curvd_server *srv;
-    pthread_t *workers;
-    unsigned nworkers;
-    pthread_mutex_t mu; /* guards the queue and stop */
-    pthread_cond_t cv;
-    struct rctx *head, *tail;
-    int stop;
-    atomic_int inflight; /* heavy requests queued, running or deferred */
-    atomic_int active;   /* requests between their first byte and their reply's last */
-    atomic_int closing;  /* draining: no new connections or heavy requests; replies close */
+    struct curvd_pool *pool; /* NULL with --workers 0 */
+    pthread_mutex_t mu;      /* orders the drain's start against admit_heavy */
+    atomic_int inflight;     /* heavy requests queued, running or deferred */
+    atomic_int active;       /* requests between their first byte and their reply's last */
+    atomic_int closing;      /* draining: no new connections or heavy requests; replies close */
 };
 
 enum phase { RECEIVING = 0, QUEUED, DONE };
@@ -77,7 +76,8 @@ struct rctx {
     struct curvd_reply rp;
     struct curvd_captures caps;
     atomic_int parties; /* a deferred reply waits for its handler and its finish */
-    struct rctx *next;
+    struct curvd_server *srv;
+    struct curvd_pool_job job; /* on the worker pool */
 };
 
 static uint64_t now_ns(void)
@@ -282,18 +282,9 @@ static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Con
     return ok;
 }
 
-/* Hand a suspended request to the worker pool. */
-static void enqueue(struct curvd_http *h, struct rctx *x)
+struct curvd_pool *curvd_http_pool(const struct curvd_server *srv)
 {
-    pthread_mutex_lock(&h->mu);
-    x->next = NULL;
-    if (h->tail)
-        h->tail->next = x;
-    else
-        h->head = x;
-    h->tail = x;
-    pthread_cond_signal(&h->cv);
-    pthread_mutex_unlock(&h->mu);
+    return srv->http ? srv->http->pool : NULL;
 }
 
 size_t curvd_http_inflight(const struct curvd_server *srv)
@@ -350,24 +341,11 @@ static void run_heavy(struct curvd_server *srv, struct rctx *x)
         resume(srv, x);
 }
 
-static void *worker_main(void *arg)
+/* A heavy request's turn on a worker of the pool. */
+static void run_job(struct curvd_pool_job *job)
 {
-    struct curvd_http *h = arg;
-    for (;;) {
-        pthread_mutex_lock(&h->mu);
-        while (!h->head && !h->stop)
-            pthread_cond_wait(&h->cv, &h->mu);
-        struct rctx *x = h->head;
-        if (x) {
-            h->head = x->next;
-            if (!h->head)
-                h->tail = NULL;
-        }
-        pthread_mutex_unlock(&h->mu);
-        if (!x)
-            return NULL; /* stopping and drained */
-        run_heavy(h->srv, x);
-    }
+    struct rctx *x = (struct rctx *)(void *)((char *)job - offsetof(struct rctx, job));
+    run_heavy(x->srv, x);
 }
 
 /* Route a fully received request; run it here or on a worker. */
@@ -407,7 +385,7 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
                                 "the daemon is shutting down; retry once it is back");
             return send_reply(srv, c, x, rp);
         }
-        if (rt->heavy && srv->http->nworkers && srv->cfg.max_queue &&
+        if (rt->heavy && srv->http->pool && srv->cfg.max_queue &&
             (size_t)atomic_load(&srv->http->inflight) > srv->cfg.max_queue) {
             atomic_fetch_sub(&srv->http->inflight, 1);
             curvd_reply_problem(rp, rq, CURVD_R_TOO_MANY_REQUESTS, NULL, 0,
@@ -422,10 +400,13 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
             x->phase = QUEUED;
             x->conn = c;
             MHD_suspend_connection(c);
-            if (srv->http->nworkers)
-                enqueue(srv->http, x);
-            else
+            if (srv->http->pool) {
+                x->srv = srv;
+                x->job.run = run_job;
+                curvd_pool_submit(srv->http->pool, &x->job);
+            } else {
                 run_heavy(srv, x);
+            }
             return MHD_YES;
         }
         rt->handler(srv, rq, rp);
@@ -567,35 +548,28 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     atomic_fetch_sub(&srv->http->active, 1);
 }
 
-static void stop_workers(struct curvd_http *h)
+/* The worker pool, lent to every session's optimizer as its executor
+ * (session/service.c): the heavy requests and the per-layer work of their
+ * steps share --workers threads. Without workers steps stay serial. */
+static int start_workers(struct curvd_server *srv, char *err, size_t errlen)
 {
-    pthread_mutex_lock(&h->mu);
-    h->stop = 1;
-    pthread_cond_broadcast(&h->cv);
-    pthread_mutex_unlock(&h->mu);
-    for (unsigned i = 0; i < h->nworkers; i++)
-        pthread_join(h->workers[i], NULL);
-    free(h->workers);
-    pthread_cond_destroy(&h->cv);
-    pthread_mutex_destroy(&h->mu);
-}
-
-static int start_workers(struct curvd_http *h, unsigned n, char *err, size_t errlen)
-{
+    struct curvd_http *h = srv->http;
     pthread_mutex_init(&h->mu, NULL);
-    pthread_cond_init(&h->cv, NULL);
-    h->workers = calloc(n ? n : 1, sizeof *h->workers);
-    if (!h->workers) {
-        snprintf(err, errlen, "out of memory");
+    if (srv->cfg.workers && !(h->pool = curvd_pool_new(srv->cfg.workers, err, errlen))) {
+        pthread_mutex_destroy(&h->mu);
         return -1;
     }
-    for (h->nworkers = 0; h->nworkers < n; h->nworkers++)
-        if (pthread_create(&h->workers[h->nworkers], NULL, worker_main, h) != 0) {
-            snprintf(err, errlen, "cannot start worker thread %u", h->nworkers);
-            stop_workers(h);
-            return -1;
-        }
+    srv->exec = h->pool ? curvd_pool_executor(h->pool) : NULL;
     return 0;
+}
+
+static void stop_workers(struct curvd_server *srv)
+{
+    struct curvd_http *h = srv->http;
+    curvd_pool_free(h->pool); /* runs what is queued, then joins */
+    h->pool = NULL;
+    srv->exec = NULL;
+    pthread_mutex_destroy(&h->mu);
 }
 
 /* Draining refuses new connections here, not with MHD_quiesce_daemon: in
@@ -626,11 +600,12 @@ int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
     atomic_init(&h->active, 0);
     atomic_init(&h->closing, 0);
     h->srv = srv;
-    if (start_workers(h, srv->cfg.workers, err, errlen) != 0) {
+    srv->http = h;
+    if (start_workers(srv, err, errlen) != 0) {
         free(h);
+        srv->http = NULL;
         return -1;
     }
-    srv->http = h;
     /* epoll (AUTO). libmicrohttpd 0.9.75's epoll loop holds a connection
      * whose client hung up mid-body until the idle timeout; poll would
      * close it at once but drops complete requests followed by a
@@ -646,7 +621,7 @@ int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
     if (!h->mhd) {
         snprintf(err, errlen, "cannot listen on %s:%u (in use, or no permission)", srv->cfg.listen,
                  srv->cfg.port);
-        stop_workers(h);
+        stop_workers(srv);
         free(h);
         srv->http = NULL;
         return -1;
@@ -688,7 +663,7 @@ void curvd_http_stop(struct curvd_server *srv)
     for (int i = 0; i < 160 && atomic_load(&h->active) > 0; i++)
         sleep_ms(50);
     MHD_stop_daemon(h->mhd);
-    stop_workers(h);
+    stop_workers(srv);
     free(h);
     srv->http = NULL;
 }

@@ -96,6 +96,9 @@ unsigned curvd_http_port(const struct curvd_server *srv);
 /* Stop accepting, finish in-flight requests, release everything. */
 void curvd_http_stop(struct curvd_server *srv);
 
+/* curvd_http_pool - the worker pool (http/pool.h), NULL with no workers. */
+struct curvd_pool *curvd_http_pool(const struct curvd_server *srv);
+
 /* curvd_http_inflight - heavy requests queued, running on the workers, or
  * deferred. */
 size_t curvd_http_inflight(const struct curvd_server *srv);

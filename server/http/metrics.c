@@ -148,7 +148,7 @@ static void render_requests(const struct curvd_metrics *m, struct buf *b)
 
 char *curvd_metrics_render(const struct curvd_metrics *m, size_t heavy_inflight,
                            size_t sessions_mem, size_t bytes_mem, long long sessions_disk,
-                           size_t *len)
+                           const struct curvd_pool_stats *pool, size_t *len)
 {
     struct buf b = {.p = malloc(8192), .cap = 8192};
     if (!b.p)
@@ -201,6 +201,18 @@ char *curvd_metrics_render(const struct curvd_metrics *m, size_t heavy_inflight,
         "# TYPE curvd_large_buffer_idle_bytes gauge\n"
         "curvd_large_buffer_idle_bytes %zu\n",
         ms.maps, ms.reuses, ms.fresh_bytes, ms.idle_bytes);
+    if (pool)
+        put(&b,
+            "# HELP curvd_worker_tasks_total Per-layer tasks of the steps on the workers: run by "
+            "the step's own worker, or by an idle one helping it.\n"
+            "# TYPE curvd_worker_tasks_total counter\n"
+            "curvd_worker_tasks_total{by=\"own\"} %llu\n"
+            "curvd_worker_tasks_total{by=\"helper\"} %llu\n"
+            "# HELP curvd_workers_busy_max The most workers busy at once (requests and tasks; "
+            "--workers caps it).\n"
+            "# TYPE curvd_workers_busy_max gauge\n"
+            "curvd_workers_busy_max %u\n",
+            pool->tasks - pool->helped, pool->helped, pool->max_busy);
     if (b.oom) {
         free(b.p);
         return NULL;

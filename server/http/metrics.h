@@ -9,6 +9,7 @@
 
 #include "curv.h"
 #include "http/http.h"
+#include "http/pool.h"
 
 struct curvd_metrics;
 
@@ -24,9 +25,10 @@ void curvd_metrics_step(struct curvd_metrics *m, curv_opt_kind kind);
 /* One callback answered (a round trip of a multi-exchange step). */
 void curvd_metrics_callback(struct curvd_metrics *m, curv_opt_kind kind);
 
-/* The exposition text (malloc'd), with the gauges given by the caller. */
+/* The exposition text (malloc'd), with the gauges given by the caller;
+ * @pool: the worker pool's counters, NULL without workers. */
 char *curvd_metrics_render(const struct curvd_metrics *m, size_t heavy_inflight,
                            size_t sessions_mem, size_t bytes_mem, long long sessions_disk,
-                           size_t *len);
+                           const struct curvd_pool_stats *pool, size_t *len);
 
 #endif

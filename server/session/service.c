@@ -8,6 +8,26 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Lend the daemon's workers to @o (srv->exec; NULL: none) for its
+ * per-layer work; every optimizer the service holds came through here.
+ * The pool numbers a batch's slots below its task count, and K-FAC's
+ * batches have one task per block, so no more slots than blocks are lent:
+ * per-slot scratch (two of the largest block) is not allocated for
+ * threads that could never take part. Kinds without per-layer work ignore
+ * it; when the scratch cannot be had the optimizer stays serial, which
+ * gives the same results. */
+static void lend_workers(const struct curvd_server *srv, curv_opt *o)
+{
+    if (!srv->exec || !o)
+        return;
+    curv_executor ex = *srv->exec;
+    size_t blocks = curv_layout_nblocks(curv_opt_layout(o));
+    if (ex.workers > blocks)
+        ex.workers = (unsigned)blocks;
+    if (ex.workers > 1)
+        (void)curv_opt_set_executor(o, &ex, NULL);
+}
+
 int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out, size_t *bytes,
                    struct curvd_committed *committed)
 {
@@ -28,8 +48,10 @@ int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out
         rc = -1;
     }
     *bytes = s.state_len;
-    if (rc == 0) /* what the next commit compares with: the parts as stored */
+    if (rc == 0) { /* what the next commit compares with: the parts as stored */
         curvd_committed_set(committed, s.parts, s.n_parts);
+        lend_workers(srv, *out);
+    }
     curvd_session_clear(&s);
     return rc;
 }
@@ -98,6 +120,7 @@ int curvd_svc_create(struct curvd_server *srv, const char *tenant, curv_opt *o, 
         return CURVD_SVC_NOMEM;
     }
     new_id(id);
+    lend_workers(srv, o);
     struct curvd_session_new row = {
         .id = id,
         .tenant = tenant,
@@ -160,6 +183,7 @@ int curvd_svc_reconfigured(struct curvd_server *srv, const char *tenant, struct 
         if (curv_opt_load(before, before_len, &old, NULL) == CURV_OK) {
             curv_opt_free(e->opt);
             e->opt = old;
+            lend_workers(srv, old);
         } else {
             curvd_registry_drop(srv->reg, e->id); /* cannot roll back: forget */
         }

@@ -51,14 +51,14 @@ static int unknown_member(const char *prefix, const char *key, const char *allow
 int curvd_step_check_members(struct curvd_step_in *in, struct curvd_problem *p)
 {
     static const char *const members[] = {"step",   "gradients", "params", "grad_sq",
-                                          "layers", "loss",      NULL};
+                                          "layers", "loss",      "batch",  NULL};
     json_t *root = in->root, *v;
     const char *key;
     json_object_foreach(root, key, v)
     {
         if (!one_of(key, members))
-            return unknown_member("", key, "one of step, gradients, params, grad_sq, layers, loss",
-                                  p);
+            return unknown_member(
+                "", key, "one of step, gradients, params, grad_sq, layers, loss, batch", p);
     }
     json_t *loss = json_object_get(root, "loss");
     if (loss && !json_is_number(loss))
@@ -66,6 +66,13 @@ int curvd_step_check_members(struct curvd_step_in *in, struct curvd_problem *p)
                                  "\"loss\" must be a number");
     in->has_loss = loss != NULL;
     in->loss = json_number_value(loss);
+    json_t *batch = json_object_get(root, "batch");
+    double b = json_number_value(batch);
+    if (batch && (!json_is_integer(batch) || b < 1 || b > 9e15))
+        return curvd_problem_set(p, CURVD_R_BAD_TENSOR, "/batch", "an integer >= 1", NULL,
+                                 "\"batch\" (the examples behind the gradient) must be an "
+                                 "integer >= 1");
+    in->batch = batch ? (size_t)b : 0;
     json_t *step = json_object_get(root, "step");
     double n = json_number_value(step);
     if (!json_is_object(root) || !json_is_number(step) || n < 1 || n != floor(n) || n > 9e15)

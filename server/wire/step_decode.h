@@ -24,6 +24,7 @@ struct curvd_step_in {
     long long step;
     int has_loss;
     double loss;
+    size_t batch; /* examples behind the gradient; 0 when not sent */
     struct curvd_tensor *grads, *params, *grad_sq;
     size_t ngrads, nparams, ngrad_sq;
     struct curvd_layer_in *layers;
@@ -59,7 +60,8 @@ int curvd_step_parse_head(const unsigned char *body, size_t body_len, const char
                           struct curvd_binary *bin, int *binary, struct curvd_problem *p);
 
 /* curvd_step_check_members - @in->root's members (step, gradients, params,
- * grad_sq, layers, loss and nothing else), "loss" and "step". */
+ * grad_sq, layers, loss, batch and nothing else), "loss", "batch" and
+ * "step". */
 int curvd_step_check_members(struct curvd_step_in *in, struct curvd_problem *p);
 
 /*

@@ -5,10 +5,14 @@
  * child on a temporary database with --port 0, drives it with a small load
  * generator (raw POSIX sockets, keep-alive, one session per connection) and
  * prints steps/s and latency for small sessions, time per step and MB/s for
- * a large one, under --durability normal and full (one daemon each).
+ * a large one, under --durability normal and full (one daemon each);
+ * then the thesis' deep autoencoder as a K-FAC session (binary FP32,
+ * durable), alone on a daemon with --workers 1 and with one per CPU: time
+ * per step and its Server-Timing split.
  * Method and reading: tests/bench/README.md.
- * Usage: bench_http [--quick] [--small | --large]
- *   --quick: 1 s per small row, large d = 1e6; --small/--large: only those rows
+ * Usage: bench_http [--quick] [--small | --large | --autoencoder]
+ *   --quick: 1 s per small row, large d = 1e6, a tiny autoencoder;
+ *   --small/--large/--autoencoder: only those rows
  */
 #include <cblas.h>
 #include <dirent.h>
@@ -120,6 +124,7 @@ struct row {
 };
 
 static char g_tmp[256], g_log[320];
+static const char *g_workers; /* --workers for the next daemon, NULL: its default */
 static volatile pid_t g_pid;
 static long g_ncpu;
 static pthread_mutex_t g_fail_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -248,8 +253,12 @@ static int daemon_start(const char *bin, const char *dur, char *line, size_t cap
     char db[320];
     snprintf(db, sizeof db, "%s/%s.db", g_tmp, dur);
     snprintf(g_log, sizeof g_log, "%s/%s.log", g_tmp, dur);
-    char *argv[] = {(char *)bin, "--port",     "0",      "--db",         db,     "--durability",
-                    (char *)dur, "--max-body", MAX_BODY, "--log-format", "text", NULL};
+    char *argv[] = {
+        (char *)bin,       "--port",     "0",      "--db",         db,     "--durability",
+        (char *)dur,       "--max-body", MAX_BODY, "--log-format", "text", "--workers",
+        (char *)g_workers, NULL};
+    if (!g_workers)
+        argv[11] = NULL;
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
@@ -909,9 +918,159 @@ static void print_large_ratios(const struct row *l, const double in[4])
                        ENC_NAME[LROWS[i].enc], (l[i].p50 - l[j].p50) * 1e3);
 }
 
+/* ---- the autoencoder K-FAC session ---------------------------------------- */
+
+#define AE_M 1000  /* examples per step (--quick: 50) */
+#define AE_WARM 3  /* steps 1-3 refresh the inverses */
+#define AE_STEPS 6 /* timed: steps 4-9, factors and multiply, no refresh */
+#define AE_LMAX 8
+
+static const size_t AE_W[] = {784, 1000, 500, 250, 30, 250, 500, 1000, 784};
+static const size_t AE_W_QUICK[] = {10, 8, 6, 4, 6, 8, 10};
+
+struct ae {
+    const size_t *w;
+    size_t L, m;
+    float *vals, *grad; /* random values: activations and signals; gradients (x 1e-3) */
+};
+
+/* A step body: the gradients, then each layer's activations and signals,
+ * all binary FP32 (the bytes of @a's buffers, reused for every tensor). */
+static size_t ae_step_body(struct body *b, const struct ae *a, long long step)
+{
+    b->n = 0, b->len = b->tlen = 0;
+    body_text(b, "{\"step\":%lld,\"gradients\":[", step);
+    for (size_t i = 0; i < a->L; i++)
+        body_text(b,
+                  "%s{\"name\":\"l%zu\",\"shape\":[%zu,%zu],\"datatype\":\"FP32\","
+                  "\"parameters\":{\"binary_data_size\":%zu}}",
+                  i ? "," : "", i, a->w[i + 1], a->w[i] + 1, a->w[i + 1] * (a->w[i] + 1) * 4);
+    body_text(b, "],\"layers\":[");
+    for (size_t i = 0; i < a->L; i++)
+        body_text(b,
+                  "%s{\"block\":\"l%zu\",\"activations\":{\"name\":\"a\",\"shape\":[%zu,%zu],"
+                  "\"datatype\":\"FP32\",\"parameters\":{\"binary_data_size\":%zu}},"
+                  "\"signals\":{\"name\":\"s\",\"shape\":[%zu,%zu],\"datatype\":\"FP32\","
+                  "\"parameters\":{\"binary_data_size\":%zu}}}",
+                  i ? "," : "", i, a->m, a->w[i], a->m * a->w[i] * 4, a->m, a->w[i + 1],
+                  a->m * a->w[i + 1] * 4);
+    body_text(b, "]}");
+    size_t json_len = b->len;
+    for (size_t i = 0; i < a->L; i++)
+        body_add(b, a->grad, a->w[i + 1] * (a->w[i] + 1) * 4);
+    for (size_t i = 0; i < a->L; i++) {
+        body_add(b, a->vals, a->m * a->w[i] * 4);
+        body_add(b, a->vals, a->m * a->w[i + 1] * 4);
+    }
+    return json_len;
+}
+
+/* One daemon (--workers @workers, durability full), one session: the
+ * median of AE_STEPS timed steps, and that step's Server-Timing. */
+static void ae_run(const char *bin, const struct ae *a, const char *workers, double *wall,
+                   double phase[NPHASE])
+{
+    char line[512], path[128];
+    g_workers = workers;
+    int port = daemon_start(bin, "full", line, sizeof line);
+    g_workers = NULL;
+    printf("daemon: %s\n", line);
+    fflush(stdout);
+    struct conn c;
+    conn_open(&c, port);
+    struct body b = {.n = 0};
+    body_text(&b, "{\"optimizer\":\"kfac\",\"config\":{\"mode\":\"simple\",\"inv_interval\":20,"
+                  "\"weight_decay\":0},\"layout\":[");
+    for (size_t i = 0; i < a->L; i++)
+        body_text(&b, "%s{\"name\":\"l%zu\",\"kind\":\"dense\",\"shape\":[%zu,%zu],\"bias\":true}",
+                  i ? "," : "", i, a->w[i + 1], a->w[i]);
+    body_text(&b, "]}");
+    http_call(&c, "/v1/sessions", &b, 0, 201);
+    const char *id = strstr(c.reply, "\"id\":\"");
+    if (!id || strspn(id + 6, "0123456789abcdef") != 32)
+        fail("no session id in: %.500s", c.reply);
+    snprintf(path, sizeof path, "/v1/sessions/%.32s/steps", id + 6);
+    double t[AE_STEPS], ph[AE_STEPS][NPHASE];
+    for (long long k = 1; k <= AE_WARM + AE_STEPS; k++) {
+        char want[48];
+        double t0 = now_s();
+        size_t json_len = ae_step_body(&b, a, k);
+        http_call(&c, path, &b, json_len, 200);
+        double dt = now_s() - t0;
+        int n = snprintf(want, sizeof want, "{\"step\":%lld,", k);
+        if (strncmp(c.reply, want, (size_t)n) != 0)
+            fail("step %lld: unexpected reply: %.500s", k, c.reply);
+        if (k > AE_WARM) {
+            t[k - AE_WARM - 1] = dt;
+            memcpy(ph[k - AE_WARM - 1], c.timing, sizeof c.timing);
+        }
+    }
+    conn_close(&c);
+    int st = daemon_stop();
+    if (st != 0)
+        fail("the daemon did not stop cleanly on SIGTERM (status %d)", st);
+    for (int k = 0; k < 3; k++)
+        remove_tmp(k == 0 ? "full.db" : k == 1 ? "full.db-wal" : "full.db-shm");
+    int med = 0; /* the median step: as many faster as slower */
+    for (int i = 0; i < AE_STEPS; i++) {
+        int below = 0;
+        for (int j = 0; j < AE_STEPS; j++)
+            below += t[j] < t[i];
+        if (below == AE_STEPS / 2)
+            med = i;
+    }
+    *wall = t[med];
+    memcpy(phase, ph[med], sizeof ph[med]);
+}
+
+static void run_autoencoder(const char *bin, int quick)
+{
+    struct ae a = {.w = quick ? AE_W_QUICK : AE_W, .m = quick ? 50 : AE_M};
+    a.L = (quick ? sizeof AE_W_QUICK : sizeof AE_W) / sizeof(size_t) - 1;
+    size_t most = 1;
+    for (size_t i = 0; i <= a.L; i++)
+        most = a.w[i] * (a.m > a.w[i] + 1 ? a.m : a.w[i] + 1) > most
+                   ? a.w[i] * (a.m > a.w[i] + 1 ? a.m : a.w[i] + 1)
+                   : most;
+    a.vals = xmalloc(most * sizeof(float));
+    a.grad = xmalloc(most * sizeof(float));
+    uint64_t z = 12345;
+    for (size_t i = 0; i < most; i++) {
+        z = z * 6364136223846793005ULL + 1442695040888963407ULL;
+        a.vals[i] = (float)((double)(z >> 11) * 0x1.0p-52 - 1.0);
+        a.grad[i] = 1e-3f * a.vals[i];
+    }
+    char ncpu[24];
+    snprintf(ncpu, sizeof ncpu, "%ld", g_ncpu > 1 ? g_ncpu : 2);
+    const char *workers[2] = {"1", ncpu};
+    double wall[2], ph[2][NPHASE];
+    for (int k = 0; k < 2; k++)
+        ae_run(bin, &a, workers[k], &wall[k], ph[k]);
+    printf("\nautoencoder K-FAC session over HTTP (");
+    for (size_t i = 0; i <= a.L; i++)
+        printf("%s%zu", i ? "-" : "", a.w[i]);
+    printf(", m = %zu, simple mode, binary FP32, durability full): the median of steps %d-%d "
+           "(no refresh), seconds\n",
+           a.m, AE_WARM + 1, AE_WARM + AE_STEPS);
+    printf("  %-12s %8s", "workers", "step");
+    for (int p = 0; p < NPHASE; p++)
+        printf(" %8s", PHASE[p]);
+    printf("\n");
+    for (int k = 0; k < 2; k++) {
+        printf("  %-12s %8.3f", workers[k], wall[k]);
+        for (int p = 0; p < NPHASE; p++)
+            printf(" %8.3f", ph[k][p]);
+        printf("\n");
+    }
+    printf("  --workers %s / --workers 1: whole step %.2fx, its \"step\" phase %.2fx faster\n",
+           ncpu, wall[0] / wall[1], ph[0][PH_STEP] / ph[1][PH_STEP]);
+    free(a.vals);
+    free(a.grad);
+}
+
 int main(int argc, char **argv)
 {
-    int quick = 0, small_rows = 1, large_rows = 1;
+    int quick = 0, small_rows = 1, large_rows = 1, ae_rows = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
@@ -919,8 +1078,10 @@ int main(int argc, char **argv)
             large_rows = 0;
         } else if (strcmp(argv[i], "--large") == 0) {
             small_rows = 0;
+        } else if (strcmp(argv[i], "--autoencoder") == 0) {
+            ae_rows = 2;
         } else {
-            fprintf(stderr, "usage: %s [--quick] [--small | --large]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--quick] [--small | --large | --autoencoder]\n", argv[0]);
             return 2;
         }
     }
@@ -943,6 +1104,14 @@ int main(int argc, char **argv)
            "this load generator share the same %ld online CPUs: the figures are what both get.\n",
            bin, curv_version(), g_ncpu);
     fflush(stdout);
+    if (ae_rows == 2) { /* --autoencoder: that alone */
+        snprintf(g_tmp, sizeof g_tmp, "%s/bench_http.XXXXXX", tmpdir);
+        if (!mkdtemp(g_tmp))
+            fail("mkdtemp %s: %s", g_tmp, strerror(errno));
+        run_autoencoder(bin, quick);
+        remove_tmp(NULL);
+        return 0;
+    }
     payload_init(&small, 1, SMALL_D);
     payload_init(&large, LARGE_BLOCKS, quick ? LARGE_BN / 10 : LARGE_BN);
     inproc_pair(&small, 5, 0.05, in);
@@ -950,6 +1119,7 @@ int main(int argc, char **argv)
     snprintf(g_tmp, sizeof g_tmp, "%s/bench_http.XXXXXX", tmpdir);
     if (!mkdtemp(g_tmp))
         fail("mkdtemp %s: %s", g_tmp, strerror(errno));
+
     for (int di = 0; di < NDUR; di++) {
         char line[512], db[64];
         int port = daemon_start(bin, DURS[di], line, sizeof line);
@@ -977,5 +1147,12 @@ int main(int argc, char **argv)
         print_small_ratios(srow, in);
     if (large_rows)
         print_large_ratios(lrows, in);
+    if (small_rows && large_rows) {
+        snprintf(g_tmp, sizeof g_tmp, "%s/bench_http.XXXXXX", tmpdir);
+        if (!mkdtemp(g_tmp))
+            fail("mkdtemp %s: %s", g_tmp, strerror(errno));
+        run_autoencoder(bin, quick);
+        remove_tmp(NULL);
+    }
     return 0; /* the payloads go with the process */
 }

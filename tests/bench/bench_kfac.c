@@ -15,10 +15,16 @@
  *    arithmetic it runs in: fp32's eigh stays float64);
  *  - the baseline a user would pick instead: numpy's in-process K-FAC with
  *    explicit inverses (tests/bench/kfac_numpy.py --only explicit), on one
- *    thread and on every core, float64 and float32, with the ratios.
- * Usage: bench_kfac [--quick] [--m1000] [--no-numpy]
- *   --quick: a tiny network, a smoke run; --m1000: batch 1000 only;
- *   --no-numpy: libcurv alone (a quick A/B of the library's phases).
+ *    thread and on every core, float64 and float32, with the ratios;
+ *  - sessions at once on the daemon's worker pool (server/http/pool.c, lent
+ *    as each optimizer's executor as curvd lends it): a lone session
+ *    serially and on a pool of one thread per core, then 8 sessions
+ *    stepping at once on that pool, their aggregate GFLOP/s as a share of
+ *    the GEMM rate on as many threads (the default precision).
+ * Usage: bench_kfac [--quick] [--sessions] [--m1000] [--no-numpy]
+ *   --quick: a tiny network, a smoke run; --sessions: the GEMM rate and the
+ *   sessions only; --m1000: batch 1000 only; --no-numpy: libcurv alone (a
+ *   quick A/B of the library's phases).
  */
 #include <cblas.h>
 #include <math.h>
@@ -30,6 +36,7 @@
 #include <unistd.h>
 
 #include "../lib/tu_pool.h"
+#include "http/pool.h"
 #include "kfac_int.h"
 
 #define T3 20
@@ -77,7 +84,9 @@ struct net {
     curv_layer_stats stats[8];
 };
 
-static void net_init(struct net *n, const size_t *w, size_t L, size_t m, int fp32)
+/* @precision: NULL for the default. */
+static void net_init_cov(struct net *n, const size_t *w, size_t L, size_t m, int cov_interval,
+                         const char *precision)
 {
     memset(n, 0, sizeof *n);
     n->w = w, n->L = L, n->m = m;
@@ -106,16 +115,22 @@ static void net_init(struct net *n, const size_t *w, size_t L, size_t m, int fp3
     curv_config_set_str(c, "mode", "simple", NULL);
     curv_config_set_num(c, "inv_interval", T3, NULL);
     curv_config_set_num(c, "weight_decay", 0, NULL);
-    curv_config_set_str(c, "precision", fp32 ? "fp32" : "fp64", NULL);
+    if (precision)
+        curv_config_set_str(c, "precision", precision, NULL);
     /* Statistics due every other step only, so that the bench can time a
      * refresh without a factor update (every step still sends them). */
-    curv_config_set_num(c, "cov_interval", 2, NULL);
+    curv_config_set_num(c, "cov_interval", cov_interval, NULL);
     curv_error err;
     if (curv_opt_new(CURV_OPT_KFAC, n->layout, c, &n->opt, &err) != CURV_OK) {
         fprintf(stderr, "bench_kfac: %s\n", err.text);
         exit(1);
     }
     curv_config_free(c);
+}
+
+static void net_init(struct net *n, const size_t *w, size_t L, size_t m, int fp32)
+{
+    net_init_cov(n, w, L, m, 2, fp32 ? "fp32" : "fp64");
 }
 
 static void net_free(struct net *n)
@@ -401,18 +416,167 @@ static void print_result(const struct result *r, unsigned cores, const char *np1
            p1[FACTORS] + r1 / T3 + p1[MULTIPLY], cores, pn[FACTORS] + rn / T3 + pn[MULTIPLY]);
 }
 
+/* ---- sessions at once on the daemon's pool ------------------------------------ */
+
+#define SESSIONS 8
+#define SESSION_STEPS 6 /* steps 4 .. 9: factors and multiply, no refresh */
+
+struct session_job {
+    struct curvd_pool_job job;
+    struct net *n;
+};
+
+static pthread_mutex_t left_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t left_cv = PTHREAD_COND_INITIALIZER;
+static int left; /* sessions still stepping */
+
+static void session_run(struct curvd_pool_job *job)
+{
+    struct session_job *s = (struct session_job *)(void *)job;
+    for (int k = 0; k < SESSION_STEPS; k++)
+        if (step(s->n, 1) != CURV_OK)
+            exit(1);
+    pthread_mutex_lock(&left_mu);
+    if (--left == 0)
+        pthread_cond_signal(&left_cv);
+    pthread_mutex_unlock(&left_mu);
+}
+
+/* Seconds for the @count sessions @nets to take SESSION_STEPS steps each,
+ * all queued at once on a pool of @threads (0: one session stepped here,
+ * serially). Each optimizer gets the pool as curvd lends it
+ * (session/service.c: no more slots than blocks). */
+static double run_sessions(struct net *nets, int count, unsigned threads, double *helped)
+{
+    *helped = 0;
+    if (!threads) {
+        double t0 = now_s();
+        left = 1;
+        struct session_job s = {.n = &nets[0]};
+        session_run(&s.job);
+        return now_s() - t0;
+    }
+    char err[128];
+    struct curvd_pool *p = curvd_pool_new(threads, err, sizeof err);
+    if (!p) {
+        fprintf(stderr, "bench_kfac: %s\n", err);
+        exit(1);
+    }
+    curv_executor ex = *curvd_pool_executor(p);
+    struct session_job jobs[SESSIONS];
+    for (int i = 0; i < count; i++) {
+        curv_executor mine = ex;
+        if (mine.workers > nets[i].L)
+            mine.workers = (unsigned)nets[i].L;
+        if (curv_opt_set_executor(nets[i].opt, &mine, NULL) != CURV_OK)
+            exit(1);
+        jobs[i] = (struct session_job){.job = {.run = session_run}, .n = &nets[i]};
+    }
+    left = count;
+    double t0 = now_s();
+    for (int i = 0; i < count; i++)
+        curvd_pool_submit(p, &jobs[i].job);
+    pthread_mutex_lock(&left_mu);
+    while (left)
+        pthread_cond_wait(&left_cv, &left_mu);
+    pthread_mutex_unlock(&left_mu);
+    double t = now_s() - t0;
+    struct curvd_pool_stats st;
+    curvd_pool_stats(p, &st);
+    *helped = st.tasks ? (double)st.helped / (double)st.tasks : 0;
+    curvd_pool_free(p);
+    for (int i = 0; i < count; i++)
+        curv_opt_set_executor(nets[i].opt, NULL, NULL); /* the pool is gone */
+    return t;
+}
+
+/* @count copies of @base's optimizer (its state after warm-up), sharing
+ * its inputs. */
+static void clone_sessions(const struct net *base, const unsigned char *blob, size_t len,
+                           struct net *out, int count)
+{
+    for (int i = 0; i < count; i++) {
+        out[i] = *base;
+        curv_error err;
+        if (curv_opt_load(blob, len, &out[i].opt, &err) != CURV_OK) {
+            fprintf(stderr, "bench_kfac: load: %s\n", err.text);
+            exit(1);
+        }
+    }
+}
+
+static void free_clones(struct net *nets, int count)
+{
+    for (int i = 0; i < count; i++)
+        curv_opt_free(nets[i].opt);
+}
+
+static void bench_sessions(const size_t *w, size_t L, size_t m, size_t gs, unsigned cores)
+{
+    struct net base;
+    net_init_cov(&base, w, L, m, 1, NULL);
+    for (int s = 0; s < 3; s++) /* k <= 3 refresh: the state every clone starts from */
+        if (step(&base, 1) != CURV_OK)
+            exit(1);
+    unsigned char *blob;
+    size_t len;
+    if (curv_opt_save(base.opt, &blob, &len, NULL) != CURV_OK)
+        exit(1);
+    double fl[NPHASE];
+    phase_flops(&base, fl);
+    const double f = fl[STEP] * SESSION_STEPS; /* per session */
+    static struct net nets[SESSIONS];
+    const int count[3] = {1, 1, SESSIONS};
+    const unsigned threads[3] = {0, cores, cores};
+    double t[3] = {INFINITY, INFINITY, INFINITY}, helped[3] = {0};
+    for (int r = 0; r < 2; r++) /* best of 2 of each: the machine is shared */
+        for (int k = 0; k < 3; k++) {
+            sample_peaks(gs, cores);
+            clone_sessions(&base, blob, len, nets, count[k]);
+            double h, tk = run_sessions(nets, count[k], threads[k], &h);
+            if (tk < t[k])
+                t[k] = tk, helped[k] = h;
+            free_clones(nets, count[k]);
+        }
+    curv_free(blob);
+    net_free(&base);
+    printf("\nsessions at once on the daemon's worker pool (server/http/pool.c), m = %zu, "
+           "%d steps each between refreshes (factors + two-GEMM multiply, %.2f GFLOP a step), "
+           "best of 2; GEMM float64 %.1f GFLOP/s on 1 thread, %.1f on %u\n",
+           m, SESSION_STEPS, fl[STEP] / 1e9, peaks[0][0], peaks[0][1], cores);
+    printf("  %-34s %8s %9s %8s %6s %8s %7s\n", "run", "seconds", "s / step", "GFLOP/s", "%pk",
+           "vs lone", "helped");
+    char name[3][64];
+    snprintf(name[0], sizeof name[0], "1 session, serial (1 thread)");
+    snprintf(name[1], sizeof name[1], "1 session, pool of %u", cores);
+    snprintf(name[2], sizeof name[2], "%d sessions at once, pool of %u", SESSIONS, cores);
+    const double pk[3] = {peaks[0][0], peaks[0][1], peaks[0][1]};
+    for (int k = 0; k < 3; k++) {
+        double rate = f * count[k] / t[k] / 1e9;
+        printf("  %-34s %8.3f %9.4f %8.1f %5.0f%% %7.2fx %6.0f%%\n", name[k], t[k],
+               t[k] / (SESSION_STEPS * count[k]), rate, 100 * rate / pk[k], t[0] * count[k] / t[k],
+               100 * helped[k]);
+    }
+    printf("  s / step: wall time over all steps taken (the aggregate rate's inverse); vs "
+           "lone: throughput over the lone serial session's; %%pk: of the GEMM rate on as many "
+           "threads as the run uses; helped: the share of the steps' per-layer tasks that a "
+           "worker ran for another's step\n");
+}
+
 int main(int argc, char **argv)
 {
-    int quick = 0, only_first = 0, numpy = 1;
+    int quick = 0, sessions_only = 0, only_first = 0, numpy = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
+        } else if (strcmp(argv[i], "--sessions") == 0) {
+            sessions_only = 1;
         } else if (strcmp(argv[i], "--m1000") == 0) {
             only_first = 1;
         } else if (strcmp(argv[i], "--no-numpy") == 0) {
             numpy = 0;
         } else {
-            fprintf(stderr, "usage: bench_kfac [--quick] [--m1000] [--no-numpy]\n");
+            fprintf(stderr, "usage: bench_kfac [--quick] [--sessions] [--m1000] [--no-numpy]\n");
             return 2;
         }
     }
@@ -430,6 +594,10 @@ int main(int argc, char **argv)
     printf(", biases; %u cores; T3 = %d; simple mode; the phases at damping %g\n", cores, T3,
            GAMMA);
     sample_peaks(gs, cores);
+    if (sessions_only) {
+        bench_sessions(w, L, ms[0], gs, cores);
+        return 0;
+    }
 
     const char *np1 = NULL, *npn = NULL;
     if (!numpy) {
@@ -474,5 +642,6 @@ int main(int argc, char **argv)
            cores, cores, cores);
     for (int k = 0; k < nres; k++)
         print_result(&res[k], cores, np1, npn);
+    bench_sessions(w, L, ms[0], gs, cores);
     return 0;
 }

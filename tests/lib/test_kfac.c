@@ -209,7 +209,7 @@ static void check_blockdiag(double max_factor_dim, double eta)
                         {"fallback_lr", 0.2},
                         {"max_factor_dim", max_factor_dim},
                         {"kl_clip", 0}};
-    curv_opt *o = tu_kfac_opt(l, kv, 7, "mode", "simple", NULL);
+    curv_opt *o = tu_kfac_opt(l, kv, 7, "mode", "simple", "noise", "off", NULL);
     double *u = tu_alloc(net.dim), *gf = tu_alloc(net.dim);
     curv_error err;
     tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);

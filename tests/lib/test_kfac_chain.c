@@ -107,7 +107,8 @@ static void test_tridiag_update(void **state)
                             {"weight_decay", 0},
                             {"damping", gammas[t]},
                             {"kl_clip", 0}};
-        curv_opt *o = tu_kfac_opt(l, kv, 5, "mode", "simple", "inverse", "tridiag", NULL);
+        curv_opt *o =
+            tu_kfac_opt(l, kv, 5, "mode", "simple", "inverse", "tridiag", "noise", "off", NULL);
         double *u = tu_alloc(net.dim), *x = tu_alloc(net.dim);
         curv_error err;
         tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
@@ -121,6 +122,7 @@ static void test_tridiag_update(void **state)
         /* The chain's update is not the block-diagonal one. */
         curv_config *c = tu_config(kv, 5);
         tu_config_set(c, "mode", 0, "simple");
+        tu_config_set(c, "noise", 0, "off");
         curv_opt *bd = tu_new_opt(CURV_OPT_KFAC, l, c);
         double *ub = tu_alloc(net.dim);
         tu_assert_status(tu_mlp_step(bd, &net, 1, ub, NULL, &err), CURV_OK, &err);

@@ -95,9 +95,8 @@ static void add_outer(double *F, const double *X, size_t m, size_t nx, int bias,
                                 (j < nx ? X[r * nx + j] : 1.0);
 }
 
-/* −[(G + γ/π I) ⊗ (A + πγ I)]⁻¹ v for one block, π from the traces. */
-static void dense_proposal(size_t nr, const double *G, size_t nc, const double *A, double gamma,
-                           const double *v, double *out)
+/* (G + γ/π I) ⊗ (A + πγ I) for one block, π from the traces; γ = 0: G ⊗ A. */
+static double *dense_kron(size_t nr, const double *G, size_t nc, const double *A, double gamma)
 {
     const double pi = tu_kfac_pi(nr, G, nc, A);
     const size_t n = nr * nc;
@@ -108,10 +107,35 @@ static void dense_proposal(size_t nr, const double *G, size_t nc, const double *
                 for (size_t q = 0; q < nc; q++)
                     K[(i * nc + k) * n + j * nc + q] = (G[i * nr + j] + (i == j) * gamma / pi) *
                                                        (A[k * nc + q] + (k == q) * pi * gamma);
+    return K;
+}
+
+/* −[(G + γ/π I) ⊗ (A + πγ I)]⁻¹ v for one block. */
+static void dense_proposal(size_t nr, const double *G, size_t nc, const double *A, double gamma,
+                           const double *v, double *out)
+{
+    const size_t n = nr * nc;
+    double *K = dense_kron(nr, G, nc, A, gamma);
     tu_gj_solve(n, K, v, out);
     for (size_t i = 0; i < n; i++)
         out[i] = -out[i];
     free(K);
+}
+
+/* tr(K_γ⁻¹ (G ⊗ A)) for one block, column by column of G ⊗ A. */
+static double dense_dof(size_t nr, const double *G, size_t nc, const double *A, double gamma)
+{
+    const size_t n = nr * nc;
+    double *K = dense_kron(nr, G, nc, A, gamma), *F = dense_kron(nr, G, nc, A, 0);
+    double *col = tu_alloc(n), *x = tu_alloc(n), tr = 0;
+    for (size_t j = 0; j < n; j++) {
+        for (size_t i = 0; i < n; i++)
+            col[i] = F[i * n + j];
+        tu_gj_solve(n, K, col, x);
+        tr += x[j];
+    }
+    free(K), free(F), free(col), free(x);
+    return tr;
 }
 
 /*
@@ -159,6 +183,7 @@ static void test_gamma_step_math(void **state)
         gf[i] = net.g[i] + eta * net.theta[i];
 
     curv_step_input in = tu_mlp_input(&net, 1);
+    in.batch = 40; /* the gradient's batch, which the noise term divides by */
     curv_request req;
     tu_assert_status(curv_opt_step(o, &in, u2, &req, &err), CURV_NEED_INPUT, &err);
     assert_int_equal(req.kind, CURV_REQ_QUADRATIC_FORM);
@@ -181,9 +206,12 @@ static void test_gamma_step_math(void **state)
     }
     double gram[16];
     tu_mlp_answer(&net, &req, gram);
-    /* The model per candidate, solved here by Cramer's rule. */
+    /* The model per candidate, its linear term without the noise's share
+     * tr(K_γ⁻¹ F̆)/batch (at least noise_floor = 0.1 of it kept), solved
+     * here by Cramer's rule; the lowest mean M wins, and M of the step on
+     * this batch's model is reported. */
     const double *d0 = req.vectors + 3 * d;
-    double best_m = INFINITY, best_a = 0, best_u = 0;
+    double best_m = INFINITY, best_a = 0, best_u = 0, best_b1 = 0, best_share = 0;
     size_t best = 0;
     for (size_t c = 0; c < 3; c++) {
         const double *dc = req.vectors + c * d;
@@ -191,11 +219,17 @@ static void test_gamma_step_math(void **state)
         double q12 = gram[c * 4 + 3] + (lam + eta) * tu_dot(dc, d0, d);
         double q22 = gram[15] + (lam + eta) * tu_dot(d0, d0, d);
         double b1 = tu_dot(gf, dc, d), b2 = tu_dot(gf, d0, d), det = q11 * q22 - q12 * q12;
-        double al = (-b1 * q22 + b2 * q12) / det, mu = (-b2 * q11 + b1 * q12) / det;
-        double m = 0.5 * (al * al * q11 + 2 * al * mu * q12 + mu * mu * q22) + al * b1 + mu * b2;
+        double dof = 0;
+        for (size_t i = 0; i < 2; i++)
+            dof += dense_dof(w[i + 1], G[i], w[i] + 1, A[i], gam[c]);
+        const double share = dof / 40.0 / -b1, e1 = b1 * fmax(0.1, 1.0 - share);
+        double al = (-e1 * q22 + b2 * q12) / det, mu = (-b2 * q11 + e1 * q12) / det;
+        double m = 0.5 * (al * al * q11 + 2 * al * mu * q12 + mu * mu * q22) + al * e1 + mu * b2;
         if (m < best_m)
-            best_m = m, best_a = al, best_u = mu, best = c;
+            best_m = m, best_a = al, best_u = mu, best = c, best_share = share,
+            best_b1 = m - al * e1 + al * b1; /* M on the batch */
     }
+    assert_true(best_share > 0.01); /* the term is not negligible here */
     curv_response resp = {.seq = req.seq, .n_values = 16, .values = gram};
     double *delta = tu_alloc(d);
     memcpy(delta, req.vectors + best * d, d * sizeof(double));
@@ -206,7 +240,8 @@ static void test_gamma_step_math(void **state)
     assert_true(tu_report(o, "gamma") == gam[best]);
     assert_true(fabs(tu_report(o, "alpha") - best_a) <= 1e-9 * fabs(best_a));
     assert_true(fabs(tu_report(o, "mu") - best_u) <= 1e-9 * (1 + fabs(best_u)));
-    assert_true(fabs(tu_report(o, "model_change") - best_m) <= 1e-9 * fabs(best_m));
+    assert_true(fabs(tu_report(o, "model_change") - best_b1) <= 1e-9 * fabs(best_b1));
+    assert_true(fabs(tu_report(o, "noise_share") - best_share) <= 1e-9 * best_share);
     for (size_t i = 0; i < 2; i++)
         free(A[i]), free(G[i]);
     free(u1), free(u2), free(g1), free(gf), free(want), free(delta);

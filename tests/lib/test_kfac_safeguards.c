@@ -4,7 +4,8 @@
  * test per divergence mechanism: the (α, μ) box against a Gram answer
  * that is blind to the proposal (a curvature batch smaller than the
  * gradient's), the rejection of a step whose measured loss rose, lr as a
- * multiplier of the adaptive step, and the simple mode's KL clip. Each is
+ * multiplier of the adaptive step, the simple mode's KL clip, and the
+ * noise term that ends the CNN's noise floor. Each is
  * also run with the safeguard off, where the thesis' behaviour shows.
  */
 #include <math.h>
@@ -171,7 +172,7 @@ static void test_simple_kl_clip(void **state)
                             {"lr", 0.5},
                             {"damping", 0.1},
                             {"kl_clip", clips[t]}};
-        curv_opt *o = tu_kfac_opt(l, kv, 5, "mode", "simple", NULL);
+        curv_opt *o = tu_kfac_opt(l, kv, 5, "mode", "simple", "noise", "off", NULL);
         d = net.dim;
         u[t] = tu_alloc(d);
         curv_error err;
@@ -228,14 +229,82 @@ static size_t legacy_blob(unsigned char *blob, size_t len, const char *const *dr
     return len;
 }
 
+/* Step 1 in @mode with @noise, the step's batch @batch (0: not sent),
+ * @floor and (simple mode) @clip; the update into @u. Adaptive: no
+ * momentum yet, so α = −g1'/q11 inside the box. */
+static double noise_step(const char *mode, const char *noise, size_t batch, double floor,
+                         double clip, double *u, size_t *d)
+{
+    tu_mlp net;
+    curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 31, 32);
+    const tu_kv kv[] = {{"weight_decay", 0},    {"lambda_init", 0.7}, {"lambda_interval", 1000},
+                        {"noise_floor", floor}, {"kl_clip", clip},    {"damping", 0.05}};
+    curv_opt *o = tu_kfac_opt(l, kv, 6, "noise", noise, "mode", mode, NULL);
+    curv_step_input in = tu_mlp_input(&net, 1);
+    in.batch = batch;
+    curv_request req;
+    curv_error err;
+    curv_status st = curv_opt_step(o, &in, u, &req, &err);
+    if (strcmp(mode, "adaptive") == 0) {
+        tu_assert_status(st, CURV_NEED_INPUT, &err);
+        double gram;
+        tu_mlp_answer(&net, &req, &gram);
+        curv_response resp = {.seq = req.seq, .n_values = 1, .values = &gram};
+        tu_assert_status(curv_opt_resume(o, &resp, CURV_F64, u, &req, &err), CURV_OK, &err);
+        assert_true(tu_report(o, "alpha") < 10); /* inside the box */
+    } else {
+        tu_assert_status(st, CURV_OK, &err);
+        assert_true(clip == 0 || tu_report(o, "kl_scale") < 1); /* the clip binds */
+    }
+    const double share = tu_report(o, "noise_share");
+    *d = net.dim;
+    tu_mlp_teardown(o, l, &net);
+    return share;
+}
+
+/* The noise term (its value against dense math: test_kfac_loop.c): the
+ * step is the batch's (adaptive: the batch model's; simple: v) scaled by
+ * max(noise_floor, 1 − share), except where simple mode's KL clip is the
+ * tighter bound (then the clipped step stands); the share falls as
+ * 1/batch; without a batch the statistics' examples (6) stand in; off, the
+ * share is 0 and the step the batch's. */
+static void test_noise_term(void **state)
+{
+    (void)state;
+    static const char *const modes[3] = {"adaptive", "simple", "simple"};
+    static const double clips[3] = {0, 0, 1e-6};
+    for (int t = 0; t < 3; t++) {
+        const char *m = modes[t];
+        const double c = clips[t];
+        double u0[64], u[64];
+        size_t d;
+        assert_true(noise_step(m, "off", 60, 0.1, c, u0, &d) == 0);
+        assert_true(d <= 64);
+        const double s60 = noise_step(m, "fisher", 60, 0.1, c, u, &d);
+        assert_true(s60 > 0.01 && s60 < 0.5);
+        const double keep = c > 0 ? 1 : 1 - s60; /* the clip (1e-6) is tighter */
+        for (size_t i = 0; i < d; i++)
+            assert_true(fabs(u[i] - keep * u0[i]) <= 1e-12 * (1 + fabs(u0[i])));
+        const double s120 = noise_step(m, "fisher", 120, 0.1, c, u, &d);
+        assert_true(fabs(s120 - s60 / 2) <= 1e-12 * s60);
+        const double s0 = noise_step(m, "fisher", 0, 0.1, c, u, &d);
+        assert_true(fabs(s0 - 10 * s60) <= 1e-12 * s0);
+        const double s1 = noise_step(m, "fisher", 1, 0.25, c, u, &d); /* the floor binds */
+        assert_true(fabs(s1 - 60 * s60) <= 1e-12 * s1 && 1 - s1 < 0.25);
+        for (size_t i = 0; i < d; i++)
+            assert_true(fabs(u[i] - (c > 0 ? 1 : 0.25) * u0[i]) <= 1e-12 * (1 + fabs(u0[i])));
+    }
+}
+
 /* A state saved before the safeguards existed loads with the behaviour it
  * was saved with (free solve, no rejection, no clip, the γ grid, lr 1 in
  * adaptive mode); one saved now keeps its settings. */
 static void test_state_from_before_the_safeguards(void **state)
 {
     (void)state;
-    static const char *const added[] = {"coefficients", "alpha_max",  "mu_max",    "reject_rise",
-                                        "kl_clip",      "gamma_rule", "precision", NULL};
+    static const char *const added[] = {"coefficients", "alpha_max",  "mu_max", "reject_rise",
+                                        "kl_clip",      "gamma_rule", "noise",  "noise_floor",
+                                        "precision",    NULL};
     for (int simple = 0; simple <= 1; simple++) {
         tu_mlp net;
         curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 21, 22);
@@ -267,6 +336,10 @@ static void test_state_from_before_the_safeguards(void **state)
         assert_true(v == 0);
         assert_int_equal(curv_opt_get_param(then, "lr", &v), CURV_OK);
         assert_true(v == (simple ? 0.01 : 1.0));
+        assert_int_equal(curv_opt_get_param_str(now, "noise", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, "fisher");
+        assert_int_equal(curv_opt_get_param_str(then, "noise", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, "off");
         /* Before "precision" every multiply was float64; one saved with a
          * precision keeps it. */
         assert_int_equal(curv_opt_get_param_str(then, "precision", buf, sizeof buf), CURV_OK);
@@ -294,6 +367,31 @@ static void test_state_from_before_the_safeguards(void **state)
     }
 }
 
+/* A state saved with the safeguards but before the noise term keeps the
+ * batch's model (noise off) and its other settings. */
+static void test_state_from_before_the_noise_term(void **state)
+{
+    (void)state;
+    static const char *const added[] = {"noise", "noise_floor", NULL};
+    tu_mlp net;
+    curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 23, 24);
+    curv_opt *o = tu_kfac_opt(l, NULL, 0, NULL);
+    size_t len;
+    unsigned char *blob = tu_snapshot(o, &len);
+    size_t old_len = legacy_blob(blob, len, added, 1.0);
+    curv_opt *then = NULL;
+    curv_error err;
+    tu_assert_status(curv_opt_load(blob, old_len, &then, &err), CURV_OK, &err);
+    char buf[32];
+    assert_int_equal(curv_opt_get_param_str(then, "noise", buf, sizeof buf), CURV_OK);
+    assert_string_equal(buf, "off");
+    assert_int_equal(curv_opt_get_param_str(then, "coefficients", buf, sizeof buf), CURV_OK);
+    assert_string_equal(buf, "box");
+    curv_opt_free(then);
+    curv_free(blob);
+    tu_mlp_teardown(o, l, &net);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -301,7 +399,9 @@ int main(void)
         cmocka_unit_test(test_reject_rise),
         cmocka_unit_test(test_adaptive_lr_scales),
         cmocka_unit_test(test_simple_kl_clip),
+        cmocka_unit_test(test_noise_term),
         cmocka_unit_test(test_state_from_before_the_safeguards),
+        cmocka_unit_test(test_state_from_before_the_noise_term),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -248,7 +248,10 @@ static void test_config_errors(void **state)
     expect_config_error(K, "gamma_rule", "tied", 0);
     expect_config_error(K, "precision", "fp16", 0); /* not a choice */
     expect_config_error(K, "precision", "FP32", 0);
-    expect_config_error(K, "precision", NULL, 32);      /* an enum takes a string */
+    expect_config_error(K, "precision", NULL, 32); /* an enum takes a string */
+    expect_config_error(K, "noise", "empirical", 0);
+    expect_config_error(K, "noise_floor", NULL, -0.1);
+    expect_config_error(K, "noise_floor", NULL, 1.5);
     expect_config_error(S, "lr_schedule", "cosine", 0); /* bad enum */
     expect_config_error(S, "lr_schedule", "", 0);
     expect_config_error(S, "lr_schedule", "Step", 0);

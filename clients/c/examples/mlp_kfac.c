@@ -223,7 +223,7 @@ int main(int argc, char **argv)
             memcpy(&sig[1][i * OUT], dzs, sizeof dzs);
         }
         curvc_layer layers[] = {{"hidden", M, M, acts[0], sig[0]}, {"out", M, M, acts[1], sig[1]}};
-        curvc_step_in in = {.grad = g, .loss = loss, .has_loss = 1};
+        curvc_step_in in = {.grad = g, .loss = loss, .has_loss = 1, .batch = M};
         if (strcmp(kind, "kfac") == 0) { /* θ too: K-FAC's weight decay reads it */
             in.layers = layers;
             in.n_layers = 2;

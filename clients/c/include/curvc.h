@@ -202,6 +202,8 @@ typedef struct curvc_layer {
  * @grad: the mini-batch mean gradient, curvc_session_dim() doubles.
  * @params, @grad_sq: the same length, or NULL.
  * @loss, @has_loss: the mini-batch mean loss.
+ * @batch: the examples the gradient averages over (K-FAC reads the
+ *         gradient's noise from it), or 0 to leave it out.
  */
 typedef struct curvc_step_in {
     const double *grad;
@@ -211,6 +213,7 @@ typedef struct curvc_step_in {
     size_t n_layers;
     double loss;
     int has_loss;
+    size_t batch;
 } curvc_step_in;
 
 typedef enum {

@@ -128,6 +128,8 @@ static curvc_status step_body(const curvc_session *s, const curvc_step_in *in, s
         curvc__buf_cat(&b->js, "]");
     if (in->has_loss)
         curvc__buf_printf(&b->js, ",\"loss\":%.17g", in->loss);
+    if (in->batch)
+        curvc__buf_printf(&b->js, ",\"batch\":%zu", in->batch);
     curvc__buf_cat(&b->js, "}");
     return CURVC_OK;
 }

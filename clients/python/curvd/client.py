@@ -235,18 +235,22 @@ class Client:
                   params: Optional[Dict[str, object]] = None,
                   grad_sq: Optional[Dict[str, object]] = None,
                   layers: Optional[List[dict]] = None, loss: Optional[float] = None,
-                  encoding: str = "binary", datatype: str = "FP32"):
+                  batch: Optional[int] = None, encoding: str = "binary",
+                  datatype: str = "FP32"):
         """Post step @step once; StepResult, or the Callback it waits for.
 
         gradients, params, grad_sq: {block: values} (mini-batch means, the
         block's tensor shape: dense [n_out, n_in (+1 bias column)], vector
         [n]). layers: [{"block", "activations", "signals", "examples"?}].
+        batch: the examples the gradients average over (K-FAC reads the
+        gradient's noise from it).
         """
-        body, hdrs = self._step_body(step, gradients, params, grad_sq, layers, loss,
+        body, hdrs = self._step_body(step, gradients, params, grad_sq, layers, loss, batch,
                                      encoding, datatype)
         return self._post_step_body(session_id, body, hdrs, encoding, datatype)
 
-    def _step_body(self, step, gradients, params, grad_sq, layers, loss, encoding, datatype):
+    def _step_body(self, step, gradients, params, grad_sq, layers, loss, batch, encoding,
+                   datatype):
         w = Writer(check_encoding(encoding))
         check_datatype(datatype)
         doc = {"step": int(step), "gradients": w.tensors(gradients, datatype)}
@@ -258,6 +262,8 @@ class Client:
             doc["layers"] = [_layer_doc(w, ly, datatype) for ly in layers]
         if loss is not None:
             doc["loss"] = finite_number(f"step {step}: the loss", loss)
+        if batch is not None:
+            doc["batch"] = int(batch)
         return w.body(doc)
 
     def _post_step_body(self, session_id, body, hdrs, encoding, datatype):
@@ -283,14 +289,14 @@ class Client:
              params: Optional[Dict[str, object]] = None,
              grad_sq: Optional[Dict[str, object]] = None,
              layers: Optional[List[dict]] = None, loss: Optional[float] = None,
-             encoding: str = "binary", datatype: str = "FP32",
+             batch: Optional[int] = None, encoding: str = "binary", datatype: str = "FP32",
              oracle: Optional[CurvatureOracle] = None, max_restarts: int = 3) -> StepResult:
         """Post step @step and answer its callbacks with @oracle until the
         update comes. When the daemon lost the step in progress (it
         restarted: 409 NO_CALLBACK_PENDING) the step is posted again from
         its beginning, at most @max_restarts times. Other arguments as in
         post_step."""
-        body, hdrs = self._step_body(step, gradients, params, grad_sq, layers, loss,
+        body, hdrs = self._step_body(step, gradients, params, grad_sq, layers, loss, batch,
                                      encoding, datatype)
         reply = self._post_step_body(session_id, body, hdrs, encoding, datatype)
         restarts = 0

@@ -99,3 +99,26 @@ def test_non_finite_values_are_refused_before_sending(client):
     with pytest.raises(curvd.NonFiniteValue, match=r"the loss callback's answer, loss 0 is nan"):
         s.step(grads, loss=1.0, layers=layers, oracle=NanLoss())
     assert client.session(s.id).steps == 0  # nothing was applied
+
+
+def test_the_batch_size_reaches_the_noise_term(client, daemon):
+    """Steps carry their batch: K-FAC's noise share falls as 1/batch, and the
+    torch optimizer sends its mini-batch's size."""
+    layout = [{"name": "fc", "kind": "dense", "shape": [2, 3]}]
+    grads = {"fc": [[0.1, -0.2, 0.3], [0.0, 0.5, -0.1]]}
+    layers = [{"block": "fc", "activations": [[1.0, 2.0, 0.5], [0.3, -1.0, 2.0]],
+               "signals": [[0.5, -0.1], [0.2, 0.3]]}]
+    shares = []
+    for batch in (10, 20):
+        s = client.create_session("kfac", layout, {"mode": "simple", "weight_decay": 0})
+        shares.append(s.step(grads, layers=layers, batch=batch).report["noise_share"])
+    assert shares[0] > 0
+    assert shares[1] == pytest.approx(shares[0] / 2, rel=1e-12)
+
+    xtr, ytr, _, _ = teacher(n_train=256)
+    opts = [CurvdOptimizer(relu_mlp(4), daemon.url, "kfac", {"mode": "simple"},
+                           loss="cross_entropy") for _ in range(2)]
+    opts[0].step(xtr[:64], ytr[:64])
+    opts[1].step(xtr[:128], ytr[:128])
+    assert opts[0].last_report["noise_share"] > 0
+    assert opts[1].last_report["noise_share"] > 0

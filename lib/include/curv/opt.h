@@ -96,6 +96,10 @@ typedef struct curv_layer_stats {
  * @grad_sq:  the mean over the mini-batch of squared per-example gradients
  *            (the empirical Fisher diagonal; HF's preconditioner), or NULL.
  *            A kind that takes none refuses it (CURV_E_INVALID).
+ * @batch:    examples the gradient averages over (the mini-batch size), or
+ *            0 when not given. Adaptive K-FAC reads the gradient's noise
+ *            from it (its "noise" option; without it, the largest
+ *            @examples among @layers stands in); other kinds ignore it.
  */
 typedef struct curv_step_input {
     const void *grad;
@@ -107,6 +111,7 @@ typedef struct curv_step_input {
     double loss;
     int has_loss;
     const void *grad_sq;
+    size_t batch;
 } curv_step_input;
 
 typedef enum {

@@ -177,6 +177,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
         kw = {"loss": float(per_ex.detach().mean())}
         if self.send_layers:
             kw["layers"] = self._layer_stats(rec, z, outs, out_grads, m)
+            kw["batch"] = m
         if self.send_grad_sq:
             kw["grad_sq"] = self._grad_sq(rec, per_ex, out_grads, m)
         if self.send_params:
