@@ -103,6 +103,13 @@ static const struct curv__param PARAMS[] = {
     CURV__INT(H, max_failures, "max_failures", 3, 0, 1e9,
               "a block whose statistics or inverse fail keeps its previous ones for this many "
               "steps in a row; one more is CURV_E_NUMERIC"),
+    CURV__ENUM(H, precision, "precision", "fp32", "fp64|fp32",
+               "the arithmetic of the per-step work: fp32 runs the factors' SYRK over the rows, "
+               "the forming of the explicit damped inverses and the multiply's GEMMs in float "
+               "(about twice as fast, no more memory); the factor EMA, the eigendecomposition "
+               "and the saved state stay float64. The autoencoder trains identically and the "
+               "CNN within seed-to-seed noise (docs/NOTES.md, \"K-FAC precision\"); fixed for a "
+               "session; states saved before it existed continue in fp64"),
     CURV__ENUM(H, fallback, "fallback", "adagrad_diag", "adagrad_diag|sgd",
                "optimizer for vector blocks (no Kronecker factors)"),
     CURV__REAL(H, fallback_lr, "fallback_lr", 0.01, 0, 1e6,
@@ -632,14 +639,18 @@ static size_t kfac_saved(const curv_opt *o)
     return total;
 }
 
-/* A state saved before the safeguards (it has no "coefficients") runs on
- * with the behaviour it was saved with: the free solve, every step kept,
- * no KL clip, the γ grid, and in adaptive mode an lr of 1 (lr had no
- * effect there; its stored value was simple mode's 0.01). One saved before
- * the noise term (no "noise") keeps the batch's model. */
+/* A state saved by an earlier version runs on with the behaviour it was
+ * saved with: before "precision", float64; before the noise term (no
+ * "noise"), the batch's model (noise off); before the safeguards (no
+ * "coefficients"), also the free solve, every step kept, no KL clip, the
+ * γ grid, and in adaptive mode an lr of 1 (lr had no effect there; its
+ * stored value was simple mode's 0.01). */
 static curv_status kfac_upgrade(curv_config *c)
 {
     struct curv__cfg_entry e;
+    if (!curv__config_find(c, "precision", &e) &&
+        curv_config_set_str(c, "precision", "fp64", NULL) != CURV_OK)
+        return CURV_E_NOMEM;
     if (!curv__config_find(c, "noise", &e)) {
         curv_status st = curv_config_set_str(c, "noise", "off", NULL);
         if (st != CURV_OK)
@@ -676,7 +687,8 @@ const struct curv__opt_vt curv__kfac_vt = {
     .save = kfac_save,
     .load = kfac_load,
     .saved_doubles = kfac_saved,
-    .fixed = (const char *const[]){"mode", "inverse", "max_factor_dim", "fallback", NULL},
+    .fixed =
+        (const char *const[]){"mode", "inverse", "max_factor_dim", "fallback", "precision", NULL},
     .inputs = CURV_INPUT_LAYERS,
     .upgrade = kfac_upgrade,
 };

@@ -69,13 +69,22 @@ static void side_drop_inv(struct curv__kside *s)
     s->inv = NULL;
 }
 
+/* Drop the tentative decomposition. */
+static void side_drop_eig(struct curv__kside *s)
+{
+    curv__free(s->Q_new);
+    curv__free(s->w_new);
+    curv__free(s->Qf_new);
+    s->Q_new = s->w_new = NULL;
+    s->Qf_new = NULL;
+}
+
 static void side_drop_new(struct curv__kside *s)
 {
     side_drop_cand(s);
+    side_drop_eig(s);
     curv__free(s->F_new);
-    curv__free(s->Q_new);
-    curv__free(s->w_new);
-    s->F_new = s->Q_new = s->w_new = NULL;
+    s->F_new = NULL;
 }
 
 static void side_free(struct curv__kside *s)
@@ -85,6 +94,14 @@ static void side_free(struct curv__kside *s)
     curv__free(s->F);
     curv__free(s->Q);
     curv__free(s->w);
+    curv__free(s->Qf);
+}
+
+/* @n doubles rounded to float into @dst. */
+static void to_float(const double *src, size_t n, float *dst)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (float)src[i];
 }
 
 static void side_init(struct curv__kside *s, size_t n, const struct curv__kfac_hyper *h,
@@ -92,16 +109,55 @@ static void side_init(struct curv__kside *s, size_t n, const struct curv__kfac_h
 {
     s->n = n;
     s->diag = n > (size_t)h->max_factor_dim;
+    s->f32 = h->precision == CURV__KFAC_FP32;
     s->F = curv__tally_calloc(t, side_len(s), sizeof(double));
     s->Q = s->diag ? NULL : curv__tally_calloc(t, n * n, sizeof(double));
+    s->Qf = s->diag || !s->f32 ? NULL : curv__tally_calloc(t, n * n, sizeof(float));
     s->w = curv__tally_calloc(t, n, sizeof(double));
+}
+
+/* Rows per float SYRK of stats_f32. */
+#define STATS_CHUNK 1024
+
+/*
+ * The upper triangle of scale Σ_rows x xᵀ (nx x nx, leading dimension n)
+ * into @Fn from float SYRKs over chunks of STATS_CHUNK rows of @X rounded
+ * to float, each chunk's sum added into the double @Fn. The rows a
+ * trainer sends are FP32 tensors (exact in float); what float adds is the
+ * SYRK's accumulation over at most STATS_CHUNK rows, about √rows · 2⁻²⁴
+ * relative to the entries, independent from step to step and averaged by
+ * the EMA, which accumulates in double. CURV_E_NOMEM.
+ */
+static curv_status stats_f32(const double *X, size_t rows, size_t nx, size_t n, double scale,
+                             double *Fn)
+{
+    const size_t chunk = rows < STATS_CHUNK ? rows : STATS_CHUNK;
+    float *Xf = curv__calloc_n(chunk * nx, sizeof(float));
+    float *Ff = curv__calloc_n(nx * nx, sizeof(float));
+    if (!Xf || !Ff) {
+        curv__free(Xf);
+        curv__free(Ff);
+        return CURV_E_NOMEM;
+    }
+    for (size_t r0 = 0; r0 < rows; r0 += chunk) {
+        const size_t k = rows - r0 < chunk ? rows - r0 : chunk;
+        to_float(X + r0 * nx, k * nx, Xf);
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)k, 1.0f, Xf, (int)nx, 0.0f,
+                    Ff, (int)nx);
+        for (size_t i = 0; i < nx; i++)
+            for (size_t j = i; j < nx; j++)
+                Fn[i * n + j] += scale * (double)Ff[i * nx + j];
+    }
+    curv__free(Xf);
+    curv__free(Ff);
+    return CURV_OK;
 }
 
 /*
  * New estimate F ← εF + (1−ε)X̂ with X̂ = scale Σ_rows x xᵀ over the rows of
  * @X (rows x nx, row-major), x extended by a homogeneous 1 when @bias (the
- * side then has nx + 1 entries). Dense sides use one SYRK; diagonal sides
- * only the squares.
+ * side then has nx + 1 entries). Dense sides use one SYRK (float SYRKs in
+ * fp32: stats_f32); diagonal sides only the squares.
  */
 static curv_status side_stats(struct curv__kside *s, const double *X, size_t rows, size_t nx,
                               int bias, double scale, double eps)
@@ -119,8 +175,15 @@ static curv_status side_stats(struct curv__kside *s, const double *X, size_t row
         if (bias)
             Fn[nx] = scale * (double)rows;
     } else {
-        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)rows, scale, X, (int)nx,
-                    0.0, Fn, (int)n);
+        if (s->f32 && rows > 0) {
+            if (stats_f32(X, rows, nx, n, scale, Fn) != CURV_OK) {
+                curv__free(Fn);
+                return CURV_E_NOMEM;
+            }
+        } else {
+            cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)rows, scale, X,
+                        (int)nx, 0.0, Fn, (int)n);
+        }
         if (bias) {
             /* Σ_rows x, accumulated in the last row (contiguous; its lower
              * triangle is overwritten below) and moved to the last column. */
@@ -173,15 +236,22 @@ static curv_status side_refresh(struct curv__kside *s, curv_error *err)
     }
     for (size_t i = 0; st == CURV_OK && i < n; i++)
         w[i] = w[i] > 0 ? w[i] : 0;
+    float *Qf = NULL;
+    if (st == CURV_OK && Q && s->f32) {
+        if ((Qf = curv__calloc_n(n * n, sizeof(float))))
+            to_float(Q, n * n, Qf);
+        else
+            st = curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for a %zu x %zu factor", n, n);
+    }
     if (st != CURV_OK) {
         curv__free(w);
         curv__free(Q);
         return st;
     }
-    curv__free(s->Q_new);
-    curv__free(s->w_new);
+    side_drop_eig(s);
     s->Q_new = Q;
     s->w_new = w;
+    s->Qf_new = Qf;
     return CURV_OK;
 }
 
@@ -216,8 +286,13 @@ static void side_commit(struct curv__kside *s, size_t cand, double damp)
             curv__free(s->Q);
             s->Q = s->Q_new;
         }
+        if (s->Qf_new) {
+            curv__free(s->Qf);
+            s->Qf = s->Qf_new;
+        }
     }
     s->F_new = s->Q_new = s->w_new = NULL;
+    s->Qf_new = NULL;
     side_drop_cand(s);
 }
 
@@ -227,30 +302,48 @@ int curv__kside_explicit(size_t n, size_t n_other, unsigned horizon)
 }
 
 /* M = Q diag(1/(w + c)) Qᵀ (n x n) as T Tᵀ with T = Q diag(1/sqrt(w + c)):
- * one SYRK (n³ flops) and a copy of its triangle. NULL when out of memory. */
-static double *side_form(const struct curv__kside *s, double c)
+ * one SYRK (n³ flops) and a copy of its triangle; in fp32 T is rounded to
+ * float and M is a float SYRK (the multiply's own arithmetic; the test
+ * bound of test_kfac.c counts its round-off). NULL when out of memory. */
+static void *side_form(const struct curv__kside *s, double c)
 {
     const size_t n = s->n;
     const double *Q = side_Q(s), *w = side_w(s);
-    double *M = curv__calloc_n(n * n, sizeof(double));
-    double *T = curv__calloc_n(n * n, sizeof(double));
-    if (!M || !T) {
+    const size_t es = s->f32 ? sizeof(float) : sizeof(double);
+    void *M = curv__calloc_n(n * n, es);
+    void *T = curv__calloc_n(n * n, es);
+    double *r = curv__calloc_n(n, sizeof(double));
+    if (!M || !T || !r) {
         curv__free(M);
         curv__free(T);
+        curv__free(r);
         return NULL;
     }
-    double *r = M; /* the first row of M holds the scales until the SYRK */
     for (size_t k = 0; k < n; k++)
         r[k] = 1.0 / sqrt(w[k] + c);
-    for (size_t i = 0; i < n; i++)
-        for (size_t k = 0; k < n; k++)
-            T[i * n + k] = Q[i * n + k] * r[k];
-    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, (int)n, (int)n, 1.0, T, (int)n, 0.0, M,
-                (int)n);
-    for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < i; j++)
-            M[i * n + j] = M[j * n + i];
+    if (s->f32) {
+        float *Tf = T, *Mf = M;
+        for (size_t i = 0; i < n; i++)
+            for (size_t k = 0; k < n; k++)
+                Tf[i * n + k] = (float)(Q[i * n + k] * r[k]);
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, (int)n, (int)n, 1.0f, Tf, (int)n, 0.0f,
+                    Mf, (int)n);
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < i; j++)
+                Mf[i * n + j] = Mf[j * n + i];
+    } else {
+        double *Td = T, *Md = M;
+        for (size_t i = 0; i < n; i++)
+            for (size_t k = 0; k < n; k++)
+                Td[i * n + k] = Q[i * n + k] * r[k];
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, (int)n, (int)n, 1.0, Td, (int)n, 0.0,
+                    Md, (int)n);
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < i; j++)
+                Md[i * n + j] = Md[j * n + i];
+    }
     curv__free(T);
+    curv__free(r);
     return M;
 }
 
@@ -299,6 +392,8 @@ static void side_load(struct curv__kside *s, struct curv__reader *r)
     if (!s->diag)
         curv__r_f64s(r, s->Q, s->n * s->n);
     curv__r_f64s(r, s->w, s->n);
+    if (s->Qf)
+        to_float(s->Q, s->n * s->n, s->Qf);
     if (curv__first_nonfinite(s->F, side_len(s)) < side_len(s) ||
         (!s->diag && curv__first_nonfinite(s->Q, s->n * s->n) < s->n * s->n) ||
         !curv__valid_sums(s->w, s->n))
@@ -336,9 +431,8 @@ static curv_status kron_refresh(struct curv__kblock *b, curv_error *err)
         st = side_refresh(&b->G, err);
     if (st != CURV_OK) {
         /* Keep the tentative factors; drop only the partial inverse. */
-        curv__free(b->A.Q_new), curv__free(b->A.w_new), curv__free(b->G.Q_new),
-            curv__free(b->G.w_new);
-        b->A.Q_new = b->A.w_new = b->G.Q_new = b->G.w_new = NULL;
+        side_drop_eig(&b->A);
+        side_drop_eig(&b->G);
         return st;
     }
     b->pi_new = b->h->pi_mode == CURV__KFAC_PI_ONE
@@ -376,6 +470,14 @@ static curv_status kron_prepare(struct curv__kblock *b, const double *gammas, si
     return CURV_OK;
 }
 
+/* The eigenvectors the multiply uses: Q, or its float copy in fp32. */
+static const void *side_Qm(const struct curv__kside *s, int f32)
+{
+    if (f32)
+        return s->w_new ? s->Qf_new : s->Qf;
+    return side_Q(s);
+}
+
 /* Σ_i w_i / (w_i + c) over the newest eigenvalues of a side. */
 static double side_dof(const struct curv__kside *s, double c)
 {
@@ -395,17 +497,38 @@ double curv__kblock_dof(const struct curv__kblock *b, double gamma)
 }
 
 /* dst = M X (left, M rows x rows) or X M (right, cols x cols), or their
- * transposed M (@tm): one GEMM on the rows x cols slice. */
-static void side_gemm(const double *M, int left, int tm, const double *X, size_t rows, size_t cols,
-                      double *dst)
+ * transposed M (@tm): one GEMM on the rows x cols slice, in float when
+ * @f32 (M, X and dst then float). */
+static void side_gemm(int f32, const void *M, int left, int tm, const void *X, size_t rows,
+                      size_t cols, void *dst)
 {
     const CBLAS_TRANSPOSE t = tm ? CblasTrans : CblasNoTrans;
-    if (left)
-        cblas_dgemm(CblasRowMajor, t, CblasNoTrans, (int)rows, (int)cols, (int)rows, 1.0, M,
-                    (int)rows, X, (int)cols, 0.0, dst, (int)cols);
+    const int r = (int)rows, c = (int)cols;
+    if (f32 && left)
+        cblas_sgemm(CblasRowMajor, t, CblasNoTrans, r, c, r, 1.0f, M, r, X, c, 0.0f, dst, c);
+    else if (f32)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, t, r, c, c, 1.0f, X, c, M, c, 0.0f, dst, c);
+    else if (left)
+        cblas_dgemm(CblasRowMajor, t, CblasNoTrans, r, c, r, 1.0, M, r, X, c, 0.0, dst, c);
     else
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, t, (int)rows, (int)cols, (int)cols, 1.0, X,
-                    (int)cols, M, (int)cols, 0.0, dst, (int)cols);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, t, r, c, c, 1.0, X, c, M, c, 0.0, dst, c);
+}
+
+/* y = x ⊘ (d_G d_Aᵀ) on the rows x cols slice, d_G = wg + dg (1 when
+ * !wg), d_A = wa + da (1 when !wa); float x and y when @f32. */
+static void kron_scale(int f32, const void *x, void *y, size_t rows, size_t cols, const double *wg,
+                       double dg, const double *wa, double da)
+{
+    for (size_t i = 0; i < rows; i++) {
+        const double rg = wg ? wg[i] + dg : 1.0;
+        for (size_t j = 0; j < cols; j++) {
+            const double d = rg * (wa ? wa[j] + da : 1.0);
+            if (f32)
+                ((float *)y)[i * cols + j] = (float)(((const float *)x)[i * cols + j] / d);
+            else
+                ((double *)y)[i * cols + j] = ((const double *)x)[i * cols + j] / d;
+        }
+    }
 }
 
 /*
@@ -416,6 +539,11 @@ static void side_gemm(const double *M, int left, int tm, const double *X, size_t
  * d the damped eigenvalues of an eigenbasis or diagonal side and 1 for an
  * explicit one. The products ping-pong through @work and the last lands in
  * @u. With two explicit sides this is exactly two GEMMs.
+ * In fp32 a block with a dense side does all of it in float: V is rounded
+ * into @work, the products ping-pong through two float buffers there, and
+ * the last lands in a fourth, widened into @u (4 slices of floats fit the
+ * 2 slices of doubles of @work). A block of two diagonal sides has no GEMM
+ * to speed up and stays in double.
  */
 static void kron_apply(const struct curv__kblock *b, size_t cand, const double *g, double gamma,
                        double *u, double *work)
@@ -423,44 +551,49 @@ static void kron_apply(const struct curv__kblock *b, size_t cand, const double *
     const size_t rows = b->info.rows, cols = b->info.cols, len = rows * cols;
     const double pi = kron_pi(b);
     const int ready = cand < b->n_cand && b->cgamma[cand] == gamma;
-    const double *Gi = ready ? b->G.use[cand] : NULL, *Ai = ready ? b->A.use[cand] : NULL;
+    const void *Gi = ready ? b->G.use[cand] : NULL, *Ai = ready ? b->A.use[cand] : NULL;
     const int eg = !b->G.diag && !Gi, ea = !b->A.diag && !Ai; /* eigenbasis sides */
-    const double *x = g;
-    double *buf[2] = {work, work + len};
+    const int f32 = b->A.f32 && !(b->A.diag && b->G.diag);
+    const void *x = g;
+    void *buf[2] = {work, work + len}, *out = u;
+    if (f32) {
+        float *wf = (float *)work;
+        buf[0] = wf, buf[1] = wf + len, out = wf + 3 * len;
+        to_float(g, len, wf + 2 * len);
+        x = wf + 2 * len;
+    }
     int nb = 0;
     if (eg) {
-        side_gemm(side_Q(&b->G), 1, 1, x, rows, cols, buf[nb]);
+        side_gemm(f32, side_Qm(&b->G, f32), 1, 1, x, rows, cols, buf[nb]);
         x = buf[nb], nb ^= 1;
     }
     if (ea) {
-        side_gemm(side_Q(&b->A), 0, 0, x, rows, cols, buf[nb]);
+        side_gemm(f32, side_Qm(&b->A, f32), 0, 0, x, rows, cols, buf[nb]);
         x = buf[nb], nb ^= 1;
     }
     const int scale_g = !Gi, scale_a = !Ai;
     const int last = Gi || eg || Ai || ea; /* a product follows the scaling */
     if (scale_g || scale_a) {
-        const double *wg = side_w(&b->G), *wa = side_w(&b->A);
-        const double dg = gamma / pi, da = gamma * pi;
-        double *y = last ? (x == buf[0] ? buf[0] : x == buf[1] ? buf[1] : buf[nb]) : u;
-        for (size_t i = 0; i < rows; i++) {
-            const double rg = scale_g ? wg[i] + dg : 1.0;
-            for (size_t j = 0; j < cols; j++)
-                y[i * cols + j] = x[i * cols + j] / (rg * (scale_a ? wa[j] + da : 1.0));
-        }
+        void *y = last ? (x == buf[0] ? buf[0] : x == buf[1] ? buf[1] : buf[nb]) : out;
+        kron_scale(f32, x, y, rows, cols, scale_g ? side_w(&b->G) : NULL, gamma / pi,
+                   scale_a ? side_w(&b->A) : NULL, gamma * pi);
         if (y == buf[nb])
             nb ^= 1;
         x = y;
     }
-    if (!last)
-        return;
-    const int post_a = Ai || ea;
-    if (Gi || eg) {
-        double *dst = post_a ? buf[nb] : u;
-        side_gemm(Gi ? Gi : side_Q(&b->G), 1, 0, x, rows, cols, dst);
-        x = dst, nb ^= 1;
+    if (last) {
+        const int post_a = Ai || ea;
+        if (Gi || eg) {
+            void *dst = post_a ? buf[nb] : out;
+            side_gemm(f32, Gi ? Gi : side_Qm(&b->G, f32), 1, 0, x, rows, cols, dst);
+            x = dst, nb ^= 1;
+        }
+        if (post_a)
+            side_gemm(f32, Ai ? Ai : side_Qm(&b->A, f32), 0, !Ai, x, rows, cols, out);
     }
-    if (post_a)
-        side_gemm(Ai ? Ai : side_Q(&b->A), 0, !Ai, x, rows, cols, u);
+    if (f32)
+        for (size_t i = 0; i < len; i++)
+            u[i] = ((const float *)out)[i];
 }
 
 static void kron_commit(struct curv__kblock *b, size_t cand, const double *g)
@@ -502,7 +635,10 @@ static void kron_load(struct curv__kblock *b, struct curv__reader *r)
 
 static size_t side_bytes(const struct curv__kside *s)
 {
-    return (side_len(s) + (s->diag ? 0 : s->n * s->n) * (s->inv ? 2 : 1) + s->n) * sizeof(double);
+    const size_t sq = s->diag ? 0 : s->n * s->n;
+    const size_t es = s->f32 ? sizeof(float) : sizeof(double);
+    return (side_len(s) + sq + s->n) * sizeof(double) + (s->inv ? sq * es : 0) +
+           (s->Qf ? sq * sizeof(float) : 0);
 }
 
 static size_t kron_bytes(const struct curv__kblock *b)

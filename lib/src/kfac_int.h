@@ -18,6 +18,7 @@ enum { CURV__KFAC_PI_TRACE = 0, CURV__KFAC_PI_ONE = 1 };
 enum { CURV__KFAC_FB_ADAGRAD = 0, CURV__KFAC_FB_SGD = 1 };
 enum { CURV__KFAC_COEF_BOX = 0, CURV__KFAC_COEF_FREE = 1 };
 enum { CURV__KFAC_GAMMA_SQRT_LAMBDA = 0, CURV__KFAC_GAMMA_GRID = 1 };
+enum { CURV__KFAC_FP64 = 0, CURV__KFAC_FP32 = 1 };
 enum { CURV__KFAC_NOISE_FISHER = 0, CURV__KFAC_NOISE_OFF = 1 };
 
 /* The hyperparameters (kfac.c's table); blocks read the fallback and
@@ -37,6 +38,7 @@ struct curv__kfac_hyper {
     int reject_rise;          /* adaptive: a measured rise of h undoes the step */
     double kl_clip;           /* simple: bound on ∇hᵀF̆⁻¹∇h (0: off) */
     int gamma_rule;           /* adaptive: CURV__KFAC_GAMMA_* */
+    int precision;            /* CURV__KFAC_FP*: the multiply's arithmetic */
     int noise;                /* adaptive: CURV__KFAC_NOISE_* */
     double noise_floor;       /* adaptive: share of ∇hᵀΔ the noise leaves at least */
 };
@@ -55,15 +57,23 @@ struct curv__kfac_hyper {
  * (inv, inv_damp; NULL when none): a cache rebuilt from Q, w and c, never
  * saved. Per candidate of the step, use[] is the explicit inverse the
  * multiply applies (NULL: the eigenbasis form) and cinv[] the ones formed
- * this step (tentative). */
+ * this step (tentative).
+ * With precision = fp32 (f32 = 1) the multiply runs in float: the explicit
+ * inverses (inv, cinv, use) are n x n floats and a dense side also keeps
+ * Qf (Qf_new), its eigenvectors rounded to float for the eigenbasis form;
+ * each step's Σ x xᵀ of a dense side is a float SYRK, but F (the EMA), Q
+ * and w stay double. */
 struct curv__kside {
     size_t n;
-    int diag;
+    int diag, f32;
     double *F, *Q, *w;
     double *F_new, *Q_new, *w_new;
-    double *inv, inv_damp;
-    double *cinv[CURV__KFAC_MAX_CAND], cdamp[CURV__KFAC_MAX_CAND];
-    const double *use[CURV__KFAC_MAX_CAND];
+    float *Qf, *Qf_new;
+    void *inv;
+    double inv_damp;
+    void *cinv[CURV__KFAC_MAX_CAND];
+    double cdamp[CURV__KFAC_MAX_CAND];
+    const void *use[CURV__KFAC_MAX_CAND];
 };
 
 struct curv__kblock;
@@ -86,7 +96,8 @@ struct curv__kstamps {
  *             @horizon), reusing the cached ones; CURV_E_NOMEM;
  *  - apply:   u = P_γ g on the block's slice (P the damped inverse) for
  *             candidate @cand of the last prepare (the eigenbasis form
- *             when there was none); @work holds 2 * rows * cols doubles;
+ *             when there was none); @work holds 2 * rows * cols doubles
+ *             (4 * rows * cols floats in fp32);
  *  - commit:  make the tentative values current, candidate @cand's
  *             inverses the cached ones; @g is the step's gradient;
  *  - save / load / bytes / free.

@@ -10,7 +10,9 @@
  *    multiply it replaces, a whole simple-mode step between refreshes),
  *    serially on one BLAS thread and on a pool of one thread per core lent
  *    through curv_executor (BLAS on one thread inside each task), each with
- *    its GFLOP/s and share of the GEMM peak of as many cores;
+ *    its GFLOP/s and share of the GEMM peak of as many cores, with
+ *    precision = fp64 and fp32 (the peak of a phase is that of the
+ *    arithmetic it runs in: fp32's eigh stays float64);
  *  - the baseline a user would pick instead: numpy's in-process K-FAC with
  *    explicit inverses (tests/bench/kfac_numpy.py --only explicit), on one
  *    thread and on every core, float64 and float32, with the ratios;
@@ -18,9 +20,11 @@
  *    as each optimizer's executor as curvd lends it): a lone session
  *    serially and on a pool of one thread per core, then 8 sessions
  *    stepping at once on that pool, their aggregate GFLOP/s as a share of
- *    the GEMM rate on as many threads.
- * Usage: bench_kfac [--quick] [--sessions]   (--quick: a tiny network, a
- * smoke run; --sessions: the GEMM rate and the sessions only)
+ *    the GEMM rate on as many threads (the default precision).
+ * Usage: bench_kfac [--quick] [--sessions] [--m1000] [--no-numpy]
+ *   --quick: a tiny network, a smoke run; --sessions: the GEMM rate and the
+ *   sessions only; --m1000: batch 1000 only; --no-numpy: libcurv alone (a
+ *   quick A/B of the library's phases).
  */
 #include <cblas.h>
 #include <math.h>
@@ -80,7 +84,9 @@ struct net {
     curv_layer_stats stats[8];
 };
 
-static void net_init_cov(struct net *n, const size_t *w, size_t L, size_t m, int cov_interval)
+/* @precision: NULL for the default. */
+static void net_init_cov(struct net *n, const size_t *w, size_t L, size_t m, int cov_interval,
+                         const char *precision)
 {
     memset(n, 0, sizeof *n);
     n->w = w, n->L = L, n->m = m;
@@ -109,6 +115,8 @@ static void net_init_cov(struct net *n, const size_t *w, size_t L, size_t m, int
     curv_config_set_str(c, "mode", "simple", NULL);
     curv_config_set_num(c, "inv_interval", T3, NULL);
     curv_config_set_num(c, "weight_decay", 0, NULL);
+    if (precision)
+        curv_config_set_str(c, "precision", precision, NULL);
     /* Statistics due every other step only, so that the bench can time a
      * refresh without a factor update (every step still sends them). */
     curv_config_set_num(c, "cov_interval", cov_interval, NULL);
@@ -120,9 +128,9 @@ static void net_init_cov(struct net *n, const size_t *w, size_t L, size_t m, int
     curv_config_free(c);
 }
 
-static void net_init(struct net *n, const size_t *w, size_t L, size_t m)
+static void net_init(struct net *n, const size_t *w, size_t L, size_t m, int fp32)
 {
-    net_init_cov(n, w, L, m, 2);
+    net_init_cov(n, w, L, m, 2, fp32 ? "fp32" : "fp64");
 }
 
 static void net_free(struct net *n)
@@ -327,14 +335,16 @@ static void sample_peaks(size_t gs, unsigned cores)
 
 struct result {
     size_t m, bytes;
+    int fp32;
     double p1[NPHASE], pn[NPHASE], fl[NPHASE];
 };
 
-static void measure(struct result *res, const size_t *w, size_t L, size_t m,
+static void measure(struct result *res, const size_t *w, size_t L, size_t m, int fp32,
                     const curv_executor *pool)
 {
     struct net n;
-    net_init(&n, w, L, m);
+    net_init(&n, w, L, m, fp32);
+    res->fp32 = fp32;
     for (int s = 0; s < 3; s++)
         if (step(&n, 1) != CURV_OK)
             exit(1);
@@ -352,35 +362,54 @@ static void measure(struct result *res, const size_t *w, size_t L, size_t m,
     net_free(&n);
 }
 
+/* The time phase @k would take at the GEMM rate (@t: 0 one thread, 1 every
+ * core) of the arithmetic it runs in: float for the forming and the
+ * multiplies in fp32, and the factor update's SYRK; double otherwise (the
+ * eigendecomposition always). The whole step is factors + multiply. */
+static double ideal_s(const struct result *r, int k, int t)
+{
+    const double d = peaks[0][t] * 1e9, f = peaks[r->fp32][t] * 1e9;
+    switch (k) {
+    case EIGH:
+        return r->fl[k] / d;
+    case STEP:
+        return ideal_s(r, FACTORS, t) + ideal_s(r, MULTIPLY, t);
+    default:
+        return r->fl[k] / f;
+    }
+}
+
 static void print_result(const struct result *r, unsigned cores, const char *np1, const char *npn)
 {
     const size_t m = r->m;
-    const double *p1 = r->p1, *pn = r->pn, *fl = r->fl, *peak = peaks[0];
-    printf("\nbatch m = %zu (seconds, best of %d; session state %.1f MB)\n", m, REPS,
-           (double)r->bytes / 1e6);
+    const double *p1 = r->p1, *pn = r->pn, *fl = r->fl;
+    const char *dt = r->fp32 ? "f32" : "f64";
+    printf("\nbatch m = %zu, precision = %s (seconds, best of 2 x %d; session state %.1f MB)\n", m,
+           r->fp32 ? "fp32" : "fp64", REPS, (double)r->bytes / 1e6);
     printf("  %-16s %7s %8s %5s %8s %5s %8s %8s %8s %6s %6s\n", "phase", "GFLOP", "lib 1", "%pk",
-           "lib N", "%pk", "np1 f64", "npN f64", "npN f32", "1/np1", "N/npN");
+           "lib N", "%pk", "np1", "npN", "npN f32", "1/np1", "N/npN");
     for (int ph = 0; ph < NPHASE; ph++) {
-        double a = numpy_phase(np1, m, ph, "f64"), b = numpy_phase(npn, m, ph, "f64");
+        double a = numpy_phase(np1, m, ph, dt), b = numpy_phase(npn, m, ph, dt);
         double c = numpy_phase(npn, m, ph, "f32");
         if (ph == STEP) {
-            a = numpy_phase(np1, m, FACTORS, "f64") + numpy_phase(np1, m, MULTIPLY, "f64");
-            b = numpy_phase(npn, m, FACTORS, "f64") + numpy_phase(npn, m, MULTIPLY, "f64");
+            a = numpy_phase(np1, m, FACTORS, dt) + numpy_phase(np1, m, MULTIPLY, dt);
+            b = numpy_phase(npn, m, FACTORS, dt) + numpy_phase(npn, m, MULTIPLY, dt);
             c = numpy_phase(npn, m, FACTORS, "f32") + numpy_phase(npn, m, MULTIPLY, "f32");
         }
         printf("  %-16s %7.2f %8.4f %4.0f%% %8.4f %4.0f%%", PHASE[ph], fl[ph] / 1e9, p1[ph],
-               100 * fl[ph] / p1[ph] / 1e9 / peak[0], pn[ph],
-               100 * fl[ph] / pn[ph] / 1e9 / peak[1]);
+               100 * ideal_s(r, ph, 0) / p1[ph], pn[ph], 100 * ideal_s(r, ph, 1) / pn[ph]);
         cell(a, 8, 4), cell(b, 8, 4), cell(c, 8, 4);
         cell(p1[ph] / a, 6, 2), cell(pn[ph] / b, 6, 2);
         printf("\n");
     }
     /* numpy's refresh (eigh + explicit inverses) against ours. */
     const double r1 = p1[EIGH] + p1[FORM], rn = pn[EIGH] + pn[FORM], f = fl[EIGH] + fl[FORM];
-    const double a = numpy_key(np1, m, "inverse_explicit", "f64");
-    const double b = numpy_key(npn, m, "inverse_explicit", "f64");
+    const double i1 = ideal_s(r, EIGH, 0) + ideal_s(r, FORM, 0);
+    const double in = ideal_s(r, EIGH, 1) + ideal_s(r, FORM, 1);
+    const double a = numpy_key(np1, m, "inverse_explicit", dt);
+    const double b = numpy_key(npn, m, "inverse_explicit", dt);
     printf("  %-16s %7.2f %8.4f %4.0f%% %8.4f %4.0f%%", "refresh (both)", f / 1e9, r1,
-           100 * f / r1 / 1e9 / peak[0], rn, 100 * f / rn / 1e9 / peak[1]);
+           100 * i1 / r1, rn, 100 * in / rn);
     cell(a, 8, 4), cell(b, 8, 4), cell(numpy_key(npn, m, "inverse_explicit", "f32"), 8, 4);
     cell(r1 / a, 6, 2), cell(rn / b, 6, 2);
     printf("\n  amortised (T3 = %d): lib 1 %.4f s, lib %u %.4f s per step\n", T3,
@@ -485,7 +514,7 @@ static void free_clones(struct net *nets, int count)
 static void bench_sessions(const size_t *w, size_t L, size_t m, size_t gs, unsigned cores)
 {
     struct net base;
-    net_init_cov(&base, w, L, m, 1);
+    net_init_cov(&base, w, L, m, 1, NULL);
     for (int s = 0; s < 3; s++) /* k <= 3 refresh: the state every clone starts from */
         if (step(&base, 1) != CURV_OK)
             exit(1);
@@ -536,11 +565,22 @@ static void bench_sessions(const size_t *w, size_t L, size_t m, size_t gs, unsig
 
 int main(int argc, char **argv)
 {
-    int quick = 0, sessions_only = 0;
-    for (int a = 1; a < argc; a++) {
-        quick |= strcmp(argv[a], "--quick") == 0;
-        sessions_only |= strcmp(argv[a], "--sessions") == 0;
+    int quick = 0, sessions_only = 0, only_first = 0, numpy = 1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0) {
+            quick = 1;
+        } else if (strcmp(argv[i], "--sessions") == 0) {
+            sessions_only = 1;
+        } else if (strcmp(argv[i], "--m1000") == 0) {
+            only_first = 1;
+        } else if (strcmp(argv[i], "--no-numpy") == 0) {
+            numpy = 0;
+        } else {
+            fprintf(stderr, "usage: bench_kfac [--quick] [--sessions] [--m1000] [--no-numpy]\n");
+            return 2;
+        }
     }
+    const int nres = only_first ? 2 : 4;
     long nc = sysconf(_SC_NPROCESSORS_ONLN);
     unsigned cores = nc > 1 ? (unsigned)(nc < 64 ? nc : 64) : 1;
     openblas_set_num_threads(1);
@@ -560,7 +600,9 @@ int main(int argc, char **argv)
     }
 
     const char *np1 = NULL, *npn = NULL;
-    if (access(NUMPY, X_OK) == 0 && access(SCRIPT, R_OK) == 0) {
+    if (!numpy) {
+        printf("numpy reference: not run (--no-numpy)\n");
+    } else if (access(NUMPY, X_OK) == 0 && access(SCRIPT, R_OK) == 0) {
         np1 = run_numpy(0, 1, ms[0], ms[1], quick);
         npn = cores > 1 ? run_numpy(1, (int)cores, ms[0], ms[1], quick) : np1;
     } else {
@@ -569,13 +611,21 @@ int main(int argc, char **argv)
     }
     unsigned workers = cores;
     const curv_executor pool = {.workers = workers, .run = tu_pool_run, .ctx = &workers};
-    struct result res[2];
-    for (int k = 0; k < 2; k++) {
-        sample_peaks(gs, cores);
-        measure(&res[k], w, L, ms[k], &pool);
-    }
+    /* Two rounds, fp64 and fp32 alternating, each phase's best kept: on a
+     * shared machine the load changes within a run, and this way both
+     * precisions see the same spells of it. */
+    struct result res[4], r;
+    for (int round = 0; round < 2; round++)
+        for (int k = 0; k < nres; k++) {
+            sample_peaks(gs, cores);
+            measure(round ? &r : &res[k], w, L, ms[k / 2], k % 2, &pool);
+            for (int ph = 0; round && ph < NPHASE; ph++) {
+                res[k].p1[ph] = fmin(res[k].p1[ph], r.p1[ph]);
+                res[k].pn[ph] = fmin(res[k].pn[ph], r.pn[ph]);
+            }
+        }
     sample_peaks(gs, cores);
-    printf("GEMM rate (n = %zu, GFLOP/s, the best of 4 samples of best-of-5 spread over the "
+    printf("GEMM rate (n = %zu, GFLOP/s, the best of the samples of best-of-5 spread over the "
            "run): float64 %.1f on 1 thread, %.1f on %u; float32 %.1f, %.1f\n",
            gs, peaks[0][0], peaks[0][1], cores, peaks[1][0], peaks[1][1]);
     if (np1 && npn)
@@ -584,11 +634,13 @@ int main(int argc, char **argv)
                json_num(np1, "gemm_f64"), json_num(npn, "gemm_f64"), cores,
                json_num(np1, "gemm_f32"), json_num(npn, "gemm_f32"));
     printf("lib 1: one thread; lib %u: %u workers lent through curv_executor, BLAS on 1 thread "
-           "in each; %%pk: GFLOP/s as a share of the float64 GEMM rate on as many threads; np1, "
-           "npN: numpy with explicit inverses on 1 and %u threads; 1/np1, N/npN: libcurv / "
-           "numpy in float64 at the same thread count\n",
+           "in each; %%pk: GFLOP/s as a share of the GEMM rate on as many threads in the "
+           "arithmetic the phase runs in (fp32: float for the factor update, the forming and the "
+           "multiplies, double for eigh); np1, npN: numpy with explicit inverses on 1 and %u "
+           "threads at the table's precision; 1/np1, N/npN: libcurv / numpy at the same "
+           "precision and thread count\n",
            cores, cores, cores);
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < nres; k++)
         print_result(&res[k], cores, np1, npn);
     bench_sessions(w, L, ms[0], gs, cores);
     return 0;

@@ -328,8 +328,9 @@ static void test_every_kind(void **unused)
 /* K-FAC needs layer statistics and answers, so it has its own driver:
  * adaptive steps with three γ candidates and a loss request, a simple
  * step, save and load, each under failing allocations. The test's own
- * allocations happen while disarmed. */
-static void run_kfac(const char *mode, const char *inverse)
+ * allocations happen while disarmed. fp32 allocates float copies and
+ * scratch of its own (the float SYRK's, the forming's). */
+static void run_kfac(const char *mode, const char *inverse, const char *precision)
 {
     tu_mlp net;
     const size_t w[] = {3, 4, 2};
@@ -339,6 +340,7 @@ static void run_kfac(const char *mode, const char *inverse)
     curv_config *c = tu_config(kv, 3);
     tu_config_set(c, "mode", 0, mode);
     tu_config_set(c, "inverse", 0, inverse);
+    tu_config_set(c, "precision", 0, precision);
     state_bytes_failing(CURV_OPT_KFAC, l, c);
     curv_opt *o = create_failing(CURV_OPT_KFAC, l, c);
     double *u = tu_alloc(net.dim), *vals = tu_alloc(16);
@@ -370,10 +372,12 @@ static void run_kfac(const char *mode, const char *inverse)
 static void test_kfac(void **unused)
 {
     (void)unused;
-    run_kfac("adaptive", "blockdiag");
-    run_kfac("simple", "blockdiag");
-    run_kfac("adaptive", "tridiag");
-    run_kfac("simple", "tridiag");
+    run_kfac("adaptive", "blockdiag", "fp64");
+    run_kfac("simple", "blockdiag", "fp64");
+    run_kfac("adaptive", "tridiag", "fp64");
+    run_kfac("simple", "tridiag", "fp64");
+    run_kfac("adaptive", "blockdiag", "fp32");
+    run_kfac("simple", "tridiag", "fp32");
 }
 
 /* K-FAC's block-tridiagonal inverse (internal, lib/src/kfac_tri.c): build

@@ -46,17 +46,19 @@ static double failures(const curv_opt *o)
 
 /* Drive a serial optimizer and one on @ex through @steps steps of the same
  * batches (a blown-up activation at step 5 makes one block's statistics
- * fail, tolerated); statuses and updates must be identical. */
-static void check_same(const curv_executor *ex, const char *mode, const char *inverse, int steps)
+ * fail, tolerated); statuses and updates must be identical, in either
+ * @precision. */
+static void check_same_at(const curv_executor *ex, const char *mode, const char *inverse, int steps,
+                          const char *precision)
 {
     tu_mlp net;
     const size_t w[] = {6, 5, 4, 4, 3};
     curv_layout *l = tu_mlp_setup(&net, w, 4, 2, 8, 61, 62);
     const tu_kv kv[] = {{"inv_interval", 3}, {"gamma_interval", 2}, {"lambda_interval", 2}};
-    curv_opt *a =
-        tu_kfac_opt(l, kv, 3, "mode", mode, "inverse", inverse, "gamma_rule", "grid", NULL);
-    curv_opt *b =
-        tu_kfac_opt(l, kv, 3, "mode", mode, "inverse", inverse, "gamma_rule", "grid", NULL);
+    curv_opt *a = tu_kfac_opt(l, kv, 3, "mode", mode, "inverse", inverse, "gamma_rule", "grid",
+                              "precision", precision, NULL);
+    curv_opt *b = tu_kfac_opt(l, kv, 3, "mode", mode, "inverse", inverse, "gamma_rule", "grid",
+                              "precision", precision, NULL);
     curv_error err;
     tu_assert_status(curv_opt_set_executor(b, ex, &err), CURV_OK, &err);
     double *ua = tu_alloc(net.dim), *ub = tu_alloc(net.dim);
@@ -75,12 +77,18 @@ static void check_same(const curv_executor *ex, const char *mode, const char *in
         if (k == 5)
             assert_true(failures(b) > 0);
         if (memcmp(ua, ub, net.dim * sizeof(double)) != 0)
-            fail_msg("%s/%s, step %d: the executor's update differs from the serial one", mode,
-                     inverse, k);
+            fail_msg("%s/%s/%s, step %d: the executor's update differs from the serial one", mode,
+                     inverse, precision, k);
     }
     curv_opt_free(b);
     free(ua), free(ub);
     tu_mlp_teardown(a, l, &net);
+}
+
+static void check_same(const curv_executor *ex, const char *mode, const char *inverse, int steps)
+{
+    check_same_at(ex, mode, inverse, steps, "fp64");
+    check_same_at(ex, mode, inverse, steps, "fp32");
 }
 
 static void test_pool_same_as_serial(void **state)

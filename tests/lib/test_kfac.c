@@ -259,6 +259,67 @@ static void test_blockdiag_update(void **state)
     check_blockdiag(1, 0); /* all diagonal */
 }
 
+/* ‖got − want‖_F / ‖want‖_F. */
+static double frob_rel(const double *got, const double *want, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += (got[i] - want[i]) * (got[i] - want[i]);
+        den += want[i] * want[i];
+    }
+    return sqrt(num / den);
+}
+
+/* κ₂ of the damped factor of side @s (its eigenvalues w + @c) and
+ * C_s = (n + 2) n + n^{3/2} (fp32_bound). */
+static void side_cond(const struct curv__kside *s, double c, double *kappa, double *cs)
+{
+    double lo = INFINITY, hi = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        const double w = (s->w_new ? s->w_new : s->w)[i] + c;
+        lo = fmin(lo, w), hi = fmax(hi, w);
+    }
+    const double n = (double)s->n;
+    *kappa = hi / lo;
+    *cs = s->diag ? 0 : (n + 2) * n + n * sqrt(n);
+}
+
+/*
+ * The bound on the fp32 multiply's relative error ‖Ũ − U‖_F / ‖U‖_F, to
+ * first order in u = 2⁻²⁴, for U = G_d⁻¹ V A_d⁻¹ with κ_G, κ_A the
+ * condition numbers of the damped factors G_d, A_d (from their damped
+ * eigenvalues), derived rather than tuned, from Higham's normwise bounds:
+ *  - a float GEMM with inner dimension n errs by at most γ_n ‖X‖_F ‖Y‖_F
+ *    (Higham (3.13), γ_n ≈ n u); rounding an input or output to float by
+ *    u relative (Frobenius);
+ *  - an explicit side M = T Tᵀ, T = Q diag(1/√(w + c)) rounded to float,
+ *    is off by ‖δM‖_F <= γ_{n+2} ‖T‖_F² = γ_{n+2} tr(M) <= (n + 2) n u ‖M‖₂;
+ *    its GEMM adds γ_n ‖M‖_F ‖X‖_F <= n^{3/2} u ‖M‖₂ ‖X‖_F; and
+ *    ‖M‖₂ ‖X‖_F <= κ ‖M X‖_F (X = (F + cI) M X): relative to the side's
+ *    product, (n + 2) n + n^{3/2} =: C_s times u κ_s;
+ *  - an eigenbasis side is two GEMMs with the float Q (orthogonal, ‖Q‖_F =
+ *    √n), each off by (n + 1) √n u relative, <= C_s u;
+ *  - a diagonal side is the scaling alone (C_s = 0; the scaling divides
+ *    each entry once);
+ *  - whatever error is made before a scaling or an inverse is amplified
+ *    relative to ‖U‖ by at most κ_G κ_A (‖V‖ <= ‖G_d‖ ‖U‖ ‖A_d‖ and
+ *    ‖G_d⁻¹ E A_d⁻¹‖ <= ‖E‖ / (σ_min(G_d) σ_min(A_d))).
+ * Summing the input rounding, both sides and the output rounding, each at
+ * its worst amplification:
+ *   ‖Ũ − U‖_F / ‖U‖_F <= u κ_G κ_A (2 + C_G + C_A).
+ * A worst case: measured errors sit orders of magnitude below it (they
+ * grow like √n u κ, not n² u κ), which the test prints; a wrong matrix or
+ * a transposed one errs by O(1) and fails it.
+ */
+static double fp32_bound(const struct curv__kblock *b, double gamma)
+{
+    const double pi = b->A.w_new ? b->pi_new : b->pi;
+    double ka, ca, kg, cg;
+    side_cond(&b->A, gamma * pi, &ka, &ca);
+    side_cond(&b->G, gamma / pi, &kg, &cg);
+    return 0x1p-24 * kg * ka * (2 + cg + ca);
+}
+
 /*
  * The multiply three ways on every Kronecker block after one step: the
  * eigenbasis form (no prepare), the two-GEMM form with both dense sides'
@@ -266,8 +327,10 @@ static void test_blockdiag_update(void **state)
  * more than twice the other's size stays in its eigenbasis), each against
  * [(G + γ/π I) ⊗ (A + πγ I)]⁻¹ v formed densely here and solved by
  * Gauss-Jordan. Dense and conv2d blocks; diagonal sides by max_factor_dim.
+ * fp64 within 1e-10; fp32 within fp32_bound, and (a block with a dense
+ * side) visibly not in double: off by more than 1e-12.
  */
-static void check_multiply(double max_factor_dim)
+static void check_multiply(double max_factor_dim, int fp32)
 {
     curv_layout *l = curv_layout_new();
     assert_int_equal(curv_layout_add_dense(l, "wide", 2, 9, 1, NULL), CURV_OK);
@@ -289,7 +352,8 @@ static void check_multiply(double max_factor_dim)
             .block = i, .rows = i == 2 ? rows : ex, .examples = ex, .acts = acts, .signals = sig};
     const tu_kv kv[] = {
         {"lr", 1}, {"momentum", 0}, {"weight_decay", 0}, {"max_factor_dim", max_factor_dim}};
-    curv_opt *o = tu_kfac_opt(l, kv, 4, "mode", "simple", NULL);
+    curv_opt *o =
+        tu_kfac_opt(l, kv, 4, "mode", "simple", "precision", fp32 ? "fp32" : "fp64", NULL);
     curv_step_input in = {.grad = g, .len = d, .dtype = CURV_F64, .layers = ls, .n_layers = 3};
     curv_request req;
     curv_error err;
@@ -321,9 +385,19 @@ static void check_multiply(double max_factor_dim)
                 assert_int_equal(sd[k]->use[0] != NULL, want);
             }
             char what[96];
-            snprintf(what, sizeof what, "block %zu, horizon %u, max_factor_dim %g", i, horizons[h],
-                     max_factor_dim);
-            tu_expect_close(got, x, sz, 1e-10, what, 1);
+            snprintf(what, sizeof what, "block %zu, horizon %u, max_factor_dim %g%s", i,
+                     horizons[h], max_factor_dim, fp32 ? ", fp32" : "");
+            if (!fp32) {
+                tu_expect_close(got, x, sz, 1e-10, what, 1);
+            } else {
+                const double e = frob_rel(got, x, sz), bound = fp32_bound(b, gamma);
+                if (getenv("TU_VERBOSE"))
+                    printf("%s: error %.3g, bound %.3g\n", what, e, bound);
+                if (!(e <= bound))
+                    fail_msg("%s: relative error %g > %g", what, e, bound);
+                if (!(b->A.diag && b->G.diag) && !(e > 1e-12))
+                    fail_msg("%s: relative error %g: not float arithmetic", what, e);
+            }
             b->vt->abort(b);
         }
         free(A), free(G), free(K), free(x), free(got), free(work);
@@ -335,9 +409,11 @@ static void check_multiply(double max_factor_dim)
 static void test_multiply_forms(void **state)
 {
     (void)state;
-    check_multiply(4096);
-    check_multiply(3); /* sides above 3 diagonal: mixed diagonal and dense */
-    check_multiply(1); /* all diagonal */
+    for (int fp32 = 0; fp32 <= 1; fp32++) {
+        check_multiply(4096, fp32);
+        check_multiply(3, fp32); /* sides above 3 diagonal: mixed diagonal and dense */
+        check_multiply(1, fp32); /* all diagonal */
+    }
     /* The rule: n <= 2 H n_other. */
     assert_true(curv__kside_explicit(10, 5, 1));
     assert_false(curv__kside_explicit(11, 5, 1));
@@ -346,15 +422,16 @@ static void test_multiply_forms(void **state)
 
 /* Simple mode keeps the explicit inverses of the damping in use between
  * refreshes (the cache), drops them at a refresh, and a loaded optimizer,
- * which rebuilds them, computes the same update bit for bit. */
-static void test_inverse_cache(void **state)
+ * which rebuilds them, computes the same update bit for bit; in fp32 too
+ * (the blob records the precision; the float inverses and eigenvectors are
+ * rounded again from the loaded Q and w). */
+static void check_inverse_cache(const char *precision)
 {
-    (void)state;
     tu_mlp net;
     const size_t w[] = {5, 3, 3, 2};
     curv_layout *l = tu_mlp_setup(&net, w, 3, 0, 4, 51, 52);
     const tu_kv kv[] = {{"lr", 1}, {"momentum", 0.5}, {"weight_decay", 0}, {"inv_interval", 4}};
-    curv_opt *o = tu_kfac_opt(l, kv, 4, "mode", "simple", NULL);
+    curv_opt *o = tu_kfac_opt(l, kv, 4, "mode", "simple", "precision", precision, NULL);
     double *u = tu_alloc(net.dim), *u2 = tu_alloc(net.dim);
     curv_error err;
     for (int k = 1; k <= 5; k++)
@@ -371,28 +448,118 @@ static void test_inverse_cache(void **state)
     curv_opt *o2;
     tu_assert_status(curv_opt_load(blob, len, &o2, &err), CURV_OK, &err);
     assert_null(block_of(o2, 0)->A.inv);
+    char got[8];
+    assert_int_equal(curv_opt_get_param_str(o2, "precision", got, sizeof got), CURV_OK);
+    assert_string_equal(got, precision);
+    assert_int_equal(block_of(o2, 0)->A.f32, strcmp(precision, "fp32") == 0);
     for (int k = 7; k <= 9; k++) { /* k = 8 refreshes */
         tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
         tu_assert_status(tu_mlp_step(o2, &net, 1, u2, NULL, &err), CURV_OK, &err);
         assert_memory_equal(u, u2, net.dim * sizeof(double));
     }
     assert_non_null(block_of(o2, 0)->A.inv);
+    /* The precision is fixed for the optimizer's life: its caches are of
+     * one type. */
+    curv_config *c = curv_config_new();
+    const char *other = strcmp(precision, "fp32") == 0 ? "fp64" : "fp32";
+    assert_int_equal(curv_config_set_str(c, "precision", other, NULL), CURV_OK);
+    size_t slen;
+    unsigned char *snap = tu_snapshot(o2, &slen);
+    tu_assert_status(curv_opt_reconfigure(o2, c, &err), CURV_E_CONFIG, &err);
+    assert_non_null(strstr(err.text, "precision"));
+    tu_assert_unchanged(o2, snap, slen);
+    curv_free(snap);
+    curv_config_free(c);
     curv_free(blob);
     curv_opt_free(o2);
     free(u), free(u2);
     tu_mlp_teardown(o, l, &net);
 }
 
-/* The factors follow X ← εX + (1−ε)X̂, ε = min(1 − 1/k, decay). */
-static void test_ema_schedule(void **state)
+static void test_inverse_cache(void **state)
 {
     (void)state;
+    check_inverse_cache("fp64");
+    check_inverse_cache("fp32");
+}
+
+/* fp32 against fp64 through whole simple-mode steps on the same batches,
+ * with refreshes (k <= 3, 6) and float inverses reused from the cache
+ * (k = 4, 5): the updates agree to a sanity margin of 1e-5 (relative, the
+ * largest entry; the derived bound is held per multiply in
+ * test_multiply_forms, here the factors' float SYRK adds its own κ-scaled
+ * share) and differ (the float path ran). */
+static void test_fp32_tracks_fp64(void **state)
+{
+    (void)state;
+    tu_mlp a, b;
+    const size_t w[] = {6, 5, 4, 3};
+    curv_layout *la = tu_mlp_setup(&a, w, 3, 2, 8, 71, 72);
+    curv_layout *lb = tu_mlp_setup(&b, w, 3, 2, 8, 71, 72);
+    const tu_kv kv[] = {{"lr", 0.5},         {"momentum", 0}, {"weight_decay", 0},
+                        {"inv_interval", 3}, {"kl_clip", 0},  {"damping", 0.1}};
+    curv_opt *o64 = tu_kfac_opt(la, kv, 6, "mode", "simple", NULL);
+    curv_opt *o32 = tu_kfac_opt(lb, kv, 6, "mode", "simple", "precision", "fp32", NULL);
+    double *u64 = tu_alloc(a.dim), *u32 = tu_alloc(b.dim), most = 0;
+    curv_error err;
+    for (int k = 1; k <= 6; k++) {
+        tu_mlp_batch(&a, 80 + (uint64_t)k);
+        tu_mlp_batch(&b, 80 + (uint64_t)k);
+        tu_assert_status(tu_mlp_step(o64, &a, 1, u64, NULL, &err), CURV_OK, &err);
+        tu_assert_status(tu_mlp_step(o32, &b, 1, u32, NULL, &err), CURV_OK, &err);
+        const double e = tu_rel_err(u32, u64, a.dim);
+        if (!(e <= 1e-5))
+            fail_msg("step %d: fp32 is %g from fp64", k, e);
+        most = fmax(most, e);
+    }
+    if (getenv("TU_VERBOSE"))
+        printf("fp32 vs fp64 over 6 steps: largest relative difference %.3g\n", most);
+    assert_true(most > 1e-12);
+    free(u64), free(u32);
+    curv_opt_free(o32);
+    tu_mlp_free(&b);
+    curv_layout_free(lb);
+    tu_mlp_teardown(o64, la, &a);
+}
+
+/* The default precision is fp32 (docs/NOTES.md, "K-FAC precision"): a
+ * session created without it multiplies in float. */
+static void test_precision_default(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    const size_t w[] = {4, 3, 2};
+    curv_layout *l = tu_mlp_setup(&net, w, 2, 0, 4, 61, 62);
+    curv_config *c = curv_config_new();
+    curv_opt *o = tu_new_opt(CURV_OPT_KFAC, l, c);
+    char got[8];
+    assert_int_equal(curv_opt_get_param_str(o, "precision", got, sizeof got), CURV_OK);
+    assert_string_equal(got, "fp32");
+    assert_int_equal(block_of(o, 0)->A.f32, 1);
+    curv_config_free(c);
+    tu_mlp_teardown(o, l, &net);
+}
+
+/*
+ * The factors follow X ← εX + (1−ε)X̂, ε = min(1 − 1/k, decay): within
+ * 1e-14 in fp64. In fp32 each X̂ of a dense side is a float SYRK of the
+ * rows rounded to float, off by at most (k + 2) u Σ_r |x_ri| |x_rj| per
+ * entry (Higham (3.5) for a k-term sum, u = 2⁻²⁴, the two roundings of
+ * the inputs; k = the 3 rows here), and Σ_r |x_ri||x_rj| <= the largest
+ * diagonal entry of X̂ (Cauchy–Schwarz); the EMA, in double, is a convex
+ * combination, so the bound relative to the largest entry holds for the
+ * average too.
+ */
+static void check_ema_schedule(int fp32)
+{
     tu_mlp net;
     const size_t w[] = {3, 4, 2};
     tu_mlp_new(&net, w, 2, 0, 3, 41);
     curv_layout *l = tu_mlp_layout(&net);
     const tu_kv kv[] = {{"lr", 0}, {"weight_decay", 0}, {"decay", 0.6}};
-    curv_opt *o = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
+    curv_opt *o =
+        tu_kfac_opt(l, kv, 3, "mode", "simple", "precision", fp32 ? "fp32" : "fp64", NULL);
+    const double tol = fp32 ? (3 + 2) * 0x1p-24 : 1e-14;
     double *u = tu_alloc(net.dim), *Aw = tu_alloc(36), *Gw = tu_alloc(36);
     curv_error err;
     for (unsigned k = 1; k <= 4; k++) {
@@ -406,12 +573,21 @@ static void test_ema_schedule(void **state)
         for (size_t i = 0; i < 4; i++)
             Gw[i] = eps * Gw[i] + (1 - eps) * G[i];
         const struct curv__kblock *b = block_of(o, 1);
-        tu_expect_close(b->A.F, Aw, 25, 1e-14, "EMA of A", (int)k);
-        tu_expect_close(b->G.F, Gw, 4, 1e-14, "EMA of G", (int)k);
+        tu_expect_close(b->A.F, Aw, 25, tol, "EMA of A", (int)k);
+        tu_expect_close(b->G.F, Gw, 4, tol, "EMA of G", (int)k);
+        if (fp32 && k == 1 && !(tu_rel_err(b->A.F, Aw, 25) > 1e-14))
+            fail_msg("fp32: the factor of A is not a float SYRK");
         free(A), free(G);
     }
     free(u), free(Aw), free(Gw);
     tu_mlp_teardown(o, l, &net);
+}
+
+static void test_ema_schedule(void **state)
+{
+    (void)state;
+    check_ema_schedule(0);
+    check_ema_schedule(1);
 }
 
 /* cov_interval: statistics are due at steps 1, 1 + T, ...; a step between
@@ -493,7 +669,8 @@ int main(void)
         cmocka_unit_test(test_conv_statistics),     cmocka_unit_test(test_blockdiag_update),
         cmocka_unit_test(test_ema_schedule),        cmocka_unit_test(test_cov_interval),
         cmocka_unit_test(test_inverse_interval),    cmocka_unit_test(test_multiply_forms),
-        cmocka_unit_test(test_inverse_cache),
+        cmocka_unit_test(test_inverse_cache),       cmocka_unit_test(test_precision_default),
+        cmocka_unit_test(test_fp32_tracks_fp64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -350,14 +350,15 @@ static void test_noise_floor(void **state)
 static void test_state_from_before_the_safeguards(void **state)
 {
     (void)state;
-    static const char *const added[] = {"coefficients", "alpha_max",   "mu_max",
-                                        "reject_rise",  "kl_clip",     "gamma_rule",
-                                        "noise",        "noise_floor", NULL};
+    static const char *const added[] = {"coefficients", "alpha_max",  "mu_max", "reject_rise",
+                                        "kl_clip",      "gamma_rule", "noise",  "noise_floor",
+                                        "precision",    NULL};
     for (int simple = 0; simple <= 1; simple++) {
         tu_mlp net;
         curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 21, 22);
         const tu_kv kv[] = {{"lr", 0.5}};
-        curv_opt *o = tu_kfac_opt(l, kv, 1, "mode", simple ? "simple" : "adaptive", NULL);
+        curv_opt *o = tu_kfac_opt(l, kv, 1, "mode", simple ? "simple" : "adaptive", "precision",
+                                  simple ? "fp32" : "fp64", NULL);
         size_t len;
         unsigned char *blob = tu_snapshot(o, &len), *old = malloc(len);
         assert_non_null(old);
@@ -387,6 +388,26 @@ static void test_state_from_before_the_safeguards(void **state)
         assert_string_equal(buf, "fisher");
         assert_int_equal(curv_opt_get_param_str(then, "noise", buf, sizeof buf), CURV_OK);
         assert_string_equal(buf, "off");
+        /* Before "precision" every multiply was float64; one saved with a
+         * precision keeps it. */
+        assert_int_equal(curv_opt_get_param_str(then, "precision", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, "fp64");
+        assert_int_equal(curv_opt_get_param_str(now, "precision", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, simple ? "fp32" : "fp64");
+        /* Saved after the safeguards but before "precision": fp64, the
+         * rest as saved. */
+        memcpy(old, blob, len);
+        static const char *const only[] = {"precision", NULL};
+        curv_opt *mid = NULL;
+        size_t mid_len = legacy_blob(old, len, only, 0.5);
+        tu_assert_status(curv_opt_load(old, mid_len, &mid, &err), CURV_OK, &err);
+        assert_int_equal(curv_opt_get_param_str(mid, "precision", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, "fp64");
+        assert_int_equal(curv_opt_get_param_str(mid, "coefficients", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, "box");
+        assert_int_equal(curv_opt_get_param(mid, "lr", &v), CURV_OK);
+        assert_true(v == 0.5);
+        curv_opt_free(mid);
         curv_opt_free(now), curv_opt_free(then);
         curv_free(blob);
         free(old);

@@ -246,6 +246,9 @@ static void test_config_errors(void **state)
     expect_config_error(K, "kl_clip", NULL, -1e-3);
     expect_config_error(K, "kl_clip", NULL, 1e13);
     expect_config_error(K, "gamma_rule", "tied", 0);
+    expect_config_error(K, "precision", "fp16", 0); /* not a choice */
+    expect_config_error(K, "precision", "FP32", 0);
+    expect_config_error(K, "precision", NULL, 32); /* an enum takes a string */
     expect_config_error(K, "noise", "empirical", 0);
     expect_config_error(K, "noise_floor", NULL, -0.1);
     expect_config_error(K, "noise_floor", NULL, 1.5);

@@ -279,6 +279,7 @@ int tu_plain_kind(int kind)
 curv_opt *tu_kfac_opt(const curv_layout *l, const tu_kv *kv, size_t n, ...)
 {
     curv_config *c = tu_config(kv, n);
+    tu_config_set(c, "precision", 0, "fp64");
     va_list ap;
     va_start(ap, n);
     for (const char *key; (key = va_arg(ap, const char *)) != NULL;) {

@@ -103,7 +103,9 @@ curv_opt *tu_new_opt(curv_opt_kind kind, const curv_layout *l, const curv_config
 curv_opt *tu_opt_with(curv_opt_kind kind, const curv_layout *l, const tu_kv *kv, size_t n);
 /* A new K-FAC optimizer with the numeric settings @kv (@n of them), then
  * string settings given as key, value pairs ended by a NULL key (a NULL
- * value leaves that key at its default), asserting CURV_OK. */
+ * value leaves that key at its default), asserting CURV_OK. The precision
+ * is fp64 unless a pair names it (the default is fp32, but the tests'
+ * dense references are float64 and hold fp64 to 1e-10 and below). */
 curv_opt *tu_kfac_opt(const curv_layout *l, const tu_kv *kv, size_t n, ...);
 /* 1 when @kind has a hyperparameter called @name, else 0. */
 int tu_has_param(curv_opt_kind kind, const char *name);

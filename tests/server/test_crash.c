@@ -388,7 +388,9 @@ static void test_sigkill(void **state)
         assert_int_equal(strlen(f->s[si].id), 32);
         curv_opt_kind kind;
         assert_int_equal(curv_opt_kind_parse(kinds[si], &kind), CURV_OK);
-        f->s[si].ref = si == KFAC ? tu_kfac_opt(f->layout, kfac_kv, 3, "mode", "simple", NULL)
+        /* The K-FAC session takes the default precision, fp32. */
+        f->s[si].ref = si == KFAC ? tu_kfac_opt(f->layout, kfac_kv, 3, "mode", "simple",
+                                                "precision", "fp32", NULL)
                                   : tu_new_opt(kind, f->layout, NULL);
     }
     double t0 = su_now_s(), kd = 0.001, boot = 0.01; /* kill delay, start-up time */

@@ -134,7 +134,8 @@ static void test_adaptive_matches_serial(void **state)
                       json_pack("{s:i, s:i, s:i, s:s}", "lambda_interval", 2, "gamma_interval", 3,
                                 "inv_interval", 2, "gamma_rule", "grid"));
     const tu_kv kv[] = {{"lambda_interval", 2}, {"gamma_interval", 3}, {"inv_interval", 2}};
-    curv_opt *ref = tu_kfac_opt(l, kv, 3, "gamma_rule", "grid", NULL);
+    /* The session takes the default precision, fp32. */
+    curv_opt *ref = tu_kfac_opt(l, kv, 3, "gamma_rule", "grid", "precision", "fp32", NULL);
     double *u = tu_alloc(net.dim), *want = tu_alloc(net.dim);
     double first = net.loss;
     for (long t = 1; t <= 6; t++) {

@@ -354,7 +354,8 @@ static void test_kfac_adaptive_matches_library(void **state)
                       json_pack("{s:i, s:i, s:i, s:s}", "lambda_interval", 2, "gamma_interval", 3,
                                 "inv_interval", 2, "gamma_rule", "grid"));
     const tu_kv kv[] = {{"lambda_interval", 2}, {"gamma_interval", 3}, {"inv_interval", 2}};
-    curv_opt *ref = tu_kfac_opt(l, kv, 3, "gamma_rule", "grid", NULL);
+    /* The session takes the default precision, fp32. */
+    curv_opt *ref = tu_kfac_opt(l, kv, 3, "gamma_rule", "grid", "precision", "fp32", NULL);
     double first = net.loss;
     size_t total = 0;
     for (long t = 1; t <= 6; t++) {
@@ -428,7 +429,7 @@ static void test_kfac_parts_survive_restart(void **state)
                       json_pack("{s:s, s:f, s:i, s:i}", "mode", "simple", "lr", 0.1, "cov_interval",
                                 2, "inv_interval", 3));
     const tu_kv kv[] = {{"lr", 0.1}, {"cov_interval", 2}, {"inv_interval", 3}};
-    curv_opt *ref = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
+    curv_opt *ref = tu_kfac_opt(l, kv, 3, "mode", "simple", "precision", "fp32", NULL);
     expect_export(f->base, tr.id, ref);
     for (long t = 1; t <= 9; t++) {
         if (t == 5)
@@ -645,7 +646,7 @@ static void test_kfac_refusals_change_nothing(void **state)
                       json_pack("{s:i, s:i, s:s}", "lambda_interval", 1, "gamma_interval", 2,
                                 "gamma_rule", "grid"));
     const tu_kv kv[] = {{"lambda_interval", 1}, {"gamma_interval", 2}};
-    curv_opt *ref = tu_kfac_opt(l, kv, 2, "gamma_rule", "grid", NULL);
+    curv_opt *ref = tu_kfac_opt(l, kv, 2, "gamma_rule", "grid", "precision", "fp32", NULL);
     for (long t = 1; t <= 2; t++)
         assert_int_equal(mlp_step(&tr, ref, &net, t, 109), 2);
     assert_int_equal(done, 2);
