@@ -360,6 +360,21 @@ static double noise_share(const curv_opt *o, double g1, double gamma)
     return curv__kfac_est_dof(s->est, gamma) / (double)s->p.batch / -g1;
 }
 
+/* Refuse the step (nothing changed: the estimator's tentative state and the
+ * step in flight are dropped) when the @n values at @v overflowed; in fp32
+ * the float multiply's range is the limit. */
+static curv_status refuse_overflow(curv_opt *o, const double *v, size_t n, const char *what,
+                                   curv_error *err)
+{
+    struct kfac_state *s = o->impl;
+    size_t bad = curv__first_nonfinite(v, n);
+    if (bad == n)
+        return CURV_OK;
+    curv__kfac_est_abort(s->est);
+    pend_drop(s);
+    return curv__overflow(o, bad % o->dim, what, err);
+}
+
 static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
 {
     const struct curv__kfac_hyper *h = hyp(o);
@@ -372,6 +387,8 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
         return st;
     }
     curv__kfac_est_apply(s->est, 0, h->damping, s->p.g, delta);
+    if ((st = refuse_overflow(o, delta, o->dim, "the preconditioned gradient", err)) != CURV_OK)
+        return st;
     /* Two bounds on the step v: the clip's trust region, and the share
      * of v that is not the batch's noise; the tighter one holds. */
     const double vg = dot(delta, s->p.g, o->dim);
@@ -380,6 +397,14 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
     const double scale = fmin(s->p.clip, fmax(h->noise_floor, 1.0 - s->p.noise));
     for (size_t i = 0; scale < 1 && i < o->dim; i++)
         delta[i] *= scale;
+    for (size_t i = 0; i < o->dim; i++) { /* checked before the velocity is written */
+        const double v = mu > 0 ? mu * s->mom[i] + delta[i] : delta[i];
+        if (!isfinite(v) || !isfinite(lr * v)) {
+            curv__kfac_est_abort(s->est);
+            pend_drop(s);
+            return curv__overflow(o, i, "the velocity μv + F̆⁻¹∇h or the update", err);
+        }
+    }
     if (mu > 0) {
         for (size_t i = 0; i < o->dim; i++)
             s->mom[i] = mu * s->mom[i] + delta[i];
@@ -427,6 +452,8 @@ static curv_status kfac_step(curv_opt *o, const struct curv__step_args *a, doubl
         for (size_t i = 0; i < d; i++)
             row[i] = -row[i];
     }
+    if ((st = refuse_overflow(o, p->vec, p->nc * d, "the proposal Δ = −P∇h", err)) != CURV_OK)
+        return st;
     if (p->has_mom)
         memcpy(p->vec + p->nc * d, s->mom, d * sizeof(double));
     for (size_t r = 0; h->weight_decay > 0 && r < rows; r++)
