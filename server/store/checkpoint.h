@@ -14,6 +14,27 @@
  * checkpointed one, so once the WAL passes a hard limit the committing
  * thread checkpoints itself, as SQLite would (little is left to copy by
  * then), and the file stays bounded.
+ *
+ * The WAL's size relative to the database. SQLite never shrinks the WAL
+ * file by itself: it writes from the start again once the WAL is wholly
+ * checkpointed, and a file once grown to the hard limit stayed that size
+ * (a 2 MB database kept a 257 MiB WAL). The bound is
+ *   B = max(CURVD_WAL_FACTOR x database file size, CURVD_WAL_FLOOR),
+ * recomputed at each round. Each round checkpoints PASSIVE again while
+ * the WAL file is over B and the last pass made progress, then, with all
+ * of it copied and the file still over B, checkpoints TRUNCATE without a
+ * busy handler (it gives up at once if a writer or a reader is there,
+ * and otherwise holds the write lock only for the ftruncate). And the
+ * store's own connection gets journal_size_limit = B, so that the writer
+ * that starts a wholly checkpointed WAL over truncates the file to B (or
+ * to its own transaction, if that is bigger). Under sustained writes
+ * that the thread cannot catch up with, the hard limit is 2B (at most
+ * CURVD_CKPT_HARD_PAGES): past it, the committing thread checkpoints the
+ * little the thread has left, and the WAL starts over; the thread is
+ * woken every quarter of the hard limit (at most CURVD_CKPT_PAGES), so
+ * that it is rare. After a round that finds
+ * the WAL copied and unread, the file is at most max(B, the largest
+ * transaction since), and the commit path never waits for a copy.
  */
 #ifndef CURVD_CHECKPOINT_H
 #define CURVD_CHECKPOINT_H
@@ -27,7 +48,27 @@
  * of 16 KiB pages: two steps of a d = 1e7 session fit below it). */
 #define CURVD_CKPT_HARD_PAGES 16384
 
+/* The WAL bound's factor on the database size, and its floor (one
+ * wake's worth of 16 KiB pages: a smaller floor would truncate a WAL that
+ * is only doing its job between two wakes). */
+#define CURVD_WAL_FACTOR 2
+#define CURVD_WAL_FLOOR (16LL << 20)
+/* PASSIVE passes per round at most while the WAL is over the bound. */
+#define CURVD_CKPT_MAX_PASSES 8
+
 struct curvd_checkpointer;
+
+/* What the checkpointer did (for tests and figures). */
+struct curvd_ckpt_stats {
+    unsigned long long rounds, passes, truncations;
+    long long bound_bytes; /* the bound at the last round */
+    /* checkpoints by the committing thread past the hard limit, and those
+     * of them that left the WAL wholly copied */
+    unsigned inline_tries, inline_done;
+};
+
+/* curvd_wal_bound - the WAL bound for a database of @db_bytes bytes. */
+long long curvd_wal_bound(long long db_bytes);
 
 enum curvd_ckpt_action { CURVD_CKPT_NONE, CURVD_CKPT_WAKE, CURVD_CKPT_NOW };
 
@@ -36,6 +77,18 @@ enum curvd_ckpt_action { CURVD_CKPT_NONE, CURVD_CKPT_WAKE, CURVD_CKPT_NOW };
  * WAL's size at the last wake, updated here; a smaller WAL has started
  * over), checkpoint in the committing thread past CURVD_CKPT_HARD_PAGES. */
 enum curvd_ckpt_action curvd_ckpt_decide(int pages, int *asked);
+
+/* curvd_ckpt_decide_at - the same with a hard limit of @hard pages, and
+ * a wake every curvd_ckpt_wake_pages(@hard) new pages. */
+enum curvd_ckpt_action curvd_ckpt_decide_at(int pages, int *asked, int hard);
+
+/* curvd_ckpt_wake_pages - new pages that wake the checkpointer under a
+ * hard limit of @hard: CURVD_CKPT_PAGES, or a quarter of @hard if less. */
+int curvd_ckpt_wake_pages(int hard);
+
+/* curvd_ckpt_hard_pages - the hard limit in pages for a WAL bound of
+ * @bound bytes: twice the bound, at most CURVD_CKPT_HARD_PAGES. */
+int curvd_ckpt_hard_pages(long long bound);
 
 /*
  * curvd_checkpointer_start - open a second connection to @path (an existing
@@ -46,6 +99,12 @@ enum curvd_ckpt_action curvd_ckpt_decide(int pages, int *asked);
  */
 struct curvd_checkpointer *curvd_checkpointer_start(sqlite3 *db, const char *path, int full,
                                                     char *err, size_t errlen);
+
+/* curvd_checkpointer_kick - ask for a round now (it runs on the thread). */
+void curvd_checkpointer_kick(struct curvd_checkpointer *c);
+
+/* curvd_checkpointer_stats - a copy of the counters; zeros for NULL. */
+void curvd_checkpointer_stats(struct curvd_checkpointer *c, struct curvd_ckpt_stats *out);
 
 /* curvd_checkpointer_stop - stop the thread, close its connection and
  * remove @db's hook (before @db is closed); NULL is a no-op. */

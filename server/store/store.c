@@ -651,6 +651,24 @@ int curvd_store_set_busy_timeout(struct curvd_store *st, int ms, char *err, size
     return status;
 }
 
+void curvd_store_wal(struct curvd_store *st, struct curvd_store_wal *out)
+{
+    struct curvd_ckpt_stats k;
+    curvd_checkpointer_stats(st ? st->ckpt : NULL, &k);
+    out->rounds = k.rounds;
+    out->passes = k.passes;
+    out->truncations = k.truncations;
+    out->bound_bytes = k.bound_bytes;
+    out->inline_tries = k.inline_tries;
+    out->inline_done = k.inline_done;
+}
+
+void curvd_store_checkpoint_soon(struct curvd_store *st)
+{
+    if (st)
+        curvd_checkpointer_kick(st->ckpt);
+}
+
 int curvd_store_info(struct curvd_store *st, struct curvd_store_info *out, char *err, size_t errlen)
 {
     if (!st || !out)

@@ -232,6 +232,20 @@ void curvd_store_close(struct curvd_store *st);
  * negative); ERROR. */
 int curvd_store_set_busy_timeout(struct curvd_store *st, int ms, char *err, size_t errlen);
 
+/* curvd_store_wal - what the checkpointer did: rounds, PASSIVE passes,
+ * WAL truncations, and the WAL bound in bytes at the last round (see
+ * store/checkpoint.h for the bound). */
+struct curvd_store_wal {
+    unsigned long long rounds, passes, truncations;
+    long long bound_bytes;
+    unsigned inline_tries, inline_done; /* by the committing thread */
+};
+void curvd_store_wal(struct curvd_store *st, struct curvd_store_wal *out);
+
+/* curvd_store_checkpoint_soon - ask the checkpointer for a round now
+ * (it runs on its thread; this returns at once). */
+void curvd_store_checkpoint_soon(struct curvd_store *st);
+
 /* curvd_store_info - the effective settings, for the start-up log. */
 struct curvd_store_info {
     int schema_version; /* PRAGMA user_version */
