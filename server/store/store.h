@@ -102,6 +102,8 @@ struct curvd_session {
     size_t n_parts;
     int64_t last_step;
     char *last_report;
+    int has_idle_ttl;   /* 0: the daemon's default applies */
+    int64_t idle_ttl_s; /* with has_idle_ttl: seconds, 0 never expires */
 };
 
 /* curvd_session_clear - free what @s owns and zero it; NULL is a no-op. */
@@ -149,6 +151,8 @@ struct curvd_session_new {
     const char *meta;
     int64_t step;
     struct curvd_state_in state;
+    int has_idle_ttl;   /* 0: none of its own (the daemon's default applies) */
+    int64_t idle_ttl_s; /* with has_idle_ttl: seconds, >= 0; 0 never expires */
 };
 
 /*
@@ -245,6 +249,24 @@ void curvd_store_wal(struct curvd_store *st, struct curvd_store_wal *out);
 /* curvd_store_checkpoint_soon - ask the checkpointer for a round now
  * (it runs on its thread; this returns at once). */
 void curvd_store_checkpoint_soon(struct curvd_store *st);
+
+/* curvd_store_set_idle_ttl - set session @id's idle TTL (@has 0: none
+ * of its own, the daemon's default applies) and stamp updated_at.
+ * Return: OK; NOT_FOUND; INVALID; ERROR. */
+int curvd_store_set_idle_ttl(struct curvd_store *st, const char *tenant, const char *id, int has,
+                             int64_t ttl_s, char *err, size_t errlen);
+
+/*
+ * curvd_store_expire - delete, in one transaction, at most @max sessions
+ * idle at @now (unix ms; the caller's clock): those whose updated_at +
+ * TTL <= @now, the TTL being the session's own or else @default_ttl_s
+ * (0: off); a TTL of 0 never expires. Then @each(@ctx, id) for each (may
+ * be NULL), and their number in *@count.
+ * Return: OK; INVALID; BUSY; ERROR.
+ */
+int curvd_store_expire(struct curvd_store *st, int64_t now, int64_t default_ttl_s, size_t max,
+                       void (*each)(void *ctx, const char *id), void *ctx, size_t *count, char *err,
+                       size_t errlen);
 
 /* curvd_store_info - the effective settings, for the start-up log. */
 struct curvd_store_info {
