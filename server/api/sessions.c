@@ -10,23 +10,57 @@
 #include "store/store.h"
 #include "wire/session_json.h"
 
+/* The session's own idle TTL as a body gives it: absent (*@present 0),
+ * null (present, *@has 0: the daemon's default), or seconds >= 0 (0:
+ * never). Return 0, or -1 with a 400 INVALID_TTL in @rp. */
+static int ttl_from_json(const struct curvd_req *rq, struct curvd_reply *rp, json_t *body,
+                         int *present, int *has, int64_t *ttl)
+{
+    json_t *v = json_object_get(body, "idle_ttl_s");
+    *present = v != NULL;
+    *has = v && !json_is_null(v);
+    *ttl = 0;
+    if (!*has)
+        return 0;
+    /* Bodies are read with JSON_DECODE_INT_AS_REAL: a whole number. */
+    double x = json_is_number(v) ? json_number_value(v) : -1;
+    if (x >= 0 && x <= (double)CURVD_MAX_IDLE_TTL_S && x == (double)(int64_t)x) {
+        *ttl = (int64_t)x;
+        return 0;
+    }
+    struct curvd_field_error fe = {"/idle_ttl_s", "null or an integer of seconds, 0 to 3153600000",
+                                   NULL};
+    curvd_reply_problem(rp, rq, CURVD_R_INVALID_TTL, &fe, 1,
+                        "idle_ttl_s must be null (the daemon's default), 0 (never) or seconds");
+    return -1;
+}
+
+/* A session's own TTL in its JSON: seconds, or null for the default. */
+static void put_ttl(json_t *j, int has, int64_t ttl)
+{
+    if (j)
+        json_object_set_new(j, "idle_ttl_s", has ? json_integer((json_int_t)ttl) : json_null());
+}
+
 /* Persist a new optimizer under a fresh id (every part of its state),
  * keep it in memory and answer 201 with the session. Takes @o. */
 static void register_new(struct curvd_server *srv, const struct curvd_req *rq,
-                         struct curvd_reply *rp, curv_opt *o)
+                         struct curvd_reply *rp, curv_opt *o, int has_ttl, int64_t ttl)
 {
     char id[CURVD_ID_LEN + 1], err[256];
     json_t *meta = curvd_session_meta(o);
     char *meta_text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(17));
     long long step = (long long)curv_opt_steps(o);
     int64_t created = 0;
-    int st = curvd_svc_create(srv, rq->tenant, o, meta_text, id, &created, err, sizeof err);
+    int st = curvd_svc_create_ttl(srv, rq->tenant, o, meta_text, has_ttl, ttl, id, &created, err,
+                                  sizeof err);
     if (st == CURVD_SVC_NOMEM) {
         curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "%s", err);
     } else if (st != CURVD_STORE_OK) {
         curvd_reply_store_error(rp, rq, st, err);
     } else {
         json_t *s = curvd_session_json(id, meta_text, step, created, created, 0, NULL);
+        put_ttl(s, has_ttl, ttl);
         snprintf(rp->location, sizeof rp->location, "/v1/sessions/%s", id);
         curvd_etag(rp->etag, sizeof rp->etag, step);
         curvd_reply_json(rp, 201, s);
@@ -75,7 +109,7 @@ static int check_budget(struct curvd_server *srv, const struct curvd_req *rq,
  * before anything is allocated. */
 static void create_within_budget(struct curvd_server *srv, const struct curvd_req *rq,
                                  struct curvd_reply *rp, curv_opt_kind kind, const curv_layout *l,
-                                 const curv_config *c)
+                                 const curv_config *c, int has_ttl, int64_t ttl)
 {
     if (check_budget(srv, rq, rp, kind, l, c) != 0)
         return;
@@ -83,7 +117,7 @@ static void create_within_budget(struct curvd_server *srv, const struct curvd_re
     curv_error cerr;
     curv_status st = curv_opt_new(kind, l, c, &o, &cerr);
     if (st == CURV_OK)
-        register_new(srv, rq, rp, o);
+        register_new(srv, rq, rp, o, has_ttl, ttl);
     else
         reply_opt_refused(rp, rq, st, &cerr);
 }
@@ -103,12 +137,16 @@ CURVD_HANDLER(curvd_h_session_create)
     json_t *v;
     json_object_foreach(body, key, v)
     {
-        if (strcmp(key, "optimizer") && strcmp(key, "layout") && strcmp(key, "config"))
+        if (strcmp(key, "optimizer") && strcmp(key, "layout") && strcmp(key, "config") &&
+            strcmp(key, "idle_ttl_s"))
             extra = key;
     }
+    int ttl_given = 0, has_ttl = 0;
+    int64_t ttl = 0;
     if (extra) {
         snprintf(path, sizeof path, "/%.100s", extra);
-        fe = (struct curvd_field_error){path, "one of optimizer, layout, config", extra};
+        fe =
+            (struct curvd_field_error){path, "one of optimizer, layout, config, idle_ttl_s", extra};
         curvd_reply_problem(rp, rq, CURVD_R_UNKNOWN_MEMBER, &fe, 1,
                             "unknown member \"%.100s\" in the session", extra);
     } else if (!opt_name || curv_opt_kind_parse(opt_name, &kind) != CURV_OK) {
@@ -122,8 +160,8 @@ CURVD_HANDLER(curvd_h_session_create)
     } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
                                             detail, sizeof detail))) {
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
-    } else {
-        create_within_budget(srv, rq, rp, kind, l, c);
+    } else if (ttl_from_json(rq, rp, body, &ttl_given, &has_ttl, &ttl) == 0) {
+        create_within_budget(srv, rq, rp, kind, l, c, has_ttl, ttl);
     }
     curv_config_free(c);
     curv_layout_free(l);
@@ -163,7 +201,7 @@ CURVD_HANDLER(curvd_h_session_import)
     if (!c)
         curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
     else if (check_budget(srv, rq, rp, curv_opt_kind_of(o), curv_opt_layout(o), c) == 0) {
-        register_new(srv, rq, rp, o); /* takes o */
+        register_new(srv, rq, rp, o, 0, 0); /* takes o */
         o = NULL;
     }
     curv_config_free(c);
@@ -176,6 +214,7 @@ static json_t *session_json(struct curvd_server *srv, const struct curvd_session
     json_t *j =
         curvd_session_json(s->id, s->meta, (long long)s->step, (long long)s->created_at,
                            (long long)s->updated_at, (long long)s->last_step, s->last_report);
+    put_ttl(j, s->has_idle_ttl, s->idle_ttl_s);
     long long step = 0;
     uint64_t seq = 0;
     if (j && curvd_registry_pending(srv->reg, s->id, &step, &seq)) {
@@ -287,10 +326,29 @@ CURVD_HANDLER(curvd_h_session_patch)
     curv_config *c = NULL;
     struct curvd_entry *e = NULL;
     enum curvd_reg_status rs = CURVD_REG_NOT_FOUND;
-    if (!json_object_get(body, "config") || json_object_size(body) != 1) {
+    int ttl_given = 0, has_ttl = 0;
+    int64_t ttl = 0;
+    json_t *cfg = json_object_get(body, "config");
+    size_t members = (cfg != NULL) + (json_object_get(body, "idle_ttl_s") != NULL);
+    if (members == 0 || json_object_size(body) != members) {
         fe = (struct curvd_field_error){"/config", "an object of hyperparameters", NULL};
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1,
-                            "the body must be {\"config\": {...}} and nothing else");
+                            "the body must be {\"config\": {...}}, {\"idle_ttl_s\": ...} or both, "
+                            "and nothing else");
+    } else if (ttl_from_json(rq, rp, body, &ttl_given, &has_ttl, &ttl) != 0) {
+        /* answered */
+    } else if (!cfg) {
+        /* The TTL alone: no optimizer to take, a row to update. */
+        struct curvd_session s = {0};
+        int st =
+            curvd_svc_set_idle_ttl(srv, rq->tenant, rq->param[0], has_ttl, ttl, err, sizeof err);
+        if (st == CURVD_STORE_OK)
+            st = curvd_svc_get(srv, rq->tenant, rq->param[0], 0, &s, err, sizeof err);
+        if (st == CURVD_STORE_OK)
+            reply_row(srv, rp, &s, 200);
+        else
+            curvd_reply_store_error(rp, rq, st, err);
+        curvd_session_clear(&s);
     } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
                                             detail, sizeof detail))) {
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
@@ -316,6 +374,8 @@ CURVD_HANDLER(curvd_h_session_patch)
         } else {
             int st = reconfigure_durably(srv, rq, e, before, before_len, &bytes, err, sizeof err);
             struct curvd_session s = {0};
+            if (st == CURVD_STORE_OK && ttl_given)
+                st = curvd_svc_set_idle_ttl(srv, rq->tenant, e->id, has_ttl, ttl, err, sizeof err);
             if (st == CURVD_STORE_OK)
                 st = curvd_store_get(srv->store, rq->tenant, e->id, 0, &s, err, sizeof err);
             if (st == CURVD_STORE_OK)
