@@ -60,6 +60,15 @@ class CurvdOptimizer(torch.optim.Optimizer):
       fallback).
     The learning rate is param_groups[0]["lr"]: changing it (by hand or by a
     torch LR scheduler) changes the session's "lr" before the next step.
+
+    The session's lifetime: the optimizer creates its session at the first
+    step and never deletes it by itself (garbage collection does not touch
+    the daemon), so that state_dict() can name it for a later run. close(),
+    or leaving a with block, deletes it unless keep_session=True; a session
+    given by id (session=, load_state_dict) is kept either way. idle_ttl_s
+    asks the daemon to delete the session it creates after that many
+    seconds without a step (0: never; None: the daemon's --idle-ttl, off
+    unless set), for runs that end without close().
     """
 
     def __init__(self, model: torch.nn.Module, client: Union[Client, str], optimizer: str,
@@ -67,7 +76,8 @@ class CurvdOptimizer(torch.optim.Optimizer):
                  fisher: Optional[str] = None, stats_fraction: Union[float, int] = 0.125,
                  curvature_fraction: Union[float, int] = 1.0, encoding: str = "binary",
                  send_params: Optional[bool] = None, seed: int = 0,
-                 session: Optional[str] = None, bias_blocks: bool = False):
+                 session: Optional[str] = None, bias_blocks: bool = False,
+                 keep_session: bool = False, idle_ttl_s: Optional[int] = None):
         if fisher not in (None, "true", "empirical"):
             raise ValueError(f"fisher must be 'true' or 'empirical', got {fisher!r}")
         self.model = model
@@ -96,6 +106,8 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self.generator.manual_seed(seed)
         self.capture = Capture(self.blocks)
         self.session: Optional[Session] = None
+        self.keep_session = keep_session
+        self.idle_ttl_s = idle_ttl_s
         self.last_report: dict = {}
         super().__init__([p for b in self.blocks for p in b.params],
                          {"lr": self.config.get("lr")})
@@ -139,12 +151,26 @@ class CurvdOptimizer(torch.optim.Optimizer):
     def _ensure_session(self, first_calls=()) -> Session:
         if self.session is None:
             self.blocks = order_blocks(self.blocks, first_calls)
-            self._adopt(self.client.create_session(self.kind, self._layout(), self.config))
+            ttl = {} if self.idle_ttl_s is None else {"idle_ttl_s": self.idle_ttl_s}
+            self._adopt(self.client.create_session(self.kind, self._layout(), self.config,
+                                                   keep=self.keep_session, **ttl))
         lr = self.param_groups[0]["lr"]
         if lr is not None and lr != self._synced_lr:
             self.session.update_config({"lr": float(lr)})
             self._synced_lr = lr
         return self.session
+
+    def close(self) -> None:
+        """Delete the session this optimizer created, unless keep_session
+        (see the class's note on the session's lifetime)."""
+        if self.session is not None:
+            self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def state_dict(self) -> dict:
         return {"session": self.session.id if self.session else None, "optimizer": self.kind,
