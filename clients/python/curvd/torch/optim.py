@@ -160,12 +160,6 @@ class CurvdOptimizer(torch.optim.Optimizer):
             self._synced_lr = lr
         return self.session
 
-    def close(self) -> None:
-        """Delete the session this optimizer created, unless keep_session
-        (see the class's note on the session's lifetime)."""
-        if self.session is not None:
-            self.session.close()
-
     def __enter__(self):
         return self
 
@@ -276,5 +270,8 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self.last_report = result.report
 
     def close(self) -> None:
-        """Remove the hooks (the session stays on the daemon)."""
+        """Remove the hooks, and delete the session this optimizer created
+        unless keep_session (see the class's note on its lifetime)."""
         self.capture.remove()
+        if self.session is not None:
+            self.session.close()
