@@ -26,7 +26,9 @@ static int64_t wall_ms(void)
 /* Create an sgd session with the body member @ttl ("" for none). */
 static void create(const char *base, const char *ttl, char id[33])
 {
-    char *layout = json_dumps(su_layout_json(), JSON_COMPACT);
+    json_t *lj = su_layout_json();
+    char *layout = json_dumps(lj, JSON_COMPACT);
+    json_decref(lj);
     char body[1024];
     snprintf(body, sizeof body, "{\"optimizer\": \"sgd\", \"layout\": %s%s%s}", layout,
              *ttl ? ", \"idle_ttl_s\": " : "", ttl);

@@ -117,7 +117,7 @@ static void test_expire(void **state)
         CURVD_STORE_OK);
     assert_int_equal(n, 1);
     /* At most @max per call. */
-    char id[8];
+    char id[16];
     for (int i = 0; i < 5; i++) {
         snprintf(id, sizeof id, "m%d", i);
         create(st, id, 1, 1);
