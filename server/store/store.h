@@ -104,6 +104,8 @@ struct curvd_session {
     char *last_report;
     int has_idle_ttl;   /* 0: the daemon's default applies */
     int64_t idle_ttl_s; /* with has_idle_ttl: seconds, 0 never expires */
+    char *name;         /* or NULL */
+    char *labels;       /* a JSON object of strings, or NULL */
 };
 
 /* curvd_session_clear - free what @s owns and zero it; NULL is a no-op. */
@@ -153,6 +155,8 @@ struct curvd_session_new {
     struct curvd_state_in state;
     int has_idle_ttl;   /* 0: none of its own (the daemon's default applies) */
     int64_t idle_ttl_s; /* with has_idle_ttl: seconds, >= 0; 0 never expires */
+    const char *name;   /* or NULL */
+    const char *labels; /* a JSON object of strings (checked by the caller), or NULL */
 };
 
 /*
@@ -249,6 +253,21 @@ void curvd_store_wal(struct curvd_store *st, struct curvd_store_wal *out);
 /* curvd_store_checkpoint_soon - ask the checkpointer for a round now
  * (it runs on its thread; this returns at once). */
 void curvd_store_checkpoint_soon(struct curvd_store *st);
+
+/* curvd_store_list_labeled - curvd_store_list() of the sessions whose
+ * labels hold @label_key = @label_value (@label_key NULL: all; it may not
+ * contain '"' or '\\'). Return as curvd_store_list(). */
+int curvd_store_list_labeled(struct curvd_store *st, const char *tenant, size_t page_size,
+                             const char *page_token, const char *label_key, const char *label_value,
+                             struct curvd_session_list *out, char *err, size_t errlen);
+
+/* curvd_store_set_name_labels - set session @id's name (if @set_name;
+ * NULL clears it) and labels (if @set_labels; JSON text checked by the
+ * caller, NULL clears them), and stamp updated_at.
+ * Return: OK; NOT_FOUND; INVALID; ERROR. */
+int curvd_store_set_name_labels(struct curvd_store *st, const char *tenant, const char *id,
+                                int set_name, const char *name, int set_labels, const char *labels,
+                                char *err, size_t errlen);
 
 /* curvd_store_set_idle_ttl - set session @id's idle TTL (@has 0: none
  * of its own, the daemon's default applies) and stamp updated_at.
