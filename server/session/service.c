@@ -114,12 +114,12 @@ static void new_id(char out[CURVD_ID_LEN + 1])
 int curvd_svc_create(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
                      char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen)
 {
-    return curvd_svc_create_ttl(srv, tenant, o, meta, 0, 0, id, created, err, errlen);
+    return curvd_svc_create_ex(srv, tenant, o, meta, 0, 0, NULL, NULL, id, created, err, errlen);
 }
 
-int curvd_svc_create_ttl(struct curvd_server *srv, const char *tenant, curv_opt *o,
-                         const char *meta, int has_ttl, int64_t ttl_s, char id[CURVD_ID_LEN + 1],
-                         int64_t *created, char *err, size_t errlen)
+int curvd_svc_create_ex(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
+                        int has_ttl, int64_t ttl_s, const char *name, const char *labels,
+                        char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen)
 {
     unsigned char *blob = NULL;
     curv_state_part *parts = NULL;
@@ -140,7 +140,9 @@ int curvd_svc_create_ttl(struct curvd_server *srv, const char *tenant, curv_opt 
         .step = (int64_t)curv_opt_steps(o),
         .state = {.blob = blob, .len = len, .parts = parts, .n_parts = n_parts},
         .has_idle_ttl = has_ttl,
-        .idle_ttl_s = ttl_s};
+        .idle_ttl_s = ttl_s,
+        .name = name,
+        .labels = labels};
     int st = curvd_store_create(srv->store, &row, created, err, errlen);
     struct curvd_committed committed = {NULL, 0};
     if (st == CURVD_STORE_OK)
@@ -345,4 +347,14 @@ void curvd_sweeper_stop(struct curvd_sweeper *s)
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
+}
+
+int curvd_svc_set_name_labels(struct curvd_server *srv, const char *tenant, const char *id,
+                              int set_name, const char *name, int set_labels, const char *labels,
+                              char *err, size_t errlen)
+{
+    return curvd_svc_valid_id(id)
+               ? curvd_store_set_name_labels(srv->store, tenant, id, set_name, name, set_labels,
+                                             labels, err, errlen)
+               : CURVD_STORE_NOT_FOUND;
 }

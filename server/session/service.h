@@ -19,6 +19,12 @@
 #include "session/registry.h"
 #include "store/store.h"
 
+/* A session's name and label values: at most this many bytes; labels at
+ * most CURVD_LABELS_MAX, keys at most CURVD_LABEL_KEY_MAX bytes. */
+#define CURVD_NAME_MAX 128
+#define CURVD_LABELS_MAX 32
+#define CURVD_LABEL_KEY_MAX 63
+
 /* The largest idle TTL a session may ask for: 100 years of seconds. */
 #define CURVD_MAX_IDLE_TTL_S 3153600000LL
 
@@ -63,11 +69,18 @@ void curvd_svc_abandon(struct curvd_server *srv, struct curvd_entry *e);
 int curvd_svc_create(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
                      char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen);
 
-/* curvd_svc_create_ttl - curvd_svc_create with the session's own idle TTL
- * (@has 0: none, the daemon's default applies). */
-int curvd_svc_create_ttl(struct curvd_server *srv, const char *tenant, curv_opt *o,
-                         const char *meta, int has_ttl, int64_t ttl_s, char id[CURVD_ID_LEN + 1],
-                         int64_t *created, char *err, size_t errlen);
+/* curvd_svc_create_ex - curvd_svc_create with the session's own idle TTL
+ * (@has_ttl 0: none, the daemon's default applies), @name and @labels
+ * (JSON text; either may be NULL). */
+int curvd_svc_create_ex(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
+                        int has_ttl, int64_t ttl_s, const char *name, const char *labels,
+                        char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen);
+
+/* curvd_svc_set_name_labels - set session @id's name and/or labels (see
+ * curvd_store_set_name_labels). Returns the store's status. */
+int curvd_svc_set_name_labels(struct curvd_server *srv, const char *tenant, const char *id,
+                              int set_name, const char *name, int set_labels, const char *labels,
+                              char *err, size_t errlen);
 
 /* curvd_svc_delete - delete session @id of @tenant from the store, then
  * from memory. Returns the store's status (NOT_FOUND for an id that is

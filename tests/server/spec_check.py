@@ -643,7 +643,7 @@ def scenario(ck, d):
     good_create = {"optimizer": "sgd", "layout": LAYOUT}
     # (counted with conv and fat in the listing below)
     ttl = c(d, "createSession", "POST", "/v1/sessions", ctype=J, expect=201, note="idle TTL",
-            body=dict(good_create, idle_ttl_s=86400))
+            body=dict(good_create, idle_ttl_s=86400, name="a run", labels={"run": "x"}))
     if ttl is not None and (not ttl.json or ttl.json.get("idle_ttl_s") != 86400):
         ck.failures.append("createSession idle TTL: idle_ttl_s not echoed")
     c(d, "createSession", "POST", "/v1/sessions", ctype=J, expect=400, note="TTL not a number",
@@ -787,6 +787,13 @@ def scenario(ck, d):
       expect=200, note="config and the default TTL")
     c(d, "patchSession", "PATCH", base, ctype=J, body={"idle_ttl_s": -1}, expect=400,
       note="negative TTL")
+    c(d, "patchSession", "PATCH", base, ctype=J,
+      body={"name": "run 7", "labels": {"run": "exp-7", "team": "a"}}, expect=200,
+      note="name and labels")
+    c(d, "patchSession", "PATCH", base, ctype=J, body={"labels": {"bad key": "x"}}, expect=400,
+      note="bad label key")
+    c(d, "listSessions", "GET", "/v1/sessions?label=run=exp-7", expect=200, note="by label")
+    c(d, "listSessions", "GET", "/v1/sessions?label=noequals", expect=400, note="bad label filter")
     c(d, "patchSession", "PATCH", missing, ctype=J, body={"idle_ttl_s": 0}, expect=404,
       note="TTL of an unknown id")
     c(d, "patchSession", "PATCH", base, ctype="text/plain", body={"config": {"lr": 0.05}},

@@ -42,6 +42,7 @@ static const struct {
     {"INVALID_CONFIG", 0},
     {"INVALID_QUERY", 0},
     {"INVALID_TTL", 0},
+    {"INVALID_LABELS", 0},
     {"INVALID_STATE", 0},
     {"STATE_TOO_LARGE", 0},
     {"SESSION_BUSY", CURVC__RETRY},
