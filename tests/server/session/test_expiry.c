@@ -4,7 +4,9 @@
  * by curvd_svc_expire() on a fake clock (the sweeper's own call, with a
  * time of the test's choosing), with the daemon's --idle-ttl default and
  * a TTL of 0 that never expires; expiries counted in /metrics. Then the
- * sweeper thread itself, on the wall clock, with a 1 s TTL.
+ * sweeper thread itself, on the wall clock, with a 1 s TTL. And a
+ * session's name and labels through create, GET, list (filtered by a
+ * label, across pages) and PATCH.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,12 +152,99 @@ static void test_sweeper_thread(void **state)
     su_rmtree(dir);
 }
 
+static size_t count_listed(const char *base, const char *query, const char *want_id)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/sessions?page_size=1&%s", query);
+    size_t n = 0;
+    int seen = 0;
+    for (;;) {
+        json_t *j = su_call(base, "GET", path, NULL, 200, NULL);
+        json_t *arr = json_object_get(j, "sessions"), *it;
+        size_t i;
+        json_array_foreach(arr, i, it)
+        {
+            n++;
+            if (want_id && strcmp(json_string_value(json_object_get(it, "id")), want_id) == 0)
+                seen = 1;
+        }
+        const char *tok = json_string_value(json_object_get(j, "next_page_token"));
+        if (!tok) {
+            json_decref(j);
+            break;
+        }
+        snprintf(path, sizeof path, "/v1/sessions?page_size=1&%s&page_token=%s", query, tok);
+        json_decref(j);
+    }
+    if (want_id)
+        assert_true(seen);
+    return n;
+}
+
+static void test_name_and_labels(void **state)
+{
+    (void)state;
+    struct curvd_server srv = {0};
+    char dir[256], db[300], base[64];
+    su_tmpdir(dir, sizeof dir, NULL, "labels", db, sizeof db);
+    srv.cfg.db_path = db;
+    srv.cfg.max_sessions = 16;
+    srv.cfg.mem_budget = 1 << 26;
+    su_daemon_start(&srv, base, sizeof base);
+    json_t *lj = su_layout_json();
+    char *layout = json_dumps(lj, JSON_COMPACT);
+    json_decref(lj);
+    char body[1024], a[33], b[33], c[33];
+    char *ids[3] = {a, b, c};
+    const char *labels[3] = {"{\"run\": \"exp-7\", \"team\": \"x\"}", "{\"run\": \"exp-7\"}",
+                             "{\"run\": \"exp-8\"}"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(body, sizeof body,
+                 "{\"optimizer\": \"sgd\", \"layout\": %s, \"name\": \"run %d\", \"labels\": %s}",
+                 layout, i, labels[i]);
+        json_t *j = su_call(base, "POST", "/v1/sessions", body, 201, NULL);
+        snprintf(ids[i], 33, "%s", json_string_value(json_object_get(j, "id")));
+        assert_int_equal(json_object_size(json_object_get(j, "labels")), i == 0 ? 2 : 1);
+        json_decref(j);
+    }
+    free(layout);
+    char path[128];
+    snprintf(path, sizeof path, "/v1/sessions/%s", a);
+    json_t *j = su_call(base, "GET", path, NULL, 200, NULL);
+    assert_string_equal(json_string_value(json_object_get(j, "name")), "run 0");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(j, "labels"), "team")),
+                        "x");
+    json_decref(j);
+    /* Listed by label, one per page. */
+    assert_int_equal(count_listed(base, "label=run=exp-7", a), 2);
+    assert_int_equal(count_listed(base, "label=run=exp-8", c), 1);
+    assert_int_equal(count_listed(base, "label=team=x", a), 1);
+    assert_int_equal(count_listed(base, "label=run=nope", NULL), 0);
+    assert_int_equal(count_listed(base, "page_size=1", NULL), 3);
+    /* PATCH replaces the labels and keeps the name; then clears both. */
+    snprintf(path, sizeof path, "/v1/sessions/%s", b);
+    j = su_call(base, "PATCH", path, "{\"labels\": {\"run\": \"exp-8\"}}", 200, NULL);
+    assert_string_equal(json_string_value(json_object_get(j, "name")), "run 1");
+    json_decref(j);
+    assert_int_equal(count_listed(base, "label=run=exp-8", b), 2);
+    assert_int_equal(count_listed(base, "label=run=exp-7", a), 1);
+    j = su_call(base, "PATCH", path,
+                "{\"name\": null, \"labels\": null, \"config\": {\"lr\": 0.5}}", 200, NULL);
+    assert_true(json_is_null(json_object_get(j, "name")));
+    assert_int_equal(json_object_size(json_object_get(j, "labels")), 0);
+    json_decref(j);
+    assert_int_equal(count_listed(base, "label=run=exp-8", c), 1);
+    su_daemon_stop(&srv);
+    su_rmtree(dir);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fake_clock),
         cmocka_unit_test(test_sweeper_thread),
+        cmocka_unit_test(test_name_and_labels),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
