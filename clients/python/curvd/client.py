@@ -189,27 +189,37 @@ class Client:
 
     def create_session(self, optimizer: str, layout: List[dict],
                        config: Optional[dict] = None, *, idle_ttl_s=_DEFAULT,
+                       name: Optional[str] = None, labels: Optional[Dict[str, str]] = None,
                        keep: bool = False) -> "Session":
         """A new session. idle_ttl_s: seconds after its last write that the
         daemon deletes it (0: never; None: the daemon's --idle-ttl; left
         out: the same). keep: whether Session.close() (and leaving a with
-        block) leaves it on the daemon; by default they delete it."""
+        block) leaves it on the daemon; by default they delete it. name,
+        labels: free text and key/value strings (list_sessions(label=...))."""
         doc = {"optimizer": optimizer, "layout": layout}
         if config:
             doc["config"] = config
         if idle_ttl_s is not Client._DEFAULT:
             doc["idle_ttl_s"] = idle_ttl_s
+        if name is not None:
+            doc["name"] = name
+        if labels:
+            doc["labels"] = labels
         return Session(self, self._json("POST", "/v1/sessions", doc, idempotent=False),
                        keep=keep)
 
     def session(self, session_id: str) -> "Session":
         return Session(self, self._json("GET", f"/v1/sessions/{session_id}"))
 
-    def list_sessions(self, page_size: int = 100) -> Iterator["Session"]:
-        """Every session of the caller, oldest first (follows the pages)."""
+    def list_sessions(self, page_size: int = 100,
+                      label: Optional[str] = None) -> Iterator["Session"]:
+        """Every session of the caller, oldest first (follows the pages);
+        label="key=value": only those with that label."""
         token = None
         while True:
             q = {"page_size": page_size}
+            if label is not None:
+                q["label"] = label
             if token:
                 q["page_token"] = token
             page = self._json("GET", "/v1/sessions?" + urllib.parse.urlencode(q))
@@ -232,6 +242,15 @@ class Client:
         daemon's default. Counts as use (the idle clock starts again)."""
         return Session(self, self._json("PATCH", f"/v1/sessions/{session_id}",
                                         {"idle_ttl_s": seconds}))
+
+    def set_labels(self, session_id: str, labels: Optional[Dict[str, str]] = None,
+                   name=_DEFAULT) -> "Session":
+        """Replace the session's labels (None or {}: none), and its name if
+        given (None clears it)."""
+        doc = {"labels": labels}
+        if name is not Client._DEFAULT:
+            doc["name"] = name
+        return Session(self, self._json("PATCH", f"/v1/sessions/{session_id}", doc))
 
     def delete_session(self, session_id: str) -> None:
         self.request("DELETE", f"/v1/sessions/{session_id}")
@@ -349,7 +368,7 @@ class Session:
 
     Attributes: id, optimizer, config (resolved), layout, dim, steps (the
     completed step count), idle_ttl_s (its own, or None for the daemon's
-    default), info (the daemon's whole description), keep.
+    default), name, labels, info (the daemon's whole description), keep.
 
     Lifetime: a session this client created or imported is deleted by
     close() and at the end of a with block, unless keep is True (a
@@ -392,6 +411,8 @@ class Session:
         self.dim = info.get("dim")
         self.steps = int(info.get("step", 0))
         self.idle_ttl_s = info.get("idle_ttl_s")
+        self.name = info.get("name")
+        self.labels = info.get("labels") or {}
 
     def __repr__(self):
         return f"Session({self.id}, {self.optimizer}, steps={self.steps})"

@@ -38,6 +38,21 @@ def test_session_lifecycle(client):
 
 
 
+def test_name_and_labels(client):
+    with client.create_session("sgd", LAYOUT, name="run 1", labels={"run": "lbl-1"}) as a, \
+            client.create_session("sgd", LAYOUT, labels={"run": "lbl-2"}) as b:
+        assert a.name == "run 1" and a.labels == {"run": "lbl-1"} and b.name is None
+        assert [s.id for s in client.list_sessions(page_size=1, label="run=lbl-1")] == [a.id]
+        assert b.id in [s.id for s in client.list_sessions(label="run=lbl-2")]
+        c = client.set_labels(b.id, {"run": "lbl-1"}, name="renamed")
+        assert c.name == "renamed" and c.labels == {"run": "lbl-1"}
+        assert len(list(client.list_sessions(label="run=lbl-1"))) == 2
+        assert client.set_labels(b.id, None).labels == {} and client.session(b.id).name == "renamed"
+        with pytest.raises(curvd.BadRequest) as e:
+            client.set_labels(a.id, {"bad key": "x"})
+        assert e.value.reason == "INVALID_LABELS"
+
+
 def test_close_deletes_the_session_unless_kept(client):
     with client.create_session("sgd", LAYOUT, {"lr": 0.5}, idle_ttl_s=3600) as s:
         assert s.idle_ttl_s == 3600 and s.keep is False
