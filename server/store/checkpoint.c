@@ -20,6 +20,7 @@ struct curvd_checkpointer {
     int wanted, stop;
     int asked; /* WAL pages when the thread was last woken; on_commit's own */
     atomic_uint inline_tries, inline_done; /* on_commit's own checkpoints */
+    atomic_int behind;                     /* on_commit wants the next pass: the thread yields */
     atomic_int hard;                       /* WAL pages past which on_commit checkpoints itself */
     char *wal;                             /* the WAL file's path */
     char *main_path;                       /* the database file's path */
@@ -77,12 +78,15 @@ static int on_commit(void *arg, sqlite3 *db, const char *schema, int pages)
     enum curvd_ckpt_action a = curvd_ckpt_decide_at(pages, &c->asked, atomic_load(&c->hard));
     if (a == CURVD_CKPT_NOW) { /* catch up, so that the WAL can start over */
         int log = 0, done = 0;
-        /* Wait for the thread's pass, if one is running (it holds SQLite's
-         * checkpoint lock, and this one would fail): past the hard limit
-         * the WAL must start over, which takes one checkpoint that reaches
-         * its end between two commits. */
+        /* Past the hard limit the WAL must start over, which takes one
+         * checkpoint that reaches its end between two commits: this one,
+         * after the thread's copies (little is left). If the thread is in
+         * a pass (SQLite's checkpoint lock would refuse this one), wait
+         * for that pass only: the thread stops its round after it. */
+        atomic_store(&c->behind, 1);
         pthread_mutex_lock(&c->pass_mu);
         int rc = sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+        atomic_store(&c->behind, 0);
         pthread_mutex_unlock(&c->pass_mu);
         atomic_fetch_add(&c->inline_tries, 1);
         if (rc == SQLITE_OK && done >= log)
@@ -133,7 +137,7 @@ static void round_(struct curvd_checkpointer *c)
             break;
         if (passes > 1 && done <= prev) /* a reader holds the rest */
             break;
-        if (passes >= CURVD_CKPT_MAX_PASSES)
+        if (passes >= CURVD_CKPT_MAX_PASSES || atomic_load(&c->behind))
             break;
     }
     int truncated = 0;
@@ -210,6 +214,7 @@ struct curvd_checkpointer *curvd_checkpointer_start(sqlite3 *db, const char *pat
     c->owner = db;
     c->limit = -1;
     atomic_init(&c->hard, curvd_ckpt_hard_pages(CURVD_WAL_FLOOR));
+    atomic_init(&c->behind, 0);
     size_t n = strlen(path);
     c->main_path = malloc(n + 1);
     c->wal = malloc(n + 5);

@@ -30,7 +30,9 @@
  * to its own transaction, if that is bigger). Under sustained writes
  * that the thread cannot catch up with, the hard limit is 2B (at most
  * CURVD_CKPT_HARD_PAGES): past it, the committing thread checkpoints the
- * little the thread has left, and the WAL starts over; the thread is
+ * little the thread has left, and the WAL starts over (if the thread is
+ * in a pass, the commit waits for that one pass, after which the thread
+ * yields; this is the one place a commit waits for a copy); the thread is
  * woken every quarter of the hard limit (at most CURVD_CKPT_PAGES), so
  * that it is rare. After a round that finds
  * the WAL copied and unread, the file is at most max(B, the largest
