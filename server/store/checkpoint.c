@@ -3,12 +3,14 @@
 #include "store/checkpoint.h"
 #include "store/store.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 struct curvd_checkpointer {
     sqlite3 *owner; /* the store's connection, whose hook this is */
@@ -17,8 +19,8 @@ struct curvd_checkpointer {
     pthread_mutex_t mu;
     pthread_mutex_t pass_mu; /* held through each checkpoint call */
     pthread_cond_t cv;
-    int wanted, stop;
-    int asked; /* WAL pages when the thread was last woken; on_commit's own */
+    int wanted, stop; /* wanted: 1 by a commit, 2 by curvd_checkpointer_kick */
+    int asked;        /* WAL pages when the thread was last woken; on_commit's own */
     atomic_uint inline_tries, inline_done; /* on_commit's own checkpoints */
     atomic_int behind;                     /* on_commit wants the next pass: the thread yields */
     atomic_int hard;                       /* WAL pages past which on_commit checkpoints itself */
@@ -121,11 +123,16 @@ static void set_limit(struct curvd_checkpointer *c, long long bound)
  * TRUNCATE that gives up at once (this connection has no busy handler)
  * if a writer or a reader is there: it then holds the write lock only to
  * truncate, nothing is left to copy. */
-static void round_(struct curvd_checkpointer *c)
+static void round_(struct curvd_checkpointer *c, int quiet)
 {
     int log = 0, done = 0, rc = SQLITE_OK, passes = 0;
     long long bound = curvd_wal_bound(file_size(c->main_path));
-    set_limit(c, bound);
+    /* Under load the file may use up to the hard limit (2B) without being
+     * cut: cutting it each time SQLite starts the WAL over made every
+     * commit after that extend the file again (the size change is one more
+     * thing for fdatasync to write: small steps 10-25% slower here). When
+     * writes pause, it comes down to B. */
+    set_limit(c, 2 * bound);
     atomic_store(&c->hard, curvd_ckpt_hard_pages(bound));
     for (;;) {
         int prev = done;
@@ -133,7 +140,10 @@ static void round_(struct curvd_checkpointer *c)
         rc = sqlite3_wal_checkpoint_v2(c->db, "main", SQLITE_CHECKPOINT_PASSIVE, &log, &done);
         pthread_mutex_unlock(&c->pass_mu);
         passes++;
-        if (rc != SQLITE_OK || done >= log || file_size(c->wal) <= bound)
+        /* Over the bound by what the WAL holds now, not by the file's size
+         * (which only a restart or the TRUNCATE below brings down). */
+        if (rc != SQLITE_OK || done >= log ||
+            (long long)log * (CURVD_STORE_PAGE_SIZE + 24) <= bound)
             break;
         if (passes > 1 && done <= prev) /* a reader holds the rest */
             break;
@@ -141,7 +151,7 @@ static void round_(struct curvd_checkpointer *c)
             break;
     }
     int truncated = 0;
-    if (rc == SQLITE_OK && done >= log && file_size(c->wal) > bound) {
+    if (rc == SQLITE_OK && done >= log && file_size(c->wal) > (quiet ? bound : 2 * bound)) {
         pthread_mutex_lock(&c->pass_mu);
         truncated = sqlite3_wal_checkpoint_v2(c->db, "main", SQLITE_CHECKPOINT_TRUNCATE, NULL,
                                               NULL) == SQLITE_OK;
@@ -160,15 +170,26 @@ static void *run(void *arg)
     struct curvd_checkpointer *c = arg;
     pthread_mutex_lock(&c->mu);
     for (;;) {
-        while (!c->wanted && !c->stop)
-            pthread_cond_wait(&c->cv, &c->mu);
+        int timed_out = 0;
+        while (!c->wanted && !c->stop && !timed_out) {
+            struct timespec at;
+            clock_gettime(CLOCK_MONOTONIC, &at);
+            at.tv_sec += CURVD_CKPT_QUIET_S;
+            timed_out = pthread_cond_timedwait(&c->cv, &c->mu, &at) == ETIMEDOUT;
+        }
         if (c->stop)
             break;
+        /* A commit's wake, a kick, or writes quiet for CURVD_CKPT_QUIET_S
+         * with the WAL file over its bound. */
+        int quiet = c->wanted == 2 || (!c->wanted && timed_out);
+        int wanted = c->wanted;
         c->wanted = 0;
         pthread_mutex_unlock(&c->mu);
-        /* A failure (a reader holding old frames, a busy writer) leaves the
-         * frames for the next round; nothing is lost either way. */
-        round_(c);
+        if (wanted || file_size(c->wal) > curvd_wal_bound(file_size(c->main_path))) {
+            /* A failure (a reader holding old frames, a busy writer) leaves
+             * the frames for the next round; nothing is lost either way. */
+            round_(c, quiet);
+        }
         pthread_mutex_lock(&c->mu);
     }
     pthread_mutex_unlock(&c->mu);
@@ -180,7 +201,7 @@ void curvd_checkpointer_kick(struct curvd_checkpointer *c)
     if (!c)
         return;
     pthread_mutex_lock(&c->mu);
-    c->wanted = 1;
+    c->wanted = 2;
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
 }
@@ -242,7 +263,11 @@ struct curvd_checkpointer *curvd_checkpointer_start(sqlite3 *db, const char *pat
     }
     pthread_mutex_init(&c->mu, NULL);
     pthread_mutex_init(&c->pass_mu, NULL);
-    pthread_cond_init(&c->cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (pthread_create(&c->th, NULL, run, c) != 0) {
         say(err, errlen, "cannot start the checkpoint thread", "");
         pthread_cond_destroy(&c->cv);

@@ -54,7 +54,10 @@
  * wake's worth of 16 KiB pages: a smaller floor would truncate a WAL that
  * is only doing its job between two wakes). */
 #define CURVD_WAL_FACTOR 2
-#define CURVD_WAL_FLOOR (16LL << 20)
+#define CURVD_WAL_FLOOR (32LL << 20)
+/* Seconds without a commit's wake after which the thread checks the WAL
+ * file against its bound B (and cuts it to B if over). */
+#define CURVD_CKPT_QUIET_S 1
 /* PASSIVE passes per round at most while the WAL is over the bound. */
 #define CURVD_CKPT_MAX_PASSES 8
 
