@@ -20,23 +20,23 @@
  * checkpointed, and a file once grown to the hard limit stayed that size
  * (a 2 MB database kept a 257 MiB WAL). The bound is
  *   B = max(CURVD_WAL_FACTOR x database file size, CURVD_WAL_FLOOR),
- * recomputed at each round. Each round checkpoints PASSIVE again while
- * the WAL file is over B and the last pass made progress, then, with all
- * of it copied and the file still over B, checkpoints TRUNCATE without a
- * busy handler (it gives up at once if a writer or a reader is there,
- * and otherwise holds the write lock only for the ftruncate). And the
- * store's own connection gets journal_size_limit = B, so that the writer
- * that starts a wholly checkpointed WAL over truncates the file to B (or
- * to its own transaction, if that is bigger). Under sustained writes
- * that the thread cannot catch up with, the hard limit is 2B (at most
- * CURVD_CKPT_HARD_PAGES): past it, the committing thread checkpoints the
- * little the thread has left, and the WAL starts over (if the thread is
- * in a pass, the commit waits for that one pass, after which the thread
- * yields; this is the one place a commit waits for a copy); the thread is
- * woken every quarter of the hard limit (at most CURVD_CKPT_PAGES), so
- * that it is rare. After a round that finds
- * the WAL copied and unread, the file is at most max(B, the largest
- * transaction since), and the commit path never waits for a copy.
+ * recomputed at each round. The hard limit, past which the committing
+ * thread checkpoints the little the thread has left so that the WAL
+ * starts over, is 2B (at most CURVD_CKPT_HARD_PAGES); if the thread is in
+ * a pass then, the commit waits for that one pass (the thread ends its
+ * round after it): the one place a commit waits for a copy, and only when
+ * the thread has fallen behind. The thread is woken every quarter of the
+ * hard limit (at most CURVD_CKPT_PAGES). The store's connection gets
+ * journal_size_limit = 2B, so a writer that starts the WAL over cuts a
+ * larger file to 2B; under load the file is not cut below that (cutting
+ * it at every restart made each later commit extend the file again, and
+ * small steps were 10-25% slower). Once writes are quiet for
+ * CURVD_CKPT_QUIET_S (or on curvd_checkpointer_kick), a round with all of
+ * the WAL copied and the file over B checkpoints TRUNCATE without a busy
+ * handler: it gives up at once if a writer or a reader is there, and
+ * otherwise holds the write lock only for the ftruncate. So: at most 2B
+ * plus one transaction while writes go on; at most B (0 after a TRUNCATE)
+ * a second after they stop, unless a reader still pins old frames.
  */
 #ifndef CURVD_CHECKPOINT_H
 #define CURVD_CHECKPOINT_H
@@ -50,16 +50,16 @@
  * of 16 KiB pages: two steps of a d = 1e7 session fit below it). */
 #define CURVD_CKPT_HARD_PAGES 16384
 
-/* The WAL bound's factor on the database size, and its floor (one
- * wake's worth of 16 KiB pages: a smaller floor would truncate a WAL that
- * is only doing its job between two wakes). */
+/* The WAL bound's factor on the database size, and its floor (a hard
+ * limit of 2 x 32 MiB keeps the wake at CURVD_CKPT_PAGES, as before). */
 #define CURVD_WAL_FACTOR 2
 #define CURVD_WAL_FLOOR (32LL << 20)
 /* Seconds without a commit's wake after which the thread checks the WAL
  * file against its bound B (and cuts it to B if over). */
 #define CURVD_CKPT_QUIET_S 1
-/* PASSIVE passes per round at most while the WAL is over the bound. */
-#define CURVD_CKPT_MAX_PASSES 8
+/* PASSIVE passes per round at most while the WAL holds more than the
+ * bound (8 cost small steps about 10% on 2 cores: each pass fsyncs). */
+#define CURVD_CKPT_MAX_PASSES 1
 
 struct curvd_checkpointer;
 
