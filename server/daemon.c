@@ -27,11 +27,17 @@ int curvd_daemon_open(struct curvd_server *srv, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    if (!(srv->sweeper = curvd_sweeper_start(srv))) {
+        snprintf(err, errlen, "cannot start the idle-session sweeper");
+        return -1;
+    }
     return 0;
 }
 
 void curvd_daemon_close(struct curvd_server *srv)
 {
+    curvd_sweeper_stop(srv->sweeper); /* first: it uses the store and registry */
+    srv->sweeper = NULL;
     curvd_registry_free(srv->reg);
     srv->reg = NULL;
     curvd_store_close(srv->store);

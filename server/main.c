@@ -56,6 +56,8 @@ static const struct flag FLAGS[] = {
     {"token-file", "CURVD_TOKEN_FILE", F_STR, OFF(token_file),
      "file of 'token tenant' lines; when set every /v1 route needs a bearer token"},
     {"log-format", "CURVD_LOG_FORMAT", F_BOOL_LOG, OFF(log_json), "access log: text or json"},
+    {"idle-ttl", "CURVD_IDLE_TTL", F_UINT, OFF(idle_ttl_s),
+     "seconds after its last write that a session without a TTL of its own is deleted (0: never)"},
     {"durability", "CURVD_DURABILITY", F_DURABILITY, OFF(durability_full),
      "full: a step survives power loss; normal: it survives a crash of the daemon"},
 };
@@ -228,10 +230,10 @@ int main(int argc, char **argv)
     fprintf(stderr,
             "curvd %s listening on http://%s:%u  db=%s durability=%s threads=%u workers=%u "
             "max-body=%zu "
-            "max-sessions=%zu memory-budget=%zu auth=%s log=%s\n",
+            "max-sessions=%zu memory-budget=%zu idle-ttl=%u auth=%s log=%s\n",
             CURVD_VERSION, srv.cfg.listen, curvd_http_port(&srv), srv.cfg.db_path,
             srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads, srv.cfg.workers,
-            srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget,
+            srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget, srv.cfg.idle_ttl_s,
             srv.cfg.token_file ? "tokens" : "off", srv.cfg.log_json ? "json" : "text");
     int sig = 0;
     sigwait(&stop, &sig);

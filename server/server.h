@@ -23,6 +23,8 @@ struct curvd_config {
     int log_json;           /* access log as JSON lines instead of text */
     int quiet;              /* no access log (tests) */
     int durability_full;    /* SQLite synchronous=FULL (else NORMAL) */
+    unsigned idle_ttl_s;    /* sessions without a TTL of their own: 0 never expire */
+    unsigned sweep_ms;      /* how often idle sessions are looked for; 0: 1000 */
 };
 
 struct curvd_store;
@@ -31,6 +33,7 @@ struct curvd_http;
 struct curvd_auth;
 struct curvd_metrics;
 struct curv_executor;
+struct curvd_sweeper;
 
 struct curvd_server {
     struct curvd_config cfg;
@@ -44,6 +47,7 @@ struct curvd_server {
      * per-layer work (http/pool.h); NULL: none, steps run serially. Set
      * and cleared by curvd_http_start and _stop. */
     const struct curv_executor *exec;
+    struct curvd_sweeper *sweeper; /* deletes idle sessions (session/service.h) */
 };
 
 #endif

@@ -10,23 +10,136 @@
 #include "store/store.h"
 #include "wire/session_json.h"
 
+/* The session's own idle TTL as a body gives it: absent (*@present 0),
+ * null (present, *@has 0: the daemon's default), or seconds >= 0 (0:
+ * never). Return 0, or -1 with a 400 INVALID_TTL in @rp. */
+static int ttl_from_json(const struct curvd_req *rq, struct curvd_reply *rp, json_t *body,
+                         int *present, int *has, int64_t *ttl)
+{
+    json_t *v = json_object_get(body, "idle_ttl_s");
+    *present = v != NULL;
+    *has = v && !json_is_null(v);
+    *ttl = 0;
+    if (!*has)
+        return 0;
+    /* Bodies are read with JSON_DECODE_INT_AS_REAL: a whole number. */
+    double x = json_is_number(v) ? json_number_value(v) : -1;
+    if (x >= 0 && x <= (double)CURVD_MAX_IDLE_TTL_S && x == (double)(int64_t)x) {
+        *ttl = (int64_t)x;
+        return 0;
+    }
+    struct curvd_field_error fe = {"/idle_ttl_s", "null or an integer of seconds, 0 to 3153600000",
+                                   NULL};
+    curvd_reply_problem(rp, rq, CURVD_R_INVALID_TTL, &fe, 1,
+                        "idle_ttl_s must be null (the daemon's default), 0 (never) or seconds");
+    return -1;
+}
+
+/* A label key: 1 to 63 of [A-Za-z0-9_.-]. */
+static int label_key_ok(const char *k)
+{
+    size_t n = strspn(k, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-");
+    return n >= 1 && n <= CURVD_LABEL_KEY_MAX && k[n] == '\0';
+}
+
+/* A session's name and labels as a body gives them: absent (*@set 0),
+ * null (set, cleared), or a string of 1-128 bytes / an object of at most
+ * 32 labels, keys as label_key_ok(), values strings of at most 128 bytes.
+ * *@labels_text: the labels as compact JSON with sorted keys (free()).
+ * Return 0, or -1 with a 400 INVALID_LABELS in @rp. */
+static int name_labels_from_json(const struct curvd_req *rq, struct curvd_reply *rp, json_t *body,
+                                 int *set_name, const char **name, int *set_labels,
+                                 char **labels_text)
+{
+    json_t *n = json_object_get(body, "name"), *l = json_object_get(body, "labels");
+    *set_name = n != NULL;
+    *name = NULL;
+    *set_labels = l != NULL;
+    *labels_text = NULL;
+    struct curvd_field_error fe = {"/name", "null or a string of 1 to 128 bytes", NULL};
+    if (n && !json_is_null(n)) {
+        if (!json_is_string(n) || json_string_length(n) < 1 ||
+            json_string_length(n) > CURVD_NAME_MAX) {
+            curvd_reply_problem(rp, rq, CURVD_R_INVALID_LABELS, &fe, 1,
+                                "name must be null or a string of 1 to 128 bytes");
+            return -1;
+        }
+        *name = json_string_value(n);
+    }
+    if (!l || json_is_null(l) || (json_is_object(l) && json_object_size(l) == 0))
+        return 0; /* none: stored as NULL */
+    char path[128];
+    fe = (struct curvd_field_error){"/labels", "an object of at most 32 string labels", NULL};
+    if (!json_is_object(l) || json_object_size(l) > CURVD_LABELS_MAX) {
+        curvd_reply_problem(rp, rq, CURVD_R_INVALID_LABELS, &fe, 1,
+                            "labels must be an object of at most 32 string values");
+        return -1;
+    }
+    const char *k;
+    json_t *v;
+    json_object_foreach(l, k, v)
+    {
+        if (!label_key_ok(k) || !json_is_string(v) || json_string_length(v) > CURVD_NAME_MAX) {
+            snprintf(path, sizeof path, "/labels/%.64s", k);
+            fe = (struct curvd_field_error){path,
+                                            "a key of 1 to 63 of [A-Za-z0-9_.-] and a string "
+                                            "value of at most 128 bytes",
+                                            NULL};
+            curvd_reply_problem(rp, rq, CURVD_R_INVALID_LABELS, &fe, 1, "bad label '%.64s'", k);
+            return -1;
+        }
+    }
+    *labels_text = json_dumps(l, JSON_COMPACT | JSON_SORT_KEYS);
+    if (!*labels_text) {
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* A session's name and labels in its JSON: null and {} when none. */
+static void put_name_labels(json_t *j, const char *name, const char *labels)
+{
+    if (!j)
+        return;
+    json_object_set_new(j, "name", name ? json_string(name) : json_null());
+    json_t *l = labels ? json_loads(labels, 0, NULL) : NULL;
+    json_object_set_new(j, "labels", l ? l : json_object());
+}
+
+/* A session's own TTL in its JSON: seconds, or null for the default. */
+static void put_ttl(json_t *j, int has, int64_t ttl)
+{
+    if (j)
+        json_object_set_new(j, "idle_ttl_s", has ? json_integer((json_int_t)ttl) : json_null());
+}
+
 /* Persist a new optimizer under a fresh id (every part of its state),
  * keep it in memory and answer 201 with the session. Takes @o. */
+struct new_extra {
+    int has_ttl;
+    int64_t ttl;
+    const char *name, *labels;
+};
+
 static void register_new(struct curvd_server *srv, const struct curvd_req *rq,
-                         struct curvd_reply *rp, curv_opt *o)
+                         struct curvd_reply *rp, curv_opt *o, const struct new_extra *x)
 {
     char id[CURVD_ID_LEN + 1], err[256];
     json_t *meta = curvd_session_meta(o);
     char *meta_text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(17));
     long long step = (long long)curv_opt_steps(o);
     int64_t created = 0;
-    int st = curvd_svc_create(srv, rq->tenant, o, meta_text, id, &created, err, sizeof err);
+    int st = curvd_svc_create_ex(srv, rq->tenant, o, meta_text, x->has_ttl, x->ttl, x->name,
+                                 x->labels, id, &created, err, sizeof err);
     if (st == CURVD_SVC_NOMEM) {
         curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "%s", err);
     } else if (st != CURVD_STORE_OK) {
         curvd_reply_store_error(rp, rq, st, err);
     } else {
         json_t *s = curvd_session_json(id, meta_text, step, created, created, 0, NULL);
+        put_ttl(s, x->has_ttl, x->ttl);
+        put_name_labels(s, x->name, x->labels);
         snprintf(rp->location, sizeof rp->location, "/v1/sessions/%s", id);
         curvd_etag(rp->etag, sizeof rp->etag, step);
         curvd_reply_json(rp, 201, s);
@@ -75,7 +188,7 @@ static int check_budget(struct curvd_server *srv, const struct curvd_req *rq,
  * before anything is allocated. */
 static void create_within_budget(struct curvd_server *srv, const struct curvd_req *rq,
                                  struct curvd_reply *rp, curv_opt_kind kind, const curv_layout *l,
-                                 const curv_config *c)
+                                 const curv_config *c, const struct new_extra *x)
 {
     if (check_budget(srv, rq, rp, kind, l, c) != 0)
         return;
@@ -83,7 +196,7 @@ static void create_within_budget(struct curvd_server *srv, const struct curvd_re
     curv_error cerr;
     curv_status st = curv_opt_new(kind, l, c, &o, &cerr);
     if (st == CURV_OK)
-        register_new(srv, rq, rp, o);
+        register_new(srv, rq, rp, o, x);
     else
         reply_opt_refused(rp, rq, st, &cerr);
 }
@@ -103,12 +216,18 @@ CURVD_HANDLER(curvd_h_session_create)
     json_t *v;
     json_object_foreach(body, key, v)
     {
-        if (strcmp(key, "optimizer") && strcmp(key, "layout") && strcmp(key, "config"))
+        if (strcmp(key, "optimizer") && strcmp(key, "layout") && strcmp(key, "config") &&
+            strcmp(key, "idle_ttl_s") && strcmp(key, "name") && strcmp(key, "labels"))
             extra = key;
     }
+    int ttl_given = 0, has_ttl = 0, set_name = 0, set_labels = 0;
+    int64_t ttl = 0;
+    const char *name = NULL;
+    char *labels = NULL;
     if (extra) {
         snprintf(path, sizeof path, "/%.100s", extra);
-        fe = (struct curvd_field_error){path, "one of optimizer, layout, config", extra};
+        fe = (struct curvd_field_error){
+            path, "one of optimizer, layout, config, idle_ttl_s, name, labels", extra};
         curvd_reply_problem(rp, rq, CURVD_R_UNKNOWN_MEMBER, &fe, 1,
                             "unknown member \"%.100s\" in the session", extra);
     } else if (!opt_name || curv_opt_kind_parse(opt_name, &kind) != CURV_OK) {
@@ -122,9 +241,12 @@ CURVD_HANDLER(curvd_h_session_create)
     } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
                                             detail, sizeof detail))) {
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
-    } else {
-        create_within_budget(srv, rq, rp, kind, l, c);
+    } else if (ttl_from_json(rq, rp, body, &ttl_given, &has_ttl, &ttl) == 0 &&
+               name_labels_from_json(rq, rp, body, &set_name, &name, &set_labels, &labels) == 0) {
+        struct new_extra x = {has_ttl, ttl, name, labels};
+        create_within_budget(srv, rq, rp, kind, l, c, &x);
     }
+    free(labels);
     curv_config_free(c);
     curv_layout_free(l);
     json_decref(body);
@@ -163,7 +285,8 @@ CURVD_HANDLER(curvd_h_session_import)
     if (!c)
         curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
     else if (check_budget(srv, rq, rp, curv_opt_kind_of(o), curv_opt_layout(o), c) == 0) {
-        register_new(srv, rq, rp, o); /* takes o */
+        struct new_extra none = {0, 0, NULL, NULL};
+        register_new(srv, rq, rp, o, &none); /* takes o */
         o = NULL;
     }
     curv_config_free(c);
@@ -176,6 +299,8 @@ static json_t *session_json(struct curvd_server *srv, const struct curvd_session
     json_t *j =
         curvd_session_json(s->id, s->meta, (long long)s->step, (long long)s->created_at,
                            (long long)s->updated_at, (long long)s->last_step, s->last_report);
+    put_ttl(j, s->has_idle_ttl, s->idle_ttl_s);
+    put_name_labels(j, s->name, s->labels);
     long long step = 0;
     uint64_t seq = 0;
     if (j && curvd_registry_pending(srv->reg, s->id, &step, &seq)) {
@@ -216,9 +341,29 @@ CURVD_HANDLER(curvd_h_session_list)
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_QUERY, &fe, 1, "bad page_size");
         return;
     }
+    /* label=key=value: the sessions with that label. */
+    const char *label = curvd_req_query(rq, "label");
+    char key[CURVD_LABEL_KEY_MAX + 1] = "";
+    const char *value = NULL;
+    if (label) {
+        const char *eq = strchr(label, '=');
+        size_t kn = eq ? (size_t)(eq - label) : 0;
+        if (kn >= 1 && kn <= CURVD_LABEL_KEY_MAX) {
+            memcpy(key, label, kn);
+            key[kn] = '\0';
+            value = eq + 1;
+        }
+        if (!value || !label_key_ok(key)) {
+            struct curvd_field_error fe = {"label", "key=value, the key 1 to 63 of [A-Za-z0-9_.-]",
+                                           label};
+            curvd_reply_problem(rp, rq, CURVD_R_INVALID_QUERY, &fe, 1, "bad label filter");
+            return;
+        }
+    }
     struct curvd_session_list list = {0};
     char err[256];
-    int st = curvd_store_list(srv->store, rq->tenant, (size_t)size, token, &list, err, sizeof err);
+    int st = curvd_store_list_labeled(srv->store, rq->tenant, (size_t)size, token,
+                                      value ? key : NULL, value, &list, err, sizeof err);
     if (st == CURVD_STORE_INVALID) {
         struct curvd_field_error fe = {"page_token", "a next_page_token from an earlier page",
                                        token};
@@ -287,10 +432,39 @@ CURVD_HANDLER(curvd_h_session_patch)
     curv_config *c = NULL;
     struct curvd_entry *e = NULL;
     enum curvd_reg_status rs = CURVD_REG_NOT_FOUND;
-    if (!json_object_get(body, "config") || json_object_size(body) != 1) {
+    int ttl_given = 0, has_ttl = 0, set_name = 0, set_labels = 0;
+    int64_t ttl = 0;
+    const char *name = NULL;
+    char *labels = NULL;
+    json_t *cfg = json_object_get(body, "config");
+    size_t members = (cfg != NULL) + (json_object_get(body, "idle_ttl_s") != NULL) +
+                     (json_object_get(body, "name") != NULL) +
+                     (json_object_get(body, "labels") != NULL);
+    if (members == 0 || json_object_size(body) != members) {
         fe = (struct curvd_field_error){"/config", "an object of hyperparameters", NULL};
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1,
-                            "the body must be {\"config\": {...}} and nothing else");
+                            "the body may hold config, idle_ttl_s, name and labels, at least one, "
+                            "and nothing else");
+    } else if (ttl_from_json(rq, rp, body, &ttl_given, &has_ttl, &ttl) != 0 ||
+               name_labels_from_json(rq, rp, body, &set_name, &name, &set_labels, &labels) != 0) {
+        /* answered */
+    } else if (!cfg) {
+        /* No config: no optimizer to take, a row to update. */
+        struct curvd_session s = {0};
+        int st = CURVD_STORE_OK;
+        if (ttl_given)
+            st = curvd_svc_set_idle_ttl(srv, rq->tenant, rq->param[0], has_ttl, ttl, err,
+                                        sizeof err);
+        if (st == CURVD_STORE_OK && (set_name || set_labels))
+            st = curvd_svc_set_name_labels(srv, rq->tenant, rq->param[0], set_name, name,
+                                           set_labels, labels, err, sizeof err);
+        if (st == CURVD_STORE_OK)
+            st = curvd_svc_get(srv, rq->tenant, rq->param[0], 0, &s, err, sizeof err);
+        if (st == CURVD_STORE_OK)
+            reply_row(srv, rp, &s, 200);
+        else
+            curvd_reply_store_error(rp, rq, st, err);
+        curvd_session_clear(&s);
     } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
                                             detail, sizeof detail))) {
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
@@ -316,6 +490,11 @@ CURVD_HANDLER(curvd_h_session_patch)
         } else {
             int st = reconfigure_durably(srv, rq, e, before, before_len, &bytes, err, sizeof err);
             struct curvd_session s = {0};
+            if (st == CURVD_STORE_OK && ttl_given)
+                st = curvd_svc_set_idle_ttl(srv, rq->tenant, e->id, has_ttl, ttl, err, sizeof err);
+            if (st == CURVD_STORE_OK && (set_name || set_labels))
+                st = curvd_svc_set_name_labels(srv, rq->tenant, e->id, set_name, name, set_labels,
+                                               labels, err, sizeof err);
             if (st == CURVD_STORE_OK)
                 st = curvd_store_get(srv->store, rq->tenant, e->id, 0, &s, err, sizeof err);
             if (st == CURVD_STORE_OK)
@@ -330,6 +509,7 @@ CURVD_HANDLER(curvd_h_session_patch)
         curv_free(before);
         curvd_svc_give_back(srv, e, bytes);
     }
+    free(labels);
     curv_config_free(c);
     json_decref(body);
 }

@@ -48,6 +48,8 @@
     X(INVALID_LAYOUT, 400, INVALID_LAYOUT, "Invalid layout")                                       \
     X(INVALID_CONFIG, 400, INVALID_CONFIG, "Invalid configuration")                                \
     X(INVALID_QUERY, 400, INVALID_QUERY, "Invalid query parameter")                                \
+    X(INVALID_TTL, 400, INVALID_TTL, "Invalid idle TTL")                                           \
+    X(INVALID_LABELS, 400, INVALID_LABELS, "Invalid name or labels")                               \
     X(INVALID_STATE, 400, INVALID_STATE, "Invalid state blob")                                     \
     X(INVALID_STATE_NOMEM, 503, INVALID_STATE, "Out of memory loading a state blob")               \
     X(STATE_TOO_LARGE, 422, STATE_TOO_LARGE, "Session over the memory budget")                     \

@@ -31,7 +31,14 @@ struct curvd_metrics {
     atomic_ullong bytes_in, bytes_out;
     atomic_ullong steps[CURV_OPT_KIND_COUNT];
     atomic_ullong callbacks[CURV_OPT_KIND_COUNT];
+    atomic_ullong expired;
 };
+
+void curvd_metrics_expired(struct curvd_metrics *m, size_t n)
+{
+    if (m)
+        atomic_fetch_add(&m->expired, (unsigned long long)n);
+}
 
 struct curvd_metrics *curvd_metrics_new(void)
 {
@@ -160,6 +167,11 @@ char *curvd_metrics_render(const struct curvd_metrics *m, size_t heavy_inflight,
         "curvd_http_bytes_total{direction=\"in\"} %llu\n"
         "curvd_http_bytes_total{direction=\"out\"} %llu\n",
         atomic_load(&m->bytes_in), atomic_load(&m->bytes_out));
+    put(&b,
+        "# HELP curvd_sessions_expired_total Sessions deleted for being idle past their TTL.\n"
+        "# TYPE curvd_sessions_expired_total counter\n"
+        "curvd_sessions_expired_total %llu\n",
+        (unsigned long long)atomic_load(&m->expired));
     put(&b, "# HELP curvd_steps_total Applied optimizer steps by optimizer.\n"
             "# TYPE curvd_steps_total counter\n");
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++)

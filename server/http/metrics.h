@@ -22,6 +22,8 @@ void curvd_metrics_request(struct curvd_metrics *m, size_t route, int status, do
                            size_t bytes_in, size_t bytes_out);
 /* One applied step of an optimizer of @kind. */
 void curvd_metrics_step(struct curvd_metrics *m, curv_opt_kind kind);
+/* @n sessions deleted for being idle past their TTL; NULL @m: no-op. */
+void curvd_metrics_expired(struct curvd_metrics *m, size_t n);
 /* One callback answered (a round trip of a multi-exchange step). */
 void curvd_metrics_callback(struct curvd_metrics *m, curv_opt_kind kind);
 

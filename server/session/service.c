@@ -3,10 +3,14 @@
 #include "session/service.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "http/metrics.h"
 
 /* Lend the daemon's workers to @o (srv->exec; NULL: none) for its
  * per-layer work; every optimizer the service holds came through here.
@@ -110,6 +114,13 @@ static void new_id(char out[CURVD_ID_LEN + 1])
 int curvd_svc_create(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
                      char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen)
 {
+    return curvd_svc_create_ex(srv, tenant, o, meta, 0, 0, NULL, NULL, id, created, err, errlen);
+}
+
+int curvd_svc_create_ex(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
+                        int has_ttl, int64_t ttl_s, const char *name, const char *labels,
+                        char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen)
+{
     unsigned char *blob = NULL;
     curv_state_part *parts = NULL;
     size_t len = 0, n_parts = 0;
@@ -127,7 +138,11 @@ int curvd_svc_create(struct curvd_server *srv, const char *tenant, curv_opt *o, 
         .optimizer = curv_opt_kind_name(curv_opt_kind_of(o)),
         .meta = meta,
         .step = (int64_t)curv_opt_steps(o),
-        .state = {.blob = blob, .len = len, .parts = parts, .n_parts = n_parts}};
+        .state = {.blob = blob, .len = len, .parts = parts, .n_parts = n_parts},
+        .has_idle_ttl = has_ttl,
+        .idle_ttl_s = ttl_s,
+        .name = name,
+        .labels = labels};
     int st = curvd_store_create(srv->store, &row, created, err, errlen);
     struct curvd_committed committed = {NULL, 0};
     if (st == CURVD_STORE_OK)
@@ -224,4 +239,122 @@ void curvd_svc_commit_step(struct curvd_svc_commit *s)
     s->job = (struct curvd_commit_job){.item = {.tenant = s->tenant, .id = e->id, .c = &s->c},
                                        .done = step_committed};
     curvd_store_commit_submit(s->srv->store, &s->job);
+}
+
+/* Sessions expired per store transaction (the sweep repeats while full). */
+#define EXPIRE_BATCH 256
+
+static void drop_expired(void *ctx, const char *id)
+{
+    struct curvd_server *srv = ctx;
+    curvd_registry_drop(srv->reg, id);
+}
+
+long curvd_svc_expire(struct curvd_server *srv, int64_t now_ms, char *err, size_t errlen)
+{
+    long total = 0;
+    for (;;) {
+        size_t n = 0;
+        int st = curvd_store_expire(srv->store, now_ms, (int64_t)srv->cfg.idle_ttl_s, EXPIRE_BATCH,
+                                    drop_expired, srv, &n, err, errlen);
+        if (st != CURVD_STORE_OK)
+            return total ? total : -1;
+        curvd_metrics_expired(srv->metrics, n);
+        total += (long)n;
+        if (n < EXPIRE_BATCH)
+            return total;
+    }
+}
+
+int curvd_svc_set_idle_ttl(struct curvd_server *srv, const char *tenant, const char *id, int has,
+                           int64_t ttl_s, char *err, size_t errlen)
+{
+    return curvd_svc_valid_id(id)
+               ? curvd_store_set_idle_ttl(srv->store, tenant, id, has, ttl_s, err, errlen)
+               : CURVD_STORE_NOT_FOUND;
+}
+
+struct curvd_sweeper {
+    struct curvd_server *srv;
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* on CLOCK_MONOTONIC */
+    int stop;
+};
+
+static void *sweep(void *arg)
+{
+    struct curvd_sweeper *s = arg;
+    unsigned ms = s->srv->cfg.sweep_ms ? s->srv->cfg.sweep_ms : 1000;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        struct timespec at;
+        clock_gettime(CLOCK_MONOTONIC, &at);
+        at.tv_sec += ms / 1000;
+        at.tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (at.tv_nsec >= 1000000000L) {
+            at.tv_sec++;
+            at.tv_nsec -= 1000000000L;
+        }
+        while (!s->stop && pthread_cond_timedwait(&s->cv, &s->mu, &at) == 0)
+            ;
+        if (s->stop)
+            break;
+        pthread_mutex_unlock(&s->mu);
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        char err[256];
+        long n = curvd_svc_expire(s->srv, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, err,
+                                  sizeof err);
+        if (n < 0)
+            fprintf(stderr, "curvd: expiring idle sessions: %s\n", err);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+struct curvd_sweeper *curvd_sweeper_start(struct curvd_server *srv)
+{
+    struct curvd_sweeper *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->srv = srv;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&s->mu, NULL);
+    if (pthread_create(&s->th, NULL, sweep, s) != 0) {
+        pthread_cond_destroy(&s->cv);
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void curvd_sweeper_stop(struct curvd_sweeper *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->th, NULL);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+int curvd_svc_set_name_labels(struct curvd_server *srv, const char *tenant, const char *id,
+                              int set_name, const char *name, int set_labels, const char *labels,
+                              char *err, size_t errlen)
+{
+    return curvd_svc_valid_id(id)
+               ? curvd_store_set_name_labels(srv->store, tenant, id, set_name, name, set_labels,
+                                             labels, err, errlen)
+               : CURVD_STORE_NOT_FOUND;
 }

@@ -19,6 +19,15 @@
 #include "session/registry.h"
 #include "store/store.h"
 
+/* A session's name and label values: at most this many bytes; labels at
+ * most CURVD_LABELS_MAX, keys at most CURVD_LABEL_KEY_MAX bytes. */
+#define CURVD_NAME_MAX 128
+#define CURVD_LABELS_MAX 32
+#define CURVD_LABEL_KEY_MAX 63
+
+/* The largest idle TTL a session may ask for: 100 years of seconds. */
+#define CURVD_MAX_IDLE_TTL_S 3153600000LL
+
 /* What curvd_svc_create returns when the state could not even be saved. */
 #define CURVD_SVC_NOMEM (-1)
 
@@ -60,11 +69,43 @@ void curvd_svc_abandon(struct curvd_server *srv, struct curvd_entry *e);
 int curvd_svc_create(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
                      char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen);
 
+/* curvd_svc_create_ex - curvd_svc_create with the session's own idle TTL
+ * (@has_ttl 0: none, the daemon's default applies), @name and @labels
+ * (JSON text; either may be NULL). */
+int curvd_svc_create_ex(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
+                        int has_ttl, int64_t ttl_s, const char *name, const char *labels,
+                        char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen);
+
+/* curvd_svc_set_name_labels - set session @id's name and/or labels (see
+ * curvd_store_set_name_labels). Returns the store's status. */
+int curvd_svc_set_name_labels(struct curvd_server *srv, const char *tenant, const char *id,
+                              int set_name, const char *name, int set_labels, const char *labels,
+                              char *err, size_t errlen);
+
 /* curvd_svc_delete - delete session @id of @tenant from the store, then
  * from memory. Returns the store's status (NOT_FOUND for an id that is
  * not one). */
 int curvd_svc_delete(struct curvd_server *srv, const char *tenant, const char *id, char *err,
                      size_t errlen);
+
+/*
+ * curvd_svc_expire - delete every session idle at @now_ms (unix ms: the
+ * caller's clock, a fake one in tests) past its own TTL or the daemon's
+ * --idle-ttl, from the store and then from memory, and count them in
+ * /metrics. Return: the number deleted, or -1 (the store failed; @err).
+ */
+long curvd_svc_expire(struct curvd_server *srv, int64_t now_ms, char *err, size_t errlen);
+
+/* curvd_svc_set_idle_ttl - set session @id's own TTL (@has 0: back to the
+ * daemon's default). Returns the store's status. */
+int curvd_svc_set_idle_ttl(struct curvd_server *srv, const char *tenant, const char *id, int has,
+                           int64_t ttl_s, char *err, size_t errlen);
+
+/* curvd_sweeper_start - a thread that calls curvd_svc_expire with the
+ * wall clock every cfg.sweep_ms; NULL when it cannot start.
+ * curvd_sweeper_stop - stop and free it (NULL: no-op). */
+struct curvd_sweeper *curvd_sweeper_start(struct curvd_server *srv);
+void curvd_sweeper_stop(struct curvd_sweeper *s);
 
 /*
  * curvd_svc_reconfigured - commit @e's optimizer, reconfigured in memory

@@ -48,18 +48,20 @@ enum stmt_id {
  * step's number and report, by a join that never reads a reply's body. */
 #define SESSION_READ                                                                               \
     "SELECT s.id, s.tenant, s.optimizer, s.meta, s.created_at, s.updated_at, s.step,"              \
-    " r.step, r.report"
+    " r.step, r.report, s.idle_ttl_s, s.name, s.labels"
+/* The list's label filter: ?5 a JSON path '$."key"' (NULL: none), ?6 the value. */
+#define LABEL_MATCH " AND (?5 IS NULL OR json_extract(s.labels, ?5) IS ?6)"
 #define SESSION_FROM " FROM sessions AS s LEFT JOIN step_responses AS r ON r.session_id = s.id"
 
 /* The state lives in state_parts (migration 0003); sessions.state stays
  * an empty blob. */
 static const char *const stmt_sql[S_COUNT_] = {
-    [S_INSERT] = "INSERT INTO sessions (" SESSION_COLS ", state)"
-                 " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, x'')",
+    [S_INSERT] = "INSERT INTO sessions (" SESSION_COLS ", state, idle_ttl_s, name, labels)"
+                 " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, x'', ?7, ?8, ?9)",
     [S_GET] = SESSION_READ SESSION_FROM " WHERE s.id = ?1 AND s.tenant = ?2",
-    [S_LIST_FIRST] = SESSION_READ SESSION_FROM " WHERE s.tenant = ?2"
+    [S_LIST_FIRST] = SESSION_READ SESSION_FROM " WHERE s.tenant = ?2" LABEL_MATCH
                                                " ORDER BY s.created_at, s.id LIMIT ?3",
-    [S_LIST_AFTER] = SESSION_READ SESSION_FROM " WHERE s.tenant = ?2"
+    [S_LIST_AFTER] = SESSION_READ SESSION_FROM " WHERE s.tenant = ?2" LABEL_MATCH
                                                " AND (s.created_at, s.id) > (?4, ?1)"
                                                " ORDER BY s.created_at, s.id LIMIT ?3",
     [S_DELETE] = "DELETE FROM sessions WHERE id = ?1 AND tenant = ?2",
@@ -651,6 +653,24 @@ int curvd_store_set_busy_timeout(struct curvd_store *st, int ms, char *err, size
     return status;
 }
 
+void curvd_store_wal(struct curvd_store *st, struct curvd_store_wal *out)
+{
+    struct curvd_ckpt_stats k;
+    curvd_checkpointer_stats(st ? st->ckpt : NULL, &k);
+    out->rounds = k.rounds;
+    out->passes = k.passes;
+    out->truncations = k.truncations;
+    out->bound_bytes = k.bound_bytes;
+    out->inline_tries = k.inline_tries;
+    out->inline_done = k.inline_done;
+}
+
+void curvd_store_checkpoint_soon(struct curvd_store *st)
+{
+    if (st)
+        curvd_checkpointer_kick(st->ckpt);
+}
+
 int curvd_store_info(struct curvd_store *st, struct curvd_store_info *out, char *err, size_t errlen)
 {
     if (!st || !out)
@@ -677,7 +697,7 @@ int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s
                        int64_t *created_at, char *err, size_t errlen)
 {
     if (!st || !s || !s->id || !s->tenant || !s->optimizer || s->step < 0 ||
-        !valid_state(&s->state))
+        !valid_state(&s->state) || (s->has_idle_ttl && s->idle_ttl_s < 0))
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_create: invalid argument");
     int64_t now = now_ms();
     /* A new session has nothing stored: every part is written. */
@@ -687,6 +707,14 @@ int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = st->stmt[S_INSERT];
     int rc = bind(q, "ttttii", s->id, s->tenant, s->optimizer, s->meta, now, s->step);
+    if (rc == SQLITE_OK)
+        rc = s->has_idle_ttl ? sqlite3_bind_int64(q, 7, s->idle_ttl_s) : sqlite3_bind_null(q, 7);
+    if (rc == SQLITE_OK)
+        rc =
+            s->name ? sqlite3_bind_text(q, 8, s->name, -1, SQLITE_STATIC) : sqlite3_bind_null(q, 8);
+    if (rc == SQLITE_OK)
+        rc = s->labels ? sqlite3_bind_text(q, 9, s->labels, -1, SQLITE_STATIC)
+                       : sqlite3_bind_null(q, 9);
     int status = rc == SQLITE_OK ? exec_sql(st, "BEGIN IMMEDIATE", err, errlen)
                                  : db_fail(st, rc, err, errlen, "binding a new session");
     if (status == CURVD_STORE_OK && (rc = sqlite3_step(q)) != SQLITE_DONE) {
@@ -714,7 +742,8 @@ static int read_session(sqlite3_stmt *q, struct curvd_session *o)
 {
     memset(o, 0, sizeof *o);
     if (dup_text(q, 0, &o->id) || dup_text(q, 1, &o->tenant) || dup_text(q, 2, &o->optimizer) ||
-        dup_text(q, 3, &o->meta) || dup_text(q, 8, &o->last_report)) {
+        dup_text(q, 3, &o->meta) || dup_text(q, 8, &o->last_report) || dup_text(q, 10, &o->name) ||
+        dup_text(q, 11, &o->labels)) {
         curvd_session_clear(o);
         return -1;
     }
@@ -722,6 +751,8 @@ static int read_session(sqlite3_stmt *q, struct curvd_session *o)
     o->updated_at = sqlite3_column_int64(q, 5);
     o->step = sqlite3_column_int64(q, 6);
     o->last_step = sqlite3_column_int64(q, 7);
+    o->has_idle_ttl = sqlite3_column_type(q, 9) != SQLITE_NULL;
+    o->idle_ttl_s = o->has_idle_ttl ? sqlite3_column_int64(q, 9) : 0;
     return 0;
 }
 
@@ -856,8 +887,21 @@ int curvd_store_list(struct curvd_store *st, const char *tenant, size_t page_siz
                      const char *page_token, struct curvd_session_list *out, char *err,
                      size_t errlen)
 {
-    if (!st || !tenant || !out || page_size < 1 || page_size > CURVD_STORE_MAX_PAGE)
+    return curvd_store_list_labeled(st, tenant, page_size, page_token, NULL, NULL, out, err,
+                                    errlen);
+}
+
+int curvd_store_list_labeled(struct curvd_store *st, const char *tenant, size_t page_size,
+                             const char *page_token, const char *label_key, const char *label_value,
+                             struct curvd_session_list *out, char *err, size_t errlen)
+{
+    if (!st || !tenant || !out || page_size < 1 || page_size > CURVD_STORE_MAX_PAGE ||
+        (label_key &&
+         (!label_value || !*label_key || strlen(label_key) > 200 || strpbrk(label_key, "\"\\"))))
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_list: invalid argument");
+    char path[256] = "";
+    if (label_key)
+        snprintf(path, sizeof path, "$.\"%s\"", label_key);
     int64_t after_time = 0;
     char *after_id = NULL;
     int after = page_token && *page_token;
@@ -871,6 +915,8 @@ int curvd_store_list(struct curvd_store *st, const char *tenant, size_t page_siz
     sqlite3_stmt *q = st->stmt[after ? S_LIST_AFTER : S_LIST_FIRST];
     int rc = after ? bind(q, "ttii", after_id, tenant, (int64_t)page_size + 1, after_time)
                    : bind(q, "-ti", tenant, (int64_t)page_size + 1);
+    if (rc == SQLITE_OK)
+        rc = bind(q, "----tt", label_key ? path : NULL, label_key ? label_value : NULL);
     int status = rc == SQLITE_OK ? list_rows(st, q, page_size, &l, err, errlen)
                                  : db_fail(st, rc, err, errlen, "binding a page key");
     done(q);
@@ -1164,6 +1210,8 @@ void curvd_session_clear(struct curvd_session *s)
     sqlite3_free(s->state);
     sqlite3_free(s->parts);
     sqlite3_free(s->last_report);
+    sqlite3_free(s->name);
+    sqlite3_free(s->labels);
     memset(s, 0, sizeof *s);
 }
 
@@ -1186,4 +1234,113 @@ void curvd_step_response_clear(struct curvd_step_response *r)
     sqlite3_free(r->report);
     sqlite3_free(r->body);
     memset(r, 0, sizeof *r);
+}
+
+int curvd_store_set_idle_ttl(struct curvd_store *st, const char *tenant, const char *id, int has,
+                             int64_t ttl_s, char *err, size_t errlen)
+{
+    if (!st || !tenant || !id || (has && ttl_s < 0))
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_set_idle_ttl: invalid argument");
+    sqlite3_mutex_enter(st->mu);
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(st->db,
+                                "UPDATE sessions SET idle_ttl_s = ?3, updated_at = ?4"
+                                " WHERE id = ?1 AND tenant = ?2",
+                                -1, &q, NULL);
+    if (rc == SQLITE_OK)
+        rc = bind(q, "tt", id, tenant);
+    if (rc == SQLITE_OK)
+        rc = has ? sqlite3_bind_int64(q, 3, ttl_s) : sqlite3_bind_null(q, 3);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(q, 4, now_ms());
+    int status = rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, "setting a TTL");
+    if (status == CURVD_STORE_OK && (rc = sqlite3_step(q)) != SQLITE_DONE)
+        status = db_fail(st, rc, err, errlen, "setting a TTL");
+    if (status == CURVD_STORE_OK && sqlite3_changes(st->db) == 0)
+        status = fail(err, errlen, CURVD_STORE_NOT_FOUND, "no session %s", id);
+    (void)sqlite3_finalize(q);
+    sqlite3_mutex_leave(st->mu);
+    return status;
+}
+
+int curvd_store_expire(struct curvd_store *st, int64_t now, int64_t default_ttl_s, size_t max,
+                       void (*each)(void *ctx, const char *id), void *ctx, size_t *count, char *err,
+                       size_t errlen)
+{
+    if (!st || max == 0 || default_ttl_s < 0)
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_expire: invalid argument");
+    char **ids = sqlite3_malloc64(max * sizeof *ids);
+    if (!ids)
+        return no_memory(err, errlen);
+    size_t n = 0;
+    sqlite3_mutex_enter(st->mu);
+    sqlite3_stmt *q = NULL;
+    /* One transaction: a step that commits first moves updated_at, and
+     * its session is no longer idle; one that commits after finds none. */
+    int status = exec_sql(st, "BEGIN IMMEDIATE", err, errlen);
+    int rc = SQLITE_OK;
+    if (status == CURVD_STORE_OK) {
+        rc = sqlite3_prepare_v2(
+            st->db,
+            "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions"
+            " WHERE coalesce(idle_ttl_s, ?2) > 0 AND updated_at + 1000 * coalesce(idle_ttl_s, ?2)"
+            " <= ?1 LIMIT ?3) RETURNING id",
+            -1, &q, NULL);
+        if (rc == SQLITE_OK)
+            rc = bind(q, "iii", now, default_ttl_s, (int64_t)max);
+        if (rc != SQLITE_OK)
+            status = db_fail(st, rc, err, errlen, "expiring sessions");
+    }
+    while (status == CURVD_STORE_OK && (rc = sqlite3_step(q)) == SQLITE_ROW && n < max) {
+        if (dup_text(q, 0, &ids[n]) != 0)
+            status = no_memory(err, errlen);
+        else
+            n++;
+    }
+    if (status == CURVD_STORE_OK && rc != SQLITE_DONE && rc != SQLITE_ROW)
+        status = db_fail(st, rc, err, errlen, "expiring sessions");
+    (void)sqlite3_finalize(q);
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st, "COMMIT", err, errlen);
+    if (status != CURVD_STORE_OK)
+        rollback(st);
+    sqlite3_mutex_leave(st->mu);
+    for (size_t i = 0; i < n; i++) {
+        if (status == CURVD_STORE_OK && each)
+            each(ctx, ids[i]);
+        sqlite3_free(ids[i]);
+    }
+    sqlite3_free(ids);
+    if (count)
+        *count = status == CURVD_STORE_OK ? n : 0;
+    return status;
+}
+
+int curvd_store_set_name_labels(struct curvd_store *st, const char *tenant, const char *id,
+                                int set_name, const char *name, int set_labels, const char *labels,
+                                char *err, size_t errlen)
+{
+    if (!st || !tenant || !id || (!set_name && !set_labels))
+        return fail(err, errlen, CURVD_STORE_INVALID,
+                    "curvd_store_set_name_labels: invalid argument");
+    sqlite3_mutex_enter(st->mu);
+    sqlite3_stmt *q = NULL;
+    /* ?5 / ?6: whether to set each; the other keeps its value. */
+    int rc = sqlite3_prepare_v2(st->db,
+                                "UPDATE sessions SET name = CASE WHEN ?5 THEN ?3 ELSE name END,"
+                                " labels = CASE WHEN ?6 THEN ?4 ELSE labels END, updated_at = ?7"
+                                " WHERE id = ?1 AND tenant = ?2",
+                                -1, &q, NULL);
+    if (rc == SQLITE_OK)
+        rc = bind(q, "ttttiii", id, tenant, name, labels, (int64_t)(set_name != 0),
+                  (int64_t)(set_labels != 0), now_ms());
+    int status =
+        rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, "setting a name or labels");
+    if (status == CURVD_STORE_OK && (rc = sqlite3_step(q)) != SQLITE_DONE)
+        status = db_fail(st, rc, err, errlen, "setting a name or labels");
+    if (status == CURVD_STORE_OK && sqlite3_changes(st->db) == 0)
+        status = fail(err, errlen, CURVD_STORE_NOT_FOUND, "no session %s", id);
+    (void)sqlite3_finalize(q);
+    sqlite3_mutex_leave(st->mu);
+    return status;
 }

@@ -102,6 +102,10 @@ struct curvd_session {
     size_t n_parts;
     int64_t last_step;
     char *last_report;
+    int has_idle_ttl;   /* 0: the daemon's default applies */
+    int64_t idle_ttl_s; /* with has_idle_ttl: seconds, 0 never expires */
+    char *name;         /* or NULL */
+    char *labels;       /* a JSON object of strings, or NULL */
 };
 
 /* curvd_session_clear - free what @s owns and zero it; NULL is a no-op. */
@@ -149,6 +153,10 @@ struct curvd_session_new {
     const char *meta;
     int64_t step;
     struct curvd_state_in state;
+    int has_idle_ttl;   /* 0: none of its own (the daemon's default applies) */
+    int64_t idle_ttl_s; /* with has_idle_ttl: seconds, >= 0; 0 never expires */
+    const char *name;   /* or NULL */
+    const char *labels; /* a JSON object of strings (checked by the caller), or NULL */
 };
 
 /*
@@ -231,6 +239,53 @@ void curvd_store_close(struct curvd_store *st);
  * connection's write lock; 0 fails at once. Return: OK; INVALID (NULL or
  * negative); ERROR. */
 int curvd_store_set_busy_timeout(struct curvd_store *st, int ms, char *err, size_t errlen);
+
+/* curvd_store_wal - what the checkpointer did: rounds, PASSIVE passes,
+ * WAL truncations, and the WAL bound in bytes at the last round (see
+ * store/checkpoint.h for the bound). */
+struct curvd_store_wal {
+    unsigned long long rounds, passes, truncations;
+    long long bound_bytes;
+    unsigned inline_tries, inline_done; /* by the committing thread */
+};
+void curvd_store_wal(struct curvd_store *st, struct curvd_store_wal *out);
+
+/* curvd_store_checkpoint_soon - ask the checkpointer for a round now
+ * (it runs on its thread; this returns at once). */
+void curvd_store_checkpoint_soon(struct curvd_store *st);
+
+/* curvd_store_list_labeled - curvd_store_list() of the sessions whose
+ * labels hold @label_key = @label_value (@label_key NULL: all; it may not
+ * contain '"' or '\\'). Return as curvd_store_list(). */
+int curvd_store_list_labeled(struct curvd_store *st, const char *tenant, size_t page_size,
+                             const char *page_token, const char *label_key, const char *label_value,
+                             struct curvd_session_list *out, char *err, size_t errlen);
+
+/* curvd_store_set_name_labels - set session @id's name (if @set_name;
+ * NULL clears it) and labels (if @set_labels; JSON text checked by the
+ * caller, NULL clears them), and stamp updated_at.
+ * Return: OK; NOT_FOUND; INVALID; ERROR. */
+int curvd_store_set_name_labels(struct curvd_store *st, const char *tenant, const char *id,
+                                int set_name, const char *name, int set_labels, const char *labels,
+                                char *err, size_t errlen);
+
+/* curvd_store_set_idle_ttl - set session @id's idle TTL (@has 0: none
+ * of its own, the daemon's default applies) and stamp updated_at.
+ * Return: OK; NOT_FOUND; INVALID; ERROR. */
+int curvd_store_set_idle_ttl(struct curvd_store *st, const char *tenant, const char *id, int has,
+                             int64_t ttl_s, char *err, size_t errlen);
+
+/*
+ * curvd_store_expire - delete, in one transaction, at most @max sessions
+ * idle at @now (unix ms; the caller's clock): those whose updated_at +
+ * TTL <= @now, the TTL being the session's own or else @default_ttl_s
+ * (0: off); a TTL of 0 never expires. Then @each(@ctx, id) for each (may
+ * be NULL), and their number in *@count.
+ * Return: OK; INVALID; BUSY; ERROR.
+ */
+int curvd_store_expire(struct curvd_store *st, int64_t now, int64_t default_ttl_s, size_t max,
+                       void (*each)(void *ctx, const char *id), void *ctx, size_t *count, char *err,
+                       size_t errlen);
 
 /* curvd_store_info - the effective settings, for the start-up log. */
 struct curvd_store_info {

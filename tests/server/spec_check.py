@@ -641,6 +641,13 @@ def scenario(ck, d):
 
     # Bad creates.
     good_create = {"optimizer": "sgd", "layout": LAYOUT}
+    # (counted with conv and fat in the listing below)
+    ttl = c(d, "createSession", "POST", "/v1/sessions", ctype=J, expect=201, note="idle TTL",
+            body=dict(good_create, idle_ttl_s=86400, name="a run", labels={"run": "x"}))
+    if ttl is not None and (not ttl.json or ttl.json.get("idle_ttl_s") != 86400):
+        ck.failures.append("createSession idle TTL: idle_ttl_s not echoed")
+    c(d, "createSession", "POST", "/v1/sessions", ctype=J, expect=400, note="TTL not a number",
+      body=dict(good_create, idle_ttl_s="1h"))
     c(d, "createSession", "POST", "/v1/sessions", ctype="text/plain", body=good_create,
       expect=415, note="wrong Content-Type")
     c(d, "createSession", "POST", "/v1/sessions", body=good_create, expect=415,
@@ -683,10 +690,10 @@ def scenario(ck, d):
         token = r.json.get("next_page_token")
         if not token:
             break
-    if len(seen) != len(set(seen)) or len(seen) != total or total != len(ids) + 2:
+    if len(seen) != len(set(seen)) or len(seen) != total or total != len(ids) + 3:
         ck.fail("listSessions pagination", None,
                 f"pages gave {len(seen)} ids ({len(set(seen))} distinct), one page {total}, "
-                f"created {len(ids) + 2}")
+                f"created {len(ids) + 3}")
     for q, note in (("page_size=0", "page_size 0"), ("page_size=1001", "page_size 1001"),
                     ("page_size=ten", "page_size not a number"),
                     ("page_token=not-a-token", "bad page_token")):
@@ -774,6 +781,21 @@ def scenario(ck, d):
       note="out of range")
     c(d, "patchSession", "PATCH", missing, ctype=J, body={"config": {"lr": 0.05}}, expect=404,
       note="unknown id")
+    c(d, "patchSession", "PATCH", base, ctype=J, body={"idle_ttl_s": 3600}, expect=200,
+      note="idle TTL alone")
+    c(d, "patchSession", "PATCH", base, ctype=J, body={"config": {"lr": 0.04}, "idle_ttl_s": None},
+      expect=200, note="config and the default TTL")
+    c(d, "patchSession", "PATCH", base, ctype=J, body={"idle_ttl_s": -1}, expect=400,
+      note="negative TTL")
+    c(d, "patchSession", "PATCH", base, ctype=J,
+      body={"name": "run 7", "labels": {"run": "exp-7", "team": "a"}}, expect=200,
+      note="name and labels")
+    c(d, "patchSession", "PATCH", base, ctype=J, body={"labels": {"bad key": "x"}}, expect=400,
+      note="bad label key")
+    c(d, "listSessions", "GET", "/v1/sessions?label=run=exp-7", expect=200, note="by label")
+    c(d, "listSessions", "GET", "/v1/sessions?label=noequals", expect=400, note="bad label filter")
+    c(d, "patchSession", "PATCH", missing, ctype=J, body={"idle_ttl_s": 0}, expect=404,
+      note="TTL of an unknown id")
     c(d, "patchSession", "PATCH", base, ctype="text/plain", body={"config": {"lr": 0.05}},
       expect=415, note="wrong Content-Type")
     big_patch = json.dumps({"config": {"lr": 0.05, "pad": "x" * MAX_BODY}}).encode()

@@ -105,8 +105,9 @@ typedef struct curvc_block {
  * @config_json: hyperparameters as a JSON object text ("{\"lr\": 0.1}"), or NULL.
  * Return: CURVC_OK and *@out; CURVC_E_PROBLEM (unknown optimizer, bad
  * layout or config: @err names the field), CURVC_E_TRANSPORT, ...
- * Ownership: free *@out with curvc_session_free() (the session stays on
- * the daemon; curvc_session_delete() removes it).
+ * Ownership: end *@out with curvc_session_close(), which deletes the
+ * session on the daemon (unless curvc_session_set_keep()), or with
+ * curvc_session_free(), which leaves it there.
  */
 curvc_status curvc_session_create(curvc_client *c, const char *optimizer, const curvc_block *blocks,
                                   size_t n_blocks, const char *config_json, curvc_session **out,
@@ -120,7 +121,22 @@ curvc_status curvc_session_create(curvc_client *c, const char *optimizer, const 
 curvc_status curvc_session_open(curvc_client *c, const char *id, curvc_session **out,
                                 curvc_error *err);
 
+/* curvc_session_free - free @s; the session stays on the daemon. */
 void curvc_session_free(curvc_session *s);
+
+/* curvc_session_close - delete the session on the daemon if this client
+ * created or imported it and it is not kept (a 404: already deleted or
+ * expired, is not an error), then free @s, whatever the outcome. A
+ * session opened by id is kept. NULL is a no-op. */
+curvc_status curvc_session_close(curvc_session *s, curvc_error *err);
+
+/* curvc_session_set_keep - whether curvc_session_close() leaves the
+ * session on the daemon (1) or deletes it (0). */
+void curvc_session_set_keep(curvc_session *s, int keep);
+
+/* curvc_session_set_idle_ttl - the daemon deletes the session @seconds
+ * after its last write (0: never; -1: the daemon's --idle-ttl). */
+curvc_status curvc_session_set_idle_ttl(curvc_session *s, long long seconds, curvc_error *err);
 
 /* curvc_session_delete - delete the session on the daemon (@s stays valid
  * until curvc_session_free()). */

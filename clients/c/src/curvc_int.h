@@ -36,6 +36,7 @@ struct curvc_session {
     uint64_t steps;
     char *report; /* JSON text of the last step's report, or NULL */
     char *info;   /* the description the session was made from (JSON text) */
+    int keep;     /* curvc_session_close() leaves it on the daemon */
 };
 
 /* A growable byte buffer; on allocation failure it stays failed (oom). */

@@ -41,6 +41,8 @@ static const struct {
     {"INVALID_LAYOUT", 0},
     {"INVALID_CONFIG", 0},
     {"INVALID_QUERY", 0},
+    {"INVALID_TTL", 0},
+    {"INVALID_LABELS", 0},
     {"INVALID_STATE", 0},
     {"STATE_TOO_LARGE", 0},
     {"SESSION_BUSY", CURVC__RETRY},

@@ -59,6 +59,7 @@ static curvc_status session_from(curvc_client *c, const struct curvc_reply *r, c
         return curvc__fail(err, CURVC_E_NOMEM, "out of memory");
     }
     s->client = c;
+    s->keep = 1; /* opened by id: not this client's to delete */
     st = read_layout(s, info, err);
     json_decref(info);
     s->info = st == CURVC_OK ? malloc(r->json_len + 1) : NULL;
@@ -134,6 +135,8 @@ curvc_status curvc_session_create(curvc_client *c, const char *optimizer, const 
                             : curvc__request(c, "POST", "/v1/sessions", b.p, b.len, 0, 0, &r, err);
     if (st == CURVC_OK)
         st = session_from(c, &r, out, err);
+    if (st == CURVC_OK)
+        (*out)->keep = 0; /* created here: closed means deleted */
     curvc__buf_clear(&b);
     curvc__reply_clear(&r);
     return st;
@@ -176,6 +179,45 @@ curvc_status curvc_session_delete(curvc_session *s, curvc_error *err)
     snprintf(path, sizeof path, "/v1/sessions/%s", s->id);
     struct curvc_reply r = {0};
     curvc_status st = curvc__request(s->client, "DELETE", path, NULL, 0, 0, 1, &r, err);
+    curvc__reply_clear(&r);
+    return st;
+}
+
+void curvc_session_set_keep(curvc_session *s, int keep)
+{
+    if (s)
+        s->keep = keep != 0;
+}
+
+curvc_status curvc_session_close(curvc_session *s, curvc_error *err)
+{
+    if (!s)
+        return CURVC_OK;
+    curvc_status st = CURVC_OK;
+    if (!s->keep) {
+        curvc_error e;
+        st = curvc_session_delete(s, &e);
+        if (st == CURVC_E_PROBLEM && e.status == 404)
+            st = CURVC_OK; /* deleted or expired already */
+        if (st != CURVC_OK && err)
+            *err = e;
+    }
+    curvc_session_free(s);
+    return st;
+}
+
+curvc_status curvc_session_set_idle_ttl(curvc_session *s, long long seconds, curvc_error *err)
+{
+    if (!s || seconds < -1)
+        return curvc__fail(err, CURVC_E_INVALID, "curvc_session_set_idle_ttl: invalid argument");
+    char path[96], body[64];
+    snprintf(path, sizeof path, "/v1/sessions/%s", s->id);
+    if (seconds < 0)
+        snprintf(body, sizeof body, "{\"idle_ttl_s\":null}");
+    else
+        snprintf(body, sizeof body, "{\"idle_ttl_s\":%lld}", seconds);
+    struct curvc_reply r = {0};
+    curvc_status st = curvc__request(s->client, "PATCH", path, body, strlen(body), 0, 1, &r, err);
     curvc__reply_clear(&r);
     return st;
 }
@@ -240,6 +282,8 @@ curvc_status curvc_session_import(curvc_client *c, const void *blob, size_t len,
         curvc__request(c, "POST", "/v1/sessions:import", blob, len, CURVC__OCTETS, 0, &r, err);
     if (st == CURVC_OK)
         st = session_from(c, &r, out, err);
+    if (st == CURVC_OK)
+        (*out)->keep = 0;
     curvc__reply_clear(&r);
     return st;
 }

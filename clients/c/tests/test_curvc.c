@@ -62,6 +62,40 @@ static void test_session_lifecycle(void **state)
     curvc_client_free(c);
 }
 
+static void test_close_deletes_unless_kept(void **state)
+{
+    (void)state;
+    curvc_client *c = client();
+    curvc_error err;
+    curvc_session *s = create(c, "sgd", NULL), *opened = NULL, *again = NULL;
+    char id[40];
+    snprintf(id, sizeof id, "%s", curvc_session_id(s));
+    assert_int_equal(curvc_session_set_idle_ttl(s, 3600, &err), CURVC_OK);
+    assert_int_equal(curvc_session_set_idle_ttl(s, -1, &err), CURVC_OK);
+    /* Opened by id: closing it keeps the session. */
+    assert_int_equal(curvc_session_open(c, id, &opened, &err), CURVC_OK);
+    assert_int_equal(curvc_session_close(opened, &err), CURVC_OK);
+    assert_int_equal(curvc_session_open(c, id, &again, &err), CURVC_OK);
+    curvc_session_free(again);
+    again = NULL;
+    /* Created here: closing deletes it. */
+    assert_int_equal(curvc_session_close(s, &err), CURVC_OK);
+    assert_int_equal(curvc_session_open(c, id, &again, &err), CURVC_E_PROBLEM);
+    assert_int_equal(err.status, 404);
+    /* Kept: closing leaves it. */
+    s = create(c, "sgd", NULL);
+    snprintf(id, sizeof id, "%s", curvc_session_id(s));
+    curvc_session_set_keep(s, 1);
+    assert_int_equal(curvc_session_close(s, &err), CURVC_OK);
+    assert_int_equal(curvc_session_open(c, id, &again, &err), CURVC_OK);
+    /* Already deleted: closing is still OK. */
+    curvc_session_set_keep(again, 0);
+    assert_int_equal(curvc_session_delete(again, &err), CURVC_OK);
+    assert_int_equal(curvc_session_close(again, &err), CURVC_OK);
+    assert_int_equal(curvc_session_close(NULL, &err), CURVC_OK);
+    curvc_client_free(c);
+}
+
 static void test_sgd_update_is_exact_in_both_encodings(void **state)
 {
     (void)state;
@@ -444,6 +478,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_session_lifecycle),
+        cmocka_unit_test(test_close_deletes_unless_kept),
         cmocka_unit_test(test_sgd_update_is_exact_in_both_encodings),
         cmocka_unit_test(test_encodings_are_bit_identical),
         cmocka_unit_test(test_a_step_posted_twice_is_applied_once),

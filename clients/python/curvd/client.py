@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Optional
 from . import errors
 from .callbacks import ANSWER_MEMBER, Callback, CurvatureOracle, StepResult, compute_answer
 from .callbacks import check_answer_finite, finite_number, parse_step_reply
-from .errors import CallbackError, NoCallbackPending, ProtocolError, TransportError
+from .errors import CallbackError, NoCallbackPending, NotFound, ProtocolError, TransportError
 from .tensors import Writer, check_datatype, check_encoding
 
 _TRANSPORT_ERRORS = (OSError, http.client.HTTPException)  # socket.timeout is an OSError
@@ -185,21 +185,41 @@ class Client:
         except _TRANSPORT_ERRORS:
             return False
 
+    _DEFAULT = object()
+
     def create_session(self, optimizer: str, layout: List[dict],
-                       config: Optional[dict] = None) -> "Session":
+                       config: Optional[dict] = None, *, idle_ttl_s=_DEFAULT,
+                       name: Optional[str] = None, labels: Optional[Dict[str, str]] = None,
+                       keep: bool = False) -> "Session":
+        """A new session. idle_ttl_s: seconds after its last write that the
+        daemon deletes it (0: never; None: the daemon's --idle-ttl; left
+        out: the same). keep: whether Session.close() (and leaving a with
+        block) leaves it on the daemon; by default they delete it. name,
+        labels: free text and key/value strings (list_sessions(label=...))."""
         doc = {"optimizer": optimizer, "layout": layout}
         if config:
             doc["config"] = config
-        return Session(self, self._json("POST", "/v1/sessions", doc, idempotent=False))
+        if idle_ttl_s is not Client._DEFAULT:
+            doc["idle_ttl_s"] = idle_ttl_s
+        if name is not None:
+            doc["name"] = name
+        if labels:
+            doc["labels"] = labels
+        return Session(self, self._json("POST", "/v1/sessions", doc, idempotent=False),
+                       keep=keep)
 
     def session(self, session_id: str) -> "Session":
         return Session(self, self._json("GET", f"/v1/sessions/{session_id}"))
 
-    def list_sessions(self, page_size: int = 100) -> Iterator["Session"]:
-        """Every session of the caller, oldest first (follows the pages)."""
+    def list_sessions(self, page_size: int = 100,
+                      label: Optional[str] = None) -> Iterator["Session"]:
+        """Every session of the caller, oldest first (follows the pages);
+        label="key=value": only those with that label."""
         token = None
         while True:
             q = {"page_size": page_size}
+            if label is not None:
+                q["label"] = label
             if token:
                 q["page_token"] = token
             page = self._json("GET", "/v1/sessions?" + urllib.parse.urlencode(q))
@@ -217,6 +237,21 @@ class Client:
         return Session(self, self._json("PATCH", f"/v1/sessions/{session_id}",
                                         {"config": config}, headers=hdrs))
 
+    def set_idle_ttl(self, session_id: str, seconds: Optional[int]) -> "Session":
+        """The session's own idle TTL: seconds, 0 for never, None for the
+        daemon's default. Counts as use (the idle clock starts again)."""
+        return Session(self, self._json("PATCH", f"/v1/sessions/{session_id}",
+                                        {"idle_ttl_s": seconds}))
+
+    def set_labels(self, session_id: str, labels: Optional[Dict[str, str]] = None,
+                   name=_DEFAULT) -> "Session":
+        """Replace the session's labels (None or {}: none), and its name if
+        given (None clears it)."""
+        doc = {"labels": labels}
+        if name is not Client._DEFAULT:
+            doc["name"] = name
+        return Session(self, self._json("PATCH", f"/v1/sessions/{session_id}", doc))
+
     def delete_session(self, session_id: str) -> None:
         self.request("DELETE", f"/v1/sessions/{session_id}")
 
@@ -224,10 +259,10 @@ class Client:
         """The session's whole optimizer state as a portable blob."""
         return self.request("GET", f"/v1/sessions/{session_id}/state").body
 
-    def import_state(self, blob: bytes) -> "Session":
+    def import_state(self, blob: bytes, *, keep: bool = False) -> "Session":
         r = self.request("POST", "/v1/sessions:import", bytes(blob),
                          {"Content-Type": "application/octet-stream"}, idempotent=False)
-        return Session(self, r.json())
+        return Session(self, r.json(), keep=keep)
 
     # ---- steps -----------------------------------------------------------
 
@@ -332,12 +367,40 @@ class Session:
     """A session of the daemon: its description, and steps numbered for you.
 
     Attributes: id, optimizer, config (resolved), layout, dim, steps (the
-    completed step count), info (the daemon's whole description).
+    completed step count), idle_ttl_s (its own, or None for the daemon's
+    default), name, labels, info (the daemon's whole description), keep.
+
+    Lifetime: a session this client created or imported is deleted by
+    close() and at the end of a with block, unless keep is True (a
+    create_session/import_state argument, or set the attribute). One that
+    was looked up (Client.session, list_sessions) is kept: closing it only
+    forgets it. Sessions nobody deletes stay on the daemon until their
+    idle TTL, if any, runs out.
     """
 
-    def __init__(self, client: Client, info: dict):
+    def __init__(self, client: Client, info: dict, *, keep: bool = True):
         self.client = client
+        self.keep = keep
+        self.closed = False
         self._set(info)
+
+    def close(self) -> None:
+        """Delete the session on the daemon unless keep (once; an already
+        deleted or expired session is not an error)."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.keep:
+            try:
+                self.client.delete_session(self.id)
+            except NotFound:
+                pass
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _set(self, info: dict) -> None:
         self.info = info
@@ -347,6 +410,9 @@ class Session:
         self.layout = info.get("layout", [])
         self.dim = info.get("dim")
         self.steps = int(info.get("step", 0))
+        self.idle_ttl_s = info.get("idle_ttl_s")
+        self.name = info.get("name")
+        self.labels = info.get("labels") or {}
 
     def __repr__(self):
         return f"Session({self.id}, {self.optimizer}, steps={self.steps})"
@@ -368,5 +434,10 @@ class Session:
     def export_state(self) -> bytes:
         return self.client.export_state(self.id)
 
+    def set_idle_ttl(self, seconds: Optional[int]) -> "Session":
+        self._set(self.client.set_idle_ttl(self.id, seconds).info)
+        return self
+
     def delete(self) -> None:
         self.client.delete_session(self.id)
+        self.closed = True

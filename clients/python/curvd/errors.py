@@ -187,6 +187,8 @@ _BY_REASON = {
     "INVALID_LAYOUT": BadRequest,
     "INVALID_CONFIG": BadRequest,
     "INVALID_QUERY": BadRequest,
+    "INVALID_TTL": BadRequest,
+    "INVALID_LABELS": BadRequest,
     "INVALID_STATE": None,
     "STATE_TOO_LARGE": Unprocessable,
     "SESSION_BUSY": SessionBusy,

@@ -205,13 +205,15 @@ def train(method: Method, model: torch.nn.Module, sampler: Sampler, loss: str,
         status = f"failed at iteration {it + 1}: {e}"
     session = opt.session.id if opt.session is not None else None
     state_bytes = None
-    opt.close()
     if opt.session is not None:
         try:
             state_bytes = len(opt.session.export_state())  # what each step commits
-            opt.session.delete()  # frees the daemon's memory and database
         except curvd.CurvdError:
             pass
+    try:
+        opt.close()  # deletes the session: frees the daemon's memory and database
+    except curvd.CurvdError:
+        pass
     return RunResult(method, rows, status, seconds, it, session, state_bytes=state_bytes)
 
 

@@ -37,6 +37,46 @@ def test_session_lifecycle(client):
     assert e.value.status == 404 and e.value.reason == "NOT_FOUND"
 
 
+
+def test_name_and_labels(client):
+    with client.create_session("sgd", LAYOUT, name="run 1", labels={"run": "lbl-1"}) as a, \
+            client.create_session("sgd", LAYOUT, labels={"run": "lbl-2"}) as b:
+        assert a.name == "run 1" and a.labels == {"run": "lbl-1"} and b.name is None
+        assert [s.id for s in client.list_sessions(page_size=1, label="run=lbl-1")] == [a.id]
+        assert b.id in [s.id for s in client.list_sessions(label="run=lbl-2")]
+        c = client.set_labels(b.id, {"run": "lbl-1"}, name="renamed")
+        assert c.name == "renamed" and c.labels == {"run": "lbl-1"}
+        assert len(list(client.list_sessions(label="run=lbl-1"))) == 2
+        assert client.set_labels(b.id, None).labels == {} and client.session(b.id).name == "renamed"
+        with pytest.raises(curvd.BadRequest) as e:
+            client.set_labels(a.id, {"bad key": "x"})
+        assert e.value.reason == "INVALID_LABELS"
+
+
+def test_close_deletes_the_session_unless_kept(client):
+    with client.create_session("sgd", LAYOUT, {"lr": 0.5}, idle_ttl_s=3600) as s:
+        assert s.idle_ttl_s == 3600 and s.keep is False
+        s.step(grads(1))
+        assert s.set_idle_ttl(None).idle_ttl_s is None
+        assert client.set_idle_ttl(s.id, 0).idle_ttl_s == 0
+        looked_up = client.session(s.id)
+        looked_up.close()  # looked up: kept
+        assert client.session(s.id).steps == 1
+    with pytest.raises(curvd.NotFound):
+        client.session(s.id)
+    s.close()  # once only; no error
+    kept = client.create_session("sgd", LAYOUT, keep=True)
+    kept.close()
+    assert client.session(kept.id).idle_ttl_s is None
+    gone = client.create_session("sgd", LAYOUT)
+    gone.delete()
+    gone.close()  # already deleted: not an error
+    client.delete_session(kept.id)
+    with pytest.raises(curvd.BadRequest) as e:
+        client.create_session("sgd", LAYOUT, idle_ttl_s=-1)
+    assert e.value.reason == "INVALID_TTL"
+
+
 @pytest.mark.parametrize("datatype", ["FP32", "FP64"])
 def test_encodings_give_identical_updates(client, offered, datatype):
     """Each kind stepped three times in JSON, b64 and binary: bit-identical."""

@@ -46,7 +46,7 @@ def seq_mlp():
 
 
 def step_through(fake, model, kind, x, y, loss="cross_entropy", **kw):
-    opt = CurvdOptimizer(model, fake.url, kind, {"lr": 1.0}, loss=loss, **kw)
+    opt = CurvdOptimizer(model, fake.url, kind, {"lr": 1.0}, loss=loss, keep_session=True, **kw)
     opt.step(x, y)
     opt.close()
     return fake.steps[-1]

@@ -116,6 +116,27 @@ def test_second_order_kinds_with_the_other_losses(daemon, offered, layers_refuse
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_close_deletes_the_optimizers_session_unless_kept(daemon):
+    x, y = blobs(seed=5)
+    client = curvd.Client(daemon.url)
+    with CurvdOptimizer(mlp(5), client, "sgd", {"lr": 0.1}, idle_ttl_s=600) as opt:
+        opt.step(x, y)
+        sid = opt.state_dict()["session"]
+        assert client.session(sid).idle_ttl_s == 600
+        # Another optimizer continuing it by id keeps it when it closes.
+        again = CurvdOptimizer(mlp(5), client, "sgd", session=sid)
+        again.close()
+        assert client.session(sid).steps == 1
+    with pytest.raises(curvd.NotFound):
+        client.session(sid)
+    kept = CurvdOptimizer(mlp(5), client, "sgd", {"lr": 0.1}, keep_session=True)
+    kept.step(x, y)
+    kept.close()
+    sid = kept.state_dict()["session"]
+    assert client.session(sid).steps == 1 and client.session(sid).idle_ttl_s is None
+    client.delete_session(sid)
+
+
 def test_step_after_backward_equals_step_with_the_batch(daemon):
     """The drop-in form: loss.backward(); opt.step() reads p.grad."""
     x, y = blobs(seed=4)
@@ -162,10 +183,10 @@ def test_learning_rate_follows_param_groups_and_schedulers(daemon):
 def test_state_dict_continues_the_session(daemon):
     model = mlp(7)
     data = blobs(seed=7)
-    opt = CurvdOptimizer(model, daemon.url, "adagrad_diag", {"lr": 0.1})
+    opt = CurvdOptimizer(model, daemon.url, "adagrad_diag", {"lr": 0.1}, keep_session=True)
     train(opt, model, data, 3)
     state = opt.state_dict()
-    opt.close()
+    opt.close()  # kept: continued below
     twin = copy.deepcopy(model)
     again = CurvdOptimizer(twin, curvd.Client(daemon.url), "adagrad_diag")
     again.load_state_dict(state)

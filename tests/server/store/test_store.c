@@ -96,7 +96,7 @@ static unsigned char *random_blob(uint64_t seed, size_t n)
 static void create_ok(struct curvd_store *st, const char *tenant, const char *id, const void *state,
                       size_t len)
 {
-    struct curvd_session_new s = {id, tenant, "sgd", NULL, 0, WHOLE(state, len)};
+    struct curvd_session_new s = {id, tenant, "sgd", NULL, 0, WHOLE(state, len), 0, 0, NULL, NULL};
     assert_store(curvd_store_create(st, &s, NULL, err, sizeof err), CURVD_STORE_OK);
 }
 
@@ -312,9 +312,11 @@ static void test_invalid_arguments(void **state)
     struct curvd_step_commit c = {1, WHOLE(NULL, 0), "application/json", NULL, 0, NULL};
     int64_t n;
     struct curvd_session_new bad[] = {
-        {NULL, "t", "sgd", NULL, 0, WHOLE(NULL, 0)}, {"a", NULL, "sgd", NULL, 0, WHOLE(NULL, 0)},
-        {"a", "t", NULL, NULL, 0, WHOLE(NULL, 0)},   {"a", "t", "sgd", NULL, -1, WHOLE(NULL, 0)},
-        {"a", "t", "sgd", NULL, 0, WHOLE(NULL, 5)},
+        {NULL, "t", "sgd", NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL},
+        {"a", NULL, "sgd", NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL},
+        {"a", "t", NULL, NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL},
+        {"a", "t", "sgd", NULL, -1, WHOLE(NULL, 0), 0, 0, NULL, NULL},
+        {"a", "t", "sgd", NULL, 0, WHOLE(NULL, 5), 0, 0, NULL, NULL},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         assert_store(curvd_store_create(st, &bad[i], NULL, err, sizeof err), CURVD_STORE_INVALID);
@@ -374,8 +376,8 @@ static void test_create_get_delete(void **state)
     (void)state;
     struct curvd_store *st = open_ok(db_path("crud"), CURVD_DURABILITY_NORMAL);
     unsigned char *blob = random_blob(1, 1000);
-    struct curvd_session_new in = {"s1",           "acme", "adagrad_bma",
-                                   "{\"lr\":0.1}", 7,      WHOLE(blob, 1000)};
+    struct curvd_session_new in = {
+        "s1", "acme", "adagrad_bma", "{\"lr\":0.1}", 7, WHOLE(blob, 1000), 0, 0, NULL, NULL};
     int64_t t0 = wall_ms(), created = 0;
     assert_store(curvd_store_create(st, &in, &created, err, sizeof err), CURVD_STORE_OK);
     assert_true(created >= t0 && created <= wall_ms());
@@ -400,7 +402,7 @@ static void test_create_get_delete(void **state)
     curvd_session_clear(&s);
 
     /* A duplicate id conflicts, whatever the tenant; the first one stays. */
-    struct curvd_session_new dup = {"s1", "other", "sgd", NULL, 0, WHOLE("x", 1)};
+    struct curvd_session_new dup = {"s1", "other", "sgd", NULL, 0, WHOLE("x", 1), 0, 0, NULL, NULL};
     assert_store(curvd_store_create(st, &dup, NULL, err, sizeof err), CURVD_STORE_CONFLICT);
     assert_non_null(strstr(err, "s1"));
     dup.tenant = "acme";
@@ -497,7 +499,8 @@ static void test_list_pagination(void **state)
         if (i % 5 == 0)
             next_ms();
         snprintf(want[i].id, sizeof want[i].id, "s%02d", N - i);
-        struct curvd_session_new in = {want[i].id, "acme", "sgd", NULL, 0, WHOLE(NULL, 0)};
+        struct curvd_session_new in = {want[i].id,     "acme", "sgd", NULL, 0,
+                                       WHOLE(NULL, 0), 0,      0,     NULL, NULL};
         assert_store(curvd_store_create(st, &in, &want[i].created_at, err, sizeof err),
                      CURVD_STORE_OK);
         char other[16];
@@ -958,7 +961,8 @@ static void test_update_state(void **state)
 {
     (void)state;
     struct curvd_store *st = open_ok(db_path("update"), CURVD_DURABILITY_NORMAL);
-    struct curvd_session_new in = {"s", "t", "mbag", "{\"a\":1}", 4, WHOLE("old", 3)};
+    struct curvd_session_new in = {"s", "t", "mbag", "{\"a\":1}", 4, WHOLE("old", 3),
+                                   0,   0,   NULL,   NULL};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_update_state(st, "t", "s", 4, STATE("new!", 4), "{\"a\":2}", NULL, err,
                                           sizeof err),
@@ -1042,7 +1046,8 @@ static void test_blob_too_big(void **state)
         assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                      CURVD_STORE_INVALID);
         assert_non_null(strstr(err, "too big"));
-        struct curvd_session_new in = {"big", "t", "sgd", NULL, 0, WHOLE(tiny, huge[i])};
+        struct curvd_session_new in = {"big", "t", "sgd", NULL, 0, WHOLE(tiny, huge[i]),
+                                       0,     0,   NULL,  NULL};
         assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_INVALID);
         assert_store(curvd_store_update_state(st, "t", "s", 0, STATE(tiny, huge[i]), NULL, NULL,
                                               err, sizeof err),
@@ -1068,7 +1073,7 @@ static void test_busy(void **state)
     assert_int_equal(sqlite3_open(path, &other), SQLITE_OK);
     assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     /* Writes wait, then give up; reads go on beside the writer (WAL). */
-    struct curvd_session_new in = {"s2", "t", "sgd", NULL, 0, WHOLE(NULL, 0)};
+    struct curvd_session_new in = {"s2", "t", "sgd", NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_BUSY);
     assert_non_null(strstr(err, "locked"));
     struct curvd_step_commit c = {1, WHOLE("b", 1), "x", "r", 1, NULL};
@@ -1103,7 +1108,7 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     char id[16];
     snprintf(id, sizeof id, "w%d", w->index);
-    struct curvd_session_new in = {id, "t", "sgd", NULL, 0, WHOLE(NULL, 0)};
+    struct curvd_session_new in = {id, "t", "sgd", NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL};
     if (curvd_store_create(w->st, &in, NULL, w->err, sizeof w->err) != CURVD_STORE_OK)
         w->failures++;
     for (int k = 1; k <= PER_THREAD; k++) {
@@ -1219,8 +1224,8 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
     /* A meta text longer than a page: reading it back allocates. */
     static char meta[30000];
     memset(meta, 'm', sizeof meta - 1);
-    struct curvd_session_new in[2] = {{"a", "t", "sgd", meta, 0, WHOLE(blob, n)},
-                                      {"b", "t", "sgd", NULL, 0, WHOLE(NULL, 0)}};
+    struct curvd_session_new in[2] = {{"a", "t", "sgd", meta, 0, WHOLE(blob, n), 0, 0, NULL, NULL},
+                                      {"b", "t", "sgd", NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL}};
     /* So is a content type of that size (absurd, but it must not crash). */
     static char ctype[20000];
     memset(ctype, 'c', sizeof ctype - 1);

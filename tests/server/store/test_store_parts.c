@@ -170,7 +170,7 @@ static void assert_pstate(struct curvd_store *st, const char *id, const struct p
 
 static void create_parts(struct curvd_store *st, const char *id, const struct pstate *s)
 {
-    struct curvd_session_new in = {id, "t", "kfac", NULL, 0, state_in(s, NULL)};
+    struct curvd_session_new in = {id, "t", "kfac", NULL, 0, state_in(s, NULL), 0, 0, NULL, NULL};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_OK);
 }
 
@@ -304,7 +304,7 @@ static void test_parts_refused(void **state)
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         struct curvd_state_in in = {good.blob, good.len, bad[k].p, bad[k].n, NULL, 0};
-        struct curvd_session_new row = {"n", "t", "kfac", NULL, 0, in};
+        struct curvd_session_new row = {"n", "t", "kfac", NULL, 0, in, 0, 0, NULL, NULL};
         struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL};
         print_message("%s\n", bad[k].what);
         assert_store(curvd_store_create(st, &row, NULL, err, sizeof err), CURVD_STORE_INVALID);
@@ -504,7 +504,8 @@ static void test_kfac_through_the_store(void **state)
     size_t len, n, n_prev;
     curv_error cerr;
     tu_assert_status(curv_opt_save_parts(o, &blob, &len, &prev, &n_prev, &cerr), CURV_OK, &cerr);
-    struct curvd_session_new row = {"k", "t", "kfac", NULL, 0, {blob, len, prev, n_prev, NULL, 0}};
+    struct curvd_session_new row = {"k", "t", "kfac", NULL, 0, {blob, len, prev, n_prev, NULL, 0},
+                                    0,   0,   NULL,   NULL};
     assert_store(curvd_store_create(st, &row, NULL, err, sizeof err), CURVD_STORE_OK);
     curv_free(blob);
     log_writes(path);
@@ -679,7 +680,8 @@ static void test_crash_durability(void **state)
     (void)state;
     const char *path = db_path("crash");
     struct curvd_store *st = open_with(path, CURVD_DURABILITY_FULL);
-    struct curvd_session_new in = {"c", "t", "kfac", NULL, 0, {.blob = NULL, .len = 0}};
+    struct curvd_session_new in = {"c", "t", "kfac", NULL, 0, {.blob = NULL, .len = 0},
+                                   0,   0,   NULL,   NULL};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_OK);
     curvd_store_close(st);
     tu_rng rng;

@@ -63,6 +63,15 @@ class CurvdOptimizer(torch.optim.Optimizer):
       fallback).
     The learning rate is param_groups[0]["lr"]: changing it (by hand or by a
     torch LR scheduler) changes the session's "lr" before the next step.
+
+    The session's lifetime: the optimizer creates its session when it is
+    constructed and never deletes it by itself (garbage collection does not touch
+    the daemon), so that state_dict() can name it for a later run. close(),
+    or leaving a with block, deletes it unless keep_session=True; a session
+    given by id (session=, load_state_dict) is kept either way. idle_ttl_s
+    asks the daemon to delete the session it creates after that many
+    seconds without a step (0: never; None: the daemon's --idle-ttl, off
+    unless set), for runs that end without close().
     """
 
     def __init__(self, model: torch.nn.Module, client: Union[Client, str], optimizer: str,
@@ -70,7 +79,8 @@ class CurvdOptimizer(torch.optim.Optimizer):
                  fisher: Optional[str] = None, stats_fraction: Union[float, int] = 0.125,
                  curvature_fraction: Union[float, int] = 1.0, encoding: str = "binary",
                  send_params: Optional[bool] = None, seed: int = 0,
-                 session: Optional[str] = None, bias_blocks: bool = False):
+                 session: Optional[str] = None, bias_blocks: bool = False,
+                 keep_session: bool = False, idle_ttl_s: Optional[int] = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError("CurvdOptimizer needs the model (a torch.nn.Module), not "
                             f"{type(model).__name__ if model is not None else 'None'}: "
@@ -109,6 +119,8 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self.capture = Capture(self.blocks)
         self.session: Optional[Session] = None
         self._fresh = False
+        self.keep_session = keep_session
+        self.idle_ttl_s = idle_ttl_s
         self.last_report: dict = {}
         self._constructed = False
         super().__init__([p for b in self.blocks for p in b.params],
@@ -121,7 +133,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
         if session is not None:
             self.attach(session)
         else:
-            self._adopt(self.client.create_session(self.kind, self._layout(), self.config))
+            self._adopt(self._create(self.config))
             self._fresh = True
 
     def _warn_fallback(self, kind: dict, bias_blocks: bool) -> None:
@@ -184,6 +196,13 @@ class CurvdOptimizer(torch.optim.Optimizer):
         for g in self.param_groups:
             g["lr"] = lr
 
+    def _create(self, config: dict) -> Session:
+        """A new session for this model's layout (kept on close() only when
+        keep_session; idle_ttl_s when given)."""
+        ttl = {} if self.idle_ttl_s is None else {"idle_ttl_s": self.idle_ttl_s}
+        return self.client.create_session(self.kind, self._layout(), config,
+                                          keep=self.keep_session, **ttl)
+
     def _drop_fresh(self) -> None:
         """Delete the session made at construction while no step used it."""
         if self._fresh and self.session is not None:
@@ -205,13 +224,19 @@ class CurvdOptimizer(torch.optim.Optimizer):
                 config = dict(self.config, **({"lr": float(lr)} if lr is not None else {}))
                 self._drop_fresh()
                 self.blocks = ordered
-                self._adopt(self.client.create_session(self.kind, self._layout(), config))
+                self._adopt(self._create(config))
             self._fresh = False
         lr = self.param_groups[0]["lr"]
         if lr is not None and lr != self._synced_lr:
             self.session.update_config({"lr": float(lr)})
             self._synced_lr = lr
         return self.session
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def state_dict(self) -> dict:
         return {"session": self.session.id if self.session else None, "optimizer": self.kind,
@@ -412,5 +437,8 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self.last_report = result.report
 
     def close(self) -> None:
-        """Remove the hooks (the session stays on the daemon)."""
+        """Remove the hooks, and delete the session this optimizer created
+        unless keep_session (see the class's note on its lifetime)."""
         self.capture.remove()
+        if self.session is not None:
+            self.session.close()
