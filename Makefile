@@ -138,11 +138,11 @@ $(BUILD)/bench/bench_commit: tests/bench/bench_commit.c $(BUILD)/libcurvd.a $(BU
 $(BUILD)/tests/test_alloc: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
 $(BUILD)/tests/test_state_bytes: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
 # The library's threaded suites (a pool of pthreads lent through curv_executor).
-THREAD_TESTS := test_exec
+THREAD_TESTS := test_exec test_kfac_defer
 # The daemon's concurrency suites: its worker pool and the executor it lends,
 # whole daemons stepping K-FAC sessions on it, many sessions from many threads.
 SRV_THREAD_TESTS := http/test_pool test_parallel test_concurrency
-$(BUILD)/tests/test_exec: TEST_LDFLAGS = -pthread
+$(BUILD)/tests/test_exec $(BUILD)/tests/test_kfac_defer: TEST_LDFLAGS = -pthread
 
 test-unit: $(TEST_BINS) $(STEST_BINS)
 	@tests/run-tests.sh $(TEST_BINS) $(STEST_BINS)

@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "curv/exec.h"
 #include "kfac_int.h"
 
 #define H struct curv__kfac_hyper
@@ -110,6 +111,12 @@ static const struct curv__param PARAMS[] = {
                "and the saved state stay float64. The autoencoder trains identically and the "
                "CNN within seed-to-seed noise (docs/NOTES.md, \"K-FAC precision\"); fixed for a "
                "session; states saved before it existed continue in fp64"),
+    CURV__INT(H, max_staleness, "max_staleness", 0, 0, 1e9,
+              "s >= 1: a periodic refresh due at step k (past step 3) decomposes the factors "
+              "committed at k off the step path (curv_refresh_run; the daemon's workers) and "
+              "step k + s applies it, computing it first if nobody has; 0: in the step. Applies "
+              "while s < inv_interval and the inverse is blockdiag; the results are the same "
+              "whoever computes it and when; fixed for a session"),
     CURV__ENUM(H, fallback, "fallback", "adagrad_diag", "adagrad_diag|sgd",
                "optimizer for vector blocks (no Kronecker factors)"),
     CURV__REAL(H, fallback_lr, "fallback_lr", 0.01, 0, 1e6,
@@ -630,7 +637,6 @@ static void kfac_save(const curv_opt *o, struct curv__writer *w)
 
 static curv_status kfac_load(curv_opt *o, struct curv__reader *r, curv_error *err)
 {
-    (void)err;
     struct kfac_state *s = o->impl;
     s->seq = curv__r_u64(r);
     s->lambda = curv__r_f64(r);
@@ -648,8 +654,7 @@ static curv_status kfac_load(curv_opt *o, struct curv__reader *r, curv_error *er
         !isfinite(s->rho_m) || (s->rho_pending && !(s->rho_m < 0)) ||
         curv__first_nonfinite(s->mom, o->dim) < o->dim)
         r->bad = 1;
-    curv__kfac_est_load(s->est, r);
-    return CURV_OK;
+    return curv__kfac_est_load(s->est, r, o->t, err);
 }
 
 static size_t kfac_saved(const curv_opt *o)
@@ -698,6 +703,13 @@ static curv_status kfac_upgrade(curv_config *c)
     return st;
 }
 
+curv_refresh *curv_opt_refresh(curv_opt *o)
+{
+    return o && o->kind == CURV_OPT_KFAC
+               ? curv__kfac_est_pending(((struct kfac_state *)o->impl)->est)
+               : NULL;
+}
+
 const struct curv__kfac_est *curv__kfac_estimator(const curv_opt *o)
 {
     return o && o->kind == CURV_OPT_KFAC ? ((const struct kfac_state *)o->impl)->est : NULL;
@@ -714,8 +726,8 @@ const struct curv__opt_vt curv__kfac_vt = {
     .save = kfac_save,
     .load = kfac_load,
     .saved_doubles = kfac_saved,
-    .fixed =
-        (const char *const[]){"mode", "inverse", "max_factor_dim", "fallback", "precision", NULL},
+    .fixed = (const char *const[]){"mode", "inverse", "max_factor_dim", "fallback", "precision",
+                                   "max_staleness", NULL},
     .inputs = CURV_INPUT_LAYERS,
     .upgrade = kfac_upgrade,
 };

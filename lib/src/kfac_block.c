@@ -211,12 +211,15 @@ static curv_status side_stats(struct curv__kside *s, const double *X, size_t row
     return CURV_OK;
 }
 
-/* Eigendecomposition of the latest factor, eigenvalues clamped at 0 (the
- * factors are PSD; round-off can make tiny ones negative). */
-static curv_status side_refresh(struct curv__kside *s, curv_error *err)
+/* Eigendecomposition of factor @F of side @s (its size and form; the
+ * factor may be a snapshot), eigenvalues clamped at 0 (the factors are
+ * PSD; round-off can make tiny ones negative), into @out's slot @k. Reads
+ * only @F and @s->n, diag and f32, which never change: safe on any thread
+ * while the optimizer steps. */
+static curv_status side_decompose(const struct curv__kside *s, const double *F,
+                                  struct curv__keig *out, int k, curv_error *err)
 {
     const size_t n = s->n;
-    const double *F = curv__kside_F(s);
     double *w = curv__calloc_n(n, sizeof(double));
     double *Q = s->diag ? NULL : curv__calloc_n(n * n, sizeof(double));
     if (!w || (!s->diag && !Q)) {
@@ -248,16 +251,25 @@ static curv_status side_refresh(struct curv__kside *s, curv_error *err)
         curv__free(Q);
         return st;
     }
-    side_drop_eig(s);
-    s->Q_new = Q;
-    s->w_new = w;
-    s->Qf_new = Qf;
+    out->Q[k] = Q;
+    out->w[k] = w;
+    out->Qf[k] = Qf;
     return CURV_OK;
 }
 
-static double side_trace(const struct curv__kside *s)
+void curv__keig_free(struct curv__keig *x)
 {
-    const double *F = curv__kside_F(s);
+    for (int k = 0; k < 2; k++) {
+        curv__free(x->Q[k]);
+        curv__free(x->w[k]);
+        curv__free(x->Qf[k]);
+        x->Q[k] = x->w[k] = NULL;
+        x->Qf[k] = NULL;
+    }
+}
+
+static double trace_of(const struct curv__kside *s, const double *F)
+{
     double t = 0;
     for (size_t i = 0; i < s->n; i++)
         t += F[s->diag ? i : i * s->n + i];
@@ -424,21 +436,49 @@ static curv_status kron_stats(struct curv__kblock *b, const struct curv__layer_i
     return CURV_OK;
 }
 
-static curv_status kron_refresh(struct curv__kblock *b, curv_error *err)
+curv_status curv__kblock_decompose(const struct curv__kblock *b, const double *FA, const double *FG,
+                                   int pi_mode, struct curv__keig *out, curv_error *err)
 {
-    curv_status st = side_refresh(&b->A, err);
+    curv_status st = side_decompose(&b->A, FA, out, 0, err);
     if (st == CURV_OK)
-        st = side_refresh(&b->G, err);
+        st = side_decompose(&b->G, FG, out, 1, err);
     if (st != CURV_OK) {
-        /* Keep the tentative factors; drop only the partial inverse. */
-        side_drop_eig(&b->A);
-        side_drop_eig(&b->G);
+        curv__keig_free(out);
         return st;
     }
-    b->pi_new = b->h->pi_mode == CURV__KFAC_PI_ONE
-                    ? 1.0
-                    : curv__kfac_pi(side_trace(&b->A), b->A.n, side_trace(&b->G), b->G.n);
+    out->pi = pi_mode == CURV__KFAC_PI_ONE
+                  ? 1.0
+                  : curv__kfac_pi(trace_of(&b->A, FA), b->A.n, trace_of(&b->G, FG), b->G.n);
     return CURV_OK;
+}
+
+static void side_install(struct curv__kside *s, struct curv__keig *x, int k)
+{
+    side_drop_eig(s);
+    s->Q_new = x->Q[k];
+    s->w_new = x->w[k];
+    s->Qf_new = x->Qf[k];
+    x->Q[k] = x->w[k] = NULL;
+    x->Qf[k] = NULL;
+}
+
+void curv__kblock_install(struct curv__kblock *b, struct curv__keig *x)
+{
+    side_install(&b->A, x, 0);
+    side_install(&b->G, x, 1);
+    b->pi_new = x->pi;
+}
+
+/* Decompose the newest factors (new ones if stats ran); on failure the
+ * tentative factors stay and only the partial inverse is dropped. */
+static curv_status kron_refresh(struct curv__kblock *b, curv_error *err)
+{
+    struct curv__keig x = {0};
+    curv_status st = curv__kblock_decompose(b, curv__kside_F(&b->A), curv__kside_F(&b->G),
+                                            b->h->pi_mode, &x, err);
+    if (st == CURV_OK)
+        curv__kblock_install(b, &x);
+    return st;
 }
 
 /* The damping split of the newest decomposition: c_A = γπ, c_G = γ/π. */

@@ -38,12 +38,16 @@ struct curv__kfac_est {
     double *work;             /* per worker: 2 * big */
     struct curv__kchain **ch; /* inverse = tridiag: the chains */
     size_t nch;
-    unsigned char *member; /* per block: its inverse is a chain's */
-    curv_executor ex;      /* workers = 1, run = NULL: serial */
-    size_t *order;         /* the blocks, largest first: the task order */
-    curv_status *st;       /* per block: 2 statuses of the last parallel phase */
-    unsigned char *did;    /* per block: which of them ran (bit 0, bit 1) */
-    curv_error *errs;      /* per block: 2 sentences */
+    unsigned char *member;     /* per block: its inverse is a chain's */
+    curv_executor ex;          /* workers = 1, run = NULL: serial */
+    size_t *order;             /* the blocks, largest first: the task order */
+    curv_status *st;           /* per block: 2 statuses of the last parallel phase */
+    unsigned char *did;        /* per block: which of them ran (bit 0, bit 1) */
+    curv_error *errs;          /* per block: 2 sentences */
+    unsigned char *defer;      /* per block: its refresh at this step is deferred (tentative) */
+    struct curv_refresh *pend; /* a deferred refresh not yet applied (committed) */
+    struct curv_refresh *made; /* the one this step defers (tentative) */
+    int installed;             /* this step installed pend's decompositions (tentative) */
 };
 
 void curv__kfac_est_free(struct curv__kfac_est *e)
@@ -63,6 +67,9 @@ void curv__kfac_est_free(struct curv__kfac_est *e)
     curv__free(e->st);
     curv__free(e->did);
     curv__free(e->errs);
+    curv__free(e->defer);
+    curv__kdefer_free(e->pend);
+    curv__kdefer_free(e->made);
     curv__free(e);
 }
 
@@ -108,6 +115,7 @@ curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyp
     e->st = curv__tally_calloc(t, e->n, 2 * sizeof *e->st);
     e->did = curv__tally_calloc(t, e->n, 1);
     e->errs = curv__tally_calloc(t, e->n, 2 * sizeof *e->errs);
+    e->defer = curv__tally_calloc(t, e->n, 1);
     e->ex = (curv_executor){.workers = 1};
     curv_status st = t->failed ? CURV_OK : curv__kchains_new(l, h, t, &e->ch, &e->nch, err);
     if (!t->alloc) {
@@ -134,6 +142,10 @@ int curv__kfac_stats_due(const struct curv__kfac_hyper *h, uint64_t k)
 
 void curv__kfac_est_abort(struct curv__kfac_est *e)
 {
+    memset(e->defer, 0, e->n);
+    curv__kdefer_free(e->made);
+    e->made = NULL;
+    e->installed = 0;
     for (size_t i = 0; i < e->n; i++)
         e->b[i]->vt->abort(e->b[i]);
     for (size_t c = 0; c < e->nch; c++)
@@ -185,6 +197,7 @@ struct upd {
     struct curv__kfac_est *e;
     const struct curv__step_args *a;
     int periodic;
+    int deferrable; /* a periodic refresh of a block with one is deferred */
 };
 
 /* Block order[@t]: fold its statistics in, then refresh its inverse when
@@ -210,6 +223,10 @@ static void update_task(void *arg, size_t t, unsigned worker)
     }
     if ((!u->periodic && e->cur[i].inv_step) || n_stats == 0)
         return; /* n_stats = 0: only when its statistics failed on step 1 */
+    if (u->deferrable && e->cur[i].inv_step) {
+        e->defer[i] = 1;
+        return;
+    }
     e->st[2 * i + 1] = b->vt->refresh(b, &e->errs[2 * i + 1]);
     e->did[i] |= 2;
 }
@@ -258,6 +275,45 @@ static curv_status check_stats(const struct curv__kfac_est *e, const struct curv
     return CURV_OK;
 }
 
+/* Refreshes are deferred when max_staleness is set and below T3 (so that
+ * one is applied before the next is due). */
+static int deferring(const struct curv__kfac_hyper *h)
+{
+    return h->max_staleness > 0 && h->max_staleness < h->inv_interval;
+}
+
+/* At or past its due step, the pending refresh becomes the tentative
+ * decomposition of its blocks (statuses to st, did bit 1), unless a block
+ * refreshed after its snapshot (in this step or an earlier one): a newer
+ * decomposition wins. */
+static void install_deferred(struct curv__kfac_est *e, uint64_t k)
+{
+    if (!e->pend || k < curv__kdefer_due(e->pend))
+        return;
+    const uint64_t from = curv__kdefer_from(e->pend);
+    for (size_t i = 0; i < e->n; i++) {
+        if (!curv__kdefer_has(e->pend, i) || (e->did[i] & 2) || e->cur[i].inv_step > from)
+            continue;
+        e->st[2 * i + 1] = curv__kdefer_install(e->pend, i, e->b[i], &e->errs[2 * i + 1]);
+        e->did[i] |= 2 | 4; /* 4: its factors are those of step `from` */
+    }
+    e->installed = 1;
+}
+
+/* The refreshes this step deferred, over the factors it will commit. */
+static curv_status defer_refresh(struct curv__kfac_est *e, uint64_t k, curv_error *err)
+{
+    int any = 0;
+    for (size_t i = 0; i < e->n; i++)
+        any |= e->defer[i];
+    if (!any)
+        return CURV_OK;
+    e->made =
+        curv__kdefer_new(e->b, e->defer, e->n, k, k + (uint64_t)e->h->max_staleness, e->h->pi_mode);
+    return e->made ? CURV_OK
+                   : curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for the factors' snapshot");
+}
+
 curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__step_args *a,
                                   uint64_t k, unsigned *failed, curv_error *err)
 {
@@ -270,15 +326,24 @@ curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__s
     curv_status st = check_stats(e, a, k, err);
     if (st != CURV_OK)
         return st;
-    struct upd u = {e, a, k <= 3 || k % (uint64_t)e->h->inv_interval == 0};
+    const int periodic = k <= 3 || k % (uint64_t)e->h->inv_interval == 0;
+    /* A refresh is never deferred while another awaits its step (possible
+     * only after a PATCH of inv_interval): a caller may be computing that
+     * one, so it stays until applied; this one runs in the step, and the
+     * older one is then not applied to the blocks it refreshed. */
+    const int free_slot = !e->pend || k >= curv__kdefer_due(e->pend);
+    struct upd u = {e, a, periodic, periodic && k > 3 && deferring(e->h) && !e->nch && free_slot};
     curv__exec_run(&e->ex, e->n, update_task, &u);
+    install_deferred(e, k);
     st = fold_stats(e, a, failed, err);
+    if (st == CURV_OK)
+        st = defer_refresh(e, k, err);
     for (size_t i = 0; st == CURV_OK && i < e->n; i++) {
         if (!(e->did[i] & 2))
             continue;
         st = block_status(e, i, 1, err);
-        if (st == CURV_OK)
-            e->nxt[i].inv_step = k;
+        if (st == CURV_OK) /* the step of the factors decomposed: inverse_age counts from it */
+            e->nxt[i].inv_step = (e->did[i] & 4) ? curv__kdefer_from(e->pend) : k;
         else if (st == CURV_E_NUMERIC)
             st = tolerate(e, i, e->cur[i].inv_step > 0, failed, err);
     }
@@ -402,6 +467,13 @@ void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, 
     for (size_t i = 0; i < e->nch; i++)
         curv__kchain_commit(e->ch[i], c);
     memcpy(e->cur, e->nxt, e->n * sizeof *e->cur);
+    if (e->installed || e->made) {
+        curv__kdefer_free(e->pend);
+        e->pend = e->made;
+    }
+    e->made = NULL;
+    e->installed = 0;
+    memset(e->defer, 0, e->n);
 }
 
 /* Only the committed state (cur) is saved, and it is what the stamps count:
@@ -424,9 +496,12 @@ void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w,
         curv__kchain_save(e->ch[c], w,
                           curv__stamp(CURV__STAMP_KCHAIN_SNAP, e->cur[first].inv_step));
     }
+    if (e->h->max_staleness > 0) /* fixed for the optimizer's life */
+        curv__kdefer_save(e->pend, e->n, w);
 }
 
-void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r)
+curv_status curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r, uint64_t steps,
+                                curv_error *err)
 {
     for (size_t i = 0; i < e->n && !r->bad; i++) {
         struct book *bk = &e->cur[i];
@@ -440,6 +515,12 @@ void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r)
     }
     for (size_t c = 0; c < e->nch && !r->bad; c++)
         curv__kchain_load(e->ch[c], r);
+    if (e->h->max_staleness <= 0 || r->bad)
+        return CURV_OK;
+    int nomem = 0;
+    e->pend = curv__kdefer_load(r, e->b, e->n, e->h->pi_mode, steps, e->h->max_staleness, &nomem);
+    return nomem ? curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for a deferred refresh")
+                 : CURV_OK;
 }
 
 size_t curv__kfac_est_bytes(const struct curv__kfac_est *e)
@@ -450,6 +531,7 @@ size_t curv__kfac_est_bytes(const struct curv__kfac_est *e)
         total += e->b[i]->vt->bytes(e->b[i]);
     for (size_t c = 0; c < e->nch; c++)
         total += curv__kchain_bytes(e->ch[c]);
+    total += curv__kdefer_bytes(e->pend) + curv__kdefer_bytes(e->made);
     return total + (size_t)e->ex.workers * 2 * e->big * sizeof(double);
 }
 
@@ -486,6 +568,11 @@ void curv__kfac_est_report(const struct curv__kfac_est *e, curv_opt *o, uint64_t
             clamped += curv__kchain_clamped(e->ch[c], 0);
         curv__report_add(o, (double)clamped, "clamped");
     }
+}
+
+struct curv_refresh *curv__kfac_est_pending(struct curv__kfac_est *e)
+{
+    return e->pend;
 }
 
 const struct curv__kblock *curv__kfac_est_block(const struct curv__kfac_est *e, size_t i)

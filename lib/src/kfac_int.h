@@ -41,6 +41,7 @@ struct curv__kfac_hyper {
     int precision;            /* CURV__KFAC_FP*: the multiply's arithmetic */
     int noise;                /* adaptive: CURV__KFAC_NOISE_* */
     double noise_floor;       /* adaptive: share of ∇hᵀΔ the noise leaves at least */
+    int64_t max_staleness;    /* periodic refreshes applied this many steps late (0: in step) */
 };
 
 /* ---- curvature blocks (kfac_block.c) ---------------------------------- */
@@ -148,6 +149,28 @@ int curv__kside_explicit(size_t n, size_t n_other, unsigned horizon);
 struct curv__kblock *curv__kblock_new(const curv_block_info *info, const struct curv__kfac_hyper *h,
                                       struct curv__tally *t);
 
+/* A Kronecker block's decomposition computed apart from the block (slot
+ * 0 the input side A, 1 the output side G; Q and Qf NULL for a diagonal
+ * side, Qf NULL in fp64) and its damping split π. */
+struct curv__keig {
+    double *Q[2], *w[2];
+    float *Qf[2];
+    double pi;
+};
+
+/* curv__kblock_decompose - decompose factors @FA, @FG shaped as @b's
+ * sides (the newest ones, or a snapshot of them) with π by @pi_mode into
+ * @out. Reads only the factors and @b's fixed shape, so a snapshot may be
+ * decomposed on another thread while @b steps. CURV_E_NUMERIC (not
+ * finite), CURV_E_NOMEM; on failure @out holds nothing. */
+curv_status curv__kblock_decompose(const struct curv__kblock *b, const double *FA, const double *FG,
+                                   int pi_mode, struct curv__keig *out, curv_error *err);
+/* Make @x @b's tentative decomposition (as a refresh at this step would),
+ * taking its arrays: @x is left empty. */
+void curv__kblock_install(struct curv__kblock *b, struct curv__keig *x);
+/* Free what @x holds; it is left empty. */
+void curv__keig_free(struct curv__keig *x);
+
 /* tr(P F̆) of a Kronecker block for damping @gamma: the degrees of freedom
  * its preconditioner leaves (0 for other blocks). */
 double curv__kblock_dof(const struct curv__kblock *b, double gamma);
@@ -216,6 +239,38 @@ size_t curv__kchain_clamped(const struct curv__kchain *c, size_t cand);
 size_t curv__kchain_first(const struct curv__kchain *c);
 size_t curv__kchain_len(const struct curv__kchain *c);
 
+/* ---- refreshes off the step path (kfac_defer.c) ----------------------- */
+
+struct curv_refresh; /* curv/exec.h */
+
+/* A refresh deferred from step @from (a copy of the factors that step
+ * commits, its newest ones, for the blocks @which flags among @n) to step
+ * @due. NULL: out of memory. */
+struct curv_refresh *curv__kdefer_new(struct curv__kblock *const *b, const unsigned char *which,
+                                      size_t n, uint64_t from, uint64_t due, int pi_mode);
+void curv__kdefer_free(struct curv_refresh *r);
+uint64_t curv__kdefer_due(const struct curv_refresh *r);
+uint64_t curv__kdefer_from(const struct curv_refresh *r);
+/* Whether layout block @i takes part. */
+int curv__kdefer_has(const struct curv_refresh *r, size_t i);
+/* Compute what nobody has computed yet (on the caller's thread). */
+void curv__kdefer_ensure(struct curv_refresh *r);
+/* Block @i's decomposition made @b's tentative one (computed first if
+ * needed); its refresh's status, with the sentence in @err. */
+curv_status curv__kdefer_install(struct curv_refresh *r, size_t i, struct curv__kblock *b,
+                                 curv_error *err);
+/* The pending refresh (@r may be NULL: none) of an estimator of @n
+ * blocks: its steps, which blocks, their snapshots (parts stamped by
+ * @from). */
+void curv__kdefer_save(const struct curv_refresh *r, size_t n, struct curv__writer *w);
+/* What curv__kdefer_save wrote, for an optimizer at @steps completed
+ * steps: NULL when none or on error (@rd->bad for bad content, *@nomem
+ * when out of memory). */
+struct curv_refresh *curv__kdefer_load(struct curv__reader *rd, struct curv__kblock *const *b,
+                                       size_t n, int pi_mode, uint64_t steps, int64_t max_staleness,
+                                       int *nomem);
+size_t curv__kdefer_bytes(const struct curv_refresh *r);
+
 /* ---- the estimator (kfac_est.c) --------------------------------------- */
 
 struct curv__kfac_est;
@@ -257,7 +312,12 @@ void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, 
 void curv__kfac_est_abort(struct curv__kfac_est *e);
 /* Save the committed state; @steps is the optimizer's curv__steps_stamp. */
 void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w, uint64_t steps);
-void curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r);
+/* Load what curv__kfac_est_save wrote for an optimizer at @steps
+ * completed steps (bad content sets @r->bad). CURV_E_NOMEM. */
+curv_status curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r, uint64_t steps,
+                                curv_error *err);
+/* The deferred refresh awaiting its step (NULL: none). */
+struct curv_refresh *curv__kfac_est_pending(struct curv__kfac_est *e);
 /* Bytes of state held. */
 size_t curv__kfac_est_bytes(const struct curv__kfac_est *e);
 /* Run the per-block work on @ex (copied; NULL: serially on the calling

@@ -80,7 +80,8 @@ enum curv__stamp_src {
     CURV__STAMP_KFAC_STATS = 2,   /* statistics updates folded into a K-FAC block */
     CURV__STAMP_KFAC_INV = 3,     /* the step of a K-FAC block's last inverse refresh */
     CURV__STAMP_KCHAIN_STATS = 4, /* statistics updates of a tridiagonal chain */
-    CURV__STAMP_KCHAIN_SNAP = 5   /* the refresh step of a chain's cross-factor snapshot */
+    CURV__STAMP_KCHAIN_SNAP = 5,  /* the refresh step of a chain's cross-factor snapshot */
+    CURV__STAMP_KFAC_DEFER = 6    /* the step of a deferred K-FAC refresh's factor snapshot */
 };
 
 /* curv__stamp - (@src << 56) | (@value + 1); 0 when @value + 1 does not

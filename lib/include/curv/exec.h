@@ -16,6 +16,7 @@
 #define CURV_EXEC_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "curv/opt.h"
 #include "curv/status.h"
@@ -50,5 +51,35 @@ typedef struct curv_executor {
  * Thread-safety: as every call on @o, one thread at a time.
  */
 CURV_API curv_status curv_opt_set_executor(curv_opt *o, const curv_executor *ex, curv_error *err);
+
+/*
+ * Refreshes off the step path. A K-FAC optimizer with max_staleness = s
+ * >= 1 defers a periodic refresh of its inverses from step k to step
+ * k + s: step k commits and leaves a curv_refresh holding a copy of its
+ * factors; steps k+1 ... k+s-1 use the previous inverses; step k + s
+ * applies the refresh's decompositions, computing them itself when nobody
+ * has. Which refresh a step applies depends on k and s only, so results
+ * are bit for bit the same whoever computes it and when.
+ *
+ * curv_opt_refresh - the refresh @o holds and has not applied yet, or
+ * NULL (also for other kinds). Owned by @o: valid until the step that
+ * applies it completes (curv_refresh_due) or @o is freed or replaced.
+ *
+ * curv_refresh_claim - 1 the first time it is called on @r (the caller now
+ * may run it once), 0 after; NULL gives 0. Call it on @o's thread.
+ *
+ * curv_refresh_run - compute @r's decompositions, on any thread (BLAS on
+ * one thread, as for executors), while @o goes on stepping, saving (a saved
+ * state holds the snapshot, not the results) or being reconfigured. It
+ * reads only @r. The claimer must let it return before @o's step number
+ * @due (curv_opt_steps(o) + 1 == due) starts and before @o is freed.
+ *
+ * curv_refresh_due - the step that applies @r (0 for NULL).
+ */
+typedef struct curv_refresh curv_refresh;
+CURV_API curv_refresh *curv_opt_refresh(curv_opt *o);
+CURV_API int curv_refresh_claim(curv_refresh *r);
+CURV_API void curv_refresh_run(curv_refresh *r);
+CURV_API uint64_t curv_refresh_due(const curv_refresh *r);
 
 #endif

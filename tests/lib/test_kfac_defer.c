@@ -1,0 +1,302 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * K-FAC refreshes off the step path (max_staleness, kfac_defer.c): each
+ * step's update against dense math formed here from the factors of the
+ * refresh it must apply; the same bits whether the library or another
+ * thread computes the refresh, and across a save and load with one
+ * pending; the settings under which refreshes stay in the step.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "curv/exec.h"
+#include "kfac_int.h"
+#include "testutil.h"
+
+#define STEPS 14
+#define T3 4
+#define GAMMA 0.3
+
+static const size_t W[] = {3, 4, 2};
+
+static curv_opt *simple_opt(const curv_layout *l, double staleness, const char *inverse)
+{
+    const tu_kv kv[] = {
+        {"lr", 1},      {"momentum", 0},      {"weight_decay", 0}, {"damping", GAMMA},
+        {"kl_clip", 0}, {"inv_interval", T3}, {"decay", 0.9},      {"max_staleness", staleness}};
+    return tu_kfac_opt(l, kv, 8, "mode", "simple", "noise", "off", "inverse", inverse, NULL);
+}
+
+/* Â = (1/m) Σ ā āᵀ (ā = [x, 1] with @bias) of @m rows of @X. */
+static void outer(const double *X, size_t m, size_t nx, int bias, double *F)
+{
+    const size_t n = nx + (size_t)bias;
+    memset(F, 0, n * n * sizeof *F);
+    for (size_t r = 0; r < m; r++)
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++)
+                F[i * n + j] +=
+                    (i < nx ? X[r * nx + i] : 1.0) * (j < nx ? X[r * nx + j] : 1.0) / (double)m;
+}
+
+/* The step whose factors step @j's inverses come from: the last of steps
+ * 1-3, or of the periodic refreshes k (k ≡ 0 mod T3) applied by then, at
+ * k + @s. */
+static unsigned refresh_used(unsigned j, unsigned s)
+{
+    unsigned r = j < 3 ? j : 3;
+    for (unsigned k = T3; k + s <= j; k += T3)
+        r = k;
+    return r;
+}
+
+/* −((G + γ/π) ⊗ (A + πγ))⁻¹ g on one layer's slice. */
+static void dense_update(size_t nr, const double *G, size_t nc, const double *A, const double *g,
+                         double *u)
+{
+    const double pi = tu_kfac_pi(nr, G, nc, A);
+    const size_t sz = nr * nc;
+    double *K = tu_alloc(sz * sz);
+    for (size_t i = 0; i < nr; i++)
+        for (size_t j = 0; j < nr; j++)
+            for (size_t k = 0; k < nc; k++)
+                for (size_t l = 0; l < nc; l++)
+                    K[(i * nc + k) * sz + j * nc + l] = (G[i * nr + j] + (i == j) * GAMMA / pi) *
+                                                        (A[k * nc + l] + (k == l) * GAMMA * pi);
+    tu_gj_solve(sz, K, g, u);
+    for (size_t i = 0; i < sz; i++)
+        u[i] = -u[i];
+    free(K);
+}
+
+/* Every step of a run with max_staleness @s against the dense update
+ * from the factors (EMAs formed here) of the refresh it must apply. */
+static void check_dense(unsigned s)
+{
+    tu_mlp net;
+    tu_mlp_new(&net, W, 2, 0, 3, 71);
+    curv_layout *l = tu_mlp_layout(&net);
+    curv_opt *o = simple_opt(l, s, "blockdiag");
+    double *u = tu_alloc(net.dim), *want = tu_alloc(net.dim);
+    double *A[2][STEPS + 1], *G[2][STEPS + 1];
+    double *stat = tu_alloc(25);
+    curv_error err;
+    for (unsigned k = 1; k <= STEPS; k++) {
+        tu_mlp_batch(&net, 300 + k);
+        const double eps = fmin(1.0 - 1.0 / k, 0.9);
+        for (size_t i = 0; i < 2; i++) {
+            const size_t nc = W[i] + 1, nr = W[i + 1];
+            A[i][k] = tu_alloc(nc * nc);
+            G[i][k] = tu_alloc(nr * nr);
+            outer(net.acts[i], net.m, W[i], 1, stat);
+            for (size_t e = 0; e < nc * nc; e++)
+                A[i][k][e] = (k > 1 ? eps * A[i][k - 1][e] : 0) + (1 - eps) * stat[e];
+            outer(net.sig[i], net.m, nr, 0, stat);
+            for (size_t e = 0; e < nr * nr; e++)
+                G[i][k][e] = (k > 1 ? eps * G[i][k - 1][e] : 0) + (1 - eps) * stat[e];
+        }
+        tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+        const unsigned r = refresh_used(k, s);
+        size_t off = 0;
+        for (size_t i = 0; i < 2; i++) {
+            const size_t nc = W[i] + 1, nr = W[i + 1];
+            dense_update(nr, G[i][r], nc, A[i][r], net.g + off, want + off);
+            char what[64];
+            snprintf(what, sizeof what, "max_staleness %u, layer %zu", s, i);
+            tu_expect_close(u + off, want + off, nr * nc, 1e-10, what, (int)k);
+            off += nr * nc;
+        }
+        if (tu_report(o, "inverse_age.l0") != (double)(k - r))
+            fail_msg("max_staleness %u, step %u: inverse age %g, want %u", s, k,
+                     tu_report(o, "inverse_age.l0"), k - r);
+    }
+    for (size_t i = 0; i < 2; i++)
+        for (unsigned k = 1; k <= STEPS; k++)
+            free(A[i][k]), free(G[i][k]);
+    free(u), free(want), free(stat);
+    tu_mlp_teardown(o, l, &net);
+}
+
+static void test_updates_use_the_deferred_factors(void **state)
+{
+    (void)state;
+    check_dense(0);
+    check_dense(1);
+    check_dense(3);
+}
+
+static void *run_refresh(void *r)
+{
+    curv_refresh_run(r);
+    return NULL;
+}
+
+/* Two optimizers on the same batches: @a's refreshes are claimed and run
+ * on a thread of their own while it steps on, @b's by the library in the
+ * step that applies them; every update is the same, bit for bit. */
+static void check_threaded(const char *mode, unsigned s)
+{
+    tu_mlp na, nb;
+    tu_mlp_new(&na, W, 2, 0, 3, 81);
+    tu_mlp_new(&nb, W, 2, 0, 3, 81);
+    curv_layout *l = tu_mlp_layout(&na);
+    const tu_kv kv[] = {{"inv_interval", T3}, {"max_staleness", s}, {"lambda_init", 1}};
+    curv_opt *a = tu_kfac_opt(l, kv, 3, "mode", mode, NULL);
+    curv_opt *b = tu_kfac_opt(l, kv, 3, "mode", mode, NULL);
+    double *ua = tu_alloc(na.dim), *ub = tu_alloc(nb.dim);
+    tu_mlp_batch(&na, 400);
+    tu_mlp_batch(&nb, 400);
+    pthread_t th;
+    int running = 0;
+    uint64_t due = 0;
+    unsigned claimed = 0;
+    curv_error err;
+    for (unsigned k = 1; k <= 3 * T3 + 2; k++) {
+        if (running && k == due) {
+            assert_int_equal(pthread_join(th, NULL), 0);
+            running = 0;
+        }
+        tu_assert_status(tu_mlp_step(a, &na, 1, ua, NULL, &err), CURV_OK, &err);
+        tu_assert_status(tu_mlp_step(b, &nb, 1, ub, NULL, &err), CURV_OK, &err);
+        for (size_t i = 0; i < na.dim; i++)
+            if (!tu_same_bits(ua[i], ub[i]))
+                fail_msg("%s, step %u: element %zu is %.17g with the refresh on a thread, "
+                         "%.17g in the step",
+                         mode, k, i, ua[i], ub[i]);
+        tu_mlp_advance(&na, ua, 400 + k);
+        tu_mlp_advance(&nb, ub, 400 + k);
+        curv_refresh *r = curv_opt_refresh(a);
+        if (!running && curv_refresh_claim(r)) {
+            assert_int_equal(curv_refresh_claim(r), 0); /* once */
+            due = curv_refresh_due(r);
+            assert_true(due == k + s);
+            assert_int_equal(pthread_create(&th, NULL, run_refresh, r), 0);
+            running = 1;
+            claimed++;
+        }
+        curv_refresh *rb = curv_opt_refresh(b); /* unclaimed: kept only until its step */
+        assert_true(rb == NULL || curv_refresh_due(rb) > k);
+    }
+    if (running)
+        assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(claimed, 3); /* steps 4, 8 and 12 */
+    free(ua), free(ub);
+    curv_opt_free(b);
+    tu_mlp_teardown(a, l, &na);
+    tu_mlp_free(&nb);
+}
+
+static void test_same_bits_on_another_thread(void **state)
+{
+    (void)state;
+    check_threaded("simple", 1);
+    check_threaded("simple", 3);
+    check_threaded("adaptive", 2);
+}
+
+static curv_opt *reload(const curv_opt *o)
+{
+    unsigned char *blob = NULL;
+    size_t len = 0;
+    curv_error err;
+    tu_assert_status(curv_opt_save(o, &blob, &len, &err), CURV_OK, &err);
+    curv_opt *x = NULL;
+    tu_assert_status(curv_opt_load(blob, len, &x, &err), CURV_OK, &err);
+    free(blob);
+    return x;
+}
+
+/* A state saved with a refresh pending (its snapshot, not its results)
+ * continues as the optimizer it came from; saving while another thread
+ * runs that refresh writes the same bytes. */
+static void test_save_with_a_refresh_pending(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    tu_mlp_new(&net, W, 2, 0, 3, 91);
+    curv_layout *l = tu_mlp_layout(&net);
+    curv_opt *o = simple_opt(l, 3, "blockdiag");
+    double *u = tu_alloc(net.dim), *v = tu_alloc(net.dim);
+    curv_error err;
+    for (unsigned k = 1; k <= T3 + 1; k++) {
+        tu_mlp_batch(&net, 500 + k);
+        tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+    }
+    curv_refresh *r = curv_opt_refresh(o);
+    assert_non_null(r);
+    assert_int_equal(curv_refresh_due(r), T3 + 3);
+    unsigned char *before = NULL, *during = NULL;
+    size_t nbefore = 0, nduring = 0;
+    tu_assert_status(curv_opt_save(o, &before, &nbefore, &err), CURV_OK, &err);
+    pthread_t th;
+    assert_true(curv_refresh_claim(r));
+    assert_int_equal(pthread_create(&th, NULL, run_refresh, r), 0);
+    tu_assert_status(curv_opt_save(o, &during, &nduring, &err), CURV_OK, &err);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(nduring, nbefore);
+    assert_memory_equal(during, before, nbefore);
+    free(before), free(during);
+    curv_opt *x = reload(o);
+    assert_non_null(curv_opt_refresh(x));
+    for (unsigned k = T3 + 2; k <= 3 * T3; k++) {
+        tu_mlp_batch(&net, 500 + k);
+        tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+        tu_assert_status(tu_mlp_step(x, &net, 1, v, NULL, &err), CURV_OK, &err);
+        for (size_t i = 0; i < net.dim; i++)
+            if (!tu_same_bits(u[i], v[i]))
+                fail_msg("step %u: the reloaded optimizer differs at element %zu", k, i);
+    }
+    free(u), free(v);
+    curv_opt_free(x);
+    tu_mlp_teardown(o, l, &net);
+}
+
+/* Refreshes stay in the step (the updates of max_staleness 0, bit for
+ * bit, and nothing left to run) when max_staleness is not below T3 or the
+ * inverse is block-tridiagonal; max_staleness is fixed for a session. */
+static void test_where_refreshes_stay_in_the_step(void **state)
+{
+    (void)state;
+    const char *inverse[] = {"blockdiag", "tridiag"};
+    const double stale[] = {T3, 2};
+    for (int c = 0; c < 2; c++) {
+        tu_mlp na, nb;
+        tu_mlp_new(&na, W, 2, 0, 3, 95);
+        tu_mlp_new(&nb, W, 2, 0, 3, 95);
+        curv_layout *l = tu_mlp_layout(&na);
+        curv_opt *a = simple_opt(l, stale[c], inverse[c]);
+        curv_opt *b = simple_opt(l, 0, inverse[c]);
+        double *ua = tu_alloc(na.dim), *ub = tu_alloc(nb.dim);
+        curv_error err;
+        for (unsigned k = 1; k <= 2 * T3 + 1; k++) {
+            tu_mlp_batch(&na, 600 + k);
+            tu_mlp_batch(&nb, 600 + k);
+            tu_assert_status(tu_mlp_step(a, &na, 1, ua, NULL, &err), CURV_OK, &err);
+            tu_assert_status(tu_mlp_step(b, &nb, 1, ub, NULL, &err), CURV_OK, &err);
+            assert_memory_equal(ua, ub, na.dim * sizeof *ua);
+            assert_null(curv_opt_refresh(a));
+        }
+        curv_config *cfg = tu_config((const tu_kv[]){{"max_staleness", 1}}, 1);
+        assert_int_equal(curv_opt_reconfigure(a, cfg, &err), CURV_E_CONFIG);
+        assert_non_null(strstr(err.text, "max_staleness"));
+        curv_config_free(cfg);
+        free(ua), free(ub);
+        curv_opt_free(b);
+        tu_mlp_teardown(a, l, &na);
+        tu_mlp_free(&nb);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_updates_use_the_deferred_factors),
+        cmocka_unit_test(test_same_bits_on_another_thread),
+        cmocka_unit_test(test_save_with_a_refresh_pending),
+        cmocka_unit_test(test_where_refreshes_stay_in_the_step),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
