@@ -27,6 +27,7 @@ int curvd_daemon_open(struct curvd_server *srv, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    curvd_registry_set_background(srv->reg, curvd_svc_submit_background, srv);
     if (!(srv->sweeper = curvd_sweeper_start(srv))) {
         snprintf(err, errlen, "cannot start the idle-session sweeper");
         return -1;

@@ -33,6 +33,7 @@ struct curvd_http;
 struct curvd_auth;
 struct curvd_metrics;
 struct curv_executor;
+struct curvd_pool;
 struct curvd_sweeper;
 
 struct curvd_server {
@@ -47,6 +48,7 @@ struct curvd_server {
      * per-layer work (http/pool.h); NULL: none, steps run serially. Set
      * and cleared by curvd_http_start and _stop. */
     const struct curv_executor *exec;
+    struct curvd_pool *pool;       /* the same workers' queue: background refreshes */
     struct curvd_sweeper *sweeper; /* deletes idle sessions (session/service.h) */
 };
 

@@ -290,6 +290,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
         /* Posting the step in progress again starts it over: the trainer
          * lost its place (it restarted, or gave up on a callback). */
         curv_opt_cancel(e->opt);
+        curvd_registry_before_step(srv->reg, e);
         curv_request req;
         curv_error cerr;
         curv_status cs = curv_opt_step(e->opt, &si, delta, &req, &cerr);

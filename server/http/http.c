@@ -560,6 +560,7 @@ static int start_workers(struct curvd_server *srv, char *err, size_t errlen)
         return -1;
     }
     srv->exec = h->pool ? curvd_pool_executor(h->pool) : NULL;
+    srv->pool = h->pool;
     return 0;
 }
 
@@ -569,6 +570,7 @@ static void stop_workers(struct curvd_server *srv)
     curvd_pool_free(h->pool); /* runs what is queued, then joins */
     h->pool = NULL;
     srv->exec = NULL;
+    srv->pool = NULL;
     pthread_mutex_destroy(&h->mu);
 }
 

@@ -9,10 +9,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "curv/exec.h"
+
 #define NBUCKETS 4096
+
+/* A background refresh of an entry's optimizer, owned by the submitted
+ * call (bg_run frees it). @s NULL: taken back by curvd_registry_before_step
+ * while queued, so bg_run only frees it. */
+struct registry_bg {
+    struct curvd_registry *r;
+    struct curvd_entry *s;
+    curv_refresh *job;
+    int running;
+};
 
 struct curvd_registry {
     pthread_mutex_t mu;
+    pthread_cond_t bg_done; /* a background refresh ended */
+    curvd_bg_submit submit;
+    void *submit_ctx;
+    struct curvd_bg_stats bg_stats;
     struct curvd_entry *bucket[NBUCKETS];
     struct curvd_entry lru; /* sentinel: lru.next is the most recent */
     size_t count, bytes, max_sessions, budget;
@@ -36,6 +52,7 @@ struct curvd_registry *curvd_registry_new(size_t max_sessions, size_t mem_budget
     if (!r)
         return NULL;
     pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->bg_done, NULL);
     r->lru.next = r->lru.prev = &r->lru;
     r->max_sessions = max_sessions ? max_sessions : 1;
     r->budget = mem_budget;
@@ -77,6 +94,7 @@ void curvd_registry_free(struct curvd_registry *r)
         n = s->next;
         free_session(s);
     }
+    pthread_cond_destroy(&r->bg_done);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -124,7 +142,7 @@ static void evict(struct curvd_registry *r)
         struct curvd_entry *s = r->lru.prev;
         while (s != &r->lru && (r->count > r->max_sessions || r->bytes > r->budget)) {
             struct curvd_entry *prev = s->prev;
-            if (!s->busy && (pass || !curv_opt_pending(s->opt))) {
+            if (!s->busy && !s->bg && (pass || !curv_opt_pending(s->opt))) {
                 unlink_all(r, s);
                 free_session(s);
             }
@@ -206,15 +224,91 @@ enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char 
     return CURVD_REG_OK;
 }
 
+void curvd_registry_set_background(struct curvd_registry *r, curvd_bg_submit submit, void *ctx)
+{
+    pthread_mutex_lock(&r->mu);
+    r->submit = submit;
+    r->submit_ctx = ctx;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* The submitted call: run the refresh unless it was taken back, then let
+ * the session go (freeing it if it was dropped meanwhile). */
+static void bg_run(void *arg)
+{
+    struct registry_bg *b = arg;
+    struct curvd_registry *r = b->r;
+    pthread_mutex_lock(&r->mu);
+    b->running = b->s != NULL;
+    pthread_mutex_unlock(&r->mu);
+    if (b->running)
+        curv_refresh_run(b->job);
+    pthread_mutex_lock(&r->mu);
+    struct curvd_entry *s = b->s, *gone = NULL;
+    if (s) {
+        r->bg_stats.run++;
+        s->bg = NULL;
+        if (s->dropped && !s->busy)
+            gone = s;
+        pthread_cond_broadcast(&r->bg_done);
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (gone)
+        free_session(gone);
+    free(b);
+}
+
+/* Under r->mu, @s still held: hand on the refresh its last step left. */
+static void start_refresh(struct curvd_registry *r, struct curvd_entry *s)
+{
+    if (!r->submit || s->bg)
+        return;
+    curv_refresh *job = curv_opt_refresh(s->opt);
+    if (!job || !curv_refresh_claim(job))
+        return; /* none, or handed on already (the step computes it if not run) */
+    struct registry_bg *b = calloc(1, sizeof *b);
+    if (!b)
+        return;
+    *b = (struct registry_bg){.r = r, .s = s, .job = job};
+    s->bg = b;
+    if (r->submit(r->submit_ctx, bg_run, b) != 0) {
+        s->bg = NULL;
+        free(b);
+        return;
+    }
+    r->bg_stats.handed++;
+}
+
+void curvd_registry_before_step(struct curvd_registry *r, struct curvd_entry *s)
+{
+    pthread_mutex_lock(&r->mu);
+    struct registry_bg *b = s->bg;
+    if (b && curv_refresh_due(b->job) <= curv_opt_steps(s->opt) + 1) {
+        if (!b->running) { /* still queued: the step computes it */
+            b->s = NULL;
+            s->bg = NULL;
+            r->bg_stats.taken_back++;
+        }
+        if (s->bg)
+            r->bg_stats.waited++;
+        while (s->bg)
+            pthread_cond_wait(&r->bg_done, &r->mu);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
 void curvd_registry_end(struct curvd_registry *r, struct curvd_entry *s, size_t bytes)
 {
     pthread_mutex_lock(&r->mu);
     s->busy = 0;
-    if (s->hnext == s) { /* dropped while busy: now nobody holds it */
+    if (s->dropped) { /* dropped while busy: freed once nobody holds it */
+        const int idle = !s->bg;
         pthread_mutex_unlock(&r->mu);
-        free_session(s);
+        if (idle)
+            free_session(s);
         return;
     }
+    start_refresh(r, s);
     r->bytes = r->bytes - s->bytes + bytes;
     s->bytes = bytes;
     evict(r);
@@ -249,11 +343,18 @@ void curvd_registry_drop(struct curvd_registry *r, const char *id)
     struct curvd_entry *s = find(r, id);
     if (s) {
         unlink_all(r, s);
-        if (s->busy)
-            s->hnext = s; /* mark: curvd_registry_end frees it */
+        if (s->busy || s->bg)
+            s->dropped = 1; /* curvd_registry_end or the refresh's end frees it */
         else
             free_session(s);
     }
+    pthread_mutex_unlock(&r->mu);
+}
+
+void curvd_registry_bg_stats(struct curvd_registry *r, struct curvd_bg_stats *out)
+{
+    pthread_mutex_lock(&r->mu);
+    *out = r->bg_stats;
     pthread_mutex_unlock(&r->mu);
 }
 

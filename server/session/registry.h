@@ -55,6 +55,8 @@ struct curvd_entry {
     struct curvd_pending pend;        /* valid while curv_opt_pending(opt) */
     /* private to registry.c */
     int busy;
+    int dropped;            /* out of the table: freed once neither busy nor refreshing */
+    struct registry_bg *bg; /* its optimizer's refresh queued or running off the step path */
     uint64_t last_used;
     struct curvd_entry *hnext, *prev, *next;
 };
@@ -86,13 +88,39 @@ enum curvd_reg_status curvd_registry_add(struct curvd_registry *r, const char *i
                                          struct curvd_committed *committed);
 
 /* Drop @id from memory (after a delete). Waits for no one: a busy session
- * is marked and freed by its curvd_registry_end(). */
+ * is marked and freed by its curvd_registry_end() (or, when a background
+ * refresh of it is running, by that refresh's end). */
 void curvd_registry_drop(struct curvd_registry *r, const char *id);
 
 /* 1 and the step and callback id when @id is in memory, idle, and waiting
  * for a callback's answer; 0 otherwise (a busy session is not looked at). */
 int curvd_registry_pending(struct curvd_registry *r, const char *id, long long *step,
                            uint64_t *seq);
+
+/*
+ * Refreshes off the step path (K-FAC max_staleness; curv/exec.h). With a
+ * @submit, curvd_registry_end() hands the refresh a session's optimizer
+ * has just left (curv_opt_refresh) to @submit(@ctx, fn, arg), which must
+ * call fn(arg) once, on one of the compute threads and never before it
+ * returns (the registry's lock is held), or return nonzero
+ * (then the step that applies it computes it). While it is queued or
+ * running the session stays usable (steps, exports, PATCH) and is never
+ * evicted or freed. Without a submit (the default) nothing is handed on.
+ */
+typedef int (*curvd_bg_submit)(void *ctx, void (*fn)(void *), void *arg);
+void curvd_registry_set_background(struct curvd_registry *r, curvd_bg_submit submit, void *ctx);
+/* Before a step on @s (held busy): if the step applies its background
+ * refresh, wait for it when running, or take it back when still queued
+ * (the step then computes it itself: a worker never waits for a job
+ * queued behind it). */
+void curvd_registry_before_step(struct curvd_registry *r, struct curvd_entry *s);
+
+/* What became of the refreshes handed on: submitted, run by the pool,
+ * taken back while queued, waited for by the step applying them. */
+struct curvd_bg_stats {
+    unsigned long long handed, run, taken_back, waited;
+};
+void curvd_registry_bg_stats(struct curvd_registry *r, struct curvd_bg_stats *out);
 
 /* Counters for /metrics. */
 void curvd_registry_stats(struct curvd_registry *r, size_t *sessions, size_t *bytes);

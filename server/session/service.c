@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "http/metrics.h"
+#include "http/pool.h"
 
 /* Lend the daemon's workers to @o (srv->exec; NULL: none) for its
  * per-layer work; every optimizer the service holds came through here.
@@ -82,6 +83,31 @@ enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, c
 {
     return curvd_svc_valid_id(id) ? curvd_registry_begin(srv->reg, id, tenant, e)
                                   : CURVD_REG_NOT_FOUND;
+}
+
+/* A background refresh as a job of the worker pool (registry.h). */
+struct bg_job {
+    struct curvd_pool_job job; /* first: the pool hands back &job */
+    void (*fn)(void *);
+    void *arg;
+};
+
+static void bg_job_run(struct curvd_pool_job *j)
+{
+    struct bg_job *b = (struct bg_job *)j;
+    b->fn(b->arg);
+    free(b);
+}
+
+int curvd_svc_submit_background(void *ctx, void (*fn)(void *), void *arg)
+{
+    struct curvd_server *srv = ctx;
+    struct bg_job *b = srv->pool ? malloc(sizeof *b) : NULL;
+    if (!b)
+        return -1; /* no workers: the step that applies it computes it */
+    *b = (struct bg_job){.job = {.run = bg_job_run}, .fn = fn, .arg = arg};
+    curvd_pool_submit(srv->pool, &b->job);
+    return 0;
 }
 
 void curvd_svc_give_back(struct curvd_server *srv, struct curvd_entry *e, size_t bytes)

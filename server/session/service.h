@@ -50,6 +50,10 @@ int curvd_svc_get(struct curvd_server *srv, const char *tenant, const char *id, 
 enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, const char *tenant,
                                      struct curvd_entry **e);
 
+/* curvd_svc_submit_background - the registry's curvd_bg_submit: queue
+ * fn(arg) on the worker pool (@ctx the server); -1 without workers. */
+int curvd_svc_submit_background(void *ctx, void (*fn)(void *), void *arg);
+
 /* curvd_svc_give_back - end the request's hold on @e; @bytes is its
  * memory charge now. */
 void curvd_svc_give_back(struct curvd_server *srv, struct curvd_entry *e, size_t bytes);

@@ -15,10 +15,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "curv.h"
 #include "http/http.h"
 #include "http/pool.h"
+#include "session/registry.h"
 #include "srvutil.h"
 #include "testutil.h"
 
@@ -312,12 +314,69 @@ static void test_sessions_at_once(void **state)
     dstop(&f);
 }
 
+/* K-FAC with max_staleness on two workers: each refresh is handed to the
+ * pool when the step that leaves it completes, and every update equals
+ * that of the serial library computing its refreshes in the step, to the
+ * bit (simple and adaptive mode). */
+static void check_background(const char *mode)
+{
+    struct dfx f;
+    dstart(&f, 2, "par-background");
+    tu_mlp net;
+    curv_layout *l = mlp_new(&net, 13);
+    struct su_trainer tr = {.base = f.base, .layout = l};
+    su_trainer_create(&tr, "kfac",
+                      json_pack("{s:s, s:i, s:i, s:f, s:f}", "mode", mode, "inv_interval", 3,
+                                "max_staleness", 2, "lr", 0.1, "lambda_init", 1.0));
+    const tu_kv kv[] = {{"inv_interval", 3}, {"max_staleness", 2}, {"lr", 0.1}, {"lambda_init", 1}};
+    curv_opt *ref = tu_kfac_opt(l, kv, 4, "mode", mode, "precision", "fp32", NULL);
+    double *u = tu_alloc(net.dim), *want = tu_alloc(net.dim);
+    const long steps = 13; /* refreshes left by steps 6, 9 and 12 */
+    for (long t = 1; t <= steps; t++) {
+        json_t *layers = su_mlp_layers(&net);
+        struct su_step s = {
+            .t = t, .grad = net.g, .params = net.theta, .loss = net.loss, .layers = layers};
+        su_trainer_step(&tr, &s, mlp_answer, &net, u);
+        json_decref(layers);
+        ref_step(ref, &net, want);
+        same_bits(u, want, net.dim, mode, t);
+        tu_mlp_advance(&net, u, 300 + (uint64_t)t);
+    }
+    /* The last one (left by step 12 for step 14) may still be running. */
+    struct curvd_bg_stats bg;
+    for (int i = 0; i < 1000; i++) {
+        curvd_registry_bg_stats(f.srv.reg, &bg);
+        if (bg.run + bg.taken_back == bg.handed)
+            break;
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    }
+    print_message("%s: %llu refreshes handed on, %llu run by the pool, %llu taken back, %llu "
+                  "waited for\n",
+                  mode, bg.handed, bg.run, bg.taken_back, bg.waited);
+    assert_int_equal(bg.handed, 3);
+    assert_int_equal(bg.run + bg.taken_back, 3);
+    free(u);
+    free(want);
+    curv_opt_free(ref);
+    curv_layout_free(l);
+    tu_mlp_free(&net);
+    dstop(&f);
+}
+
+static void test_refreshes_in_the_background(void **state)
+{
+    (void)state;
+    check_background("simple");
+    check_background("adaptive");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_adaptive_matches_serial),
         cmocka_unit_test(test_replies_same_bytes),
         cmocka_unit_test(test_sessions_at_once),
+        cmocka_unit_test(test_refreshes_in_the_background),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
