@@ -965,10 +965,19 @@ static size_t ae_step_body(struct body *b, const struct ae *a, long long step)
     return json_len;
 }
 
-/* One daemon (--workers @workers, durability full), one session: the
- * median of AE_STEPS timed steps, and that step's Server-Timing. */
-static void ae_run(const char *bin, const struct ae *a, const char *workers, double *wall,
-                   double phase[NPHASE])
+/* How a run of the autoencoder session goes: its refresh interval and
+ * max_staleness, and the steps after the AE_WARM first that are timed. */
+struct ae_plan {
+    int inv_interval, staleness, steps;
+    double think_s; /* the trainer's time between steps (its passes), slept */
+};
+#define AE_MAX_STEPS 32
+
+/* One daemon (--workers @workers, durability full), one session stepped
+ * as @plan says: the median of the timed steps and that step's
+ * Server-Timing, and their mean into *@mean (may be NULL). */
+static void ae_run(const char *bin, const struct ae *a, const char *workers,
+                   const struct ae_plan *plan, double *wall, double phase[NPHASE], double *mean)
 {
     char line[512], path[128];
     g_workers = workers;
@@ -979,8 +988,10 @@ static void ae_run(const char *bin, const struct ae *a, const char *workers, dou
     struct conn c;
     conn_open(&c, port);
     struct body b = {.n = 0};
-    body_text(&b, "{\"optimizer\":\"kfac\",\"config\":{\"mode\":\"simple\",\"inv_interval\":20,"
-                  "\"weight_decay\":0},\"layout\":[");
+    body_text(&b,
+              "{\"optimizer\":\"kfac\",\"config\":{\"mode\":\"simple\",\"inv_interval\":%d,"
+              "\"max_staleness\":%d,\"weight_decay\":0},\"layout\":[",
+              plan->inv_interval, plan->staleness);
     for (size_t i = 0; i < a->L; i++)
         body_text(&b, "%s{\"name\":\"l%zu\",\"kind\":\"dense\",\"shape\":[%zu,%zu],\"bias\":true}",
                   i ? "," : "", i, a->w[i + 1], a->w[i]);
@@ -990,9 +1001,15 @@ static void ae_run(const char *bin, const struct ae *a, const char *workers, dou
     if (!id || strspn(id + 6, "0123456789abcdef") != 32)
         fail("no session id in: %.500s", c.reply);
     snprintf(path, sizeof path, "/v1/sessions/%.32s/steps", id + 6);
-    double t[AE_STEPS], ph[AE_STEPS][NPHASE];
-    for (long long k = 1; k <= AE_WARM + AE_STEPS; k++) {
+    const int steps = plan->steps;
+    double t[AE_MAX_STEPS], ph[AE_MAX_STEPS][NPHASE];
+    for (long long k = 1; k <= AE_WARM + steps; k++) {
         char want[48];
+        if (plan->think_s > 0 && k > 1)
+            nanosleep(&(struct timespec){(time_t)plan->think_s,
+                                         (long)((plan->think_s - (double)(time_t)plan->think_s) *
+                                                1e9)},
+                      NULL);
         double t0 = now_s();
         size_t json_len = ae_step_body(&b, a, k);
         http_call(&c, path, &b, json_len, 200);
@@ -1012,15 +1029,19 @@ static void ae_run(const char *bin, const struct ae *a, const char *workers, dou
     for (int k = 0; k < 3; k++)
         remove_tmp(k == 0 ? "full.db" : k == 1 ? "full.db-wal" : "full.db-shm");
     int med = 0; /* the median step: as many faster as slower */
-    for (int i = 0; i < AE_STEPS; i++) {
+    double sum = 0;
+    for (int i = 0; i < steps; i++) {
         int below = 0;
-        for (int j = 0; j < AE_STEPS; j++)
+        for (int j = 0; j < steps; j++)
             below += t[j] < t[i];
-        if (below == AE_STEPS / 2)
+        if (below == steps / 2)
             med = i;
+        sum += t[i];
     }
     *wall = t[med];
     memcpy(phase, ph[med], sizeof ph[med]);
+    if (mean)
+        *mean = sum / steps;
 }
 
 static void run_autoencoder(const char *bin, int quick)
@@ -1044,8 +1065,9 @@ static void run_autoencoder(const char *bin, int quick)
     snprintf(ncpu, sizeof ncpu, "%ld", g_ncpu > 1 ? g_ncpu : 2);
     const char *workers[2] = {"1", ncpu};
     double wall[2], ph[2][NPHASE];
+    const struct ae_plan quiet = {.inv_interval = 20, .staleness = 0, .steps = AE_STEPS};
     for (int k = 0; k < 2; k++)
-        ae_run(bin, &a, workers[k], &wall[k], ph[k]);
+        ae_run(bin, &a, workers[k], &quiet, &wall[k], ph[k], NULL);
     printf("\nautoencoder K-FAC session over HTTP (");
     for (size_t i = 0; i <= a.L; i++)
         printf("%s%zu", i ? "-" : "", a.w[i]);
@@ -1064,6 +1086,25 @@ static void run_autoencoder(const char *bin, int quick)
     }
     printf("  --workers %s / --workers 1: whole step %.2fx, its \"step\" phase %.2fx faster\n",
            ncpu, wall[0] / wall[1], ph[0][PH_STEP] / ph[1][PH_STEP]);
+    /* Refreshes every AE_T3 steps, in the step (max_staleness 0) and off
+     * it (2: computed by a worker while the trainer works and the next
+     * step runs), with the trainer's passes between steps (slept: a
+     * trainer on another machine) and without. */
+    enum { AE_T3 = 5 };
+    const double think[2] = {0, quick ? 0.01 : 0.3};
+    for (int th = 0; th < 2; th++) {
+        double mean[2], med[2], ph2[NPHASE];
+        for (int s = 0; s < 2; s++) {
+            const struct ae_plan plan = {
+                .inv_interval = AE_T3, .staleness = 2 * s, .steps = 4 * AE_T3, .think_s = think[th]};
+            ae_run(bin, &a, ncpu, &plan, &med[s], ph2, &mean[s]);
+        }
+        printf("  refreshes every %d steps, --workers %s, trainer %.2f s between steps, steps "
+               "%d-%d: mean %.3f s with them in the step (max_staleness 0), %.3f s off it (2): "
+               "%.2fx; medians %.3f / %.3f\n",
+               AE_T3, ncpu, think[th], AE_WARM + 1, AE_WARM + 4 * AE_T3, mean[0], mean[1],
+               mean[0] / mean[1], med[0], med[1]);
+    }
     free(a.vals);
     free(a.grad);
 }
