@@ -28,6 +28,10 @@ struct curvd_pending {
     unsigned char *last; /* the 202 reply that asked for it, owned */
     size_t last_len, last_json_len;
     uint64_t answered_seq; /* the callback whose answer produced @last; 0 if none */
+    curv_request answered; /* that callback (no vectors): how to decode its answer again */
+    /* What a re-post is compared with (wire/request_digest.h, text with
+     * its NUL): the step's request, and the answer to @answered_seq. */
+    char request_digest[41], answer_digest[41];
 };
 
 /* The parts of a session's state as the store holds them now (their

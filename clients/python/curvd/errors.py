@@ -141,6 +141,21 @@ class Unprocessable(ProblemError):
     """422: the request is well formed but cannot be done."""
 
 
+class StepMismatch(Unprocessable):
+    """422 STEP_MISMATCH: a step (or callback answer) posted again is not the
+    request that completed it: another gradient or other inputs, e.g. a second
+    trainer on the session or a stale optimizer. Nothing was applied.
+    ``stored_digest`` and ``request_digest`` are the digests compared."""
+
+    @property
+    def stored_digest(self) -> Optional[str]:
+        return self.errors[0].expected if self.errors else None
+
+    @property
+    def request_digest(self) -> Optional[str]:
+        return self.errors[0].got if self.errors else None
+
+
 class NonFinite(Unprocessable):
     """422 NON_FINITE: a NaN or infinity; ``errors`` names the element."""
 
@@ -199,6 +214,7 @@ _BY_REASON = {
     "CALLBACK_PENDING": Conflict,
     "INVALID_INPUT": BadRequest,
     "NUMERICAL_FAILURE": ServerError,
+    "STEP_MISMATCH": StepMismatch,
 }
 _BY_STATUS = {
     400: BadRequest,
