@@ -124,7 +124,7 @@ static int segment_number(const char *s, unsigned long long *out)
 CURVD_HANDLER(curvd_h_callback)
 {
     struct curvd_entry *e = NULL;
-    if (curvd_step_begin(srv, rq, rp, &e) != 0)
+    if (curvd_take_session(srv, rq, rp, &e) != 0)
         return;
     struct curvd_pending *pd = &e->pend;
     long long cur = (long long)curv_opt_steps(e->opt);

@@ -431,7 +431,6 @@ CURVD_HANDLER(curvd_h_session_patch)
     char path[128], detail[400], err[256];
     curv_config *c = NULL;
     struct curvd_entry *e = NULL;
-    enum curvd_reg_status rs = CURVD_REG_NOT_FOUND;
     int ttl_given = 0, has_ttl = 0, set_name = 0, set_labels = 0;
     int64_t ttl = 0;
     const char *name = NULL;
@@ -468,8 +467,8 @@ CURVD_HANDLER(curvd_h_session_patch)
     } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
                                             detail, sizeof detail))) {
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
-    } else if ((rs = curvd_svc_take(srv, rq->param[0], rq->tenant, &e)) != CURVD_REG_OK) {
-        curvd_reply_registry_error(rp, rq, rs);
+    } else if (curvd_take_session(srv, rq, rp, &e) != 0) {
+        /* answered */
     } else {
         size_t bytes = e->bytes; /* the new charge if the state changed size */
         char etag[32];

@@ -335,19 +335,10 @@ void curvd_step_end(struct curvd_server *srv, const struct curvd_reply *rp, stru
         curvd_svc_give_back(srv, e, e->bytes);
 }
 
-int curvd_step_begin(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                     struct curvd_entry **e)
-{
-    enum curvd_reg_status rs = curvd_svc_take(srv, rq->param[0], rq->tenant, e);
-    if (rs != CURVD_REG_OK)
-        curvd_reply_registry_error(rp, rq, rs);
-    return rs == CURVD_REG_OK ? 0 : -1;
-}
-
 CURVD_HANDLER(curvd_h_step)
 {
     struct curvd_entry *e = NULL;
-    if (curvd_step_begin(srv, rq, rp, &e) != 0)
+    if (curvd_take_session(srv, rq, rp, &e) != 0)
         return;
     run_step(srv, rq, rp, e);
     curvd_step_end(srv, rp, e);

@@ -68,11 +68,6 @@ void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, str
 void curvd_reply_mismatch(struct curvd_reply *rp, const struct curvd_req *rq, const char *stored,
                           const char *got, const char *detail);
 
-/* curvd_step_begin - take session rq->param[0] (404/409/503 replied when
- * it cannot be had); 0 with *@e on success. */
-int curvd_step_begin(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                     struct curvd_entry **e);
-
 /* curvd_step_end - give session @e back, unless the reply is deferred:
  * then the commit gives it back, with its new size, once durable. */
 void curvd_step_end(struct curvd_server *srv, const struct curvd_reply *rp, struct curvd_entry *e);

@@ -15,7 +15,8 @@ from .client import Client, Session
 from .errors import (BadRequest, CallbackError, CallbackOutOfOrder, Conflict, CurvdError,
                      FieldError, NoCallbackPending, NonFinite, NonFiniteValue, NotFound, PayloadTooLarge,
                      PreconditionFailed, ProblemError, ProtocolError, ServerError,
-                     ServiceUnavailable, SessionBusy, StepMismatch, StepOutOfOrder,
+                     ServiceUnavailable, SessionBusy, SessionUnloadable, StepMismatch,
+                     StepOutOfOrder,
                      TransportError,
                      Unauthorized, Unprocessable, UnsupportedMediaType)
 
@@ -26,7 +27,8 @@ __all__ = [
     "CurvatureOracle", "CurvdError", "FieldError", "NoCallbackPending", "NonFinite", "NonFiniteValue",
     "NotFound",
     "PayloadTooLarge", "PreconditionFailed", "ProblemError", "ProtocolError", "ServerError",
-    "ServiceUnavailable", "Session", "SessionBusy", "StepMismatch", "StepOutOfOrder",
+    "ServiceUnavailable", "Session", "SessionBusy", "SessionUnloadable", "StepMismatch",
+    "StepOutOfOrder",
     "StepResult",
     "TransportError", "Unauthorized", "Unprocessable", "UnsupportedMediaType",
 ]

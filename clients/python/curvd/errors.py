@@ -125,6 +125,12 @@ class SessionBusy(Conflict):
     """409 SESSION_BUSY: another request of the session is in progress."""
 
 
+class SessionUnloadable(Conflict):
+    """409 SESSION_UNLOADABLE: the session is stored but its state cannot be
+    loaded (damaged, or stored by an older daemon); retrying will not help.
+    Client.export_state still returns the stored blob; delete the session."""
+
+
 class PreconditionFailed(ProblemError):
     """412: the session changed since the ETag given in If-Match."""
 
@@ -215,6 +221,7 @@ _BY_REASON = {
     "INVALID_INPUT": BadRequest,
     "NUMERICAL_FAILURE": ServerError,
     "STEP_MISMATCH": StepMismatch,
+    "SESSION_UNLOADABLE": SessionUnloadable,
 }
 _BY_STATUS = {
     400: BadRequest,
