@@ -18,7 +18,7 @@ json_t *curvd_body_json(const struct curvd_req *rq, struct curvd_reply *rp)
 {
     if (!curvd_is_ctype(rq, "application/json")) {
         curvd_reply_problem(rp, rq, CURVD_R_UNSUPPORTED_MEDIA_TYPE, NULL, 0,
-                            "expected Content-Type: application/json, got %s",
+                            "expected Content-Type: application/json (UTF-8), got %s",
                             rq->content_type ? rq->content_type : "none");
         return NULL;
     }
