@@ -124,6 +124,7 @@ static const char *json_type_of(curv_param_type type)
     case CURV_PARAM_BOOL:
         return "a boolean";
     case CURV_PARAM_INT:
+        return "an integer";
     case CURV_PARAM_REAL:
         return "a number";
     default:
@@ -133,9 +134,11 @@ static const char *json_type_of(curv_param_type type)
 
 static int json_fits(const json_t *v, curv_param_type type)
 {
-    return type == CURV_PARAM_BOOL                             ? json_is_boolean(v)
-           : type == CURV_PARAM_INT || type == CURV_PARAM_REAL ? json_is_number(v)
-                                                               : json_is_string(v);
+    double x = json_number_value(v); /* bodies are read with JSON_DECODE_INT_AS_REAL */
+    return type == CURV_PARAM_BOOL   ? json_is_boolean(v)
+           : type == CURV_PARAM_INT  ? json_is_number(v) && x == floor(x)
+           : type == CURV_PARAM_REAL ? json_is_number(v)
+                                     : json_is_string(v);
 }
 
 /* Parameter @key of @kind, or 0 when it has none such (the library then
