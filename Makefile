@@ -54,7 +54,7 @@ Q := $(if $(V),,@)
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 .PHONY: all lib deps test test-clients test-unit asan tsan check-symbols check-format check-layers \
-        readme-example readme-walkthrough check-openapi spec-check fuzz fuzz-smoke \
+        readme-example readme-walkthrough check-openapi spec-check spec-types fuzz fuzz-smoke \
         bench run clean format reproduce
 
 all: lib
@@ -202,7 +202,17 @@ check-openapi: $(LINT_DIR)/node_modules/.installed
 # Every response of a live daemon validates against api/openapi.yaml
 # (Debian's python3-yaml and python3-jsonschema, hence /usr/bin/python3).
 spec-check: $(BUILD)/curvd
-	@/usr/bin/python3 tests/server/spec_check.py $(BUILD)/curvd | tail -n 3
+	@/usr/bin/python3 tests/server/spec_check.py $(BUILD)/curvd > $(BUILD)/spec-check.log \
+	    || { grep -A4 '^FAIL' $(BUILD)/spec-check.log; tail -n 1 $(BUILD)/spec-check.log; exit 1; }
+	@tail -n 3 $(BUILD)/spec-check.log
+
+# Strict JSON types, generated from api/openapi.yaml: every property of every
+# JSON request body with each wrong JSON type, every closed object with an
+# unknown member; each must be refused naming the member and change nothing.
+spec-types: $(BUILD)/curvd
+	@/usr/bin/python3 tests/server/spec_types.py $(BUILD)/curvd > $(BUILD)/spec-types.log \
+	    || { grep -A4 '^FAIL' $(BUILD)/spec-types.log; tail -n 1 $(BUILD)/spec-types.log; exit 1; }
+	@tail -n 1 $(BUILD)/spec-types.log
 
 # libFuzzer + ASan/UBSan under clang, built in $(BUILD)/fuzz by tests/fuzz/run.sh:
 # step bodies (the daemon's decoding path) and state blobs (curv_opt_load).
@@ -240,6 +250,7 @@ test: deps
 	@$(MAKE) --no-print-directory readme-example
 	@$(MAKE) --no-print-directory readme-walkthrough
 	@$(MAKE) --no-print-directory spec-check
+	@$(MAKE) --no-print-directory spec-types
 	@$(MAKE) --no-print-directory test-clients
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory tsan

@@ -4,8 +4,10 @@
  * to a callback of the step in progress. The exchange lives in memory
  * (struct curvd_pending): only the final update is committed, so after a
  * restart the callback is unknown and the trainer posts the step again.
- * A retried answer gets the reply it got the first time: the stored
- * final reply once the step is complete, else the kept 202.
+ * A retried answer gets the reply it got the first time (the stored final
+ * reply once the step is complete, else the kept 202) when it is the same
+ * answer (its decoded values, wire/request_digest.h); another answer to
+ * that callback is 422 STEP_MISMATCH.
  */
 #include <errno.h>
 #include <limits.h>
@@ -16,6 +18,7 @@
 #include "api/steps.h"
 #include "http/metrics.h"
 #include "store/store.h"
+#include "wire/request_digest.h"
 #include "wire/step_decode.h"
 
 static void no_callback(const struct curvd_req *rq, struct curvd_reply *rp, long long cur,
@@ -31,6 +34,50 @@ static void no_callback(const struct curvd_req *rq, struct curvd_reply *rp, long
                         n, cur, cur + 1);
 }
 
+/* Decode this request's answer to callback @req into @values (@req->n_values
+ * doubles) and its digest; 0, or -1 with the problem replied. */
+static int decode_answer(const struct curvd_req *rq, struct curvd_reply *rp,
+                         const struct curvd_entry *e, const curv_request *req, double *values,
+                         char digest[CURVD_DIGEST_TEXT])
+{
+    struct curvd_problem p;
+    curvd_problem_init(&p);
+    if (curvd_answer_decode(rq->body, rq->body_len,
+                            curvd_req_header(rq, "Inference-Header-Content-Length"),
+                            rq->content_type, curv_opt_layout(e->opt), req, values, &p) != 0) {
+        curvd_reply_codec_problem(rp, rq, &p);
+        return -1;
+    }
+    curvd_answer_digest(e->pend.step, req, values, digest);
+    return 0;
+}
+
+/* A retried answer to callback pd->answered_seq: 1 when it is the answer
+ * first given, else 0 with the problem replied. */
+static int same_answer(const struct curvd_req *rq, struct curvd_reply *rp,
+                       const struct curvd_entry *e)
+{
+    const struct curvd_pending *pd = &e->pend;
+    double *values = malloc((pd->answered.n_values ? pd->answered.n_values : 1) * sizeof *values);
+    char digest[CURVD_DIGEST_TEXT], detail[240];
+    int same = 0;
+    if (!values)
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
+    else if (decode_answer(rq, rp, e, &pd->answered, values, digest) != 0)
+        ; /* replied */
+    else if (!(same = strcmp(digest, pd->answer_digest) == 0)) {
+        snprintf(detail, sizeof detail,
+                 "callback %llu of step %lld was answered with other values, and this answer "
+                 "was not applied: %s",
+                 (unsigned long long)pd->answered_seq, pd->step,
+                 curv_opt_pending(e->opt) ? "answer the callback the step awaits now"
+                                          : "the step is complete, post the next one");
+        curvd_reply_mismatch(rp, rq, pd->answer_digest, digest, detail);
+    }
+    free(values);
+    return same;
+}
+
 static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
                    struct curvd_entry *e)
 {
@@ -38,16 +85,13 @@ static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct 
     size_t dim = curv_layout_dim(curv_opt_layout(e->opt));
     double *values = malloc((pd->req.n_values ? pd->req.n_values : 1) * sizeof *values);
     double *delta = malloc(dim * sizeof *delta);
-    struct curvd_problem p;
-    curvd_problem_init(&p);
+    char digest[CURVD_DIGEST_TEXT];
     curvd_timing_lap(rp, CURVD_T_COUNT);
     if (!values || !delta) {
         curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
-    } else if (curvd_answer_decode(
-                   rq->body, rq->body_len, curvd_req_header(rq, "Inference-Header-Content-Length"),
-                   rq->content_type, curv_opt_layout(e->opt), &pd->req, values, &p) != 0) {
-        curvd_reply_codec_problem(rp, rq, &p);
-    } else {
+    } else if (decode_answer(rq, rp, e, &pd->req, values, digest) == 0) {
+        curv_request asked = pd->req; /* curvd_step_outcome puts the next one there */
+        asked.vectors = NULL;
         curv_response resp = {.seq = pd->req.seq, .n_values = pd->req.n_values, .values = values};
         curv_request next;
         curv_error cerr;
@@ -56,6 +100,8 @@ static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct 
         curvd_timing_lap(rp, CURVD_T_STEP);
         if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
             pd->answered_seq = resp.seq;
+            pd->answered = asked;
+            memcpy(pd->answer_digest, digest, sizeof digest);
             curvd_metrics_callback(srv->metrics, curv_opt_kind_of(e->opt));
         }
         curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &next, delta);
@@ -78,7 +124,7 @@ static int segment_number(const char *s, unsigned long long *out)
 CURVD_HANDLER(curvd_h_callback)
 {
     struct curvd_entry *e = NULL;
-    if (curvd_step_begin(srv, rq, rp, &e) != 0)
+    if (curvd_take_session(srv, rq, rp, &e) != 0)
         return;
     struct curvd_pending *pd = &e->pend;
     long long cur = (long long)curv_opt_steps(e->opt);
@@ -89,12 +135,18 @@ CURVD_HANDLER(curvd_h_callback)
     /* answered_seq 0: the step asked for nothing, so no callback of it was answered. */
     if (n == cur && cur > 0 && pd->step == n && cb_ok && pd->answered_seq &&
         cb == pd->answered_seq) {
-        curvd_step_replay(srv, rq, rp, e, cur); /* the final answer retried: the update */
+        if (same_answer(rq, rp, e)) /* the final answer retried: the update */
+            curvd_step_replay(srv, rq, rp, e, cur, NULL);
     } else if (!curv_opt_pending(e->opt) || n != pd->step) {
         no_callback(rq, rp, cur, rq->param[1]);
     } else if (!cb_ok || cb != pd->req.seq) {
-        char *copy = cb_ok && cb == pd->answered_seq && pd->last ? malloc(pd->last_len) : NULL;
-        if (copy) { /* a retried answer: the reply it got the first time */
+        int retried = cb_ok && cb == pd->answered_seq && pd->last;
+        char *copy = retried ? malloc(pd->last_len) : NULL;
+        if (retried && !copy) {
+            curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
+        } else if (retried && !same_answer(rq, rp, e)) {
+            free(copy);    /* replied */
+        } else if (copy) { /* a retried answer: the reply it got the first time */
             memcpy(copy, pd->last, pd->last_len);
             curvd_reply_tensors(rp, 202, copy, pd->last_len, pd->last_json_len, NULL);
             curvd_callback_url(e, rp->location, sizeof rp->location);

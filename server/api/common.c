@@ -18,7 +18,7 @@ json_t *curvd_body_json(const struct curvd_req *rq, struct curvd_reply *rp)
 {
     if (!curvd_is_ctype(rq, "application/json")) {
         curvd_reply_problem(rp, rq, CURVD_R_UNSUPPORTED_MEDIA_TYPE, NULL, 0,
-                            "expected Content-Type: application/json, got %s",
+                            "expected Content-Type: application/json (UTF-8), got %s",
                             rq->content_type ? rq->content_type : "none");
         return NULL;
     }
@@ -52,13 +52,33 @@ void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq,
 }
 
 void curvd_reply_registry_error(struct curvd_reply *rp, const struct curvd_req *rq,
-                                enum curvd_reg_status rs)
+                                enum curvd_reg_status rs, const char *why)
 {
     if (rs == CURVD_REG_BUSY)
         curvd_reply_problem(rp, rq, CURVD_R_SESSION_BUSY, NULL, 0,
                             "another request of this session is in progress");
     else if (rs == CURVD_REG_ERROR)
-        curvd_reply_problem(rp, rq, CURVD_R_UNAVAILABLE, NULL, 0, "cannot load the session");
+        curvd_reply_problem(rp, rq, CURVD_R_UNAVAILABLE, NULL, 0,
+                            "cannot load the session now (see the daemon's log)");
+    else if (rs == CURVD_REG_UNLOADABLE)
+        /* Not a 503: trying again gives the same answer. What is stored
+         * stays reachable without loading it. */
+        curvd_reply_problem(rp, rq, CURVD_R_SESSION_UNLOADABLE, NULL, 0,
+                            "session %s is stored but its state cannot be loaded: %s. GET "
+                            "/v1/sessions/%s/state exports the stored blob as it is; DELETE "
+                            "/v1/sessions/%s removes the session",
+                            rq->param[0], why && why[0] ? why : "unknown reason", rq->param[0],
+                            rq->param[0]);
     else
         curvd_reply_problem(rp, rq, CURVD_R_NOT_FOUND, NULL, 0, "no such session");
+}
+
+int curvd_take_session(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
+                       struct curvd_entry **e)
+{
+    char why[256] = "";
+    enum curvd_reg_status rs = curvd_svc_take(srv, rq->param[0], rq->tenant, e, why, sizeof why);
+    if (rs != CURVD_REG_OK)
+        curvd_reply_registry_error(rp, rq, rs, why);
+    return rs == CURVD_REG_OK ? 0 : -1;
 }

@@ -19,9 +19,15 @@ json_t *curvd_body_json(const struct curvd_req *rq, struct curvd_reply *rp);
 void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq, int st,
                              const char *err);
 /* The problem for a registry refusal (curvd_registry_begin): 409
- * SESSION_BUSY, 503 UNAVAILABLE or 404 NOT_FOUND. */
+ * SESSION_BUSY, 503 UNAVAILABLE, 409 SESSION_UNLOADABLE (with @why), or
+ * 404 NOT_FOUND. */
 void curvd_reply_registry_error(struct curvd_reply *rp, const struct curvd_req *rq,
-                                enum curvd_reg_status rs);
+                                enum curvd_reg_status rs, const char *why);
+
+/* curvd_take_session - take session rq->param[0] (curvd_svc_take); 0 with
+ * *@e, or -1 with its refusal replied. */
+int curvd_take_session(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
+                       struct curvd_entry **e);
 
 /* h_ops.c */
 CURVD_HANDLER(curvd_h_health);

@@ -207,7 +207,8 @@ CURVD_HANDLER(curvd_h_session_create)
     if (!body)
         return;
     struct curvd_field_error fe = {0};
-    char path[128], detail[400];
+    struct curvd_problem p;
+    char path[128];
     const char *opt_name = json_string_value(json_object_get(body, "optimizer"));
     curv_opt_kind kind;
     curv_layout *l = NULL;
@@ -235,12 +236,10 @@ CURVD_HANDLER(curvd_h_session_create)
                                         opt_name};
         curvd_reply_problem(rp, rq, CURVD_R_UNKNOWN_OPTIMIZER, &fe, 1, "unknown optimizer '%s'",
                             opt_name ? opt_name : "(missing)");
-    } else if (!(l = curvd_layout_from_json(json_object_get(body, "layout"), &fe, path, sizeof path,
-                                            detail, sizeof detail))) {
-        curvd_reply_problem(rp, rq, CURVD_R_INVALID_LAYOUT, &fe, 1, "%s", detail);
-    } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
-                                            detail, sizeof detail))) {
-        curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
+    } else if (curvd_problem_init(&p),
+               !(l = curvd_layout_from_json(json_object_get(body, "layout"), &p)) ||
+                   !(c = curvd_config_from_json(kind, json_object_get(body, "config"), &p))) {
+        curvd_reply_codec_problem(rp, rq, &p);
     } else if (ttl_from_json(rq, rp, body, &ttl_given, &has_ttl, &ttl) == 0 &&
                name_labels_from_json(rq, rp, body, &set_name, &name, &set_labels, &labels) == 0) {
         struct new_extra x = {has_ttl, ttl, name, labels};
@@ -422,94 +421,116 @@ static int reconfigure_durably(struct curvd_server *srv, const struct curvd_req 
     return st;
 }
 
+/* What a PATCH changes in the row alone (its name, labels and idle TTL),
+ * as the body gives it. */
+struct row_edit {
+    int ttl_given, has_ttl, set_name, set_labels;
+    int64_t ttl;
+    const char *name;
+    char *labels; /* owned */
+};
+
+/* Apply @x to session @id, then reply its row (200) or the store's problem. */
+static void edit_row_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
+                               struct curvd_reply *rp, const char *id, int st,
+                               const struct row_edit *x, char *err, size_t errlen)
+{
+    struct curvd_session s = {0};
+    if (st == CURVD_STORE_OK && x->ttl_given)
+        st = curvd_svc_set_idle_ttl(srv, rq->tenant, id, x->has_ttl, x->ttl, err, errlen);
+    if (st == CURVD_STORE_OK && (x->set_name || x->set_labels))
+        st = curvd_svc_set_name_labels(srv, rq->tenant, id, x->set_name, x->name, x->set_labels,
+                                       x->labels, err, errlen);
+    if (st == CURVD_STORE_OK)
+        st = curvd_svc_get(srv, rq->tenant, id, 0, &s, err, errlen);
+    if (st == CURVD_STORE_OK)
+        reply_row(srv, rp, &s, 200);
+    else if (st == CURVD_STORE_CONFLICT)
+        curvd_reply_problem(rp, rq, CURVD_R_SESSION_CHANGED, NULL, 0,
+                            "the session stepped meanwhile; read it again and retry");
+    else
+        curvd_reply_store_error(rp, rq, st, err);
+    curvd_session_clear(&s);
+}
+
+/* The hyperparameters @cfg (JSON) on the taken session @e, committed with
+ * the row edit @x; returns @e's memory charge now. */
+static size_t patch_config(struct curvd_server *srv, const struct curvd_req *rq,
+                           struct curvd_reply *rp, struct curvd_entry *e, const json_t *cfg,
+                           const struct row_edit *x)
+{
+    size_t bytes = e->bytes; /* the new charge if the state changed size */
+    char etag[32], err[256];
+    const char *im = curvd_req_header(rq, "If-Match");
+    curvd_etag(etag, sizeof etag, (long long)curv_opt_steps(e->opt));
+    unsigned char *before = NULL;
+    size_t before_len = 0;
+    struct curvd_problem p;
+    curvd_problem_init(&p);
+    curv_config *c = NULL;
+    curv_error cerr;
+    curv_status cs;
+    if (im && strcmp(im, "*") != 0 && strcmp(im, etag) != 0) {
+        curvd_reply_problem(rp, rq, CURVD_R_PRECONDITION_FAILED, NULL, 0,
+                            "the session is at ETag %s, not %s", etag, im);
+    } else if (!(c = curvd_config_from_json(curv_opt_kind_of(e->opt), cfg, &p))) {
+        curvd_reply_codec_problem(rp, rq, &p);
+    } else if (curv_opt_save(e->opt, &before, &before_len, &cerr) != CURV_OK) {
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "%s", cerr.text);
+    } else if ((cs = curv_opt_reconfigure(e->opt, c, &cerr)) != CURV_OK) {
+        curvd_reply_problem(rp, rq, curvd_reason_of_status(CURVD_OP_RECONFIGURE, cs), NULL, 0, "%s",
+                            cerr.text);
+    } else {
+        int st = reconfigure_durably(srv, rq, e, before, before_len, &bytes, err, sizeof err);
+        edit_row_and_reply(srv, rq, rp, e->id, st, x, err, sizeof err);
+    }
+    curv_free(before);
+    curv_config_free(c);
+    return bytes;
+}
+
+/* The first member of a PATCH body that it may not hold, or NULL. */
+static const char *patch_extra(json_t *body)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        if (strcmp(key, "config") && strcmp(key, "idle_ttl_s") && strcmp(key, "name") &&
+            strcmp(key, "labels"))
+            return key;
+    }
+    return NULL;
+}
+
 CURVD_HANDLER(curvd_h_session_patch)
 {
     json_t *body = curvd_body_json(rq, rp);
     if (!body)
         return;
-    struct curvd_field_error fe = {0};
-    char path[128], detail[400], err[256];
-    curv_config *c = NULL;
+    char path[128], err[256];
     struct curvd_entry *e = NULL;
-    enum curvd_reg_status rs = CURVD_REG_NOT_FOUND;
-    int ttl_given = 0, has_ttl = 0, set_name = 0, set_labels = 0;
-    int64_t ttl = 0;
-    const char *name = NULL;
-    char *labels = NULL;
+    struct row_edit x = {0};
     json_t *cfg = json_object_get(body, "config");
-    size_t members = (cfg != NULL) + (json_object_get(body, "idle_ttl_s") != NULL) +
-                     (json_object_get(body, "name") != NULL) +
-                     (json_object_get(body, "labels") != NULL);
-    if (members == 0 || json_object_size(body) != members) {
-        fe = (struct curvd_field_error){"/config", "an object of hyperparameters", NULL};
+    const char *extra = patch_extra(body);
+    if (extra) {
+        snprintf(path, sizeof path, "/%.100s", extra);
+        struct curvd_field_error fe = {path, "config, idle_ttl_s, name or labels", extra};
+        curvd_reply_problem(rp, rq, CURVD_R_UNKNOWN_MEMBER, &fe, 1,
+                            "unknown member \"%.100s\" in the PATCH body", extra);
+    } else if (json_object_size(body) == 0) {
+        struct curvd_field_error fe = {"/config", "an object of hyperparameters", NULL};
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1,
-                            "the body may hold config, idle_ttl_s, name and labels, at least one, "
-                            "and nothing else");
-    } else if (ttl_from_json(rq, rp, body, &ttl_given, &has_ttl, &ttl) != 0 ||
-               name_labels_from_json(rq, rp, body, &set_name, &name, &set_labels, &labels) != 0) {
+                            "the body may hold config, idle_ttl_s, name and labels, at least one");
+    } else if (ttl_from_json(rq, rp, body, &x.ttl_given, &x.has_ttl, &x.ttl) != 0 ||
+               name_labels_from_json(rq, rp, body, &x.set_name, &x.name, &x.set_labels,
+                                     &x.labels) != 0) {
         /* answered */
-    } else if (!cfg) {
-        /* No config: no optimizer to take, a row to update. */
-        struct curvd_session s = {0};
-        int st = CURVD_STORE_OK;
-        if (ttl_given)
-            st = curvd_svc_set_idle_ttl(srv, rq->tenant, rq->param[0], has_ttl, ttl, err,
-                                        sizeof err);
-        if (st == CURVD_STORE_OK && (set_name || set_labels))
-            st = curvd_svc_set_name_labels(srv, rq->tenant, rq->param[0], set_name, name,
-                                           set_labels, labels, err, sizeof err);
-        if (st == CURVD_STORE_OK)
-            st = curvd_svc_get(srv, rq->tenant, rq->param[0], 0, &s, err, sizeof err);
-        if (st == CURVD_STORE_OK)
-            reply_row(srv, rp, &s, 200);
-        else
-            curvd_reply_store_error(rp, rq, st, err);
-        curvd_session_clear(&s);
-    } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
-                                            detail, sizeof detail))) {
-        curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
-    } else if ((rs = curvd_svc_take(srv, rq->param[0], rq->tenant, &e)) != CURVD_REG_OK) {
-        curvd_reply_registry_error(rp, rq, rs);
-    } else {
-        size_t bytes = e->bytes; /* the new charge if the state changed size */
-        char etag[32];
-        const char *im = curvd_req_header(rq, "If-Match");
-        curvd_etag(etag, sizeof etag, (long long)curv_opt_steps(e->opt));
-        unsigned char *before = NULL;
-        size_t before_len = 0;
-        curv_error cerr;
-        curv_status cs;
-        if (im && strcmp(im, "*") != 0 && strcmp(im, etag) != 0) {
-            curvd_reply_problem(rp, rq, CURVD_R_PRECONDITION_FAILED, NULL, 0,
-                                "the session is at ETag %s, not %s", etag, im);
-        } else if (curv_opt_save(e->opt, &before, &before_len, &cerr) != CURV_OK) {
-            curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "%s", cerr.text);
-        } else if ((cs = curv_opt_reconfigure(e->opt, c, &cerr)) != CURV_OK) {
-            curvd_reply_problem(rp, rq, curvd_reason_of_status(CURVD_OP_RECONFIGURE, cs), NULL, 0,
-                                "%s", cerr.text);
-        } else {
-            int st = reconfigure_durably(srv, rq, e, before, before_len, &bytes, err, sizeof err);
-            struct curvd_session s = {0};
-            if (st == CURVD_STORE_OK && ttl_given)
-                st = curvd_svc_set_idle_ttl(srv, rq->tenant, e->id, has_ttl, ttl, err, sizeof err);
-            if (st == CURVD_STORE_OK && (set_name || set_labels))
-                st = curvd_svc_set_name_labels(srv, rq->tenant, e->id, set_name, name, set_labels,
-                                               labels, err, sizeof err);
-            if (st == CURVD_STORE_OK)
-                st = curvd_store_get(srv->store, rq->tenant, e->id, 0, &s, err, sizeof err);
-            if (st == CURVD_STORE_OK)
-                reply_row(srv, rp, &s, 200);
-            else if (st == CURVD_STORE_CONFLICT)
-                curvd_reply_problem(rp, rq, CURVD_R_SESSION_CHANGED, NULL, 0,
-                                    "the session stepped meanwhile; read it again and retry");
-            else
-                curvd_reply_store_error(rp, rq, st, err);
-            curvd_session_clear(&s);
-        }
-        curv_free(before);
-        curvd_svc_give_back(srv, e, bytes);
+    } else if (!cfg) { /* no optimizer to take, a row to update */
+        edit_row_and_reply(srv, rq, rp, rq->param[0], CURVD_STORE_OK, &x, err, sizeof err);
+    } else if (curvd_take_session(srv, rq, rp, &e) == 0) {
+        curvd_svc_give_back(srv, e, patch_config(srv, rq, rp, e, cfg, &x));
     }
-    free(labels);
-    curv_config_free(c);
+    free(x.labels);
     json_decref(body);
 }

@@ -174,15 +174,28 @@ static void reply_stored_update(struct curvd_reply *rp, const struct curvd_req *
     curvd_out_clear(&out);
 }
 
+void curvd_reply_mismatch(struct curvd_reply *rp, const struct curvd_req *rq, const char *stored,
+                          const char *got, const char *detail)
+{
+    struct curvd_field_error fe = {"", stored, got};
+    curvd_reply_problem(rp, rq, CURVD_R_STEP_MISMATCH, &fe, 1, "%s", detail);
+}
+
 void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                       const struct curvd_entry *e, long long cur)
+                       const struct curvd_entry *e, long long cur, const char *digest)
 {
     struct curvd_step_response r = {0};
-    char err[256];
+    char err[256], detail[200];
     int dtype;
     enum curvd_encoding enc;
     int st = curvd_store_get_response(srv->store, rq->tenant, e->id, &r, err, sizeof err);
-    if (st == CURVD_STORE_OK && parse_stored_type(r.content_type, &dtype, &enc) == 0) {
+    if (st == CURVD_STORE_OK && digest && r.request_digest && strcmp(digest, r.request_digest)) {
+        snprintf(detail, sizeof detail,
+                 "step %lld was completed by another request (its gradients or other inputs "
+                 "differ), and this one was not applied: post step %lld next",
+                 cur, cur + 1);
+        curvd_reply_mismatch(rp, rq, r.request_digest, digest, detail);
+    } else if (st == CURVD_STORE_OK && parse_stored_type(r.content_type, &dtype, &enc) == 0) {
         reply_stored_update(rp, rq, e, &r, dtype, enc);
     } else if (st == CURVD_STORE_OK) {
         reply_stored_body(rp, &r);

@@ -20,8 +20,13 @@
 #include "wire/codec.h"
 #include "wire/json_scan.h"
 #include "wire/out.h"
+#include "wire/request_digest.h"
 #include "wire/step_decode.h"
 #include "wire/tensor_bytes.h"
+
+_Static_assert(sizeof(((struct curvd_pending *)0)->request_digest) == CURVD_DIGEST_TEXT &&
+                   sizeof(((struct curvd_pending *)0)->answer_digest) == CURVD_DIGEST_TEXT,
+               "struct curvd_pending holds digests of wire/request_digest.h");
 
 void curvd_reply_codec_problem(struct curvd_reply *rp, const struct curvd_req *rq,
                                const struct curvd_problem *p)
@@ -76,7 +81,7 @@ static void step_committed(struct curvd_svc_commit *s, int st, long long current
         /* This copy was stale (reloaded while another request committed
          * this very step, then evicted): the step is applied, so the
          * stored reply is the answer. */
-        curvd_step_replay(srv, rq, rp, e, current);
+        curvd_step_replay(srv, rq, rp, e, current, e->pend.request_digest);
     } else if (st == CURVD_STORE_CONFLICT) {
         curvd_reply_problem(rp, rq, CURVD_R_STEP_OUT_OF_ORDER, NULL, 0,
                             "the session advanced elsewhere (now at step %lld)", current);
@@ -149,7 +154,8 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
                                         .content_type = j->ctype,
                                         .response = wire,
                                         .response_len = wire_len,
-                                        .report = j->report};
+                                        .report = j->report,
+                                        .request_digest = pd->request_digest};
     j->s.srv = srv;
     j->s.e = e;
     j->s.tenant = rq->tenant;
@@ -242,6 +248,28 @@ static void step_out_of_order(struct curvd_reply *rp, const struct curvd_req *rq
                         "the session has completed %lld steps: post step %lld", cur, cur + 1);
 }
 
+/* The step @in, decoded, through the optimizer. */
+static void apply_step(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
+                       struct curvd_entry *e, const struct curvd_step_in *in,
+                       const curv_step_input *si, const char *digest, double *delta)
+{
+    /* Posting the step in progress again starts it over: the trainer
+     * lost its place (it restarted, or gave up on a callback). */
+    curv_opt_cancel(e->opt);
+    curvd_registry_before_step(srv->reg, e);
+    curv_request req;
+    curv_error cerr;
+    curv_status cs = curv_opt_step(e->opt, si, delta, &req, &cerr);
+    curvd_timing_lap(rp, CURVD_T_STEP);
+    if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
+        free(e->pend.last);
+        e->pend =
+            (struct curvd_pending){.step = in->step, .dtype = in->dtype, .encoding = in->encoding};
+        snprintf(e->pend.request_digest, sizeof e->pend.request_digest, "%s", digest);
+    }
+    curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &req, delta);
+}
+
 static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
                      struct curvd_entry *e)
 {
@@ -258,6 +286,7 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
     double *gsq = curvd_mem_alloc(dim * sizeof *gsq), *delta = curvd_mem_alloc(dim * sizeof *delta);
     curv_layer_stats *ls = NULL;
     int binary = 0;
+    char digest[CURVD_DIGEST_TEXT];
     curvd_timing_lap(rp, CURVD_T_COUNT);
     if (!g || !theta || !gsq || !delta) {
         curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
@@ -265,15 +294,16 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
                                      curvd_req_header(rq, "Inference-Header-Content-Length"),
                                      rq->content_type, &in, &bin, &binary, &p) != 0) {
         curvd_reply_codec_problem(rp, rq, &p);
-    } else if (in.step == cur && cur > 0) {
-        curvd_step_replay(srv, rq, rp, e, cur);
-    } else if (in.step != cur + 1) {
+    } else if (in.step != cur + 1 && !(in.step == cur && cur > 0)) {
         step_out_of_order(rp, rq, cur, in.step);
     } else if (curvd_step_decode_tensors(l, &in, &bin, binary, g, theta, gsq, &p) != 0) {
+        /* A re-post of the latest step is decoded too: it is replayed
+         * only when it is the same request (curvd_step_replay). */
         curvd_reply_codec_problem(rp, rq, &p);
     } else if (in.nlayers && !(ls = calloc(in.nlayers, sizeof *ls))) {
         curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
     } else {
+        curvd_step_digest(l, &in, g, theta, gsq, digest);
         if (ls)
             curvd_step_layer_stats(&in, ls);
         curvd_timing_lap(rp, CURVD_T_DECODE);
@@ -287,20 +317,10 @@ static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struc
                               .has_loss = in.has_loss,
                               .batch = in.batch,
                               .grad_sq = in.ngrad_sq ? gsq : NULL};
-        /* Posting the step in progress again starts it over: the trainer
-         * lost its place (it restarted, or gave up on a callback). */
-        curv_opt_cancel(e->opt);
-        curvd_registry_before_step(srv->reg, e);
-        curv_request req;
-        curv_error cerr;
-        curv_status cs = curv_opt_step(e->opt, &si, delta, &req, &cerr);
-        curvd_timing_lap(rp, CURVD_T_STEP);
-        if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
-            free(e->pend.last);
-            e->pend =
-                (struct curvd_pending){.step = in.step, .dtype = in.dtype, .encoding = in.encoding};
-        }
-        curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &req, delta);
+        if (in.step == cur)
+            curvd_step_replay(srv, rq, rp, e, cur, digest);
+        else
+            apply_step(srv, rq, rp, e, &in, &si, digest, delta);
     }
     curvd_step_in_clear(&in);
     free(ls);
@@ -316,19 +336,10 @@ void curvd_step_end(struct curvd_server *srv, const struct curvd_reply *rp, stru
         curvd_svc_give_back(srv, e, e->bytes);
 }
 
-int curvd_step_begin(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                     struct curvd_entry **e)
-{
-    enum curvd_reg_status rs = curvd_svc_take(srv, rq->param[0], rq->tenant, e);
-    if (rs != CURVD_REG_OK)
-        curvd_reply_registry_error(rp, rq, rs);
-    return rs == CURVD_REG_OK ? 0 : -1;
-}
-
 CURVD_HANDLER(curvd_h_step)
 {
     struct curvd_entry *e = NULL;
-    if (curvd_step_begin(srv, rq, rp, &e) != 0)
+    if (curvd_take_session(srv, rq, rp, &e) != 0)
         return;
     run_step(srv, rq, rp, e);
     curvd_step_end(srv, rp, e);

@@ -56,14 +56,17 @@ int curvd_encode_callback(struct curvd_out *out, const struct curvd_entry *e,
 void curvd_stored_type(char *buf, size_t cap, int dtype, enum curvd_encoding enc);
 
 /* curvd_step_replay - the stored reply of completed step @cur, the same
- * bytes as when it was first sent. */
+ * bytes as when it was first sent, when @digest (the re-posted request's,
+ * wire/request_digest.h) is the one stored with it, or when either is
+ * absent (NULL: the caller compared; none stored: a step committed before
+ * digests were); else 422 STEP_MISMATCH. */
 void curvd_step_replay(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                       const struct curvd_entry *e, long long cur);
+                       const struct curvd_entry *e, long long cur, const char *digest);
 
-/* curvd_step_begin - take session rq->param[0] (404/409/503 replied when
- * it cannot be had); 0 with *@e on success. */
-int curvd_step_begin(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                     struct curvd_entry **e);
+/* curvd_reply_mismatch - 422 STEP_MISMATCH with @detail: the request
+ * re-posted is not the one first answered (digests @stored and @got). */
+void curvd_reply_mismatch(struct curvd_reply *rp, const struct curvd_req *rq, const char *stored,
+                          const char *got, const char *detail);
 
 /* curvd_step_end - give session @e back, unless the reply is deferred:
  * then the commit gives it back, with its new size, once durable. */

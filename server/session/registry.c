@@ -175,7 +175,8 @@ static struct curvd_entry *new_session(const char *id, const char *tenant, curv_
 }
 
 enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char *id,
-                                           const char *tenant, struct curvd_entry **out)
+                                           const char *tenant, struct curvd_entry **out, char *why,
+                                           size_t why_cap)
 {
     pthread_mutex_lock(&r->mu);
     struct curvd_entry *s = find(r, id);
@@ -200,9 +201,13 @@ enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char 
     curv_opt *opt = NULL;
     size_t bytes = 0;
     struct curvd_committed committed = {NULL, 0};
-    int lr = r->load ? r->load(r->load_ctx, id, tenant, &opt, &bytes, &committed) : 1;
+    char text[256] = "";
+    int lr =
+        r->load ? r->load(r->load_ctx, id, tenant, &opt, &bytes, &committed, text, sizeof text) : 1;
+    if (lr == 2 && why)
+        snprintf(why, why_cap, "%s", text);
     if (lr != 0)
-        return lr > 0 ? CURVD_REG_NOT_FOUND : CURVD_REG_ERROR;
+        return lr == 2 ? CURVD_REG_UNLOADABLE : lr > 0 ? CURVD_REG_NOT_FOUND : CURVD_REG_ERROR;
     struct curvd_entry *fresh = new_session(id, tenant, opt, bytes);
     if (!fresh) {
         curv_opt_free(opt);
@@ -214,7 +219,7 @@ enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char 
     if (find(r, id)) { /* someone else loaded it meanwhile */
         pthread_mutex_unlock(&r->mu);
         free_session(fresh);
-        return curvd_registry_begin(r, id, tenant, out);
+        return curvd_registry_begin(r, id, tenant, out, why, why_cap);
     }
     fresh->busy = 1;
     insert(r, fresh);

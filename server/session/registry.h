@@ -28,6 +28,10 @@ struct curvd_pending {
     unsigned char *last; /* the 202 reply that asked for it, owned */
     size_t last_len, last_json_len;
     uint64_t answered_seq; /* the callback whose answer produced @last; 0 if none */
+    curv_request answered; /* that callback (no vectors): how to decode its answer again */
+    /* What a re-post is compared with (wire/request_digest.h, text with
+     * its NUL): the step's request, and the answer to @answered_seq. */
+    char request_digest[41], answer_digest[41];
 };
 
 /* The parts of a session's state as the store holds them now (their
@@ -63,19 +67,30 @@ struct curvd_entry {
 
 /* Fills *out with an optimizer for (id, tenant) read from durable storage,
  * *bytes with its charge and *committed with its stored parts: 0 found, 1
- * not found (or another tenant's), -1 error (nothing handed out). */
+ * not found (or another tenant's), 2 stored but its state cannot be loaded
+ * (@why[@why_cap] says why; loading it again will not help), -1 error
+ * that may pass (nothing handed out). */
 typedef int (*curvd_loader)(void *ctx, const char *id, const char *tenant, curv_opt **out,
-                            size_t *bytes, struct curvd_committed *committed);
+                            size_t *bytes, struct curvd_committed *committed, char *why,
+                            size_t why_cap);
 
 struct curvd_registry *curvd_registry_new(size_t max_sessions, size_t mem_budget, curvd_loader load,
                                           void *load_ctx);
 void curvd_registry_free(struct curvd_registry *r);
 
-enum curvd_reg_status { CURVD_REG_OK = 0, CURVD_REG_NOT_FOUND, CURVD_REG_BUSY, CURVD_REG_ERROR };
+enum curvd_reg_status {
+    CURVD_REG_OK = 0,
+    CURVD_REG_NOT_FOUND,
+    CURVD_REG_BUSY,
+    CURVD_REG_ERROR,     /* cannot be loaded now (the store, memory) */
+    CURVD_REG_UNLOADABLE /* its stored state cannot be loaded, ever */
+};
 
-/* Take session @id of @tenant for exclusive use, loading it if needed. */
+/* Take session @id of @tenant for exclusive use, loading it if needed;
+ * when that is CURVD_REG_UNLOADABLE, @why[@why_cap] (may be NULL) says why. */
 enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char *id,
-                                           const char *tenant, struct curvd_entry **out);
+                                           const char *tenant, struct curvd_entry **out, char *why,
+                                           size_t why_cap);
 /* Give it back; @bytes is its new memory charge. Evicts idle sessions
  * while over the budget or the session count. */
 void curvd_registry_end(struct curvd_registry *r, struct curvd_entry *s, size_t bytes);

@@ -34,7 +34,7 @@ static void lend_workers(const struct curvd_server *srv, curv_opt *o)
 }
 
 int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out, size_t *bytes,
-                   struct curvd_committed *committed)
+                   struct curvd_committed *committed, char *why, size_t why_cap)
 {
     struct curvd_server *srv = ctx;
     struct curvd_session s = {0};
@@ -48,9 +48,12 @@ int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out
     }
     curv_error cerr;
     int rc = 0;
-    if (curv_opt_load(s.state, s.state_len, out, &cerr) != CURV_OK) {
+    curv_status ls = curv_opt_load(s.state, s.state_len, out, &cerr);
+    if (ls != CURV_OK) {
         fprintf(stderr, "curvd: session %s has an unreadable state: %s\n", id, cerr.text);
-        rc = -1;
+        /* Out of memory may pass; a blob libcurv refuses stays refused. */
+        rc = ls == CURV_E_NOMEM ? -1 : 2;
+        snprintf(why, why_cap, "%s", cerr.text);
     }
     *bytes = s.state_len;
     if (rc == 0) { /* what the next commit compares with: the parts as stored */
@@ -79,9 +82,9 @@ int curvd_svc_get(struct curvd_server *srv, const char *tenant, const char *id, 
 }
 
 enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, const char *tenant,
-                                     struct curvd_entry **e)
+                                     struct curvd_entry **e, char *why, size_t why_cap)
 {
-    return curvd_svc_valid_id(id) ? curvd_registry_begin(srv->reg, id, tenant, e)
+    return curvd_svc_valid_id(id) ? curvd_registry_begin(srv->reg, id, tenant, e, why, why_cap)
                                   : CURVD_REG_NOT_FOUND;
 }
 

@@ -35,9 +35,11 @@
 int curvd_svc_valid_id(const char *id);
 
 /* curvd_svc_load - the registry's loader (ctx: the server): a session not
- * in memory comes back from its last committed state. */
+ * in memory comes back from its last committed state; a state libcurv
+ * refuses (damaged, or from a daemon that stored what this one refuses)
+ * is 2 with libcurv's sentence in @why. */
 int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out, size_t *bytes,
-                   struct curvd_committed *committed);
+                   struct curvd_committed *committed, char *why, size_t why_cap);
 
 /* curvd_svc_get - session @id of @tenant as committed (with its state
  * blob when @with_state), read from the store: the store's status, and
@@ -46,9 +48,10 @@ int curvd_svc_get(struct curvd_server *srv, const char *tenant, const char *id, 
                   struct curvd_session *out, char *err, size_t errlen);
 
 /* curvd_svc_take - session @id of @tenant for this request alone (an id
- * that is not one is CURVD_REG_NOT_FOUND); *@e on CURVD_REG_OK. */
+ * that is not one is CURVD_REG_NOT_FOUND); *@e on CURVD_REG_OK; why it
+ * cannot be loaded in @why[@why_cap] (may be NULL) on CURVD_REG_UNLOADABLE. */
 enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, const char *tenant,
-                                     struct curvd_entry **e);
+                                     struct curvd_entry **e, char *why, size_t why_cap);
 
 /* curvd_svc_submit_background - the registry's curvd_bg_submit: queue
  * fn(arg) on the worker pool (@ctx the server); -1 without workers. */

@@ -67,10 +67,12 @@ static const char *const stmt_sql[S_COUNT_] = {
     [S_DELETE] = "DELETE FROM sessions WHERE id = ?1 AND tenant = ?2",
     [S_COMMIT] = "UPDATE sessions SET step = ?3, updated_at = ?4"
                  " WHERE id = ?1 AND tenant = ?2 AND step = ?3 - 1",
-    [S_PUT_RESPONSE] = "INSERT INTO step_responses (session_id, step, content_type, body, report)"
-                       " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (session_id) DO UPDATE SET"
+    [S_PUT_RESPONSE] = "INSERT INTO step_responses"
+                       " (session_id, step, content_type, body, report, request_digest)"
+                       " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (session_id) DO UPDATE SET"
                        " step = excluded.step, content_type = excluded.content_type,"
-                       " body = excluded.body, report = excluded.report",
+                       " body = excluded.body, report = excluded.report,"
+                       " request_digest = excluded.request_digest",
     [S_UPDATE_STATE] = "UPDATE sessions SET meta = ?3, updated_at = ?4"
                        " WHERE id = ?1 AND tenant = ?2 AND step = ?5",
     [S_PUT_PART] = "INSERT INTO state_parts (session_id, idx, stamp, bytes) VALUES (?1, ?2, ?3, ?4)"
@@ -81,7 +83,8 @@ static const char *const stmt_sql[S_COUNT_] = {
     [S_GET_PARTS] = "SELECT idx, rowid, stamp, length(bytes) FROM state_parts"
                     " WHERE session_id = ?1 ORDER BY idx",
     [S_STEP_OF] = "SELECT step FROM sessions WHERE id = ?1 AND tenant = ?2",
-    [S_GET_RESPONSE] = "SELECT r.rowid, r.step, r.content_type, length(r.body), r.report"
+    [S_GET_RESPONSE] = "SELECT r.rowid, r.step, r.content_type, length(r.body), r.report,"
+                       " r.request_digest"
                        " FROM step_responses AS r JOIN sessions AS s ON s.id = r.session_id"
                        " WHERE r.session_id = ?1 AND s.tenant = ?2",
     [S_COUNT_ALL] = "SELECT count(*) FROM sessions",
@@ -998,8 +1001,8 @@ static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
     if (status == CURVD_STORE_OK)
         status = write_parts(st, it->id, &c->state, err, errlen);
     if (status == CURVD_STORE_OK) {
-        rc = bind(r, "titbt", it->id, c->step, c->content_type, c->response, c->response_len,
-                  c->report);
+        rc = bind(r, "titbtt", it->id, c->step, c->content_type, c->response, c->response_len,
+                  c->report, c->request_digest);
         status = rc == SQLITE_OK ? run(st, r, NULL, "storing a step response", err, errlen)
                                  : db_fail(st, rc, err, errlen, "binding parameters");
         done(r);
@@ -1151,7 +1154,8 @@ static int response_locked(struct curvd_store *st, const char *tenant, const cha
         status = fail(err, errlen, CURVD_STORE_NOT_FOUND, "no stored response for session %s", id);
     else if (rc != SQLITE_ROW)
         status = db_fail(st, rc, err, errlen, "reading a step response");
-    else if (dup_text(q, 2, &o->content_type) != 0 || dup_text(q, 4, &o->report) != 0)
+    else if (dup_text(q, 2, &o->content_type) != 0 || dup_text(q, 4, &o->report) != 0 ||
+             dup_text(q, 5, &o->request_digest) != 0)
         status = no_memory(err, errlen);
     if (status == CURVD_STORE_OK) {
         row = sqlite3_column_int64(q, 0);
@@ -1170,7 +1174,7 @@ int curvd_store_get_response(struct curvd_store *st, const char *tenant, const c
 {
     if (!st || !tenant || !id || !out)
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_get_response: bad argument");
-    struct curvd_step_response o = {0, NULL, NULL, NULL, 0};
+    struct curvd_step_response o = {0};
     int status = read_tx(st, response_locked, tenant, id, 0, &o, err, errlen);
     if (status == CURVD_STORE_OK)
         *out = o;
@@ -1232,6 +1236,7 @@ void curvd_step_response_clear(struct curvd_step_response *r)
         return;
     sqlite3_free(r->content_type);
     sqlite3_free(r->report);
+    sqlite3_free(r->request_digest);
     sqlite3_free(r->body);
     memset(r, 0, sizeof *r);
 }

@@ -181,7 +181,8 @@ void curvd_session_list_clear(struct curvd_session_list *l);
 struct curvd_step_response {
     int64_t step;
     char *content_type;
-    char *report; /* NULL when none was stored */
+    char *report;         /* NULL when none was stored */
+    char *request_digest; /* NULL when none was stored (a step from before it was) */
     unsigned char *body;
     size_t body_len;
 };
@@ -192,8 +193,10 @@ void curvd_step_response_clear(struct curvd_step_response *r);
 /*
  * curvd_step_commit - what curvd_store_commit_step() writes: the state
  * after step @step (the parts that changed), the reply that acknowledges
- * it and the step's @report (a text, e.g. the reply's report as compact
- * JSON, or NULL). @response may be NULL when @response_len is 0.
+ * it, the step's @report (a text, e.g. the reply's report as compact
+ * JSON, or NULL) and @request_digest (a text naming the request the step
+ * answered, compared when it is posted again; or NULL). @response may be
+ * NULL when @response_len is 0.
  * Ownership: all borrowed, and never copied by the store itself (SQLite
  * copies them once into its pages).
  */
@@ -204,6 +207,7 @@ struct curvd_step_commit {
     const void *response;
     size_t response_len;
     const char *report;
+    const char *request_digest;
 };
 
 /* curvd_store_use_mem - give SQLite's memory to curvd_mem (before any

@@ -28,19 +28,41 @@ static const char *const RANK_TEXT[] = {"[n_out, n_in] of integers >= 1",
                                         "[c_out, c_in, kh, kw] of integers >= 1",
                                         "[n] with an integer n >= 1"};
 
-curv_layout *curvd_layout_from_json(const json_t *arr, struct curvd_field_error *fe, char *buf,
-                                    size_t cap, char *detail, size_t dcap)
+/* 0 when every member of block @b is one of the schema's, else -1 with
+ * UNKNOWN_MEMBER naming the first that is not (/layout/@i/member). */
+static int block_members(const json_t *b, size_t i, struct curvd_problem *p)
 {
-    fe->expected = fe->got = NULL;
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)b, key, v)
+    {
+        if (strcmp(key, "name") && strcmp(key, "kind") && strcmp(key, "shape") &&
+            strcmp(key, "bias")) {
+            char path[128];
+            snprintf(path, sizeof path, "/layout/%zu/%.80s", i, key);
+            return curvd_problem_set(p, CURVD_R_UNKNOWN_MEMBER, path,
+                                     "one of name, kind, shape, bias", key,
+                                     "layout block %zu: unknown member \"%.80s\"", i, key);
+        }
+    }
+    return 0;
+}
+
+curv_layout *curvd_layout_from_json(const json_t *arr, struct curvd_problem *p)
+{
     if (!json_is_array(arr) || json_array_size(arr) == 0) {
-        fe->path = "/layout";
-        fe->expected = "a non-empty array of blocks";
-        snprintf(detail, dcap, "'layout' must be a non-empty array of parameter blocks");
+        curvd_problem_set(p, CURVD_R_INVALID_LAYOUT, "/layout", "a non-empty array of blocks", NULL,
+                          "'layout' must be a non-empty array of parameter blocks");
         return NULL;
     }
     curv_layout *l = curv_layout_new();
-    for (size_t i = 0; l && i < json_array_size(arr); i++) {
+    int failed = 0;
+    for (size_t i = 0; l && !failed && i < json_array_size(arr); i++) {
         const json_t *b = json_array_get(arr, i);
+        if (json_is_object(b) && block_members(b, i, p) != 0) {
+            failed = 1;
+            break;
+        }
         const char *name = json_string_value(json_object_get(b, "name"));
         const char *kind = json_string_value(json_object_get(b, "kind"));
         const json_t *bias = json_object_get(b, "bias");
@@ -66,58 +88,102 @@ curv_layout *curvd_layout_from_json(const json_t *arr, struct curvd_field_error 
         }
         if (!field && st == CURV_OK)
             continue;
-        snprintf(buf, cap, "/layout/%zu%s", i, field ? field : "");
-        fe->path = buf;
+        char path[64];
+        const char *expected = NULL;
+        snprintf(path, sizeof path, "/layout/%zu%s", i, field ? field : "");
         if (field && strcmp(field, "/shape") == 0)
-            fe->expected = RANK_TEXT[k];
+            expected = RANK_TEXT[k];
         else if (field && strcmp(field, "/kind") == 0)
-            fe->expected = "dense, conv2d or vector";
+            expected = "dense, conv2d or vector";
         else if (field && strcmp(field, "/bias") == 0)
-            fe->expected = "a boolean (vector blocks have no bias)";
+            expected = "a boolean (vector blocks have no bias)";
         else if (field && strcmp(field, "/name") == 0)
-            fe->expected = "a string of 1..63 bytes";
+            expected = "a string of 1..63 bytes";
         if (field)
-            snprintf(detail, dcap, "layout block %zu: invalid %s", i, *field ? field + 1 : "block");
+            curvd_problem_set(p, CURVD_R_INVALID_LAYOUT, path, expected, NULL,
+                              "layout block %zu: invalid %s", i, *field ? field + 1 : "block");
         else
-            snprintf(detail, dcap, "layout block %zu: %s", i, err.text);
-        curv_layout_free(l);
-        return NULL;
+            curvd_problem_set(p, CURVD_R_INVALID_LAYOUT, path, NULL, NULL, "layout block %zu: %s",
+                              i, err.text);
+        failed = 1;
     }
-    if (!l)
-        snprintf(detail, dcap, "out of memory");
+    if (!l) {
+        curvd_problem_set(p, CURVD_R_OUT_OF_MEMORY, "", NULL, NULL, "out of memory");
+    } else if (failed) {
+        curv_layout_free(l);
+        l = NULL;
+    }
     return l;
 }
 
-curv_config *curvd_config_from_json(const json_t *obj, struct curvd_field_error *fe, char *buf,
-                                    size_t cap, char *detail, size_t dcap)
+/* The JSON type a hyperparameter of @type takes: booleans are not numbers
+ * (true is not 1.0), nor numbers booleans. */
+static const char *json_type_of(curv_param_type type)
 {
-    fe->expected = fe->got = NULL;
-    curv_config *c = curv_config_new();
+    switch (type) {
+    case CURV_PARAM_BOOL:
+        return "a boolean";
+    case CURV_PARAM_INT:
+        return "an integer";
+    case CURV_PARAM_REAL:
+        return "a number";
+    default:
+        return "a string";
+    }
+}
+
+static int json_fits(const json_t *v, curv_param_type type)
+{
+    double x = json_number_value(v); /* bodies are read with JSON_DECODE_INT_AS_REAL */
+    return type == CURV_PARAM_BOOL   ? json_is_boolean(v)
+           : type == CURV_PARAM_INT  ? json_is_number(v) && x == floor(x)
+           : type == CURV_PARAM_REAL ? json_is_number(v)
+                                     : json_is_string(v);
+}
+
+/* Parameter @key of @kind, or 0 when it has none such (the library then
+ * names the unknown key). */
+static int param_of(curv_opt_kind kind, const char *key, curv_param_info *out)
+{
+    for (size_t i = 0; curv_opt_param_info(kind, i, out) == CURV_OK; i++)
+        if (strcmp(out->name, key) == 0)
+            return 1;
+    return 0;
+}
+
+curv_config *curvd_config_from_json(curv_opt_kind kind, const json_t *obj, struct curvd_problem *p)
+{
     if (obj && !json_is_object(obj)) {
-        fe->path = "/config";
-        fe->expected = "an object of hyperparameters";
-        snprintf(detail, dcap, "'config' must be an object");
-        curv_config_free(c);
+        curvd_problem_set(p, CURVD_R_INVALID_CONFIG, "/config", "an object of hyperparameters",
+                          NULL, "'config' must be an object");
+        return NULL;
+    }
+    curv_config *c = curv_config_new();
+    if (!c) {
+        curvd_problem_set(p, CURVD_R_OUT_OF_MEMORY, "", NULL, NULL, "out of memory");
         return NULL;
     }
     const char *key;
     json_t *v;
     json_object_foreach((json_t *)obj, key, v)
     {
-        curv_status st;
-        if (json_is_boolean(v))
+        curv_param_info info;
+        int known = param_of(kind, key, &info);
+        curv_status st = CURV_E_INVALID;
+        if (known && !json_fits(v, info.type))
+            st = CURV_E_INVALID;
+        else if (json_is_boolean(v))
             st = curv_config_set_num(c, key, json_is_true(v) ? 1 : 0, NULL);
         else if (json_is_number(v))
             st = curv_config_set_num(c, key, json_number_value(v), NULL);
         else if (json_is_string(v))
             st = curv_config_set_str(c, key, json_string_value(v), NULL);
-        else
-            st = CURV_E_INVALID;
         if (st != CURV_OK) {
-            snprintf(buf, cap, "/config/%s", key);
-            fe->path = buf;
-            fe->expected = "a number, boolean or string";
-            snprintf(detail, dcap, "config '%s' has an invalid value", key);
+            char path[128];
+            const char *want = known ? json_type_of(info.type) : "a number, boolean or string";
+            snprintf(path, sizeof path, "/config/%.100s", key);
+            curvd_problem_set(p, CURVD_R_INVALID_CONFIG, path, want, NULL,
+                              "config '%.100s' must be %s", key, want);
             curv_config_free(c);
             return NULL;
         }

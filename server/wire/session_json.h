@@ -7,15 +7,20 @@
 
 #include "curv.h"
 #include "http/http.h"
+#include "wire/codec.h"
 
-/* Build a layout from the request's "layout" array. On error fills @fe
- * (path/expected/got, static or @buf-backed) and @detail, returns NULL. */
-curv_layout *curvd_layout_from_json(const json_t *arr, struct curvd_field_error *fe, char *buf,
-                                    size_t cap, char *detail, size_t dcap);
+/* curvd_layout_from_json - a layout from the request's "layout" array, or
+ * NULL with @p (INVALID_LAYOUT naming the block and member; UNKNOWN_MEMBER
+ * for a member a block does not have; OUT_OF_MEMORY).
+ * Ownership: curv_layout_free(). */
+curv_layout *curvd_layout_from_json(const json_t *arr, struct curvd_problem *p);
 
-/* Build a config from a "config" object (numbers, booleans, strings). */
-curv_config *curvd_config_from_json(const json_t *obj, struct curvd_field_error *fe, char *buf,
-                                    size_t cap, char *detail, size_t dcap);
+/* curvd_config_from_json - a config of optimizer @kind from a "config"
+ * object (absent: empty), or NULL with @p (INVALID_CONFIG naming the key:
+ * a value of the wrong JSON type for its parameter, a boolean only for a
+ * boolean one, a number for a number; OUT_OF_MEMORY). Unknown keys pass
+ * here: the library names them. Ownership: curv_config_free(). */
+curv_config *curvd_config_from_json(curv_opt_kind kind, const json_t *obj, struct curvd_problem *p);
 
 /* The part of a session that only changes with its hyperparameters:
  * {"optimizer", "config": {resolved}, "layout": [...], "dim"} (new ref). */

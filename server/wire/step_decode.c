@@ -23,10 +23,33 @@ void curvd_step_in_clear(struct curvd_step_in *s)
     memset(s, 0, sizeof *s);
 }
 
+/* 1 when the parameters @p of a content type (after the media type) name
+ * no charset but UTF-8: the daemon reads bodies as UTF-8, and a body
+ * declared in another charset would be read as what it is not. */
+static int charset_utf8(const char *p)
+{
+    while (*p) {
+        p += strspn(p, " \t;");
+        size_t name = strcspn(p, "=; \t");
+        const char *v = p + name + (p[name] == '=');
+        size_t vlen = strcspn(v, ";");
+        while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
+            vlen--;
+        if (vlen >= 2 && v[0] == '"' && v[vlen - 1] == '"')
+            v++, vlen -= 2;
+        if (name == 7 && strncasecmp(p, "charset", 7) == 0 &&
+            !(vlen == 5 && strncasecmp(v, "utf-8", 5) == 0))
+            return 0;
+        p = v + strcspn(v, ";");
+    }
+    return 1;
+}
+
 int curvd_ctype_is(const char *ct, const char *want)
 {
     size_t n = strlen(want);
-    return ct && strncasecmp(ct, want, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+    return ct && strncasecmp(ct, want, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ') &&
+           charset_utf8(ct + n);
 }
 
 /* 1 when @key is one of the NULL-terminated @names. */
@@ -88,7 +111,13 @@ int curvd_body_parse(const unsigned char *body, size_t body_len, const char *hl,
 {
     size_t json_len = body_len;
     *binary = 0;
-    if (hl) {
+    if (hl && content_type && !curvd_ctype_is(content_type, "application/octet-stream")) {
+        return curvd_problem_set(p, CURVD_R_UNSUPPORTED_MEDIA_TYPE, "Content-Type",
+                                 "application/octet-stream", content_type,
+                                 "a body with Inference-Header-Content-Length (the binary "
+                                 "extension) is application/octet-stream, not %.80s",
+                                 content_type);
+    } else if (hl) {
         char *end;
         unsigned long long v = strtoull(hl, &end, 10);
         if (*end || end == hl || v > body_len)
@@ -101,8 +130,8 @@ int curvd_body_parse(const unsigned char *body, size_t body_len, const char *hl,
     } else if (!curvd_ctype_is(content_type, "application/json")) {
         return curvd_problem_set(p, CURVD_R_UNSUPPORTED_MEDIA_TYPE, "", "application/json",
                                  content_type ? content_type : "none",
-                                 "expected Content-Type: application/json, or the binary "
-                                 "extension with Inference-Header-Content-Length");
+                                 "expected Content-Type: application/json (UTF-8), or the "
+                                 "binary extension with Inference-Header-Content-Length");
     }
     return curvd_json_parse((const char *)body, json_len, doc, p);
 }

@@ -35,7 +35,8 @@ struct curvd_step_in {
 
 void curvd_step_in_clear(struct curvd_step_in *s);
 
-/* 1 when the Content-Type @ct is @want (parameters after ';' ignored). */
+/* 1 when the Content-Type @ct is @want, its parameters after ';' naming
+ * no charset other than UTF-8 (any other parameter is ignored). */
 int curvd_ctype_is(const char *ct, const char *want);
 
 /*

@@ -8,8 +8,9 @@
  * Input framing (2-byte little-endian prefix L, then the body):
  *   L == 0xFFFF: plain JSON (Content-Type: application/json);
  *   L == 0xFFFE: plain JSON sent as Content-Type: text/plain (415);
- *   otherwise:   the binary extension, Inference-Header-Content-Length: L
- *                (L > body length is the daemon's BAD_BINARY error path).
+ *   otherwise:   the binary extension, Inference-Header-Content-Length: L,
+ *                Content-Type: application/octet-stream (L > body length
+ *                is the daemon's BAD_BINARY error path).
  * Inputs shorter than 2 bytes are a plain JSON body.
  *
  * Checks beyond "no sanitizer report":
@@ -243,7 +244,8 @@ static void round_trip(const double *g, const double *theta, int with_params, in
         struct decoded d;
         curvd_problem_init(&p);
         int rc =
-            daemon ? daemon_decode(body, out.len, binary, out.json_len, "application/json", &d, &p)
+            daemon ? daemon_decode(body, out.len, binary, out.json_len,
+                                   binary ? "application/octet-stream" : "application/json", &d, &p)
                    : oracle_decode(body, out.len, binary, out.json_len, &d, &p);
         if (rc)
             FAIL("re-decoding our own %s body (enc %d, %s) fails: %s %s at %s: %.*s",
@@ -284,6 +286,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else if (hl != 0xFFFF) {
             binary = 1;
             json_len = hl;
+            ctype = "application/octet-stream";
         }
     }
     /* An exact-size copy, so ASan sees any read past the body. */

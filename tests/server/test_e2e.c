@@ -184,12 +184,15 @@ static void test_exactly_once(void **state)
     json_decref(call(f, "POST", path, step_body(1, g), 200, &b));
     assert_int_equal(a.len, b.len);
     assert_memory_equal(a.body, b.body, a.len);
-    /* Server-Timing: every phase of the step that ran; a replay ran none. */
+    /* Server-Timing: every phase of the step that ran; a replay only
+     * decodes (to compare the request with the one stored). */
     static const char *const phases[] = {
         "decode;dur=", "step;dur=", "encode;dur=", "save;dur=", "commit;dur="};
     for (int i = 0; i < 5; i++)
         assert_non_null(strstr(a.server_timing, phases[i]));
-    assert_string_equal(b.server_timing, "");
+    assert_non_null(strstr(b.server_timing, "decode;dur="));
+    for (int i = 1; i < 5; i++)
+        assert_null(strstr(b.server_timing, phases[i]));
     size_t len2;
     unsigned char *s2 = export_state(f, id, &len2);
     assert_int_equal(len1, len2);

@@ -21,7 +21,9 @@
  * Steps and callback answers are retried with the same step number when
  * the connection fails: the daemon replays the latest step's reply and a
  * retried answer gets the reply it got the first time, so nothing is
- * applied twice.
+ * applied twice. The replay is given only to the same request (the same
+ * decoded tensors, whatever their encoding): another one is refused with
+ * CURVC_E_STEP_MISMATCH.
  *
  * Thread-safety: a client (and its sessions) must not be used by two
  * threads at once; distinct clients are independent.
@@ -34,7 +36,11 @@ typedef enum {
     CURVC_E_PROTOCOL = 3,  /* an answer this client cannot read */
     CURVC_E_INVALID = 4,   /* bad arguments (the text says which) */
     CURVC_E_NOMEM = 5,
-    CURVC_E_CALLBACK = 6 /* a callback came and no oracle was given, or the oracle failed */
+    CURVC_E_CALLBACK = 6, /* a callback came and no oracle was given, or the oracle failed */
+    /* 422 STEP_MISMATCH: a step (or callback answer) posted again is not
+     * the request that completed it (another gradient, another trainer on
+     * the session); nothing was applied. curvc_error has the problem. */
+    CURVC_E_STEP_MISMATCH = 7
 } curvc_status;
 
 /* curvc_field_error - one entry of a problem's "errors". */

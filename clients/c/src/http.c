@@ -29,9 +29,9 @@ curvc_status curvc__fail(curvc_error *err, curvc_status st, const char *fmt, ...
 
 const char *curvc_status_name(curvc_status st)
 {
-    static const char *const names[] = {"CURVC_OK",         "CURVC_E_PROBLEM", "CURVC_E_TRANSPORT",
-                                        "CURVC_E_PROTOCOL", "CURVC_E_INVALID", "CURVC_E_NOMEM",
-                                        "CURVC_E_CALLBACK"};
+    static const char *const names[] = {
+        "CURVC_OK",        "CURVC_E_PROBLEM", "CURVC_E_TRANSPORT", "CURVC_E_PROTOCOL",
+        "CURVC_E_INVALID", "CURVC_E_NOMEM",   "CURVC_E_CALLBACK",  "CURVC_E_STEP_MISMATCH"};
     return (unsigned)st < sizeof names / sizeof names[0] ? names[st] : "CURVC_E_UNKNOWN";
 }
 
@@ -316,7 +316,7 @@ curvc_status curvc__request(curvc_client *c, const char *method, const char *pat
             break;
         }
         problem_error(out, err);
-        st = CURVC_E_PROBLEM;
+        st = strcmp(err->reason, "STEP_MISMATCH") == 0 ? CURVC_E_STEP_MISMATCH : CURVC_E_PROBLEM;
         int busy = out->status == 503 || (curvc__reason_does(err->reason) & CURVC__RETRY);
         if (last || !busy)
             break;

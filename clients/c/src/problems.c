@@ -53,6 +53,8 @@ static const struct {
     {"CALLBACK_PENDING", 0},
     {"INVALID_INPUT", 0},
     {"NUMERICAL_FAILURE", 0},
+    {"STEP_MISMATCH", 0}, /* its own status, CURVC_E_STEP_MISMATCH */
+    {"SESSION_UNLOADABLE", 0},
 };
 
 unsigned curvc__reason_does(const char *reason)

@@ -160,6 +160,36 @@ static void test_a_step_posted_twice_is_applied_once(void **state)
     curvc_client_free(c);
 }
 
+/* A step posted again with another gradient (a second trainer on the
+ * session) is refused with its own status, and applies nothing. */
+static void test_another_request_for_a_step_is_refused(void **state)
+{
+    (void)state;
+    curvc_client *c = client();
+    curvc_session *a = create(c, "adagrad_diag", "{\"lr\": 0.1}"), *b = NULL;
+    curvc_error err;
+    assert_int_equal(curvc_session_open(c, curvc_session_id(a), &b, &err), CURVC_OK);
+    double g[DIM], h[DIM], ua[DIM], ub[DIM], again[DIM];
+    grads(30, g);
+    grads(31, h);
+    step_ok(a, g, CURVC_JSON, ua);
+    curvc_step_in in = {.grad = h};
+    assert_int_equal(curvc_step(b, &in, CURVC_BINARY, NULL, NULL, ub, &err), CURVC_E_STEP_MISMATCH);
+    assert_string_equal(curvc_status_name(CURVC_E_STEP_MISMATCH), "CURVC_E_STEP_MISMATCH");
+    assert_int_equal(err.status, 422);
+    assert_string_equal(err.reason, "STEP_MISMATCH");
+    assert_memory_equal(err.field.expected, "mm3-128:", 8);
+    /* The same request from b is the replay: a's update, nothing applied twice. */
+    step_ok(b, g, CURVC_BINARY, ub);
+    assert_memory_equal(ua, ub, sizeof ua);
+    step_ok(a, g, CURVC_JSON, again);
+    assert_int_equal(curvc_session_steps(a), 2);
+    curvc_session_delete(a, NULL);
+    curvc_session_free(a);
+    curvc_session_free(b);
+    curvc_client_free(c);
+}
+
 static void test_problems_become_errors(void **state)
 {
     (void)state;
@@ -482,6 +512,7 @@ int main(void)
         cmocka_unit_test(test_sgd_update_is_exact_in_both_encodings),
         cmocka_unit_test(test_encodings_are_bit_identical),
         cmocka_unit_test(test_a_step_posted_twice_is_applied_once),
+        cmocka_unit_test(test_another_request_for_a_step_is_refused),
         cmocka_unit_test(test_problems_become_errors),
         cmocka_unit_test(test_admin_calls),
         cmocka_unit_test(test_nothing_listening),

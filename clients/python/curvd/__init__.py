@@ -15,7 +15,9 @@ from .client import Client, Session
 from .errors import (BadRequest, CallbackError, CallbackOutOfOrder, Conflict, CurvdError,
                      FieldError, NoCallbackPending, NonFinite, NonFiniteValue, NotFound, PayloadTooLarge,
                      PreconditionFailed, ProblemError, ProtocolError, ServerError,
-                     ServiceUnavailable, SessionBusy, StepOutOfOrder, TransportError,
+                     ServiceUnavailable, SessionBusy, SessionUnloadable, StepMismatch,
+                     StepOutOfOrder,
+                     TransportError,
                      Unauthorized, Unprocessable, UnsupportedMediaType)
 
 __version__ = "0.1.0"
@@ -25,6 +27,8 @@ __all__ = [
     "CurvatureOracle", "CurvdError", "FieldError", "NoCallbackPending", "NonFinite", "NonFiniteValue",
     "NotFound",
     "PayloadTooLarge", "PreconditionFailed", "ProblemError", "ProtocolError", "ServerError",
-    "ServiceUnavailable", "Session", "SessionBusy", "StepOutOfOrder", "StepResult",
+    "ServiceUnavailable", "Session", "SessionBusy", "SessionUnloadable", "StepMismatch",
+    "StepOutOfOrder",
+    "StepResult",
     "TransportError", "Unauthorized", "Unprocessable", "UnsupportedMediaType",
 ]

@@ -125,6 +125,12 @@ class SessionBusy(Conflict):
     """409 SESSION_BUSY: another request of the session is in progress."""
 
 
+class SessionUnloadable(Conflict):
+    """409 SESSION_UNLOADABLE: the session is stored but its state cannot be
+    loaded (damaged, or stored by an older daemon); retrying will not help.
+    Client.export_state still returns the stored blob; delete the session."""
+
+
 class PreconditionFailed(ProblemError):
     """412: the session changed since the ETag given in If-Match."""
 
@@ -139,6 +145,21 @@ class UnsupportedMediaType(ProblemError):
 
 class Unprocessable(ProblemError):
     """422: the request is well formed but cannot be done."""
+
+
+class StepMismatch(Unprocessable):
+    """422 STEP_MISMATCH: a step (or callback answer) posted again is not the
+    request that completed it: another gradient or other inputs, e.g. a second
+    trainer on the session or a stale optimizer. Nothing was applied.
+    ``stored_digest`` and ``request_digest`` are the digests compared."""
+
+    @property
+    def stored_digest(self) -> Optional[str]:
+        return self.errors[0].expected if self.errors else None
+
+    @property
+    def request_digest(self) -> Optional[str]:
+        return self.errors[0].got if self.errors else None
 
 
 class NonFinite(Unprocessable):
@@ -199,6 +220,8 @@ _BY_REASON = {
     "CALLBACK_PENDING": Conflict,
     "INVALID_INPUT": BadRequest,
     "NUMERICAL_FAILURE": ServerError,
+    "STEP_MISMATCH": StepMismatch,
+    "SESSION_UNLOADABLE": SessionUnloadable,
 }
 _BY_STATUS = {
     400: BadRequest,

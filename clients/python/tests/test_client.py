@@ -194,6 +194,20 @@ def test_problem_details_become_typed_exceptions(client):
         client.post_step(s.id, 5, grads(11))
     assert e.value.status == 409 and e.value.expected_step == 2
 
+    # Step 1 again: the same tensors in another encoding are its replay,
+    # other ones are refused and applied nowhere (issue 21).
+    first = client.post_step(s.id, 1, grads(10), encoding="json")
+    again = client.post_step(s.id, 1, grads(10), encoding="binary")
+    assert all(np.array_equal(np.asarray(again.update[k]), np.asarray(v))
+               for k, v in first.update.items())
+    with pytest.raises(curvd.StepMismatch) as e:
+        client.post_step(s.id, 1, grads(11), encoding="b64")
+    assert e.value.status == 422 and e.value.reason == "STEP_MISMATCH"
+    assert isinstance(e.value, curvd.Unprocessable)
+    assert e.value.stored_digest.startswith("mm3-128:")
+    assert e.value.request_digest != e.value.stored_digest
+    assert s.refresh().steps == 1
+
     with pytest.raises(curvd.NotFound):
         client.post_step("0" * 32, 1, grads(12))
 

@@ -581,6 +581,19 @@ static void expect_replay(struct su_trainer *tr, const char *url, const struct s
     su_resp_free(&r);
 }
 
+/* Another answer to @cb, once it was answered: refused, nothing applied
+ * (issue 21); the reply of the answer given stays what a retry gets. */
+static void expect_mismatch(struct su_trainer *tr, const struct su_callback *cb,
+                            const struct su_body *good, const struct su_resp *reply)
+{
+    struct su_body b;
+    answer_sized(tr, cb, cb->req.n_vectors, cb->req.n_values, 12345.5, &b);
+    const char *stored = refused(tr, cb->url, &b, 422, "STEP_MISMATCH", "");
+    assert_memory_equal(stored, "mm3-128:", 8);
+    su_body_free(&b);
+    expect_replay(tr, cb->url, good, reply);
+}
+
 static void abuse(struct su_trainer *tr, enum su_phase ph, const struct su_callback *cb,
                   const struct su_body *good, const struct su_resp *reply)
 {
@@ -590,11 +603,13 @@ static void abuse(struct su_trainer *tr, enum su_phase ph, const struct su_callb
         try_bad_answers(tr, cb, good);
     } else if (ph == SU_ANSWERED && reply->status == 202) {
         expect_replay(tr, cb->url, good, reply);
+        expect_mismatch(tr, cb, good, reply);
     } else if (ph == SU_STEP_DONE) {
         pending_of(tr->base, tr->id, pc, sizeof pc);
         assert_string_equal(pc, "");
         if (cb) { /* after the step: its final answer replays the 200, others are 409 */
             expect_replay(tr, cb->url, good, reply);
+            expect_mismatch(tr, cb, good, reply);
             if (strcmp(tr->first_url, cb->url) != 0)
                 refused(tr, tr->first_url, good, 409, "NO_CALLBACK_PENDING", "step");
             snprintf(path, sizeof path, "/v1/sessions/%s/steps/%ld/callbacks/1", tr->id,
@@ -876,13 +891,15 @@ static void test_session_shows_last_report(void **state)
         su_trainer_step(&tr, &st, tu_quad_answer, &p.q, u);
         assert_true(json_is_number(json_object_get(report, "cg_iterations")));
         expect_last_step(f->base, tr.id, t, report);
-        quad_move(&p, u);
+        if (t < 3)
+            quad_move(&p, u);
     }
     struct su_resp r;
-    post_quad_step(&tr, &p, 3, &r); /* a replay */
+    post_quad_step(&tr, &p, 3, &r); /* a replay: the same request (issue 21) */
     assert_int_equal(r.status, 200);
     su_resp_free(&r);
     expect_last_step(f->base, tr.id, 3, report);
+    quad_move(&p, u);
     post_quad_step(&tr, &p, 4, &r); /* waits for its callback */
     assert_int_equal(r.status, 202);
     su_resp_free(&r);

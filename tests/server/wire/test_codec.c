@@ -14,6 +14,7 @@
 #include "wire/codec.h"
 #include "wire/json_scan.h"
 #include "wire/out.h"
+#include "wire/step_decode.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -1413,6 +1414,35 @@ static void test_timing(void **state)
     curv_layout_free(l);
 }
 
+/* A content type matches with any parameters but a charset other than
+ * UTF-8 (issue 21: a UTF-16 declaration was taken for UTF-8). */
+static void test_ctype_charset(void **state)
+{
+    (void)state;
+    static const char *const yes[] = {"application/json",
+                                      "Application/JSON",
+                                      "application/json; charset=utf-8",
+                                      "application/json;charset=UTF-8",
+                                      "application/json; charset=\"utf-8\"",
+                                      "application/json; foo=bar",
+                                      "application/json; foo=bar; charset=Utf-8 ",
+                                      "application/json ; charset=utf-8"};
+    static const char *const no[] = {"application/json; charset=utf-16",
+                                     "application/json;charset=latin1",
+                                     "application/json; charset=\"ISO-8859-1\"",
+                                     "application/json; foo=1; charset=utf-8x",
+                                     "application/json; charset=",
+                                     "application/jsonx",
+                                     "text/plain",
+                                     NULL};
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
+        if (!curvd_ctype_is(yes[i], "application/json"))
+            fail_msg("'%s' refused", yes[i]);
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+        if (curvd_ctype_is(no[i], "application/json"))
+            fail_msg("'%s' taken", no[i] ? no[i] : "(none)");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1437,6 +1467,7 @@ int main(void)
         cmocka_unit_test(test_render_binary_tail_order),
         cmocka_unit_test(test_render_scalars_like_jansson),
         cmocka_unit_test(test_timing),
+        cmocka_unit_test(test_ctype_charset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
