@@ -23,12 +23,12 @@
 #include "http/http.h"
 
 #include "http/auth.h"
+#include "http/log.h"
 #include "http/mem.h"
 #include "http/metrics.h"
 #include "http/pool.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <pthread.h>
@@ -38,7 +38,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 struct rctx;
 
@@ -55,8 +54,12 @@ struct curvd_http {
 
 enum phase { RECEIVING = 0, QUEUED, DONE };
 
+/* A client's X-Request-Id is kept when it is 1..CURVD_REQUEST_ID_MAX
+ * visible ASCII characters; any other is replaced by one of ours. */
+#define CURVD_REQUEST_ID_MAX 64
+
 struct rctx {
-    char id[20];
+    char id[CURVD_REQUEST_ID_MAX + 1];
     char method[8];
     char path[120];
     char *body;
@@ -439,6 +442,30 @@ static void append(struct rctx *x, const char *data, size_t n, size_t max)
     x->len += n;
 }
 
+/* 1..CURVD_REQUEST_ID_MAX characters from '!' to '~': safe in a header,
+ * a text log line and a JSON string alike. */
+static int request_id_valid(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (n >= CURVD_REQUEST_ID_MAX || s[n] < '!' || s[n] > '~')
+            return 0;
+    return n > 0;
+}
+
+/* The client's X-Request-Id when it is valid, else a new one. */
+static void set_request_id(struct curvd_http *h, struct MHD_Connection *c, struct rctx *x)
+{
+    const char *given = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
+    if (given && request_id_valid(given)) {
+        memcpy(x->id, given, strlen(given) + 1);
+        return;
+    }
+    uint64_t n = atomic_fetch_add(&h->next_id, 1);
+    snprintf(x->id, sizeof x->id, "%016llx",
+             (unsigned long long)(n * 0x9e3779b97f4a7c15ULL ^ x->t0_ns));
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *data,
                                   size_t *data_size, void **req_cls)
@@ -455,9 +482,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         x->route_index = curvd_route_count;
         snprintf(x->method, sizeof x->method, "%s", method);
         snprintf(x->path, sizeof x->path, "%s", url);
-        uint64_t n = atomic_fetch_add(&srv->http->next_id, 1);
-        snprintf(x->id, sizeof x->id, "%016llx",
-                 (unsigned long long)(n * 0x9e3779b97f4a7c15ULL ^ x->t0_ns));
+        set_request_id(srv->http, c, x);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
         if (declared > srv->cfg.max_body) {
@@ -479,55 +504,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return dispatch(srv, c, x, url, method);
 }
 
-/* One whole line in one write(2): no stdio lock shared by the connection
- * threads, and lines from several threads never interleave. */
-static void write_line(const char *s, size_t n)
-{
-    while (n) {
-        ssize_t w = write(STDERR_FILENO, s, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return; /* a log that cannot be written is not worth a failed request */
-        s += w;
-        n -= (size_t)w;
-    }
-}
-
 /* One line per request: text, or a JSON object built by jansson so that a
  * hostile path cannot break the line. Never any tensor data. */
-static void access_log(const struct curvd_server *srv, const struct rctx *x, int ok)
+static void access_log(const struct rctx *x, int ok)
 {
     double secs = (double)(now_ns() - x->t0_ns) / 1e9;
     const char *route = x->route ? x->route : "-";
-    if (!srv->cfg.log_json) {
-        char line[384];
-        int n = snprintf(line, sizeof line, "curvd: %s %s %s %d %.3fms in=%zu out=%zu%s\n", x->id,
-                         x->method, x->path, x->status, secs * 1e3, x->len, x->bytes_out,
-                         ok ? "" : " (aborted)");
-        if (n <= 0)
-            return;
-        if ((size_t)n >= sizeof line) { /* cannot happen with the fields' sizes; stay a line */
-            n = (int)sizeof line - 1;
-            line[n - 1] = '\n';
-        }
-        write_line(line, (size_t)n);
-        return;
-    }
-    json_t *j =
-        json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:I, s:b}", "level", "info", "msg",
-                  "request", "request_id", x->id, "method", x->method, "path", x->path, "route",
-                  route, "status", x->status, "duration_s", secs, "bytes_in", (json_int_t)x->len,
-                  "bytes_out", (json_int_t)x->bytes_out, "completed", ok);
-    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    size_t n = text ? strlen(text) : 0;
-    char *line = text ? realloc(text, n + 2) : NULL;
-    if (line) {
-        line[n] = '\n';
-        write_line(line, n + 1);
-    }
-    free(line ? line : text);
-    json_decref(j);
+    char text[384];
+    snprintf(text, sizeof text, "%s %s %s %d %.3fms in=%zu out=%zu%s", x->id, x->method, x->path,
+             x->status, secs * 1e3, x->len, x->bytes_out, ok ? "" : " (aborted)");
+    json_t *fields =
+        curvd_log_is_json()
+            ? json_pack("{s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:I, s:b}", "request_id", x->id,
+                        "method", x->method, "path", x->path, "route", route, "status", x->status,
+                        "duration_s", secs, "bytes_in", (json_int_t)x->len, "bytes_out",
+                        (json_int_t)x->bytes_out, "completed", ok)
+            : NULL;
+    curvd_log_event(CURVD_LOG_INFO, "request", fields, text);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
@@ -539,7 +532,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     if (!x)
         return;
     if (!srv->cfg.quiet)
-        access_log(srv, x, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+        access_log(x, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     if (x->rp.body) /* a reply that was never handed to MHD */
         (x->rp.body_free ? x->rp.body_free : free)(x->rp.body);
     curvd_mem_free(x->body);

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "http/log.h"
 #include "http/metrics.h"
 
 /* Lend the daemon's workers to @o (srv->exec; NULL: none) for its
@@ -42,13 +43,13 @@ int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out
     if (st == CURVD_STORE_NOT_FOUND)
         return 1;
     if (st != CURVD_STORE_OK) {
-        fprintf(stderr, "curvd: loading session %s: %s\n", id, err);
+        curvd_log(CURVD_LOG_ERROR, "loading session %s: %s", id, err);
         return -1;
     }
     curv_error cerr;
     int rc = 0;
     if (curv_opt_load(s.state, s.state_len, out, &cerr) != CURV_OK) {
-        fprintf(stderr, "curvd: session %s has an unreadable state: %s\n", id, cerr.text);
+        curvd_log(CURVD_LOG_ERROR, "session %s has an unreadable state: %s", id, cerr.text);
         rc = -1;
     }
     *bytes = s.state_len;
@@ -307,7 +308,7 @@ static void *sweep(void *arg)
         long n = curvd_svc_expire(s->srv, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, err,
                                   sizeof err);
         if (n < 0)
-            fprintf(stderr, "curvd: expiring idle sessions: %s\n", err);
+            curvd_log(CURVD_LOG_ERROR, "expiring idle sessions: %s", err);
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);

@@ -1344,3 +1344,8 @@ int curvd_store_set_name_labels(struct curvd_store *st, const char *tenant, cons
     sqlite3_mutex_leave(st->mu);
     return status;
 }
+
+const char *curvd_store_engine_version(void)
+{
+    return sqlite3_libversion();
+}

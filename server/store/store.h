@@ -428,4 +428,8 @@ int curvd_store_get_response(struct curvd_store *st, const char *tenant, const c
 int curvd_store_count(struct curvd_store *st, const char *tenant, int64_t *out, char *err,
                       size_t errlen);
 
+/* curvd_store_engine_version - the version of the SQLite library linked
+ * (static text), for curvd_build_info. */
+const char *curvd_store_engine_version(void);
+
 #endif

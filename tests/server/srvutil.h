@@ -25,6 +25,7 @@ struct su_resp {
     char etag[64];
     size_t json_header_len; /* Inference-Header-Content-Length, 0 if absent */
     char server_timing[256];
+    char request_id[128]; /* X-Request-Id */
 };
 
 /* ---- The daemon and its files ---- */
