@@ -61,7 +61,8 @@
     X(CALLBACK_OUT_OF_ORDER, 409, CALLBACK_OUT_OF_ORDER, "Another callback awaited")               \
     X(CALLBACK_PENDING, 409, CALLBACK_PENDING, "A callback is awaited")                            \
     X(INVALID_INPUT, 400, INVALID_INPUT, "Invalid step input")                                     \
-    X(NUMERICAL_FAILURE, 500, NUMERICAL_FAILURE, "Numerical failure")
+    X(NUMERICAL_FAILURE, 500, NUMERICAL_FAILURE, "Numerical failure")                              \
+    X(BAD_FRAMING, 400, BAD_FRAMING, "Ambiguous message length")
 
 enum curvd_reason {
 #define CURVD__REASON_ENUM(row, status, reason, title) CURVD_R_##row,

@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 struct rctx;
@@ -66,6 +67,7 @@ struct rctx {
     size_t len, cap;
     size_t declared; /* Content-Length, when given (<= max_body) */
     int too_big;
+    int bad_framing; /* the length is ambiguous: refuse, and close the connection */
     uint64_t t0_ns;
     int status;
     size_t bytes_out;
@@ -156,12 +158,24 @@ void curvd_reply_tensors(struct curvd_reply *rp, int status, void *body, size_t 
     rp->json_header_len = json_len;
 }
 
+/* The reply when not even the reply can be allocated. */
+static const char NO_MEMORY_PROBLEM[] =
+    "{\"type\":\"https://curvd.dev/problems/out-of-memory\",\"title\":\"Service "
+    "Unavailable\",\"status\":503,\"detail\":\"the daemon ran out of memory writing the "
+    "reply\",\"reason\":\"OUT_OF_MEMORY\",\"errors\":[]}";
+
+static void keep_static(void *p)
+{
+    (void)p;
+}
+
 void curvd_reply_json(struct curvd_reply *rp, int status, void *json)
 {
     char *text = json ? json_dumps(json, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(json);
-    if (!text) {
-        curvd_reply_bytes(rp, 500, "application/problem+json", NULL, 0);
+    if (!text) { /* out of memory: a problem that needs none */
+        curvd_reply_owned(rp, 503, "application/problem+json", (void *)NO_MEMORY_PROBLEM,
+                          sizeof NO_MEMORY_PROBLEM - 1, keep_static);
         return;
     }
     curvd_reply_bytes(rp, status, "application/json", text, strlen(text));
@@ -266,7 +280,9 @@ static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Con
     }
     if (rp->status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"curvd\"");
-    if (atomic_load(&srv->http->closing))
+    /* Ambiguous framing: what follows on the connection may be the rest
+     * of this request's body, never read it as the next request. */
+    if (atomic_load(&srv->http->closing) || x->bad_framing)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     add_server_timing(r, rp);
     if (rp->json_header_len) {
@@ -366,7 +382,11 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
     int path_known = 0;
     const struct curvd_route *rt =
         curvd_route_match(method, url, &x->caps, rq->param, &rq->nparams, &path_known);
-    if (x->too_big) {
+    if (x->bad_framing) {
+        curvd_reply_problem(rp, rq, CURVD_R_BAD_FRAMING, NULL, 0,
+                            "the request has Content-Length twice with different values, or with "
+                            "Transfer-Encoding: its length is ambiguous (RFC 9112 section 6.3)");
+    } else if (x->too_big) {
         curvd_reply_problem(rp, rq, CURVD_R_TOO_LARGE, NULL, 0,
                             "the request body exceeds the limit of %zu bytes", srv->cfg.max_body);
     } else if (rt && rt->auth && srv->auth &&
@@ -466,6 +486,40 @@ static void set_request_id(struct curvd_http *h, struct MHD_Connection *c, struc
              (unsigned long long)(n * 0x9e3779b97f4a7c15ULL ^ x->t0_ns));
 }
 
+/* The length headers of a request, as MHD_get_connection_values lists them. */
+struct framing {
+    const char *length; /* the first Content-Length */
+    int conflict;       /* another Content-Length with a different value */
+    int chunked;        /* a Transfer-Encoding */
+};
+
+static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    (void)kind;
+    struct framing *f = cls;
+    if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0)
+        f->chunked = 1;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0)
+        return MHD_YES;
+    if (!f->length)
+        f->length = value;
+    else if (strcmp(f->length, value) != 0)
+        f->conflict = 1;
+    return MHD_YES;
+}
+
+/* RFC 9112 section 6.3: Content-Length twice with different values is an
+ * unrecoverable framing error, and with Transfer-Encoding too it is a
+ * request-smuggling shape. libmicrohttpd 0.9.75 takes the first value (or
+ * the Transfer-Encoding) silently; every header is still there to look at. */
+static int framing_ambiguous(struct MHD_Connection *c)
+{
+    struct framing f = {0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, scan_framing, &f);
+    return f.conflict || (f.length && f.chunked);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *data,
                                   size_t *data_size, void **req_cls)
@@ -483,6 +537,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(x->method, sizeof x->method, "%s", method);
         snprintf(x->path, sizeof x->path, "%s", url);
         set_request_id(srv->http, c, x);
+        if (framing_ambiguous(c)) {
+            x->bad_framing = 1;
+            return dispatch(srv, c, x, url, method);
+        }
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
         if (declared > srv->cfg.max_body) {
@@ -576,6 +634,21 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
     return atomic_load(&h->closing) ? MHD_NO : MHD_YES;
 }
 
+/* libmicrohttpd's own messages (a malformed request it refused, a socket
+ * error) as log lines of ours, with a timestamp and a level. */
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        msg[--n] = '\0';
+    curvd_log(CURVD_LOG_WARN, "libmicrohttpd: %s", msg);
+}
+
 int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)srv->cfg.port)};
@@ -606,11 +679,12 @@ int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
     unsigned flags =
         MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
     h->mhd = MHD_start_daemon(
-        flags, (uint16_t)srv->cfg.port, on_accept, h, on_request, srv, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv->cfg.threads,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)32 * 1024, MHD_OPTION_CONNECTION_LIMIT, 1024u, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
-        MHD_OPTION_END);
+        flags, (uint16_t)srv->cfg.port, on_accept, h, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_logger, NULL, /* first: it then gets every message */
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)srv->cfg.threads, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024, MHD_OPTION_CONNECTION_LIMIT, 1024u,
+        MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_END);
     if (!h->mhd) {
         snprintf(err, errlen, "cannot listen on %s:%u (in use, or no permission)", srv->cfg.listen,
                  srv->cfg.port);

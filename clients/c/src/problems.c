@@ -53,6 +53,7 @@ static const struct {
     {"CALLBACK_PENDING", 0},
     {"INVALID_INPUT", 0},
     {"NUMERICAL_FAILURE", 0},
+    {"BAD_FRAMING", 0},
 };
 
 unsigned curvc__reason_does(const char *reason)

@@ -199,6 +199,7 @@ _BY_REASON = {
     "CALLBACK_PENDING": Conflict,
     "INVALID_INPUT": BadRequest,
     "NUMERICAL_FAILURE": ServerError,
+    "BAD_FRAMING": BadRequest,
 }
 _BY_STATUS = {
     400: BadRequest,
