@@ -53,6 +53,12 @@ CURVD_HANDLER(curvd_h_ready)
         curvd_reply_problem(rp, rq, CURVD_R_NO_DATABASE, NULL, 0, "the database is not open");
         return;
     }
+    char why[1024];
+    if (curvd_store_health(srv->store, why, sizeof why) != CURVD_STORE_OK) {
+        curvd_reply_problem(rp, rq, CURVD_R_NO_DATABASE, NULL, 0,
+                            "storage failed and no write has succeeded since: %s", why);
+        return;
+    }
     curvd_reply_json(rp, 200, json_pack("{s:s}", "status", "ready"));
 }
 

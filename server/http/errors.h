@@ -62,7 +62,8 @@
     X(CALLBACK_PENDING, 409, CALLBACK_PENDING, "A callback is awaited")                            \
     X(INVALID_INPUT, 400, INVALID_INPUT, "Invalid step input")                                     \
     X(NUMERICAL_FAILURE, 500, NUMERICAL_FAILURE, "Numerical failure")                              \
-    X(BAD_FRAMING, 400, BAD_FRAMING, "Ambiguous message length")
+    X(BAD_FRAMING, 400, BAD_FRAMING, "Ambiguous message length")                                   \
+    X(STORAGE_FULL, 507, STORAGE_FULL, "Storage full")
 
 enum curvd_reason {
 #define CURVD__REASON_ENUM(row, status, reason, title) CURVD_R_##row,

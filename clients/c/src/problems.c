@@ -54,6 +54,7 @@ static const struct {
     {"INVALID_INPUT", 0},
     {"NUMERICAL_FAILURE", 0},
     {"BAD_FRAMING", 0},
+    {"STORAGE_FULL", 0},
 };
 
 unsigned curvc__reason_does(const char *reason)
