@@ -121,6 +121,28 @@ int su_raw_read(int fd, char *buf, size_t cap, size_t *len, const char *until, i
     }
 }
 
+char *su_read_text(const char *path)
+{
+    FILE *in = fopen(path, "rb");
+    assert_non_null(in);
+    size_t cap = 1 << 16, n = 0;
+    char *text = malloc(cap);
+    for (size_t k; (k = fread(text + n, 1, cap - 1 - n, in)) > 0;)
+        if ((n += k) == cap - 1)
+            text = realloc(text, cap *= 2);
+    fclose(in);
+    text[n] = '\0';
+    return text;
+}
+
+int su_count(const char *hay, const char *needle)
+{
+    int k = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+        k++;
+    return k;
+}
+
 void su_raw_exec(const char *path, const char *sql)
 {
     sqlite3 *db = NULL;

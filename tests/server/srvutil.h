@@ -62,6 +62,12 @@ int su_raw_connect(unsigned port);
  * Returns 1 when @until was seen, 0 at the end of the stream, -1 on timeout. */
 int su_raw_read(int fd, char *buf, size_t cap, size_t *len, const char *until, int timeout_ms);
 
+/* The whole of the file @path as NUL-terminated text (a log), which must
+ * exist; free() it. */
+char *su_read_text(const char *path);
+/* How many times @needle occurs in @hay (overlaps counted). */
+int su_count(const char *hay, const char *needle);
+
 /* ---- The store, and its file read and written beside it (sqlite3) ---- */
 
 /* Fail unless the store call @expr gives @want; the call writes its

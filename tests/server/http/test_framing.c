@@ -54,18 +54,10 @@ static size_t exchange(const struct fixture *f, const char *req, size_t n, char 
     return len;
 }
 
-static int count(const char *hay, const char *needle)
-{
-    int k = 0;
-    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
-        k++;
-    return k;
-}
-
 /* One reply, a BAD_FRAMING problem, with Connection: close. */
 static void expect_bad_framing(const char *reply)
 {
-    assert_int_equal(count(reply, "HTTP/1.1 "), 1); /* nothing after it was read as a request */
+    assert_int_equal(su_count(reply, "HTTP/1.1 "), 1); /* nothing after it was read as a request */
     assert_true(strncmp(reply, "HTTP/1.1 400 ", 13) == 0);
     assert_non_null(strstr(reply, "\r\nConnection: close\r\n"));
     assert_non_null(strstr(reply, "\r\nContent-Type: application/problem+json\r\n"));
@@ -121,9 +113,9 @@ static void expect_library_reply(const char *reply, const char *status_line, int
     assert_null(strstr(reply, "problem+json"));
     assert_non_null(strstr(reply, "<html>"));
     int want = doubled && MHD_VERSION < 0x01000000 ? 2 : 1;
-    if (count(reply, status_line) != want)
+    if (su_count(reply, status_line) != want)
         fail_msg("'%s' %d times, want %d (docs/SERVER.md):\n%s", status_line,
-                 count(reply, status_line), want, reply);
+                 su_count(reply, status_line), want, reply);
 }
 
 static void test_library_replies(void **state)

@@ -45,18 +45,6 @@ static int teardown(void **state)
     return 0;
 }
 
-/* The whole log written so far (free() it). */
-static char *read_log(const struct fixture *f)
-{
-    FILE *in = fopen(f->logpath, "r");
-    assert_non_null(in);
-    char *text = calloc(1, 1 << 20);
-    size_t n = fread(text, 1, (1 << 20) - 1, in);
-    fclose(in);
-    text[n] = '\0';
-    return text;
-}
-
 /* The line of @log holding @needle, copied into @line; fails without one. */
 static void find_line(const char *log, const char *needle, char *line, size_t cap)
 {
@@ -117,7 +105,7 @@ static void test_log_text(void **state)
     curvd_log(CURVD_LOG_ERROR, "an event\nwith a newline");
     su_fx_restart(f->fx); /* the access log is written at completion: wait for it */
     utc_second(hi);
-    char *log = read_log(f);
+    char *log = su_read_text(f->logpath);
     find_line(log, "trace-text-1", line, sizeof line);
     char ts[32], level[16], rest[900];
     assert_int_equal(sscanf(line, "%31s %15s %899[^\n]", ts, level, rest), 3);
@@ -146,7 +134,7 @@ static void test_log_json(void **state)
     curvd_log(CURVD_LOG_WARN, "a \"quoted\" event");
     su_fx_restart(f->fx);
     utc_second(hi);
-    char *log = read_log(f);
+    char *log = su_read_text(f->logpath);
     find_line(log, "trace-json-1", line, sizeof line);
     json_error_t je;
     json_t *j = json_loads(line, 0, &je);
@@ -221,7 +209,7 @@ static void test_request_id(void **state)
     assert_string_not_equal(r.request_id, first);
     su_resp_free(&r);
     su_fx_restart(f->fx);
-    char *log = read_log(f), line[1024];
+    char *log = su_read_text(f->logpath), line[1024];
     find_line(log, longest, line, sizeof line); /* the access log carries it too */
     assert_non_null(strstr(line, " GET /nope 404 "));
     assert_null(strstr(log, too_long));
@@ -340,6 +328,7 @@ static void test_process_metrics(void **state)
         for (int i = 0; i < 100000; i++)
             burn += 1e-9 * i;
     double cpu1 = cpu_now();
+    assert_true(burn > 0);
     char *after = metrics_text(f->fx->base);
     for (int i = 0; i < EXTRA; i++)
         close(fds[i]);

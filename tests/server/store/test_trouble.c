@@ -239,25 +239,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static char *read_log(const struct fixture *f)
-{
-    FILE *in = fopen(f->logpath, "r");
-    assert_non_null(in);
-    char *text = calloc(1, 1 << 16);
-    size_t n = fread(text, 1, (1 << 16) - 1, in);
-    fclose(in);
-    text[n] = '\0';
-    return text;
-}
-
-static int count(const char *hay, const char *needle)
-{
-    int k = 0;
-    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
-        k++;
-    return k;
-}
-
 /* A state larger than the reserve: with SQLite's SECURE_DELETE (Debian's
  * default) deleting it would rewrite all of it into the WAL. */
 #define BIG ((size_t)3 * CURVD_STORE_RESERVE_BYTES / 2)
@@ -304,8 +285,8 @@ static void test_delete_on_full_disk(void **state)
     /* The delete itself meets the full disk: it gives the reserve back and
      * succeeds on its second try. */
     su_assert_store(curvd_store_delete(f->st, "t", "a", err, sizeof err), CURVD_STORE_OK, err);
-    char *log = read_log(f);
-    assert_int_equal(count(log, "gave back the storage reserve"), 1);
+    char *log = su_read_text(f->logpath);
+    assert_int_equal(su_count(log, "gave back the storage reserve"), 1);
     free(log);
     int64_t n = 0;
     su_assert_store(curvd_store_count(f->st, NULL, &n, err, sizeof err), CURVD_STORE_OK, err);
@@ -332,12 +313,12 @@ static void test_failing_until_a_write_commits(void **state)
     assert_int_equal(curvd_store_health(f->st, err, sizeof err), CURVD_STORE_ERROR);
     assert_non_null(strstr(err, f->db)); /* names the file */
     assert_non_null(strstr(err, "full"));
-    char *log = read_log(f);
+    char *log = su_read_text(f->logpath);
     /* One error line per failure, each naming the database. */
     char want[400];
     snprintf(want, sizeof want, "(database %s)", f->db);
-    assert_int_equal(count(log, " ERROR curvd: storage failure: "), 2);
-    assert_int_equal(count(log, want), 2);
+    assert_int_equal(su_count(log, " ERROR curvd: storage failure: "), 2);
+    assert_int_equal(su_count(log, want), 2);
     free(log);
     /* Reads still work and do not make it healthy; a committed write does. */
     int64_t n = 0;
@@ -368,7 +349,7 @@ static void test_readonly_at_start(void **state)
     snprintf(want, sizeof want, "database %s: ", f->db);
     if (!strstr(err, want) || !strstr(err, "readonly"))
         fail_msg("the message does not name the file: %s", err);
-    char *log = read_log(f);
+    char *log = su_read_text(f->logpath);
     assert_non_null(strstr(log, f->db));
     assert_non_null(strstr(log, " ERROR curvd: storage failure: "));
     free(log);
