@@ -67,7 +67,7 @@ struct rctx {
     size_t len, cap;
     size_t declared; /* Content-Length, when given (<= max_body) */
     int too_big;
-    int bad_framing; /* the length is ambiguous: refuse, and close the connection */
+    char bad_framing[96]; /* why the length is ambiguous ("": it is not): refuse, then close */
     uint64_t t0_ns;
     int status;
     size_t bytes_out;
@@ -284,7 +284,7 @@ static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Con
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"curvd\"");
     /* Ambiguous framing: what follows on the connection may be the rest
      * of this request's body, never read it as the next request. */
-    if (atomic_load(&srv->http->closing) || x->bad_framing)
+    if (atomic_load(&srv->http->closing) || x->bad_framing[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     add_server_timing(r, rp);
     if (rp->json_header_len) {
@@ -384,10 +384,10 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
     int path_known = 0;
     const struct curvd_route *rt =
         curvd_route_match(method, url, &x->caps, rq->param, &rq->nparams, &path_known);
-    if (x->bad_framing) {
+    if (x->bad_framing[0]) {
         curvd_reply_problem(rp, rq, CURVD_R_BAD_FRAMING, NULL, 0,
-                            "the request has Content-Length twice with different values, or with "
-                            "Transfer-Encoding: its length is ambiguous (RFC 9112 section 6.3)");
+                            "%s: the request's length is ambiguous (RFC 9112 section 6.3)",
+                            x->bad_framing);
     } else if (x->too_big) {
         curvd_reply_problem(rp, rq, CURVD_R_TOO_LARGE, NULL, 0,
                             "the request body exceeds the limit of %zu bytes", srv->cfg.max_body);
@@ -490,9 +490,8 @@ static void set_request_id(struct curvd_http *h, struct MHD_Connection *c, struc
 
 /* The length headers of a request, as MHD_get_connection_values lists them. */
 struct framing {
-    const char *length; /* the first Content-Length */
-    int conflict;       /* another Content-Length with a different value */
-    int chunked;        /* a Transfer-Encoding */
+    const char *length, *other; /* the first Content-Length, another that differs */
+    int chunked;                /* a Transfer-Encoding */
 };
 
 static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const char *key,
@@ -506,20 +505,26 @@ static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const ch
         return MHD_YES;
     if (!f->length)
         f->length = value;
-    else if (strcmp(f->length, value) != 0)
-        f->conflict = 1;
+    else if (strcmp(f->length, value) != 0 && !f->other)
+        f->other = value;
     return MHD_YES;
 }
 
 /* RFC 9112 section 6.3: Content-Length twice with different values is an
  * unrecoverable framing error, and with Transfer-Encoding too it is a
  * request-smuggling shape. libmicrohttpd 0.9.75 takes the first value (or
- * the Transfer-Encoding) silently; every header is still there to look at. */
-static int framing_ambiguous(struct MHD_Connection *c)
+ * the Transfer-Encoding) silently; every header is still there to look at.
+ * Writes why into @why ("" when the length is not ambiguous). */
+static void check_framing(struct MHD_Connection *c, char *why, size_t cap)
 {
     struct framing f = {0};
     MHD_get_connection_values(c, MHD_HEADER_KIND, scan_framing, &f);
-    return f.conflict || (f.length && f.chunked);
+    if (f.other)
+        snprintf(why, cap, "Content-Length is given twice, '%.24s' and '%.24s'", f.length, f.other);
+    else if (f.length && f.chunked)
+        snprintf(why, cap, "Content-Length '%.24s' is given with Transfer-Encoding", f.length);
+    else
+        why[0] = '\0';
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -539,10 +544,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(x->method, sizeof x->method, "%s", method);
         snprintf(x->path, sizeof x->path, "%s", url);
         set_request_id(srv->http, c, x);
-        if (framing_ambiguous(c)) {
-            x->bad_framing = 1;
+        check_framing(c, x->bad_framing, sizeof x->bad_framing);
+        if (x->bad_framing[0])
             return dispatch(srv, c, x, url, method);
-        }
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
         if (declared > srv->cfg.max_body) {

@@ -54,8 +54,9 @@ static size_t exchange(const struct fixture *f, const char *req, size_t n, char 
     return len;
 }
 
-/* One reply, a BAD_FRAMING problem, with Connection: close. */
-static void expect_bad_framing(const char *reply)
+/* One reply, a BAD_FRAMING problem whose detail says @why, with
+ * Connection: close. */
+static void expect_bad_framing(const char *reply, const char *why)
 {
     assert_int_equal(su_count(reply, "HTTP/1.1 "), 1); /* nothing after it was read as a request */
     assert_true(strncmp(reply, "HTTP/1.1 400 ", 13) == 0);
@@ -66,6 +67,9 @@ static void expect_bad_framing(const char *reply)
     json_t *j = su_json(body + 4, strlen(body + 4));
     assert_string_equal(json_string_value(json_object_get(j, "reason")), "BAD_FRAMING");
     assert_int_equal(json_integer_value(json_object_get(j, "status")), 400);
+    const char *detail = json_string_value(json_object_get(j, "detail"));
+    if (!strstr(detail, why))
+        fail_msg("detail '%s' does not say '%s'", detail, why);
     json_decref(j);
 }
 
@@ -79,12 +83,12 @@ static void test_two_lengths_refused(void **state)
                                   "Content-Length: 0\r\nContent-Length: 40\r\n\r\n"
                                   "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
     exchange(f, smuggle, sizeof smuggle - 1, buf);
-    expect_bad_framing(buf);
+    expect_bad_framing(buf, "Content-Length is given twice, '0' and '40'");
     static const char both[] = "POST /v1/version HTTP/1.1\r\nHost: x\r\n"
                                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
                                "0\r\n\r\n";
     exchange(f, both, sizeof both - 1, buf);
-    expect_bad_framing(buf);
+    expect_bad_framing(buf, "Content-Length '5' is given with Transfer-Encoding");
     free(buf);
 }
 
