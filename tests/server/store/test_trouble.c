@@ -333,6 +333,30 @@ static void test_failing_until_a_write_commits(void **state)
     assert_int_equal(stat(want, &sb), 0);
 }
 
+/* The checkpointer's own connection meets the full disk when the database
+ * file must grow to take the WAL's pages: logged once, naming the file. */
+static void test_checkpoint_failure_logged(void **state)
+{
+    struct fixture *f = *state;
+    truncate_wal(f);
+    create(f->st, "a", BIG, CURVD_STORE_OK); /* in the WAL, not yet in the file */
+    disk_full();
+    char want[400], *log = NULL;
+    snprintf(want, sizeof want, "storage failure: checkpointing the WAL into %s: ", f->db);
+    for (int i = 0; i < 500; i++) { /* the round runs on the checkpointer's thread */
+        curvd_store_checkpoint_soon(f->st);
+        nanosleep(&(struct timespec){0, 10000000}, NULL);
+        free(log);
+        log = su_read_text(f->logpath);
+        if (strstr(log, want))
+            break;
+    }
+    if (su_count(log, want) != 1)
+        fail_msg("want one '%s' line in:\n%s", want, log);
+    free(log);
+    disk_roomy();
+}
+
 static void test_readonly_at_start(void **state)
 {
     struct fixture *f = *state;
@@ -401,6 +425,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_delete_on_full_disk, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failing_until_a_write_commits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checkpoint_failure_logged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readonly_at_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_daemon, setup, teardown),
     };
