@@ -38,7 +38,8 @@ TEST_UTIL  := tests/lib/testutil.c
 # main.c only becomes the curvd binary. One folder per layer (server/README.md):
 # http, wire, api, session, store; daemon.c wires them. Migrations are compiled in.
 SRV_SRCS   := server/daemon.c $(sort $(wildcard server/*/*.c))
-SRV_OBJS   := $(SRV_SRCS:server/%.c=$(BUILD)/server/%.o) $(BUILD)/server/migrations_sql.o
+SRV_OBJS   := $(SRV_SRCS:server/%.c=$(BUILD)/server/%.o) $(BUILD)/server/migrations_sql.o \
+              $(BUILD)/server/build_info.o
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
 STEST_SRCS := $(sort $(wildcard tests/server/test_*.c tests/server/*/test_*.c))
 STEST_BINS := $(STEST_SRCS:tests/server/%.c=$(BUILD)/tests/server/%)
@@ -55,7 +56,7 @@ SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fra
 
 .PHONY: all lib deps test test-clients test-unit asan tsan check-symbols check-format check-layers \
         readme-example readme-walkthrough check-openapi spec-check spec-types fuzz fuzz-smoke \
-        bench run clean format reproduce
+        bench run clean format reproduce FORCE
 
 all: lib
 
@@ -93,6 +94,17 @@ $(BUILD)/server/migrations_sql.c: $(MIGRATIONS) scripts/embed-migrations
 
 $(BUILD)/server/migrations_sql.o: $(BUILD)/server/migrations_sql.c
 	$(Q)$(CC) $(CFLAGS_BASE) -Iserver -c $< -o $@
+
+# The commit for curvd_build_info and --version: regenerated on every make,
+# rewritten (and recompiled) only when the commit changes.
+$(BUILD)/server/build_info.c: FORCE
+	@mkdir -p $(@D)
+	$(Q)scripts/build-info $@
+
+$(BUILD)/server/build_info.o: $(BUILD)/server/build_info.c
+	$(Q)$(CC) $(CFLAGS_BASE) -Iserver -c $< -o $@
+
+FORCE:
 
 $(BUILD)/curvd: server/main.c $(BUILD)/libcurvd.a $(BUILD)/libcurv.a
 	@$(if $(Q),echo "  LD      $@",:)

@@ -20,6 +20,7 @@
 #include "curv.h"
 #include "daemon.h"
 #include "http/http.h"
+#include "http/log.h"
 #include "http/mem.h"
 #include "store/store.h"
 
@@ -55,7 +56,8 @@ static const struct flag FLAGS[] = {
      "whose state alone is larger is refused at create and import (422)"},
     {"token-file", "CURVD_TOKEN_FILE", F_STR, OFF(token_file),
      "file of 'token tenant' lines; when set every /v1 route needs a bearer token"},
-    {"log-format", "CURVD_LOG_FORMAT", F_BOOL_LOG, OFF(log_json), "access log: text or json"},
+    {"log-format", "CURVD_LOG_FORMAT", F_BOOL_LOG, OFF(log_json),
+     "log lines (the access log and events): text or json; each has a UTC timestamp and a level"},
     {"idle-ttl", "CURVD_IDLE_TTL", F_UINT, OFF(idle_ttl_s),
      "seconds after its last write that a session without a TTL of its own is deleted (0: never)"},
     {"durability", "CURVD_DURABILITY", F_DURABILITY, OFF(durability_full),
@@ -123,7 +125,8 @@ static int parse(struct curvd_config *c, int argc, char **argv)
             exit(0);
         }
         if (strcmp(arg, "--version") == 0) {
-            printf("curvd %s (libcurv %s)\n", CURVD_VERSION, curv_version());
+            printf("curvd %s (commit %s, libcurv %s)\n", CURVD_VERSION, curvd_build_commit,
+                   curv_version());
             exit(0);
         }
         const struct flag *f = NULL;
@@ -215,33 +218,35 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    curvd_log_setup(srv.cfg.log_json, -1);
     char err[512];
     if (make_parent(srv.cfg.db_path) != 0) {
-        fprintf(stderr, "curvd: cannot create the folder of %s: %s\n", srv.cfg.db_path,
-                strerror(errno));
+        curvd_log(CURVD_LOG_ERROR, "cannot create the folder of %s: %s", srv.cfg.db_path,
+                  strerror(errno));
         return 1;
     }
     if (curvd_daemon_open(&srv, err, sizeof err) != 0 ||
         curvd_http_start(&srv, err, sizeof err) != 0) {
-        fprintf(stderr, "curvd: %s\n", err);
+        curvd_log(CURVD_LOG_ERROR, "%s", err);
         curvd_daemon_close(&srv);
         return 1;
     }
-    fprintf(stderr,
-            "curvd %s listening on http://%s:%u  db=%s durability=%s threads=%u workers=%u "
-            "max-body=%zu "
-            "max-sessions=%zu memory-budget=%zu idle-ttl=%u auth=%s log=%s\n",
-            CURVD_VERSION, srv.cfg.listen, curvd_http_port(&srv), srv.cfg.db_path,
-            srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads, srv.cfg.workers,
-            srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget, srv.cfg.idle_ttl_s,
-            srv.cfg.token_file ? "tokens" : "off", srv.cfg.log_json ? "json" : "text");
+    curvd_log(CURVD_LOG_INFO,
+              "listening on http://%s:%u  version=%s commit=%s db=%s durability=%s threads=%u "
+              "workers=%u max-body=%zu max-sessions=%zu memory-budget=%zu idle-ttl=%u auth=%s "
+              "log=%s",
+              srv.cfg.listen, curvd_http_port(&srv), CURVD_VERSION, curvd_build_commit,
+              srv.cfg.db_path, srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads,
+              srv.cfg.workers, srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget,
+              srv.cfg.idle_ttl_s, srv.cfg.token_file ? "tokens" : "off",
+              srv.cfg.log_json ? "json" : "text");
     int sig = 0;
     sigwait(&stop, &sig);
-    fprintf(stderr, "curvd: %s received, draining\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    curvd_log(CURVD_LOG_INFO, "%s received, draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
     atomic_store(&srv.draining, 1);
     curvd_http_stop(&srv);
     curvd_daemon_close(&srv);
     curvd_mem_trim();
-    fprintf(stderr, "curvd: stopped\n");
+    curvd_log(CURVD_LOG_INFO, "stopped");
     return 0;
 }

@@ -47,6 +47,11 @@ void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq,
     else if (st == CURVD_STORE_BUSY)
         curvd_reply_problem(rp, rq, CURVD_R_DATABASE_BUSY, NULL, 0, "the database is busy: %s",
                             err);
+    else if (st == CURVD_STORE_FULL)
+        curvd_reply_problem(rp, rq, CURVD_R_STORAGE_FULL, NULL, 0,
+                            "the disk is full; DELETE sessions to make room for new ones, or give "
+                            "the database more space: %s",
+                            err);
     else
         curvd_reply_problem(rp, rq, CURVD_R_DATABASE_ERROR, NULL, 0, "database error: %s", err);
 }

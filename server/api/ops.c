@@ -29,9 +29,13 @@ CURVD_HANDLER(curvd_h_metrics)
     struct curvd_pool *pool = curvd_http_pool(srv);
     if (pool)
         curvd_pool_stats(pool, &ps);
-    char *text = srv->metrics ? curvd_metrics_render(srv->metrics, curvd_http_inflight(srv), n,
-                                                     bytes, disk, pool ? &ps : NULL, &len)
-                              : NULL;
+    const struct curvd_metrics_view v = {.heavy_inflight = curvd_http_inflight(srv),
+                                         .sessions_mem = n,
+                                         .bytes_mem = bytes,
+                                         .sessions_disk = disk,
+                                         .pool = pool ? &ps : NULL,
+                                         .sqlite_version = curvd_store_engine_version()};
+    char *text = srv->metrics ? curvd_metrics_render(srv->metrics, &v, &len) : NULL;
     if (!text) {
         curvd_reply_problem(rp, rq, CURVD_R_UNAVAILABLE, NULL, 0, "metrics are not available");
         return;
@@ -47,6 +51,12 @@ CURVD_HANDLER(curvd_h_ready)
     }
     if (!srv->store) {
         curvd_reply_problem(rp, rq, CURVD_R_NO_DATABASE, NULL, 0, "the database is not open");
+        return;
+    }
+    char why[1024];
+    if (curvd_store_health(srv->store, why, sizeof why) != CURVD_STORE_OK) {
+        curvd_reply_problem(rp, rq, CURVD_R_NO_DATABASE, NULL, 0,
+                            "storage failed and no write has succeeded since: %s", why);
         return;
     }
     curvd_reply_json(rp, 200, json_pack("{s:s}", "status", "ready"));

@@ -63,7 +63,9 @@
     X(INVALID_INPUT, 400, INVALID_INPUT, "Invalid step input")                                     \
     X(NUMERICAL_FAILURE, 500, NUMERICAL_FAILURE, "Numerical failure")                              \
     X(STEP_MISMATCH, 422, STEP_MISMATCH, "Not the request that completed the step")                \
-    X(SESSION_UNLOADABLE, 409, SESSION_UNLOADABLE, "Session state cannot be loaded")
+    X(SESSION_UNLOADABLE, 409, SESSION_UNLOADABLE, "Session state cannot be loaded")               \
+    X(BAD_FRAMING, 400, BAD_FRAMING, "Ambiguous message length")                                   \
+    X(STORAGE_FULL, 507, STORAGE_FULL, "Storage full")
 
 enum curvd_reason {
 #define CURVD__REASON_ENUM(row, status, reason, title) CURVD_R_##row,

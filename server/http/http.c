@@ -23,12 +23,12 @@
 #include "http/http.h"
 
 #include "http/auth.h"
+#include "http/log.h"
 #include "http/mem.h"
 #include "http/metrics.h"
 #include "http/pool.h"
 
 #include <arpa/inet.h>
-#include <errno.h>
 #include <jansson.h>
 #include <microhttpd.h>
 #include <pthread.h>
@@ -37,8 +37,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
-#include <unistd.h>
 
 struct rctx;
 
@@ -55,14 +55,19 @@ struct curvd_http {
 
 enum phase { RECEIVING = 0, QUEUED, DONE };
 
+/* A client's X-Request-Id is kept when it is 1..CURVD_REQUEST_ID_MAX
+ * visible ASCII characters; any other is replaced by one of ours. */
+#define CURVD_REQUEST_ID_MAX 64
+
 struct rctx {
-    char id[20];
+    char id[CURVD_REQUEST_ID_MAX + 1];
     char method[8];
     char path[120];
     char *body;
     size_t len, cap;
     size_t declared; /* Content-Length, when given (<= max_body) */
     int too_big;
+    char bad_framing[96]; /* why the length is ambiguous ("": it is not): refuse, then close */
     uint64_t t0_ns;
     int status;
     size_t bytes_out;
@@ -153,12 +158,24 @@ void curvd_reply_tensors(struct curvd_reply *rp, int status, void *body, size_t 
     rp->json_header_len = json_len;
 }
 
+/* The reply when not even the reply can be allocated. */
+static const char NO_MEMORY_PROBLEM[] =
+    "{\"type\":\"https://curvd.dev/problems/out-of-memory\",\"title\":\"Service "
+    "Unavailable\",\"status\":503,\"detail\":\"the daemon ran out of memory writing the "
+    "reply\",\"reason\":\"OUT_OF_MEMORY\",\"errors\":[]}";
+
+static void keep_static(void *p)
+{
+    (void)p;
+}
+
 void curvd_reply_json(struct curvd_reply *rp, int status, void *json)
 {
     char *text = json ? json_dumps(json, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(json);
-    if (!text) {
-        curvd_reply_bytes(rp, 500, "application/problem+json", NULL, 0);
+    if (!text) { /* out of memory: a problem that needs none */
+        curvd_reply_owned(rp, 503, "application/problem+json", (void *)NO_MEMORY_PROBLEM,
+                          sizeof NO_MEMORY_PROBLEM - 1, keep_static);
         return;
     }
     curvd_reply_bytes(rp, status, "application/json", text, strlen(text));
@@ -189,6 +206,8 @@ static const char *status_title(int status)
         return "Too Many Requests";
     case 503:
         return "Service Unavailable";
+    case 507:
+        return "Insufficient Storage";
     default:
         return status >= 500 ? "Internal Server Error" : "Error";
     }
@@ -263,7 +282,9 @@ static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Con
     }
     if (rp->status == 401)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"curvd\"");
-    if (atomic_load(&srv->http->closing))
+    /* Ambiguous framing: what follows on the connection may be the rest
+     * of this request's body, never read it as the next request. */
+    if (atomic_load(&srv->http->closing) || x->bad_framing[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     add_server_timing(r, rp);
     if (rp->json_header_len) {
@@ -363,7 +384,11 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
     int path_known = 0;
     const struct curvd_route *rt =
         curvd_route_match(method, url, &x->caps, rq->param, &rq->nparams, &path_known);
-    if (x->too_big) {
+    if (x->bad_framing[0]) {
+        curvd_reply_problem(rp, rq, CURVD_R_BAD_FRAMING, NULL, 0,
+                            "%s: the request's length is ambiguous (RFC 9112 section 6.3)",
+                            x->bad_framing);
+    } else if (x->too_big) {
         curvd_reply_problem(rp, rq, CURVD_R_TOO_LARGE, NULL, 0,
                             "the request body exceeds the limit of %zu bytes", srv->cfg.max_body);
     } else if (rt && rt->auth && srv->auth &&
@@ -439,6 +464,69 @@ static void append(struct rctx *x, const char *data, size_t n, size_t max)
     x->len += n;
 }
 
+/* 1..CURVD_REQUEST_ID_MAX characters from '!' to '~': safe in a header,
+ * a text log line and a JSON string alike. */
+static int request_id_valid(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (n >= CURVD_REQUEST_ID_MAX || s[n] < '!' || s[n] > '~')
+            return 0;
+    return n > 0;
+}
+
+/* The client's X-Request-Id when it is valid, else a new one. */
+static void set_request_id(struct curvd_http *h, struct MHD_Connection *c, struct rctx *x)
+{
+    const char *given = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
+    if (given && request_id_valid(given)) {
+        memcpy(x->id, given, strlen(given) + 1);
+        return;
+    }
+    uint64_t n = atomic_fetch_add(&h->next_id, 1);
+    snprintf(x->id, sizeof x->id, "%016llx",
+             (unsigned long long)(n * 0x9e3779b97f4a7c15ULL ^ x->t0_ns));
+}
+
+/* The length headers of a request, as MHD_get_connection_values lists them. */
+struct framing {
+    const char *length, *other; /* the first Content-Length, another that differs */
+    int chunked;                /* a Transfer-Encoding */
+};
+
+static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    (void)kind;
+    struct framing *f = cls;
+    if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0)
+        f->chunked = 1;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) != 0)
+        return MHD_YES;
+    if (!f->length)
+        f->length = value;
+    else if (strcmp(f->length, value) != 0 && !f->other)
+        f->other = value;
+    return MHD_YES;
+}
+
+/* RFC 9112 section 6.3: Content-Length twice with different values is an
+ * unrecoverable framing error, and with Transfer-Encoding too it is a
+ * request-smuggling shape. libmicrohttpd 0.9.75 takes the first value (or
+ * the Transfer-Encoding) silently; every header is still there to look at.
+ * Writes why into @why ("" when the length is not ambiguous). */
+static void check_framing(struct MHD_Connection *c, char *why, size_t cap)
+{
+    struct framing f = {0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, scan_framing, &f);
+    if (f.other)
+        snprintf(why, cap, "Content-Length is given twice, '%.24s' and '%.24s'", f.length, f.other);
+    else if (f.length && f.chunked)
+        snprintf(why, cap, "Content-Length '%.24s' is given with Transfer-Encoding", f.length);
+    else
+        why[0] = '\0';
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *data,
                                   size_t *data_size, void **req_cls)
@@ -455,9 +543,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         x->route_index = curvd_route_count;
         snprintf(x->method, sizeof x->method, "%s", method);
         snprintf(x->path, sizeof x->path, "%s", url);
-        uint64_t n = atomic_fetch_add(&srv->http->next_id, 1);
-        snprintf(x->id, sizeof x->id, "%016llx",
-                 (unsigned long long)(n * 0x9e3779b97f4a7c15ULL ^ x->t0_ns));
+        set_request_id(srv->http, c, x);
+        check_framing(c, x->bad_framing, sizeof x->bad_framing);
+        if (x->bad_framing[0])
+            return dispatch(srv, c, x, url, method);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         unsigned long long declared = cl ? strtoull(cl, NULL, 10) : 0;
         if (declared > srv->cfg.max_body) {
@@ -479,55 +568,23 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return dispatch(srv, c, x, url, method);
 }
 
-/* One whole line in one write(2): no stdio lock shared by the connection
- * threads, and lines from several threads never interleave. */
-static void write_line(const char *s, size_t n)
-{
-    while (n) {
-        ssize_t w = write(STDERR_FILENO, s, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return; /* a log that cannot be written is not worth a failed request */
-        s += w;
-        n -= (size_t)w;
-    }
-}
-
 /* One line per request: text, or a JSON object built by jansson so that a
  * hostile path cannot break the line. Never any tensor data. */
-static void access_log(const struct curvd_server *srv, const struct rctx *x, int ok)
+static void access_log(const struct rctx *x, int ok)
 {
     double secs = (double)(now_ns() - x->t0_ns) / 1e9;
     const char *route = x->route ? x->route : "-";
-    if (!srv->cfg.log_json) {
-        char line[384];
-        int n = snprintf(line, sizeof line, "curvd: %s %s %s %d %.3fms in=%zu out=%zu%s\n", x->id,
-                         x->method, x->path, x->status, secs * 1e3, x->len, x->bytes_out,
-                         ok ? "" : " (aborted)");
-        if (n <= 0)
-            return;
-        if ((size_t)n >= sizeof line) { /* cannot happen with the fields' sizes; stay a line */
-            n = (int)sizeof line - 1;
-            line[n - 1] = '\n';
-        }
-        write_line(line, (size_t)n);
-        return;
-    }
-    json_t *j =
-        json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:I, s:b}", "level", "info", "msg",
-                  "request", "request_id", x->id, "method", x->method, "path", x->path, "route",
-                  route, "status", x->status, "duration_s", secs, "bytes_in", (json_int_t)x->len,
-                  "bytes_out", (json_int_t)x->bytes_out, "completed", ok);
-    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    size_t n = text ? strlen(text) : 0;
-    char *line = text ? realloc(text, n + 2) : NULL;
-    if (line) {
-        line[n] = '\n';
-        write_line(line, n + 1);
-    }
-    free(line ? line : text);
-    json_decref(j);
+    char text[384];
+    snprintf(text, sizeof text, "%s %s %s %d %.3fms in=%zu out=%zu%s", x->id, x->method, x->path,
+             x->status, secs * 1e3, x->len, x->bytes_out, ok ? "" : " (aborted)");
+    json_t *fields =
+        curvd_log_is_json()
+            ? json_pack("{s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:I, s:b}", "request_id", x->id,
+                        "method", x->method, "path", x->path, "route", route, "status", x->status,
+                        "duration_s", secs, "bytes_in", (json_int_t)x->len, "bytes_out",
+                        (json_int_t)x->bytes_out, "completed", ok)
+            : NULL;
+    curvd_log_event(CURVD_LOG_INFO, "request", fields, text);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
@@ -539,7 +596,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     if (!x)
         return;
     if (!srv->cfg.quiet)
-        access_log(srv, x, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+        access_log(x, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
     if (x->rp.body) /* a reply that was never handed to MHD */
         (x->rp.body_free ? x->rp.body_free : free)(x->rp.body);
     curvd_mem_free(x->body);
@@ -585,6 +642,21 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
     return atomic_load(&h->closing) ? MHD_NO : MHD_YES;
 }
 
+/* libmicrohttpd's own messages (a malformed request it refused, a socket
+ * error) as log lines of ours, with a timestamp and a level. */
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        msg[--n] = '\0';
+    curvd_log(CURVD_LOG_WARN, "libmicrohttpd: %s", msg);
+}
+
 int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)srv->cfg.port)};
@@ -615,11 +687,12 @@ int curvd_http_start(struct curvd_server *srv, char *err, size_t errlen)
     unsigned flags =
         MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME;
     h->mhd = MHD_start_daemon(
-        flags, (uint16_t)srv->cfg.port, on_accept, h, on_request, srv, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)srv->cfg.threads,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)32 * 1024, MHD_OPTION_CONNECTION_LIMIT, 1024u, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
-        MHD_OPTION_END);
+        flags, (uint16_t)srv->cfg.port, on_accept, h, on_request, srv, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_logger, NULL, /* first: it then gets every message */
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE,
+        (unsigned)srv->cfg.threads, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32 * 1024, MHD_OPTION_CONNECTION_LIMIT, 1024u,
+        MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_END);
     if (!h->mhd) {
         snprintf(err, errlen, "cannot listen on %s:%u (in use, or no permission)", srv->cfg.listen,
                  srv->cfg.port);

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #include "http/metrics.h"
 
+#include <jansson.h>
+#include <microhttpd.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -8,11 +10,13 @@
 #include <string.h>
 
 #include "http/mem.h"
+#include "http/procstat.h"
 
-/* The statuses the API uses; anything else counts as "other". */
-static const int CODES[] = {200, 201, 204, 400, 401, 404, 405, 409,
-                            412, 413, 415, 422, 429, 500, 503};
-#define NCODES (sizeof CODES / sizeof CODES[0])
+/* Every status from 100 to 599 has its slot (by_code[status - 100]), so a
+ * status the table below the handlers adds later is counted by its code
+ * without anyone remembering to list it here; anything else is "other". */
+#define CODE_MIN 100
+#define NCODES 500
 /* Latency buckets in seconds (upper bounds); +Inf is the count. */
 static const double BUCKETS[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                  0.1,    0.25,  0.5,    1,     2.5,  5,     10};
@@ -57,9 +61,8 @@ void curvd_metrics_request(struct curvd_metrics *m, size_t route, int status, do
         return;
     struct route_stats *r =
         &m->route[route < curvd_route_count && route < MAX_ROUTES ? route : MAX_ROUTES];
-    size_t c = 0;
-    while (c < NCODES && CODES[c] != status)
-        c++;
+    size_t c =
+        status >= CODE_MIN && status < CODE_MIN + NCODES ? (size_t)(status - CODE_MIN) : NCODES;
     atomic_fetch_add(&r->by_code[c], 1);
     for (size_t b = 0; b < NBUCKETS; b++)
         if (seconds <= BUCKETS[b])
@@ -130,7 +133,10 @@ static void render_requests(const struct curvd_metrics *m, struct buf *b)
             if (!v)
                 continue;
             char code[8];
-            snprintf(code, sizeof code, c < NCODES ? "%d" : "other", c < NCODES ? CODES[c] : 0);
+            if (c < NCODES)
+                snprintf(code, sizeof code, "%d", CODE_MIN + (int)c);
+            else
+                snprintf(code, sizeof code, "other");
             put(b, "curvd_http_requests_total{route=\"%s\",code=\"%s\"} %llu\n",
                 route_name(i == MAX_ROUTES ? curvd_route_count : i), code, v);
         }
@@ -153,13 +159,80 @@ static void render_requests(const struct curvd_metrics *m, struct buf *b)
     }
 }
 
-char *curvd_metrics_render(const struct curvd_metrics *m, size_t heavy_inflight,
-                           size_t sessions_mem, size_t bytes_mem, long long sessions_disk,
-                           const struct curvd_pool_stats *pool, size_t *len)
+/* A label value as Prometheus reads it: backslash, quote and newline
+ * escaped (a version string is not ours to trust). */
+static void put_label(struct buf *b, const char *name, const char *v, int last)
+{
+    put(b, "%s=\"", name);
+    for (const char *p = v ? v : "unknown"; *p; p++) {
+        if (*p == '\\' || *p == '"')
+            put(b, "\\%c", *p);
+        else if (*p == '\n')
+            put(b, "\\n");
+        else
+            put(b, "%c", *p);
+    }
+    put(b, "\"%s", last ? "" : ",");
+}
+
+static void render_build_info(const struct curvd_metrics_view *v, struct buf *b)
+{
+    put(b, "# HELP curvd_build_info The daemon's version and commit and its libraries' versions.\n"
+           "# TYPE curvd_build_info gauge\n"
+           "curvd_build_info{");
+    put_label(b, "version", CURVD_VERSION, 0);
+    put_label(b, "commit", curvd_build_commit, 0);
+    put_label(b, "libcurv", curv_version(), 0);
+    put_label(b, "libmicrohttpd", MHD_get_version(), 0);
+    put_label(b, "jansson", jansson_version_str(), 0);
+    put_label(b, "sqlite", v->sqlite_version, 1);
+    put(b, "} 1\n");
+}
+
+/* Prometheus's standard process metrics; none when /proc cannot be read. */
+static void render_process(struct buf *b)
+{
+    struct curvd_proc_stats ps;
+    if (curvd_proc_stats(&ps) != 0)
+        return;
+    put(b,
+        "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+        "# TYPE process_cpu_seconds_total counter\n"
+        "process_cpu_seconds_total %.2f\n"
+        "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+        "# TYPE process_resident_memory_bytes gauge\n"
+        "process_resident_memory_bytes %zu\n"
+        "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+        "# TYPE process_virtual_memory_bytes gauge\n"
+        "process_virtual_memory_bytes %zu\n"
+        "# HELP process_start_time_seconds Start time of the process since unix epoch in "
+        "seconds.\n"
+        "# TYPE process_start_time_seconds gauge\n"
+        "process_start_time_seconds %.2f\n"
+        "# HELP process_open_fds Number of open file descriptors.\n"
+        "# TYPE process_open_fds gauge\n"
+        "process_open_fds %ld\n",
+        ps.cpu_seconds, ps.resident_bytes, ps.virtual_bytes, ps.start_time, ps.open_fds);
+    if (ps.max_fds >= 0)
+        put(b,
+            "# HELP process_max_fds Maximum number of open file descriptors.\n"
+            "# TYPE process_max_fds gauge\n"
+            "process_max_fds %ld\n",
+            ps.max_fds);
+}
+
+char *curvd_metrics_render(const struct curvd_metrics *m, const struct curvd_metrics_view *v,
+                           size_t *len)
 {
     struct buf b = {.p = malloc(8192), .cap = 8192};
     if (!b.p)
         return NULL;
+    const size_t heavy_inflight = v->heavy_inflight, sessions_mem = v->sessions_mem,
+                 bytes_mem = v->bytes_mem;
+    const long long sessions_disk = v->sessions_disk;
+    const struct curvd_pool_stats *pool = v->pool;
+    render_build_info(v, &b);
+    render_process(&b);
     render_requests(m, &b);
     put(&b,
         "# HELP curvd_http_bytes_total Request and reply body bytes.\n"

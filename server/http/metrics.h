@@ -27,10 +27,18 @@ void curvd_metrics_expired(struct curvd_metrics *m, size_t n);
 /* One callback answered (a round trip of a multi-exchange step). */
 void curvd_metrics_callback(struct curvd_metrics *m, curv_opt_kind kind);
 
-/* The exposition text (malloc'd), with the gauges given by the caller;
- * @pool: the worker pool's counters, NULL without workers. */
-char *curvd_metrics_render(const struct curvd_metrics *m, size_t heavy_inflight,
-                           size_t sessions_mem, size_t bytes_mem, long long sessions_disk,
-                           const struct curvd_pool_stats *pool, size_t *len);
+/* What the caller measures for one rendering. */
+struct curvd_metrics_view {
+    size_t heavy_inflight;               /* heavy requests queued, running or deferred */
+    size_t sessions_mem, bytes_mem;      /* sessions in memory and their state's bytes */
+    long long sessions_disk;             /* sessions stored; -1: unknown */
+    const struct curvd_pool_stats *pool; /* the worker pool's counters; NULL: no workers */
+    const char *sqlite_version;          /* for curvd_build_info; NULL: "unknown" */
+};
+
+/* The exposition text (malloc'd, *@len bytes), with @v's gauges,
+ * curvd_build_info and the process_* metrics; NULL when out of memory. */
+char *curvd_metrics_render(const struct curvd_metrics *m, const struct curvd_metrics_view *v,
+                           size_t *len);
 
 #endif

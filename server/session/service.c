@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "http/log.h"
 #include "http/metrics.h"
 #include "http/pool.h"
 
@@ -43,14 +44,14 @@ int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out
     if (st == CURVD_STORE_NOT_FOUND)
         return 1;
     if (st != CURVD_STORE_OK) {
-        fprintf(stderr, "curvd: loading session %s: %s\n", id, err);
+        curvd_log(CURVD_LOG_ERROR, "loading session %s: %s", id, err);
         return -1;
     }
     curv_error cerr;
     int rc = 0;
     curv_status ls = curv_opt_load(s.state, s.state_len, out, &cerr);
     if (ls != CURV_OK) {
-        fprintf(stderr, "curvd: session %s has an unreadable state: %s\n", id, cerr.text);
+        curvd_log(CURVD_LOG_ERROR, "session %s has an unreadable state: %s", id, cerr.text);
         /* Out of memory may pass; a blob libcurv refuses stays refused. */
         rc = ls == CURV_E_NOMEM ? -1 : 2;
         snprintf(why, why_cap, "%s", cerr.text);
@@ -336,7 +337,7 @@ static void *sweep(void *arg)
         long n = curvd_svc_expire(s->srv, (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, err,
                                   sizeof err);
         if (n < 0)
-            fprintf(stderr, "curvd: expiring idle sessions: %s\n", err);
+            curvd_log(CURVD_LOG_ERROR, "expiring idle sessions: %s", err);
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);

@@ -12,6 +12,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "http/log.h"
+
 struct curvd_checkpointer {
     sqlite3 *owner; /* the store's connection, whose hook this is */
     sqlite3 *db;    /* this thread's own connection */
@@ -28,6 +30,7 @@ struct curvd_checkpointer {
     char *main_path;                       /* the database file's path */
     long long limit;                       /* journal_size_limit last set on @owner; -1: none yet */
     struct curvd_ckpt_stats stats;         /* under @mu */
+    int failing;                           /* the last round failed (the thread's own) */
 };
 
 long long curvd_wal_bound(long long db_bytes)
@@ -150,6 +153,17 @@ static void round_(struct curvd_checkpointer *c, int quiet)
         if (passes >= CURVD_CKPT_MAX_PASSES || atomic_load(&c->behind))
             break;
     }
+    /* A storage failure (a full disk when the database file must grow):
+     * one error line when it starts and one when it ends, not one a round. */
+    int failed = rc != SQLITE_OK && (rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED;
+    if (failed && !c->failing)
+        curvd_log(CURVD_LOG_ERROR,
+                  "storage failure: checkpointing the WAL into %s: %s (the WAL grows until it "
+                  "succeeds)",
+                  c->main_path, sqlite3_errmsg(c->db));
+    else if (!failed && c->failing && rc == SQLITE_OK)
+        curvd_log(CURVD_LOG_INFO, "checkpointing the WAL into %s works again", c->main_path);
+    c->failing = failed || (c->failing && rc != SQLITE_OK);
     int truncated = 0;
     if (rc == SQLITE_OK && done >= log && file_size(c->wal) > (quiet ? bound : 2 * bound)) {
         pthread_mutex_lock(&c->pass_mu);

@@ -12,6 +12,7 @@
 #include "store/batch.h"
 #include "store/checkpoint.h"
 #include "store/migrations.h"
+#include "store/trouble.h"
 
 #define STORE_STR_(x) #x
 #define STORE_STR(x) STORE_STR_(x)
@@ -101,6 +102,7 @@ struct curvd_store {
     sqlite3_stmt *stmt[S_COUNT_];
     struct curvd_batcher *commits;   /* group commit, on a thread of its own */
     struct curvd_checkpointer *ckpt; /* WAL checkpoints on a thread of their own */
+    struct curvd_trouble trouble;    /* storage failures, the reserve (trouble.h) */
 };
 
 static void commit_batch(void *ctx, struct curvd_batch_item **links, size_t n);
@@ -142,6 +144,8 @@ static int rc_status(int rc)
         return CURVD_STORE_BUSY;
     case SQLITE_TOOBIG:
         return CURVD_STORE_INVALID;
+    case SQLITE_FULL:
+        return CURVD_STORE_FULL;
     default:
         return CURVD_STORE_ERROR;
     }
@@ -153,7 +157,29 @@ static int rc_status(int rc)
 static int db_fail(struct curvd_store *st, int rc, char *err, size_t errlen, const char *what)
 {
     const char *msg = (rc & 0xff) == SQLITE_TOOBIG ? sqlite3_errstr(rc) : sqlite3_errmsg(st->db);
+    switch (rc & 0xff) { /* the disk or the file, not the request: log it, /readyz says so */
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+    case SQLITE_READONLY:
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+    case SQLITE_CANTOPEN:
+        curvd_trouble_failed(&st->trouble, (rc & 0xff) == SQLITE_FULL, what, msg);
+        break;
+    default:
+        break;
+    }
     return fail(err, errlen, rc_status(rc), "%s: %s", what, msg);
+}
+
+/* Commit a write transaction: the store is healthy again once one does. */
+static int commit_write(struct curvd_store *st, char *err, size_t errlen)
+{
+    int rc = sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return db_fail(st, rc, err, errlen, "COMMIT");
+    curvd_trouble_write_ok(&st->trouble);
+    return CURVD_STORE_OK;
 }
 
 static int no_memory(char *err, size_t errlen)
@@ -538,6 +564,12 @@ static int configure(struct curvd_store *st, enum curvd_durability durability, c
                           err, errlen);
     if (status == CURVD_STORE_OK)
         status = exec_sql(st, "PRAGMA foreign_keys = ON", err, errlen);
+    /* Debian builds SQLite with SECURE_DELETE: a DELETE would overwrite
+     * every freed page of the state, writing the whole state to the WAL
+     * again, and fail on a full disk. FAST zeroes only what costs no
+     * extra write; freed pages are reused by later sessions. */
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st, "PRAGMA secure_delete = FAST", err, errlen);
     return status;
 }
 
@@ -564,7 +596,7 @@ static int migrate(struct curvd_store *st, char *err, size_t errlen)
         status = exec_sql(st, sql, err, errlen);
     }
     if (status == CURVD_STORE_OK)
-        status = exec_sql(st, "COMMIT", err, errlen);
+        status = commit_write(st, err, errlen);
     if (status != CURVD_STORE_OK)
         rollback(st);
     return status;
@@ -603,6 +635,7 @@ int curvd_store_open(const char *path, enum curvd_durability durability, struct 
     if (!st)
         return no_memory(err, errlen);
     memset(st, 0, sizeof *st);
+    curvd_trouble_init(&st->trouble, path);
     int rc = sqlite3_open_v2(
         path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
     int status;
@@ -615,6 +648,11 @@ int curvd_store_open(const char *path, enum curvd_durability durability, struct 
         sqlite3_mutex_enter(st->mu);
         status = setup(st, durability, err, errlen);
         sqlite3_mutex_leave(st->mu);
+        if (status != CURVD_STORE_OK && err && errlen) { /* which file: there may be several */
+            char why[1024];
+            snprintf(why, sizeof why, "%s", err);
+            fail(err, errlen, status, "database %s: %s", path, why);
+        }
         if (status == CURVD_STORE_OK &&
             !(st->ckpt = curvd_checkpointer_start(st->db, path, durability == CURVD_DURABILITY_FULL,
                                                   err, errlen)))
@@ -622,6 +660,8 @@ int curvd_store_open(const char *path, enum curvd_durability durability, struct 
         if (status == CURVD_STORE_OK &&
             !(st->commits = curvd_batcher_new(COMMIT_BATCH_MAX, commit_batch, st)))
             status = no_memory(err, errlen);
+        if (status == CURVD_STORE_OK) /* the file is ours: the reserve may go beside it */
+            curvd_trouble_reserve(&st->trouble, CURVD_STORE_RESERVE_BYTES);
     }
     if (status != CURVD_STORE_OK) {
         curvd_store_close(st);
@@ -642,6 +682,7 @@ void curvd_store_close(struct curvd_store *st)
     for (int i = 0; i < S_COUNT_; i++)
         (void)sqlite3_finalize(st->stmt[i]);
     (void)sqlite3_close(st->db);
+    curvd_trouble_clear(&st->trouble);
     sqlite3_free(st);
 }
 
@@ -730,7 +771,7 @@ int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s
     if (status == CURVD_STORE_OK)
         status = write_parts(st, s->id, &all, err, errlen);
     if (status == CURVD_STORE_OK)
-        status = exec_sql(st, "COMMIT", err, errlen);
+        status = commit_write(st, err, errlen);
     if (status != CURVD_STORE_OK)
         rollback(st);
     sqlite3_mutex_leave(st->mu);
@@ -976,7 +1017,7 @@ static int conditional_write(struct curvd_store *st, int brc, sqlite3_stmt *q,
     if (status == CURVD_STORE_OK && state)
         status = write_parts(st, id, state, err, errlen);
     if (status == CURVD_STORE_OK)
-        status = exec_sql(st, "COMMIT", err, errlen);
+        status = commit_write(st, err, errlen);
     if (status != CURVD_STORE_OK)
         rollback(st);
     return status;
@@ -1034,7 +1075,7 @@ static int commit_group(struct curvd_store *st, struct curvd_commit_item **items
         }
     }
     if (status == CURVD_STORE_OK)
-        status = exec_sql(st, "COMMIT", err, sizeof err);
+        status = commit_write(st, err, sizeof err);
     if (status != CURVD_STORE_OK) {
         rollback(st);
         for (size_t i = 0; i < n; i++) {
@@ -1134,6 +1175,14 @@ int curvd_store_delete(struct curvd_store *st, const char *tenant, const char *i
     sqlite3_stmt *q = st->stmt[S_DELETE];
     int rc = bind(q, "tt", id, tenant);
     int status = conditional_write(st, rc, q, NULL, tenant, id, NULL, err, errlen);
+    /* A full disk: the failure gave the reserve back (trouble.h), and a
+     * checkpoint that copies the whole WAL lets it start over in the space
+     * it already has. Then once more: freeing space must not need space. */
+    if (status == CURVD_STORE_FULL) {
+        (void)sqlite3_wal_checkpoint_v2(st->db, "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        rc = bind(q, "tt", id, tenant);
+        status = conditional_write(st, rc, q, NULL, tenant, id, NULL, err, errlen);
+    }
     sqlite3_mutex_leave(st->mu);
     return status;
 }
@@ -1306,7 +1355,7 @@ int curvd_store_expire(struct curvd_store *st, int64_t now, int64_t default_ttl_
         status = db_fail(st, rc, err, errlen, "expiring sessions");
     (void)sqlite3_finalize(q);
     if (status == CURVD_STORE_OK)
-        status = exec_sql(st, "COMMIT", err, errlen);
+        status = commit_write(st, err, errlen);
     if (status != CURVD_STORE_OK)
         rollback(st);
     sqlite3_mutex_leave(st->mu);
@@ -1348,4 +1397,19 @@ int curvd_store_set_name_labels(struct curvd_store *st, const char *tenant, cons
     (void)sqlite3_finalize(q);
     sqlite3_mutex_leave(st->mu);
     return status;
+}
+
+const char *curvd_store_engine_version(void)
+{
+    return sqlite3_libversion();
+}
+
+int curvd_store_health(struct curvd_store *st, char *err, size_t errlen)
+{
+    if (!st)
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_health: invalid argument");
+    char why[1600];
+    if (curvd_trouble_status(&st->trouble, why, sizeof why) == 0)
+        return CURVD_STORE_OK;
+    return fail(err, errlen, CURVD_STORE_ERROR, "%s", why);
 }

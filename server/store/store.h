@@ -56,7 +56,8 @@
     X(CONFLICT, 2, "the session exists or is at another step")                                     \
     X(INVALID, 3, "invalid argument")                                                              \
     X(BUSY, 4, "the database is locked by another writer")                                         \
-    X(ERROR, 5, "database error")
+    X(ERROR, 5, "database error")                                                                  \
+    X(FULL, 6, "the disk holding the database is full")
 
 enum curvd_store_status {
 #define CURVD__STORE_ENUM(name, code, text) CURVD_STORE_##name = code,
@@ -431,5 +432,16 @@ int curvd_store_get_response(struct curvd_store *st, const char *tenant, const c
  */
 int curvd_store_count(struct curvd_store *st, const char *tenant, int64_t *out, char *err,
                       size_t errlen);
+
+/*
+ * curvd_store_health - OK, or ERROR with the latest storage failure (a full
+ * disk, an I/O error, a read-only or damaged file: store/trouble.h) when no
+ * write has committed since it. Never waits for the store's lock.
+ */
+int curvd_store_health(struct curvd_store *st, char *err, size_t errlen);
+
+/* curvd_store_engine_version - the version of the SQLite library linked
+ * (static text), for curvd_build_info. */
+const char *curvd_store_engine_version(void);
 
 #endif

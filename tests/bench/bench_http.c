@@ -1006,10 +1006,10 @@ static void ae_run(const char *bin, const struct ae *a, const char *workers,
     for (long long k = 1; k <= AE_WARM + steps; k++) {
         char want[48];
         if (plan->think_s > 0 && k > 1)
-            nanosleep(&(struct timespec){(time_t)plan->think_s,
-                                         (long)((plan->think_s - (double)(time_t)plan->think_s) *
-                                                1e9)},
-                      NULL);
+            nanosleep(
+                &(struct timespec){(time_t)plan->think_s,
+                                   (long)((plan->think_s - (double)(time_t)plan->think_s) * 1e9)},
+                NULL);
         double t0 = now_s();
         size_t json_len = ae_step_body(&b, a, k);
         http_call(&c, path, &b, json_len, 200);
@@ -1095,8 +1095,10 @@ static void run_autoencoder(const char *bin, int quick)
     for (int th = 0; th < 2; th++) {
         double mean[2], med[2], ph2[NPHASE];
         for (int s = 0; s < 2; s++) {
-            const struct ae_plan plan = {
-                .inv_interval = AE_T3, .staleness = 2 * s, .steps = 4 * AE_T3, .think_s = think[th]};
+            const struct ae_plan plan = {.inv_interval = AE_T3,
+                                         .staleness = 2 * s,
+                                         .steps = 4 * AE_T3,
+                                         .think_s = think[th]};
             ae_run(bin, &a, ncpu, &plan, &med[s], ph2, &mean[s]);
         }
         printf("  refreshes every %d steps, --workers %s, trainer %.2f s between steps, steps "

@@ -121,6 +121,28 @@ int su_raw_read(int fd, char *buf, size_t cap, size_t *len, const char *until, i
     }
 }
 
+char *su_read_text(const char *path)
+{
+    FILE *in = fopen(path, "rb");
+    assert_non_null(in);
+    size_t cap = 1 << 16, n = 0;
+    char *text = malloc(cap);
+    for (size_t k; (k = fread(text + n, 1, cap - 1 - n, in)) > 0;)
+        if ((n += k) == cap - 1)
+            text = realloc(text, cap *= 2);
+    fclose(in);
+    text[n] = '\0';
+    return text;
+}
+
+int su_count(const char *hay, const char *needle)
+{
+    int k = 0;
+    for (const char *p = strstr(hay, needle); p; p = strstr(p + 1, needle))
+        k++;
+    return k;
+}
+
 void su_raw_exec(const char *path, const char *sql)
 {
     sqlite3 *db = NULL;
@@ -243,6 +265,7 @@ static size_t on_header(char *line, size_t sz, size_t n, void *ud)
     copy_header(line, sz * n, "Location", r->location, sizeof r->location);
     copy_header(line, sz * n, "ETag", r->etag, sizeof r->etag);
     copy_header(line, sz * n, "Server-Timing", r->server_timing, sizeof r->server_timing);
+    copy_header(line, sz * n, "X-Request-Id", r->request_id, sizeof r->request_id);
     char jh[32] = "";
     copy_header(line, sz * n, "Inference-Header-Content-Length", jh, sizeof jh);
     if (jh[0])

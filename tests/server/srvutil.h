@@ -25,6 +25,7 @@ struct su_resp {
     char etag[64];
     size_t json_header_len; /* Inference-Header-Content-Length, 0 if absent */
     char server_timing[256];
+    char request_id[128]; /* X-Request-Id */
 };
 
 /* ---- The daemon and its files ---- */
@@ -60,6 +61,12 @@ int su_raw_connect(unsigned port);
  * (NULL: until the end), the peer closes or resets, or @timeout_ms pass.
  * Returns 1 when @until was seen, 0 at the end of the stream, -1 on timeout. */
 int su_raw_read(int fd, char *buf, size_t cap, size_t *len, const char *until, int timeout_ms);
+
+/* The whole of the file @path as NUL-terminated text (a log), which must
+ * exist; free() it. */
+char *su_read_text(const char *path);
+/* How many times @needle occurs in @hay (overlaps counted). */
+int su_count(const char *hay, const char *needle);
 
 /* ---- The store, and its file read and written beside it (sqlite3) ---- */
 

@@ -3,7 +3,7 @@
  * curvctl - look after a curvd daemon's sessions from a shell: list, show,
  * export, import, delete, and watch a session's per-step report live.
  *
- *   curvctl [--url URL] [--token-file F] [--json] <command> ...
+ *   curvctl [--url URL] [--token-file F] [--retry-budget S] [--json] <command> ...
  *
  * Global options may come before or after the command. Exit status 0, 1
  * when the command failed (the daemon's problem on stderr), 2 for usage.
@@ -46,10 +46,13 @@ enum { N_COMMANDS = sizeof COMMANDS / sizeof COMMANDS[0] };
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: curvctl [--url URL] [--token-file F] [--json] <command> ...\n\n"
+    fprintf(out, "usage: curvctl [--url URL] [--token-file F] [--retry-budget S] [--json] "
+                 "<command> ...\n\n"
                  "  --url URL         the daemon (default $CURVD_URL, else http://127.0.0.1:8080)\n"
                  "  --token-file F    a file whose first token is the bearer token to send\n"
                  "                    (default $CURVD_TOKEN_FILE; the daemon's own file works)\n"
+                 "  --retry-budget S  seconds to keep retrying a daemon that is down, restarting\n"
+                 "                    or busy (default $CURVD_RETRY_BUDGET, else 30; 0: no retry)\n"
                  "  --json            print the daemon's JSON objects, for scripts\n\n"
                  "commands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++)
@@ -107,6 +110,7 @@ static const char *global_value(char **argv, int *i, int argc, const char *name,
 int main(int argc, char **argv)
 {
     const char *url = getenv("CURVD_URL"), *token_file = getenv("CURVD_TOKEN_FILE");
+    const char *budget = getenv("CURVD_RETRY_BUDGET");
     int json = 0, help = 0, bad = 0, n = 0;
     char **rest = calloc((size_t)argc + 1, sizeof *rest);
     if (!rest)
@@ -122,6 +126,8 @@ int main(int argc, char **argv)
             url = v;
         } else if ((v = global_value(argv, &i, argc, "--token-file", &bad)) != NULL) {
             token_file = v;
+        } else if ((v = global_value(argv, &i, argc, "--retry-budget", &bad)) != NULL) {
+            budget = v;
         } else if (strcmp(argv[i], "--json") == 0) {
             json = 1;
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
@@ -135,8 +141,13 @@ int main(int argc, char **argv)
         if (strcmp(rest[0], COMMANDS[k].name) == 0)
             cmd = &COMMANDS[k];
     int status = CTL_USAGE;
+    char *end = NULL;
+    double budget_s = budget ? strtod(budget, &end) : 30;
     if (bad) {
         fprintf(stderr, "curvctl: an option needs a value\n");
+    } else if (budget && (end == budget || *end || !(budget_s >= 0 && budget_s <= 86400))) {
+        fprintf(stderr, "curvctl: --retry-budget '%s' is not a number of seconds (0 to 86400)\n",
+                budget);
     } else if (help && (cmd || n == 0)) {
         if (cmd)
             command_usage(cmd);
@@ -152,9 +163,10 @@ int main(int argc, char **argv)
         struct ctl ctl = {.json = json};
         if (!token_file || token)
             ctl.client = curvc_client_new(url && *url ? url : "http://127.0.0.1:8080", token);
-        if (ctl.client)
+        if (ctl.client) {
+            curvc_client_set_retry_budget(ctl.client, budget_s, 0);
             status = cmd->run(&ctl, n, rest);
-        else if (!token_file || token)
+        } else if (!token_file || token)
             fprintf(stderr, "curvctl: out of memory\n");
         status = ctl.client ? status : CTL_FAILED;
         curvc_client_free(ctl.client);

@@ -83,10 +83,19 @@ typedef struct curvc_session curvc_session;
 curvc_client *curvc_client_new(const char *url, const char *token);
 void curvc_client_free(curvc_client *c);
 
-/* curvc_client_set_retries - further tries after a connection failure, a
- * 503 or a busy session (default 5), and the first back-off in seconds
- * (default 0.05, doubling, capped at 2). */
+/* curvc_client_set_retries - the most further tries after a connection
+ * failure, a 503 or a busy session (default UINT_MAX: as many as the
+ * retry budget allows), and the first back-off in seconds (default 0.1).
+ * Before try k+1 the client sleeps a uniform random time in
+ * [0, min(max_wait, first_wait * 2^k)] (exponential back-off with full
+ * jitter), at least Retry-After when the daemon sends one. */
 void curvc_client_set_retries(curvc_client *c, unsigned retries, double first_wait_s);
+
+/* curvc_client_set_retry_budget - seconds of retrying in all, from the
+ * first try (default 30: longer than a daemon's restart; 0: no retry), and
+ * the back-off's cap in seconds (default 5; <= 0 keeps it). The final
+ * error names the daemon's host and the tries made. */
+void curvc_client_set_retry_budget(curvc_client *c, double budget_s, double max_wait_s);
 
 /* curvc_client_set_timeout - seconds per request (default 120). */
 void curvc_client_set_timeout(curvc_client *c, long seconds);

@@ -9,15 +9,23 @@
 #include "curvc.h"
 
 #include <jansson.h>
+#include <stdint.h>
 
 struct curvc_client {
     char *base;        /* "http://host:port" without a trailing slash */
     char *auth;        /* "Authorization: Bearer ..." or NULL */
     void *curl;        /* CURL *, kept for keep-alive */
-    unsigned retries;  /* further tries */
-    double first_wait; /* seconds */
+    unsigned retries;  /* further tries at most (UINT_MAX: as the budget allows) */
+    double first_wait; /* seconds: the back-off's first cap, doubling */
+    double max_wait;   /* seconds: the back-off's cap */
+    double budget;     /* seconds of retrying in all */
     long timeout;      /* seconds */
     unsigned long requests;
+    /* The clock, the sleep and the jitter in [0, 1]: tests replace them. */
+    double (*clock)(void);
+    void (*sleep)(double seconds);
+    double (*jitter)(curvc_client *c);
+    uint64_t rng; /* the default jitter's state */
 };
 
 /* One block as the wire sees it: a [rows, cols] tensor (vector: [size]). */

@@ -4,7 +4,10 @@
  * alive between requests), retries, and problem+json replies turned into
  * curvc_error.
  */
+#include <limits.h>
+#include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +38,28 @@ const char *curvc_status_name(curvc_status st)
     return (unsigned)st < sizeof names / sizeof names[0] ? names[st] : "CURVC_E_UNKNOWN";
 }
 
+static void pause_s(double s)
+{
+    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
+    nanosleep(&ts, NULL);
+}
+
+static double monotonic_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Uniform in [0, 1) from xorshift64*: the back-off's jitter needs no more. */
+static double xorshift_jitter(curvc_client *c)
+{
+    c->rng ^= c->rng >> 12;
+    c->rng ^= c->rng << 25;
+    c->rng ^= c->rng >> 27;
+    return (double)((c->rng * 0x2545F4914F6CDD1DULL) >> 11) / 9007199254740992.0;
+}
+
 curvc_client *curvc_client_new(const char *url, const char *token)
 {
     if (!url || curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
@@ -59,9 +84,15 @@ curvc_client *curvc_client_new(const char *url, const char *token)
     }
     memcpy(c->base, url, n);
     c->base[n] = '\0';
-    c->retries = 5;
-    c->first_wait = 0.05;
+    c->retries = UINT_MAX;
+    c->first_wait = 0.1;
+    c->max_wait = 5;
+    c->budget = 30;
     c->timeout = 120;
+    c->clock = monotonic_s;
+    c->sleep = pause_s;
+    c->jitter = xorshift_jitter;
+    c->rng = (uint64_t)(monotonic_s() * 1e9) ^ (uint64_t)(uintptr_t)c ^ 0x9e3779b97f4a7c15ULL;
     return c;
 }
 
@@ -81,6 +112,15 @@ void curvc_client_set_retries(curvc_client *c, unsigned retries, double first_wa
     if (c) {
         c->retries = retries;
         c->first_wait = first_wait_s > 0 ? first_wait_s : 0;
+    }
+}
+
+void curvc_client_set_retry_budget(curvc_client *c, double budget_s, double max_wait_s)
+{
+    if (c) {
+        c->budget = budget_s > 0 ? budget_s : 0;
+        if (max_wait_s > 0)
+            c->max_wait = max_wait_s;
     }
 }
 
@@ -274,10 +314,30 @@ static void problem_error(const struct curvc_reply *r, curvc_error *err)
                  err->field.path, err->field.expected, err->field.got);
 }
 
-static void pause_s(double s)
+/* "host:port" of a base URL "http://host:port". */
+static const char *host_of(const char *base)
 {
-    struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
-    nanosleep(&ts, NULL);
+    const char *p = strstr(base, "://");
+    return p ? p + 3 : base;
+}
+
+/* The sleep before try @attempt + 2, or -1 when the retries or the budget
+ * (counted from @start) are spent: full jitter over the exponential
+ * back-off, at least @retry_after (when >= 0, capped), never past the
+ * budget. */
+static double backoff(curvc_client *c, unsigned attempt, double retry_after, double start)
+{
+    double left = start + c->budget - c->clock();
+    if (attempt >= c->retries || left <= 0)
+        return -1;
+    double cap = c->first_wait * ldexp(1.0, attempt < 60 ? (int)attempt : 60);
+    cap = cap < c->max_wait ? cap : c->max_wait;
+    double wait = c->jitter(c) * cap;
+    if (retry_after >= 0) {
+        double ra = retry_after < c->max_wait ? retry_after : c->max_wait;
+        wait = wait > ra ? wait : ra;
+    }
+    return wait < left ? wait : left;
 }
 
 curvc_status curvc__request(curvc_client *c, const char *method, const char *path, const void *body,
@@ -292,22 +352,22 @@ curvc_status curvc__request(curvc_client *c, const char *method, const char *pat
         return curvc__fail(err, CURVC_E_NOMEM, "out of memory");
     snprintf(url, n, "%s%s", c->base, path);
     curvc_status st = CURVC_E_TRANSPORT;
+    const double start = c->clock();
     for (unsigned attempt = 0;; attempt++) {
         struct heads h = {0};
         curvc__reply_clear(out);
-        double wait = c->first_wait * (double)(1u << (attempt < 16 ? attempt : 16));
-        wait = wait < 2.0 ? wait : 2.0;
         CURLcode rc = transfer(c, method, url, body, len, json_len, out, &h);
-        int last = attempt >= c->retries;
         if (rc != CURLE_OK) {
-            curvc__fail(err, out->body.oom ? CURVC_E_NOMEM : CURVC_E_TRANSPORT,
-                        "%s %s: %s (after %u tries)", method, path, curl_easy_strerror(rc),
-                        attempt + 1);
             st = out->body.oom ? CURVC_E_NOMEM : CURVC_E_TRANSPORT;
             /* Not reaching the daemon is safe to retry for any request. */
-            if (last || out->body.oom || !(idempotent || rc == CURLE_COULDNT_CONNECT))
+            double wait = backoff(c, attempt, -1, start);
+            if (wait < 0 || out->body.oom || !(idempotent || rc == CURLE_COULDNT_CONNECT)) {
+                curvc__fail(err, st, "%s %s: cannot reach %s: %s (after %u tries in %.1f s)",
+                            method, path, host_of(c->base), curl_easy_strerror(rc), attempt + 1,
+                            c->clock() - start);
                 break;
-            pause_s(wait);
+            }
+            c->sleep(wait);
             continue;
         }
         out->json_len = h.has_json_len && h.json_len <= out->body.len ? h.json_len : out->body.len;
@@ -318,9 +378,13 @@ curvc_status curvc__request(curvc_client *c, const char *method, const char *pat
         problem_error(out, err);
         st = strcmp(err->reason, "STEP_MISMATCH") == 0 ? CURVC_E_STEP_MISMATCH : CURVC_E_PROBLEM;
         int busy = out->status == 503 || (curvc__reason_does(err->reason) & CURVC__RETRY);
-        if (last || !busy)
+        double wait = busy ? backoff(c, attempt, h.retry_after, start) : -1;
+        if (wait < 0) {
+            size_t n0 = strlen(err->text);
+            snprintf(err->text + n0, sizeof err->text - n0, " (from %s)", host_of(c->base));
             break;
-        pause_s(h.retry_after > wait ? (h.retry_after < 5 ? h.retry_after : 5) : wait);
+        }
+        c->sleep(wait);
     }
     free(url);
     if (st != CURVC_OK)

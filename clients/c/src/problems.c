@@ -55,6 +55,8 @@ static const struct {
     {"NUMERICAL_FAILURE", 0},
     {"STEP_MISMATCH", 0}, /* its own status, CURVC_E_STEP_MISMATCH */
     {"SESSION_UNLOADABLE", 0},
+    {"BAD_FRAMING", 0},
+    {"STORAGE_FULL", 0},
 };
 
 unsigned curvc__reason_does(const char *reason)

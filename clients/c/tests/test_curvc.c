@@ -5,6 +5,7 @@
  * errors, and HF's callbacks answered on a least-squares problem whose
  * solution the test computes by Gauss-Jordan elimination.
  */
+#include <limits.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 #include <jansson.h>
 
 #include "curvc.h"
+#include "curvc_int.h" /* the retry clock, for the fake one */
 #include "fixture.h"
 
 static void grads(unsigned seed, double *g)
@@ -316,6 +318,107 @@ static void test_nothing_listening(void **state)
     curvc_client_free(c);
 }
 
+/* ---- Retries on a fake clock: nothing sleeps ---- */
+
+static double fake_now;
+static double fake_slept[256];
+static size_t fake_sleeps;
+
+static double fake_clock(void)
+{
+    return fake_now;
+}
+
+static void fake_sleep(double s)
+{
+    assert_true(s >= 0);
+    if (fake_sleeps < 256)
+        fake_slept[fake_sleeps] = s;
+    fake_sleeps++;
+    fake_now += s;
+}
+
+static double top_jitter(curvc_client *c)
+{
+    (void)c;
+    return 1.0;
+}
+
+static curvc_client *fake_client(double (*jitter)(curvc_client *))
+{
+    curvc_client *c = curvc_client_new("http://127.0.0.1:9", NULL);
+    c->clock = fake_clock;
+    c->sleep = fake_sleep;
+    if (jitter)
+        c->jitter = jitter;
+    fake_now = 1000;
+    fake_sleeps = 0;
+    return c;
+}
+
+static void test_default_retry_budget(void **state)
+{
+    (void)state;
+    curvc_client *c = fake_client(top_jitter);
+    curvc_session *s = NULL;
+    curvc_error err;
+    assert_int_equal(curvc_session_create(c, "sgd", LAYOUT, 2, NULL, &s, &err), CURVC_E_TRANSPORT);
+    double total = 0;
+    for (size_t k = 0; k < fake_sleeps; k++)
+        total += fake_slept[k];
+    assert_true(fabs(total - 30.0) < 1e-9); /* the whole budget, no more */
+    /* The jitter at its top: 0.1 s doubling, capped at 5 s; the last cut. */
+    for (size_t k = 0; k + 1 < fake_sleeps; k++) {
+        double want = 0.1 * pow(2, (double)k);
+        assert_true(fabs(fake_slept[k] - (want < 5 ? want : 5)) < 1e-12);
+    }
+    char want[96];
+    snprintf(want, sizeof want, "after %zu tries in 30.0 s", fake_sleeps + 1);
+    if (!strstr(err.text, "cannot reach 127.0.0.1:9") || !strstr(err.text, want))
+        fail_msg("%s (want the host and '%s')", err.text, want);
+    assert_int_equal(curvc_client_requests(c), fake_sleeps + 1);
+    curvc_client_free(c);
+}
+
+static void test_retry_jitter_and_settings(void **state)
+{
+    (void)state;
+    curvc_client *c = fake_client(NULL); /* the client's own jitter */
+    curvc_client_set_retry_budget(c, 120, 3);
+    curvc_client_set_retries(c, UINT_MAX, 0.2);
+    curvc_error err;
+    curvc_session *s = NULL;
+    assert_int_equal(curvc_session_create(c, "sgd", LAYOUT, 2, NULL, &s, &err), CURVC_E_TRANSPORT);
+    assert_true(fake_sleeps > 30 && fake_sleeps < 256);
+    double capped = 0;
+    size_t n_capped = 0;
+    for (size_t k = 0; k + 1 < fake_sleeps; k++) {
+        double cap = 0.2 * pow(2, (double)(k < 60 ? k : 60));
+        cap = cap < 3 ? cap : 3;
+        assert_true(fake_slept[k] >= 0 && fake_slept[k] <= cap);
+        if (cap == 3) {
+            capped += fake_slept[k];
+            n_capped++;
+        }
+    }
+    /* Uniform over [0, 3]: the mean is near 1.5 s, not 3 s (no jitter). */
+    assert_true(n_capped > 20);
+    assert_true(capped / (double)n_capped > 0.9 && capped / (double)n_capped < 2.1);
+    curvc_client_free(c);
+    /* A count caps it too; a budget of 0 means one try. */
+    c = fake_client(top_jitter);
+    curvc_client_set_retries(c, 3, 0.1);
+    assert_int_equal(curvc_session_create(c, "sgd", LAYOUT, 2, NULL, &s, &err), CURVC_E_TRANSPORT);
+    assert_int_equal(fake_sleeps, 3);
+    curvc_client_free(c);
+    c = fake_client(top_jitter);
+    curvc_client_set_retry_budget(c, 0, 0);
+    assert_int_equal(curvc_session_create(c, "sgd", LAYOUT, 2, NULL, &s, &err), CURVC_E_TRANSPORT);
+    assert_int_equal(fake_sleeps, 0);
+    assert_non_null(strstr(err.text, "after 1 tries"));
+    curvc_client_free(c);
+}
+
 /* ---- HF on least squares: h(θ) = 1/(2m) ‖Aθ − b‖², G = AᵀA/m exactly. ---- */
 
 enum { M = 8, N = 4 };
@@ -516,6 +619,8 @@ int main(void)
         cmocka_unit_test(test_problems_become_errors),
         cmocka_unit_test(test_admin_calls),
         cmocka_unit_test(test_nothing_listening),
+        cmocka_unit_test(test_default_retry_budget),
+        cmocka_unit_test(test_retry_jitter_and_settings),
         cmocka_unit_test(test_hf_callbacks_solve_least_squares),
         cmocka_unit_test(test_a_refusing_oracle_abandons_the_step),
     };

@@ -766,8 +766,20 @@ static void test_global_options(void **state)
     RUN(&r, "list", "--url");
     expect_status(&r, 2);
     run_free(&r);
-    RUN(&r, "--url", "http://127.0.0.1:9", "list");
+    /* Nothing listening: retried for the budget given, then the error names
+     * the host (the default budget, 30 s, is libcurvc's: test_curvc). */
+    RUN(&r, "--url", "http://127.0.0.1:9", "--retry-budget", "0.2", "list");
     expect_status(&r, 1);
+    assert_non_null(strstr(r.err, "cannot reach 127.0.0.1:9"));
+    assert_null(strstr(r.err, "after 1 tries"));
+    run_free(&r);
+    RUN(&r, "--url", "http://127.0.0.1:9", "--retry-budget", "0", "list");
+    expect_status(&r, 1);
+    assert_non_null(strstr(r.err, "after 1 tries"));
+    run_free(&r);
+    RUN(&r, "--retry-budget", "soon", "list");
+    expect_status(&r, 2);
+    assert_non_null(strstr(r.err, "--retry-budget 'soon'"));
     run_free(&r);
 
     /* A daemon that wants a token: its own token file serves (first token). */

@@ -10,6 +10,7 @@ got the first time, so nothing is ever applied twice.
 
 import http.client
 import json
+import random
 import time
 import urllib.parse
 from typing import Dict, Iterator, List, Optional
@@ -54,15 +55,22 @@ class Client:
 
     url: "http://host:port" (a path prefix is kept). token: bearer token
     when the daemon runs with a token file. timeout: seconds per request.
-    retries: further tries after a connection failure, a 503, or a 409
-    SESSION_BUSY. retry_wait: first back-off in seconds (doubling, capped).
+    Retries after a connection failure, a 503, or a 409 SESSION_BUSY go
+    on for retry_budget seconds in all (default 30: longer than a daemon's
+    restart), with exponential back-off and full jitter: before try k+1
+    the client sleeps a uniform random time in [0, min(retry_max_wait,
+    retry_wait * 2**k)], at least Retry-After when the daemon sends one.
+    retries: the most further tries (None: as many as the budget allows).
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8080", *, token: Optional[str] = None,
-                 timeout: float = 120.0, retries: int = 5, retry_wait: float = 0.05):
+                 timeout: float = 120.0, retries: Optional[int] = None, retry_wait: float = 0.1,
+                 retry_budget: float = 30.0, retry_max_wait: float = 5.0):
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"url must be http://host:port, got {url!r}")
+        if retry_budget < 0 or retry_wait < 0 or retry_max_wait < 0 or (retries or 0) < 0:
+            raise ValueError("retries, retry_wait, retry_budget and retry_max_wait must be >= 0")
         self.url = url
         self._https = u.scheme == "https"
         self._host = u.hostname
@@ -72,6 +80,12 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self.retry_wait = retry_wait
+        self.retry_budget = retry_budget
+        self.retry_max_wait = retry_max_wait
+        # The clock, the sleep and the jitter: tests replace them.
+        self._clock = time.monotonic
+        self._sleep = time.sleep
+        self._random = random.random
         self._conn = None
         self._conn_used = False  # the connection has served a request before
         self.requests_sent = 0  # every attempt, retries included
@@ -134,15 +148,20 @@ class Client:
         if self._token:
             hdrs["Authorization"] = f"Bearer {self._token}"
         hdrs.update(headers or {})
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
+        deadline = self._clock() + self.retry_budget
+        attempt = 0
+        while True:
             try:
                 r = self._once(method, path, body, hdrs)
             except _TRANSPORT_ERRORS as e:
-                if last or not (idempotent or e.curvd_unsent):
-                    raise TransportError(f"{method} {path}: {e.__class__.__name__}: {e} "
-                                         f"(after {attempt + 1} tries)") from e
-                self._wait(attempt, None)
+                wait = self._backoff(attempt, None, deadline)
+                if wait is None or not (idempotent or e.curvd_unsent):
+                    raise TransportError(
+                        f"{method} {path}: cannot reach {self._host}:{self._port}: "
+                        f"{e.__class__.__name__}: {e} (after {attempt + 1} tries in "
+                        f"{self._clock() - deadline + self.retry_budget:.1f} s)") from e
+                self._sleep(wait)
+                attempt += 1
                 continue
             if r.status < 400:
                 return r
@@ -150,16 +169,28 @@ class Client:
                 return r  # the first try deleted it; its reply was lost
             problem = errors.problem_from_reply(r.status, r.body, r.headers.get("Retry-After"))
             busy = isinstance(problem, (errors.ServiceUnavailable, errors.SessionBusy))
-            if last or not busy:
+            wait = self._backoff(attempt, problem.retry_after, deadline) if busy else None
+            if wait is None:
+                problem.host = f"{self._host}:{self._port}"
                 raise problem
-            self._wait(attempt, problem.retry_after)
-        raise AssertionError("unreachable")
+            self._sleep(wait)
+            attempt += 1
 
-    def _wait(self, attempt: int, retry_after: Optional[float]) -> None:
-        wait = min(self.retry_wait * (2 ** attempt), 2.0)
+    def _backoff(self, attempt: int, retry_after: Optional[float],
+                 deadline: float) -> Optional[float]:
+        """The sleep before try attempt + 2, or None when the retries or
+        the budget are spent: full jitter over the exponential back-off,
+        at least Retry-After, never past the deadline."""
+        if self.retries is not None and attempt >= self.retries:
+            return None
+        left = deadline - self._clock()
+        if left <= 0:
+            return None
+        cap = min(self.retry_max_wait, self.retry_wait * (2 ** min(attempt, 60)))
+        wait = self._random() * cap
         if retry_after is not None:
-            wait = min(max(wait, retry_after), 5.0)
-        time.sleep(wait)
+            wait = max(wait, min(retry_after, self.retry_max_wait))
+        return min(wait, left)
 
     def _json(self, method: str, path: str, doc=None, **kw):
         body = None if doc is None else json.dumps(doc).encode("utf-8")

@@ -56,8 +56,9 @@ class ProblemError(CurvdError):
 
     Attributes: status (HTTP status), type, title, detail, instance, reason
     (machine word such as SHAPE_MISMATCH), errors (list of FieldError),
-    request_id, retry_after (seconds, when the daemon sent Retry-After), and
-    problem (the whole document as a dict).
+    request_id, retry_after (seconds, when the daemon sent Retry-After),
+    problem (the whole document as a dict) and host ("host:port" of the
+    daemon that answered, set by the Client).
     """
 
     def __init__(self, status: int, problem: dict, retry_after: Optional[float] = None):
@@ -70,6 +71,7 @@ class ProblemError(CurvdError):
         self.reason = problem.get("reason")
         self.request_id = problem.get("request_id")
         self.retry_after = retry_after
+        self.host: Optional[str] = None
         self.errors: List[FieldError] = [
             FieldError(e.get("path", ""), e.get("expected"), e.get("got"))
             for e in problem.get("errors") or []
@@ -82,6 +84,8 @@ class ProblemError(CurvdError):
         text = f"{head}: {self.detail}" if self.detail else head
         if self.errors:
             text += " [" + "; ".join(str(e) for e in self.errors) + "]"
+        if self.host:
+            text += f" (from {self.host})"
         return text
 
 
@@ -222,6 +226,8 @@ _BY_REASON = {
     "NUMERICAL_FAILURE": ServerError,
     "STEP_MISMATCH": StepMismatch,
     "SESSION_UNLOADABLE": SessionUnloadable,
+    "BAD_FRAMING": BadRequest,
+    "STORAGE_FULL": ServerError,
 }
 _BY_STATUS = {
     400: BadRequest,

@@ -175,6 +175,92 @@ def test_nothing_listening_is_a_transport_error():
             c.version()
 
 
+class FakeTime:
+    """A clock that only sleeping moves: retries are tested without waiting."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps = []
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, s):
+        assert s >= 0
+        self.sleeps.append(s)
+        self.now += s
+
+
+def fake_client(url, jitter, **kw):
+    c = curvd.Client(url, **kw)
+    t = FakeTime()
+    c._clock, c._sleep, c._random = t.clock, t.sleep, jitter
+    return c, t
+
+
+def test_the_default_retry_budget_is_30_seconds_of_backoff():
+    # Port 9 (discard) refuses connections on loopback: every try fails at once.
+    c, t = fake_client("http://127.0.0.1:9", lambda: 1.0)
+    assert c.retry_budget == 30.0 and c.retries is None
+    with pytest.raises(curvd.TransportError) as e:
+        c.version()
+    # The whole budget is spent, and not a moment more.
+    assert sum(t.sleeps) == pytest.approx(30.0, abs=1e-9)
+    # With the jitter at its top the waits are the exponential back-off:
+    # 0.1 s doubling, capped at 5 s, the last one cut at the deadline.
+    for k, w in enumerate(t.sleeps[:-1]):
+        assert w == pytest.approx(min(5.0, 0.1 * 2 ** k))
+    assert 0 < t.sleeps[-1] <= 5.0
+    msg = str(e.value)
+    assert "cannot reach 127.0.0.1:9" in msg  # the host, in the final error
+    assert f"after {len(t.sleeps) + 1} tries in 30.0 s" in msg
+
+
+def test_backoff_has_full_jitter():
+    import random
+    rng = random.Random(7)
+    c, t = fake_client("http://127.0.0.1:9", rng.random, retry_budget=60.0, retry_wait=0.2,
+                       retry_max_wait=3.0)
+    with pytest.raises(curvd.TransportError):
+        c.version()
+    caps = [min(3.0, 0.2 * 2 ** k) for k in range(len(t.sleeps))]
+    assert all(0 <= w <= cap for w, cap in zip(t.sleeps[:-1], caps))
+    # Uniform over [0, cap]: the capped waits average near 1.5 s, not 3 s.
+    capped = [w for w, cap in zip(t.sleeps[:-1], caps) if cap == 3.0]
+    assert len(capped) > 20
+    assert 0.9 < sum(capped) / len(capped) < 2.1
+    assert sum(t.sleeps) == pytest.approx(60.0, abs=1e-9)
+
+
+def test_retry_count_and_budget_are_configurable():
+    c, t = fake_client("http://127.0.0.1:9", lambda: 0.5, retries=3)
+    with pytest.raises(curvd.TransportError, match="after 4 tries"):
+        c.version()
+    assert len(t.sleeps) == 3
+    c, t = fake_client("http://127.0.0.1:9", lambda: 0.5, retry_budget=0)
+    with pytest.raises(curvd.TransportError, match="after 1 tries"):
+        c.version()
+    assert t.sleeps == []
+    with pytest.raises(ValueError):
+        curvd.Client("http://127.0.0.1:9", retry_budget=-1)
+
+
+def test_retry_after_is_honoured_up_to_the_cap():
+    c, t = fake_client("http://127.0.0.1:9", lambda: 0.0)
+    deadline = t.now + 30
+    assert c._backoff(0, 2.0, deadline) == 2.0  # at least Retry-After
+    assert c._backoff(0, 60.0, deadline) == 5.0  # but never past retry_max_wait
+    assert c._backoff(0, 2.0, t.now + 0.5) == 0.5  # nor past the budget
+    assert c._backoff(0, None, t.now) is None  # budget spent
+
+
+def test_a_problem_names_the_daemon(client):
+    with pytest.raises(curvd.BadRequest) as e:
+        client.create_session("nope", LAYOUT)
+    host = client.url.split("//")[1]
+    assert e.value.host == host and f"(from {host})" in str(e.value)
+
+
 def test_problem_details_become_typed_exceptions(client):
     with pytest.raises(curvd.BadRequest) as e:
         client.create_session("nope", LAYOUT)

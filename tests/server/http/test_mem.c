@@ -191,7 +191,8 @@ static void test_metrics(void **state)
     assert_int_equal(s.idle_bytes, curvd_mem_maps() ? MAPPED(40 * MiB) : 0);
     struct curvd_metrics *m = curvd_metrics_new();
     size_t len;
-    char *text = curvd_metrics_render(m, 0, 0, 0, 0, NULL, &len);
+    const struct curvd_metrics_view v = {.sessions_disk = 0};
+    char *text = curvd_metrics_render(m, &v, &len);
     assert_non_null(text);
     assert_int_equal(metric(text, "curvd_large_buffer_idle_bytes"), s.idle_bytes);
     assert_int_equal(metric(text, "curvd_large_buffer_fresh_bytes_total"), s.fresh_bytes);

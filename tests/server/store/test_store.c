@@ -122,11 +122,12 @@ static int64_t wall_ms(void)
 static void test_status_names(void **state)
 {
     (void)state;
-    const char *want[] = {"OK", "NOT_FOUND", "CONFLICT", "INVALID", "BUSY", "ERROR"};
-    for (int i = 0; i < 6; i++)
+    const char *want[] = {"OK", "NOT_FOUND", "CONFLICT", "INVALID", "BUSY", "ERROR", "FULL"};
+    for (int i = 0; i < 7; i++)
         assert_string_equal(curvd_store_status_name(i), want[i]);
     assert_int_equal(CURVD_STORE_ERROR, 5);
-    assert_string_equal(curvd_store_status_name(6), "UNKNOWN");
+    assert_int_equal(CURVD_STORE_FULL, 6);
+    assert_string_equal(curvd_store_status_name(7), "UNKNOWN");
     assert_string_equal(curvd_store_status_name(-1), "UNKNOWN");
 }
 
