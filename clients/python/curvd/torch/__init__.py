@@ -5,9 +5,11 @@ of (layout mapping, losses, layer capture, the curvature oracle)."""
 from .layout import Block, model_blocks
 from .losses import LOSSES, Loss, SigmoidCrossEntropy, SoftmaxCrossEntropy, SquaredError, get_loss
 from .optim import CurvdOptimizer
+from .takeover import SessionTakenOver
 from .oracle import TorchOracle
 
 __all__ = [
     "Block", "CurvdOptimizer", "LOSSES", "Loss", "SigmoidCrossEntropy",
-    "SoftmaxCrossEntropy", "SquaredError", "TorchOracle", "get_loss", "model_blocks",
+    "SessionTakenOver", "SoftmaxCrossEntropy", "SquaredError", "TorchOracle", "get_loss",
+    "model_blocks",
 ]
