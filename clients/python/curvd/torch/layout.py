@@ -10,6 +10,7 @@ block: the session's fallback optimizes it.
 """
 
 import hashlib
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -150,6 +151,25 @@ def fallback_report(model: nn.Module, blocks: List[Block], bias_blocks: bool = F
         lines.append(f"  {where} ({type(m).__name__}: {', '.join(attrs)}): "
                      f"{_why_not_a_layer(m, bias_blocks)}")
     return "\n".join(lines)
+
+
+def warn_fallback(model: nn.Module, blocks: List[Block], kind: dict, config: dict,
+                  bias_blocks: bool = False) -> None:
+    """One warning naming the parameters that @kind's layer model (an
+    optimizer of GET /v1/version) leaves to its fallback (vector blocks),
+    and why. Its stack level points at the user's constructor call."""
+    report = fallback_report(model, blocks, bias_blocks)
+    if not report:
+        return
+    params = {p["name"]: p.get("default") for p in kind.get("params", [])}
+    fallback = config.get("fallback", params.get("fallback"))
+    lr = config.get("fallback_lr", params.get("fallback_lr"))
+    known = ([fallback] if fallback is not None else []) + \
+        ([f"fallback_lr={lr}"] if lr is not None else [])
+    which = f" ({', '.join(known)})" if known else ""
+    warnings.warn(f"{kind['name']} models the curvature of nn.Linear and nn.Conv2d layers "
+                  f"only; these parameters go to its fallback optimizer{which} as vector "
+                  f"blocks, without curvature:\n{report}", UserWarning, stacklevel=4)
 
 
 def order_blocks(blocks: List[Block], first_calls: Sequence[str]) -> List[Block]:

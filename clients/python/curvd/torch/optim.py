@@ -16,7 +16,6 @@ _step_closure). The session is created with the optimizer.
 """
 
 import math
-import warnings
 from typing import List, Optional, Union
 
 import torch
@@ -24,7 +23,7 @@ import torch
 from ..client import Client, Session
 from ..errors import NotFound
 from .capture import Capture, layer_grad_sq, layer_stats
-from .layout import fallback_report, model_blocks, order_blocks, wire_values
+from .layout import model_blocks, order_blocks, warn_fallback, wire_values
 from .losses import get_loss
 from .oracle import TorchOracle, call, replay, rng_state, take
 from .takeover import STATE_FORMAT, TAKEN_FROM, raise_if_taken_over
@@ -125,7 +124,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self._send_params = send_params
         self.blocks = model_blocks(model, bias_blocks)
         if self.send_layers:
-            self._warn_fallback(kinds[optimizer], bias_blocks)
+            warn_fallback(model, self.blocks, kinds[optimizer], self.config, bias_blocks)
         dtype = self.blocks[0].params[0].dtype
         self.datatype = "FP64" if dtype == torch.float64 else "FP32"
         self.generator = torch.Generator(device=self.blocks[0].params[0].device)
@@ -149,22 +148,6 @@ class CurvdOptimizer(torch.optim.Optimizer):
         else:
             self._adopt(self._create(self.config))
             self._fresh = True
-
-    def _warn_fallback(self, kind: dict, bias_blocks: bool) -> None:
-        """One warning naming the parameters the kind's layer model leaves
-        to its fallback (vector blocks), and why."""
-        report = fallback_report(self.model, self.blocks, bias_blocks)
-        if not report:
-            return
-        params = {p["name"]: p.get("default") for p in kind.get("params", [])}
-        fallback = self.config.get("fallback", params.get("fallback"))
-        lr = self.config.get("fallback_lr", params.get("fallback_lr"))
-        known = ([fallback] if fallback is not None else []) + \
-            ([f"fallback_lr={lr}"] if lr is not None else [])
-        which = f" ({', '.join(known)})" if known else ""
-        warnings.warn(f"{self.kind} models the curvature of nn.Linear and nn.Conv2d layers "
-                      f"only; these parameters go to its fallback optimizer{which} as vector "
-                      f"blocks, without curvature:\n{report}", UserWarning, stacklevel=3)
 
     def add_param_group(self, param_group: dict) -> None:
         """Refused after construction: the session's layout is the model's
