@@ -74,10 +74,9 @@ class HookStats:
         if not torch.is_tensor(z):
             raise TypeError("fisher='true' samples targets from the model's output, which must "
                             f"be one tensor of last pre-activations, not {type(z).__name__}")
-        y = self.loss.sample(z.detach(), self.generator)
-        sampled = self.loss.per_example(z, y).sum()
         outs = [o for _, o in waiting]
-        grads = torch.autograd.grad(sampled, outs, retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(z, outs, self.loss.sampled_signal(z, self.generator),
+                                    retain_graph=True, allow_unused=True)
         for (rec, o), g in zip(waiting, grads):
             rec.signal = (g if g is not None else torch.zeros_like(o)).detach()
 

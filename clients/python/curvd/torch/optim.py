@@ -355,9 +355,9 @@ class CurvdOptimizer(torch.optim.Optimizer):
         if self.fisher == "empirical":
             return layer_stats(rec, out_grads, n)
         # The true Fisher: signals of targets drawn from the model (§6.5).
-        y = self.loss.sample(take(z, n).detach(), self.generator)
-        sampled = self.loss.per_example(take(z, n), y).sum()
-        sig = torch.autograd.grad(sampled, outs, allow_unused=True, retain_graph=True)
+        zn = take(z, n)
+        sig = torch.autograd.grad(zn, outs, self.loss.sampled_signal(zn, self.generator),
+                                  allow_unused=True, retain_graph=True)
         return layer_stats(rec, rec.split(sig), n)
 
     def _grad_sq(self, rec, per_ex, out_grads, m) -> dict:
