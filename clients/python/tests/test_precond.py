@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvd.torch import Preconditioner
-from test_optim import blobs, need
+from test_optim import blobs, cnn, images, need
 
 DAMPING = 0.3
 KFAC = {"damping": DAMPING, "precision": "fp64"}
@@ -422,3 +422,28 @@ def test_step_errors(daemon, offered, layers_refused):
     with pytest.raises(ValueError) as e:
         pc.step()
     assert str(e.value) == "the grad_scaler's scale is 0.0, not a positive number"
+
+
+def test_kfac_on_conv_layers_passes_other_parameters_through(daemon, offered, layers_refused):
+    """Conv2d layers get K-FAC's preconditioning; the GroupNorm's gain and
+    shift (vector blocks, fallback sgd at fallback_lr 1) keep their
+    gradient exactly; the model trains."""
+    need(offered, "kfac", layers_refused)
+    model, (x, y) = cnn(3), images(64, seed=3)
+    with pytest.warns(UserWarning, match="'3' \\(GroupNorm: weight, bias\\)"):
+        pc = Preconditioner(model, daemon.url, "kfac", {"damping": 0.1})
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    norm = model[3]
+    losses = []
+    for _ in range(25):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        kept = [norm.weight.grad.clone(), norm.bias.grad.clone()]
+        conv = model[0].weight.grad.clone()
+        pc.step()
+        assert torch.equal(norm.weight.grad, kept[0]) and torch.equal(norm.bias.grad, kept[1])
+        assert not torch.allclose(model[0].weight.grad, conv)
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
