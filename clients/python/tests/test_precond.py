@@ -416,6 +416,19 @@ def test_step_errors(daemon, offered, layers_refused):
     assert str(e.value) == ("fisher='true' samples targets from the model's output, which "
                             "must be one tensor of last pre-activations, not tuple")
     model, (x, y) = tiny(), data()
+    pc = Preconditioner(model, daemon.url, "kfac", KFAC)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    with torch.no_grad():
+        model(x)
+    with pytest.raises(ValueError) as e:
+        pc.step()
+    assert str(e.value) == (
+        "kfac: no layer statistics since the last step: they come from the forward passes "
+        "made with autograd on and their backward passes (empirical Fisher); run model(x) and "
+        "loss.backward() between steps, p.grad alone is not enough")
+    assert pc.session.refresh().steps == 0
+    model.zero_grad()
     scaler = CpuGradScaler(0.0)
     pc = Preconditioner(model, daemon.url, "kfac", KFAC, grad_scaler=scaler)
     F.cross_entropy(model(x), y).backward()

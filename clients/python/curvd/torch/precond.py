@@ -151,6 +151,11 @@ class Preconditioner:
             examples = self.stats.examples
             kw["layers"] = self.stats.take(self._signal_scale(examples))
             kw["batch"] = max(1, examples)
+            if not kw["layers"]:
+                raise ValueError(f"{self.kind}: no layer statistics since the last step: they "
+                                 "come from the forward passes made with autograd on and their "
+                                 "backward passes (empirical Fisher); run model(x) and "
+                                 "loss.backward() between steps, p.grad alone is not enough")
         grads = {}
         for b in self.blocks:
             grads[b.name] = [p.grad for p in b.params]
