@@ -169,3 +169,20 @@ def test_weight_decay_in_the_param_group_reaches_the_session(daemon):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert opt.session.refresh().config["weight_decay"] == 0.3
     assert opt.state_dict()["param_groups"] == [{"lr": 0.2, "weight_decay": 0.3}]
+
+
+def test_a_torch_hyperparameter_the_session_does_not_take_is_refused(daemon):
+    model, data = mlp(15), blobs(seed=15)
+    opt = CurvdOptimizer(model, daemon.url, "adagrad_diag", {"lr": 0.1})
+    assert set(opt.param_groups[0]) == {"params", "lr"}
+    for g in opt.param_groups:
+        g["weight_decay"] = 0.01
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError) as e:
+        opt.step(*data)
+    assert str(e.value) == (
+        "param_groups[0] has 'weight_decay', which adagrad_diag's session does not take from "
+        "it: the parameter group carries lr; set the others in the session's config (config=, "
+        "or opt.session.update_config)")
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert opt.session.refresh().steps == 0

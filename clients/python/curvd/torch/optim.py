@@ -28,6 +28,12 @@ from .losses import get_loss
 from .oracle import TorchOracle, call, replay, rng_state, take
 from .takeover import STATE_FORMAT, TAKEN_FROM, raise_if_taken_over
 
+# torch.optim hyperparameters a parameter group may be given by habit: the
+# session reads only those it has (lr, weight_decay), the others are refused.
+_TORCH_HYPERPARAMETERS = {"weight_decay", "momentum", "dampening", "nesterov", "betas", "eps",
+                          "amsgrad", "alpha", "lr_decay", "initial_accumulator_value"}
+
+
 def _count(fraction: Union[float, int], m: int) -> int:
     """Examples of a subset: a fraction of the batch, or a count."""
     n = fraction if isinstance(fraction, int) else math.ceil(fraction * m)
@@ -242,8 +248,15 @@ class CurvdOptimizer(torch.optim.Optimizer):
                 self.blocks = ordered
                 self._adopt(self._create(config))
             self._fresh = False
-        changed = {k: float(self.param_groups[0][k]) for k, v in self._synced.items()
-                   if self.param_groups[0][k] is not None and self.param_groups[0][k] != v}
+        group = self.param_groups[0]
+        foreign = sorted(set(group) & _TORCH_HYPERPARAMETERS - set(self._synced))
+        if foreign:
+            raise ValueError(f"param_groups[0] has {', '.join(map(repr, foreign))}, which "
+                             f"{self.kind}'s session does not take from it: the parameter "
+                             f"group carries {' and '.join(self._synced)}; set the others in "
+                             "the session's config (config=, or opt.session.update_config)")
+        changed = {k: float(group[k]) for k, v in self._synced.items()
+                   if group[k] is not None and group[k] != v}
         if changed:
             self._adopt(self.session.update_config(changed))
         return self.session
