@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import curvd
 from curvd.torch import Preconditioner
 from test_optim import blobs, cnn, images, need
+from test_torch_conventions import Backwards
 
 DAMPING = 0.3
 KFAC = {"damping": DAMPING, "precision": "fp64"}
@@ -460,3 +462,17 @@ def test_kfac_on_conv_layers_passes_other_parameters_through(daemon, offered, la
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_kfac_layers_follow_the_first_forward_passs_call_order(daemon, offered, layers_refused):
+    need(offered, "kfac", layers_refused)
+    model, (x, y) = Backwards(), blobs(seed=24)
+    pc = Preconditioner(model, daemon.url, "kfac", {"inverse": "tridiag"})
+    made = pc.session.id
+    assert [d["name"] for d in pc.session.layout] == ["second", "first"]
+    F.cross_entropy(model(x), y).backward()
+    pc.step()
+    assert [d["name"] for d in pc.session.layout] == ["first", "second"]
+    assert pc.session.id != made and pc.session.refresh().steps == 1
+    with pytest.raises(curvd.NotFound):
+        curvd.Client(daemon.url).session(made)

@@ -47,6 +47,7 @@ class HookStats:
         self.generator = generator
         self.records: Dict[str, List[_Record]] = {b.name: [] for b in self.layers}
         self.examples = 0  # of the model's recorded forward passes
+        self.order: List[str] = []  # layer names in first-call order
         self._waiting = []  # (record, output) of the running forward pass (true Fisher)
         self._handles = [b.module.register_forward_hook(self._layer_hook(b))
                          for b in self.layers]
@@ -58,6 +59,8 @@ class HookStats:
                 return  # evaluation: no backward pass follows
             rec = _Record(inputs[0])
             self.records[block.name].append(rec)
+            if block.name not in self.order:
+                self.order.append(block.name)
             self._waiting.append((rec, output))
             if self.fisher != "true":
                 output.register_hook(lambda g: setattr(rec, "signal", g.detach()))

@@ -31,7 +31,7 @@ import torch
 
 from ..client import Client, Session
 from .hooks import HookStats
-from .layout import model_blocks, warn_fallback, wire_values
+from .layout import model_blocks, order_blocks, warn_fallback, wire_values
 from .losses import get_loss
 
 # The session config that makes the update −P g, per kind ("*": all).
@@ -115,9 +115,10 @@ class Preconditioner:
         self.datatype = "FP64" if p0.dtype == torch.float64 else "FP32"
         self.generator = torch.Generator(device=p0.device)
         self.generator.manual_seed(seed)
-        ttl = {} if idle_ttl_s is None else {"idle_ttl_s": idle_ttl_s}
-        self.session: Session = self.client.create_session(
-            kind, [b.spec for b in self.blocks], self.config, keep=keep_session, **ttl)
+        self._session_args = {"keep": keep_session,
+                              **({} if idle_ttl_s is None else {"idle_ttl_s": idle_ttl_s})}
+        self.session: Session = self._create()
+        self._ordered = not self.layered  # K-FAC's layers follow the first forward's calls
         self.stats = (HookStats(model, self.blocks, fisher,
                                 get_loss(loss) if loss is not None else None, self.generator)
                       if self.layered else None)
@@ -156,6 +157,7 @@ class Preconditioner:
                                  "come from the forward passes made with autograd on and their "
                                  "backward passes (empirical Fisher); run model(x) and "
                                  "loss.backward() between steps, p.grad alone is not enough")
+            self._order_layers()
         grads = {}
         for b in self.blocks:
             grads[b.name] = [p.grad for p in b.params]
@@ -171,6 +173,23 @@ class Preconditioner:
                     p.grad.copy_(-d)
         self.last_report = result.report
         return True
+
+    def _create(self) -> Session:
+        return self.client.create_session(self.kind, [b.spec for b in self.blocks], self.config,
+                                          **self._session_args)
+
+    def _order_layers(self) -> None:
+        """Before the first step: a model that calls its layers out of
+        registration order gets a session in call order (K-FAC's
+        tridiagonal inverse couples neighbours); the empty one is deleted."""
+        if self._ordered:
+            return
+        self._ordered = True
+        ordered = order_blocks(self.blocks, self.stats.order)
+        if [b.name for b in ordered] != [b.name for b in self.blocks]:
+            self.session.delete()
+            self.blocks = ordered
+            self.session = self._create()
 
     def _signal_scale(self, examples: int) -> float:
         """What turns the back-propagated gradients into per-example
