@@ -476,3 +476,14 @@ def test_kfac_layers_follow_the_first_forward_passs_call_order(daemon, offered, 
     assert pc.session.id != made and pc.session.refresh().steps == 1
     with pytest.raises(curvd.NotFound):
         curvd.Client(daemon.url).session(made)
+    # A preconditioner of the same model continues it in that order.
+    again = Preconditioner(Backwards(), daemon.url, "kfac", {"inverse": "tridiag"})
+    again.load_state_dict(pc.state_dict())
+    assert [d["name"] for d in again.session.layout] == ["first", "second"]
+    assert [b.name for b in again.blocks] == ["first", "second"]
+    with pytest.raises(ValueError) as e:
+        again.load_state_dict(Preconditioner(tiny(), daemon.url, "kfac").state_dict())
+    assert str(e.value).startswith("the state's layout [{'name': '0', 'kind': 'dense', ")
+    assert str(e.value).endswith("is not this model's [{'name': 'first', 'kind': 'dense', "
+                                 "'shape': [8, 4], 'bias': True}, {'name': 'second', 'kind': "
+                                 "'dense', 'shape': [3, 8], 'bias': True}]")

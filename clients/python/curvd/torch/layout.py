@@ -172,11 +172,28 @@ def warn_fallback(model: nn.Module, blocks: List[Block], kind: dict, config: dic
                   f"blocks, without curvature:\n{report}", UserWarning, stacklevel=4)
 
 
+def fits(blocks: List[Block], layout: List[dict]) -> bool:
+    """Whether a session's @layout is @blocks' in some order of blocks."""
+    def norm(specs):
+        return sorted((dict(d, bias=d.get("bias", False)) for d in specs),
+                      key=lambda d: d["name"])
+    return norm(layout) == norm(b.spec for b in blocks)
+
+
 def order_blocks(blocks: List[Block], first_calls: Sequence[str]) -> List[Block]:
     """Layers in the order the forward pass first called them (K-FAC's
     block-tridiagonal form couples neighbours), then the rest as before."""
     rank: Dict[str, int] = {n: i for i, n in enumerate(first_calls)}
     return sorted(blocks, key=lambda b: (0, rank[b.name]) if b.name in rank else (1, 0))
+
+
+def per_param(blocks: List[Block], wire: Dict[str, object]):
+    """(parameter, tensor shaped like it) for a {block: wire values} reply
+    such as a step's update, on the parameters' device and dtype."""
+    for b in blocks:
+        p0 = b.params[0]
+        value = torch.as_tensor(wire[b.name], dtype=p0.dtype, device=p0.device)
+        yield from zip(b.params, b.from_wire(value))
 
 
 def wire_values(blocks: List[Block], per_block: Dict[str, List[torch.Tensor]]):

@@ -23,7 +23,8 @@ import torch
 from ..client import Client, Session
 from ..errors import NotFound
 from .capture import Capture, layer_grad_sq, layer_stats
-from .layout import model_blocks, order_blocks, warn_fallback, wire_values
+from .layout import (fits, model_blocks, order_blocks, per_param, warn_fallback,
+                     wire_values)
 from .losses import get_loss
 from .oracle import TorchOracle, call, replay, rng_state, take
 from .takeover import STATE_FORMAT, TAKEN_FROM, raise_if_taken_over
@@ -188,10 +189,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
         return self.session
 
     def _check_fits(self, s: Session) -> None:
-        theirs = [dict(d, bias=d.get("bias", False)) for d in s.layout]
-        ours = [dict(b.spec, bias=b.spec.get("bias", False)) for b in self.blocks]
-        key = lambda d: d["name"]  # noqa: E731
-        if s.optimizer != self.kind or sorted(theirs, key=key) != sorted(ours, key=key):
+        if s.optimizer != self.kind or not fits(self.blocks, s.layout):
             raise ValueError(f"session {s.id} ({s.optimizer}, {s.layout}) does not fit "
                              f"this model and kind ({self.kind}, {self._layout()})")
 
@@ -487,11 +485,8 @@ class CurvdOptimizer(torch.optim.Optimizer):
             raise_if_taken_over(self.client, session.id)
             raise
         with torch.no_grad():
-            for b in self.blocks:
-                p0 = b.params[0]
-                upd = torch.as_tensor(result.update[b.name], dtype=p0.dtype, device=p0.device)
-                for p, d in zip(b.params, b.from_wire(upd)):
-                    p.add_(d)
+            for p, d in per_param(self.blocks, result.update):
+                p.add_(d)
         self.last_report = result.report
 
     def close(self) -> None:

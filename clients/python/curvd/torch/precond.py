@@ -31,7 +31,8 @@ import torch
 
 from ..client import Client, Session
 from .hooks import HookStats
-from .layout import model_blocks, order_blocks, warn_fallback, wire_values
+from .layout import (fits, model_blocks, order_blocks, per_param, warn_fallback,
+                     wire_values)
 from .losses import get_loss
 
 # The session config that makes the update −P g, per kind ("*": all).
@@ -164,13 +165,10 @@ class Preconditioner:
         result = self.session.step(wire_values(self.blocks, grads), encoding=self.encoding,
                                    datatype=self.datatype, **kw)
         with torch.no_grad():
-            for b in self.blocks:
-                p0 = b.params[0]
-                upd = torch.as_tensor(result.update[b.name], dtype=p0.dtype, device=p0.device)
-                for p, d in zip(b.params, b.from_wire(upd)):
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                    p.grad.copy_(-d)
+            for p, d in per_param(self.blocks, result.update):
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                p.grad.copy_(-d)  # the update is -P g
         self.last_report = result.report
         return True
 
@@ -214,12 +212,14 @@ class Preconditioner:
             raise ValueError("Preconditioner.load_state_dict takes what a Preconditioner of "
                              f"kind {self.kind!r} returned from state_dict()")
         s = self.client.import_state(state["state"], keep=self.session.keep)
-        if [d["name"] for d in s.layout] != [b.name for b in self.blocks]:
+        by_name = {b.name: b for b in self.blocks}
+        if not fits(self.blocks, s.layout):
             s.delete()
             raise ValueError(f"the state's layout {s.layout} is not this model's "
                              f"{[b.spec for b in self.blocks]}")
         self.session.close()
-        self.session = s
+        self.session, self._ordered = s, True
+        self.blocks = [by_name[d["name"]] for d in s.layout]  # the state's order
         self.generator.set_state(state["generator"])
 
     def __enter__(self):
