@@ -387,15 +387,18 @@ def test_constructor_errors(daemon):
         (dict(kind="kfac", loss_reduction="none"), ValueError,
          "loss_reduction must be 'mean' or 'sum', got 'none'"),
         (dict(kind="adam"), ValueError, "the daemon has no optimizer 'adam'; it offers "),
+        (dict(kind="kfac", config={"fisher": "true"}), ValueError,
+         "config fisher='true' but fisher='empirical': pass fisher= to the Preconditioner, "
+         "which makes the signals"),
         (dict(kind="sgd", model=[nn.Parameter(torch.zeros(2))]), TypeError,
          "Preconditioner needs the model (a torch.nn.Module), not list: it hooks the "
          "model's layers"),
     ]
     for kw, exc, msg in cases:
         model = kw.pop("model", tiny())
-        kind = kw.pop("kind")
+        kind, config = kw.pop("kind"), kw.pop("config", None)
         with pytest.raises(exc) as e:
-            Preconditioner(model, daemon.url, kind, **kw)
+            Preconditioner(model, daemon.url, kind, config, **kw)
         assert str(e.value).startswith(msg), str(e.value)
 
 
@@ -487,3 +490,17 @@ def test_kfac_layers_follow_the_first_forward_passs_call_order(daemon, offered, 
     assert str(e.value).endswith("is not this model's [{'name': 'first', 'kind': 'dense', "
                                  "'shape': [8, 4], 'bias': True}, {'name': 'second', 'kind': "
                                  "'dense', 'shape': [3, 8], 'bias': True}]")
+
+
+def test_an_unused_parameter_keeps_no_gradient(daemon):
+    """torch optimizers skip a parameter whose grad is None (no decay, no
+    moments): the Preconditioner leaves it None."""
+    model, (x, y) = tiny(25), data(seed=25)
+    spare = nn.Linear(2, 2).double()
+    model.add_module("spare", spare)  # never called
+    pc = Preconditioner(model, daemon.url, "adagrad_diag")
+    F.cross_entropy(model[:3](x), y).backward()
+    expected = AdagradReference().grads(raw_grads(model[:3]))
+    pc.step()
+    assert spare.weight.grad is None and spare.bias.grad is None
+    assert_grads(model[:3], expected)

@@ -105,7 +105,10 @@ class Preconditioner:
                              "distribution: name it with loss= ('cross_entropy', 'mse', "
                              "'binary_cross_entropy' or a curvd.torch.Loss with sample())")
         if self.layered:
-            self.config.setdefault("fisher", fisher)
+            if self.config.setdefault("fisher", fisher) != fisher:
+                raise ValueError(f"config fisher={self.config['fisher']!r} but fisher="
+                                 f"{fisher!r}: pass fisher= to the Preconditioner, which makes "
+                                 "the signals")
         self.loss_reduction = loss_reduction
         self.grad_scaler = grad_scaler
         self.encoding = encoding
@@ -166,9 +169,8 @@ class Preconditioner:
                                    datatype=self.datatype, **kw)
         with torch.no_grad():
             for p, d in per_param(self.blocks, result.update):
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                p.grad.copy_(-d)  # the update is -P g
+                if p.grad is not None:  # one without (unused) stays so: optimizers skip it
+                    p.grad.copy_(-d)  # the update is -P g
         self.last_report = result.report
         return True
 
