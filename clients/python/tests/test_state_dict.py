@@ -109,6 +109,8 @@ def test_the_optimizer_whose_session_was_taken_over_is_refused(daemon, client, h
         f"session {moved.id} and this optimizer can no longer step; step the optimizer that "
         "took it over, or load a state_dict() snapshot to train a copy")
     assert e.value.successor == moved.id
+    with pytest.raises(SessionTakenOver):
+        old.state_dict()
     for p, q in zip(model.parameters(), before):
         assert torch.equal(p.detach(), q)
     new.step(*data)

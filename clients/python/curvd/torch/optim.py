@@ -270,9 +270,14 @@ class CurvdOptimizer(torch.optim.Optimizer):
         exported state with what identifies it, the parameter group's
         hyperparameters, and the generator that samples the true Fisher's
         targets."""
+        try:
+            blob = self.session.export_state()
+        except NotFound:
+            raise_if_taken_over(self.client, self.session.id)
+            raise
         return {"format": STATE_FORMAT, "optimizer": self.kind, "session": self.session.id,
                 "url": self.client.url, "step": self.session.steps, "layout": self._layout(),
-                "state": self.session.export_state(),
+                "state": blob,
                 "param_groups": [{k: g[k] for k in self._synced} for g in self.param_groups],
                 "generator": self.generator.get_state()}
 
