@@ -21,13 +21,12 @@ from typing import List, Optional, Union
 import torch
 
 from ..client import Client, Session
-from ..errors import NotFound
 from .capture import Capture, layer_grad_sq, layer_stats
 from .layout import (fits, model_blocks, order_blocks, per_param, warn_fallback,
                      wire_values)
 from .losses import get_loss
 from .oracle import TorchOracle, call, replay, rng_state, take
-from .takeover import STATE_FORMAT, TAKEN_FROM, raise_if_taken_over
+from .takeover import STATE_FORMAT, TAKEN_FROM, taken_over_check
 
 # torch.optim hyperparameters a parameter group may be given by habit: the
 # session reads only those it has (lr, weight_decay), the others are refused.
@@ -270,11 +269,8 @@ class CurvdOptimizer(torch.optim.Optimizer):
         exported state with what identifies it, the parameter group's
         hyperparameters, and the generator that samples the true Fisher's
         targets."""
-        try:
+        with taken_over_check(self.client, self.session.id):
             blob = self.session.export_state()
-        except NotFound:
-            raise_if_taken_over(self.client, self.session.id)
-            raise
         return {"format": STATE_FORMAT, "optimizer": self.kind, "session": self.session.id,
                 "url": self.client.url, "step": self.session.steps, "layout": self._layout(),
                 "state": blob,
@@ -483,12 +479,9 @@ class CurvdOptimizer(torch.optim.Optimizer):
         return None
 
     def _post(self, session: Session, gradients: dict, **kw) -> None:
-        try:
+        with taken_over_check(self.client, session.id):
             result = session.step(gradients, encoding=self.encoding, datatype=self.datatype,
                                   **kw)
-        except NotFound:
-            raise_if_taken_over(self.client, session.id)
-            raise
         with torch.no_grad():
             for p, d in per_param(self.blocks, result.update):
                 p.add_(d)

@@ -10,7 +10,10 @@ answers 404 to whoever still steps the old id, and the label tells that
 raises SessionTakenOver naming its successor instead of stepping beside it.
 """
 
+from contextlib import contextmanager
+
 from ..client import Client
+from ..errors import NotFound
 
 STATE_FORMAT = "curvd.torch.CurvdOptimizer/2"
 TAKEN_FROM = "curvd.torch.taken_from"
@@ -30,8 +33,13 @@ class SessionTakenOver(RuntimeError):
             "that took it over, or load a state_dict() snapshot to train a copy")
 
 
-def raise_if_taken_over(client: Client, session_id: str) -> None:
-    """Raise SessionTakenOver when a session of the daemon carries the
-    label naming @session_id (called after a 404 on @session_id)."""
-    for s in client.list_sessions(label=f"{TAKEN_FROM}={session_id}"):
-        raise SessionTakenOver(session_id, s.id)
+@contextmanager
+def taken_over_check(client: Client, session_id: str):
+    """A 404 on @session_id inside becomes SessionTakenOver when a session
+    of the daemon carries the label naming it (else it stays NotFound)."""
+    try:
+        yield
+    except NotFound:
+        for s in client.list_sessions(label=f"{TAKEN_FROM}={session_id}"):
+            raise SessionTakenOver(session_id, s.id) from None
+        raise
