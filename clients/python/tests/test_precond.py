@@ -309,11 +309,40 @@ def test_adagrad_over_accumulated_micro_batches(daemon):
     assert_grads(model, expected, rtol=1e-7)
 
 
-@pytest.mark.parametrize("kind", ["sgd", "mbag"])
+def test_adagrad_full_is_the_inverse_root_of_the_summed_outer_products(daemon):
+    """H = sum of g g^T over the steps, P g = (H + eps I)^(-1/2) g by
+    numpy's eigendecomposition (eigenvalues below eig_floor times the
+    largest clamped to that)."""
+    model, (x, y) = tiny(26), data(seed=26)
+    pc = Preconditioner(model, daemon.url, "adagrad_full")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    H = 0
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        g = raw_grads(model)
+        # Flat in wire order: per layer [weight | bias] row-major.
+        flat = np.concatenate([np.hstack([g[0], g[1][:, None]]).ravel(),
+                               np.hstack([g[2], g[3][:, None]]).ravel()])
+        H = H + np.outer(flat, flat)
+        lam, V = np.linalg.eigh(H + 1e-8 * np.eye(len(H)))
+        pg = V @ ((V.T @ flat) / np.sqrt(np.maximum(lam, 1e-12 * lam.max())))
+        first, second = pg[:25].reshape(5, 5), pg[25:].reshape(3, 6)
+        pc.step()
+        assert_grads(model, [first[:, :4], first[:, 4], second[:, :5], second[:, 5]],
+                     rtol=1e-7)  # two eigendecompositions
+        opt.step()
+
+
+FIRST_ORDER = ["sgd", "adagrad_diag", "adagrad_full", "adagrad_bma", "mbag", "mbag_ema",
+               "mbag_n"]
+
+
+@pytest.mark.parametrize("kind", FIRST_ORDER)
 def test_every_first_order_kind_preconditions_and_trains(daemon, offered, kind):
     need(offered, kind)
     model, (x, y) = tiny(9), data(64, seed=9)
-    pc = Preconditioner(model, daemon.url, kind, {"tau": 4} if kind == "mbag" else None)
+    pc = Preconditioner(model, daemon.url, kind, {"tau": 4} if kind.startswith("mbag") else None)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     losses = []
     for _ in range(20):
