@@ -76,7 +76,10 @@ def textbook_loss(name, z, y):
 
 
 def dense_ggn(model, x, y, name):
+    """G over the flat wire vector; @name: a loss of textbook_loss, or a
+    function (z_i, y_i) -> one example's loss."""
     theta = current(model)
+    loss = name if callable(name) else (lambda zi, yi: textbook_loss(name, zi, yi))
 
     def outputs(flat):
         return functional_call(model, unpack(model, flat), x)
@@ -85,7 +88,7 @@ def dense_ggn(model, x, y, name):
     z = outputs(theta).detach()
     g = torch.zeros(theta.numel(), theta.numel(), dtype=torch.float64)
     for i in range(x.shape[0]):
-        h = torch.autograd.functional.hessian(lambda zi: textbook_loss(name, zi, y[i]), z[i])
+        h = torch.autograd.functional.hessian(lambda zi: loss(zi, y[i]), z[i])
         g += jac[i].T @ h @ jac[i]
     return g / x.shape[0], outputs
 

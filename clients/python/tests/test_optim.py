@@ -123,10 +123,6 @@ def test_close_deletes_the_optimizers_session_unless_kept(daemon):
         opt.step(x, y)
         sid = opt.state_dict()["session"]
         assert client.session(sid).idle_ttl_s == 600
-        # Another optimizer continuing it by id keeps it when it closes.
-        again = CurvdOptimizer(mlp(5), client, "sgd", session=sid)
-        again.close()
-        assert client.session(sid).steps == 1
     with pytest.raises(curvd.NotFound):
         client.session(sid)
     kept = CurvdOptimizer(mlp(5), client, "sgd", {"lr": 0.1}, keep_session=True)
@@ -134,7 +130,14 @@ def test_close_deletes_the_optimizers_session_unless_kept(daemon):
     kept.close()
     sid = kept.state_dict()["session"]
     assert client.session(sid).steps == 1 and client.session(sid).idle_ttl_s is None
-    client.delete_session(sid)
+    # Another optimizer taking it over by id keeps the session it moved to
+    # (with its idle TTL) when it closes.
+    client.set_idle_ttl(sid, 900)
+    again = CurvdOptimizer(mlp(5), client, "sgd", session=sid)
+    moved = again.session.id
+    again.close()
+    assert client.session(moved).steps == 1 and client.session(moved).idle_ttl_s == 900
+    client.delete_session(moved)
 
 
 def test_step_after_backward_equals_step_with_the_batch(daemon):
@@ -183,17 +186,17 @@ def test_learning_rate_follows_param_groups_and_schedulers(daemon):
 def test_state_dict_continues_the_session(daemon):
     model = mlp(7)
     data = blobs(seed=7)
-    opt = CurvdOptimizer(model, daemon.url, "adagrad_diag", {"lr": 0.1}, keep_session=True)
+    opt = CurvdOptimizer(model, daemon.url, "adagrad_diag", {"lr": 0.1})
     train(opt, model, data, 3)
     state = opt.state_dict()
-    opt.close()  # kept: continued below
+    opt.close()  # the snapshot outlives the session
     twin = copy.deepcopy(model)
     again = CurvdOptimizer(twin, curvd.Client(daemon.url), "adagrad_diag")
     again.load_state_dict(state)
     train(again, twin, data, 2)
-    assert again.session.id == state["session"] and again.session.refresh().steps == 5
+    assert again.session.id != state["session"] and again.session.refresh().steps == 5
     with pytest.raises(ValueError, match="does not fit"):
-        CurvdOptimizer(cnn(), daemon.url, "adagrad_diag", session=state["session"])
+        CurvdOptimizer(cnn(), daemon.url, "adagrad_diag").load_state_dict(state)
 
 
 def test_bias_blocks_put_each_bias_in_a_vector_block(daemon):

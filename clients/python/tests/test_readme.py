@@ -16,8 +16,43 @@ def examples():
         return re.findall(r"^```python\n(.*?)^```$", f.read(), re.S | re.M)
 
 
-def test_the_readme_has_examples():
-    assert len(examples()) == 2
+def loss_below(limit):
+    def check(out):
+        m = re.search(r"loss (\S+)", out)
+        assert m and float(m.group(1)) < limit, out
+    return check
+
+
+def chance():
+    return math.log(3)
+
+
+def adoption(out):
+    m = re.match(r"loss (\S+), session [0-9a-f]{32}, report \{'optimizer': 'kfac'", out)
+    assert m and float(m.group(1)) < 0.5 * chance(), out  # half the chance level
+
+
+def conventions(out):
+    assert out.startswith("lr 0.05, session lr 0.05\nhf with a closure: loss "), out
+    loss_below(0.5 * chance())(out.splitlines()[1])
+
+
+def checkpoint(out):
+    assert out == "continues at step 4, lambda_init 1.0\n", out
+
+
+def poisson(out):
+    m = re.match(r"poisson loss (\S+) -> (\S+)\n", out)
+    assert m and float(m.group(2)) < 0.8 * float(m.group(1)), out
+
+
+# What each example must print, in the README's order.
+CHECKS = [adoption, conventions, checkpoint, poisson, loss_below(0.5 * math.log(3)),
+          lambda out: "SHAPE_MISMATCH /gradients/0/shape" in out or pytest.fail(out)]
+
+
+def test_every_example_is_checked():
+    assert len(examples()) == len(CHECKS)
 
 
 @pytest.mark.parametrize("index", range(len(examples())))
@@ -26,9 +61,4 @@ def test_readme_example(daemon, layers_refused, index, capsys):
     if '"kfac"' in code and layers_refused:
         pytest.skip(f"the daemon refuses every layers entry: {layers_refused}")
     exec(compile(code, f"README.md example {index + 1}", "exec"), {"CURVD_URL": daemon.url})
-    out = capsys.readouterr().out
-    if index == 0:  # the adoption example: the adopted loop trains the model
-        m = re.match(r"loss (\S+), session [0-9a-f]{32}, report \{'optimizer': 'kfac'", out)
-        assert m and float(m.group(1)) < 0.5 * math.log(3), out  # half the chance level
-    else:
-        assert "SHAPE_MISMATCH /gradients/0/shape" in out
+    CHECKS[index](capsys.readouterr().out)

@@ -258,9 +258,9 @@ def test_load_state_dict_refuses_a_torch_optimizers_state(daemon):
         opt.load_state_dict(adam.state_dict())
     assert str(e.value) == (
         "CurvdOptimizer.load_state_dict takes what CurvdOptimizer.state_dict() returned "
-        "({'session', 'optimizer', 'url', 'lr'}), not a torch optimizer's state_dict (with "
-        "'state' and 'param_groups'): curvd's state lives in the daemon's session and cannot "
-        "be seeded from another optimizer's")
+        "(format 'curvd.torch.CurvdOptimizer/2', with the session's state), not a torch "
+        "optimizer's state_dict (with 'state' and 'param_groups'): curvd's state cannot be "
+        "seeded from another optimizer's")
     other = CurvdOptimizer(mlp(), daemon.url, "adagrad_diag", {"lr": 0.1})
     other.step(*blobs())
     with pytest.raises(ValueError) as e:
@@ -292,13 +292,15 @@ def test_the_session_exists_from_construction(daemon, client):
     assert client.session(sid).steps == 0 and client.session(sid).config["lr"] == 0.1
     opt.step(*blobs(seed=9))
     assert opt.session.id == sid and client.session(sid).steps == 1
-    # Continuing another session deletes the empty one made at construction.
-    again = CurvdOptimizer(copy.deepcopy(model), daemon.url, "sgd")
+    # Loading a state deletes the empty session made at construction, kept
+    # or not.
+    again = CurvdOptimizer(copy.deepcopy(model), daemon.url, "sgd", keep_session=True)
     fresh = again.session.id
     again.load_state_dict(opt.state_dict())
-    assert again.session.id == sid
+    assert again.session.id not in (sid, fresh) and again.session.steps == 1
     with pytest.raises(curvd.NotFound):
         client.session(fresh)
+    again.session.delete()
 
 
 def test_layers_called_out_of_registration_order_get_a_session_in_call_order(daemon, client):

@@ -10,6 +10,7 @@ block: the session's fallback optimizes it.
 """
 
 import hashlib
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -152,11 +153,47 @@ def fallback_report(model: nn.Module, blocks: List[Block], bias_blocks: bool = F
     return "\n".join(lines)
 
 
+def warn_fallback(model: nn.Module, blocks: List[Block], kind: dict, config: dict,
+                  bias_blocks: bool = False) -> None:
+    """One warning naming the parameters that @kind's layer model (an
+    optimizer of GET /v1/version) leaves to its fallback (vector blocks),
+    and why. Its stack level points at the user's constructor call."""
+    report = fallback_report(model, blocks, bias_blocks)
+    if not report:
+        return
+    params = {p["name"]: p.get("default") for p in kind.get("params", [])}
+    fallback = config.get("fallback", params.get("fallback"))
+    lr = config.get("fallback_lr", params.get("fallback_lr"))
+    known = ([fallback] if fallback is not None else []) + \
+        ([f"fallback_lr={lr}"] if lr is not None else [])
+    which = f" ({', '.join(known)})" if known else ""
+    warnings.warn(f"{kind['name']} models the curvature of nn.Linear and nn.Conv2d layers "
+                  f"only; these parameters go to its fallback optimizer{which} as vector "
+                  f"blocks, without curvature:\n{report}", UserWarning, stacklevel=4)
+
+
+def fits(blocks: List[Block], layout: List[dict]) -> bool:
+    """Whether a session's @layout is @blocks' in some order of blocks."""
+    def norm(specs):
+        return sorted((dict(d, bias=d.get("bias", False)) for d in specs),
+                      key=lambda d: d["name"])
+    return norm(layout) == norm(b.spec for b in blocks)
+
+
 def order_blocks(blocks: List[Block], first_calls: Sequence[str]) -> List[Block]:
     """Layers in the order the forward pass first called them (K-FAC's
     block-tridiagonal form couples neighbours), then the rest as before."""
     rank: Dict[str, int] = {n: i for i, n in enumerate(first_calls)}
     return sorted(blocks, key=lambda b: (0, rank[b.name]) if b.name in rank else (1, 0))
+
+
+def per_param(blocks: List[Block], wire: Dict[str, object]):
+    """(parameter, tensor shaped like it) for a {block: wire values} reply
+    such as a step's update, on the parameters' device and dtype."""
+    for b in blocks:
+        p0 = b.params[0]
+        value = torch.as_tensor(wire[b.name], dtype=p0.dtype, device=p0.device)
+        yield from zip(b.params, b.from_wire(value))
 
 
 def wire_values(blocks: List[Block], per_block: Dict[str, List[torch.Tensor]]):

@@ -37,6 +37,15 @@ class Loss:
         """Targets drawn from R(y|z), shaped as the loss takes them."""
         raise NotImplementedError
 
+    def sampled_signal(self, z: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Per example, d/dz of the loss of targets drawn from R(y|z): the
+        true Fisher's signal at the output (K-FAC's statistics), whose
+        second moment is H_L for the losses here."""
+        z = z.detach().requires_grad_()
+        with torch.enable_grad():
+            return torch.autograd.grad(self.per_example(z, self.sample(z.detach(), gen)).sum(),
+                                       z)[0]
+
 
 def _per_example_sum(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(1)
@@ -103,6 +112,62 @@ class SigmoidCrossEntropy(Loss):
 
     def sample(self, z, gen):
         return torch.bernoulli(torch.sigmoid(z), generator=gen)
+
+
+class GaussNewtonLoss(Loss):
+    """Any per-example loss, given with a factor of its output-layer
+    Gauss-Newton matrix: for the K-FAC and HF kinds of CurvdOptimizer and
+    the Preconditioner's true Fisher, where the loss is none of the three.
+
+    per_example(z, y) -> [m]: each example's loss (the batch's loss is
+      their mean), z the model's output [m, ...].
+    hess_factor(z) -> S [m, k, n] with S^T S = H_L per example (n the
+      output's size per example, z flattened): the Hessian of the loss in
+      z, or the positive semi-definite part the Gauss-Newton model should
+      keep. HF's products and quadratic forms use S^T S, K-FAC's true-
+      Fisher signals S^T eps with eps ~ N(0, I_k) (second moment S^T S),
+      unless sample(z, gen) is given: then the signals are those of the
+      loss of targets it draws, as for the built-in losses.
+    """
+
+    def __init__(self, per_example, hess_factor, sample=None, name="custom"):
+        self._per_example, self._factor, self._sample = per_example, hess_factor, sample
+        self.name = name
+
+    def per_example(self, z, y):
+        return self._per_example(z, y)
+
+    def factor(self, z: torch.Tensor) -> torch.Tensor:
+        m = z.shape[0]
+        s = self._factor(z)
+        n = z[0].numel()
+        if not torch.is_tensor(s) or s.dim() != 3 or s.shape[0] != m or s.shape[2] != n:
+            got = list(s.shape) if torch.is_tensor(s) else type(s).__name__
+            raise ValueError(f"{self.name}: hess_factor(z) must return S as [m, k, n] = "
+                             f"[{m}, k, {n}] for an output z of {list(z.shape)} (S^T S the "
+                             f"loss's Hessian in z per example), got {got}")
+        return s
+
+    def hess_sqrt_vec(self, z, u):
+        return torch.einsum("mkn,mn->mk", self.factor(z), u.reshape(z.shape[0], -1))
+
+    def hess_vec(self, z, u):
+        s = self.factor(z)
+        su = torch.einsum("mkn,mn->mk", s, u.reshape(z.shape[0], -1))
+        return torch.einsum("mkn,mk->mn", s, su).reshape(z.shape)
+
+    def sample(self, z, gen):
+        if self._sample is None:
+            raise ValueError(f"{self.name}: no sample() was given; the true Fisher's signals "
+                             "come from hess_factor")
+        return self._sample(z, gen)
+
+    def sampled_signal(self, z, gen):
+        if self._sample is not None:
+            return super().sampled_signal(z, gen)
+        s = self.factor(z.detach())
+        eps = torch.randn(s.shape[:2], generator=gen, dtype=s.dtype, device=s.device)
+        return torch.einsum("mkn,mk->mn", s, eps).reshape(z.shape)
 
 
 LOSSES = {

@@ -16,16 +16,23 @@ _step_closure). The session is created with the optimizer.
 """
 
 import math
-import warnings
 from typing import List, Optional, Union
 
 import torch
 
 from ..client import Client, Session
 from .capture import Capture, layer_grad_sq, layer_stats
-from .layout import fallback_report, model_blocks, order_blocks, wire_values
+from .layout import (fits, model_blocks, order_blocks, per_param, warn_fallback,
+                     wire_values)
 from .losses import get_loss
 from .oracle import TorchOracle, call, replay, rng_state, take
+from .takeover import STATE_FORMAT, TAKEN_FROM, taken_over_check
+
+# torch.optim hyperparameters a parameter group may be given by habit: the
+# session reads only those it has (lr, weight_decay), the others are refused.
+_TORCH_HYPERPARAMETERS = {"weight_decay", "momentum", "dampening", "nesterov", "betas", "eps",
+                          "amsgrad", "alpha", "lr_decay", "initial_accumulator_value"}
+
 
 def _count(fraction: Union[float, int], m: int) -> int:
     """Examples of a subset: a fraction of the batch, or a count."""
@@ -61,8 +68,20 @@ class CurvdOptimizer(torch.optim.Optimizer):
       their layers' last columns (the BMA paper partitions each layer's
       weights and biases apart; K-FAC then leaves the biases to its
       fallback).
-    The learning rate is param_groups[0]["lr"]: changing it (by hand or by a
-    torch LR scheduler) changes the session's "lr" before the next step.
+    The optimizer has one parameter group, the model's (the session's layout
+    is fixed; add_param_group is refused). Its "lr" and, for kinds with
+    one, "weight_decay" are the session's: changing them (by hand or by a
+    torch LR scheduler) changes the session's config before the next step.
+
+    state_dict() is a snapshot: the session's exported state (the daemon's
+    blob: statistics, step count, config), which load_state_dict() imports
+    into a new session of this optimizer's daemon (any daemon, any
+    process). The source session is left alone (two optimizers then train
+    apart, as torch optimizers do). Continuing a live session by its id
+    (session=, or a state_dict of the older {'session', 'optimizer', 'url',
+    'lr'} form) takes it over: its state moves to a new session labelled
+    curvd.torch.taken_from=<old id>, the old one is deleted, and an
+    optimizer still stepping the old id gets SessionTakenOver.
 
     The session's lifetime: the optimizer creates its session when it is
     constructed and never deletes it by itself (garbage collection does not touch
@@ -111,7 +130,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self._send_params = send_params
         self.blocks = model_blocks(model, bias_blocks)
         if self.send_layers:
-            self._warn_fallback(kinds[optimizer], bias_blocks)
+            warn_fallback(model, self.blocks, kinds[optimizer], self.config, bias_blocks)
         dtype = self.blocks[0].params[0].dtype
         self.datatype = "FP64" if dtype == torch.float64 else "FP32"
         self.generator = torch.Generator(device=self.blocks[0].params[0].device)
@@ -123,10 +142,10 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self.idle_ttl_s = idle_ttl_s
         self.last_report: dict = {}
         self._constructed = False
-        super().__init__([p for b in self.blocks for p in b.params],
-                         {"lr": self.config.get("lr")})
+        self._synced = {k: self.config.get(k) for k in ("lr", "weight_decay")
+                        if any(p["name"] == k for p in kinds[optimizer]["params"])}
+        super().__init__([p for b in self.blocks for p in b.params], dict(self._synced))
         self._constructed = True
-        self._synced_lr = self.config.get("lr")
         # The session exists from here on (its id in state_dict(), its
         # config errors raised now). Its layers are in registration order
         # until the first step has seen the forward pass's call order.
@@ -135,22 +154,6 @@ class CurvdOptimizer(torch.optim.Optimizer):
         else:
             self._adopt(self._create(self.config))
             self._fresh = True
-
-    def _warn_fallback(self, kind: dict, bias_blocks: bool) -> None:
-        """One warning naming the parameters the kind's layer model leaves
-        to its fallback (vector blocks), and why."""
-        report = fallback_report(self.model, self.blocks, bias_blocks)
-        if not report:
-            return
-        params = {p["name"]: p.get("default") for p in kind.get("params", [])}
-        fallback = self.config.get("fallback", params.get("fallback"))
-        lr = self.config.get("fallback_lr", params.get("fallback_lr"))
-        known = ([fallback] if fallback is not None else []) + \
-            ([f"fallback_lr={lr}"] if lr is not None else [])
-        which = f" ({', '.join(known)})" if known else ""
-        warnings.warn(f"{self.kind} models the curvature of nn.Linear and nn.Conv2d layers "
-                      f"only; these parameters go to its fallback optimizer{which} as vector "
-                      f"blocks, without curvature:\n{report}", UserWarning, stacklevel=3)
 
     def add_param_group(self, param_group: dict) -> None:
         """Refused after construction: the session's layout is the model's
@@ -168,20 +171,37 @@ class CurvdOptimizer(torch.optim.Optimizer):
         return [b.spec for b in self.blocks]
 
     def attach(self, session_id: str) -> Session:
-        """Continue session @session_id; its layout must be this model's
-        (in any order of blocks: the session's order is adopted)."""
-        s = self.client.session(session_id)
-        by_name = {b.name: b for b in self.blocks}
-        theirs = [dict(d, bias=d.get("bias", False)) for d in s.layout]
-        ours = [dict(b.spec, bias=b.spec.get("bias", False)) for b in self.blocks]
-        key = lambda d: d["name"]  # noqa: E731
-        if s.optimizer != self.kind or sorted(theirs, key=key) != sorted(ours, key=key):
-            raise ValueError(f"session {session_id} ({s.optimizer}, {s.layout}) does not fit "
+        """Take over session @session_id: its layout must be this model's
+        (in any order of blocks: the session's order is adopted). Its state
+        moves to a new session (name, labels and idle TTL kept, plus the
+        label TAKEN_FROM=<old id>, and kept on close()), and the old one is
+        deleted, so that an optimizer still holding the old id is refused
+        (SessionTakenOver) instead of stepping beside this one."""
+        src = self.client.session(session_id)
+        self._check_fits(src)
+        moved = self.client.import_state(src.export_state(), keep=True)
+        self.client.set_labels(moved.id, dict(src.labels, **{TAKEN_FROM: src.id}), name=src.name)
+        if src.idle_ttl_s is not None:
+            self.client.set_idle_ttl(moved.id, src.idle_ttl_s)
+        src.delete()
+        self._replace(self.client.session(moved.id))
+        return self.session
+
+    def _check_fits(self, s: Session) -> None:
+        if s.optimizer != self.kind or not fits(self.blocks, s.layout):
+            raise ValueError(f"session {s.id} ({s.optimizer}, {s.layout}) does not fit "
                              f"this model and kind ({self.kind}, {self._layout()})")
-        self._drop_fresh()
+
+    def _replace(self, s: Session) -> None:
+        """Step @s from now on: the session held so far is closed (deleted
+        when this optimizer created it and keep_session is off)."""
+        if self._fresh:
+            self._drop_fresh()  # made at construction, never used: deleted even when kept
+        elif self.session is not None:
+            self.session.close()
+        by_name = {b.name: b for b in self.blocks}
         self.blocks = [by_name[d["name"]] for d in s.layout]
         self._adopt(s)
-        return s
 
     def _adopt(self, s: Session) -> None:
         """Take the session's resolved config: the learning rate, whether
@@ -191,10 +211,9 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self.send_params = (self._send_params if self._send_params is not None else
                             any(v > 0 for k, v in s.config.items()
                                 if "weight_decay" in k and isinstance(v, (int, float))))
-        lr = s.config.get("lr")
-        self._synced_lr = lr
+        self._synced = {k: s.config.get(k) for k in self._synced}
         for g in self.param_groups:
-            g["lr"] = lr
+            g.update(self._synced)
 
     def _create(self, config: dict) -> Session:
         """A new session for this model's layout (kept on close() only when
@@ -220,16 +239,23 @@ class CurvdOptimizer(torch.optim.Optimizer):
             # at its first step (a new id; the empty one is deleted).
             ordered = order_blocks(self.blocks, first_calls)
             if [b.name for b in ordered] != [b.name for b in self.blocks]:
-                lr = self.param_groups[0]["lr"]
-                config = dict(self.config, **({"lr": float(lr)} if lr is not None else {}))
+                config = dict(self.config, **{k: float(v) for k, v in self.param_groups[0].items()
+                                              if k in self._synced and v is not None})
                 self._drop_fresh()
                 self.blocks = ordered
                 self._adopt(self._create(config))
             self._fresh = False
-        lr = self.param_groups[0]["lr"]
-        if lr is not None and lr != self._synced_lr:
-            self.session.update_config({"lr": float(lr)})
-            self._synced_lr = lr
+        group = self.param_groups[0]
+        foreign = sorted(set(group) & _TORCH_HYPERPARAMETERS - set(self._synced))
+        if foreign:
+            raise ValueError(f"param_groups[0] has {', '.join(map(repr, foreign))}, which "
+                             f"{self.kind}'s session does not take from it: the parameter "
+                             f"group carries {' and '.join(self._synced)}; set the others in "
+                             "the session's config (config=, or opt.session.update_config)")
+        changed = {k: float(group[k]) for k, v in self._synced.items()
+                   if group[k] is not None and group[k] != v}
+        if changed:
+            self._adopt(self.session.update_config(changed))
         return self.session
 
     def __enter__(self):
@@ -239,27 +265,53 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self.close()
 
     def state_dict(self) -> dict:
-        return {"session": self.session.id if self.session else None, "optimizer": self.kind,
-                "url": self.client.url, "lr": self.param_groups[0]["lr"]}
+        """A snapshot of the optimizer (see the class's note): the session's
+        exported state with what identifies it, the parameter group's
+        hyperparameters, and the generator that samples the true Fisher's
+        targets."""
+        with taken_over_check(self.client, self.session.id):
+            blob = self.session.export_state()
+        return {"format": STATE_FORMAT, "optimizer": self.kind, "session": self.session.id,
+                "url": self.client.url, "step": self.session.steps, "layout": self._layout(),
+                "state": blob,
+                "param_groups": [{k: g[k] for k in self._synced} for g in self.param_groups],
+                "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue the session a CurvdOptimizer.state_dict() names. A
-        torch optimizer's state (per-parameter buffers such as Adam's
-        moments) is refused: curvd's state lives in the daemon and cannot
-        be seeded from it."""
+        """Continue from what state_dict() returned: its session's state is
+        imported into a new session of this optimizer's daemon (the session
+        held so far is closed). The older form {'session', 'optimizer',
+        'url', 'lr'} takes that session over (attach). A torch optimizer's
+        state (per-parameter buffers such as Adam's moments) is refused:
+        curvd's state cannot be seeded from it."""
         if not isinstance(state, dict) or "session" not in state or "optimizer" not in state:
             what = ("a torch optimizer's state_dict (with 'state' and 'param_groups')"
                     if isinstance(state, dict) and "param_groups" in state else
                     f"{type(state).__name__} {sorted(state) if isinstance(state, dict) else ''}")
             raise ValueError(f"CurvdOptimizer.load_state_dict takes what "
-                             f"CurvdOptimizer.state_dict() returned ({{'session', 'optimizer', "
-                             f"'url', 'lr'}}), not {what}: curvd's state lives in the daemon's "
-                             "session and cannot be seeded from another optimizer's")
+                             f"CurvdOptimizer.state_dict() returned (format {STATE_FORMAT!r}, "
+                             f"with the session's state), not {what}: curvd's state cannot be "
+                             "seeded from another optimizer's")
         if state["optimizer"] != self.kind:
             raise ValueError(f"the state names a session of {state['optimizer']}; this "
                              f"optimizer is {self.kind}")
-        if state.get("session"):
-            self.attach(state["session"])
+        if "state" not in state:
+            if state.get("session"):
+                self.attach(state["session"])
+            return
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"the state's format is {state.get('format')!r}; this version of "
+                             f"curvd.torch reads {STATE_FORMAT!r}")
+        s = self.client.import_state(state["state"], keep=self.keep_session)
+        try:
+            self._check_fits(s)
+        except ValueError:
+            s.delete()
+            raise
+        self._replace(s)
+        self.generator.set_state(state["generator"])
+        for g, saved in zip(self.param_groups, state["param_groups"]):
+            g.update(saved)  # the next step syncs any that differ from the blob's config
 
     # ---- a step -------------------------------------------------------------
 
@@ -315,9 +367,9 @@ class CurvdOptimizer(torch.optim.Optimizer):
         if self.fisher == "empirical":
             return layer_stats(rec, out_grads, n)
         # The true Fisher: signals of targets drawn from the model (§6.5).
-        y = self.loss.sample(take(z, n).detach(), self.generator)
-        sampled = self.loss.per_example(take(z, n), y).sum()
-        sig = torch.autograd.grad(sampled, outs, allow_unused=True, retain_graph=True)
+        zn = take(z, n)
+        sig = torch.autograd.grad(zn, outs, self.loss.sampled_signal(zn, self.generator),
+                                  allow_unused=True, retain_graph=True)
         return layer_stats(rec, rec.split(sig), n)
 
     def _grad_sq(self, rec, per_ex, out_grads, m) -> dict:
@@ -427,13 +479,12 @@ class CurvdOptimizer(torch.optim.Optimizer):
         return None
 
     def _post(self, session: Session, gradients: dict, **kw) -> None:
-        result = session.step(gradients, encoding=self.encoding, datatype=self.datatype, **kw)
+        with taken_over_check(self.client, session.id):
+            result = session.step(gradients, encoding=self.encoding, datatype=self.datatype,
+                                  **kw)
         with torch.no_grad():
-            for b in self.blocks:
-                p0 = b.params[0]
-                upd = torch.as_tensor(result.update[b.name], dtype=p0.dtype, device=p0.device)
-                for p, d in zip(b.params, b.from_wire(upd)):
-                    p.add_(d)
+            for p, d in per_param(self.blocks, result.update):
+                p.add_(d)
         self.last_report = result.report
 
     def close(self) -> None:
