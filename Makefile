@@ -38,8 +38,11 @@ TEST_UTIL  := tests/lib/testutil.c
 # main.c only becomes the curvd binary. One folder per layer (server/README.md):
 # http, wire, api, session, store; daemon.c wires them. Migrations are compiled in.
 SRV_SRCS   := server/daemon.c $(sort $(wildcard server/*/*.c))
-SRV_OBJS   := $(SRV_SRCS:server/%.c=$(BUILD)/server/%.o) $(BUILD)/server/migrations_sql.o
+SRV_OBJS   := $(SRV_SRCS:server/%.c=$(BUILD)/server/%.o) $(BUILD)/server/migrations_sql.o \
+              $(BUILD)/server/ui_files.o
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+# The dashboard (/ui): plain files compiled into the daemon, no build step.
+UI_FILES   := $(sort $(wildcard server/ui/*.html server/ui/*.css server/ui/*.js))
 STEST_SRCS := $(sort $(wildcard tests/server/test_*.c tests/server/*/test_*.c))
 STEST_BINS := $(STEST_SRCS:tests/server/%.c=$(BUILD)/tests/server/%)
 BENCH_SRCS := $(sort $(wildcard tests/bench/*.c))
@@ -92,6 +95,13 @@ $(BUILD)/server/migrations_sql.c: $(MIGRATIONS) scripts/embed-migrations
 	$(Q)scripts/embed-migrations $(MIGRATIONS) > $@
 
 $(BUILD)/server/migrations_sql.o: $(BUILD)/server/migrations_sql.c
+	$(Q)$(CC) $(CFLAGS_BASE) -Iserver -c $< -o $@
+
+$(BUILD)/server/ui_files.c: $(UI_FILES) scripts/embed-files
+	@mkdir -p $(@D)
+	$(Q)scripts/embed-files $(UI_FILES) > $@
+
+$(BUILD)/server/ui_files.o: $(BUILD)/server/ui_files.c
 	$(Q)$(CC) $(CFLAGS_BASE) -Iserver -c $< -o $@
 
 $(BUILD)/curvd: server/main.c $(BUILD)/libcurvd.a $(BUILD)/libcurv.a

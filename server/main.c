@@ -23,7 +23,7 @@
 #include "http/mem.h"
 #include "store/store.h"
 
-enum ftype { F_STR, F_UINT, F_SIZE, F_BOOL_LOG, F_DURABILITY };
+enum ftype { F_STR, F_UINT, F_COUNT, F_SIZE, F_BOOL_LOG, F_DURABILITY };
 
 struct flag {
     const char *name, *env;
@@ -58,6 +58,9 @@ static const struct flag FLAGS[] = {
     {"log-format", "CURVD_LOG_FORMAT", F_BOOL_LOG, OFF(log_json), "access log: text or json"},
     {"idle-ttl", "CURVD_IDLE_TTL", F_UINT, OFF(idle_ttl_s),
      "seconds after its last write that a session without a TTL of its own is deleted (0: never)"},
+    {"history", "CURVD_HISTORY", F_COUNT, OFF(history_steps),
+     "steps of history (reports, time split) each session keeps for GET .../steps, curvctl watch "
+     "and /ui, unless it sets history_steps itself (default 1000; 0: none)"},
     {"durability", "CURVD_DURABILITY", F_DURABILITY, OFF(durability_full),
      "full: a step survives power loss; normal: it survives a crash of the daemon"},
 };
@@ -86,6 +89,13 @@ static int set_flag(struct curvd_config *c, const struct flag *f, const char *v)
     case F_UINT: {
         unsigned long x = strtoul(v, &end, 10);
         if (errno || end == v || *end || x > 65535)
+            return -1;
+        *(unsigned *)p = (unsigned)x;
+        return 0;
+    }
+    case F_COUNT: {
+        unsigned long x = strtoul(v, &end, 10);
+        if (errno || end == v || *end || *v == '-' || x > CURVD_STORE_HISTORY_MAX)
             return -1;
         *(unsigned *)p = (unsigned)x;
         return 0;
@@ -194,7 +204,9 @@ int main(int argc, char **argv)
                 .max_sessions = 10000,
                 .max_queue = 1024,
                 .mem_budget = (size_t)4 << 30,
-                .durability_full = 1},
+                .durability_full = 1,
+                .history_steps = CURVD_STORE_HISTORY_DEFAULT,
+                .history_set = 1},
     };
     if (parse(&srv.cfg, argc, argv) != 0)
         return 2;
@@ -230,10 +242,11 @@ int main(int argc, char **argv)
     fprintf(stderr,
             "curvd %s listening on http://%s:%u  db=%s durability=%s threads=%u workers=%u "
             "max-body=%zu "
-            "max-sessions=%zu memory-budget=%zu idle-ttl=%u auth=%s log=%s\n",
+            "max-sessions=%zu memory-budget=%zu idle-ttl=%u history=%u auth=%s log=%s\n",
             CURVD_VERSION, srv.cfg.listen, curvd_http_port(&srv), srv.cfg.db_path,
             srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads, srv.cfg.workers,
             srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget, srv.cfg.idle_ttl_s,
+            srv.cfg.history_steps,
             srv.cfg.token_file ? "tokens" : "off", srv.cfg.log_json ? "json" : "text");
     int sig = 0;
     sigwait(&stop, &sig);

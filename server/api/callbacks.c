@@ -56,6 +56,7 @@ static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct 
         curvd_timing_lap(rp, CURVD_T_STEP);
         if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
             pd->answered_seq = resp.seq;
+            pd->callbacks++;
             curvd_metrics_callback(srv->metrics, curv_opt_kind_of(e->opt));
         }
         curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &next, delta);

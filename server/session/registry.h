@@ -15,6 +15,8 @@
 #include "curv.h"
 
 #define CURVD_ID_LEN 32
+/* Room for the phases a step's exchanges time (at least CURVD_T_COUNT). */
+#define CURVD_PEND_PHASES 8
 
 struct curvd_registry;
 
@@ -28,6 +30,13 @@ struct curvd_pending {
     unsigned char *last; /* the 202 reply that asked for it, owned */
     size_t last_len, last_json_len;
     uint64_t answered_seq; /* the callback whose answer produced @last; 0 if none */
+    /* For the step's history: the loss the trainer sent with it, the
+     * callbacks answered so far, and the seconds its earlier exchanges
+     * spent per phase (http.h's CURVD_T_*). */
+    double loss;
+    int has_loss;
+    unsigned callbacks;
+    double spent[CURVD_PEND_PHASES];
 };
 
 /* The parts of a session's state as the store holds them now (their
