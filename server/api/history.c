@@ -1,17 +1,67 @@
 /* SPDX-License-Identifier: MIT */
 /* GET /v1/sessions/{id}/steps: the session's step history, a page at a
- * time by step number (the store keeps the last N steps of each). */
-#include "api/handlers.h"
-#include "store/store.h"
+ * time by step number (the store keeps the last N steps of each). The
+ * stored report and timing are JSON the daemon wrote: copied as they are. */
+#include <string.h>
 
-/* One stored step as its JSON: the texts the daemon wrote are JSON. */
-static json_t *entry_json(const struct curvd_history_entry *e)
+#include "api/handlers.h"
+#include "http/mem.h"
+#include "store/store.h"
+#include "wire/out.h"
+#include "wire/session_json.h"
+
+/* One stored step: {"step", "at", "callbacks", "timing_ms", "report"}. */
+static void entry_out(struct curvd_out *o, const struct curvd_history_entry *e)
 {
-    json_t *report = e->report ? json_loads(e->report, 0, NULL) : NULL;
-    json_t *timing = e->timing ? json_loads(e->timing, 0, NULL) : NULL;
-    return json_pack("{s:I,s:I,s:I,s:o,s:o}", "step", (json_int_t)e->step, "at",
-                     (json_int_t)e->at, "callbacks", (json_int_t)e->callbacks, "timing_ms",
-                     timing ? timing : json_object(), "report", report ? report : json_null());
+    char at[64];
+    curvd_rfc3339(at, sizeof at, (long long)e->at);
+    curvd_out_lit(o, "{\"step\":");
+    curvd_out_int(o, (long long)e->step);
+    curvd_out_lit(o, ",\"at\":");
+    curvd_out_string(o, at);
+    curvd_out_lit(o, ",\"callbacks\":");
+    curvd_out_int(o, (long long)e->callbacks);
+    curvd_out_lit(o, ",\"timing_ms\":");
+    if (e->timing)
+        curvd_out_raw(o, e->timing, strlen(e->timing));
+    else
+        curvd_out_lit(o, "{}");
+    curvd_out_lit(o, ",\"report\":");
+    if (e->report)
+        curvd_out_raw(o, e->report, strlen(e->report));
+    else
+        curvd_out_lit(o, "null");
+    curvd_out_lit(o, "}");
+}
+
+/* {"steps": [...], "latest_step", "oldest_step"[, "next_since"]}. */
+static void reply_page(struct curvd_reply *rp, const struct curvd_req *rq,
+                       const struct curvd_history_page *page)
+{
+    struct curvd_out o;
+    curvd_out_init(&o);
+    curvd_out_lit(&o, "{\"steps\":[");
+    for (size_t i = 0; i < page->count; i++) {
+        if (i)
+            curvd_out_lit(&o, ",");
+        entry_out(&o, &page->items[i]);
+    }
+    curvd_out_lit(&o, "],\"latest_step\":");
+    curvd_out_int(&o, (long long)page->latest);
+    curvd_out_lit(&o, ",\"oldest_step\":");
+    curvd_out_int(&o, (long long)page->oldest);
+    if (page->more && page->count) { /* the next page starts after this one */
+        curvd_out_lit(&o, ",\"next_since\":");
+        curvd_out_int(&o, (long long)page->items[page->count - 1].step);
+    }
+    curvd_out_lit(&o, "}");
+    if (curvd_out_finish(&o, NULL) != 0) {
+        curvd_out_clear(&o);
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
+        return;
+    }
+    size_t len = o.len;
+    curvd_reply_owned(rp, 200, "application/json", curvd_out_take(&o), len, curvd_mem_free);
 }
 
 CURVD_HANDLER(curvd_h_step_history)
@@ -26,18 +76,9 @@ CURVD_HANDLER(curvd_h_step_history)
                  ? curvd_store_history(srv->store, rq->tenant, rq->param[0], since, (size_t)size,
                                        &page, err, sizeof err)
                  : CURVD_STORE_NOT_FOUND;
-    if (st != CURVD_STORE_OK) {
+    if (st == CURVD_STORE_OK)
+        reply_page(rp, rq, &page);
+    else
         curvd_reply_store_error(rp, rq, st, err);
-        return;
-    }
-    json_t *steps = json_array();
-    for (size_t i = 0; i < page.count; i++)
-        json_array_append_new(steps, entry_json(&page.items[i]));
-    json_t *out = json_pack("{s:o,s:I,s:I}", "steps", steps, "latest_step",
-                            (json_int_t)page.latest, "oldest_step", (json_int_t)page.oldest);
-    /* The next page starts after this one's last step. */
-    if (out && page.more && page.count)
-        json_object_set_new(out, "next_since", json_integer(page.items[page.count - 1].step));
     curvd_history_page_clear(&page);
-    curvd_reply_json(rp, 200, out);
 }
