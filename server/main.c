@@ -246,8 +246,8 @@ int main(int argc, char **argv)
             CURVD_VERSION, srv.cfg.listen, curvd_http_port(&srv), srv.cfg.db_path,
             srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads, srv.cfg.workers,
             srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget, srv.cfg.idle_ttl_s,
-            srv.cfg.history_steps,
-            srv.cfg.token_file ? "tokens" : "off", srv.cfg.log_json ? "json" : "text");
+            srv.cfg.history_steps, srv.cfg.token_file ? "tokens" : "off",
+            srv.cfg.log_json ? "json" : "text");
     int sig = 0;
     sigwait(&stop, &sig);
     fprintf(stderr, "curvd: %s received, draining\n", sig == SIGINT ? "SIGINT" : "SIGTERM");

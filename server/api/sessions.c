@@ -50,8 +50,7 @@ static int ttl_from_json(const struct curvd_req *rq, struct curvd_reply *rp, jso
 static int history_from_json(const struct curvd_req *rq, struct curvd_reply *rp, json_t *body,
                              int *present, int *has, int64_t *steps)
 {
-    if (setting_from_json(body, "history_steps", CURVD_STORE_HISTORY_MAX, present, has, steps) ==
-        0)
+    if (setting_from_json(body, "history_steps", CURVD_STORE_HISTORY_MAX, present, has, steps) == 0)
         return 0;
     struct curvd_field_error fe = {"/history_steps", "null or an integer of steps, 0 to 1000000",
                                    NULL};
@@ -519,8 +518,7 @@ CURVD_HANDLER(curvd_h_session_patch)
             if (st == CURVD_STORE_OK && ttl_given)
                 st = curvd_svc_set_idle_ttl(srv, rq->tenant, e->id, has_ttl, ttl, err, sizeof err);
             if (st == CURVD_STORE_OK && hist_given)
-                st = curvd_svc_set_history(srv, rq->tenant, e->id, has_hist, hist, err,
-                                           sizeof err);
+                st = curvd_svc_set_history(srv, rq->tenant, e->id, has_hist, hist, err, sizeof err);
             if (st == CURVD_STORE_OK && (set_name || set_labels))
                 st = curvd_svc_set_name_labels(srv, rq->tenant, e->id, set_name, name, set_labels,
                                                labels, err, sizeof err);

@@ -9,9 +9,10 @@ enum { H_PUT, H_PRUNE, H_PAGE, H_OLDEST, H_COUNT_ };
 /* ?1 the session id everywhere. The bound is the session's own
  * history_steps or, when NULL, the daemon's default (bound last). */
 static const char *const history_sql[H_COUNT_] = {
-    [H_PUT] = "INSERT OR REPLACE INTO step_history (session_id, step, at, callbacks, timing, report)"
-              " SELECT ?1, ?2, ?3, ?4, ?5, ?6 FROM sessions"
-              " WHERE id = ?1 AND coalesce(history_steps, ?7) > 0",
+    [H_PUT] =
+        "INSERT OR REPLACE INTO step_history (session_id, step, at, callbacks, timing, report)"
+        " SELECT ?1, ?2, ?3, ?4, ?5, ?6 FROM sessions"
+        " WHERE id = ?1 AND coalesce(history_steps, ?7) > 0",
     /* A range of the primary key: the rows at or before step - bound. */
     [H_PRUNE] = "DELETE FROM step_history WHERE session_id = ?1 AND step <="
                 " (SELECT step - coalesce(history_steps, ?2) FROM sessions WHERE id = ?1)",

@@ -57,9 +57,9 @@ enum stmt_id {
 /* The state lives in state_parts (migration 0003); sessions.state stays
  * an empty blob. */
 static const char *const stmt_sql[S_COUNT_] = {
-    [S_INSERT] = "INSERT INTO sessions (" SESSION_COLS
-                 ", state, idle_ttl_s, name, labels, history_steps)"
-                 " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, x'', ?7, ?8, ?9, ?10)",
+    [S_INSERT] =
+        "INSERT INTO sessions (" SESSION_COLS ", state, idle_ttl_s, name, labels, history_steps)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, x'', ?7, ?8, ?9, ?10)",
     [S_GET] = SESSION_READ SESSION_FROM " WHERE s.id = ?1 AND s.tenant = ?2",
     [S_LIST_FIRST] = SESSION_READ SESSION_FROM " WHERE s.tenant = ?2" LABEL_MATCH
                                                " ORDER BY s.created_at, s.id LIMIT ?3",
@@ -725,7 +725,8 @@ int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s
         rc = s->labels ? sqlite3_bind_text(q, 9, s->labels, -1, SQLITE_STATIC)
                        : sqlite3_bind_null(q, 9);
     if (rc == SQLITE_OK)
-        rc = s->has_history ? sqlite3_bind_int64(q, 10, s->history_steps) : sqlite3_bind_null(q, 10);
+        rc =
+            s->has_history ? sqlite3_bind_int64(q, 10, s->history_steps) : sqlite3_bind_null(q, 10);
     int status = rc == SQLITE_OK ? exec_sql(st, "BEGIN IMMEDIATE", err, errlen)
                                  : db_fail(st, rc, err, errlen, "binding a new session");
     if (status == CURVD_STORE_OK && (rc = sqlite3_step(q)) != SQLITE_DONE) {

@@ -106,11 +106,11 @@ struct curvd_session {
     size_t n_parts;
     int64_t last_step;
     char *last_report;
-    int has_idle_ttl;   /* 0: the daemon's default applies */
-    int64_t idle_ttl_s; /* with has_idle_ttl: seconds, 0 never expires */
-    char *name;         /* or NULL */
-    char *labels;       /* a JSON object of strings, or NULL */
-    int has_history;    /* 0: the daemon's --history applies */
+    int has_idle_ttl;      /* 0: the daemon's default applies */
+    int64_t idle_ttl_s;    /* with has_idle_ttl: seconds, 0 never expires */
+    char *name;            /* or NULL */
+    char *labels;          /* a JSON object of strings, or NULL */
+    int has_history;       /* 0: the daemon's --history applies */
     int64_t history_steps; /* with has_history: steps of history kept, 0 none */
 };
 
@@ -159,11 +159,11 @@ struct curvd_session_new {
     const char *meta;
     int64_t step;
     struct curvd_state_in state;
-    int has_idle_ttl;   /* 0: none of its own (the daemon's default applies) */
-    int64_t idle_ttl_s; /* with has_idle_ttl: seconds, >= 0; 0 never expires */
-    const char *name;   /* or NULL */
-    const char *labels; /* a JSON object of strings (checked by the caller), or NULL */
-    int has_history;    /* 0: none of its own (the daemon's --history applies) */
+    int has_idle_ttl;      /* 0: none of its own (the daemon's default applies) */
+    int64_t idle_ttl_s;    /* with has_idle_ttl: seconds, >= 0; 0 never expires */
+    const char *name;      /* or NULL */
+    const char *labels;    /* a JSON object of strings (checked by the caller), or NULL */
+    int has_history;       /* 0: none of its own (the daemon's --history applies) */
     int64_t history_steps; /* with has_history: 0..CURVD_STORE_HISTORY_MAX */
 };
 

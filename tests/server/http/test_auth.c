@@ -89,6 +89,13 @@ static void test_tenants(void **state)
     assert_int_equal(request(f, "POST", steps, step, NULL), 404);
     su_set_token(TOKEN_A);
     assert_int_equal(request(f, "POST", steps, step, NULL), 200);
+    /* The history is the tenant's own too. */
+    assert_int_equal(request(f, "GET", steps, NULL, NULL), 200);
+    su_set_token(TOKEN_B);
+    assert_int_equal(request(f, "GET", steps, NULL, NULL), 404);
+    su_set_token(NULL);
+    assert_int_equal(request(f, "GET", steps, NULL, NULL), 401);
+    su_set_token(TOKEN_A);
     assert_int_equal(request(f, "DELETE", path, NULL, NULL), 204);
 }
 

@@ -96,7 +96,8 @@ static unsigned char *random_blob(uint64_t seed, size_t n)
 static void create_ok(struct curvd_store *st, const char *tenant, const char *id, const void *state,
                       size_t len)
 {
-    struct curvd_session_new s = {id, tenant, "sgd", NULL, 0, WHOLE(state, len), 0, 0, NULL, NULL, 0, 0};
+    struct curvd_session_new s = {id, tenant, "sgd", NULL, 0, WHOLE(state, len),
+                                  0,  0,      NULL,  NULL, 0, 0};
     assert_store(curvd_store_create(st, &s, NULL, err, sizeof err), CURVD_STORE_OK);
 }
 
@@ -402,7 +403,8 @@ static void test_create_get_delete(void **state)
     curvd_session_clear(&s);
 
     /* A duplicate id conflicts, whatever the tenant; the first one stays. */
-    struct curvd_session_new dup = {"s1", "other", "sgd", NULL, 0, WHOLE("x", 1), 0, 0, NULL, NULL, 0, 0};
+    struct curvd_session_new dup = {"s1", "other", "sgd", NULL, 0, WHOLE("x", 1),
+                                    0,    0,       NULL,  NULL, 0, 0};
     assert_store(curvd_store_create(st, &dup, NULL, err, sizeof err), CURVD_STORE_CONFLICT);
     assert_non_null(strstr(err, "s1"));
     dup.tenant = "acme";
@@ -499,8 +501,8 @@ static void test_list_pagination(void **state)
         if (i % 5 == 0)
             next_ms();
         snprintf(want[i].id, sizeof want[i].id, "s%02d", N - i);
-        struct curvd_session_new in = {want[i].id,     "acme", "sgd", NULL, 0,
-                                       WHOLE(NULL, 0), 0,      0,     NULL, NULL, 0, 0};
+        struct curvd_session_new in = {want[i].id, "acme", "sgd", NULL, 0, WHOLE(NULL, 0),
+                                       0,          0,      NULL,  NULL, 0, 0};
         assert_store(curvd_store_create(st, &in, &want[i].created_at, err, sizeof err),
                      CURVD_STORE_OK);
         char other[16];
@@ -609,8 +611,8 @@ static void test_list_refuses_bad_tokens(void **state)
 static void commit_ok(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
                       const void *state, size_t len, const void *resp, size_t resp_len)
 {
-    struct curvd_step_commit c = {step, WHOLE(state, len), "application/json",
-                                  resp, resp_len,          NULL, NULL, 0};
+    struct curvd_step_commit c = {
+        step, WHOLE(state, len), "application/json", resp, resp_len, NULL, NULL, 0};
     assert_store(curvd_store_commit_step(st, tenant, id, &c, NULL, err, sizeof err),
                  CURVD_STORE_OK);
 }
@@ -647,7 +649,8 @@ static void test_commit_step(void **state)
     /* Ahead, behind, and the same step again: CONFLICT, nothing written. */
     const int64_t wrong[] = {3, 1, 100};
     for (int i = 0; i < 3; i++) {
-        struct curvd_step_commit c = {wrong[i], WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, 0};
+        struct curvd_step_commit c = {wrong[i], WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL,
+                                      0};
         int64_t cur = -1;
         assert_store(curvd_store_commit_step(st, "t", "s", &c, &cur, err, sizeof err),
                      CURVD_STORE_CONFLICT);
@@ -743,7 +746,8 @@ static void test_commit_steps(void **state)
      * through one by one, and the culprit alone is refused. */
     static const char tiny[1];
     const struct curvd_step_commit a3 = {3, WHOLE("a3", 2), "x", "ra3", 3, NULL, NULL, 0},
-                                   b1big = {1, WHOLE(tiny, 1500000000u), "x", "r", 1, NULL, NULL, 0},
+                                   b1big = {1, WHOLE(tiny, 1500000000u), "x", "r", 1, NULL, NULL,
+                                            0},
                                    c2 = {2, WHOLE("c2", 2), "x", "rc2", 3, NULL, NULL, 0};
     struct curvd_commit_item jt[3] = {ITEM("a", &a3), ITEM("b", &b1big), ITEM("c", &c2)};
     struct curvd_commit_item *jtems[3] = {&jt[0], &jt[1], &jt[2]};
@@ -820,7 +824,8 @@ static void test_response_replay(void **state)
     assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err),
                  CURVD_STORE_NOT_FOUND);
     unsigned char *body = random_blob(3, 70000);
-    struct curvd_step_commit c = {1, WHOLE("b", 1), "application/octet-stream", body, 70000, NULL, NULL, 0};
+    struct curvd_step_commit c = {
+        1, WHOLE("b", 1), "application/octet-stream", body, 70000, NULL, NULL, 0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "u", "s", &r, err, sizeof err),
                  CURVD_STORE_NOT_FOUND);
@@ -868,8 +873,8 @@ static void test_step_reports(void **state)
     assert_null(s.last_report);
     curvd_session_clear(&s);
     unsigned char *body = random_blob(5, 70000); /* many overflow pages */
-    struct curvd_step_commit c = {1,    WHOLE("b", 1), "application/json",
-                                  body, 70000,         "{\"rho\":0.25}", NULL, 0};
+    struct curvd_step_commit c = {
+        1, WHOLE("b", 1), "application/json", body, 70000, "{\"rho\":0.25}", NULL, 0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     c.report = "{\"rho\":2}";
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
@@ -945,7 +950,8 @@ static void test_upgrade_keeps_replies(void **state)
     assert_null(s.last_report);
     assert_bytes(s.state, s.state_len, "\x01\x02", 2);
     curvd_session_clear(&s);
-    struct curvd_step_commit c = {2, WHOLE("e", 1), "application/json", "{}", 2, "{\"k\":1}", NULL, 0};
+    struct curvd_step_commit c = {2, WHOLE("e", 1), "application/json", "{}", 2, "{\"k\":1}", NULL,
+                                  0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
     assert_string_equal(s.last_report, "{\"k\":1}");
@@ -962,7 +968,7 @@ static void test_update_state(void **state)
     (void)state;
     struct curvd_store *st = open_ok(db_path("update"), CURVD_DURABILITY_NORMAL);
     struct curvd_session_new in = {"s", "t", "mbag", "{\"a\":1}", 4, WHOLE("old", 3),
-                                   0,   0,   NULL,   NULL, 0, 0};
+                                   0,   0,   NULL,   NULL,        0, 0};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_update_state(st, "t", "s", 4, STATE("new!", 4), "{\"a\":2}", NULL, err,
                                           sizeof err),
@@ -1073,7 +1079,8 @@ static void test_busy(void **state)
     assert_int_equal(sqlite3_open(path, &other), SQLITE_OK);
     assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     /* Writes wait, then give up; reads go on beside the writer (WAL). */
-    struct curvd_session_new in = {"s2", "t", "sgd", NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL, 0, 0};
+    struct curvd_session_new in = {"s2", "t", "sgd", NULL, 0, WHOLE(NULL, 0),
+                                   0,    0,   NULL,  NULL, 0, 0};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_BUSY);
     assert_non_null(strstr(err, "locked"));
     struct curvd_step_commit c = {1, WHOLE("b", 1), "x", "r", 1, NULL, NULL, 0};
@@ -1113,7 +1120,8 @@ static void *worker_main(void *arg)
         w->failures++;
     for (int k = 1; k <= PER_THREAD; k++) {
         int64_t blob[2] = {w->index, k};
-        struct curvd_step_commit c = {k, WHOLE(blob, sizeof blob), "x", blob, sizeof blob, NULL, NULL, 0};
+        struct curvd_step_commit c = {
+            k, WHOLE(blob, sizeof blob), "x", blob, sizeof blob, NULL, NULL, 0};
         if (curvd_store_commit_step(w->st, "t", id, &c, NULL, w->err, sizeof w->err))
             w->failures++;
         /* Everyone also races for the shared session: read, then commit
@@ -1224,8 +1232,9 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
     /* A meta text longer than a page: reading it back allocates. */
     static char meta[30000];
     memset(meta, 'm', sizeof meta - 1);
-    struct curvd_session_new in[2] = {{"a", "t", "sgd", meta, 0, WHOLE(blob, n), 0, 0, NULL, NULL, 0, 0},
-                                      {"b", "t", "sgd", NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL, 0, 0}};
+    struct curvd_session_new in[2] = {
+        {"a", "t", "sgd", meta, 0, WHOLE(blob, n), 0, 0, NULL, NULL, 0, 0},
+        {"b", "t", "sgd", NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL, 0, 0}};
     /* So is a content type of that size (absurd, but it must not crash). */
     static char ctype[20000];
     memset(ctype, 'c', sizeof ctype - 1);
