@@ -6,8 +6,19 @@
 
 enum { H_PUT, H_PRUNE, H_PAGE, H_OLDEST, H_COUNT_ };
 
+/* Steps pruned together: the prune's delete dirties the page at the old
+ * end of the session's rows, so deleting every step would cost each
+ * commit a second page write (measured: docs/NOTES.md, "Step history").
+ * Up to this many steps beyond the bound stay on disk meanwhile, and the
+ * reads leave them out, so a reader sees exactly the bound. */
+#define PRUNE_EVERY 64
+
 /* ?1 the session id everywhere. The bound is the session's own
  * history_steps or, when NULL, the daemon's default (bound last). */
+/* The steps a reader sees are after this one: the bound (?4 the default)
+ * counted back from the session's step. */
+#define KEPT_FROM "(SELECT step - coalesce(history_steps, ?4) FROM sessions WHERE id = ?1)"
+
 static const char *const history_sql[H_COUNT_] = {
     [H_PUT] =
         "INSERT OR REPLACE INTO step_history (session_id, step, at, callbacks, timing, report)"
@@ -16,9 +27,10 @@ static const char *const history_sql[H_COUNT_] = {
     /* A range of the primary key: the rows at or before step - bound. */
     [H_PRUNE] = "DELETE FROM step_history WHERE session_id = ?1 AND step <="
                 " (SELECT step - coalesce(history_steps, ?2) FROM sessions WHERE id = ?1)",
-    [H_PAGE] = "SELECT step, at, callbacks, timing, report FROM step_history"
-               " WHERE session_id = ?1 AND step > ?2 ORDER BY step LIMIT ?3",
-    [H_OLDEST] = "SELECT min(step) FROM step_history WHERE session_id = ?1",
+    [H_PAGE] =
+        "SELECT step, at, callbacks, timing, report FROM step_history"
+        " WHERE session_id = ?1 AND step > ?2 AND step > " KEPT_FROM " ORDER BY step LIMIT ?3",
+    [H_OLDEST] = "SELECT min(step) FROM step_history WHERE session_id = ?1 AND step > " KEPT_FROM,
 };
 
 struct curvd_history {
@@ -96,7 +108,9 @@ int curvd_history_record(struct curvd_history *h, const char *id, const struct c
         return rc;
     }
     rc = finish(q);
-    return rc == SQLITE_DONE ? curvd_history_prune(h, id, default_keep) : rc;
+    if (rc != SQLITE_DONE || c->step % PRUNE_EVERY != 0)
+        return rc;
+    return curvd_history_prune(h, id, default_keep);
 }
 
 /* An owned copy of text column @col (sqlite3_malloc'd), NULL for NULL.
@@ -128,7 +142,7 @@ static int read_rows(sqlite3_stmt *q, size_t limit, struct curvd_history_page *o
 }
 
 int curvd_history_read(struct curvd_history *h, const char *id, int64_t since, size_t limit,
-                       struct curvd_history_page *out)
+                       int64_t default_keep, struct curvd_history_page *out)
 {
     out->items = sqlite3_malloc64((limit ? limit : 1) * sizeof *out->items);
     if (!out->items)
@@ -141,12 +155,16 @@ int curvd_history_read(struct curvd_history *h, const char *id, int64_t since, s
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(q, 3, (sqlite3_int64)limit + 1);
     if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(q, 4, default_keep);
+    if (rc == SQLITE_OK)
         rc = read_rows(q, limit, out);
     (void)sqlite3_reset(q);
     (void)sqlite3_clear_bindings(q);
     q = h->q[H_OLDEST];
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(q, 4, default_keep);
     if (rc == SQLITE_OK && (rc = sqlite3_step(q)) == SQLITE_ROW) {
         out->oldest = sqlite3_column_int64(q, 0); /* NULL reads 0: none kept */
         rc = SQLITE_OK;

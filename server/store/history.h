@@ -23,9 +23,9 @@ void curvd_history_finalize(struct curvd_history *h);
 /*
  * curvd_history_record - inside the caller's write transaction, after the
  * session's step moved to @c->step: add that step's row (unless the
- * session keeps none) and delete the rows older than its bound, the
- * session's history_steps or else @default_keep. Return SQLite's code
- * (SQLITE_DONE on success).
+ * session keeps none) and, every PRUNE_EVERY steps, delete the rows older
+ * than its bound, the session's history_steps or else @default_keep (the
+ * reads never show those). Return SQLite's code (SQLITE_DONE on success).
  */
 int curvd_history_record(struct curvd_history *h, const char *id, const struct curvd_step_commit *c,
                          int64_t at, int64_t default_keep);
@@ -35,9 +35,10 @@ int curvd_history_record(struct curvd_history *h, const char *id, const struct c
 int curvd_history_prune(struct curvd_history *h, const char *id, int64_t default_keep);
 
 /* curvd_history_read - inside the caller's read transaction: the rows of
- * @id after @since, at most @limit, into @out (items, count, more,
- * oldest; not latest). Return SQLITE_OK, SQLITE_NOMEM or SQLite's error. */
+ * @id after @since within its bound (@default_keep as above), at most
+ * @limit, into @out (items, count, more, oldest; not latest). Return
+ * SQLITE_OK, SQLITE_NOMEM or SQLite's error. */
 int curvd_history_read(struct curvd_history *h, const char *id, int64_t since, size_t limit,
-                       struct curvd_history_page *out);
+                       int64_t default_keep, struct curvd_history_page *out);
 
 #endif

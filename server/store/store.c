@@ -1386,7 +1386,7 @@ static int history_locked(struct curvd_store *st, const char *tenant, const char
         return fail(err, errlen, CURVD_STORE_NOT_FOUND, "no session %s", id);
     if (rc != SQLITE_ROW)
         return db_fail(st, rc, err, errlen, "reading a session's step");
-    rc = curvd_history_read(st->hist, id, hq->since, hq->size, hq->page);
+    rc = curvd_history_read(st->hist, id, hq->since, hq->size, st->history_default, hq->page);
     if (rc == SQLITE_NOMEM)
         return no_memory(err, errlen);
     return rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, "reading the history");
