@@ -10,13 +10,37 @@
 #include "store/store.h"
 #include "wire/session_json.h"
 
-/* A setting of a session as a body gives it: absent (*@present 0), null
- * (present, *@has 0: the daemon's default), or a whole number in
- * 0..@max. Return 0, or -1 for anything else. */
-static int setting_from_json(json_t *body, const char *key, int64_t max, int *present, int *has,
-                             int64_t *out)
+/* A session's own setting that a body may give: absent, null (the
+ * daemon's default) or a whole number in 0..@max. */
+struct setting {
+    const char *key, *path;
+    int64_t max;
+    enum curvd_reason reason;
+    const char *expected, *detail;
+};
+
+static const struct setting IDLE_TTL = {
+    "idle_ttl_s",
+    "/idle_ttl_s",
+    CURVD_MAX_IDLE_TTL_S,
+    CURVD_R_INVALID_TTL,
+    "null or an integer of seconds, 0 to 3153600000",
+    "idle_ttl_s must be null (the daemon's default), 0 (never) or seconds"};
+static const struct setting HISTORY = {
+    "history_steps",
+    "/history_steps",
+    CURVD_STORE_HISTORY_MAX,
+    CURVD_R_INVALID_CONFIG,
+    "null or an integer of steps, 0 to 1000000",
+    "history_steps must be null (the daemon's --history), 0 (keep none) or a number of steps "
+    "up to 1000000"};
+
+/* Setting @st as @body gives it: absent (*@present 0), null (present, *@has
+ * 0), or the number in *@out. Return 0, or -1 with its 400 in @rp. */
+static int setting_from_json(const struct curvd_req *rq, struct curvd_reply *rp, json_t *body,
+                             const struct setting *st, int *present, int *has, int64_t *out)
 {
-    json_t *v = json_object_get(body, key);
+    json_t *v = json_object_get(body, st->key);
     *present = v != NULL;
     *has = v && !json_is_null(v);
     *out = 0;
@@ -24,39 +48,12 @@ static int setting_from_json(json_t *body, const char *key, int64_t max, int *pr
         return 0;
     /* Bodies are read with JSON_DECODE_INT_AS_REAL: a whole number. */
     double x = json_is_number(v) ? json_number_value(v) : -1;
-    if (x >= 0 && x <= (double)max && x == (double)(int64_t)x) {
+    if (x >= 0 && x <= (double)st->max && x == (double)(int64_t)x) {
         *out = (int64_t)x;
         return 0;
     }
-    return -1;
-}
-
-/* The session's own idle TTL: seconds >= 0 (0: never). Return 0, or -1
- * with a 400 INVALID_TTL in @rp. */
-static int ttl_from_json(const struct curvd_req *rq, struct curvd_reply *rp, json_t *body,
-                         int *present, int *has, int64_t *ttl)
-{
-    if (setting_from_json(body, "idle_ttl_s", CURVD_MAX_IDLE_TTL_S, present, has, ttl) == 0)
-        return 0;
-    struct curvd_field_error fe = {"/idle_ttl_s", "null or an integer of seconds, 0 to 3153600000",
-                                   NULL};
-    curvd_reply_problem(rp, rq, CURVD_R_INVALID_TTL, &fe, 1,
-                        "idle_ttl_s must be null (the daemon's default), 0 (never) or seconds");
-    return -1;
-}
-
-/* The session's own bound on its step history: steps kept, 0 none.
- * Return 0, or -1 with a 400 INVALID_CONFIG in @rp. */
-static int history_from_json(const struct curvd_req *rq, struct curvd_reply *rp, json_t *body,
-                             int *present, int *has, int64_t *steps)
-{
-    if (setting_from_json(body, "history_steps", CURVD_STORE_HISTORY_MAX, present, has, steps) == 0)
-        return 0;
-    struct curvd_field_error fe = {"/history_steps", "null or an integer of steps, 0 to 1000000",
-                                   NULL};
-    curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1,
-                        "history_steps must be null (the daemon's --history), 0 (keep none) or "
-                        "a number of steps up to 1000000");
+    struct curvd_field_error fe = {st->path, st->expected, NULL};
+    curvd_reply_problem(rp, rq, st->reason, &fe, 1, "%s", st->detail);
     return -1;
 }
 
@@ -264,8 +261,8 @@ CURVD_HANDLER(curvd_h_session_create)
     } else if (!(c = curvd_config_from_json(json_object_get(body, "config"), &fe, path, sizeof path,
                                             detail, sizeof detail))) {
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1, "%s", detail);
-    } else if (ttl_from_json(rq, rp, body, &ttl_given, &has_ttl, &ttl) == 0 &&
-               history_from_json(rq, rp, body, &hist_given, &has_hist, &hist) == 0 &&
+    } else if (setting_from_json(rq, rp, body, &IDLE_TTL, &ttl_given, &has_ttl, &ttl) == 0 &&
+               setting_from_json(rq, rp, body, &HISTORY, &hist_given, &has_hist, &hist) == 0 &&
                name_labels_from_json(rq, rp, body, &set_name, &name, &set_labels, &labels) == 0) {
         struct curvd_svc_settings x = {has_ttl, ttl, name, labels, has_hist, hist};
         create_within_budget(srv, rq, rp, kind, l, c, &x);
@@ -466,8 +463,8 @@ CURVD_HANDLER(curvd_h_session_patch)
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1,
                             "the body may hold config, idle_ttl_s, history_steps, name and labels, "
                             "at least one, and nothing else");
-    } else if (ttl_from_json(rq, rp, body, &ttl_given, &has_ttl, &ttl) != 0 ||
-               history_from_json(rq, rp, body, &hist_given, &has_hist, &hist) != 0 ||
+    } else if (setting_from_json(rq, rp, body, &IDLE_TTL, &ttl_given, &has_ttl, &ttl) != 0 ||
+               setting_from_json(rq, rp, body, &HISTORY, &hist_given, &has_hist, &hist) != 0 ||
                name_labels_from_json(rq, rp, body, &set_name, &name, &set_labels, &labels) != 0) {
         /* answered */
     } else if (!cfg) {
