@@ -56,7 +56,7 @@ Q := $(if $(V),,@)
 
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all lib deps test test-clients test-ui test-unit asan tsan check-symbols check-format check-layers \
+.PHONY: all lib deps test test-clients test-ui check-docker test-unit asan tsan check-symbols check-format check-layers \
         readme-example readme-walkthrough check-openapi spec-check fuzz fuzz-smoke \
         bench run clean format reproduce
 
@@ -241,6 +241,11 @@ test-ui: $(BUILD)/curvd
 	@/usr/bin/python3 tests/ui/dashboard_check.py $(BUILD)/curvd $(BUILD)/ui-dashboard.png; \
 	    rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 77 ]
 
+# The Dockerfile's build stage run in a clean copy of the tree, and its
+# runtime stage checked against the binary (no Docker engine runs here).
+check-docker:
+	@tests/docker/check-dockerfile.sh
+
 # The Python client (pytest) and the C client (cmocka + the MLP example),
 # each against a real daemon.
 test-clients: $(BUILD)/curvd
@@ -259,6 +264,7 @@ test: deps
 	@$(MAKE) --no-print-directory spec-check
 	@$(MAKE) --no-print-directory test-clients
 	@$(MAKE) --no-print-directory test-ui
+	@$(MAKE) --no-print-directory check-docker
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory tsan
 	@$(MAKE) --no-print-directory fuzz-smoke
