@@ -19,6 +19,7 @@
 
 #include "curv.h"
 #include "daemon.h"
+#include "http/auth.h"
 #include "http/http.h"
 #include "http/mem.h"
 #include "store/store.h"
@@ -54,7 +55,8 @@ static const struct flag FLAGS[] = {
      "bytes of optimizer state held in memory before idle sessions are evicted; a session "
      "whose state alone is larger is refused at create and import (422)"},
     {"token-file", "CURVD_TOKEN_FILE", F_STR, OFF(token_file),
-     "file of 'token tenant' lines; when set every /v1 route needs a bearer token"},
+     "file of 'token tenant' lines (tokens of 16 to 256 bytes); when set every /v1 route needs "
+     "a bearer token, and each tenant sees only its own sessions; SIGHUP reads it again"},
     {"log-format", "CURVD_LOG_FORMAT", F_BOOL_LOG, OFF(log_json), "access log: text or json"},
     {"idle-ttl", "CURVD_IDLE_TTL", F_UINT, OFF(idle_ttl_s),
      "seconds after its last write that a session without a TTL of its own is deleted (0: never)"},
@@ -188,6 +190,20 @@ static int setup_memory(void)
     return curvd_store_use_mem();
 }
 
+/* SIGHUP: read the token file again (its tokens from the next request
+ * on); without one, or with a bad one, the tokens stay as they are. */
+static void reload_tokens(struct curvd_server *srv)
+{
+    char err[512];
+    size_t n = 0;
+    if (!srv->auth)
+        fprintf(stderr, "curvd: SIGHUP: no --token-file, nothing to reload (auth stays off)\n");
+    else if (curvd_auth_reload(srv->auth, srv->cfg.token_file, &n, err, sizeof err) != 0)
+        fprintf(stderr, "curvd: SIGHUP: %s; the tokens in use stay\n", err);
+    else
+        fprintf(stderr, "curvd: SIGHUP: %zu tokens from %s\n", n, srv->cfg.token_file);
+}
+
 int main(int argc, char **argv)
 {
     if (setup_memory() != 0) {
@@ -224,6 +240,7 @@ int main(int argc, char **argv)
     sigemptyset(&stop);
     sigaddset(&stop, SIGINT);
     sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -249,7 +266,8 @@ int main(int argc, char **argv)
             srv.cfg.history_steps, srv.cfg.token_file ? "tokens" : "off",
             srv.cfg.log_json ? "json" : "text");
     int sig = 0;
-    sigwait(&stop, &sig);
+    while (sigwait(&stop, &sig) == 0 && sig == SIGHUP)
+        reload_tokens(&srv);
     fprintf(stderr, "curvd: %s received, draining\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     atomic_store(&srv.draining, 1);
     curvd_http_stop(&srv);
