@@ -11,7 +11,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import curvd
@@ -163,31 +162,3 @@ def test_missing_tqdm_or_tensorboard_warns(monkeypatch):
     log.record({"step": 1, "loss": math.pi})  # nothing asked: nothing done
     log.close()
 
-
-def test_sighup_reloads_the_token_file(own_daemon, tmp_path):
-    """The daemon reads its token file again on SIGHUP (server/main.c);
-    a bad file leaves the tokens as they were."""
-    import signal
-    tokens = tmp_path / "tokens"
-    tokens.write_text("token-of-alice-0123456789 alice\n")
-    d = own_daemon("--token-file", str(tokens))
-    with curvd.Client(d.url, token="token-of-carol-5555555555", retries=0) as carol:
-        with pytest.raises(curvd.Unauthorized):
-            list(carol.list_sessions())
-        tokens.write_text("token-of-alice-0123456789 alice\ntoken-of-carol-5555555555 carol\n")
-        d.proc.send_signal(signal.SIGHUP)
-        assert d.wait_for_log("SIGHUP: 2 tokens from")
-        assert list(carol.list_sessions()) == []
-        tokens.write_text("short carol\n")
-        d.proc.send_signal(signal.SIGHUP)
-        assert d.wait_for_log("the tokens in use stay")
-        assert list(carol.list_sessions()) == []
-
-
-def test_sighup_without_a_token_file(own_daemon):
-    import signal
-    d = own_daemon()
-    d.proc.send_signal(signal.SIGHUP)
-    assert d.wait_for_log("no --token-file, nothing to reload")
-    with curvd.Client(d.url) as c:
-        assert c.ready()
