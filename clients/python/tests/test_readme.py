@@ -17,7 +17,7 @@ def examples():
 
 
 def test_the_readme_has_examples():
-    assert len(examples()) == 2
+    assert len(examples()) == 3
 
 
 @pytest.mark.parametrize("index", range(len(examples())))
@@ -30,5 +30,8 @@ def test_readme_example(daemon, layers_refused, index, capsys):
     if index == 0:  # the adoption example: the adopted loop trains the model
         m = re.match(r"loss (\S+), session [0-9a-f]{32}, report \{'optimizer': 'kfac'", out)
         assert m and float(m.group(1)) < 0.5 * math.log(3), out  # half the chance level
-    else:
+    elif index == 1:
         assert "SHAPE_MISMATCH /gradients/0/shape" in out
+    else:  # the history: the three steps with the losses sent
+        keys = "['decode', 'encode', 'save', 'step']"
+        assert out.splitlines() == [f"{t} {1.0 / t} 0 {keys}" for t in (1, 2, 3)], out
