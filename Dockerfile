@@ -1,14 +1,19 @@
-# curvd: multi-stage image. The build stage installs exactly what
-# scripts/install-deps installs (it runs that script), builds and tests;
-# the runtime stage holds only the daemon and its shared libraries.
-# (No Docker engine runs in this project's CI; keep this file simple.)
+# curvd: multi-stage image. The build stage installs what building the
+# daemon needs (scripts/install-deps daemon: no torch, valgrind, clang or
+# browser) and builds it from the sources alone (.dockerignore leaves out
+# build/, var/ and node_modules); the runtime stage holds only the daemon
+# and its shared libraries, runs as the unprivileged user curvd, and keeps
+# the database in the volume /var/lib/curvd.
+# No Docker engine runs in this project's CI: tests/docker/check-dockerfile.sh
+# (make check-docker) runs the build stage's steps in a clean copy of the
+# tree and checks the runtime stage against the binary they build.
 
 FROM debian:bookworm-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends make ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN scripts/install-deps && make build/curvd
+RUN scripts/install-deps daemon && make build/curvd
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \

@@ -18,6 +18,11 @@ int curvd_daemon_open(struct curvd_server *srv, char *err, size_t errlen)
         return -1;
     if (curvd_store_open(srv->cfg.db_path, d, &srv->store, err, errlen) != CURVD_STORE_OK)
         return -1;
+    if (srv->cfg.history_set &&
+        curvd_store_set_history_default(srv->store, srv->cfg.history_steps) != CURVD_STORE_OK) {
+        snprintf(err, errlen, "--history must be 0 to %d steps", CURVD_STORE_HISTORY_MAX);
+        return -1;
+    }
     if (!(srv->metrics = curvd_metrics_new())) {
         snprintf(err, errlen, "out of memory");
         return -1;

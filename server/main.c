@@ -19,12 +19,13 @@
 
 #include "curv.h"
 #include "daemon.h"
+#include "http/auth.h"
 #include "http/http.h"
 #include "http/log.h"
 #include "http/mem.h"
 #include "store/store.h"
 
-enum ftype { F_STR, F_UINT, F_SIZE, F_BOOL_LOG, F_DURABILITY };
+enum ftype { F_STR, F_UINT, F_COUNT, F_SIZE, F_BOOL_LOG, F_DURABILITY };
 
 struct flag {
     const char *name, *env;
@@ -37,11 +38,13 @@ struct flag {
 static const struct flag FLAGS[] = {
     {"listen", "CURVD_LISTEN", F_STR, OFF(listen), "IPv4 address to listen on"},
     {"port", "CURVD_PORT", F_UINT, OFF(port), "TCP port (0: any free port)"},
-    {"db", "CURVD_DB", F_STR, OFF(db_path), "SQLite database file (its folder is created)"},
+    {"db", "CURVD_DB", F_STR, OFF(db_path),
+     "SQLite database file, relative to the working directory unless absolute; its folder is "
+     "created, and its -wal and -shm files sit beside it"},
     {"threads", "CURVD_THREADS", F_UINT, OFF(threads),
      "connection threads (reading requests, small replies)"},
     {"workers", "CURVD_WORKERS", F_UINT, OFF(workers),
-     "compute threads (default: one per CPU): they run steps and other heavy requests off the "
+     "compute threads: they run steps and other heavy requests off the "
      "connection threads, and an idle one helps the steps in flight with their per-layer work, "
      "so a lone K-FAC session uses them all (0: every step on its connection thread, "
      "serially); steps waiting for their group commit hold none"},
@@ -55,22 +58,76 @@ static const struct flag FLAGS[] = {
      "bytes of optimizer state held in memory before idle sessions are evicted; a session "
      "whose state alone is larger is refused at create and import (422)"},
     {"token-file", "CURVD_TOKEN_FILE", F_STR, OFF(token_file),
-     "file of 'token tenant' lines; when set every /v1 route needs a bearer token"},
+     "file of 'token tenant' lines (tokens of 16 to 256 bytes); when set every /v1 route needs "
+     "a bearer token, and each tenant sees only its own sessions; SIGHUP reads it again"},
     {"log-format", "CURVD_LOG_FORMAT", F_BOOL_LOG, OFF(log_json),
      "log lines (the access log and events): text or json; each has a UTC timestamp and a level"},
     {"idle-ttl", "CURVD_IDLE_TTL", F_UINT, OFF(idle_ttl_s),
-     "seconds after its last write that a session without a TTL of its own is deleted (0: never)"},
+     "seconds after its last write that a session without a TTL of its own is deleted (0: never; "
+     "at most 65535 here, a session's own idle_ttl_s may be longer)"},
+    {"history", "CURVD_HISTORY", F_COUNT, OFF(history_steps),
+     "steps of history (reports, time split) each session keeps for GET .../steps, curvctl watch "
+     "and /ui, unless it sets history_steps itself (0: none; at most 1000000)"},
     {"durability", "CURVD_DURABILITY", F_DURABILITY, OFF(durability_full),
      "full: a step survives power loss; normal: it survives a crash of the daemon"},
 };
 #define NFLAGS (sizeof FLAGS / sizeof FLAGS[0])
 
+/* "not set": one worker per CPU. */
+#define WORKERS_PER_CPU 0xffffffffu
+
+/* What each flag is when neither it nor its variable is given. */
+static const struct curvd_config DEFAULTS = {.listen = "127.0.0.1",
+                                             .port = 8080,
+                                             .db_path = "./var/curvd.db",
+                                             .threads = 2,
+                                             .workers = WORKERS_PER_CPU,
+                                             .max_body = (size_t)512 << 20,
+                                             .max_sessions = 10000,
+                                             .max_queue = 1024,
+                                             .mem_budget = (size_t)4 << 30,
+                                             .durability_full = 1,
+                                             .history_steps = CURVD_STORE_HISTORY_DEFAULT,
+                                             .history_set = 1};
+
+/* The default of flag @f as text into @buf. */
+static void default_text(const struct flag *f, char *buf, size_t cap)
+{
+    const void *p = (const char *)&DEFAULTS + f->offset;
+    switch (f->type) {
+    case F_STR:
+        snprintf(buf, cap, "%s", *(const char *const *)p ? *(const char *const *)p : "none");
+        return;
+    case F_UINT:
+    case F_COUNT:
+        if (f->offset == OFF(workers) && *(const unsigned *)p == WORKERS_PER_CPU)
+            snprintf(buf, cap, "one per CPU");
+        else
+            snprintf(buf, cap, "%u", *(const unsigned *)p);
+        return;
+    case F_SIZE:
+        snprintf(buf, cap, "%zu", *(const size_t *)p);
+        return;
+    case F_BOOL_LOG:
+        snprintf(buf, cap, "%s", *(const int *)p ? "json" : "text");
+        return;
+    case F_DURABILITY:
+        snprintf(buf, cap, "%s", *(const int *)p ? "full" : "normal");
+        return;
+    }
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: curvd [--flag=value ...]\n\n"
-                 "Second-order optimization as a network service (HTTP/JSON, SQLite).\n\n");
-    for (size_t i = 0; i < NFLAGS; i++)
-        fprintf(out, "  --%-15s %-22s %s\n", FLAGS[i].name, FLAGS[i].env, FLAGS[i].help);
+                 "Second-order optimization as a network service (HTTP/JSON, SQLite).\n"
+                 "Each flag may be given as its environment variable instead; a flag wins.\n\n");
+    for (size_t i = 0; i < NFLAGS; i++) {
+        char def[64];
+        default_text(&FLAGS[i], def, sizeof def);
+        fprintf(out, "  --%-15s %-22s %s (default: %s)\n", FLAGS[i].name, FLAGS[i].env,
+                FLAGS[i].help, def);
+    }
     fprintf(out, "  --%-15s %-22s %s\n  --%-15s %-22s %s\n", "help", "", "this text", "version", "",
             "print the version");
 }
@@ -88,6 +145,13 @@ static int set_flag(struct curvd_config *c, const struct flag *f, const char *v)
     case F_UINT: {
         unsigned long x = strtoul(v, &end, 10);
         if (errno || end == v || *end || x > 65535)
+            return -1;
+        *(unsigned *)p = (unsigned)x;
+        return 0;
+    }
+    case F_COUNT: {
+        unsigned long x = strtoul(v, &end, 10);
+        if (errno || end == v || *end || *v == '-' || x > CURVD_STORE_HISTORY_MAX)
             return -1;
         *(unsigned *)p = (unsigned)x;
         return 0;
@@ -181,27 +245,30 @@ static int setup_memory(void)
     return curvd_store_use_mem();
 }
 
+/* SIGHUP: read the token file again (its tokens from the next request
+ * on); without one, or with a bad one, the tokens stay as they are. */
+static void reload_tokens(struct curvd_server *srv)
+{
+    char err[512];
+    size_t n = 0;
+    if (!srv->auth)
+        curvd_log(CURVD_LOG_WARN, "SIGHUP: no --token-file, nothing to reload (auth stays off)");
+    else if (curvd_auth_reload(srv->auth, srv->cfg.token_file, &n, err, sizeof err) != 0)
+        curvd_log(CURVD_LOG_ERROR, "SIGHUP: %s; the tokens in use stay", err);
+    else
+        curvd_log(CURVD_LOG_INFO, "SIGHUP: %zu tokens from %s", n, srv->cfg.token_file);
+}
+
 int main(int argc, char **argv)
 {
     if (setup_memory() != 0) {
         fprintf(stderr, "curvd: SQLite refused the allocator\n");
         return 1;
     }
-    struct curvd_server srv = {
-        .cfg = {.listen = "127.0.0.1",
-                .port = 8080,
-                .db_path = "./var/curvd.db",
-                .threads = 2,
-                .workers = 0xffffffffu, /* "not set": one per CPU, below */
-                .max_body = (size_t)512 << 20,
-                .max_sessions = 10000,
-                .max_queue = 1024,
-                .mem_budget = (size_t)4 << 30,
-                .durability_full = 1},
-    };
+    struct curvd_server srv = {.cfg = DEFAULTS};
     if (parse(&srv.cfg, argc, argv) != 0)
         return 2;
-    if (srv.cfg.workers == 0xffffffffu) {
+    if (srv.cfg.workers == WORKERS_PER_CPU) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         srv.cfg.workers = cpus > 0 ? (unsigned)cpus : 2;
     }
@@ -215,6 +282,7 @@ int main(int argc, char **argv)
     sigemptyset(&stop);
     sigaddset(&stop, SIGINT);
     sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -231,17 +299,19 @@ int main(int argc, char **argv)
         curvd_daemon_close(&srv);
         return 1;
     }
-    curvd_log(CURVD_LOG_INFO,
-              "listening on http://%s:%u  version=%s commit=%s db=%s durability=%s threads=%u "
-              "workers=%u max-body=%zu max-sessions=%zu memory-budget=%zu idle-ttl=%u auth=%s "
-              "log=%s",
-              srv.cfg.listen, curvd_http_port(&srv), CURVD_VERSION, curvd_build_commit,
-              srv.cfg.db_path, srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads,
-              srv.cfg.workers, srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget,
-              srv.cfg.idle_ttl_s, srv.cfg.token_file ? "tokens" : "off",
-              srv.cfg.log_json ? "json" : "text");
+    curvd_log(
+        CURVD_LOG_INFO,
+        "listening on http://%s:%u  version=%s commit=%s db=%s durability=%s threads=%u "
+        "workers=%u max-body=%zu max-sessions=%zu memory-budget=%zu idle-ttl=%u history=%u auth=%s "
+        "log=%s",
+        srv.cfg.listen, curvd_http_port(&srv), CURVD_VERSION, curvd_build_commit, srv.cfg.db_path,
+        srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads, srv.cfg.workers,
+        srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget, srv.cfg.idle_ttl_s,
+        srv.cfg.history_steps, srv.cfg.token_file ? "tokens" : "off",
+        srv.cfg.log_json ? "json" : "text");
     int sig = 0;
-    sigwait(&stop, &sig);
+    while (sigwait(&stop, &sig) == 0 && sig == SIGHUP)
+        reload_tokens(&srv);
     curvd_log(CURVD_LOG_INFO, "%s received, draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
     atomic_store(&srv.draining, 1);
     curvd_http_stop(&srv);

@@ -29,6 +29,8 @@ struct curvd_config {
     int durability_full;    /* SQLite synchronous=FULL (else NORMAL) */
     unsigned idle_ttl_s;    /* sessions without a TTL of their own: 0 never expire */
     unsigned sweep_ms;      /* how often idle sessions are looked for; 0: 1000 */
+    unsigned history_steps; /* with history_set: steps of history per session (--history) */
+    int history_set;        /* 0: the store's default (CURVD_STORE_HISTORY_DEFAULT) */
 };
 
 struct curvd_store;

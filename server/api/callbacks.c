@@ -102,6 +102,7 @@ static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct 
             pd->answered_seq = resp.seq;
             pd->answered = asked;
             memcpy(pd->answer_digest, digest, sizeof digest);
+            pd->callbacks++;
             curvd_metrics_callback(srv->metrics, curv_opt_kind_of(e->opt));
         }
         curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &next, delta);

@@ -2,6 +2,7 @@
 /* What several handlers need: JSON bodies, store and registry refusals. */
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -86,4 +87,24 @@ int curvd_take_session(struct curvd_server *srv, const struct curvd_req *rq, str
     if (rs != CURVD_REG_OK)
         curvd_reply_registry_error(rp, rq, rs, why);
     return rs == CURVD_REG_OK ? 0 : -1;
+}
+
+int curvd_query_int(const struct curvd_req *rq, struct curvd_reply *rp, const char *name,
+                    long long min, long long max, long long def, long long *out)
+{
+    const char *text = curvd_req_query(rq, name);
+    char *end = NULL;
+    *out = def;
+    if (!text)
+        return 0;
+    long long v = strtoll(text, &end, 10);
+    if (*text >= '0' && *text <= '9' && !*end && v >= min && v <= max) {
+        *out = v;
+        return 0;
+    }
+    char want[96];
+    snprintf(want, sizeof want, "an integer in %lld..%lld", min, max);
+    struct curvd_field_error fe = {name, want, text};
+    curvd_reply_problem(rp, rq, CURVD_R_INVALID_QUERY, &fe, 1, "bad %s", name);
+    return -1;
 }

@@ -29,6 +29,11 @@ void curvd_reply_registry_error(struct curvd_reply *rp, const struct curvd_req *
 int curvd_take_session(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
                        struct curvd_entry **e);
 
+/* Query parameter @name as an integer in @min..@max (@def when absent):
+ * 0, or -1 with a 400 INVALID_QUERY naming it in @rp. */
+int curvd_query_int(const struct curvd_req *rq, struct curvd_reply *rp, const char *name,
+                    long long min, long long max, long long def, long long *out);
+
 /* h_ops.c */
 CURVD_HANDLER(curvd_h_health);
 CURVD_HANDLER(curvd_h_ready);
@@ -47,5 +52,12 @@ CURVD_HANDLER(curvd_h_session_import);
 /* h_steps.c */
 CURVD_HANDLER(curvd_h_step);
 CURVD_HANDLER(curvd_h_callback);
+
+/* history.c */
+CURVD_HANDLER(curvd_h_step_history);
+
+/* ui.c: the dashboard's files */
+CURVD_HANDLER(curvd_h_ui);
+CURVD_HANDLER(curvd_h_ui_file);
 
 #endif

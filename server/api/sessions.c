@@ -10,28 +10,50 @@
 #include "store/store.h"
 #include "wire/session_json.h"
 
-/* The session's own idle TTL as a body gives it: absent (*@present 0),
- * null (present, *@has 0: the daemon's default), or seconds >= 0 (0:
- * never). Return 0, or -1 with a 400 INVALID_TTL in @rp. */
-static int ttl_from_json(const struct curvd_req *rq, struct curvd_reply *rp, json_t *body,
-                         int *present, int *has, int64_t *ttl)
+/* A session's own setting that a body may give: absent, null (the
+ * daemon's default) or a whole number in 0..@max. */
+struct setting {
+    const char *key, *path;
+    int64_t max;
+    enum curvd_reason reason;
+    const char *expected, *detail;
+};
+
+static const struct setting IDLE_TTL = {
+    "idle_ttl_s",
+    "/idle_ttl_s",
+    CURVD_MAX_IDLE_TTL_S,
+    CURVD_R_INVALID_TTL,
+    "null or an integer of seconds, 0 to 3153600000",
+    "idle_ttl_s must be null (the daemon's default), 0 (never) or seconds"};
+static const struct setting HISTORY = {
+    "history_steps",
+    "/history_steps",
+    CURVD_STORE_HISTORY_MAX,
+    CURVD_R_INVALID_CONFIG,
+    "null or an integer of steps, 0 to 1000000",
+    "history_steps must be null (the daemon's --history), 0 (keep none) or a number of steps "
+    "up to 1000000"};
+
+/* Setting @st as @body gives it: absent (*@present 0), null (present, *@has
+ * 0), or the number in *@out. Return 0, or -1 with its 400 in @rp. */
+static int setting_from_json(const struct curvd_req *rq, struct curvd_reply *rp, json_t *body,
+                             const struct setting *st, int *present, int *has, int64_t *out)
 {
-    json_t *v = json_object_get(body, "idle_ttl_s");
+    json_t *v = json_object_get(body, st->key);
     *present = v != NULL;
     *has = v && !json_is_null(v);
-    *ttl = 0;
+    *out = 0;
     if (!*has)
         return 0;
     /* Bodies are read with JSON_DECODE_INT_AS_REAL: a whole number. */
     double x = json_is_number(v) ? json_number_value(v) : -1;
-    if (x >= 0 && x <= (double)CURVD_MAX_IDLE_TTL_S && x == (double)(int64_t)x) {
-        *ttl = (int64_t)x;
+    if (x >= 0 && x <= (double)st->max && x == (double)(int64_t)x) {
+        *out = (int64_t)x;
         return 0;
     }
-    struct curvd_field_error fe = {"/idle_ttl_s", "null or an integer of seconds, 0 to 3153600000",
-                                   NULL};
-    curvd_reply_problem(rp, rq, CURVD_R_INVALID_TTL, &fe, 1,
-                        "idle_ttl_s must be null (the daemon's default), 0 (never) or seconds");
+    struct curvd_field_error fe = {st->path, st->expected, NULL};
+    curvd_reply_problem(rp, rq, st->reason, &fe, 1, "%s", st->detail);
     return -1;
 }
 
@@ -107,38 +129,34 @@ static void put_name_labels(json_t *j, const char *name, const char *labels)
     json_object_set_new(j, "labels", l ? l : json_object());
 }
 
-/* A session's own TTL in its JSON: seconds, or null for the default. */
-static void put_ttl(json_t *j, int has, int64_t ttl)
+/* A session's own setting in its JSON: the number, or null for the
+ * daemon's default. */
+static void put_setting(json_t *j, const char *key, int has, int64_t v)
 {
     if (j)
-        json_object_set_new(j, "idle_ttl_s", has ? json_integer((json_int_t)ttl) : json_null());
+        json_object_set_new(j, key, has ? json_integer((json_int_t)v) : json_null());
 }
 
 /* Persist a new optimizer under a fresh id (every part of its state),
  * keep it in memory and answer 201 with the session. Takes @o. */
-struct new_extra {
-    int has_ttl;
-    int64_t ttl;
-    const char *name, *labels;
-};
 
 static void register_new(struct curvd_server *srv, const struct curvd_req *rq,
-                         struct curvd_reply *rp, curv_opt *o, const struct new_extra *x)
+                         struct curvd_reply *rp, curv_opt *o, const struct curvd_svc_settings *x)
 {
     char id[CURVD_ID_LEN + 1], err[256];
     json_t *meta = curvd_session_meta(o);
     char *meta_text = json_dumps(meta, JSON_COMPACT | JSON_REAL_PRECISION(17));
     long long step = (long long)curv_opt_steps(o);
     int64_t created = 0;
-    int st = curvd_svc_create_ex(srv, rq->tenant, o, meta_text, x->has_ttl, x->ttl, x->name,
-                                 x->labels, id, &created, err, sizeof err);
+    int st = curvd_svc_create_ex(srv, rq->tenant, o, meta_text, x, id, &created, err, sizeof err);
     if (st == CURVD_SVC_NOMEM) {
         curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "%s", err);
     } else if (st != CURVD_STORE_OK) {
         curvd_reply_store_error(rp, rq, st, err);
     } else {
         json_t *s = curvd_session_json(id, meta_text, step, created, created, 0, NULL);
-        put_ttl(s, x->has_ttl, x->ttl);
+        put_setting(s, "idle_ttl_s", x->has_ttl, x->ttl_s);
+        put_setting(s, "history_steps", x->has_history, x->history_steps);
         put_name_labels(s, x->name, x->labels);
         snprintf(rp->location, sizeof rp->location, "/v1/sessions/%s", id);
         curvd_etag(rp->etag, sizeof rp->etag, step);
@@ -188,7 +206,7 @@ static int check_budget(struct curvd_server *srv, const struct curvd_req *rq,
  * before anything is allocated. */
 static void create_within_budget(struct curvd_server *srv, const struct curvd_req *rq,
                                  struct curvd_reply *rp, curv_opt_kind kind, const curv_layout *l,
-                                 const curv_config *c, const struct new_extra *x)
+                                 const curv_config *c, const struct curvd_svc_settings *x)
 {
     if (check_budget(srv, rq, rp, kind, l, c) != 0)
         return;
@@ -218,17 +236,19 @@ CURVD_HANDLER(curvd_h_session_create)
     json_object_foreach(body, key, v)
     {
         if (strcmp(key, "optimizer") && strcmp(key, "layout") && strcmp(key, "config") &&
-            strcmp(key, "idle_ttl_s") && strcmp(key, "name") && strcmp(key, "labels"))
+            strcmp(key, "idle_ttl_s") && strcmp(key, "name") && strcmp(key, "labels") &&
+            strcmp(key, "history_steps"))
             extra = key;
     }
-    int ttl_given = 0, has_ttl = 0, set_name = 0, set_labels = 0;
-    int64_t ttl = 0;
+    int ttl_given = 0, has_ttl = 0, set_name = 0, set_labels = 0, hist_given = 0, has_hist = 0;
+    int64_t ttl = 0, hist = 0;
     const char *name = NULL;
     char *labels = NULL;
     if (extra) {
         snprintf(path, sizeof path, "/%.100s", extra);
         fe = (struct curvd_field_error){
-            path, "one of optimizer, layout, config, idle_ttl_s, name, labels", extra};
+            path, "one of optimizer, layout, config, idle_ttl_s, history_steps, name, labels",
+            extra};
         curvd_reply_problem(rp, rq, CURVD_R_UNKNOWN_MEMBER, &fe, 1,
                             "unknown member \"%.100s\" in the session", extra);
     } else if (!opt_name || curv_opt_kind_parse(opt_name, &kind) != CURV_OK) {
@@ -240,9 +260,10 @@ CURVD_HANDLER(curvd_h_session_create)
                !(l = curvd_layout_from_json(json_object_get(body, "layout"), &p)) ||
                    !(c = curvd_config_from_json(kind, json_object_get(body, "config"), &p))) {
         curvd_reply_codec_problem(rp, rq, &p);
-    } else if (ttl_from_json(rq, rp, body, &ttl_given, &has_ttl, &ttl) == 0 &&
+    } else if (setting_from_json(rq, rp, body, &IDLE_TTL, &ttl_given, &has_ttl, &ttl) == 0 &&
+               setting_from_json(rq, rp, body, &HISTORY, &hist_given, &has_hist, &hist) == 0 &&
                name_labels_from_json(rq, rp, body, &set_name, &name, &set_labels, &labels) == 0) {
-        struct new_extra x = {has_ttl, ttl, name, labels};
+        struct curvd_svc_settings x = {has_ttl, ttl, name, labels, has_hist, hist};
         create_within_budget(srv, rq, rp, kind, l, c, &x);
     }
     free(labels);
@@ -284,7 +305,7 @@ CURVD_HANDLER(curvd_h_session_import)
     if (!c)
         curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
     else if (check_budget(srv, rq, rp, curv_opt_kind_of(o), curv_opt_layout(o), c) == 0) {
-        struct new_extra none = {0, 0, NULL, NULL};
+        struct curvd_svc_settings none = {0};
         register_new(srv, rq, rp, o, &none); /* takes o */
         o = NULL;
     }
@@ -298,7 +319,8 @@ static json_t *session_json(struct curvd_server *srv, const struct curvd_session
     json_t *j =
         curvd_session_json(s->id, s->meta, (long long)s->step, (long long)s->created_at,
                            (long long)s->updated_at, (long long)s->last_step, s->last_report);
-    put_ttl(j, s->has_idle_ttl, s->idle_ttl_s);
+    put_setting(j, "idle_ttl_s", s->has_idle_ttl, s->idle_ttl_s);
+    put_setting(j, "history_steps", s->has_history, s->history_steps);
     put_name_labels(j, s->name, s->labels);
     long long step = 0;
     uint64_t seq = 0;
@@ -331,15 +353,10 @@ CURVD_HANDLER(curvd_h_session_get)
 
 CURVD_HANDLER(curvd_h_session_list)
 {
-    const char *ps = curvd_req_query(rq, "page_size");
     const char *token = curvd_req_query(rq, "page_token");
-    char *end = NULL;
-    long size = ps ? strtol(ps, &end, 10) : 100;
-    if (ps && (*end || size < 1 || size > CURVD_STORE_MAX_PAGE)) {
-        struct curvd_field_error fe = {"page_size", "an integer in 1..1000", ps};
-        curvd_reply_problem(rp, rq, CURVD_R_INVALID_QUERY, &fe, 1, "bad page_size");
+    long long size;
+    if (curvd_query_int(rq, rp, "page_size", 1, CURVD_STORE_MAX_PAGE, 100, &size) != 0)
         return;
-    }
     /* label=key=value: the sessions with that label. */
     const char *label = curvd_req_query(rq, "label");
     char key[CURVD_LABEL_KEY_MAX + 1] = "";
@@ -421,11 +438,11 @@ static int reconfigure_durably(struct curvd_server *srv, const struct curvd_req 
     return st;
 }
 
-/* What a PATCH changes in the row alone (its name, labels and idle TTL),
+/* What a PATCH changes in the row alone (name, labels, idle TTL, history),
  * as the body gives it. */
 struct row_edit {
-    int ttl_given, has_ttl, set_name, set_labels;
-    int64_t ttl;
+    int ttl_given, has_ttl, set_name, set_labels, hist_given, has_hist;
+    int64_t ttl, hist;
     const char *name;
     char *labels; /* owned */
 };
@@ -438,6 +455,8 @@ static void edit_row_and_reply(struct curvd_server *srv, const struct curvd_req 
     struct curvd_session s = {0};
     if (st == CURVD_STORE_OK && x->ttl_given)
         st = curvd_svc_set_idle_ttl(srv, rq->tenant, id, x->has_ttl, x->ttl, err, errlen);
+    if (st == CURVD_STORE_OK && x->hist_given)
+        st = curvd_svc_set_history(srv, rq->tenant, id, x->has_hist, x->hist, err, errlen);
     if (st == CURVD_STORE_OK && (x->set_name || x->set_labels))
         st = curvd_svc_set_name_labels(srv, rq->tenant, id, x->set_name, x->name, x->set_labels,
                                        x->labels, err, errlen);
@@ -497,7 +516,7 @@ static const char *patch_extra(json_t *body)
     json_object_foreach(body, key, v)
     {
         if (strcmp(key, "config") && strcmp(key, "idle_ttl_s") && strcmp(key, "name") &&
-            strcmp(key, "labels"))
+            strcmp(key, "labels") && strcmp(key, "history_steps"))
             return key;
     }
     return NULL;
@@ -515,14 +534,18 @@ CURVD_HANDLER(curvd_h_session_patch)
     const char *extra = patch_extra(body);
     if (extra) {
         snprintf(path, sizeof path, "/%.100s", extra);
-        struct curvd_field_error fe = {path, "config, idle_ttl_s, name or labels", extra};
+        struct curvd_field_error fe = {path, "config, idle_ttl_s, history_steps, name or labels",
+                                       extra};
         curvd_reply_problem(rp, rq, CURVD_R_UNKNOWN_MEMBER, &fe, 1,
                             "unknown member \"%.100s\" in the PATCH body", extra);
     } else if (json_object_size(body) == 0) {
         struct curvd_field_error fe = {"/config", "an object of hyperparameters", NULL};
         curvd_reply_problem(rp, rq, CURVD_R_INVALID_CONFIG, &fe, 1,
-                            "the body may hold config, idle_ttl_s, name and labels, at least one");
-    } else if (ttl_from_json(rq, rp, body, &x.ttl_given, &x.has_ttl, &x.ttl) != 0 ||
+                            "the body may hold config, idle_ttl_s, history_steps, name and labels, "
+                            "at least one");
+    } else if (setting_from_json(rq, rp, body, &IDLE_TTL, &x.ttl_given, &x.has_ttl, &x.ttl) != 0 ||
+               setting_from_json(rq, rp, body, &HISTORY, &x.hist_given, &x.has_hist, &x.hist) !=
+                   0 ||
                name_labels_from_json(rq, rp, body, &x.set_name, &x.name, &x.set_labels,
                                      &x.labels) != 0) {
         /* answered */

@@ -23,20 +23,58 @@
 
 static const char *const encoding_names[] = {"json", "b64", "binary"};
 
-char *curvd_step_report(const curv_opt *o)
+/* The name of choice @value of enum hyperparameter @name of @kind, or
+ * NULL when @name is not an enum parameter (or @value not a choice). The
+ * name is copied into @buf. */
+static const char *enum_choice(curv_opt_kind kind, const char *name, double value, char *buf,
+                               size_t cap)
+{
+    curv_param_info pi;
+    for (size_t i = 0; i < curv_opt_param_count(kind); i++) {
+        if (curv_opt_param_info(kind, i, &pi) != CURV_OK || strcmp(pi.name, name) != 0)
+            continue;
+        if (pi.type != CURV_PARAM_ENUM || !pi.choices || value < 0 || value != floor(value))
+            return NULL;
+        const char *c = pi.choices;
+        for (double k = 0; k < value && c; k++)
+            if ((c = strchr(c, '|')))
+                c++;
+        if (!c)
+            return NULL;
+        size_t n = strcspn(c, "|");
+        snprintf(buf, cap, "%.*s", (int)n, c);
+        return buf;
+    }
+    return NULL;
+}
+
+char *curvd_step_report(const curv_opt *o, const double *loss)
 {
     struct curvd_out out;
     curvd_out_init(&out);
     curvd_out_lit(&out, "{\"optimizer\":");
-    curvd_out_string(&out, curv_opt_kind_name(curv_opt_kind_of(o)));
+    curv_opt_kind kind = curv_opt_kind_of(o);
+    curvd_out_string(&out, curv_opt_kind_name(kind));
     const curv_report_entry *ent;
     size_t n = curv_opt_report(o, &ent);
+    int has_loss = 0;
+    for (size_t i = 0; i < n; i++)
+        has_loss |= strcmp(ent[i].name, "loss") == 0;
+    if (loss && !has_loss && isfinite(*loss)) {
+        curvd_out_lit(&out, ",\"loss\":");
+        curvd_out_real(&out, *loss);
+    }
     for (size_t i = 0; i < n; i++)
         if (isfinite(ent[i].value)) {
+            char name[64];
+            const char *choice = enum_choice(kind, ent[i].name, ent[i].value, name, sizeof name);
             curvd_out_lit(&out, ",");
             curvd_out_string(&out, ent[i].name);
             curvd_out_lit(&out, ":");
-            curvd_out_real(&out, ent[i].value);
+            if (choice)
+                curvd_out_string(&out, choice);
+            else
+                curvd_out_real(&out, ent[i].value);
         }
     curvd_out_raw(&out, "}", 2); /* with its NUL */
     if (curvd_out_finish(&out, NULL) != 0) {

@@ -47,7 +47,25 @@ struct step_job {
     size_t body_len, json_len;
     char *report;
     char ctype[96];
+    char timing[192];
 };
+
+_Static_assert(CURVD_T_COUNT <= CURVD_PEND_PHASES, "curvd_pending.spent holds every phase");
+
+/* The time the step's exchanges spent so far: its earlier ones (kept in
+ * @pd) and this one's (@rp), as a JSON object of ms. The commit's own
+ * time is not known yet when the row is written. */
+static void step_timing(char *buf, size_t cap, const struct curvd_pending *pd,
+                        const struct curvd_reply *rp)
+{
+    static const char *const names[] = {"decode", "step", "encode", "save"};
+    size_t n = (size_t)snprintf(buf, cap, "{");
+    for (int i = 0; i < CURVD_T_COMMIT && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s\"%s\":%.3f", i ? "," : "", names[i],
+                              (pd->spent[i] + rp->timing[i]) * 1e3);
+    if (n < cap)
+        snprintf(buf + n, cap - n, "}");
+}
 
 static void step_job_free(struct step_job *j)
 {
@@ -150,12 +168,15 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
     curvd_stored_type(j->ctype, sizeof j->ctype, pd->dtype, (enum curvd_encoding)pd->encoding);
     j->report = *report;
     *report = NULL;
+    step_timing(j->timing, sizeof j->timing, pd, rp);
     j->s.c = (struct curvd_step_commit){.step = pd->step,
                                         .content_type = j->ctype,
                                         .response = wire,
                                         .response_len = wire_len,
                                         .report = j->report,
-                                        .request_digest = pd->request_digest};
+                                        .request_digest = pd->request_digest,
+                                        .timing = j->timing,
+                                        .callbacks = pd->callbacks};
     j->s.srv = srv;
     j->s.e = e;
     j->s.tenant = rq->tenant;
@@ -189,6 +210,8 @@ static void reply_callback(const struct curvd_req *rq, struct curvd_reply *rp,
     pd->last_len = len;
     pd->last_json_len = binary ? out->json_len : 0;
     curvd_reply_tensors(rp, 202, body, len, pd->last_json_len, curvd_mem_free);
+    for (int i = 0; i < CURVD_T_COUNT; i++) /* this exchange's time, for the history */
+        pd->spent[i] += rp->timing[i];
     curvd_callback_url(e, rp->location, sizeof rp->location); /* the callback's "url" */
 }
 
@@ -219,7 +242,7 @@ void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
         encoded = curvd_encode_callback(&out, e, &p);
         curvd_timing_lap(rp, CURVD_T_ENCODE);
     } else {
-        report = curvd_step_report(e->opt);
+        report = curvd_step_report(e->opt, pd->has_loss ? &pd->loss : NULL);
         encoded =
             report ? curvd_encode_update(&out, pd->step, curv_opt_layout(e->opt), delta, pd->dtype,
                                          (enum curvd_encoding)pd->encoding, report, &p)
@@ -263,8 +286,11 @@ static void apply_step(struct curvd_server *srv, const struct curvd_req *rq, str
     curvd_timing_lap(rp, CURVD_T_STEP);
     if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
         free(e->pend.last);
-        e->pend =
-            (struct curvd_pending){.step = in->step, .dtype = in->dtype, .encoding = in->encoding};
+        e->pend = (struct curvd_pending){.step = in->step,
+                                         .dtype = in->dtype,
+                                         .encoding = in->encoding,
+                                         .loss = in->loss,
+                                         .has_loss = in->has_loss};
         snprintf(e->pend.request_digest, sizeof e->pend.request_digest, "%s", digest);
     }
     curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &req, delta);

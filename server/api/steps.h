@@ -34,9 +34,11 @@ void curvd_callback_url(const struct curvd_entry *e, char *buf, size_t cap);
 /* ---- Reply bodies (step_reply.c) ---------------------------------------- */
 
 /* curvd_step_report - the step's report as compact JSON text (release with
- * curvd_mem_free), or NULL when out of memory: the optimizer's name and
- * every finite figure of curv_opt_report (the library computes them all). */
-char *curvd_step_report(const curv_opt *o);
+ * curvd_mem_free), or NULL when out of memory: the optimizer's name, the
+ * @loss the trainer sent (NULL: none) unless the kind reports its own, and
+ * every finite figure of curv_opt_report (the library computes them all),
+ * an enum hyperparameter's by the name of its value ("mode": "adaptive"). */
+char *curvd_step_report(const curv_opt *o, const double *loss);
 
 /* curvd_encode_update - the 200 body {"step", "update": [...], "report"}
  * into @out (finished), @report being curvd_step_report()'s text.

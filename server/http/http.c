@@ -80,7 +80,8 @@ struct rctx {
     struct curvd_req rq;
     struct curvd_reply rp;
     struct curvd_captures caps;
-    atomic_int parties; /* a deferred reply waits for its handler and its finish */
+    char tenant[CURVD_TENANT_CAP]; /* rq.tenant when auth is on: a copy, so a reload may free */
+    atomic_int parties;            /* a deferred reply waits for its handler and its finish */
     struct curvd_server *srv;
     struct curvd_pool_job job; /* on the worker pool */
 };
@@ -392,9 +393,9 @@ static enum MHD_Result dispatch(struct curvd_server *srv, struct MHD_Connection 
         curvd_reply_problem(rp, rq, CURVD_R_TOO_LARGE, NULL, 0,
                             "the request body exceeds the limit of %zu bytes", srv->cfg.max_body);
     } else if (rt && rt->auth && srv->auth &&
-               !(rq->tenant =
-                     curvd_auth_tenant(srv->auth, MHD_lookup_connection_value(c, MHD_HEADER_KIND,
-                                                                              "Authorization")))) {
+               !(rq->tenant = curvd_auth_tenant(
+                     srv->auth, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization"),
+                     x->tenant, sizeof x->tenant))) {
         rq->tenant = "default";
         curvd_reply_problem(rp, rq, CURVD_R_UNAUTHORIZED, NULL, 0,
                             "this route needs 'Authorization: Bearer <token>' with a known token");

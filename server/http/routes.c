@@ -35,10 +35,17 @@ const struct curvd_route curvd_routes[] = {
      .handler = curvd_h_session_delete, .name = "sessions.delete", .auth = 1},
     {.method = "GET", .pattern = "/v1/sessions/{id}/state",
      .handler = curvd_h_session_export, .name = "sessions.export", .auth = 1, .heavy = 1},
+    {.method = "GET", .pattern = "/v1/sessions/{id}/steps",
+     .handler = curvd_h_step_history, .name = "steps.list", .auth = 1},
     {.method = "POST", .pattern = "/v1/sessions/{id}/steps",
      .handler = curvd_h_step, .name = "steps.post", .auth = 1, .heavy = 1},
     {.method = "POST", .pattern = "/v1/sessions/{id}/steps/{n}/callbacks/{cb}",
      .handler = curvd_h_callback, .name = "callbacks.post", .auth = 1, .heavy = 1},
+    /* The dashboard's files: static, no token (its API calls carry one). */
+    {.method = "GET", .pattern = "/ui",
+     .handler = curvd_h_ui, .name = "ui"},
+    {.method = "GET", .pattern = "/ui/{file}",
+     .handler = curvd_h_ui_file, .name = "ui.file"},
 };
 /* clang-format on */
 const size_t curvd_route_count = sizeof curvd_routes / sizeof curvd_routes[0];

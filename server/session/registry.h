@@ -15,6 +15,8 @@
 #include "curv.h"
 
 #define CURVD_ID_LEN 32
+/* Room for the phases a step's exchanges time (at least CURVD_T_COUNT). */
+#define CURVD_PEND_PHASES 8
 
 struct curvd_registry;
 
@@ -32,6 +34,13 @@ struct curvd_pending {
     /* What a re-post is compared with (wire/request_digest.h, text with
      * its NUL): the step's request, and the answer to @answered_seq. */
     char request_digest[41], answer_digest[41];
+    /* For the step's history: the loss the trainer sent with it, the
+     * callbacks answered so far, and the seconds its earlier exchanges
+     * spent per phase (http.h's CURVD_T_*). */
+    double loss;
+    int has_loss;
+    unsigned callbacks;
+    double spent[CURVD_PEND_PHASES];
 };
 
 /* The parts of a session's state as the store holds them now (their

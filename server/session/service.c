@@ -144,12 +144,13 @@ static void new_id(char out[CURVD_ID_LEN + 1])
 int curvd_svc_create(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
                      char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen)
 {
-    return curvd_svc_create_ex(srv, tenant, o, meta, 0, 0, NULL, NULL, id, created, err, errlen);
+    const struct curvd_svc_settings none = {0};
+    return curvd_svc_create_ex(srv, tenant, o, meta, &none, id, created, err, errlen);
 }
 
 int curvd_svc_create_ex(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
-                        int has_ttl, int64_t ttl_s, const char *name, const char *labels,
-                        char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen)
+                        const struct curvd_svc_settings *x, char id[CURVD_ID_LEN + 1],
+                        int64_t *created, char *err, size_t errlen)
 {
     unsigned char *blob = NULL;
     curv_state_part *parts = NULL;
@@ -169,10 +170,12 @@ int curvd_svc_create_ex(struct curvd_server *srv, const char *tenant, curv_opt *
         .meta = meta,
         .step = (int64_t)curv_opt_steps(o),
         .state = {.blob = blob, .len = len, .parts = parts, .n_parts = n_parts},
-        .has_idle_ttl = has_ttl,
-        .idle_ttl_s = ttl_s,
-        .name = name,
-        .labels = labels};
+        .has_idle_ttl = x->has_ttl,
+        .idle_ttl_s = x->ttl_s,
+        .name = x->name,
+        .labels = x->labels,
+        .has_history = x->has_history,
+        .history_steps = x->history_steps};
     int st = curvd_store_create(srv->store, &row, created, err, errlen);
     struct curvd_committed committed = {NULL, 0};
     if (st == CURVD_STORE_OK)
@@ -294,6 +297,14 @@ long curvd_svc_expire(struct curvd_server *srv, int64_t now_ms, char *err, size_
         if (n < EXPIRE_BATCH)
             return total;
     }
+}
+
+int curvd_svc_set_history(struct curvd_server *srv, const char *tenant, const char *id, int has,
+                          int64_t steps, char *err, size_t errlen)
+{
+    return curvd_svc_valid_id(id)
+               ? curvd_store_set_history(srv->store, tenant, id, has, steps, err, errlen)
+               : CURVD_STORE_NOT_FOUND;
 }
 
 int curvd_svc_set_idle_ttl(struct curvd_server *srv, const char *tenant, const char *id, int has,

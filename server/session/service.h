@@ -76,12 +76,27 @@ void curvd_svc_abandon(struct curvd_server *srv, struct curvd_entry *e);
 int curvd_svc_create(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
                      char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen);
 
-/* curvd_svc_create_ex - curvd_svc_create with the session's own idle TTL
+/* curvd_svc_settings - a new session's own settings: its idle TTL
  * (@has_ttl 0: none, the daemon's default applies), @name and @labels
- * (JSON text; either may be NULL). */
+ * (JSON text; either may be NULL), its history bound (@has_history 0:
+ * the daemon's --history). All borrowed. */
+struct curvd_svc_settings {
+    int has_ttl;
+    int64_t ttl_s;
+    const char *name, *labels;
+    int has_history;
+    int64_t history_steps;
+};
+
+/* curvd_svc_create_ex - curvd_svc_create with the settings @x. */
 int curvd_svc_create_ex(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
-                        int has_ttl, int64_t ttl_s, const char *name, const char *labels,
-                        char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen);
+                        const struct curvd_svc_settings *x, char id[CURVD_ID_LEN + 1],
+                        int64_t *created, char *err, size_t errlen);
+
+/* curvd_svc_set_history - set session @id's history bound (see
+ * curvd_store_set_history). Returns the store's status. */
+int curvd_svc_set_history(struct curvd_server *srv, const char *tenant, const char *id, int has,
+                          int64_t steps, char *err, size_t errlen);
 
 /* curvd_svc_set_name_labels - set session @id's name and/or labels (see
  * curvd_store_set_name_labels). Returns the store's status. */

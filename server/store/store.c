@@ -11,6 +11,7 @@
 
 #include "store/batch.h"
 #include "store/checkpoint.h"
+#include "store/history.h"
 #include "store/migrations.h"
 #include "store/trouble.h"
 
@@ -49,7 +50,7 @@ enum stmt_id {
  * step's number and report, by a join that never reads a reply's body. */
 #define SESSION_READ                                                                               \
     "SELECT s.id, s.tenant, s.optimizer, s.meta, s.created_at, s.updated_at, s.step,"              \
-    " r.step, r.report, s.idle_ttl_s, s.name, s.labels"
+    " r.step, r.report, s.idle_ttl_s, s.name, s.labels, s.history_steps"
 /* The list's label filter: ?5 a JSON path '$."key"' (NULL: none), ?6 the value. */
 #define LABEL_MATCH " AND (?5 IS NULL OR json_extract(s.labels, ?5) IS ?6)"
 #define SESSION_FROM " FROM sessions AS s LEFT JOIN step_responses AS r ON r.session_id = s.id"
@@ -57,8 +58,9 @@ enum stmt_id {
 /* The state lives in state_parts (migration 0003); sessions.state stays
  * an empty blob. */
 static const char *const stmt_sql[S_COUNT_] = {
-    [S_INSERT] = "INSERT INTO sessions (" SESSION_COLS ", state, idle_ttl_s, name, labels)"
-                 " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, x'', ?7, ?8, ?9)",
+    [S_INSERT] =
+        "INSERT INTO sessions (" SESSION_COLS ", state, idle_ttl_s, name, labels, history_steps)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, x'', ?7, ?8, ?9, ?10)",
     [S_GET] = SESSION_READ SESSION_FROM " WHERE s.id = ?1 AND s.tenant = ?2",
     [S_LIST_FIRST] = SESSION_READ SESSION_FROM " WHERE s.tenant = ?2" LABEL_MATCH
                                                " ORDER BY s.created_at, s.id LIMIT ?3",
@@ -103,6 +105,8 @@ struct curvd_store {
     struct curvd_batcher *commits;   /* group commit, on a thread of its own */
     struct curvd_checkpointer *ckpt; /* WAL checkpoints on a thread of their own */
     struct curvd_trouble trouble;    /* storage failures, the reserve (trouble.h) */
+    struct curvd_history *hist;      /* the step history's statements */
+    int64_t history_default;         /* under mu: --history */
 };
 
 static void commit_batch(void *ctx, struct curvd_batch_item **links, size_t n);
@@ -619,6 +623,9 @@ static int setup(struct curvd_store *st, enum curvd_durability durability, char 
         if (rc != SQLITE_OK)
             status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
     }
+    if (status == CURVD_STORE_OK && (rc = curvd_history_prepare(st->db, &st->hist)) != SQLITE_OK)
+        status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
+    st->history_default = CURVD_STORE_HISTORY_DEFAULT;
     return status;
 }
 
@@ -681,6 +688,7 @@ void curvd_store_close(struct curvd_store *st)
      * sqlite3_close() has no reason left to fail. */
     for (int i = 0; i < S_COUNT_; i++)
         (void)sqlite3_finalize(st->stmt[i]);
+    curvd_history_finalize(st->hist);
     (void)sqlite3_close(st->db);
     curvd_trouble_clear(&st->trouble);
     sqlite3_free(st);
@@ -741,7 +749,8 @@ int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s
                        int64_t *created_at, char *err, size_t errlen)
 {
     if (!st || !s || !s->id || !s->tenant || !s->optimizer || s->step < 0 ||
-        !valid_state(&s->state) || (s->has_idle_ttl && s->idle_ttl_s < 0))
+        !valid_state(&s->state) || (s->has_idle_ttl && s->idle_ttl_s < 0) ||
+        (s->has_history && (s->history_steps < 0 || s->history_steps > CURVD_STORE_HISTORY_MAX)))
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_create: invalid argument");
     int64_t now = now_ms();
     /* A new session has nothing stored: every part is written. */
@@ -759,6 +768,9 @@ int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s
     if (rc == SQLITE_OK)
         rc = s->labels ? sqlite3_bind_text(q, 9, s->labels, -1, SQLITE_STATIC)
                        : sqlite3_bind_null(q, 9);
+    if (rc == SQLITE_OK)
+        rc =
+            s->has_history ? sqlite3_bind_int64(q, 10, s->history_steps) : sqlite3_bind_null(q, 10);
     int status = rc == SQLITE_OK ? exec_sql(st, "BEGIN IMMEDIATE", err, errlen)
                                  : db_fail(st, rc, err, errlen, "binding a new session");
     if (status == CURVD_STORE_OK && (rc = sqlite3_step(q)) != SQLITE_DONE) {
@@ -797,6 +809,8 @@ static int read_session(sqlite3_stmt *q, struct curvd_session *o)
     o->last_step = sqlite3_column_int64(q, 7);
     o->has_idle_ttl = sqlite3_column_type(q, 9) != SQLITE_NULL;
     o->idle_ttl_s = o->has_idle_ttl ? sqlite3_column_int64(q, 9) : 0;
+    o->has_history = sqlite3_column_type(q, 12) != SQLITE_NULL;
+    o->history_steps = o->has_history ? sqlite3_column_int64(q, 12) : 0;
     return 0;
 }
 
@@ -1033,7 +1047,8 @@ static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
     const size_t errlen = sizeof it->err;
     sqlite3_stmt *q = st->stmt[S_COMMIT], *r = st->stmt[S_PUT_RESPONSE];
     int changes = 0;
-    int rc = bind(q, "ttii", it->id, it->tenant, c->step, now_ms());
+    int64_t now = now_ms();
+    int rc = bind(q, "ttii", it->id, it->tenant, c->step, now);
     int status = rc == SQLITE_OK ? run(st, q, &changes, "updating a session", err, errlen)
                                  : db_fail(st, rc, err, errlen, "binding parameters");
     done(q);
@@ -1048,6 +1063,9 @@ static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
                                  : db_fail(st, rc, err, errlen, "binding parameters");
         done(r);
     }
+    if (status == CURVD_STORE_OK &&
+        (rc = curvd_history_record(st->hist, it->id, c, now, st->history_default)) != SQLITE_DONE)
+        status = db_fail(st, rc, err, errlen, "recording the step's history");
     return status;
 }
 
@@ -1055,7 +1073,7 @@ static int valid_item(const struct curvd_commit_item *it)
 {
     const struct curvd_step_commit *c = it->c;
     return it->tenant && it->id && c && c->step >= 1 && c->content_type && valid_state(&c->state) &&
-           (c->response || !c->response_len);
+           (c->response || !c->response_len) && c->callbacks >= 0;
 }
 
 /* The items in one transaction; on a failure that is not one item's own,
@@ -1412,4 +1430,93 @@ int curvd_store_health(struct curvd_store *st, char *err, size_t errlen)
     if (curvd_trouble_status(&st->trouble, why, sizeof why) == 0)
         return CURVD_STORE_OK;
     return fail(err, errlen, CURVD_STORE_ERROR, "%s", why);
+}
+
+/* The body of curvd_store_history(), inside its read transaction. */
+struct history_query {
+    int64_t since;
+    size_t size;
+    struct curvd_history_page *page;
+};
+
+static int history_locked(struct curvd_store *st, const char *tenant, const char *id, int unused,
+                          void *out, char *err, size_t errlen)
+{
+    (void)unused;
+    struct history_query *hq = out;
+    sqlite3_stmt *q = st->stmt[S_STEP_OF];
+    int rc = bind(q, "tt", id, tenant);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(q);
+    if (rc == SQLITE_ROW)
+        hq->page->latest = sqlite3_column_int64(q, 0);
+    done(q);
+    if (rc == SQLITE_DONE)
+        return fail(err, errlen, CURVD_STORE_NOT_FOUND, "no session %s", id);
+    if (rc != SQLITE_ROW)
+        return db_fail(st, rc, err, errlen, "reading a session's step");
+    rc = curvd_history_read(st->hist, id, hq->since, hq->size, st->history_default, hq->page);
+    if (rc == SQLITE_NOMEM)
+        return no_memory(err, errlen);
+    return rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, "reading the history");
+}
+
+int curvd_store_history(struct curvd_store *st, const char *tenant, const char *id, int64_t since,
+                        size_t page_size, struct curvd_history_page *out, char *err, size_t errlen)
+{
+    if (!st || !tenant || !id || !out || since < 0 || page_size < 1 ||
+        page_size > CURVD_STORE_MAX_PAGE)
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_history: invalid argument");
+    struct curvd_history_page page = {0};
+    struct history_query hq = {since, page_size, &page};
+    int status = read_tx(st, history_locked, tenant, id, 0, &hq, err, errlen);
+    if (status == CURVD_STORE_OK)
+        *out = page;
+    else
+        curvd_history_page_clear(&page);
+    return status;
+}
+
+int curvd_store_set_history_default(struct curvd_store *st, int64_t steps)
+{
+    if (!st || steps < 0 || steps > CURVD_STORE_HISTORY_MAX)
+        return CURVD_STORE_INVALID;
+    sqlite3_mutex_enter(st->mu);
+    st->history_default = steps;
+    sqlite3_mutex_leave(st->mu);
+    return CURVD_STORE_OK;
+}
+
+int curvd_store_set_history(struct curvd_store *st, const char *tenant, const char *id, int has,
+                            int64_t steps, char *err, size_t errlen)
+{
+    if (!st || !tenant || !id || (has && (steps < 0 || steps > CURVD_STORE_HISTORY_MAX)))
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_set_history: invalid argument");
+    sqlite3_mutex_enter(st->mu);
+    sqlite3_stmt *q = NULL;
+    int changes = 0;
+    int rc = sqlite3_prepare_v2(st->db,
+                                "UPDATE sessions SET history_steps = ?3, updated_at = ?4"
+                                " WHERE id = ?1 AND tenant = ?2",
+                                -1, &q, NULL);
+    if (rc == SQLITE_OK)
+        rc = bind(q, "tt-i", id, tenant, now_ms());
+    if (rc == SQLITE_OK)
+        rc = has ? sqlite3_bind_int64(q, 3, steps) : sqlite3_bind_null(q, 3);
+    int status = rc == SQLITE_OK ? exec_sql(st, "BEGIN IMMEDIATE", err, errlen)
+                                 : db_fail(st, rc, err, errlen, "binding parameters");
+    if (status == CURVD_STORE_OK)
+        status = run(st, q, &changes, "setting the history bound", err, errlen);
+    if (status == CURVD_STORE_OK && changes == 0)
+        status = fail(err, errlen, CURVD_STORE_NOT_FOUND, "no session %s", id);
+    if (status == CURVD_STORE_OK &&
+        (rc = curvd_history_prune(st->hist, id, st->history_default)) != SQLITE_DONE)
+        status = db_fail(st, rc, err, errlen, "pruning the history");
+    if (status == CURVD_STORE_OK)
+        status = exec_sql(st, "COMMIT", err, errlen);
+    if (status != CURVD_STORE_OK)
+        rollback(st);
+    (void)sqlite3_finalize(q);
+    sqlite3_mutex_leave(st->mu);
+    return status;
 }

@@ -46,8 +46,12 @@
 #define CURVD_STORE_PAGE_SIZE 16384
 /* Default wait for another writer before CURVD_STORE_BUSY, in ms. */
 #define CURVD_STORE_BUSY_TIMEOUT_MS 5000
-/* Largest page of curvd_store_list(). */
+/* Largest page of curvd_store_list() and curvd_store_history(). */
 #define CURVD_STORE_MAX_PAGE 1000
+/* Steps of history a session keeps unless told otherwise (--history). */
+#define CURVD_STORE_HISTORY_DEFAULT 1000
+/* The most steps of history a session may keep. */
+#define CURVD_STORE_HISTORY_MAX 1000000
 
 /* Codes are never renumbered, only appended. */
 #define CURVD_STORE_STATUS_MAP(X)                                                                  \
@@ -103,10 +107,12 @@ struct curvd_session {
     size_t n_parts;
     int64_t last_step;
     char *last_report;
-    int has_idle_ttl;   /* 0: the daemon's default applies */
-    int64_t idle_ttl_s; /* with has_idle_ttl: seconds, 0 never expires */
-    char *name;         /* or NULL */
-    char *labels;       /* a JSON object of strings, or NULL */
+    int has_idle_ttl;      /* 0: the daemon's default applies */
+    int64_t idle_ttl_s;    /* with has_idle_ttl: seconds, 0 never expires */
+    char *name;            /* or NULL */
+    char *labels;          /* a JSON object of strings, or NULL */
+    int has_history;       /* 0: the daemon's --history applies */
+    int64_t history_steps; /* with has_history: steps of history kept, 0 none */
 };
 
 /* curvd_session_clear - free what @s owns and zero it; NULL is a no-op. */
@@ -154,10 +160,12 @@ struct curvd_session_new {
     const char *meta;
     int64_t step;
     struct curvd_state_in state;
-    int has_idle_ttl;   /* 0: none of its own (the daemon's default applies) */
-    int64_t idle_ttl_s; /* with has_idle_ttl: seconds, >= 0; 0 never expires */
-    const char *name;   /* or NULL */
-    const char *labels; /* a JSON object of strings (checked by the caller), or NULL */
+    int has_idle_ttl;      /* 0: none of its own (the daemon's default applies) */
+    int64_t idle_ttl_s;    /* with has_idle_ttl: seconds, >= 0; 0 never expires */
+    const char *name;      /* or NULL */
+    const char *labels;    /* a JSON object of strings (checked by the caller), or NULL */
+    int has_history;       /* 0: none of its own (the daemon's --history applies) */
+    int64_t history_steps; /* with has_history: 0..CURVD_STORE_HISTORY_MAX */
 };
 
 /*
@@ -198,6 +206,8 @@ void curvd_step_response_clear(struct curvd_step_response *r);
  * JSON, or NULL) and @request_digest (a text naming the request the step
  * answered, compared when it is posted again; or NULL). @response may be
  * NULL when @response_len is 0.
+ * The step's history row (curvd_store_history) holds @report, @timing (a
+ * JSON object's text, or NULL) and @callbacks (>= 0).
  * Ownership: all borrowed, and never copied by the store itself (SQLite
  * copies them once into its pages).
  */
@@ -209,7 +219,55 @@ struct curvd_step_commit {
     size_t response_len;
     const char *report;
     const char *request_digest;
+    const char *timing;
+    int64_t callbacks;
 };
+
+/*
+ * curvd_history_entry - one step of a session's history as committed:
+ * @at the commit's unix ms, @callbacks the exchanges it took, @timing and
+ * @report JSON texts (NULL when none was stored).
+ * curvd_history_page - @count entries in step order; @more is 1 when steps
+ * after the last one are kept too; @oldest the first step kept (0: none)
+ * and @latest the session's completed steps, read with the page.
+ * Ownership: owned; curvd_history_page_clear().
+ */
+struct curvd_history_entry {
+    int64_t step, at, callbacks;
+    char *timing;
+    char *report;
+};
+struct curvd_history_page {
+    struct curvd_history_entry *items;
+    size_t count;
+    int more;
+    int64_t oldest, latest;
+};
+
+/* curvd_history_page_clear - free what @p owns and zero it; NULL is a no-op. */
+void curvd_history_page_clear(struct curvd_history_page *p);
+
+/*
+ * curvd_store_history - the steps after @since (>= 0) of session @id of
+ * @tenant, at most @page_size (1..CURVD_STORE_MAX_PAGE), oldest first, all
+ * read in one transaction. Return: OK; NOT_FOUND (absent, or another
+ * tenant's); INVALID; BUSY; ERROR.
+ */
+int curvd_store_history(struct curvd_store *st, const char *tenant, const char *id, int64_t since,
+                        size_t page_size, struct curvd_history_page *out, char *err, size_t errlen);
+
+/* curvd_store_set_history_default - the steps of history kept by sessions
+ * without a setting of their own, 0..CURVD_STORE_HISTORY_MAX (the daemon's
+ * --history; CURVD_STORE_HISTORY_DEFAULT until set). It applies from their
+ * next step. Return: OK; INVALID. */
+int curvd_store_set_history_default(struct curvd_store *st, int64_t steps);
+
+/* curvd_store_set_history - set session @id's own bound on its history
+ * (@has 0: none of its own, the default applies; else @steps, 0 keeps
+ * none) and, in the same transaction, delete the steps it no longer keeps.
+ * Return: OK; NOT_FOUND; INVALID; BUSY; ERROR. */
+int curvd_store_set_history(struct curvd_store *st, const char *tenant, const char *id, int has,
+                            int64_t steps, char *err, size_t errlen);
 
 /* curvd_store_use_mem - give SQLite's memory to curvd_mem (before any
  * other SQLite call). 0, or -1 when SQLite refuses. */

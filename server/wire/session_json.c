@@ -259,14 +259,21 @@ curv_config *curvd_opt_config(const curv_opt *o)
     return c;
 }
 
-static json_t *rfc3339(long long ms)
+void curvd_rfc3339(char *buf, size_t cap, long long ms)
 {
     time_t secs = (time_t)(ms / 1000);
     struct tm tm;
     gmtime_r(&secs, &tm);
-    char buf[40];
-    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-    return json_sprintf("%s.%03lldZ", buf, ms % 1000);
+    char day[40];
+    strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, cap, "%s.%03lldZ", day, ms % 1000);
+}
+
+static json_t *rfc3339(long long ms)
+{
+    char buf[64];
+    curvd_rfc3339(buf, sizeof buf, ms);
+    return json_string(buf);
 }
 
 /* {"step", "report"} of the latest step, or null when there is no report

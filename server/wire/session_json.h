@@ -37,4 +37,7 @@ curv_config *curvd_opt_config(const curv_opt *o);
 json_t *curvd_session_json(const char *id, const char *meta, long long step, long long created_ms,
                            long long updated_ms, long long last_step, const char *report);
 
+/* curvd_rfc3339 - unix ms @ms as "2026-01-02T03:04:05.678Z" (UTC). */
+void curvd_rfc3339(char *buf, size_t cap, long long ms);
+
 #endif

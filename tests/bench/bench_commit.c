@@ -78,7 +78,8 @@ static void bstore_open(struct bstore *b, int i, int cov, const unsigned char *b
     if (status != CURVD_STORE_OK)
         store_fail("opening a store", status, err);
     b->parts = i == PARTS_FULL || i == PARTS_NORMAL;
-    struct curvd_session_new row = {"s", "t", "kfac", NULL, 0, {blob, len, p, n, NULL, 0}};
+    struct curvd_session_new row = {"s", "t", "kfac", NULL, 0, {blob, len, p, n, NULL, 0},
+                                    0,   0,   NULL,   NULL, 0, 0};
     if (!b->parts)
         row.state.parts = NULL, row.state.n_parts = 0;
     if ((status = curvd_store_create(b->st, &row, NULL, err, sizeof err)) != CURVD_STORE_OK)
@@ -93,7 +94,8 @@ static double bstore_commit(struct bstore *b, int64_t k, const unsigned char *bl
     char err[256], reply[32];
     int rlen = snprintf(reply, sizeof reply, "{\"step\":%lld}", (long long)k);
     struct curvd_step_commit c = {
-        k, {blob, len, NULL, 0, NULL, 0}, "application/json", reply, (size_t)rlen, NULL, NULL};
+        k, {blob, len, NULL, 0, NULL, 0}, "application/json", reply, (size_t)rlen, NULL, NULL, NULL,
+        0};
     if (b->parts)
         c.state = (struct curvd_state_in){blob, len, p, n, b->committed, b->n_committed};
     double t0 = ae_now();

@@ -643,9 +643,12 @@ def scenario(ck, d):
     good_create = {"optimizer": "sgd", "layout": LAYOUT}
     # (counted with conv and fat in the listing below)
     ttl = c(d, "createSession", "POST", "/v1/sessions", ctype=J, expect=201, note="idle TTL",
-            body=dict(good_create, idle_ttl_s=86400, name="a run", labels={"run": "x"}))
+            body=dict(good_create, idle_ttl_s=86400, name="a run", labels={"run": "x"},
+                      history_steps=10))
     if ttl is not None and (not ttl.json or ttl.json.get("idle_ttl_s") != 86400):
         ck.failures.append("createSession idle TTL: idle_ttl_s not echoed")
+    if ttl is not None and (not ttl.json or ttl.json.get("history_steps") != 10):
+        ck.failures.append("createSession: history_steps not echoed")
     c(d, "createSession", "POST", "/v1/sessions", ctype=J, expect=400, note="TTL not a number",
       body=dict(good_create, idle_ttl_s="1h"))
     c(d, "createSession", "POST", "/v1/sessions", ctype="text/plain", body=good_create,
@@ -807,6 +810,31 @@ def scenario(ck, d):
                                      or (r.json.get("last_step") or {}).get("step") != 4):
         ck.fail("getSession after patch", r, "expected step 4, lr 0.04 and last_step 4")
 
+    # The step history: four steps kept, paged by since.
+    r = c(d, "listSteps", "GET", f"{base}/steps", expect=200)
+    if r is not None and r.json and [e["step"] for e in r.json["steps"]] != [1, 2, 3, 4]:
+        ck.fail("listSteps", r, "expected steps 1-4")
+    r = c(d, "listSteps", "GET", f"{base}/steps?page_size=3", expect=200, note="a page")
+    if r is not None and r.json and r.json.get("next_since") != 3:
+        ck.fail("listSteps page", r, "expected next_since 3")
+    c(d, "listSteps", "GET", f"{base}/steps?since=3&page_size=1000", expect=200, note="since")
+    c(d, "listSteps", "GET", f"{base}/steps?page_size=0", expect=400, note="page_size 0")
+    c(d, "listSteps", "GET", f"{base}/steps?since=-1", expect=400, note="negative since")
+    c(d, "listSteps", "GET", f"{missing}/steps", expect=404, note="unknown session")
+    c(d, "patchSession", "PATCH", base, ctype=J, body={"history_steps": 2}, expect=200,
+      note="history bound")
+    r = c(d, "listSteps", "GET", f"{base}/steps", expect=200, note="after lowering the bound")
+    if r is not None and r.json and (r.json.get("oldest_step") != 3 or len(r.json["steps"]) != 2):
+        ck.fail("listSteps after PATCH", r, "expected steps 3-4 only")
+    c(d, "patchSession", "PATCH", base, ctype=J, body={"history_steps": None}, expect=200,
+      note="history bound: the default")
+    c(d, "patchSession", "PATCH", base, ctype=J, body={"history_steps": -1}, expect=400,
+      note="negative history bound")
+    c(d, "dashboard", "GET", "/ui", expect=200)
+    c(d, "dashboardFile", "GET", "/ui/app.js", expect=200, note="script")
+    c(d, "dashboardFile", "GET", "/ui/style.css", expect=200, note="style sheet")
+    c(d, "dashboardFile", "GET", "/ui/nothing.js", expect=404, note="unknown file")
+
     # Callbacks: no optimizer of this version asks for one.
     c(d, "answerCallback", "POST", f"{base}/steps/5/callbacks/cb1", ctype=J,
       body={"values": {"name": "v", "shape": [1], "datatype": "FP64", "data": [1.0]}},
@@ -898,6 +926,11 @@ def auth_scenario(ck, d, fat_blob):
     c(d, "patchSession", "PATCH", path, ctype=J, body={"config": {"lr": 0.05}}, expect=401,
       good=False, note="no token")
     c(d, "exportSession", "GET", f"{path}/state", expect=401, note="no token")
+    c(d, "listSteps", "GET", f"{path}/steps", expect=401, note="no token")
+    c(d, "listSteps", "GET", f"{path}/steps", headers=bob, expect=404,
+      note="bob: another tenant's")
+    c(d, "listSteps", "GET", f"{path}/steps", headers=alice, expect=200, note="alice")
+    c(d, "dashboard", "GET", "/ui", expect=200, note="no token: the page asks for one")
     c(d, "importSession", "POST", "/v1/sessions:import", ctype="application/octet-stream",
       body=fat_blob, expect=401, good=False, note="no token")
     c(d, "answerCallback", "POST", f"{path}/steps/1/callbacks/cb1", ctype=J, expect=401,

@@ -35,12 +35,14 @@ static const struct command COMMANDS[] = {
      "create a session from a state blob; prints the new id"},
     {"delete", ctl_cmd_delete, "ID...\n", "delete sessions, one line per id"},
     {"watch", ctl_cmd_watch,
-     "ID [--interval S] [--count N] [--since STEP] [--fields A,B,...]\n"
+     "ID [--interval S] [--count N] [--since STEP] [--fields A,B,...] [--format F]\n"
      "  --interval S      seconds between polls (default 1)\n"
      "  --count N         exit after N rows (default: run until Ctrl-C)\n"
      "  --since STEP      show steps after STEP (default: the step the session is at)\n"
-     "  --fields A,B,...  the report's fields to show (default: every numeric field)\n",
-     "one row per newly completed step with its report's numbers"},
+     "  --fields A,B,...  the report's fields to show (default: every numeric field)\n"
+     "  --format F        table (default), csv (step, at, callbacks, the fields, the\n"
+     "                    time split in ms) or json (one history entry per line)\n",
+     "one row per completed step (from the session's history) with its report's numbers"},
 };
 enum { N_COMMANDS = sizeof COMMANDS / sizeof COMMANDS[0] };
 

@@ -153,6 +153,11 @@ void curvc_session_set_keep(curvc_session *s, int keep);
  * after its last write (0: never; -1: the daemon's --idle-ttl). */
 curvc_status curvc_session_set_idle_ttl(curvc_session *s, long long seconds, curvc_error *err);
 
+/* curvc_session_set_history - how many of its latest steps the session
+ * keeps in its history (GET .../steps; 0: none); -1 goes back to the
+ * daemon's --history. */
+curvc_status curvc_session_set_history(curvc_session *s, long long steps, curvc_error *err);
+
 /* curvc_session_delete - delete the session on the daemon (@s stays valid
  * until curvc_session_free()). */
 curvc_status curvc_session_delete(curvc_session *s, curvc_error *err);
@@ -164,6 +169,17 @@ curvc_status curvc_session_patch(curvc_session *s, const char *config_json, curv
  * is now (config, layout, step, last_step...). Ownership: the caller
  * free()s *@json. */
 curvc_status curvc_session_get_json(curvc_session *s, char **json, curvc_error *err);
+
+/*
+ * curvc_session_steps_json - one page of the session's step history
+ * (GET /v1/sessions/{id}/steps): the steps after @since, at most
+ * @page_size (1..1000), oldest first, as the daemon's {"steps": [...],
+ * "latest_step", "oldest_step", "next_since"} JSON text.
+ * Return: CURVC_OK; CURVC_E_INVALID; CURVC_E_PROBLEM (e.g. 404);
+ * CURVC_E_TRANSPORT; ... Ownership: the caller free()s *@json.
+ */
+curvc_status curvc_session_steps_json(curvc_session *s, unsigned long long since, size_t page_size,
+                                      char **json, curvc_error *err);
 
 /* curvc_session_info - the description the session was made from (the
  * reply of create, open or import) as JSON text. Ownership: borrowed,

@@ -206,20 +206,34 @@ curvc_status curvc_session_close(curvc_session *s, curvc_error *err)
     return st;
 }
 
-curvc_status curvc_session_set_idle_ttl(curvc_session *s, long long seconds, curvc_error *err)
+/* PATCH one of the session's own settings: @value, or null when -1. */
+static curvc_status patch_setting(curvc_session *s, const char *key, long long value,
+                                  curvc_error *err)
 {
-    if (!s || seconds < -1)
-        return curvc__fail(err, CURVC_E_INVALID, "curvc_session_set_idle_ttl: invalid argument");
-    char path[96], body[64];
+    char path[96], body[96];
     snprintf(path, sizeof path, "/v1/sessions/%s", s->id);
-    if (seconds < 0)
-        snprintf(body, sizeof body, "{\"idle_ttl_s\":null}");
+    if (value < 0)
+        snprintf(body, sizeof body, "{\"%s\":null}", key);
     else
-        snprintf(body, sizeof body, "{\"idle_ttl_s\":%lld}", seconds);
+        snprintf(body, sizeof body, "{\"%s\":%lld}", key, value);
     struct curvc_reply r = {0};
     curvc_status st = curvc__request(s->client, "PATCH", path, body, strlen(body), 0, 1, &r, err);
     curvc__reply_clear(&r);
     return st;
+}
+
+curvc_status curvc_session_set_idle_ttl(curvc_session *s, long long seconds, curvc_error *err)
+{
+    if (!s || seconds < -1)
+        return curvc__fail(err, CURVC_E_INVALID, "curvc_session_set_idle_ttl: invalid argument");
+    return patch_setting(s, "idle_ttl_s", seconds, err);
+}
+
+curvc_status curvc_session_set_history(curvc_session *s, long long steps, curvc_error *err)
+{
+    if (!s || steps < -1)
+        return curvc__fail(err, CURVC_E_INVALID, "curvc_session_set_history: invalid argument");
+    return patch_setting(s, "history_steps", steps, err);
 }
 
 curvc_status curvc_session_get_json(curvc_session *s, char **json, curvc_error *err)
@@ -229,6 +243,19 @@ curvc_status curvc_session_get_json(curvc_session *s, char **json, curvc_error *
     char path[96];
     size_t len;
     snprintf(path, sizeof path, "/v1/sessions/%s", s->id);
+    return get_body(s->client, path, json, &len, err);
+}
+
+curvc_status curvc_session_steps_json(curvc_session *s, unsigned long long since, size_t page_size,
+                                      char **json, curvc_error *err)
+{
+    if (!s || !json || page_size == 0)
+        return curvc__fail(err, CURVC_E_INVALID,
+                           "curvc_session_steps_json: NULL argument or page size 0");
+    char path[160];
+    size_t len;
+    snprintf(path, sizeof path, "/v1/sessions/%s/steps?since=%llu&page_size=%zu", s->id, since,
+             page_size);
     return get_body(s->client, path, json, &len, err);
 }
 

@@ -165,6 +165,20 @@ static void expect_status(const struct run *r, int status)
 
 /* ---- The daemon, through libcurvc ----------------------------------------------- */
 
+/* The daemon's history of @s: its "steps" array (at most 1000). */
+static json_t *daemon_steps(curvc_session *s)
+{
+    char *text = NULL;
+    curvc_error err;
+    assert_int_equal(curvc_session_steps_json(s, 0, 1000, &text, &err), CURVC_OK);
+    json_t *j = json_loads(text, 0, NULL);
+    free(text);
+    json_t *steps = json_incref(json_object_get(j, "steps"));
+    json_decref(j);
+    assert_non_null(steps);
+    return steps;
+}
+
 /* One step with a gradient that follows from @seed; the step's report. */
 static json_t *step(curvc_session *s, unsigned seed)
 {
@@ -682,23 +696,85 @@ static void test_watch(void **state)
     }
     finish(&w, 0);
 
-    /* Steps it could not see are said to be skipped, never invented. */
+    /* Every step the daemon keeps is shown, however old: the history. */
     struct run r;
-    RUN(&r, "--json", "watch", id, "--since", "2", "--count", "1");
+    RUN(&r, "--json", "watch", id, "--since", "2", "--count", "3");
     expect_status(&r, 0);
-    json_t *row = parse(r.out), *want = daemon_get(c, id);
-    assert_int_equal(json_integer_value(json_object_get(row, "skipped")), 3);
-    json_object_del(row, "skipped");
-    expect_json_equal(row, json_object_get(want, "last_step"));
-    json_decref(row);
-    json_decref(want);
+    json_t *hist = daemon_steps(s);
+    const char *at = r.out;
+    for (int k = 0; k < 3; k++) {
+        const char *nl = strchr(at, '\n');
+        assert_non_null(nl);
+        char one[4096];
+        snprintf(one, sizeof one, "%.*s", (int)(nl - at), at);
+        json_t *row = parse(one);
+        assert_int_equal(json_integer_value(json_object_get(row, "skipped")), 0);
+        json_object_del(row, "skipped");
+        expect_json_equal(row, json_array_get(hist, 2 + (size_t)k)); /* steps 3, 4, 5 */
+        json_decref(row);
+        at = nl + 1;
+    }
     run_free(&r);
-    RUN(&r, "watch", id, "--since", "4", "--count", "1", "--fields", "update_norm,nope");
+
+    /* CSV: a header, then one row per step with the figures in full. */
+    RUN(&r, "watch", id, "--since", "0", "--count", "6", "--format", "csv", "--fields",
+        "update_norm,nope");
     expect_status(&r, 0);
-    assert_non_null(strstr(r.out, "(step 5 completed between polls"));
+    at = r.out;
+    const char *nl = strchr(at, '\n');
+    assert_non_null(nl);
+    assert_memory_equal(at,
+                        "step,at,callbacks,update_norm,nope,decode_ms,step_ms,encode_ms,save_ms\n",
+                        (size_t)(nl - at + 1));
+    for (size_t k = 0; k < 6; k++) {
+        at = nl + 1;
+        nl = strchr(at, '\n');
+        assert_non_null(nl);
+        json_t *e = json_array_get(hist, k);
+        char want[160];
+        snprintf(want, sizeof want, "%zu,%s,0,", k + 1,
+                 json_string_value(json_object_get(e, "at")));
+        assert_memory_equal(at, want, strlen(want));
+        char *end = NULL;
+        double un = strtod(at + strlen(want), &end);
+        assert_true(un ==
+                    json_real_value(json_object_get(json_object_get(e, "report"), "update_norm")));
+        assert_memory_equal(end, ",,", 2); /* "nope" is empty */
+    }
+    assert_string_equal(nl + 1, "");
+    run_free(&r);
+    json_decref(hist);
+
+    /* Steps the daemon no longer keeps are said to be missing, never
+     * invented: with a history of 2 steps, 3-5 are gone after step 7. */
+    curvc_error err;
+    assert_int_equal(curvc_session_set_history(s, 2, &err), CURVC_OK);
+    json_decref(step(s, 30));
+    RUN(&r, "watch", id, "--since", "2", "--count", "1", "--fields", "update_norm,nope");
+    expect_status(&r, 0);
+    assert_non_null(strstr(r.out, "(steps 3-5 no longer kept by the daemon"));
     assert_int_equal(line_words(r.out, "    step ", heads, 16), 3);
     assert_string_equal(heads[2], "nope");
+    assert_non_null(strstr(r.out, "\n       6 "));
     run_free(&r);
+    RUN(&r, "--json", "watch", id, "--since", "2", "--count", "1");
+    expect_status(&r, 0);
+    json_t *row = parse(r.out);
+    assert_int_equal(json_integer_value(json_object_get(row, "step")), 6);
+    assert_int_equal(json_integer_value(json_object_get(row, "skipped")), 3);
+    assert_non_null(strstr(r.err, "(steps 3-5 no longer kept"));
+    json_decref(row);
+    run_free(&r);
+    /* A session that keeps none: every step is said to be missing. */
+    assert_int_equal(curvc_session_set_history(s, 0, &err), CURVC_OK);
+    start_watch(&w, ARGS("watch", id, "--interval", "0.02"));
+    json_decref(step(s, 31));
+    read_line(w.out, line, sizeof line);
+    assert_non_null(strstr(line, "(step 8 no longer kept"));
+    kill(w.pid, SIGINT);
+    finish(&w, 0);
+    assert_int_equal(curvc_session_set_history(s, -1, &err), CURVC_OK);
+    json_decref(step(s, 32)); /* step 9, kept */
 
     /* Rows that cannot be written end it with exit 1, in both forms. */
     for (int json = 0; json < 2; json++) {
@@ -715,7 +791,6 @@ static void test_watch(void **state)
     kill(w.pid, SIGINT);
     finish(&w, 0);
     start_watch(&w, ARGS("watch", id, "--interval", "0.02"));
-    curvc_error err;
     assert_int_equal(curvc_session_delete(s, &err), CURVC_OK);
     finish(&w, 1);
 
@@ -725,6 +800,7 @@ static void test_watch(void **state)
                                 ARGS("watch", id, "--interval", "0"),
                                 ARGS("watch", id, "--since", "-1"),
                                 ARGS("watch", id, "--fields", ","),
+                                ARGS("watch", id, "--format", "xml"),
                                 ARGS("watch", "no/such")};
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         run_in(&r, NULL, 0, NO_TTY, bad[k]);

@@ -12,6 +12,7 @@ up the binary encodings). curvd.torch is a PyTorch optimizer on top.
 
 from .callbacks import Callback, CurvatureOracle, StepResult
 from .client import Client, Session
+from .progress import StepLog
 from .errors import (BadRequest, CallbackError, CallbackOutOfOrder, Conflict, CurvdError,
                      FieldError, NoCallbackPending, NonFinite, NonFiniteValue, NotFound, PayloadTooLarge,
                      PreconditionFailed, ProblemError, ProtocolError, ServerError,
@@ -27,7 +28,7 @@ __all__ = [
     "CurvatureOracle", "CurvdError", "FieldError", "NoCallbackPending", "NonFinite", "NonFiniteValue",
     "NotFound",
     "PayloadTooLarge", "PreconditionFailed", "ProblemError", "ProtocolError", "ServerError",
-    "ServiceUnavailable", "Session", "SessionBusy", "SessionUnloadable", "StepMismatch",
+    "ServiceUnavailable", "Session", "SessionBusy", "SessionUnloadable", "StepLog", "StepMismatch",
     "StepOutOfOrder",
     "StepResult",
     "TransportError", "Unauthorized", "Unprocessable", "UnsupportedMediaType",

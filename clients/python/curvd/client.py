@@ -50,6 +50,21 @@ class _Reply:
             raise ProtocolError(f"binary reply with an unreadable JSON header: {e}") from e
 
 
+def server_timing_seconds(header: Optional[str]) -> float:
+    """The total of a Server-Timing header's durations, in seconds
+    ("decode;dur=1.250, step;dur=0.031" -> 0.001281); 0 when absent."""
+    total = 0.0
+    for metric in (header or "").split(","):
+        for param in metric.split(";")[1:]:
+            k, _, v = param.strip().partition("=")
+            if k == "dur":
+                try:
+                    total += float(v)
+                except ValueError:
+                    pass
+    return total / 1e3
+
+
 class Client:
     """A connection to one curvd daemon.
 
@@ -89,6 +104,10 @@ class Client:
         self._conn = None
         self._conn_used = False  # the connection has served a request before
         self.requests_sent = 0  # every attempt, retries included
+        # Seconds spent in requests (wall time here) and what the daemon's
+        # Server-Timing headers say it spent on them, over the client's life.
+        self.request_seconds = 0.0
+        self.server_seconds = 0.0
 
     def close(self) -> None:
         if self._conn is not None:
@@ -134,6 +153,7 @@ class Client:
         self._conn_used = True
         if resp.will_close:
             self.close()
+        self.server_seconds += server_timing_seconds(resp.headers.get("Server-Timing"))
         return _Reply(resp.status, resp.headers, data)
 
     def request(self, method: str, path: str, body: Optional[bytes] = None,
@@ -148,6 +168,13 @@ class Client:
         if self._token:
             hdrs["Authorization"] = f"Bearer {self._token}"
         hdrs.update(headers or {})
+        t0 = time.perf_counter()
+        try:
+            return self._request(method, path, body, hdrs, idempotent)
+        finally:
+            self.request_seconds += time.perf_counter() - t0
+
+    def _request(self, method, path, body, hdrs, idempotent) -> _Reply:
         deadline = self._clock() + self.retry_budget
         attempt = 0
         while True:
@@ -221,17 +248,21 @@ class Client:
     def create_session(self, optimizer: str, layout: List[dict],
                        config: Optional[dict] = None, *, idle_ttl_s=_DEFAULT,
                        name: Optional[str] = None, labels: Optional[Dict[str, str]] = None,
-                       keep: bool = False) -> "Session":
+                       keep: bool = False, history_steps=_DEFAULT) -> "Session":
         """A new session. idle_ttl_s: seconds after its last write that the
         daemon deletes it (0: never; None: the daemon's --idle-ttl; left
         out: the same). keep: whether Session.close() (and leaving a with
         block) leaves it on the daemon; by default they delete it. name,
-        labels: free text and key/value strings (list_sessions(label=...))."""
+        labels: free text and key/value strings (list_sessions(label=...)).
+        history_steps: how many of its latest steps the daemon keeps for
+        steps() (0: none; None or left out: the daemon's --history)."""
         doc = {"optimizer": optimizer, "layout": layout}
         if config:
             doc["config"] = config
         if idle_ttl_s is not Client._DEFAULT:
             doc["idle_ttl_s"] = idle_ttl_s
+        if history_steps is not Client._DEFAULT:
+            doc["history_steps"] = history_steps
         if name is not None:
             doc["name"] = name
         if labels:
@@ -273,6 +304,34 @@ class Client:
         daemon's default. Counts as use (the idle clock starts again)."""
         return Session(self, self._json("PATCH", f"/v1/sessions/{session_id}",
                                         {"idle_ttl_s": seconds}))
+
+    def set_history(self, session_id: str, steps: Optional[int]) -> "Session":
+        """How many of its latest steps the session keeps in its history
+        (0: none; None: the daemon's --history); a lower bound drops the
+        older steps at once."""
+        return Session(self, self._json("PATCH", f"/v1/sessions/{session_id}",
+                                        {"history_steps": steps}))
+
+    def steps_page(self, session_id: str, since: int = 0, page_size: int = 100) -> dict:
+        """One page of the session's step history: the daemon's {"steps":
+        [...], "latest_step", "oldest_step", "next_since" (when more)}."""
+        q = urllib.parse.urlencode({"since": since, "page_size": page_size})
+        return self._json("GET", f"/v1/sessions/{session_id}/steps?{q}")
+
+    def steps(self, session_id: str, since: int = 0, page_size: int = 1000) -> Iterator[dict]:
+        """Every step the daemon keeps after step `since`, oldest first
+        (follows the pages): dicts {"step", "at", "callbacks",
+        "timing_ms": {phase: ms}, "report": {...}}. It ends with the last
+        step committed when it reached it; call again with the last step
+        seen as `since` to follow a session that goes on."""
+        while True:
+            page = self.steps_page(session_id, since, page_size)
+            yield from page["steps"]
+            if "next_since" not in page:
+                return
+            since = page["next_since"]
+
+    history = steps
 
     def set_labels(self, session_id: str, labels: Optional[Dict[str, str]] = None,
                    name=_DEFAULT) -> "Session":
@@ -399,7 +458,8 @@ class Session:
 
     Attributes: id, optimizer, config (resolved), layout, dim, steps (the
     completed step count), idle_ttl_s (its own, or None for the daemon's
-    default), name, labels, info (the daemon's whole description), keep.
+    default), history_steps (likewise), name, labels, info (the daemon's
+    whole description), keep.
 
     Lifetime: a session this client created or imported is deleted by
     close() and at the end of a with block, unless keep is True (a
@@ -444,6 +504,7 @@ class Session:
         self.idle_ttl_s = info.get("idle_ttl_s")
         self.name = info.get("name")
         self.labels = info.get("labels") or {}
+        self.history_steps = info.get("history_steps")
 
     def __repr__(self):
         return f"Session({self.id}, {self.optimizer}, steps={self.steps})"
@@ -468,6 +529,16 @@ class Session:
     def set_idle_ttl(self, seconds: Optional[int]) -> "Session":
         self._set(self.client.set_idle_ttl(self.id, seconds).info)
         return self
+
+    def set_history(self, steps: Optional[int]) -> "Session":
+        self._set(self.client.set_history(self.id, steps).info)
+        return self
+
+    def steps_history(self, since: int = 0, page_size: int = 1000) -> Iterator[dict]:
+        """The session's kept steps after `since` (Client.steps)."""
+        return self.client.steps(self.id, since, page_size)
+
+    history = steps_history
 
     def delete(self) -> None:
         self.client.delete_session(self.id)

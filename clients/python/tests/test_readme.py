@@ -46,6 +46,11 @@ def poisson(out):
     assert m and float(m.group(2)) < 0.8 * float(m.group(1)), out
 
 
+def history(out):  # the three steps with the losses sent
+    keys = "['decode', 'encode', 'save', 'step']"
+    assert out.splitlines() == [f"{t} {1.0 / t} 0 {keys}" for t in (1, 2, 3)], out
+
+
 # What each example must print, in the README's order.
 CHECKS = [adoption, conventions, checkpoint, poisson, loss_below(0.5 * math.log(3)),
           lambda out: "SHAPE_MISMATCH /gradients/0/shape" in out or pytest.fail(out)]

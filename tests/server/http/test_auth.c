@@ -89,13 +89,20 @@ static void test_tenants(void **state)
     assert_int_equal(request(f, "POST", steps, step, NULL), 404);
     su_set_token(TOKEN_A);
     assert_int_equal(request(f, "POST", steps, step, NULL), 200);
+    /* The history is the tenant's own too. */
+    assert_int_equal(request(f, "GET", steps, NULL, NULL), 200);
+    su_set_token(TOKEN_B);
+    assert_int_equal(request(f, "GET", steps, NULL, NULL), 404);
+    su_set_token(NULL);
+    assert_int_equal(request(f, "GET", steps, NULL, NULL), 401);
+    su_set_token(TOKEN_A);
     assert_int_equal(request(f, "DELETE", path, NULL, NULL), 204);
 }
 
 static void test_token_file_errors(void **state)
 {
     (void)state;
-    char err[256], path[64];
+    char err[256], path[64], buf[CURVD_TENANT_CAP];
     assert_null(curvd_auth_load("/nonexistent/tokens", err, sizeof err));
     snprintf(path, sizeof path, "/tmp/curvd-tokens-XXXXXX");
     int fd = mkstemp(path);
@@ -114,14 +121,52 @@ static void test_token_file_errors(void **state)
     fclose(t);
     struct curvd_auth *a = curvd_auth_load(path, err, sizeof err);
     assert_non_null(a);
-    assert_string_equal(curvd_auth_tenant(a, "Bearer " TOKEN_A), "alice");
-    assert_string_equal(curvd_auth_tenant(a, "bearer " TOKEN_A), "alice");
-    assert_null(curvd_auth_tenant(a, "Bearer " TOKEN_A "x"));
-    assert_null(curvd_auth_tenant(a, "Basic " TOKEN_A));
-    assert_null(curvd_auth_tenant(a, NULL));
+    assert_string_equal(curvd_auth_tenant(a, "Bearer " TOKEN_A, buf, sizeof buf), "alice");
+    assert_string_equal(curvd_auth_tenant(a, "bearer " TOKEN_A, buf, sizeof buf), "alice");
+    assert_null(curvd_auth_tenant(a, "Bearer " TOKEN_A "x", buf, sizeof buf));
+    assert_null(curvd_auth_tenant(a, "Basic " TOKEN_A, buf, sizeof buf));
+    assert_null(curvd_auth_tenant(a, NULL, buf, sizeof buf));
     curvd_auth_free(a);
     close(fd);
     unlink(path);
+}
+
+/* SIGHUP's reload: the new file's tokens from the next request on; a bad
+ * file changes nothing. */
+static void test_reload(void **state)
+{
+    struct fx *f = *state;
+    const char *create = "{\"optimizer\":\"sgd\",\"layout\":[{\"name\":\"w\",\"kind\":\"vector\","
+                         "\"shape\":[3]}]}";
+    char id[33], path[128], err[256];
+    su_set_token(TOKEN_A);
+    assert_int_equal(request(f, "POST", "/v1/sessions", create, id), 201);
+    snprintf(path, sizeof path, "/v1/sessions/%s", id);
+    /* Bob's token goes; carol's comes; alice's stays, with her sessions. */
+    FILE *t = fopen(f->tokens, "w");
+    fprintf(t, "%s alice\ntoken-of-carol-5555555555 carol\n", TOKEN_A);
+    fclose(t);
+    size_t n = 0;
+    assert_int_equal(curvd_auth_reload(f->srv.auth, f->tokens, &n, err, sizeof err), 0);
+    assert_int_equal(n, 2);
+    su_set_token(TOKEN_B);
+    assert_int_equal(request(f, "GET", "/v1/sessions", NULL, NULL), 401);
+    su_set_token("token-of-carol-5555555555");
+    assert_int_equal(request(f, "GET", path, NULL, NULL), 404); /* alice's */
+    su_set_token(TOKEN_A);
+    assert_int_equal(request(f, "GET", path, NULL, NULL), 200);
+    /* A bad file: refused, the tokens in use stay. */
+    t = fopen(f->tokens, "w");
+    fprintf(t, "short carol\n");
+    fclose(t);
+    assert_int_equal(curvd_auth_reload(f->srv.auth, f->tokens, &n, err, sizeof err), -1);
+    assert_non_null(strstr(err, ":1: want 'token tenant'"));
+    assert_int_equal(curvd_auth_reload(f->srv.auth, "/nonexistent/tokens", &n, err, sizeof err),
+                     -1);
+    su_set_token("token-of-carol-5555555555");
+    assert_int_equal(request(f, "GET", "/v1/sessions", NULL, NULL), 200);
+    su_set_token(TOKEN_A);
+    assert_int_equal(request(f, "DELETE", path, NULL, NULL), 204);
 }
 
 int main(void)
@@ -129,6 +174,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_tenants, setup, teardown),
         cmocka_unit_test(test_token_file_errors),
+        cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -16,11 +16,13 @@ _step_closure). The session is created with the optimizer.
 """
 
 import math
+import time
 from typing import List, Optional, Union
 
 import torch
 
 from ..client import Client, Session
+from ..progress import StepLog
 from .capture import Capture, layer_grad_sq, layer_stats
 from .layout import (fits, model_blocks, order_blocks, per_param, warn_fallback,
                      wire_values)
@@ -91,6 +93,12 @@ class CurvdOptimizer(torch.optim.Optimizer):
     asks the daemon to delete the session it creates after that many
     seconds without a step (0: never; None: the daemon's --idle-ttl, off
     unless set), for runs that end without close().
+
+    progress: a curvd.StepLog that gets a row after every step (loss, the
+    report's figures, the step's time and the daemon's share of it) to
+    log, show as a tqdm bar, write as CSV or TensorBoard scalars; True is
+    StepLog(log=True). The daemon keeps the same history
+    (self.session.history()).
     """
 
     def __init__(self, model: torch.nn.Module, client: Union[Client, str], optimizer: str,
@@ -99,7 +107,8 @@ class CurvdOptimizer(torch.optim.Optimizer):
                  curvature_fraction: Union[float, int] = 1.0, encoding: str = "binary",
                  send_params: Optional[bool] = None, seed: int = 0,
                  session: Optional[str] = None, bias_blocks: bool = False,
-                 keep_session: bool = False, idle_ttl_s: Optional[int] = None):
+                 keep_session: bool = False, idle_ttl_s: Optional[int] = None,
+                 progress: Union[StepLog, bool, None] = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError("CurvdOptimizer needs the model (a torch.nn.Module), not "
                             f"{type(model).__name__ if model is not None else 'None'}: "
@@ -141,6 +150,8 @@ class CurvdOptimizer(torch.optim.Optimizer):
         self.keep_session = keep_session
         self.idle_ttl_s = idle_ttl_s
         self.last_report: dict = {}
+        self.progress = StepLog(log=True) if progress is True else progress or None
+        self._t0 = None
         self._constructed = False
         self._synced = {k: self.config.get(k) for k in ("lr", "weight_decay")
                         if any(p["name"] == k for p in kinds[optimizer]["params"])}
@@ -321,6 +332,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
         closure zeroes the gradients, runs the forward and backward passes
         and returns the loss, which step returns. Without arguments: a
         first-order step from the gradients in p.grad (returns None)."""
+        self._t0 = time.perf_counter()
         if callable(inputs) and targets is None:
             return self._step_closure(inputs)
         if inputs is None:
@@ -479,6 +491,7 @@ class CurvdOptimizer(torch.optim.Optimizer):
         return None
 
     def _post(self, session: Session, gradients: dict, **kw) -> None:
+        server0 = self.client.server_seconds
         with taken_over_check(self.client, session.id):
             result = session.step(gradients, encoding=self.encoding, datatype=self.datatype,
                                   **kw)
@@ -486,10 +499,24 @@ class CurvdOptimizer(torch.optim.Optimizer):
             for p, d in per_param(self.blocks, result.update):
                 p.add_(d)
         self.last_report = result.report
+        if self.progress is not None:
+            self.progress.record(self._progress_row(result, kw.get("loss"), server0))
+
+    def _progress_row(self, result, loss, server0) -> dict:
+        """The step's row for self.progress: its loss (sent), time (since
+        step() began) and the daemon's share of it, then the report."""
+        spent = time.perf_counter() - self._t0 if self._t0 is not None else None
+        daemon = self.client.server_seconds - server0
+        row = {"step": result.step, "loss": loss, "step_time_s": spent, "daemon_s": daemon,
+               "daemon_share": min(1.0, daemon / spent) if spent else None}
+        row.update((k, v) for k, v in result.report.items() if k not in row)
+        return row
 
     def close(self) -> None:
         """Remove the hooks, and delete the session this optimizer created
         unless keep_session (see the class's note on its lifetime)."""
         self.capture.remove()
+        if self.progress is not None:
+            self.progress.close()
         if self.session is not None:
             self.session.close()
