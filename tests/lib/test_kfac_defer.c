@@ -57,15 +57,8 @@ static unsigned refresh_used(unsigned j, unsigned s)
 static void dense_update(size_t nr, const double *G, size_t nc, const double *A, const double *g,
                          double *u)
 {
-    const double pi = tu_kfac_pi(nr, G, nc, A);
     const size_t sz = nr * nc;
-    double *K = tu_alloc(sz * sz);
-    for (size_t i = 0; i < nr; i++)
-        for (size_t j = 0; j < nr; j++)
-            for (size_t k = 0; k < nc; k++)
-                for (size_t l = 0; l < nc; l++)
-                    K[(i * nc + k) * sz + j * nc + l] = (G[i * nr + j] + (i == j) * GAMMA / pi) *
-                                                        (A[k * nc + l] + (k == l) * GAMMA * pi);
+    double *K = tu_kfac_damped_kron(nr, G, nc, A, GAMMA);
     tu_gj_solve(sz, K, g, u);
     for (size_t i = 0; i < sz; i++)
         u[i] = -u[i];

@@ -95,27 +95,12 @@ static void add_outer(double *F, const double *X, size_t m, size_t nx, int bias,
                                 (j < nx ? X[r * nx + j] : 1.0);
 }
 
-/* (G + γ/π I) ⊗ (A + πγ I) for one block, π from the traces; γ = 0: G ⊗ A. */
-static double *dense_kron(size_t nr, const double *G, size_t nc, const double *A, double gamma)
-{
-    const double pi = tu_kfac_pi(nr, G, nc, A);
-    const size_t n = nr * nc;
-    double *K = tu_alloc(n * n);
-    for (size_t i = 0; i < nr; i++)
-        for (size_t j = 0; j < nr; j++)
-            for (size_t k = 0; k < nc; k++)
-                for (size_t q = 0; q < nc; q++)
-                    K[(i * nc + k) * n + j * nc + q] = (G[i * nr + j] + (i == j) * gamma / pi) *
-                                                       (A[k * nc + q] + (k == q) * pi * gamma);
-    return K;
-}
-
 /* −[(G + γ/π I) ⊗ (A + πγ I)]⁻¹ v for one block. */
 static void dense_proposal(size_t nr, const double *G, size_t nc, const double *A, double gamma,
                            const double *v, double *out)
 {
     const size_t n = nr * nc;
-    double *K = dense_kron(nr, G, nc, A, gamma);
+    double *K = tu_kfac_damped_kron(nr, G, nc, A, gamma);
     tu_gj_solve(n, K, v, out);
     for (size_t i = 0; i < n; i++)
         out[i] = -out[i];
@@ -126,7 +111,7 @@ static void dense_proposal(size_t nr, const double *G, size_t nc, const double *
 static double dense_dof(size_t nr, const double *G, size_t nc, const double *A, double gamma)
 {
     const size_t n = nr * nc;
-    double *K = dense_kron(nr, G, nc, A, gamma), *F = dense_kron(nr, G, nc, A, 0);
+    double *K = tu_kfac_damped_kron(nr, G, nc, A, gamma), *F = tu_kfac_damped_kron(nr, G, nc, A, 0);
     double *col = tu_alloc(n), *x = tu_alloc(n), tr = 0;
     for (size_t j = 0; j < n; j++) {
         for (size_t i = 0; i < n; i++)

@@ -677,6 +677,20 @@ double tu_kfac_pi(size_t nr, const double *G, size_t nc, const double *A)
     return sqrt((trA / (double)nc) / (trG / (double)nr));
 }
 
+double *tu_kfac_damped_kron(size_t nr, const double *G, size_t nc, const double *A, double gamma)
+{
+    const double pi = tu_kfac_pi(nr, G, nc, A);
+    const size_t n = nr * nc;
+    double *K = tu_alloc(n * n);
+    for (size_t i = 0; i < nr; i++)
+        for (size_t j = 0; j < nr; j++)
+            for (size_t k = 0; k < nc; k++)
+                for (size_t q = 0; q < nc; q++)
+                    K[(i * nc + k) * n + j * nc + q] = (G[i * nr + j] + (i == j) * gamma / pi) *
+                                                       (A[k * nc + q] + (k == q) * pi * gamma);
+    return K;
+}
+
 curv_layout *tu_mlp_setup(tu_mlp *net, const size_t *n, size_t L, size_t nv, size_t m,
                           uint64_t seed, uint64_t batch_seed)
 {

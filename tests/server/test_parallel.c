@@ -105,6 +105,21 @@ static void same_bits(const double *u, const double *want, size_t n, const char 
                      want[i]);
 }
 
+/* Step @t of session @tr (callbacks answered) and of the serial @ref on
+ * the current batch: the same bits; then the next batch (@seed + @t). */
+static void step_both(struct su_trainer *tr, curv_opt *ref, tu_mlp *net, long t, const char *what,
+                      uint64_t seed, double *u, double *want)
+{
+    json_t *layers = su_mlp_layers(net);
+    struct su_step s = {
+        .t = t, .grad = net->g, .params = net->theta, .loss = net->loss, .layers = layers};
+    su_trainer_step(tr, &s, mlp_answer, net, u);
+    json_decref(layers);
+    ref_step(ref, net, want);
+    same_bits(u, want, net->dim, what, t);
+    tu_mlp_advance(net, u, seed + (uint64_t)t);
+}
+
 static curv_opt *simple_ref(const curv_layout *l)
 {
     const tu_kv kv[] = {{"lr", 0.1}};
@@ -140,16 +155,8 @@ static void test_adaptive_matches_serial(void **state)
     curv_opt *ref = tu_kfac_opt(l, kv, 3, "gamma_rule", "grid", "precision", "fp32", NULL);
     double *u = tu_alloc(net.dim), *want = tu_alloc(net.dim);
     double first = net.loss;
-    for (long t = 1; t <= 6; t++) {
-        json_t *layers = su_mlp_layers(&net);
-        struct su_step s = {
-            .t = t, .grad = net.g, .params = net.theta, .loss = net.loss, .layers = layers};
-        su_trainer_step(&tr, &s, mlp_answer, &net, u);
-        json_decref(layers);
-        ref_step(ref, &net, want);
-        same_bits(u, want, net.dim, "kfac adaptive", t);
-        tu_mlp_advance(&net, u, 200 + (uint64_t)t);
-    }
+    for (long t = 1; t <= 6; t++)
+        step_both(&tr, ref, &net, t, "kfac adaptive", 200, u, want);
     assert_true(net.loss < first);
     struct curvd_pool_stats st = pool_stats(&f);
     print_message("3 workers: %llu batches, %llu tasks, %llu helped, at most %u busy\n", st.batches,
@@ -332,16 +339,8 @@ static void check_background(const char *mode)
     curv_opt *ref = tu_kfac_opt(l, kv, 4, "mode", mode, "precision", "fp32", NULL);
     double *u = tu_alloc(net.dim), *want = tu_alloc(net.dim);
     const long steps = 13; /* refreshes left by steps 6, 9 and 12 */
-    for (long t = 1; t <= steps; t++) {
-        json_t *layers = su_mlp_layers(&net);
-        struct su_step s = {
-            .t = t, .grad = net.g, .params = net.theta, .loss = net.loss, .layers = layers};
-        su_trainer_step(&tr, &s, mlp_answer, &net, u);
-        json_decref(layers);
-        ref_step(ref, &net, want);
-        same_bits(u, want, net.dim, mode, t);
-        tu_mlp_advance(&net, u, 300 + (uint64_t)t);
-    }
+    for (long t = 1; t <= steps; t++)
+        step_both(&tr, ref, &net, t, mode, 300, u, want);
     /* The last one (left by step 12 for step 14) may still be running. */
     struct curvd_bg_stats bg;
     for (int i = 0; i < 1000; i++) {
