@@ -53,7 +53,7 @@ def history(out):  # the three steps with the losses sent
 
 # What each example must print, in the README's order.
 CHECKS = [adoption, conventions, checkpoint, poisson, loss_below(0.5 * math.log(3)),
-          lambda out: "SHAPE_MISMATCH /gradients/0/shape" in out or pytest.fail(out)]
+          lambda out: "SHAPE_MISMATCH /gradients/0/shape" in out or pytest.fail(out), history]
 
 
 def test_every_example_is_checked():
