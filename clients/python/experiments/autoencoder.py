@@ -125,7 +125,7 @@ def summarize(runs: List[RunResult], s: Settings) -> Dict:
     figures: orders of magnitude fewer iterations)."""
     table = []
     for r in runs:
-        lambdas = [x["lambda"] for x in r.rows if "lambda" in x]
+        lambdas = [x["lambda"] for x in (r.steps or r.rows) if "lambda" in x]
         table.append({"lambda_first": lambdas[0] if lambdas else None,
                       "lambda_last": lambdas[-1] if lambdas else None,
                       "key": r.method.key, "label": r.method.label, "family": r.method.group,

@@ -172,6 +172,8 @@ def run_autoencoder(ctx: Context, data, out: str) -> Dict:
                     "binary_cross_entropy", evaluate, s.budget, "recon_error", ae.AVERAGING)
         ae.add_error(r)
         write_csv(os.path.join(out, ae.NAME, f"{m.key}.csv"), r.rows)
+        if r.steps:
+            write_csv(os.path.join(out, ae.NAME, f"{m.key}_steps.csv"), r.steps)
         runs.append(r)
     summary = ae.summarize(runs, s)
     summary["settings"] = {
@@ -197,6 +199,8 @@ def run_cnn(ctx: Context, data, out: str) -> Dict:
         r = ctx.run(f"[cnn {i}/{len(ms)}]", m, make_model(), Sampler(x, y, a.seed),
                     "cross_entropy", evaluate, s.budget, "test_accuracy")
         write_csv(os.path.join(out, cnn.NAME, f"{m.key}.csv"), r.rows)
+        if r.steps:
+            write_csv(os.path.join(out, cnn.NAME, f"{m.key}_steps.csv"), r.steps)
         runs.append(r)
     summary = cnn.summarize(runs, s, data.train_x.shape[-1])
     summary["settings"] = {"n_train": x.shape[0], "n_eval_train": min(s.n_eval_train, x.shape[0]),

@@ -94,7 +94,8 @@ def _trajectory(r: RunResult) -> Dict:
     and the lowest damping λ a run reported: what a divergence finding needs."""
     losses = [(x["iteration"], x["train_loss"]) for x in r.rows
               if math.isfinite(x.get("train_loss", math.nan))]
-    lambdas = [x["lambda"] for x in r.rows if math.isfinite(x.get("lambda", math.nan))]
+    lambdas = [x["lambda"] for x in (r.steps or r.rows)
+               if math.isfinite(x.get("lambda", math.nan))]
     low = min(losses, key=lambda p: p[1], default=(None, math.nan))
     return {"first_train_loss": losses[0][1] if losses else math.nan,
             "lowest_train_loss": low[1], "lowest_at": low[0],

@@ -58,6 +58,35 @@ def _save(fig, out: str, name: str) -> str:
     return name
 
 
+def plot_damping(runs: List[RunResult], out: str, name: str, title: str) -> List[str]:
+    """Every step's damping (λ, and K-FAC's γ dashed) and ρ of the runs that
+    report them, from the daemon's step history (RunResult.steps); nothing
+    when no run has one."""
+    runs = [r for r in runs if any("lambda" in x for x in r.steps)]
+    if not runs:
+        return []
+    colors = _colors(_families(runs))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for r in runs:
+        c = colors[r.method.group]
+        for key, style, ax in (("lambda", "-", axes[0]), ("gamma", "--", axes[0]),
+                               ("rho", "-", axes[1])):
+            pts = [(x["step"], x[key]) for x in r.steps if key in x]
+            if pts:
+                ax.plot(*zip(*pts), style, color=c, lw=1,
+                        label=f"{r.method.label} {'γ' if key == 'gamma' else key}")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("damping λ (solid), γ (dashed)")
+    axes[1].set_ylabel("reduction ratio ρ (steps that measured it)")
+    axes[1].set_ylim(-1, 2)
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title + " (every step, from GET /v1/sessions/{id}/steps)")
+    return [_save(fig, out, name)]
+
+
 def plot_autoencoder(summary: Dict, runs: List[RunResult], out: str) -> List[str]:
     colors = _colors(_families(runs))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
@@ -68,7 +97,8 @@ def plot_autoencoder(summary: Dict, runs: List[RunResult], out: str) -> List[str
         ax.set_ylabel("training reconstruction error")
     axes[0].legend(fontsize=8)
     fig.suptitle("Deep autoencoder on Fashion-MNIST (thin dashed: the rest of each grid)")
-    return [_save(fig, out, "autoencoder.png")]
+    return [_save(fig, out, "autoencoder.png")] + plot_damping(
+        runs, out, "autoencoder_damping.png", "Deep autoencoder: damping and ρ")
 
 
 def plot_cnn(summary: Dict, runs: List[RunResult], out: str) -> List[str]:
@@ -103,7 +133,7 @@ def plot_cnn(summary: Dict, runs: List[RunResult], out: str) -> List[str]:
     ax.legend(fontsize=8)
     ax.set_title("Learning-rate grid")
     names.append(_save(fig, out, "cnn_grid.png"))
-    return names
+    return names + plot_damping(runs, out, "cnn_damping.png", "Small CNN: K-FAC's damping and ρ")
 
 
 def plot(name: str, summary: Dict, runs: List[RunResult], out: str) -> List[str]:

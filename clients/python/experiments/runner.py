@@ -28,6 +28,8 @@ from curvd.torch.losses import get_loss
 from .progress import Progress
 
 REPORT_FIELDS = ("lambda", "gamma", "alpha", "mu", "rho", "cg_iterations")
+# A run's whole history: enough for its longest budget (the daemon's bound).
+HISTORY_STEPS = 1000000
 TORCH_KINDS = ("torch_adam",)
 
 
@@ -83,6 +85,8 @@ class RunResult:
     session: Optional[str] = None
     daemon_seconds: Optional[float] = None
     state_bytes: Optional[int] = None  # the session's state blob at the end
+    # Every step as the daemon's history kept it (curvd sessions only).
+    steps: List[Dict[str, float]] = field(default_factory=list)
 
 
 class Sampler:
@@ -118,6 +122,20 @@ class _TorchStepper:
 
     def close(self):
         pass
+
+
+def step_rows(client: curvd.Client, session_id: str) -> List[Dict[str, float]]:
+    """Every step of the session as the daemon's history holds it (GET
+    /v1/sessions/{id}/steps): step, the loss sent, the report's numeric
+    fields and the daemon's time split in ms (decode, step, encode, save;
+    the commit is not in the history)."""
+    rows = []
+    for e in client.steps(session_id):
+        row: Dict[str, float] = {"step": e["step"], "callbacks": e["callbacks"]}
+        row.update((k, v) for k, v in e["report"].items() if _finite(v))
+        row.update((f"{k}_ms", v) for k, v in (e.get("timing_ms") or {}).items() if _finite(v))
+        rows.append(row)
+    return rows
 
 
 def forward_in_chunks(model: torch.nn.Module, x: torch.Tensor, chunk: int = 256):
@@ -158,6 +176,8 @@ def train(method: Method, model: torch.nn.Module, sampler: Sampler, loss: str,
     else:
         opt = CurvdOptimizer(model, client, method.kind, method.config, loss=loss_fn,
                              **method.options)
+    if opt.session is not None:
+        opt.session.set_history(HISTORY_STEPS)
     avg = Averager(model, average) if average > 0 else None
     rows: List[Dict[str, float]] = []
     it, examples, seconds, status = 0, 0, 0.0, "ok"
@@ -204,17 +224,19 @@ def train(method: Method, model: torch.nn.Module, sampler: Sampler, loss: str,
     except curvd.CurvdError as e:
         status = f"failed at iteration {it + 1}: {e}"
     session = opt.session.id if opt.session is not None else None
-    state_bytes = None
+    state_bytes, steps = None, []
     if opt.session is not None:
         try:
             state_bytes = len(opt.session.export_state())  # what each step commits
+            steps = step_rows(opt.client, opt.session.id)
         except curvd.CurvdError:
             pass
     try:
         opt.close()  # deletes the session: frees the daemon's memory and database
     except curvd.CurvdError:
         pass
-    return RunResult(method, rows, status, seconds, it, session, state_bytes=state_bytes)
+    return RunResult(method, rows, status, seconds, it, session, state_bytes=state_bytes,
+                     steps=steps)
 
 
 def write_csv(path: str, rows: List[Dict[str, float]]) -> None:

@@ -77,6 +77,21 @@ def test_second_order_runs_record_their_reports(results):
     assert all(float(r["lambda"]) > 0 for r in kfac[1:])
 
 
+def test_curvd_runs_keep_every_step_from_the_history(results):
+    out, _ = results
+    kfac = read_csv(os.path.join(out, "autoencoder", "kfac_blockdiag_steps.csv"))
+    assert [int(r["step"]) for r in kfac] == list(range(1, ITERATIONS + 1))
+    assert all(float(r["lambda"]) > 0 and float(r["step_ms"]) >= 0 for r in kfac)
+    hf = read_csv(os.path.join(out, "autoencoder", "hf_steps.csv"))
+    assert all(int(r["callbacks"]) >= 1 for r in hf)  # its CG asked for products
+    cnn_kfac = read_csv(os.path.join(out, "cnn", "kfac_steps.csv"))
+    assert len(cnn_kfac) == ITERATIONS
+    assert not os.path.exists(os.path.join(out, "autoencoder", "adam_lr0.001_steps.csv"))
+    if HAVE_MATPLOTLIB:
+        for name in ("autoencoder_damping.png", "cnn_damping.png"):
+            assert os.path.getsize(os.path.join(out, name)) > 0
+
+
 def test_summaries_list_every_run(results):
     out, _ = results
     for experiment, keys in (("autoencoder", AE_KEYS), ("cnn", CNN_KEYS)):
