@@ -25,6 +25,9 @@ CURVD_HANDLER(curvd_h_metrics)
         curvd_registry_stats(srv->reg, &n, &bytes);
     if (srv->store && curvd_store_count(srv->store, NULL, &count, err, sizeof err) == 0)
         disk = (long long)count;
+    struct curvd_bg_stats bg = {0};
+    if (srv->reg)
+        curvd_registry_bg_stats(srv->reg, &bg);
     struct curvd_pool_stats ps;
     struct curvd_pool *pool = curvd_http_pool(srv);
     if (pool)
@@ -34,7 +37,11 @@ CURVD_HANDLER(curvd_h_metrics)
                                          .bytes_mem = bytes,
                                          .sessions_disk = disk,
                                          .pool = pool ? &ps : NULL,
-                                         .sqlite_version = curvd_store_engine_version()};
+                                         .sqlite_version = curvd_store_engine_version(),
+                                         .refresh_handed = bg.handed,
+                                         .refresh_run = bg.run,
+                                         .refresh_taken_back = bg.taken_back,
+                                         .refresh_waited = bg.waited};
     char *text = srv->metrics ? curvd_metrics_render(srv->metrics, &v, &len) : NULL;
     if (!text) {
         curvd_reply_problem(rp, rq, CURVD_R_UNAVAILABLE, NULL, 0, "metrics are not available");

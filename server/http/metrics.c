@@ -298,6 +298,20 @@ char *curvd_metrics_render(const struct curvd_metrics *m, const struct curvd_met
             "# TYPE curvd_workers_busy_max gauge\n"
             "curvd_workers_busy_max %u\n",
             pool->tasks - pool->helped, pool->helped, pool->max_busy);
+    if (pool)
+        put(&b,
+            "# HELP curvd_background_refreshes_total K-FAC refreshes off the step path "
+            "(max_staleness): handed to the workers, then run by one or taken back by the step "
+            "that applies them while still queued.\n"
+            "# TYPE curvd_background_refreshes_total counter\n"
+            "curvd_background_refreshes_total{outcome=\"handed\"} %llu\n"
+            "curvd_background_refreshes_total{outcome=\"run\"} %llu\n"
+            "curvd_background_refreshes_total{outcome=\"taken_back\"} %llu\n"
+            "# HELP curvd_background_refresh_waits_total Steps that waited for their refresh "
+            "to finish on a worker.\n"
+            "# TYPE curvd_background_refresh_waits_total counter\n"
+            "curvd_background_refresh_waits_total %llu\n",
+            v->refresh_handed, v->refresh_run, v->refresh_taken_back, v->refresh_waited);
     if (b.oom) {
         free(b.p);
         return NULL;

@@ -34,6 +34,10 @@ struct curvd_metrics_view {
     long long sessions_disk;             /* sessions stored; -1: unknown */
     const struct curvd_pool_stats *pool; /* the worker pool's counters; NULL: no workers */
     const char *sqlite_version;          /* for curvd_build_info; NULL: "unknown" */
+    /* K-FAC refreshes off the step path (session/registry.h): handed to
+     * the workers, run by them, taken back by their step while queued,
+     * waited for by their step; shown with the pool's counters. */
+    unsigned long long refresh_handed, refresh_run, refresh_taken_back, refresh_waited;
 };
 
 /* The exposition text (malloc'd, *@len bytes), with @v's gauges,

@@ -354,6 +354,11 @@ static void check_background(const char *mode)
                   mode, bg.handed, bg.run, bg.taken_back, bg.waited);
     assert_int_equal(bg.handed, 3);
     assert_int_equal(bg.run + bg.taken_back, 3);
+    /* /metrics shows the same counters. */
+    assert_int_equal(metric(f.base, "curvd_background_refreshes_total{outcome=\"handed\"}"), 3);
+    assert_int_equal(metric(f.base, "curvd_background_refreshes_total{outcome=\"run\"}") +
+                         metric(f.base, "curvd_background_refreshes_total{outcome=\"taken_back\"}"),
+                     3);
     free(u);
     free(want);
     curv_opt_free(ref);
