@@ -444,6 +444,7 @@ enum cu_outcome cu_cb_step(struct cu_cb *c, const char *base, int hold)
         answer = NULL;
         if (rc != CURLE_OK) {
             su_resp_free(&r);
+            c->cut_answers += c->answer != NULL;
             return CU_CUT;
         }
         if (c->answer) { /* the daemon took it: so does the reference */

@@ -103,6 +103,7 @@ struct cu_cb {
     struct su_callback cb; /* the daemon's latest callback (cb.url "" if none) */
     double *answer;        /* our answer to it, when posted (reply unseen) */
     long callbacks;        /* callbacks answered, over the session's life */
+    long cut_answers;      /* kills that cut the post of an answer */
 };
 
 /* Create @problem's session on @base and its reference. */
