@@ -379,8 +379,18 @@ static void ref_answer(struct cu_cb *c, const double *values)
     ref_outcome(c, curv_opt_resume(c->lock, &resp, CURV_F64, c->ref_u, &c->ref_req, &err), &err);
 }
 
-/* The 200 @r ending the step in progress: the reference's update to the
- * bit; the trainer moves on. */
+/* The daemon's update @u of the step in progress must be c->ref_u, the
+ * @who reference's, to the bit. */
+static void same_bits(const struct cu_cb *c, const double *u, const char *who)
+{
+    for (size_t i = 0; i < curv_layout_dim(c->layout); i++)
+        if (memcmp(&u[i], &c->ref_u[i], sizeof u[i]) != 0)
+            fail_msg("%s, step %ld, element %zu: daemon %.17g, %s libcurv %.17g",
+                     problem_names[c->problem], c->s.acked + 1, i, u[i], who, c->ref_u[i]);
+}
+
+/* The 200 @r ending the step in progress: the update of both references
+ * to the bit (the uninterrupted one stepped now); the trainer moves on. */
 static void finish(struct cu_cb *c, struct su_resp *r)
 {
     long t = c->s.acked + 1;
@@ -394,18 +404,12 @@ static void finish(struct cu_cb *c, struct su_resp *r)
     double *u = tu_alloc(dim);
     su_tensors_flat(c->layout, json_object_get(j, "update"), r, &off, u);
     json_decref(j);
-    for (size_t i = 0; i < dim; i++)
-        if (memcmp(&u[i], &c->ref_u[i], sizeof u[i]) != 0)
-            fail_msg("%s, step %ld, element %zu: daemon %.17g, libcurv %.17g",
-                     problem_names[c->problem], t, i, u[i], c->ref_u[i]);
+    same_bits(c, u, "lock-step");
     /* The uninterrupted reference: the same update. */
     curv_step_input in = input_of(c);
     curv_error err;
     tu_assert_status(tu_drive(c->s.ref, &in, answer_fn, c, c->ref_u, NULL, &err), CURV_OK, &err);
-    for (size_t i = 0; i < dim; i++)
-        if (memcmp(&u[i], &c->ref_u[i], sizeof u[i]) != 0)
-            fail_msg("%s, step %ld, element %zu: daemon %.17g, uninterrupted libcurv %.17g",
-                     problem_names[c->problem], t, i, u[i], c->ref_u[i]);
+    same_bits(c, u, "uninterrupted");
     if (c->problem == CU_KFAC_ADAPTIVE)
         tu_mlp_advance(&c->net, u, BATCH_SEED + (uint64_t)t);
     free(u);
