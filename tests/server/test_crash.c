@@ -1,17 +1,35 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * SIGKILL durability of the real daemon process (SQLite's own method): a
- * trainer steps three sessions (AdaGrad-diag, MBAG, and K-FAC with
- * statistics every other step, whose commits write only the state parts
- * that changed) while the parent kills curvd at seeded random
- * moments (mid-request from a second thread, between requests, and during
- * start-up), restarts it on the same database and checks after each
- * restart that every acknowledged step is there, at most the one step in
- * flight was applied without an acknowledgement, and re-posting the
- * current step replays its stored reply. Every update is compared with the
- * same optimizer run in-process by libcurv (bit for bit), and at the end
- * the stored state (its parts, joined) and PRAGMA integrity_check are
- * read with sqlite3.
+ * trainer steps five sessions while the parent kills curvd at seeded
+ * random moments (mid-request from a second thread, between requests,
+ * with a callback unanswered, and during start-up), restarts it on the
+ * same database and checks after each restart that every acknowledged
+ * step is there, at most the one step in flight was applied without an
+ * acknowledgement, and re-posting the last step replays its stored reply.
+ * Every update is compared with the same optimizer run in-process by
+ * libcurv (bit for bit), and at the end the stored state (its parts,
+ * joined) and PRAGMA integrity_check are read with sqlite3.
+ *
+ * The sessions: AdaGrad-diag, MBAG, K-FAC simple mode with statistics
+ * every other step (whose commits write only the state parts that
+ * changed), and two that call back (crash_util.c): K-FAC adaptive on a
+ * tiny MLP (quadratic-form and loss callbacks) and HF on a quadratic
+ * (curvature products). A kill cuts their exchanges anywhere; the daemon
+ * forgets a step in progress, so after the restart the trainer's pending
+ * callback must be 409 NO_CALLBACK_PENDING and the step is posted again
+ * from its beginning. Their references step in lock-step with the daemon
+ * (the same requests, to the bit, answered with the same values) and
+ * cancel an abandoned step (curv_opt_cancel) to start it over, as the
+ * restarted daemon starts it over from its stored state: the updates
+ * must agree to the bit all the same.
+ *
+ * Recovery time: after each restart, from spawning the daemon to its
+ * "listening" line and to each session's first answers (the replay of its
+ * last step, which loads it; the 409 of a forgotten callback). The median
+ * and maximum are printed. Each restart must have every session back
+ * within RECOVERY_BOUND_S: a generous bound that only says recovery
+ * completes at all (the figures are milliseconds), not a performance goal.
  *
  * The daemon is $CURVD_BIN, else BUILD/curvd next to this binary's build
  * tree when it is newer than BUILD/libcurvd.a, else this very binary
@@ -20,153 +38,55 @@
  */
 #include <cblas.h>
 #include <curl/curl.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
-#include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
+#include "crash_util.h"
 #include "curv.h"
-#include "daemon.h"
-#include "http/http.h"
 #include "srvutil.h"
 #include "testutil.h"
 
-enum { D = SU_D, NSESS = 3, KFAC = 2, MIN_KILLS = 30, WANT_KILLS = 100 };
+enum { D = SU_D, MIN_KILLS = 30, WANT_KILLS = 100 };
+/* The sessions: first-order ones (one exchange a step), then callback ones. */
+enum { ADAGRAD, MBAG, KFAC, KFAC_ADAPTIVE, HF, NSESS, NPLAIN = KFAC_ADAPTIVE };
+static const char *const names[NSESS] = {"adagrad_diag", "mbag", "kfac", "kfac adaptive", "hf"};
 enum { ROWS = 3 };  /* K-FAC's statistics: rows of the "fc" block (4 inputs, 2 outputs) */
 #define TIME_S 10.0 /* then stop at WANT_KILLS or this; past it only to reach MIN_KILLS */
 #define HARD_CAP_S 20.0
+#define RECOVERY_BOUND_S 30.0 /* every session back after a restart within this */
+enum { MAX_RESTARTS = 4 * WANT_KILLS };
 
-static char self_path[1024], daemon_path[1024];
-static int self_exec; /* the daemon is this binary with --as-daemon */
-
-struct sess {
-    char id[33];
-    curv_opt *ref; /* libcurv fed every step this test saw acknowledged */
-    long acked;    /* last step whose reply (200) reached the trainer */
-    char *last;    /* that reply's body, for the replay check */
-    size_t last_len;
+/* Recovery times of each restart, in seconds from the spawn. */
+struct recovery {
+    int n;
+    double boot[MAX_RESTARTS];        /* to "listening on" */
+    double sess[NSESS][MAX_RESTARTS]; /* to session's recovery answers (-1: at step 0) */
+    double all[MAX_RESTARTS];         /* to every session's */
 };
 
 struct fx {
-    char dir[256], db[300], base[64];
-    pid_t pid;       /* the running daemon, 0: none */
-    int err_fd;      /* read end of its stderr */
-    pthread_t drain; /* reads its stderr once the port is known */
-    int draining;
-    unsigned port;
-    struct sess s[NSESS];
+    char dir[256], db[300];
+    struct cu_daemon d;
+    struct cu_sess plain[NPLAIN];
+    struct cu_cb cb[NSESS - NPLAIN];
+    struct cu_sess *s[NSESS]; /* every session, plain and callback */
     curv_layout *layout;
     tu_rng rng;
+    struct recovery rec;
+    int applied[NSESS]; /* steps applied but not acknowledged at a kill */
 };
 
-static void sleep_s(double s)
+static struct cu_cb *cb_of(struct fx *f, int si)
 {
-    struct timespec ts = {(time_t)s, (long)((s - floor(s)) * 1e9)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
+    return si >= NPLAIN ? &f->cb[si - NPLAIN] : NULL;
 }
 
-/* ---- The daemon process ---- */
-
-static void *drain_main(void *arg)
-{
-    char buf[4096];
-    int fd = *(int *)arg;
-    while (read(fd, buf, sizeof buf) > 0)
-        ;
-    return NULL;
-}
-
-static void spawn(struct fx *f)
-{
-    int p[2];
-    assert_int_equal(pipe(p), 0);
-    fcntl(p[0], F_SETFD, FD_CLOEXEC);
-    fcntl(p[1], F_SETFD, FD_CLOEXEC);
-    char *argv[16];
-    int n = 0;
-    argv[n++] = self_exec ? self_path : daemon_path;
-    if (self_exec)
-        argv[n++] = "--as-daemon";
-    char *rest[] = {"--port", "0",         "--listen", "127.0.0.1",    "--db",
-                    f->db,    "--threads", "2",        "--durability", "full"};
-    for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++)
-        argv[n++] = rest[i];
-    argv[n] = NULL;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) { /* only async-signal-safe calls until exec */
-        int nul = open("/dev/null", O_RDWR);
-        dup2(nul, 0);
-        dup2(nul, 1);
-        dup2(p[1], 2);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    close(p[1]);
-    f->pid = pid;
-    f->err_fd = p[0];
-    f->port = 0;
-}
-
-/* Read its stderr up to the "listening on" line; then drain it. */
-static void wait_ready(struct fx *f)
-{
-    char text[8192];
-    size_t len = 0;
-    double deadline = su_now_s() + 10;
-    const char *key = "listening on http://127.0.0.1:";
-    while (!f->port) {
-        struct pollfd pfd = {f->err_fd, POLLIN, 0};
-        int left = (int)((deadline - su_now_s()) * 1000);
-        if (left <= 0 || poll(&pfd, 1, left) <= 0)
-            fail_msg("curvd did not start within 10 s: %.*s", (int)len, text);
-        ssize_t k = read(f->err_fd, text + len, sizeof text - 1 - len);
-        if (k <= 0)
-            fail_msg("curvd exited at start-up: %.*s", (int)len, text);
-        len += (size_t)k;
-        text[len] = '\0';
-        const char *at = strstr(text, key);
-        if (at && strchr(at, '\n'))
-            f->port = (unsigned)strtoul(at + strlen(key), NULL, 10);
-        else if (len + 1 >= sizeof text)
-            fail_msg("no port in curvd's start-up output");
-    }
-    snprintf(f->base, sizeof f->base, "http://127.0.0.1:%u", f->port);
-    assert_int_equal(pthread_create(&f->drain, NULL, drain_main, &f->err_fd), 0);
-    f->draining = 1;
-}
-
-/* SIGKILL the daemon (if still there), reap it, close its pipe. */
-static void reap(struct fx *f)
-{
-    if (f->pid > 0) {
-        kill(f->pid, SIGKILL);
-        int ws = 0;
-        while (waitpid(f->pid, &ws, 0) < 0 && errno == EINTR)
-            ;
-        f->pid = 0;
-    }
-    if (f->draining)
-        pthread_join(f->drain, NULL);
-    f->draining = 0;
-    if (f->err_fd >= 0)
-        close(f->err_fd);
-    f->err_fd = -1;
-}
-
-/* ---- The trainer (requests through srvutil, with a 10 s timeout) ---- */
+/* ---- The first-order sessions' trainer (requests through srvutil, 10 s timeout) ---- */
 
 /* The K-FAC session's statistics of step @t for block "fc": activations
  * ROWS x 4, then signals ROWS x 2 (deterministic). */
@@ -207,7 +127,7 @@ static char *step_body(int s, long t)
 
 /* The reference's update for step @t of session @si, which must equal
  * the daemon's @u bit for bit. */
-static void check_update(struct sess *s, int si, long t, const double *u)
+static void check_update(struct cu_sess *s, int si, long t, const double *u)
 {
     double g[D], want[D], acts[ROWS * 4], sig[ROWS * 2];
     su_grad(t, 1.3 * si, g);
@@ -231,107 +151,111 @@ static void check_update(struct sess *s, int si, long t, const double *u)
             fail_msg("%s, element %d: daemon %.17g, libcurv %.17g", what, i, u[i], want[i]);
 }
 
-/* A 200 reply to step @t of session @s seen for the first time: step the
+/* A 200 reply to step @t of session @si seen for the first time: step the
  * reference and compare the update bit for bit; keep the body. */
 static void accept_reply(struct fx *f, int si, long t, struct su_resp *r)
 {
-    struct sess *s = &f->s[si];
     double u[D];
     if (su_update_of(r->body, t, u) != 0)
         fail_msg("session %d step %ld: bad reply %s", si, t, r->body);
-    check_update(s, si, t, u);
-    assert_int_equal(t, s->acked + 1);
-    s->acked = t;
-    free(s->last);
-    s->last = r->body;
-    s->last_len = r->len;
-    r->body = NULL;
+    check_update(f->s[si], si, t, u);
+    cu_sess_ack(f->s[si], t, r);
 }
 
-static void steps_path(const struct sess *s, char *p, size_t cap)
+static void steps_url(const struct fx *f, int si, char *url, size_t cap)
 {
-    snprintf(p, cap, "/v1/sessions/%s/steps", s->id);
+    snprintf(url, cap, "%s/v1/sessions/%s/steps", f->d.base, f->s[si]->id);
 }
 
 /* A step while the daemon lives: it must be acknowledged. */
 static void step_ok(struct fx *f, int si)
 {
-    char path[128], *body = step_body(si, f->s[si].acked + 1);
-    steps_path(&f->s[si], path, sizeof path);
+    if (cb_of(f, si)) {
+        assert_int_equal(cu_cb_step(cb_of(f, si), f->d.base, -1), CU_DONE);
+        return;
+    }
+    char path[128], *body = step_body(si, f->s[si]->acked + 1);
+    snprintf(path, sizeof path, "/v1/sessions/%s/steps", f->s[si]->id);
     struct su_resp r;
-    json_decref(su_call(f->base, "POST", path, body, 200, &r));
-    accept_reply(f, si, f->s[si].acked + 1, &r);
+    json_decref(su_call(f->d.base, "POST", path, body, 200, &r));
+    accept_reply(f, si, f->s[si]->acked + 1, &r);
     su_resp_free(&r);
     free(body);
 }
 
-struct killer {
-    pid_t pid;
-    double delay;
-};
-
-static void *killer_main(void *arg)
-{
-    struct killer *k = arg;
-    sleep_s(k->delay);
-    kill(k->pid, SIGKILL);
-    return NULL;
-}
-
-/* Post the next step of session @si and SIGKILL the daemon @delay seconds
- * later from another thread; 1 if the step was acknowledged all the same. */
+/* Post the next step of session @si (and answer its callbacks) and
+ * SIGKILL the daemon @delay seconds later from another thread; 1 if the
+ * step was acknowledged all the same. */
 static int kill_mid_step(struct fx *f, int si, double delay)
 {
-    struct killer k = {f->pid, delay};
-    pthread_t th;
-    assert_int_equal(pthread_create(&th, NULL, killer_main, &k), 0);
-    char path[128], url[256], *body = step_body(si, f->s[si].acked + 1);
-    steps_path(&f->s[si], path, sizeof path);
-    snprintf(url, sizeof url, "%s%s", f->base, path);
+    struct cu_killer k;
+    cu_killer_arm(&k, f->d.pid, delay);
+    if (cb_of(f, si)) {
+        enum cu_outcome o = cu_cb_step(cb_of(f, si), f->d.base, -1);
+        cu_killer_join(&k);
+        return o == CU_DONE;
+    }
+    char url[256], *body = step_body(si, f->s[si]->acked + 1);
+    steps_url(f, si, url, sizeof url);
     struct su_resp r;
     CURLcode rc = su_try_request("POST", url, body, &r);
-    pthread_join(th, NULL);
+    cu_killer_join(&k);
     free(body);
     int acked = rc == CURLE_OK && r.status == 200;
     if (acked)
-        accept_reply(f, si, f->s[si].acked + 1, &r);
+        accept_reply(f, si, f->s[si]->acked + 1, &r);
     else if (rc == CURLE_OK)
         fail_msg("step refused: %ld %s", r.status, r.body);
     su_resp_free(&r);
     return acked;
 }
 
-/* After a restart: where does each session stand, and does re-posting its
- * current step replay the stored reply? @inflight[si] is 1 when a step of
- * session si was in flight, unacknowledged, at the kill. */
-static int recover(struct fx *f, const int *inflight)
+/* After a restart (spawned at @spawned): where does each session stand,
+ * and does re-posting its last step replay the stored reply? @inflight[si]
+ * is 1 when a step of session si was in flight, unacknowledged, at the
+ * kill. The recovery times go to f->rec. */
+static int recover(struct fx *f, const int *inflight, double spawned)
 {
-    int applied = 0;
+    struct recovery *rec = &f->rec;
+    int applied = 0, n = rec->n;
     for (int si = 0; si < NSESS; si++) {
-        struct sess *s = &f->s[si];
-        long step = su_session_step(f->base, s->id);
+        struct cu_sess *s = f->s[si];
+        long step = su_session_step(f->d.base, s->id);
         if (step < s->acked)
-            fail_msg("session %d lost acknowledged steps: at %ld, %ld acknowledged", si, step,
+            fail_msg("%s lost acknowledged steps: at %ld, %ld acknowledged", names[si], step,
                      s->acked);
         if (step > s->acked + inflight[si])
-            fail_msg("session %d applied unacknowledged steps: at %ld, %ld acknowledged", si, step,
+            fail_msg("%s applied unacknowledged steps: at %ld, %ld acknowledged", names[si], step,
                      s->acked);
-        if (step == 0)
-            continue;
-        char path[128], *body = step_body(si, step);
-        struct su_resp r;
-        steps_path(s, path, sizeof path);
-        json_decref(su_call(f->base, "POST", path, body, 200, &r));
-        free(body);
-        if (step == s->acked) {
-            if (r.len != s->last_len || memcmp(r.body, s->last, r.len) != 0)
-                fail_msg("session %d: the replay of step %ld differs from its reply:\n%s\n%s", si,
-                         step, r.body, s->last);
-        } else {
-            accept_reply(f, si, step, &r); /* applied, never acknowledged: now it is */
+        if (cb_of(f, si)) {
+            int a = cu_cb_recover(cb_of(f, si), f->d.base, step);
+            applied += a;
+            f->applied[si] += a;
+        } else if (step == s->acked && step > 0) {
+            char *body = step_body(si, step);
+            cu_expect_replay(f->d.base, s, body, names[si]);
+            free(body);
+        } else if (step > 0) { /* applied, never acknowledged: now it is */
+            char *body = step_body(si, step), path[128];
+            struct su_resp r;
+            snprintf(path, sizeof path, "/v1/sessions/%s/steps", s->id);
+            json_decref(su_call(f->d.base, "POST", path, body, 200, &r));
+            free(body);
+            accept_reply(f, si, step, &r);
+            su_resp_free(&r);
             applied++;
+            f->applied[si]++;
         }
-        su_resp_free(&r);
+        if (n < MAX_RESTARTS)
+            rec->sess[si][n] = step > 0 ? su_now_s() - spawned : -1;
+    }
+    double all = su_now_s() - spawned;
+    if (all > RECOVERY_BOUND_S)
+        fail_msg("the sessions took %.1f s to come back after a restart (bound %.0f s)", all,
+                 RECOVERY_BOUND_S);
+    if (n < MAX_RESTARTS) {
+        rec->all[n] = all;
+        rec->n++;
     }
     return applied;
 }
@@ -353,15 +277,17 @@ static void check_db(struct fx *f)
                                         -1, &q, NULL),
                      SQLITE_OK);
     for (int si = 0; si < NSESS; si++) {
-        sqlite3_bind_text(q, 1, f->s[si].id, -1, SQLITE_STATIC);
+        const struct cu_sess *s = f->s[si];
+        sqlite3_bind_text(q, 1, s->id, -1, SQLITE_STATIC);
         assert_int_equal(sqlite3_step(q), SQLITE_ROW);
-        assert_int_equal(sqlite3_column_int64(q, 0), f->s[si].acked);
-        assert_int_equal(sqlite3_column_int64(q, 1), f->s[si].acked);
+        assert_int_equal(sqlite3_column_int64(q, 0), s->acked);
+        assert_int_equal(sqlite3_column_int64(q, 1), s->acked);
         size_t len, got_len;
-        unsigned char *want = tu_snapshot(f->s[si].ref, &len);
-        unsigned char *got = su_raw_state(f->db, f->s[si].id, &got_len);
-        assert_int_equal(got_len, len);
-        assert_memory_equal(got, want, len);
+        unsigned char *want = tu_snapshot(s->ref, &len);
+        unsigned char *got = su_raw_state(f->db, s->id, &got_len);
+        if (got_len != len || memcmp(got, want, len) != 0)
+            fail_msg("%s: the stored state (%zu bytes) is not the reference's (%zu)", names[si],
+                     got_len, len);
         curv_free(want);
         free(got);
         sqlite3_reset(q);
@@ -370,31 +296,72 @@ static void check_db(struct fx *f)
     sqlite3_close(db);
 }
 
+static int by_value(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* "median M max X" in ms of the @n values @v that are >= 0. */
+static void print_spread(const char *what, const double *v, int n)
+{
+    double *w = tu_alloc(n > 0 ? (size_t)n : 1);
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (v[i] >= 0)
+            w[k++] = v[i];
+    qsort(w, (size_t)k, sizeof *w, by_value);
+    if (k)
+        printf("crash: recovery, %-22s median %7.1f ms, max %7.1f ms (%d restarts)\n", what,
+               1e3 * w[k / 2], 1e3 * w[k - 1], k);
+    free(w);
+}
+
+static void print_recovery(const struct recovery *rec)
+{
+    print_spread("spawn to listening:", rec->boot, rec->n);
+    char what[64];
+    for (int si = 0; si < NSESS; si++) {
+        snprintf(what, sizeof what, "to %s back:", names[si]);
+        print_spread(what, rec->sess[si], rec->n);
+    }
+    print_spread("to every session back:", rec->all, rec->n);
+}
+
+static void create_sessions(struct fx *f)
+{
+    const tu_kv kfac_kv[] = {{"cov_interval", 2}, {"inv_interval", 3}, {"weight_decay", 0}};
+    for (int si = 0; si < NPLAIN; si++) {
+        struct cu_sess *s = f->s[si];
+        json_t *config = si == KFAC
+                             ? json_pack("{s:s, s:i, s:i, s:i}", "mode", "simple", "cov_interval",
+                                         2, "inv_interval", 3, "weight_decay", 0)
+                             : NULL;
+        json_decref(su_create(f->d.base, names[si], config, 201, s->id, NULL));
+        assert_int_equal(strlen(s->id), 32);
+        curv_opt_kind kind;
+        assert_int_equal(curv_opt_kind_parse(names[si], &kind), CURV_OK);
+        /* The K-FAC session takes the default precision, fp32. */
+        s->ref = si == KFAC ? tu_kfac_opt(f->layout, kfac_kv, 3, "mode", "simple", "precision",
+                                          "fp32", NULL)
+                            : tu_new_opt(kind, f->layout, NULL);
+    }
+    cu_cb_new(&f->cb[0], CU_KFAC_ADAPTIVE, f->d.base);
+    cu_cb_new(&f->cb[1], CU_HF, f->d.base);
+}
+
 static void test_sigkill(void **state)
 {
     struct fx *f = *state;
     unsigned seed = getenv("CURVD_CRASH_SEED") ? (unsigned)atoi(getenv("CURVD_CRASH_SEED")) : 2024;
     tu_rng_seed(&f->rng, seed);
-    spawn(f);
-    wait_ready(f);
-    const char *kinds[NSESS] = {"adagrad_diag", "mbag", "kfac"};
-    const tu_kv kfac_kv[] = {{"cov_interval", 2}, {"inv_interval", 3}, {"weight_decay", 0}};
-    for (int si = 0; si < NSESS; si++) {
-        json_t *config = si == KFAC
-                             ? json_pack("{s:s, s:i, s:i, s:i}", "mode", "simple", "cov_interval",
-                                         2, "inv_interval", 3, "weight_decay", 0)
-                             : NULL;
-        json_decref(su_create(f->base, kinds[si], config, 201, f->s[si].id, NULL));
-        assert_int_equal(strlen(f->s[si].id), 32);
-        curv_opt_kind kind;
-        assert_int_equal(curv_opt_kind_parse(kinds[si], &kind), CURV_OK);
-        /* The K-FAC session takes the default precision, fp32. */
-        f->s[si].ref = si == KFAC ? tu_kfac_opt(f->layout, kfac_kv, 3, "mode", "simple",
-                                                "precision", "fp32", NULL)
-                                  : tu_new_opt(kind, f->layout, NULL);
-    }
-    double t0 = su_now_s(), kd = 0.001, boot = 0.01; /* kill delay, start-up time */
-    int kills = 0, mid = 0, mid_acked = 0, between = 0, at_boot = 0, applied = 0;
+    cu_spawn(&f->d);
+    cu_wait_ready(&f->d);
+    create_sessions(f);
+    double t0 = su_now_s(), boot = 0.01, kd[NSESS]; /* start-up time, kill delays */
+    for (int si = 0; si < NSESS; si++)
+        kd[si] = cb_of(f, si) ? 0.003 : 0.001;
+    int kills = 0, mid = 0, mid_acked = 0, held = 0, between = 0, at_boot = 0, applied = 0;
     long requests = 0;
     while (kills < WANT_KILLS && (su_now_s() - t0 < TIME_S || kills < MIN_KILLS) &&
            su_now_s() - t0 < HARD_CAP_S) {
@@ -403,47 +370,70 @@ static void test_sigkill(void **state)
             step_ok(f, (int)(tu_uniform(&f->rng) * NSESS));
         int inflight[NSESS] = {0};
         double mode = tu_uniform(&f->rng);
-        if (mode < 0.6) { /* SIGKILL from a second thread while a step is in flight */
-            int si = (int)(tu_uniform(&f->rng) * NSESS);
+        /* Kills go to the callback sessions more often: their exchanges
+         * are where a kill can land in more places. */
+        int si = tu_uniform(&f->rng) < 0.6 ? NPLAIN + (int)(tu_uniform(&f->rng) * (NSESS - NPLAIN))
+                                           : (int)(tu_uniform(&f->rng) * NPLAIN);
+        if (mode < 0.25 && cb_of(f, si)) { /* kill with a callback in hand, unanswered */
+            requests++;
+            int hold = (int)(tu_uniform(&f->rng) * 4);
+            if (cu_cb_step(cb_of(f, si), f->d.base, hold) == CU_HELD)
+                held++, inflight[si] = 1;
+            else
+                between++;       /* the step asked fewer: done */
+        } else if (mode < 0.6) { /* SIGKILL from a second thread while a step is in flight */
             mid++, requests++;
-            if (kill_mid_step(f, si, kd * (0.25 + 1.5 * tu_uniform(&f->rng)))) {
+            if (kill_mid_step(f, si, kd[si] * (0.25 + 1.5 * tu_uniform(&f->rng)))) {
                 mid_acked++; /* answered before it died */
-                kd *= 0.8;
+                kd[si] *= 0.8;
             } else {
                 inflight[si] = 1;
-                kd *= 1.15;
+                kd[si] *= 1.15;
             }
         } else {
             between++;
         }
-        reap(f);
+        cu_reap(&f->d);
         kills++;
-        spawn(f);
+        double spawned = su_now_s();
+        cu_spawn(&f->d);
         if (mode > 0.9) { /* and once more while it opens the database */
-            sleep_s(tu_uniform(&f->rng) * boot);
-            reap(f);
+            cu_sleep_s(tu_uniform(&f->rng) * boot);
+            cu_reap(&f->d);
             kills++;
             at_boot++;
-            spawn(f);
+            spawned = su_now_s();
+            cu_spawn(&f->d);
         }
-        double b0 = su_now_s();
-        wait_ready(f);
-        boot = 0.8 * boot + 0.2 * (su_now_s() - b0);
-        applied += recover(f, inflight);
+        cu_wait_ready(&f->d);
+        double up = su_now_s() - spawned;
+        boot = 0.8 * boot + 0.2 * up;
+        if (f->rec.n < MAX_RESTARTS)
+            f->rec.boot[f->rec.n] = up;
+        applied += recover(f, inflight, spawned);
     }
     for (int k = 0; k < 4; k++)
         for (int si = 0; si < NSESS; si++, requests++)
             step_ok(f, si);
-    reap(f); /* the last stop is a crash too */
+    cu_reap(&f->d); /* the last stop is a crash too */
     check_db(f);
     printf("crash: seed %u, %d kills in %.1f s (%d mid-request: %d answered before the kill, "
-           "%d applied but unacknowledged; %d between requests; %d during start-up), "
-           "%ld step requests, steps %ld + %ld + %ld\n",
-           seed, kills, su_now_s() - t0, mid, mid_acked, applied, between, at_boot, requests,
-           f->s[0].acked, f->s[1].acked, f->s[KFAC].acked);
+           "%d applied but unacknowledged; %d with a callback unanswered; %d between requests; "
+           "%d during start-up), %ld step requests\n",
+           seed, kills, su_now_s() - t0, mid, mid_acked, applied, held, between, at_boot, requests);
+    for (int k = 0; k < NSESS - NPLAIN; k++)
+        printf("crash: %s: %ld callbacks answered, %ld kills cut the post of an answer, %d "
+               "steps applied but unacknowledged\n",
+               names[NPLAIN + k], f->cb[k].callbacks, f->cb[k].cut_answers, f->applied[NPLAIN + k]);
+    printf("crash: steps");
+    for (int si = 0; si < NSESS; si++)
+        printf(" %s %ld%s", names[si], f->s[si]->acked, si + 1 < NSESS ? "," : "\n");
+    print_recovery(&f->rec);
     fflush(stdout);
     if (kills < MIN_KILLS)
         fail_msg("only %d kills within %.0f s", kills, HARD_CAP_S);
+    if (held + f->cb[0].cut_answers + f->cb[1].cut_answers == 0)
+        fail_msg("no kill landed with a callback in flight");
 }
 
 static int setup(void **state)
@@ -451,8 +441,10 @@ static int setup(void **state)
     struct fx *f = calloc(1, sizeof *f);
     assert_non_null(f);
     su_tmpdir(f->dir, sizeof f->dir, getenv("TMPDIR"), "crash", f->db, sizeof f->db);
-    f->err_fd = -1;
+    f->d = (struct cu_daemon){.db = f->db, .err_fd = -1};
     f->layout = su_layout_new();
+    for (int si = 0; si < NSESS; si++)
+        f->s[si] = si < NPLAIN ? &f->plain[si] : &f->cb[si - NPLAIN].s;
     *state = f;
     return 0;
 }
@@ -460,73 +452,18 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fx *f = *state;
-    reap(f); /* no daemon survives a failed test */
-    for (int si = 0; si < NSESS; si++) {
-        curv_opt_free(f->s[si].ref);
-        free(f->s[si].last);
+    cu_reap(&f->d); /* no daemon survives a failed test */
+    for (int si = 0; si < NPLAIN; si++) {
+        curv_opt_free(f->plain[si].ref);
+        free(f->plain[si].last);
     }
+    for (int k = 0; k < NSESS - NPLAIN; k++)
+        if (f->cb[k].layout) /* created */
+            cu_cb_free(&f->cb[k]);
     curv_layout_free(f->layout);
     int rc = su_rmtree(f->dir);
     free(f);
     return rc == 0 ? 0 : -1;
-}
-
-/* The daemon's main() without flags: what --as-daemon runs. */
-static int run_daemon(int argc, char **argv)
-{
-    struct curvd_server srv = {.cfg = {.listen = "127.0.0.1",
-                                       .db_path = "curvd.db",
-                                       .threads = 2,
-                                       .max_body = 1 << 20,
-                                       .max_sessions = 100,
-                                       .mem_budget = (size_t)1 << 30,
-                                       .quiet = 1,
-                                       .durability_full = 1}};
-    for (int a = 1; a + 1 < argc; a++)
-        if (strcmp(argv[a], "--db") == 0)
-            srv.cfg.db_path = argv[a + 1];
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop, NULL);
-    char err[256];
-    if (curvd_daemon_open(&srv, err, sizeof err) != 0 ||
-        curvd_http_start(&srv, err, sizeof err) != 0) {
-        fprintf(stderr, "curvd: %s\n", err);
-        return 1;
-    }
-    fprintf(stderr, "curvd (test build) listening on http://127.0.0.1:%u\n", curvd_http_port(&srv));
-    int sig = 0;
-    sigwait(&stop, &sig);
-    curvd_http_stop(&srv);
-    curvd_daemon_close(&srv);
-    return 0;
-}
-
-/* $CURVD_BIN, or BUILD/curvd when not older than BUILD/libcurvd.a, where
- * this binary is BUILD/tests/server/NAME; else re-execute this binary. */
-static void find_daemon(const char *argv0)
-{
-    snprintf(self_path, sizeof self_path, "%s", argv0);
-    const char *env = getenv("CURVD_BIN");
-    if (env) {
-        snprintf(daemon_path, sizeof daemon_path, "%s", env);
-        return;
-    }
-    char build[900];
-    snprintf(build, sizeof build, "%s", argv0);
-    for (int up = 0; up < 3; up++) {
-        char *slash = strrchr(build, '/');
-        snprintf(slash ? slash : build, sizeof build - (size_t)(slash ? slash - build : 0), "%s",
-                 slash ? "" : ".");
-    }
-    char archive[1100];
-    snprintf(daemon_path, sizeof daemon_path, "%s/curvd", build);
-    snprintf(archive, sizeof archive, "%s/libcurvd.a", build);
-    struct stat bin, lib;
-    self_exec = stat(daemon_path, &bin) != 0 || access(daemon_path, X_OK) != 0 ||
-                (stat(archive, &lib) == 0 && bin.st_mtime < lib.st_mtime);
 }
 
 int main(int argc, char **argv)
@@ -535,14 +472,13 @@ int main(int argc, char **argv)
      * then sum in the same order in the daemon and in the reference. */
     openblas_set_num_threads(1);
     if (argc > 1 && strcmp(argv[1], "--as-daemon") == 0)
-        return run_daemon(argc - 1, argv + 1);
+        return cu_run_daemon(argc - 1, argv + 1);
     /* The daemon's flags are explicit; no stray environment changes it. */
     const char *env[] = {"CURVD_TOKEN_FILE", "CURVD_MAX_SESSIONS", "CURVD_MEMORY_BUDGET",
                          "CURVD_MAX_BODY"};
     for (size_t i = 0; i < sizeof env / sizeof env[0]; i++)
         unsetenv(env[i]);
-    find_daemon(argv[0]);
-    printf("crash: daemon %s\n", self_exec ? "this binary --as-daemon" : daemon_path);
+    printf("crash: daemon %s\n", cu_find_daemon(argv[0]));
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_ALL);
     su_set_timeout(10);
