@@ -33,7 +33,7 @@
 #include "kfac_int.h"
 #include "linalg.h"
 
-static size_t side_len(const struct curv__kside *s)
+size_t curv__kside_len(const struct curv__kside *s)
 {
     return s->diag ? s->n : s->n * s->n;
 }
@@ -110,7 +110,7 @@ static void side_init(struct curv__kside *s, size_t n, const struct curv__kfac_h
     s->n = n;
     s->diag = n > (size_t)h->max_factor_dim;
     s->f32 = h->precision == CURV__KFAC_FP32;
-    s->F = curv__tally_calloc(t, side_len(s), sizeof(double));
+    s->F = curv__tally_calloc(t, curv__kside_len(s), sizeof(double));
     s->Q = s->diag ? NULL : curv__tally_calloc(t, n * n, sizeof(double));
     s->Qf = s->diag || !s->f32 ? NULL : curv__tally_calloc(t, n * n, sizeof(float));
     s->w = curv__tally_calloc(t, n, sizeof(double));
@@ -163,7 +163,7 @@ static curv_status side_stats(struct curv__kside *s, const double *X, size_t row
                               int bias, double scale, double eps)
 {
     const size_t n = s->n;
-    double *Fn = curv__calloc_n(side_len(s), sizeof(double));
+    double *Fn = curv__calloc_n(curv__kside_len(s), sizeof(double));
     if (!Fn)
         return CURV_E_NOMEM;
     if (s->diag) {
@@ -199,7 +199,7 @@ static curv_status side_stats(struct curv__kside *s, const double *X, size_t row
             for (size_t j = 0; j < i; j++)
                 Fn[i * n + j] = Fn[j * n + i];
     }
-    const size_t len = side_len(s);
+    const size_t len = curv__kside_len(s);
     for (size_t i = 0; i < len; i++)
         Fn[i] = eps * s->F[i] + (1.0 - eps) * Fn[i];
     if (curv__first_nonfinite(Fn, len) < len) {
@@ -389,7 +389,7 @@ static void side_save(const struct curv__kside *s, struct curv__writer *w,
                       const struct curv__kstamps *st)
 {
     curv__w_part(w, st->factors);
-    curv__w_f64s(w, s->F, side_len(s));
+    curv__w_f64s(w, s->F, curv__kside_len(s));
     curv__w_part(w, st->inverse);
     if (!s->diag)
         curv__w_f64s(w, s->Q, s->n * s->n);
@@ -400,13 +400,13 @@ static void side_save(const struct curv__kside *s, struct curv__writer *w,
 static void side_load(struct curv__kside *s, struct curv__reader *r)
 {
     side_drop_inv(s); /* the cache belongs to the decomposition replaced */
-    curv__r_f64s(r, s->F, side_len(s));
+    curv__r_f64s(r, s->F, curv__kside_len(s));
     if (!s->diag)
         curv__r_f64s(r, s->Q, s->n * s->n);
     curv__r_f64s(r, s->w, s->n);
     if (s->Qf)
         to_float(s->Q, s->n * s->n, s->Qf);
-    if (curv__first_nonfinite(s->F, side_len(s)) < side_len(s) ||
+    if (curv__first_nonfinite(s->F, curv__kside_len(s)) < curv__kside_len(s) ||
         (!s->diag && curv__first_nonfinite(s->Q, s->n * s->n) < s->n * s->n) ||
         !curv__valid_sums(s->w, s->n))
         r->bad = 1;
@@ -677,7 +677,7 @@ static size_t side_bytes(const struct curv__kside *s)
 {
     const size_t sq = s->diag ? 0 : s->n * s->n;
     const size_t es = s->f32 ? sizeof(float) : sizeof(double);
-    return (side_len(s) + sq + s->n) * sizeof(double) + (s->inv ? sq * es : 0) +
+    return (curv__kside_len(s) + sq + s->n) * sizeof(double) + (s->inv ? sq * es : 0) +
            (s->Qf ? sq * sizeof(float) : 0);
 }
 

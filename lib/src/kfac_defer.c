@@ -35,11 +35,6 @@ struct curv_refresh {
     struct defer_block *d;         /* per layout block; FA NULL: not part */
 };
 
-static size_t side_len(const struct curv__kside *s)
-{
-    return s->diag ? s->n : s->n * s->n;
-}
-
 void curv__kdefer_free(struct curv_refresh *r)
 {
     if (!r)
@@ -75,8 +70,8 @@ static struct curv_refresh *alloc_refresh(struct curv__kblock *const *b, size_t 
 static int alloc_snap(struct curv_refresh *r, size_t i)
 {
     const struct curv__kblock *b = r->b[i];
-    r->d[i].FA = curv__calloc_n(side_len(&b->A), sizeof(double));
-    r->d[i].FG = curv__calloc_n(side_len(&b->G), sizeof(double));
+    r->d[i].FA = curv__calloc_n(curv__kside_len(&b->A), sizeof(double));
+    r->d[i].FG = curv__calloc_n(curv__kside_len(&b->G), sizeof(double));
     return r->d[i].FA && r->d[i].FG;
 }
 
@@ -96,8 +91,8 @@ struct curv_refresh *curv__kdefer_new(struct curv__kblock *const *b, const unsig
             curv__kdefer_free(r);
             return NULL;
         }
-        memcpy(r->d[i].FA, curv__kside_F(&b[i]->A), side_len(&b[i]->A) * sizeof(double));
-        memcpy(r->d[i].FG, curv__kside_F(&b[i]->G), side_len(&b[i]->G) * sizeof(double));
+        memcpy(r->d[i].FA, curv__kside_F(&b[i]->A), curv__kside_len(&b[i]->A) * sizeof(double));
+        memcpy(r->d[i].FG, curv__kside_F(&b[i]->G), curv__kside_len(&b[i]->G) * sizeof(double));
     }
     return r;
 }
@@ -154,8 +149,8 @@ void curv__kdefer_save(const struct curv_refresh *r, size_t n, struct curv__writ
         if (!r->d[i].FA)
             continue;
         curv__w_part(w, curv__stamp(CURV__STAMP_KFAC_DEFER, r->from));
-        curv__w_f64s(w, r->d[i].FA, side_len(&r->b[i]->A));
-        curv__w_f64s(w, r->d[i].FG, side_len(&r->b[i]->G));
+        curv__w_f64s(w, r->d[i].FA, curv__kside_len(&r->b[i]->A));
+        curv__w_f64s(w, r->d[i].FG, curv__kside_len(&r->b[i]->G));
     }
 }
 
@@ -191,7 +186,7 @@ struct curv_refresh *curv__kdefer_load(struct curv__reader *rd, struct curv__kbl
     for (size_t i = 0; r && i < n && !rd->bad && !*nomem; i++) {
         if (!r->d[i].FA)
             continue;
-        const size_t la = side_len(&b[i]->A), lg = side_len(&b[i]->G);
+        const size_t la = curv__kside_len(&b[i]->A), lg = curv__kside_len(&b[i]->G);
         curv__r_f64s(rd, r->d[i].FA, la);
         curv__r_f64s(rd, r->d[i].FG, lg);
         if (curv__first_nonfinite(r->d[i].FA, la) < la ||
@@ -221,7 +216,7 @@ size_t curv__kdefer_bytes(const struct curv_refresh *r)
         if (!r->d[i].FA)
             continue;
         const struct curv__kblock *b = r->b[i];
-        const size_t la = side_len(&b->A), lg = side_len(&b->G);
+        const size_t la = curv__kside_len(&b->A), lg = curv__kside_len(&b->G);
         /* the snapshots and, once computed, Q, w (and Qf) of each side */
         total += 2 * (la + lg) * sizeof(double) + (b->A.n + b->G.n) * sizeof(double);
         if (b->A.f32)

@@ -179,6 +179,9 @@ double curv__kblock_dof(const struct curv__kblock *b, double gamma);
  * overflow. */
 size_t curv__kblock_saved(const curv_block_info *info, const struct curv__kfac_hyper *h);
 
+/* Doubles of a side's factor: n for a diagonal side, n² for a dense one. */
+size_t curv__kside_len(const struct curv__kside *s);
+
 /* curv__kside_F - the newest factor (the tentative one when computed
  * this step). */
 const double *curv__kside_F(const struct curv__kside *s);

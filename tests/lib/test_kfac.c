@@ -45,20 +45,6 @@ static double *kron(size_t na, const double *A, size_t nb, const double *B)
     return K;
 }
 
-/* Â = scale Σ_rows ā āᵀ with ā = [x, 1] when @bias (n = nx + bias). */
-static double *outer_mean(const double *X, size_t rows, size_t nx, int bias, double scale)
-{
-    size_t n = nx + (size_t)bias;
-    double *F = tu_alloc(n * n);
-    for (size_t r = 0; r < rows; r++)
-        for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; j < n; j++) {
-                double xi = i < nx ? X[r * nx + i] : 1.0, xj = j < nx ? X[r * nx + j] : 1.0;
-                F[i * n + j] += scale * xi * xj;
-            }
-    return F;
-}
-
 /* The dense Fisher block of layer @b of @net: (1/m) Σ_e p_e p_eᵀ over the
  * per-example gradients restricted to the block. */
 static double *true_fisher_block(const tu_mlp *net, size_t off, size_t size)
@@ -131,8 +117,8 @@ static void test_factors_batch(void **state)
         double *pairs = tu_alloc(sz * sz);
         for (size_t e = 0; e < m; e++)
             for (size_t f = 0; f < m; f++) {
-                double *a1 = outer_mean(net.acts[i] + e * w[i], 1, w[i], 1, 1.0);
-                double *g1 = outer_mean(net.sig[i] + f * w[i + 1], 1, w[i + 1], 0, 1.0);
+                double *a1 = tu_outer_mean(net.acts[i] + e * w[i], 1, w[i], 1, 1.0);
+                double *g1 = tu_outer_mean(net.sig[i] + f * w[i + 1], 1, w[i + 1], 0, 1.0);
                 double *k1 = kron(nr, g1, nc, a1);
                 for (size_t j = 0; j < sz * sz; j++)
                     pairs[j] += k1[j] / (double)(m * m);
@@ -181,8 +167,8 @@ static void test_conv_statistics(void **state)
     curv_error err;
     tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_OK, &err);
     const struct curv__kblock *b = block_of(o, 0);
-    double *A = outer_mean(acts, rows, 4, 1, 1.0 / (double)rows);
-    double *G = outer_mean(sig, rows, 2, 0, 1.0 / (double)ex);
+    double *A = tu_outer_mean(acts, rows, 4, 1, 1.0 / (double)rows);
+    double *G = tu_outer_mean(sig, rows, 2, 0, 1.0 / (double)ex);
     tu_expect_close(b->A.F, A, 25, 1e-15, "conv A", 1);
     tu_expect_close(b->G.F, G, 4, 1e-15, "conv G", 1);
     free(A), free(G);
@@ -219,8 +205,8 @@ static void check_blockdiag(double max_factor_dim, double eta)
         curv_block_info bi;
         curv_layout_block(l, i, &bi);
         const size_t nr = bi.rows, nc = bi.cols, sz = bi.size;
-        double *A = outer_mean(net.acts[i], net.m, w[i], 1, 1.0 / (double)net.m);
-        double *G = outer_mean(net.sig[i], net.m, w[i + 1], 0, 1.0 / (double)net.m);
+        double *A = tu_outer_mean(net.acts[i], net.m, w[i], 1, 1.0 / (double)net.m);
+        double *G = tu_outer_mean(net.sig[i], net.m, w[i + 1], 0, 1.0 / (double)net.m);
         const double pi = tu_kfac_pi(nr, G, nc, A);
         for (size_t j = 0; j < nc; j++)
             for (size_t k = 0; k < nc; k++)
@@ -566,8 +552,8 @@ static void check_ema_schedule(int fp32)
         tu_mlp_batch(&net, 100 + k);
         tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
         const double eps = fmin(1.0 - 1.0 / k, 0.6);
-        double *A = outer_mean(net.acts[1], 3, 4, 1, 1.0 / 3),
-               *G = outer_mean(net.sig[1], 3, 2, 0, 1.0 / 3);
+        double *A = tu_outer_mean(net.acts[1], 3, 4, 1, 1.0 / 3),
+               *G = tu_outer_mean(net.sig[1], 3, 2, 0, 1.0 / 3);
         for (size_t i = 0; i < 25; i++)
             Aw[i] = eps * Aw[i] + (1 - eps) * A[i];
         for (size_t i = 0; i < 4; i++)

@@ -30,18 +30,6 @@ static curv_opt *simple_opt(const curv_layout *l, double staleness, const char *
     return tu_kfac_opt(l, kv, 8, "mode", "simple", "noise", "off", "inverse", inverse, NULL);
 }
 
-/* Â = (1/m) Σ ā āᵀ (ā = [x, 1] with @bias) of @m rows of @X. */
-static void outer(const double *X, size_t m, size_t nx, int bias, double *F)
-{
-    const size_t n = nx + (size_t)bias;
-    memset(F, 0, n * n * sizeof *F);
-    for (size_t r = 0; r < m; r++)
-        for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; j < n; j++)
-                F[i * n + j] +=
-                    (i < nx ? X[r * nx + i] : 1.0) * (j < nx ? X[r * nx + j] : 1.0) / (double)m;
-}
-
 /* The step whose factors step @j's inverses come from: the last of steps
  * 1-3, or of the periodic refreshes k (k ≡ 0 mod T3) applied by then, at
  * k + @s. */
@@ -75,7 +63,6 @@ static void check_dense(unsigned s)
     curv_opt *o = simple_opt(l, s, "blockdiag");
     double *u = tu_alloc(net.dim), *want = tu_alloc(net.dim);
     double *A[2][STEPS + 1], *G[2][STEPS + 1];
-    double *stat = tu_alloc(25);
     curv_error err;
     for (unsigned k = 1; k <= STEPS; k++) {
         tu_mlp_batch(&net, 300 + k);
@@ -84,12 +71,13 @@ static void check_dense(unsigned s)
             const size_t nc = W[i] + 1, nr = W[i + 1];
             A[i][k] = tu_alloc(nc * nc);
             G[i][k] = tu_alloc(nr * nr);
-            outer(net.acts[i], net.m, W[i], 1, stat);
+            double *sa = tu_outer_mean(net.acts[i], net.m, W[i], 1, 1.0 / (double)net.m);
+            double *sg = tu_outer_mean(net.sig[i], net.m, nr, 0, 1.0 / (double)net.m);
             for (size_t e = 0; e < nc * nc; e++)
-                A[i][k][e] = (k > 1 ? eps * A[i][k - 1][e] : 0) + (1 - eps) * stat[e];
-            outer(net.sig[i], net.m, nr, 0, stat);
+                A[i][k][e] = (k > 1 ? eps * A[i][k - 1][e] : 0) + (1 - eps) * sa[e];
             for (size_t e = 0; e < nr * nr; e++)
-                G[i][k][e] = (k > 1 ? eps * G[i][k - 1][e] : 0) + (1 - eps) * stat[e];
+                G[i][k][e] = (k > 1 ? eps * G[i][k - 1][e] : 0) + (1 - eps) * sg[e];
+            free(sa), free(sg);
         }
         tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
         const unsigned r = refresh_used(k, s);
@@ -109,7 +97,7 @@ static void check_dense(unsigned s)
     for (size_t i = 0; i < 2; i++)
         for (unsigned k = 1; k <= STEPS; k++)
             free(A[i][k]), free(G[i][k]);
-    free(u), free(want), free(stat);
+    free(u), free(want);
     tu_mlp_teardown(o, l, &net);
 }
 

@@ -677,6 +677,19 @@ double tu_kfac_pi(size_t nr, const double *G, size_t nc, const double *A)
     return sqrt((trA / (double)nc) / (trG / (double)nr));
 }
 
+double *tu_outer_mean(const double *X, size_t rows, size_t nx, int bias, double scale)
+{
+    size_t n = nx + (size_t)bias;
+    double *F = tu_alloc(n * n);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++) {
+                double xi = i < nx ? X[r * nx + i] : 1.0, xj = j < nx ? X[r * nx + j] : 1.0;
+                F[i * n + j] += scale * xi * xj;
+            }
+    return F;
+}
+
 double *tu_kfac_damped_kron(size_t nr, const double *G, size_t nc, const double *A, double gamma)
 {
     const double pi = tu_kfac_pi(nr, G, nc, A);

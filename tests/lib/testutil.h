@@ -246,6 +246,9 @@ void tu_mlp_answer(tu_mlp *net, const curv_request *req, double *values);
 /* K-FAC's damping split from the traces of nr x nr @G and nc x nc @A:
  * π = sqrt((tr A / nc) / (tr G / nr)). */
 double tu_kfac_pi(size_t nr, const double *G, size_t nc, const double *A);
+/* Â = @scale Σ_rows ā āᵀ over @rows rows of @X (nx each), ā = [x, 1]
+ * when @bias: (nx + bias) x (nx + bias), caller frees. */
+double *tu_outer_mean(const double *X, size_t rows, size_t nx, int bias, double scale);
 /* The damped Kronecker block (G + γ/π I) ⊗ (A + πγ I), π by tu_kfac_pi,
  * as an (nr nc) x (nr nc) matrix (caller frees). */
 double *tu_kfac_damped_kron(size_t nr, const double *G, size_t nc, const double *A, double gamma);
