@@ -120,6 +120,40 @@ static void step_both(struct su_trainer *tr, curv_opt *ref, tu_mlp *net, long t,
     tu_mlp_advance(net, u, seed + (uint64_t)t);
 }
 
+/* A daemon of @workers, a K-FAC session of @config on the MLP (seed
+ * @seed) and the serial library's optimizer @ref beside it. */
+struct pair {
+    struct dfx f;
+    tu_mlp net;
+    curv_layout *l;
+    struct su_trainer tr;
+    curv_opt *ref;
+    double *u, *want;
+};
+
+static void pair_open(struct pair *p, unsigned workers, const char *tag, uint64_t seed,
+                      json_t *config, curv_opt *(*make_ref)(const curv_layout *, const void *),
+                      const void *ref_arg)
+{
+    dstart(&p->f, workers, tag);
+    p->l = mlp_new(&p->net, seed);
+    p->tr = (struct su_trainer){.base = p->f.base, .layout = p->l};
+    su_trainer_create(&p->tr, "kfac", config);
+    p->ref = make_ref(p->l, ref_arg);
+    p->u = tu_alloc(p->net.dim);
+    p->want = tu_alloc(p->net.dim);
+}
+
+static void pair_close(struct pair *p)
+{
+    free(p->u);
+    free(p->want);
+    curv_opt_free(p->ref);
+    curv_layout_free(p->l);
+    tu_mlp_free(&p->net);
+    dstop(&p->f);
+}
+
 static curv_opt *simple_ref(const curv_layout *l)
 {
     const tu_kv kv[] = {{"lr", 0.1}};
@@ -137,43 +171,39 @@ static json_t *simple_config(void)
 
 /* ---- Tests ---- */
 
+static curv_opt *adaptive_ref(const curv_layout *l, const void *unused)
+{
+    (void)unused;
+    const tu_kv kv[] = {{"lambda_interval", 2}, {"gamma_interval", 3}, {"inv_interval", 2}};
+    /* The session takes the default precision, fp32. */
+    return tu_kfac_opt(l, kv, 3, "gamma_rule", "grid", "precision", "fp32", NULL);
+}
+
 /* Adaptive K-FAC (its quadratic-form and loss callbacks) on three
  * workers: every update that of the serial library, to the bit. */
 static void test_adaptive_matches_serial(void **state)
 {
     (void)state;
-    struct dfx f;
-    dstart(&f, 3, "par-adaptive");
-    tu_mlp net;
-    curv_layout *l = mlp_new(&net, 11);
-    struct su_trainer tr = {.base = f.base, .layout = l};
-    su_trainer_create(&tr, "kfac",
-                      json_pack("{s:i, s:i, s:i, s:s}", "lambda_interval", 2, "gamma_interval", 3,
-                                "inv_interval", 2, "gamma_rule", "grid"));
-    const tu_kv kv[] = {{"lambda_interval", 2}, {"gamma_interval", 3}, {"inv_interval", 2}};
-    /* The session takes the default precision, fp32. */
-    curv_opt *ref = tu_kfac_opt(l, kv, 3, "gamma_rule", "grid", "precision", "fp32", NULL);
-    double *u = tu_alloc(net.dim), *want = tu_alloc(net.dim);
-    double first = net.loss;
+    struct pair p;
+    pair_open(&p, 3, "par-adaptive", 11,
+              json_pack("{s:i, s:i, s:i, s:s}", "lambda_interval", 2, "gamma_interval", 3,
+                        "inv_interval", 2, "gamma_rule", "grid"),
+              adaptive_ref, NULL);
+    double first = p.net.loss;
     for (long t = 1; t <= 6; t++)
-        step_both(&tr, ref, &net, t, "kfac adaptive", 200, u, want);
-    assert_true(net.loss < first);
-    struct curvd_pool_stats st = pool_stats(&f);
+        step_both(&p.tr, p.ref, &p.net, t, "kfac adaptive", 200, p.u, p.want);
+    assert_true(p.net.loss < first);
+    struct curvd_pool_stats st = pool_stats(&p.f);
     print_message("3 workers: %llu batches, %llu tasks, %llu helped, at most %u busy\n", st.batches,
                   st.tasks, st.helped, st.max_busy);
     assert_true(st.batches > 0);
     assert_true(st.max_busy <= 3);
     /* /metrics shows the same counters. */
-    assert_int_equal(metric(f.base, "curvd_worker_tasks_total{by=\"own\"}") +
-                         metric(f.base, "curvd_worker_tasks_total{by=\"helper\"}"),
+    assert_int_equal(metric(p.f.base, "curvd_worker_tasks_total{by=\"own\"}") +
+                         metric(p.f.base, "curvd_worker_tasks_total{by=\"helper\"}"),
                      (long long)st.tasks);
-    assert_int_equal(metric(f.base, "curvd_workers_busy_max"), st.max_busy);
-    free(u);
-    free(want);
-    curv_opt_free(ref);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
-    dstop(&f);
+    assert_int_equal(metric(p.f.base, "curvd_workers_busy_max"), st.max_busy);
+    pair_close(&p);
 }
 
 /* The same steps (simple mode, binary FP32) on daemons with one, two and
@@ -321,30 +351,30 @@ static void test_sessions_at_once(void **state)
     dstop(&f);
 }
 
+static curv_opt *background_ref(const curv_layout *l, const void *mode)
+{
+    const tu_kv kv[] = {{"inv_interval", 3}, {"max_staleness", 2}, {"lr", 0.1}, {"lambda_init", 1}};
+    return tu_kfac_opt(l, kv, 4, "mode", (const char *)mode, "precision", "fp32", NULL);
+}
+
 /* K-FAC with max_staleness on two workers: each refresh is handed to the
  * pool when the step that leaves it completes, and every update equals
  * that of the serial library computing its refreshes in the step, to the
  * bit (simple and adaptive mode). */
 static void check_background(const char *mode)
 {
-    struct dfx f;
-    dstart(&f, 2, "par-background");
-    tu_mlp net;
-    curv_layout *l = mlp_new(&net, 13);
-    struct su_trainer tr = {.base = f.base, .layout = l};
-    su_trainer_create(&tr, "kfac",
-                      json_pack("{s:s, s:i, s:i, s:f, s:f}", "mode", mode, "inv_interval", 3,
-                                "max_staleness", 2, "lr", 0.1, "lambda_init", 1.0));
-    const tu_kv kv[] = {{"inv_interval", 3}, {"max_staleness", 2}, {"lr", 0.1}, {"lambda_init", 1}};
-    curv_opt *ref = tu_kfac_opt(l, kv, 4, "mode", mode, "precision", "fp32", NULL);
-    double *u = tu_alloc(net.dim), *want = tu_alloc(net.dim);
+    struct pair p;
+    pair_open(&p, 2, "par-background", 13,
+              json_pack("{s:s, s:i, s:i, s:f, s:f}", "mode", mode, "inv_interval", 3,
+                        "max_staleness", 2, "lr", 0.1, "lambda_init", 1.0),
+              background_ref, mode);
     const long steps = 13; /* refreshes left by steps 6, 9 and 12 */
     for (long t = 1; t <= steps; t++)
-        step_both(&tr, ref, &net, t, mode, 300, u, want);
+        step_both(&p.tr, p.ref, &p.net, t, mode, 300, p.u, p.want);
     /* The last one (left by step 12 for step 14) may still be running. */
     struct curvd_bg_stats bg;
     for (int i = 0; i < 1000; i++) {
-        curvd_registry_bg_stats(f.srv.reg, &bg);
+        curvd_registry_bg_stats(p.f.srv.reg, &bg);
         if (bg.run + bg.taken_back == bg.handed)
             break;
         nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
@@ -355,16 +385,12 @@ static void check_background(const char *mode)
     assert_int_equal(bg.handed, 3);
     assert_int_equal(bg.run + bg.taken_back, 3);
     /* /metrics shows the same counters. */
-    assert_int_equal(metric(f.base, "curvd_background_refreshes_total{outcome=\"handed\"}"), 3);
-    assert_int_equal(metric(f.base, "curvd_background_refreshes_total{outcome=\"run\"}") +
-                         metric(f.base, "curvd_background_refreshes_total{outcome=\"taken_back\"}"),
-                     3);
-    free(u);
-    free(want);
-    curv_opt_free(ref);
-    curv_layout_free(l);
-    tu_mlp_free(&net);
-    dstop(&f);
+    assert_int_equal(metric(p.f.base, "curvd_background_refreshes_total{outcome=\"handed\"}"), 3);
+    assert_int_equal(
+        metric(p.f.base, "curvd_background_refreshes_total{outcome=\"run\"}") +
+            metric(p.f.base, "curvd_background_refreshes_total{outcome=\"taken_back\"}"),
+        3);
+    pair_close(&p);
 }
 
 static void test_refreshes_in_the_background(void **state)
