@@ -167,7 +167,8 @@ def test_parameters_instead_of_the_model_are_refused(daemon, what):
 # ---- C. step(closure) -------------------------------------------------------
 
 
-@pytest.mark.parametrize("run", ["sgd", "adagrad_bma", "kfac", "hf_plain"])
+@pytest.mark.parametrize("run", ["sgd", "adagrad_diag", "adagrad_full", "adagrad_bma", "mbag",
+                                 "mbag_ema", "mbag_n", "kfac", "hf_plain"])
 def test_step_with_a_closure_equals_step_with_the_batch(daemon, offered, layers_refused, run):
     """The closure's gradient (and for K-FAC, statistics from the inputs it
     gave the model; for K-FAC and HF, curvature callbacks on those inputs
