@@ -241,7 +241,7 @@ spec-types: $(BUILD)/curvd
 # libFuzzer + ASan/UBSan under clang, built in $(BUILD)/fuzz by tests/fuzz/run.sh:
 # step bodies (the daemon's decoding path) and state blobs (curv_opt_load).
 # `make fuzz` runs each for FUZZ_SECONDS; make test runs a short smoke.
-FUZZ_TARGETS := fuzz_step_body fuzz_state_blob
+FUZZ_TARGETS := fuzz_step_body fuzz_state_blob fuzz_step_extremes
 FUZZ_SECONDS ?= 300
 
 fuzz: deps

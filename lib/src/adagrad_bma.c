@@ -193,6 +193,15 @@ CURV__VECTOR_CLONES static void update_pass(size_t n, const double *restrict g,
     }
 }
 
+/* The first element of [@a, @b) whose r + g² is not finite. */
+static size_t first_overflow(const double *r, const double *g, size_t a, size_t b)
+{
+    for (size_t i = a; i < b; i++)
+        if (!isfinite(r[i] + g[i] * g[i]))
+            return i;
+    return a;
+}
+
 /* Theorem 2 on F = I + B̄, B = S^-1/2 X S^-1/2: D into @D (eq. 27). */
 static curv_status refresh_d(struct bma_state *s, const struct bma_hyper *h, const double *Unew,
                              const double *v, double *D, curv_error *err)
@@ -227,11 +236,20 @@ static curv_status bma_step(curv_opt *o, const struct curv__step_args *in, doubl
         double sums[3];
         block_pass(s->start[i + 1] - a, s->r + a, g + a, h->eps, s->w + a, sums);
         u[i] = sums[0], us[i] = sums[1], v[i] = sums[2];
+        if (!isfinite(v[i])) /* some r + g² overflowed: name the first */
+            return curv__overflow(o, first_overflow(s->r, g, a, s->start[i + 1]),
+                                  "the sum of squared gradients r + g²", err);
     }
     /* Line 14: U + u uᵀ, committed only when the step succeeds. */
     for (size_t i = 0; i < L; i++)
-        for (size_t j = 0; j < L; j++)
+        for (size_t j = 0; j < L; j++) {
             Unew[i * L + j] = s->U[i * L + j] + u[i] * u[j];
+            if (!isfinite(Unew[i * L + j]))
+                return curv__overflow(o, s->start[i],
+                                      "U + u uᵀ (u: the gradient summed over the partition "
+                                      "block that starts here)",
+                                      err);
+        }
     /* D is refreshed every inv_interval steps (the first step included). */
     const int refresh = (o->t % (uint64_t)h->inv_interval) == 0;
     const double *D = s->D;

@@ -337,6 +337,10 @@ static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_erro
         pend_drop(s);
         return curv__overflow(o, bad, "the weight decay's ∇h = g + ηθ or η/2‖θ‖²", err);
     }
+    if ((bad = curv__kfac_est_sum_overflow(s->est, s->p.g)) != SIZE_MAX) {
+        pend_drop(s);
+        return curv__overflow(o, bad, "the fallback's sum of squared gradients r + g²", err);
+    }
     curv_status st = curv__kfac_est_update(s->est, a, k, &s->p.failed, err);
     if (st != CURV_OK) {
         pend_drop(s);

@@ -718,6 +718,14 @@ static void fb_apply(const struct curv__kblock *b, size_t cand, const double *g,
         u[i] = b->r ? lr * g[i] / sqrt(b->r[i] + g[i] * g[i] + eps) : lr * g[i];
 }
 
+size_t curv__kblock_sum_overflow(const struct curv__kblock *b, const double *g)
+{
+    for (size_t i = 0; b->r && i < b->info.size; i++)
+        if (!isfinite(b->r[i] + g[i] * g[i]))
+            return i;
+    return SIZE_MAX;
+}
+
 static void fb_commit(struct curv__kblock *b, size_t cand, const double *g)
 {
     (void)cand;

@@ -570,6 +570,16 @@ void curv__kfac_est_report(const struct curv__kfac_est *e, curv_opt *o, uint64_t
     }
 }
 
+size_t curv__kfac_est_sum_overflow(const struct curv__kfac_est *e, const double *g)
+{
+    for (size_t i = 0; i < e->n; i++) {
+        const size_t at = curv__kblock_sum_overflow(e->b[i], g + e->b[i]->info.offset);
+        if (at != SIZE_MAX)
+            return e->b[i]->info.offset + at;
+    }
+    return SIZE_MAX;
+}
+
 struct curv_refresh *curv__kfac_est_pending(struct curv__kfac_est *e)
 {
     return e->pend;

@@ -171,6 +171,11 @@ void curv__kblock_install(struct curv__kblock *b, struct curv__keig *x);
 /* Free what @x holds; it is left empty. */
 void curv__keig_free(struct curv__keig *x);
 
+/* The first element of a fallback block whose AdaGrad sum r + g² (@g the
+ * block's slice of ∇h) would not be finite; SIZE_MAX when none (and for
+ * other blocks). */
+size_t curv__kblock_sum_overflow(const struct curv__kblock *b, const double *g);
+
 /* tr(P F̆) of a Kronecker block for damping @gamma: the degrees of freedom
  * its preconditioner leaves (0 for other blocks). */
 double curv__kblock_dof(const struct curv__kblock *b, double gamma);
@@ -319,6 +324,9 @@ void curv__kfac_est_save(const struct curv__kfac_est *e, struct curv__writer *w,
  * completed steps (bad content sets @r->bad). CURV_E_NOMEM. */
 curv_status curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r, uint64_t steps,
                                 curv_error *err);
+/* The first element of ∇h @g whose fallback sum r + g² would not be
+ * finite (SIZE_MAX: none). */
+size_t curv__kfac_est_sum_overflow(const struct curv__kfac_est *e, const double *g);
 /* The deferred refresh awaiting its step (NULL: none). */
 struct curv_refresh *curv__kfac_est_pending(struct curv__kfac_est *e);
 /* Bytes of state held. */

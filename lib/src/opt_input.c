@@ -163,9 +163,11 @@ static curv_status load_layers(curv_opt *o, const curv_step_input *in, struct cu
         *li =
             (struct curv__layer_in){.block = ls->block, .rows = ls->rows, .examples = ls->examples};
         li->acts = as_doubles(ls->acts, in->dtype, next, ls->rows * b.n_in);
-        next += in->dtype == CURV_F32 ? ls->rows * b.n_in : 0;
+        if (in->dtype == CURV_F32) /* lbuf is NULL for float64: no arithmetic on it */
+            next += ls->rows * b.n_in;
         li->signals = as_doubles(ls->signals, in->dtype, next, ls->rows * b.n_out);
-        next += in->dtype == CURV_F32 ? ls->rows * b.n_out : 0;
+        if (in->dtype == CURV_F32)
+            next += ls->rows * b.n_out;
         curv_status st = check_finite(o, b.name, "acts", li->acts, ls->rows, b.n_in, err);
         if (st == CURV_OK)
             st = check_finite(o, b.name, "signals", li->signals, ls->rows, b.n_out, err);

@@ -7,7 +7,7 @@
 #   tests/fuzz/run.sh --seeds                   # regenerate tests/fuzz/corpus
 #   tests/fuzz/run.sh --coverage TARGET         # line coverage of the working corpus
 #
-# TARGET is fuzz_step_body or fuzz_state_blob. The library and codec
+# TARGET is fuzz_step_body, fuzz_state_blob or fuzz_step_extremes. The library and codec
 # sources are compiled here, by clang with the sanitizers, into
 # $BUILD/fuzz/ (default build/fuzz/), never taken from the gcc archives.
 # The committed seeds (tests/fuzz/corpus/TARGET) are copied into a working
@@ -78,6 +78,12 @@ fuzz_step_body)
     report="server/wire/step_decode.c server/wire/codec.c server/wire/json_scan.c server/wire/nonfinite.c server/wire/numtext.c server/http/mem.c server/wire/out.c server/wire/tensor_bytes.c server/http/errors.c lib/src/layout.c"
     max_len=4096
     ;;
+fuzz_step_extremes)
+    srcs=$(ls lib/src/*.c)
+    pkgs="openblas lapacke"
+    report=$srcs
+    max_len=512
+    ;;
 fuzz_state_blob)
     srcs=$(ls lib/src/*.c)
     pkgs="openblas lapacke"
@@ -85,7 +91,7 @@ fuzz_state_blob)
     max_len=16384
     ;;
 *)
-    echo "run.sh: unknown target '$target' (fuzz_step_body, fuzz_state_blob)" >&2
+    echo "run.sh: unknown target '$target' (fuzz_step_body, fuzz_state_blob, fuzz_step_extremes)" >&2
     exit 2
     ;;
 esac

@@ -226,10 +226,77 @@ static void test_every_kind_survives_extremes(void **state)
     assert_int_equal(failed, 0);
 }
 
+/* After two ordinary steps, a step whose gradient @set makes extreme is
+ * refused with CURV_E_NONFINITE naming @what at element @at, and changes
+ * nothing (found by fuzz_step_extremes: AdaGrad-BMA answered
+ * CURV_E_INVALID "bma_inv_sqrt: B[0][1] = -nan", and K-FAC took the step
+ * and saved a fallback sum of +inf, a state that no longer loads). */
+static void expect_refused(curv_opt_kind kind, const curv_config *c, void (*set)(double *g),
+                           const char *what, size_t at)
+{
+    curv_layout *l = tu_opt_mixed_layout();
+    curv_opt *o = tu_new_opt(kind, l, c);
+    struct input x;
+    struct trainer t;
+    double u[D];
+    curv_error err;
+    for (uint64_t k = 1; k <= 2; k++) {
+        make_input(&x, kind, k);
+        trainer_init(&t, &x);
+        tu_assert_status(tu_drive(o, &x.in, answer, &t, u, NULL, &err), CURV_OK, &err);
+    }
+    size_t len, alen;
+    unsigned char *before = tu_snapshot(o, &len);
+    make_input(&x, kind, 3);
+    trainer_init(&t, &x);
+    set(x.g);
+    tu_assert_status(tu_drive(o, &x.in, answer, &t, u, NULL, &err), CURV_E_NONFINITE, &err);
+    char where[64];
+    snprintf(where, sizeof where, "at element %zu", at);
+    if (!strstr(err.text, what) || !strstr(err.text, where))
+        fail_msg("%s: \"%s\" does not name %s %s", curv_opt_kind_name(kind), err.text, what, where);
+    unsigned char *after = tu_snapshot(o, &alen);
+    assert_int_equal(alen, len);
+    assert_memory_equal(after, before, len);
+    curv_free(before);
+    curv_free(after);
+    curv_opt_free(o);
+    curv_layout_free(l);
+}
+
+static void huge_first(double *g)
+{
+    g[0] = 1e200; /* g² overflows */
+}
+
+static void large_fc(double *g)
+{
+    for (size_t i = 0; i < 15; i++)
+        g[i] = 1e154; /* each g² finite, the block's sum squared is not */
+}
+
+static void huge_gain(double *g)
+{
+    g[34] = 1e200; /* in the vector block "gain" only */
+}
+
+static void test_overflowing_sums_are_named(void **state)
+{
+    (void)state;
+    expect_refused(CURV_OPT_ADAGRAD_BMA, NULL, huge_first, "r + g²", 0);
+    expect_refused(CURV_OPT_ADAGRAD_BMA, NULL, large_fc, "U + u uᵀ", 0);
+    curv_config *simple = curv_config_new();
+    tu_config_set(simple, "mode", 0, "simple");
+    expect_refused(CURV_OPT_KFAC, simple, huge_gain, "fallback's sum", 34);
+    expect_refused(CURV_OPT_KFAC, NULL, huge_gain, "fallback's sum", 34);
+    curv_config_free(simple);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_kind_survives_extremes),
+        cmocka_unit_test(test_overflowing_sums_are_named),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
