@@ -68,6 +68,14 @@ static const struct flag FLAGS[] = {
     {"history", "CURVD_HISTORY", F_COUNT, OFF(history_steps),
      "steps of history (reports, time split) each session keeps for GET .../steps, curvctl watch "
      "and /ui, unless it sets history_steps itself (0: none; at most 1000000)"},
+    {"snapshot-log", "CURVD_SNAPSHOT_LOG", F_UINT, OFF(snapshot_log_pct),
+     "a step is committed as its input (the step log) until the log after the session's "
+     "snapshot would hold more than this percentage of the state's size; then the step writes "
+     "the state as a new snapshot (0: every step does, as before the log)"},
+    {"snapshot-ms", "CURVD_SNAPSHOT_MS", F_UINT, OFF(snapshot_ms),
+     "...or more than this many ms of optimizer time to replay: the bound on replaying a "
+     "session's log when it is loaded after a restart or an eviction (0: every step is a "
+     "snapshot)"},
     {"durability", "CURVD_DURABILITY", F_DURABILITY, OFF(durability_full),
      "full: a step survives power loss; normal: it survives a crash of the daemon"},
 };
@@ -88,7 +96,9 @@ static const struct curvd_config DEFAULTS = {.listen = "127.0.0.1",
                                              .mem_budget = (size_t)4 << 30,
                                              .durability_full = 1,
                                              .history_steps = CURVD_STORE_HISTORY_DEFAULT,
-                                             .history_set = 1};
+                                             .history_set = 1,
+                                             .snapshot_log_pct = 100,
+                                             .snapshot_ms = 2000};
 
 /* The default of flag @f as text into @buf. */
 static void default_text(const struct flag *f, char *buf, size_t cap)
@@ -299,16 +309,16 @@ int main(int argc, char **argv)
         curvd_daemon_close(&srv);
         return 1;
     }
-    curvd_log(
-        CURVD_LOG_INFO,
-        "listening on http://%s:%u  version=%s commit=%s db=%s durability=%s threads=%u "
-        "workers=%u max-body=%zu max-sessions=%zu memory-budget=%zu idle-ttl=%u history=%u auth=%s "
-        "log=%s",
-        srv.cfg.listen, curvd_http_port(&srv), CURVD_VERSION, curvd_build_commit, srv.cfg.db_path,
-        srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads, srv.cfg.workers,
-        srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget, srv.cfg.idle_ttl_s,
-        srv.cfg.history_steps, srv.cfg.token_file ? "tokens" : "off",
-        srv.cfg.log_json ? "json" : "text");
+    curvd_log(CURVD_LOG_INFO,
+              "listening on http://%s:%u  version=%s commit=%s db=%s durability=%s threads=%u "
+              "workers=%u max-body=%zu max-sessions=%zu memory-budget=%zu idle-ttl=%u history=%u "
+              "snapshot-log=%u%% snapshot-ms=%u auth=%s log=%s",
+              srv.cfg.listen, curvd_http_port(&srv), CURVD_VERSION, curvd_build_commit,
+              srv.cfg.db_path, srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads,
+              srv.cfg.workers, srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget,
+              srv.cfg.idle_ttl_s, srv.cfg.history_steps, srv.cfg.snapshot_log_pct,
+              srv.cfg.snapshot_ms, srv.cfg.token_file ? "tokens" : "off",
+              srv.cfg.log_json ? "json" : "text");
     int sig = 0;
     while (sigwait(&stop, &sig) == 0 && sig == SIGHUP)
         reload_tokens(&srv);

@@ -31,6 +31,12 @@ struct curvd_config {
     unsigned sweep_ms;      /* how often idle sessions are looked for; 0: 1000 */
     unsigned history_steps; /* with history_set: steps of history per session (--history) */
     int history_set;        /* 0: the store's default (CURVD_STORE_HISTORY_DEFAULT) */
+    /* Steps committed as log rows until the log after the session's
+     * snapshot holds more than snapshot_log_pct % of the state's bytes or
+     * more than snapshot_ms of library time to replay; then the step is
+     * a snapshot. Either 0: every step is a snapshot. */
+    unsigned snapshot_log_pct;
+    unsigned snapshot_ms;
 };
 
 struct curvd_store;

@@ -103,6 +103,7 @@ static void answer(struct curvd_server *srv, const struct curvd_req *rq, struct 
             pd->answered = asked;
             memcpy(pd->answer_digest, digest, sizeof digest);
             pd->callbacks++;
+            (void)curvd_record_answer(&pd->rec, &resp); /* failed: the step is a snapshot */
             curvd_metrics_callback(srv->metrics, curv_opt_kind_of(e->opt));
         }
         curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &next, delta);

@@ -411,10 +411,17 @@ CURVD_HANDLER(curvd_h_session_delete)
 CURVD_HANDLER(curvd_h_session_export)
 {
     struct curvd_session s = {0};
+    unsigned char *blob = NULL;
+    size_t len = 0;
     char err[256];
-    int st = curvd_svc_get(srv, rq->tenant, rq->param[0], 1, &s, err, sizeof err);
-    if (st != CURVD_STORE_OK) {
+    int st = curvd_svc_export(srv, rq->tenant, rq->param[0], &s, &blob, &len, err, sizeof err);
+    if (st == CURVD_SVC_NOMEM) {
+        curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "%s", err);
+    } else if (st != CURVD_STORE_OK) {
         curvd_reply_store_error(rp, rq, st, err);
+    } else if (blob) { /* the snapshot with the steps logged after it */
+        curvd_etag(rp->etag, sizeof rp->etag, (long long)s.step);
+        curvd_reply_owned(rp, 200, "application/octet-stream", blob, len, curv_free);
     } else {
         curvd_etag(rp->etag, sizeof rp->etag, (long long)s.step);
         curvd_reply_owned(rp, 200, "application/octet-stream", s.state, s.state_len,

@@ -48,6 +48,7 @@ struct step_job {
     char *report;
     char ctype[96];
     char timing[192];
+    char update_digest[CURVD_DIGEST_TEXT];
 };
 
 _Static_assert(CURVD_T_COUNT <= CURVD_PEND_PHASES, "curvd_pending.spent holds every phase");
@@ -89,6 +90,7 @@ static void step_committed(struct curvd_svc_commit *s, int st, long long current
     int binary = e->pend.encoding == CURVD_ENC_BINARY;
     long long step = e->pend.step;
     curvd_timing_lap(rp, CURVD_T_COMMIT);
+    curvd_record_clear(&e->pend.rec); /* committed, or never to be */
     if (st == CURVD_STORE_OK) {
         curvd_metrics_step(srv->metrics, curv_opt_kind_of(e->opt));
         curvd_reply_tensors(rp, 200, j->body, j->body_len, binary ? j->json_len : 0,
@@ -137,9 +139,30 @@ static int stored_update(struct step_job *j, const struct curvd_entry *e, const 
     return 0;
 }
 
-/* Save the stepped state (the parts that changed since the session's last
- * commit) and hand it with its reply to the group commit; the reply is
- * deferred until the commit is durable (step_committed). */
+/* The step as a row of the step log (its record and its update's
+ * digest), or, when a snapshot is due, the stepped state (the parts that
+ * changed since the session's snapshot): 0, or -1 out of memory. */
+static int step_durable_form(struct step_job *j, const struct curvd_entry *e, const double *delta,
+                             double seconds)
+{
+    const struct curvd_pending *pd = &e->pend;
+    if (curvd_svc_snapshot_due(j->s.srv, e, &pd->rec, seconds))
+        return curv_opt_save_parts(e->opt, &j->blob, &j->s.len, &j->parts, &j->s.n_parts, NULL) ==
+                       CURV_OK
+                   ? 0
+                   : -1;
+    curvd_update_digest(delta, curv_layout_dim(curv_opt_layout(e->opt)), j->update_digest);
+    j->s.c.record = pd->rec.buf;
+    j->s.c.record_len = pd->rec.len;
+    j->s.c.update_digest = j->update_digest;
+    j->s.seconds = seconds;
+    j->s.len = e->bytes;
+    return 0;
+}
+
+/* Make the step durable (step_durable_form) and hand it with its reply
+ * to the group commit; the reply is deferred until the commit is durable
+ * (step_committed). */
 static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *rq,
                              struct curvd_reply *rp, struct curvd_entry *e, struct curvd_out *out,
                              char **report, const double *delta)
@@ -154,9 +177,10 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
         j->body = curvd_out_take(out);
     }
     curvd_timing_lap(rp, CURVD_T_ENCODE);
+    if (j)
+        j->s.srv = srv;
     if (!j || !j->body || stored_update(j, e, delta, &wire, &wire_len) != 0 ||
-        curv_opt_save_parts(e->opt, &j->blob, &j->s.len, &j->parts, &j->s.n_parts, NULL) !=
-            CURV_OK) {
+        step_durable_form(j, e, delta, pd->spent[CURVD_T_STEP] + rp->timing[CURVD_T_STEP]) != 0) {
         if (j)
             step_job_free(j);
         curvd_svc_abandon(srv, e);
@@ -169,15 +193,14 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
     j->report = *report;
     *report = NULL;
     step_timing(j->timing, sizeof j->timing, pd, rp);
-    j->s.c = (struct curvd_step_commit){.step = pd->step,
-                                        .content_type = j->ctype,
-                                        .response = wire,
-                                        .response_len = wire_len,
-                                        .report = j->report,
-                                        .request_digest = pd->request_digest,
-                                        .timing = j->timing,
-                                        .callbacks = pd->callbacks};
-    j->s.srv = srv;
+    j->s.c.step = pd->step;
+    j->s.c.content_type = j->ctype;
+    j->s.c.response = wire;
+    j->s.c.response_len = wire_len;
+    j->s.c.report = j->report;
+    j->s.c.request_digest = pd->request_digest;
+    j->s.c.timing = j->timing;
+    j->s.c.callbacks = pd->callbacks;
     j->s.e = e;
     j->s.tenant = rq->tenant;
     j->s.blob = j->blob;
@@ -276,6 +299,7 @@ static void apply_step(struct curvd_server *srv, const struct curvd_req *rq, str
                        struct curvd_entry *e, const struct curvd_step_in *in,
                        const curv_step_input *si, const char *digest, double *delta)
 {
+    const double *g = si->grad, *theta = si->params, *gsq = si->grad_sq;
     /* Posting the step in progress again starts it over: the trainer
      * lost its place (it restarted, or gave up on a callback). */
     curv_opt_cancel(e->opt);
@@ -286,12 +310,16 @@ static void apply_step(struct curvd_server *srv, const struct curvd_req *rq, str
     curvd_timing_lap(rp, CURVD_T_STEP);
     if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
         free(e->pend.last);
+        struct curvd_record rec = e->pend.rec; /* its buffer serves again */
         e->pend = (struct curvd_pending){.step = in->step,
                                          .dtype = in->dtype,
                                          .encoding = in->encoding,
                                          .loss = in->loss,
-                                         .has_loss = in->has_loss};
+                                         .has_loss = in->has_loss,
+                                         .rec = rec};
         snprintf(e->pend.request_digest, sizeof e->pend.request_digest, "%s", digest);
+        /* Out of memory, the record is failed: the step becomes a snapshot. */
+        (void)curvd_record_step(&e->pend.rec, curv_opt_layout(e->opt), in, g, theta, gsq);
     }
     curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &req, delta);
 }

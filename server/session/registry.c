@@ -69,13 +69,14 @@ void curvd_committed_set(struct curvd_committed *c, const curv_state_part *p, si
     free(c->p);
     c->p = copy;
     c->n = copy ? n : 0;
+    c->log_bytes = 0;
+    c->log_seconds = 0;
 }
 
 void curvd_committed_clear(struct curvd_committed *c)
 {
     free(c->p);
-    c->p = NULL;
-    c->n = 0;
+    *c = (struct curvd_committed){0};
 }
 
 static void free_session(struct curvd_entry *s)
@@ -83,6 +84,7 @@ static void free_session(struct curvd_entry *s)
     curv_opt_free(s->opt);
     curvd_committed_clear(&s->committed);
     free(s->pend.last);
+    curvd_record_clear(&s->pend.rec);
     free(s);
 }
 
@@ -200,7 +202,7 @@ enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char 
      * Two racing loaders of one id are settled at insertion. */
     curv_opt *opt = NULL;
     size_t bytes = 0;
-    struct curvd_committed committed = {NULL, 0};
+    struct curvd_committed committed = {0};
     char text[256] = "";
     int lr =
         r->load ? r->load(r->load_ctx, id, tenant, &opt, &bytes, &committed, text, sizeof text) : 1;
@@ -335,7 +337,7 @@ enum curvd_reg_status curvd_registry_add(struct curvd_registry *r, const char *i
         return CURVD_REG_BUSY;
     }
     s->committed = *committed;
-    *committed = (struct curvd_committed){NULL, 0};
+    *committed = (struct curvd_committed){0};
     insert(r, s);
     evict(r);
     pthread_mutex_unlock(&r->mu);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "curv.h"
+#include "wire/step_record.h"
 
 #define CURVD_ID_LEN 32
 /* Room for the phases a step's exchanges time (at least CURVD_T_COUNT). */
@@ -41,22 +42,30 @@ struct curvd_pending {
     int has_loss;
     unsigned callbacks;
     double spent[CURVD_PEND_PHASES];
+    /* The step's record for the step log: its input, then each answer
+     * given (wire/step_record.h); freed once the step is committed. */
+    struct curvd_record rec;
 };
 
 /* The parts of a session's state as the store holds them now (their
  * division and stamps): what its next write compares with
  * (curvd_state_in.stored). Set only from what was read back or committed,
  * never ahead of a commit; none (@n 0) when not known, and then the next
- * write stores every part. */
+ * write stores every part. With them, what the step log holds after that
+ * snapshot: its records' bytes and the library time they took, which
+ * decide when the next snapshot is due (curvd_svc_snapshot_due). */
 struct curvd_committed {
     curv_state_part *p; /* owned */
     size_t n;
+    size_t log_bytes;
+    double log_seconds;
 };
 
-/* Remember @n parts @p (copied), replacing what @c held; out of memory,
- * @c forgets instead (which costs only a whole write). */
+/* Remember @n parts @p (copied), replacing what @c held, as a new
+ * snapshot (the log after it is empty); out of memory, @c forgets the
+ * parts instead (which costs only a whole write). */
 void curvd_committed_set(struct curvd_committed *c, const curv_state_part *p, size_t n);
-/* Forget: free and zero. */
+/* Forget: free and zero (the log's figures too). */
 void curvd_committed_clear(struct curvd_committed *c);
 
 struct curvd_entry {

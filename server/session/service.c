@@ -13,6 +13,7 @@
 #include "http/log.h"
 #include "http/metrics.h"
 #include "http/pool.h"
+#include "session/replay.h"
 
 /* Lend the daemon's workers to @o (srv->exec; NULL: none) for its
  * per-layer work; every optimizer the service holds came through here.
@@ -34,6 +35,46 @@ static void lend_workers(const struct curvd_server *srv, curv_opt *o)
         (void)curv_opt_set_executor(o, &ex, NULL);
 }
 
+/* The optimizer of the stored session @s: its snapshot, then its step log
+ * replayed (session/replay.h). 0 with *@out (and, when @committed is not
+ * NULL, what the next commit compares with), 2 when it cannot be loaded
+ * ever (@why), -1 when that may pass (out of memory). */
+static int load_stored(struct curvd_server *srv, const struct curvd_session *s, curv_opt **out,
+                       struct curvd_committed *committed, char *why, size_t why_cap)
+{
+    curv_error cerr;
+    curv_status ls = curv_opt_load(s->state, s->state_len, out, &cerr);
+    if (ls != CURV_OK) {
+        curvd_log(CURVD_LOG_ERROR, "session %s has an unreadable state: %s", s->id, cerr.text);
+        snprintf(why, why_cap, "%s", cerr.text);
+        return ls == CURV_E_NOMEM ? -1 : 2; /* a blob libcurv refuses stays refused */
+    }
+    lend_workers(srv, *out);
+    double seconds = 0;
+    int64_t differed = 0;
+    int nomem = 0;
+    if (s->n_log && curvd_replay_log(*out, s, &seconds, &differed, &nomem, why, why_cap) != 0) {
+        curvd_log(CURVD_LOG_ERROR, "session %s cannot be replayed: %s", s->id, why);
+        curv_opt_free(*out);
+        *out = NULL;
+        return nomem ? -1 : 2;
+    }
+    if (differed) /* kept, and the next step is a snapshot: see replay.h */
+        curvd_log(CURVD_LOG_WARN,
+                  "session %s: the replay of step %lld gave another update than the one "
+                  "acknowledged (another build or CPU?); continuing from the replayed state",
+                  s->id, (long long)differed);
+    if (committed) {
+        curvd_committed_set(committed, s->parts, s->n_parts);
+        for (size_t i = 0; i < s->n_log; i++)
+            committed->log_bytes += s->log[i].len;
+        committed->log_seconds = seconds;
+        if (differed)
+            committed->log_bytes = SIZE_MAX / 2;
+    }
+    return 0;
+}
+
 int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out, size_t *bytes,
                    struct curvd_committed *committed, char *why, size_t why_cap)
 {
@@ -47,22 +88,30 @@ int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out
         curvd_log(CURVD_LOG_ERROR, "loading session %s: %s", id, err);
         return -1;
     }
-    curv_error cerr;
-    int rc = 0;
-    curv_status ls = curv_opt_load(s.state, s.state_len, out, &cerr);
-    if (ls != CURV_OK) {
-        curvd_log(CURVD_LOG_ERROR, "session %s has an unreadable state: %s", id, cerr.text);
-        /* Out of memory may pass; a blob libcurv refuses stays refused. */
-        rc = ls == CURV_E_NOMEM ? -1 : 2;
-        snprintf(why, why_cap, "%s", cerr.text);
-    }
+    int rc = load_stored(srv, &s, out, committed, why, why_cap);
     *bytes = s.state_len;
-    if (rc == 0) { /* what the next commit compares with: the parts as stored */
-        curvd_committed_set(committed, s.parts, s.n_parts);
-        lend_workers(srv, *out);
-    }
     curvd_session_clear(&s);
     return rc;
+}
+
+int curvd_svc_export(struct curvd_server *srv, const char *tenant, const char *id,
+                     struct curvd_session *out, unsigned char **blob, size_t *len, char *err,
+                     size_t errlen)
+{
+    int st = curvd_svc_get(srv, tenant, id, 1, out, err, errlen);
+    if (st != CURVD_STORE_OK || !out->n_log)
+        return st;
+    curv_opt *o = NULL;
+    char why[400];
+    int rc = load_stored(srv, out, &o, NULL, why, sizeof why);
+    if (rc == 0 && curv_opt_save(o, blob, len, NULL) != CURV_OK)
+        rc = -1;
+    curv_opt_free(o);
+    if (rc == -1) {
+        snprintf(err, errlen, "out of memory replaying the session's step log");
+        return CURVD_SVC_NOMEM;
+    }
+    return CURVD_STORE_OK; /* rc 2: the raw snapshot stays in @out */
 }
 
 int curvd_svc_valid_id(const char *id)
@@ -177,7 +226,7 @@ int curvd_svc_create_ex(struct curvd_server *srv, const char *tenant, curv_opt *
         .has_history = x->has_history,
         .history_steps = x->history_steps};
     int st = curvd_store_create(srv->store, &row, created, err, errlen);
-    struct curvd_committed committed = {NULL, 0};
+    struct curvd_committed committed = {0};
     if (st == CURVD_STORE_OK)
         curvd_committed_set(&committed, parts, n_parts);
     curv_free(blob);
@@ -249,8 +298,11 @@ static void step_committed(struct curvd_commit_job *job)
     struct curvd_server *srv = s->srv;
     int st = job->item.status;
     size_t bytes = e->bytes;
-    if (st == CURVD_STORE_OK) {
-        curvd_committed_set(&e->committed, s->parts, s->n_parts); /* only now is it stored */
+    if (st == CURVD_STORE_OK && s->c.record) { /* only now is it stored */
+        e->committed.log_bytes += s->c.record_len;
+        e->committed.log_seconds += s->seconds;
+    } else if (st == CURVD_STORE_OK) {
+        curvd_committed_set(&e->committed, s->parts, s->n_parts);
         bytes = s->len;
     } else {
         curvd_registry_drop(srv->reg, e->id);
@@ -258,6 +310,16 @@ static void step_committed(struct curvd_commit_job *job)
     s->reply(s, st, (long long)job->item.current_step, job->item.err);
     curvd_registry_end(srv->reg, e, bytes);
     s->release(s);
+}
+
+int curvd_svc_snapshot_due(const struct curvd_server *srv, const struct curvd_entry *e,
+                           const struct curvd_record *rec, double seconds)
+{
+    const struct curvd_committed *c = &e->committed;
+    double bytes = (double)c->log_bytes + (double)rec->len;
+    return rec->failed || !rec->len || !srv->cfg.snapshot_log_pct || !srv->cfg.snapshot_ms ||
+           bytes * 100 > (double)srv->cfg.snapshot_log_pct * (double)e->bytes ||
+           (c->log_seconds + seconds) * 1e3 > (double)srv->cfg.snapshot_ms;
 }
 
 void curvd_svc_commit_step(struct curvd_svc_commit *s)

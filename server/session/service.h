@@ -41,6 +41,18 @@ int curvd_svc_valid_id(const char *id);
 int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out, size_t *bytes,
                    struct curvd_committed *committed, char *why, size_t why_cap);
 
+/*
+ * curvd_svc_export - session @id of @tenant as committed, for an export:
+ * *@out as curvd_svc_get() with its state, and, when steps were logged
+ * after its snapshot, the state at its last step in *@blob (curv_free)
+ * after a replay. When the replay fails for good, *@blob stays NULL and
+ * @out's snapshot is what there is (raw, as for an unloadable session).
+ * Returns the store's status, or CURVD_SVC_NOMEM.
+ */
+int curvd_svc_export(struct curvd_server *srv, const char *tenant, const char *id,
+                     struct curvd_session *out, unsigned char **blob, size_t *len, char *err,
+                     size_t errlen);
+
 /* curvd_svc_get - session @id of @tenant as committed (with its state
  * blob when @with_state), read from the store: the store's status, and
  * NOT_FOUND for an id that is not one. */
@@ -141,12 +153,24 @@ int curvd_svc_reconfigured(struct curvd_server *srv, const char *tenant, struct 
                            size_t *bytes, char *err, size_t errlen);
 
 /*
- * struct curvd_svc_commit - a step to commit: @c (step, reply) and the
- * session's new state in @blob/@parts (borrowed until @release); the
- * service fills the rest. On the store's commit thread, once the outcome
- * is known, the service records the parts as committed (or drops the
- * copy: memory is ahead), calls @reply with the session still held, gives
- * the session back (charged @len bytes after success), then @release.
+ * curvd_svc_snapshot_due - 1 when the step of @e being committed, whose
+ * record is @rec and whose library time was @seconds, is to be written
+ * as a snapshot of the state rather than as a row of the step log: the
+ * record failed, or the log would pass the daemon's bounds (struct
+ * curvd_config's snapshot_log_pct and snapshot_ms).
+ */
+int curvd_svc_snapshot_due(const struct curvd_server *srv, const struct curvd_entry *e,
+                           const struct curvd_record *rec, double seconds);
+
+/*
+ * struct curvd_svc_commit - a step to commit: @c (step, reply) and either
+ * the session's new state in @blob/@parts, or its record in @c (a log
+ * row; @seconds its library time) (borrowed until @release); the service
+ * fills the rest. On the store's commit thread, once the outcome is
+ * known, the service records the snapshot's parts or the log's growth
+ * as committed (or drops the copy: memory is ahead), calls @reply with
+ * the session still held, gives the session back (charged @len bytes
+ * after a snapshot), then @release.
  */
 struct curvd_svc_commit {
     struct curvd_commit_job job; /* first: the store hands back &job */
@@ -157,6 +181,7 @@ struct curvd_svc_commit {
     const unsigned char *blob;
     const curv_state_part *parts;
     size_t len, n_parts;
+    double seconds;
     void (*reply)(struct curvd_svc_commit *s, int status, long long current, const char *err);
     void (*release)(struct curvd_svc_commit *s);
 };

@@ -13,6 +13,7 @@
 #include "store/checkpoint.h"
 #include "store/history.h"
 #include "store/migrations.h"
+#include "store/steplog.h"
 #include "store/trouble.h"
 
 #define STORE_STR_(x) #x
@@ -106,6 +107,7 @@ struct curvd_store {
     struct curvd_checkpointer *ckpt; /* WAL checkpoints on a thread of their own */
     struct curvd_trouble trouble;    /* storage failures, the reserve (trouble.h) */
     struct curvd_history *hist;      /* the step history's statements */
+    struct curvd_steplog *log;       /* the step log's statements */
     int64_t history_default;         /* under mu: --history */
 };
 
@@ -625,6 +627,8 @@ static int setup(struct curvd_store *st, enum curvd_durability durability, char 
     }
     if (status == CURVD_STORE_OK && (rc = curvd_history_prepare(st->db, &st->hist)) != SQLITE_OK)
         status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
+    if (status == CURVD_STORE_OK && (rc = curvd_steplog_prepare(st->db, &st->log)) != SQLITE_OK)
+        status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
     st->history_default = CURVD_STORE_HISTORY_DEFAULT;
     return status;
 }
@@ -689,6 +693,7 @@ void curvd_store_close(struct curvd_store *st)
     for (int i = 0; i < S_COUNT_; i++)
         (void)sqlite3_finalize(st->stmt[i]);
     curvd_history_finalize(st->hist);
+    curvd_steplog_finalize(st->log);
     (void)sqlite3_close(st->db);
     curvd_trouble_clear(&st->trouble);
     sqlite3_free(st);
@@ -833,6 +838,9 @@ static int get_locked(struct curvd_store *st, const char *tenant, const char *id
     done(q);
     if (status == CURVD_STORE_OK && with_state)
         status = read_state(st, id, o, err, errlen);
+    if (status == CURVD_STORE_OK && with_state &&
+        (rc = curvd_steplog_read(st->log, id, o)) != SQLITE_OK)
+        status = db_fail(st, rc, err, errlen, "reading the step log");
     return status;
 }
 
@@ -1012,6 +1020,16 @@ static int explain_miss(struct curvd_store *st, const char *tenant, const char *
     return status;
 }
 
+/* Write @state's parts as session @id's new snapshot: its log goes. */
+static int write_snapshot(struct curvd_store *st, const char *id,
+                          const struct curvd_state_in *state, char *err, size_t errlen)
+{
+    int status = write_parts(st, id, state, err, errlen), rc;
+    if (status == CURVD_STORE_OK && (rc = curvd_steplog_clear(st->log, id)) != SQLITE_DONE)
+        status = db_fail(st, rc, err, errlen, "deleting the step log");
+    return status;
+}
+
 /* In one BEGIN IMMEDIATE transaction: run the bound write @q, which
  * matches the session only under its condition; if it matched, write the
  * parts of @state (NULL: none) and commit; else explain why not and write
@@ -1029,7 +1047,7 @@ static int conditional_write(struct curvd_store *st, int brc, sqlite3_stmt *q,
     if (status == CURVD_STORE_OK && changes == 0)
         status = explain_miss(st, tenant, id, current_step, err, errlen);
     if (status == CURVD_STORE_OK && state)
-        status = write_parts(st, id, state, err, errlen);
+        status = write_snapshot(st, id, state, err, errlen);
     if (status == CURVD_STORE_OK)
         status = commit_write(st, err, errlen);
     if (status != CURVD_STORE_OK)
@@ -1054,8 +1072,11 @@ static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
     done(q);
     if (status == CURVD_STORE_OK && changes == 0)
         return explain_miss(st, it->tenant, it->id, &it->current_step, err, errlen);
-    if (status == CURVD_STORE_OK)
-        status = write_parts(st, it->id, &c->state, err, errlen);
+    if (status == CURVD_STORE_OK && !c->record)
+        status = write_snapshot(st, it->id, &c->state, err, errlen);
+    else if (status == CURVD_STORE_OK &&
+             (rc = curvd_steplog_append(st->log, it->id, c)) != SQLITE_DONE)
+        status = db_fail(st, rc, err, errlen, "appending to the step log");
     if (status == CURVD_STORE_OK) {
         rc = bind(r, "titbtt", it->id, c->step, c->content_type, c->response, c->response_len,
                   c->report, c->request_digest);
@@ -1072,7 +1093,8 @@ static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
 static int valid_item(const struct curvd_commit_item *it)
 {
     const struct curvd_step_commit *c = it->c;
-    return it->tenant && it->id && c && c->step >= 1 && c->content_type && valid_state(&c->state) &&
+    return it->tenant && it->id && c && c->step >= 1 && c->content_type &&
+           (c->record ? c->update_digest != NULL : valid_state(&c->state)) &&
            (c->response || !c->response_len) && c->callbacks >= 0;
 }
 
@@ -1280,6 +1302,9 @@ void curvd_session_clear(struct curvd_session *s)
     sqlite3_free(s->meta);
     sqlite3_free(s->state);
     sqlite3_free(s->parts);
+    for (size_t i = 0; s->log && i < s->n_log; i++)
+        sqlite3_free(s->log[i].record);
+    sqlite3_free(s->log);
     sqlite3_free(s->last_report);
     sqlite3_free(s->name);
     sqlite3_free(s->labels);

@@ -26,6 +26,13 @@
  * their concatenation. A write names what the caller knows is committed
  * (struct curvd_state_in) and rewrites only the parts that changed since.
  *
+ * Step log (docs/DURABILITY.md): a step may be committed as its input (a
+ * record) instead of its state. The stored state is then the session's
+ * latest snapshot, and the records of the steps after it are read back
+ * with it (curvd_session.log) for the caller to replay. A step committed
+ * with its state, or any other write of the state, is a new snapshot and
+ * deletes the session's log in the same transaction.
+ *
  * Memory: the owned copies handed out (strings, blobs) are allocated with
  * sqlite3_malloc64 so that SQLite's allocator hooks cover them too; release
  * them only with curvd_session_clear(), curvd_session_list_clear(),
@@ -77,6 +84,20 @@ enum curvd_durability { CURVD_DURABILITY_FULL, CURVD_DURABILITY_NORMAL };
 
 struct curvd_store;
 
+/* Room for a digest text (wire/request_digest.h) and its NUL. */
+#define CURVD_STORE_DIGEST_TEXT 41
+
+/*
+ * curvd_log_entry - one step of a session's log: @step, the digest of the
+ * update it replied with, and its @record (@len bytes, owned).
+ */
+struct curvd_log_entry {
+    int64_t step;
+    char update_digest[CURVD_STORE_DIGEST_TEXT];
+    unsigned char *record;
+    size_t len;
+};
+
 /*
  * curvd_session - one stored session, as read back.
  * @meta:      the caller's opaque text (e.g. resolved config and layout as
@@ -87,6 +108,9 @@ struct curvd_store;
  * @parts:     with the state: how it is stored, @n_parts parts in order
  *             with their stamps (NULL when there are none); what a caller
  *             hands back as curvd_state_in.stored to its next write.
+ * @log:       with the state: the steps logged after it (the state's own
+ *             step count + 1, + 2, ... up to @step when the store is
+ *             sound), @n_log of them in step order; NULL when none.
  * @last_step: the step of the stored reply (0: none, e.g. new or imported).
  * @last_report: that step's report as committed, or NULL (none, or a step
  *             committed without one).
@@ -105,6 +129,8 @@ struct curvd_session {
     size_t state_len;
     curv_state_part *parts;
     size_t n_parts;
+    struct curvd_log_entry *log;
+    size_t n_log;
     int64_t last_step;
     char *last_report;
     int has_idle_ttl;      /* 0: the daemon's default applies */
@@ -208,6 +234,10 @@ void curvd_step_response_clear(struct curvd_step_response *r);
  * NULL when @response_len is 0.
  * The step's history row (curvd_store_history) holds @report, @timing (a
  * JSON object's text, or NULL) and @callbacks (>= 0).
+ * With a @record (not NULL), the step is committed as its log row instead:
+ * @record_len bytes and @update_digest (a digest text); @state is ignored
+ * and the stored snapshot stays. Without, @state is written and becomes
+ * the snapshot: the session's log is deleted.
  * Ownership: all borrowed, and never copied by the store itself (SQLite
  * copies them once into its pages).
  */
@@ -221,6 +251,9 @@ struct curvd_step_commit {
     const char *request_digest;
     const char *timing;
     int64_t callbacks;
+    const void *record;
+    size_t record_len;
+    const char *update_digest;
 };
 
 /*

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "wire/hash128.h"
+#include "wire/step_record.h"
 
 static void le_put(unsigned char *b, uint64_t v)
 {
@@ -40,14 +41,6 @@ static void put_doubles(struct curvd_hash128 *c, const double *v, size_t n)
     }
 }
 
-/* An optional vector: whether it was sent, then its values. */
-static void put_optional(struct curvd_hash128 *c, int sent, const double *v, size_t n)
-{
-    put_u64(c, sent != 0);
-    if (sent)
-        put_doubles(c, v, n);
-}
-
 static void finish(struct curvd_hash128 *c, char out[CURVD_DIGEST_TEXT])
 {
     unsigned char d[16];
@@ -57,29 +50,25 @@ static void finish(struct curvd_hash128 *c, char out[CURVD_DIGEST_TEXT])
         snprintf(out + sizeof CURVD_DIGEST_PREFIX - 1 + 2 * i, 3, "%02x", d[i]);
 }
 
+static void hash_u64(void *ctx, uint64_t v)
+{
+    put_u64(ctx, v);
+}
+
+static void hash_vec(void *ctx, const double *v, size_t n)
+{
+    put_doubles(ctx, v, n);
+}
+
 void curvd_step_digest(const curv_layout *l, const struct curvd_step_in *in, const double *g,
                        const double *theta, const double *gsq, char out[CURVD_DIGEST_TEXT])
 {
     static const char tag[] = "curvd step request 1";
     struct curvd_hash128 c;
-    size_t dim = curv_layout_dim(l);
     curvd_hash128_init(&c, 0);
     curvd_hash128_update(&c, tag, sizeof tag);
-    put_u64(&c, (uint64_t)in->step);
-    put_doubles(&c, g, dim);
-    put_optional(&c, in->nparams != 0, theta, dim);
-    put_optional(&c, in->ngrad_sq != 0, gsq, dim);
-    put_optional(&c, in->has_loss, &in->loss, 1);
-    put_u64(&c, in->batch);
-    put_u64(&c, in->nlayers);
-    for (size_t i = 0; i < in->nlayers; i++) {
-        const struct curvd_layer_in *li = &in->layers[i];
-        put_u64(&c, li->block);
-        put_u64(&c, li->examples);
-        put_u64(&c, li->acts.shape[0]);
-        put_doubles(&c, li->acts.data, li->acts.count);
-        put_doubles(&c, li->signals.data, li->signals.count);
-    }
+    const struct curvd_step_sink s = {hash_u64, hash_vec, &c};
+    curvd_step_walk(l, in, g, theta, gsq, &s);
     finish(&c, out);
 }
 
@@ -93,5 +82,15 @@ void curvd_answer_digest(long long step, const curv_request *req, const double *
     put_u64(&c, (uint64_t)step);
     put_u64(&c, req->seq);
     put_doubles(&c, values, req->n_values);
+    finish(&c, out);
+}
+
+void curvd_update_digest(const double *delta, size_t dim, char out[CURVD_DIGEST_TEXT])
+{
+    static const char tag[] = "curvd step update 1";
+    struct curvd_hash128 c;
+    curvd_hash128_init(&c, 0);
+    curvd_hash128_update(&c, tag, sizeof tag);
+    put_doubles(&c, delta, dim);
     finish(&c, out);
 }

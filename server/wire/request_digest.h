@@ -38,4 +38,8 @@ void curvd_step_digest(const curv_layout *l, const struct curvd_step_in *in, con
 void curvd_answer_digest(long long step, const curv_request *req, const double *values,
                          char out[CURVD_DIGEST_TEXT]);
 
+/* curvd_update_digest - the digest of an update @delta (@dim doubles), as
+ * the step log keeps it to check a replay (docs/DURABILITY.md). */
+void curvd_update_digest(const double *delta, size_t dim, char out[CURVD_DIGEST_TEXT]);
+
 #endif

@@ -1,0 +1,341 @@
+/* SPDX-License-Identifier: MIT */
+/* A step's record; the format is in step_record.h. */
+#include "wire/step_record.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The header: names the format and its version; a change takes a new one. */
+static const unsigned char magic[8] = {'c', 'u', 'r', 'v', 'r', 'e', 'c', '1'};
+
+void curvd_step_walk(const curv_layout *l, const struct curvd_step_in *in, const double *g,
+                     const double *theta, const double *gsq, const struct curvd_step_sink *s)
+{
+    size_t dim = curv_layout_dim(l);
+    s->u64(s->ctx, (uint64_t)in->step);
+    s->vec(s->ctx, g, dim);
+    s->u64(s->ctx, in->nparams != 0);
+    if (in->nparams)
+        s->vec(s->ctx, theta, dim);
+    s->u64(s->ctx, in->ngrad_sq != 0);
+    if (in->ngrad_sq)
+        s->vec(s->ctx, gsq, dim);
+    s->u64(s->ctx, in->has_loss != 0);
+    if (in->has_loss)
+        s->vec(s->ctx, &in->loss, 1);
+    s->u64(s->ctx, in->batch);
+    s->u64(s->ctx, in->nlayers);
+    for (size_t i = 0; i < in->nlayers; i++) {
+        const struct curvd_layer_in *li = &in->layers[i];
+        s->u64(s->ctx, li->block);
+        s->u64(s->ctx, li->examples);
+        s->u64(s->ctx, li->acts.shape[0]);
+        s->vec(s->ctx, li->acts.data, li->acts.count);
+        s->vec(s->ctx, li->signals.data, li->signals.count);
+    }
+}
+
+/* ---- Writing -------------------------------------------------------------- */
+
+static unsigned char *grow(struct curvd_record *r, size_t n)
+{
+    if (r->failed)
+        return NULL;
+    if (n > r->cap - r->len) {
+        size_t cap = r->cap ? r->cap : 4096;
+        while (cap - r->len < n) {
+            if (cap > SIZE_MAX / 2) {
+                r->failed = 1;
+                return NULL;
+            }
+            cap *= 2;
+        }
+        unsigned char *b = realloc(r->buf, cap);
+        if (!b) {
+            r->failed = 1;
+            return NULL;
+        }
+        r->buf = b;
+        r->cap = cap;
+    }
+    unsigned char *at = r->buf + r->len;
+    r->len += n;
+    return at;
+}
+
+static void le_put(unsigned char *b, uint64_t v, int bytes)
+{
+    for (int i = 0; i < bytes; i++)
+        b[i] = (unsigned char)(v >> (8 * i));
+}
+
+static void put_u64(void *ctx, uint64_t v)
+{
+    unsigned char *b = grow(ctx, 8);
+    if (b)
+        le_put(b, v, 8);
+}
+
+static int all_floats(const double *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((double)(float)v[i] != v[i])
+            return 0;
+    return 1;
+}
+
+/* n, the width (4 or 8), then the values' IEEE 754 bits. */
+static void put_vec(void *ctx, const double *v, size_t n)
+{
+    int w = all_floats(v, n) ? 4 : 8;
+    put_u64(ctx, n);
+    unsigned char *b = n <= SIZE_MAX / 8 ? grow(ctx, 1 + (size_t)w * n) : NULL;
+    if (!b) {
+        ((struct curvd_record *)ctx)->failed = 1;
+        return;
+    }
+    *b++ = (unsigned char)w;
+    for (size_t i = 0; i < n; i++, b += w) {
+        if (w == 4) {
+            float f = (float)v[i];
+            uint32_t bits;
+            memcpy(&bits, &f, sizeof bits);
+            le_put(b, bits, 4);
+        } else {
+            uint64_t bits;
+            memcpy(&bits, &v[i], sizeof bits);
+            le_put(b, bits, 8);
+        }
+    }
+}
+
+int curvd_record_step(struct curvd_record *r, const curv_layout *l, const struct curvd_step_in *in,
+                      const double *g, const double *theta, const double *gsq)
+{
+    r->len = 0;
+    r->failed = 0;
+    unsigned char *h = grow(r, sizeof magic);
+    if (h)
+        memcpy(h, magic, sizeof magic);
+    const struct curvd_step_sink s = {put_u64, put_vec, r};
+    curvd_step_walk(l, in, g, theta, gsq, &s);
+    return r->failed ? -1 : 0;
+}
+
+int curvd_record_answer(struct curvd_record *r, const curv_response *resp)
+{
+    put_u64(r, resp->seq);
+    put_vec(r, resp->values, resp->n_values);
+    return r->failed ? -1 : 0;
+}
+
+void curvd_record_clear(struct curvd_record *r)
+{
+    if (!r)
+        return;
+    free(r->buf);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- Reading -------------------------------------------------------------- */
+
+/* A cursor; @out NULL: only count the doubles (@used) and layers. */
+struct rd {
+    const unsigned char *p, *end;
+    double *out;
+    size_t used;
+    const char *err;
+};
+
+static uint64_t le_get(const unsigned char *b, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = bytes - 1; i >= 0; i--)
+        v = v << 8 | b[i];
+    return v;
+}
+
+static int get_u64(struct rd *r, uint64_t *v)
+{
+    if (r->end - r->p < 8) {
+        r->err = "the record ends early";
+        return -1;
+    }
+    *v = le_get(r->p, 8);
+    r->p += 8;
+    return 0;
+}
+
+/* A vector of @want values (0: any) into the output, *@at its start. */
+static int get_vec(struct rd *r, size_t want, const double **at, size_t *n_out)
+{
+    uint64_t n;
+    if (get_u64(r, &n) != 0)
+        return -1;
+    if (r->p == r->end || (*r->p != 4 && *r->p != 8)) {
+        r->err = r->p == r->end ? "the record ends early" : "a vector has an unknown width";
+        return -1;
+    }
+    int w = *r->p++;
+    if ((want && n != want) || n > (uint64_t)(r->end - r->p) / (uint64_t)w) {
+        r->err = want && n != want ? "a vector has the wrong length" : "the record ends early";
+        return -1;
+    }
+    if (r->out) {
+        double *o = r->out + r->used;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t bits = le_get(r->p + (size_t)w * i, w);
+            if (w == 4) {
+                uint32_t b32 = (uint32_t)bits;
+                float f;
+                memcpy(&f, &b32, sizeof f);
+                o[i] = f;
+            } else {
+                memcpy(&o[i], &bits, sizeof o[i]);
+            }
+        }
+        *at = o;
+    }
+    r->p += (size_t)w * n;
+    r->used += n;
+    if (n_out)
+        *n_out = (size_t)n;
+    return 0;
+}
+
+/* An optional vector: its flag, then the vector when sent. */
+static int get_optional(struct rd *r, size_t want, const double **at)
+{
+    uint64_t sent;
+    if (get_u64(r, &sent) != 0 || sent > 1) {
+        r->err = r->err ? r->err : "a flag is neither 0 nor 1";
+        return -1;
+    }
+    *at = NULL;
+    return sent ? get_vec(r, want, at, NULL) : 0;
+}
+
+/* One layer entry, checked against the layout. */
+static int get_layer(struct rd *r, const curv_layout *l, curv_layer_stats *ls)
+{
+    uint64_t block, examples, rows;
+    const double *acts = NULL, *sig = NULL;
+    if (get_u64(r, &block) || get_u64(r, &examples) || get_u64(r, &rows))
+        return -1;
+    if (block >= curv_layout_nblocks(l) || rows == 0 || rows > SIZE_MAX) {
+        r->err = "a layer entry names no block of the layout, or no rows";
+        return -1;
+    }
+    curv_block_info b;
+    curv_layout_block(l, (size_t)block, &b);
+    if ((b.n_in && rows > SIZE_MAX / b.n_in) || (b.n_out && rows > SIZE_MAX / b.n_out)) {
+        r->err = "a layer entry's shape overflows";
+        return -1;
+    }
+    if (get_vec(r, (size_t)rows * b.n_in, &acts, NULL) ||
+        get_vec(r, (size_t)rows * b.n_out, &sig, NULL))
+        return -1;
+    if (ls)
+        *ls = (curv_layer_stats){.block = (size_t)block,
+                                 .rows = (size_t)rows,
+                                 .examples = (size_t)examples,
+                                 .acts = acts,
+                                 .signals = sig};
+    return 0;
+}
+
+/* The step's part of the record (after the header), into @rd when
+ * r->out is set. */
+static int get_step(struct rd *r, const curv_layout *l, struct curvd_record_read *rd,
+                    size_t *nlayers)
+{
+    size_t dim = curv_layout_dim(l);
+    const double *g = NULL, *theta = NULL, *gsq = NULL, *loss = NULL;
+    uint64_t batch, n;
+    if (get_u64(r, &rd->step) || get_vec(r, dim, &g, NULL) || get_optional(r, dim, &theta) ||
+        get_optional(r, dim, &gsq) || get_optional(r, 1, &loss) || get_u64(r, &batch) ||
+        get_u64(r, &n))
+        return -1;
+    if (n > (uint64_t)(r->end - r->p) / 24) { /* each entry holds 3 numbers at least */
+        r->err = "the record ends early";
+        return -1;
+    }
+    *nlayers = (size_t)n;
+    for (size_t i = 0; i < *nlayers; i++)
+        if (get_layer(r, l, r->out ? &rd->layers[i] : NULL) != 0)
+            return -1;
+    if (r->out)
+        rd->si = (curv_step_input){.grad = g,
+                                   .params = theta,
+                                   .len = dim,
+                                   .dtype = CURV_F64,
+                                   .layers = *nlayers ? rd->layers : NULL,
+                                   .n_layers = *nlayers,
+                                   .loss = loss ? *loss : 0,
+                                   .has_loss = loss != NULL,
+                                   .grad_sq = gsq,
+                                   .batch = (size_t)batch};
+    return 0;
+}
+
+int curvd_record_parse(const unsigned char *rec, size_t len, const curv_layout *l,
+                       struct curvd_record_read *rd, char *why, size_t cap)
+{
+    memset(rd, 0, sizeof *rd);
+    struct rd r = {.p = rec, .end = rec + len};
+    size_t nlayers = 0;
+    if (len < sizeof magic || memcmp(rec, magic, sizeof magic) != 0) {
+        snprintf(why, cap, "the record is not a curvd step record of this version");
+        return -1;
+    }
+    r.p += sizeof magic;
+    if (get_step(&r, l, rd, &nlayers) != 0) { /* counting */
+        snprintf(why, cap, "%s", r.err);
+        return -1;
+    }
+    rd->owned = malloc((r.used ? r.used : 1) * sizeof *rd->owned);
+    rd->layers = nlayers ? calloc(nlayers, sizeof *rd->layers) : NULL;
+    if (!rd->owned || (nlayers && !rd->layers)) {
+        curvd_record_read_clear(rd);
+        snprintf(why, cap, "out of memory reading a step record");
+        return -1;
+    }
+    r = (struct rd){.p = rec + sizeof magic, .end = rec + len, .out = rd->owned};
+    (void)get_step(&r, l, rd, &nlayers); /* as counted: cannot fail */
+    rd->p = r.p;
+    rd->end = r.end;
+    return 0;
+}
+
+int curvd_record_next_answer(struct curvd_record_read *rd, curv_response *resp, char *why,
+                             size_t cap)
+{
+    if (rd->p == rd->end)
+        return 0;
+    struct rd r = {.p = rd->p, .end = rd->end};
+    uint64_t seq;
+    size_t n = 0;
+    const double *v = NULL;
+    if (get_u64(&r, &seq) || get_vec(&r, 0, &v, &n)) { /* counting */
+        snprintf(why, cap, "an answer: %s", r.err);
+        return -1;
+    }
+    double *values = malloc((n ? n : 1) * sizeof *values);
+    if (!values) {
+        snprintf(why, cap, "out of memory reading a step record");
+        return -1;
+    }
+    r = (struct rd){.p = rd->p + 8, .end = rd->end, .out = values};
+    (void)get_vec(&r, 0, &v, &n);
+    rd->p = r.p;
+    *resp = (curv_response){.seq = seq, .n_values = n, .values = values};
+    return 1;
+}
+
+void curvd_record_read_clear(struct curvd_record_read *rd)
+{
+    free(rd->owned);
+    free(rd->layers);
+    memset(rd, 0, sizeof *rd);
+}
