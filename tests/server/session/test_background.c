@@ -82,7 +82,7 @@ static void fx_free(struct fx *f)
 
 static void add(struct fx *f, const char *id)
 {
-    struct curvd_committed none = {NULL, 0};
+    struct curvd_committed none = {0};
     assert_int_equal(curvd_registry_add(f->r, id, "t", kfac(f->l), 1, &none), CURVD_REG_OK);
 }
 

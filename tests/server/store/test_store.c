@@ -311,8 +311,8 @@ static void test_invalid_arguments(void **state)
     struct curvd_session_list l;
     struct curvd_step_response r;
     struct curvd_store_info info;
-    struct curvd_step_commit c = {1, WHOLE(NULL, 0), "application/json", NULL, 0, NULL, NULL, NULL,
-                                  0};
+    struct curvd_step_commit c = {
+        1, WHOLE(NULL, 0), "application/json", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
     int64_t n;
     struct curvd_session_new bad[] = {
         {NULL, "t", "sgd", NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL, 0, 0},
@@ -614,7 +614,8 @@ static void commit_ok(struct curvd_store *st, const char *tenant, const char *id
                       const void *state, size_t len, const void *resp, size_t resp_len)
 {
     struct curvd_step_commit c = {
-        step, WHOLE(state, len), "application/json", resp, resp_len, NULL, NULL, NULL, 0};
+        step, WHOLE(state, len), "application/json", resp, resp_len, NULL, NULL, NULL, 0, NULL, 0,
+        NULL};
     assert_store(curvd_store_commit_step(st, tenant, id, &c, NULL, err, sizeof err),
                  CURVD_STORE_OK);
 }
@@ -652,7 +653,7 @@ static void test_commit_step(void **state)
     const int64_t wrong[] = {3, 1, 100};
     for (int i = 0; i < 3; i++) {
         struct curvd_step_commit c = {
-            wrong[i], WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, NULL, 0};
+            wrong[i], WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, NULL, 0, NULL, 0, NULL};
         int64_t cur = -1;
         assert_store(curvd_store_commit_step(st, "t", "s", &c, &cur, err, sizeof err),
                      CURVD_STORE_CONFLICT);
@@ -667,7 +668,8 @@ static void test_commit_step(void **state)
         curvd_step_response_clear(&r);
     }
     /* A conflict without a place for the step is still a conflict. */
-    struct curvd_step_commit c = {5, WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, NULL, 0};
+    struct curvd_step_commit c = {
+        5, WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, NULL, 0, NULL, 0, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_CONFLICT);
     /* Unknown session, or another tenant's. */
@@ -711,11 +713,12 @@ static void test_commit_steps(void **state)
     create_ok(st, "t", "a", "a0", 2);
     create_ok(st, "t", "b", "b0", 2);
     create_ok(st, "t", "c", "c0", 2);
-    const struct curvd_step_commit a1 = {1, WHOLE("a1", 2), "x", "ra1", 3, NULL, NULL, NULL, 0},
-                                   a2 = {2, WHOLE("a2", 2), "x", "ra2", 3, NULL, NULL, NULL, 0},
-                                   b2 = {2, WHOLE("b2", 2), "x", "rb2", 3, NULL, NULL, NULL, 0},
-                                   c1 = {1, WHOLE("c1", 2), "x", "rc1", 3, NULL, NULL, NULL, 0},
-                                   bad = {1, WHOLE("z", 1), NULL, "r", 1, NULL, NULL, NULL, 0};
+    const struct curvd_step_commit
+        a1 = {1, WHOLE("a1", 2), "x", "ra1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
+        a2 = {2, WHOLE("a2", 2), "x", "ra2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
+        b2 = {2, WHOLE("b2", 2), "x", "rb2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
+        c1 = {1, WHOLE("c1", 2), "x", "rc1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
+        bad = {1, WHOLE("z", 1), NULL, "r", 1, NULL, NULL, NULL, 0, NULL, 0, NULL};
     struct curvd_commit_item it[6] = {ITEM("a", &a1), ITEM("b", &b2), ITEM("nope", &c1),
                                       ITEM("c", &c1), ITEM("a", &a2), ITEM("c", &bad)};
     struct curvd_commit_item *items[6];
@@ -747,13 +750,10 @@ static void test_commit_steps(void **state)
     /* A blob past SQLite's limit spoils the transaction: the others go
      * through one by one, and the culprit alone is refused. */
     static const char tiny[1];
-    const struct curvd_step_commit a3 = {3, WHOLE("a3", 2), "x", "ra3", 3, NULL, NULL, NULL, 0},
-                                   b1big = {1,    WHOLE(tiny, 1500000000u),
-                                            "x",  "r",
-                                            1,    NULL,
-                                            NULL, NULL,
-                                            0},
-                                   c2 = {2, WHOLE("c2", 2), "x", "rc2", 3, NULL, NULL, NULL, 0};
+    const struct curvd_step_commit
+        a3 = {3, WHOLE("a3", 2), "x", "ra3", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
+        b1big = {1, WHOLE(tiny, 1500000000u), "x", "r", 1, NULL, NULL, NULL, 0, NULL, 0, NULL},
+        c2 = {2, WHOLE("c2", 2), "x", "rc2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL};
     struct curvd_commit_item jt[3] = {ITEM("a", &a3), ITEM("b", &b1big), ITEM("c", &c2)};
     struct curvd_commit_item *jtems[3] = {&jt[0], &jt[1], &jt[2]};
     curvd_store_commit_steps(st, jtems, 3);
@@ -770,8 +770,10 @@ static void test_commit_steps(void **state)
     sqlite3 *other = NULL;
     assert_int_equal(sqlite3_open(path, &other), SQLITE_OK);
     assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
-    const struct curvd_step_commit a4 = {4, WHOLE("a4", 2), "x", "ra4", 3, NULL, NULL, NULL, 0},
-                                   c3 = {3, WHOLE("c3", 2), "x", "r", 1, NULL, NULL, NULL, 0};
+    const struct curvd_step_commit a4 = {4,    WHOLE("a4", 2), "x", "ra4", 3, NULL,
+                                         NULL, NULL,           0,   NULL,  0, NULL},
+                                   c3 = {3,    WHOLE("c3", 2), "x", "r",  1, NULL,
+                                         NULL, NULL,           0,   NULL, 0, NULL};
     struct curvd_commit_item kt[2] = {ITEM("a", &a4), ITEM("c", &c3)};
     struct curvd_commit_item *ktems[2] = {&kt[0], &kt[1]};
     curvd_store_commit_steps(st, ktems, 2);
@@ -830,7 +832,8 @@ static void test_response_replay(void **state)
                  CURVD_STORE_NOT_FOUND);
     unsigned char *body = random_blob(3, 70000);
     struct curvd_step_commit c = {
-        1, WHOLE("b", 1), "application/octet-stream", body, 70000, NULL, NULL, NULL, 0};
+        1, WHOLE("b", 1), "application/octet-stream", body, 70000, NULL, NULL, NULL, 0, NULL,
+        0, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "u", "s", &r, err, sizeof err),
                  CURVD_STORE_NOT_FOUND);
@@ -879,7 +882,8 @@ static void test_step_reports(void **state)
     curvd_session_clear(&s);
     unsigned char *body = random_blob(5, 70000); /* many overflow pages */
     struct curvd_step_commit c = {
-        1, WHOLE("b", 1), "application/json", body, 70000, "{\"rho\":0.25}", NULL, NULL, 0};
+        1, WHOLE("b", 1), "application/json", body, 70000, "{\"rho\":0.25}", NULL, NULL, 0, NULL,
+        0, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     c.report = "{\"rho\":2}";
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
@@ -907,8 +911,8 @@ static void test_step_reports(void **state)
     }
     curvd_session_list_clear(&l);
     /* A step committed without a report has none. */
-    c = (struct curvd_step_commit){2, WHOLE("d", 1), "application/json", "{}", 2, NULL, NULL, NULL,
-                                   0};
+    c = (struct curvd_step_commit){
+        2, WHOLE("d", 1), "application/json", "{}", 2, NULL, NULL, NULL, 0, NULL, 0, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
     assert_int_equal(s.last_step, 2);
@@ -959,7 +963,8 @@ static void test_upgrade_keeps_replies(void **state)
     assert_bytes(s.state, s.state_len, "\x01\x02", 2);
     curvd_session_clear(&s);
     struct curvd_step_commit c = {
-        2, WHOLE("e", 1), "application/json", "{}", 2, "{\"k\":1}", "mm3-128:0", NULL, 0};
+        2, WHOLE("e", 1), "application/json", "{}", 2, "{\"k\":1}", "mm3-128:0", NULL, 0, NULL,
+        0, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err), CURVD_STORE_OK);
     assert_string_equal(r.request_digest, "mm3-128:0");
@@ -1059,7 +1064,8 @@ static void test_blob_too_big(void **state)
     const size_t huge[] = {1500000000u, (size_t)3000000000u};
     static const char tiny[1];
     for (int i = 0; i < 2; i++) {
-        struct curvd_step_commit c = {1, WHOLE(tiny, huge[i]), "x", NULL, 0, NULL, NULL, NULL, 0};
+        struct curvd_step_commit c = {
+            1, WHOLE(tiny, huge[i]), "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
         assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                      CURVD_STORE_INVALID);
         assert_non_null(strstr(err, "too big"));
@@ -1094,7 +1100,8 @@ static void test_busy(void **state)
                                    0,    0,   NULL,  NULL, 0, 0};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_BUSY);
     assert_non_null(strstr(err, "locked"));
-    struct curvd_step_commit c = {1, WHOLE("b", 1), "x", "r", 1, NULL, NULL, NULL, 0};
+    struct curvd_step_commit c = {1,    WHOLE("b", 1), "x", "r",  1, NULL,
+                                  NULL, NULL,          0,   NULL, 0, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_BUSY);
     assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_BUSY);
@@ -1132,7 +1139,8 @@ static void *worker_main(void *arg)
     for (int k = 1; k <= PER_THREAD; k++) {
         int64_t blob[2] = {w->index, k};
         struct curvd_step_commit c = {
-            k, WHOLE(blob, sizeof blob), "x", blob, sizeof blob, NULL, NULL, NULL, 0};
+            k,   WHOLE(blob, sizeof blob), "x", blob, sizeof blob, NULL, NULL, NULL, 0, NULL, 0,
+            NULL};
         if (curvd_store_commit_step(w->st, "t", id, &c, NULL, w->err, sizeof w->err))
             w->failures++;
         /* Everyone also races for the shared session: read, then commit
@@ -1252,9 +1260,12 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
     /* With a report, which reading a session copies. */
     /* In three parts, so that reading reassembles (n is 40000). */
     const curv_state_part parts[3] = {{0, 10000, 1}, {10000, 20000, 2}, {30000, n - 30001, 3}};
-    struct curvd_step_commit c = {
-        1, {blob + 1, n - 1, parts, 3, NULL, 0}, ctype, blob, n / 2, "{\"rho\":0.5}", NULL, NULL,
-        0};
+    struct curvd_step_commit c = {1,     {blob + 1, n - 1, parts, 3, NULL, 0},
+                                  ctype, blob,
+                                  n / 2, "{\"rho\":0.5}",
+                                  NULL,  NULL,
+                                  0,     NULL,
+                                  0,     NULL};
     int64_t count = 0;
     int rc = curvd_store_open(path, CURVD_DURABILITY_FULL, &st, e, sizeof e);
     *open_calls = alloc_calls;

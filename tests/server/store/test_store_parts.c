@@ -179,7 +179,7 @@ static int commit_parts(struct curvd_store *st, const char *id, int64_t step,
                         const struct pstate *s, const struct pstate *stored)
 {
     struct curvd_step_commit c = {
-        step, state_in(s, stored), "application/json", "{}", 2, NULL, NULL, NULL, 0};
+        step, state_in(s, stored), "application/json", "{}", 2, NULL, NULL, NULL, 0, NULL, 0, NULL};
     return curvd_store_commit_step(st, "t", id, &c, NULL, err, sizeof err);
 }
 
@@ -261,11 +261,12 @@ static void test_parts_round_trip(void **state)
     /* A blob without a division is one part with stamp 0; an empty state
      * has no part. */
     struct curvd_step_commit c = {
-        7, {.blob = s6.blob, .len = s6.len}, "x", NULL, 0, NULL, NULL, NULL, 0};
+        7, {.blob = s6.blob, .len = s6.len}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_written(path, "s:0");
     assert_parts(st, "s", s6.blob, s6.len, (curv_state_part[]){{0, s6.len, 0}}, 1);
-    c = (struct curvd_step_commit){8, {.blob = NULL, .len = 0}, "x", NULL, 0, NULL, NULL, NULL, 0};
+    c = (struct curvd_step_commit){
+        8, {.blob = NULL, .len = 0}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_written(path, "");
     assert_parts(st, "s", NULL, 0, NULL, 0);
@@ -308,7 +309,7 @@ static void test_parts_refused(void **state)
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         struct curvd_state_in in = {good.blob, good.len, bad[k].p, bad[k].n, NULL, 0};
         struct curvd_session_new row = {"n", "t", "kfac", NULL, 0, in, 0, 0, NULL, NULL, 0, 0};
-        struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0};
+        struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
         print_message("%s\n", bad[k].what);
         assert_store(curvd_store_create(st, &row, NULL, err, sizeof err), CURVD_STORE_INVALID);
         assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
@@ -319,7 +320,7 @@ static void test_parts_refused(void **state)
     /* Stored parts named by a NULL pointer. */
     struct curvd_state_in in = state_in(&good, NULL);
     in.n_stored = 3;
-    struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0};
+    struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
     assert_store(curvd_store_update_state(st, NULL, "s", 0, &in, NULL, NULL, err, sizeof err),
@@ -331,7 +332,7 @@ static void test_parts_refused(void **state)
     static const unsigned char tiny[16];
     curv_state_part huge[2] = {{0, 10, 0}, {10, 1500000000u, 1}};
     struct curvd_state_in big = {tiny, 1500000010u, huge, 2, NULL, 0};
-    c = (struct curvd_step_commit){1, big, "x", NULL, 0, NULL, NULL, NULL, 0};
+    c = (struct curvd_step_commit){1, big, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
     assert_non_null(strstr(err, "too big"));
@@ -367,14 +368,11 @@ static void test_group_commit_parts(void **state)
     create_parts(st, "b", &b0);
     create_parts(st, "c", &b0);
     log_writes(path);
-    const struct curvd_step_commit ca1 = {1, state_in(&a1, &a0), "x", "ra1", 3, NULL, NULL, NULL,
-                                          0},
-                                   ca2 = {2, state_in(&a2, &a1), "x", "ra2", 3, NULL, NULL, NULL,
-                                          0},
-                                   cb1 = {1, state_in(&b1, &b0), "x", "rb1", 3, NULL, NULL, NULL,
-                                          0},
-                                   cc5 = {5, state_in(&b1, &b0), "x", "rc5", 3, NULL, NULL, NULL,
-                                          0};
+    const struct curvd_step_commit
+        ca1 = {1, state_in(&a1, &a0), "x", "ra1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
+        ca2 = {2, state_in(&a2, &a1), "x", "ra2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
+        cb1 = {1, state_in(&b1, &b0), "x", "rb1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
+        cc5 = {5, state_in(&b1, &b0), "x", "rc5", 3, NULL, NULL, NULL, 0, NULL, 0, NULL};
     struct curvd_commit_item it[4] = {ITEM("a", &ca1), ITEM("c", &cc5), ITEM("b", &cb1),
                                       ITEM("a", &ca2)};
     struct curvd_commit_item *items[4] = {&it[0], &it[1], &it[2], &it[3]};
@@ -455,7 +453,7 @@ static void test_upgrade_moves_states(void **state)
     struct curvd_state_in in = state_in(&next, NULL);
     in.stored = was;
     in.n_stored = 1;
-    struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0};
+    struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
     assert_store(curvd_store_commit_step(st, "t", "big", &c, NULL, err, sizeof err),
                  CURVD_STORE_OK);
     assert_written(path, "big:0,big:1");
@@ -524,7 +522,8 @@ static void test_kfac_through_the_store(void **state)
         char want[512];
         partial += expected_writes("k", prev, n_prev, parts, n, want, sizeof want) < n;
         struct curvd_step_commit c = {
-            t, {blob, len, parts, n, prev, n_prev}, "x", NULL, 0, NULL, NULL, NULL, 0};
+            t,   {blob, len, parts, n, prev, n_prev}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0,
+            NULL};
         assert_store(curvd_store_commit_step(st, "t", "k", &c, NULL, err, sizeof err),
                      CURVD_STORE_OK);
         assert_written(path, want);
@@ -557,7 +556,7 @@ static void test_kfac_through_the_store(void **state)
     }
     assert_true(lied > 0);
     struct curvd_step_commit c = {
-        8, {blob, len, parts, n, prev, n_prev}, "x", NULL, 0, NULL, NULL, NULL, 0};
+        8, {blob, len, parts, n, prev, n_prev}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
     assert_store(curvd_store_commit_step(st, "t", "k", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get(st, "t", "k", 1, &s, err, sizeof err), CURVD_STORE_OK);
     assert_int_equal(s.state_len, len);
@@ -640,7 +639,10 @@ static void crash_child(const char *path, int fd, enum curvd_durability d)
                                        NULL,
                                        NULL,
                                        NULL,
-                                       0};
+                                       0,
+                                       NULL,
+                                       0,
+                                       NULL};
         if (curvd_store_commit_step(st, "t", "c", &sc, NULL, e, sizeof e))
             _exit(3);
         memcpy(known, c.p, sizeof known);
