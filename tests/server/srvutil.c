@@ -31,6 +31,12 @@ void su_start(struct curvd_server *srv, char *base, size_t cap)
         srv->cfg.workers = 2;
     else if (srv->cfg.workers == SU_NO_WORKERS)
         srv->cfg.workers = 0;
+    if (!srv->cfg.snapshot_log_pct && !srv->cfg.snapshot_ms) { /* the daemon's defaults */
+        srv->cfg.snapshot_log_pct = 100;
+        srv->cfg.snapshot_ms = 2000;
+    } else if (srv->cfg.snapshot_log_pct == SU_EVERY_STEP_A_SNAPSHOT) {
+        srv->cfg.snapshot_log_pct = 0;
+    }
     srv->cfg.quiet = getenv("CURVD_TEST_LOG") == NULL;
     if (!srv->cfg.max_body)
         srv->cfg.max_body = 1 << 20;

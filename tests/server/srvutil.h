@@ -31,10 +31,14 @@ struct su_resp {
 /* ---- The daemon and its files ---- */
 
 /* Start the HTTP layer of @srv on 127.0.0.1:0 (cfg defaults filled in
- * where zero: 2 workers; SU_NO_WORKERS for none, every request then runs
- * on its connection's thread) and return its base URL
+ * where zero: 2 workers, SU_NO_WORKERS for none, every request then runs
+ * on its connection's thread; the step log as curvd's flags set it) and
+ * return its base URL
  * "http://127.0.0.1:PORT". */
 #define SU_NO_WORKERS 0xffffffffu
+/* Zero snapshot_log_pct and snapshot_ms get the daemon's defaults (the
+ * step log); this snapshot_log_pct gets 0: every step a snapshot. */
+#define SU_EVERY_STEP_A_SNAPSHOT 0xffffffffu
 void su_start(struct curvd_server *srv, char *base, size_t cap);
 void su_stop(struct curvd_server *srv);
 
