@@ -42,14 +42,15 @@ static void no_callback(const struct curvd_req *rq, struct curvd_reply *rp, long
 static void earlier_run(const struct curvd_req *rq, struct curvd_reply *rp,
                         const struct curvd_entry *e, long long cur, const char *cb)
 {
-    char expected[64], tail[96];
+    char expected[64], tail[128];
     snprintf(expected, sizeof expected, "an id ending -%s", curvd_run_tag());
     if (curv_opt_pending(e->opt)) {
         char id[CURVD_CALLBACK_ID_CAP];
         curvd_callback_id(id, sizeof id, e->pend.req.seq);
         snprintf(tail, sizeof tail, "step %lld awaits callback %s", e->pend.step, id);
     } else {
-        snprintf(tail, sizeof tail, "post step %lld again", cur + 1);
+        snprintf(tail, sizeof tail, "the session has completed %lld steps: post step %lld", cur,
+                 cur + 1);
     }
     struct curvd_field_error fe = {"callback", expected, cb};
     curvd_reply_problem(rp, rq, CURVD_R_NO_CALLBACK_PENDING, &fe, 1,

@@ -298,14 +298,12 @@ static void answer_fn(void *ctx, const curv_request *req, double *values)
     answer_of(ctx, req, values);
 }
 
-/* The input of step s.acked + 1 (HF: the gradient of that step on the
- * fixed quadratic, c->q set for it; K-FAC: the MLP's current batch). */
-static curv_step_input input_of(struct cu_cb *c)
+curv_step_input cu_cb_input(struct cu_cb *c, double phase)
 {
     if (c->problem == CU_KFAC_ADAPTIVE)
         return tu_mlp_input(&c->net, 1);
     long t = c->s.acked + 1;
-    su_grad(t, HF_PHASE, c->g);
+    su_grad(t, phase, c->g);
     for (size_t i = 0; i < SU_D; i++)
         c->gsq[i] = c->g[i] * c->g[i] + 0.05; /* a positive Fisher diagonal stand-in */
     c->q = (tu_quad){.d = SU_D, .G = c->G, .g = c->g, .h0 = 1 + 1.0 / (double)t};
@@ -315,6 +313,12 @@ static curv_step_input input_of(struct cu_cb *c)
                              .loss = c->q.h0,
                              .has_loss = 1,
                              .grad_sq = c->gsq};
+}
+
+/* The input of step s.acked + 1 as this suite's trainer sends it. */
+static curv_step_input input_of(struct cu_cb *c)
+{
+    return cu_cb_input(c, HF_PHASE);
 }
 
 /* The lock-step reference's outcome @st of a step or resume. */

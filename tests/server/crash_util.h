@@ -106,6 +106,11 @@ struct cu_cb {
     long cut_answers;      /* kills that cut the post of an answer */
 };
 
+/* The input of step s.acked + 1. HF: the gradient su_grad(step, @phase)
+ * on the fixed quadratic, c->q set for it (the answers' trainer); K-FAC:
+ * the MLP's current batch (@phase unused). Borrows c's buffers. */
+curv_step_input cu_cb_input(struct cu_cb *c, double phase);
+
 /* Create @problem's session on @base and its reference. */
 void cu_cb_new(struct cu_cb *c, enum cu_problem problem, const char *base);
 void cu_cb_free(struct cu_cb *c);
