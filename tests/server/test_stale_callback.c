@@ -15,10 +15,8 @@
  * again on the same database; $CURVD_BIN or BUILD/curvd, else this binary
  * with --as-daemon.
  */
-#include <cblas.h>
 #include <curl/curl.h>
 #include <jansson.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -178,18 +176,13 @@ static int teardown(void **state)
 
 int main(int argc, char **argv)
 {
-    openblas_set_num_threads(1); /* as curvd runs it (main.c): the same sums */
-    if (argc > 1 && strcmp(argv[1], "--as-daemon") == 0)
-        return cu_run_daemon(argc - 1, argv + 1);
-    unsetenv("CURVD_TOKEN_FILE");
-    printf("stale callback: daemon %s\n", cu_find_daemon(argv[0]));
-    signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_ALL);
-    su_set_timeout(10);
+    int rc = cu_main_begin(argc, argv, "stale callback");
+    if (rc >= 0)
+        return rc;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_stale_answer_after_restart, setup, teardown),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
     return rc;
 }
