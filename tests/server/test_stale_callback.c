@@ -66,13 +66,16 @@ static void refuse_stale(const struct su_trainer *tr, const struct stale *st, co
 
 /* The step posted again awaits its first callback @cb: of the stale
  * one's seq and shape (so without the run tag the stale answer fitted
- * it), under another URL. The stale answer is refused, and the session
- * still awaits @cb. */
-static void post_stale(struct su_trainer *tr, const struct su_callback *cb, struct stale *st)
+ * it), under another URL, and rightly answered by @good, not by the
+ * stale answer. The stale answer is refused, and the session still
+ * awaits @cb. */
+static void post_stale(struct su_trainer *tr, const struct su_callback *cb,
+                       const struct su_body *good, struct stale *st)
 {
     assert_true(cb->req.seq == st->req.seq);
     assert_int_equal(cb->req.kind, st->req.kind);
     assert_int_equal(cb->req.n_values, st->req.n_values);
+    assert_false(good->len == st->answer.len && memcmp(good->p, st->answer.p, good->len) == 0);
     refuse_stale(tr, st, strrchr(cb->url, '/') + 1); /* names the callback awaited */
     assert_string_not_equal(cb->url, st->url);
     char path[128];
@@ -91,7 +94,7 @@ static void hook(struct su_trainer *tr, enum su_phase ph, const struct su_callba
 {
     struct stale *st = tr->hook_ctx;
     if (ph == SU_BEFORE_ANSWER && !st->posted)
-        post_stale(tr, cb, st);
+        post_stale(tr, cb, good, st);
     if (ph != SU_ANSWERED)
         return;
     struct su_resp again;
