@@ -127,10 +127,11 @@ $(BUILD)/libcurvd.a: $(SRV_OBJS)
 
 STEST_UTIL := tests/server/srvutil.c
 
-# The crash test runs the daemon binary: keep it current. Its daemon
-# process and callback trainer are in crash_util.c.
-$(BUILD)/tests/server/test_crash: $(BUILD)/curvd tests/server/crash_util.c tests/server/crash_util.h
-$(BUILD)/tests/server/test_crash: STEST_UTIL += tests/server/crash_util.c
+# The tests that kill and restart the daemon process run its binary: keep
+# it current. The daemon process and callback trainer are in crash_util.c.
+CRASH_TESTS := $(BUILD)/tests/server/test_crash $(BUILD)/tests/server/test_stale_callback
+$(CRASH_TESTS): $(BUILD)/curvd tests/server/crash_util.c tests/server/crash_util.h
+$(CRASH_TESTS): STEST_UTIL += tests/server/crash_util.c
 
 $(BUILD)/tests/server/%: tests/server/%.c $(TEST_UTIL) $(STEST_UTIL) tests/lib/testutil.h \
 		tests/server/srvutil.h $(BUILD)/libcurvd.a $(BUILD)/libcurv.a

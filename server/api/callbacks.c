@@ -7,7 +7,10 @@
  * A retried answer gets the reply it got the first time (the stored final
  * reply once the step is complete, else the kept 202) when it is the same
  * answer (its decoded values, wire/request_digest.h); another answer to
- * that callback is 422 STEP_MISMATCH.
+ * that callback is 422 STEP_MISMATCH. An id handed out by another run of
+ * the daemon (wire/callback_id.h) is 409 NO_CALLBACK_PENDING whatever the
+ * session awaits now: its exchange was forgotten, and the seq in it may
+ * be asked again by the step posted again.
  */
 #include <errno.h>
 #include <limits.h>
@@ -18,6 +21,7 @@
 #include "api/steps.h"
 #include "http/metrics.h"
 #include "store/store.h"
+#include "wire/callback_id.h"
 #include "wire/request_digest.h"
 #include "wire/step_decode.h"
 
@@ -32,6 +36,27 @@ static void no_callback(const struct curvd_req *rq, struct curvd_reply *rp, long
                         "restart of the daemon or a step posted again abandons an unfinished "
                         "step): post step %lld",
                         n, cur, cur + 1);
+}
+
+/* Callback @cb is another run's (wire/callback_id.h). */
+static void earlier_run(const struct curvd_req *rq, struct curvd_reply *rp,
+                        const struct curvd_entry *e, long long cur, const char *cb)
+{
+    char expected[64], tail[128];
+    snprintf(expected, sizeof expected, "an id ending -%s", curvd_run_tag());
+    if (curv_opt_pending(e->opt)) {
+        char id[CURVD_CALLBACK_ID_CAP];
+        curvd_callback_id(id, sizeof id, e->pend.req.seq);
+        snprintf(tail, sizeof tail, "step %lld awaits callback %s", e->pend.step, id);
+    } else {
+        snprintf(tail, sizeof tail, "the session has completed %lld steps: post step %lld", cur,
+                 cur + 1);
+    }
+    struct curvd_field_error fe = {"callback", expected, cb};
+    curvd_reply_problem(rp, rq, CURVD_R_NO_CALLBACK_PENDING, &fe, 1,
+                        "callback %s is from an earlier run of the daemon: its step was "
+                        "abandoned by the restart and this answer was not applied; %s",
+                        cb, tail);
 }
 
 /* Decode this request's answer to callback @req into @values (@req->n_values
@@ -59,17 +84,18 @@ static int same_answer(const struct curvd_req *rq, struct curvd_reply *rp,
 {
     const struct curvd_pending *pd = &e->pend;
     double *values = malloc((pd->answered.n_values ? pd->answered.n_values : 1) * sizeof *values);
-    char digest[CURVD_DIGEST_TEXT], detail[240];
+    char digest[CURVD_DIGEST_TEXT], detail[240], id[CURVD_CALLBACK_ID_CAP];
     int same = 0;
     if (!values)
         curvd_reply_problem(rp, rq, CURVD_R_OUT_OF_MEMORY, NULL, 0, "out of memory");
     else if (decode_answer(rq, rp, e, &pd->answered, values, digest) != 0)
         ; /* replied */
     else if (!(same = strcmp(digest, pd->answer_digest) == 0)) {
+        curvd_callback_id(id, sizeof id, pd->answered_seq);
         snprintf(detail, sizeof detail,
-                 "callback %llu of step %lld was answered with other values, and this answer "
+                 "callback %s of step %lld was answered with other values, and this answer "
                  "was not applied: %s",
-                 (unsigned long long)pd->answered_seq, pd->step,
+                 id, pd->step,
                  curv_opt_pending(e->opt) ? "answer the callback the step awaits now"
                                           : "the step is complete, post the next one");
         curvd_reply_mismatch(rp, rq, pd->answer_digest, digest, detail);
@@ -130,13 +156,17 @@ CURVD_HANDLER(curvd_h_callback)
         return;
     struct curvd_pending *pd = &e->pend;
     long long cur = (long long)curv_opt_steps(e->opt);
-    unsigned long long un, cb;
+    unsigned long long un;
+    uint64_t cb = 0;
     /* A step segment that is not a number is no step in progress (-1). */
     long long n = segment_number(rq->param[1], &un) && un <= LLONG_MAX ? (long long)un : -1;
-    int cb_ok = segment_number(rq->param[2], &cb);
+    enum curvd_callback_id_form form = curvd_callback_id_parse(rq->param[2], &cb);
+    int cb_ok = form == CURVD_CB_THIS_RUN;
     /* answered_seq 0: the step asked for nothing, so no callback of it was answered. */
-    if (n == cur && cur > 0 && pd->step == n && cb_ok && pd->answered_seq &&
-        cb == pd->answered_seq) {
+    if (form == CURVD_CB_OTHER_RUN) {
+        earlier_run(rq, rp, e, cur, rq->param[2]);
+    } else if (n == cur && cur > 0 && pd->step == n && cb_ok && pd->answered_seq &&
+               cb == pd->answered_seq) {
         if (same_answer(rq, rp, e)) /* the final answer retried: the update */
             curvd_step_replay(srv, rq, rp, e, cur, NULL);
     } else if (!curv_opt_pending(e->opt) || n != pd->step) {
@@ -153,8 +183,8 @@ CURVD_HANDLER(curvd_h_callback)
             curvd_reply_tensors(rp, 202, copy, pd->last_len, pd->last_json_len, NULL);
             curvd_callback_url(e, rp->location, sizeof rp->location);
         } else {
-            char want[24];
-            snprintf(want, sizeof want, "%llu", (unsigned long long)pd->req.seq);
+            char want[CURVD_CALLBACK_ID_CAP];
+            curvd_callback_id(want, sizeof want, pd->req.seq);
             struct curvd_field_error fe = {"callback", want, rq->param[2]};
             curvd_reply_problem(rp, rq, CURVD_R_CALLBACK_OUT_OF_ORDER, &fe, 1,
                                 "step %lld waits for the answer to callback %s", pd->step, want);

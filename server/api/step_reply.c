@@ -15,6 +15,7 @@
 #include "api/steps.h"
 #include "http/mem.h"
 #include "store/store.h"
+#include "wire/callback_id.h"
 #include "wire/json_scan.h"
 #include "wire/out.h"
 #include "wire/tensor_bytes.h"
@@ -108,8 +109,9 @@ static const char *callback_kind_name(curv_request_kind k)
 
 void curvd_callback_path(char *buf, size_t cap, const char *id, long long step, uint64_t seq)
 {
-    snprintf(buf, cap, "/v1/sessions/%s/steps/%lld/callbacks/%llu", id, step,
-             (unsigned long long)seq);
+    char cb[CURVD_CALLBACK_ID_CAP];
+    curvd_callback_id(cb, sizeof cb, seq);
+    snprintf(buf, cap, "/v1/sessions/%s/steps/%lld/callbacks/%s", id, step, cb);
 }
 
 void curvd_callback_url(const struct curvd_entry *e, char *buf, size_t cap)
@@ -123,13 +125,14 @@ int curvd_encode_callback(struct curvd_out *out, const struct curvd_entry *e,
     const struct curvd_pending *pd = &e->pend;
     const curv_request *req = &pd->req;
     const curv_layout *l = curv_opt_layout(e->opt);
-    char url[160];
+    char url[160], id[CURVD_CALLBACK_ID_CAP];
     curvd_callback_url(e, url, sizeof url);
+    curvd_callback_id(id, sizeof id, req->seq);
     curvd_out_lit(out, "{\"step\":");
     curvd_out_int(out, pd->step);
-    curvd_out_lit(out, ",\"callback\":{\"id\":\"");
-    curvd_out_int(out, (long long)req->seq);
-    curvd_out_lit(out, "\",\"kind\":");
+    curvd_out_lit(out, ",\"callback\":{\"id\":");
+    curvd_out_string(out, id);
+    curvd_out_lit(out, ",\"kind\":");
     curvd_out_string(out, callback_kind_name(req->kind));
     curvd_out_lit(out, ",\"url\":");
     curvd_out_string(out, url);

@@ -24,8 +24,8 @@ void curvd_step_outcome(struct curvd_server *srv, const struct curvd_req *rq,
                         struct curvd_reply *rp, struct curvd_entry *e, curv_status cs,
                         const curv_error *cerr, const curv_request *req, const double *delta);
 
-/* curvd_callback_path - the url of callback @seq of step @step of
- * session @id. */
+/* curvd_callback_path - the url of callback @seq (of this run: its id is
+ * wire/callback_id.h's) of step @step of session @id. */
 void curvd_callback_path(char *buf, size_t cap, const char *id, long long step, uint64_t seq);
 
 /* curvd_callback_url - the url of the callback @e awaits (e->pend.req). */

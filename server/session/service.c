@@ -2,18 +2,17 @@
 /* The session service; the rule it keeps is in service.h. */
 #include "session/service.h"
 
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "http/log.h"
 #include "http/metrics.h"
 #include "http/pool.h"
 #include "session/replay.h"
+#include "wire/random_hex.h"
 
 /* Lend the daemon's workers to @o (srv->exec; NULL: none) for its
  * per-layer work; every optimizer the service holds came through here.
@@ -173,23 +172,6 @@ void curvd_svc_abandon(struct curvd_server *srv, struct curvd_entry *e)
     curvd_registry_drop(srv->reg, e->id);
 }
 
-static void new_id(char out[CURVD_ID_LEN + 1])
-{
-    unsigned char raw[CURVD_ID_LEN / 2];
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    ssize_t got = fd >= 0 ? read(fd, raw, sizeof raw) : -1;
-    if (fd >= 0)
-        close(fd);
-    if (got != (ssize_t)sizeof raw) { /* never expected; still unique per process */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        for (size_t i = 0; i < sizeof raw; i++)
-            raw[i] = (unsigned char)((uint64_t)ts.tv_nsec * (i + 7) >> (i % 8));
-    }
-    for (size_t i = 0; i < sizeof raw; i++)
-        snprintf(out + 2 * i, 3, "%02x", raw[i]);
-}
-
 int curvd_svc_create(struct curvd_server *srv, const char *tenant, curv_opt *o, const char *meta,
                      char id[CURVD_ID_LEN + 1], int64_t *created, char *err, size_t errlen)
 {
@@ -210,7 +192,7 @@ int curvd_svc_create_ex(struct curvd_server *srv, const char *tenant, curv_opt *
         snprintf(err, errlen, "%s", cerr.text);
         return CURVD_SVC_NOMEM;
     }
-    new_id(id);
+    curvd_random_hex(id, CURVD_ID_LEN / 2);
     lend_workers(srv, o);
     struct curvd_session_new row = {
         .id = id,

@@ -2,6 +2,8 @@
 /* The crash suite's daemon process and callback trainer (crash_util.h). */
 #include "crash_util.h"
 
+#include <cblas.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -135,7 +137,8 @@ void cu_killer_join(struct cu_killer *k)
     pthread_join(k->th, NULL);
 }
 
-int cu_run_daemon(int argc, char **argv)
+/* What --as-daemon runs: the daemon's main() on --db, full durability. */
+static int run_daemon(int argc, char **argv)
 {
     struct curvd_server srv = {.cfg = {.listen = "127.0.0.1",
                                        .db_path = "curvd.db",
@@ -189,6 +192,25 @@ const char *cu_find_daemon(const char *argv0)
     self_exec = stat(daemon_path, &bin) != 0 || access(daemon_path, X_OK) != 0 ||
                 (stat(archive, &lib) == 0 && bin.st_mtime < lib.st_mtime);
     return self_exec ? "this binary --as-daemon" : daemon_path;
+}
+
+int cu_main_begin(int argc, char **argv, const char *suite)
+{
+    /* One OpenBLAS thread, as curvd runs it (main.c): K-FAC's decompositions
+     * then sum in the same order in the daemon and in the reference. */
+    openblas_set_num_threads(1);
+    if (argc > 1 && strcmp(argv[1], "--as-daemon") == 0)
+        return run_daemon(argc - 1, argv + 1);
+    /* The daemon's flags are explicit; no stray environment changes it. */
+    const char *env[] = {"CURVD_TOKEN_FILE", "CURVD_MAX_SESSIONS", "CURVD_MEMORY_BUDGET",
+                         "CURVD_MAX_BODY"};
+    for (size_t i = 0; i < sizeof env / sizeof env[0]; i++)
+        unsetenv(env[i]);
+    printf("%s: daemon %s\n", suite, cu_find_daemon(argv[0]));
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_ALL);
+    su_set_timeout(10);
+    return -1;
 }
 
 /* ---- A session as the trainer knows it ---- */
@@ -298,14 +320,12 @@ static void answer_fn(void *ctx, const curv_request *req, double *values)
     answer_of(ctx, req, values);
 }
 
-/* The input of step s.acked + 1 (HF: the gradient of that step on the
- * fixed quadratic, c->q set for it; K-FAC: the MLP's current batch). */
-static curv_step_input input_of(struct cu_cb *c)
+curv_step_input cu_cb_input(struct cu_cb *c, double phase)
 {
     if (c->problem == CU_KFAC_ADAPTIVE)
         return tu_mlp_input(&c->net, 1);
     long t = c->s.acked + 1;
-    su_grad(t, HF_PHASE, c->g);
+    su_grad(t, phase, c->g);
     for (size_t i = 0; i < SU_D; i++)
         c->gsq[i] = c->g[i] * c->g[i] + 0.05; /* a positive Fisher diagonal stand-in */
     c->q = (tu_quad){.d = SU_D, .G = c->G, .g = c->g, .h0 = 1 + 1.0 / (double)t};
@@ -315,6 +335,12 @@ static curv_step_input input_of(struct cu_cb *c)
                              .loss = c->q.h0,
                              .has_loss = 1,
                              .grad_sq = c->gsq};
+}
+
+/* The input of step s.acked + 1 as this suite's trainer sends it. */
+static curv_step_input input_of(struct cu_cb *c)
+{
+    return cu_cb_input(c, HF_PHASE);
 }
 
 /* The lock-step reference's outcome @st of a step or resume. */

@@ -30,8 +30,14 @@ struct cu_daemon {
  * BUILD/tests/server/NAME), else this binary with --as-daemon. Returns
  * its description for the log. */
 const char *cu_find_daemon(const char *argv0);
-/* What --as-daemon runs: the daemon's main() on --db, full durability. */
-int cu_run_daemon(int argc, char **argv);
+
+/* What main() does first: OpenBLAS on one thread (as curvd), and with
+ * --as-daemon the daemon (its main() on --db, full durability), returning
+ * its exit status; else the daemon
+ * found (printed after "@suite: "), no CURVD_* environment, SIGPIPE
+ * ignored, curl initialised (curl_global_cleanup() is main's), srvutil's
+ * 10 s timeout; returns -1. */
+int cu_main_begin(int argc, char **argv, const char *suite);
 
 /* Start the daemon on d->db (stderr piped here, not yet read). */
 void cu_spawn(struct cu_daemon *d);
@@ -105,6 +111,11 @@ struct cu_cb {
     long callbacks;        /* callbacks answered, over the session's life */
     long cut_answers;      /* kills that cut the post of an answer */
 };
+
+/* The input of step s.acked + 1. HF: the gradient su_grad(step, @phase)
+ * on the fixed quadratic, c->q set for it (the answers' trainer); K-FAC:
+ * the MLP's current batch (@phase unused). Borrows c's buffers. */
+curv_step_input cu_cb_input(struct cu_cb *c, double phase);
 
 /* Create @problem's session on @base and its reference. */
 void cu_cb_new(struct cu_cb *c, enum cu_problem problem, const char *base);

@@ -36,11 +36,9 @@
  * re-executed with --as-daemon (same server archive, e.g. under `make asan`).
  * CURVD_CRASH_SEED picks another seed.
  */
-#include <cblas.h>
 #include <curl/curl.h>
 #include <jansson.h>
 #include <math.h>
-#include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -484,24 +482,13 @@ static int teardown(void **state)
 
 int main(int argc, char **argv)
 {
-    /* One OpenBLAS thread, as curvd runs it (main.c): K-FAC's decompositions
-     * then sum in the same order in the daemon and in the reference. */
-    openblas_set_num_threads(1);
-    if (argc > 1 && strcmp(argv[1], "--as-daemon") == 0)
-        return cu_run_daemon(argc - 1, argv + 1);
-    /* The daemon's flags are explicit; no stray environment changes it. */
-    const char *env[] = {"CURVD_TOKEN_FILE", "CURVD_MAX_SESSIONS", "CURVD_MEMORY_BUDGET",
-                         "CURVD_MAX_BODY"};
-    for (size_t i = 0; i < sizeof env / sizeof env[0]; i++)
-        unsetenv(env[i]);
-    printf("crash: daemon %s\n", cu_find_daemon(argv[0]));
-    signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_ALL);
-    su_set_timeout(10);
+    int rc = cu_main_begin(argc, argv, "crash");
+    if (rc >= 0)
+        return rc;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_sigkill, setup, teardown),
     };
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
     return rc;
 }

@@ -515,14 +515,23 @@ static void try_bad_answers(struct su_trainer *tr, const struct su_callback *cb,
     char path[256], pc[256];
     pending_of(tr->base, tr->id, pc, sizeof pc);
     assert_string_equal(pc, cb->url);
-    char id[24];
-    snprintf(id, sizeof id, "%llu", (unsigned long long)cb->req.seq);
-    const char *slash = strrchr(cb->url, '/');
-    snprintf(path, sizeof path, "%.*s/%llu", (int)(slash - cb->url), cb->url,
-             (unsigned long long)cb->req.seq + 1000);
+    /* The id is "<seq>-<run tag>": another seq of this run, the bare seq
+     * and a letter before it are out of order (naming the awaited id); the
+     * awaited seq with another run's tag is no callback pending. */
+    const char *slash = strrchr(cb->url, '/'), *id = slash + 1, *tag = strchr(id, '-');
+    assert_non_null(tag);
+    int dir = (int)(slash - cb->url);
+    snprintf(path, sizeof path, "%.*s/%llu%s", dir, cb->url, (unsigned long long)cb->req.seq + 1000,
+             tag);
     assert_string_equal(refused(tr, path, good, 409, "CALLBACK_OUT_OF_ORDER", "callback"), id);
-    snprintf(path, sizeof path, "%.*s/c%s", (int)(slash - cb->url), cb->url, id);
+    snprintf(path, sizeof path, "%.*s/%llu", dir, cb->url, (unsigned long long)cb->req.seq);
+    assert_string_equal(refused(tr, path, good, 409, "CALLBACK_OUT_OF_ORDER", "callback"), id);
+    snprintf(path, sizeof path, "%.*s/c%s", dir, cb->url, id);
     refused(tr, path, good, 409, "CALLBACK_OUT_OF_ORDER", "callback");
+    snprintf(path, sizeof path, "%s", cb->url);
+    char *last = path + strlen(path) - 1; /* the tag's last hex digit, changed */
+    *last = *last == '0' ? '1' : '0';
+    refused(tr, path, good, 409, "NO_CALLBACK_PENDING", "callback");
     snprintf(path, sizeof path, "/v1/sessions/%s/steps/%ld/callbacks/%s", tr->id, cb->step + 1, id);
     refused(tr, path, good, 409, "NO_CALLBACK_PENDING", "step");
     snprintf(path, sizeof path, "/v1/sessions/%s/steps/%ldx/callbacks/%s", tr->id, cb->step, id);
