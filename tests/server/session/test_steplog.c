@@ -91,8 +91,7 @@ static void kfac_stats(long t, double acts[ROWS * 4], double sig[ROWS * 2])
 
 /* Post step @t of session @id (with K-FAC statistics when @stats) and
  * check its update against @ref stepped with the same input. */
-static void step(const struct fx *f, const char *id, curv_opt *ref, long t, double phase,
-                 int stats)
+static void step(const struct fx *f, const char *id, curv_opt *ref, long t, double phase, int stats)
 {
     double g[D], u[D], want[D], acts[ROWS * 4], sig[ROWS * 2];
     su_grad(t, phase, g);
@@ -122,8 +121,8 @@ static void step(const struct fx *f, const char *id, curv_opt *ref, long t, doub
     tu_assert_status(curv_opt_step(ref, &in, want, &req, &cerr), CURV_OK, &cerr);
     for (int i = 0; i < D; i++)
         if (memcmp(&u[i], &want[i], sizeof want[i]) != 0)
-            fail_msg("session %s step %ld, element %d: daemon %.17g, libcurv %.17g", id, t, i,
-                     u[i], want[i]);
+            fail_msg("session %s step %ld, element %d: daemon %.17g, libcurv %.17g", id, t, i, u[i],
+                     want[i]);
 }
 
 /* The exported state of @id must be @ref's, byte for byte. */
@@ -150,8 +149,8 @@ static void test_every_plain_kind_replays(void **state)
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
         if (!tu_plain_kind(k))
             continue;
-        json_decref(su_create(f->base, curv_opt_kind_name((curv_opt_kind)k), NULL, 201, ids[k],
-                              NULL));
+        json_decref(
+            su_create(f->base, curv_opt_kind_name((curv_opt_kind)k), NULL, 201, ids[k], NULL));
         refs[k] = tu_new_opt((curv_opt_kind)k, f->layout, NULL);
         size_t len0, raw_len;
         unsigned char *at0 = tu_snapshot(refs[k], &len0);
@@ -185,9 +184,9 @@ static void test_kfac_background_refresh_replays(void **state)
     struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0);
     const tu_kv kv[] = {
         {"cov_interval", 1}, {"inv_interval", 3}, {"max_staleness", 2}, {"weight_decay", 0}};
-    json_t *config = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i}", "mode", "simple", "precision",
-                               "fp64", "cov_interval", 1, "inv_interval", 3, "max_staleness", 2,
-                               "weight_decay", 0);
+    json_t *config =
+        json_pack("{s:s, s:s, s:i, s:i, s:i, s:i}", "mode", "simple", "precision", "fp64",
+                  "cov_interval", 1, "inv_interval", 3, "max_staleness", 2, "weight_decay", 0);
     char id[33];
     json_decref(su_create(f->base, "kfac", config, 201, id, NULL));
     curv_opt *ref = tu_kfac_opt(f->layout, kv, 4, "mode", "simple", "precision", "fp64", NULL);
@@ -215,8 +214,7 @@ static void test_snapshot_cadence(void **state)
     size_t state_len;
     curv_free(tu_snapshot(ref, &state_len));
     step(f, id, ref, 1, 0, 0);
-    snprintf(sql, sizeof sql, "SELECT length(record) FROM step_log WHERE session_id = '%.32s'",
-             id);
+    snprintf(sql, sizeof sql, "SELECT length(record) FROM step_log WHERE session_id = '%.32s'", id);
     long long rec = su_raw_int(f->db, sql);
     assert_true(rec > 0 && (size_t)rec < state_len);
     long long k = (long long)state_len / rec;
