@@ -10,9 +10,11 @@
  * durable), alone on a daemon with --workers 1 and with one per CPU: time
  * per step and its Server-Timing split.
  * Method and reading: tests/bench/README.md.
- * Usage: bench_http [--quick] [--small | --large | --autoencoder]
+ * Usage: bench_http [--quick] [--small | --large | --autoencoder] [--snapshot-log=PCT]
  *   --quick: 1 s per small row, large d = 1e6, a tiny autoencoder;
- *   --small/--large/--autoencoder: only those rows
+ *   --small/--large/--autoencoder: only those rows;
+ *   --snapshot-log: the daemons' flag (0: every step a snapshot, as before
+ *   the step log), to compare the small and large rows between runs
  */
 #include <cblas.h>
 #include <dirent.h>
@@ -124,7 +126,8 @@ struct row {
 };
 
 static char g_tmp[256], g_log[320];
-static const char *g_workers; /* --workers for the next daemon, NULL: its default */
+static const char *g_workers;      /* --workers for the next daemon, NULL: its default */
+static const char *g_snapshot_log; /* --snapshot-log for every daemon, NULL: its default */
 static volatile pid_t g_pid;
 static long g_ncpu;
 static pthread_mutex_t g_fail_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -253,12 +256,29 @@ static int daemon_start(const char *bin, const char *dur, char *line, size_t cap
     char db[320];
     snprintf(db, sizeof db, "%s/%s.db", g_tmp, dur);
     snprintf(g_log, sizeof g_log, "%s/%s.log", g_tmp, dur);
-    char *argv[] = {
-        (char *)bin,       "--port",     "0",      "--db",         db,     "--durability",
-        (char *)dur,       "--max-body", MAX_BODY, "--log-format", "text", "--workers",
-        (char *)g_workers, NULL};
-    if (!g_workers)
-        argv[11] = NULL;
+    char *argv[] = {(char *)bin,
+                    "--port",
+                    "0",
+                    "--db",
+                    db,
+                    "--durability",
+                    (char *)dur,
+                    "--max-body",
+                    MAX_BODY,
+                    "--log-format",
+                    "text",
+                    "--workers",
+                    (char *)g_workers,
+                    "--snapshot-log",
+                    (char *)g_snapshot_log,
+                    NULL};
+    if (!g_snapshot_log)
+        argv[13] = NULL;
+    if (!g_workers) { /* the other flags move up */
+        argv[11] = argv[13];
+        argv[12] = argv[14];
+        argv[13] = NULL;
+    }
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
@@ -975,9 +995,11 @@ struct ae_plan {
 
 /* One daemon (--workers @workers, durability full), one session stepped
  * as @plan says: the median of the timed steps and that step's
- * Server-Timing, and their mean into *@mean (may be NULL). */
+ * Server-Timing, their mean into *@mean and the mean of each phase into
+ * @mean_ph (either may be NULL). */
 static void ae_run(const char *bin, const struct ae *a, const char *workers,
-                   const struct ae_plan *plan, double *wall, double phase[NPHASE], double *mean)
+                   const struct ae_plan *plan, double *wall, double phase[NPHASE], double *mean,
+                   double mean_ph[NPHASE])
 {
     char line[512], path[128];
     g_workers = workers;
@@ -1042,6 +1064,40 @@ static void ae_run(const char *bin, const struct ae *a, const char *workers,
     memcpy(phase, ph[med], sizeof ph[med]);
     if (mean)
         *mean = sum / steps;
+    for (int p = 0; mean_ph && p < NPHASE; p++) {
+        mean_ph[p] = 0;
+        for (int i = 0; i < steps; i++)
+            mean_ph[p] += ph[i][p] / steps;
+    }
+}
+
+/* What making a step durable costs, as the step log does it (the daemon's
+ * default --snapshot-log) and as every step a snapshot (0), in one run:
+ * the mean of each phase over steps long enough to hold several
+ * snapshots, and save + commit as a share of the library's step. */
+static void ae_durable_forms(const char *bin, const struct ae *a, const char *ncpu)
+{
+    const struct ae_plan plan = {.inv_interval = 20, .staleness = 0, .steps = 12};
+    const char *forms[2] = {"0", NULL};
+    double ph[2][NPHASE], mean[2], med, med_ph[NPHASE];
+    const char *keep = g_snapshot_log;
+    for (int k = 0; k < 2; k++) {
+        g_snapshot_log = forms[k] ? forms[k] : keep;
+        ae_run(bin, a, ncpu, &plan, &med, med_ph, &mean[k], ph[k]);
+    }
+    g_snapshot_log = keep;
+    printf("  durable form, --workers %s, steps %d-%d, means (s): step phase, save, commit, "
+           "(save + commit) / step phase, whole step\n",
+           ncpu, AE_WARM + 1, AE_WARM + plan.steps);
+    for (int k = 0; k < 2; k++)
+        printf("    %-34s %7.3f %7.3f %7.3f %6.1f%% %7.3f\n",
+               forms[k] ? "every step a snapshot (--snapshot-log 0)"
+                        : "step log (--snapshot-log default)",
+               ph[k][PH_STEP], ph[k][PH_SAVE], ph[k][PH_COMMIT],
+               100 * (ph[k][PH_SAVE] + ph[k][PH_COMMIT]) / ph[k][PH_STEP], mean[k]);
+    printf("    save + commit: the log's %.3f s against %.3f s, %.2fx less\n",
+           ph[1][PH_SAVE] + ph[1][PH_COMMIT], ph[0][PH_SAVE] + ph[0][PH_COMMIT],
+           (ph[0][PH_SAVE] + ph[0][PH_COMMIT]) / (ph[1][PH_SAVE] + ph[1][PH_COMMIT]));
 }
 
 static void run_autoencoder(const char *bin, int quick)
@@ -1067,7 +1123,7 @@ static void run_autoencoder(const char *bin, int quick)
     double wall[2], ph[2][NPHASE];
     const struct ae_plan quiet = {.inv_interval = 20, .staleness = 0, .steps = AE_STEPS};
     for (int k = 0; k < 2; k++)
-        ae_run(bin, &a, workers[k], &quiet, &wall[k], ph[k], NULL);
+        ae_run(bin, &a, workers[k], &quiet, &wall[k], ph[k], NULL, NULL);
     printf("\nautoencoder K-FAC session over HTTP (");
     for (size_t i = 0; i <= a.L; i++)
         printf("%s%zu", i ? "-" : "", a.w[i]);
@@ -1099,7 +1155,7 @@ static void run_autoencoder(const char *bin, int quick)
                                          .staleness = 2 * s,
                                          .steps = 4 * AE_T3,
                                          .think_s = think[th]};
-            ae_run(bin, &a, ncpu, &plan, &med[s], ph2, &mean[s]);
+            ae_run(bin, &a, ncpu, &plan, &med[s], ph2, &mean[s], NULL);
         }
         printf("  refreshes every %d steps, --workers %s, trainer %.2f s between steps, steps "
                "%d-%d: mean %.3f s with them in the step (max_staleness 0), %.3f s off it (2): "
@@ -1107,6 +1163,7 @@ static void run_autoencoder(const char *bin, int quick)
                AE_T3, ncpu, think[th], AE_WARM + 1, AE_WARM + 4 * AE_T3, mean[0], mean[1],
                mean[0] / mean[1], med[0], med[1]);
     }
+    ae_durable_forms(bin, &a, ncpu);
     free(a.vals);
     free(a.grad);
 }
@@ -1123,8 +1180,13 @@ int main(int argc, char **argv)
             small_rows = 0;
         } else if (strcmp(argv[i], "--autoencoder") == 0) {
             ae_rows = 2;
+        } else if (strncmp(argv[i], "--snapshot-log=", 15) == 0) {
+            g_snapshot_log = argv[i] + 15;
         } else {
-            fprintf(stderr, "usage: %s [--quick] [--small | --large | --autoencoder]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--quick] [--small | --large | --autoencoder] "
+                    "[--snapshot-log=PCT]\n",
+                    argv[0]);
             return 2;
         }
     }
