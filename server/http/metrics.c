@@ -36,12 +36,29 @@ struct curvd_metrics {
     atomic_ullong steps[CURV_OPT_KIND_COUNT];
     atomic_ullong callbacks[CURV_OPT_KIND_COUNT];
     atomic_ullong expired;
+    atomic_ullong commit_form[2]; /* log rows, snapshots */
+    atomic_ullong replayed_steps, replays, replay_micros;
 };
 
 void curvd_metrics_expired(struct curvd_metrics *m, size_t n)
 {
     if (m)
         atomic_fetch_add(&m->expired, (unsigned long long)n);
+}
+
+void curvd_metrics_commit_form(struct curvd_metrics *m, int snapshot)
+{
+    if (m)
+        atomic_fetch_add(&m->commit_form[snapshot != 0], 1);
+}
+
+void curvd_metrics_replayed(struct curvd_metrics *m, size_t steps, double seconds)
+{
+    if (!m)
+        return;
+    atomic_fetch_add(&m->replays, 1);
+    atomic_fetch_add(&m->replayed_steps, (unsigned long long)steps);
+    atomic_fetch_add(&m->replay_micros, (unsigned long long)(seconds * 1e6));
 }
 
 struct curvd_metrics *curvd_metrics_new(void)
@@ -245,6 +262,26 @@ char *curvd_metrics_render(const struct curvd_metrics *m, const struct curvd_met
         "# TYPE curvd_sessions_expired_total counter\n"
         "curvd_sessions_expired_total %llu\n",
         (unsigned long long)atomic_load(&m->expired));
+    put(&b,
+        "# HELP curvd_step_commits_total Steps committed, by form: a row of the step log "
+        "(the step's input) or a snapshot of the state.\n"
+        "# TYPE curvd_step_commits_total counter\n"
+        "curvd_step_commits_total{form=\"log\"} %llu\n"
+        "curvd_step_commits_total{form=\"snapshot\"} %llu\n"
+        "# HELP curvd_replays_total Sessions loaded by replaying their step log.\n"
+        "# TYPE curvd_replays_total counter\n"
+        "curvd_replays_total %llu\n"
+        "# HELP curvd_replayed_steps_total Logged steps replayed when loading sessions.\n"
+        "# TYPE curvd_replayed_steps_total counter\n"
+        "curvd_replayed_steps_total %llu\n"
+        "# HELP curvd_replay_seconds_total Time spent replaying step logs.\n"
+        "# TYPE curvd_replay_seconds_total counter\n"
+        "curvd_replay_seconds_total %.6f\n",
+        (unsigned long long)atomic_load(&m->commit_form[0]),
+        (unsigned long long)atomic_load(&m->commit_form[1]),
+        (unsigned long long)atomic_load(&m->replays),
+        (unsigned long long)atomic_load(&m->replayed_steps),
+        (double)atomic_load(&m->replay_micros) * 1e-6);
     put(&b, "# HELP curvd_steps_total Applied optimizer steps by optimizer.\n"
             "# TYPE curvd_steps_total counter\n");
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++)

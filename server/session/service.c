@@ -58,6 +58,8 @@ static int load_stored(struct curvd_server *srv, const struct curvd_session *s, 
         *out = NULL;
         return nomem ? -1 : 2;
     }
+    if (s->n_log)
+        curvd_metrics_replayed(srv->metrics, s->n_log, seconds);
     if (differed) /* kept, and the next step is a snapshot: see replay.h */
         curvd_log(CURVD_LOG_WARN,
                   "session %s: the replay of step %lld gave another update than the one "
@@ -280,6 +282,8 @@ static void step_committed(struct curvd_commit_job *job)
     struct curvd_server *srv = s->srv;
     int st = job->item.status;
     size_t bytes = e->bytes;
+    if (st == CURVD_STORE_OK)
+        curvd_metrics_commit_form(srv->metrics, s->c.record == NULL);
     if (st == CURVD_STORE_OK && s->c.record) { /* only now is it stored */
         e->committed.log_bytes += s->c.record_len;
         e->committed.log_seconds += s->seconds;

@@ -201,6 +201,24 @@ static void test_kfac_background_refresh_replays(void **state)
     curv_opt_free(ref);
 }
 
+/* /metrics' line @name (e.g. "curvd_replays_total "), as a number. */
+static double metric(const struct fx *f, const char *name)
+{
+    char url[128];
+    snprintf(url, sizeof url, "%s/metrics", f->base);
+    struct su_resp r;
+    su_request("GET", url, NULL, 0, NULL, 0, &r);
+    assert_int_equal(r.status, 200);
+    char line[160];
+    snprintf(line, sizeof line, "\n%s", name); /* a sample, not its HELP line */
+    const char *at = strstr(r.body, line);
+    if (!at)
+        fail_msg("/metrics has no %s", name);
+    double v = atof(at + strlen(line));
+    su_resp_free(&r);
+    return v;
+}
+
 /* The bytes bound: with --snapshot-log 100, a step is logged while the
  * log stays within the state's size, and the step that would pass it is
  * a snapshot, which deletes the log: k = floor(state / record) rows at
@@ -234,6 +252,14 @@ static void test_snapshot_cadence(void **state)
             free(raw);
         }
     }
+    long steps = 2 * (k + 1) + 1;
+    assert_int_equal(metric(f, "curvd_step_commits_total{form=\"snapshot\"} "), 2);
+    assert_int_equal(metric(f, "curvd_step_commits_total{form=\"log\"} "), steps - 2);
+    /* a restart replays the log's rows: the last snapshot was step 2k + 2 */
+    restart(f);
+    expect_state(f, id, ref);
+    assert_int_equal(metric(f, "curvd_replays_total "), 1);
+    assert_int_equal(metric(f, "curvd_replayed_steps_total "), steps - 2 * (k + 1));
     curv_opt_free(ref);
 }
 
