@@ -10,9 +10,12 @@
  * durable), alone on a daemon with --workers 1 and with one per CPU: time
  * per step and its Server-Timing split.
  * Method and reading: tests/bench/README.md.
- * Usage: bench_http [--quick] [--small | --large | --autoencoder] [--snapshot-log=PCT]
+ * Usage: bench_http [--quick] [--small | --large | --autoencoder | --durable]
+ *                   [--snapshot-log=PCT]
  *   --quick: 1 s per small row, large d = 1e6, a tiny autoencoder;
- *   --small/--large/--autoencoder: only those rows;
+ *   --small/--large/--autoencoder: only those rows; --durable: small MBAG
+ *   and AdaGrad sessions' save + commit, step log against every step a
+ *   snapshot (also run after the autoencoder rows);
  *   --snapshot-log: the daemons' flag (0: every step a snapshot, as before
  *   the step log), to compare the small and large rows between runs
  */
@@ -522,11 +525,12 @@ static size_t build_step(struct body *b, const struct payload *pl, enum enc e, l
     return json_len;
 }
 
-/* POST /v1/sessions (adagrad_diag, blocks b0.. of @pl); the steps path. */
-static void create_session(struct conn *c, const struct payload *pl, char *path, size_t cap)
+/* POST /v1/sessions (@optimizer, blocks b0.. of @pl); the steps path. */
+static void create_session(struct conn *c, const struct payload *pl, const char *optimizer,
+                           char *path, size_t cap)
 {
     struct body b = {.n = 0};
-    body_text(&b, "{\"optimizer\":\"adagrad_diag\",\"config\":{},\"layout\":[");
+    body_text(&b, "{\"optimizer\":\"%s\",\"config\":{},\"layout\":[", optimizer);
     for (size_t k = 0; k < pl->nblocks; k++)
         body_text(&b, "%s{\"name\":\"b%zu\",\"kind\":\"vector\",\"shape\":[%zu]}", k ? "," : "", k,
                   pl->bn);
@@ -598,7 +602,7 @@ static void *client_main(void *arg)
     struct client *cl = arg;
     struct small_run *r = cl->run;
     conn_open(&cl->c, r->port);
-    create_session(&cl->c, r->pl, cl->path, sizeof cl->path);
+    create_session(&cl->c, r->pl, "adagrad_diag", cl->path, sizeof cl->path);
     for (int i = 0; i < SMALL_WARM; i++)
         post_step(&cl->c, cl->path, r->pl, r->enc, ++cl->step, 0);
     pthread_barrier_wait(&r->ready);
@@ -750,7 +754,7 @@ static void run_large(int port, const struct payload *pl, int di, struct row *ro
     char path[80];
     long long step = 0;
     conn_open(&c, port);
-    create_session(&c, pl, path, sizeof path);
+    create_session(&c, pl, "adagrad_diag", path, sizeof path);
     for (size_t i = 0; i < NLROW; i++) {
         struct row *r = &rows[i];
         double t[LARGE_STEPS];
@@ -936,6 +940,71 @@ static void print_large_ratios(const struct row *l, const double in[4])
                 l[i].steps && l[j].steps)
                 printf("  durable commit, %s: full - normal = %+.0f ms per step\n",
                        ENC_NAME[LROWS[i].enc], (l[i].p50 - l[j].p50) * 1e3);
+}
+
+/* ---- small sessions' durable forms ----------------------------------------- */
+
+#define DF_D 26000 /* parameters: the size of issue 20's small MBAG session */
+#define DF_STEPS 40
+
+/* One daemon (durability @dur, --snapshot-log @form or its default), one
+ * @optimizer session of DF_D parameters stepped DF_STEPS times by one
+ * client (binary FP32): the mean of each phase after the first step. */
+static void df_run(const char *bin, const struct payload *pl, const char *optimizer,
+                   const char *dur, const char *form, double mean[NPHASE])
+{
+    char line[512], path[128];
+    const char *keep = g_snapshot_log;
+    g_snapshot_log = form;
+    int port = daemon_start(bin, dur, line, sizeof line);
+    g_snapshot_log = keep;
+    struct conn c;
+    conn_open(&c, port);
+    create_session(&c, pl, optimizer, path, sizeof path);
+    memset(mean, 0, NPHASE * sizeof *mean);
+    for (long long k = 1; k <= DF_STEPS; k++) {
+        post_step(&c, path, pl, ENC_BIN32, k, 0);
+        for (int p = 0; k > 1 && p < NPHASE; p++)
+            mean[p] += c.timing[p] / (DF_STEPS - 1);
+    }
+    conn_close(&c);
+    if (daemon_stop() != 0)
+        fail("the daemon did not stop cleanly on SIGTERM");
+    char db[64];
+    for (int k = 0; k < 3; k++) {
+        snprintf(db, sizeof db, "%s.db%s", dur, k == 0 ? "" : k == 1 ? "-wal" : "-shm");
+        remove_tmp(db);
+    }
+}
+
+/* Save + commit against the library's step for small MBAG and AdaGrad
+ * sessions, as the step log makes a step durable and as every step a
+ * snapshot (--snapshot-log 0), under both durabilities, in one run. */
+static void run_durable_forms(const char *bin)
+{
+    static const char *const kinds[] = {"mbag", "adagrad_diag"}, *const durs[] = {"full", "normal"};
+    struct payload pl;
+    payload_init(&pl, 1, DF_D);
+    printf("\nsmall sessions, d = %d, one client, binary FP32, steps 2-%d: means in ms of the "
+           "step phase, save and commit, and (save + commit) / step\n",
+           DF_D, DF_STEPS);
+    for (size_t k = 0; k < 2; k++)
+        for (size_t d = 0; d < 2; d++) {
+            double snap[NPHASE], log[NPHASE];
+            df_run(bin, &pl, kinds[k], durs[d], "0", snap);
+            df_run(bin, &pl, kinds[k], durs[d], NULL, log);
+            printf("  %-12s %-6s  every step a snapshot: %7.3f %7.3f %7.3f %7.1fx   step log: "
+                   "%7.3f %7.3f %7.3f %7.1fx   save + commit %.1fx less\n",
+                   kinds[k], durs[d], snap[PH_STEP] * 1e3, snap[PH_SAVE] * 1e3,
+                   snap[PH_COMMIT] * 1e3, (snap[PH_SAVE] + snap[PH_COMMIT]) / snap[PH_STEP],
+                   log[PH_STEP] * 1e3, log[PH_SAVE] * 1e3, log[PH_COMMIT] * 1e3,
+                   (log[PH_SAVE] + log[PH_COMMIT]) / log[PH_STEP],
+                   (snap[PH_SAVE] + snap[PH_COMMIT]) / (log[PH_SAVE] + log[PH_COMMIT]));
+            fflush(stdout);
+        }
+    free(pl.f32);
+    free(pl.f64);
+    free(pl.text);
 }
 
 /* ---- the autoencoder K-FAC session ---------------------------------------- */
@@ -1170,7 +1239,7 @@ static void run_autoencoder(const char *bin, int quick)
 
 int main(int argc, char **argv)
 {
-    int quick = 0, small_rows = 1, large_rows = 1, ae_rows = 1;
+    int quick = 0, small_rows = 1, large_rows = 1, ae_rows = 1, df_rows = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
@@ -1180,11 +1249,13 @@ int main(int argc, char **argv)
             small_rows = 0;
         } else if (strcmp(argv[i], "--autoencoder") == 0) {
             ae_rows = 2;
+        } else if (strcmp(argv[i], "--durable") == 0) {
+            df_rows = 2;
         } else if (strncmp(argv[i], "--snapshot-log=", 15) == 0) {
             g_snapshot_log = argv[i] + 15;
         } else {
             fprintf(stderr,
-                    "usage: %s [--quick] [--small | --large | --autoencoder] "
+                    "usage: %s [--quick] [--small | --large | --autoencoder | --durable] "
                     "[--snapshot-log=PCT]\n",
                     argv[0]);
             return 2;
@@ -1209,6 +1280,14 @@ int main(int argc, char **argv)
            "this load generator share the same %ld online CPUs: the figures are what both get.\n",
            bin, curv_version(), g_ncpu);
     fflush(stdout);
+    if (df_rows == 2) { /* --durable: that alone */
+        snprintf(g_tmp, sizeof g_tmp, "%s/bench_http.XXXXXX", tmpdir);
+        if (!mkdtemp(g_tmp))
+            fail("mkdtemp %s: %s", g_tmp, strerror(errno));
+        run_durable_forms(bin);
+        remove_tmp(NULL);
+        return 0;
+    }
     if (ae_rows == 2) { /* --autoencoder: that alone */
         snprintf(g_tmp, sizeof g_tmp, "%s/bench_http.XXXXXX", tmpdir);
         if (!mkdtemp(g_tmp))
@@ -1257,6 +1336,7 @@ int main(int argc, char **argv)
         if (!mkdtemp(g_tmp))
             fail("mkdtemp %s: %s", g_tmp, strerror(errno));
         run_autoencoder(bin, quick);
+        run_durable_forms(bin);
         remove_tmp(NULL);
     }
     return 0; /* the payloads go with the process */
