@@ -166,7 +166,7 @@ $(BUILD)/tests/test_state_bytes: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,
 THREAD_TESTS := test_exec test_kfac_defer
 # The daemon's concurrency suites: its worker pool and the executor it lends,
 # whole daemons stepping K-FAC sessions on it, many sessions from many threads.
-SRV_THREAD_TESTS := http/test_pool test_parallel test_concurrency
+SRV_THREAD_TESTS := http/test_pool test_parallel test_concurrency session/test_steplog
 $(BUILD)/tests/test_exec $(BUILD)/tests/test_kfac_defer: TEST_LDFLAGS = -pthread
 
 test-unit: $(TEST_BINS) $(STEST_BINS)
