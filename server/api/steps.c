@@ -140,17 +140,22 @@ static int stored_update(struct step_job *j, const struct curvd_entry *e, const 
 }
 
 /* The step as a row of the step log (its record and its update's
- * digest), or, when a snapshot is due, the stepped state (the parts that
- * changed since the session's snapshot): 0, or -1 out of memory. */
+ * digest), followed by a snapshot after the reply when one is due; or,
+ * without the log (--snapshot-log 0, or no record), the stepped state
+ * (the parts that changed since the session's snapshot): 0, or -1 out of
+ * memory. */
 static int step_durable_form(struct step_job *j, const struct curvd_entry *e, const double *delta,
                              double seconds)
 {
     const struct curvd_pending *pd = &e->pend;
-    if (curvd_svc_snapshot_due(j->s.srv, e, &pd->rec, seconds))
+    const struct curvd_config *cfg = &j->s.srv->cfg;
+    const int due = curvd_svc_snapshot_due(j->s.srv, e, &pd->rec, seconds);
+    if (due && (!cfg->snapshot_log_pct || !cfg->snapshot_ms || pd->rec.failed || !pd->rec.len))
         return curv_opt_save_parts(e->opt, &j->blob, &j->s.len, &j->parts, &j->s.n_parts, NULL) ==
                        CURV_OK
                    ? 0
                    : -1;
+    j->s.snapshot_after = due;
     curvd_update_digest(delta, curv_layout_dim(curv_opt_layout(e->opt)), j->update_digest);
     j->s.c.record = pd->rec.buf;
     j->s.c.record_len = pd->rec.len;

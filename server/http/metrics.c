@@ -263,11 +263,12 @@ char *curvd_metrics_render(const struct curvd_metrics *m, const struct curvd_met
         "curvd_sessions_expired_total %llu\n",
         (unsigned long long)atomic_load(&m->expired));
     put(&b,
-        "# HELP curvd_step_commits_total Steps committed, by form: a row of the step log "
-        "(the step's input) or a snapshot of the state.\n"
-        "# TYPE curvd_step_commits_total counter\n"
-        "curvd_step_commits_total{form=\"log\"} %llu\n"
-        "curvd_step_commits_total{form=\"snapshot\"} %llu\n"
+        "# HELP curvd_durable_writes_total What made steps durable: rows of the step log "
+        "(a step's input) and snapshots of a session's state (with a step, or after its "
+        "reply).\n"
+        "# TYPE curvd_durable_writes_total counter\n"
+        "curvd_durable_writes_total{kind=\"log\"} %llu\n"
+        "curvd_durable_writes_total{kind=\"snapshot\"} %llu\n"
         "# HELP curvd_replays_total Sessions loaded by replaying their step log.\n"
         "# TYPE curvd_replays_total counter\n"
         "curvd_replays_total %llu\n"

@@ -24,8 +24,8 @@ void curvd_metrics_request(struct curvd_metrics *m, size_t route, int status, do
 void curvd_metrics_step(struct curvd_metrics *m, curv_opt_kind kind);
 /* @n sessions deleted for being idle past their TTL; NULL @m: no-op. */
 void curvd_metrics_expired(struct curvd_metrics *m, size_t n);
-/* One step committed as a row of the step log (@snapshot 0) or as a
- * snapshot of the state (1); NULL @m: no-op. */
+/* One row of the step log written (@snapshot 0) or one snapshot of a
+ * session's state (1); NULL @m: no-op. */
 void curvd_metrics_commit_form(struct curvd_metrics *m, int snapshot);
 /* A session loaded by replaying @steps logged steps in @seconds. */
 void curvd_metrics_replayed(struct curvd_metrics *m, size_t steps, double seconds);

@@ -25,7 +25,7 @@ struct registry_bg {
 
 struct curvd_registry {
     pthread_mutex_t mu;
-    pthread_cond_t bg_done; /* a background refresh ended */
+    pthread_cond_t bg_done; /* a background refresh, or a held tail, ended */
     curvd_bg_submit submit;
     void *submit_ctx;
     struct curvd_bg_stats bg_stats;
@@ -182,6 +182,10 @@ enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char 
 {
     pthread_mutex_lock(&r->mu);
     struct curvd_entry *s = find(r, id);
+    while (s && s->busy && s->tail && strcmp(s->tenant, tenant) == 0) {
+        pthread_cond_wait(&r->bg_done, &r->mu); /* its tail ends soon; it may be dropped */
+        s = find(r, id);
+    }
     if (s) {
         enum curvd_reg_status st = CURVD_REG_OK;
         if (strcmp(s->tenant, tenant) != 0)
@@ -304,10 +308,21 @@ void curvd_registry_before_step(struct curvd_registry *r, struct curvd_entry *s)
     pthread_mutex_unlock(&r->mu);
 }
 
+void curvd_registry_hold_tail(struct curvd_registry *r, struct curvd_entry *s)
+{
+    pthread_mutex_lock(&r->mu);
+    s->tail = 1;
+    pthread_mutex_unlock(&r->mu);
+}
+
 void curvd_registry_end(struct curvd_registry *r, struct curvd_entry *s, size_t bytes)
 {
     pthread_mutex_lock(&r->mu);
     s->busy = 0;
+    if (s->tail) {
+        s->tail = 0;
+        pthread_cond_broadcast(&r->bg_done);
+    }
     if (s->dropped) { /* dropped while busy: freed once nobody holds it */
         const int idle = !s->bg;
         pthread_mutex_unlock(&r->mu);

@@ -77,6 +77,7 @@ struct curvd_entry {
     struct curvd_pending pend;        /* valid while curv_opt_pending(opt) */
     /* private to registry.c */
     int busy;
+    int tail;               /* busy with its step's snapshot, after the reply: wait, not 409 */
     int dropped;            /* out of the table: freed once neither busy nor refreshing */
     struct registry_bg *bg; /* its optimizer's refresh queued or running off the step path */
     uint64_t last_used;
@@ -109,6 +110,10 @@ enum curvd_reg_status {
 enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char *id,
                                            const char *tenant, struct curvd_entry **out, char *why,
                                            size_t why_cap);
+/* @s (held) stays held after its step's reply, for work that follows it
+ * (a snapshot): until curvd_registry_end(), curvd_registry_begin() of it
+ * waits instead of answering CURVD_REG_BUSY. */
+void curvd_registry_hold_tail(struct curvd_registry *r, struct curvd_entry *s);
 /* Give it back; @bytes is its new memory charge. Evicts idle sessions
  * while over the budget or the session count. */
 void curvd_registry_end(struct curvd_registry *r, struct curvd_entry *s, size_t bytes);

@@ -274,6 +274,54 @@ int curvd_svc_reconfigured(struct curvd_server *srv, const char *tenant, struct 
     return st;
 }
 
+int curvd_svc_snapshot(struct curvd_server *srv, struct curvd_entry *e, char *err, size_t errlen)
+{
+    unsigned char *blob = NULL;
+    curv_state_part *parts = NULL;
+    size_t len = 0, n_parts = 0;
+    if (curv_opt_save_parts(e->opt, &blob, &len, &parts, &n_parts, NULL) != CURV_OK) {
+        snprintf(err, errlen, "out of memory saving the state");
+        return CURVD_SVC_NOMEM;
+    }
+    struct curvd_state_in in = {blob, len, parts, n_parts, e->committed.p, e->committed.n};
+    int st = curvd_store_snapshot(srv->store, e->tenant, e->id, (int64_t)curv_opt_steps(e->opt),
+                                  &in, NULL, err, errlen);
+    if (st == CURVD_STORE_OK) {
+        curvd_committed_set(&e->committed, parts, n_parts);
+        e->bytes = len;
+        curvd_metrics_commit_form(srv->metrics, 1);
+    }
+    curv_free(blob);
+    curv_free(parts);
+    return st;
+}
+
+/* A snapshot after its step's reply, on a worker (curvd_svc_commit). */
+struct snapshot_job {
+    struct curvd_pool_job job; /* first: the pool hands back &job */
+    struct curvd_server *srv;
+    struct curvd_entry *e;
+};
+
+/* Write it and give the session back; a failure keeps the log, which the
+ * next step's commit tries to end again. */
+static void snapshot_tail(struct curvd_server *srv, struct curvd_entry *e)
+{
+    char err[256];
+    int st = curvd_svc_snapshot(srv, e, err, sizeof err);
+    if (st != CURVD_STORE_OK)
+        curvd_log(CURVD_LOG_WARN, "session %s: its snapshot after step %llu failed: %s", e->id,
+                  (unsigned long long)curv_opt_steps(e->opt), err);
+    curvd_registry_end(srv->reg, e, e->bytes);
+}
+
+static void snapshot_job_run(struct curvd_pool_job *j)
+{
+    struct snapshot_job *sj = (struct snapshot_job *)j;
+    snapshot_tail(sj->srv, sj->e);
+    free(sj);
+}
+
 /* On the store's commit thread: the step is durable, or memory is ahead. */
 static void step_committed(struct curvd_commit_job *job)
 {
@@ -294,7 +342,17 @@ static void step_committed(struct curvd_commit_job *job)
         curvd_registry_drop(srv->reg, e->id);
     }
     s->reply(s, st, (long long)job->item.current_step, job->item.err);
-    curvd_registry_end(srv->reg, e, bytes);
+    struct snapshot_job *sj =
+        st == CURVD_STORE_OK && s->snapshot_after && srv->pool ? malloc(sizeof *sj) : NULL;
+    if (sj) { /* queued before the reply goes: no later request of it runs first */
+        *sj = (struct snapshot_job){.job = {.run = snapshot_job_run}, .srv = srv, .e = e};
+        curvd_registry_hold_tail(srv->reg, e);
+        curvd_pool_submit(srv->pool, &sj->job);
+    } else if (st == CURVD_STORE_OK && s->snapshot_after) {
+        snapshot_tail(srv, e); /* no workers: before the reply */
+    } else {
+        curvd_registry_end(srv->reg, e, bytes);
+    }
     s->release(s);
 }
 

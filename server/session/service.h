@@ -163,6 +163,13 @@ int curvd_svc_snapshot_due(const struct curvd_server *srv, const struct curvd_en
                            const struct curvd_record *rec, double seconds);
 
 /*
+ * curvd_svc_snapshot - write @e's state (held, at a committed step) as its
+ * snapshot, which deletes its log; on success its committed parts and
+ * charge follow. Returns the store's status, or CURVD_SVC_NOMEM.
+ */
+int curvd_svc_snapshot(struct curvd_server *srv, struct curvd_entry *e, char *err, size_t errlen);
+
+/*
  * struct curvd_svc_commit - a step to commit: @c (step, reply) and either
  * the session's new state in @blob/@parts, or its record in @c (a log
  * row; @seconds its library time) (borrowed until @release); the service
@@ -170,7 +177,9 @@ int curvd_svc_snapshot_due(const struct curvd_server *srv, const struct curvd_en
  * known, the service records the snapshot's parts or the log's growth
  * as committed (or drops the copy: memory is ahead), calls @reply with
  * the session still held, gives the session back (charged @len bytes
- * after a snapshot), then @release.
+ * after a snapshot), then @release. With @snapshot_after (a logged step
+ * whose snapshot is due), a snapshot of the state follows the reply
+ * instead, on a worker (curvd_svc_snapshot), and that gives it back.
  */
 struct curvd_svc_commit {
     struct curvd_commit_job job; /* first: the store hands back &job */
@@ -182,6 +191,7 @@ struct curvd_svc_commit {
     const curv_state_part *parts;
     size_t len, n_parts;
     double seconds;
+    int snapshot_after;
     void (*reply)(struct curvd_svc_commit *s, int status, long long current, const char *err);
     void (*release)(struct curvd_svc_commit *s);
 };

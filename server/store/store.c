@@ -36,6 +36,7 @@ enum stmt_id {
     S_COMMIT,
     S_PUT_RESPONSE,
     S_UPDATE_STATE,
+    S_AT_STEP,
     S_PUT_PART,
     S_TRIM_PARTS,
     S_GET_PARTS,
@@ -79,6 +80,8 @@ static const char *const stmt_sql[S_COUNT_] = {
                        " request_digest = excluded.request_digest",
     [S_UPDATE_STATE] = "UPDATE sessions SET meta = ?3, updated_at = ?4"
                        " WHERE id = ?1 AND tenant = ?2 AND step = ?5",
+    /* Matches the session only at step ?3, and changes nothing. */
+    [S_AT_STEP] = "UPDATE sessions SET step = step WHERE id = ?1 AND tenant = ?2 AND step = ?3",
     [S_PUT_PART] = "INSERT INTO state_parts (session_id, idx, stamp, bytes) VALUES (?1, ?2, ?3, ?4)"
                    " ON CONFLICT (session_id, idx) DO UPDATE SET"
                    " stamp = excluded.stamp, bytes = excluded.bytes",
@@ -1199,6 +1202,20 @@ int curvd_store_update_state(struct curvd_store *st, const char *tenant, const c
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = st->stmt[S_UPDATE_STATE];
     int rc = bind(q, "tttii", id, tenant, meta, now, expected_step);
+    int status = conditional_write(st, rc, q, state, tenant, id, current_step, err, errlen);
+    sqlite3_mutex_leave(st->mu);
+    return status;
+}
+
+int curvd_store_snapshot(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
+                         const struct curvd_state_in *state, int64_t *current_step, char *err,
+                         size_t errlen)
+{
+    if (!st || !tenant || !id || step < 0 || !valid_state(state))
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_snapshot: bad argument");
+    sqlite3_mutex_enter(st->mu);
+    sqlite3_stmt *q = st->stmt[S_AT_STEP];
+    int rc = bind(q, "tti", id, tenant, step);
     int status = conditional_write(st, rc, q, state, tenant, id, current_step, err, errlen);
     sqlite3_mutex_leave(st->mu);
     return status;

@@ -508,6 +508,17 @@ int curvd_store_update_state(struct curvd_store *st, const char *tenant, const c
                              const char *meta, int64_t *current_step, char *err, size_t errlen);
 
 /*
+ * curvd_store_snapshot - write @state (the parts that changed, as for a
+ * step) as session @id's snapshot at @step, which must be the session's
+ * step, and delete its log, in one transaction.
+ * Return: OK; NOT_FOUND; CONFLICT (*@current_step as above); INVALID;
+ * BUSY; ERROR.
+ */
+int curvd_store_snapshot(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
+                         const struct curvd_state_in *state, int64_t *current_step, char *err,
+                         size_t errlen);
+
+/*
  * curvd_store_get_response - the stored reply of the session's latest step,
  * for a client that posts that step again.
  * Return: OK; NOT_FOUND (no session for @tenant, or no step committed yet

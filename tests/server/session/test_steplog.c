@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "curv.h"
 #include "http/http.h"
@@ -28,7 +29,7 @@ struct fx {
     struct curvd_server srv;
     char dir[64], db[128], base[64];
     curv_layout *layout;
-    unsigned log_pct, log_ms, max_sessions;
+    unsigned log_pct, log_ms, max_sessions, workers;
 };
 
 static void open_daemon(struct fx *f)
@@ -38,7 +39,8 @@ static void open_daemon(struct fx *f)
                                        .max_sessions = f->max_sessions ? f->max_sessions : 100,
                                        .mem_budget = (size_t)1 << 30,
                                        .snapshot_log_pct = f->log_pct,
-                                       .snapshot_ms = f->log_ms};
+                                       .snapshot_ms = f->log_ms,
+                                       .workers = f->workers};
     su_daemon_start(&f->srv, f->base, sizeof f->base);
 }
 
@@ -48,7 +50,7 @@ static void restart(struct fx *f)
     open_daemon(f);
 }
 
-static struct fx *fx_new(unsigned log_pct, unsigned log_ms, unsigned max_sessions)
+static struct fx *fx_new(unsigned log_pct, unsigned log_ms, unsigned max_sessions, unsigned workers)
 {
     struct fx *f = calloc(1, sizeof *f);
     assert_non_null(f);
@@ -57,6 +59,7 @@ static struct fx *fx_new(unsigned log_pct, unsigned log_ms, unsigned max_session
     f->log_pct = log_pct;
     f->log_ms = log_ms;
     f->max_sessions = max_sessions;
+    f->workers = workers;
     open_daemon(f);
     return f;
 }
@@ -143,7 +146,7 @@ static void expect_state(const struct fx *f, const char *id, const curv_opt *ref
  * steps after it match. */
 static void test_every_plain_kind_replays(void **state)
 {
-    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0);
+    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0, 0);
     char ids[CURV_OPT_KIND_COUNT][33];
     curv_opt *refs[CURV_OPT_KIND_COUNT] = {0};
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
@@ -181,7 +184,7 @@ static void test_every_plain_kind_replays(void **state)
  * later updates (the refresh a step applies depends on steps only). */
 static void test_kfac_background_refresh_replays(void **state)
 {
-    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0);
+    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0, 0);
     const tu_kv kv[] = {
         {"cov_interval", 1}, {"inv_interval", 3}, {"max_staleness", 2}, {"weight_decay", 0}};
     json_t *config =
@@ -219,13 +222,27 @@ static double metric(const struct fx *f, const char *name)
     return v;
 }
 
+/* Wait until @id's log holds @want rows (a snapshot after a step's reply
+ * ends it on a worker); the rows then, after 10 s at most. */
+static long long log_rows_become(const struct fx *f, const char *id, long long want)
+{
+    long long n = log_rows(f, id);
+    for (int i = 0; i < 1000 && n != want; i++) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+        n = log_rows(f, id);
+    }
+    return n;
+}
+
 /* The bytes bound: with --snapshot-log 100, a step is logged while the
  * log stays within the state's size, and the step that would pass it is
- * a snapshot, which deletes the log: k = floor(state / record) rows at
- * most, then none. Each snapshot is the reference's state at its step. */
+ * logged and followed, after its reply, by a snapshot, which deletes the
+ * log: k = floor(state / record) rows at most, then none. Each snapshot
+ * is the reference's state at its step. */
 static void test_snapshot_cadence(void **state)
 {
-    struct fx *f = *state = fx_new(100, LOG_ALL, 0);
+    struct fx *f = *state = fx_new(100, LOG_ALL, 0, 0);
     char id[33], sql[160];
     json_decref(su_create(f->base, "adagrad_diag", NULL, 201, id, NULL));
     curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_DIAG, f->layout, NULL);
@@ -238,11 +255,11 @@ static void test_snapshot_cadence(void **state)
     long long k = (long long)state_len / rec;
     for (long t = 2; t <= 2 * (k + 1) + 1; t++) {
         step(f, id, ref, t, 0, 0);
-        long long want = t % (k + 1);
-        if (log_rows(f, id) != want)
+        long long want = t % (k + 1), got = log_rows_become(f, id, want);
+        if (got != want)
             fail_msg("after step %ld: %lld rows in the log, want %lld (record %lld bytes, state "
                      "%zu)",
-                     t, log_rows(f, id), want, rec, state_len);
+                     t, got, want, rec, state_len);
         if (want == 0) {
             size_t len, raw_len;
             unsigned char *w = tu_snapshot(ref, &len), *raw = su_raw_state(f->db, id, &raw_len);
@@ -253,8 +270,8 @@ static void test_snapshot_cadence(void **state)
         }
     }
     long steps = 2 * (k + 1) + 1;
-    assert_int_equal(metric(f, "curvd_step_commits_total{form=\"snapshot\"} "), 2);
-    assert_int_equal(metric(f, "curvd_step_commits_total{form=\"log\"} "), steps - 2);
+    assert_int_equal(metric(f, "curvd_durable_writes_total{kind=\"snapshot\"} "), 2);
+    assert_int_equal(metric(f, "curvd_durable_writes_total{kind=\"log\"} "), steps);
     /* a restart replays the log's rows: the last snapshot was step 2k + 2 */
     restart(f);
     expect_state(f, id, ref);
@@ -263,10 +280,29 @@ static void test_snapshot_cadence(void **state)
     curv_opt_free(ref);
 }
 
+/* Without workers the snapshot a step makes due is written before its
+ * reply: the log is empty as soon as the reply is in. */
+static void test_snapshot_without_workers(void **state)
+{
+    struct fx *f = *state = fx_new(50, LOG_ALL, 0, SU_NO_WORKERS);
+    char id[33];
+    json_decref(su_create(f->base, "adagrad_diag", NULL, 201, id, NULL));
+    curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_DIAG, f->layout, NULL);
+    long long rows = 0;
+    for (long t = 1; t <= 8; t++) {
+        step(f, id, ref, t, 0, 0);
+        long long now = log_rows(f, id);
+        assert_true(now == rows + 1 || now == 0); /* logged, or logged and snapshotted */
+        rows = now;
+    }
+    assert_true(metric(f, "curvd_durable_writes_total{kind=\"snapshot\"} ") >= 1);
+    curv_opt_free(ref);
+}
+
 /* --snapshot-log 0: every step is a snapshot, as before the log. */
 static void test_every_step_a_snapshot(void **state)
 {
-    struct fx *f = *state = fx_new(SU_EVERY_STEP_A_SNAPSHOT, LOG_ALL, 0);
+    struct fx *f = *state = fx_new(SU_EVERY_STEP_A_SNAPSHOT, LOG_ALL, 0, 0);
     char id[33];
     json_decref(su_create(f->base, "mbag", NULL, 201, id, NULL));
     curv_opt *ref = tu_new_opt(CURV_OPT_MBAG, f->layout, NULL);
@@ -327,7 +363,7 @@ static void expect_unloadable(const struct fx *f, const char *id, const char *wh
 
 static void test_torn_record_is_unloadable(void **state)
 {
-    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0);
+    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0, 0);
     char id[33];
     curv_opt *ref;
     damage(f, id, &ref, "UPDATE step_log SET record = substr(record, 1, 30)");
@@ -337,7 +373,7 @@ static void test_torn_record_is_unloadable(void **state)
 
 static void test_missing_step_is_unloadable(void **state)
 {
-    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0);
+    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0, 0);
     char id[33];
     curv_opt *ref;
     damage(f, id, &ref, "DELETE FROM step_log");
@@ -347,16 +383,16 @@ static void test_missing_step_is_unloadable(void **state)
 
 /* A replay whose update is not the logged one (here: the logged digest
  * altered) keeps the replayed state with a warning, and the next step is
- * a snapshot, so the log starts over. */
+ * followed by a snapshot, so the log starts over. */
 static void test_replay_that_differs_is_kept(void **state)
 {
-    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0);
+    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0, 0);
     char id[33];
     curv_opt *ref;
     damage(f, id, &ref,
            "UPDATE step_log SET update_digest = 'mm3-128:00000000000000000000000000000000'");
     step(f, id, ref, 4, 0, 0);
-    assert_int_equal(log_rows(f, id), 0);
+    assert_int_equal(log_rows_become(f, id, 0), 0);
     expect_state(f, id, ref);
     curv_opt_free(ref);
 }
@@ -365,7 +401,7 @@ static void test_replay_that_differs_is_kept(void **state)
  * sessions reloads its session by snapshot and replay. */
 static void test_evicted_sessions_replay(void **state)
 {
-    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 1);
+    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 1, 0);
     char a[33], b[33];
     json_decref(su_create(f->base, "adagrad_bma", NULL, 201, a, NULL));
     json_decref(su_create(f->base, "sgd", json_pack("{s:f}", "momentum", 0.9), 201, b, NULL));
@@ -391,6 +427,7 @@ int main(void)
         cmocka_unit_test_teardown(test_kfac_background_refresh_replays, teardown),
         cmocka_unit_test_teardown(test_snapshot_cadence, teardown),
         cmocka_unit_test_teardown(test_every_step_a_snapshot, teardown),
+        cmocka_unit_test_teardown(test_snapshot_without_workers, teardown),
         cmocka_unit_test_teardown(test_torn_record_is_unloadable, teardown),
         cmocka_unit_test_teardown(test_missing_step_is_unloadable, teardown),
         cmocka_unit_test_teardown(test_replay_that_differs_is_kept, teardown),
