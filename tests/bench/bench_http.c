@@ -13,9 +13,9 @@
  * Usage: bench_http [--quick] [--small | --large | --autoencoder | --durable]
  *                   [--snapshot-log=PCT]
  *   --quick: 1 s per small row, large d = 1e6, a tiny autoencoder;
- *   --small/--large/--autoencoder: only those rows; --durable: small MBAG
- *   and AdaGrad sessions' save + commit, step log against every step a
- *   snapshot (also run after the autoencoder rows);
+ *   --small/--large/--autoencoder: only those rows; --durable: save +
+ *   commit of small MBAG and AdaGrad sessions and of the autoencoder, the
+ *   step log against every step a snapshot (also run with the others);
  *   --snapshot-log: the daemons' flag (0: every step a snapshot, as before
  *   the step log), to compare the small and large rows between runs
  */
@@ -1169,7 +1169,8 @@ static void ae_durable_forms(const char *bin, const struct ae *a, const char *nc
            (ph[0][PH_SAVE] + ph[0][PH_COMMIT]) / (ph[1][PH_SAVE] + ph[1][PH_COMMIT]));
 }
 
-static void run_autoencoder(const char *bin, int quick)
+/* The network (@quick: a tiny one) and its random values. */
+static struct ae ae_new(int quick)
 {
     struct ae a = {.w = quick ? AE_W_QUICK : AE_W, .m = quick ? 50 : AE_M};
     a.L = (quick ? sizeof AE_W_QUICK : sizeof AE_W) / sizeof(size_t) - 1;
@@ -1186,6 +1187,27 @@ static void run_autoencoder(const char *bin, int quick)
         a.vals[i] = (float)((double)(z >> 11) * 0x1.0p-52 - 1.0);
         a.grad[i] = 1e-3f * a.vals[i];
     }
+    return a;
+}
+
+/* --durable: the small sessions' and the autoencoder's durable forms. */
+static void run_durable(const char *bin, int quick)
+{
+    run_durable_forms(bin);
+    struct ae a = ae_new(quick);
+    char ncpu[24];
+    snprintf(ncpu, sizeof ncpu, "%ld", g_ncpu > 1 ? g_ncpu : 2);
+    printf("\nautoencoder K-FAC session over HTTP (m = %zu, simple mode, binary FP32, durability "
+           "full)\n",
+           a.m);
+    ae_durable_forms(bin, &a, ncpu);
+    free(a.vals);
+    free(a.grad);
+}
+
+static void run_autoencoder(const char *bin, int quick)
+{
+    struct ae a = ae_new(quick);
     char ncpu[24];
     snprintf(ncpu, sizeof ncpu, "%ld", g_ncpu > 1 ? g_ncpu : 2);
     const char *workers[2] = {"1", ncpu};
@@ -1284,7 +1306,7 @@ int main(int argc, char **argv)
         snprintf(g_tmp, sizeof g_tmp, "%s/bench_http.XXXXXX", tmpdir);
         if (!mkdtemp(g_tmp))
             fail("mkdtemp %s: %s", g_tmp, strerror(errno));
-        run_durable_forms(bin);
+        run_durable(bin, quick);
         remove_tmp(NULL);
         return 0;
     }
