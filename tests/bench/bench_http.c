@@ -1302,19 +1302,11 @@ int main(int argc, char **argv)
            "this load generator share the same %ld online CPUs: the figures are what both get.\n",
            bin, curv_version(), g_ncpu);
     fflush(stdout);
-    if (df_rows == 2) { /* --durable: that alone */
+    if (df_rows == 2 || ae_rows == 2) { /* --durable or --autoencoder: that alone */
         snprintf(g_tmp, sizeof g_tmp, "%s/bench_http.XXXXXX", tmpdir);
         if (!mkdtemp(g_tmp))
             fail("mkdtemp %s: %s", g_tmp, strerror(errno));
-        run_durable(bin, quick);
-        remove_tmp(NULL);
-        return 0;
-    }
-    if (ae_rows == 2) { /* --autoencoder: that alone */
-        snprintf(g_tmp, sizeof g_tmp, "%s/bench_http.XXXXXX", tmpdir);
-        if (!mkdtemp(g_tmp))
-            fail("mkdtemp %s: %s", g_tmp, strerror(errno));
-        run_autoencoder(bin, quick);
+        (df_rows == 2 ? run_durable : run_autoencoder)(bin, quick);
         remove_tmp(NULL);
         return 0;
     }
