@@ -14,6 +14,37 @@
 #include "wire/request_digest.h"
 #include "wire/step_record.h"
 
+/* ---- Failing allocations (the allocator is wrapped: Makefile) ------------------------------ */
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t sz);
+void *__real_realloc(void *p, size_t n);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t sz);
+void *__wrap_realloc(void *p, size_t n);
+
+static long fail_in = -1; /* allocations until one fails; -1: none fails */
+
+static int alloc_fails(void)
+{
+    return fail_in >= 0 && fail_in-- == 0;
+}
+
+void *__wrap_malloc(size_t n)
+{
+    return alloc_fails() ? NULL : __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t sz)
+{
+    return alloc_fails() ? NULL : __real_calloc(n, sz);
+}
+
+void *__wrap_realloc(void *p, size_t n)
+{
+    return alloc_fails() ? NULL : __real_realloc(p, n);
+}
+
 /* ---- A step on a small layout ------------------------------------------------------------ */
 
 /* Dense "a" 2 x (3 + bias) = 8 at 0, dense "b" 3 x (2 + bias) = 9 at 8,
@@ -477,6 +508,73 @@ static void test_every_truncation(void **state)
     curv_layout_free(l);
 }
 
+/* ---- Out of memory ----------------------------------------------------------------------- */
+
+static void test_allocation_failures(void **state)
+{
+    (void)state;
+    curv_layout *l = layout_new();
+    struct step s;
+    step_fill(&s, 1);
+    struct curvd_record r = {0};
+
+    /* Writing: the record fails and stays failed until started over. */
+    fail_in = 0;
+    assert_int_equal(curvd_record_step(&r, l, &s.in, s.g, s.theta, s.gsq), -1);
+    assert_true(r.failed);
+    const curv_response small = {SEQ1, 3, answer1};
+    assert_int_equal(curvd_record_answer(&r, &small), -1);
+    assert_int_equal(fail_in, -1);
+    record_ok(&r, l, &s);
+    double big[600]; /* 4.8 KB at 8 bytes: past the first 4 KiB */
+    for (size_t i = 0; i < 600; i++)
+        big[i] = 0.1 * (double)i;
+    const curv_response a_big = {SEQ2, 600, big};
+    fail_in = 0;
+    assert_int_equal(curvd_record_answer(&r, &a_big), -1);
+    assert_true(r.failed);
+    assert_int_equal(curvd_record_answer(&r, &small), -1);
+    record_ok(&r, l, &s);
+    assert_int_equal(curvd_record_answer(&r, &a_big), 0);
+
+    /* Reading: each allocation of the parse failing in turn. */
+    struct curvd_record_read rd;
+    unsigned char *copy;
+    char why[160];
+    long k = 0;
+    for (;; k++) {
+        copy = malloc(r.len);
+        assert_non_null(copy);
+        memcpy(copy, r.buf, r.len);
+        fail_in = k;
+        int rc = curvd_record_parse(copy, r.len, l, &rd, why, sizeof why);
+        int failed = fail_in == -1;
+        fail_in = -1;
+        if (!failed) {
+            assert_int_equal(rc, 0);
+            break;
+        }
+        assert_int_equal(rc, -1);
+        assert_string_equal(why, "out of memory reading a step record");
+        assert_null(rd.owned);
+        assert_null(rd.layers);
+        free(copy);
+    }
+    assert_int_equal(k, 2); /* the vectors, the layers */
+    assert_parsed(&rd, &s);
+    /* An answer that cannot be allocated is still there to read. */
+    curv_response resp;
+    fail_in = 0;
+    assert_int_equal(curvd_record_next_answer(&rd, &resp, why, sizeof why), -1);
+    assert_string_equal(why, "out of memory reading a step record");
+    next_answer_is(&rd, SEQ2, big, 600);
+    no_more_answers(&rd);
+    curvd_record_read_clear(&rd);
+    free(copy);
+    curvd_record_clear(&r);
+    curv_layout_free(l);
+}
+
 /* ---- Digests ----------------------------------------------------------------------------- */
 
 /* A canonical byte string: fixed-width little-endian fields. */
@@ -608,8 +706,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_floats),     cmocka_unit_test(test_round_trip_doubles),
         cmocka_unit_test(test_optional_parts_absent), cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_every_truncation),      cmocka_unit_test(test_step_digest_unchanged),
-        cmocka_unit_test(test_update_digest),
+        cmocka_unit_test(test_every_truncation),      cmocka_unit_test(test_allocation_failures),
+        cmocka_unit_test(test_step_digest_unchanged), cmocka_unit_test(test_update_digest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
