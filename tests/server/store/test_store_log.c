@@ -3,9 +3,10 @@
  * committed with its record appends a step_log row and leaves the
  * snapshot's parts alone; a session read with its state brings its rows
  * in step order; a snapshot (a step without a record, an update of the
- * state) deletes them in its own transaction, and so does deleting the
- * session; refusals write no row; group commits mixing both; the upgrade
- * of a version-7 file. The rows are checked with SQL of their own. */
+ * state) deletes them in its own transaction, and so does deleting or
+ * expiring the session; refusals write no row; group commits mixing
+ * both; the upgrade of a version-7 file. The rows are checked with SQL of
+ * their own. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,7 @@ static int group_setup(void **state)
 {
     (void)state;
     char unused[160];
-    su_tmpdir(dir, sizeof dir, NULL, "steplog", unused, sizeof unused);
+    su_tmpdir(dir, sizeof dir, NULL, "store-log", unused, sizeof unused);
     return 0;
 }
 
@@ -336,6 +337,12 @@ static void test_delete_takes_log(void **state)
     /* A new session of the same id starts with no log. */
     create(st, "a");
     assert_session(st, "a", 0, snap, 2, 0);
+    /* An idle session expires with its log. */
+    size_t n = 0;
+    assert_store(curvd_store_expire(st, INT64_MAX / 2, 1, 16, NULL, NULL, &n, err, sizeof err),
+                 CURVD_STORE_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM step_log"), 0);
     curvd_store_close(st);
 }
 
