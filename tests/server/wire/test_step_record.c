@@ -135,6 +135,29 @@ static void record_ok(struct curvd_record *r, const curv_layout *l, const struct
     assert_int_equal(r->failed, 0);
 }
 
+/* A test's layout, its step and the step's record (no answers yet).
+ * Points into itself: never copy. */
+struct fx {
+    curv_layout *l;
+    struct step s;
+    struct curvd_record r;
+};
+
+static void fx_init(struct fx *f, int wide)
+{
+    f->l = layout_new();
+    step_fill(&f->s, wide);
+    f->r = (struct curvd_record){0};
+    record_ok(&f->r, f->l, &f->s);
+}
+
+static void fx_clear(struct fx *f)
+{
+    curvd_record_clear(&f->r);
+    assert_null(f->r.buf);
+    curv_layout_free(f->l);
+}
+
 /* ---- The format as step_record.h states it ----------------------------------------------- */
 
 /* A vector: its count (8 bytes), a width byte, @w bytes a value. */
@@ -222,6 +245,15 @@ static void next_answer_is(struct curvd_record_read *rd, uint64_t seq, const dou
     free((void *)resp.values);
 }
 
+/* The next answer must be refused with @want. */
+static void answer_refused(struct curvd_record_read *rd, const char *want)
+{
+    curv_response resp;
+    char why[160] = "";
+    assert_int_equal(curvd_record_next_answer(rd, &resp, why, sizeof why), -1);
+    assert_string_equal(why, want);
+}
+
 static void no_more_answers(struct curvd_record_read *rd)
 {
     curv_response resp;
@@ -241,6 +273,31 @@ static int parse_copy(const unsigned char *rec, size_t len, const curv_layout *l
     return curvd_record_parse(*copy, len, l, rd, why, cap);
 }
 
+/* A record read, and the exactly-sized copy it was read from. */
+struct parsed {
+    struct curvd_record_read rd;
+    unsigned char *copy;
+};
+
+/* The first @len bytes of @r must parse on @l. */
+static void parse_ok(const struct curvd_record *r, size_t len, const curv_layout *l,
+                     struct parsed *p)
+{
+    char why[160] = "";
+    int rc = parse_copy(r->buf, len, l, &p->rd, &p->copy, why, sizeof why);
+    if (rc != 0)
+        print_error("parse of %zu bytes: %s\n", len, why);
+    assert_int_equal(rc, 0);
+}
+
+static void parsed_clear(struct parsed *p)
+{
+    curvd_record_read_clear(&p->rd);
+    assert_null(p->rd.owned);
+    assert_null(p->rd.layers);
+    free(p->copy);
+}
+
 /* @rec must be refused with @want, and leave @rd empty. */
 static void refused(const unsigned char *rec, size_t len, const curv_layout *l, const char *want)
 {
@@ -253,6 +310,18 @@ static void refused(const unsigned char *rec, size_t len, const curv_layout *l, 
     assert_null(rd.layers);
     curvd_record_read_clear(&rd);
     free(copy);
+}
+
+/* @r's bytes with the byte at @at set to @v, refused with @want. */
+static void byte_patched_refused(const struct curvd_record *r, size_t at, unsigned char v,
+                                 const curv_layout *l, const char *want)
+{
+    unsigned char *b = malloc(r->len);
+    assert_non_null(b);
+    memcpy(b, r->buf, r->len);
+    b[at] = v;
+    refused(b, r->len, l, want);
+    free(b);
 }
 
 /* @r's bytes with the 8-byte number at @at set to @v, refused with @want. */
@@ -283,38 +352,26 @@ static void append_answers(struct curvd_record *r)
 
 static void round_trip(int wide)
 {
-    curv_layout *l = layout_new();
-    struct step s;
-    step_fill(&s, wide);
-    struct curvd_record r = {0};
-    record_ok(&r, l, &s);
+    struct fx f;
+    fx_init(&f, wide);
     /* All floats: 4 bytes a value; a vector with one value that is not
      * a float: 8 bytes for each of its values. */
     const size_t w[8] = {wide ? 8 : 4, 4, 4, wide ? 8 : 4, 4, 4, wide ? 8 : 4, 4};
-    assert_int_equal(r.len, step_size(w));
-    size_t step_len = r.len;
-    append_answers(&r);
-    assert_int_equal(r.len, step_len + 8 + vec_size(4, 3) + 8 + vec_size(8, 4));
+    assert_int_equal(f.r.len, step_size(w));
+    size_t step_len = f.r.len;
+    append_answers(&f.r);
+    assert_int_equal(f.r.len, step_len + 8 + vec_size(4, 3) + 8 + vec_size(8, 4));
 
-    struct curvd_record_read rd;
-    unsigned char *copy;
-    char why[160] = "";
-    int rc = parse_copy(r.buf, r.len, l, &rd, &copy, why, sizeof why);
-    if (rc != 0)
-        print_error("parse: %s\n", why);
-    assert_int_equal(rc, 0);
-    assert_parsed(&rd, &s);
-    next_answer_is(&rd, SEQ1, answer1, 3);
-    next_answer_is(&rd, SEQ2, answer2, 4);
-    no_more_answers(&rd);
-    no_more_answers(&rd);
-    curvd_record_read_clear(&rd);
-    assert_null(rd.owned);
-    free(copy);
-    curvd_record_clear(&r);
-    assert_null(r.buf);
+    struct parsed p;
+    parse_ok(&f.r, f.r.len, f.l, &p);
+    assert_parsed(&p.rd, &f.s);
+    next_answer_is(&p.rd, SEQ1, answer1, 3);
+    next_answer_is(&p.rd, SEQ2, answer2, 4);
+    no_more_answers(&p.rd);
+    no_more_answers(&p.rd);
+    parsed_clear(&p);
+    fx_clear(&f);
     curvd_record_clear(NULL);
-    curv_layout_free(l);
 }
 
 static void test_round_trip_floats(void **state)
@@ -334,37 +391,32 @@ static void test_round_trip_doubles(void **state)
 static void test_optional_parts_absent(void **state)
 {
     (void)state;
-    curv_layout *l = layout_new();
-    struct step s;
-    step_fill(&s, 0);
-    struct curvd_record r = {0};
-    record_ok(&r, l, &s);
-    append_answers(&r);
-    s.in.nparams = s.in.ngrad_sq = 0;
-    s.in.has_loss = 0;
-    s.in.nlayers = 0;
-    s.in.layers = NULL;
-    s.in.batch = 0;
-    record_ok(&r, l, &s);
-    assert_int_equal(r.len, 8 + 8 + vec_size(4, DIM) + 3 * 8 + 8 + 8);
+    struct fx f;
+    fx_init(&f, 0);
+    append_answers(&f.r);
+    struct curvd_step_in *in = &f.s.in;
+    in->nparams = in->ngrad_sq = 0;
+    in->has_loss = 0;
+    in->nlayers = 0;
+    in->layers = NULL;
+    in->batch = 0;
+    record_ok(&f.r, f.l, &f.s);
+    assert_int_equal(f.r.len, 8 + 8 + vec_size(4, DIM) + 3 * 8 + 8 + 8);
 
-    struct curvd_record_read rd;
-    unsigned char *copy;
-    char why[160] = "";
-    assert_int_equal(parse_copy(r.buf, r.len, l, &rd, &copy, why, sizeof why), 0);
-    assert_int_equal(rd.step, 42);
-    assert_bits(rd.si.grad, s.g, DIM, "grad");
-    assert_null(rd.si.params);
-    assert_null(rd.si.grad_sq);
-    assert_false(rd.si.has_loss);
-    assert_int_equal(rd.si.batch, 0);
-    assert_int_equal(rd.si.n_layers, 0);
-    assert_null(rd.si.layers);
-    no_more_answers(&rd);
-    curvd_record_read_clear(&rd);
-    free(copy);
-    curvd_record_clear(&r);
-    curv_layout_free(l);
+    struct parsed p;
+    parse_ok(&f.r, f.r.len, f.l, &p);
+    const curv_step_input *si = &p.rd.si;
+    assert_int_equal(p.rd.step, 42);
+    assert_bits(si->grad, f.s.g, DIM, "grad");
+    assert_null(si->params);
+    assert_null(si->grad_sq);
+    assert_false(si->has_loss);
+    assert_int_equal(si->batch, 0);
+    assert_int_equal(si->n_layers, 0);
+    assert_null(si->layers);
+    no_more_answers(&p.rd);
+    parsed_clear(&p);
+    fx_clear(&f);
 }
 
 /* ---- Refusals ---------------------------------------------------------------------------- */
@@ -376,87 +428,66 @@ static void test_optional_parts_absent(void **state)
 static void test_refusals(void **state)
 {
     (void)state;
-    curv_layout *l = layout_new();
-    struct step s;
-    step_fill(&s, 0);
-    struct curvd_record r = {0};
-    record_ok(&r, l, &s);
-    assert_int_equal(r.len, AT_END);
+    struct fx f;
+    fx_init(&f, 0);
+    const curv_layout *l = f.l;
+    struct curvd_record *r = &f.r;
+    assert_int_equal(r->len, AT_END);
 
     /* Another format, or another version of this one. */
     const char *other = "the record is not a curvd step record of this version";
-    unsigned char *b = malloc(r.len);
-    assert_non_null(b);
-    memcpy(b, r.buf, r.len);
-    b[7] = '2';
-    refused(b, r.len, l, other);
-    b[7] = r.buf[7];
-    b[0] = 'C';
-    refused(b, r.len, l, other);
-    free(b);
+    byte_patched_refused(r, 7, '2', l, other);
+    byte_patched_refused(r, 0, 'C', l, other);
 
     /* Vectors: a count other than the layout's, or read on another layout. */
-    patched_refused(&r, AT_GRAD, DIM - 1, l, WRONG_LENGTH);
-    patched_refused(&r, AT_PARAMS_FLAG + 8, DIM + 1, l, WRONG_LENGTH);
-    patched_refused(&r, AT_LOSS_FLAG + 8, 2, l, WRONG_LENGTH);
+    patched_refused(r, AT_GRAD, DIM - 1, l, WRONG_LENGTH);
+    patched_refused(r, AT_PARAMS_FLAG + 8, DIM + 1, l, WRONG_LENGTH);
+    patched_refused(r, AT_LOSS_FLAG + 8, 2, l, WRONG_LENGTH);
     curv_layout *wider = layout_new();
     assert_int_equal(curv_layout_add_vector(wider, "w", 1, NULL), CURV_OK);
-    refused(r.buf, r.len, wider, WRONG_LENGTH);
+    refused(r->buf, r->len, wider, WRONG_LENGTH);
     curv_layout_free(wider);
 
     /* A width byte other than 4 or 8. */
     const unsigned char widths[] = {0, 2, 3, 5, 16, 255};
-    for (size_t i = 0; i < sizeof widths; i++) {
-        unsigned char *c = malloc(r.len);
-        assert_non_null(c);
-        memcpy(c, r.buf, r.len);
-        c[AT_GRAD + 8] = widths[i];
-        refused(c, r.len, l, "a vector has an unknown width");
-        free(c);
-    }
+    for (size_t i = 0; i < sizeof widths; i++)
+        byte_patched_refused(r, AT_GRAD + 8, widths[i], l, "a vector has an unknown width");
 
     /* Optional vectors' flags are 0 or 1. */
-    patched_refused(&r, AT_PARAMS_FLAG, 2, l, "a flag is neither 0 nor 1");
-    patched_refused(&r, AT_GSQ_FLAG, UINT64_MAX, l, "a flag is neither 0 nor 1");
-    patched_refused(&r, AT_LOSS_FLAG, 2, l, "a flag is neither 0 nor 1");
+    patched_refused(r, AT_PARAMS_FLAG, 2, l, "a flag is neither 0 nor 1");
+    patched_refused(r, AT_GSQ_FLAG, UINT64_MAX, l, "a flag is neither 0 nor 1");
+    patched_refused(r, AT_LOSS_FLAG, 2, l, "a flag is neither 0 nor 1");
 
     /* Layers: a block out of range, no rows, rows that do not fit the
      * activations (rows x n_in) or overflow them, a block of another shape. */
-    patched_refused(&r, AT_L0_BLOCK, NBLOCKS, l, NO_BLOCK);
-    patched_refused(&r, AT_L0_BLOCK, UINT64_MAX, l, NO_BLOCK);
-    patched_refused(&r, AT_L0_ROWS, 0, l, NO_BLOCK);
-    patched_refused(&r, AT_L0_ROWS, 3, l, WRONG_LENGTH);
-    patched_refused(&r, AT_L0_ROWS, 1, l, WRONG_LENGTH);
-    patched_refused(&r, AT_L0_ROWS, (uint64_t)1 << 40, l, WRONG_LENGTH);
-    patched_refused(&r, AT_L0_ROWS, UINT64_MAX / 2, l, "a layer entry's shape overflows");
-    patched_refused(&r, AT_L0_BLOCK, 1, l, WRONG_LENGTH); /* "b" takes 2 x 2 */
-    patched_refused(&r, AT_L0_BLOCK, 2, l, WRONG_LENGTH); /* "v" takes 2 x 1 */
+    patched_refused(r, AT_L0_BLOCK, NBLOCKS, l, NO_BLOCK);
+    patched_refused(r, AT_L0_BLOCK, UINT64_MAX, l, NO_BLOCK);
+    patched_refused(r, AT_L0_ROWS, 0, l, NO_BLOCK);
+    patched_refused(r, AT_L0_ROWS, 3, l, WRONG_LENGTH);
+    patched_refused(r, AT_L0_ROWS, 1, l, WRONG_LENGTH);
+    patched_refused(r, AT_L0_ROWS, (uint64_t)1 << 40, l, WRONG_LENGTH);
+    patched_refused(r, AT_L0_ROWS, UINT64_MAX / 2, l, "a layer entry's shape overflows");
+    patched_refused(r, AT_L0_BLOCK, 1, l, WRONG_LENGTH); /* "b" takes 2 x 2 */
+    patched_refused(r, AT_L0_BLOCK, 2, l, WRONG_LENGTH); /* "v" takes 2 x 1 */
 
     /* More layers than the bytes left hold: found at once, or at the end. */
-    patched_refused(&r, AT_NLAYERS, 3, l, EARLY);
-    patched_refused(&r, AT_NLAYERS, (uint64_t)1 << 62, l, EARLY);
-    patched_refused(&r, AT_NLAYERS, UINT64_MAX, l, EARLY);
+    patched_refused(r, AT_NLAYERS, 3, l, EARLY);
+    patched_refused(r, AT_NLAYERS, (uint64_t)1 << 62, l, EARLY);
+    patched_refused(r, AT_NLAYERS, UINT64_MAX, l, EARLY);
 
     /* The same record as it was parses (the patches above were the cause). */
-    struct curvd_record_read rd;
-    unsigned char *copy;
-    char why[160] = "";
-    assert_int_equal(parse_copy(r.buf, r.len, l, &rd, &copy, why, sizeof why), 0);
-    assert_parsed(&rd, &s);
-    curvd_record_read_clear(&rd);
-    free(copy);
+    struct parsed p;
+    parse_ok(r, r->len, l, &p);
+    assert_parsed(&p.rd, &f.s);
+    parsed_clear(&p);
 
     /* An answer with an unknown width is refused when it is read. */
-    append_answers(&r);
-    r.buf[AT_END + 8 + 8] = 6;
-    assert_int_equal(parse_copy(r.buf, r.len, l, &rd, &copy, why, sizeof why), 0);
-    curv_response resp;
-    assert_int_equal(curvd_record_next_answer(&rd, &resp, why, sizeof why), -1);
-    assert_string_equal(why, "an answer: a vector has an unknown width");
-    curvd_record_read_clear(&rd);
-    free(copy);
-    curvd_record_clear(&r);
-    curv_layout_free(l);
+    append_answers(r);
+    r->buf[AT_END + 8 + 8] = 6;
+    parse_ok(r, r->len, l, &p);
+    answer_refused(&p.rd, "an answer: a vector has an unknown width");
+    parsed_clear(&p);
+    fx_clear(&f);
 }
 
 /* Every prefix of a record with two answers: the step's part cut is
@@ -465,47 +496,29 @@ static void test_refusals(void **state)
 static void test_every_truncation(void **state)
 {
     (void)state;
-    curv_layout *l = layout_new();
-    struct step s;
-    step_fill(&s, 1);
-    struct curvd_record r = {0};
-    record_ok(&r, l, &s);
-    size_t step_end = r.len;
-    append_answers(&r);
-    size_t first_end = step_end + 8 + vec_size(4, 3);
-    for (size_t cut = 0; cut <= r.len; cut++) {
-        struct curvd_record_read rd;
-        unsigned char *copy;
-        char why[160] = "";
-        int rc = parse_copy(r.buf, cut, l, &rd, &copy, why, sizeof why);
-        if (cut < step_end) {
-            if (rc != -1)
-                print_error("cut at %zu of %zu: parsed\n", cut, r.len);
-            assert_int_equal(rc, -1);
-            assert_string_equal(
-                why, cut < 8 ? "the record is not a curvd step record of this version" : EARLY);
-            assert_null(rd.owned);
-        } else {
-            assert_int_equal(rc, 0);
-            assert_parsed(&rd, &s);
-            if (cut >= first_end)
-                next_answer_is(&rd, SEQ1, answer1, 3);
-            if (cut == r.len)
-                next_answer_is(&rd, SEQ2, answer2, 4);
-            if (cut == step_end || cut == first_end || cut == r.len) {
-                no_more_answers(&rd);
-            } else {
-                curv_response resp;
-                if (curvd_record_next_answer(&rd, &resp, why, sizeof why) != -1)
-                    print_error("cut at %zu of %zu: an answer read\n", cut, r.len);
-                assert_string_equal(why, "an answer: " EARLY);
-            }
-        }
-        curvd_record_read_clear(&rd);
-        free(copy);
+    struct fx f;
+    fx_init(&f, 1);
+    const size_t step_end = f.r.len, first_end = step_end + 8 + vec_size(4, 3);
+    append_answers(&f.r);
+    const size_t len = f.r.len;
+    for (size_t cut = 0; cut < step_end; cut++)
+        refused(f.r.buf, cut, f.l,
+                cut < 8 ? "the record is not a curvd step record of this version" : EARLY);
+    for (size_t cut = step_end; cut <= len; cut++) {
+        struct parsed p;
+        parse_ok(&f.r, cut, f.l, &p);
+        assert_parsed(&p.rd, &f.s);
+        if (cut >= first_end)
+            next_answer_is(&p.rd, SEQ1, answer1, 3);
+        if (cut == len)
+            next_answer_is(&p.rd, SEQ2, answer2, 4);
+        if (cut == step_end || cut == first_end || cut == len)
+            no_more_answers(&p.rd);
+        else
+            answer_refused(&p.rd, "an answer: " EARLY);
+        parsed_clear(&p);
     }
-    curvd_record_clear(&r);
-    curv_layout_free(l);
+    fx_clear(&f);
 }
 
 /* ---- Out of memory ----------------------------------------------------------------------- */
@@ -513,29 +526,30 @@ static void test_every_truncation(void **state)
 static void test_allocation_failures(void **state)
 {
     (void)state;
-    curv_layout *l = layout_new();
-    struct step s;
-    step_fill(&s, 1);
-    struct curvd_record r = {0};
+    struct fx f;
+    fx_init(&f, 1);
+    const curv_layout *l = f.l;
+    struct curvd_record *r = &f.r;
 
     /* Writing: the record fails and stays failed until started over. */
+    struct curvd_record empty = {0};
     fail_in = 0;
-    assert_int_equal(curvd_record_step(&r, l, &s.in, s.g, s.theta, s.gsq), -1);
-    assert_true(r.failed);
+    assert_int_equal(curvd_record_step(&empty, l, &f.s.in, f.s.g, f.s.theta, f.s.gsq), -1);
+    assert_true(empty.failed);
     const curv_response small = {SEQ1, 3, answer1};
-    assert_int_equal(curvd_record_answer(&r, &small), -1);
+    assert_int_equal(curvd_record_answer(&empty, &small), -1);
     assert_int_equal(fail_in, -1);
-    record_ok(&r, l, &s);
+    curvd_record_clear(&empty);
     double big[600]; /* 4.8 KB at 8 bytes: past the first 4 KiB */
     for (size_t i = 0; i < 600; i++)
         big[i] = 0.1 * (double)i;
     const curv_response a_big = {SEQ2, 600, big};
     fail_in = 0;
-    assert_int_equal(curvd_record_answer(&r, &a_big), -1);
-    assert_true(r.failed);
-    assert_int_equal(curvd_record_answer(&r, &small), -1);
-    record_ok(&r, l, &s);
-    assert_int_equal(curvd_record_answer(&r, &a_big), 0);
+    assert_int_equal(curvd_record_answer(r, &a_big), -1);
+    assert_true(r->failed);
+    assert_int_equal(curvd_record_answer(r, &small), -1);
+    record_ok(r, l, &f.s);
+    assert_int_equal(curvd_record_answer(r, &a_big), 0);
 
     /* Reading: each allocation of the parse failing in turn. */
     struct curvd_record_read rd;
@@ -543,11 +557,11 @@ static void test_allocation_failures(void **state)
     char why[160];
     long k = 0;
     for (;; k++) {
-        copy = malloc(r.len);
+        copy = malloc(r->len);
         assert_non_null(copy);
-        memcpy(copy, r.buf, r.len);
+        memcpy(copy, r->buf, r->len);
         fail_in = k;
-        int rc = curvd_record_parse(copy, r.len, l, &rd, why, sizeof why);
+        int rc = curvd_record_parse(copy, r->len, l, &rd, why, sizeof why);
         int failed = fail_in == -1;
         fail_in = -1;
         if (!failed) {
@@ -561,18 +575,15 @@ static void test_allocation_failures(void **state)
         free(copy);
     }
     assert_int_equal(k, 2); /* the vectors, the layers */
-    assert_parsed(&rd, &s);
+    assert_parsed(&rd, &f.s);
     /* An answer that cannot be allocated is still there to read. */
-    curv_response resp;
     fail_in = 0;
-    assert_int_equal(curvd_record_next_answer(&rd, &resp, why, sizeof why), -1);
-    assert_string_equal(why, "out of memory reading a step record");
+    answer_refused(&rd, "out of memory reading a step record");
     next_answer_is(&rd, SEQ2, big, 600);
     no_more_answers(&rd);
     curvd_record_read_clear(&rd);
     free(copy);
-    curvd_record_clear(&r);
-    curv_layout_free(l);
+    fx_clear(&f);
 }
 
 /* ---- Digests ----------------------------------------------------------------------------- */
