@@ -139,7 +139,7 @@ $(BUILD)/tests/server/%: tests/server/%.c $(TEST_UTIL) $(STEST_UTIL) tests/lib/t
 	@$(if $(Q),echo "  CC      $@",:)
 	$(Q)$(CC) $(CFLAGS_ALL) $(SRV_CFLAGS) -Iserver -Itests/lib -Itests/server $< $(TEST_UTIL) \
 	    $(STEST_UTIL) -o $@ \
-	    $(BUILD)/libcurvd.a $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(TEST_LIBS) $(SRV_LIBS) \
+	    $(BUILD)/libcurvd.a $(BUILD)/libcurv.a $(LDFLAGS_ALL) $(TEST_LDFLAGS) $(TEST_LIBS) $(SRV_LIBS) \
 	    $(CURL_LIBS) $(DEP_LIBS)
 
 $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libcurv.a
@@ -162,6 +162,8 @@ $(BUILD)/bench/bench_commit: tests/bench/bench_commit.c $(BUILD)/libcurvd.a $(BU
 # The failing-allocator suite wraps the allocator for the library code it links.
 $(BUILD)/tests/test_alloc: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup
 $(BUILD)/tests/test_state_bytes: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free
+# So does the step record's suite, for the records' allocations (wire/step_record.c).
+$(BUILD)/tests/server/wire/test_step_record: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc
 # The library's threaded suites (a pool of pthreads lent through curv_executor).
 THREAD_TESTS := test_exec test_kfac_defer
 # The daemon's concurrency suites: its worker pool and the executor it lends,

@@ -1098,7 +1098,7 @@ static int valid_item(const struct curvd_commit_item *it)
     const struct curvd_step_commit *c = it->c;
     return it->tenant && it->id && c && c->step >= 1 && c->content_type &&
            (c->record ? c->update_digest != NULL : valid_state(&c->state)) &&
-           (c->response || !c->response_len) && c->callbacks >= 0;
+           (c->record || !c->record_len) && (c->response || !c->response_len) && c->callbacks >= 0;
 }
 
 /* The items in one transaction; on a failure that is not one item's own,

@@ -446,9 +446,9 @@ int curvd_store_delete(struct curvd_store *st, const char *tenant, const char *i
  * report and stamp updated_at. Send the reply only after OK.
  * Return: OK; NOT_FOUND; CONFLICT (the session is at another step:
  * *@current_step, if not NULL, holds it; nothing was written); INVALID
- * (@c->step < 1, NULL content type, NULL buffer with a length, parts that
- * do not tile the blob, a part or reply past SQLite's blob limit); BUSY;
- * ERROR.
+ * (@c->step < 1, NULL content type, NULL buffer with a length, a record
+ * without its update digest, parts that do not tile the blob, a part,
+ * record or reply past SQLite's blob limit); BUSY; ERROR.
  */
 int curvd_store_commit_step(struct curvd_store *st, const char *tenant, const char *id,
                             const struct curvd_step_commit *c, int64_t *current_step, char *err,

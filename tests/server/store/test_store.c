@@ -1266,6 +1266,12 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
                                   NULL,  NULL,
                                   0,     NULL,
                                   0,     NULL};
+    /* Step 2 as its log row (a record past a page), read back with the state. */
+    const struct curvd_step_commit logged = {.step = 2,
+                                             .content_type = "x",
+                                             .record = blob,
+                                             .record_len = n / 2,
+                                             .update_digest = "mm3-128:2"};
     int64_t count = 0;
     int rc = curvd_store_open(path, CURVD_DURABILITY_FULL, &st, e, sizeof e);
     *open_calls = alloc_calls;
@@ -1273,7 +1279,7 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
         alloc_calls = 0;
         fail_at = ops_fail;
     }
-    for (int step = 0; rc == CURVD_STORE_OK && step < 11; step++) {
+    for (int step = 0; rc == CURVD_STORE_OK && step < 12; step++) {
         switch (step) {
         case 0:
         case 1:
@@ -1321,6 +1327,15 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
         case 9:
             rc = curvd_store_info(st, &(struct curvd_store_info){0}, e, sizeof e);
             break;
+        case 10:
+            rc = curvd_store_commit_step(st, "t", "a", &logged, NULL, e, sizeof e);
+            rc = rc == CURVD_STORE_OK ? curvd_store_get(st, "t", "a", 1, &s, e, sizeof e) : rc;
+            if (rc == CURVD_STORE_OK) {
+                assert_int_equal(s.n_log, 1);
+                assert_bytes(s.log[0].record, s.log[0].len, blob, n / 2);
+                curvd_session_clear(&s);
+            }
+            break;
         default: /* the expected refusals, which read too */
             rc = curvd_store_commit_step(st, "t", "a", &c, NULL, e, sizeof e);
             rc = rc == CURVD_STORE_CONFLICT ? curvd_store_get(st, "t", "zz", 0, &s, e, sizeof e)
@@ -1346,6 +1361,9 @@ static void oom_check(const char *path, const unsigned char *blob, size_t n)
     struct curvd_session s;
     int rc = curvd_store_get(st, "t", "a", 1, &s, err, sizeof err);
     if (rc == CURVD_STORE_OK) {
+        assert_int_equal(s.n_log, s.step == 2); /* step 2 is logged */
+        if (s.n_log)
+            assert_bytes(s.log[0].record, s.log[0].len, blob, n / 2);
         if (s.step == 0)
             assert_bytes(s.state, s.state_len, blob, n);
         else if (s.state_len == n - 1)
