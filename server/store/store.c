@@ -1097,7 +1097,9 @@ static int valid_item(const struct curvd_commit_item *it)
 {
     const struct curvd_step_commit *c = it->c;
     return it->tenant && it->id && c && c->step >= 1 && c->content_type &&
-           (c->record ? c->update_digest != NULL : valid_state(&c->state)) &&
+           (c->record
+                ? c->update_digest != NULL && strlen(c->update_digest) < CURVD_STORE_DIGEST_TEXT
+                : valid_state(&c->state)) &&
            (c->record || !c->record_len) && (c->response || !c->response_len) && c->callbacks >= 0;
 }
 

@@ -235,7 +235,8 @@ void curvd_step_response_clear(struct curvd_step_response *r);
  * The step's history row (curvd_store_history) holds @report, @timing (a
  * JSON object's text, or NULL) and @callbacks (>= 0).
  * With a @record (not NULL), the step is committed as its log row instead:
- * @record_len bytes and @update_digest (a digest text); @state is ignored
+ * @record_len bytes and @update_digest (a digest text, shorter than
+ * CURVD_STORE_DIGEST_TEXT); @state is ignored
  * and the stored snapshot stays. Without, @state is written and becomes
  * the snapshot: the session's log is deleted.
  * Ownership: all borrowed, and never copied by the store itself (SQLite

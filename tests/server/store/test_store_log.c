@@ -361,6 +361,9 @@ static void test_record_refusals(void **state)
     assert_store(curvd_store_commit_step(st, "t", "s", &rc.c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
     assert_non_null(strstr(err, "invalid argument"));
+    rc.c.update_digest = "mm3-128:000000000000000000000000000000000"; /* one digit too many */
+    assert_store(curvd_store_commit_step(st, "t", "s", &rc.c, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
     rc.c.update_digest = rc.digest;
     rc.c.record = NULL;
     assert_store(curvd_store_commit_step(st, "t", "s", &rc.c, NULL, err, sizeof err),
