@@ -274,7 +274,8 @@ int curvd_svc_reconfigured(struct curvd_server *srv, const char *tenant, struct 
     return st;
 }
 
-int curvd_svc_snapshot(struct curvd_server *srv, struct curvd_entry *e, char *err, size_t errlen)
+int curvd_svc_snapshot(struct curvd_server *srv, struct curvd_entry *e, size_t *bytes, char *err,
+                       size_t errlen)
 {
     unsigned char *blob = NULL;
     curv_state_part *parts = NULL;
@@ -288,7 +289,7 @@ int curvd_svc_snapshot(struct curvd_server *srv, struct curvd_entry *e, char *er
                                   &in, NULL, err, errlen);
     if (st == CURVD_STORE_OK) {
         curvd_committed_set(&e->committed, parts, n_parts);
-        e->bytes = len;
+        *bytes = len;
         curvd_metrics_commit_form(srv->metrics, 1);
     }
     curv_free(blob);
@@ -308,11 +309,12 @@ struct snapshot_job {
 static void snapshot_tail(struct curvd_server *srv, struct curvd_entry *e)
 {
     char err[256];
-    int st = curvd_svc_snapshot(srv, e, err, sizeof err);
+    size_t bytes = e->bytes; /* the registry moves its total to the new charge */
+    int st = curvd_svc_snapshot(srv, e, &bytes, err, sizeof err);
     if (st != CURVD_STORE_OK)
         curvd_log(CURVD_LOG_WARN, "session %s: its snapshot after step %llu failed: %s", e->id,
                   (unsigned long long)curv_opt_steps(e->opt), err);
-    curvd_registry_end(srv->reg, e, e->bytes);
+    curvd_registry_end(srv->reg, e, bytes);
 }
 
 static void snapshot_job_run(struct curvd_pool_job *j)

@@ -164,10 +164,12 @@ int curvd_svc_snapshot_due(const struct curvd_server *srv, const struct curvd_en
 
 /*
  * curvd_svc_snapshot - write @e's state (held, at a committed step) as its
- * snapshot, which deletes its log; on success its committed parts and
- * charge follow. Returns the store's status, or CURVD_SVC_NOMEM.
+ * snapshot, which deletes its log; on success its committed parts follow
+ * and *@bytes is the state's size, its charge to give back with. Returns
+ * the store's status, or CURVD_SVC_NOMEM.
  */
-int curvd_svc_snapshot(struct curvd_server *srv, struct curvd_entry *e, char *err, size_t errlen);
+int curvd_svc_snapshot(struct curvd_server *srv, struct curvd_entry *e, size_t *bytes, char *err,
+                       size_t errlen);
 
 /*
  * struct curvd_svc_commit - a step to commit: @c (step, reply) and either

@@ -299,6 +299,40 @@ static void test_snapshot_without_workers(void **state)
     curv_opt_free(ref);
 }
 
+/* The memory charge follows a snapshot after the reply: an SGD session's
+ * state grows when its first step makes the momentum buffer, and the
+ * registry's total must be the state's size after each snapshot (it
+ * stayed at the old size once, and a delete then made it wrap). */
+static void test_memory_charge_follows_snapshots(void **state)
+{
+    struct fx *f = *state = fx_new(1, LOG_ALL, 0, 0); /* every step's snapshot is due */
+    char id[33];
+    json_decref(su_create(f->base, "sgd", json_pack("{s:f}", "momentum", 0.9), 201, id, NULL));
+    const tu_kv kv[] = {{"momentum", 0.9}};
+    curv_opt *ref = tu_opt_with(CURV_OPT_SGD, f->layout, kv, 1);
+    size_t before;
+    curv_free(tu_snapshot(ref, &before));
+    for (long t = 1; t <= 3; t++) {
+        step(f, id, ref, t, 0, 0);
+        assert_int_equal(log_rows_become(f, id, 0), 0);
+        size_t len;
+        curv_free(tu_snapshot(ref, &len));
+        assert_true(t > 1 || len > before);
+        /* the snapshot's tail has given the session back with its charge */
+        double charge = metric(f, "curvd_session_memory_bytes ");
+        for (int i = 0; i < 1000 && charge != (double)len; i++) {
+            nanosleep(&(struct timespec){0, 10000000}, NULL);
+            charge = metric(f, "curvd_session_memory_bytes ");
+        }
+        assert_int_equal((size_t)charge, len);
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/v1/sessions/%s", id);
+    json_decref(su_call(f->base, "DELETE", path, NULL, 204, NULL));
+    assert_int_equal((size_t)metric(f, "curvd_session_memory_bytes "), 0);
+    curv_opt_free(ref);
+}
+
 /* --snapshot-log 0: every step is a snapshot, as before the log. */
 static void test_every_step_a_snapshot(void **state)
 {
@@ -425,6 +459,7 @@ int main(void)
         cmocka_unit_test_teardown(test_snapshot_cadence, teardown),
         cmocka_unit_test_teardown(test_every_step_a_snapshot, teardown),
         cmocka_unit_test_teardown(test_snapshot_without_workers, teardown),
+        cmocka_unit_test_teardown(test_memory_charge_follows_snapshots, teardown),
         cmocka_unit_test_teardown(test_damaged_log_is_unloadable, teardown),
         cmocka_unit_test_teardown(test_replay_that_differs_is_kept, teardown),
         cmocka_unit_test_teardown(test_evicted_sessions_replay, teardown),
