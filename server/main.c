@@ -25,7 +25,8 @@
 #include "http/mem.h"
 #include "store/store.h"
 
-enum ftype { F_STR, F_UINT, F_COUNT, F_SIZE, F_BOOL_LOG, F_DURABILITY };
+/* F_SIZE: bytes >= 1; F_BYTES: bytes, 0 allowed. */
+enum ftype { F_STR, F_UINT, F_COUNT, F_SIZE, F_BYTES, F_BOOL_LOG, F_DURABILITY };
 
 struct flag {
     const char *name, *env;
@@ -76,6 +77,12 @@ static const struct flag FLAGS[] = {
      "...or more than this many ms of optimizer time to replay: the bound on replaying a "
      "session's log when it is loaded after a restart or an eviction (0: every step is a "
      "snapshot)"},
+    {"snapshot-inline", "CURVD_SNAPSHOT_INLINE", F_BYTES, OFF(snapshot_inline),
+     "a due snapshot of a state smaller than this many bytes is written with its step, before "
+     "the reply; larger ones right after the reply, by a worker (0: always after)"},
+    {"snapshot-min", "CURVD_SNAPSHOT_MIN", F_BYTES, OFF(snapshot_min),
+     "a session whose state is smaller than this many bytes is written whole with every step, "
+     "without the step log (which cannot save a write that small)"},
     {"durability", "CURVD_DURABILITY", F_DURABILITY, OFF(durability_full),
      "full: a step survives power loss; normal: it survives a crash of the daemon"},
 };
@@ -98,7 +105,9 @@ static const struct curvd_config DEFAULTS = {.listen = "127.0.0.1",
                                              .history_steps = CURVD_STORE_HISTORY_DEFAULT,
                                              .history_set = 1,
                                              .snapshot_log_pct = 100,
-                                             .snapshot_ms = 2000};
+                                             .snapshot_ms = 2000,
+                                             .snapshot_inline = (size_t)1 << 20,
+                                             .snapshot_min = (size_t)64 << 10};
 
 /* The default of flag @f as text into @buf. */
 static void default_text(const struct flag *f, char *buf, size_t cap)
@@ -116,6 +125,7 @@ static void default_text(const struct flag *f, char *buf, size_t cap)
             snprintf(buf, cap, "%u", *(const unsigned *)p);
         return;
     case F_SIZE:
+    case F_BYTES:
         snprintf(buf, cap, "%zu", *(const size_t *)p);
         return;
     case F_BOOL_LOG:
@@ -166,9 +176,10 @@ static int set_flag(struct curvd_config *c, const struct flag *f, const char *v)
         *(unsigned *)p = (unsigned)x;
         return 0;
     }
-    case F_SIZE: {
+    case F_SIZE:
+    case F_BYTES: {
         unsigned long long x = strtoull(v, &end, 10);
-        if (errno || end == v || *end || x == 0)
+        if (errno || end == v || *end || (x == 0 && f->type == F_SIZE) || *v == '-')
             return -1;
         *(size_t *)p = (size_t)x;
         return 0;

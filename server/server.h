@@ -37,6 +37,14 @@ struct curvd_config {
      * a snapshot. Either 0: every step is a snapshot. */
     unsigned snapshot_log_pct;
     unsigned snapshot_ms;
+    /* A due snapshot of a state smaller than this many bytes is written
+     * with its step, before the reply (cheaper than a second transaction
+     * and a worker's job); larger ones after the reply. 0: always after. */
+    size_t snapshot_inline;
+    /* A session whose state is smaller than this many bytes is written
+     * whole with every step, without a log (a log row could not save a
+     * page there, and costs a second write per snapshot). */
+    size_t snapshot_min;
 };
 
 struct curvd_store;

@@ -141,16 +141,17 @@ static int stored_update(struct step_job *j, const struct curvd_entry *e, const 
 
 /* The step as a row of the step log (its record and its update's
  * digest), followed by a snapshot after the reply when one is due; or,
- * without the log (--snapshot-log 0, or no record), the stepped state
- * (the parts that changed since the session's snapshot): 0, or -1 out of
- * memory. */
+ * when one is due of a state under --snapshot-inline, and without the log
+ * (--snapshot-log 0, or no record), the stepped state (the parts that
+ * changed since the session's snapshot): 0, or -1 out of memory. */
 static int step_durable_form(struct step_job *j, const struct curvd_entry *e, const double *delta,
                              double seconds)
 {
     const struct curvd_pending *pd = &e->pend;
     const struct curvd_config *cfg = &j->s.srv->cfg;
     const int due = curvd_svc_snapshot_due(j->s.srv, e, &pd->rec, seconds);
-    if (due && (!cfg->snapshot_log_pct || !cfg->snapshot_ms || pd->rec.failed || !pd->rec.len))
+    if (due && (!cfg->snapshot_log_pct || !cfg->snapshot_ms || pd->rec.failed || !pd->rec.len ||
+                e->bytes < cfg->snapshot_inline || e->bytes < cfg->snapshot_min))
         return curv_opt_save_parts(e->opt, &j->blob, &j->s.len, &j->parts, &j->s.n_parts, NULL) ==
                        CURV_OK
                    ? 0
@@ -323,8 +324,11 @@ static void apply_step(struct curvd_server *srv, const struct curvd_req *rq, str
                                          .has_loss = in->has_loss,
                                          .rec = rec};
         snprintf(e->pend.request_digest, sizeof e->pend.request_digest, "%s", digest);
-        /* Out of memory, the record is failed: the step becomes a snapshot. */
-        (void)curvd_record_step(&e->pend.rec, curv_opt_layout(e->opt), in, g, theta, gsq);
+        /* Out of memory, the record is failed (none for a state too small
+         * to log): the step becomes a snapshot. */
+        e->pend.rec.len = 0;
+        if (e->bytes >= srv->cfg.snapshot_min)
+            (void)curvd_record_step(&e->pend.rec, curv_opt_layout(e->opt), in, g, theta, gsq);
     }
     curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &req, delta);
 }

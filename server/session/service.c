@@ -364,6 +364,7 @@ int curvd_svc_snapshot_due(const struct curvd_server *srv, const struct curvd_en
     const struct curvd_committed *c = &e->committed;
     double bytes = (double)c->log_bytes + (double)rec->len;
     return rec->failed || !rec->len || !srv->cfg.snapshot_log_pct || !srv->cfg.snapshot_ms ||
+           e->bytes < srv->cfg.snapshot_min ||
            bytes * 100 > (double)srv->cfg.snapshot_log_pct * (double)e->bytes ||
            (c->log_seconds + seconds) * 1e3 > (double)srv->cfg.snapshot_ms;
 }

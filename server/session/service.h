@@ -156,8 +156,9 @@ int curvd_svc_reconfigured(struct curvd_server *srv, const char *tenant, struct 
  * curvd_svc_snapshot_due - 1 when the step of @e being committed, whose
  * record is @rec and whose library time was @seconds, is to be written
  * as a snapshot of the state rather than as a row of the step log: the
- * record failed, or the log would pass the daemon's bounds (struct
- * curvd_config's snapshot_log_pct and snapshot_ms).
+ * record failed or was not made, the state is under snapshot_min, or the
+ * log would pass the daemon's bounds (struct curvd_config's
+ * snapshot_log_pct and snapshot_ms).
  */
 int curvd_svc_snapshot_due(const struct curvd_server *srv, const struct curvd_entry *e,
                            const struct curvd_record *rec, double seconds);

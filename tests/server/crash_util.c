@@ -52,8 +52,22 @@ void cu_spawn(struct cu_daemon *d)
     argv[n++] = self_exec ? self_path : daemon_path;
     if (self_exec)
         argv[n++] = "--as-daemon";
-    char *rest[] = {"--port",      "0",         "--listen", "127.0.0.1",    "--db",
-                    (char *)d->db, "--threads", "2",        "--durability", "full"};
+    /* The step log for every session, however small; its snapshots with
+     * their step or after the reply as the test says. */
+    char *rest[] = {"--port",
+                    "0",
+                    "--listen",
+                    "127.0.0.1",
+                    "--db",
+                    (char *)d->db,
+                    "--threads",
+                    "2",
+                    "--durability",
+                    "full",
+                    "--snapshot-min",
+                    "0",
+                    "--snapshot-inline",
+                    d->snapshot_after_reply ? "0" : "1048576"};
     for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++)
         argv[n++] = rest[i];
     argv[n] = NULL;
@@ -148,9 +162,13 @@ static int run_daemon(int argc, char **argv)
                                        .mem_budget = (size_t)1 << 30,
                                        .quiet = 1,
                                        .durability_full = 1}};
+    srv.cfg.snapshot_log_pct = 100;
+    srv.cfg.snapshot_ms = 2000;
     for (int a = 1; a + 1 < argc; a++)
         if (strcmp(argv[a], "--db") == 0)
             srv.cfg.db_path = argv[a + 1];
+        else if (strcmp(argv[a], "--snapshot-inline") == 0)
+            srv.cfg.snapshot_inline = (size_t)strtoull(argv[a + 1], NULL, 10);
     sigset_t stop;
     sigemptyset(&stop);
     sigaddset(&stop, SIGINT);

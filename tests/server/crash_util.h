@@ -22,7 +22,9 @@ struct cu_daemon {
     pthread_t drain; /* reads its stderr once the port is known */
     int draining;
     unsigned port;
-    char base[64]; /* "http://127.0.0.1:PORT" once ready */
+    char base[64];            /* "http://127.0.0.1:PORT" once ready */
+    int snapshot_after_reply; /* the next spawn's due snapshots: 1 after the reply, 0 with
+                                 their step (every session is logged, however small) */
 };
 
 /* Which daemon to run for a test binary called @argv0: $CURVD_BIN, else

@@ -406,6 +406,9 @@ static void test_sigkill(void **state)
         cu_reap(&f->d);
         kills++;
         double spawned = su_now_s();
+        /* Half the daemons snapshot after the reply: kills then land in
+         * those writes too. */
+        f->d.snapshot_after_reply = tu_uniform(&f->rng) < 0.5;
         cu_spawn(&f->d);
         if (mode > 0.9) { /* and once more while it opens the database */
             cu_sleep_s(tu_uniform(&f->rng) * boot);
