@@ -227,6 +227,10 @@ static int get_layer(struct rd *r, const curv_layout *l, curv_layer_stats *ls)
         r->err = "a layer entry names no block of the layout, or no rows";
         return -1;
     }
+    if (examples == 0 || examples > SIZE_MAX) { /* the decoder's rule: >= 1 */
+        r->err = "a layer entry has no examples";
+        return -1;
+    }
     curv_block_info b;
     curv_layout_block(l, (size_t)block, &b);
     if ((b.n_in && rows > SIZE_MAX / b.n_in) || (b.n_out && rows > SIZE_MAX / b.n_out)) {

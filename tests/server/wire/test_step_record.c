@@ -463,6 +463,7 @@ static void test_refusals(void **state)
     patched_refused(r, AT_L0_BLOCK, NBLOCKS, l, NO_BLOCK);
     patched_refused(r, AT_L0_BLOCK, UINT64_MAX, l, NO_BLOCK);
     patched_refused(r, AT_L0_ROWS, 0, l, NO_BLOCK);
+    patched_refused(r, AT_L0_BLOCK + 8, 0, l, "a layer entry has no examples");
     patched_refused(r, AT_L0_ROWS, 3, l, WRONG_LENGTH);
     patched_refused(r, AT_L0_ROWS, 1, l, WRONG_LENGTH);
     patched_refused(r, AT_L0_ROWS, (uint64_t)1 << 40, l, WRONG_LENGTH);
