@@ -333,8 +333,8 @@ int main(int argc, char **argv)
     int sig = 0;
     while (sigwait(&stop, &sig) == 0 && sig == SIGHUP)
         reload_tokens(&srv);
+    atomic_store(&srv.draining, 1); /* before the line that says so: /readyz is 503 by then */
     curvd_log(CURVD_LOG_INFO, "%s received, draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    atomic_store(&srv.draining, 1);
     curvd_http_stop(&srv);
     curvd_daemon_close(&srv);
     curvd_mem_trim();
