@@ -60,9 +60,11 @@ static const struct curv__param PARAMS[] = {
                "how the trainer draws the targets behind the signals: sampled from the model "
                "(true Fisher, as the thesis recommends) or the training targets (empirical)"),
     CURV__REAL(H, momentum, "momentum", 0.9, 0, 0.9999, "simple mode: momentum μ"),
-    CURV__REAL(H, damping, "damping", 1.0, 1e-12, 1e6,
+    CURV__REAL(H, damping, "damping", 0.3, 1e-12, 1e6,
                "simple mode: the factored Tikhonov strength γ (fixed; (Ā + πγI) ⊗ (G + γ/π I), "
-               "so about γ² is added to the Fisher's eigenvalues; docs/NOTES.md)"),
+               "so about γ² is added to the Fisher's eigenvalues); 0.3 with kl_clip 3e-4 from a "
+               "sweep on the BMA CNN and the ReLU MLP (docs/NOTES.md, \"K-FAC simple mode's "
+               "defaults\"; 1e-3 diverged)"),
     CURV__BOOL(H, adaptive_momentum, "adaptive_momentum", 1,
                "adaptive mode: δ = αΔ + μδ0 with α, μ from the 2x2 solve (§6.7); 0: μ = 0"),
     CURV__REAL(H, lambda_init, "lambda_init", 150, 1e-12, 1e12,
@@ -136,11 +138,13 @@ static const struct curv__param PARAMS[] = {
                "adaptive mode: a step whose loss h(θ+δ), asked for at a λ step, is above h(θ) "
                "is not applied (δ = 0, momentum dropped) and λ rises (HF's and "
                "Levenberg–Marquardt's rule); 0: the thesis keeps every step"),
-    CURV__REAL(H, kl_clip, "kl_clip", 1e-3, 0, 1e12,
+    CURV__REAL(H, kl_clip, "kl_clip", 3e-4, 0, 1e12,
                "simple mode: v = F̆⁻¹∇h is scaled by min(1, sqrt(kl_clip / ∇hᵀv)) before "
                "momentum and lr, bounding its squared length in the damped approximate Fisher "
-               "(after kfac-pytorch's KL clip, default 1e-3, which also counts lr²: here lr "
-               "keeps its effect while the clip binds); 0: off"),
+               "(after kfac-pytorch's KL clip, which also counts lr²: here lr keeps its effect "
+               "while the clip binds). The clip binds at nearly every step, so it sets the "
+               "step's length and with it the loss the run settles at: 1e-3 (kfac-pytorch's "
+               "default) ended the BMA CNN at 0.71, 3e-4 at 0.64 (docs/NOTES.md); 0: off"),
     CURV__ENUM(H, noise, "noise", "fisher", "fisher|off",
                "the share of ∇hᵀΔ that is the batch's sampling noise, tr(F̆_γ⁻¹F̆)/m over "
                "−∇hᵀΔ (m the step's batch, or the statistics' examples when not sent; the "

@@ -193,6 +193,51 @@ static void test_simple_kl_clip(void **state)
         free(u[t]);
 }
 
+/* Simple mode's defaults (docs/NOTES.md, "K-FAC simple mode's defaults"):
+ * damping 0.3 and kl_clip 3e-4, the pair of the BMA CNN sweep. A session
+ * that sets neither steps exactly as one that sets that pair, and not as
+ * one with the former 1.0 and 1e-3; the clip binds on the first step. */
+static void test_simple_defaults(void **state)
+{
+    (void)state;
+    const tu_kv pairs[3][2] = {{{"weight_decay", 0}, {"weight_decay", 0}},
+                               {{"damping", 0.3}, {"kl_clip", 3e-4}},
+                               {{"damping", 1.0}, {"kl_clip", 1e-3}}};
+    double *u[3], scale = 0;
+    size_t d = 0;
+    for (int t = 0; t < 3; t++) {
+        tu_mlp net;
+        curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 13, 14);
+        const tu_kv kv[] = {{"weight_decay", 0}, pairs[t][0], pairs[t][1]};
+        curv_opt *o = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
+        d = net.dim;
+        u[t] = tu_alloc(2 * d);
+        curv_error err;
+        for (int k = 0; k < 2; k++) { /* the second step adds momentum */
+            tu_assert_status(tu_mlp_step(o, &net, 1, u[t] + k * d, NULL, &err), CURV_OK, &err);
+            tu_mlp_advance(&net, u[t] + k * d, 40 + (unsigned)k);
+            if (t == 0 && k == 0)
+                scale = tu_report(o, "kl_scale");
+        }
+        if (t == 0) {
+            double v = 0;
+            assert_int_equal(curv_opt_get_param(o, "damping", &v), CURV_OK);
+            assert_true(v == 0.3);
+            assert_int_equal(curv_opt_get_param(o, "kl_clip", &v), CURV_OK);
+            assert_true(v == 3e-4);
+        }
+        tu_mlp_teardown(o, l, &net);
+    }
+    assert_true(scale < 1);
+    assert_memory_equal(u[0], u[1], 2 * d * sizeof(double));
+    double diff = 0;
+    for (size_t i = 0; i < 2 * d; i++)
+        diff = fmax(diff, fabs(u[0][i] - u[2][i]));
+    assert_true(diff > 1e-6);
+    for (int t = 0; t < 3; t++)
+        free(u[t]);
+}
+
 /* @blob as an earlier version saved it: without the hyperparameter records
  * named in @drop, and lr stored as @lr. Returns the new length. */
 static size_t legacy_blob(unsigned char *blob, size_t len, const char *const *drop, double lr)
@@ -447,6 +492,7 @@ int main(void)
         cmocka_unit_test(test_reject_rise),
         cmocka_unit_test(test_adaptive_lr_scales),
         cmocka_unit_test(test_simple_kl_clip),
+        cmocka_unit_test(test_simple_defaults),
         cmocka_unit_test(test_noise_term),
         cmocka_unit_test(test_noise_floor),
         cmocka_unit_test(test_state_from_before_the_safeguards),
