@@ -154,6 +154,10 @@ static const struct curv__param PARAMS[] = {
                "on the BMA CNN at m = 128 it ends adaptive mode's noise floor); off: the batch's "
                "model (the thesis'; "
                "also right for full-batch training)"),
+    CURV__BOOL(H, noise_momentum, "noise_momentum", 1,
+               "simple mode, noise = fisher: the noise bound is on the step momentum makes of v, "
+               "v/(1 − μ) in a persistent direction, so v is scaled by at most (1 − μ)·(1 − "
+               "share); 0: on v itself"),
     CURV__REAL(H, noise_floor, "noise_floor", 0.1, 0, 1,
                "noise = fisher: the step keeps at least this share (1 − share >= noise_floor; "
                "on the CNN 0 stalled at 0.70, 0.05 reached 0.66, 0.1 0.63)"),
@@ -409,7 +413,9 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
     const double vg = dot(delta, s->p.g, o->dim);
     s->p.clip = h->kl_clip > 0 && vg > h->kl_clip ? sqrt(h->kl_clip / vg) : 1.0;
     s->p.noise = noise_share(o, -vg, h->damping);
-    const double scale = fmin(s->p.clip, fmax(h->noise_floor, 1.0 - s->p.noise));
+    const double signal = fmax(h->noise_floor, 1.0 - s->p.noise);
+    const int on_velocity = h->noise_momentum && h->noise != CURV__KFAC_NOISE_OFF;
+    const double scale = fmin(s->p.clip, on_velocity ? (1.0 - mu) * signal : signal);
     for (size_t i = 0; scale < 1 && i < o->dim; i++)
         delta[i] *= scale;
     for (size_t i = 0; i < o->dim; i++) { /* checked before the velocity is written */
@@ -681,7 +687,8 @@ static size_t kfac_saved(const curv_opt *o)
 
 /* A state saved by an earlier version runs on with the behaviour it was
  * saved with: before "precision", float64; before the noise term (no
- * "noise"), the batch's model (noise off); before the safeguards (no
+ * "noise"), the batch's model (noise off); before "noise_momentum", the
+ * noise bound on v itself; before the safeguards (no
  * "coefficients"), also the free solve, every step kept, no KL clip, the
  * γ grid, and in adaptive mode an lr of 1 (lr had no effect there; its
  * stored value was simple mode's 0.01). */
@@ -696,6 +703,9 @@ static curv_status kfac_upgrade(curv_config *c)
         if (st != CURV_OK)
             return st;
     }
+    if (!curv__config_find(c, "noise_momentum", &e) &&
+        curv_config_set_num(c, "noise_momentum", 0, NULL) != CURV_OK)
+        return CURV_E_NOMEM;
     if (curv__config_find(c, "coefficients", &e))
         return CURV_OK;
     int simple = curv__config_find(c, "mode", &e) && e.str && strcmp(e.str, "simple") == 0;
