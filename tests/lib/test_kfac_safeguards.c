@@ -426,8 +426,8 @@ static void test_noise_floor(void **state)
 static void test_state_from_before_the_safeguards(void **state)
 {
     (void)state;
-    static const char *const added[] = {"coefficients", "alpha_max",  "mu_max", "reject_rise",
-                                        "kl_clip",      "gamma_rule", "noise",  "noise_floor",
+    static const char *const added[] = {"coefficients", "alpha_max",      "mu_max", "reject_rise",
+                                        "kl_clip",      "gamma_rule",     "noise",  "noise_floor",
                                         "precision",    "noise_momentum", NULL};
     for (int simple = 0; simple <= 1; simple++) {
         tu_mlp net;
