@@ -150,14 +150,17 @@ static const struct curv__param PARAMS[] = {
                "−∇hᵀΔ (m the step's batch, or the statistics' examples when not sent; the "
                "per-example gradients' covariance taken as the Fisher), shortens the step: "
                "adaptive mode fits α, μ to the model's mean over batches, ∇hᵀΔ less that share; "
-               "simple mode scales v by 1 − share unless the KL clip is tighter (docs/NOTES.md: "
+               "simple mode scales v by 1 − share (times 1 − μ with noise_momentum) unless the KL "
+               "clip is tighter (docs/NOTES.md: "
                "on the BMA CNN at m = 128 it ends adaptive mode's noise floor); off: the batch's "
                "model (the thesis'; "
                "also right for full-batch training)"),
     CURV__BOOL(H, noise_momentum, "noise_momentum", 1,
-               "simple mode, noise = fisher: the noise bound is on the step momentum makes of v, "
-               "v/(1 − μ) in a persistent direction, so v is scaled by at most (1 − μ)·(1 − "
-               "share); 0: on v itself"),
+               "simple mode, noise = fisher: the noise bound is on the step the velocity makes, "
+               "v/(1 − μ) in a persistent direction, so v is scaled by at most (1 − μ)·max("
+               "noise_floor, 1 − share) (with the KL clip, the tighter holds); 0: on v itself, "
+               "where the clip was always tighter and the run settled at the clip's floor "
+               "(docs/NOTES.md, \"K-FAC simple mode's defaults\")"),
     CURV__REAL(H, noise_floor, "noise_floor", 0.1, 0, 1,
                "noise = fisher: the step keeps at least this share (1 − share >= noise_floor; "
                "on the CNN 0 stalled at 0.70, 0.05 reached 0.66, 0.1 0.63)"),
