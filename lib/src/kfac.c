@@ -88,8 +88,11 @@ static const struct curv__param PARAMS[] = {
                "point; one candidate per step), or chosen from the grid {γ, ω2γ, γ/ω2} every T2 "
                "steps (§6.6.6; on the autoencoder it drove γ up to 34 and cost 10% of the loss "
                "at iteration 100: docs/NOTES.md)"),
-    CURV__REAL(H, lambda_decay, "lambda_decay", 0.95, 1e-6, 1,
-               "ω1 = lambda_decay^T1 (thesis: (19/20)^T1)"),
+    CURV__REAL(H, lambda_decay, "lambda_decay", 0.9, 1e-6, 1,
+               "ω1 = lambda_decay^T1: λ ← ω1λ when ρ > 3/4, λ/ω1 when ρ < 1/4 (thesis: "
+               "(19/20)^T1; 0.9 is kfac-jax's damping_adaptation_decay: on the autoencoder ρ "
+               "stayed at 1.4-2.0 for 100 steps under 19/20, damping-bound, and 0.9 reached the "
+               "same error in two thirds of the iterations; docs/NOTES.md)"),
     CURV__REAL(H, gamma_decay, "gamma_decay", 0.97467943448089633, 1e-6, 1,
                "ω2 = gamma_decay^T2 (thesis: sqrt(19/20)^T2)"),
     CURV__REAL(H, min_damping, "min_damping", 1e-8, 0, 1e6,

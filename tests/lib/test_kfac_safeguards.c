@@ -108,7 +108,7 @@ static void test_reject_rise(void **state)
         curv_response r2 = {.seq = req.seq, .n_values = 1, .values = &risen};
         tu_assert_status(curv_opt_resume(o, &r2, CURV_F64, u, &req, &err), CURV_OK, &err);
         assert_true(tu_report(o, "rho") < 0);
-        assert_true(fabs(tu_report(o, "lambda") - 0.5 / 0.95) <= 1e-15);
+        assert_true(fabs(tu_report(o, "lambda") - 0.5 / 0.9) <= 1e-15); /* default ω1, T1 = 1 */
         assert_true(tu_report(o, "rejected") == (on ? 2 : 0));
         assert_true(on ? tu_dot(u, u, d) == 0 : tu_dot(u, u, d) > 0);
         /* Step 2: δ0 is what was applied (0 after a rejection). */
