@@ -145,9 +145,10 @@ static const struct curv__param PARAMS[] = {
                "simple mode: v = F̆⁻¹∇h is scaled by min(1, sqrt(kl_clip / ∇hᵀv)) before "
                "momentum and lr, bounding its squared length in the damped approximate Fisher "
                "(after kfac-pytorch's KL clip, which also counts lr²: here lr keeps its effect "
-               "while the clip binds). The clip binds at nearly every step, so it sets the "
-               "step's length and with it the loss the run settles at: 1e-3 (kfac-pytorch's "
-               "default) ended the BMA CNN at 0.71, 3e-4 at 0.64 (docs/NOTES.md); 0: off"),
+               "while the clip binds). It binds at most steps, so with noise_momentum's bound it "
+               "sets the step's length: on the BMA CNN damping 1 with 1e-3 (kfac-pytorch's "
+               "default) ended at 0.71, the defaults 0.3 and 3e-4 at 0.64 (docs/NOTES.md, "
+               "\"K-FAC simple mode's defaults\"); 0: off"),
     CURV__ENUM(H, noise, "noise", "fisher", "fisher|off",
                "the share of ∇hᵀΔ that is the batch's sampling noise, tr(F̆_γ⁻¹F̆)/m over "
                "−∇hᵀΔ (m the step's batch, or the statistics' examples when not sent; the "
