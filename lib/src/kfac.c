@@ -60,9 +60,11 @@ static const struct curv__param PARAMS[] = {
                "how the trainer draws the targets behind the signals: sampled from the model "
                "(true Fisher, as the thesis recommends) or the training targets (empirical)"),
     CURV__REAL(H, momentum, "momentum", 0.9, 0, 0.9999, "simple mode: momentum μ"),
-    CURV__REAL(H, damping, "damping", 1.0, 1e-12, 1e6,
+    CURV__REAL(H, damping, "damping", 0.3, 1e-12, 1e6,
                "simple mode: the factored Tikhonov strength γ (fixed; (Ā + πγI) ⊗ (G + γ/π I), "
-               "so about γ² is added to the Fisher's eigenvalues; docs/NOTES.md)"),
+               "so about γ² is added to the Fisher's eigenvalues); 0.3 with kl_clip 3e-4 from a "
+               "sweep on the BMA CNN and the ReLU MLP (docs/NOTES.md, \"K-FAC simple mode's "
+               "defaults\"; 1e-3 diverged)"),
     CURV__BOOL(H, adaptive_momentum, "adaptive_momentum", 1,
                "adaptive mode: δ = αΔ + μδ0 with α, μ from the 2x2 solve (§6.7); 0: μ = 0"),
     CURV__REAL(H, lambda_init, "lambda_init", 150, 1e-12, 1e12,
@@ -86,8 +88,11 @@ static const struct curv__param PARAMS[] = {
                "point; one candidate per step), or chosen from the grid {γ, ω2γ, γ/ω2} every T2 "
                "steps (§6.6.6; on the autoencoder it drove γ up to 34 and cost 10% of the loss "
                "at iteration 100: docs/NOTES.md)"),
-    CURV__REAL(H, lambda_decay, "lambda_decay", 0.95, 1e-6, 1,
-               "ω1 = lambda_decay^T1 (thesis: (19/20)^T1)"),
+    CURV__REAL(H, lambda_decay, "lambda_decay", 0.9, 1e-6, 1,
+               "ω1 = lambda_decay^T1: λ ← ω1λ when ρ > 3/4, λ/ω1 when ρ < 1/4 (thesis: "
+               "(19/20)^T1; 0.9 is kfac-jax's damping_adaptation_decay: on the autoencoder ρ "
+               "stayed at 1.4-2.0 for 100 steps under 19/20, damping-bound, and 0.9 reached the "
+               "same error in two thirds of the iterations; docs/NOTES.md)"),
     CURV__REAL(H, gamma_decay, "gamma_decay", 0.97467943448089633, 1e-6, 1,
                "ω2 = gamma_decay^T2 (thesis: sqrt(19/20)^T2)"),
     CURV__REAL(H, min_damping, "min_damping", 1e-8, 0, 1e6,
@@ -136,20 +141,30 @@ static const struct curv__param PARAMS[] = {
                "adaptive mode: a step whose loss h(θ+δ), asked for at a λ step, is above h(θ) "
                "is not applied (δ = 0, momentum dropped) and λ rises (HF's and "
                "Levenberg–Marquardt's rule); 0: the thesis keeps every step"),
-    CURV__REAL(H, kl_clip, "kl_clip", 1e-3, 0, 1e12,
+    CURV__REAL(H, kl_clip, "kl_clip", 3e-4, 0, 1e12,
                "simple mode: v = F̆⁻¹∇h is scaled by min(1, sqrt(kl_clip / ∇hᵀv)) before "
                "momentum and lr, bounding its squared length in the damped approximate Fisher "
-               "(after kfac-pytorch's KL clip, default 1e-3, which also counts lr²: here lr "
-               "keeps its effect while the clip binds); 0: off"),
+               "(after kfac-pytorch's KL clip, which also counts lr²: here lr keeps its effect "
+               "while the clip binds). It binds at most steps, so with noise_momentum's bound it "
+               "sets the step's length: on the BMA CNN damping 1 with 1e-3 (kfac-pytorch's "
+               "default) ended at 0.71, the defaults 0.3 and 3e-4 at 0.64 (docs/NOTES.md, "
+               "\"K-FAC simple mode's defaults\"); 0: off"),
     CURV__ENUM(H, noise, "noise", "fisher", "fisher|off",
                "the share of ∇hᵀΔ that is the batch's sampling noise, tr(F̆_γ⁻¹F̆)/m over "
                "−∇hᵀΔ (m the step's batch, or the statistics' examples when not sent; the "
                "per-example gradients' covariance taken as the Fisher), shortens the step: "
                "adaptive mode fits α, μ to the model's mean over batches, ∇hᵀΔ less that share; "
-               "simple mode scales v by 1 − share unless the KL clip is tighter (docs/NOTES.md: "
+               "simple mode scales v by 1 − share (times 1 − μ with noise_momentum) unless the KL "
+               "clip is tighter (docs/NOTES.md: "
                "on the BMA CNN at m = 128 it ends adaptive mode's noise floor); off: the batch's "
                "model (the thesis'; "
                "also right for full-batch training)"),
+    CURV__BOOL(H, noise_momentum, "noise_momentum", 1,
+               "simple mode, noise = fisher: the noise bound is on the step the velocity makes, "
+               "v/(1 − μ) in a persistent direction, so v is scaled by at most (1 − μ)·max("
+               "noise_floor, 1 − share) (with the KL clip, the tighter holds); 0: on v itself, "
+               "where the clip was always tighter and the run settled at the clip's floor "
+               "(docs/NOTES.md, \"K-FAC simple mode's defaults\")"),
     CURV__REAL(H, noise_floor, "noise_floor", 0.1, 0, 1,
                "noise = fisher: the step keeps at least this share (1 − share >= noise_floor; "
                "on the CNN 0 stalled at 0.70, 0.05 reached 0.66, 0.1 0.63)"),
@@ -405,7 +420,9 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
     const double vg = dot(delta, s->p.g, o->dim);
     s->p.clip = h->kl_clip > 0 && vg > h->kl_clip ? sqrt(h->kl_clip / vg) : 1.0;
     s->p.noise = noise_share(o, -vg, h->damping);
-    const double scale = fmin(s->p.clip, fmax(h->noise_floor, 1.0 - s->p.noise));
+    const double signal = fmax(h->noise_floor, 1.0 - s->p.noise);
+    const int on_velocity = h->noise_momentum && h->noise != CURV__KFAC_NOISE_OFF;
+    const double scale = fmin(s->p.clip, on_velocity ? (1.0 - mu) * signal : signal);
     for (size_t i = 0; scale < 1 && i < o->dim; i++)
         delta[i] *= scale;
     for (size_t i = 0; i < o->dim; i++) { /* checked before the velocity is written */
@@ -677,7 +694,8 @@ static size_t kfac_saved(const curv_opt *o)
 
 /* A state saved by an earlier version runs on with the behaviour it was
  * saved with: before "precision", float64; before the noise term (no
- * "noise"), the batch's model (noise off); before the safeguards (no
+ * "noise"), the batch's model (noise off); before "noise_momentum", the
+ * noise bound on v itself; before the safeguards (no
  * "coefficients"), also the free solve, every step kept, no KL clip, the
  * γ grid, and in adaptive mode an lr of 1 (lr had no effect there; its
  * stored value was simple mode's 0.01). */
@@ -692,6 +710,9 @@ static curv_status kfac_upgrade(curv_config *c)
         if (st != CURV_OK)
             return st;
     }
+    if (!curv__config_find(c, "noise_momentum", &e) &&
+        curv_config_set_num(c, "noise_momentum", 0, NULL) != CURV_OK)
+        return CURV_E_NOMEM;
     if (curv__config_find(c, "coefficients", &e))
         return CURV_OK;
     int simple = curv__config_find(c, "mode", &e) && e.str && strcmp(e.str, "simple") == 0;

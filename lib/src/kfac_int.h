@@ -41,6 +41,7 @@ struct curv__kfac_hyper {
     int precision;            /* CURV__KFAC_FP*: the multiply's arithmetic */
     int noise;                /* adaptive: CURV__KFAC_NOISE_* */
     double noise_floor;       /* adaptive: share of ∇hᵀΔ the noise leaves at least */
+    int noise_momentum;       /* simple: the noise bound is on the velocity's step */
     int64_t max_staleness;    /* periodic refreshes applied this many steps late (0: in step) */
 };
 

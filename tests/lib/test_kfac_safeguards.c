@@ -108,7 +108,7 @@ static void test_reject_rise(void **state)
         curv_response r2 = {.seq = req.seq, .n_values = 1, .values = &risen};
         tu_assert_status(curv_opt_resume(o, &r2, CURV_F64, u, &req, &err), CURV_OK, &err);
         assert_true(tu_report(o, "rho") < 0);
-        assert_true(fabs(tu_report(o, "lambda") - 0.5 / 0.95) <= 1e-15);
+        assert_true(fabs(tu_report(o, "lambda") - 0.5 / 0.9) <= 1e-15); /* default ω1, T1 = 1 */
         assert_true(tu_report(o, "rejected") == (on ? 2 : 0));
         assert_true(on ? tu_dot(u, u, d) == 0 : tu_dot(u, u, d) > 0);
         /* Step 2: δ0 is what was applied (0 after a rejection). */
@@ -193,6 +193,51 @@ static void test_simple_kl_clip(void **state)
         free(u[t]);
 }
 
+/* Simple mode's defaults (docs/NOTES.md, "K-FAC simple mode's defaults"):
+ * damping 0.3 and kl_clip 3e-4, the pair of the BMA CNN sweep. A session
+ * that sets neither steps exactly as one that sets that pair, and not as
+ * one with the former 1.0 and 1e-3; the clip binds on the first step. */
+static void test_simple_defaults(void **state)
+{
+    (void)state;
+    const tu_kv pairs[3][2] = {{{"weight_decay", 0}, {"weight_decay", 0}},
+                               {{"damping", 0.3}, {"kl_clip", 3e-4}},
+                               {{"damping", 1.0}, {"kl_clip", 1e-3}}};
+    double *u[3], scale = 0;
+    size_t d = 0;
+    for (int t = 0; t < 3; t++) {
+        tu_mlp net;
+        curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 13, 14);
+        const tu_kv kv[] = {{"weight_decay", 0}, pairs[t][0], pairs[t][1]};
+        curv_opt *o = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
+        d = net.dim;
+        u[t] = tu_alloc(2 * d);
+        curv_error err;
+        for (int k = 0; k < 2; k++) { /* the second step adds momentum */
+            tu_assert_status(tu_mlp_step(o, &net, 1, u[t] + k * d, NULL, &err), CURV_OK, &err);
+            tu_mlp_advance(&net, u[t] + k * d, 40 + (unsigned)k);
+            if (t == 0 && k == 0)
+                scale = tu_report(o, "kl_scale");
+        }
+        if (t == 0) {
+            double v = 0;
+            assert_int_equal(curv_opt_get_param(o, "damping", &v), CURV_OK);
+            assert_true(v == 0.3);
+            assert_int_equal(curv_opt_get_param(o, "kl_clip", &v), CURV_OK);
+            assert_true(v == 3e-4);
+        }
+        tu_mlp_teardown(o, l, &net);
+    }
+    assert_true(scale < 1);
+    assert_memory_equal(u[0], u[1], 2 * d * sizeof(double));
+    double diff = 0;
+    for (size_t i = 0; i < 2 * d; i++)
+        diff = fmax(diff, fabs(u[0][i] - u[2][i]));
+    assert_true(diff > 1e-6);
+    for (int t = 0; t < 3; t++)
+        free(u[t]);
+}
+
 /* @blob as an earlier version saved it: without the hyperparameter records
  * named in @drop, and lr stored as @lr. Returns the new length. */
 static size_t legacy_blob(unsigned char *blob, size_t len, const char *const *drop, double lr)
@@ -230,16 +275,18 @@ static size_t legacy_blob(unsigned char *blob, size_t len, const char *const *dr
 }
 
 /* Step 1 in @mode with @noise, the step's batch @batch (0: not sent),
- * @floor and (simple mode) @clip; the update into @u. Adaptive: no
- * momentum yet, so α = −g1'/q11 inside the box. */
+ * @floor, (simple mode) @clip and noise_momentum @nm (-1: the default);
+ * the update into @u. Adaptive: no momentum yet, so α = −g1'/q11 inside
+ * the box. */
 static double noise_step(const char *mode, const char *noise, size_t batch, double floor,
-                         double clip, double *u, size_t *d)
+                         double clip, int nm, double *u, size_t *d)
 {
     tu_mlp net;
     curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 31, 32);
     const tu_kv kv[] = {{"weight_decay", 0},    {"lambda_init", 0.7}, {"lambda_interval", 1000},
-                        {"noise_floor", floor}, {"kl_clip", clip},    {"damping", 0.05}};
-    curv_opt *o = tu_kfac_opt(l, kv, 6, "noise", noise, "mode", mode, NULL);
+                        {"noise_floor", floor}, {"kl_clip", clip},    {"damping", 0.05},
+                        {"noise_momentum", nm}};
+    curv_opt *o = tu_kfac_opt(l, kv, nm < 0 ? 6 : 7, "noise", noise, "mode", mode, NULL);
     curv_step_input in = tu_mlp_input(&net, 1);
     in.batch = batch;
     curv_request req;
@@ -263,11 +310,11 @@ static double noise_step(const char *mode, const char *noise, size_t batch, doub
 }
 
 /* The noise term (its value against dense math: test_kfac_loop.c): the
- * step is the batch's (adaptive: the batch model's; simple: v) scaled by
- * max(noise_floor, 1 − share), except where simple mode's KL clip is the
- * tighter bound (then the clipped step stands); the share falls as
- * 1/batch; without a batch the statistics' examples (6) stand in; off, the
- * share is 0 and the step the batch's. */
+ * step is the batch's (adaptive: the batch model's; simple: v, with
+ * noise_momentum 0) scaled by max(noise_floor, 1 − share), except where
+ * simple mode's KL clip is the tighter bound (then the clipped step
+ * stands); the share falls as 1/batch; without a batch the statistics'
+ * examples (6) stand in; off, the share is 0 and the step the batch's. */
 static void test_noise_term(void **state)
 {
     (void)state;
@@ -278,21 +325,50 @@ static void test_noise_term(void **state)
         const double c = clips[t];
         double u0[64], u[64];
         size_t d;
-        assert_true(noise_step(m, "off", 60, 0.1, c, u0, &d) == 0);
+        assert_true(noise_step(m, "off", 60, 0.1, c, 0, u0, &d) == 0);
         assert_true(d <= 64);
-        const double s60 = noise_step(m, "fisher", 60, 0.1, c, u, &d);
+        const double s60 = noise_step(m, "fisher", 60, 0.1, c, 0, u, &d);
         assert_true(s60 > 0.01 && s60 < 0.5);
         const double keep = c > 0 ? 1 : 1 - s60; /* the clip (1e-6) is tighter */
         for (size_t i = 0; i < d; i++)
             assert_true(fabs(u[i] - keep * u0[i]) <= 1e-12 * (1 + fabs(u0[i])));
-        const double s120 = noise_step(m, "fisher", 120, 0.1, c, u, &d);
+        const double s120 = noise_step(m, "fisher", 120, 0.1, c, 0, u, &d);
         assert_true(fabs(s120 - s60 / 2) <= 1e-12 * s60);
-        const double s0 = noise_step(m, "fisher", 0, 0.1, c, u, &d);
+        const double s0 = noise_step(m, "fisher", 0, 0.1, c, 0, u, &d);
         assert_true(fabs(s0 - 10 * s60) <= 1e-12 * s0);
-        const double s1 = noise_step(m, "fisher", 1, 0.25, c, u, &d); /* the floor binds */
+        const double s1 = noise_step(m, "fisher", 1, 0.25, c, 0, u, &d); /* the floor binds */
         assert_true(fabs(s1 - 60 * s60) <= 1e-12 * s1 && 1 - s1 < 0.25);
         for (size_t i = 0; i < d; i++)
             assert_true(fabs(u[i] - (c > 0 ? 1 : 0.25) * u0[i]) <= 1e-12 * (1 + fabs(u0[i])));
+    }
+}
+
+/* noise_momentum (docs/NOTES.md, "K-FAC simple mode's defaults"): in
+ * simple mode with momentum μ (0.9, the default) the noise bound is on the
+ * step the velocity makes, so v is scaled by (1 − μ)·(1 − share): the
+ * first step (velocity = the scaled v) is (1 − μ) times the one of
+ * noise_momentum 0. It is the default; it leaves a tighter KL clip, noise
+ * off and adaptive mode as they were. */
+static void test_noise_momentum(void **state)
+{
+    (void)state;
+    double u0[64], u1[64], ud[64];
+    size_t d;
+    const double s0 = noise_step("simple", "fisher", 60, 0.1, 0, 0, u0, &d);
+    assert_true(d <= 64);
+    const double s1 = noise_step("simple", "fisher", 60, 0.1, 0, 1, u1, &d);
+    assert_true(s0 == s1 && s0 > 0.01 && s0 < 0.5);
+    assert_true(noise_step("simple", "fisher", 60, 0.1, 0, -1, ud, &d) == s1);
+    assert_memory_equal(ud, u1, d * sizeof(double)); /* the default is on */
+    for (size_t i = 0; i < d; i++)
+        assert_true(fabs(u1[i] - (1 - 0.9) * u0[i]) <= 1e-13 * (1 + fabs(u0[i])));
+    static const char *const modes[3] = {"simple", "simple", "adaptive"};
+    static const char *const noises[3] = {"fisher", "off", "fisher"};
+    static const double clips[3] = {1e-6, 0, 0}; /* 1e-6: the clip is tighter */
+    for (int t = 0; t < 3; t++) {
+        noise_step(modes[t], noises[t], 60, 0.1, clips[t], 0, u0, &d);
+        noise_step(modes[t], noises[t], 60, 0.1, clips[t], 1, u1, &d);
+        assert_memory_equal(u0, u1, d * sizeof(double));
     }
 }
 
@@ -350,9 +426,9 @@ static void test_noise_floor(void **state)
 static void test_state_from_before_the_safeguards(void **state)
 {
     (void)state;
-    static const char *const added[] = {"coefficients", "alpha_max",  "mu_max", "reject_rise",
-                                        "kl_clip",      "gamma_rule", "noise",  "noise_floor",
-                                        "precision",    NULL};
+    static const char *const added[] = {"coefficients", "alpha_max",      "mu_max", "reject_rise",
+                                        "kl_clip",      "gamma_rule",     "noise",  "noise_floor",
+                                        "precision",    "noise_momentum", NULL};
     for (int simple = 0; simple <= 1; simple++) {
         tu_mlp net;
         curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 21, 22);
@@ -416,11 +492,12 @@ static void test_state_from_before_the_safeguards(void **state)
 }
 
 /* A state saved with the safeguards but before the noise term keeps the
- * batch's model (noise off) and its other settings. */
+ * batch's model (noise off; noise_momentum, later still, off too) and its
+ * other settings. */
 static void test_state_from_before_the_noise_term(void **state)
 {
     (void)state;
-    static const char *const added[] = {"noise", "noise_floor", NULL};
+    static const char *const added[] = {"noise", "noise_floor", "noise_momentum", NULL};
     tu_mlp net;
     curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 23, 24);
     curv_opt *o = tu_kfac_opt(l, NULL, 0, NULL);
@@ -435,6 +512,9 @@ static void test_state_from_before_the_noise_term(void **state)
     assert_string_equal(buf, "off");
     assert_int_equal(curv_opt_get_param_str(then, "coefficients", buf, sizeof buf), CURV_OK);
     assert_string_equal(buf, "box");
+    double nm;
+    assert_int_equal(curv_opt_get_param(then, "noise_momentum", &nm), CURV_OK);
+    assert_true(nm == 0);
     curv_opt_free(then);
     curv_free(blob);
     tu_mlp_teardown(o, l, &net);
@@ -447,8 +527,10 @@ int main(void)
         cmocka_unit_test(test_reject_rise),
         cmocka_unit_test(test_adaptive_lr_scales),
         cmocka_unit_test(test_simple_kl_clip),
+        cmocka_unit_test(test_simple_defaults),
         cmocka_unit_test(test_noise_term),
         cmocka_unit_test(test_noise_floor),
+        cmocka_unit_test(test_noise_momentum),
         cmocka_unit_test(test_state_from_before_the_safeguards),
         cmocka_unit_test(test_state_from_before_the_noise_term),
     };

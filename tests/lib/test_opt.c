@@ -252,6 +252,8 @@ static void test_config_errors(void **state)
     expect_config_error(K, "noise", "empirical", 0);
     expect_config_error(K, "noise_floor", NULL, -0.1);
     expect_config_error(K, "noise_floor", NULL, 1.5);
+    expect_config_error(K, "noise_momentum", NULL, 2); /* bool not 0/1 */
+    expect_config_error(K, "noise_momentum", "on", 0);
     expect_config_error(S, "lr_schedule", "cosine", 0); /* bad enum */
     expect_config_error(S, "lr_schedule", "", 0);
     expect_config_error(S, "lr_schedule", "Step", 0);

@@ -10,7 +10,8 @@ MBAG paper's groups: τ = 32 for dense weights and biases, one group per
 (out, in) filter pair of κ² = 9 for the convolutions, λ = 0.01, β = 0.9,
 T_sqr = 50, T_NS = 5 as its CIFAR-10 runs) and Adam (torch). K-FAC runs in
 adaptive mode, which chooses its own step size (α, μ by the thesis'
-§6.6.4-6.7), so it has no learning rate to grid: one run.
+§6.6.4-6.7), so it has no learning rate to grid: one run (and one with an
+lr decay); and once in simple mode with its defaults.
 
 Metrics: the training loss on a fixed subset of the training images and
 the accuracy on the test images.
@@ -64,6 +65,12 @@ def methods(s: Settings) -> List[Method]:
     decay = dict(kfac, lr_schedule="multistep", lr_milestones="500,1000", lr_gamma=0.3)
     out.append(Method("kfac_decay", "K-FAC (adaptive, lr ×0.3 at 500, 1000)", "kfac", decay,
                       s.batch, family="K-FAC (adaptive, lr decay)"))
+    # Simple mode with its defaults (damping, KL clip, momentum, lr 1): the
+    # fixed-step form, one run like adaptive mode (docs/NOTES.md, "K-FAC
+    # simple mode's defaults").
+    simple = {"mode": "simple", "weight_decay": 0.0}
+    out.append(Method("kfac_simple", "K-FAC (simple)", "kfac", simple, s.batch,
+                      family="K-FAC (simple)"))
     return out
 
 

@@ -136,8 +136,10 @@ def _autoencoder_findings(s: Dict) -> List[str]:
     if damping:
         out.append("Damping λ over the run (first and last step): " + ", ".join(damping)
                    + f"; K-FAC starts from λ₀ = {_num(s['settings']['kfac_lambda'])} (the "
-                   "thesis' is 150) and lowers it by at most a factor (19/20)⁵ every 5 "
-                   "iterations, so a short run spends many of its updates strongly damped.")
+                   "thesis' is 150) and lowers it by at most a factor 0.9⁵ every 5 "
+                   "iterations (kfac-jax's pace; the thesis' (19/20)⁵ left the run "
+                   "damping-bound: docs/NOTES.md), so a short run spends its first updates "
+                   "strongly damped.")
     out += _failures(s["runs"])
     return out
 

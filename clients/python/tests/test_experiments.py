@@ -21,7 +21,7 @@ from experiments import autoencoder, cli, data, runner
 ITERATIONS = 3
 AE_KEYS = ["sgd_lr0.01_mu0.99", "adam_lr0.001", "kfac_blockdiag", "kfac_tridiag", "hf"]
 CNN_KEYS = ["adagrad_diag_lr0.1", "adagrad_full_lr0.1", "adagrad_bma_lr0.1", "mbag_lr0.1",
-            "adam_lr0.1", "kfac", "kfac_decay"]
+            "adam_lr0.1", "kfac", "kfac_decay", "kfac_simple"]
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
