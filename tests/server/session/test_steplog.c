@@ -141,6 +141,17 @@ static void expect_state(const struct fx *f, const char *id, const curv_opt *ref
     free(got);
 }
 
+/* The snapshot in the file must be @ref's state, byte for byte. */
+static void expect_stored(const struct fx *f, const char *id, const curv_opt *ref)
+{
+    size_t len, raw_len;
+    unsigned char *w = tu_snapshot(ref, &len), *raw = su_raw_state(f->db, id, &raw_len);
+    assert_int_equal(raw_len, len);
+    assert_memory_equal(raw, w, len);
+    curv_free(w);
+    free(raw);
+}
+
 /* Every kind without statistics or callbacks: four steps logged, a
  * restart, the state replayed from the log is the reference's, and the
  * steps after it match. */
@@ -155,17 +166,12 @@ static void test_every_plain_kind_replays(void **state)
         json_decref(
             su_create(f->base, curv_opt_kind_name((curv_opt_kind)k), NULL, 201, ids[k], NULL));
         refs[k] = tu_new_opt((curv_opt_kind)k, f->layout, NULL);
-        size_t len0, raw_len;
-        unsigned char *at0 = tu_snapshot(refs[k], &len0);
+        curv_opt *fresh = tu_new_opt((curv_opt_kind)k, f->layout, NULL);
         for (long t = 1; t <= 4; t++)
             step(f, ids[k], refs[k], t, 0.1 * k, 0);
         assert_int_equal(log_rows(f, ids[k]), 4);
-        /* the stored state is still the snapshot taken at creation */
-        unsigned char *raw = su_raw_state(f->db, ids[k], &raw_len);
-        assert_int_equal(raw_len, len0);
-        assert_memory_equal(raw, at0, len0);
-        free(raw);
-        curv_free(at0);
+        expect_stored(f, ids[k], fresh); /* still the snapshot taken at creation */
+        curv_opt_free(fresh);
     }
     restart(f);
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++) {
@@ -260,14 +266,8 @@ static void test_snapshot_cadence(void **state)
             fail_msg("after step %ld: %lld rows in the log, want %lld (record %lld bytes, state "
                      "%zu)",
                      t, got, want, rec, state_len);
-        if (want == 0) {
-            size_t len, raw_len;
-            unsigned char *w = tu_snapshot(ref, &len), *raw = su_raw_state(f->db, id, &raw_len);
-            assert_int_equal(raw_len, len);
-            assert_memory_equal(raw, w, len);
-            curv_free(w);
-            free(raw);
-        }
+        if (want == 0)
+            expect_stored(f, id, ref);
     }
     long steps = 2 * (k + 1) + 1;
     assert_int_equal(metric(f, "curvd_durable_writes_total{kind=\"snapshot\"} "), 2);
@@ -343,12 +343,7 @@ static void test_every_step_a_snapshot(void **state)
     for (long t = 1; t <= 3; t++) {
         step(f, id, ref, t, 0, 0);
         assert_int_equal(log_rows(f, id), 0);
-        size_t len, raw_len;
-        unsigned char *w = tu_snapshot(ref, &len), *raw = su_raw_state(f->db, id, &raw_len);
-        assert_int_equal(raw_len, len);
-        assert_memory_equal(raw, w, len);
-        curv_free(w);
-        free(raw);
+        expect_stored(f, id, ref);
     }
     curv_opt_free(ref);
 }
