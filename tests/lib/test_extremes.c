@@ -126,6 +126,18 @@ static void make_extreme(struct input *x, struct trainer *t, enum where w, doubl
 /* Report a failed case and count it (every case runs, all are listed). */
 #define BAD(...) (print_error(__VA_ARGS__), print_error("\n"), bad = 1)
 
+/* Steps 1..@n of @kind's inputs through @o, each of which must succeed. */
+static void steps_ok(curv_opt *o, curv_opt_kind kind, uint64_t n, struct input *x,
+                     struct trainer *t, double *u)
+{
+    curv_error err;
+    for (uint64_t k = 1; k <= n; k++) {
+        make_input(x, kind, k);
+        trainer_init(t, x);
+        tu_assert_status(tu_drive(o, &x->in, answer, t, u, NULL, &err), CURV_OK, &err);
+    }
+}
+
 /* One kind, one place, one magnitude; 1 when it failed. */
 static int check(curv_opt_kind kind, const curv_config *c, const char *variant, enum where w,
                  double m)
@@ -137,11 +149,7 @@ static int check(curv_opt_kind kind, const curv_config *c, const char *variant, 
     struct trainer t;
     double u[D];
     curv_error err;
-    for (uint64_t k = 1; k <= 3; k++) {
-        make_input(&x, kind, k);
-        trainer_init(&t, &x);
-        tu_assert_status(tu_drive(o, &x.in, answer, &t, u, NULL, &err), CURV_OK, &err);
-    }
+    steps_ok(o, kind, 3, &x, &t, u);
     char what[160];
     snprintf(what, sizeof what, "%s%s, %s = %g", curv_opt_kind_name(kind), variant, WHERE[w], m);
     /* Up to two extreme steps in a row: an accumulator may overflow only
@@ -240,11 +248,7 @@ static void expect_refused(curv_opt_kind kind, const curv_config *c, void (*set)
     struct trainer t;
     double u[D];
     curv_error err;
-    for (uint64_t k = 1; k <= 2; k++) {
-        make_input(&x, kind, k);
-        trainer_init(&t, &x);
-        tu_assert_status(tu_drive(o, &x.in, answer, &t, u, NULL, &err), CURV_OK, &err);
-    }
+    steps_ok(o, kind, 2, &x, &t, u);
     size_t len, alen;
     unsigned char *before = tu_snapshot(o, &len);
     make_input(&x, kind, 3);
