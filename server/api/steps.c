@@ -139,24 +139,21 @@ static int stored_update(struct step_job *j, const struct curvd_entry *e, const 
     return 0;
 }
 
-/* The step as a row of the step log (its record and its update's
- * digest), followed by a snapshot after the reply when one is due; or,
- * when one is due of a state under --snapshot-inline, and without the log
- * (--snapshot-log 0, or no record), the stepped state (the parts that
- * changed since the session's snapshot): 0, or -1 out of memory. */
+/* The step in the form curvd_svc_durable_form chooses: the stepped state
+ * (the parts that changed since the session's snapshot), or a row of the
+ * step log (its record and its update's digest), maybe with a snapshot
+ * after the reply: 0, or -1 out of memory. */
 static int step_durable_form(struct step_job *j, const struct curvd_entry *e, const double *delta,
                              double seconds)
 {
     const struct curvd_pending *pd = &e->pend;
-    const struct curvd_config *cfg = &j->s.srv->cfg;
-    const int due = curvd_svc_snapshot_due(j->s.srv, e, &pd->rec, seconds);
-    if (due && (!cfg->snapshot_log_pct || !cfg->snapshot_ms || pd->rec.failed || !pd->rec.len ||
-                e->bytes < cfg->snapshot_inline || e->bytes < cfg->snapshot_min))
+    const enum curvd_durable_form form = curvd_svc_durable_form(j->s.srv, e, &pd->rec, seconds);
+    if (form == CURVD_FORM_SNAPSHOT)
         return curv_opt_save_parts(e->opt, &j->blob, &j->s.len, &j->parts, &j->s.n_parts, NULL) ==
                        CURV_OK
                    ? 0
                    : -1;
-    j->s.snapshot_after = due;
+    j->s.snapshot_after = form == CURVD_FORM_LOG_THEN_SNAPSHOT;
     curvd_update_digest(delta, curv_layout_dim(curv_opt_layout(e->opt)), j->update_digest);
     j->s.c.record = pd->rec.buf;
     j->s.c.record_len = pd->rec.len;

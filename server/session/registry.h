@@ -53,7 +53,7 @@ struct curvd_pending {
  * never ahead of a commit; none (@n 0) when not known, and then the next
  * write stores every part. With them, what the step log holds after that
  * snapshot: its records' bytes and the library time they took, which
- * decide when the next snapshot is due (curvd_svc_snapshot_due). */
+ * decide when the next snapshot is due (curvd_svc_durable_form). */
 struct curvd_committed {
     curv_state_part *p; /* owned */
     size_t n;

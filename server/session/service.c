@@ -358,15 +358,20 @@ static void step_committed(struct curvd_commit_job *job)
     s->release(s);
 }
 
-int curvd_svc_snapshot_due(const struct curvd_server *srv, const struct curvd_entry *e,
-                           const struct curvd_record *rec, double seconds)
+enum curvd_durable_form curvd_svc_durable_form(const struct curvd_server *srv,
+                                               const struct curvd_entry *e,
+                                               const struct curvd_record *rec, double seconds)
 {
+    const struct curvd_config *cfg = &srv->cfg;
     const struct curvd_committed *c = &e->committed;
+    if (rec->failed || !rec->len || !cfg->snapshot_log_pct || !cfg->snapshot_ms ||
+        e->bytes < cfg->snapshot_min)
+        return CURVD_FORM_SNAPSHOT;
     double bytes = (double)c->log_bytes + (double)rec->len;
-    return rec->failed || !rec->len || !srv->cfg.snapshot_log_pct || !srv->cfg.snapshot_ms ||
-           e->bytes < srv->cfg.snapshot_min ||
-           bytes * 100 > (double)srv->cfg.snapshot_log_pct * (double)e->bytes ||
-           (c->log_seconds + seconds) * 1e3 > (double)srv->cfg.snapshot_ms;
+    if (bytes * 100 <= (double)cfg->snapshot_log_pct * (double)e->bytes &&
+        (c->log_seconds + seconds) * 1e3 <= (double)cfg->snapshot_ms)
+        return CURVD_FORM_LOG;
+    return e->bytes < cfg->snapshot_inline ? CURVD_FORM_SNAPSHOT : CURVD_FORM_LOG_THEN_SNAPSHOT;
 }
 
 void curvd_svc_commit_step(struct curvd_svc_commit *s)

@@ -152,16 +152,24 @@ int curvd_svc_reconfigured(struct curvd_server *srv, const char *tenant, struct 
                            const unsigned char *before, size_t before_len, const char *meta,
                            size_t *bytes, char *err, size_t errlen);
 
+/* How a step is made durable (struct curvd_config's snapshot_* rules). */
+enum curvd_durable_form {
+    CURVD_FORM_LOG,               /* a row of the step log */
+    CURVD_FORM_LOG_THEN_SNAPSHOT, /* that, and a snapshot after the reply */
+    CURVD_FORM_SNAPSHOT           /* the state's changed parts, with the step */
+};
+
 /*
- * curvd_svc_snapshot_due - 1 when the step of @e being committed, whose
- * record is @rec and whose library time was @seconds, is to be written
- * as a snapshot of the state rather than as a row of the step log: the
- * record failed or was not made, the state is under snapshot_min, or the
- * log would pass the daemon's bounds (struct curvd_config's
- * snapshot_log_pct and snapshot_ms).
+ * curvd_svc_durable_form - the form of the step of @e being committed,
+ * whose record is @rec and whose library time was @seconds: a snapshot
+ * with the step when there is no log (off, a failed or missing record, a
+ * state under snapshot_min) or a due snapshot is small (snapshot_inline);
+ * else a log row, followed by a snapshot when the log would pass
+ * snapshot_log_pct or snapshot_ms.
  */
-int curvd_svc_snapshot_due(const struct curvd_server *srv, const struct curvd_entry *e,
-                           const struct curvd_record *rec, double seconds);
+enum curvd_durable_form curvd_svc_durable_form(const struct curvd_server *srv,
+                                               const struct curvd_entry *e,
+                                               const struct curvd_record *rec, double seconds);
 
 /*
  * curvd_svc_snapshot - write @e's state (held, at a committed step) as its
