@@ -44,9 +44,9 @@ static int acquire(struct curvd_server *srv, const char *tenant, const char *id,
 int curvd_lease_take(struct curvd_server *srv, const char *tenant, const char *id,
                      struct curvd_hold *hold)
 {
-    *hold = (struct curvd_hold){0};
-    if (!leases_on(srv))
+    if (!leases_on(srv) || hold->leased)
         return 0;
+    *hold = (struct curvd_hold){0};
     struct curvd_lease l;
     int st = acquire(srv, tenant, id, &l);
     if (st == CURVD_STORE_OK)
@@ -60,20 +60,22 @@ int curvd_lease_take(struct curvd_server *srv, const char *tenant, const char *i
 }
 
 enum curvd_reg_status curvd_lease_again(struct curvd_server *srv, struct curvd_entry *e,
-                                        int64_t *retry_ms)
+                                        struct curvd_hold *hold)
 {
     if (!leases_on(srv) || curvd_registry_leased(srv->reg, e))
         return CURVD_REG_OK;
     struct curvd_lease l;
     int st = acquire(srv, e->tenant, e->id, &l);
     if (st == CURVD_STORE_LEASED)
-        *retry_ms = l.expires_at - l.now;
+        hold->retry_ms = l.expires_at - l.now;
     if (st != CURVD_STORE_OK)
         return st == CURVD_STORE_LEASED      ? CURVD_REG_LEASED
                : st == CURVD_STORE_NOT_FOUND ? CURVD_REG_NOT_FOUND
                                              : CURVD_REG_ERROR;
-    if (l.epoch != e->epoch + 1)
-        return CURVD_REG_NOT_FOUND; /* another hold came between: memory may be stale */
+    if (l.epoch != e->epoch + 1) { /* another hold came between: memory may be stale */
+        *hold = (struct curvd_hold){.epoch = l.epoch, .leased = 1};
+        return CURVD_REG_NOT_FOUND;
+    }
     curvd_registry_set_lease(srv->reg, e, l.epoch);
     return CURVD_REG_OK;
 }

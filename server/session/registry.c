@@ -244,7 +244,7 @@ enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char 
     curv_opt *opt = NULL;
     size_t bytes = 0;
     struct curvd_committed committed = {0};
-    struct curvd_hold held = {0};
+    struct curvd_hold held = hold ? *hold : (struct curvd_hold){0};
     char text[256] = "";
     int lr = r->load ? r->load(r->load_ctx, id, tenant, &opt, &bytes, &committed, &held, text,
                                sizeof text)

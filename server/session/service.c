@@ -145,26 +145,23 @@ enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, c
     if (!curvd_svc_valid_id(id))
         return CURVD_REG_NOT_FOUND;
     /* Twice at most: a copy in memory that another daemon's hold made
-     * stale is dropped, and loaded again under a lease of its own. */
+     * stale is dropped, and loaded again under the lease just taken. */
+    struct curvd_hold hold = {0};
     for (int pass = 0;; pass++) {
-        struct curvd_hold hold = {0};
         enum curvd_reg_status rs =
             curvd_registry_begin(srv->reg, id, tenant, e, &hold, why, why_cap);
+        if (rs == CURVD_REG_OK && (rs = curvd_lease_again(srv, *e, &hold)) != CURVD_REG_OK) {
+            if (rs == CURVD_REG_NOT_FOUND)
+                curvd_registry_drop(srv->reg, id);
+            curvd_registry_end(srv->reg, *e, (*e)->bytes);
+            if (rs == CURVD_REG_NOT_FOUND && !pass)
+                continue;
+            if (rs == CURVD_REG_NOT_FOUND) /* stale again at once: let the client retry */
+                rs = CURVD_REG_ERROR;
+        }
         if (rs == CURVD_REG_LEASED && retry_ms)
             *retry_ms = hold.retry_ms;
-        if (rs != CURVD_REG_OK)
-            return rs;
-        int64_t wait_ms = 0;
-        rs = curvd_lease_again(srv, *e, &wait_ms);
-        if (rs == CURVD_REG_LEASED && retry_ms)
-            *retry_ms = wait_ms;
-        if (rs == CURVD_REG_OK)
-            return rs;
-        if (rs == CURVD_REG_NOT_FOUND)
-            curvd_registry_drop(srv->reg, id);
-        curvd_registry_end(srv->reg, *e, (*e)->bytes);
-        if (rs != CURVD_REG_NOT_FOUND || pass)
-            return rs == CURVD_REG_NOT_FOUND ? CURVD_REG_ERROR : rs;
+        return rs;
     }
 }
 
