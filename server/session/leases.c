@@ -107,7 +107,7 @@ static void keep_one(struct curvd_server *srv, const struct curvd_lease_due *d)
     enum curvd_lease_outcome out = d->release ? CURVD_LEASE_RELEASED : CURVD_LEASE_RENEWED;
     if (st == CURVD_STORE_FENCED || st == CURVD_STORE_NOT_FOUND) {
         out = CURVD_LEASE_LOST; /* taken over, or deleted: memory is stale either way */
-        if (st == CURVD_STORE_FENCED && !d->release) {
+        if (st == CURVD_STORE_FENCED && !d->gone) { /* a copy in memory was stale */
             curvd_metrics_lease(srv->metrics, CURVD_LEASE_EV_LOST);
             curvd_log(CURVD_LOG_WARN, "session %s: lease lost, dropped from memory (%s)", d->id,
                       err);

@@ -139,12 +139,12 @@ int curvd_registry_leased(struct curvd_registry *r, const struct curvd_entry *s)
 void curvd_registry_set_lease(struct curvd_registry *r, struct curvd_entry *s, int64_t epoch);
 
 /* A lease that is due: to renew, or to give up (@release: the session
- * was idle for the idle time, or left memory). */
+ * was idle for the idle time, or it left memory: @gone). */
 struct curvd_lease_due {
     char id[CURVD_ID_LEN + 1];
     char tenant[CURVD_TENANT_MAX];
     int64_t epoch;
-    int release;
+    int release, gone;
 };
 
 /* curvd_registry_leases_due - at monotonic @now_ms: the held leases last
