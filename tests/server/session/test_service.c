@@ -244,14 +244,20 @@ static void leases_on(struct fx *f, size_t ttl_ms)
 }
 
 /* The session's lease in the store as "owner|epoch" ("-": no owner). */
-static void assert_lease(struct fx *f, const char *id, const char *want)
+static void lease_text(struct fx *f, const char *id, char *out, size_t cap)
 {
-    char sql[160], got[160];
+    char sql[160];
     snprintf(sql, sizeof sql,
              "SELECT coalesce(lease_owner, '-') || '|' || lease_epoch FROM sessions"
              " WHERE id = '%s'",
              id);
-    su_raw_text(f->db, sql, got, sizeof got);
+    su_raw_text(f->db, sql, out, cap);
+}
+
+static void assert_lease(struct fx *f, const char *id, const char *want)
+{
+    char got[160];
+    lease_text(f, id, got, sizeof got);
     assert_string_equal(got, want);
 }
 
@@ -356,12 +362,8 @@ static void release_idle(struct fx *f, const char *id, const char *want)
 {
     for (int i = 0; i < 10000; i++) {
         curvd_leases_keep(&f->srv);
-        char sql[160], got[160];
-        snprintf(sql, sizeof sql,
-                 "SELECT coalesce(lease_owner, '-') || '|' || lease_epoch FROM sessions"
-                 " WHERE id = '%s'",
-                 id);
-        su_raw_text(f->db, sql, got, sizeof got);
+        char got[160];
+        lease_text(f, id, got, sizeof got);
         if (strcmp(got, want) == 0)
             return;
         nanosleep(&(struct timespec){0, 1000000}, NULL);
