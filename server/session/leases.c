@@ -80,6 +80,16 @@ enum curvd_reg_status curvd_lease_again(struct curvd_server *srv, struct curvd_e
     return CURVD_REG_OK;
 }
 
+void curvd_lease_give_up(struct curvd_server *srv, const char *tenant, const char *id,
+                         const struct curvd_hold *hold)
+{
+    char err[256];
+    if (leases_on(srv) && hold->leased &&
+        curvd_store_lease_release(srv->store, tenant, id, srv->node_id, hold->epoch, err,
+                                  sizeof err) == CURVD_STORE_OK)
+        curvd_metrics_lease(srv->metrics, CURVD_LEASE_EV_RELEASED);
+}
+
 void curvd_lease_fenced(struct curvd_server *srv, const struct curvd_entry *e, const char *err)
 {
     curvd_metrics_lease(srv->metrics, CURVD_LEASE_EV_FENCED);
@@ -123,15 +133,26 @@ static void keep_one(struct curvd_server *srv, const struct curvd_lease_due *d)
     curvd_registry_lease_done(srv->reg, d->id, d->epoch, out, curvd_registry_now_ms());
 }
 
-void curvd_leases_keep(struct curvd_server *srv)
+/* Renew the leases last renewed @renew_ms ago, give up those of sessions
+ * idle @idle_ms or gone. */
+static void keep(struct curvd_server *srv, int64_t renew_ms, int64_t idle_ms)
 {
-    if (!leases_on(srv))
+    if (!leases_on(srv) || !srv->reg || !srv->store)
         return;
-    int64_t ttl = curvd_lease_ttl_ms(srv);
     struct curvd_lease_due *due = NULL;
-    long n = curvd_registry_leases_due(srv->reg, curvd_registry_now_ms(), ttl / RENEW_DIVISOR, ttl,
-                                       &due);
+    long n = curvd_registry_leases_due(srv->reg, curvd_registry_now_ms(), renew_ms, idle_ms, &due);
     for (long i = 0; i < n; i++)
         keep_one(srv, &due[i]);
     free(due);
+}
+
+void curvd_leases_keep(struct curvd_server *srv)
+{
+    int64_t ttl = curvd_lease_ttl_ms(srv);
+    keep(srv, ttl / RENEW_DIVISOR, ttl);
+}
+
+void curvd_leases_give_up_all(struct curvd_server *srv)
+{
+    keep(srv, 0, 0); /* every session is idle now: each lease is given up */
 }

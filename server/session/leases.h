@@ -38,6 +38,15 @@ int curvd_lease_take(struct curvd_server *srv, const char *tenant, const char *i
 enum curvd_reg_status curvd_lease_again(struct curvd_server *srv, struct curvd_entry *e,
                                         struct curvd_hold *hold);
 
+/* curvd_lease_give_up - give up the lease in @hold (if held) of a
+ * session that is not kept in memory after all (its load failed). */
+void curvd_lease_give_up(struct curvd_server *srv, const char *tenant, const char *id,
+                         const struct curvd_hold *hold);
+
+/* curvd_leases_give_up_all - at shutdown, the requests done: give up
+ * every lease held, so that other daemons take the sessions at once. */
+void curvd_leases_give_up_all(struct curvd_server *srv);
+
 /* curvd_lease_fenced - a write of @e was fenced: count it (the caller
  * drops @e). */
 void curvd_lease_fenced(struct curvd_server *srv, const struct curvd_entry *e, const char *err);

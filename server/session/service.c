@@ -88,16 +88,17 @@ int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out
     int lr = curvd_lease_take(srv, tenant, id, hold);
     if (lr != 0)
         return lr;
-    int st = curvd_store_get(srv->store, tenant, id, 1, &s, err, sizeof err);
+    int st = curvd_store_get(srv->store, tenant, id, 1, &s, err, sizeof err), rc = -1;
     if (st == CURVD_STORE_NOT_FOUND)
-        return 1;
-    if (st != CURVD_STORE_OK) {
+        rc = 1;
+    else if (st != CURVD_STORE_OK)
         curvd_log(CURVD_LOG_ERROR, "loading session %s: %s", id, err);
-        return -1;
-    }
-    int rc = load_stored(srv, &s, out, committed, why, why_cap);
+    else
+        rc = load_stored(srv, &s, out, committed, why, why_cap);
     *bytes = s.state_len;
     curvd_session_clear(&s);
+    if (rc != 0) /* not held in memory after all: another daemon may take it */
+        curvd_lease_give_up(srv, tenant, id, hold);
     return rc;
 }
 

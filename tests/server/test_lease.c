@@ -16,7 +16,8 @@
  *   SESSION_LEASED (a's write fenced by its stale epoch, or its renewal
  *   found the lease lost first: either way nothing of a's is stored), a
  *   drops the session from memory, and the store stays b's.
- * - A daemon restarted with its own node id takes its leases back at once.
+ * - A daemon restarted with its own node id takes its leases back at once;
+ * one stopped with SIGTERM gives them up, and another takes over at once.
  *
  * No timed assertions: the waits for a lease to run out retry with a
  * generous bound (WAIT_S), and the times are only printed.
@@ -27,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "crash_util.h"
 #include "curv.h"
@@ -255,6 +257,25 @@ static void test_restart_keeps_own_leases(void **state)
     expect_reference_state(f, f->a.base);
 }
 
+/* A daemon stopped gracefully (SIGTERM) gives its leases up: another
+ * takes its session over at once, without a refusal. */
+static void test_graceful_stop_gives_leases_up(void **state)
+{
+    struct fx *f = *state;
+    start(&f->a);
+    start(&f->b);
+    create_on(f, f->a.base);
+    step_ok(f, f->a.base);
+    assert_int_equal(kill(f->a.pid, SIGTERM), 0);
+    int ws = 0;
+    assert_int_equal(waitpid(f->a.pid, &ws, 0), f->a.pid);
+    assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+    f->a.pid = 0;
+    cu_reap(&f->a);
+    step_ok(f, f->b.base); /* not 503: the lease was free */
+    expect_reference_state(f, f->b.base);
+}
+
 static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof *f);
@@ -293,6 +314,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_takeover_after_sigkill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fencing_after_sigstop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_keeps_own_leases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_graceful_stop_gives_leases_up, setup, teardown),
     };
     rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

@@ -333,6 +333,23 @@ static void test_fenced_writes_drop_the_copy(void **state)
     curvd_svc_give_back(&f->srv, e, e->bytes);
 }
 
+/* A session that cannot be loaded is not held: its lease is given up. */
+static void test_unloadable_gives_the_lease_up(void **state)
+{
+    struct fx *f = *state;
+    leases_on(f, LONG_MS);
+    char id[CURVD_ID_LEN + 1];
+    create(f, id);
+    curvd_registry_drop(f->srv.reg, id);
+    su_raw_exec(f->db, "UPDATE state_parts SET bytes = x'00', stamp = 0");
+    struct curvd_entry *e = NULL;
+    char why[256] = "";
+    assert_int_equal(curvd_svc_take(&f->srv, id, "t", &e, NULL, why, sizeof why),
+                     CURVD_REG_UNLOADABLE);
+    assert_true(why[0] != '\0');
+    assert_lease(f, id, "-|1");
+}
+
 /* Another daemon's lease that lasts: CURVD_REG_LEASED, and how long. */
 static void test_leased_elsewhere(void **state)
 {
@@ -423,6 +440,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lease_taken_with_the_session, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fenced_writes_drop_the_copy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_leased_elsewhere, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unloadable_gives_the_lease_up, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_copy_kept_or_reloaded, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
