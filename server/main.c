@@ -88,7 +88,7 @@ static const struct flag FLAGS[] = {
     {"node-id", "CURVD_NODE_ID", F_STR, OFF(node_id),
      "this daemon's name as the owner of session leases (docs/CLUSTER.md); daemons sharing a "
      "database must never share one, and a daemon restarted with its own takes its leases "
-     "back at once (default: host name:port)"},
+     "back at once"},
     {"lease-ttl", "CURVD_LEASE_TTL", F_SIZE, OFF(lease_ttl_ms),
      "milliseconds a session's lease lasts unless renewed (every third of it while in use; "
      "given up after as long idle): how long another daemon waits to take over the sessions "
@@ -124,7 +124,10 @@ static void default_text(const struct flag *f, char *buf, size_t cap)
     const void *p = (const char *)&DEFAULTS + f->offset;
     switch (f->type) {
     case F_STR:
-        snprintf(buf, cap, "%s", *(const char *const *)p ? *(const char *const *)p : "none");
+        snprintf(buf, cap, "%s",
+                 *(const char *const *)p     ? *(const char *const *)p
+                 : f->offset == OFF(node_id) ? "host name:port"
+                                             : "none");
         return;
     case F_UINT:
     case F_COUNT:
