@@ -107,13 +107,14 @@ unsigned curvd_leases_tick_ms(const struct curvd_server *srv)
 static void keep_one(struct curvd_server *srv, const struct curvd_lease_due *d)
 {
     char err[256];
+    struct curvd_lease l;
     int st;
     if (d->release)
         st = curvd_store_lease_release(srv->store, d->tenant, d->id, srv->node_id, d->epoch, err,
                                        sizeof err);
     else
         st = curvd_store_lease_renew(srv->store, d->tenant, d->id, srv->node_id, d->epoch,
-                                     curvd_lease_ttl_ms(srv), NULL, err, sizeof err);
+                                     curvd_lease_ttl_ms(srv), &l, err, sizeof err);
     enum curvd_lease_outcome out = d->release ? CURVD_LEASE_RELEASED : CURVD_LEASE_RENEWED;
     if (st == CURVD_STORE_FENCED || st == CURVD_STORE_NOT_FOUND) {
         out = CURVD_LEASE_LOST; /* taken over, or deleted: memory is stale either way */

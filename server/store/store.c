@@ -1591,7 +1591,8 @@ static int lease_op(struct curvd_store *st, const struct curvd_lease_req *rq,
                     struct curvd_lease *out, char *err, size_t errlen)
 {
     if (!st || !rq->tenant || !rq->id || !rq->owner || !rq->owner[0] ||
-        strlen(rq->owner) >= CURVD_STORE_OWNER_MAX || rq->ttl_ms < 0 || rq->epoch < 0)
+        strlen(rq->owner) >= CURVD_STORE_OWNER_MAX || rq->epoch < 0 ||
+        (rq->op != CURVD_LEASE_RELEASE && (rq->ttl_ms < 1 || !out)))
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_lease: invalid argument");
     struct curvd_lease_req r = *rq;
     struct curvd_lease got = {{0}, 0, 0, 0};

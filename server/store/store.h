@@ -551,7 +551,7 @@ int curvd_store_snapshot(struct curvd_store *st, const char *tenant, const char 
  * delete and reads are not fenced. Expiry is decided by the store's clock
  * (here the process's CLOCK_REALTIME: one machine's clock for every
  * daemon that can share the file). @owner: 1..CURVD_STORE_OWNER_MAX-1
- * bytes; @ttl_ms >= 0 (0: a lease that has expired when it is taken).
+ * bytes; @ttl_ms >= 1; @out may not be NULL.
  *
  * curvd_store_lease_acquire - take the lease of (@tenant, @id) for
  * @owner until now + @ttl_ms: when it is not held, has expired

@@ -262,8 +262,8 @@ static void assert_lease(struct fx *f, const char *id, const char *want)
 }
 
 /* "other" takes the session over from "me" at @epoch (given up first, as
- * when "me" was idle or paused past its lease): a lease that has already
- * run out (0 ms), so that "me" may take it back later. */
+ * when "me" was idle or paused past its lease) for 1 ms, and the store's
+ * clock (CLOCK_REALTIME) passes its end: "me" may take it back later. */
 static void other_takes_over(struct fx *f, const char *id, int64_t epoch)
 {
     char err[256];
@@ -271,9 +271,14 @@ static void other_takes_over(struct fx *f, const char *id, int64_t epoch)
     int st = curvd_store_lease_release(f->srv.store, "t", id, "me", epoch, err, sizeof err);
     assert_true(st == CURVD_STORE_OK || st == CURVD_STORE_FENCED);
     assert_int_equal(
-        curvd_store_lease_acquire(f->srv.store, "t", id, "other", 0, &l, err, sizeof err),
+        curvd_store_lease_acquire(f->srv.store, "t", id, "other", 1, &l, err, sizeof err),
         CURVD_STORE_OK);
     assert_int_equal(l.epoch, epoch + 1);
+    struct timespec ts;
+    do {
+        nanosleep(&(struct timespec){0, 100000}, NULL);
+        clock_gettime(CLOCK_REALTIME, &ts);
+    } while ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 <= l.expires_at);
 }
 
 /* Created here, not held; the first take holds it at epoch 1 and keeps

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* Leases and fencing in the store (migration 0009, docs/CLUSTER.md
  * "Leases and fencing"): who may take, renew and give up a session's
- * lease, the epoch every acquisition moves on, expiry (a lease taken for
- * 0 ms has expired when it is taken: no clock is waited for), and writes
+ * lease, the epoch every acquisition moves on, expiry (a lease of 1 ms,
+ * and a wait until the store's clock, CLOCK_REALTIME, is past it), writes
  * with a stale epoch (a step, a snapshot, an update of the state) refused
  * as FENCED with the stored session left byte for byte as it was. The
  * expectations are the rules of store.h, stated here; the columns are
@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "srvutil.h"
 #include "store/migrations.h"
@@ -23,6 +24,20 @@ static char dir[64], path[160];
 
 /* A long ttl: never runs out during a test. */
 #define LONG_MS (3600 * 1000)
+
+/* Wait until the store's clock (this process's CLOCK_REALTIME, in ms) is
+ * past @expires_at: a lease ending then has run out. */
+static void wait_past(int64_t expires_at)
+{
+    for (int i = 0; i < 100000; i++) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        if ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 > expires_at)
+            return;
+        nanosleep(&(struct timespec){0, 100000}, NULL);
+    }
+    fail_msg("the clock did not pass %lld", (long long)expires_at);
+}
 
 static int group_setup(void **state)
 {
@@ -110,10 +125,10 @@ static void test_expired_lease_is_taken_over(void **state)
     (void)state;
     struct curvd_store *st = open_new("expiry");
     struct curvd_lease l;
-    /* 0 ms: expired when taken (expires_at <= now) */
-    assert_store(curvd_store_lease_acquire(st, "t", "s", "a", 0, &l, err, sizeof err),
+    assert_store(curvd_store_lease_acquire(st, "t", "s", "a", 1, &l, err, sizeof err),
                  CURVD_STORE_OK);
-    assert_int_equal(l.expires_at, l.now);
+    assert_int_equal(l.expires_at, l.now + 1);
+    wait_past(l.expires_at); /* now expires_at <= now: it has run out */
     assert_store(curvd_store_lease_acquire(st, "t", "s", "b", LONG_MS, &l, err, sizeof err),
                  CURVD_STORE_OK);
     assert_string_equal(l.owner, "b");
@@ -136,8 +151,9 @@ static void test_renew(void **state)
     (void)state;
     struct curvd_store *st = open_new("renew");
     struct curvd_lease l, r;
-    assert_store(curvd_store_lease_acquire(st, "t", "s", "a", 0, &l, err, sizeof err),
+    assert_store(curvd_store_lease_acquire(st, "t", "s", "a", 1, &l, err, sizeof err),
                  CURVD_STORE_OK);
+    wait_past(l.expires_at);
     /* expired, but nobody took it: the epoch is still a's, so it renews */
     assert_store(curvd_store_lease_renew(st, "t", "s", "a", 1, LONG_MS, &r, err, sizeof err),
                  CURVD_STORE_OK);
@@ -201,6 +217,12 @@ static void test_not_found_and_invalid(void **state)
                  CURVD_STORE_INVALID);
     assert_store(curvd_store_lease_acquire(st, "t", "s", "a", -1, &l, err, sizeof err),
                  CURVD_STORE_INVALID);
+    assert_store(curvd_store_lease_acquire(st, "t", "s", "a", 0, &l, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    assert_store(curvd_store_lease_acquire(st, "t", "s", "a", 1, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    assert_store(curvd_store_lease_renew(st, "t", "s", "a", 1, 1, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
     assert_store(curvd_store_lease_renew(st, "t", "s", "a", -1, 1, &l, err, sizeof err),
                  CURVD_STORE_INVALID);
     assert_store(curvd_store_lease_release(st, NULL, "s", "a", 1, err, sizeof err),
@@ -262,9 +284,10 @@ static void test_stale_writes_are_fenced(void **state)
     (void)state;
     struct curvd_store *st = open_new("fenced");
     struct curvd_lease l;
-    assert_store(curvd_store_lease_acquire(st, "t", "s", "a", 0, &l, err, sizeof err),
+    assert_store(curvd_store_lease_acquire(st, "t", "s", "a", 1, &l, err, sizeof err),
                  CURVD_STORE_OK);
     assert_store(commit_at(st, 1, 1, "state-1"), CURVD_STORE_OK); /* a's own epoch */
+    wait_past(l.expires_at);
     /* b takes the expired lease over and steps */
     assert_store(curvd_store_lease_acquire(st, "t", "s", "b", LONG_MS, &l, err, sizeof err),
                  CURVD_STORE_OK);
