@@ -205,6 +205,7 @@ struct kfac_state {
     int has_mom;
     int rho_pending; /* next_step: ρ of the last step awaits this step's loss */
     double rho_h0, rho_m;
+    int defer_stats; /* the caller's opt-in: curv_opt_defer_stats */
     struct pend p;
 };
 
@@ -356,7 +357,8 @@ static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_erro
         pend_drop(s);
         return curv__overflow(o, bad, "the fallback's sum of squared gradients r + g²", err);
     }
-    curv_status st = curv__kfac_est_update(s->est, a, k, &s->p.failed, err);
+    curv_status st =
+        curv__kfac_est_update(s->est, a, k, !adaptive && s->defer_stats, &s->p.failed, err);
     if (st != CURV_OK) {
         pend_drop(s);
         return st;
@@ -730,9 +732,34 @@ static curv_status kfac_upgrade(curv_config *c)
 
 curv_refresh *curv_opt_refresh(curv_opt *o)
 {
+    curv_opt_settle(o); /* the refresh a step deferred takes its snapshot at the fold */
     return o && o->kind == CURV_OPT_KFAC
                ? curv__kfac_est_pending(((struct kfac_state *)o->impl)->est)
                : NULL;
+}
+
+/* The fold a step left (curv_opt_settle); its tolerated failures count
+ * with the next step's. */
+static void kfac_settle(curv_opt *o)
+{
+    struct kfac_state *s = o->impl;
+    s->failures += curv__kfac_est_settle(s->est);
+}
+
+curv_status curv_opt_defer_stats(curv_opt *o, int on, curv_error *err)
+{
+    if (!o)
+        return curv__fail(err, CURV_E_INVALID, "defer_stats: the optimizer is NULL");
+    curv_opt_settle(o);
+    if (o->kind == CURV_OPT_KFAC)
+        ((struct kfac_state *)o->impl)->defer_stats = on != 0;
+    return CURV_OK;
+}
+
+int curv_opt_stats_pending(const curv_opt *o)
+{
+    return o && o->kind == CURV_OPT_KFAC &&
+           curv__kfac_est_fold_pending(((const struct kfac_state *)o->impl)->est);
 }
 
 const struct curv__kfac_est *curv__kfac_estimator(const curv_opt *o)
@@ -755,4 +782,5 @@ const struct curv__opt_vt curv__kfac_vt = {
                                    "max_staleness", NULL},
     .inputs = CURV_INPUT_LAYERS,
     .upgrade = kfac_upgrade,
+    .settle = kfac_settle,
 };

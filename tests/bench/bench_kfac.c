@@ -206,11 +206,11 @@ static void time_phases(struct net *n, double *p)
         p[k] = INFINITY;
     for (int r = 0; r < REPS; r++) {
         double t0 = now_s();
-        curv__kfac_est_update(e, &with, 5, &failed, NULL);
+        curv__kfac_est_update(e, &with, 5, 0, &failed, NULL);
         double t1 = now_s();
         curv__kfac_est_abort(e);
         double t2 = now_s();
-        curv__kfac_est_update(e, &without, T3, &failed, NULL);
+        curv__kfac_est_update(e, &without, T3, 0, &failed, NULL);
         double t3 = now_s();
         curv__kfac_est_prepare(e, &gamma, 1, &failed, NULL);
         double t4 = now_s();
