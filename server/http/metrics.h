@@ -27,6 +27,8 @@ void curvd_metrics_expired(struct curvd_metrics *m, size_t n);
 /* One row of the step log written (@snapshot 0) or one snapshot of a
  * session's state (1); NULL @m: no-op. */
 void curvd_metrics_commit_form(struct curvd_metrics *m, int snapshot);
+/* A step's statistics folded after its reply, in @seconds; NULL @m: no-op. */
+void curvd_metrics_fold(struct curvd_metrics *m, double seconds);
 /* A session loaded by replaying @steps logged steps in @seconds. */
 void curvd_metrics_replayed(struct curvd_metrics *m, size_t steps, double seconds);
 /* One callback answered (a round trip of a multi-exchange step). */
