@@ -298,8 +298,8 @@ char *curvd_metrics_render(const struct curvd_metrics *m, const struct curvd_met
         (unsigned long long)atomic_load(&m->commit_form[1]),
         (unsigned long long)atomic_load(&m->replays),
         (unsigned long long)atomic_load(&m->replayed_steps),
-        (double)atomic_load(&m->replay_micros) * 1e-6,
-        (unsigned long long)atomic_load(&m->folds), (double)atomic_load(&m->fold_micros) * 1e-6);
+        (double)atomic_load(&m->replay_micros) * 1e-6, (unsigned long long)atomic_load(&m->folds),
+        (double)atomic_load(&m->fold_micros) * 1e-6);
     put(&b, "# HELP curvd_steps_total Applied optimizer steps by optimizer.\n"
             "# TYPE curvd_steps_total counter\n");
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++)
