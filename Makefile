@@ -166,11 +166,12 @@ $(BUILD)/tests/test_state_bytes: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,
 # So does the step record's suite, for the records' allocations (wire/step_record.c).
 $(BUILD)/tests/server/wire/test_step_record: TEST_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc
 # The library's threaded suites (a pool of pthreads lent through curv_executor).
-THREAD_TESTS := test_exec test_kfac_defer
+THREAD_TESTS := test_exec test_kfac_defer test_kfac_fold
 # The daemon's concurrency suites: its worker pool and the executor it lends,
 # whole daemons stepping K-FAC sessions on it, many sessions from many threads.
 SRV_THREAD_TESTS := http/test_pool test_parallel test_concurrency session/test_steplog
-$(BUILD)/tests/test_exec $(BUILD)/tests/test_kfac_defer: TEST_LDFLAGS = -pthread
+$(BUILD)/tests/test_exec $(BUILD)/tests/test_kfac_defer $(BUILD)/tests/test_kfac_fold: \
+  TEST_LDFLAGS = -pthread
 
 test-unit: $(TEST_BINS) $(STEST_BINS)
 	@tests/run-tests.sh $(TEST_BINS) $(STEST_BINS)

@@ -23,6 +23,7 @@ curv_status curv_opt_set_executor(curv_opt *o, const curv_executor *ex, curv_err
     /* Only K-FAC has per-layer work to share out; the estimator is the
      * optimizer's own, so the const of the introspection accessor does not
      * apply here. */
+    curv_opt_settle(o); /* the fold runs on the executor it was stepped with */
     struct curv__kfac_est *e = (struct curv__kfac_est *)curv__kfac_estimator(o);
     return e ? curv__kfac_est_set_executor(e, ex, err) : CURV_OK;
 }

@@ -60,6 +60,10 @@ void curv__free(void *p);
  * or when out of memory. */
 void *curv__calloc_n(size_t n, size_t sz);
 
+/* curv__malloc_n - the same array uninitialised, for one that is written
+ * whole before it is read (a step's large scratch: no zeroing pass). */
+void *curv__malloc_n(size_t n, size_t sz);
+
 /* curv__calloc_bytes - the bytes curv__calloc_n(n, sz) asks for (at least
  * one element of at least one byte); SIZE_MAX when n * sz overflows. */
 size_t curv__calloc_bytes(size_t n, size_t sz);

@@ -205,6 +205,7 @@ struct kfac_state {
     int has_mom;
     int rho_pending; /* next_step: ρ of the last step awaits this step's loss */
     double rho_h0, rho_m;
+    int defer_stats; /* the caller's opt-in: curv_opt_defer_stats */
     struct pend p;
 };
 
@@ -335,7 +336,7 @@ static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_erro
     for (size_t i = 0; !a->batch && i < a->n_layers; i++)
         if (a->layers[i].examples > s->p.batch)
             s->p.batch = a->layers[i].examples;
-    if (!(s->p.g = curv__calloc_n(o->dim, sizeof(double))))
+    if (!(s->p.g = curv__malloc_n(o->dim, sizeof(double)))) /* written whole below */
         return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for %zu entries", o->dim);
     for (size_t i = 0; i < o->dim; i++)
         s->p.g[i] = eta > 0 ? a->g[i] + eta * a->theta[i] : a->g[i];
@@ -356,7 +357,8 @@ static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_erro
         pend_drop(s);
         return curv__overflow(o, bad, "the fallback's sum of squared gradients r + g²", err);
     }
-    curv_status st = curv__kfac_est_update(s->est, a, k, &s->p.failed, err);
+    curv_status st =
+        curv__kfac_est_update(s->est, a, k, !adaptive && s->defer_stats, &s->p.failed, err);
     if (st != CURV_OK) {
         pend_drop(s);
         return st;
@@ -413,34 +415,38 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
         return st;
     }
     curv__kfac_est_apply(s->est, 0, h->damping, s->p.g, delta);
-    if ((st = refuse_overflow(o, delta, o->dim, "the preconditioned gradient", err)) != CURV_OK)
+    /* Three passes over the d entries (a step's arithmetic outside the
+     * GEMMs is memory-bound): vᵀ∇h, which is finite unless something in v
+     * is not or it overflowed (only then is v searched); v's scaled
+     * velocity into delta, checked before any state is written; then the
+     * commit of the velocity and the update. */
+    const double vg = dot(delta, s->p.g, o->dim);
+    if (!isfinite(vg) &&
+        (st = refuse_overflow(o, delta, o->dim, "the preconditioned gradient", err)) != CURV_OK)
         return st;
     /* Two bounds on the step v: the clip's trust region, and the share
      * of v that is not the batch's noise; the tighter one holds. */
-    const double vg = dot(delta, s->p.g, o->dim);
     s->p.clip = h->kl_clip > 0 && vg > h->kl_clip ? sqrt(h->kl_clip / vg) : 1.0;
     s->p.noise = noise_share(o, -vg, h->damping);
     const double signal = fmax(h->noise_floor, 1.0 - s->p.noise);
     const int on_velocity = h->noise_momentum && h->noise != CURV__KFAC_NOISE_OFF;
     const double scale = fmin(s->p.clip, on_velocity ? (1.0 - mu) * signal : signal);
-    for (size_t i = 0; scale < 1 && i < o->dim; i++)
-        delta[i] *= scale;
-    for (size_t i = 0; i < o->dim; i++) { /* checked before the velocity is written */
-        const double v = mu > 0 ? mu * s->mom[i] + delta[i] : delta[i];
+    for (size_t i = 0; i < o->dim; i++) {
+        const double di = scale < 1 ? delta[i] * scale : delta[i];
+        const double v = mu > 0 ? mu * s->mom[i] + di : di;
         if (!isfinite(v) || !isfinite(lr * v)) {
             curv__kfac_est_abort(s->est);
             pend_drop(s);
             return curv__overflow(o, i, "the velocity μv + F̆⁻¹∇h or the update", err);
         }
+        delta[i] = v;
     }
-    if (mu > 0) {
-        for (size_t i = 0; i < o->dim; i++)
-            s->mom[i] = mu * s->mom[i] + delta[i];
-        memcpy(delta, s->mom, o->dim * sizeof(double));
-        s->has_mom = 1;
-    }
-    for (size_t i = 0; i < o->dim; i++)
+    for (size_t i = 0; i < o->dim; i++) {
+        if (mu > 0)
+            s->mom[i] = delta[i];
         delta[i] *= -lr;
+    }
+    s->has_mom |= mu > 0;
     commit(o, s->lambda, s->gamma);
     return CURV_OK;
 }
@@ -730,9 +736,34 @@ static curv_status kfac_upgrade(curv_config *c)
 
 curv_refresh *curv_opt_refresh(curv_opt *o)
 {
+    curv_opt_settle(o); /* the refresh a step deferred takes its snapshot at the fold */
     return o && o->kind == CURV_OPT_KFAC
                ? curv__kfac_est_pending(((struct kfac_state *)o->impl)->est)
                : NULL;
+}
+
+/* The fold a step left (curv_opt_settle); its tolerated failures count
+ * with the next step's. */
+static void kfac_settle(curv_opt *o)
+{
+    struct kfac_state *s = o->impl;
+    s->failures += curv__kfac_est_settle(s->est);
+}
+
+curv_status curv_opt_defer_stats(curv_opt *o, int on, curv_error *err)
+{
+    if (!o)
+        return curv__fail(err, CURV_E_INVALID, "defer_stats: the optimizer is NULL");
+    curv_opt_settle(o);
+    if (o->kind == CURV_OPT_KFAC)
+        ((struct kfac_state *)o->impl)->defer_stats = on != 0;
+    return CURV_OK;
+}
+
+int curv_opt_stats_pending(const curv_opt *o)
+{
+    return o && o->kind == CURV_OPT_KFAC &&
+           curv__kfac_est_fold_pending(((const struct kfac_state *)o->impl)->est);
 }
 
 const struct curv__kfac_est *curv__kfac_estimator(const curv_opt *o)
@@ -755,4 +786,5 @@ const struct curv__opt_vt curv__kfac_vt = {
                                    "max_staleness", NULL},
     .inputs = CURV_INPUT_LAYERS,
     .upgrade = kfac_upgrade,
+    .settle = kfac_settle,
 };

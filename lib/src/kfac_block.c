@@ -278,12 +278,24 @@ static double trace_of(const struct curv__kside *s, const double *F)
 
 /* The cached inverse after candidate @cand's step: the one it formed;
  * else the old one while the decomposition and damping @damp stay. */
-static void side_commit(struct curv__kside *s, size_t cand, double damp)
+static void side_take_F(struct curv__kside *s)
 {
     if (s->F_new) {
         curv__free(s->F);
         s->F = s->F_new;
+        s->F_new = NULL;
     }
+}
+
+void curv__kblock_take_factors(struct curv__kblock *b)
+{
+    side_take_F(&b->A);
+    side_take_F(&b->G);
+}
+
+static void side_commit(struct curv__kside *s, size_t cand, double damp)
+{
+    side_take_F(s);
     if (s->w_new || (s->inv && s->inv_damp != damp) || s->cinv[cand])
         side_drop_inv(s);
     if (s->cinv[cand]) {

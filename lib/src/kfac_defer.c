@@ -76,7 +76,7 @@ static int alloc_snap(struct curv_refresh *r, size_t i)
 }
 
 struct curv_refresh *curv__kdefer_new(struct curv__kblock *const *b, const unsigned char *which,
-                                      size_t n, uint64_t from, uint64_t due, int pi_mode)
+                                      size_t n, uint64_t from, uint64_t due, int pi_mode, int fill)
 {
     struct curv_refresh *r = alloc_refresh(b, n);
     if (!r)
@@ -85,16 +85,25 @@ struct curv_refresh *curv__kdefer_new(struct curv__kblock *const *b, const unsig
     r->due = due;
     r->pi_mode = pi_mode;
     for (size_t i = 0; i < n; i++) {
-        if (!which[i])
-            continue;
-        if (!alloc_snap(r, i)) {
+        if (which[i] && !alloc_snap(r, i)) {
             curv__kdefer_free(r);
             return NULL;
         }
-        memcpy(r->d[i].FA, curv__kside_F(&b[i]->A), curv__kside_len(&b[i]->A) * sizeof(double));
-        memcpy(r->d[i].FG, curv__kside_F(&b[i]->G), curv__kside_len(&b[i]->G) * sizeof(double));
     }
+    if (fill)
+        curv__kdefer_fill(r);
     return r;
+}
+
+void curv__kdefer_fill(struct curv_refresh *r)
+{
+    for (size_t i = 0; i < r->n; i++) {
+        const struct curv__kblock *b = r->b[i];
+        if (!r->d[i].FA)
+            continue;
+        memcpy(r->d[i].FA, curv__kside_F(&b->A), curv__kside_len(&b->A) * sizeof(double));
+        memcpy(r->d[i].FG, curv__kside_F(&b->G), curv__kside_len(&b->G) * sizeof(double));
+    }
 }
 
 uint64_t curv__kdefer_due(const struct curv_refresh *r)

@@ -48,6 +48,12 @@ struct curv__kfac_est {
     struct curv_refresh *pend; /* a deferred refresh not yet applied (committed) */
     struct curv_refresh *made; /* the one this step defers (tentative) */
     int installed;             /* this step installed pend's decompositions (tentative) */
+    /* A step's statistics folded after it (curv__kfac_est_settle): */
+    int fold;                             /* 1: this step's (tentative), 2: pending */
+    const struct curv__layer_in *fold_in; /* its layer inputs (borrowed) */
+    size_t fold_n;                        /* their number */
+    struct book *pre;                     /* per block: the books before that step */
+    struct curv_refresh *fold_snap;       /* its deferred refresh, filled at the fold */
 };
 
 void curv__kfac_est_free(struct curv__kfac_est *e)
@@ -70,6 +76,8 @@ void curv__kfac_est_free(struct curv__kfac_est *e)
     curv__free(e->defer);
     curv__kdefer_free(e->pend);
     curv__kdefer_free(e->made);
+    curv__kdefer_free(e->fold_snap);
+    curv__free(e->pre);
     curv__free(e);
 }
 
@@ -116,6 +124,7 @@ curv_status curv__kfac_est_new(const curv_layout *l, const struct curv__kfac_hyp
     e->did = curv__tally_calloc(t, e->n, 1);
     e->errs = curv__tally_calloc(t, e->n, 2 * sizeof *e->errs);
     e->defer = curv__tally_calloc(t, e->n, 1);
+    e->pre = curv__tally_calloc(t, e->n, sizeof *e->pre);
     e->ex = (curv_executor){.workers = 1};
     curv_status st = t->failed ? CURV_OK : curv__kchains_new(l, h, t, &e->ch, &e->nch, err);
     if (!t->alloc) {
@@ -146,6 +155,8 @@ void curv__kfac_est_abort(struct curv__kfac_est *e)
     curv__kdefer_free(e->made);
     e->made = NULL;
     e->installed = 0;
+    if (e->fold == 1)
+        e->fold = 0;
     for (size_t i = 0; i < e->n; i++)
         e->b[i]->vt->abort(e->b[i]);
     for (size_t c = 0; c < e->nch; c++)
@@ -198,6 +209,8 @@ struct upd {
     const struct curv__step_args *a;
     int periodic;
     int deferrable; /* a periodic refresh of a block with one is deferred */
+    int later;      /* the statistics are folded after the step */
+    int fold_only;  /* the fold after the step: statistics only */
 };
 
 /* Block order[@t]: fold its statistics in, then refresh its inverse when
@@ -215,12 +228,14 @@ static void update_task(void *arg, size_t t, unsigned worker)
         return;
     const struct curv__layer_in *li = entry_for(u->a, i);
     uint64_t n_stats = e->cur[i].n_stats;
-    if (li) {
+    if (li && !u->later) {
         e->st[2 * i] =
             b->vt->stats(b, li, curv__kfac_eps(n_stats + 1, e->h->decay), &e->errs[2 * i]);
         e->did[i] |= 1;
         n_stats += e->st[2 * i] == CURV_OK;
     }
+    if (u->fold_only)
+        return;
     if ((!u->periodic && e->cur[i].inv_step) || n_stats == 0)
         return; /* n_stats = 0: only when its statistics failed on step 1 */
     if (u->deferrable && e->cur[i].inv_step) {
@@ -308,14 +323,38 @@ static curv_status defer_refresh(struct curv__kfac_est *e, uint64_t k, curv_erro
         any |= e->defer[i];
     if (!any)
         return CURV_OK;
-    e->made =
-        curv__kdefer_new(e->b, e->defer, e->n, k, k + (uint64_t)e->h->max_staleness, e->h->pi_mode);
+    e->made = curv__kdefer_new(e->b, e->defer, e->n, k, k + (uint64_t)e->h->max_staleness,
+                               e->h->pi_mode, !e->fold);
     return e->made ? CURV_OK
                    : curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for the factors' snapshot");
 }
 
+/*
+ * Whether step @k may leave its statistics for curv__kfac_est_settle: its
+ * update must not read them (docs/NOTES.md, "K-FAC refreshes off the step
+ * path"). So no refresh may run in the step, where it would decompose
+ * them: every Kronecker block has an inverse, it is past step 3, and a
+ * periodic refresh due now is deferred (@deferrable); no tridiagonal
+ * chain (its cross factors fold with the blocks'); and a failure of the
+ * fold must be one the step would have tolerated, as the fold cannot
+ * refuse the step any more.
+ */
+static int fold_later_ok(const struct curv__kfac_est *e, const struct curv__step_args *a,
+                         uint64_t k, int periodic, int deferrable)
+{
+    if (!a->n_layers || k <= 3 || !deferring(e->h) || e->nch || (periodic && !deferrable))
+        return 0;
+    for (size_t i = 0; i < e->n; i++) {
+        if (e->b[i]->kron && !e->cur[i].inv_step)
+            return 0;
+        if (entry_for(a, i) && e->cur[i].fails >= (uint64_t)e->h->max_failures)
+            return 0;
+    }
+    return 1;
+}
+
 curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__step_args *a,
-                                  uint64_t k, unsigned *failed, curv_error *err)
+                                  uint64_t k, int later, unsigned *failed, curv_error *err)
 {
     /* A cancelled step (curv_opt_cancel) leaves its tentative factors,
      * decompositions and tridiagonal candidates behind: start from the
@@ -332,7 +371,15 @@ curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__s
      * one, so it stays until applied; this one runs in the step, and the
      * older one is then not applied to the blocks it refreshed. */
     const int free_slot = !e->pend || k >= curv__kdefer_due(e->pend);
-    struct upd u = {e, a, periodic, periodic && k > 3 && deferring(e->h) && !e->nch && free_slot};
+    const int deferrable = periodic && k > 3 && deferring(e->h) && !e->nch && free_slot;
+    struct upd u = {e, a, periodic, deferrable, 0, 0};
+    if (later && fold_later_ok(e, a, k, periodic, deferrable)) {
+        u.later = 1;
+        e->fold = 1;
+        e->fold_in = a->layers;
+        e->fold_n = a->n_layers;
+        memcpy(e->pre, e->cur, e->n * sizeof *e->pre);
+    }
     curv__exec_run(&e->ex, e->n, update_task, &u);
     install_deferred(e, k);
     st = fold_stats(e, a, failed, err);
@@ -469,8 +516,11 @@ void curv__kfac_est_commit(struct curv__kfac_est *e, size_t c, const double *g, 
     memcpy(e->cur, e->nxt, e->n * sizeof *e->cur);
     if (e->installed || e->made) {
         curv__kdefer_free(e->pend);
-        e->pend = e->made;
+        e->pend = e->fold ? NULL : e->made;
+        e->fold_snap = e->fold ? e->made : NULL;
     }
+    if (e->fold)
+        e->fold = 2;
     e->made = NULL;
     e->installed = 0;
     memset(e->defer, 0, e->n);
@@ -523,15 +573,65 @@ curv_status curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r
                  : CURV_OK;
 }
 
+/*
+ * The books after a fold, as the step would have left them had it folded
+ * its statistics itself (curv__kfac_est_update): a block whose statistics
+ * folded counts them and its failures in a row restart at 0 unless its
+ * refresh failed in the step (cur.fails > pre.fails: counted already);
+ * one whose statistics failed keeps its factors and counts the failure
+ * once per step. Returns the failures counted here.
+ */
+unsigned curv__kfac_est_settle(struct curv__kfac_est *e)
+{
+    if (e->fold != 2)
+        return 0;
+    const struct curv__step_args a = {.layers = e->fold_in, .n_layers = e->fold_n};
+    struct upd u = {.e = e, .a = &a, .fold_only = 1};
+    curv__exec_run(&e->ex, e->n, update_task, &u);
+    unsigned failed = 0;
+    for (size_t i = 0; i < e->n; i++) {
+        if (!(e->did[i] & 1))
+            continue;
+        struct book *bk = &e->cur[i];
+        const int counted = bk->fails > e->pre[i].fails;
+        if (e->st[2 * i] == CURV_OK) {
+            curv__kblock_take_factors(e->b[i]);
+            bk->n_stats++;
+            bk->fails = counted ? bk->fails : 0;
+        } else {
+            e->b[i]->vt->abort(e->b[i]); /* an allocation may have failed half way */
+            if (!counted) {
+                bk->fails = e->pre[i].fails + 1;
+                failed++;
+            }
+        }
+    }
+    if (e->fold_snap) {
+        curv__kdefer_fill(e->fold_snap);
+        e->pend = e->fold_snap;
+        e->fold_snap = NULL;
+    }
+    e->fold = 0;
+    e->fold_in = NULL;
+    e->fold_n = 0;
+    return failed;
+}
+
+int curv__kfac_est_fold_pending(const struct curv__kfac_est *e)
+{
+    return e->fold == 2;
+}
+
 size_t curv__kfac_est_bytes(const struct curv__kfac_est *e)
 {
-    size_t total = sizeof *e + e->n * (sizeof *e->b + 2 * sizeof *e->cur + 1 + sizeof *e->order +
+    size_t total = sizeof *e + e->n * (sizeof *e->b + 3 * sizeof *e->cur + 1 + sizeof *e->order +
                                        2 * sizeof *e->st + 1 + 2 * sizeof *e->errs);
     for (size_t i = 0; i < e->n; i++)
         total += e->b[i]->vt->bytes(e->b[i]);
     for (size_t c = 0; c < e->nch; c++)
         total += curv__kchain_bytes(e->ch[c]);
-    total += curv__kdefer_bytes(e->pend) + curv__kdefer_bytes(e->made);
+    total += curv__kdefer_bytes(e->pend) + curv__kdefer_bytes(e->made) +
+             curv__kdefer_bytes(e->fold_snap);
     return total + (size_t)e->ex.workers * 2 * e->big * sizeof(double);
 }
 

@@ -169,6 +169,10 @@ curv_status curv__kblock_decompose(const struct curv__kblock *b, const double *F
 /* Make @x @b's tentative decomposition (as a refresh at this step would),
  * taking its arrays: @x is left empty. */
 void curv__kblock_install(struct curv__kblock *b, struct curv__keig *x);
+/* Make the factors a stats call computed @b's current ones, leaving its
+ * decompositions and inverses as they are (a fold settled after its step:
+ * curv__kfac_est_settle). */
+void curv__kblock_take_factors(struct curv__kblock *b);
 /* Free what @x holds; it is left empty. */
 void curv__keig_free(struct curv__keig *x);
 
@@ -254,9 +258,13 @@ struct curv_refresh; /* curv/exec.h */
 
 /* A refresh deferred from step @from (a copy of the factors that step
  * commits, its newest ones, for the blocks @which flags among @n) to step
- * @due. NULL: out of memory. */
+ * @due; with @fill 0 only the room for the copy, which curv__kdefer_fill
+ * makes later (the step's statistics folded after it). NULL: out of
+ * memory. */
 struct curv_refresh *curv__kdefer_new(struct curv__kblock *const *b, const unsigned char *which,
-                                      size_t n, uint64_t from, uint64_t due, int pi_mode);
+                                      size_t n, uint64_t from, uint64_t due, int pi_mode, int fill);
+/* Copy the blocks' newest factors into @r's snapshots. */
+void curv__kdefer_fill(struct curv_refresh *r);
 void curv__kdefer_free(struct curv_refresh *r);
 uint64_t curv__kdefer_due(const struct curv_refresh *r);
 uint64_t curv__kdefer_from(const struct curv_refresh *r);
@@ -302,7 +310,19 @@ int curv__kfac_stats_due(const struct curv__kfac_hyper *h, uint64_t k);
  * what an earlier step left tentative (a cancelled one) is dropped first.
  */
 curv_status curv__kfac_est_update(struct curv__kfac_est *e, const struct curv__step_args *a,
-                                  uint64_t k, unsigned *failed, curv_error *err);
+                                  uint64_t k, int later, unsigned *failed, curv_error *err);
+/*
+ * With @later (above) a step whose update cannot depend on its statistics
+ * (fold_later_ok) leaves them unfolded: once it commits, the estimator
+ * holds a borrowed pointer to @a->layers until curv__kfac_est_settle
+ * folds them in (on the executor, on the calling thread), with the
+ * snapshot of a refresh the step deferred and the books the step would
+ * have written. Settle returns the failures it counted (tolerated, as
+ * the step made sure); curv__kfac_est_fold_pending says whether one
+ * awaits. Every other estimator call but report and bytes expects none.
+ */
+unsigned curv__kfac_est_settle(struct curv__kfac_est *e);
+int curv__kfac_est_fold_pending(const struct curv__kfac_est *e);
 /*
  * curv__kfac_est_prepare - make the preconditioners for the @n damping
  * strengths @gammas ready: the explicit damped inverses the flop rule asks

@@ -85,6 +85,12 @@ curv_status curv_opt_param_info(curv_opt_kind kind, size_t i, curv_param_info *o
     return CURV_OK;
 }
 
+void curv_opt_settle(curv_opt *o)
+{
+    if (o && o->impl && o->vt->settle)
+        o->vt->settle(o);
+}
+
 void curv_opt_free(curv_opt *o)
 {
     if (!o)
@@ -273,6 +279,7 @@ curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void *update, 
 {
     if (!o || !in || !in->grad || !update)
         return curv__fail(err, CURV_E_INVALID, "opt: NULL optimizer, input, grad or update");
+    curv_opt_settle(o);
     const char *name = curv_opt_kind_name(o->kind);
     if (in->dtype != CURV_F64 && in->dtype != CURV_F32)
         return curv__fail(err, CURV_E_INVALID, "%s: unknown dtype %d", name, (int)in->dtype);
@@ -314,6 +321,7 @@ curv_status curv_opt_resume(curv_opt *o, const curv_response *resp, curv_dtype d
 {
     if (!o || !resp || !update)
         return curv__fail(err, CURV_E_INVALID, "opt: NULL optimizer, response or update");
+    curv_opt_settle(o);
     const char *name = curv_opt_kind_name(o->kind);
     if (dtype != CURV_F64 && dtype != CURV_F32)
         return curv__fail(err, CURV_E_INVALID, "%s: unknown dtype %d", name, (int)dtype);
@@ -365,6 +373,7 @@ uint64_t curv_opt_steps(const curv_opt *o)
 
 void curv_opt_cancel(curv_opt *o)
 {
+    curv_opt_settle(o);
     if (o && o->pending) {
         o->pending = 0;
         o->report.n = 0;
@@ -445,6 +454,7 @@ curv_status curv_opt_reconfigure(curv_opt *o, const curv_config *changes, curv_e
 {
     if (!o || !changes)
         return curv__fail(err, CURV_E_INVALID, "opt: NULL optimizer or config");
+    curv_opt_settle(o); /* the fold reads the settings of its step (decay, max_failures) */
     const char *name = curv_opt_kind_name(o->kind);
     if (o->pending)
         return curv__fail(err, CURV_E_STATE, "%s: a request is pending; answer it first", name);

@@ -201,6 +201,10 @@ struct curv__opt_vt {
      * keys it lacks whose defaults have changed since (NULL: none); called
      * on the stored config before the optimizer is built. */
     curv_status (*upgrade)(curv_config *stored);
+    /* Finish what the last step left for after its return (K-FAC's
+     * deferred statistics: curv_opt_settle); NULL: never any. opt.c calls
+     * it first in every call that reads or changes the state. */
+    void (*settle)(curv_opt *o);
 };
 
 /* curv__steps_stamp - the stamp (curv__w_part) of arrays that change only

@@ -92,6 +92,9 @@ static curv_status load_layout(struct curv__reader *r, curv_layout **out, curv_e
 static curv_status save(const curv_opt *o, unsigned char **blob, size_t *len,
                         curv_state_part **parts, size_t *n_parts, curv_error *err)
 {
+    /* The state saved is the settled one: a fold the last step left is
+     * part of it (curv_opt_settle), finished here, hence the cast. */
+    curv_opt_settle((curv_opt *)o);
     struct curv__writer w = {0};
     size_t doubles = o->vt->saved_doubles ? o->vt->saved_doubles(o) : 0;
     if (doubles < SIZE_MAX / 16)

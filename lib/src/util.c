@@ -9,6 +9,12 @@ void *curv__calloc_n(size_t n, size_t sz)
     return curv__calloc(n ? n : 1, sz ? sz : 1);
 }
 
+void *curv__malloc_n(size_t n, size_t sz)
+{
+    const size_t bytes = curv__calloc_bytes(n, sz);
+    return bytes == SIZE_MAX ? NULL : curv__malloc(bytes);
+}
+
 size_t curv__calloc_bytes(size_t n, size_t sz)
 {
     size_t bytes;

@@ -68,6 +68,34 @@ static void step_timing(char *buf, size_t cap, const struct curvd_pending *pd,
         snprintf(buf + n, cap - n, "}");
 }
 
+/* The input of a step whose statistics are folded after its reply
+ * (curvd_svc_commit.fold_input). */
+static void fold_input_free(void *input)
+{
+    curvd_step_in_clear(input);
+    free(input);
+}
+
+/* Move the step's decoded input (e->pend.input) into @j when the
+ * optimizer still borrows its statistics (curv/exec.h: curv_opt_settle
+ * must come first): the fold then runs after the reply. Without memory
+ * to hold it the fold runs now. */
+static void take_fold_input(struct step_job *j, struct curvd_entry *e)
+{
+    struct curvd_step_in *in = e->pend.input, *held = NULL;
+    e->pend.input = NULL;
+    if (!in || !curv_opt_stats_pending(e->opt))
+        return;
+    if (!(held = malloc(sizeof *held))) {
+        curv_opt_settle(e->opt);
+        return;
+    }
+    *held = *in;
+    memset(in, 0, sizeof *in); /* its handler's clear frees nothing now */
+    j->s.fold_input = held;
+    j->s.fold_free = fold_input_free;
+}
+
 static void step_job_free(struct step_job *j)
 {
     curvd_mem_free(j->body);
@@ -213,6 +241,7 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
     j->rq = rq;
     j->rp = rp;
     rp->deferred = 1;
+    take_fold_input(j, e); /* a snapshot form has settled: save_parts settles */
     curvd_svc_commit_step(&j->s);
 }
 
@@ -299,8 +328,8 @@ static void step_out_of_order(struct curvd_reply *rp, const struct curvd_req *rq
 
 /* The step @in, decoded, through the optimizer. */
 static void apply_step(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,
-                       struct curvd_entry *e, const struct curvd_step_in *in,
-                       const curv_step_input *si, const char *digest, double *delta)
+                       struct curvd_entry *e, struct curvd_step_in *in, const curv_step_input *si,
+                       const char *digest, double *delta)
 {
     const double *g = si->grad, *theta = si->params, *gsq = si->grad_sq;
     /* Posting the step in progress again starts it over: the trainer
@@ -326,8 +355,13 @@ static void apply_step(struct curvd_server *srv, const struct curvd_req *rq, str
         e->pend.rec.len = 0;
         if (e->bytes >= srv->cfg.snapshot_min)
             (void)curvd_record_step(&e->pend.rec, curv_opt_layout(e->opt), in, g, theta, gsq);
+        e->pend.input = in; /* for the commit: the fold may follow the reply */
     }
     curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &req, delta);
+    if (!rp->deferred) { /* not committed (a refusal): @in is freed on return */
+        curv_opt_settle(e->opt);
+        e->pend.input = NULL;
+    }
 }
 
 static void run_step(struct curvd_server *srv, const struct curvd_req *rq, struct curvd_reply *rp,

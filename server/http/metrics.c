@@ -39,6 +39,7 @@ struct curvd_metrics {
     atomic_ullong commit_form[2]; /* log rows, snapshots */
     atomic_ullong replayed_steps, replays, replay_micros;
     atomic_ullong leases[CURVD_LEASE_EV_COUNT];
+    atomic_ullong folds, fold_micros;
 };
 
 void curvd_metrics_lease(struct curvd_metrics *m, enum curvd_lease_event ev)
@@ -57,6 +58,14 @@ void curvd_metrics_commit_form(struct curvd_metrics *m, int snapshot)
 {
     if (m)
         atomic_fetch_add(&m->commit_form[snapshot != 0], 1);
+}
+
+void curvd_metrics_fold(struct curvd_metrics *m, double seconds)
+{
+    if (!m)
+        return;
+    atomic_fetch_add(&m->folds, 1);
+    atomic_fetch_add(&m->fold_micros, (unsigned long long)(seconds * 1e6));
 }
 
 void curvd_metrics_replayed(struct curvd_metrics *m, size_t steps, double seconds)
@@ -302,12 +311,20 @@ char *curvd_metrics_render(const struct curvd_metrics *m, const struct curvd_met
         "curvd_replayed_steps_total %llu\n"
         "# HELP curvd_replay_seconds_total Time spent replaying step logs.\n"
         "# TYPE curvd_replay_seconds_total counter\n"
-        "curvd_replay_seconds_total %.6f\n",
+        "curvd_replay_seconds_total %.6f\n"
+        "# HELP curvd_folds_after_reply_total K-FAC steps whose statistics were folded into "
+        "the factors after their reply, on a worker.\n"
+        "# TYPE curvd_folds_after_reply_total counter\n"
+        "curvd_folds_after_reply_total %llu\n"
+        "# HELP curvd_fold_seconds_total Time those folds took.\n"
+        "# TYPE curvd_fold_seconds_total counter\n"
+        "curvd_fold_seconds_total %.6f\n",
         (unsigned long long)atomic_load(&m->commit_form[0]),
         (unsigned long long)atomic_load(&m->commit_form[1]),
         (unsigned long long)atomic_load(&m->replays),
         (unsigned long long)atomic_load(&m->replayed_steps),
-        (double)atomic_load(&m->replay_micros) * 1e-6);
+        (double)atomic_load(&m->replay_micros) * 1e-6, (unsigned long long)atomic_load(&m->folds),
+        (double)atomic_load(&m->fold_micros) * 1e-6);
     put(&b, "# HELP curvd_steps_total Applied optimizer steps by optimizer.\n"
             "# TYPE curvd_steps_total counter\n");
     for (int k = 0; k < CURV_OPT_KIND_COUNT; k++)

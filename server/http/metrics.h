@@ -38,6 +38,8 @@ enum curvd_lease_event {
     CURVD_LEASE_EV_COUNT
 };
 void curvd_metrics_lease(struct curvd_metrics *m, enum curvd_lease_event ev);
+/* A step's statistics folded after its reply, in @seconds; NULL @m: no-op. */
+void curvd_metrics_fold(struct curvd_metrics *m, double seconds);
 /* A session loaded by replaying @steps logged steps in @seconds. */
 void curvd_metrics_replayed(struct curvd_metrics *m, size_t steps, double seconds);
 /* One callback answered (a round trip of a multi-exchange step). */

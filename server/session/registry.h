@@ -45,6 +45,10 @@ struct curvd_pending {
     /* The step's record for the step log: its input, then each answer
      * given (wire/step_record.h); freed once the step is committed. */
     struct curvd_record rec;
+    /* While the step is in its handler: its decoded input (not owned),
+     * which the commit takes over when the optimizer left the statistics
+     * to fold after the reply (api/steps.c); NULL otherwise. */
+    struct curvd_step_in *input;
 };
 
 /* The parts of a session's state as the store holds them now (their

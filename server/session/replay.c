@@ -67,6 +67,7 @@ static curv_status replay_one(curv_opt *o, const struct curvd_log_entry *le, dou
         else
             cs = answer_all(o, &rd, cs, &req, delta, &cerr, why, cap);
     }
+    curv_opt_settle(o); /* a K-FAC step may have left its statistics, borrowed from @rd */
     curvd_record_read_clear(&rd);
     if (cs == CURV_OK && !*differed) {
         char digest[CURVD_DIGEST_TEXT];

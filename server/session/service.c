@@ -22,11 +22,15 @@
  * per-slot scratch (two of the largest block) is not allocated for
  * threads that could never take part. Kinds without per-layer work ignore
  * it; when the scratch cannot be had the optimizer stays serial, which
- * gives the same results. */
+ * gives the same results. With workers, K-FAC steps may also leave their
+ * statistics to be folded after the reply (curv_opt_defer_stats; the
+ * tail of step_committed), which changes no result. */
 static void lend_workers(const struct curvd_server *srv, curv_opt *o)
 {
     if (!srv->exec || !o)
         return;
+    if (srv->pool)
+        (void)curv_opt_defer_stats(o, 1, NULL);
     curv_executor ex = *srv->exec;
     size_t blocks = curv_layout_nblocks(curv_opt_layout(o));
     if (ex.workers > blocks)
@@ -330,12 +334,32 @@ int curvd_svc_snapshot(struct curvd_server *srv, struct curvd_entry *e, size_t *
     return st;
 }
 
-/* A snapshot after its step's reply, on a worker (curvd_svc_commit). */
-struct snapshot_job {
+/* What follows a step's reply, on a worker (curvd_svc_commit): the fold
+ * of its statistics, a snapshot. */
+struct tail_job {
     struct curvd_pool_job job; /* first: the pool hands back &job */
     struct curvd_server *srv;
     struct curvd_entry *e;
+    void *fold_input;
+    void (*fold_free)(void *input);
+    int snapshot;
 };
+
+/* Fold the statistics the step left (the optimizer's only pending work
+ * is that step's: the session is held) and free its input. */
+static void fold_tail(struct curvd_server *srv, struct curvd_entry *e, void *input,
+                      void (*fold_free)(void *))
+{
+    if (!input)
+        return;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    curv_opt_settle(e->opt);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    fold_free(input);
+    curvd_metrics_fold(srv->metrics,
+                       (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+}
 
 /* Write it and give the session back; a failure keeps the log, which the
  * next step's commit tries to end again. */
@@ -350,11 +374,15 @@ static void snapshot_tail(struct curvd_server *srv, struct curvd_entry *e)
     curvd_registry_end(srv->reg, e, bytes);
 }
 
-static void snapshot_job_run(struct curvd_pool_job *j)
+static void tail_job_run(struct curvd_pool_job *j)
 {
-    struct snapshot_job *sj = (struct snapshot_job *)j;
-    snapshot_tail(sj->srv, sj->e);
-    free(sj);
+    struct tail_job *tj = (struct tail_job *)j;
+    fold_tail(tj->srv, tj->e, tj->fold_input, tj->fold_free);
+    if (tj->snapshot)
+        snapshot_tail(tj->srv, tj->e);
+    else
+        curvd_registry_end(tj->srv->reg, tj->e, tj->e->bytes);
+    free(tj);
 }
 
 /* On the store's commit thread: the step is durable, or memory is ahead. */
@@ -378,17 +406,28 @@ static void step_committed(struct curvd_commit_job *job)
     } else {
         curvd_registry_drop(srv->reg, e->id);
     }
+    void *input = s->fold_input; /* ours now: @s goes with release */
+    s->fold_input = NULL;
+    if (st != CURVD_STORE_OK) /* the copy is dropped: nothing to fold for */
+        fold_tail(srv, e, input, s->fold_free), input = NULL;
     s->reply(s, st, (long long)job->item.current_step, job->item.err);
-    struct snapshot_job *sj =
-        st == CURVD_STORE_OK && s->snapshot_after && srv->pool ? malloc(sizeof *sj) : NULL;
-    if (sj) { /* queued before the reply goes: no later request of it runs first */
-        *sj = (struct snapshot_job){.job = {.run = snapshot_job_run}, .srv = srv, .e = e};
+    const int snapshot = st == CURVD_STORE_OK && s->snapshot_after;
+    struct tail_job *tj = (input || snapshot) && srv->pool ? malloc(sizeof *tj) : NULL;
+    if (tj) { /* queued before the reply goes: no later request of it runs first */
+        *tj = (struct tail_job){.job = {.run = tail_job_run},
+                                .srv = srv,
+                                .e = e,
+                                .fold_input = input,
+                                .fold_free = s->fold_free,
+                                .snapshot = snapshot};
         curvd_registry_hold_tail(srv->reg, e);
-        curvd_pool_submit(srv->pool, &sj->job);
-    } else if (st == CURVD_STORE_OK && s->snapshot_after) {
-        snapshot_tail(srv, e); /* no workers: before the reply */
+        curvd_pool_submit(srv->pool, &tj->job);
     } else {
-        curvd_registry_end(srv->reg, e, bytes);
+        fold_tail(srv, e, input, s->fold_free); /* no workers or no memory: before the reply */
+        if (snapshot)
+            snapshot_tail(srv, e);
+        else
+            curvd_registry_end(srv->reg, e, bytes);
     }
     s->release(s);
 }

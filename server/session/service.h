@@ -195,7 +195,9 @@ int curvd_svc_snapshot(struct curvd_server *srv, struct curvd_entry *e, size_t *
  * the session still held, gives the session back (charged @len bytes
  * after a snapshot), then @release. With @snapshot_after (a logged step
  * whose snapshot is due), a snapshot of the state follows the reply
- * instead, on a worker (curvd_svc_snapshot), and that gives it back.
+ * instead, on a worker (curvd_svc_snapshot), and that gives it back;
+ * so does the fold of a step whose statistics were left pending
+ * (@fold_input), which comes first.
  */
 struct curvd_svc_commit {
     struct curvd_commit_job job; /* first: the store hands back &job */
@@ -208,6 +210,12 @@ struct curvd_svc_commit {
     size_t len, n_parts;
     double seconds;
     int snapshot_after;
+    /* A K-FAC step whose statistics are still to be folded
+     * (curv_opt_stats_pending): its input, owned, which the service
+     * frees with @fold_free once the optimizer is settled: after the
+     * reply, on a worker, before a snapshot that follows. */
+    void *fold_input;
+    void (*fold_free)(void *input);
     void (*reply)(struct curvd_svc_commit *s, int status, long long current, const char *err);
     void (*release)(struct curvd_svc_commit *s);
 };

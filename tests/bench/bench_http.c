@@ -10,12 +10,14 @@
  * durable), alone on a daemon with --workers 1 and with one per CPU: time
  * per step and its Server-Timing split.
  * Method and reading: tests/bench/README.md.
- * Usage: bench_http [--quick] [--small | --large | --autoencoder | --durable]
+ * Usage: bench_http [--quick] [--small | --large | --autoencoder | --durable | --fold]
  *                   [--snapshot-log=PCT]
  *   --quick: 1 s per small row, large d = 1e6, a tiny autoencoder;
  *   --small/--large/--autoencoder: only those rows; --durable: save +
  *   commit of small MBAG and AdaGrad sessions and of the autoencoder, the
  *   step log against every step a snapshot (also run with the others);
+ *   --fold: the autoencoder with its statistics folded before and after
+ *   the reply (max_staleness 0 and 2), alone;
  *   --snapshot-log: the daemons' flag (0: every step a snapshot, as before
  *   the step log), to compare the small and large rows between runs
  */
@@ -1259,9 +1261,48 @@ static void run_autoencoder(const char *bin, int quick)
     free(a.grad);
 }
 
+/* --fold: the autoencoder between refreshes with max_staleness 0 (each
+ * step folds its statistics before its reply) and 2 (after it, on a
+ * worker: curv_opt_defer_stats), back to back and with a trainer's 0.3 s
+ * between steps; the means of steps 4-9 and of their Server-Timing. */
+static void run_fold(const char *bin, int quick)
+{
+    struct ae a = ae_new(quick);
+    char ncpu[24];
+    snprintf(ncpu, sizeof ncpu, "%ld", g_ncpu > 1 ? g_ncpu : 2);
+    const double think[2] = {0, quick ? 0.01 : 0.3};
+    double mean[2][2], ph[2][2][NPHASE], med, med_ph[NPHASE];
+    for (int th = 0; th < 2; th++)
+        for (int s = 0; s < 2; s++) {
+            const struct ae_plan plan = {
+                .inv_interval = 20, .staleness = 2 * s, .steps = AE_STEPS, .think_s = think[th]};
+            ae_run(bin, &a, ncpu, &plan, &med, med_ph, &mean[th][s], ph[th][s]);
+        }
+    printf("\nautoencoder K-FAC session over HTTP (m = %zu, simple mode, binary FP32, durability "
+           "full, --workers %s), steps %d-%d (no refresh), means in seconds:\n",
+           a.m, ncpu, AE_WARM + 1, AE_WARM + AE_STEPS);
+    printf("  %-8s %-14s %8s", "trainer", "max_staleness", "request");
+    for (int p = 0; p < NPHASE; p++)
+        printf(" %8s", PHASE[p]);
+    printf(" %8s\n", "timing");
+    for (int th = 0; th < 2; th++)
+        for (int s = 0; s < 2; s++) {
+            double total = 0;
+            printf("  %-8.2f %-14d %8.3f", think[th], 2 * s, mean[th][s]);
+            for (int p = 0; p < NPHASE; p++)
+                printf(" %8.3f", ph[th][s][p]), total += ph[th][s][p];
+            printf(" %8.3f\n", total);
+        }
+    printf("  request: the client's wall time of a step; timing: the sum of its Server-Timing; "
+           "with max_staleness 2 the fold runs after the reply, so back to back the next "
+           "step waits for it\n");
+    free(a.vals);
+    free(a.grad);
+}
+
 int main(int argc, char **argv)
 {
-    int quick = 0, small_rows = 1, large_rows = 1, ae_rows = 1, df_rows = 1;
+    int quick = 0, small_rows = 1, large_rows = 1, ae_rows = 1, df_rows = 1, fold_rows = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
@@ -1273,12 +1314,14 @@ int main(int argc, char **argv)
             ae_rows = 2;
         } else if (strcmp(argv[i], "--durable") == 0) {
             df_rows = 2;
+        } else if (strcmp(argv[i], "--fold") == 0) {
+            fold_rows = 1;
         } else if (strncmp(argv[i], "--snapshot-log=", 15) == 0) {
             g_snapshot_log = argv[i] + 15;
         } else {
             fprintf(stderr,
-                    "usage: %s [--quick] [--small | --large | --autoencoder | --durable] "
-                    "[--snapshot-log=PCT]\n",
+                    "usage: %s [--quick] [--small | --large | --autoencoder | --durable | "
+                    "--fold] [--snapshot-log=PCT]\n",
                     argv[0]);
             return 2;
         }
@@ -1302,11 +1345,11 @@ int main(int argc, char **argv)
            "this load generator share the same %ld online CPUs: the figures are what both get.\n",
            bin, curv_version(), g_ncpu);
     fflush(stdout);
-    if (df_rows == 2 || ae_rows == 2) { /* --durable or --autoencoder: that alone */
+    if (df_rows == 2 || ae_rows == 2 || fold_rows) { /* --durable, --autoencoder, --fold alone */
         snprintf(g_tmp, sizeof g_tmp, "%s/bench_http.XXXXXX", tmpdir);
         if (!mkdtemp(g_tmp))
             fail("mkdtemp %s: %s", g_tmp, strerror(errno));
-        (df_rows == 2 ? run_durable : run_autoencoder)(bin, quick);
+        (fold_rows ? run_fold : df_rows == 2 ? run_durable : run_autoencoder)(bin, quick);
         remove_tmp(NULL);
         return 0;
     }

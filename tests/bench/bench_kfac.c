@@ -21,10 +21,10 @@
  *    serially and on a pool of one thread per core, then 8 sessions
  *    stepping at once on that pool, their aggregate GFLOP/s as a share of
  *    the GEMM rate on as many threads (the default precision).
- * Usage: bench_kfac [--quick] [--sessions] [--m1000] [--no-numpy]
+ * Usage: bench_kfac [--quick] [--sessions] [--m1000] [--no-numpy] [--no-sessions]
  *   --quick: a tiny network, a smoke run; --sessions: the GEMM rate and the
  *   sessions only; --m1000: batch 1000 only; --no-numpy: libcurv alone (a
- *   quick A/B of the library's phases).
+ *   quick A/B of the library's phases); --no-sessions: without them.
  */
 #include <cblas.h>
 #include <math.h>
@@ -79,10 +79,34 @@ struct net {
     const size_t *w;
     curv_layout *layout;
     curv_opt *opt;
+    curv_opt *later; /* max_staleness 2, statistics folded after the step (NULL: none) */
     double *g, *theta, *u;
     double *acts[8], *sig[8];
     curv_layer_stats stats[8];
 };
+
+/* A simple-mode K-FAC optimizer for @layout (@precision: NULL for the
+ * default). */
+static curv_opt *new_opt(const curv_layout *layout, int cov_interval, const char *precision,
+                         int max_staleness)
+{
+    curv_config *c = curv_config_new();
+    curv_config_set_str(c, "mode", "simple", NULL);
+    curv_config_set_num(c, "inv_interval", T3, NULL);
+    curv_config_set_num(c, "weight_decay", 0, NULL);
+    curv_config_set_num(c, "max_staleness", max_staleness, NULL);
+    if (precision)
+        curv_config_set_str(c, "precision", precision, NULL);
+    curv_config_set_num(c, "cov_interval", cov_interval, NULL);
+    curv_error err;
+    curv_opt *o = NULL;
+    if (curv_opt_new(CURV_OPT_KFAC, layout, c, &o, &err) != CURV_OK) {
+        fprintf(stderr, "bench_kfac: %s\n", err.text);
+        exit(1);
+    }
+    curv_config_free(c);
+    return o;
+}
 
 /* @precision: NULL for the default. */
 static void net_init_cov(struct net *n, const size_t *w, size_t L, size_t m, int cov_interval,
@@ -111,26 +135,18 @@ static void net_init_cov(struct net *n, const size_t *w, size_t L, size_t m, int
         n->stats[i] = (curv_layer_stats){
             .block = i, .rows = m, .examples = m, .acts = n->acts[i], .signals = n->sig[i]};
     }
-    curv_config *c = curv_config_new();
-    curv_config_set_str(c, "mode", "simple", NULL);
-    curv_config_set_num(c, "inv_interval", T3, NULL);
-    curv_config_set_num(c, "weight_decay", 0, NULL);
-    if (precision)
-        curv_config_set_str(c, "precision", precision, NULL);
     /* Statistics due every other step only, so that the bench can time a
      * refresh without a factor update (every step still sends them). */
-    curv_config_set_num(c, "cov_interval", cov_interval, NULL);
-    curv_error err;
-    if (curv_opt_new(CURV_OPT_KFAC, n->layout, c, &n->opt, &err) != CURV_OK) {
-        fprintf(stderr, "bench_kfac: %s\n", err.text);
-        exit(1);
-    }
-    curv_config_free(c);
+    n->opt = new_opt(n->layout, cov_interval, precision, 0);
 }
 
 static void net_init(struct net *n, const size_t *w, size_t L, size_t m, int fp32)
 {
     net_init_cov(n, w, L, m, 2, fp32 ? "fp32" : "fp64");
+    n->later = new_opt(n->layout, 1, fp32 ? "fp32" : "fp64", 2);
+    curv_error err;
+    if (curv_opt_defer_stats(n->later, 1, &err) != CURV_OK)
+        exit(1);
 }
 
 static void net_free(struct net *n)
@@ -139,10 +155,11 @@ static void net_free(struct net *n)
         free(n->acts[i]), free(n->sig[i]);
     free(n->g), free(n->theta), free(n->u);
     curv_opt_free(n->opt);
+    curv_opt_free(n->later);
     curv_layout_free(n->layout);
 }
 
-static curv_status step(struct net *n, int with_stats)
+static curv_status step_opt(struct net *n, curv_opt *o, int with_stats)
 {
     curv_step_input in = {.grad = n->g,
                           .len = curv_layout_dim(n->layout),
@@ -151,17 +168,23 @@ static curv_status step(struct net *n, int with_stats)
                           .n_layers = with_stats ? n->L : 0};
     curv_request req;
     curv_error err;
-    curv_status st = curv_opt_step(n->opt, &in, n->u, &req, &err);
+    curv_status st = curv_opt_step(o, &in, n->u, &req, &err);
     if (st != CURV_OK)
         fprintf(stderr, "bench_kfac: step: %s\n", err.text);
     return st;
 }
 
+static curv_status step(struct net *n, int with_stats)
+{
+    return step_opt(n, n->opt, with_stats);
+}
+
 /* ---- the phases ------------------------------------------------------------- */
 
-enum { FACTORS, EIGH, FORM, MULTIPLY, EIGEN_MULTIPLY, STEP, NPHASE };
-static const char *const PHASE[NPHASE] = {"factor update",   "eigh (refresh)",  "form inverses",
-                                          "multiply 2-GEMM", "multiply 4-GEMM", "whole step"};
+enum { FACTORS, EIGH, FORM, MULTIPLY, EIGEN_MULTIPLY, STEP, STEP_LATER, FOLD, NPHASE };
+static const char *const PHASE[NPHASE] = {"factor update",    "eigh (refresh)",  "form inverses",
+                                          "multiply 2-GEMM",  "multiply 4-GEMM", "whole step",
+                                          "step, fold later", "fold (settle)"};
 
 /* Nominal flops of each phase for the network (the GEMM-equivalent work,
  * what a share of the GEMM peak is taken of): factors m (n_i² + n_o²)
@@ -182,6 +205,8 @@ static void phase_flops(const struct net *n, double *f)
         f[EIGEN_MULTIPLY] += 4 * no * ni * (no + ni);
     }
     f[STEP] = f[FACTORS] + f[MULTIPLY];
+    f[STEP_LATER] = f[MULTIPLY];
+    f[FOLD] = f[FACTORS];
 }
 
 /* Best of REPS of each phase through the estimator, on a warmed-up
@@ -189,8 +214,10 @@ static void phase_flops(const struct net *n, double *f)
  * exist); tentative results are dropped. Factors: an update at a step
  * without a refresh; eigh: a refresh without statistics (cov_interval =
  * 2); forming: the prepare after it; then the multiply with those
- * inverses and, without a prepare, in the eigenbasis; and a whole step
- * through the public API between refreshes. */
+ * inverses and, without a prepare, in the eigenbasis; a whole step
+ * through the public API between refreshes; and the same step with
+ * max_staleness 2 and the statistics folded after it (what a trainer
+ * waits for: curv_opt_defer_stats), then its fold (curv_opt_settle). */
 static void time_phases(struct net *n, double *p)
 {
     struct curv__kfac_est *e = (struct curv__kfac_est *)curv__kfac_estimator(n->opt);
@@ -206,11 +233,11 @@ static void time_phases(struct net *n, double *p)
         p[k] = INFINITY;
     for (int r = 0; r < REPS; r++) {
         double t0 = now_s();
-        curv__kfac_est_update(e, &with, 5, &failed, NULL);
+        curv__kfac_est_update(e, &with, 5, 0, &failed, NULL);
         double t1 = now_s();
         curv__kfac_est_abort(e);
         double t2 = now_s();
-        curv__kfac_est_update(e, &without, T3, &failed, NULL);
+        curv__kfac_est_update(e, &without, T3, 0, &failed, NULL);
         double t3 = now_s();
         curv__kfac_est_prepare(e, &gamma, 1, &failed, NULL);
         double t4 = now_s();
@@ -230,6 +257,13 @@ static void time_phases(struct net *n, double *p)
         if (step(n, 1) != CURV_OK)
             exit(1);
         p[STEP] = fmin(p[STEP], now_s() - t8);
+        double t9 = now_s();
+        if (step_opt(n, n->later, 1) != CURV_OK || !curv_opt_stats_pending(n->later))
+            exit(1);
+        double t10 = now_s();
+        curv_opt_settle(n->later);
+        p[STEP_LATER] = fmin(p[STEP_LATER], t10 - t9);
+        p[FOLD] = fmin(p[FOLD], now_s() - t10);
     }
 }
 
@@ -308,7 +342,8 @@ static double numpy_key(const char *out, size_t m, const char *key, const char *
  * inverse_explicit is both, compared as "refresh (both)"). */
 static double numpy_phase(const char *out, size_t m, int k, const char *dt)
 {
-    static const char *const key[NPHASE] = {"factors", NULL, NULL, "apply_explicit", NULL, NULL};
+    static const char *const key[NPHASE] = {"factors", NULL, NULL, "apply_explicit",
+                                            NULL,      NULL, NULL, NULL};
     return numpy_key(out, m, key[k], dt);
 }
 
@@ -346,13 +381,14 @@ static void measure(struct result *res, const size_t *w, size_t L, size_t m, int
     net_init(&n, w, L, m, fp32);
     res->fp32 = fp32;
     for (int s = 0; s < 3; s++)
-        if (step(&n, 1) != CURV_OK)
+        if (step(&n, 1) != CURV_OK || step_opt(&n, n.later, 1) != CURV_OK)
             exit(1);
     res->m = m;
     phase_flops(&n, res->fl);
     time_phases(&n, res->p1);
     curv_error err;
-    if (curv_opt_set_executor(n.opt, pool, &err) != CURV_OK) {
+    if (curv_opt_set_executor(n.opt, pool, &err) != CURV_OK ||
+        curv_opt_set_executor(n.later, pool, &err) != CURV_OK) {
         fprintf(stderr, "bench_kfac: %s\n", err.text);
         exit(1);
     }
@@ -565,7 +601,7 @@ static void bench_sessions(const size_t *w, size_t L, size_t m, size_t gs, unsig
 
 int main(int argc, char **argv)
 {
-    int quick = 0, sessions_only = 0, only_first = 0, numpy = 1;
+    int quick = 0, sessions_only = 0, only_first = 0, numpy = 1, sessions = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
@@ -575,8 +611,11 @@ int main(int argc, char **argv)
             only_first = 1;
         } else if (strcmp(argv[i], "--no-numpy") == 0) {
             numpy = 0;
+        } else if (strcmp(argv[i], "--no-sessions") == 0) {
+            sessions = 0;
         } else {
-            fprintf(stderr, "usage: bench_kfac [--quick] [--sessions] [--m1000] [--no-numpy]\n");
+            fprintf(stderr, "usage: bench_kfac [--quick] [--sessions] [--m1000] [--no-numpy] "
+                            "[--no-sessions]\n");
             return 2;
         }
     }
@@ -642,6 +681,7 @@ int main(int argc, char **argv)
            cores, cores, cores);
     for (int k = 0; k < nres; k++)
         print_result(&res[k], cores, np1, npn);
-    bench_sessions(w, L, ms[0], gs, cores);
+    if (sessions)
+        bench_sessions(w, L, ms[0], gs, cores);
     return 0;
 }

@@ -54,17 +54,21 @@ static void dense_update(size_t nr, const double *G, size_t nc, const double *A,
 }
 
 /* Every step of a run with max_staleness @s against the dense update
- * from the factors (EMAs formed here) of the refresh it must apply. */
-static void check_dense(unsigned s)
+ * from the factors (EMAs formed here) of the refresh it must apply; with
+ * @fold_later each step's statistics are folded after it (settled before
+ * the next batch is drawn). */
+static void check_dense(unsigned s, int fold_later)
 {
     tu_mlp net;
     tu_mlp_new(&net, W, 2, 0, 3, 71);
     curv_layout *l = tu_mlp_layout(&net);
     curv_opt *o = simple_opt(l, s, "blockdiag");
+    curv_error err;
+    tu_assert_status(curv_opt_defer_stats(o, fold_later, &err), CURV_OK, &err);
     double *u = tu_alloc(net.dim), *want = tu_alloc(net.dim);
     double *A[2][STEPS + 1], *G[2][STEPS + 1];
-    curv_error err;
     for (unsigned k = 1; k <= STEPS; k++) {
+        curv_opt_settle(o); /* before the batch changes */
         tu_mlp_batch(&net, 300 + k);
         const double eps = fmin(1.0 - 1.0 / k, 0.9);
         for (size_t i = 0; i < 2; i++) {
@@ -80,6 +84,7 @@ static void check_dense(unsigned s)
             free(sa), free(sg);
         }
         tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+        assert_int_equal(curv_opt_stats_pending(o), fold_later && s > 0 && k > 3);
         const unsigned r = refresh_used(k, s);
         size_t off = 0;
         for (size_t i = 0; i < 2; i++) {
@@ -104,9 +109,11 @@ static void check_dense(unsigned s)
 static void test_updates_use_the_deferred_factors(void **state)
 {
     (void)state;
-    check_dense(0);
-    check_dense(1);
-    check_dense(3);
+    for (int later = 0; later < 2; later++) {
+        check_dense(0, later);
+        check_dense(1, later);
+        check_dense(3, later);
+    }
 }
 
 static void *run_refresh(void *r)

@@ -128,7 +128,8 @@ def _autoencoder_findings(s: Dict) -> List[str]:
               if t["daemon_seconds"] is not None and t["seconds"] > 0]
     if shares:
         out.append("Share of the training time spent in the daemon (the update's arithmetic "
-                   "and committing the session's state to SQLite after every step; the rest "
+                   "and making each step durable in SQLite: its input logged, the state "
+                   "snapshotted at intervals; the rest "
                    "is the trainer's passes, callbacks and transfers): " + ", ".join(shares)
                    + ".")
     damping = [f"{t['label']} {_num(t['lambda_first'], 3)} → {_num(t['lambda_last'], 3)}"
@@ -262,8 +263,9 @@ CAVEATS = [
     "curves show the first minutes of optimization, where the ranking can differ from the "
     "papers' long runs.",
     "Every curvd step is a real HTTP exchange with the daemon on the same machine (binary "
-    "tensors, FP32), and the daemon commits the optimizer's state to SQLite after every "
-    "step (`--durability normal`); wall-clock figures include both, and the daemon and the "
+    "tensors, FP32), and the daemon makes every step durable in SQLite before it replies "
+    "(`--durability normal`: the step's input is logged and the state snapshotted at "
+    "intervals, docs/DURABILITY.md); wall-clock figures include both, and the daemon and the "
     "trainer share the two cores.",
     "The machine is shared: the load averages above include other work, which slows every "
     "method; iteration counts within a time budget vary from run to run.",

@@ -31,7 +31,8 @@ typedef void (*curv_task_fn)(void *arg, size_t task, unsigned worker);
  * may run concurrently on up to @workers threads, each with its own worker
  * slot: two calls that run at the same time never share a worker value.
  * The library calls @run only from inside its own calls on the object it
- * was given to (curv_opt_step, curv_opt_resume), on the caller's thread.
+ * was given to (curv_opt_step, curv_opt_resume, and curv_opt_settle or
+ * any call that settles first), on the thread making that call.
  */
 typedef struct curv_executor {
     unsigned workers;
@@ -81,5 +82,53 @@ CURV_API curv_refresh *curv_opt_refresh(curv_opt *o);
 CURV_API int curv_refresh_claim(curv_refresh *r);
 CURV_API void curv_refresh_run(curv_refresh *r);
 CURV_API uint64_t curv_refresh_due(const curv_refresh *r);
+
+/*
+ * A step's statistics off the step path. With max_staleness = s >= 1 in
+ * simple mode, a step whose every Kronecker block has inverses and whose
+ * periodic refresh (if due) is deferred never uses its own statistics:
+ * the multiply applies the inverses it has, a deferred refresh due now
+ * installs an earlier step's factors, and the snapshot of one deferred
+ * from now is taken after the fold. So the fold (the factors' SYRKs and
+ * EMA) may run after the step returns, and the update, reports and saved
+ * states are bit for bit those of a step that folds them itself; only a
+ * failure of the fold is counted one step late (inverse_failures of the
+ * next step's report).
+ *
+ * curv_opt_defer_stats - with @on, let @o's steps that qualify return
+ * with their statistics pending (not a hyperparameter: not saved, off in
+ * a new or loaded optimizer). They qualify in simple mode with 0 <
+ * max_staleness < inv_interval, inverse = blockdiag, past step 3, when
+ * every Kronecker block has inverses, a periodic refresh due at the step
+ * is deferred, and every block sent statistics has failed fewer than
+ * max_failures times in a row (so that a failure of the fold is
+ * tolerated, as the step would have tolerated it); the others fold in the
+ * step. Other kinds accept the call and ignore it. CURV_E_INVALID (NULL).
+ *
+ * Contract: after a step that returns with statistics pending, @o holds
+ * BORROWED pointers to the step input's layer statistics (its acts and
+ * signals; float64 input is used in place, float32 input was converted
+ * into @o's buffers): the caller must not free or change them until
+ * curv_opt_settle(@o) has returned. Every other call that reads or
+ * changes @o's state settles first (curv_opt_step, _resume, _cancel,
+ * _save, _save_parts, _reconfigure, _set_executor, _defer_stats,
+ * curv_opt_refresh), so a forgotten settle is never wrong, only slow;
+ * curv_opt_free drops the fold (nobody could see it). curv_opt_report
+ * (read right after the step, for its reply), _steps, _pending and the
+ * parameter getters read nothing the fold changes and do not settle.
+ *
+ * curv_opt_settle - fold the statistics the last step left into the
+ * factors (on @o's executor, from the calling thread: any thread, as
+ * long as no other call on @o runs at the same time), take the snapshot
+ * of the refresh that step deferred, and write the books. A fold that
+ * fails (a factor not finite: CURV_E_NUMERIC; out of memory) keeps the
+ * old factors and counts a tolerated failure. A no-op when nothing is
+ * pending or @o is NULL.
+ *
+ * curv_opt_stats_pending - 1 while a fold awaits curv_opt_settle.
+ */
+CURV_API curv_status curv_opt_defer_stats(curv_opt *o, int on, curv_error *err);
+CURV_API void curv_opt_settle(curv_opt *o);
+CURV_API int curv_opt_stats_pending(const curv_opt *o);
 
 #endif

@@ -8,6 +8,7 @@
  * and a copy kept over an idle spell is used again only when nobody else
  * held the session meanwhile.
  */
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,12 +136,17 @@ static void on_release(struct curvd_svc_commit *s)
     atomic_store(&c->released, 1);
 }
 
-/* Commit @e's state as step @step through the service; wait for it. */
-static int commit(struct fx *f, struct curvd_entry *e, long long step)
+/* Commit @e's step @step through the service and wait for it: its state
+ * (a snapshot), or with @input a log row (a stand-in record: nothing
+ * replays it here) whose statistics the service folds after the reply
+ * (curvd_svc_commit.fold_input, freed with @fold_free). */
+static int commit_with(struct fx *f, struct curvd_entry *e, long long step, void *input,
+                       void (*fold_free)(void *))
 {
     struct commit c = {.status = -1};
-    size_t len, n;
-    assert_int_equal(curv_opt_save_parts(e->opt, &c.blob, &len, &c.parts, &n, NULL), CURV_OK);
+    size_t len = e->bytes, n = 0;
+    if (!input)
+        assert_int_equal(curv_opt_save_parts(e->opt, &c.blob, &len, &c.parts, &n, NULL), CURV_OK);
     c.s = (struct curvd_svc_commit){.c = {.step = step,
                                           .content_type = "application/json",
                                           .response = "{}",
@@ -152,8 +158,15 @@ static int commit(struct fx *f, struct curvd_entry *e, long long step)
                                     .parts = c.parts,
                                     .len = len,
                                     .n_parts = n,
+                                    .fold_input = input,
+                                    .fold_free = fold_free,
                                     .reply = on_reply,
                                     .release = on_release};
+    if (input) {
+        c.s.c.record = "r";
+        c.s.c.record_len = 1;
+        c.s.c.update_digest = "00000000000000000000000000000000";
+    }
     curvd_svc_commit_step(&c.s);
     for (int i = 0; i < 10000 && !atomic_load(&c.released); i++)
         nanosleep(&(struct timespec){0, 1000000}, NULL);
@@ -161,6 +174,11 @@ static int commit(struct fx *f, struct curvd_entry *e, long long step)
     curv_free(c.blob);
     curv_free(c.parts);
     return c.status;
+}
+
+static int commit(struct fx *f, struct curvd_entry *e, long long step)
+{
+    return commit_with(f, e, step, NULL, NULL);
 }
 
 /* A committed step stays in memory; a step the store refuses is dropped,
@@ -435,6 +453,78 @@ static void test_idle_copy_kept_or_reloaded(void **state)
     curvd_svc_give_back(&f->srv, e, e->bytes);
 }
 
+/* The input a K-FAC step's statistics are borrowed from, and what its
+ * release saw: the optimizer must be settled before it goes. */
+static struct {
+    const curv_opt *o;
+    int freed, settled;
+} g_fold;
+
+static void fold_free_check(void *input)
+{
+    g_fold.freed++;
+    g_fold.settled += !curv_opt_stats_pending(g_fold.o);
+    free(input);
+}
+
+/* Step @e's K-FAC optimizer in memory with statistics in a buffer of its
+ * own (returned: the caller keeps it until the optimizer is settled). */
+static double *kfac_step_in_memory(struct curvd_entry *e)
+{
+    enum { ROWS = 3 };
+    const long t = (long)curv_opt_steps(e->opt) + 1;
+    double g[SU_D], u[SU_D], *x = malloc(ROWS * 6 * sizeof *x);
+    assert_non_null(x);
+    su_grad(t, 0, g);
+    for (int i = 0; i < ROWS * 6; i++)
+        x[i] = sin(0.7 * (double)(t * 13 + i));
+    curv_layer_stats ls = {
+        .block = 0, .rows = ROWS, .examples = ROWS, .acts = x, .signals = x + ROWS * 4};
+    curv_step_input in = {.grad = g, .len = SU_D, .dtype = CURV_F64, .layers = &ls, .n_layers = 1};
+    curv_request req;
+    curv_error err;
+    tu_assert_status(curv_opt_step(e->opt, &in, u, &req, &err), CURV_OK, &err);
+    return x;
+}
+
+/* A logged K-FAC step whose statistics are still pending: the service
+ * folds them before it frees their input, on a commit that lands (here
+ * without workers: before the reply) and on one that does not (the copy
+ * is dropped). */
+static void test_fold_with_the_commit(void **state)
+{
+    struct fx *f = *state;
+    char id[CURVD_ID_LEN + 1], err[256];
+    int64_t created = 0;
+    const tu_kv kv[] = {{"max_staleness", 2}, {"inv_interval", 20}, {"weight_decay", 0}};
+    curv_opt *o = tu_kfac_opt(f->l, kv, 3, "mode", "simple", NULL);
+    assert_int_equal(curvd_svc_create(&f->srv, "t", o, NULL, id, &created, err, sizeof err),
+                     CURVD_STORE_OK);
+    struct curvd_entry *e = NULL;
+    for (long long k = 1; k <= 3; k++) { /* steps 1-3 refresh: folded in the step */
+        e = take(f, id);
+        assert_int_equal(curv_opt_defer_stats(e->opt, 1, NULL), CURV_OK);
+        double *x = kfac_step_in_memory(e);
+        assert_false(curv_opt_stats_pending(e->opt));
+        free(x);
+        assert_int_equal(commit(f, e, k), CURVD_STORE_OK);
+    }
+    e = take(f, id);
+    double *x = kfac_step_in_memory(e);
+    assert_true(curv_opt_stats_pending(e->opt));
+    g_fold.o = e->opt;
+    assert_int_equal(commit_with(f, e, 4, x, fold_free_check), CURVD_STORE_OK);
+    assert_int_equal(g_fold.freed, 1);
+    assert_int_equal(g_fold.settled, 1);
+    e = take(f, id);
+    x = kfac_step_in_memory(e);
+    assert_true(curv_opt_stats_pending(e->opt));
+    g_fold.o = e->opt;
+    assert_int_equal(commit_with(f, e, 9, x, fold_free_check), CURVD_STORE_CONFLICT);
+    assert_int_equal(g_fold.freed, 2);
+    assert_int_equal(g_fold.settled, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -447,6 +537,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_leased_elsewhere, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unloadable_gives_the_lease_up, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_copy_kept_or_reloaded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fold_with_the_commit, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -187,10 +187,12 @@ static void test_every_plain_kind_replays(void **state)
 
 /* K-FAC with its refreshes off the step path (max_staleness 2): a restart
  * while a refresh is pending replays to the same state and the same
- * later updates (the refresh a step applies depends on steps only). */
-static void test_kfac_background_refresh_replays(void **state)
+ * later updates (the refresh a step applies depends on steps only). With
+ * @workers the daemon also folds each step's statistics after its reply
+ * (curv_opt_defer_stats), and the replay settles each step. */
+static void check_kfac_staleness_replays(void **state, unsigned workers)
 {
-    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0, 0);
+    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0, workers);
     const tu_kv kv[] = {
         {"cov_interval", 1}, {"inv_interval", 3}, {"max_staleness", 2}, {"weight_decay", 0}};
     json_t *config =
@@ -208,6 +210,29 @@ static void test_kfac_background_refresh_replays(void **state)
         step(f, id, ref, t, 0.5, 1);
     expect_state(f, id, ref);
     curv_opt_free(ref);
+}
+
+static void test_kfac_background_refresh_replays(void **state)
+{
+    check_kfac_staleness_replays(state, 0);
+}
+
+static double metric(const struct fx *f, const char *name);
+
+/* Every step past 3 folds after its reply: since the restart steps 8-10
+ * (the last one's fold may still run when the test gets here: a tail
+ * holds back only the session's next request). */
+static void test_kfac_folds_after_reply_replay(void **state)
+{
+    check_kfac_staleness_replays(state, 2);
+    const struct fx *f = *state;
+    double n = metric(f, "curvd_folds_after_reply_total ");
+    for (int i = 0; i < 1000 && n < 3; i++) {
+        struct timespec ts = {0, 10000000};
+        nanosleep(&ts, NULL);
+        n = metric(f, "curvd_folds_after_reply_total ");
+    }
+    assert_true(n == 3);
 }
 
 /* /metrics' line @name (e.g. "curvd_replays_total "), as a number. */
@@ -451,6 +476,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_every_plain_kind_replays, teardown),
         cmocka_unit_test_teardown(test_kfac_background_refresh_replays, teardown),
+        cmocka_unit_test_teardown(test_kfac_folds_after_reply_replay, teardown),
         cmocka_unit_test_teardown(test_snapshot_cadence, teardown),
         cmocka_unit_test_teardown(test_every_step_a_snapshot, teardown),
         cmocka_unit_test_teardown(test_snapshot_without_workers, teardown),
