@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: MIT
+"""A curvd cluster on loopback: N daemons on one database behind HAProxy
+running deploy/haproxy.cfg itself (its addresses come from the
+environment), for the cluster test and its measurements.
+
+    with Cluster("build/curvd", tmp) as c:
+        client = curvd.Client(c.url)
+
+db: the database every daemon opens (default: one SQLite file in the
+folder, which WAL lets several processes on one machine share; a
+postgresql:// URL once the daemon has that backend).
+"""
+
+import csv
+import http.client
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from typing import Dict, List, Optional, Sequence
+
+from curvd.local import LocalDaemon
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+HAPROXY_CFG = os.path.join(ROOT, "deploy", "haproxy.cfg")
+SERVERS = ("d1", "d2", "d3")  # the server names in deploy/haproxy.cfg
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (HAProxy binds it right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def haproxy_binary() -> Optional[str]:
+    return shutil.which("haproxy") or next(
+        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)),
+        None)
+
+
+def wait_until(cond, timeout: float, what: str, poll: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(poll)
+
+
+class Cluster:
+    """daemons: how many distinct daemons (1..3); with fewer than 3 the
+    remaining servers of the configuration point at the last one, so the
+    same file routes everything to it. extra: further daemon flags."""
+
+    def __init__(self, binary: str, folder: str, daemons: int = 3, db: Optional[str] = None,
+                 extra: Sequence[str] = (), threads: int = 2, workers: int = 1):
+        if not 1 <= daemons <= len(SERVERS):
+            raise ValueError(f"daemons must be 1..{len(SERVERS)}")
+        self.folder = folder
+        self.db = db or os.path.join(folder, "cluster.db")
+        env = {"OPENBLAS_NUM_THREADS": "1"}
+        self.daemons: List[LocalDaemon] = [
+            LocalDaemon(binary, os.path.join(folder, f"d{i + 1}"), extra, env=env,
+                        threads=threads, workers=workers, db=self.db)
+            for i in range(daemons)]
+        self.haproxy = None
+        self.port = self.stats_port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Cluster":
+        for i, d in enumerate(self.daemons):
+            os.makedirs(os.path.join(self.folder, f"d{i + 1}"), exist_ok=True)
+            d.start()  # one after the other: the first runs the migrations
+        self.port, self.stats_port = free_port(), free_port()
+        env = dict(os.environ, CURVD_ROUTER=f"127.0.0.1:{self.port}",
+                   CURVD_ROUTER_STATS=f"127.0.0.1:{self.stats_port}")
+        for i, name in enumerate(SERVERS):
+            d = self.daemons[min(i, len(self.daemons) - 1)]
+            env[f"CURVD_DAEMON{i + 1}"] = f"127.0.0.1:{d.port}"
+        self.haproxy_log = open(os.path.join(self.folder, "haproxy.log"), "w")
+        self.haproxy = subprocess.Popen([haproxy_binary(), "-db", "-f", HAPROXY_CFG], env=env,
+                                        stdout=self.haproxy_log, stderr=subprocess.STDOUT)
+        wait_until(lambda: self.haproxy.poll() is not None or self._all_up(), 15,
+                   "HAProxy to see every daemon up")
+        if self.haproxy.poll() is not None:
+            raise RuntimeError(f"haproxy exited {self.haproxy.returncode}: see "
+                               f"{self.haproxy_log.name}")
+        return self
+
+    def _all_up(self) -> bool:
+        try:
+            return all(s == "UP" for s in self.status().values())
+        except OSError:
+            return False
+
+    def status(self) -> Dict[str, str]:
+        """HAProxy's view of each server of the by_session backend: UP, DOWN, ..."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.stats_port, timeout=5)
+        try:
+            conn.request("GET", "/stats;csv")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+        return {r["svname"]: r["status"].split(" ")[0] for r in rows
+                if r["pxname"] == "by_session" and r["svname"] in SERVERS}
+
+    def daemon_of(self, session_id: str) -> str:
+        """The server (d1, d2, d3) that HAProxy sends @session_id's requests to."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("GET", f"/v1/sessions/{session_id}")
+            r = conn.getresponse()
+            r.read()
+            return r.getheader("X-Curvd-Daemon") or ""
+        finally:
+            conn.close()
+
+    def signal(self, server: str, sig: int) -> None:
+        """Send @sig to the daemon behind @server."""
+        os.kill(self.daemons[SERVERS.index(server)].proc.pid, sig)
+
+    def stop(self) -> None:
+        for d in self.daemons:
+            if d.proc and d.proc.poll() is None:
+                d.proc.send_signal(signal.SIGCONT)  # a stopped one must hear SIGTERM
+        if self.haproxy and self.haproxy.poll() is None:
+            self.haproxy.terminate()
+            self.haproxy.wait()
+            self.haproxy_log.close()
+        for d in self.daemons:
+            d.stop()
+
+    def __enter__(self) -> "Cluster":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
