@@ -53,6 +53,15 @@ def wait_until(cond, timeout: float, what: str, poll: float = 0.02):
         time.sleep(poll)
 
 
+def longest_wait(steps, since: float) -> float:
+    """@steps: (posted, answered) monotonic times of a session's steps. The
+    longest any of them waited after @since (a kill): from @since for a step
+    in flight then, from its post for a later one; 0 when none was answered
+    after @since."""
+    return max((answered - max(posted, since) for posted, answered in steps
+                if answered > since), default=0.0)
+
+
 class Cluster:
     """daemons: how many distinct daemons (1..3); with fewer than 3 the
     remaining servers of the configuration point at the last one, so the

@@ -1,0 +1,131 @@
+# SPDX-License-Identifier: MIT
+"""Issue 24's measurements: steps per second and latency percentiles of
+small sessions through HAProxy with 1 and 3 daemons (and to one daemon
+directly, for HAProxy's share), and the time to take a SIGKILLed daemon's
+sessions over. Not part of make test (it times things).
+
+    /usr/bin/python3 tests/cluster/bench_cluster.py build/curvd [--seconds 5]
+        [--trainers 8] [--dim 1000] [--db URL] [--takeovers 3]
+
+Each trainer is a process of its own (no shared GIL) with one session
+(sgd with momentum over one vector block of --dim values, FP32 binary
+bodies), stepping as fast as the replies come for --seconds.
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "clients", "python"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import curvd  # noqa: E402
+from cluster import Cluster, longest_wait, wait_until  # noqa: E402
+
+
+def trainer(url, dim, seconds, start_at, out):
+    rng = np.random.default_rng(os.getpid())
+    with curvd.Client(url, retry_budget=60.0, retry_wait=0.05) as c:
+        s = c.create_session("sgd", [{"name": "w", "kind": "vector", "shape": [dim]}],
+                             {"lr": 0.01, "momentum": 0.9}, keep=True)
+        g = {"w": rng.standard_normal(dim).astype(np.float32)}
+        while time.time() < start_at:
+            time.sleep(0.001)
+        lat, t, end = [], 0, start_at + seconds
+        while time.time() < end:
+            t += 1
+            t0 = time.perf_counter()
+            c.step(s.id, t, g)
+            lat.append(time.perf_counter() - t0)
+        out.put(lat)
+
+
+def load(url, trainers, dim, seconds):
+    """Steps/s and latency percentiles (ms) of @trainers processes for @seconds."""
+    q = mp.Queue()
+    start_at = time.time() + 1.0 + 0.1 * trainers  # every process connected and created
+    procs = [mp.Process(target=trainer, args=(url, dim, seconds, start_at, q))
+             for _ in range(trainers)]
+    for p in procs:
+        p.start()
+    lats = [x for _ in procs for x in q.get(timeout=seconds + 120)]
+    for p in procs:
+        p.join()
+    ms = np.array(lats) * 1e3
+    return len(lats) / seconds, np.percentile(ms, 50), np.percentile(ms, 99)
+
+
+def takeover(binary, folder, db, dim):
+    """Kill the daemon of one busy session: the longest one of its steps
+    waited after the kill (through HAProxy, the client's retries included)."""
+    with Cluster(binary, folder, daemons=3, db=db) as cl, curvd.Client(
+            cl.url, retry_budget=60.0, retry_wait=0.05) as c:
+        s = c.create_session("sgd", [{"name": "w", "kind": "vector", "shape": [dim]}],
+                             {"lr": 0.01, "momentum": 0.9}, keep=True)
+        g = {"w": np.ones(dim, dtype=np.float32)}
+        acks, stop, failed = [], threading.Event(), []
+
+        def run():
+            t = 0
+            try:
+                while not stop.is_set():
+                    t += 1
+                    posted = time.monotonic()
+                    c.step(s.id, t, g)
+                    acks.append((posted, time.monotonic()))
+            except curvd.CurvdError as e:
+                failed.append(e)
+
+        th = threading.Thread(target=run, daemon=True)
+        th.start()
+        wait_until(lambda: len(acks) >= 20, 30, "20 steps")
+        victim = cl.daemon_of(s.id)
+        t_kill = time.monotonic()
+        cl.signal(victim, signal.SIGKILL)
+        wait_until(lambda: failed or acks[-1][1] > t_kill, 60, "the session to answer again")
+        stop.set()
+        th.join()
+        if failed:
+            raise failed[0]
+        return longest_wait(acks, t_kill)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("curvd")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--trainers", type=int, default=8)
+    ap.add_argument("--dim", type=int, default=1000)
+    ap.add_argument("--db")
+    ap.add_argument("--takeovers", type=int, default=3)
+    args = ap.parse_args()
+    binary = os.path.abspath(args.curvd)
+    print(f"{args.trainers} trainer processes, sgd+momentum, {args.dim} FP32 values per step, "
+          f"{args.seconds:.0f} s each, {os.cpu_count()} CPUs")
+    for daemons in (1, 3):
+        with tempfile.TemporaryDirectory(prefix="curvd-bench-") as folder:
+            with Cluster(binary, folder, daemons=daemons, db=args.db) as cl:
+                if daemons == 1:
+                    rate, p50, p99 = load(cl.daemons[0].url, args.trainers, args.dim,
+                                          args.seconds)
+                    print(f"1 daemon, direct:      {rate:7.0f} steps/s  p50 {p50:6.2f} ms  "
+                          f"p99 {p99:6.2f} ms")
+                rate, p50, p99 = load(cl.url, args.trainers, args.dim, args.seconds)
+                print(f"{daemons} daemon{'s' if daemons > 1 else ''}, via HAProxy: {rate:7.0f} "
+                      f"steps/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+    for i in range(args.takeovers):
+        with tempfile.TemporaryDirectory(prefix="curvd-bench-") as folder:
+            print(f"takeover {i + 1}: {takeover(binary, folder, args.db, args.dim):.2f} s "
+                  "the longest wait of a step after the SIGKILL")
+
+
+if __name__ == "__main__":
+    main()
