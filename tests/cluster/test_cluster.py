@@ -18,6 +18,7 @@ Exit 0: passed; 1: failed; 77: skipped (no haproxy).
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -35,14 +36,16 @@ from cluster import Cluster, haproxy_binary, longest_wait, wait_until  # noqa: E
 
 TRAINERS = 8
 STEPS = 60
-GATE = 40  # no trainer posts a step past this before the kill
+GATES = (20, 40)  # trainers wait before these steps until the case lets them on
 LR, MU = 0.1, 0.9
 DIM = 6
 LAYOUT = [{"name": "w", "kind": "vector", "shape": [DIM]}]
-# What deploy/haproxy.cfg's checks allow: down after 2 failed checks at
-# fastinter 500 ms, each allowed `timeout check` 1 s (a refused connection
-# of real traffic marks a server down at once).
-CHECK_BOUND_S = 2 * (0.5 + 1.0)
+# The lease time the daemons run with (when they have leases), and what
+# deploy/haproxy.cfg's checks allow: down after 2 failed checks, the second
+# at fastinter 500 ms, each allowed `timeout check` 1 s (a refused
+# connection of real traffic marks a server down at once).
+LEASE_MS = 2000
+CHECK_BOUND_S = 2 * 1.0 + 0.5
 
 
 def gradient(trainer: int, step: int) -> np.ndarray:
@@ -50,9 +53,9 @@ def gradient(trainer: int, step: int) -> np.ndarray:
 
 
 class Trainer(threading.Thread):
-    def __init__(self, index: int, url: str, gate: threading.Event):
+    def __init__(self, index: int, url: str, gates):
         super().__init__(daemon=True)
-        self.index, self.url, self.gate = index, url, gate
+        self.index, self.url, self.gates = index, url, gates  # gates: {step: Event}
         self.session_id = None
         self.done = 0  # steps acknowledged
         self.acks = []  # (posted, answered): monotonic times of each step
@@ -70,8 +73,8 @@ class Trainer(threading.Thread):
             self.session_id = s.id
             v = np.zeros(DIM)
             for t in range(1, STEPS + 1):
-                if t == GATE + 1:
-                    self.gate.wait()
+                if t in self.gates:
+                    self.gates[t].wait()
                 g = gradient(self.index, t)
                 posted = time.monotonic()
                 r = c.step(s.id, t, {"w": g}, datatype="FP64")
@@ -93,50 +96,133 @@ class Trainer(threading.Thread):
                                  f"want {want}: a step lost or applied twice")
 
 
-def case_sigkill(binary: str, folder: str, db) -> list:
-    """Eight trainers, a daemon SIGKILLed among them; returns the failures."""
-    failures = []
-    with Cluster(binary, folder, daemons=3, db=db) as cl:
-        gate = threading.Event()
-        trainers = [Trainer(i, cl.url, gate) for i in range(TRAINERS)]
-        for t in trainers:
+class Run:
+    """The trainers of one case on a started cluster, and what they saw."""
+
+    def __init__(self, cl: Cluster):
+        self.cl = cl
+        self.gates = {step: threading.Event() for step in GATES}
+        self.trainers = [Trainer(i, cl.url, self.gates) for i in range(TRAINERS)]
+        for t in self.trainers:
             t.start()
-        wait_until(lambda: all(t.done >= GATE // 2 or t.failure for t in trainers), 120,
-                   "every trainer halfway to the kill")
-        placed = {t.session_id: cl.daemon_of(t.session_id) for t in trainers}
-        counts = {d: list(placed.values()).count(d) for d in ("d1", "d2", "d3")}
-        victim = max(counts, key=counts.get)  # the daemon with the most sessions
-        print(f"sessions per daemon: {counts}; SIGKILL {victim}")
-        t_kill = time.monotonic()
-        cl.signal(victim, signal.SIGKILL)
-        gate.set()
-        wait_until(lambda: cl.status().get(victim) == "DOWN", 30, f"HAProxy to mark {victim} down")
-        t_down = time.monotonic() - t_kill
-        for t in trainers:
+        self.failures = []
+        self.placed = {}
+
+    def wait_for(self, step: int, trainers=None):
+        wait_until(lambda: all(t.done >= step or t.failure or not t.is_alive()
+                               for t in trainers or self.trainers), 120,
+                   f"the trainers to reach step {step}")
+
+    def pick_victim(self) -> str:
+        """The daemon that serves the most sessions now."""
+        self.placed = {t.session_id: self.cl.daemon_of(t.session_id) for t in self.trainers}
+        counts = {d: list(self.placed.values()).count(d) for d in ("d1", "d2", "d3")}
+        victim = max(counts, key=counts.get)
+        print(f"sessions per daemon: {counts}; the victim: {victim}")
+        return victim
+
+    def of(self, victim: str):
+        return [t for t in self.trainers if self.placed[t.session_id] == victim]
+
+    def report_wait(self, victim: str, since: float, what: str):
+        waits = sorted(longest_wait(t.acks, since) for t in self.of(victim))
+        print(f"after the {what} of {victim}, its {len(waits)} sessions' steps waited at most "
+              f"{', '.join(f'{x:.2f}' for x in waits)} s (bound, deploy/README.md: the lease "
+              f"time {LEASE_MS / 1e3:.1f} s + {CHECK_BOUND_S:.1f} s of health checks)")
+
+    def finish(self, moved_ok: str):
+        """Open every gate, join the trainers, check placement and listing.
+        Sessions of daemons other than @moved_ok must still be where they were."""
+        for g in self.gates.values():
+            g.set()
+        for t in self.trainers:
             t.join(timeout=300)
             if t.is_alive():
-                failures.append(f"trainer {t.index} did not finish")
+                self.failures.append(f"trainer {t.index} did not finish")
             elif t.failure:
-                failures.append(t.failure)
-        takeover = [longest_wait(t.acks, t_kill) for t in trainers
-                    if placed[t.session_id] == victim]
-        print(f"HAProxy marked {victim} down {t_down:.2f} s after the kill; its "
-              f"{len(takeover)} sessions' steps waited at most "
-              f"{', '.join(f'{x:.2f}' for x in sorted(takeover))} s "
-              f"(bound stated in deploy/README.md: the lease time plus {CHECK_BOUND_S:.1f} s of "
-              "health checks)")
-        for t in trainers:
-            now = cl.daemon_of(t.session_id)
-            if placed[t.session_id] != victim and now != placed[t.session_id]:
-                failures.append(f"session {t.session_id} moved from {placed[t.session_id]} to "
-                                f"{now} though its daemon stayed up")
-            if placed[t.session_id] == victim and now == victim:
-                failures.append(f"session {t.session_id} is still routed to the dead {victim}")
-        listed = {s.id for s in curvd.Client(cl.url).list_sessions()}
-        missing = {t.session_id for t in trainers} - listed
+                self.failures.append(t.failure)
+        for t in self.trainers:
+            was, now = self.placed[t.session_id], self.cl.daemon_of(t.session_id)
+            if was != moved_ok and now != was:
+                self.failures.append(f"session {t.session_id} moved from {was} to {now} "
+                                     "though its daemon stayed up")
+        listed = {s.id for s in curvd.Client(self.cl.url).list_sessions()}
+        missing = {t.session_id for t in self.trainers} - listed
         if missing:
-            failures.append(f"listing through HAProxy misses {sorted(missing)}")
+            self.failures.append(f"listing through HAProxy misses {sorted(missing)}")
+        return self.failures
+
+
+def case_sigkill(cl: Cluster) -> list:
+    """A daemon SIGKILLed while eight trainers step: returns the failures."""
+    run = Run(cl)
+    run.wait_for(GATES[0] - 1)  # every session has a daemon; the gate holds them
+    victim = run.pick_victim()
+    run.gates[GATES[0]].set()
+    run.wait_for(GATES[0] + 5)
+    t_kill = time.monotonic()
+    cl.signal(victim, signal.SIGKILL)
+    wait_until(lambda: cl.status().get(victim) == "DOWN", 30, f"HAProxy to mark {victim} down")
+    print(f"SIGKILL {victim}: HAProxy marked it down after {time.monotonic() - t_kill:.2f} s")
+    failures = run.finish(moved_ok=victim)
+    run.report_wait(victim, t_kill, "SIGKILL")
+    for t in run.of(victim):
+        if cl.daemon_of(t.session_id) == victim:
+            failures.append(f"session {t.session_id} is still routed to the dead {victim}")
     return failures
+
+
+def lease_counts(url: str) -> dict:
+    """The daemon's lease counters from /metrics: lost, fenced (writes)."""
+    import urllib.request
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith('curvd_leases_total{event="lost"}'):
+            out["lost"] = int(float(line.split()[-1]))
+        elif line.startswith("curvd_fenced_writes_total"):
+            out["fenced"] = int(float(line.split()[-1]))
+    return out
+
+
+def case_sigstop(cl: Cluster) -> list:
+    """A daemon stopped (SIGSTOP) past its lease: another takes its sessions
+    over; resumed (SIGCONT), its renewals and writes are fenced and it drops
+    them; HAProxy then sends them back to it, and it takes them again once
+    the other daemon's lease has lapsed."""
+    run = Run(cl)
+    run.wait_for(GATES[0] - 1)
+    victim = run.pick_victim()
+    url = cl.daemons[("d1", "d2", "d3").index(victim)].url
+    before = lease_counts(url)
+    run.gates[GATES[0]].set()
+    run.wait_for(GATES[0] + 5)
+    t_stop = time.monotonic()
+    cl.signal(victim, signal.SIGSTOP)
+    wait_until(lambda: cl.status().get(victim) == "DOWN", 30, f"HAProxy to mark {victim} down")
+    print(f"SIGSTOP {victim}: HAProxy marked it down after {time.monotonic() - t_stop:.2f} s")
+    run.wait_for(GATES[1] - 1, run.of(victim))  # served by the others meanwhile
+    run.report_wait(victim, t_stop, "SIGSTOP")
+    cl.signal(victim, signal.SIGCONT)
+    wait_until(lambda: cl.status().get(victim) == "UP", 30, f"HAProxy to mark {victim} up")
+    after = lease_counts(url)
+    dropped = sum(after.get(k, 0) - before.get(k, 0) for k in ("lost", "fenced"))
+    print(f"SIGCONT {victim}: leases lost {after.get('lost', 0) - before.get('lost', 0)}, "
+          f"writes fenced {after.get('fenced', 0) - before.get('fenced', 0)}")
+    failures = run.finish(moved_ok=victim)
+    if dropped < 1:
+        failures.append(f"{victim} resumed without a lease lost or a write fenced: it kept "
+                        "sessions another daemon had taken over")
+    for t in run.of(victim):
+        if cl.daemon_of(t.session_id) != victim:
+            failures.append(f"session {t.session_id} did not go back to {victim} once it was up")
+    return failures
+
+
+def has_leases(binary: str) -> bool:
+    import subprocess
+    return "--lease-ttl" in subprocess.run([binary, "--help"], capture_output=True,
+                                           text=True).stdout
 
 
 def main() -> int:
@@ -149,14 +235,26 @@ def main() -> int:
         print("SKIP cluster test: haproxy is not installed and scripts/install-deps could not "
               "install it")
         return 77
-    folder = tempfile.mkdtemp(prefix="curvd-cluster-")
-    failures = case_sigkill(os.path.abspath(args.curvd), folder, args.db)
-    for f in failures:
-        print(f"FAIL {f}")
-    print(f"cluster test: {'FAILED' if failures else 'passed'} ({folder if args.keep else ''})")
-    if not args.keep:
-        import shutil
-        shutil.rmtree(folder, ignore_errors=True)
+    binary = os.path.abspath(args.curvd)
+    leases = has_leases(binary)
+    extra = ["--lease-ttl", str(LEASE_MS)] if leases else []
+    cases = [case_sigkill] + ([case_sigstop] if leases else [])
+    if not leases:
+        print("note: this curvd has no leases (--lease-ttl): the SIGSTOP case needs them")
+    failures = []
+    for case in cases:
+        folder = tempfile.mkdtemp(prefix=f"curvd-cluster-{case.__name__[5:]}-")
+        print(f"== {case.__name__}: {case.__doc__.splitlines()[0]}")
+        with Cluster(binary, folder, daemons=3, db=args.db, extra=extra) as cl:
+            got = case(cl)
+        for f in got:
+            print(f"FAIL {f}")
+        failures += got
+        if args.keep:
+            print(f"logs and database kept in {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    print(f"cluster test: {'FAILED' if failures else 'passed'} ({len(cases)} cases)")
     return 1 if failures else 0
 
 
