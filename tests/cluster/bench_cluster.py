@@ -45,22 +45,44 @@ def trainer(url, dim, seconds, start_at, out):
             t0 = time.perf_counter()
             c.step(s.id, t, g)
             lat.append(time.perf_counter() - t0)
-        out.put(lat)
+        out.put((lat, time.process_time()))
 
 
-def load(url, trainers, dim, seconds):
-    """Steps/s and latency percentiles (ms) of @trainers processes for @seconds."""
+def cpu_seconds(pids) -> float:
+    """User + system CPU seconds of the processes @pids so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def load(url, trainers, dim, seconds, servers):
+    """Steps/s, latency percentiles (ms) of @trainers processes for @seconds,
+    and the CPU ms per step of the @servers processes (daemons, HAProxy) and
+    of the trainers."""
     q = mp.Queue()
+    cpu0 = cpu_seconds(servers)
     start_at = time.time() + 1.0 + 0.1 * trainers  # every process connected and created
     procs = [mp.Process(target=trainer, args=(url, dim, seconds, start_at, q))
              for _ in range(trainers)]
     for p in procs:
         p.start()
-    lats = [x for _ in procs for x in q.get(timeout=seconds + 120)]
+    got = [q.get(timeout=seconds + 120) for _ in procs]
+    server_cpu = cpu_seconds(servers) - cpu0  # setup included: a little high
     for p in procs:
         p.join()
-    ms = np.array(lats) * 1e3
-    return len(lats) / seconds, np.percentile(ms, 50), np.percentile(ms, 99)
+    ms = np.array([x for lat, _ in got for x in lat]) * 1e3
+    n = len(ms)
+    return (n / seconds, np.percentile(ms, 50), np.percentile(ms, 99), 1e3 * server_cpu / n,
+            1e3 * sum(cpu for _, cpu in got) / n)
+
+
+def show(what, r):
+    print(f"{what:24s} {r[0]:6.0f} steps/s  p50 {r[1]:6.2f} ms  p99 {r[2]:6.2f} ms  "
+          f"CPU per step: servers {r[3]:.2f} ms, trainers {r[4]:.2f} ms")
 
 
 def takeover(binary, folder, db, dim):
@@ -113,14 +135,13 @@ def main():
     for daemons in (1, 3):
         with tempfile.TemporaryDirectory(prefix="curvd-bench-") as folder:
             with Cluster(binary, folder, daemons=daemons, db=args.db) as cl:
+                pids = [d.proc.pid for d in cl.daemons]
                 if daemons == 1:
-                    rate, p50, p99 = load(cl.daemons[0].url, args.trainers, args.dim,
-                                          args.seconds)
-                    print(f"1 daemon, direct:      {rate:7.0f} steps/s  p50 {p50:6.2f} ms  "
-                          f"p99 {p99:6.2f} ms")
-                rate, p50, p99 = load(cl.url, args.trainers, args.dim, args.seconds)
-                print(f"{daemons} daemon{'s' if daemons > 1 else ''}, via HAProxy: {rate:7.0f} "
-                      f"steps/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+                    show("1 daemon, direct", load(cl.daemons[0].url, args.trainers, args.dim,
+                                                  args.seconds, pids))
+                show(f"{daemons} daemon{'s' if daemons > 1 else ''}, via HAProxy",
+                     load(cl.url, args.trainers, args.dim, args.seconds,
+                          pids + [cl.haproxy.pid]))
     for i in range(args.takeovers):
         with tempfile.TemporaryDirectory(prefix="curvd-bench-") as folder:
             print(f"takeover {i + 1}: {takeover(binary, folder, args.db, args.dim):.2f} s "
