@@ -2,6 +2,8 @@
 #include "daemon.h"
 
 #include <stdio.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "curv.h"
 #include "http/auth.h"
@@ -10,8 +12,36 @@
 #include "session/service.h"
 #include "store/store.h"
 
+/* The lease owner this daemon writes as (docs/CLUSTER.md): --node-id, or
+ * the host name and port, stable across restarts, so that a restarted
+ * daemon takes its own leases over at once; with port 0 (tests), the
+ * process id instead of the port. */
+static int set_node_id(struct curvd_server *srv, char *err, size_t errlen)
+{
+    const char *id = srv->cfg.node_id;
+    if (id) {
+        if (!id[0] || strlen(id) >= sizeof srv->node_id) {
+            snprintf(err, errlen, "--node-id must be 1 to %zu bytes", sizeof srv->node_id - 1);
+            return -1;
+        }
+        snprintf(srv->node_id, sizeof srv->node_id, "%s", id);
+        return 0;
+    }
+    char host[64] = "localhost";
+    if (gethostname(host, sizeof host) != 0 || !host[0])
+        snprintf(host, sizeof host, "localhost");
+    host[sizeof host - 1] = '\0';
+    if (srv->cfg.port)
+        snprintf(srv->node_id, sizeof srv->node_id, "%s:%u", host, srv->cfg.port);
+    else
+        snprintf(srv->node_id, sizeof srv->node_id, "%s:pid%ld", host, (long)getpid());
+    return 0;
+}
+
 int curvd_daemon_open(struct curvd_server *srv, char *err, size_t errlen)
 {
+    if (set_node_id(srv, err, errlen) != 0)
+        return -1;
     enum curvd_durability d =
         srv->cfg.durability_full ? CURVD_DURABILITY_FULL : CURVD_DURABILITY_NORMAL;
     if (srv->cfg.token_file && !(srv->auth = curvd_auth_load(srv->cfg.token_file, err, errlen)))

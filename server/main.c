@@ -85,6 +85,14 @@ static const struct flag FLAGS[] = {
      "without the step log (which cannot save a write that small)"},
     {"durability", "CURVD_DURABILITY", F_DURABILITY, OFF(durability_full),
      "full: a step survives power loss; normal: it survives a crash of the daemon"},
+    {"node-id", "CURVD_NODE_ID", F_STR, OFF(node_id),
+     "this daemon's name as the owner of session leases (docs/CLUSTER.md); daemons sharing a "
+     "database must never share one, and a daemon restarted with its own takes its leases "
+     "back at once (default: host name:port)"},
+    {"lease-ttl", "CURVD_LEASE_TTL", F_SIZE, OFF(lease_ttl_ms),
+     "milliseconds a session's lease lasts unless renewed (every third of it while in use; "
+     "given up after as long idle): how long another daemon waits to take over the sessions "
+     "of one that died"},
 };
 #define NFLAGS (sizeof FLAGS / sizeof FLAGS[0])
 
@@ -107,7 +115,8 @@ static const struct curvd_config DEFAULTS = {.listen = "127.0.0.1",
                                              .snapshot_log_pct = 100,
                                              .snapshot_ms = 2000,
                                              .snapshot_inline = (size_t)1 << 20,
-                                             .snapshot_min = (size_t)64 << 10};
+                                             .snapshot_min = (size_t)64 << 10,
+                                             .lease_ttl_ms = CURVD_LEASE_TTL_DEFAULT_MS};
 
 /* The default of flag @f as text into @buf. */
 static void default_text(const struct flag *f, char *buf, size_t cap)
@@ -323,13 +332,13 @@ int main(int argc, char **argv)
     curvd_log(CURVD_LOG_INFO,
               "listening on http://%s:%u  version=%s commit=%s db=%s durability=%s threads=%u "
               "workers=%u max-body=%zu max-sessions=%zu memory-budget=%zu idle-ttl=%u history=%u "
-              "snapshot-log=%u%% snapshot-ms=%u auth=%s log=%s",
+              "snapshot-log=%u%% snapshot-ms=%u node-id=%s lease-ttl=%zums auth=%s log=%s",
               srv.cfg.listen, curvd_http_port(&srv), CURVD_VERSION, curvd_build_commit,
               srv.cfg.db_path, srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads,
               srv.cfg.workers, srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget,
               srv.cfg.idle_ttl_s, srv.cfg.history_steps, srv.cfg.snapshot_log_pct,
-              srv.cfg.snapshot_ms, srv.cfg.token_file ? "tokens" : "off",
-              srv.cfg.log_json ? "json" : "text");
+              srv.cfg.snapshot_ms, srv.node_id, srv.cfg.lease_ttl_ms,
+              srv.cfg.token_file ? "tokens" : "off", srv.cfg.log_json ? "json" : "text");
     int sig = 0;
     while (sigwait(&stop, &sig) == 0 && sig == SIGHUP)
         reload_tokens(&srv);

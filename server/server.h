@@ -45,7 +45,17 @@ struct curvd_config {
      * whole with every step, without a log (a log row could not save a
      * page there, and costs a second write per snapshot). */
     size_t snapshot_min;
+    /* Leases (docs/CLUSTER.md "Leases and fencing"): this daemon's name as
+     * a lease owner (NULL: host name and port), unique among the daemons
+     * sharing a database; how long a lease lasts (0: the default). */
+    const char *node_id;
+    size_t lease_ttl_ms;
 };
+
+/* Room for a node id and its NUL (CURVD_STORE_OWNER_MAX). */
+#define CURVD_NODE_ID_MAX 128
+/* The lease time when cfg.lease_ttl_ms is 0. */
+#define CURVD_LEASE_TTL_DEFAULT_MS 10000
 
 struct curvd_store;
 struct curvd_registry;
@@ -69,7 +79,10 @@ struct curvd_server {
      * and cleared by curvd_http_start and _stop. */
     const struct curv_executor *exec;
     struct curvd_pool *pool;       /* the same workers' queue: background refreshes */
-    struct curvd_sweeper *sweeper; /* deletes idle sessions (session/service.h) */
+    struct curvd_sweeper *sweeper; /* deletes idle sessions, keeps leases (session/service.h) */
+    /* The lease owner this daemon writes as; "" (a server built by hand in
+     * a test): no leases, writes are not fenced. Set by curvd_daemon_open. */
+    char node_id[CURVD_NODE_ID_MAX];
 };
 
 #endif

@@ -48,6 +48,13 @@ void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq,
     else if (st == CURVD_STORE_BUSY)
         curvd_reply_problem(rp, rq, CURVD_R_DATABASE_BUSY, NULL, 0, "the database is busy: %s",
                             err);
+    else if (st == CURVD_STORE_FENCED)
+        /* Nothing was written and the copy in memory is gone; the daemon
+         * that holds the session now answers the retry (docs/CLUSTER.md). */
+        curvd_reply_problem(rp, rq, CURVD_R_SESSION_LEASED, NULL, 0,
+                            "another daemon took this session over; nothing of this request was "
+                            "applied, retry it: %s",
+                            err);
     else if (st == CURVD_STORE_FULL)
         curvd_reply_problem(rp, rq, CURVD_R_STORAGE_FULL, NULL, 0,
                             "the disk is full; DELETE sessions to make room for new ones, or give "
@@ -60,7 +67,11 @@ void curvd_reply_store_error(struct curvd_reply *rp, const struct curvd_req *rq,
 void curvd_reply_registry_error(struct curvd_reply *rp, const struct curvd_req *rq,
                                 enum curvd_reg_status rs, const char *why)
 {
-    if (rs == CURVD_REG_BUSY)
+    if (rs == CURVD_REG_LEASED)
+        curvd_reply_problem(rp, rq, CURVD_R_SESSION_LEASED, NULL, 0,
+                            "another daemon holds this session's lease; retry after Retry-After "
+                            "(its lease ends by then unless that daemon still serves it)");
+    else if (rs == CURVD_REG_BUSY)
         curvd_reply_problem(rp, rq, CURVD_R_SESSION_BUSY, NULL, 0,
                             "another request of this session is in progress");
     else if (rs == CURVD_REG_ERROR)
@@ -83,9 +94,13 @@ int curvd_take_session(struct curvd_server *srv, const struct curvd_req *rq, str
                        struct curvd_entry **e)
 {
     char why[256] = "";
-    enum curvd_reg_status rs = curvd_svc_take(srv, rq->param[0], rq->tenant, e, why, sizeof why);
+    int64_t retry_ms = 0;
+    enum curvd_reg_status rs =
+        curvd_svc_take(srv, rq->param[0], rq->tenant, e, &retry_ms, why, sizeof why);
     if (rs != CURVD_REG_OK)
         curvd_reply_registry_error(rp, rq, rs, why);
+    if (rs == CURVD_REG_LEASED) /* whole seconds, rounded up: never before it ends */
+        rp->retry_after_s = retry_ms > 0 ? (unsigned)((retry_ms + 999) / 1000) : 1;
     return rs == CURVD_REG_OK ? 0 : -1;
 }
 

@@ -65,7 +65,8 @@
     X(STEP_MISMATCH, 422, STEP_MISMATCH, "Not the request that completed the step")                \
     X(SESSION_UNLOADABLE, 409, SESSION_UNLOADABLE, "Session state cannot be loaded")               \
     X(BAD_FRAMING, 400, BAD_FRAMING, "Ambiguous message length")                                   \
-    X(STORAGE_FULL, 507, STORAGE_FULL, "Storage full")
+    X(STORAGE_FULL, 507, STORAGE_FULL, "Storage full")                                             \
+    X(SESSION_LEASED, 503, SESSION_LEASED, "Session held by another daemon")
 
 enum curvd_reason {
 #define CURVD__REASON_ENUM(row, status, reason, title) CURVD_R_##row,

@@ -274,8 +274,11 @@ static enum MHD_Result send_reply(const struct curvd_server *srv, struct MHD_Con
         MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, rp->location);
     if (rp->etag[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, rp->etag);
-    if (rp->status == 503 || rp->status == 429)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (rp->status == 503 || rp->status == 429) {
+        char after[24];
+        snprintf(after, sizeof after, "%u", rp->retry_after_s ? rp->retry_after_s : 1);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, after);
+    }
     if (rp->status == 405) {
         char allow[64];
         curvd_route_allowed(x->rq.path ? x->rq.path : "", allow, sizeof allow);

@@ -50,6 +50,7 @@ struct curvd_reply {
     void (*body_free)(void *);
     char location[160];           /* Location header when non-empty */
     char etag[32];                /* ETag header when non-empty */
+    unsigned retry_after_s;       /* a 503's or 429's Retry-After; 0: 1 second */
     size_t json_header_len;       /* binary extension: Inference-Header-Content-Length */
     double timing[CURVD_T_COUNT]; /* seconds per phase: the Server-Timing header */
     double lap_start;             /* curvd_timing_lap's clock */

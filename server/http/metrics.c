@@ -38,7 +38,14 @@ struct curvd_metrics {
     atomic_ullong expired;
     atomic_ullong commit_form[2]; /* log rows, snapshots */
     atomic_ullong replayed_steps, replays, replay_micros;
+    atomic_ullong leases[CURVD_LEASE_EV_COUNT];
 };
+
+void curvd_metrics_lease(struct curvd_metrics *m, enum curvd_lease_event ev)
+{
+    if (m && ev < CURVD_LEASE_EV_COUNT)
+        atomic_fetch_add(&m->leases[ev], 1);
+}
 
 void curvd_metrics_expired(struct curvd_metrics *m, size_t n)
 {
@@ -262,6 +269,24 @@ char *curvd_metrics_render(const struct curvd_metrics *m, const struct curvd_met
         "# TYPE curvd_sessions_expired_total counter\n"
         "curvd_sessions_expired_total %llu\n",
         (unsigned long long)atomic_load(&m->expired));
+    put(&b,
+        "# HELP curvd_leases_total What became of session leases (docs/CLUSTER.md): taken "
+        "(a session loaded or taken again), renewed, released (idle or out of memory), lost "
+        "(a renewal found another daemon's epoch).\n"
+        "# TYPE curvd_leases_total counter\n"
+        "curvd_leases_total{event=\"taken\"} %llu\n"
+        "curvd_leases_total{event=\"renewed\"} %llu\n"
+        "curvd_leases_total{event=\"released\"} %llu\n"
+        "curvd_leases_total{event=\"lost\"} %llu\n"
+        "# HELP curvd_fenced_writes_total Writes the store refused because the session's lease "
+        "had moved on to another daemon (the session was dropped from memory).\n"
+        "# TYPE curvd_fenced_writes_total counter\n"
+        "curvd_fenced_writes_total %llu\n",
+        atomic_load(&m->leases[CURVD_LEASE_EV_TAKEN]),
+        atomic_load(&m->leases[CURVD_LEASE_EV_RENEWED]),
+        atomic_load(&m->leases[CURVD_LEASE_EV_RELEASED]),
+        atomic_load(&m->leases[CURVD_LEASE_EV_LOST]),
+        atomic_load(&m->leases[CURVD_LEASE_EV_FENCED]));
     put(&b,
         "# HELP curvd_durable_writes_total What made steps durable: rows of the step log "
         "(a step's input) and snapshots of a session's state (with a step, or after its "

@@ -27,6 +27,17 @@ void curvd_metrics_expired(struct curvd_metrics *m, size_t n);
 /* One row of the step log written (@snapshot 0) or one snapshot of a
  * session's state (1); NULL @m: no-op. */
 void curvd_metrics_commit_form(struct curvd_metrics *m, int snapshot);
+/* Leases (docs/CLUSTER.md): taken, renewed, given up, lost (a renewal
+ * found another epoch), and writes refused by fencing; NULL @m: no-op. */
+enum curvd_lease_event {
+    CURVD_LEASE_EV_TAKEN,
+    CURVD_LEASE_EV_RENEWED,
+    CURVD_LEASE_EV_RELEASED,
+    CURVD_LEASE_EV_LOST,
+    CURVD_LEASE_EV_FENCED,
+    CURVD_LEASE_EV_COUNT
+};
+void curvd_metrics_lease(struct curvd_metrics *m, enum curvd_lease_event ev);
 /* A session loaded by replaying @steps logged steps in @seconds. */
 void curvd_metrics_replayed(struct curvd_metrics *m, size_t steps, double seconds);
 /* One callback answered (a round trip of a multi-exchange step). */

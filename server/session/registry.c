@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "curv/exec.h"
 
@@ -35,7 +36,22 @@ struct curvd_registry {
     uint64_t clock;
     curvd_loader load;
     void *load_ctx;
+    struct gone_lease *gone; /* leases of sessions that left memory, to give up */
 };
+
+/* A lease held by a session that left memory (evicted, dropped): given
+ * up at the next curvd_registry_leases_due. */
+struct gone_lease {
+    struct curvd_lease_due due;
+    struct gone_lease *next;
+};
+
+int64_t curvd_registry_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static size_t hash(const char *id)
 {
@@ -96,6 +112,11 @@ void curvd_registry_free(struct curvd_registry *r)
         n = s->next;
         free_session(s);
     }
+    while (r->gone) {
+        struct gone_lease *g = r->gone;
+        r->gone = g->next;
+        free(g);
+    }
     pthread_cond_destroy(&r->bg_done);
     pthread_mutex_destroy(&r->mu);
     free(r);
@@ -122,10 +143,26 @@ static void lru_front(struct curvd_registry *r, struct curvd_entry *s)
     r->lru.next->prev = s;
     r->lru.next = s;
     s->last_used = ++r->clock;
+    s->used_ms = curvd_registry_now_ms();
+}
+
+/* Under r->mu: @s leaves memory; its lease, if held, is to be given up
+ * (out of memory, it just runs out). */
+static void lease_leaves(struct curvd_registry *r, const struct curvd_entry *s)
+{
+    struct gone_lease *g = s->leased ? malloc(sizeof *g) : NULL;
+    if (!g)
+        return;
+    g->due = (struct curvd_lease_due){.epoch = s->epoch, .release = 1};
+    memcpy(g->due.id, s->id, sizeof g->due.id);
+    memcpy(g->due.tenant, s->tenant, sizeof g->due.tenant);
+    g->next = r->gone;
+    r->gone = g;
 }
 
 static void unlink_all(struct curvd_registry *r, struct curvd_entry *s)
 {
+    lease_leaves(r, s);
     struct curvd_entry **pp = &r->bucket[hash(s->id)];
     while (*pp != s)
         pp = &(*pp)->hnext;
@@ -177,8 +214,8 @@ static struct curvd_entry *new_session(const char *id, const char *tenant, curv_
 }
 
 enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char *id,
-                                           const char *tenant, struct curvd_entry **out, char *why,
-                                           size_t why_cap)
+                                           const char *tenant, struct curvd_entry **out,
+                                           struct curvd_hold *hold, char *why, size_t why_cap)
 {
     pthread_mutex_lock(&r->mu);
     struct curvd_entry *s = find(r, id);
@@ -207,13 +244,19 @@ enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char 
     curv_opt *opt = NULL;
     size_t bytes = 0;
     struct curvd_committed committed = {0};
+    struct curvd_hold held = {0};
     char text[256] = "";
-    int lr =
-        r->load ? r->load(r->load_ctx, id, tenant, &opt, &bytes, &committed, text, sizeof text) : 1;
+    int lr = r->load ? r->load(r->load_ctx, id, tenant, &opt, &bytes, &committed, &held, text,
+                               sizeof text)
+                     : 1;
     if (lr == 2 && why)
         snprintf(why, why_cap, "%s", text);
+    if (lr == 3 && hold)
+        hold->retry_ms = held.retry_ms;
+    static const enum curvd_reg_status of_load[] = {CURVD_REG_OK, CURVD_REG_NOT_FOUND,
+                                                    CURVD_REG_UNLOADABLE, CURVD_REG_LEASED};
     if (lr != 0)
-        return lr == 2 ? CURVD_REG_UNLOADABLE : lr > 0 ? CURVD_REG_NOT_FOUND : CURVD_REG_ERROR;
+        return lr > 0 && lr <= 3 ? of_load[lr] : CURVD_REG_ERROR;
     struct curvd_entry *fresh = new_session(id, tenant, opt, bytes);
     if (!fresh) {
         curv_opt_free(opt);
@@ -221,11 +264,14 @@ enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char 
         return CURVD_REG_ERROR;
     }
     fresh->committed = committed;
+    fresh->epoch = held.epoch;
+    fresh->leased = held.leased;
+    fresh->renewed_ms = curvd_registry_now_ms();
     pthread_mutex_lock(&r->mu);
     if (find(r, id)) { /* someone else loaded it meanwhile */
         pthread_mutex_unlock(&r->mu);
         free_session(fresh);
-        return curvd_registry_begin(r, id, tenant, out, why, why_cap);
+        return curvd_registry_begin(r, id, tenant, out, hold, why, why_cap);
     }
     fresh->busy = 1;
     insert(r, fresh);
@@ -319,6 +365,7 @@ void curvd_registry_end(struct curvd_registry *r, struct curvd_entry *s, size_t 
 {
     pthread_mutex_lock(&r->mu);
     s->busy = 0;
+    s->used_ms = curvd_registry_now_ms();
     if (s->tail) {
         s->tail = 0;
         pthread_cond_broadcast(&r->bg_done);
@@ -359,17 +406,22 @@ enum curvd_reg_status curvd_registry_add(struct curvd_registry *r, const char *i
     return CURVD_REG_OK;
 }
 
+/* Under r->mu: @s leaves the table, and memory once nobody holds it. */
+static void drop_locked(struct curvd_registry *r, struct curvd_entry *s)
+{
+    unlink_all(r, s);
+    if (s->busy || s->bg)
+        s->dropped = 1; /* curvd_registry_end or the refresh's end frees it */
+    else
+        free_session(s);
+}
+
 void curvd_registry_drop(struct curvd_registry *r, const char *id)
 {
     pthread_mutex_lock(&r->mu);
     struct curvd_entry *s = find(r, id);
-    if (s) {
-        unlink_all(r, s);
-        if (s->busy || s->bg)
-            s->dropped = 1; /* curvd_registry_end or the refresh's end frees it */
-        else
-            free_session(s);
-    }
+    if (s)
+        drop_locked(r, s);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -399,4 +451,89 @@ int curvd_registry_pending(struct curvd_registry *r, const char *id, long long *
     }
     pthread_mutex_unlock(&r->mu);
     return pending;
+}
+
+int curvd_registry_leased(struct curvd_registry *r, const struct curvd_entry *s)
+{
+    pthread_mutex_lock(&r->mu);
+    int leased = s->leased;
+    pthread_mutex_unlock(&r->mu);
+    return leased;
+}
+
+void curvd_registry_set_lease(struct curvd_registry *r, struct curvd_entry *s, int64_t epoch)
+{
+    pthread_mutex_lock(&r->mu);
+    s->epoch = epoch;
+    s->leased = 1;
+    s->renewed_ms = curvd_registry_now_ms();
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Under r->mu: append @d to *@out (of *@n, room for *@cap). 0, or -1. */
+static int due_push(struct curvd_lease_due **out, long *n, long *cap,
+                    const struct curvd_lease_due *d)
+{
+    if (*n == *cap) {
+        long ncap = *cap ? 2 * *cap : 16;
+        struct curvd_lease_due *g = realloc(*out, (size_t)ncap * sizeof *g);
+        if (!g)
+            return -1;
+        *out = g;
+        *cap = ncap;
+    }
+    (*out)[(*n)++] = *d;
+    return 0;
+}
+
+long curvd_registry_leases_due(struct curvd_registry *r, int64_t now_ms, int64_t renew_ms,
+                               int64_t idle_ms, struct curvd_lease_due **out)
+{
+    long n = 0, cap = 0;
+    int ok = 0;
+    *out = NULL;
+    pthread_mutex_lock(&r->mu);
+    for (struct curvd_entry *s = r->lru.next; ok == 0 && s != &r->lru; s = s->next) {
+        if (!s->leased)
+            continue;
+        struct curvd_lease_due d = {.epoch = s->epoch};
+        d.release = !s->busy && !s->bg && now_ms - s->used_ms >= idle_ms;
+        if (!d.release && now_ms - s->renewed_ms < renew_ms)
+            continue;
+        memcpy(d.id, s->id, sizeof d.id);
+        memcpy(d.tenant, s->tenant, sizeof d.tenant);
+        ok = due_push(out, &n, &cap, &d);
+    }
+    while (ok == 0 && r->gone) {
+        struct gone_lease *g = r->gone;
+        ok = due_push(out, &n, &cap, &g->due);
+        if (ok == 0) {
+            r->gone = g->next;
+            free(g);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (ok != 0) {
+        free(*out);
+        *out = NULL;
+        return -1;
+    }
+    return n;
+}
+
+void curvd_registry_lease_done(struct curvd_registry *r, const char *id, int64_t epoch,
+                               enum curvd_lease_outcome outcome, int64_t now_ms)
+{
+    pthread_mutex_lock(&r->mu);
+    struct curvd_entry *s = find(r, id);
+    if (s && s->leased && s->epoch == epoch) {
+        if (outcome == CURVD_LEASE_RENEWED) {
+            s->renewed_ms = now_ms;
+        } else {
+            s->leased = 0; /* given up, or lost: then it goes, without a write */
+            if (outcome == CURVD_LEASE_LOST)
+                drop_locked(r, s);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
 }

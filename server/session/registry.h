@@ -68,14 +68,30 @@ void curvd_committed_set(struct curvd_committed *c, const curv_state_part *p, si
 /* Forget: free and zero (the log's figures too). */
 void curvd_committed_clear(struct curvd_committed *c);
 
+/* What a loader tells of a session's lease (docs/CLUSTER.md "Leases and
+ * fencing"). */
+struct curvd_hold {
+    int64_t epoch;    /* the lease epoch its state was read under (0: none taken) */
+    int leased;       /* 1: this daemon holds that lease */
+    int64_t retry_ms; /* with CURVD_REG_LEASED: until the other holder's lease ends */
+};
+
+#define CURVD_TENANT_MAX 64
+
 struct curvd_entry {
     char id[CURVD_ID_LEN + 1];
-    char tenant[64];
+    char tenant[CURVD_TENANT_MAX];
     curv_opt *opt;                    /* owned */
     size_t bytes;                     /* size of its state blob: the memory charge */
     struct curvd_committed committed; /* its state's parts in the store */
     struct curvd_pending pend;        /* valid while curv_opt_pending(opt) */
+    /* The epoch every write of it carries (store.h's fencing): set when
+     * it is loaded or its lease taken again, by the request holding it.
+     * Whether the lease is held now is the registry's (curvd_registry_leased). */
+    int64_t epoch;
     /* private to registry.c */
+    int leased;                  /* the lease of @epoch is held (not given up while idle) */
+    int64_t used_ms, renewed_ms; /* monotonic: last taken or given back; lease last renewed */
     int busy;
     int tail;               /* busy with its step's snapshot, after the reply: wait, not 409 */
     int dropped;            /* out of the table: freed once neither busy nor refreshing */
@@ -85,13 +101,14 @@ struct curvd_entry {
 };
 
 /* Fills *out with an optimizer for (id, tenant) read from durable storage,
- * *bytes with its charge and *committed with its stored parts: 0 found, 1
- * not found (or another tenant's), 2 stored but its state cannot be loaded
- * (@why[@why_cap] says why; loading it again will not help), -1 error
- * that may pass (nothing handed out). */
+ * *bytes with its charge, *committed with its stored parts and *hold with
+ * the lease it was read under: 0 found, 1 not found (or another
+ * tenant's), 2 stored but its state cannot be loaded (@why[@why_cap] says
+ * why; loading it again will not help), 3 another daemon holds its lease
+ * (@hold->retry_ms), -1 error that may pass (nothing handed out). */
 typedef int (*curvd_loader)(void *ctx, const char *id, const char *tenant, curv_opt **out,
-                            size_t *bytes, struct curvd_committed *committed, char *why,
-                            size_t why_cap);
+                            size_t *bytes, struct curvd_committed *committed,
+                            struct curvd_hold *hold, char *why, size_t why_cap);
 
 struct curvd_registry *curvd_registry_new(size_t max_sessions, size_t mem_budget, curvd_loader load,
                                           void *load_ctx);
@@ -101,15 +118,49 @@ enum curvd_reg_status {
     CURVD_REG_OK = 0,
     CURVD_REG_NOT_FOUND,
     CURVD_REG_BUSY,
-    CURVD_REG_ERROR,     /* cannot be loaded now (the store, memory) */
-    CURVD_REG_UNLOADABLE /* its stored state cannot be loaded, ever */
+    CURVD_REG_ERROR,      /* cannot be loaded now (the store, memory) */
+    CURVD_REG_UNLOADABLE, /* its stored state cannot be loaded, ever */
+    CURVD_REG_LEASED      /* another daemon holds its lease (for a while) */
 };
 
 /* Take session @id of @tenant for exclusive use, loading it if needed;
- * when that is CURVD_REG_UNLOADABLE, @why[@why_cap] (may be NULL) says why. */
+ * when that is CURVD_REG_UNLOADABLE, @why[@why_cap] (may be NULL) says why;
+ * CURVD_REG_LEASED, @hold->retry_ms (@hold may be NULL) how long the
+ * other daemon's lease lasts. */
 enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char *id,
-                                           const char *tenant, struct curvd_entry **out, char *why,
-                                           size_t why_cap);
+                                           const char *tenant, struct curvd_entry **out,
+                                           struct curvd_hold *hold, char *why, size_t why_cap);
+
+/* Leases (docs/CLUSTER.md). curvd_registry_leased - is the lease of @s
+ * (held by the caller) held now? curvd_registry_set_lease - it is, at
+ * @epoch, renewed now. */
+int curvd_registry_leased(struct curvd_registry *r, const struct curvd_entry *s);
+void curvd_registry_set_lease(struct curvd_registry *r, struct curvd_entry *s, int64_t epoch);
+
+/* A lease that is due: to renew, or to give up (@release: the session
+ * was idle for the idle time, or left memory). */
+struct curvd_lease_due {
+    char id[CURVD_ID_LEN + 1];
+    char tenant[CURVD_TENANT_MAX];
+    int64_t epoch;
+    int release;
+};
+
+/* curvd_registry_leases_due - at monotonic @now_ms: the held leases last
+ * renewed @renew_ms ago or more, those of sessions idle @idle_ms or more
+ * (to give up), and those of sessions that left memory since the last
+ * call; *@out (free()) holds their count, the return value. -1: no memory. */
+long curvd_registry_leases_due(struct curvd_registry *r, int64_t now_ms, int64_t renew_ms,
+                               int64_t idle_ms, struct curvd_lease_due **out);
+
+/* What became of a due lease of session @id at @epoch (ignored when its
+ * entry has moved on to another epoch or is gone). */
+enum curvd_lease_outcome { CURVD_LEASE_RENEWED, CURVD_LEASE_RELEASED, CURVD_LEASE_LOST };
+void curvd_registry_lease_done(struct curvd_registry *r, const char *id, int64_t epoch,
+                               enum curvd_lease_outcome outcome, int64_t now_ms);
+
+/* The monotonic clock in ms, as the registry's lease times use it. */
+int64_t curvd_registry_now_ms(void);
 /* @s (held) stays held after its step's reply, for work that follows it
  * (a snapshot): until curvd_registry_end(), curvd_registry_begin() of it
  * waits instead of answering CURVD_REG_BUSY. */

@@ -11,6 +11,7 @@
 #include "http/log.h"
 #include "http/metrics.h"
 #include "http/pool.h"
+#include "session/leases.h"
 #include "session/replay.h"
 #include "wire/random_hex.h"
 
@@ -77,11 +78,16 @@ static int load_stored(struct curvd_server *srv, const struct curvd_session *s, 
 }
 
 int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out, size_t *bytes,
-                   struct curvd_committed *committed, char *why, size_t why_cap)
+                   struct curvd_committed *committed, struct curvd_hold *hold, char *why,
+                   size_t why_cap)
 {
     struct curvd_server *srv = ctx;
     struct curvd_session s = {0};
     char err[256];
+    /* The lease first: what is read after it is what its epoch may write over. */
+    int lr = curvd_lease_take(srv, tenant, id, hold);
+    if (lr != 0)
+        return lr;
     int st = curvd_store_get(srv->store, tenant, id, 1, &s, err, sizeof err);
     if (st == CURVD_STORE_NOT_FOUND)
         return 1;
@@ -133,10 +139,33 @@ int curvd_svc_get(struct curvd_server *srv, const char *tenant, const char *id, 
 }
 
 enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, const char *tenant,
-                                     struct curvd_entry **e, char *why, size_t why_cap)
+                                     struct curvd_entry **e, int64_t *retry_ms, char *why,
+                                     size_t why_cap)
 {
-    return curvd_svc_valid_id(id) ? curvd_registry_begin(srv->reg, id, tenant, e, why, why_cap)
-                                  : CURVD_REG_NOT_FOUND;
+    if (!curvd_svc_valid_id(id))
+        return CURVD_REG_NOT_FOUND;
+    /* Twice at most: a copy in memory that another daemon's hold made
+     * stale is dropped, and loaded again under a lease of its own. */
+    for (int pass = 0;; pass++) {
+        struct curvd_hold hold = {0};
+        enum curvd_reg_status rs =
+            curvd_registry_begin(srv->reg, id, tenant, e, &hold, why, why_cap);
+        if (rs == CURVD_REG_LEASED && retry_ms)
+            *retry_ms = hold.retry_ms;
+        if (rs != CURVD_REG_OK)
+            return rs;
+        int64_t wait_ms = 0;
+        rs = curvd_lease_again(srv, *e, &wait_ms);
+        if (rs == CURVD_REG_LEASED && retry_ms)
+            *retry_ms = wait_ms;
+        if (rs == CURVD_REG_OK)
+            return rs;
+        if (rs == CURVD_REG_NOT_FOUND)
+            curvd_registry_drop(srv->reg, id);
+        curvd_registry_end(srv->reg, *e, (*e)->bytes);
+        if (rs != CURVD_REG_NOT_FOUND || pass)
+            return rs == CURVD_REG_NOT_FOUND ? CURVD_REG_ERROR : rs;
+    }
 }
 
 /* A background refresh as a job of the worker pool (registry.h). */
@@ -247,7 +276,7 @@ int curvd_svc_reconfigured(struct curvd_server *srv, const char *tenant, struct 
         /* A change of settings changes no array: the header part goes. */
         struct curvd_state_in in = {blob, len, parts, n_parts, e->committed.p, e->committed.n};
         st = curvd_store_update_state(srv->store, tenant, e->id, (int64_t)curv_opt_steps(e->opt),
-                                      &in, meta, NULL, err, errlen);
+                                      curvd_lease_epoch(srv, e), &in, meta, NULL, err, errlen);
         if (st == CURVD_STORE_OK)
             curvd_committed_set(&e->committed, parts, n_parts);
         else /* a failed commit may still have landed: compare with nothing */
@@ -255,9 +284,12 @@ int curvd_svc_reconfigured(struct curvd_server *srv, const char *tenant, struct 
         curv_free(blob);
         curv_free(parts);
     }
-    if (st == CURVD_STORE_CONFLICT) {
-        /* This copy is stale (the session stepped through another copy):
-         * forget it; the next request loads the committed state. */
+    if (st == CURVD_STORE_CONFLICT || st == CURVD_STORE_FENCED) {
+        /* This copy is stale (the session stepped through another copy,
+         * or another daemon holds it now): forget it; the next request
+         * loads the committed state. */
+        if (st == CURVD_STORE_FENCED)
+            curvd_lease_fenced(srv, e, err);
         curvd_registry_drop(srv->reg, e->id);
     } else if (st != CURVD_STORE_OK) {
         curv_opt *old = NULL;
@@ -286,8 +318,11 @@ int curvd_svc_snapshot(struct curvd_server *srv, struct curvd_entry *e, size_t *
     }
     struct curvd_state_in in = {blob, len, parts, n_parts, e->committed.p, e->committed.n};
     int st = curvd_store_snapshot(srv->store, e->tenant, e->id, (int64_t)curv_opt_steps(e->opt),
-                                  &in, NULL, err, errlen);
-    if (st == CURVD_STORE_OK) {
+                                  curvd_lease_epoch(srv, e), &in, NULL, err, errlen);
+    if (st == CURVD_STORE_FENCED) {
+        curvd_lease_fenced(srv, e, err);
+        curvd_registry_drop(srv->reg, e->id);
+    } else if (st == CURVD_STORE_OK) {
         curvd_committed_set(&e->committed, parts, n_parts);
         *bytes = len;
         curvd_metrics_commit_form(srv->metrics, 1);
@@ -334,6 +369,8 @@ static void step_committed(struct curvd_commit_job *job)
     size_t bytes = e->bytes;
     if (st == CURVD_STORE_OK)
         curvd_metrics_commit_form(srv->metrics, s->c.record == NULL);
+    else if (st == CURVD_STORE_FENCED)
+        curvd_lease_fenced(srv, e, job->item.err);
     if (st == CURVD_STORE_OK && s->c.record) { /* only now is it stored */
         e->committed.log_bytes += s->c.record_len;
         e->committed.log_seconds += s->seconds;
@@ -383,6 +420,7 @@ void curvd_svc_commit_step(struct curvd_svc_commit *s)
                                          .n_parts = s->n_parts,
                                          .stored = e->committed.p,
                                          .n_stored = e->committed.n};
+    s->c.epoch = curvd_lease_epoch(s->srv, e);
     s->job = (struct curvd_commit_job){.item = {.tenant = s->tenant, .id = e->id, .c = &s->c},
                                        .done = step_committed};
     curvd_store_commit_submit(s->srv->store, &s->job);
@@ -441,6 +479,8 @@ static void *sweep(void *arg)
 {
     struct curvd_sweeper *s = arg;
     unsigned ms = s->srv->cfg.sweep_ms ? s->srv->cfg.sweep_ms : 1000;
+    if (ms > curvd_leases_tick_ms(s->srv)) /* the same thread keeps the leases */
+        ms = curvd_leases_tick_ms(s->srv);
     pthread_mutex_lock(&s->mu);
     while (!s->stop) {
         struct timespec at;
@@ -463,6 +503,7 @@ static void *sweep(void *arg)
                                   sizeof err);
         if (n < 0)
             curvd_log(CURVD_LOG_ERROR, "expiring idle sessions: %s", err);
+        curvd_leases_keep(s->srv);
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);

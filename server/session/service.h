@@ -39,7 +39,8 @@ int curvd_svc_valid_id(const char *id);
  * refuses (damaged, or from a daemon that stored what this one refuses)
  * is 2 with libcurv's sentence in @why. */
 int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out, size_t *bytes,
-                   struct curvd_committed *committed, char *why, size_t why_cap);
+                   struct curvd_committed *committed, struct curvd_hold *hold, char *why,
+                   size_t why_cap);
 
 /*
  * curvd_svc_export - session @id of @tenant as committed, for an export:
@@ -60,10 +61,13 @@ int curvd_svc_get(struct curvd_server *srv, const char *tenant, const char *id, 
                   struct curvd_session *out, char *err, size_t errlen);
 
 /* curvd_svc_take - session @id of @tenant for this request alone (an id
- * that is not one is CURVD_REG_NOT_FOUND); *@e on CURVD_REG_OK; why it
- * cannot be loaded in @why[@why_cap] (may be NULL) on CURVD_REG_UNLOADABLE. */
+ * that is not one is CURVD_REG_NOT_FOUND), under its lease
+ * (session/leases.h); *@e on CURVD_REG_OK; why it cannot be loaded in
+ * @why[@why_cap] (may be NULL) on CURVD_REG_UNLOADABLE; on
+ * CURVD_REG_LEASED, *@retry_ms (may be NULL) until another daemon's lease of it ends. */
 enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, const char *tenant,
-                                     struct curvd_entry **e, char *why, size_t why_cap);
+                                     struct curvd_entry **e, int64_t *retry_ms, char *why,
+                                     size_t why_cap);
 
 /* curvd_svc_submit_background - the registry's curvd_bg_submit: queue
  * fn(arg) on the worker pool (@ctx the server); -1 without workers. */
@@ -136,7 +140,8 @@ int curvd_svc_set_idle_ttl(struct curvd_server *srv, const char *tenant, const c
                            int64_t ttl_s, char *err, size_t errlen);
 
 /* curvd_sweeper_start - a thread that calls curvd_svc_expire with the
- * wall clock every cfg.sweep_ms; NULL when it cannot start.
+ * wall clock every cfg.sweep_ms, and curvd_leases_keep (more often when
+ * a third of the lease time is shorter); NULL when it cannot start.
  * curvd_sweeper_stop - stop and free it (NULL: no-op). */
 struct curvd_sweeper *curvd_sweeper_start(struct curvd_server *srv);
 void curvd_sweeper_stop(struct curvd_sweeper *s);

@@ -12,6 +12,7 @@
 #include "store/batch.h"
 #include "store/checkpoint.h"
 #include "store/history.h"
+#include "store/lease.h"
 #include "store/migrations.h"
 #include "store/steplog.h"
 #include "store/trouble.h"
@@ -57,6 +58,10 @@ enum stmt_id {
 #define LABEL_MATCH " AND (?5 IS NULL OR json_extract(s.labels, ?5) IS ?6)"
 #define SESSION_FROM " FROM sessions AS s LEFT JOIN step_responses AS r ON r.session_id = s.id"
 
+/* A write's lease condition (docs/CLUSTER.md): its epoch parameter @p is
+ * the session's, or -1 (CURVD_STORE_ANY_EPOCH) for a write not fenced. */
+#define FENCE(p) " AND (" p " < 0 OR lease_epoch = " p ")"
+
 /* The state lives in state_parts (migration 0003); sessions.state stays
  * an empty blob. */
 static const char *const stmt_sql[S_COUNT_] = {
@@ -71,7 +76,7 @@ static const char *const stmt_sql[S_COUNT_] = {
                                                " ORDER BY s.created_at, s.id LIMIT ?3",
     [S_DELETE] = "DELETE FROM sessions WHERE id = ?1 AND tenant = ?2",
     [S_COMMIT] = "UPDATE sessions SET step = ?3, updated_at = ?4"
-                 " WHERE id = ?1 AND tenant = ?2 AND step = ?3 - 1",
+                 " WHERE id = ?1 AND tenant = ?2 AND step = ?3 - 1" FENCE("?5"),
     [S_PUT_RESPONSE] = "INSERT INTO step_responses"
                        " (session_id, step, content_type, body, report, request_digest)"
                        " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (session_id) DO UPDATE SET"
@@ -79,9 +84,10 @@ static const char *const stmt_sql[S_COUNT_] = {
                        " body = excluded.body, report = excluded.report,"
                        " request_digest = excluded.request_digest",
     [S_UPDATE_STATE] = "UPDATE sessions SET meta = ?3, updated_at = ?4"
-                       " WHERE id = ?1 AND tenant = ?2 AND step = ?5",
+                       " WHERE id = ?1 AND tenant = ?2 AND step = ?5" FENCE("?6"),
     /* Matches the session only at step ?3, and changes nothing. */
-    [S_AT_STEP] = "UPDATE sessions SET step = step WHERE id = ?1 AND tenant = ?2 AND step = ?3",
+    [S_AT_STEP] =
+        "UPDATE sessions SET step = step WHERE id = ?1 AND tenant = ?2 AND step = ?3" FENCE("?4"),
     [S_PUT_PART] = "INSERT INTO state_parts (session_id, idx, stamp, bytes) VALUES (?1, ?2, ?3, ?4)"
                    " ON CONFLICT (session_id, idx) DO UPDATE SET"
                    " stamp = excluded.stamp, bytes = excluded.bytes",
@@ -89,7 +95,7 @@ static const char *const stmt_sql[S_COUNT_] = {
     /* length() of a blob comes from the record header: no overflow page is read. */
     [S_GET_PARTS] = "SELECT idx, rowid, stamp, length(bytes) FROM state_parts"
                     " WHERE session_id = ?1 ORDER BY idx",
-    [S_STEP_OF] = "SELECT step FROM sessions WHERE id = ?1 AND tenant = ?2",
+    [S_STEP_OF] = "SELECT step, lease_epoch FROM sessions WHERE id = ?1 AND tenant = ?2",
     [S_GET_RESPONSE] = "SELECT r.rowid, r.step, r.content_type, length(r.body), r.report,"
                        " r.request_digest"
                        " FROM step_responses AS r JOIN sessions AS s ON s.id = r.session_id"
@@ -111,6 +117,7 @@ struct curvd_store {
     struct curvd_trouble trouble;    /* storage failures, the reserve (trouble.h) */
     struct curvd_history *hist;      /* the step history's statements */
     struct curvd_steplog *log;       /* the step log's statements */
+    struct curvd_leases *leases;     /* the leases' statements */
     int64_t history_default;         /* under mu: --history */
 };
 
@@ -632,6 +639,8 @@ static int setup(struct curvd_store *st, enum curvd_durability durability, char 
         status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
     if (status == CURVD_STORE_OK && (rc = curvd_steplog_prepare(st->db, &st->log)) != SQLITE_OK)
         status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
+    if (status == CURVD_STORE_OK && (rc = curvd_leases_prepare(st->db, &st->leases)) != SQLITE_OK)
+        status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
     st->history_default = CURVD_STORE_HISTORY_DEFAULT;
     return status;
 }
@@ -697,6 +706,7 @@ void curvd_store_close(struct curvd_store *st)
         (void)sqlite3_finalize(st->stmt[i]);
     curvd_history_finalize(st->hist);
     curvd_steplog_finalize(st->log);
+    curvd_leases_finalize(st->leases);
     (void)sqlite3_close(st->db);
     curvd_trouble_clear(&st->trouble);
     sqlite3_free(st);
@@ -999,8 +1009,9 @@ int curvd_store_list_labeled(struct curvd_store *st, const char *tenant, size_t 
     return CURVD_STORE_OK;
 }
 
-/* After a write that matched no row: is the session gone, or elsewhere? */
-static int explain_miss(struct curvd_store *st, const char *tenant, const char *id,
+/* After a write that matched no row: is the session gone, fenced (its
+ * lease moved past @epoch), or elsewhere? */
+static int explain_miss(struct curvd_store *st, const char *tenant, const char *id, int64_t epoch,
                         int64_t *current_step, char *err, size_t errlen)
 {
     sqlite3_stmt *q = st->stmt[S_STEP_OF];
@@ -1008,7 +1019,12 @@ static int explain_miss(struct curvd_store *st, const char *tenant, const char *
     if (rc == SQLITE_OK)
         rc = sqlite3_step(q);
     int status;
-    if (rc == SQLITE_ROW) {
+    if (rc == SQLITE_ROW && epoch != CURVD_STORE_ANY_EPOCH && sqlite3_column_int64(q, 1) != epoch) {
+        status =
+            fail(err, errlen, CURVD_STORE_FENCED,
+                 "session %s: its lease moved on to epoch %" PRId64 " (this write: %" PRId64 ")",
+                 id, (int64_t)sqlite3_column_int64(q, 1), epoch);
+    } else if (rc == SQLITE_ROW) {
         int64_t step = sqlite3_column_int64(q, 0);
         if (current_step)
             *current_step = step;
@@ -1039,7 +1055,7 @@ static int write_snapshot(struct curvd_store *st, const char *id,
  * nothing. @brc is the binding's result. Clears @q. */
 static int conditional_write(struct curvd_store *st, int brc, sqlite3_stmt *q,
                              const struct curvd_state_in *state, const char *tenant, const char *id,
-                             int64_t *current_step, char *err, size_t errlen)
+                             int64_t epoch, int64_t *current_step, char *err, size_t errlen)
 {
     int changes = 0;
     int status = brc == SQLITE_OK ? exec_sql(st, "BEGIN IMMEDIATE", err, errlen)
@@ -1048,7 +1064,7 @@ static int conditional_write(struct curvd_store *st, int brc, sqlite3_stmt *q,
         status = run(st, q, &changes, "updating a session", err, errlen);
     done(q);
     if (status == CURVD_STORE_OK && changes == 0)
-        status = explain_miss(st, tenant, id, current_step, err, errlen);
+        status = explain_miss(st, tenant, id, epoch, current_step, err, errlen);
     if (status == CURVD_STORE_OK && state)
         status = write_snapshot(st, id, state, err, errlen);
     if (status == CURVD_STORE_OK)
@@ -1069,12 +1085,12 @@ static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
     sqlite3_stmt *q = st->stmt[S_COMMIT], *r = st->stmt[S_PUT_RESPONSE];
     int changes = 0;
     int64_t now = now_ms();
-    int rc = bind(q, "ttii", it->id, it->tenant, c->step, now);
+    int rc = bind(q, "ttiii", it->id, it->tenant, c->step, now, c->epoch);
     int status = rc == SQLITE_OK ? run(st, q, &changes, "updating a session", err, errlen)
                                  : db_fail(st, rc, err, errlen, "binding parameters");
     done(q);
     if (status == CURVD_STORE_OK && changes == 0)
-        return explain_miss(st, it->tenant, it->id, &it->current_step, err, errlen);
+        return explain_miss(st, it->tenant, it->id, c->epoch, &it->current_step, err, errlen);
     if (status == CURVD_STORE_OK && !c->record)
         status = write_snapshot(st, it->id, &c->state, err, errlen);
     else if (status == CURVD_STORE_OK &&
@@ -1096,7 +1112,8 @@ static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
 static int valid_item(const struct curvd_commit_item *it)
 {
     const struct curvd_step_commit *c = it->c;
-    return it->tenant && it->id && c && c->step >= 1 && c->content_type &&
+    return it->tenant && it->id && c && c->step >= 1 && c->epoch >= CURVD_STORE_ANY_EPOCH &&
+           c->content_type &&
            (c->record
                 ? c->update_digest != NULL && strlen(c->update_digest) < CURVD_STORE_DIGEST_TEXT
                 : valid_state(&c->state)) &&
@@ -1114,7 +1131,7 @@ static int commit_group(struct curvd_store *st, struct curvd_commit_item **items
         struct curvd_commit_item *it = items[i];
         it->status = write_step(st, it);
         if (it->status != CURVD_STORE_OK && it->status != CURVD_STORE_CONFLICT &&
-            it->status != CURVD_STORE_NOT_FOUND) {
+            it->status != CURVD_STORE_NOT_FOUND && it->status != CURVD_STORE_FENCED) {
             status = it->status;
             snprintf(err, sizeof err, "%s", it->err);
         }
@@ -1195,30 +1212,32 @@ int curvd_store_commit_step(struct curvd_store *st, const char *tenant, const ch
 }
 
 int curvd_store_update_state(struct curvd_store *st, const char *tenant, const char *id,
-                             int64_t expected_step, const struct curvd_state_in *state,
-                             const char *meta, int64_t *current_step, char *err, size_t errlen)
+                             int64_t expected_step, int64_t epoch,
+                             const struct curvd_state_in *state, const char *meta,
+                             int64_t *current_step, char *err, size_t errlen)
 {
-    if (!st || !tenant || !id || expected_step < 0 || !valid_state(state))
+    if (!st || !tenant || !id || expected_step < 0 || epoch < CURVD_STORE_ANY_EPOCH ||
+        !valid_state(state))
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_update_state: bad argument");
     int64_t now = now_ms();
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = st->stmt[S_UPDATE_STATE];
-    int rc = bind(q, "tttii", id, tenant, meta, now, expected_step);
-    int status = conditional_write(st, rc, q, state, tenant, id, current_step, err, errlen);
+    int rc = bind(q, "tttiii", id, tenant, meta, now, expected_step, epoch);
+    int status = conditional_write(st, rc, q, state, tenant, id, epoch, current_step, err, errlen);
     sqlite3_mutex_leave(st->mu);
     return status;
 }
 
 int curvd_store_snapshot(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
-                         const struct curvd_state_in *state, int64_t *current_step, char *err,
-                         size_t errlen)
+                         int64_t epoch, const struct curvd_state_in *state, int64_t *current_step,
+                         char *err, size_t errlen)
 {
-    if (!st || !tenant || !id || step < 0 || !valid_state(state))
+    if (!st || !tenant || !id || step < 0 || epoch < CURVD_STORE_ANY_EPOCH || !valid_state(state))
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_snapshot: bad argument");
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = st->stmt[S_AT_STEP];
-    int rc = bind(q, "tti", id, tenant, step);
-    int status = conditional_write(st, rc, q, state, tenant, id, current_step, err, errlen);
+    int rc = bind(q, "ttii", id, tenant, step, epoch);
+    int status = conditional_write(st, rc, q, state, tenant, id, epoch, current_step, err, errlen);
     sqlite3_mutex_leave(st->mu);
     return status;
 }
@@ -1233,14 +1252,16 @@ int curvd_store_delete(struct curvd_store *st, const char *tenant, const char *i
      * finds no row for this tenant, hence NOT_FOUND. */
     sqlite3_stmt *q = st->stmt[S_DELETE];
     int rc = bind(q, "tt", id, tenant);
-    int status = conditional_write(st, rc, q, NULL, tenant, id, NULL, err, errlen);
+    int status =
+        conditional_write(st, rc, q, NULL, tenant, id, CURVD_STORE_ANY_EPOCH, NULL, err, errlen);
     /* A full disk: the failure gave the reserve back (trouble.h), and a
      * checkpoint that copies the whole WAL lets it start over in the space
      * it already has. Then once more: freeing space must not need space. */
     if (status == CURVD_STORE_FULL) {
         (void)sqlite3_wal_checkpoint_v2(st->db, "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         rc = bind(q, "tt", id, tenant);
-        status = conditional_write(st, rc, q, NULL, tenant, id, NULL, err, errlen);
+        status = conditional_write(st, rc, q, NULL, tenant, id, CURVD_STORE_ANY_EPOCH, NULL, err,
+                                   errlen);
     }
     sqlite3_mutex_leave(st->mu);
     return status;
@@ -1563,4 +1584,66 @@ int curvd_store_set_history(struct curvd_store *st, const char *tenant, const ch
     (void)sqlite3_finalize(q);
     sqlite3_mutex_leave(st->mu);
     return status;
+}
+
+/* One change of a lease in its own write transaction (store/lease.h). */
+static int lease_op(struct curvd_store *st, const struct curvd_lease_req *rq,
+                    struct curvd_lease *out, char *err, size_t errlen)
+{
+    if (!st || !rq->tenant || !rq->id || !rq->owner || !rq->owner[0] ||
+        strlen(rq->owner) >= CURVD_STORE_OWNER_MAX || rq->ttl_ms < 0 || rq->epoch < 0)
+        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_lease: invalid argument");
+    struct curvd_lease_req r = *rq;
+    struct curvd_lease got = {{0}, 0, 0, 0};
+    int result = CURVD_STORE_OK, rc;
+    sqlite3_mutex_enter(st->mu);
+    int status = exec_sql(st, "BEGIN IMMEDIATE", err, errlen);
+    r.now = now_ms(); /* once the write lock is ours: no other change can come between */
+    if (status == CURVD_STORE_OK &&
+        (rc = curvd_leases_run(st->leases, &r, &result, &got)) != SQLITE_OK)
+        status = db_fail(st, rc, err, errlen, "changing a lease");
+    if (status == CURVD_STORE_OK)
+        status = commit_write(st, err, errlen);
+    if (status != CURVD_STORE_OK)
+        rollback(st);
+    sqlite3_mutex_leave(st->mu);
+    if (status != CURVD_STORE_OK)
+        return status;
+    if (out && result != CURVD_STORE_NOT_FOUND)
+        *out = got;
+    if (result == CURVD_STORE_NOT_FOUND)
+        return fail(err, errlen, result, "no session %s", rq->id);
+    if (result == CURVD_STORE_LEASED)
+        return fail(err, errlen, result,
+                    "session %s is held by %s until %" PRId64 " (%" PRId64 " ms from now)", rq->id,
+                    got.owner, got.expires_at, got.expires_at - got.now);
+    if (result == CURVD_STORE_FENCED)
+        return fail(err, errlen, result,
+                    "session %s: the lease of %s at epoch %" PRId64 " is gone (now %s at %" PRId64
+                    ")",
+                    rq->id, rq->owner, rq->epoch, got.owner[0] ? got.owner : "nobody", got.epoch);
+    return CURVD_STORE_OK;
+}
+
+int curvd_store_lease_acquire(struct curvd_store *st, const char *tenant, const char *id,
+                              const char *owner, int64_t ttl_ms, struct curvd_lease *out, char *err,
+                              size_t errlen)
+{
+    const struct curvd_lease_req rq = {CURVD_LEASE_ACQUIRE, tenant, id, owner, 0, ttl_ms, 0};
+    return lease_op(st, &rq, out, err, errlen);
+}
+
+int curvd_store_lease_renew(struct curvd_store *st, const char *tenant, const char *id,
+                            const char *owner, int64_t epoch, int64_t ttl_ms,
+                            struct curvd_lease *out, char *err, size_t errlen)
+{
+    const struct curvd_lease_req rq = {CURVD_LEASE_RENEW, tenant, id, owner, epoch, ttl_ms, 0};
+    return lease_op(st, &rq, out, err, errlen);
+}
+
+int curvd_store_lease_release(struct curvd_store *st, const char *tenant, const char *id,
+                              const char *owner, int64_t epoch, char *err, size_t errlen)
+{
+    const struct curvd_lease_req rq = {CURVD_LEASE_RELEASE, tenant, id, owner, epoch, 0, 0};
+    return lease_op(st, &rq, NULL, err, errlen);
 }

@@ -68,7 +68,9 @@
     X(INVALID, 3, "invalid argument")                                                              \
     X(BUSY, 4, "the database is locked by another writer")                                         \
     X(ERROR, 5, "database error")                                                                  \
-    X(FULL, 6, "the disk holding the database is full")
+    X(FULL, 6, "the disk holding the database is full")                                            \
+    X(FENCED, 7, "the session's lease has a newer epoch")                                          \
+    X(LEASED, 8, "another owner holds the session's lease")
 
 enum curvd_store_status {
 #define CURVD__STORE_ENUM(name, code, text) CURVD_STORE_##name = code,
@@ -78,6 +80,22 @@ enum curvd_store_status {
 
 /* curvd_store_status_name - "NOT_FOUND" etc.; "UNKNOWN" for other values. */
 const char *curvd_store_status_name(int status);
+
+/* Leases (docs/CLUSTER.md "Leases and fencing"): the owner's text, NUL
+ * included, is at most this long; a write with CURVD_STORE_ANY_EPOCH is
+ * not fenced (tests, tools). */
+#define CURVD_STORE_OWNER_MAX 128
+#define CURVD_STORE_ANY_EPOCH (-1)
+
+/* curvd_lease - what the store knows of a session's lease, read in the
+ * same statement as the change: @owner ("" when not held), @epoch,
+ * @expires_at and the store's clock @now when it answered (unix ms). */
+struct curvd_lease {
+    char owner[CURVD_STORE_OWNER_MAX];
+    int64_t epoch;
+    int64_t expires_at;
+    int64_t now;
+};
 
 /* FULL: a committed step survives power loss; NORMAL: a process crash. */
 enum curvd_durability { CURVD_DURABILITY_FULL, CURVD_DURABILITY_NORMAL };
@@ -239,6 +257,9 @@ void curvd_step_response_clear(struct curvd_step_response *r);
  * CURVD_STORE_DIGEST_TEXT); @state is ignored
  * and the stored snapshot stays. Without, @state is written and becomes
  * the snapshot: the session's log is deleted.
+ * @epoch: the lease epoch the session was loaded under; the step is
+ * written only while it is the session's (else FENCED), or with
+ * CURVD_STORE_ANY_EPOCH.
  * Ownership: all borrowed, and never copied by the store itself (SQLite
  * copies them once into its pages).
  */
@@ -255,6 +276,7 @@ struct curvd_step_commit {
     const void *record;
     size_t record_len;
     const char *update_digest;
+    int64_t epoch;
 };
 
 /*
@@ -445,8 +467,10 @@ int curvd_store_delete(struct curvd_store *st, const char *tenant, const char *i
  * at step @c->step - 1: write the parts of the new state that changed
  * (curvd_state_in), set the step to @c->step, replace the stored reply and
  * report and stamp updated_at. Send the reply only after OK.
- * Return: OK; NOT_FOUND; CONFLICT (the session is at another step:
- * *@current_step, if not NULL, holds it; nothing was written); INVALID
+ * Return: OK; NOT_FOUND; FENCED (@c->epoch is not the session's lease
+ * epoch; nothing was written, whatever the step); CONFLICT (the session
+ * is at another step: *@current_step, if not NULL, holds it; nothing was
+ * written); INVALID
  * (@c->step < 1, NULL content type, NULL buffer with a length, a record
  * without its update digest, parts that do not tile the blob, a part,
  * record or reply past SQLite's blob limit); BUSY; ERROR.
@@ -500,24 +524,58 @@ void curvd_store_commit_steps(struct curvd_store *st, struct curvd_commit_item *
  * curvd_store_update_state - replace the state (the parts of @state that
  * changed, as for a step) and @meta (NULL clears it) without a step, e.g.
  * after a change of hyperparameters, only if the session is still at
- * @expected_step (so two updates cannot lose one).
- * Return: OK; NOT_FOUND; CONFLICT (*@current_step as above); INVALID;
- * BUSY; ERROR.
+ * @expected_step (so two updates cannot lose one) and its lease epoch is
+ * @epoch (or that is CURVD_STORE_ANY_EPOCH).
+ * Return: OK; NOT_FOUND; FENCED; CONFLICT (*@current_step as above);
+ * INVALID; BUSY; ERROR.
  */
 int curvd_store_update_state(struct curvd_store *st, const char *tenant, const char *id,
-                             int64_t expected_step, const struct curvd_state_in *state,
-                             const char *meta, int64_t *current_step, char *err, size_t errlen);
+                             int64_t expected_step, int64_t epoch,
+                             const struct curvd_state_in *state, const char *meta,
+                             int64_t *current_step, char *err, size_t errlen);
 
 /*
  * curvd_store_snapshot - write @state (the parts that changed, as for a
  * step) as session @id's snapshot at @step, which must be the session's
- * step, and delete its log, in one transaction.
- * Return: OK; NOT_FOUND; CONFLICT (*@current_step as above); INVALID;
- * BUSY; ERROR.
+ * step, and delete its log, in one transaction; fenced by @epoch as
+ * curvd_store_update_state().
+ * Return: OK; NOT_FOUND; FENCED; CONFLICT (*@current_step as above);
+ * INVALID; BUSY; ERROR.
  */
 int curvd_store_snapshot(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
-                         const struct curvd_state_in *state, int64_t *current_step, char *err,
-                         size_t errlen);
+                         int64_t epoch, const struct curvd_state_in *state, int64_t *current_step,
+                         char *err, size_t errlen);
+
+/*
+ * Leases (docs/CLUSTER.md). Create and import write no owner and epoch 0;
+ * delete and reads are not fenced. Expiry is decided by the store's clock
+ * (here the process's CLOCK_REALTIME: one machine's clock for every
+ * daemon that can share the file). @owner: 1..CURVD_STORE_OWNER_MAX-1
+ * bytes; @ttl_ms >= 0 (0: a lease that has expired when it is taken).
+ *
+ * curvd_store_lease_acquire - take the lease of (@tenant, @id) for
+ * @owner until now + @ttl_ms: when it is not held, has expired
+ * (expires_at <= now), or is @owner's own (a restarted daemon with the
+ * same node id); the epoch is then always incremented. OK: @out is the
+ * new lease. LEASED: another owner holds an unexpired lease; @out
+ * describes it. NOT_FOUND; INVALID; BUSY; ERROR.
+ *
+ * curvd_store_lease_renew - extend a held lease to now + @ttl_ms. FENCED
+ * when (@owner, @epoch) is no longer the session's (@out then describes
+ * the lease as it is); an expired lease that nobody took is renewed.
+ *
+ * curvd_store_lease_release - give a held lease up (no owner, expiry 0,
+ * the epoch kept). FENCED when (@owner, @epoch) is no longer the
+ * session's; NOT_FOUND.
+ */
+int curvd_store_lease_acquire(struct curvd_store *st, const char *tenant, const char *id,
+                              const char *owner, int64_t ttl_ms, struct curvd_lease *out, char *err,
+                              size_t errlen);
+int curvd_store_lease_renew(struct curvd_store *st, const char *tenant, const char *id,
+                            const char *owner, int64_t epoch, int64_t ttl_ms,
+                            struct curvd_lease *out, char *err, size_t errlen);
+int curvd_store_lease_release(struct curvd_store *st, const char *tenant, const char *id,
+                              const char *owner, int64_t epoch, char *err, size_t errlen);
 
 /*
  * curvd_store_get_response - the stored reply of the session's latest step,

@@ -57,6 +57,7 @@ static const struct {
     {"SESSION_UNLOADABLE", 0},
     {"BAD_FRAMING", 0},
     {"STORAGE_FULL", 0},
+    {"SESSION_LEASED", 0}, /* a 503: retried with its Retry-After */
 };
 
 unsigned curvc__reason_does(const char *reason)

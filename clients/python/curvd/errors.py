@@ -228,6 +228,7 @@ _BY_REASON = {
     "SESSION_UNLOADABLE": SessionUnloadable,
     "BAD_FRAMING": BadRequest,
     "STORAGE_FULL": ServerError,
+    "SESSION_LEASED": ServiceUnavailable,
 }
 _BY_STATUS = {
     400: BadRequest,

@@ -89,7 +89,7 @@ static void add(struct fx *f, const char *id)
 static struct curvd_entry *begin(struct fx *f, const char *id)
 {
     struct curvd_entry *e = NULL;
-    assert_int_equal(curvd_registry_begin(f->r, id, "t", &e, NULL, 0), CURVD_REG_OK);
+    assert_int_equal(curvd_registry_begin(f->r, id, "t", &e, NULL, NULL, 0), CURVD_REG_OK);
     return e;
 }
 
@@ -164,7 +164,7 @@ static void test_kept_while_refreshing(void **state)
     size_t n = 0, bytes = 0;
     curvd_registry_stats(f.r, &n, &bytes);
     assert_int_equal(n, 0);
-    assert_int_equal(curvd_registry_begin(f.r, "a", "t", &e, NULL, 0), CURVD_REG_NOT_FOUND);
+    assert_int_equal(curvd_registry_begin(f.r, "a", "t", &e, NULL, NULL, 0), CURVD_REG_NOT_FOUND);
     run_captured(&f.cap); /* frees "a" */
     stats(&f, 1, 1, 0);
     fx_free(&f);

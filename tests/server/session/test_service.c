@@ -61,7 +61,7 @@ static void create(struct fx *f, char id[CURVD_ID_LEN + 1])
 static struct curvd_entry *take(struct fx *f, const char *id)
 {
     struct curvd_entry *e = NULL;
-    assert_int_equal(curvd_svc_take(&f->srv, id, "t", &e, NULL, 0), CURVD_REG_OK);
+    assert_int_equal(curvd_svc_take(&f->srv, id, "t", &e, NULL, NULL, 0), CURVD_REG_OK);
     return e;
 }
 
@@ -95,13 +95,14 @@ static void test_create_take_delete(void **state)
     assert_int_equal(curv_opt_steps(e->opt), 0);
     assert_true(e->committed.n > 0); /* what the store holds: the next write compares */
     struct curvd_entry *busy = NULL;
-    assert_int_equal(curvd_svc_take(&f->srv, id, "t", &busy, NULL, 0), CURVD_REG_BUSY);
+    assert_int_equal(curvd_svc_take(&f->srv, id, "t", &busy, NULL, NULL, 0), CURVD_REG_BUSY);
     curvd_svc_give_back(&f->srv, e, e->bytes);
-    assert_int_equal(curvd_svc_take(&f->srv, id, "other", &busy, NULL, 0), CURVD_REG_NOT_FOUND);
-    assert_int_equal(curvd_svc_take(&f->srv, "not-an-id", "t", &busy, NULL, 0),
+    assert_int_equal(curvd_svc_take(&f->srv, id, "other", &busy, NULL, NULL, 0),
+                     CURVD_REG_NOT_FOUND);
+    assert_int_equal(curvd_svc_take(&f->srv, "not-an-id", "t", &busy, NULL, NULL, 0),
                      CURVD_REG_NOT_FOUND);
     assert_int_equal(curvd_svc_delete(&f->srv, "t", id, err, sizeof err), CURVD_STORE_OK);
-    assert_int_equal(curvd_svc_take(&f->srv, id, "t", &busy, NULL, 0), CURVD_REG_NOT_FOUND);
+    assert_int_equal(curvd_svc_take(&f->srv, id, "t", &busy, NULL, NULL, 0), CURVD_REG_NOT_FOUND);
     assert_int_equal(curvd_svc_delete(&f->srv, "t", id, err, sizeof err), CURVD_STORE_NOT_FOUND);
     assert_int_equal(curvd_svc_delete(&f->srv, "t", "x", err, sizeof err), CURVD_STORE_NOT_FOUND);
 }
