@@ -138,6 +138,43 @@ class Cluster:
         """Send @sig to the daemon behind @server."""
         os.kill(self.daemons[SERVERS.index(server)].proc.pid, sig)
 
+    def pause(self, server: str) -> None:
+        """SIGSTOP the daemon behind @server. On a shared SQLite file, at a
+        moment it holds no write lock: a stopped process holding it would
+        stop every daemon's writes (SQLite's limit; PostgreSQL ends such a
+        transaction after idle_in_transaction_session_timeout, see
+        deploy/README.md)."""
+        for _ in range(100):
+            self.signal(server, signal.SIGSTOP)
+            if "://" in self.db or self._sqlite_writable():
+                return
+            self.signal(server, signal.SIGCONT)
+            time.sleep(0.01)
+        raise RuntimeError(f"{server} held SQLite's write lock at each of 100 tries")
+
+    def _sqlite_writable(self) -> bool:
+        import sqlite3
+        conn = sqlite3.connect(self.db, timeout=0.5, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            conn.close()
+
+    def metric(self, server: str, name: str) -> float:
+        """The value of metric @name (with its labels, as /metrics writes
+        them) of the daemon behind @server, read from it directly; 0 if absent."""
+        import urllib.request
+        url = self.daemons[SERVERS.index(server)].url + "/metrics"
+        for line in urllib.request.urlopen(url, timeout=10).read().decode().splitlines():
+            key, _, value = line.rpartition(" ")
+            if key == name:
+                return float(value)
+        return 0.0
+
     def stop(self) -> None:
         for d in self.daemons:
             if d.proc and d.proc.poll() is None:
@@ -146,8 +183,10 @@ class Cluster:
             self.haproxy.terminate()
             self.haproxy.wait()
             self.haproxy_log.close()
-        for d in self.daemons:
+        for i, d in enumerate(self.daemons):
             d.stop()
+            with open(os.path.join(self.folder, f"d{i + 1}", "curvd.log"), "w") as f:
+                f.writelines(d.log)
 
     def __enter__(self) -> "Cluster":
         try:
