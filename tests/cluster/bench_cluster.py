@@ -5,7 +5,7 @@ directly, for HAProxy's share), and the time to take a SIGKILLed daemon's
 sessions over. Not part of make test (it times things).
 
     /usr/bin/python3 tests/cluster/bench_cluster.py build/curvd [--seconds 5]
-        [--trainers 8] [--dim 1000] [--db URL] [--takeovers 3]
+        [--trainers 8] [--dim 1000] [--db URL] [--takeovers 3] [--lease-ms 2000 10000]
 
 Each trainer is a process of its own (no shared GIL) with one session
 (sgd with momentum over one vector block of --dim values, FP32 binary
@@ -85,10 +85,11 @@ def show(what, r):
           f"CPU per step: servers {r[3]:.2f} ms, trainers {r[4]:.2f} ms")
 
 
-def takeover(binary, folder, db, dim):
+def takeover(binary, folder, db, dim, lease_ms):
     """Kill the daemon of one busy session: the longest one of its steps
     waited after the kill (through HAProxy, the client's retries included)."""
-    with Cluster(binary, folder, daemons=3, db=db) as cl, curvd.Client(
+    extra = ["--lease-ttl", str(lease_ms)] if lease_ms else []
+    with Cluster(binary, folder, daemons=3, db=db, extra=extra) as cl, curvd.Client(
             cl.url, retry_budget=60.0, retry_wait=0.05) as c:
         s = c.create_session("sgd", [{"name": "w", "kind": "vector", "shape": [dim]}],
                              {"lr": 0.01, "momentum": 0.9}, keep=True)
@@ -127,7 +128,9 @@ def main():
     ap.add_argument("--trainers", type=int, default=8)
     ap.add_argument("--dim", type=int, default=1000)
     ap.add_argument("--db")
-    ap.add_argument("--takeovers", type=int, default=3)
+    ap.add_argument("--takeovers", type=int, default=3, help="kills per lease time")
+    ap.add_argument("--lease-ms", type=int, nargs="*", default=[2000, 10000],
+                    help="lease times (--lease-ttl) to measure takeovers with")
     args = ap.parse_args()
     binary = os.path.abspath(args.curvd)
     print(f"{args.trainers} trainer processes, sgd+momentum, {args.dim} FP32 values per step, "
@@ -142,10 +145,13 @@ def main():
                 show(f"{daemons} daemon{'s' if daemons > 1 else ''}, via HAProxy",
                      load(cl.url, args.trainers, args.dim, args.seconds,
                           pids + [cl.haproxy.pid]))
-    for i in range(args.takeovers):
-        with tempfile.TemporaryDirectory(prefix="curvd-bench-") as folder:
-            print(f"takeover {i + 1}: {takeover(binary, folder, args.db, args.dim):.2f} s "
-                  "the longest wait of a step after the SIGKILL")
+    for lease_ms in args.lease_ms:
+        waits = []
+        for _ in range(args.takeovers):
+            with tempfile.TemporaryDirectory(prefix="curvd-bench-") as folder:
+                waits.append(takeover(binary, folder, args.db, args.dim, lease_ms))
+        print(f"lease {lease_ms} ms: a step waited at most "
+              f"{', '.join(f'{w:.2f}' for w in waits)} s after its daemon's SIGKILL")
 
 
 if __name__ == "__main__":
