@@ -271,10 +271,12 @@ test-ui: $(BUILD)/curvd
 # The cluster test (issue 24, tests/cluster/): HAProxy running
 # deploy/haproxy.cfg and three daemons on one database, eight trainers, one
 # daemon SIGKILLed; skipped, saying why, when haproxy cannot be installed
-# (exit 77). CLUSTER_DB=postgresql://... runs the daemons on PostgreSQL.
+# (exit 77). The database: a throw-away PostgreSQL cluster (tests/pg/pg-cluster)
+# where the tree has one, else one SQLite file; CLUSTER_DB=sqlite|pg|URL picks.
+CLUSTER_DB ?= $(if $(wildcard tests/pg/pg-cluster),pg,sqlite)
 test-cluster: $(BUILD)/curvd
-	@/usr/bin/python3 tests/cluster/test_cluster.py $(BUILD)/curvd \
-	    $(if $(CLUSTER_DB),--db '$(CLUSTER_DB)'); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 77 ]
+	@/usr/bin/python3 tests/cluster/test_cluster.py $(BUILD)/curvd --db '$(CLUSTER_DB)'; \
+	    rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 77 ]
 
 # The Dockerfile's build stage run in a clean copy of the tree, and its
 # runtime stage checked against the binary (no Docker engine runs here).

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import curvd  # noqa: E402
-from cluster import Cluster, longest_wait, wait_until  # noqa: E402
+from cluster import Cluster, database, longest_wait, wait_until  # noqa: E402
 
 
 def trainer(url, dim, seconds, start_at, out):
@@ -127,7 +127,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--trainers", type=int, default=8)
     ap.add_argument("--dim", type=int, default=1000)
-    ap.add_argument("--db")
+    ap.add_argument("--db", help="a URL, or pg (tests/pg/pg-cluster); default: one SQLite file")
     ap.add_argument("--takeovers", type=int, default=3, help="kills per lease time")
     ap.add_argument("--lease-ms", type=int, nargs="*", default=[2000, 10000],
                     help="lease times (--lease-ttl) to measure takeovers with")
@@ -137,7 +137,8 @@ def main():
           f"{args.seconds:.0f} s each, {os.cpu_count()} CPUs")
     for daemons in (1, 3):
         with tempfile.TemporaryDirectory(prefix="curvd-bench-") as folder:
-            with Cluster(binary, folder, daemons=daemons, db=args.db) as cl:
+            with database(args.db, folder) as db, Cluster(binary, folder, daemons=daemons,
+                                                          db=db) as cl:
                 pids = [d.proc.pid for d in cl.daemons]
                 if daemons == 1:
                     show("1 daemon, direct", load(cl.daemons[0].url, args.trainers, args.dim,
@@ -149,7 +150,8 @@ def main():
         waits = []
         for _ in range(args.takeovers):
             with tempfile.TemporaryDirectory(prefix="curvd-bench-") as folder:
-                waits.append(takeover(binary, folder, args.db, args.dim, lease_ms))
+                with database(args.db, folder) as db:
+                    waits.append(takeover(binary, folder, db, args.dim, lease_ms))
         print(f"lease {lease_ms} ms: a step waited at most "
               f"{', '.join(f'{w:.2f}' for w in waits)} s after its daemon's SIGKILL")
 

@@ -7,10 +7,11 @@ environment), for the cluster test and its measurements.
         client = curvd.Client(c.url)
 
 db: the database every daemon opens (default: one SQLite file in the
-folder, which WAL lets several processes on one machine share; a
-postgresql:// URL once the daemon has that backend).
+folder, which WAL lets several processes on one machine share; or a
+postgresql:// URL, e.g. from database("pg", folder)).
 """
 
+import contextlib
 import csv
 import http.client
 import io
@@ -51,6 +52,36 @@ def wait_until(cond, timeout: float, what: str, poll: float = 0.02):
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(poll)
+
+
+PG_CLUSTER = os.path.join(ROOT, "tests", "pg", "pg-cluster")
+
+
+class Skip(Exception):
+    """What the cluster needs is not installed (the message says what)."""
+
+
+@contextlib.contextmanager
+def database(spec: Optional[str], folder: str):
+    """The database URL for @spec: None or "sqlite", one SQLite file in @folder; "pg", a
+    throw-away PostgreSQL cluster (tests/pg/pg-cluster) in @folder, stopped
+    afterwards; anything else, as given. Skip when PostgreSQL cannot run."""
+    if spec != "pg":
+        yield os.path.join(folder, "cluster.db") if spec in (None, "", "sqlite") else spec
+        return
+    if not os.access(PG_CLUSTER, os.X_OK):
+        raise Skip(f"{PG_CLUSTER} is missing (the PostgreSQL backend's test cluster)")
+    os.chmod(folder, 0o711)  # as root, the server runs as postgres: it must get through
+    pgdir = os.path.join(folder, "pg")
+    r = subprocess.run([PG_CLUSTER, "start", pgdir], capture_output=True, text=True)
+    if r.returncode == 77:
+        raise Skip(f"PostgreSQL cannot run here: {r.stderr.strip()}")
+    if r.returncode != 0:
+        raise RuntimeError(f"pg-cluster start failed: {r.stderr.strip()}")
+    try:
+        yield r.stdout.strip()
+    finally:
+        subprocess.run([PG_CLUSTER, "stop", pgdir], capture_output=True)
 
 
 def longest_wait(steps, since: float) -> float:

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import curvd  # noqa: E402
-from cluster import Cluster, haproxy_binary, longest_wait, wait_until  # noqa: E402
+from cluster import Cluster, Skip, database, haproxy_binary, longest_wait, wait_until  # noqa: E402
 
 TRAINERS = 8
 STEPS = 100
@@ -264,7 +264,8 @@ def has_leases(binary: str) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("curvd")
-    ap.add_argument("--db", help="database URL for every daemon (default: one SQLite file)")
+    ap.add_argument("--db", help="database for every daemon: a URL, or pg for a throw-away "
+                    "PostgreSQL cluster (tests/pg/pg-cluster); default: one SQLite file")
     ap.add_argument("--keep", action="store_true", help="keep the folder (logs, database)")
     ap.add_argument("--case", choices=("sigkill", "sigstop"), help="run this case only")
     args = ap.parse_args()
@@ -283,8 +284,13 @@ def main() -> int:
         folder = tempfile.mkdtemp(prefix=f"curvd-cluster-{case.__name__[5:]}-")
         print(f"== {case.__name__}: {case.__doc__.splitlines()[0]}")
         try:
-            with Cluster(binary, folder, daemons=3, db=args.db, extra=extra) as cl:
+            with database(args.db, folder) as db, Cluster(binary, folder, daemons=3, db=db,
+                                                          extra=extra) as cl:
                 got = case(cl)
+        except Skip as e:
+            print(f"SKIP cluster test: {e}")
+            shutil.rmtree(folder, ignore_errors=True)
+            return 77
         except RuntimeError as e:  # a wait that never ended
             got = [str(e)]
         for f in got:
