@@ -59,12 +59,31 @@ def cpu_seconds(pids) -> float:
     return total / tick
 
 
-def load(url, trainers, dim, seconds, servers):
+def postgres_pids(folder):
+    """The throw-away PostgreSQL's server processes (tests/pg/pg-cluster in
+    @folder/pg), or none."""
+    try:
+        with open(os.path.join(folder, "pg", "data", "postmaster.pid")) as f:
+            master = int(f.readline())
+    except OSError:
+        return []
+    kids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == master:
+                    kids.append(int(entry))
+        except (OSError, ValueError):
+            pass
+    return [master] + kids
+
+
+def load(url, trainers, dim, seconds, servers, db_pids):
     """Steps/s, latency percentiles (ms) of @trainers processes for @seconds,
-    and the CPU ms per step of the @servers processes (daemons, HAProxy) and
-    of the trainers."""
+    and the CPU ms per step of the @servers processes (daemons, HAProxy),
+    of the database's (@db_pids) and of the trainers."""
     q = mp.Queue()
-    cpu0 = cpu_seconds(servers)
+    cpu0, db0 = cpu_seconds(servers), cpu_seconds(db_pids)
     start_at = time.time() + 1.0 + 0.1 * trainers  # every process connected and created
     procs = [mp.Process(target=trainer, args=(url, dim, seconds, start_at, q))
              for _ in range(trainers)]
@@ -72,17 +91,19 @@ def load(url, trainers, dim, seconds, servers):
         p.start()
     got = [q.get(timeout=seconds + 120) for _ in procs]
     server_cpu = cpu_seconds(servers) - cpu0  # setup included: a little high
+    db_cpu = cpu_seconds(db_pids) - db0
     for p in procs:
         p.join()
     ms = np.array([x for lat, _ in got for x in lat]) * 1e3
     n = len(ms)
     return (n / seconds, np.percentile(ms, 50), np.percentile(ms, 99), 1e3 * server_cpu / n,
-            1e3 * sum(cpu for _, cpu in got) / n)
+            1e3 * db_cpu / n, 1e3 * sum(cpu for _, cpu in got) / n)
 
 
 def show(what, r):
     print(f"{what:24s} {r[0]:6.0f} steps/s  p50 {r[1]:6.2f} ms  p99 {r[2]:6.2f} ms  "
-          f"CPU per step: servers {r[3]:.2f} ms, trainers {r[4]:.2f} ms")
+          f"CPU per step: servers {r[3]:.2f} ms, PostgreSQL {r[4]:.2f} ms, "
+          f"trainers {r[5]:.2f} ms")
 
 
 def takeover(binary, folder, db, dim, lease_ms):
@@ -140,13 +161,14 @@ def main():
             with database(args.db, folder) as db, Cluster(binary, folder, daemons=daemons,
                                                           db=db) as cl:
                 pids = [d.proc.pid for d in cl.daemons]
+                pg = postgres_pids(folder)
                 if daemons == 1:
                     show("1 daemon, direct", load(cl.daemons[0].url, args.trainers, args.dim,
-                                                  args.seconds, pids))
+                                                  args.seconds, pids, pg))
                 show(f"{daemons} daemon{'s' if daemons > 1 else ''}, via HAProxy",
                      load(cl.url, args.trainers, args.dim, args.seconds,
-                          pids + [cl.haproxy.pid]))
-    for lease_ms in args.lease_ms:
+                          pids + [cl.haproxy.pid], pg))
+    for lease_ms in args.lease_ms if args.takeovers else []:
         waits = []
         for _ in range(args.takeovers):
             with tempfile.TemporaryDirectory(prefix="curvd-bench-") as folder:
