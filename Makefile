@@ -129,7 +129,8 @@ STEST_UTIL := tests/server/srvutil.c
 
 # The tests that kill and restart the daemon process run its binary: keep
 # it current. The daemon process and callback trainer are in crash_util.c.
-CRASH_TESTS := $(BUILD)/tests/server/test_crash $(BUILD)/tests/server/test_stale_callback
+CRASH_TESTS := $(BUILD)/tests/server/test_crash $(BUILD)/tests/server/test_stale_callback \
+               $(BUILD)/tests/server/test_lease
 $(CRASH_TESTS): $(BUILD)/curvd tests/server/crash_util.c tests/server/crash_util.h
 $(CRASH_TESTS): STEST_UTIL += tests/server/crash_util.c
 

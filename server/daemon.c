@@ -8,6 +8,7 @@
 #include "curv.h"
 #include "http/auth.h"
 #include "http/metrics.h"
+#include "session/leases.h"
 #include "session/registry.h"
 #include "session/service.h"
 #include "store/store.h"
@@ -74,6 +75,7 @@ void curvd_daemon_close(struct curvd_server *srv)
 {
     curvd_sweeper_stop(srv->sweeper); /* first: it uses the store and registry */
     srv->sweeper = NULL;
+    curvd_leases_give_up_all(srv); /* other daemons may take the sessions at once */
     curvd_registry_free(srv->reg);
     srv->reg = NULL;
     curvd_store_close(srv->store);

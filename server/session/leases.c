@@ -44,9 +44,9 @@ static int acquire(struct curvd_server *srv, const char *tenant, const char *id,
 int curvd_lease_take(struct curvd_server *srv, const char *tenant, const char *id,
                      struct curvd_hold *hold)
 {
-    *hold = (struct curvd_hold){0};
-    if (!leases_on(srv))
+    if (!leases_on(srv) || hold->leased)
         return 0;
+    *hold = (struct curvd_hold){0};
     struct curvd_lease l;
     int st = acquire(srv, tenant, id, &l);
     if (st == CURVD_STORE_OK)
@@ -60,22 +60,34 @@ int curvd_lease_take(struct curvd_server *srv, const char *tenant, const char *i
 }
 
 enum curvd_reg_status curvd_lease_again(struct curvd_server *srv, struct curvd_entry *e,
-                                        int64_t *retry_ms)
+                                        struct curvd_hold *hold)
 {
     if (!leases_on(srv) || curvd_registry_leased(srv->reg, e))
         return CURVD_REG_OK;
     struct curvd_lease l;
     int st = acquire(srv, e->tenant, e->id, &l);
     if (st == CURVD_STORE_LEASED)
-        *retry_ms = l.expires_at - l.now;
+        hold->retry_ms = l.expires_at - l.now;
     if (st != CURVD_STORE_OK)
         return st == CURVD_STORE_LEASED      ? CURVD_REG_LEASED
                : st == CURVD_STORE_NOT_FOUND ? CURVD_REG_NOT_FOUND
                                              : CURVD_REG_ERROR;
-    if (l.epoch != e->epoch + 1)
-        return CURVD_REG_NOT_FOUND; /* another hold came between: memory may be stale */
+    if (l.epoch != e->epoch + 1) { /* another hold came between: memory may be stale */
+        *hold = (struct curvd_hold){.epoch = l.epoch, .leased = 1};
+        return CURVD_REG_NOT_FOUND;
+    }
     curvd_registry_set_lease(srv->reg, e, l.epoch);
     return CURVD_REG_OK;
+}
+
+void curvd_lease_give_up(struct curvd_server *srv, const char *tenant, const char *id,
+                         const struct curvd_hold *hold)
+{
+    char err[256];
+    if (leases_on(srv) && hold->leased &&
+        curvd_store_lease_release(srv->store, tenant, id, srv->node_id, hold->epoch, err,
+                                  sizeof err) == CURVD_STORE_OK)
+        curvd_metrics_lease(srv->metrics, CURVD_LEASE_EV_RELEASED);
 }
 
 void curvd_lease_fenced(struct curvd_server *srv, const struct curvd_entry *e, const char *err)
@@ -105,7 +117,7 @@ static void keep_one(struct curvd_server *srv, const struct curvd_lease_due *d)
     enum curvd_lease_outcome out = d->release ? CURVD_LEASE_RELEASED : CURVD_LEASE_RENEWED;
     if (st == CURVD_STORE_FENCED || st == CURVD_STORE_NOT_FOUND) {
         out = CURVD_LEASE_LOST; /* taken over, or deleted: memory is stale either way */
-        if (st == CURVD_STORE_FENCED && !d->release) {
+        if (st == CURVD_STORE_FENCED && !d->gone) { /* a copy in memory was stale */
             curvd_metrics_lease(srv->metrics, CURVD_LEASE_EV_LOST);
             curvd_log(CURVD_LOG_WARN, "session %s: lease lost, dropped from memory (%s)", d->id,
                       err);
@@ -121,15 +133,26 @@ static void keep_one(struct curvd_server *srv, const struct curvd_lease_due *d)
     curvd_registry_lease_done(srv->reg, d->id, d->epoch, out, curvd_registry_now_ms());
 }
 
-void curvd_leases_keep(struct curvd_server *srv)
+/* Renew the leases last renewed @renew_ms ago, give up those of sessions
+ * idle @idle_ms or gone. */
+static void keep(struct curvd_server *srv, int64_t renew_ms, int64_t idle_ms)
 {
-    if (!leases_on(srv))
+    if (!leases_on(srv) || !srv->reg || !srv->store)
         return;
-    int64_t ttl = curvd_lease_ttl_ms(srv);
     struct curvd_lease_due *due = NULL;
-    long n = curvd_registry_leases_due(srv->reg, curvd_registry_now_ms(), ttl / RENEW_DIVISOR, ttl,
-                                       &due);
+    long n = curvd_registry_leases_due(srv->reg, curvd_registry_now_ms(), renew_ms, idle_ms, &due);
     for (long i = 0; i < n; i++)
         keep_one(srv, &due[i]);
     free(due);
+}
+
+void curvd_leases_keep(struct curvd_server *srv)
+{
+    int64_t ttl = curvd_lease_ttl_ms(srv);
+    keep(srv, ttl / RENEW_DIVISOR, ttl);
+}
+
+void curvd_leases_give_up_all(struct curvd_server *srv)
+{
+    keep(srv, 0, 0); /* every session is idle now: each lease is given up */
 }

@@ -26,7 +26,7 @@ struct registry_bg {
 
 struct curvd_registry {
     pthread_mutex_t mu;
-    pthread_cond_t bg_done; /* a background refresh, or a held tail, ended */
+    pthread_cond_t bg_done; /* a background refresh, a held tail, or a load ended */
     curvd_bg_submit submit;
     void *submit_ctx;
     struct curvd_bg_stats bg_stats;
@@ -36,7 +36,14 @@ struct curvd_registry {
     uint64_t clock;
     curvd_loader load;
     void *load_ctx;
-    struct gone_lease *gone; /* leases of sessions that left memory, to give up */
+    struct gone_lease *gone;     /* leases of sessions that left memory, to give up */
+    struct registry_load *loads; /* ids being loaded (curvd_registry_begin) */
+};
+
+/* An id being loaded, on its loader's stack while it loads. */
+struct registry_load {
+    char id[CURVD_ID_LEN + 1];
+    struct registry_load *next;
 };
 
 /* A lease held by a session that left memory (evicted, dropped): given
@@ -153,7 +160,7 @@ static void lease_leaves(struct curvd_registry *r, const struct curvd_entry *s)
     struct gone_lease *g = s->leased ? malloc(sizeof *g) : NULL;
     if (!g)
         return;
-    g->due = (struct curvd_lease_due){.epoch = s->epoch, .release = 1};
+    g->due = (struct curvd_lease_due){.epoch = s->epoch, .release = 1, .gone = 1};
     memcpy(g->due.id, s->id, sizeof g->due.id);
     memcpy(g->due.tenant, s->tenant, sizeof g->due.tenant);
     g->next = r->gone;
@@ -213,38 +220,54 @@ static struct curvd_entry *new_session(const char *id, const char *tenant, curv_
     return s;
 }
 
-enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char *id,
-                                           const char *tenant, struct curvd_entry **out,
-                                           struct curvd_hold *hold, char *why, size_t why_cap)
+/* Under r->mu: is @id being loaded by another caller? */
+static int loading(const struct curvd_registry *r, const char *id)
 {
-    pthread_mutex_lock(&r->mu);
-    struct curvd_entry *s = find(r, id);
-    while (s && s->busy && s->tail && strcmp(s->tenant, tenant) == 0) {
-        pthread_cond_wait(&r->bg_done, &r->mu); /* its tail ends soon; it may be dropped */
-        s = find(r, id);
+    for (const struct registry_load *l = r->loads; l; l = l->next)
+        if (strcmp(l->id, id) == 0)
+            return 1;
+    return 0;
+}
+
+/* Under r->mu: @id's entry when it is in memory, after waiting for its
+ * held tail and for another caller's load of it; NULL when not there. */
+static struct curvd_entry *find_settled(struct curvd_registry *r, const char *id,
+                                        const char *tenant)
+{
+    for (;;) {
+        struct curvd_entry *s = find(r, id);
+        if (s && !(s->busy && s->tail && strcmp(s->tenant, tenant) == 0))
+            return s;
+        if (!s && !loading(r, id))
+            return NULL;
+        pthread_cond_wait(&r->bg_done, &r->mu); /* a tail or a load ends soon */
     }
-    if (s) {
-        enum curvd_reg_status st = CURVD_REG_OK;
-        if (strcmp(s->tenant, tenant) != 0)
-            st = CURVD_REG_NOT_FOUND;
-        else if (s->busy)
-            st = CURVD_REG_BUSY;
-        else {
-            s->busy = 1;
-            lru_unlink(s);
-            lru_front(r, s);
-            *out = s;
-        }
-        pthread_mutex_unlock(&r->mu);
-        return st;
-    }
-    pthread_mutex_unlock(&r->mu);
-    /* Load outside the lock: reading a large blob must not stall others.
-     * Two racing loaders of one id are settled at insertion. */
+}
+
+/* Under r->mu: take @s (found) for @tenant, or say why not. */
+static enum curvd_reg_status take_found(struct curvd_registry *r, struct curvd_entry *s,
+                                        const char *tenant, struct curvd_entry **out)
+{
+    if (strcmp(s->tenant, tenant) != 0)
+        return CURVD_REG_NOT_FOUND;
+    if (s->busy)
+        return CURVD_REG_BUSY;
+    s->busy = 1;
+    lru_unlink(s);
+    lru_front(r, s);
+    *out = s;
+    return CURVD_REG_OK;
+}
+
+/* Load @id (the lock not held) into a new entry, or say why not. */
+static enum curvd_reg_status load_entry(struct curvd_registry *r, const char *id,
+                                        const char *tenant, struct curvd_hold *hold,
+                                        struct curvd_entry **fresh, char *why, size_t why_cap)
+{
     curv_opt *opt = NULL;
     size_t bytes = 0;
     struct curvd_committed committed = {0};
-    struct curvd_hold held = {0};
+    struct curvd_hold held = hold ? *hold : (struct curvd_hold){0};
     char text[256] = "";
     int lr = r->load ? r->load(r->load_ctx, id, tenant, &opt, &bytes, &committed, &held, text,
                                sizeof text)
@@ -257,28 +280,55 @@ enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char 
                                                     CURVD_REG_UNLOADABLE, CURVD_REG_LEASED};
     if (lr != 0)
         return lr > 0 && lr <= 3 ? of_load[lr] : CURVD_REG_ERROR;
-    struct curvd_entry *fresh = new_session(id, tenant, opt, bytes);
-    if (!fresh) {
+    if (!(*fresh = new_session(id, tenant, opt, bytes))) {
         curv_opt_free(opt);
         curvd_committed_clear(&committed);
         return CURVD_REG_ERROR;
     }
-    fresh->committed = committed;
-    fresh->epoch = held.epoch;
-    fresh->leased = held.leased;
-    fresh->renewed_ms = curvd_registry_now_ms();
-    pthread_mutex_lock(&r->mu);
-    if (find(r, id)) { /* someone else loaded it meanwhile */
-        pthread_mutex_unlock(&r->mu);
-        free_session(fresh);
-        return curvd_registry_begin(r, id, tenant, out, hold, why, why_cap);
-    }
-    fresh->busy = 1;
-    insert(r, fresh);
-    evict(r);
-    pthread_mutex_unlock(&r->mu);
-    *out = fresh;
+    (*fresh)->committed = committed;
+    (*fresh)->epoch = held.epoch;
+    (*fresh)->leased = held.leased;
+    (*fresh)->renewed_ms = curvd_registry_now_ms();
     return CURVD_REG_OK;
+}
+
+enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char *id,
+                                           const char *tenant, struct curvd_entry **out,
+                                           struct curvd_hold *hold, char *why, size_t why_cap)
+{
+    pthread_mutex_lock(&r->mu);
+    struct curvd_entry *s = find_settled(r, id, tenant);
+    if (s) {
+        enum curvd_reg_status st = take_found(r, s, tenant, out);
+        pthread_mutex_unlock(&r->mu);
+        return st;
+    }
+    /* Load outside the lock (reading a large blob must not stall others),
+     * one caller per id: a second load would take the lease a second time
+     * and fence the first copy's writes. */
+    struct registry_load me = {.next = r->loads};
+    snprintf(me.id, sizeof me.id, "%s", id);
+    r->loads = &me;
+    pthread_mutex_unlock(&r->mu);
+    struct curvd_entry *fresh = NULL;
+    enum curvd_reg_status st = load_entry(r, id, tenant, hold, &fresh, why, why_cap);
+    pthread_mutex_lock(&r->mu);
+    struct registry_load **pp = &r->loads;
+    while (*pp != &me)
+        pp = &(*pp)->next;
+    *pp = me.next;
+    pthread_cond_broadcast(&r->bg_done);
+    if (st == CURVD_REG_OK && (s = find(r, id))) { /* added meanwhile (a create) */
+        free_session(fresh);
+        st = take_found(r, s, tenant, out);
+    } else if (st == CURVD_REG_OK) {
+        fresh->busy = 1;
+        insert(r, fresh);
+        evict(r);
+        *out = fresh;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return st;
 }
 
 void curvd_registry_set_background(struct curvd_registry *r, curvd_bg_submit submit, void *ctx)

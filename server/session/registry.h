@@ -102,7 +102,8 @@ struct curvd_entry {
 
 /* Fills *out with an optimizer for (id, tenant) read from durable storage,
  * *bytes with its charge, *committed with its stored parts and *hold with
- * the lease it was read under: 0 found, 1 not found (or another
+ * the lease it was read under (*hold comes in as the caller of
+ * curvd_registry_begin gave it: a lease already taken, or none): 0 found, 1 not found (or another
  * tenant's), 2 stored but its state cannot be loaded (@why[@why_cap] says
  * why; loading it again will not help), 3 another daemon holds its lease
  * (@hold->retry_ms), -1 error that may pass (nothing handed out). */
@@ -126,7 +127,7 @@ enum curvd_reg_status {
 /* Take session @id of @tenant for exclusive use, loading it if needed;
  * when that is CURVD_REG_UNLOADABLE, @why[@why_cap] (may be NULL) says why;
  * CURVD_REG_LEASED, @hold->retry_ms (@hold may be NULL) how long the
- * other daemon's lease lasts. */
+ * other daemon's lease lasts. @hold goes to the loader as it comes. */
 enum curvd_reg_status curvd_registry_begin(struct curvd_registry *r, const char *id,
                                            const char *tenant, struct curvd_entry **out,
                                            struct curvd_hold *hold, char *why, size_t why_cap);
@@ -138,12 +139,12 @@ int curvd_registry_leased(struct curvd_registry *r, const struct curvd_entry *s)
 void curvd_registry_set_lease(struct curvd_registry *r, struct curvd_entry *s, int64_t epoch);
 
 /* A lease that is due: to renew, or to give up (@release: the session
- * was idle for the idle time, or left memory). */
+ * was idle for the idle time, or it left memory: @gone). */
 struct curvd_lease_due {
     char id[CURVD_ID_LEN + 1];
     char tenant[CURVD_TENANT_MAX];
     int64_t epoch;
-    int release;
+    int release, gone;
 };
 
 /* curvd_registry_leases_due - at monotonic @now_ms: the held leases last

@@ -88,16 +88,17 @@ int curvd_svc_load(void *ctx, const char *id, const char *tenant, curv_opt **out
     int lr = curvd_lease_take(srv, tenant, id, hold);
     if (lr != 0)
         return lr;
-    int st = curvd_store_get(srv->store, tenant, id, 1, &s, err, sizeof err);
+    int st = curvd_store_get(srv->store, tenant, id, 1, &s, err, sizeof err), rc = -1;
     if (st == CURVD_STORE_NOT_FOUND)
-        return 1;
-    if (st != CURVD_STORE_OK) {
+        rc = 1;
+    else if (st != CURVD_STORE_OK)
         curvd_log(CURVD_LOG_ERROR, "loading session %s: %s", id, err);
-        return -1;
-    }
-    int rc = load_stored(srv, &s, out, committed, why, why_cap);
+    else
+        rc = load_stored(srv, &s, out, committed, why, why_cap);
     *bytes = s.state_len;
     curvd_session_clear(&s);
+    if (rc != 0) /* not held in memory after all: another daemon may take it */
+        curvd_lease_give_up(srv, tenant, id, hold);
     return rc;
 }
 
@@ -145,26 +146,23 @@ enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, c
     if (!curvd_svc_valid_id(id))
         return CURVD_REG_NOT_FOUND;
     /* Twice at most: a copy in memory that another daemon's hold made
-     * stale is dropped, and loaded again under a lease of its own. */
+     * stale is dropped, and loaded again under the lease just taken. */
+    struct curvd_hold hold = {0};
     for (int pass = 0;; pass++) {
-        struct curvd_hold hold = {0};
         enum curvd_reg_status rs =
             curvd_registry_begin(srv->reg, id, tenant, e, &hold, why, why_cap);
+        if (rs == CURVD_REG_OK && (rs = curvd_lease_again(srv, *e, &hold)) != CURVD_REG_OK) {
+            if (rs == CURVD_REG_NOT_FOUND)
+                curvd_registry_drop(srv->reg, id);
+            curvd_registry_end(srv->reg, *e, (*e)->bytes);
+            if (rs == CURVD_REG_NOT_FOUND && !pass)
+                continue;
+            if (rs == CURVD_REG_NOT_FOUND) /* stale again at once: let the client retry */
+                rs = CURVD_REG_ERROR;
+        }
         if (rs == CURVD_REG_LEASED && retry_ms)
             *retry_ms = hold.retry_ms;
-        if (rs != CURVD_REG_OK)
-            return rs;
-        int64_t wait_ms = 0;
-        rs = curvd_lease_again(srv, *e, &wait_ms);
-        if (rs == CURVD_REG_LEASED && retry_ms)
-            *retry_ms = wait_ms;
-        if (rs == CURVD_REG_OK)
-            return rs;
-        if (rs == CURVD_REG_NOT_FOUND)
-            curvd_registry_drop(srv->reg, id);
-        curvd_registry_end(srv->reg, *e, (*e)->bytes);
-        if (rs != CURVD_REG_NOT_FOUND || pass)
-            return rs == CURVD_REG_NOT_FOUND ? CURVD_REG_ERROR : rs;
+        return rs;
     }
 }
 

@@ -47,7 +47,7 @@ void cu_spawn(struct cu_daemon *d)
     assert_int_equal(pipe(p), 0);
     fcntl(p[0], F_SETFD, FD_CLOEXEC);
     fcntl(p[1], F_SETFD, FD_CLOEXEC);
-    char *argv[16];
+    char *argv[24];
     int n = 0;
     argv[n++] = self_exec ? self_path : daemon_path;
     if (self_exec)
@@ -70,6 +70,12 @@ void cu_spawn(struct cu_daemon *d)
                     d->snapshot_after_reply ? "0" : "1048576"};
     for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++)
         argv[n++] = rest[i];
+    argv[n++] = "--node-id";
+    argv[n++] = (char *)(d->node_id ? d->node_id : "cu-daemon");
+    if (d->lease_ttl_ms) {
+        argv[n++] = "--lease-ttl";
+        argv[n++] = (char *)d->lease_ttl_ms;
+    }
     argv[n] = NULL;
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -169,6 +175,10 @@ static int run_daemon(int argc, char **argv)
             srv.cfg.db_path = argv[a + 1];
         else if (strcmp(argv[a], "--snapshot-inline") == 0)
             srv.cfg.snapshot_inline = (size_t)strtoull(argv[a + 1], NULL, 10);
+        else if (strcmp(argv[a], "--node-id") == 0)
+            srv.cfg.node_id = argv[a + 1];
+        else if (strcmp(argv[a], "--lease-ttl") == 0)
+            srv.cfg.lease_ttl_ms = (size_t)strtoull(argv[a + 1], NULL, 10);
     sigset_t stop;
     sigemptyset(&stop);
     sigaddset(&stop, SIGINT);

@@ -25,6 +25,9 @@ struct cu_daemon {
     char base[64];            /* "http://127.0.0.1:PORT" once ready */
     int snapshot_after_reply; /* the next spawn's due snapshots: 1 after the reply, 0 with
                                  their step (every session is logged, however small) */
+    /* Its --node-id (NULL: "cu-daemon": a restart takes its leases back
+     * at once) and --lease-ttl in ms (NULL: the daemon's default). */
+    const char *node_id, *lease_ttl_ms;
 };
 
 /* Which daemon to run for a test binary called @argv0: $CURVD_BIN, else

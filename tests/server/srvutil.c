@@ -272,6 +272,7 @@ static size_t on_header(char *line, size_t sz, size_t n, void *ud)
     copy_header(line, sz * n, "ETag", r->etag, sizeof r->etag);
     copy_header(line, sz * n, "Server-Timing", r->server_timing, sizeof r->server_timing);
     copy_header(line, sz * n, "X-Request-Id", r->request_id, sizeof r->request_id);
+    copy_header(line, sz * n, "Retry-After", r->retry_after, sizeof r->retry_after);
     char jh[32] = "";
     copy_header(line, sz * n, "Inference-Header-Content-Length", jh, sizeof jh);
     if (jh[0])

@@ -26,6 +26,7 @@ struct su_resp {
     size_t json_header_len; /* Inference-Header-Content-Length, 0 if absent */
     char server_timing[256];
     char request_id[128]; /* X-Request-Id */
+    char retry_after[16]; /* Retry-After, "" if absent */
 };
 
 /* ---- The daemon and its files ---- */

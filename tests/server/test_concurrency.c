@@ -3,7 +3,10 @@
  * Concurrency against an in-process daemon: racing posts of one session's
  * next step (exactly one applies), many sessions stepped from many
  * threads, eviction under --max-sessions with reloads from the store, and
- * the memory budget at creation. Every update is compared bit for bit with
+ * the memory budget at creation. Leases of 30 ms (docs/CLUSTER.md): the
+ * sweeper renews and gives them up all along, beside the requests that
+ * take the sessions and the evictions that give theirs up (the daemon is
+ * alone, so it takes each back at once). Every update is compared bit for bit with
  * the same optimizer run in-process by libcurv. Worker threads never call
  * cmocka: they record what they saw and the main thread checks it.
  */
@@ -37,6 +40,7 @@ static void start(struct fx *f, size_t max_sessions, size_t mem_budget, unsigned
     f->srv.cfg.max_sessions = max_sessions;
     f->srv.cfg.mem_budget = mem_budget;
     f->srv.cfg.threads = threads;
+    f->srv.cfg.lease_ttl_ms = 30;
     su_daemon_start(&f->srv, f->base, sizeof f->base);
     f->running = 1;
 }
