@@ -78,8 +78,11 @@ def database(spec: Optional[str], folder: str):
         raise Skip(f"PostgreSQL cannot run here: {r.stderr.strip()}")
     if r.returncode != 0:
         raise RuntimeError(f"pg-cluster start failed: {r.stderr.strip()}")
+    # What deploy/README.md asks of a cluster's PostgreSQL: a paused daemon's
+    # open transaction (and its row locks) ends well within the lease time.
+    url = r.stdout.strip() + "&options=-c%20idle_in_transaction_session_timeout%3D500"
     try:
-        yield r.stdout.strip()
+        yield url
     finally:
         subprocess.run([PG_CLUSTER, "stop", pgdir], capture_output=True)
 
