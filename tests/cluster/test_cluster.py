@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: MIT
 """The cluster test (issue 24): HAProxy (deploy/haproxy.cfg) and three
 daemons on one database, all on loopback; eight trainers step their
-sessions through HAProxy with the Python client; one daemon is killed
-with SIGKILL in the middle.
+sessions through HAProxy with the Python client. Two cases: one daemon
+is killed with SIGKILL in the middle of a step; one is stopped with
+SIGSTOP in the middle of a step past its lease, its sessions taken over,
+then resumed: its write of that step must be refused by the fencing
+epoch (this case needs a daemon with leases, --lease-ttl).
 
 Every trainer checks each update against SGD with heavy-ball momentum
 computed here (v <- mu v + g, update = -lr v): a step applied twice or an
@@ -11,9 +14,11 @@ step with a zero gradient reads the momentum buffer back (-lr mu v) and
 the session's step count must be the number of steps sent. Sessions of
 the daemons that stay up must not move.
 
-    /usr/bin/python3 tests/cluster/test_cluster.py build/curvd [--db URL]
+    /usr/bin/python3 tests/cluster/test_cluster.py build/curvd [--db sqlite|pg|URL]
+        [--case sigkill|sigstop] [--keep]
 
-Exit 0: passed; 1: failed; 77: skipped (no haproxy).
+Exit 0: passed; 1: failed; 77: skipped (no haproxy, or --db pg and no
+PostgreSQL that can run).
 """
 
 import argparse
