@@ -377,7 +377,12 @@ curvc_status curvc__request(curvc_client *c, const char *method, const char *pat
         }
         problem_error(out, err);
         st = strcmp(err->reason, "STEP_MISMATCH") == 0 ? CURVC_E_STEP_MISMATCH : CURVC_E_PROBLEM;
-        int busy = out->status == 503 || (curvc__reason_does(err->reason) & CURVC__RETRY);
+        /* curvd never answers 502 or 504: a proxy (HAProxy, deploy/) lost
+         * the daemon after the request went out, which may have applied
+         * it: repeated like a transfer that failed past sending. */
+        int proxy_lost = (out->status == 502 || out->status == 504) && idempotent;
+        int busy =
+            out->status == 503 || proxy_lost || (curvc__reason_does(err->reason) & CURVC__RETRY);
         double wait = busy ? backoff(c, attempt, h.retry_after, start) : -1;
         if (wait < 0) {
             size_t n0 = strlen(err->text);

@@ -43,6 +43,7 @@ struct proxy {
     char match[64];
     int skip, drops;
     int seen, dropped;
+    int bad_gateway;      /* a lost reply is HAProxy's 502 instead of a closed connection */
     char *kept[MAX_KEPT]; /* the bodies of the requests that matched */
     size_t kept_len[MAX_KEPT];
 };
@@ -120,9 +121,16 @@ static void serve(struct proxy *p, int client)
             p->dropped += drop;
         }
     }
+    int bad_gateway = p->bad_gateway;
     pthread_mutex_unlock(&p->mu);
+    static const char BAD_GATEWAY[] =
+        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/problem+json\r\n"
+        "Content-Length: 49\r\nConnection: close\r\n\r\n"
+        "{\"title\":\"Daemon lost\",\"status\":502,\"reason\":\"X\"}";
     if (m && !drop)
         write_all(client, resp, m);
+    else if (m && bad_gateway)
+        write_all(client, BAD_GATEWAY, sizeof BAD_GATEWAY - 1);
     close(client);
     free(req);
     free(resp);
@@ -169,10 +177,11 @@ static void proxy_start(struct proxy *p)
 }
 
 /* Lose the replies of matching requests number @skip+1 .. @skip+@drops
- * from now on; forget earlier counts. */
-static void proxy_drop(struct proxy *p, const char *match, int skip, int drops)
+ * from now on (answer 502 for them when @bad_gateway); forget earlier counts. */
+static void proxy_lose(struct proxy *p, const char *match, int skip, int drops, int bad_gateway)
 {
     pthread_mutex_lock(&p->mu);
+    p->bad_gateway = bad_gateway;
     snprintf(p->match, sizeof p->match, "%s", match);
     p->skip = skip, p->drops = drops, p->seen = p->dropped = 0;
     for (int k = 0; k < MAX_KEPT; k++) {
@@ -180,6 +189,11 @@ static void proxy_drop(struct proxy *p, const char *match, int skip, int drops)
         p->kept[k] = NULL;
     }
     pthread_mutex_unlock(&p->mu);
+}
+
+static void proxy_drop(struct proxy *p, const char *match, int skip, int drops)
+{
+    proxy_lose(p, match, skip, drops, 0);
 }
 
 static void proxy_stop(struct proxy *p)
@@ -286,10 +300,12 @@ static void grads(unsigned seed, double *g)
 }
 
 /* AdaGrad accumulates squared gradients, so a step applied twice would
- * change every later update: two more steps after the lost reply check it. */
+ * change every later update: two more steps after the lost reply check it.
+ * @state: non-NULL to lose the reply as HAProxy does when the daemon goes
+ * away after taking the request (502), NULL to close the connection. */
 static void test_lost_step_reply(void **state)
 {
-    (void)state;
+    int bad_gateway = *state != NULL;
     struct twins t;
     twins_new(&t, "adagrad_diag", LAYOUT, 2, "{\"lr\": 0.1}");
     for (unsigned k = 1; k <= 3; k++) {
@@ -297,7 +313,7 @@ static void test_lost_step_reply(void **state)
         grads(k, g);
         curvc_step_in in = {.grad = g};
         curvc_error err;
-        proxy_drop(&t.proxy, "/steps HTTP", 0, k == 1);
+        proxy_lose(&t.proxy, "/steps HTTP", 0, k == 1, bad_gateway);
         unsigned long before = curvc_client_requests(t.via);
         if (curvc_step(t.a, &in, CURVC_BINARY, NULL, NULL, ua, &err) != CURVC_OK)
             fail_msg("step %u through the proxy: %s", k, err.text);
@@ -407,10 +423,37 @@ static void test_lost_answer_reply(void **state)
     twins_free(&t);
 }
 
+/* A create whose reply is a proxy's 502 may have been made: not repeated. */
+static void test_bad_gateway_create_not_repeated(void **state)
+{
+    (void)state;
+    struct proxy p;
+    proxy_start(&p);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", p.port);
+    curvc_client *c = curvc_client_new(url, NULL);
+    assert_non_null(c);
+    curvc_client_set_retries(c, 3, 0.001);
+    proxy_lose(&p, "POST /v1/sessions HTTP", 0, 1, 1);
+    curvc_session *s = NULL;
+    curvc_error err;
+    assert_int_equal(curvc_session_create(c, "sgd", LAYOUT, 2, NULL, &s, &err), CURVC_E_PROBLEM);
+    assert_int_equal(err.status, 502);
+    int seen, dropped;
+    proxy_counts(&p, &seen, &dropped);
+    assert_int_equal(seen, 1);
+    assert_int_equal(dropped, 1);
+    curvc_client_free(c);
+    proxy_stop(&p);
+}
+
 int main(void)
 {
+    static int bad_gateway = 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lost_step_reply),
+        cmocka_unit_test_prestate(test_lost_step_reply, &bad_gateway),
+        cmocka_unit_test(test_bad_gateway_create_not_repeated),
         cmocka_unit_test(test_lost_answer_reply),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -22,6 +22,10 @@ from .errors import CallbackError, NoCallbackPending, NotFound, ProtocolError, T
 from .tensors import Writer, check_datatype, check_encoding
 
 _TRANSPORT_ERRORS = (OSError, http.client.HTTPException)  # socket.timeout is an OSError
+# curvd never answers 502 or 504: a proxy between (HAProxy, deploy/) lost
+# the daemon after the request was sent, or timed it out. The request may
+# have been applied, as after a connection that failed past sending.
+_PROXY_LOST = (502, 504)
 
 
 class _Reply:
@@ -70,7 +74,8 @@ class Client:
 
     url: "http://host:port" (a path prefix is kept). token: bearer token
     when the daemon runs with a token file. timeout: seconds per request.
-    Retries after a connection failure, a 503, or a 409 SESSION_BUSY go
+    Retries after a connection failure, a 503, a 409 SESSION_BUSY, or
+    (any request but creating and importing) a proxy's 502 or 504 go
     on for retry_budget seconds in all (default 30: longer than a daemon's
     restart), with exponential back-off and full jitter: before try k+1
     the client sleeps a uniform random time in [0, min(retry_max_wait,
@@ -192,6 +197,12 @@ class Client:
                 continue
             if r.status < 400:
                 return r
+            if r.status in _PROXY_LOST and idempotent:
+                wait = self._backoff(attempt, None, deadline)
+                if wait is not None:
+                    self._sleep(wait)
+                    attempt += 1
+                    continue
             if method == "DELETE" and r.status == 404 and attempt > 0:
                 return r  # the first try deleted it; its reply was lost
             problem = errors.problem_from_reply(r.status, r.body, r.headers.get("Retry-After"))

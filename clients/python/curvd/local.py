@@ -24,13 +24,16 @@ class LocalDaemon:
     binary: the curvd executable. folder: where curvd.db goes. extra:
     further flags (e.g. ("--durability", "normal")). env: extra
     environment variables (e.g. {"OPENBLAS_NUM_THREADS": "1"}).
-    threads, workers: the daemon's --threads and --workers.
+    threads, workers: the daemon's --threads and --workers. db: the
+    database (--db) when not folder/curvd.db, e.g. one file that several
+    daemons share (tests/cluster/).
     """
 
     def __init__(self, binary: str, folder: str, extra: Sequence[str] = (),
-                 env: Optional[Dict[str, str]] = None, threads: int = 2, workers: int = 1):
+                 env: Optional[Dict[str, str]] = None, threads: int = 2, workers: int = 1,
+                 db: Optional[str] = None):
         self.binary = binary
-        self.db = os.path.join(folder, "curvd.db")
+        self.db = db or os.path.join(folder, "curvd.db")
         self.extra = list(extra)
         self.env = dict(os.environ, **(env or {}))
         self.threads = threads

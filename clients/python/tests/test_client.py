@@ -349,3 +349,78 @@ def test_tensors_without_numpy_match_numpy(monkeypatch, encoding, datatype):
     assert isinstance(back_py, list) and back_py == back_np.tolist()
     want = np.asarray(value, dtype="f4" if datatype == "FP32" else "f8")
     np.testing.assert_array_equal(back_np, want)
+
+
+class ScriptedServer:
+    """Answers each request with the next (status, body) of @script, then 200 {}."""
+
+    def __init__(self, script):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+        self.script = list(script)
+        self.methods = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(n)
+                outer.methods.append(self.command)
+                status, body = outer.script.pop(0) if outer.script else (200, b"{}")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *a):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True).start()
+
+    def close(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+
+BAD_GATEWAY = (502, json.dumps({"title": "Daemon lost", "status": 502,
+                                "reason": "BAD_GATEWAY"}).encode())
+GATEWAY_TIMEOUT = (504, b"<html>gateway timeout</html>")
+
+
+def test_a_proxy_that_lost_the_daemon_is_retried_for_idempotent_requests():
+    srv = ScriptedServer([BAD_GATEWAY, GATEWAY_TIMEOUT])
+    try:
+        c, t = fake_client(srv.url, lambda: 0.5)
+        assert c.request("GET", "/v1/version").status == 200
+        assert srv.methods == ["GET"] * 3 and len(t.sleeps) == 2
+    finally:
+        srv.close()
+
+
+def test_a_proxy_that_lost_the_daemon_fails_a_create_at_once():
+    # The create may have been applied behind the proxy: not repeated.
+    srv = ScriptedServer([BAD_GATEWAY])
+    try:
+        c, t = fake_client(srv.url, lambda: 0.5)
+        with pytest.raises(curvd.ServerError) as e:
+            c.create_session("sgd", LAYOUT)
+        assert e.value.status == 502 and e.value.reason == "BAD_GATEWAY"
+        assert srv.methods == ["POST"] and t.sleeps == []
+    finally:
+        srv.close()
+
+
+def test_a_proxy_that_keeps_failing_spends_the_budget_then_raises():
+    srv = ScriptedServer([GATEWAY_TIMEOUT] * 100)
+    try:
+        c, t = fake_client(srv.url, lambda: 1.0, retries=3)
+        with pytest.raises(curvd.ServerError) as e:
+            c.request("GET", "/v1/version")
+        assert e.value.status == 504 and len(srv.methods) == 4
+    finally:
+        srv.close()
