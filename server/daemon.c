@@ -16,7 +16,7 @@
 /* The lease owner this daemon writes as (docs/CLUSTER.md): --node-id, or
  * the host name and port, stable across restarts, so that a restarted
  * daemon takes its own leases over at once; with port 0 (tests), the
- * process id instead of the port. */
+ * process id until curvd_daemon_bound names the port it got. */
 static int set_node_id(struct curvd_server *srv, char *err, size_t errlen)
 {
     const char *id = srv->cfg.node_id;
@@ -37,6 +37,18 @@ static int set_node_id(struct curvd_server *srv, char *err, size_t errlen)
     else
         snprintf(srv->node_id, sizeof srv->node_id, "%s:pid%ld", host, (long)getpid());
     return 0;
+}
+
+void curvd_daemon_bound(struct curvd_server *srv, unsigned port)
+{
+    if (srv->cfg.node_id || srv->cfg.port || !port)
+        return;
+    char host[sizeof srv->node_id];
+    memcpy(host, srv->node_id, sizeof host);
+    char *colon = strrchr(host, ':');
+    if (colon)
+        *colon = '\0';
+    snprintf(srv->node_id, sizeof srv->node_id, "%s:%u", host, port);
 }
 
 int curvd_daemon_open(struct curvd_server *srv, char *err, size_t errlen)

@@ -332,6 +332,7 @@ int main(int argc, char **argv)
         curvd_daemon_close(&srv);
         return 1;
     }
+    curvd_daemon_bound(&srv, curvd_http_port(&srv));
     curvd_log(CURVD_LOG_INFO,
               "listening on http://%s:%u  version=%s commit=%s db=%s durability=%s threads=%u "
               "workers=%u max-body=%zu max-sessions=%zu memory-budget=%zu idle-ttl=%u history=%u "
