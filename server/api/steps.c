@@ -204,6 +204,7 @@ static void commit_and_reply(struct curvd_server *srv, const struct curvd_req *r
     j->s.c.request_digest = pd->request_digest;
     j->s.c.timing = j->timing;
     j->s.c.callbacks = pd->callbacks;
+    j->s.c.epoch = CURVD_STORE_ANY_EPOCH; /* not fenced until the daemon holds leases */
     j->s.e = e;
     j->s.tenant = rq->tenant;
     j->s.blob = j->blob;

@@ -247,7 +247,7 @@ int curvd_svc_reconfigured(struct curvd_server *srv, const char *tenant, struct 
         /* A change of settings changes no array: the header part goes. */
         struct curvd_state_in in = {blob, len, parts, n_parts, e->committed.p, e->committed.n};
         st = curvd_store_update_state(srv->store, tenant, e->id, (int64_t)curv_opt_steps(e->opt),
-                                      &in, meta, NULL, err, errlen);
+                                      CURVD_STORE_ANY_EPOCH, &in, meta, NULL, err, errlen);
         if (st == CURVD_STORE_OK)
             curvd_committed_set(&e->committed, parts, n_parts);
         else /* a failed commit may still have landed: compare with nothing */
@@ -286,7 +286,7 @@ int curvd_svc_snapshot(struct curvd_server *srv, struct curvd_entry *e, size_t *
     }
     struct curvd_state_in in = {blob, len, parts, n_parts, e->committed.p, e->committed.n};
     int st = curvd_store_snapshot(srv->store, e->tenant, e->id, (int64_t)curv_opt_steps(e->opt),
-                                  &in, NULL, err, errlen);
+                                  CURVD_STORE_ANY_EPOCH, &in, NULL, err, errlen);
     if (st == CURVD_STORE_OK) {
         curvd_committed_set(&e->committed, parts, n_parts);
         *bytes = len;

@@ -1,8 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The durable store of sessions: one SQLite file in WAL mode.
+ * The durable store of sessions, in one of two backends chosen by the
+ * database argument of curvd_store_open(): a PostgreSQL URL
+ * (postgresql://... or postgres://..., through libpq: store/pg.h) or else
+ * the path of one SQLite file in WAL mode (the default). Both keep the
+ * same tables and give the same guarantees (docs/DURABILITY.md, "Both
+ * backends"); what is SQLite's alone (the WAL checkpointer, the busy
+ * timeout, PRAGMAs) is said where it is declared below.
  *
- * Threading: a store object owns one SQLite connection, and every function
+ * Threading: a store object owns one database connection (SQLite's or
+ * libpq's) and every function below holds its lock for its whole
+ * duration. SQLite: a store object owns one SQLite connection, and every function
  * below holds that connection's own mutex (sqlite3_db_mutex) for its whole
  * duration, so one store may be shared by any number of threads; their
  * calls run one at a time. A daemon that wants reads to proceed in parallel
@@ -34,7 +42,8 @@
  * deletes the session's log in the same transaction.
  *
  * Memory: the owned copies handed out (strings, blobs) are allocated with
- * sqlite3_malloc64 so that SQLite's allocator hooks cover them too; release
+ * sqlite3_malloc64 (by both backends) so that SQLite's allocator hooks
+ * (curvd_mem) cover them too; release
  * them only with curvd_session_clear(), curvd_session_list_clear(),
  * curvd_step_response_clear(), or curvd_store_free() for one taken over.
  */
@@ -68,7 +77,9 @@
     X(INVALID, 3, "invalid argument")                                                              \
     X(BUSY, 4, "the database is locked by another writer")                                         \
     X(ERROR, 5, "database error")                                                                  \
-    X(FULL, 6, "the disk holding the database is full")
+    X(FULL, 6, "the disk holding the database is full")                                            \
+    X(FENCED, 7, "the session's lease has a newer epoch")                                          \
+    X(LEASED, 8, "another owner holds the session's lease")
 
 enum curvd_store_status {
 #define CURVD__STORE_ENUM(name, code, text) CURVD_STORE_##name = code,
@@ -83,6 +94,10 @@ const char *curvd_store_status_name(int status);
 enum curvd_durability { CURVD_DURABILITY_FULL, CURVD_DURABILITY_NORMAL };
 
 struct curvd_store;
+
+/* Is @db a PostgreSQL URL (postgresql://... or postgres://...)? Anything
+ * else is a SQLite path. */
+int curvd_store_is_postgres(const char *db);
 
 /* Room for a digest text (wire/request_digest.h) and its NUL. */
 #define CURVD_STORE_DIGEST_TEXT 41
@@ -255,6 +270,7 @@ struct curvd_step_commit {
     const void *record;
     size_t record_len;
     const char *update_digest;
+    int64_t epoch; /* the lease epoch it is written under (see the leases) */
 };
 
 /*
@@ -334,12 +350,15 @@ void curvd_store_close(struct curvd_store *st);
 
 /* curvd_store_set_busy_timeout - how long a write waits for another
  * connection's write lock; 0 fails at once. Return: OK; INVALID (NULL or
- * negative); ERROR. */
+ * negative); ERROR. PostgreSQL: sets lock_timeout (a row lock held by
+ * another transaction; 0 there waits without bound, as PostgreSQL's 0
+ * does), and a wait that runs out is BUSY too. */
 int curvd_store_set_busy_timeout(struct curvd_store *st, int ms, char *err, size_t errlen);
 
 /* curvd_store_wal - what the checkpointer did: rounds, PASSIVE passes,
  * WAL truncations, and the WAL bound in bytes at the last round (see
- * store/checkpoint.h for the bound). */
+ * store/checkpoint.h for the bound). SQLite only: PostgreSQL checkpoints
+ * its own WAL, and a PostgreSQL store reports all zeros. */
 struct curvd_store_wal {
     unsigned long long rounds, passes, truncations;
     long long bound_bytes;
@@ -348,7 +367,7 @@ struct curvd_store_wal {
 void curvd_store_wal(struct curvd_store *st, struct curvd_store_wal *out);
 
 /* curvd_store_checkpoint_soon - ask the checkpointer for a round now
- * (it runs on its thread; this returns at once). */
+ * (it runs on its thread; this returns at once). A no-op on PostgreSQL. */
 void curvd_store_checkpoint_soon(struct curvd_store *st);
 
 /* curvd_store_list_labeled - curvd_store_list() of the sessions whose
@@ -386,11 +405,11 @@ int curvd_store_expire(struct curvd_store *st, int64_t now, int64_t default_ttl_
 
 /* curvd_store_info - the effective settings, for the start-up log. */
 struct curvd_store_info {
-    int schema_version; /* PRAGMA user_version */
-    int application_id;
-    int page_size;
-    int synchronous; /* 2 FULL, 1 NORMAL */
-    char journal_mode[16];
+    int schema_version;    /* PRAGMA user_version; PostgreSQL: curvd_schema.version */
+    int application_id;    /* PostgreSQL: CURVD_STORE_APPLICATION_ID */
+    int page_size;         /* PostgreSQL: block_size */
+    int synchronous;       /* 2 FULL, 1 NORMAL (PostgreSQL: synchronous_commit on, off) */
+    char journal_mode[16]; /* "wal"; PostgreSQL: "postgresql" */
 };
 
 /* curvd_store_info - fill @out. Return: OK; INVALID; ERROR. */
@@ -446,7 +465,8 @@ int curvd_store_delete(struct curvd_store *st, const char *tenant, const char *i
  * (curvd_state_in), set the step to @c->step, replace the stored reply and
  * report and stamp updated_at. Send the reply only after OK.
  * Return: OK; NOT_FOUND; CONFLICT (the session is at another step:
- * *@current_step, if not NULL, holds it; nothing was written); INVALID
+ * *@current_step, if not NULL, holds it; nothing was written); FENCED
+ * (@c->epoch is not the session's lease epoch; nothing written); INVALID
  * (@c->step < 1, NULL content type, NULL buffer with a length, a record
  * without its update digest, parts that do not tile the blob, a part,
  * record or reply past SQLite's blob limit); BUSY; ERROR.
@@ -501,23 +521,24 @@ void curvd_store_commit_steps(struct curvd_store *st, struct curvd_commit_item *
  * changed, as for a step) and @meta (NULL clears it) without a step, e.g.
  * after a change of hyperparameters, only if the session is still at
  * @expected_step (so two updates cannot lose one).
- * Return: OK; NOT_FOUND; CONFLICT (*@current_step as above); INVALID;
- * BUSY; ERROR.
+ * Return: OK; NOT_FOUND; CONFLICT (*@current_step as above); FENCED
+ * (@epoch is not the session's lease epoch); INVALID; BUSY; ERROR.
  */
 int curvd_store_update_state(struct curvd_store *st, const char *tenant, const char *id,
-                             int64_t expected_step, const struct curvd_state_in *state,
-                             const char *meta, int64_t *current_step, char *err, size_t errlen);
+                             int64_t expected_step, int64_t epoch,
+                             const struct curvd_state_in *state, const char *meta,
+                             int64_t *current_step, char *err, size_t errlen);
 
 /*
  * curvd_store_snapshot - write @state (the parts that changed, as for a
  * step) as session @id's snapshot at @step, which must be the session's
  * step, and delete its log, in one transaction.
- * Return: OK; NOT_FOUND; CONFLICT (*@current_step as above); INVALID;
- * BUSY; ERROR.
+ * Return: OK; NOT_FOUND; CONFLICT (*@current_step as above); FENCED
+ * (@epoch is not the session's lease epoch); INVALID; BUSY; ERROR.
  */
 int curvd_store_snapshot(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
-                         const struct curvd_state_in *state, int64_t *current_step, char *err,
-                         size_t errlen);
+                         int64_t epoch, const struct curvd_state_in *state, int64_t *current_step,
+                         char *err, size_t errlen);
 
 /*
  * curvd_store_get_response - the stored reply of the session's latest step,
@@ -542,6 +563,53 @@ int curvd_store_count(struct curvd_store *st, const char *tenant, int64_t *out, 
  * write has committed since it. Never waits for the store's lock.
  */
 int curvd_store_health(struct curvd_store *st, char *err, size_t errlen);
+
+/*
+ * Leases (docs/DURABILITY.md): a session is written by one daemon at a
+ * time, the holder of its lease (owner, epoch, expiry). Every write of a
+ * session's steps or state carries an epoch (struct curvd_step_commit's,
+ * curvd_store_snapshot's and curvd_store_update_state's) and happens only
+ * when it is the session's lease_epoch (or CURVD_STORE_ANY_EPOCH), in
+ * the same transaction; otherwise FENCED and nothing is written. Create
+ * and import write epoch 0 and no owner; delete and reads are not fenced.
+ * The store's clock decides expiry: PostgreSQL's clock_timestamp(), or
+ * for SQLite this machine's CLOCK_REALTIME.
+ */
+#define CURVD_STORE_OWNER_MAX 128  /* owner text incl. NUL */
+#define CURVD_STORE_ANY_EPOCH (-1) /* a write that is not fenced (tests, tools) */
+
+/* What the store knows of a session's lease, read in the same statement. */
+struct curvd_lease {
+    char owner[CURVD_STORE_OWNER_MAX]; /* "" when not held */
+    int64_t epoch;
+    int64_t expires_at; /* store clock, unix ms */
+    int64_t now;        /* the store's clock when it answered */
+};
+
+/* curvd_store_lease_acquire - take the lease of (@tenant, @id) for
+ * @owner (1..CURVD_STORE_OWNER_MAX-1 bytes) for @ttl_ms (> 0). Succeeds
+ * when the lease is not held, has expired (expires_at <= now), or is held
+ * by @owner itself (a restarted daemon with the same node id); the epoch
+ * is then always incremented. Return: OK (@out the new lease); LEASED
+ * (another owner holds an unexpired lease; @out describes it); NOT_FOUND;
+ * INVALID; BUSY; ERROR. */
+int curvd_store_lease_acquire(struct curvd_store *st, const char *tenant, const char *id,
+                              const char *owner, int64_t ttl_ms, struct curvd_lease *out, char *err,
+                              size_t errlen);
+
+/* curvd_store_lease_renew - extend a held lease to now + @ttl_ms. Return:
+ * OK (@out the lease); FENCED when (@owner, @epoch) is no longer the
+ * session's (@out then describes the lease as it is); NOT_FOUND; INVALID;
+ * BUSY; ERROR. */
+int curvd_store_lease_renew(struct curvd_store *st, const char *tenant, const char *id,
+                            const char *owner, int64_t epoch, int64_t ttl_ms,
+                            struct curvd_lease *out, char *err, size_t errlen);
+
+/* curvd_store_lease_release - give a held lease up (owner none, expiry 0,
+ * epoch kept). Return: OK; FENCED when (@owner, @epoch) is no longer the
+ * session's; NOT_FOUND; INVALID; BUSY; ERROR. */
+int curvd_store_lease_release(struct curvd_store *st, const char *tenant, const char *id,
+                              const char *owner, int64_t epoch, char *err, size_t errlen);
 
 /* curvd_store_engine_version - the version of the SQLite library linked
  * (static text), for curvd_build_info. */

@@ -123,12 +123,15 @@ static int64_t wall_ms(void)
 static void test_status_names(void **state)
 {
     (void)state;
-    const char *want[] = {"OK", "NOT_FOUND", "CONFLICT", "INVALID", "BUSY", "ERROR", "FULL"};
-    for (int i = 0; i < 7; i++)
+    const char *want[] = {"OK",    "NOT_FOUND", "CONFLICT", "INVALID", "BUSY",
+                          "ERROR", "FULL",      "FENCED",   "LEASED"};
+    for (int i = 0; i < 9; i++)
         assert_string_equal(curvd_store_status_name(i), want[i]);
     assert_int_equal(CURVD_STORE_ERROR, 5);
     assert_int_equal(CURVD_STORE_FULL, 6);
-    assert_string_equal(curvd_store_status_name(7), "UNKNOWN");
+    assert_int_equal(CURVD_STORE_FENCED, 7);
+    assert_int_equal(CURVD_STORE_LEASED, 8);
+    assert_string_equal(curvd_store_status_name(9), "UNKNOWN");
     assert_string_equal(curvd_store_status_name(-1), "UNKNOWN");
 }
 
@@ -312,7 +315,7 @@ static void test_invalid_arguments(void **state)
     struct curvd_step_response r;
     struct curvd_store_info info;
     struct curvd_step_commit c = {
-        1, WHOLE(NULL, 0), "application/json", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
+        1, WHOLE(NULL, 0), "application/json", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
     int64_t n;
     struct curvd_session_new bad[] = {
         {NULL, "t", "sgd", NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL, 0, 0},
@@ -349,15 +352,15 @@ static void test_invalid_arguments(void **state)
     c.response_len = 3;
     assert_store(curvd_store_commit_step(st, "t", "a", &c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
-    assert_store(
-        curvd_store_update_state(st, "t", "a", -1, STATE(NULL, 0), NULL, NULL, err, sizeof err),
-        CURVD_STORE_INVALID);
-    assert_store(
-        curvd_store_update_state(st, "t", "a", 0, STATE(NULL, 9), NULL, NULL, err, sizeof err),
-        CURVD_STORE_INVALID);
-    assert_store(
-        curvd_store_update_state(st, NULL, "a", 0, STATE(NULL, 0), NULL, NULL, err, sizeof err),
-        CURVD_STORE_INVALID);
+    assert_store(curvd_store_update_state(st, "t", "a", -1, CURVD_STORE_ANY_EPOCH, STATE(NULL, 0),
+                                          NULL, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    assert_store(curvd_store_update_state(st, "t", "a", 0, CURVD_STORE_ANY_EPOCH, STATE(NULL, 9),
+                                          NULL, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
+    assert_store(curvd_store_update_state(st, NULL, "a", 0, CURVD_STORE_ANY_EPOCH, STATE(NULL, 0),
+                                          NULL, NULL, err, sizeof err),
+                 CURVD_STORE_INVALID);
     assert_store(curvd_store_get_response(st, "t", "a", NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
     assert_store(curvd_store_get_response(st, NULL, "a", &r, err, sizeof err), CURVD_STORE_INVALID);
@@ -613,9 +616,19 @@ static void test_list_refuses_bad_tokens(void **state)
 static void commit_ok(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
                       const void *state, size_t len, const void *resp, size_t resp_len)
 {
-    struct curvd_step_commit c = {
-        step, WHOLE(state, len), "application/json", resp, resp_len, NULL, NULL, NULL, 0, NULL, 0,
-        NULL};
+    struct curvd_step_commit c = {step,
+                                  WHOLE(state, len),
+                                  "application/json",
+                                  resp,
+                                  resp_len,
+                                  NULL,
+                                  NULL,
+                                  NULL,
+                                  0,
+                                  NULL,
+                                  0,
+                                  NULL,
+                                  0};
     assert_store(curvd_store_commit_step(st, tenant, id, &c, NULL, err, sizeof err),
                  CURVD_STORE_OK);
 }
@@ -653,7 +666,8 @@ static void test_commit_step(void **state)
     const int64_t wrong[] = {3, 1, 100};
     for (int i = 0; i < 3; i++) {
         struct curvd_step_commit c = {
-            wrong[i], WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, NULL, 0, NULL, 0, NULL};
+            wrong[i], WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, NULL, 0, NULL, 0, NULL,
+            0};
         int64_t cur = -1;
         assert_store(curvd_store_commit_step(st, "t", "s", &c, &cur, err, sizeof err),
                      CURVD_STORE_CONFLICT);
@@ -669,7 +683,7 @@ static void test_commit_step(void **state)
     }
     /* A conflict without a place for the step is still a conflict. */
     struct curvd_step_commit c = {
-        5, WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, NULL, 0, NULL, 0, NULL};
+        5, WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_CONFLICT);
     /* Unknown session, or another tenant's. */
@@ -714,11 +728,11 @@ static void test_commit_steps(void **state)
     create_ok(st, "t", "b", "b0", 2);
     create_ok(st, "t", "c", "c0", 2);
     const struct curvd_step_commit
-        a1 = {1, WHOLE("a1", 2), "x", "ra1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
-        a2 = {2, WHOLE("a2", 2), "x", "ra2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
-        b2 = {2, WHOLE("b2", 2), "x", "rb2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
-        c1 = {1, WHOLE("c1", 2), "x", "rc1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
-        bad = {1, WHOLE("z", 1), NULL, "r", 1, NULL, NULL, NULL, 0, NULL, 0, NULL};
+        a1 = {1, WHOLE("a1", 2), "x", "ra1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
+        a2 = {2, WHOLE("a2", 2), "x", "ra2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
+        b2 = {2, WHOLE("b2", 2), "x", "rb2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
+        c1 = {1, WHOLE("c1", 2), "x", "rc1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
+        bad = {1, WHOLE("z", 1), NULL, "r", 1, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
     struct curvd_commit_item it[6] = {ITEM("a", &a1), ITEM("b", &b2), ITEM("nope", &c1),
                                       ITEM("c", &c1), ITEM("a", &a2), ITEM("c", &bad)};
     struct curvd_commit_item *items[6];
@@ -751,9 +765,9 @@ static void test_commit_steps(void **state)
      * through one by one, and the culprit alone is refused. */
     static const char tiny[1];
     const struct curvd_step_commit
-        a3 = {3, WHOLE("a3", 2), "x", "ra3", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
-        b1big = {1, WHOLE(tiny, 1500000000u), "x", "r", 1, NULL, NULL, NULL, 0, NULL, 0, NULL},
-        c2 = {2, WHOLE("c2", 2), "x", "rc2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL};
+        a3 = {3, WHOLE("a3", 2), "x", "ra3", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
+        b1big = {1, WHOLE(tiny, 1500000000u), "x", "r", 1, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
+        c2 = {2, WHOLE("c2", 2), "x", "rc2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
     struct curvd_commit_item jt[3] = {ITEM("a", &a3), ITEM("b", &b1big), ITEM("c", &c2)};
     struct curvd_commit_item *jtems[3] = {&jt[0], &jt[1], &jt[2]};
     curvd_store_commit_steps(st, jtems, 3);
@@ -770,10 +784,10 @@ static void test_commit_steps(void **state)
     sqlite3 *other = NULL;
     assert_int_equal(sqlite3_open(path, &other), SQLITE_OK);
     assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
-    const struct curvd_step_commit a4 = {4,    WHOLE("a4", 2), "x", "ra4", 3, NULL,
-                                         NULL, NULL,           0,   NULL,  0, NULL},
-                                   c3 = {3,    WHOLE("c3", 2), "x", "r",  1, NULL,
-                                         NULL, NULL,           0,   NULL, 0, NULL};
+    const struct curvd_step_commit a4 = {4, WHOLE("a4", 2), "x", "ra4", 3, NULL, NULL, NULL,
+                                         0, NULL,           0,   NULL,  0},
+                                   c3 = {3, WHOLE("c3", 2), "x", "r",  1, NULL, NULL, NULL,
+                                         0, NULL,           0,   NULL, 0};
     struct curvd_commit_item kt[2] = {ITEM("a", &a4), ITEM("c", &c3)};
     struct curvd_commit_item *ktems[2] = {&kt[0], &kt[1]};
     curvd_store_commit_steps(st, ktems, 2);
@@ -831,9 +845,19 @@ static void test_response_replay(void **state)
     assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err),
                  CURVD_STORE_NOT_FOUND);
     unsigned char *body = random_blob(3, 70000);
-    struct curvd_step_commit c = {
-        1, WHOLE("b", 1), "application/octet-stream", body, 70000, NULL, NULL, NULL, 0, NULL,
-        0, NULL};
+    struct curvd_step_commit c = {1,
+                                  WHOLE("b", 1),
+                                  "application/octet-stream",
+                                  body,
+                                  70000,
+                                  NULL,
+                                  NULL,
+                                  NULL,
+                                  0,
+                                  NULL,
+                                  0,
+                                  NULL,
+                                  0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "u", "s", &r, err, sizeof err),
                  CURVD_STORE_NOT_FOUND);
@@ -848,9 +872,9 @@ static void test_response_replay(void **state)
         curvd_step_response_clear(&r);
     }
     /* A state update leaves the reply alone. */
-    assert_store(
-        curvd_store_update_state(st, "t", "s", 1, STATE("c", 1), NULL, NULL, err, sizeof err),
-        CURVD_STORE_OK);
+    assert_store(curvd_store_update_state(st, "t", "s", 1, CURVD_STORE_ANY_EPOCH, STATE("c", 1),
+                                          NULL, NULL, err, sizeof err),
+                 CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err), CURVD_STORE_OK);
     assert_bytes(r.body, r.body_len, body, 70000);
     curvd_step_response_clear(&r);
@@ -881,16 +905,26 @@ static void test_step_reports(void **state)
     assert_null(s.last_report);
     curvd_session_clear(&s);
     unsigned char *body = random_blob(5, 70000); /* many overflow pages */
-    struct curvd_step_commit c = {
-        1, WHOLE("b", 1), "application/json", body, 70000, "{\"rho\":0.25}", NULL, NULL, 0, NULL,
-        0, NULL};
+    struct curvd_step_commit c = {1,
+                                  WHOLE("b", 1),
+                                  "application/json",
+                                  body,
+                                  70000,
+                                  "{\"rho\":0.25}",
+                                  NULL,
+                                  NULL,
+                                  0,
+                                  NULL,
+                                  0,
+                                  NULL,
+                                  0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     c.report = "{\"rho\":2}";
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_CONFLICT);
-    assert_store(
-        curvd_store_update_state(st, "t", "s", 1, STATE("c", 1), NULL, NULL, err, sizeof err),
-        CURVD_STORE_OK);
+    assert_store(curvd_store_update_state(st, "t", "s", 1, CURVD_STORE_ANY_EPOCH, STATE("c", 1),
+                                          NULL, NULL, err, sizeof err),
+                 CURVD_STORE_OK);
     curvd_store_close(st);
     st = open_ok(path, CURVD_DURABILITY_FULL);
     assert_store(curvd_store_get(st, "t", "s", 1, &s, err, sizeof err), CURVD_STORE_OK);
@@ -912,7 +946,7 @@ static void test_step_reports(void **state)
     curvd_session_list_clear(&l);
     /* A step committed without a report has none. */
     c = (struct curvd_step_commit){
-        2, WHOLE("d", 1), "application/json", "{}", 2, NULL, NULL, NULL, 0, NULL, 0, NULL};
+        2, WHOLE("d", 1), "application/json", "{}", 2, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
     assert_int_equal(s.last_step, 2);
@@ -962,9 +996,19 @@ static void test_upgrade_keeps_replies(void **state)
     assert_null(s.last_report);
     assert_bytes(s.state, s.state_len, "\x01\x02", 2);
     curvd_session_clear(&s);
-    struct curvd_step_commit c = {
-        2, WHOLE("e", 1), "application/json", "{}", 2, "{\"k\":1}", "mm3-128:0", NULL, 0, NULL,
-        0, NULL};
+    struct curvd_step_commit c = {2,
+                                  WHOLE("e", 1),
+                                  "application/json",
+                                  "{}",
+                                  2,
+                                  "{\"k\":1}",
+                                  "mm3-128:0",
+                                  NULL,
+                                  0,
+                                  NULL,
+                                  0,
+                                  NULL,
+                                  0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err), CURVD_STORE_OK);
     assert_string_equal(r.request_digest, "mm3-128:0");
@@ -986,8 +1030,8 @@ static void test_update_state(void **state)
     struct curvd_session_new in = {"s", "t", "mbag", "{\"a\":1}", 4, WHOLE("old", 3),
                                    0,   0,   NULL,   NULL,        0, 0};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_OK);
-    assert_store(curvd_store_update_state(st, "t", "s", 4, STATE("new!", 4), "{\"a\":2}", NULL, err,
-                                          sizeof err),
+    assert_store(curvd_store_update_state(st, "t", "s", 4, CURVD_STORE_ANY_EPOCH, STATE("new!", 4),
+                                          "{\"a\":2}", NULL, err, sizeof err),
                  CURVD_STORE_OK);
     struct curvd_session s;
     assert_store(curvd_store_get(st, "t", "s", 1, &s, err, sizeof err), CURVD_STORE_OK);
@@ -997,18 +1041,18 @@ static void test_update_state(void **state)
     curvd_session_clear(&s);
     /* A stale writer loses, and learns the step. */
     int64_t cur = -1;
-    assert_store(
-        curvd_store_update_state(st, "t", "s", 3, STATE("lost", 4), NULL, &cur, err, sizeof err),
-        CURVD_STORE_CONFLICT);
+    assert_store(curvd_store_update_state(st, "t", "s", 3, CURVD_STORE_ANY_EPOCH, STATE("lost", 4),
+                                          NULL, &cur, err, sizeof err),
+                 CURVD_STORE_CONFLICT);
     assert_int_equal(cur, 4);
-    assert_store(
-        curvd_store_update_state(st, "u", "s", 4, STATE("lost", 4), NULL, &cur, err, sizeof err),
-        CURVD_STORE_NOT_FOUND);
+    assert_store(curvd_store_update_state(st, "u", "s", 4, CURVD_STORE_ANY_EPOCH, STATE("lost", 4),
+                                          NULL, &cur, err, sizeof err),
+                 CURVD_STORE_NOT_FOUND);
     assert_state(st, "t", "s", 4, "new!", 4);
     /* NULL meta clears it; an empty state is a state. */
-    assert_store(
-        curvd_store_update_state(st, "t", "s", 4, STATE(NULL, 0), NULL, NULL, err, sizeof err),
-        CURVD_STORE_OK);
+    assert_store(curvd_store_update_state(st, "t", "s", 4, CURVD_STORE_ANY_EPOCH, STATE(NULL, 0),
+                                          NULL, NULL, err, sizeof err),
+                 CURVD_STORE_OK);
     assert_store(curvd_store_get(st, "t", "s", 1, &s, err, sizeof err), CURVD_STORE_OK);
     assert_null(s.meta);
     assert_null(s.state);
@@ -1065,15 +1109,15 @@ static void test_blob_too_big(void **state)
     static const char tiny[1];
     for (int i = 0; i < 2; i++) {
         struct curvd_step_commit c = {
-            1, WHOLE(tiny, huge[i]), "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
+            1, WHOLE(tiny, huge[i]), "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
         assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                      CURVD_STORE_INVALID);
         assert_non_null(strstr(err, "too big"));
         struct curvd_session_new in = {"big", "t", "sgd", NULL, 0, WHOLE(tiny, huge[i]),
                                        0,     0,   NULL,  NULL, 0, 0};
         assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_INVALID);
-        assert_store(curvd_store_update_state(st, "t", "s", 0, STATE(tiny, huge[i]), NULL, NULL,
-                                              err, sizeof err),
+        assert_store(curvd_store_update_state(st, "t", "s", 0, CURVD_STORE_ANY_EPOCH,
+                                              STATE(tiny, huge[i]), NULL, NULL, err, sizeof err),
                      CURVD_STORE_INVALID);
     }
     assert_state(st, "t", "s", 0, "a", 1);
@@ -1100,8 +1144,8 @@ static void test_busy(void **state)
                                    0,    0,   NULL,  NULL, 0, 0};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_BUSY);
     assert_non_null(strstr(err, "locked"));
-    struct curvd_step_commit c = {1,    WHOLE("b", 1), "x", "r",  1, NULL,
-                                  NULL, NULL,          0,   NULL, 0, NULL};
+    struct curvd_step_commit c = {1, WHOLE("b", 1), "x", "r",  1, NULL, NULL, NULL,
+                                  0, NULL,          0,   NULL, 0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_BUSY);
     assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_BUSY);
@@ -1139,8 +1183,8 @@ static void *worker_main(void *arg)
     for (int k = 1; k <= PER_THREAD; k++) {
         int64_t blob[2] = {w->index, k};
         struct curvd_step_commit c = {
-            k,   WHOLE(blob, sizeof blob), "x", blob, sizeof blob, NULL, NULL, NULL, 0, NULL, 0,
-            NULL};
+            k, WHOLE(blob, sizeof blob), "x", blob, sizeof blob, NULL, NULL, NULL, 0, NULL, 0, NULL,
+            0};
         if (curvd_store_commit_step(w->st, "t", id, &c, NULL, w->err, sizeof w->err))
             w->failures++;
         /* Everyone also races for the shared session: read, then commit
@@ -1265,7 +1309,8 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
                                   n / 2, "{\"rho\":0.5}",
                                   NULL,  NULL,
                                   0,     NULL,
-                                  0,     NULL};
+                                  0,     NULL,
+                                  0};
     /* Step 2 as its log row (a record past a page), read back with the state. */
     const struct curvd_step_commit logged = {.step = 2,
                                              .content_type = "x",
@@ -1316,7 +1361,8 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
             }
             break;
         case 6:
-            rc = curvd_store_update_state(st, "t", "a", 1, STATE(blob, n), NULL, NULL, e, sizeof e);
+            rc = curvd_store_update_state(st, "t", "a", 1, CURVD_STORE_ANY_EPOCH, STATE(blob, n),
+                                          NULL, NULL, e, sizeof e);
             break;
         case 7:
             rc = curvd_store_count(st, "t", &count, e, sizeof e);

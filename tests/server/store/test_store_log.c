@@ -309,11 +309,13 @@ static void test_update_state_deletes_log(void **state)
     /* A stale update: CONFLICT, the log stays. */
     int64_t cur = -1;
     const struct curvd_state_in fresh = {.blob = "fresh", .len = 5};
-    assert_store(curvd_store_update_state(st, "t", "s", 1, &fresh, "{}", &cur, err, sizeof err),
+    assert_store(curvd_store_update_state(st, "t", "s", 1, CURVD_STORE_ANY_EPOCH, &fresh, "{}",
+                                          &cur, err, sizeof err),
                  CURVD_STORE_CONFLICT);
     assert_int_equal(cur, 2);
     assert_log("s", "1:37,2:74");
-    assert_store(curvd_store_update_state(st, "t", "s", 2, &fresh, "{}", &cur, err, sizeof err),
+    assert_store(curvd_store_update_state(st, "t", "s", 2, CURVD_STORE_ANY_EPOCH, &fresh, "{}",
+                                          &cur, err, sizeof err),
                  CURVD_STORE_OK);
     assert_log("s", "");
     assert_session(st, "s", 2, "fresh", 1, 0);

@@ -179,7 +179,8 @@ static int commit_parts(struct curvd_store *st, const char *id, int64_t step,
                         const struct pstate *s, const struct pstate *stored)
 {
     struct curvd_step_commit c = {
-        step, state_in(s, stored), "application/json", "{}", 2, NULL, NULL, NULL, 0, NULL, 0, NULL};
+        step, state_in(s, stored), "application/json", "{}", 2, NULL, NULL, NULL, 0, NULL, 0, NULL,
+        0};
     return curvd_store_commit_step(st, "t", id, &c, NULL, err, sizeof err);
 }
 
@@ -253,7 +254,8 @@ static void test_parts_round_trip(void **state)
     struct pstate s6;
     pstate_make(&s6, 2, (size_t[]){301, 60000}, (uint64_t[]){0, 11}, (uint64_t[]){12, 10});
     struct curvd_state_in in = state_in(&s6, &s5);
-    assert_store(curvd_store_update_state(st, "t", "s", 6, &in, "{}", NULL, err, sizeof err),
+    assert_store(curvd_store_update_state(st, "t", "s", 6, CURVD_STORE_ANY_EPOCH, &in, "{}", NULL,
+                                          err, sizeof err),
                  CURVD_STORE_OK);
     assert_written(path, "s:0");
     assert_pstate(st, "s", &s6);
@@ -261,12 +263,12 @@ static void test_parts_round_trip(void **state)
     /* A blob without a division is one part with stamp 0; an empty state
      * has no part. */
     struct curvd_step_commit c = {
-        7, {.blob = s6.blob, .len = s6.len}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
+        7, {.blob = s6.blob, .len = s6.len}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_written(path, "s:0");
     assert_parts(st, "s", s6.blob, s6.len, (curv_state_part[]){{0, s6.len, 0}}, 1);
     c = (struct curvd_step_commit){
-        8, {.blob = NULL, .len = 0}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
+        8, {.blob = NULL, .len = 0}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_written(path, "");
     assert_parts(st, "s", NULL, 0, NULL, 0);
@@ -309,30 +311,33 @@ static void test_parts_refused(void **state)
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         struct curvd_state_in in = {good.blob, good.len, bad[k].p, bad[k].n, NULL, 0};
         struct curvd_session_new row = {"n", "t", "kfac", NULL, 0, in, 0, 0, NULL, NULL, 0, 0};
-        struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
+        struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
         print_message("%s\n", bad[k].what);
         assert_store(curvd_store_create(st, &row, NULL, err, sizeof err), CURVD_STORE_INVALID);
         assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                      CURVD_STORE_INVALID);
-        assert_store(curvd_store_update_state(st, "t", "s", 0, &in, NULL, NULL, err, sizeof err),
+        assert_store(curvd_store_update_state(st, "t", "s", 0, CURVD_STORE_ANY_EPOCH, &in, NULL,
+                                              NULL, err, sizeof err),
                      CURVD_STORE_INVALID);
     }
     /* Stored parts named by a NULL pointer. */
     struct curvd_state_in in = state_in(&good, NULL);
     in.n_stored = 3;
-    struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
+    struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
-    assert_store(curvd_store_update_state(st, NULL, "s", 0, &in, NULL, NULL, err, sizeof err),
+    assert_store(curvd_store_update_state(st, NULL, "s", 0, CURVD_STORE_ANY_EPOCH, &in, NULL, NULL,
+                                          err, sizeof err),
                  CURVD_STORE_INVALID);
-    assert_store(curvd_store_update_state(st, "t", "s", 0, NULL, NULL, NULL, err, sizeof err),
+    assert_store(curvd_store_update_state(st, "t", "s", 0, CURVD_STORE_ANY_EPOCH, NULL, NULL, NULL,
+                                          err, sizeof err),
                  CURVD_STORE_INVALID);
     /* One part past SQLite's blob limit (its length is refused before a
      * byte is read): the parts before it are rolled back. */
     static const unsigned char tiny[16];
     curv_state_part huge[2] = {{0, 10, 0}, {10, 1500000000u, 1}};
     struct curvd_state_in big = {tiny, 1500000010u, huge, 2, NULL, 0};
-    c = (struct curvd_step_commit){1, big, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
+    c = (struct curvd_step_commit){1, big, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
     assert_non_null(strstr(err, "too big"));
@@ -369,10 +374,10 @@ static void test_group_commit_parts(void **state)
     create_parts(st, "c", &b0);
     log_writes(path);
     const struct curvd_step_commit
-        ca1 = {1, state_in(&a1, &a0), "x", "ra1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
-        ca2 = {2, state_in(&a2, &a1), "x", "ra2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
-        cb1 = {1, state_in(&b1, &b0), "x", "rb1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL},
-        cc5 = {5, state_in(&b1, &b0), "x", "rc5", 3, NULL, NULL, NULL, 0, NULL, 0, NULL};
+        ca1 = {1, state_in(&a1, &a0), "x", "ra1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
+        ca2 = {2, state_in(&a2, &a1), "x", "ra2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
+        cb1 = {1, state_in(&b1, &b0), "x", "rb1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
+        cc5 = {5, state_in(&b1, &b0), "x", "rc5", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
     struct curvd_commit_item it[4] = {ITEM("a", &ca1), ITEM("c", &cc5), ITEM("b", &cb1),
                                       ITEM("a", &ca2)};
     struct curvd_commit_item *items[4] = {&it[0], &it[1], &it[2], &it[3]};
@@ -453,7 +458,7 @@ static void test_upgrade_moves_states(void **state)
     struct curvd_state_in in = state_in(&next, NULL);
     in.stored = was;
     in.n_stored = 1;
-    struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
+    struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
     assert_store(curvd_store_commit_step(st, "t", "big", &c, NULL, err, sizeof err),
                  CURVD_STORE_OK);
     assert_written(path, "big:0,big:1");
@@ -521,9 +526,13 @@ static void test_kfac_through_the_store(void **state)
         tu_assert_status(curv_opt_save_parts(o, &blob, &len, &parts, &n, &cerr), CURV_OK, &cerr);
         char want[512];
         partial += expected_writes("k", prev, n_prev, parts, n, want, sizeof want) < n;
-        struct curvd_step_commit c = {
-            t,   {blob, len, parts, n, prev, n_prev}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0,
-            NULL};
+        struct curvd_step_commit c = {t,    {blob, len, parts, n, prev, n_prev},
+                                      "x",  NULL,
+                                      0,    NULL,
+                                      NULL, NULL,
+                                      0,    NULL,
+                                      0,    NULL,
+                                      0};
         assert_store(curvd_store_commit_step(st, "t", "k", &c, NULL, err, sizeof err),
                      CURVD_STORE_OK);
         assert_written(path, want);
@@ -556,7 +565,8 @@ static void test_kfac_through_the_store(void **state)
     }
     assert_true(lied > 0);
     struct curvd_step_commit c = {
-        8, {blob, len, parts, n, prev, n_prev}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL};
+        8, {blob, len, parts, n, prev, n_prev}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL,
+        0};
     assert_store(curvd_store_commit_step(st, "t", "k", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get(st, "t", "k", 1, &s, err, sizeof err), CURVD_STORE_OK);
     assert_int_equal(s.state_len, len);
@@ -642,7 +652,8 @@ static void crash_child(const char *path, int fd, enum curvd_durability d)
                                        0,
                                        NULL,
                                        0,
-                                       NULL};
+                                       NULL,
+                                       0};
         if (curvd_store_commit_step(st, "t", "c", &sc, NULL, e, sizeof e))
             _exit(3);
         memcpy(known, c.p, sizeof known);
