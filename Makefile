@@ -9,7 +9,7 @@ PKGS    := openblas lapacke
 DEP_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 DEP_LIBS   = $(shell pkg-config --libs $(PKGS)) -lm
 TEST_LIBS  = $(shell pkg-config --libs cmocka)
-SRV_PKGS  := libmicrohttpd jansson sqlite3
+SRV_PKGS  := libmicrohttpd jansson sqlite3 libpq
 SRV_CFLAGS = $(shell pkg-config --cflags $(SRV_PKGS))
 SRV_LIBS   = $(shell pkg-config --libs $(SRV_PKGS)) -lpthread
 CURL_LIBS  = $(shell pkg-config --libs libcurl)
@@ -39,9 +39,11 @@ TEST_UTIL  := tests/lib/testutil.c
 # http, wire, api, session, store; daemon.c wires them. Migrations are compiled in.
 SRV_SRCS   := server/daemon.c $(sort $(wildcard server/*/*.c))
 SRV_OBJS   := $(SRV_SRCS:server/%.c=$(BUILD)/server/%.o) $(BUILD)/server/migrations_sql.o \
+              $(BUILD)/server/pg_migrations_sql.o \
               $(BUILD)/server/build_info.o \
               $(BUILD)/server/ui_files.o
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+PG_MIGRATIONS := $(sort $(wildcard migrations/pg/*.sql))
 # The dashboard (/ui): plain files compiled into the daemon, no build step.
 UI_FILES   := $(sort $(wildcard server/ui/*.html server/ui/*.css server/ui/*.js))
 STEST_SRCS := $(sort $(wildcard tests/server/test_*.c tests/server/*/test_*.c))
@@ -96,6 +98,13 @@ $(BUILD)/server/migrations_sql.c: $(MIGRATIONS) scripts/embed-migrations
 	$(Q)scripts/embed-migrations $(MIGRATIONS) > $@
 
 $(BUILD)/server/migrations_sql.o: $(BUILD)/server/migrations_sql.c
+	$(Q)$(CC) $(CFLAGS_BASE) -Iserver -c $< -o $@
+
+$(BUILD)/server/pg_migrations_sql.c: $(PG_MIGRATIONS) scripts/embed-migrations
+	@mkdir -p $(@D)
+	$(Q)scripts/embed-migrations --prefix pg $(PG_MIGRATIONS) > $@
+
+$(BUILD)/server/pg_migrations_sql.o: $(BUILD)/server/pg_migrations_sql.c
 	$(Q)$(CC) $(CFLAGS_BASE) -Iserver -c $< -o $@
 
 # The commit for curvd_build_info and --version: regenerated on every make,
@@ -195,11 +204,11 @@ check-symbols: $(BUILD)/libcurv.so
 	if [ -n "$$bad" ]; then echo "check-symbols: unexpected exports:"; echo "$$bad"; exit 1; fi; \
 	echo "check-symbols: $$(nm -D --defined-only $< | wc -l) exports, all curv_*"
 
-# Layers the compiler cannot see: SQLite is the store's alone.
+# Layers the compiler cannot see: SQLite and libpq are the store's alone.
 check-layers:
-	@bad=$$(grep -rl '#include <sqlite3.h>' server | grep -v '^server/store/' || true); \
-	if [ -n "$$bad" ]; then echo "check-layers: <sqlite3.h> outside server/store/:"; echo "$$bad"; exit 1; fi; \
-	echo "check-layers: SQLite only in server/store/, lib/src only for the library and tests"
+	@bad=$$(grep -rlE '#include <(sqlite3|libpq-fe)\.h>' server | grep -v '^server/store/' || true); \
+	if [ -n "$$bad" ]; then echo "check-layers: <sqlite3.h> or <libpq-fe.h> outside server/store/:"; echo "$$bad"; exit 1; fi; \
+	echo "check-layers: SQLite and libpq only in server/store/, lib/src only for the library and tests"
 
 check-format:
 	@clang-format --dry-run --Werror $(FMT_FILES) && echo "check-format: $(words $(FMT_FILES)) files clean"

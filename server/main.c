@@ -309,7 +309,7 @@ int main(int argc, char **argv)
 
     curvd_log_setup(srv.cfg.log_json, -1);
     char err[512];
-    if (make_parent(srv.cfg.db_path) != 0) {
+    if (!curvd_store_is_postgres(srv.cfg.db_path) && make_parent(srv.cfg.db_path) != 0) {
         curvd_log(CURVD_LOG_ERROR, "cannot create the folder of %s: %s", srv.cfg.db_path,
                   strerror(errno));
         return 1;
