@@ -134,7 +134,7 @@ $(BUILD)/libcurvd.a: $(SRV_OBJS)
 	@rm -f $@
 	$(Q)ar rcs $@ $^
 
-STEST_UTIL := tests/server/srvutil.c
+STEST_UTIL := tests/server/srvutil.c tests/server/pgutil.c
 
 # The tests that kill and restart the daemon process run its binary: keep
 # it current. The daemon process and callback trainer are in crash_util.c.

@@ -77,6 +77,9 @@ int pg_run(struct pg_store *st, const char *sql, struct pg_args *a, PGresult **r
     chomp(msg);
     int status = r ? state_status(PQresultErrorField(r, PG_DIAG_SQLSTATE)) : CURVD_STORE_ERROR;
     PQclear(r);
+    if (status == CURVD_STORE_BUSY) /* as SQLite says it, for the caller's 503 */
+        return fail(err, errlen, status, "%s: the database is locked by another writer (%s)", what,
+                    msg);
     /* The server or the disk, not the request: log it, /readyz says so. */
     if (status == CURVD_STORE_FULL || PQstatus(st->conn) == CONNECTION_BAD)
         curvd_trouble_failed(&st->trouble, status == CURVD_STORE_FULL, what, msg);
@@ -95,14 +98,14 @@ int pg_change(struct pg_store *st, const char *sql, struct pg_args *a, int *chan
 }
 
 /* The session settings of a new connection: --durability and the lock
- * wait. Bigint for integer literals keeps binary results one width. */
+ * wait (0 is PostgreSQL's "no limit": 1 ms is the nearest to "at once"). */
 static int setup_session(struct pg_store *st, char *err, size_t errlen)
 {
     char sql[160];
     snprintf(sql, sizeof sql,
              "SET synchronous_commit = %s; SET lock_timeout = %d; SET client_min_messages = "
              "warning",
-             st->synchronous ? "on" : "off", st->lock_timeout_ms);
+             st->synchronous ? "on" : "off", st->lock_timeout_ms ? st->lock_timeout_ms : 1);
     PGresult *r = PQexec(st->conn, sql);
     int ok = r && PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);

@@ -48,7 +48,7 @@ static int write_step(struct pg_store *st, struct curvd_commit_item *it)
     const size_t errlen = sizeof it->err;
     if (c->record_len > PG_MAX_BLOB || c->response_len > PG_MAX_BLOB)
         return fail(err, errlen, CURVD_STORE_INVALID,
-                    "a record or reply past PostgreSQL's limit (%zu bytes)", PG_MAX_BLOB);
+                    "a record or reply too big for PostgreSQL (bytea: < 1 GiB)");
     int64_t now = curvd_store_now_ms();
     struct pg_args a = {0};
     pg_text(&a, it->id);

@@ -54,7 +54,8 @@ static int write_parts(struct pg_store *st, const char *id, const struct curvd_s
             continue;
         if (p.len > PG_MAX_BLOB)
             return fail(err, errlen, CURVD_STORE_INVALID,
-                        "a state part of %zu bytes is past PostgreSQL's limit", p.len);
+                        "a state part of %zu bytes is too big for PostgreSQL (bytea: < 1 GiB)",
+                        p.len);
         struct pg_args a = {0};
         pg_text(&a, id);
         pg_int(&a, (int64_t)i);

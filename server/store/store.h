@@ -350,9 +350,9 @@ void curvd_store_close(struct curvd_store *st);
 
 /* curvd_store_set_busy_timeout - how long a write waits for another
  * connection's write lock; 0 fails at once. Return: OK; INVALID (NULL or
- * negative); ERROR. PostgreSQL: sets lock_timeout (a row lock held by
- * another transaction; 0 there waits without bound, as PostgreSQL's 0
- * does), and a wait that runs out is BUSY too. */
+ * negative); ERROR. PostgreSQL: sets lock_timeout, the wait for a lock
+ * another transaction holds (0 there is 1 ms, PostgreSQL's 0 being no
+ * limit); a wait that runs out is BUSY too. */
 int curvd_store_set_busy_timeout(struct curvd_store *st, int ms, char *err, size_t errlen);
 
 /* curvd_store_wal - what the checkpointer did: rounds, PASSIVE passes,
