@@ -59,7 +59,7 @@ Q := $(if $(V),,@)
 
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all lib deps test test-clients test-ui check-docker test-unit asan tsan check-symbols check-format check-layers \
+.PHONY: all lib deps test test-pg test-clients test-ui check-docker test-unit asan tsan check-symbols check-format check-layers \
         readme-example readme-walkthrough check-openapi spec-check spec-types fuzz fuzz-smoke \
         bench run clean format reproduce FORCE
 
@@ -138,7 +138,8 @@ STEST_UTIL := tests/server/srvutil.c tests/server/pgutil.c
 
 # The tests that kill and restart the daemon process run its binary: keep
 # it current. The daemon process and callback trainer are in crash_util.c.
-CRASH_TESTS := $(BUILD)/tests/server/test_crash $(BUILD)/tests/server/test_stale_callback
+CRASH_TESTS := $(BUILD)/tests/server/test_crash $(BUILD)/tests/server/test_stale_callback \
+               $(BUILD)/tests/server/test_pg_daemon
 $(CRASH_TESTS): $(BUILD)/curvd tests/server/crash_util.c tests/server/crash_util.h
 $(CRASH_TESTS): STEST_UTIL += tests/server/crash_util.c
 
@@ -183,11 +184,21 @@ $(BUILD)/tests/test_exec $(BUILD)/tests/test_kfac_defer: TEST_LDFLAGS = -pthread
 test-unit: $(TEST_BINS) $(STEST_BINS)
 	@tests/run-tests.sh $(TEST_BINS) $(STEST_BINS)
 
+# The store's suites again on PostgreSQL, each test in a schema of its own
+# in a throw-away cluster (tests/pg/), and what PostgreSQL has of its own
+# (test_store_pg, test_pg_daemon); skipped, saying so, when no cluster
+# can be started.
+PG_TESTS := store/test_store store/test_store_parts store/test_store_log store/test_history \
+            store/test_expire store/test_store_pg test_pg_daemon
+PG_TEST_BINS = $(PG_TESTS:%=$(BUILD)/tests/server/%)
+test-pg: $(PG_TEST_BINS)
+	@tests/pg/with-cluster tests/run-tests.sh $(PG_TEST_BINS)
+
 # The whole suite again under AddressSanitizer (with LeakSanitizer) and
 # UndefinedBehaviorSanitizer, in its own build tree.
 asan:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan OPT="-O1 -g" \
-	    EXTRA_CFLAGS="$(SANITIZE)" EXTRA_LDFLAGS="$(SANITIZE)" test-unit
+	    EXTRA_CFLAGS="$(SANITIZE)" EXTRA_LDFLAGS="$(SANITIZE)" test-unit test-pg
 
 # The threaded suites, the library's and the daemon's, again under
 # ThreadSanitizer (clang), in their own build tree.
@@ -306,6 +317,7 @@ test: deps
 	@$(MAKE) --no-print-directory tsan
 	@$(MAKE) --no-print-directory fuzz-smoke
 	@$(MAKE) --no-print-directory test-unit
+	@$(MAKE) --no-print-directory test-pg
 
 bench: deps
 	@$(MAKE) --no-print-directory $(BENCH_BINS) $(BUILD)/curvd
