@@ -28,6 +28,16 @@ int curvd_store_is_postgres(const char *db)
            (strncasecmp(db, "postgresql://", 13) == 0 || strncasecmp(db, "postgres://", 11) == 0);
 }
 
+void curvd_store_shown(const char *db, char *out, size_t cap)
+{
+    const char *scheme = strstr(db, "://"), *at = strchr(db, '@');
+    const char *colon = scheme ? strchr(scheme + 3, ':') : NULL;
+    if (curvd_store_is_postgres(db) && at && colon && colon < at)
+        snprintf(out, cap, "%.*s:***%s", (int)(colon - db), db, at);
+    else
+        snprintf(out, cap, "%s", db);
+}
+
 int curvd_store_fail(char *err, size_t errlen, int status, const char *fmt, ...)
 {
     if (err && errlen) {

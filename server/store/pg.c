@@ -51,12 +51,21 @@ static int state_status(const char *sqlstate)
     return CURVD_STORE_ERROR;
 }
 
-/* One line of libpq's message (it ends in a newline). */
-static void chomp(char *s)
+/* libpq's message @m as one line (it has newlines and tabs), in a static
+ * buffer of the calling thread: the store's lock is held. */
+static const char *one_line(const char *m)
 {
-    size_t n = strlen(s);
-    while (n && (s[n - 1] == '\n' || s[n - 1] == ' '))
-        s[--n] = '\0';
+    static _Thread_local char buf[512];
+    size_t n = 0;
+    for (; *m && n + 1 < sizeof buf; m++) {
+        char c = *m == '\n' || *m == '\t' ? ' ' : *m;
+        if (c != ' ' || (n && buf[n - 1] != ' '))
+            buf[n++] = c;
+    }
+    while (n && buf[n - 1] == ' ')
+        n--;
+    buf[n] = '\0';
+    return buf;
 }
 
 int pg_run(struct pg_store *st, const char *sql, struct pg_args *a, PGresult **res,
@@ -73,8 +82,8 @@ int pg_run(struct pg_store *st, const char *sql, struct pg_args *a, PGresult **r
         return CURVD_STORE_OK;
     }
     char msg[512];
-    snprintf(msg, sizeof msg, "%s", r ? PQresultErrorMessage(r) : PQerrorMessage(st->conn));
-    chomp(msg);
+    snprintf(msg, sizeof msg, "%s",
+             one_line(r ? PQresultErrorMessage(r) : PQerrorMessage(st->conn)));
     int status = r ? state_status(PQresultErrorField(r, PG_DIAG_SQLSTATE)) : CURVD_STORE_ERROR;
     PQclear(r);
     if (status == CURVD_STORE_BUSY) /* as SQLite says it, for the caller's 503 */
@@ -111,7 +120,7 @@ static int setup_session(struct pg_store *st, char *err, size_t errlen)
     PQclear(r);
     return ok ? CURVD_STORE_OK
               : fail(err, errlen, CURVD_STORE_ERROR, "setting up the connection: %s",
-                     PQerrorMessage(st->conn));
+                     one_line(PQerrorMessage(st->conn)));
 }
 
 int pg_enter(struct pg_store *st, char *err, size_t errlen)
@@ -123,9 +132,8 @@ int pg_enter(struct pg_store *st, char *err, size_t errlen)
     int status = PQstatus(st->conn) == CONNECTION_OK
                      ? setup_session(st, err, errlen)
                      : fail(err, errlen, CURVD_STORE_ERROR, "cannot reach PostgreSQL: %s",
-                            PQerrorMessage(st->conn));
+                            one_line(PQerrorMessage(st->conn)));
     if (status != CURVD_STORE_OK) {
-        chomp(err ? err : (char[1]){""});
         pthread_mutex_unlock(&st->mu);
     }
     return status;
@@ -215,7 +223,7 @@ static int migrate(struct pg_store *st, char *err, size_t errlen)
         PGresult *m = PQexec(st->conn, curvd_pg_migrations[i].sql);
         if (!m || PQresultStatus(m) != PGRES_COMMAND_OK)
             status = fail(err, errlen, CURVD_STORE_ERROR, "migration pg/%s failed: %s",
-                          curvd_pg_migrations[i].name, PQerrorMessage(st->conn));
+                          curvd_pg_migrations[i].name, one_line(PQerrorMessage(st->conn)));
         PQclear(m);
     }
     if (status == CURVD_STORE_OK && version < curvd_pg_migration_count) {
@@ -240,17 +248,6 @@ static void pg_close(struct curvd_store *base)
     sqlite3_free(st);
 }
 
-/* The URL without its password, for messages and logs. */
-static void url_shown(const char *url, char *out, size_t cap)
-{
-    const char *scheme = strstr(url, "://"), *at = strchr(url, '@');
-    const char *colon = scheme ? strchr(scheme + 3, ':') : NULL;
-    if (scheme && at && colon && colon < at)
-        snprintf(out, cap, "%.*s:***%s", (int)(colon - url), url, at);
-    else
-        snprintf(out, cap, "%s", url);
-}
-
 static const struct curvd_store_ops pg_ops;
 
 int curvd_pg_open(const char *url, enum curvd_durability durability, struct curvd_store **out,
@@ -261,7 +258,7 @@ int curvd_pg_open(const char *url, enum curvd_durability durability, struct curv
         return curvd_store_no_memory(err, errlen);
     memset(st, 0, sizeof *st);
     char shown[1024];
-    url_shown(url, shown, sizeof shown);
+    curvd_store_shown(url, shown, sizeof shown);
     curvd_trouble_init(&st->trouble, shown);
     pthread_mutex_init(&st->mu, NULL);
     st->synchronous = durability == CURVD_DURABILITY_FULL;
@@ -271,8 +268,8 @@ int curvd_pg_open(const char *url, enum curvd_durability durability, struct curv
     if (!st->conn)
         status = curvd_store_no_memory(err, errlen);
     else if (PQstatus(st->conn) != CONNECTION_OK)
-        status =
-            fail(err, errlen, CURVD_STORE_ERROR, "cannot connect: %s", PQerrorMessage(st->conn));
+        status = fail(err, errlen, CURVD_STORE_ERROR, "cannot connect: %s",
+                      one_line(PQerrorMessage(st->conn)));
     if (status == CURVD_STORE_OK)
         status = setup_session(st, err, errlen);
     if (status == CURVD_STORE_OK)
@@ -283,7 +280,6 @@ int curvd_pg_open(const char *url, enum curvd_durability durability, struct curv
         if (err && errlen) { /* which database: there may be several */
             char why[1024];
             snprintf(why, sizeof why, "%s", err);
-            chomp(why);
             fail(err, errlen, status, "database %s: %s", shown, why);
         }
         st->base.ops = &pg_ops;

@@ -99,6 +99,9 @@ struct curvd_store;
  * else is a SQLite path. */
 int curvd_store_is_postgres(const char *db);
 
+/* @db as logs may show it: a PostgreSQL URL's password replaced by ***. */
+void curvd_store_shown(const char *db, char *out, size_t cap);
+
 /* Room for a digest text (wire/request_digest.h) and its NUL. */
 #define CURVD_STORE_DIGEST_TEXT 41
 
