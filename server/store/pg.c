@@ -95,6 +95,25 @@ int pg_run(struct pg_store *st, const char *sql, struct pg_args *a, PGresult **r
     return fail(err, errlen, status, "%s: %s", what, msg);
 }
 
+int pg_query(struct pg_store *st, const char *sql, struct pg_args *a, PGresult **res,
+             const char *what, char *err, size_t errlen)
+{
+    int status = pg_enter(st, err, errlen);
+    if (status != CURVD_STORE_OK)
+        return status;
+    status = pg_run(st, sql, a, res, what, err, errlen);
+    pg_leave(st);
+    return status;
+}
+
+int pg_run_id(struct pg_store *st, const char *sql, const char *id, PGresult **res,
+              const char *what, char *err, size_t errlen)
+{
+    struct pg_args a = {0};
+    pg_text(&a, id);
+    return pg_run(st, sql, &a, res, what, err, errlen);
+}
+
 int pg_change(struct pg_store *st, const char *sql, struct pg_args *a, int *changes,
               const char *what, char *err, size_t errlen)
 {
@@ -317,15 +336,11 @@ static int pg_info(struct curvd_store *base, struct curvd_store_info *out, char 
 {
     struct pg_store *st = pg_of(base);
     PGresult *r = NULL;
-    int status = pg_enter(st, err, errlen);
-    if (status != CURVD_STORE_OK)
-        return status;
-    status = pg_run(st,
-                    "SELECT (SELECT max(version) FROM curvd_schema),"
-                    " current_setting('block_size')::bigint,"
-                    " (current_setting('synchronous_commit') <> 'off')::int::bigint",
-                    NULL, &r, "reading the settings", err, errlen);
-    pg_leave(st);
+    int status = pg_query(st,
+                          "SELECT (SELECT max(version) FROM curvd_schema),"
+                          " current_setting('block_size')::bigint,"
+                          " (current_setting('synchronous_commit') <> 'off')::int::bigint",
+                          NULL, &r, "reading the settings", err, errlen);
     if (status != CURVD_STORE_OK)
         return status;
     memset(out, 0, sizeof *out);

@@ -63,6 +63,12 @@ void pg_blob(struct pg_args *a, const void *p, size_t n);
  * connection or a full disk is also storage trouble (trouble.h). */
 int pg_run(struct pg_store *st, const char *sql, struct pg_args *a, PGresult **res,
            const char *what, char *err, size_t errlen);
+/* pg_run with the store's connection taken and released around it. */
+int pg_query(struct pg_store *st, const char *sql, struct pg_args *a, PGresult **res,
+             const char *what, char *err, size_t errlen);
+/* pg_run with the session id @id as $1, its only parameter. */
+int pg_run_id(struct pg_store *st, const char *sql, const char *id, PGresult **res,
+              const char *what, char *err, size_t errlen);
 /* As pg_run, with the rows it touched in *@changes. */
 int pg_change(struct pg_store *st, const char *sql, struct pg_args *a, int *changes,
               const char *what, char *err, size_t errlen);

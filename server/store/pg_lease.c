@@ -52,14 +52,20 @@ static int lease_write(struct pg_store *st, const char *sql, struct pg_args *a, 
     return status;
 }
 
+/* $1 the session, $2 its tenant, $3 the owner. */
+static void lease_args(struct pg_args *a, const char *id, const char *tenant, const char *owner)
+{
+    pg_text(a, id);
+    pg_text(a, tenant);
+    pg_text(a, owner);
+}
+
 int pg_lease_acquire(struct curvd_store *base, const char *tenant, const char *id,
                      const char *owner, int64_t ttl_ms, struct curvd_lease *out, char *err,
                      size_t errlen)
 {
     struct pg_args a = {0};
-    pg_text(&a, id);
-    pg_text(&a, tenant);
-    pg_text(&a, owner);
+    lease_args(&a, id, tenant, owner);
     pg_int(&a, ttl_ms);
     return lease_write(pg_of(base),
                        LEASE_NOW "UPDATE sessions SET lease_owner = $3,"
@@ -74,9 +80,7 @@ int pg_lease_renew(struct curvd_store *base, const char *tenant, const char *id,
                    int64_t epoch, int64_t ttl_ms, struct curvd_lease *out, char *err, size_t errlen)
 {
     struct pg_args a = {0};
-    pg_text(&a, id);
-    pg_text(&a, tenant);
-    pg_text(&a, owner);
+    lease_args(&a, id, tenant, owner);
     pg_int(&a, epoch);
     pg_int(&a, ttl_ms);
     return lease_write(pg_of(base),
@@ -90,9 +94,7 @@ int pg_lease_release(struct curvd_store *base, const char *tenant, const char *i
                      const char *owner, int64_t epoch, char *err, size_t errlen)
 {
     struct pg_args a = {0};
-    pg_text(&a, id);
-    pg_text(&a, tenant);
-    pg_text(&a, owner);
+    lease_args(&a, id, tenant, owner);
     pg_int(&a, epoch);
     return lease_write(pg_of(base),
                        LEASE_NOW "UPDATE sessions SET lease_owner = NULL, lease_expires = 0 FROM c"

@@ -44,13 +44,11 @@ static int read_session(const PGresult *r, int row, struct curvd_session *o)
 static int read_state(struct pg_store *st, const char *id, struct curvd_session *o, char *err,
                       size_t errlen)
 {
-    struct pg_args a = {0};
-    pg_text(&a, id);
     PGresult *r = NULL;
-    int status = pg_run(st,
-                        "SELECT idx, stamp, bytes FROM state_parts WHERE session_id = $1"
-                        " ORDER BY idx",
-                        &a, &r, "reading the state", err, errlen);
+    int status = pg_run_id(st,
+                           "SELECT idx, stamp, bytes FROM state_parts WHERE session_id = $1"
+                           " ORDER BY idx",
+                           id, &r, "reading the state", err, errlen);
     if (status != CURVD_STORE_OK)
         return status;
     int n = PQntuples(r);
@@ -90,13 +88,11 @@ static int read_state(struct pg_store *st, const char *id, struct curvd_session 
 static int read_log(struct pg_store *st, const char *id, struct curvd_session *o, char *err,
                     size_t errlen)
 {
-    struct pg_args a = {0};
-    pg_text(&a, id);
     PGresult *r = NULL;
-    int status = pg_run(st,
-                        "SELECT step, update_digest, record FROM step_log"
-                        " WHERE session_id = $1 ORDER BY step",
-                        &a, &r, "reading the step log", err, errlen);
+    int status = pg_run_id(st,
+                           "SELECT step, update_digest, record FROM step_log"
+                           " WHERE session_id = $1 ORDER BY step",
+                           id, &r, "reading the step log", err, errlen);
     if (status != CURVD_STORE_OK)
         return status;
     int n = PQntuples(r);
@@ -170,17 +166,13 @@ int pg_list(struct curvd_store *base, const char *tenant, size_t max, int64_t af
     PGresult *r = NULL;
     if (!(l->items = sqlite3_malloc64(max * sizeof *l->items)))
         return no_memory(err, errlen);
-    int status = pg_enter(st, err, errlen);
-    if (status != CURVD_STORE_OK)
-        return status;
-    status =
-        pg_run(st,
-               SESSION_READ " WHERE s.tenant = $1"
-                            " AND ($2::text IS NULL OR (s.created_at, s.id) > ($3::bigint, $2))"
-                            " AND ($4::text IS NULL OR (s.labels::jsonb ->> $4::text) = $5)"
-                            " ORDER BY s.created_at, s.id LIMIT $6",
-               &a, &r, "listing sessions", err, errlen);
-    pg_leave(st);
+    int status =
+        pg_query(st,
+                 SESSION_READ " WHERE s.tenant = $1"
+                              " AND ($2::text IS NULL OR (s.created_at, s.id) > ($3::bigint, $2))"
+                              " AND ($4::text IS NULL OR (s.labels::jsonb ->> $4::text) = $5)"
+                              " ORDER BY s.created_at, s.id LIMIT $6",
+                 &a, &r, "listing sessions", err, errlen);
     int n = status == CURVD_STORE_OK ? PQntuples(r) : 0;
     for (int i = 0; status == CURVD_STORE_OK && i < n; i++) {
         if (read_session(r, i, &l->items[l->count]) != 0)
@@ -200,15 +192,11 @@ int pg_get_response(struct curvd_store *base, const char *tenant, const char *id
     pg_text(&a, id);
     pg_text(&a, tenant);
     PGresult *r = NULL;
-    int status = pg_enter(st, err, errlen);
-    if (status != CURVD_STORE_OK)
-        return status;
-    status = pg_run(st,
-                    "SELECT r.step, r.content_type, r.body, r.report, r.request_digest"
-                    " FROM step_responses AS r JOIN sessions AS s ON s.id = r.session_id"
-                    " WHERE r.session_id = $1 AND s.tenant = $2",
-                    &a, &r, "reading a step response", err, errlen);
-    pg_leave(st);
+    int status = pg_query(st,
+                          "SELECT r.step, r.content_type, r.body, r.report, r.request_digest"
+                          " FROM step_responses AS r JOIN sessions AS s ON s.id = r.session_id"
+                          " WHERE r.session_id = $1 AND s.tenant = $2",
+                          &a, &r, "reading a step response", err, errlen);
     if (status == CURVD_STORE_OK && PQntuples(r) == 0)
         status = fail(err, errlen, CURVD_STORE_NOT_FOUND, "no stored response for session %s", id);
     else if (status == CURVD_STORE_OK &&
@@ -233,12 +221,8 @@ int pg_count(struct curvd_store *base, const char *tenant, int64_t *out, char *e
     struct pg_args a = {0};
     pg_text(&a, tenant);
     PGresult *r = NULL;
-    int status = pg_enter(st, err, errlen);
-    if (status != CURVD_STORE_OK)
-        return status;
-    status = pg_run(st, "SELECT count(*) FROM sessions WHERE $1::text IS NULL OR tenant = $1", &a,
-                    &r, "counting sessions", err, errlen);
-    pg_leave(st);
+    int status = pg_query(st, "SELECT count(*) FROM sessions WHERE $1::text IS NULL OR tenant = $1",
+                          &a, &r, "counting sessions", err, errlen);
     if (status == CURVD_STORE_OK)
         *out = pg_i64(r, 0, 0);
     PQclear(r);

@@ -80,11 +80,9 @@ int pg_write_snapshot(struct pg_store *st, const char *id, const struct curvd_st
                       char *err, size_t errlen)
 {
     int status = write_parts(st, id, state, err, errlen);
-    struct pg_args a = {0};
-    pg_text(&a, id);
     if (status == CURVD_STORE_OK)
-        status = pg_run(st, "DELETE FROM step_log WHERE session_id = $1", &a, NULL,
-                        "deleting the step log", err, errlen);
+        status = pg_run_id(st, "DELETE FROM step_log WHERE session_id = $1", id, NULL,
+                           "deleting the step log", err, errlen);
     return status;
 }
 
@@ -208,18 +206,14 @@ int pg_expire(struct curvd_store *base, int64_t now, int64_t default_ttl_s, size
     pg_int(&a, default_ttl_s);
     pg_int(&a, (int64_t)max);
     PGresult *r = NULL;
-    int status = pg_enter(st, err, errlen);
-    if (status != CURVD_STORE_OK)
-        return status;
-        /* One statement; the condition is in the DELETE itself so that a
-         * step committed meanwhile (a newer updated_at) is checked again. */
+    /* One statement; the condition is in the DELETE itself so that a
+     * step committed meanwhile (a newer updated_at) is checked again. */
 #define IDLE "coalesce(idle_ttl_s, $2) > 0 AND updated_at + 1000 * coalesce(idle_ttl_s, $2) <= $1"
-    status = pg_run(st,
-                    "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE " IDLE
-                    " LIMIT $3) AND " IDLE " RETURNING id",
-                    &a, &r, "expiring sessions", err, errlen);
+    int status = pg_query(st,
+                          "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE " IDLE
+                          " LIMIT $3) AND " IDLE " RETURNING id",
+                          &a, &r, "expiring sessions", err, errlen);
 #undef IDLE
-    pg_leave(st);
     int rows = status == CURVD_STORE_OK ? PQntuples(r) : 0;
     for (int i = 0; status == CURVD_STORE_OK && i < rows && (size_t)i < max; i++) {
         if (pg_dup(r, i, 0, &ids[*n]) != 0)
