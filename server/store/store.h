@@ -2,20 +2,21 @@
 /*
  * The durable store of sessions, in one of two backends chosen by the
  * database argument of curvd_store_open(): a PostgreSQL URL
- * (postgresql://... or postgres://..., through libpq: store/pg.h) or else
+ * (postgresql://... or postgres://..., through libpq: store/pg.h, its
+ * schema in migrations/pg/) or else
  * the path of one SQLite file in WAL mode (the default). Both keep the
  * same tables and give the same guarantees (docs/DURABILITY.md, "Both
  * backends"); what is SQLite's alone (the WAL checkpointer, the busy
  * timeout, PRAGMAs) is said where it is declared below.
  *
- * Threading: a store object owns one database connection (SQLite's or
+ * Threading: a store object owns one database connection (SQLite's, or
  * libpq's) and every function below holds its lock for its whole
- * duration. SQLite: a store object owns one SQLite connection, and every function
- * below holds that connection's own mutex (sqlite3_db_mutex) for its whole
- * duration, so one store may be shared by any number of threads; their
- * calls run one at a time. A daemon that wants reads to proceed in parallel
- * opens one store per worker on the same file: WAL lets readers run beside
- * the one writer, and writers (each in BEGIN IMMEDIATE) wait for each other
+ * duration (SQLite: the connection's own mutex, sqlite3_db_mutex), so one
+ * store may be shared by any number of threads; their calls run one at a
+ * time. A daemon that wants reads to proceed in parallel opens one store
+ * per worker on the same database: SQLite's WAL (or PostgreSQL's MVCC)
+ * lets readers run beside the one writer, and writers (each in BEGIN
+ * IMMEDIATE; PostgreSQL: on the session's row lock) wait for each other
  * up to the busy timeout, then fail with CURVD_STORE_BUSY.
  *
  * Group commit: steps committed while a commit is going on are written
@@ -25,8 +26,8 @@
  * curvd_store_commit_submit() returns at once and calls back when it is.
  *
  * Errors: every fallible call returns an enum curvd_store_status and, when
- * @err is not NULL, writes a sentence (with SQLite's own message where
- * SQLite failed) into @err[@errlen]. Out-parameters are written only on
+ * @err is not NULL, writes a sentence (with SQLite's or PostgreSQL's own
+ * message where the database failed) into @err[@errlen]. Out-parameters are written only on
  * CURVD_STORE_OK unless stated otherwise.
  *
  * State in parts: a session's state blob is stored as the parts libcurv
