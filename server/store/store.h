@@ -339,10 +339,15 @@ void curvd_store_free(void *p);
  * already holds tables); applies the compiled-in migrations that the file
  * lacks in one BEGIN IMMEDIATE transaction that also sets user_version;
  * refuses a file whose user_version is newer than this binary.
+ * PostgreSQL (@path a URL, curvd_store_is_postgres): connects, sets
+ * synchronous_commit per @durability (on for FULL, off for NORMAL) and
+ * lock_timeout, and applies migrations/pg/ that the database lacks in one
+ * transaction under an advisory lock, recorded in curvd_schema; refuses a
+ * newer version there. Messages show the URL without its password.
  * Return: OK; INVALID (NULL argument, unknown durability); BUSY; ERROR
- * (cannot open, not a database, foreign file, newer schema, failed
- * migration, WAL unavailable, out of memory). A refused file is not
- * modified.
+ * (cannot open or connect, not a database, foreign file, newer schema,
+ * failed migration, WAL unavailable, out of memory). A refused file or
+ * database is not modified.
  * Ownership: *@out is new; curvd_store_close().
  */
 int curvd_store_open(const char *path, enum curvd_durability durability, struct curvd_store **out,
