@@ -764,7 +764,7 @@ static int list_rows(struct sqlite_store *st, sqlite3_stmt *q, size_t max,
     l->items = sqlite3_malloc64(max * sizeof *l->items);
     if (!l->items)
         return no_memory(err, errlen);
-    int rc;
+    int rc = SQLITE_DONE; /* none read: @max rows are there */
     while (l->count < max && (rc = sqlite3_step(q)) == SQLITE_ROW) {
         if (read_session(q, &l->items[l->count]) != 0)
             return no_memory(err, errlen);
