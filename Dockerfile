@@ -17,7 +17,7 @@ RUN scripts/install-deps daemon && make build/curvd
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends \
-        libopenblas0-pthread liblapacke libmicrohttpd12 libjansson4 libsqlite3-0 curl \
+        libopenblas0-pthread liblapacke libmicrohttpd12 libjansson4 libsqlite3-0 libpq5 curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --home-dir /var/lib/curvd --create-home curvd
 COPY --from=build /src/build/curvd /usr/local/bin/curvd

@@ -9,7 +9,7 @@ PKGS    := openblas lapacke
 DEP_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 DEP_LIBS   = $(shell pkg-config --libs $(PKGS)) -lm
 TEST_LIBS  = $(shell pkg-config --libs cmocka)
-SRV_PKGS  := libmicrohttpd jansson sqlite3
+SRV_PKGS  := libmicrohttpd jansson sqlite3 libpq
 SRV_CFLAGS = $(shell pkg-config --cflags $(SRV_PKGS))
 SRV_LIBS   = $(shell pkg-config --libs $(SRV_PKGS)) -lpthread
 CURL_LIBS  = $(shell pkg-config --libs libcurl)
@@ -39,9 +39,11 @@ TEST_UTIL  := tests/lib/testutil.c
 # http, wire, api, session, store; daemon.c wires them. Migrations are compiled in.
 SRV_SRCS   := server/daemon.c $(sort $(wildcard server/*/*.c))
 SRV_OBJS   := $(SRV_SRCS:server/%.c=$(BUILD)/server/%.o) $(BUILD)/server/migrations_sql.o \
+              $(BUILD)/server/pg_migrations_sql.o \
               $(BUILD)/server/build_info.o \
               $(BUILD)/server/ui_files.o
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+PG_MIGRATIONS := $(sort $(wildcard migrations/pg/*.sql))
 # The dashboard (/ui): plain files compiled into the daemon, no build step.
 UI_FILES   := $(sort $(wildcard server/ui/*.html server/ui/*.css server/ui/*.js))
 STEST_SRCS := $(sort $(wildcard tests/server/test_*.c tests/server/*/test_*.c))
@@ -57,7 +59,7 @@ Q := $(if $(V),,@)
 
 SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: all lib deps test test-clients test-ui test-cluster check-docker test-unit asan tsan check-symbols check-format check-layers \
+.PHONY: all lib deps test test-pg test-clients test-ui test-cluster check-docker test-unit asan tsan check-symbols check-format check-layers \
         readme-example readme-walkthrough check-openapi spec-check spec-types fuzz fuzz-smoke \
         bench run clean format reproduce FORCE
 
@@ -98,6 +100,13 @@ $(BUILD)/server/migrations_sql.c: $(MIGRATIONS) scripts/embed-migrations
 $(BUILD)/server/migrations_sql.o: $(BUILD)/server/migrations_sql.c
 	$(Q)$(CC) $(CFLAGS_BASE) -Iserver -c $< -o $@
 
+$(BUILD)/server/pg_migrations_sql.c: $(PG_MIGRATIONS) scripts/embed-migrations
+	@mkdir -p $(@D)
+	$(Q)scripts/embed-migrations --prefix pg $(PG_MIGRATIONS) > $@
+
+$(BUILD)/server/pg_migrations_sql.o: $(BUILD)/server/pg_migrations_sql.c
+	$(Q)$(CC) $(CFLAGS_BASE) -Iserver -c $< -o $@
+
 # The commit for curvd_build_info and --version: regenerated on every make,
 # rewritten (and recompiled) only when the commit changes.
 $(BUILD)/server/build_info.c: FORCE
@@ -125,12 +134,12 @@ $(BUILD)/libcurvd.a: $(SRV_OBJS)
 	@rm -f $@
 	$(Q)ar rcs $@ $^
 
-STEST_UTIL := tests/server/srvutil.c
+STEST_UTIL := tests/server/srvutil.c tests/server/pgutil.c
 
 # The tests that kill and restart the daemon process run its binary: keep
 # it current. The daemon process and callback trainer are in crash_util.c.
 CRASH_TESTS := $(BUILD)/tests/server/test_crash $(BUILD)/tests/server/test_stale_callback \
-               $(BUILD)/tests/server/test_lease
+               $(BUILD)/tests/server/test_lease $(BUILD)/tests/server/test_pg_daemon
 $(CRASH_TESTS): $(BUILD)/curvd tests/server/crash_util.c tests/server/crash_util.h
 $(CRASH_TESTS): STEST_UTIL += tests/server/crash_util.c
 
@@ -176,11 +185,21 @@ $(BUILD)/tests/test_exec $(BUILD)/tests/test_kfac_defer $(BUILD)/tests/test_kfac
 test-unit: $(TEST_BINS) $(STEST_BINS)
 	@tests/run-tests.sh $(TEST_BINS) $(STEST_BINS)
 
+# The store's suites again on PostgreSQL, each test in a schema of its own
+# in a throw-away cluster (tests/pg/), and what PostgreSQL has of its own
+# (test_store_pg, test_pg_daemon); skipped, saying so, when no cluster
+# can be started.
+PG_TESTS := store/test_store store/test_store_parts store/test_store_log store/test_history \
+            store/test_expire store/test_store_pg test_pg_daemon
+PG_TEST_BINS = $(PG_TESTS:%=$(BUILD)/tests/server/%)
+test-pg: $(PG_TEST_BINS)
+	@tests/pg/with-cluster tests/run-tests.sh $(PG_TEST_BINS)
+
 # The whole suite again under AddressSanitizer (with LeakSanitizer) and
 # UndefinedBehaviorSanitizer, in its own build tree.
 asan:
 	@$(MAKE) --no-print-directory BUILD=$(BUILD)/asan OPT="-O1 -g" \
-	    EXTRA_CFLAGS="$(SANITIZE)" EXTRA_LDFLAGS="$(SANITIZE)" test-unit
+	    EXTRA_CFLAGS="$(SANITIZE)" EXTRA_LDFLAGS="$(SANITIZE)" test-unit test-pg
 
 # The threaded suites, the library's and the daemon's, again under
 # ThreadSanitizer (clang), in their own build tree.
@@ -197,11 +216,11 @@ check-symbols: $(BUILD)/libcurv.so
 	if [ -n "$$bad" ]; then echo "check-symbols: unexpected exports:"; echo "$$bad"; exit 1; fi; \
 	echo "check-symbols: $$(nm -D --defined-only $< | wc -l) exports, all curv_*"
 
-# Layers the compiler cannot see: SQLite is the store's alone.
+# Layers the compiler cannot see: SQLite and libpq are the store's alone.
 check-layers:
-	@bad=$$(grep -rl '#include <sqlite3.h>' server | grep -v '^server/store/' || true); \
-	if [ -n "$$bad" ]; then echo "check-layers: <sqlite3.h> outside server/store/:"; echo "$$bad"; exit 1; fi; \
-	echo "check-layers: SQLite only in server/store/, lib/src only for the library and tests"
+	@bad=$$(grep -rlE '#include <(sqlite3|libpq-fe)\.h>' server | grep -v '^server/store/' || true); \
+	if [ -n "$$bad" ]; then echo "check-layers: <sqlite3.h> or <libpq-fe.h> outside server/store/:"; echo "$$bad"; exit 1; fi; \
+	echo "check-layers: SQLite and libpq only in server/store/, lib/src only for the library and tests"
 
 check-format:
 	@clang-format --dry-run --Werror $(FMT_FILES) && echo "check-format: $(words $(FMT_FILES)) files clean"
@@ -310,6 +329,7 @@ test: deps
 	@$(MAKE) --no-print-directory tsan
 	@$(MAKE) --no-print-directory fuzz-smoke
 	@$(MAKE) --no-print-directory test-unit
+	@$(MAKE) --no-print-directory test-pg
 
 bench: deps
 	@$(MAKE) --no-print-directory $(BENCH_BINS) $(BUILD)/curvd

@@ -321,7 +321,7 @@ int main(int argc, char **argv)
 
     curvd_log_setup(srv.cfg.log_json, -1);
     char err[512];
-    if (make_parent(srv.cfg.db_path) != 0) {
+    if (!curvd_store_is_postgres(srv.cfg.db_path) && make_parent(srv.cfg.db_path) != 0) {
         curvd_log(CURVD_LOG_ERROR, "cannot create the folder of %s: %s", srv.cfg.db_path,
                   strerror(errno));
         return 1;
@@ -333,15 +333,17 @@ int main(int argc, char **argv)
         return 1;
     }
     curvd_daemon_bound(&srv, curvd_http_port(&srv));
+    char db_shown[1024];
+    curvd_store_shown(srv.cfg.db_path, db_shown, sizeof db_shown);
     curvd_log(CURVD_LOG_INFO,
               "listening on http://%s:%u  version=%s commit=%s db=%s durability=%s threads=%u "
               "workers=%u max-body=%zu max-sessions=%zu memory-budget=%zu idle-ttl=%u history=%u "
               "snapshot-log=%u%% snapshot-ms=%u node-id=%s lease-ttl=%zums auth=%s log=%s",
-              srv.cfg.listen, curvd_http_port(&srv), CURVD_VERSION, curvd_build_commit,
-              srv.cfg.db_path, srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads,
-              srv.cfg.workers, srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget,
-              srv.cfg.idle_ttl_s, srv.cfg.history_steps, srv.cfg.snapshot_log_pct,
-              srv.cfg.snapshot_ms, srv.node_id, srv.cfg.lease_ttl_ms,
+              srv.cfg.listen, curvd_http_port(&srv), CURVD_VERSION, curvd_build_commit, db_shown,
+              srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads, srv.cfg.workers,
+              srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget, srv.cfg.idle_ttl_s,
+              srv.cfg.history_steps, srv.cfg.snapshot_log_pct, srv.cfg.snapshot_ms, srv.node_id,
+              srv.cfg.lease_ttl_ms,
               srv.cfg.token_file ? "tokens" : "off", srv.cfg.log_json ? "json" : "text");
     int sig = 0;
     while (sigwait(&stop, &sig) == 0 && sig == SIGHUP)

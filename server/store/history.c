@@ -11,7 +11,7 @@ enum { H_PUT, H_PRUNE, H_PAGE, H_OLDEST, H_COUNT_ };
  * commit a second page write (measured: docs/NOTES.md, "Step history").
  * Up to this many steps beyond the bound stay on disk meanwhile, and the
  * reads leave them out, so a reader sees exactly the bound. */
-#define PRUNE_EVERY 64
+#define PRUNE_EVERY CURVD_HISTORY_PRUNE_EVERY
 
 /* ?1 the session id everywhere. The bound is the session's own
  * history_steps or, when NULL, the daemon's default (bound last). */

@@ -13,6 +13,9 @@
 
 #include "store/store.h"
 
+/* Steps pruned together (history.c says why); the same in PostgreSQL. */
+#define CURVD_HISTORY_PRUNE_EVERY 64
+
 struct curvd_history;
 
 /* curvd_history_prepare - the statements on @db into *@out (free with
@@ -23,7 +26,7 @@ void curvd_history_finalize(struct curvd_history *h);
 /*
  * curvd_history_record - inside the caller's write transaction, after the
  * session's step moved to @c->step: add that step's row (unless the
- * session keeps none) and, every PRUNE_EVERY steps, delete the rows older
+ * session keeps none) and, every CURVD_HISTORY_PRUNE_EVERY steps, delete the rows older
  * than its bound, the session's history_steps or else @default_keep (the
  * reads never show those). Return SQLite's code (SQLITE_DONE on success).
  */

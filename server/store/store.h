@@ -1,13 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The durable store of sessions: one SQLite file in WAL mode.
+ * The durable store of sessions, in one of two backends chosen by the
+ * database argument of curvd_store_open(): a PostgreSQL URL
+ * (postgresql://... or postgres://..., through libpq: store/pg.h, its
+ * schema in migrations/pg/) or else
+ * the path of one SQLite file in WAL mode (the default). Both keep the
+ * same tables and give the same guarantees (docs/DURABILITY.md, "Both
+ * backends"); what is SQLite's alone (the WAL checkpointer, the busy
+ * timeout, PRAGMAs) is said where it is declared below.
  *
- * Threading: a store object owns one SQLite connection, and every function
- * below holds that connection's own mutex (sqlite3_db_mutex) for its whole
- * duration, so one store may be shared by any number of threads; their
- * calls run one at a time. A daemon that wants reads to proceed in parallel
- * opens one store per worker on the same file: WAL lets readers run beside
- * the one writer, and writers (each in BEGIN IMMEDIATE) wait for each other
+ * Threading: a store object owns one database connection (SQLite's, or
+ * libpq's) and every function below holds its lock for its whole
+ * duration (SQLite: the connection's own mutex, sqlite3_db_mutex), so one
+ * store may be shared by any number of threads; their calls run one at a
+ * time. A daemon that wants reads to proceed in parallel opens one store
+ * per worker on the same database: SQLite's WAL (or PostgreSQL's MVCC)
+ * lets readers run beside the one writer, and writers (each in BEGIN
+ * IMMEDIATE; PostgreSQL: on the session's row lock) wait for each other
  * up to the busy timeout, then fail with CURVD_STORE_BUSY.
  *
  * Group commit: steps committed while a commit is going on are written
@@ -17,8 +26,8 @@
  * curvd_store_commit_submit() returns at once and calls back when it is.
  *
  * Errors: every fallible call returns an enum curvd_store_status and, when
- * @err is not NULL, writes a sentence (with SQLite's own message where
- * SQLite failed) into @err[@errlen]. Out-parameters are written only on
+ * @err is not NULL, writes a sentence (with SQLite's or PostgreSQL's own
+ * message where the database failed) into @err[@errlen]. Out-parameters are written only on
  * CURVD_STORE_OK unless stated otherwise.
  *
  * State in parts: a session's state blob is stored as the parts libcurv
@@ -34,7 +43,8 @@
  * deletes the session's log in the same transaction.
  *
  * Memory: the owned copies handed out (strings, blobs) are allocated with
- * sqlite3_malloc64 so that SQLite's allocator hooks cover them too; release
+ * sqlite3_malloc64 (by both backends) so that SQLite's allocator hooks
+ * (curvd_mem) cover them too; release
  * them only with curvd_session_clear(), curvd_session_list_clear(),
  * curvd_step_response_clear(), or curvd_store_free() for one taken over.
  */
@@ -81,26 +91,17 @@ enum curvd_store_status {
 /* curvd_store_status_name - "NOT_FOUND" etc.; "UNKNOWN" for other values. */
 const char *curvd_store_status_name(int status);
 
-/* Leases (docs/CLUSTER.md "Leases and fencing"): the owner's text, NUL
- * included, is at most this long; a write with CURVD_STORE_ANY_EPOCH is
- * not fenced (tests, tools). */
-#define CURVD_STORE_OWNER_MAX 128
-#define CURVD_STORE_ANY_EPOCH (-1)
-
-/* curvd_lease - what the store knows of a session's lease, read in the
- * same statement as the change: @owner ("" when not held), @epoch,
- * @expires_at and the store's clock @now when it answered (unix ms). */
-struct curvd_lease {
-    char owner[CURVD_STORE_OWNER_MAX];
-    int64_t epoch;
-    int64_t expires_at;
-    int64_t now;
-};
-
 /* FULL: a committed step survives power loss; NORMAL: a process crash. */
 enum curvd_durability { CURVD_DURABILITY_FULL, CURVD_DURABILITY_NORMAL };
 
 struct curvd_store;
+
+/* Is @db a PostgreSQL URL (postgresql://... or postgres://...)? Anything
+ * else is a SQLite path. */
+int curvd_store_is_postgres(const char *db);
+
+/* @db as logs may show it: a PostgreSQL URL's password replaced by ***. */
+void curvd_store_shown(const char *db, char *out, size_t cap);
 
 /* Room for a digest text (wire/request_digest.h) and its NUL. */
 #define CURVD_STORE_DIGEST_TEXT 41
@@ -276,7 +277,7 @@ struct curvd_step_commit {
     const void *record;
     size_t record_len;
     const char *update_digest;
-    int64_t epoch;
+    int64_t epoch; /* the lease epoch it is written under (see the leases) */
 };
 
 /*
@@ -341,10 +342,15 @@ void curvd_store_free(void *p);
  * already holds tables); applies the compiled-in migrations that the file
  * lacks in one BEGIN IMMEDIATE transaction that also sets user_version;
  * refuses a file whose user_version is newer than this binary.
+ * PostgreSQL (@path a URL, curvd_store_is_postgres): connects, sets
+ * synchronous_commit per @durability (on for FULL, off for NORMAL) and
+ * lock_timeout, and applies migrations/pg/ that the database lacks in one
+ * transaction under an advisory lock, recorded in curvd_schema; refuses a
+ * newer version there. Messages show the URL without its password.
  * Return: OK; INVALID (NULL argument, unknown durability); BUSY; ERROR
- * (cannot open, not a database, foreign file, newer schema, failed
- * migration, WAL unavailable, out of memory). A refused file is not
- * modified.
+ * (cannot open or connect, not a database, foreign file, newer schema,
+ * failed migration, WAL unavailable, out of memory). A refused file or
+ * database is not modified.
  * Ownership: *@out is new; curvd_store_close().
  */
 int curvd_store_open(const char *path, enum curvd_durability durability, struct curvd_store **out,
@@ -356,12 +362,15 @@ void curvd_store_close(struct curvd_store *st);
 
 /* curvd_store_set_busy_timeout - how long a write waits for another
  * connection's write lock; 0 fails at once. Return: OK; INVALID (NULL or
- * negative); ERROR. */
+ * negative); ERROR. PostgreSQL: sets lock_timeout, the wait for a lock
+ * another transaction holds (0 there is 1 ms, PostgreSQL's 0 being no
+ * limit); a wait that runs out is BUSY too. */
 int curvd_store_set_busy_timeout(struct curvd_store *st, int ms, char *err, size_t errlen);
 
 /* curvd_store_wal - what the checkpointer did: rounds, PASSIVE passes,
  * WAL truncations, and the WAL bound in bytes at the last round (see
- * store/checkpoint.h for the bound). */
+ * store/checkpoint.h for the bound). SQLite only: PostgreSQL checkpoints
+ * its own WAL, and a PostgreSQL store reports all zeros. */
 struct curvd_store_wal {
     unsigned long long rounds, passes, truncations;
     long long bound_bytes;
@@ -370,7 +379,7 @@ struct curvd_store_wal {
 void curvd_store_wal(struct curvd_store *st, struct curvd_store_wal *out);
 
 /* curvd_store_checkpoint_soon - ask the checkpointer for a round now
- * (it runs on its thread; this returns at once). */
+ * (it runs on its thread; this returns at once). A no-op on PostgreSQL. */
 void curvd_store_checkpoint_soon(struct curvd_store *st);
 
 /* curvd_store_list_labeled - curvd_store_list() of the sessions whose
@@ -408,11 +417,11 @@ int curvd_store_expire(struct curvd_store *st, int64_t now, int64_t default_ttl_
 
 /* curvd_store_info - the effective settings, for the start-up log. */
 struct curvd_store_info {
-    int schema_version; /* PRAGMA user_version */
-    int application_id;
-    int page_size;
-    int synchronous; /* 2 FULL, 1 NORMAL */
-    char journal_mode[16];
+    int schema_version;    /* PRAGMA user_version; PostgreSQL: curvd_schema.version */
+    int application_id;    /* PostgreSQL: CURVD_STORE_APPLICATION_ID */
+    int page_size;         /* PostgreSQL: block_size */
+    int synchronous;       /* 2 FULL, 1 NORMAL (PostgreSQL: synchronous_commit on, off) */
+    char journal_mode[16]; /* "wal"; PostgreSQL: "postgresql" */
 };
 
 /* curvd_store_info - fill @out. Return: OK; INVALID; ERROR. */
@@ -547,37 +556,6 @@ int curvd_store_snapshot(struct curvd_store *st, const char *tenant, const char 
                          char *err, size_t errlen);
 
 /*
- * Leases (docs/CLUSTER.md). Create and import write no owner and epoch 0;
- * delete and reads are not fenced. Expiry is decided by the store's clock
- * (here the process's CLOCK_REALTIME: one machine's clock for every
- * daemon that can share the file). @owner: 1..CURVD_STORE_OWNER_MAX-1
- * bytes; @ttl_ms >= 1; @out may not be NULL.
- *
- * curvd_store_lease_acquire - take the lease of (@tenant, @id) for
- * @owner until now + @ttl_ms: when it is not held, has expired
- * (expires_at <= now), or is @owner's own (a restarted daemon with the
- * same node id); the epoch is then always incremented. OK: @out is the
- * new lease. LEASED: another owner holds an unexpired lease; @out
- * describes it. NOT_FOUND; INVALID; BUSY; ERROR.
- *
- * curvd_store_lease_renew - extend a held lease to now + @ttl_ms. FENCED
- * when (@owner, @epoch) is no longer the session's (@out then describes
- * the lease as it is); an expired lease that nobody took is renewed.
- *
- * curvd_store_lease_release - give a held lease up (no owner, expiry 0,
- * the epoch kept). FENCED when (@owner, @epoch) is no longer the
- * session's; NOT_FOUND.
- */
-int curvd_store_lease_acquire(struct curvd_store *st, const char *tenant, const char *id,
-                              const char *owner, int64_t ttl_ms, struct curvd_lease *out, char *err,
-                              size_t errlen);
-int curvd_store_lease_renew(struct curvd_store *st, const char *tenant, const char *id,
-                            const char *owner, int64_t epoch, int64_t ttl_ms,
-                            struct curvd_lease *out, char *err, size_t errlen);
-int curvd_store_lease_release(struct curvd_store *st, const char *tenant, const char *id,
-                              const char *owner, int64_t epoch, char *err, size_t errlen);
-
-/*
  * curvd_store_get_response - the stored reply of the session's latest step,
  * for a client that posts that step again.
  * Return: OK; NOT_FOUND (no session for @tenant, or no step committed yet
@@ -600,6 +578,53 @@ int curvd_store_count(struct curvd_store *st, const char *tenant, int64_t *out, 
  * write has committed since it. Never waits for the store's lock.
  */
 int curvd_store_health(struct curvd_store *st, char *err, size_t errlen);
+
+/*
+ * Leases (docs/CLUSTER.md, docs/DURABILITY.md): a session is written by one daemon at a
+ * time, the holder of its lease (owner, epoch, expiry). Every write of a
+ * session's steps or state carries an epoch (struct curvd_step_commit's,
+ * curvd_store_snapshot's and curvd_store_update_state's) and happens only
+ * when it is the session's lease_epoch (or CURVD_STORE_ANY_EPOCH), in
+ * the same transaction; otherwise FENCED and nothing is written. Create
+ * and import write epoch 0 and no owner; delete and reads are not fenced.
+ * The store's clock decides expiry: PostgreSQL's clock_timestamp(), or
+ * for SQLite this machine's CLOCK_REALTIME.
+ */
+#define CURVD_STORE_OWNER_MAX 128  /* owner text incl. NUL */
+#define CURVD_STORE_ANY_EPOCH (-1) /* a write that is not fenced (tests, tools) */
+
+/* What the store knows of a session's lease, read in the same statement. */
+struct curvd_lease {
+    char owner[CURVD_STORE_OWNER_MAX]; /* "" when not held */
+    int64_t epoch;
+    int64_t expires_at; /* store clock, unix ms */
+    int64_t now;        /* the store's clock when it answered */
+};
+
+/* curvd_store_lease_acquire - take the lease of (@tenant, @id) for
+ * @owner (1..CURVD_STORE_OWNER_MAX-1 bytes) for @ttl_ms (> 0). Succeeds
+ * when the lease is not held, has expired (expires_at <= now), or is held
+ * by @owner itself (a restarted daemon with the same node id); the epoch
+ * is then always incremented. Return: OK (@out the new lease); LEASED
+ * (another owner holds an unexpired lease; @out describes it); NOT_FOUND;
+ * INVALID; BUSY; ERROR. */
+int curvd_store_lease_acquire(struct curvd_store *st, const char *tenant, const char *id,
+                              const char *owner, int64_t ttl_ms, struct curvd_lease *out, char *err,
+                              size_t errlen);
+
+/* curvd_store_lease_renew - extend a held lease to now + @ttl_ms. Return:
+ * OK (@out the lease; an expired lease that nobody took is renewed);
+ * FENCED when (@owner, @epoch) is no longer the session's (@out then
+ * describes the lease as it is); NOT_FOUND; INVALID; BUSY; ERROR. */
+int curvd_store_lease_renew(struct curvd_store *st, const char *tenant, const char *id,
+                            const char *owner, int64_t epoch, int64_t ttl_ms,
+                            struct curvd_lease *out, char *err, size_t errlen);
+
+/* curvd_store_lease_release - give a held lease up (owner none, expiry 0,
+ * epoch kept). Return: OK; FENCED when (@owner, @epoch) is no longer the
+ * session's; NOT_FOUND; INVALID; BUSY; ERROR. */
+int curvd_store_lease_release(struct curvd_store *st, const char *tenant, const char *id,
+                              const char *owner, int64_t epoch, char *err, size_t errlen);
 
 /* curvd_store_engine_version - the version of the SQLite library linked
  * (static text), for curvd_build_info. */

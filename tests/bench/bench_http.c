@@ -11,7 +11,7 @@
  * per step and its Server-Timing split.
  * Method and reading: tests/bench/README.md.
  * Usage: bench_http [--quick] [--small | --large | --autoencoder | --durable | --fold]
- *                   [--snapshot-log=PCT]
+ *                   [--snapshot-log=PCT] [--db=URL]
  *   --quick: 1 s per small row, large d = 1e6, a tiny autoencoder;
  *   --small/--large/--autoencoder: only those rows; --durable: save +
  *   commit of small MBAG and AdaGrad sessions and of the autoencoder, the
@@ -19,7 +19,9 @@
  *   --fold: the autoencoder with its statistics folded before and after
  *   the reply (max_staleness 0 and 2), alone;
  *   --snapshot-log: the daemons' flag (0: every step a snapshot, as before
- *   the step log), to compare the small and large rows between runs
+ *   the step log), to compare the small and large rows between runs;
+ *   --db: every daemon's --db (a PostgreSQL URL) instead of a SQLite file
+ *   in the temporary folder; with --durable, the small sessions alone
  */
 #include <cblas.h>
 #include <dirent.h>
@@ -133,6 +135,7 @@ struct row {
 static char g_tmp[256], g_log[320];
 static const char *g_workers;      /* --workers for the next daemon, NULL: its default */
 static const char *g_snapshot_log; /* --snapshot-log for every daemon, NULL: its default */
+static const char *g_db;           /* --db for every daemon, NULL: a file in g_tmp */
 static volatile pid_t g_pid;
 static long g_ncpu;
 static pthread_mutex_t g_fail_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -258,8 +261,10 @@ static int wait_listening(char *line, size_t cap)
 /* Start @bin on <tmp>/<dur>.db, its stderr (banner and access log) to a file. */
 static int daemon_start(const char *bin, const char *dur, char *line, size_t cap)
 {
-    char db[320];
-    snprintf(db, sizeof db, "%s/%s.db", g_tmp, dur);
+    char db[1024];
+    snprintf(db, sizeof db, "%s", g_db ? g_db : "");
+    if (!g_db)
+        snprintf(db, sizeof db, "%s/%s.db", g_tmp, dur);
     snprintf(g_log, sizeof g_log, "%s/%s.log", g_tmp, dur);
     char *argv[] = {(char *)bin,
                     "--port",
@@ -1196,6 +1201,8 @@ static struct ae ae_new(int quick)
 static void run_durable(const char *bin, int quick)
 {
     run_durable_forms(bin);
+    if (g_db) /* the stores compared on small sessions: the commit is what differs */
+        return;
     struct ae a = ae_new(quick);
     char ncpu[24];
     snprintf(ncpu, sizeof ncpu, "%ld", g_ncpu > 1 ? g_ncpu : 2);
@@ -1318,10 +1325,12 @@ int main(int argc, char **argv)
             fold_rows = 1;
         } else if (strncmp(argv[i], "--snapshot-log=", 15) == 0) {
             g_snapshot_log = argv[i] + 15;
+        } else if (strncmp(argv[i], "--db=", 5) == 0) {
+            g_db = argv[i] + 5;
         } else {
             fprintf(stderr,
                     "usage: %s [--quick] [--small | --large | --autoencoder | --durable | "
-                    "--fold] [--snapshot-log=PCT]\n",
+                    "--fold] [--snapshot-log=PCT] [--db=URL]\n",
                     argv[0]);
             return 2;
         }

@@ -151,6 +151,10 @@ int su_count(const char *hay, const char *needle)
 
 void su_raw_exec(const char *path, const char *sql)
 {
+    if (curvd_store_is_postgres(path)) {
+        su_pg_raw_exec(path, sql);
+        return;
+    }
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     char *msg = NULL;
@@ -176,6 +180,10 @@ sqlite3_stmt *su_raw_prepare(const char *path, const char *sql, sqlite3 **db)
 
 void su_raw_text(const char *path, const char *sql, char *out, size_t cap)
 {
+    if (curvd_store_is_postgres(path)) {
+        su_pg_raw_text(path, sql, out, cap);
+        return;
+    }
     sqlite3 *db;
     sqlite3_stmt *q = su_raw_prepare(path, sql, &db);
     assert_int_equal(sqlite3_step(q), SQLITE_ROW);
@@ -194,6 +202,8 @@ long long su_raw_int(const char *path, const char *sql)
 
 unsigned char *su_raw_state(const char *path, const char *id, size_t *len)
 {
+    if (curvd_store_is_postgres(path))
+        return su_pg_raw_state(path, id, len);
     sqlite3 *db;
     sqlite3_stmt *q = su_raw_prepare(
         path, "SELECT idx, bytes FROM state_parts WHERE session_id = ? ORDER BY idx", &db);

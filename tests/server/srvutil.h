@@ -87,6 +87,35 @@ int su_count(const char *hay, const char *needle);
         assert_int_equal(st_, (want));                                                             \
     } while (0)
 
+/* ---- Either backend (pgutil.c) ----
+ * The store's suites run on SQLite, and on PostgreSQL too when
+ * CURVD_TEST_DB holds the URL of a cluster (tests/pg/pg-cluster; `make
+ * test-pg`). The raw reads below take a SQLite path or a PostgreSQL URL
+ * alike. */
+
+/* The URL of CURVD_TEST_DB, or NULL: the suites run on SQLite. */
+const char *su_pg_url(void);
+/* Test @name's database: the SQLite file @dir/@name.db (none left from
+ * before), or a new PostgreSQL schema of its own as a URL into @out. */
+void su_db(const char *dir, const char *name, char *out, size_t cap);
+/* A test of something SQLite's alone (its files, PRAGMAs, WAL, VFS): skipped
+ * on PostgreSQL. */
+#define SU_SQLITE_ONLY()                                                                           \
+    do {                                                                                           \
+        if (su_pg_url())                                                                           \
+            skip();                                                                                \
+    } while (0)
+/* Another connection holding the database's write lock (SQLite: BEGIN
+ * IMMEDIATE; PostgreSQL: the sessions table in EXCLUSIVE mode) until
+ * su_raw_unlock. */
+struct su_lock;
+struct su_lock *su_raw_lock(const char *path);
+void su_raw_unlock(struct su_lock *l);
+/* The PostgreSQL side of su_raw_exec, su_raw_text and su_raw_state. */
+void su_pg_raw_exec(const char *url, const char *sql);
+void su_pg_raw_text(const char *url, const char *sql, char *out, size_t cap);
+unsigned char *su_pg_raw_state(const char *url, const char *id, size_t *len);
+
 /* Run @sql (several statements allowed) on a connection of its own. */
 void su_raw_exec(const char *path, const char *sql);
 /* A plain connection to @path and @sql prepared on it; finalize the

@@ -14,7 +14,7 @@
 #include "testutil.h"
 
 static char err[512];
-static char path[160];
+static char path[512];
 
 #define assert_store(expr, want) su_assert_store(expr, want, err)
 
@@ -136,15 +136,9 @@ int main(void)
     char dir[] = "/tmp/curvd-expire-XXXXXX";
     if (!mkdtemp(dir))
         return 1;
-    snprintf(path, sizeof path, "%s/e.db", dir);
+    su_db(dir, "e", path, sizeof path);
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_expire)};
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    char f[200];
-    const char *suffix[] = {"", "-wal", "-shm"};
-    for (int i = 0; i < 3; i++) {
-        snprintf(f, sizeof f, "%s%s", path, suffix[i]);
-        unlink(f);
-    }
-    rmdir(dir);
+    su_rmtree(dir); /* a PostgreSQL schema goes with its throw-away cluster */
     return rc;
 }

@@ -14,7 +14,7 @@
 #include "testutil.h"
 
 static char err[512];
-static char dir[64], path[160];
+static char dir[64], path[512];
 
 #define assert_store(expr, want) su_assert_store(expr, want, err)
 
@@ -246,7 +246,7 @@ static int setup(void **state)
     (void)state;
     char db[160];
     su_tmpdir(dir, sizeof dir, NULL, "history", db, sizeof db);
-    snprintf(path, sizeof path, "%s", db);
+    su_db(dir, "history", path, sizeof path);
     return 0;
 }
 

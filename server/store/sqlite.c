@@ -1,15 +1,15 @@
 /* SPDX-License-Identifier: MIT */
-/* The durable store of sessions over SQLite; the model is in store.h. */
+/* The SQLite backend of the store (backend.h); the model is in store.h. */
 #include "store/store.h"
 
 #include <inttypes.h>
 #include <sqlite3.h>
-#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
-#include "store/batch.h"
+#include "store/backend.h"
 #include "store/checkpoint.h"
 #include "store/history.h"
 #include "store/lease.h"
@@ -20,11 +20,9 @@
 #define STORE_STR_(x) #x
 #define STORE_STR(x) STORE_STR_(x)
 
-#if defined(__GNUC__)
-#define STORE_PRINTF(a, b) __attribute__((format(printf, a, b)))
-#else
-#define STORE_PRINTF(a, b)
-#endif
+#define fail curvd_store_fail
+#define no_memory curvd_store_no_memory
+#define now_ms curvd_store_now_ms
 
 /* Every statement the operations run, prepared once at open. Bindings:
  * ?1 is the session id and ?2 the tenant wherever both appear. */
@@ -104,50 +102,21 @@ static const char *const stmt_sql[S_COUNT_] = {
     [S_COUNT_TENANT] = "SELECT count(*) FROM sessions WHERE tenant = ?1",
 };
 
-/* Steps committed in one transaction at most: enough to share an fsync
- * among all of a busy daemon's workers, few enough to bound a batch. */
-#define COMMIT_BATCH_MAX 64
-
-struct curvd_store {
+struct sqlite_store {
+    struct curvd_store base; /* first: the ops, the group commit, --history */
     sqlite3 *db;
     sqlite3_mutex *mu; /* the connection's own (recursive) mutex */
     sqlite3_stmt *stmt[S_COUNT_];
-    struct curvd_batcher *commits;   /* group commit, on a thread of its own */
     struct curvd_checkpointer *ckpt; /* WAL checkpoints on a thread of their own */
     struct curvd_trouble trouble;    /* storage failures, the reserve (trouble.h) */
     struct curvd_history *hist;      /* the step history's statements */
     struct curvd_steplog *log;       /* the step log's statements */
     struct curvd_leases *leases;     /* the leases' statements */
-    int64_t history_default;         /* under mu: --history */
 };
 
-static void commit_batch(void *ctx, struct curvd_batch_item **links, size_t n);
-
-/* Indexed by code: the codes are dense from 0. */
-static const char *const status_names[] = {
-#define CURVD__STORE_NAME(name, code, text) [code] = #name,
-    CURVD_STORE_STATUS_MAP(CURVD__STORE_NAME)
-#undef CURVD__STORE_NAME
-};
-
-const char *curvd_store_status_name(int status)
+static struct sqlite_store *sq(struct curvd_store *base)
 {
-    size_t n = sizeof status_names / sizeof status_names[0];
-    return status >= 0 && (size_t)status < n ? status_names[status] : "UNKNOWN";
-}
-
-static int fail(char *err, size_t errlen, int status, const char *fmt, ...) STORE_PRINTF(4, 5);
-
-/* Write the sentence into @err (if any) and hand back @status. */
-static int fail(char *err, size_t errlen, int status, const char *fmt, ...)
-{
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return status;
+    return (struct sqlite_store *)(void *)base;
 }
 
 /* Lock contention is worth telling apart (the caller may answer 503), and
@@ -170,7 +139,7 @@ static int rc_status(int rc)
 /* Report the connection's latest error; call before any other SQLite call
  * can overwrite it (the store mutex keeps other threads out). A blob past
  * 2 GiB is refused without a message on the connection, hence errstr. */
-static int db_fail(struct curvd_store *st, int rc, char *err, size_t errlen, const char *what)
+static int db_fail(struct sqlite_store *st, int rc, char *err, size_t errlen, const char *what)
 {
     const char *msg = (rc & 0xff) == SQLITE_TOOBIG ? sqlite3_errstr(rc) : sqlite3_errmsg(st->db);
     switch (rc & 0xff) { /* the disk or the file, not the request: log it, /readyz says so */
@@ -189,7 +158,7 @@ static int db_fail(struct curvd_store *st, int rc, char *err, size_t errlen, con
 }
 
 /* Commit a write transaction: the store is healthy again once one does. */
-static int commit_write(struct curvd_store *st, char *err, size_t errlen)
+static int commit_write(struct sqlite_store *st, char *err, size_t errlen)
 {
     int rc = sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
@@ -198,20 +167,7 @@ static int commit_write(struct curvd_store *st, char *err, size_t errlen)
     return CURVD_STORE_OK;
 }
 
-static int no_memory(char *err, size_t errlen)
-{
-    return fail(err, errlen, CURVD_STORE_ERROR, "out of memory");
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
-        return 0; /* cannot happen with CLOCK_REALTIME */
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int exec_sql(struct curvd_store *st, const char *sql, char *err, size_t errlen)
+static int exec_sql(struct sqlite_store *st, const char *sql, char *err, size_t errlen)
 {
     int rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL);
     return rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, sql);
@@ -220,7 +176,7 @@ static int exec_sql(struct curvd_store *st, const char *sql, char *err, size_t e
 /* End a failed transaction. Its status is not reported: the error that
  * led here is the one the caller needs, and a connection still inside a
  * transaction makes the next BEGIN fail with its own message. */
-static void rollback(struct curvd_store *st)
+static void rollback(struct sqlite_store *st)
 {
     if (!sqlite3_get_autocommit(st->db))
         (void)sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
@@ -263,7 +219,7 @@ static int bind(sqlite3_stmt *q, const char *spec, ...)
 
 /* Step @q, which returns no rows, and reset it; @changes (may be NULL)
  * gets the number of rows it touched. */
-static int run(struct curvd_store *st, sqlite3_stmt *q, int *changes, const char *what, char *err,
+static int run(struct sqlite_store *st, sqlite3_stmt *q, int *changes, const char *what, char *err,
                size_t errlen)
 {
     int rc = sqlite3_step(q);
@@ -297,7 +253,7 @@ static int dup_text(sqlite3_stmt *q, int col, char **out)
  * first call opens *@b, later ones move it to their row; the caller
  * closes it with blob_close(). Runs inside the caller's read transaction,
  * so @len and the bytes belong together. */
-static int blob_read_row(struct curvd_store *st, sqlite3_blob **b, const char *table,
+static int blob_read_row(struct sqlite_store *st, sqlite3_blob **b, const char *table,
                          const char *col, sqlite3_int64 row, void *dst, sqlite3_int64 len,
                          char *err, size_t errlen)
 {
@@ -310,7 +266,8 @@ static int blob_read_row(struct curvd_store *st, sqlite3_blob **b, const char *t
 
 /* Close a handle of blob_read_row() (NULL: a no-op); a failure to close
  * matters only when the reads went well, whose @status it replaces. */
-static int blob_close(struct curvd_store *st, sqlite3_blob *b, int status, char *err, size_t errlen)
+static int blob_close(struct sqlite_store *st, sqlite3_blob *b, int status, char *err,
+                      size_t errlen)
 {
     int rc = sqlite3_blob_close(b);
     if (status == CURVD_STORE_OK && rc != SQLITE_OK)
@@ -319,7 +276,7 @@ static int blob_close(struct curvd_store *st, sqlite3_blob *b, int status, char 
 }
 
 /* Row @row's blob of @len bytes, into a new buffer (none when empty). */
-static int read_blob(struct curvd_store *st, const char *table, const char *col, sqlite3_int64 row,
+static int read_blob(struct sqlite_store *st, const char *table, const char *col, sqlite3_int64 row,
                      sqlite3_int64 len, unsigned char **out, size_t *out_len, char *err,
                      size_t errlen)
 {
@@ -340,90 +297,26 @@ static int read_blob(struct curvd_store *st, const char *table, const char *col,
     return CURVD_STORE_OK;
 }
 
-/* Stamps are unsigned 64-bit; SQLite keeps signed ones: the same bits. */
-static int64_t stamp_to_db(uint64_t stamp)
-{
-    int64_t v;
-    memcpy(&v, &stamp, sizeof v);
-    return v;
-}
-
-static uint64_t stamp_from_db(int64_t v)
-{
-    uint64_t stamp;
-    memcpy(&stamp, &v, sizeof stamp);
-    return stamp;
-}
-
-/* Do @n parts @p tile [0, @len) in order, none empty? No parts (NULL)
- * stand for the blob as one part. */
-static int parts_tile(const curv_state_part *p, size_t n, size_t len)
-{
-    if (!p)
-        return n == 0;
-    size_t off = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i].offset != off || p[i].len == 0 || p[i].len > len - off)
-            return 0;
-        off += p[i].len;
-    }
-    return off == len;
-}
-
-static int valid_state(const struct curvd_state_in *s)
-{
-    return s && (s->blob || !s->len) && parts_tile(s->parts, s->n_parts, s->len) &&
-           (s->stored || !s->n_stored);
-}
-
-static size_t part_count(const struct curvd_state_in *s)
-{
-    return s->parts ? s->n_parts : s->len > 0;
-}
-
-/* Part @i of @s: its own, or the whole blob with stamp 0. */
-static curv_state_part part_at(const struct curvd_state_in *s, size_t i)
-{
-    return s->parts ? s->parts[i] : (curv_state_part){.offset = 0, .len = s->len, .stamp = 0};
-}
-
-/* Is @s divided as what is stored (count, offsets, lengths)? Only then
- * do equal stamps mean equal bytes. */
-static int same_division(const struct curvd_state_in *s)
-{
-    size_t n = part_count(s);
-    if (!s->stored || s->n_stored != n)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        curv_state_part p = part_at(s, i);
-        if (p.offset != s->stored[i].offset || p.len != s->stored[i].len)
-            return 0;
-    }
-    return 1;
-}
-
 /* Inside the caller's write transaction: write the parts of @s that
  * changed since what it says is stored, and delete stored parts past its
  * last one. */
-static int write_parts(struct curvd_store *st, const char *id, const struct curvd_state_in *s,
+static int write_parts(struct sqlite_store *st, const char *id, const struct curvd_state_in *s,
                        char *err, size_t errlen)
 {
     sqlite3_stmt *q = st->stmt[S_PUT_PART];
-    size_t n = part_count(s);
-    int same = same_division(s), status = CURVD_STORE_OK;
+    size_t n = curvd_state_part_count(s);
+    int same = curvd_state_same_division(s), status = CURVD_STORE_OK;
     for (size_t i = 0; status == CURVD_STORE_OK && i < n; i++) {
-        curv_state_part p = part_at(s, i);
-        if (same && p.stamp != 0 && p.stamp == s->stored[i].stamp)
+        curv_state_part p = curvd_state_part_at(s, i);
+        if (!curvd_state_part_changed(s, same, i))
             continue;
-        int rc = bind(q, "tiib", id, (int64_t)i, stamp_to_db(p.stamp),
+        int rc = bind(q, "tiib", id, (int64_t)i, curvd_stamp_to_db(p.stamp),
                       (const unsigned char *)s->blob + p.offset, p.len);
         status = rc == SQLITE_OK ? run(st, q, NULL, "writing a state part", err, errlen)
                                  : db_fail(st, rc, err, errlen, "binding a state part");
         done(q);
     }
-    /* Known to hold no more parts than now: nothing to delete (this runs
-     * on every step, so the statement is worth saving). */
-    if (status != CURVD_STORE_OK || (s->stored && s->n_stored <= n))
+    if (status != CURVD_STORE_OK || !curvd_state_may_trim(s))
         return status;
     q = st->stmt[S_TRIM_PARTS];
     int rc = bind(q, "ti", id, (int64_t)n);
@@ -462,7 +355,7 @@ static int part_rows_add(struct part_rows *r, sqlite3_int64 row, uint64_t stamp,
 }
 
 /* Session @id's parts in order (idx 0, 1, ... without a gap). */
-static int list_parts(struct curvd_store *st, const char *id, struct part_rows *r, char *err,
+static int list_parts(struct sqlite_store *st, const char *id, struct part_rows *r, char *err,
                       size_t errlen)
 {
     sqlite3_stmt *q = st->stmt[S_GET_PARTS];
@@ -474,7 +367,7 @@ static int list_parts(struct curvd_store *st, const char *id, struct part_rows *
             status = fail(err, errlen, CURVD_STORE_ERROR, "session %s: state part %zu is missing",
                           id, r->n);
         else if (part_rows_add(r, sqlite3_column_int64(q, 1),
-                               stamp_from_db(sqlite3_column_int64(q, 2)), len) != 0)
+                               curvd_stamp_from_db(sqlite3_column_int64(q, 2)), len) != 0)
             status = no_memory(err, errlen);
     }
     if (status == CURVD_STORE_OK && rc != SQLITE_DONE)
@@ -486,7 +379,7 @@ static int list_parts(struct curvd_store *st, const char *id, struct part_rows *
 /* Session @id's state into @o: each part read into its place in one
  * buffer, and the parts' division and stamps. Inside the caller's read
  * transaction, so that the parts belong together. */
-static int read_state(struct curvd_store *st, const char *id, struct curvd_session *o, char *err,
+static int read_state(struct sqlite_store *st, const char *id, struct curvd_session *o, char *err,
                       size_t errlen)
 {
     struct part_rows r = {0};
@@ -517,7 +410,7 @@ static int read_state(struct curvd_store *st, const char *id, struct curvd_sessi
 
 /* The first column of a one-row query (PRAGMAs, counts), into @i if not
  * NULL, else as text into @t[@tlen]. */
-static int query_one(struct curvd_store *st, const char *sql, int *i, char *t, size_t tlen,
+static int query_one(struct sqlite_store *st, const char *sql, int *i, char *t, size_t tlen,
                      char *err, size_t errlen)
 {
     sqlite3_stmt *q = NULL;
@@ -538,7 +431,7 @@ static int query_one(struct curvd_store *st, const char *sql, int *i, char *t, s
 
 /* Is this file ours (or empty), and not from a newer curvd? Reads only, so
  * a refused file is left exactly as it was. *@version gets user_version. */
-static int check_identity(struct curvd_store *st, int *version, char *err, size_t errlen)
+static int check_identity(struct sqlite_store *st, int *version, char *err, size_t errlen)
 {
     int app = 0, objects = 0;
     int status = query_one(st, "PRAGMA application_id", &app, NULL, 0, err, errlen);
@@ -563,7 +456,7 @@ static int check_identity(struct curvd_store *st, int *version, char *err, size_
 }
 
 /* page_size must precede WAL: it cannot change once the file is in WAL. */
-static int configure(struct curvd_store *st, enum curvd_durability durability, char *err,
+static int configure(struct sqlite_store *st, enum curvd_durability durability, char *err,
                      size_t errlen)
 {
     char mode[16];
@@ -592,7 +485,7 @@ static int configure(struct curvd_store *st, enum curvd_durability durability, c
 /* Apply the missing migrations and record them, all or nothing. The file
  * is checked again under the write lock: another process may have
  * migrated it since the first look. */
-static int migrate(struct curvd_store *st, char *err, size_t errlen)
+static int migrate(struct sqlite_store *st, char *err, size_t errlen)
 {
     int version = 0;
     int status = exec_sql(st, "BEGIN IMMEDIATE", err, errlen);
@@ -619,7 +512,8 @@ static int migrate(struct curvd_store *st, char *err, size_t errlen)
 }
 
 /* Identity first: nothing below may touch a file that is not ours. */
-static int setup(struct curvd_store *st, enum curvd_durability durability, char *err, size_t errlen)
+static int setup(struct sqlite_store *st, enum curvd_durability durability, char *err,
+                 size_t errlen)
 {
     int version = 0;
     int rc = sqlite3_busy_timeout(st->db, CURVD_STORE_BUSY_TIMEOUT_MS);
@@ -641,20 +535,19 @@ static int setup(struct curvd_store *st, enum curvd_durability durability, char 
         status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
     if (status == CURVD_STORE_OK && (rc = curvd_leases_prepare(st->db, &st->leases)) != SQLITE_OK)
         status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
-    st->history_default = CURVD_STORE_HISTORY_DEFAULT;
     return status;
 }
 
-int curvd_store_open(const char *path, enum curvd_durability durability, struct curvd_store **out,
-                     char *err, size_t errlen)
+static const struct curvd_store_ops sqlite_ops;
+static void sq_close(struct curvd_store *base);
+
+int curvd_sqlite_open(const char *path, enum curvd_durability durability, struct curvd_store **out,
+                      char *err, size_t errlen)
 {
-    if (!path || !out ||
-        (durability != CURVD_DURABILITY_FULL && durability != CURVD_DURABILITY_NORMAL))
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_open: invalid argument");
     /* The connection's mutex is the store's lock; without one there is none. */
     if (!sqlite3_threadsafe())
         return fail(err, errlen, CURVD_STORE_ERROR, "SQLite was built without thread support");
-    struct curvd_store *st = sqlite3_malloc64(sizeof *st);
+    struct sqlite_store *st = sqlite3_malloc64(sizeof *st);
     if (!st)
         return no_memory(err, errlen);
     memset(st, 0, sizeof *st);
@@ -680,25 +573,23 @@ int curvd_store_open(const char *path, enum curvd_durability durability, struct 
             !(st->ckpt = curvd_checkpointer_start(st->db, path, durability == CURVD_DURABILITY_FULL,
                                                   err, errlen)))
             status = CURVD_STORE_ERROR;
-        if (status == CURVD_STORE_OK &&
-            !(st->commits = curvd_batcher_new(COMMIT_BATCH_MAX, commit_batch, st)))
-            status = no_memory(err, errlen);
+        if (status == CURVD_STORE_OK)
+            status = curvd_store_base_init(&st->base, &sqlite_ops, err, errlen);
         if (status == CURVD_STORE_OK) /* the file is ours: the reserve may go beside it */
             curvd_trouble_reserve(&st->trouble, CURVD_STORE_RESERVE_BYTES);
     }
     if (status != CURVD_STORE_OK) {
-        curvd_store_close(st);
+        sq_close(&st->base);
         return status;
     }
-    *out = st;
+    *out = &st->base;
     return CURVD_STORE_OK;
 }
 
-void curvd_store_close(struct curvd_store *st)
+static void sq_close(struct curvd_store *base)
 {
-    if (!st)
-        return;
-    curvd_batcher_free(st->commits); /* commits what is queued first */
+    struct sqlite_store *st = sq(base);
+    curvd_store_base_stop(&st->base);
     curvd_checkpointer_stop(st->ckpt);
     /* Finalizing repeats old errors only; with every statement finalized,
      * sqlite3_close() has no reason left to fail. */
@@ -712,10 +603,9 @@ void curvd_store_close(struct curvd_store *st)
     sqlite3_free(st);
 }
 
-int curvd_store_set_busy_timeout(struct curvd_store *st, int ms, char *err, size_t errlen)
+static int sq_set_busy_timeout(struct curvd_store *base, int ms, char *err, size_t errlen)
 {
-    if (!st || ms < 0)
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_set_busy_timeout: bad argument");
+    struct sqlite_store *st = sq(base);
     sqlite3_mutex_enter(st->mu);
     int rc = sqlite3_busy_timeout(st->db, ms);
     int status = rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, "busy_timeout");
@@ -723,10 +613,10 @@ int curvd_store_set_busy_timeout(struct curvd_store *st, int ms, char *err, size
     return status;
 }
 
-void curvd_store_wal(struct curvd_store *st, struct curvd_store_wal *out)
+static void sq_wal(struct curvd_store *base, struct curvd_store_wal *out)
 {
     struct curvd_ckpt_stats k;
-    curvd_checkpointer_stats(st ? st->ckpt : NULL, &k);
+    curvd_checkpointer_stats(sq(base)->ckpt, &k);
     out->rounds = k.rounds;
     out->passes = k.passes;
     out->truncations = k.truncations;
@@ -735,16 +625,14 @@ void curvd_store_wal(struct curvd_store *st, struct curvd_store_wal *out)
     out->inline_done = k.inline_done;
 }
 
-void curvd_store_checkpoint_soon(struct curvd_store *st)
+static void sq_checkpoint_soon(struct curvd_store *base)
 {
-    if (st)
-        curvd_checkpointer_kick(st->ckpt);
+    curvd_checkpointer_kick(sq(base)->ckpt);
 }
 
-int curvd_store_info(struct curvd_store *st, struct curvd_store_info *out, char *err, size_t errlen)
+static int sq_info(struct curvd_store *base, struct curvd_store_info *out, char *err, size_t errlen)
 {
-    if (!st || !out)
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_info: invalid argument");
+    struct sqlite_store *st = sq(base);
     struct curvd_store_info in;
     sqlite3_mutex_enter(st->mu);
     int status = query_one(st, "PRAGMA user_version", &in.schema_version, NULL, 0, err, errlen);
@@ -763,13 +651,10 @@ int curvd_store_info(struct curvd_store *st, struct curvd_store_info *out, char 
     return status;
 }
 
-int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s,
-                       int64_t *created_at, char *err, size_t errlen)
+static int sq_create(struct curvd_store *base, const struct curvd_session_new *s,
+                     int64_t *created_at, char *err, size_t errlen)
 {
-    if (!st || !s || !s->id || !s->tenant || !s->optimizer || s->step < 0 ||
-        !valid_state(&s->state) || (s->has_idle_ttl && s->idle_ttl_s < 0) ||
-        (s->has_history && (s->history_steps < 0 || s->history_steps > CURVD_STORE_HISTORY_MAX)))
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_create: invalid argument");
+    struct sqlite_store *st = sq(base);
     int64_t now = now_ms();
     /* A new session has nothing stored: every part is written. */
     struct curvd_state_in all = s->state;
@@ -833,7 +718,7 @@ static int read_session(sqlite3_stmt *q, struct curvd_session *o)
 }
 
 /* The body of curvd_store_get(), inside its read transaction. */
-static int get_locked(struct curvd_store *st, const char *tenant, const char *id, int with_state,
+static int get_locked(struct sqlite_store *st, const char *tenant, const char *id, int with_state,
                       void *out, char *err, size_t errlen)
 {
     struct curvd_session *o = out;
@@ -859,8 +744,8 @@ static int get_locked(struct curvd_store *st, const char *tenant, const char *id
 
 /* Run @fn inside one read transaction, so that a row and its blob come
  * from one snapshot. On failure the caller frees what @fn built. */
-static int read_tx(struct curvd_store *st,
-                   int (*fn)(struct curvd_store *, const char *, const char *, int, void *, char *,
+static int read_tx(struct sqlite_store *st,
+                   int (*fn)(struct sqlite_store *, const char *, const char *, int, void *, char *,
                              size_t),
                    const char *tenant, const char *id, int arg, void *out, char *err, size_t errlen)
 {
@@ -876,142 +761,54 @@ static int read_tx(struct curvd_store *st,
     return status;
 }
 
-int curvd_store_get(struct curvd_store *st, const char *tenant, const char *id, int with_state,
-                    struct curvd_session *out, char *err, size_t errlen)
+static int sq_get(struct curvd_store *base, const char *tenant, const char *id, int with_state,
+                  struct curvd_session *out, char *err, size_t errlen)
 {
-    if (!st || !tenant || !id || !out)
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_get: invalid argument");
-    struct curvd_session o;
-    memset(&o, 0, sizeof o);
-    int status = read_tx(st, get_locked, tenant, id, with_state, &o, err, errlen);
-    if (status == CURVD_STORE_OK)
-        *out = o;
-    else
-        curvd_session_clear(&o);
-    return status;
+    return read_tx(sq(base), get_locked, tenant, id, with_state, out, err, errlen);
 }
 
-/* A page token is the hex of the last row's key: 16 digits of created_at,
- * then the id's bytes. Hex keeps it safe in a URL without escaping. */
-static char *token_encode(int64_t created_at, const char *id)
-{
-    static const char digits[] = "0123456789abcdef";
-    size_t n = strlen(id);
-    char *t = sqlite3_malloc64(16 + 2 * n + 1);
-    if (!t)
-        return NULL;
-    uint64_t c = (uint64_t)created_at;
-    for (int i = 15; i >= 0; i--, c >>= 4)
-        t[i] = digits[c & 15];
-    for (size_t i = 0; i < n; i++) {
-        t[16 + 2 * i] = digits[(unsigned char)id[i] >> 4];
-        t[17 + 2 * i] = digits[(unsigned char)id[i] & 15];
-    }
-    t[16 + 2 * n] = '\0';
-    return t;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-/* Parse a token into its key. Return OK, INVALID or ERROR (no memory). */
-static int token_decode(const char *t, int64_t *created_at, char **id, char *err, size_t errlen)
-{
-    size_t n = strlen(t);
-    int ok = n > 16 && n % 2 == 0;
-    for (size_t i = 0; ok && i < n; i++)
-        ok = hexval(t[i]) >= 0 && (i < 16 || i % 2 || t[i] != '0' || t[i + 1] != '0');
-    if (!ok) /* the last test refuses an id with a NUL byte in it */
-        return fail(err, errlen, CURVD_STORE_INVALID, "malformed page_token");
-    char *s = sqlite3_malloc64((n - 16) / 2 + 1);
-    if (!s)
-        return no_memory(err, errlen);
-    uint64_t c = 0;
-    for (size_t i = 0; i < 16; i++)
-        c = c << 4 | (uint64_t)hexval(t[i]);
-    for (size_t i = 16; i < n; i += 2)
-        s[(i - 16) / 2] = (char)(hexval(t[i]) << 4 | hexval(t[i + 1]));
-    s[(n - 16) / 2] = '\0';
-    *created_at = (int64_t)c;
-    *id = s;
-    return CURVD_STORE_OK;
-}
-
-/* Read up to @page_size rows of @q into @l; one row more means another page. */
-static int list_rows(struct curvd_store *st, sqlite3_stmt *q, size_t page_size,
+/* Read the rows of @q (at most @max) into @l. */
+static int list_rows(struct sqlite_store *st, sqlite3_stmt *q, size_t max,
                      struct curvd_session_list *l, char *err, size_t errlen)
 {
-    l->items = sqlite3_malloc64(page_size * sizeof *l->items);
+    l->items = sqlite3_malloc64(max * sizeof *l->items);
     if (!l->items)
         return no_memory(err, errlen);
-    int rc;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        if (l->count == page_size) {
-            struct curvd_session *last = &l->items[l->count - 1];
-            l->next_page_token = token_encode(last->created_at, last->id);
-            return l->next_page_token ? CURVD_STORE_OK : no_memory(err, errlen);
-        }
+    int rc = SQLITE_DONE; /* none read: @max rows are there */
+    while (l->count < max && (rc = sqlite3_step(q)) == SQLITE_ROW) {
         if (read_session(q, &l->items[l->count]) != 0)
             return no_memory(err, errlen);
         l->count++;
     }
-    return rc == SQLITE_DONE ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, "listing sessions");
+    return l->count == max || rc == SQLITE_DONE ? CURVD_STORE_OK
+                                                : db_fail(st, rc, err, errlen, "listing sessions");
 }
 
-int curvd_store_list(struct curvd_store *st, const char *tenant, size_t page_size,
-                     const char *page_token, struct curvd_session_list *out, char *err,
-                     size_t errlen)
+static int sq_list(struct curvd_store *base, const char *tenant, size_t max, int64_t after_time,
+                   const char *after_id, const char *label_key, const char *label_value,
+                   struct curvd_session_list *l, char *err, size_t errlen)
 {
-    return curvd_store_list_labeled(st, tenant, page_size, page_token, NULL, NULL, out, err,
-                                    errlen);
-}
-
-int curvd_store_list_labeled(struct curvd_store *st, const char *tenant, size_t page_size,
-                             const char *page_token, const char *label_key, const char *label_value,
-                             struct curvd_session_list *out, char *err, size_t errlen)
-{
-    if (!st || !tenant || !out || page_size < 1 || page_size > CURVD_STORE_MAX_PAGE ||
-        (label_key &&
-         (!label_value || !*label_key || strlen(label_key) > 200 || strpbrk(label_key, "\"\\"))))
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_list: invalid argument");
+    struct sqlite_store *st = sq(base);
     char path[256] = "";
     if (label_key)
         snprintf(path, sizeof path, "$.\"%s\"", label_key);
-    int64_t after_time = 0;
-    char *after_id = NULL;
-    int after = page_token && *page_token;
-    if (after) {
-        int status = token_decode(page_token, &after_time, &after_id, err, errlen);
-        if (status != CURVD_STORE_OK)
-            return status;
-    }
-    struct curvd_session_list l = {NULL, 0, NULL};
+    int after = after_id != NULL;
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = st->stmt[after ? S_LIST_AFTER : S_LIST_FIRST];
-    int rc = after ? bind(q, "ttii", after_id, tenant, (int64_t)page_size + 1, after_time)
-                   : bind(q, "-ti", tenant, (int64_t)page_size + 1);
+    int rc = after ? bind(q, "ttii", after_id, tenant, (int64_t)max, after_time)
+                   : bind(q, "-ti", tenant, (int64_t)max);
     if (rc == SQLITE_OK)
         rc = bind(q, "----tt", label_key ? path : NULL, label_key ? label_value : NULL);
-    int status = rc == SQLITE_OK ? list_rows(st, q, page_size, &l, err, errlen)
+    int status = rc == SQLITE_OK ? list_rows(st, q, max, l, err, errlen)
                                  : db_fail(st, rc, err, errlen, "binding a page key");
     done(q);
     sqlite3_mutex_leave(st->mu);
-    sqlite3_free(after_id);
-    if (status != CURVD_STORE_OK) {
-        curvd_session_list_clear(&l);
-        return status;
-    }
-    *out = l;
-    return CURVD_STORE_OK;
+    return status;
 }
 
 /* After a write that matched no row: is the session gone, fenced (its
  * lease moved past @epoch), or elsewhere? */
-static int explain_miss(struct curvd_store *st, const char *tenant, const char *id, int64_t epoch,
+static int explain_miss(struct sqlite_store *st, const char *tenant, const char *id, int64_t epoch,
                         int64_t *current_step, char *err, size_t errlen)
 {
     sqlite3_stmt *q = st->stmt[S_STEP_OF];
@@ -1040,7 +837,7 @@ static int explain_miss(struct curvd_store *st, const char *tenant, const char *
 }
 
 /* Write @state's parts as session @id's new snapshot: its log goes. */
-static int write_snapshot(struct curvd_store *st, const char *id,
+static int write_snapshot(struct sqlite_store *st, const char *id,
                           const struct curvd_state_in *state, char *err, size_t errlen)
 {
     int status = write_parts(st, id, state, err, errlen), rc;
@@ -1053,7 +850,7 @@ static int write_snapshot(struct curvd_store *st, const char *id,
  * matches the session only under its condition; if it matched, write the
  * parts of @state (NULL: none) and commit; else explain why not and write
  * nothing. @brc is the binding's result. Clears @q. */
-static int conditional_write(struct curvd_store *st, int brc, sqlite3_stmt *q,
+static int conditional_write(struct sqlite_store *st, int brc, sqlite3_stmt *q,
                              const struct curvd_state_in *state, const char *tenant, const char *id,
                              int64_t epoch, int64_t *current_step, char *err, size_t errlen)
 {
@@ -1077,7 +874,7 @@ static int conditional_write(struct curvd_store *st, int brc, sqlite3_stmt *q,
 /* Write one step inside the open transaction: the step, the parts that
  * changed, the reply. CONFLICT and NOT_FOUND are the item's own outcome
  * (nothing written); any other failure spoils the whole transaction. */
-static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
+static int write_step(struct sqlite_store *st, struct curvd_commit_item *it)
 {
     const struct curvd_step_commit *c = it->c;
     char *err = it->err;
@@ -1104,26 +901,17 @@ static int write_step(struct curvd_store *st, struct curvd_commit_item *it)
         done(r);
     }
     if (status == CURVD_STORE_OK &&
-        (rc = curvd_history_record(st->hist, it->id, c, now, st->history_default)) != SQLITE_DONE)
+        (rc = curvd_history_record(st->hist, it->id, c, now,
+                                   atomic_load(&st->base.history_default))) != SQLITE_DONE)
         status = db_fail(st, rc, err, errlen, "recording the step's history");
     return status;
 }
 
-static int valid_item(const struct curvd_commit_item *it)
-{
-    const struct curvd_step_commit *c = it->c;
-    return it->tenant && it->id && c && c->step >= 1 && c->epoch >= CURVD_STORE_ANY_EPOCH &&
-           c->content_type &&
-           (c->record
-                ? c->update_digest != NULL && strlen(c->update_digest) < CURVD_STORE_DIGEST_TEXT
-                : valid_state(&c->state)) &&
-           (c->record || !c->record_len) && (c->response || !c->response_len) && c->callbacks >= 0;
-}
-
 /* The items in one transaction; on a failure that is not one item's own,
  * nothing is written and every item carries that failure. */
-static int commit_group(struct curvd_store *st, struct curvd_commit_item **items, size_t n)
+static int sq_commit_group(struct curvd_store *base, struct curvd_commit_item **items, size_t n)
 {
+    struct sqlite_store *st = sq(base);
     char err[sizeof items[0]->err];
     sqlite3_mutex_enter(st->mu);
     int status = exec_sql(st, "BEGIN IMMEDIATE", err, sizeof err);
@@ -1149,76 +937,11 @@ static int commit_group(struct curvd_store *st, struct curvd_commit_item **items
     return status;
 }
 
-void curvd_store_commit_steps(struct curvd_store *st, struct curvd_commit_item **items, size_t n)
+static int sq_update_state(struct curvd_store *base, const char *tenant, const char *id,
+                           int64_t expected_step, int64_t epoch, const struct curvd_state_in *state,
+                           const char *meta, int64_t *current_step, char *err, size_t errlen)
 {
-    struct curvd_commit_item *ok[COMMIT_BATCH_MAX];
-    while (n) { /* in slices, invalid items answered on the spot */
-        size_t k = 0;
-        for (; n && k < COMMIT_BATCH_MAX; items++, n--) {
-            if (!st || !valid_item(*items)) {
-                (*items)->status = fail((*items)->err, sizeof(*items)->err, CURVD_STORE_INVALID,
-                                        "curvd_store_commit_step: invalid argument");
-                continue;
-            }
-            (*items)->err[0] = '\0';
-            ok[k++] = *items;
-        }
-        /* A failed group goes again one step at a time, so that one step's
-         * failure (a blob too big, say) is not every step's. */
-        if (k && commit_group(st, ok, k) != CURVD_STORE_OK && k > 1)
-            for (size_t i = 0; i < k; i++)
-                commit_group(st, ok + i, 1);
-    }
-}
-
-static void commit_batch(void *ctx, struct curvd_batch_item **links, size_t n)
-{
-    struct curvd_commit_item *items[COMMIT_BATCH_MAX];
-    for (size_t i = 0; i < n; i++)
-        items[i] = &((struct curvd_commit_job *)(void *)links[i])->item;
-    curvd_store_commit_steps(ctx, items, n);
-}
-
-static void job_done(struct curvd_batch_item *link)
-{
-    struct curvd_commit_job *job = (struct curvd_commit_job *)(void *)link;
-    job->done(job);
-}
-
-void curvd_store_commit_submit(struct curvd_store *st, struct curvd_commit_job *job)
-{
-    if (!st || !valid_item(&job->item)) {
-        job->item.status = fail(job->item.err, sizeof job->item.err, CURVD_STORE_INVALID,
-                                "curvd_store_commit_submit: invalid argument");
-        job->done(job);
-        return;
-    }
-    curvd_batcher_submit(st->commits, &job->link, job_done);
-}
-
-int curvd_store_commit_step(struct curvd_store *st, const char *tenant, const char *id,
-                            const struct curvd_step_commit *c, int64_t *current_step, char *err,
-                            size_t errlen)
-{
-    struct curvd_commit_job w = {.item = {.tenant = tenant, .id = id, .c = c}};
-    if (!st || !valid_item(&w.item))
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_commit_step: invalid argument");
-    curvd_batcher_run(st->commits, &w.link);
-    if (w.item.status == CURVD_STORE_CONFLICT && current_step)
-        *current_step = w.item.current_step;
-    if (w.item.status != CURVD_STORE_OK && err && errlen)
-        snprintf(err, errlen, "%s", w.item.err);
-    return w.item.status;
-}
-
-int curvd_store_update_state(struct curvd_store *st, const char *tenant, const char *id,
-                             int64_t expected_step, int64_t epoch,
-                             const struct curvd_state_in *state, const char *meta,
-                             int64_t *current_step, char *err, size_t errlen)
-{
-    if (!st || !tenant || !id || expected_step < 0 || epoch < CURVD_STORE_ANY_EPOCH ||
-        !valid_state(state))
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_update_state: bad argument");
+    struct sqlite_store *st = sq(base);
     int64_t now = now_ms();
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = st->stmt[S_UPDATE_STATE];
@@ -1228,12 +951,11 @@ int curvd_store_update_state(struct curvd_store *st, const char *tenant, const c
     return status;
 }
 
-int curvd_store_snapshot(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
-                         int64_t epoch, const struct curvd_state_in *state, int64_t *current_step,
-                         char *err, size_t errlen)
+static int sq_snapshot(struct curvd_store *base, const char *tenant, const char *id, int64_t step,
+                       int64_t epoch, const struct curvd_state_in *state, int64_t *current_step,
+                       char *err, size_t errlen)
 {
-    if (!st || !tenant || !id || step < 0 || epoch < CURVD_STORE_ANY_EPOCH || !valid_state(state))
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_snapshot: bad argument");
+    struct sqlite_store *st = sq(base);
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = st->stmt[S_AT_STEP];
     int rc = bind(q, "ttii", id, tenant, step, epoch);
@@ -1242,11 +964,10 @@ int curvd_store_snapshot(struct curvd_store *st, const char *tenant, const char 
     return status;
 }
 
-int curvd_store_delete(struct curvd_store *st, const char *tenant, const char *id, char *err,
-                       size_t errlen)
+static int sq_delete(struct curvd_store *base, const char *tenant, const char *id, char *err,
+                     size_t errlen)
 {
-    if (!st || !tenant || !id)
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_delete: invalid argument");
+    struct sqlite_store *st = sq(base);
     sqlite3_mutex_enter(st->mu);
     /* The stored response goes with the row (ON DELETE CASCADE). A miss
      * finds no row for this tenant, hence NOT_FOUND. */
@@ -1268,7 +989,7 @@ int curvd_store_delete(struct curvd_store *st, const char *tenant, const char *i
 }
 
 /* The body of curvd_store_get_response(), inside its read transaction. */
-static int response_locked(struct curvd_store *st, const char *tenant, const char *id, int unused,
+static int response_locked(struct sqlite_store *st, const char *tenant, const char *id, int unused,
                            void *out, char *err, size_t errlen)
 {
     struct curvd_step_response *o = out;
@@ -1298,25 +1019,16 @@ static int response_locked(struct curvd_store *st, const char *tenant, const cha
     return status;
 }
 
-int curvd_store_get_response(struct curvd_store *st, const char *tenant, const char *id,
-                             struct curvd_step_response *out, char *err, size_t errlen)
+static int sq_get_response(struct curvd_store *base, const char *tenant, const char *id,
+                           struct curvd_step_response *out, char *err, size_t errlen)
 {
-    if (!st || !tenant || !id || !out)
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_get_response: bad argument");
-    struct curvd_step_response o = {0};
-    int status = read_tx(st, response_locked, tenant, id, 0, &o, err, errlen);
-    if (status == CURVD_STORE_OK)
-        *out = o;
-    else
-        curvd_step_response_clear(&o);
-    return status;
+    return read_tx(sq(base), response_locked, tenant, id, 0, out, err, errlen);
 }
 
-int curvd_store_count(struct curvd_store *st, const char *tenant, int64_t *out, char *err,
-                      size_t errlen)
+static int sq_count(struct curvd_store *base, const char *tenant, int64_t *out, char *err,
+                    size_t errlen)
 {
-    if (!st || !out)
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_count: invalid argument");
+    struct sqlite_store *st = sq(base);
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = st->stmt[tenant ? S_COUNT_TENANT : S_COUNT_ALL];
     int rc = tenant ? bind(q, "t", tenant) : SQLITE_OK;
@@ -1332,52 +1044,10 @@ int curvd_store_count(struct curvd_store *st, const char *tenant, int64_t *out, 
     return status;
 }
 
-void curvd_session_clear(struct curvd_session *s)
+static int sq_set_idle_ttl(struct curvd_store *base, const char *tenant, const char *id, int has,
+                           int64_t ttl_s, char *err, size_t errlen)
 {
-    if (!s)
-        return;
-    sqlite3_free(s->id);
-    sqlite3_free(s->tenant);
-    sqlite3_free(s->optimizer);
-    sqlite3_free(s->meta);
-    sqlite3_free(s->state);
-    sqlite3_free(s->parts);
-    for (size_t i = 0; s->log && i < s->n_log; i++)
-        sqlite3_free(s->log[i].record);
-    sqlite3_free(s->log);
-    sqlite3_free(s->last_report);
-    sqlite3_free(s->name);
-    sqlite3_free(s->labels);
-    memset(s, 0, sizeof *s);
-}
-
-void curvd_session_list_clear(struct curvd_session_list *l)
-{
-    if (!l)
-        return;
-    for (size_t i = 0; i < l->count; i++)
-        curvd_session_clear(&l->items[i]);
-    sqlite3_free(l->items);
-    sqlite3_free(l->next_page_token);
-    memset(l, 0, sizeof *l);
-}
-
-void curvd_step_response_clear(struct curvd_step_response *r)
-{
-    if (!r)
-        return;
-    sqlite3_free(r->content_type);
-    sqlite3_free(r->report);
-    sqlite3_free(r->request_digest);
-    sqlite3_free(r->body);
-    memset(r, 0, sizeof *r);
-}
-
-int curvd_store_set_idle_ttl(struct curvd_store *st, const char *tenant, const char *id, int has,
-                             int64_t ttl_s, char *err, size_t errlen)
-{
-    if (!st || !tenant || !id || (has && ttl_s < 0))
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_set_idle_ttl: invalid argument");
+    struct sqlite_store *st = sq(base);
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = NULL;
     int rc = sqlite3_prepare_v2(st->db,
@@ -1400,15 +1070,10 @@ int curvd_store_set_idle_ttl(struct curvd_store *st, const char *tenant, const c
     return status;
 }
 
-int curvd_store_expire(struct curvd_store *st, int64_t now, int64_t default_ttl_s, size_t max,
-                       void (*each)(void *ctx, const char *id), void *ctx, size_t *count, char *err,
-                       size_t errlen)
+static int sq_expire(struct curvd_store *base, int64_t now, int64_t default_ttl_s, size_t max,
+                     char **ids, size_t *count, char *err, size_t errlen)
 {
-    if (!st || max == 0 || default_ttl_s < 0)
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_expire: invalid argument");
-    char **ids = sqlite3_malloc64(max * sizeof *ids);
-    if (!ids)
-        return no_memory(err, errlen);
+    struct sqlite_store *st = sq(base);
     size_t n = 0;
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = NULL;
@@ -1442,24 +1107,15 @@ int curvd_store_expire(struct curvd_store *st, int64_t now, int64_t default_ttl_
     if (status != CURVD_STORE_OK)
         rollback(st);
     sqlite3_mutex_leave(st->mu);
-    for (size_t i = 0; i < n; i++) {
-        if (status == CURVD_STORE_OK && each)
-            each(ctx, ids[i]);
-        sqlite3_free(ids[i]);
-    }
-    sqlite3_free(ids);
-    if (count)
-        *count = status == CURVD_STORE_OK ? n : 0;
+    *count = n; /* the caller frees them */
     return status;
 }
 
-int curvd_store_set_name_labels(struct curvd_store *st, const char *tenant, const char *id,
-                                int set_name, const char *name, int set_labels, const char *labels,
-                                char *err, size_t errlen)
+static int sq_set_name_labels(struct curvd_store *base, const char *tenant, const char *id,
+                              int set_name, const char *name, int set_labels, const char *labels,
+                              char *err, size_t errlen)
 {
-    if (!st || !tenant || !id || (!set_name && !set_labels))
-        return fail(err, errlen, CURVD_STORE_INVALID,
-                    "curvd_store_set_name_labels: invalid argument");
+    struct sqlite_store *st = sq(base);
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = NULL;
     /* ?5 / ?6: whether to set each; the other keeps its value. */
@@ -1487,12 +1143,10 @@ const char *curvd_store_engine_version(void)
     return sqlite3_libversion();
 }
 
-int curvd_store_health(struct curvd_store *st, char *err, size_t errlen)
+static int sq_health(struct curvd_store *base, char *err, size_t errlen)
 {
-    if (!st)
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_health: invalid argument");
     char why[1600];
-    if (curvd_trouble_status(&st->trouble, why, sizeof why) == 0)
+    if (curvd_trouble_status(&sq(base)->trouble, why, sizeof why) == 0)
         return CURVD_STORE_OK;
     return fail(err, errlen, CURVD_STORE_ERROR, "%s", why);
 }
@@ -1504,7 +1158,7 @@ struct history_query {
     struct curvd_history_page *page;
 };
 
-static int history_locked(struct curvd_store *st, const char *tenant, const char *id, int unused,
+static int history_locked(struct sqlite_store *st, const char *tenant, const char *id, int unused,
                           void *out, char *err, size_t errlen)
 {
     (void)unused;
@@ -1520,43 +1174,24 @@ static int history_locked(struct curvd_store *st, const char *tenant, const char
         return fail(err, errlen, CURVD_STORE_NOT_FOUND, "no session %s", id);
     if (rc != SQLITE_ROW)
         return db_fail(st, rc, err, errlen, "reading a session's step");
-    rc = curvd_history_read(st->hist, id, hq->since, hq->size, st->history_default, hq->page);
+    rc = curvd_history_read(st->hist, id, hq->since, hq->size,
+                            atomic_load(&st->base.history_default), hq->page);
     if (rc == SQLITE_NOMEM)
         return no_memory(err, errlen);
     return rc == SQLITE_OK ? CURVD_STORE_OK : db_fail(st, rc, err, errlen, "reading the history");
 }
 
-int curvd_store_history(struct curvd_store *st, const char *tenant, const char *id, int64_t since,
-                        size_t page_size, struct curvd_history_page *out, char *err, size_t errlen)
+static int sq_history(struct curvd_store *base, const char *tenant, const char *id, int64_t since,
+                      size_t page_size, struct curvd_history_page *out, char *err, size_t errlen)
 {
-    if (!st || !tenant || !id || !out || since < 0 || page_size < 1 ||
-        page_size > CURVD_STORE_MAX_PAGE)
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_history: invalid argument");
-    struct curvd_history_page page = {0};
-    struct history_query hq = {since, page_size, &page};
-    int status = read_tx(st, history_locked, tenant, id, 0, &hq, err, errlen);
-    if (status == CURVD_STORE_OK)
-        *out = page;
-    else
-        curvd_history_page_clear(&page);
-    return status;
+    struct history_query hq = {since, page_size, out};
+    return read_tx(sq(base), history_locked, tenant, id, 0, &hq, err, errlen);
 }
 
-int curvd_store_set_history_default(struct curvd_store *st, int64_t steps)
+static int sq_set_history(struct curvd_store *base, const char *tenant, const char *id, int has,
+                          int64_t steps, char *err, size_t errlen)
 {
-    if (!st || steps < 0 || steps > CURVD_STORE_HISTORY_MAX)
-        return CURVD_STORE_INVALID;
-    sqlite3_mutex_enter(st->mu);
-    st->history_default = steps;
-    sqlite3_mutex_leave(st->mu);
-    return CURVD_STORE_OK;
-}
-
-int curvd_store_set_history(struct curvd_store *st, const char *tenant, const char *id, int has,
-                            int64_t steps, char *err, size_t errlen)
-{
-    if (!st || !tenant || !id || (has && (steps < 0 || steps > CURVD_STORE_HISTORY_MAX)))
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_set_history: invalid argument");
+    struct sqlite_store *st = sq(base);
     sqlite3_mutex_enter(st->mu);
     sqlite3_stmt *q = NULL;
     int changes = 0;
@@ -1575,7 +1210,8 @@ int curvd_store_set_history(struct curvd_store *st, const char *tenant, const ch
     if (status == CURVD_STORE_OK && changes == 0)
         status = fail(err, errlen, CURVD_STORE_NOT_FOUND, "no session %s", id);
     if (status == CURVD_STORE_OK &&
-        (rc = curvd_history_prune(st->hist, id, st->history_default)) != SQLITE_DONE)
+        (rc = curvd_history_prune(st->hist, id, atomic_load(&st->base.history_default))) !=
+            SQLITE_DONE)
         status = db_fail(st, rc, err, errlen, "pruning the history");
     if (status == CURVD_STORE_OK)
         status = exec_sql(st, "COMMIT", err, errlen);
@@ -1586,14 +1222,11 @@ int curvd_store_set_history(struct curvd_store *st, const char *tenant, const ch
     return status;
 }
 
-/* One change of a lease in its own write transaction (store/lease.h). */
-static int lease_op(struct curvd_store *st, const struct curvd_lease_req *rq,
+/* One change of a lease in its own write transaction (store/lease.h);
+ * dispatch.c has checked the arguments. */
+static int lease_op(struct sqlite_store *st, const struct curvd_lease_req *rq,
                     struct curvd_lease *out, char *err, size_t errlen)
 {
-    if (!st || !rq->tenant || !rq->id || !rq->owner || !rq->owner[0] ||
-        strlen(rq->owner) >= CURVD_STORE_OWNER_MAX || rq->epoch < 0 ||
-        (rq->op != CURVD_LEASE_RELEASE && (rq->ttl_ms < 1 || !out)))
-        return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_lease: invalid argument");
     struct curvd_lease_req r = *rq;
     struct curvd_lease got = {{0}, 0, 0, 0};
     int result = CURVD_STORE_OK, rc;
@@ -1626,25 +1259,52 @@ static int lease_op(struct curvd_store *st, const struct curvd_lease_req *rq,
     return CURVD_STORE_OK;
 }
 
-int curvd_store_lease_acquire(struct curvd_store *st, const char *tenant, const char *id,
-                              const char *owner, int64_t ttl_ms, struct curvd_lease *out, char *err,
-                              size_t errlen)
+static int sq_lease_acquire(struct curvd_store *base, const char *tenant, const char *id,
+                            const char *owner, int64_t ttl_ms, struct curvd_lease *out, char *err,
+                            size_t errlen)
 {
     const struct curvd_lease_req rq = {CURVD_LEASE_ACQUIRE, tenant, id, owner, 0, ttl_ms, 0};
-    return lease_op(st, &rq, out, err, errlen);
+    return lease_op(sq(base), &rq, out, err, errlen);
 }
 
-int curvd_store_lease_renew(struct curvd_store *st, const char *tenant, const char *id,
-                            const char *owner, int64_t epoch, int64_t ttl_ms,
-                            struct curvd_lease *out, char *err, size_t errlen)
+static int sq_lease_renew(struct curvd_store *base, const char *tenant, const char *id,
+                          const char *owner, int64_t epoch, int64_t ttl_ms, struct curvd_lease *out,
+                          char *err, size_t errlen)
 {
     const struct curvd_lease_req rq = {CURVD_LEASE_RENEW, tenant, id, owner, epoch, ttl_ms, 0};
-    return lease_op(st, &rq, out, err, errlen);
+    return lease_op(sq(base), &rq, out, err, errlen);
 }
 
-int curvd_store_lease_release(struct curvd_store *st, const char *tenant, const char *id,
-                              const char *owner, int64_t epoch, char *err, size_t errlen)
+static int sq_lease_release(struct curvd_store *base, const char *tenant, const char *id,
+                            const char *owner, int64_t epoch, char *err, size_t errlen)
 {
     const struct curvd_lease_req rq = {CURVD_LEASE_RELEASE, tenant, id, owner, epoch, 0, 0};
-    return lease_op(st, &rq, NULL, err, errlen);
+    return lease_op(sq(base), &rq, NULL, err, errlen);
 }
+
+static const struct curvd_store_ops sqlite_ops = {
+    .name = "sqlite",
+    .close = sq_close,
+    .set_busy_timeout = sq_set_busy_timeout,
+    .wal = sq_wal,
+    .checkpoint_soon = sq_checkpoint_soon,
+    .info = sq_info,
+    .health = sq_health,
+    .create = sq_create,
+    .get = sq_get,
+    .list = sq_list,
+    .delete = sq_delete,
+    .commit_group = sq_commit_group,
+    .update_state = sq_update_state,
+    .snapshot = sq_snapshot,
+    .get_response = sq_get_response,
+    .count = sq_count,
+    .set_idle_ttl = sq_set_idle_ttl,
+    .expire = sq_expire,
+    .set_name_labels = sq_set_name_labels,
+    .history = sq_history,
+    .set_history = sq_set_history,
+    .lease_acquire = sq_lease_acquire,
+    .lease_renew = sq_lease_renew,
+    .lease_release = sq_lease_release,
+};
