@@ -343,8 +343,8 @@ int main(int argc, char **argv)
               srv.cfg.durability_full ? "full" : "normal", srv.cfg.threads, srv.cfg.workers,
               srv.cfg.max_body, srv.cfg.max_sessions, srv.cfg.mem_budget, srv.cfg.idle_ttl_s,
               srv.cfg.history_steps, srv.cfg.snapshot_log_pct, srv.cfg.snapshot_ms, srv.node_id,
-              srv.cfg.lease_ttl_ms,
-              srv.cfg.token_file ? "tokens" : "off", srv.cfg.log_json ? "json" : "text");
+              srv.cfg.lease_ttl_ms, srv.cfg.token_file ? "tokens" : "off",
+              srv.cfg.log_json ? "json" : "text");
     int sig = 0;
     while (sigwait(&stop, &sig) == 0 && sig == SIGHUP)
         reload_tokens(&srv);
