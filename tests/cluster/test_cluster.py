@@ -260,6 +260,28 @@ def case_sigstop(cl: Cluster) -> list:
     return failures
 
 
+def case_framing(cl: Cluster) -> list:
+    """A Content-Length past 2^64 - 1 through the router: one 413 problem."""
+    import socket
+    port = int(cl.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /v1/sessions HTTP/1.1\r\nHost: curvd\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: 18446744073709551616\r\n\r\n{}")
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    text = got.decode("latin-1")
+    head, _, body = text.partition("\r\n\r\n")
+    failures = []
+    if text.count("HTTP/1.1 ") != 1 or not head.startswith("HTTP/1.1 413 "):
+        failures.append(f"expected one 413 status line, got {text[:300]!r}")
+    if "application/problem+json" not in head.lower():
+        failures.append(f"the 413 is not problem+json: {head!r}")
+    elif '"TOO_LARGE"' not in body:
+        failures.append(f"the 413's reason is not TOO_LARGE: {body!r}")
+    return failures
+
+
 def has_leases(binary: str) -> bool:
     import subprocess
     return "--lease-ttl" in subprocess.run([binary, "--help"], capture_output=True,
@@ -272,7 +294,8 @@ def main() -> int:
     ap.add_argument("--db", help="database for every daemon: a URL, or pg for a throw-away "
                     "PostgreSQL cluster (tests/pg/pg-cluster); default: one SQLite file")
     ap.add_argument("--keep", action="store_true", help="keep the folder (logs, database)")
-    ap.add_argument("--case", choices=("sigkill", "sigstop"), help="run this case only")
+    ap.add_argument("--case", choices=("sigkill", "sigstop", "framing"),
+                    help="run this case only")
     args = ap.parse_args()
     if not haproxy_binary():
         print("SKIP cluster test: haproxy is not installed and scripts/install-deps could not "
@@ -281,7 +304,7 @@ def main() -> int:
     binary = os.path.abspath(args.curvd)
     leases = has_leases(binary)
     extra = ["--lease-ttl", str(LEASE_MS)] if leases else []
-    cases = [case_sigkill] + ([case_sigstop] if leases else [])
+    cases = [case_sigkill] + ([case_sigstop] if leases else []) + [case_framing]
     if not leases:
         print("note: this curvd has no leases (--lease-ttl): the SIGSTOP case needs them")
     failures = []
