@@ -338,15 +338,19 @@ static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_erro
             s->p.batch = a->layers[i].examples;
     if (!(s->p.g = curv__malloc_n(o->dim, sizeof(double)))) /* written whole below */
         return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for %zu entries", o->dim);
-    for (size_t i = 0; i < o->dim; i++)
-        s->p.g[i] = eta > 0 ? a->g[i] + eta * a->theta[i] : a->g[i];
+    if (eta > 0)
+        for (size_t i = 0; i < o->dim; i++)
+            s->p.g[i] = a->g[i] + eta * a->theta[i];
+    else
+        memcpy(s->p.g, a->g, o->dim * sizeof(double));
     /* θ enters only through the weight decay: without it a huge θ is
      * nobody's business; with it, ∇h, ‖θ‖² and h(θ) must stay finite. */
     if (eta > 0)
         s->p.th_sq = dot(a->theta, a->theta, o->dim);
     if (a->has_loss)
         s->p.h0 = a->loss + (eta > 0 ? 0.5 * eta * s->p.th_sq : 0.0);
-    size_t bad = curv__first_nonfinite(s->p.g, o->dim);
+    /* Without the weight decay ∇h is g, whose values the input's check found finite. */
+    size_t bad = eta > 0 ? curv__first_nonfinite(s->p.g, o->dim) : o->dim;
     if (bad == o->dim && !(isfinite(s->p.th_sq) && (!a->has_loss || isfinite(s->p.h0))))
         bad = largest_at(a->theta, o->dim);
     if (bad < o->dim) {
@@ -419,7 +423,7 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
      * GEMMs is memory-bound): vᵀ∇h, which is finite unless something in v
      * is not or it overflowed (only then is v searched); v's scaled
      * velocity into delta, checked before any state is written; then the
-     * commit of the velocity and the update. */
+     * commit of the velocity and the update, with Σ update² (update_norm). */
     const double vg = dot(delta, s->p.g, o->dim);
     if (!isfinite(vg) &&
         (st = refuse_overflow(o, delta, o->dim, "the preconditioned gradient", err)) != CURV_OK)
@@ -441,13 +445,16 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
         }
         delta[i] = v;
     }
+    double sumsq = 0;
     for (size_t i = 0; i < o->dim; i++) {
         if (mu > 0)
             s->mom[i] = delta[i];
         delta[i] *= -lr;
+        sumsq += delta[i] * delta[i];
     }
     s->has_mom |= mu > 0;
     commit(o, s->lambda, s->gamma);
+    curv__report_update_sumsq(o, sumsq);
     return CURV_OK;
 }
 

@@ -219,12 +219,20 @@ static double norm(const double *x, size_t n)
 }
 
 /* A step's report opens with the figures every kind has, computed here
- * once: grad_norm, the gradient sent, now; update_norm when the step ends. */
-static void report_begin(curv_opt *o, const double *g)
+ * once: grad_norm, the gradient sent, now (its sum of squares was taken
+ * with the gradient's check); update_norm when the step ends, unless the
+ * kind gave it (curv__report_update_sumsq). */
+static void report_begin(curv_opt *o, double g_sumsq)
 {
     o->report.n = 0;
-    curv__report_add(o, norm(g, o->dim), "grad_norm");
+    curv__report_add(o, sqrt(g_sumsq), "grad_norm");
     curv__report_add(o, NAN, "update_norm");
+}
+
+void curv__report_update_sumsq(curv_opt *o, double sumsq)
+{
+    if (o->report.n >= CURV__REPORT_BASE)
+        o->report.e[1].value = sqrt(sumsq);
 }
 
 /* Run a step or a resume and deliver the update in the caller's dtype. */
@@ -233,7 +241,7 @@ static curv_status finish(curv_opt *o, curv_status st, curv_dtype dtype, void *u
 {
     size_t bad;
     if (st == CURV_OK) {
-        if (o->report.n >= CURV__REPORT_BASE)
+        if (o->report.n >= CURV__REPORT_BASE && isnan(o->report.e[1].value))
             o->report.e[1].value = norm(delta, o->dim);
         if (dtype == CURV_F32) {
             float *f = update;
@@ -300,7 +308,7 @@ curv_status curv_opt_step(curv_opt *o, const curv_step_input *in, void *update, 
     curv_request scratch = {0};
     if (!req)
         req = &scratch;
-    report_begin(o, args.g);
+    report_begin(o, args.g_sumsq);
     st = o->vt->step(o, &args, delta, req, err);
     if (st == CURV_OK || st == CURV_NEED_INPUT)
         o->interrupted = 0;

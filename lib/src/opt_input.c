@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* A step's input, checked and brought to doubles before any kind sees it:
  * one place for the shape, finiteness and "who takes what" rules. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,14 +33,25 @@ static const double *as_doubles(const void *src, curv_dtype dtype, double *dst, 
     return dst;
 }
 
+/* With @sumsq, Σ v_i² in order goes there, and v is searched for a value
+ * that is not finite only when that sum is not finite (a NaN or an
+ * infinity in v makes it so; so may an overflow of the sum alone). */
 static curv_status load_vec(curv_opt *o, const void *src, curv_dtype dtype, double **buf,
-                            const double **vec, const char *what, curv_error *err)
+                            const double **vec, double *sumsq, const char *what, curv_error *err)
 {
     size_t cap = *buf ? o->dim : 0;
     if (dtype == CURV_F32 && !ensure(buf, &cap, o->dim))
         return curv__fail(err, CURV_E_NOMEM, "opt: out of memory converting %s", what);
     const double *v = as_doubles(src, dtype, *buf, o->dim);
-    size_t bad = curv__first_nonfinite(v, o->dim);
+    size_t bad = o->dim;
+    if (sumsq) {
+        double s = 0;
+        for (size_t i = 0; i < o->dim; i++)
+            s += v[i] * v[i];
+        *sumsq = s;
+    }
+    if (!sumsq || !isfinite(*sumsq))
+        bad = curv__first_nonfinite(v, o->dim);
     if (bad < o->dim) {
         char where[160];
         curv__locate(o->layout, bad, where, sizeof where);
@@ -199,7 +211,7 @@ static curv_status load_grad_sq(curv_opt *o, const curv_step_input *in, struct c
                           "gradients)",
                           name);
     const double *v;
-    curv_status st = load_vec(o, in->grad_sq, in->dtype, &o->sbuf, &v, "grad_sq", err);
+    curv_status st = load_vec(o, in->grad_sq, in->dtype, &o->sbuf, &v, NULL, "grad_sq", err);
     if (st != CURV_OK)
         return st;
     for (size_t i = 0; i < o->dim; i++)
@@ -230,9 +242,9 @@ curv_status curv__step_args_build(curv_opt *o, const curv_step_input *in, struct
     }
     if (a->has_loss && curv__first_nonfinite(&in->loss, 1) == 0)
         return curv__fail(err, CURV_E_NONFINITE, "%s: loss is %g", name, in->loss);
-    curv_status st = load_vec(o, in->grad, in->dtype, &o->gbuf, &a->g, "grad", err);
+    curv_status st = load_vec(o, in->grad, in->dtype, &o->gbuf, &a->g, &a->g_sumsq, "grad", err);
     if (st == CURV_OK && in->params)
-        st = load_vec(o, in->params, in->dtype, &o->pbuf, &a->theta, "params", err);
+        st = load_vec(o, in->params, in->dtype, &o->pbuf, &a->theta, NULL, "params", err);
     if (st == CURV_OK)
         st = load_grad_sq(o, in, a, err);
     if (st == CURV_OK)

@@ -100,8 +100,14 @@ struct curv__step_args {
     int has_loss;
     const struct curv__layer_in *layers; /* sorted by block, no repeats */
     size_t n_layers;
-    size_t batch; /* examples behind g; 0: not given */
+    size_t batch;   /* examples behind g; 0: not given */
+    double g_sumsq; /* Σ g_i², in order: its finiteness is g's, its root grad_norm */
 };
+
+/* curv__report_update_sumsq - a kind that has Σ δ_i² of its update (in
+ * order, as a pass it makes anyway) gives it here; update_norm is then not
+ * computed again. */
+void curv__report_update_sumsq(curv_opt *o, double sumsq);
 
 /* curv__overflow - refuse a step (CURV_E_NONFINITE, nothing changed yet):
  * "<kind>: <what> overflows at element @i, <where in the layout>". */

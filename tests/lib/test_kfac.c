@@ -232,6 +232,12 @@ static void check_blockdiag(double max_factor_dim, double eta)
         double want = -0.2 * gf[off + j] / sqrt(gf[off + j] * gf[off + j] + 1e-8);
         assert_true(fabs(u[off + j] - want) <= 1e-15);
     }
+    /* The report's norms: of the gradient sent (not ∇h) and of the update. */
+    double gn = 0, un = 0;
+    for (size_t i = 0; i < net.dim; i++)
+        gn += net.g[i] * net.g[i], un += u[i] * u[i];
+    assert_true(fabs(tu_report(o, "grad_norm") - sqrt(gn)) <= 1e-14 * sqrt(gn));
+    assert_true(fabs(tu_report(o, "update_norm") - sqrt(un)) <= 1e-14 * sqrt(un));
     free(u), free(gf);
     tu_mlp_teardown(o, l, &net);
 }
