@@ -48,7 +48,7 @@ void curvd_daemon_bound(struct curvd_server *srv, unsigned port)
     char *colon = strrchr(host, ':');
     if (colon)
         *colon = '\0';
-    snprintf(srv->node_id, sizeof srv->node_id, "%s:%u", host, port);
+    snprintf(srv->node_id, sizeof srv->node_id, "%.100s:%u", host, port);
 }
 
 int curvd_daemon_open(struct curvd_server *srv, char *err, size_t errlen)
