@@ -41,7 +41,8 @@ static const struct flag FLAGS[] = {
     {"port", "CURVD_PORT", F_UINT, OFF(port), "TCP port (0: any free port)"},
     {"db", "CURVD_DB", F_STR, OFF(db_path),
      "SQLite database file, relative to the working directory unless absolute; its folder is "
-     "created, and its -wal and -shm files sit beside it"},
+     "created, and its -wal and -shm files sit beside it; or a PostgreSQL connection URL "
+     "(postgresql://... or postgres://...; docs/SERVER.md)"},
     {"threads", "CURVD_THREADS", F_UINT, OFF(threads),
      "connection threads (reading requests, small replies)"},
     {"workers", "CURVD_WORKERS", F_UINT, OFF(workers),
