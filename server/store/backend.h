@@ -14,6 +14,7 @@
 #include <stdarg.h>
 
 #include "store/store.h"
+#include "store/trouble.h"
 
 #if defined(__GNUC__)
 #define STORE_PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -35,7 +36,6 @@ struct curvd_store_ops {
     void (*wal)(struct curvd_store *st, struct curvd_store_wal *out);
     void (*checkpoint_soon)(struct curvd_store *st);
     int (*info)(struct curvd_store *st, struct curvd_store_info *out, char *err, size_t errlen);
-    int (*health)(struct curvd_store *st, char *err, size_t errlen);
     int (*create)(struct curvd_store *st, const struct curvd_session_new *s, int64_t *created_at,
                   char *err, size_t errlen);
     int (*get)(struct curvd_store *st, const char *tenant, const char *id, int with_state,
@@ -91,6 +91,9 @@ struct curvd_store {
     const struct curvd_store_ops *ops;
     struct curvd_batcher *commits;
     _Atomic int64_t history_default;
+    /* Storage failures for /readyz (curvd_store_health), on either backend;
+     * the backend reports them and initialises it. */
+    struct curvd_trouble trouble;
 };
 
 /* curvd_store_base_init - set @st's ops and start its group commit.

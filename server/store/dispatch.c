@@ -74,7 +74,10 @@ int curvd_store_health(struct curvd_store *st, char *err, size_t errlen)
 {
     if (!st)
         return fail(err, errlen, CURVD_STORE_INVALID, "curvd_store_health: invalid argument");
-    return st->ops->health(st, err, errlen);
+    char why[1600];
+    if (curvd_trouble_status(&st->trouble, why, sizeof why) == 0)
+        return CURVD_STORE_OK;
+    return fail(err, errlen, CURVD_STORE_ERROR, "%s", why);
 }
 
 int curvd_store_create(struct curvd_store *st, const struct curvd_session_new *s,

@@ -91,7 +91,7 @@ int pg_run(struct pg_store *st, const char *sql, struct pg_args *a, PGresult **r
                     msg);
     /* The server or the disk, not the request: log it, /readyz says so. */
     if (status == CURVD_STORE_FULL || PQstatus(st->conn) == CONNECTION_BAD)
-        curvd_trouble_failed(&st->trouble, status == CURVD_STORE_FULL, what, msg);
+        curvd_trouble_failed(&st->base.trouble, status == CURVD_STORE_FULL, what, msg);
     return fail(err, errlen, status, "%s: %s", what, msg);
 }
 
@@ -181,7 +181,7 @@ int pg_end(struct pg_store *st, int status, char *err, size_t errlen)
     if (status == CURVD_STORE_OK) {
         status = pg_run(st, "COMMIT", NULL, NULL, "COMMIT", err, errlen);
         if (status == CURVD_STORE_OK && st->writing)
-            curvd_trouble_write_ok(&st->trouble);
+            curvd_trouble_write_ok(&st->base.trouble);
         return status;
     }
     /* The error that led here is the one to report; a lost connection
@@ -262,7 +262,7 @@ static void pg_close(struct curvd_store *base)
     struct pg_store *st = pg_of(base);
     curvd_store_base_stop(&st->base);
     PQfinish(st->conn);
-    curvd_trouble_clear(&st->trouble);
+    curvd_trouble_clear(&st->base.trouble);
     pthread_mutex_destroy(&st->mu);
     sqlite3_free(st);
 }
@@ -278,7 +278,7 @@ int curvd_pg_open(const char *url, enum curvd_durability durability, struct curv
     memset(st, 0, sizeof *st);
     char shown[1024];
     curvd_store_shown(url, shown, sizeof shown);
-    curvd_trouble_init(&st->trouble, shown);
+    curvd_trouble_init(&st->base.trouble, shown);
     pthread_mutex_init(&st->mu, NULL);
     st->synchronous = durability == CURVD_DURABILITY_FULL;
     st->lock_timeout_ms = CURVD_STORE_BUSY_TIMEOUT_MS;
@@ -353,14 +353,6 @@ static int pg_info(struct curvd_store *base, struct curvd_store_info *out, char 
     return CURVD_STORE_OK;
 }
 
-static int pg_health(struct curvd_store *base, char *err, size_t errlen)
-{
-    char why[1600];
-    if (curvd_trouble_status(&pg_of(base)->trouble, why, sizeof why) == 0)
-        return CURVD_STORE_OK;
-    return fail(err, errlen, CURVD_STORE_ERROR, "%s", why);
-}
-
 static const struct curvd_store_ops pg_ops = {
     .name = "postgresql",
     .close = pg_close,
@@ -368,7 +360,6 @@ static const struct curvd_store_ops pg_ops = {
     .wal = pg_wal,
     .checkpoint_soon = pg_checkpoint_soon,
     .info = pg_info,
-    .health = pg_health,
     .create = pg_create,
     .get = pg_get,
     .list = pg_list,

@@ -29,11 +29,10 @@
 struct pg_store {
     struct curvd_store base; /* first: the ops, the group commit, --history */
     PGconn *conn;
-    pthread_mutex_t mu;           /* the connection's lock, held by every operation */
-    int synchronous;              /* synchronous_commit on (--durability full) */
-    int lock_timeout_ms;          /* curvd_store_set_busy_timeout */
-    int writing;                  /* the open transaction is a write one */
-    struct curvd_trouble trouble; /* storage failures, for /readyz (no reserve) */
+    pthread_mutex_t mu;  /* the connection's lock, held by every operation */
+    int synchronous;     /* synchronous_commit on (--durability full) */
+    int lock_timeout_ms; /* curvd_store_set_busy_timeout */
+    int writing;         /* the open transaction is a write one */
 };
 
 static inline struct pg_store *pg_of(struct curvd_store *base)

@@ -46,7 +46,7 @@ static int lease_write(struct pg_store *st, const char *sql, struct pg_args *a, 
     if (out && (status == CURVD_STORE_OK || status == miss) && PQntuples(r) == 1)
         lease_from(r, out);
     if (status == CURVD_STORE_OK)
-        curvd_trouble_write_ok(&st->trouble);
+        curvd_trouble_write_ok(&st->base.trouble);
     PQclear(r);
     pg_leave(st);
     return status;

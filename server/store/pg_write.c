@@ -144,7 +144,7 @@ static int write_one(struct pg_store *st, const char *sql, struct pg_args *a, co
     if (status == CURVD_STORE_OK && changes == 0)
         status = fail(err, errlen, CURVD_STORE_NOT_FOUND, "no session %s", id);
     if (status == CURVD_STORE_OK)
-        curvd_trouble_write_ok(&st->trouble);
+        curvd_trouble_write_ok(&st->base.trouble);
     pg_leave(st);
     return status;
 }

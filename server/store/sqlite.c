@@ -108,7 +108,6 @@ struct sqlite_store {
     sqlite3_mutex *mu; /* the connection's own (recursive) mutex */
     sqlite3_stmt *stmt[S_COUNT_];
     struct curvd_checkpointer *ckpt; /* WAL checkpoints on a thread of their own */
-    struct curvd_trouble trouble;    /* storage failures, the reserve (trouble.h) */
     struct curvd_history *hist;      /* the step history's statements */
     struct curvd_steplog *log;       /* the step log's statements */
     struct curvd_leases *leases;     /* the leases' statements */
@@ -149,7 +148,7 @@ static int db_fail(struct sqlite_store *st, int rc, char *err, size_t errlen, co
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
     case SQLITE_CANTOPEN:
-        curvd_trouble_failed(&st->trouble, (rc & 0xff) == SQLITE_FULL, what, msg);
+        curvd_trouble_failed(&st->base.trouble, (rc & 0xff) == SQLITE_FULL, what, msg);
         break;
     default:
         break;
@@ -163,7 +162,7 @@ static int commit_write(struct sqlite_store *st, char *err, size_t errlen)
     int rc = sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         return db_fail(st, rc, err, errlen, "COMMIT");
-    curvd_trouble_write_ok(&st->trouble);
+    curvd_trouble_write_ok(&st->base.trouble);
     return CURVD_STORE_OK;
 }
 
@@ -551,7 +550,7 @@ int curvd_sqlite_open(const char *path, enum curvd_durability durability, struct
     if (!st)
         return no_memory(err, errlen);
     memset(st, 0, sizeof *st);
-    curvd_trouble_init(&st->trouble, path);
+    curvd_trouble_init(&st->base.trouble, path);
     int rc = sqlite3_open_v2(
         path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
     int status;
@@ -576,7 +575,7 @@ int curvd_sqlite_open(const char *path, enum curvd_durability durability, struct
         if (status == CURVD_STORE_OK)
             status = curvd_store_base_init(&st->base, &sqlite_ops, err, errlen);
         if (status == CURVD_STORE_OK) /* the file is ours: the reserve may go beside it */
-            curvd_trouble_reserve(&st->trouble, CURVD_STORE_RESERVE_BYTES);
+            curvd_trouble_reserve(&st->base.trouble, CURVD_STORE_RESERVE_BYTES);
     }
     if (status != CURVD_STORE_OK) {
         sq_close(&st->base);
@@ -599,7 +598,7 @@ static void sq_close(struct curvd_store *base)
     curvd_steplog_finalize(st->log);
     curvd_leases_finalize(st->leases);
     (void)sqlite3_close(st->db);
-    curvd_trouble_clear(&st->trouble);
+    curvd_trouble_clear(&st->base.trouble);
     sqlite3_free(st);
 }
 
@@ -1143,14 +1142,6 @@ const char *curvd_store_engine_version(void)
     return sqlite3_libversion();
 }
 
-static int sq_health(struct curvd_store *base, char *err, size_t errlen)
-{
-    char why[1600];
-    if (curvd_trouble_status(&sq(base)->trouble, why, sizeof why) == 0)
-        return CURVD_STORE_OK;
-    return fail(err, errlen, CURVD_STORE_ERROR, "%s", why);
-}
-
 /* The body of curvd_store_history(), inside its read transaction. */
 struct history_query {
     int64_t since;
@@ -1289,7 +1280,6 @@ static const struct curvd_store_ops sqlite_ops = {
     .wal = sq_wal,
     .checkpoint_soon = sq_checkpoint_soon,
     .info = sq_info,
-    .health = sq_health,
     .create = sq_create,
     .get = sq_get,
     .list = sq_list,
