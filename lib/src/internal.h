@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "curv.h"
 
@@ -45,6 +46,17 @@ static inline int curv__mul_ok(size_t a, size_t b, size_t *out)
 static inline size_t curv__sat_add(size_t a, size_t b)
 {
     return a > SIZE_MAX - b ? SIZE_MAX : a + b;
+}
+
+/* A double is NaN or ±Inf exactly when its 11 exponent bits are all ones.
+ * Testing bits with integer operations lets the compiler vectorize the
+ * scan (a floating-point sum could not be reordered), so the common
+ * all-finite case costs one streaming read. */
+static inline uint64_t curv__nonfinite_bits(double v)
+{
+    uint64_t u;
+    memcpy(&u, &v, sizeof u);
+    return (uint64_t)((u & 0x7ff0000000000000ULL) == 0x7ff0000000000000ULL);
 }
 
 /* The library's allocator (curv_set_allocator): malloc, calloc (NULL when

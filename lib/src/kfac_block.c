@@ -119,92 +119,197 @@ static void side_init(struct curv__kside *s, size_t n, const struct curv__kfac_h
 /* Rows per float SYRK of stats_f32. */
 #define STATS_CHUNK 1024
 
+/* Tile edge of fold_ema: a tile of the upper triangle and its transpose,
+ * in F and in the new estimate, stay in L1 while the lower one is written
+ * column by column. */
+#define EMA_TILE 32
+
 /*
- * The upper triangle of scale Σ_rows x xᵀ (nx x nx, leading dimension n)
- * into @Fn from float SYRKs over chunks of STATS_CHUNK rows of @X rounded
- * to float, each chunk's sum added into the double @Fn. The rows a
- * trainer sends are FP32 tensors (exact in float); what float adds is the
- * SYRK's accumulation over at most STATS_CHUNK rows, about √rows · 2⁻²⁴
- * relative to the entries, independent from step to step and averaged by
- * the EMA, which accumulates in double. CURV_E_NOMEM.
+ * The statistic S of a dense side (n x n, n = nx + 1 with a bias), by its
+ * upper triangle: for i <= j < nx, S_ij = base_ij + scale·Ff_ij when @Ff
+ * (a float SYRK's upper triangle, leading dimension nx; base the earlier
+ * chunks' sum in the estimate's upper triangle when @acc, else 0.0), or
+ * the estimate's upper triangle itself when @Ff is NULL; with a bias,
+ * S_i,nx = scale·sum_i and S_nx,nx = scale·rows.
  */
-static curv_status stats_f32(const double *X, size_t rows, size_t nx, size_t n, double scale,
-                             double *Fn)
+struct stat_src {
+    const float *Ff;
+    int acc;
+    double scale;
+    const double *sum;
+    size_t nx, rows;
+};
+
+/* Row @i's statistic S_ij for j in [j0, j1) (j1 <= nx) into @t. */
+static void stat_row(const struct stat_src *src, const double *Fn, size_t n, size_t i, size_t j0,
+                     size_t j1, double *t)
 {
+    const double *up = Fn + i * n;
+    const float *f = src->Ff ? src->Ff + i * src->nx : NULL;
+    if (!f)
+        for (size_t j = j0; j < j1; j++)
+            t[j - j0] = up[j];
+    else if (src->acc)
+        for (size_t j = j0; j < j1; j++)
+            t[j - j0] = up[j] + src->scale * (double)f[j];
+    else
+        for (size_t j = j0; j < j1; j++)
+            t[j - j0] = 0.0 + src->scale * (double)f[j];
+}
+
+/*
+ * The new estimate Fn = εF + (1−ε)S over both triangles, each entry from
+ * F's own entry (F need not be bitwise symmetric), in the arithmetic of a
+ * separate mirror and EMA pass, so the bits are theirs. Tile by tile: S's
+ * upper rows into a tile buffer, then the upper rows and the transposed
+ * lower ones written contiguously, the buffer read across. Returns
+ * nonzero when an entry is not finite.
+ */
+CURV__VECTOR_CLONES static uint64_t fold_ema(const struct stat_src *src, const double *F,
+                                             double *Fn, size_t n, double eps)
+{
+    enum { T = EMA_TILE };
+    const size_t nx = src->nx;
+    const double keep = 1.0 - eps;
+    uint64_t bad = 0;
+    double t[T][T];
+    for (size_t i0 = 0; i0 < n; i0 += T)
+        for (size_t j0 = i0; j0 < n; j0 += T) {
+            const size_t i1 = i0 + T < n ? i0 + T : n, j1 = j0 + T < n ? j0 + T : n;
+            for (size_t i = i0; i < i1; i++) {
+                const size_t jb = j0 > i ? j0 : i, je = j1 < nx ? j1 : nx;
+                double *ti = t[i - i0] - j0; /* ti[j] for j in [j0, j1) */
+                if (jb < je)
+                    stat_row(src, Fn, n, i, jb, je, ti + jb);
+                if (j1 > nx && nx < n) /* the bias column */
+                    ti[nx] = i < nx ? src->scale * src->sum[i] : src->scale * (double)src->rows;
+                for (size_t j = jb; j < j1; j++) {
+                    const double up = eps * F[i * n + j] + keep * ti[j];
+                    Fn[i * n + j] = up;
+                    bad |= curv__nonfinite_bits(up);
+                }
+            }
+            for (size_t j = j0; j < j1; j++) {
+                const size_t ie = i1 < j + 1 ? i1 : j + 1; /* i <= j */
+                for (size_t i = i0; i < ie; i++) {
+                    const double lo = eps * F[j * n + i] + keep * t[i - i0][j - j0];
+                    Fn[j * n + i] = lo;
+                    bad |= curv__nonfinite_bits(lo);
+                }
+            }
+        }
+    return bad;
+}
+
+/*
+ * scale Σ_rows x xᵀ (nx x nx) from float SYRKs over chunks of STATS_CHUNK
+ * rows of @X rounded to float, each chunk's sum added in double into the
+ * upper triangle of @Fn (leading dimension n), the last one folded into
+ * the new estimate by fold_ema. The rows a trainer sends are FP32 tensors
+ * (exact in float); what float adds is the SYRK's accumulation over at
+ * most STATS_CHUNK rows, about √rows · 2⁻²⁴ relative to the entries,
+ * independent from step to step and averaged by the EMA, which
+ * accumulates in double. CURV_E_NOMEM, CURV_E_NUMERIC.
+ */
+static curv_status stats_f32(const double *X, struct stat_src *src, const double *F, double *Fn,
+                             size_t n, double eps)
+{
+    const size_t rows = src->rows, nx = src->nx;
     const size_t chunk = rows < STATS_CHUNK ? rows : STATS_CHUNK;
-    float *Xf = curv__calloc_n(chunk * nx, sizeof(float));
-    float *Ff = curv__calloc_n(nx * nx, sizeof(float));
+    float *Xf = curv__malloc_n(chunk * nx, sizeof(float));
+    float *Ff = curv__malloc_n(nx * nx, sizeof(float));
     if (!Xf || !Ff) {
         curv__free(Xf);
         curv__free(Ff);
         return CURV_E_NOMEM;
     }
+    src->Ff = Ff;
+    uint64_t bad = 0;
     for (size_t r0 = 0; r0 < rows; r0 += chunk) {
         const size_t k = rows - r0 < chunk ? rows - r0 : chunk;
         to_float(X + r0 * nx, k * nx, Xf);
         cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)k, 1.0f, Xf, (int)nx, 0.0f,
                     Ff, (int)nx);
+        src->acc = r0 > 0;
+        if (r0 + k == rows) {
+            bad = fold_ema(src, F, Fn, n, eps);
+            break;
+        }
         for (size_t i = 0; i < nx; i++)
             for (size_t j = i; j < nx; j++)
-                Fn[i * n + j] += scale * (double)Ff[i * nx + j];
+                Fn[i * n + j] = (src->acc ? Fn[i * n + j] : 0.0) + src->scale * (double)Ff[i * nx + j];
     }
     curv__free(Xf);
     curv__free(Ff);
-    return CURV_OK;
+    return bad ? CURV_E_NUMERIC : CURV_OK;
+}
+
+/* Σ_rows x of @X (rows x nx) into @sum, row after row. */
+static void column_sums(const double *X, size_t rows, size_t nx, double *sum)
+{
+    for (size_t j = 0; j < nx; j++)
+        sum[j] = 0.0;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t j = 0; j < nx; j++)
+            sum[j] += X[r * nx + j];
+}
+
+/* A diagonal side's new estimate: the squares, and the EMA. */
+static curv_status diag_stats(const double *X, const struct stat_src *src, const double *F,
+                              double *Fn, size_t n, double eps)
+{
+    const size_t nx = src->nx;
+    for (size_t j = 0; j < n; j++)
+        Fn[j] = 0.0;
+    for (size_t r = 0; r < src->rows; r++)
+        for (size_t j = 0; j < nx; j++)
+            Fn[j] += X[r * nx + j] * X[r * nx + j];
+    for (size_t j = 0; j < nx; j++)
+        Fn[j] *= src->scale;
+    if (nx < n)
+        Fn[nx] = src->scale * (double)src->rows;
+    for (size_t i = 0; i < n; i++)
+        Fn[i] = eps * F[i] + (1.0 - eps) * Fn[i];
+    return curv__first_nonfinite(Fn, n) < n ? CURV_E_NUMERIC : CURV_OK;
 }
 
 /*
  * New estimate F ← εF + (1−ε)X̂ with X̂ = scale Σ_rows x xᵀ over the rows of
  * @X (rows x nx, row-major), x extended by a homogeneous 1 when @bias (the
  * side then has nx + 1 entries). Dense sides use one SYRK (float SYRKs in
- * fp32: stats_f32); diagonal sides only the squares.
+ * fp32: stats_f32) and fold_ema; diagonal sides only the squares.
  */
 static curv_status side_stats(struct curv__kside *s, const double *X, size_t rows, size_t nx,
                               int bias, double scale, double eps)
 {
     const size_t n = s->n;
-    double *Fn = curv__calloc_n(curv__kside_len(s), sizeof(double));
-    if (!Fn)
+    double *Fn = curv__malloc_n(curv__kside_len(s), sizeof(double));
+    double *sum = bias && !s->diag ? curv__malloc_n(nx, sizeof(double)) : NULL;
+    if (!Fn || (bias && !s->diag && !sum)) {
+        curv__free(Fn);
+        curv__free(sum);
         return CURV_E_NOMEM;
+    }
+    struct stat_src src = {.scale = scale, .sum = sum, .nx = nx, .rows = rows};
+    curv_status st;
     if (s->diag) {
-        for (size_t r = 0; r < rows; r++)
-            for (size_t j = 0; j < nx; j++)
-                Fn[j] += X[r * nx + j] * X[r * nx + j];
-        for (size_t j = 0; j < nx; j++)
-            Fn[j] *= scale;
-        if (bias)
-            Fn[nx] = scale * (double)rows;
+        st = diag_stats(X, &src, s->F, Fn, n, eps);
     } else {
+        if (sum)
+            column_sums(X, rows, nx, sum);
         if (s->f32 && rows > 0) {
-            if (stats_f32(X, rows, nx, n, scale, Fn) != CURV_OK) {
-                curv__free(Fn);
-                return CURV_E_NOMEM;
-            }
+            st = stats_f32(X, &src, s->F, Fn, n, eps);
         } else {
+            memset(Fn, 0, n * n * sizeof *Fn); /* as BLAS need not ignore C at β = 0 */
             cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)rows, scale, X,
                         (int)nx, 0.0, Fn, (int)n);
+            st = fold_ema(&src, s->F, Fn, n, eps) ? CURV_E_NUMERIC : CURV_OK;
         }
-        if (bias) {
-            /* Σ_rows x, accumulated in the last row (contiguous; its lower
-             * triangle is overwritten below) and moved to the last column. */
-            double *sum = Fn + nx * n;
-            for (size_t r = 0; r < rows; r++)
-                for (size_t j = 0; j < nx; j++)
-                    sum[j] += X[r * nx + j];
-            for (size_t j = 0; j < nx; j++)
-                Fn[j * n + nx] = scale * sum[j];
-            Fn[nx * n + nx] = scale * (double)rows;
-        }
-        for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; j < i; j++)
-                Fn[i * n + j] = Fn[j * n + i];
     }
-    const size_t len = curv__kside_len(s);
-    for (size_t i = 0; i < len; i++)
-        Fn[i] = eps * s->F[i] + (1.0 - eps) * Fn[i];
-    if (curv__first_nonfinite(Fn, len) < len) {
+    curv__free(sum);
+    if (st != CURV_OK) {
         curv__free(Fn);
-        return CURV_E_NUMERIC;
+        return st;
     }
     curv__free(s->F_new);
     s->F_new = Fn;

@@ -40,16 +40,6 @@ void *curv__tally_obj(struct curv__tally *t, void *scratch, size_t sz)
     return scratch;
 }
 
-/* A double is NaN or ±Inf exactly when its 11 exponent bits are all ones.
- * Testing bits with integer operations lets the compiler vectorize the
- * scan (a floating-point sum could not be reordered), so the common
- * all-finite case costs one streaming read. */
-static inline uint64_t exp_all_ones(double v)
-{
-    uint64_t u;
-    memcpy(&u, &v, sizeof u);
-    return (uint64_t)((u & 0x7ff0000000000000ULL) == 0x7ff0000000000000ULL);
-}
 
 /* Static: an ifunc'd symbol would be exported despite -fvisibility=hidden. */
 CURV__VECTOR_CLONES static size_t first_nonfinite(const double *x, size_t n)
@@ -59,10 +49,10 @@ CURV__VECTOR_CLONES static size_t first_nonfinite(const double *x, size_t n)
         size_t end = n - base < CHUNK ? n : base + CHUNK;
         uint64_t bad = 0;
         for (size_t i = base; i < end; i++)
-            bad |= exp_all_ones(x[i]);
+            bad |= curv__nonfinite_bits(x[i]);
         if (bad)
             for (size_t i = base; i < end; i++)
-                if (exp_all_ones(x[i]))
+                if (curv__nonfinite_bits(x[i]))
                     return i;
     }
     return n;
