@@ -237,7 +237,8 @@ static curv_status stats_f32(const double *X, struct stat_src *src, const double
         }
         for (size_t i = 0; i < nx; i++)
             for (size_t j = i; j < nx; j++)
-                Fn[i * n + j] = (src->acc ? Fn[i * n + j] : 0.0) + src->scale * (double)Ff[i * nx + j];
+                Fn[i * n + j] =
+                    (src->acc ? Fn[i * n + j] : 0.0) + src->scale * (double)Ff[i * nx + j];
     }
     curv__free(Xf);
     curv__free(Ff);

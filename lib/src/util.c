@@ -40,7 +40,6 @@ void *curv__tally_obj(struct curv__tally *t, void *scratch, size_t sz)
     return scratch;
 }
 
-
 /* Static: an ifunc'd symbol would be exported despite -fvisibility=hidden. */
 CURV__VECTOR_CLONES static size_t first_nonfinite(const double *x, size_t n)
 {

@@ -579,7 +579,8 @@ static void bench_sessions(const size_t *w, size_t L, size_t m, size_t gs, unsig
     net_free(&base);
     printf("\nsessions at once on the daemon's worker pool (server/http/pool.c), m = %zu, "
            "%d steps each between refreshes (factors + two-GEMM multiply, %.2f GFLOP a step), "
-           "best of 2; precision fp32 (the default); GEMM float32 %.1f GFLOP/s on 1 thread, %.1f on %u\n",
+           "best of 2; precision fp32 (the default); GEMM float32 %.1f GFLOP/s on 1 thread, %.1f "
+           "on %u\n",
            m, SESSION_STEPS, fl[STEP] / 1e9, peaks[1][0], peaks[1][1], cores);
     printf("  %-34s %8s %9s %8s %6s %8s %7s\n", "run", "seconds", "s / step", "GFLOP/s", "%pk",
            "vs lone", "helped");
