@@ -107,6 +107,10 @@ size_t curv__bma_bytes(size_t L);
 /* curv__first_nonfinite - index of the first NaN/Inf in x[0..n), or n. */
 size_t curv__first_nonfinite(const double *x, size_t n);
 
+/* curv__dot - Σ x_i y_i in a fixed order of eight interleaved partial sums
+ * (deterministic, vectorized; not the sequential sum's bits). */
+double curv__dot(const double *x, const double *y, size_t n);
+
 /* curv__valid_sums - 1 when x[0..n) are all finite and >= 0 (sums of
  * squares loaded from a blob); 0 otherwise. */
 int curv__valid_sums(const double *x, size_t n);

@@ -255,14 +255,6 @@ static curv_status kfac_init(curv_opt *o, struct curv__tally *t, curv_error *err
     return st;
 }
 
-static double dot(const double *x, const double *y, size_t n)
-{
-    double acc = 0;
-    for (size_t i = 0; i < n; i++)
-        acc += x[i] * y[i];
-    return acc;
-}
-
 static void report(curv_opt *o)
 {
     const struct curv__kfac_hyper *h = hyp(o);
@@ -346,7 +338,7 @@ static curv_status begin(curv_opt *o, const struct curv__step_args *a, curv_erro
     /* θ enters only through the weight decay: without it a huge θ is
      * nobody's business; with it, ∇h, ‖θ‖² and h(θ) must stay finite. */
     if (eta > 0)
-        s->p.th_sq = dot(a->theta, a->theta, o->dim);
+        s->p.th_sq = curv__dot(a->theta, a->theta, o->dim);
     if (a->has_loss)
         s->p.h0 = a->loss + (eta > 0 ? 0.5 * eta * s->p.th_sq : 0.0);
     /* Without the weight decay ∇h is g, whose values the input's check found finite. */
@@ -407,6 +399,32 @@ static curv_status refuse_overflow(curv_opt *o, const double *v, size_t n, const
     return curv__overflow(o, bad % o->dim, what, err);
 }
 
+/* Simple mode's velocity v = μ·mom + scale·δ (mom NULL: no momentum, v =
+ * scale·δ; scale 1 leaves δ as it is) into @delta; nonzero when v or
+ * lr·v is not finite somewhere. */
+CURV__VECTOR_CLONES static uint64_t velocity(double *delta, const double *mom, size_t n,
+                                             double scale, double mu, double lr)
+{
+    uint64_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double di = scale < 1 ? delta[i] * scale : delta[i];
+        const double v = mom ? mu * mom[i] + di : di;
+        bad |= curv__nonfinite_bits(v) | curv__nonfinite_bits(lr * v);
+        delta[i] = v;
+    }
+    return bad;
+}
+
+/* The velocity @delta kept in @mom (NULL: none), and the update −lr·v. */
+CURV__VECTOR_CLONES static void commit_velocity(double *delta, double *mom, size_t n, double lr)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (mom)
+            mom[i] = delta[i];
+        delta[i] *= -lr;
+    }
+}
+
 static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
 {
     const struct curv__kfac_hyper *h = hyp(o);
@@ -419,12 +437,13 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
         return st;
     }
     curv__kfac_est_apply(s->est, 0, h->damping, s->p.g, delta);
-    /* Three passes over the d entries (a step's arithmetic outside the
-     * GEMMs is memory-bound): vᵀ∇h, which is finite unless something in v
-     * is not or it overflowed (only then is v searched); v's scaled
-     * velocity into delta, checked before any state is written; then the
-     * commit of the velocity and the update, with Σ update² (update_norm). */
-    const double vg = dot(delta, s->p.g, o->dim);
+    /* Passes over the d entries (a step's arithmetic outside the GEMMs is
+     * memory-bound), each vectorized: vᵀ∇h, which is finite unless
+     * something in v is not or it overflowed (only then is v searched);
+     * v's scaled velocity into delta, checked before any state is written
+     * (searched only when a value is not finite); the commit of the
+     * velocity and the update; Σ update² (update_norm). */
+    const double vg = curv__dot(delta, s->p.g, o->dim);
     if (!isfinite(vg) &&
         (st = refuse_overflow(o, delta, o->dim, "the preconditioned gradient", err)) != CURV_OK)
         return st;
@@ -435,26 +454,18 @@ static curv_status simple_step(curv_opt *o, double *delta, curv_error *err)
     const double signal = fmax(h->noise_floor, 1.0 - s->p.noise);
     const int on_velocity = h->noise_momentum && h->noise != CURV__KFAC_NOISE_OFF;
     const double scale = fmin(s->p.clip, on_velocity ? (1.0 - mu) * signal : signal);
-    for (size_t i = 0; i < o->dim; i++) {
-        const double di = scale < 1 ? delta[i] * scale : delta[i];
-        const double v = mu > 0 ? mu * s->mom[i] + di : di;
-        if (!isfinite(v) || !isfinite(lr * v)) {
-            curv__kfac_est_abort(s->est);
-            pend_drop(s);
-            return curv__overflow(o, i, "the velocity μv + F̆⁻¹∇h or the update", err);
-        }
-        delta[i] = v;
+    if (velocity(delta, mu > 0 ? s->mom : NULL, o->dim, scale, mu, lr)) {
+        size_t i = 0;
+        while (i + 1 < o->dim && isfinite(delta[i]) && isfinite(lr * delta[i]))
+            i++;
+        curv__kfac_est_abort(s->est);
+        pend_drop(s);
+        return curv__overflow(o, i, "the velocity μv + F̆⁻¹∇h or the update", err);
     }
-    double sumsq = 0;
-    for (size_t i = 0; i < o->dim; i++) {
-        if (mu > 0)
-            s->mom[i] = delta[i];
-        delta[i] *= -lr;
-        sumsq += delta[i] * delta[i];
-    }
+    commit_velocity(delta, mu > 0 ? s->mom : NULL, o->dim, lr);
     s->has_mom |= mu > 0;
     commit(o, s->lambda, s->gamma);
-    curv__report_update_sumsq(o, sumsq);
+    curv__report_update_sumsq(o, curv__dot(delta, delta, o->dim));
     return CURV_OK;
 }
 
@@ -498,7 +509,7 @@ static curv_status kfac_step(curv_opt *o, const struct curv__step_args *a, doubl
     if (p->has_mom)
         memcpy(p->vec + p->nc * d, s->mom, d * sizeof(double));
     for (size_t r = 0; h->weight_decay > 0 && r < rows; r++)
-        p->th_dot[r] = dot(a->theta, p->vec + r * d, d);
+        p->th_dot[r] = curv__dot(a->theta, p->vec + r * d, d);
     p->stage = 1;
     *req = (curv_request){.kind = CURV_REQ_QUADRATIC_FORM,
                           .seq = s->seq++,
@@ -517,13 +528,13 @@ static struct curv__kfac_quad quad_of(const curv_opt *o, const double *gram, siz
     const size_t d = o->dim, n = p->nc + (size_t)p->has_mom, m = p->nc;
     const double lam = p->lambda + hyp(o)->weight_decay;
     const double *dc = p->vec + c * d, *d0 = p->vec + m * d;
-    struct curv__kfac_quad q = {.q11 = gram[c * n + c] + lam * dot(dc, dc, d),
-                                .g1 = dot(p->g, dc, d),
+    struct curv__kfac_quad q = {.q11 = gram[c * n + c] + lam * curv__dot(dc, dc, d),
+                                .g1 = curv__dot(p->g, dc, d),
                                 .has_mom = p->has_mom};
     if (p->has_mom) {
-        q.q12 = gram[c * n + m] + lam * dot(dc, d0, d);
-        q.q22 = gram[m * n + m] + lam * dot(d0, d0, d);
-        q.g2 = dot(p->g, d0, d);
+        q.q12 = gram[c * n + m] + lam * curv__dot(dc, d0, d);
+        q.q22 = gram[m * n + m] + lam * curv__dot(d0, d0, d);
+        q.g2 = curv__dot(p->g, d0, d);
     }
     return q;
 }
@@ -590,7 +601,7 @@ static curv_status resume_gram(curv_opt *o, const curv_response *resp, double *d
     double damp[4] = {0}; /* n <= 3 γ candidates + momentum */
     for (size_t i = 0; i < n; i++) {
         const double *v = p->vec + i * o->dim;
-        damp[i] = (p->lambda + h->weight_decay) * dot(v, v, o->dim);
+        damp[i] = (p->lambda + h->weight_decay) * curv__dot(v, v, o->dim);
     }
     size_t bad = curv__kfac_gram_check(resp->values, n, damp);
     if (bad < n * n)
@@ -631,8 +642,9 @@ static curv_status resume_loss(curv_opt *o, const curv_response *resp, double *d
     /* ‖θ + δ‖² from the dot products kept at the step. */
     double th_delta =
         p->lr * (p->alpha * p->th_dot[p->c] + (p->has_mom ? p->mu * p->th_dot[p->nc] : 0.0));
-    double h1 = resp->values[0] +
-                0.5 * h->weight_decay * (p->th_sq + 2.0 * th_delta + dot(p->delta, p->delta, d));
+    double h1 =
+        resp->values[0] +
+        0.5 * h->weight_decay * (p->th_sq + 2.0 * th_delta + curv__dot(p->delta, p->delta, d));
     p->rho = (h1 - p->h0) / p->m;
     if (h->reject_rise && !(h1 <= p->h0)) {
         /* Keep θ; δ0 = 0, so the next step starts without momentum. */

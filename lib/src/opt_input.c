@@ -33,7 +33,7 @@ static const double *as_doubles(const void *src, curv_dtype dtype, double *dst, 
     return dst;
 }
 
-/* With @sumsq, Σ v_i² in order goes there, and v is searched for a value
+/* With @sumsq, Σ v_i² (curv__dot) goes there, and v is searched for a value
  * that is not finite only when that sum is not finite (a NaN or an
  * infinity in v makes it so; so may an overflow of the sum alone). */
 static curv_status load_vec(curv_opt *o, const void *src, curv_dtype dtype, double **buf,
@@ -44,12 +44,8 @@ static curv_status load_vec(curv_opt *o, const void *src, curv_dtype dtype, doub
         return curv__fail(err, CURV_E_NOMEM, "opt: out of memory converting %s", what);
     const double *v = as_doubles(src, dtype, *buf, o->dim);
     size_t bad = o->dim;
-    if (sumsq) {
-        double s = 0;
-        for (size_t i = 0; i < o->dim; i++)
-            s += v[i] * v[i];
-        *sumsq = s;
-    }
+    if (sumsq)
+        *sumsq = curv__dot(v, v, o->dim);
     if (!sumsq || !isfinite(*sumsq))
         bad = curv__first_nonfinite(v, o->dim);
     if (bad < o->dim) {

@@ -177,6 +177,84 @@ static void test_conv_statistics(void **state)
 }
 
 /*
+ * Factors wider than a tile of the fused statistics pass (32) and batches
+ * of one and of two float SYRK chunks (1024 rows each): every entry of
+ * both triangles, the bias row and column, the chunks' sum, in both
+ * precisions, against the EMA of (1/m) Σ x xᵀ formed here. The bound is
+ * check_ema_schedule's with k = the rows of one SYRK (fp64: all rows,
+ * u = 2⁻⁵³).
+ */
+static void check_wide_factors(int fp32, size_t rows)
+{
+    static const size_t n_out[2] = {40, 33}, n_in[2] = {70, 65};
+    curv_layout *l = curv_layout_new();
+    assert_int_equal(curv_layout_add_dense(l, "biased", n_out[0], n_in[0], 1, NULL), CURV_OK);
+    assert_int_equal(curv_layout_add_dense(l, "plain", n_out[1], n_in[1], 0, NULL), CURV_OK);
+    const size_t d = curv_layout_dim(l);
+    const tu_kv kv[] = {{"lr", 0}, {"weight_decay", 0}, {"decay", 0.6}};
+    curv_opt *o =
+        tu_kfac_opt(l, kv, 3, "mode", "simple", "precision", fp32 ? "fp32" : "fp64", NULL);
+    const size_t k_syrk = fp32 && rows > 1024 ? 1024 : rows;
+    const double tol = (double)(k_syrk + 2) * (fp32 ? 0x1p-24 : 0x1p-53);
+    double *g = tu_alloc(d), *u = tu_alloc(d), *X[2][2], *W[2][2];
+    for (int b = 0; b < 2; b++) {
+        const size_t n[2] = {n_in[b] + (b == 0), n_out[b]};
+        for (int s = 0; s < 2; s++)
+            W[b][s] = tu_alloc(n[s] * n[s]);
+        X[b][0] = tu_alloc(rows * n_in[b]), X[b][1] = tu_alloc(rows * n_out[b]);
+    }
+    tu_rng r;
+    tu_rng_seed(&r, 77);
+    curv_error err;
+    curv_request req;
+    for (unsigned k = 1; k <= 3; k++) {
+        curv_layer_stats ls[2];
+        tu_fill_normal(&r, g, d, 1.0);
+        for (int b = 0; b < 2; b++) {
+            tu_fill_normal(&r, X[b][0], rows * n_in[b], 1.0);
+            tu_fill_normal(&r, X[b][1], rows * n_out[b], 0.1);
+            ls[b] = (curv_layer_stats){.block = (size_t)b,
+                                       .rows = rows,
+                                       .examples = rows,
+                                       .acts = X[b][0],
+                                       .signals = X[b][1]};
+        }
+        curv_step_input in = {.grad = g, .len = d, .dtype = CURV_F64, .layers = ls, .n_layers = 2};
+        tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_OK, &err);
+        const double eps = fmin(1.0 - 1.0 / k, 0.6);
+        for (int b = 0; b < 2; b++) {
+            const struct curv__kblock *blk = block_of(o, (size_t)b);
+            const size_t nx[2] = {n_in[b], n_out[b]};
+            for (int s = 0; s < 2; s++) {
+                const int bias = s == 0 && b == 0;
+                const size_t n = nx[s] + (size_t)bias;
+                double *F = tu_outer_mean(X[b][s], rows, nx[s], bias, 1.0 / (double)rows);
+                for (size_t i = 0; i < n * n; i++)
+                    W[b][s][i] = eps * W[b][s][i] + (1 - eps) * F[i];
+                tu_expect_close(s ? blk->G.F : blk->A.F, W[b][s], n * n, tol,
+                                s ? "wide G" : "wide A", (int)k);
+                free(F);
+            }
+        }
+    }
+    for (int b = 0; b < 2; b++)
+        for (int s = 0; s < 2; s++)
+            free(W[b][s]), free(X[b][s]);
+    free(g), free(u);
+    curv_opt_free(o);
+    curv_layout_free(l);
+}
+
+static void test_wide_factors(void **state)
+{
+    (void)state;
+    for (int fp32 = 0; fp32 <= 1; fp32++) {
+        check_wide_factors(fp32, 5);
+        check_wide_factors(fp32, 1100);
+    }
+}
+
+/*
  * The update of each Kronecker block against the dense
  * −[(G + γ/π I) ⊗ (A + πγ I)]⁻¹ (g + ηθ) solved by Gauss-Jordan, with π
  * from the trace formula computed here; diagonal sides when
@@ -659,10 +737,10 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_factors_one_example), cmocka_unit_test(test_factors_batch),
         cmocka_unit_test(test_conv_statistics),     cmocka_unit_test(test_blockdiag_update),
-        cmocka_unit_test(test_ema_schedule),        cmocka_unit_test(test_cov_interval),
-        cmocka_unit_test(test_inverse_interval),    cmocka_unit_test(test_multiply_forms),
-        cmocka_unit_test(test_inverse_cache),       cmocka_unit_test(test_precision_default),
-        cmocka_unit_test(test_fp32_tracks_fp64),
+        cmocka_unit_test(test_ema_schedule),        cmocka_unit_test(test_wide_factors),
+        cmocka_unit_test(test_cov_interval),        cmocka_unit_test(test_inverse_interval),
+        cmocka_unit_test(test_multiply_forms),      cmocka_unit_test(test_inverse_cache),
+        cmocka_unit_test(test_precision_default),   cmocka_unit_test(test_fp32_tracks_fp64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -148,6 +148,43 @@ static void test_bad_answers(void **state)
     tu_mlp_teardown(o, l, &net);
 }
 
+/* Simple mode: a finite preconditioned gradient whose update lr·v
+ * overflows is refused naming the velocity, with nothing changed; the same
+ * step at a smaller lr is taken. */
+static void test_velocity_overflow(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 4, 7, 8);
+    const tu_kv kv[] = {{"lr", 1e6}, {"momentum", 0}, {"weight_decay", 0}, {"kl_clip", 0}};
+    curv_opt *o = tu_kfac_opt(l, kv, 4, "mode", "simple", "noise", "off", NULL);
+    curv_error err;
+    double u[64];
+    curv_request req;
+    net.g[5] = 1e303;
+    curv_step_input in = {.grad = net.g,
+                          .params = net.theta,
+                          .len = net.dim,
+                          .dtype = CURV_F64,
+                          .layers = net.stats,
+                          .n_layers = 2};
+    size_t len;
+    unsigned char *snap = tu_snapshot(o, &len);
+    assert_int_equal(curv_opt_step(o, &in, u, &req, &err), CURV_E_NONFINITE);
+    if (!strstr(err.text, "the velocity μv + F̆⁻¹∇h or the update overflows at element"))
+        fail_msg("unexpected error: %s", err.text);
+    tu_assert_unchanged(o, snap, len);
+    curv_free(snap);
+    curv_config *c = curv_config_new();
+    curv_config_set_num(c, "lr", 1e-6, NULL);
+    tu_assert_status(curv_opt_reconfigure(o, c, &err), CURV_OK, &err);
+    curv_config_free(c);
+    tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_OK, &err);
+    for (size_t i = 0; i < net.dim; i++)
+        assert_true(isfinite(u[i]));
+    tu_mlp_teardown(o, l, &net);
+}
+
 /* Statistics that overflow make non-finite factors: a block keeps its old
  * ones (counted) for max_failures steps in a row; one more is
  * CURV_E_NUMERIC naming the block, with nothing changed; on step 1 there
@@ -272,8 +309,11 @@ static void test_corrupt_blobs(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bad_steps),       cmocka_unit_test(test_bad_answers),
-        cmocka_unit_test(test_failing_factors), cmocka_unit_test(test_reconfigure_and_params),
+        cmocka_unit_test(test_bad_steps),
+        cmocka_unit_test(test_bad_answers),
+        cmocka_unit_test(test_failing_factors),
+        cmocka_unit_test(test_velocity_overflow),
+        cmocka_unit_test(test_reconfigure_and_params),
         cmocka_unit_test(test_corrupt_blobs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

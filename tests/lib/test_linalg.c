@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal.h"
 #include "linalg.h"
 #include "testutil.h"
 
@@ -344,6 +345,39 @@ static void test_gemm3(void **state)
     }
 }
 
+/* curv__dot against a long double sum: each of its eight lanes adds about
+ * n/8 products and three pairwise levels join them, so the error is at most
+ * (n/8 + 4) u Σ|x_i y_i| (Higham's γ_k, u = 2⁻⁵³); lengths around the
+ * lane count and a long odd one. */
+static void test_dot(void **state)
+{
+    (void)state;
+    tu_rng r;
+    tu_rng_seed(&r, 3);
+    static const size_t lens[] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 100003};
+    for (size_t c = 0; c < sizeof lens / sizeof *lens; c++) {
+        const size_t n = lens[c];
+        double *x = tu_alloc(n + 1), *y = tu_alloc(n + 1);
+        tu_fill_normal(&r, x, n, 1.0);
+        tu_fill_normal(&r, y, n, 1.0);
+        long double ref = 0, mag = 0;
+        for (size_t i = 0; i < n; i++) {
+            ref += (long double)x[i] * y[i];
+            mag += fabsl((long double)x[i] * y[i]);
+        }
+        const double got = curv__dot(x, y, n);
+        const double bound = ((double)n / 8 + 4) * 0x1p-53 * (double)mag;
+        if (!(fabs(got - (double)ref) <= bound))
+            fail_msg("n = %zu: dot %.17g, reference %.17Lg", n, got, ref);
+        free(x), free(y);
+    }
+    double ones[20];
+    for (size_t i = 0; i < 20; i++)
+        ones[i] = 1;
+    assert_true(curv__dot(ones, ones, 20) == 20);
+    assert_true(isinf(curv__dot((double[]){1e200, 1}, (double[]){1e200, 1}, 2)));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -356,6 +390,7 @@ int main(void)
         cmocka_unit_test(test_frobenius),
         cmocka_unit_test(test_symmetrize),
         cmocka_unit_test(test_gemm3),
+        cmocka_unit_test(test_dot),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
