@@ -106,6 +106,8 @@ size_t curv__bma_bytes(size_t L);
 
 /* curv__first_nonfinite - index of the first NaN/Inf in x[0..n), or n. */
 size_t curv__first_nonfinite(const double *x, size_t n);
+/* curv__first_nonfinite_f - the same for floats. */
+size_t curv__first_nonfinite_f(const float *x, size_t n);
 
 /* curv__dot - Σ x_i y_i in a fixed order of eight interleaved partial sums
  * (deterministic, vectorized; not the sequential sum's bits). */

@@ -785,6 +785,15 @@ int curv_opt_stats_pending(const curv_opt *o)
            curv__kfac_est_fold_pending(((const struct kfac_state *)o->impl)->est);
 }
 
+/* Float statistics feed fp32's float SYRKs as they are; fp64's SYRKs and
+ * the tridiagonal inverse's cross factors read doubles. Both settings are
+ * fixed for a session. */
+static int kfac_float_layers(const curv_opt *o)
+{
+    const struct curv__kfac_hyper *h = hyp(o);
+    return h->precision == CURV__KFAC_FP32 && h->inverse == CURV__KFAC_BLOCKDIAG;
+}
+
 const struct curv__kfac_est *curv__kfac_estimator(const curv_opt *o)
 {
     return o && o->kind == CURV_OPT_KFAC ? ((const struct kfac_state *)o->impl)->est : NULL;
@@ -806,4 +815,5 @@ const struct curv__opt_vt curv__kfac_vt = {
     .inputs = CURV_INPUT_LAYERS,
     .upgrade = kfac_upgrade,
     .settle = kfac_settle,
+    .float_layers = kfac_float_layers,
 };

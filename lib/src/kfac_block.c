@@ -116,6 +116,12 @@ static void side_init(struct curv__kside *s, size_t n, const struct curv__kfac_h
     s->w = curv__tally_calloc(t, n, sizeof(double));
 }
 
+/* A layer's rows as the step has them: doubles @d, or floats @f. */
+struct rows_in {
+    const double *d;
+    const float *f;
+};
+
 /* Rows per float SYRK of stats_f32. */
 #define STATS_CHUNK 1024
 
@@ -203,7 +209,8 @@ CURV__VECTOR_CLONES static uint64_t fold_ema(const struct stat_src *src, const d
 
 /*
  * scale Σ_rows x xᵀ (nx x nx) from float SYRKs over chunks of STATS_CHUNK
- * rows of @X rounded to float, each chunk's sum added in double into the
+ * rows of @X rounded to float (read in place when the trainer's rows are
+ * floats), each chunk's sum added in double into the
  * upper triangle of @Fn (leading dimension n), the last one folded into
  * the new estimate by fold_ema. The rows a trainer sends are FP32 tensors
  * (exact in float); what float adds is the SYRK's accumulation over at
@@ -211,14 +218,14 @@ CURV__VECTOR_CLONES static uint64_t fold_ema(const struct stat_src *src, const d
  * independent from step to step and averaged by the EMA, which
  * accumulates in double. CURV_E_NOMEM, CURV_E_NUMERIC.
  */
-static curv_status stats_f32(const double *X, struct stat_src *src, const double *F, double *Fn,
-                             size_t n, double eps)
+static curv_status stats_f32(const struct rows_in *X, struct stat_src *src, const double *F,
+                             double *Fn, size_t n, double eps)
 {
     const size_t rows = src->rows, nx = src->nx;
     const size_t chunk = rows < STATS_CHUNK ? rows : STATS_CHUNK;
-    float *Xf = curv__malloc_n(chunk * nx, sizeof(float));
+    float *Xf = X->f ? NULL : curv__malloc_n(chunk * nx, sizeof(float));
     float *Ff = curv__malloc_n(nx * nx, sizeof(float));
-    if (!Xf || !Ff) {
+    if ((!X->f && !Xf) || !Ff) {
         curv__free(Xf);
         curv__free(Ff);
         return CURV_E_NOMEM;
@@ -227,9 +234,11 @@ static curv_status stats_f32(const double *X, struct stat_src *src, const double
     uint64_t bad = 0;
     for (size_t r0 = 0; r0 < rows; r0 += chunk) {
         const size_t k = rows - r0 < chunk ? rows - r0 : chunk;
-        to_float(X + r0 * nx, k * nx, Xf);
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)k, 1.0f, Xf, (int)nx, 0.0f,
-                    Ff, (int)nx);
+        const float *rows_f = X->f ? X->f + r0 * nx : Xf;
+        if (!X->f)
+            to_float(X->d + r0 * nx, k * nx, Xf);
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)k, 1.0f, rows_f, (int)nx,
+                    0.0f, Ff, (int)nx);
         src->acc = r0 > 0;
         if (r0 + k == rows) {
             bad = fold_ema(src, F, Fn, n, eps);
@@ -245,26 +254,33 @@ static curv_status stats_f32(const double *X, struct stat_src *src, const double
     return bad ? CURV_E_NUMERIC : CURV_OK;
 }
 
-/* Σ_rows x of @X (rows x nx) into @sum, row after row. */
-static void column_sums(const double *X, size_t rows, size_t nx, double *sum)
+/* Σ_rows x of @X (rows x nx) into @sum, row after row, in double (a
+ * float row's values are exact in double: the same sums either way). */
+static void column_sums(const struct rows_in *X, size_t rows, size_t nx, double *sum)
 {
     for (size_t j = 0; j < nx; j++)
         sum[j] = 0.0;
     for (size_t r = 0; r < rows; r++)
-        for (size_t j = 0; j < nx; j++)
-            sum[j] += X[r * nx + j];
+        if (X->f)
+            for (size_t j = 0; j < nx; j++)
+                sum[j] += (double)X->f[r * nx + j];
+        else
+            for (size_t j = 0; j < nx; j++)
+                sum[j] += X->d[r * nx + j];
 }
 
-/* A diagonal side's new estimate: the squares, and the EMA. */
-static curv_status diag_stats(const double *X, const struct stat_src *src, const double *F,
+/* A diagonal side's new estimate: the squares (in double), and the EMA. */
+static curv_status diag_stats(const struct rows_in *X, const struct stat_src *src, const double *F,
                               double *Fn, size_t n, double eps)
 {
     const size_t nx = src->nx;
     for (size_t j = 0; j < n; j++)
         Fn[j] = 0.0;
     for (size_t r = 0; r < src->rows; r++)
-        for (size_t j = 0; j < nx; j++)
-            Fn[j] += X[r * nx + j] * X[r * nx + j];
+        for (size_t j = 0; j < nx; j++) {
+            const double x = X->f ? (double)X->f[r * nx + j] : X->d[r * nx + j];
+            Fn[j] += x * x;
+        }
     for (size_t j = 0; j < nx; j++)
         Fn[j] *= src->scale;
     if (nx < n)
@@ -278,10 +294,11 @@ static curv_status diag_stats(const double *X, const struct stat_src *src, const
  * New estimate F ← εF + (1−ε)X̂ with X̂ = scale Σ_rows x xᵀ over the rows of
  * @X (rows x nx, row-major), x extended by a homogeneous 1 when @bias (the
  * side then has nx + 1 entries). Dense sides use one SYRK (float SYRKs in
- * fp32: stats_f32) and fold_ema; diagonal sides only the squares.
+ * fp32: stats_f32) and fold_ema; diagonal sides only the squares. Float
+ * rows come only with fp32 (kfac_float_layers).
  */
-static curv_status side_stats(struct curv__kside *s, const double *X, size_t rows, size_t nx,
-                              int bias, double scale, double eps)
+static curv_status side_stats(struct curv__kside *s, const struct rows_in *X, size_t rows,
+                              size_t nx, int bias, double scale, double eps)
 {
     const size_t n = s->n;
     double *Fn = curv__malloc_n(curv__kside_len(s), sizeof(double));
@@ -302,7 +319,7 @@ static curv_status side_stats(struct curv__kside *s, const double *X, size_t row
             st = stats_f32(X, &src, s->F, Fn, n, eps);
         } else {
             memset(Fn, 0, n * n * sizeof *Fn); /* as BLAS need not ignore C at β = 0 */
-            cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)rows, scale, X,
+            cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)nx, (int)rows, scale, X->d,
                         (int)nx, 0.0, Fn, (int)n);
             st = fold_ema(&src, s->F, Fn, n, eps) ? CURV_E_NUMERIC : CURV_OK;
         }
@@ -538,11 +555,11 @@ static curv_status kron_stats(struct curv__kblock *b, const struct curv__layer_i
     const curv_block_info *in = &b->info;
     /* Ā averages over rows (examples x positions); G sums over positions
      * and averages over examples (KFC), both equal for dense blocks. */
+    const struct rows_in acts = {li->acts, li->acts_f}, signals = {li->signals, li->signals_f};
     curv_status st =
-        side_stats(&b->A, li->acts, li->rows, in->n_in, in->has_bias, 1.0 / (double)li->rows, eps);
+        side_stats(&b->A, &acts, li->rows, in->n_in, in->has_bias, 1.0 / (double)li->rows, eps);
     if (st == CURV_OK)
-        st =
-            side_stats(&b->G, li->signals, li->rows, in->n_out, 0, 1.0 / (double)li->examples, eps);
+        st = side_stats(&b->G, &signals, li->rows, in->n_out, 0, 1.0 / (double)li->examples, eps);
     if (st == CURV_E_NOMEM)
         return curv__fail(err, st, "kfac: out of memory for the factors of block '%s'", in->name);
     if (st != CURV_OK) {

@@ -33,6 +33,12 @@ static const double *as_doubles(const void *src, curv_dtype dtype, double *dst, 
     return dst;
 }
 
+/* The dtype of @ls's matrices in a step of @dtype. */
+static curv_dtype layer_dtype(const curv_layer_stats *ls, curv_dtype dtype)
+{
+    return ls->f32 ? CURV_F32 : dtype;
+}
+
 /* With @sumsq, Σ v_i² (curv__dot) goes there, and v is searched for a value
  * that is not finite only when that sum is not finite (a NaN or an
  * infinity in v makes it so; so may an overflow of the sum alone). */
@@ -114,15 +120,18 @@ static curv_status check_layer(const curv_opt *o, const curv_layer_stats *ls, si
     return CURV_OK;
 }
 
-/* Check one matrix finite; the error names block, matrix, row and column. */
+/* Check one matrix, of doubles @m or floats @mf, finite; the error names
+ * block, matrix, row and column. */
 static curv_status check_finite(const curv_opt *o, const char *block, const char *what,
-                                const double *m, size_t rows, size_t cols, curv_error *err)
+                                const double *m, const float *mf, size_t rows, size_t cols,
+                                curv_error *err)
 {
-    size_t n = rows * cols, bad = curv__first_nonfinite(m, n);
+    size_t n = rows * cols, bad = m ? curv__first_nonfinite(m, n) : curv__first_nonfinite_f(mf, n);
     if (bad == n)
         return CURV_OK;
     return curv__fail(err, CURV_E_NONFINITE, "%s: block '%s': %s[%zu][%zu] is %g",
-                      curv_opt_kind_name(o->kind), block, what, bad / cols, bad % cols, m[bad]);
+                      curv_opt_kind_name(o->kind), block, what, bad / cols, bad % cols,
+                      m ? m[bad] : (double)mf[bad]);
 }
 
 static curv_status load_layers(curv_opt *o, const curv_step_input *in, struct curv__step_args *a,
@@ -142,12 +151,16 @@ static curv_status load_layers(curv_opt *o, const curv_step_input *in, struct cu
     if (in->n_layers > curv_layout_nblocks(o->layout))
         return curv__fail(err, CURV_E_INVALID, "%s: %zu layer entries for %zu blocks", name,
                           in->n_layers, curv_layout_nblocks(o->layout));
+    /* Floats stay floats for a kind that reads them; the rest are converted. */
+    const int keep_floats = o->vt->float_layers && o->vt->float_layers(o);
     size_t total = 0;
     for (size_t i = 0; i < in->n_layers; i++) {
         size_t n = 0;
         curv_status st = check_layer(o, &in->layers[i], &n, err);
         if (st != CURV_OK)
             return st;
+        if (layer_dtype(&in->layers[i], in->dtype) == CURV_F64 || keep_floats)
+            continue;
         if (total + n < total)
             return curv__fail(err, CURV_E_RANGE, "%s: layer statistics too large", name);
         total += n;
@@ -160,25 +173,33 @@ static curv_status load_layers(curv_opt *o, const curv_step_input *in, struct cu
         o->layers = nl;
         o->layers_cap = in->n_layers;
     }
-    if (in->dtype == CURV_F32 && !ensure(&o->lbuf, &o->lbuf_cap, total))
+    if (total && !ensure(&o->lbuf, &o->lbuf_cap, total))
         return curv__fail(err, CURV_E_NOMEM, "%s: out of memory converting layer statistics", name);
     double *next = o->lbuf;
     for (size_t i = 0; i < in->n_layers; i++) {
         const curv_layer_stats *ls = &in->layers[i];
+        const curv_dtype dt = layer_dtype(ls, in->dtype);
         curv_block_info b;
         curv_layout_block(o->layout, ls->block, &b);
         struct curv__layer_in *li = &o->layers[i];
         *li =
             (struct curv__layer_in){.block = ls->block, .rows = ls->rows, .examples = ls->examples};
-        li->acts = as_doubles(ls->acts, in->dtype, next, ls->rows * b.n_in);
-        if (in->dtype == CURV_F32) /* lbuf is NULL for float64: no arithmetic on it */
-            next += ls->rows * b.n_in;
-        li->signals = as_doubles(ls->signals, in->dtype, next, ls->rows * b.n_out);
-        if (in->dtype == CURV_F32)
-            next += ls->rows * b.n_out;
-        curv_status st = check_finite(o, b.name, "acts", li->acts, ls->rows, b.n_in, err);
+        if (dt == CURV_F32 && keep_floats) {
+            li->acts_f = ls->acts;
+            li->signals_f = ls->signals;
+        } else {
+            li->acts = as_doubles(ls->acts, dt, next, ls->rows * b.n_in);
+            if (dt == CURV_F32) /* lbuf is NULL for float64: no arithmetic on it */
+                next += ls->rows * b.n_in;
+            li->signals = as_doubles(ls->signals, dt, next, ls->rows * b.n_out);
+            if (dt == CURV_F32)
+                next += ls->rows * b.n_out;
+        }
+        curv_status st =
+            check_finite(o, b.name, "acts", li->acts, li->acts_f, ls->rows, b.n_in, err);
         if (st == CURV_OK)
-            st = check_finite(o, b.name, "signals", li->signals, ls->rows, b.n_out, err);
+            st = check_finite(o, b.name, "signals", li->signals, li->signals_f, ls->rows, b.n_out,
+                              err);
         if (st != CURV_OK)
             return st;
     }

@@ -82,12 +82,15 @@ double curv__sched_lr(const struct curv__sched *s, uint64_t t);
 
 struct curv__opt_vt;
 
-/* One layer's statistics as a kind sees them: checked and in doubles. */
+/* One layer's statistics as a kind sees them: checked, in doubles, or in
+ * floats as the trainer sent them when the kind reads floats
+ * (curv__opt_vt.float_layers; then acts and signals are NULL). */
 struct curv__layer_in {
     size_t block;
     size_t rows, examples;
     const double *acts;    /* rows x n_in */
     const double *signals; /* rows x n_out */
+    const float *acts_f, *signals_f;
 };
 
 /* A step's input as a kind sees it: every vector checked finite (grad_sq
@@ -211,6 +214,9 @@ struct curv__opt_vt {
      * deferred statistics: curv_opt_settle); NULL: never any. opt.c calls
      * it first in every call that reads or changes the state. */
     void (*settle)(curv_opt *o);
+    /* 1 when the kind reads float layer statistics as they are (a step's
+     * acts_f and signals_f); NULL or 0: doubles, converted for it. */
+    int (*float_layers)(const curv_opt *o);
 };
 
 /* curv__steps_stamp - the stamp (curv__w_part) of arrays that change only

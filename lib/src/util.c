@@ -62,6 +62,35 @@ size_t curv__first_nonfinite(const double *x, size_t n)
     return first_nonfinite(x, n);
 }
 
+/* A float is NaN or ±Inf exactly when its 8 exponent bits are all ones. */
+static inline uint32_t nonfinite_bits_f(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (uint32_t)((u & 0x7f800000u) == 0x7f800000u);
+}
+
+CURV__VECTOR_CLONES static size_t first_nonfinite_f(const float *x, size_t n)
+{
+    enum { CHUNK = 8192 };
+    for (size_t base = 0; base < n; base += CHUNK) {
+        size_t end = n - base < CHUNK ? n : base + CHUNK;
+        uint32_t bad = 0;
+        for (size_t i = base; i < end; i++)
+            bad |= nonfinite_bits_f(x[i]);
+        if (bad)
+            for (size_t i = base; i < end; i++)
+                if (nonfinite_bits_f(x[i]))
+                    return i;
+    }
+    return n;
+}
+
+size_t curv__first_nonfinite_f(const float *x, size_t n)
+{
+    return first_nonfinite_f(x, n);
+}
+
 /* Eight interleaved partial sums (lane i mod 8) added pairwise at the end:
  * eight additions in flight instead of one chain, and the same bits
  * whatever vector width a clone uses (each lane's arithmetic is scalar

@@ -1065,11 +1065,12 @@ static size_t ae_step_body(struct body *b, const struct ae *a, long long step)
  * max_staleness, and the steps after the AE_WARM first that are timed. */
 struct ae_plan {
     int inv_interval, staleness, steps;
-    double think_s; /* the trainer's time between steps (its passes), slept */
+    double think_s;         /* the trainer's time between steps (its passes), slept */
+    const char *durability; /* the daemon's --durability; NULL: full */
 };
 #define AE_MAX_STEPS 32
 
-/* One daemon (--workers @workers, durability full), one session stepped
+/* One daemon (--workers @workers, @plan's durability), one session stepped
  * as @plan says: the median of the timed steps and that step's
  * Server-Timing, their mean into *@mean and the mean of each phase into
  * @mean_ph (either may be NULL). */
@@ -1077,9 +1078,10 @@ static void ae_run(const char *bin, const struct ae *a, const char *workers,
                    const struct ae_plan *plan, double *wall, double phase[NPHASE], double *mean,
                    double mean_ph[NPHASE])
 {
-    char line[512], path[128];
+    char line[512], path[128], db[3][32];
+    const char *dur = plan->durability ? plan->durability : "full";
     g_workers = workers;
-    int port = daemon_start(bin, "full", line, sizeof line);
+    int port = daemon_start(bin, dur, line, sizeof line);
     g_workers = NULL;
     printf("daemon: %s\n", line);
     fflush(stdout);
@@ -1124,8 +1126,11 @@ static void ae_run(const char *bin, const struct ae *a, const char *workers,
     int st = daemon_stop();
     if (st != 0)
         fail("the daemon did not stop cleanly on SIGTERM (status %d)", st);
+    snprintf(db[0], sizeof db[0], "%s.db", dur);
+    snprintf(db[1], sizeof db[1], "%s.db-wal", dur);
+    snprintf(db[2], sizeof db[2], "%s.db-shm", dur);
     for (int k = 0; k < 3; k++)
-        remove_tmp(k == 0 ? "full.db" : k == 1 ? "full.db-wal" : "full.db-shm");
+        remove_tmp(db[k]);
     int med = 0; /* the median step: as many faster as slower */
     double sum = 0;
     for (int i = 0; i < steps; i++) {
@@ -1271,35 +1276,42 @@ static void run_autoencoder(const char *bin, int quick)
 /* --fold: the autoencoder between refreshes with max_staleness 0 (each
  * step folds its statistics before its reply) and 2 (after it, on a
  * worker: curv_opt_defer_stats), back to back and with a trainer's 0.3 s
- * between steps; the means of steps 4-9 and of their Server-Timing. */
+ * between steps, under --durability full and normal; the means of steps
+ * 4-9 and of their Server-Timing. */
 static void run_fold(const char *bin, int quick)
 {
     struct ae a = ae_new(quick);
     char ncpu[24];
     snprintf(ncpu, sizeof ncpu, "%ld", g_ncpu > 1 ? g_ncpu : 2);
     const double think[2] = {0, quick ? 0.01 : 0.3};
-    double mean[2][2], ph[2][2][NPHASE], med, med_ph[NPHASE];
-    for (int th = 0; th < 2; th++)
-        for (int s = 0; s < 2; s++) {
-            const struct ae_plan plan = {
-                .inv_interval = 20, .staleness = 2 * s, .steps = AE_STEPS, .think_s = think[th]};
-            ae_run(bin, &a, ncpu, &plan, &med, med_ph, &mean[th][s], ph[th][s]);
-        }
-    printf("\nautoencoder K-FAC session over HTTP (m = %zu, simple mode, binary FP32, durability "
-           "full, --workers %s), steps %d-%d (no refresh), means in seconds:\n",
+    static const char *const dur[2] = {"full", "normal"};
+    double mean[2][2][2], ph[2][2][2][NPHASE], med, med_ph[NPHASE];
+    for (int d = 0; d < 2; d++)
+        for (int th = 0; th < 2; th++)
+            for (int s = 0; s < 2; s++) {
+                const struct ae_plan plan = {.inv_interval = 20,
+                                             .staleness = 2 * s,
+                                             .steps = AE_STEPS,
+                                             .think_s = think[th],
+                                             .durability = dur[d]};
+                ae_run(bin, &a, ncpu, &plan, &med, med_ph, &mean[d][th][s], ph[d][th][s]);
+            }
+    printf("\nautoencoder K-FAC session over HTTP (m = %zu, simple mode, binary FP32, "
+           "--workers %s), steps %d-%d (no refresh), means in seconds:\n",
            a.m, ncpu, AE_WARM + 1, AE_WARM + AE_STEPS);
-    printf("  %-8s %-14s %8s", "trainer", "max_staleness", "request");
+    printf("  %-10s %-8s %-14s %8s", "durability", "trainer", "max_staleness", "request");
     for (int p = 0; p < NPHASE; p++)
         printf(" %8s", PHASE[p]);
     printf(" %8s\n", "timing");
-    for (int th = 0; th < 2; th++)
-        for (int s = 0; s < 2; s++) {
-            double total = 0;
-            printf("  %-8.2f %-14d %8.3f", think[th], 2 * s, mean[th][s]);
-            for (int p = 0; p < NPHASE; p++)
-                printf(" %8.3f", ph[th][s][p]), total += ph[th][s][p];
-            printf(" %8.3f\n", total);
-        }
+    for (int d = 0; d < 2; d++)
+        for (int th = 0; th < 2; th++)
+            for (int s = 0; s < 2; s++) {
+                double total = 0;
+                printf("  %-10s %-8.2f %-14d %8.3f", dur[d], think[th], 2 * s, mean[d][th][s]);
+                for (int p = 0; p < NPHASE; p++)
+                    printf(" %8.3f", ph[d][th][s][p]), total += ph[d][th][s][p];
+                printf(" %8.3f\n", total);
+            }
     printf("  request: the client's wall time of a step; timing: the sum of its Server-Timing; "
            "with max_staleness 2 the fold runs after the reply, so back to back the next "
            "step waits for it\n");

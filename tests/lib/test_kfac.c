@@ -254,6 +254,120 @@ static void test_wide_factors(void **state)
     }
 }
 
+/* How check_float_layers hands a step its statistics. */
+enum stats_form { AS_DOUBLES, AS_FLOATS, AS_F32_STEP };
+
+/* Steps 1-7 (a refresh at 5) of a two-block K-FAC (@precision, @inverse,
+ * @max_factor_dim) fed the same values in @form: each update appended to
+ * @u (7 x d), the final state saved into *@blob. The statistics are
+ * floats' values; the gradient too, for the all-float step. */
+static void run_stats_form(const char *precision, const char *inverse, double max_factor_dim,
+                           size_t rows, enum stats_form form, double *u, unsigned char **blob,
+                           size_t *len)
+{
+    static const size_t n_out[2] = {40, 9}, n_in[2] = {70, 6};
+    curv_layout *l = curv_layout_new();
+    assert_int_equal(curv_layout_add_dense(l, "a", n_out[0], n_in[0], 1, NULL), CURV_OK);
+    assert_int_equal(curv_layout_add_dense(l, "b", n_out[1], n_in[1], 0, NULL), CURV_OK);
+    const size_t d = curv_layout_dim(l);
+    const tu_kv kv[] = {
+        {"lr", 0.1}, {"weight_decay", 0}, {"inv_interval", 5}, {"max_factor_dim", max_factor_dim}};
+    curv_opt *o =
+        tu_kfac_opt(l, kv, 4, "mode", "simple", "precision", precision, "inverse", inverse, NULL);
+    double *g = tu_alloc(d), *X[2][2], *uf = tu_alloc(d);
+    float *gf = malloc(d * sizeof *gf), *Xf[2][2];
+    for (int b = 0; b < 2; b++) {
+        const size_t n[2] = {n_in[b], n_out[b]};
+        for (int s = 0; s < 2; s++) {
+            X[b][s] = tu_alloc(rows * n[s]);
+            Xf[b][s] = malloc(rows * n[s] * sizeof(float));
+        }
+    }
+    tu_rng r;
+    tu_rng_seed(&r, 99);
+    curv_error err;
+    curv_request req;
+    for (unsigned k = 1; k <= 7; k++) {
+        curv_layer_stats ls[2];
+        tu_fill_normal(&r, g, d, 1.0);
+        for (size_t i = 0; i < d; i++)
+            gf[i] = (float)g[i], g[i] = gf[i];
+        for (int b = 0; b < 2; b++) {
+            const size_t n[2] = {n_in[b], n_out[b]};
+            for (int s = 0; s < 2; s++) {
+                tu_fill_normal(&r, X[b][s], rows * n[s], s ? 0.1 : 1.0);
+                for (size_t i = 0; i < rows * n[s]; i++)
+                    Xf[b][s][i] = (float)X[b][s][i], X[b][s][i] = Xf[b][s][i];
+            }
+            const int fl = form != AS_DOUBLES;
+            ls[b] = (curv_layer_stats){.block = (size_t)b,
+                                       .rows = rows,
+                                       .examples = rows,
+                                       .acts = fl ? (const void *)Xf[b][0] : X[b][0],
+                                       .signals = fl ? (const void *)Xf[b][1] : X[b][1],
+                                       .f32 = form == AS_FLOATS};
+        }
+        const int all_f32 = form == AS_F32_STEP;
+        curv_step_input in = {.grad = all_f32 ? (const void *)gf : g,
+                              .len = d,
+                              .dtype = all_f32 ? CURV_F32 : CURV_F64,
+                              .layers = ls,
+                              .n_layers = 2};
+        tu_assert_status(curv_opt_step(o, &in, all_f32 ? (void *)gf : uf, &req, &err), CURV_OK,
+                         &err);
+        for (size_t i = 0; i < d; i++)
+            u[(k - 1) * d + i] = all_f32 ? gf[i] : uf[i];
+    }
+    assert_int_equal(curv_opt_save(o, blob, len, &err), CURV_OK);
+    for (int b = 0; b < 2; b++)
+        for (int s = 0; s < 2; s++)
+            free(X[b][s]), free(Xf[b][s]);
+    free(g), free(gf), free(uf);
+    curv_opt_free(o);
+    curv_layout_free(l);
+}
+
+/* The same values as doubles, as floats beside a float64 gradient
+ * (curv_layer_stats.f32), and in an all-float step give the same updates
+ * and state bit for bit: fp32 reads the floats in place, fp64 and the
+ * tridiagonal inverse convert them; dense and diagonal sides, a bias,
+ * one and two SYRK chunks. (The all-float step's updates are floats:
+ * compared after rounding the others; its state is the same.) */
+static void test_float_layers(void **state)
+{
+    (void)state;
+    const size_t d = 40 * 71 + 9 * 6;
+    static const struct {
+        const char *precision, *inverse;
+        double max_factor_dim;
+        size_t rows;
+    } cases[] = {{"fp32", "blockdiag", 4096, 7},
+                 {"fp32", "blockdiag", 32, 7},
+                 {"fp32", "blockdiag", 4096, 1100},
+                 {"fp64", "blockdiag", 4096, 7},
+                 {"fp32", "tridiag", 4096, 7}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        double *u[3];
+        unsigned char *blob[3];
+        size_t len[3];
+        for (int f = 0; f < 3; f++) {
+            u[f] = tu_alloc(7 * d);
+            run_stats_form(cases[c].precision, cases[c].inverse, cases[c].max_factor_dim,
+                           cases[c].rows, (enum stats_form)f, u[f], &blob[f], &len[f]);
+        }
+        if (memcmp(u[0], u[1], 7 * d * sizeof(double)) || len[0] != len[1] ||
+            memcmp(blob[0], blob[1], len[0]))
+            fail_msg("case %zu: float statistics beside a float64 gradient differ", c);
+        if (len[0] != len[2] || memcmp(blob[0], blob[2], len[0]))
+            fail_msg("case %zu: the all-float step leaves another state", c);
+        for (size_t i = 0; i < 7 * d; i++)
+            if ((float)u[0][i] != (float)u[2][i])
+                fail_msg("case %zu: the all-float step differs at %zu", c, i);
+        for (int f = 0; f < 3; f++)
+            free(u[f]), curv_free(blob[f]);
+    }
+}
+
 /*
  * The update of each Kronecker block against the dense
  * −[(G + γ/π I) ⊗ (A + πγ I)]⁻¹ (g + ηθ) solved by Gauss-Jordan, with π
@@ -738,9 +852,10 @@ int main(void)
         cmocka_unit_test(test_factors_one_example), cmocka_unit_test(test_factors_batch),
         cmocka_unit_test(test_conv_statistics),     cmocka_unit_test(test_blockdiag_update),
         cmocka_unit_test(test_ema_schedule),        cmocka_unit_test(test_wide_factors),
-        cmocka_unit_test(test_cov_interval),        cmocka_unit_test(test_inverse_interval),
-        cmocka_unit_test(test_multiply_forms),      cmocka_unit_test(test_inverse_cache),
-        cmocka_unit_test(test_precision_default),   cmocka_unit_test(test_fp32_tracks_fp64),
+        cmocka_unit_test(test_float_layers),        cmocka_unit_test(test_cov_interval),
+        cmocka_unit_test(test_inverse_interval),    cmocka_unit_test(test_multiply_forms),
+        cmocka_unit_test(test_inverse_cache),       cmocka_unit_test(test_precision_default),
+        cmocka_unit_test(test_fp32_tracks_fp64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -63,6 +63,19 @@ static void test_bad_steps(void **state)
     in.len = net.dim;
     ls[0].acts = nan_acts;
     refused(o, &in, CURV_E_NONFINITE, "'l0': acts[1][2]");
+    /* The same as floats beside the float64 gradient (fp32 reads them in
+     * place): the value is named as it is. */
+    float acts_f[4 * 3], sig_f[4 * 4];
+    for (size_t i = 0; i < 4 * 3; i++)
+        acts_f[i] = (float)net.acts[0][i];
+    for (size_t i = 0; i < 4 * 4; i++)
+        sig_f[i] = (float)net.sig[0][i];
+    acts_f[5] = INFINITY;
+    ls[0] = (curv_layer_stats){
+        .block = 0, .rows = 4, .examples = 4, .acts = acts_f, .signals = sig_f, .f32 = 1};
+    refused(o, &in, CURV_E_NONFINITE, "'l0': acts[1][2] is inf");
+    acts_f[5] = 0, sig_f[7] = NAN;
+    refused(o, &in, CURV_E_NONFINITE, "'l0': signals[1][3] is nan");
     ls[0] = net.stats[0];
     ls[1].rows = ls[1].examples = 0;
     refused(o, &in, CURV_E_INVALID, "empty batch");

@@ -67,7 +67,12 @@ typedef enum { CURV_F64 = 0, CURV_F32 = 1 } curv_dtype;
  *            Fisher (K-FAC's "fisher": "true", the thesis' choice) the
  *            targets behind them are sampled from the model's predictive
  *            distribution; "empirical" means the training targets.
- * Both in the step's dtype, finite, borrowed for the call only.
+ * @f32:      0: @acts and @signals are in the step's dtype; 1: both are
+ *            float whatever the step's dtype (a trainer's FP32 statistics
+ *            beside a float64 gradient, without a double copy). The
+ *            values are what count: the same values as floats or doubles
+ *            give the same step, bit for bit.
+ * Finite, borrowed for the call only.
  */
 typedef struct curv_layer_stats {
     size_t block;
@@ -75,6 +80,7 @@ typedef struct curv_layer_stats {
     size_t examples;
     const void *acts;
     const void *signals;
+    int f32;
 } curv_layer_stats;
 
 /*
