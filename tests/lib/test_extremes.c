@@ -48,11 +48,8 @@ static void make_input(struct input *x, curv_opt_kind kind, uint64_t seed)
     tu_fill_normal(&r, x->acts_conv, ROWS_CONV * 8, 1.0);
     tu_fill_normal(&r, x->sig_conv, ROWS_CONV * 2, 0.5);
     x->loss = 2.0;
-    x->layers[0] = (curv_layer_stats){.block = 0,
-                                      .rows = ROWS_FC,
-                                      .examples = ROWS_FC,
-                                      .acts = x->acts_fc,
-                                      .signals = x->sig_fc};
+    x->layers[0] = (curv_layer_stats){
+        .block = 0, .rows = ROWS_FC, .examples = ROWS_FC, .acts = x->acts_fc, .signals = x->sig_fc};
     x->layers[1] = (curv_layer_stats){.block = 1,
                                       .rows = ROWS_CONV,
                                       .examples = ROWS_FC,
