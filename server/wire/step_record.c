@@ -41,36 +41,27 @@ void curvd_step_walk(const curv_layout *l, const struct curvd_step_in *in, const
 
 /* ---- Writing -------------------------------------------------------------- */
 
-/* Room for @n more bytes: 0, or -1 and the record failed. */
-static int reserve(struct curvd_record *r, size_t n)
+static unsigned char *grow(struct curvd_record *r, size_t n)
 {
     if (r->failed)
-        return -1;
+        return NULL;
     if (n > r->cap - r->len) {
         size_t cap = r->cap ? r->cap : 4096;
         while (cap - r->len < n) {
             if (cap > SIZE_MAX / 2) {
                 r->failed = 1;
-                return -1;
+                return NULL;
             }
             cap *= 2;
         }
         unsigned char *b = realloc(r->buf, cap);
         if (!b) {
             r->failed = 1;
-            return -1;
+            return NULL;
         }
         r->buf = b;
         r->cap = cap;
     }
-    return 0;
-}
-
-/* @n more bytes to write at the address returned, or NULL. */
-static unsigned char *grow(struct curvd_record *r, size_t n)
-{
-    if (reserve(r, n) != 0)
-        return NULL;
     unsigned char *at = r->buf + r->len;
     r->len += n;
     return at;
@@ -121,29 +112,11 @@ static void put_vec(void *ctx, const double *v, size_t n)
     curvd_le_encode(v, n, CURV_F64, b + 1);
 }
 
-/* The size of a record whose vectors are all floats, the least it can
- * be: reserved at once, rather than grown many times over. */
-static void count_u64(void *ctx, uint64_t v)
-{
-    (void)v;
-    *(size_t *)ctx += 8;
-}
-
-static void count_vec(void *ctx, const double *v, size_t n)
-{
-    (void)v;
-    *(size_t *)ctx += 9 + 4 * n;
-}
-
 int curvd_record_step(struct curvd_record *r, const curv_layout *l, const struct curvd_step_in *in,
                       const double *g, const double *theta, const double *gsq)
 {
-    size_t least = sizeof magic;
-    curvd_step_walk(l, in, g, theta, gsq,
-                    &(const struct curvd_step_sink){count_u64, count_vec, &least});
     r->len = 0;
     r->failed = 0;
-    (void)reserve(r, least);
     unsigned char *h = grow(r, sizeof magic);
     if (h)
         memcpy(h, magic, sizeof magic);
