@@ -267,7 +267,8 @@ static int decode_b64(const json_t *b, const struct curvd_doc *doc, const char *
         t->count ? (unsigned char *)t->data + t->count * sizeof(double) - bytes : NULL;
     if (curvd_b64_decode(text, len, raw, bytes, path, p))
         return -1;
-    curvd_le_decode(raw, t->count, t->dtype, t->data);
+    if (!curvd_le_decode(raw, t->count, t->dtype, t->data))
+        return check_values(t, NULL, path, p);
     return 0;
 }
 
@@ -298,13 +299,16 @@ static int decode_binary(const json_t *size, const char *path, struct curvd_bina
     }
     if (alloc_values(t, path, p))
         return -1;
-    curvd_le_decode(bin->base + bin->pos, t->count, t->dtype, t->data);
+    if (!curvd_le_decode(bin->base + bin->pos, t->count, t->dtype, t->data))
+        return check_values(t, NULL, path, p);
     return 0;
 }
 
+/* The values, checked (check_values); bytes (binary and base64) hold
+ * floats or doubles already, so only a NaN or an infinity among them is
+ * left to refuse, and their decoding tells whether there is one. */
 static int decode_data(const json_t *obj, const char *path, const struct curvd_doc *doc,
-                       struct curvd_binary *bin, struct curvd_tensor *t, const struct curvd_cut **c,
-                       struct curvd_cut *own, struct curvd_problem *p)
+                       struct curvd_binary *bin, struct curvd_tensor *t, struct curvd_problem *p)
 {
     char sub[160];
     const json_t *data = json_object_get(obj, "data"), *params = json_object_get(obj, "parameters");
@@ -323,18 +327,19 @@ static int decode_data(const json_t *obj, const char *path, const struct curvd_d
         return decode_binary(size, path, bin, t, p);
     const struct curvd_cut *cut = curvd_doc_cut(doc, data);
     if (cut && cut->kind == CURVD_CUT_NUMBERS) {
-        *c = cut;
         if (check_nesting(t, cut, path, p))
             return -1;
         if (alloc_values(t, path, p))
             return -1;
         if (t->count)
             memcpy(t->data, doc->values + cut->first, t->count * sizeof(double));
-        return 0;
+        return check_values(t, cut, path, p);
     }
     if (json_is_array(data)) {
-        *c = own;
-        return decode_json_array(data, path, t, own, p);
+        struct curvd_cut own = {.bad_at = SIZE_MAX};
+        if (decode_json_array(data, path, t, &own, p))
+            return -1;
+        return check_values(t, &own, path, p);
     }
     if (json_is_object(data) && json_object_size(data) == 1 && json_object_get(data, "b64")) {
         t->encoding = CURVD_ENC_B64;
@@ -350,15 +355,12 @@ int curvd_tensor_decode(const json_t *obj, const char *path, const struct curvd_
                         struct curvd_problem *p)
 {
     struct curvd_tensor t = {.ndim = 0};
-    struct curvd_cut own = {.bad_at = SIZE_MAX};
-    const struct curvd_cut *c = NULL;
     path = path ? path : "";
     if (!json_is_object(obj))
         return curvd_problem_set(p, CURVD_R_BAD_TENSOR, path, "a tensor object",
                                  curvd_json_type(obj), "a tensor must be an object");
     if (decode_name(obj, path, &t, p) || decode_dtype(obj, path, &t, p) ||
-        decode_shape(obj, path, max_count, &t, p) ||
-        decode_data(obj, path, doc, bin, &t, &c, &own, p) || check_values(&t, c, path, p)) {
+        decode_shape(obj, path, max_count, &t, p) || decode_data(obj, path, doc, bin, &t, p)) {
         curvd_mem_free(t.data);
         return -1;
     }

@@ -7,6 +7,8 @@
 
 #include <string.h>
 
+#include "wire/byte_order.h"
+
 static const uint64_t C1 = 0x87c37b91114253d5ULL, C2 = 0x4cf5ad432745937fULL;
 
 static uint64_t rotl(uint64_t x, unsigned r)
@@ -18,10 +20,7 @@ static uint64_t le64(const unsigned char *p)
 {
     uint64_t v;
     memcpy(&v, p, sizeof v);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    v = __builtin_bswap64(v);
-#endif
-    return v;
+    return curvd_le64(v);
 }
 
 static uint64_t mix_k1(uint64_t k)
@@ -43,12 +42,19 @@ static uint64_t fmix64(uint64_t k)
     return k ^ (k >> 33);
 }
 
-static void block(struct curvd_hash128 *c, const unsigned char *p)
+/* One 16-byte block into the state @h (h1, h2). The state is passed
+ * apart from the context: bytes read through unsigned char may alias
+ * the context, so a loop on c->h1 and c->h2 would store and reload them
+ * for every block. */
+static void block(uint64_t h[2], const unsigned char *p)
 {
-    c->h1 ^= mix_k1(le64(p));
-    c->h1 = (rotl(c->h1, 27) + c->h2) * 5 + 0x52dce729;
-    c->h2 ^= mix_k2(le64(p + 8));
-    c->h2 = (rotl(c->h2, 31) + c->h1) * 5 + 0x38495ab5;
+    uint64_t h1 = h[0], h2 = h[1];
+    h1 ^= mix_k1(le64(p));
+    h1 = (rotl(h1, 27) + h2) * 5 + 0x52dce729;
+    h2 ^= mix_k2(le64(p + 8));
+    h2 = (rotl(h2, 31) + h1) * 5 + 0x38495ab5;
+    h[0] = h1;
+    h[1] = h2;
 }
 
 void curvd_hash128_init(struct curvd_hash128 *c, uint32_t seed)
@@ -61,6 +67,7 @@ void curvd_hash128_init(struct curvd_hash128 *c, uint32_t seed)
 void curvd_hash128_update(struct curvd_hash128 *c, const void *p, size_t len)
 {
     const unsigned char *s = p;
+    uint64_t h[2] = {c->h1, c->h2};
     c->len += len;
     if (c->fill) {
         size_t n = 16 - c->fill < len ? 16 - c->fill : len;
@@ -70,11 +77,13 @@ void curvd_hash128_update(struct curvd_hash128 *c, const void *p, size_t len)
         len -= n;
         if (c->fill < 16)
             return;
-        block(c, c->buf);
+        block(h, c->buf);
         c->fill = 0;
     }
     for (; len >= 16; s += 16, len -= 16)
-        block(c, s);
+        block(h, s);
+    c->h1 = h[0];
+    c->h2 = h[1];
     memcpy(c->buf, s, len);
     c->fill = len;
 }

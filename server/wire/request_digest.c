@@ -7,36 +7,41 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "wire/byte_order.h"
 #include "wire/hash128.h"
 #include "wire/step_record.h"
 
-static void le_put(unsigned char *b, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        b[i] = (unsigned char)(v >> (8 * i));
-}
-
 static void put_u64(struct curvd_hash128 *c, uint64_t v)
 {
-    unsigned char b[8];
-    le_put(b, v);
-    curvd_hash128_update(c, b, sizeof b);
+    v = curvd_le64(v);
+    curvd_hash128_update(c, &v, sizeof v);
 }
 
-/* @n values, each its IEEE 754 bits; -0 becomes +0 (equal values, one
- * form). In chunks, so that the hash runs over long stretches. */
+void curvd_digest_canon(unsigned char *out, const double *v, size_t n)
+{
+    const uint64_t sign = (uint64_t)1 << 63;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t bits;
+        memcpy(&bits, &v[i], sizeof bits);
+        /* Without a branch, so that the loop vectorizes: the magnitude
+         * less one borrows into the sign bit only when the magnitude is
+         * 0, and then the sign is cleared. */
+        bits &= ~(((bits & ~sign) - 1) & sign);
+        bits = curvd_le64(bits);
+        memcpy(out + 8 * i, &bits, sizeof bits);
+    }
+}
+
+/* @n, then the canonical form of @n values, a chunk at a time: small
+ * enough to stay in the L1 cache between being written and hashed. */
 static void put_doubles(struct curvd_hash128 *c, const double *v, size_t n)
 {
-    unsigned char chunk[512 * 8];
+    enum { CHUNK = 1024 };
+    unsigned char chunk[CHUNK * 8];
     put_u64(c, n);
-    for (size_t i = 0; i < n;) {
-        size_t k = 0;
-        for (; k < 512 && i < n; k++, i++) {
-            double x = v[i] == 0 ? 0.0 : v[i];
-            uint64_t bits;
-            memcpy(&bits, &x, sizeof bits);
-            le_put(chunk + 8 * k, bits);
-        }
+    for (size_t at = 0; at < n; at += CHUNK) {
+        size_t k = n - at < CHUNK ? n - at : CHUNK;
+        curvd_digest_canon(chunk, v + at, k);
         curvd_hash128_update(c, chunk, 8 * k);
     }
 }

@@ -27,6 +27,10 @@
 #define CURVD_DIGEST_PREFIX "mm3-128:"
 #define CURVD_DIGEST_TEXT 41
 
+/* curvd_digest_canon - the canonical form of @n values into @out (8 * @n
+ * bytes): each value's IEEE 754 bits, little-endian, -0 as +0. */
+void curvd_digest_canon(unsigned char *out, const double *v, size_t n);
+
 /* curvd_step_digest - the digest of the decoded step @in (after
  * curvd_step_decode_tensors(): @g, @theta and @gsq are its flat vectors of
  * curv_layout_dim(@l) doubles; @theta and @gsq are read only when sent). */

@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "wire/byte_order.h"
+#include "wire/tensor_bytes.h"
+
 /* The header: names the format and its version; a change takes a new one. */
 static const unsigned char magic[8] = {'c', 'u', 'r', 'v', 'r', 'e', 'c', '1'};
 
@@ -64,50 +67,49 @@ static unsigned char *grow(struct curvd_record *r, size_t n)
     return at;
 }
 
-static void le_put(unsigned char *b, uint64_t v, int bytes)
-{
-    for (int i = 0; i < bytes; i++)
-        b[i] = (unsigned char)(v >> (8 * i));
-}
-
 static void put_u64(void *ctx, uint64_t v)
 {
     unsigned char *b = grow(ctx, 8);
+    v = curvd_le64(v);
     if (b)
-        le_put(b, v, 8);
+        memcpy(b, &v, sizeof v);
 }
 
-static int all_floats(const double *v, size_t n)
+/* @n values as floats into @b; 1 when each one is a float (converts back
+ * to itself), the test that chooses the width. In one pass with the
+ * writing, as the values of FP32 tensors always are floats. */
+static int put_floats(unsigned char *b, const double *v, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        if ((double)(float)v[i] != v[i])
-            return 0;
-    return 1;
+    int all = 1;
+    for (size_t i = 0; i < n; i++) {
+        float f = (float)v[i];
+        uint32_t bits;
+        all &= (double)f == v[i];
+        memcpy(&bits, &f, sizeof bits);
+        bits = curvd_le32(bits);
+        memcpy(b + 4 * i, &bits, sizeof bits);
+    }
+    return all;
 }
 
-/* n, the width (4 or 8), then the values' IEEE 754 bits. */
+/* n, the width (4 or 8), then the values' IEEE 754 bits: written as
+ * floats, then again as doubles when one value was not a float. */
 static void put_vec(void *ctx, const double *v, size_t n)
 {
-    int w = all_floats(v, n) ? 4 : 8;
-    put_u64(ctx, n);
-    unsigned char *b = n <= SIZE_MAX / 8 ? grow(ctx, 1 + (size_t)w * n) : NULL;
+    struct curvd_record *r = ctx;
+    put_u64(r, n);
+    size_t at = r->len;
+    unsigned char *b = n <= SIZE_MAX / 8 ? grow(r, 1 + 4 * n) : NULL;
     if (!b) {
-        ((struct curvd_record *)ctx)->failed = 1;
+        r->failed = 1;
         return;
     }
-    *b++ = (unsigned char)w;
-    for (size_t i = 0; i < n; i++, b += w) {
-        if (w == 4) {
-            float f = (float)v[i];
-            uint32_t bits;
-            memcpy(&bits, &f, sizeof bits);
-            le_put(b, bits, 4);
-        } else {
-            uint64_t bits;
-            memcpy(&bits, &v[i], sizeof bits);
-            le_put(b, bits, 8);
-        }
-    }
+    *b = 4;
+    if (put_floats(b + 1, v, n) || !grow(r, 4 * n))
+        return;
+    b = r->buf + at;
+    *b = 8;
+    curvd_le_encode(v, n, CURV_F64, b + 1);
 }
 
 int curvd_record_step(struct curvd_record *r, const curv_layout *l, const struct curvd_step_in *in,

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "wire/byte_order.h"
 #include "wire/numtext.h"
 
 int curvd_binary_init(struct curvd_binary *b, const void *body, size_t body_len, size_t json_len,
@@ -32,41 +33,43 @@ int curvd_binary_finish(const struct curvd_binary *b, struct curvd_problem *p)
                              "the binary part has %zu bytes no tensor claims", b->len - b->pos);
 }
 
-/* Byte-wise loads and stores compile to plain moves on little-endian hosts
- * and stay correct on big-endian ones. */
-static uint32_t get32(const unsigned char *q)
+/* 1 when the bits @u of a float (a double) are NaN or an infinity: its
+ * exponent bits all ones, the one case where adding 1 to the exponent
+ * carries into the sign bit. Arithmetic rather than a comparison, so that
+ * the loops that use it vectorize. */
+static uint32_t f32_nonfinite(uint32_t u)
 {
-    return (uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 | (uint32_t)q[3] << 24;
+    return ((u & 0x7f800000u) + (1u << 23)) >> 31;
 }
 
-static uint64_t get64(const unsigned char *q)
+static uint64_t f64_nonfinite(uint64_t u)
 {
-    return (uint64_t)get32(q) | (uint64_t)get32(q + 4) << 32;
+    return ((u & 0x7ff0000000000000u) + ((uint64_t)1 << 52)) >> 63;
 }
 
-static void put32(unsigned char *q, uint32_t u)
+int curvd_le_decode(const unsigned char *b, size_t n, int dtype, double *out)
 {
-    q[0] = (unsigned char)u;
-    q[1] = (unsigned char)(u >> 8);
-    q[2] = (unsigned char)(u >> 16);
-    q[3] = (unsigned char)(u >> 24);
-}
-
-void curvd_le_decode(const unsigned char *b, size_t n, int dtype, double *out)
-{
+    uint64_t bad = 0;
     if (dtype == CURV_F32) {
         for (size_t i = 0; i < n; i++) {
-            uint32_t u = get32(b + 4 * i);
+            uint32_t u;
             float f;
-            memcpy(&f, &u, 4);
+            memcpy(&u, b + 4 * i, sizeof u);
+            u = curvd_le32(u);
+            bad |= f32_nonfinite(u);
+            memcpy(&f, &u, sizeof f);
             out[i] = f;
         }
     } else {
         for (size_t i = 0; i < n; i++) {
-            uint64_t u = get64(b + 8 * i);
-            memcpy(&out[i], &u, 8);
+            uint64_t u;
+            memcpy(&u, b + 8 * i, sizeof u);
+            u = curvd_le64(u);
+            bad |= f64_nonfinite(u);
+            memcpy(&out[i], &u, sizeof u);
         }
     }
+    return !bad;
 }
 
 void curvd_le_encode(const double *x, size_t n, int dtype, unsigned char *b)
@@ -75,15 +78,16 @@ void curvd_le_encode(const double *x, size_t n, int dtype, unsigned char *b)
         for (size_t i = 0; i < n; i++) {
             float f = (float)x[i];
             uint32_t u;
-            memcpy(&u, &f, 4);
-            put32(b + 4 * i, u);
+            memcpy(&u, &f, sizeof u);
+            u = curvd_le32(u);
+            memcpy(b + 4 * i, &u, sizeof u);
         }
     } else {
         for (size_t i = 0; i < n; i++) {
             uint64_t u;
-            memcpy(&u, &x[i], 8);
-            put32(b + 8 * i, (uint32_t)u);
-            put32(b + 8 * i + 4, (uint32_t)(u >> 32));
+            memcpy(&u, &x[i], sizeof u);
+            u = curvd_le64(u);
+            memcpy(b + 8 * i, &u, sizeof u);
         }
     }
 }

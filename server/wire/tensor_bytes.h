@@ -9,8 +9,10 @@
 #include "wire/codec.h"
 
 /* curvd_le_decode / _encode - @n values of @dtype (CURV_F32 or CURV_F64) as
- * little-endian bytes <-> doubles, whatever the host's byte order. */
-void curvd_le_decode(const unsigned char *b, size_t n, int dtype, double *out);
+ * little-endian bytes <-> doubles, whatever the host's byte order.
+ * curvd_le_decode returns 1 when every value is finite, 0 when one is NaN
+ * or an infinity (all @n are decoded either way). */
+int curvd_le_decode(const unsigned char *b, size_t n, int dtype, double *out);
 void curvd_le_encode(const double *x, size_t n, int dtype, unsigned char *b);
 
 /*

@@ -956,6 +956,16 @@ static void test_binary_sizes(void **state)
                                         nan64, 8, &t, &n, &p),
                      -1);
     assert_string_equal(p.reason, "NON_FINITE");
+    /* An infinity after finite values in a binary FP32 tensor: named by
+     * its index, as the full check names it. */
+    unsigned char inf32[12] = {0, 0, 0x80, 0x3f, 0, 0, 0, 0x80, 0, 0, 0x80, 0xff};
+    assert_int_equal(decode_binary_body("{\"inputs\":[{\"name\":\"a\",\"datatype\":\"FP32\","
+                                        "\"shape\":[3],\"parameters\":{\"binary_data_size\":12}}]}",
+                                        inf32, 12, &t, &n, &p),
+                     -1);
+    assert_string_equal(p.reason, "NON_FINITE");
+    assert_string_equal(p.path, "/inputs/0/data");
+    assert_non_null(strstr(p.detail, "element 2 of 'a' is not finite"));
 }
 
 /* ---- blocks --------------------------------------------------------------- */

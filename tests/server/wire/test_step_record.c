@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* A step's record (wire/step_record.h): round trips bit for bit at both
- * widths, the sizes the format promises, every refusal with its sentence,
- * every truncation, and the step and update digests against their
- * canonical forms rebuilt here from their description (request_digest.h,
- * and the digest as it was before curvd_step_walk, commit 1039cb0). */
+ * widths, the sizes the format promises, an answer's bytes against their
+ * definition, every refusal with its sentence, every truncation, and the
+ * step and update digests against their canonical forms rebuilt here from
+ * their description (request_digest.h, and the digest as it was before
+ * curvd_step_walk, commit 1039cb0). */
 #include <float.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -419,6 +421,60 @@ static void test_optional_parts_absent(void **state)
     fx_clear(&f);
 }
 
+/* An answer's bytes as the format defines them: the sequence number, the
+ * count, the width (4 when every value converts to a float and back to
+ * itself, else 8), then each value's bits little-endian. */
+static size_t answer_reference(unsigned char *b, uint64_t seq, const double *v, size_t n)
+{
+    int w = 4;
+    for (size_t i = 0; i < n; i++)
+        if ((double)(float)v[i] != v[i])
+            w = 8;
+    tu_put_le(b, seq, 8);
+    tu_put_le(b + 8, n, 8);
+    b[16] = (unsigned char)w;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t bits;
+        if (w == 4) {
+            float f = (float)v[i];
+            uint32_t b32;
+            memcpy(&b32, &f, sizeof b32);
+            bits = b32;
+        } else {
+            memcpy(&bits, &v[i], sizeof bits);
+        }
+        tu_put_le(b + 17 + (size_t)w * i, bits, (unsigned)w);
+    }
+    return 17 + (size_t)w * n;
+}
+
+/* The width chosen and the bytes written in one pass over floats, with
+ * one value that is not a float (0.1, a double subnormal, a NaN) at each
+ * place of vectors of every length up to a few vectors' width. */
+static void test_answer_bytes(void **state)
+{
+    (void)state;
+    enum { N = 40 };
+    const double tricky[] = {-0.0, 0.0, FLT_TRUE_MIN, -FLT_MAX, 1.5, FLT_MIN, -3.25};
+    const double wide[] = {0.1, DBL_TRUE_MIN, NAN, 1e300};
+    double v[N];
+    unsigned char want[17 + 8 * N];
+    for (size_t n = 0; n <= N; n++) {
+        for (size_t at = 0; at <= n; at++) { /* at == n: every value a float */
+            for (size_t i = 0; i < n; i++)
+                v[i] = i == at ? wide[(n + at) % 4] : tricky[(i + n) % 7];
+            struct curvd_record r = {0};
+            const curv_response a = {SEQ1, n, v};
+            assert_int_equal(curvd_record_answer(&r, &a), 0);
+            size_t len = answer_reference(want, SEQ1, v, n);
+            assert_int_equal(r.len, len);
+            if (memcmp(r.buf, want, len) != 0)
+                fail_msg("%zu values, not a float at %zu: other bytes", n, at);
+            curvd_record_clear(&r);
+        }
+    }
+}
+
 /* ---- Refusals ---------------------------------------------------------------------------- */
 
 #define EARLY "the record ends early"
@@ -720,6 +776,7 @@ int main(void)
         cmocka_unit_test(test_optional_parts_absent), cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_every_truncation),      cmocka_unit_test(test_allocation_failures),
         cmocka_unit_test(test_step_digest_unchanged), cmocka_unit_test(test_update_digest),
+        cmocka_unit_test(test_answer_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
