@@ -59,6 +59,27 @@ static int alloc_values(struct curvd_tensor *t, const char *path, struct curvd_p
     return 0;
 }
 
+/* Room for @t's count floats (none for an empty tensor); NO_MEMORY at @path. */
+static int alloc_floats(struct curvd_tensor *t, const char *path, struct curvd_problem *p)
+{
+    if (t->count && !(t->fdata = curvd_mem_alloc(t->count * sizeof(float))))
+        return nomem(p, path);
+    return 0;
+}
+
+int curvd_tensor_widen(struct curvd_tensor *t, const char *path, struct curvd_problem *p)
+{
+    if (!t->fdata)
+        return 0;
+    if (alloc_values(t, path, p))
+        return -1;
+    for (size_t i = 0; i < t->count; i++)
+        t->data[i] = t->fdata[i];
+    curvd_mem_free(t->fdata);
+    t->fdata = NULL;
+    return 0;
+}
+
 /* "[2,3]" into @buf (cut to fit). */
 static const char *fmt_shape(char *buf, size_t cap, const size_t *dims, size_t n)
 {
@@ -244,8 +265,21 @@ static int decode_json_array(const json_t *a, const char *path, struct curvd_ten
     return 0;
 }
 
+static int check_values(struct curvd_tensor *t, const struct curvd_cut *c, const char *path,
+                        struct curvd_problem *p);
+
+/* FP32 bytes at @raw into @t's floats (@raw may be them): a NaN or an
+ * infinity among them is refused as check_values words it. */
+static int floats_from_bytes(struct curvd_tensor *t, const unsigned char *raw, const char *path,
+                             struct curvd_problem *p)
+{
+    if (curvd_le_decode_f32(raw, t->count, t->fdata))
+        return 0;
+    return curvd_tensor_widen(t, path, p) ? -1 : check_values(t, NULL, path, p);
+}
+
 static int decode_b64(const json_t *b, const struct curvd_doc *doc, const char *path,
-                      struct curvd_tensor *t, struct curvd_problem *p)
+                      struct curvd_tensor *t, int floats, struct curvd_problem *p)
 {
     const char *text = json_string_value(b);
     size_t len = json_string_length(b);
@@ -259,6 +293,12 @@ static int decode_b64(const json_t *b, const struct curvd_doc *doc, const char *
      * large shape. */
     if (curvd_b64_check(text, len, bytes, path, p))
         return -1;
+    if (floats) { /* decoded in place: the bytes are the floats' */
+        if (alloc_floats(t, path, p) ||
+            curvd_b64_decode(text, len, (unsigned char *)t->fdata, bytes, path, p))
+            return -1;
+        return floats_from_bytes(t, (const unsigned char *)t->fdata, path, p);
+    }
     if (alloc_values(t, path, p))
         return -1;
     /* Decode into the tail of the double buffer and widen in place: each
@@ -273,7 +313,7 @@ static int decode_b64(const json_t *b, const struct curvd_doc *doc, const char *
 }
 
 static int decode_binary(const json_t *size, const char *path, struct curvd_binary *bin,
-                         struct curvd_tensor *t, struct curvd_problem *p)
+                         struct curvd_tensor *t, int floats, struct curvd_problem *p)
 {
     char sub[160], want[40], got[40];
     size_t bytes = t->count * curvd_dtype_size(t->dtype);
@@ -297,6 +337,8 @@ static int decode_binary(const json_t *size, const char *path, struct curvd_bina
                                  "the binary part ends %zu bytes short of '%s'",
                                  bytes - (bin->len - bin->pos), t->name);
     }
+    if (floats)
+        return alloc_floats(t, path, p) ? -1 : floats_from_bytes(t, bin->base + bin->pos, path, p);
     if (alloc_values(t, path, p))
         return -1;
     if (!curvd_le_decode(bin->base + bin->pos, t->count, t->dtype, t->data))
@@ -308,7 +350,8 @@ static int decode_binary(const json_t *size, const char *path, struct curvd_bina
  * floats or doubles already, so only a NaN or an infinity among them is
  * left to refuse, and their decoding tells whether there is one. */
 static int decode_data(const json_t *obj, const char *path, const struct curvd_doc *doc,
-                       struct curvd_binary *bin, struct curvd_tensor *t, struct curvd_problem *p)
+                       struct curvd_binary *bin, struct curvd_tensor *t, int floats,
+                       struct curvd_problem *p)
 {
     char sub[160];
     const json_t *data = json_object_get(obj, "data"), *params = json_object_get(obj, "parameters");
@@ -324,7 +367,7 @@ static int decode_data(const json_t *obj, const char *path, const struct curvd_d
                                  curvd_json_type(data), "a binary tensor must not also carry data");
     t->encoding = size ? CURVD_ENC_BINARY : CURVD_ENC_JSON;
     if (size)
-        return decode_binary(size, path, bin, t, p);
+        return decode_binary(size, path, bin, t, floats && t->dtype == CURV_F32, p);
     const struct curvd_cut *cut = curvd_doc_cut(doc, data);
     if (cut && cut->kind == CURVD_CUT_NUMBERS) {
         if (check_nesting(t, cut, path, p))
@@ -343,16 +386,17 @@ static int decode_data(const json_t *obj, const char *path, const struct curvd_d
     }
     if (json_is_object(data) && json_object_size(data) == 1 && json_object_get(data, "b64")) {
         t->encoding = CURVD_ENC_B64;
-        return decode_b64(json_object_get(data, "b64"), doc, path, t, p);
+        return decode_b64(json_object_get(data, "b64"), doc, path, t,
+                          floats && t->dtype == CURV_F32, p);
     }
     return curvd_problem_set(p, CURVD_R_BAD_TENSOR, sub, "an array of numbers or {\"b64\": ...}",
                              curvd_json_type(data),
                              "data must be an array of numbers or {\"b64\": ...}");
 }
 
-int curvd_tensor_decode(const json_t *obj, const char *path, const struct curvd_doc *doc,
-                        struct curvd_binary *bin, size_t max_count, struct curvd_tensor *out,
-                        struct curvd_problem *p)
+static int tensor_decode(const json_t *obj, const char *path, const struct curvd_doc *doc,
+                         struct curvd_binary *bin, size_t max_count, int floats,
+                         struct curvd_tensor *out, struct curvd_problem *p)
 {
     struct curvd_tensor t = {.ndim = 0};
     path = path ? path : "";
@@ -360,14 +404,30 @@ int curvd_tensor_decode(const json_t *obj, const char *path, const struct curvd_
         return curvd_problem_set(p, CURVD_R_BAD_TENSOR, path, "a tensor object",
                                  curvd_json_type(obj), "a tensor must be an object");
     if (decode_name(obj, path, &t, p) || decode_dtype(obj, path, &t, p) ||
-        decode_shape(obj, path, max_count, &t, p) || decode_data(obj, path, doc, bin, &t, p)) {
+        decode_shape(obj, path, max_count, &t, p) ||
+        decode_data(obj, path, doc, bin, &t, floats, p)) {
         curvd_mem_free(t.data);
+        curvd_mem_free(t.fdata);
         return -1;
     }
     if (t.encoding == CURVD_ENC_BINARY)
         bin->pos += t.count * curvd_dtype_size(t.dtype);
     *out = t;
     return 0;
+}
+
+int curvd_tensor_decode(const json_t *obj, const char *path, const struct curvd_doc *doc,
+                        struct curvd_binary *bin, size_t max_count, struct curvd_tensor *out,
+                        struct curvd_problem *p)
+{
+    return tensor_decode(obj, path, doc, bin, max_count, 0, out, p);
+}
+
+int curvd_tensor_decode_rows(const json_t *obj, const char *path, const struct curvd_doc *doc,
+                             struct curvd_binary *bin, size_t max_count, struct curvd_tensor *out,
+                             struct curvd_problem *p)
+{
+    return tensor_decode(obj, path, doc, bin, max_count, 1, out, p);
 }
 
 int curvd_tensors_decode(const json_t *arr, const char *path, const struct curvd_doc *doc,
@@ -400,6 +460,7 @@ void curvd_tensor_clear(struct curvd_tensor *t)
     if (!t)
         return;
     curvd_mem_free(t->data);
+    curvd_mem_free(t->fdata);
     memset(t, 0, sizeof *t);
 }
 

@@ -141,7 +141,10 @@ enum curvd_encoding { CURVD_ENC_JSON = 0, CURVD_ENC_B64 = 1, CURVD_ENC_BINARY = 
  *            FP32 values are rounded to float on decode, whatever the
  *            encoding, so every encoding yields the same doubles.
  * @encoding: how the data came (the response uses the same).
- * @data:     @count doubles, owned; NULL when @count is 0.
+ * @data:     @count doubles, owned; NULL when @count is 0 or @fdata holds
+ *            the values.
+ * @fdata:    @count floats instead, owned: FP32 bytes (binary, base64)
+ *            decoded by curvd_tensor_decode_rows; NULL otherwise.
  */
 struct curvd_tensor {
     char name[64];
@@ -149,7 +152,12 @@ struct curvd_tensor {
     int encoding;
     size_t ndim, shape[CURVD_MAX_NDIM], count;
     double *data;
+    float *fdata;
 };
+
+/* curvd_tensor_widen - move @t's floats (if any) to doubles in @data.
+ * Return 0, or -1 with NO_MEMORY at @path. */
+int curvd_tensor_widen(struct curvd_tensor *t, const char *path, struct curvd_problem *p);
 
 /* curvd_tensor_clear - free @t's data and zero it; NULL is a no-op. */
 void curvd_tensor_clear(struct curvd_tensor *t);
@@ -197,10 +205,16 @@ int curvd_binary_finish(const struct curvd_binary *b, struct curvd_problem *p);
  * SHAPE_MISMATCH, TOO_LARGE, BAD_BASE64, BAD_BINARY, NON_FINITE, NO_MEMORY.
  * *@out is written only on success.
  * Ownership: *@out owns its data; release with curvd_tensor_clear().
+ * curvd_tensor_decode_rows is the same but keeps FP32 bytes (binary and
+ * base64) as floats in @fdata: layer statistics, which libcurv reads as
+ * floats without a double copy (JSON numbers stay doubles).
  */
 int curvd_tensor_decode(const json_t *obj, const char *path, const struct curvd_doc *doc,
                         struct curvd_binary *bin, size_t max_count, struct curvd_tensor *out,
                         struct curvd_problem *p);
+int curvd_tensor_decode_rows(const json_t *obj, const char *path, const struct curvd_doc *doc,
+                             struct curvd_binary *bin, size_t max_count, struct curvd_tensor *out,
+                             struct curvd_problem *p);
 
 /*
  * curvd_tensors_decode - curvd_tensor_decode() on each element of the JSON

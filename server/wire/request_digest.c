@@ -46,6 +46,23 @@ static void put_doubles(struct curvd_hash128 *c, const double *v, size_t n)
     }
 }
 
+/* The same for float values: hashed as the doubles they are, so a tensor
+ * kept as floats has the digest of its widened copy. */
+static void put_floats(struct curvd_hash128 *c, const float *v, size_t n)
+{
+    enum { CHUNK = 1024 };
+    unsigned char chunk[CHUNK * 8];
+    double wide[CHUNK];
+    put_u64(c, n);
+    for (size_t at = 0; at < n; at += CHUNK) {
+        size_t k = n - at < CHUNK ? n - at : CHUNK;
+        for (size_t i = 0; i < k; i++)
+            wide[i] = v[at + i];
+        curvd_digest_canon(chunk, wide, k);
+        curvd_hash128_update(c, chunk, 8 * k);
+    }
+}
+
 static void finish(struct curvd_hash128 *c, char out[CURVD_DIGEST_TEXT])
 {
     unsigned char d[16];
@@ -65,6 +82,11 @@ static void hash_vec(void *ctx, const double *v, size_t n)
     put_doubles(ctx, v, n);
 }
 
+static void hash_vecf(void *ctx, const float *v, size_t n)
+{
+    put_floats(ctx, v, n);
+}
+
 void curvd_step_digest(const curv_layout *l, const struct curvd_step_in *in, const double *g,
                        const double *theta, const double *gsq, char out[CURVD_DIGEST_TEXT])
 {
@@ -72,7 +94,7 @@ void curvd_step_digest(const curv_layout *l, const struct curvd_step_in *in, con
     struct curvd_hash128 c;
     curvd_hash128_init(&c, 0);
     curvd_hash128_update(&c, tag, sizeof tag);
-    const struct curvd_step_sink s = {hash_u64, hash_vec, &c};
+    const struct curvd_step_sink s = {hash_u64, hash_vec, hash_vecf, &c};
     curvd_step_walk(l, in, g, theta, gsq, &s);
     finish(&c, out);
 }

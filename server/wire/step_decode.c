@@ -203,7 +203,7 @@ static int decode_layer(const curv_layout *l, struct curvd_step_in *in, struct c
             continue;
         struct curvd_tensor *t = acts ? &out->acts : &out->signals;
         snprintf(sub, sizeof sub, "%s/%s", path, key);
-        if (curvd_tensor_decode(v, sub, in->doc, bin, in->max_elems, t, p) != 0 ||
+        if (curvd_tensor_decode_rows(v, sub, in->doc, bin, in->max_elems, t, p) != 0 ||
             check_matrix(t, sub, rows, acts ? b.n_in : b.n_out, b.name, p) != 0)
             return -1;
         rows = t->shape[0];
@@ -211,6 +211,11 @@ static int decode_layer(const curv_layout *l, struct curvd_step_in *in, struct c
     if (!out->acts.ndim || !out->signals.ndim)
         return curvd_problem_set(p, CURVD_R_BAD_TENSOR, path, "activations and signals", NULL,
                                  "layer '%s' needs \"activations\" and \"signals\"", b.name);
+    /* libcurv takes a layer's two matrices in one type: floats only when
+     * both came as FP32 bytes. */
+    if (!out->acts.fdata != !out->signals.fdata &&
+        (curvd_tensor_widen(&out->acts, path, p) || curvd_tensor_widen(&out->signals, path, p)))
+        return -1;
     out->examples = ex ? (size_t)json_integer_value(ex) : rows;
     return 0;
 }
@@ -286,11 +291,13 @@ void curvd_step_layer_stats(const struct curvd_step_in *in, curv_layer_stats *ou
 {
     for (size_t i = 0; i < in->nlayers; i++) {
         const struct curvd_layer_in *li = &in->layers[i];
-        out[i] = (curv_layer_stats){.block = li->block,
-                                    .rows = li->acts.shape[0],
-                                    .examples = li->examples,
-                                    .acts = li->acts.data,
-                                    .signals = li->signals.data};
+        out[i] = (curv_layer_stats){
+            .block = li->block,
+            .rows = li->acts.shape[0],
+            .examples = li->examples,
+            .acts = li->acts.fdata ? (const void *)li->acts.fdata : li->acts.data,
+            .signals = li->signals.fdata ? (const void *)li->signals.fdata : li->signals.data,
+            .f32 = li->acts.fdata != NULL};
     }
 }
 

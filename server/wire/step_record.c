@@ -34,8 +34,12 @@ void curvd_step_walk(const curv_layout *l, const struct curvd_step_in *in, const
         s->u64(s->ctx, li->block);
         s->u64(s->ctx, li->examples);
         s->u64(s->ctx, li->acts.shape[0]);
-        s->vec(s->ctx, li->acts.data, li->acts.count);
-        s->vec(s->ctx, li->signals.data, li->signals.count);
+        const struct curvd_tensor *t[2] = {&li->acts, &li->signals};
+        for (int k = 0; k < 2; k++)
+            if (t[k]->fdata)
+                s->vecf(s->ctx, t[k]->fdata, t[k]->count);
+            else
+                s->vec(s->ctx, t[k]->data, t[k]->count);
     }
 }
 
@@ -112,6 +116,20 @@ static void put_vec(void *ctx, const double *v, size_t n)
     curvd_le_encode(v, n, CURV_F64, b + 1);
 }
 
+/* Floats are written as floats: what put_vec writes for their doubles. */
+static void put_vecf(void *ctx, const float *v, size_t n)
+{
+    struct curvd_record *r = ctx;
+    put_u64(r, n);
+    unsigned char *b = n <= SIZE_MAX / 4 ? grow(r, 1 + 4 * n) : NULL;
+    if (!b) {
+        r->failed = 1;
+        return;
+    }
+    *b = 4;
+    curvd_le_encode_f32(v, n, b + 1);
+}
+
 int curvd_record_step(struct curvd_record *r, const curv_layout *l, const struct curvd_step_in *in,
                       const double *g, const double *theta, const double *gsq)
 {
@@ -120,7 +138,7 @@ int curvd_record_step(struct curvd_record *r, const curv_layout *l, const struct
     unsigned char *h = grow(r, sizeof magic);
     if (h)
         memcpy(h, magic, sizeof magic);
-    const struct curvd_step_sink s = {put_u64, put_vec, r};
+    const struct curvd_step_sink s = {put_u64, put_vec, put_vecf, r};
     curvd_step_walk(l, in, g, theta, gsq, &s);
     return r->failed ? -1 : 0;
 }

@@ -29,6 +29,8 @@
 struct curvd_step_sink {
     void (*u64)(void *ctx, uint64_t v);
     void (*vec)(void *ctx, const double *v, size_t n);
+    /* A layer tensor kept as floats: the same as vec on its doubles. */
+    void (*vecf)(void *ctx, const float *v, size_t n);
     void *ctx;
 };
 void curvd_step_walk(const curv_layout *l, const struct curvd_step_in *in, const double *g,

@@ -72,6 +72,29 @@ int curvd_le_decode(const unsigned char *b, size_t n, int dtype, double *out)
     return !bad;
 }
 
+int curvd_le_decode_f32(const unsigned char *b, size_t n, float *out)
+{
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, b + 4 * i, sizeof u);
+        u = curvd_le32(u);
+        bad |= (uint32_t)f32_nonfinite(u);
+        memcpy(&out[i], &u, sizeof u);
+    }
+    return !bad;
+}
+
+void curvd_le_encode_f32(const float *x, size_t n, unsigned char *b)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], sizeof u);
+        u = curvd_le32(u);
+        memcpy(b + 4 * i, &u, sizeof u);
+    }
+}
+
 void curvd_le_encode(const double *x, size_t n, int dtype, unsigned char *b)
 {
     if (dtype == CURV_F32) {

@@ -14,6 +14,9 @@
  * or an infinity (all @n are decoded either way). */
 int curvd_le_decode(const unsigned char *b, size_t n, int dtype, double *out);
 void curvd_le_encode(const double *x, size_t n, int dtype, unsigned char *b);
+/* The same for FP32 values kept as floats. */
+int curvd_le_decode_f32(const unsigned char *b, size_t n, float *out);
+void curvd_le_encode_f32(const float *x, size_t n, unsigned char *b);
 
 /*
  * curvd_b64_decode - strict base64 of exactly @want bytes into @out.

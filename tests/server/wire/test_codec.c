@@ -968,6 +968,80 @@ static void test_binary_sizes(void **state)
     assert_non_null(strstr(p.detail, "element 2 of 'a' is not finite"));
 }
 
+/* curvd_tensor_decode_rows on the one tensor "t" of @json (+ @tail). */
+static int decode_rows(const char *json, const unsigned char *tail, size_t tail_len,
+                       struct curvd_tensor *t, struct curvd_problem *p)
+{
+    size_t jl = strlen(json);
+    unsigned char *body = malloc(jl + tail_len + 1);
+    memcpy(body, json, jl);
+    if (tail_len)
+        memcpy(body + jl, tail, tail_len);
+    struct curvd_binary bin;
+    struct curvd_doc *doc = NULL;
+    curvd_problem_init(p);
+    int rc = curvd_binary_init(&bin, body, jl + tail_len, jl, p);
+    if (rc == 0)
+        rc = curvd_json_parse((const char *)body, jl, &doc, p);
+    if (rc == 0)
+        rc = curvd_tensor_decode_rows(json_object_get(curvd_doc_root(doc), "t"), "/t", doc,
+                                      tail_len ? &bin : NULL, SIZE_MAX, t, p);
+    curvd_doc_free(doc);
+    free(body);
+    return rc;
+}
+
+/* Layer statistics keep FP32 bytes (binary, base64) as floats, the values
+ * the doubles would hold; JSON numbers and FP64 stay doubles; a NaN among
+ * the floats is refused with the message of the double path; widening
+ * moves them to doubles. */
+static void test_decode_rows(void **state)
+{
+    (void)state;
+    struct curvd_tensor t;
+    struct curvd_problem p;
+    const unsigned char f32[12] = {0, 0, 0x80, 0x3f, 0, 0, 0, 0x80, 0, 0, 0x20, 0x40};
+    assert_int_equal(decode_rows("{\"t\":{\"name\":\"a\",\"datatype\":\"FP32\",\"shape\":[3],"
+                                 "\"parameters\":{\"binary_data_size\":12}}}",
+                                 f32, 12, &t, &p),
+                     0);
+    assert_null(t.data);
+    assert_non_null(t.fdata);
+    assert_true(t.fdata[0] == 1.0f && t.fdata[1] == 0.0f && signbit(t.fdata[1]) &&
+                t.fdata[2] == 2.5f);
+    assert_int_equal(curvd_tensor_widen(&t, "/t", &p), 0);
+    assert_null(t.fdata);
+    assert_true(t.data[0] == 1.0 && t.data[2] == 2.5 && signbit(t.data[1]));
+    curvd_tensor_clear(&t);
+    assert_int_equal(decode_rows("{\"t\":{\"name\":\"a\",\"datatype\":\"FP32\",\"shape\":[2],"
+                                 "\"data\":{\"b64\":\"AACAPwAAAEA=\"}}}",
+                                 NULL, 0, &t, &p),
+                     0);
+    assert_true(t.fdata && !t.data && t.fdata[0] == 1.0f && t.fdata[1] == 2.0f);
+    curvd_tensor_clear(&t);
+    assert_int_equal(decode_rows("{\"t\":{\"name\":\"a\",\"datatype\":\"FP32\",\"shape\":[2],"
+                                 "\"data\":[1,0.1]}}",
+                                 NULL, 0, &t, &p),
+                     0);
+    assert_true(!t.fdata && t.data && t.data[1] == (double)0.1f);
+    curvd_tensor_clear(&t);
+    const unsigned char f64[8] = {0, 0, 0, 0, 0, 0, 0xf0, 0x3f};
+    assert_int_equal(decode_rows("{\"t\":{\"name\":\"a\",\"datatype\":\"FP64\",\"shape\":[1],"
+                                 "\"parameters\":{\"binary_data_size\":8}}}",
+                                 f64, 8, &t, &p),
+                     0);
+    assert_true(!t.fdata && t.data && t.data[0] == 1.0);
+    curvd_tensor_clear(&t);
+    const unsigned char nan32[12] = {0, 0, 0x80, 0x3f, 0, 0, 0xc0, 0x7f, 0, 0, 0, 0};
+    assert_int_equal(decode_rows("{\"t\":{\"name\":\"a\",\"datatype\":\"FP32\",\"shape\":[3],"
+                                 "\"parameters\":{\"binary_data_size\":12}}}",
+                                 nan32, 12, &t, &p),
+                     -1);
+    assert_string_equal(p.reason, "NON_FINITE");
+    assert_string_equal(p.path, "/t/data");
+    assert_non_null(strstr(p.detail, "element 1 of 'a' is not finite"));
+}
+
 /* ---- blocks --------------------------------------------------------------- */
 
 /* The four blocks of test_layout(), fc1's data and extra tensors to fill in. */
@@ -1469,6 +1543,7 @@ int main(void)
         cmocka_unit_test(test_fp32_range),
         cmocka_unit_test(test_bad_base64),
         cmocka_unit_test(test_binary_sizes),
+        cmocka_unit_test(test_decode_rows),
         cmocka_unit_test(test_blocks),
         cmocka_unit_test(test_block_errors),
         cmocka_unit_test(test_tensors_decode_paths),

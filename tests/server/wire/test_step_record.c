@@ -755,6 +755,41 @@ static void test_step_digest_unchanged(void **state)
     curv_layout_free(l);
 }
 
+/* Layer tensors kept as floats (binary FP32 statistics) give the digest
+ * and the record bytes of the same values as doubles: every value of the
+ * all-float step is a float, among them -0, a float subnormal and the
+ * largest float. */
+static void test_float_layers(void **state)
+{
+    (void)state;
+    curv_layout *l = layout_new();
+    struct step s;
+    step_fill(&s, 0);
+    s.acts0[1] = FLT_TRUE_MIN, s.acts0[2] = -FLT_MAX, s.sig0[3] = -0.0;
+    char want[CURVD_DIGEST_TEXT], got[CURVD_DIGEST_TEXT];
+    curvd_step_digest(l, &s.in, s.g, s.theta, s.gsq, want);
+    struct curvd_record a = {0}, b = {0};
+    record_ok(&a, l, &s);
+    float f[4][6];
+    const double *src[4] = {s.acts0, s.sig0, s.acts1, s.sig1};
+    struct curvd_tensor *t[4] = {&s.layers[0].acts, &s.layers[0].signals, &s.layers[1].acts,
+                                 &s.layers[1].signals};
+    for (int k = 0; k < 4; k++) {
+        for (size_t i = 0; i < t[k]->count; i++)
+            f[k][i] = (float)src[k][i];
+        t[k]->fdata = f[k];
+        t[k]->data = NULL;
+    }
+    curvd_step_digest(l, &s.in, s.g, s.theta, s.gsq, got);
+    assert_string_equal(got, want);
+    record_ok(&b, l, &s);
+    assert_int_equal(a.len, b.len);
+    assert_memory_equal(a.buf, b.buf, a.len);
+    curvd_record_clear(&a);
+    curvd_record_clear(&b);
+    curv_layout_free(l);
+}
+
 static void test_update_digest(void **state)
 {
     (void)state;
@@ -776,7 +811,7 @@ int main(void)
         cmocka_unit_test(test_optional_parts_absent), cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_every_truncation),      cmocka_unit_test(test_allocation_failures),
         cmocka_unit_test(test_step_digest_unchanged), cmocka_unit_test(test_update_digest),
-        cmocka_unit_test(test_answer_bytes),
+        cmocka_unit_test(test_answer_bytes),          cmocka_unit_test(test_float_layers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
