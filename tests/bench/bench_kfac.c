@@ -82,6 +82,7 @@ struct net {
     curv_opt *later; /* max_staleness 2, statistics folded after the step (NULL: none) */
     double *g, *theta, *u;
     double *acts[8], *sig[8];
+    float *acts_f[8], *sig_f[8]; /* the same rows as floats (fp32: curvd's binary FP32) */
     curv_layer_stats stats[8];
 };
 
@@ -132,8 +133,24 @@ static void net_init_cov(struct net *n, const size_t *w, size_t L, size_t m, int
             n->acts[i][j] = uniform_pm();
         for (size_t j = 0; j < m * w[i + 1]; j++)
             n->sig[i][j] = 0.1 * uniform_pm();
+        /* fp32 sessions get float rows, as curvd hands a binary FP32 body's
+         * statistics to libcurv; fp64 ones doubles. */
+        const int f32 = !precision || strcmp(precision, "fp32") == 0;
+        n->acts_f[i] = f32 ? malloc(m * w[i] * sizeof(float)) : NULL;
+        n->sig_f[i] = f32 ? malloc(m * w[i + 1] * sizeof(float)) : NULL;
+        if (f32 && (!n->acts_f[i] || !n->sig_f[i]))
+            exit(1);
+        for (size_t j = 0; f32 && j < m * w[i]; j++)
+            n->acts[i][j] = n->acts_f[i][j] = (float)n->acts[i][j];
+        for (size_t j = 0; f32 && j < m * w[i + 1]; j++)
+            n->sig[i][j] = n->sig_f[i][j] = (float)n->sig[i][j];
         n->stats[i] = (curv_layer_stats){
-            .block = i, .rows = m, .examples = m, .acts = n->acts[i], .signals = n->sig[i]};
+            .block = i,
+            .rows = m,
+            .examples = m,
+            .acts = f32 ? (const void *)n->acts_f[i] : n->acts[i],
+            .signals = f32 ? (const void *)n->sig_f[i] : n->sig[i],
+            .f32 = f32};
     }
     /* Statistics due every other step only, so that the bench can time a
      * refresh without a factor update (every step still sends them). */
@@ -152,7 +169,7 @@ static void net_init(struct net *n, const size_t *w, size_t L, size_t m, int fp3
 static void net_free(struct net *n)
 {
     for (size_t i = 0; i < n->L; i++)
-        free(n->acts[i]), free(n->sig[i]);
+        free(n->acts[i]), free(n->sig[i]), free(n->acts_f[i]), free(n->sig_f[i]);
     free(n->g), free(n->theta), free(n->u);
     curv_opt_free(n->opt);
     curv_opt_free(n->later);
