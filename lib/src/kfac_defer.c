@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "curv/exec.h"
+#include "exec_int.h"
 #include "kfac_int.h"
 
 struct defer_block {
@@ -121,23 +122,30 @@ int curv__kdefer_has(const struct curv_refresh *r, size_t i)
     return r->d[i].FA != NULL;
 }
 
-void curv__kdefer_ensure(struct curv_refresh *r)
+/* Block @i's decomposition, unless it takes no part or has one: blocks
+ * write only their own defer_block, so tasks need no lock. */
+static void ensure_task(void *arg, size_t i, unsigned worker)
 {
-    for (size_t i = 0; i < r->n; i++) {
-        struct defer_block *d = &r->d[i];
-        if (!d->FA || d->ready)
-            continue;
-        curv_error_clear(&d->err);
-        d->st = curv__kblock_decompose(r->b[i], d->FA, d->FG, r->pi_mode, &d->x, &d->err);
-        d->ready = 1;
-    }
+    (void)worker;
+    struct curv_refresh *r = arg;
+    struct defer_block *d = &r->d[i];
+    if (!d->FA || d->ready)
+        return;
+    curv_error_clear(&d->err);
+    d->st = curv__kblock_decompose(r->b[i], d->FA, d->FG, r->pi_mode, &d->x, &d->err);
+    d->ready = 1;
+}
+
+void curv__kdefer_ensure(struct curv_refresh *r, const curv_executor *ex)
+{
+    curv__exec_run(ex, r->n, ensure_task, r);
 }
 
 curv_status curv__kdefer_install(struct curv_refresh *r, size_t i, struct curv__kblock *b,
                                  curv_error *err)
 {
     struct defer_block *d = &r->d[i];
-    curv__kdefer_ensure(r);
+    ensure_task(r, i, 0);
     curv_status st = d->st;
     if (st == CURV_OK)
         curv__kblock_install(b, &d->x);
@@ -246,8 +254,13 @@ int curv_refresh_claim(curv_refresh *r)
 
 void curv_refresh_run(curv_refresh *r)
 {
+    curv_refresh_run_on(r, NULL);
+}
+
+void curv_refresh_run_on(curv_refresh *r, const curv_executor *ex)
+{
     if (r)
-        curv__kdefer_ensure(r);
+        curv__kdefer_ensure(r, ex);
 }
 
 uint64_t curv_refresh_due(const curv_refresh *r)

@@ -297,6 +297,13 @@ static int deferring(const struct curv__kfac_hyper *h)
     return h->max_staleness > 0 && h->max_staleness < h->inv_interval;
 }
 
+/* Whether block @i takes the pending refresh of step @from: it is part
+ * of it and no newer decomposition came since. */
+static int takes_deferred(const struct curv__kfac_est *e, size_t i, uint64_t from)
+{
+    return curv__kdefer_has(e->pend, i) && !(e->did[i] & 2) && e->cur[i].inv_step <= from;
+}
+
 /* At or past its due step, the pending refresh becomes the tentative
  * decomposition of its blocks (statuses to st, did bit 1), unless a block
  * refreshed after its snapshot (in this step or an earlier one): a newer
@@ -306,8 +313,13 @@ static void install_deferred(struct curv__kfac_est *e, uint64_t k)
     if (!e->pend || k < curv__kdefer_due(e->pend))
         return;
     const uint64_t from = curv__kdefer_from(e->pend);
+    int any = 0;
+    for (size_t i = 0; i < e->n; i++)
+        any |= takes_deferred(e, i, from);
+    if (any) /* what nobody computed yet, on the step's workers */
+        curv__kdefer_ensure(e->pend, &e->ex);
     for (size_t i = 0; i < e->n; i++) {
-        if (!curv__kdefer_has(e->pend, i) || (e->did[i] & 2) || e->cur[i].inv_step > from)
+        if (!takes_deferred(e, i, from))
             continue;
         e->st[2 * i + 1] = curv__kdefer_install(e->pend, i, e->b[i], &e->errs[2 * i + 1]);
         e->did[i] |= 2 | 4; /* 4: its factors are those of step `from` */

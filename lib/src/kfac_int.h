@@ -270,8 +270,9 @@ uint64_t curv__kdefer_due(const struct curv_refresh *r);
 uint64_t curv__kdefer_from(const struct curv_refresh *r);
 /* Whether layout block @i takes part. */
 int curv__kdefer_has(const struct curv_refresh *r, size_t i);
-/* Compute what nobody has computed yet (on the caller's thread). */
-void curv__kdefer_ensure(struct curv_refresh *r);
+/* Compute what nobody has computed yet, a block a task on @ex (NULL or
+ * one worker: in order on the caller's thread). */
+void curv__kdefer_ensure(struct curv_refresh *r, const curv_executor *ex);
 /* Block @i's decomposition made @b's tentative one (computed first if
  * needed); its refresh's status, with the sentence in @err. */
 curv_status curv__kdefer_install(struct curv_refresh *r, size_t i, struct curv__kblock *b,

@@ -341,7 +341,7 @@ void curvd_registry_set_background(struct curvd_registry *r, curvd_bg_submit sub
 
 /* The submitted call: run the refresh unless it was taken back, then let
  * the session go (freeing it if it was dropped meanwhile). */
-static void bg_run(void *arg)
+static void bg_run(void *arg, const curv_executor *ex)
 {
     struct registry_bg *b = arg;
     struct curvd_registry *r = b->r;
@@ -349,7 +349,7 @@ static void bg_run(void *arg)
     b->running = b->s != NULL;
     pthread_mutex_unlock(&r->mu);
     if (b->running)
-        curv_refresh_run(b->job);
+        curv_refresh_run_on(b->job, ex);
     pthread_mutex_lock(&r->mu);
     struct curvd_entry *s = b->s, *gone = NULL;
     if (s) {

@@ -195,13 +195,15 @@ int curvd_registry_pending(struct curvd_registry *r, const char *id, long long *
  * Refreshes off the step path (K-FAC max_staleness; curv/exec.h). With a
  * @submit, curvd_registry_end() hands the refresh a session's optimizer
  * has just left (curv_opt_refresh) to @submit(@ctx, fn, arg), which must
- * call fn(arg) once, on one of the compute threads and never before it
- * returns (the registry's lock is held), or return nonzero
+ * call fn(arg, ex) once, on one of the compute threads and never before it
+ * returns (the registry's lock is held), with the executor whose idle
+ * threads may help with its blocks (NULL: none), or return nonzero
  * (then the step that applies it computes it). While it is queued or
  * running the session stays usable (steps, exports, PATCH) and is never
  * evicted or freed. Without a submit (the default) nothing is handed on.
  */
-typedef int (*curvd_bg_submit)(void *ctx, void (*fn)(void *), void *arg);
+typedef void (*curvd_bg_fn)(void *arg, const curv_executor *ex);
+typedef int (*curvd_bg_submit)(void *ctx, curvd_bg_fn fn, void *arg);
 void curvd_registry_set_background(struct curvd_registry *r, curvd_bg_submit submit, void *ctx);
 /* Before a step on @s (held busy): if the step applies its background
  * refresh, wait for it when running, or take it back when still queued

@@ -173,24 +173,25 @@ enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, c
 /* A background refresh as a job of the worker pool (registry.h). */
 struct bg_job {
     struct curvd_pool_job job; /* first: the pool hands back &job */
-    void (*fn)(void *);
+    curvd_bg_fn fn;
     void *arg;
+    const curv_executor *ex; /* the pool's: idle workers help with the blocks */
 };
 
 static void bg_job_run(struct curvd_pool_job *j)
 {
     struct bg_job *b = (struct bg_job *)j;
-    b->fn(b->arg);
+    b->fn(b->arg, b->ex);
     free(b);
 }
 
-int curvd_svc_submit_background(void *ctx, void (*fn)(void *), void *arg)
+int curvd_svc_submit_background(void *ctx, curvd_bg_fn fn, void *arg)
 {
     struct curvd_server *srv = ctx;
     struct bg_job *b = srv->pool ? malloc(sizeof *b) : NULL;
     if (!b)
         return -1; /* no workers: the step that applies it computes it */
-    *b = (struct bg_job){.job = {.run = bg_job_run}, .fn = fn, .arg = arg};
+    *b = (struct bg_job){.job = {.run = bg_job_run}, .fn = fn, .arg = arg, .ex = srv->exec};
     curvd_pool_submit(srv->pool, &b->job);
     return 0;
 }

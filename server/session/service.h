@@ -71,7 +71,7 @@ enum curvd_reg_status curvd_svc_take(struct curvd_server *srv, const char *id, c
 
 /* curvd_svc_submit_background - the registry's curvd_bg_submit: queue
  * fn(arg) on the worker pool (@ctx the server); -1 without workers. */
-int curvd_svc_submit_background(void *ctx, void (*fn)(void *), void *arg);
+int curvd_svc_submit_background(void *ctx, curvd_bg_fn fn, void *arg);
 
 /* curvd_svc_give_back - end the request's hold on @e; @bytes is its
  * memory charge now. */

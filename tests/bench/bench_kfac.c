@@ -144,13 +144,12 @@ static void net_init_cov(struct net *n, const size_t *w, size_t L, size_t m, int
             n->acts[i][j] = n->acts_f[i][j] = (float)n->acts[i][j];
         for (size_t j = 0; f32 && j < m * w[i + 1]; j++)
             n->sig[i][j] = n->sig_f[i][j] = (float)n->sig[i][j];
-        n->stats[i] = (curv_layer_stats){
-            .block = i,
-            .rows = m,
-            .examples = m,
-            .acts = f32 ? (const void *)n->acts_f[i] : n->acts[i],
-            .signals = f32 ? (const void *)n->sig_f[i] : n->sig[i],
-            .f32 = f32};
+        n->stats[i] = (curv_layer_stats){.block = i,
+                                         .rows = m,
+                                         .examples = m,
+                                         .acts = f32 ? (const void *)n->acts_f[i] : n->acts[i],
+                                         .signals = f32 ? (const void *)n->sig_f[i] : n->sig[i],
+                                         .f32 = f32};
     }
     /* Statistics due every other step only, so that the bench can time a
      * refresh without a factor update (every step still sends them). */

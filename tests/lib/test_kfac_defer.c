@@ -15,6 +15,7 @@
 #include "curv/exec.h"
 #include "kfac_int.h"
 #include "testutil.h"
+#include "tu_pool.h"
 
 #define STEPS 14
 #define T3 4
@@ -116,16 +117,29 @@ static void test_updates_use_the_deferred_factors(void **state)
     }
 }
 
+/* Three workers of tu_pool: refreshes and steps spread over threads. */
+static const unsigned POOL_WORKERS = 3;
+static const curv_executor POOL = {.workers = 3, .run = tu_pool_run, .ctx = (void *)&POOL_WORKERS};
+
 static void *run_refresh(void *r)
 {
     curv_refresh_run(r);
     return NULL;
 }
 
+static void *run_refresh_on_pool(void *r)
+{
+    curv_refresh_run_on(r, &POOL);
+    return NULL;
+}
+
 /* Two optimizers on the same batches: @a's refreshes are claimed and run
  * on a thread of their own while it steps on, @b's by the library in the
- * step that applies them; every update is the same, bit for bit. */
-static void check_threaded(const char *mode, unsigned s)
+ * step that applies them; every update is the same, bit for bit. With
+ * @pool, @a's refreshes run their blocks on an executor's threads
+ * (curv_refresh_run_on) and @b steps on one, so that the refresh its step
+ * computes does too. */
+static void check_threaded(const char *mode, unsigned s, int pool)
 {
     tu_mlp na, nb;
     tu_mlp_new(&na, W, 2, 0, 3, 81);
@@ -134,6 +148,9 @@ static void check_threaded(const char *mode, unsigned s)
     const tu_kv kv[] = {{"inv_interval", T3}, {"max_staleness", s}, {"lambda_init", 1}};
     curv_opt *a = tu_kfac_opt(l, kv, 3, "mode", mode, NULL);
     curv_opt *b = tu_kfac_opt(l, kv, 3, "mode", mode, NULL);
+    curv_error err;
+    if (pool)
+        tu_assert_status(curv_opt_set_executor(b, &POOL, &err), CURV_OK, &err);
     double *ua = tu_alloc(na.dim), *ub = tu_alloc(nb.dim);
     tu_mlp_batch(&na, 400);
     tu_mlp_batch(&nb, 400);
@@ -141,7 +158,6 @@ static void check_threaded(const char *mode, unsigned s)
     int running = 0;
     uint64_t due = 0;
     unsigned claimed = 0;
-    curv_error err;
     for (unsigned k = 1; k <= 3 * T3 + 2; k++) {
         if (running && k == due) {
             assert_int_equal(pthread_join(th, NULL), 0);
@@ -161,7 +177,8 @@ static void check_threaded(const char *mode, unsigned s)
             assert_int_equal(curv_refresh_claim(r), 0); /* once */
             due = curv_refresh_due(r);
             assert_true(due == k + s);
-            assert_int_equal(pthread_create(&th, NULL, run_refresh, r), 0);
+            assert_int_equal(pthread_create(&th, NULL, pool ? run_refresh_on_pool : run_refresh, r),
+                             0);
             running = 1;
             claimed++;
         }
@@ -180,9 +197,11 @@ static void check_threaded(const char *mode, unsigned s)
 static void test_same_bits_on_another_thread(void **state)
 {
     (void)state;
-    check_threaded("simple", 1);
-    check_threaded("simple", 3);
-    check_threaded("adaptive", 2);
+    for (int pool = 0; pool <= 1; pool++) {
+        check_threaded("simple", 1, pool);
+        check_threaded("simple", 3, pool);
+        check_threaded("adaptive", 2, pool);
+    }
 }
 
 static curv_opt *reload(const curv_opt *o)

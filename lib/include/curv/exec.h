@@ -75,12 +75,17 @@ CURV_API curv_status curv_opt_set_executor(curv_opt *o, const curv_executor *ex,
  * reads only @r. The claimer must let it return before @o's step number
  * @due (curv_opt_steps(o) + 1 == due) starts and before @o is freed.
  *
+ * curv_refresh_run_on - the same, its blocks' decompositions as a batch of
+ * independent tasks on @ex (NULL: curv_refresh_run), e.g. the pool whose
+ * thread runs it, so that idle workers help: bit for bit the same result.
+ *
  * curv_refresh_due - the step that applies @r (0 for NULL).
  */
 typedef struct curv_refresh curv_refresh;
 CURV_API curv_refresh *curv_opt_refresh(curv_opt *o);
 CURV_API int curv_refresh_claim(curv_refresh *r);
 CURV_API void curv_refresh_run(curv_refresh *r);
+CURV_API void curv_refresh_run_on(curv_refresh *r, const curv_executor *ex);
 CURV_API uint64_t curv_refresh_due(const curv_refresh *r);
 
 /*

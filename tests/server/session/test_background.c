@@ -22,12 +22,12 @@ static const size_t W[] = {3, 4, 2};
 
 /* The calls submitted, run when the test says. */
 struct captured {
-    void (*fn)(void *);
+    curvd_bg_fn fn;
     void *arg;
     int n, refuse;
 };
 
-static int capture(void *ctx, void (*fn)(void *), void *arg)
+static int capture(void *ctx, curvd_bg_fn fn, void *arg)
 {
     struct captured *c = ctx;
     if (c->refuse)
@@ -41,7 +41,7 @@ static int capture(void *ctx, void (*fn)(void *), void *arg)
 static void run_captured(struct captured *c)
 {
     assert_non_null(c->fn);
-    c->fn(c->arg);
+    c->fn(c->arg, NULL);
     c->fn = NULL;
 }
 
