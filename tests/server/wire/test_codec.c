@@ -862,19 +862,30 @@ static void test_bad_base64(void **state)
 }
 
 /* A binary-extension body: JSON header then @tail. */
+/* @json followed by @tail as one body (*@body, caller frees), its binary
+ * tail and its parsed header (*@doc, caller frees). */
+static int open_body(const char *json, const unsigned char *tail, size_t tail_len,
+                     unsigned char **body, struct curvd_binary *bin, struct curvd_doc **doc,
+                     struct curvd_problem *p)
+{
+    size_t jl = strlen(json);
+    *body = malloc(jl + tail_len + 1);
+    memcpy(*body, json, jl);
+    if (tail_len)
+        memcpy(*body + jl, tail, tail_len);
+    *doc = NULL;
+    curvd_problem_init(p);
+    int rc = curvd_binary_init(bin, *body, jl + tail_len, jl, p);
+    return rc ? rc : curvd_json_parse((const char *)*body, jl, doc, p);
+}
+
 static int decode_binary_body(const char *json, const unsigned char *tail, size_t tail_len,
                               struct curvd_tensor **t, size_t *n, struct curvd_problem *p)
 {
-    size_t jl = strlen(json);
-    unsigned char *body = malloc(jl + tail_len + 1);
-    memcpy(body, json, jl);
-    memcpy(body + jl, tail, tail_len);
+    unsigned char *body;
     struct curvd_binary bin;
-    struct curvd_doc *doc = NULL;
-    curvd_problem_init(p);
-    int rc = curvd_binary_init(&bin, body, jl + tail_len, jl, p);
-    if (rc == 0)
-        rc = curvd_json_parse((const char *)body, jl, &doc, p);
+    struct curvd_doc *doc;
+    int rc = open_body(json, tail, tail_len, &body, &bin, &doc, p);
     if (rc == 0)
         rc = curvd_tensors_decode(json_object_get(curvd_doc_root(doc), "inputs"), "/inputs", doc,
                                   &bin, SIZE_MAX, t, n, p);
@@ -972,17 +983,10 @@ static void test_binary_sizes(void **state)
 static int decode_rows(const char *json, const unsigned char *tail, size_t tail_len,
                        struct curvd_tensor *t, struct curvd_problem *p)
 {
-    size_t jl = strlen(json);
-    unsigned char *body = malloc(jl + tail_len + 1);
-    memcpy(body, json, jl);
-    if (tail_len)
-        memcpy(body + jl, tail, tail_len);
+    unsigned char *body;
     struct curvd_binary bin;
-    struct curvd_doc *doc = NULL;
-    curvd_problem_init(p);
-    int rc = curvd_binary_init(&bin, body, jl + tail_len, jl, p);
-    if (rc == 0)
-        rc = curvd_json_parse((const char *)body, jl, &doc, p);
+    struct curvd_doc *doc;
+    int rc = open_body(json, tail, tail_len, &body, &bin, &doc, p);
     if (rc == 0)
         rc = curvd_tensor_decode_rows(json_object_get(curvd_doc_root(doc), "t"), "/t", doc,
                                       tail_len ? &bin : NULL, SIZE_MAX, t, p);
