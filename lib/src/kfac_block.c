@@ -184,13 +184,14 @@ CURV__VECTOR_CLONES static uint64_t fold_ema(const struct stat_src *src, const d
             const size_t i1 = i0 + T < n ? i0 + T : n, j1 = j0 + T < n ? j0 + T : n;
             for (size_t i = i0; i < i1; i++) {
                 const size_t jb = j0 > i ? j0 : i, je = j1 < nx ? j1 : nx;
-                double *ti = t[i - i0] - j0; /* ti[j] for j in [j0, j1) */
+                double *ti = t[i - i0]; /* ti[j - j0] for j in [j0, j1) */
                 if (jb < je)
-                    stat_row(src, Fn, n, i, jb, je, ti + jb);
+                    stat_row(src, Fn, n, i, jb, je, ti + (jb - j0));
                 if (j1 > nx && nx < n) /* the bias column */
-                    ti[nx] = i < nx ? src->scale * src->sum[i] : src->scale * (double)src->rows;
+                    ti[nx - j0] =
+                        i < nx ? src->scale * src->sum[i] : src->scale * (double)src->rows;
                 for (size_t j = jb; j < j1; j++) {
-                    const double up = eps * F[i * n + j] + keep * ti[j];
+                    const double up = eps * F[i * n + j] + keep * ti[j - j0];
                     Fn[i * n + j] = up;
                     bad |= curv__nonfinite_bits(up);
                 }
@@ -224,7 +225,7 @@ static curv_status stats_f32(const struct rows_in *X, struct stat_src *src, cons
     const size_t rows = src->rows, nx = src->nx;
     const size_t chunk = rows < STATS_CHUNK ? rows : STATS_CHUNK;
     float *Xf = X->f ? NULL : curv__malloc_n(chunk * nx, sizeof(float));
-    float *Ff = curv__malloc_n(nx * nx, sizeof(float));
+    float *Ff = curv__calloc_n(nx * nx, sizeof(float)); /* BLAS need not ignore C at β = 0 */
     if ((!X->f && !Xf) || !Ff) {
         curv__free(Xf);
         curv__free(Ff);

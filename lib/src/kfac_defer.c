@@ -259,8 +259,8 @@ void curv_refresh_run(curv_refresh *r)
 
 void curv_refresh_run_on(curv_refresh *r, const curv_executor *ex)
 {
-    if (r)
-        curv__kdefer_ensure(r, ex);
+    if (r) /* an executor curv_opt_set_executor would refuse: serially */
+        curv__kdefer_ensure(r, ex && ex->run && ex->workers ? ex : NULL);
 }
 
 uint64_t curv_refresh_due(const curv_refresh *r)

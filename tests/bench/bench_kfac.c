@@ -238,9 +238,14 @@ static void time_phases(struct net *n, double *p)
 {
     struct curv__kfac_est *e = (struct curv__kfac_est *)curv__kfac_estimator(n->opt);
     struct curv__layer_in li[8];
-    for (size_t i = 0; i < n->L; i++)
-        li[i] = (struct curv__layer_in){
-            .block = i, .rows = n->m, .examples = n->m, .acts = n->acts[i], .signals = n->sig[i]};
+    for (size_t i = 0; i < n->L; i++) /* as opt_input.c hands them over: floats kept in fp32 */
+        li[i] = (struct curv__layer_in){.block = i,
+                                        .rows = n->m,
+                                        .examples = n->m,
+                                        .acts = n->acts_f[i] ? NULL : n->acts[i],
+                                        .signals = n->sig_f[i] ? NULL : n->sig[i],
+                                        .acts_f = n->acts_f[i],
+                                        .signals_f = n->sig_f[i]};
     const struct curv__step_args with = {.g = n->g, .layers = li, .n_layers = n->L};
     const struct curv__step_args without = {.g = n->g};
     const double gamma = GAMMA;

@@ -178,7 +178,7 @@ static void test_conv_statistics(void **state)
 
 /*
  * Factors wider than a tile of the fused statistics pass (32) and batches
- * of one and of two float SYRK chunks (1024 rows each): every entry of
+ * of one to three float SYRK chunks (1024 rows each): every entry of
  * both triangles, the bias row and column, the chunks' sum, in both
  * precisions, against the EMA of (1/m) Σ x xᵀ formed here. The bound is
  * check_ema_schedule's with k = the rows of one SYRK (fp64: all rows,
@@ -251,6 +251,7 @@ static void test_wide_factors(void **state)
     for (int fp32 = 0; fp32 <= 1; fp32++) {
         check_wide_factors(fp32, 5);
         check_wide_factors(fp32, 1100);
+        check_wide_factors(fp32, 2100); /* three chunks: one added in between */
     }
 }
 
@@ -331,7 +332,7 @@ static void run_stats_form(const char *precision, const char *inverse, double ma
  * (curv_layer_stats.f32), and in an all-float step give the same updates
  * and state bit for bit: fp32 reads the floats in place, fp64 and the
  * tridiagonal inverse convert them; dense and diagonal sides, a bias,
- * one and two SYRK chunks. (The all-float step's updates are floats:
+ * one to three SYRK chunks. (The all-float step's updates are floats:
  * compared after rounding the others; its state is the same.) */
 static void test_float_layers(void **state)
 {
@@ -341,11 +342,9 @@ static void test_float_layers(void **state)
         const char *precision, *inverse;
         double max_factor_dim;
         size_t rows;
-    } cases[] = {{"fp32", "blockdiag", 4096, 7},
-                 {"fp32", "blockdiag", 32, 7},
-                 {"fp32", "blockdiag", 4096, 1100},
-                 {"fp64", "blockdiag", 4096, 7},
-                 {"fp32", "tridiag", 4096, 7}};
+    } cases[] = {{"fp32", "blockdiag", 4096, 7},    {"fp32", "blockdiag", 32, 7},
+                 {"fp32", "blockdiag", 4096, 1100}, {"fp32", "blockdiag", 4096, 2100},
+                 {"fp64", "blockdiag", 4096, 7},    {"fp32", "tridiag", 4096, 7}};
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         double *u[3];
         unsigned char *blob[3];

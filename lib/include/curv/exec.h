@@ -112,8 +112,9 @@ CURV_API uint64_t curv_refresh_due(const curv_refresh *r);
  *
  * Contract: after a step that returns with statistics pending, @o holds
  * BORROWED pointers to the step input's layer statistics (its acts and
- * signals; float64 input is used in place, float32 input was converted
- * into @o's buffers): the caller must not free or change them until
+ * signals, used in place: float64 input, and float input where the kind
+ * reads floats (K-FAC fp32, block-diagonal); other float input was
+ * converted into @o's buffers): the caller must not free or change them until
  * curv_opt_settle(@o) has returned. Every other call that reads or
  * changes @o's state settles first (curv_opt_step, _resume, _cancel,
  * _save, _save_parts, _reconfigure, _set_executor, _defer_stats,

@@ -72,7 +72,8 @@ typedef enum { CURV_F64 = 0, CURV_F32 = 1 } curv_dtype;
  *            beside a float64 gradient, without a double copy). The
  *            values are what count: the same values as floats or doubles
  *            give the same step, bit for bit.
- * Finite, borrowed for the call only.
+ * Finite, borrowed for the call only (until curv_opt_settle when the step
+ * defers its statistics: curv_opt_defer_stats).
  */
 typedef struct curv_layer_stats {
     size_t block;
