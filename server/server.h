@@ -78,7 +78,8 @@ struct curvd_server {
      * per-layer work (http/pool.h); NULL: none, steps run serially. Set
      * and cleared by curvd_http_start and _stop. */
     const struct curv_executor *exec;
-    struct curvd_pool *pool;       /* the same workers' queue: background refreshes */
+    const struct curv_executor *bg_exec; /* the same for background refreshes */
+    struct curvd_pool *pool;             /* the same workers' queue: background refreshes */
     struct curvd_sweeper *sweeper; /* deletes idle sessions, keeps leases (session/service.h) */
     /* The lease owner this daemon writes as; "" (a server built by hand in
      * a test): no leases, writes are not fenced. Set by curvd_daemon_open. */

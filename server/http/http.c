@@ -621,6 +621,7 @@ static int start_workers(struct curvd_server *srv, char *err, size_t errlen)
         return -1;
     }
     srv->exec = h->pool ? curvd_pool_executor(h->pool) : NULL;
+    srv->bg_exec = h->pool ? curvd_pool_background_executor(h->pool) : NULL;
     srv->pool = h->pool;
     return 0;
 }
@@ -631,6 +632,7 @@ static void stop_workers(struct curvd_server *srv)
     curvd_pool_free(h->pool); /* runs what is queued, then joins */
     h->pool = NULL;
     srv->exec = NULL;
+    srv->bg_exec = NULL;
     srv->pool = NULL;
     pthread_mutex_destroy(&h->mu);
 }

@@ -23,6 +23,7 @@ struct batch {
     void *arg;
     size_t n, next, done; /* tasks; the next to claim; those finished */
     uint64_t used;        /* the slots of tasks running */
+    int background;       /* claimed by idle threads, never by another batch's caller */
     struct batch *link;   /* the list of batches with tasks left to claim */
 };
 
@@ -37,7 +38,7 @@ struct curvd_pool {
     unsigned idle, waiting, busy;
     int stop;
     struct curvd_pool_stats stats;
-    curv_executor ex;
+    curv_executor ex, bg_ex;
     unsigned n;
     pthread_t *threads;
 };
@@ -63,13 +64,22 @@ static size_t claim(struct curvd_pool *p, struct batch *b)
     return i;
 }
 
-/* Under the lock: the oldest batch with a task to claim and a free slot. */
-static struct batch *claimable(const struct curvd_pool *p)
+/* Under the lock: the oldest batch with a task to claim and a free slot,
+ * a request's before a background one's; for a caller waiting for its own
+ * batch (@caller) never a background one, which could outlast its own
+ * tasks by far and hold its reply. */
+static struct batch *claimable(const struct curvd_pool *p, int caller)
 {
-    struct batch *b = p->batches;
-    while (b && b->used == FULL)
-        b = b->link;
-    return b;
+    struct batch *bg = NULL;
+    for (struct batch *b = p->batches; b; b = b->link) {
+        if (b->used == FULL)
+            continue;
+        if (!b->background)
+            return b;
+        if (!bg && !caller)
+            bg = b;
+    }
+    return bg;
 }
 
 /* Under the lock on entry and exit: claim a task of @b and run it, by its
@@ -118,7 +128,7 @@ static void *thread_main(void *arg)
             job->run(job); /* may publish batches, and submit jobs */
             pthread_mutex_lock(&p->mu);
             p->busy--;
-        } else if ((b = claimable(p))) {
+        } else if ((b = claimable(p, 0))) {
             busy_begin(p);
             run_one(p, b, 0);
             p->busy--;
@@ -134,10 +144,10 @@ static void *thread_main(void *arg)
     return NULL;
 }
 
-/* curv_executor.run (pool.h). */
-static void pool_run(void *ctx, size_t n, curv_task_fn fn, void *arg)
+/* Publish a batch (@background: of work no request waits on) and work
+ * on it until every task is done. */
+static void run_batch(struct curvd_pool *p, size_t n, curv_task_fn fn, void *arg, int background)
 {
-    struct curvd_pool *p = ctx;
     if (self_pool != p || n < 2 || p->n < 2) {
         pthread_mutex_lock(&p->mu);
         p->stats.serial++;
@@ -146,7 +156,7 @@ static void pool_run(void *ctx, size_t n, curv_task_fn fn, void *arg)
             fn(arg, i, 0);
         return;
     }
-    struct batch b = {.fn = fn, .arg = arg, .n = n};
+    struct batch b = {.fn = fn, .arg = arg, .n = n, .background = background};
     pthread_mutex_lock(&p->mu);
     p->stats.batches++;
     p->stats.tasks += n;
@@ -167,7 +177,7 @@ static void pool_run(void *ctx, size_t n, curv_task_fn fn, void *arg)
             run_one(p, &b, 1);
         } else if (b.done == b.n) {
             break;
-        } else if ((o = claimable(p))) {
+        } else if ((o = claimable(p, 1))) {
             /* Every task of ours is taken: help another batch meanwhile
              * (never a job, which could outlast our own tasks by far). */
             run_one(p, o, 0);
@@ -178,6 +188,17 @@ static void pool_run(void *ctx, size_t n, curv_task_fn fn, void *arg)
         }
     }
     pthread_mutex_unlock(&p->mu);
+}
+
+/* curv_executor.run of curvd_pool_executor and _background_executor. */
+static void pool_run(void *ctx, size_t n, curv_task_fn fn, void *arg)
+{
+    run_batch(ctx, n, fn, arg, 0);
+}
+
+static void pool_run_background(void *ctx, size_t n, curv_task_fn fn, void *arg)
+{
+    run_batch(ctx, n, fn, arg, 1);
 }
 
 void curvd_pool_submit(struct curvd_pool *p, struct curvd_pool_job *job)
@@ -223,6 +244,8 @@ struct curvd_pool *curvd_pool_new(unsigned workers, char *err, size_t errlen)
     pthread_cond_init(&p->wait, NULL);
     p->n = workers;
     p->ex = (curv_executor){.workers = workers < 64 ? workers : 64, .run = pool_run, .ctx = p};
+    p->bg_ex = p->ex;
+    p->bg_ex.run = pool_run_background;
     for (unsigned i = 0; i < workers; i++) {
         if (pthread_create(&p->threads[i], NULL, thread_main, p) != 0) {
             snprintf(err, errlen, "cannot start worker thread %u", i);
@@ -238,6 +261,11 @@ struct curvd_pool *curvd_pool_new(unsigned workers, char *err, size_t errlen)
 const curv_executor *curvd_pool_executor(const struct curvd_pool *p)
 {
     return &p->ex;
+}
+
+const curv_executor *curvd_pool_background_executor(const struct curvd_pool *p)
+{
+    return &p->bg_ex;
 }
 
 unsigned curvd_pool_size(const struct curvd_pool *p)

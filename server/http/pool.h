@@ -74,6 +74,15 @@ void curvd_pool_submit(struct curvd_pool *p, struct curvd_pool_job *job);
  */
 const curv_executor *curvd_pool_executor(const struct curvd_pool *p);
 
+/*
+ * curvd_pool_background_executor - the same for work no request waits on
+ * (a session's background refresh): its batches are helped by idle
+ * threads only after every request's batch, and never by the caller of
+ * another batch waiting for its own tasks, whose reply must not wait
+ * behind an eigendecomposition.
+ */
+const curv_executor *curvd_pool_background_executor(const struct curvd_pool *p);
+
 /* curvd_pool_size - the number of threads. */
 unsigned curvd_pool_size(const struct curvd_pool *p);
 

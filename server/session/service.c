@@ -175,7 +175,7 @@ struct bg_job {
     struct curvd_pool_job job; /* first: the pool hands back &job */
     curvd_bg_fn fn;
     void *arg;
-    const curv_executor *ex; /* the pool's: idle workers help with the blocks */
+    const curv_executor *ex; /* the pool's background one: idle workers help */
 };
 
 static void bg_job_run(struct curvd_pool_job *j)
@@ -191,7 +191,7 @@ int curvd_svc_submit_background(void *ctx, curvd_bg_fn fn, void *arg)
     struct bg_job *b = srv->pool ? malloc(sizeof *b) : NULL;
     if (!b)
         return -1; /* no workers: the step that applies it computes it */
-    *b = (struct bg_job){.job = {.run = bg_job_run}, .fn = fn, .arg = arg, .ex = srv->exec};
+    *b = (struct bg_job){.job = {.run = bg_job_run}, .fn = fn, .arg = arg, .ex = srv->bg_exec};
     curvd_pool_submit(srv->pool, &b->job);
     return 0;
 }

@@ -12,6 +12,7 @@
  */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -304,6 +305,93 @@ static void test_caller_alone(void **state)
     gate_clear(&b.done);
 }
 
+/* A session's background refresh and a step, as the daemon runs them: a
+ * background batch of 40 tasks, then a step's batch of two whose caller,
+ * once its tasks are taken, waits for the second. */
+struct bg_case {
+    struct curvd_pool_job bg_job, step_job; /* the pool hands back each */
+    struct curvd_pool *p;
+    atomic_int bg_started, bg_done_tasks, on_step_caller, step_running, second_started;
+    atomic_int second_before_bg_end; /* the step's task 1 started while bg tasks were unclaimed */
+    pthread_t step_thread;
+    struct gate bg_done, step_done;
+};
+
+#define BG_TASKS 40
+
+static void bg_task(void *arg, size_t i, unsigned w)
+{
+    (void)i, (void)w;
+    struct bg_case *c = arg;
+    atomic_fetch_add(&c->bg_started, 1);
+    if (atomic_load(&c->step_running) && pthread_equal(pthread_self(), c->step_thread))
+        atomic_fetch_add(&c->on_step_caller, 1);
+    sleep_us(20000);
+    atomic_fetch_add(&c->bg_done_tasks, 1);
+}
+
+static void bg_run(struct curvd_pool_job *j)
+{
+    struct bg_case *c = (struct bg_case *)(void *)((char *)j - offsetof(struct bg_case, bg_job));
+    const curv_executor *ex = curvd_pool_background_executor(c->p);
+    ex->run(ex->ctx, BG_TASKS, bg_task, c);
+    gate_open(&c->bg_done);
+}
+
+/* Task 0, the caller's, holds until another thread has task 1 (so that
+ * the caller then waits with background tasks left to take). */
+static void step_task(void *arg, size_t i, unsigned w)
+{
+    (void)w;
+    struct bg_case *c = arg;
+    if (i == 1) {
+        atomic_store(&c->second_before_bg_end, atomic_load(&c->bg_started) < BG_TASKS);
+        atomic_store(&c->second_started, 1);
+        sleep_us(200000);
+        return;
+    }
+    for (int k = 0; k < 50000 && !atomic_load(&c->second_started); k++)
+        sleep_us(100);
+}
+
+static void step_run(struct curvd_pool_job *j)
+{
+    struct bg_case *c = (struct bg_case *)(void *)((char *)j - offsetof(struct bg_case, step_job));
+    c->step_thread = pthread_self();
+    atomic_store(&c->step_running, 1);
+    const curv_executor *ex = curvd_pool_executor(c->p);
+    ex->run(ex->ctx, 2, step_task, c);
+    atomic_store(&c->step_running, 0);
+    gate_open(&c->step_done);
+}
+
+/* A background batch is helped by idle threads only after a request's
+ * batch, and never by a step's caller waiting for its own tasks. */
+static void test_background_batches(void **state)
+{
+    (void)state;
+    static struct bg_case c;
+    memset(&c, 0, sizeof c);
+    c.p = pool_new(3);
+    gate_init(&c.bg_done);
+    gate_init(&c.step_done);
+    c.bg_job.run = bg_run;
+    c.step_job.run = step_run;
+    curvd_pool_submit(c.p, &c.bg_job);
+    while (atomic_load(&c.bg_done_tasks) == 0)
+        sleep_us(1000);
+    curvd_pool_submit(c.p, &c.step_job);
+    gate_wait(&c.step_done);
+    gate_wait(&c.bg_done);
+    assert_int_equal(atomic_load(&c.bg_done_tasks), BG_TASKS);
+    assert_int_equal(atomic_load(&c.second_started), 1);
+    assert_int_equal(atomic_load(&c.second_before_bg_end), 1); /* a request's task first */
+    assert_int_equal(atomic_load(&c.on_step_caller), 0);
+    curvd_pool_free(c.p);
+    gate_clear(&c.bg_done);
+    gate_clear(&c.step_done);
+}
+
 /* Six callers on a pool of three, each publishing batches of several
  * sizes for several rounds, some tasks publishing batches of their own:
  * everything completes, each task once per round, no slot shared. */
@@ -392,13 +480,10 @@ static void test_shutdown_idle(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_jobs_once),
-        cmocka_unit_test(test_batch_parallel),
-        cmocka_unit_test(test_slots_below_n),
-        cmocka_unit_test(test_caller_alone),
-        cmocka_unit_test(test_concurrent_and_nested),
-        cmocka_unit_test(test_outside_serial),
-        cmocka_unit_test(test_shutdown_idle),
+        cmocka_unit_test(test_jobs_once),          cmocka_unit_test(test_batch_parallel),
+        cmocka_unit_test(test_slots_below_n),      cmocka_unit_test(test_caller_alone),
+        cmocka_unit_test(test_background_batches), cmocka_unit_test(test_concurrent_and_nested),
+        cmocka_unit_test(test_outside_serial),     cmocka_unit_test(test_shutdown_idle),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
