@@ -79,8 +79,10 @@ $(BUILD)/libcurv.a: $(LIB_OBJS)
 	@rm -f $@
 	$(Q)ar rcs $@ $^
 
+# The soname changes with every ABI break: .1 since curv_layer_stats gained
+# f32 (libcurv 0.2.0).
 $(BUILD)/libcurv.so: $(LIB_OBJS)
-	$(Q)$(CC) -shared -Wl,-soname,libcurv.so.0 -o $@ $^ $(LDFLAGS_ALL) $(DEP_LIBS)
+	$(Q)$(CC) -shared -Wl,-soname,libcurv.so.1 -o $@ $^ $(LDFLAGS_ALL) $(DEP_LIBS)
 
 $(BUILD)/tests/%: tests/lib/%.c $(TEST_UTIL) tests/lib/testutil.h $(BUILD)/libcurv.a
 	@mkdir -p $(@D)

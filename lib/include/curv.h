@@ -19,7 +19,7 @@
 #include "curv/status.h"
 
 #define CURV_VERSION_MAJOR 0
-#define CURV_VERSION_MINOR 1
+#define CURV_VERSION_MINOR 2
 #define CURV_VERSION_PATCH 0
 
 /* curv_version - "MAJOR.MINOR.PATCH" of the library actually linked. */
