@@ -790,6 +790,76 @@ static void test_float_layers(void **state)
     curv_layout_free(l);
 }
 
+/* Decode a step body whose layer on "a" has binary FP32 activations
+ * (12 bytes of @tail) and signals @signals (a tensor object). */
+static void decode_layer_body(const curv_layout *l, const char *signals, const unsigned char *tail,
+                              size_t tail_len, struct curvd_step_in *in)
+{
+    char json[1024];
+    int n = snprintf(
+        json, sizeof json,
+        "{\"step\":1,\"gradients\":["
+        "{\"name\":\"a\",\"datatype\":\"FP64\",\"shape\":[2,4],\"data\":[1,2,3,4,5,6,7,8]},"
+        "{\"name\":\"b\",\"datatype\":\"FP64\",\"shape\":[3,3],"
+        "\"data\":[1,2,3,4,5,6,7,8,9]},"
+        "{\"name\":\"v\",\"datatype\":\"FP64\",\"shape\":[2],\"data\":[1,2]}],"
+        "\"layers\":[{\"block\":\"a\",\"activations\":{\"name\":\"x\",\"datatype\":"
+        "\"FP32\",\"shape\":[1,3],\"parameters\":{\"binary_data_size\":12}},"
+        "\"signals\":%s}]}",
+        signals);
+    assert_true(n > 0 && (size_t)n < sizeof json);
+    unsigned char body[1200];
+    memcpy(body, json, (size_t)n);
+    memcpy(body + n, tail, tail_len);
+    char hl[24];
+    snprintf(hl, sizeof hl, "%d", n);
+    struct curvd_binary bin;
+    struct curvd_problem p;
+    int binary = 0;
+    double g[DIM], theta[DIM], gsq[DIM];
+    curvd_problem_init(&p);
+    assert_int_equal(curvd_step_parse_head(body, (size_t)n + tail_len, hl,
+                                           "application/octet-stream", in, &bin, &binary, &p),
+                     0);
+    if (curvd_step_decode_tensors(l, in, &bin, binary, g, theta, gsq, &p) != 0)
+        fail_msg("decode: %s", p.detail);
+}
+
+/* A layer's activations and signals both in FP32 bytes stay floats; with
+ * one of them JSON, the floats are widened so that libcurv gets one type
+ * per layer. */
+static void test_layer_floats_decoded(void **state)
+{
+    (void)state;
+    curv_layout *l = layout_new();
+    const unsigned char x[20] = {0,    0,    0x80, 0x3f, 0, 0,    0, 0x40, 0,    0,
+                                 0x40, 0x40, 0,    0,    0, 0x3f, 0, 0,    0x80, 0x3e};
+    struct curvd_step_in in = {0};
+    decode_layer_body(l,
+                      "{\"name\":\"s\",\"datatype\":\"FP32\",\"shape\":[1,2],"
+                      "\"parameters\":{\"binary_data_size\":8}}",
+                      x, 20, &in);
+    assert_int_equal(in.nlayers, 1);
+    assert_true(in.layers[0].acts.fdata && !in.layers[0].acts.data);
+    assert_true(in.layers[0].signals.fdata && in.layers[0].signals.fdata[1] == 0.25f);
+    curv_layer_stats ls;
+    curvd_step_layer_stats(&in, &ls);
+    assert_int_equal(ls.f32, 1);
+    assert_ptr_equal(ls.acts, in.layers[0].acts.fdata);
+    curvd_step_in_clear(&in);
+    memset(&in, 0, sizeof in);
+    decode_layer_body(l,
+                      "{\"name\":\"s\",\"datatype\":\"FP32\",\"shape\":[1,2],\"data\":[0.5,0.25]}",
+                      x, 12, &in);
+    assert_true(!in.layers[0].acts.fdata && in.layers[0].acts.data);
+    assert_true(in.layers[0].acts.data[0] == 1.0 && in.layers[0].acts.data[2] == 3.0);
+    assert_true(!in.layers[0].signals.fdata && in.layers[0].signals.data[1] == 0.25);
+    curvd_step_layer_stats(&in, &ls);
+    assert_int_equal(ls.f32, 0);
+    curvd_step_in_clear(&in);
+    curv_layout_free(l);
+}
+
 static void test_update_digest(void **state)
 {
     (void)state;
@@ -812,6 +882,7 @@ int main(void)
         cmocka_unit_test(test_every_truncation),      cmocka_unit_test(test_allocation_failures),
         cmocka_unit_test(test_step_digest_unchanged), cmocka_unit_test(test_update_digest),
         cmocka_unit_test(test_answer_bytes),          cmocka_unit_test(test_float_layers),
+        cmocka_unit_test(test_layer_floats_decoded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
