@@ -226,28 +226,10 @@ CURV__VECTOR_CLONES static void residual_kernel(size_t n, const double *restrict
         residual_body(n, gx, dvec, lam, x, g, pinv, r, 0, out);
 }
 
-CURV__VECTOR_CLONES static double dot_kernel(size_t n, const double *restrict a,
-                                             const double *restrict b)
-{
-    double s[LANES] = {0};
-    size_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (size_t j = 0; j < LANES; j++)
-            s[j] += a[i + j] * b[i + j];
-    for (; i < n; i++)
-        s[0] += a[i] * b[i];
-    return lane_sum(s);
-}
-
-double curv__hf_dot(const double *a, const double *b, size_t n)
-{
-    return dot_kernel(n, a, b);
-}
-
 double curv__hf_wnorm2(const double *dvec, const double *a, size_t n)
 {
     if (!dvec)
-        return dot_kernel(n, a, a);
+        return curv__dot(a, a, n);
     double s = 0;
     for (size_t i = 0; i < n; i++)
         s += dvec[i] * a[i] * a[i];

@@ -104,8 +104,6 @@ int curv__hf_iterate(const struct hf_hyper *h, struct hf_work *w, size_t d, cons
 void curv__hf_collect(struct hf_work *w, size_t d);
 /* Number of slots the iterate schedule needs for @max_iters iterations. */
 size_t curv__hf_schedule_slots(double nu, size_t max_iters);
-/* Lane-summed dot product (same bits on every machine and clone). */
-double curv__hf_dot(const double *a, const double *b, size_t n);
 /* Σ dvec_i a_i² (dvec NULL: Σ a_i²). */
 double curv__hf_wnorm2(const double *dvec, const double *a, size_t n);
 

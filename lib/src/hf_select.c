@@ -35,9 +35,9 @@ int curv__hf_backtrack_answer(struct hf_work *w, size_t d, const double *loss)
     const double *delta = w->snap + w->best * d;
     w->delta = delta;
     w->h_delta = w->best_loss;
-    w->g_delta = curv__hf_dot(w->g, delta, d);
+    w->g_delta = curv__dot(w->g, delta, d);
     w->d_delta = curv__hf_wnorm2(w->dvec, delta, d);
-    w->delta_norm = sqrt(curv__hf_dot(delta, delta, d));
+    w->delta_norm = sqrt(curv__dot(delta, delta, d));
     /* q is the damped model M̂(δ) − h(θ); the undamped M drops ½λδᵀDδ. */
     w->model_damped = w->q[w->snap_it[w->best]];
     w->model = w->model_damped - 0.5 * w->lambda * w->d_delta;

@@ -91,20 +91,24 @@ size_t curv__first_nonfinite_f(const float *x, size_t n)
     return first_nonfinite_f(x, n);
 }
 
-/* Eight interleaved partial sums (lane i mod 8) added pairwise at the end:
- * eight additions in flight instead of one chain, and the same bits
- * whatever vector width a clone uses (each lane's arithmetic is scalar
- * IEEE, nothing reassociated). */
-CURV__VECTOR_CLONES static double dot8(const double *x, const double *y, size_t n)
+/* Eight interleaved partial sums (lane i mod 8; the tail in lane 0)
+ * added in order at the end: eight additions in flight instead of one
+ * chain, and the same bits whatever vector width a clone uses (each
+ * lane's arithmetic is scalar IEEE, nothing reassociated). HF's CG sums
+ * (hf_cg.c) use the same lanes. */
+CURV__VECTOR_CLONES static double dot8(const double *restrict x, const double *restrict y, size_t n)
 {
     double acc[8] = {0};
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
         for (size_t l = 0; l < 8; l++)
             acc[l] += x[i + l] * y[i + l];
-    for (size_t l = 0; i < n; i++, l++)
-        acc[l] += x[i] * y[i];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; i++)
+        acc[0] += x[i] * y[i];
+    double t = 0;
+    for (size_t l = 0; l < 8; l++)
+        t += acc[l];
+    return t;
 }
 
 double curv__dot(const double *x, const double *y, size_t n)
