@@ -146,7 +146,8 @@ struct stat_src {
     size_t nx, rows;
 };
 
-/* Row @i's statistic S_ij for j in [j0, j1) (j1 <= nx) into @t. */
+/* Row @i's statistic S_ij for j in [j0, j1) (j1 <= nx) into @t, which may be
+ * that stretch of the row itself (each entry is read before it is written). */
 static void stat_row(const struct stat_src *src, const double *Fn, size_t n, size_t i, size_t j0,
                      size_t j1, double *t)
 {
@@ -245,10 +246,8 @@ static curv_status stats_f32(const struct rows_in *X, struct stat_src *src, cons
             bad = fold_ema(src, F, Fn, n, eps);
             break;
         }
-        for (size_t i = 0; i < nx; i++)
-            for (size_t j = i; j < nx; j++)
-                Fn[i * n + j] =
-                    (src->acc ? Fn[i * n + j] : 0.0) + src->scale * (double)Ff[i * nx + j];
+        for (size_t i = 0; i < nx; i++) /* in place: each entry is read before it is written */
+            stat_row(src, Fn, n, i, i, nx, Fn + i * n + i);
     }
     curv__free(Xf);
     curv__free(Ff);
