@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "srvutil.h"
@@ -94,6 +95,19 @@ unsigned char *su_pg_raw_state(const char *url, const char *id, size_t *len)
     PQclear(r);
     *len = n;
     return buf;
+}
+
+void su_pg_wait_gone(const char *url, const char *app)
+{
+    char sql[200], n[32];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM pg_stat_activity WHERE application_name = '%s'",
+             app);
+    for (;;) {
+        su_pg_raw_text(url, sql, n, sizeof n);
+        if (strcmp(n, "0") == 0)
+            return;
+        nanosleep(&(struct timespec){0, 2000000}, NULL);
+    }
 }
 
 /* SQLite: a connection in BEGIN IMMEDIATE. PostgreSQL: one holding the

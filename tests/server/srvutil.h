@@ -115,6 +115,10 @@ void su_raw_unlock(struct su_lock *l);
 void su_pg_raw_exec(const char *url, const char *sql);
 void su_pg_raw_text(const char *url, const char *sql, char *out, size_t cap);
 unsigned char *su_pg_raw_state(const char *url, const char *id, size_t *len);
+/* Wait until no server process serves a connection named @app
+ * (application_name): a client killed mid-COMMIT leaves its backend to
+ * finish that commit, which must land before the database is judged. */
+void su_pg_wait_gone(const char *url, const char *app);
 
 /* Run @sql (several statements allowed) on a connection of its own. */
 void su_raw_exec(const char *path, const char *sql);

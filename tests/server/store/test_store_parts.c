@@ -711,6 +711,11 @@ static void test_crash_durability(void **state)
 {
     (void)state;
     const char *path = db_path("crash");
+    /* On PostgreSQL the children's connections carry a name, so that the
+     * backend of a killed one can be waited for (su_pg_wait_gone). */
+    char child_path[1200];
+    snprintf(child_path, sizeof child_path, su_pg_url() ? "%s&application_name=curvd_crash" : "%s",
+             path);
     struct curvd_store *st = open_with(path, CURVD_DURABILITY_FULL);
     struct curvd_session_new in = {"c", "t", "kfac", NULL, 0, {.blob = NULL, .len = 0},
                                    0,   0,   NULL,   NULL, 0, 0};
@@ -729,7 +734,7 @@ static void test_crash_durability(void **state)
         assert_true(pid >= 0);
         if (pid == 0) {
             close(fds[0]);
-            crash_child(path, fds[1], d);
+            crash_child(child_path, fds[1], d);
         }
         close(fds[1]);
         /* Most kills land among the commits, some during the open. A
@@ -748,6 +753,8 @@ static void test_crash_durability(void **state)
         assert_int_equal(waitpid(pid, &ws, 0), pid);
         if (!WIFSIGNALED(ws))
             fail_msg("child exited with %d before the kill", WEXITSTATUS(ws));
+        if (su_pg_url())
+            su_pg_wait_gone(path, "curvd_crash");
         for (int first = iter % 8 == 0; (got = read(fds[0], &k, sizeof k)) == (ssize_t)sizeof k;
              first = 0) {
             if (first) {

@@ -296,10 +296,7 @@ static void test_reconnects(void **state)
     create_ok(st, "s");
     su_raw_exec(base, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                       " WHERE application_name = 'curvd_reconnect'");
-    /* Gone once pg_stat_activity no longer lists it. */
-    while (su_raw_int(base, "SELECT count(*) FROM pg_stat_activity"
-                            " WHERE application_name = 'curvd_reconnect'") != 0)
-        ;
+    su_pg_wait_gone(base, "curvd_reconnect");
     struct curvd_session s;
     assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_ERROR);
     assert_store(curvd_store_health(st, err, sizeof err), CURVD_STORE_ERROR);
