@@ -66,6 +66,7 @@ int curvd_daemon_open(struct curvd_server *srv, char *err, size_t errlen)
         snprintf(err, errlen, "--history must be 0 to %d steps", CURVD_STORE_HISTORY_MAX);
         return -1;
     }
+    (void)curvd_store_set_log_file_min(srv->store, srv->cfg.log_file_min);
     if (!(srv->metrics = curvd_metrics_new())) {
         snprintf(err, errlen, "out of memory");
         return -1;

@@ -84,6 +84,10 @@ static const struct flag FLAGS[] = {
     {"snapshot-min", "CURVD_SNAPSHOT_MIN", F_BYTES, OFF(snapshot_min),
      "a session whose state is smaller than this many bytes is written whole with every step, "
      "without the step log (which cannot save a write that small)"},
+    {"log-file-min", "CURVD_LOG_FILE_MIN", F_BYTES, OFF(log_file_min),
+     "SQLite: a step record of this many bytes or more is appended to its session's file in "
+     "<db>-steps/ and its row says where (one write instead of SQLite's pages, WAL and "
+     "checkpoint); smaller ones stay in their rows (0: every record to files)"},
     {"durability", "CURVD_DURABILITY", F_DURABILITY, OFF(durability_full),
      "full: a step survives power loss; normal: it survives a crash of the daemon"},
     {"node-id", "CURVD_NODE_ID", F_STR, OFF(node_id),
@@ -117,6 +121,7 @@ static const struct curvd_config DEFAULTS = {.listen = "127.0.0.1",
                                              .snapshot_ms = 2000,
                                              .snapshot_inline = (size_t)1 << 20,
                                              .snapshot_min = (size_t)64 << 10,
+                                             .log_file_min = CURVD_STORE_LOG_FILE_MIN_DEFAULT,
                                              .lease_ttl_ms = CURVD_LEASE_TTL_DEFAULT_MS};
 
 /* The default of flag @f as text into @buf. */

@@ -45,6 +45,7 @@ struct curvd_config {
      * whole with every step, without a log (a log row could not save a
      * page there, and costs a second write per snapshot). */
     size_t snapshot_min;
+    size_t log_file_min; /* step records this long or longer go to files (SQLite) */
     /* Leases (docs/CLUSTER.md "Leases and fencing"): this daemon's name as
      * a lease owner (NULL: host name and port), unique among the daemons
      * sharing a database; how long a lease lasts (0: the default). */

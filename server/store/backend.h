@@ -91,6 +91,8 @@ struct curvd_store {
     const struct curvd_store_ops *ops;
     struct curvd_batcher *commits;
     _Atomic int64_t history_default;
+    /* Step records this long or longer go to files (SQLite; --log-file-min). */
+    _Atomic size_t log_file_min;
     /* Storage failures for /readyz (curvd_store_health), on either backend;
      * the backend reports them and initialises it. */
     struct curvd_trouble trouble;

@@ -17,6 +17,7 @@ int curvd_store_base_init(struct curvd_store *st, const struct curvd_store_ops *
 {
     st->ops = ops;
     atomic_store(&st->history_default, CURVD_STORE_HISTORY_DEFAULT);
+    atomic_store(&st->log_file_min, CURVD_STORE_LOG_FILE_MIN_DEFAULT);
     st->commits = curvd_batcher_new(COMMIT_BATCH_MAX, commit_batch, st);
     return st->commits ? CURVD_STORE_OK : curvd_store_no_memory(err, errlen);
 }
@@ -333,6 +334,14 @@ int curvd_store_history(struct curvd_store *st, const char *tenant, const char *
     else
         curvd_history_page_clear(&page);
     return status;
+}
+
+int curvd_store_set_log_file_min(struct curvd_store *st, size_t bytes)
+{
+    if (!st)
+        return CURVD_STORE_INVALID;
+    atomic_store(&st->log_file_min, bytes);
+    return CURVD_STORE_OK;
 }
 
 int curvd_store_set_history_default(struct curvd_store *st, int64_t steps)

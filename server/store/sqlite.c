@@ -162,8 +162,18 @@ static int commit_write(struct sqlite_store *st, char *err, size_t errlen)
     int rc = sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
     if (rc != SQLITE_OK)
         return db_fail(st, rc, err, errlen, "COMMIT");
+    if (st->log)
+        curvd_steplog_committed(st->log);
     curvd_trouble_write_ok(&st->base.trouble);
     return CURVD_STORE_OK;
+}
+
+/* A step record's file failed while doing @what (the sentence @why). */
+static int file_fail(struct sqlite_store *st, int rc, const char *why, char *err, size_t errlen,
+                     const char *what)
+{
+    curvd_trouble_failed(&st->base.trouble, rc == SQLITE_FULL, what, why);
+    return fail(err, errlen, rc_status(rc), "%s: %s", what, why);
 }
 
 static int exec_sql(struct sqlite_store *st, const char *sql, char *err, size_t errlen)
@@ -179,6 +189,8 @@ static void rollback(struct sqlite_store *st)
 {
     if (!sqlite3_get_autocommit(st->db))
         (void)sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    if (st->log)
+        curvd_steplog_rolled_back(st->log);
 }
 
 /* Leave a statement ready for its next use. sqlite3_reset() repeats the
@@ -511,8 +523,8 @@ static int migrate(struct sqlite_store *st, char *err, size_t errlen)
 }
 
 /* Identity first: nothing below may touch a file that is not ours. */
-static int setup(struct sqlite_store *st, enum curvd_durability durability, char *err,
-                 size_t errlen)
+static int setup(struct sqlite_store *st, const char *path, enum curvd_durability durability,
+                 char *err, size_t errlen)
 {
     int version = 0;
     int rc = sqlite3_busy_timeout(st->db, CURVD_STORE_BUSY_TIMEOUT_MS);
@@ -530,7 +542,9 @@ static int setup(struct sqlite_store *st, enum curvd_durability durability, char
     }
     if (status == CURVD_STORE_OK && (rc = curvd_history_prepare(st->db, &st->hist)) != SQLITE_OK)
         status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
-    if (status == CURVD_STORE_OK && (rc = curvd_steplog_prepare(st->db, &st->log)) != SQLITE_OK)
+    if (status == CURVD_STORE_OK &&
+        (rc = curvd_steplog_prepare(st->db, path, durability == CURVD_DURABILITY_FULL, &st->log)) !=
+            SQLITE_OK)
         status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
     if (status == CURVD_STORE_OK && (rc = curvd_leases_prepare(st->db, &st->leases)) != SQLITE_OK)
         status = db_fail(st, rc, err, errlen, "the schema does not match this curvd");
@@ -561,7 +575,7 @@ int curvd_sqlite_open(const char *path, enum curvd_durability durability, struct
     } else {
         st->mu = sqlite3_db_mutex(st->db);
         sqlite3_mutex_enter(st->mu);
-        status = setup(st, durability, err, errlen);
+        status = setup(st, path, durability, err, errlen);
         sqlite3_mutex_leave(st->mu);
         if (status != CURVD_STORE_OK && err && errlen) { /* which file: there may be several */
             char why[1024];
@@ -716,7 +730,8 @@ static int read_session(sqlite3_stmt *q, struct curvd_session *o)
     return 0;
 }
 
-/* The body of curvd_store_get(), inside its read transaction. */
+/* The body of curvd_store_get(), inside its read transaction; @with_state
+ * 2: a record its file no longer holds is read as empty (sq_get). */
 static int get_locked(struct sqlite_store *st, const char *tenant, const char *id, int with_state,
                       void *out, char *err, size_t errlen)
 {
@@ -735,9 +750,14 @@ static int get_locked(struct sqlite_store *st, const char *tenant, const char *i
     done(q);
     if (status == CURVD_STORE_OK && with_state)
         status = read_state(st, id, o, err, errlen);
+    char why[512];
     if (status == CURVD_STORE_OK && with_state &&
-        (rc = curvd_steplog_read(st->log, id, o)) != SQLITE_OK)
-        status = db_fail(st, rc, err, errlen, "reading the step log");
+        (rc = curvd_steplog_read(st->log, id, with_state == 2, o, why, sizeof why)) != SQLITE_OK)
+        status = rc == CURVD_STEPLOG_MOVED
+                     ? fail(err, errlen, CURVD_STORE_BUSY,
+                            "session %s took a snapshot while its step log was read", id)
+                 : why[0] ? file_fail(st, rc, why, err, errlen, "reading the step log")
+                          : db_fail(st, rc, err, errlen, "reading the step log");
     return status;
 }
 
@@ -760,10 +780,22 @@ static int read_tx(struct sqlite_store *st,
     return status;
 }
 
+/* A snapshot may commit (and remove the log's file) between the read
+ * transaction's start and the file's read: the next read sees it. A
+ * record still missing on the last pass (a file removed or damaged by
+ * hand) is read as empty, so that the session's replay names the step it
+ * cannot take rather than the store failing for good. */
 static int sq_get(struct curvd_store *base, const char *tenant, const char *id, int with_state,
                   struct curvd_session *out, char *err, size_t errlen)
 {
-    return read_tx(sq(base), get_locked, tenant, id, with_state, out, err, errlen);
+    for (int pass = 0;; pass++) {
+        int last = !with_state || pass == 3;
+        int status =
+            read_tx(sq(base), get_locked, tenant, id, with_state ? 1 + last : 0, out, err, errlen);
+        if (status != CURVD_STORE_BUSY || last)
+            return status;
+        curvd_session_clear(out);
+    }
 }
 
 /* Read the rows of @q (at most @max) into @l. */
@@ -889,9 +921,14 @@ static int write_step(struct sqlite_store *st, struct curvd_commit_item *it)
         return explain_miss(st, it->tenant, it->id, c->epoch, &it->current_step, err, errlen);
     if (status == CURVD_STORE_OK && !c->record)
         status = write_snapshot(st, it->id, &c->state, err, errlen);
-    else if (status == CURVD_STORE_OK &&
-             (rc = curvd_steplog_append(st->log, it->id, c)) != SQLITE_DONE)
-        status = db_fail(st, rc, err, errlen, "appending to the step log");
+    else if (status == CURVD_STORE_OK) {
+        char why[512];
+        rc = curvd_steplog_append(st->log, it->id, c, atomic_load(&st->base.log_file_min), why,
+                                  sizeof why);
+        if (rc != SQLITE_DONE)
+            status = why[0] ? file_fail(st, rc, why, err, errlen, "appending to the step log")
+                            : db_fail(st, rc, err, errlen, "appending to the step log");
+    }
     if (status == CURVD_STORE_OK) {
         rc = bind(r, "titbtt", it->id, c->step, c->content_type, c->response, c->response_len,
                   c->report, c->request_digest);
@@ -972,6 +1009,8 @@ static int sq_delete(struct curvd_store *base, const char *tenant, const char *i
      * finds no row for this tenant, hence NOT_FOUND. */
     sqlite3_stmt *q = st->stmt[S_DELETE];
     int rc = bind(q, "tt", id, tenant);
+    if (rc == SQLITE_OK)
+        rc = curvd_steplog_forget(st->log, id);
     int status =
         conditional_write(st, rc, q, NULL, tenant, id, CURVD_STORE_ANY_EPOCH, NULL, err, errlen);
     /* A full disk: the failure gave the reserve back (trouble.h), and a
@@ -980,6 +1019,8 @@ static int sq_delete(struct curvd_store *base, const char *tenant, const char *i
     if (status == CURVD_STORE_FULL) {
         (void)sqlite3_wal_checkpoint_v2(st->db, "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
         rc = bind(q, "tt", id, tenant);
+        if (rc == SQLITE_OK)
+            rc = curvd_steplog_forget(st->log, id);
         status = conditional_write(st, rc, q, NULL, tenant, id, CURVD_STORE_ANY_EPOCH, NULL, err,
                                    errlen);
     }
@@ -1093,10 +1134,10 @@ static int sq_expire(struct curvd_store *base, int64_t now, int64_t default_ttl_
             status = db_fail(st, rc, err, errlen, "expiring sessions");
     }
     while (status == CURVD_STORE_OK && (rc = sqlite3_step(q)) == SQLITE_ROW && n < max) {
-        if (dup_text(q, 0, &ids[n]) != 0)
+        if (dup_text(q, 0, &ids[n]) != 0 || !ids[n])
             status = no_memory(err, errlen);
-        else
-            n++;
+        else if (curvd_steplog_forget(st->log, ids[n++]) != SQLITE_OK)
+            status = no_memory(err, errlen);
     }
     if (status == CURVD_STORE_OK && rc != SQLITE_DONE && rc != SQLITE_ROW)
         status = db_fail(st, rc, err, errlen, "expiring sessions");

@@ -5,27 +5,35 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "store/logfile.h"
+
 enum { L_PUT, L_CLEAR, L_READ, L_COUNT_ };
 
 static const char *const steplog_sql[L_COUNT_] = {
-    [L_PUT] = "INSERT INTO step_log (session_id, step, update_digest, record)"
-              " VALUES (?1, ?2, ?3, ?4)",
+    [L_PUT] = "INSERT INTO step_log (session_id, step, update_digest, record, file_offset,"
+              " file_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     /* A range of the primary key: every row of the session. */
     [L_CLEAR] = "DELETE FROM step_log WHERE session_id = ?1",
-    [L_READ] = "SELECT step, update_digest, record FROM step_log WHERE session_id = ?1"
-               " ORDER BY step",
+    [L_READ] = "SELECT step, update_digest, record, file_offset, file_len FROM step_log"
+               " WHERE session_id = ?1 ORDER BY step",
 };
 
 struct curvd_steplog {
     sqlite3_stmt *q[L_COUNT_];
+    struct curvd_logfiles files;
+    /* Sessions whose files go once the transaction commits (an array of
+     * sqlite3_malloc'd ids). */
+    char **gone;
+    size_t n_gone, cap_gone;
 };
 
-int curvd_steplog_prepare(sqlite3 *db, struct curvd_steplog **out)
+int curvd_steplog_prepare(sqlite3 *db, const char *db_path, int sync, struct curvd_steplog **out)
 {
     struct curvd_steplog *l = sqlite3_malloc64(sizeof *l);
     if (!l)
         return SQLITE_NOMEM;
     memset(l, 0, sizeof *l);
+    curvd_logfiles_init(&l->files, db_path, sync);
     int rc = SQLITE_OK;
     for (int i = 0; rc == SQLITE_OK && i < L_COUNT_; i++)
         rc = sqlite3_prepare_v3(db, steplog_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &l->q[i], NULL);
@@ -43,7 +51,50 @@ void curvd_steplog_finalize(struct curvd_steplog *l)
         return;
     for (int i = 0; i < L_COUNT_; i++)
         (void)sqlite3_finalize(l->q[i]);
+    curvd_steplog_rolled_back(l);
+    sqlite3_free(l->gone);
     sqlite3_free(l);
+}
+
+/* Remember that session @id's file goes at the commit. SQLITE_NOMEM when
+ * out of memory (the transaction must then not commit: the file would
+ * outlive every row). */
+static int file_goes(struct curvd_steplog *l, const char *id)
+{
+    if (!l->files.dir[0])
+        return SQLITE_OK;
+    if (l->n_gone == l->cap_gone) {
+        size_t cap = l->cap_gone ? 2 * l->cap_gone : 4;
+        char **g = sqlite3_realloc64(l->gone, cap * sizeof *g);
+        if (!g)
+            return SQLITE_NOMEM;
+        l->gone = g;
+        l->cap_gone = cap;
+    }
+    size_t n = strlen(id) + 1;
+    if (!(l->gone[l->n_gone] = sqlite3_malloc64(n)))
+        return SQLITE_NOMEM;
+    memcpy(l->gone[l->n_gone++], id, n);
+    return SQLITE_OK;
+}
+
+int curvd_steplog_forget(struct curvd_steplog *l, const char *id)
+{
+    return file_goes(l, id);
+}
+
+void curvd_steplog_committed(struct curvd_steplog *l)
+{
+    for (size_t i = 0; i < l->n_gone; i++)
+        (void)curvd_logfile_remove(&l->files, l->gone[i]);
+    curvd_steplog_rolled_back(l);
+}
+
+void curvd_steplog_rolled_back(struct curvd_steplog *l)
+{
+    for (size_t i = 0; i < l->n_gone; i++)
+        sqlite3_free(l->gone[i]);
+    l->n_gone = 0;
 }
 
 /* Step @q to its end and leave it ready for its next use. */
@@ -55,17 +106,35 @@ static int finish(sqlite3_stmt *q)
     return rc;
 }
 
-int curvd_steplog_append(struct curvd_steplog *l, const char *id, const struct curvd_step_commit *c)
+int curvd_steplog_append(struct curvd_steplog *l, const char *id, const struct curvd_step_commit *c,
+                         size_t file_min, char *why, size_t cap)
 {
     sqlite3_stmt *q = l->q[L_PUT];
+    const int to_file = l->files.dir[0] && c->record_len >= file_min;
+    uint64_t offset = 0;
+    why[0] = '\0';
+    if (to_file &&
+        c->record_len > (size_t)sqlite3_limit(sqlite3_db_handle(q), SQLITE_LIMIT_LENGTH, -1))
+        return SQLITE_TOOBIG; /* the same bound as a record in its row */
+    if (to_file) {
+        int frc = curvd_logfile_append(&l->files, id, c->step, c->record, c->record_len, &offset,
+                                       why, cap);
+        if (frc != 0)
+            return frc == CURVD_LOGFILE_FULL ? SQLITE_FULL : SQLITE_IOERR;
+    }
     int rc = sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(q, 2, c->step);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_text(q, 3, c->update_digest, -1, SQLITE_STATIC);
     if (rc == SQLITE_OK) /* never NULL: an empty record is a zero-length blob */
-        rc =
-            sqlite3_bind_blob64(q, 4, c->record_len ? c->record : "", c->record_len, SQLITE_STATIC);
+        rc = to_file || !c->record_len
+                 ? sqlite3_bind_zeroblob(q, 4, 0)
+                 : sqlite3_bind_blob64(q, 4, c->record, c->record_len, SQLITE_STATIC);
+    if (rc == SQLITE_OK && to_file)
+        rc = sqlite3_bind_int64(q, 5, (sqlite3_int64)offset);
+    if (rc == SQLITE_OK && to_file)
+        rc = sqlite3_bind_int64(q, 6, (sqlite3_int64)c->record_len);
     if (rc != SQLITE_OK) {
         (void)sqlite3_clear_bindings(q);
         return rc;
@@ -77,47 +146,70 @@ int curvd_steplog_clear(struct curvd_steplog *l, const char *id)
 {
     sqlite3_stmt *q = l->q[L_CLEAR];
     int rc = sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
-    return rc == SQLITE_OK ? finish(q) : rc;
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = finish(q);
+    /* Only a session with rows may have a file: most snapshots have none. */
+    if (rc == SQLITE_DONE && sqlite3_changes(sqlite3_db_handle(q)) > 0 &&
+        file_goes(l, id) != SQLITE_OK)
+        rc = SQLITE_NOMEM;
+    return rc;
 }
 
-/* Row @q's columns into @e (owned copies). Return 0, or -1 out of memory. */
-static int copy_row(sqlite3_stmt *q, struct curvd_log_entry *e)
+/* Row @q's columns into @e (owned copies), the record read from session
+ * @id's file when the row names one. Return SQLITE_OK, SQLITE_NOMEM,
+ * CURVD_STEPLOG_MOVED, or SQLITE_IOERR with a sentence in @why. */
+static int copy_row(struct curvd_steplog *l, sqlite3_stmt *q, const char *id,
+                    struct curvd_log_entry *e, char *why, size_t cap)
 {
     e->step = sqlite3_column_int64(q, 0);
     const unsigned char *d = sqlite3_column_text(q, 1);
     snprintf(e->update_digest, sizeof e->update_digest, "%s", d ? (const char *)d : "");
-    const void *r = sqlite3_column_blob(q, 2);
-    e->len = (size_t)sqlite3_column_bytes(q, 2);
+    const int in_file = sqlite3_column_type(q, 3) != SQLITE_NULL;
+    const sqlite3_int64 flen = sqlite3_column_int64(q, 4);
+    if (in_file && flen < 0)
+        return CURVD_STEPLOG_MOVED;
+    e->len = in_file ? (size_t)flen : (size_t)sqlite3_column_bytes(q, 2);
     e->record = sqlite3_malloc64(e->len ? e->len : 1);
     if (!e->record)
-        return -1;
-    if (e->len)
-        memcpy(e->record, r, e->len);
-    return 0;
+        return SQLITE_NOMEM;
+    if (!in_file) {
+        if (e->len)
+            memcpy(e->record, sqlite3_column_blob(q, 2), e->len);
+        return SQLITE_OK;
+    }
+    int frc = curvd_logfile_read(&l->files, id, e->step, (uint64_t)sqlite3_column_int64(q, 3),
+                                 e->record, e->len, why, cap);
+    return frc == 0 ? SQLITE_OK : frc == CURVD_LOGFILE_MOVED ? CURVD_STEPLOG_MOVED : SQLITE_IOERR;
 }
 
-int curvd_steplog_read(struct curvd_steplog *l, const char *id, struct curvd_session *o)
+int curvd_steplog_read(struct curvd_steplog *l, const char *id, int moved_empty,
+                       struct curvd_session *o, char *why, size_t cap)
 {
     sqlite3_stmt *q = l->q[L_READ];
-    size_t cap = 0;
+    size_t n_cap = 0;
+    why[0] = '\0';
     int rc = sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
     while (rc == SQLITE_OK && (rc = sqlite3_step(q)) == SQLITE_ROW) {
         rc = SQLITE_OK;
-        if (o->n_log == cap) {
-            size_t ncap = cap ? 2 * cap : 8;
+        if (o->n_log == n_cap) {
+            size_t ncap = n_cap ? 2 * n_cap : 8;
             struct curvd_log_entry *g = sqlite3_realloc64(o->log, ncap * sizeof *g);
             if (!g) {
                 rc = SQLITE_NOMEM;
                 break;
             }
             o->log = g;
-            cap = ncap;
+            n_cap = ncap;
         }
-        memset(&o->log[o->n_log], 0, sizeof o->log[o->n_log]);
-        if (copy_row(q, &o->log[o->n_log]) != 0)
-            rc = SQLITE_NOMEM;
-        else
-            o->n_log++;
+        struct curvd_log_entry *e = &o->log[o->n_log];
+        memset(e, 0, sizeof *e);
+        rc = copy_row(l, q, id, e, why, cap);
+        if (rc == CURVD_STEPLOG_MOVED && moved_empty) {
+            e->len = 0; /* a torn record: the replay names its step */
+            rc = SQLITE_OK;
+        }
+        o->n_log += e->record != NULL; /* curvd_session_clear frees it */
     }
     (void)sqlite3_reset(q);
     (void)sqlite3_clear_bindings(q);

@@ -313,6 +313,17 @@ void curvd_history_page_clear(struct curvd_history_page *p);
 int curvd_store_history(struct curvd_store *st, const char *tenant, const char *id, int64_t since,
                         size_t page_size, struct curvd_history_page *out, char *err, size_t errlen);
 
+/* Records of a logged step this long or longer are kept in a file beside
+ * a SQLite database (store/logfile.h) unless told otherwise. */
+#define CURVD_STORE_LOG_FILE_MIN_DEFAULT ((size_t)1 << 20)
+
+/* curvd_store_set_log_file_min - SQLite: step records of @bytes or more
+ * go to the session's file beside the database, smaller ones stay in
+ * their rows (SIZE_MAX: none to files). Records already written stay
+ * where they are. PostgreSQL keeps every record in its row. Return: OK;
+ * INVALID (NULL). */
+int curvd_store_set_log_file_min(struct curvd_store *st, size_t bytes);
+
 /* curvd_store_set_history_default - the steps of history kept by sessions
  * without a setting of their own, 0..CURVD_STORE_HISTORY_MAX (the daemon's
  * --history; CURVD_STORE_HISTORY_DEFAULT until set). It applies from their

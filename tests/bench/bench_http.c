@@ -135,6 +135,7 @@ struct row {
 static char g_tmp[256], g_log[320];
 static const char *g_workers;      /* --workers for the next daemon, NULL: its default */
 static const char *g_snapshot_log; /* --snapshot-log for every daemon, NULL: its default */
+static const char *g_log_file_min; /* --log-file-min for the next daemon, NULL: its default */
 static const char *g_db;           /* --db for every daemon, NULL: a file in g_tmp */
 static volatile pid_t g_pid;
 static long g_ncpu;
@@ -184,6 +185,23 @@ static int daemon_stop(void)
 }
 
 /* Unlink <tmp>/@name, or everything in <tmp> and <tmp> itself when NULL. */
+/* Remove file or folder @p (a daemon's <db>-steps holds files). */
+static void remove_path(const char *p)
+{
+    DIR *d = unlink(p) == 0 ? NULL : opendir(p);
+    struct dirent *e;
+    char sub[900];
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+            snprintf(sub, sizeof sub, "%s/%s", p, e->d_name);
+            remove_path(sub);
+        }
+    if (d) {
+        closedir(d);
+        rmdir(p);
+    }
+}
+
 static void remove_tmp(const char *name)
 {
     char p[600];
@@ -191,7 +209,7 @@ static void remove_tmp(const char *name)
     struct dirent *e;
     if (name) {
         snprintf(p, sizeof p, "%s/%s", g_tmp, name);
-        unlink(p);
+        remove_path(p);
     }
     while (d && (e = readdir(d)))
         if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
@@ -266,29 +284,18 @@ static int daemon_start(const char *bin, const char *dur, char *line, size_t cap
     if (!g_db)
         snprintf(db, sizeof db, "%s/%s.db", g_tmp, dur);
     snprintf(g_log, sizeof g_log, "%s/%s.log", g_tmp, dur);
-    char *argv[] = {(char *)bin,
-                    "--port",
-                    "0",
-                    "--db",
-                    db,
-                    "--durability",
-                    (char *)dur,
-                    "--max-body",
-                    MAX_BODY,
-                    "--log-format",
-                    "text",
-                    "--workers",
-                    (char *)g_workers,
-                    "--snapshot-log",
-                    (char *)g_snapshot_log,
-                    NULL};
-    if (!g_snapshot_log)
-        argv[13] = NULL;
-    if (!g_workers) { /* the other flags move up */
-        argv[11] = argv[13];
-        argv[12] = argv[14];
-        argv[13] = NULL;
-    }
+    char *argv[] = {(char *)bin, "--port",     "0",      "--db",         db,     "--durability",
+                    (char *)dur, "--max-body", MAX_BODY, "--log-format", "text", NULL,
+                    NULL,        NULL,         NULL,     NULL,           NULL,   NULL};
+    size_t n = 11; /* the optional flags that are set, in turn */
+    const char *opt[3][2] = {{"--workers", g_workers},
+                             {"--snapshot-log", g_snapshot_log},
+                             {"--log-file-min", g_log_file_min}};
+    for (size_t k = 0; k < 3; k++)
+        if (opt[k][1]) {
+            argv[n++] = (char *)opt[k][0];
+            argv[n++] = (char *)opt[k][1];
+        }
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
@@ -1088,7 +1095,7 @@ static void ae_run(const char *bin, const struct ae *a, const char *workers,
                    const struct ae_plan *plan, double *wall, double phase[NPHASE], double *mean,
                    double mean_ph[NPHASE])
 {
-    char line[512], path[128], db[3][32];
+    char line[512], path[128], db[4][32];
     const char *dur = plan->durability ? plan->durability : "full";
     g_workers = workers;
     int port = daemon_start(bin, dur, line, sizeof line);
@@ -1139,7 +1146,8 @@ static void ae_run(const char *bin, const struct ae *a, const char *workers,
     snprintf(db[0], sizeof db[0], "%s.db", dur);
     snprintf(db[1], sizeof db[1], "%s.db-wal", dur);
     snprintf(db[2], sizeof db[2], "%s.db-shm", dur);
-    for (int k = 0; k < 3; k++)
+    snprintf(db[3], sizeof db[3], "%s.db-steps", dur);
+    for (int k = 0; k < 4; k++)
         remove_tmp(db[k]);
     int med = 0; /* the median step: as many faster as slower */
     double sum = 0;
@@ -1295,7 +1303,9 @@ static void run_autoencoder(const char *bin, int quick)
  * step folds its statistics before its reply) and 2 (after it, on a
  * worker: curv_opt_defer_stats), back to back and with a trainer's 0.3 s
  * between steps, under --durability full and normal; the means of steps
- * 4-9 and of their Server-Timing. */
+ * 4-9 and of their Server-Timing. Then, as the baseline of the records in
+ * files (the default), max_staleness 2 back to back with the records in
+ * their rows (--log-file-min above any record). */
 static void run_fold(const char *bin, int quick)
 {
     struct ae a = ae_new(quick);
@@ -1303,30 +1313,35 @@ static void run_fold(const char *bin, int quick)
     snprintf(ncpu, sizeof ncpu, "%ld", g_ncpu > 1 ? g_ncpu : 2);
     const double think[2] = {0, quick ? 0.01 : 0.3};
     static const char *const dur[2] = {"full", "normal"};
-    double mean[2][2][2], ph[2][2][2][NPHASE], med, med_ph[NPHASE], med_timing[2][2][2];
+    /* [d][th][s]; th = 2: back to back, records in rows */
+    double mean[2][3][2], ph[2][3][2][NPHASE], med, med_ph[NPHASE], med_timing[2][3][2];
     for (int d = 0; d < 2; d++)
-        for (int th = 0; th < 2; th++)
-            for (int s = 0; s < 2; s++) {
+        for (int th = 0; th < 3; th++)
+            for (int s = th < 2 ? 0 : 1; s < 2; s++) {
                 const struct ae_plan plan = {.inv_interval = 20,
                                              .staleness = 2 * s,
                                              .steps = AE_STEPS,
-                                             .think_s = think[th],
+                                             .think_s = think[th % 2],
                                              .durability = dur[d]};
+                g_log_file_min = th == 2 ? "1000000000000" : NULL;
                 ae_run(bin, &a, ncpu, &plan, &med, med_ph, &mean[d][th][s], ph[d][th][s]);
+                g_log_file_min = NULL;
                 med_timing[d][th][s] = g_ae_timing_median;
             }
     printf("\nautoencoder K-FAC session over HTTP (m = %zu, simple mode, binary FP32, "
            "--workers %s), steps %d-%d (no refresh), means in seconds:\n",
            a.m, ncpu, AE_WARM + 1, AE_WARM + AE_STEPS);
-    printf("  %-10s %-8s %-14s %8s", "durability", "trainer", "max_staleness", "request");
+    printf("  %-10s %-8s %-14s %-7s %8s", "durability", "trainer", "max_staleness", "records",
+           "request");
     for (int p = 0; p < NPHASE; p++)
         printf(" %8s", PHASE[p]);
     printf(" %8s %8s\n", "timing", "median");
     for (int d = 0; d < 2; d++)
-        for (int th = 0; th < 2; th++)
-            for (int s = 0; s < 2; s++) {
+        for (int th = 0; th < 3; th++)
+            for (int s = th < 2 ? 0 : 1; s < 2; s++) {
                 double total = 0;
-                printf("  %-10s %-8.2f %-14d %8.3f", dur[d], think[th], 2 * s, mean[d][th][s]);
+                printf("  %-10s %-8.2f %-14d %-7s %8.3f", dur[d], think[th % 2], 2 * s,
+                       th < 2 ? "files" : "rows", mean[d][th][s]);
                 for (int p = 0; p < NPHASE; p++)
                     printf(" %8.3f", ph[d][th][s][p]), total += ph[d][th][s][p];
                 printf(" %8.3f %8.3f\n", total, med_timing[d][th][s]);
@@ -1335,7 +1350,9 @@ static void run_fold(const char *bin, int quick)
         "  request: the client's wall time of a step; timing: the sum of its Server-Timing "
         "(means: a snapshot's wait falls on some steps); median: the median of the steps' "
         "Server-Timing sums; with max_staleness 2 the fold runs after the reply, so back to back "
-        "the next step waits for it\n");
+        "the next step waits for it; records: each step's record (46 MB at m = 1000) in its "
+        "session's file beside the database (the default, --log-file-min 1 MiB) or in its "
+        "step_log row\n");
     free(a.vals);
     free(a.grad);
 }

@@ -47,7 +47,7 @@ void cu_spawn(struct cu_daemon *d)
     assert_int_equal(pipe(p), 0);
     fcntl(p[0], F_SETFD, FD_CLOEXEC);
     fcntl(p[1], F_SETFD, FD_CLOEXEC);
-    char *argv[24];
+    char *argv[32];
     int n = 0;
     argv[n++] = self_exec ? self_path : daemon_path;
     if (self_exec)
@@ -67,7 +67,9 @@ void cu_spawn(struct cu_daemon *d)
                     "--snapshot-min",
                     "0",
                     "--snapshot-inline",
-                    d->snapshot_after_reply ? "0" : "1048576"};
+                    d->snapshot_after_reply ? "0" : "1048576",
+                    "--log-file-min",
+                    d->records_in_files ? "0" : "1048576"};
     for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++)
         argv[n++] = rest[i];
     argv[n++] = "--node-id";
@@ -175,6 +177,8 @@ static int run_daemon(int argc, char **argv)
             srv.cfg.db_path = argv[a + 1];
         else if (strcmp(argv[a], "--snapshot-inline") == 0)
             srv.cfg.snapshot_inline = (size_t)strtoull(argv[a + 1], NULL, 10);
+        else if (strcmp(argv[a], "--log-file-min") == 0)
+            srv.cfg.log_file_min = (size_t)strtoull(argv[a + 1], NULL, 10);
         else if (strcmp(argv[a], "--node-id") == 0)
             srv.cfg.node_id = argv[a + 1];
         else if (strcmp(argv[a], "--lease-ttl") == 0)

@@ -25,6 +25,8 @@ struct cu_daemon {
     char base[64];            /* "http://127.0.0.1:PORT" once ready */
     int snapshot_after_reply; /* the next spawn's due snapshots: 1 after the reply, 0 with
                                  their step (every session is logged, however small) */
+    int records_in_files;     /* the next spawn's step records: 1 every one in a file beside
+                                 the database (--log-file-min 0), 0 the default (rows here) */
     /* Its --node-id (NULL: "cu-daemon": a restart takes its leases back
      * at once) and --lease-ttl in ms (NULL: the daemon's default). */
     const char *node_id, *lease_ttl_ms;

@@ -54,6 +54,8 @@ void su_stop(struct curvd_server *srv)
 void su_daemon_start(struct curvd_server *srv, char *base, size_t cap)
 {
     char err[256];
+    if (!srv->cfg.log_file_min) /* the daemon's default; 1 puts every record in a file */
+        srv->cfg.log_file_min = CURVD_STORE_LOG_FILE_MIN_DEFAULT;
     if (curvd_daemon_open(srv, err, sizeof err) != 0)
         fail_msg("daemon_open: %s", err);
     su_start(srv, base, cap);

@@ -42,6 +42,8 @@ struct su_resp {
 #define SU_EVERY_STEP_A_SNAPSHOT 0xffffffffu
 void su_start(struct curvd_server *srv, char *base, size_t cap);
 void su_stop(struct curvd_server *srv);
+/* su_daemon_start also opens the store: a zero log_file_min gets the
+ * daemon's default (1: every step record in a file beside the database). */
 
 /* Open the daemon (store and registry) on @srv's cfg as the caller set it,
  * then su_start(); su_daemon_stop() undoes both. */

@@ -407,8 +407,10 @@ static void test_sigkill(void **state)
         kills++;
         double spawned = su_now_s();
         /* Half the daemons snapshot after the reply: kills then land in
-         * those writes too. */
+         * those writes too. Half keep the step records in files: one log
+         * then mixes rows and files, and kills land in the files' writes. */
         f->d.snapshot_after_reply = tu_uniform(&f->rng) < 0.5;
+        f->d.records_in_files = tu_uniform(&f->rng) < 0.5;
         cu_spawn(&f->d);
         if (mode > 0.9) { /* and once more while it opens the database */
             cu_sleep_s(tu_uniform(&f->rng) * boot);

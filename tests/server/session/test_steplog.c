@@ -30,6 +30,7 @@ struct fx {
     char dir[64], db[128], base[64];
     curv_layout *layout;
     unsigned log_pct, log_ms, max_sessions, workers;
+    size_t log_file_min; /* 0: the daemon's default */
 };
 
 static void open_daemon(struct fx *f)
@@ -40,7 +41,8 @@ static void open_daemon(struct fx *f)
                                        .mem_budget = (size_t)1 << 30,
                                        .snapshot_log_pct = f->log_pct,
                                        .snapshot_ms = f->log_ms,
-                                       .workers = f->workers};
+                                       .workers = f->workers,
+                                       .log_file_min = f->log_file_min};
     su_daemon_start(&f->srv, f->base, sizeof f->base);
 }
 
@@ -415,17 +417,24 @@ static void expect_unloadable(const struct fx *f, const char *id, const char *wh
     assert_int_equal(log_rows(f, id), 0);
 }
 
-/* A torn record, and a step missing from the log. */
+/* A torn record, a step missing from the log, and a record its file
+ * does not hold where its row says (every record in a file). */
 static void test_damaged_log_is_unloadable(void **state)
 {
-    static const char *const change[2] = {"UPDATE step_log SET record = substr(record, 1, 30)",
-                                          "DELETE FROM step_log"};
-    static const char *const why[2] = {"step 2 of the log: the record ends early",
-                                       "the log has no step 2"};
+    static const char *const change[3] = {"UPDATE step_log SET record = substr(record, 1, 30)",
+                                          "DELETE FROM step_log",
+                                          "UPDATE step_log SET file_offset = file_offset + 1"};
+    static const char *const why[3] = {"step 2 of the log: the record ends early",
+                                       "the log has no step 2",
+                                       "step 2 of the log: the record is not a curvd step record"};
     struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0, 0);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         char id[33];
         curv_opt *ref;
+        if (k == 2) {
+            f->log_file_min = 1;
+            restart(f);
+        }
         damage(f, id, &ref, change[k]);
         expect_unloadable(f, id, why[k]);
         curv_opt_free(ref);

@@ -6,7 +6,9 @@
  * state) deletes them in its own transaction, and so does deleting or
  * expiring the session; refusals write no row; group commits mixing
  * both; the upgrade of a version-7 file. The rows are checked with SQL of
- * their own. */
+ * their own. On SQLite every test runs twice: the records in their rows,
+ * then every record in its session's file (--log-file-min 0;
+ * test_store_logfile.c has the files' own cases). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,8 @@
 
 static char err[512];
 static char dir[64], path[512];
+/* curvd_store_set_log_file_min of every store the tests open. */
+static size_t g_file_min = SIZE_MAX;
 
 #define assert_store(expr, want) su_assert_store(expr, want, err)
 
@@ -42,6 +46,7 @@ static struct curvd_store *open_new(const char *name)
     struct curvd_store *st = NULL;
     assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
                  CURVD_STORE_OK);
+    assert_store(curvd_store_set_log_file_min(st, g_file_min), CURVD_STORE_OK);
     return st;
 }
 
@@ -50,6 +55,7 @@ static struct curvd_store *reopen(struct curvd_store *st)
     curvd_store_close(st);
     assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
                  CURVD_STORE_OK);
+    assert_store(curvd_store_set_log_file_min(st, g_file_min), CURVD_STORE_OK);
     return st;
 }
 
@@ -92,18 +98,32 @@ static void assert_parts(const char *id, const char *want)
     assert_string_equal(got, want);
 }
 
-/* Session @id's step_log rows as "step:length,..." in step order. */
+/* Session @id's step_log rows as "step:length,..." in step order (the
+ * length in the row, or in its file); every record where the run puts
+ * them (rows, or files with nothing in the row). */
 static void assert_log(const char *id, const char *want)
 {
-    char sql[256], got[256];
+    char sql[320], got[256];
     snprintf(sql, sizeof sql,
              su_pg_url() ? "SELECT coalesce(string_agg(step || ':' || length(record), ','"
                            " ORDER BY step), '') FROM step_log WHERE session_id = '%s'"
-                         : "SELECT coalesce(group_concat(step || ':' || length(record), ','), '')"
+                         : "SELECT coalesce(group_concat(step || ':' ||"
+                           " coalesce(file_len, length(record)), ','), '')"
                            " FROM (SELECT * FROM step_log WHERE session_id = '%s' ORDER BY step)",
              id);
     su_raw_text(path, sql, got, sizeof got);
     assert_string_equal(got, want);
+    if (su_pg_url()) /* every record in its row */
+        return;
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM step_log WHERE session_id = '%s' AND (file_len IS NULL) = %d",
+             id, g_file_min == 0);
+    assert_int_equal(su_raw_int(path, sql), 0);
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM step_log WHERE session_id = '%s' AND file_len IS NOT NULL"
+             " AND (length(record) != 0 OR file_offset IS NULL)",
+             id);
+    assert_int_equal(su_raw_int(path, sql), 0);
 }
 
 static long long raw_step(const char *id)
@@ -524,7 +544,7 @@ static void test_upgrade_from_version_7(void **state)
     assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
                  CURVD_STORE_OK);
     assert_int_equal(su_raw_int(path, "PRAGMA user_version"), (long long)curvd_migration_count);
-    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM pragma_table_info('step_log')"), 4);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM pragma_table_info('step_log')"), 6);
     assert_int_equal(su_raw_int(path, "SELECT count(*) FROM step_log"), 0);
     /* The session as it was. */
     struct curvd_session s;
@@ -560,5 +580,11 @@ int main(void)
         cmocka_unit_test(test_group_commits),
         cmocka_unit_test(test_upgrade_from_version_7),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    int failed = cmocka_run_group_tests_name("records in rows", tests, group_setup, group_teardown);
+    if (!su_pg_url()) {
+        g_file_min = 0;
+        failed +=
+            cmocka_run_group_tests_name("records in files", tests, group_setup, group_teardown);
+    }
+    return failed;
 }

@@ -1,0 +1,292 @@
+/* SPDX-License-Identifier: MIT */
+/* Step records in files beside a SQLite database (store/logfile.h,
+ * migration 0010): which records go there, what a file holds, that a file
+ * goes once no row names it (a snapshot, a delete, an expiry; not a
+ * rolled-back one), that a record its file no longer holds reads as empty
+ * (the replay then names the step), and that a file that cannot be
+ * written fails the step with nothing written. The file is read here with
+ * plain I/O, the rows with SQL. test_store_log.c runs the step log's own
+ * cases with every record in a file. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "srvutil.h"
+#include "store/store.h"
+#include "testutil.h"
+
+static char err[512];
+static char dir[64], path[512];
+
+#define assert_store(expr, want) su_assert_store(expr, want, err)
+
+static int group_setup(void **state)
+{
+    (void)state;
+    char unused[160];
+    su_tmpdir(dir, sizeof dir, NULL, "store-logfile", unused, sizeof unused);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    return su_rmtree(dir);
+}
+
+/* A store on a new file, records of @file_min bytes or more in files. */
+static struct curvd_store *open_new(const char *name, size_t file_min)
+{
+    snprintf(path, sizeof path, "%s/%s.db", dir, name);
+    struct curvd_store *st = NULL;
+    assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
+                 CURVD_STORE_OK);
+    assert_store(curvd_store_set_log_file_min(st, file_min), CURVD_STORE_OK);
+    return st;
+}
+
+static void create(struct curvd_store *st, const char *id)
+{
+    struct curvd_session_new s = {
+        .id = id, .tenant = "t", .optimizer = "kfac", .state = {.blob = "snap", .len = 4}};
+    assert_store(curvd_store_create(st, &s, NULL, err, sizeof err), CURVD_STORE_OK);
+}
+
+/* Step @k's record: @len bytes, each (k + i) mod 251. */
+static unsigned char *record_of(int64_t k, size_t len)
+{
+    unsigned char *p = malloc(len ? len : 1);
+    assert_non_null(p);
+    for (size_t i = 0; i < len; i++)
+        p[i] = (unsigned char)(((size_t)k + i) % 251);
+    return p;
+}
+
+static int commit_record(struct curvd_store *st, const char *id, int64_t k, size_t len)
+{
+    unsigned char *rec = record_of(k, len);
+    struct curvd_step_commit c = {.step = k,
+                                  .content_type = "x",
+                                  .response = "r",
+                                  .response_len = 1,
+                                  .record = rec,
+                                  .record_len = len,
+                                  .update_digest = "mm3-128:d"};
+    int status = curvd_store_commit_step(st, "t", id, &c, NULL, err, sizeof err);
+    free(rec);
+    return status;
+}
+
+static int commit_snapshot(struct curvd_store *st, const char *id, int64_t k, size_t reply_len)
+{
+    static const char reply[1] = "r";
+    struct curvd_step_commit c = {.step = k,
+                                  .state = {.blob = "new", .len = 3},
+                                  .content_type = "x",
+                                  .response = reply,
+                                  .response_len = reply_len};
+    return curvd_store_commit_step(st, "t", id, &c, NULL, err, sizeof err);
+}
+
+/* Session @id's file: its size, or -1 when there is none. */
+static long long file_size(const char *id)
+{
+    char p[700];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s-steps/%s.log", path, id);
+    return stat(p, &sb) == 0 ? (long long)sb.st_size : -1;
+}
+
+/* Session @id's log as read with its state: each step and its record,
+ * checked against record_of; "k:len" (len 0 for a record read empty). */
+static void assert_read(struct curvd_store *st, const char *id, const char *want)
+{
+    struct curvd_session s;
+    char got[256] = "";
+    assert_store(curvd_store_get(st, "t", id, 1, &s, err, sizeof err), CURVD_STORE_OK);
+    for (size_t i = 0; i < s.n_log; i++) {
+        const struct curvd_log_entry *e = &s.log[i];
+        unsigned char *rec = record_of(e->step, e->len);
+        if (e->len)
+            assert_memory_equal(e->record, rec, e->len);
+        free(rec);
+        snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld:%zu", i ? "," : "",
+                 (long long)e->step, e->len);
+    }
+    curvd_session_clear(&s);
+    assert_string_equal(got, want);
+}
+
+/* Rows "step:where" with where "f" (a file) or "r" (the row). */
+static void assert_rows(const char *id, const char *want)
+{
+    char sql[300], got[256];
+    snprintf(sql, sizeof sql,
+             "SELECT coalesce(group_concat(step || ':' || iif(file_len IS NULL, 'r', 'f'), ','),"
+             " '') FROM (SELECT * FROM step_log WHERE session_id = '%s' ORDER BY step)",
+             id);
+    su_raw_text(path, sql, got, sizeof got);
+    assert_string_equal(got, want);
+}
+
+#define HDR 32 /* CURVD_LOGFILE_HEADER */
+
+/* Records at or past the bound go to the file, back to back behind their
+ * headers; smaller ones stay in their rows; the bound may change. */
+static void test_records_by_size(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_new("size", 1000);
+    create(st, "s");
+    create(st, "o");
+    assert_store(commit_record(st, "s", 1, 999), CURVD_STORE_OK);
+    assert_int_equal(file_size("s"), -1);
+    assert_store(commit_record(st, "s", 2, 1000), CURVD_STORE_OK);
+    assert_store(commit_record(st, "s", 3, 70000), CURVD_STORE_OK);
+    assert_store(commit_record(st, "o", 1, 5000), CURVD_STORE_OK);
+    assert_store(curvd_store_set_log_file_min(st, 0), CURVD_STORE_OK);
+    assert_store(commit_record(st, "s", 4, 0), CURVD_STORE_OK);
+    assert_rows("s", "1:r,2:f,3:f,4:f");
+    assert_int_equal(file_size("s"), HDR + 1000 + HDR + 70000 + HDR);
+    assert_int_equal(file_size("o"), HDR + 5000);
+    assert_int_equal(su_raw_int(path, "SELECT file_offset FROM step_log WHERE step = 3 AND"
+                                      " session_id = 's'"),
+                     HDR + 1000);
+    assert_read(st, "s", "1:999,2:1000,3:70000,4:0");
+    curvd_store_close(st);
+    st = open_new("size", SIZE_MAX); /* durable; and read whatever the bound */
+    assert_read(st, "s", "1:999,2:1000,3:70000,4:0");
+    assert_read(st, "o", "1:5000");
+    curvd_store_close(st);
+}
+
+/* A file goes when the rows naming it do, once that commits. */
+static void test_file_goes_with_its_rows(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_new("goes", 0);
+    create(st, "s");
+    create(st, "o");
+    assert_store(commit_record(st, "s", 1, 100), CURVD_STORE_OK);
+    assert_store(commit_record(st, "o", 1, 100), CURVD_STORE_OK);
+    /* A snapshot that rolls back (its reply past SQLite's limit) keeps both. */
+    assert_store(commit_snapshot(st, "s", 2, 1500000000u), CURVD_STORE_INVALID);
+    assert_int_equal(file_size("s"), HDR + 100);
+    assert_read(st, "s", "1:100");
+    assert_store(commit_snapshot(st, "s", 2, 1), CURVD_STORE_OK);
+    assert_int_equal(file_size("s"), -1);
+    assert_int_equal(file_size("o"), HDR + 100);
+    assert_read(st, "s", "");
+    assert_store(commit_record(st, "s", 3, 200), CURVD_STORE_OK); /* a new file */
+    assert_int_equal(file_size("s"), HDR + 200);
+    assert_int_equal(su_raw_int(path, "SELECT file_offset FROM step_log WHERE step = 3"), 0);
+    assert_read(st, "s", "3:200");
+    /* An update of the state is a snapshot too. */
+    const struct curvd_state_in fresh = {.blob = "fresh", .len = 5};
+    assert_store(curvd_store_update_state(st, "t", "s", 3, CURVD_STORE_ANY_EPOCH, &fresh, "{}",
+                                          NULL, err, sizeof err),
+                 CURVD_STORE_OK);
+    assert_int_equal(file_size("s"), -1);
+    /* A delete, and a delete that finds nothing, which keeps the file. */
+    assert_store(commit_record(st, "s", 4, 10), CURVD_STORE_OK);
+    assert_store(curvd_store_delete(st, "u", "s", err, sizeof err), CURVD_STORE_NOT_FOUND);
+    assert_int_equal(file_size("s"), HDR + 10);
+    assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(file_size("s"), -1);
+    /* An expiry. */
+    size_t n = 0;
+    assert_store(curvd_store_expire(st, INT64_MAX / 2, 1, 16, NULL, NULL, &n, err, sizeof err),
+                 CURVD_STORE_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(file_size("o"), -1);
+    curvd_store_close(st);
+}
+
+/* Overwrite 8 bytes at @off of session @id's file, or append @n of them
+ * (@off < 0). */
+static void scribble(const char *id, long long off, size_t n)
+{
+    char p[700];
+    snprintf(p, sizeof p, "%s-steps/%s.log", path, id);
+    int fd = open(p, O_WRONLY | (off < 0 ? O_APPEND : 0));
+    assert_true(fd >= 0);
+    static const char junk[64] = "not a header, not a record: junk";
+    assert_true(n <= sizeof junk);
+    ssize_t k = off < 0 ? write(fd, junk, n) : pwrite(fd, junk, 8, (off_t)off);
+    assert_int_equal(k, off < 0 ? (ssize_t)n : 8);
+    close(fd);
+}
+
+/* Bytes after the last record (an append whose commit failed, a fenced
+ * daemon's) are named by no row; a record whose header is not its own,
+ * or whose file is gone, reads as empty. */
+static void test_what_a_file_no_longer_holds(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_new("damage", 0);
+    create(st, "s");
+    assert_store(commit_record(st, "s", 1, 50), CURVD_STORE_OK);
+    scribble("s", -1, 40);
+    assert_store(commit_record(st, "s", 2, 60), CURVD_STORE_OK);
+    assert_store(commit_record(st, "s", 3, 70), CURVD_STORE_OK);
+    assert_int_equal(su_raw_int(path, "SELECT file_offset FROM step_log WHERE step = 2"),
+                     HDR + 50 + 40);
+    assert_read(st, "s", "1:50,2:60,3:70");
+    scribble("s", HDR + 50 + 40 + 8, 8); /* step 2's header: its step */
+    assert_read(st, "s", "1:50,2:0,3:70");
+    char p[700];
+    snprintf(p, sizeof p, "%s-steps/s.log", path);
+    assert_int_equal(truncate(p, HDR + 50 + 40 + HDR + 60 + HDR + 69), 0); /* step 3 short */
+    assert_read(st, "s", "1:50,2:0,3:0");
+    assert_int_equal(unlink(p), 0);
+    assert_read(st, "s", "1:0,2:0,3:0");
+    assert_store(curvd_store_health(st, err, sizeof err), CURVD_STORE_OK);
+    curvd_store_close(st);
+}
+
+/* A file that cannot be written fails the step (ERROR, logged, /readyz)
+ * and writes nothing; the next write that commits clears the trouble. */
+static void test_unwritable_file_fails_the_step(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_new("unwritable", 0);
+    create(st, "s");
+    assert_store(commit_record(st, "s", 1, 10), CURVD_STORE_OK);
+    assert_store(commit_snapshot(st, "s", 2, 1), CURVD_STORE_OK); /* the folder stays, empty */
+    char steps[600];
+    snprintf(steps, sizeof steps, "%s-steps", path);
+    assert_int_equal(rmdir(steps), 0);
+    FILE *f = fopen(steps, "w"); /* a file where the folder goes */
+    assert_non_null(f);
+    fclose(f);
+    assert_store(commit_record(st, "s", 3, 10), CURVD_STORE_ERROR);
+    assert_non_null(strstr(err, "appending to the step log"));
+    assert_non_null(strstr(err, steps));
+    assert_int_equal(su_raw_int(path, "SELECT step FROM sessions"), 2);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM step_log"), 0);
+    assert_int_equal(su_raw_int(path, "SELECT step FROM step_responses"), 2);
+    assert_store(curvd_store_health(st, err, sizeof err), CURVD_STORE_ERROR);
+    assert_non_null(strstr(err, "step log"));
+    assert_int_equal(unlink(steps), 0);
+    assert_store(commit_record(st, "s", 3, 10), CURVD_STORE_OK);
+    assert_store(curvd_store_health(st, err, sizeof err), CURVD_STORE_OK);
+    assert_read(st, "s", "3:10");
+    curvd_store_close(st);
+}
+
+int main(void)
+{
+    if (su_pg_url()) /* PostgreSQL keeps every record in its row */
+        return 0;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_records_by_size),
+        cmocka_unit_test(test_file_goes_with_its_rows),
+        cmocka_unit_test(test_what_a_file_no_longer_holds),
+        cmocka_unit_test(test_unwritable_file_fails_the_step),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
