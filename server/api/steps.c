@@ -176,6 +176,7 @@ static int step_durable_form(struct step_job *j, const struct curvd_entry *e, co
 {
     const struct curvd_pending *pd = &e->pend;
     const enum curvd_durable_form form = curvd_svc_durable_form(j->s.srv, e, &pd->rec, seconds);
+    j->s.c.written_ahead = pd->written_ahead;
     if (form == CURVD_FORM_SNAPSHOT)
         return curv_opt_save_parts(e->opt, &j->blob, &j->s.len, &j->parts, &j->s.n_parts, NULL) ==
                        CURV_OK
@@ -185,6 +186,9 @@ static int step_durable_form(struct step_job *j, const struct curvd_entry *e, co
     curvd_update_digest(delta, curv_layout_dim(curv_opt_layout(e->opt)), j->update_digest);
     j->s.c.record = pd->rec.buf;
     j->s.c.record_len = pd->rec.len;
+    /* Answers appended since make it another record than the one written. */
+    j->s.c.record_ahead = pd->ahead_ok && pd->callbacks == 0;
+    j->s.c.record_offset = pd->ahead_offset;
     j->s.c.update_digest = j->update_digest;
     j->s.seconds = seconds;
     j->s.len = e->bytes;
@@ -336,26 +340,44 @@ static void apply_step(struct curvd_server *srv, const struct curvd_req *rq, str
      * lost its place (it restarted, or gave up on a callback). */
     curv_opt_cancel(e->opt);
     curvd_registry_before_step(srv->reg, e);
+    /* The record first (its buffer serves again): out of memory it is
+     * failed (none for a state too small to log), and the step becomes a
+     * snapshot. A session whose last step took no callback writes it into
+     * its file while the library steps (a step that then calls back
+     * leaves those bytes unnamed: its record grows by the answers). */
+    struct curvd_record rec = e->pend.rec;
+    const int called_back = e->pend.callbacks > 0;
+    e->pend.rec = (struct curvd_record){0};
+    rec.len = 0;
+    if (e->bytes >= srv->cfg.snapshot_min)
+        (void)curvd_record_step(&rec, curv_opt_layout(e->opt), in, g, theta, gsq);
+    struct curvd_write_ahead ahead = {
+        .id = e->id, .step = in->step, .rec = rec.buf, .len = rec.len};
+    const int written_ahead = !rec.failed && rec.len && !called_back && srv->cfg.snapshot_log_pct &&
+                              srv->cfg.snapshot_ms && curvd_store_write_ahead(srv->store, &ahead);
+    curvd_timing_lap(rp, CURVD_T_ENCODE);
     curv_request req;
     curv_error cerr;
     curv_status cs = curv_opt_step(e->opt, si, delta, &req, &cerr);
     curvd_timing_lap(rp, CURVD_T_STEP);
+    const int ahead_ok = written_ahead && curvd_store_write_ahead_wait(&ahead) == 0;
+    if (written_ahead)
+        curvd_timing_lap(rp, CURVD_T_COMMIT);
     if (cs == CURV_OK || cs == CURV_NEED_INPUT) {
         free(e->pend.last);
-        struct curvd_record rec = e->pend.rec; /* its buffer serves again */
         e->pend = (struct curvd_pending){.step = in->step,
                                          .dtype = in->dtype,
                                          .encoding = in->encoding,
                                          .loss = in->loss,
                                          .has_loss = in->has_loss,
-                                         .rec = rec};
+                                         .rec = rec,
+                                         .written_ahead = written_ahead,
+                                         .ahead_ok = ahead_ok,
+                                         .ahead_offset = ahead.offset};
         snprintf(e->pend.request_digest, sizeof e->pend.request_digest, "%s", digest);
-        /* Out of memory, the record is failed (none for a state too small
-         * to log): the step becomes a snapshot. */
-        e->pend.rec.len = 0;
-        if (e->bytes >= srv->cfg.snapshot_min)
-            (void)curvd_record_step(&e->pend.rec, curv_opt_layout(e->opt), in, g, theta, gsq);
         e->pend.input = in; /* for the commit: the fold may follow the reply */
+    } else {
+        e->pend.rec = rec; /* for its buffer */
     }
     curvd_step_outcome(srv, rq, rp, e, cs, &cerr, &req, delta);
     if (!rp->deferred) { /* not committed (a refusal): @in is freed on return */

@@ -43,8 +43,12 @@ struct curvd_pending {
     unsigned callbacks;
     double spent[CURVD_PEND_PHASES];
     /* The step's record for the step log: its input, then each answer
-     * given (wire/step_record.h); freed once the step is committed. */
+     * given (wire/step_record.h); freed once the step is committed. Its
+     * input was written ahead into the session's file (@written_ahead),
+     * at @ahead_offset when @ahead_ok (store.h's curvd_write_ahead). */
     struct curvd_record rec;
+    int written_ahead, ahead_ok;
+    uint64_t ahead_offset;
     /* While the step is in its handler: its decoded input (not owned),
      * which the commit takes over when the optimizer left the statistics
      * to fold after the reply (api/steps.c); NULL otherwise. */

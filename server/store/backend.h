@@ -83,6 +83,8 @@ struct curvd_store_ops {
                        char *err, size_t errlen);
     int (*lease_release)(struct curvd_store *st, const char *tenant, const char *id,
                          const char *owner, int64_t epoch, char *err, size_t errlen);
+    /* NULL: records are written with their commits (curvd_store_write_ahead). */
+    int (*write_ahead)(struct curvd_store *st, struct curvd_write_ahead *w);
 };
 
 /* What every store is first: its backend, the group commit, and the

@@ -100,35 +100,40 @@ void curvd_batcher_submit(struct curvd_batcher *b, struct curvd_batch_item *it,
     pthread_mutex_unlock(&b->mu);
 }
 
-/* A curvd_batcher_run() caller's wait for its item. */
-struct waiter {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int done;
-};
-
 static void wake_waiter(struct curvd_batch_item *it)
 {
-    struct waiter *w = it->waiter;
+    struct curvd_batch_wait *w = it->waiter;
     pthread_mutex_lock(&w->mu);
     w->done = 1;
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }
 
+void curvd_batcher_start(struct curvd_batcher *b, struct curvd_batch_item *it,
+                         struct curvd_batch_wait *w)
+{
+    w->done = 0;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    it->waiter = w;
+    curvd_batcher_submit(b, it, wake_waiter);
+}
+
+void curvd_batcher_wait(struct curvd_batch_wait *w)
+{
+    pthread_mutex_lock(&w->mu);
+    while (!w->done)
+        pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+}
+
 void curvd_batcher_run(struct curvd_batcher *b, struct curvd_batch_item *it)
 {
-    struct waiter w = {.done = 0};
-    pthread_mutex_init(&w.mu, NULL);
-    pthread_cond_init(&w.cv, NULL);
-    it->waiter = &w;
-    curvd_batcher_submit(b, it, wake_waiter);
-    pthread_mutex_lock(&w.mu);
-    while (!w.done)
-        pthread_cond_wait(&w.cv, &w.mu);
-    pthread_mutex_unlock(&w.mu);
-    pthread_cond_destroy(&w.cv);
-    pthread_mutex_destroy(&w.mu);
+    struct curvd_batch_wait w;
+    curvd_batcher_start(b, it, &w);
+    curvd_batcher_wait(&w);
 }
 
 size_t curvd_batcher_waiting(struct curvd_batcher *b)

@@ -13,6 +13,7 @@
 #ifndef CURVD_BATCH_H
 #define CURVD_BATCH_H
 
+#include <pthread.h>
 #include <stddef.h>
 
 struct curvd_batch_item;
@@ -48,6 +49,18 @@ void curvd_batcher_submit(struct curvd_batcher *b, struct curvd_batch_item *it,
 /* curvd_batcher_run - queue @it and return once a run holding it has ended.
  * Not from the batcher's own thread (a done callback). */
 void curvd_batcher_run(struct curvd_batcher *b, struct curvd_batch_item *it);
+
+/* The same in two calls: curvd_batcher_start queues @it and returns at
+ * once, curvd_batcher_wait returns once its run has ended; @w (the
+ * caller's, beside @it) is valid from the one to the other. */
+struct curvd_batch_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+};
+void curvd_batcher_start(struct curvd_batcher *b, struct curvd_batch_item *it,
+                         struct curvd_batch_wait *w);
+void curvd_batcher_wait(struct curvd_batch_wait *w);
 
 /* curvd_batcher_waiting - items queued and not yet taken by a run. */
 size_t curvd_batcher_waiting(struct curvd_batcher *b);

@@ -336,6 +336,19 @@ int curvd_store_history(struct curvd_store *st, const char *tenant, const char *
     return status;
 }
 
+int curvd_store_write_ahead(struct curvd_store *st, struct curvd_write_ahead *w)
+{
+    w->failed = 0;
+    w->offset = 0;
+    return st && st->ops->write_ahead ? st->ops->write_ahead(st, w) : 0;
+}
+
+int curvd_store_write_ahead_wait(struct curvd_write_ahead *w)
+{
+    curvd_batcher_wait(&w->wait);
+    return w->failed ? -1 : 0;
+}
+
 int curvd_store_set_log_file_min(struct curvd_store *st, size_t bytes)
 {
     if (!st)

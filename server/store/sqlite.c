@@ -13,6 +13,7 @@
 #include "store/checkpoint.h"
 #include "store/history.h"
 #include "store/lease.h"
+#include "store/logfile.h"
 #include "store/migrations.h"
 #include "store/steplog.h"
 #include "store/trouble.h"
@@ -103,7 +104,8 @@ static const char *const stmt_sql[S_COUNT_] = {
 };
 
 struct sqlite_store {
-    struct curvd_store base; /* first: the ops, the group commit, --history */
+    struct curvd_store base;      /* first: the ops, the group commit, --history */
+    struct curvd_batcher *writer; /* records written ahead of their commits */
     sqlite3 *db;
     sqlite3_mutex *mu; /* the connection's own (recursive) mutex */
     sqlite3_stmt *stmt[S_COUNT_];
@@ -554,6 +556,29 @@ static int setup(struct sqlite_store *st, const char *path, enum curvd_durabilit
 static const struct curvd_store_ops sqlite_ops;
 static void sq_close(struct curvd_store *base);
 
+/* The writer's runs: each record written ahead appended to its file. */
+static void write_ahead_run(void *ctx, struct curvd_batch_item **items, size_t n)
+{
+    const struct curvd_logfiles *lf = curvd_steplog_files(((struct sqlite_store *)ctx)->log);
+    for (size_t i = 0; i < n; i++) {
+        struct curvd_write_ahead *w = (struct curvd_write_ahead *)(void *)items[i];
+        char why[512];
+        /* A failure is reported by the commit, which then writes the record itself. */
+        w->failed = curvd_logfile_append(lf, w->id, w->step, w->rec, w->len, &w->offset, why,
+                                         sizeof why) != 0;
+    }
+}
+
+static int sq_write_ahead(struct curvd_store *base, struct curvd_write_ahead *w)
+{
+    struct sqlite_store *st = sq(base);
+    if (!st->writer || !curvd_steplog_to_file(st->log, w->len, atomic_load(&base->log_file_min)) ||
+        w->len > (size_t)sqlite3_limit(st->db, SQLITE_LIMIT_LENGTH, -1))
+        return 0;
+    curvd_batcher_start(st->writer, &w->link, &w->wait);
+    return 1;
+}
+
 int curvd_sqlite_open(const char *path, enum curvd_durability durability, struct curvd_store **out,
                       char *err, size_t errlen)
 {
@@ -588,6 +613,8 @@ int curvd_sqlite_open(const char *path, enum curvd_durability durability, struct
             status = CURVD_STORE_ERROR;
         if (status == CURVD_STORE_OK)
             status = curvd_store_base_init(&st->base, &sqlite_ops, err, errlen);
+        if (status == CURVD_STORE_OK && !(st->writer = curvd_batcher_new(16, write_ahead_run, st)))
+            status = no_memory(err, errlen);
         if (status == CURVD_STORE_OK) /* the file is ours: the reserve may go beside it */
             curvd_trouble_reserve(&st->base.trouble, CURVD_STORE_RESERVE_BYTES);
     }
@@ -602,6 +629,7 @@ int curvd_sqlite_open(const char *path, enum curvd_durability durability, struct
 static void sq_close(struct curvd_store *base)
 {
     struct sqlite_store *st = sq(base);
+    curvd_batcher_free(st->writer); /* writes what is queued; no caller waits on it any more */
     curvd_store_base_stop(&st->base);
     curvd_checkpointer_stop(st->ckpt);
     /* Finalizing repeats old errors only; with every statement finalized,
@@ -867,12 +895,15 @@ static int explain_miss(struct sqlite_store *st, const char *tenant, const char 
     return status;
 }
 
-/* Write @state's parts as session @id's new snapshot: its log goes. */
+/* Write @state's parts as session @id's new snapshot: its log goes (and
+ * its file, which has bytes when there are rows or @had_file). */
 static int write_snapshot(struct sqlite_store *st, const char *id,
-                          const struct curvd_state_in *state, char *err, size_t errlen)
+                          const struct curvd_state_in *state, int had_file, char *err,
+                          size_t errlen)
 {
     int status = write_parts(st, id, state, err, errlen), rc;
-    if (status == CURVD_STORE_OK && (rc = curvd_steplog_clear(st->log, id)) != SQLITE_DONE)
+    if (status == CURVD_STORE_OK &&
+        (rc = curvd_steplog_clear(st->log, id, had_file)) != SQLITE_DONE)
         status = db_fail(st, rc, err, errlen, "deleting the step log");
     return status;
 }
@@ -894,7 +925,7 @@ static int conditional_write(struct sqlite_store *st, int brc, sqlite3_stmt *q,
     if (status == CURVD_STORE_OK && changes == 0)
         status = explain_miss(st, tenant, id, epoch, current_step, err, errlen);
     if (status == CURVD_STORE_OK && state)
-        status = write_snapshot(st, id, state, err, errlen);
+        status = write_snapshot(st, id, state, 0, err, errlen);
     if (status == CURVD_STORE_OK)
         status = commit_write(st, err, errlen);
     if (status != CURVD_STORE_OK)
@@ -920,7 +951,7 @@ static int write_step(struct sqlite_store *st, struct curvd_commit_item *it)
     if (status == CURVD_STORE_OK && changes == 0)
         return explain_miss(st, it->tenant, it->id, c->epoch, &it->current_step, err, errlen);
     if (status == CURVD_STORE_OK && !c->record)
-        status = write_snapshot(st, it->id, &c->state, err, errlen);
+        status = write_snapshot(st, it->id, &c->state, c->written_ahead, err, errlen);
     else if (status == CURVD_STORE_OK) {
         char why[512];
         rc = curvd_steplog_append(st->log, it->id, c, atomic_load(&st->base.log_file_min), why,
@@ -1338,4 +1369,5 @@ static const struct curvd_store_ops sqlite_ops = {
     .lease_acquire = sq_lease_acquire,
     .lease_renew = sq_lease_renew,
     .lease_release = sq_lease_release,
+    .write_ahead = sq_write_ahead,
 };

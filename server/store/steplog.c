@@ -110,13 +110,14 @@ int curvd_steplog_append(struct curvd_steplog *l, const char *id, const struct c
                          size_t file_min, char *why, size_t cap)
 {
     sqlite3_stmt *q = l->q[L_PUT];
-    const int to_file = l->files.dir[0] && c->record_len >= file_min;
-    uint64_t offset = 0;
+    const int ahead = c->record_ahead && l->files.dir[0];
+    const int to_file = ahead || curvd_steplog_to_file(l, c->record_len, file_min);
+    uint64_t offset = ahead ? c->record_offset : 0;
     why[0] = '\0';
     if (to_file &&
         c->record_len > (size_t)sqlite3_limit(sqlite3_db_handle(q), SQLITE_LIMIT_LENGTH, -1))
         return SQLITE_TOOBIG; /* the same bound as a record in its row */
-    if (to_file) {
+    if (to_file && !ahead) {
         int frc = curvd_logfile_append(&l->files, id, c->step, c->record, c->record_len, &offset,
                                        why, cap);
         if (frc != 0)
@@ -142,18 +143,29 @@ int curvd_steplog_append(struct curvd_steplog *l, const char *id, const struct c
     return finish(q);
 }
 
-int curvd_steplog_clear(struct curvd_steplog *l, const char *id)
+int curvd_steplog_clear(struct curvd_steplog *l, const char *id, int had_file)
 {
     sqlite3_stmt *q = l->q[L_CLEAR];
     int rc = sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
     if (rc != SQLITE_OK)
         return rc;
     rc = finish(q);
-    /* Only a session with rows may have a file: most snapshots have none. */
-    if (rc == SQLITE_DONE && sqlite3_changes(sqlite3_db_handle(q)) > 0 &&
+    /* Only a session with rows (or bytes written ahead) may have a file:
+     * most snapshots have none. */
+    if (rc == SQLITE_DONE && (had_file || sqlite3_changes(sqlite3_db_handle(q)) > 0) &&
         file_goes(l, id) != SQLITE_OK)
         rc = SQLITE_NOMEM;
     return rc;
+}
+
+const struct curvd_logfiles *curvd_steplog_files(const struct curvd_steplog *l)
+{
+    return &l->files;
+}
+
+int curvd_steplog_to_file(const struct curvd_steplog *l, size_t len, size_t file_min)
+{
+    return l->files.dir[0] && len >= file_min;
 }
 
 /* Row @q's columns into @e (owned copies), the record read from session

@@ -29,18 +29,27 @@ void curvd_steplog_finalize(struct curvd_steplog *l);
 /* curvd_steplog_append - inside the caller's write transaction: step
  * @c->step of session @id as its record, in the session's file when it
  * has @file_min bytes or more (written, and synced under FULL, before
- * this returns). Return SQLite's code (SQLITE_DONE on success; a
- * constraint error when the row exists); a file that failed is
- * SQLITE_FULL or SQLITE_IOERR with a sentence in @why[@cap] (else "").
- * Bytes a failed or rolled-back append left in a file are named by no
- * row and go with the file. */
+ * this returns; or already, when @c->record_ahead says where). Return SQLite's code (SQLITE_DONE on
+ * success; a constraint error when the row exists); a file that failed is SQLITE_FULL or
+ * SQLITE_IOERR with a sentence in @why[@cap] (else ""). Bytes a failed or rolled-back append left
+ * in a file are named by no row and go with the file. */
 int curvd_steplog_append(struct curvd_steplog *l, const char *id, const struct curvd_step_commit *c,
                          size_t file_min, char *why, size_t cap);
 
+/* curvd_steplog_files - where records in files go (read-only: any thread
+ * may append with it, as the store's writer does for records written
+ * ahead of their commits). */
+const struct curvd_logfiles *curvd_steplog_files(const struct curvd_steplog *l);
+
+/* curvd_steplog_to_file - does a record of @len bytes go to a file, by
+ * @file_min? */
+int curvd_steplog_to_file(const struct curvd_steplog *l, size_t len, size_t file_min);
+
 /* curvd_steplog_clear - inside the caller's write transaction, after a
  * snapshot of session @id was written: delete its rows (and its file once
- * the transaction commits). Return SQLite's code (SQLITE_DONE on success). */
-int curvd_steplog_clear(struct curvd_steplog *l, const char *id);
+ * the transaction commits, when there were rows or @had_file). Return
+ * SQLite's code (SQLITE_DONE on success). */
+int curvd_steplog_clear(struct curvd_steplog *l, const char *id, int had_file);
 
 /* curvd_steplog_forget - session @id's rows are being deleted with it by
  * the caller's write transaction: its file goes once that commits.

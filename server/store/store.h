@@ -261,6 +261,10 @@ void curvd_step_response_clear(struct curvd_step_response *r);
  * @epoch: the lease epoch the session was loaded under; the step is
  * written only while it is the session's (else FENCED), or with
  * CURVD_STORE_ANY_EPOCH.
+ * @written_ahead: the session's file got bytes for this step ahead of the
+ * commit (curvd_store_write_ahead): the record, at @record_offset, when
+ * @record_ahead (the commit then writes only the row); a snapshot commit
+ * removes the file whatever rows it deletes.
  * Ownership: all borrowed, and never copied by the store itself (SQLite
  * copies them once into its pages).
  */
@@ -278,7 +282,41 @@ struct curvd_step_commit {
     size_t record_len;
     const char *update_digest;
     int64_t epoch; /* the lease epoch it is written under (see the leases) */
+    int written_ahead, record_ahead;
+    uint64_t record_offset;
 };
+
+/*
+ * A step's record written ahead of its commit: on a SQLite store, a
+ * record that goes to its session's file (--log-file-min) is appended
+ * (and synced under FULL) by the store's writer thread while the caller
+ * runs the step, and the commit then names where it is. The caller owns
+ * the struct and @rec, and waits (curvd_store_write_ahead_wait) before
+ * either goes; bytes of a record that is not committed after all are
+ * named by no row and go with the file.
+ */
+struct curvd_write_ahead {
+    struct curvd_batch_item link; /* first: the writer's queue */
+    const char *id;               /* borrowed, like @rec */
+    int64_t step;
+    const void *rec;
+    size_t len;
+    /* once done */
+    int failed;
+    uint64_t offset;
+    struct curvd_batch_wait wait; /* private */
+};
+
+/* curvd_store_write_ahead - start writing @w (its id, step, rec and len
+ * set). 1: started, wait for it; 0: this store writes such a record with
+ * its commit (PostgreSQL, a record under --log-file-min), nothing
+ * started. */
+int curvd_store_write_ahead(struct curvd_store *st, struct curvd_write_ahead *w);
+
+/* curvd_store_write_ahead_wait - once @w is written: 0 at @w->offset of
+ * the session's file, or -1 (@w->failed; the commit writes the record
+ * itself, and reports what fails then). */
+int curvd_store_write_ahead_wait(struct curvd_write_ahead *w);
 
 /*
  * curvd_history_entry - one step of a session's history as committed:

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "curv.h"
@@ -441,6 +442,34 @@ static void test_damaged_log_is_unloadable(void **state)
     }
 }
 
+/* Records in files (every one): a session whose steps take no callback
+ * writes each record while the library steps, and its commit names that
+ * copy: the file holds each record once, then replays after a restart. */
+static void test_records_written_ahead(void **state)
+{
+    struct fx *f = *state = fx_new(LOG_ALL, LOG_ALL, 0, 0);
+    f->log_file_min = 1;
+    restart(f);
+    char id[33], sql[200], p[300];
+    json_decref(su_create(f->base, "adagrad_diag", NULL, 201, id, NULL));
+    curv_opt *ref = tu_new_opt(CURV_OPT_ADAGRAD_DIAG, f->layout, NULL);
+    for (long t = 1; t <= 3; t++)
+        step(f, id, ref, t, 0, 0);
+    snprintf(sql, sizeof sql,
+             "SELECT sum(32 + file_len) FROM step_log WHERE session_id = '%.32s'"
+             " AND file_len IS NOT NULL",
+             id);
+    long long named = su_raw_int(f->db, sql);
+    assert_true(named > 3 * 32);
+    snprintf(p, sizeof p, "%s-steps/%.32s.log", f->db, id);
+    struct stat sb;
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal((long long)sb.st_size, named);
+    restart(f);
+    step(f, id, ref, 4, 0, 0); /* loads by replaying steps 1-3: the same update to the bit */
+    curv_opt_free(ref);
+}
+
 /* A replay whose update is not the logged one (here: the logged digest
  * altered) keeps the replayed state with a warning, and the next step is
  * followed by a snapshot, so the log starts over. */
@@ -491,6 +520,7 @@ int main(void)
         cmocka_unit_test_teardown(test_snapshot_without_workers, teardown),
         cmocka_unit_test_teardown(test_memory_charge_follows_snapshots, teardown),
         cmocka_unit_test_teardown(test_damaged_log_is_unloadable, teardown),
+        cmocka_unit_test_teardown(test_records_written_ahead, teardown),
         cmocka_unit_test_teardown(test_replay_that_differs_is_kept, teardown),
         cmocka_unit_test_teardown(test_evicted_sessions_replay, teardown),
     };

@@ -316,7 +316,8 @@ static void test_invalid_arguments(void **state)
     struct curvd_step_response r;
     struct curvd_store_info info;
     struct curvd_step_commit c = {
-        1, WHOLE(NULL, 0), "application/json", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+        1, WHOLE(NULL, 0), "application/json", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0,
+        0};
     int64_t n;
     struct curvd_session_new bad[] = {
         {NULL, "t", "sgd", NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL, 0, 0},
@@ -629,6 +630,9 @@ static void commit_ok(struct curvd_store *st, const char *tenant, const char *id
                                   NULL,
                                   0,
                                   NULL,
+                                  0,
+                                  0,
+                                  0,
                                   0};
     assert_store(curvd_store_commit_step(st, tenant, id, &c, NULL, err, sizeof err),
                  CURVD_STORE_OK);
@@ -666,9 +670,22 @@ static void test_commit_step(void **state)
     /* Ahead, behind, and the same step again: CONFLICT, nothing written. */
     const int64_t wrong[] = {3, 1, 100};
     for (int i = 0; i < 3; i++) {
-        struct curvd_step_commit c = {
-            wrong[i], WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, NULL, 0, NULL, 0, NULL,
-            0};
+        struct curvd_step_commit c = {wrong[i],
+                                      WHOLE(b0, 5000),
+                                      "text/plain",
+                                      "no",
+                                      2,
+                                      NULL,
+                                      NULL,
+                                      NULL,
+                                      0,
+                                      NULL,
+                                      0,
+                                      NULL,
+                                      0,
+                                      0,
+                                      0,
+                                      0};
         int64_t cur = -1;
         assert_store(curvd_store_commit_step(st, "t", "s", &c, &cur, err, sizeof err),
                      CURVD_STORE_CONFLICT);
@@ -684,7 +701,7 @@ static void test_commit_step(void **state)
     }
     /* A conflict without a place for the step is still a conflict. */
     struct curvd_step_commit c = {
-        5, WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+        5, WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_CONFLICT);
     /* Unknown session, or another tenant's. */
@@ -729,11 +746,11 @@ static void test_commit_steps(void **state)
     create_ok(st, "t", "b", "b0", 2);
     create_ok(st, "t", "c", "c0", 2);
     const struct curvd_step_commit
-        a1 = {1, WHOLE("a1", 2), "x", "ra1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
-        a2 = {2, WHOLE("a2", 2), "x", "ra2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
-        b2 = {2, WHOLE("b2", 2), "x", "rb2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
-        c1 = {1, WHOLE("c1", 2), "x", "rc1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
-        bad = {1, WHOLE("z", 1), NULL, "r", 1, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+        a1 = {1, WHOLE("a1", 2), "x", "ra1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0},
+        a2 = {2, WHOLE("a2", 2), "x", "ra2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0},
+        b2 = {2, WHOLE("b2", 2), "x", "rb2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0},
+        c1 = {1, WHOLE("c1", 2), "x", "rc1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0},
+        bad = {1, WHOLE("z", 1), NULL, "r", 1, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0};
     struct curvd_commit_item it[6] = {ITEM("a", &a1), ITEM("b", &b2), ITEM("nope", &c1),
                                       ITEM("c", &c1), ITEM("a", &a2), ITEM("c", &bad)};
     struct curvd_commit_item *items[6];
@@ -765,10 +782,18 @@ static void test_commit_steps(void **state)
     /* A blob past SQLite's limit spoils the transaction: the others go
      * through one by one, and the culprit alone is refused. */
     static const char tiny[1];
-    const struct curvd_step_commit
-        a3 = {3, WHOLE("a3", 2), "x", "ra3", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
-        b1big = {1, WHOLE(tiny, 1500000000u), "x", "r", 1, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
-        c2 = {2, WHOLE("c2", 2), "x", "rc2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+    const struct curvd_step_commit a3 = {3, WHOLE("a3", 2), "x", "ra3", 3, NULL, NULL, NULL,
+                                         0, NULL,           0,   NULL,  0, 0,    0,    0},
+                                   b1big = {1,    WHOLE(tiny, 1500000000u),
+                                            "x",  "r",
+                                            1,    NULL,
+                                            NULL, NULL,
+                                            0,    NULL,
+                                            0,    NULL,
+                                            0,    0,
+                                            0,    0},
+                                   c2 = {2, WHOLE("c2", 2), "x", "rc2", 3, NULL, NULL, NULL,
+                                         0, NULL,           0,   NULL,  0, 0,    0,    0};
     struct curvd_commit_item jt[3] = {ITEM("a", &a3), ITEM("b", &b1big), ITEM("c", &c2)};
     struct curvd_commit_item *jtems[3] = {&jt[0], &jt[1], &jt[2]};
     curvd_store_commit_steps(st, jtems, 3);
@@ -784,9 +809,9 @@ static void test_commit_steps(void **state)
     assert_store(curvd_store_set_busy_timeout(st, 0, err, sizeof err), CURVD_STORE_OK);
     struct su_lock *other = su_raw_lock(path);
     const struct curvd_step_commit a4 = {4, WHOLE("a4", 2), "x", "ra4", 3, NULL, NULL, NULL,
-                                         0, NULL,           0,   NULL,  0},
+                                         0, NULL,           0,   NULL,  0, 0,    0,    0},
                                    c3 = {3, WHOLE("c3", 2), "x", "r",  1, NULL, NULL, NULL,
-                                         0, NULL,           0,   NULL, 0};
+                                         0, NULL,           0,   NULL, 0, 0,    0,    0};
     struct curvd_commit_item kt[2] = {ITEM("a", &a4), ITEM("c", &c3)};
     struct curvd_commit_item *ktems[2] = {&kt[0], &kt[1]};
     curvd_store_commit_steps(st, ktems, 2);
@@ -856,6 +881,9 @@ static void test_response_replay(void **state)
                                   NULL,
                                   0,
                                   NULL,
+                                  0,
+                                  0,
+                                  0,
                                   0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "u", "s", &r, err, sizeof err),
@@ -916,6 +944,9 @@ static void test_step_reports(void **state)
                                   NULL,
                                   0,
                                   NULL,
+                                  0,
+                                  0,
+                                  0,
                                   0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     c.report = "{\"rho\":2}";
@@ -945,7 +976,8 @@ static void test_step_reports(void **state)
     curvd_session_list_clear(&l);
     /* A step committed without a report has none. */
     c = (struct curvd_step_commit){
-        2, WHOLE("d", 1), "application/json", "{}", 2, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+        2, WHOLE("d", 1), "application/json", "{}", 2, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0,
+        0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
     assert_int_equal(s.last_step, 2);
@@ -1009,6 +1041,9 @@ static void test_upgrade_keeps_replies(void **state)
                                   NULL,
                                   0,
                                   NULL,
+                                  0,
+                                  0,
+                                  0,
                                   0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err), CURVD_STORE_OK);
@@ -1114,7 +1149,7 @@ static void test_blob_too_big(void **state)
     static const char tiny[1];
     for (int i = 0; i < 2; i++) {
         struct curvd_step_commit c = {
-            1, WHOLE(tiny, huge[i]), "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+            1, WHOLE(tiny, huge[i]), "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0};
         assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                      CURVD_STORE_INVALID);
         assert_non_null(strstr(err, "too big"));
@@ -1148,7 +1183,7 @@ static void test_busy(void **state)
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_BUSY);
     assert_non_null(strstr(err, "locked"));
     struct curvd_step_commit c = {1, WHOLE("b", 1), "x", "r",  1, NULL, NULL, NULL,
-                                  0, NULL,          0,   NULL, 0};
+                                  0, NULL,          0,   NULL, 0, 0,    0,    0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_BUSY);
     assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_BUSY);
@@ -1184,9 +1219,14 @@ static void *worker_main(void *arg)
         w->failures++;
     for (int k = 1; k <= PER_THREAD; k++) {
         int64_t blob[2] = {w->index, k};
-        struct curvd_step_commit c = {
-            k, WHOLE(blob, sizeof blob), "x", blob, sizeof blob, NULL, NULL, NULL, 0, NULL, 0, NULL,
-            0};
+        struct curvd_step_commit c = {k,           WHOLE(blob, sizeof blob),
+                                      "x",         blob,
+                                      sizeof blob, NULL,
+                                      NULL,        NULL,
+                                      0,           NULL,
+                                      0,           NULL,
+                                      0,           0,
+                                      0,           0};
         if (curvd_store_commit_step(w->st, "t", id, &c, NULL, w->err, sizeof w->err))
             w->failures++;
         /* Everyone also races for the shared session: read, then commit
@@ -1312,7 +1352,8 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
                                   NULL,  NULL,
                                   0,     NULL,
                                   0,     NULL,
-                                  0};
+                                  0,     0,
+                                  0,     0};
     /* Step 2 as its log row (a record past a page), read back with the state. */
     const struct curvd_step_commit logged = {.step = 2,
                                              .content_type = "x",

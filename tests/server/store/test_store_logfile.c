@@ -278,6 +278,66 @@ static void test_unwritable_file_fails_the_step(void **state)
     curvd_store_close(st);
 }
 
+/* A record written ahead of its commit: the commit names it (one copy in
+ * the file); not named (answers made it another record), the commit
+ * appends its own; a snapshot commit removes the file; a record under
+ * the bound is not written ahead. */
+static void test_written_ahead(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_new("ahead", 100);
+    create(st, "s");
+    unsigned char *rec = record_of(1, 500);
+    struct curvd_write_ahead w = {.id = "s", .step = 1, .rec = rec, .len = 99};
+    assert_int_equal(curvd_store_write_ahead(st, &w), 0); /* under the bound */
+    w.len = 500;
+    assert_int_equal(curvd_store_write_ahead(st, &w), 1);
+    assert_int_equal(curvd_store_write_ahead_wait(&w), 0);
+    assert_int_equal(w.offset, 0);
+    assert_int_equal(file_size("s"), HDR + 500);
+    struct curvd_step_commit c = {.step = 1,
+                                  .content_type = "x",
+                                  .record = rec,
+                                  .record_len = 500,
+                                  .update_digest = "mm3-128:d",
+                                  .written_ahead = 1,
+                                  .record_ahead = 1,
+                                  .record_offset = w.offset};
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
+    assert_int_equal(file_size("s"), HDR + 500);
+    assert_read(st, "s", "1:500");
+    free(rec);
+
+    /* Written ahead, then another record committed: both in the file,
+     * the row names the second. */
+    rec = record_of(2, 300);
+    w = (struct curvd_write_ahead){.id = "s", .step = 2, .rec = rec, .len = 300};
+    assert_int_equal(curvd_store_write_ahead(st, &w), 1);
+    assert_int_equal(curvd_store_write_ahead_wait(&w), 0);
+    assert_int_equal(w.offset, HDR + 500);
+    free(rec);
+    assert_store(commit_record(st, "s", 2, 400), CURVD_STORE_OK);
+    assert_int_equal(file_size("s"), HDR + 500 + HDR + 300 + HDR + 400);
+    assert_read(st, "s", "1:500,2:400");
+
+    /* A new session's first step written ahead and committed as a
+     * snapshot: no row ever named the file, which goes all the same. */
+    create(st, "n");
+    rec = record_of(1, 200);
+    w = (struct curvd_write_ahead){.id = "n", .step = 1, .rec = rec, .len = 200};
+    assert_int_equal(curvd_store_write_ahead(st, &w), 1);
+    assert_int_equal(curvd_store_write_ahead_wait(&w), 0);
+    free(rec);
+    assert_int_equal(file_size("n"), HDR + 200);
+    struct curvd_step_commit snap = {
+        .step = 1, .state = {.blob = "new", .len = 3}, .content_type = "x", .written_ahead = 1};
+    assert_store(curvd_store_commit_step(st, "t", "n", &snap, NULL, err, sizeof err),
+                 CURVD_STORE_OK);
+    assert_int_equal(file_size("n"), -1);
+    assert_int_equal(file_size("s"), HDR + 500 + HDR + 300 + HDR + 400);
+    curvd_store_close(st);
+}
+
 int main(void)
 {
     if (su_pg_url()) /* PostgreSQL keeps every record in its row */
@@ -287,6 +347,7 @@ int main(void)
         cmocka_unit_test(test_file_goes_with_its_rows),
         cmocka_unit_test(test_what_a_file_no_longer_holds),
         cmocka_unit_test(test_unwritable_file_fails_the_step),
+        cmocka_unit_test(test_written_ahead),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -183,9 +183,22 @@ static void create_parts(struct curvd_store *st, const char *id, const struct ps
 static int commit_parts(struct curvd_store *st, const char *id, int64_t step,
                         const struct pstate *s, const struct pstate *stored)
 {
-    struct curvd_step_commit c = {
-        step, state_in(s, stored), "application/json", "{}", 2, NULL, NULL, NULL, 0, NULL, 0, NULL,
-        0};
+    struct curvd_step_commit c = {step,
+                                  state_in(s, stored),
+                                  "application/json",
+                                  "{}",
+                                  2,
+                                  NULL,
+                                  NULL,
+                                  NULL,
+                                  0,
+                                  NULL,
+                                  0,
+                                  NULL,
+                                  0,
+                                  0,
+                                  0,
+                                  0};
     return curvd_store_commit_step(st, "t", id, &c, NULL, err, sizeof err);
 }
 
@@ -267,13 +280,19 @@ static void test_parts_round_trip(void **state)
 
     /* A blob without a division is one part with stamp 0; an empty state
      * has no part. */
-    struct curvd_step_commit c = {
-        7, {.blob = s6.blob, .len = s6.len}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+    struct curvd_step_commit c = {7,    {.blob = s6.blob, .len = s6.len},
+                                  "x",  NULL,
+                                  0,    NULL,
+                                  NULL, NULL,
+                                  0,    NULL,
+                                  0,    NULL,
+                                  0,    0,
+                                  0,    0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_written(path, "s:0");
     assert_parts(st, "s", s6.blob, s6.len, (curv_state_part[]){{0, s6.len, 0}}, 1);
     c = (struct curvd_step_commit){
-        8, {.blob = NULL, .len = 0}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+        8, {.blob = NULL, .len = 0}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_written(path, "");
     assert_parts(st, "s", NULL, 0, NULL, 0);
@@ -316,7 +335,8 @@ static void test_parts_refused(void **state)
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         struct curvd_state_in in = {good.blob, good.len, bad[k].p, bad[k].n, NULL, 0};
         struct curvd_session_new row = {"n", "t", "kfac", NULL, 0, in, 0, 0, NULL, NULL, 0, 0};
-        struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+        struct curvd_step_commit c = {1, in,   "x", NULL, 0, NULL, NULL, NULL,
+                                      0, NULL, 0,   NULL, 0, 0,    0,    0};
         print_message("%s\n", bad[k].what);
         assert_store(curvd_store_create(st, &row, NULL, err, sizeof err), CURVD_STORE_INVALID);
         assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
@@ -328,7 +348,8 @@ static void test_parts_refused(void **state)
     /* Stored parts named by a NULL pointer. */
     struct curvd_state_in in = state_in(&good, NULL);
     in.n_stored = 3;
-    struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+    struct curvd_step_commit c = {1, in,   "x", NULL, 0, NULL, NULL, NULL,
+                                  0, NULL, 0,   NULL, 0, 0,    0,    0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
     assert_store(curvd_store_update_state(st, NULL, "s", 0, CURVD_STORE_ANY_EPOCH, &in, NULL, NULL,
@@ -342,7 +363,8 @@ static void test_parts_refused(void **state)
     static const unsigned char tiny[16];
     curv_state_part huge[2] = {{0, 10, 0}, {10, 1500000000u, 1}};
     struct curvd_state_in big = {tiny, 1500000010u, huge, 2, NULL, 0};
-    c = (struct curvd_step_commit){1, big, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+    c = (struct curvd_step_commit){1, big,  "x", NULL, 0, NULL, NULL, NULL,
+                                   0, NULL, 0,   NULL, 0, 0,    0,    0};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
     assert_non_null(strstr(err, "too big"));
@@ -379,10 +401,14 @@ static void test_group_commit_parts(void **state)
     create_parts(st, "c", &b0);
     log_writes(path);
     const struct curvd_step_commit
-        ca1 = {1, state_in(&a1, &a0), "x", "ra1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
-        ca2 = {2, state_in(&a2, &a1), "x", "ra2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
-        cb1 = {1, state_in(&b1, &b0), "x", "rb1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0},
-        cc5 = {5, state_in(&b1, &b0), "x", "rc5", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+        ca1 = {1, state_in(&a1, &a0), "x", "ra1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0,
+               0},
+        ca2 = {2, state_in(&a2, &a1), "x", "ra2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0,
+               0},
+        cb1 = {1, state_in(&b1, &b0), "x", "rb1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0,
+               0},
+        cc5 = {5, state_in(&b1, &b0), "x", "rc5", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0,
+               0};
     struct curvd_commit_item it[4] = {ITEM("a", &ca1), ITEM("c", &cc5), ITEM("b", &cb1),
                                       ITEM("a", &ca2)};
     struct curvd_commit_item *items[4] = {&it[0], &it[1], &it[2], &it[3]};
@@ -464,7 +490,8 @@ static void test_upgrade_moves_states(void **state)
     struct curvd_state_in in = state_in(&next, NULL);
     in.stored = was;
     in.n_stored = 1;
-    struct curvd_step_commit c = {1, in, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0};
+    struct curvd_step_commit c = {1, in,   "x", NULL, 0, NULL, NULL, NULL,
+                                  0, NULL, 0,   NULL, 0, 0,    0,    0};
     assert_store(curvd_store_commit_step(st, "t", "big", &c, NULL, err, sizeof err),
                  CURVD_STORE_OK);
     assert_written(path, "big:0,big:1");
@@ -538,7 +565,8 @@ static void test_kfac_through_the_store(void **state)
                                       NULL, NULL,
                                       0,    NULL,
                                       0,    NULL,
-                                      0};
+                                      0,    0,
+                                      0,    0};
         assert_store(curvd_store_commit_step(st, "t", "k", &c, NULL, err, sizeof err),
                      CURVD_STORE_OK);
         assert_written(path, want);
@@ -570,9 +598,14 @@ static void test_kfac_through_the_store(void **state)
         prev[i].stamp = parts[i].stamp;
     }
     assert_true(lied > 0);
-    struct curvd_step_commit c = {
-        8, {blob, len, parts, n, prev, n_prev}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL,
-        0};
+    struct curvd_step_commit c = {8,    {blob, len, parts, n, prev, n_prev},
+                                  "x",  NULL,
+                                  0,    NULL,
+                                  NULL, NULL,
+                                  0,    NULL,
+                                  0,    NULL,
+                                  0,    0,
+                                  0,    0};
     assert_store(curvd_store_commit_step(st, "t", "k", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get(st, "t", "k", 1, &s, err, sizeof err), CURVD_STORE_OK);
     assert_int_equal(s.state_len, len);
@@ -659,6 +692,9 @@ static void crash_child(const char *path, int fd, enum curvd_durability d)
                                        NULL,
                                        0,
                                        NULL,
+                                       0,
+                                       0,
+                                       0,
                                        0};
         if (curvd_store_commit_step(st, "t", "c", &sc, NULL, e, sizeof e))
             _exit(3);
