@@ -509,18 +509,19 @@ static void side_cond(const struct curv__kside *s, double c, double *kappa, doub
  *    ‖G_d⁻¹ E A_d⁻¹‖ <= ‖E‖ / (σ_min(G_d) σ_min(A_d))).
  * Summing the input rounding, both sides and the output rounding, each at
  * its worst amplification:
- *   ‖Ũ − U‖_F / ‖U‖_F <= u κ_G κ_A (2 + C_G + C_A).
+ *   ‖Ũ − U‖_F / ‖U‖_F <= u κ_G κ_A (2 + C_G + C_A)
+ * (multiply_bound; u = 2⁻²⁴ in fp32).
  * A worst case: measured errors sit orders of magnitude below it (they
  * grow like √n u κ, not n² u κ), which the test prints; a wrong matrix or
  * a transposed one errs by O(1) and fails it.
  */
-static double fp32_bound(const struct curv__kblock *b, double gamma)
+static double multiply_bound(const struct curv__kblock *b, double gamma, double u)
 {
     const double pi = b->A.w_new || b->A.P_new ? b->pi_new : b->pi;
     double ka, ca, kg, cg;
     side_cond(&b->A, gamma * pi, &ka, &ca);
     side_cond(&b->G, gamma / pi, &kg, &cg);
-    return 0x1p-24 * kg * ka * (2 + cg + ca);
+    return u * kg * ka * (2 + cg + ca);
 }
 
 /*
@@ -601,7 +602,7 @@ static void check_multiply(double max_factor_dim, int fp32, const char *refresh)
             if (!fp32) {
                 tu_expect_close(got, x, sz, 1e-10, what, 1);
             } else {
-                const double e = frob_rel(got, x, sz), bound = fp32_bound(b, gamma);
+                const double e = frob_rel(got, x, sz), bound = multiply_bound(b, gamma, 0x1p-24);
                 if (getenv("TU_VERBOSE"))
                     printf("%s: error %.3g, bound %.3g\n", what, e, bound);
                 if (!(e <= bound))
@@ -696,6 +697,56 @@ static void test_inverse_cache(void **state)
     (void)state;
     check_inverse_cache("fp64");
     check_inverse_cache("fp32");
+}
+
+/*
+ * The eigen and Cholesky routes through whole simple-mode steps on the
+ * same batches (fp64, the plain multiply: no momentum, clip or noise, so
+ * an update is −P∇h), refreshing at k <= 3 and 6 with steps between: per
+ * block the updates agree within twice multiply_bound at u = 2⁻⁵³. Each
+ * route's side inverse is backward stable (dsyevd's, and dpotrf's and
+ * dpotri's, backward errors are O(n u ‖F + cI‖), inside the C_s the bound
+ * counts for a side formed from its factor), so each is within the bound
+ * of the exact product and the two within twice it. They are not the same
+ * bits (the Cholesky route ran).
+ */
+static void test_routes_agree(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    const size_t w[] = {6, 5, 4, 3};
+    curv_layout *l = tu_mlp_setup(&net, w, 3, 2, 8, 91, 92);
+    const double gamma = 0.02;
+    const tu_kv kv[] = {{"lr", 1},           {"momentum", 0}, {"weight_decay", 0},
+                        {"inv_interval", 3}, {"kl_clip", 0},  {"damping", gamma}};
+    curv_opt *oe =
+        tu_kfac_opt(l, kv, 6, "mode", "simple", "noise", "off", "refresh", "eigen", NULL);
+    curv_opt *oc = tu_kfac_opt(l, kv, 6, "mode", "simple", "noise", "off", NULL);
+    double *ue = tu_alloc(net.dim), *uc = tu_alloc(net.dim), most = 0;
+    curv_error err;
+    int differ = 0;
+    for (int k = 1; k <= 7; k++) {
+        tu_mlp_batch(&net, 120 + (uint64_t)k);
+        tu_assert_status(tu_mlp_step(oe, &net, 1, ue, NULL, &err), CURV_OK, &err);
+        tu_assert_status(tu_mlp_step(oc, &net, 1, uc, NULL, &err), CURV_OK, &err);
+        for (size_t i = 0; i < 3; i++) {
+            const struct curv__kblock *b = block_of(oc, i);
+            assert_true(b->A.chol && b->G.chol && !block_of(oe, i)->A.chol);
+            const size_t off = b->info.offset, sz = b->info.size;
+            const double e = frob_rel(uc + off, ue + off, sz);
+            const double bound = 2 * multiply_bound(b, gamma, 0x1p-53);
+            if (!(e <= bound))
+                fail_msg("step %d, block %zu: the routes differ by %g > %g", k, i, e, bound);
+            most = fmax(most, e / bound);
+            differ |= memcmp(uc + off, ue + off, sz * sizeof(double)) != 0;
+        }
+    }
+    if (getenv("TU_VERBOSE"))
+        printf("eigen vs cholesky over 7 steps: at most %.3g of the bound\n", most);
+    assert_true(differ);
+    free(ue), free(uc);
+    curv_opt_free(oe);
+    tu_mlp_teardown(oc, l, &net);
 }
 
 /* fp32 against fp64 through whole simple-mode steps on the same batches,
@@ -904,7 +955,7 @@ int main(void)
         cmocka_unit_test(test_float_layers),        cmocka_unit_test(test_cov_interval),
         cmocka_unit_test(test_inverse_interval),    cmocka_unit_test(test_multiply_forms),
         cmocka_unit_test(test_inverse_cache),       cmocka_unit_test(test_precision_default),
-        cmocka_unit_test(test_fp32_tracks_fp64),
+        cmocka_unit_test(test_fp32_tracks_fp64),    cmocka_unit_test(test_routes_agree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

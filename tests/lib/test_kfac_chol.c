@@ -119,15 +119,17 @@ static void test_dof_against_eigenvalues(void **state)
 }
 
 /* Saved mid-run (between refreshes, and with a refresh pending, whose
- * snapshot the blob holds), a Cholesky-route optimizer loads and continues
- * bit for bit through the next refresh, fp64 and fp32 (the float inverse
- * is rounded again from the double one the blob holds), in serial and with
- * the refresh on another thread's schedule (curv_refresh_run). */
+ * snapshot the blob holds), a Cholesky-route optimizer with simple mode's
+ * defaults (momentum, KL clip, the noise term and its dof) loads and
+ * continues bit for bit through the next refresh, fp64 and fp32 (the float
+ * inverse is rounded again from the double one the blob holds), the
+ * pending refresh computed early by curv_refresh_run on the loaded one. */
 static void check_save_load(const char *precision, unsigned s)
 {
     tu_mlp net;
     curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 4, 31, 32);
-    curv_opt *o = chol_opt(l, 4, s, precision, 4096);
+    const tu_kv kv[] = {{"lr", 0.1}, {"inv_interval", 4}, {"max_staleness", s}};
+    curv_opt *o = tu_kfac_opt(l, kv, 3, "mode", "simple", "precision", precision, NULL);
     double *u = tu_alloc(net.dim), *u2 = tu_alloc(net.dim);
     curv_error err;
     const unsigned at = s ? 4 : 5; /* s: step 4's refresh is pending */
