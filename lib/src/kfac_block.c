@@ -22,6 +22,13 @@
  *    settings and sizes only, never on what is cached, so an optimizer
  *    loaded from a blob (which rebuilds the inverses from Q, w, π and γ)
  *    takes the same branch and computes the same update, bit for bit.
+ *    In simple mode with the block-diagonal inverse there is one damping
+ *    (refresh = auto, curv__kfac_cholesky): a refresh then forms each
+ *    dense side's (F + cI)⁻¹ by Cholesky (dpotrf, dpotri: n³ flops, about
+ *    5x faster than dsyevd's BLAS-2 reduction) and keeps it instead of Q
+ *    and w, with c = γπ or γ/π and the side's degrees of freedom
+ *    tr((F + cI)⁻¹F) = Σ w/(w + c) = n − c·tr (F + cI)⁻¹, which is all the
+ *    noise term needs (docs/NOTES.md, "K-FAC Cholesky refresh").
  *  - fallback: a vector block (norm gains, embeddings) with AdaGrad-diag
  *    or SGD scaled by fallback_lr; K-FAC has no factors for it.
  */
