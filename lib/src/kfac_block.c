@@ -383,7 +383,7 @@ static curv_status side_cholesky(const struct curv__kside *s, const double *F, d
     memcpy(P, F, n * n * sizeof(double));
     for (size_t i = 0; i < n; i++)
         P[i * n + i] += c;
-    curv_status st = curv__spd_inv(n, P, n, P, n, err);
+    curv_status st = curv__spd_inv_packed(n, P, err);
     if (st == CURV_OK && curv__first_nonfinite(P, n * n) < n * n)
         st = curv__fail(err, CURV_E_NUMERIC, "kfac: the damped factor's inverse is not finite");
     if (st != CURV_OK) {
