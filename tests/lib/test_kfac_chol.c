@@ -86,8 +86,8 @@ static double inverse_residual(const struct curv__kside *s, double c)
 /* The block's degrees of freedom (the noise term's tr(P F̆)) against
  * Σ w/(w + c) per side from eigenvalues found here, for dense sides on the
  * Cholesky route and diagonal ones (max_factor_dim 4: the input sides),
- * within 1e-10; each dense side's P inverts
- * F + cI. */
+ * within 1e-10, at every step (each refreshes); each dense side's P
+ * inverts F + cI. */
 static void test_dof_against_eigenvalues(void **state)
 {
     (void)state;
