@@ -122,6 +122,14 @@ static const struct curv__param PARAMS[] = {
               "step k + s applies it, computing it first if nobody has; 0: in the step. Applies "
               "while s < inv_interval and the inverse is blockdiag; the results are the same "
               "whoever computes it and when; fixed for a session"),
+    CURV__ENUM(H, refresh, "refresh", "auto", "auto|eigen|cholesky",
+               "how a refresh inverts a dense factor: eigen keeps its eigendecomposition (any "
+               "damping applies without a new one); cholesky forms the damped inverse (F + cI)⁻¹ "
+               "for the one damping there is (dpotrf + dpotri, about 5 times faster than the "
+               "eigendecomposition; a change of damping refreshes from the current factors at the "
+               "next step) and needs mode = simple with inverse = blockdiag; auto: cholesky "
+               "there, eigen elsewhere (docs/NOTES.md, \"K-FAC Cholesky refresh\"); fixed for a "
+               "session; states saved before it existed continue with eigen"),
     CURV__ENUM(H, fallback, "fallback", "adagrad_diag", "adagrad_diag|sgd",
                "optimizer for vector blocks (no Kronecker factors)"),
     CURV__REAL(H, fallback_lr, "fallback_lr", 0.01, 0, 1e6,
@@ -243,6 +251,10 @@ static curv_status kfac_init(curv_opt *o, struct curv__tally *t, curv_error *err
     if (!s)
         return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory");
     o->impl = s;
+    if (h->refresh == CURV__KFAC_REFRESH_CHOLESKY && !curv__kfac_cholesky(h))
+        return curv__fail(err, CURV_E_INVALID,
+                          "kfac: refresh = cholesky needs mode = simple and inverse = blockdiag "
+                          "(one damping); use auto or eigen");
     s->lambda = h->lambda_init;
     s->gamma = sqrt(h->lambda_init + h->weight_decay);
     s->seq = 1;
@@ -718,7 +730,8 @@ static size_t kfac_saved(const curv_opt *o)
 }
 
 /* A state saved by an earlier version runs on with the behaviour it was
- * saved with: before "precision", float64; before the noise term (no
+ * saved with: before "precision", float64; before "refresh", the
+ * eigendecompositions it holds; before the noise term (no
  * "noise"), the batch's model (noise off); before "noise_momentum", the
  * noise bound on v itself; before the safeguards (no
  * "coefficients"), also the free solve, every step kept, no KL clip, the
@@ -737,6 +750,9 @@ static curv_status kfac_upgrade(curv_config *c)
     }
     if (!curv__config_find(c, "noise_momentum", &e) &&
         curv_config_set_num(c, "noise_momentum", 0, NULL) != CURV_OK)
+        return CURV_E_NOMEM;
+    if (!curv__config_find(c, "refresh", &e) &&
+        curv_config_set_str(c, "refresh", "eigen", NULL) != CURV_OK)
         return CURV_E_NOMEM;
     if (curv__config_find(c, "coefficients", &e))
         return CURV_OK;
@@ -811,7 +827,7 @@ const struct curv__opt_vt curv__kfac_vt = {
     .load = kfac_load,
     .saved_doubles = kfac_saved,
     .fixed = (const char *const[]){"mode", "inverse", "max_factor_dim", "fallback", "precision",
-                                   "max_staleness", NULL},
+                                   "max_staleness", "refresh", NULL},
     .inputs = CURV_INPUT_LAYERS,
     .upgrade = kfac_upgrade,
     .settle = kfac_settle,

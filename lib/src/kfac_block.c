@@ -22,6 +22,13 @@
  *    settings and sizes only, never on what is cached, so an optimizer
  *    loaded from a blob (which rebuilds the inverses from Q, w, π and γ)
  *    takes the same branch and computes the same update, bit for bit.
+ *    In simple mode with the block-diagonal inverse there is one damping
+ *    (refresh = auto, curv__kfac_cholesky): a refresh then forms each
+ *    dense side's (F + cI)⁻¹ by Cholesky (dpotrf, dpotri: n³ flops, about
+ *    5x faster than dsyevd's BLAS-2 reduction) and keeps it instead of Q
+ *    and w, with c = γπ or γ/π and the side's degrees of freedom
+ *    tr((F + cI)⁻¹F) = Σ w/(w + c) = n − c·tr (F + cI)⁻¹, which is all the
+ *    noise term needs (docs/NOTES.md, "K-FAC Cholesky refresh").
  *  - fallback: a vector block (norm gains, embeddings) with AdaGrad-diag
  *    or SGD scaled by fallback_lr; K-FAC has no factors for it.
  */
@@ -53,6 +60,18 @@ static const double *side_w(const struct curv__kside *s)
     return s->w_new ? s->w_new : s->w;
 }
 
+/* Whether @s holds a tentative decomposition (or Cholesky inverse). */
+static int side_fresh(const struct curv__kside *s)
+{
+    return s->w_new || s->P_new;
+}
+
+int curv__kfac_cholesky(const struct curv__kfac_hyper *h)
+{
+    return h->refresh != CURV__KFAC_REFRESH_EIGEN && h->mode == CURV__KFAC_SIMPLE &&
+           h->inverse == CURV__KFAC_BLOCKDIAG;
+}
+
 /* Drop this step's explicit inverses and the multiply's plan. */
 static void side_drop_cand(struct curv__kside *s)
 {
@@ -69,14 +88,16 @@ static void side_drop_inv(struct curv__kside *s)
     s->inv = NULL;
 }
 
-/* Drop the tentative decomposition. */
+/* Drop the tentative decomposition (or Cholesky inverse). */
 static void side_drop_eig(struct curv__kside *s)
 {
     curv__free(s->Q_new);
     curv__free(s->w_new);
     curv__free(s->Qf_new);
-    s->Q_new = s->w_new = NULL;
-    s->Qf_new = NULL;
+    curv__free(s->P_new);
+    curv__free(s->Pf_new);
+    s->Q_new = s->w_new = s->P_new = NULL;
+    s->Qf_new = s->Pf_new = NULL;
 }
 
 static void side_drop_new(struct curv__kside *s)
@@ -95,6 +116,8 @@ static void side_free(struct curv__kside *s)
     curv__free(s->Q);
     curv__free(s->w);
     curv__free(s->Qf);
+    curv__free(s->P);
+    curv__free(s->Pf);
 }
 
 /* @n doubles rounded to float into @dst. */
@@ -110,10 +133,14 @@ static void side_init(struct curv__kside *s, size_t n, const struct curv__kfac_h
     s->n = n;
     s->diag = n > (size_t)h->max_factor_dim;
     s->f32 = h->precision == CURV__KFAC_FP32;
+    s->chol = !s->diag && curv__kfac_cholesky(h);
+    const int eig = !s->diag && !s->chol;
     s->F = curv__tally_calloc(t, curv__kside_len(s), sizeof(double));
-    s->Q = s->diag ? NULL : curv__tally_calloc(t, n * n, sizeof(double));
-    s->Qf = s->diag || !s->f32 ? NULL : curv__tally_calloc(t, n * n, sizeof(float));
-    s->w = curv__tally_calloc(t, n, sizeof(double));
+    s->Q = eig ? curv__tally_calloc(t, n * n, sizeof(double)) : NULL;
+    s->Qf = eig && s->f32 ? curv__tally_calloc(t, n * n, sizeof(float)) : NULL;
+    s->w = s->chol ? NULL : curv__tally_calloc(t, n, sizeof(double));
+    s->P = s->chol ? curv__tally_calloc(t, n * n, sizeof(double)) : NULL;
+    s->Pf = s->chol && s->f32 ? curv__tally_calloc(t, n * n, sizeof(float)) : NULL;
 }
 
 /* A layer's rows as the step has them: doubles @d, or floats @f. */
@@ -334,14 +361,60 @@ static curv_status side_stats(struct curv__kside *s, const struct rows_in *X, si
     return CURV_OK;
 }
 
+/*
+ * The Cholesky refresh of dense factor @F of side @s for damping @c, into
+ * @out's slot @k: P = (F + cI)⁻¹ by dpotrf and dpotri in double (the upper
+ * triangle mirrored), its float copy in fp32, and the degrees of freedom
+ * tr((F + cI)⁻¹F) = n − c·tr P, which is Σ w/(w + c) over F's eigenvalues
+ * without them. A damped factor that is not positive definite or an inverse
+ * that is not finite is CURV_E_NUMERIC, as a failed eigendecomposition.
+ */
+static curv_status side_cholesky(const struct curv__kside *s, const double *F, double c,
+                                 struct curv__keig *out, int k, curv_error *err)
+{
+    const size_t n = s->n;
+    double *P = curv__malloc_n(n * n, sizeof(double));
+    float *Pf = s->f32 ? curv__malloc_n(n * n, sizeof(float)) : NULL;
+    if (!P || (s->f32 && !Pf)) {
+        curv__free(P);
+        curv__free(Pf);
+        return curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for a %zu x %zu factor", n, n);
+    }
+    memcpy(P, F, n * n * sizeof(double));
+    for (size_t i = 0; i < n; i++)
+        P[i * n + i] += c;
+    curv_status st = curv__spd_inv_packed(n, P, err);
+    if (st == CURV_OK && curv__first_nonfinite(P, n * n) < n * n)
+        st = curv__fail(err, CURV_E_NUMERIC, "kfac: the damped factor's inverse is not finite");
+    if (st != CURV_OK) {
+        curv__free(P);
+        curv__free(Pf);
+        return st;
+    }
+    double tr = 0;
+    for (size_t i = 0; i < n; i++)
+        tr += P[i * n + i];
+    const double dof = (double)n - c * tr;
+    if (Pf)
+        to_float(P, n * n, Pf);
+    out->P[k] = P;
+    out->Pf[k] = Pf;
+    out->c[k] = c;
+    out->dof[k] = dof > 0 ? dof : 0; /* round-off when c dwarfs F */
+    return CURV_OK;
+}
+
 /* Eigendecomposition of factor @F of side @s (its size and form; the
  * factor may be a snapshot), eigenvalues clamped at 0 (the factors are
- * PSD; round-off can make tiny ones negative), into @out's slot @k. Reads
- * only @F and @s->n, diag and f32, which never change: safe on any thread
- * while the optimizer steps. */
-static curv_status side_decompose(const struct curv__kside *s, const double *F,
+ * PSD; round-off can make tiny ones negative), into @out's slot @k; a
+ * Cholesky side's damped inverse for damping @c instead. Reads only @F and
+ * @s->n, diag, f32 and chol, which never change: safe on any thread while
+ * the optimizer steps. */
+static curv_status side_decompose(const struct curv__kside *s, const double *F, double c,
                                   struct curv__keig *out, int k, curv_error *err)
 {
+    if (s->chol)
+        return side_cholesky(s, F, c, out, k, err);
     const size_t n = s->n;
     double *w = curv__calloc_n(n, sizeof(double));
     double *Q = s->diag ? NULL : curv__calloc_n(n * n, sizeof(double));
@@ -386,8 +459,10 @@ void curv__keig_free(struct curv__keig *x)
         curv__free(x->Q[k]);
         curv__free(x->w[k]);
         curv__free(x->Qf[k]);
-        x->Q[k] = x->w[k] = NULL;
-        x->Qf[k] = NULL;
+        curv__free(x->P[k]);
+        curv__free(x->Pf[k]);
+        x->Q[k] = x->w[k] = x->P[k] = NULL;
+        x->Qf[k] = x->Pf[k] = NULL;
     }
 }
 
@@ -419,6 +494,16 @@ void curv__kblock_take_factors(struct curv__kblock *b)
 static void side_commit(struct curv__kside *s, size_t cand, double damp)
 {
     side_take_F(s);
+    if (s->P_new) {
+        curv__free(s->P);
+        curv__free(s->Pf);
+        s->P = s->P_new;
+        s->Pf = s->Pf_new;
+        s->pc = s->pc_new;
+        s->dof = s->dof_new;
+        s->P_new = NULL;
+        s->Pf_new = NULL;
+    }
     if (s->w_new || (s->inv && s->inv_damp != damp) || s->cinv[cand])
         side_drop_inv(s);
     if (s->cinv[cand]) {
@@ -502,8 +587,8 @@ static curv_status side_prepare(struct curv__kside *s, size_t cand, double c, si
 {
     s->use[cand] = NULL;
     s->cdamp[cand] = c;
-    if (s->diag || !curv__kside_explicit(s->n, n_other, horizon))
-        return CURV_OK;
+    if (s->diag || s->chol || !curv__kside_explicit(s->n, n_other, horizon))
+        return CURV_OK; /* a Cholesky side's inverse is its refresh's */
     if (!s->w_new && s->inv && s->inv_damp == c) {
         s->use[cand] = s->inv;
         return CURV_OK;
@@ -519,31 +604,51 @@ static curv_status side_prepare(struct curv__kside *s, size_t cand, double c, si
     return CURV_OK;
 }
 
-/* F changes with each statistics update, Q and w with each refresh. */
+/* F changes with each statistics update, Q and w (a Cholesky side's P,
+ * its dof and c) with each refresh. */
 static void side_save(const struct curv__kside *s, struct curv__writer *w,
                       const struct curv__kstamps *st)
 {
     curv__w_part(w, st->factors);
     curv__w_f64s(w, s->F, curv__kside_len(s));
     curv__w_part(w, st->inverse);
+    if (s->chol) {
+        curv__w_f64s(w, s->P, s->n * s->n);
+        curv__w_f64(w, s->dof);
+        curv__w_f64(w, s->pc);
+        return;
+    }
     if (!s->diag)
         curv__w_f64s(w, s->Q, s->n * s->n);
     curv__w_f64s(w, s->w, s->n);
 }
 
-/* Loaded factors must be what steps produce: finite, eigenvalues >= 0. */
+/* Loaded factors must be what steps produce: finite, eigenvalues >= 0; a
+ * Cholesky side's inverse finite, 0 <= dof <= n and c >= 0 (0: none yet). */
 static void side_load(struct curv__kside *s, struct curv__reader *r)
 {
     side_drop_inv(s); /* the cache belongs to the decomposition replaced */
+    const size_t sq = s->n * s->n;
     curv__r_f64s(r, s->F, curv__kside_len(s));
+    if (curv__first_nonfinite(s->F, curv__kside_len(s)) < curv__kside_len(s))
+        r->bad = 1;
+    if (s->chol) {
+        curv__r_f64s(r, s->P, sq);
+        s->dof = curv__r_f64(r);
+        s->pc = curv__r_f64(r);
+        if (s->Pf)
+            to_float(s->P, sq, s->Pf);
+        if (curv__first_nonfinite(s->P, sq) < sq || !(s->dof >= 0 && s->dof <= (double)s->n) ||
+            !(s->pc >= 0) || !isfinite(s->pc))
+            r->bad = 1;
+        return;
+    }
     if (!s->diag)
-        curv__r_f64s(r, s->Q, s->n * s->n);
+        curv__r_f64s(r, s->Q, sq);
     curv__r_f64s(r, s->w, s->n);
     if (s->Qf)
-        to_float(s->Q, s->n * s->n, s->Qf);
-    if (curv__first_nonfinite(s->F, curv__kside_len(s)) < curv__kside_len(s) ||
-        (!s->diag && curv__first_nonfinite(s->Q, s->n * s->n) < s->n * s->n) ||
-        !curv__valid_sums(s->w, s->n))
+        to_float(s->Q, sq, s->Qf);
+    if ((!s->diag && curv__first_nonfinite(s->Q, sq) < sq) || !curv__valid_sums(s->w, s->n))
         r->bad = 1;
 }
 
@@ -572,18 +677,20 @@ static curv_status kron_stats(struct curv__kblock *b, const struct curv__layer_i
 }
 
 curv_status curv__kblock_decompose(const struct curv__kblock *b, const double *FA, const double *FG,
-                                   int pi_mode, struct curv__keig *out, curv_error *err)
+                                   int pi_mode, double gamma, struct curv__keig *out,
+                                   curv_error *err)
 {
-    curv_status st = side_decompose(&b->A, FA, out, 0, err);
+    const double pi = pi_mode == CURV__KFAC_PI_ONE
+                          ? 1.0
+                          : curv__kfac_pi(trace_of(&b->A, FA), b->A.n, trace_of(&b->G, FG), b->G.n);
+    curv_status st = side_decompose(&b->A, FA, gamma * pi, out, 0, err);
     if (st == CURV_OK)
-        st = side_decompose(&b->G, FG, out, 1, err);
+        st = side_decompose(&b->G, FG, gamma / pi, out, 1, err);
     if (st != CURV_OK) {
         curv__keig_free(out);
         return st;
     }
-    out->pi = pi_mode == CURV__KFAC_PI_ONE
-                  ? 1.0
-                  : curv__kfac_pi(trace_of(&b->A, FA), b->A.n, trace_of(&b->G, FG), b->G.n);
+    out->pi = pi;
     return CURV_OK;
 }
 
@@ -593,8 +700,12 @@ static void side_install(struct curv__kside *s, struct curv__keig *x, int k)
     s->Q_new = x->Q[k];
     s->w_new = x->w[k];
     s->Qf_new = x->Qf[k];
-    x->Q[k] = x->w[k] = NULL;
-    x->Qf[k] = NULL;
+    s->P_new = x->P[k];
+    s->Pf_new = x->Pf[k];
+    s->pc_new = x->c[k];
+    s->dof_new = x->dof[k];
+    x->Q[k] = x->w[k] = x->P[k] = NULL;
+    x->Qf[k] = x->Pf[k] = NULL;
 }
 
 void curv__kblock_install(struct curv__kblock *b, struct curv__keig *x)
@@ -610,7 +721,7 @@ static curv_status kron_refresh(struct curv__kblock *b, curv_error *err)
 {
     struct curv__keig x = {0};
     curv_status st = curv__kblock_decompose(b, curv__kside_F(&b->A), curv__kside_F(&b->G),
-                                            b->h->pi_mode, &x, err);
+                                            b->h->pi_mode, b->h->damping, &x, err);
     if (st == CURV_OK)
         curv__kblock_install(b, &x);
     return st;
@@ -619,7 +730,19 @@ static curv_status kron_refresh(struct curv__kblock *b, curv_error *err)
 /* The damping split of the newest decomposition: c_A = γπ, c_G = γ/π. */
 static double kron_pi(const struct curv__kblock *b)
 {
-    return b->A.w_new ? b->pi_new : b->pi;
+    return side_fresh(&b->A) ? b->pi_new : b->pi;
+}
+
+/* A committed Cholesky inverse for a damping c other than @c. */
+static int side_stale(const struct curv__kside *s, double c)
+{
+    return s->chol && s->pc != c;
+}
+
+int curv__kblock_stale(const struct curv__kblock *b)
+{
+    const double gamma = b->h->damping;
+    return b->kron && (side_stale(&b->A, gamma * b->pi) || side_stale(&b->G, gamma / b->pi));
 }
 
 static curv_status kron_prepare(struct curv__kblock *b, const double *gammas, size_t n,
@@ -645,6 +768,18 @@ static curv_status kron_prepare(struct curv__kblock *b, const double *gammas, si
     return CURV_OK;
 }
 
+/* The explicit inverse the multiply applies to side @s for candidate @cand
+ * (NULL: the eigenbasis form, or a diagonal side): a Cholesky side's newest
+ * P (Pf in fp32), else the one prepare made when @ready. */
+static const void *side_explicit(const struct curv__kside *s, size_t cand, int ready, int f32)
+{
+    if (s->chol && f32)
+        return s->P_new ? (const void *)s->Pf_new : s->Pf;
+    if (s->chol)
+        return s->P_new ? s->P_new : s->P;
+    return ready ? s->use[cand] : NULL;
+}
+
 /* The eigenvectors the multiply uses: Q, or its float copy in fp32. */
 static const void *side_Qm(const struct curv__kside *s, int f32)
 {
@@ -653,9 +788,12 @@ static const void *side_Qm(const struct curv__kside *s, int f32)
     return side_Q(s);
 }
 
-/* Σ_i w_i / (w_i + c) over the newest eigenvalues of a side. */
+/* Σ_i w_i / (w_i + c) over the newest eigenvalues of a side; a Cholesky
+ * side's, for its own c, from its refresh. */
 static double side_dof(const struct curv__kside *s, double c)
 {
+    if (s->chol)
+        return s->P_new ? s->dof_new : s->dof;
     const double *w = side_w(s);
     double t = 0;
     for (size_t i = 0; w && i < s->n; i++)
@@ -726,9 +864,10 @@ static void kron_apply(const struct curv__kblock *b, size_t cand, const double *
     const size_t rows = b->info.rows, cols = b->info.cols, len = rows * cols;
     const double pi = kron_pi(b);
     const int ready = cand < b->n_cand && b->cgamma[cand] == gamma;
-    const void *Gi = ready ? b->G.use[cand] : NULL, *Ai = ready ? b->A.use[cand] : NULL;
-    const int eg = !b->G.diag && !Gi, ea = !b->A.diag && !Ai; /* eigenbasis sides */
     const int f32 = b->A.f32 && !(b->A.diag && b->G.diag);
+    const void *Gi = side_explicit(&b->G, cand, ready, f32);
+    const void *Ai = side_explicit(&b->A, cand, ready, f32);
+    const int eg = !b->G.diag && !Gi, ea = !b->A.diag && !Ai; /* eigenbasis sides */
     const void *x = g;
     void *buf[2] = {work, work + len}, *out = u;
     if (f32) {
@@ -777,7 +916,7 @@ static void kron_commit(struct curv__kblock *b, size_t cand, const double *g)
     const double pi = kron_pi(b);
     const int have = cand < b->n_cand;
     const double gamma = have ? b->cgamma[cand] : NAN;
-    if (b->A.w_new)
+    if (side_fresh(&b->A))
         b->pi = b->pi_new;
     side_commit(&b->A, have ? cand : 0, gamma * pi);
     side_commit(&b->G, have ? cand : 0, gamma / pi);
@@ -812,8 +951,8 @@ static size_t side_bytes(const struct curv__kside *s)
 {
     const size_t sq = s->diag ? 0 : s->n * s->n;
     const size_t es = s->f32 ? sizeof(float) : sizeof(double);
-    return (curv__kside_len(s) + sq + s->n) * sizeof(double) + (s->inv ? sq * es : 0) +
-           (s->Qf ? sq * sizeof(float) : 0);
+    return (curv__kside_len(s) + sq + (s->chol ? 0 : s->n)) * sizeof(double) +
+           (s->inv ? sq * es : 0) + (s->Qf || s->Pf ? sq * sizeof(float) : 0);
 }
 
 static size_t kron_bytes(const struct curv__kblock *b)
@@ -951,7 +1090,7 @@ size_t curv__kblock_saved(const curv_block_info *info, const struct curv__kfac_h
         }
         if (!curv__mul_ok(n, n, &sq) || sq > SIZE_MAX / 4 || total > SIZE_MAX / 2)
             return SIZE_MAX;
-        total += 2 * sq + n;
+        total += 2 * sq + (curv__kfac_cholesky(h) ? 2 : n); /* F, then Q and w or P, dof, c */
     }
     return total;
 }

@@ -29,7 +29,8 @@ struct defer_block {
 
 struct curv_refresh {
     uint64_t from, due;
-    int pi_mode; /* at the snapshot: run reads nothing of the optimizer's */
+    int pi_mode;  /* at the snapshot: run reads nothing of the optimizer's */
+    double gamma; /* the damping of Cholesky sides' inverses, also */
     int claimed;
     size_t n;
     const struct curv__kblock **b; /* shapes only (fixed for good) */
@@ -77,7 +78,8 @@ static int alloc_snap(struct curv_refresh *r, size_t i)
 }
 
 struct curv_refresh *curv__kdefer_new(struct curv__kblock *const *b, const unsigned char *which,
-                                      size_t n, uint64_t from, uint64_t due, int pi_mode, int fill)
+                                      size_t n, uint64_t from, uint64_t due, int pi_mode,
+                                      double gamma, int fill)
 {
     struct curv_refresh *r = alloc_refresh(b, n);
     if (!r)
@@ -85,6 +87,7 @@ struct curv_refresh *curv__kdefer_new(struct curv__kblock *const *b, const unsig
     r->from = from;
     r->due = due;
     r->pi_mode = pi_mode;
+    r->gamma = gamma;
     for (size_t i = 0; i < n; i++) {
         if (which[i] && !alloc_snap(r, i)) {
             curv__kdefer_free(r);
@@ -132,7 +135,7 @@ static void ensure_task(void *arg, size_t i, unsigned worker)
     if (!d->FA || d->ready)
         return;
     curv_error_clear(&d->err);
-    d->st = curv__kblock_decompose(r->b[i], d->FA, d->FG, r->pi_mode, &d->x, &d->err);
+    d->st = curv__kblock_decompose(r->b[i], d->FA, d->FG, r->pi_mode, r->gamma, &d->x, &d->err);
     d->ready = 1;
 }
 
@@ -171,9 +174,12 @@ void curv__kdefer_save(const struct curv_refresh *r, size_t n, struct curv__writ
     }
 }
 
+/* The damping of a loaded snapshot is the loaded settings' (not saved):
+ * a Cholesky block whose damping changed after the snapshot refreshes at
+ * its next step (curv__kblock_stale), which then wins over the snapshot. */
 struct curv_refresh *curv__kdefer_load(struct curv__reader *rd, struct curv__kblock *const *b,
-                                       size_t n, int pi_mode, uint64_t steps, int64_t max_staleness,
-                                       int *nomem)
+                                       size_t n, int pi_mode, double gamma, uint64_t steps,
+                                       int64_t max_staleness, int *nomem)
 {
     *nomem = 0;
     const uint64_t from = curv__r_u64(rd), due = curv__r_u64(rd);
@@ -220,6 +226,7 @@ struct curv_refresh *curv__kdefer_load(struct curv__reader *rd, struct curv__kbl
         r->from = from;
         r->due = due;
         r->pi_mode = pi_mode;
+        r->gamma = gamma;
     }
     return r;
 }
@@ -234,8 +241,10 @@ size_t curv__kdefer_bytes(const struct curv_refresh *r)
             continue;
         const struct curv__kblock *b = r->b[i];
         const size_t la = curv__kside_len(&b->A), lg = curv__kside_len(&b->G);
-        /* the snapshots and, once computed, Q, w (and Qf) of each side */
-        total += 2 * (la + lg) * sizeof(double) + (b->A.n + b->G.n) * sizeof(double);
+        /* the snapshots and, once computed, Q, w (and Qf) of each side, or
+         * a Cholesky side's P (and Pf) */
+        total += 2 * (la + lg) * sizeof(double) +
+                 ((b->A.chol ? 0 : b->A.n) + (b->G.chol ? 0 : b->G.n)) * sizeof(double);
         if (b->A.f32)
             total += (la + lg) * sizeof(float);
     }

@@ -214,8 +214,9 @@ struct upd {
 };
 
 /* Block order[@t]: fold its statistics in, then refresh its inverse when
- * due (over the old factors when the statistics failed); statuses to st,
- * did bit 0 / bit 1 when each ran. */
+ * due (over the old factors when the statistics failed), or in the step
+ * when its Cholesky inverses are for another damping (a settings change:
+ * curv__kblock_stale); statuses to st, did bit 0 / bit 1 when each ran. */
 static void update_task(void *arg, size_t t, unsigned worker)
 {
     (void)worker;
@@ -236,9 +237,10 @@ static void update_task(void *arg, size_t t, unsigned worker)
     }
     if (u->fold_only)
         return;
-    if ((!u->periodic && e->cur[i].inv_step) || n_stats == 0)
+    const int stale = e->cur[i].inv_step && curv__kblock_stale(b);
+    if ((!u->periodic && e->cur[i].inv_step && !stale) || n_stats == 0)
         return; /* n_stats = 0: only when its statistics failed on step 1 */
-    if (u->deferrable && e->cur[i].inv_step) {
+    if (u->deferrable && e->cur[i].inv_step && !stale) {
         e->defer[i] = 1;
         return;
     }
@@ -336,7 +338,7 @@ static curv_status defer_refresh(struct curv__kfac_est *e, uint64_t k, curv_erro
     if (!any)
         return CURV_OK;
     e->made = curv__kdefer_new(e->b, e->defer, e->n, k, k + (uint64_t)e->h->max_staleness,
-                               e->h->pi_mode, !e->fold);
+                               e->h->pi_mode, e->h->damping, !e->fold);
     return e->made ? CURV_OK
                    : curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for the factors' snapshot");
 }
@@ -345,7 +347,8 @@ static curv_status defer_refresh(struct curv__kfac_est *e, uint64_t k, curv_erro
  * Whether step @k may leave its statistics for curv__kfac_est_settle: its
  * update must not read them (docs/NOTES.md, "K-FAC refreshes off the step
  * path"). So no refresh may run in the step, where it would decompose
- * them: every Kronecker block has an inverse, it is past step 3, and a
+ * them: every Kronecker block has an inverse (for the current damping),
+ * it is past step 3, and a
  * periodic refresh due now is deferred (@deferrable); no tridiagonal
  * chain (its cross factors fold with the blocks'); and a failure of the
  * fold must be one the step would have tolerated, as the fold cannot
@@ -357,7 +360,7 @@ static int fold_later_ok(const struct curv__kfac_est *e, const struct curv__step
     if (!a->n_layers || k <= 3 || !deferring(e->h) || e->nch || (periodic && !deferrable))
         return 0;
     for (size_t i = 0; i < e->n; i++) {
-        if (e->b[i]->kron && !e->cur[i].inv_step)
+        if (e->b[i]->kron && (!e->cur[i].inv_step || curv__kblock_stale(e->b[i])))
             return 0;
         if (entry_for(a, i) && e->cur[i].fails >= (uint64_t)e->h->max_failures)
             return 0;
@@ -580,7 +583,8 @@ curv_status curv__kfac_est_load(struct curv__kfac_est *e, struct curv__reader *r
     if (e->h->max_staleness <= 0 || r->bad)
         return CURV_OK;
     int nomem = 0;
-    e->pend = curv__kdefer_load(r, e->b, e->n, e->h->pi_mode, steps, e->h->max_staleness, &nomem);
+    e->pend = curv__kdefer_load(r, e->b, e->n, e->h->pi_mode, e->h->damping, steps,
+                                e->h->max_staleness, &nomem);
     return nomem ? curv__fail(err, CURV_E_NOMEM, "kfac: out of memory for a deferred refresh")
                  : CURV_OK;
 }

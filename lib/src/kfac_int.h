@@ -20,6 +20,7 @@ enum { CURV__KFAC_COEF_BOX = 0, CURV__KFAC_COEF_FREE = 1 };
 enum { CURV__KFAC_GAMMA_SQRT_LAMBDA = 0, CURV__KFAC_GAMMA_GRID = 1 };
 enum { CURV__KFAC_FP64 = 0, CURV__KFAC_FP32 = 1 };
 enum { CURV__KFAC_NOISE_FISHER = 0, CURV__KFAC_NOISE_OFF = 1 };
+enum { CURV__KFAC_REFRESH_AUTO = 0, CURV__KFAC_REFRESH_EIGEN = 1, CURV__KFAC_REFRESH_CHOLESKY = 2 };
 
 /* The hyperparameters (kfac.c's table); blocks read the fallback and
  * factor settings through a pointer to the optimizer's copy, so
@@ -43,7 +44,15 @@ struct curv__kfac_hyper {
     double noise_floor;       /* adaptive: share of ∇hᵀΔ the noise leaves at least */
     int noise_momentum;       /* simple: the noise bound is on the velocity's step */
     int64_t max_staleness;    /* periodic refreshes applied this many steps late (0: in step) */
+    int refresh;              /* CURV__KFAC_REFRESH_*: how dense sides are refreshed */
 };
+
+/* Whether a refresh forms each dense side's damped inverse (F + cI)⁻¹ by
+ * Cholesky instead of eigendecomposing F (kfac_block.c): refresh = auto or
+ * cholesky where there is one damping, simple mode with the block-diagonal
+ * inverse; refresh = eigen, adaptive mode and the tridiagonal inverse keep
+ * the eigendecomposition. Fixed for a session. */
+int curv__kfac_cholesky(const struct curv__kfac_hyper *h);
 
 /* ---- curvature blocks (kfac_block.c) ---------------------------------- */
 
@@ -64,13 +73,22 @@ struct curv__kfac_hyper {
  * inverses (inv, cinv, use) are n x n floats and a dense side also keeps
  * Qf (Qf_new), its eigenvectors rounded to float for the eigenbasis form;
  * each step's Σ x xᵀ of a dense side is a float SYRK, but F (the EMA), Q
- * and w stay double. */
+ * and w stay double.
+ * A dense side on the Cholesky route (chol = 1, curv__kfac_cholesky) has
+ * no Q, w or Qf: its refresh keeps P = (F + cI)⁻¹ for the damping c of that
+ * refresh (pc), in double, its float copy Pf in fp32, and its degrees of
+ * freedom Σ w/(w + c) = n − c·tr P (dof); P_new (Pf_new, pc_new, dof_new)
+ * the tentative ones (P_new NULL: none this step). The multiply applies
+ * P (Pf) whatever its candidates. */
 struct curv__kside {
     size_t n;
-    int diag, f32;
+    int diag, f32, chol;
     double *F, *Q, *w;
     double *F_new, *Q_new, *w_new;
     float *Qf, *Qf_new;
+    double *P, *P_new;
+    float *Pf, *Pf_new;
+    double pc, pc_new, dof, dof_new;
     void *inv;
     double inv_damp;
     void *cinv[CURV__KFAC_MAX_CAND];
@@ -152,20 +170,31 @@ struct curv__kblock *curv__kblock_new(const curv_block_info *info, const struct 
 
 /* A Kronecker block's decomposition computed apart from the block (slot
  * 0 the input side A, 1 the output side G; Q and Qf NULL for a diagonal
- * side, Qf NULL in fp64) and its damping split π. */
+ * side, Qf NULL in fp64; a Cholesky side's P, Pf, c and dof instead of Q,
+ * w and Qf) and its damping split π. */
 struct curv__keig {
     double *Q[2], *w[2];
     float *Qf[2];
+    double *P[2];
+    float *Pf[2];
+    double c[2], dof[2];
     double pi;
 };
 
 /* curv__kblock_decompose - decompose factors @FA, @FG shaped as @b's
  * sides (the newest ones, or a snapshot of them) with π by @pi_mode into
- * @out. Reads only the factors and @b's fixed shape, so a snapshot may be
- * decomposed on another thread while @b steps. CURV_E_NUMERIC (not
- * finite), CURV_E_NOMEM; on failure @out holds nothing. */
+ * @out; a Cholesky side gets its damped inverse for damping @gamma (c_A =
+ * γπ, c_G = γ/π). Reads only the factors and @b's fixed shape, so a
+ * snapshot may be decomposed on another thread while @b steps.
+ * CURV_E_NUMERIC (not finite, or a damped factor not positive definite),
+ * CURV_E_NOMEM; on failure @out holds nothing. */
 curv_status curv__kblock_decompose(const struct curv__kblock *b, const double *FA, const double *FG,
-                                   int pi_mode, struct curv__keig *out, curv_error *err);
+                                   int pi_mode, double gamma, struct curv__keig *out,
+                                   curv_error *err);
+/* Whether @b's committed Cholesky inverses were formed for a damping other
+ * than the current one (a settings change since): the estimator then
+ * refreshes it from the current factors in the next step. */
+int curv__kblock_stale(const struct curv__kblock *b);
 /* Make @x @b's tentative decomposition (as a refresh at this step would),
  * taking its arrays: @x is left empty. */
 void curv__kblock_install(struct curv__kblock *b, struct curv__keig *x);
@@ -182,7 +211,9 @@ void curv__keig_free(struct curv__keig *x);
 size_t curv__kblock_sum_overflow(const struct curv__kblock *b, const double *g);
 
 /* tr(P F̆) of a Kronecker block for damping @gamma: the degrees of freedom
- * its preconditioner leaves (0 for other blocks). */
+ * its preconditioner leaves (0 for other blocks). A Cholesky side counts
+ * with the damping its inverse was formed for (the one the multiply
+ * applies). */
 double curv__kblock_dof(const struct curv__kblock *b, double gamma);
 
 /* Doubles a saved block holds at least (for saved_doubles); SIZE_MAX on
@@ -262,7 +293,8 @@ struct curv_refresh; /* curv/exec.h */
  * makes later (the step's statistics folded after it). NULL: out of
  * memory. */
 struct curv_refresh *curv__kdefer_new(struct curv__kblock *const *b, const unsigned char *which,
-                                      size_t n, uint64_t from, uint64_t due, int pi_mode, int fill);
+                                      size_t n, uint64_t from, uint64_t due, int pi_mode,
+                                      double gamma, int fill);
 /* Copy the blocks' newest factors into @r's snapshots. */
 void curv__kdefer_fill(struct curv_refresh *r);
 void curv__kdefer_free(struct curv_refresh *r);
@@ -285,8 +317,8 @@ void curv__kdefer_save(const struct curv_refresh *r, size_t n, struct curv__writ
  * steps: NULL when none or on error (@rd->bad for bad content, *@nomem
  * when out of memory). */
 struct curv_refresh *curv__kdefer_load(struct curv__reader *rd, struct curv__kblock *const *b,
-                                       size_t n, int pi_mode, uint64_t steps, int64_t max_staleness,
-                                       int *nomem);
+                                       size_t n, int pi_mode, double gamma, uint64_t steps,
+                                       int64_t max_staleness, int *nomem);
 size_t curv__kdefer_bytes(const struct curv_refresh *r);
 
 /* ---- the estimator (kfac_est.c) --------------------------------------- */

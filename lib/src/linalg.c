@@ -134,6 +134,33 @@ curv_status curv__sym_pow(size_t n, const double *A, size_t lda, double p, doubl
     return st;
 }
 
+/* C (n x n, packed) <- C^-1 by dpotrf + dpotri with LAPACK's @layout and
+ * @uplo, which must address C's row-major upper triangle (row-major 'U',
+ * or column-major 'L' on the same memory, which spares LAPACKE's
+ * transposed copies), then mirrored into the lower one. */
+static curv_status potr_inv(const char *who, size_t n, double *C, int layout, char uplo,
+                            curv_error *err)
+{
+    curv_status st = CURV_OK;
+    lapack_int info = LAPACKE_dpotrf(layout, uplo, (lapack_int)n, C, (lapack_int)n);
+    if (info > 0)
+        st = curv__fail(err, CURV_E_NUMERIC,
+                        "%s: %zu x %zu matrix is not positive definite (leading minor %d)", who, n,
+                        n, (int)info);
+    if (info == 0)
+        info = LAPACKE_dpotri(layout, uplo, (lapack_int)n, C, (lapack_int)n);
+    if (st == CURV_OK && info == LAPACK_TRANSPOSE_MEMORY_ERROR)
+        st = curv__fail(err, CURV_E_NOMEM, "%s: out of memory in LAPACK (n = %zu)", who, n);
+    else if (st == CURV_OK && info != 0)
+        st = curv__fail(err, CURV_E_NUMERIC, "%s: LAPACK failed with info = %d (n = %zu)", who,
+                        (int)info, n);
+    if (st == CURV_OK) /* dpotri fills only the upper triangle */
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < i; j++)
+                C[i * n + j] = C[j * n + i];
+    return st;
+}
+
 curv_status curv__spd_inv(size_t n, const double *A, size_t lda, double *out, size_t ldo,
                           curv_error *err)
 {
@@ -149,27 +176,19 @@ curv_status curv__spd_inv(size_t n, const double *A, size_t lda, double *out, si
     if (!C)
         return curv__fail(err, CURV_E_NOMEM, "spd_inv: out of memory for n = %zu", n);
     copy_mat(n, A, lda, C, n);
-    lapack_int info = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', (lapack_int)n, C, (lapack_int)n);
-    if (info > 0)
-        st = curv__fail(err, CURV_E_NUMERIC,
-                        "spd_inv: %zu x %zu matrix is not positive definite (leading minor %d)", n,
-                        n, (int)info);
-    if (info == 0)
-        info = LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'U', (lapack_int)n, C, (lapack_int)n);
-    if (st == CURV_OK && info == LAPACK_TRANSPOSE_MEMORY_ERROR)
-        st = curv__fail(err, CURV_E_NOMEM, "spd_inv: out of memory in LAPACK (n = %zu)", n);
-    else if (st == CURV_OK && info != 0)
-        st = curv__fail(err, CURV_E_NUMERIC, "spd_inv: LAPACK failed with info = %d (n = %zu)",
-                        (int)info, n);
-    if (st == CURV_OK) {
-        /* dpotri fills only the upper triangle. */
-        for (size_t i = 0; i < n; i++)
-            for (size_t j = 0; j < i; j++)
-                C[i * n + j] = C[j * n + i];
+    st = potr_inv("spd_inv", n, C, LAPACK_ROW_MAJOR, 'U', err);
+    if (st == CURV_OK)
         copy_mat(n, C, n, out, ldo);
-    }
     curv__free(C);
     return st;
+}
+
+curv_status curv__spd_inv_packed(size_t n, double *A, curv_error *err)
+{
+    curv_status st = check_dims("spd_inv", n, n, err);
+    if (st != CURV_OK || n == 0)
+        return st;
+    return potr_inv("spd_inv", n, A, LAPACK_COL_MAJOR, 'L', err);
 }
 
 /* One coupled step (MBAG paper, eq. 5): T = 3I - Y X, X <- X T / 2,

@@ -5,14 +5,16 @@
  * biases) at batch sizes 1000 and 5000, in one run:
  *  - the machine's GEMM rate (n = 1000 dgemm and sgemm, one thread and
  *    every core), the peak each phase is measured against;
- *  - libcurv's phases (factor update, eigendecompositions, forming the
- *    explicit damped inverses, the two-GEMM multiply, the eigenbasis
- *    multiply it replaces, a whole simple-mode step between refreshes),
+ *  - libcurv's phases (factor update, the refresh: Cholesky inverses, the
+ *    route simple mode takes, or with --eigen eigendecompositions and then
+ *    the forming of the explicit damped inverses and the eigenbasis
+ *    multiply; the two-GEMM multiply, a whole simple-mode step between
+ *    refreshes),
  *    serially on one BLAS thread and on a pool of one thread per core lent
  *    through curv_executor (BLAS on one thread inside each task), each with
  *    its GFLOP/s and share of the GEMM peak of as many cores, with
  *    precision = fp64 and fp32 (the peak of a phase is that of the
- *    arithmetic it runs in: fp32's eigh stays float64);
+ *    arithmetic it runs in: fp32's refresh stays float64);
  *  - the baseline a user would pick instead: numpy's in-process K-FAC with
  *    explicit inverses (tests/bench/kfac_numpy.py --only explicit), on one
  *    thread and on every core, float64 and float32, with the ratios;
@@ -21,10 +23,11 @@
  *    serially and on a pool of one thread per core, then 8 sessions
  *    stepping at once on that pool, their aggregate GFLOP/s as a share of
  *    the float32 GEMM rate on as many threads (fp32, the default precision).
- * Usage: bench_kfac [--quick] [--sessions] [--m1000] [--no-numpy] [--no-sessions]
+ * Usage: bench_kfac [--quick] [--sessions] [--m1000] [--no-numpy] [--no-sessions] [--eigen]
  *   --quick: a tiny network, a smoke run; --sessions: the GEMM rate and the
  *   sessions only; --m1000: batch 1000 only; --no-numpy: libcurv alone (a
- *   quick A/B of the library's phases); --no-sessions: without them.
+ *   quick A/B of the library's phases); --no-sessions: without them;
+ *   --eigen: refresh = eigen (the route before the Cholesky refresh).
  */
 #include <cblas.h>
 #include <math.h>
@@ -46,6 +49,7 @@
 #define SCRIPT "tests/bench/kfac_numpy.py"
 
 static const size_t AUTOENCODER[] = {784, 1000, 500, 250, 30, 250, 500, 1000, 784};
+static const char *route; /* "refresh" of every optimizer (NULL: the default, auto) */
 static const size_t QUICK[] = {10, 8, 6, 4, 6, 8, 10};
 
 static double now_s(void)
@@ -84,6 +88,7 @@ struct net {
     double *acts[8], *sig[8];
     float *acts_f[8], *sig_f[8]; /* the same rows as floats (fp32: curvd's binary FP32) */
     curv_layer_stats stats[8];
+    int chol; /* the refresh forms Cholesky inverses (no eigendecomposition) */
 };
 
 /* A simple-mode K-FAC optimizer for @layout (@precision: NULL for the
@@ -98,6 +103,8 @@ static curv_opt *new_opt(const curv_layout *layout, int cov_interval, const char
     curv_config_set_num(c, "max_staleness", max_staleness, NULL);
     if (precision)
         curv_config_set_str(c, "precision", precision, NULL);
+    if (route)
+        curv_config_set_str(c, "refresh", route, NULL);
     curv_config_set_num(c, "cov_interval", cov_interval, NULL);
     curv_error err;
     curv_opt *o = NULL;
@@ -154,6 +161,7 @@ static void net_init_cov(struct net *n, const size_t *w, size_t L, size_t m, int
     /* Statistics due every other step only, so that the bench can time a
      * refresh without a factor update (every step still sends them). */
     n->opt = new_opt(n->layout, cov_interval, precision, 0);
+    n->chol = curv__kfac_est_block(curv__kfac_estimator(n->opt), 0)->A.chol;
 }
 
 static void net_init(struct net *n, const size_t *w, size_t L, size_t m, int fp32)
@@ -198,27 +206,30 @@ static curv_status step(struct net *n, int with_stats)
 /* ---- the phases ------------------------------------------------------------- */
 
 enum { FACTORS, EIGH, FORM, MULTIPLY, EIGEN_MULTIPLY, STEP, STEP_LATER, FOLD, NPHASE };
-static const char *const PHASE[NPHASE] = {"factor update",    "eigh (refresh)",  "form inverses",
+static const char *const PHASE[NPHASE] = {"factor update",    "refresh",         "form inverses",
                                           "multiply 2-GEMM",  "multiply 4-GEMM", "whole step",
                                           "step, fold later", "fold (settle)"};
 
 /* Nominal flops of each phase for the network (the GEMM-equivalent work,
  * what a share of the GEMM peak is taken of): factors m (n_i² + n_o²)
- * (two SYRKs); eigh 4 n³ per side (a convention: (4/3) n³ to reduce to
+ * (two SYRKs); the refresh n³ per side by Cholesky (dpotrf n³/3, dpotri
+ * 2n³/3), or with eigh 4 n³ per side (a convention: (4/3) n³ to reduce to
  * tridiagonal, about 2 n³ to transform back, the rest for divide and
- * conquer); forming n³ per side (one SYRK); the multiply 2 n_o n_i (n_o +
- * n_i) with explicit inverses, twice that in the eigenbasis. The whole
- * step is factors + multiply. */
+ * conquer) and then forming n³ per side (one SYRK); the multiply 2 n_o n_i
+ * (n_o + n_i) with explicit inverses, twice that in the eigenbasis (none
+ * on the Cholesky route: 0 flops, the row left out). The whole step is
+ * factors + multiply. */
 static void phase_flops(const struct net *n, double *f)
 {
     memset(f, 0, NPHASE * sizeof *f);
     for (size_t i = 0; i < n->L; i++) {
         const double no = (double)n->w[i + 1], ni = (double)n->w[i] + 1, m = (double)n->m;
+        const double cubes = ni * ni * ni + no * no * no;
         f[FACTORS] += m * (ni * ni + no * no);
-        f[EIGH] += 4 * (ni * ni * ni + no * no * no);
-        f[FORM] += ni * ni * ni + no * no * no;
+        f[EIGH] += n->chol ? cubes : 4 * cubes;
+        f[FORM] += n->chol ? 0 : cubes;
         f[MULTIPLY] += 2 * no * ni * (no + ni);
-        f[EIGEN_MULTIPLY] += 4 * no * ni * (no + ni);
+        f[EIGEN_MULTIPLY] += n->chol ? 0 : 4 * no * ni * (no + ni);
     }
     f[STEP] = f[FACTORS] + f[MULTIPLY];
     f[STEP_LATER] = f[MULTIPLY];
@@ -228,7 +239,7 @@ static void phase_flops(const struct net *n, double *f)
 /* Best of REPS of each phase through the estimator, on a warmed-up
  * optimizer (3 steps: factors, inverses and the cached explicit ones
  * exist); tentative results are dropped. Factors: an update at a step
- * without a refresh; eigh: a refresh without statistics (cov_interval =
+ * without a refresh; the refresh: one without statistics (cov_interval =
  * 2); forming: the prepare after it; then the multiply with those
  * inverses and, without a prepare, in the eigenbasis; a whole step
  * through the public API between refreshes; and the same step with
@@ -391,7 +402,7 @@ static void sample_peaks(size_t gs, unsigned cores)
 
 struct result {
     size_t m, bytes;
-    int fp32;
+    int fp32, chol;
     double p1[NPHASE], pn[NPHASE], fl[NPHASE];
 };
 
@@ -401,6 +412,7 @@ static void measure(struct result *res, const size_t *w, size_t L, size_t m, int
     struct net n;
     net_init(&n, w, L, m, fp32);
     res->fp32 = fp32;
+    res->chol = n.chol;
     for (int s = 0; s < 3; s++)
         if (step(&n, 1) != CURV_OK || step_opt(&n, n.later, 1) != CURV_OK)
             exit(1);
@@ -441,11 +453,15 @@ static void print_result(const struct result *r, unsigned cores, const char *np1
     const size_t m = r->m;
     const double *p1 = r->p1, *pn = r->pn, *fl = r->fl;
     const char *dt = r->fp32 ? "f32" : "f64";
-    printf("\nbatch m = %zu, precision = %s (seconds, best of 2 x %d; session state %.1f MB)\n", m,
-           r->fp32 ? "fp32" : "fp64", REPS, (double)r->bytes / 1e6);
+    printf("\nbatch m = %zu, precision = %s, refresh by %s (seconds, best of 2 x %d; session "
+           "state %.1f MB)\n",
+           m, r->fp32 ? "fp32" : "fp64", r->chol ? "Cholesky" : "eigh", REPS,
+           (double)r->bytes / 1e6);
     printf("  %-16s %7s %8s %5s %8s %5s %8s %8s %8s %6s %6s\n", "phase", "GFLOP", "lib 1", "%pk",
            "lib N", "%pk", "np1", "npN", "npN f32", "1/np1", "N/npN");
     for (int ph = 0; ph < NPHASE; ph++) {
+        if (fl[ph] == 0)
+            continue; /* not a phase of this route */
         double a = numpy_phase(np1, m, ph, dt), b = numpy_phase(npn, m, ph, dt);
         double c = numpy_phase(npn, m, ph, "f32");
         if (ph == STEP) {
@@ -636,9 +652,11 @@ int main(int argc, char **argv)
             numpy = 0;
         } else if (strcmp(argv[i], "--no-sessions") == 0) {
             sessions = 0;
+        } else if (strcmp(argv[i], "--eigen") == 0) {
+            route = "eigen";
         } else {
             fprintf(stderr, "usage: bench_kfac [--quick] [--sessions] [--m1000] [--no-numpy] "
-                            "[--no-sessions]\n");
+                            "[--no-sessions] [--eigen]\n");
             return 2;
         }
     }
@@ -695,13 +713,14 @@ int main(int argc, char **argv)
                "%u; float32 %.1f, %.1f\n",
                json_num(np1, "gemm_f64"), json_num(npn, "gemm_f64"), cores,
                json_num(np1, "gemm_f32"), json_num(npn, "gemm_f32"));
-    printf("lib 1: one thread; lib %u: %u workers lent through curv_executor, BLAS on 1 thread "
-           "in each; %%pk: GFLOP/s as a share of the GEMM rate on as many threads in the "
-           "arithmetic the phase runs in (fp32: float for the factor update, the forming and the "
-           "multiplies, double for eigh); np1, npN: numpy with explicit inverses on 1 and %u "
-           "threads at the table's precision; 1/np1, N/npN: libcurv / numpy at the same "
-           "precision and thread count\n",
-           cores, cores, cores);
+    printf(
+        "lib 1: one thread; lib %u: %u workers lent through curv_executor, BLAS on 1 thread "
+        "in each; %%pk: GFLOP/s as a share of the GEMM rate on as many threads in the "
+        "arithmetic the phase runs in (fp32: float for the factor update, the forming and the "
+        "multiplies, double for the refresh); np1, npN: numpy with explicit inverses on 1 and %u "
+        "threads at the table's precision; 1/np1, N/npN: libcurv / numpy at the same "
+        "precision and thread count\n",
+        cores, cores, cores);
     for (int k = 0; k < nres; k++)
         print_result(&res[k], cores, np1, npn);
     if (sessions)

@@ -329,7 +329,8 @@ static void test_every_kind(void **unused)
  * adaptive steps with three γ candidates and a loss request, a simple
  * step, save and load, each under failing allocations. The test's own
  * allocations happen while disarmed. fp32 allocates float copies and
- * scratch of its own (the float SYRK's, the forming's). */
+ * scratch of its own (the float SYRK's, the forming's, the Cholesky
+ * refresh's float inverse in simple block-diagonal mode). */
 static void run_kfac(const char *mode, const char *inverse, const char *precision)
 {
     tu_mlp net;
@@ -377,6 +378,7 @@ static void test_kfac(void **unused)
     run_kfac("adaptive", "tridiag", "fp64");
     run_kfac("simple", "tridiag", "fp64");
     run_kfac("adaptive", "blockdiag", "fp32");
+    run_kfac("simple", "blockdiag", "fp32"); /* the Cholesky refresh's float copy */
     run_kfac("simple", "tridiag", "fp32");
 }
 

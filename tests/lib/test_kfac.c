@@ -7,12 +7,14 @@
  * refresh intervals. The adaptive loop is in test_kfac_loop.c, the pure
  * rules in test_kfac_adapt.c.
  */
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kfac_int.h"
+#include "linalg.h"
 #include "testutil.h"
 
 static const struct curv__kblock *block_of(const curv_opt *o, size_t i)
@@ -453,15 +455,33 @@ static double frob_rel(const double *got, const double *want, size_t n)
     return sqrt(num / den);
 }
 
+/* The eigenvalues of side @s's factor (n of them into @w), clamped at 0 as
+ * a refresh clamps them: the side's own, or for a Cholesky side (which has
+ * none) computed here. */
+static void side_eigs(const struct curv__kside *s, double *w)
+{
+    if (!s->chol) {
+        memcpy(w, s->w_new ? s->w_new : s->w, s->n * sizeof(double));
+        return;
+    }
+    double *F = factor(s);
+    tu_assert_status(curv__sym_eig(s->n, F, s->n, w, NULL), CURV_OK, NULL);
+    for (size_t i = 0; i < s->n; i++)
+        w[i] = fmax(w[i], 0);
+    free(F);
+}
+
 /* κ₂ of the damped factor of side @s (its eigenvalues w + @c) and
- * C_s = (n + 2) n + n^{3/2} (fp32_bound). */
+ * C_s = (n + 2) n + n^{3/2} (fp32_bound). A Cholesky side's float inverse
+ * is its double one rounded (√n u ‖P‖₂ in ‖·‖_F) before the same GEMM:
+ * (√n + n^{3/2}) u κ_s, within the same C_s. */
 static void side_cond(const struct curv__kside *s, double c, double *kappa, double *cs)
 {
-    double lo = INFINITY, hi = 0;
-    for (size_t i = 0; i < s->n; i++) {
-        const double w = (s->w_new ? s->w_new : s->w)[i] + c;
-        lo = fmin(lo, w), hi = fmax(hi, w);
-    }
+    double lo = INFINITY, hi = 0, *w = tu_alloc(s->n);
+    side_eigs(s, w);
+    for (size_t i = 0; i < s->n; i++)
+        lo = fmin(lo, w[i] + c), hi = fmax(hi, w[i] + c);
+    free(w);
     const double n = (double)s->n;
     *kappa = hi / lo;
     *cs = s->diag ? 0 : (n + 2) * n + n * sqrt(n);
@@ -489,18 +509,19 @@ static void side_cond(const struct curv__kside *s, double c, double *kappa, doub
  *    ‖G_d⁻¹ E A_d⁻¹‖ <= ‖E‖ / (σ_min(G_d) σ_min(A_d))).
  * Summing the input rounding, both sides and the output rounding, each at
  * its worst amplification:
- *   ‖Ũ − U‖_F / ‖U‖_F <= u κ_G κ_A (2 + C_G + C_A).
+ *   ‖Ũ − U‖_F / ‖U‖_F <= u κ_G κ_A (2 + C_G + C_A)
+ * (multiply_bound; u = 2⁻²⁴ in fp32).
  * A worst case: measured errors sit orders of magnitude below it (they
  * grow like √n u κ, not n² u κ), which the test prints; a wrong matrix or
  * a transposed one errs by O(1) and fails it.
  */
-static double fp32_bound(const struct curv__kblock *b, double gamma)
+static double multiply_bound(const struct curv__kblock *b, double gamma, double u)
 {
-    const double pi = b->A.w_new ? b->pi_new : b->pi;
+    const double pi = b->A.w_new || b->A.P_new ? b->pi_new : b->pi;
     double ka, ca, kg, cg;
     side_cond(&b->A, gamma * pi, &ka, &ca);
     side_cond(&b->G, gamma / pi, &kg, &cg);
-    return 0x1p-24 * kg * ka * (2 + cg + ca);
+    return u * kg * ka * (2 + cg + ca);
 }
 
 /*
@@ -511,9 +532,11 @@ static double fp32_bound(const struct curv__kblock *b, double gamma)
  * [(G + γ/π I) ⊗ (A + πγ I)]⁻¹ v formed densely here and solved by
  * Gauss-Jordan. Dense and conv2d blocks; diagonal sides by max_factor_dim.
  * fp64 within 1e-10; fp32 within fp32_bound, and (a block with a dense
- * side) visibly not in double: off by more than 1e-12.
+ * side) visibly not in double: off by more than 1e-12. With @refresh
+ * cholesky (damping γ) a dense side applies its refresh's (F + cI)⁻¹
+ * whatever the horizon, prepare forming nothing for it.
  */
-static void check_multiply(double max_factor_dim, int fp32)
+static void check_multiply(double max_factor_dim, int fp32, const char *refresh)
 {
     curv_layout *l = curv_layout_new();
     assert_int_equal(curv_layout_add_dense(l, "wide", 2, 9, 1, NULL), CURV_OK);
@@ -533,15 +556,19 @@ static void check_multiply(double max_factor_dim, int fp32)
     for (size_t i = 0; i < 3; i++)
         ls[i] = (curv_layer_stats){
             .block = i, .rows = i == 2 ? rows : ex, .examples = ex, .acts = acts, .signals = sig};
-    const tu_kv kv[] = {
-        {"lr", 1}, {"momentum", 0}, {"weight_decay", 0}, {"max_factor_dim", max_factor_dim}};
-    curv_opt *o =
-        tu_kfac_opt(l, kv, 4, "mode", "simple", "precision", fp32 ? "fp32" : "fp64", NULL);
+    const double gamma = 0.07;
+    const tu_kv kv[] = {{"lr", 1},
+                        {"momentum", 0},
+                        {"weight_decay", 0},
+                        {"max_factor_dim", max_factor_dim},
+                        {"damping", gamma}};
+    curv_opt *o = tu_kfac_opt(l, kv, 5, "mode", "simple", "precision", fp32 ? "fp32" : "fp64",
+                              "refresh", refresh, NULL);
     curv_step_input in = {.grad = g, .len = d, .dtype = CURV_F64, .layers = ls, .n_layers = 3};
     curv_request req;
     curv_error err;
     tu_assert_status(curv_opt_step(o, &in, u, &req, &err), CURV_OK, &err);
-    const double gamma = 0.07;
+    const int chol = strcmp(refresh, "cholesky") == 0;
     for (size_t i = 0; i < 3; i++) {
         struct curv__kblock *b = (struct curv__kblock *)block_of(o, i);
         const size_t nr = b->info.rows, nc = b->info.cols, sz = b->info.size;
@@ -564,16 +591,18 @@ static void check_multiply(double max_factor_dim, int fp32)
             const struct curv__kside *sd[2] = {&b->A, &b->G};
             for (int k = 0; horizons[h] && k < 2; k++) {
                 const size_t other = k ? nc : nr;
-                const int want = !sd[k]->diag && curv__kside_explicit(sd[k]->n, other, horizons[h]);
+                const int want = !sd[k]->diag && !sd[k]->chol &&
+                                 curv__kside_explicit(sd[k]->n, other, horizons[h]);
                 assert_int_equal(sd[k]->use[0] != NULL, want);
+                assert_int_equal(sd[k]->chol, chol && !sd[k]->diag);
             }
             char what[96];
-            snprintf(what, sizeof what, "block %zu, horizon %u, max_factor_dim %g%s", i,
-                     horizons[h], max_factor_dim, fp32 ? ", fp32" : "");
+            snprintf(what, sizeof what, "block %zu, horizon %u, max_factor_dim %g%s, %s", i,
+                     horizons[h], max_factor_dim, fp32 ? ", fp32" : "", refresh);
             if (!fp32) {
                 tu_expect_close(got, x, sz, 1e-10, what, 1);
             } else {
-                const double e = frob_rel(got, x, sz), bound = fp32_bound(b, gamma);
+                const double e = frob_rel(got, x, sz), bound = multiply_bound(b, gamma, 0x1p-24);
                 if (getenv("TU_VERBOSE"))
                     printf("%s: error %.3g, bound %.3g\n", what, e, bound);
                 if (!(e <= bound))
@@ -592,29 +621,33 @@ static void check_multiply(double max_factor_dim, int fp32)
 static void test_multiply_forms(void **state)
 {
     (void)state;
-    for (int fp32 = 0; fp32 <= 1; fp32++) {
-        check_multiply(4096, fp32);
-        check_multiply(3, fp32); /* sides above 3 diagonal: mixed diagonal and dense */
-        check_multiply(1, fp32); /* all diagonal */
-    }
+    for (int fp32 = 0; fp32 <= 1; fp32++)
+        for (int chol = 0; chol <= 1; chol++) {
+            const char *refresh = chol ? "cholesky" : "eigen";
+            check_multiply(4096, fp32, refresh);
+            check_multiply(3, fp32, refresh); /* sides above 3 diagonal: mixed diagonal and dense */
+            check_multiply(1, fp32, refresh); /* all diagonal */
+        }
     /* The rule: n <= 2 H n_other. */
     assert_true(curv__kside_explicit(10, 5, 1));
     assert_false(curv__kside_explicit(11, 5, 1));
     assert_true(curv__kside_explicit(1000, 31, 20));
 }
 
-/* Simple mode keeps the explicit inverses of the damping in use between
- * refreshes (the cache), drops them at a refresh, and a loaded optimizer,
- * which rebuilds them, computes the same update bit for bit; in fp32 too
- * (the blob records the precision; the float inverses and eigenvectors are
- * rounded again from the loaded Q and w). */
+/* Simple mode with refresh = eigen keeps the explicit inverses of the
+ * damping in use between refreshes (the cache), drops them at a refresh,
+ * and a loaded optimizer, which rebuilds them, computes the same update bit
+ * for bit; in fp32 too (the blob records the precision; the float inverses
+ * and eigenvectors are rounded again from the loaded Q and w). The
+ * Cholesky route's save and load: test_kfac_chol.c. */
 static void check_inverse_cache(const char *precision)
 {
     tu_mlp net;
     const size_t w[] = {5, 3, 3, 2};
     curv_layout *l = tu_mlp_setup(&net, w, 3, 0, 4, 51, 52);
     const tu_kv kv[] = {{"lr", 1}, {"momentum", 0.5}, {"weight_decay", 0}, {"inv_interval", 4}};
-    curv_opt *o = tu_kfac_opt(l, kv, 4, "mode", "simple", "precision", precision, NULL);
+    curv_opt *o =
+        tu_kfac_opt(l, kv, 4, "mode", "simple", "precision", precision, "refresh", "eigen", NULL);
     double *u = tu_alloc(net.dim), *u2 = tu_alloc(net.dim);
     curv_error err;
     for (int k = 1; k <= 5; k++)
@@ -664,6 +697,56 @@ static void test_inverse_cache(void **state)
     (void)state;
     check_inverse_cache("fp64");
     check_inverse_cache("fp32");
+}
+
+/*
+ * The eigen and Cholesky routes through whole simple-mode steps on the
+ * same batches (fp64, the plain multiply: no momentum, clip or noise, so
+ * an update is −P∇h), refreshing at k <= 3 and 6 with steps between: per
+ * block the updates agree within twice multiply_bound at u = 2⁻⁵³. Each
+ * route's side inverse is backward stable (dsyevd's, and dpotrf's and
+ * dpotri's, backward errors are O(n u ‖F + cI‖), inside the C_s the bound
+ * counts for a side formed from its factor), so each is within the bound
+ * of the exact product and the two within twice it. They are not the same
+ * bits (the Cholesky route ran).
+ */
+static void test_routes_agree(void **state)
+{
+    (void)state;
+    tu_mlp net;
+    const size_t w[] = {6, 5, 4, 3};
+    curv_layout *l = tu_mlp_setup(&net, w, 3, 2, 8, 91, 92);
+    const double gamma = 0.02;
+    const tu_kv kv[] = {{"lr", 1},           {"momentum", 0}, {"weight_decay", 0},
+                        {"inv_interval", 3}, {"kl_clip", 0},  {"damping", gamma}};
+    curv_opt *oe =
+        tu_kfac_opt(l, kv, 6, "mode", "simple", "noise", "off", "refresh", "eigen", NULL);
+    curv_opt *oc = tu_kfac_opt(l, kv, 6, "mode", "simple", "noise", "off", NULL);
+    double *ue = tu_alloc(net.dim), *uc = tu_alloc(net.dim), most = 0;
+    curv_error err;
+    int differ = 0;
+    for (int k = 1; k <= 7; k++) {
+        tu_mlp_batch(&net, 120 + (uint64_t)k);
+        tu_assert_status(tu_mlp_step(oe, &net, 1, ue, NULL, &err), CURV_OK, &err);
+        tu_assert_status(tu_mlp_step(oc, &net, 1, uc, NULL, &err), CURV_OK, &err);
+        for (size_t i = 0; i < 3; i++) {
+            const struct curv__kblock *b = block_of(oc, i);
+            assert_true(b->A.chol && b->G.chol && !block_of(oe, i)->A.chol);
+            const size_t off = b->info.offset, sz = b->info.size;
+            const double e = frob_rel(uc + off, ue + off, sz);
+            const double bound = 2 * multiply_bound(b, gamma, 0x1p-53);
+            if (!(e <= bound))
+                fail_msg("step %d, block %zu: the routes differ by %g > %g", k, i, e, bound);
+            most = fmax(most, e / bound);
+            differ |= memcmp(uc + off, ue + off, sz * sizeof(double)) != 0;
+        }
+    }
+    if (getenv("TU_VERBOSE"))
+        printf("eigen vs cholesky over 7 steps: at most %.3g of the bound\n", most);
+    assert_true(differ);
+    free(ue), free(uc);
+    curv_opt_free(oe);
+    tu_mlp_teardown(oc, l, &net);
 }
 
 /* fp32 against fp64 through whole simple-mode steps on the same batches,
@@ -812,16 +895,17 @@ static void test_cov_interval(void **state)
 
 /* Inverses are recomputed at k <= 3 and k ≡ 0 (mod inv_interval); the
  * report's inverse_age counts the steps since. Between refreshes the
- * update uses the old inverse with the current gradient. */
-static void test_inverse_interval(void **state)
+ * update uses the old inverse with the current gradient. On either route
+ * (@refresh) a block keeps what its factor at the refresh gives:
+ * Q diag(w) Qᵀ = F, or P = (F + γπ I)⁻¹ for the input side. */
+static void check_inverse_interval(const char *refresh)
 {
-    (void)state;
     tu_mlp net;
     const size_t w[] = {3, 4, 2};
     tu_mlp_new(&net, w, 2, 0, 3, 61);
     curv_layout *l = tu_mlp_layout(&net);
     const tu_kv kv[] = {{"lr", 0.1}, {"weight_decay", 0}, {"inv_interval", 4}};
-    curv_opt *o = tu_kfac_opt(l, kv, 3, "mode", "simple", NULL);
+    curv_opt *o = tu_kfac_opt(l, kv, 3, "mode", "simple", "refresh", refresh, NULL);
     double *u = tu_alloc(net.dim);
     const double want[] = {0, 0, 0, 0, 1, 2, 3, 0, 1};
     curv_error err;
@@ -832,17 +916,34 @@ static void test_inverse_interval(void **state)
             tu_report(o, "inverse_age.l1") != want[k - 1])
             fail_msg("step %u: inverse age %g, want %g", k, tu_report(o, "inverse_age.l0"),
                      want[k - 1]);
-        /* The eigenvectors in use are those of the factor at the last refresh. */
+        /* The eigenvectors or the inverse in use are those of the factor
+         * at the last refresh. */
         const struct curv__kblock *b = block_of(o, 0);
-        if (want[k - 1] == 0) {
+        if (want[k - 1] == 0 && !b->A.chol) {
             double *A = factor(&b->A), *R = tu_alloc(16);
             tu_from_eig(4, b->A.Q, b->A.w, R);
             assert_true(tu_rel_err(R, A, 16) < 1e-12);
             free(A), free(R);
+        } else if (want[k - 1] == 0) {
+            double *A = factor(&b->A), *PA = tu_alloc(16), *E = tu_alloc(16);
+            for (size_t i = 0; i < 4; i++)
+                A[i * 4 + i] += 0.3 * b->pi, E[i * 4 + i] = 1; /* the default damping */
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 4, 4, 4, 1.0, b->A.P, 4, A, 4,
+                        0.0, PA, 4);
+            assert_true(tu_rel_err(PA, E, 16) < 1e-12);
+            assert_true(b->A.pc == 0.3 * b->pi);
+            free(A), free(PA), free(E);
         }
     }
     free(u);
     tu_mlp_teardown(o, l, &net);
+}
+
+static void test_inverse_interval(void **state)
+{
+    (void)state;
+    check_inverse_interval("eigen");
+    check_inverse_interval("auto"); /* simple mode: cholesky */
 }
 
 int main(void)
@@ -854,7 +955,7 @@ int main(void)
         cmocka_unit_test(test_float_layers),        cmocka_unit_test(test_cov_interval),
         cmocka_unit_test(test_inverse_interval),    cmocka_unit_test(test_multiply_forms),
         cmocka_unit_test(test_inverse_cache),       cmocka_unit_test(test_precision_default),
-        cmocka_unit_test(test_fp32_tracks_fp64),
+        cmocka_unit_test(test_fp32_tracks_fp64),    cmocka_unit_test(test_routes_agree),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

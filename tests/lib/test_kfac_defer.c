@@ -2,9 +2,9 @@
 /*
  * K-FAC refreshes off the step path (max_staleness, kfac_defer.c): each
  * step's update against dense math formed here from the factors of the
- * refresh it must apply; the same bits whether the library or another
- * thread computes the refresh, and across a save and load with one
- * pending; the settings under which refreshes stay in the step.
+ * refresh it must apply (Cholesky and eigen refreshes); the same bits whether the library or
+ * another thread computes the refresh, and across a save and load with one pending; the settings
+ * under which refreshes stay in the step.
  */
 #include <math.h>
 #include <pthread.h>
@@ -23,12 +23,16 @@
 
 static const size_t W[] = {3, 4, 2};
 
-static curv_opt *simple_opt(const curv_layout *l, double staleness, const char *inverse)
+/* Simple mode refreshing by @refresh (NULL: the default, auto: Cholesky
+ * with the block-diagonal inverse). */
+static curv_opt *simple_opt(const curv_layout *l, double staleness, const char *inverse,
+                            const char *refresh)
 {
     const tu_kv kv[] = {
         {"lr", 1},      {"momentum", 0},      {"weight_decay", 0}, {"damping", GAMMA},
         {"kl_clip", 0}, {"inv_interval", T3}, {"decay", 0.9},      {"max_staleness", staleness}};
-    return tu_kfac_opt(l, kv, 8, "mode", "simple", "noise", "off", "inverse", inverse, NULL);
+    return tu_kfac_opt(l, kv, 8, "mode", "simple", "noise", "off", "inverse", inverse, "refresh",
+                       refresh, NULL);
 }
 
 /* The step whose factors step @j's inverses come from: the last of steps
@@ -57,13 +61,15 @@ static void dense_update(size_t nr, const double *G, size_t nc, const double *A,
 /* Every step of a run with max_staleness @s against the dense update
  * from the factors (EMAs formed here) of the refresh it must apply; with
  * @fold_later each step's statistics are folded after it (settled before
- * the next batch is drawn). */
-static void check_dense(unsigned s, int fold_later)
+ * the next batch is drawn); refreshing by @refresh. */
+static void check_dense(unsigned s, int fold_later, const char *refresh)
 {
     tu_mlp net;
     tu_mlp_new(&net, W, 2, 0, 3, 71);
     curv_layout *l = tu_mlp_layout(&net);
-    curv_opt *o = simple_opt(l, s, "blockdiag");
+    curv_opt *o = simple_opt(l, s, "blockdiag", refresh);
+    assert_int_equal(curv__kfac_est_block(curv__kfac_estimator(o), 0)->A.chol,
+                     strcmp(refresh, "eigen") != 0);
     curv_error err;
     tu_assert_status(curv_opt_defer_stats(o, fold_later, &err), CURV_OK, &err);
     double *u = tu_alloc(net.dim), *want = tu_alloc(net.dim);
@@ -110,11 +116,13 @@ static void check_dense(unsigned s, int fold_later)
 static void test_updates_use_the_deferred_factors(void **state)
 {
     (void)state;
-    for (int later = 0; later < 2; later++) {
-        check_dense(0, later);
-        check_dense(1, later);
-        check_dense(3, later);
-    }
+    for (int later = 0; later < 2; later++)
+        for (int eig = 0; eig < 2; eig++) {
+            const char *refresh = eig ? "eigen" : "auto";
+            check_dense(0, later, refresh);
+            check_dense(1, later, refresh);
+            check_dense(3, later, refresh);
+        }
 }
 
 /* Three workers of tu_pool: refreshes and steps spread over threads. */
@@ -225,7 +233,7 @@ static void test_save_with_a_refresh_pending(void **state)
     tu_mlp net;
     tu_mlp_new(&net, W, 2, 0, 3, 91);
     curv_layout *l = tu_mlp_layout(&net);
-    curv_opt *o = simple_opt(l, 3, "blockdiag");
+    curv_opt *o = simple_opt(l, 3, "blockdiag", NULL);
     double *u = tu_alloc(net.dim), *v = tu_alloc(net.dim);
     curv_error err;
     for (unsigned k = 1; k <= T3 + 1; k++) {
@@ -274,8 +282,8 @@ static void test_where_refreshes_stay_in_the_step(void **state)
         tu_mlp_new(&na, W, 2, 0, 3, 95);
         tu_mlp_new(&nb, W, 2, 0, 3, 95);
         curv_layout *l = tu_mlp_layout(&na);
-        curv_opt *a = simple_opt(l, stale[c], inverse[c]);
-        curv_opt *b = simple_opt(l, 0, inverse[c]);
+        curv_opt *a = simple_opt(l, stale[c], inverse[c], NULL);
+        curv_opt *b = simple_opt(l, 0, inverse[c], NULL);
         double *ua = tu_alloc(na.dim), *ub = tu_alloc(nb.dim);
         curv_error err;
         for (unsigned k = 1; k <= 2 * T3 + 1; k++) {

@@ -520,6 +520,46 @@ static void test_state_from_before_the_noise_term(void **state)
     tu_mlp_teardown(o, l, &net);
 }
 
+/* A simple-mode state saved before "refresh" holds eigendecompositions:
+ * it loads with refresh = eigen and continues bit for bit as the optimizer
+ * that saved it did, through a refresh, in fp64 and fp32. */
+static void test_state_from_before_the_cholesky_refresh(void **state)
+{
+    (void)state;
+    static const char *const added[] = {"refresh", NULL};
+    for (int fp32 = 0; fp32 <= 1; fp32++) {
+        tu_mlp net;
+        curv_layout *l = tu_mlp_setup(&net, W, 2, 0, 6, 25, 26);
+        const tu_kv kv[] = {{"lr", 0.5}, {"inv_interval", 4}};
+        curv_opt *o = tu_kfac_opt(l, kv, 2, "mode", "simple", "refresh", "eigen", "precision",
+                                  fp32 ? "fp32" : "fp64", NULL);
+        double *u = tu_alloc(net.dim), *u2 = tu_alloc(net.dim);
+        curv_error err;
+        for (unsigned k = 1; k <= 5; k++) {
+            tu_mlp_batch(&net, 90 + k);
+            tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+        }
+        size_t len;
+        unsigned char *blob = tu_snapshot(o, &len);
+        const size_t old_len = legacy_blob(blob, len, added, 0.5);
+        curv_opt *then = NULL;
+        tu_assert_status(curv_opt_load(blob, old_len, &then, &err), CURV_OK, &err);
+        char buf[16];
+        assert_int_equal(curv_opt_get_param_str(then, "refresh", buf, sizeof buf), CURV_OK);
+        assert_string_equal(buf, "eigen");
+        for (unsigned k = 6; k <= 9; k++) { /* k = 8 refreshes */
+            tu_mlp_batch(&net, 90 + k);
+            tu_assert_status(tu_mlp_step(o, &net, 1, u, NULL, &err), CURV_OK, &err);
+            tu_assert_status(tu_mlp_step(then, &net, 1, u2, NULL, &err), CURV_OK, &err);
+            assert_memory_equal(u, u2, net.dim * sizeof(double));
+        }
+        curv_opt_free(then);
+        curv_free(blob);
+        free(u), free(u2);
+        tu_mlp_teardown(o, l, &net);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -531,6 +571,7 @@ int main(void)
         cmocka_unit_test(test_noise_term),
         cmocka_unit_test(test_noise_floor),
         cmocka_unit_test(test_noise_momentum),
+        cmocka_unit_test(test_state_from_before_the_cholesky_refresh),
         cmocka_unit_test(test_state_from_before_the_safeguards),
         cmocka_unit_test(test_state_from_before_the_noise_term),
     };

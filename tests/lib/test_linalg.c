@@ -177,12 +177,27 @@ static void test_spd_inv(void **state)
     double want[N * N];
     tu_sym_pow(N, A, -1.0, 0.0, want);
     assert_true(tu_rel_err(Ai, want, N * N) < 1e-10);
+    /* In place and packed, reading only the upper triangle (the lower one
+     * garbage here): the same inverse, symmetric. */
+    double Q[N * N];
+    memcpy(Q, A, sizeof Q);
+    for (size_t i = 0; i < N; i++)
+        for (size_t j = 0; j < i; j++)
+            Q[i * N + j] = 1e3;
+    tu_assert_status(curv__spd_inv_packed(N, Q, err), CURV_OK, err);
+    assert_true(tu_rel_err(Q, want, N * N) < 1e-10);
+    for (size_t i = 0; i < N; i++)
+        for (size_t j = 0; j < N; j++)
+            assert_true(Q[i * N + j] == Q[j * N + i]);
     /* Indefinite: NUMERIC, output untouched. */
     A[3 * N + 3] = -50.0;
     memcpy(prod, I, sizeof prod);
     tu_assert_status(curv__spd_inv(N, A, N, prod, N, err), CURV_E_NUMERIC, err);
     assert_int_equal(err->status, CURV_E_NUMERIC);
     assert_memory_equal(prod, I, sizeof prod);
+    memcpy(Q, A, sizeof Q);
+    tu_assert_status(curv__spd_inv_packed(N, Q, err), CURV_E_NUMERIC, err);
+    assert_non_null(strstr(err->text, "not positive definite"));
     free(I);
     free(P);
 }

@@ -139,6 +139,11 @@ static const struct {
     {"tau 2, row partition", {{"tau", 2}, {"conv_tau", 3}}, "partition", "row"},
     {"tridiagonal, sgd fallback", {{"momentum", 0.9}}, "inverse", "tridiag"},
     {"diagonal factor sides", {{"max_factor_dim", 4}, {"backtrack_batch", 3}}, "fallback", "sgd"},
+    {"simple mode (K-FAC's Cholesky refresh)", {{NULL, 0}}, "mode", "simple"},
+    {"simple mode (K-FAC's Cholesky refresh), diagonal sides",
+     {{"max_factor_dim", 4}},
+     "mode",
+     "simple"},
 };
 
 static void test_exact_every_kind(void **state)
