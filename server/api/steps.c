@@ -340,6 +340,7 @@ static void apply_step(struct curvd_server *srv, const struct curvd_req *rq, str
      * lost its place (it restarted, or gave up on a callback). */
     curv_opt_cancel(e->opt);
     curvd_registry_before_step(srv->reg, e);
+    curvd_timing_lap(rp, CURVD_T_STEP); /* the wait for its fold after the last reply */
     /* The record first (its buffer serves again): out of memory it is
      * failed (none for a state too small to log), and the step becomes a
      * snapshot. A session whose last step took no callback writes it into

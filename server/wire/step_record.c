@@ -130,11 +130,43 @@ static void put_vecf(void *ctx, const float *v, size_t n)
     curvd_le_encode_f32(v, n, b + 1);
 }
 
+/* The most bytes a walk writes (a vector of doubles at 8 bytes a value),
+ * so that the record is allocated once: growing it by doubling would copy
+ * and fault in a large step's 46 MB several times over. */
+static void size_u64(void *ctx, uint64_t v)
+{
+    (void)v;
+    *(size_t *)ctx += 8;
+}
+
+static void size_vec(void *ctx, const double *v, size_t n)
+{
+    (void)v;
+    size_t *t = ctx;
+    *t = n > (SIZE_MAX - *t - 9) / 8 ? SIZE_MAX : *t + 9 + 8 * n;
+}
+
+static void size_vecf(void *ctx, const float *v, size_t n)
+{
+    (void)v;
+    size_t *t = ctx;
+    *t = n > (SIZE_MAX - *t - 9) / 4 ? SIZE_MAX : *t + 9 + 4 * n;
+}
+
 int curvd_record_step(struct curvd_record *r, const curv_layout *l, const struct curvd_step_in *in,
                       const double *g, const double *theta, const double *gsq)
 {
     r->len = 0;
     r->failed = 0;
+    size_t most = sizeof magic;
+    const struct curvd_step_sink sizing = {size_u64, size_vec, size_vecf, &most};
+    curvd_step_walk(l, in, g, theta, gsq, &sizing);
+    if (most > r->cap && most != SIZE_MAX) {
+        unsigned char *b = realloc(r->buf, most);
+        r->failed = !b;
+        r->buf = b ? b : r->buf;
+        r->cap = b ? most : r->cap;
+    }
     unsigned char *h = grow(r, sizeof magic);
     if (h)
         memcpy(h, magic, sizeof magic);
