@@ -28,8 +28,12 @@
  *   sessions only; --m1000: batch 1000 only; --no-numpy: libcurv alone (a
  *   quick A/B of the library's phases); --no-sessions: without them;
  *   --eigen: refresh = eigen (the route before the Cholesky refresh).
+ * libcurv runs with curvd's malloc settings (large blocks stay in the heap,
+ * server/main.c), as in the daemon: its per-step buffers are then not
+ * faulted in afresh each step; numpy runs in its own process, as a user's.
  */
 #include <cblas.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -641,6 +645,8 @@ static void bench_sessions(const size_t *w, size_t L, size_t m, size_t gs, unsig
 int main(int argc, char **argv)
 {
     int quick = 0, sessions_only = 0, only_first = 0, numpy = 1, sessions = 1;
+    mallopt(M_MMAP_THRESHOLD, 1 << 30); /* as curvd does */
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
