@@ -3,3 +3,4 @@
 -- (TOAST), so here both columns stay NULL.
 ALTER TABLE step_log ADD COLUMN file_offset bigint CHECK (file_offset >= 0);
 ALTER TABLE step_log ADD COLUMN file_len bigint CHECK (file_len >= 0);
+ALTER TABLE step_log ADD COLUMN file_gen bigint CHECK (file_gen >= 0);

@@ -16,6 +16,7 @@
 #include "api/steps.h"
 #include "http/mem.h"
 #include "http/metrics.h"
+#include "session/leases.h"
 #include "store/store.h"
 #include "wire/codec.h"
 #include "wire/json_scan.h"
@@ -186,8 +187,10 @@ static int step_durable_form(struct step_job *j, const struct curvd_entry *e, co
     curvd_update_digest(delta, curv_layout_dim(curv_opt_layout(e->opt)), j->update_digest);
     j->s.c.record = pd->rec.buf;
     j->s.c.record_len = pd->rec.len;
-    /* Answers appended since make it another record than the one written. */
-    j->s.c.record_ahead = pd->ahead_ok && pd->callbacks == 0;
+    /* Answers appended since make it another record than the one written,
+     * and the commit writes into its own epoch's file. */
+    j->s.c.record_ahead = pd->ahead_ok && pd->callbacks == 0 &&
+                          pd->ahead_gen == curvd_store_log_gen(curvd_lease_epoch(j->s.srv, e));
     j->s.c.record_offset = pd->ahead_offset;
     j->s.c.update_digest = j->update_digest;
     j->s.seconds = seconds;
@@ -341,21 +344,25 @@ static void apply_step(struct curvd_server *srv, const struct curvd_req *rq, str
     curv_opt_cancel(e->opt);
     curvd_registry_before_step(srv->reg, e);
     curvd_timing_lap(rp, CURVD_T_STEP); /* the wait for its fold after the last reply */
-    /* The record first (its buffer serves again): out of memory it is
-     * failed (none for a state too small to log), and the step becomes a
-     * snapshot. A session whose last step took no callback writes it into
-     * its file while the library steps (a step that then calls back
-     * leaves those bytes unnamed: its record grows by the answers). */
+    /* The record first (in the buffer of a refused step's, if any): out
+     * of memory it is failed (none for a state too small to log), and the
+     * step becomes a snapshot. A session whose last step took no callback
+     * writes it into its file while the library steps, unless the log has
+     * no room for it (the step will be a snapshot); a step that then calls
+     * back leaves those bytes unnamed: its record grows by the answers. */
     struct curvd_record rec = e->pend.rec;
     const int called_back = e->pend.callbacks > 0;
     e->pend.rec = (struct curvd_record){0};
     rec.len = 0;
     if (e->bytes >= srv->cfg.snapshot_min)
         (void)curvd_record_step(&rec, curv_opt_layout(e->opt), in, g, theta, gsq);
-    struct curvd_write_ahead ahead = {
-        .id = e->id, .step = in->step, .rec = rec.buf, .len = rec.len};
-    const int written_ahead = !rec.failed && rec.len && !called_back && srv->cfg.snapshot_log_pct &&
-                              srv->cfg.snapshot_ms && curvd_store_write_ahead(srv->store, &ahead);
+    struct curvd_write_ahead ahead = {.id = e->id,
+                                      .gen = curvd_store_log_gen(curvd_lease_epoch(srv, e)),
+                                      .step = in->step,
+                                      .rec = rec.buf,
+                                      .len = rec.len};
+    const int written_ahead = !rec.failed && !called_back && curvd_svc_log_room(srv, e, &rec) &&
+                              curvd_store_write_ahead(srv->store, &ahead);
     curvd_timing_lap(rp, CURVD_T_ENCODE);
     curv_request req;
     curv_error cerr;
@@ -374,6 +381,7 @@ static void apply_step(struct curvd_server *srv, const struct curvd_req *rq, str
                                          .rec = rec,
                                          .written_ahead = written_ahead,
                                          .ahead_ok = ahead_ok,
+                                         .ahead_gen = ahead.gen,
                                          .ahead_offset = ahead.offset};
         snprintf(e->pend.request_digest, sizeof e->pend.request_digest, "%s", digest);
         e->pend.input = in; /* for the commit: the fold may follow the reply */

@@ -48,6 +48,7 @@ struct curvd_pending {
      * at @ahead_offset when @ahead_ok (store.h's curvd_write_ahead). */
     struct curvd_record rec;
     int written_ahead, ahead_ok;
+    int64_t ahead_gen;
     uint64_t ahead_offset;
     /* While the step is in its handler: its decoded input (not owned),
      * which the commit takes over when the optimizer left the statistics

@@ -433,18 +433,31 @@ static void step_committed(struct curvd_commit_job *job)
     s->release(s);
 }
 
+/* Is there a step log for @e's step with record @rec at all? */
+static int has_log(const struct curvd_config *cfg, const struct curvd_entry *e,
+                   const struct curvd_record *rec)
+{
+    return !rec->failed && rec->len && cfg->snapshot_log_pct && cfg->snapshot_ms &&
+           e->bytes >= cfg->snapshot_min;
+}
+
+int curvd_svc_log_room(const struct curvd_server *srv, const struct curvd_entry *e,
+                       const struct curvd_record *rec)
+{
+    const struct curvd_config *cfg = &srv->cfg;
+    double bytes = (double)e->committed.log_bytes + (double)rec->len;
+    return has_log(cfg, e, rec) && bytes * 100 <= (double)cfg->snapshot_log_pct * (double)e->bytes;
+}
+
 enum curvd_durable_form curvd_svc_durable_form(const struct curvd_server *srv,
                                                const struct curvd_entry *e,
                                                const struct curvd_record *rec, double seconds)
 {
     const struct curvd_config *cfg = &srv->cfg;
-    const struct curvd_committed *c = &e->committed;
-    if (rec->failed || !rec->len || !cfg->snapshot_log_pct || !cfg->snapshot_ms ||
-        e->bytes < cfg->snapshot_min)
+    if (!has_log(cfg, e, rec))
         return CURVD_FORM_SNAPSHOT;
-    double bytes = (double)c->log_bytes + (double)rec->len;
-    if (bytes * 100 <= (double)cfg->snapshot_log_pct * (double)e->bytes &&
-        (c->log_seconds + seconds) * 1e3 <= (double)cfg->snapshot_ms)
+    if (curvd_svc_log_room(srv, e, rec) &&
+        (e->committed.log_seconds + seconds) * 1e3 <= (double)cfg->snapshot_ms)
         return CURVD_FORM_LOG;
     return e->bytes < cfg->snapshot_inline ? CURVD_FORM_SNAPSHOT : CURVD_FORM_LOG_THEN_SNAPSHOT;
 }

@@ -164,6 +164,12 @@ enum curvd_durable_form {
     CURVD_FORM_SNAPSHOT           /* the state's changed parts, with the step */
 };
 
+/* curvd_svc_log_room - may the step of @e whose record is @rec be a row of
+ * the step log, by everything but its library time (the log's bytes
+ * after it within snapshot_log_pct of the state, a log at all)? */
+int curvd_svc_log_room(const struct curvd_server *srv, const struct curvd_entry *e,
+                       const struct curvd_record *rec);
+
 /*
  * curvd_svc_durable_form - the form of the step of @e being committed,
  * whose record is @rec and whose library time was @seconds: a snapshot

@@ -564,10 +564,33 @@ static void write_ahead_run(void *ctx, struct curvd_batch_item **items, size_t n
         struct curvd_write_ahead *w = (struct curvd_write_ahead *)(void *)items[i];
         char why[512];
         /* A failure is reported by the commit, which then writes the record itself. */
-        w->failed = curvd_logfile_append(lf, w->id, w->step, w->rec, w->len, &w->offset, why,
-                                         sizeof why) != 0;
+        /* Synced in both durabilities: it is off the reply's path, and a
+         * row a checkpoint made durable must not name bytes a power loss
+         * takes (under normal, SQLite syncs at checkpoints). */
+        w->failed = curvd_logfile_append(lf, w->id, w->gen, w->step, w->rec, w->len, 1, &w->offset,
+                                         why, sizeof why) != 0;
     }
 }
+
+/* Does session @id exist (or can it not be told)? For the sweep at open. */
+static int session_exists(void *ctx, const char *id)
+{
+    struct sqlite_store *st = ctx;
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(st->db, "SELECT 1 FROM sessions WHERE id = ?1", -1, &q, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(q);
+    (void)sqlite3_finalize(q);
+    return rc != SQLITE_DONE; /* SQLITE_ROW: it does; an error: cannot tell */
+}
+
+/* Folders of deleted sessions left by a crash between the delete's commit
+ * and their removal, or made again by a record written ahead of a step
+ * whose session was deleted meanwhile; a minute old at least, so that
+ * no append under way is taken for one. */
+#define LOG_SWEEP_AGE_S 60.0
 
 static int sq_write_ahead(struct curvd_store *base, struct curvd_write_ahead *w)
 {
@@ -615,6 +638,8 @@ int curvd_sqlite_open(const char *path, enum curvd_durability durability, struct
             status = curvd_store_base_init(&st->base, &sqlite_ops, err, errlen);
         if (status == CURVD_STORE_OK && !(st->writer = curvd_batcher_new(16, write_ahead_run, st)))
             status = no_memory(err, errlen);
+        if (status == CURVD_STORE_OK)
+            curvd_logfile_sweep(curvd_steplog_files(st->log), session_exists, st, LOG_SWEEP_AGE_S);
         if (status == CURVD_STORE_OK) /* the file is ours: the reserve may go beside it */
             curvd_trouble_reserve(&st->base.trouble, CURVD_STORE_RESERVE_BYTES);
     }
@@ -758,6 +783,10 @@ static int read_session(sqlite3_stmt *q, struct curvd_session *o)
     return 0;
 }
 
+/* get_locked's status for a record its file no longer holds (sq_get
+ * reads again); never returned by the store. */
+#define LOG_MOVED (-1)
+
 /* The body of curvd_store_get(), inside its read transaction; @with_state
  * 2: a record its file no longer holds is read as empty (sq_get). */
 static int get_locked(struct sqlite_store *st, const char *tenant, const char *id, int with_state,
@@ -782,7 +811,7 @@ static int get_locked(struct sqlite_store *st, const char *tenant, const char *i
     if (status == CURVD_STORE_OK && with_state &&
         (rc = curvd_steplog_read(st->log, id, with_state == 2, o, why, sizeof why)) != SQLITE_OK)
         status = rc == CURVD_STEPLOG_MOVED
-                     ? fail(err, errlen, CURVD_STORE_BUSY,
+                     ? fail(err, errlen, LOG_MOVED,
                             "session %s took a snapshot while its step log was read", id)
                  : why[0] ? file_fail(st, rc, why, err, errlen, "reading the step log")
                           : db_fail(st, rc, err, errlen, "reading the step log");
@@ -820,7 +849,7 @@ static int sq_get(struct curvd_store *base, const char *tenant, const char *id, 
         int last = !with_state || pass == 3;
         int status =
             read_tx(sq(base), get_locked, tenant, id, with_state ? 1 + last : 0, out, err, errlen);
-        if (status != CURVD_STORE_BUSY || last)
+        if (status != LOG_MOVED || last)
             return status;
         curvd_session_clear(out);
     }
@@ -898,12 +927,12 @@ static int explain_miss(struct sqlite_store *st, const char *tenant, const char 
 /* Write @state's parts as session @id's new snapshot: its log goes (and
  * its file, which has bytes when there are rows or @had_file). */
 static int write_snapshot(struct sqlite_store *st, const char *id,
-                          const struct curvd_state_in *state, int had_file, char *err,
-                          size_t errlen)
+                          const struct curvd_state_in *state, int had_file, int64_t epoch,
+                          char *err, size_t errlen)
 {
     int status = write_parts(st, id, state, err, errlen), rc;
     if (status == CURVD_STORE_OK &&
-        (rc = curvd_steplog_clear(st->log, id, had_file)) != SQLITE_DONE)
+        (rc = curvd_steplog_clear(st->log, id, had_file, epoch)) != SQLITE_DONE)
         status = db_fail(st, rc, err, errlen, "deleting the step log");
     return status;
 }
@@ -925,7 +954,7 @@ static int conditional_write(struct sqlite_store *st, int brc, sqlite3_stmt *q,
     if (status == CURVD_STORE_OK && changes == 0)
         status = explain_miss(st, tenant, id, epoch, current_step, err, errlen);
     if (status == CURVD_STORE_OK && state)
-        status = write_snapshot(st, id, state, 0, err, errlen);
+        status = write_snapshot(st, id, state, 0, epoch, err, errlen);
     if (status == CURVD_STORE_OK)
         status = commit_write(st, err, errlen);
     if (status != CURVD_STORE_OK)
@@ -951,7 +980,7 @@ static int write_step(struct sqlite_store *st, struct curvd_commit_item *it)
     if (status == CURVD_STORE_OK && changes == 0)
         return explain_miss(st, it->tenant, it->id, c->epoch, &it->current_step, err, errlen);
     if (status == CURVD_STORE_OK && !c->record)
-        status = write_snapshot(st, it->id, &c->state, c->written_ahead, err, errlen);
+        status = write_snapshot(st, it->id, &c->state, c->written_ahead, c->epoch, err, errlen);
     else if (status == CURVD_STORE_OK) {
         char why[512];
         rc = curvd_steplog_append(st->log, it->id, c, atomic_load(&st->base.log_file_min), why,

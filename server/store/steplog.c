@@ -11,19 +11,22 @@ enum { L_PUT, L_CLEAR, L_READ, L_COUNT_ };
 
 static const char *const steplog_sql[L_COUNT_] = {
     [L_PUT] = "INSERT INTO step_log (session_id, step, update_digest, record, file_offset,"
-              " file_len) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+              " file_len, file_gen) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     /* A range of the primary key: every row of the session. */
     [L_CLEAR] = "DELETE FROM step_log WHERE session_id = ?1",
-    [L_READ] = "SELECT step, update_digest, record, file_offset, file_len FROM step_log"
+    [L_READ] = "SELECT step, update_digest, record, file_offset, file_len, file_gen FROM step_log"
                " WHERE session_id = ?1 ORDER BY step",
 };
 
 struct curvd_steplog {
     sqlite3_stmt *q[L_COUNT_];
     struct curvd_logfiles files;
-    /* Sessions whose files go once the transaction commits (an array of
-     * sqlite3_malloc'd ids). */
-    char **gone;
+    /* Sessions whose files (of generations up to upto) go once the
+     * transaction commits; ids sqlite3_malloc'd. */
+    struct gone {
+        char *id;
+        int64_t upto;
+    } * gone;
     size_t n_gone, cap_gone;
 };
 
@@ -59,41 +62,44 @@ void curvd_steplog_finalize(struct curvd_steplog *l)
 /* Remember that session @id's file goes at the commit. SQLITE_NOMEM when
  * out of memory (the transaction must then not commit: the file would
  * outlive every row). */
-static int file_goes(struct curvd_steplog *l, const char *id)
+static int file_goes(struct curvd_steplog *l, const char *id, int64_t upto)
 {
     if (!l->files.dir[0])
         return SQLITE_OK;
     if (l->n_gone == l->cap_gone) {
         size_t cap = l->cap_gone ? 2 * l->cap_gone : 4;
-        char **g = sqlite3_realloc64(l->gone, cap * sizeof *g);
+        struct gone *g = sqlite3_realloc64(l->gone, cap * sizeof *g);
         if (!g)
             return SQLITE_NOMEM;
         l->gone = g;
         l->cap_gone = cap;
     }
     size_t n = strlen(id) + 1;
-    if (!(l->gone[l->n_gone] = sqlite3_malloc64(n)))
+    struct gone *g = &l->gone[l->n_gone];
+    if (!(g->id = sqlite3_malloc64(n)))
         return SQLITE_NOMEM;
-    memcpy(l->gone[l->n_gone++], id, n);
+    memcpy(g->id, id, n);
+    g->upto = upto;
+    l->n_gone++;
     return SQLITE_OK;
 }
 
 int curvd_steplog_forget(struct curvd_steplog *l, const char *id)
 {
-    return file_goes(l, id);
+    return file_goes(l, id, INT64_MAX);
 }
 
 void curvd_steplog_committed(struct curvd_steplog *l)
 {
     for (size_t i = 0; i < l->n_gone; i++)
-        (void)curvd_logfile_remove(&l->files, l->gone[i]);
+        (void)curvd_logfile_remove(&l->files, l->gone[i].id, l->gone[i].upto);
     curvd_steplog_rolled_back(l);
 }
 
 void curvd_steplog_rolled_back(struct curvd_steplog *l)
 {
     for (size_t i = 0; i < l->n_gone; i++)
-        sqlite3_free(l->gone[i]);
+        sqlite3_free(l->gone[i].id);
     l->n_gone = 0;
 }
 
@@ -113,13 +119,14 @@ int curvd_steplog_append(struct curvd_steplog *l, const char *id, const struct c
     const int ahead = c->record_ahead && l->files.dir[0];
     const int to_file = ahead || curvd_steplog_to_file(l, c->record_len, file_min);
     uint64_t offset = ahead ? c->record_offset : 0;
+    const int64_t gen = curvd_store_log_gen(c->epoch);
     why[0] = '\0';
     if (to_file &&
         c->record_len > (size_t)sqlite3_limit(sqlite3_db_handle(q), SQLITE_LIMIT_LENGTH, -1))
         return SQLITE_TOOBIG; /* the same bound as a record in its row */
     if (to_file && !ahead) {
-        int frc = curvd_logfile_append(&l->files, id, c->step, c->record, c->record_len, &offset,
-                                       why, cap);
+        int frc = curvd_logfile_append(&l->files, id, gen, c->step, c->record, c->record_len, 0,
+                                       &offset, why, cap);
         if (frc != 0)
             return frc == CURVD_LOGFILE_FULL ? SQLITE_FULL : SQLITE_IOERR;
     }
@@ -136,6 +143,8 @@ int curvd_steplog_append(struct curvd_steplog *l, const char *id, const struct c
         rc = sqlite3_bind_int64(q, 5, (sqlite3_int64)offset);
     if (rc == SQLITE_OK && to_file)
         rc = sqlite3_bind_int64(q, 6, (sqlite3_int64)c->record_len);
+    if (rc == SQLITE_OK && to_file)
+        rc = sqlite3_bind_int64(q, 7, gen);
     if (rc != SQLITE_OK) {
         (void)sqlite3_clear_bindings(q);
         return rc;
@@ -143,7 +152,7 @@ int curvd_steplog_append(struct curvd_steplog *l, const char *id, const struct c
     return finish(q);
 }
 
-int curvd_steplog_clear(struct curvd_steplog *l, const char *id, int had_file)
+int curvd_steplog_clear(struct curvd_steplog *l, const char *id, int had_file, int64_t epoch)
 {
     sqlite3_stmt *q = l->q[L_CLEAR];
     int rc = sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
@@ -153,7 +162,7 @@ int curvd_steplog_clear(struct curvd_steplog *l, const char *id, int had_file)
     /* Only a session with rows (or bytes written ahead) may have a file:
      * most snapshots have none. */
     if (rc == SQLITE_DONE && (had_file || sqlite3_changes(sqlite3_db_handle(q)) > 0) &&
-        file_goes(l, id) != SQLITE_OK)
+        file_goes(l, id, curvd_store_log_gen(epoch)) != SQLITE_OK)
         rc = SQLITE_NOMEM;
     return rc;
 }
@@ -190,8 +199,8 @@ static int copy_row(struct curvd_steplog *l, sqlite3_stmt *q, const char *id,
             memcpy(e->record, sqlite3_column_blob(q, 2), e->len);
         return SQLITE_OK;
     }
-    int frc = curvd_logfile_read(&l->files, id, e->step, (uint64_t)sqlite3_column_int64(q, 3),
-                                 e->record, e->len, why, cap);
+    int frc = curvd_logfile_read(&l->files, id, sqlite3_column_int64(q, 5), e->step,
+                                 (uint64_t)sqlite3_column_int64(q, 3), e->record, e->len, why, cap);
     return frc == 0 ? SQLITE_OK : frc == CURVD_LOGFILE_MOVED ? CURVD_STEPLOG_MOVED : SQLITE_IOERR;
 }
 

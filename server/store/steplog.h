@@ -47,9 +47,10 @@ int curvd_steplog_to_file(const struct curvd_steplog *l, size_t len, size_t file
 
 /* curvd_steplog_clear - inside the caller's write transaction, after a
  * snapshot of session @id was written: delete its rows (and its file once
- * the transaction commits, when there were rows or @had_file). Return
+ * the transaction commits, when there were rows or @had_file: those of
+ * generations up to lease epoch @epoch's, store/logfile.h). Return
  * SQLite's code (SQLITE_DONE on success). */
-int curvd_steplog_clear(struct curvd_steplog *l, const char *id, int had_file);
+int curvd_steplog_clear(struct curvd_steplog *l, const char *id, int had_file, int64_t epoch);
 
 /* curvd_steplog_forget - session @id's rows are being deleted with it by
  * the caller's write transaction: its file goes once that commits.

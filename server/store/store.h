@@ -298,6 +298,7 @@ struct curvd_step_commit {
 struct curvd_write_ahead {
     struct curvd_batch_item link; /* first: the writer's queue */
     const char *id;               /* borrowed, like @rec */
+    int64_t gen;                  /* curvd_store_log_gen of the commit's epoch */
     int64_t step;
     const void *rec;
     size_t len;
@@ -306,6 +307,13 @@ struct curvd_write_ahead {
     uint64_t offset;
     struct curvd_batch_wait wait; /* private */
 };
+
+/* curvd_store_log_gen - the generation of the step log's files that a
+ * writer under lease epoch @epoch appends to (store/logfile.h). */
+static inline int64_t curvd_store_log_gen(int64_t epoch)
+{
+    return epoch < 0 ? 0 : epoch;
+}
 
 /* curvd_store_write_ahead - start writing @w (its id, step, rec and len
  * set). 1: started, wait for it; 0: this store writes such a record with

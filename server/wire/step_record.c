@@ -136,21 +136,26 @@ static void put_vecf(void *ctx, const float *v, size_t n)
 static void size_u64(void *ctx, uint64_t v)
 {
     (void)v;
-    *(size_t *)ctx += 8;
+    size_t *t = ctx;
+    *t = *t > SIZE_MAX - 8 ? SIZE_MAX : *t + 8;
+}
+
+/* *@t + 9 + @width * @n, or SIZE_MAX (which stays) past it. */
+static void size_add(size_t *t, size_t n, size_t width)
+{
+    *t = *t > SIZE_MAX - 9 || n > (SIZE_MAX - 9 - *t) / width ? SIZE_MAX : *t + 9 + width * n;
 }
 
 static void size_vec(void *ctx, const double *v, size_t n)
 {
     (void)v;
-    size_t *t = ctx;
-    *t = n > (SIZE_MAX - *t - 9) / 8 ? SIZE_MAX : *t + 9 + 8 * n;
+    size_add(ctx, n, 8);
 }
 
 static void size_vecf(void *ctx, const float *v, size_t n)
 {
     (void)v;
-    size_t *t = ctx;
-    *t = n > (SIZE_MAX - *t - 9) / 4 ? SIZE_MAX : *t + 9 + 4 * n;
+    size_add(ctx, n, 4);
 }
 
 int curvd_record_step(struct curvd_record *r, const curv_layout *l, const struct curvd_step_in *in,
@@ -161,11 +166,11 @@ int curvd_record_step(struct curvd_record *r, const curv_layout *l, const struct
     size_t most = sizeof magic;
     const struct curvd_step_sink sizing = {size_u64, size_vec, size_vecf, &most};
     curvd_step_walk(l, in, g, theta, gsq, &sizing);
-    if (most > r->cap && most != SIZE_MAX) {
-        unsigned char *b = realloc(r->buf, most);
-        r->failed = !b;
-        r->buf = b ? b : r->buf;
-        r->cap = b ? most : r->cap;
+    if (most > r->cap && most != SIZE_MAX) { /* nothing in it to keep */
+        free(r->buf);
+        r->buf = malloc(most);
+        r->cap = r->buf ? most : 0;
+        r->failed = !r->buf;
     }
     unsigned char *h = grow(r, sizeof magic);
     if (h)

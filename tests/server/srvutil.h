@@ -42,11 +42,11 @@ struct su_resp {
 #define SU_EVERY_STEP_A_SNAPSHOT 0xffffffffu
 void su_start(struct curvd_server *srv, char *base, size_t cap);
 void su_stop(struct curvd_server *srv);
-/* su_daemon_start also opens the store: a zero log_file_min gets the
- * daemon's default (1: every step record in a file beside the database). */
 
-/* Open the daemon (store and registry) on @srv's cfg as the caller set it,
- * then su_start(); su_daemon_stop() undoes both. */
+/* Open the daemon (store and registry) on @srv's cfg as the caller set it
+ * (but a zero log_file_min gets the daemon's default; 1 puts every step
+ * record in a file beside the database), then su_start(); su_daemon_stop()
+ * undoes both. */
 void su_daemon_start(struct curvd_server *srv, char *base, size_t cap);
 void su_daemon_stop(struct curvd_server *srv);
 

@@ -31,7 +31,7 @@ struct fx {
     char dir[64], db[128], base[64];
     curv_layout *layout;
     unsigned log_pct, log_ms, max_sessions, workers;
-    size_t log_file_min; /* 0: the daemon's default */
+    size_t log_file_min; /* 0: the daemon's default (su_daemon_start) */
 };
 
 static void open_daemon(struct fx *f)
@@ -461,7 +461,11 @@ static void test_records_written_ahead(void **state)
              id);
     long long named = su_raw_int(f->db, sql);
     assert_true(named > 3 * 32);
-    snprintf(p, sizeof p, "%s-steps/%.32s.log", f->db, id);
+    snprintf(sql, sizeof sql,
+             "SELECT min(file_gen) = max(file_gen) FROM step_log WHERE session_id = '%.32s'", id);
+    assert_int_equal(su_raw_int(f->db, sql), 1); /* one writer: one generation */
+    snprintf(sql, sizeof sql, "SELECT file_gen FROM step_log WHERE session_id = '%.32s'", id);
+    snprintf(p, sizeof p, "%s-steps/%.32s/%lld.log", f->db, id, su_raw_int(f->db, sql));
     struct stat sb;
     assert_int_equal(stat(p, &sb), 0);
     assert_int_equal((long long)sb.st_size, named);

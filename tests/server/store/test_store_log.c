@@ -544,7 +544,7 @@ static void test_upgrade_from_version_7(void **state)
     assert_store(curvd_store_open(path, CURVD_DURABILITY_FULL, &st, err, sizeof err),
                  CURVD_STORE_OK);
     assert_int_equal(su_raw_int(path, "PRAGMA user_version"), (long long)curvd_migration_count);
-    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM pragma_table_info('step_log')"), 6);
+    assert_int_equal(su_raw_int(path, "SELECT count(*) FROM pragma_table_info('step_log')"), 7);
     assert_int_equal(su_raw_int(path, "SELECT count(*) FROM step_log"), 0);
     /* The session as it was. */
     struct curvd_session s;

@@ -13,9 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "srvutil.h"
+#include "store/logfile.h"
 #include "store/store.h"
 #include "testutil.h"
 
@@ -97,7 +99,7 @@ static long long file_size(const char *id)
 {
     char p[700];
     struct stat sb;
-    snprintf(p, sizeof p, "%s-steps/%s.log", path, id);
+    snprintf(p, sizeof p, "%s-steps/%s/0.log", path, id); /* generation 0: no lease */
     return stat(p, &sb) == 0 ? (long long)sb.st_size : -1;
 }
 
@@ -211,7 +213,7 @@ static void test_file_goes_with_its_rows(void **state)
 static void scribble(const char *id, long long off, size_t n)
 {
     char p[700];
-    snprintf(p, sizeof p, "%s-steps/%s.log", path, id);
+    snprintf(p, sizeof p, "%s-steps/%s/0.log", path, id);
     int fd = open(p, O_WRONLY | (off < 0 ? O_APPEND : 0));
     assert_true(fd >= 0);
     static const char junk[64] = "not a header, not a record: junk";
@@ -239,7 +241,7 @@ static void test_what_a_file_no_longer_holds(void **state)
     scribble("s", HDR + 50 + 40 + 8, 8); /* step 2's header: its step */
     assert_read(st, "s", "1:50,2:0,3:70");
     char p[700];
-    snprintf(p, sizeof p, "%s-steps/s.log", path);
+    snprintf(p, sizeof p, "%s-steps/s/0.log", path);
     assert_int_equal(truncate(p, HDR + 50 + 40 + HDR + 60 + HDR + 69), 0); /* step 3 short */
     assert_read(st, "s", "1:50,2:0,3:0");
     assert_int_equal(unlink(p), 0);
@@ -320,6 +322,25 @@ static void test_written_ahead(void **state)
     assert_int_equal(file_size("s"), HDR + 500 + HDR + 300 + HDR + 400);
     assert_read(st, "s", "1:500,2:400");
 
+    /* One written ahead far into the file: the row names that offset. */
+    rec = record_of(3, 250);
+    w = (struct curvd_write_ahead){.id = "s", .step = 3, .rec = rec, .len = 250};
+    assert_int_equal(curvd_store_write_ahead(st, &w), 1);
+    assert_int_equal(curvd_store_write_ahead_wait(&w), 0);
+    assert_int_equal(w.offset, HDR + 500 + HDR + 300 + HDR + 400);
+    c = (struct curvd_step_commit){.step = 3,
+                                   .content_type = "x",
+                                   .record = rec,
+                                   .record_len = 250,
+                                   .update_digest = "mm3-128:d",
+                                   .written_ahead = 1,
+                                   .record_ahead = 1,
+                                   .record_offset = w.offset};
+    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
+    free(rec);
+    assert_int_equal(file_size("s"), (long long)w.offset + HDR + 250);
+    assert_read(st, "s", "1:500,2:400,3:250");
+
     /* A new session's first step written ahead and committed as a
      * snapshot: no row ever named the file, which goes all the same. */
     create(st, "n");
@@ -334,7 +355,80 @@ static void test_written_ahead(void **state)
     assert_store(curvd_store_commit_step(st, "t", "n", &snap, NULL, err, sizeof err),
                  CURVD_STORE_OK);
     assert_int_equal(file_size("n"), -1);
-    assert_int_equal(file_size("s"), HDR + 500 + HDR + 300 + HDR + 400);
+    assert_int_equal(file_size("s"), HDR + 500 + HDR + 300 + HDR + 400 + HDR + 250);
+    curvd_store_close(st);
+}
+
+/* Generations: a writer removes only its own epoch's files and older
+ * ones, never a newer writer's (a daemon whose lease was taken over,
+ * docs/CLUSTER.md); the folder goes with the last file. */
+static void test_generations(void **state)
+{
+    (void)state;
+    snprintf(path, sizeof path, "%s/gen.db", dir);
+    struct curvd_logfiles lf;
+    curvd_logfiles_init(&lf, path, 1);
+    uint64_t off = 1;
+    assert_int_equal(curvd_logfile_append(&lf, "s", 3, 7, "abc", 3, 0, &off, err, sizeof err), 0);
+    assert_int_equal(off, 0);
+    assert_int_equal(curvd_logfile_append(&lf, "s", 5, 8, "defg", 4, 0, &off, err, sizeof err), 0);
+    assert_int_equal(off, 0); /* another file */
+    char buf[8];
+    assert_int_equal(curvd_logfile_read(&lf, "s", 5, 8, 0, buf, 4, err, sizeof err), 0);
+    assert_memory_equal(buf, "defg", 4);
+    assert_int_equal(curvd_logfile_read(&lf, "s", 3, 8, 0, buf, 4, err, sizeof err),
+                     CURVD_LOGFILE_MOVED); /* step 7's there */
+    assert_int_equal(curvd_logfile_remove(&lf, "s", 4), 0);
+    assert_int_equal(curvd_logfile_read(&lf, "s", 3, 7, 0, buf, 3, err, sizeof err),
+                     CURVD_LOGFILE_MOVED);
+    assert_int_equal(curvd_logfile_read(&lf, "s", 5, 8, 0, buf, 4, err, sizeof err), 0);
+    char folder[700];
+    snprintf(folder, sizeof folder, "%s-steps/s", path);
+    struct stat sb;
+    assert_int_equal(stat(folder, &sb), 0);
+    assert_int_equal(curvd_logfile_remove(&lf, "s", 5), 0);
+    assert_int_equal(stat(folder, &sb), -1);                /* empty, so gone */
+    assert_int_equal(curvd_logfile_remove(&lf, "s", 5), 0); /* nothing left: no error */
+}
+
+/* Set @p's times @age_s seconds back. */
+static void age(const char *p, double age_s)
+{
+    struct timespec t[2];
+    clock_gettime(CLOCK_REALTIME, &t[0]);
+    t[0].tv_sec -= (time_t)age_s;
+    t[1] = t[0];
+    assert_int_equal(utimensat(AT_FDCWD, p, t, 0), 0);
+}
+
+/* Opening the store removes the folders of sessions that no longer exist
+ * (a crash between a delete's commit and the removal; a record written
+ * ahead of a step whose session was deleted meanwhile), once a minute
+ * old; a live session's folder, and a fresh one, stay. */
+static void test_sweep_at_open(void **state)
+{
+    (void)state;
+    struct curvd_store *st = open_new("sweep", 0);
+    create(st, "live");
+    assert_store(commit_record(st, "live", 1, 10), CURVD_STORE_OK);
+    curvd_store_close(st);
+    struct curvd_logfiles lf;
+    curvd_logfiles_init(&lf, path, 0);
+    uint64_t off;
+    assert_int_equal(curvd_logfile_append(&lf, "gone", 2, 1, "x", 1, 0, &off, err, sizeof err), 0);
+    assert_int_equal(curvd_logfile_append(&lf, "new", 2, 1, "x", 1, 0, &off, err, sizeof err), 0);
+    char p[700];
+    snprintf(p, sizeof p, "%s-steps/gone", path);
+    age(p, 120);
+    snprintf(p, sizeof p, "%s-steps/live", path);
+    age(p, 120);
+    st = open_new("sweep", 0);
+    struct stat sb;
+    snprintf(p, sizeof p, "%s-steps/gone", path);
+    assert_int_equal(stat(p, &sb), -1);
+    snprintf(p, sizeof p, "%s-steps/new", path);
+    assert_int_equal(stat(p, &sb), 0);
+    assert_read(st, "live", "1:10");
     curvd_store_close(st);
 }
 
@@ -348,6 +442,8 @@ int main(void)
         cmocka_unit_test(test_what_a_file_no_longer_holds),
         cmocka_unit_test(test_unwritable_file_fails_the_step),
         cmocka_unit_test(test_written_ahead),
+        cmocka_unit_test(test_generations),
+        cmocka_unit_test(test_sweep_at_open),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
