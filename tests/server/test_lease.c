@@ -281,10 +281,18 @@ static int setup(void **state)
     struct fx *f = calloc(1, sizeof *f);
     assert_non_null(f);
     su_tmpdir(f->dir, sizeof f->dir, getenv("TMPDIR"), "lease", f->db, sizeof f->db);
-    f->a = (struct cu_daemon){
-        .db = f->db, .err_fd = -1, .node_id = "node-a", .lease_ttl_ms = LEASE_MS};
-    f->b = (struct cu_daemon){
-        .db = f->db, .err_fd = -1, .node_id = "node-b", .lease_ttl_ms = LEASE_MS};
+    /* Every step record in a file (generations by lease epoch: the daemon
+     * that takes a session over appends to files of its own). */
+    f->a = (struct cu_daemon){.db = f->db,
+                              .err_fd = -1,
+                              .node_id = "node-a",
+                              .lease_ttl_ms = LEASE_MS,
+                              .records_in_files = 1};
+    f->b = (struct cu_daemon){.db = f->db,
+                              .err_fd = -1,
+                              .node_id = "node-b",
+                              .lease_ttl_ms = LEASE_MS,
+                              .records_in_files = 1};
     f->layout = su_layout_new();
     *state = f;
     return 0;
