@@ -119,14 +119,7 @@ static void step_committed(struct curvd_svc_commit *s, int st, long long current
     int binary = e->pend.encoding == CURVD_ENC_BINARY;
     long long step = e->pend.step;
     curvd_timing_lap(rp, CURVD_T_COMMIT);
-    /* Committed, or never to be. A buffer no larger than the state serves
-     * the next step: freed and allocated again each step, a large record's
-     * pages were unmapped and faulted in anew (0.03-0.15 s for 57 MB on
-     * this VM), and keeping it costs less than the state already holds. */
-    if (e->pend.rec.cap <= e->bytes)
-        e->pend.rec.len = 0;
-    else
-        curvd_record_clear(&e->pend.rec);
+    curvd_record_clear(&e->pend.rec); /* committed, or never to be */
     if (st == CURVD_STORE_OK) {
         curvd_metrics_step(srv->metrics, curv_opt_kind_of(e->opt));
         curvd_reply_tensors(rp, 200, j->body, j->body_len, binary ? j->json_len : 0,
@@ -351,7 +344,7 @@ static void apply_step(struct curvd_server *srv, const struct curvd_req *rq, str
     curv_opt_cancel(e->opt);
     curvd_registry_before_step(srv->reg, e);
     curvd_timing_lap(rp, CURVD_T_STEP); /* the wait for its fold after the last reply */
-    /* The record first (in the last one's buffer, if kept): out
+    /* The record first (in a refused step's buffer, if any): out
      * of memory it is failed (none for a state too small to log), and the
      * step becomes a snapshot. A session whose last step took no callback
      * writes it into its file while the library steps, unless the log has

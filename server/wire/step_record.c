@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "http/mem.h"
 #include "wire/byte_order.h"
 #include "wire/tensor_bytes.h"
 
@@ -58,7 +59,7 @@ static unsigned char *grow(struct curvd_record *r, size_t n)
             }
             cap *= 2;
         }
-        unsigned char *b = realloc(r->buf, cap);
+        unsigned char *b = curvd_mem_realloc(r->buf, cap);
         if (!b) {
             r->failed = 1;
             return NULL;
@@ -167,8 +168,8 @@ int curvd_record_step(struct curvd_record *r, const curv_layout *l, const struct
     const struct curvd_step_sink sizing = {size_u64, size_vec, size_vecf, &most};
     curvd_step_walk(l, in, g, theta, gsq, &sizing);
     if (most > r->cap && most != SIZE_MAX) { /* nothing in it to keep */
-        free(r->buf);
-        r->buf = malloc(most);
+        curvd_mem_free(r->buf);
+        r->buf = curvd_mem_alloc(most);
         r->cap = r->buf ? most : 0;
         r->failed = !r->buf;
     }
@@ -191,7 +192,7 @@ void curvd_record_clear(struct curvd_record *r)
 {
     if (!r)
         return;
-    free(r->buf);
+    curvd_mem_free(r->buf);
     memset(r, 0, sizeof *r);
 }
 

@@ -28,9 +28,10 @@
  *   sessions only; --m1000: batch 1000 only; --no-numpy: libcurv alone (a
  *   quick A/B of the library's phases); --no-sessions: without them;
  *   --eigen: refresh = eigen (the route before the Cholesky refresh).
- * libcurv runs with curvd's malloc settings (large blocks stay in the heap,
- * server/main.c), as in the daemon: its per-step buffers are then not
- * faulted in afresh each step; numpy runs in its own process, as a user's.
+ * libcurv allocates as in the daemon (server/main.c: curvd_mem's reused
+ * mappings for blocks of 1 MiB and more, large glibc blocks kept in the
+ * heap): a worker's arena would otherwise unmap and fault in its step
+ * buffers afresh every step; numpy runs in its own process, as a user's.
  */
 #include <cblas.h>
 #include <malloc.h>
@@ -43,6 +44,7 @@
 #include <unistd.h>
 
 #include "../lib/tu_pool.h"
+#include "http/mem.h"
 #include "http/pool.h"
 #include "kfac_int.h"
 
@@ -645,8 +647,10 @@ static void bench_sessions(const size_t *w, size_t L, size_t m, size_t gs, unsig
 int main(int argc, char **argv)
 {
     int quick = 0, sessions_only = 0, only_first = 0, numpy = 1, sessions = 1;
+    static const curv_allocator daemon_alloc = {curvd_mem_alloc, curvd_mem_realloc, curvd_mem_free};
     mallopt(M_MMAP_THRESHOLD, 1 << 30); /* as curvd does */
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    curv_set_allocator(&daemon_alloc);
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0) {
             quick = 1;
