@@ -37,6 +37,7 @@ struct curvd_metrics {
     atomic_ullong callbacks[CURV_OPT_KIND_COUNT];
     atomic_ullong expired;
     atomic_ullong commit_form[2]; /* log rows, snapshots */
+    atomic_ullong log_ahead;      /* of the log rows, records written ahead */
     atomic_ullong replayed_steps, replays, replay_micros;
     atomic_ullong leases[CURVD_LEASE_EV_COUNT];
     atomic_ullong folds, fold_micros;
@@ -58,6 +59,12 @@ void curvd_metrics_commit_form(struct curvd_metrics *m, int snapshot)
 {
     if (m)
         atomic_fetch_add(&m->commit_form[snapshot != 0], 1);
+}
+
+void curvd_metrics_log_ahead(struct curvd_metrics *m)
+{
+    if (m)
+        atomic_fetch_add(&m->log_ahead, 1);
 }
 
 void curvd_metrics_fold(struct curvd_metrics *m, double seconds)
@@ -303,6 +310,11 @@ char *curvd_metrics_render(const struct curvd_metrics *m, const struct curvd_met
         "# TYPE curvd_durable_writes_total counter\n"
         "curvd_durable_writes_total{kind=\"log\"} %llu\n"
         "curvd_durable_writes_total{kind=\"snapshot\"} %llu\n"
+        "# HELP curvd_log_records_ahead_total Rows of the step log whose record went into its "
+        "session's file while the library stepped (SQLite, records of --log-file-min bytes or "
+        "more).\n"
+        "# TYPE curvd_log_records_ahead_total counter\n"
+        "curvd_log_records_ahead_total %llu\n"
         "# HELP curvd_replays_total Sessions loaded by replaying their step log.\n"
         "# TYPE curvd_replays_total counter\n"
         "curvd_replays_total %llu\n"
@@ -321,6 +333,7 @@ char *curvd_metrics_render(const struct curvd_metrics *m, const struct curvd_met
         "curvd_fold_seconds_total %.6f\n",
         (unsigned long long)atomic_load(&m->commit_form[0]),
         (unsigned long long)atomic_load(&m->commit_form[1]),
+        (unsigned long long)atomic_load(&m->log_ahead),
         (unsigned long long)atomic_load(&m->replays),
         (unsigned long long)atomic_load(&m->replayed_steps),
         (double)atomic_load(&m->replay_micros) * 1e-6, (unsigned long long)atomic_load(&m->folds),

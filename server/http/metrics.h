@@ -27,6 +27,9 @@ void curvd_metrics_expired(struct curvd_metrics *m, size_t n);
 /* One row of the step log written (@snapshot 0) or one snapshot of a
  * session's state (1); NULL @m: no-op. */
 void curvd_metrics_commit_form(struct curvd_metrics *m, int snapshot);
+/* One row of the step log whose record was written into its file while
+ * the library stepped (store.h's curvd_store_write_ahead); NULL @m: no-op. */
+void curvd_metrics_log_ahead(struct curvd_metrics *m);
 /* Leases (docs/CLUSTER.md): taken, renewed, given up, lost (a renewal
  * found another epoch), and writes refused by fencing; NULL @m: no-op. */
 enum curvd_lease_event {

@@ -396,6 +396,8 @@ static void step_committed(struct curvd_commit_job *job)
     size_t bytes = e->bytes;
     if (st == CURVD_STORE_OK)
         curvd_metrics_commit_form(srv->metrics, s->c.record == NULL);
+    if (st == CURVD_STORE_OK && s->c.record && s->c.record_ahead)
+        curvd_metrics_log_ahead(srv->metrics);
     else if (st == CURVD_STORE_FENCED)
         curvd_lease_fenced(srv, e, job->item.err);
     if (st == CURVD_STORE_OK && s->c.record) { /* only now is it stored */

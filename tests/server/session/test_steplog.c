@@ -469,6 +469,9 @@ static void test_records_written_ahead(void **state)
     struct stat sb;
     assert_int_equal(stat(p, &sb), 0);
     assert_int_equal((long long)sb.st_size, named);
+    /* Each record went to the file while the library stepped (no step
+     * before took a callback) and its commit named that copy. */
+    assert_true(metric(f, "curvd_log_records_ahead_total ") == 3.0);
     restart(f);
     step(f, id, ref, 4, 0, 0); /* loads by replaying steps 1-3: the same update to the bit */
     curv_opt_free(ref);
