@@ -93,9 +93,11 @@ static double bstore_commit(struct bstore *b, int64_t k, const unsigned char *bl
 {
     char err[256], reply[32];
     int rlen = snprintf(reply, sizeof reply, "{\"step\":%lld}", (long long)k);
-    struct curvd_step_commit c = {
-        k, {blob, len, NULL, 0, NULL, 0}, "application/json", reply, (size_t)rlen, NULL, NULL, NULL,
-        0};
+    struct curvd_step_commit c = {.step = k,
+                                  .state = {.blob = blob, .len = len},
+                                  .content_type = "application/json",
+                                  .response = reply,
+                                  .response_len = (size_t)rlen};
     if (b->parts)
         c.state = (struct curvd_state_in){blob, len, p, n, b->committed, b->n_committed};
     double t0 = ae_now();
