@@ -316,8 +316,7 @@ static void test_invalid_arguments(void **state)
     struct curvd_step_response r;
     struct curvd_store_info info;
     struct curvd_step_commit c = {
-        1, WHOLE(NULL, 0), "application/json", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0,
-        0};
+        .step = 1, .state = WHOLE(NULL, 0), .content_type = "application/json"};
     int64_t n;
     struct curvd_session_new bad[] = {
         {NULL, "t", "sgd", NULL, 0, WHOLE(NULL, 0), 0, 0, NULL, NULL, 0, 0},
@@ -618,22 +617,11 @@ static void test_list_refuses_bad_tokens(void **state)
 static void commit_ok(struct curvd_store *st, const char *tenant, const char *id, int64_t step,
                       const void *state, size_t len, const void *resp, size_t resp_len)
 {
-    struct curvd_step_commit c = {step,
-                                  WHOLE(state, len),
-                                  "application/json",
-                                  resp,
-                                  resp_len,
-                                  NULL,
-                                  NULL,
-                                  NULL,
-                                  0,
-                                  NULL,
-                                  0,
-                                  NULL,
-                                  0,
-                                  0,
-                                  0,
-                                  0};
+    struct curvd_step_commit c = {.step = step,
+                                  .state = WHOLE(state, len),
+                                  .content_type = "application/json",
+                                  .response = resp,
+                                  .response_len = resp_len};
     assert_store(curvd_store_commit_step(st, tenant, id, &c, NULL, err, sizeof err),
                  CURVD_STORE_OK);
 }
@@ -670,22 +658,11 @@ static void test_commit_step(void **state)
     /* Ahead, behind, and the same step again: CONFLICT, nothing written. */
     const int64_t wrong[] = {3, 1, 100};
     for (int i = 0; i < 3; i++) {
-        struct curvd_step_commit c = {wrong[i],
-                                      WHOLE(b0, 5000),
-                                      "text/plain",
-                                      "no",
-                                      2,
-                                      NULL,
-                                      NULL,
-                                      NULL,
-                                      0,
-                                      NULL,
-                                      0,
-                                      NULL,
-                                      0,
-                                      0,
-                                      0,
-                                      0};
+        struct curvd_step_commit c = {.step = wrong[i],
+                                      .state = WHOLE(b0, 5000),
+                                      .content_type = "text/plain",
+                                      .response = "no",
+                                      .response_len = 2};
         int64_t cur = -1;
         assert_store(curvd_store_commit_step(st, "t", "s", &c, &cur, err, sizeof err),
                      CURVD_STORE_CONFLICT);
@@ -700,8 +677,11 @@ static void test_commit_step(void **state)
         curvd_step_response_clear(&r);
     }
     /* A conflict without a place for the step is still a conflict. */
-    struct curvd_step_commit c = {
-        5, WHOLE(b0, 5000), "text/plain", "no", 2, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0};
+    struct curvd_step_commit c = {.step = 5,
+                                  .state = WHOLE(b0, 5000),
+                                  .content_type = "text/plain",
+                                  .response = "no",
+                                  .response_len = 2};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_CONFLICT);
     /* Unknown session, or another tenant's. */
@@ -745,12 +725,30 @@ static void test_commit_steps(void **state)
     create_ok(st, "t", "a", "a0", 2);
     create_ok(st, "t", "b", "b0", 2);
     create_ok(st, "t", "c", "c0", 2);
-    const struct curvd_step_commit
-        a1 = {1, WHOLE("a1", 2), "x", "ra1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0},
-        a2 = {2, WHOLE("a2", 2), "x", "ra2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0},
-        b2 = {2, WHOLE("b2", 2), "x", "rb2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0},
-        c1 = {1, WHOLE("c1", 2), "x", "rc1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0},
-        bad = {1, WHOLE("z", 1), NULL, "r", 1, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0};
+    const struct curvd_step_commit a1 = {.step = 1,
+                                         .state = WHOLE("a1", 2),
+                                         .content_type = "x",
+                                         .response = "ra1",
+                                         .response_len = 3},
+                                   a2 = {.step = 2,
+                                         .state = WHOLE("a2", 2),
+                                         .content_type = "x",
+                                         .response = "ra2",
+                                         .response_len = 3},
+                                   b2 = {.step = 2,
+                                         .state = WHOLE("b2", 2),
+                                         .content_type = "x",
+                                         .response = "rb2",
+                                         .response_len = 3},
+                                   c1 = {.step = 1,
+                                         .state = WHOLE("c1", 2),
+                                         .content_type = "x",
+                                         .response = "rc1",
+                                         .response_len = 3},
+                                   bad = {.step = 1,
+                                          .state = WHOLE("z", 1),
+                                          .response = "r",
+                                          .response_len = 1};
     struct curvd_commit_item it[6] = {ITEM("a", &a1), ITEM("b", &b2), ITEM("nope", &c1),
                                       ITEM("c", &c1), ITEM("a", &a2), ITEM("c", &bad)};
     struct curvd_commit_item *items[6];
@@ -782,18 +780,21 @@ static void test_commit_steps(void **state)
     /* A blob past SQLite's limit spoils the transaction: the others go
      * through one by one, and the culprit alone is refused. */
     static const char tiny[1];
-    const struct curvd_step_commit a3 = {3, WHOLE("a3", 2), "x", "ra3", 3, NULL, NULL, NULL,
-                                         0, NULL,           0,   NULL,  0, 0,    0,    0},
-                                   b1big = {1,    WHOLE(tiny, 1500000000u),
-                                            "x",  "r",
-                                            1,    NULL,
-                                            NULL, NULL,
-                                            0,    NULL,
-                                            0,    NULL,
-                                            0,    0,
-                                            0,    0},
-                                   c2 = {2, WHOLE("c2", 2), "x", "rc2", 3, NULL, NULL, NULL,
-                                         0, NULL,           0,   NULL,  0, 0,    0,    0};
+    const struct curvd_step_commit a3 = {.step = 3,
+                                         .state = WHOLE("a3", 2),
+                                         .content_type = "x",
+                                         .response = "ra3",
+                                         .response_len = 3},
+                                   b1big = {.step = 1,
+                                            .state = WHOLE(tiny, 1500000000u),
+                                            .content_type = "x",
+                                            .response = "r",
+                                            .response_len = 1},
+                                   c2 = {.step = 2,
+                                         .state = WHOLE("c2", 2),
+                                         .content_type = "x",
+                                         .response = "rc2",
+                                         .response_len = 3};
     struct curvd_commit_item jt[3] = {ITEM("a", &a3), ITEM("b", &b1big), ITEM("c", &c2)};
     struct curvd_commit_item *jtems[3] = {&jt[0], &jt[1], &jt[2]};
     curvd_store_commit_steps(st, jtems, 3);
@@ -808,10 +809,16 @@ static void test_commit_steps(void **state)
     /* A locked database fails every item, and writes nothing. */
     assert_store(curvd_store_set_busy_timeout(st, 0, err, sizeof err), CURVD_STORE_OK);
     struct su_lock *other = su_raw_lock(path);
-    const struct curvd_step_commit a4 = {4, WHOLE("a4", 2), "x", "ra4", 3, NULL, NULL, NULL,
-                                         0, NULL,           0,   NULL,  0, 0,    0,    0},
-                                   c3 = {3, WHOLE("c3", 2), "x", "r",  1, NULL, NULL, NULL,
-                                         0, NULL,           0,   NULL, 0, 0,    0,    0};
+    const struct curvd_step_commit a4 = {.step = 4,
+                                         .state = WHOLE("a4", 2),
+                                         .content_type = "x",
+                                         .response = "ra4",
+                                         .response_len = 3},
+                                   c3 = {.step = 3,
+                                         .state = WHOLE("c3", 2),
+                                         .content_type = "x",
+                                         .response = "r",
+                                         .response_len = 1};
     struct curvd_commit_item kt[2] = {ITEM("a", &a4), ITEM("c", &c3)};
     struct curvd_commit_item *ktems[2] = {&kt[0], &kt[1]};
     curvd_store_commit_steps(st, ktems, 2);
@@ -869,22 +876,11 @@ static void test_response_replay(void **state)
     assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err),
                  CURVD_STORE_NOT_FOUND);
     unsigned char *body = random_blob(3, 70000);
-    struct curvd_step_commit c = {1,
-                                  WHOLE("b", 1),
-                                  "application/octet-stream",
-                                  body,
-                                  70000,
-                                  NULL,
-                                  NULL,
-                                  NULL,
-                                  0,
-                                  NULL,
-                                  0,
-                                  NULL,
-                                  0,
-                                  0,
-                                  0,
-                                  0};
+    struct curvd_step_commit c = {.step = 1,
+                                  .state = WHOLE("b", 1),
+                                  .content_type = "application/octet-stream",
+                                  .response = body,
+                                  .response_len = 70000};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "u", "s", &r, err, sizeof err),
                  CURVD_STORE_NOT_FOUND);
@@ -932,22 +928,12 @@ static void test_step_reports(void **state)
     assert_null(s.last_report);
     curvd_session_clear(&s);
     unsigned char *body = random_blob(5, 70000); /* many overflow pages */
-    struct curvd_step_commit c = {1,
-                                  WHOLE("b", 1),
-                                  "application/json",
-                                  body,
-                                  70000,
-                                  "{\"rho\":0.25}",
-                                  NULL,
-                                  NULL,
-                                  0,
-                                  NULL,
-                                  0,
-                                  NULL,
-                                  0,
-                                  0,
-                                  0,
-                                  0};
+    struct curvd_step_commit c = {.step = 1,
+                                  .state = WHOLE("b", 1),
+                                  .content_type = "application/json",
+                                  .response = body,
+                                  .response_len = 70000,
+                                  .report = "{\"rho\":0.25}"};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     c.report = "{\"rho\":2}";
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
@@ -975,9 +961,11 @@ static void test_step_reports(void **state)
     }
     curvd_session_list_clear(&l);
     /* A step committed without a report has none. */
-    c = (struct curvd_step_commit){
-        2, WHOLE("d", 1), "application/json", "{}", 2, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0,
-        0};
+    c = (struct curvd_step_commit){.step = 2,
+                                   .state = WHOLE("d", 1),
+                                   .content_type = "application/json",
+                                   .response = "{}",
+                                   .response_len = 2};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get(st, "t", "s", 0, &s, err, sizeof err), CURVD_STORE_OK);
     assert_int_equal(s.last_step, 2);
@@ -1029,22 +1017,13 @@ static void test_upgrade_keeps_replies(void **state)
     assert_null(s.last_report);
     assert_bytes(s.state, s.state_len, "\x01\x02", 2);
     curvd_session_clear(&s);
-    struct curvd_step_commit c = {2,
-                                  WHOLE("e", 1),
-                                  "application/json",
-                                  "{}",
-                                  2,
-                                  "{\"k\":1}",
-                                  "mm3-128:0",
-                                  NULL,
-                                  0,
-                                  NULL,
-                                  0,
-                                  NULL,
-                                  0,
-                                  0,
-                                  0,
-                                  0};
+    struct curvd_step_commit c = {.step = 2,
+                                  .state = WHOLE("e", 1),
+                                  .content_type = "application/json",
+                                  .response = "{}",
+                                  .response_len = 2,
+                                  .report = "{\"k\":1}",
+                                  .request_digest = "mm3-128:0"};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get_response(st, "t", "s", &r, err, sizeof err), CURVD_STORE_OK);
     assert_string_equal(r.request_digest, "mm3-128:0");
@@ -1149,7 +1128,7 @@ static void test_blob_too_big(void **state)
     static const char tiny[1];
     for (int i = 0; i < 2; i++) {
         struct curvd_step_commit c = {
-            1, WHOLE(tiny, huge[i]), "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0};
+            .step = 1, .state = WHOLE(tiny, huge[i]), .content_type = "x"};
         assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                      CURVD_STORE_INVALID);
         assert_non_null(strstr(err, "too big"));
@@ -1182,8 +1161,8 @@ static void test_busy(void **state)
                                    0,    0,   NULL,  NULL, 0, 0};
     assert_store(curvd_store_create(st, &in, NULL, err, sizeof err), CURVD_STORE_BUSY);
     assert_non_null(strstr(err, "locked"));
-    struct curvd_step_commit c = {1, WHOLE("b", 1), "x", "r",  1, NULL, NULL, NULL,
-                                  0, NULL,          0,   NULL, 0, 0,    0,    0};
+    struct curvd_step_commit c = {
+        .step = 1, .state = WHOLE("b", 1), .content_type = "x", .response = "r", .response_len = 1};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_BUSY);
     assert_store(curvd_store_delete(st, "t", "s", err, sizeof err), CURVD_STORE_BUSY);
@@ -1219,14 +1198,11 @@ static void *worker_main(void *arg)
         w->failures++;
     for (int k = 1; k <= PER_THREAD; k++) {
         int64_t blob[2] = {w->index, k};
-        struct curvd_step_commit c = {k,           WHOLE(blob, sizeof blob),
-                                      "x",         blob,
-                                      sizeof blob, NULL,
-                                      NULL,        NULL,
-                                      0,           NULL,
-                                      0,           NULL,
-                                      0,           0,
-                                      0,           0};
+        struct curvd_step_commit c = {.step = k,
+                                      .state = WHOLE(blob, sizeof blob),
+                                      .content_type = "x",
+                                      .response = blob,
+                                      .response_len = sizeof blob};
         if (curvd_store_commit_step(w->st, "t", id, &c, NULL, w->err, sizeof w->err))
             w->failures++;
         /* Everyone also races for the shared session: read, then commit
@@ -1346,14 +1322,12 @@ static int oom_scenario(const char *path, const unsigned char *blob, size_t n, l
     /* With a report, which reading a session copies. */
     /* In three parts, so that reading reassembles (n is 40000). */
     const curv_state_part parts[3] = {{0, 10000, 1}, {10000, 20000, 2}, {30000, n - 30001, 3}};
-    struct curvd_step_commit c = {1,     {blob + 1, n - 1, parts, 3, NULL, 0},
-                                  ctype, blob,
-                                  n / 2, "{\"rho\":0.5}",
-                                  NULL,  NULL,
-                                  0,     NULL,
-                                  0,     NULL,
-                                  0,     0,
-                                  0,     0};
+    struct curvd_step_commit c = {.step = 1,
+                                  .state = {blob + 1, n - 1, parts, 3, NULL, 0},
+                                  .content_type = ctype,
+                                  .response = blob,
+                                  .response_len = n / 2,
+                                  .report = "{\"rho\":0.5}"};
     /* Step 2 as its log row (a record past a page), read back with the state. */
     const struct curvd_step_commit logged = {.step = 2,
                                              .content_type = "x",

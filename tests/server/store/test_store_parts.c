@@ -183,22 +183,11 @@ static void create_parts(struct curvd_store *st, const char *id, const struct ps
 static int commit_parts(struct curvd_store *st, const char *id, int64_t step,
                         const struct pstate *s, const struct pstate *stored)
 {
-    struct curvd_step_commit c = {step,
-                                  state_in(s, stored),
-                                  "application/json",
-                                  "{}",
-                                  2,
-                                  NULL,
-                                  NULL,
-                                  NULL,
-                                  0,
-                                  NULL,
-                                  0,
-                                  NULL,
-                                  0,
-                                  0,
-                                  0,
-                                  0};
+    struct curvd_step_commit c = {.step = step,
+                                  .state = state_in(s, stored),
+                                  .content_type = "application/json",
+                                  .response = "{}",
+                                  .response_len = 2};
     return curvd_store_commit_step(st, "t", id, &c, NULL, err, sizeof err);
 }
 
@@ -280,19 +269,13 @@ static void test_parts_round_trip(void **state)
 
     /* A blob without a division is one part with stamp 0; an empty state
      * has no part. */
-    struct curvd_step_commit c = {7,    {.blob = s6.blob, .len = s6.len},
-                                  "x",  NULL,
-                                  0,    NULL,
-                                  NULL, NULL,
-                                  0,    NULL,
-                                  0,    NULL,
-                                  0,    0,
-                                  0,    0};
+    struct curvd_step_commit c = {
+        .step = 7, .state = {.blob = s6.blob, .len = s6.len}, .content_type = "x"};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_written(path, "s:0");
     assert_parts(st, "s", s6.blob, s6.len, (curv_state_part[]){{0, s6.len, 0}}, 1);
     c = (struct curvd_step_commit){
-        8, {.blob = NULL, .len = 0}, "x", NULL, 0, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0, 0};
+        .step = 8, .state = {.blob = NULL, .len = 0}, .content_type = "x"};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_written(path, "");
     assert_parts(st, "s", NULL, 0, NULL, 0);
@@ -335,8 +318,7 @@ static void test_parts_refused(void **state)
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         struct curvd_state_in in = {good.blob, good.len, bad[k].p, bad[k].n, NULL, 0};
         struct curvd_session_new row = {"n", "t", "kfac", NULL, 0, in, 0, 0, NULL, NULL, 0, 0};
-        struct curvd_step_commit c = {1, in,   "x", NULL, 0, NULL, NULL, NULL,
-                                      0, NULL, 0,   NULL, 0, 0,    0,    0};
+        struct curvd_step_commit c = {.step = 1, .state = in, .content_type = "x"};
         print_message("%s\n", bad[k].what);
         assert_store(curvd_store_create(st, &row, NULL, err, sizeof err), CURVD_STORE_INVALID);
         assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
@@ -348,8 +330,7 @@ static void test_parts_refused(void **state)
     /* Stored parts named by a NULL pointer. */
     struct curvd_state_in in = state_in(&good, NULL);
     in.n_stored = 3;
-    struct curvd_step_commit c = {1, in,   "x", NULL, 0, NULL, NULL, NULL,
-                                  0, NULL, 0,   NULL, 0, 0,    0,    0};
+    struct curvd_step_commit c = {.step = 1, .state = in, .content_type = "x"};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
     assert_store(curvd_store_update_state(st, NULL, "s", 0, CURVD_STORE_ANY_EPOCH, &in, NULL, NULL,
@@ -363,8 +344,7 @@ static void test_parts_refused(void **state)
     static const unsigned char tiny[16];
     curv_state_part huge[2] = {{0, 10, 0}, {10, 1500000000u, 1}};
     struct curvd_state_in big = {tiny, 1500000010u, huge, 2, NULL, 0};
-    c = (struct curvd_step_commit){1, big,  "x", NULL, 0, NULL, NULL, NULL,
-                                   0, NULL, 0,   NULL, 0, 0,    0,    0};
+    c = (struct curvd_step_commit){.step = 1, .state = big, .content_type = "x"};
     assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err),
                  CURVD_STORE_INVALID);
     assert_non_null(strstr(err, "too big"));
@@ -400,15 +380,26 @@ static void test_group_commit_parts(void **state)
     create_parts(st, "b", &b0);
     create_parts(st, "c", &b0);
     log_writes(path);
-    const struct curvd_step_commit
-        ca1 = {1, state_in(&a1, &a0), "x", "ra1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0,
-               0},
-        ca2 = {2, state_in(&a2, &a1), "x", "ra2", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0,
-               0},
-        cb1 = {1, state_in(&b1, &b0), "x", "rb1", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0,
-               0},
-        cc5 = {5, state_in(&b1, &b0), "x", "rc5", 3, NULL, NULL, NULL, 0, NULL, 0, NULL, 0, 0, 0,
-               0};
+    const struct curvd_step_commit ca1 = {.step = 1,
+                                          .state = state_in(&a1, &a0),
+                                          .content_type = "x",
+                                          .response = "ra1",
+                                          .response_len = 3},
+                                   ca2 = {.step = 2,
+                                          .state = state_in(&a2, &a1),
+                                          .content_type = "x",
+                                          .response = "ra2",
+                                          .response_len = 3},
+                                   cb1 = {.step = 1,
+                                          .state = state_in(&b1, &b0),
+                                          .content_type = "x",
+                                          .response = "rb1",
+                                          .response_len = 3},
+                                   cc5 = {.step = 5,
+                                          .state = state_in(&b1, &b0),
+                                          .content_type = "x",
+                                          .response = "rc5",
+                                          .response_len = 3};
     struct curvd_commit_item it[4] = {ITEM("a", &ca1), ITEM("c", &cc5), ITEM("b", &cb1),
                                       ITEM("a", &ca2)};
     struct curvd_commit_item *items[4] = {&it[0], &it[1], &it[2], &it[3]};
@@ -490,8 +481,7 @@ static void test_upgrade_moves_states(void **state)
     struct curvd_state_in in = state_in(&next, NULL);
     in.stored = was;
     in.n_stored = 1;
-    struct curvd_step_commit c = {1, in,   "x", NULL, 0, NULL, NULL, NULL,
-                                  0, NULL, 0,   NULL, 0, 0,    0,    0};
+    struct curvd_step_commit c = {.step = 1, .state = in, .content_type = "x"};
     assert_store(curvd_store_commit_step(st, "t", "big", &c, NULL, err, sizeof err),
                  CURVD_STORE_OK);
     assert_written(path, "big:0,big:1");
@@ -559,14 +549,8 @@ static void test_kfac_through_the_store(void **state)
         tu_assert_status(curv_opt_save_parts(o, &blob, &len, &parts, &n, &cerr), CURV_OK, &cerr);
         char want[512];
         partial += expected_writes("k", prev, n_prev, parts, n, want, sizeof want) < n;
-        struct curvd_step_commit c = {t,    {blob, len, parts, n, prev, n_prev},
-                                      "x",  NULL,
-                                      0,    NULL,
-                                      NULL, NULL,
-                                      0,    NULL,
-                                      0,    NULL,
-                                      0,    0,
-                                      0,    0};
+        struct curvd_step_commit c = {
+            .step = t, .state = {blob, len, parts, n, prev, n_prev}, .content_type = "x"};
         assert_store(curvd_store_commit_step(st, "t", "k", &c, NULL, err, sizeof err),
                      CURVD_STORE_OK);
         assert_written(path, want);
@@ -598,14 +582,8 @@ static void test_kfac_through_the_store(void **state)
         prev[i].stamp = parts[i].stamp;
     }
     assert_true(lied > 0);
-    struct curvd_step_commit c = {8,    {blob, len, parts, n, prev, n_prev},
-                                  "x",  NULL,
-                                  0,    NULL,
-                                  NULL, NULL,
-                                  0,    NULL,
-                                  0,    NULL,
-                                  0,    0,
-                                  0,    0};
+    struct curvd_step_commit c = {
+        .step = 8, .state = {blob, len, parts, n, prev, n_prev}, .content_type = "x"};
     assert_store(curvd_store_commit_step(st, "t", "k", &c, NULL, err, sizeof err), CURVD_STORE_OK);
     assert_store(curvd_store_get(st, "t", "k", 1, &s, err, sizeof err), CURVD_STORE_OK);
     assert_int_equal(s.state_len, len);
@@ -680,22 +658,12 @@ static void crash_child(const char *path, int fd, enum curvd_durability d)
         crash_make(k, &c);
         char resp[32];
         int rlen = snprintf(resp, sizeof resp, "{\"step\":%lld}", (long long)k);
-        struct curvd_step_commit sc = {k,
-                                       {c.blob, c.len, c.p, 4, n_known ? known : NULL, n_known},
-                                       "application/json",
-                                       resp,
-                                       (size_t)rlen,
-                                       NULL,
-                                       NULL,
-                                       NULL,
-                                       0,
-                                       NULL,
-                                       0,
-                                       NULL,
-                                       0,
-                                       0,
-                                       0,
-                                       0};
+        struct curvd_step_commit sc = {
+            .step = k,
+            .state = {c.blob, c.len, c.p, 4, n_known ? known : NULL, n_known},
+            .content_type = "application/json",
+            .response = resp,
+            .response_len = (size_t)rlen};
         if (curvd_store_commit_step(st, "t", "c", &sc, NULL, e, sizeof e))
             _exit(3);
         memcpy(known, c.p, sizeof known);
