@@ -94,12 +94,18 @@ static int commit_snapshot(struct curvd_store *st, const char *id, int64_t k, si
     return curvd_store_commit_step(st, "t", id, &c, NULL, err, sizeof err);
 }
 
+/* Session @id's file (generation 0: no lease) into @p[700]. */
+static void file_path(const char *id, char p[700])
+{
+    snprintf(p, 700, "%s-steps/%s/0.log", path, id);
+}
+
 /* Session @id's file: its size, or -1 when there is none. */
 static long long file_size(const char *id)
 {
     char p[700];
     struct stat sb;
-    snprintf(p, sizeof p, "%s-steps/%s/0.log", path, id); /* generation 0: no lease */
+    file_path(id, p);
     return stat(p, &sb) == 0 ? (long long)sb.st_size : -1;
 }
 
@@ -213,7 +219,7 @@ static void test_file_goes_with_its_rows(void **state)
 static void scribble(const char *id, long long off, size_t n)
 {
     char p[700];
-    snprintf(p, sizeof p, "%s-steps/%s/0.log", path, id);
+    file_path(id, p);
     int fd = open(p, O_WRONLY | (off < 0 ? O_APPEND : 0));
     assert_true(fd >= 0);
     static const char junk[64] = "not a header, not a record: junk";
@@ -241,7 +247,7 @@ static void test_what_a_file_no_longer_holds(void **state)
     scribble("s", HDR + 50 + 40 + 8, 8); /* step 2's header: its step */
     assert_read(st, "s", "1:50,2:0,3:70");
     char p[700];
-    snprintf(p, sizeof p, "%s-steps/s/0.log", path);
+    file_path("s", p);
     assert_int_equal(truncate(p, HDR + 50 + 40 + HDR + 60 + HDR + 69), 0); /* step 3 short */
     assert_read(st, "s", "1:50,2:0,3:0");
     assert_int_equal(unlink(p), 0);
@@ -280,6 +286,37 @@ static void test_unwritable_file_fails_the_step(void **state)
     curvd_store_close(st);
 }
 
+/* Step @k's record of @len bytes written ahead into session @id's file;
+ * where it went. */
+static uint64_t write_ahead(struct curvd_store *st, const char *id, int64_t k, size_t len)
+{
+    unsigned char *rec = record_of(k, len);
+    struct curvd_write_ahead w = {.id = id, .step = k, .rec = rec, .len = len};
+    assert_int_equal(curvd_store_write_ahead(st, &w), 1);
+    assert_int_equal(curvd_store_write_ahead_wait(&w), 0);
+    free(rec);
+    return w.offset;
+}
+
+/* Commit step @k of @id as its record of @len bytes, written ahead at
+ * @offset. */
+static int commit_ahead(struct curvd_store *st, const char *id, int64_t k, size_t len,
+                        uint64_t offset)
+{
+    unsigned char *rec = record_of(k, len);
+    struct curvd_step_commit c = {.step = k,
+                                  .content_type = "x",
+                                  .record = rec,
+                                  .record_len = len,
+                                  .update_digest = "mm3-128:d",
+                                  .written_ahead = 1,
+                                  .record_ahead = 1,
+                                  .record_offset = offset};
+    int status = curvd_store_commit_step(st, "t", id, &c, NULL, err, sizeof err);
+    free(rec);
+    return status;
+}
+
 /* A record written ahead of its commit: the commit names it (one copy in
  * the file); not named (answers made it another record), the commit
  * appends its own; a snapshot commit removes the file; a record under
@@ -289,66 +326,33 @@ static void test_written_ahead(void **state)
     (void)state;
     struct curvd_store *st = open_new("ahead", 100);
     create(st, "s");
-    unsigned char *rec = record_of(1, 500);
-    struct curvd_write_ahead w = {.id = "s", .step = 1, .rec = rec, .len = 99};
-    assert_int_equal(curvd_store_write_ahead(st, &w), 0); /* under the bound */
-    w.len = 500;
-    assert_int_equal(curvd_store_write_ahead(st, &w), 1);
-    assert_int_equal(curvd_store_write_ahead_wait(&w), 0);
-    assert_int_equal(w.offset, 0);
+    struct curvd_write_ahead small = {.id = "s", .step = 1, .rec = "x", .len = 99};
+    assert_int_equal(curvd_store_write_ahead(st, &small), 0); /* under the bound */
+    uint64_t at = write_ahead(st, "s", 1, 500);
+    assert_int_equal(at, 0);
     assert_int_equal(file_size("s"), HDR + 500);
-    struct curvd_step_commit c = {.step = 1,
-                                  .content_type = "x",
-                                  .record = rec,
-                                  .record_len = 500,
-                                  .update_digest = "mm3-128:d",
-                                  .written_ahead = 1,
-                                  .record_ahead = 1,
-                                  .record_offset = w.offset};
-    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
+    assert_store(commit_ahead(st, "s", 1, 500, at), CURVD_STORE_OK);
     assert_int_equal(file_size("s"), HDR + 500);
     assert_read(st, "s", "1:500");
-    free(rec);
 
     /* Written ahead, then another record committed: both in the file,
      * the row names the second. */
-    rec = record_of(2, 300);
-    w = (struct curvd_write_ahead){.id = "s", .step = 2, .rec = rec, .len = 300};
-    assert_int_equal(curvd_store_write_ahead(st, &w), 1);
-    assert_int_equal(curvd_store_write_ahead_wait(&w), 0);
-    assert_int_equal(w.offset, HDR + 500);
-    free(rec);
+    assert_int_equal(write_ahead(st, "s", 2, 300), HDR + 500);
     assert_store(commit_record(st, "s", 2, 400), CURVD_STORE_OK);
     assert_int_equal(file_size("s"), HDR + 500 + HDR + 300 + HDR + 400);
     assert_read(st, "s", "1:500,2:400");
 
     /* One written ahead far into the file: the row names that offset. */
-    rec = record_of(3, 250);
-    w = (struct curvd_write_ahead){.id = "s", .step = 3, .rec = rec, .len = 250};
-    assert_int_equal(curvd_store_write_ahead(st, &w), 1);
-    assert_int_equal(curvd_store_write_ahead_wait(&w), 0);
-    assert_int_equal(w.offset, HDR + 500 + HDR + 300 + HDR + 400);
-    c = (struct curvd_step_commit){.step = 3,
-                                   .content_type = "x",
-                                   .record = rec,
-                                   .record_len = 250,
-                                   .update_digest = "mm3-128:d",
-                                   .written_ahead = 1,
-                                   .record_ahead = 1,
-                                   .record_offset = w.offset};
-    assert_store(curvd_store_commit_step(st, "t", "s", &c, NULL, err, sizeof err), CURVD_STORE_OK);
-    free(rec);
-    assert_int_equal(file_size("s"), (long long)w.offset + HDR + 250);
+    at = write_ahead(st, "s", 3, 250);
+    assert_int_equal(at, HDR + 500 + HDR + 300 + HDR + 400);
+    assert_store(commit_ahead(st, "s", 3, 250, at), CURVD_STORE_OK);
+    assert_int_equal(file_size("s"), (long long)at + HDR + 250);
     assert_read(st, "s", "1:500,2:400,3:250");
 
     /* A new session's first step written ahead and committed as a
      * snapshot: no row ever named the file, which goes all the same. */
     create(st, "n");
-    rec = record_of(1, 200);
-    w = (struct curvd_write_ahead){.id = "n", .step = 1, .rec = rec, .len = 200};
-    assert_int_equal(curvd_store_write_ahead(st, &w), 1);
-    assert_int_equal(curvd_store_write_ahead_wait(&w), 0);
-    free(rec);
+    write_ahead(st, "n", 1, 200);
     assert_int_equal(file_size("n"), HDR + 200);
     struct curvd_step_commit snap = {
         .step = 1, .state = {.blob = "new", .len = 3}, .content_type = "x", .written_ahead = 1};
